@@ -1,0 +1,268 @@
+"""Interface builders: node bridges and segment uplinks, and the veth, TAP and macvlan of a pod.
+
+Each builder makes one kernel object through pyroute2 and reports what it made, so the caller
+can register the undo step right after it (ADD is transactional). Names of host-side links are
+derived from the attachment, so a DEL can find and remove them with nothing but its record.
+Removal functions treat "already gone" as success: DEL must be idempotent.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from cni.errors import InterfaceFailure, TryAgainLater
+
+BRIDGE_PREFIX = "plx-"
+GONE = (errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL)
+
+
+def host_link_name(container_id: str, runtime_ifname: str, if_name: str) -> str:
+    """The host end of a pod's veth: unique per attachment interface, at most 15 characters."""
+    digest = hashlib.sha1(f"{container_id}/{runtime_ifname}/{if_name}".encode()).hexdigest()
+    return f"plx{digest[:11]}"
+
+
+def bridge_name(kind: str, ident: int, network_key: str) -> str:
+    if kind == "vlan":
+        return f"plx-br-{ident}"
+    if kind == "vxlan":
+        return f"plx-vb-{ident}"
+    return "plx-n-" + hashlib.sha1(network_key.encode()).hexdigest()[:8]
+
+
+def _index(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def _fail(what: str, exc: NetlinkError) -> InterfaceFailure:
+    return InterfaceFailure(f"{what} failed", f"{exc.code} {errno.errorcode.get(exc.code, '')}: {exc}")
+
+
+def ensure_bridge(host: IPRoute, name: str, uplink: str = "", mtu: int = 0) -> bool:
+    """Create the node bridge (up) unless it exists, and enslave the uplink; True when created."""
+    created = False
+    idx = _index(host, name)
+    if idx is None:
+        try:
+            host.link("add", ifname=name, kind="bridge")
+            created = True
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:  # a concurrent ADD made it: fine
+                raise _fail(f"creating bridge {name}", exc) from None
+        idx = _index(host, name)
+        if idx is None:
+            raise TryAgainLater(f"bridge {name} vanished while being set up")
+    host.link("set", index=idx, state="up")
+    if uplink:
+        up = _index(host, uplink)
+        if up is None:
+            raise InterfaceFailure(f"uplink {uplink} of bridge {name} does not exist", uplink)
+        link = host.link("get", index=up)[0]
+        if link.get_attr("IFLA_MASTER") != idx:
+            host.link("set", index=up, master=idx, state="up")
+    return created
+
+
+def vlan_spec(parent_index: int, name: str, vlan_id: int) -> dict[str, Any]:
+    """The RTM_NEWLINK request for an 802.1Q sub-interface (kept apart so it can be checked as a message)."""
+    return {"ifname": name, "kind": "vlan", "link": parent_index, "vlan_id": vlan_id, "vlan_protocol": 0x8100}
+
+
+def ensure_vlan(host: IPRoute, parent: str, vlan_id: int) -> str:
+    name = f"plx-vl-{vlan_id}"
+    if _index(host, name) is not None:
+        return name
+    parent_idx = _index(host, parent)
+    if parent_idx is None:
+        raise InterfaceFailure(f"parent interface {parent} for VLAN {vlan_id} does not exist", parent)
+    try:
+        host.link("add", **vlan_spec(parent_idx, name, vlan_id))
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise _fail(f"creating VLAN {vlan_id} on {parent} (does the kernel have 802.1q?)", exc) from None
+    return name
+
+
+def vxlan_spec(name: str, vni: int, underlay_index: int | None, port: int, group: str, local: str) -> dict[str, Any]:
+    spec: dict[str, Any] = {"ifname": name, "kind": "vxlan", "vxlan_id": vni, "vxlan_port": port,
+                            "vxlan_learning": 1}
+    if underlay_index is not None:
+        spec["vxlan_link"] = underlay_index
+    if group:
+        spec["vxlan_group"] = group
+    if local:
+        spec["vxlan_local"] = local
+    return spec
+
+
+def ensure_vxlan(host: IPRoute, vni: int, underlay: str, remotes: Iterable[str], group: str, port: int,
+                 local: str) -> str:
+    """A VXLAN device for ``vni``; unicast remotes become all-zero FDB entries (head-end replication)."""
+    name = f"plx-vx-{vni}"
+    idx = _index(host, name)
+    if idx is None:
+        under = _index(host, underlay) if underlay else None
+        if underlay and under is None:
+            raise InterfaceFailure(f"underlay interface {underlay} for VNI {vni} does not exist", underlay)
+        try:
+            host.link("add", **vxlan_spec(name, vni, under, port, group, local))
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise _fail(f"creating VXLAN {vni}", exc) from None
+        idx = _index(host, name)
+    for remote in remotes:
+        try:
+            host.fdb("append", ifindex=idx, lladdr="00:00:00:00:00:00", dst=remote)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise _fail(f"adding VXLAN remote {remote}", exc) from None
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class PodLink:
+    name: str
+    mac: str
+    host_link: str = ""
+
+
+def _set_mac_up(ipr: IPRoute, name: str, mac: str, up: bool = True) -> str:
+    idx = _index(ipr, name)
+    if idx is None:
+        raise InterfaceFailure(f"interface {name} vanished while being set up", name)
+    kwargs: dict[str, Any] = {"index": idx}
+    if mac:
+        kwargs["address"] = mac
+    if up:
+        kwargs["state"] = "up"
+    ipr.link("set", **kwargs)
+    return str(ipr.link("get", index=idx)[0].get_attr("IFLA_ADDRESS"))
+
+
+def _pod_name_free(pod: IPRoute, name: str) -> None:
+    if _index(pod, name) is not None:
+        raise InterfaceFailure(f"interface {name} already exists in the pod", name)
+
+
+def add_veth(host: IPRoute, pod: IPRoute, pod_fd: int, host_name: str, if_name: str, mac: str,
+             bridge: str) -> PodLink:
+    """A veth pair: ``if_name`` in the pod, ``host_name`` on the node bridge."""
+    _pod_name_free(pod, if_name)
+    if _index(host, host_name) is not None:  # left by a crashed ADD of this very attachment
+        delete_link(host, host_name)
+    try:
+        host.link("add", ifname=host_name, kind="veth", peer={"ifname": if_name, "net_ns_fd": pod_fd})
+    except NetlinkError as exc:
+        raise _fail(f"creating veth {if_name}", exc) from None
+    bridge_idx = _index(host, bridge)
+    if bridge_idx is None:
+        raise TryAgainLater(f"bridge {bridge} vanished")
+    host.link("set", index=_index(host, host_name), master=bridge_idx, state="up")
+    real_mac = _set_mac_up(pod, if_name, mac)
+    return PodLink(if_name, real_mac, host_name)
+
+
+def add_tap(host: IPRoute, pod: IPRoute, pod_fd: int, host_name: str, if_name: str, mac: str, bridge: str,
+            uid: int | None, gid: int | None) -> PodLink:
+    """A TAP ``if_name`` for a VM in the pod, bridged (inside the pod) to a veth into the node bridge."""
+    _pod_name_free(pod, if_name)
+    inner_bridge, inner_veth = f"{host_name}b", f"{host_name}p"
+    for name in (inner_bridge, inner_veth):
+        _pod_name_free(pod, name)
+    if _index(host, host_name) is not None:
+        delete_link(host, host_name)
+    try:
+        host.link("add", ifname=host_name, kind="veth", peer={"ifname": inner_veth, "net_ns_fd": pod_fd})
+        host.link("set", index=_index(host, host_name), master=_index(host, bridge), state="up")
+        pod.link("add", ifname=inner_bridge, kind="bridge")
+        br = _index(pod, inner_bridge)
+        pod.link("set", index=br, state="up")
+        pod.link("set", index=_index(pod, inner_veth), master=br, state="up")
+        tap: dict[str, Any] = {"ifname": if_name, "kind": "tuntap", "mode": "tap"}
+        if uid is not None:
+            tap["uid"] = uid
+        if gid is not None:
+            tap["gid"] = gid
+        pod.link("add", **tap)
+        pod.link("set", index=_index(pod, if_name), master=br)
+    except NetlinkError as exc:
+        raise _fail(f"creating TAP {if_name}", exc) from None
+    return PodLink(if_name, _set_mac_up(pod, if_name, mac), host_name)
+
+
+def add_macvlan(host: IPRoute, pod: IPRoute, pod_fd: int, parent: str, if_name: str, mac: str) -> PodLink:
+    """A macvlan (bridge mode) on the segment's uplink, created straight into the pod."""
+    _pod_name_free(pod, if_name)
+    parent_idx = _index(host, parent)
+    if parent_idx is None:
+        raise InterfaceFailure(f"macvlan parent {parent} does not exist", parent)
+    try:
+        host.link("add", ifname=if_name, kind="macvlan", link=parent_idx, macvlan_mode="bridge", net_ns_fd=pod_fd)
+    except NetlinkError as exc:
+        raise _fail(f"creating macvlan {if_name} on {parent}", exc) from None
+    return PodLink(if_name, _set_mac_up(pod, if_name, mac))
+
+
+def configure_addresses(pod: IPRoute, if_name: str, addresses: Iterable[str],
+                        routes: Iterable[tuple[str, str]]) -> None:
+    """Put ``addresses`` (CIDR) on the interface and add ``routes`` (destination, via)."""
+    idx = _index(pod, if_name)
+    if idx is None:
+        raise InterfaceFailure(f"interface {if_name} vanished while being configured", if_name)
+    try:
+        for cidr in addresses:
+            iface = ipaddress.IPv4Interface(cidr)
+            pod.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        for dst, via in routes:
+            pod.route("add", dst=dst, gateway=via, oif=idx)
+    except NetlinkError as exc:
+        raise _fail(f"configuring {if_name}", exc) from None
+
+
+def delete_link(ipr: IPRoute, name: str) -> bool:
+    """Remove a link by name; False (not an error) when it is already gone."""
+    idx = _index(ipr, name)
+    if idx is None:
+        return False
+    try:
+        ipr.link("del", index=idx)
+    except NetlinkError as exc:
+        if exc.code in GONE:
+            return False
+        raise
+    return True
+
+
+def bridge_ports(host: IPRoute, bridge: str) -> list[str]:
+    idx = _index(host, bridge)
+    if idx is None:
+        return []
+    return [link.get_attr("IFLA_IFNAME") for link in host.get_links() if link.get_attr("IFLA_MASTER") == idx]
+
+
+def link_state(ipr: IPRoute, name: str) -> dict[str, Any] | None:
+    """Name, MAC, operstate, addresses (CIDR) and routes of one link, for CHECK and tests."""
+    idx = _index(ipr, name)
+    if idx is None:
+        return None
+    link = ipr.link("get", index=idx)[0]
+    addrs = [
+        f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(index=idx, family=2)
+    ]
+    routes = [
+        (f"{r.get_attr('RTA_DST')}/{r['dst_len']}", r.get_attr("RTA_GATEWAY") or "")
+        for r in ipr.get_routes(family=2, oif=idx) if r.get_attr("RTA_DST") and r.get_attr("RTA_GATEWAY")
+    ]
+    return {
+        "name": name, "mac": link.get_attr("IFLA_ADDRESS"), "up": bool(link["flags"] & 1),
+        "addresses": addrs, "routes": routes, "kind": (link.get_attr("IFLA_LINKINFO") or {}).get_attr("IFLA_INFO_KIND")
+        if link.get_attr("IFLA_LINKINFO") else "",
+    }

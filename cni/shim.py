@@ -1,0 +1,183 @@
+"""The exec'd ``plexus`` CNI plugin: check the call, forward it to the node daemon, print the answer.
+
+The runtime execs this for every ADD, DEL, CHECK, GC and STATUS, so it does as little as it can:
+it validates what it can see without the daemon (verb, environment, config JSON, cniVersion),
+answers VERSION itself, and posts everything else to ``plexus-ipamd`` over its unix socket
+(HTTP/1.1, JSON; DESIGN §1). Standard library only — a test proves that importing it loads
+none of pyroute2, grpc, protobuf, kubernetes or yaml — because every heavy import would be paid
+on every pod start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from http.client import HTTPConnection, HTTPException
+from typing import IO, Any, Mapping
+
+from cni.errors import (
+    CniError,
+    DaemonUnavailable,
+    DecodingFailure,
+    IncompatibleVersion,
+    InternalError,
+    InvalidConfig,
+    InvalidEnvironment,
+    PluginNotAvailable,
+    TryAgainLater,
+)
+from cni.types import CURRENT_VERSION, SUPPORTED_VERSIONS, VERB_MIN_VERSION, check_version, version_tuple
+
+DEFAULT_SOCKET = "/run/plexus/plexus.sock"
+DEFAULT_TIMEOUT_S = 60.0
+#: How long to wait for the daemon to accept the connection: a stopped daemon must give
+#: code 11 quickly, so the runtime retries instead of hanging the pod (issue: "within 2 s").
+CONNECT_TIMEOUT_S = 2.0
+
+#: The environment each verb needs (SPEC.md "Parameters"); CNI_NETNS is optional on DEL.
+REQUIRED_ENV: dict[str, tuple[str, ...]] = {
+    "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+    "DEL": ("CNI_CONTAINERID", "CNI_IFNAME"),
+    "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+    "GC": (),
+    "STATUS": (),
+    "VERSION": (),
+}
+FORWARDED_ENV = ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH")
+
+
+class _UnixHTTPConnection(HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(CONNECT_TIMEOUT_S)
+        try:
+            sock.connect(self._path)
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(self.timeout)
+        self.sock = sock
+
+
+def parse_config(raw: bytes, verb: str) -> dict[str, Any]:
+    """Decode the network configuration from stdin and check what the shim can check alone."""
+    if not raw.strip():
+        if verb == "VERSION":
+            return {}
+        raise DecodingFailure("no network configuration on stdin", "stdin is empty")
+    try:
+        conf = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DecodingFailure("network configuration on stdin is not JSON", str(exc)) from None
+    if not isinstance(conf, dict):
+        raise DecodingFailure("network configuration must be a JSON object", f"got {type(conf).__name__}")
+    if verb == "VERSION":
+        return conf
+    for key in ("cniVersion", "name", "type"):
+        if not isinstance(conf.get(key), str) or not conf[key]:
+            raise InvalidConfig(f"network configuration lacks required key {key!r}", key)
+    check_version(conf["cniVersion"])
+    need = VERB_MIN_VERSION.get(verb)
+    if need and version_tuple(conf["cniVersion"]) < version_tuple(need):
+        raise IncompatibleVersion(
+            f"{verb} needs cniVersion {need} or later", f"cniVersion is {conf['cniVersion']}"
+        )
+    return conf
+
+
+def check_env(env: Mapping[str, str]) -> str:
+    verb = env.get("CNI_COMMAND", "")
+    if not verb:
+        raise InvalidEnvironment("CNI_COMMAND is not set", "CNI_COMMAND")
+    if verb not in REQUIRED_ENV:
+        raise InvalidEnvironment(f"unknown CNI_COMMAND {verb!r}", "CNI_COMMAND")
+    for key in REQUIRED_ENV[verb]:
+        if not env.get(key):
+            raise InvalidEnvironment(f"{key} is required for {verb}", key)
+    return verb
+
+
+def version_answer(conf: Mapping[str, Any]) -> dict[str, Any]:
+    asked = conf.get("cniVersion") or CURRENT_VERSION
+    return {"cniVersion": asked, "supportedVersions": list(SUPPORTED_VERSIONS)}
+
+
+def forward(verb: str, env: Mapping[str, str], conf: dict[str, Any]) -> dict[str, Any]:
+    """POST the call to the daemon; return its result or raise the ``CniError`` it sent."""
+    path = str(conf.get("socket") or DEFAULT_SOCKET)
+    timeout = float(conf.get("timeoutSeconds") or DEFAULT_TIMEOUT_S)
+    body = json.dumps({"env": {k: env[k] for k in FORWARDED_ENV if k in env}, "config": conf})
+    conn = _UnixHTTPConnection(path, timeout)
+    try:
+        conn.request("POST", "/v1/cni", body, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        payload = resp.read()
+    except (FileNotFoundError, ConnectionRefusedError, socket.timeout, OSError, HTTPException) as exc:
+        unavailable = PluginNotAvailable if verb == "STATUS" else TryAgainLater
+        raise unavailable("plexus-ipamd is not reachable", f"{path}: {exc}") from None
+    finally:
+        conn.close()
+    try:
+        answer = json.loads(payload)
+    except ValueError:
+        raise DaemonUnavailable("plexus-ipamd sent a non-JSON answer", payload[:200].decode(errors="replace"))
+    if resp.status == 200 and isinstance(answer, dict):
+        return answer
+    if isinstance(answer, dict) and "code" in answer:
+        raise CniError.from_dict(answer)
+    raise DaemonUnavailable(f"plexus-ipamd answered HTTP {resp.status}", str(answer)[:200])
+
+
+def _log(conf: Mapping[str, Any], env: Mapping[str, str], started: float, outcome: str) -> None:
+    path = conf.get("logFile")
+    if not path:
+        return
+    line = "%s plexus %s container=%s ifname=%s %.1fms %s\n" % (
+        time.strftime("%Y-%m-%dT%H:%M:%S"), env.get("CNI_COMMAND", "?"), env.get("CNI_CONTAINERID", "")[:12],
+        env.get("CNI_IFNAME", ""), (time.monotonic() - started) * 1000, outcome,
+    )
+    try:
+        with open(str(path), "a", encoding="utf-8") as fh:
+            fh.write(line)
+    except OSError:
+        pass  # a log that cannot be written must not fail the pod
+
+
+def main(env: Mapping[str, str], stdin: IO[bytes], stdout: IO[str]) -> int:
+    started = time.monotonic()
+    conf: dict[str, Any] = {}
+    version = CURRENT_VERSION
+    try:
+        verb = check_env(env)
+        conf = parse_config(stdin.read(), verb)
+        version = str(conf.get("cniVersion") or CURRENT_VERSION)
+        if verb == "VERSION":
+            answer = version_answer(conf)
+        else:
+            answer = forward(verb, env, conf)
+    except CniError as err:
+        if err.code == 1 or version not in SUPPORTED_VERSIONS:
+            version = CURRENT_VERSION
+        stdout.write(err.to_json(version) + "\n")
+        _log(conf, env, started, f"error {err.code}: {err}")
+        return 1
+    except Exception as exc:  # never a traceback on stdout: the runtime must get a CNI error
+        err = InternalError("plexus failed unexpectedly", f"{type(exc).__name__}: {exc}")
+        stdout.write(err.to_json(version) + "\n")
+        _log(conf, env, started, f"error 999: {exc}")
+        return 1
+    if answer:  # STATUS and DEL print nothing on success
+        stdout.write(json.dumps(answer) + "\n")
+    _log(conf, env, started, "ok")
+    return 0
+
+
+def run() -> None:
+    sys.exit(main(os.environ, sys.stdin.buffer, sys.stdout))

@@ -1,0 +1,145 @@
+"""CNI wire types: the result, its parts, and conversion between spec versions.
+
+Handlers always build the current (1.1.0) ``Result``; conversion to the version the caller
+asked for happens once, at the output edge (``Result.to_dict(version)``). Results of
+0.3.x/0.4.0 differ from 1.x only by the ``version`` key on each IP.
+
+Standard library only: the exec'd shim imports this module.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+from cni.errors import DecodingFailure, IncompatibleVersion
+
+CURRENT_VERSION = "1.1.0"
+SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+#: Verbs that exist only from a given spec version on (SPEC.md "Version considerations").
+VERB_MIN_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in version.split("."))
+    except ValueError:
+        raise IncompatibleVersion(f"cniVersion {version!r} is not a version", "cniVersion") from None
+
+
+def check_version(version: str) -> str:
+    if version not in SUPPORTED_VERSIONS:
+        raise IncompatibleVersion(
+            f"cniVersion {version!r} is not supported", f"supported: {', '.join(SUPPORTED_VERSIONS)}"
+        )
+    return version
+
+
+@dataclass(frozen=True, slots=True)
+class Interface:
+    name: str
+    mac: str = ""
+    sandbox: str = ""
+    mtu: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name}
+        if self.mac:
+            out["mac"] = self.mac
+        if self.mtu:
+            out["mtu"] = self.mtu
+        if self.sandbox:
+            out["sandbox"] = self.sandbox
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Interface:
+        return cls(str(d["name"]), str(d.get("mac", "")), str(d.get("sandbox", "")), int(d.get("mtu", 0)))
+
+
+@dataclass(frozen=True, slots=True)
+class IPConfig:
+    address: str  # CIDR form, e.g. "198.18.0.5/24"
+    interface: int | None = None
+    gateway: str = ""
+
+    def to_dict(self, version: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if version_tuple(version) < (1, 0, 0):
+            out["version"] = "6" if ":" in self.address else "4"
+        out["address"] = self.address
+        if self.gateway:
+            out["gateway"] = self.gateway
+        if self.interface is not None:
+            out["interface"] = self.interface
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> IPConfig:
+        iface = d.get("interface")
+        return cls(str(d["address"]), None if iface is None else int(iface), str(d.get("gateway", "")))
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    dst: str
+    gw: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dst": self.dst, "gw": self.gw} if self.gw else {"dst": self.dst}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Route:
+        return cls(str(d["dst"]), str(d.get("gw", "")))
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    interfaces: tuple[Interface, ...] = ()
+    ips: tuple[IPConfig, ...] = ()
+    routes: tuple[Route, ...] = ()
+    dns: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self, version: str = CURRENT_VERSION) -> dict[str, Any]:
+        out: dict[str, Any] = {"cniVersion": version}
+        if self.interfaces:
+            out["interfaces"] = [i.to_dict() for i in self.interfaces]
+        if self.ips:
+            out["ips"] = [ip.to_dict(version) for ip in self.ips]
+        if self.routes:
+            out["routes"] = [r.to_dict() for r in self.routes]
+        out["dns"] = dict(self.dns)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Result:
+        """Read a result of any supported version (e.g. a ``prevResult``)."""
+        try:
+            return cls(
+                tuple(Interface.from_dict(i) for i in d.get("interfaces") or ()),
+                tuple(IPConfig.from_dict(ip) for ip in d.get("ips") or ()),
+                tuple(Route.from_dict(r) for r in d.get("routes") or ()),
+                dict(d.get("dns") or {}),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DecodingFailure("prevResult is not a CNI result", f"prevResult: {exc}") from None
+
+    def merged_after(self, prev: Result | None) -> Result:
+        """Append this result to ``prev`` (chaining), renumbering our interface indexes."""
+        if prev is None:
+            return self
+        base = len(prev.interfaces)
+        ips = tuple(
+            IPConfig(ip.address, None if ip.interface is None else ip.interface + base, ip.gateway)
+            for ip in self.ips
+        )
+        return Result(
+            prev.interfaces + self.interfaces, prev.ips + ips, prev.routes + self.routes,
+            prev.dns or self.dns,
+        )
+
+
+def cidr_of(address: str, network: str) -> str:
+    """``198.18.0.5`` in ``198.18.0.0/24`` → ``198.18.0.5/24``."""
+    return f"{address}/{ipaddress.ip_network(network).prefixlen}"

@@ -1,0 +1,1 @@
+"""Generated gRPC code for proto/plexus/ipam/v1/ipam.proto (scripts/gen-proto.sh)."""

@@ -1,0 +1,164 @@
+"""``plexus-ipamd``: the node daemon. Wires the object source, store, IPAM, attacher and servers.
+
+Start-up order matters for "nothing lost": open the store, read the object source, finish or roll
+back the attachments a crash left half done, reconcile, and only then accept CNI calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ipamd.attach import Attacher
+from ipamd.cni_server import CniHttpServer
+from ipamd.grpc_api import IpamService, serve
+from ipamd.ipam import Ipam
+from ipamd.reconcile import Reconciler
+from ipamd.segments import Segments
+from ipamd.sources import LocalSource
+from ipamd.store import Store
+
+log = logging.getLogger("plexus-ipamd")
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    objects_dir: str = "/etc/plexus/objects"
+    db: str = "/var/lib/plexus/plexus.db"
+    socket: str = "/run/plexus/plexus.sock"
+    grpc_socket: str = "/run/plexus/ipam.sock"
+    log_file: str = ""
+    log_level: str = "info"
+    reconcile_interval: float = 30.0
+    pidfile: str = ""
+    metrics_port: int = 0
+    fault: str = ""  # test hook: SIGKILL ourselves at this step (e.g. "add:leased")
+
+
+def parse_args(argv: list[str] | None = None) -> DaemonConfig:
+    p = argparse.ArgumentParser(prog="plexus-ipamd", description="Plexus node daemon: CNI service and IPAM.")
+    d = DaemonConfig()
+    p.add_argument("--objects-dir", default=d.objects_dir, help="directory of manifests (local object source)")
+    p.add_argument("--db", default=d.db, help="SQLite store")
+    p.add_argument("--socket", default=d.socket, help="unix socket for the plexus CNI shim")
+    p.add_argument("--grpc-socket", default=d.grpc_socket, help="unix socket for the gRPC IPAM API")
+    p.add_argument("--log-file", default=d.log_file, help="log here instead of standard error")
+    p.add_argument("--log-level", default=d.log_level, choices=("debug", "info", "warning", "error"))
+    p.add_argument("--reconcile-interval", type=float, default=d.reconcile_interval, help="seconds between reconciles")
+    p.add_argument("--pidfile", default=d.pidfile)
+    p.add_argument("--metrics-port", type=int, default=d.metrics_port, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    a = p.parse_args(argv)
+    return DaemonConfig(a.objects_dir, a.db, a.socket, a.grpc_socket, a.log_file, a.log_level,
+                        a.reconcile_interval, a.pidfile, a.metrics_port, os.environ.get("PLEXUS_FAULT", ""))
+
+
+def _fault_hook(step_wanted: str) -> Any:
+    def fault(step: str) -> None:
+        if step_wanted and step == step_wanted:
+            log.warning("fault injection: killing the daemon at %s", step)
+            logging.shutdown()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return fault
+
+
+class Daemon:
+    def __init__(self, cfg: DaemonConfig) -> None:
+        self.cfg = cfg
+        self.store = Store(cfg.db)
+        self.source = LocalSource(cfg.objects_dir, lambda ns, name: self.store.generated_uid(ns, name, _new_uid()))
+        self.ipam = Ipam(self.store, self.source)
+        self.segments = Segments(self.store, time.time)
+        self._ready = threading.Event()
+        self.attacher = Attacher(self.store, self.source, self.ipam, self.segments, self._ready.is_set,
+                                 fault=_fault_hook(cfg.fault))
+        self.reconciler = Reconciler(self.store, self.source, self.ipam, self.attacher, cfg.reconcile_interval)
+        self.cni_server: CniHttpServer | None = None
+
+    def sync(self) -> list[Any]:
+        problems = self.source.sync()
+        self.reconciler.run_once()
+        return problems
+
+    def start(self) -> None:
+        self.source.start()
+        recovered = self.reconciler.recover()
+        self.reconciler.run_once()
+        self.source.subscribe(self.reconciler.wake)
+        self.reconciler.start()
+        self.cni_server = CniHttpServer(self.cfg.socket, self.attacher, self._ready.is_set)
+        threading.Thread(target=self.cni_server.serve_forever, name="cni-server", daemon=True).start()
+        self._ready.set()
+        self.grpc_server, self.health = serve(self.cfg.grpc_socket, IpamService(self.store, self.source, self.ipam, self.sync),
+                                              self._ready.is_set)
+        if self.cfg.metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(self.cfg.metrics_port, addr="127.0.0.1")
+        log.info("plexus-ipamd ready: cni=%s grpc=%s objects=%s db=%s (recovered %d attachments)",
+                 self.cfg.socket, self.cfg.grpc_socket, self.cfg.objects_dir, self.cfg.db, recovered)
+
+    def stop(self) -> None:
+        self._ready.clear()
+        self.reconciler.stop()
+        self.source.stop()
+        if self.cni_server is not None:
+            self.cni_server.shutdown()
+            self.cni_server.server_close()
+        self.grpc_server.stop(grace=2)
+        self.store.close()
+
+
+def _new_uid() -> str:
+    import uuid
+
+    return str(uuid.uuid4())
+
+
+def _setup_logging(cfg: DaemonConfig) -> None:
+    handler: logging.Handler
+    if cfg.log_file:
+        os.makedirs(os.path.dirname(os.path.abspath(cfg.log_file)), exist_ok=True)
+        handler = logging.FileHandler(cfg.log_file)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=cfg.log_level.upper(), handlers=[handler])
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    _setup_logging(cfg)
+    try:
+        daemon = Daemon(cfg)
+        daemon.start()
+    except Exception as exc:
+        log.exception("plexus-ipamd failed to start")
+        print(f"plexus-ipamd: failed to start: {exc}", file=sys.stderr)
+        return 1
+    if cfg.pidfile:
+        with open(cfg.pidfile, "w") as fh:
+            fh.write(f"{os.getpid()}\n")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    log.info("plexus-ipamd stopping")
+    daemon.stop()
+    if cfg.pidfile:
+        try:
+            os.unlink(cfg.pidfile)
+        except OSError:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,336 @@
+"""Address management: resolve a pod's networks, lease addresses for its IPAddresses, let them go.
+
+The rules of seed 000 and DESIGN §3. A lease is keyed by (pool, IP) and held by one IPAddress.
+An ``Auto`` IPAddress made for a pod interface is owned by the pod and outlives its sandboxes; when
+the pod is gone it is deleted and its lease is orphaned: quarantined for the pool's ``leaseTTL``
+before the address is handed out again — except to a ``Static`` IPAddress asking for exactly that
+address, which adopts the lease at once. Every change is one store transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from dataclasses import dataclass, replace
+from typing import Callable
+
+from cni.errors import AddressConflict, CniError, InvalidConfig, ObjectNotFound, PoolExhausted
+from ipamd.allocator import in_ranges, pick_free, subnet_for, to_int, to_text
+from ipamd.annotations import NetworkSelection
+from ipamd.objects import (
+    AddressPool,
+    ClusterNetwork,
+    IPAddressObject,
+    Network,
+    NetworkClass,
+    Pod,
+)
+from ipamd.sources import ObjectSource
+from ipamd.store import IPRecord, LeaseRecord, Store
+
+log = logging.getLogger(__name__)
+
+
+def now_rfc3339(ts: float | None = None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts if ts is not None else time.time()))
+
+
+def set_condition(conds: tuple[dict[str, str], ...], ctype: str, ok: bool, reason: str, message: str,
+                  now: float) -> tuple[dict[str, str], ...]:
+    """Replace condition ``ctype``, keeping its lastTransitionTime when its status did not change."""
+    status = "True" if ok else "False"
+    old = next((c for c in conds if c["type"] == ctype), None)
+    since = old["lastTransitionTime"] if old and old["status"] == status else now_rfc3339(now)
+    new = {"type": ctype, "status": status, "reason": reason, "message": message, "lastTransitionTime": since}
+    return tuple(c for c in conds if c["type"] != ctype) + (new,)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedNetwork:
+    key: str
+    type: str  # Network | ClusterNetwork
+    name: str
+    namespace: str
+    obj: Network | ClusterNetwork
+    network_class: NetworkClass | None
+    pool: AddressPool | None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """An address an interface gets: its IPAddress, the lease, and whether this call created them."""
+
+    ip_key: str
+    ip_name: str
+    address: str
+    network: str
+    routes: tuple[dict[str, str], ...]
+    created_ip: bool
+    created_lease: bool
+
+
+def pool_key(pool: AddressPool) -> str:
+    return pool.meta.key
+
+
+def auto_ip_name(pod: Pod, if_name: str) -> str:
+    """The name of the Auto IPAddress of a pod interface: readable, and unique per pod UID."""
+    base = re.sub(r"[^a-z0-9-]", "-", f"{pod.meta.name}-{if_name}".lower()).strip("-")[:200]
+    return f"{base}-{hashlib.sha1(pod.meta.uid.encode()).hexdigest()[:5]}"
+
+
+class Ipam:
+    def __init__(self, store: Store, source: ObjectSource, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.source = source
+        self.clock = clock
+
+    # -- resolution ------------------------------------------------------------------------------
+    def resolve(self, sel: NetworkSelection, namespace: str, where: str) -> ResolvedNetwork:
+        net: Network | ClusterNetwork
+        if sel.type == "Network":
+            found = self.source.get("Network", namespace, sel.name)
+            if not isinstance(found, Network):
+                others = [o.meta.namespace for o in self.source.list("Network") if o.meta.name == sel.name]
+                hint = f"; one exists in namespace {others[0]}, but a pod may only use Networks of its own" if others else ""
+                raise ObjectNotFound(f"Network {namespace}/{sel.name} does not exist{hint}", f"{where}.name")
+            net = found
+            cls_obj = self.source.get("NetworkClass", "", net.network_class)
+            if not isinstance(cls_obj, NetworkClass):
+                raise ObjectNotFound(f"NetworkClass {net.network_class} of Network {namespace}/{sel.name} does not exist",
+                                     "spec.networkClass")
+        else:
+            found = self.source.get("ClusterNetwork", "", sel.name)
+            if not isinstance(found, ClusterNetwork):
+                raise ObjectNotFound(f"ClusterNetwork {sel.name} does not exist", f"{where}.name")
+            net = found
+            cls_found = self.source.get("NetworkClass", "", net.network_class) if net.network_class else None
+            cls_obj = cls_found if isinstance(cls_found, NetworkClass) else None
+        pool = None
+        if net.pool_ref is not None:
+            ns = net.meta.namespace if net.pool_ref.kind == "IPAddressPool" else ""
+            found_pool = self.source.get(net.pool_ref.kind, ns, net.pool_ref.name)
+            if not isinstance(found_pool, AddressPool):
+                raise ObjectNotFound(
+                    f"{net.pool_ref.kind} {ns + '/' if ns else ''}{net.pool_ref.name} of {net.meta.display} does not exist",
+                    "spec.ipam.ipAddressPoolRef",
+                )
+            pool = found_pool
+        return ResolvedNetwork(net.meta.key, sel.type, sel.name, net.meta.namespace, net, cls_obj, pool)
+
+    def _user_ip(self, pod: Pod, sel: NetworkSelection, net: ResolvedNetwork, name: str,
+                 where: str) -> IPAddressObject:
+        ns = pod.meta.namespace
+        obj = self.source.get("IPAddress", ns, name)
+        if obj is None and net.type == "ClusterNetwork":
+            obj = self.source.get("ClusterIPAddress", "", name)
+        if not isinstance(obj, IPAddressObject):
+            raise ObjectNotFound(f"IPAddress {ns}/{name} does not exist", f"{where}.ipAddressNames")
+        if (obj.network_ref.kind, obj.network_ref.name) != (net.type, net.name):
+            raise InvalidConfig(
+                f"IPAddress {name} is for {obj.network_ref.kind} {obj.network_ref.name}, not {net.type} {net.name}",
+                f"{where}.ipAddressNames",
+            )
+        rec = self.store.get_ip(obj.meta.key)
+        if rec and rec.used_by_uids and pod.meta.uid not in rec.used_by_uids:
+            raise AddressConflict(
+                f"IPAddress {name} is in use by pod {', '.join(rec.used_by_pods)}", f"{where}.ipAddressNames"
+            )
+        return obj
+
+    def validate(self, pod: Pod, sel: NetworkSelection, net: ResolvedNetwork, where: str) -> list[IPAddressObject]:
+        """Every check that needs no change: run for all interfaces before anything is leased."""
+        if sel.ip_address_names and net.pool is None:
+            raise InvalidConfig(f"{net.type} {net.name} has no IPAM (spec.ipam), so it takes no ipAddressNames",
+                                f"{where}.ipAddressNames")
+        objs = [self._user_ip(pod, sel, net, n, where) for n in sel.ip_address_names]
+        for obj in objs:
+            if obj.type == "Static" and net.pool is not None:
+                self._check_static(obj, net.pool)
+        return objs
+
+    def _check_static(self, obj: IPAddressObject, pool: AddressPool) -> None:
+        ip = to_int(obj.static_ip)
+        if subnet_for(pool, ip) is None:
+            nets = ", ".join(str(s.network) for s in pool.subnets)
+            raise InvalidConfig(f"IPAddress {obj.meta.name}: {obj.static_ip} is outside pool {pool.meta.name} ({nets})",
+                                "spec.static.ip")
+        lease = self.store.lease_at(pool_key(pool), ip)
+        if lease and lease.holder and lease.holder != obj.meta.key:
+            raise AddressConflict(f"IPAddress {obj.meta.name}: {obj.static_ip} is already leased to {lease.holder}",
+                                  "spec.static.ip")
+
+    # -- leasing -------------------------------------------------------------------------------
+    def _record_for(self, obj: IPAddressObject, created_by: str = "user") -> IPRecord:
+        rec = self.store.get_ip(obj.meta.key)
+        if rec is None:
+            rec = IPRecord(
+                key=obj.meta.key, kind=obj.meta.kind, namespace=obj.meta.namespace, name=obj.meta.name,
+                network_kind=obj.network_ref.kind, network_name=obj.network_ref.name, type=obj.type,
+                static_ip=obj.static_ip, uid=obj.meta.uid, owner_pod_uid=obj.owner_pod_uid,
+                created_by=created_by, created_at=self.clock(),
+            )
+        return rec
+
+    def lease_for(self, rec: IPRecord, pool: AddressPool) -> tuple[IPRecord, LeaseRecord, bool]:
+        """Give the IPAddress its address (keeping the one it has); inside a transaction."""
+        now = self.clock()
+        pkey = pool_key(pool)
+        lease = self.store.lease_of(rec.key)
+        created = False
+        if lease is not None and lease.pool != pkey:  # the Network moved to another pool: start over
+            self.store.orphan_lease(lease, now)
+            lease = None
+        if lease is None:
+            self.expire(pkey, now)
+            if rec.type == "Static":
+                ip = to_int(rec.static_ip)
+                subnet = subnet_for(pool, ip)
+                if subnet is None:
+                    raise InvalidConfig(f"IPAddress {rec.name}: {rec.static_ip} is outside pool {pool.meta.name}",
+                                        "spec.static.ip")
+                held = self.store.lease_at(pkey, ip)
+                if held is not None and held.holder not in (None, rec.key):
+                    raise AddressConflict(f"IPAddress {rec.name}: {rec.static_ip} is already leased to {held.holder}",
+                                          "spec.static.ip")
+                # an orphaned (quarantined) lease of exactly this address is adopted at once
+            else:
+                picked = pick_free(pool, self.store.taken_ips(pkey), self.store.cursor(pkey))
+                if picked is None:
+                    raise PoolExhausted(
+                        f"pool {pool.meta.display} has no free address",
+                        f"{len(self.store.taken_ips(pkey))} of {pool.size} addresses leased or quarantined",
+                    )
+                ip, subnet = picked
+                self.store.set_cursor(pkey, ip)
+            lease = LeaseRecord(pool=pkey, ip=ip, address=to_text(ip), network=str(subnet.network),
+                                holder=rec.key, holder_uid=rec.uid, ttl=pool.lease_ttl_s, created_at=now)
+            self.store.put_lease(lease)
+            created = True
+        subnet = subnet_for(pool, lease.ip)
+        routes = tuple(r.to_dict() for r in subnet.routes) if subnet else ()
+        conds = set_condition(rec.conditions, "Allocated", True, "IPAddressAllocated", "", now)
+        rec = replace(rec, phase="Allocated", address=lease.address, network=lease.network, pool=pkey,
+                      routes=routes, conditions=conds)
+        if not in_ranges(pool, lease.ip) and rec.type == "Auto":
+            lease = replace(lease, outside_ranges=True)
+            self.store.put_lease(lease)
+        self.store.put_ip(rec)
+        return rec, lease, created
+
+    def mark_exhausted(self, rec: IPRecord, exc: CniError) -> None:
+        conds = set_condition(rec.conditions, "Allocated", False, "NoFreeIPAddress", exc.msg, self.clock())
+        with self.store.transaction():
+            self.store.put_ip(replace(rec, phase="Pending", conditions=conds))
+
+    def note_exhausted(self, objs: list[IPAddressObject], exc: CniError) -> None:
+        """Record ``Allocated=False/NoFreeIPAddress`` on user IPAddresses that got no address."""
+        for obj in objs:
+            rec = self._record_for(obj)
+            if self.store.lease_of(rec.key) is None:
+                self.mark_exhausted(rec, exc)
+
+    def claim(self, pod: Pod, sel: NetworkSelection, net: ResolvedNetwork,
+              user_objs: list[IPAddressObject]) -> list[Claim]:
+        """Lease the addresses of one pod interface and mark them used by the pod."""
+        if net.pool is None:
+            return []
+        pool = net.pool
+        claims = []
+        pod_ref = f"{pod.meta.namespace}/{pod.meta.name}"
+        if user_objs:
+            todo = [(self._record_for(o), False) for o in user_objs]
+        else:
+            name = auto_ip_name(pod, sel.if_name)
+            kind = "IPAddress"
+            key = f"{kind}/{pod.meta.namespace}/{name}"
+            existing = self.store.get_ip(key)
+            rec = existing or IPRecord(
+                key=key, kind=kind, namespace=pod.meta.namespace, name=name, network_kind=net.type,
+                network_name=net.name, type="Auto", uid=hashlib.sha1(key.encode()).hexdigest(),
+                owner_pod_uid=pod.meta.uid, created_by="plexus", created_at=self.clock(),
+            )
+            todo = [(rec, existing is None)]
+        for rec, created_ip in todo:
+            with self.store.transaction():
+                rec, lease, created_lease = self.lease_for(rec, pool)
+                pairs = dict(zip(rec.used_by_uids, rec.used_by_pods)) | {pod.meta.uid: pod_ref}
+                rec = replace(rec, used_by_uids=tuple(pairs), used_by_pods=tuple(pairs.values()))
+                self.store.put_ip(rec)
+            claims.append(Claim(rec.key, rec.name, lease.address, lease.network, rec.routes, created_ip,
+                                created_lease))
+        return claims
+
+    def set_attached(self, ip_keys: list[str], attached: bool, message: str = "") -> None:
+        now = self.clock()
+        with self.store.transaction():
+            for key in ip_keys:
+                rec = self.store.get_ip(key)
+                if rec is not None:
+                    reason = "AttachedToPod" if attached else "NotAttached"
+                    self.store.put_ip(replace(rec, conditions=set_condition(rec.conditions, "Attached", attached,
+                                                                            reason, message, now)))
+
+    def undo_claims(self, claims: list[Claim], pod: Pod) -> None:
+        """Roll an ADD's claims back: what it created goes, what existed loses only this pod."""
+        with self.store.transaction():
+            for c in claims:
+                rec = self.store.get_ip(c.ip_key)
+                if c.created_ip:
+                    lease = self.store.lease_of(c.ip_key)
+                    if lease is not None:
+                        self.store.delete_lease(lease.pool, lease.ip)
+                    self.store.delete_ip(c.ip_key)
+                elif rec is not None:
+                    self._drop_user(rec, pod.meta.uid)
+
+    def _drop_user(self, rec: IPRecord, pod_uid: str) -> None:
+        keep = [(p, u) for p, u in zip(rec.used_by_pods, rec.used_by_uids) if u != pod_uid]
+        rec = replace(rec, used_by_pods=tuple(p for p, _ in keep), used_by_uids=tuple(u for _, u in keep))
+        if not keep:
+            rec = replace(rec, conditions=set_condition(rec.conditions, "Attached", False, "NotAttached", "",
+                                                        self.clock()))
+        if rec.deleted and not keep:
+            self.delete_ip(rec)
+        else:
+            self.store.put_ip(rec)
+
+    def release_pod(self, ip_keys: list[str], pod_uid: str) -> None:
+        """The pod no longer uses these IPAddresses (its attachment was deleted)."""
+        with self.store.transaction():
+            for key in ip_keys:
+                rec = self.store.get_ip(key)
+                if rec is not None and pod_uid in rec.used_by_uids:
+                    self._drop_user(rec, pod_uid)
+
+    def delete_ip(self, rec: IPRecord) -> None:
+        """The IPAddress is gone: its lease is orphaned and quarantined for the pool's TTL."""
+        with self.store.transaction():
+            lease = self.store.lease_of(rec.key)
+            if lease is not None:
+                if lease.ttl > 0:
+                    self.store.orphan_lease(lease, self.clock())
+                else:
+                    self.store.delete_lease(lease.pool, lease.ip)
+            self.store.delete_ip(rec.key)
+
+    def forget_pod(self, pod_uid: str) -> int:
+        """The pod is gone: delete the Auto IPAddresses it owned (their leases go to quarantine)."""
+        owned = self.store.ips_owned_by(pod_uid)
+        for rec in owned:
+            if rec.used_by_uids and set(rec.used_by_uids) != {pod_uid}:
+                continue
+            self.delete_ip(rec)
+        return len(owned)
+
+    def expire(self, pool: str | None, now: float) -> int:
+        """Free orphaned leases whose quarantine is over."""
+        n = 0
+        with self.store.transaction():
+            for lease in self.store.orphaned_leases(pool):
+                if lease.orphaned_at is not None and now >= lease.orphaned_at + lease.ttl:
+                    self.store.delete_lease(lease.pool, lease.ip)
+                    n += 1
+        return n

@@ -1,0 +1,142 @@
+"""Bring the store in line with the object source: the work a controller does, for one node.
+
+Runs at start (finishing or rolling back every attachment a crash left half done), whenever the
+source changes, and periodically:
+- user IPAddresses get their address at once (phase ``Allocated``, or ``Pending`` with
+  ``Allocated=False/NoFreeIPAddress``); a deleted one lets its lease go to quarantine, unless a pod
+  still uses it, in which case it keeps the address until the pod goes;
+- the attachments of pods that no longer exist are torn down, and their Auto IPAddresses deleted;
+  a pod that exists is never touched, whatever its state;
+- quarantined leases whose TTL is over are freed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import replace
+
+from cni.errors import CniError
+from ipamd.attach import Attacher
+from ipamd.ipam import Ipam
+from ipamd.objects import AddressPool, ClusterNetwork, IPAddressObject, Network, Pod
+from ipamd.sources import ObjectSource
+from ipamd.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Reconciler:
+    def __init__(self, store: Store, source: ObjectSource, ipam: Ipam, attacher: Attacher,
+                 interval: float = 30.0) -> None:
+        self.store = store
+        self.source = source
+        self.ipam = ipam
+        self.attacher = attacher
+        self.interval = interval
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+
+    def recover(self) -> int:
+        """Finish what a crash interrupted: an attachment still ``adding`` or ``deleting`` is torn down."""
+        n = 0
+        for rec in self.store.attachments():
+            if rec.state == "ready":
+                continue
+            try:
+                with self.attacher.locks.hold((rec.container_id, rec.ifname)):
+                    self.attacher._teardown(rec)
+                n += 1
+                log.info("recovered %s attachment %s/%s", rec.state, rec.container_id[:12], rec.ifname)
+            except CniError as exc:
+                log.warning("could not recover attachment %s/%s: %s", rec.container_id[:12], rec.ifname, exc)
+        return n
+
+    def run_once(self) -> None:
+        with self._lock:
+            self._sync_ipaddresses()
+            self._release_gone_pods()
+            self.ipam.expire(None, self.ipam.clock())
+
+    def _pool_of(self, obj: IPAddressObject) -> AddressPool | None:
+        ref = obj.network_ref
+        ns = obj.meta.namespace if ref.kind == "Network" else ""
+        net = self.source.get(ref.kind, ns, ref.name)
+        if not isinstance(net, (Network, ClusterNetwork)) or net.pool_ref is None:
+            return None
+        pool_ns = net.meta.namespace if net.pool_ref.kind == "IPAddressPool" else ""
+        pool = self.source.get(net.pool_ref.kind, pool_ns, net.pool_ref.name)
+        return pool if isinstance(pool, AddressPool) else None
+
+    def _sync_ipaddresses(self) -> None:
+        live = {}
+        for kind in ("IPAddress", "ClusterIPAddress"):
+            for obj in self.source.list(kind):
+                assert isinstance(obj, IPAddressObject)
+                live[obj.meta.key] = obj
+                pool = self._pool_of(obj)
+                if pool is None:
+                    continue
+                rec = self.ipam._record_for(obj)
+                if rec.deleted:
+                    rec = replace(rec, deleted=False)
+                try:
+                    with self.store.transaction():
+                        self.ipam.lease_for(rec, pool)
+                except CniError as exc:
+                    if exc.code == 100:
+                        self.ipam.mark_exhausted(rec, exc)
+                    else:
+                        log.warning("%s: %s", obj.meta.display, exc)
+        for rec in self.store.all_ips():
+            if rec.created_by != "user" or rec.key in live:
+                continue
+            if rec.used_by_uids:
+                if not rec.deleted:
+                    with self.store.transaction():
+                        self.store.put_ip(replace(rec, deleted=True))
+                continue
+            self.ipam.delete_ip(rec)
+
+    def _release_gone_pods(self) -> None:
+        if not self.source.ready():
+            return
+        live = {p.meta.uid for p in self.source.list("Pod") if isinstance(p, Pod)}
+        for rec in self.store.attachments():
+            if rec.pod_uid in live or rec.state != "ready" or not rec.pod_known:
+                continue
+            try:
+                with self.attacher.locks.hold((rec.container_id, rec.ifname)):
+                    self.attacher._teardown(rec)
+                log.info("released attachment %s/%s of deleted pod %s/%s", rec.container_id[:12], rec.ifname,
+                         rec.namespace, rec.pod_name)
+            except CniError as exc:
+                log.warning("releasing attachment of deleted pod %s/%s: %s", rec.namespace, rec.pod_name, exc)
+        owners = {r.owner_pod_uid for r in self.store.all_ips() if r.owner_pod_uid}
+        for uid in owners - live:
+            if not self.store.attachments_of_pod(uid):
+                self.ipam.forget_pod(uid)
+        for status in self.store.pod_statuses():
+            if status.uid not in live and not self.store.attachments_of_pod(status.uid):
+                with self.store.transaction():
+                    self.store.delete_pod_status(status.uid)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("reconcile failed")
+            self._wake.wait(self.interval)
+            self._wake.clear()
+
+    def start(self) -> None:
+        threading.Thread(target=self.loop, name="reconcile", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()

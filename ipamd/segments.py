@@ -1,0 +1,127 @@
+"""L2 segments: which VLAN ID (or VXLAN VNI) a Network gets, and its bridge and uplink on this node.
+
+A class with ``spec.vlan`` gives each Network a VLAN ID from its ``idPool`` (the one the Network
+asks for when it is free), a bridge ``plx-br-<id>`` and, where the class names a parent NIC, the
+802.1Q sub-interface as the bridge's uplink. A class with ``spec.vxlan`` does the same with a VNI
+and a VXLAN device. A class with neither gives an untagged bridge per Network. The assignment is
+recorded in the store, so it survives restarts and two Networks never share an ID.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+from pyroute2 import IPRoute
+
+from cni import links
+from cni.errors import AddressConflict, InvalidConfig, PoolExhausted
+from ipamd.ipam import ResolvedNetwork, now_rfc3339, set_condition
+from ipamd.objects import ClusterNetwork, Network
+from ipamd.store import SegmentRecord, Store
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentPlan:
+    """What a segment needs on the node."""
+
+    record: SegmentRecord
+    uplink_kind: str  # vlan | vxlan | nic | ""
+    parent: str = ""
+
+
+def _in_pool(ident: int, pool: tuple[tuple[int, int], ...]) -> bool:
+    return any(a <= ident <= b for a, b in pool)
+
+
+def _pick(pool: tuple[tuple[int, int], ...], taken: dict[int, str], wanted: int | None, key: str,
+          what: str) -> int:
+    if wanted is not None:
+        if pool and not _in_pool(wanted, pool):
+            raise InvalidConfig(f"{what} {wanted} asked for by {key} is not in its class's pool", "spec.vlan.id")
+        holder = taken.get(wanted)
+        if holder not in (None, key):
+            raise AddressConflict(f"{what} {wanted} asked for by {key} is already used by {holder}", "spec.vlan.id")
+        return wanted
+    for a, b in pool:
+        for ident in range(a, b + 1):
+            if taken.get(ident) in (None, key):
+                return ident
+    raise PoolExhausted(f"no free {what} left in the class's pool for {key}", "spec.vlan.idPool")
+
+
+class Segments:
+    def __init__(self, store: Store, clock: Callable[[], float]) -> None:
+        self.store = store
+        self.clock = clock
+
+    def plan(self, net: ResolvedNetwork) -> SegmentPlan:
+        """The segment of ``net``, assigning (and recording) its ID the first time."""
+        obj = net.obj
+        cls = net.network_class
+        with self.store.transaction():
+            rec = self.store.get_segment(net.key)
+            if isinstance(obj, ClusterNetwork) and obj.type == "Access":
+                kind, pool, wanted, parents = "none", (), None, obj.parents
+            elif cls is not None and cls.vxlan is not None:
+                kind, pool, wanted, parents = "vxlan", cls.vxlan.vni_pool, obj.vlan_id, ()
+            elif isinstance(obj, ClusterNetwork):
+                kind, pool, wanted = "vlan", (), obj.vlan_id
+                parents = obj.parents or (cls.parents if cls else ())
+            elif cls is not None and cls.vlan_pool:
+                kind, pool, wanted, parents = "vlan", cls.vlan_pool, obj.vlan_id, cls.parents
+            else:
+                kind, pool, wanted, parents = "none", (), None, cls.parents if cls else ()
+            if rec is None or rec.kind != kind or (wanted is not None and rec.id != wanted):
+                ident = 0
+                if kind != "none":
+                    ident = _pick(pool, self.store.segment_ids(kind), wanted, net.key,
+                                  "VNI" if kind == "vxlan" else "VLAN ID")
+                rec = SegmentRecord(net.key, kind, ident, links.bridge_name(kind, ident, net.key),
+                                    cls.meta.name if cls else "")
+                self.store.put_segment(rec)
+        if kind == "vxlan":
+            return SegmentPlan(rec, "vxlan")
+        if kind == "vlan" and parents:
+            return SegmentPlan(rec, "vlan", parents[0])
+        if kind == "none" and parents:
+            return SegmentPlan(rec, "nic", parents[0])
+        return SegmentPlan(rec, "")
+
+    def ensure(self, host: IPRoute, net: ResolvedNetwork) -> tuple[SegmentRecord, str]:
+        """Make the bridge (and uplink) exist on the node; return the record and the uplink's name."""
+        plan = self.plan(net)
+        rec = plan.record
+        uplink = ""
+        if plan.uplink_kind == "vlan":
+            uplink = links.ensure_vlan(host, plan.parent, rec.id)
+        elif plan.uplink_kind == "vxlan":
+            assert net.network_class is not None and net.network_class.vxlan is not None
+            vx = net.network_class.vxlan
+            uplink = links.ensure_vxlan(host, rec.id, vx.underlay, vx.remotes, vx.group, vx.port, vx.local_ip)
+        elif plan.uplink_kind == "nic":
+            uplink = plan.parent
+        links.ensure_bridge(host, rec.bridge, uplink)
+        self.mark_ready(rec)
+        return rec, uplink
+
+    def mark_ready(self, rec: SegmentRecord) -> None:
+        if rec.status.get("readyNodeAttachementsCount") == 1:
+            return
+        now = self.clock()
+        conds = tuple(rec.status.get("conditions", ()))
+        conds = set_condition(conds, "AllNodeAttachementsAreReady", True, "AllNodeInterfaceAttachmentsAreReady",
+                              "All node interface attachments are ready", now)
+        conds = set_condition(conds, "Ready", True, "NetworkReady", "Network is operational", now)
+        status = {
+            "bridgeName": rec.bridge, "vlanID": rec.id if rec.kind == "vlan" else 0,
+            **({"vni": rec.id} if rec.kind == "vxlan" else {}),
+            "nodeAttachementsCount": 1, "readyNodeAttachementsCount": 1, "conditions": list(conds),
+            "observedGeneration": 1, "lastUpdate": now_rfc3339(now),
+        }
+        with self.store.transaction():
+            self.store.put_segment(replace(rec, status=status))
+
+
+def network_of(obj: Network | ClusterNetwork) -> str:
+    return obj.meta.key
