@@ -15,8 +15,7 @@ import os
 import socket
 import sys
 import time
-from http.client import HTTPConnection, HTTPException
-from typing import IO, Any, Mapping
+from typing import TYPE_CHECKING
 
 from cni.errors import (
     CniError,
@@ -29,7 +28,11 @@ from cni.errors import (
     PluginNotAvailable,
     TryAgainLater,
 )
-from cni.types import CURRENT_VERSION, SUPPORTED_VERSIONS, VERB_MIN_VERSION, check_version, version_tuple
+from cni.version import CURRENT_VERSION, SUPPORTED_VERSIONS, VERB_MIN_VERSION, check_version, version_tuple
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import IO, Any
 
 DEFAULT_SOCKET = "/run/plexus/plexus.sock"
 DEFAULT_TIMEOUT_S = 60.0
@@ -49,21 +52,43 @@ REQUIRED_ENV: dict[str, tuple[str, ...]] = {
 FORWARDED_ENV = ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH")
 
 
-class _UnixHTTPConnection(HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
+class _BadAnswer(Exception):
+    pass
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+
+def http_post(path: str, target: str, body: bytes, timeout: float) -> tuple[int, bytes]:
+    """One HTTP/1.1 POST over a unix socket (``Connection: close``); returns (status, body).
+
+    Written out rather than taken from ``http.client``: that module pulls in ``email`` and ``ssl``,
+    about a third of the shim's start-up, paid on every pod start. The daemon side is the
+    standard library's ``http.server``, so ``curl --unix-socket`` works against it too.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
         sock.settimeout(CONNECT_TIMEOUT_S)
-        try:
-            sock.connect(self._path)
-        except BaseException:
-            sock.close()
-            raise
-        sock.settimeout(self.timeout)
-        self.sock = sock
+        sock.connect(path)
+        sock.settimeout(timeout)
+        head = (f"POST {target} HTTP/1.1\r\nHost: plexus\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        sock.sendall(head + body)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        sock.close()
+    raw = b"".join(chunks)
+    header, sep, payload = raw.partition(b"\r\n\r\n")
+    status_line = header.split(b"\r\n", 1)[0].split(b" ", 2)
+    if not sep or len(status_line) < 2 or not status_line[0].startswith(b"HTTP/"):
+        raise _BadAnswer(raw[:200].decode(errors="replace"))
+    for line in header.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            payload = payload[: int(value)]
+    return int(status_line[1]), payload
 
 
 def parse_config(raw: bytes, verb: str) -> dict[str, Any]:
@@ -114,35 +139,29 @@ def forward(verb: str, env: Mapping[str, str], conf: dict[str, Any]) -> dict[str
     path = str(conf.get("socket") or DEFAULT_SOCKET)
     timeout = float(conf.get("timeoutSeconds") or DEFAULT_TIMEOUT_S)
     body = json.dumps({"env": {k: env[k] for k in FORWARDED_ENV if k in env}, "config": conf})
-    conn = _UnixHTTPConnection(path, timeout)
     try:
-        conn.request("POST", "/v1/cni", body, {"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        payload = resp.read()
-    except (FileNotFoundError, ConnectionRefusedError, socket.timeout, OSError, HTTPException) as exc:
+        status, payload = http_post(path, "/v1/cni", body.encode(), timeout)
+    except (OSError, ValueError, _BadAnswer) as exc:  # OSError covers refused, missing and timed out
         unavailable = PluginNotAvailable if verb == "STATUS" else TryAgainLater
         raise unavailable("plexus-ipamd is not reachable", f"{path}: {exc}") from None
-    finally:
-        conn.close()
     try:
         answer = json.loads(payload)
     except ValueError:
-        raise DaemonUnavailable("plexus-ipamd sent a non-JSON answer", payload[:200].decode(errors="replace"))
-    if resp.status == 200 and isinstance(answer, dict):
+        raise DaemonUnavailable("plexus-ipamd sent a non-JSON answer", payload[:200].decode(errors="replace")) from None
+    if status == 200 and isinstance(answer, dict):
         return answer
     if isinstance(answer, dict) and "code" in answer:
         raise CniError.from_dict(answer)
-    raise DaemonUnavailable(f"plexus-ipamd answered HTTP {resp.status}", str(answer)[:200])
+    raise DaemonUnavailable(f"plexus-ipamd answered HTTP {status}", str(answer)[:200])
 
 
 def _log(conf: Mapping[str, Any], env: Mapping[str, str], started: float, outcome: str) -> None:
     path = conf.get("logFile")
     if not path:
         return
-    line = "%s plexus %s container=%s ifname=%s %.1fms %s\n" % (
-        time.strftime("%Y-%m-%dT%H:%M:%S"), env.get("CNI_COMMAND", "?"), env.get("CNI_CONTAINERID", "")[:12],
-        env.get("CNI_IFNAME", ""), (time.monotonic() - started) * 1000, outcome,
-    )
+    line = (f"{time.strftime('%Y-%m-%dT%H:%M:%S')} plexus {env.get('CNI_COMMAND', '?')} "
+            f"container={env.get('CNI_CONTAINERID', '')[:12]} ifname={env.get('CNI_IFNAME', '')} "
+            f"{(time.monotonic() - started) * 1000:.1f}ms {outcome}\n")
     try:
         with open(str(path), "a", encoding="utf-8") as fh:
             fh.write(line)

@@ -11,7 +11,7 @@ and, on average, grows only as 1/(free fraction) with its fill.
 from __future__ import annotations
 
 import ipaddress
-from typing import Container, Iterator
+from collections.abc import Container, Iterator
 
 from ipamd.objects import AddressPool, Subnet, usable_bounds
 

@@ -13,8 +13,9 @@ import logging
 import os
 import socketserver
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
-from typing import Any, Callable
+from typing import Any
 
 from cni.errors import CniError, DecodingFailure, InternalError
 from ipamd.attach import Attacher, CniCall

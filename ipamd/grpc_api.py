@@ -9,17 +9,18 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import asdict
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cni.errors import AddressConflict, CniError, InvalidConfig, ObjectNotFound
+from ipamd.allocator import to_int
 from ipamd.api import ipam_pb2 as pb
 from ipamd.api import ipam_pb2_grpc as pb_grpc
-from ipamd.allocator import to_int
 from ipamd.ipam import Ipam
 from ipamd.objects import AddressPool
 from ipamd.sources import ObjectSource

@@ -13,8 +13,8 @@ import hashlib
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 from cni.errors import AddressConflict, CniError, InvalidConfig, ObjectNotFound, PoolExhausted
 from ipamd.allocator import in_ranges, pick_free, subnet_for, to_int, to_text

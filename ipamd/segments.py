@@ -9,8 +9,8 @@ recorded in the store, so it survives restarts and two Networks never share an I
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 from pyroute2 import IPRoute
 

@@ -1,0 +1,77 @@
+# Plexus — the two commands a new user needs: `make demo` and `make test` (as root, Debian 12).
+SHELL := /bin/bash
+PYTHON ?= $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || command -v python3)
+VENV ?= $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+RUN_DIR ?= /run/plexus
+LOG_DIR ?= /var/log/plexus
+PIDFILE ?= $(RUN_DIR)/plexus-ipamd.pid
+export PLEXUS_TEST_CACHE ?= /var/cache/plexus-test
+
+.PHONY: help deps venv proto build install start stop restart demo demo-clean test test-unit test-netns test-compat lint cnitool clean
+
+help:
+	@echo "make demo        set everything up and show Plexus attaching two pods (make demo-clean undoes it)"
+	@echo "make test        run the whole test suite (unit, netns, compatibility)"
+	@echo "make lint        ruff and mypy"
+	@echo "make build       freeze the plexus CNI plugin (dist/plexus/)"
+	@echo "make install     install into /opt/cni/bin, /etc/cni/net.d and /usr/local/bin"
+	@echo "make start|stop  run plexus-ipamd in the background (pidfile $(PIDFILE), log $(LOG_DIR)/ipamd.log)"
+
+deps:
+	@bash scripts/install-deps.sh
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+proto: venv
+	PYTHON=$(PY) scripts/gen-proto.sh
+
+dist/plexus/plexus: venv $(shell find cni -name '*.py') packaging/plexus.spec
+	$(VENV)/bin/pyinstaller --noconfirm --log-level WARN --distpath dist --workpath build packaging/plexus.spec
+
+build: dist/plexus/plexus
+
+install: build
+	VENV=$(VENV) packaging/install.sh
+
+start: install
+	@bash scripts/daemon.sh start
+
+stop:
+	@bash scripts/daemon.sh stop
+
+restart: stop start
+
+demo: deps start
+	@bash scripts/demo.sh
+
+demo-clean:
+	@bash scripts/demo-clean.sh
+
+cnitool:
+	@bash scripts/install-cni-client.sh >/dev/null
+
+test: deps venv build cnitool
+	$(PY) -m pytest -q tests
+
+test-unit: venv
+	$(PY) -m pytest -q tests/unit
+
+test-netns: venv build
+	$(PY) -m pytest -q tests/netns
+
+test-compat: venv build cnitool
+	$(PY) -m pytest -q tests/compat
+
+lint: venv
+	$(VENV)/bin/ruff check cni ipamd tests
+	$(VENV)/bin/mypy cni ipamd
+
+clean:
+	rm -rf build dist

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Install a built Plexus on this node (make install): the frozen `plexus` CNI plugin into
+# /opt/plexus/plexus with /opt/cni/bin/plexus linked to it, the daemon and CLI (from the project's
+# virtualenv) as /usr/local/bin/plexus-ipamd and /usr/local/bin/plexusctl, and the conflist into
+# /etc/cni/net.d unless one named 10-plexus.conflist is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PREFIX=${PREFIX:-/opt/plexus}
+CNI_BIN=${CNI_BIN:-/opt/cni/bin}
+CNI_CONF=${CNI_CONF:-/etc/cni/net.d}
+VENV=${VENV:-$PWD/.venv}
+
+[ -x dist/plexus/plexus ] || { echo "dist/plexus/plexus is missing: run make build first" >&2; exit 1; }
+install -d -m 0755 "$PREFIX" "$CNI_BIN" "$CNI_CONF" /etc/plexus/objects /var/log/plexus /var/lib/plexus
+rm -rf "$PREFIX/plexus.new"
+cp -a dist/plexus "$PREFIX/plexus.new"
+rm -rf "$PREFIX/plexus.old"
+[ -d "$PREFIX/plexus" ] && mv "$PREFIX/plexus" "$PREFIX/plexus.old"
+mv "$PREFIX/plexus.new" "$PREFIX/plexus"
+rm -rf "$PREFIX/plexus.old"
+ln -sfn "$PREFIX/plexus/plexus" "$CNI_BIN/plexus.tmp" && mv -T "$CNI_BIN/plexus.tmp" "$CNI_BIN/plexus"
+# containerd and plexusctl run loopback from the CNI bin dir; Debian's reference plugins are used
+# by chained configurations (bridge + plexus).
+for p in loopback bridge host-local; do
+    [ -e "$CNI_BIN/$p" ] || { [ -x "/usr/lib/cni/$p" ] && ln -s "/usr/lib/cni/$p" "$CNI_BIN/$p"; } || true
+done
+for tool in plexus-ipamd plexusctl; do
+    ln -sfn "$VENV/bin/$tool" "/usr/local/bin/$tool"
+done
+if [ ! -e "$CNI_CONF/10-plexus.conflist" ]; then
+    install -m 0644 packaging/10-plexus.conflist "$CNI_CONF/.10-plexus.conflist.tmp"
+    mv "$CNI_CONF/.10-plexus.conflist.tmp" "$CNI_CONF/10-plexus.conflist"   # atomic: runtimes watch this dir
+fi
+echo "installed: $CNI_BIN/plexus -> $PREFIX/plexus/plexus, /usr/local/bin/plexus-ipamd, /usr/local/bin/plexusctl, $CNI_CONF/10-plexus.conflist"

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# make demo-clean: remove everything make demo made: pods and their netns, the objects, the
+# daemon, its state, the installed files and the node bridges.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+for pod in pod-a pod-b; do
+    plexusctl pod rm "$pod" -n my-namespace 2>/dev/null || true
+    ip netns del "$pod" 2>/dev/null || true
+done
+plexusctl delete -f conf/examples/ >/dev/null 2>&1 || true
+bash scripts/daemon.sh stop
+for link in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^plx'); do
+    ip link del "$link" 2>/dev/null || true
+done
+rm -rf /var/lib/plexus /etc/plexus /run/plexus /var/log/plexus /opt/plexus
+rm -f /opt/cni/bin/plexus /etc/cni/net.d/10-plexus.conflist /usr/local/bin/plexus-ipamd /usr/local/bin/plexusctl
+echo "demo removed"
