@@ -187,12 +187,19 @@ def add_tap(host: IPRoute, pod: IPRoute, pod_fd: int, host_name: str, if_name: s
         br = _index(pod, inner_bridge)
         pod.link("set", index=br, state="up")
         pod.link("set", index=_index(pod, inner_veth), master=br, state="up")
-        tap: dict[str, Any] = {"ifname": if_name, "kind": "tuntap", "mode": "tap"}
+        # TUNSETIFF creates the device in the caller's namespace, so make it on the node under a
+        # temporary name, then move it into the pod under its own name.
+        tmp = f"{host_name}t"
+        tap: dict[str, Any] = {"ifname": tmp, "kind": "tuntap", "mode": "tap",
+                               "ifr": {"no_pi": 1, "vnet_hdr": 1}}
         if uid is not None:
             tap["uid"] = uid
         if gid is not None:
             tap["gid"] = gid
-        pod.link("add", **tap)
+        if _index(host, tmp) is not None:
+            delete_link(host, tmp)
+        host.link("add", **tap)
+        host.link("set", index=_index(host, tmp), net_ns_fd=pod_fd, ifname=if_name)
         pod.link("set", index=_index(pod, if_name), master=br)
     except NetlinkError as exc:
         raise _fail(f"creating TAP {if_name}", exc) from None

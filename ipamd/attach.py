@@ -229,6 +229,7 @@ class Attacher:
             undo.callback(_quietly, f"macvlan {sel.if_name}", links.delete_link, pod_nl, sel.if_name)
         elif sel.interface_type == "tap":
             undo.callback(_quietly, f"tap {sel.if_name}", self._remove_tap, pod_nl, iface)
+            undo.callback(_quietly, "temporary tap", links.delete_link, host, f"{iface.host_link}t")
             link = links.add_tap(host, pod_nl, pod_fd, iface.host_link, sel.if_name, sel.mac, iface.bridge,
                                  sel.tap_uid, sel.tap_gid)
             undo.callback(_quietly, f"veth {iface.host_link}", links.delete_link, host, iface.host_link)
@@ -306,11 +307,12 @@ class Attacher:
         errors: list[str] = []
         with contextlib.closing(self.host_netlink()) as host:
             for iface in record.interfaces:
-                if iface.host_link:
+                names = [iface.host_link, f"{iface.host_link}t"] if iface.kind == "tap" else [iface.host_link]
+                for name in filter(None, names):
                     try:
-                        links.delete_link(host, iface.host_link)
+                        links.delete_link(host, name)
                     except Exception as exc:
-                        errors.append(f"{iface.host_link}: {exc}")
+                        errors.append(f"{name}: {exc}")
         pod_side = [i for i in record.interfaces if i.kind in ("macvlan", "tap")]
         if pod_side and record.netns:
             try:

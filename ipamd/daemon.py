@@ -131,6 +131,7 @@ def _setup_logging(cfg: DaemonConfig) -> None:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=cfg.log_level.upper(), handlers=[handler])
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)  # its debug output is per netlink message
 
 
 def main(argv: list[str] | None = None) -> int:
