@@ -269,8 +269,8 @@ def link_state(ipr: IPRoute, name: str) -> dict[str, Any] | None:
         (f"{r.get_attr('RTA_DST')}/{r['dst_len']}", r.get_attr("RTA_GATEWAY") or "")
         for r in ipr.get_routes(family=2, oif=idx) if r.get_attr("RTA_DST") and r.get_attr("RTA_GATEWAY")
     ]
+    info = link.get_attr("IFLA_LINKINFO")
     return {
         "name": name, "mac": link.get_attr("IFLA_ADDRESS"), "up": bool(link["flags"] & 1),
-        "addresses": addrs, "routes": routes, "kind": (link.get_attr("IFLA_LINKINFO") or {}).get_attr("IFLA_INFO_KIND")
-        if link.get_attr("IFLA_LINKINFO") else "",
+        "addresses": addrs, "routes": routes, "kind": info.get_attr("IFLA_INFO_KIND") if info else "",
     }

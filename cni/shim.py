@@ -188,8 +188,8 @@ def main(env: Mapping[str, str], stdin: IO[bytes], stdout: IO[str]) -> int:
         _log(conf, env, started, f"error {err.code}: {err}")
         return 1
     except Exception as exc:  # never a traceback on stdout: the runtime must get a CNI error
-        err = InternalError("plexus failed unexpectedly", f"{type(exc).__name__}: {exc}")
-        stdout.write(err.to_json(version) + "\n")
+        internal = InternalError("plexus failed unexpectedly", f"{type(exc).__name__}: {exc}")
+        stdout.write(internal.to_json(version) + "\n")
         _log(conf, env, started, f"error 999: {exc}")
         return 1
     if answer:  # STATUS and DEL print nothing on success

@@ -16,6 +16,7 @@ from typing import Any
 from cni.errors import DecodingFailure
 from cni.version import CURRENT_VERSION, version_tuple
 
+
 @dataclass(frozen=True, slots=True)
 class Interface:
     name: str

@@ -165,7 +165,7 @@ class Attacher:
             check_ifname(call.ifname, "CNI_IFNAME")
             resolved = [self.ipam.resolve(s, pod.meta.namespace, f"networks-spec[{i}]") for i, s in enumerate(selections)]
             user_ips = [self.ipam.validate(pod, s, n, f"networks-spec[{i}]")
-                        for i, (s, n) in enumerate(zip(selections, resolved))]
+                        for i, (s, n) in enumerate(zip(selections, resolved, strict=False))]
             result = self._add(call, pod, selections, resolved, user_ips)
         return result.merged_after(prev).to_dict(call.version)
 
@@ -181,7 +181,7 @@ class Attacher:
             undo.callback(_quietly, "attachment record", self._forget_record, call.container_id, call.ifname)
             self.fault("add:recorded")
             built: list[tuple[BuiltInterface, list[Claim], links.PodLink]] = []
-            for sel, net, objs in zip(selections, resolved, user_ips):
+            for sel, net, objs in zip(selections, resolved, user_ips, strict=False):
                 try:
                     with self.store.transaction():
                         claims = self.ipam.claim(pod, sel, net, objs)
@@ -212,7 +212,8 @@ class Attacher:
         return BuiltInterface(
             if_name=sel.if_name, kind=sel.interface_type, network_key=net.key, network_type=net.type,
             network_name=net.name,
-            host_link="" if sel.interface_type == "macvlan" else links.host_link_name(call.container_id, call.ifname, sel.if_name),
+            host_link="" if sel.interface_type == "macvlan"
+            else links.host_link_name(call.container_id, call.ifname, sel.if_name),
             bridge=seg.record.bridge, vlan_id=seg.record.id if seg.record.kind == "vlan" else 0,
             ip_keys=tuple(c.ip_key for c in claims), created_ip_keys=tuple(c.ip_key for c in claims if c.created_ip),
             configure_ips=not sel.skip_ip_assignment and sel.interface_type != "tap",

@@ -92,8 +92,8 @@ class CniHttpServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             status, out, outcome = 400, err.to_dict(version), f"error {err.code}: {err}"
         except Exception as exc:
             log.exception("CNI %s failed unexpectedly", verb)
-            err = InternalError("plexus-ipamd failed unexpectedly", f"{type(exc).__name__}: {exc}")
-            status, out, outcome = 500, err.to_dict(version), f"error 999: {exc}"
+            internal = InternalError("plexus-ipamd failed unexpectedly", f"{type(exc).__name__}: {exc}")
+            status, out, outcome = 500, internal.to_dict(version), f"error 999: {exc}"
         elapsed = time.monotonic() - started
         CNI_REQUESTS.labels(verb, "ok" if status == 200 else "error").inc()
         CNI_SECONDS.labels(verb).observe(elapsed)

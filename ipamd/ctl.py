@@ -44,7 +44,7 @@ class CtlError(Exception):
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     cells = [list(map(str, header))] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in cells)
 
 
 def age(since: float) -> str:
@@ -61,7 +61,7 @@ class Client:
         self.path = socket_path
         self.timeout = timeout
         self._channel = grpc.insecure_channel(f"unix:{socket_path}")
-        self.stub = pb_grpc.IpamStub(self._channel)
+        self.stub = pb_grpc.IpamStub(self._channel)  # type: ignore[no-untyped-call]
 
     def call(self, method: str, request: Any) -> Any:
         try:

@@ -167,7 +167,7 @@ def serve(path: str, service: IpamService, ready: Callable[[], bool]) -> tuple[g
     if os.path.exists(path):
         os.unlink(path)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    pb_grpc.add_IpamServicer_to_server(service, server)
+    pb_grpc.add_IpamServicer_to_server(service, server)  # type: ignore[no-untyped-call]
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     old = os.umask(0o177)

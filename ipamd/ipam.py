@@ -256,7 +256,7 @@ class Ipam:
         for rec, created_ip in todo:
             with self.store.transaction():
                 rec, lease, created_lease = self.lease_for(rec, pool)
-                pairs = dict(zip(rec.used_by_uids, rec.used_by_pods)) | {pod.meta.uid: pod_ref}
+                pairs = dict(zip(rec.used_by_uids, rec.used_by_pods, strict=False)) | {pod.meta.uid: pod_ref}
                 rec = replace(rec, used_by_uids=tuple(pairs), used_by_pods=tuple(pairs.values()))
                 self.store.put_ip(rec)
             claims.append(Claim(rec.key, rec.name, lease.address, lease.network, rec.routes, created_ip,
@@ -287,7 +287,7 @@ class Ipam:
                     self._drop_user(rec, pod.meta.uid)
 
     def _drop_user(self, rec: IPRecord, pod_uid: str) -> None:
-        keep = [(p, u) for p, u in zip(rec.used_by_pods, rec.used_by_uids) if u != pod_uid]
+        keep = [(p, u) for p, u in zip(rec.used_by_pods, rec.used_by_uids, strict=False) if u != pod_uid]
         rec = replace(rec, used_by_pods=tuple(p for p, _ in keep), used_by_uids=tuple(u for _, u in keep))
         if not keep:
             rec = replace(rec, conditions=set_condition(rec.conditions, "Attached", False, "NotAttached", "",

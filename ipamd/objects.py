@@ -11,7 +11,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from cni.errors import InvalidConfig
 
@@ -153,7 +153,7 @@ class Pod:
     node_name: str = ""
 
 
-ApiObject = Union[NetworkClass, Network, ClusterNetwork, AddressPool, IPAddressObject, Pod]
+ApiObject = NetworkClass | Network | ClusterNetwork | AddressPool | IPAddressObject | Pod
 
 
 def parse_duration(text: str) -> float:
@@ -331,7 +331,7 @@ def _address_pool(meta: Meta, spec: Mapping[str, Any]) -> AddressPool:
         raw_ranges = _get(item, "ranges", list, m, f"{path}.ranges")
         if raw_ranges:
             ranges = tuple(sorted(_range(r, net, m, f"{path}.ranges[{j}]") for j, r in enumerate(raw_ranges)))
-            for (_, b), (c, _d) in zip(ranges, ranges[1:]):
+            for (_, b), (c, _d) in zip(ranges, ranges[1:], strict=False):
                 if c <= b:
                     raise ManifestInvalid(m, f"{path}.ranges", "ranges overlap")
             ranges = tuple(r for r in ranges if r[0] <= r[1])

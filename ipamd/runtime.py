@@ -51,7 +51,7 @@ def find_conflist(conf_dir: str = DEFAULT_CONF_DIR) -> str:
 def load_conflist(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as fh:
-            conf = json.load(fh)
+            conf: dict[str, Any] = json.load(fh)
     except (OSError, ValueError) as exc:
         raise InvalidConfig(f"cannot read CNI configuration {path}", str(exc)) from None
     if "plugins" not in conf:  # a single-plugin .conf

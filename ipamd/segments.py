@@ -17,7 +17,7 @@ from pyroute2 import IPRoute
 from cni import links
 from cni.errors import AddressConflict, InvalidConfig, PoolExhausted
 from ipamd.ipam import ResolvedNetwork, now_rfc3339, set_condition
-from ipamd.objects import ClusterNetwork, Network
+from ipamd.objects import ClusterNetwork
 from ipamd.store import SegmentRecord, Store
 
 
@@ -59,6 +59,8 @@ class Segments:
         """The segment of ``net``, assigning (and recording) its ID the first time."""
         obj = net.obj
         cls = net.network_class
+        pool: tuple[tuple[int, int], ...]
+        parents: tuple[str, ...]
         with self.store.transaction():
             rec = self.store.get_segment(net.key)
             if isinstance(obj, ClusterNetwork) and obj.type == "Access":
@@ -121,7 +123,3 @@ class Segments:
         }
         with self.store.transaction():
             self.store.put_segment(replace(rec, status=status))
-
-
-def network_of(obj: Network | ClusterNetwork) -> str:
-    return obj.meta.key

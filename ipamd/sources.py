@@ -8,6 +8,7 @@ The Kubernetes source (informers) implements the same interface.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import threading
@@ -38,15 +39,15 @@ class Problem:
 class ObjectSource(Protocol):
     def get(self, kind: str, namespace: str, name: str) -> ApiObject | None: ...
 
-    def list(self, kind: str) -> list[ApiObject]: ...
+    def list(self, kind: str) -> builtins.list[ApiObject]: ...
 
     def pod_by_uid(self, uid: str) -> Pod | None: ...
 
-    def problems(self) -> list[Problem]: ...
+    def problems(self) -> builtins.list[Problem]: ...
 
     def ready(self) -> bool: ...
 
-    def sync(self) -> list[Problem]: ...
+    def sync(self) -> builtins.list[Problem]: ...
 
     def subscribe(self, callback: Callable[[], None]) -> None: ...
 
@@ -64,10 +65,11 @@ def read_documents(path: str) -> Iterator[Any]:
 
 
 def manifest_files(directory: str) -> list[str]:
-    out = []
+    out: list[str] = []
     for root, dirs, files in os.walk(directory):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        out.extend(os.path.join(root, f) for f in sorted(files) if f.endswith(MANIFEST_SUFFIXES) and not f.startswith("."))
+        out.extend(os.path.join(root, f) for f in sorted(files)
+                   if f.endswith(MANIFEST_SUFFIXES) and not f.startswith("."))
     return out
 
 
@@ -179,7 +181,7 @@ class LocalSource:
         with self._lock:
             return self._objects.get((kind, namespace, name))
 
-    def list(self, kind: str) -> list[ApiObject]:
+    def list(self, kind: str) -> builtins.list[ApiObject]:
         assert kind in KINDS, kind
         with self._lock:
             return [o for (k, _, _), o in self._objects.items() if k == kind]
@@ -188,6 +190,6 @@ class LocalSource:
         with self._lock:
             return self._by_uid.get(uid)
 
-    def problems(self) -> list[Problem]:
+    def problems(self) -> builtins.list[Problem]:
         with self._lock:
             return list(self._problems)
