@@ -222,11 +222,11 @@ class Attacher:
 
     def _build(self, host: IPRoute, pod_nl: IPRoute, pod_fd: int, call: CniCall, sel: NetworkSelection,
                net: ResolvedNetwork, iface: BuiltInterface, claims: list[Claim], undo: contextlib.ExitStack) -> links.PodLink:
-        _, uplink = self.segments.ensure(host, net)
+        segment, _ = self.segments.ensure(host, net)
         if sel.interface_type == "macvlan":
-            if not uplink:
-                raise InvalidConfig(f"{net.type} {net.name} has no parent interface for a macvlan", "interfaceType")
-            link = links.add_macvlan(host, pod_nl, pod_fd, uplink, sel.if_name, sel.mac)
+            # on the segment's bridge, not its uplink: a NIC enslaved to a bridge cannot also carry
+            # macvlans (EBUSY), and this way veth, TAP and macvlan pods share one L2 segment
+            link = links.add_macvlan(host, pod_nl, pod_fd, segment.bridge, sel.if_name, sel.mac)
             undo.callback(_quietly, f"macvlan {sel.if_name}", links.delete_link, pod_nl, sel.if_name)
         elif sel.interface_type == "tap":
             undo.callback(_quietly, f"tap {sel.if_name}", self._remove_tap, pod_nl, iface)
