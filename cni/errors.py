@@ -28,8 +28,11 @@ Standard library only: the exec'd shim imports this module.
 
 from __future__ import annotations
 
-import json
-from typing import Any, ClassVar
+from cni import wirejson
+
+TYPE_CHECKING = False  # typing is not imported at run time: the exec'd shim imports this module
+if TYPE_CHECKING:
+    from typing import Any, ClassVar
 
 
 class CniError(Exception):
@@ -48,7 +51,7 @@ class CniError(Exception):
         return {"cniVersion": cni_version, "code": self.code, "msg": self.msg, "details": self.details}
 
     def to_json(self, cni_version: str = "1.1.0") -> str:
-        return json.dumps(self.to_dict(cni_version))
+        return wirejson.dumps(self.to_dict(cni_version))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CniError:
@@ -120,7 +123,8 @@ class AnnotationInvalid(CniError):
 
 
 class ObjectNotFound(CniError):
-    """A Network, pool or IPAddress named by the pod does not exist (or is not the pod's to use)."""
+    """A Network, pool or IPAddress named by the pod does not exist, or not for this pod or network
+    (a Network of another namespace, an IPAddress of another network)."""
 
     code = 103
 

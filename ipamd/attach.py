@@ -22,6 +22,7 @@ from pyroute2 import IPRoute
 
 from cni import links
 from cni.errors import (
+    AnnotationInvalid,
     CniError,
     InterfaceFailure,
     InvalidConfig,
@@ -160,7 +161,7 @@ class Attacher:
             taken.add(call.ifname)
             for i, sel in enumerate(selections):
                 if sel.if_name in taken:
-                    raise InvalidConfig(f"networks-spec[{i}].ifName {sel.if_name!r} is already used in the pod",
+                    raise AnnotationInvalid(f"networks-spec[{i}].ifName {sel.if_name!r} is already used in the pod",
                                         f"networks-spec[{i}].ifName")
             check_ifname(call.ifname, "CNI_IFNAME")
             resolved = [self.ipam.resolve(s, pod.meta.namespace, f"networks-spec[{i}]") for i, s in enumerate(selections)]

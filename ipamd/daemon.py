@@ -114,6 +114,11 @@ class Daemon:
             self.cni_server.server_close()
         self.grpc_server.stop(grace=2)
         self.store.close()
+        for path in (self.cfg.socket, self.cfg.grpc_socket):  # a stale socket would look like a live daemon
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
 
 def _new_uid() -> str:

@@ -129,7 +129,7 @@ class Ipam:
         if not isinstance(obj, IPAddressObject):
             raise ObjectNotFound(f"IPAddress {ns}/{name} does not exist", f"{where}.ipAddressNames")
         if (obj.network_ref.kind, obj.network_ref.name) != (net.type, net.name):
-            raise InvalidConfig(
+            raise ObjectNotFound(
                 f"IPAddress {name} is for {obj.network_ref.kind} {obj.network_ref.name}, not {net.type} {net.name}",
                 f"{where}.ipAddressNames",
             )
