@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import ipaddress
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -39,22 +40,32 @@ def bridge_name(kind: str, ident: int, network_key: str) -> str:
 
 
 def _index(ipr: IPRoute, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return found[0] if found else None
+    """The link's index by name: one RTM_GETLINK for that name (``link_lookup`` dumps every link)."""
+    try:
+        return int(ipr.link("get", ifname=name)[0]["index"])
+    except NetlinkError as exc:
+        if exc.code in GONE:
+            return None
+        raise
+
+
+def generate_mac() -> str:
+    """A random locally administered unicast MAC, known without asking the kernel afterwards."""
+    b = bytearray(os.urandom(6))
+    b[0] = (b[0] & 0xFC) | 0x02
+    return ":".join(f"{x:02x}" for x in b)
 
 
 def _fail(what: str, exc: NetlinkError) -> InterfaceFailure:
     return InterfaceFailure(f"{what} failed", f"{exc.code} {errno.errorcode.get(exc.code, '')}: {exc}")
 
 
-def ensure_bridge(host: IPRoute, name: str, uplink: str = "", mtu: int = 0) -> bool:
-    """Create the node bridge (up) unless it exists, and enslave the uplink; True when created."""
-    created = False
+def ensure_bridge(host: IPRoute, name: str, uplink: str = "") -> int:
+    """Create the node bridge (up) unless it exists, and enslave the uplink; returns its index."""
     idx = _index(host, name)
     if idx is None:
         try:
             host.link("add", ifname=name, kind="bridge")
-            created = True
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:  # a concurrent ADD made it: fine
                 raise _fail(f"creating bridge {name}", exc) from None
@@ -69,7 +80,7 @@ def ensure_bridge(host: IPRoute, name: str, uplink: str = "", mtu: int = 0) -> b
         link = host.link("get", index=up)[0]
         if link.get_attr("IFLA_MASTER") != idx:
             host.link("set", index=up, master=idx, state="up")
-    return created
+    return idx
 
 
 def vlan_spec(parent_index: int, name: str, vlan_id: int) -> dict[str, Any]:
@@ -133,9 +144,10 @@ class PodLink:
     name: str
     mac: str
     host_link: str = ""
+    index: int = 0  # in the pod's namespace
 
 
-def _set_mac_up(ipr: IPRoute, name: str, mac: str, up: bool = True) -> str:
+def _set_mac_up(ipr: IPRoute, name: str, mac: str, up: bool = True) -> PodLink:
     idx = _index(ipr, name)
     if idx is None:
         raise InterfaceFailure(f"interface {name} vanished while being set up", name)
@@ -145,7 +157,7 @@ def _set_mac_up(ipr: IPRoute, name: str, mac: str, up: bool = True) -> str:
     if up:
         kwargs["state"] = "up"
     ipr.link("set", **kwargs)
-    return str(ipr.link("get", index=idx)[0].get_attr("IFLA_ADDRESS"))
+    return PodLink(name, mac or str(ipr.link("get", index=idx)[0].get_attr("IFLA_ADDRESS")), index=idx)
 
 
 def _pod_name_free(pod: IPRoute, name: str) -> None:
@@ -154,24 +166,36 @@ def _pod_name_free(pod: IPRoute, name: str) -> None:
 
 
 def add_veth(host: IPRoute, pod: IPRoute, pod_fd: int, host_name: str, if_name: str, mac: str,
-             bridge: str) -> PodLink:
-    """A veth pair: ``if_name`` in the pod, ``host_name`` on the node bridge."""
-    _pod_name_free(pod, if_name)
-    if _index(host, host_name) is not None:  # left by a crashed ADD of this very attachment
-        delete_link(host, host_name)
+             bridge_index: int) -> PodLink:
+    """A veth pair: ``if_name`` in the pod, ``host_name`` up on the node bridge.
+
+    One RTM_NEWLINK makes both ends, the host end already enslaved and up and the pod end with its
+    MAC; then the pod end is brought up. Each netlink round trip costs about a millisecond through
+    pyroute2, so the common case is kept to three.
+    """
+    mac = mac or generate_mac()
+    spec = {"ifname": host_name, "kind": "veth", "master": bridge_index, "state": "up",
+            "peer": {"ifname": if_name, "net_ns_fd": pod_fd, "address": mac}}
     try:
-        host.link("add", ifname=host_name, kind="veth", peer={"ifname": if_name, "net_ns_fd": pod_fd})
+        host.link("add", **spec)
     except NetlinkError as exc:
-        raise _fail(f"creating veth {if_name}", exc) from None
-    bridge_idx = _index(host, bridge)
-    if bridge_idx is None:
-        raise TryAgainLater(f"bridge {bridge} vanished")
-    host.link("set", index=_index(host, host_name), master=bridge_idx, state="up")
-    real_mac = _set_mac_up(pod, if_name, mac)
-    return PodLink(if_name, real_mac, host_name)
+        if exc.code != errno.EEXIST:
+            raise _fail(f"creating veth {if_name}", exc) from None
+        if _index(host, host_name) is None:
+            raise InterfaceFailure(f"interface {if_name} already exists in the pod", if_name) from None
+        delete_link(host, host_name)  # left by a crashed ADD of this very attachment
+        try:
+            host.link("add", **spec)
+        except NetlinkError as again:
+            raise _fail(f"creating veth {if_name}", again) from None
+    idx = _index(pod, if_name)
+    if idx is None:
+        raise InterfaceFailure(f"interface {if_name} vanished while being set up", if_name)
+    pod.link("set", index=idx, state="up")
+    return PodLink(if_name, mac, host_name, idx)
 
 
-def add_tap(host: IPRoute, pod: IPRoute, pod_fd: int, host_name: str, if_name: str, mac: str, bridge: str,
+def add_tap(host: IPRoute, pod: IPRoute, pod_fd: int, host_name: str, if_name: str, mac: str, bridge_index: int,
             uid: int | None, gid: int | None) -> PodLink:
     """A TAP ``if_name`` for a VM in the pod, bridged (inside the pod) to a veth into the node bridge."""
     _pod_name_free(pod, if_name)
@@ -182,7 +206,7 @@ def add_tap(host: IPRoute, pod: IPRoute, pod_fd: int, host_name: str, if_name: s
         delete_link(host, host_name)
     try:
         host.link("add", ifname=host_name, kind="veth", peer={"ifname": inner_veth, "net_ns_fd": pod_fd})
-        host.link("set", index=_index(host, host_name), master=_index(host, bridge), state="up")
+        host.link("set", index=_index(host, host_name), master=bridge_index, state="up")
         pod.link("add", ifname=inner_bridge, kind="bridge")
         br = _index(pod, inner_bridge)
         pod.link("set", index=br, state="up")
@@ -203,28 +227,34 @@ def add_tap(host: IPRoute, pod: IPRoute, pod_fd: int, host_name: str, if_name: s
         pod.link("set", index=_index(pod, if_name), master=br)
     except NetlinkError as exc:
         raise _fail(f"creating TAP {if_name}", exc) from None
-    return PodLink(if_name, _set_mac_up(pod, if_name, mac), host_name)
+    link = _set_mac_up(pod, if_name, mac or generate_mac())
+    return PodLink(if_name, link.mac, host_name, link.index)
 
 
-def add_macvlan(host: IPRoute, pod: IPRoute, pod_fd: int, parent: str, if_name: str, mac: str) -> PodLink:
-    """A macvlan (bridge mode) on the segment's uplink, created straight into the pod."""
-    _pod_name_free(pod, if_name)
-    parent_idx = _index(host, parent)
-    if parent_idx is None:
-        raise InterfaceFailure(f"macvlan parent {parent} does not exist", parent)
+def add_macvlan(host: IPRoute, pod: IPRoute, pod_fd: int, parent_index: int, if_name: str, mac: str) -> PodLink:
+    """A macvlan (bridge mode) on ``parent_index``, created straight into the pod with its MAC."""
+    mac = mac or generate_mac()
     try:
-        host.link("add", ifname=if_name, kind="macvlan", link=parent_idx, macvlan_mode="bridge", net_ns_fd=pod_fd)
+        host.link("add", ifname=if_name, kind="macvlan", link=parent_index, macvlan_mode="bridge",
+                  net_ns_fd=pod_fd, address=mac)
     except NetlinkError as exc:
-        raise _fail(f"creating macvlan {if_name} on {parent}", exc) from None
-    return PodLink(if_name, _set_mac_up(pod, if_name, mac))
+        if exc.code == errno.EEXIST:
+            raise InterfaceFailure(f"interface {if_name} already exists in the pod", if_name) from None
+        raise _fail(f"creating macvlan {if_name}", exc) from None
+    return PodLink(if_name, mac, index=_up(pod, if_name))
 
 
-def configure_addresses(pod: IPRoute, if_name: str, addresses: Iterable[str],
+def _up(ipr: IPRoute, name: str) -> int:
+    idx = _index(ipr, name)
+    if idx is None:
+        raise InterfaceFailure(f"interface {name} vanished while being set up", name)
+    ipr.link("set", index=idx, state="up")
+    return idx
+
+
+def configure_addresses(pod: IPRoute, idx: int, if_name: str, addresses: Iterable[str],
                         routes: Iterable[tuple[str, str]]) -> None:
     """Put ``addresses`` (CIDR) on the interface and add ``routes`` (destination, via)."""
-    idx = _index(pod, if_name)
-    if idx is None:
-        raise InterfaceFailure(f"interface {if_name} vanished while being configured", if_name)
     try:
         for cidr in addresses:
             iface = ipaddress.IPv4Interface(cidr)
@@ -236,17 +266,18 @@ def configure_addresses(pod: IPRoute, if_name: str, addresses: Iterable[str],
 
 
 def delete_link(ipr: IPRoute, name: str) -> bool:
-    """Remove a link by name; False (not an error) when it is already gone."""
-    idx = _index(ipr, name)
-    if idx is None:
-        return False
+    """Remove a link by name (the kernel resolves it: one round trip); False when already gone."""
     try:
-        ipr.link("del", index=idx)
+        ipr.link("del", ifname=name)
     except NetlinkError as exc:
         if exc.code in GONE:
             return False
         raise
     return True
+
+
+def bridge_index(host: IPRoute, bridge: str) -> int | None:
+    return _index(host, bridge)
 
 
 def bridge_ports(host: IPRoute, bridge: str) -> list[str]:

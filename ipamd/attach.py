@@ -116,9 +116,21 @@ class Attacher:
         self.ipam = ipam
         self.segments = segments
         self.ready = ready
-        self.host_netlink = host_netlink
+        self._make_host_netlink = host_netlink
+        self._local = threading.local()
         self.fault = fault  # test hook: may kill the process at a named step
         self.locks = KeyedLocks()
+
+    def host_netlink(self) -> IPRoute:
+        """This thread's netlink socket in the node's namespace, kept open across calls.
+
+        pyroute2 keeps one socket per thread, and opening one costs about a millisecond; the CNI
+        server serves calls from a fixed pool of threads, so each keeps its own.
+        """
+        ipr: IPRoute | None = getattr(self._local, "host", None)
+        if ipr is None:
+            ipr = self._local.host = self._make_host_netlink()
+        return ipr
 
     def handle(self, call: CniCall) -> dict[str, Any]:
         verbs: dict[str, Callable[[CniCall], dict[str, Any]]] = {
@@ -175,8 +187,8 @@ class Attacher:
         record = AttachmentRecord(call.container_id, call.ifname, pod.meta.uid, pod.meta.namespace, pod.meta.name,
                                   call.netns, "adding", updated_at=time.time(), network=call.network_name,
                                   pod_known=pod.meta.source != "runtime")
-        with pod_netlink(call.netns) as (pod_nl, pod_fd), contextlib.closing(self.host_netlink()) as host, \
-                contextlib.ExitStack() as undo:
+        host = self.host_netlink()
+        with pod_netlink(call.netns) as (pod_nl, pod_fd), contextlib.ExitStack() as undo:
             with self.store.transaction():
                 self.store.put_attachment(record)
             undo.callback(_quietly, "attachment record", self._forget_record, call.container_id, call.ifname)
@@ -223,25 +235,37 @@ class Attacher:
 
     def _build(self, host: IPRoute, pod_nl: IPRoute, pod_fd: int, call: CniCall, sel: NetworkSelection,
                net: ResolvedNetwork, iface: BuiltInterface, claims: list[Claim], undo: contextlib.ExitStack) -> links.PodLink:
-        segment, _ = self.segments.ensure(host, net)
+        try:
+            link = self._make_link(host, pod_nl, pod_fd, sel, net, iface, undo)
+        except InterfaceFailure:
+            seg = self.segments.plan(net).record
+            if seg.bridge not in self.segments._ready or links.bridge_index(host, seg.bridge) is not None:
+                raise
+            self.segments.forget(seg.bridge)  # the bridge was removed behind our back: make it again
+            link = self._make_link(host, pod_nl, pod_fd, sel, net, iface, undo)
+        if iface.configure_ips and claims:
+            routes = [(r["destination"], r["via"]) for c in claims for r in c.routes]
+            links.configure_addresses(pod_nl, link.index, sel.if_name,
+                                      [cidr_of(c.address, c.network) for c in claims], dict.fromkeys(routes))
+        return link
+
+    def _make_link(self, host: IPRoute, pod_nl: IPRoute, pod_fd: int, sel: NetworkSelection, net: ResolvedNetwork,
+                   iface: BuiltInterface, undo: contextlib.ExitStack) -> links.PodLink:
+        segment, bridge_index = self.segments.ensure(host, net)
         if sel.interface_type == "macvlan":
             # on the segment's bridge, not its uplink: a NIC enslaved to a bridge cannot also carry
             # macvlans (EBUSY), and this way veth, TAP and macvlan pods share one L2 segment
-            link = links.add_macvlan(host, pod_nl, pod_fd, segment.bridge, sel.if_name, sel.mac)
+            link = links.add_macvlan(host, pod_nl, pod_fd, bridge_index, sel.if_name, sel.mac)
             undo.callback(_quietly, f"macvlan {sel.if_name}", links.delete_link, pod_nl, sel.if_name)
         elif sel.interface_type == "tap":
             undo.callback(_quietly, f"tap {sel.if_name}", self._remove_tap, pod_nl, iface)
             undo.callback(_quietly, "temporary tap", links.delete_link, host, f"{iface.host_link}t")
-            link = links.add_tap(host, pod_nl, pod_fd, iface.host_link, sel.if_name, sel.mac, iface.bridge,
+            link = links.add_tap(host, pod_nl, pod_fd, iface.host_link, sel.if_name, sel.mac, bridge_index,
                                  sel.tap_uid, sel.tap_gid)
             undo.callback(_quietly, f"veth {iface.host_link}", links.delete_link, host, iface.host_link)
         else:
             undo.callback(_quietly, f"veth {iface.host_link}", links.delete_link, host, iface.host_link)
-            link = links.add_veth(host, pod_nl, pod_fd, iface.host_link, sel.if_name, sel.mac, iface.bridge)
-        if iface.configure_ips and claims:
-            routes = [(r["destination"], r["via"]) for c in claims for r in c.routes]
-            links.configure_addresses(pod_nl, sel.if_name, [cidr_of(c.address, c.network) for c in claims],
-                                      dict.fromkeys(routes))
+            link = links.add_veth(host, pod_nl, pod_fd, iface.host_link, sel.if_name, sel.mac, bridge_index)
         return link
 
     @staticmethod
@@ -307,14 +331,14 @@ class Attacher:
             self.store.put_attachment(record)
         self.fault("del:marked")
         errors: list[str] = []
-        with contextlib.closing(self.host_netlink()) as host:
-            for iface in record.interfaces:
-                names = [iface.host_link, f"{iface.host_link}t"] if iface.kind == "tap" else [iface.host_link]
-                for name in filter(None, names):
-                    try:
-                        links.delete_link(host, name)
-                    except Exception as exc:
-                        errors.append(f"{name}: {exc}")
+        host = self.host_netlink()
+        for iface in record.interfaces:
+            names = [iface.host_link, f"{iface.host_link}t"] if iface.kind == "tap" else [iface.host_link]
+            for name in filter(None, names):
+                try:
+                    links.delete_link(host, name)
+                except Exception as exc:
+                    errors.append(f"{name}: {exc}")
         pod_side = [i for i in record.interfaces if i.kind in ("macvlan", "tap")]
         if pod_side and record.netns:
             try:
@@ -375,10 +399,10 @@ class Attacher:
                         for r in a.get("routes", ()):
                             if (r["destination"], r["via"]) not in state["routes"]:
                                 problems.append(f"{iface.if_name} lacks route {r['destination']} via {r['via']}")
-        with contextlib.closing(self.host_netlink()) as host:
-            for iface in record.interfaces:
-                if iface.host_link and links.link_state(host, iface.host_link) is None:
-                    problems.append(f"host link {iface.host_link} of {iface.if_name} is missing")
+        host = self.host_netlink()
+        for iface in record.interfaces:
+            if iface.host_link and links.link_state(host, iface.host_link) is None:
+                problems.append(f"host link {iface.host_link} of {iface.if_name} is missing")
         if problems:
             raise InterfaceFailure("CHECK found the attachment changed", "; ".join(problems))
         return {}

@@ -14,6 +14,7 @@ import os
 import socketserver
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -57,10 +58,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, body)
 
 
-class CniHttpServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
+class CniHttpServer(socketserver.UnixStreamServer):
+    """Serves each connection on a fixed pool of worker threads.
 
-    def __init__(self, path: str, attacher: Attacher, ready: Callable[[], bool]) -> None:
+    A pool rather than a thread per call: it bounds how much work a burst of pod starts can pile
+    onto the node (multus#1346), and lets each worker keep its netlink socket open between calls.
+    """
+
+    def __init__(self, path: str, attacher: Attacher, ready: Callable[[], bool], workers: int = 8) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cni")
         directory = os.path.dirname(path) or "."
         os.makedirs(directory, mode=0o700, exist_ok=True)
         os.chmod(directory, 0o700)
@@ -73,6 +79,21 @@ class CniHttpServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             super().__init__(path, _Handler)
         finally:
             os.umask(old)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self._pool.submit(self._work, request, client_address)
+
+    def _work(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def serve_cni(self, raw: bytes) -> tuple[int, dict[str, Any]]:
         started = time.monotonic()

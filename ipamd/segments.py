@@ -54,6 +54,12 @@ class Segments:
     def __init__(self, store: Store, clock: Callable[[], float]) -> None:
         self.store = store
         self.clock = clock
+        # bridge name -> index of bridges known to be set up: ADD then costs no netlink call for
+        # the segment; a bridge removed behind our back is noticed when a port cannot join it
+        self._ready: dict[str, int] = {}
+
+    def forget(self, bridge: str) -> None:
+        self._ready.pop(bridge, None)
 
     def plan(self, net: ResolvedNetwork) -> SegmentPlan:
         """The segment of ``net``, assigning (and recording) its ID the first time."""
@@ -90,10 +96,13 @@ class Segments:
             return SegmentPlan(rec, "nic", parents[0])
         return SegmentPlan(rec, "")
 
-    def ensure(self, host: IPRoute, net: ResolvedNetwork) -> tuple[SegmentRecord, str]:
-        """Make the bridge (and uplink) exist on the node; return the record and the uplink's name."""
+    def ensure(self, host: IPRoute, net: ResolvedNetwork) -> tuple[SegmentRecord, int]:
+        """Make the bridge (and uplink) exist on the node; return the record and the bridge's index."""
         plan = self.plan(net)
         rec = plan.record
+        known = self._ready.get(rec.bridge)
+        if known is not None:
+            return rec, known
         uplink = ""
         if plan.uplink_kind == "vlan":
             uplink = links.ensure_vlan(host, plan.parent, rec.id)
@@ -103,9 +112,10 @@ class Segments:
             uplink = links.ensure_vxlan(host, rec.id, vx.underlay, vx.remotes, vx.group, vx.port, vx.local_ip)
         elif plan.uplink_kind == "nic":
             uplink = plan.parent
-        links.ensure_bridge(host, rec.bridge, uplink)
+        index = links.ensure_bridge(host, rec.bridge, uplink)
         self.mark_ready(rec)
-        return rec, uplink
+        self._ready[rec.bridge] = index
+        return rec, index
 
     def mark_ready(self, rec: SegmentRecord) -> None:
         if rec.status.get("readyNodeAttachementsCount") == 1:
