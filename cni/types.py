@@ -59,7 +59,11 @@ class IPConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> IPConfig:
         iface = d.get("interface")
-        return cls(str(d["address"]), None if iface is None else int(iface), str(d.get("gateway", "")))
+        address = str(d["address"])
+        if "/" not in address:
+            raise ValueError(f"address {address!r} is not in CIDR form")
+        ipaddress.ip_interface(address)  # ValueError when it is not an address
+        return cls(address, None if iface is None else int(iface), str(d.get("gateway", "")))
 
 
 @dataclass(frozen=True, slots=True)

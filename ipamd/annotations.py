@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from cni.errors import AnnotationInvalid
-from ipamd.objects import SPEC_ANNOTATION
+from ipamd.objects import IFNAMSIZ, SPEC_ANNOTATION, valid_ifname
 
-IFNAMSIZ = 15  # the kernel's limit, less the terminating NUL
 _MAC = re.compile(r"^([0-9a-fA-F]{2})(:[0-9a-fA-F]{2}){5}$")
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 INTERFACE_TYPES = ("veth", "tap", "macvlan")
@@ -46,7 +45,7 @@ def check_ifname(name: Any, where: str) -> str:
         raise AnnotationInvalid(f"{where} must be a non-empty string", where)
     if len(name) > IFNAMSIZ:
         raise AnnotationInvalid(f"{where} {name!r} is longer than {IFNAMSIZ} characters", where)
-    if name in (".", "..") or any(c in name for c in "/:") or any(c.isspace() for c in name):
+    if not valid_ifname(name):
         raise AnnotationInvalid(f"{where} {name!r} is not a valid interface name", where)
     return name
 
@@ -138,10 +137,14 @@ def parse_networks_spec(text: str | None) -> list[NetworkSelection]:
             tap_uid=_optional_int(item.get("uid"), f"{where}.uid"),
             tap_gid=_optional_int(item.get("gid"), f"{where}.gid"),
         ))
-    names_all = [n for s in out for n in s.ip_address_names]
-    dup = {n for n in names_all if names_all.count(n) > 1}
-    if dup:
-        raise AnnotationInvalid(f"IPAddress {sorted(dup)[0]!r} is named on two interfaces", "ipAddressNames")
+    first_use: dict[str, int] = {}
+    for i, sel in enumerate(out):
+        for name in sel.ip_address_names:
+            if name in first_use:
+                where = f"networks-spec[{i}].ipAddressNames"
+                raise AnnotationInvalid(
+                    f"{where}: IPAddress {name!r} is already named by networks-spec[{first_use[name]}]", where)
+            first_use[name] = i
     return out
 
 

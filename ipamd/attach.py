@@ -324,6 +324,17 @@ class Attacher:
             self._teardown(record)
         return {}
 
+    def teardown_current(self, container_id: str, ifname: str,
+                         still_wanted: Callable[[AttachmentRecord], bool] = lambda rec: True) -> bool:
+        """Tear an attachment down as it is once we hold its lock: a list read earlier may be stale
+        (an ADD in flight has more interfaces by now, or a DEL has already removed it)."""
+        with self.locks.hold((container_id, ifname)):
+            record = self.store.get_attachment(container_id, ifname)
+            if record is None or not still_wanted(record):
+                return False
+            self._teardown(record)
+            return True
+
     def _teardown(self, record: AttachmentRecord) -> None:
         """Remove what an attachment built, then release what it held. Raises only if links remain."""
         with self.store.transaction():
@@ -420,8 +431,7 @@ class Attacher:
             if (record.container_id, record.ifname) in keep:
                 continue
             try:
-                with self.locks.hold((record.container_id, record.ifname)):
-                    self._teardown(record)
+                self.teardown_current(record.container_id, record.ifname)
             except CniError as exc:
                 errors.append(f"{record.container_id[:12]}/{record.ifname}: {exc}")
         if errors:

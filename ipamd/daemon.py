@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from cni.errors import InternalError
 from ipamd.attach import Attacher
 from ipamd.cni_server import CniHttpServer
 from ipamd.grpc_api import IpamService, serve
@@ -59,12 +60,25 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
                         a.reconcile_interval, a.pidfile, a.metrics_port, os.environ.get("PLEXUS_FAULT", ""))
 
 
-def _fault_hook(step_wanted: str) -> Any:
+def _fault_hook(step_wanted: str, failure_rate: float, seed: str) -> Any:
+    """Test hooks. ``PLEXUS_FAULT=step``: SIGKILL at that step of ADD or DEL.
+    ``PLEXUS_FAULT_RATE=0.1``: fail one step in ten (each ADD/DEL step, seeded by
+    ``PLEXUS_FAULT_SEED``), so tests can show every failure unwinds."""
+    import random
+
+    rng = random.Random(seed)
+    lock = threading.Lock()
+
     def fault(step: str) -> None:
         if step_wanted and step == step_wanted:
             log.warning("fault injection: killing the daemon at %s", step)
             logging.shutdown()
             os.kill(os.getpid(), signal.SIGKILL)
+        if failure_rate:
+            with lock:
+                hit = rng.random() < failure_rate
+            if hit:
+                raise InternalError(f"injected failure at {step}", "PLEXUS_FAULT_RATE")
 
     return fault
 
@@ -78,7 +92,8 @@ class Daemon:
         self.segments = Segments(self.store, time.time)
         self._ready = threading.Event()
         self.attacher = Attacher(self.store, self.source, self.ipam, self.segments, self._ready.is_set,
-                                 fault=_fault_hook(cfg.fault))
+                                 fault=_fault_hook(cfg.fault, float(os.environ.get("PLEXUS_FAULT_RATE") or 0),
+                                                   os.environ.get("PLEXUS_FAULT_SEED", "plexus")))
         self.reconciler = Reconciler(self.store, self.source, self.ipam, self.attacher, cfg.reconcile_interval)
         self.cni_server: CniHttpServer | None = None
 

@@ -32,6 +32,15 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 DEFAULT_LEASE_TTL_S = 60.0
 
 
+IFNAMSIZ = 15  # the kernel's limit, less the terminating NUL
+
+
+def valid_ifname(name: object) -> bool:
+    """The kernel's rules for a link name (``dev_valid_name``)."""
+    return (isinstance(name, str) and 0 < len(name) <= IFNAMSIZ and name not in (".", "..")
+            and not any(c in name for c in "/:") and not any(c.isspace() for c in name))
+
+
 class ManifestInvalid(InvalidConfig):
     """A manifest that cannot be served; ``field`` is the path of what is wrong in it."""
 
@@ -232,7 +241,7 @@ def _parents(spec: Mapping[str, Any], meta: str, path: str) -> tuple[str, ...]:
         return ()
     names = _get(parents, "names", list, meta, f"{path}.names") or []
     for i, n in enumerate(names):
-        if not isinstance(n, str) or not 0 < len(n) <= 15 or "/" in n or n.strip() != n:
+        if not valid_ifname(n):
             raise ManifestInvalid(meta, f"{path}.names[{i}]", f"{n!r} is not an interface name")
     return tuple(names)
 

@@ -17,6 +17,7 @@ import threading
 from dataclasses import replace
 
 from cni.errors import CniError
+from ipamd.allocator import in_ranges, subnet_for
 from ipamd.attach import Attacher
 from ipamd.ipam import Ipam
 from ipamd.objects import AddressPool, ClusterNetwork, IPAddressObject, Network, Pod
@@ -45,19 +46,41 @@ class Reconciler:
             if rec.state == "ready":
                 continue
             try:
-                with self.attacher.locks.hold((rec.container_id, rec.ifname)):
-                    self.attacher._teardown(rec)
-                n += 1
-                log.info("recovered %s attachment %s/%s", rec.state, rec.container_id[:12], rec.ifname)
+                if self.attacher.teardown_current(rec.container_id, rec.ifname, lambda r: r.state != "ready"):
+                    n += 1
+                    log.info("recovered %s attachment %s/%s", rec.state, rec.container_id[:12], rec.ifname)
             except CniError as exc:
                 log.warning("could not recover attachment %s/%s: %s", rec.container_id[:12], rec.ifname, exc)
         return n
 
     def run_once(self) -> None:
         with self._lock:
+            self._flag_pool_changes()
             self._sync_ipaddresses()
             self._release_gone_pods()
             self.ipam.expire(None, self.ipam.clock())
+
+    def _flag_pool_changes(self) -> None:
+        """A pool shrank or lost a range under live leases: keep them, flag the ones now outside."""
+        for kind in ("IPAddressPool", "ClusterIPAddressPool"):
+            for pool in self.source.list(kind):
+                assert isinstance(pool, AddressPool)
+                changed = []
+                for lease in self.store.leases_in_pool(pool.meta.key).values():
+                    outside = subnet_for(pool, lease.ip) is None or (
+                        not in_ranges(pool, lease.ip) and lease.address != self._static_ip(lease.holder))
+                    if outside != lease.outside_ranges:
+                        changed.append(replace(lease, outside_ranges=outside))
+                if changed:
+                    with self.store.transaction():
+                        for lease in changed:
+                            self.store.put_lease(lease)
+                    log.warning("pool %s changed: %d lease(s) now %s its ranges", pool.meta.display, len(changed),
+                                "outside" if changed[0].outside_ranges else "back inside")
+
+    def _static_ip(self, holder: str | None) -> str:
+        rec = self.store.get_ip(holder) if holder else None
+        return rec.static_ip if rec is not None and rec.type == "Static" else ""
 
     def _pool_of(self, obj: IPAddressObject) -> AddressPool | None:
         ref = obj.network_ref
@@ -107,10 +130,10 @@ class Reconciler:
             if rec.pod_uid in live or rec.state != "ready" or not rec.pod_known:
                 continue
             try:
-                with self.attacher.locks.hold((rec.container_id, rec.ifname)):
-                    self.attacher._teardown(rec)
-                log.info("released attachment %s/%s of deleted pod %s/%s", rec.container_id[:12], rec.ifname,
-                         rec.namespace, rec.pod_name)
+                gone = lambda r: r.state == "ready" and r.pod_known and self.source.pod_by_uid(r.pod_uid) is None  # noqa: E731
+                if self.attacher.teardown_current(rec.container_id, rec.ifname, gone):
+                    log.info("released attachment %s/%s of deleted pod %s/%s", rec.container_id[:12], rec.ifname,
+                             rec.namespace, rec.pod_name)
             except CniError as exc:
                 log.warning("releasing attachment of deleted pod %s/%s: %s", rec.namespace, rec.pod_name, exc)
         owners = {r.owner_pod_uid for r in self.store.all_ips() if r.owner_pod_uid}

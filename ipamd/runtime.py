@@ -102,10 +102,12 @@ class Runtime:
         if proc.returncode != 0:
             try:
                 err = json.loads(out)
-                raise CniError.from_dict(err)
             except ValueError:
-                raise IOFailure(f"{plugin_type} {verb} failed (exit {proc.returncode})",
-                                (out or proc.stderr.decode(errors="replace"))[:500]) from None
+                err = None
+            if isinstance(err, dict) and "code" in err:
+                raise CniError.from_dict(err)
+            raise IOFailure(f"{plugin_type} {verb} failed (exit {proc.returncode})",
+                            (out or proc.stderr.decode(errors="replace"))[:500])
         if not out:
             return {}
         try:

@@ -250,7 +250,10 @@ class Store:
 
     def put_lease(self, lease: LeaseRecord) -> None:
         self._x(
-            "INSERT OR REPLACE INTO leases (pool, ip, holder, data) VALUES (?,?,?,?)",
+            # an upsert, not INSERT OR REPLACE: REPLACE would also silently delete a row that clashes
+            # on the holder index, i.e. another lease of the same IPAddress
+            "INSERT INTO leases (pool, ip, holder, data) VALUES (?,?,?,?) "
+            "ON CONFLICT(pool, ip) DO UPDATE SET holder=excluded.holder, data=excluded.data",
             (lease.pool, lease.ip, lease.holder, _dump(lease)),
         )
 
@@ -369,7 +372,8 @@ class Store:
 
     def put_segment(self, rec: SegmentRecord) -> None:
         self._x(
-            "INSERT OR REPLACE INTO segments (network, kind, id, data) VALUES (?,?,?,?)",
+            "INSERT INTO segments (network, kind, id, data) VALUES (?,?,?,?) "
+            "ON CONFLICT(network) DO UPDATE SET kind=excluded.kind, id=excluded.id, data=excluded.data",
             (rec.network, rec.kind, rec.id, _dump(rec)),
         )
 

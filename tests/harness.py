@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from tests.conftest import REPO, shim_command
 
 NS_PREFIX = "plxt-"
@@ -49,11 +50,11 @@ def links_in(netns_path: str | None) -> dict[str, dict[str, Any]]:
         for link in ipr.get_links():
             info = link.get_attr("IFLA_LINKINFO")
             idx = link["index"]
-            out[names[idx]] = {
+            out[link.get_attr("IFLA_IFNAME")] = {
                 "mac": link.get_attr("IFLA_ADDRESS"),
                 "up": bool(link["flags"] & 1),
                 "kind": info.get_attr("IFLA_INFO_KIND") if info else "",
-                "master": names.get(link.get_attr("IFLA_MASTER") or -1, ""),
+                "master": names.get(link.get_attr("IFLA_MASTER") or -1, "?"),
                 "addresses": [f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(index=idx, family=2)],
                 "routes": sorted(
                     f"{r.get_attr('RTA_DST')}/{r['dst_len']} via {r.get_attr('RTA_GATEWAY')}"
@@ -121,6 +122,8 @@ class Node:
             "--reconcile-interval", str(self.reconcile_interval), "--log-level", "debug",
         ]
         full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+        for stale in (self.socket, self.grpc_socket):  # a killed daemon leaves its sockets behind
+            stale.unlink(missing_ok=True)
         with open(self.dir / "ipamd.stderr", "ab") as err:
             self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.DEVNULL, stderr=err)
         deadline = time.monotonic() + 30
@@ -312,3 +315,17 @@ metadata: {name: net-noipam, namespace: my-namespace}
 spec:
   networkClass: test-class
 """
+
+
+def post_cni(node: Node, verb: str, container_id: str, netns: str, pod: tuple[str, str],
+             conf: dict[str, Any] | None = None, ifname: str = "eth0") -> tuple[int, Any]:
+    """One CNI call straight to the daemon's socket (what the plugin sends), without the exec:
+    for long churn runs where the daemon's behaviour, not the plugin's start-up, is under test."""
+    from cni.shim import http_post
+    from cni.wirejson import dumps, loads
+
+    env = {"CNI_COMMAND": verb, "CNI_CONTAINERID": container_id, "CNI_NETNS": netns, "CNI_IFNAME": ifname,
+           "CNI_ARGS": f"K8S_POD_NAMESPACE={pod[0]};K8S_POD_NAME={pod[1]}"}
+    status, payload = http_post(str(node.socket), "/v1/cni", dumps({"env": env, "config": conf or node.conf()}).encode(),
+                                60)
+    return status, loads(payload)

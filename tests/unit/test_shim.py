@@ -1,0 +1,442 @@
+"""``cni.shim.main``: what the exec'd plugin checks alone, and how it relays the daemon's answers."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cni.shim import main
+from cni.version import SUPPORTED_VERSIONS
+
+REPO = Path(__file__).resolve().parents[2]
+
+ADD_ENV = {
+    "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c0ffee", "CNI_NETNS": "/run/netns/pod", "CNI_IFNAME": "eth0",
+    "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=pod-a", "CNI_PATH": "/opt/cni/bin",
+}
+
+
+def env_for(verb: str, **extra: str) -> dict[str, str]:
+    env = dict(ADD_ENV, CNI_COMMAND=verb)
+    if verb in ("GC", "STATUS", "VERSION"):
+        env = {"CNI_COMMAND": verb, "CNI_PATH": "/opt/cni/bin"}
+    env.update(extra)
+    return env
+
+
+def conf(socket_path: str | Path = "/nonexistent/plexus.sock", version: str = "1.1.0", **extra: Any) -> dict[str, Any]:
+    return {"cniVersion": version, "name": "plexus", "type": "plexus", "socket": str(socket_path), **extra}
+
+
+def run_shim(env: dict[str, str], stdin: bytes | dict[str, Any]) -> tuple[int, str]:
+    raw = json.dumps(stdin).encode() if isinstance(stdin, dict) else stdin
+    out = io.StringIO()
+    rc = main(env, io.BytesIO(raw), out)
+    return rc, out.getvalue()
+
+
+def one_json_object(text: str) -> dict[str, Any]:
+    """The shim's output is exactly one line with one JSON object, never a traceback."""
+    assert "Traceback" not in text
+    assert text.endswith("\n") and text.count("\n") == 1, repr(text)
+    obj = json.loads(text)
+    assert isinstance(obj, dict)
+    return obj
+
+
+def error_of(env: dict[str, str], stdin: bytes | dict[str, Any]) -> dict[str, Any]:
+    rc, out = run_shim(env, stdin)
+    assert rc == 1
+    err = one_json_object(out)
+    assert set(err) == {"cniVersion", "code", "msg", "details"}
+    assert isinstance(err["code"], int) and isinstance(err["msg"], str) and err["msg"]
+    return err
+
+
+# -- VERSION --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
+def test_version_answers_supported_versions(version: str) -> None:
+    rc, out = run_shim({"CNI_COMMAND": "VERSION"}, {"cniVersion": version})
+    assert rc == 0
+    answer = one_json_object(out)
+    assert answer == {"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)}
+
+
+def test_version_with_empty_stdin() -> None:
+    rc, out = run_shim({"CNI_COMMAND": "VERSION"}, b"")
+    assert rc == 0
+    assert one_json_object(out) == {"cniVersion": "1.1.0", "supportedVersions": list(SUPPORTED_VERSIONS)}
+
+
+def test_version_needs_no_daemon_nor_other_env() -> None:
+    rc, out = run_shim({"CNI_COMMAND": "VERSION"}, {"cniVersion": "1.0.0", "socket": "/nonexistent"})
+    assert rc == 0
+    assert one_json_object(out)["supportedVersions"] == list(SUPPORTED_VERSIONS)
+
+
+# -- environment ----------------------------------------------------------------------------------
+
+def test_missing_command() -> None:
+    err = error_of({}, conf())
+    assert err["code"] == 4
+    assert err["details"] == "CNI_COMMAND"
+
+
+def test_unknown_command() -> None:
+    err = error_of(env_for("REBOOT"), conf())
+    assert err["code"] == 4
+    assert "REBOOT" in err["msg"]
+
+
+@pytest.mark.parametrize(("verb", "missing"), [
+    ("ADD", "CNI_NETNS"), ("ADD", "CNI_CONTAINERID"), ("ADD", "CNI_IFNAME"),
+    ("CHECK", "CNI_NETNS"), ("DEL", "CNI_CONTAINERID"), ("DEL", "CNI_IFNAME"),
+])
+def test_missing_required_env(verb: str, missing: str) -> None:
+    env = env_for(verb)
+    del env[missing]
+    err = error_of(env, conf())
+    assert err["code"] == 4
+    assert err["details"] == missing
+    assert missing in err["msg"]
+
+
+def test_empty_required_env_is_missing() -> None:
+    err = error_of(env_for("ADD", CNI_NETNS=""), conf())
+    assert (err["code"], err["details"]) == (4, "CNI_NETNS")
+
+
+def test_del_without_netns_reaches_the_daemon() -> None:
+    env = env_for("DEL")
+    del env["CNI_NETNS"]
+    err = error_of(env, conf())
+    assert err["code"] == 11  # past the checks: only the (missing) daemon stopped it
+
+
+# -- configuration --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stdin", [b"{not json", b"\xff\xfe\x00garbage", b"[1, 2]", b'"plexus"', b"   "])
+def test_stdin_not_a_json_object(stdin: bytes) -> None:
+    err = error_of(env_for("ADD"), stdin)
+    assert err["code"] == 6
+
+
+@pytest.mark.parametrize("key", ["cniVersion", "name", "type"])
+def test_missing_required_key(key: str) -> None:
+    c = conf()
+    del c[key]
+    err = error_of(env_for("ADD"), c)
+    assert err["code"] == 7
+    assert err["details"] == key
+    assert key in err["msg"]
+
+
+@pytest.mark.parametrize("key", ["cniVersion", "name", "type"])
+def test_required_key_must_be_a_non_empty_string(key: str) -> None:
+    for bad in ("", 1, None, ["x"]):
+        err = error_of(env_for("ADD"), {**conf(), key: bad})
+        assert (err["code"], err["details"]) == (7, key)
+
+
+@pytest.mark.parametrize("version", ["0.1.0", "0.2.0", "2.0.0", "1.1", "latest"])
+def test_unsupported_version(version: str) -> None:
+    err = error_of(env_for("ADD"), conf(version=version))
+    assert err["code"] == 1
+    assert err["cniVersion"] == "1.1.0"  # answered in a version the shim speaks
+
+
+@pytest.mark.parametrize(("verb", "version"), [
+    ("GC", "1.0.0"), ("GC", "0.4.0"), ("STATUS", "1.0.0"), ("CHECK", "0.3.1"), ("CHECK", "0.3.0"),
+])
+def test_verb_too_new_for_the_version(verb: str, version: str) -> None:
+    err = error_of(env_for(verb), conf(version=version))
+    assert err["code"] == 1
+    assert verb in err["msg"]
+
+
+def test_errors_are_written_in_the_callers_version() -> None:
+    err = error_of(env_for("ADD"), conf(version="0.4.0"))
+    assert err["cniVersion"] == "0.4.0"
+
+
+# -- the daemon is not there ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("verb", "code"), [("ADD", 11), ("DEL", 11), ("CHECK", 11), ("GC", 11), ("STATUS", 50)])
+def test_missing_socket(tmp_path: Path, verb: str, code: int) -> None:
+    started = time.monotonic()
+    err = error_of(env_for(verb), conf(tmp_path / "plexus.sock"))
+    assert time.monotonic() - started < 2.0
+    assert err["code"] == code
+    assert "plexus.sock" in err["details"]
+
+
+@pytest.mark.parametrize(("verb", "code"), [("ADD", 11), ("DEL", 11), ("STATUS", 50)])
+def test_stale_socket_file(tmp_path: Path, verb: str, code: int) -> None:
+    path = tmp_path / "plexus.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))  # bound, never listening: connections are refused
+    try:
+        started = time.monotonic()
+        err = error_of(env_for(verb), conf(path))
+        assert time.monotonic() - started < 2.0
+        assert err["code"] == code
+    finally:
+        stale.close()
+
+
+def test_default_socket_is_used_without_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import cni.shim
+
+    monkeypatch.setattr(cni.shim, "DEFAULT_SOCKET", str(tmp_path / "default.sock"))
+    c = conf()
+    del c["socket"]
+    err = error_of(env_for("ADD"), c)
+    assert err["code"] == 11
+    assert "default.sock" in err["details"]
+
+
+# -- a fake daemon --------------------------------------------------------------------------------
+
+Responder = Callable[[bytes], bytes]
+
+
+def http(status: int, body: Any, reason: str = "X") -> bytes:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+            f"Connection: close\r\n\r\n").encode() + data
+
+
+class FakeDaemon:
+    """plexus-ipamd's socket, answering every request with what ``respond`` makes of it."""
+
+    def __init__(self, path: Path, respond: Responder) -> None:
+        self.path = path
+        self.respond = respond
+        self.requests: list[tuple[bytes, dict[str, str], bytes]] = []
+        self.release = threading.Event()
+        daemon = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                request_line = self.rfile.readline().rstrip(b"\r\n")
+                headers: dict[str, str] = {}
+                while (line := self.rfile.readline()) not in (b"\r\n", b"\n", b""):
+                    name, _, value = line.decode().partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                body = self.rfile.read(int(headers.get("content-length", "0")))
+                daemon.requests.append((request_line, headers, body))
+                answer = daemon.respond(body)
+                if answer:
+                    self.wfile.write(answer)
+
+        self.server = socketserver.UnixStreamServer(str(path), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+    @property
+    def last_call(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.requests[-1][2])
+        return parsed
+
+
+@pytest.fixture()
+def fake_daemon(tmp_path: Path) -> Iterator[Callable[[Responder], FakeDaemon]]:
+    started: list[FakeDaemon] = []
+
+    def start(respond: Responder) -> FakeDaemon:
+        d = FakeDaemon(tmp_path / f"d{len(started)}.sock", respond)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.close()
+
+
+RESULT = {
+    "cniVersion": "1.0.0",
+    "interfaces": [{"name": "net1", "mac": "02:00:00:00:00:01", "sandbox": "/run/netns/pod"}],
+    "ips": [{"address": "198.18.10.50/24", "interface": 0}],
+    "dns": {},
+}
+
+
+def test_result_is_printed_verbatim(fake_daemon: Callable[[Responder], FakeDaemon]) -> None:
+    d = fake_daemon(lambda body: http(200, RESULT, "OK"))
+    env = dict(env_for("ADD"), HOME="/root", SECRET_TOKEN="x")
+    c = conf(d.path, version="1.0.0", logFile="")
+    rc, out = run_shim(env, c)
+    assert rc == 0
+    assert one_json_object(out) == RESULT
+    request_line, headers, _ = d.requests[0]
+    assert request_line == b"POST /v1/cni HTTP/1.1"
+    assert headers["content-type"] == "application/json"
+    call = d.last_call
+    assert call["config"] == c
+    assert call["env"] == {k: v for k, v in env.items() if k.startswith("CNI_")}  # nothing else of the env leaves
+
+
+def test_daemon_error_is_printed_verbatim(fake_daemon: Callable[[Responder], FakeDaemon]) -> None:
+    error = {"cniVersion": "0.4.0", "code": 104, "msg": "IPAddress a is in use by pod ns/b",
+             "details": "networks-spec[0].ipAddressNames"}
+    d = fake_daemon(lambda body: http(400, error, "Bad Request"))
+    rc, out = run_shim(env_for("ADD"), conf(d.path, version="0.4.0"))
+    assert rc == 1
+    assert one_json_object(out) == error
+
+
+@pytest.mark.parametrize("code", [7, 11, 100, 102, 999, 4242])
+def test_daemon_error_codes_survive(fake_daemon: Callable[[Responder], FakeDaemon], code: int) -> None:
+    error = {"cniVersion": "1.1.0", "code": code, "msg": "no", "details": "why"}
+    d = fake_daemon(lambda body: http(500 if code == 999 else 400, error))
+    rc, out = run_shim(env_for("ADD"), conf(d.path))
+    assert rc == 1
+    assert one_json_object(out) == error
+
+
+@pytest.mark.parametrize("verb", ["DEL", "STATUS", "GC"])
+def test_empty_success_prints_nothing(fake_daemon: Callable[[Responder], FakeDaemon], verb: str) -> None:
+    d = fake_daemon(lambda body: http(200, {}, "OK"))
+    rc, out = run_shim(env_for(verb), conf(d.path))
+    assert (rc, out) == (0, "")
+    assert d.last_call["env"]["CNI_COMMAND"] == verb
+
+
+def test_check_is_forwarded(fake_daemon: Callable[[Responder], FakeDaemon]) -> None:
+    d = fake_daemon(lambda body: http(200, {}, "OK"))
+    c = conf(d.path, prevResult=RESULT)
+    rc, out = run_shim(env_for("CHECK"), c)
+    assert (rc, out) == (0, "")
+    assert d.last_call["config"]["prevResult"] == RESULT
+
+
+@pytest.mark.parametrize(("answer", "codes"), [
+    (b"garbage, not HTTP", {11, 101}),
+    (b"", {11, 101}),  # closed without a word
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nnot json", {101}),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n[1,2,3]", {101}),
+    (b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 17\r\n\r\n{\"error\": \"boom\"}", {101}),
+    (b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnull", {101}),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n{\"a\"", {101}),  # cut short
+    (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n{}", {11, 101, 999}),
+])
+def test_garbage_answer(fake_daemon: Callable[[Responder], FakeDaemon], answer: bytes, codes: set[int]) -> None:
+    d = fake_daemon(lambda body: answer)
+    err = error_of(env_for("ADD"), conf(d.path))
+    assert err["code"] in codes
+
+
+def test_content_length_is_honoured(fake_daemon: Callable[[Responder], FakeDaemon]) -> None:
+    d = fake_daemon(lambda body: http(200, RESULT) + b"trailing rubbish")
+    rc, out = run_shim(env_for("ADD"), conf(d.path))
+    assert rc == 0
+    assert one_json_object(out) == RESULT
+
+
+def test_hung_daemon_times_out_with_try_again(fake_daemon: Callable[[Responder], FakeDaemon]) -> None:
+    holder: list[FakeDaemon] = []
+
+    def hang(body: bytes) -> bytes:
+        holder[0].release.wait(10)
+        return b""
+
+    holder.append(fake_daemon(hang))
+    started = time.monotonic()
+    err = error_of(env_for("ADD"), conf(holder[0].path, timeoutSeconds=0.3))
+    assert time.monotonic() - started < 2.0
+    assert err["code"] == 11
+
+
+def test_log_file_gets_one_line_per_call(fake_daemon: Callable[[Responder], FakeDaemon], tmp_path: Path) -> None:
+    d = fake_daemon(lambda body: http(200, RESULT))
+    log = tmp_path / "plexus.log"
+    run_shim(env_for("ADD"), conf(d.path, logFile=str(log)))
+    run_shim(env_for("ADD"), conf(tmp_path / "gone.sock", logFile=str(log)))
+    lines = log.read_text().splitlines()
+    assert len(lines) == 2
+    assert "ADD" in lines[0] and "container=c0ffee" in lines[0] and lines[0].endswith("ok")
+    assert "error 11" in lines[1]
+
+
+def test_unwritable_log_file_does_not_fail_the_call(fake_daemon: Callable[[Responder], FakeDaemon],
+                                                    tmp_path: Path) -> None:
+    d = fake_daemon(lambda body: http(200, RESULT))
+    rc, out = run_shim(env_for("ADD"), conf(d.path, logFile=str(tmp_path / "no" / "such" / "dir" / "x.log")))
+    assert rc == 0
+    assert one_json_object(out) == RESULT
+
+
+# -- never a traceback ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra", [
+    {"timeoutSeconds": "soon"}, {"timeoutSeconds": -1}, {"socket": 5}, {"socket": "/tmp/\x00nul"},
+    {"socket": "x" * 200}, {"logFile": 7},
+])
+def test_odd_config_still_gives_a_cni_error(extra: dict[str, Any], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # a logFile of 7 is the relative path "7"
+    c = {**conf(tmp_path / "gone.sock"), **extra}
+    err = error_of(env_for("ADD"), c)
+    assert err["code"] in {7, 11, 999}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(verb=st.sampled_from(["ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION", "", "add", "BOGUS"]),
+       stdin=st.one_of(
+           st.binary(max_size=64),
+           st.dictionaries(st.sampled_from(["cniVersion", "name", "type", "socket", "prevResult", "timeoutSeconds"]),
+                           st.one_of(st.none(), st.integers(), st.text(max_size=8), st.sampled_from(SUPPORTED_VERSIONS)))
+           .map(lambda d: json.dumps(d).encode()),
+       ))
+def test_output_is_always_one_json_object(verb: str, stdin: bytes) -> None:
+    env = env_for(verb) if verb else {}
+    cfg = stdin
+    try:  # keep a configured socket off the real daemon's path
+        parsed = json.loads(stdin)
+        if isinstance(parsed, dict):
+            parsed["socket"] = "/nonexistent/plexus-test.sock"
+            cfg = json.dumps(parsed).encode()
+    except ValueError:
+        pass
+    rc, out = run_shim(env, cfg)
+    assert rc in (0, 1)
+    answer = one_json_object(out)
+    if rc == 1:
+        assert set(answer) == {"cniVersion", "code", "msg", "details"}
+        assert answer["cniVersion"] in SUPPORTED_VERSIONS
+    else:
+        assert verb == "VERSION"
+
+
+def test_the_real_entry_point(tmp_path: Path) -> None:
+    """``python -m cni``: exit code and output as the runtime sees them."""
+    env = {**env_for("ADD"), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    proc = subprocess.run([sys.executable, "-m", "cni"], input=json.dumps(conf(tmp_path / "gone.sock")).encode(),
+                          env=env, capture_output=True, timeout=30, cwd=REPO, check=False)
+    assert proc.returncode == 1
+    assert one_json_object(proc.stdout.decode())["code"] == 11
+    proc = subprocess.run([sys.executable, "-m", "cni"], input=b'{"cniVersion": "1.0.0"}',
+                          env={"CNI_COMMAND": "VERSION"}, capture_output=True, timeout=30, cwd=REPO, check=False)
+    assert proc.returncode == 0
+    assert one_json_object(proc.stdout.decode())["supportedVersions"] == list(SUPPORTED_VERSIONS)
