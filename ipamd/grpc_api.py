@@ -96,7 +96,7 @@ class IpamService(pb_grpc.IpamServicer):
         if rec is not None and rec.used_by_uids and not request.force:
             raise AddressConflict(f"{lease.address} is in use by pod {', '.join(rec.used_by_pods)}", "force")
         with self.store.transaction():
-            self.store.delete_lease(lease.pool, lease.ip)
+            self.ipam._drop_lease(lease)
             if rec is not None:
                 self.store.delete_ip(rec.key) if rec.created_by != "user" else self.store.put_ip(
                     IPRecord(**{**asdict(rec), "phase": "Pending", "address": "", "network": ""}))

@@ -13,8 +13,9 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Container
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from cni.errors import AddressConflict, CniError, InvalidConfig, ObjectNotFound, PoolExhausted
 from ipamd.allocator import in_ranges, pick_free, subnet_for, to_int, to_text
@@ -81,11 +82,53 @@ def auto_ip_name(pod: Pod, if_name: str) -> str:
     return f"{base}-{hashlib.sha1(pod.meta.uid.encode()).hexdigest()[:5]}"
 
 
+class LeaseRegistry(Protocol):
+    """Where a lease is made unique beyond this node's store.
+
+    Local mode: nowhere else (``NodeLocalRegistry``). Kubernetes mode: one IPAddressLease object per
+    IP, created only if absent, so two nodes can never hold the same address.
+    """
+
+    def taken_elsewhere(self, pool: str) -> Collection[int]: ...
+
+    def claim(self, lease: LeaseRecord) -> bool: ...  # False: somebody else holds this IP
+
+    def orphan(self, lease: LeaseRecord) -> None: ...
+
+    def release(self, lease: LeaseRecord) -> None: ...
+
+
+class NodeLocalRegistry:
+    def taken_elsewhere(self, pool: str) -> Collection[int]:
+        return ()
+
+    def claim(self, lease: LeaseRecord) -> bool:
+        return True
+
+    def orphan(self, lease: LeaseRecord) -> None:
+        pass
+
+    def release(self, lease: LeaseRecord) -> None:
+        pass
+
+
+class _Either:
+    """``ip in a or ip in b`` without building the union of two large sets."""
+
+    def __init__(self, a: Container[int], b: Container[int]) -> None:
+        self.a, self.b = a, b
+
+    def __contains__(self, ip: object) -> bool:
+        return ip in self.a or ip in self.b
+
+
 class Ipam:
-    def __init__(self, store: Store, source: ObjectSource, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, source: ObjectSource, clock: Callable[[], float] = time.time,
+                 registry: LeaseRegistry | None = None) -> None:
         self.store = store
         self.source = source
         self.clock = clock
+        self.registry: LeaseRegistry = registry or NodeLocalRegistry()
 
     # -- resolution ------------------------------------------------------------------------------
     def resolve(self, sel: NetworkSelection, namespace: str, where: str) -> ResolvedNetwork:
@@ -181,7 +224,7 @@ class Ipam:
         lease = self.store.lease_of(rec.key)
         created = False
         if lease is not None and lease.pool != pkey:  # the Network moved to another pool: start over
-            self.store.orphan_lease(lease, now)
+            self._orphan(lease, now)
             lease = None
         if lease is None:
             self.expire(pkey, now)
@@ -196,17 +239,13 @@ class Ipam:
                     raise AddressConflict(f"IPAddress {rec.name}: {rec.static_ip} is already leased to {held.holder}",
                                           "spec.static.ip")
                 # an orphaned (quarantined) lease of exactly this address is adopted at once
+                lease = LeaseRecord(pool=pkey, ip=ip, address=to_text(ip), network=str(subnet.network),
+                                    holder=rec.key, holder_uid=rec.uid, ttl=pool.lease_ttl_s, created_at=now)
+                if not self.registry.claim(lease):
+                    raise AddressConflict(f"IPAddress {rec.name}: {rec.static_ip} is already leased elsewhere",
+                                          "spec.static.ip")
             else:
-                picked = pick_free(pool, self.store.taken_ips(pkey), self.store.cursor(pkey))
-                if picked is None:
-                    raise PoolExhausted(
-                        f"pool {pool.meta.display} has no free address",
-                        f"{len(self.store.taken_ips(pkey))} of {pool.size} addresses leased or quarantined",
-                    )
-                ip, subnet = picked
-                self.store.set_cursor(pkey, ip)
-            lease = LeaseRecord(pool=pkey, ip=ip, address=to_text(ip), network=str(subnet.network),
-                                holder=rec.key, holder_uid=rec.uid, ttl=pool.lease_ttl_s, created_at=now)
+                lease = self._claim_free(rec, pool, pkey, now)
             self.store.put_lease(lease)
             created = True
         subnet = subnet_for(pool, lease.ip)
@@ -219,6 +258,36 @@ class Ipam:
             self.store.put_lease(lease)
         self.store.put_ip(rec)
         return rec, lease, created
+
+    def _claim_free(self, rec: IPRecord, pool: AddressPool, pkey: str, now: float) -> LeaseRecord:
+        """The next free address that the registry also lets us have (another node may hold it)."""
+        taken = self.store.taken_ips(pkey)
+        lost: set[int] = set()
+        elsewhere = self.registry.taken_elsewhere(pkey)
+        cursor = self.store.cursor(pkey)
+        while True:
+            picked = pick_free(pool, _Either(taken, _Either(elsewhere, lost)), cursor)
+            if picked is None:
+                raise PoolExhausted(
+                    f"pool {pool.meta.display} has no free address",
+                    f"{len(taken) + len(lost)} of {pool.size} addresses leased or quarantined",
+                )
+            ip, subnet = picked
+            lease = LeaseRecord(pool=pkey, ip=ip, address=to_text(ip), network=str(subnet.network),
+                                holder=rec.key, holder_uid=rec.uid, ttl=pool.lease_ttl_s, created_at=now)
+            if self.registry.claim(lease):
+                self.store.set_cursor(pkey, ip)
+                return lease
+            lost.add(ip)  # taken by another node since our cache last saw it: try the next one
+            cursor = ip
+
+    def _orphan(self, lease: LeaseRecord, now: float) -> None:
+        orphan = self.store.orphan_lease(lease, now)
+        self.registry.orphan(orphan)
+
+    def _drop_lease(self, lease: LeaseRecord) -> None:
+        self.store.delete_lease(lease.pool, lease.ip)
+        self.registry.release(lease)
 
     def mark_exhausted(self, rec: IPRecord, exc: CniError) -> None:
         conds = set_condition(rec.conditions, "Allocated", False, "NoFreeIPAddress", exc.msg, self.clock())
@@ -281,7 +350,7 @@ class Ipam:
                 if c.created_ip:
                     lease = self.store.lease_of(c.ip_key)
                     if lease is not None:
-                        self.store.delete_lease(lease.pool, lease.ip)
+                        self._drop_lease(lease)
                     self.store.delete_ip(c.ip_key)
                 elif rec is not None:
                     self._drop_user(rec, pod.meta.uid)
@@ -311,9 +380,9 @@ class Ipam:
             lease = self.store.lease_of(rec.key)
             if lease is not None:
                 if lease.ttl > 0:
-                    self.store.orphan_lease(lease, self.clock())
+                    self._orphan(lease, self.clock())
                 else:
-                    self.store.delete_lease(lease.pool, lease.ip)
+                    self._drop_lease(lease)
             self.store.delete_ip(rec.key)
 
     def forget_pod(self, pod_uid: str) -> int:
@@ -331,6 +400,6 @@ class Ipam:
         with self.store.transaction():
             for lease in self.store.orphaned_leases(pool):
                 if lease.orphaned_at is not None and now >= lease.orphaned_at + lease.ttl:
-                    self.store.delete_lease(lease.pool, lease.ip)
+                    self._drop_lease(lease)
                     n += 1
         return n

@@ -197,6 +197,9 @@ class Store:
         self._db.executescript(SCHEMA)
         self._lock = threading.RLock()
         self._depth = 0
+        # pool -> leased IPs, kept in step with the table (and dropped on ROLLBACK): allocation then
+        # costs the same at 95% fill of a /16 as at 10%, instead of reading 60,000 rows each time
+        self._taken: dict[str, set[int]] = {}
 
     def close(self) -> None:
         with self._lock:
@@ -219,6 +222,7 @@ class Store:
                 yield self
             except BaseException:
                 self._db.execute("ROLLBACK")
+                self._taken.clear()
                 raise
             else:
                 self._db.execute("COMMIT")
@@ -238,7 +242,12 @@ class Store:
         return {ip: _lease(d) for ip, d in self._q("SELECT ip, data FROM leases WHERE pool=?", (pool,))}
 
     def taken_ips(self, pool: str) -> set[int]:
-        return {ip for (ip,) in self._q("SELECT ip FROM leases WHERE pool=?", (pool,))}
+        """The leased IPs of a pool (read-only: the store keeps this set up to date)."""
+        with self._lock:
+            taken = self._taken.get(pool)
+            if taken is None:
+                taken = self._taken[pool] = {ip for (ip,) in self._q("SELECT ip FROM leases WHERE pool=?", (pool,))}
+            return taken
 
     def lease_at(self, pool: str, ip: int) -> LeaseRecord | None:
         rows = self._q("SELECT data FROM leases WHERE pool=? AND ip=?", (pool, ip))
@@ -256,9 +265,15 @@ class Store:
             "ON CONFLICT(pool, ip) DO UPDATE SET holder=excluded.holder, data=excluded.data",
             (lease.pool, lease.ip, lease.holder, _dump(lease)),
         )
+        taken = self._taken.get(lease.pool)
+        if taken is not None:
+            taken.add(lease.ip)
 
     def delete_lease(self, pool: str, ip: int) -> None:
         self._x("DELETE FROM leases WHERE pool=? AND ip=?", (pool, ip))
+        taken = self._taken.get(pool)
+        if taken is not None:
+            taken.discard(ip)
 
     def orphan_lease(self, lease: LeaseRecord, now: float) -> LeaseRecord:
         orphan = replace(lease, holder=None, holder_uid="", state="orphaned", orphaned_at=now)
