@@ -43,9 +43,10 @@ from ipamd.annotations import (
 )
 from ipamd.ipam import Claim, Ipam, ResolvedNetwork, now_rfc3339
 from ipamd.objects import POD_ANNOTATIONS_CAPABILITY, SPEC_ANNOTATION, Meta, Pod
+from ipamd.publish import LocalPublisher, Publisher
 from ipamd.segments import Segments
 from ipamd.sources import ObjectSource
-from ipamd.store import AttachmentRecord, BuiltInterface, PodStatus, Store
+from ipamd.store import AttachmentRecord, BuiltInterface, IPRecord, PodStatus, Store
 
 log = logging.getLogger(__name__)
 VALID_ATTACHMENTS = "cni.dev/valid-attachments"
@@ -110,7 +111,7 @@ def _quietly(what: str, fn: Callable[..., Any], *args: Any) -> None:
 class Attacher:
     def __init__(self, store: Store, source: ObjectSource, ipam: Ipam, segments: Segments,
                  ready: Callable[[], bool], host_netlink: Callable[[], IPRoute] = IPRoute,
-                 fault: Callable[[str], None] = lambda step: None) -> None:
+                 fault: Callable[[str], None] = lambda step: None, publisher: Publisher | None = None) -> None:
         self.store = store
         self.source = source
         self.ipam = ipam
@@ -119,6 +120,7 @@ class Attacher:
         self._make_host_netlink = host_netlink
         self._local = threading.local()
         self.fault = fault  # test hook: may kill the process at a named step
+        self.publisher: Publisher = publisher or LocalPublisher()
         self.locks = KeyedLocks()
 
     def host_netlink(self) -> IPRoute:
@@ -156,6 +158,14 @@ class Attacher:
             return pod
         if isinstance(runtime_annotations, dict) and uid:
             return Pod(Meta("Pod", name, ns, uid, "runtime"), dict(runtime_annotations))
+        wait = getattr(self.source, "wait_for_pod", None)  # a cluster source: the watch may lag the ADD
+        if wait is not None:
+            found = wait(ns, name)
+            if isinstance(found, Pod):
+                if uid and found.meta.uid != uid:
+                    raise UnknownContainer(f"pod {ns}/{name} has UID {found.meta.uid}, not {uid} (K8S_POD_UID)",
+                                           "K8S_POD_UID")
+                return found
         raise UnknownContainer(f"pod {ns}/{name} is not known to the object source", "K8S_POD_NAME")
 
     # -- ADD ------------------------------------------------------------------------------------
@@ -176,10 +186,15 @@ class Attacher:
                     raise AnnotationInvalid(f"networks-spec[{i}].ifName {sel.if_name!r} is already used in the pod",
                                         f"networks-spec[{i}].ifName")
             check_ifname(call.ifname, "CNI_IFNAME")
-            resolved = [self.ipam.resolve(s, pod.meta.namespace, f"networks-spec[{i}]") for i, s in enumerate(selections)]
-            user_ips = [self.ipam.validate(pod, s, n, f"networks-spec[{i}]")
-                        for i, (s, n) in enumerate(zip(selections, resolved, strict=False))]
-            result = self._add(call, pod, selections, resolved, user_ips)
+            try:
+                resolved = [self.ipam.resolve(s, pod.meta.namespace, f"networks-spec[{i}]")
+                            for i, s in enumerate(selections)]
+                user_ips = [self.ipam.validate(pod, s, n, f"networks-spec[{i}]")
+                            for i, (s, n) in enumerate(zip(selections, resolved, strict=True))]
+                result = self._add(call, pod, selections, resolved, user_ips)
+            except CniError as err:
+                self.publisher.failed(pod, str(err))
+                raise
         return result.merged_after(prev).to_dict(call.version)
 
     def _add(self, call: CniCall, pod: Pod, selections: list[NetworkSelection], resolved: list[ResolvedNetwork],
@@ -215,8 +230,11 @@ class Attacher:
                 record = replace(record, state="ready", result=result.to_dict(), updated_at=time.time(),
                                  interfaces=tuple(replace(b, mac=link.mac) for b, _, link in built))
                 self.store.put_attachment(record)
-                self._write_pod_status(pod, call, statuses)
-            self.ipam.set_attached([k for b, _, _ in built for k in b.ip_keys], True)
+                entries = self._write_pod_status(pod, call, statuses)
+            used_keys = [k for b, _, _ in built for k in b.ip_keys]
+            self.ipam.set_attached(used_keys, True)
+            created = [k for b, _, _ in built for k in b.created_ip_keys]
+            self.publisher.attached(pod, entries, self._records(created), self._records(used_keys))
             undo.pop_all()
         return result
 
@@ -298,7 +316,10 @@ class Attacher:
             for iface, claims, link in built
         ]
 
-    def _write_pod_status(self, pod: Pod, call: CniCall, statuses: list[InterfaceStatus]) -> None:
+    def _records(self, keys: list[str]) -> list[IPRecord]:
+        return [r for r in (self.store.get_ip(k) for k in keys) if r is not None]
+
+    def _write_pod_status(self, pod: Pod, call: CniCall, statuses: list[InterfaceStatus]) -> list[dict[str, Any]]:
         others = [a for a in self.store.attachments_of_pod(pod.meta.uid)
                   if (a.container_id, a.ifname) != (call.container_id, call.ifname) and a.state == "ready"]
         entries = [e for a in others for e in a.networks_status]
@@ -308,6 +329,7 @@ class Attacher:
         rec = self.store.get_attachment(call.container_id, call.ifname)
         if rec is not None:
             self.store.put_attachment(replace(rec, networks_status=tuple(mine)))
+        return entries + mine
 
     def _forget_record(self, container_id: str, ifname: str) -> None:
         with self.store.transaction():
@@ -375,16 +397,20 @@ class Attacher:
             self.ipam.forget_pod(record.pod_uid)
         with self.store.transaction():
             self.store.delete_attachment(record.container_id, record.ifname)
-            self._refresh_pod_status(record)
+            remaining = self._refresh_pod_status(record)
+        used = self._records([k for i in record.interfaces for k in i.ip_keys])
+        if record.pod_known:
+            self.publisher.detached(record.namespace, record.pod_name, record.pod_uid, remaining, used)
         self.fault("del:released")
 
-    def _refresh_pod_status(self, record: AttachmentRecord) -> None:
+    def _refresh_pod_status(self, record: AttachmentRecord) -> list[dict[str, Any]] | None:
         rest = [a for a in self.store.attachments_of_pod(record.pod_uid) if a.state == "ready"]
         if not rest:
             self.store.delete_pod_status(record.pod_uid)
-            return
+            return None
         entries = tuple(e for a in rest for e in a.networks_status)
         self.store.put_pod_status(PodStatus(record.pod_uid, record.namespace, record.pod_name, entries, time.time()))
+        return list(entries)
 
     # -- CHECK ----------------------------------------------------------------------------------
     def check(self, call: CniCall) -> dict[str, Any]:

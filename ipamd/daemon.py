@@ -14,17 +14,21 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cni.errors import InternalError
 from ipamd.attach import Attacher
 from ipamd.cni_server import CniHttpServer
 from ipamd.grpc_api import IpamService, serve
-from ipamd.ipam import Ipam
+from ipamd.ipam import Ipam, LeaseRegistry
+from ipamd.publish import Publisher
 from ipamd.reconcile import Reconciler
 from ipamd.segments import Segments
 from ipamd.sources import LocalSource
 from ipamd.store import Store
+
+if TYPE_CHECKING:
+    from ipamd.kube.source import KubernetesSource
 
 log = logging.getLogger("plexus-ipamd")
 
@@ -41,6 +45,8 @@ class DaemonConfig:
     pidfile: str = ""
     metrics_port: int = 0
     fault: str = ""  # test hook: SIGKILL ourselves at this step (e.g. "add:leased")
+    kubeconfig: str = ""  # Kubernetes mode: this kubeconfig, or "in-cluster"
+    node_name: str = ""
 
 
 def parse_args(argv: list[str] | None = None) -> DaemonConfig:
@@ -55,9 +61,19 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
     p.add_argument("--reconcile-interval", type=float, default=d.reconcile_interval, help="seconds between reconciles")
     p.add_argument("--pidfile", default=d.pidfile)
     p.add_argument("--metrics-port", type=int, default=d.metrics_port, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    p.add_argument("--kubeconfig", default="",
+                   help="Kubernetes mode: read objects from the cluster with this kubeconfig "
+                        "(in a pod with a service account, the cluster is used without it)")
+    p.add_argument("--node-name", default=os.environ.get("NODE_NAME", ""), help="this node (default: $NODE_NAME)")
     a = p.parse_args(argv)
+    kubeconfig = a.kubeconfig
+    if not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(SA_TOKEN):
+        kubeconfig = "in-cluster"
+    if kubeconfig and not a.node_name:
+        p.error("Kubernetes mode needs the node's name: --node-name or $NODE_NAME")
     return DaemonConfig(a.objects_dir, a.db, a.socket, a.grpc_socket, a.log_file, a.log_level,
-                        a.reconcile_interval, a.pidfile, a.metrics_port, os.environ.get("PLEXUS_FAULT", ""))
+                        a.reconcile_interval, a.pidfile, a.metrics_port, os.environ.get("PLEXUS_FAULT", ""),
+                        kubeconfig, a.node_name)
 
 
 def _fault_hook(step_wanted: str, failure_rate: float, seed: str) -> Any:
@@ -87,14 +103,29 @@ class Daemon:
     def __init__(self, cfg: DaemonConfig) -> None:
         self.cfg = cfg
         self.store = Store(cfg.db)
-        self.source = LocalSource(cfg.objects_dir, lambda ns, name: self.store.generated_uid(ns, name, _new_uid()))
-        self.ipam = Ipam(self.store, self.source)
+        registry: LeaseRegistry | None = None
+        publisher: Publisher | None = None
+        self.source: LocalSource | KubernetesSource
+        if cfg.kubeconfig:  # imported only here: the kubernetes client costs ~200 ms to import
+            from ipamd.kube.leases import KubeLeaseRegistry
+            from ipamd.kube.publisher import KubePublisher
+            from ipamd.kube.source import KubernetesSource
+
+            api = kube_api(cfg.kubeconfig)
+            self.source = KubernetesSource(api, cfg.node_name)
+            registry = KubeLeaseRegistry(self.source, cfg.node_name)
+            publisher = KubePublisher(api, cfg.node_name)
+        else:
+            self.source = LocalSource(cfg.objects_dir, lambda ns, name: self.store.generated_uid(ns, name, _new_uid()))
+        self.ipam = Ipam(self.store, self.source, registry=registry)
         self.segments = Segments(self.store, time.time)
         self._ready = threading.Event()
         self.attacher = Attacher(self.store, self.source, self.ipam, self.segments, self._ready.is_set,
                                  fault=_fault_hook(cfg.fault, float(os.environ.get("PLEXUS_FAULT_RATE") or 0),
-                                                   os.environ.get("PLEXUS_FAULT_SEED", "plexus")))
-        self.reconciler = Reconciler(self.store, self.source, self.ipam, self.attacher, cfg.reconcile_interval)
+                                                   os.environ.get("PLEXUS_FAULT_SEED", "plexus")),
+                                 publisher=publisher)
+        self.reconciler = Reconciler(self.store, self.source, self.ipam, self.attacher, cfg.reconcile_interval,
+                                     cluster=bool(cfg.kubeconfig))
         self.cni_server: CniHttpServer | None = None
 
     def sync(self) -> list[Any]:
@@ -134,6 +165,22 @@ class Daemon:
                 os.unlink(path)
             except OSError:
                 pass
+
+
+SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+def kube_api(kubeconfig: str) -> Any:
+    """An API client from a kubeconfig, or from the pod's service account ("in-cluster")."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    if kubeconfig == "in-cluster":
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    else:
+        config.load_kube_config(config_file=kubeconfig,  # type: ignore[no-untyped-call]
+                                client_configuration=configuration)
+    return client.ApiClient(configuration)
 
 
 def _new_uid() -> str:

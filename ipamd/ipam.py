@@ -91,6 +91,8 @@ class LeaseRegistry(Protocol):
 
     def taken_elsewhere(self, pool: str) -> Collection[int]: ...
 
+    def held_by(self, holder: str, pool: str) -> int | None: ...  # the IP another node leased to it
+
     def claim(self, lease: LeaseRecord) -> bool: ...  # False: somebody else holds this IP
 
     def orphan(self, lease: LeaseRecord) -> None: ...
@@ -101,6 +103,9 @@ class LeaseRegistry(Protocol):
 class NodeLocalRegistry:
     def taken_elsewhere(self, pool: str) -> Collection[int]:
         return ()
+
+    def held_by(self, holder: str, pool: str) -> int | None:
+        return None
 
     def claim(self, lease: LeaseRecord) -> bool:
         return True
@@ -245,7 +250,13 @@ class Ipam:
                     raise AddressConflict(f"IPAddress {rec.name}: {rec.static_ip} is already leased elsewhere",
                                           "spec.static.ip")
             else:
-                lease = self._claim_free(rec, pool, pkey, now)
+                adopted = self.registry.held_by(rec.key, pkey)
+                if adopted is not None:  # leased on another node (or by the controller): adopt it here
+                    subnet = subnet_for(pool, adopted) or pool.subnets[0]
+                    lease = LeaseRecord(pool=pkey, ip=adopted, address=to_text(adopted), network=str(subnet.network),
+                                        holder=rec.key, holder_uid=rec.uid, ttl=pool.lease_ttl_s, created_at=now)
+                else:
+                    lease = self._claim_free(rec, pool, pkey, now)
             self.store.put_lease(lease)
             created = True
         subnet = subnet_for(pool, lease.ip)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import replace
 
 from cni.errors import CniError
@@ -29,12 +30,17 @@ log = logging.getLogger(__name__)
 
 class Reconciler:
     def __init__(self, store: Store, source: ObjectSource, ipam: Ipam, attacher: Attacher,
-                 interval: float = 30.0) -> None:
+                 interval: float = 30.0, cluster: bool = False) -> None:
         self.store = store
         self.source = source
         self.ipam = ipam
         self.attacher = attacher
         self.interval = interval
+        # In a cluster, user IPAddresses are allocated by the controller (and adopted by the node
+        # whose pod uses them), and the pod cache may lag an ADD by a moment: attachments younger
+        # than the grace period are never judged gone.
+        self.cluster = cluster
+        self.grace_s = 15.0 if cluster else 0.0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -56,7 +62,8 @@ class Reconciler:
     def run_once(self) -> None:
         with self._lock:
             self._flag_pool_changes()
-            self._sync_ipaddresses()
+            if not self.cluster:
+                self._sync_ipaddresses()
             self._release_gone_pods()
             self.ipam.expire(None, self.ipam.clock())
 
@@ -126,8 +133,9 @@ class Reconciler:
         if not self.source.ready():
             return
         live = {p.meta.uid for p in self.source.list("Pod") if isinstance(p, Pod)}
+        young = time.time() - self.grace_s
         for rec in self.store.attachments():
-            if rec.pod_uid in live or rec.state != "ready" or not rec.pod_known:
+            if rec.pod_uid in live or rec.state != "ready" or not rec.pod_known or rec.updated_at > young:
                 continue
             try:
                 gone = lambda r: r.state == "ready" and r.pod_known and self.source.pod_by_uid(r.pod_uid) is None  # noqa: E731

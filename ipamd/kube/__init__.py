@@ -1,0 +1,1 @@
+"""Kubernetes mode: informers, IPAddressLease objects, statuses written to the API."""

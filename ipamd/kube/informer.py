@@ -1,0 +1,122 @@
+"""A minimal informer: list, then watch from the list's resourceVersion, with a local cache.
+
+A watch that ends (server timeout) resumes from the last resourceVersion seen; ``410 Gone`` (the
+version is too old) relists; any other failure backs off exponentially (0.5 s to 30 s) and
+relists. Handlers are told after every change, and ``synced`` says the first list is in.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes import watch
+from kubernetes.client.exceptions import ApiException
+
+log = logging.getLogger(__name__)
+
+ListFn = Callable[..., Any]
+
+
+class Informer:
+    def __init__(self, name: str, list_fn: ListFn, kind: str, api_version: str,
+                 on_change: Callable[[], None], **list_kwargs: Any) -> None:
+        self.name = name
+        self._list_fn = list_fn
+        self._kwargs = list_kwargs
+        self.kind = kind
+        self.api_version = api_version
+        self._on_change = on_change
+        self._cache: dict[tuple[str, str], dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self.synced = threading.Event()
+        self._stop = threading.Event()
+        self._watch: watch.Watch | None = None
+        self.relists = 0
+
+    def items(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._cache.values())
+
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._cache.get((namespace, name))
+
+    def _key(self, obj: dict[str, Any]) -> tuple[str, str]:
+        md = obj.get("metadata") or {}
+        return str(md.get("namespace") or ""), str(md.get("name") or "")
+
+    def _normalise(self, obj: dict[str, Any]) -> dict[str, Any]:
+        obj.setdefault("kind", self.kind)
+        obj.setdefault("apiVersion", self.api_version)
+        return obj
+
+    def _list(self) -> str:
+        resp = self._list_fn(_preload_content=False, **self._kwargs)
+        import json
+
+        data = json.loads(resp.data)
+        items = {self._key(o): self._normalise(o) for o in data.get("items") or []}
+        with self._lock:
+            self._cache = items
+        self.relists += 1
+        self.synced.set()
+        self._on_change()
+        return str((data.get("metadata") or {}).get("resourceVersion") or "")
+
+    def run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                rv = self._list()
+                backoff = 0.5
+                while not self._stop.is_set():
+                    rv = self._watch_once(rv)
+                    if not rv:
+                        break  # 410 Gone: relist
+            except ApiException as exc:
+                if exc.status != 410:
+                    log.warning("%s: %s; retrying in %.1fs", self.name, exc.reason, backoff)
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, 30.0)
+            except Exception as exc:  # connection refused, API server restarting, ...
+                if self._stop.is_set():
+                    return
+                log.warning("%s: %s; retrying in %.1fs", self.name, exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def _watch_once(self, rv: str) -> str:
+        """Watch from ``rv`` until the server ends the stream; the last version seen, or "" on 410."""
+        self._watch = watch.Watch()  # type: ignore[no-untyped-call]
+        events = self._watch.stream(  # type: ignore[no-untyped-call]
+            self._list_fn, resource_version=rv, timeout_seconds=30, allow_watch_bookmarks=True, **self._kwargs)
+        for event in events:
+            if self._stop.is_set():
+                break
+            kind, obj = event.get("type"), event.get("raw_object") or {}
+            if kind == "ERROR":
+                if obj.get("code") == 410:
+                    return ""
+                raise ApiException(status=obj.get("code"), reason=str(obj.get("message")))
+            rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
+            if kind == "BOOKMARK":
+                continue
+            key = self._key(obj)
+            with self._lock:
+                if kind == "DELETED":
+                    self._cache.pop(key, None)
+                else:
+                    self._cache[key] = self._normalise(obj)
+            self._on_change()
+        return rv
+
+    def start(self) -> None:
+        threading.Thread(target=self.run, name=f"informer-{self.name}", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.stop()  # type: ignore[no-untyped-call]

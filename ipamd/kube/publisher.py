@@ -1,0 +1,112 @@
+"""Statuses written to the Kubernetes API.
+
+- ``networks-status``: a merge patch of that one annotation, with the pod's UID as a precondition,
+  so a status never lands on a recreated pod of the same name.
+- Auto IPAddresses: created with an ownerReference to the pod, so the cluster's garbage collector
+  deletes them with it.
+- IPAddress status through the status subresource; an Event on the pod per attached interface
+  and per failure.
+Failures to publish are logged, never fail the CNI call: the store holds the truth.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from ipamd.kube.source import PLURALS, VERSION
+from ipamd.objects import API_VERSION, GROUP, STATUS_ANNOTATION, Pod
+from ipamd.store import IPRecord
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class KubePublisher:
+    def __init__(self, api: client.ApiClient, node_name: str) -> None:
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.node_name = node_name
+
+    def _patch_status_annotation(self, namespace: str, name: str, uid: str, value: str | None) -> None:
+        body = {"metadata": {"uid": uid, "annotations": {STATUS_ANNOTATION: value}}}
+        try:
+            self.core.patch_namespaced_pod(name, namespace, body)
+        except ApiException as exc:
+            if exc.status not in (404, 409):  # gone, or a new pod of that name: nothing to write
+                log.warning("writing networks-status of %s/%s: %s", namespace, name, exc.reason)
+
+    def _event(self, namespace: str, name: str, uid: str, reason: str, message: str, warning: bool = False) -> None:
+        body = {
+            "metadata": {"generateName": f"{name}.", "namespace": namespace},
+            "involvedObject": {"kind": "Pod", "apiVersion": "v1", "namespace": namespace, "name": name, "uid": uid},
+            "reason": reason, "message": message[:1000], "type": "Warning" if warning else "Normal",
+            "source": {"component": "plexus", "host": self.node_name},
+            "firstTimestamp": _now(), "lastTimestamp": _now(), "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(namespace, body)  # type: ignore[arg-type]  # a dict is accepted
+        except ApiException as exc:
+            log.debug("event for %s/%s: %s", namespace, name, exc.reason)
+
+    def _create_auto_ip(self, rec: IPRecord, pod: Pod) -> None:
+        body = {
+            "apiVersion": API_VERSION, "kind": "IPAddress",
+            "metadata": {
+                "name": rec.name, "namespace": rec.namespace,
+                "labels": {f"{GROUP}/owner-pod-uid": pod.meta.uid},
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": pod.meta.name, "uid": pod.meta.uid}],
+            },
+            "spec": {"networkRef": {"kind": rec.network_kind, "name": rec.network_name}, "type": "Auto"},
+        }
+        try:
+            self.custom.create_namespaced_custom_object(GROUP, VERSION, rec.namespace, PLURALS["IPAddress"], body)
+        except ApiException as exc:
+            if exc.status != 409:
+                log.warning("creating IPAddress %s/%s: %s", rec.namespace, rec.name, exc.reason)
+
+    def ip_status(self, rec: IPRecord) -> None:
+        if rec.kind not in ("IPAddress", "ClusterIPAddress"):
+            return
+        status = {"phase": rec.phase, "address": rec.address, "network": rec.network, "routes": list(rec.routes),
+                  "usedByPods": list(rec.used_by_pods), "conditions": list(rec.conditions)}
+        try:
+            if rec.kind == "IPAddress":
+                self.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, rec.namespace, PLURALS["IPAddress"], rec.name, {"status": status})
+            else:
+                self.custom.patch_cluster_custom_object_status(
+                    GROUP, VERSION, PLURALS["ClusterIPAddress"], rec.name, {"status": status})
+        except ApiException as exc:
+            if exc.status != 404:
+                log.warning("IPAddress %s status: %s", rec.key, exc.reason)
+
+    def attached(self, pod: Pod, networks_status: list[dict[str, Any]], created: Iterable[IPRecord],
+                 used: Iterable[IPRecord]) -> None:
+        for rec in created:
+            self._create_auto_ip(rec, pod)
+        for rec in used:
+            self.ip_status(rec)
+        self._patch_status_annotation(pod.meta.namespace, pod.meta.name, pod.meta.uid, json.dumps(networks_status))
+        for entry in networks_status:
+            addresses = ", ".join(a["address"] for a in entry["ipAddressConfigs"]) or "no address"
+            self._event(pod.meta.namespace, pod.meta.name, pod.meta.uid, "InterfaceAttached",
+                        f"{entry['ifName']} on {entry['type']} {entry['name']}: {addresses}")
+
+    def detached(self, namespace: str, name: str, uid: str, networks_status: list[dict[str, Any]] | None,
+                 used: Iterable[IPRecord]) -> None:
+        for rec in used:
+            self.ip_status(rec)
+        self._patch_status_annotation(namespace, name, uid, json.dumps(networks_status) if networks_status else None)
+
+    def failed(self, pod: Pod, message: str) -> None:
+        self._event(pod.meta.namespace, pod.meta.name, pod.meta.uid, "AttachFailed", message, warning=True)
