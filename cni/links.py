@@ -259,10 +259,15 @@ def configure_addresses(pod: IPRoute, idx: int, if_name: str, addresses: Iterabl
         for cidr in addresses:
             iface = ipaddress.IPv4Interface(cidr)
             pod.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-        for dst, via in routes:
-            pod.route("add", dst=dst, gateway=via, oif=idx)
     except NetlinkError as exc:
         raise _fail(f"configuring {if_name}", exc) from None
+    for dst, via in routes:
+        try:
+            pod.route("add", dst=dst, gateway=via, oif=idx)
+        except NetlinkError as exc:
+            # two interfaces on one pool bring the same route: the first one carries it
+            if exc.code != errno.EEXIST:
+                raise _fail(f"adding route {dst} via {via} on {if_name}", exc) from None
 
 
 def delete_link(ipr: IPRoute, name: str) -> bool:

@@ -80,6 +80,15 @@ def _netlink_in(fd: int) -> IPRoute:
     return IPRoute(fileno=box["fd"])
 
 
+def netlink_in_path(path: str) -> IPRoute:
+    """A long-lived ``IPRoute`` in the namespace at ``path`` (the caller closes it)."""
+    fd = open_netns(path)
+    try:
+        return _netlink_in(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def pod_netlink(path: str) -> Iterator[tuple[IPRoute, int]]:
     """``(IPRoute in the pod netns, fd of the netns)`` for the duration of the block."""

@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,7 @@ class DaemonConfig:
     fault: str = ""  # test hook: SIGKILL ourselves at this step (e.g. "add:leased")
     kubeconfig: str = ""  # Kubernetes mode: this kubeconfig, or "in-cluster"
     node_name: str = ""
+    node_netns: str = ""  # where node-side links live (default: the daemon's own namespace)
 
 
 def parse_args(argv: list[str] | None = None) -> DaemonConfig:
@@ -65,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
                    help="Kubernetes mode: read objects from the cluster with this kubeconfig "
                         "(in a pod with a service account, the cluster is used without it)")
     p.add_argument("--node-name", default=os.environ.get("NODE_NAME", ""), help="this node (default: $NODE_NAME)")
+    p.add_argument("--node-netns", default="",
+                   help="network namespace (path) that holds the node's bridges and veths, instead of the "
+                        "daemon's own: several test nodes on one machine, each talking to one API server")
     a = p.parse_args(argv)
     kubeconfig = a.kubeconfig
     if not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(SA_TOKEN):
@@ -73,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
         p.error("Kubernetes mode needs the node's name: --node-name or $NODE_NAME")
     return DaemonConfig(a.objects_dir, a.db, a.socket, a.grpc_socket, a.log_file, a.log_level,
                         a.reconcile_interval, a.pidfile, a.metrics_port, os.environ.get("PLEXUS_FAULT", ""),
-                        kubeconfig, a.node_name)
+                        kubeconfig, a.node_name, a.node_netns)
 
 
 def _fault_hook(step_wanted: str, failure_rate: float, seed: str) -> Any:
@@ -123,7 +128,7 @@ class Daemon:
         self.attacher = Attacher(self.store, self.source, self.ipam, self.segments, self._ready.is_set,
                                  fault=_fault_hook(cfg.fault, float(os.environ.get("PLEXUS_FAULT_RATE") or 0),
                                                    os.environ.get("PLEXUS_FAULT_SEED", "plexus")),
-                                 publisher=publisher)
+                                 publisher=publisher, host_netlink=_node_netlink(cfg.node_netns))
         self.reconciler = Reconciler(self.store, self.source, self.ipam, self.attacher, cfg.reconcile_interval,
                                      cluster=bool(cfg.kubeconfig))
         self.cni_server: CniHttpServer | None = None
@@ -168,6 +173,21 @@ class Daemon:
 
 
 SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+def _node_netlink(path: str) -> Callable[[], Any]:
+    """Sockets for node-side links: in the daemon's namespace, or in ``path``'s."""
+    from pyroute2 import IPRoute
+
+    if not path:
+        return lambda: IPRoute()
+
+    def in_node_netns() -> Any:
+        from cni.netns import netlink_in_path
+
+        return netlink_in_path(path)
+
+    return in_node_netns
 
 
 def kube_api(kubeconfig: str) -> Any:
