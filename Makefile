@@ -8,12 +8,13 @@ LOG_DIR ?= /var/log/plexus
 PIDFILE ?= $(RUN_DIR)/plexus-ipamd.pid
 export PLEXUS_TEST_CACHE ?= /var/cache/plexus-test
 
-.PHONY: help deps venv proto build install start stop restart demo demo-clean test test-unit test-netns test-compat lint cnitool clean
+.PHONY: help deps venv proto crds build install start stop restart demo demo-clean test test-unit test-netns test-compat test-kube bench lint cnitool clean
 
 help:
 	@echo "make demo        set everything up and show Plexus attaching two pods (make demo-clean undoes it)"
 	@echo "make test        run the whole test suite (unit, netns, compatibility)"
 	@echo "make lint        ruff and mypy"
+	@echo "make bench       measure Plexus against Debian's reference plugins (BENCH_ARGS=--quick for a smoke run)"
 	@echo "make build       freeze the plexus CNI plugin (dist/plexus/)"
 	@echo "make install     install into /opt/cni/bin, /etc/cni/net.d and /usr/local/bin"
 	@echo "make start|stop  run plexus-ipamd in the background (pidfile $(PIDFILE), log $(LOG_DIR)/ipamd.log)"
@@ -31,6 +32,9 @@ venv: $(VENV)/.installed
 
 proto: venv
 	PYTHON=$(PY) scripts/gen-proto.sh
+
+crds: venv
+	$(PY) scripts/gen-crds.py
 
 dist/plexus/plexus: venv $(shell find cni -name '*.py') packaging/plexus.spec
 	$(VENV)/bin/pyinstaller --noconfirm --log-level WARN --distpath dist --workpath build packaging/plexus.spec
@@ -68,6 +72,12 @@ test-netns: venv build
 
 test-compat: venv build cnitool
 	$(PY) -m pytest -q tests/compat
+
+test-kube: venv build
+	$(PY) -m pytest -q tests/kube
+
+bench: deps venv build
+	$(PY) -m bench $(BENCH_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check cni ipamd tests

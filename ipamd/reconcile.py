@@ -147,7 +147,10 @@ class Reconciler:
         owners = {r.owner_pod_uid for r in self.store.all_ips() if r.owner_pod_uid}
         for uid in owners - live:
             if not self.store.attachments_of_pod(uid):
-                self.ipam.forget_pod(uid)
+                try:
+                    self.ipam.forget_pod(uid)
+                except Exception as exc:  # one failure (the API unreachable) must not stop the others
+                    log.warning("releasing the addresses of deleted pod %s: %s", uid, exc)
         for status in self.store.pod_statuses():
             if status.uid not in live and not self.store.attachments_of_pod(status.uid):
                 with self.store.transaction():

@@ -90,7 +90,10 @@ class CniResult:
 class Node:
     """A node namespace with a running plexus-ipamd, and the pods tests make on it."""
 
-    def __init__(self, name: str | None = None, reconcile_interval: float = 1.0) -> None:
+    def __init__(self, name: str | None = None, reconcile_interval: float = 1.0, kubeconfig: str = "",
+                 node_name: str = "") -> None:
+        self.kubeconfig = kubeconfig  # Kubernetes mode: the daemon runs beside the API server, links in our netns
+        self.node_name = node_name
         self.id = uuid.uuid4().hex[:6]
         self.name = name or f"{NS_PREFIX}node-{self.id}"
         self.dir = Path(tempfile.mkdtemp(prefix="plexus-test-"))
@@ -116,11 +119,15 @@ class Node:
     # -- daemon ---------------------------------------------------------------------------------
     def start(self, env: dict[str, str] | None = None) -> None:
         cmd = [
-            "nsenter", f"--net={self.netns}", sys.executable, "-m", "ipamd.daemon",
+            sys.executable, "-m", "ipamd.daemon",
             "--objects-dir", str(self.objects), "--db", str(self.db), "--socket", str(self.socket),
             "--grpc-socket", str(self.grpc_socket), "--log-file", str(self.log),
             "--reconcile-interval", str(self.reconcile_interval), "--log-level", "debug",
         ]
+        if self.kubeconfig:
+            cmd += ["--kubeconfig", self.kubeconfig, "--node-name", self.node_name, "--node-netns", self.netns]
+        else:
+            cmd = ["nsenter", f"--net={self.netns}"] + cmd
         full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
         for stale in (self.socket, self.grpc_socket):  # a killed daemon leaves its sockets behind
             stale.unlink(missing_ok=True)

@@ -98,7 +98,8 @@ class KubeLeaseRegistry:
     def orphan(self, lease: LeaseRecord) -> None:
         name = lease_name(lease.pool, lease.address)
         try:
-            self.custom.patch_cluster_custom_object(GROUP, VERSION, PLURAL, name, {"spec": {"holder": ""}})
+            # the holder is dropped (a merge patch with null), not emptied: the client sends "" as null
+            self.custom.patch_cluster_custom_object(GROUP, VERSION, PLURAL, name, {"spec": {"holder": None}})
             self.custom.patch_cluster_custom_object_status(
                 GROUP, VERSION, PLURAL, name,
                 {"status": {"orphaningTimestamp": _rfc3339(lease.orphaned_at or time.time())}})

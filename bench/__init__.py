@@ -1,0 +1,1 @@
+"""The Plexus benchmark suite: ``python -m bench --help`` (as root). See ``bench/bench.py``."""

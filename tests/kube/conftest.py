@@ -1,0 +1,67 @@
+"""The API tier: a real kube-apiserver, kube-controller-manager and etcd (v1.20.2, built from Debian's
+sources by scripts/k8s/build-apiserver.sh and cached) on 127.0.0.1, started once per test session
+on ports of its own and stopped (purged) at the end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+CACHE = Path(os.environ.get("PLEXUS_K8S_CACHE", "/var/cache/plexus-test/k8s-apiserver"))
+PORTS = {"K8S_TEST_APISERVER_PORT": "17443", "K8S_TEST_ETCD_PORT": "13379", "K8S_TEST_ETCD_PEER_PORT": "13380"}
+
+
+@dataclass
+class Cluster:
+    data: Path
+    kubeconfig: str
+    kubectl_bin: str
+
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([self.kubectl_bin, "--kubeconfig", self.kubeconfig, *args], input=stdin,
+                              capture_output=True, text=True, check=check, timeout=120)
+
+    def apply(self, docs: list[dict[str, Any]] | str) -> None:
+        text = docs if isinstance(docs, str) else yaml.safe_dump_all(docs)
+        self.kubectl("apply", "-f", "-", stdin=text)
+
+    def get(self, *args: str) -> Any:
+        import json
+
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    build = subprocess.run(["bash", str(REPO / "scripts/k8s/build-apiserver.sh"), str(CACHE)],
+                           capture_output=True, text=True)
+    if build.returncode != 0:
+        pytest.fail(f"building the test API server failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}")
+    data = Path(tempfile.mkdtemp(prefix="plexus-k8s-"))
+    env = dict(os.environ, **PORTS)
+    up = subprocess.run(["bash", str(REPO / "scripts/k8s/up-apiserver.sh"), str(data), str(CACHE)],
+                        capture_output=True, text=True, env=env)
+    try:
+        if up.returncode != 0:
+            pytest.fail(f"starting the test API server failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}")
+        c = Cluster(data, str(data / "admin.kubeconfig"), str(CACHE / "bin" / "kubectl"))
+        c.kubectl("apply", "-f", str(REPO / "packaging/k8s/crds.yaml"))
+        c.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+        yield c
+    finally:
+        subprocess.run(["bash", str(REPO / "scripts/k8s/down-apiserver.sh"), str(data), "--purge"],
+                       capture_output=True, text=True, env=env)
+        shutil.rmtree(data, ignore_errors=True)

@@ -1,0 +1,189 @@
+"""Kubernetes mode against a real API server: CRD validation, a pod's whole life, and four nodes
+racing for one pool."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.harness import Node, links_in
+from tests.kube.conftest import Cluster
+
+GROUP = "network.deckhouse.io/v1alpha1"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, step: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(step)
+
+
+def objects(ns: str, ttl: str, ranges: str, cidr: str = "198.18.64.0/24", vlan: int = 700) -> list[dict[str, Any]]:
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
+        {"apiVersion": GROUP, "kind": "NetworkClass", "metadata": {"name": f"{ns}-class"},
+         "spec": {"vlan": {"idPool": [f"{vlan}-{vlan + 9}"]}}},
+        {"apiVersion": GROUP, "kind": "IPAddressPool", "metadata": {"name": "pool", "namespace": ns},
+         "spec": {"leaseTTL": ttl, "pools": [{"network": cidr, "ranges": [ranges]}]}},
+        {"apiVersion": GROUP, "kind": "Network", "metadata": {"name": "net", "namespace": ns},
+         "spec": {"networkClass": f"{ns}-class", "vlan": {"id": vlan},
+                  "ipam": {"ipAddressPoolRef": {"kind": "IPAddressPool", "name": "pool"}}}},
+    ]
+
+
+def pod(ns: str, name: str, node: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "annotations": {
+                "network.deckhouse.io/networks-spec": json.dumps([{"type": "Network", "name": "net", "ifName": "net1"}])}},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]}}
+
+
+def kube_node(cluster: Cluster, name: str) -> Node:
+    node = Node(kubeconfig=cluster.kubeconfig, node_name=name, reconcile_interval=1.0)
+    node.start()
+    return node
+
+
+@pytest.fixture
+def nodes(cluster: Cluster) -> Iterator[list[Node]]:
+    made: list[Node] = []
+    try:
+        yield made
+    finally:
+        for n in made:
+            if any(True for _ in ()):  # pragma: no cover
+                pass
+            n.close()
+
+
+@pytest.mark.netns
+def test_schema_refuses_bad_objects(cluster: Cluster) -> None:
+    cluster.kubectl("create", "namespace", "kschema", check=False)
+    bad = {
+        "bad CIDR": {"kind": "IPAddressPool", "metadata": {"name": "b1", "namespace": "kschema"},
+                     "spec": {"pools": [{"network": "198.18.0.0/33"}]}},
+        "bad range": {"kind": "IPAddressPool", "metadata": {"name": "b2", "namespace": "kschema"},
+                      "spec": {"pools": [{"network": "198.18.0.0/24", "ranges": ["198.18.0.5-nope"]}]}},
+        "VLAN 5000": {"kind": "Network", "metadata": {"name": "b3", "namespace": "kschema"},
+                      "spec": {"networkClass": "x", "vlan": {"id": 5000}}},
+        "class VLAN 5000": {"kind": "NetworkClass", "metadata": {"name": "b4"}, "spec": {"vlan": {"idPool": ["4000-5000"]}}},
+        "bad type": {"kind": "IPAddress", "metadata": {"name": "b5", "namespace": "kschema"},
+                     "spec": {"networkRef": {"kind": "Network", "name": "n"}, "type": "Sometimes"}},
+        "bad static ip": {"kind": "IPAddress", "metadata": {"name": "b6", "namespace": "kschema"},
+                          "spec": {"networkRef": {"kind": "Network", "name": "n"}, "type": "Static",
+                                   "static": {"ip": "198.18.0.300"}}},
+        "bad parent NIC": {"kind": "ClusterNetwork", "metadata": {"name": "b7"},
+                           "spec": {"type": "Access", "parentNodeNetworkInterfaces": {"names": ["has space"]}}},
+    }
+    for what, doc in bad.items():
+        doc["apiVersion"] = GROUP
+        res = cluster.kubectl("apply", "-f", "-", stdin=json.dumps(doc), check=False)
+        assert res.returncode != 0 and "invalid" in res.stderr.lower(), (what, res.stderr)
+    good = cluster.kubectl("apply", "-f", "-", stdin=json.dumps(objects("kschema", "1h", "198.18.64.10-198.18.64.20")[3]
+                                                                  | {"metadata": {"name": "ok", "namespace": "kschema"}}))
+    assert good.returncode == 0
+    columns = cluster.kubectl("get", "ipaddress", "-A").stdout.splitlines()
+    assert columns == [] or columns[0].split()[:8] == ["NAMESPACE", "NAME", "TYPE", "KIND", "NAME", "ADDRESS",
+                                                      "NETWORK", "PHASE"]
+
+
+@pytest.mark.netns
+def test_pod_flow_through_the_api(cluster: Cluster, nodes: list[Node]) -> None:
+    ns = "kflow"
+    cluster.apply(objects(ns, "3s", "198.18.65.10-198.18.65.20", cidr="198.18.65.0/24", vlan=720))
+    cluster.apply([pod(ns, "app", "node-a")])
+    uid = cluster.get("pod", "-n", ns, "app")["metadata"]["uid"]
+    node = kube_node(cluster, "node-a")
+    nodes.append(node)
+    netns = node.pod_netns("app")
+    add = node.cni("ADD", "c1", netns, pod=(ns, "app"), env={
+        "CNI_ARGS": f"K8S_POD_NAMESPACE={ns};K8S_POD_NAME=app;K8S_POD_UID={uid}"})
+    assert add.ok, (add, node.log_text()[-3000:])
+    address = add.json["ips"][0]["address"].split("/")[0]
+    assert links_in(netns)["net1"]["addresses"] == [f"{address}/24"]
+
+    status = json.loads(cluster.get("pod", "-n", ns, "app")["metadata"]["annotations"]["network.deckhouse.io/networks-status"])
+    assert status[0]["ifName"] == "net1" and status[0]["ipAddressConfigs"][0]["address"] == address
+    ips = cluster.get("ipaddress", "-n", ns)["items"]
+    assert len(ips) == 1
+    ip = ips[0]
+    assert ip["metadata"]["ownerReferences"][0]["uid"] == uid, "owned by the pod: the GC deletes it with the pod"
+    assert ip["status"]["phase"] == "Allocated" and ip["status"]["address"] == address
+    assert ip["status"]["usedByPods"] == [f"{ns}/app"]
+    assert {c["type"]: c["status"] for c in ip["status"]["conditions"]} == {"Allocated": "True", "Attached": "True"}
+    leases = [x for x in cluster.get("ipaddresslease")["items"] if x["spec"]["ip"] == address]
+    assert len(leases) == 1 and leases[0]["spec"]["holder"].endswith(ip["metadata"]["name"])
+    events = cluster.get("events", "-n", ns)["items"]
+    assert any(e["reason"] == "InterfaceAttached" for e in events)
+
+    # the pod is deleted: DEL, then the cluster's GC removes its Auto IPAddress, the lease is
+    # orphaned (quarantined for the pool's 3 s leaseTTL), then freed
+    assert node.cni("DEL", "c1", netns, pod=(ns, "app")).ok
+    assert set(links_in(netns)) == {"lo"}
+    cluster.kubectl("delete", "pod", "-n", ns, "app", "--grace-period=0", "--force")
+    assert wait_for(lambda: not cluster.get("ipaddress", "-n", ns)["items"], timeout=90), "Auto IPAddress collected"
+
+    def lease_state() -> str:
+        items = [x for x in cluster.get("ipaddresslease")["items"] if x["spec"]["ip"] == address]
+        if not items:
+            return "gone"
+        return "orphaned" if (items[0].get("status") or {}).get("orphaningTimestamp") else "bound"
+
+    seen = wait_for(lambda: lease_state() != "bound", timeout=30)
+    assert seen, node.log_text()[-4000:]
+    assert wait_for(lambda: lease_state() == "gone", timeout=30), "freed after the TTL"
+
+
+@pytest.mark.netns
+def test_four_nodes_race_for_one_pool_of_64(cluster: Cluster, nodes: list[Node]) -> None:
+    ns = "krace"
+    cluster.apply(objects(ns, "2s", "198.18.66.10-198.18.66.73", cidr="198.18.66.0/24", vlan=740))
+    names = [f"p{i:03d}" for i in range(100)]
+    cluster.apply([pod(ns, n, f"node-{i % 4}") for i, n in enumerate(names)])
+    uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in cluster.get("pods", "-n", ns)["items"]}
+    for i in range(4):
+        nodes.append(kube_node(cluster, f"node-{i}"))
+    netns = {n: nodes[i % 4].pod_netns(n) for i, n in enumerate(names)}
+    results: dict[str, Any] = {}
+
+    def run(node_index: int) -> None:
+        node = nodes[node_index]
+        for i, n in enumerate(names):
+            if i % 4 == node_index:
+                results[n] = node.cni("ADD", f"c-{n}", netns[n], pod=(ns, n), env={
+                    "CNI_ARGS": f"K8S_POD_NAMESPACE={ns};K8S_POD_NAME={n};K8S_POD_UID={uids[n]}"})
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - started
+    ok = {n: r for n, r in results.items() if r.ok}
+    failed = {n: r for n, r in results.items() if not r.ok}
+    addresses = [r.json["ips"][0]["address"] for r in ok.values()]
+    print(f"race: {len(ok)} ADDs succeeded, {len(failed)} refused in {elapsed:.1f}s "
+          f"({len(results) / elapsed:.1f} ADD/s over 4 daemons)")
+    assert len(ok) == 64, {n: r.stdout for n, r in list(failed.items())[:3]}
+    assert len(set(addresses)) == 64
+    assert all(r.code == 100 and "krace/pool" in r.json["msg"] for r in failed.values()), list(failed.values())[:2]
+    leases = [x for x in cluster.get("ipaddresslease")["items"] if x["spec"]["pool"].endswith("krace/pool")]
+    assert len(leases) == 64
+
+    for i, n in enumerate(names):
+        assert nodes[i % 4].cni("DEL", f"c-{n}", netns[n], pod=(ns, n)).ok
+    cluster.kubectl("delete", "pods", "-n", ns, "--all", "--grace-period=0", "--force")
+
+    def pool_leases() -> int:
+        return len([x for x in cluster.get("ipaddresslease")["items"] if x["spec"]["pool"].endswith("krace/pool")])
+
+    assert wait_for(lambda: pool_leases() == 0, timeout=90), f"{pool_leases()} leases left"
