@@ -232,7 +232,6 @@ class Ipam:
             self._orphan(lease, now)
             lease = None
         if lease is None:
-            self.expire(pkey, now)
             if rec.type == "Static":
                 ip = to_int(rec.static_ip)
                 subnet = subnet_for(pool, ip)
@@ -273,11 +272,13 @@ class Ipam:
     def _claim_free(self, rec: IPRecord, pool: AddressPool, pkey: str, now: float) -> LeaseRecord:
         """The next free address that the registry also lets us have (another node may hold it)."""
         taken = self.store.taken_ips(pkey)
-        lost: set[int] = self._statics_in(pool)  # never hand out an address a Static IPAddress asks for
+        lost: set[int] = set()
         elsewhere = self.registry.taken_elsewhere(pkey)
         cursor = self.store.cursor(pkey)
         while True:
             picked = pick_free(pool, _Either(taken, _Either(elsewhere, lost)), cursor)
+            if picked is None and self.expire(pkey, now):  # quarantines are ended lazily, when needed
+                picked = pick_free(pool, _Either(taken, _Either(elsewhere, lost)), cursor)
             if picked is None:
                 raise PoolExhausted(
                     f"pool {pool.meta.display} has no free address",
@@ -291,16 +292,6 @@ class Ipam:
                 return lease
             lost.add(ip)  # taken by another node since our cache last saw it: try the next one
             cursor = ip
-
-    def _statics_in(self, pool: AddressPool) -> set[int]:
-        out = set()
-        for kind in ("IPAddress", "ClusterIPAddress"):
-            for obj in self.source.list(kind):
-                if isinstance(obj, IPAddressObject) and obj.type == "Static":
-                    ip = to_int(obj.static_ip)
-                    if subnet_for(pool, ip) is not None:
-                        out.add(ip)
-        return out
 
     def _orphan(self, lease: LeaseRecord, now: float) -> None:
         orphan = self.store.orphan_lease(lease, now)

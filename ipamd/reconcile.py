@@ -62,8 +62,9 @@ class Reconciler:
     def run_once(self) -> None:
         with self._lock:
             self._flag_pool_changes()
-            if not self.cluster:
-                self._sync_ipaddresses()
+            # in a cluster the controller allocates Auto IPAddresses; a Static one names its
+            # address, so every node may lease it (the lease object's holder is the same)
+            self._sync_ipaddresses(statics_only=self.cluster)
             self._release_gone_pods()
             self.ipam.expire(None, self.ipam.clock())
 
@@ -99,14 +100,14 @@ class Reconciler:
         pool = self.source.get(net.pool_ref.kind, pool_ns, net.pool_ref.name)
         return pool if isinstance(pool, AddressPool) else None
 
-    def _sync_ipaddresses(self) -> None:
+    def _sync_ipaddresses(self, statics_only: bool = False) -> None:
         live = {}
         for kind in ("IPAddress", "ClusterIPAddress"):
             for obj in self.source.list(kind):
                 assert isinstance(obj, IPAddressObject)
                 live[obj.meta.key] = obj
                 pool = self._pool_of(obj)
-                if pool is None:
+                if pool is None or (statics_only and obj.type != "Static"):
                     continue
                 rec = self.ipam._record_for(obj)
                 if rec.deleted:
