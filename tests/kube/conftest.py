@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -19,7 +20,18 @@ import yaml
 from tests.conftest import REPO
 
 CACHE = Path(os.environ.get("PLEXUS_K8S_CACHE", "/var/cache/plexus-test/k8s-apiserver"))
-PORTS = {"K8S_TEST_APISERVER_PORT": "17443", "K8S_TEST_ETCD_PORT": "13379", "K8S_TEST_ETCD_PEER_PORT": "13380"}
+
+
+def free_ports(n: int) -> list[str]:
+    """Ports nobody listens on now, so two test runs (or a developer's cluster) never collide."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [str(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 @dataclass
@@ -51,7 +63,9 @@ def cluster() -> Iterator[Cluster]:
     if build.returncode != 0:
         pytest.fail(f"building the test API server failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}")
     data = Path(tempfile.mkdtemp(prefix="plexus-k8s-"))
-    env = dict(os.environ, **PORTS)
+    ports = dict(zip(("K8S_TEST_APISERVER_PORT", "K8S_TEST_ETCD_PORT", "K8S_TEST_ETCD_PEER_PORT"), free_ports(3),
+                     strict=True))
+    env = dict(os.environ, **ports)
     up = subprocess.run(["bash", str(REPO / "scripts/k8s/up-apiserver.sh"), str(data), str(CACHE)],
                         capture_output=True, text=True, env=env)
     try:
