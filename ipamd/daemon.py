@@ -49,6 +49,8 @@ class DaemonConfig:
     kubeconfig: str = ""  # Kubernetes mode: this kubeconfig, or "in-cluster"
     node_name: str = ""
     node_netns: str = ""  # where node-side links live (default: the daemon's own namespace)
+    controller: bool = False  # also run the (leader-elected) cluster controller
+    controller_namespace: str = "plexus-system"
 
 
 def parse_args(argv: list[str] | None = None) -> DaemonConfig:
@@ -70,6 +72,9 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
     p.add_argument("--node-netns", default="",
                    help="network namespace (path) that holds the node's bridges and veths, instead of the "
                         "daemon's own: several test nodes on one machine, each talking to one API server")
+    p.add_argument("--controller", action="store_true",
+                   help="Kubernetes mode: also run the cluster controller (one acts at a time: leader election)")
+    p.add_argument("--controller-namespace", default="plexus-system", help="namespace of the leader-election Lease")
     a = p.parse_args(argv)
     kubeconfig = a.kubeconfig
     if not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(SA_TOKEN):
@@ -78,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
         p.error("Kubernetes mode needs the node's name: --node-name or $NODE_NAME")
     return DaemonConfig(a.objects_dir, a.db, a.socket, a.grpc_socket, a.log_file, a.log_level,
                         a.reconcile_interval, a.pidfile, a.metrics_port, os.environ.get("PLEXUS_FAULT", ""),
-                        kubeconfig, a.node_name, a.node_netns)
+                        kubeconfig, a.node_name, a.node_netns, a.controller, a.controller_namespace)
 
 
 def _fault_hook(step_wanted: str, failure_rate: float, seed: str) -> Any:
@@ -108,6 +113,7 @@ class Daemon:
     def __init__(self, cfg: DaemonConfig) -> None:
         self.cfg = cfg
         self.store = Store(cfg.db)
+        self.controller: Any = None
         registry: LeaseRegistry | None = None
         publisher: Publisher | None = None
         self.source: LocalSource | KubernetesSource
@@ -118,6 +124,10 @@ class Daemon:
 
             api = kube_api(cfg.kubeconfig)
             self.source = KubernetesSource(api, cfg.node_name)
+            if cfg.controller:
+                from ipamd.kube.controller import Controller
+
+                self.controller = Controller(api, self.source, cfg.controller_namespace)
             registry = KubeLeaseRegistry(self.source, cfg.node_name)
             publisher = KubePublisher(api, cfg.node_name)
         else:
@@ -140,6 +150,8 @@ class Daemon:
 
     def start(self) -> None:
         self.source.start()
+        if self.controller is not None:
+            self.controller.start()
         recovered = self.reconciler.recover()
         self.reconciler.run_once()
         self.source.subscribe(self.reconciler.wake)

@@ -103,6 +103,7 @@ class Network:
     network_class: str
     vlan_id: int | None = None
     pool_ref: Ref | None = None
+    status_vlan_id: int | None = None  # given by the cluster controller (Kubernetes mode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +114,7 @@ class ClusterNetwork:
     parents: tuple[str, ...] = ()
     pool_ref: Ref | None = None
     network_class: str = ""  # Plexus extension: take segmentation (VXLAN) from a class
+    status_vlan_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,13 +286,19 @@ def _vlan_id(spec: Mapping[str, Any], m: str) -> int | None:
     return vid
 
 
-def _network(meta: Meta, spec: Mapping[str, Any]) -> Network:
+def _status_id(doc: Mapping[str, Any]) -> int | None:
+    status = doc.get("status") or {}
+    ident = status.get("vni") or status.get("vlanID") if isinstance(status, dict) else None
+    return ident if isinstance(ident, int) and not isinstance(ident, bool) and ident > 0 else None
+
+
+def _network(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> Network:
     m = meta.display
     cls = _get(spec, "networkClass", str, m, "spec.networkClass", required=True)
-    return Network(meta, cls, _vlan_id(spec, m), _pool_ref(spec, m, ("IPAddressPool",)))
+    return Network(meta, cls, _vlan_id(spec, m), _pool_ref(spec, m, ("IPAddressPool",)), _status_id(doc))
 
 
-def _cluster_network(meta: Meta, spec: Mapping[str, Any]) -> ClusterNetwork:
+def _cluster_network(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> ClusterNetwork:
     m = meta.display
     typ = _get(spec, "type", str, m, "spec.type") or "VLAN"
     if typ not in ("VLAN", "Access"):
@@ -300,7 +308,7 @@ def _cluster_network(meta: Meta, spec: Mapping[str, Any]) -> ClusterNetwork:
     if typ == "VLAN" and vid is None and not cls:
         raise ManifestInvalid(m, "spec.vlan.id", "is required for type VLAN")
     parents = _parents(spec, m, "spec.parentNodeNetworkInterfaces")
-    return ClusterNetwork(meta, typ, vid, parents, _pool_ref(spec, m, ("ClusterIPAddressPool",)), cls)
+    return ClusterNetwork(meta, typ, vid, parents, _pool_ref(spec, m, ("ClusterIPAddressPool",)), cls, _status_id(doc))
 
 
 def _range(text: Any, net: ipaddress.IPv4Network, m: str, path: str) -> tuple[int, int]:
@@ -420,9 +428,9 @@ def parse_object(doc: Any, source: str = "") -> ApiObject:
         if kind == "NetworkClass":
             return _network_class(meta, spec)
         if kind == "Network":
-            return _network(meta, spec)
+            return _network(meta, spec, doc)
         if kind == "ClusterNetwork":
-            return _cluster_network(meta, spec)
+            return _cluster_network(meta, spec, doc)
         if kind in ("IPAddressPool", "ClusterIPAddressPool"):
             return _address_pool(meta, spec)
         if kind in ("IPAddress", "ClusterIPAddress"):

@@ -72,12 +72,12 @@ class Segments:
             if isinstance(obj, ClusterNetwork) and obj.type == "Access":
                 kind, pool, wanted, parents = "none", (), None, obj.parents
             elif cls is not None and cls.vxlan is not None:
-                kind, pool, wanted, parents = "vxlan", cls.vxlan.vni_pool, obj.vlan_id, ()
+                kind, pool, wanted, parents = "vxlan", cls.vxlan.vni_pool, obj.status_vlan_id or obj.vlan_id, ()
             elif isinstance(obj, ClusterNetwork):
                 kind, pool, wanted = "vlan", (), obj.vlan_id
                 parents = obj.parents or (cls.parents if cls else ())
             elif cls is not None and cls.vlan_pool:
-                kind, pool, wanted, parents = "vlan", cls.vlan_pool, obj.vlan_id, cls.parents
+                kind, pool, wanted, parents = "vlan", cls.vlan_pool, obj.status_vlan_id or obj.vlan_id, cls.parents
             else:
                 kind, pool, wanted, parents = "none", (), None, cls.parents if cls else ()
             if rec is None or rec.kind != kind or (wanted is not None and rec.id != wanted):

@@ -91,7 +91,8 @@ class Node:
     """A node namespace with a running plexus-ipamd, and the pods tests make on it."""
 
     def __init__(self, name: str | None = None, reconcile_interval: float = 1.0, kubeconfig: str = "",
-                 node_name: str = "") -> None:
+                 node_name: str = "", extra_args: tuple[str, ...] = ()) -> None:
+        self.extra_args = list(extra_args)
         self.kubeconfig = kubeconfig  # Kubernetes mode: the daemon runs beside the API server, links in our netns
         self.node_name = node_name
         self.id = uuid.uuid4().hex[:6]
@@ -128,6 +129,7 @@ class Node:
             cmd += ["--kubeconfig", self.kubeconfig, "--node-name", self.node_name, "--node-netns", self.netns]
         else:
             cmd = ["nsenter", f"--net={self.netns}"] + cmd
+        cmd += self.extra_args
         full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
         for stale in (self.socket, self.grpc_socket):  # a killed daemon leaves its sockets behind
             stale.unlink(missing_ok=True)

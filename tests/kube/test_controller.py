@@ -1,0 +1,85 @@
+"""The cluster controller: one leader at a time, VLAN IDs handed out once for the cluster, user
+IPAddresses allocated before any pod uses them, and a standby taking over when the leader dies."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.harness import Node
+from tests.kube.conftest import Cluster
+from tests.kube.test_kube_mode import GROUP, wait_for
+
+
+@pytest.fixture
+def controllers(cluster: Cluster) -> Iterator[list[Node]]:
+    cluster.kubectl("create", "namespace", "plexus-system", check=False)
+    made = [Node(kubeconfig=cluster.kubeconfig, node_name=f"ctl-{i}", extra_args=("--controller",)) for i in range(2)]
+    try:
+        for n in made:
+            n.start()
+        yield made
+    finally:
+        for n in made:
+            n.close()
+
+
+def network(name: str, vlan: int | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"networkClass": "ctl-class",
+                            "ipam": {"ipAddressPoolRef": {"kind": "IPAddressPool", "name": "pool"}}}
+    if vlan is not None:
+        spec["vlan"] = {"id": vlan}
+    return {"apiVersion": GROUP, "kind": "Network", "metadata": {"name": name, "namespace": "kctl"}, "spec": spec}
+
+
+@pytest.mark.netns
+def test_controller_assigns_vlans_allocates_ipaddresses_and_fails_over(cluster: Cluster,
+                                                                      controllers: list[Node]) -> None:
+    cluster.apply([
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kctl"}},
+        {"apiVersion": GROUP, "kind": "NetworkClass", "metadata": {"name": "ctl-class"},
+         "spec": {"vlan": {"idPool": ["800-802"]}}},
+        {"apiVersion": GROUP, "kind": "IPAddressPool", "metadata": {"name": "pool", "namespace": "kctl"},
+         "spec": {"leaseTTL": "1s", "pools": [{"network": "198.18.70.0/24", "ranges": ["198.18.70.10-198.18.70.20"]}]}},
+        network("wants-801", 801), network("a"),
+    ])
+
+    def status(name: str) -> dict[str, Any]:
+        return cluster.get("network", "-n", "kctl", name).get("status") or {}
+
+    assert wait_for(lambda: status("wants-801").get("vlanID") == 801 and status("a").get("vlanID"), timeout=30)
+    assert status("a")["vlanID"] == 800 and status("a")["bridgeName"] == "plx-br-800"
+    ready = {c["type"]: c for c in status("a")["conditions"]}["Ready"]
+    assert ready["status"] == "True" and ready["reason"] == "NetworkReady"
+    cluster.apply([network("also-801", 801), network("b")])
+    assert wait_for(lambda: status("also-801").get("conditions") and status("b").get("vlanID"), timeout=30)
+    refused = {c["type"]: c for c in status("also-801")["conditions"]}["Ready"]
+    assert refused["status"] == "False" and "801" in refused["message"] and "wants-801" in refused["message"]
+    assert status("b")["vlanID"] == 802
+
+    lease = cluster.get("lease", "-n", "plexus-system", "plexus-controller")
+    holder = lease["spec"]["holderIdentity"]
+    assert holder.endswith("ctl-0") or holder.endswith("ctl-1")
+
+    # an Auto IPAddress made by a user is allocated at once, before any pod uses it
+    cluster.apply([{"apiVersion": GROUP, "kind": "IPAddress", "metadata": {"name": "mine", "namespace": "kctl"},
+                    "spec": {"networkRef": {"kind": "Network", "name": "a"}, "type": "Auto"}}])
+    allocated = wait_for(lambda: (cluster.get("ipaddress", "-n", "kctl", "mine").get("status") or {}).get("phase")
+                         == "Allocated", timeout=30)
+    assert allocated
+    address = cluster.get("ipaddress", "-n", "kctl", "mine")["status"]["address"]
+    leases = [x for x in cluster.get("ipaddresslease")["items"] if x["spec"]["ip"] == address]
+    assert [x["spec"]["holder"] for x in leases] == ["IPAddress/kctl/mine"]
+
+    # the leader dies: the standby takes over once the lease is not renewed (15 s)
+    leader = next(n for n in controllers if holder.endswith(n.node_name))
+    standby = next(n for n in controllers if n is not leader)
+    leader.kill()
+    assert wait_for(lambda: cluster.get("lease", "-n", "plexus-system", "plexus-controller")["spec"]["holderIdentity"]
+                    .endswith(standby.node_name), timeout=40), json.dumps(lease)
+    cluster.apply([network("c")])
+    assert wait_for(lambda: status("c").get("conditions"), timeout=30)
+    assert {c["type"]: c for c in status("c")["conditions"]}["Ready"]["status"] == "False", "the pool 800-802 is used up"
