@@ -62,7 +62,7 @@ def test_controller_assigns_vlans_allocates_ipaddresses_and_fails_over(cluster: 
 
     lease = cluster.get("lease", "-n", "plexus-system", "plexus-controller")
     holder = lease["spec"]["holderIdentity"]
-    assert holder.endswith("ctl-0") or holder.endswith("ctl-1")
+    assert holder.endswith(("ctl-0", "ctl-1"))
 
     # an Auto IPAddress made by a user is allocated at once, before any pod uses it
     cluster.apply([{"apiVersion": GROUP, "kind": "IPAddress", "metadata": {"name": "mine", "namespace": "kctl"},
