@@ -20,8 +20,8 @@ from dataclasses import replace
 from cni.errors import CniError
 from ipamd.allocator import in_ranges, subnet_for
 from ipamd.attach import Attacher
-from ipamd.ipam import Ipam
-from ipamd.objects import AddressPool, ClusterNetwork, IPAddressObject, Network, Pod
+from ipamd.ipam import Ipam, ResolvedNetwork
+from ipamd.objects import AddressPool, ClusterNetwork, IPAddressObject, Network, NetworkClass, Pod
 from ipamd.sources import ObjectSource
 from ipamd.store import Store
 
@@ -67,6 +67,42 @@ class Reconciler:
             self._sync_ipaddresses(statics_only=self.cluster)
             self._release_gone_pods()
             self.ipam.expire(None, self.ipam.clock())
+            self._sync_segments()
+
+    def _sync_segments(self) -> None:
+        """Make every Network's bridge (and VLAN/VXLAN uplink) ahead of its pods, and remove the
+        ones of Networks that are gone once no pod uses them."""
+        if not self.source.ready():
+            return
+        live: dict[str, ResolvedNetwork] = {}
+        for kind in ("Network", "ClusterNetwork"):
+            for net in self.source.list(kind):
+                assert isinstance(net, (Network, ClusterNetwork))
+                cls = self.source.get("NetworkClass", "", net.network_class) if net.network_class else None
+                if kind == "Network" and not isinstance(cls, NetworkClass):
+                    continue  # reported when a pod asks for it
+                live[net.meta.key] = ResolvedNetwork(net.meta.key, kind, net.meta.name, net.meta.namespace, net,
+                                                     cls if isinstance(cls, NetworkClass) else None, None)
+        segments = self.attacher.segments
+        try:
+            host = self.attacher.host_netlink()
+        except Exception as exc:
+            log.warning("node netlink: %s", exc)
+            return
+        for key, resolved in live.items():
+            try:
+                segments.ensure(host, resolved)
+            except CniError as exc:
+                log.warning("segment of %s: %s", key, exc)
+        in_use = {i.network_key for a in self.store.attachments() for i in a.interfaces}
+        for rec in self.store.segments():
+            if rec.network in live or rec.network in in_use:
+                continue
+            try:
+                segments.remove(host, rec)
+                log.info("removed the segment of deleted %s (bridge %s)", rec.network, rec.bridge)
+            except Exception as exc:
+                log.warning("removing the segment of %s: %s", rec.network, exc)
 
     def _flag_pool_changes(self) -> None:
         """A pool shrank or lost a range under live leases: keep them, flag the ones now outside."""

@@ -117,6 +117,17 @@ class Segments:
         self._ready[rec.bridge] = index
         return rec, index
 
+    def remove(self, host: IPRoute, rec: SegmentRecord) -> None:
+        """Take a deleted Network's bridge and the uplink Plexus made for it off the node."""
+        self.forget(rec.bridge)
+        links.delete_link(host, rec.bridge)
+        if rec.kind == "vlan":
+            links.delete_link(host, f"plx-vl-{rec.id}")
+        elif rec.kind == "vxlan":
+            links.delete_link(host, f"plx-vx-{rec.id}")
+        with self.store.transaction():
+            self.store.delete_segment(rec.network)
+
     def mark_ready(self, rec: SegmentRecord) -> None:
         if rec.status.get("readyNodeAttachementsCount") == 1:
             return

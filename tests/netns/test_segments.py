@@ -139,3 +139,23 @@ def test_no_stray_namespaces_left_by_this_module() -> None:
     out = run("ip", "netns", "list").stdout
     assert not [line for line in out.splitlines() if line.startswith(NS_PREFIX) and "plxul" in line]
 
+
+
+@pytest.mark.netns
+def test_bridges_follow_networks_and_stay_while_pods_use_them(node: Node) -> None:
+    """A Network's bridge exists before any pod asks for it and goes with the Network, but never
+    from under a pod that still uses it."""
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all(_class_and_network("gone", "  vlan: {idPool: ['900']}")) if d]
+    node.apply(docs)
+    assert "plx-br-900" in node.host_links(), "made ahead of pods"
+    node.apply([pod_manifest("a", [{"type": "Network", "name": "gone"}])])
+    ns = node.pod_netns("a")
+    assert node.cni("ADD", "c1", ns, pod=("my-namespace", "a")).ok
+    network = [d for d in docs if d["kind"] == "Network"]
+    node.delete(network)
+    assert "plx-br-900" in node.host_links(), "kept while a pod uses it"
+    assert node.cni("DEL", "c1", ns, pod=("my-namespace", "a")).ok
+    node.sync()
+    assert "plx-br-900" not in node.host_links(), "removed with its Network once unused"
