@@ -1,0 +1,489 @@
+"""The deployment manifests (packaging/k8s/): accepted by a real API server, least privilege for the node
+daemon (what it needs is allowed, the rest refused), the DaemonSet giving the daemon what it needs, the
+probes and the install script doing what they claim, and the daemon doing a pod's whole life with
+nothing but the plexus-node ServiceAccount's token."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import FROZEN, REPO
+from tests.harness import Node, links_in
+from tests.kube.conftest import Cluster
+
+K8S = REPO / "packaging" / "k8s"
+CRDS, RBAC, DAEMONSET = K8S / "crds.yaml", K8S / "rbac.yaml", K8S / "daemonset.yaml"
+CONFLIST = REPO / "packaging" / "10-plexus.conflist"
+NS = "plexus-system"
+NODE_SA = f"system:serviceaccount:{NS}:plexus-node"
+CONTROLLER_SA = f"system:serviceaccount:{NS}:plexus-controller"
+GROUP = "network.deckhouse.io"
+KINDS = ["networkclasses", "networks", "clusternetworks", "ipaddresspools", "clusteripaddresspools",
+         "ipaddresses", "clusteripaddresses", "ipaddressleases"]
+
+
+def docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def one(path: Path, kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in docs(path) if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind} {name} in {path.name}"
+    return found[0]
+
+
+def pod_spec() -> dict[str, Any]:
+    spec: dict[str, Any] = one(DAEMONSET, "DaemonSet", "plexus-node")["spec"]["template"]["spec"]
+    return spec
+
+
+def container(name: str) -> dict[str, Any]:
+    spec = pod_spec()
+    found: list[dict[str, Any]] = [c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == name]
+    assert len(found) == 1, name
+    return found[0]
+
+
+def daemon_args() -> Any:
+    """The main container's command line, parsed by the daemon's own parser."""
+    from ipamd.daemon import parse_args
+
+    c = container("plexus-ipamd")
+    assert c["command"] == ["plexus-ipamd"]
+    old = os.environ.get("NODE_NAME")
+    os.environ["NODE_NAME"] = "node-from-env"  # what the fieldRef gives it
+    try:
+        return parse_args(c.get("args", []))
+    finally:
+        if old is None:
+            del os.environ["NODE_NAME"]
+        else:
+            os.environ["NODE_NAME"] = old
+
+
+def mounts(c: dict[str, Any]) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """mountPath → (volumeMount, volume) of a container."""
+    volumes = {v["name"]: v for v in pod_spec()["volumes"]}
+    return {m["mountPath"]: (m, volumes[m["name"]]) for m in c.get("volumeMounts", [])}
+
+
+def under(path: str, c: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The mount that holds ``path`` in container ``c`` (the longest prefix)."""
+    best = max((p for p in mounts(c) if path == p or path.startswith(p.rstrip("/") + "/")), key=len, default=None)
+    assert best is not None, f"{path} is on no volume of {c['name']}"
+    return mounts(c)[best]
+
+
+# -- the manifests, read as YAML (no cluster needed) ------------------------------------------------------
+
+def test_daemonset_runs_the_daemon_in_kubernetes_mode_on_the_host_paths() -> None:
+    cfg = daemon_args()
+    assert cfg.kubeconfig == "in-cluster", "explicit: a missing token fails instead of falling back to local mode"
+    assert cfg.node_name == "node-from-env"
+    c = container("plexus-ipamd")
+    assert {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in c["env"]
+    conflist = json.loads(CONFLIST.read_text())
+    assert cfg.socket == conflist["plugins"][0]["socket"] == "/run/plexus/plexus.sock", "the plugin finds the daemon"
+    # every path the daemon writes is a host directory, at the same path as on the host
+    for path in (cfg.socket, cfg.grpc_socket, cfg.db):
+        m, vol = under(path, c)
+        assert "hostPath" in vol, path
+        assert vol["hostPath"]["path"] == m["mountPath"], path
+        assert not m.get("readOnly"), path
+    # pods' network namespaces, which the runtime mounts after the daemon started
+    m, vol = mounts(c)["/var/run/netns"]
+    assert vol["hostPath"]["path"] == "/var/run/netns"
+    assert m["mountPropagation"] == "HostToContainer"
+    assert c["image"] == "plexus:latest"
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+
+
+def test_daemonset_pod_security() -> None:
+    spec = pod_spec()
+    assert spec["hostNetwork"] is True, "bridges and node-side veths live in the node's namespace"
+    assert spec["hostPID"] is False
+    assert spec["serviceAccountName"] == "plexus-node"
+    assert spec["tolerations"] == [{"operator": "Exists"}], "every taint"
+    daemon = container("plexus-ipamd")["securityContext"]
+    assert daemon["privileged"] is True
+    text = DAEMONSET.read_text()
+    assert "NET_ADMIN" in text and "SYS_ADMIN" in text, "the minimum capabilities are documented"
+    init = container("install-cni")["securityContext"]
+    assert init["privileged"] is False and init["capabilities"]["drop"] == ["ALL"]
+    for name in ("plexus-ipamd", "install-cni"):
+        for _, vol in mounts(container(name)).values():
+            if "hostPath" in vol:
+                assert not vol["hostPath"]["path"].startswith("/proc"), "no host /proc: hostPID is off"
+
+
+def test_probes_use_the_daemon_health_endpoints() -> None:
+    c = container("plexus-ipamd")
+    cfg = daemon_args()
+    for probe, endpoint in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        command = c[probe]["exec"]["command"]
+        assert command[:2] == ["python3", "-c"], probe
+        assert f'"{cfg.socket}"' in command[2] and f"GET {endpoint} " in command[2], probe
+        assert c[probe]["timeoutSeconds"] >= 5, probe
+
+
+def test_conflist_is_the_packaged_one_with_the_annotations_capability() -> None:
+    cm = one(DAEMONSET, "ConfigMap", "plexus-cni-config")
+    assert cm["metadata"]["namespace"] == NS
+    shipped = json.loads(cm["data"]["10-plexus.conflist"])
+    assert shipped == json.loads(CONFLIST.read_text())
+    assert shipped["plugins"][-1]["type"] == "plexus"
+    assert shipped["plugins"][-1]["capabilities"] == {"io.kubernetes.cri.pod-annotations": True}
+    init = container("install-cni")
+    m, vol = under("/etc/plexus/cni/10-plexus.conflist", init)
+    assert vol["configMap"]["name"] == "plexus-cni-config"
+    host = {vol["hostPath"]["path"]: path for path, (_, vol) in mounts(init).items() if "hostPath" in vol}
+    assert host["/etc/cni/net.d"] == "/host/etc/cni/net.d"
+    assert host["/opt/cni/bin"] == "/host/opt/cni/bin"
+    assert host["/opt/plexus"] == "/host/opt/plexus"
+
+
+# -- the probe command against the real health server ---------------------------------------------------
+
+def probe_script(probe: str, socket_path: str) -> list[str]:
+    command = list(container("plexus-ipamd")[probe]["exec"]["command"])
+    command[2] = command[2].replace('"/run/plexus/plexus.sock"', json.dumps(socket_path))
+    return command
+
+
+def test_probe_commands_against_the_real_server(tmp_path: Path) -> None:
+    from ipamd.cni_server import CniHttpServer
+
+    path = str(tmp_path / "run" / "plexus.sock")
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert subprocess.run(probe_script(probe, path), capture_output=True, timeout=10).returncode != 0, \
+            f"{probe} passes with no daemon"
+    ready = threading.Event()
+    server = CniHttpServer(path, None, ready.is_set)  # type: ignore[arg-type]  # no CNI call is made
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        def rc(probe: str) -> int:
+            return subprocess.run(probe_script(probe, path), capture_output=True, timeout=10).returncode
+
+        assert rc("livenessProbe") == 0 and rc("startupProbe") == 0
+        assert rc("readinessProbe") != 0, "not ready before start-up is done"
+        ready.set()
+        started = time.monotonic()
+        assert rc("readinessProbe") == 0
+        assert time.monotonic() - started < 2
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# -- the install script (init container) on a fake host root ----------------------------------------------
+
+def test_install_script_installs_the_bundle_and_conflist_atomically(tmp_path: Path) -> None:
+    init = container("install-cni")
+    assert init["command"][:2] == ["/bin/sh", "-c"]
+    script = init["command"][2]
+    assert "mv -f" in script and ".10-plexus.conflist.tmp" in script, "conflist written to a temp file, then renamed"
+    bundle = FROZEN.parent
+    if not FROZEN.exists():  # not built: a stand-in with the onedir layout
+        bundle = tmp_path / "bundle"
+        (bundle / "_internal").mkdir(parents=True)
+        (bundle / "plexus").write_text("#!/bin/sh\necho stand-in\n")
+        (bundle / "plexus").chmod(0o755)
+        (bundle / "_internal" / "lib.so").write_text("x")
+    host = tmp_path / "host"
+    env = {"PATH": os.environ["PATH"], "HOST_ROOT": str(host), "BUNDLE": str(bundle), "CONFLIST": str(CONFLIST)}
+    for _ in range(2):  # a first install, then an upgrade over it
+        res = subprocess.run(init["command"], env=env, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert os.readlink(host / "opt/cni/bin/plexus") == "/opt/plexus/plexus/plexus", "as packaging/install.sh"
+        installed = host / "opt/plexus/plexus"
+        assert sorted(p.name for p in installed.iterdir()) == sorted(p.name for p in bundle.iterdir())
+        assert os.access(installed / "plexus", os.X_OK)
+        assert json.loads((host / "etc/cni/net.d/10-plexus.conflist").read_text()) == json.loads(CONFLIST.read_text())
+        assert oct((host / "etc/cni/net.d/10-plexus.conflist").stat().st_mode & 0o777) == "0o644"
+        assert (host / "var/log/plexus").is_dir()
+        leftovers = [p.name for d in ("opt/plexus", "opt/cni/bin", "etc/cni/net.d") for p in (host / d).iterdir()
+                     if p.name.endswith((".tmp", ".new", ".old"))]
+        assert leftovers == []
+    if FROZEN.exists():  # the copied bundle works from its new place (_internal came along)
+        version = subprocess.run([str(host / "opt/plexus/plexus/plexus")], input=b'{"cniVersion":"1.0.0"}',
+                                 env={"CNI_COMMAND": "VERSION"}, capture_output=True, timeout=30)
+        assert version.returncode == 0 and "1.1.0" in json.loads(version.stdout)["supportedVersions"]
+    missing = subprocess.run(init["command"], env=env | {"BUNDLE": str(tmp_path / "nope")}, capture_output=True,
+                             text=True, timeout=60)
+    assert missing.returncode != 0 and "no frozen plexus bundle" in missing.stderr
+
+
+# -- against the API server ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def applied(cluster: Cluster) -> Cluster:
+    for path in (CRDS, RBAC, DAEMONSET):
+        res = cluster.kubectl("apply", "-f", str(path), check=False)
+        assert res.returncode == 0, f"{path.name}: {res.stderr}"
+    return cluster
+
+
+def can_i(cluster: Cluster, who: str, *what: str) -> bool:
+    res = cluster.kubectl("auth", "can-i", f"--as={who}", *what, check=False)
+    answer = res.stdout.strip()
+    assert answer in ("yes", "no"), (what, res.stdout, res.stderr)
+    return answer == "yes"
+
+
+@pytest.mark.netns
+def test_manifests_are_accepted_and_the_objects_exist(applied: Cluster) -> None:
+    cluster = applied
+    for path in (RBAC, DAEMONSET):
+        for doc in docs(path):
+            md = doc["metadata"]
+            args = [doc["kind"].lower(), md["name"]] + (["-n", md["namespace"]] if md.get("namespace") else [])
+            live = cluster.get(*args)
+            assert live["metadata"]["name"] == md["name"]
+            if doc["kind"] in ("ClusterRole", "Role"):
+                assert live["rules"] == doc["rules"], "stored as written"
+    for kind in KINDS:
+        assert cluster.get("crd", f"{kind}.{GROUP}")["spec"]["names"]["plural"] == kind
+    ds = cluster.get("daemonset", "-n", NS, "plexus-node")
+    spec = ds["spec"]["template"]["spec"]
+    assert spec["hostNetwork"] is True and spec["serviceAccountName"] == "plexus-node"
+    (c,) = spec["containers"]
+    assert c["securityContext"]["privileged"] is True
+    assert {m["mountPath"]: m.get("mountPropagation") for m in c["volumeMounts"]}["/var/run/netns"] == "HostToContainer"
+    assert [i["name"] for i in spec["initContainers"]] == ["install-cni"]
+    # re-applying changes nothing: no new generation of the DaemonSet (no rollout on every apply). kubectl
+    # says "configured" for it because hostPID: false, written out on purpose, is the default the server
+    # does not store
+    again = cluster.kubectl("apply", "-f", str(RBAC), "-f", str(DAEMONSET))
+    assert all(line.endswith("unchanged") for line in again.stdout.splitlines() if "daemonset" not in line), again.stdout
+    after = cluster.get("daemonset", "-n", NS, "plexus-node")
+    assert after["metadata"]["generation"] == ds["metadata"]["generation"]
+    assert after["spec"]["template"] == ds["spec"]["template"]
+    # a server-side dry run validates the DaemonSet's pod template against the 1.20 API
+    dry = cluster.kubectl("apply", "--dry-run=server", "-f", str(DAEMONSET), check=False)
+    assert dry.returncode == 0, dry.stderr
+
+
+# What the daemon does (ipamd/kube/): each of these is one call in the code.
+NODE_NEEDS = [
+    ("list", "pods", "--all-namespaces"),          # the Pod informer: all namespaces, spec.nodeName selector
+    ("watch", "pods", "--all-namespaces"),
+    ("get", "pods", "-n", "some-app"),              # wait_for_pod
+    ("patch", "pods", "-n", "some-app"),            # networks-status annotation
+    ("create", "events", "-n", "some-app"),         # InterfaceAttached / AttachFailed
+    *[(verb, f"{kind}.{GROUP}", "--all-namespaces") for kind in KINDS for verb in ("list", "watch")],
+    ("create", f"ipaddresses.{GROUP}", "-n", "some-app"),             # Auto IPAddress owned by the pod
+    ("patch", f"ipaddresses.{GROUP}", "--subresource=status", "-n", "some-app"),
+    ("patch", f"clusteripaddresses.{GROUP}", "--subresource=status"),
+    ("create", f"ipaddressleases.{GROUP}"),         # claim
+    ("get", f"ipaddressleases.{GROUP}"),            # whose, after AlreadyExists
+    ("patch", f"ipaddressleases.{GROUP}"),          # holder: orphan / adopt
+    ("patch", f"ipaddressleases.{GROUP}", "--subresource=status"),    # orphaningTimestamp
+    ("delete", f"ipaddressleases.{GROUP}"),         # free after the quarantine
+]
+NODE_MUST_NOT = [
+    ("delete", "pods", "-n", "some-app"),
+    ("create", "pods", "-n", "some-app"),
+    ("update", "pods", "-n", "some-app"),
+    ("create", "pods", "--subresource=exec", "-n", "some-app"),
+    ("patch", "pods", "--subresource=status", "-n", "some-app"),
+    ("create", "secrets", "-n", "some-app"),
+    ("get", "secrets", "-n", "some-app"),
+    ("list", "secrets", "--all-namespaces"),
+    ("get", "configmaps", "-n", NS),
+    ("update", "nodes"),
+    ("patch", "nodes"),
+    ("get", "nodes"),
+    ("create", "serviceaccounts", "--subresource=token", "-n", NS),
+    ("patch", "events", "-n", "some-app"),
+    ("delete", "events", "-n", "some-app"),
+    ("create", f"networks.{GROUP}", "-n", "some-app"),
+    ("delete", f"networks.{GROUP}", "-n", "some-app"),
+    ("update", f"networks.{GROUP}", "-n", "some-app"),
+    ("patch", f"networks.{GROUP}", "--subresource=status", "-n", "some-app"),
+    ("delete", f"networkclasses.{GROUP}"),
+    ("create", f"clusternetworks.{GROUP}"),
+    ("patch", f"ipaddresspools.{GROUP}", "-n", "some-app"),
+    ("delete", f"ipaddresses.{GROUP}", "-n", "some-app"),
+    ("patch", f"ipaddresses.{GROUP}", "-n", "some-app"),
+    ("update", f"ipaddresses.{GROUP}", "--subresource=status", "-n", "some-app"),
+    ("create", f"clusteripaddresses.{GROUP}"),
+    ("delete", f"clusteripaddresses.{GROUP}"),
+    ("update", f"ipaddressleases.{GROUP}"),
+    ("deletecollection", f"ipaddressleases.{GROUP}"),
+    ("update", f"ipaddressleases.{GROUP}", "--subresource=status"),
+    ("create", "leases.coordination.k8s.io", "-n", NS),
+    ("create", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("bind", "clusterroles.rbac.authorization.k8s.io"),
+    ("escalate", "clusterroles.rbac.authorization.k8s.io"),
+    ("impersonate", "serviceaccounts"),
+    ("*", "*"),
+]
+
+
+@pytest.mark.netns
+def test_node_role_allows_what_the_daemon_does_and_nothing_else(applied: Cluster) -> None:
+    refused = [w for w in NODE_NEEDS if not can_i(applied, NODE_SA, *w)]
+    assert refused == [], "the daemon needs these"
+    allowed = [w for w in NODE_MUST_NOT if can_i(applied, NODE_SA, *w)]
+    assert allowed == [], "least privilege"
+    rules = one(RBAC, "ClusterRole", "plexus-node")["rules"]
+    assert not any("*" in r.get("verbs", []) + r.get("resources", []) + r.get("apiGroups", []) for r in rules)
+
+
+@pytest.mark.netns
+def test_controller_role(applied: Cluster) -> None:
+    """The (not yet deployed) controller's identity: the calls of ipamd/kube/controller.py, and no more."""
+    needs = [
+        ("patch", f"networks.{GROUP}", "--subresource=status", "-n", "some-app"),
+        ("patch", f"clusternetworks.{GROUP}", "--subresource=status"),
+        ("patch", f"ipaddresses.{GROUP}", "--subresource=status", "-n", "some-app"),
+        ("patch", f"clusteripaddresses.{GROUP}", "--subresource=status"),
+        ("create", f"ipaddressleases.{GROUP}"),
+        ("delete", f"ipaddressleases.{GROUP}"),
+        ("watch", f"networks.{GROUP}", "--all-namespaces"),
+        ("watch", "pods", "--all-namespaces"),
+        ("get", "leases.coordination.k8s.io", "-n", NS),
+        ("create", "leases.coordination.k8s.io", "-n", NS),
+        ("update", "leases.coordination.k8s.io", "-n", NS),
+    ]
+    must_not = [
+        ("create", "leases.coordination.k8s.io", "-n", "kube-system"),
+        ("update", "leases.coordination.k8s.io", "-n", "default"),
+        ("delete", "leases.coordination.k8s.io", "-n", NS),
+        ("patch", "pods", "-n", "some-app"),
+        ("get", "secrets", "-n", NS),
+        ("update", "nodes"),
+        ("patch", f"ipaddressleases.{GROUP}"),
+        ("create", f"ipaddresses.{GROUP}", "-n", "some-app"),
+        ("delete", f"networks.{GROUP}", "-n", "some-app"),
+        ("update", f"networks.{GROUP}", "-n", "some-app"),
+        ("update", f"networks.{GROUP}", "--subresource=status", "-n", "some-app"),
+    ]
+    assert [w for w in needs if not can_i(applied, CONTROLLER_SA, *w)] == []
+    assert [w for w in must_not if can_i(applied, CONTROLLER_SA, *w)] == []
+
+
+# -- the daemon itself, with only the ServiceAccount's token ------------------------------------------------
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, step: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(step)
+
+
+def sa_kubeconfig(cluster: Cluster, sa: str, path: Path) -> Path:
+    """A kubeconfig with the ServiceAccount's token (1.20: the token controller's Secret), as in a pod."""
+    def secret_name() -> str | None:
+        names = [s["name"] for s in cluster.get("serviceaccount", "-n", NS, sa).get("secrets") or []]
+        return names[0] if names else None
+
+    name = wait_for(secret_name, timeout=60)
+    assert name, f"no token Secret for {sa}"
+    token = base64.b64decode(cluster.get("secret", "-n", NS, name)["data"]["token"]).decode()
+    admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
+    kc = {"apiVersion": "v1", "kind": "Config", "clusters": admin["clusters"],
+          "users": [{"name": sa, "user": {"token": token}}],
+          "contexts": [{"name": sa, "context": {"cluster": admin["clusters"][0]["name"], "user": sa}}],
+          "current-context": sa}
+    path.write_text(yaml.safe_dump(kc))
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
+def sa_node(applied: Cluster, tmp_path: Path) -> Iterator[Node]:
+    node = Node(kubeconfig=str(sa_kubeconfig(applied, "plexus-node", tmp_path / "sa.kubeconfig")),
+                node_name="node-sa", reconcile_interval=1.0)
+    try:
+        node.start()
+        yield node
+    finally:
+        node.close()
+
+
+@pytest.mark.netns
+def test_daemon_runs_a_pod_with_only_the_node_service_account(applied: Cluster, sa_node: Node) -> None:
+    cluster, node, ns = applied, sa_node, "kmanifest"
+    # who the daemon is: the token really is the ServiceAccount's, and it is refused what the role refuses
+    whoami = subprocess.run([cluster.kubectl_bin, "--kubeconfig", str(node.kubeconfig), "get", "secrets", "-n", ns],
+                            capture_output=True, text=True)
+    assert whoami.returncode != 0 and NODE_SA in whoami.stderr, whoami.stderr
+    cluster.apply([
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
+        {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NetworkClass", "metadata": {"name": f"{ns}-class"},
+         "spec": {"vlan": {"idPool": ["760-769"]}}},
+        {"apiVersion": f"{GROUP}/v1alpha1", "kind": "IPAddressPool", "metadata": {"name": "pool", "namespace": ns},
+         "spec": {"leaseTTL": "3s", "pools": [{"network": "198.18.67.0/24", "ranges": ["198.18.67.10-198.18.67.20"]}]}},
+        {"apiVersion": f"{GROUP}/v1alpha1", "kind": "Network", "metadata": {"name": "net", "namespace": ns},
+         "spec": {"networkClass": f"{ns}-class", "vlan": {"id": 760},
+                  "ipam": {"ipAddressPoolRef": {"kind": "IPAddressPool", "name": "pool"}}}},
+        {"apiVersion": f"{GROUP}/v1alpha1", "kind": "ClusterIPAddressPool", "metadata": {"name": f"{ns}-cpool"},
+         "spec": {"leaseTTL": "3s", "pools": [{"network": "198.18.68.0/28"}]}},
+        {"apiVersion": f"{GROUP}/v1alpha1", "kind": "ClusterNetwork", "metadata": {"name": f"{ns}-cnet"},
+         "spec": {"type": "VLAN", "vlan": {"id": 770},
+                  "ipam": {"ipAddressPoolRef": {"kind": "ClusterIPAddressPool", "name": f"{ns}-cpool"}}}},
+        {"apiVersion": f"{GROUP}/v1alpha1", "kind": "ClusterIPAddress", "metadata": {"name": f"{ns}-cip"},
+         "spec": {"networkRef": {"kind": "ClusterNetwork", "name": f"{ns}-cnet"}, "type": "Static",
+                  "static": {"ip": "198.18.68.5"}}},
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "app", "namespace": ns, "annotations": {
+            f"{GROUP}/networks-spec": json.dumps([
+                {"type": "Network", "name": "net", "ifName": "net1"},
+                {"type": "ClusterNetwork", "name": f"{ns}-cnet", "ifName": "net2", "ipAddressNames": [f"{ns}-cip"]},
+            ])}}, "spec": {"nodeName": "node-sa", "containers": [{"name": "c", "image": "busybox"}]}},
+    ])
+    uid = cluster.get("pod", "-n", ns, "app")["metadata"]["uid"]
+    netns = node.pod_netns("app")
+    add = wait_for(lambda: (r := node.cni("ADD", "c1", netns, pod=(ns, "app"), env={
+        "CNI_ARGS": f"K8S_POD_NAMESPACE={ns};K8S_POD_NAME=app;K8S_POD_UID={uid}"})).ok and r, timeout=30, step=1)
+    assert add, node.log_text()[-3000:]
+    address = add.json["ips"][0]["address"].split("/")[0]
+    links = links_in(netns)
+    assert links["net1"]["addresses"] == [f"{address}/24"] and links["net2"]["addresses"] == ["198.18.68.5/28"]
+
+    # everything the daemon publishes arrived, each through a permission of the role
+    annotations = cluster.get("pod", "-n", ns, "app")["metadata"]["annotations"]        # patch pods
+    status = json.loads(annotations[f"{GROUP}/networks-status"])
+    assert [s["ifName"] for s in status] == ["net1", "net2"]
+    (ip,) = cluster.get("ipaddress", "-n", ns)["items"]                                   # create ipaddresses
+    assert ip["metadata"]["ownerReferences"][0]["uid"] == uid
+    assert wait_for(lambda: (cluster.get("ipaddress", "-n", ns, ip["metadata"]["name"]).get("status") or {})
+                    .get("address") == address, timeout=15)                               # ipaddresses/status
+    assert wait_for(lambda: (cluster.get("clusteripaddress", f"{ns}-cip").get("status") or {})
+                    .get("usedByPods") == [f"{ns}/app"], timeout=15)                      # clusteripaddresses/status
+    leases = {x["spec"]["ip"]: x for x in cluster.get("ipaddresslease")["items"]}         # create ipaddressleases
+    assert address in leases and "198.18.68.5" in leases
+    assert leases[address]["metadata"]["labels"][f"{GROUP}/node"] == "node-sa"
+    events = cluster.get("events", "-n", ns)["items"]                                     # create events
+    assert {e["reason"] for e in events} >= {"InterfaceAttached"}
+
+    # DEL and the pod gone: the lease is orphaned (patch + status patch), then freed (delete)
+    assert node.cni("DEL", "c1", netns, pod=(ns, "app")).ok
+    cluster.kubectl("delete", "pod", "-n", ns, "app", "--grace-period=0", "--force")
+
+    def lease_state() -> str:
+        items = [x for x in cluster.get("ipaddresslease")["items"] if x["spec"]["ip"] == address]
+        if not items:
+            return "gone"
+        return "orphaned" if (items[0].get("status") or {}).get("orphaningTimestamp") else "bound"
+
+    assert wait_for(lambda: lease_state() == "gone", timeout=90), (lease_state(), node.log_text()[-3000:])
+    log = node.log_text() + (node.dir / "ipamd.stderr").read_text()
+    forbidden = [line for line in log.splitlines() if "forbidden" in line.lower() or " 403" in line]
+    assert forbidden == [], forbidden[:5]
+    assert node.proc is not None
+    rss = [line for line in Path(f"/proc/{node.proc.pid}/status").read_text().splitlines() if line.startswith("VmRSS")]
+    print(f"plexus-ipamd as plexus-node after one pod: {rss[0] if rss else '?'}")
