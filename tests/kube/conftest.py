@@ -48,6 +48,18 @@ class Cluster:
         text = docs if isinstance(docs, str) else yaml.safe_dump_all(docs)
         self.kubectl("apply", "-f", "-", stdin=text)
 
+    def requests_served(self) -> dict[str, int]:
+        """``apiserver_request_total`` by verb and resource, from the API server's own metrics."""
+        import re
+
+        out: dict[str, int] = {}
+        for line in self.kubectl("get", "--raw", "/metrics").stdout.splitlines():
+            if line.startswith("apiserver_request_total{"):
+                labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+                key = f"{labels.get('verb')} {labels.get('resource')}{'/' + labels['subresource'] if labels.get('subresource') else ''}"
+                out[key] = out.get(key, 0) + int(float(line.rsplit(" ", 1)[1]))
+        return out
+
     def get(self, *args: str) -> Any:
         import json
 

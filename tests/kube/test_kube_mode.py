@@ -46,6 +46,14 @@ def pod(ns: str, name: str, node: str) -> dict[str, Any]:
             "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]}}
 
 
+def print_requests(what: str, before: dict[str, int], after: dict[str, int], elapsed: float) -> None:
+    """The API requests a call made (a figure for the notes; the metrics include nothing else of ours
+    but an informer's watch that may restart meanwhile, counted as 'watch')."""
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    mine = {k: v for k, v in delta.items() if v > 0 and not k.startswith(("WATCH", "get /metrics"))}
+    print(f"\n{what}: {sum(mine.values())} API requests in {elapsed * 1000:.0f} ms: {mine}")
+
+
 def kube_node(cluster: Cluster, name: str) -> Node:
     node = Node(kubeconfig=cluster.kubeconfig, node_name=name, reconcile_interval=1.0)
     node.start()
@@ -104,9 +112,13 @@ def test_pod_flow_through_the_api(cluster: Cluster, nodes: list[Node]) -> None:
     node = kube_node(cluster, "node-a")
     nodes.append(node)
     netns = node.pod_netns("app")
+    assert wait_for(lambda: "ready" in node.log_text(), timeout=30)
+    time.sleep(1)  # let the informers' first lists settle before counting
+    before = cluster.requests_served()
     add = node.cni("ADD", "c1", netns, pod=(ns, "app"), env={
         "CNI_ARGS": f"K8S_POD_NAMESPACE={ns};K8S_POD_NAME=app;K8S_POD_UID={uid}"})
     assert add.ok, (add, node.log_text()[-3000:])
+    print_requests("ADD (1 network, the pod from the informer)", before, cluster.requests_served(), add.elapsed)
     address = add.json["ips"][0]["address"].split("/")[0]
     assert links_in(netns)["net1"]["addresses"] == [f"{address}/24"]
 
@@ -126,7 +138,10 @@ def test_pod_flow_through_the_api(cluster: Cluster, nodes: list[Node]) -> None:
 
     # the pod is deleted: DEL, then the cluster's GC removes its Auto IPAddress, the lease is
     # orphaned (quarantined for the pool's 3 s leaseTTL), then freed
-    assert node.cni("DEL", "c1", netns, pod=(ns, "app")).ok
+    before = cluster.requests_served()
+    dele = node.cni("DEL", "c1", netns, pod=(ns, "app"))
+    assert dele.ok
+    print_requests("DEL (1 network)", before, cluster.requests_served(), dele.elapsed)
     assert set(links_in(netns)) == {"lo"}
     cluster.kubectl("delete", "pod", "-n", ns, "app", "--grace-period=0", "--force")
     assert wait_for(lambda: not cluster.get("ipaddress", "-n", ns)["items"], timeout=90), "Auto IPAddress collected"
