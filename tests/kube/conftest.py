@@ -56,7 +56,8 @@ class Cluster:
         for line in self.kubectl("get", "--raw", "/metrics").stdout.splitlines():
             if line.startswith("apiserver_request_total{"):
                 labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
-                key = f"{labels.get('verb')} {labels.get('resource')}{'/' + labels['subresource'] if labels.get('subresource') else ''}"
+                sub = f"/{labels['subresource']}" if labels.get("subresource") else ""
+                key = f"{labels.get('verb')} {labels.get('resource')}{sub}"
                 out[key] = out.get(key, 0) + int(float(line.rsplit(" ", 1)[1]))
         return out
 
