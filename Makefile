@@ -80,8 +80,8 @@ bench: deps venv build
 	$(PY) -m bench $(BENCH_ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff check cni ipamd tests
-	$(VENV)/bin/mypy cni ipamd
+	$(VENV)/bin/ruff check cni ipamd tests bench scripts
+	$(VENV)/bin/mypy cni ipamd bench
 
 clean:
 	rm -rf build dist

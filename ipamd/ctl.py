@@ -93,8 +93,9 @@ def _sync(args: argparse.Namespace, quiet_if_down: bool = True) -> None:
         print(f"warning: not served: {p.message}", file=sys.stderr)
 
 
-def cmd_apply(args: argparse.Namespace) -> int:
-    done, bad = objectdir.apply(args.objects_dir, objectdir.read_inputs(args.filename))
+def _write_objects(args: argparse.Namespace, change: Callable[..., Any]) -> int:
+    """apply or delete: change the object source, report each object, then have the daemon re-read."""
+    done, bad = change(args.objects_dir, objectdir.read_inputs(args.filename))
     for d in done:
         print(d)
     for b in bad:
@@ -102,17 +103,14 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if done:
         _sync(args)
     return 1 if bad else 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    return _write_objects(args, objectdir.apply)
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    done, bad = objectdir.delete(args.objects_dir, objectdir.read_inputs(args.filename))
-    for d in done:
-        print(d)
-    for b in bad:
-        print(f"error: {b}", file=sys.stderr)
-    if done:
-        _sync(args)
-    return 1 if bad else 0
+    return _write_objects(args, objectdir.delete)
 
 
 def _pod_state_path(args: argparse.Namespace, namespace: str, name: str) -> str:
