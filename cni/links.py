@@ -117,7 +117,8 @@ def vxlan_spec(name: str, vni: int, underlay_index: int | None, port: int, group
 
 def ensure_vxlan(host: IPRoute, vni: int, underlay: str, remotes: Iterable[str], group: str, port: int,
                  local: str) -> str:
-    """A VXLAN device for ``vni``; unicast remotes become all-zero FDB entries (head-end replication)."""
+    """A VXLAN device for ``vni``; unicast remotes become all-zero FDB entries (head-end replication).
+    The same class serves every node, so its remotes may include this node: that one is skipped."""
     name = f"plx-vx-{vni}"
     idx = _index(host, name)
     if idx is None:
@@ -130,7 +131,11 @@ def ensure_vxlan(host: IPRoute, vni: int, underlay: str, remotes: Iterable[str],
             if exc.code != errno.EEXIST:
                 raise _fail(f"creating VXLAN {vni}", exc) from None
         idx = _index(host, name)
+    # a class lists every node of the segment; this node's own address is not a remote of its own
+    own = {a.get_attr("IFA_ADDRESS") for a in host.get_addr(family=2)}
     for remote in remotes:
+        if remote in own:
+            continue
         try:
             host.fdb("append", ifindex=idx, lladdr="00:00:00:00:00:00", dst=remote)
         except NetlinkError as exc:

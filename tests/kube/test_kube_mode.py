@@ -202,3 +202,53 @@ def test_four_nodes_race_for_one_pool_of_64(cluster: Cluster, nodes: list[Node])
         return len([x for x in cluster.get("ipaddresslease")["items"] if x["spec"]["pool"].endswith("krace/pool")])
 
     assert wait_for(lambda: pool_leases() == 0, timeout=90), f"{pool_leases()} leases left"
+
+
+@pytest.mark.netns
+def test_two_nodes_on_one_vxlan_network_through_the_api(cluster: Cluster, nodes: list[Node]) -> None:
+    """One NetworkClass for the cluster (VXLAN, both nodes as remotes), one Network, a pod on each node:
+    they ping each other across the two node namespaces."""
+    import subprocess
+
+    ns = "kvx"
+    cluster.kubectl("create", "namespace", "plexus-system", check=False)
+    a = Node(kubeconfig=cluster.kubeconfig, node_name="vx-a", extra_args=("--controller",))
+    nodes.append(a)
+    a.start()
+    b = kube_node(cluster, "vx-b")
+    nodes.append(b)
+    subprocess.run(["ip", "link", "add", "plxul0", "netns", a.name, "type", "veth", "peer", "name", "plxul0",
+                    "netns", b.name], check=True)
+    for node, ip in ((a, "198.18.1.1/24"), (b, "198.18.1.2/24")):
+        subprocess.run(["ip", "-n", node.name, "addr", "add", ip, "dev", "plxul0"], check=True)
+        subprocess.run(["ip", "-n", node.name, "link", "set", "plxul0", "up"], check=True)
+    cluster.apply([
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
+        {"apiVersion": GROUP, "kind": "NetworkClass", "metadata": {"name": "kvx-class"},
+         "spec": {"vxlan": {"vniPool": ["7000-7009"], "underlayInterface": "plxul0",
+                            "remotes": ["198.18.1.1", "198.18.1.2"]}}},
+        {"apiVersion": GROUP, "kind": "IPAddressPool", "metadata": {"name": "pool", "namespace": ns},
+         "spec": {"leaseTTL": "1s", "pools": [{"network": "198.18.67.0/24"}]}},
+        {"apiVersion": GROUP, "kind": "Network", "metadata": {"name": "net", "namespace": ns},
+         "spec": {"networkClass": "kvx-class",
+                  "ipam": {"ipAddressPoolRef": {"kind": "IPAddressPool", "name": "pool"}}}},
+        pod(ns, "pa", "vx-a"), pod(ns, "pb", "vx-b"),
+    ])
+    # the controller gives the Network its VNI once for the cluster; both nodes take it from the status
+    assert wait_for(lambda: (cluster.get("network", "-n", ns, "net").get("status") or {}).get("vni"), timeout=30)
+    vni = cluster.get("network", "-n", ns, "net")["status"]["vni"]
+    assert vni == 7000
+    time.sleep(1.5)  # the nodes' informers see the status
+    ips = {}
+    for node, name in ((a, "pa"), (b, "pb")):
+        uid = cluster.get("pod", "-n", ns, name)["metadata"]["uid"]
+        res = node.cni("ADD", f"c-{name}", node.pod_netns(name), pod=(ns, name),
+                       env={"CNI_ARGS": f"K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_UID={uid}"})
+        assert res.ok, (res, node.log_text()[-2000:])
+        ips[name] = res.json["ips"][0]["address"].split("/")[0]
+    assert ips["pa"] != ips["pb"], "one pool for the cluster: distinct addresses on the two nodes"
+    for node in (a, b):
+        assert node.host_links()[f"plx-vx-{vni}"]["master"] == f"plx-vb-{vni}"
+    ping = subprocess.run(["ip", "netns", "exec", a.pods[0].rsplit("/", 1)[-1], "ping", "-c", "2", "-W", "2",
+                           ips["pb"]], capture_output=True, text=True)
+    assert ping.returncode == 0, ping.stdout + ping.stderr
