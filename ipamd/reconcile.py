@@ -68,6 +68,17 @@ class Reconciler:
             self._release_gone_pods()
             self.ipam.expire(None, self.ipam.clock())
             self._sync_segments()
+            if self.cluster:
+                self._release_stray_cluster_leases()
+
+    def _release_stray_cluster_leases(self) -> None:
+        """IPAddressLeases this node made that its store does not hold: an ADD rolled back while the
+        API was unreachable could not delete its lease object. Deleted once older than the grace period."""
+        stray = getattr(self.ipam.registry, "stray", None)
+        if stray is None:
+            return
+        for lease in stray(self.store, time.time() - max(self.grace_s, 30.0)):
+            log.info("released stray IPAddressLease %s (%s)", lease.address, lease.pool)
 
     def _sync_segments(self) -> None:
         """Make every Network's bridge (and VLAN/VXLAN uplink) ahead of its pods, and remove the

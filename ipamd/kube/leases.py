@@ -9,6 +9,7 @@ lease is adopted by a Static IPAddress asking for exactly that IP.
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import logging
 import time
@@ -21,7 +22,7 @@ from kubernetes.client.exceptions import ApiException
 from ipamd.allocator import to_int
 from ipamd.kube.source import PLURALS, VERSION, KubernetesSource
 from ipamd.objects import GROUP
-from ipamd.store import LeaseRecord
+from ipamd.store import LeaseRecord, Store
 
 log = logging.getLogger(__name__)
 PLURAL = PLURALS["IPAddressLease"]
@@ -56,6 +57,26 @@ class KubeLeaseRegistry:
             if spec.get("holder") == holder and spec.get("pool") == pool and spec.get("ip"):
                 return to_int(str(spec["ip"]))
         return None
+
+    def stray(self, store: Store, older_than: float) -> list[LeaseRecord]:
+        """Delete this node's lease objects that the store does not hold (see the reconciler)."""
+        out = []
+        for item in self.source.lease_items():
+            md, spec = item.get("metadata") or {}, item.get("spec") or {}
+            if (md.get("labels") or {}).get(f"{GROUP}/node") != self.node_name or not spec.get("holder"):
+                continue
+            created = str(md.get("creationTimestamp") or "")
+            if not created or calendar.timegm(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ")) > older_than:
+                continue
+            pool, address = str(spec.get("pool")), str(spec.get("ip"))
+            local = store.lease_at(pool, to_int(address))
+            if local is not None and local.holder == spec.get("holder"):
+                continue
+            lease = LeaseRecord(pool=pool, ip=to_int(address), address=address, network=str(spec.get("network", "")),
+                                holder=str(spec.get("holder")))
+            self.release(lease)
+            out.append(lease)
+        return out
 
     def _body(self, lease: LeaseRecord) -> dict[str, Any]:
         return {

@@ -39,6 +39,7 @@ class Cluster:
     data: Path
     kubeconfig: str
     kubectl_bin: str
+    ports: dict[str, str]
 
     def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run([self.kubectl_bin, "--kubeconfig", self.kubeconfig, *args], input=stdin,
@@ -84,7 +85,7 @@ def cluster() -> Iterator[Cluster]:
     try:
         if up.returncode != 0:
             pytest.fail(f"starting the test API server failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}")
-        c = Cluster(data, str(data / "admin.kubeconfig"), str(CACHE / "bin" / "kubectl"))
+        c = Cluster(data, str(data / "admin.kubeconfig"), str(CACHE / "bin" / "kubectl"), ports)
         c.kubectl("apply", "-f", str(REPO / "packaging/k8s/crds.yaml"))
         c.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
         yield c

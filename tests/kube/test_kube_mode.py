@@ -252,3 +252,98 @@ def test_two_nodes_on_one_vxlan_network_through_the_api(cluster: Cluster, nodes:
     ping = subprocess.run(["ip", "netns", "exec", a.pods[0].rsplit("/", 1)[-1], "ping", "-c", "2", "-W", "2",
                            ips["pb"]], capture_output=True, text=True)
     assert ping.returncode == 0, ping.stdout + ping.stderr
+
+
+@pytest.mark.netns
+def test_churn_survives_daemon_and_api_server_restarts(cluster: Cluster, nodes: list[Node]) -> None:
+    """Two nodes create and delete pods while one daemon is killed and restarted and then the API
+    server itself is restarted: the watches resume, and at the end every live pod's address has exactly
+    one lease, no address is used twice, and no lease is left for a pod that is gone."""
+    import os
+    import subprocess
+
+    from tests.conftest import REPO
+
+    ns = "kchurn"
+    cluster.apply(objects(ns, "1s", "198.18.68.10-198.18.68.60", cidr="198.18.68.0/24", vlan=760))
+    names = [f"c{i:02d}" for i in range(12)]
+    cluster.apply([pod(ns, n, f"churn-{i % 2}") for i, n in enumerate(names)])
+    uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in cluster.get("pods", "-n", ns)["items"]}
+    for i in range(2):
+        nodes.append(kube_node(cluster, f"churn-{i}"))
+    netns = {n: nodes[i % 2].pod_netns(n) for i, n in enumerate(names)}
+    up: dict[str, str] = {}
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def call(node: Node, verb: str, name: str, cid: str) -> bool:
+        res = node.cni(verb, cid, netns[name], pod=(ns, name), timeout=90,
+                       env={"CNI_ARGS": f"K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_UID={uids[name]}"})
+        if not res.ok and res.code not in (11, 999, 101, 105):
+            errors.append(res.stdout)
+        return res.ok
+
+    def worker(index: int) -> None:
+        n = 0
+        while not stop.is_set():
+            node = nodes[index]
+            for name in names[index::2]:
+                if stop.is_set():
+                    break
+                n += 1
+                if name in up:
+                    if call(node, "DEL", name, up[name]):
+                        del up[name]
+                else:
+                    cid = f"{name}-{n}"
+                    if call(node, "ADD", name, cid):
+                        up[name] = cid
+                    else:
+                        while not call(node, "DEL", name, cid) and not stop.is_set():  # the runtime cleans up
+                            time.sleep(0.5)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(8)
+        nodes[0].kill()  # a daemon dies mid-churn and comes back
+        time.sleep(1)
+        nodes[0].start()
+        time.sleep(6)
+        env = dict(os.environ, **{k: v for k, v in cluster.ports.items()})
+        subprocess.run(["bash", str(REPO / "scripts/k8s/down-apiserver.sh"), str(cluster.data)], env=env,
+                       capture_output=True, check=True)  # the API server restarts (its data kept)
+        time.sleep(2)
+        subprocess.run(["bash", str(REPO / "scripts/k8s/up-apiserver.sh"), str(cluster.data)], env=env,
+                       capture_output=True, check=True)
+        time.sleep(10)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors[:3]
+    # settle: DEL every pod that is down (as kubelet retries), wait for the quarantines (1 s) to end
+    live_addresses = {}
+    for i, name in enumerate(names):
+        if name in up:
+            links = links_in(netns[name])
+            live_addresses[name] = links["net1"]["addresses"][0].split("/")[0]
+    assert len(set(live_addresses.values())) == len(live_addresses), "no address used twice"
+
+    def leases() -> dict[str, str]:
+        return {x["spec"]["ip"]: x["spec"].get("holder", "") for x in cluster.get("ipaddresslease")["items"]
+                if x["spec"]["pool"].endswith(f"{ns}/pool")}
+
+    held = leases()
+    for name, address in live_addresses.items():
+        assert held.get(address, "").startswith(f"IPAddress/{ns}/{name}-"), (name, address, held.get(address))
+    holders = [h for h in held.values() if h]
+    assert len(holders) == len(set(holders)) and len(holders) <= len(names), "one Auto address per pod, at most"
+
+    # every pod goes: every address comes back (orphaned, then freed after the 1 s quarantine)
+    for i, name in enumerate(names):
+        if name in up:
+            assert nodes[i % 2].cni("DEL", up[name], netns[name], pod=(ns, name)).ok
+    cluster.kubectl("delete", "pods", "-n", ns, "--all", "--grace-period=0", "--force")
+    assert wait_for(lambda: not leases(), timeout=90, step=2), leases()
