@@ -323,9 +323,8 @@ def test_churn_survives_daemon_and_api_server_restarts(cluster: Cluster, nodes: 
         for t in threads:
             t.join()
     assert not errors, errors[:3]
-    # settle: DEL every pod that is down (as kubelet retries), wait for the quarantines (1 s) to end
     live_addresses = {}
-    for i, name in enumerate(names):
+    for name in names:
         if name in up:
             links = links_in(netns[name])
             live_addresses[name] = links["net1"]["addresses"][0].split("/")[0]
