@@ -74,7 +74,7 @@ test-compat: venv build cnitool
 	$(PY) -m pytest -q tests/compat
 
 test-kube: venv build
-	$(PY) -m pytest -q tests/kube
+	$(PY) -m pytest -q tests/kube tests/node
 
 bench: deps venv build
 	$(PY) -m bench $(BENCH_ARGS)
