@@ -25,6 +25,10 @@ class Publisher(Protocol):
 
     def ip_status(self, rec: IPRecord) -> None: ...
 
+    def node_attachment(self, network_key: str, bridge: str, ready: bool, message: str) -> None: ...
+
+    def node_detachment(self, network_key: str) -> None: ...
+
 
 class LocalPublisher:
     """Local mode: the store is the only place statuses live."""
@@ -41,4 +45,10 @@ class LocalPublisher:
         pass
 
     def ip_status(self, rec: IPRecord) -> None:
+        pass
+
+    def node_attachment(self, network_key: str, bridge: str, ready: bool, message: str) -> None:
+        pass
+
+    def node_detachment(self, network_key: str) -> None:
         pass

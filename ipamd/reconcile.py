@@ -41,6 +41,7 @@ class Reconciler:
         # than the grace period are never judged gone.
         self.cluster = cluster
         self.grace_s = 15.0 if cluster else 0.0
+        self._reported: dict[str, str] = {}  # Network -> bridge published as this node's ready attachment
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -92,6 +93,8 @@ class Reconciler:
                 cls = self.source.get("NetworkClass", "", net.network_class) if net.network_class else None
                 if kind == "Network" and not isinstance(cls, NetworkClass):
                     continue  # reported when a pod asks for it
+                if self.cluster and not net.status_vlan_id and self._needs_cluster_id(net, cls):
+                    continue  # the controller has not given it its VLAN ID / VNI yet
                 live[net.meta.key] = ResolvedNetwork(net.meta.key, kind, net.meta.name, net.meta.namespace, net,
                                                      cls if isinstance(cls, NetworkClass) else None, None)
         segments = self.attacher.segments
@@ -100,20 +103,34 @@ class Reconciler:
         except Exception as exc:
             log.warning("node netlink: %s", exc)
             return
+        publisher = self.attacher.publisher
         for key, resolved in live.items():
             try:
-                segments.ensure(host, resolved)
+                rec, _ = segments.ensure(host, resolved)
+                if self._reported.get(key) != rec.bridge:
+                    publisher.node_attachment(key, rec.bridge, True, "")
+                    self._reported[key] = rec.bridge
             except CniError as exc:
                 log.warning("segment of %s: %s", key, exc)
+                publisher.node_attachment(key, "", False, str(exc))
+                self._reported.pop(key, None)
         in_use = {i.network_key for a in self.store.attachments() for i in a.interfaces}
         for rec in self.store.segments():
             if rec.network in live or rec.network in in_use:
                 continue
             try:
                 segments.remove(host, rec)
+                publisher.node_detachment(rec.network)
+                self._reported.pop(rec.network, None)
                 log.info("removed the segment of deleted %s (bridge %s)", rec.network, rec.bridge)
             except Exception as exc:
                 log.warning("removing the segment of %s: %s", rec.network, exc)
+
+    @staticmethod
+    def _needs_cluster_id(net: Network | ClusterNetwork, cls: object) -> bool:
+        if isinstance(net, ClusterNetwork):
+            return net.type == "VLAN" and net.vlan_id is None
+        return isinstance(cls, NetworkClass) and (bool(cls.vlan_pool) or cls.vxlan is not None)
 
     def _flag_pool_changes(self) -> None:
         """A pool shrank or lost a range under live leases: keep them, flag the ones now outside."""

@@ -107,6 +107,14 @@ for kind, plural, scope, short, net_kinds in (
                      "type": s(enum=["Auto", "Static"]), "static": obj({"ip": ipv4}, ["ip"])}, ["networkRef"]),
         "columns": IP_COLUMNS,
     }
+SPECS["NodeNetworkInterfaceAttachment"] = {
+    "scope": "Cluster", "plural": "nodenetworkinterfaceattachments", "short": ["nnia"],
+    "spec": obj({"networkRef": obj({"kind": s(enum=["Network", "ClusterNetwork"]), "name": s(minLength=1),
+                                    "namespace": s()}, ["kind", "name"]),
+                 "nodeName": s(minLength=1), "bridgeName": s()}, ["networkRef", "nodeName"]),
+    "columns": [("NODE", ".spec.nodeName", "string"), ("KIND", ".spec.networkRef.kind", "string"),
+                ("NETWORK", ".spec.networkRef.name", "string"), ("BRIDGE", ".spec.bridgeName", "string")],
+}
 SPECS["IPAddressLease"] = {
     "scope": "Cluster", "plural": "ipaddressleases", "short": ["ipl"],
     "spec": obj({"pool": s(), "ip": ipv4, "network": cidr, "holder": s(), "ttl": duration}, ["pool", "ip"]),

@@ -98,6 +98,7 @@ class Controller:
         self.leading = False
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._counted: dict[str, tuple[int, int]] = {}
         source.subscribe(self._wake.set)
 
     # -- networks -------------------------------------------------------------------------------
@@ -114,6 +115,7 @@ class Controller:
             ident = net.status_vlan_id or (net.vlan_id if isinstance(net, ClusterNetwork) else None)
             if kind != "none" and ident:
                 used.setdefault((kind, ident), net.meta.key)
+        self._count_attachments(nets, used)
         for net in nets:
             kind = self._kind(net)
             if kind == "none" or net.status_vlan_id:
@@ -151,6 +153,53 @@ class Controller:
                     return ident, ""
         return 0, "no free VLAN ID left in the class's pool"
 
+    def _count_attachments(self, nets: list[Network | ClusterNetwork], used: dict[tuple[str, int], str]) -> None:
+        """Nodes report their side of each Network (NodeNetworkInterfaceAttachment); the counters and
+        AllNodeAttachementsAreReady (upstream's spelling) follow them."""
+        counts: dict[tuple[str, str, str], list[bool]] = {}
+        for item in self.source.attachment_items():
+            ref = (item.get("spec") or {}).get("networkRef") or {}
+            conds = (item.get("status") or {}).get("conditions") or []
+            is_ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+            counts.setdefault((ref.get("kind", ""), ref.get("namespace", ""), ref.get("name", "")), []).append(is_ready)
+        for net in nets:
+            if self._kind(net) != "none" and not net.status_vlan_id:
+                continue  # no ID yet: its status is written when it gets one
+            seen = counts.get((net.meta.kind, net.meta.namespace, net.meta.name), [])
+            total, ready = len(seen), sum(seen)
+            if (total, ready) == self._counted.get(net.meta.key):
+                continue
+            self._counted[net.meta.key] = (total, ready)
+            all_ready = total > 0 and ready == total
+            cond = {"type": "AllNodeAttachementsAreReady", "status": "True" if all_ready else "False",
+                    "reason": "AllNodeInterfaceAttachmentsAreReady" if all_ready else "NodeInterfaceAttachmentsNotReady",
+                    "message": "All node interface attachments are ready" if all_ready
+                    else f"{ready} of {total} node interface attachments are ready", "lastTransitionTime": _now()}
+            status: dict[str, Any] = {"nodeAttachementsCount": total, "readyNodeAttachementsCount": ready}
+            kind = self._kind(net)
+            ident = net.status_vlan_id or 0
+            status["conditions"] = [cond] + ([self._ready_condition(True, "")] if kind == "none" or ident else [])
+            if kind == "none":
+                status.update({"bridgeName": links.bridge_name(kind, 0, net.meta.key), "vlanID": 0})
+            self._patch_network_status(net, status)
+
+    @staticmethod
+    def _ready_condition(ready: bool, problem: str) -> dict[str, str]:
+        return {"type": "Ready", "status": "True" if ready else "False",
+                "reason": "NetworkReady" if ready else "VLANIDNotAssigned",
+                "message": "Network is operational" if ready else problem, "lastTransitionTime": _now()}
+
+    def _patch_network_status(self, net: Network | ClusterNetwork, status: dict[str, Any]) -> None:
+        plural = PLURALS[net.meta.kind]
+        try:
+            if net.meta.namespace:
+                self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, net.meta.namespace, plural,
+                                                                  net.meta.name, {"status": status})
+            else:
+                self.custom.patch_cluster_custom_object_status(GROUP, VERSION, plural, net.meta.name, {"status": status})
+        except ApiException as exc:
+            log.warning("status of %s: %s", net.meta.display, exc.reason)
+
     def _write_network_status(self, net: Network | ClusterNetwork, kind: str, ident: int, problem: str) -> None:
         now = _now()
         ready = bool(ident)
@@ -173,6 +222,7 @@ class Controller:
             else:
                 self.custom.patch_cluster_custom_object_status(GROUP, VERSION, plural, net.meta.name, {"status": status})
             log.info("%s: VLAN ID %s%s", net.meta.display, ident or "-", f" ({problem})" if problem else "")
+            self._counted.pop(net.meta.key, None)  # the next round writes the attachment counters again
         except ApiException as exc:
             log.warning("status of %s: %s", net.meta.display, exc.reason)
 

@@ -11,6 +11,7 @@ Failures to publish are logged, never fail the CNI call: the store holds the tru
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -107,6 +108,41 @@ class KubePublisher:
         for rec in used:
             self.ip_status(rec)
         self._patch_status_annotation(namespace, name, uid, json.dumps(networks_status) if networks_status else None)
+
+    def _attachment_name(self, network_key: str) -> str:
+        return f"{self.node_name}-{hashlib.sha1(network_key.encode()).hexdigest()[:12]}"[:253]
+
+    def node_attachment(self, network_key: str, bridge: str, ready: bool, message: str) -> None:
+        """This node's side of a Network (its bridge and uplink): one NodeNetworkInterfaceAttachment
+        per node and Network, which the controller counts into the Network's status."""
+        kind, _, rest = network_key.partition("/")
+        namespace, _, name = rest.rpartition("/")
+        plural = PLURALS["NodeNetworkInterfaceAttachment"]
+        obj_name = self._attachment_name(network_key)
+        body = {"apiVersion": API_VERSION, "kind": "NodeNetworkInterfaceAttachment",
+                "metadata": {"name": obj_name, "labels": {f"{GROUP}/node": self.node_name}},
+                "spec": {"networkRef": {"kind": kind, "name": name, "namespace": namespace},
+                         "nodeName": self.node_name, "bridgeName": bridge}}
+        status = {"conditions": [{"type": "Ready", "status": "True" if ready else "False",
+                                  "reason": "VLANBridged" if ready else "NotBridged", "message": message,
+                                  "lastTransitionTime": _now()}]}
+        try:
+            try:
+                self.custom.create_cluster_custom_object(GROUP, VERSION, plural, body)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+            self.custom.patch_cluster_custom_object_status(GROUP, VERSION, plural, obj_name, {"status": status})
+        except ApiException as exc:
+            log.warning("node attachment of %s: %s", network_key, exc.reason)
+
+    def node_detachment(self, network_key: str) -> None:
+        try:
+            self.custom.delete_cluster_custom_object(GROUP, VERSION, PLURALS["NodeNetworkInterfaceAttachment"],
+                                                     self._attachment_name(network_key))
+        except ApiException as exc:
+            if exc.status != 404:
+                log.warning("node attachment of %s: %s", network_key, exc.reason)
 
     def failed(self, pod: Pod, message: str) -> None:
         self._event(pod.meta.namespace, pod.meta.name, pod.meta.uid, "AttachFailed", message, warning=True)

@@ -26,8 +26,9 @@ PLURALS = {
     "NetworkClass": "networkclasses", "Network": "networks", "ClusterNetwork": "clusternetworks",
     "IPAddressPool": "ipaddresspools", "ClusterIPAddressPool": "clusteripaddresspools",
     "IPAddress": "ipaddresses", "ClusterIPAddress": "clusteripaddresses", "IPAddressLease": "ipaddressleases",
+    "NodeNetworkInterfaceAttachment": "nodenetworkinterfaceattachments",
 }
-SERVED_KINDS = [k for k in PLURALS if k != "IPAddressLease"]
+SERVED_KINDS = [k for k in PLURALS if k not in ("IPAddressLease", "NodeNetworkInterfaceAttachment")]
 
 
 def _lister(fn: Callable[..., Any], *args: Any) -> Callable[..., Any]:
@@ -151,3 +152,6 @@ class KubernetesSource:
 
     def lease_items(self) -> builtins.list[dict[str, Any]]:
         return self.informers["IPAddressLease"].items()
+
+    def attachment_items(self) -> builtins.list[dict[str, Any]]:
+        return self.informers["NodeNetworkInterfaceAttachment"].items()

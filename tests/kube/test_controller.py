@@ -54,6 +54,16 @@ def test_controller_assigns_vlans_allocates_ipaddresses_and_fails_over(cluster: 
     assert status("a")["vlanID"] == 800 and status("a")["bridgeName"] == "plx-br-800"
     ready = {c["type"]: c for c in status("a")["conditions"]}["Ready"]
     assert ready["status"] == "True" and ready["reason"] == "NetworkReady"
+    # both nodes report their side of the Network (bridge up); the controller counts them
+    assert wait_for(lambda: status("a").get("readyNodeAttachementsCount") == 2, timeout=30), status("a")
+    conds = {c["type"]: c for c in status("a")["conditions"]}
+    assert status("a")["nodeAttachementsCount"] == 2
+    assert conds["AllNodeAttachementsAreReady"]["status"] == "True"
+    assert conds["AllNodeAttachementsAreReady"]["reason"] == "AllNodeInterfaceAttachmentsAreReady"
+    assert conds["Ready"]["status"] == "True"
+    nnias = [x for x in cluster.get("nodenetworkinterfaceattachments")["items"]
+             if x["spec"]["networkRef"]["name"] == "a"]
+    assert sorted(x["spec"]["nodeName"] for x in nnias) == ["ctl-0", "ctl-1"]
     cluster.apply([network("also-801", 801), network("b")])
     assert wait_for(lambda: status("also-801").get("conditions") and status("b").get("vlanID"), timeout=30)
     refused = {c["type"]: c for c in status("also-801")["conditions"]}["Ready"]
