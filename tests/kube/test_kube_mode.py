@@ -265,7 +265,7 @@ def test_churn_survives_daemon_and_api_server_restarts(cluster: Cluster, nodes: 
     from tests.conftest import REPO
 
     ns = "kchurn"
-    cluster.apply(objects(ns, "1s", "198.18.68.10-198.18.68.60", cidr="198.18.68.0/24", vlan=760))
+    cluster.apply(objects(ns, "1s", "198.18.68.10-198.18.68.60", cidr="198.18.68.0/24", vlan=780))
     names = [f"c{i:02d}" for i in range(12)]
     cluster.apply([pod(ns, n, f"churn-{i % 2}") for i, n in enumerate(names)])
     uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in cluster.get("pods", "-n", ns)["items"]}
