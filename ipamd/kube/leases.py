@@ -13,12 +13,15 @@ import calendar
 import hashlib
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from cni.errors import TryAgainLater
 from ipamd.allocator import to_int
 from ipamd.kube.source import PLURALS, VERSION, KubernetesSource
 from ipamd.objects import GROUP
@@ -26,6 +29,19 @@ from ipamd.store import LeaseRecord, Store
 
 log = logging.getLogger(__name__)
 PLURAL = PLURALS["IPAddressLease"]
+
+
+@contextmanager
+def api_unavailable_is_11() -> Iterator[None]:
+    """The API unreachable or overloaded mid-ADD: CNI code 11, so the runtime retries (not 999)."""
+    try:
+        yield
+    except ApiException as exc:
+        if exc.status is None or exc.status >= 500 or exc.status == 429:
+            raise TryAgainLater("the Kubernetes API is not available", f"{exc.status} {exc.reason}") from None
+        raise
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise TryAgainLater("the Kubernetes API is not reachable", str(exc)[:300]) from None
 
 
 def lease_name(pool: str, address: str) -> str:
@@ -88,6 +104,10 @@ class KubeLeaseRegistry:
         }
 
     def claim(self, lease: LeaseRecord) -> bool:
+        with api_unavailable_is_11():
+            return self._claim(lease)
+
+    def _claim(self, lease: LeaseRecord) -> bool:
         body = self._body(lease)
         name = body["metadata"]["name"]
         try:

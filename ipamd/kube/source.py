@@ -136,8 +136,11 @@ class KubernetesSource:
                 return pod
             self._changed.clear()
             self._changed.wait(0.05)
+        from ipamd.kube.leases import api_unavailable_is_11
+
         try:
-            resp = self.core.read_namespaced_pod(name, namespace, _preload_content=False)
+            with api_unavailable_is_11():
+                resp = self.core.read_namespaced_pod(name, namespace, _preload_content=False)
         except client.exceptions.ApiException as exc:
             if exc.status == 404:
                 return None
