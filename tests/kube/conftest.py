@@ -5,6 +5,7 @@ on ports of its own and stopped (purged) at the end."""
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -23,15 +24,19 @@ CACHE = Path(os.environ.get("PLEXUS_K8S_CACHE", "/var/cache/plexus-test/k8s-apis
 
 
 def free_ports(n: int) -> list[str]:
-    """Ports nobody listens on now, so two test runs (or a developer's cluster) never collide."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [str(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """Ports nobody listens on now, below the kernel's ephemeral range (32768+), so that no outgoing
+    connection can take one between the choice and the daemons' bind; two test runs never collide."""
+    chosen: list[str] = []
+    for port in random.sample(range(20000, 32000), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        chosen.append(str(port))
+        if len(chosen) == n:
+            return chosen
+    raise RuntimeError("no free ports between 20000 and 32000")
 
 
 @dataclass
@@ -77,14 +82,22 @@ def cluster() -> Iterator[Cluster]:
     if build.returncode != 0:
         pytest.fail(f"building the test API server failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}")
     data = Path(tempfile.mkdtemp(prefix="plexus-k8s-"))
-    ports = dict(zip(("K8S_TEST_APISERVER_PORT", "K8S_TEST_ETCD_PORT", "K8S_TEST_ETCD_PEER_PORT"), free_ports(3),
-                     strict=True))
-    env = dict(os.environ, **ports)
-    up = subprocess.run(["bash", str(REPO / "scripts/k8s/up-apiserver.sh"), str(data), str(CACHE)],
-                        capture_output=True, text=True, env=env)
+    for _attempt in range(3):  # infrastructure, not the product: retry a start that failed
+        ports = dict(zip(("K8S_TEST_APISERVER_PORT", "K8S_TEST_ETCD_PORT", "K8S_TEST_ETCD_PEER_PORT"),
+                         free_ports(3), strict=True))
+        env = dict(os.environ, **ports)
+        up = subprocess.run(["bash", str(REPO / "scripts/k8s/up-apiserver.sh"), str(data), str(CACHE)],
+                            capture_output=True, text=True, env=env)
+        if up.returncode == 0:
+            break
+        failed_log = (data / "logs" / "kube-apiserver.log").read_text()[-2000:] if (data / "logs").exists() else ""
+        subprocess.run(["bash", str(REPO / "scripts/k8s/down-apiserver.sh"), str(data), "--purge"],
+                       capture_output=True, text=True, env=env)
+        data = Path(tempfile.mkdtemp(prefix="plexus-k8s-"))
     try:
         if up.returncode != 0:
-            pytest.fail(f"starting the test API server failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}")
+            pytest.fail(f"starting the test API server failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}\n"
+                        f"kube-apiserver.log:\n{failed_log}")
         c = Cluster(data, str(data / "admin.kubeconfig"), str(CACHE / "bin" / "kubectl"), ports)
         c.kubectl("apply", "-f", str(REPO / "packaging/k8s/crds.yaml"))
         c.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
