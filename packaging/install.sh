@@ -21,8 +21,11 @@ rm -rf "$PREFIX/plexus.old"
 ln -sfn "$PREFIX/plexus/plexus" "$CNI_BIN/plexus.tmp" && mv -T "$CNI_BIN/plexus.tmp" "$CNI_BIN/plexus"
 # containerd and plexusctl run loopback from the CNI bin dir; Debian's reference plugins are used
 # by chained configurations (bridge + plexus).
+# Links made here are listed in $PREFIX/installed-links, so that `make demo-clean` removes exactly those.
 for p in loopback bridge host-local; do
-    [ -e "$CNI_BIN/$p" ] || { [ -x "/usr/lib/cni/$p" ] && ln -s "/usr/lib/cni/$p" "$CNI_BIN/$p"; } || true
+    if [ ! -e "$CNI_BIN/$p" ] && [ -x "/usr/lib/cni/$p" ]; then
+        ln -s "/usr/lib/cni/$p" "$CNI_BIN/$p" && echo "$CNI_BIN/$p" >>"$PREFIX/installed-links"
+    fi
 done
 for tool in plexus-ipamd plexusctl; do
     ln -sfn "$VENV/bin/$tool" "/usr/local/bin/$tool"

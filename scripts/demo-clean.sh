@@ -12,6 +12,9 @@ bash scripts/daemon.sh stop
 for link in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^plx'); do
     ip link del "$link" 2>/dev/null || true
 done
+if [ -f /opt/plexus/installed-links ]; then   # the reference plugins' links install.sh made
+    while read -r link; do [ -L "$link" ] && rm -f "$link"; done </opt/plexus/installed-links
+fi
 rm -rf /var/lib/plexus /etc/plexus /run/plexus /var/log/plexus /opt/plexus
 rm -f /opt/cni/bin/plexus /etc/cni/net.d/10-plexus.conflist /usr/local/bin/plexus-ipamd /usr/local/bin/plexusctl
 echo "demo removed"
