@@ -257,7 +257,7 @@ class Attacher:
             link = self._make_link(host, pod_nl, pod_fd, sel, net, iface, undo)
         except InterfaceFailure:
             seg = self.segments.plan(net).record
-            if seg.bridge not in self.segments._ready or links.bridge_index(host, seg.bridge) is not None:
+            if not self.segments.is_cached(seg.bridge) or links.bridge_index(host, seg.bridge) is not None:
                 raise
             self.segments.forget(seg.bridge)  # the bridge was removed behind our back: make it again
             link = self._make_link(host, pod_nl, pod_fd, sel, net, iface, undo)

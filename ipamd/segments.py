@@ -61,6 +61,9 @@ class Segments:
     def forget(self, bridge: str) -> None:
         self._ready.pop(bridge, None)
 
+    def is_cached(self, bridge: str) -> bool:
+        return bridge in self._ready
+
     def plan(self, net: ResolvedNetwork) -> SegmentPlan:
         """The segment of ``net``, assigning (and recording) its ID the first time."""
         obj = net.obj
