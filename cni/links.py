@@ -196,7 +196,10 @@ def add_veth(host: IPRoute, pod: IPRoute, pod_fd: int, host_name: str, if_name: 
     idx = _index(pod, if_name)
     if idx is None:
         raise InterfaceFailure(f"interface {if_name} vanished while being set up", if_name)
-    pod.link("set", index=idx, state="up")
+    try:
+        pod.link("set", index=idx, state="up")
+    except NetlinkError as exc:  # keep the CNI code (105) instead of an unexpected 999
+        raise _fail(f"bringing up {if_name}", exc) from None
     return PodLink(if_name, mac, host_name, idx)
 
 

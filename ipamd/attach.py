@@ -256,10 +256,9 @@ class Attacher:
         try:
             link = self._make_link(host, pod_nl, pod_fd, sel, net, iface, undo)
         except InterfaceFailure:
-            seg = self.segments.plan(net).record
-            if not self.segments.is_cached(seg.bridge) or links.bridge_index(host, seg.bridge) is not None:
+            if not self.segments.is_cached(iface.bridge) or links.bridge_index(host, iface.bridge) is not None:
                 raise
-            self.segments.forget(seg.bridge)  # the bridge was removed behind our back: make it again
+            self.segments.forget(iface.bridge)  # the bridge was removed behind our back: make it again
             link = self._make_link(host, pod_nl, pod_fd, sel, net, iface, undo)
         if iface.configure_ips and claims:
             routes = [(r["destination"], r["via"]) for c in claims for r in c.routes]
@@ -269,7 +268,7 @@ class Attacher:
 
     def _make_link(self, host: IPRoute, pod_nl: IPRoute, pod_fd: int, sel: NetworkSelection, net: ResolvedNetwork,
                    iface: BuiltInterface, undo: contextlib.ExitStack) -> links.PodLink:
-        segment, bridge_index = self.segments.ensure(host, net)
+        bridge_index = self.segments.bridge_index(host, net, iface.bridge)
         if sel.interface_type == "macvlan":
             # on the segment's bridge, not its uplink: a NIC enslaved to a bridge cannot also carry
             # macvlans (EBUSY), and this way veth, TAP and macvlan pods share one L2 segment

@@ -64,6 +64,12 @@ class Segments:
     def is_cached(self, bridge: str) -> bool:
         return bridge in self._ready
 
+    def bridge_index(self, host: IPRoute, net: ResolvedNetwork, bridge: str) -> int:
+        """The index of ``net``'s bridge, planned already by the caller: no second plan on ADD's path
+        when the bridge is known to be up."""
+        known = self._ready.get(bridge)
+        return known if known is not None else self.ensure(host, net)[1]
+
     def plan(self, net: ResolvedNetwork) -> SegmentPlan:
         """The segment of ``net``, assigning (and recording) its ID the first time."""
         obj = net.obj
