@@ -29,6 +29,7 @@ from ipamd.sources import LocalSource
 from ipamd.store import Store
 
 if TYPE_CHECKING:
+    from ipamd.kube.controller_process import ControllerProcess
     from ipamd.kube.source import KubernetesSource
 
 log = logging.getLogger("plexus-ipamd")
@@ -51,6 +52,13 @@ class DaemonConfig:
     node_netns: str = ""  # where node-side links live (default: the daemon's own namespace)
     controller: bool = False  # also run the (leader-elected) cluster controller
     controller_namespace: str = "plexus-system"
+    mode: str = "node"  # node | controller (the controller and the webhook alone: no CNI, no store)
+    webhook_address: str = "0.0.0.0"
+    webhook_port: int = 9443
+    webhook_names: tuple[str, ...] = ("plexus-webhook.plexus-system.svc",)
+    webhook_secret: str = "plexus-webhook-tls"
+    webhook_configuration: str = "plexus"
+    health_port: int = 8081
 
 
 def parse_args(argv: list[str] | None = None) -> DaemonConfig:
@@ -74,16 +82,34 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
                         "daemon's own: several test nodes on one machine, each talking to one API server")
     p.add_argument("--controller", action="store_true",
                    help="Kubernetes mode: also run the cluster controller (one acts at a time: leader election)")
-    p.add_argument("--controller-namespace", default="plexus-system", help="namespace of the leader-election Lease")
+    p.add_argument("--controller-namespace", default="plexus-system",
+                   help="namespace of the leader-election Lease (and of the webhook's Secret)")
+    p.add_argument("--mode", choices=("node", "controller"), default=d.mode,
+                   help="node: the CNI service and IPAM of this node (default); controller: the cluster "
+                        "controller and the validating webhook only (the plexus-controller Deployment)")
+    w = p.add_argument_group("controller mode")
+    w.add_argument("--webhook-address", default=d.webhook_address, help="address the webhook listens on")
+    w.add_argument("--webhook-port", type=int, default=d.webhook_port, help="HTTPS port of the webhook (0: none)")
+    w.add_argument("--webhook-name", action="append", default=None,
+                   help="DNS name or IP the webhook's certificate answers to (repeat; default: "
+                        f"{d.webhook_names[0]})")
+    w.add_argument("--webhook-secret", default=d.webhook_secret, help="Secret that keeps the webhook's CA and certificate")
+    w.add_argument("--webhook-configuration", default=d.webhook_configuration,
+                   help="ValidatingWebhookConfiguration whose caBundle the controller keeps")
+    w.add_argument("--health-port", type=int, default=d.health_port, help="HTTP /healthz and /readyz (0: none)")
     a = p.parse_args(argv)
     kubeconfig = a.kubeconfig
     if not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(SA_TOKEN):
         kubeconfig = "in-cluster"
-    if kubeconfig and not a.node_name:
+    if a.mode == "controller" and not kubeconfig:
+        p.error("controller mode works on a cluster: --kubeconfig (or run in a pod with a service account)")
+    if a.mode == "node" and kubeconfig and not a.node_name:
         p.error("Kubernetes mode needs the node's name: --node-name or $NODE_NAME")
     return DaemonConfig(a.objects_dir, a.db, a.socket, a.grpc_socket, a.log_file, a.log_level,
                         a.reconcile_interval, a.pidfile, a.metrics_port, os.environ.get("PLEXUS_FAULT", ""),
-                        kubeconfig, a.node_name, a.node_netns, a.controller, a.controller_namespace)
+                        kubeconfig, a.node_name, a.node_netns, a.controller, a.controller_namespace,
+                        a.mode, a.webhook_address, a.webhook_port, tuple(a.webhook_name or d.webhook_names),
+                        a.webhook_secret, a.webhook_configuration, a.health_port)
 
 
 def _fault_hook(step_wanted: str, failure_rate: float, seed: str) -> Any:
@@ -133,7 +159,7 @@ class Daemon:
         else:
             self.source = LocalSource(cfg.objects_dir, lambda ns, name: self.store.generated_uid(ns, name, _new_uid()))
         self.ipam = Ipam(self.store, self.source, registry=registry)
-        self.segments = Segments(self.store, time.time)
+        self.segments = Segments(self.store, time.time, cluster=bool(cfg.kubeconfig))
         self._ready = threading.Event()
         self.attacher = Attacher(self.store, self.source, self.ipam, self.segments, self._ready.is_set,
                                  fault=_fault_hook(cfg.fault, float(os.environ.get("PLEXUS_FAULT_RATE") or 0),
@@ -236,8 +262,16 @@ def _setup_logging(cfg: DaemonConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     _setup_logging(cfg)
+    daemon: Daemon | ControllerProcess
     try:
-        daemon = Daemon(cfg)
+        if cfg.mode == "controller":
+            from ipamd.kube.controller_process import ControllerProcess, WebhookConfig
+
+            daemon = ControllerProcess(kube_api(cfg.kubeconfig), cfg.controller_namespace,
+                                       WebhookConfig(cfg.webhook_address, cfg.webhook_port, cfg.webhook_names,
+                                                     cfg.webhook_secret, cfg.webhook_configuration), cfg.health_port)
+        else:
+            daemon = Daemon(cfg)
         daemon.start()
     except Exception as exc:
         log.exception("plexus-ipamd failed to start")

@@ -15,9 +15,9 @@ from dataclasses import dataclass, replace
 from pyroute2 import IPRoute
 
 from cni import links
-from cni.errors import AddressConflict, InvalidConfig, PoolExhausted
+from cni.errors import AddressConflict, InvalidConfig, PoolExhausted, TryAgainLater
 from ipamd.ipam import ResolvedNetwork, now_rfc3339, set_condition
-from ipamd.objects import ClusterNetwork
+from ipamd.objects import ClusterNetwork, Network
 from ipamd.store import SegmentRecord, Store
 
 
@@ -51,9 +51,12 @@ def _pick(pool: tuple[tuple[int, int], ...], taken: dict[int, str], wanted: int 
 
 
 class Segments:
-    def __init__(self, store: Store, clock: Callable[[], float]) -> None:
+    def __init__(self, store: Store, clock: Callable[[], float], cluster: bool = False) -> None:
         self.store = store
         self.clock = clock
+        # In a cluster the controller hands out VLAN IDs and VNIs (Network status): a node that picked
+        # one on its own could disagree with the other nodes, so it waits for the controller's.
+        self.cluster = cluster
         # bridge name -> index of bridges known to be set up: ADD then costs no netlink call for
         # the segment; a bridge removed behind our back is noticed when a port cannot join it
         self._ready: dict[str, int] = {}
@@ -89,6 +92,11 @@ class Segments:
                 kind, pool, wanted, parents = "vlan", cls.vlan_pool, obj.status_vlan_id or obj.vlan_id, cls.parents
             else:
                 kind, pool, wanted, parents = "none", (), None, cls.parents if cls else ()
+            if self.cluster and isinstance(obj, Network) and kind != "none":
+                wanted = obj.status_vlan_id  # the one asked for in spec only once the controller granted it
+            if self.cluster and kind != "none" and wanted is None:
+                raise TryAgainLater(f"{net.key} has no {'VNI' if kind == 'vxlan' else 'VLAN ID'} yet: the Plexus "
+                                    "controller assigns it (is plexus-controller running?)", "status.vlanID")
             if rec is None or rec.kind != kind or (wanted is not None and rec.id != wanted):
                 ident = 0
                 if kind != "none":

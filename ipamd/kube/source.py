@@ -55,9 +55,10 @@ class KubernetesSource:
         for kind in PLURALS:
             lister = _lister(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURALS[kind])
             self.informers[kind] = Informer(kind, lister, kind, API_VERSION, self._notify)
-        pods = _lister(self.core.list_pod_for_all_namespaces)
-        self.informers["Pod"] = Informer("Pod", pods, "Pod", "v1", self._notify,
-                                         field_selector=f"spec.nodeName={node_name}")
+        if node_name:  # the controller alone needs no pods
+            pods = _lister(self.core.list_pod_for_all_namespaces)
+            self.informers["Pod"] = Informer("Pod", pods, "Pod", "v1", self._notify,
+                                             field_selector=f"spec.nodeName={node_name}")
 
     def _notify(self) -> None:
         self._changed.set()
@@ -76,7 +77,8 @@ class KubernetesSource:
                 return cached[1], cached[2]
         objects: dict[tuple[str, str], ApiObject] = {}
         problems: list[Problem] = []
-        for doc in self.informers[kind].items():
+        informer = self.informers.get(kind)
+        for doc in informer.items() if informer is not None else []:
             md = doc.get("metadata") or {}
             where = f"{kind} {md.get('namespace', '') + '/' if md.get('namespace') else ''}{md.get('name')}"
             try:
@@ -123,7 +125,7 @@ class KubernetesSource:
         return None
 
     def problems(self) -> builtins.list[Problem]:
-        return [p for kind in SERVED_KINDS + ["Pod"] for p in self._objects(kind)[1]]
+        return [p for kind in SERVED_KINDS + ["Pod"] if kind in self.informers for p in self._objects(kind)[1]]
 
     # -- beyond the cache -------------------------------------------------------------------------
     def wait_for_pod(self, namespace: str, name: str) -> Pod | None:

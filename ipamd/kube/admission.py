@@ -1,0 +1,86 @@
+"""Admission review: what the CRD schemas of Kubernetes 1.20 cannot say, refused at ``kubectl apply``.
+
+A structural schema checks each field on its own; it cannot see that a range lies outside its
+pool's network, that a Network asks for its VLAN ID twice in two forms, or that a pod's
+``networks-spec`` annotation (a JSON string) names a bad MAC. The node daemon refuses those objects
+anyway, but only later and only in its log or at a pod's ADD. The validating webhook runs the very
+same parsers (``parse_object``, ``parse_networks_spec``) when the object is written, so what the
+daemon would refuse never gets stored, and the user reads why in the ``kubectl`` error.
+
+Pure: an AdmissionReview in, an AdmissionReview out.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from cni.errors import AnnotationInvalid
+from ipamd.annotations import parse_networks_spec
+from ipamd.objects import API_VERSION, GROUP, KINDS, SPEC_ANNOTATION, ManifestInvalid, parse_object
+
+REVIEW_VERSION = "admission.k8s.io/v1"
+
+
+class ReviewInvalid(ValueError):
+    """The request is not an AdmissionReview this webhook can answer (HTTP 400)."""
+
+
+def _response(uid: str, allowed: bool, message: str = "") -> dict[str, Any]:
+    body: dict[str, Any] = {"uid": uid, "allowed": allowed}
+    if not allowed:
+        body["status"] = {"code": 422, "reason": "Invalid", "message": message}
+    return {"apiVersion": REVIEW_VERSION, "kind": "AdmissionReview", "response": body}
+
+
+def _named(obj: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    """The object as stored: on CREATE the name may still be a ``generateName`` and the namespace
+    only in the request."""
+    doc = copy.deepcopy(obj)
+    md = doc.setdefault("metadata", {})
+    if not md.get("name"):
+        md["name"] = str(md.get("generateName") or "generated").rstrip("-") + "-x"
+    if request.get("namespace") and not md.get("namespace"):
+        md["namespace"] = request["namespace"]
+    return doc
+
+
+def problem_of(kind: str, obj: dict[str, Any]) -> str:
+    """Why the daemon would refuse this object, or "" when it would serve it."""
+    if kind == "Pod":
+        text = ((obj.get("metadata") or {}).get("annotations") or {}).get(SPEC_ANNOTATION)
+        try:
+            parse_networks_spec(text)
+        except AnnotationInvalid as exc:
+            return f"annotation {SPEC_ANNOTATION}: {exc}"
+        return ""
+    try:
+        parse_object(obj)
+    except ManifestInvalid as exc:
+        return str(exc)
+    return ""
+
+
+def review(doc: Any) -> dict[str, Any]:
+    """Answer one AdmissionReview (``admission.k8s.io/v1``)."""
+    if not isinstance(doc, dict) or doc.get("kind") != "AdmissionReview" or not isinstance(doc.get("request"), dict):
+        raise ReviewInvalid("not an AdmissionReview with a request")
+    request = doc["request"]
+    uid = request.get("uid")
+    if not isinstance(uid, str) or not uid:
+        raise ReviewInvalid("request.uid is missing")
+    kind = (request.get("kind") or {}).get("kind")
+    group = (request.get("kind") or {}).get("group", "")
+    obj = request.get("object")
+    if request.get("operation") not in ("CREATE", "UPDATE") or not isinstance(obj, dict):
+        return _response(uid, True)  # DELETE and CONNECT carry nothing to check
+    if kind == "Pod" and group == "":
+        problem = problem_of("Pod", obj)
+    elif group == GROUP and kind in KINDS:
+        doc = _named(obj, request)
+        doc.setdefault("apiVersion", API_VERSION)
+        doc.setdefault("kind", kind)
+        problem = problem_of(kind, doc)
+    else:
+        return _response(uid, True)  # not ours: a misrouted rule must not block anything
+    return _response(uid, not problem, problem)

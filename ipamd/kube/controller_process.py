@@ -1,0 +1,120 @@
+"""``plexus-ipamd --mode controller``: the cluster controller and the validating webhook, no node work.
+
+Run by the ``plexus-controller`` Deployment (two replicas: one leads, both serve the webhook, which
+is stateless). It needs no store, no netlink and no pods: only the informers on the seed's kinds.
+Health is plain HTTP for the kubelet's probes: ``/healthz`` (the process answers) and ``/readyz``
+(informers synced and the webhook serving).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from ipamd.kube.certs import TlsBundle, ensure_secret, publish_ca
+from ipamd.kube.controller import Controller
+from ipamd.kube.source import KubernetesSource
+from ipamd.kube.webhook import WebhookServer
+
+log = logging.getLogger(__name__)
+CERT_CHECK_S = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    address: str = "0.0.0.0"
+    port: int = 9443  # 0: no webhook
+    names: tuple[str, ...] = ("plexus-webhook.plexus-system.svc",)  # what the certificate answers to
+    secret: str = "plexus-webhook-tls"  # in the controller's namespace
+    configuration: str = "plexus"  # the ValidatingWebhookConfiguration whose caBundle we keep
+
+
+class _Health(BaseHTTPRequestHandler):
+    server: _HealthServer
+
+    def log_message(self, fmt: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        ok = self.path == "/healthz" or (self.path == "/readyz" and self.server.is_ready())
+        body = b"ok\n" if ok else b"not ready\n"
+        self.send_response(200 if ok else 503)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _HealthServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], is_ready: Any) -> None:
+        self.is_ready = is_ready
+        super().__init__(address, _Health)
+
+
+class ControllerProcess:
+    def __init__(self, api: Any, namespace: str, webhook: WebhookConfig, health_port: int) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.webhook_cfg = webhook
+        self.source = KubernetesSource(api, "")
+        self.controller = Controller(api, self.source, namespace)
+        self.webhook: WebhookServer | None = None
+        self.health = _HealthServer(("0.0.0.0", health_port), self.ready) if health_port else None
+        self._bundle: TlsBundle | None = None
+        self._stop = threading.Event()
+
+    def ready(self) -> bool:
+        return self.source.ready() and (self.webhook is not None or not self.webhook_cfg.port)
+
+    def _refresh_certificate(self) -> bool:
+        """Serve the Secret's pair (issued when missing or due) and make the configuration trust its
+        CA; whether the configuration was found (it may be applied after the controller starts)."""
+        cfg = self.webhook_cfg
+        bundle = ensure_secret(self.api, self.namespace, cfg.secret, cfg.names)
+        if bundle != self._bundle:
+            if self.webhook is not None:
+                self.webhook.use(bundle)
+            self._bundle = bundle
+        try:
+            publish_ca(self.api, cfg.configuration, bundle.ca_pem)
+            return True
+        except Exception as exc:
+            log.warning("ValidatingWebhookConfiguration %s: %s", cfg.configuration, getattr(exc, "reason", exc))
+            return False
+
+    def _certificate_loop(self, published: bool) -> None:
+        while not self._stop.wait(CERT_CHECK_S if published else 5.0):
+            try:
+                published = self._refresh_certificate()
+            except Exception as exc:
+                log.warning("webhook certificate: %s", exc)
+
+    def start(self) -> None:
+        self.source.start()
+        self.controller.start()
+        if self.health is not None:
+            threading.Thread(target=self.health.serve_forever, name="health", daemon=True).start()
+        if self.webhook_cfg.port:
+            published = self._refresh_certificate()
+            assert self._bundle is not None
+            self.webhook = WebhookServer((self.webhook_cfg.address, self.webhook_cfg.port), self._bundle)
+            threading.Thread(target=self.webhook.serve_forever, name="webhook", daemon=True).start()
+            threading.Thread(target=self._certificate_loop, args=(published,), name="webhook-certificate",
+                             daemon=True).start()
+        log.info("plexus controller started: webhook %s, leader election in %s",
+                 f"{self.webhook_cfg.address}:{self.webhook_cfg.port}" if self.webhook_cfg.port else "off",
+                 self.namespace)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.controller.stop()
+        self.source.stop()
+        for server in (self.webhook, self.health):
+            if server is not None:
+                server.shutdown()
+                server.server_close()

@@ -1,0 +1,168 @@
+"""The validating webhook: the daemon's own parsers decide, the answer names the field, and the
+HTTPS server really serves it with a certificate the API server can check."""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.client
+import json
+import ssl
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from ipamd.kube.admission import ReviewInvalid, review
+from ipamd.kube.certs import issue, still_good
+from ipamd.kube.webhook import WebhookServer
+
+GROUP = "network.deckhouse.io"
+
+
+def request(kind: str, obj: dict[str, Any], operation: str = "CREATE", group: str = GROUP,
+            namespace: str = "ns") -> dict[str, Any]:
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "u-1", "kind": {"group": group, "version": "v1alpha1" if group else "v1", "kind": kind},
+                        "operation": operation, "namespace": namespace, "object": obj}}
+
+
+def pool(ranges: list[str], name: str = "p") -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/v1alpha1", "kind": "IPAddressPool", "metadata": {"name": name},
+            "spec": {"pools": [{"network": "198.18.0.0/24", "ranges": ranges}]}}
+
+
+def pod(spec: Any) -> dict[str, Any]:
+    ann = {} if spec is None else {f"{GROUP}/networks-spec": spec if isinstance(spec, str) else json.dumps(spec)}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "web-", "annotations": ann},
+            "spec": {"containers": [{"name": "c", "image": "x"}]}}
+
+
+def answer(doc: dict[str, Any]) -> dict[str, Any]:
+    out = review(doc)
+    assert out["apiVersion"] == "admission.k8s.io/v1" and out["kind"] == "AdmissionReview"
+    assert out["response"]["uid"] == "u-1"
+    return dict(out["response"])
+
+
+def test_a_pool_range_outside_its_network_is_refused_naming_the_field() -> None:
+    resp = answer(request("IPAddressPool", pool(["198.18.1.10-198.18.1.20"])))
+    assert resp["allowed"] is False
+    assert resp["status"]["code"] == 422
+    msg = resp["status"]["message"]
+    assert "spec.pools[0].ranges[0]" in msg and "outside 198.18.0.0/24" in msg and "ns/p" in msg
+
+
+def test_a_good_pool_is_allowed_also_without_namespace_in_the_object() -> None:
+    resp = answer(request("IPAddressPool", pool(["198.18.0.10-198.18.0.20"])))
+    assert resp == {"uid": "u-1", "allowed": True}
+
+
+def test_an_object_named_by_generate_name_is_checked_too() -> None:
+    obj = pool(["198.18.9.1-198.18.9.2"])
+    obj["metadata"] = {"generateName": "pool-"}
+    assert answer(request("IPAddressPool", obj))["allowed"] is False
+
+
+@pytest.mark.parametrize("mac, why", [
+    ("aa:bb:cc:dd:ee", "is not a MAC address"),
+    ("01:00:5e:00:00:01", "multicast"),
+    ("00:00:00:00:00:00", "all-zero"),
+])
+def test_a_pod_annotation_with_a_bad_mac_is_refused(mac: str, why: str) -> None:
+    resp = answer(request("Pod", pod([{"type": "Network", "name": "n", "mac": mac}]), group=""))
+    assert resp["allowed"] is False
+    assert "networks-spec[0].mac" in resp["status"]["message"] and why in resp["status"]["message"]
+
+
+@pytest.mark.parametrize("spec, field", [
+    ("{not json", "is not JSON"),
+    ([{"type": "Network", "name": "n", "ifName": "this-name-is-too-long"}], "networks-spec[0].ifName"),
+    ([{"type": "Nope", "name": "n"}], "networks-spec[0].type"),
+])
+def test_other_bad_annotations_are_refused(spec: Any, field: str) -> None:
+    resp = answer(request("Pod", pod(spec), group=""))
+    assert resp["allowed"] is False and field in resp["status"]["message"]
+
+
+def test_pods_without_networks_and_with_good_ones_are_allowed() -> None:
+    assert answer(request("Pod", pod(None), group=""))["allowed"] is True
+    good = [{"type": "Network", "name": "n", "ifName": "veth_a", "mac": "aa:bb:cc:dd:ee:ff"}]
+    assert answer(request("Pod", pod(good), group=""))["allowed"] is True
+
+
+def test_deletes_and_kinds_that_are_not_ours_pass() -> None:
+    bad = pool(["198.18.1.10-198.18.1.20"])
+    assert answer(request("IPAddressPool", bad, operation="DELETE"))["allowed"] is True
+    assert answer(request("ConfigMap", {"metadata": {"name": "x"}}, group=""))["allowed"] is True
+    assert answer(request("Widget", bad, group="example.com"))["allowed"] is True
+
+
+@pytest.mark.parametrize("doc", [None, [], {"kind": "AdmissionReview"}, {"kind": "AdmissionReview", "request": {}},
+                                 {"kind": "Other", "request": {"uid": "x"}}])
+def test_what_is_not_a_review_is_an_error_not_an_answer(doc: Any) -> None:
+    with pytest.raises(ReviewInvalid):
+        review(doc)
+
+
+# -- certificates and the HTTPS server ---------------------------------------------------------------
+
+NOW = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
+
+
+def test_a_certificate_is_good_for_its_names_until_close_to_expiry() -> None:
+    bundle = issue(["plexus-webhook.plexus-system.svc", "127.0.0.1"], NOW)
+    assert still_good(bundle, ["plexus-webhook.plexus-system.svc", "127.0.0.1"], NOW)
+    assert not still_good(bundle, ["other.svc"], NOW), "a name it does not answer to"
+    assert still_good(bundle, ["127.0.0.1"], NOW + dt.timedelta(days=300))
+    assert not still_good(bundle, ["127.0.0.1"], NOW + dt.timedelta(days=340)), "renewed 30 days ahead"
+    assert not still_good(type(bundle)(bundle.ca_pem, b"garbage", bundle.key_pem), ["127.0.0.1"], NOW)
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[WebhookServer, bytes]]:
+    bundle = issue(["127.0.0.1"], dt.datetime.now(dt.UTC))
+    srv = WebhookServer(("127.0.0.1", 0), bundle)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield srv, bundle.ca_pem
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def post(srv: WebhookServer, ca_pem: bytes, body: bytes) -> tuple[int, Any]:
+    ctx = ssl.create_default_context(cadata=ca_pem.decode())  # verifies the chain and the name, as the API server does
+    conn = http.client.HTTPSConnection("127.0.0.1", srv.server_address[1], context=ctx, timeout=10)
+    try:
+        conn.request("POST", "/validate", body, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def test_the_server_answers_over_verified_tls(server: tuple[WebhookServer, bytes]) -> None:
+    srv, ca = server
+    status, doc = post(srv, ca, json.dumps(request("IPAddressPool", pool(["198.18.1.1-198.18.1.2"]))).encode())
+    assert status == 200 and doc["response"]["allowed"] is False
+    status, doc = post(srv, ca, b"[1, 2")
+    assert status == 400 and "error" in doc
+
+
+def test_a_renewed_certificate_is_served_from_the_next_connection(server: tuple[WebhookServer, bytes]) -> None:
+    srv, old_ca = server
+    renewed = issue(["127.0.0.1"], dt.datetime.now(dt.UTC))
+    srv.use(renewed)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        post(srv, old_ca, b"{}")
+    status, _ = post(srv, renewed.ca_pem, json.dumps(request("IPAddressPool", pool(["198.18.0.1-198.18.0.2"]))).encode())
+    assert status == 200
+
+
+def test_a_client_that_does_not_trust_the_ca_is_refused(server: tuple[WebhookServer, bytes]) -> None:
+    srv, _ = server
+    other = issue(["127.0.0.1"], dt.datetime.now(dt.UTC))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        post(srv, other.ca_pem, b"{}")

@@ -1,0 +1,54 @@
+"""Which VLAN ID a Network's segment gets: on one node the node picks it, in a cluster the controller does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cni.errors import TryAgainLater
+from ipamd.ipam import ResolvedNetwork
+from ipamd.objects import Network, NetworkClass, parse_object
+from ipamd.segments import Segments
+from ipamd.store import Store
+
+GROUP = "network.deckhouse.io/v1alpha1"
+CLASS: Any = parse_object({"apiVersion": GROUP, "kind": "NetworkClass", "metadata": {"name": "c"},
+                           "spec": {"vlan": {"idPool": ["600-609"]}}})
+
+
+def network(name: str, vlan: int | None = None, status_vlan: int | None = None) -> ResolvedNetwork:
+    doc: dict[str, Any] = {"apiVersion": GROUP, "kind": "Network", "metadata": {"name": name, "namespace": "ns"},
+                           "spec": {"networkClass": "c"}}
+    if vlan is not None:
+        doc["spec"]["vlan"] = {"id": vlan}
+    if status_vlan is not None:
+        doc["status"] = {"vlanID": status_vlan}
+    obj = parse_object(doc)
+    assert isinstance(obj, Network) and isinstance(CLASS, NetworkClass)
+    return ResolvedNetwork(obj.meta.key, "Network", name, "ns", obj, CLASS, None)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(str(tmp_path / "plexus.db"))
+
+
+def test_a_lone_node_picks_the_first_free_id_or_the_one_asked_for(store: Store) -> None:
+    seg = Segments(store, lambda: 0.0)
+    assert seg.plan(network("a")).record.id == 600
+    assert seg.plan(network("b", vlan=605)).record.id == 605
+    assert seg.plan(network("c")).record.id == 601
+
+
+def test_in_a_cluster_the_node_waits_for_the_controllers_id(store: Store) -> None:
+    seg = Segments(store, lambda: 0.0, cluster=True)
+    for net in (network("a"), network("b", vlan=605)):  # even the one asked for: the controller may refuse it
+        with pytest.raises(TryAgainLater) as err:
+            seg.plan(net)
+        assert err.value.code == 11 and err.value.details == "status.vlanID"
+        assert "controller" in err.value.msg and net.key in err.value.msg
+    assert store.segments() == [], "nothing recorded for a Network without its ID"
+    plan = seg.plan(network("b", vlan=605, status_vlan=607))
+    assert plan.record.id == 607 and plan.record.bridge == "plx-br-607"
