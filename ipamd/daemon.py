@@ -196,6 +196,8 @@ class Daemon:
 
     def stop(self) -> None:
         self._ready.clear()
+        if self.controller is not None:
+            self.controller.stop()
         self.reconciler.stop()
         self.source.stop()
         if self.cni_server is not None:

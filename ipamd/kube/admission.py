@@ -29,7 +29,8 @@ class ReviewInvalid(ValueError):
 def _response(uid: str, allowed: bool, message: str = "") -> dict[str, Any]:
     body: dict[str, Any] = {"uid": uid, "allowed": allowed}
     if not allowed:
-        body["status"] = {"code": 422, "reason": "Invalid", "message": message}
+        # no "reason": with reason Invalid and no field causes kubectl prints only "The request is invalid"
+        body["status"] = {"code": 422, "message": message}
     return {"apiVersion": REVIEW_VERSION, "kind": "AdmissionReview", "response": body}
 
 

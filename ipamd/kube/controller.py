@@ -88,6 +88,22 @@ class LeaderElector:
             raise
 
 
+    def release(self) -> None:
+        """Hand the Lease back when stopping (as client-go's ReleaseOnCancel): the standby takes over at
+        its next try instead of after the lease duration."""
+        try:
+            lease: Any = self.coord.read_namespaced_lease(LEASE_NAME, self.namespace)
+            if lease.spec.holder_identity != self.identity:
+                return
+            lease.spec.holder_identity = ""
+            lease.spec.lease_duration_seconds = 1
+            lease.spec.renew_time = datetime.now(UTC)
+            self.coord.replace_namespaced_lease(LEASE_NAME, self.namespace, lease)
+            log.info("handed the controller Lease back")
+        except ApiException as exc:
+            log.warning("handing the controller Lease back: %s", exc.reason)
+
+
 class Controller:
     def __init__(self, api: client.ApiClient, source: KubernetesSource, namespace: str, interval: float = 2.0) -> None:
         self.custom = client.CustomObjectsApi(api)
@@ -326,8 +342,14 @@ class Controller:
             self._wake.clear()
 
     def start(self) -> None:
-        threading.Thread(target=self.loop, name="controller", daemon=True).start()
+        self._thread = threading.Thread(target=self.loop, name="controller", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        thread = getattr(self, "_thread", None)
+        if thread is not None:
+            thread.join(10)  # no round may renew the Lease after it is handed back
+        if self.leading:
+            self.elector.release()

@@ -4,14 +4,20 @@ on ports of its own and stopped (purged) at the end."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -106,3 +112,108 @@ def cluster() -> Iterator[Cluster]:
         subprocess.run(["bash", str(REPO / "scripts/k8s/down-apiserver.sh"), str(data), "--purge"],
                        capture_output=True, text=True, env=env)
         shutil.rmtree(data, ignore_errors=True)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, step: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(step)
+
+
+NS = "plexus-system"
+
+
+def sa_kubeconfig(cluster: Cluster, sa: str, path: Path) -> Path:
+    """A kubeconfig with the ServiceAccount's token (1.20: the token controller's Secret), as in a pod."""
+    def secret_name() -> str | None:
+        names = [s["name"] for s in cluster.get("serviceaccount", "-n", NS, sa).get("secrets") or []]
+        return names[0] if names else None
+
+    name = wait_for(secret_name, timeout=60)
+    assert name, f"no token Secret for {sa}"
+    token = base64.b64decode(cluster.get("secret", "-n", NS, name)["data"]["token"]).decode()
+    admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
+    kc = {"apiVersion": "v1", "kind": "Config", "clusters": admin["clusters"],
+          "users": [{"name": sa, "user": {"token": token}}],
+          "contexts": [{"name": sa, "context": {"cluster": admin["clusters"][0]["name"], "user": sa}}],
+          "current-context": sa}
+    path.write_text(yaml.safe_dump(kc))
+    path.chmod(0o600)
+    return path
+
+
+@dataclass
+class ControllerProcess:
+    """``plexus-ipamd --mode controller`` as the plexus-controller Deployment runs it, with the
+    controller ServiceAccount's token, its webhook on 127.0.0.1 (the API server calls it by URL)."""
+
+    kubeconfig: Path
+    dir: Path
+    webhook_port: int
+    health_port: int
+    proc: subprocess.Popen[bytes] | None = field(default=None)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.webhook_port}/validate"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "controller.log"
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/readyz", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "ipamd.daemon", "--mode", "controller", "--kubeconfig", str(self.kubeconfig),
+               "--controller-namespace", NS, "--webhook-address", "127.0.0.1", "--webhook-port", str(self.webhook_port),
+               "--webhook-name", "127.0.0.1", "--health-port", str(self.health_port),
+               "--log-file", str(self.log), "--log-level", "debug"]
+        with open(self.dir / "controller.stderr", "ab") as err:
+            self.proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                                         stdout=subprocess.DEVNULL, stderr=err)
+        if not wait_for(lambda: self.ready() or self.proc is None or self.proc.poll() is not None, timeout=60,
+                        step=0.2) or not self.ready():
+            raise RuntimeError(f"the controller did not become ready:\n{(self.dir / 'controller.stderr').read_text()}"
+                               f"\n{self.log.read_text() if self.log.exists() else ''}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Stopped (and its Lease handed back) for the time of the block."""
+        self.stop()
+        try:
+            yield
+        finally:
+            self.start()
+
+
+@pytest.fixture(scope="session")
+def controller(cluster: Cluster) -> Iterator[ControllerProcess]:
+    """The cluster's controller, for every test whose Networks need their VLAN ID from it."""
+    cluster.kubectl("apply", "-f", str(REPO / "packaging/k8s/rbac.yaml"))
+    work = Path(tempfile.mkdtemp(prefix="plexus-controller-"))
+    webhook, health = (int(p) for p in free_ports(2))
+    proc = ControllerProcess(sa_kubeconfig(cluster, "plexus-controller", work / "sa.kubeconfig"), work, webhook, health)
+    try:
+        proc.start()
+        yield proc
+    finally:
+        proc.stop()
+        shutil.rmtree(work, ignore_errors=True)

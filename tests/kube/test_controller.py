@@ -10,21 +10,24 @@ from typing import Any
 import pytest
 
 from tests.harness import Node
-from tests.kube.conftest import Cluster
-from tests.kube.test_kube_mode import GROUP, wait_for
+from tests.kube.conftest import Cluster, ControllerProcess, wait_for
+from tests.kube.test_kube_mode import GROUP
 
 
 @pytest.fixture
-def controllers(cluster: Cluster) -> Iterator[list[Node]]:
-    cluster.kubectl("create", "namespace", "plexus-system", check=False)
-    made = [Node(kubeconfig=cluster.kubeconfig, node_name=f"ctl-{i}", extra_args=("--controller",)) for i in range(2)]
-    try:
-        for n in made:
-            n.start()
-        yield made
-    finally:
-        for n in made:
-            n.close()
+def controllers(cluster: Cluster, controller: ControllerProcess) -> Iterator[list[Node]]:
+    """Two node daemons that also run the controller (--controller); the cluster's own controller
+    process is stopped meanwhile, so the Lease is theirs to share."""
+    with controller.paused():
+        made = [Node(kubeconfig=cluster.kubeconfig, node_name=f"ctl-{i}", extra_args=("--controller",))
+                for i in range(2)]
+        try:
+            for n in made:
+                n.start()
+            yield made
+        finally:
+            for n in made:
+                n.close()
 
 
 def network(name: str, vlan: int | None = None) -> dict[str, Any]:

@@ -6,24 +6,15 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.harness import Node, links_in
-from tests.kube.conftest import Cluster
+from tests.kube.conftest import Cluster, ControllerProcess, wait_for
 
 GROUP = "network.deckhouse.io/v1alpha1"
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, step: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(step)
 
 
 def objects(ns: str, ttl: str, ranges: str, cidr: str = "198.18.64.0/24", vlan: int = 700) -> list[dict[str, Any]]:
@@ -61,14 +52,13 @@ def kube_node(cluster: Cluster, name: str) -> Node:
 
 
 @pytest.fixture
-def nodes(cluster: Cluster) -> Iterator[list[Node]]:
+def nodes(cluster: Cluster, controller: ControllerProcess) -> Iterator[list[Node]]:
+    """Node daemons the test makes (closed at the end), with the cluster's controller running."""
     made: list[Node] = []
     try:
         yield made
     finally:
         for n in made:
-            if any(True for _ in ()):  # pragma: no cover
-                pass
             n.close()
 
 
@@ -212,7 +202,7 @@ def test_two_nodes_on_one_vxlan_network_through_the_api(cluster: Cluster, nodes:
 
     ns = "kvx"
     cluster.kubectl("create", "namespace", "plexus-system", check=False)
-    a = Node(kubeconfig=cluster.kubeconfig, node_name="vx-a", extra_args=("--controller",))
+    a = Node(kubeconfig=cluster.kubeconfig, node_name="vx-a")
     nodes.append(a)
     a.start()
     b = kube_node(cluster, "vx-b")

@@ -5,13 +5,12 @@ nothing but the plexus-node ServiceAccount's token."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,11 @@ import yaml
 
 from tests.conftest import FROZEN, REPO
 from tests.harness import Node, links_in
-from tests.kube.conftest import Cluster
+from tests.kube.conftest import Cluster, ControllerProcess, sa_kubeconfig, wait_for
 
 K8S = REPO / "packaging" / "k8s"
 CRDS, RBAC, DAEMONSET = K8S / "crds.yaml", K8S / "rbac.yaml", K8S / "daemonset.yaml"
+CONTROLLER = K8S / "controller.yaml"
 CONFLIST = REPO / "packaging" / "10-plexus.conflist"
 NS = "plexus-system"
 NODE_SA = f"system:serviceaccount:{NS}:plexus-node"
@@ -231,7 +231,15 @@ def applied(cluster: Cluster) -> Cluster:
     for path in (CRDS, RBAC, DAEMONSET):
         res = cluster.kubectl("apply", "-f", str(path), check=False)
         assert res.returncode == 0, f"{path.name}: {res.stderr}"
+    # controller.yaml but its webhook configuration: that one calls a Service the test API server cannot
+    # reach (test_webhook.py registers it by URL); it is checked by a server-side dry run below
+    res = cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(controller_docs(webhook=False)), check=False)
+    assert res.returncode == 0, f"controller.yaml: {res.stderr}"
     return cluster
+
+
+def controller_docs(webhook: bool) -> list[dict[str, Any]]:
+    return [d for d in docs(CONTROLLER) if (d["kind"] == "ValidatingWebhookConfiguration") == webhook]
 
 
 def can_i(cluster: Cluster, who: str, *what: str) -> bool:
@@ -244,8 +252,8 @@ def can_i(cluster: Cluster, who: str, *what: str) -> bool:
 @pytest.mark.netns
 def test_manifests_are_accepted_and_the_objects_exist(applied: Cluster) -> None:
     cluster = applied
-    for path in (RBAC, DAEMONSET):
-        for doc in docs(path):
+    for path in (RBAC, DAEMONSET, CONTROLLER):
+        for doc in docs(path) if path != CONTROLLER else controller_docs(webhook=False):
             md = doc["metadata"]
             args = [doc["kind"].lower(), md["name"]] + (["-n", md["namespace"]] if md.get("namespace") else [])
             live = cluster.get(*args)
@@ -271,6 +279,23 @@ def test_manifests_are_accepted_and_the_objects_exist(applied: Cluster) -> None:
     assert after["spec"]["template"] == ds["spec"]["template"]
     # a server-side dry run validates the DaemonSet's pod template against the 1.20 API
     dry = cluster.kubectl("apply", "--dry-run=server", "-f", str(DAEMONSET), check=False)
+    assert dry.returncode == 0, dry.stderr
+    # the controller: a Deployment whose pods run the controller mode with its ServiceAccount, the
+    # webhook's Service, and the webhook configuration (accepted by the API server, dry run)
+    deployment = cluster.get("deployment", "-n", NS, "plexus-controller")["spec"]
+    dep = deployment["template"]["spec"]
+    assert dep["serviceAccountName"] == "plexus-controller"
+    (c,) = dep["containers"]
+    from ipamd.daemon import parse_args
+
+    args = parse_args(c["args"])
+    assert args.mode == "controller" and args.kubeconfig == "in-cluster" and args.webhook_port == 9443
+    svc = cluster.get("service", "-n", NS, "plexus-webhook")["spec"]
+    assert svc["selector"] == deployment["selector"]["matchLabels"] and svc["ports"][0]["targetPort"] == "webhook"
+    assert {p["name"]: p["containerPort"] for p in c["ports"]}["webhook"] == args.webhook_port
+    assert args.webhook_names == ("plexus-webhook.plexus-system.svc",), "the name the API server calls"
+    dry = cluster.kubectl("apply", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump_all(controller_docs(webhook=True)),
+                          check=False)
     assert dry.returncode == 0, dry.stderr
 
 
@@ -343,7 +368,8 @@ def test_node_role_allows_what_the_daemon_does_and_nothing_else(applied: Cluster
 
 @pytest.mark.netns
 def test_controller_role(applied: Cluster) -> None:
-    """The (not yet deployed) controller's identity: the calls of ipamd/kube/controller.py, and no more."""
+    """The controller's identity: the calls of ipamd/kube/controller.py and certs.py, and no more (the
+    session's controller process runs with this very token: see tests/kube/conftest.py)."""
     needs = [
         ("patch", f"networks.{GROUP}", "--subresource=status", "-n", "some-app"),
         ("patch", f"clusternetworks.{GROUP}", "--subresource=status"),
@@ -352,8 +378,12 @@ def test_controller_role(applied: Cluster) -> None:
         ("create", f"ipaddressleases.{GROUP}"),
         ("delete", f"ipaddressleases.{GROUP}"),
         ("watch", f"networks.{GROUP}", "--all-namespaces"),
-        ("watch", "pods", "--all-namespaces"),
         ("get", "leases.coordination.k8s.io", "-n", NS),
+        ("create", "secrets", "-n", NS),
+        ("get", "secrets/plexus-webhook-tls", "-n", NS),
+        ("update", "secrets/plexus-webhook-tls", "-n", NS),
+        ("get", "validatingwebhookconfigurations.admissionregistration.k8s.io/plexus"),
+        ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io/plexus"),
         ("create", "leases.coordination.k8s.io", "-n", NS),
         ("update", "leases.coordination.k8s.io", "-n", NS),
     ]
@@ -363,6 +393,14 @@ def test_controller_role(applied: Cluster) -> None:
         ("delete", "leases.coordination.k8s.io", "-n", NS),
         ("patch", "pods", "-n", "some-app"),
         ("get", "secrets", "-n", NS),
+        ("get", "secrets/plexus-node-token", "-n", NS),
+        ("update", "secrets/other", "-n", NS),
+        ("create", "secrets", "-n", "kube-system"),
+        ("list", "secrets", "-n", NS),
+        ("watch", "pods", "--all-namespaces"),
+        ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io/other"),
+        ("delete", "validatingwebhookconfigurations.admissionregistration.k8s.io/plexus"),
+        ("create", "mutatingwebhookconfigurations.admissionregistration.k8s.io"),
         ("update", "nodes"),
         ("patch", f"ipaddressleases.{GROUP}"),
         ("create", f"ipaddresses.{GROUP}", "-n", "some-app"),
@@ -376,36 +414,8 @@ def test_controller_role(applied: Cluster) -> None:
 
 # -- the daemon itself, with only the ServiceAccount's token ------------------------------------------------
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, step: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(step)
-
-
-def sa_kubeconfig(cluster: Cluster, sa: str, path: Path) -> Path:
-    """A kubeconfig with the ServiceAccount's token (1.20: the token controller's Secret), as in a pod."""
-    def secret_name() -> str | None:
-        names = [s["name"] for s in cluster.get("serviceaccount", "-n", NS, sa).get("secrets") or []]
-        return names[0] if names else None
-
-    name = wait_for(secret_name, timeout=60)
-    assert name, f"no token Secret for {sa}"
-    token = base64.b64decode(cluster.get("secret", "-n", NS, name)["data"]["token"]).decode()
-    admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
-    kc = {"apiVersion": "v1", "kind": "Config", "clusters": admin["clusters"],
-          "users": [{"name": sa, "user": {"token": token}}],
-          "contexts": [{"name": sa, "context": {"cluster": admin["clusters"][0]["name"], "user": sa}}],
-          "current-context": sa}
-    path.write_text(yaml.safe_dump(kc))
-    path.chmod(0o600)
-    return path
-
-
 @pytest.fixture
-def sa_node(applied: Cluster, tmp_path: Path) -> Iterator[Node]:
+def sa_node(applied: Cluster, controller: ControllerProcess, tmp_path: Path) -> Iterator[Node]:
     node = Node(kubeconfig=str(sa_kubeconfig(applied, "plexus-node", tmp_path / "sa.kubeconfig")),
                 node_name="node-sa", reconcile_interval=1.0)
     try:

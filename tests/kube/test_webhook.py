@@ -1,0 +1,123 @@
+"""The validating webhook against the real API server: what a 1.20 schema cannot refuse (a range outside
+its network, a bad MAC in networks-spec) is refused by ``kubectl apply`` with the field named; the
+controller keeps the TLS itself (its Secret, the configuration's caBundle); the failure policies do what
+controller.yaml says when no controller answers."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tests.kube.conftest import NS, Cluster, ControllerProcess, wait_for
+
+GROUP = "network.deckhouse.io"
+CONTROLLER_YAML = REPO / "packaging" / "k8s" / "controller.yaml"
+TEST_NS = "kwebhook"
+
+
+def configuration(url: str) -> dict[str, Any]:
+    """The packaged ValidatingWebhookConfiguration, pointed at the test controller by URL (the test API
+    server has no Service network to reach one through)."""
+    (doc,) = [d for d in yaml.safe_load_all(CONTROLLER_YAML.read_text()) if d and d["kind"] == "ValidatingWebhookConfiguration"]
+    for hook in doc["webhooks"]:
+        hook["clientConfig"] = {"url": url}
+    return dict(doc)
+
+
+@pytest.fixture(scope="module")
+def webhook(cluster: Cluster, controller: ControllerProcess) -> Iterator[Cluster]:
+    cluster.apply([configuration(controller.url), {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": TEST_NS}}])
+    try:
+        # the controller notices the configuration (it looks every 5 s until it finds it) and trusts its CA there
+        def ca_written() -> bool:
+            hooks = cluster.get("validatingwebhookconfiguration", "plexus")["webhooks"]
+            return all(h["clientConfig"].get("caBundle") for h in hooks)
+
+        assert wait_for(ca_written, timeout=30), controller.log.read_text()[-3000:]
+        yield cluster
+    finally:
+        cluster.kubectl("delete", "validatingwebhookconfiguration", "plexus", "--ignore-not-found")
+
+
+def pool(name: str, ranges: list[str]) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/v1alpha1", "kind": "IPAddressPool", "metadata": {"name": name, "namespace": TEST_NS},
+            "spec": {"pools": [{"network": "198.18.90.0/24", "ranges": ranges}]}}
+
+
+def pod(name: str, mac: str) -> dict[str, Any]:
+    spec = [{"type": "Network", "name": "n", "ifName": "veth_mynet", "mac": mac}]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": TEST_NS,
+                                                            "annotations": {f"{GROUP}/networks-spec": json.dumps(spec)}},
+            "spec": {"nodeName": "nowhere", "containers": [{"name": "c", "image": "busybox"}]}}
+
+
+def apply(cluster: Cluster, doc: dict[str, Any]) -> tuple[int, str]:
+    res = cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(doc), check=False)
+    return res.returncode, res.stderr
+
+
+def exists(cluster: Cluster, kind: str, name: str) -> bool:
+    return cluster.kubectl("get", kind, "-n", TEST_NS, name, check=False).returncode == 0
+
+
+@pytest.mark.netns
+def test_the_controller_keeps_the_webhook_tls(webhook: Cluster) -> None:
+    secret = webhook.get("secret", "-n", NS, "plexus-webhook-tls")
+    assert secret["type"] == "kubernetes.io/tls" and set(secret["data"]) == {"ca.crt", "tls.crt", "tls.key"}
+    for hook in webhook.get("validatingwebhookconfiguration", "plexus")["webhooks"]:
+        assert hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"], hook["name"]
+    assert base64.b64decode(secret["data"]["ca.crt"]).startswith(b"-----BEGIN CERTIFICATE-----")
+
+
+@pytest.mark.netns
+def test_a_range_outside_its_network_is_refused_by_kubectl_apply(webhook: Cluster) -> None:
+    code, err = apply(webhook, pool("outside", ["198.18.91.10-198.18.91.20"]))
+    assert code != 0
+    assert "objects.plexus.network.deckhouse.io" in err and "denied" in err
+    assert "spec.pools[0].ranges[0]" in err and "lies outside 198.18.90.0/24" in err, err
+    assert not exists(webhook, "ipaddresspool", "outside"), "nothing stored"
+    code, err = apply(webhook, pool("inside", ["198.18.90.10-198.18.90.20"]))
+    assert code == 0, err
+    # an update that moves a range out is refused too, and the stored object stays as it was
+    code, err = apply(webhook, pool("inside", ["198.18.90.10-198.18.92.20"]))
+    assert code != 0 and "spec.pools[0].ranges[0]" in err
+    stored = webhook.get("ipaddresspool", "-n", TEST_NS, "inside")
+    assert stored["spec"]["pools"][0]["ranges"] == ["198.18.90.10-198.18.90.20"]
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("mac", ["aa:bb:cc:dd:ee", "01:00:5e:00:00:01", "zz:bb:cc:dd:ee:ff"])
+def test_a_bad_mac_in_networks_spec_is_refused_by_kubectl_apply(webhook: Cluster, mac: str) -> None:
+    name = "mac-" + mac.replace(":", "")[:8]
+    code, err = apply(webhook, pod(name, mac))
+    assert code != 0 and "pods.plexus.network.deckhouse.io" in err and "denied" in err
+    assert "networks-spec[0].mac" in err, err
+    assert not exists(webhook, "pod", name)
+
+
+@pytest.mark.netns
+def test_the_seeds_pod_with_its_mac_is_admitted(webhook: Cluster) -> None:
+    code, err = apply(webhook, pod("seed-mac", "aa:bb:cc:dd:ee:ff"))
+    assert code == 0, err
+    webhook.kubectl("delete", "pod", "-n", TEST_NS, "seed-mac", "--wait=false")
+
+
+@pytest.mark.netns
+def test_without_a_controller_pods_still_start_and_networks_wait(webhook: Cluster,
+                                                                 controller: ControllerProcess) -> None:
+    with controller.paused():
+        # pods: Ignore. A controller outage never stops pods (the node daemon still refuses a bad MAC at ADD)
+        code, err = apply(webhook, pod("while-down", "01:00:5e:00:00:01"))
+        assert code == 0, err
+        # Plexus's own objects: Fail. Nothing unchecked is stored
+        code, err = apply(webhook, pool("while-down", ["198.18.90.30-198.18.90.40"]))
+        assert code != 0 and "failed calling webhook" in err, err
+        assert not exists(webhook, "ipaddresspool", "while-down")
+    webhook.kubectl("delete", "pod", "-n", TEST_NS, "while-down", "--wait=false")
+    assert wait_for(lambda: apply(webhook, pool("after", ["198.18.90.30-198.18.90.40"]))[0] == 0, timeout=30)
