@@ -8,13 +8,14 @@ LOG_DIR ?= /var/log/plexus
 PIDFILE ?= $(RUN_DIR)/plexus-ipamd.pid
 export PLEXUS_TEST_CACHE ?= /var/cache/plexus-test
 
-.PHONY: help deps venv proto crds build install start stop restart demo demo-clean test test-unit test-netns test-compat test-kube bench lint cnitool clean
+.PHONY: help deps venv proto crds build install start stop restart demo demo-clean test test-unit test-netns test-compat test-kube bench bench-kube lint cnitool clean
 
 help:
 	@echo "make demo        set everything up and show Plexus attaching two pods (make demo-clean undoes it)"
 	@echo "make test        run the whole test suite (unit, netns, compatibility)"
 	@echo "make lint        ruff and mypy"
 	@echo "make bench       measure Plexus against Debian's reference plugins (BENCH_ARGS=--quick for a smoke run)"
+	@echo "make bench-kube  Kubernetes-mode figures: ADD/DEL with the API in the loop, API requests per ADD/DEL, racing daemons"
 	@echo "make build       freeze the plexus CNI plugin (dist/plexus/)"
 	@echo "make install     install into /opt/cni/bin, /etc/cni/net.d and /usr/local/bin"
 	@echo "make start|stop  run plexus-ipamd in the background (pidfile $(PIDFILE), log $(LOG_DIR)/ipamd.log)"
@@ -78,6 +79,9 @@ test-kube: venv build
 
 bench: deps venv build
 	$(PY) -m bench $(BENCH_ARGS)
+
+bench-kube: deps venv build
+	$(PY) -m bench.kube $(BENCH_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check cni ipamd tests bench scripts

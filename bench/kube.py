@@ -1,0 +1,430 @@
+"""Kubernetes-mode figures: ADD and DEL with the API in the loop next to the local mode, API requests
+per ADD and per DEL (from the API server's own metrics), and allocations per second with racing daemons.
+
+Usage: ``python -m bench.kube`` (``make bench-kube``), as root, after ``make build``. It starts the
+project's test control plane (scripts/k8s: kube-apiserver, kube-controller-manager and etcd v1.20.2 on
+127.0.0.1, built once and cached in /var/cache/plexus-test), the controller (``--mode controller``) and
+node daemons whose bridges and veths live in network namespaces of their own, execs the frozen
+``plexus`` as containerd would (the pod's annotations in ``runtimeConfig``), and removes everything it
+made, also on failure or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench.node import BenchError, run
+
+REPO = Path(__file__).resolve().parent.parent
+GROUP = "network.deckhouse.io"
+API = f"{GROUP}/v1alpha1"
+NS = "kbench"
+POD_ANNOTATIONS = "io.kubernetes.cri.pod-annotations"
+SPEC = json.dumps([{"type": "Network", "name": "net", "ifName": "net1"}])
+# requests the bench itself or the cluster's own housekeeping make, not the daemon's ADD/DEL
+NOT_OURS = {"leases", "pods create", "pods delete", "namespaces", "serviceaccounts", "secrets", "services", "endpoints", ""}
+
+
+def log(msg: str) -> None:
+    print(f"[bench.kube] {msg}", file=sys.stderr, flush=True)
+
+
+def free_ports(n: int) -> list[int]:
+    out: list[int] = []
+    for port in random.sample(range(20000, 32000), 300):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        out.append(port)
+        if len(out) == n:
+            return out
+    raise BenchError("no free ports")
+
+
+class ControlPlane:
+    def __init__(self, cache: Path, work: Path) -> None:
+        self.cache = cache
+        self.data = work / "k8s"
+        self.env = dict(os.environ)
+        self.kubeconfig = str(self.data / "admin.kubeconfig")
+
+    def up(self) -> None:
+        log("building (cached) and starting the test control plane")
+        run("bash", str(REPO / "scripts/k8s/build-apiserver.sh"), str(self.cache))
+        ports = free_ports(3)
+        self.env.update(K8S_TEST_APISERVER_PORT=str(ports[0]), K8S_TEST_ETCD_PORT=str(ports[1]),
+                        K8S_TEST_ETCD_PEER_PORT=str(ports[2]))
+        self.data.mkdir(parents=True)
+        proc = subprocess.run(["bash", str(REPO / "scripts/k8s/up-apiserver.sh"), str(self.data), str(self.cache)],
+                              capture_output=True, text=True, env=self.env)
+        if proc.returncode != 0:
+            raise BenchError(f"starting the control plane failed: {proc.stderr[-2000:]}")
+
+    def down(self) -> None:
+        if self.data.exists():
+            subprocess.run(["bash", str(REPO / "scripts/k8s/down-apiserver.sh"), str(self.data), "--purge"],
+                           capture_output=True, text=True, env=self.env)
+
+    def kubectl(self, *args: str, stdin: str | None = None) -> str:
+        proc = subprocess.run([str(self.cache / "bin/kubectl"), "--kubeconfig", self.kubeconfig, *args], input=stdin,
+                              capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            raise BenchError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def apply(self, docs: list[dict[str, Any]]) -> None:
+        self.kubectl("apply", "-f", "-", stdin="\n".join(json.dumps(d) for d in docs))
+
+    def requests(self) -> Counter[str]:
+        """``apiserver_request_total`` by "resource verb" (the API server's own count)."""
+        out: Counter[str] = Counter()
+        for line in self.kubectl("get", "--raw", "/metrics").splitlines():
+            if line.startswith("apiserver_request_total{"):
+                labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+                sub = f"/{labels['subresource']}" if labels.get("subresource") else ""
+                verb = {"POST": "create"}.get(labels.get("verb", ""), labels.get("verb", "").lower())
+                out[f"{labels.get('resource', '')}{sub} {verb}"] += int(float(line.rsplit(" ", 1)[1]))
+        return out
+
+
+def ours(delta: Counter[str]) -> dict[str, int]:
+    return {k: v for k, v in sorted(delta.items()) if v > 0 and k.split(" ")[0] not in NOT_OURS
+            and k not in NOT_OURS and not k.endswith((" watch", " list"))}
+
+
+class Daemon:
+    """A plexus-ipamd: a node (Kubernetes or local mode, its links in namespace ``netns``) or the controller."""
+
+    def __init__(self, work: Path, name: str, args: list[str], prefix: tuple[str, ...] = ()) -> None:
+        self.dir = work / name
+        self.dir.mkdir(parents=True)
+        self.socket = self.dir / "plexus.sock"
+        self.log = self.dir / "ipamd.log"
+        cmd = [*prefix, sys.executable, "-m", "ipamd.daemon", "--db", str(self.dir / "plexus.db"), "--socket", str(self.socket),
+               "--grpc-socket", str(self.dir / "ipam.sock"), "--log-file", str(self.log), *args]
+        self.stderr = open(self.dir / "stderr", "wb")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                                     stdout=subprocess.DEVNULL, stderr=self.stderr)
+
+    def wait(self, ready: Any, what: str, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"{what} did not start: {(self.dir / 'stderr').read_text()[-1500:]}\n"
+                                 f"{self.log.read_text()[-1500:] if self.log.exists() else ''}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.stderr.close()
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
+        self.args = args
+        self.stack = stack
+        self.work = Path(tempfile.mkdtemp(prefix="plexus-bench-kube-"))
+        stack.callback(shutil.rmtree, self.work, True)
+        self.tag = uuid.uuid4().hex[:6]
+        self.netns: list[str] = []
+        stack.callback(self._remove_netns)
+        self.cp = ControlPlane(Path(args.cache), self.work)
+        stack.callback(self.cp.down)
+
+    def _remove_netns(self) -> None:
+        for name in self.netns:
+            run("ip", "netns", "del", name, check=False)
+
+    def new_netns(self, what: str) -> str:
+        name = f"plxk-{self.tag}-{what}"
+        run("ip", "netns", "add", name)
+        self.netns.append(name)
+        run("ip", "-n", name, "link", "set", "lo", "up")
+        return name
+
+    def drop_netns(self, name: str) -> None:
+        run("ip", "netns", "del", name, check=False)
+        self.netns.remove(name)
+
+    def daemon(self, name: str, args: list[str]) -> Daemon:
+        d = Daemon(self.work, name, args)
+        self.stack.callback(d.stop)
+        return d
+
+    def node(self, name: str) -> Daemon:
+        netns = self.new_netns(name)
+        d = self.daemon(name, ["--kubeconfig", self.cp.kubeconfig, "--node-name", name, "--node-netns",
+                               f"/run/netns/{netns}", "--objects-dir", str(self.work / "empty")])
+        d.wait(d.socket.exists, f"node daemon {name}")
+        return d
+
+    # -- objects ----------------------------------------------------------------------------------
+    def objects(self, prefix: int) -> list[dict[str, Any]]:
+        return [
+            {"apiVersion": API, "kind": "NetworkClass", "metadata": {"name": "kbench-class"},
+             "spec": {"vlan": {"idPool": ["3100-3199"]}}},
+            {"apiVersion": API, "kind": "IPAddressPool", "metadata": {"name": "pool", "namespace": NS},
+             "spec": {"leaseTTL": "1s", "pools": [{"network": f"198.18.0.0/{prefix}"}]}},
+            {"apiVersion": API, "kind": "Network", "metadata": {"name": "net", "namespace": NS},
+             "spec": {"networkClass": "kbench-class", "ipam": {"ipAddressPoolRef": {"kind": "IPAddressPool",
+                                                                                  "name": "pool"}}}},
+        ]
+
+    def make_pods(self, names: list[tuple[str, str]]) -> dict[str, str]:
+        """Pods (name, node) bound to their node as the scheduler would; name → UID."""
+        docs = [{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": n, "namespace": NS,
+                                                                "annotations": {f"{GROUP}/networks-spec": SPEC}},
+                 "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]}} for n, node in names]
+        for i in range(0, len(docs), 50):
+            self.cp.apply(docs[i:i + 50])
+        items = json.loads(self.cp.kubectl("get", "pods", "-n", NS, "-o", "json"))["items"]
+        return {p["metadata"]["name"]: p["metadata"]["uid"] for p in items}
+
+    # -- CNI ---------------------------------------------------------------------------------------
+    def cni(self, daemon: Daemon, verb: str, pod: str, uid: str, netns: str) -> tuple[float, Any]:
+        conf = {"cniVersion": "1.1.0", "name": "plexus", "type": "plexus", "socket": str(daemon.socket),
+                "timeoutSeconds": 60, "capabilities": {POD_ANNOTATIONS: True},
+                "runtimeConfig": {POD_ANNOTATIONS: {f"{GROUP}/networks-spec": SPEC}}}
+        env = {"CNI_COMMAND": verb, "CNI_CONTAINERID": uid.replace("-", ""), "CNI_NETNS": netns,
+               "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni", "PATH": os.environ.get("PATH", "/usr/bin"),
+               "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={NS};K8S_POD_NAME={pod};K8S_POD_UID={uid}"}
+        started = time.perf_counter()
+        proc = subprocess.run([self.args.plexus], input=json.dumps(conf).encode(), env=env, capture_output=True,
+                              timeout=120)
+        elapsed = time.perf_counter() - started
+        out = json.loads(proc.stdout) if proc.stdout.strip() else None
+        if proc.returncode != 0:
+            raise BenchError(f"{verb} {pod}: {proc.stdout.decode()[:500]} {proc.stderr.decode()[-500:]}\n"
+                             f"{daemon.log.read_text()[-1500:]}")
+        return elapsed, out
+
+    # -- scenarios ---------------------------------------------------------------------------------
+    def latency(self, node: Daemon, node_name: str, runs: int, warmup: int, local: bool) -> dict[str, Any]:
+        """Sequential ADD then DEL of one pod at a time."""
+        names = [f"{'loc' if local else 'lat'}-{i}" for i in range(warmup + runs)]
+        uids = {n: str(uuid.uuid4()) for n in names} if local else self.make_pods([(n, node_name) for n in names])
+        adds: list[float] = []
+        dels: list[float] = []
+        for i, name in enumerate(names):
+            netns = self.new_netns(name)
+            t_add, out = self.cni(node, "ADD", name, uids[name], f"/run/netns/{netns}")
+            if not out or not out.get("ips"):
+                raise BenchError(f"ADD {name} returned no address: {out}")
+            t_del, _ = self.cni(node, "DEL", name, uids[name], f"/run/netns/{netns}")
+            self.drop_netns(netns)
+            if i >= warmup:
+                adds.append(t_add)
+                dels.append(t_del)
+        return {"add_ms": summary(adds), "del_ms": summary(dels)}
+
+    def requests_per_verb(self, node: Daemon, node_name: str, n: int) -> dict[str, Any]:
+        """API requests of ``n`` ADDs, then of their ``n`` DELs, counted apart."""
+        names = [f"req-{i}" for i in range(n)]
+        uids = self.make_pods([(p, node_name) for p in names])
+        time.sleep(2)  # the informers have the pods: no direct read is counted
+        netns = {p: self.new_netns(p) for p in names}
+        start = self.cp.requests()
+        for p in names:
+            self.cni(node, "ADD", p, uids[p], f"/run/netns/{netns[p]}")
+        time.sleep(1)  # the status writes the ADDs queued
+        mid = self.cp.requests()
+        for p in names:
+            self.cni(node, "DEL", p, uids[p], f"/run/netns/{netns[p]}")
+        time.sleep(1)
+        end = self.cp.requests()
+        for p in names:
+            self.drop_netns(netns[p])
+        per_add, per_del = ours(mid - start), ours(end - mid)
+        return {"per_add": round(sum(per_add.values()) / n, 2), "per_del": round(sum(per_del.values()) / n, 2),
+                "add_breakdown": {k: round(v / n, 2) for k, v in per_add.items()},
+                "del_breakdown": {k: round(v / n, 2) for k, v in per_del.items()}}
+
+    def race(self, nodes: list[tuple[str, Daemon]], per_node: int, workers: int) -> dict[str, Any]:
+        """Every node ADDs its pods at once, ``workers`` at a time, from one pool: allocations per second."""
+        plan = [(f"race-{i}-{k}", name) for i, (name, _) in enumerate(nodes) for k in range(per_node)]
+        uids = self.make_pods(plan)
+        time.sleep(2)
+        netns = {p: self.new_netns(p) for p, _ in plan}
+        by_node = {name: d for name, d in nodes}
+        addresses: list[str] = []
+        errors: list[str] = []
+        lock = threading.Lock()
+        queues = {name: [p for p, n in plan if n == name] for name, _ in nodes}
+
+        def worker(name: str) -> None:
+            while True:
+                with lock:
+                    if not queues[name]:
+                        return
+                    pod = queues[name].pop()
+                try:
+                    _, out = self.cni(by_node[name], "ADD", pod, uids[pod], f"/run/netns/{netns[pod]}")
+                    with lock:
+                        addresses.append(out["ips"][0]["address"])
+                except BenchError as exc:
+                    with lock:
+                        errors.append(str(exc)[:300])
+
+        threads = [threading.Thread(target=worker, args=(name,)) for name, _ in nodes for _ in range(workers)]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - started
+        if errors:
+            raise BenchError(f"{len(errors)} racing ADDs failed, first: {errors[0]}")
+        if len(set(addresses)) != len(addresses):
+            raise BenchError("two pods got the same address")
+        for p, node_name in plan:
+            self.cni(by_node[node_name], "DEL", p, uids[p], f"/run/netns/{netns[p]}")
+            self.drop_netns(netns[p])
+        return {"nodes": len(nodes), "pods": len(plan), "workers_per_node": workers, "seconds": round(elapsed, 2),
+                "allocations_per_s": round(len(addresses) / elapsed, 1), "distinct_addresses": len(set(addresses))}
+
+    def local_node(self) -> Daemon:
+        """The same Network served from a directory (local mode), for the side-by-side figure; local mode
+        makes its links where it runs, so it runs inside a namespace of its own."""
+        objects = self.work / "local-objects"
+        objects.mkdir()
+        for i, doc in enumerate(self.objects(22)):
+            (objects / f"{i}.yaml").write_text(json.dumps(doc))
+        netns = self.new_netns("local")
+        d = Daemon(self.work, "local", ["--objects-dir", str(objects)], prefix=("ip", "netns", "exec", netns))
+        self.stack.callback(d.stop)
+        d.wait(d.socket.exists, "local daemon")
+        return d
+
+    def run(self) -> dict[str, Any]:
+        a = self.args
+        self.cp.up()
+        self.cp.kubectl("apply", "-f", str(REPO / "packaging/k8s/crds.yaml"), "-f", str(REPO / "packaging/k8s/rbac.yaml"))
+        self.cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+        health = free_ports(1)[0]
+        ctl = self.daemon("controller", ["--mode", "controller", "--kubeconfig", self.cp.kubeconfig,
+                                         "--webhook-port", "0", "--health-port", str(health)])
+
+        def controller_ready() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{health}/readyz", timeout=2) as r:
+                    return bool(r.status == 200)
+            except OSError:
+                return False
+
+        ctl.wait(controller_ready, "controller")
+        self.cp.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}] + self.objects(22))
+        deadline = time.monotonic() + 60
+        while not json.loads(self.cp.kubectl("get", "network", "-n", NS, "net", "-o", "json")).get("status", {}).get("vlanID"):
+            if time.monotonic() > deadline:
+                raise BenchError("the controller gave the Network no VLAN ID")
+            time.sleep(0.5)
+        log(f"{a.nodes} node daemons")
+        nodes = [(f"kbench-{i}", self.node(f"kbench-{i}")) for i in range(a.nodes)]
+        time.sleep(2)
+        name0, node0 = nodes[0]
+        results: dict[str, Any] = {}
+        log(f"latency, Kubernetes mode: {a.warmup}+{a.runs} ADD/DEL")
+        results["kubernetes"] = self.latency(node0, name0, a.runs, a.warmup, local=False)
+        log("API requests per ADD and per DEL")
+        results["requests"] = self.requests_per_verb(node0, name0, a.runs)
+        log(f"race: {a.nodes} nodes x {a.pods_per_node} pods")
+        results["race"] = self.race(nodes, a.pods_per_node, a.workers)
+        log(f"latency, local mode: {a.warmup}+{a.runs} ADD/DEL")
+        results["local"] = self.latency(self.local_node(), "", a.runs, a.warmup, local=True)
+        return results
+
+
+def summary(seconds: list[float]) -> dict[str, float]:
+    ms = sorted(s * 1000 for s in seconds)
+    return {"median": round(statistics.median(ms), 1), "p90": round(ms[int(0.9 * (len(ms) - 1))], 1),
+            "min": round(ms[0], 1), "n": len(ms)}
+
+
+def report(r: dict[str, Any]) -> str:
+    k, loc, req, race = r["kubernetes"], r["local"], r["requests"], r["race"]
+    lines = [
+        "| figure | Kubernetes mode | local mode |",
+        "|---|---|---|",
+        f"| ADD, 1 network (median / p90) | {k['add_ms']['median']} / {k['add_ms']['p90']} ms "
+        f"| {loc['add_ms']['median']} / {loc['add_ms']['p90']} ms |",
+        f"| DEL, 1 network (median / p90) | {k['del_ms']['median']} / {k['del_ms']['p90']} ms "
+        f"| {loc['del_ms']['median']} / {loc['del_ms']['p90']} ms |",
+        f"| API requests per ADD | {req['per_add']} ({', '.join(f'{n} {v:g}' for n, v in req['add_breakdown'].items())}) | 0 |",
+        f"| API requests per DEL | {req['per_del']} ({', '.join(f'{n} {v:g}' for n, v in req['del_breakdown'].items())}) | 0 |",
+        f"| allocations/s, {race['nodes']} racing daemons ({race['pods']} pods, {race['workers_per_node']} at a time "
+        f"per node) | {race['allocations_per_s']} | |",
+    ]
+    return "\n".join(lines)
+
+
+def default_plexus() -> str:
+    for cand in (str(REPO / "dist" / "plexus" / "plexus"), "/opt/cni/bin/plexus"):
+        if os.path.exists(cand):
+            return cand
+    return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.kube", description=__doc__.split("\n\n")[0])
+    p.add_argument("--plexus", default=default_plexus(), help="the frozen plugin (default: dist/plexus/plexus)")
+    p.add_argument("--cache", default=os.environ.get("PLEXUS_K8S_CACHE", "/var/cache/plexus-test/k8s-apiserver"))
+    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--nodes", type=int, default=4)
+    p.add_argument("--pods-per-node", type=int, default=25)
+    p.add_argument("--workers", type=int, default=2, help="concurrent ADDs per node in the race (kubelet: several)")
+    p.add_argument("--json", default="bench-results/kube.json")
+    a = p.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench.kube: needs root (network namespaces)", file=sys.stderr)
+        return 2
+    if not a.plexus:
+        print("bench.kube: no frozen plexus: run make build", file=sys.stderr)
+        return 2
+    try:
+        with contextlib.ExitStack() as stack:
+            results = Bench(a, stack).run()
+    except BenchError as exc:
+        print(f"bench.kube: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench.kube: interrupted; everything it made is removed", file=sys.stderr)
+        return 130
+    results["machine"] = {"cpus": os.cpu_count(), "load": os.getloadavg()[0]}
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    results["commit"] = commit.stdout.strip()
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(results, indent=1) + "\n")
+    print(report(results))
+    print(f"(written to {a.json})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
