@@ -8,7 +8,7 @@ LOG_DIR ?= /var/log/plexus
 PIDFILE ?= $(RUN_DIR)/plexus-ipamd.pid
 export PLEXUS_TEST_CACHE ?= /var/cache/plexus-test
 
-.PHONY: help deps venv proto crds build install start stop restart demo demo-clean test test-unit test-netns test-compat test-kube bench bench-kube lint cnitool clean
+.PHONY: help deps venv proto crds build install start stop restart demo demo-clean test test-unit test-netns test-compat test-kube bench bench-kube image lint cnitool clean
 
 help:
 	@echo "make demo        set everything up and show Plexus attaching two pods (make demo-clean undoes it)"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench       measure Plexus against Debian's reference plugins (BENCH_ARGS=--quick for a smoke run)"
 	@echo "make bench-kube  Kubernetes-mode figures: ADD/DEL with the API in the loop, API requests per ADD/DEL, racing daemons"
 	@echo "make build       freeze the plexus CNI plugin (dist/plexus/)"
+	@echo "make image       the container image the manifests name, as an OCI archive (dist/plexus-image.tar)"
 	@echo "make install     install into /opt/cni/bin, /etc/cni/net.d and /usr/local/bin"
 	@echo "make start|stop  run plexus-ipamd in the background (pidfile $(PIDFILE), log $(LOG_DIR)/ipamd.log)"
 
@@ -42,6 +43,12 @@ dist/plexus/plexus: venv $(shell find cni -name '*.py') packaging/plexus.spec
 
 build: dist/plexus/plexus
 
+dist/plexus-ipamd/plexus-ipamd: venv $(shell find cni ipamd -name '*.py') packaging/plexus-ipamd.spec packaging/entry_*.py
+	$(VENV)/bin/pyinstaller --noconfirm --log-level WARN --distpath dist --workpath build packaging/plexus-ipamd.spec
+
+image: deps build dist/plexus-ipamd/plexus-ipamd
+	$(PY) scripts/build-image.py --out dist/plexus-image.tar
+
 install: build
 	VENV=$(VENV) packaging/install.sh
 
@@ -62,7 +69,7 @@ demo-clean:
 cnitool:
 	@bash scripts/install-cni-client.sh >/dev/null
 
-test: deps venv build cnitool
+test: deps venv build image cnitool
 	$(PY) -m pytest -q tests
 
 test-unit: venv

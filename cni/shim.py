@@ -56,8 +56,9 @@ class _BadAnswer(Exception):
     pass
 
 
-def http_post(path: str, target: str, body: bytes, timeout: float) -> tuple[int, bytes]:
-    """One HTTP/1.1 POST over a unix socket (``Connection: close``); returns (status, body).
+def http_post(path: str, target: str, body: bytes, timeout: float, method: str = "POST") -> tuple[int, bytes]:
+    """One HTTP/1.1 request (a POST, or ``method``) over a unix socket (``Connection: close``);
+    returns (status, body).
 
     Written out rather than taken from ``http.client``: that module pulls in ``email`` and ``ssl``,
     about a third of the shim's start-up, paid on every pod start. The daemon side is the
@@ -68,7 +69,7 @@ def http_post(path: str, target: str, body: bytes, timeout: float) -> tuple[int,
         sock.settimeout(CONNECT_TIMEOUT_S)
         sock.connect(path)
         sock.settimeout(timeout)
-        head = (f"POST {target} HTTP/1.1\r\nHost: plexus\r\nContent-Type: application/json\r\n"
+        head = (f"{method} {target} HTTP/1.1\r\nHost: plexus\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
         sock.sendall(head + body)
         chunks = []
@@ -198,7 +199,32 @@ def main(env: Mapping[str, str], stdin: IO[bytes], stdout: IO[str]) -> int:
     return 0
 
 
+PROBES = ("healthz", "readyz")
+
+
+def probe(args: list[str], stdout: IO[str]) -> int:
+    """``plexus --probe healthz|readyz [SOCKET]``: ask the daemon, over the very socket the plugin uses,
+    whether it answers (healthz) or is ready for CNI calls (readyz); exit 0 when it says 200. For the
+    DaemonSet's exec probes (the image then needs no Python and no curl) and for operators on a node.
+    The runtime never passes arguments to a CNI plugin, so this cannot be mistaken for a CNI call."""
+    if not args or args[0] not in PROBES or len(args) > 2:
+        stdout.write(f"usage: plexus --probe {'|'.join(PROBES)} [SOCKET (default {DEFAULT_SOCKET})]\n")
+        return 2
+    path = args[1] if len(args) > 1 else DEFAULT_SOCKET
+    try:
+        status, payload = http_post(path, f"/{args[0]}", b"", 4.0, method="GET")
+    except (OSError, ValueError, _BadAnswer) as exc:
+        stdout.write(f"plexus-ipamd is not reachable at {path}: {exc}\n")
+        return 1
+    stdout.write(f"{args[0]}: HTTP {status} {payload.decode(errors='replace').strip()}\n")
+    return 0 if status == 200 else 1
+
+
 def run() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--probe":
+        rc = probe(sys.argv[2:], sys.stdout)
+        sys.stdout.flush()
+        os._exit(rc)
     rc = main(os.environ, sys.stdin.buffer, sys.stdout)
     sys.stdout.flush()
     # Skip the interpreter's teardown (module cleanup, GC): a fifth of a short-lived process's life,

@@ -440,3 +440,14 @@ def test_the_real_entry_point(tmp_path: Path) -> None:
                           env={"CNI_COMMAND": "VERSION"}, capture_output=True, timeout=30, cwd=REPO, check=False)
     assert proc.returncode == 0
     assert one_json_object(proc.stdout.decode())["supportedVersions"] == list(SUPPORTED_VERSIONS)
+
+
+def test_probe_usage_and_an_absent_daemon(tmp_path: Path) -> None:
+    from cni.shim import probe
+
+    out = io.StringIO()
+    assert probe([], out) == 2 and "usage: plexus --probe healthz|readyz" in out.getvalue()
+    assert probe(["livez"], io.StringIO()) == 2
+    out = io.StringIO()
+    assert probe(["readyz", str(tmp_path / "none.sock")], out) == 1
+    assert "not reachable" in out.getvalue() and "none.sock" in out.getvalue()

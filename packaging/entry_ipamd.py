@@ -1,0 +1,7 @@
+"""Entry point of the frozen ``plexus-ipamd`` (packaging/plexus-ipamd.spec)."""
+
+import sys
+
+from ipamd.daemon import main
+
+sys.exit(main())

@@ -1,0 +1,7 @@
+"""Entry point of the frozen ``plexusctl`` (packaging/plexus-ipamd.spec)."""
+
+import sys
+
+from ipamd.ctl import main
+
+sys.exit(main())
