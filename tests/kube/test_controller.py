@@ -18,7 +18,15 @@ from tests.kube.test_kube_mode import GROUP
 def controllers(cluster: Cluster, controller: ControllerProcess) -> Iterator[list[Node]]:
     """Two node daemons that also run the controller (--controller); the cluster's own controller
     process is stopped meanwhile, so the Lease is theirs to share."""
+    def held() -> bool:
+        found = cluster.kubectl("get", "lease", "-n", "plexus-system", "plexus-controller", "-o", "json", check=False)
+        return found.returncode == 0 and bool(json.loads(found.stdout)["spec"].get("holderIdentity"))
+
+    assert wait_for(held, timeout=30), "the cluster's controller leads"
     with controller.paused():
+        lease = cluster.get("lease", "-n", "plexus-system", "plexus-controller")["spec"]
+        assert not lease.get("holderIdentity") and lease["leaseDurationSeconds"] == 1, \
+            "a leader that stops hands its Lease back: the next one takes over at once, not after 15 s"
         made = [Node(kubeconfig=cluster.kubeconfig, node_name=f"ctl-{i}", extra_args=("--controller",))
                 for i in range(2)]
         try:
