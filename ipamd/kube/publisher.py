@@ -7,6 +7,10 @@
 - IPAddress status through the status subresource; an Event on the pod per attached interface
   and per failure.
 Failures to publish are logged, never fail the CNI call: the store holds the truth.
+
+ADD waits for the writes that say what the pod has (its ``networks-status``, its IPAddresses) but
+runs the two chains side by side, and leaves Events to a background thread: Kubernetes treats
+Events as best effort, and a round trip each is a fifth of an ADD with the API in the loop.
 """
 
 from __future__ import annotations
@@ -14,8 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import queue
+import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kubernetes import client
@@ -32,11 +39,30 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+EVENT_BACKLOG = 1000  # beyond this, Events are dropped (and logged): the API server is not keeping up
+
+
 class KubePublisher:
     def __init__(self, api: client.ApiClient, node_name: str) -> None:
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.node_name = node_name
+        self._writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="publish")
+        self._events: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=EVENT_BACKLOG)
+        threading.Thread(target=self._post_events, name="events", daemon=True).start()
+
+    def _post_events(self) -> None:
+        while True:
+            body = self._events.get()
+            try:
+                self.core.create_namespaced_event(body["metadata"]["namespace"], body)  # type: ignore[arg-type]
+            except ApiException as exc:
+                log.debug("event for %s: %s", body["involvedObject"]["name"], exc.reason)
+            except Exception as exc:  # the API unreachable: an Event is not worth a retry
+                log.debug("event for %s: %s", body["involvedObject"]["name"], exc)
+
+    def pending_events(self) -> int:
+        return self._events.qsize()
 
     def _patch_status_annotation(self, namespace: str, name: str, uid: str, value: str | None) -> None:
         body = {"metadata": {"uid": uid, "annotations": {STATUS_ANNOTATION: value}}}
@@ -55,9 +81,9 @@ class KubePublisher:
             "firstTimestamp": _now(), "lastTimestamp": _now(), "count": 1,
         }
         try:
-            self.core.create_namespaced_event(namespace, body)  # type: ignore[arg-type]  # a dict is accepted
-        except ApiException as exc:
-            log.debug("event for %s/%s: %s", namespace, name, exc.reason)
+            self._events.put_nowait(body)
+        except queue.Full:
+            log.warning("dropped event %s for %s/%s: %d events wait already", reason, namespace, name, EVENT_BACKLOG)
 
     def _create_auto_ip(self, rec: IPRecord, pod: Pod) -> None:
         body = {
@@ -93,11 +119,13 @@ class KubePublisher:
 
     def attached(self, pod: Pod, networks_status: list[dict[str, Any]], created: Iterable[IPRecord],
                  used: Iterable[IPRecord]) -> None:
+        annotation = self._writers.submit(self._patch_status_annotation, pod.meta.namespace, pod.meta.name,
+                                          pod.meta.uid, json.dumps(networks_status))
         for rec in created:
             self._create_auto_ip(rec, pod)
         for rec in used:
             self.ip_status(rec)
-        self._patch_status_annotation(pod.meta.namespace, pod.meta.name, pod.meta.uid, json.dumps(networks_status))
+        annotation.result()
         for entry in networks_status:
             addresses = ", ".join(a["address"] for a in entry["ipAddressConfigs"]) or "no address"
             self._event(pod.meta.namespace, pod.meta.name, pod.meta.uid, "InterfaceAttached",
@@ -105,9 +133,11 @@ class KubePublisher:
 
     def detached(self, namespace: str, name: str, uid: str, networks_status: list[dict[str, Any]] | None,
                  used: Iterable[IPRecord]) -> None:
+        annotation = self._writers.submit(self._patch_status_annotation, namespace, name, uid,
+                                          json.dumps(networks_status) if networks_status else None)
         for rec in used:
             self.ip_status(rec)
-        self._patch_status_annotation(namespace, name, uid, json.dumps(networks_status) if networks_status else None)
+        annotation.result()
 
     def _attachment_name(self, network_key: str) -> str:
         return f"{self.node_name}-{hashlib.sha1(network_key.encode()).hexdigest()[:12]}"[:253]

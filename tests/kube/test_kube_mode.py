@@ -123,8 +123,9 @@ def test_pod_flow_through_the_api(cluster: Cluster, nodes: list[Node]) -> None:
     assert {c["type"]: c["status"] for c in ip["status"]["conditions"]} == {"Allocated": "True", "Attached": "True"}
     leases = [x for x in cluster.get("ipaddresslease")["items"] if x["spec"]["ip"] == address]
     assert len(leases) == 1 and leases[0]["spec"]["holder"].endswith(ip["metadata"]["name"])
-    events = cluster.get("events", "-n", ns)["items"]
-    assert any(e["reason"] == "InterfaceAttached" for e in events)
+    # Events are posted in the background (best effort, off ADD's path)
+    assert wait_for(lambda: any(e["reason"] == "InterfaceAttached" for e in cluster.get("events", "-n", ns)["items"]),
+                    timeout=15)
 
     # the pod is deleted: DEL, then the cluster's GC removes its Auto IPAddress, the lease is
     # orphaned (quarantined for the pool's 3 s leaseTTL), then freed

@@ -477,8 +477,8 @@ def test_daemon_runs_a_pod_with_only_the_node_service_account(applied: Cluster, 
     leases = {x["spec"]["ip"]: x for x in cluster.get("ipaddresslease")["items"]}         # create ipaddressleases
     assert address in leases and "198.18.68.5" in leases
     assert leases[address]["metadata"]["labels"][f"{GROUP}/node"] == "node-sa"
-    events = cluster.get("events", "-n", ns)["items"]                                     # create events
-    assert {e["reason"] for e in events} >= {"InterfaceAttached"}
+    assert wait_for(lambda: {e["reason"] for e in cluster.get("events", "-n", ns)["items"]}  # create events
+                    >= {"InterfaceAttached"}, timeout=15)
 
     # DEL and the pod gone: the lease is orphaned (patch + status patch), then freed (delete)
     assert node.cni("DEL", "c1", netns, pod=(ns, "app")).ok
