@@ -52,8 +52,9 @@ def problem_of(kind: str, obj: dict[str, Any]) -> str:
         text = ((obj.get("metadata") or {}).get("annotations") or {}).get(SPEC_ANNOTATION)
         try:
             parse_networks_spec(text)
-        except AnnotationInvalid as exc:
-            return f"annotation {SPEC_ANNOTATION}: {exc}"
+        except AnnotationInvalid as exc:  # details name the field, which the message already does, or say more
+            why = exc.msg if exc.details in exc.msg else str(exc)
+            return f"annotation {SPEC_ANNOTATION}: {why}"
         return ""
     try:
         parse_object(obj)

@@ -80,7 +80,8 @@ def test_a_range_outside_its_network_is_refused_by_kubectl_apply(webhook: Cluste
     code, err = apply(webhook, pool("outside", ["198.18.91.10-198.18.91.20"]))
     assert code != 0
     assert "objects.plexus.network.deckhouse.io" in err and "denied" in err
-    assert "spec.pools[0].ranges[0]" in err and "lies outside 198.18.90.0/24" in err, err
+    assert ('admission webhook "objects.plexus.network.deckhouse.io" denied the request: IPAddressPool '
+            "kwebhook/outside: spec.pools[0].ranges[0]: '198.18.91.10-198.18.91.20' lies outside 198.18.90.0/24") in err, err
     assert not exists(webhook, "ipaddresspool", "outside"), "nothing stored"
     code, err = apply(webhook, pool("inside", ["198.18.90.10-198.18.90.20"]))
     assert code == 0, err
@@ -98,6 +99,9 @@ def test_a_bad_mac_in_networks_spec_is_refused_by_kubectl_apply(webhook: Cluster
     code, err = apply(webhook, pod(name, mac))
     assert code != 0 and "pods.plexus.network.deckhouse.io" in err and "denied" in err
     assert "networks-spec[0].mac" in err, err
+    if mac == "aa:bb:cc:dd:ee":  # the message as the README shows it
+        assert ('denied the request: annotation network.deckhouse.io/networks-spec: networks-spec[0].mac '
+                "'aa:bb:cc:dd:ee' is not a MAC address like aa:bb:cc:dd:ee:ff") in err, err
     assert not exists(webhook, "pod", name)
 
 
