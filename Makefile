@@ -92,7 +92,7 @@ bench-kube: deps venv build
 
 lint: venv
 	$(VENV)/bin/ruff check cni ipamd tests bench scripts
-	$(VENV)/bin/mypy cni ipamd bench
+	$(VENV)/bin/mypy cni ipamd bench tests
 
 clean:
 	rm -rf build dist

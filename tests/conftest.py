@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +20,16 @@ def shim_command() -> list[str]:
     if FROZEN.exists() and os.environ.get("PLEXUS_TEST_UNFROZEN") != "1":
         return [str(FROZEN)]
     return [sys.executable, "-m", "cni"]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, step: float = 0.5) -> Any:
+    """Poll ``predicate`` until it returns something true or ``timeout`` seconds pass; its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(step)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

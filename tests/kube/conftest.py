@@ -14,9 +14,8 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, wait_for
 
 CACHE = Path(os.environ.get("PLEXUS_K8S_CACHE", "/var/cache/plexus-test/k8s-apiserver"))
 
@@ -112,15 +111,6 @@ def cluster() -> Iterator[Cluster]:
         subprocess.run(["bash", str(REPO / "scripts/k8s/down-apiserver.sh"), str(data), "--purge"],
                        capture_output=True, text=True, env=env)
         shutil.rmtree(data, ignore_errors=True)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, step: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(step)
 
 
 NS = "plexus-system"

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import wait_for
 from tests.harness import Node
-from tests.kube.conftest import Cluster, ControllerProcess, wait_for
+from tests.kube.conftest import Cluster, ControllerProcess
 from tests.kube.test_kube_mode import GROUP
 
 

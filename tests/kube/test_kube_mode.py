@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import wait_for
 from tests.harness import Node, links_in
-from tests.kube.conftest import Cluster, ControllerProcess, wait_for
+from tests.kube.conftest import Cluster, ControllerProcess
 
 GROUP = "network.deckhouse.io/v1alpha1"
 

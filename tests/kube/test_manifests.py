@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import FROZEN, REPO
+from tests.conftest import FROZEN, REPO, wait_for
 from tests.harness import Node, links_in
-from tests.kube.conftest import Cluster, ControllerProcess, sa_kubeconfig, wait_for
+from tests.kube.conftest import Cluster, ControllerProcess, sa_kubeconfig
 
 K8S = REPO / "packaging" / "k8s"
 CRDS, RBAC, DAEMONSET = K8S / "crds.yaml", K8S / "rbac.yaml", K8S / "daemonset.yaml"
@@ -288,12 +288,12 @@ def test_manifests_are_accepted_and_the_objects_exist(applied: Cluster) -> None:
     (c,) = dep["containers"]
     from ipamd.daemon import parse_args
 
-    args = parse_args(c["args"])
-    assert args.mode == "controller" and args.kubeconfig == "in-cluster" and args.webhook_port == 9443
+    flags = parse_args(c["args"])
+    assert flags.mode == "controller" and flags.kubeconfig == "in-cluster" and flags.webhook_port == 9443
     svc = cluster.get("service", "-n", NS, "plexus-webhook")["spec"]
     assert svc["selector"] == deployment["selector"]["matchLabels"] and svc["ports"][0]["targetPort"] == "webhook"
-    assert {p["name"]: p["containerPort"] for p in c["ports"]}["webhook"] == args.webhook_port
-    assert args.webhook_names == ("plexus-webhook.plexus-system.svc",), "the name the API server calls"
+    assert {p["name"]: p["containerPort"] for p in c["ports"]}["webhook"] == flags.webhook_port
+    assert flags.webhook_names == ("plexus-webhook.plexus-system.svc",), "the name the API server calls"
     dry = cluster.kubectl("apply", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump_all(controller_docs(webhook=True)),
                           check=False)
     assert dry.returncode == 0, dry.stderr

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO
-from tests.kube.conftest import NS, Cluster, ControllerProcess, wait_for
+from tests.conftest import REPO, wait_for
+from tests.kube.conftest import NS, Cluster, ControllerProcess
 
 GROUP = "network.deckhouse.io"
 CONTROLLER_YAML = REPO / "packaging" / "k8s" / "controller.yaml"

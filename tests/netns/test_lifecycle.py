@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import random
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
+from tests.conftest import wait_for as poll
 from tests.harness import BASE_OBJECTS, Node, links_in, pod_manifest, post_cni
 
 SHORT_TTL_POOL = """
@@ -36,17 +37,12 @@ def static_ip(name: str, ip: str, network: str = "net-q") -> dict[str, object]:
             "spec": {"networkRef": {"kind": "Network", "name": network}, "type": "Static", "static": {"ip": ip}}}
 
 
-def leases_by_address(node: Node) -> dict[str, object]:
+def leases_by_address(node: Node) -> dict[str, Any]:
     return {lease.address: lease for lease in node.leases()}
 
 
-def wait_for(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return bool(predicate())
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> bool:
+    return bool(poll(predicate, timeout, 0.2))
 
 
 @pytest.mark.netns
@@ -261,7 +257,7 @@ def test_churn_1000_cycles_with_random_failures_leaves_exactly_the_live_pods_lea
 
     # the leases in use are exactly those of the live sandboxes, each address once
     node.sync()
-    live_addresses = set()
+    live_addresses: set[str] = set()
     for pod in up:
         for link in links_in(nss[pod]).values():
             live_addresses.update(a.split("/")[0] for a in link["addresses"] if not a.startswith("127."))

@@ -24,7 +24,16 @@ import pytest
 import yaml
 
 from tests.conftest import FROZEN, REPO
-from tests.node.test_node_tier import BUSYBOX, NODE, NodeCluster, annotations, pod_spec, seed_objects, wait_for
+from tests.node.test_node_tier import (
+    BUSYBOX,
+    NODE,
+    NodeCluster,
+    pod_spec,
+    seed_objects,
+    spec_annotations,
+    start_node_tier,
+    wait_for,
+)
 
 K8S = REPO / "packaging" / "k8s"
 IMAGE = REPO / "dist" / "plexus-image.tar"
@@ -100,15 +109,7 @@ def cluster() -> Iterator[tuple[NodeCluster, Path]]:
                K8S_NODE_CNI_CONF_DIR=f"{root}/etc/cni/net.d", K8S_NODE_APISERVER_PORT=API_PORT)
     c = NodeCluster(data, work / "no-host-daemon.log")
     try:
-        for _attempt in range(2):  # infrastructure, not the product: one retry of a failed start
-            up = subprocess.run(["bash", str(REPO / "scripts/k8s/up-node.sh"), str(data)], capture_output=True,
-                                text=True, env=env)
-            if up.returncode == 0:
-                break
-            subprocess.run(["bash", str(REPO / "scripts/k8s/down-node.sh"), str(data), "--purge"],
-                           capture_output=True, text=True, env=env)
-        if up.returncode != 0:
-            pytest.fail(f"starting the node tier failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}")
+        start_node_tier(data, env)
         imported = subprocess.run([str(data / "bin" / "ctr"), "images", "import", "--snapshotter", "overlayfs",
                                    str(IMAGE)], capture_output=True, text=True)
         assert imported.returncode == 0, imported.stderr
@@ -163,7 +164,7 @@ def test_the_daemonset_installs_plexus_and_serves_pods(cluster: tuple[NodeCluste
                     timeout=60), "the controller Deployment assigns the VLAN ID"
     spec = [{"type": "Network", "name": "my-network", "ifName": "net1", "mac": "aa:bb:cc:dd:ee:02"}]
     c.apply([{"apiVersion": "v1", "kind": "Pod",
-              "metadata": {"name": "app", "namespace": "my-namespace", "annotations": annotations(spec)},
+              "metadata": {"name": "app", "namespace": "my-namespace", "annotations": spec_annotations(spec)},
               "spec": {**pod_spec(spec), "nodeName": NODE}}])
     running = wait_for(lambda: c.get("pod", "-n", "my-namespace", "app")["status"].get("phase") == "Running")
     assert running, describe(c)

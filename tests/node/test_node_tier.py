@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import FROZEN, REPO
+from tests.conftest import wait_for as shared_wait_for
 
 NODE = "k8s-node-1"
 NODE_NETNS = "/run/netns/k8s-node"
@@ -45,12 +45,21 @@ class NodeCluster:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 120.0, step: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(step)
+    """The shared poll, with the node tier's longer defaults (pods start in seconds, not milliseconds)."""
+    return shared_wait_for(predicate, timeout, step)
+
+
+def start_node_tier(data: Path, env: dict[str, str]) -> None:
+    """scripts/k8s/up-node.sh, with one retry of a failed start (infrastructure, not the product)."""
+    for _attempt in range(2):
+        up = subprocess.run(["bash", str(REPO / "scripts/k8s/up-node.sh"), str(data)], capture_output=True,
+                            text=True, env=env)
+        if up.returncode == 0:
+            return
+        logs = "".join(f"\n--- {p.name}\n" + p.read_text()[-1500:] for p in (data / "logs").glob("*.log"))
+        subprocess.run(["bash", str(REPO / "scripts/k8s/down-node.sh"), str(data), "--purge"],
+                       capture_output=True, text=True, env=env)
+    pytest.fail(f"starting the node tier failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}{logs}")
 
 
 @pytest.fixture(scope="module")
@@ -83,16 +92,7 @@ def node_cluster() -> Iterator[NodeCluster]:
     daemon: subprocess.Popen[bytes] | None = None
     env = dict(os.environ, K8S_NODE_CNI_CONFLIST=str(conflist))
     try:
-        for _attempt in range(2):  # infrastructure, not the product: one retry of a failed start
-            up = subprocess.run(["bash", str(REPO / "scripts/k8s/up-node.sh"), str(data)], capture_output=True,
-                                text=True, env=env)
-            if up.returncode == 0:
-                break
-            subprocess.run(["bash", str(REPO / "scripts/k8s/down-node.sh"), str(data), "--purge"],
-                           capture_output=True, text=True, env=env)
-        if up.returncode != 0:
-            logs = "".join(f"\n--- {p.name}\n" + p.read_text()[-1500:] for p in (data / "logs").glob("*.log"))
-            pytest.fail(f"starting the node tier failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}{logs}")
+        start_node_tier(data, env)
         c = NodeCluster(data, work / "ipamd.log")
         c.kubectl("apply", "-f", str(REPO / "packaging/k8s/crds.yaml"))
         c.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
@@ -143,7 +143,7 @@ def pod_spec(spec: list[dict[str, Any]]) -> dict[str, Any]:
             "containers": [{"name": "app", "image": BUSYBOX, "imagePullPolicy": "Never", "command": ["sleep", "3600"]}]}
 
 
-def annotations(spec: list[dict[str, Any]]) -> dict[str, str]:
+def spec_annotations(spec: list[dict[str, Any]]) -> dict[str, str]:
     return {"network.deckhouse.io/networks-spec": json.dumps(spec)}
 
 
@@ -158,7 +158,7 @@ def test_pod_gets_its_networks_and_gives_them_back(node_cluster: NodeCluster) ->
     c.apply(seed_objects())
     spec = [{"type": "Network", "name": "my-network", "ifName": "net1", "mac": "aa:bb:cc:dd:ee:01"}]
     c.apply([{"apiVersion": "v1", "kind": "Pod",
-              "metadata": {"name": "app", "namespace": "my-namespace", "annotations": annotations(spec)},
+              "metadata": {"name": "app", "namespace": "my-namespace", "annotations": spec_annotations(spec)},
               "spec": pod_spec(spec)}])
     running = wait_for(lambda: c.get("pod", "-n", "my-namespace", "app")["status"].get("phase") == "Running")
     assert running, c.daemon_log.read_text()[-3000:]
@@ -184,7 +184,7 @@ def test_statefulset_pod_recreated_keeps_its_named_ipaddress(node_cluster: NodeC
     spec = [{"type": "Network", "name": "my-network", "ifName": "net1", "ipAddressNames": ["web-0-net1"]}]
     c.apply([{"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "web", "namespace": "my-namespace"},
               "spec": {"serviceName": "web", "replicas": 1, "selector": {"matchLabels": {"app": "web"}},
-                       "template": {"metadata": {"labels": {"app": "web"}, "annotations": annotations(spec)},
+                       "template": {"metadata": {"labels": {"app": "web"}, "annotations": spec_annotations(spec)},
                                     "spec": pod_spec(spec)}}}])
 
     def running_uid() -> str:
