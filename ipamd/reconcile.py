@@ -22,6 +22,7 @@ from ipamd.allocator import in_ranges, subnet_for
 from ipamd.attach import Attacher
 from ipamd.ipam import Ipam, ResolvedNetwork
 from ipamd.objects import AddressPool, ClusterNetwork, IPAddressObject, Network, NetworkClass, Pod
+from ipamd.segments import granted_id, segment_kind
 from ipamd.sources import ObjectSource
 from ipamd.store import Store
 
@@ -93,10 +94,11 @@ class Reconciler:
                 cls = self.source.get("NetworkClass", "", net.network_class) if net.network_class else None
                 if kind == "Network" and not isinstance(cls, NetworkClass):
                     continue  # reported when a pod asks for it
-                if self.cluster and not net.status_vlan_id and self._needs_cluster_id(net, cls):
+                resolved_cls = cls if isinstance(cls, NetworkClass) else None
+                if self.cluster and segment_kind(net, resolved_cls) != "none" and granted_id(net) is None:
                     continue  # the controller has not given it its VLAN ID / VNI yet
                 live[net.meta.key] = ResolvedNetwork(net.meta.key, kind, net.meta.name, net.meta.namespace, net,
-                                                     cls if isinstance(cls, NetworkClass) else None, None)
+                                                     resolved_cls, None)
         segments = self.attacher.segments
         try:
             host = self.attacher.host_netlink()
@@ -125,12 +127,6 @@ class Reconciler:
                 log.info("removed the segment of deleted %s (bridge %s)", rec.network, rec.bridge)
             except Exception as exc:
                 log.warning("removing the segment of %s: %s", rec.network, exc)
-
-    @staticmethod
-    def _needs_cluster_id(net: Network | ClusterNetwork, cls: object) -> bool:
-        if isinstance(net, ClusterNetwork):
-            return net.type == "VLAN" and net.vlan_id is None
-        return isinstance(cls, NetworkClass) and (bool(cls.vlan_pool) or cls.vxlan is not None)
 
     def _flag_pool_changes(self) -> None:
         """A pool shrank or lost a range under live leases: keep them, flag the ones now outside."""

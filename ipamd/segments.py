@@ -17,7 +17,7 @@ from pyroute2 import IPRoute
 from cni import links
 from cni.errors import AddressConflict, InvalidConfig, PoolExhausted, TryAgainLater
 from ipamd.ipam import ResolvedNetwork, now_rfc3339, set_condition
-from ipamd.objects import ClusterNetwork, Network
+from ipamd.objects import ClusterNetwork, Network, NetworkClass
 from ipamd.store import SegmentRecord, Store
 
 
@@ -48,6 +48,25 @@ def _pick(pool: tuple[tuple[int, int], ...], taken: dict[int, str], wanted: int 
             if taken.get(ident) in (None, key):
                 return ident
     raise PoolExhausted(f"no free {what} left in the class's pool for {key}", "spec.vlan.idPool")
+
+
+def segment_kind(obj: Network | ClusterNetwork, cls: NetworkClass | None) -> str:
+    """``vlan``, ``vxlan`` or ``none`` (an untagged bridge): what segment a Network gets. The nodes and
+    the controller both ask this, so they never disagree on whether an ID is to be handed out."""
+    if isinstance(obj, ClusterNetwork) and obj.type == "Access":
+        return "none"
+    if cls is not None and cls.vxlan is not None:
+        return "vxlan"
+    if isinstance(obj, ClusterNetwork) or (cls is not None and cls.vlan_pool):
+        return "vlan"
+    return "none"
+
+
+def granted_id(obj: Network | ClusterNetwork) -> int | None:
+    """In a cluster, the VLAN ID or VNI a node may use: the one the controller wrote into the status, or
+    a ClusterNetwork's own (fixed by the administrator; the controller honours it). A Network's
+    ``spec.vlan.id`` is only a request until the controller grants it."""
+    return obj.status_vlan_id or (obj.vlan_id if isinstance(obj, ClusterNetwork) else None)
 
 
 class Segments:
@@ -81,19 +100,18 @@ class Segments:
         parents: tuple[str, ...]
         with self.store.transaction():
             rec = self.store.get_segment(net.key)
-            if isinstance(obj, ClusterNetwork) and obj.type == "Access":
-                kind, pool, wanted, parents = "none", (), None, obj.parents
-            elif cls is not None and cls.vxlan is not None:
-                kind, pool, wanted, parents = "vxlan", cls.vxlan.vni_pool, obj.status_vlan_id or obj.vlan_id, ()
+            kind = segment_kind(obj, cls)
+            pool, parents = (), cls.parents if cls else ()
+            if kind == "vxlan":
+                assert cls is not None and cls.vxlan is not None
+                pool, parents = cls.vxlan.vni_pool, ()
             elif isinstance(obj, ClusterNetwork):
-                kind, pool, wanted = "vlan", (), obj.vlan_id
-                parents = obj.parents or (cls.parents if cls else ())
-            elif cls is not None and cls.vlan_pool:
-                kind, pool, wanted, parents = "vlan", cls.vlan_pool, obj.status_vlan_id or obj.vlan_id, cls.parents
-            else:
-                kind, pool, wanted, parents = "none", (), None, cls.parents if cls else ()
-            if self.cluster and isinstance(obj, Network) and kind != "none":
-                wanted = obj.status_vlan_id  # the one asked for in spec only once the controller granted it
+                parents = obj.parents if obj.type == "Access" else obj.parents or parents
+                if obj.vlan_id is None and cls is not None:  # a fixed ID is the administrator's, not the pool's
+                    pool = cls.vlan_pool
+            elif kind == "vlan" and cls is not None:
+                pool = cls.vlan_pool
+            wanted = None if kind == "none" else granted_id(obj) if self.cluster else obj.status_vlan_id or obj.vlan_id
             if self.cluster and kind != "none" and wanted is None:
                 raise TryAgainLater(f"{net.key} has no {'VNI' if kind == 'vxlan' else 'VLAN ID'} yet: the Plexus "
                                     "controller assigns it (is plexus-controller running?)", "status.vlanID")

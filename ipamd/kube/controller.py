@@ -29,6 +29,7 @@ from ipamd.allocator import pick_free, to_int, to_text
 from ipamd.kube.leases import lease_name
 from ipamd.kube.source import PLURALS, VERSION, KubernetesSource
 from ipamd.objects import GROUP, AddressPool, ClusterNetwork, IPAddressObject, Network, NetworkClass, parse_duration
+from ipamd.segments import segment_kind
 
 log = logging.getLogger(__name__)
 LEASE_NAME = "plexus-controller"
@@ -145,14 +146,7 @@ class Controller:
             self._write_network_status(net, kind, ident, problem)
 
     def _kind(self, net: Network | ClusterNetwork) -> str:
-        if isinstance(net, ClusterNetwork) and net.type == "Access":
-            return "none"
-        cls = self._class_of(net)
-        if cls is not None and cls.vxlan is not None:
-            return "vxlan"
-        if isinstance(net, Network) and (cls is None or not cls.vlan_pool):
-            return "none"  # an untagged class: a bridge per Network, no ID to hand out
-        return "vlan"
+        return segment_kind(net, self._class_of(net))
 
     def _pick(self, kind: str, pool: tuple[tuple[int, int], ...], wanted: int | None,
               used: dict[tuple[str, int], str], key: str) -> tuple[int, str]:

@@ -9,7 +9,7 @@ import pytest
 
 from cni.errors import TryAgainLater
 from ipamd.ipam import ResolvedNetwork
-from ipamd.objects import Network, NetworkClass, parse_object
+from ipamd.objects import ClusterNetwork, Network, NetworkClass, parse_object
 from ipamd.segments import Segments
 from ipamd.store import Store
 
@@ -52,3 +52,22 @@ def test_in_a_cluster_the_node_waits_for_the_controllers_id(store: Store) -> Non
     assert store.segments() == [], "nothing recorded for a Network without its ID"
     plan = seg.plan(network("b", vlan=605, status_vlan=607))
     assert plan.record.id == 607 and plan.record.bridge == "plx-br-607"
+
+
+def cluster_network(name: str, status_vlan: int | None = None) -> ResolvedNetwork:
+    """A VLAN ClusterNetwork with a class and no ID of its own: the class's pool gives it one."""
+    doc: dict[str, Any] = {"apiVersion": GROUP, "kind": "ClusterNetwork", "metadata": {"name": name},
+                           "spec": {"type": "VLAN", "networkClass": "c"}}
+    if status_vlan is not None:
+        doc["status"] = {"vlanID": status_vlan}
+    obj = parse_object(doc)
+    assert isinstance(obj, ClusterNetwork) and isinstance(CLASS, NetworkClass)
+    return ResolvedNetwork(obj.meta.key, "ClusterNetwork", name, "", obj, CLASS, None)
+
+
+def test_a_cluster_network_without_its_own_id_takes_one_from_its_class(store: Store) -> None:
+    assert Segments(store, lambda: 0.0).plan(cluster_network("cn")).record.id == 600
+    seg = Segments(store, lambda: 0.0, cluster=True)
+    with pytest.raises(TryAgainLater):
+        seg.plan(cluster_network("cn2"))
+    assert seg.plan(cluster_network("cn2", status_vlan=604)).record.id == 604, "the controller's, in a cluster"
