@@ -125,3 +125,18 @@ def test_without_a_controller_pods_still_start_and_networks_wait(webhook: Cluste
         assert not exists(webhook, "ipaddresspool", "while-down")
     webhook.kubectl("delete", "pod", "-n", TEST_NS, "while-down", "--wait=false")
     assert wait_for(lambda: apply(webhook, pool("after", ["198.18.90.30-198.18.90.40"]))[0] == 0, timeout=30)
+
+
+@pytest.mark.netns
+def test_user_ipaddresses_are_reviewed_but_not_the_ones_nodes_make_during_add(webhook: Cluster) -> None:
+    def static_without_ip(name: str, labels: dict[str, str]) -> dict[str, Any]:
+        return {"apiVersion": f"{GROUP}/v1alpha1", "kind": "IPAddress",
+                "metadata": {"name": name, "namespace": TEST_NS, "labels": labels},
+                "spec": {"networkRef": {"kind": "Network", "name": "net"}, "type": "Static"}}
+
+    code, err = apply(webhook, static_without_ip("users", {}))
+    assert code != 0 and "spec.static" in err, err
+    # a node's Auto IPAddress carries its pod's UID: no review, no round trip on ADD's path
+    code, err = apply(webhook, static_without_ip("nodes", {f"{GROUP}/owner-pod-uid": "0000"}))
+    assert code == 0, err
+    webhook.kubectl("delete", "ipaddress", "-n", TEST_NS, "nodes")
