@@ -28,11 +28,13 @@ from tests.node.test_node_tier import (
     BUSYBOX,
     NODE,
     NodeCluster,
+    build_node_tier,
     pod_spec,
     seed_objects,
     spec_annotations,
     start_node_tier,
     wait_for,
+    write_chained_conflist,
 )
 
 K8S = REPO / "packaging" / "k8s"
@@ -81,30 +83,18 @@ def controller() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[tuple[NodeCluster, Path]]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+    build_node_tier()
     if not IMAGE.exists() or not FROZEN.exists():
         pytest.fail("the image is missing: make image")
-    build = subprocess.run(["bash", str(REPO / "scripts/k8s/build-node.sh")], capture_output=True, text=True)
-    if build.returncode != 0:
-        pytest.fail(f"building the node tier failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}")
     work = Path(tempfile.mkdtemp(prefix="plexus-ds-"))
     root = work / "host"
     data = work / "node"
     for d in ("opt/cni/bin", "etc/cni/net.d", "run/plexus", "var/log/plexus"):
         (root / d).mkdir(parents=True)
-    # the cluster network (bridge) with Plexus chained after it: what an operator adds to the conflist of
-    # the cluster's network plugin (daemonset.yaml says so); the plugin itself is the DaemonSet's to install
-    conflist = work / "chain.conflist"
-    conflist.write_text(json.dumps({
-        "cniVersion": "1.0.0", "name": "k8s-node-pods",
-        "plugins": [
-            {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False, "hairpinMode": True,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": "198.18.128.0/20", "gateway": "198.18.128.1"}]],
-                      "routes": [{"dst": "0.0.0.0/0"}]}},
-            {"type": "plexus", "socket": f"{root}/run/plexus/plexus.sock", "logFile": f"{root}/var/log/plexus/plexus.log",
-             "capabilities": {"io.kubernetes.cri.pod-annotations": True}},
-        ]}))
+    # what an operator adds to the conflist of the cluster's network plugin (daemonset.yaml says so); the
+    # plugin itself is the DaemonSet's to install
+    conflist = write_chained_conflist(work / "chain.conflist", f"{root}/run/plexus/plexus.sock",
+                                      f"{root}/var/log/plexus/plexus.log")
     env = dict(os.environ, K8S_NODE_CNI_CONFLIST=str(conflist), K8S_NODE_CNI_BIN_DIR=f"{root}/opt/cni/bin",
                K8S_NODE_CNI_CONF_DIR=f"{root}/etc/cni/net.d", K8S_NODE_APISERVER_PORT=API_PORT)
     c = NodeCluster(data, work / "no-host-daemon.log")

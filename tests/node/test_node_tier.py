@@ -62,27 +62,38 @@ def start_node_tier(data: Path, env: dict[str, str]) -> None:
     pytest.fail(f"starting the node tier failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}{logs}")
 
 
-@pytest.fixture(scope="module")
-def node_cluster() -> Iterator[NodeCluster]:
+def build_node_tier() -> None:
+    """scripts/k8s/build-node.sh (cached after the first build); root only."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    if not FROZEN.exists():
-        pytest.fail("the frozen plugin is missing: make build")
     build = subprocess.run(["bash", str(REPO / "scripts/k8s/build-node.sh")], capture_output=True, text=True)
     if build.returncode != 0:
         pytest.fail(f"building the node tier failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}")
-    work = Path(tempfile.mkdtemp(prefix="plexus-node-"))
-    data = work / "node"
-    conflist = work / "plexus.conflist"
-    conflist.write_text(json.dumps({
+
+
+def write_chained_conflist(path: Path, socket: str, log_file: str) -> Path:
+    """The cluster network (Debian's bridge) with Plexus chained after it, as on a production node."""
+    path.write_text(json.dumps({
         "cniVersion": "1.0.0", "name": "k8s-node-pods",
         "plugins": [
             {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False, "hairpinMode": True,
              "ipam": {"type": "host-local", "ranges": [[{"subnet": "198.18.128.0/20", "gateway": "198.18.128.1"}]],
                       "routes": [{"dst": "0.0.0.0/0"}]}},
-            {"type": "plexus", "socket": str(work / "run" / "plexus.sock"), "logFile": str(work / "plexus.log"),
+            {"type": "plexus", "socket": socket, "logFile": log_file,
              "capabilities": {"io.kubernetes.cri.pod-annotations": True}},
         ]}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def node_cluster() -> Iterator[NodeCluster]:
+    build_node_tier()
+    if not FROZEN.exists():
+        pytest.fail("the frozen plugin is missing: make build")
+    work = Path(tempfile.mkdtemp(prefix="plexus-node-"))
+    data = work / "node"
+    conflist = write_chained_conflist(work / "plexus.conflist", str(work / "run" / "plexus.sock"),
+                                      str(work / "plexus.log"))
     link = Path("/opt/cni/bin/plexus")
     made_link = False
     if not link.exists():
