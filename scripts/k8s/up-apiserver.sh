@@ -63,12 +63,17 @@ touch "$DATA/.k8s-test-data"   # marker checked by down-apiserver.sh --purge
 
 exec 9>"$RUN/.lock"; flock 9    # one up/down at a time per DATA_DIR (fd 9 is closed for the daemons)
 
-# A pid counts as ours only if it is alive AND its command line names our DATA_DIR.
+# A pid counts as ours only if it is alive (not a zombie) AND either this run started it or its
+# command line names our DATA_DIR. A child this run started is known by its pid alone: between the
+# fork and the exec its command line is still this script's (no "$DATA/" in it), and its pid cannot
+# be reused before we reap it. Checking the command line then made a start fail at random.
 ours() { # name -> prints pid if running
-  local f="$RUN/$1.pid" pid
+  local f="$RUN/$1.pid" pid n
   [[ -f "$f" ]] || return 1
   pid=$(<"$f")
   [[ "$pid" =~ ^[0-9]+$ ]] && [[ -r "/proc/$pid/cmdline" ]] || return 1
+  [[ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" =~ ^[^Z]$ ]] || return 1
+  for n in "${STARTED[@]}"; do [[ "$n" == "$1" ]] && { echo "$pid"; return 0; }; done
   tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$DATA/" || return 1
   echo "$pid"
 }

@@ -103,13 +103,16 @@ touch "$DATA/.k8s-node-data"   # marker checked by down-node.sh --purge
 exec 9>"$RUN/.lock"; flock 9
 
 # ---- helpers ------------------------------------------------------------------------
-ours() { # name -> prints pid if running and its cmdline names DATA_DIR
-  local f="$RUN/$1.pid" pid
+# A pid is ours if it is alive (not a zombie) and this run started it (before its exec its command
+# line is still this script's) or its command line names DATA_DIR (one an earlier run started).
+ours() { # name -> prints pid if running
+  local f="$RUN/$1.pid" pid n
   [[ -f "$f" ]] || return 1
   pid=$(<"$f")
   [[ "$pid" =~ ^[0-9]+$ ]] && [[ -r "/proc/$pid/cmdline" ]] || return 1
+  [[ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" =~ ^[^Z]$ ]] || return 1
+  for n in "${STARTED[@]}"; do [[ "$n" == "$1" ]] && { echo "$pid"; return 0; }; done
   tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$DATA/" || return 1
-  [[ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]] || return 1
   echo "$pid"
 }
 inns() { nsenter --net="$NETNS_PATH" -- "$@"; }

@@ -78,6 +78,13 @@ class Cluster:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
 
 
+def start_failure(up: subprocess.CompletedProcess[str], data: Path, ports: dict[str, str]) -> str:
+    """What a failed start printed and the tail of every log it left (there may be none yet)."""
+    logs = "".join(f"--- {log.name}:\n{log.read_text(errors='replace')[-2000:]}\n"
+                   for log in sorted((data / "logs").glob("*.log")))
+    return f"=== exit {up.returncode}, ports {ports}\n{up.stdout[-1000:]}{up.stderr[-3000:]}\n{logs}"
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     if os.geteuid() != 0:
@@ -87,6 +94,7 @@ def cluster() -> Iterator[Cluster]:
     if build.returncode != 0:
         pytest.fail(f"building the test API server failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}")
     data = Path(tempfile.mkdtemp(prefix="plexus-k8s-"))
+    failures: list[str] = []
     for _attempt in range(3):  # infrastructure, not the product: retry a start that failed
         ports = dict(zip(("K8S_TEST_APISERVER_PORT", "K8S_TEST_ETCD_PORT", "K8S_TEST_ETCD_PEER_PORT"),
                          free_ports(3), strict=True))
@@ -95,14 +103,13 @@ def cluster() -> Iterator[Cluster]:
                             capture_output=True, text=True, env=env)
         if up.returncode == 0:
             break
-        failed_log = (data / "logs" / "kube-apiserver.log").read_text()[-2000:] if (data / "logs").exists() else ""
+        failures.append(start_failure(up, data, ports))
         subprocess.run(["bash", str(REPO / "scripts/k8s/down-apiserver.sh"), str(data), "--purge"],
                        capture_output=True, text=True, env=env)
         data = Path(tempfile.mkdtemp(prefix="plexus-k8s-"))
     try:
         if up.returncode != 0:
-            pytest.fail(f"starting the test API server failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}\n"
-                        f"kube-apiserver.log:\n{failed_log}")
+            pytest.fail("starting the test API server failed three times:\n" + "\n".join(failures))
         c = Cluster(data, str(data / "admin.kubeconfig"), str(CACHE / "bin" / "kubectl"), ports)
         c.kubectl("apply", "-f", str(REPO / "packaging/k8s/crds.yaml"))
         c.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
