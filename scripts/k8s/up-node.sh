@@ -366,6 +366,7 @@ if ! ours kube-apiserver >/dev/null; then
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
     --service-cluster-ip-range "$SVC_CIDR" --endpoint-reconciler-type none \
+    --enable-aggregator-routing=true \
     --allow-privileged=true --profiling=false \
     "${admission[@]}"
 fi

@@ -5,9 +5,11 @@ its network from the daemon in the DaemonSet's pod.
 
 What the test changes in the manifests, and why: every hostPath moves under a private directory (the
 node tier shares the host's filesystem, which may hold a real install), the API server is reached on
-127.0.0.1 (the node tier has no Service network: no kube-proxy), the controller runs with the node's
-network and one replica (for the same reason), and its webhook configuration is left out (the API server
-would call it through a Service)."""
+127.0.0.1 (the node tier has no Service network: no kube-proxy), and the controller runs with the node's
+network and one replica (for the same reason). Its webhook configuration is applied as shipped: the node
+tier's API server calls webhooks at their Service's endpoints (--enable-aggregator-routing), here the
+controller's node address, so reviews go through the packaged Service and the caBundle the controller
+writes."""
 
 from __future__ import annotations
 
@@ -71,7 +73,7 @@ def daemonset(root: Path) -> list[dict[str, Any]]:
 
 
 def controller() -> list[dict[str, Any]]:
-    out = [d for d in docs("controller.yaml") if d["kind"] != "ValidatingWebhookConfiguration"]
+    out = docs("controller.yaml")
     (dep,) = [d for d in out if d["kind"] == "Deployment"]
     dep["spec"]["replicas"] = 1
     spec = dep["spec"]["template"]["spec"]
@@ -149,9 +151,28 @@ def test_the_daemonset_installs_plexus_and_serves_pods(cluster: tuple[NodeCluste
                            text=True)
     assert probe.returncode == 0, probe.stdout
 
+    # the shipped webhook configuration, with the CA the controller wrote into it, reached through its Service:
+    # the seed's objects are admitted, what the CRD schema cannot refuse is refused
+    assert wait_for(lambda: all(w["clientConfig"].get("caBundle") for w in
+                                c.get("validatingwebhookconfiguration", "plexus")["webhooks"]), timeout=60)
     c.apply(seed_objects())
     assert wait_for(lambda: (c.get("network", "-n", "my-namespace", "my-network").get("status") or {}).get("vlanID"),
                     timeout=60), "the controller Deployment assigns the VLAN ID"
+    outside = {"apiVersion": "network.deckhouse.io/v1alpha1", "kind": "IPAddressPool",
+               "metadata": {"name": "outside", "namespace": "my-namespace"},
+               "spec": {"pools": [{"network": "198.18.20.0/24", "ranges": ["198.18.21.10-198.18.21.20"]}]}}
+    refused = c.kubectl("apply", "-f", "-", stdin=json.dumps(outside), check=False)
+    assert refused.returncode != 0, refused.stdout
+    assert 'admission webhook "objects.plexus.network.deckhouse.io" denied the request' in refused.stderr
+    assert "spec.pools[0].ranges[0]" in refused.stderr
+    bad_mac = [{"type": "Network", "name": "my-network", "ifName": "net1", "mac": "01:00:5e:00:00:01"}]
+    refused = c.kubectl("apply", "-f", "-", check=False, stdin=json.dumps(
+        {"apiVersion": "v1", "kind": "Pod",
+         "metadata": {"name": "bad-mac", "namespace": "my-namespace", "annotations": spec_annotations(bad_mac)},
+         "spec": {**pod_spec(bad_mac), "nodeName": NODE}}))
+    assert refused.returncode != 0, refused.stdout
+    assert 'admission webhook "pods.plexus.network.deckhouse.io" denied the request' in refused.stderr
+    assert "networks-spec[0].mac" in refused.stderr
     spec = [{"type": "Network", "name": "my-network", "ifName": "net1", "mac": "aa:bb:cc:dd:ee:02"}]
     c.apply([{"apiVersion": "v1", "kind": "Pod",
               "metadata": {"name": "app", "namespace": "my-namespace", "annotations": spec_annotations(spec)},
