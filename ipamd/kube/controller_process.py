@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -20,7 +21,8 @@ from ipamd.kube.source import KubernetesSource
 from ipamd.kube.webhook import WebhookServer
 
 log = logging.getLogger(__name__)
-CERT_CHECK_S = 600.0
+CERT_CHECK_S = 600.0  # the Secret's pair is re-issued 30 days before it expires: a look every 10 min is plenty
+CA_CHECK_S = 10.0  # a configuration re-created or replaced without our caBundle trusts us again within this
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,26 +73,38 @@ class ControllerProcess:
     def ready(self) -> bool:
         return self.source.ready() and (self.webhook is not None or not self.webhook_cfg.port)
 
-    def _refresh_certificate(self) -> bool:
-        """Serve the Secret's pair (issued when missing or due) and make the configuration trust its
-        CA; whether the configuration was found (it may be applied after the controller starts)."""
+    def _refresh_certificate(self) -> None:
+        """Serve the Secret's pair, issued when missing or due (by whichever replica gets there first)."""
         cfg = self.webhook_cfg
         bundle = ensure_secret(self.api, self.namespace, cfg.secret, cfg.names)
         if bundle != self._bundle:
             if self.webhook is not None:
                 self.webhook.use(bundle)
             self._bundle = bundle
-        try:
-            publish_ca(self.api, cfg.configuration, bundle.ca_pem)
-            return True
-        except Exception as exc:
-            log.warning("ValidatingWebhookConfiguration %s: %s", cfg.configuration, getattr(exc, "reason", exc))
-            return False
 
-    def _certificate_loop(self, published: bool) -> None:
-        while not self._stop.wait(CERT_CHECK_S if published else 5.0):
+    def _publish_ca(self, found: bool) -> bool:
+        """Make the configuration trust the pair's CA; whether it was there. It may be applied after the
+        controller starts, and re-created or replaced without the caBundle at any time (a delete and apply,
+        ``kubectl replace``): looking every few seconds costs one GET, a broken webhook would cost much more
+        (its Plexus objects' policy is Fail). A missing configuration is logged once, not every look."""
+        assert self._bundle is not None
+        try:
+            publish_ca(self.api, self.webhook_cfg.configuration, self._bundle.ca_pem)
+        except Exception as exc:
+            if found:
+                log.warning("ValidatingWebhookConfiguration %s: %s", self.webhook_cfg.configuration,
+                            getattr(exc, "reason", exc))
+            return False
+        return True
+
+    def _certificate_loop(self, found: bool) -> None:
+        checked = time.monotonic()
+        while not self._stop.wait(CA_CHECK_S):
             try:
-                published = self._refresh_certificate()
+                if time.monotonic() - checked >= CERT_CHECK_S:
+                    self._refresh_certificate()
+                    checked = time.monotonic()
+                found = self._publish_ca(found)
             except Exception as exc:
                 log.warning("webhook certificate: %s", exc)
 
@@ -100,11 +114,12 @@ class ControllerProcess:
         if self.health is not None:
             threading.Thread(target=self.health.serve_forever, name="health", daemon=True).start()
         if self.webhook_cfg.port:
-            published = self._refresh_certificate()
+            self._refresh_certificate()
+            found = self._publish_ca(found=True)
             assert self._bundle is not None
             self.webhook = WebhookServer((self.webhook_cfg.address, self.webhook_cfg.port), self._bundle)
             threading.Thread(target=self.webhook.serve_forever, name="webhook", daemon=True).start()
-            threading.Thread(target=self._certificate_loop, args=(published,), name="webhook-certificate",
+            threading.Thread(target=self._certificate_loop, args=(found,), name="webhook-certificate",
                              daemon=True).start()
         log.info("plexus controller started: webhook %s, leader election in %s",
                  f"{self.webhook_cfg.address}:{self.webhook_cfg.port}" if self.webhook_cfg.port else "off",

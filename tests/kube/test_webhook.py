@@ -34,15 +34,16 @@ def configuration(url: str) -> dict[str, Any]:
 def webhook(cluster: Cluster, controller: ControllerProcess) -> Iterator[Cluster]:
     cluster.apply([configuration(controller.url), {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": TEST_NS}}])
     try:
-        # the controller notices the configuration (it looks every 5 s until it finds it) and trusts its CA there
-        def ca_written() -> bool:
-            hooks = cluster.get("validatingwebhookconfiguration", "plexus")["webhooks"]
-            return all(h["clientConfig"].get("caBundle") for h in hooks)
-
-        assert wait_for(ca_written, timeout=30), controller.log.read_text()[-3000:]
+        # the controller notices the configuration (it looks every 10 s) and trusts its CA there
+        assert wait_for(lambda: ca_written(cluster), timeout=30), controller.log.read_text()[-3000:]
         yield cluster
     finally:
         cluster.kubectl("delete", "validatingwebhookconfiguration", "plexus", "--ignore-not-found")
+
+
+def ca_written(cluster: Cluster) -> bool:
+    hooks = cluster.get("validatingwebhookconfiguration", "plexus")["webhooks"]
+    return all(h["clientConfig"].get("caBundle") for h in hooks)
 
 
 def pool(name: str, ranges: list[str]) -> dict[str, Any]:
@@ -73,6 +74,17 @@ def test_the_controller_keeps_the_webhook_tls(webhook: Cluster) -> None:
     for hook in webhook.get("validatingwebhookconfiguration", "plexus")["webhooks"]:
         assert hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"], hook["name"]
     assert base64.b64decode(secret["data"]["ca.crt"]).startswith(b"-----BEGIN CERTIFICATE-----")
+
+
+@pytest.mark.netns
+def test_a_recreated_configuration_trusts_the_controller_again(webhook: Cluster, controller: ControllerProcess) -> None:
+    """Deleted and applied again without the caBundle (or replaced, as an upgrade may do): the running
+    controller writes its CA back within seconds, not at its next certificate check ten minutes on."""
+    webhook.kubectl("delete", "validatingwebhookconfiguration", "plexus")
+    webhook.apply([configuration(controller.url)])
+    assert wait_for(lambda: ca_written(webhook), timeout=30), controller.log.read_text()[-3000:]
+    code, err = apply(webhook, pool("again", ["198.18.91.10-198.18.91.20"]))
+    assert code != 0 and 'admission webhook "objects.plexus.network.deckhouse.io" denied the request' in err, err
 
 
 @pytest.mark.netns
