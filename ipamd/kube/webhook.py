@@ -41,6 +41,9 @@ def server_context(bundle: TlsBundle) -> ssl.SSLContext:
 class _Handler(BaseHTTPRequestHandler):
     server: WebhookServer
     protocol_version = "HTTP/1.1"  # the API server keeps connections open between reviews
+    # headers and body leave in two writes: with Nagle's algorithm on a kept-open connection the body
+    # waits for the client's delayed ACK of the headers, 40 ms added to every review (measured)
+    disable_nagle_algorithm = True
     timeout = 15
 
     def setup(self) -> None:
