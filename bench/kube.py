@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import random
 import re
 import shutil
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -30,6 +32,8 @@ import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from bench.node import BenchError, run
 
@@ -308,6 +312,66 @@ class Bench:
         return {"nodes": len(nodes), "pods": len(plan), "workers_per_node": workers, "seconds": round(elapsed, 2),
                 "allocations_per_s": round(len(addresses) / elapsed, 1), "distinct_addresses": len(set(addresses))}
 
+    def admission(self, url: str, runs: int, warmup: int) -> dict[str, Any]:
+        """What the pods webhook costs every pod creation in the cluster: POST /pods timed with the packaged
+        ValidatingWebhookConfiguration (pointed at the controller by URL) and without it, in alternating
+        blocks so that drift hits both alike."""
+        (config,) = [d for d in yaml.safe_load_all((REPO / "packaging/k8s/controller.yaml").read_text())
+                     if d and d["kind"] == "ValidatingWebhookConfiguration"]
+        for hook in config["webhooks"]:
+            hook["clientConfig"] = {"url": url}
+        pki = self.cp.data / "pki"
+        tls = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        tls.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+        conn = http.client.HTTPSConnection("127.0.0.1", int(self.cp.env["K8S_TEST_APISERVER_PORT"]), context=tls)
+        self.cp.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kbench-adm"}}])
+        timed: dict[bool, list[float]] = {True: [], False: []}
+        count = 0
+
+        def create(webhook: bool) -> None:
+            nonlocal count
+            count += 1
+            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"adm-{count}",
+                                                                   "annotations": {f"{GROUP}/networks-spec": SPEC}},
+                   "spec": {"nodeName": "kbench-nowhere", "containers": [{"name": "c", "image": "busybox"}]}}
+            started = time.perf_counter()
+            conn.request("POST", "/api/v1/namespaces/kbench-adm/pods", json.dumps(pod),
+                         {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            body = resp.read()
+            if resp.status != 201:
+                raise BenchError(f"creating pod adm-{count}: HTTP {resp.status} {body[:300]!r}")
+            timed[webhook].append(time.perf_counter() - started)
+
+        def hooked() -> bool:
+            got = json.loads(self.cp.kubectl("get", "validatingwebhookconfiguration", "-o", "json"))["items"]
+            return any(all(h["clientConfig"].get("caBundle") for h in c["webhooks"]) for c in got)
+
+        try:
+            for block in range(4):
+                webhook = block % 2 == 1
+                if webhook:
+                    self.cp.apply([config])
+                    deadline = time.monotonic() + 30  # the controller writes its CA into the configuration
+                    while not hooked():
+                        if time.monotonic() > deadline:
+                            raise BenchError("the controller wrote no caBundle into the webhook configuration")
+                        time.sleep(0.5)
+                    time.sleep(1)  # the API server's informer has the configuration
+                for i in range(warmup + runs // 2):
+                    create(webhook)
+                    if i < warmup:
+                        timed[webhook].pop()
+                if webhook:
+                    self.cp.kubectl("delete", "validatingwebhookconfiguration", "plexus")
+                    time.sleep(1)
+        finally:
+            conn.close()
+            self.cp.kubectl("delete", "validatingwebhookconfiguration", "plexus", "--ignore-not-found")
+        with_hook, without = summary(timed[True]), summary(timed[False])
+        return {"with_webhook_ms": with_hook, "without_ms": without,
+                "added_ms": round(with_hook["median"] - without["median"], 1)}
+
     def local_node(self) -> Daemon:
         """The same Network served from a directory (local mode), for the side-by-side figure; local mode
         makes its links where it runs, so it runs inside a namespace of its own."""
@@ -326,9 +390,10 @@ class Bench:
         self.cp.up()
         self.cp.kubectl("apply", "-f", str(REPO / "packaging/k8s/crds.yaml"), "-f", str(REPO / "packaging/k8s/rbac.yaml"))
         self.cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
-        health = free_ports(1)[0]
+        health, hook = free_ports(2)
         ctl = self.daemon("controller", ["--mode", "controller", "--kubeconfig", self.cp.kubeconfig,
-                                         "--webhook-port", "0", "--health-port", str(health)])
+                                         "--webhook-address", "127.0.0.1", "--webhook-port", str(hook),
+                                         "--webhook-name", "127.0.0.1", "--health-port", str(health)])
 
         def controller_ready() -> bool:
             try:
@@ -357,6 +422,8 @@ class Bench:
         results["race"] = self.race(nodes, a.pods_per_node, a.workers)
         log(f"latency, local mode: {a.warmup}+{a.runs} ADD/DEL")
         results["local"] = self.latency(self.local_node(), "", a.runs, a.warmup, local=True)
+        log(f"pod creation with and without the pods webhook: {a.warmup}+{a.runs} each, alternating")
+        results["admission"] = self.admission(f"https://127.0.0.1:{hook}/validate", a.runs, a.warmup)
         return results
 
 
@@ -380,6 +447,10 @@ def report(r: dict[str, Any]) -> str:
         f"| allocations/s, {race['nodes']} racing daemons ({race['pods']} pods, {race['workers_per_node']} at a time "
         f"per node) | {race['allocations_per_s']} | |",
     ]
+    if "admission" in r:
+        adm = r["admission"]
+        lines.append(f"| pod creation (POST), pods webhook on / off (median) | {adm['with_webhook_ms']['median']} / "
+                     f"{adm['without_ms']['median']} ms (+{adm['added_ms']} ms) | |")
     return "\n".join(lines)
 
 
