@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import json
+import socket
 import ssl
 import threading
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import pytest
 from ipamd.kube.admission import ReviewInvalid, review
 from ipamd.kube.certs import issue, still_good
 from ipamd.kube.webhook import WebhookServer
+from tests.conftest import wait_for
 
 GROUP = "network.deckhouse.io"
 
@@ -166,3 +168,21 @@ def test_a_client_that_does_not_trust_the_ca_is_refused(server: tuple[WebhookSer
     other = issue(["127.0.0.1"], dt.datetime.now(dt.UTC))
     with pytest.raises(ssl.SSLCertVerificationError):
         post(srv, other.ca_pem, b"{}")
+
+
+def test_answers_leave_without_waiting_for_the_clients_acks(server: tuple[WebhookServer, bytes],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """An answer leaves in two writes (headers, body): with Nagle's algorithm on a kept-open connection the
+    body waited for the API server's delayed ACK, 40 ms on every review (make bench-kube measured it)."""
+    srv, ca = server
+    nodelay: list[int] = []
+    close = srv.shutdown_request
+
+    def record(request: Any) -> None:
+        nodelay.append(request.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        close(request)
+
+    monkeypatch.setattr(srv, "shutdown_request", record)
+    status, _ = post(srv, ca, json.dumps(request("IPAddressPool", pool(["198.18.0.1-198.18.0.2"]))).encode())
+    assert status == 200
+    assert wait_for(lambda: nodelay, timeout=10, step=0.05) and all(nodelay), nodelay
