@@ -15,7 +15,7 @@ help:
 	@echo "make test        run the whole test suite (unit, netns, compatibility)"
 	@echo "make lint        ruff and mypy"
 	@echo "make bench       measure Plexus against Debian's reference plugins (BENCH_ARGS=--quick for a smoke run)"
-	@echo "make bench-kube  Kubernetes-mode figures: ADD/DEL with the API in the loop, API requests per ADD/DEL, racing daemons"
+	@echo "make bench-kube  Kubernetes-mode figures: ADD/DEL with the API in the loop, API requests per ADD/DEL, racing daemons, the webhook's cost per pod"
 	@echo "make build       freeze the plexus CNI plugin (dist/plexus/)"
 	@echo "make image       the container image the manifests name, as an OCI archive (dist/plexus-image.tar)"
 	@echo "make install     install into /opt/cni/bin, /etc/cni/net.d and /usr/local/bin"

@@ -1,5 +1,6 @@
 """Kubernetes-mode figures: ADD and DEL with the API in the loop next to the local mode, API requests
-per ADD and per DEL (from the API server's own metrics), and allocations per second with racing daemons.
+per ADD and per DEL (from the API server's own metrics), allocations per second with racing daemons, and
+what the pods webhook adds to every pod creation in the cluster.
 
 Usage: ``python -m bench.kube`` (``make bench-kube``), as root, after ``make build``. It starts the
 project's test control plane (scripts/k8s: kube-apiserver, kube-controller-manager and etcd v1.20.2 on
