@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -21,8 +20,10 @@ from ipamd.kube.source import KubernetesSource
 from ipamd.kube.webhook import WebhookServer
 
 log = logging.getLogger(__name__)
-CERT_CHECK_S = 600.0  # the Secret's pair is re-issued 30 days before it expires: a look every 10 min is plenty
-CA_CHECK_S = 10.0  # a configuration re-created or replaced without our caBundle trusts us again within this
+# Every replica reads the Secret and then publishes the CA of what it read, at this pace: a pair renewed by
+# another replica is served, and a configuration re-created without our caBundle trusts us again, within
+# it. Two GETs per look; publishing a CA older than the Secret's would undo another replica's renewal.
+CERT_CHECK_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +99,9 @@ class ControllerProcess:
         return True
 
     def _certificate_loop(self, found: bool) -> None:
-        checked = time.monotonic()
-        while not self._stop.wait(CA_CHECK_S):
+        while not self._stop.wait(CERT_CHECK_S):
             try:
-                if time.monotonic() - checked >= CERT_CHECK_S:
-                    self._refresh_certificate()
-                    checked = time.monotonic()
+                self._refresh_certificate()
                 found = self._publish_ca(found)
             except Exception as exc:
                 log.warning("webhook certificate: %s", exc)

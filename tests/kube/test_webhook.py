@@ -79,7 +79,7 @@ def test_the_controller_keeps_the_webhook_tls(webhook: Cluster) -> None:
 @pytest.mark.netns
 def test_a_recreated_configuration_trusts_the_controller_again(webhook: Cluster, controller: ControllerProcess) -> None:
     """Deleted and applied again without the caBundle (or replaced, as an upgrade may do): the running
-    controller writes its CA back within seconds, not at its next certificate check ten minutes on."""
+    controller writes its CA back within seconds (it once waited for a certificate check ten minutes on)."""
     webhook.kubectl("delete", "validatingwebhookconfiguration", "plexus")
     webhook.apply([configuration(controller.url)])
     assert wait_for(lambda: ca_written(webhook), timeout=30), controller.log.read_text()[-3000:]
