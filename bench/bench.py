@@ -4,7 +4,7 @@
                                    [--plexus PATH] [--churn-seconds S]
 
 Everything runs on a private node: a network namespace ``plxb-node-XXXXXX`` that the bench process
-itself enters (``setns``), with its own ``plexus-ipamd`` (this Python, ``-m ipamd.daemon``, objects,
+itself enters (``setns``), with its own ``plexus-ipamd`` (this Python, ``-m ipamd``, objects,
 SQLite store and sockets in a temporary directory). Each plugin exec (Plexus and the reference
 ``bridge``/``host-local``) runs from inside it, into fresh pod namespaces made outside the timed
 region; Plexus and the reference alternate run by run (A B, B A, ...) so drift hits both alike.

@@ -125,7 +125,7 @@ class Daemon:
         self.dir.mkdir(parents=True)
         self.socket = self.dir / "plexus.sock"
         self.log = self.dir / "ipamd.log"
-        cmd = [*prefix, sys.executable, "-m", "ipamd.daemon", "--db", str(self.dir / "plexus.db"), "--socket", str(self.socket),
+        cmd = [*prefix, sys.executable, "-m", "ipamd", "--db", str(self.dir / "plexus.db"), "--socket", str(self.socket),
                "--grpc-socket", str(self.dir / "ipam.sock"), "--log-file", str(self.log), *args]
         self.stderr = open(self.dir / "stderr", "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),

@@ -128,7 +128,7 @@ class BenchNode:
 
     def start_daemon(self, python: str = sys.executable, timeout: float = 60) -> None:
         cmd = [
-            python, "-m", "ipamd.daemon",
+            python, "-m", "ipamd",
             "--objects-dir", str(self.objects), "--db", str(self.db), "--socket", str(self.socket),
             "--grpc-socket", str(self.grpc_socket), "--log-file", str(self.log), "--log-level", "info",
             "--reconcile-interval", str(self.reconcile_interval),

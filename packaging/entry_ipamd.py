@@ -2,6 +2,6 @@
 
 import sys
 
-from ipamd.daemon import main
+from ipamd.main import main
 
 sys.exit(main())

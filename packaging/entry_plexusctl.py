@@ -2,6 +2,6 @@
 
 import sys
 
-from ipamd.ctl import main
+from ipamd.cli.ctl import main
 
 sys.exit(main())

@@ -42,7 +42,7 @@ def netns_del(name: str) -> None:
 
 def links_in(netns_path: str | None) -> dict[str, dict[str, Any]]:
     """Every link of a namespace: name → {mac, up, kind, master, addresses}."""
-    from cni.netns import netlink_at
+    from ipamd.netlink.netns import netlink_at
 
     out: dict[str, dict[str, Any]] = {}
     with netlink_at(netns_path) as ipr:
@@ -112,7 +112,7 @@ class Node:
 
     @staticmethod
     def _set_lo_up(path: str) -> None:
-        from cni.netns import netlink_at
+        from ipamd.netlink.netns import netlink_at
 
         with netlink_at(path) as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
@@ -120,7 +120,7 @@ class Node:
     # -- daemon ---------------------------------------------------------------------------------
     def start(self, env: dict[str, str] | None = None) -> None:
         cmd = [
-            sys.executable, "-m", "ipamd.daemon",
+            sys.executable, "-m", "ipamd",
             "--objects-dir", str(self.objects), "--db", str(self.db), "--socket", str(self.socket),
             "--grpc-socket", str(self.grpc_socket), "--log-file", str(self.log),
             "--reconcile-interval", str(self.reconcile_interval), "--log-level", "debug",
@@ -180,7 +180,7 @@ class Node:
 
     # -- objects ----------------------------------------------------------------------------------
     def apply(self, manifests: str | list[dict[str, Any]], sync: bool = True) -> list[Any]:
-        from ipamd import objectdir
+        from ipamd.sources import objectdir
 
         docs = list(yaml.safe_load_all(manifests)) if isinstance(manifests, str) else manifests
         done, bad = objectdir.apply(str(self.objects), [("test", d) for d in docs if d])
@@ -188,7 +188,7 @@ class Node:
         return self.sync() if sync and self.proc else []
 
     def delete(self, manifests: str | list[dict[str, Any]]) -> None:
-        from ipamd import objectdir
+        from ipamd.sources import objectdir
 
         docs = list(yaml.safe_load_all(manifests)) if isinstance(manifests, str) else manifests
         objectdir.delete(str(self.objects), [("test", d) for d in docs if d])
@@ -196,7 +196,7 @@ class Node:
             self.sync()
 
     def grpc(self, method: str, request: Any) -> Any:
-        from ipamd.ctl import Client
+        from ipamd.cli.ctl import Client
 
         return Client(str(self.grpc_socket)).call(method, request)
 

@@ -16,8 +16,8 @@ import copy
 from typing import Any
 
 from cni.errors import AnnotationInvalid
-from ipamd.annotations import parse_networks_spec
-from ipamd.objects import API_VERSION, GROUP, KINDS, SPEC_ANNOTATION, ManifestInvalid, parse_object
+from ipamd.model.annotations import parse_networks_spec
+from ipamd.model.objects import API_VERSION, GROUP, KINDS, SPEC_ANNOTATION, ManifestInvalid, parse_object
 
 REVIEW_VERSION = "admission.k8s.io/v1"
 

@@ -1,11 +1,12 @@
 """The cluster controller: the work that must be done once for the cluster, not once per node.
 
-Runs inside any ``plexus-ipamd --controller`` and acts only while it holds the
-``coordination.k8s.io`` Lease ``plexus-controller`` (leader election: one acting controller, the
+Runs inside ``plexus-ipamd --mode controller`` (or ``--controller`` in a node daemon) and acts only
+while it holds the ``plexus-controller`` Lease (``ipamd.kube.elector``: one acting controller, the
 others waiting to take over when its lease is not renewed):
 - gives each Network (and VLAN ClusterNetwork) its VLAN ID or VNI from its class's pool — the one it
-  asks for when free, else a condition says why — and writes its status as seed 000 shows it
-  (``bridgeName``, ``vlanID``, conditions ``Ready`` and ``AllNodeAttachementsAreReady``, counters); an ID
+  asks for when free, else a condition says why — with the same picker and rules as a lone node
+  (``ipamd.model.segments``), and writes its status as seed 000 shows it (``bridgeName``, ``vlanID``,
+  conditions ``Ready`` and ``AllNodeAttachementsAreReady``, counters, ``observedGeneration``); an ID
   comes back to the pool with its Network;
 - allocates the ``Auto`` IPAddresses users create, before any pod uses them (``phase: Allocated``);
 - ends the quarantine of orphaned IPAddressLeases whose TTL is over.
@@ -18,96 +19,71 @@ import os
 import socket
 import threading
 import time
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
-from cni import links
-from ipamd.allocator import pick_free, to_int, to_text
-from ipamd.kube.leases import lease_name
-from ipamd.kube.source import PLURALS, VERSION, KubernetesSource
-from ipamd.objects import GROUP, AddressPool, ClusterNetwork, IPAddressObject, Network, NetworkClass, parse_duration
-from ipamd.segments import segment_kind
+from ipamd.ipam.allocator import pick_free, to_int, to_text
+from ipamd.kube.elector import LeaderElector
+from ipamd.kube.errors import status_of
+from ipamd.kube.leases import KIND as LEASE_KIND
+from ipamd.kube.leases import lease_body
+from ipamd.kube.source import KubernetesSource
+from ipamd.model.conditions import set_condition
+from ipamd.model.objects import (
+    CLUSTER_NETWORK,
+    IP_ADDRESS_KINDS,
+    NETWORK,
+    NETWORK_CLASS,
+    NETWORK_KINDS,
+    POOL_KINDS,
+    AddressPool,
+    ClusterNetwork,
+    IPAddressObject,
+    Network,
+    NetworkClass,
+    parse_duration,
+)
+from ipamd.model.segments import IdUnavailable, SegmentKind, granted_id, id_pool, pick_id, segment_kind
+from ipamd.model.timefmt import parse_rfc3339
 
 log = logging.getLogger(__name__)
-LEASE_NAME = "plexus-controller"
+ATTACHMENT_KIND = "NodeNetworkInterfaceAttachment"
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+@dataclass(frozen=True, slots=True)
+class SegmentStatus:
+    """What the controller knows of a Network's segment: its ID (0: none yet, or untagged), why it has
+    none, and how many nodes report their side ready."""
 
+    kind: SegmentKind
+    ident: int
+    problem: str
+    nodes: int
+    ready_nodes: int
 
-def _parse_time(text: str) -> float:
-    text = text.rstrip("Z").split(".")[0]
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
-
-
-class LeaderElector:
-    """A coordination.k8s.io/v1 Lease held by renewing it; taken over when not renewed in time."""
-
-    def __init__(self, api: client.ApiClient, namespace: str, identity: str, duration_s: int = 15) -> None:
-        self.coord = client.CoordinationV1Api(api)
-        self.namespace = namespace
-        self.identity = identity
-        self.duration_s = duration_s
-
-    def try_acquire(self) -> bool:
-        try:
-            lease: Any = self.coord.read_namespaced_lease(LEASE_NAME, self.namespace)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            body = {"metadata": {"name": LEASE_NAME, "namespace": self.namespace},
-                    "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": self.duration_s,
-                             "acquireTime": _now(), "renewTime": _now(), "leaseTransitions": 0}}
-            try:
-                self.coord.create_namespaced_lease(self.namespace, body)  # type: ignore[arg-type]
-                return True
-            except ApiException as exc2:
-                if exc2.status == 409:
-                    return False
-                raise
-        spec = lease.spec
-        mine = spec.holder_identity == self.identity
-        renewed = spec.renew_time.timestamp() if spec.renew_time else 0.0
-        expired = renewed + (spec.lease_duration_seconds or self.duration_s) < time.time()
-        if not mine and not expired:
-            return False
-        spec.holder_identity = self.identity
-        spec.renew_time = datetime.now(UTC)
-        if not mine:
-            spec.acquire_time = datetime.now(UTC)
-            spec.lease_transitions = (spec.lease_transitions or 0) + 1
-        try:
-            self.coord.replace_namespaced_lease(LEASE_NAME, self.namespace, lease)  # resourceVersion: optimistic
-            return True
-        except ApiException as exc:
-            if exc.status == 409:
-                return False
-            raise
-
-
-    def release(self) -> None:
-        """Hand the Lease back when stopping (as client-go's ReleaseOnCancel): the standby takes over at
-        its next try instead of after the lease duration."""
-        try:
-            lease: Any = self.coord.read_namespaced_lease(LEASE_NAME, self.namespace)
-            if lease.spec.holder_identity != self.identity:
-                return
-            lease.spec.holder_identity = ""
-            lease.spec.lease_duration_seconds = 1
-            lease.spec.renew_time = datetime.now(UTC)
-            self.coord.replace_namespaced_lease(LEASE_NAME, self.namespace, lease)
-            log.info("handed the controller Lease back")
-        except ApiException as exc:
-            log.warning("handing the controller Lease back: %s", exc.reason)
+    def render(self, net: Network | ClusterNetwork, now: float) -> dict[str, Any]:
+        """The Network's status, its conditions keeping their times while their status holds."""
+        ready = self.ident > 0 or not self.kind.tagged
+        conds = set_condition(net.status_conditions, "Ready", ready, "NetworkReady" if ready else "VLANIDNotAssigned",
+                              "Network is operational" if ready else self.problem, now)
+        all_ready = self.nodes > 0 and self.ready_nodes == self.nodes
+        conds = set_condition(conds, "AllNodeAttachementsAreReady", all_ready,
+                              "AllNodeInterfaceAttachmentsAreReady" if all_ready else "NodeInterfaceAttachmentsNotReady",
+                              "All node interface attachments are ready" if all_ready
+                              else f"{self.ready_nodes} of {self.nodes} node interface attachments are ready", now)
+        return {
+            "bridgeName": self.kind.bridge(self.ident, net.meta.key) if ready else "",
+            **self.kind.status_ids(self.ident),
+            "nodeAttachementsCount": self.nodes, "readyNodeAttachementsCount": self.ready_nodes,
+            "conditions": list(conds), "observedGeneration": net.meta.generation,
+        }
 
 
 class Controller:
     def __init__(self, api: client.ApiClient, source: KubernetesSource, namespace: str, interval: float = 2.0) -> None:
-        self.custom = client.CustomObjectsApi(api)
+        self.objects = source.objects
         self.source = source
         self.identity = f"{socket.gethostname()}-{os.getpid()}-{source.node_name}"
         self.elector = LeaderElector(api, namespace, self.identity)
@@ -115,193 +91,123 @@ class Controller:
         self.leading = False
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._counted: dict[str, tuple[int, int]] = {}
+        # what was last written per Network (its UID, generation and segment status): written again on a change
+        self._written: dict[str, tuple[str, int, SegmentStatus]] = {}
+        self._thread: threading.Thread | None = None
         source.subscribe(self._wake.set)
 
     # -- networks -------------------------------------------------------------------------------
     def _class_of(self, net: Network | ClusterNetwork) -> NetworkClass | None:
-        found = self.source.get("NetworkClass", "", net.network_class) if net.network_class else None
-        return found if isinstance(found, NetworkClass) else None
+        return self.source.get(NETWORK_CLASS, "", net.network_class) if net.network_class else None
 
     def assign_segments(self) -> None:
-        nets: list[Network | ClusterNetwork] = [n for n in self.source.list("Network") if isinstance(n, Network)]
-        nets += [n for n in self.source.list("ClusterNetwork") if isinstance(n, ClusterNetwork)]
-        used: dict[tuple[str, int], str] = {}
-        for net in nets:  # IDs already handed out (in status), and fixed ones (ClusterNetwork spec)
-            kind = self._kind(net)
-            ident = net.status_vlan_id or (net.vlan_id if isinstance(net, ClusterNetwork) else None)
-            if kind != "none" and ident:
-                used.setdefault((kind, ident), net.meta.key)
-        self._count_attachments(nets, used)
+        """Give every Network without one its ID, and keep every Network's status in step."""
+        nets: list[Network | ClusterNetwork] = [*self.source.list(NETWORK), *self.source.list(CLUSTER_NETWORK)]
+        kinds = {net.meta.key: segment_kind(net, self._class_of(net)) for net in nets}
+        held: dict[str, dict[int, str]] = {}  # kind -> ID -> Network: handed out (status) or fixed (ClusterNetwork)
         for net in nets:
-            kind = self._kind(net)
-            if kind == "none" or net.status_vlan_id:
-                continue  # assigned already (IDs are never moved under live pods)
-            cls = self._class_of(net)
-            pool = (cls.vxlan.vni_pool if cls and cls.vxlan else cls.vlan_pool if cls else ())
-            wanted = net.vlan_id
-            ident, problem = self._pick(kind, pool, wanted, used, net.meta.key)
-            if ident:
-                used[(kind, ident)] = net.meta.key
-            self._write_network_status(net, kind, ident, problem)
+            ident = granted_id(net)
+            if kinds[net.meta.key].tagged and ident:
+                held.setdefault(kinds[net.meta.key].name, {}).setdefault(ident, net.meta.key)
+        nodes = self._node_counts()
+        for net in nets:
+            kind = kinds[net.meta.key]
+            ident, problem = granted_id(net) or 0, ""
+            if kind.tagged and not net.status_vlan_id:  # IDs are never moved under live pods
+                ident, problem = self._pick(net, kind, held.setdefault(kind.name, {}))
+            total, ready = nodes.get((net.meta.kind, net.meta.namespace, net.meta.name), (0, 0))
+            self._write(net, SegmentStatus(kind, ident, problem, total, ready))
 
-    def _kind(self, net: Network | ClusterNetwork) -> str:
-        return segment_kind(net, self._class_of(net))
+    def _pick(self, net: Network | ClusterNetwork, kind: SegmentKind, held: dict[int, str]) -> tuple[int, str]:
+        try:
+            ident = pick_id(kind, id_pool(net, self._class_of(net)), held, net.vlan_id, net.meta.key)
+        except IdUnavailable as exc:
+            return 0, str(exc)
+        held[ident] = net.meta.key
+        return ident, ""
 
-    def _pick(self, kind: str, pool: tuple[tuple[int, int], ...], wanted: int | None,
-              used: dict[tuple[str, int], str], key: str) -> tuple[int, str]:
-        if wanted is not None:
-            holder = used.get((kind, wanted))
-            if holder not in (None, key):
-                return 0, f"VLAN ID {wanted} is already used by {holder}"
-            if pool and not any(a <= wanted <= b for a, b in pool):
-                return 0, f"VLAN ID {wanted} is not in the class's pool"
-            return wanted, ""
-        for a, b in pool:
-            for ident in range(a, b + 1):
-                if (kind, ident) not in used:
-                    return ident, ""
-        return 0, "no free VLAN ID left in the class's pool"
-
-    def _count_attachments(self, nets: list[Network | ClusterNetwork], used: dict[tuple[str, int], str]) -> None:
-        """Nodes report their side of each Network (NodeNetworkInterfaceAttachment); the counters and
-        AllNodeAttachementsAreReady (upstream's spelling) follow them."""
-        counts: dict[tuple[str, str, str], list[bool]] = {}
-        for item in self.source.attachment_items():
+    def _node_counts(self) -> dict[tuple[str, str, str], tuple[int, int]]:
+        """Per Network, how many nodes report their side of it (NodeNetworkInterfaceAttachment), and how
+        many of those are ready: the counters and AllNodeAttachementsAreReady (upstream's spelling)."""
+        counts: dict[tuple[str, str, str], tuple[int, int]] = {}
+        for item in self.source.items(ATTACHMENT_KIND):
             ref = (item.get("spec") or {}).get("networkRef") or {}
             conds = (item.get("status") or {}).get("conditions") or []
-            is_ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
-            counts.setdefault((ref.get("kind", ""), ref.get("namespace", ""), ref.get("name", "")), []).append(is_ready)
-        for net in nets:
-            if self._kind(net) != "none" and not net.status_vlan_id:
-                continue  # no ID yet: its status is written when it gets one
-            seen = counts.get((net.meta.kind, net.meta.namespace, net.meta.name), [])
-            total, ready = len(seen), sum(seen)
-            if (total, ready) == self._counted.get(net.meta.key):
-                continue
-            self._counted[net.meta.key] = (total, ready)
-            all_ready = total > 0 and ready == total
-            cond = {"type": "AllNodeAttachementsAreReady", "status": "True" if all_ready else "False",
-                    "reason": "AllNodeInterfaceAttachmentsAreReady" if all_ready else "NodeInterfaceAttachmentsNotReady",
-                    "message": "All node interface attachments are ready" if all_ready
-                    else f"{ready} of {total} node interface attachments are ready", "lastTransitionTime": _now()}
-            status: dict[str, Any] = {"nodeAttachementsCount": total, "readyNodeAttachementsCount": ready}
-            kind = self._kind(net)
-            ident = net.status_vlan_id or 0
-            status["conditions"] = [cond] + ([self._ready_condition(True, "")] if kind == "none" or ident else [])
-            if kind == "none":
-                status.update({"bridgeName": links.bridge_name(kind, 0, net.meta.key), "vlanID": 0})
-            self._patch_network_status(net, status)
+            ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+            key = (ref.get("kind", ""), ref.get("namespace", ""), ref.get("name", ""))
+            total, n_ready = counts.get(key, (0, 0))
+            counts[key] = (total + 1, n_ready + ready)
+        return counts
 
-    @staticmethod
-    def _ready_condition(ready: bool, problem: str) -> dict[str, str]:
-        return {"type": "Ready", "status": "True" if ready else "False",
-                "reason": "NetworkReady" if ready else "VLANIDNotAssigned",
-                "message": "Network is operational" if ready else problem, "lastTransitionTime": _now()}
-
-    def _patch_network_status(self, net: Network | ClusterNetwork, status: dict[str, Any]) -> None:
-        plural = PLURALS[net.meta.kind]
+    def _write(self, net: Network | ClusterNetwork, status: SegmentStatus) -> None:
+        written = (net.meta.uid, net.meta.generation, status)
+        shown = net.status_vlan_id or 0  # what the object's status says now (someone may have cleared it)
+        if self._written.get(net.meta.key) == written and (shown == status.ident or not status.kind.tagged):
+            return
         try:
-            if net.meta.namespace:
-                self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, net.meta.namespace, plural,
-                                                                  net.meta.name, {"status": status})
-            else:
-                self.custom.patch_cluster_custom_object_status(GROUP, VERSION, plural, net.meta.name, {"status": status})
-        except ApiException as exc:
-            log.warning("status of %s: %s", net.meta.display, exc.reason)
-
-    def _write_network_status(self, net: Network | ClusterNetwork, kind: str, ident: int, problem: str) -> None:
-        now = _now()
-        ready = bool(ident)
-        status = {
-            "bridgeName": links.bridge_name(kind, ident, net.meta.key) if ready else "",
-            "vlanID": ident if kind == "vlan" else 0,
-            **({"vni": ident} if kind == "vxlan" else {}),
-            "observedGeneration": 1,
-            "conditions": [
-                {"type": "Ready", "status": "True" if ready else "False",
-                 "reason": "NetworkReady" if ready else "VLANIDNotAssigned",
-                 "message": "Network is operational" if ready else problem, "lastTransitionTime": now},
-            ],
-        }
-        plural = PLURALS[net.meta.kind]
-        try:
-            if net.meta.namespace:
-                self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, net.meta.namespace, plural,
-                                                                  net.meta.name, {"status": status})
-            else:
-                self.custom.patch_cluster_custom_object_status(GROUP, VERSION, plural, net.meta.name, {"status": status})
-            log.info("%s: VLAN ID %s%s", net.meta.display, ident or "-", f" ({problem})" if problem else "")
-            self._counted.pop(net.meta.key, None)  # the next round writes the attachment counters again
-        except ApiException as exc:
-            log.warning("status of %s: %s", net.meta.display, exc.reason)
+            self.objects.patch_status(net.meta.kind, net.meta.name, status.render(net, time.time()), net.meta.namespace)
+        except Exception as exc:
+            log.warning("status of %s: %s", net.meta.display, getattr(exc, "reason", exc))
+            return
+        if shown != status.ident or status.problem:
+            log.info("%s: %s %s%s", net.meta.display, status.kind.id_label or "untagged", status.ident or "-",
+                     f" ({status.problem})" if status.problem else "")
+        self._written[net.meta.key] = written
 
     # -- IPAddresses and leases -----------------------------------------------------------------------
     def _pool_of(self, obj: IPAddressObject) -> AddressPool | None:
-        ref = obj.network_ref
-        net = self.source.get(ref.kind, obj.meta.namespace if ref.kind == "Network" else "", ref.name)
-        if not isinstance(net, (Network, ClusterNetwork)) or net.pool_ref is None:
+        kind = NETWORK_KINDS[obj.network_ref.kind]
+        net = self.source.get(kind, obj.meta.namespace if kind.namespaced else "", obj.network_ref.name)
+        if net is None or net.pool_ref is None:
             return None
-        ns = net.meta.namespace if net.pool_ref.kind == "IPAddressPool" else ""
-        pool = self.source.get(net.pool_ref.kind, ns, net.pool_ref.name)
-        return pool if isinstance(pool, AddressPool) else None
+        pool_kind = POOL_KINDS[net.pool_ref.kind]
+        return self.source.get(pool_kind, net.meta.namespace if pool_kind.namespaced else "", net.pool_ref.name)
 
     def allocate_user_ipaddresses(self) -> None:
-        leases = self.source.lease_items()
-        held = {(x.get("spec") or {}).get("holder") for x in leases}
-        for kind in ("IPAddress", "ClusterIPAddress"):
+        leases = [item.get("spec") or {} for item in self.source.items(LEASE_KIND)]
+        held = {spec.get("holder") for spec in leases}
+        for kind in IP_ADDRESS_KINDS.values():
             for obj in self.source.list(kind):
-                if not isinstance(obj, IPAddressObject) or obj.type != "Auto" or obj.owner_pod_uid:
+                if obj.type != "Auto" or obj.owner_pod_uid or obj.meta.key in held:
                     continue  # Static ones are leased by the nodes; a pod's own Auto ones by its node
-                if obj.meta.key in held:
-                    continue
                 pool = self._pool_of(obj)
-                if pool is None:
-                    continue
-                taken = {to_int(str((x.get("spec") or {}).get("ip"))) for x in leases
-                         if (x.get("spec") or {}).get("pool") == pool.meta.key}
-                self._allocate(obj, pool, taken)
+                if pool is not None:
+                    taken = {to_int(str(spec.get("ip"))) for spec in leases if spec.get("pool") == pool.meta.key}
+                    self._allocate(obj, pool, taken)
 
     def _allocate(self, obj: IPAddressObject, pool: AddressPool, taken: set[int]) -> None:
+        now = time.time()
         while True:
             picked = pick_free(pool, taken, None)
             if picked is None:
-                self._ip_status(obj, {"phase": "Pending", "conditions": [
-                    {"type": "Allocated", "status": "False", "reason": "NoFreeIPAddress",
-                     "message": f"pool {pool.meta.display} has no free address", "lastTransitionTime": _now()}]})
+                conds = set_condition((), "Allocated", False, "NoFreeIPAddress",
+                                      f"pool {pool.meta.display} has no free address", now)
+                self._ip_status(obj, {"phase": "Pending", "conditions": list(conds)})
                 return
             ip, subnet = picked
-            body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "IPAddressLease",
-                    "metadata": {"name": lease_name(pool.meta.key, to_text(ip))},
-                    "spec": {"pool": pool.meta.key, "ip": to_text(ip), "network": str(subnet.network),
-                             "holder": obj.meta.key, "ttl": f"{int(pool.lease_ttl_s)}s"}}
+            body = lease_body(pool.meta.key, to_text(ip), str(subnet.network), obj.meta.key, pool.lease_ttl_s)
             try:
-                self.custom.create_cluster_custom_object(GROUP, VERSION, PLURALS["IPAddressLease"], body)
-            except ApiException as exc:
-                if exc.status == 409:
+                self.objects.create(LEASE_KIND, body)
+            except Exception as exc:
+                if status_of(exc) == 409:
                     taken.add(ip)
                     continue
                 raise
+            conds = set_condition((), "Allocated", True, "IPAddressAllocated", "", now)
             self._ip_status(obj, {"phase": "Allocated", "address": to_text(ip), "network": str(subnet.network),
                                   "routes": [r.to_dict() for r in subnet.routes], "usedByPods": [],
-                                  "conditions": [{"type": "Allocated", "status": "True", "reason": "IPAddressAllocated",
-                                                  "message": "", "lastTransitionTime": _now()}]})
+                                  "conditions": list(conds)})
             return
 
     def _ip_status(self, obj: IPAddressObject, status: dict[str, Any]) -> None:
         try:
-            if obj.meta.namespace:
-                self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, obj.meta.namespace, PLURALS["IPAddress"],
-                                                                  obj.meta.name, {"status": status})
-            else:
-                self.custom.patch_cluster_custom_object_status(GROUP, VERSION, PLURALS["ClusterIPAddress"],
-                                                               obj.meta.name, {"status": status})
-        except ApiException as exc:
-            log.warning("status of %s: %s", obj.meta.display, exc.reason)
+            self.objects.patch_status(obj.meta.kind, obj.meta.name, status, obj.meta.namespace)
+        except Exception as exc:
+            log.warning("status of %s: %s", obj.meta.display, getattr(exc, "reason", exc))
 
     def expire_leases(self) -> None:
         now = time.time()
-        for item in self.source.lease_items():
+        for item in self.source.items(LEASE_KIND):
             orphaned = (item.get("status") or {}).get("orphaningTimestamp")
             if not orphaned:
                 continue
@@ -309,13 +215,12 @@ class Controller:
                 ttl = parse_duration(str((item.get("spec") or {}).get("ttl") or "0s"))
             except ValueError:
                 ttl = 0.0
-            if now >= _parse_time(orphaned) + ttl:
+            if now >= parse_rfc3339(orphaned) + ttl:
                 try:
-                    self.custom.delete_cluster_custom_object(GROUP, VERSION, PLURALS["IPAddressLease"],
-                                                             item["metadata"]["name"])
-                except ApiException as exc:
-                    if exc.status != 404:
-                        log.warning("expiring lease %s: %s", item["metadata"]["name"], exc.reason)
+                    self.objects.delete(LEASE_KIND, item["metadata"]["name"])
+                except Exception as exc:
+                    if status_of(exc) != 404:
+                        log.warning("expiring lease %s: %s", item["metadata"]["name"], getattr(exc, "reason", exc))
 
     # -- loop ---------------------------------------------------------------------------------------
     def run_once(self) -> None:
@@ -342,8 +247,7 @@ class Controller:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        thread = getattr(self, "_thread", None)
-        if thread is not None:
-            thread.join(10)  # no round may renew the Lease after it is handed back
+        if self._thread is not None:
+            self._thread.join(10)  # no round may renew the Lease after it is handed back
         if self.leading:
             self.elector.release()

@@ -7,6 +7,7 @@ relists. Handlers are told after every change, and ``synced`` says the first lis
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -18,6 +19,15 @@ from kubernetes.client.exceptions import ApiException
 log = logging.getLogger(__name__)
 
 ListFn = Callable[..., Any]
+
+
+def plain_lister(fn: Callable[..., Any], *args: Any) -> ListFn:
+    """``fn`` as a list function without a docstring: the kubernetes watch then hands back plain dicts
+    instead of building a model object for every event."""
+    def list_objects(**kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return list_objects
 
 
 class Informer:
@@ -55,8 +65,6 @@ class Informer:
 
     def _list(self) -> str:
         resp = self._list_fn(_preload_content=False, **self._kwargs)
-        import json
-
         data = json.loads(resp.data)
         items = {self._key(o): self._normalise(o) for o in data.get("items") or []}
         with self._lock:

@@ -9,39 +9,23 @@ lease is adopted by a Static IPAddress asking for exactly that IP.
 
 from __future__ import annotations
 
-import calendar
 import hashlib
 import logging
-import time
-from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Collection
 from typing import Any
 
-import urllib3
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
-from cni.errors import TryAgainLater
-from ipamd.allocator import to_int
-from ipamd.kube.source import PLURALS, VERSION, KubernetesSource
-from ipamd.objects import GROUP
-from ipamd.store import LeaseRecord, Store
+from ipamd.ipam.allocator import to_int
+from ipamd.kube.errors import api_unavailable_is_11, status_of
+from ipamd.kube.resources import RESOURCES
+from ipamd.kube.source import KubernetesSource
+from ipamd.model.objects import GROUP
+from ipamd.model.timefmt import parse_rfc3339, rfc3339
+from ipamd.store.protocols import LeaseStore
+from ipamd.store.records import LeaseRecord
 
 log = logging.getLogger(__name__)
-PLURAL = PLURALS["IPAddressLease"]
-
-
-@contextmanager
-def api_unavailable_is_11() -> Iterator[None]:
-    """The API unreachable or overloaded mid-ADD: CNI code 11, so the runtime retries (not 999)."""
-    try:
-        yield
-    except ApiException as exc:
-        if exc.status is None or exc.status >= 500 or exc.status == 429:
-            raise TryAgainLater("the Kubernetes API is not available", f"{exc.status} {exc.reason}") from None
-        raise
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise TryAgainLater("the Kubernetes API is not reachable", str(exc)[:300]) from None
+KIND = "IPAddressLease"
+NODE_LABEL = f"{GROUP}/node"
 
 
 def lease_name(pool: str, address: str) -> str:
@@ -49,40 +33,43 @@ def lease_name(pool: str, address: str) -> str:
     return f"ip-{address.replace('.', '-')}-{hashlib.sha1(pool.encode()).hexdigest()[:10]}"
 
 
-def _rfc3339(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+def lease_body(pool: str, address: str, network: str, holder: str, ttl_s: float, node: str = "") -> dict[str, Any]:
+    """The IPAddressLease object of ``address`` in ``pool`` held by ``holder`` (labelled with the node
+    that made it, so that node alone cleans up after itself)."""
+    metadata: dict[str, Any] = {"name": lease_name(pool, address)}
+    if node:
+        metadata["labels"] = {NODE_LABEL: node}
+    return {"apiVersion": RESOURCES[KIND].api_version, "kind": KIND, "metadata": metadata,
+            "spec": {"pool": pool, "ip": address, "network": network, "holder": holder, "ttl": f"{int(ttl_s)}s"}}
 
 
 class KubeLeaseRegistry:
     def __init__(self, source: KubernetesSource, node_name: str) -> None:
-        self.custom = source.custom
+        self.objects = source.objects
         self.source = source
         self.node_name = node_name
 
+    def _specs(self) -> list[dict[str, Any]]:
+        return [item.get("spec") or {} for item in self.source.items(KIND)]
+
     def taken_elsewhere(self, pool: str) -> Collection[int]:
-        out = set()
-        for item in self.source.lease_items():
-            spec = item.get("spec") or {}
-            if spec.get("pool") == pool and spec.get("ip"):
-                out.add(to_int(str(spec["ip"])))
-        return out
+        return {to_int(str(spec["ip"])) for spec in self._specs() if spec.get("pool") == pool and spec.get("ip")}
 
     def held_by(self, holder: str, pool: str) -> int | None:
-        for item in self.source.lease_items():
-            spec = item.get("spec") or {}
+        for spec in self._specs():
             if spec.get("holder") == holder and spec.get("pool") == pool and spec.get("ip"):
                 return to_int(str(spec["ip"]))
         return None
 
-    def stray(self, store: Store, older_than: float) -> list[LeaseRecord]:
+    def stray(self, store: LeaseStore, older_than: float) -> list[LeaseRecord]:
         """Delete this node's lease objects that the store does not hold (see the reconciler)."""
         out = []
-        for item in self.source.lease_items():
+        for item in self.source.items(KIND):
             md, spec = item.get("metadata") or {}, item.get("spec") or {}
-            if (md.get("labels") or {}).get(f"{GROUP}/node") != self.node_name or not spec.get("holder"):
+            if (md.get("labels") or {}).get(NODE_LABEL) != self.node_name or not spec.get("holder"):
                 continue
             created = str(md.get("creationTimestamp") or "")
-            if not created or calendar.timegm(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ")) > older_than:
+            if not created or parse_rfc3339(created) > older_than:
                 continue
             pool, address = str(spec.get("pool")), str(spec.get("ip"))
             local = store.lease_at(pool, to_int(address))
@@ -94,30 +81,20 @@ class KubeLeaseRegistry:
             out.append(lease)
         return out
 
-    def _body(self, lease: LeaseRecord) -> dict[str, Any]:
-        return {
-            "apiVersion": f"{GROUP}/{VERSION}", "kind": "IPAddressLease",
-            "metadata": {"name": lease_name(lease.pool, lease.address),
-                         "labels": {f"{GROUP}/node": self.node_name}},
-            "spec": {"pool": lease.pool, "ip": lease.address, "network": lease.network,
-                     "holder": lease.holder or "", "ttl": f"{int(lease.ttl)}s"},
-        }
-
     def claim(self, lease: LeaseRecord) -> bool:
         with api_unavailable_is_11():
             return self._claim(lease)
 
     def _claim(self, lease: LeaseRecord) -> bool:
-        body = self._body(lease)
+        body = lease_body(lease.pool, lease.address, lease.network, lease.holder or "", lease.ttl, self.node_name)
         name = body["metadata"]["name"]
         try:
-            self.custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, body)
+            self.objects.create(KIND, body)
             return True
-        except ApiException as exc:
-            if exc.status != 409:
+        except Exception as exc:
+            if status_of(exc) != 409:
                 raise
-        current: dict[str, Any] = self.custom.get_cluster_custom_object(  # type: ignore[assignment]
-            GROUP, VERSION, PLURAL, name)
+        current = self.objects.get(KIND, name)
         spec = current.get("spec") or {}
         if spec.get("holder") == lease.holder:
             return True  # ours already (a retried ADD)
@@ -126,12 +103,11 @@ class KubeLeaseRegistry:
             patch = {"metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
                      "spec": {"holder": lease.holder}}
             try:
-                self.custom.patch_cluster_custom_object(GROUP, VERSION, PLURAL, name, patch)
-                self.custom.patch_cluster_custom_object_status(GROUP, VERSION, PLURAL, name,
-                                                               {"status": {"orphaningTimestamp": None}})
+                self.objects.patch(KIND, name, patch)
+                self.objects.patch_status(KIND, name, {"orphaningTimestamp": None})
                 return True
-            except ApiException as exc:
-                if exc.status == 409:
+            except Exception as exc:
+                if status_of(exc) == 409:
                     return False
                 raise
         return False
@@ -140,20 +116,15 @@ class KubeLeaseRegistry:
         name = lease_name(lease.pool, lease.address)
         try:
             # the holder is dropped (a merge patch with null), not emptied: the client sends "" as null
-            self.custom.patch_cluster_custom_object(GROUP, VERSION, PLURAL, name, {"spec": {"holder": None}})
-            self.custom.patch_cluster_custom_object_status(
-                GROUP, VERSION, PLURAL, name,
-                {"status": {"orphaningTimestamp": _rfc3339(lease.orphaned_at or time.time())}})
-        except ApiException as exc:
-            if exc.status != 404:
+            self.objects.patch(KIND, name, {"spec": {"holder": None}})
+            self.objects.patch_status(KIND, name, {"orphaningTimestamp": rfc3339(lease.orphaned_at)})
+        except Exception as exc:
+            if status_of(exc) != 404:
                 raise
 
     def release(self, lease: LeaseRecord) -> None:
         try:
-            self.custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, lease_name(lease.pool, lease.address))
-        except ApiException as exc:
-            if exc.status != 404:
+            self.objects.delete(KIND, lease_name(lease.pool, lease.address))
+        except Exception as exc:
+            if status_of(exc) != 404:
                 raise
-
-
-__all__ = ["KubeLeaseRegistry", "lease_name", "client"]

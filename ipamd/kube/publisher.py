@@ -20,7 +20,6 @@ import json
 import logging
 import queue
 import threading
-import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -28,24 +27,22 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from ipamd.kube.source import PLURALS, VERSION
-from ipamd.objects import API_VERSION, GROUP, STATUS_ANNOTATION, Pod
-from ipamd.store import IPRecord
+from ipamd.kube.resources import CustomObjects
+from ipamd.model.conditions import condition
+from ipamd.model.objects import API_VERSION, GROUP, IP_ADDRESS, IP_ADDRESS_KINDS, POD, STATUS_ANNOTATION, Pod
+from ipamd.model.timefmt import rfc3339
+from ipamd.store.records import IPRecord
 
 log = logging.getLogger(__name__)
 
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
+ATTACHMENT = "NodeNetworkInterfaceAttachment"
 EVENT_BACKLOG = 1000  # beyond this, Events are dropped (and logged): the API server is not keeping up
 
 
 class KubePublisher:
     def __init__(self, api: client.ApiClient, node_name: str) -> None:
         self.core = client.CoreV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
+        self.objects = CustomObjects(api)
         self.node_name = node_name
         self._writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="publish")
         self._events: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=EVENT_BACKLOG)
@@ -75,10 +72,10 @@ class KubePublisher:
     def _event(self, namespace: str, name: str, uid: str, reason: str, message: str, warning: bool = False) -> None:
         body = {
             "metadata": {"generateName": f"{name}.", "namespace": namespace},
-            "involvedObject": {"kind": "Pod", "apiVersion": "v1", "namespace": namespace, "name": name, "uid": uid},
+            "involvedObject": {"kind": POD.name, "apiVersion": "v1", "namespace": namespace, "name": name, "uid": uid},
             "reason": reason, "message": message[:1000], "type": "Warning" if warning else "Normal",
             "source": {"component": "plexus", "host": self.node_name},
-            "firstTimestamp": _now(), "lastTimestamp": _now(), "count": 1,
+            "firstTimestamp": rfc3339(), "lastTimestamp": rfc3339(), "count": 1,
         }
         try:
             self._events.put_nowait(body)
@@ -87,32 +84,27 @@ class KubePublisher:
 
     def _create_auto_ip(self, rec: IPRecord, pod: Pod) -> None:
         body = {
-            "apiVersion": API_VERSION, "kind": "IPAddress",
+            "apiVersion": API_VERSION, "kind": IP_ADDRESS.name,
             "metadata": {
                 "name": rec.name, "namespace": rec.namespace,
                 "labels": {f"{GROUP}/owner-pod-uid": pod.meta.uid},
-                "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": pod.meta.name, "uid": pod.meta.uid}],
+                "ownerReferences": [{"apiVersion": "v1", "kind": POD.name, "name": pod.meta.name, "uid": pod.meta.uid}],
             },
             "spec": {"networkRef": {"kind": rec.network_kind, "name": rec.network_name}, "type": "Auto"},
         }
         try:
-            self.custom.create_namespaced_custom_object(GROUP, VERSION, rec.namespace, PLURALS["IPAddress"], body)
+            self.objects.create(IP_ADDRESS.name, body, rec.namespace)
         except ApiException as exc:
             if exc.status != 409:
                 log.warning("creating IPAddress %s/%s: %s", rec.namespace, rec.name, exc.reason)
 
     def ip_status(self, rec: IPRecord) -> None:
-        if rec.kind not in ("IPAddress", "ClusterIPAddress"):
+        if rec.kind not in IP_ADDRESS_KINDS:
             return
         status = {"phase": rec.phase, "address": rec.address, "network": rec.network, "routes": list(rec.routes),
                   "usedByPods": list(rec.used_by_pods), "conditions": list(rec.conditions)}
         try:
-            if rec.kind == "IPAddress":
-                self.custom.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, rec.namespace, PLURALS["IPAddress"], rec.name, {"status": status})
-            else:
-                self.custom.patch_cluster_custom_object_status(
-                    GROUP, VERSION, PLURALS["ClusterIPAddress"], rec.name, {"status": status})
+            self.objects.patch_status(rec.kind, rec.name, status, rec.namespace)
         except ApiException as exc:
             if exc.status != 404:
                 log.warning("IPAddress %s status: %s", rec.key, exc.reason)
@@ -147,29 +139,25 @@ class KubePublisher:
         per node and Network, which the controller counts into the Network's status."""
         kind, _, rest = network_key.partition("/")
         namespace, _, name = rest.rpartition("/")
-        plural = PLURALS["NodeNetworkInterfaceAttachment"]
         obj_name = self._attachment_name(network_key)
-        body = {"apiVersion": API_VERSION, "kind": "NodeNetworkInterfaceAttachment",
+        body = {"apiVersion": API_VERSION, "kind": ATTACHMENT,
                 "metadata": {"name": obj_name, "labels": {f"{GROUP}/node": self.node_name}},
                 "spec": {"networkRef": {"kind": kind, "name": name, "namespace": namespace},
                          "nodeName": self.node_name, "bridgeName": bridge}}
-        status = {"conditions": [{"type": "Ready", "status": "True" if ready else "False",
-                                  "reason": "VLANBridged" if ready else "NotBridged", "message": message,
-                                  "lastTransitionTime": _now()}]}
+        status = {"conditions": [condition("Ready", ready, "VLANBridged" if ready else "NotBridged", message, rfc3339())]}
         try:
             try:
-                self.custom.create_cluster_custom_object(GROUP, VERSION, plural, body)
+                self.objects.create(ATTACHMENT, body)
             except ApiException as exc:
                 if exc.status != 409:
                     raise
-            self.custom.patch_cluster_custom_object_status(GROUP, VERSION, plural, obj_name, {"status": status})
+            self.objects.patch_status(ATTACHMENT, obj_name, status)
         except ApiException as exc:
             log.warning("node attachment of %s: %s", network_key, exc.reason)
 
     def node_detachment(self, network_key: str) -> None:
         try:
-            self.custom.delete_cluster_custom_object(GROUP, VERSION, PLURALS["NodeNetworkInterfaceAttachment"],
-                                                     self._attachment_name(network_key))
+            self.objects.delete(ATTACHMENT, self._attachment_name(network_key))
         except ApiException as exc:
             if exc.status != 404:
                 log.warning("node attachment of %s: %s", network_key, exc.reason)

@@ -8,57 +8,45 @@ what it cannot express) are reported as problems and not served.
 from __future__ import annotations
 
 import builtins
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes import client
 
-from ipamd.kube.informer import Informer
-from ipamd.objects import API_VERSION, GROUP, ApiObject, ManifestInvalid, Pod, parse_object
-from ipamd.sources import Problem
+from ipamd.kube.errors import api_unavailable_is_11, status_of
+from ipamd.kube.informer import Informer, plain_lister
+from ipamd.kube.resources import RESOURCES, SERVED_KINDS, CustomObjects
+from ipamd.model.objects import POD, ApiObject, Kind, ManifestInvalid, Pod, parse_object
+from ipamd.sources.base import Problem
 
 log = logging.getLogger(__name__)
-VERSION = "v1alpha1"
-PLURALS = {
-    "NetworkClass": "networkclasses", "Network": "networks", "ClusterNetwork": "clusternetworks",
-    "IPAddressPool": "ipaddresspools", "ClusterIPAddressPool": "clusteripaddresspools",
-    "IPAddress": "ipaddresses", "ClusterIPAddress": "clusteripaddresses", "IPAddressLease": "ipaddressleases",
-    "NodeNetworkInterfaceAttachment": "nodenetworkinterfaceattachments",
-}
-SERVED_KINDS = [k for k in PLURALS if k not in ("IPAddressLease", "NodeNetworkInterfaceAttachment")]
-
-
-def _lister(fn: Callable[..., Any], *args: Any) -> Callable[..., Any]:
-    """A list function without a docstring: the kubernetes watch then hands back plain dicts
-    instead of building a model object for every event."""
-    def list_objects(**kwargs: Any) -> Any:
-        return fn(*args, **kwargs)
-
-    return list_objects
+T = TypeVar("T")
+#: Kinds watched for the node's and the controller's own bookkeeping, kept as the API gives them.
+TRACKED_KINDS = ("IPAddressLease", "NodeNetworkInterfaceAttachment")
 
 
 class KubernetesSource:
     def __init__(self, api: client.ApiClient, node_name: str, pod_wait_s: float = 2.0) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
+        self.objects = CustomObjects(api)
         self.node_name = node_name
         self.pod_wait_s = pod_wait_s
         self._subscribers: list[Callable[[], None]] = []
         self._changed = threading.Event()
         self._lock = threading.Lock()
-        self._parsed: dict[str, tuple[int, dict[tuple[str, str], ApiObject], list[Problem]]] = {}
+        self._parsed: dict[str, tuple[dict[tuple[str, str], ApiObject], list[Problem]]] = {}
         self.informers: dict[str, Informer] = {}
-        for kind in PLURALS:
-            lister = _lister(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURALS[kind])
-            self.informers[kind] = Informer(kind, lister, kind, API_VERSION, self._notify)
+        for kind in (*SERVED_KINDS, *TRACKED_KINDS):
+            self.informers[kind] = Informer(kind, self.objects.lister(kind), kind, RESOURCES[kind].api_version,
+                                            self._notify)
         if node_name:  # the controller alone needs no pods
-            pods = _lister(self.core.list_pod_for_all_namespaces)
-            self.informers["Pod"] = Informer("Pod", pods, "Pod", "v1", self._notify,
-                                             field_selector=f"spec.nodeName={node_name}")
+            self.informers[POD.name] = Informer(POD.name, plain_lister(self.core.list_pod_for_all_namespaces), POD.name,
+                                                "v1", self._notify, field_selector=f"spec.nodeName={node_name}")
 
     def _notify(self) -> None:
         self._changed.set()
@@ -74,7 +62,7 @@ class KubernetesSource:
         with self._lock:
             cached = self._parsed.get(kind)
             if cached is not None:
-                return cached[1], cached[2]
+                return cached
         objects: dict[tuple[str, str], ApiObject] = {}
         problems: list[Problem] = []
         informer = self.informers.get(kind)
@@ -88,7 +76,7 @@ class KubernetesSource:
                 continue
             objects[(obj.meta.namespace, obj.meta.name)] = obj
         with self._lock:
-            self._parsed[kind] = (0, objects, problems)
+            self._parsed[kind] = (objects, problems)
         return objects, problems
 
     # -- ObjectSource ---------------------------------------------------------------------------
@@ -112,51 +100,43 @@ class KubernetesSource:
     def subscribe(self, callback: Callable[[], None]) -> None:
         self._subscribers.append(callback)
 
-    def get(self, kind: str, namespace: str, name: str) -> ApiObject | None:
-        return self._objects(kind)[0].get((namespace, name))
+    def get(self, kind: Kind[T], namespace: str, name: str) -> T | None:
+        obj = self._objects(kind.name)[0].get((namespace, name))
+        return obj if isinstance(obj, kind.type) else None
 
-    def list(self, kind: str) -> builtins.list[ApiObject]:
-        return builtins.list(self._objects(kind)[0].values())
+    def list(self, kind: Kind[T]) -> builtins.list[T]:
+        return [o for o in self._objects(kind.name)[0].values() if isinstance(o, kind.type)]
 
     def pod_by_uid(self, uid: str) -> Pod | None:
-        for pod in self._objects("Pod")[0].values():
-            if isinstance(pod, Pod) and pod.meta.uid == uid:
-                return pod
-        return None
+        return next((p for p in self.list(POD) if p.meta.uid == uid), None)
 
     def problems(self) -> builtins.list[Problem]:
-        return [p for kind in SERVED_KINDS + ["Pod"] if kind in self.informers for p in self._objects(kind)[1]]
+        return [p for kind in (*SERVED_KINDS, POD.name) if kind in self.informers for p in self._objects(kind)[1]]
 
-    # -- beyond the cache -------------------------------------------------------------------------
     def wait_for_pod(self, namespace: str, name: str) -> Pod | None:
         """A pod the informer has not seen yet (ADD can beat the watch): wait a bounded time, then
         read it directly."""
         deadline = time.monotonic() + self.pod_wait_s
         while time.monotonic() < deadline:
-            pod = self.get("Pod", namespace, name)
-            if isinstance(pod, Pod):
+            pod = self.get(POD, namespace, name)
+            if pod is not None:
                 return pod
             self._changed.clear()
             self._changed.wait(0.05)
-        from ipamd.kube.leases import api_unavailable_is_11
-
         try:
             with api_unavailable_is_11():
                 resp = self.core.read_namespaced_pod(name, namespace, _preload_content=False)
-        except client.exceptions.ApiException as exc:
-            if exc.status == 404:
+        except Exception as exc:
+            if status_of(exc) == 404:
                 return None
             raise
-        import json
-
         doc = json.loads(resp.data)  # type: ignore[attr-defined]  # raw response: _preload_content=False
-        doc.setdefault("kind", "Pod")
+        doc.setdefault("kind", POD.name)
         doc.setdefault("apiVersion", "v1")
         obj = parse_object(doc, "api")
         return obj if isinstance(obj, Pod) else None
 
-    def lease_items(self) -> builtins.list[dict[str, Any]]:
-        return self.informers["IPAddressLease"].items()
-
-    def attachment_items(self) -> builtins.list[dict[str, Any]]:
-        return self.informers["NodeNetworkInterfaceAttachment"].items()
+    # -- what Plexus tracks, as the API gives it ---------------------------------------------------
+    def items(self, kind: str) -> builtins.list[dict[str, Any]]:
+        """The raw objects of a tracked kind (``TRACKED_KINDS``) in the informer's cache."""
+        return self.informers[kind].items()

@@ -169,7 +169,7 @@ class ControllerProcess:
             return False
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "ipamd.daemon", "--mode", "controller", "--kubeconfig", str(self.kubeconfig),
+        cmd = [sys.executable, "-m", "ipamd", "--mode", "controller", "--kubeconfig", str(self.kubeconfig),
                "--controller-namespace", NS, "--webhook-address", "127.0.0.1", "--webhook-port", str(self.webhook_port),
                "--webhook-name", "127.0.0.1", "--health-port", str(self.health_port),
                "--log-file", str(self.log), "--log-level", "debug"]

@@ -56,7 +56,7 @@ def container(name: str) -> dict[str, Any]:
 
 def daemon_args() -> Any:
     """The main container's command line, parsed by the daemon's own parser."""
-    from ipamd.daemon import parse_args
+    from ipamd.config import parse_args
 
     c = container("plexus-ipamd")
     assert c["command"] == ["plexus-ipamd"]
@@ -164,7 +164,7 @@ def probe_script(probe: str, socket_path: str) -> list[str]:
 
 
 def test_probe_commands_against_the_real_server(tmp_path: Path) -> None:
-    from ipamd.cni_server import CniHttpServer
+    from ipamd.server.cni_http import CniHttpServer
 
     path = str(tmp_path / "run" / "plexus.sock")
     for probe in ("livenessProbe", "readinessProbe"):
@@ -286,7 +286,7 @@ def test_manifests_are_accepted_and_the_objects_exist(applied: Cluster) -> None:
     dep = deployment["template"]["spec"]
     assert dep["serviceAccountName"] == "plexus-controller"
     (c,) = dep["containers"]
-    from ipamd.daemon import parse_args
+    from ipamd.config import parse_args
 
     flags = parse_args(c["args"])
     assert flags.mode == "controller" and flags.kubeconfig == "in-cluster" and flags.webhook_port == 9443

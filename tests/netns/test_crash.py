@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from ipamd.objectdir import object_file
+from ipamd.sources.objectdir import object_file
 from tests.harness import CniResult, Node, links_in, pod_manifest
 
 NS = "my-namespace"

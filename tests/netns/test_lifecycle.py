@@ -186,7 +186,7 @@ def test_operator_release_needs_confirmation(node: Node) -> None:
     ns = node.pod_netns("app")
     add = node.cni("ADD", "c1", ns, pod=("my-namespace", "app"))
     address = add.json["ips"][0]["address"].split("/")[0]
-    base = [sys.executable, "-m", "ipamd.ctl", "--grpc-socket", str(node.grpc_socket), "ipam", "release",
+    base = [sys.executable, "-m", "ipamd.cli", "--grpc-socket", str(node.grpc_socket), "ipam", "release",
             "my-namespace/pool-a", address]
     no = subprocess.run(base, capture_output=True, text=True, cwd=REPO, stdin=subprocess.DEVNULL)
     assert no.returncode == 1 and "--yes" in no.stderr

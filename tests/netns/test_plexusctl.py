@@ -16,7 +16,7 @@ from tests.harness import Node, links_in, netns_del
 
 
 def ctl(node: Node, *args: str, stdin: str | None = None, state: Path | None = None) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "ipamd.ctl", "--objects-dir", str(node.objects), "--grpc-socket", str(node.grpc_socket)]
+    cmd = [sys.executable, "-m", "ipamd.cli", "--objects-dir", str(node.objects), "--grpc-socket", str(node.grpc_socket)]
     if state is not None:
         cmd += ["--state-dir", str(state)]
     return subprocess.run(cmd + list(args), input=stdin, capture_output=True, text=True, cwd=REPO,

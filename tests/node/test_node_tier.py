@@ -110,7 +110,7 @@ def node_cluster() -> Iterator[NodeCluster]:
         c.kubectl("create", "namespace", "plexus-system", check=False)
         with open(work / "ipamd.stderr", "wb") as err:
             daemon = subprocess.Popen(
-                ["nsenter", f"--net={NODE_NETNS}", sys.executable, "-m", "ipamd.daemon",
+                ["nsenter", f"--net={NODE_NETNS}", sys.executable, "-m", "ipamd",
                  "--kubeconfig", str(data / "admin.kubeconfig"), "--node-name", NODE, "--controller",
                  "--db", str(work / "plexus.db"), "--socket", str(work / "run" / "plexus.sock"),
                  "--grpc-socket", str(work / "run" / "ipam.sock"), "--log-file", str(c.daemon_log),

@@ -1,4 +1,4 @@
-"""``ipamd.allocator``: round-robin iteration and picking, checked against an independent model."""
+"""``ipamd.ipam.allocator``: round-robin iteration and picking, checked against an independent model."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ipamd.allocator import in_ranges, iter_from, pick_free, subnet_for, to_int, to_text
-from ipamd.objects import API_VERSION, AddressPool, parse_object
+from ipamd.ipam.allocator import in_ranges, iter_from, pick_free, subnet_for, to_int, to_text
+from ipamd.model.objects import API_VERSION, AddressPool, parse_object
 
 PROPERTY = settings(deadline=None, max_examples=120, suppress_health_check=[HealthCheck.too_slow])
 

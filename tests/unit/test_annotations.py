@@ -1,4 +1,4 @@
-"""``ipamd.annotations``: parsing ``networks-spec`` and building ``networks-status``."""
+"""``ipamd.model.annotations``: parsing ``networks-spec`` and building ``networks-status``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from cni.errors import AnnotationInvalid
-from ipamd.annotations import (
+from ipamd.model.annotations import (
     AddressConfig,
     InterfaceStatus,
     NetworkSelection,

@@ -1,10 +1,9 @@
-"""``ipamd.ipam.Ipam`` over an in-memory ``Store`` and a dict-backed object source, with a fake clock."""
+"""``ipamd.ipam.addresses.Ipam`` over an in-memory ``Store`` and a dict-backed object source, with a fake clock."""
 
 from __future__ import annotations
 
-import builtins
 import ipaddress
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,52 +12,26 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from cni.errors import AddressConflict, InvalidConfig, ObjectNotFound, PoolExhausted
-from ipamd.allocator import in_ranges, subnet_for, to_int, to_text
-from ipamd.annotations import NetworkSelection
-from ipamd.ipam import Claim, Ipam, auto_ip_name, set_condition
-from ipamd.objects import API_VERSION, AddressPool, ApiObject, IPAddressObject, Pod, parse_object
-from ipamd.sources import Problem
-from ipamd.store import IPRecord, Store
+from ipamd.ipam.addresses import Claim, Ipam, auto_ip_name
+from ipamd.ipam.allocator import in_ranges, subnet_for, to_int, to_text
+from ipamd.model.annotations import NetworkSelection
+from ipamd.model.conditions import set_condition
+from ipamd.model.objects import (
+    API_VERSION,
+    IP_ADDRESS,
+    IP_ADDRESS_POOL,
+    AddressPool,
+    ApiObject,
+    IPAddressObject,
+    Pod,
+    parse_object,
+)
+from ipamd.store.records import IPRecord
+from ipamd.store.sqlite import Store
+from tests.fakes.source import FakeSource
 
 NS = "ns"
 T0 = 1_700_000_000.0
-
-
-class FakeSource:
-    """The ``ObjectSource`` interface over a dict of typed objects."""
-
-    def __init__(self, *objs: ApiObject) -> None:
-        self.objects: dict[tuple[str, str, str], ApiObject] = {}
-        self.subscribers: builtins.list[Callable[[], None]] = []
-        for obj in objs:
-            self.add(obj)
-
-    def add(self, obj: ApiObject) -> None:
-        self.objects[(obj.meta.kind, obj.meta.namespace, obj.meta.name)] = obj
-
-    def remove(self, kind: str, namespace: str, name: str) -> None:
-        del self.objects[(kind, namespace, name)]
-
-    def get(self, kind: str, namespace: str, name: str) -> ApiObject | None:
-        return self.objects.get((kind, namespace, name))
-
-    def list(self, kind: str) -> builtins.list[ApiObject]:
-        return [o for (k, _, _), o in self.objects.items() if k == kind]
-
-    def pod_by_uid(self, uid: str) -> Pod | None:
-        return next((o for o in self.objects.values() if isinstance(o, Pod) and o.meta.uid == uid), None)
-
-    def problems(self) -> builtins.list[Problem]:
-        return []
-
-    def ready(self) -> bool:
-        return True
-
-    def sync(self) -> builtins.list[Problem]:
-        return []
-
-    def subscribe(self, callback: Callable[[], None]) -> None:
-        self.subscribers.append(callback)
 
 
 class Clock:
@@ -178,13 +151,13 @@ def key_of(p: Pod, if_name: str = "net1") -> str:
 
 
 def user_obj(source: FakeSource, name: str) -> IPAddressObject:
-    found = source.get("IPAddress", NS, name)
+    found = source.get(IP_ADDRESS, NS, name)
     assert isinstance(found, IPAddressObject)
     return found
 
 
 def pool_obj(source: FakeSource, name: str) -> AddressPool:
-    found = source.get("IPAddressPool", NS, name)
+    found = source.get(IP_ADDRESS_POOL, NS, name)
     assert isinstance(found, AddressPool)
     return found
 
@@ -315,7 +288,7 @@ def test_static_outside_the_pool_is_invalid(ipam: Ipam, source: FakeSource) -> N
 
 
 def test_static_outside_the_pool_is_refused_by_lease_for_too(ipam: Ipam, store: Store, source: FakeSource) -> None:
-    rec = ipam._record_for(user_obj(source, "static-elsewhere"))
+    rec = ipam.record_for(user_obj(source, "static-elsewhere"))
     with pytest.raises(InvalidConfig), store.transaction():
         ipam.lease_for(rec, pool_obj(source, "pool"))
     assert store.all_leases() == []
@@ -336,7 +309,7 @@ def test_static_taken_by_an_auto_lease_is_a_conflict(ipam: Ipam, store: Store, s
         attach(ipam, pod("pod-s"), names=("static-in-range",))
     assert info.value.code == 104
     assert info.value.details == "spec.static.ip"
-    rec = ipam._record_for(user_obj(source, "static-in-range"))
+    rec = ipam.record_for(user_obj(source, "static-in-range"))
     with pytest.raises(AddressConflict), store.transaction():
         ipam.lease_for(rec, pool_obj(source, "pool"))
 
@@ -619,7 +592,7 @@ class IpamSequences(RuleBasedStateMachine):
         self.store = Store(":memory:")
         self.ipam = Ipam(self.store, self.source, self.clock)
         self.generation = dict.fromkeys(PODS, 0)
-        pool_found = self.source.get("IPAddressPool", NS, "rpool")
+        pool_found = self.source.get(IP_ADDRESS_POOL, NS, "rpool")
         assert isinstance(pool_found, AddressPool)
         self.pool = pool_found
 

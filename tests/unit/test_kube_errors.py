@@ -7,7 +7,8 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from cni.errors import TryAgainLater
-from ipamd.kube.leases import api_unavailable_is_11, lease_name
+from ipamd.kube.errors import api_unavailable_is_11
+from ipamd.kube.leases import lease_name
 
 
 @pytest.mark.parametrize("status", [500, 503, 429])

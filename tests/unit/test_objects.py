@@ -1,4 +1,4 @@
-"""``ipamd.objects``: every kind parses into its typed object; every invalid manifest names its field."""
+"""``ipamd.model.objects``: every kind parses into its typed object; every invalid manifest names its field."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from cni.errors import InvalidConfig
-from ipamd.objects import (
+from ipamd.model.objects import (
     API_VERSION,
     DEFAULT_LEASE_TTL_S,
     AddressPool,

@@ -1,4 +1,4 @@
-"""``ipamd.runtime``: a conflist exec'd as containerd does it, against fake plugins written to tmp_path."""
+"""``ipamd.invoke.conflist``: a conflist exec'd as containerd does it, against fake plugins written to tmp_path."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from cni.errors import AddressConflict, CniError, InvalidConfig, IOFailure
-from ipamd.objects import POD_ANNOTATIONS_CAPABILITY, SPEC_ANNOTATION
-from ipamd.runtime import PodIdentity, Runtime, find_conflist, load_conflist
+from ipamd.invoke.conflist import PodIdentity, Runtime, find_conflist, load_conflist
+from ipamd.model.objects import POD_ANNOTATIONS_CAPABILITY, SPEC_ANNOTATION
 
 # Records what it was given (env, stdin) as one JSON line in $log, then acts on its config:
 #   ADD: append an interface named after its type to prevResult (or fail with "failOn": "ADD")

@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 
 from cni.errors import TryAgainLater
-from ipamd.ipam import ResolvedNetwork
-from ipamd.objects import ClusterNetwork, Network, NetworkClass, parse_object
-from ipamd.segments import Segments
-from ipamd.store import Store
+from ipamd.ipam.addresses import ResolvedNetwork
+from ipamd.model.objects import ClusterNetwork, Network, NetworkClass, parse_object
+from ipamd.node.segments import Segments
+from ipamd.store.sqlite import Store
+from tests.fakes.links import FakeNodeLinks
 
 GROUP = "network.deckhouse.io/v1alpha1"
 CLASS: Any = parse_object({"apiVersion": GROUP, "kind": "NetworkClass", "metadata": {"name": "c"},
@@ -36,14 +37,14 @@ def store(tmp_path: Path) -> Store:
 
 
 def test_a_lone_node_picks_the_first_free_id_or_the_one_asked_for(store: Store) -> None:
-    seg = Segments(store, lambda: 0.0)
+    seg = Segments(store, FakeNodeLinks(), lambda: 0.0)
     assert seg.plan(network("a")).record.id == 600
     assert seg.plan(network("b", vlan=605)).record.id == 605
     assert seg.plan(network("c")).record.id == 601
 
 
 def test_in_a_cluster_the_node_waits_for_the_controllers_id(store: Store) -> None:
-    seg = Segments(store, lambda: 0.0, cluster=True)
+    seg = Segments(store, FakeNodeLinks(), lambda: 0.0, cluster=True)
     for net in (network("a"), network("b", vlan=605)):  # even the one asked for: the controller may refuse it
         with pytest.raises(TryAgainLater) as err:
             seg.plan(net)
@@ -66,8 +67,8 @@ def cluster_network(name: str, status_vlan: int | None = None) -> ResolvedNetwor
 
 
 def test_a_cluster_network_without_its_own_id_takes_one_from_its_class(store: Store) -> None:
-    assert Segments(store, lambda: 0.0).plan(cluster_network("cn")).record.id == 600
-    seg = Segments(store, lambda: 0.0, cluster=True)
+    assert Segments(store, FakeNodeLinks(), lambda: 0.0).plan(cluster_network("cn")).record.id == 600
+    seg = Segments(store, FakeNodeLinks(), lambda: 0.0, cluster=True)
     with pytest.raises(TryAgainLater):
         seg.plan(cluster_network("cn2"))
     assert seg.plan(cluster_network("cn2", status_vlan=604)).record.id == 604, "the controller's, in a cluster"

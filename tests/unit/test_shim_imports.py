@@ -73,7 +73,17 @@ def shim_closure() -> dict[str, set[str]]:
 def test_closure_is_found() -> None:
     closure = shim_closure()
     assert {"cni", "cni.shim", "cni.__main__", "cni.errors", "cni.version"} <= set(closure)
-    assert "cni.links" not in closure and "cni.netns" not in closure  # the daemon's side of cni/
+
+
+
+def test_the_plugin_package_holds_the_plugin_and_the_wire_protocol_only() -> None:
+    """Netlink and namespaces are the daemon's: every module of ``cni/`` is standard library (and cni) only."""
+    modules = {p.stem for p in (REPO / "cni").glob("*.py")}
+    assert modules == {"__init__", "__main__", "shim", "errors", "version", "wirejson", "types"}
+    for path in (REPO / "cni").glob("*.py"):
+        for name in imports_of(path, "cni"):
+            top = name.split(".")[0]
+            assert top == "cni" or top == "__future__" or top in sys.stdlib_module_names, f"{path.name} imports {name}"
 
 
 @pytest.mark.parametrize("module", sorted(shim_closure()))

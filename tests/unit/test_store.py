@@ -1,4 +1,9 @@
-"""``ipamd.store.Store``: every record survives the trip through SQLite; transactions are all or nothing."""
+"""The store's contract: every record survives the trip through SQLite; transactions are all or nothing.
+
+The contract tests run against the SQLite store and against the in-memory one the unit tests of the
+verbs and the reconciler use (``tests/fakes/store.py``), so those tests prove what they would over the
+real store; the tests of SQLite's own properties (files, WAL, other connections) run against it alone.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +13,24 @@ from pathlib import Path
 
 import pytest
 
-from ipamd.store import (
+from ipamd.store.protocols import NodeStore
+from ipamd.store.records import (
     AttachmentRecord,
     BuiltInterface,
     IPRecord,
     LeaseRecord,
     PodStatus,
     SegmentRecord,
-    Store,
 )
+from ipamd.store.sqlite import Store
+from tests.fakes.store import MemoryStore
+
+AnyStore = Store | MemoryStore
 
 
-@pytest.fixture()
-def store() -> Iterator[Store]:
-    s = Store(":memory:")
+@pytest.fixture(params=["sqlite", "memory"])
+def store(request: pytest.FixtureRequest) -> Iterator[AnyStore]:
+    s: AnyStore = Store(":memory:") if request.param == "sqlite" else MemoryStore()
     yield s
     s.close()
 
@@ -66,7 +75,7 @@ def attachment(container: str = "c0ffee", ifname: str = "eth0", pod_uid: str = "
 
 # -- round trips ----------------------------------------------------------------------------------
 
-def test_lease_round_trip(store: Store) -> None:
+def test_lease_round_trip(store: AnyStore) -> None:
     bound = lease()
     orphan = lease(ip=3322413067, holder=None, state="orphaned", orphaned_at=1700000100.0, outside_ranges=True)
     store.put_lease(bound)
@@ -81,14 +90,14 @@ def test_lease_round_trip(store: Store) -> None:
     assert store.all_leases() == [bound, orphan]
 
 
-def test_lease_lookups_that_find_nothing(store: Store) -> None:
+def test_lease_lookups_that_find_nothing(store: AnyStore) -> None:
     assert store.lease_at("IPAddressPool/ns/p", 1) is None
     assert store.lease_of("IPAddress/ns/nobody") is None
     assert store.leases_in_pool("IPAddressPool/ns/p") == {}
     assert store.taken_ips("IPAddressPool/ns/p") == set()
 
 
-def test_orphan_and_delete_lease(store: Store) -> None:
+def test_orphan_and_delete_lease(store: AnyStore) -> None:
     bound = lease()
     store.put_lease(bound)
     orphan = store.orphan_lease(bound, now=1700000500.0)
@@ -100,7 +109,7 @@ def test_orphan_and_delete_lease(store: Store) -> None:
     assert store.all_leases() == []
 
 
-def test_a_holder_has_one_lease(store: Store) -> None:
+def test_a_holder_has_one_lease(store: AnyStore) -> None:
     """The unique index ``leases_by_holder`` guards "one lease per IPAddress": a second lease for the same
     holder must be refused, not silently delete the lease (an address in use) the holder already has."""
     store.put_lease(lease(ip=1))
@@ -109,7 +118,7 @@ def test_a_holder_has_one_lease(store: Store) -> None:
     assert [rec.ip for rec in store.all_leases()] == [1]
 
 
-def test_same_ip_in_two_pools_is_two_leases(store: Store) -> None:
+def test_same_ip_in_two_pools_is_two_leases(store: AnyStore) -> None:
     a = lease(ip=5, holder="IPAddress/ns/a", pool="IPAddressPool/ns/p")
     b = lease(ip=5, holder="IPAddress/ns/b", pool="IPAddressPool/ns/q")
     store.put_lease(a)
@@ -118,7 +127,7 @@ def test_same_ip_in_two_pools_is_two_leases(store: Store) -> None:
     assert store.lease_of("IPAddress/ns/b") == b
 
 
-def test_cursor_round_trip(store: Store) -> None:
+def test_cursor_round_trip(store: AnyStore) -> None:
     assert store.cursor("IPAddressPool/ns/p") is None
     store.set_cursor("IPAddressPool/ns/p", 42)
     store.set_cursor("IPAddressPool/ns/p", 43)
@@ -127,7 +136,7 @@ def test_cursor_round_trip(store: Store) -> None:
     assert store.cursor("IPAddressPool/ns/q") == 7
 
 
-def test_ip_record_round_trip(store: Store) -> None:
+def test_ip_record_round_trip(store: AnyStore) -> None:
     rec = ip_record(owner="u1")
     plain = IPRecord(key="ClusterIPAddress/c", kind="ClusterIPAddress", namespace="", name="c",
                      network_kind="ClusterNetwork", network_name="flat")
@@ -143,7 +152,7 @@ def test_ip_record_round_trip(store: Store) -> None:
     assert store.all_ips() == [plain]
 
 
-def test_attachment_round_trip(store: Store) -> None:
+def test_attachment_round_trip(store: AnyStore) -> None:
     a = attachment()
     b = attachment(container="deadbeef", ifname="eth0", pod_uid="u2")
     c = attachment(container="c0ffee", ifname="eth1", pod_uid="u1")
@@ -158,7 +167,7 @@ def test_attachment_round_trip(store: Store) -> None:
     assert len(store.attachments()) == 2
 
 
-def test_attachment_is_replaced_not_duplicated(store: Store) -> None:
+def test_attachment_is_replaced_not_duplicated(store: AnyStore) -> None:
     store.put_attachment(attachment())
     newer = AttachmentRecord(container_id="c0ffee", ifname="eth0", pod_uid="u1", namespace="ns", pod_name="pod-a",
                              netns="", state="deleting")
@@ -166,7 +175,7 @@ def test_attachment_is_replaced_not_duplicated(store: Store) -> None:
     assert store.attachments() == [newer]
 
 
-def test_pod_status_round_trip(store: Store) -> None:
+def test_pod_status_round_trip(store: AnyStore) -> None:
     a = PodStatus(uid="u1", namespace="ns", name="b-pod",
                   networks_status=({"type": "Network", "name": "n", "ifName": "net1", "ipAddressConfigs": []},),
                   updated_at=1.5)
@@ -180,7 +189,7 @@ def test_pod_status_round_trip(store: Store) -> None:
     assert store.pod_statuses() == [b]
 
 
-def test_segment_round_trip(store: Store) -> None:
+def test_segment_round_trip(store: AnyStore) -> None:
     vlan = SegmentRecord(network="Network/ns/n", kind="vlan", id=600, bridge="plxbr600",
                          network_class="my-network-class", status={"vlanID": 600, "parents": ["eth1"]})
     vx = SegmentRecord(network="ClusterNetwork/vx", kind="vxlan", id=5000, bridge="plxvx5000")
@@ -197,7 +206,7 @@ def test_segment_round_trip(store: Store) -> None:
     assert store.segment_ids("vxlan") == {}
 
 
-def test_a_segment_id_is_given_once_per_kind(store: Store) -> None:
+def test_a_segment_id_is_given_once_per_kind(store: AnyStore) -> None:
     store.put_segment(SegmentRecord(network="Network/ns/a", kind="vlan", id=600, bridge="b1"))
     store.put_segment(SegmentRecord(network="Network/ns/b", kind="vxlan", id=600, bridge="b2"))  # other kind: fine
     with pytest.raises(sqlite3.IntegrityError):  # segments_by_id: a VLAN ID is one network's
@@ -205,7 +214,7 @@ def test_a_segment_id_is_given_once_per_kind(store: Store) -> None:
     assert store.get_segment("Network/ns/a") is not None
 
 
-def test_generated_uid_is_made_once_then_kept(store: Store) -> None:
+def test_generated_uid_is_made_once_then_kept(store: AnyStore) -> None:
     assert store.generated_uid("ns", "pod-a", "uid-1") == "uid-1"
     assert store.generated_uid("ns", "pod-a", "uid-2") == "uid-1"
     assert store.generated_uid("ns", "pod-b", "uid-3") == "uid-3"
@@ -220,7 +229,7 @@ class Boom(Exception):
     pass
 
 
-def fill(store: Store) -> None:
+def fill(store: AnyStore) -> None:
     store.put_lease(lease())
     store.set_cursor("IPAddressPool/ns/p", 10)
     store.put_ip(ip_record())
@@ -229,7 +238,7 @@ def fill(store: Store) -> None:
     store.put_segment(SegmentRecord(network="Network/ns/n", kind="vlan", id=600, bridge="b"))
 
 
-def assert_empty(store: Store) -> None:
+def assert_empty(store: AnyStore) -> None:
     assert store.all_leases() == []
     assert store.cursor("IPAddressPool/ns/p") is None
     assert store.all_ips() == []
@@ -238,7 +247,7 @@ def assert_empty(store: Store) -> None:
     assert store.segments() == []
 
 
-def test_commit_keeps_everything(store: Store) -> None:
+def test_commit_keeps_everything(store: AnyStore) -> None:
     with store.transaction() as tx:
         assert tx is store
         fill(store)
@@ -247,21 +256,21 @@ def test_commit_keeps_everything(store: Store) -> None:
     assert len(store.segments()) == 1
 
 
-def test_rollback_on_exception_leaves_nothing(store: Store) -> None:
+def test_rollback_on_exception_leaves_nothing(store: AnyStore) -> None:
     with pytest.raises(Boom), store.transaction():
         fill(store)
         raise Boom
     assert_empty(store)
 
 
-def test_rollback_on_base_exception(store: Store) -> None:
+def test_rollback_on_base_exception(store: AnyStore) -> None:
     with pytest.raises(KeyboardInterrupt), store.transaction():
         fill(store)
         raise KeyboardInterrupt
     assert_empty(store)
 
 
-def test_nested_transactions_join_the_outer_one(store: Store) -> None:
+def test_nested_transactions_join_the_outer_one(store: AnyStore) -> None:
     with pytest.raises(Boom), store.transaction():
         store.put_lease(lease())
         with store.transaction():
@@ -273,7 +282,7 @@ def test_nested_transactions_join_the_outer_one(store: Store) -> None:
     assert_empty(store)
 
 
-def test_failure_in_an_inner_transaction_rolls_back_the_outer(store: Store) -> None:
+def test_failure_in_an_inner_transaction_rolls_back_the_outer(store: AnyStore) -> None:
     with pytest.raises(Boom), store.transaction():
         store.put_lease(lease())
         with store.transaction():
@@ -282,7 +291,7 @@ def test_failure_in_an_inner_transaction_rolls_back_the_outer(store: Store) -> N
     assert_empty(store)
 
 
-def test_store_is_usable_after_a_rollback(store: Store) -> None:
+def test_store_is_usable_after_a_rollback(store: AnyStore) -> None:
     with pytest.raises(Boom), store.transaction():
         store.put_lease(lease())
         raise Boom
@@ -291,7 +300,7 @@ def test_store_is_usable_after_a_rollback(store: Store) -> None:
     assert store.all_leases() == [lease()]
 
 
-def test_a_failed_write_rolls_back_the_transaction(store: Store) -> None:
+def test_a_failed_write_rolls_back_the_transaction(store: AnyStore) -> None:
     bad = AttachmentRecord(container_id="c", ifname="eth0", pod_uid="u", namespace="ns", pod_name="p", netns="",
                            state="adding", result={"not": object()})
     with pytest.raises(TypeError), store.transaction():
@@ -361,3 +370,9 @@ def test_file_db_uses_wal(tmp_path: Path) -> None:
         assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         store.close()
+
+
+def test_both_stores_keep_the_node_store_contract() -> None:
+    """mypy checks this assignment: the fake has every method of every store interface the daemon uses."""
+    stores: list[NodeStore] = [Store(":memory:"), MemoryStore()]
+    assert len(stores) == 2

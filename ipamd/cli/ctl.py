@@ -1,0 +1,379 @@
+"""``plexusctl``: the operator's CLI. Objects in, pods run, status and leases out.
+
+    plexusctl apply -f FILE|DIR|-         write manifests into the local object source
+    plexusctl delete -f FILE|DIR|-        remove them
+    plexusctl pod run -f POD.yaml         create a netns named after the pod and ADD it as a runtime would
+    plexusctl pod rm NAME                 DEL it, remove the netns and the Pod
+    plexusctl pod status NAME             print its networks-status
+    plexusctl pod list                    pods with additional networks
+    plexusctl ipam pools | leases         used/free/quarantined per pool; every lease
+    plexusctl ipam release POOL ADDRESS   free a stuck address (asks for confirmation)
+    plexusctl get ipaddresses | networks  IPAddress and Network statuses
+
+Tables for people, ``-o json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+
+from cni.errors import CniError
+from ipamd.api import ipam_pb2 as pb
+from ipamd.api import ipam_pb2_grpc as pb_grpc
+from ipamd.invoke.conflist import DEFAULT_CNI_PATH, DEFAULT_CONF_DIR, PodIdentity, Runtime, find_conflist, load_conflist
+from ipamd.model.objects import ManifestInvalid, Pod, parse_object
+from ipamd.sources import objectdir
+
+DEFAULT_OBJECTS = os.environ.get("PLEXUS_OBJECTS_DIR", "/etc/plexus/objects")
+DEFAULT_GRPC = os.environ.get("PLEXUS_GRPC_SOCKET", "/run/plexus/ipam.sock")
+DEFAULT_STATE = os.environ.get("PLEXUS_CTL_STATE", "/var/lib/plexus/ctl")
+
+
+class CtlError(Exception):
+    """A failure to report in one line, exit 1."""
+
+
+def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    cells = [list(map(str, header))] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in cells)
+
+
+def age(since: float) -> str:
+    """kubectl-style age: 42s, 5m, 3h, 2d."""
+    s = max(0, int(time.time() - since))
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= n:
+            return f"{s // n}{unit}"
+    return f"{s}s"
+
+
+class Client:
+    def __init__(self, socket_path: str, timeout: float = 10.0) -> None:
+        self.path = socket_path
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(f"unix:{socket_path}")
+        self.stub = pb_grpc.IpamStub(self._channel)  # type: ignore[no-untyped-call]
+
+    def call(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(self.stub, method)(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise CtlError(f"plexus-ipamd is not reachable on {self.path} (is it running?)") from None
+            raise CtlError(exc.details() or str(code)) from None
+
+
+def _print(args: argparse.Namespace, data: Any, render: Callable[[], str]) -> None:
+    if getattr(args, "output", "table") == "json":
+        print(json.dumps(data, indent=2))
+    else:
+        print(render())
+
+
+def _sync(args: argparse.Namespace, quiet_if_down: bool = True) -> None:
+    """Ask the daemon to re-read the objects now and show what it could not serve."""
+    try:
+        resp = Client(args.grpc_socket, timeout=5).call("Sync", pb.SyncRequest())
+    except CtlError as exc:
+        if not quiet_if_down:
+            raise
+        print(f"note: {exc}; it will read the objects when it starts", file=sys.stderr)
+        return
+    for p in resp.problems:
+        print(f"warning: not served: {p.message}", file=sys.stderr)
+
+
+def _write_objects(args: argparse.Namespace, change: Callable[..., Any]) -> int:
+    """apply or delete: change the object source, report each object, then have the daemon re-read."""
+    done, bad = change(args.objects_dir, objectdir.read_inputs(args.filename))
+    for d in done:
+        print(d)
+    for b in bad:
+        print(f"error: {b}", file=sys.stderr)
+    if done:
+        _sync(args)
+    return 1 if bad else 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    return _write_objects(args, objectdir.apply)
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    return _write_objects(args, objectdir.delete)
+
+
+def _pod_state_path(args: argparse.Namespace, namespace: str, name: str) -> str:
+    return os.path.join(args.state_dir, "pods", f"{namespace}.{name}.json")
+
+
+def cmd_pod_run(args: argparse.Namespace) -> int:
+    docs = objectdir.read_inputs([args.filename])
+    pods = [(s, d) for s, d in docs if isinstance(d, dict) and d.get("kind") == "Pod"]
+    if len(pods) != 1:
+        raise CtlError(f"{args.filename} must hold exactly one Pod")
+    done, bad = objectdir.apply(args.objects_dir, pods)
+    if bad:
+        raise CtlError(str(bad[0]))
+    _sync(args, quiet_if_down=False)
+    ns, name = done[0].namespace, done[0].name
+    obj = parse_object(_read_object(args.objects_dir, "Pod", ns, name))
+    assert isinstance(obj, Pod)
+    state_path = _pod_state_path(args, ns, name)
+    if os.path.exists(state_path):
+        raise CtlError(f"pod {ns}/{name} is already running (plexusctl pod rm {name} -n {ns} first)")
+    from pyroute2 import netns as pr_netns  # only this command needs it
+
+    netns_path = f"/run/netns/{name}"
+    if os.path.exists(netns_path):
+        raise CtlError(f"network namespace {name} already exists")
+    pr_netns.create(name)
+    pod = PodIdentity(ns, name, obj.meta.uid, os.urandom(32).hex(), netns_path, args.ifname, dict(obj.annotations))
+    _loopback_up(netns_path)
+    conflist_path = args.conflist or find_conflist(args.conf_dir)
+    conflist = load_conflist(conflist_path)
+    runtime = Runtime(args.cni_path, os.path.join(args.state_dir, "results"))
+    try:
+        result = runtime.add(conflist, pod)
+    except CniError as exc:
+        pr_netns.remove(name)
+        raise CtlError(f"ADD failed: {json.dumps(exc.to_dict(conflist.get('cniVersion', '1.0.0')))}") from None
+    os.makedirs(os.path.dirname(state_path), exist_ok=True)
+    with open(state_path, "w", encoding="utf-8") as fh:
+        json.dump({"namespace": ns, "name": name, "uid": pod.uid, "container_id": pod.container_id,
+                   "netns": netns_path, "ifname": pod.ifname, "conflist": conflist_path}, fh)
+    if args.output == "json":
+        print(json.dumps(result, indent=2))
+    else:
+        ifaces = [i["name"] for i in result.get("interfaces", []) if i.get("sandbox")]
+        ips = [ip["address"] for ip in result.get("ips", [])]
+        print(f"pod/{name} running in netns {name}: {', '.join(ifaces) or 'no interfaces'}"
+              f"{' ' + ', '.join(ips) if ips else ''}")
+    return 0
+
+
+def _read_object(directory: str, kind: str, ns: str, name: str) -> dict[str, Any]:
+    import yaml
+
+    with open(objectdir.object_file(directory, kind, ns, name), encoding="utf-8") as fh:
+        doc: dict[str, Any] = yaml.safe_load(fh)
+    return doc
+
+
+def _loopback_up(netns_path: str) -> None:
+    from ipamd.netlink.netns import pod_netlink
+
+    with pod_netlink(netns_path) as (ipr, _):
+        idx = ipr.link_lookup(ifname="lo")
+        if idx:
+            ipr.link("set", index=idx[0], state="up")
+
+
+def cmd_pod_rm(args: argparse.Namespace) -> int:
+    state_path = _pod_state_path(args, args.namespace, args.name)
+    if not os.path.exists(state_path):
+        raise CtlError(f"pod {args.namespace}/{args.name} is not running here")
+    with open(state_path, encoding="utf-8") as fh:
+        st = json.load(fh)
+    conflist = load_conflist(st["conflist"])
+    pod = PodIdentity(st["namespace"], st["name"], st["uid"], st["container_id"], st["netns"], st["ifname"])
+    errors = Runtime(args.cni_path, os.path.join(args.state_dir, "results")).delete(conflist, pod)
+    if errors:
+        raise CtlError("DEL failed (run pod rm again to retry): " + "; ".join(errors))
+    if os.path.exists(st["netns"]):
+        from pyroute2 import netns as pr_netns
+
+        pr_netns.remove(os.path.basename(st["netns"]))
+    os.unlink(state_path)
+    objectdir.delete(args.objects_dir, [("", {"kind": "Pod", "metadata": {"name": st["name"], "namespace": st["namespace"]}})])
+    _sync(args)
+    print(f"pod/{args.name} deleted")
+    return 0
+
+
+def cmd_pod_status(args: argparse.Namespace) -> int:
+    resp = Client(args.grpc_socket).call("ListPods", pb.ListPodsRequest(namespace=args.namespace, name=args.name))
+    if not resp.pods:
+        raise CtlError(f"pod {args.namespace}/{args.name} has no networks-status")
+    print(json.dumps(json.loads(resp.pods[0].networks_status_json), indent=2))
+    return 0
+
+
+def cmd_pod_list(args: argparse.Namespace) -> int:
+    resp = Client(args.grpc_socket).call("ListPods", pb.ListPodsRequest(namespace=args.namespace_filter or ""))
+    data = [{"namespace": p.namespace, "name": p.name, "uid": p.uid,
+             "networksStatus": json.loads(p.networks_status_json)} for p in resp.pods]
+
+    def render() -> str:
+        rows = []
+        for p in data:
+            for s in p["networksStatus"]:
+                addrs = ",".join(a["address"] for a in s["ipAddressConfigs"]) or "-"
+                rows.append([p["namespace"], p["name"], s["ifName"], f"{s['type']}/{s['name']}", s["mac"], addrs])
+        return table(rows, ["NAMESPACE", "POD", "IFNAME", "NETWORK", "MAC", "ADDRESSES"])
+
+    _print(args, data, render)
+    return 0
+
+
+def cmd_pools(args: argparse.Namespace) -> int:
+    resp = Client(args.grpc_socket).call("ListPools", pb.ListPoolsRequest())
+    data = [{"pool": p.pool, "networks": list(p.networks), "size": p.size, "used": p.used,
+             "quarantined": p.quarantined, "free": p.free, "leaseTTLSeconds": p.lease_ttl_seconds} for p in resp.pools]
+    _print(args, data, lambda: table(
+        [[d["pool"], ",".join(d["networks"]), d["size"], d["used"], d["quarantined"], d["free"]] for d in data],
+        ["POOL", "NETWORKS", "SIZE", "USED", "QUARANTINED", "FREE"]))
+    return 0
+
+
+def cmd_leases(args: argparse.Namespace) -> int:
+    resp = Client(args.grpc_socket).call("ListLeases", pb.ListLeasesRequest(pool=args.pool or ""))
+    data = [{"pool": x.pool, "address": x.address, "network": x.network, "holder": x.holder, "state": x.state,
+             "pods": list(x.pods), "createdAt": x.created_at, "orphanedAt": x.orphaned_at or None,
+             "ttlSeconds": x.ttl_seconds, "outsideRanges": x.outside_ranges} for x in resp.leases]
+
+    def render() -> str:
+        rows = []
+        for d in data:
+            state = d["state"]
+            if d["orphanedAt"]:
+                left = d["orphanedAt"] + d["ttlSeconds"] - time.time()
+                state = f"quarantined ({max(0, int(left))}s left)"
+            rows.append([d["address"], d["pool"], d["holder"] or "-", ",".join(d["pods"]) or "-", state,
+                         age(d["createdAt"])])
+        return table(rows, ["ADDRESS", "POOL", "HOLDER", "POD", "STATE", "AGE"])
+
+    _print(args, data, render)
+    return 0
+
+
+def _pool_ref(text: str) -> pb.PoolRef:
+    """``ns/name`` (IPAddressPool) or ``name`` (ClusterIPAddressPool), or a full pool key."""
+    parts = text.split("/")
+    if parts[0] in ("IPAddressPool", "ClusterIPAddressPool"):
+        kind, parts = parts[0], parts[1:]
+    else:
+        kind = "IPAddressPool" if len(parts) == 2 else "ClusterIPAddressPool"
+    if len(parts) == 2:
+        return pb.PoolRef(kind=kind, namespace=parts[0], name=parts[1])
+    return pb.PoolRef(kind=kind, name=parts[0])
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CtlError("refusing to release without confirmation: add --yes")
+        answer = input(f"Release {args.address} of pool {args.pool}? A pod using it will keep it configured. [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("not released")
+            return 1
+    resp = Client(args.grpc_socket).call(
+        "Release", pb.ReleaseRequest(pool=_pool_ref(args.pool), address=args.address, force=args.yes))
+    print(f"{args.address} {'released' if resp.released else 'was not leased'}")
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    client = Client(args.grpc_socket)
+    if args.what in ("ipaddresses", "ipaddress", "ipa"):
+        resp = client.call("ListIPAddresses", pb.ListIPAddressesRequest())
+        data = [{"kind": a.kind, "namespace": a.namespace, "name": a.name, "type": a.type,
+                 "networkRef": {"kind": a.network_kind, "name": a.network_name}, "status": json.loads(a.status_json)}
+                for a in resp.addresses]
+        _print(args, data, lambda: table(
+            [[d["namespace"] or "-", d["name"], d["type"], d["networkRef"]["kind"], d["networkRef"]["name"],
+              d["status"]["address"] or "-", d["status"]["network"] or "-", d["status"]["phase"]] for d in data],
+            ["NAMESPACE", "NAME", "TYPE", "KIND", "NAME", "ADDRESS", "NETWORK", "PHASE"]))
+    else:
+        resp = client.call("ListNetworks", pb.ListNetworksRequest())
+        data = [{"network": n.key, "status": json.loads(n.status_json)} for n in resp.networks]
+        _print(args, data, lambda: table(
+            [[d["network"], d["status"].get("bridgeName", "-"), d["status"].get("vlanID", 0),
+              next((c["status"] for c in d["status"].get("conditions", []) if c["type"] == "Ready"), "Unknown")]
+             for d in data], ["NETWORK", "BRIDGE", "VLAN", "READY"]))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="plexusctl", description="Operate Plexus: objects, pods, IPAM.")
+    p.add_argument("--objects-dir", default=DEFAULT_OBJECTS, help="local object source (default %(default)s)")
+    p.add_argument("--grpc-socket", default=DEFAULT_GRPC, help="plexus-ipamd's gRPC socket (default %(default)s)")
+    p.add_argument("--state-dir", default=DEFAULT_STATE, help="where pod run keeps its pods (default %(default)s)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def out(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-o", "--output", choices=("table", "json"), default="table")
+
+    for name, fn in (("apply", cmd_apply), ("delete", cmd_delete)):
+        sp = sub.add_parser(name, help=f"{name} manifests in the local object source")
+        sp.add_argument("-f", "--filename", action="append", required=True, help="file, directory or - for stdin")
+        sp.set_defaults(func=fn)
+
+    pod = sub.add_parser("pod", help="run pods as a runtime would").add_subparsers(dest="pod_command", required=True)
+    run = pod.add_parser("run", help="create the pod's netns and ADD it through the installed conflist")
+    run.add_argument("-f", "--filename", required=True)
+    run.add_argument("--conflist", help=f"CNI configuration (default: the first in {DEFAULT_CONF_DIR})")
+    run.add_argument("--conf-dir", default=DEFAULT_CONF_DIR)
+    run.add_argument("--cni-path", default=DEFAULT_CNI_PATH)
+    run.add_argument("--ifname", default="eth0", help="CNI_IFNAME (default %(default)s)")
+    out(run)
+    run.set_defaults(func=cmd_pod_run)
+    for name, fn, text in (("rm", cmd_pod_rm, "DEL the pod and remove its netns"),
+                           ("status", cmd_pod_status, "print the pod's networks-status")):
+        sp = pod.add_parser(name, help=text)
+        sp.add_argument("name")
+        sp.add_argument("-n", "--namespace", default="default")
+        if name == "rm":
+            sp.add_argument("--cni-path", default=DEFAULT_CNI_PATH)
+        sp.set_defaults(func=fn)
+    ls = pod.add_parser("list", help="pods and their additional interfaces")
+    ls.add_argument("-n", "--namespace", dest="namespace_filter", default="")
+    out(ls)
+    ls.set_defaults(func=cmd_pod_list)
+
+    ipam = sub.add_parser("ipam", help="pools and leases").add_subparsers(dest="ipam_command", required=True)
+    pools = ipam.add_parser("pools", help="size, used, quarantined and free per pool")
+    out(pools)
+    pools.set_defaults(func=cmd_pools)
+    leases = ipam.add_parser("leases", help="every lease, its holder, pod, state and age")
+    leases.add_argument("--pool", help="only this pool (its key)")
+    out(leases)
+    leases.set_defaults(func=cmd_leases)
+    rel = ipam.add_parser("release", help="free a stuck address deliberately")
+    rel.add_argument("pool", help="namespace/name of an IPAddressPool, or the name of a ClusterIPAddressPool")
+    rel.add_argument("address")
+    rel.add_argument("--yes", action="store_true", help="do not ask; release even if a pod uses it")
+    rel.set_defaults(func=cmd_release)
+
+    get = sub.add_parser("get", help="statuses")
+    get.add_argument("what", choices=("ipaddresses", "ipaddress", "ipa", "networks", "network"))
+    out(get)
+    get.set_defaults(func=cmd_get)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        rc: int = args.func(args)
+        return rc
+    except (CtlError, CniError, ManifestInvalid, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,89 @@
+"""The daemon's configuration: one frozen record, read from the command line (``plexus-ipamd --help``).
+
+Pure: parsing the flags imports nothing of the node or Kubernetes side, so both modes start from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    objects_dir: str = "/etc/plexus/objects"
+    db: str = "/var/lib/plexus/plexus.db"
+    socket: str = "/run/plexus/plexus.sock"
+    grpc_socket: str = "/run/plexus/ipam.sock"
+    log_file: str = ""
+    log_level: str = "info"
+    reconcile_interval: float = 30.0
+    pidfile: str = ""
+    metrics_port: int = 0
+    fault: str = ""  # test hook: SIGKILL ourselves at this step (e.g. "add:leased")
+    kubeconfig: str = ""  # Kubernetes mode: this kubeconfig, or "in-cluster"
+    node_name: str = ""
+    node_netns: str = ""  # where node-side links live (default: the daemon's own namespace)
+    controller: bool = False  # also run the (leader-elected) cluster controller
+    controller_namespace: str = "plexus-system"
+    mode: str = "node"  # node | controller (the controller and the webhook alone: no CNI, no store)
+    webhook_address: str = "0.0.0.0"
+    webhook_port: int = 9443
+    webhook_names: tuple[str, ...] = ("plexus-webhook.plexus-system.svc",)
+    webhook_secret: str = "plexus-webhook-tls"
+    webhook_configuration: str = "plexus"
+    health_port: int = 8081
+
+
+def parse_args(argv: list[str] | None = None) -> DaemonConfig:
+    p = argparse.ArgumentParser(prog="plexus-ipamd", description="Plexus node daemon: CNI service and IPAM.")
+    d = DaemonConfig()
+    p.add_argument("--objects-dir", default=d.objects_dir, help="directory of manifests (local object source)")
+    p.add_argument("--db", default=d.db, help="SQLite store")
+    p.add_argument("--socket", default=d.socket, help="unix socket for the plexus CNI shim")
+    p.add_argument("--grpc-socket", default=d.grpc_socket, help="unix socket for the gRPC IPAM API")
+    p.add_argument("--log-file", default=d.log_file, help="log here instead of standard error")
+    p.add_argument("--log-level", default=d.log_level, choices=("debug", "info", "warning", "error"))
+    p.add_argument("--reconcile-interval", type=float, default=d.reconcile_interval, help="seconds between reconciles")
+    p.add_argument("--pidfile", default=d.pidfile)
+    p.add_argument("--metrics-port", type=int, default=d.metrics_port, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    p.add_argument("--kubeconfig", default="",
+                   help="Kubernetes mode: read objects from the cluster with this kubeconfig "
+                        "(in a pod with a service account, the cluster is used without it)")
+    p.add_argument("--node-name", default=os.environ.get("NODE_NAME", ""), help="this node (default: $NODE_NAME)")
+    p.add_argument("--node-netns", default="",
+                   help="network namespace (path) that holds the node's bridges and veths, instead of the "
+                        "daemon's own: several test nodes on one machine, each talking to one API server")
+    p.add_argument("--controller", action="store_true",
+                   help="Kubernetes mode: also run the cluster controller (one acts at a time: leader election)")
+    p.add_argument("--controller-namespace", default="plexus-system",
+                   help="namespace of the leader-election Lease (and of the webhook's Secret)")
+    p.add_argument("--mode", choices=("node", "controller"), default=d.mode,
+                   help="node: the CNI service and IPAM of this node (default); controller: the cluster "
+                        "controller and the validating webhook only (the plexus-controller Deployment)")
+    w = p.add_argument_group("controller mode")
+    w.add_argument("--webhook-address", default=d.webhook_address, help="address the webhook listens on")
+    w.add_argument("--webhook-port", type=int, default=d.webhook_port, help="HTTPS port of the webhook (0: none)")
+    w.add_argument("--webhook-name", action="append", default=None,
+                   help="DNS name or IP the webhook's certificate answers to (repeat; default: "
+                        f"{d.webhook_names[0]})")
+    w.add_argument("--webhook-secret", default=d.webhook_secret, help="Secret that keeps the webhook's CA and certificate")
+    w.add_argument("--webhook-configuration", default=d.webhook_configuration,
+                   help="ValidatingWebhookConfiguration whose caBundle the controller keeps")
+    w.add_argument("--health-port", type=int, default=d.health_port, help="HTTP /healthz and /readyz (0: none)")
+    a = p.parse_args(argv)
+    kubeconfig = a.kubeconfig
+    if not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(SA_TOKEN):
+        kubeconfig = "in-cluster"
+    if a.mode == "controller" and not kubeconfig:
+        p.error("controller mode works on a cluster: --kubeconfig (or run in a pod with a service account)")
+    if a.mode == "node" and kubeconfig and not a.node_name:
+        p.error("Kubernetes mode needs the node's name: --node-name or $NODE_NAME")
+    return DaemonConfig(a.objects_dir, a.db, a.socket, a.grpc_socket, a.log_file, a.log_level,
+                        a.reconcile_interval, a.pidfile, a.metrics_port, os.environ.get("PLEXUS_FAULT", ""),
+                        kubeconfig, a.node_name, a.node_netns, a.controller, a.controller_namespace,
+                        a.mode, a.webhook_address, a.webhook_port, tuple(a.webhook_name or d.webhook_names),
+                        a.webhook_secret, a.webhook_configuration, a.health_port)

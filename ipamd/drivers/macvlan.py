@@ -1,0 +1,37 @@
+"""``macvlan``: a macvlan (bridge mode) made straight into the pod, on the segment's bridge.
+
+On the bridge, not its uplink: a NIC enslaved to a bridge cannot also carry macvlans (EBUSY), and
+this way veth, TAP and macvlan pods share one L2 segment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from ipamd.drivers import kernel
+from ipamd.drivers.base import BuildContext, Built, CheckContext, InterfaceKey, Plan, TeardownContext, quietly
+from ipamd.model.annotations import NetworkSelection
+from ipamd.netlink import links
+from ipamd.store.records import BuiltInterface
+
+
+class MacvlanDriver:
+    kind = "macvlan"
+
+    def plan(self, key: InterfaceKey, sel: NetworkSelection) -> Plan:
+        return Plan("", not sel.skip_ip_assignment, sel.mac)
+
+    def build(self, ctx: BuildContext, iface: BuiltInterface, undo: contextlib.ExitStack) -> Built:
+        pod = ctx.pod.netlink()
+        link = links.add_macvlan(ctx.host, pod, ctx.pod.fd, ctx.bridge_index(), iface.if_name, iface.mac)
+        undo.callback(quietly, f"macvlan {iface.if_name}", links.delete_link, pod, iface.if_name)
+        kernel.configure(pod, link.index, iface)
+        return Built(link.mac, kernel.result(iface, link.mac, ctx.pod.path))
+
+    def teardown(self, ctx: TeardownContext, iface: BuiltInterface) -> None:
+        pod = ctx.pod_netlink()
+        if pod is not None:  # a namespace that is gone took the macvlan with it
+            links.delete_link(pod, iface.if_name)
+
+    def check(self, ctx: CheckContext, iface: BuiltInterface) -> list[str]:
+        return kernel.check(ctx.host, ctx.pod.netlink(), iface)

@@ -1,0 +1,63 @@
+"""``tap``: a TAP device in the pod for a VM's NIC (KubeVirt-style), bridged inside the pod to a veth
+into the segment's node bridge. Its address is reserved for the guest, never configured on the TAP.
+
+TUNSETIFF creates the device in the caller's namespace, so it is made on the node under a temporary
+name and moved into the pod. The names of the inner bridge, the inner veth end and the temporary
+TAP are kept in the record (``driver``), so DEL needs nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from ipamd.drivers import kernel
+from ipamd.drivers.base import BuildContext, Built, CheckContext, InterfaceKey, Plan, TeardownContext, quietly
+from ipamd.model.annotations import NetworkSelection
+from ipamd.model.names import TapNames, host_link_name
+from ipamd.netlink import links
+from ipamd.store.records import BuiltInterface
+
+
+def _names(iface: BuiltInterface) -> TapNames:
+    state = iface.driver
+    if {"innerBridge", "innerVeth", "temporary"} <= state.keys():
+        return TapNames(state["innerBridge"], state["innerVeth"], state["temporary"])
+    return TapNames.of(iface.host_link)  # a record written before the names were kept
+
+
+def _remove_pod_side(pod: Any, iface: BuiltInterface) -> None:
+    names = _names(iface)
+    for name in (iface.if_name, names.inner_bridge, names.inner_veth):
+        links.delete_link(pod, name)
+
+
+class TapDriver:
+    kind = "tap"
+
+    def plan(self, key: InterfaceKey, sel: NetworkSelection) -> Plan:
+        host_link = host_link_name(key.container_id, key.runtime_ifname, sel.if_name)
+        names = TapNames.of(host_link)
+        return Plan(host_link, False, sel.mac, {"innerBridge": names.inner_bridge, "innerVeth": names.inner_veth,
+                                                "temporary": names.temporary, "uid": sel.tap_uid, "gid": sel.tap_gid})
+
+    def build(self, ctx: BuildContext, iface: BuiltInterface, undo: contextlib.ExitStack) -> Built:
+        pod = ctx.pod.netlink()
+        names = _names(iface)
+        bridge = ctx.bridge_index()
+        undo.callback(quietly, f"tap {iface.if_name}", _remove_pod_side, pod, iface)
+        undo.callback(quietly, "temporary tap", links.delete_link, ctx.host, names.temporary)
+        link = links.add_tap(ctx.host, pod, ctx.pod.fd, iface.host_link, names, iface.if_name, iface.mac, bridge,
+                             iface.driver.get("uid"), iface.driver.get("gid"))
+        undo.callback(quietly, f"veth {iface.host_link}", links.delete_link, ctx.host, iface.host_link)
+        return Built(link.mac, kernel.result(iface, link.mac, ctx.pod.path))
+
+    def teardown(self, ctx: TeardownContext, iface: BuiltInterface) -> None:
+        for name in (iface.host_link, _names(iface).temporary):
+            links.delete_link(ctx.host, name)
+        pod = ctx.pod_netlink()
+        if pod is not None:
+            _remove_pod_side(pod, iface)
+
+    def check(self, ctx: CheckContext, iface: BuiltInterface) -> list[str]:
+        return kernel.check(ctx.host, ctx.pod.netlink(), iface)

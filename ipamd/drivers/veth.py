@@ -1,0 +1,34 @@
+"""``veth``: the default pod interface, a veth pair whose node end joins the segment's bridge."""
+
+from __future__ import annotations
+
+import contextlib
+
+from cni.types import Interface
+from ipamd.drivers import kernel
+from ipamd.drivers.base import BuildContext, Built, CheckContext, InterfaceKey, Plan, TeardownContext, quietly
+from ipamd.model.annotations import NetworkSelection
+from ipamd.model.names import host_link_name
+from ipamd.netlink import links
+from ipamd.store.records import BuiltInterface
+
+
+class VethDriver:
+    kind = "veth"
+
+    def plan(self, key: InterfaceKey, sel: NetworkSelection) -> Plan:
+        return Plan(host_link_name(key.container_id, key.runtime_ifname, sel.if_name), not sel.skip_ip_assignment,
+                    sel.mac)
+
+    def build(self, ctx: BuildContext, iface: BuiltInterface, undo: contextlib.ExitStack) -> Built:
+        bridge = ctx.bridge_index()
+        undo.callback(quietly, f"veth {iface.host_link}", links.delete_link, ctx.host, iface.host_link)
+        link = links.add_veth(ctx.host, ctx.pod.netlink(), ctx.pod.fd, iface.host_link, iface.if_name, iface.mac, bridge)
+        kernel.configure(ctx.pod.netlink(), link.index, iface)
+        return Built(link.mac, kernel.result(iface, link.mac, ctx.pod.path, (Interface(iface.host_link),)))
+
+    def teardown(self, ctx: TeardownContext, iface: BuiltInterface) -> None:
+        links.delete_link(ctx.host, iface.host_link)  # the pod end goes with it
+
+    def check(self, ctx: CheckContext, iface: BuiltInterface) -> list[str]:
+        return kernel.check(ctx.host, ctx.pod.netlink(), iface)

@@ -1,0 +1,159 @@
+"""Exec'ing one CNI plugin, as a runtime does (libcni's ``invoke``): the one way Plexus runs a plugin.
+
+The plugin is looked up by its ``type`` in the plugin directories, and only there: a ``type`` with a
+path in it is refused, so a NetworkAttachmentDefinition can never make the daemon exec anything else.
+It gets a clean environment (the ``CNI_*`` variables and a fixed ``PATH``, never the daemon's own),
+its configuration on stdin, and a deadline; a plugin that outlives it is killed with its whole process
+group (its children too). Its stdout is parsed as a result (exit 0) or as a CNI error (otherwise),
+both within a size limit; its stderr is logged and kept for the caller's log, never put into a CNI
+answer raw. ``PluginExec`` is the seam: ``tests/fakes/exec.py`` scripts it for unit tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import selectors
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cni.errors import CniError, InvalidConfig, IOFailure
+
+log = logging.getLogger(__name__)
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+MAX_OUTPUT = 1 << 20  # a CNI result is a few KiB; more is a plugin gone wrong
+#: What a plugin may be given of the caller's environment, and nothing else.
+CNI_ENV = ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH")
+
+
+@dataclass(frozen=True, slots=True)
+class PluginRun:
+    """One successful exec: the parsed result (``{}`` when the plugin printed nothing, as DEL does)."""
+
+    result: dict[str, Any]
+    stderr: str
+    seconds: float
+
+
+class PluginExec(Protocol):
+    def run(self, plugin: str, env: Mapping[str, str], config: Mapping[str, Any], timeout: float) -> PluginRun:
+        """Exec ``plugin`` with the ``CNI_*`` variables of ``env`` and ``config`` on stdin; its result, or
+        the ``CniError`` it printed, or ``IOFailure`` (not found, timed out, crashed, printed garbage)."""
+        ...
+
+
+def check_plugin_type(plugin: str, field: str = "type") -> str:
+    """A plugin type is a file name in the plugin directories, never a path (``/``, ``..``)."""
+    if not plugin or "/" in plugin or plugin in (".", "..") or "\0" in plugin:
+        raise InvalidConfig(f"plugin type {plugin!r} is not a plugin name", field)
+    return plugin
+
+
+class Exec:
+    """Plugins from the directories of ``cni_path`` (``CNI_PATH``'s ``:``-separated form, or a list)."""
+
+    def __init__(self, cni_path: str | Sequence[str], max_output: int = MAX_OUTPUT) -> None:
+        self.dirs = [d for d in (cni_path.split(":") if isinstance(cni_path, str) else cni_path) if d]
+        self.max_output = max_output
+
+    def find(self, plugin: str) -> str:
+        check_plugin_type(plugin)
+        for d in self.dirs:
+            path = os.path.join(d, plugin)
+            if os.path.isfile(path) and os.access(path, os.X_OK):
+                return path
+        raise IOFailure(f"CNI plugin {plugin} not found in {':'.join(self.dirs)}", plugin)
+
+    def run(self, plugin: str, env: Mapping[str, str], config: Mapping[str, Any], timeout: float) -> PluginRun:
+        binary = self.find(plugin)
+        verb = env.get("CNI_COMMAND", "")
+        clean = {k: env[k] for k in CNI_ENV if k in env}
+        clean.setdefault("CNI_PATH", ":".join(self.dirs))
+        clean["PATH"] = SAFE_PATH
+        started = time.monotonic()
+        rc, out, err = self._communicate(binary, clean, json.dumps(config).encode(), timeout, f"{plugin} {verb}")
+        seconds = time.monotonic() - started
+        stderr = err.decode(errors="replace").strip()
+        if stderr:
+            log.info("%s %s (exit %d) said on stderr: %s", plugin, verb, rc, stderr[-2000:])
+        text = out.decode(errors="replace").strip()
+        if rc != 0:
+            raise _failure(plugin, verb, rc, text, stderr)
+        if not text:
+            return PluginRun({}, stderr, seconds)
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise IOFailure(f"{plugin} {verb} printed something that is not JSON", text[:500])
+        return PluginRun(parsed, stderr, seconds)
+
+    def _communicate(self, binary: str, env: dict[str, str], stdin: bytes, timeout: float,
+                     what: str) -> tuple[int, bytes, bytes]:
+        """Run to the end or the deadline, reading at most ``max_output`` bytes of each stream."""
+        proc = subprocess.Popen([binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=env, start_new_session=True, close_fds=True)
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        deadline = time.monotonic() + timeout
+        fd_out, fd_err = proc.stdout.fileno(), proc.stderr.fileno()
+        out: dict[int, bytearray] = {fd_out: bytearray(), fd_err: bytearray()}
+        problem = ""
+        try:
+            try:
+                proc.stdin.write(stdin)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # it exited without reading: its output says why
+            with selectors.DefaultSelector() as sel:
+                for stream in (proc.stdout, proc.stderr):
+                    sel.register(stream, selectors.EVENT_READ)
+                while sel.get_map() and not problem:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        problem = f"{what} timed out after {timeout:g}s (killed)"
+                        break
+                    for key, _ in sel.select(left):
+                        chunk = os.read(key.fd, 65536)
+                        if not chunk:
+                            sel.unregister(key.fileobj)
+                            continue
+                        out[key.fd] += chunk
+                        if len(out[key.fd]) > self.max_output:
+                            problem = f"{what} printed more than {self.max_output} bytes (killed)"
+            if not problem:
+                rc = proc.wait(max(0.0, deadline - time.monotonic()))
+                return rc, bytes(out[fd_out]), bytes(out[fd_err])
+        except subprocess.TimeoutExpired:
+            problem = f"{what} timed out after {timeout:g}s (killed)"
+        finally:
+            if problem or proc.returncode is None:
+                _kill_group(proc)
+            proc.stdout.close()
+            proc.stderr.close()
+        raise IOFailure(problem, bytes(out[fd_err])[-500:].decode(errors="replace"))
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the plugin and every process it started (they share its session and process group)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _failure(plugin: str, verb: str, rc: int, text: str, stderr: str) -> CniError:
+    """A failed exec as the CNI error it printed, or as an I/O failure when it printed none."""
+    try:
+        err = json.loads(text) if text else None
+    except ValueError:
+        err = None
+    if isinstance(err, dict) and "code" in err:
+        return CniError.from_dict(err)
+    return IOFailure(f"{plugin} {verb} failed (exit {rc})", (text or stderr)[:500])

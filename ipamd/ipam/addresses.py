@@ -1,0 +1,422 @@
+"""Address management: resolve a pod's networks, lease addresses for its IPAddresses, let them go.
+
+The rules of seed 000 and DESIGN §3. A lease is keyed by (pool, IP) and held by one IPAddress.
+An ``Auto`` IPAddress made for a pod interface is owned by the pod and outlives its sandboxes; when
+the pod is gone it is deleted and its lease is orphaned: quarantined for the pool's ``leaseTTL``
+before the address is handed out again — except to a ``Static`` IPAddress asking for exactly that
+address, which adopts the lease at once. Every change is one store transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Callable, Container
+from dataclasses import dataclass, replace
+
+from cni.errors import AddressConflict, CniError, InvalidConfig, ObjectNotFound, PoolExhausted
+from ipamd.ipam.allocator import in_ranges, pick_free, subnet_for, to_int, to_text
+from ipamd.ipam.registry import LeaseRegistry, NodeLocalRegistry
+from ipamd.model.annotations import NetworkSelection
+from ipamd.model.conditions import set_condition
+from ipamd.model.objects import (
+    CLUSTER_IP_ADDRESS,
+    CLUSTER_NETWORK,
+    IP_ADDRESS,
+    NETWORK,
+    NETWORK_CLASS,
+    NETWORK_KINDS,
+    POOL_KINDS,
+    AddressPool,
+    ClusterNetwork,
+    IPAddressObject,
+    Network,
+    NetworkClass,
+    Pod,
+)
+from ipamd.sources.base import ObjectSource
+from ipamd.store.protocols import LeaseStore
+from ipamd.store.records import IPRecord, LeaseRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedNetwork:
+    key: str
+    type: str  # Network | ClusterNetwork
+    name: str
+    namespace: str
+    obj: Network | ClusterNetwork
+    network_class: NetworkClass | None
+    pool: AddressPool | None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """An address an interface gets: its IPAddress, the lease, and whether this call created them."""
+
+    ip_key: str
+    ip_name: str
+    address: str
+    network: str
+    routes: tuple[dict[str, str], ...]
+    created_ip: bool
+    created_lease: bool
+
+
+def pool_key(pool: AddressPool) -> str:
+    return pool.meta.key
+
+
+def auto_ip_name(pod: Pod, if_name: str) -> str:
+    """The name of the Auto IPAddress of a pod interface: readable, and unique per pod UID."""
+    base = re.sub(r"[^a-z0-9-]", "-", f"{pod.meta.name}-{if_name}".lower()).strip("-")[:200]
+    return f"{base}-{hashlib.sha1(pod.meta.uid.encode()).hexdigest()[:5]}"
+
+
+class _Either:
+    """``ip in a or ip in b`` without building the union of two large sets."""
+
+    def __init__(self, a: Container[int], b: Container[int]) -> None:
+        self.a, self.b = a, b
+
+    def __contains__(self, ip: object) -> bool:
+        return ip in self.a or ip in self.b
+
+
+class Ipam:
+    def __init__(self, store: LeaseStore, source: ObjectSource, clock: Callable[[], float] = time.time,
+                 registry: LeaseRegistry | None = None) -> None:
+        self.store = store
+        self.source = source
+        self.clock = clock
+        self.registry: LeaseRegistry = registry or NodeLocalRegistry()
+
+    # -- resolution ------------------------------------------------------------------------------
+    def resolve(self, sel: NetworkSelection, namespace: str, where: str) -> ResolvedNetwork:
+        net: Network | ClusterNetwork | None
+        cls: NetworkClass | None = None
+        if sel.type == NETWORK.name:
+            net = self.source.get(NETWORK, namespace, sel.name)
+            if net is None:
+                others = [o.meta.namespace for o in self.source.list(NETWORK) if o.meta.name == sel.name]
+                hint = f"; one exists in namespace {others[0]}, but a pod may only use Networks of its own" if others else ""
+                raise ObjectNotFound(f"Network {namespace}/{sel.name} does not exist{hint}", f"{where}.name")
+            cls = self.source.get(NETWORK_CLASS, "", net.network_class)
+            if cls is None:
+                raise ObjectNotFound(f"NetworkClass {net.network_class} of Network {namespace}/{sel.name} does not exist",
+                                     "spec.networkClass")
+        else:
+            net = self.source.get(CLUSTER_NETWORK, "", sel.name)
+            if net is None:
+                raise ObjectNotFound(f"ClusterNetwork {sel.name} does not exist", f"{where}.name")
+            cls = self.source.get(NETWORK_CLASS, "", net.network_class) if net.network_class else None
+        return ResolvedNetwork(net.meta.key, sel.type, sel.name, net.meta.namespace, net, cls, self.pool_of(net, True))
+
+    def pool_of(self, net: Network | ClusterNetwork, required: bool = False) -> AddressPool | None:
+        """The pool a network's ``spec.ipam`` names (a pool of its namespace, or a cluster pool); None when
+        it has no IPAM, or, unless ``required``, when the pool is missing."""
+        ref = net.pool_ref
+        if ref is None:
+            return None
+        kind = POOL_KINDS[ref.kind]
+        ns = net.meta.namespace if kind.namespaced else ""
+        pool = self.source.get(kind, ns, ref.name)
+        if pool is None and required:
+            raise ObjectNotFound(f"{ref.kind} {ns + '/' if ns else ''}{ref.name} of {net.meta.display} does not exist",
+                                 "spec.ipam.ipAddressPoolRef")
+        return pool
+
+    def pool_of_ip(self, obj: IPAddressObject) -> AddressPool | None:
+        """The pool of the network an IPAddress refers to (None when either is missing)."""
+        kind = NETWORK_KINDS[obj.network_ref.kind]
+        net = self.source.get(kind, obj.meta.namespace if kind.namespaced else "", obj.network_ref.name)
+        return self.pool_of(net) if net is not None else None
+
+    def _user_ip(self, pod: Pod, sel: NetworkSelection, net: ResolvedNetwork, name: str,
+                 where: str) -> IPAddressObject:
+        ns = pod.meta.namespace
+        obj = self.source.get(IP_ADDRESS, ns, name)
+        if obj is None and net.type == CLUSTER_NETWORK.name:
+            obj = self.source.get(CLUSTER_IP_ADDRESS, "", name)
+        if obj is None:
+            raise ObjectNotFound(f"IPAddress {ns}/{name} does not exist", f"{where}.ipAddressNames")
+        if (obj.network_ref.kind, obj.network_ref.name) != (net.type, net.name):
+            raise ObjectNotFound(
+                f"IPAddress {name} is for {obj.network_ref.kind} {obj.network_ref.name}, not {net.type} {net.name}",
+                f"{where}.ipAddressNames",
+            )
+        rec = self.store.get_ip(obj.meta.key)
+        if rec and rec.used_by_uids and pod.meta.uid not in rec.used_by_uids:
+            raise AddressConflict(
+                f"IPAddress {name} is in use by pod {', '.join(rec.used_by_pods)}", f"{where}.ipAddressNames"
+            )
+        return obj
+
+    def validate(self, pod: Pod, sel: NetworkSelection, net: ResolvedNetwork, where: str) -> list[IPAddressObject]:
+        """Every check that needs no change: run for all interfaces before anything is leased."""
+        if sel.ip_address_names and net.pool is None:
+            raise InvalidConfig(f"{net.type} {net.name} has no IPAM (spec.ipam), so it takes no ipAddressNames",
+                                f"{where}.ipAddressNames")
+        objs = [self._user_ip(pod, sel, net, n, where) for n in sel.ip_address_names]
+        for obj in objs:
+            if obj.type == "Static" and net.pool is not None:
+                self._check_static(obj, net.pool)
+        return objs
+
+    def _check_static(self, obj: IPAddressObject, pool: AddressPool) -> None:
+        ip = to_int(obj.static_ip)
+        if subnet_for(pool, ip) is None:
+            nets = ", ".join(str(s.network) for s in pool.subnets)
+            raise InvalidConfig(f"IPAddress {obj.meta.name}: {obj.static_ip} is outside pool {pool.meta.name} ({nets})",
+                                "spec.static.ip")
+        lease = self.store.lease_at(pool_key(pool), ip)
+        if lease and lease.holder and lease.holder != obj.meta.key:
+            raise AddressConflict(f"IPAddress {obj.meta.name}: {obj.static_ip} is already leased to {lease.holder}",
+                                  "spec.static.ip")
+
+    # -- leasing -------------------------------------------------------------------------------
+    def record_for(self, obj: IPAddressObject, created_by: str = "user") -> IPRecord:
+        rec = self.store.get_ip(obj.meta.key)
+        if rec is None:
+            rec = IPRecord(
+                key=obj.meta.key, kind=obj.meta.kind, namespace=obj.meta.namespace, name=obj.meta.name,
+                network_kind=obj.network_ref.kind, network_name=obj.network_ref.name, type=obj.type,
+                static_ip=obj.static_ip, uid=obj.meta.uid, owner_pod_uid=obj.owner_pod_uid,
+                created_by=created_by, created_at=self.clock(),
+            )
+        return rec
+
+    def lease_for(self, rec: IPRecord, pool: AddressPool) -> tuple[IPRecord, LeaseRecord, bool]:
+        """Give the IPAddress its address (keeping the one it has); inside a transaction."""
+        now = self.clock()
+        pkey = pool_key(pool)
+        lease = self.store.lease_of(rec.key)
+        created = False
+        if lease is not None and lease.pool != pkey:  # the Network moved to another pool: start over
+            self._orphan(lease, now)
+            lease = None
+        if lease is None:
+            if rec.type == "Static":
+                ip = to_int(rec.static_ip)
+                subnet = subnet_for(pool, ip)
+                if subnet is None:
+                    raise InvalidConfig(f"IPAddress {rec.name}: {rec.static_ip} is outside pool {pool.meta.name}",
+                                        "spec.static.ip")
+                held = self.store.lease_at(pkey, ip)
+                if held is not None and held.holder not in (None, rec.key):
+                    raise AddressConflict(f"IPAddress {rec.name}: {rec.static_ip} is already leased to {held.holder}",
+                                          "spec.static.ip")
+                # an orphaned (quarantined) lease of exactly this address is adopted at once
+                lease = LeaseRecord(pool=pkey, ip=ip, address=to_text(ip), network=str(subnet.network),
+                                    holder=rec.key, holder_uid=rec.uid, ttl=pool.lease_ttl_s, created_at=now)
+                if not self.registry.claim(lease):
+                    raise AddressConflict(f"IPAddress {rec.name}: {rec.static_ip} is already leased elsewhere",
+                                          "spec.static.ip")
+            else:
+                adopted = self.registry.held_by(rec.key, pkey)
+                if adopted is not None:  # leased on another node (or by the controller): adopt it here
+                    subnet = subnet_for(pool, adopted) or pool.subnets[0]
+                    lease = LeaseRecord(pool=pkey, ip=adopted, address=to_text(adopted), network=str(subnet.network),
+                                        holder=rec.key, holder_uid=rec.uid, ttl=pool.lease_ttl_s, created_at=now)
+                else:
+                    lease = self._claim_free(rec, pool, pkey, now)
+            self.store.put_lease(lease)
+            created = True
+        subnet = subnet_for(pool, lease.ip)
+        routes = tuple(r.to_dict() for r in subnet.routes) if subnet else ()
+        conds = set_condition(rec.conditions, "Allocated", True, "IPAddressAllocated", "", now)
+        rec = replace(rec, phase="Allocated", address=lease.address, network=lease.network, pool=pkey,
+                      routes=routes, conditions=conds)
+        if not in_ranges(pool, lease.ip) and rec.type == "Auto":
+            lease = replace(lease, outside_ranges=True)
+            self.store.put_lease(lease)
+        self.store.put_ip(rec)
+        return rec, lease, created
+
+    def _claim_free(self, rec: IPRecord, pool: AddressPool, pkey: str, now: float) -> LeaseRecord:
+        """The next free address that the registry also lets us have (another node may hold it)."""
+        taken = self.store.taken_ips(pkey)
+        lost: set[int] = set()
+        elsewhere = self.registry.taken_elsewhere(pkey)
+        cursor = self.store.cursor(pkey)
+        while True:
+            picked = pick_free(pool, _Either(taken, _Either(elsewhere, lost)), cursor)
+            if picked is None and self.expire(pkey, now):  # quarantines are ended lazily, when needed
+                picked = pick_free(pool, _Either(taken, _Either(elsewhere, lost)), cursor)
+            if picked is None:
+                raise PoolExhausted(
+                    f"pool {pool.meta.display} has no free address",
+                    f"{len(taken) + len(lost)} of {pool.size} addresses leased or quarantined",
+                )
+            ip, subnet = picked
+            lease = LeaseRecord(pool=pkey, ip=ip, address=to_text(ip), network=str(subnet.network),
+                                holder=rec.key, holder_uid=rec.uid, ttl=pool.lease_ttl_s, created_at=now)
+            if self.registry.claim(lease):
+                self.store.set_cursor(pkey, ip)
+                return lease
+            lost.add(ip)  # taken by another node since our cache last saw it: try the next one
+            cursor = ip
+
+    def _orphan(self, lease: LeaseRecord, now: float) -> None:
+        orphan = self.store.orphan_lease(lease, now)
+        self.registry.orphan(orphan)
+
+    def drop_lease(self, lease: LeaseRecord) -> None:
+        self.store.delete_lease(lease.pool, lease.ip)
+        self.registry.release(lease)
+
+    def mark_exhausted(self, rec: IPRecord, exc: CniError) -> None:
+        conds = set_condition(rec.conditions, "Allocated", False, "NoFreeIPAddress", exc.msg, self.clock())
+        with self.store.transaction():
+            self.store.put_ip(replace(rec, phase="Pending", conditions=conds))
+
+    def note_exhausted(self, objs: list[IPAddressObject], exc: CniError) -> None:
+        """Record ``Allocated=False/NoFreeIPAddress`` on user IPAddresses that got no address."""
+        for obj in objs:
+            rec = self.record_for(obj)
+            if self.store.lease_of(rec.key) is None:
+                self.mark_exhausted(rec, exc)
+
+    def claim(self, pod: Pod, sel: NetworkSelection, net: ResolvedNetwork,
+              user_objs: list[IPAddressObject]) -> list[Claim]:
+        """Lease the addresses of one pod interface and mark them used by the pod."""
+        if net.pool is None:
+            return []
+        pool = net.pool
+        claims = []
+        pod_ref = f"{pod.meta.namespace}/{pod.meta.name}"
+        if user_objs:
+            todo = [(self.record_for(o), False) for o in user_objs]
+        else:
+            name = auto_ip_name(pod, sel.if_name)
+            kind = "IPAddress"
+            key = f"{kind}/{pod.meta.namespace}/{name}"
+            existing = self.store.get_ip(key)
+            rec = existing or IPRecord(
+                key=key, kind=kind, namespace=pod.meta.namespace, name=name, network_kind=net.type,
+                network_name=net.name, type="Auto", uid=hashlib.sha1(key.encode()).hexdigest(),
+                owner_pod_uid=pod.meta.uid, created_by="plexus", created_at=self.clock(),
+            )
+            todo = [(rec, existing is None)]
+        for rec, created_ip in todo:
+            with self.store.transaction():
+                rec, lease, created_lease = self.lease_for(rec, pool)
+                pairs = dict(zip(rec.used_by_uids, rec.used_by_pods, strict=False)) | {pod.meta.uid: pod_ref}
+                rec = replace(rec, used_by_uids=tuple(pairs), used_by_pods=tuple(pairs.values()))
+                self.store.put_ip(rec)
+            claims.append(Claim(rec.key, rec.name, lease.address, lease.network, rec.routes, created_ip,
+                                created_lease))
+        return claims
+
+    def records(self, keys: list[str]) -> list[IPRecord]:
+        """The IPAddress records of ``keys`` that exist."""
+        return [r for r in (self.store.get_ip(k) for k in keys) if r is not None]
+
+    def set_attached(self, ip_keys: list[str], attached: bool, message: str = "") -> None:
+        now = self.clock()
+        with self.store.transaction():
+            for key in ip_keys:
+                rec = self.store.get_ip(key)
+                if rec is not None:
+                    reason = "AttachedToPod" if attached else "NotAttached"
+                    self.store.put_ip(replace(rec, conditions=set_condition(rec.conditions, "Attached", attached,
+                                                                            reason, message, now)))
+
+    def undo_claims(self, claims: list[Claim], pod: Pod) -> None:
+        """Roll an ADD's claims back: what it created goes, what existed loses only this pod."""
+        with self.store.transaction():
+            for c in claims:
+                rec = self.store.get_ip(c.ip_key)
+                if c.created_ip:
+                    lease = self.store.lease_of(c.ip_key)
+                    if lease is not None:
+                        self.drop_lease(lease)
+                    self.store.delete_ip(c.ip_key)
+                elif rec is not None:
+                    self._drop_user(rec, pod.meta.uid)
+
+    def _drop_user(self, rec: IPRecord, pod_uid: str) -> None:
+        keep = [(p, u) for p, u in zip(rec.used_by_pods, rec.used_by_uids, strict=False) if u != pod_uid]
+        rec = replace(rec, used_by_pods=tuple(p for p, _ in keep), used_by_uids=tuple(u for _, u in keep))
+        if not keep:
+            rec = replace(rec, conditions=set_condition(rec.conditions, "Attached", False, "NotAttached", "",
+                                                        self.clock()))
+        if rec.deleted and not keep:
+            self.delete_ip(rec)
+        else:
+            self.store.put_ip(rec)
+
+    def release_pod(self, ip_keys: list[str], pod_uid: str) -> None:
+        """The pod no longer uses these IPAddresses (its attachment was deleted)."""
+        with self.store.transaction():
+            for key in ip_keys:
+                rec = self.store.get_ip(key)
+                if rec is not None and pod_uid in rec.used_by_uids:
+                    self._drop_user(rec, pod_uid)
+
+    def delete_ip(self, rec: IPRecord) -> None:
+        """The IPAddress is gone: its lease is orphaned and quarantined for the pool's TTL."""
+        with self.store.transaction():
+            lease = self.store.lease_of(rec.key)
+            if lease is not None:
+                if lease.ttl > 0:
+                    self._orphan(lease, self.clock())
+                else:
+                    self.drop_lease(lease)
+            self.store.delete_ip(rec.key)
+
+    def forget_pod(self, pod_uid: str) -> int:
+        """The pod is gone: delete the Auto IPAddresses it owned (their leases go to quarantine)."""
+        owned = self.store.ips_owned_by(pod_uid)
+        for rec in owned:
+            if rec.used_by_uids and set(rec.used_by_uids) != {pod_uid}:
+                continue
+            self.delete_ip(rec)
+        return len(owned)
+
+    def expire(self, pool: str | None, now: float) -> int:
+        """Free orphaned leases whose quarantine is over."""
+        n = 0
+        with self.store.transaction():
+            for lease in self.store.orphaned_leases(pool):
+                if lease.orphaned_at is not None and now >= lease.orphaned_at + lease.ttl:
+                    self.drop_lease(lease)
+                    n += 1
+        return n
+
+    # -- the gRPC API's own leases ---------------------------------------------------------------
+    def allocate_for(self, owner: str, pool: AddressPool, address: str = "") -> tuple[IPRecord, LeaseRecord]:
+        """Lease an address of ``pool`` to an API client ``owner`` (``address``: exactly that one);
+        the same owner asking again keeps what it has."""
+        if not owner:
+            raise InvalidConfig("owner is required", "owner")
+        key = f"api/{owner}"
+        rec = self.store.get_ip(key) or IPRecord(
+            key=key, kind="api", namespace="", name=owner, network_kind="", network_name="",
+            type="Static" if address else "Auto", static_ip=address, created_by="api", created_at=self.clock(),
+        )
+        with self.store.transaction():
+            rec, lease, _ = self.lease_for(rec, pool)
+        return rec, lease
+
+    def release_address(self, pool: AddressPool, address: str, force: bool) -> bool:
+        """Free ``address`` of ``pool`` deliberately (an operator's ``plexusctl ipam release``); refused
+        while a pod uses it unless ``force``. A user's IPAddress goes back to Pending; False when the
+        address was not leased."""
+        lease = self.store.lease_at(pool.meta.key, to_int(address))
+        if lease is None:
+            return False
+        rec = self.store.get_ip(lease.holder) if lease.holder else None
+        if rec is not None and rec.used_by_uids and not force:
+            raise AddressConflict(f"{lease.address} is in use by pod {', '.join(rec.used_by_pods)}", "force")
+        with self.store.transaction():
+            self.drop_lease(lease)
+            if rec is not None and rec.created_by != "user":
+                self.store.delete_ip(rec.key)
+            elif rec is not None:
+                self.store.put_ip(replace(rec, phase="Pending", address="", network=""))
+        return True

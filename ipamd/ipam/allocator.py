@@ -1,0 +1,77 @@
+"""Choosing addresses: pure functions over a pool and the set of addresses already leased.
+
+Allocation is round-robin: the search starts just after the last address handed out in the
+pool (the cursor), so an address that was just released is the last to be given again. A
+crash-looping pod therefore does not get back an address that a peer may still have in its
+ARP cache, even where the pool's ``leaseTTL`` is short. The cost of one allocation is the
+number of leased addresses skipped from the cursor, which does not grow with the pool's size
+and, on average, grows only as 1/(free fraction) with its fill.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Container, Iterator
+
+from ipamd.model.objects import AddressPool, Subnet, usable_bounds
+
+
+def iter_from(pool: AddressPool, cursor: int | None) -> Iterator[tuple[int, Subnet]]:
+    """Every allocatable address of the pool once, starting after ``cursor`` and wrapping around."""
+    spans = [(a, b, s) for s in pool.subnets for a, b in s.ranges]
+    spans.sort(key=lambda t: t[0])
+    if not spans:
+        return
+    start = 0
+    if cursor is not None:
+        for i, (a, b, _) in enumerate(spans):
+            if cursor < a:
+                start, cursor = i, None
+                break
+            if cursor <= b:
+                start = i
+                break
+        else:
+            cursor = None
+    n = len(spans)
+    first_a, first_b, first_s = spans[start]
+    begin = first_a if cursor is None else cursor + 1
+    for ip in range(begin, first_b + 1):
+        yield ip, first_s
+    for k in range(1, n):
+        a, b, s = spans[(start + k) % n]
+        for ip in range(a, b + 1):
+            yield ip, s
+    if cursor is not None:  # the head of the starting span, up to and including the cursor
+        for ip in range(first_a, min(cursor, first_b) + 1):
+            yield ip, first_s
+
+
+def pick_free(pool: AddressPool, taken: Container[int], cursor: int | None) -> tuple[int, Subnet] | None:
+    """The next address not in ``taken`` after ``cursor``, or None when the pool is full."""
+    for ip, subnet in iter_from(pool, cursor):
+        if ip not in taken:
+            return ip, subnet
+    return None
+
+
+def subnet_for(pool: AddressPool, ip: int) -> Subnet | None:
+    """The pool subnet whose usable addresses include ``ip`` (ranges need not: static addresses
+    may sit anywhere in the subnet, the ranges being what the pool hands out by itself)."""
+    for s in pool.subnets:
+        lo, hi = usable_bounds(s.network)
+        if lo <= ip <= hi:
+            return s
+    return None
+
+
+def in_ranges(pool: AddressPool, ip: int) -> bool:
+    return any(a <= ip <= b for s in pool.subnets for a, b in s.ranges)
+
+
+def to_text(ip: int) -> str:
+    return str(ipaddress.IPv4Address(ip))
+
+
+def to_int(text: str) -> int:
+    return int(ipaddress.IPv4Address(text))

@@ -1,0 +1,52 @@
+"""Where a lease is made unique beyond this node's store.
+
+Local mode: nowhere else (``NodeLocalRegistry``). Kubernetes mode: one IPAddressLease object per IP,
+created only if absent, so two nodes can never hold the same address (``ipamd.kube.leases``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Protocol
+
+from ipamd.store.protocols import LeaseStore
+from ipamd.store.records import LeaseRecord
+
+
+class LeaseRegistry(Protocol):
+    """The leases beyond this node: what others hold, and claiming, orphaning and releasing ours."""
+
+    def taken_elsewhere(self, pool: str) -> Collection[int]: ...
+
+    def held_by(self, holder: str, pool: str) -> int | None: ...  # the IP another node leased to it
+
+    def claim(self, lease: LeaseRecord) -> bool: ...  # False: somebody else holds this IP
+
+    def orphan(self, lease: LeaseRecord) -> None: ...
+
+    def release(self, lease: LeaseRecord) -> None: ...
+
+    def stray(self, store: LeaseStore, older_than: float) -> list[LeaseRecord]:
+        """Release this node's registry leases, made before ``older_than``, that ``store`` does not hold
+        (an ADD rolled back while the registry was unreachable could not release its own); the released."""
+        ...
+
+
+class NodeLocalRegistry:
+    def taken_elsewhere(self, pool: str) -> Collection[int]:
+        return ()
+
+    def held_by(self, holder: str, pool: str) -> int | None:
+        return None
+
+    def claim(self, lease: LeaseRecord) -> bool:
+        return True
+
+    def orphan(self, lease: LeaseRecord) -> None:
+        pass
+
+    def release(self, lease: LeaseRecord) -> None:
+        pass
+
+    def stray(self, store: LeaseStore, older_than: float) -> list[LeaseRecord]:
+        return []

@@ -1,0 +1,29 @@
+"""The Kubernetes API's failures as CNI errors, mapped once at the boundary."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
+from cni.errors import TryAgainLater
+
+
+@contextmanager
+def api_unavailable_is_11() -> Iterator[None]:
+    """The API unreachable or overloaded mid-ADD: CNI code 11, so the runtime retries (not 999)."""
+    try:
+        yield
+    except ApiException as exc:
+        if exc.status is None or exc.status >= 500 or exc.status == 429:
+            raise TryAgainLater("the Kubernetes API is not available", f"{exc.status} {exc.reason}") from None
+        raise
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise TryAgainLater("the Kubernetes API is not reachable", str(exc)[:300]) from None
+
+
+def status_of(exc: BaseException) -> int | None:
+    """The HTTP status of an API failure (None when the API was not reached at all)."""
+    return exc.status if isinstance(exc, ApiException) else None

@@ -1,0 +1,105 @@
+"""Every API resource Plexus reads or writes, in one table, and one helper per verb on custom objects.
+
+The Deckhouse kinds (``network.deckhouse.io/v1alpha1``) and Plexus's own tracking objects share one
+group; the Network Plumbing WG's live in ``k8s.cni.cncf.io`` (NetworkAttachmentDefinition ``v1``,
+IPAMClaim ``v1alpha1``). Callers name a kind; the table says where it lives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client
+
+from ipamd.model.objects import GROUP, KINDS
+
+NPWG_GROUP = "k8s.cni.cncf.io"
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    kind: str
+    group: str
+    version: str
+    plural: str
+    namespaced: bool
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}"
+
+
+def _deckhouse(kind: str, plural: str, namespaced: bool) -> Resource:
+    return Resource(kind, GROUP, "v1alpha1", plural, namespaced)
+
+
+RESOURCES: dict[str, Resource] = {r.kind: r for r in (
+    _deckhouse("NetworkClass", "networkclasses", False),
+    _deckhouse("Network", "networks", True),
+    _deckhouse("ClusterNetwork", "clusternetworks", False),
+    _deckhouse("IPAddressPool", "ipaddresspools", True),
+    _deckhouse("ClusterIPAddressPool", "clusteripaddresspools", False),
+    _deckhouse("IPAddress", "ipaddresses", True),
+    _deckhouse("ClusterIPAddress", "clusteripaddresses", False),
+    _deckhouse("IPAddressLease", "ipaddressleases", False),
+    _deckhouse("NodeNetworkInterfaceAttachment", "nodenetworkinterfaceattachments", False),
+    Resource("NetworkAttachmentDefinition", NPWG_GROUP, "v1", "network-attachment-definitions", True),
+    Resource("IPAMClaim", NPWG_GROUP, "v1alpha1", "ipamclaims", True),
+)}
+
+#: The kinds the object source serves (parsed into typed objects); the rest Plexus writes and tracks.
+SERVED_KINDS = tuple(k for k in KINDS if k in RESOURCES)
+
+
+class CustomObjects:
+    """Create, read, patch (object or status) and delete a custom object of any kind in the table."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = client.CustomObjectsApi(api)
+
+    def create(self, kind: str, body: dict[str, Any], namespace: str = "") -> Any:
+        r = RESOURCES[kind]
+        if r.namespaced:
+            return self.api.create_namespaced_custom_object(r.group, r.version, namespace, r.plural, body)
+        return self.api.create_cluster_custom_object(r.group, r.version, r.plural, body)
+
+    def get(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
+        r = RESOURCES[kind]
+        if r.namespaced:
+            found = self.api.get_namespaced_custom_object(r.group, r.version, namespace, r.plural, name)
+        else:
+            found = self.api.get_cluster_custom_object(r.group, r.version, r.plural, name)
+        assert isinstance(found, dict)
+        return found
+
+    def patch(self, kind: str, name: str, body: dict[str, Any], namespace: str = "") -> Any:
+        r = RESOURCES[kind]
+        if r.namespaced:
+            return self.api.patch_namespaced_custom_object(r.group, r.version, namespace, r.plural, name, body)
+        return self.api.patch_cluster_custom_object(r.group, r.version, r.plural, name, body)
+
+    def patch_status(self, kind: str, name: str, status: dict[str, Any], namespace: str = "") -> Any:
+        """A merge patch of the status subresource."""
+        r = RESOURCES[kind]
+        body = {"status": status}
+        if r.namespaced:
+            return self.api.patch_namespaced_custom_object_status(r.group, r.version, namespace, r.plural, name, body)
+        return self.api.patch_cluster_custom_object_status(r.group, r.version, r.plural, name, body)
+
+    def delete(self, kind: str, name: str, namespace: str = "") -> Any:
+        r = RESOURCES[kind]
+        if r.namespaced:
+            return self.api.delete_namespaced_custom_object(r.group, r.version, namespace, r.plural, name)
+        return self.api.delete_cluster_custom_object(r.group, r.version, r.plural, name)
+
+    def lister(self, kind: str) -> Callable[..., Any]:
+        """The list function of ``kind`` across namespaces, for an informer. It has no docstring on purpose:
+        the kubernetes watch then hands back plain dicts instead of a model object per event."""
+        r = RESOURCES[kind]
+
+        def list_objects(**kwargs: Any) -> Any:
+            return self.api.list_cluster_custom_object(r.group, r.version, r.plural, **kwargs)
+
+        return list_objects

@@ -1,0 +1,199 @@
+"""The pod annotations: parse ``networks-spec``, build ``networks-status``. Pure functions.
+
+A malformed spec is refused whole, with ``AnnotationInvalid`` naming the element and field
+(``networks-spec[1].ifName``), before anything is leased or built.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from cni.errors import AnnotationInvalid
+from ipamd.model.objects import IFNAMSIZ, SPEC_ANNOTATION, valid_ifname
+
+_MAC = re.compile(r"^([0-9a-fA-F]{2})(:[0-9a-fA-F]{2}){5}$")
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+INTERFACE_TYPES = ("veth", "tap", "macvlan")
+KNOWN_KEYS = {
+    "type", "name", "ifName", "mac", "ipAddressNames", "skipIPAssignment",
+    "interfaceType", "uid", "gid", "id", "ipAssignmentMode",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkSelection:
+    """One element of ``networks-spec``, checked, with ``if_name`` always filled in."""
+
+    type: str  # Network | ClusterNetwork
+    name: str
+    if_name: str
+    mac: str = ""
+    ip_address_names: tuple[str, ...] = ()
+    skip_ip_assignment: bool = False
+    interface_type: str = "veth"  # Plexus extension: veth | tap | macvlan
+    tap_uid: int | None = None
+    tap_gid: int | None = None
+
+
+def check_ifname(name: Any, where: str) -> str:
+    """The kernel's rules for a link name (``dev_valid_name``)."""
+    if not isinstance(name, str) or not name:
+        raise AnnotationInvalid(f"{where} must be a non-empty string", where)
+    if len(name) > IFNAMSIZ:
+        raise AnnotationInvalid(f"{where} {name!r} is longer than {IFNAMSIZ} characters", where)
+    if not valid_ifname(name):
+        raise AnnotationInvalid(f"{where} {name!r} is not a valid interface name", where)
+    return name
+
+
+def check_mac(mac: Any, where: str) -> str:
+    if not isinstance(mac, str) or not _MAC.match(mac):
+        raise AnnotationInvalid(f"{where} {mac!r} is not a MAC address like aa:bb:cc:dd:ee:ff", where)
+    first = int(mac[:2], 16)
+    if first & 1:
+        raise AnnotationInvalid(f"{where} {mac} is a multicast address; an interface needs a unicast MAC", where)
+    if mac.replace(":", "") == "000000000000":
+        raise AnnotationInvalid(f"{where} {mac} is the all-zero MAC", where)
+    return mac.lower()
+
+
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise AnnotationInvalid(f"{where} must be true or false", where)
+    return value
+
+
+def _optional_int(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise AnnotationInvalid(f"{where} must be a non-negative integer", where)
+    return value
+
+
+def _element(i: int, item: Any) -> tuple[dict[str, Any], str]:
+    where = f"networks-spec[{i}]"
+    if not isinstance(item, dict):
+        raise AnnotationInvalid(f"{where} must be an object", where)
+    typ = item.get("type")
+    if typ not in ("Network", "ClusterNetwork"):
+        raise AnnotationInvalid(f"{where}.type {typ!r} must be Network or ClusterNetwork", f"{where}.type")
+    name = item.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise AnnotationInvalid(f"{where}.name {name!r} is not an object name", f"{where}.name")
+    return item, where
+
+
+def parse_networks_spec(text: str | None) -> list[NetworkSelection]:
+    """``network.deckhouse.io/networks-spec`` → the pod's selections, interface names assigned."""
+    if text is None or not text.strip():
+        return []
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise AnnotationInvalid(f"{SPEC_ANNOTATION} is not JSON", str(exc)) from None
+    if not isinstance(data, list):
+        raise AnnotationInvalid(f"{SPEC_ANNOTATION} must be a JSON list", f"got {type(data).__name__}")
+    items = [_element(i, item) for i, item in enumerate(data)]
+    explicit: dict[str, str] = {}
+    for item, where in items:
+        if "ifName" in item:
+            name = check_ifname(item["ifName"], f"{where}.ifName")
+            if name in explicit:
+                raise AnnotationInvalid(
+                    f"{where}.ifName {name!r} is already used by {explicit[name]}", f"{where}.ifName"
+                )
+            explicit[name] = where
+    used = set(explicit)
+    out = []
+    for i, (item, where) in enumerate(items):
+        if_name = item.get("ifName")
+        if if_name is None:
+            n = i + 1
+            while f"net{n}" in used:
+                n += 1
+            if_name = f"net{n}"
+            used.add(if_name)
+        names = item.get("ipAddressNames") or []
+        if not isinstance(names, list) or not all(isinstance(n, str) and _NAME.match(n) for n in names):
+            raise AnnotationInvalid(f"{where}.ipAddressNames must be a list of IPAddress names", f"{where}.ipAddressNames")
+        if len(set(names)) != len(names):
+            raise AnnotationInvalid(f"{where}.ipAddressNames names an IPAddress twice", f"{where}.ipAddressNames")
+        itype = item.get("interfaceType", "veth")
+        if itype not in INTERFACE_TYPES:
+            raise AnnotationInvalid(
+                f"{where}.interfaceType {itype!r} must be one of {', '.join(INTERFACE_TYPES)}", f"{where}.interfaceType"
+            )
+        out.append(NetworkSelection(
+            type=item["type"], name=item["name"], if_name=if_name,
+            mac=check_mac(item["mac"], f"{where}.mac") if item.get("mac") is not None else "",
+            ip_address_names=tuple(names),
+            skip_ip_assignment=_bool(item.get("skipIPAssignment", False), f"{where}.skipIPAssignment"),
+            interface_type=itype,
+            tap_uid=_optional_int(item.get("uid"), f"{where}.uid"),
+            tap_gid=_optional_int(item.get("gid"), f"{where}.gid"),
+        ))
+    first_use: dict[str, int] = {}
+    for i, sel in enumerate(out):
+        for name in sel.ip_address_names:
+            if name in first_use:
+                where = f"networks-spec[{i}].ipAddressNames"
+                raise AnnotationInvalid(
+                    f"{where}: IPAddress {name!r} is already named by networks-spec[{first_use[name]}]", where)
+            first_use[name] = i
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class AddressConfig:
+    name: str  # the IPAddress object
+    address: str  # without mask
+    network: str  # CIDR of the pool subnet
+    routes: tuple[dict[str, str], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "address": self.address, "network": self.network}
+        if self.routes:
+            out["routes"] = [dict(r) for r in self.routes]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceStatus:
+    type: str
+    name: str
+    if_name: str
+    mac: str
+    vlan_id: int
+    addresses: tuple[AddressConfig, ...]
+    configured: bool
+    reason: str
+    message: str
+    up: bool
+    since: str  # RFC 3339
+
+
+def condition(ctype: str, ok: bool, reason: str, message: str, since: str) -> dict[str, str]:
+    return {
+        "type": ctype, "status": "True" if ok else "False", "lastTransitionTime": since,
+        "reason": reason, "message": message,
+    }
+
+
+def build_networks_status(interfaces: Iterable[InterfaceStatus]) -> list[dict[str, Any]]:
+    """The pod's ``networks-status``, exactly in the seed's shape."""
+    return [
+        {
+            "type": s.type, "name": s.name, "ifName": s.if_name, "mac": s.mac, "vlanID": s.vlan_id,
+            "ipAddressConfigs": [a.to_dict() for a in s.addresses],
+            "conditions": [
+                condition("Configured", s.configured, s.reason, s.message, s.since),
+                condition("Negotiated", s.up, "Up" if s.up else "Down", "", s.since),
+            ],
+        }
+        for s in interfaces
+    ]

@@ -1,0 +1,476 @@
+"""The API of seed 000 (``network.deckhouse.io/v1alpha1``) and Pods, as typed frozen objects.
+
+``parse_object`` turns one manifest (a dict, as YAML or the Kubernetes API gives it) into one of
+these, or raises ``ManifestInvalid`` naming the object and the offending field. Pure: no I/O.
+Both object sources (a directory of manifests, the Kubernetes API) feed their documents through it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from cni.errors import InvalidConfig
+
+GROUP = "network.deckhouse.io"
+API_VERSION = f"{GROUP}/v1alpha1"
+SPEC_ANNOTATION = f"{GROUP}/networks-spec"
+STATUS_ANNOTATION = f"{GROUP}/networks-status"
+POD_ANNOTATIONS_CAPABILITY = "io.kubernetes.cri.pod-annotations"
+
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+DEFAULT_LEASE_TTL_S = 60.0
+
+
+IFNAMSIZ = 15  # the kernel's limit, less the terminating NUL
+
+
+def valid_ifname(name: object) -> bool:
+    """The kernel's rules for a link name (``dev_valid_name``)."""
+    return (isinstance(name, str) and 0 < len(name) <= IFNAMSIZ and name not in (".", "..")
+            and not any(c in name for c in "/:") and not any(c.isspace() for c in name))
+
+
+class ManifestInvalid(InvalidConfig):
+    """A manifest that cannot be served; ``field`` is the path of what is wrong in it."""
+
+    def __init__(self, obj: str, field_path: str, problem: str, source: str = "") -> None:
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{obj}: {field_path}: {problem}", field_path)
+        self.obj = obj
+        self.field = field_path
+        self.problem = problem
+        self.source = source
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    kind: str
+    name: str
+    namespace: str = ""
+    uid: str = ""
+    source: str = ""  # where the manifest came from (a file, or "api")
+    generation: int = 0  # metadata.generation: what a status's observedGeneration reports
+
+    @property
+    def key(self) -> str:
+        """``Kind/namespace/name`` (cluster-scoped: ``Kind/name``): the identity in the store."""
+        return f"{self.kind}/{self.namespace}/{self.name}" if self.namespace else f"{self.kind}/{self.name}"
+
+    @property
+    def display(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}" if self.namespace else f"{self.kind} {self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class VxlanSpec:
+    """Plexus extension: segment a class's networks with VXLAN instead of VLAN."""
+
+    vni_pool: tuple[tuple[int, int], ...]
+    underlay: str = ""
+    remotes: tuple[str, ...] = ()
+    group: str = ""
+    port: int = 4789
+    local_ip: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkClass:
+    meta: Meta
+    vlan_pool: tuple[tuple[int, int], ...] = ()
+    parents: tuple[str, ...] = ()
+    vxlan: VxlanSpec | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    meta: Meta
+    network_class: str
+    vlan_id: int | None = None
+    pool_ref: Ref | None = None
+    status_vlan_id: int | None = None  # given by the cluster controller (Kubernetes mode)
+    status_conditions: tuple[dict[str, str], ...] = ()  # as last written, so a rewrite keeps their times
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterNetwork:
+    meta: Meta
+    type: str  # VLAN | Access
+    vlan_id: int | None = None
+    parents: tuple[str, ...] = ()
+    pool_ref: Ref | None = None
+    network_class: str = ""  # Plexus extension: take segmentation (VXLAN) from a class
+    status_vlan_id: int | None = None
+    status_conditions: tuple[dict[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRoute:
+    destination: str
+    via: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"destination": self.destination, "via": self.via}
+
+
+@dataclass(frozen=True, slots=True)
+class Subnet:
+    network: ipaddress.IPv4Network
+    ranges: tuple[tuple[int, int], ...]  # inclusive integer bounds, already clipped to usable addresses
+    routes: tuple[PoolRoute, ...] = ()
+
+    @property
+    def size(self) -> int:
+        return sum(b - a + 1 for a, b in self.ranges)
+
+
+@dataclass(frozen=True, slots=True)
+class AddressPool:
+    meta: Meta  # kind IPAddressPool or ClusterIPAddressPool
+    lease_ttl_s: float
+    subnets: tuple[Subnet, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(s.size for s in self.subnets)
+
+
+@dataclass(frozen=True, slots=True)
+class IPAddressObject:
+    meta: Meta  # kind IPAddress or ClusterIPAddress
+    network_ref: Ref
+    type: str  # Auto | Static
+    static_ip: str = ""
+    owner_pod_uid: str = ""  # set on the Auto IPAddress Plexus creates for a pod interface
+
+
+@dataclass(frozen=True, slots=True)
+class Pod:
+    meta: Meta
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    node_name: str = ""
+
+
+ApiObject = NetworkClass | Network | ClusterNetwork | AddressPool | IPAddressObject | Pod
+
+
+def parse_duration(text: str) -> float:
+    """Go-style durations as Kubernetes objects spell them: ``1h``, ``30m``, ``1h30m``, ``90s``."""
+    text = text.strip()
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or not text:
+        raise ValueError(f"{text!r} is not a duration like 30s, 10m or 1h")
+    return total
+
+
+def parse_id_pool(items: Any, path: str, meta: str, lo: int, hi: int) -> tuple[tuple[int, int], ...]:
+    """``["600-800", "1200", 1300]`` → ``((600, 800), (1200, 1200), (1300, 1300))``."""
+    if not isinstance(items, list) or not items:
+        raise ManifestInvalid(meta, path, "must be a non-empty list of IDs or ID ranges")
+    out = []
+    for i, item in enumerate(items):
+        try:
+            a, _, b = str(item).partition("-")
+            first, last = int(a), int(b or a)
+        except ValueError:
+            raise ManifestInvalid(meta, f"{path}[{i}]", f"{item!r} is not an ID or a range 'a-b'") from None
+        if not lo <= first <= last <= hi:
+            raise ManifestInvalid(meta, f"{path}[{i}]", f"{item!r} must lie within {lo}-{hi}, low to high")
+        out.append((first, last))
+    return tuple(out)
+
+
+def usable_bounds(net: ipaddress.IPv4Network) -> tuple[int, int]:
+    """First and last assignable address: network and broadcast excluded, except /31 (both, RFC 3021) and /32."""
+    first, last = int(net.network_address), int(net.broadcast_address)
+    if net.prefixlen >= 31:
+        return first, last
+    return first + 1, last - 1
+
+
+def _get(d: Mapping[str, Any], key: str, typ: type, meta: str, path: str, required: bool = False) -> Any:
+    value = d.get(key)
+    if value is None:
+        if required:
+            raise ManifestInvalid(meta, path, "is required")
+        return None
+    if not isinstance(value, typ):
+        raise ManifestInvalid(meta, path, f"must be a {typ.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _ipv4(text: Any, meta: str, path: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(str(text))
+    except ValueError:
+        raise ManifestInvalid(meta, path, f"{text!r} is not an IPv4 address") from None
+
+
+def _pool_ref(spec: Mapping[str, Any], meta: str, allowed: tuple[str, ...]) -> Ref | None:
+    ipam = _get(spec, "ipam", dict, meta, "spec.ipam")
+    if not ipam:
+        return None
+    ref = _get(ipam, "ipAddressPoolRef", dict, meta, "spec.ipam.ipAddressPoolRef", required=True)
+    kind = _get(ref, "kind", str, meta, "spec.ipam.ipAddressPoolRef.kind") or allowed[0]
+    if kind not in allowed:
+        raise ManifestInvalid(meta, "spec.ipam.ipAddressPoolRef.kind", f"must be one of {', '.join(allowed)}")
+    name = _get(ref, "name", str, meta, "spec.ipam.ipAddressPoolRef.name", required=True)
+    return Ref(kind, name)
+
+
+def _parents(spec: Mapping[str, Any], meta: str, path: str) -> tuple[str, ...]:
+    """Parent NICs: Plexus's local mode names them (``names``); a ``labelSelector`` is for NodeNetworkInterfaces."""
+    parents = _get(spec, "parentNodeNetworkInterfaces", dict, meta, path)
+    if not parents:
+        return ()
+    names = _get(parents, "names", list, meta, f"{path}.names") or []
+    for i, n in enumerate(names):
+        if not valid_ifname(n):
+            raise ManifestInvalid(meta, f"{path}.names[{i}]", f"{n!r} is not an interface name")
+    return tuple(names)
+
+
+def _network_class(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> NetworkClass:
+    m = meta.display
+    vlan = _get(spec, "vlan", dict, m, "spec.vlan") or {}
+    pool: tuple[tuple[int, int], ...] = ()
+    if vlan:
+        pool = parse_id_pool(vlan.get("idPool"), "spec.vlan.idPool", m, 1, 4094)
+    parents = _parents(vlan, m, "spec.vlan.parentNodeNetworkInterfaces") or _parents(
+        spec, m, "spec.parentNodeNetworkInterfaces"
+    )
+    vx = _get(spec, "vxlan", dict, m, "spec.vxlan")
+    vxlan = None
+    if vx:
+        if vlan:
+            raise ManifestInvalid(m, "spec.vxlan", "a class segments with either vlan or vxlan, not both")
+        remotes = tuple(str(_ipv4(r, m, f"spec.vxlan.remotes[{i}]")) for i, r in enumerate(vx.get("remotes") or []))
+        group = str(_ipv4(vx["group"], m, "spec.vxlan.group")) if vx.get("group") else ""
+        local = str(_ipv4(vx["localIP"], m, "spec.vxlan.localIP")) if vx.get("localIP") else ""
+        port = vx.get("port", 4789)
+        if not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ManifestInvalid(m, "spec.vxlan.port", f"{port!r} is not a UDP port")
+        vxlan = VxlanSpec(
+            parse_id_pool(vx.get("vniPool"), "spec.vxlan.vniPool", m, 1, 16777215),
+            _get(vx, "underlayInterface", str, m, "spec.vxlan.underlayInterface") or "",
+            remotes, group, port, local,
+        )
+    return NetworkClass(meta, pool, parents, vxlan)
+
+
+def _vlan_id(spec: Mapping[str, Any], m: str) -> int | None:
+    vlan = _get(spec, "vlan", dict, m, "spec.vlan") or {}
+    vid = vlan.get("id")
+    if vid is None:
+        return None
+    if not isinstance(vid, int) or isinstance(vid, bool) or not 1 <= vid <= 4094:
+        raise ManifestInvalid(m, "spec.vlan.id", f"{vid!r} is not a VLAN ID (1-4094)")
+    return vid
+
+
+def _status_id(doc: Mapping[str, Any]) -> int | None:
+    status = doc.get("status") or {}
+    ident = status.get("vni") or status.get("vlanID") if isinstance(status, dict) else None
+    return ident if isinstance(ident, int) and not isinstance(ident, bool) and ident > 0 else None
+
+
+def _status_conditions(doc: Mapping[str, Any]) -> tuple[dict[str, str], ...]:
+    status = doc.get("status")
+    conds = status.get("conditions") if isinstance(status, dict) else None
+    if not isinstance(conds, list):
+        return ()
+    return tuple({str(k): str(v) for k, v in c.items()} for c in conds if isinstance(c, dict) and "type" in c)
+
+
+def _network(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> Network:
+    m = meta.display
+    cls = _get(spec, "networkClass", str, m, "spec.networkClass", required=True)
+    return Network(meta, cls, _vlan_id(spec, m), _pool_ref(spec, m, ("IPAddressPool",)), _status_id(doc),
+                   _status_conditions(doc))
+
+
+def _cluster_network(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> ClusterNetwork:
+    m = meta.display
+    typ = _get(spec, "type", str, m, "spec.type") or "VLAN"
+    if typ not in ("VLAN", "Access"):
+        raise ManifestInvalid(m, "spec.type", f"{typ!r} must be VLAN or Access")
+    vid = _vlan_id(spec, m)
+    cls = _get(spec, "networkClass", str, m, "spec.networkClass") or ""
+    if typ == "VLAN" and vid is None and not cls:
+        raise ManifestInvalid(m, "spec.vlan.id", "is required for type VLAN")
+    parents = _parents(spec, m, "spec.parentNodeNetworkInterfaces")
+    return ClusterNetwork(meta, typ, vid, parents, _pool_ref(spec, m, ("ClusterIPAddressPool",)), cls, _status_id(doc),
+                          _status_conditions(doc))
+
+
+def _range(text: Any, net: ipaddress.IPv4Network, m: str, path: str) -> tuple[int, int]:
+    a, sep, b = str(text).partition("-")
+    first, last = _ipv4(a.strip(), m, path), _ipv4((b if sep else a).strip(), m, path)
+    if first not in net or last not in net:
+        raise ManifestInvalid(m, path, f"{text!r} lies outside {net}")
+    if int(first) > int(last):
+        raise ManifestInvalid(m, path, f"{text!r} runs backwards")
+    lo, hi = usable_bounds(net)
+    return max(int(first), lo), min(int(last), hi)
+
+
+def _address_pool(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> AddressPool:
+    m = meta.display
+    ttl_text = _get(spec, "leaseTTL", str, m, "spec.leaseTTL")
+    try:
+        ttl = parse_duration(ttl_text) if ttl_text else DEFAULT_LEASE_TTL_S
+    except ValueError as exc:
+        raise ManifestInvalid(m, "spec.leaseTTL", str(exc)) from None
+    items = _get(spec, "pools", list, m, "spec.pools", required=True)
+    if not items:
+        raise ManifestInvalid(m, "spec.pools", "must list at least one network")
+    subnets: list[Subnet] = []
+    for i, item in enumerate(items):
+        path = f"spec.pools[{i}]"
+        if not isinstance(item, dict):
+            raise ManifestInvalid(m, path, "must be an object")
+        cidr = _get(item, "network", str, m, f"{path}.network", required=True)
+        try:
+            net = ipaddress.IPv4Network(cidr, strict=True)
+        except ValueError as exc:
+            raise ManifestInvalid(m, f"{path}.network", f"{cidr!r} is not an IPv4 CIDR ({exc})") from None
+        for other in subnets:
+            if net.overlaps(other.network):
+                raise ManifestInvalid(m, f"{path}.network", f"{net} overlaps {other.network}")
+        raw_ranges = _get(item, "ranges", list, m, f"{path}.ranges")
+        if raw_ranges:
+            ranges = tuple(sorted(_range(r, net, m, f"{path}.ranges[{j}]") for j, r in enumerate(raw_ranges)))
+            for (_, b), (c, _d) in zip(ranges, ranges[1:], strict=False):
+                if c <= b:
+                    raise ManifestInvalid(m, f"{path}.ranges", "ranges overlap")
+            ranges = tuple(r for r in ranges if r[0] <= r[1])
+        else:
+            ranges = (usable_bounds(net),)
+        routes = []
+        for j, r in enumerate(_get(item, "routes", list, m, f"{path}.routes") or []):
+            rpath = f"{path}.routes[{j}]"
+            if not isinstance(r, dict):
+                raise ManifestInvalid(m, rpath, "must be an object with destination and via")
+            try:
+                dest = str(ipaddress.IPv4Network(str(r.get("destination")), strict=True))
+            except ValueError:
+                raise ManifestInvalid(m, f"{rpath}.destination", f"{r.get('destination')!r} is not a CIDR") from None
+            via = _ipv4(r.get("via"), m, f"{rpath}.via")
+            if via not in net:
+                raise ManifestInvalid(m, f"{rpath}.via", f"{via} is not in {net}, so it is not reachable")
+            routes.append(PoolRoute(dest, str(via)))
+        subnets.append(Subnet(net, ranges, tuple(routes)))
+    return AddressPool(meta, ttl, tuple(subnets))
+
+
+def _ip_address(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> IPAddressObject:
+    m = meta.display
+    ref = _get(spec, "networkRef", dict, m, "spec.networkRef", required=True)
+    allowed = ("Network", "ClusterNetwork") if meta.kind == "IPAddress" else ("ClusterNetwork",)
+    kind = _get(ref, "kind", str, m, "spec.networkRef.kind") or "Network"
+    if kind not in allowed:
+        raise ManifestInvalid(m, "spec.networkRef.kind", f"must be one of {', '.join(allowed)}")
+    name = _get(ref, "name", str, m, "spec.networkRef.name", required=True)
+    typ = _get(spec, "type", str, m, "spec.type") or "Auto"
+    if typ not in ("Auto", "Static"):
+        raise ManifestInvalid(m, "spec.type", f"{typ!r} must be Auto or Static")
+    static_ip = ""
+    if typ == "Static":
+        static = _get(spec, "static", dict, m, "spec.static", required=True)
+        static_ip = str(_ipv4(static.get("ip"), m, "spec.static.ip"))
+    owner = str((doc.get("metadata") or {}).get("labels", {}).get(f"{GROUP}/owner-pod-uid", ""))
+    return IPAddressObject(meta, Ref(kind, name), typ, static_ip, owner)
+
+
+def _pod(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> Pod:
+    m = meta.display
+    annotations = (doc.get("metadata") or {}).get("annotations") or {}
+    if not isinstance(annotations, dict) or not all(isinstance(v, str) for v in annotations.values()):
+        raise ManifestInvalid(m, "metadata.annotations", "must map names to strings")
+    return Pod(meta, dict(annotations), str(spec.get("nodeName") or ""))
+
+
+T_co = TypeVar("T_co", covariant=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Kind(Generic[T_co]):
+    """One kind Plexus serves: its name, whether it is namespaced, the typed object it parses into."""
+
+    name: str
+    type: type[T_co]
+    namespaced: bool
+    parse: Callable[[Meta, Mapping[str, Any], Mapping[str, Any]], T_co]
+    api_version: str = API_VERSION
+
+
+NETWORK_CLASS = Kind("NetworkClass", NetworkClass, False, _network_class)
+NETWORK = Kind("Network", Network, True, _network)
+CLUSTER_NETWORK = Kind("ClusterNetwork", ClusterNetwork, False, _cluster_network)
+IP_ADDRESS_POOL = Kind("IPAddressPool", AddressPool, True, _address_pool)
+CLUSTER_IP_ADDRESS_POOL = Kind("ClusterIPAddressPool", AddressPool, False, _address_pool)
+IP_ADDRESS = Kind("IPAddress", IPAddressObject, True, _ip_address)
+CLUSTER_IP_ADDRESS = Kind("ClusterIPAddress", IPAddressObject, False, _ip_address)
+POD = Kind("Pod", Pod, True, _pod, api_version="v1")
+
+#: Every kind by name: what a manifest's ``kind`` may say.
+KINDS: dict[str, Kind[Any]] = {k.name: k for k in (
+    NETWORK_CLASS, NETWORK, CLUSTER_NETWORK, IP_ADDRESS_POOL, CLUSTER_IP_ADDRESS_POOL, IP_ADDRESS, CLUSTER_IP_ADDRESS, POD)}
+#: The pool kinds a network's ``spec.ipam.ipAddressPoolRef.kind`` names, the network kinds an IPAddress refers to.
+POOL_KINDS: dict[str, Kind[AddressPool]] = {k.name: k for k in (IP_ADDRESS_POOL, CLUSTER_IP_ADDRESS_POOL)}
+NETWORK_KINDS: dict[str, Kind[Network | ClusterNetwork]] = {k.name: k for k in (NETWORK, CLUSTER_NETWORK)}
+IP_ADDRESS_KINDS: dict[str, Kind[IPAddressObject]] = {k.name: k for k in (IP_ADDRESS, CLUSTER_IP_ADDRESS)}
+
+
+def parse_object(doc: Any, source: str = "") -> ApiObject:
+    """One manifest → one typed object, or ``ManifestInvalid`` naming the field."""
+    if not isinstance(doc, dict):
+        raise ManifestInvalid("manifest", "", "must be a mapping", source)
+    kind = KINDS.get(doc.get("kind"))  # type: ignore[arg-type]  # any value: not found unless a kind's name
+    if kind is None:
+        raise ManifestInvalid("manifest", "kind", f"{doc.get('kind')!r} is not one of {', '.join(KINDS)}", source)
+    api = doc.get("apiVersion")
+    if api != kind.api_version:
+        raise ManifestInvalid(kind.name, "apiVersion", f"{api!r} must be {kind.api_version!r}", source)
+    md = doc.get("metadata")
+    if not isinstance(md, dict) or not isinstance(md.get("name"), str):
+        raise ManifestInvalid(kind.name, "metadata.name", "is required", source)
+    name = md["name"]
+    ns = ""
+    if kind.namespaced:
+        ns = md.get("namespace") or "default"
+        if not isinstance(ns, str) or not _DNS_LABEL.match(ns):
+            raise ManifestInvalid(kind.name, "metadata.namespace", f"{ns!r} is not a DNS label", source)
+    if not _DNS_SUBDOMAIN.match(name) or len(name) > 253:
+        raise ManifestInvalid(kind.name, "metadata.name", f"{name!r} is not a DNS subdomain name", source)
+    generation = md.get("generation")
+    meta = Meta(kind.name, name, ns, str(md.get("uid") or ""), source,
+                generation if isinstance(generation, int) and not isinstance(generation, bool) else 0)
+    spec = doc.get("spec") or {}
+    if not isinstance(spec, dict):
+        raise ManifestInvalid(meta.display, "spec", "must be a mapping", source)
+    try:
+        obj: ApiObject = kind.parse(meta, spec, doc)
+        return obj
+    except ManifestInvalid as exc:
+        if source and not exc.source:
+            raise ManifestInvalid(exc.obj, exc.field, exc.problem, source) from None
+        raise

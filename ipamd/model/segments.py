@@ -1,0 +1,102 @@
+"""Segment rules: what L2 segment a Network gets, which ID a node may use, and the one ID picker.
+
+Pure, and shared by the node (which records the ID it uses) and the controller (which hands IDs
+out in a cluster), so the two can never disagree. A segment is ``vlan`` (802.1Q, an ID from the
+class's ``idPool``), ``vxlan`` (a VNI from the class's ``vniPool``) or ``none`` (an untagged bridge).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ipamd.model.names import bridge_name, uplink_name
+from ipamd.model.objects import ClusterNetwork, Network, NetworkClass
+
+IdPool = tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentKind:
+    name: str  # vlan | vxlan | none
+    id_label: str  # how messages call its ID
+    tagged: bool  # whether it has an ID at all
+    uplink: str  # how the bridge reaches other nodes: vlan (sub-interface of a parent NIC), vxlan, nic (the parent)
+    needs_parent: bool  # without a parent NIC the bridge stays node-local
+    shows_vni: bool = False  # its ID is a VNI, shown as ``vni``; else, when tagged, as ``vlanID``
+
+    def vlan_id(self, ident: int) -> int:
+        """The ``vlanID`` a status shows: the 802.1Q tag, 0 when there is none (seed 000)."""
+        return ident if self.tagged and not self.shows_vni else 0
+
+    def status_ids(self, ident: int) -> dict[str, int]:
+        """The IDs a Network's status shows (seed 000: ``vlanID``; Plexus: ``vni`` too)."""
+        return {"vlanID": self.vlan_id(ident), **({"vni": ident} if self.shows_vni else {})}
+
+    def bridge(self, ident: int, network_key: str) -> str:
+        return bridge_name(self.name, ident, network_key)
+
+    def uplink_name(self, ident: int) -> str:
+        return uplink_name(self.name, ident)
+
+
+SEGMENT_KINDS = {k.name: k for k in (SegmentKind("vlan", "VLAN ID", True, "vlan", True),
+                                     SegmentKind("vxlan", "VNI", True, "vxlan", False, shows_vni=True),
+                                     SegmentKind("none", "", False, "nic", True))}
+
+
+def segment_kind(obj: Network | ClusterNetwork, cls: NetworkClass | None) -> SegmentKind:
+    """What segment a Network gets. The nodes and the controller both ask this, so they never disagree
+    on whether an ID is to be handed out."""
+    if isinstance(obj, ClusterNetwork) and obj.type == "Access":
+        return SEGMENT_KINDS["none"]
+    if cls is not None and cls.vxlan is not None:
+        return SEGMENT_KINDS["vxlan"]
+    if isinstance(obj, ClusterNetwork) or (cls is not None and cls.vlan_pool):
+        return SEGMENT_KINDS["vlan"]
+    return SEGMENT_KINDS["none"]
+
+
+def id_pool(obj: Network | ClusterNetwork, cls: NetworkClass | None) -> IdPool:
+    """The IDs ``obj`` may get: its class's VNI or VLAN pool. A ClusterNetwork's fixed ID is the
+    administrator's, not the pool's."""
+    if cls is None:
+        return ()
+    if cls.vxlan is not None:
+        return cls.vxlan.vni_pool
+    if isinstance(obj, ClusterNetwork) and obj.vlan_id is not None:
+        return ()
+    return cls.vlan_pool
+
+
+def granted_id(obj: Network | ClusterNetwork) -> int | None:
+    """In a cluster, the VLAN ID or VNI a node may use: the one the controller wrote into the status, or
+    a ClusterNetwork's own (fixed by the administrator; the controller honours it). A Network's
+    ``spec.vlan.id`` is only a request until the controller grants it."""
+    return obj.status_vlan_id or (obj.vlan_id if isinstance(obj, ClusterNetwork) else None)
+
+
+class IdUnavailable(ValueError):
+    """No ID can be given: ``reason`` is ``outside-pool``, ``in-use`` or ``exhausted``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def pick_id(kind: SegmentKind, pool: IdPool, holders: Mapping[int, str], wanted: int | None, key: str) -> int:
+    """The ID ``key`` gets: ``wanted`` when it may have it, else the first one of ``pool`` that nobody
+    else holds (``holders``: ID → who has it). ``IdUnavailable`` says why there is none."""
+    what = kind.id_label
+    if wanted is not None:
+        if pool and not any(a <= wanted <= b for a, b in pool):
+            raise IdUnavailable("outside-pool", f"{what} {wanted} is not in the class's pool")
+        holder = holders.get(wanted)
+        if holder not in (None, key):
+            raise IdUnavailable("in-use", f"{what} {wanted} is already used by {holder}")
+        return wanted
+    for a, b in pool:
+        for ident in range(a, b + 1):
+            if holders.get(ident) in (None, key):
+                return ident
+    raise IdUnavailable("exhausted", f"no free {what} left in the class's pool")

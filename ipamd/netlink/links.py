@@ -1,0 +1,305 @@
+"""Interface builders: node bridges and segment uplinks, and the veth, TAP and macvlan of a pod.
+
+Each builder makes one kernel object through pyroute2 and reports what it made, so the caller
+can register the undo step right after it (ADD is transactional). Names of host-side links are
+derived from the attachment (``ipamd.model.names``), so a DEL finds them with nothing but its record.
+Removal functions treat "already gone" as success: DEL must be idempotent.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from cni.errors import InterfaceFailure, TryAgainLater
+from ipamd.model.names import TapNames, uplink_name
+
+GONE = (errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL)
+
+
+def _index(ipr: IPRoute, name: str) -> int | None:
+    """The link's index by name: one RTM_GETLINK for that name (``link_lookup`` dumps every link)."""
+    try:
+        return int(ipr.link("get", ifname=name)[0]["index"])
+    except NetlinkError as exc:
+        if exc.code in GONE:
+            return None
+        raise
+
+
+def generate_mac() -> str:
+    """A random locally administered unicast MAC, known without asking the kernel afterwards."""
+    b = bytearray(os.urandom(6))
+    b[0] = (b[0] & 0xFC) | 0x02
+    return ":".join(f"{x:02x}" for x in b)
+
+
+def _fail(what: str, exc: NetlinkError) -> InterfaceFailure:
+    return InterfaceFailure(f"{what} failed", f"{exc.code} {errno.errorcode.get(exc.code, '')}: {exc}")
+
+
+def ensure_bridge(host: IPRoute, name: str, uplink: str = "") -> int:
+    """Create the node bridge (up) unless it exists, and enslave the uplink; returns its index."""
+    idx = _index(host, name)
+    if idx is None:
+        try:
+            host.link("add", ifname=name, kind="bridge")
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:  # a concurrent ADD made it: fine
+                raise _fail(f"creating bridge {name}", exc) from None
+        idx = _index(host, name)
+        if idx is None:
+            raise TryAgainLater(f"bridge {name} vanished while being set up")
+    host.link("set", index=idx, state="up")
+    if uplink:
+        up = _index(host, uplink)
+        if up is None:
+            raise InterfaceFailure(f"uplink {uplink} of bridge {name} does not exist", uplink)
+        link = host.link("get", index=up)[0]
+        if link.get_attr("IFLA_MASTER") != idx:
+            host.link("set", index=up, master=idx, state="up")
+    return idx
+
+
+def vlan_spec(parent_index: int, name: str, vlan_id: int) -> dict[str, Any]:
+    """The RTM_NEWLINK request for an 802.1Q sub-interface (kept apart so it can be checked as a message)."""
+    return {"ifname": name, "kind": "vlan", "link": parent_index, "vlan_id": vlan_id, "vlan_protocol": 0x8100}
+
+
+def ensure_vlan(host: IPRoute, parent: str, vlan_id: int) -> str:
+    name = uplink_name("vlan", vlan_id)
+    if _index(host, name) is not None:
+        return name
+    parent_idx = _index(host, parent)
+    if parent_idx is None:
+        raise InterfaceFailure(f"parent interface {parent} for VLAN {vlan_id} does not exist", parent)
+    try:
+        host.link("add", **vlan_spec(parent_idx, name, vlan_id))
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise _fail(f"creating VLAN {vlan_id} on {parent} (does the kernel have 802.1q?)", exc) from None
+    return name
+
+
+def vxlan_spec(name: str, vni: int, underlay_index: int | None, port: int, group: str, local: str) -> dict[str, Any]:
+    spec: dict[str, Any] = {"ifname": name, "kind": "vxlan", "vxlan_id": vni, "vxlan_port": port,
+                            "vxlan_learning": 1}
+    if underlay_index is not None:
+        spec["vxlan_link"] = underlay_index
+    if group:
+        spec["vxlan_group"] = group
+    if local:
+        spec["vxlan_local"] = local
+    return spec
+
+
+def ensure_vxlan(host: IPRoute, vni: int, underlay: str, remotes: Iterable[str], group: str, port: int,
+                 local: str) -> str:
+    """A VXLAN device for ``vni``; unicast remotes become all-zero FDB entries (head-end replication).
+    The same class serves every node, so its remotes may include this node: that one is skipped."""
+    name = uplink_name("vxlan", vni)
+    idx = _index(host, name)
+    if idx is None:
+        under = _index(host, underlay) if underlay else None
+        if underlay and under is None:
+            raise InterfaceFailure(f"underlay interface {underlay} for VNI {vni} does not exist", underlay)
+        try:
+            host.link("add", **vxlan_spec(name, vni, under, port, group, local))
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise _fail(f"creating VXLAN {vni}", exc) from None
+        idx = _index(host, name)
+    # a class lists every node of the segment; this node's own address is not a remote of its own
+    own = {a.get_attr("IFA_ADDRESS") for a in host.get_addr(family=2)}
+    for remote in remotes:
+        if remote in own:
+            continue
+        try:
+            host.fdb("append", ifindex=idx, lladdr="00:00:00:00:00:00", dst=remote)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise _fail(f"adding VXLAN remote {remote}", exc) from None
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class PodLink:
+    name: str
+    mac: str
+    host_link: str = ""
+    index: int = 0  # in the pod's namespace
+
+
+def _set_mac_up(ipr: IPRoute, name: str, mac: str, up: bool = True) -> PodLink:
+    idx = _index(ipr, name)
+    if idx is None:
+        raise InterfaceFailure(f"interface {name} vanished while being set up", name)
+    kwargs: dict[str, Any] = {"index": idx}
+    if mac:
+        kwargs["address"] = mac
+    if up:
+        kwargs["state"] = "up"
+    ipr.link("set", **kwargs)
+    return PodLink(name, mac or str(ipr.link("get", index=idx)[0].get_attr("IFLA_ADDRESS")), index=idx)
+
+
+def _pod_name_free(pod: IPRoute, name: str) -> None:
+    if _index(pod, name) is not None:
+        raise InterfaceFailure(f"interface {name} already exists in the pod", name)
+
+
+def add_veth(host: IPRoute, pod: IPRoute, pod_fd: int, host_name: str, if_name: str, mac: str,
+             bridge_index: int) -> PodLink:
+    """A veth pair: ``if_name`` in the pod, ``host_name`` up on the node bridge.
+
+    One RTM_NEWLINK makes both ends, the host end already enslaved and up and the pod end with its
+    MAC; then the pod end is brought up. Each netlink round trip costs about a millisecond through
+    pyroute2, so the common case is kept to three.
+    """
+    mac = mac or generate_mac()
+    spec = {"ifname": host_name, "kind": "veth", "master": bridge_index, "state": "up",
+            "peer": {"ifname": if_name, "net_ns_fd": pod_fd, "address": mac}}
+    try:
+        host.link("add", **spec)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise _fail(f"creating veth {if_name}", exc) from None
+        if _index(host, host_name) is None:
+            raise InterfaceFailure(f"interface {if_name} already exists in the pod", if_name) from None
+        delete_link(host, host_name)  # left by a crashed ADD of this very attachment
+        try:
+            host.link("add", **spec)
+        except NetlinkError as again:
+            raise _fail(f"creating veth {if_name}", again) from None
+    idx = _index(pod, if_name)
+    if idx is None:
+        raise InterfaceFailure(f"interface {if_name} vanished while being set up", if_name)
+    try:
+        pod.link("set", index=idx, state="up")
+    except NetlinkError as exc:  # keep the CNI code (105) instead of an unexpected 999
+        raise _fail(f"bringing up {if_name}", exc) from None
+    return PodLink(if_name, mac, host_name, idx)
+
+
+def add_tap(host: IPRoute, pod: IPRoute, pod_fd: int, host_name: str, names: TapNames, if_name: str, mac: str,
+            bridge_index: int, uid: int | None, gid: int | None) -> PodLink:
+    """A TAP ``if_name`` for a VM in the pod, bridged (inside the pod) to a veth into the node bridge."""
+    _pod_name_free(pod, if_name)
+    inner_bridge, inner_veth = names.inner_bridge, names.inner_veth
+    for name in (inner_bridge, inner_veth):
+        _pod_name_free(pod, name)
+    if _index(host, host_name) is not None:
+        delete_link(host, host_name)
+    try:
+        host.link("add", ifname=host_name, kind="veth", peer={"ifname": inner_veth, "net_ns_fd": pod_fd})
+        host.link("set", index=_index(host, host_name), master=bridge_index, state="up")
+        pod.link("add", ifname=inner_bridge, kind="bridge")
+        br = _index(pod, inner_bridge)
+        pod.link("set", index=br, state="up")
+        pod.link("set", index=_index(pod, inner_veth), master=br, state="up")
+        # TUNSETIFF creates the device in the caller's namespace, so make it on the node under a
+        # temporary name, then move it into the pod under its own name.
+        tmp = names.temporary
+        tap: dict[str, Any] = {"ifname": tmp, "kind": "tuntap", "mode": "tap",
+                               "ifr": {"no_pi": 1, "vnet_hdr": 1}}
+        if uid is not None:
+            tap["uid"] = uid
+        if gid is not None:
+            tap["gid"] = gid
+        if _index(host, tmp) is not None:
+            delete_link(host, tmp)
+        host.link("add", **tap)
+        host.link("set", index=_index(host, tmp), net_ns_fd=pod_fd, ifname=if_name)
+        pod.link("set", index=_index(pod, if_name), master=br)
+    except NetlinkError as exc:
+        raise _fail(f"creating TAP {if_name}", exc) from None
+    link = _set_mac_up(pod, if_name, mac or generate_mac())
+    return PodLink(if_name, link.mac, host_name, link.index)
+
+
+def add_macvlan(host: IPRoute, pod: IPRoute, pod_fd: int, parent_index: int, if_name: str, mac: str) -> PodLink:
+    """A macvlan (bridge mode) on ``parent_index``, created straight into the pod with its MAC."""
+    mac = mac or generate_mac()
+    try:
+        host.link("add", ifname=if_name, kind="macvlan", link=parent_index, macvlan_mode="bridge",
+                  net_ns_fd=pod_fd, address=mac)
+    except NetlinkError as exc:
+        if exc.code == errno.EEXIST:
+            raise InterfaceFailure(f"interface {if_name} already exists in the pod", if_name) from None
+        raise _fail(f"creating macvlan {if_name}", exc) from None
+    return PodLink(if_name, mac, index=_up(pod, if_name))
+
+
+def _up(ipr: IPRoute, name: str) -> int:
+    idx = _index(ipr, name)
+    if idx is None:
+        raise InterfaceFailure(f"interface {name} vanished while being set up", name)
+    ipr.link("set", index=idx, state="up")
+    return idx
+
+
+def configure_addresses(pod: IPRoute, idx: int, if_name: str, addresses: Iterable[str],
+                        routes: Iterable[tuple[str, str]]) -> None:
+    """Put ``addresses`` (CIDR) on the interface and add ``routes`` (destination, via)."""
+    try:
+        for cidr in addresses:
+            iface = ipaddress.IPv4Interface(cidr)
+            pod.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+    except NetlinkError as exc:
+        raise _fail(f"configuring {if_name}", exc) from None
+    for dst, via in routes:
+        try:
+            pod.route("add", dst=dst, gateway=via, oif=idx)
+        except NetlinkError as exc:
+            # two interfaces on one pool bring the same route: the first one carries it
+            if exc.code != errno.EEXIST:
+                raise _fail(f"adding route {dst} via {via} on {if_name}", exc) from None
+
+
+def delete_link(ipr: IPRoute, name: str) -> bool:
+    """Remove a link by name (the kernel resolves it: one round trip); False when already gone."""
+    try:
+        ipr.link("del", ifname=name)
+    except NetlinkError as exc:
+        if exc.code in GONE:
+            return False
+        raise
+    return True
+
+
+def bridge_index(host: IPRoute, bridge: str) -> int | None:
+    return _index(host, bridge)
+
+
+def bridge_ports(host: IPRoute, bridge: str) -> list[str]:
+    idx = _index(host, bridge)
+    if idx is None:
+        return []
+    return [link.get_attr("IFLA_IFNAME") for link in host.get_links() if link.get_attr("IFLA_MASTER") == idx]
+
+
+def link_state(ipr: IPRoute, name: str) -> dict[str, Any] | None:
+    """Name, MAC, operstate, addresses (CIDR) and routes of one link, for CHECK and tests."""
+    idx = _index(ipr, name)
+    if idx is None:
+        return None
+    link = ipr.link("get", index=idx)[0]
+    addrs = [
+        f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(index=idx, family=2)
+    ]
+    routes = [
+        (f"{r.get_attr('RTA_DST')}/{r['dst_len']}", r.get_attr("RTA_GATEWAY") or "")
+        for r in ipr.get_routes(family=2, oif=idx) if r.get_attr("RTA_DST") and r.get_attr("RTA_GATEWAY")
+    ]
+    info = link.get_attr("IFLA_LINKINFO")
+    return {
+        "name": name, "mac": link.get_attr("IFLA_ADDRESS"), "up": bool(link["flags"] & 1),
+        "addresses": addrs, "routes": routes, "kind": info.get_attr("IFLA_INFO_KIND") if info else "",
+    }

@@ -1,0 +1,171 @@
+"""Netlink sockets inside a pod's network namespace, opened by path and never created by accident.
+
+``pod_netlink(path)`` opens the namespace file read-only (a missing file is ``NetnsGone``, never a
+new namespace: pyroute2's own ``netns=`` would create one) and builds an ``IPRoute`` whose socket
+lives in that namespace. The socket is made in a short-lived thread that ``setns()``-es itself
+into the pod's namespace and back; the daemon's other threads stay where they are (``setns``
+changes only the calling thread), and a netlink socket keeps the namespace it was created in.
+This is much cheaper than pyroute2's own ``netns=``, which forks a helper process per socket.
+The ``IPRoute`` must be used from the thread that opened it (pyroute2 keeps a socket per thread).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from cni.errors import UnknownContainer
+
+CLONE_NEWNET = 0x40000000
+NETLINK_ROUTE = 0
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_NSFS_DEV = os.stat("/proc/self/ns/net").st_dev
+
+
+class NetnsGone(UnknownContainer):
+    """The network namespace path does not exist (any more): an error on ADD/CHECK, fine on DEL."""
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def open_netns(path: str) -> int:
+    """A read-only fd of the namespace at ``path``; ``NetnsGone`` when it is missing."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        raise NetnsGone(f"network namespace {path} does not exist", "CNI_NETNS") from None
+    except OSError as exc:
+        raise UnknownContainer(f"network namespace {path} cannot be opened", str(exc)) from None
+
+
+def _netlink_in(fd: int) -> IPRoute:
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                _setns(fd)
+                try:
+                    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+                    box["fd"] = sock.detach()
+                finally:
+                    _setns(home)  # leave the thread where it started
+            finally:
+                os.close(home)
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=work, name="netns-socket")
+    t.start()
+    t.join()
+    if "error" in box:
+        exc = box["error"]
+        if isinstance(exc, OSError) and exc.errno == errno.EINVAL:
+            raise UnknownContainer("CNI_NETNS is not a network namespace", str(exc)) from None
+        raise exc
+    # pyroute2 keeps one socket per thread; built from this fd, the caller's thread uses the pod's socket
+    return IPRoute(fileno=box["fd"])
+
+
+def netlink_in_path(path: str) -> IPRoute:
+    """A long-lived ``IPRoute`` in the namespace at ``path`` (the caller closes it)."""
+    fd = open_netns(path)
+    try:
+        return _netlink_in(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def pod_netlink(path: str) -> Iterator[tuple[IPRoute, int]]:
+    """``(IPRoute in the pod netns, fd of the netns)`` for the duration of the block."""
+    fd = open_netns(path)
+    try:
+        ipr = _netlink_in(fd)
+        try:
+            yield ipr, fd
+        finally:
+            ipr.close()
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def netlink_at(path: str | None) -> Iterator[IPRoute]:
+    """An ``IPRoute`` in the namespace at ``path``, or in the daemon's own when ``path`` is None."""
+    if not path:
+        ipr = IPRoute()
+        try:
+            yield ipr
+        finally:
+            ipr.close()
+        return
+    with pod_netlink(path) as (ipr, _):
+        yield ipr
+
+
+class PodNamespace:
+    """A pod's network namespace for the length of one CNI call: its fd is opened at once (a missing
+    namespace is ``NetnsGone`` before anything else happens), its netlink socket only when a driver
+    first asks (a delegated plugin works on the path and needs none)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = open_netns(path)
+        self._ipr: IPRoute | None = None
+        if os.fstat(self.fd).st_dev != _NSFS_DEV:  # every namespace file lives on nsfs
+            os.close(self.fd)
+            raise UnknownContainer("CNI_NETNS is not a network namespace", path)
+
+    def netlink(self) -> IPRoute:
+        if self._ipr is None:
+            self._ipr = _netlink_in(self.fd)
+        return self._ipr
+
+    def close(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+        os.close(self.fd)
+
+
+@contextmanager
+def pod_namespace(path: str) -> Iterator[PodNamespace]:
+    """Open the pod's namespace for the block (``NetnsGone`` when it does not exist)."""
+    ns = PodNamespace(path)
+    try:
+        yield ns
+    finally:
+        ns.close()
+
+
+class HostNetlink:
+    """This thread's netlink socket in the node's namespace (or in the one at ``path``), kept open.
+
+    pyroute2 keeps one socket per thread, and opening one costs about a millisecond; the CNI server
+    serves calls from a fixed pool of threads, so each keeps its own.
+    """
+
+    def __init__(self, path: str = "") -> None:
+        self.path = path
+        self._local = threading.local()
+
+    def __call__(self) -> IPRoute:
+        ipr: IPRoute | None = getattr(self._local, "ipr", None)
+        if ipr is None:
+            ipr = self._local.ipr = netlink_in_path(self.path) if self.path else IPRoute()
+        return ipr

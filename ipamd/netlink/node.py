@@ -1,0 +1,34 @@
+"""The node's own links that segments need (bridges, VLAN and VXLAN uplinks), over this thread's socket.
+
+Implements ``NodeLinks`` (``ipamd.node.segments``): the segments service asks for links by name and
+never holds a netlink socket itself, so it is unit-tested with a fake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pyroute2 import IPRoute
+
+from ipamd.model.objects import VxlanSpec
+from ipamd.netlink import links
+
+
+class NetlinkNodeLinks:
+    def __init__(self, host: Callable[[], IPRoute]) -> None:
+        self.host = host
+
+    def ensure_bridge(self, name: str, uplink: str) -> int:
+        return links.ensure_bridge(self.host(), name, uplink)
+
+    def ensure_vlan(self, parent: str, vlan_id: int) -> str:
+        return links.ensure_vlan(self.host(), parent, vlan_id)
+
+    def ensure_vxlan(self, vni: int, spec: VxlanSpec) -> str:
+        return links.ensure_vxlan(self.host(), vni, spec.underlay, spec.remotes, spec.group, spec.port, spec.local_ip)
+
+    def index(self, name: str) -> int | None:
+        return links.bridge_index(self.host(), name)
+
+    def delete(self, name: str) -> bool:
+        return links.delete_link(self.host(), name)

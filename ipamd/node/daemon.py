@@ -1,0 +1,143 @@
+"""The node daemon: wires the object source, store, IPAM, verbs and servers of one node.
+
+Start-up order matters for "nothing lost": open the store, read the object source, finish or roll
+back the attachments a crash left half done, reconcile, and only then accept CNI calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+from cni.errors import InternalError
+from ipamd.config import DaemonConfig
+from ipamd.drivers.table import kernel_drivers
+from ipamd.ipam.addresses import Ipam
+from ipamd.ipam.registry import LeaseRegistry, NodeLocalRegistry
+from ipamd.netlink.netns import HostNetlink, pod_namespace
+from ipamd.netlink.node import NetlinkNodeLinks
+from ipamd.node.reconcile import Reconciler
+from ipamd.node.segments import Segments
+from ipamd.publish.base import LocalPublisher, Publisher
+from ipamd.server.cni_http import CniHttpServer
+from ipamd.server.grpc_api import IpamService, serve
+from ipamd.sources.base import ObjectSource
+from ipamd.sources.local import LocalSource
+from ipamd.store.sqlite import Store
+from ipamd.verbs.attacher import Attacher
+
+log = logging.getLogger("plexus-ipamd")
+
+
+def _fault_hook(step_wanted: str, failure_rate: float, seed: str) -> Any:
+    """Test hooks. ``PLEXUS_FAULT=step``: SIGKILL at that step of ADD or DEL.
+    ``PLEXUS_FAULT_RATE=0.1``: fail one step in ten (each ADD/DEL step, seeded by
+    ``PLEXUS_FAULT_SEED``), so tests can show every failure unwinds."""
+    import random
+
+    rng = random.Random(seed)
+    lock = threading.Lock()
+
+    def fault(step: str) -> None:
+        if step_wanted and step == step_wanted:
+            log.warning("fault injection: killing the daemon at %s", step)
+            logging.shutdown()
+            os.kill(os.getpid(), signal.SIGKILL)
+        if failure_rate:
+            with lock:
+                hit = rng.random() < failure_rate
+            if hit:
+                raise InternalError(f"injected failure at {step}", "PLEXUS_FAULT_RATE")
+
+    return fault
+
+
+class NodeDaemon:
+    def __init__(self, cfg: DaemonConfig) -> None:
+        self.cfg = cfg
+        self.store = Store(cfg.db)
+        self.controller: Any = None
+        registry: LeaseRegistry = NodeLocalRegistry()
+        publisher: Publisher = LocalPublisher()
+        self.source: ObjectSource
+        if cfg.kubeconfig:  # imported only here: the kubernetes client costs ~200 ms to import
+            from ipamd.kube.client import kube_api
+            from ipamd.kube.leases import KubeLeaseRegistry
+            from ipamd.kube.publisher import KubePublisher
+            from ipamd.kube.source import KubernetesSource
+
+            api = kube_api(cfg.kubeconfig)
+            self.source = KubernetesSource(api, cfg.node_name)
+            if cfg.controller:
+                from ipamd.kube.controller import Controller
+
+                self.controller = Controller(api, self.source, cfg.controller_namespace)
+            registry = KubeLeaseRegistry(self.source, cfg.node_name)
+            publisher = KubePublisher(api, cfg.node_name)
+        else:
+            self.source = LocalSource(cfg.objects_dir, lambda ns, name: self.store.generated_uid(ns, name, _new_uid()))
+        self.ipam = Ipam(self.store, self.source, registry=registry)
+        host = HostNetlink(cfg.node_netns)
+        self.segments = Segments(self.store, NetlinkNodeLinks(host), time.time, cluster=bool(cfg.kubeconfig))
+        self._ready = threading.Event()
+        fault = _fault_hook(cfg.fault, float(os.environ.get("PLEXUS_FAULT_RATE") or 0),
+                            os.environ.get("PLEXUS_FAULT_SEED", "plexus"))
+        self.attacher = Attacher(self.store, self.source, self.ipam, self.segments, kernel_drivers(), host,
+                                 pod_namespace, publisher, self._ready.is_set, fault)
+        self.reconciler = Reconciler(self.store, self.source, self.ipam, registry, self.attacher, self.segments,
+                                     publisher, cfg.reconcile_interval, cluster=bool(cfg.kubeconfig))
+        self.cni_server: CniHttpServer | None = None
+
+    def sync(self) -> list[Any]:
+        problems = self.source.sync()
+        self.reconciler.run_once()
+        return problems
+
+    def start(self) -> None:
+        self.source.start()
+        if self.controller is not None:
+            self.controller.start()
+        recovered = self.reconciler.recover()
+        self.reconciler.run_once()
+        self.source.subscribe(self.reconciler.wake)
+        self.reconciler.start()
+        self.cni_server = CniHttpServer(self.cfg.socket, self.attacher, self._ready.is_set)
+        threading.Thread(target=self.cni_server.serve_forever, name="cni-server", daemon=True).start()
+        self._ready.set()
+        self.grpc_server, self.health = serve(self.cfg.grpc_socket, IpamService(self.store, self.source, self.ipam, self.sync),
+                                              self._ready.is_set)
+        if self.cfg.metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(self.cfg.metrics_port, addr="127.0.0.1")
+        log.info("plexus-ipamd ready: cni=%s grpc=%s objects=%s db=%s (recovered %d attachments)",
+                 self.cfg.socket, self.cfg.grpc_socket, self.cfg.objects_dir, self.cfg.db, recovered)
+
+    def stop(self) -> None:
+        self._ready.clear()
+        if self.controller is not None:
+            self.controller.stop()
+        self.reconciler.stop()
+        self.source.stop()
+        if self.cni_server is not None:
+            self.cni_server.shutdown()
+            self.cni_server.server_close()
+        self.grpc_server.stop(grace=2)
+        self.store.close()
+        for path in (self.cfg.socket, self.cfg.grpc_socket):  # a stale socket would look like a live daemon
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+def _new_uid() -> str:
+    import uuid
+
+    return str(uuid.uuid4())
+
+

@@ -1,0 +1,250 @@
+"""Bring the store in line with the object source: the work a controller does, for one node.
+
+Runs at start (finishing or rolling back every attachment a crash left half done), whenever the
+source changes, and periodically:
+- user IPAddresses get their address at once (phase ``Allocated``, or ``Pending`` with
+  ``Allocated=False/NoFreeIPAddress``); a deleted one lets its lease go to quarantine, unless a pod
+  still uses it, in which case it keeps the address until the pod goes;
+- the attachments of pods that no longer exist are torn down, and their Auto IPAddresses deleted;
+  a pod that exists is never touched, whatever its state;
+- quarantined leases whose TTL is over are freed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Protocol
+
+from cni.errors import CniError
+from ipamd.ipam.addresses import Ipam, ResolvedNetwork
+from ipamd.ipam.allocator import in_ranges, subnet_for
+from ipamd.ipam.registry import LeaseRegistry
+from ipamd.model.objects import (
+    CLUSTER_NETWORK,
+    IP_ADDRESS_KINDS,
+    NETWORK,
+    NETWORK_CLASS,
+    POD,
+    POOL_KINDS,
+    ClusterNetwork,
+    Network,
+)
+from ipamd.model.segments import granted_id, segment_kind
+from ipamd.publish.base import Publisher
+from ipamd.sources.base import ObjectSource
+from ipamd.store.protocols import NodeStore
+from ipamd.store.records import AttachmentRecord, SegmentRecord
+
+log = logging.getLogger(__name__)
+
+
+class Teardowns(Protocol):
+    """Tearing an attachment down under its lock (``Attacher.teardown_current``)."""
+
+    def teardown_current(self, container_id: str, ifname: str,
+                         still_wanted: Callable[[AttachmentRecord], bool] = ...) -> bool: ...
+
+
+class NodeSegments(Protocol):
+    """The node's segments (``ipamd.node.segments.Segments``)."""
+
+    def ensure(self, net: ResolvedNetwork) -> tuple[SegmentRecord, int]: ...
+
+    def remove(self, rec: SegmentRecord) -> None: ...
+
+
+class Reconciler:
+    def __init__(self, store: NodeStore, source: ObjectSource, ipam: Ipam, registry: LeaseRegistry,
+                 teardowns: Teardowns, segments: NodeSegments, publisher: Publisher,
+                 interval: float = 30.0, cluster: bool = False) -> None:
+        self.store = store
+        self.source = source
+        self.ipam = ipam
+        self.registry = registry
+        self.teardowns = teardowns
+        self.segments = segments
+        self.publisher = publisher
+        self.interval = interval
+        # In a cluster, user IPAddresses are allocated by the controller (and adopted by the node
+        # whose pod uses them), and the pod cache may lag an ADD by a moment: attachments younger
+        # than the grace period are never judged gone.
+        self.cluster = cluster
+        self.grace_s = 15.0 if cluster else 0.0
+        self._reported: dict[str, str] = {}  # Network -> bridge published as this node's ready attachment
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+
+    def recover(self) -> int:
+        """Finish what a crash interrupted: an attachment still ``adding`` or ``deleting`` is torn down."""
+        n = 0
+        for rec in self.store.attachments():
+            if rec.state == "ready":
+                continue
+            try:
+                if self.teardowns.teardown_current(rec.container_id, rec.ifname, lambda r: r.state != "ready"):
+                    n += 1
+                    log.info("recovered %s attachment %s/%s", rec.state, rec.container_id[:12], rec.ifname)
+            except CniError as exc:
+                log.warning("could not recover attachment %s/%s: %s", rec.container_id[:12], rec.ifname, exc)
+        return n
+
+    def run_once(self) -> None:
+        with self._lock:
+            self._flag_pool_changes()
+            # in a cluster the controller allocates Auto IPAddresses; a Static one names its
+            # address, so every node may lease it (the lease object's holder is the same)
+            self._sync_ipaddresses(statics_only=self.cluster)
+            self._release_gone_pods()
+            self.ipam.expire(None, self.ipam.clock())
+            self._sync_segments()
+            if self.cluster:
+                self._release_stray_cluster_leases()
+
+    def _release_stray_cluster_leases(self) -> None:
+        """IPAddressLeases this node made that its store does not hold: an ADD rolled back while the
+        API was unreachable could not delete its lease object. Deleted once older than the grace period."""
+        for lease in self.registry.stray(self.store, time.time() - max(self.grace_s, 30.0)):
+            log.info("released stray IPAddressLease %s (%s)", lease.address, lease.pool)
+
+    def _sync_segments(self) -> None:
+        """Make every Network's bridge (and VLAN/VXLAN uplink) ahead of its pods, and remove the
+        ones of Networks that are gone once no pod uses them."""
+        if not self.source.ready():
+            return
+        live = self._live_networks()
+        for key, resolved in live.items():
+            try:
+                rec, _ = self.segments.ensure(resolved)
+                if self._reported.get(key) != rec.bridge:
+                    self.publisher.node_attachment(key, rec.bridge, True, "")
+                    self._reported[key] = rec.bridge
+            except Exception as exc:  # one segment's trouble (a missing parent NIC) must not stop the others
+                log.warning("segment of %s: %s", key, exc)
+                self.publisher.node_attachment(key, "", False, str(exc))
+                self._reported.pop(key, None)
+        in_use = {i.network_key for a in self.store.attachments() for i in a.interfaces}
+        for rec in self.store.segments():
+            if rec.network in live or rec.network in in_use:
+                continue
+            try:
+                self.segments.remove(rec)
+                self.publisher.node_detachment(rec.network)
+                self._reported.pop(rec.network, None)
+                log.info("removed the segment of deleted %s (bridge %s)", rec.network, rec.bridge)
+            except Exception as exc:
+                log.warning("removing the segment of %s: %s", rec.network, exc)
+
+    def _live_networks(self) -> dict[str, ResolvedNetwork]:
+        """The networks whose segments this node should have now."""
+        live: dict[str, ResolvedNetwork] = {}
+        nets: list[Network | ClusterNetwork] = [*self.source.list(NETWORK), *self.source.list(CLUSTER_NETWORK)]
+        for net in nets:
+            cls = self.source.get(NETWORK_CLASS, "", net.network_class) if net.network_class else None
+            if isinstance(net, Network) and cls is None:
+                continue  # reported when a pod asks for it
+            if self.cluster and segment_kind(net, cls).tagged and granted_id(net) is None:
+                continue  # the controller has not given it its VLAN ID / VNI yet
+            live[net.meta.key] = ResolvedNetwork(net.meta.key, net.meta.kind, net.meta.name, net.meta.namespace, net,
+                                                 cls, None)
+        return live
+
+    def _flag_pool_changes(self) -> None:
+        """A pool shrank or lost a range under live leases: keep them, flag the ones now outside."""
+        for kind in POOL_KINDS.values():
+            for pool in self.source.list(kind):
+                changed = []
+                for lease in self.store.leases_in_pool(pool.meta.key).values():
+                    outside = subnet_for(pool, lease.ip) is None or (
+                        not in_ranges(pool, lease.ip) and lease.address != self._static_ip(lease.holder))
+                    if outside != lease.outside_ranges:
+                        changed.append(replace(lease, outside_ranges=outside))
+                if changed:
+                    with self.store.transaction():
+                        for lease in changed:
+                            self.store.put_lease(lease)
+                    log.warning("pool %s changed: %d lease(s) now %s its ranges", pool.meta.display, len(changed),
+                                "outside" if changed[0].outside_ranges else "back inside")
+
+    def _static_ip(self, holder: str | None) -> str:
+        rec = self.store.get_ip(holder) if holder else None
+        return rec.static_ip if rec is not None and rec.type == "Static" else ""
+
+    def _sync_ipaddresses(self, statics_only: bool = False) -> None:
+        live = {}
+        for kind in IP_ADDRESS_KINDS.values():
+            for obj in self.source.list(kind):
+                live[obj.meta.key] = obj
+                pool = self.ipam.pool_of_ip(obj)
+                if pool is None or (statics_only and obj.type != "Static"):
+                    continue
+                rec = self.ipam.record_for(obj)
+                if rec.deleted:
+                    rec = replace(rec, deleted=False)
+                try:
+                    with self.store.transaction():
+                        self.ipam.lease_for(rec, pool)
+                except CniError as exc:
+                    if exc.code == 100:
+                        self.ipam.mark_exhausted(rec, exc)
+                    else:
+                        log.warning("%s: %s", obj.meta.display, exc)
+        for rec in self.store.all_ips():
+            if rec.created_by != "user" or rec.key in live:
+                continue
+            if rec.used_by_uids:
+                if not rec.deleted:
+                    with self.store.transaction():
+                        self.store.put_ip(replace(rec, deleted=True))
+                continue
+            self.ipam.delete_ip(rec)
+
+    def _release_gone_pods(self) -> None:
+        if not self.source.ready():
+            return
+        live = {p.meta.uid for p in self.source.list(POD)}
+        young = time.time() - self.grace_s
+        for rec in self.store.attachments():
+            if rec.pod_uid in live or rec.state != "ready" or not rec.pod_known or rec.updated_at > young:
+                continue
+            try:
+                gone = lambda r: r.state == "ready" and r.pod_known and self.source.pod_by_uid(r.pod_uid) is None  # noqa: E731
+                if self.teardowns.teardown_current(rec.container_id, rec.ifname, gone):
+                    log.info("released attachment %s/%s of deleted pod %s/%s", rec.container_id[:12], rec.ifname,
+                             rec.namespace, rec.pod_name)
+            except CniError as exc:
+                log.warning("releasing attachment of deleted pod %s/%s: %s", rec.namespace, rec.pod_name, exc)
+        owners = {r.owner_pod_uid for r in self.store.all_ips() if r.owner_pod_uid}
+        for uid in owners - live:
+            if not self.store.attachments_of_pod(uid):
+                try:
+                    self.ipam.forget_pod(uid)
+                except Exception as exc:  # one failure (the API unreachable) must not stop the others
+                    log.warning("releasing the addresses of deleted pod %s: %s", uid, exc)
+        for status in self.store.pod_statuses():
+            if status.uid not in live and not self.store.attachments_of_pod(status.uid):
+                with self.store.transaction():
+                    self.store.delete_pod_status(status.uid)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("reconcile failed")
+            self._wake.wait(self.interval)
+            self._wake.clear()
+
+    def start(self) -> None:
+        threading.Thread(target=self.loop, name="reconcile", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()

@@ -1,0 +1,54 @@
+"""Where statuses go besides the store: nowhere in local mode, the Kubernetes API in cluster mode.
+
+The store always holds every status (plexusctl reads it there); a publisher mirrors what users
+expect to see on their objects: ``networks-status`` on the pod, the Auto IPAddress objects Plexus
+makes (owned by the pod), IPAddress statuses and Events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from ipamd.model.objects import Pod
+from ipamd.store.records import IPRecord
+
+
+class Publisher(Protocol):
+    def attached(self, pod: Pod, networks_status: list[dict[str, Any]], created: Iterable[IPRecord],
+                 used: Iterable[IPRecord]) -> None: ...
+
+    def detached(self, namespace: str, name: str, uid: str, networks_status: list[dict[str, Any]] | None,
+                 used: Iterable[IPRecord]) -> None: ...
+
+    def failed(self, pod: Pod, message: str) -> None: ...
+
+    def ip_status(self, rec: IPRecord) -> None: ...
+
+    def node_attachment(self, network_key: str, bridge: str, ready: bool, message: str) -> None: ...
+
+    def node_detachment(self, network_key: str) -> None: ...
+
+
+class LocalPublisher:
+    """Local mode: the store is the only place statuses live."""
+
+    def attached(self, pod: Pod, networks_status: list[dict[str, Any]], created: Iterable[IPRecord],
+                 used: Iterable[IPRecord]) -> None:
+        pass
+
+    def detached(self, namespace: str, name: str, uid: str, networks_status: list[dict[str, Any]] | None,
+                 used: Iterable[IPRecord]) -> None:
+        pass
+
+    def failed(self, pod: Pod, message: str) -> None:
+        pass
+
+    def ip_status(self, rec: IPRecord) -> None:
+        pass
+
+    def node_attachment(self, network_key: str, bridge: str, ready: bool, message: str) -> None:
+        pass
+
+    def node_detachment(self, network_key: str) -> None:
+        pass

@@ -1,0 +1,159 @@
+"""The gRPC IPAM API (``proto/plexus/ipam/v1/ipam.proto``) and the standard health service.
+
+A thin servicer: it turns messages into calls on ``Ipam`` and reads of the store, and ``CniError``s into gRPC
+statuses whose trailing metadata carries the CNI code (``plexus-cni-code``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from cni.errors import CniError, ObjectNotFound
+from ipamd.api import ipam_pb2 as pb
+from ipamd.api import ipam_pb2_grpc as pb_grpc
+from ipamd.ipam.addresses import Ipam
+from ipamd.model.objects import CLUSTER_IP_ADDRESS_POOL, IP_ADDRESS_POOL, POOL_KINDS, AddressPool
+from ipamd.sources.base import ObjectSource
+from ipamd.store.protocols import NodeStore
+from ipamd.store.records import IPRecord, LeaseRecord
+
+CNI_CODE_KEY = "plexus-cni-code"
+STATUS_FOR_CODE = {
+    3: grpc.StatusCode.NOT_FOUND, 7: grpc.StatusCode.INVALID_ARGUMENT, 11: grpc.StatusCode.UNAVAILABLE,
+    100: grpc.StatusCode.RESOURCE_EXHAUSTED, 103: grpc.StatusCode.NOT_FOUND, 104: grpc.StatusCode.ALREADY_EXISTS,
+}
+
+
+def _abort(context: grpc.ServicerContext, err: CniError) -> None:
+    context.set_trailing_metadata(((CNI_CODE_KEY, str(err.code)),))
+    context.abort(STATUS_FOR_CODE.get(err.code, grpc.StatusCode.FAILED_PRECONDITION), str(err))
+
+
+def _mapped(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(self: IpamService, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return fn(self, request, context)
+        except CniError as err:
+            _abort(context, err)
+
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
+def lease_message(lease: LeaseRecord, rec: IPRecord | None) -> pb.Lease:
+    return pb.Lease(
+        pool=lease.pool, address=lease.address, network=lease.network, holder=lease.holder or "",
+        state=lease.state, pods=list(rec.used_by_pods) if rec else [], created_at=lease.created_at,
+        orphaned_at=lease.orphaned_at or 0.0, ttl_seconds=lease.ttl, outside_ranges=lease.outside_ranges,
+    )
+
+
+class IpamService(pb_grpc.IpamServicer):
+    def __init__(self, store: NodeStore, source: ObjectSource, ipam: Ipam, sync: Callable[[], list[Any]]) -> None:
+        self.store = store
+        self.source = source
+        self.ipam = ipam
+        self.sync = sync
+
+    def _pool(self, ref: pb.PoolRef) -> AddressPool:
+        kind = POOL_KINDS.get(ref.kind) or (IP_ADDRESS_POOL if ref.namespace else CLUSTER_IP_ADDRESS_POOL)
+        ns = ref.namespace if kind.namespaced else ""
+        pool = self.source.get(kind, ns, ref.name)
+        if pool is None:
+            raise ObjectNotFound(f"{kind.name} {ns + '/' if ns else ''}{ref.name} does not exist", "pool")
+        return pool
+
+    @_mapped
+    def Allocate(self, request: pb.AllocateRequest, context: grpc.ServicerContext) -> pb.Lease:  # noqa: N802
+        rec, lease = self.ipam.allocate_for(request.owner, self._pool(request.pool), request.address)
+        return lease_message(lease, rec)
+
+    @_mapped
+    def Release(self, request: pb.ReleaseRequest, context: grpc.ServicerContext) -> pb.ReleaseResponse:  # noqa: N802
+        released = self.ipam.release_address(self._pool(request.pool), request.address, request.force)
+        return pb.ReleaseResponse(released=released)
+
+    @_mapped
+    def ListLeases(self, request: pb.ListLeasesRequest, context: grpc.ServicerContext) -> pb.ListLeasesResponse:  # noqa: N802
+        recs = {r.key: r for r in self.store.all_ips()}
+        leases = [
+            lease_message(lease, recs.get(lease.holder or ""))
+            for lease in self.store.all_leases() if not request.pool or lease.pool == request.pool
+        ]
+        return pb.ListLeasesResponse(leases=leases)
+
+    @_mapped
+    def ListPools(self, request: pb.ListPoolsRequest, context: grpc.ServicerContext) -> pb.ListPoolsResponse:  # noqa: N802
+        out = []
+        for kind in POOL_KINDS.values():
+            for pool in self.source.list(kind):
+                leases = self.store.leases_in_pool(pool.meta.key).values()
+                quarantined = sum(1 for lease in leases if lease.state == "orphaned")
+                used = len(leases) - quarantined
+                out.append(pb.PoolUsage(
+                    pool=pool.meta.key, networks=[str(s.network) for s in pool.subnets], size=pool.size,
+                    used=used, quarantined=quarantined, free=max(pool.size - len(leases), 0),
+                    lease_ttl_seconds=pool.lease_ttl_s,
+                ))
+        return pb.ListPoolsResponse(pools=out)
+
+    @_mapped
+    def ListPods(self, request: pb.ListPodsRequest, context: grpc.ServicerContext) -> pb.ListPodsResponse:  # noqa: N802
+        pods = [
+            pb.PodStatus(namespace=s.namespace, name=s.name, uid=s.uid, networks_status_json=json.dumps(list(s.networks_status)))
+            for s in self.store.pod_statuses()
+            if (not request.namespace or s.namespace == request.namespace) and (not request.name or s.name == request.name)
+        ]
+        return pb.ListPodsResponse(pods=pods)
+
+    @_mapped
+    def ListIPAddresses(self, request: pb.ListIPAddressesRequest, context: grpc.ServicerContext) -> pb.ListIPAddressesResponse:  # noqa: N802
+        out = []
+        for r in self.store.all_ips():
+            status = {"phase": r.phase, "address": r.address, "network": r.network, "routes": list(r.routes),
+                      "usedByPods": list(r.used_by_pods), "conditions": list(r.conditions)}
+            out.append(pb.IPAddressStatus(kind=r.kind, namespace=r.namespace, name=r.name, type=r.type,
+                                          network_kind=r.network_kind, network_name=r.network_name,
+                                          status_json=json.dumps(status)))
+        return pb.ListIPAddressesResponse(addresses=out)
+
+    @_mapped
+    def ListNetworks(self, request: pb.ListNetworksRequest, context: grpc.ServicerContext) -> pb.ListNetworksResponse:  # noqa: N802
+        return pb.ListNetworksResponse(networks=[
+            pb.NetworkStatus(key=s.network, status_json=json.dumps(s.status or {"bridgeName": s.bridge}))
+            for s in self.store.segments()
+        ])
+
+    @_mapped
+    def Sync(self, request: pb.SyncRequest, context: grpc.ServicerContext) -> pb.SyncResponse:  # noqa: N802
+        problems = self.sync()
+        return pb.SyncResponse(problems=[pb.Problem(source=p.source, field=p.field, message=p.message) for p in problems])
+
+
+def serve(path: str, service: IpamService, ready: Callable[[], bool]) -> tuple[grpc.Server, health.HealthServicer]:
+    """Start the gRPC server on a private unix socket; the health service reports SERVING when ready."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    if os.path.exists(path):
+        os.unlink(path)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    pb_grpc.add_IpamServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    old = os.umask(0o177)
+    try:
+        server.add_insecure_port(f"unix:{path}")
+        server.start()
+    finally:
+        os.umask(old)
+    status = health_pb2.HealthCheckResponse.SERVING if ready() else health_pb2.HealthCheckResponse.NOT_SERVING
+    health_servicer.set("", status)
+    health_servicer.set("plexus.ipam.v1.Ipam", status)
+    return server, health_servicer

@@ -1,0 +1,138 @@
+"""Writing the local object source: ``plexusctl apply`` and ``delete`` on a directory of manifests.
+
+Each applied object gets its own file, ``<kind>.<namespace>.<name>.yaml``, written atomically
+(temporary file + rename) so the daemon never reads half a manifest. A Pod keeps its
+``metadata.uid`` across re-applies, and gets a new one when it is created without one.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from ipamd.model.objects import KINDS, POD, ApiObject, ManifestInvalid, parse_object
+from ipamd.sources.local import load_directory, manifest_files, read_documents
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    kind: str
+    namespace: str
+    name: str
+    action: str  # created | configured | unchanged | deleted | not found
+
+    def __str__(self) -> str:
+        return f"{self.kind.lower()}/{self.name} {self.action}"
+
+
+def read_inputs(paths: Iterable[str]) -> list[tuple[str, Any]]:
+    """Documents from files, directories (their manifests, sorted) and ``-`` (standard input)."""
+    out: list[tuple[str, Any]] = []
+    for path in paths:
+        if path == "-":
+            out.extend(("<stdin>", d) for d in yaml.safe_load_all(sys.stdin) if d is not None)
+        elif os.path.isdir(path):
+            for f in manifest_files(path):
+                out.extend((f, d) for d in read_documents(f))
+        else:
+            out.extend((path, d) for d in read_documents(path))
+    return out
+
+
+def object_file(directory: str, kind: str, namespace: str, name: str) -> str:
+    return os.path.join(directory, f"{kind.lower()}.{namespace or '_'}.{name}.yaml")
+
+
+def _write_atomic(path: str, doc: dict[str, Any]) -> None:
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".yaml")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            yaml.safe_dump(doc, fh, sort_keys=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _identity(doc: dict[str, Any]) -> tuple[str, str, str]:
+    md = doc.get("metadata") or {}
+    kind = str(doc.get("kind"))
+    namespaced = kind in KINDS and KINDS[kind].namespaced
+    ns = (md.get("namespace") or "default") if namespaced else ""
+    return kind, ns, str(md.get("name"))
+
+
+def _own_file(directory: str, existing: dict[tuple[str, str, str], ApiObject], identity: tuple[str, str, str],
+              source: str, instead: str) -> str:
+    """The object's own file; ``ManifestInvalid`` when another file (one a user wrote) defines it."""
+    kind, ns, name = identity
+    path = object_file(directory, kind, ns, name)
+    current = existing.get(identity)
+    if current is not None and os.path.abspath(current.meta.source.split("#")[0]) != os.path.abspath(path):
+        raise ManifestInvalid(f"{kind} {name}", "metadata.name", f"is defined in {current.meta.source}; {instead}", source)
+    return path
+
+
+def apply(directory: str, docs: list[tuple[str, Any]]) -> tuple[list[Applied], list[ManifestInvalid]]:
+    """Validate every document, then write the valid ones; invalid ones are returned, not written."""
+    os.makedirs(directory, exist_ok=True)
+    existing, _ = load_directory(directory)
+    done, bad = [], []
+    for source, doc in docs:
+        try:
+            parse_object(doc, source)
+        except ManifestInvalid as exc:
+            bad.append(exc)
+            continue
+        kind, ns, name = _identity(doc)
+        try:
+            path = _own_file(directory, existing, (kind, ns, name), source, "edit that file instead")
+        except ManifestInvalid as exc:
+            bad.append(exc)
+            continue
+        doc = dict(doc)
+        md = dict(doc.get("metadata") or {})
+        if ns:
+            md["namespace"] = ns
+        current = existing.get((kind, ns, name))
+        if kind == POD.name and not md.get("uid"):
+            md["uid"] = current.meta.uid if current is not None and current.meta.uid else str(uuid.uuid4())
+        doc["metadata"] = md
+        action = "created"
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as fh:
+                action = "unchanged" if yaml.safe_load(fh) == doc else "configured"
+        if action != "unchanged":
+            _write_atomic(path, doc)
+        done.append(Applied(kind, ns, name, action))
+    return done, bad
+
+
+def delete(directory: str, docs: list[tuple[str, Any]]) -> tuple[list[Applied], list[ManifestInvalid]]:
+    existing, _ = load_directory(directory) if os.path.isdir(directory) else ({}, [])
+    done, bad = [], []
+    for source, doc in docs:
+        if not isinstance(doc, dict):
+            bad.append(ManifestInvalid("manifest", "", "must be a mapping", source))
+            continue
+        kind, ns, name = _identity(doc)
+        try:
+            path = _own_file(directory, existing, (kind, ns, name), source, "remove it from that file")
+        except ManifestInvalid as exc:
+            bad.append(exc)
+            continue
+        if os.path.exists(path):
+            os.unlink(path)
+            done.append(Applied(kind, ns, name, "deleted"))
+        else:
+            done.append(Applied(kind, ns, name, "not found"))
+    return done, bad

@@ -1,0 +1,161 @@
+"""The records the node keeps: leases, IPAddress state, attachments (with what each driver made), pod
+statuses and segments. Frozen and plain (JSON-ready), so every store keeps them the same way."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRecord:
+    """One leased IP of a pool, held by an IPAddress (``holder``) or orphaned and quarantined."""
+
+    pool: str
+    ip: int
+    address: str
+    network: str
+    holder: str | None
+    holder_uid: str = ""
+    state: str = "bound"  # bound | orphaned
+    ttl: float = 0.0
+    created_at: float = 0.0
+    orphaned_at: float | None = None
+    outside_ranges: bool = False  # the pool changed under a live lease: kept, flagged
+
+
+@dataclass(frozen=True, slots=True)
+class IPRecord:
+    """The state Plexus keeps for an IPAddress: its status, and the object itself when Plexus made it."""
+
+    key: str
+    kind: str
+    namespace: str
+    name: str
+    network_kind: str
+    network_name: str
+    type: str = "Auto"
+    static_ip: str = ""
+    uid: str = ""
+    owner_pod_uid: str = ""
+    created_by: str = "user"  # user | plexus
+    deleted: bool = False  # gone from the source while in use: kept until the pod lets go
+    phase: str = "Pending"
+    address: str = ""
+    network: str = ""
+    pool: str = ""
+    routes: tuple[dict[str, str], ...] = ()
+    used_by_pods: tuple[str, ...] = ()
+    used_by_uids: tuple[str, ...] = ()
+    conditions: tuple[dict[str, str], ...] = ()
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltInterface:
+    """What one interface of an attachment made, enough to tear it down without any object."""
+
+    if_name: str
+    kind: str  # veth | tap | macvlan
+    network_key: str
+    network_type: str
+    network_name: str
+    host_link: str = ""  # veth host end, on the node bridge
+    bridge: str = ""
+    mac: str = ""
+    vlan_id: int = 0
+    ip_keys: tuple[str, ...] = ()
+    created_ip_keys: tuple[str, ...] = ()  # Auto IPAddresses this attachment created
+    configure_ips: bool = True
+    addresses: tuple[dict[str, Any], ...] = ()  # the networks-status ipAddressConfigs of this interface
+    driver: dict[str, Any] = field(default_factory=dict)  # the driver's own state (its derived names, ...)
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentRecord:
+    """One CNI attachment, keyed as the runtime keys it: (container ID, CNI_IFNAME)."""
+
+    container_id: str
+    ifname: str
+    pod_uid: str
+    namespace: str
+    pod_name: str
+    netns: str
+    state: str  # adding | ready | deleting
+    interfaces: tuple[BuiltInterface, ...] = ()
+    result: dict[str, Any] = field(default_factory=dict)
+    networks_status: tuple[dict[str, Any], ...] = ()
+    updated_at: float = 0.0
+    network: str = ""  # the CNI network configuration's name (GC judges only its own)
+    pod_known: bool = True  # False: the pod came only from the runtime's annotations, not the source
+
+
+@dataclass(frozen=True, slots=True)
+class PodStatus:
+    uid: str
+    namespace: str
+    name: str
+    networks_status: tuple[dict[str, Any], ...] = ()
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRecord:
+    """A Network's L2 segment on this node: the VLAN ID or VNI it got and its bridge."""
+
+    network: str  # the Network / ClusterNetwork key
+    kind: str  # vlan | vxlan | none
+    id: int
+    bridge: str
+    network_class: str = ""
+    status: dict[str, Any] = field(default_factory=dict)
+
+
+# -- the one JSON form every store keeps them in --------------------------------------------------
+
+def _plain(value: Any) -> Any:
+    """Records to JSON-ready values; ``dataclasses.asdict`` deep-copies everything and was a
+    sixth of an ADD's time."""
+    slots = getattr(type(value), "__slots__", None)
+    if slots is not None and hasattr(value, "__dataclass_fields__"):
+        return {name: _plain(getattr(value, name)) for name in slots}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def dump(rec: Any) -> str:
+    return json.dumps(_plain(rec), separators=(",", ":"))
+
+
+def _tuples(d: dict[str, Any], *keys: str) -> dict[str, Any]:
+    for k in keys:
+        if k in d and isinstance(d[k], list):
+            d[k] = tuple(d[k])
+    return d
+
+
+def load_lease(data: str) -> LeaseRecord:
+    return LeaseRecord(**json.loads(data))
+
+
+def load_ip(data: str) -> IPRecord:
+    return IPRecord(**_tuples(json.loads(data), "routes", "used_by_pods", "used_by_uids", "conditions"))
+
+
+def load_attachment(data: str) -> AttachmentRecord:
+    d = json.loads(data)
+    d["interfaces"] = tuple(
+        BuiltInterface(**_tuples(i, "ip_keys", "created_ip_keys", "addresses")) for i in d.get("interfaces", ())
+    )
+    d["networks_status"] = tuple(d.get("networks_status", ()))
+    return AttachmentRecord(**d)
+
+
+def load_pod_status(data: str) -> PodStatus:
+    return PodStatus(**_tuples(json.loads(data), "networks_status"))
+
+
+def load_segment(data: str) -> SegmentRecord:
+    return SegmentRecord(**json.loads(data))

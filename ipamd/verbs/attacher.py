@@ -1,0 +1,372 @@
+"""The CNI verbs as the daemon carries them out: ADD, DEL, CHECK, GC, STATUS.
+
+ADD records its intent before it touches the kernel and registers an undo step after every side
+effect; any failure unwinds them in reverse order, so a failed ADD leaves no link, lease or status.
+DEL is idempotent and best-effort: a missing netns, link or record counts as success, every step
+runs even after one fails, and it needs neither the pod nor the network objects (the attachment
+record holds all it needs, each interface's driver state included). Attachments are keyed as the
+runtime keys them: (container ID, CNI_IFNAME). The interfaces themselves are the drivers' business
+(``ipamd.drivers``), chosen by the kind the record names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from cni.errors import (
+    AnnotationInvalid,
+    CniError,
+    InterfaceFailure,
+    InvalidConfig,
+    InvalidEnvironment,
+    PluginNotAvailable,
+    PoolExhausted,
+    UnknownContainer,
+)
+from cni.types import Result
+from ipamd.drivers.base import BuildContext, Built, CheckContext, InterfaceKey, PodSide, TeardownContext, quietly
+from ipamd.drivers.table import DriverTable
+from ipamd.ipam.addresses import Claim, Ipam, ResolvedNetwork
+from ipamd.model.annotations import (
+    AddressConfig,
+    InterfaceStatus,
+    NetworkSelection,
+    build_networks_status,
+    check_ifname,
+    parse_networks_spec,
+)
+from ipamd.model.objects import SPEC_ANNOTATION, IPAddressObject, Pod
+from ipamd.model.segments import SEGMENT_KINDS
+from ipamd.model.timefmt import rfc3339
+from ipamd.netlink.netns import NetnsGone
+from ipamd.node.segments import SegmentPlan
+from ipamd.publish.base import Publisher
+from ipamd.sources.base import ObjectSource
+from ipamd.store.protocols import VerbStore
+from ipamd.store.records import AttachmentRecord, BuiltInterface, PodStatus
+from ipamd.verbs.call import CniCall, KeyedLocks
+from ipamd.verbs.pods import find_pod
+
+VALID_ATTACHMENTS = "cni.dev/valid-attachments"
+
+
+class SegmentService(Protocol):
+    """The L2 segments the verbs attach to (``ipamd.node.segments.Segments``)."""
+
+    def plan(self, net: ResolvedNetwork) -> SegmentPlan: ...
+
+    def bridge_index(self, net: ResolvedNetwork, bridge: str) -> int: ...
+
+    def lost(self, bridge: str) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Wanted:
+    """One interface ADD is to make, checked: its selection, its network, the IPAddresses named for it."""
+
+    sel: NetworkSelection
+    net: ResolvedNetwork
+    user_ips: list[IPAddressObject]
+
+
+class _PodOnDemand:
+    """The pod's namespace for a teardown, opened on first need; None once it is gone (its links with it)."""
+
+    def __init__(self, open_pod: Callable[[str], AbstractContextManager[PodSide]], path: str,
+                 opened: contextlib.ExitStack) -> None:
+        self._open, self._path, self._opened = open_pod, path, opened
+        self._pod: PodSide | None = None
+        self._gone = not path
+
+    def netlink(self) -> Any | None:
+        if self._pod is None and not self._gone:
+            try:
+                self._pod = self._opened.enter_context(self._open(self._path))
+            except NetnsGone:
+                self._gone = True
+            except UnknownContainer:  # not a network namespace (any more)
+                self._gone = True
+        return None if self._pod is None else self._pod.netlink()
+
+
+class Attacher:
+    def __init__(self, store: VerbStore, source: ObjectSource, ipam: Ipam, segments: SegmentService,
+                 drivers: DriverTable, host_netlink: Callable[[], Any],
+                 open_pod: Callable[[str], AbstractContextManager[PodSide]], publisher: Publisher,
+                 ready: Callable[[], bool], fault: Callable[[str], None] = lambda step: None) -> None:
+        self.store = store
+        self.source = source
+        self.ipam = ipam
+        self.segments = segments
+        self.drivers = drivers
+        self.host_netlink = host_netlink  # this thread's netlink socket on the node
+        self.open_pod = open_pod
+        self.publisher = publisher
+        self.ready = ready
+        self.fault = fault  # test hook: may kill the process (or fail) at a named step
+        self.locks = KeyedLocks()
+
+    def handle(self, call: CniCall) -> dict[str, Any]:
+        verbs: dict[str, Callable[[CniCall], dict[str, Any]]] = {
+            "ADD": self.add, "DEL": self.delete, "CHECK": self.check, "GC": self.gc, "STATUS": self.status,
+        }
+        handler = verbs.get(call.verb)
+        if handler is None:
+            raise InvalidEnvironment(f"unknown CNI_COMMAND {call.verb!r}", "CNI_COMMAND")
+        return handler(call)
+
+    # -- ADD ------------------------------------------------------------------------------------
+    def add(self, call: CniCall) -> dict[str, Any]:
+        prev = Result.from_dict(call.config["prevResult"]) if call.config.get("prevResult") else None
+        with self.locks.hold(call.key):
+            existing = self.store.get_attachment(*call.key)
+            if existing is not None and existing.state == "ready":
+                return Result.from_dict(existing.result).merged_after(prev).to_dict(call.version)
+            if existing is not None:  # a crashed ADD or DEL of this attachment: finish it first
+                self._teardown(existing)
+            pod = find_pod(self.source, call)
+            try:
+                wanted = self._wanted(call, pod, prev)
+                result = self._add(call, pod, wanted)
+            except CniError as err:
+                self.publisher.failed(pod, str(err))
+                raise
+        return result.merged_after(prev).to_dict(call.version)
+
+    def _wanted(self, call: CniCall, pod: Pod, prev: Result | None) -> list[Wanted]:
+        """Every check that needs no change, for all interfaces, before anything is leased or built."""
+        selections = parse_networks_spec(pod.annotations.get(SPEC_ANNOTATION))
+        taken = {i.name for i in prev.interfaces if i.sandbox} if prev else set()
+        taken.add(call.ifname)
+        for i, sel in enumerate(selections):
+            if sel.if_name in taken:
+                raise AnnotationInvalid(f"networks-spec[{i}].ifName {sel.if_name!r} is already used in the pod",
+                                        f"networks-spec[{i}].ifName")
+        check_ifname(call.ifname, "CNI_IFNAME")
+        wanted = []
+        for i, sel in enumerate(selections):
+            net = self.ipam.resolve(sel, pod.meta.namespace, f"networks-spec[{i}]")
+            wanted.append(Wanted(sel, net, []))
+        return [replace(w, user_ips=self.ipam.validate(pod, w.sel, w.net, f"networks-spec[{i}]"))
+                for i, w in enumerate(wanted)]
+
+    def _add(self, call: CniCall, pod: Pod, wanted: list[Wanted]) -> Result:
+        record = AttachmentRecord(call.container_id, call.ifname, pod.meta.uid, pod.meta.namespace, pod.meta.name,
+                                  call.netns, "adding", updated_at=time.time(), network=call.network_name,
+                                  pod_known=pod.meta.source != "runtime")
+        key = InterfaceKey(call.container_id, call.ifname, call.netns)
+        with self.open_pod(call.netns) as pod_side, contextlib.ExitStack() as undo:
+            with self.store.transaction():
+                self.store.put_attachment(record)
+            undo.callback(quietly, "attachment record", self._forget_record, call.key)
+            self.fault("add:recorded")
+            built: list[tuple[BuiltInterface, Built]] = []
+            for w in wanted:
+                record, iface, claims = self._lease(record, key, pod, w)
+                undo.callback(quietly, "leases", self.ipam.undo_claims, claims, pod)
+                self.fault("add:leased")
+                done = self._build(pod_side, w.net, iface, undo)
+                built.append((replace(iface, mac=done.mac), done))
+                self.fault("add:built")
+            result = _merged(b.result for _, b in built)
+            self._attached(call, pod, record, [iface for iface, _ in built], result)
+            undo.pop_all()
+        return result
+
+    def _lease(self, record: AttachmentRecord, key: InterfaceKey, pod: Pod,
+               w: Wanted) -> tuple[AttachmentRecord, BuiltInterface, list[Claim]]:
+        """Lease the interface's addresses and record the interface, in one transaction."""
+        try:
+            with self.store.transaction():
+                claims = self.ipam.claim(pod, w.sel, w.net, w.user_ips)
+                iface = self._planned(key, w.sel, w.net, claims)
+                record = replace(record, interfaces=record.interfaces + (iface,))
+                self.store.put_attachment(record)
+        except PoolExhausted as exc:
+            self.ipam.note_exhausted(w.user_ips, exc)
+            raise
+        return record, iface, claims
+
+    def _planned(self, key: InterfaceKey, sel: NetworkSelection, net: ResolvedNetwork,
+                 claims: list[Claim]) -> BuiltInterface:
+        driver = self.drivers[sel.interface_type]
+        plan = driver.plan(key, sel)
+        seg = self.segments.plan(net).record
+        return BuiltInterface(
+            if_name=sel.if_name, kind=driver.kind, network_key=net.key, network_type=net.type, network_name=net.name,
+            host_link=plan.host_link, bridge=seg.bridge, mac=plan.mac, vlan_id=SEGMENT_KINDS[seg.kind].vlan_id(seg.id),
+            ip_keys=tuple(c.ip_key for c in claims), created_ip_keys=tuple(c.ip_key for c in claims if c.created_ip),
+            configure_ips=plan.configure_ips,
+            addresses=tuple(AddressConfig(c.ip_name, c.address, c.network, c.routes).to_dict() for c in claims),
+            driver=plan.state or {},
+        )
+
+    def _build(self, pod_side: PodSide, net: ResolvedNetwork, iface: BuiltInterface,
+               undo: contextlib.ExitStack) -> Built:
+        driver = self.drivers[iface.kind]
+        ctx = BuildContext(self.host_netlink(), pod_side, lambda: self.segments.bridge_index(net, iface.bridge))
+        try:
+            return driver.build(ctx, iface, undo)
+        except InterfaceFailure:
+            if not iface.bridge or not self.segments.lost(iface.bridge):
+                raise
+            return driver.build(ctx, iface, undo)  # the bridge was removed behind our back: it is made again
+
+    def _attached(self, call: CniCall, pod: Pod, record: AttachmentRecord, interfaces: list[BuiltInterface],
+                  result: Result) -> None:
+        """Mark the attachment ready, write the pod's status, and tell the publisher."""
+        mine = build_networks_status(_statuses(interfaces, rfc3339()))
+        with self.store.transaction():
+            others = [e for a in self.store.attachments_of_pod(pod.meta.uid)
+                      if (a.container_id, a.ifname) != call.key and a.state == "ready" for e in a.networks_status]
+            record = replace(record, state="ready", result=result.to_dict(), updated_at=time.time(),
+                             interfaces=tuple(interfaces), networks_status=tuple(mine))
+            self.store.put_attachment(record)
+            self.store.put_pod_status(PodStatus(pod.meta.uid, pod.meta.namespace, pod.meta.name,
+                                                tuple(others + mine), time.time()))
+        used = [k for i in interfaces for k in i.ip_keys]
+        self.ipam.set_attached(used, True)
+        created = [k for i in interfaces for k in i.created_ip_keys]
+        self.publisher.attached(pod, others + mine, self.ipam.records(created), self.ipam.records(used))
+
+    def _forget_record(self, key: tuple[str, str]) -> None:
+        with self.store.transaction():
+            self.store.delete_attachment(*key)
+
+    # -- DEL ------------------------------------------------------------------------------------
+    def delete(self, call: CniCall) -> dict[str, Any]:
+        with self.locks.hold(call.key):
+            record = self.store.get_attachment(*call.key)
+            if record is None:
+                return {}  # never ours, or already deleted: DEL is idempotent
+            if call.netns and call.netns != record.netns:
+                record = replace(record, netns=call.netns)
+            self._teardown(record)
+        return {}
+
+    def teardown_current(self, container_id: str, ifname: str,
+                         still_wanted: Callable[[AttachmentRecord], bool] = lambda rec: True) -> bool:
+        """Tear an attachment down as it is once we hold its lock: a list read earlier may be stale
+        (an ADD in flight has more interfaces by now, or a DEL has already removed it)."""
+        with self.locks.hold((container_id, ifname)):
+            record = self.store.get_attachment(container_id, ifname)
+            if record is None or not still_wanted(record):
+                return False
+            self._teardown(record)
+            return True
+
+    def _teardown(self, record: AttachmentRecord) -> None:
+        """Remove what an attachment built, then release what it held. Raises only if links remain."""
+        with self.store.transaction():
+            record = replace(record, state="deleting", updated_at=time.time())
+            self.store.put_attachment(record)
+        self.fault("del:marked")
+        errors = self._remove_interfaces(record)
+        if errors:
+            raise InterfaceFailure("DEL could not remove every interface; the runtime will retry", "; ".join(errors))
+        self.fault("del:unlinked")
+        self._release(record)
+        self.fault("del:released")
+
+    def _remove_interfaces(self, record: AttachmentRecord) -> list[str]:
+        """Every interface's driver removes what it made; every one is tried, the failures are returned."""
+        errors: list[str] = []
+        with contextlib.ExitStack() as opened:
+            pod = _PodOnDemand(self.open_pod, record.netns, opened)
+            ctx = TeardownContext(self.host_netlink(), pod.netlink)
+            for iface in record.interfaces:
+                driver = self.drivers.get(iface.kind)
+                try:
+                    if driver is None:
+                        raise InterfaceFailure(f"no driver for interfaces of kind {iface.kind!r}", iface.kind)
+                    driver.teardown(ctx, iface)
+                except Exception as exc:
+                    errors.append(f"{iface.if_name}: {exc}")
+        return errors
+
+    def _release(self, record: AttachmentRecord) -> None:
+        """The interfaces are gone: let go of the addresses, the record and the pod's status."""
+        for iface in record.interfaces:
+            self.ipam.release_pod(list(iface.ip_keys), record.pod_uid)
+        if self.source.pod_by_uid(record.pod_uid) is None:
+            self.ipam.forget_pod(record.pod_uid)
+        with self.store.transaction():
+            self.store.delete_attachment(record.container_id, record.ifname)
+            remaining = self._refresh_pod_status(record)
+        used = self.ipam.records([k for i in record.interfaces for k in i.ip_keys])
+        if record.pod_known:
+            self.publisher.detached(record.namespace, record.pod_name, record.pod_uid, remaining, used)
+
+    def _refresh_pod_status(self, record: AttachmentRecord) -> list[dict[str, Any]] | None:
+        rest = [a for a in self.store.attachments_of_pod(record.pod_uid) if a.state == "ready"]
+        if not rest:
+            self.store.delete_pod_status(record.pod_uid)
+            return None
+        entries = tuple(e for a in rest for e in a.networks_status)
+        self.store.put_pod_status(PodStatus(record.pod_uid, record.namespace, record.pod_name, entries, time.time()))
+        return list(entries)
+
+    # -- CHECK ----------------------------------------------------------------------------------
+    def check(self, call: CniCall) -> dict[str, Any]:
+        record = self.store.get_attachment(*call.key)
+        if record is None or record.state != "ready":
+            raise UnknownContainer(f"no attachment for container {call.container_id[:12]} {call.ifname}", "CNI_CONTAINERID")
+        problems: list[str] = []
+        with self.open_pod(call.netns) as pod_side:
+            ctx = CheckContext(self.host_netlink(), pod_side)
+            for iface in record.interfaces:
+                problems += self.drivers[iface.kind].check(ctx, iface)
+        if problems:
+            raise InterfaceFailure("CHECK found the attachment changed", "; ".join(problems))
+        return {}
+
+    # -- GC and STATUS --------------------------------------------------------------------------
+    def gc(self, call: CniCall) -> dict[str, Any]:
+        valid = call.config.get(VALID_ATTACHMENTS)
+        if not isinstance(valid, list):
+            raise InvalidConfig(f"GC needs {VALID_ATTACHMENTS} as a list", VALID_ATTACHMENTS)
+        keep = {(str(v.get("containerID")), str(v.get("ifname"))) for v in valid if isinstance(v, dict)}
+        errors = []
+        for record in self.store.attachments():
+            if record.network and record.network != call.network_name:
+                continue  # another network configuration's attachment: not ours to judge
+            if (record.container_id, record.ifname) in keep:
+                continue
+            try:
+                self.teardown_current(record.container_id, record.ifname)
+            except CniError as exc:
+                errors.append(f"{record.container_id[:12]}/{record.ifname}: {exc}")
+        if errors:
+            raise InterfaceFailure("GC could not release every stale attachment", "; ".join(errors))
+        return {}
+
+    def status(self, call: CniCall) -> dict[str, Any]:
+        if not self.ready():
+            raise PluginNotAvailable("plexus-ipamd is not ready", "object source not synced")
+        return {}
+
+
+def _merged(parts: Iterable[Result]) -> Result:
+    """The interfaces' shares of the result, one after the other, each route once."""
+    whole: Result | None = None
+    for part in parts:
+        whole = part.merged_after(whole)
+    if whole is None:
+        return Result()
+    return replace(whole, routes=tuple(dict.fromkeys(whole.routes)))
+
+
+def _statuses(interfaces: list[BuiltInterface], since: str) -> list[InterfaceStatus]:
+    return [
+        InterfaceStatus(
+            iface.network_type, iface.network_name, iface.if_name, iface.mac, iface.vlan_id,
+            tuple(AddressConfig(a["name"], a["address"], a["network"], tuple(a.get("routes", ()))) for a in iface.addresses),
+            True, "InterfaceConfiguredSuccessfully", "", True, since,
+        )
+        for iface in interfaces
+    ]

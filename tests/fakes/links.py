@@ -1,0 +1,42 @@
+"""Node links as a dict: what ``Segments`` asked the kernel for, and what it removed."""
+
+from __future__ import annotations
+
+from ipamd.model.names import uplink_name
+from ipamd.model.objects import VxlanSpec
+
+
+class FakeNodeLinks:
+    def __init__(self) -> None:
+        self.links: dict[str, dict[str, object]] = {}  # name -> what it is (kind, master, ...)
+        self.calls: list[tuple[str, ...]] = []
+        self._next = 10
+
+    def ensure_bridge(self, name: str, uplink: str) -> int:
+        self.calls.append(("bridge", name, uplink))
+        if name not in self.links:
+            self._next += 1
+            self.links[name] = {"kind": "bridge", "index": self._next}
+        if uplink:
+            self.links.setdefault(uplink, {"kind": "nic"})["master"] = name
+        return int(str(self.links[name]["index"]))
+
+    def ensure_vlan(self, parent: str, vlan_id: int) -> str:
+        self.calls.append(("vlan", parent, str(vlan_id)))
+        name = uplink_name("vlan", vlan_id)
+        self.links[name] = {"kind": "vlan", "parent": parent, "id": vlan_id}
+        return name
+
+    def ensure_vxlan(self, vni: int, spec: VxlanSpec) -> str:
+        self.calls.append(("vxlan", str(vni), spec.underlay))
+        name = uplink_name("vxlan", vni)
+        self.links[name] = {"kind": "vxlan", "vni": vni}
+        return name
+
+    def index(self, name: str) -> int | None:
+        link = self.links.get(name)
+        return int(str(link["index"])) if link and "index" in link else None
+
+    def delete(self, name: str) -> bool:
+        self.calls.append(("delete", name))
+        return self.links.pop(name, None) is not None

@@ -1,0 +1,60 @@
+"""The ``ObjectSource`` interface over a dict of typed objects."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable
+from typing import TypeVar
+
+from ipamd.model.objects import POD, ApiObject, Kind, Pod
+from ipamd.sources.base import Problem
+
+T = TypeVar("T")
+
+
+class FakeSource:
+    def __init__(self, *objs: ApiObject) -> None:
+        self.objects: dict[tuple[str, str, str], ApiObject] = {}
+        self.subscribers: builtins.list[Callable[[], None]] = []
+        self.waited: builtins.list[tuple[str, str]] = []
+        self.late: dict[tuple[str, str], Pod] = {}  # pods wait_for_pod finds (a watch that lagged)
+        for obj in objs:
+            self.add(obj)
+
+    def add(self, obj: ApiObject) -> None:
+        self.objects[(obj.meta.kind, obj.meta.namespace, obj.meta.name)] = obj
+
+    def remove(self, kind: str, namespace: str, name: str) -> None:
+        del self.objects[(kind, namespace, name)]
+
+    def get(self, kind: Kind[T], namespace: str, name: str) -> T | None:
+        obj = self.objects.get((kind.name, namespace, name))
+        return obj if isinstance(obj, kind.type) else None
+
+    def list(self, kind: Kind[T]) -> builtins.list[T]:
+        return [o for (k, _, _), o in self.objects.items() if k == kind.name and isinstance(o, kind.type)]
+
+    def pod_by_uid(self, uid: str) -> Pod | None:
+        return next((p for p in self.list(POD) if p.meta.uid == uid), None)
+
+    def wait_for_pod(self, namespace: str, name: str) -> Pod | None:
+        self.waited.append((namespace, name))
+        return self.late.get((namespace, name))
+
+    def problems(self) -> builtins.list[Problem]:
+        return []
+
+    def ready(self) -> bool:
+        return True
+
+    def sync(self) -> builtins.list[Problem]:
+        return []
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        self.subscribers.append(callback)
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
