@@ -1,0 +1,299 @@
+"""The verbs in-process, with fakes at every I/O seam (no root, no kernel): the order ADD unwinds in after
+a failure at each of its steps, and DEL, CHECK and GC working from the record alone.
+
+The store is the in-memory one (same contract as SQLite, ``test_store.py``), IPAM and the segments are
+the real ones over it, the drivers are scripted (``tests/fakes/drivers.py``), and one event log records
+every side effect and every undo step.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from cni.errors import CniError, InterfaceFailure, InternalError, PluginNotAvailable, UnknownContainer
+from ipamd.drivers.base import InterfaceKey
+from ipamd.drivers.tap import TapDriver, _names
+from ipamd.ipam.addresses import Claim, Ipam, ResolvedNetwork
+from ipamd.model.annotations import NetworkSelection
+from ipamd.model.objects import API_VERSION, POD, IPAddressObject, Pod, parse_object
+from ipamd.node.segments import Segments
+from ipamd.store.records import AttachmentRecord, BuiltInterface
+from ipamd.verbs.attacher import Attacher
+from ipamd.verbs.call import CniCall
+from tests.fakes.drivers import FakeDriver, FakeNetns
+from tests.fakes.links import FakeNodeLinks
+from tests.fakes.publisher import RecordingPublisher
+from tests.fakes.source import FakeSource
+from tests.fakes.store import MemoryStore
+
+NS = "apps"
+NETNS = "/run/netns/app"
+
+
+def obj(kind: str, name: str, spec: dict[str, Any], namespaced: bool = True, **metadata: Any) -> Any:
+    md: dict[str, Any] = {"name": name, **metadata}
+    if namespaced:
+        md["namespace"] = NS
+    return parse_object({"apiVersion": "v1" if kind == "Pod" else API_VERSION, "kind": kind, "metadata": md,
+                         "spec": spec})
+
+
+def app_pod(networks: list[dict[str, Any]], uid: str = "uid-app") -> Pod:
+    pod = obj("Pod", "app", {}, uid=uid, annotations={"network.deckhouse.io/networks-spec": json.dumps(networks)})
+    assert isinstance(pod, Pod)
+    return pod
+
+
+TWO_NETWORKS = [{"type": "Network", "name": "net-a", "ifName": "net1"},
+                {"type": "Network", "name": "net-b", "ifName": "net2", "interfaceType": "macvlan"}]
+
+
+def world() -> FakeSource:
+    return FakeSource(
+        obj("NetworkClass", "cls", {"vlan": {"idPool": ["600-700"]}}, namespaced=False),
+        obj("IPAddressPool", "pool-a", {"pools": [{"network": "198.18.40.0/24"}]}),
+        obj("IPAddressPool", "pool-b", {"pools": [{"network": "198.18.41.0/24"}], "leaseTTL": "1h"}),
+        obj("Network", "net-a", {"networkClass": "cls", "ipam": {"ipAddressPoolRef": {"kind": "IPAddressPool",
+                                                                                        "name": "pool-a"}}}),
+        obj("Network", "net-b", {"networkClass": "cls", "ipam": {"ipAddressPoolRef": {"kind": "IPAddressPool",
+                                                                                        "name": "pool-b"}}}),
+        app_pod(TWO_NETWORKS),
+    )
+
+
+class SpyStore(MemoryStore):
+    """Logs the attachment record's writes that ADD and its undo make."""
+
+    def __init__(self, events: list[str]) -> None:
+        super().__init__()
+        self.events = events
+
+    def put_attachment(self, rec: AttachmentRecord) -> None:
+        if rec.state == "adding" and not rec.interfaces:
+            self.events.append("record")
+        super().put_attachment(rec)
+
+    def delete_attachment(self, container_id: str, ifname: str) -> None:
+        self.events.append("forget record")
+        super().delete_attachment(container_id, ifname)
+
+
+class SpyIpam(Ipam):
+    def __init__(self, store: MemoryStore, source: FakeSource, events: list[str]) -> None:
+        super().__init__(store, source, lambda: 1_700_000_000.0)
+        self.events = events
+        self._names: dict[tuple[str, ...], str] = {}
+
+    def claim(self, pod: Pod, sel: NetworkSelection, net: ResolvedNetwork,
+              user_objs: list[IPAddressObject]) -> list[Claim]:
+        claims = super().claim(pod, sel, net, user_objs)
+        self._names[tuple(c.ip_key for c in claims)] = sel.if_name
+        self.events.append(f"lease {sel.if_name}")
+        return claims
+
+    def undo_claims(self, claims: list[Claim], pod: Pod) -> None:
+        self.events.append(f"undo leases {self._names[tuple(c.ip_key for c in claims)]}")
+        super().undo_claims(claims, pod)
+
+
+class Faults:
+    """The daemon's fault hook: fails ADD at the n-th time it reaches ``step``."""
+
+    def __init__(self, step: str = "", nth: int = 1) -> None:
+        self.step, self.nth, self.seen = step, nth, 0
+
+    def __call__(self, step: str) -> None:
+        if step == self.step:
+            self.seen += 1
+            if self.seen == self.nth:
+                raise InternalError(f"injected failure at {step}", "test")
+
+
+class Node:
+    """One node's verbs over fakes."""
+
+    def __init__(self, fault: Faults | None = None) -> None:
+        self.events: list[str] = []
+        self.store = SpyStore(self.events)
+        self.source = world()
+        self.ipam = SpyIpam(self.store, self.source, self.events)
+        self.links = FakeNodeLinks()
+        self.segments = Segments(self.store, self.links, lambda: 1_700_000_000.0)
+        self.drivers = {k: FakeDriver(k, self.events) for k in ("veth", "tap", "macvlan")}
+        self.netns = FakeNetns()
+        self.publisher = RecordingPublisher()
+        self.attacher = Attacher(self.store, self.source, self.ipam, self.segments, self.drivers, lambda: object(),
+                                 self.netns.open, self.publisher, lambda: True, fault or Faults())
+
+    def call(self, verb: str, container: str = "c1", netns: str = NETNS,
+             config: dict[str, Any] | None = None) -> dict[str, Any]:
+        args = {"K8S_POD_NAMESPACE": NS, "K8S_POD_NAME": "app", "K8S_POD_UID": "uid-app"}
+        conf = {"cniVersion": "1.1.0", "name": "plexus", "type": "plexus", **(config or {})}
+        return self.attacher.handle(CniCall(verb, container, netns, "eth0", args, conf))
+
+    def live(self) -> set[str]:
+        return {name for d in self.drivers.values() for name in d.live}
+
+    def assert_nothing_left(self) -> None:
+        assert self.store.attachments() == []
+        assert self.store.all_leases() == []
+        assert self.store.all_ips() == []
+        assert self.store.pod_statuses() == []
+        assert self.live() == set()
+
+
+DONE = ["record", "lease net1", "build net1", "lease net2", "build net2"]
+UNDO = {"record": "forget record", "lease net1": "undo leases net1", "build net1": "undo build net1",
+        "lease net2": "undo leases net2", "build net2": "undo build net2"}
+
+
+@pytest.mark.parametrize(("step", "nth", "done"), [
+    ("add:recorded", 1, 1), ("add:leased", 1, 2), ("add:built", 1, 3), ("add:leased", 2, 4), ("add:built", 2, 5),
+], ids=["recorded", "leased-net1", "built-net1", "leased-net2", "built-net2"])
+def test_add_unwinds_every_step_in_reverse_after_a_failure(step: str, nth: int, done: int) -> None:
+    node = Node(Faults(step, nth))
+    with pytest.raises(InternalError):
+        node.call("ADD")
+    assert node.events == DONE[:done] + [UNDO[e] for e in reversed(DONE[:done])]
+    node.assert_nothing_left()
+    assert len(node.publisher.failed_with) == 1 and step in node.publisher.failed_with[0]
+
+
+def test_a_driver_failing_after_its_side_effect_is_undone_with_everything_before_it() -> None:
+    node = Node()
+    node.drivers["macvlan"].fail_build["net2"] = 1
+    with pytest.raises(InterfaceFailure):
+        node.call("ADD")
+    assert node.events == DONE + [UNDO[e] for e in reversed(DONE)]
+    node.assert_nothing_left()
+
+
+def test_add_records_each_interface_with_its_driver_state_then_del_needs_nothing_else() -> None:
+    node = Node()
+    result = node.call("ADD")
+    assert [i["name"] for i in result["interfaces"]] == ["net1", "net2"]
+    assert [ip["interface"] for ip in result["ips"]] == [0, 1], "each share renumbered into the whole result"
+    (record,) = node.store.attachments()
+    assert record.state == "ready"
+    assert [(i.if_name, i.kind, i.driver["made-by"]) for i in record.interfaces] == [("net1", "veth", "veth"),
+                                                                                       ("net2", "macvlan", "macvlan")]
+    assert node.store.pod_status("uid-app") is not None
+    node.source.remove("Network", NS, "net-a")  # DEL works with the objects gone
+    node.source.remove("IPAddressPool", NS, "pool-b")
+    node.events.clear()
+    assert node.call("DEL") == {}
+    assert node.events == ["teardown net1", "teardown net2", "forget record"]
+    assert node.store.attachments() == [] and node.store.pod_statuses() == []
+    assert node.live() == set()
+    assert node.call("DEL") == {}, "DEL is idempotent"
+
+
+def test_del_of_a_pod_that_is_gone_orphans_its_auto_addresses() -> None:
+    node = Node()
+    node.call("ADD")
+    node.source.remove("Pod", NS, "app")
+    node.call("DEL")
+    leases = node.store.all_leases()
+    assert len(leases) == 2 and all(lease.holder is None and lease.state == "orphaned" for lease in leases)
+    assert node.store.all_ips() == []
+
+
+def test_del_with_the_netns_gone_succeeds_and_tells_the_drivers() -> None:
+    node = Node()
+    node.call("ADD")
+    node.netns.gone.add(NETNS)
+    node.events.clear()
+    assert node.call("DEL", netns="") == {}
+    assert node.events[:2] == ["teardown net1 (netns gone)", "teardown net2 (netns gone)"]
+
+
+def test_del_of_an_interface_no_driver_knows_fails_and_keeps_the_addresses() -> None:
+    node = Node()
+    node.call("ADD")
+    (record,) = node.store.attachments()
+    odd = BuiltInterface(**{**{f: getattr(record.interfaces[0], f) for f in BuiltInterface.__slots__}, "kind": "odd"})
+    node.store.put_attachment(AttachmentRecord(**{**{f: getattr(record, f) for f in AttachmentRecord.__slots__},
+                                                  "interfaces": (odd, record.interfaces[1])}))
+    with pytest.raises(InterfaceFailure) as err:
+        node.call("DEL")
+    assert err.value.code == 105 and "odd" in err.value.details
+    assert "teardown net2" in node.events, "every interface is tried"
+    assert len(node.store.all_leases()) == 2 and node.store.attachments()[0].state == "deleting"
+
+
+def test_a_bridge_removed_behind_our_back_is_made_again() -> None:
+    node = Node()
+    node.call("ADD")  # the segments' bridges are set up and known
+    node.call("DEL")
+    bridge = node.store.segments()[0].bridge
+    node.links.delete(bridge)
+    node.drivers["veth"].fail_build["net1"] = 1  # the port cannot join the bridge that is gone
+    node.call("ADD", container="c2")
+    assert [c for c in node.links.calls if c[0] == "bridge" and c[1] == bridge][-1] == ("bridge", bridge, "")
+    assert node.events.count("build net1") == 3
+
+
+def test_repeated_add_answers_the_recorded_result() -> None:
+    node = Node()
+    first = node.call("ADD")
+    node.events.clear()
+    assert node.call("ADD") == first
+    assert node.events == []
+
+
+def test_check_asks_every_driver() -> None:
+    node = Node()
+    node.call("ADD")
+    assert node.call("CHECK") == {}
+    node.drivers["macvlan"].problems = ["net2 is down"]
+    with pytest.raises(InterfaceFailure) as err:
+        node.call("CHECK")
+    assert err.value.details == "net2 is down"
+    with pytest.raises(UnknownContainer):
+        node.call("CHECK", container="other")
+
+
+def test_gc_tears_down_what_is_not_valid_and_keeps_what_is() -> None:
+    node = Node()
+    node.call("ADD", container="keep")
+    node.call("ADD", container="stale")
+    node.call("GC", config={"cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]})
+    assert [a.container_id for a in node.store.attachments()] == ["keep"]
+
+
+def test_status_says_whether_the_daemon_is_ready() -> None:
+    node = Node()
+    assert node.call("STATUS") == {}
+    node.attacher.ready = lambda: False
+    with pytest.raises(PluginNotAvailable):
+        node.call("STATUS")
+
+
+def test_a_pod_the_source_has_not_seen_is_waited_for() -> None:
+    node = Node()
+    pod = node.source.get(POD, NS, "app")
+    assert pod is not None
+    node.source.remove("Pod", NS, "app")
+    node.source.late[(NS, "app")] = pod
+    node.call("ADD")
+    assert node.source.waited == [(NS, "app")]
+    node.source.late.clear()
+    with pytest.raises(CniError) as err:
+        node.call("ADD", container="c9")
+    assert err.value.code == 3
+
+
+def test_the_tap_driver_keeps_its_derived_names_in_the_record() -> None:
+    sel = NetworkSelection("Network", "vm-net", "tap0", interface_type="tap", tap_uid=107, tap_gid=107)
+    plan = TapDriver().plan(InterfaceKey("c1", "eth0", NETNS), sel)
+    assert plan.state is not None and plan.state["uid"] == 107 and not plan.configure_ips
+    iface = BuiltInterface("tap0", "tap", "Network/ns/vm-net", "Network", "vm-net", host_link=plan.host_link,
+                           driver=plan.state)
+    names = _names(iface)
+    assert (names.inner_bridge, names.inner_veth, names.temporary) == (
+        plan.state["innerBridge"], plan.state["innerVeth"], plan.state["temporary"])
+    old = BuiltInterface("tap0", "tap", "Network/ns/vm-net", "Network", "vm-net", host_link="plxabc")
+    assert _names(old).inner_bridge == "plxabcb", "a record written before the names were kept still tears down"

@@ -1,0 +1,109 @@
+"""The reconciler in-process, over the same fakes as the verbs (no root): crash recovery, pods that are
+gone, user IPAddresses, quarantine, segments made ahead of pods and removed after their Network, and the
+cluster's stray leases."""
+
+from __future__ import annotations
+
+from ipamd.ipam.registry import NodeLocalRegistry
+from ipamd.node.reconcile import Reconciler
+from ipamd.store.protocols import LeaseStore
+from ipamd.store.records import LeaseRecord
+from tests.unit.test_attacher import NS, Node, obj
+
+
+class Registry(NodeLocalRegistry):
+    def __init__(self) -> None:
+        self.asked: list[float] = []
+
+    def stray(self, store: LeaseStore, older_than: float) -> list[LeaseRecord]:
+        self.asked.append(older_than)
+        return []
+
+
+def reconciler(node: Node, cluster: bool = False, registry: Registry | None = None) -> Reconciler:
+    return Reconciler(node.store, node.source, node.ipam, registry or Registry(), node.attacher, node.segments,
+                      node.publisher, interval=30, cluster=cluster)
+
+
+def test_recover_tears_down_what_a_crash_left_half_done_and_only_that() -> None:
+    crashed = Node()
+    crashed.call("ADD", container="done")  # and below, the record a crash mid-ADD leaves: state adding
+    record = crashed.store.attachments()[0]
+    crashed.store.put_attachment(record.__class__(**{**{f: getattr(record, f) for f in record.__slots__},
+                                                     "container_id": "half", "state": "adding"}))
+    assert reconciler(crashed).recover() == 1
+    assert [a.container_id for a in crashed.store.attachments()] == ["done"]
+
+
+def test_attachments_of_pods_that_are_gone_are_released_and_live_pods_kept() -> None:
+    node = Node()
+    node.call("ADD")
+    rec = reconciler(node)
+    rec.run_once()
+    assert len(node.store.attachments()) == 1, "the pod exists: never touched"
+    node.source.remove("Pod", NS, "app")
+    rec.run_once()
+    assert node.store.attachments() == []
+    assert all(lease.state == "orphaned" for lease in node.store.all_leases()), "quarantined, not freed"
+    assert node.live() == set()
+
+
+def test_in_a_cluster_young_attachments_are_never_judged_gone() -> None:
+    node = Node()
+    node.call("ADD")
+    node.source.remove("Pod", NS, "app")  # the pod cache may lag an ADD
+    registry = Registry()
+    reconciler(node, cluster=True, registry=registry).run_once()
+    assert len(node.store.attachments()) == 1
+    assert len(registry.asked) == 1, "stray leases of the node looked for in a cluster"
+
+
+def test_user_ipaddresses_get_their_address_and_let_it_go_when_deleted() -> None:
+    node = Node()
+    node.source.add(obj("IPAddress", "mine", {"networkRef": {"kind": "Network", "name": "net-b"}}))
+    rec = reconciler(node)
+    rec.run_once()
+    (ip,) = node.store.all_ips()
+    assert ip.phase == "Allocated" and ip.address.startswith("198.18.41.")
+    node.source.remove("IPAddress", NS, "mine")
+    rec.run_once()
+    assert node.store.all_ips() == []
+    (lease,) = node.store.all_leases()
+    assert lease.state == "orphaned", "pool-b's leaseTTL is an hour"
+    node.ipam.clock = lambda: 1_700_000_000.0 + 3601
+    rec.run_once()
+    assert node.store.all_leases() == [], "the quarantine is over"
+
+
+def test_segments_are_made_ahead_of_pods_and_removed_after_their_network() -> None:
+    node = Node()
+    rec = reconciler(node)
+    rec.run_once()
+    bridges = {s.network: s.bridge for s in node.store.segments()}
+    assert set(bridges) == {f"Network/{NS}/net-a", f"Network/{NS}/net-b"}
+    assert all(node.links.index(b) is not None for b in bridges.values())
+    assert {k: v[1] for k, v in node.publisher.node_attachments.items()} == dict.fromkeys(bridges, True)
+    node.call("ADD")
+    node.source.remove("Network", NS, "net-a")
+    rec.run_once()
+    assert node.links.index(bridges[f"Network/{NS}/net-a"]) is not None, "a pod still uses it"
+    node.call("DEL")
+    rec.run_once()
+    assert node.links.index(bridges[f"Network/{NS}/net-a"]) is None
+    assert node.publisher.node_detachments == [f"Network/{NS}/net-a"]
+
+
+def test_a_segment_that_cannot_be_made_is_reported_and_the_others_still_are() -> None:
+    node = Node()
+    node.source.add(obj("NetworkClass", "parented", {"vlan": {"idPool": ["900-910"],
+                                                               "parentNodeNetworkInterfaces": {"names": ["eth9"]}}},
+                        namespaced=False))
+    node.source.add(obj("Network", "net-c", {"networkClass": "parented", "vlan": {"id": 905}}))
+
+    def no_parent(parent: str, vlan_id: int) -> str:
+        raise OSError(f"{parent} does not exist")
+
+    node.links.ensure_vlan = no_parent  # type: ignore[method-assign]
+    reconciler(node).run_once()
+    assert node.publisher.node_attachments[f"Network/{NS}/net-c"][1] is False
+    assert node.publisher.node_attachments[f"Network/{NS}/net-a"][1] is True
