@@ -4,7 +4,9 @@ Handlers always build the current (1.1.0) ``Result``; conversion to the version 
 asked for happens once, at the output edge (``Result.to_dict(version)``). Results of
 0.3.x/0.4.0 differ from 1.x only by the ``version`` key on each IP.
 
-Standard library only: the exec'd shim imports this module.
+Imported by the daemon, which builds every result with it and reads ``prevResult`` through it; the
+exec'd shim does not import it (it passes the daemon's answer through as bytes). Standard library
+only, as all of ``cni/``.
 """
 
 from __future__ import annotations

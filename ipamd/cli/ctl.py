@@ -29,7 +29,7 @@ from cni.errors import CniError
 from ipamd.api import ipam_pb2 as pb
 from ipamd.api import ipam_pb2_grpc as pb_grpc
 from ipamd.invoke.conflist import DEFAULT_CNI_PATH, DEFAULT_CONF_DIR, PodIdentity, Runtime, find_conflist, load_conflist
-from ipamd.model.objects import ManifestInvalid, Pod, parse_object
+from ipamd.model.objects import POD, ManifestInvalid, parse_as
 from ipamd.sources import objectdir
 
 DEFAULT_OBJECTS = os.environ.get("PLEXUS_OBJECTS_DIR", "/etc/plexus/objects")
@@ -127,8 +127,7 @@ def cmd_pod_run(args: argparse.Namespace) -> int:
         raise CtlError(str(bad[0]))
     _sync(args, quiet_if_down=False)
     ns, name = done[0].namespace, done[0].name
-    obj = parse_object(_read_object(args.objects_dir, "Pod", ns, name))
-    assert isinstance(obj, Pod)
+    obj = parse_as(POD, _read_object(args.objects_dir, POD.name, ns, name))
     state_path = _pod_state_path(args, ns, name)
     if os.path.exists(state_path):
         raise CtlError(f"pod {ns}/{name} is already running (plexusctl pod rm {name} -n {ns} first)")

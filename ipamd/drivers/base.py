@@ -68,15 +68,12 @@ class BuildContext:
 
 
 @dataclass(frozen=True, slots=True)
-class CheckContext:
-    host: Any
-    pod: PodSide
+class LinksContext:
+    """Netlink on both sides, for tearing down and checking: the node's socket, and the pod's made on first
+    ask (on DEL, None when the pod's namespace is gone: its links went with it)."""
 
-
-@dataclass(frozen=True, slots=True)
-class TeardownContext:
     host: Any
-    pod_netlink: Callable[[], Any | None]  # None when the pod's namespace is gone: its links went with it
+    pod_netlink: Callable[[], Any | None]
 
 
 class InterfaceDriver(Protocol):
@@ -88,11 +85,11 @@ class InterfaceDriver(Protocol):
         """Make the interface; after each side effect, register its undo on ``undo``."""
         ...
 
-    def teardown(self, ctx: TeardownContext, iface: BuiltInterface) -> None:
+    def teardown(self, ctx: LinksContext, iface: BuiltInterface) -> None:
         """Remove what the record says was made; what is already gone counts as removed."""
         ...
 
-    def check(self, ctx: CheckContext, iface: BuiltInterface) -> list[str]:
+    def check(self, ctx: LinksContext, iface: BuiltInterface) -> list[str]:
         """What differs from the record, in words ("net1 is down"); empty when nothing does."""
         ...
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 
 from ipamd.drivers import kernel
-from ipamd.drivers.base import BuildContext, Built, CheckContext, InterfaceKey, Plan, TeardownContext, quietly
+from ipamd.drivers.base import BuildContext, Built, InterfaceKey, LinksContext, Plan, quietly
 from ipamd.model.annotations import NetworkSelection
 from ipamd.netlink import links
 from ipamd.store.records import BuiltInterface
@@ -28,10 +28,10 @@ class MacvlanDriver:
         kernel.configure(pod, link.index, iface)
         return Built(link.mac, kernel.result(iface, link.mac, ctx.pod.path))
 
-    def teardown(self, ctx: TeardownContext, iface: BuiltInterface) -> None:
+    def teardown(self, ctx: LinksContext, iface: BuiltInterface) -> None:
         pod = ctx.pod_netlink()
         if pod is not None:  # a namespace that is gone took the macvlan with it
             links.delete_link(pod, iface.if_name)
 
-    def check(self, ctx: CheckContext, iface: BuiltInterface) -> list[str]:
-        return kernel.check(ctx.host, ctx.pod.netlink(), iface)
+    def check(self, ctx: LinksContext, iface: BuiltInterface) -> list[str]:
+        return kernel.check(ctx.host, ctx.pod_netlink(), iface)

@@ -12,7 +12,7 @@ import contextlib
 from typing import Any
 
 from ipamd.drivers import kernel
-from ipamd.drivers.base import BuildContext, Built, CheckContext, InterfaceKey, Plan, TeardownContext, quietly
+from ipamd.drivers.base import BuildContext, Built, InterfaceKey, LinksContext, Plan, quietly
 from ipamd.model.annotations import NetworkSelection
 from ipamd.model.names import TapNames, host_link_name
 from ipamd.netlink import links
@@ -52,12 +52,12 @@ class TapDriver:
         undo.callback(quietly, f"veth {iface.host_link}", links.delete_link, ctx.host, iface.host_link)
         return Built(link.mac, kernel.result(iface, link.mac, ctx.pod.path))
 
-    def teardown(self, ctx: TeardownContext, iface: BuiltInterface) -> None:
+    def teardown(self, ctx: LinksContext, iface: BuiltInterface) -> None:
         for name in (iface.host_link, _names(iface).temporary):
             links.delete_link(ctx.host, name)
         pod = ctx.pod_netlink()
         if pod is not None:
             _remove_pod_side(pod, iface)
 
-    def check(self, ctx: CheckContext, iface: BuiltInterface) -> list[str]:
-        return kernel.check(ctx.host, ctx.pod.netlink(), iface)
+    def check(self, ctx: LinksContext, iface: BuiltInterface) -> list[str]:
+        return kernel.check(ctx.host, ctx.pod_netlink(), iface)

@@ -6,7 +6,7 @@ import contextlib
 
 from cni.types import Interface
 from ipamd.drivers import kernel
-from ipamd.drivers.base import BuildContext, Built, CheckContext, InterfaceKey, Plan, TeardownContext, quietly
+from ipamd.drivers.base import BuildContext, Built, InterfaceKey, LinksContext, Plan, quietly
 from ipamd.model.annotations import NetworkSelection
 from ipamd.model.names import host_link_name
 from ipamd.netlink import links
@@ -27,8 +27,8 @@ class VethDriver:
         kernel.configure(ctx.pod.netlink(), link.index, iface)
         return Built(link.mac, kernel.result(iface, link.mac, ctx.pod.path, (Interface(iface.host_link),)))
 
-    def teardown(self, ctx: TeardownContext, iface: BuiltInterface) -> None:
+    def teardown(self, ctx: LinksContext, iface: BuiltInterface) -> None:
         links.delete_link(ctx.host, iface.host_link)  # the pod end goes with it
 
-    def check(self, ctx: CheckContext, iface: BuiltInterface) -> list[str]:
-        return kernel.check(ctx.host, ctx.pod.netlink(), iface)
+    def check(self, ctx: LinksContext, iface: BuiltInterface) -> list[str]:
+        return kernel.check(ctx.host, ctx.pod_netlink(), iface)

@@ -25,6 +25,8 @@ DEFAULT_CNI_PATH = "/opt/cni/bin"
 
 @dataclass(frozen=True, slots=True)
 class PodIdentity:
+    """The pod as a runtime knows it when it calls a plugin."""
+
     namespace: str
     name: str
     uid: str

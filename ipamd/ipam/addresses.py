@@ -27,8 +27,6 @@ from ipamd.model.objects import (
     IP_ADDRESS,
     NETWORK,
     NETWORK_CLASS,
-    NETWORK_KINDS,
-    POOL_KINDS,
     AddressPool,
     ClusterNetwork,
     IPAddressObject,
@@ -37,6 +35,7 @@ from ipamd.model.objects import (
     Pod,
 )
 from ipamd.sources.base import ObjectSource
+from ipamd.sources.lookups import class_of, pool_of
 from ipamd.store.protocols import LeaseStore
 from ipamd.store.records import IPRecord, LeaseRecord
 
@@ -113,28 +112,9 @@ class Ipam:
             net = self.source.get(CLUSTER_NETWORK, "", sel.name)
             if net is None:
                 raise ObjectNotFound(f"ClusterNetwork {sel.name} does not exist", f"{where}.name")
-            cls = self.source.get(NETWORK_CLASS, "", net.network_class) if net.network_class else None
-        return ResolvedNetwork(net.meta.key, sel.type, sel.name, net.meta.namespace, net, cls, self.pool_of(net, True))
-
-    def pool_of(self, net: Network | ClusterNetwork, required: bool = False) -> AddressPool | None:
-        """The pool a network's ``spec.ipam`` names (a pool of its namespace, or a cluster pool); None when
-        it has no IPAM, or, unless ``required``, when the pool is missing."""
-        ref = net.pool_ref
-        if ref is None:
-            return None
-        kind = POOL_KINDS[ref.kind]
-        ns = net.meta.namespace if kind.namespaced else ""
-        pool = self.source.get(kind, ns, ref.name)
-        if pool is None and required:
-            raise ObjectNotFound(f"{ref.kind} {ns + '/' if ns else ''}{ref.name} of {net.meta.display} does not exist",
-                                 "spec.ipam.ipAddressPoolRef")
-        return pool
-
-    def pool_of_ip(self, obj: IPAddressObject) -> AddressPool | None:
-        """The pool of the network an IPAddress refers to (None when either is missing)."""
-        kind = NETWORK_KINDS[obj.network_ref.kind]
-        net = self.source.get(kind, obj.meta.namespace if kind.namespaced else "", obj.network_ref.name)
-        return self.pool_of(net) if net is not None else None
+            cls = class_of(self.source, net)
+        return ResolvedNetwork(net.meta.key, sel.type, sel.name, net.meta.namespace, net, cls,
+                               pool_of(self.source, net, required=True))
 
     def _user_ip(self, pod: Pod, sel: NetworkSelection, net: ResolvedNetwork, name: str,
                  where: str) -> IPAddressObject:

@@ -26,7 +26,7 @@ from kubernetes import client
 
 from ipamd.ipam.allocator import pick_free, to_int, to_text
 from ipamd.kube.elector import LeaderElector
-from ipamd.kube.errors import status_of
+from ipamd.kube.errors import reason_of, status_of
 from ipamd.kube.leases import KIND as LEASE_KIND
 from ipamd.kube.leases import lease_body
 from ipamd.kube.source import KubernetesSource
@@ -35,18 +35,15 @@ from ipamd.model.objects import (
     CLUSTER_NETWORK,
     IP_ADDRESS_KINDS,
     NETWORK,
-    NETWORK_CLASS,
-    NETWORK_KINDS,
-    POOL_KINDS,
     AddressPool,
     ClusterNetwork,
     IPAddressObject,
     Network,
-    NetworkClass,
     parse_duration,
 )
 from ipamd.model.segments import IdUnavailable, SegmentKind, granted_id, id_pool, pick_id, segment_kind
 from ipamd.model.timefmt import parse_rfc3339
+from ipamd.sources.lookups import class_of, pool_of_ip
 
 log = logging.getLogger(__name__)
 ATTACHMENT_KIND = "NodeNetworkInterfaceAttachment"
@@ -97,13 +94,10 @@ class Controller:
         source.subscribe(self._wake.set)
 
     # -- networks -------------------------------------------------------------------------------
-    def _class_of(self, net: Network | ClusterNetwork) -> NetworkClass | None:
-        return self.source.get(NETWORK_CLASS, "", net.network_class) if net.network_class else None
-
     def assign_segments(self) -> None:
         """Give every Network without one its ID, and keep every Network's status in step."""
         nets: list[Network | ClusterNetwork] = [*self.source.list(NETWORK), *self.source.list(CLUSTER_NETWORK)]
-        kinds = {net.meta.key: segment_kind(net, self._class_of(net)) for net in nets}
+        kinds = {net.meta.key: segment_kind(net, class_of(self.source, net)) for net in nets}
         held: dict[str, dict[int, str]] = {}  # kind -> ID -> Network: handed out (status) or fixed (ClusterNetwork)
         for net in nets:
             ident = granted_id(net)
@@ -120,7 +114,7 @@ class Controller:
 
     def _pick(self, net: Network | ClusterNetwork, kind: SegmentKind, held: dict[int, str]) -> tuple[int, str]:
         try:
-            ident = pick_id(kind, id_pool(net, self._class_of(net)), held, net.vlan_id, net.meta.key)
+            ident = pick_id(kind, id_pool(net, class_of(self.source, net)), held, net.vlan_id, net.meta.key)
         except IdUnavailable as exc:
             return 0, str(exc)
         held[ident] = net.meta.key
@@ -147,7 +141,7 @@ class Controller:
         try:
             self.objects.patch_status(net.meta.kind, net.meta.name, status.render(net, time.time()), net.meta.namespace)
         except Exception as exc:
-            log.warning("status of %s: %s", net.meta.display, getattr(exc, "reason", exc))
+            log.warning("status of %s: %s", net.meta.display, reason_of(exc))
             return
         if shown != status.ident or status.problem:
             log.info("%s: %s %s%s", net.meta.display, status.kind.id_label or "untagged", status.ident or "-",
@@ -155,14 +149,6 @@ class Controller:
         self._written[net.meta.key] = written
 
     # -- IPAddresses and leases -----------------------------------------------------------------------
-    def _pool_of(self, obj: IPAddressObject) -> AddressPool | None:
-        kind = NETWORK_KINDS[obj.network_ref.kind]
-        net = self.source.get(kind, obj.meta.namespace if kind.namespaced else "", obj.network_ref.name)
-        if net is None or net.pool_ref is None:
-            return None
-        pool_kind = POOL_KINDS[net.pool_ref.kind]
-        return self.source.get(pool_kind, net.meta.namespace if pool_kind.namespaced else "", net.pool_ref.name)
-
     def allocate_user_ipaddresses(self) -> None:
         leases = [item.get("spec") or {} for item in self.source.items(LEASE_KIND)]
         held = {spec.get("holder") for spec in leases}
@@ -170,7 +156,7 @@ class Controller:
             for obj in self.source.list(kind):
                 if obj.type != "Auto" or obj.owner_pod_uid or obj.meta.key in held:
                     continue  # Static ones are leased by the nodes; a pod's own Auto ones by its node
-                pool = self._pool_of(obj)
+                pool = pool_of_ip(self.source, obj)
                 if pool is not None:
                     taken = {to_int(str(spec.get("ip"))) for spec in leases if spec.get("pool") == pool.meta.key}
                     self._allocate(obj, pool, taken)
@@ -203,7 +189,7 @@ class Controller:
         try:
             self.objects.patch_status(obj.meta.kind, obj.meta.name, status, obj.meta.namespace)
         except Exception as exc:
-            log.warning("status of %s: %s", obj.meta.display, getattr(exc, "reason", exc))
+            log.warning("status of %s: %s", obj.meta.display, reason_of(exc))
 
     def expire_leases(self) -> None:
         now = time.time()
@@ -220,7 +206,7 @@ class Controller:
                     self.objects.delete(LEASE_KIND, item["metadata"]["name"])
                 except Exception as exc:
                     if status_of(exc) != 404:
-                        log.warning("expiring lease %s: %s", item["metadata"]["name"], getattr(exc, "reason", exc))
+                        log.warning("expiring lease %s: %s", item["metadata"]["name"], reason_of(exc))
 
     # -- loop ---------------------------------------------------------------------------------------
     def run_once(self) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from ipamd.kube.certs import TlsBundle, ensure_secret, publish_ca
 from ipamd.kube.controller import Controller
+from ipamd.kube.errors import reason_of
 from ipamd.kube.source import KubernetesSource
 from ipamd.kube.webhook import WebhookServer
 
@@ -94,7 +95,7 @@ class ControllerProcess:
         except Exception as exc:
             if found:
                 log.warning("ValidatingWebhookConfiguration %s: %s", self.webhook_cfg.configuration,
-                            getattr(exc, "reason", exc))
+                            reason_of(exc))
             return False
         return True
 

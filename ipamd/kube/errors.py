@@ -27,3 +27,8 @@ def api_unavailable_is_11() -> Iterator[None]:
 def status_of(exc: BaseException) -> int | None:
     """The HTTP status of an API failure (None when the API was not reached at all)."""
     return exc.status if isinstance(exc, ApiException) else None
+
+
+def reason_of(exc: BaseException) -> str:
+    """What an API failure says, for the log: the API's reason, else the exception itself."""
+    return str(exc.reason) if isinstance(exc, ApiException) else str(exc)

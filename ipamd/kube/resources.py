@@ -15,11 +15,11 @@ from kubernetes import client
 
 from ipamd.model.objects import GROUP, KINDS
 
-NPWG_GROUP = "k8s.cni.cncf.io"
-
 
 @dataclass(frozen=True, slots=True)
 class Resource:
+    """Where the API serves a kind."""
+
     kind: str
     group: str
     version: str
@@ -29,6 +29,9 @@ class Resource:
     @property
     def api_version(self) -> str:
         return f"{self.group}/{self.version}"
+
+
+NPWG_GROUP = "k8s.cni.cncf.io"
 
 
 def _deckhouse(kind: str, plural: str, namespaced: bool) -> Resource:

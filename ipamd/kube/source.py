@@ -20,7 +20,7 @@ from kubernetes import client
 from ipamd.kube.errors import api_unavailable_is_11, status_of
 from ipamd.kube.informer import Informer, plain_lister
 from ipamd.kube.resources import RESOURCES, SERVED_KINDS, CustomObjects
-from ipamd.model.objects import POD, ApiObject, Kind, ManifestInvalid, Pod, parse_object
+from ipamd.model.objects import POD, ApiObject, Kind, ManifestInvalid, Pod, parse_as, parse_object
 from ipamd.sources.base import Problem
 
 log = logging.getLogger(__name__)
@@ -133,8 +133,7 @@ class KubernetesSource:
         doc = json.loads(resp.data)  # type: ignore[attr-defined]  # raw response: _preload_content=False
         doc.setdefault("kind", POD.name)
         doc.setdefault("apiVersion", "v1")
-        obj = parse_object(doc, "api")
-        return obj if isinstance(obj, Pod) else None
+        return parse_as(POD, doc, "api")
 
     # -- what Plexus tracks, as the API gives it ---------------------------------------------------
     def items(self, kind: str) -> builtins.list[dict[str, Any]]:

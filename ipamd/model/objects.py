@@ -440,6 +440,14 @@ NETWORK_KINDS: dict[str, Kind[Network | ClusterNetwork]] = {k.name: k for k in (
 IP_ADDRESS_KINDS: dict[str, Kind[IPAddressObject]] = {k.name: k for k in (IP_ADDRESS, CLUSTER_IP_ADDRESS)}
 
 
+def parse_as(kind: Kind[T_co], doc: Any, source: str = "") -> T_co:
+    """One manifest that must be of ``kind``; ``ManifestInvalid`` when it is another."""
+    obj = parse_object(doc, source)
+    if not isinstance(obj, kind.type):
+        raise ManifestInvalid(obj.meta.display, "kind", f"must be {kind.name}", source)
+    return obj
+
+
 def parse_object(doc: Any, source: str = "") -> ApiObject:
     """One manifest → one typed object, or ``ManifestInvalid`` naming the field."""
     if not isinstance(doc, dict):

@@ -88,8 +88,8 @@ class NodeDaemon:
                             os.environ.get("PLEXUS_FAULT_SEED", "plexus"))
         self.attacher = Attacher(self.store, self.source, self.ipam, self.segments, kernel_drivers(), host,
                                  pod_namespace, publisher, self._ready.is_set, fault)
-        self.reconciler = Reconciler(self.store, self.source, self.ipam, registry, self.attacher, self.segments,
-                                     publisher, cfg.reconcile_interval, cluster=bool(cfg.kubeconfig))
+        self.reconciler = Reconciler(self.store, self.source, self.ipam, self.attacher, self.segments, publisher,
+                                     cfg.reconcile_interval, cluster=bool(cfg.kubeconfig))
         self.cni_server: CniHttpServer | None = None
 
     def sync(self) -> list[Any]:

@@ -22,12 +22,10 @@ from typing import Protocol
 from cni.errors import CniError
 from ipamd.ipam.addresses import Ipam, ResolvedNetwork
 from ipamd.ipam.allocator import in_ranges, subnet_for
-from ipamd.ipam.registry import LeaseRegistry
 from ipamd.model.objects import (
     CLUSTER_NETWORK,
     IP_ADDRESS_KINDS,
     NETWORK,
-    NETWORK_CLASS,
     POD,
     POOL_KINDS,
     ClusterNetwork,
@@ -36,6 +34,7 @@ from ipamd.model.objects import (
 from ipamd.model.segments import granted_id, segment_kind
 from ipamd.publish.base import Publisher
 from ipamd.sources.base import ObjectSource
+from ipamd.sources.lookups import class_of, pool_of_ip
 from ipamd.store.protocols import NodeStore
 from ipamd.store.records import AttachmentRecord, SegmentRecord
 
@@ -58,13 +57,11 @@ class NodeSegments(Protocol):
 
 
 class Reconciler:
-    def __init__(self, store: NodeStore, source: ObjectSource, ipam: Ipam, registry: LeaseRegistry,
-                 teardowns: Teardowns, segments: NodeSegments, publisher: Publisher,
-                 interval: float = 30.0, cluster: bool = False) -> None:
+    def __init__(self, store: NodeStore, source: ObjectSource, ipam: Ipam, teardowns: Teardowns,
+                 segments: NodeSegments, publisher: Publisher, interval: float = 30.0, cluster: bool = False) -> None:
         self.store = store
         self.source = source
-        self.ipam = ipam
-        self.registry = registry
+        self.ipam = ipam  # and through it the lease registry, whose stray leases a cluster node cleans up
         self.teardowns = teardowns
         self.segments = segments
         self.publisher = publisher
@@ -108,7 +105,7 @@ class Reconciler:
     def _release_stray_cluster_leases(self) -> None:
         """IPAddressLeases this node made that its store does not hold: an ADD rolled back while the
         API was unreachable could not delete its lease object. Deleted once older than the grace period."""
-        for lease in self.registry.stray(self.store, time.time() - max(self.grace_s, 30.0)):
+        for lease in self.ipam.registry.stray(self.store, time.time() - max(self.grace_s, 30.0)):
             log.info("released stray IPAddressLease %s (%s)", lease.address, lease.pool)
 
     def _sync_segments(self) -> None:
@@ -144,7 +141,7 @@ class Reconciler:
         live: dict[str, ResolvedNetwork] = {}
         nets: list[Network | ClusterNetwork] = [*self.source.list(NETWORK), *self.source.list(CLUSTER_NETWORK)]
         for net in nets:
-            cls = self.source.get(NETWORK_CLASS, "", net.network_class) if net.network_class else None
+            cls = class_of(self.source, net)
             if isinstance(net, Network) and cls is None:
                 continue  # reported when a pod asks for it
             if self.cluster and segment_kind(net, cls).tagged and granted_id(net) is None:
@@ -179,7 +176,7 @@ class Reconciler:
         for kind in IP_ADDRESS_KINDS.values():
             for obj in self.source.list(kind):
                 live[obj.meta.key] = obj
-                pool = self.ipam.pool_of_ip(obj)
+                pool = pool_of_ip(self.source, obj)
                 if pool is None or (statics_only and obj.type != "Static"):
                     continue
                 rec = self.ipam.record_for(obj)

@@ -11,7 +11,7 @@ import os
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,53 +86,51 @@ def apply(directory: str, docs: list[tuple[str, Any]]) -> tuple[list[Applied], l
     """Validate every document, then write the valid ones; invalid ones are returned, not written."""
     os.makedirs(directory, exist_ok=True)
     existing, _ = load_directory(directory)
-    done, bad = [], []
-    for source, doc in docs:
-        try:
-            parse_object(doc, source)
-        except ManifestInvalid as exc:
-            bad.append(exc)
-            continue
-        kind, ns, name = _identity(doc)
-        try:
-            path = _own_file(directory, existing, (kind, ns, name), source, "edit that file instead")
-        except ManifestInvalid as exc:
-            bad.append(exc)
-            continue
-        doc = dict(doc)
+
+    def write(source: str, doc: dict[str, Any], identity: tuple[str, str, str]) -> Applied:
+        parse_object(doc, source)
+        kind, ns, name = identity
+        path = _own_file(directory, existing, identity, source, "edit that file instead")
         md = dict(doc.get("metadata") or {})
         if ns:
             md["namespace"] = ns
-        current = existing.get((kind, ns, name))
+        current = existing.get(identity)
         if kind == POD.name and not md.get("uid"):
             md["uid"] = current.meta.uid if current is not None and current.meta.uid else str(uuid.uuid4())
-        doc["metadata"] = md
+        doc = {**doc, "metadata": md}
         action = "created"
         if os.path.exists(path):
             with open(path, encoding="utf-8") as fh:
                 action = "unchanged" if yaml.safe_load(fh) == doc else "configured"
         if action != "unchanged":
             _write_atomic(path, doc)
-        done.append(Applied(kind, ns, name, action))
-    return done, bad
+        return Applied(kind, ns, name, action)
+
+    return _each(docs, write)
 
 
 def delete(directory: str, docs: list[tuple[str, Any]]) -> tuple[list[Applied], list[ManifestInvalid]]:
     existing, _ = load_directory(directory) if os.path.isdir(directory) else ({}, [])
+
+    def remove(source: str, doc: dict[str, Any], identity: tuple[str, str, str]) -> Applied:
+        path = _own_file(directory, existing, identity, source, "remove it from that file")
+        if not os.path.exists(path):
+            return Applied(*identity, "not found")
+        os.unlink(path)
+        return Applied(*identity, "deleted")
+
+    return _each(docs, remove)
+
+
+def _each(docs: list[tuple[str, Any]], act: Callable[[str, dict[str, Any], tuple[str, str, str]], Applied],
+          ) -> tuple[list[Applied], list[ManifestInvalid]]:
+    """``act`` on every document; what it refuses is collected, and the others still happen."""
     done, bad = [], []
     for source, doc in docs:
-        if not isinstance(doc, dict):
-            bad.append(ManifestInvalid("manifest", "", "must be a mapping", source))
-            continue
-        kind, ns, name = _identity(doc)
         try:
-            path = _own_file(directory, existing, (kind, ns, name), source, "remove it from that file")
+            if not isinstance(doc, dict):
+                raise ManifestInvalid("manifest", "", "must be a mapping", source)
+            done.append(act(source, doc, _identity(doc)))
         except ManifestInvalid as exc:
             bad.append(exc)
-            continue
-        if os.path.exists(path):
-            os.unlink(path)
-            done.append(Applied(kind, ns, name, "deleted"))
-        else:
-            done.append(Applied(kind, ns, name, "not found"))
     return done, bad

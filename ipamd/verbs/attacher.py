@@ -29,7 +29,7 @@ from cni.errors import (
     UnknownContainer,
 )
 from cni.types import Result
-from ipamd.drivers.base import BuildContext, Built, CheckContext, InterfaceKey, PodSide, TeardownContext, quietly
+from ipamd.drivers.base import BuildContext, Built, InterfaceKey, LinksContext, PodSide, quietly
 from ipamd.drivers.table import DriverTable
 from ipamd.ipam.addresses import Claim, Ipam, ResolvedNetwork
 from ipamd.model.annotations import (
@@ -278,7 +278,7 @@ class Attacher:
         errors: list[str] = []
         with contextlib.ExitStack() as opened:
             pod = _PodOnDemand(self.open_pod, record.netns, opened)
-            ctx = TeardownContext(self.host_netlink(), pod.netlink)
+            ctx = LinksContext(self.host_netlink(), pod.netlink)
             for iface in record.interfaces:
                 driver = self.drivers.get(iface.kind)
                 try:
@@ -318,7 +318,7 @@ class Attacher:
             raise UnknownContainer(f"no attachment for container {call.container_id[:12]} {call.ifname}", "CNI_CONTAINERID")
         problems: list[str] = []
         with self.open_pod(call.netns) as pod_side:
-            ctx = CheckContext(self.host_netlink(), pod_side)
+            ctx = LinksContext(self.host_netlink(), pod_side.netlink)
             for iface in record.interfaces:
                 problems += self.drivers[iface.kind].check(ctx, iface)
         if problems:

@@ -12,7 +12,7 @@ from typing import Any
 
 from cni.errors import InterfaceFailure
 from cni.types import Interface, IPConfig, Result, cidr_of
-from ipamd.drivers.base import BuildContext, Built, CheckContext, InterfaceKey, Plan, TeardownContext
+from ipamd.drivers.base import BuildContext, Built, InterfaceKey, LinksContext, Plan
 from ipamd.model.annotations import NetworkSelection
 from ipamd.netlink.netns import NetnsGone
 from ipamd.store.records import BuiltInterface
@@ -45,13 +45,13 @@ class FakeDriver:
         self.events.append(f"undo build {if_name}")
         self.live.discard(if_name)
 
-    def teardown(self, ctx: TeardownContext, iface: BuiltInterface) -> None:
+    def teardown(self, ctx: LinksContext, iface: BuiltInterface) -> None:
         pod = ctx.pod_netlink()
         self.events.append(f"teardown {iface.if_name}{'' if pod is not None else ' (netns gone)'}")
         assert iface.driver["made-by"] == self.kind, "the record keeps the driver's own state"
         self.live.discard(iface.if_name)
 
-    def check(self, ctx: CheckContext, iface: BuiltInterface) -> list[str]:
+    def check(self, ctx: LinksContext, iface: BuiltInterface) -> list[str]:
         return [p for p in self.problems if p.startswith(iface.if_name)]
 
 

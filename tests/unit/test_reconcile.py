@@ -21,8 +21,9 @@ class Registry(NodeLocalRegistry):
 
 
 def reconciler(node: Node, cluster: bool = False, registry: Registry | None = None) -> Reconciler:
-    return Reconciler(node.store, node.source, node.ipam, registry or Registry(), node.attacher, node.segments,
-                      node.publisher, interval=30, cluster=cluster)
+    node.ipam.registry = registry or Registry()
+    return Reconciler(node.store, node.source, node.ipam, node.attacher, node.segments, node.publisher, interval=30,
+                      cluster=cluster)
 
 
 def test_recover_tears_down_what_a_crash_left_half_done_and_only_that() -> None:
