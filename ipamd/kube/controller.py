@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes import client
 
@@ -29,7 +29,6 @@ from ipamd.kube.elector import LeaderElector
 from ipamd.kube.errors import reason_of, status_of
 from ipamd.kube.leases import KIND as LEASE_KIND
 from ipamd.kube.leases import lease_body
-from ipamd.kube.source import KubernetesSource
 from ipamd.model.conditions import set_condition
 from ipamd.model.objects import (
     CLUSTER_NETWORK,
@@ -43,10 +42,33 @@ from ipamd.model.objects import (
 )
 from ipamd.model.segments import IdUnavailable, SegmentKind, granted_id, id_pool, pick_id, segment_kind
 from ipamd.model.timefmt import parse_rfc3339
+from ipamd.sources.base import ObjectSource
 from ipamd.sources.lookups import class_of, pool_of_ip
 
 log = logging.getLogger(__name__)
 ATTACHMENT_KIND = "NodeNetworkInterfaceAttachment"
+
+
+class ObjectWrites(Protocol):
+    """The writes the controller makes (``ipamd.kube.resources.CustomObjects``)."""
+
+    def create(self, kind: str, body: dict[str, Any], namespace: str = "") -> Any: ...
+
+    def patch_status(self, kind: str, name: str, status: dict[str, Any], namespace: str = "") -> Any: ...
+
+    def delete(self, kind: str, name: str, namespace: str = "") -> Any: ...
+
+
+class ClusterSource(ObjectSource, Protocol):
+    """The cluster's objects as the controller reads them (``ipamd.kube.source.KubernetesSource``)."""
+
+    @property
+    def node_name(self) -> str: ...
+
+    @property
+    def objects(self) -> ObjectWrites: ...
+
+    def items(self, kind: str) -> list[dict[str, Any]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +101,7 @@ class SegmentStatus:
 
 
 class Controller:
-    def __init__(self, api: client.ApiClient, source: KubernetesSource, namespace: str, interval: float = 2.0) -> None:
+    def __init__(self, api: client.ApiClient, source: ClusterSource, namespace: str, interval: float = 2.0) -> None:
         self.objects = source.objects
         self.source = source
         self.identity = f"{socket.gethostname()}-{os.getpid()}-{source.node_name}"

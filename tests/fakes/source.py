@@ -14,7 +14,7 @@ T = TypeVar("T")
 
 class FakeSource:
     def __init__(self, *objs: ApiObject) -> None:
-        self.objects: dict[tuple[str, str, str], ApiObject] = {}
+        self.stored: dict[tuple[str, str, str], ApiObject] = {}
         self.subscribers: builtins.list[Callable[[], None]] = []
         self.waited: builtins.list[tuple[str, str]] = []
         self.late: dict[tuple[str, str], Pod] = {}  # pods wait_for_pod finds (a watch that lagged)
@@ -22,17 +22,17 @@ class FakeSource:
             self.add(obj)
 
     def add(self, obj: ApiObject) -> None:
-        self.objects[(obj.meta.kind, obj.meta.namespace, obj.meta.name)] = obj
+        self.stored[(obj.meta.kind, obj.meta.namespace, obj.meta.name)] = obj
 
     def remove(self, kind: str, namespace: str, name: str) -> None:
-        del self.objects[(kind, namespace, name)]
+        del self.stored[(kind, namespace, name)]
 
     def get(self, kind: Kind[T], namespace: str, name: str) -> T | None:
-        obj = self.objects.get((kind.name, namespace, name))
+        obj = self.stored.get((kind.name, namespace, name))
         return obj if isinstance(obj, kind.type) else None
 
     def list(self, kind: Kind[T]) -> builtins.list[T]:
-        return [o for (k, _, _), o in self.objects.items() if k == kind.name and isinstance(o, kind.type)]
+        return [o for (k, _, _), o in self.stored.items() if k == kind.name and isinstance(o, kind.type)]
 
     def pod_by_uid(self, uid: str) -> Pod | None:
         return next((p for p in self.list(POD) if p.meta.uid == uid), None)

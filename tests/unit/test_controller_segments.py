@@ -1,0 +1,111 @@
+"""The controller's Network statuses, in-process (no API server): the one ID picker it shares with the
+nodes, conditions that keep their ``lastTransitionTime`` while their status holds, ``observedGeneration``
+from ``metadata.generation``, and a Network deleted and made again getting its status again."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubernetes import client
+
+from ipamd.kube.controller import Controller
+from ipamd.model.objects import API_VERSION, parse_object
+from tests.fakes.source import FakeSource
+
+
+class Objects:
+    """The custom-objects API as the controller uses it: status patches recorded, nothing else expected."""
+
+    def __init__(self) -> None:
+        self.patched: list[tuple[str, str, dict[str, Any]]] = []
+
+    def patch_status(self, kind: str, name: str, status: dict[str, Any], namespace: str = "") -> None:
+        self.patched.append((kind, name, status))
+
+    def create(self, kind: str, body: dict[str, Any], namespace: str = "") -> None:
+        raise AssertionError(f"unexpected create of a {kind}")
+
+    def delete(self, kind: str, name: str, namespace: str = "") -> None:
+        raise AssertionError(f"unexpected delete of {kind} {name}")
+
+
+class Source(FakeSource):
+    node_name = "ctl"
+
+    def __init__(self, *objs: Any) -> None:
+        super().__init__(*objs)
+        self.objects = Objects()  # the controller's API
+        self.raw: dict[str, list[dict[str, Any]]] = {}
+
+    def items(self, kind: str) -> list[dict[str, Any]]:
+        return self.raw.get(kind, [])
+
+
+def obj(kind: str, name: str, spec: dict[str, Any], status: dict[str, Any] | None = None, **md: Any) -> Any:
+    doc: dict[str, Any] = {"apiVersion": API_VERSION, "kind": kind, "metadata": {"name": name, **md}, "spec": spec}
+    if kind == "Network":
+        doc["metadata"]["namespace"] = "ns"
+    if status is not None:
+        doc["status"] = status
+    return parse_object(doc)
+
+
+def controller(*objs: Any) -> tuple[Controller, Source]:
+    src = Source(obj("NetworkClass", "vl", {"vlan": {"idPool": ["600-601"]}}),
+                 obj("NetworkClass", "vx", {"vxlan": {"vniPool": ["5000"]}}), *objs)
+    ctl = Controller(client.ApiClient(), src, "plexus-system")
+    return ctl, src
+
+
+def statuses(src: Source) -> dict[str, dict[str, Any]]:
+    return {name: status for _, name, status in src.objects.patched}
+
+
+def test_ids_come_from_the_shared_picker_with_its_reasons() -> None:
+    ctl, src = controller(obj("Network", "a", {"networkClass": "vl"}, uid="ua"),
+                          obj("Network", "b", {"networkClass": "vl", "vlan": {"id": 601}}, uid="ub"),
+                          obj("Network", "c", {"networkClass": "vl"}, uid="uc"),
+                          obj("Network", "d", {"networkClass": "vl", "vlan": {"id": 900}}, uid="ud"),
+                          obj("Network", "x", {"networkClass": "vx"}, uid="ux"),
+                          obj("Network", "y", {"networkClass": "vx"}, uid="uy"),
+                          obj("ClusterNetwork", "fixed", {"type": "VLAN", "networkClass": "vl", "vlan": {"id": 42}}))
+    ctl.assign_segments()
+    got = statuses(src)
+    assert got["b"]["vlanID"] == 601 and got["a"]["vlanID"] == 600, "asked-for IDs honoured, the rest in order"
+    ready = {n: next(c for c in s["conditions"] if c["type"] == "Ready") for n, s in got.items()}
+    assert ready["c"]["status"] == "False" and ready["c"]["message"] == "no free VLAN ID left in the class's pool"
+    assert ready["d"]["message"] == "VLAN ID 900 is not in the class's pool"
+    assert got["x"]["vni"] == 5000 and got["x"]["vlanID"] == 0 and got["x"]["bridgeName"] == "plx-vb-5000"
+    assert ready["y"]["message"] == "no free VNI left in the class's pool", "a VXLAN network's ID is a VNI"
+    assert got["fixed"]["vlanID"] == 42, "a ClusterNetwork's own ID is the administrator's, not the pool's"
+
+
+def test_conditions_keep_their_time_while_their_status_holds_and_generation_is_observed() -> None:
+    old = "2026-01-01T00:00:00Z"
+    conds = [{"type": "Ready", "status": "True", "reason": "NetworkReady", "message": "", "lastTransitionTime": old},
+             {"type": "AllNodeAttachementsAreReady", "status": "False", "reason": "x", "message": "",
+              "lastTransitionTime": old}]
+    ctl, src = controller(obj("Network", "a", {"networkClass": "vl"}, {"vlanID": 600, "conditions": conds},
+                              uid="ua", generation=7))
+    src.raw["NodeNetworkInterfaceAttachment"] = [
+        {"spec": {"networkRef": {"kind": "Network", "namespace": "ns", "name": "a"}},
+         "status": {"conditions": [{"type": "Ready", "status": "True"}]}}]
+    ctl.assign_segments()
+    status = statuses(src)["a"]
+    times = {c["type"]: c["lastTransitionTime"] for c in status["conditions"]}
+    assert times["Ready"] == old, "Ready was True and still is: its transition time stays"
+    assert times["AllNodeAttachementsAreReady"] != old, "it turned True now"
+    assert status["observedGeneration"] == 7
+    assert (status["nodeAttachementsCount"], status["readyNodeAttachementsCount"]) == (1, 1)
+
+
+def test_a_status_is_written_once_until_something_changes_or_the_network_is_made_again() -> None:
+    ctl, src = controller(obj("Network", "a", {"networkClass": "vl"}, uid="ua"))
+    ctl.assign_segments()
+    assert len(src.objects.patched) == 1
+    src.add(obj("Network", "a", {"networkClass": "vl"}, {"vlanID": 600}, uid="ua"))  # the informer sees our write
+    ctl.assign_segments()
+    assert len(src.objects.patched) == 1, "nothing changed: nothing written"
+    src.add(obj("Network", "a", {"networkClass": "vl"}, uid="ua-again"))  # deleted and applied again
+    ctl.assign_segments()
+    assert len(src.objects.patched) == 2 and src.objects.patched[-1][2]["vlanID"] == 600
