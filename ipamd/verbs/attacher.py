@@ -43,22 +43,25 @@ from ipamd.model.annotations import (
 from ipamd.model.objects import SPEC_ANNOTATION, IPAddressObject, Pod
 from ipamd.model.segments import SEGMENT_KINDS
 from ipamd.model.timefmt import rfc3339
-from ipamd.netlink.netns import NetnsGone
-from ipamd.node.segments import SegmentPlan
 from ipamd.publish.base import Publisher
 from ipamd.sources.base import ObjectSource
 from ipamd.store.protocols import VerbStore
-from ipamd.store.records import AttachmentRecord, BuiltInterface, PodStatus
+from ipamd.store.records import AttachmentRecord, BuiltInterface, PodStatus, SegmentRecord
 from ipamd.verbs.call import CniCall, KeyedLocks
 from ipamd.verbs.pods import find_pod
 
 VALID_ATTACHMENTS = "cni.dev/valid-attachments"
 
 
+class PlannedSegment(Protocol):
+    @property
+    def record(self) -> SegmentRecord: ...
+
+
 class SegmentService(Protocol):
     """The L2 segments the verbs attach to (``ipamd.node.segments.Segments``)."""
 
-    def plan(self, net: ResolvedNetwork) -> SegmentPlan: ...
+    def plan(self, net: ResolvedNetwork) -> PlannedSegment: ...
 
     def bridge_index(self, net: ResolvedNetwork, bridge: str) -> int: ...
 
@@ -87,9 +90,7 @@ class _PodOnDemand:
         if self._pod is None and not self._gone:
             try:
                 self._pod = self._opened.enter_context(self._open(self._path))
-            except NetnsGone:
-                self._gone = True
-            except UnknownContainer:  # not a network namespace (any more)
+            except UnknownContainer:  # gone, or not a network namespace (any more)
                 self._gone = True
         return None if self._pod is None else self._pod.netlink()
 
