@@ -2,7 +2,9 @@
 
 Handlers always build the current (1.1.0) ``Result``; conversion to the version the caller
 asked for happens once, at the output edge (``Result.to_dict(version)``). Results of
-0.3.x/0.4.0 differ from 1.x only by the ``version`` key on each IP.
+0.3.x/0.4.0 differ from 1.x only by the ``version`` key on each IP. Keys these types do not name
+(an interface's ``socketPath`` or ``pciID``, a route's ``mtu`` or ``table``) are kept in ``extra``
+and written back, so a delegated plugin's result passes through whole.
 
 Imported by the daemon, which builds every result with it and reads ``prevResult`` through it; the
 exec'd shim does not import it (it passes the daemon's answer through as bytes). Standard library
@@ -12,11 +14,15 @@ only, as all of ``cni/``.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cni.errors import DecodingFailure
 from cni.version import CURRENT_VERSION, version_tuple
+
+
+def _extra(d: dict[str, Any], known: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k not in known}
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +31,7 @@ class Interface:
     mac: str = ""
     sandbox: str = ""
     mtu: int = 0
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}
@@ -34,11 +41,13 @@ class Interface:
             out["mtu"] = self.mtu
         if self.sandbox:
             out["sandbox"] = self.sandbox
+        out.update(self.extra)
         return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Interface:
-        return cls(str(d["name"]), str(d.get("mac", "")), str(d.get("sandbox", "")), int(d.get("mtu", 0)))
+        return cls(str(d["name"]), str(d.get("mac", "")), str(d.get("sandbox", "")), int(d.get("mtu", 0)),
+                   _extra(d, ("name", "mac", "sandbox", "mtu")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +55,7 @@ class IPConfig:
     address: str  # CIDR form, e.g. "198.18.0.5/24"
     interface: int | None = None
     gateway: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def to_dict(self, version: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -56,6 +66,7 @@ class IPConfig:
             out["gateway"] = self.gateway
         if self.interface is not None:
             out["interface"] = self.interface
+        out.update(self.extra)
         return out
 
     @classmethod
@@ -65,20 +76,24 @@ class IPConfig:
         if "/" not in address:
             raise ValueError(f"address {address!r} is not in CIDR form")
         ipaddress.ip_interface(address)  # ValueError when it is not an address
-        return cls(address, None if iface is None else int(iface), str(d.get("gateway", "")))
+        return cls(address, None if iface is None else int(iface), str(d.get("gateway", "")),
+                   _extra(d, ("address", "interface", "gateway", "version")))
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
     dst: str
     gw: str = ""
+    extra: tuple[tuple[str, Any], ...] = ()  # a tuple, not a dict: routes are deduplicated as dict keys
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dst": self.dst, "gw": self.gw} if self.gw else {"dst": self.dst}
+        out = {"dst": self.dst, "gw": self.gw} if self.gw else {"dst": self.dst}
+        out.update(self.extra)
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Route:
-        return cls(str(d["dst"]), str(d.get("gw", "")))
+        return cls(str(d["dst"]), str(d.get("gw", "")), tuple(_extra(d, ("dst", "gw")).items()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +132,7 @@ class Result:
         if prev is None:
             return self
         base = len(prev.interfaces)
-        ips = tuple(
-            IPConfig(ip.address, None if ip.interface is None else ip.interface + base, ip.gateway)
-            for ip in self.ips
-        )
+        ips = tuple(replace(ip, interface=None if ip.interface is None else ip.interface + base) for ip in self.ips)
         return Result(
             prev.interfaces + self.interfaces, prev.ips + ips, prev.routes + self.routes,
             prev.dns or self.dns,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cni.errors import CniError, InvalidConfig
+from ipamd.invoke.chain import Chain, Invocation
 from ipamd.invoke.exec import Exec, PluginExec
 from ipamd.model.objects import POD_ANNOTATIONS_CAPABILITY
 
@@ -70,28 +71,12 @@ class Runtime:
         self.cni_path = cni_path
         self.cache_dir = cache_dir
         self.timeout = timeout
-        self.plugins: PluginExec = plugins or Exec(cni_path)
+        self.chain = Chain(plugins or Exec(cni_path))
 
-    def _plugin_conf(self, conflist: dict[str, Any], plugin: dict[str, Any], pod: PodIdentity,
-                     prev: dict[str, Any] | None) -> dict[str, Any]:
-        conf = dict(plugin)
-        conf["name"] = conflist["name"]
-        conf["cniVersion"] = conflist["cniVersion"]
-        caps = plugin.get("capabilities") or {}
-        conf.pop("capabilities", None)
-        runtime_config = {}
-        if caps.get(POD_ANNOTATIONS_CAPABILITY) and pod.annotations is not None:
-            runtime_config[POD_ANNOTATIONS_CAPABILITY] = dict(pod.annotations)
-        if runtime_config:
-            conf["runtimeConfig"] = runtime_config
-        if prev is not None:
-            conf["prevResult"] = prev
-        return conf
-
-    def _exec(self, verb: str, plugin_type: str, conf: dict[str, Any], pod: PodIdentity, netns: str) -> dict[str, Any]:
-        env = {"CNI_COMMAND": verb, "CNI_CONTAINERID": pod.container_id, "CNI_NETNS": netns,
-               "CNI_IFNAME": pod.ifname, "CNI_ARGS": pod.cni_args(), "CNI_PATH": self.cni_path}
-        return self.plugins.run(plugin_type, env, conf, self.timeout).result
+    def _invocation(self, conflist: dict[str, Any], pod: PodIdentity, netns: str) -> Invocation:
+        runtime_config = {POD_ANNOTATIONS_CAPABILITY: dict(pod.annotations)} if pod.annotations is not None else {}
+        return Invocation(conflist, pod.container_id, netns, pod.ifname, pod.cni_args(), runtime_config,
+                          bin_dirs=tuple(self.cni_path.split(":")), timeout_s=self.timeout)
 
     def _cache_path(self, conflist: dict[str, Any], pod: PodIdentity) -> str:
         return os.path.join(self.cache_dir, f"{conflist['name']}-{pod.container_id}-{pod.ifname}.json")
@@ -99,8 +84,8 @@ class Runtime:
     def add(self, conflist: dict[str, Any], pod: PodIdentity) -> dict[str, Any]:
         prev: dict[str, Any] | None = None
         try:
-            for plugin in conflist["plugins"]:
-                prev = self._exec("ADD", plugin["type"], self._plugin_conf(conflist, plugin, pod, prev), pod, pod.netns)
+            for result in self.chain.add_each(self._invocation(conflist, pod, pod.netns)):
+                prev = result
         except CniError:
             self.delete(conflist, pod, prev)
             raise
@@ -116,12 +101,7 @@ class Runtime:
             with open(cache, encoding="utf-8") as fh:
                 prev = json.load(fh) or None
         netns = pod.netns if os.path.exists(pod.netns) else ""
-        errors = []
-        for plugin in reversed(conflist["plugins"]):
-            try:
-                self._exec("DEL", plugin["type"], self._plugin_conf(conflist, plugin, pod, prev), pod, netns)
-            except CniError as exc:
-                errors.append(f"{plugin['type']}: {exc}")
+        errors = self.chain.delete(self._invocation(conflist, pod, netns), prev)
         if not errors and os.path.exists(cache):
             os.unlink(cache)
         return errors

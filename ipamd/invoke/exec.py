@@ -54,26 +54,31 @@ def check_plugin_type(plugin: str, field: str = "type") -> str:
     return plugin
 
 
-class Exec:
-    """Plugins from the directories of ``cni_path`` (``CNI_PATH``'s ``:``-separated form, or a list)."""
+def _dirs(cni_path: str | Sequence[str]) -> list[str]:
+    return [d for d in (cni_path.split(":") if isinstance(cni_path, str) else cni_path) if d]
 
-    def __init__(self, cni_path: str | Sequence[str], max_output: int = MAX_OUTPUT) -> None:
-        self.dirs = [d for d in (cni_path.split(":") if isinstance(cni_path, str) else cni_path) if d]
+
+class Exec:
+    """Plugins from the directories of the call's ``CNI_PATH`` (``:``-separated), else of ``cni_path``."""
+
+    def __init__(self, cni_path: str | Sequence[str] = "/opt/cni/bin", max_output: int = MAX_OUTPUT) -> None:
+        self.dirs = _dirs(cni_path)
         self.max_output = max_output
 
-    def find(self, plugin: str) -> str:
+    def find(self, plugin: str, dirs: Sequence[str] = ()) -> str:
         check_plugin_type(plugin)
-        for d in self.dirs:
+        for d in dirs or self.dirs:
             path = os.path.join(d, plugin)
             if os.path.isfile(path) and os.access(path, os.X_OK):
                 return path
-        raise IOFailure(f"CNI plugin {plugin} not found in {':'.join(self.dirs)}", plugin)
+        raise IOFailure(f"CNI plugin {plugin} not found in {':'.join(dirs or self.dirs)}", plugin)
 
     def run(self, plugin: str, env: Mapping[str, str], config: Mapping[str, Any], timeout: float) -> PluginRun:
-        binary = self.find(plugin)
+        dirs = _dirs(env.get("CNI_PATH", "")) or self.dirs
+        binary = self.find(plugin, dirs)
         verb = env.get("CNI_COMMAND", "")
         clean = {k: env[k] for k in CNI_ENV if k in env}
-        clean.setdefault("CNI_PATH", ":".join(self.dirs))
+        clean["CNI_PATH"] = ":".join(dirs)
         clean["PATH"] = SAFE_PATH
         started = time.monotonic()
         rc, out, err = self._communicate(binary, clean, json.dumps(config).encode(), timeout, f"{plugin} {verb}")

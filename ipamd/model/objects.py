@@ -1,4 +1,5 @@
-"""The API of seed 000 (``network.deckhouse.io/v1alpha1``) and Pods, as typed frozen objects.
+"""The API of seed 000 (``network.deckhouse.io/v1alpha1``), NetworkAttachmentDefinitions and Pods, as
+typed frozen objects.
 
 ``parse_object`` turns one manifest (a dict, as YAML or the Kubernetes API gives it) into one of
 these, or raises ``ManifestInvalid`` naming the object and the offending field. Pure: no I/O.
@@ -14,11 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from cni.errors import InvalidConfig
+from ipamd.model.cniconf import ConfigInvalid, as_conflist, parse_config_text
 
 GROUP = "network.deckhouse.io"
 API_VERSION = f"{GROUP}/v1alpha1"
 SPEC_ANNOTATION = f"{GROUP}/networks-spec"
 STATUS_ANNOTATION = f"{GROUP}/networks-status"
+NPWG_API_VERSION = "k8s.cni.cncf.io/v1"
+RESOURCE_NAME_ANNOTATION = "k8s.v1.cni.cncf.io/resourceName"
 POD_ANNOTATIONS_CAPABILITY = "io.kubernetes.cri.pod-annotations"
 
 
@@ -158,13 +162,23 @@ class IPAddressObject:
 
 
 @dataclass(frozen=True, slots=True)
+class AttachmentDefinition:
+    """A NetworkAttachmentDefinition (Network Plumbing WG, ``k8s.cni.cncf.io/v1``): the CNI configuration
+    that attaches a pod to a network, or, without ``spec.config``, the name of one on the node's disk."""
+
+    meta: Meta
+    config: dict[str, Any] | None = None  # spec.config as a conflist carrying the NAD's name; None: on disk
+    resource_name: str = ""  # k8s.v1.cni.cncf.io/resourceName: the device plugin pool its devices come from
+
+
+@dataclass(frozen=True, slots=True)
 class Pod:
     meta: Meta
     annotations: Mapping[str, str] = field(default_factory=dict)
     node_name: str = ""
 
 
-ApiObject = NetworkClass | Network | ClusterNetwork | AddressPool | IPAddressObject | Pod
+ApiObject = NetworkClass | Network | ClusterNetwork | AddressPool | IPAddressObject | AttachmentDefinition | Pod
 
 
 def parse_duration(text: str) -> float:
@@ -400,6 +414,25 @@ def _ip_address(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> 
     return IPAddressObject(meta, Ref(kind, name), typ, static_ip, owner)
 
 
+def _attachment_definition(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> AttachmentDefinition:
+    m = meta.display
+    if not _DNS_LABEL.match(meta.name) or len(meta.name) > 63:
+        raise ManifestInvalid(m, "metadata.name", f"{meta.name!r} is not a DNS label (NPWG §3)")
+    annotations = (doc.get("metadata") or {}).get("annotations") or {}
+    resource = annotations.get(RESOURCE_NAME_ANNOTATION, "") if isinstance(annotations, dict) else ""
+    text = spec.get("config")
+    if text is None or text == "":
+        return AttachmentDefinition(meta, None, str(resource))
+    if not isinstance(text, str):
+        raise ManifestInvalid(m, "spec.config", "must be a string holding a CNI configuration (JSON)")
+    try:
+        config = as_conflist(parse_config_text(text), meta.name)
+    except ConfigInvalid as exc:
+        raise ManifestInvalid(m, f"spec.config{'.' + exc.field if exc.field else ''}",
+                              f"is not a CNI configuration: {exc.problem}") from None
+    return AttachmentDefinition(meta, config, str(resource))
+
+
 def _pod(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> Pod:
     m = meta.display
     annotations = (doc.get("metadata") or {}).get("annotations") or {}
@@ -429,11 +462,14 @@ IP_ADDRESS_POOL = Kind("IPAddressPool", AddressPool, True, _address_pool)
 CLUSTER_IP_ADDRESS_POOL = Kind("ClusterIPAddressPool", AddressPool, False, _address_pool)
 IP_ADDRESS = Kind("IPAddress", IPAddressObject, True, _ip_address)
 CLUSTER_IP_ADDRESS = Kind("ClusterIPAddress", IPAddressObject, False, _ip_address)
+NETWORK_ATTACHMENT_DEFINITION = Kind("NetworkAttachmentDefinition", AttachmentDefinition, True,
+                                     _attachment_definition, api_version=NPWG_API_VERSION)
 POD = Kind("Pod", Pod, True, _pod, api_version="v1")
 
 #: Every kind by name: what a manifest's ``kind`` may say.
 KINDS: dict[str, Kind[Any]] = {k.name: k for k in (
-    NETWORK_CLASS, NETWORK, CLUSTER_NETWORK, IP_ADDRESS_POOL, CLUSTER_IP_ADDRESS_POOL, IP_ADDRESS, CLUSTER_IP_ADDRESS, POD)}
+    NETWORK_CLASS, NETWORK, CLUSTER_NETWORK, IP_ADDRESS_POOL, CLUSTER_IP_ADDRESS_POOL, IP_ADDRESS, CLUSTER_IP_ADDRESS,
+    NETWORK_ATTACHMENT_DEFINITION, POD)}
 #: The pool kinds a network's ``spec.ipam.ipAddressPoolRef.kind`` names, the network kinds an IPAddress refers to.
 POOL_KINDS: dict[str, Kind[AddressPool]] = {k.name: k for k in (IP_ADDRESS_POOL, CLUSTER_IP_ADDRESS_POOL)}
 NETWORK_KINDS: dict[str, Kind[Network | ClusterNetwork]] = {k.name: k for k in (NETWORK, CLUSTER_NETWORK)}

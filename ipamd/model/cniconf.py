@@ -1,0 +1,102 @@
+"""CNI network configurations as data: a single-plugin ``.conf`` or a ``.conflist``, checked and brought
+to one form (a conflist), and the configuration each plugin of a list gets when it is exec'd.
+
+Pure. A NetworkAttachmentDefinition's ``spec.config``, a file of the node's configuration directory and
+Plexus's own cluster network all come through ``as_conflist``, so the delegate driver sees one shape.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+MAX_CONFIG_BYTES = 64 * 1024  # a real configuration is a few hundred bytes
+#: The NPWG selection keys that become ``runtimeConfig`` keys, and the capability a plugin must declare.
+CAPABILITIES = {"ips": "ips", "mac": "mac", "portMappings": "portMappings", "bandwidth": "bandwidth",
+                "infiniband-guid": "infinibandGUID", "deviceID": "deviceID"}
+
+
+class ConfigInvalid(ValueError):
+    """Not a CNI configuration; ``field`` says where (``plugins[1].type``)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}" if field else problem)
+        self.field = field
+        self.problem = problem
+
+
+def plugin_name_ok(plugin: object) -> bool:
+    """A plugin type is a file name in the plugin directory, never a path."""
+    return (isinstance(plugin, str) and bool(plugin) and "/" not in plugin and plugin not in (".", "..")
+            and "\0" not in plugin)
+
+
+def parse_config_text(text: str) -> Any:
+    if len(text.encode()) > MAX_CONFIG_BYTES:
+        raise ConfigInvalid("", f"is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ConfigInvalid("", f"is not JSON ({exc})") from None
+
+
+def as_conflist(doc: Any, default_name: str = "") -> dict[str, Any]:
+    """A ``.conf`` or ``.conflist`` as a conflist ``{cniVersion, name, plugins}``: the name given when it
+    has none (NPWG §3: a NAD's config takes the NAD's name), every plugin a name-only ``type``."""
+    if not isinstance(doc, dict):
+        raise ConfigInvalid("", "must be a JSON object")
+    version = doc.get("cniVersion")
+    if not isinstance(version, str) or not version:
+        raise ConfigInvalid("cniVersion", "is required (the CNI spec version the plugins speak)")
+    name = doc.get("name") or default_name
+    if not isinstance(name, str) or not name:
+        raise ConfigInvalid("name", "is required")
+    if "plugins" in doc:
+        plugins = doc["plugins"]
+        if not isinstance(plugins, list) or not plugins:
+            raise ConfigInvalid("plugins", "must list at least one plugin")
+        where = "plugins[{}]"
+    elif "type" in doc:
+        plugins = [{k: v for k, v in doc.items() if k not in ("cniVersion", "name")}]
+        where = "{}"
+    else:
+        raise ConfigInvalid("", "has neither type (a plugin) nor plugins (a list)")
+    for i, plugin in enumerate(plugins):
+        prefix = where.format(i) if where != "{}" else ""
+        if not isinstance(plugin, dict):
+            raise ConfigInvalid(prefix, "must be an object")
+        if not plugin_name_ok(plugin.get("type")):
+            field = f"{prefix}.type" if prefix else "type"
+            raise ConfigInvalid(field, f"{plugin.get('type')!r} is not a plugin name (a file of the plugin directory)")
+        caps = plugin.get("capabilities", {})
+        if not isinstance(caps, dict):
+            raise ConfigInvalid(f"{prefix}.capabilities" if prefix else "capabilities", "must be an object")
+    if "plugins" in doc:  # the list's own keys (disableCheck, ...) stay with it
+        return {**doc, "cniVersion": version, "name": name, "plugins": plugins}
+    return {"cniVersion": version, "name": name, "plugins": plugins}  # a single plugin's keys are the plugin's
+
+
+def capabilities(conflist: Mapping[str, Any]) -> set[str]:
+    """Every capability some plugin of the list declares (``"capabilities": {"ips": true}``)."""
+    return {k for p in conflist["plugins"] for k, v in (p.get("capabilities") or {}).items() if v}
+
+
+def plugin_config(conflist: Mapping[str, Any], index: int, runtime_config: Mapping[str, Any],
+                  args: Mapping[str, Any] | None = None, prev_result: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What plugin ``index`` of the list gets on stdin, as libcni builds it: its own keys, the list's name
+    and version, ``runtimeConfig`` with only the capabilities it declares, ``args``, ``prevResult``."""
+    plugin = dict(conflist["plugins"][index])
+    declared = {k for k, v in (plugin.pop("capabilities", None) or {}).items() if v}
+    conf: dict[str, Any] = {**plugin, "name": conflist["name"], "cniVersion": conflist["cniVersion"]}
+    runtime = {k: v for k, v in runtime_config.items() if k in declared}
+    if runtime:
+        conf["runtimeConfig"] = {**(conf.get("runtimeConfig") or {}), **runtime}
+    if args:
+        merged = dict(conf.get("args") or {})
+        for key, value in args.items():
+            merged[key] = {**(merged.get(key) or {}), **value} if isinstance(value, dict) else value
+        conf["args"] = merged
+    if prev_result is not None:
+        conf["prevResult"] = dict(prev_result)
+    return conf
