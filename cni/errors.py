@@ -40,10 +40,11 @@ class CniError(Exception):
 
     code: ClassVar[int] = 999
 
-    def __init__(self, msg: str, details: str = "", *, code: int | None = None) -> None:
+    def __init__(self, msg: str, details: str = "", *, code: int | None = None, note: str = "") -> None:
         super().__init__(msg)
         self.msg = msg
         self.details = details
+        self.note = note  # for the daemon's log and the pod's events only, never in the CNI answer
         if code is not None:
             self.code = code  # type: ignore[misc]  # instance override for codes read off the wire
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19plexus/ipam/v1/ipam.proto\x12\x0eplexus.ipam.v1\"8\n\x07PoolRef\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\xba\x01\n\x05Lease\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07network\x18\x03 \x01(\t\x12\x0e\n\x06holder\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x0c\n\x04pods\x18\x06 \x03(\t\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x13\n\x0borphaned_at\x18\x08 \x01(\x01\x12\x13\n\x0bttl_seconds\x18\t \x01(\x01\x12\x16\n\x0eoutside_ranges\x18\n \x01(\x08\"X\n\x0f\x41llocateRequest\x12%\n\x04pool\x18\x01 \x01(\x0b\x32\x17.plexus.ipam.v1.PoolRef\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"W\n\x0eReleaseRequest\x12%\n\x04pool\x18\x01 \x01(\x0b\x32\x17.plexus.ipam.v1.PoolRef\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"!\n\x11ListLeasesRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\";\n\x12ListLeasesResponse\x12%\n\x06leases\x18\x01 \x03(\x0b\x32\x15.plexus.ipam.v1.Lease\"\x85\x01\n\tPoolUsage\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x10\n\x08networks\x18\x02 \x03(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0c\n\x04used\x18\x04 \x01(\x03\x12\x13\n\x0bquarantined\x18\x05 \x01(\x03\x12\x0c\n\x04\x66ree\x18\x06 \x01(\x03\x12\x19\n\x11lease_ttl_seconds\x18\x07 \x01(\x01\"\x12\n\x10ListPoolsRequest\"=\n\x11ListPoolsResponse\x12(\n\x05pools\x18\x01 \x03(\x0b\x32\x19.plexus.ipam.v1.PoolUsage\"W\n\tPodStatus\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03uid\x18\x03 \x01(\t\x12\x1c\n\x14networks_status_json\x18\x04 \x01(\t\"2\n\x0fListPodsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\";\n\x10ListPodsResponse\x12\'\n\x04pods\x18\x01 \x03(\x0b\x32\x19.plexus.ipam.v1.PodStatus\"9\n\x07Problem\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\r\n\x0bSyncRequest\"9\n\x0cSyncResponse\x12)\n\x08problems\x18\x01 \x03(\x0b\x32\x17.plexus.ipam.v1.Problem\"\x8f\x01\n\x0fIPAddressStatus\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x14\n\x0cnetwork_kind\x18\x05 \x01(\t\x12\x14\n\x0cnetwork_name\x18\x06 \x01(\t\x12\x13\n\x0bstatus_json\x18\x07 \x01(\t\"\x18\n\x16ListIPAddressesRequest\"M\n\x17ListIPAddressesResponse\x12\x32\n\taddresses\x18\x01 \x03(\x0b\x32\x1f.plexus.ipam.v1.IPAddressStatus\"1\n\rNetworkStatus\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x13\n\x0bstatus_json\x18\x02 \x01(\t\"\x15\n\x13ListNetworksRequest\"G\n\x14ListNetworksResponse\x12/\n\x08networks\x18\x01 \x03(\x0b\x32\x1d.plexus.ipam.v1.NetworkStatus2\x8e\x05\n\x04Ipam\x12\x42\n\x08\x41llocate\x12\x1f.plexus.ipam.v1.AllocateRequest\x1a\x15.plexus.ipam.v1.Lease\x12J\n\x07Release\x12\x1e.plexus.ipam.v1.ReleaseRequest\x1a\x1f.plexus.ipam.v1.ReleaseResponse\x12S\n\nListLeases\x12!.plexus.ipam.v1.ListLeasesRequest\x1a\".plexus.ipam.v1.ListLeasesResponse\x12P\n\tListPools\x12 .plexus.ipam.v1.ListPoolsRequest\x1a!.plexus.ipam.v1.ListPoolsResponse\x12M\n\x08ListPods\x12\x1f.plexus.ipam.v1.ListPodsRequest\x1a .plexus.ipam.v1.ListPodsResponse\x12\x62\n\x0fListIPAddresses\x12&.plexus.ipam.v1.ListIPAddressesRequest\x1a\'.plexus.ipam.v1.ListIPAddressesResponse\x12Y\n\x0cListNetworks\x12#.plexus.ipam.v1.ListNetworksRequest\x1a$.plexus.ipam.v1.ListNetworksResponse\x12\x41\n\x04Sync\x12\x1b.plexus.ipam.v1.SyncRequest\x1a\x1c.plexus.ipam.v1.SyncResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19plexus/ipam/v1/ipam.proto\x12\x0eplexus.ipam.v1\"8\n\x07PoolRef\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\xba\x01\n\x05Lease\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07network\x18\x03 \x01(\t\x12\x0e\n\x06holder\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x0c\n\x04pods\x18\x06 \x03(\t\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x13\n\x0borphaned_at\x18\x08 \x01(\x01\x12\x13\n\x0bttl_seconds\x18\t \x01(\x01\x12\x16\n\x0eoutside_ranges\x18\n \x01(\x08\"X\n\x0f\x41llocateRequest\x12%\n\x04pool\x18\x01 \x01(\x0b\x32\x17.plexus.ipam.v1.PoolRef\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"W\n\x0eReleaseRequest\x12%\n\x04pool\x18\x01 \x01(\x0b\x32\x17.plexus.ipam.v1.PoolRef\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"!\n\x11ListLeasesRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\";\n\x12ListLeasesResponse\x12%\n\x06leases\x18\x01 \x03(\x0b\x32\x15.plexus.ipam.v1.Lease\"\x85\x01\n\tPoolUsage\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x10\n\x08networks\x18\x02 \x03(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0c\n\x04used\x18\x04 \x01(\x03\x12\x13\n\x0bquarantined\x18\x05 \x01(\x03\x12\x0c\n\x04\x66ree\x18\x06 \x01(\x03\x12\x19\n\x11lease_ttl_seconds\x18\x07 \x01(\x01\"\x12\n\x10ListPoolsRequest\"=\n\x11ListPoolsResponse\x12(\n\x05pools\x18\x01 \x03(\x0b\x32\x19.plexus.ipam.v1.PoolUsage\"t\n\tPodStatus\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03uid\x18\x03 \x01(\t\x12\x1c\n\x14networks_status_json\x18\x04 \x01(\t\x12\x1b\n\x13network_status_json\x18\x05 \x01(\t\"2\n\x0fListPodsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\";\n\x10ListPodsResponse\x12\'\n\x04pods\x18\x01 \x03(\x0b\x32\x19.plexus.ipam.v1.PodStatus\"9\n\x07Problem\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\r\n\x0bSyncRequest\"9\n\x0cSyncResponse\x12)\n\x08problems\x18\x01 \x03(\x0b\x32\x17.plexus.ipam.v1.Problem\"\x8f\x01\n\x0fIPAddressStatus\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x14\n\x0cnetwork_kind\x18\x05 \x01(\t\x12\x14\n\x0cnetwork_name\x18\x06 \x01(\t\x12\x13\n\x0bstatus_json\x18\x07 \x01(\t\"\x18\n\x16ListIPAddressesRequest\"M\n\x17ListIPAddressesResponse\x12\x32\n\taddresses\x18\x01 \x03(\x0b\x32\x1f.plexus.ipam.v1.IPAddressStatus\"1\n\rNetworkStatus\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x13\n\x0bstatus_json\x18\x02 \x01(\t\"\x15\n\x13ListNetworksRequest\"G\n\x14ListNetworksResponse\x12/\n\x08networks\x18\x01 \x03(\x0b\x32\x1d.plexus.ipam.v1.NetworkStatus2\x8e\x05\n\x04Ipam\x12\x42\n\x08\x41llocate\x12\x1f.plexus.ipam.v1.AllocateRequest\x1a\x15.plexus.ipam.v1.Lease\x12J\n\x07Release\x12\x1e.plexus.ipam.v1.ReleaseRequest\x1a\x1f.plexus.ipam.v1.ReleaseResponse\x12S\n\nListLeases\x12!.plexus.ipam.v1.ListLeasesRequest\x1a\".plexus.ipam.v1.ListLeasesResponse\x12P\n\tListPools\x12 .plexus.ipam.v1.ListPoolsRequest\x1a!.plexus.ipam.v1.ListPoolsResponse\x12M\n\x08ListPods\x12\x1f.plexus.ipam.v1.ListPodsRequest\x1a .plexus.ipam.v1.ListPodsResponse\x12\x62\n\x0fListIPAddresses\x12&.plexus.ipam.v1.ListIPAddressesRequest\x1a\'.plexus.ipam.v1.ListIPAddressesResponse\x12Y\n\x0cListNetworks\x12#.plexus.ipam.v1.ListNetworksRequest\x1a$.plexus.ipam.v1.ListNetworksResponse\x12\x41\n\x04Sync\x12\x1b.plexus.ipam.v1.SyncRequest\x1a\x1c.plexus.ipam.v1.SyncResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,29 +52,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTPOOLSRESPONSE']._serialized_start=760
   _globals['_LISTPOOLSRESPONSE']._serialized_end=821
   _globals['_PODSTATUS']._serialized_start=823
-  _globals['_PODSTATUS']._serialized_end=910
-  _globals['_LISTPODSREQUEST']._serialized_start=912
-  _globals['_LISTPODSREQUEST']._serialized_end=962
-  _globals['_LISTPODSRESPONSE']._serialized_start=964
-  _globals['_LISTPODSRESPONSE']._serialized_end=1023
-  _globals['_PROBLEM']._serialized_start=1025
-  _globals['_PROBLEM']._serialized_end=1082
-  _globals['_SYNCREQUEST']._serialized_start=1084
-  _globals['_SYNCREQUEST']._serialized_end=1097
-  _globals['_SYNCRESPONSE']._serialized_start=1099
-  _globals['_SYNCRESPONSE']._serialized_end=1156
-  _globals['_IPADDRESSSTATUS']._serialized_start=1159
-  _globals['_IPADDRESSSTATUS']._serialized_end=1302
-  _globals['_LISTIPADDRESSESREQUEST']._serialized_start=1304
-  _globals['_LISTIPADDRESSESREQUEST']._serialized_end=1328
-  _globals['_LISTIPADDRESSESRESPONSE']._serialized_start=1330
-  _globals['_LISTIPADDRESSESRESPONSE']._serialized_end=1407
-  _globals['_NETWORKSTATUS']._serialized_start=1409
-  _globals['_NETWORKSTATUS']._serialized_end=1458
-  _globals['_LISTNETWORKSREQUEST']._serialized_start=1460
-  _globals['_LISTNETWORKSREQUEST']._serialized_end=1481
-  _globals['_LISTNETWORKSRESPONSE']._serialized_start=1483
-  _globals['_LISTNETWORKSRESPONSE']._serialized_end=1554
-  _globals['_IPAM']._serialized_start=1557
-  _globals['_IPAM']._serialized_end=2211
+  _globals['_PODSTATUS']._serialized_end=939
+  _globals['_LISTPODSREQUEST']._serialized_start=941
+  _globals['_LISTPODSREQUEST']._serialized_end=991
+  _globals['_LISTPODSRESPONSE']._serialized_start=993
+  _globals['_LISTPODSRESPONSE']._serialized_end=1052
+  _globals['_PROBLEM']._serialized_start=1054
+  _globals['_PROBLEM']._serialized_end=1111
+  _globals['_SYNCREQUEST']._serialized_start=1113
+  _globals['_SYNCREQUEST']._serialized_end=1126
+  _globals['_SYNCRESPONSE']._serialized_start=1128
+  _globals['_SYNCRESPONSE']._serialized_end=1185
+  _globals['_IPADDRESSSTATUS']._serialized_start=1188
+  _globals['_IPADDRESSSTATUS']._serialized_end=1331
+  _globals['_LISTIPADDRESSESREQUEST']._serialized_start=1333
+  _globals['_LISTIPADDRESSESREQUEST']._serialized_end=1357
+  _globals['_LISTIPADDRESSESRESPONSE']._serialized_start=1359
+  _globals['_LISTIPADDRESSESRESPONSE']._serialized_end=1436
+  _globals['_NETWORKSTATUS']._serialized_start=1438
+  _globals['_NETWORKSTATUS']._serialized_end=1487
+  _globals['_LISTNETWORKSREQUEST']._serialized_start=1489
+  _globals['_LISTNETWORKSREQUEST']._serialized_end=1510
+  _globals['_LISTNETWORKSRESPONSE']._serialized_start=1512
+  _globals['_LISTNETWORKSRESPONSE']._serialized_end=1583
+  _globals['_IPAM']._serialized_start=1586
+  _globals['_IPAM']._serialized_end=2240
 # @@protoc_insertion_point(module_scope)

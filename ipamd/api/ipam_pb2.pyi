@@ -107,16 +107,18 @@ class ListPoolsResponse(_message.Message):
     def __init__(self, pools: _Optional[_Iterable[_Union[PoolUsage, _Mapping]]] = ...) -> None: ...
 
 class PodStatus(_message.Message):
-    __slots__ = ("namespace", "name", "uid", "networks_status_json")
+    __slots__ = ("namespace", "name", "uid", "networks_status_json", "network_status_json")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     UID_FIELD_NUMBER: _ClassVar[int]
     NETWORKS_STATUS_JSON_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_STATUS_JSON_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     name: str
     uid: str
     networks_status_json: str
-    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., uid: _Optional[str] = ..., networks_status_json: _Optional[str] = ...) -> None: ...
+    network_status_json: str
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., uid: _Optional[str] = ..., networks_status_json: _Optional[str] = ..., network_status_json: _Optional[str] = ...) -> None: ...
 
 class ListPodsRequest(_message.Message):
     __slots__ = ("namespace", "name")

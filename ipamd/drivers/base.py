@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cni.types import Result
-from ipamd.model.annotations import NetworkSelection
+from ipamd.invoke.chain import Invocation
 from ipamd.store.records import BuiltInterface
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,19 @@ class InterfaceKey:
     container_id: str
     runtime_ifname: str  # CNI_IFNAME
     netns: str  # CNI_NETNS
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceRequest:
+    """What a driver plans one interface from, whichever annotation asked for it."""
+
+    if_name: str
+    mac: str = ""
+    skip_ip_assignment: bool = False  # the address is reserved and tracked, not configured (a VM's guest takes it)
+    tap_uid: int | None = None
+    tap_gid: int | None = None
+    delegate: Invocation | None = None  # for a delegated interface: the plugins to exec, exactly
+    default_route: tuple[str, ...] = ()  # gateways: this interface gets the pod's default route
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +55,12 @@ class Plan:
 @dataclass(frozen=True, slots=True)
 class Built:
     """What a build made: the pod interface's MAC, and this interface's share of the CNI result (its
-    interface indexes count from 0; the verbs renumber them into the whole result)."""
+    interface indexes count from 0; the verbs renumber them into the whole result). ``state`` replaces the
+    driver's state in the record when the build learnt something DEL needs (a delegate's result)."""
 
     mac: str
     result: Result
+    state: dict[str, Any] | None = None
 
 
 class PodSide(Protocol):
@@ -69,17 +84,19 @@ class BuildContext:
 
 @dataclass(frozen=True, slots=True)
 class LinksContext:
-    """Netlink on both sides, for tearing down and checking: the node's socket, and the pod's made on first
-    ask (on DEL, None when the pod's namespace is gone: its links went with it)."""
+    """Both sides, for tearing down and checking: the node's netlink socket, and the pod's made on first ask
+    (on DEL, None when the pod's namespace is gone: its links went with it), and the namespace's path
+    ("" when it is gone, as a runtime says it to a plugin)."""
 
     host: Any
     pod_netlink: Callable[[], Any | None]
+    netns: str = ""
 
 
 class InterfaceDriver(Protocol):
     kind: str
 
-    def plan(self, key: InterfaceKey, sel: NetworkSelection) -> Plan: ...
+    def plan(self, key: InterfaceKey, request: InterfaceRequest) -> Plan: ...
 
     def build(self, ctx: BuildContext, iface: BuiltInterface, undo: contextlib.ExitStack) -> Built:
         """Make the interface; after each side effect, register its undo on ``undo``."""
@@ -91,6 +108,11 @@ class InterfaceDriver(Protocol):
 
     def check(self, ctx: LinksContext, iface: BuiltInterface) -> list[str]:
         """What differs from the record, in words ("net1 is down"); empty when nothing does."""
+        ...
+
+    def collect(self, kept: list[BuiltInterface]) -> None:
+        """GC (CNI 1.1): ``kept`` are this driver's interfaces still valid; what it delegated to may let go of
+        the rest. The driver's own interfaces of attachments that are not kept were already torn down."""
         ...
 
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 import contextlib
 
 from ipamd.drivers import kernel
-from ipamd.drivers.base import BuildContext, Built, InterfaceKey, LinksContext, Plan, quietly
-from ipamd.model.annotations import NetworkSelection
+from ipamd.drivers.base import BuildContext, Built, InterfaceKey, InterfaceRequest, LinksContext, Plan, quietly
 from ipamd.netlink import links
 from ipamd.store.records import BuiltInterface
 
@@ -18,8 +17,8 @@ from ipamd.store.records import BuiltInterface
 class MacvlanDriver:
     kind = "macvlan"
 
-    def plan(self, key: InterfaceKey, sel: NetworkSelection) -> Plan:
-        return Plan("", not sel.skip_ip_assignment, sel.mac)
+    def plan(self, key: InterfaceKey, request: InterfaceRequest) -> Plan:
+        return Plan("", not request.skip_ip_assignment, request.mac)
 
     def build(self, ctx: BuildContext, iface: BuiltInterface, undo: contextlib.ExitStack) -> Built:
         pod = ctx.pod.netlink()
@@ -35,3 +34,6 @@ class MacvlanDriver:
 
     def check(self, ctx: LinksContext, iface: BuiltInterface) -> list[str]:
         return kernel.check(ctx.host, ctx.pod_netlink(), iface)
+
+    def collect(self, kept: list[BuiltInterface]) -> None:
+        pass  # nothing outside the kernel to tell

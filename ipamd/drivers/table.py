@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ipamd.drivers.base import InterfaceDriver
+from ipamd.drivers.delegate import DelegateDriver
 from ipamd.drivers.macvlan import MacvlanDriver
 from ipamd.drivers.tap import TapDriver
 from ipamd.drivers.veth import VethDriver
+from ipamd.invoke.chain import Chain
 
 DriverTable = Mapping[str, InterfaceDriver]
 
@@ -15,3 +17,8 @@ DriverTable = Mapping[str, InterfaceDriver]
 def kernel_drivers() -> dict[str, InterfaceDriver]:
     """The interfaces Plexus builds itself."""
     return {d.kind: d for d in (VethDriver(), TapDriver(), MacvlanDriver())}
+
+
+def all_drivers(chain: Chain) -> dict[str, InterfaceDriver]:
+    """Those, and the interfaces other CNI plugins build (through ``chain``)."""
+    return {**kernel_drivers(), DelegateDriver.kind: DelegateDriver(chain)}

@@ -12,8 +12,7 @@ import contextlib
 from typing import Any
 
 from ipamd.drivers import kernel
-from ipamd.drivers.base import BuildContext, Built, InterfaceKey, LinksContext, Plan, quietly
-from ipamd.model.annotations import NetworkSelection
+from ipamd.drivers.base import BuildContext, Built, InterfaceKey, InterfaceRequest, LinksContext, Plan, quietly
 from ipamd.model.names import TapNames, host_link_name
 from ipamd.netlink import links
 from ipamd.store.records import BuiltInterface
@@ -35,11 +34,11 @@ def _remove_pod_side(pod: Any, iface: BuiltInterface) -> None:
 class TapDriver:
     kind = "tap"
 
-    def plan(self, key: InterfaceKey, sel: NetworkSelection) -> Plan:
-        host_link = host_link_name(key.container_id, key.runtime_ifname, sel.if_name)
+    def plan(self, key: InterfaceKey, request: InterfaceRequest) -> Plan:
+        host_link = host_link_name(key.container_id, key.runtime_ifname, request.if_name)
         names = TapNames.of(host_link)
-        return Plan(host_link, False, sel.mac, {"innerBridge": names.inner_bridge, "innerVeth": names.inner_veth,
-                                                "temporary": names.temporary, "uid": sel.tap_uid, "gid": sel.tap_gid})
+        return Plan(host_link, False, request.mac, {"innerBridge": names.inner_bridge, "innerVeth": names.inner_veth,
+                                                "temporary": names.temporary, "uid": request.tap_uid, "gid": request.tap_gid})
 
     def build(self, ctx: BuildContext, iface: BuiltInterface, undo: contextlib.ExitStack) -> Built:
         pod = ctx.pod.netlink()
@@ -61,3 +60,6 @@ class TapDriver:
 
     def check(self, ctx: LinksContext, iface: BuiltInterface) -> list[str]:
         return kernel.check(ctx.host, ctx.pod_netlink(), iface)
+
+    def collect(self, kept: list[BuiltInterface]) -> None:
+        pass  # nothing outside the kernel to tell

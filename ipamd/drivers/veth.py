@@ -6,8 +6,7 @@ import contextlib
 
 from cni.types import Interface
 from ipamd.drivers import kernel
-from ipamd.drivers.base import BuildContext, Built, InterfaceKey, LinksContext, Plan, quietly
-from ipamd.model.annotations import NetworkSelection
+from ipamd.drivers.base import BuildContext, Built, InterfaceKey, InterfaceRequest, LinksContext, Plan, quietly
 from ipamd.model.names import host_link_name
 from ipamd.netlink import links
 from ipamd.store.records import BuiltInterface
@@ -16,9 +15,9 @@ from ipamd.store.records import BuiltInterface
 class VethDriver:
     kind = "veth"
 
-    def plan(self, key: InterfaceKey, sel: NetworkSelection) -> Plan:
-        return Plan(host_link_name(key.container_id, key.runtime_ifname, sel.if_name), not sel.skip_ip_assignment,
-                    sel.mac)
+    def plan(self, key: InterfaceKey, request: InterfaceRequest) -> Plan:
+        return Plan(host_link_name(key.container_id, key.runtime_ifname, request.if_name), not request.skip_ip_assignment,
+                    request.mac)
 
     def build(self, ctx: BuildContext, iface: BuiltInterface, undo: contextlib.ExitStack) -> Built:
         bridge = ctx.bridge_index()
@@ -32,3 +31,6 @@ class VethDriver:
 
     def check(self, ctx: LinksContext, iface: BuiltInterface) -> list[str]:
         return kernel.check(ctx.host, ctx.pod_netlink(), iface)
+
+    def collect(self, kept: list[BuiltInterface]) -> None:
+        pass  # nothing outside the kernel to tell

@@ -47,6 +47,11 @@ class PluginExec(Protocol):
         ...
 
 
+class PluginFailed(IOFailure):
+    """The plugin did not answer as a plugin must (it crashed, hung, printed garbage or too much); what it
+    wrote is in ``details`` and ``note``, for an operator, not for a CNI answer."""
+
+
 def check_plugin_type(plugin: str, field: str = "type") -> str:
     """A plugin type is a file name in the plugin directories, never a path (``/``, ``..``)."""
     if not plugin or "/" in plugin or plugin in (".", "..") or "\0" in plugin:
@@ -96,7 +101,7 @@ class Exec:
         except ValueError:
             parsed = None
         if not isinstance(parsed, dict):
-            raise IOFailure(f"{plugin} {verb} printed something that is not JSON", text[:500])
+            raise PluginFailed(f"{plugin} {verb} printed something that is not JSON", text[:500], note=stderr[-500:])
         return PluginRun(parsed, stderr, seconds)
 
     def _communicate(self, binary: str, env: dict[str, str], stdin: bytes, timeout: float,
@@ -141,7 +146,8 @@ class Exec:
                 _kill_group(proc)
             proc.stdout.close()
             proc.stderr.close()
-        raise IOFailure(problem, bytes(out[fd_err])[-500:].decode(errors="replace"))
+        tail = bytes(out[fd_err])[-500:].decode(errors="replace")
+        raise PluginFailed(problem, tail, note=tail)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -154,11 +160,14 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _failure(plugin: str, verb: str, rc: int, text: str, stderr: str) -> CniError:
-    """A failed exec as the CNI error it printed, or as an I/O failure when it printed none."""
+    """A failed exec as the CNI error it printed, or as an I/O failure when it printed none; what it wrote
+    on stderr goes with it as a note (for the log and the events, not for the CNI answer)."""
     try:
         err = json.loads(text) if text else None
     except ValueError:
         err = None
     if isinstance(err, dict) and "code" in err:
-        return CniError.from_dict(err)
-    return IOFailure(f"{plugin} {verb} failed (exit {rc})", (text or stderr)[:500])
+        found = CniError.from_dict(err)
+        found.note = stderr[-500:]
+        return found
+    return PluginFailed(f"{plugin} {verb} failed (exit {rc})", (text or stderr)[:500], note=stderr[-500:])

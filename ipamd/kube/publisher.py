@@ -29,9 +29,10 @@ from kubernetes.client.exceptions import ApiException
 
 from ipamd.kube.resources import CustomObjects
 from ipamd.model.conditions import condition
+from ipamd.model.npwg import NETWORK_STATUS_ANNOTATION
 from ipamd.model.objects import API_VERSION, GROUP, IP_ADDRESS, IP_ADDRESS_KINDS, POD, STATUS_ANNOTATION, Pod
 from ipamd.model.timefmt import rfc3339
-from ipamd.store.records import IPRecord
+from ipamd.store.records import IPRecord, PodStatus
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,12 @@ class KubePublisher:
     def pending_events(self) -> int:
         return self._events.qsize()
 
-    def _patch_status_annotation(self, namespace: str, name: str, uid: str, value: str | None) -> None:
-        body = {"metadata": {"uid": uid, "annotations": {STATUS_ANNOTATION: value}}}
+    def _patch_status_annotations(self, namespace: str, name: str, uid: str, status: PodStatus | None) -> None:
+        """Both status annotations in one merge patch (removed with the pod's last attachment), with the pod's
+        UID as a precondition: a status never lands on a recreated pod of the same name."""
+        body = {"metadata": {"uid": uid, "annotations": {
+            STATUS_ANNOTATION: json.dumps(list(status.networks_status)) if status else None,
+            NETWORK_STATUS_ANNOTATION: json.dumps(list(status.network_status)) if status else None}}}
         try:
             self.core.patch_namespaced_pod(name, namespace, body)
         except ApiException as exc:
@@ -109,24 +114,22 @@ class KubePublisher:
             if exc.status != 404:
                 log.warning("IPAddress %s status: %s", rec.key, exc.reason)
 
-    def attached(self, pod: Pod, networks_status: list[dict[str, Any]], created: Iterable[IPRecord],
-                 used: Iterable[IPRecord]) -> None:
-        annotation = self._writers.submit(self._patch_status_annotation, pod.meta.namespace, pod.meta.name,
-                                          pod.meta.uid, json.dumps(networks_status))
+    def attached(self, pod: Pod, status: PodStatus, created: Iterable[IPRecord], used: Iterable[IPRecord]) -> None:
+        annotation = self._writers.submit(self._patch_status_annotations, pod.meta.namespace, pod.meta.name,
+                                          pod.meta.uid, status)
         for rec in created:
             self._create_auto_ip(rec, pod)
         for rec in used:
             self.ip_status(rec)
         annotation.result()
-        for entry in networks_status:
-            addresses = ", ".join(a["address"] for a in entry["ipAddressConfigs"]) or "no address"
+        for entry in status.network_status:
+            addresses = ", ".join(entry.get("ips") or []) or "no address"
             self._event(pod.meta.namespace, pod.meta.name, pod.meta.uid, "InterfaceAttached",
-                        f"{entry['ifName']} on {entry['type']} {entry['name']}: {addresses}")
+                        f"{entry['interface']} on {entry['name']}: {addresses}")
 
-    def detached(self, namespace: str, name: str, uid: str, networks_status: list[dict[str, Any]] | None,
+    def detached(self, namespace: str, name: str, uid: str, status: PodStatus | None,
                  used: Iterable[IPRecord]) -> None:
-        annotation = self._writers.submit(self._patch_status_annotation, namespace, name, uid,
-                                          json.dumps(networks_status) if networks_status else None)
+        annotation = self._writers.submit(self._patch_status_annotations, namespace, name, uid, status)
         for rec in used:
             self.ip_status(rec)
         annotation.result()

@@ -263,6 +263,37 @@ def configure_addresses(pod: IPRoute, idx: int, if_name: str, addresses: Iterabl
                 raise _fail(f"adding route {dst} via {via} on {if_name}", exc) from None
 
 
+def set_default_route(pod: IPRoute, if_name: str, gateways: Iterable[str]) -> list[tuple[str, str]]:
+    """Make ``if_name`` carry the pod's default route(s) through ``gateways``: every other default route of
+    the same family goes (NPWG ``default-route``: the cluster network's is replaced). Returns the routes
+    added, as (destination, gateway), for the undo."""
+    idx = _index(pod, if_name)
+    if idx is None:
+        raise InterfaceFailure(f"interface {if_name} is not in the pod, so it cannot take the default route", if_name)
+    added: list[tuple[str, str]] = []
+    try:
+        for gw in gateways:
+            family = 6 if ":" in gw else 4
+            dst = "::/0" if family == 6 else "0.0.0.0/0"
+            for route in pod.get_routes(family=10 if family == 6 else 2, dst_len=0, table=254):
+                if route.get_attr("RTA_DST") is None:
+                    pod.route("del", dst=dst, oif=route.get_attr("RTA_OIF"), gateway=route.get_attr("RTA_GATEWAY"))
+            pod.route("add", dst=dst, gateway=gw, oif=idx)
+            added.append((dst, gw))
+    except NetlinkError as exc:
+        raise _fail(f"setting the default route via {', '.join(gateways)} on {if_name}", exc) from None
+    return added
+
+
+def delete_routes(pod: IPRoute, routes: Iterable[tuple[str, str]]) -> None:
+    for dst, gw in routes:
+        try:
+            pod.route("del", dst=dst, gateway=gw)
+        except NetlinkError as exc:
+            if exc.code not in GONE + (errno.ESRCH,):
+                raise
+
+
 def delete_link(ipr: IPRoute, name: str) -> bool:
     """Remove a link by name (the kernel resolves it: one round trip); False when already gone."""
     try:

@@ -120,26 +120,33 @@ def netlink_at(path: str | None) -> Iterator[IPRoute]:
 
 class PodNamespace:
     """A pod's network namespace for the length of one CNI call: its fd is opened at once (a missing
-    namespace is ``NetnsGone`` before anything else happens), its netlink socket only when a driver
-    first asks (a delegated plugin works on the path and needs none)."""
+    namespace is ``NetnsGone`` before anything else happens), a netlink socket in it only when a driver
+    first asks (a delegated plugin works on the path and needs none), one per thread that asks (pyroute2
+    wants a socket used by the thread that made it), all closed with the namespace."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.fd = open_netns(path)
-        self._ipr: IPRoute | None = None
+        self._local = threading.local()
+        self._opened: list[IPRoute] = []
+        self._lock = threading.Lock()
         if os.fstat(self.fd).st_dev != _NSFS_DEV:  # every namespace file lives on nsfs
             os.close(self.fd)
             raise UnknownContainer("CNI_NETNS is not a network namespace", path)
 
     def netlink(self) -> IPRoute:
-        if self._ipr is None:
-            self._ipr = _netlink_in(self.fd)
-        return self._ipr
+        ipr: IPRoute | None = getattr(self._local, "ipr", None)
+        if ipr is None:
+            ipr = self._local.ipr = _netlink_in(self.fd)
+            with self._lock:
+                self._opened.append(ipr)
+        return ipr
 
     def close(self) -> None:
-        if self._ipr is not None:
-            self._ipr.close()
-            self._ipr = None
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for ipr in opened:
+            ipr.close()
         os.close(self.fd)
 
 

@@ -15,7 +15,9 @@ from typing import Any
 
 from cni.errors import InternalError
 from ipamd.config import DaemonConfig
-from ipamd.drivers.table import kernel_drivers
+from ipamd.drivers.table import all_drivers
+from ipamd.invoke.chain import Chain
+from ipamd.invoke.exec import Exec
 from ipamd.ipam.addresses import Ipam
 from ipamd.ipam.registry import LeaseRegistry, NodeLocalRegistry
 from ipamd.netlink.netns import HostNetlink, pod_namespace
@@ -86,7 +88,7 @@ class NodeDaemon:
         self._ready = threading.Event()
         fault = _fault_hook(cfg.fault, float(os.environ.get("PLEXUS_FAULT_RATE") or 0),
                             os.environ.get("PLEXUS_FAULT_SEED", "plexus"))
-        self.attacher = Attacher(self.store, self.source, self.ipam, self.segments, kernel_drivers(), host,
+        self.attacher = Attacher(self.store, self.source, self.ipam, self.segments, all_drivers(Chain(Exec())), host,
                                  pod_namespace, publisher, self._ready.is_set, fault)
         self.reconciler = Reconciler(self.store, self.source, self.ipam, self.attacher, self.segments, publisher,
                                      cfg.reconcile_interval, cluster=bool(cfg.kubeconfig))

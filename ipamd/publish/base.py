@@ -1,24 +1,23 @@
 """Where statuses go besides the store: nowhere in local mode, the Kubernetes API in cluster mode.
 
 The store always holds every status (plexusctl reads it there); a publisher mirrors what users
-expect to see on their objects: ``networks-status`` on the pod, the Auto IPAddress objects Plexus
+expect to see on their objects: ``networks-status`` and ``network-status`` on the pod, the Auto IPAddress objects Plexus
 makes (owned by the pod), IPAddress statuses and Events.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Protocol
 
 from ipamd.model.objects import Pod
-from ipamd.store.records import IPRecord
+from ipamd.store.records import IPRecord, PodStatus
 
 
 class Publisher(Protocol):
-    def attached(self, pod: Pod, networks_status: list[dict[str, Any]], created: Iterable[IPRecord],
-                 used: Iterable[IPRecord]) -> None: ...
+    def attached(self, pod: Pod, status: PodStatus, created: Iterable[IPRecord], used: Iterable[IPRecord]) -> None: ...
 
-    def detached(self, namespace: str, name: str, uid: str, networks_status: list[dict[str, Any]] | None,
+    def detached(self, namespace: str, name: str, uid: str, status: PodStatus | None,
                  used: Iterable[IPRecord]) -> None: ...
 
     def failed(self, pod: Pod, message: str) -> None: ...
@@ -33,11 +32,10 @@ class Publisher(Protocol):
 class LocalPublisher:
     """Local mode: the store is the only place statuses live."""
 
-    def attached(self, pod: Pod, networks_status: list[dict[str, Any]], created: Iterable[IPRecord],
-                 used: Iterable[IPRecord]) -> None:
+    def attached(self, pod: Pod, status: PodStatus, created: Iterable[IPRecord], used: Iterable[IPRecord]) -> None:
         pass
 
-    def detached(self, namespace: str, name: str, uid: str, networks_status: list[dict[str, Any]] | None,
+    def detached(self, namespace: str, name: str, uid: str, status: PodStatus | None,
                  used: Iterable[IPRecord]) -> None:
         pass
 

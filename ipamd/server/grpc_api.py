@@ -107,7 +107,8 @@ class IpamService(pb_grpc.IpamServicer):
     @_mapped
     def ListPods(self, request: pb.ListPodsRequest, context: grpc.ServicerContext) -> pb.ListPodsResponse:  # noqa: N802
         pods = [
-            pb.PodStatus(namespace=s.namespace, name=s.name, uid=s.uid, networks_status_json=json.dumps(list(s.networks_status)))
+            pb.PodStatus(namespace=s.namespace, name=s.name, uid=s.uid, networks_status_json=json.dumps(list(s.networks_status)),
+                         network_status_json=json.dumps(list(s.network_status)))
             for s in self.store.pod_statuses()
             if (not request.namespace or s.namespace == request.namespace) and (not request.name or s.name == request.name)
         ]

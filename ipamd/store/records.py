@@ -70,6 +70,8 @@ class BuiltInterface:
     configure_ips: bool = True
     addresses: tuple[dict[str, Any], ...] = ()  # the networks-status ipAddressConfigs of this interface
     driver: dict[str, Any] = field(default_factory=dict)  # the driver's own state (its derived names, ...)
+    result: dict[str, Any] = field(default_factory=dict)  # its share of the CNI result (1.1.0), for the statuses
+    default: bool = False  # the pod's cluster network (network-status "default": true)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,19 +87,24 @@ class AttachmentRecord:
     state: str  # adding | ready | deleting
     interfaces: tuple[BuiltInterface, ...] = ()
     result: dict[str, Any] = field(default_factory=dict)
-    networks_status: tuple[dict[str, Any], ...] = ()
+    networks_status: tuple[dict[str, Any], ...] = ()  # this attachment's entries of the pod's networks-status
     updated_at: float = 0.0
     network: str = ""  # the CNI network configuration's name (GC judges only its own)
     pod_known: bool = True  # False: the pod came only from the runtime's annotations, not the source
+    network_status: tuple[dict[str, Any], ...] = ()  # and of its NPWG network-status
 
 
 @dataclass(frozen=True, slots=True)
 class PodStatus:
+    """What a pod's status annotations say: ``networks-status`` (Deckhouse) and ``network-status`` (NPWG),
+    two renderings of its attachment records."""
+
     uid: str
     namespace: str
     name: str
     networks_status: tuple[dict[str, Any], ...] = ()
     updated_at: float = 0.0
+    network_status: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,11 +157,12 @@ def load_attachment(data: str) -> AttachmentRecord:
         BuiltInterface(**_tuples(i, "ip_keys", "created_ip_keys", "addresses")) for i in d.get("interfaces", ())
     )
     d["networks_status"] = tuple(d.get("networks_status", ()))
+    d["network_status"] = tuple(d.get("network_status", ()))
     return AttachmentRecord(**d)
 
 
 def load_pod_status(data: str) -> PodStatus:
-    return PodStatus(**_tuples(json.loads(data), "networks_status"))
+    return PodStatus(**_tuples(json.loads(data), "networks_status", "network_status"))
 
 
 def load_segment(data: str) -> SegmentRecord:

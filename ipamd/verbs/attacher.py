@@ -12,42 +12,40 @@ runtime keys them: (container ID, CNI_IFNAME). The interfaces themselves are the
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Protocol
 
 from cni.errors import (
-    AnnotationInvalid,
     CniError,
     InterfaceFailure,
     InvalidConfig,
     InvalidEnvironment,
     PluginNotAvailable,
     PoolExhausted,
+    TryAgainLater,
     UnknownContainer,
 )
 from cni.types import Result
 from ipamd.drivers.base import BuildContext, Built, InterfaceKey, LinksContext, PodSide, quietly
 from ipamd.drivers.table import DriverTable
 from ipamd.ipam.addresses import Claim, Ipam, ResolvedNetwork
-from ipamd.model.annotations import (
-    AddressConfig,
-    InterfaceStatus,
-    NetworkSelection,
-    build_networks_status,
-    check_ifname,
-    parse_networks_spec,
-)
-from ipamd.model.objects import SPEC_ANNOTATION, IPAddressObject, Pod
+from ipamd.model.annotations import AddressConfig
+from ipamd.model.objects import Pod
+from ipamd.model.pluginconf import PluginConfig, parse_plugin_config
 from ipamd.model.segments import SEGMENT_KINDS
 from ipamd.model.timefmt import rfc3339
 from ipamd.publish.base import Publisher
+from ipamd.publish.render import network_status, networks_status
 from ipamd.sources.base import ObjectSource
 from ipamd.store.protocols import VerbStore
 from ipamd.store.records import AttachmentRecord, BuiltInterface, PodStatus, SegmentRecord
 from ipamd.verbs.call import CniCall, KeyedLocks
+from ipamd.verbs.networks import Networks, Wanted, parallel, readiness_file_present
 from ipamd.verbs.pods import find_pod
 
 VALID_ATTACHMENTS = "cni.dev/valid-attachments"
@@ -68,15 +66,6 @@ class SegmentService(Protocol):
     def lost(self, bridge: str) -> bool: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Wanted:
-    """One interface ADD is to make, checked: its selection, its network, the IPAddresses named for it."""
-
-    sel: NetworkSelection
-    net: ResolvedNetwork
-    user_ips: list[IPAddressObject]
-
-
 class _PodOnDemand:
     """The pod's namespace for a teardown, opened on first need; None once it is gone (its links with it)."""
 
@@ -94,12 +83,17 @@ class _PodOnDemand:
                 self._gone = True
         return None if self._pod is None else self._pod.netlink()
 
+    def path(self) -> str:
+        """The namespace's path as a plugin is to be told it: "" once it is gone."""
+        return self._path if self._path and os.path.exists(self._path) else ""
+
 
 class Attacher:
     def __init__(self, store: VerbStore, source: ObjectSource, ipam: Ipam, segments: SegmentService,
                  drivers: DriverTable, host_netlink: Callable[[], Any],
                  open_pod: Callable[[str], AbstractContextManager[PodSide]], publisher: Publisher,
-                 ready: Callable[[], bool], fault: Callable[[str], None] = lambda step: None) -> None:
+                 ready: Callable[[], bool], fault: Callable[[str], None] = lambda step: None,
+                 networks: Networks | None = None) -> None:
         self.store = store
         self.source = source
         self.ipam = ipam
@@ -110,7 +104,10 @@ class Attacher:
         self.publisher = publisher
         self.ready = ready
         self.fault = fault  # test hook: may kill the process (or fail) at a named step
+        self.networks = networks or Networks(source, ipam)
         self.locks = KeyedLocks()
+        # a pod's delegates built at once: a pool kept across calls, so its threads keep their sockets
+        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="delegate")
 
     def handle(self, call: CniCall) -> dict[str, Any]:
         verbs: dict[str, Callable[[CniCall], dict[str, Any]]] = {
@@ -124,6 +121,7 @@ class Attacher:
     # -- ADD ------------------------------------------------------------------------------------
     def add(self, call: CniCall) -> dict[str, Any]:
         prev = Result.from_dict(call.config["prevResult"]) if call.config.get("prevResult") else None
+        conf = parse_plugin_config(call.config)
         with self.locks.hold(call.key):
             existing = self.store.get_attachment(*call.key)
             if existing is not None and existing.state == "ready":
@@ -132,60 +130,57 @@ class Attacher:
                 self._teardown(existing)
             pod = find_pod(self.source, call)
             try:
-                wanted = self._wanted(call, pod, prev)
-                result = self._add(call, pod, wanted)
+                self._wait_for_cluster_network(conf)
+                wanted = self.networks.wanted(call, pod, prev, conf)
+                result = self._add(call, pod, wanted, prev)
             except CniError as err:
-                self.publisher.failed(pod, str(err))
+                self.publisher.failed(pod, f"{err} ({err.note})" if err.note else str(err))
                 raise
         return result.merged_after(prev).to_dict(call.version)
 
-    def _wanted(self, call: CniCall, pod: Pod, prev: Result | None) -> list[Wanted]:
-        """Every check that needs no change, for all interfaces, before anything is leased or built."""
-        selections = parse_networks_spec(pod.annotations.get(SPEC_ANNOTATION))
-        taken = {i.name for i in prev.interfaces if i.sandbox} if prev else set()
-        taken.add(call.ifname)
-        for i, sel in enumerate(selections):
-            if sel.if_name in taken:
-                raise AnnotationInvalid(f"networks-spec[{i}].ifName {sel.if_name!r} is already used in the pod",
-                                        f"networks-spec[{i}].ifName")
-        check_ifname(call.ifname, "CNI_IFNAME")
-        wanted = []
-        for i, sel in enumerate(selections):
-            net = self.ipam.resolve(sel, pod.meta.namespace, f"networks-spec[{i}]")
-            wanted.append(Wanted(sel, net, []))
-        return [replace(w, user_ips=self.ipam.validate(pod, w.sel, w.net, f"networks-spec[{i}]"))
-                for i, w in enumerate(wanted)]
+    def _wait_for_cluster_network(self, conf: PluginConfig) -> None:
+        """The readiness indicator file (Multus's ``readinessindicatorfile``): the cluster network is up."""
+        deadline = time.monotonic() + conf.readiness_timeout_s
+        while not readiness_file_present(conf.readiness_indicator_file):
+            if time.monotonic() >= deadline:
+                raise TryAgainLater(f"the cluster network is not ready: {conf.readiness_indicator_file} does not "
+                                    "exist", "readinessindicatorfile")
+            time.sleep(0.1)
 
-    def _add(self, call: CniCall, pod: Pod, wanted: list[Wanted]) -> Result:
+    def _add(self, call: CniCall, pod: Pod, wanted: list[Wanted], prev: Result | None) -> Result:
         record = AttachmentRecord(call.container_id, call.ifname, pod.meta.uid, pod.meta.namespace, pod.meta.name,
                                   call.netns, "adding", updated_at=time.time(), network=call.network_name,
                                   pod_known=pod.meta.source != "runtime")
         key = InterfaceKey(call.container_id, call.ifname, call.netns)
+        at_once = parallel(pod)
         with self.open_pod(call.netns) as pod_side, contextlib.ExitStack() as undo:
             with self.store.transaction():
                 self.store.put_attachment(record)
             undo.callback(quietly, "attachment record", self._forget_record, call.key)
             self.fault("add:recorded")
-            built: list[tuple[BuiltInterface, Built]] = []
+            built: list[tuple[Wanted, BuiltInterface, Built | None]] = []
             for w in wanted:
                 record, iface, claims = self._lease(record, key, pod, w)
                 undo.callback(quietly, "leases", self.ipam.undo_claims, claims, pod)
                 self.fault("add:leased")
-                done = self._build(pod_side, w.net, iface, undo)
-                built.append((replace(iface, mac=done.mac), done))
-                self.fault("add:built")
-            result = _merged(b.result for _, b in built)
-            self._attached(call, pod, record, [iface for iface, _ in built], result)
+                built.append((w, iface, None if at_once else self._build(pod_side, w, iface, undo)))
+            if at_once:
+                built = self._build_at_once(pod_side, built, undo)
+            interfaces = [replace(iface, mac=done.mac, driver=done.state or iface.driver, result=done.result.to_dict())
+                          for _, iface, done in built if done is not None]
+            result = _merged(done.result for _, _, done in built if done is not None)
+            self._attached(call, pod, record, interfaces, result, prev)
             undo.pop_all()
         return result
 
     def _lease(self, record: AttachmentRecord, key: InterfaceKey, pod: Pod,
                w: Wanted) -> tuple[AttachmentRecord, BuiltInterface, list[Claim]]:
-        """Lease the interface's addresses and record the interface, in one transaction."""
+        """Lease the interface's addresses and record the interface, in one transaction: what a driver will
+        build (a delegate's exact configuration) is in the store before it is built."""
         try:
             with self.store.transaction():
-                claims = self.ipam.claim(pod, w.sel, w.net, w.user_ips)
-                iface = self._planned(key, w.sel, w.net, claims)
+                claims = self.ipam.claim(pod, w.sel, w.net, w.user_ips) if w.sel and w.net else []
+                iface = self._planned(key, w, claims)
                 record = replace(record, interfaces=record.interfaces + (iface,))
                 self.store.put_attachment(record)
         except PoolExhausted as exc:
@@ -193,47 +188,72 @@ class Attacher:
             raise
         return record, iface, claims
 
-    def _planned(self, key: InterfaceKey, sel: NetworkSelection, net: ResolvedNetwork,
-                 claims: list[Claim]) -> BuiltInterface:
-        driver = self.drivers[sel.interface_type]
-        plan = driver.plan(key, sel)
-        seg = self.segments.plan(net).record
+    def _planned(self, key: InterfaceKey, w: Wanted, claims: list[Claim]) -> BuiltInterface:
+        driver = self.drivers[w.kind]
+        plan = driver.plan(key, w.request)
+        seg = self.segments.plan(w.net).record if w.net is not None else None
         return BuiltInterface(
-            if_name=sel.if_name, kind=driver.kind, network_key=net.key, network_type=net.type, network_name=net.name,
-            host_link=plan.host_link, bridge=seg.bridge, mac=plan.mac, vlan_id=SEGMENT_KINDS[seg.kind].vlan_id(seg.id),
+            if_name=w.request.if_name, kind=driver.kind, network_key=w.target.key, network_type=w.target.type,
+            network_name=w.target.name, host_link=plan.host_link, bridge=seg.bridge if seg else "", mac=plan.mac,
+            vlan_id=SEGMENT_KINDS[seg.kind].vlan_id(seg.id) if seg else 0,
             ip_keys=tuple(c.ip_key for c in claims), created_ip_keys=tuple(c.ip_key for c in claims if c.created_ip),
             configure_ips=plan.configure_ips,
             addresses=tuple(AddressConfig(c.ip_name, c.address, c.network, c.routes).to_dict() for c in claims),
-            driver=plan.state or {},
+            driver=plan.state or {}, default=w.target.default,
         )
 
-    def _build(self, pod_side: PodSide, net: ResolvedNetwork, iface: BuiltInterface,
-               undo: contextlib.ExitStack) -> Built:
+    def _build(self, pod_side: PodSide, w: Wanted, iface: BuiltInterface, undo: contextlib.ExitStack) -> Built:
         driver = self.drivers[iface.kind]
-        ctx = BuildContext(self.host_netlink(), pod_side, lambda: self.segments.bridge_index(net, iface.bridge))
+        net = w.net
+        ctx = BuildContext(self.host_netlink(), pod_side,
+                           (lambda: self.segments.bridge_index(net, iface.bridge)) if net is not None else _no_bridge)
         try:
-            return driver.build(ctx, iface, undo)
+            done = driver.build(ctx, iface, undo)
         except InterfaceFailure:
             if not iface.bridge or not self.segments.lost(iface.bridge):
                 raise
-            return driver.build(ctx, iface, undo)  # the bridge was removed behind our back: it is made again
+            done = driver.build(ctx, iface, undo)  # the bridge was removed behind our back: it is made again
+        self.fault("add:built")
+        return done
+
+    def _build_at_once(self, pod_side: PodSide, planned: list[tuple[Wanted, BuiltInterface, Built | None]],
+                       undo: contextlib.ExitStack) -> list[tuple[Wanted, BuiltInterface, Built | None]]:
+        """Build every interface at the same time (a pod's ``parallel`` delegation); each one's undo steps go
+        on ``undo`` in order, whatever finished first, so a failure unwinds them all as a serial ADD would."""
+        stacks = [contextlib.ExitStack() for _ in planned]
+        futures = [self.pool.submit(self._build, pod_side, w, iface, stack)
+                   for (w, iface, _), stack in zip(planned, stacks, strict=True)]
+        wait(futures)
+        for stack in stacks:
+            undo.push(stack)
+        return [(w, iface, future.result()) for (w, iface, _), future in zip(planned, futures, strict=True)]
 
     def _attached(self, call: CniCall, pod: Pod, record: AttachmentRecord, interfaces: list[BuiltInterface],
-                  result: Result) -> None:
-        """Mark the attachment ready, write the pod's status, and tell the publisher."""
-        mine = build_networks_status(_statuses(interfaces, rfc3339()))
+                  result: Result, prev: Result | None) -> None:
+        """Mark the attachment ready, write the pod's statuses, and tell the publisher."""
+        cluster = (call.network_name, prev.to_dict()) if prev is not None else None
+        deckhouse, npwg = networks_status(interfaces, rfc3339()), network_status(interfaces, cluster)
         with self.store.transaction():
-            others = [e for a in self.store.attachments_of_pod(pod.meta.uid)
-                      if (a.container_id, a.ifname) != call.key and a.state == "ready" for e in a.networks_status]
             record = replace(record, state="ready", result=result.to_dict(), updated_at=time.time(),
-                             interfaces=tuple(interfaces), networks_status=tuple(mine))
+                             interfaces=tuple(interfaces), networks_status=tuple(deckhouse), network_status=tuple(npwg))
             self.store.put_attachment(record)
-            self.store.put_pod_status(PodStatus(pod.meta.uid, pod.meta.namespace, pod.meta.name,
-                                                tuple(others + mine), time.time()))
+            status = self._pod_status(record.pod_uid, pod.meta.namespace, pod.meta.name)
         used = [k for i in interfaces for k in i.ip_keys]
         self.ipam.set_attached(used, True)
         created = [k for i in interfaces for k in i.created_ip_keys]
-        self.publisher.attached(pod, others + mine, self.ipam.records(created), self.ipam.records(used))
+        self.publisher.attached(pod, status or PodStatus(pod.meta.uid, pod.meta.namespace, pod.meta.name),
+                                self.ipam.records(created), self.ipam.records(used))
+
+    def _pod_status(self, uid: str, namespace: str, name: str) -> PodStatus | None:
+        """The pod's statuses from its ready attachments, stored (or removed when none is left)."""
+        ready = [a for a in self.store.attachments_of_pod(uid) if a.state == "ready"]
+        if not ready:
+            self.store.delete_pod_status(uid)
+            return None
+        status = PodStatus(uid, namespace, name, tuple(e for a in ready for e in a.networks_status), time.time(),
+                           tuple(e for a in ready for e in a.network_status))
+        self.store.put_pod_status(status)
+        return status
 
     def _forget_record(self, key: tuple[str, str]) -> None:
         with self.store.transaction():
@@ -279,7 +299,7 @@ class Attacher:
         errors: list[str] = []
         with contextlib.ExitStack() as opened:
             pod = _PodOnDemand(self.open_pod, record.netns, opened)
-            ctx = LinksContext(self.host_netlink(), pod.netlink)
+            ctx = LinksContext(self.host_netlink(), pod.netlink, pod.path())
             for iface in record.interfaces:
                 driver = self.drivers.get(iface.kind)
                 try:
@@ -298,19 +318,10 @@ class Attacher:
             self.ipam.forget_pod(record.pod_uid)
         with self.store.transaction():
             self.store.delete_attachment(record.container_id, record.ifname)
-            remaining = self._refresh_pod_status(record)
+            remaining = self._pod_status(record.pod_uid, record.namespace, record.pod_name)
         used = self.ipam.records([k for i in record.interfaces for k in i.ip_keys])
         if record.pod_known:
             self.publisher.detached(record.namespace, record.pod_name, record.pod_uid, remaining, used)
-
-    def _refresh_pod_status(self, record: AttachmentRecord) -> list[dict[str, Any]] | None:
-        rest = [a for a in self.store.attachments_of_pod(record.pod_uid) if a.state == "ready"]
-        if not rest:
-            self.store.delete_pod_status(record.pod_uid)
-            return None
-        entries = tuple(e for a in rest for e in a.networks_status)
-        self.store.put_pod_status(PodStatus(record.pod_uid, record.namespace, record.pod_name, entries, time.time()))
-        return list(entries)
 
     # -- CHECK ----------------------------------------------------------------------------------
     def check(self, call: CniCall) -> dict[str, Any]:
@@ -319,7 +330,7 @@ class Attacher:
             raise UnknownContainer(f"no attachment for container {call.container_id[:12]} {call.ifname}", "CNI_CONTAINERID")
         problems: list[str] = []
         with self.open_pod(call.netns) as pod_side:
-            ctx = LinksContext(self.host_netlink(), pod_side.netlink)
+            ctx = LinksContext(self.host_netlink(), pod_side.netlink, call.netns)
             for iface in record.interfaces:
                 problems += self.drivers[iface.kind].check(ctx, iface)
         if problems:
@@ -342,6 +353,9 @@ class Attacher:
                 self.teardown_current(record.container_id, record.ifname)
             except CniError as exc:
                 errors.append(f"{record.container_id[:12]}/{record.ifname}: {exc}")
+        kept = [i for rec in self.store.attachments() if (rec.container_id, rec.ifname) in keep for i in rec.interfaces]
+        for kind, driver in self.drivers.items():
+            driver.collect([i for i in kept if i.kind == kind])
         if errors:
             raise InterfaceFailure("GC could not release every stale attachment", "; ".join(errors))
         return {}
@@ -362,12 +376,5 @@ def _merged(parts: Iterable[Result]) -> Result:
     return replace(whole, routes=tuple(dict.fromkeys(whole.routes)))
 
 
-def _statuses(interfaces: list[BuiltInterface], since: str) -> list[InterfaceStatus]:
-    return [
-        InterfaceStatus(
-            iface.network_type, iface.network_name, iface.if_name, iface.mac, iface.vlan_id,
-            tuple(AddressConfig(a["name"], a["address"], a["network"], tuple(a.get("routes", ()))) for a in iface.addresses),
-            True, "InterfaceConfiguredSuccessfully", "", True, since,
-        )
-        for iface in interfaces
-    ]
+def _no_bridge() -> int:
+    raise InterfaceFailure("this interface is on no Plexus segment", "bridge")

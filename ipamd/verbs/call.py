@@ -22,6 +22,8 @@ class CniCall:
     ifname: str
     args: dict[str, str]
     config: dict[str, Any]
+    raw_args: str = ""  # CNI_ARGS as given, for the plugins Plexus delegates to
+    cni_path: str = ""  # CNI_PATH: where the runtime keeps its plugins
 
     @classmethod
     def from_wire(cls, body: Any) -> CniCall:
@@ -34,7 +36,8 @@ class CniCall:
             if sep and k:
                 args[k.strip()] = v.strip()
         return cls(str(env.get("CNI_COMMAND", "")), str(env.get("CNI_CONTAINERID", "")),
-                   str(env.get("CNI_NETNS", "")), str(env.get("CNI_IFNAME", "")), args, body["config"])
+                   str(env.get("CNI_NETNS", "")), str(env.get("CNI_IFNAME", "")), args, body["config"],
+                   str(env.get("CNI_ARGS", "")), str(env.get("CNI_PATH", "")))
 
     @property
     def version(self) -> str:

@@ -12,8 +12,7 @@ from typing import Any
 
 from cni.errors import InterfaceFailure
 from cni.types import Interface, IPConfig, Result, cidr_of
-from ipamd.drivers.base import BuildContext, Built, InterfaceKey, LinksContext, Plan
-from ipamd.model.annotations import NetworkSelection
+from ipamd.drivers.base import BuildContext, Built, InterfaceKey, InterfaceRequest, LinksContext, Plan
 from ipamd.netlink.netns import NetnsGone
 from ipamd.store.records import BuiltInterface
 
@@ -26,8 +25,8 @@ class FakeDriver:
         self.fail_build: dict[str, int] = {}  # if_name -> how many more builds of it fail (after their side effect)
         self.problems: list[str] = []  # what CHECK reports
 
-    def plan(self, key: InterfaceKey, sel: NetworkSelection) -> Plan:
-        return Plan(f"h-{sel.if_name}", not sel.skip_ip_assignment, sel.mac or "02:00:00:00:00:01",
+    def plan(self, key: InterfaceKey, request: InterfaceRequest) -> Plan:
+        return Plan(f"h-{request.if_name}", not request.skip_ip_assignment, request.mac or "02:00:00:00:00:01",
                     {"made-by": self.kind, "container": key.container_id})
 
     def build(self, ctx: BuildContext, iface: BuiltInterface, undo: contextlib.ExitStack) -> Built:
@@ -53,6 +52,9 @@ class FakeDriver:
 
     def check(self, ctx: LinksContext, iface: BuiltInterface) -> list[str]:
         return [p for p in self.problems if p.startswith(iface.if_name)]
+
+    def collect(self, kept: list[BuiltInterface]) -> None:
+        self.events.append(f"collect {','.join(i.if_name for i in kept)}")
 
 
 class FakePod:

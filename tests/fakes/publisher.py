@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from ipamd.model.objects import Pod
-from ipamd.store.records import IPRecord
+from ipamd.store.records import IPRecord, PodStatus
 
 
 class RecordingPublisher:
@@ -16,14 +15,19 @@ class RecordingPublisher:
         self.detached_pods: list[str] = []
         self.node_attachments: dict[str, tuple[str, bool, str]] = {}  # network -> (bridge, ready, message)
         self.node_detachments: list[str] = []
+        self.statuses: dict[str, PodStatus] = {}  # pod UID -> what its annotations would say
 
-    def attached(self, pod: Pod, networks_status: list[dict[str, Any]], created: Iterable[IPRecord],
-                 used: Iterable[IPRecord]) -> None:
+    def attached(self, pod: Pod, status: PodStatus, created: Iterable[IPRecord], used: Iterable[IPRecord]) -> None:
         self.attached_pods.append(pod.meta.name)
+        self.statuses[pod.meta.uid] = status
 
-    def detached(self, namespace: str, name: str, uid: str, networks_status: list[dict[str, Any]] | None,
+    def detached(self, namespace: str, name: str, uid: str, status: PodStatus | None,
                  used: Iterable[IPRecord]) -> None:
         self.detached_pods.append(name)
+        if status is None:
+            self.statuses.pop(uid, None)
+        else:
+            self.statuses[uid] = status
 
     def failed(self, pod: Pod, message: str) -> None:
         self.failed_with.append(message)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from cni.errors import CniError, InterfaceFailure, InternalError, PluginNotAvailable, UnknownContainer
-from ipamd.drivers.base import InterfaceKey
+from ipamd.drivers.base import InterfaceKey, InterfaceRequest
 from ipamd.drivers.tap import TapDriver, _names
 from ipamd.ipam.addresses import Claim, Ipam, ResolvedNetwork
 from ipamd.model.annotations import NetworkSelection
@@ -287,8 +287,8 @@ def test_a_pod_the_source_has_not_seen_is_waited_for() -> None:
 
 
 def test_the_tap_driver_keeps_its_derived_names_in_the_record() -> None:
-    sel = NetworkSelection("Network", "vm-net", "tap0", interface_type="tap", tap_uid=107, tap_gid=107)
-    plan = TapDriver().plan(InterfaceKey("c1", "eth0", NETNS), sel)
+    request = InterfaceRequest("tap0", tap_uid=107, tap_gid=107)
+    plan = TapDriver().plan(InterfaceKey("c1", "eth0", NETNS), request)
     assert plan.state is not None and plan.state["uid"] == 107 and not plan.configure_ips
     iface = BuiltInterface("tap0", "tap", "Network/ns/vm-net", "Network", "vm-net", host_link=plan.host_link,
                            driver=plan.state)

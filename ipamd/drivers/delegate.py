@@ -1,0 +1,106 @@
+"""``delegate``: an interface another CNI plugin builds (a NetworkAttachmentDefinition, the cluster network).
+
+The exact configuration list, runtime configuration, arguments and environment the plugins get are
+planned into the record before the first exec (``Invocation``), and the result they return is added to
+it, so DEL, CHECK and GC run them again with nothing but the record: a NAD, a file or a pod that is gone
+or changed makes no difference (DANM's leak, Multus's delegate cache). A failed or timed-out ADD is
+undone by a DEL of the whole list, as a runtime does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import replace
+from typing import Any
+
+from cni.errors import CniError, InterfaceFailure
+from cni.types import Result, Route
+from ipamd.drivers.base import BuildContext, Built, InterfaceKey, InterfaceRequest, LinksContext, Plan, quietly
+from ipamd.invoke.chain import Chain, Invocation
+from ipamd.invoke.exec import PluginFailed
+from ipamd.netlink import links
+from ipamd.store.records import BuiltInterface
+
+log = logging.getLogger(__name__)
+
+
+def _invocation(iface: BuiltInterface) -> Invocation:
+    return Invocation.from_dict(iface.driver["invocation"])
+
+
+def _pod_mac(result: dict[str, Any], if_name: str) -> str:
+    return next((str(i.get("mac", "")) for i in result.get("interfaces") or []
+                 if i.get("sandbox") and i.get("name") == if_name), "")
+
+
+def _failed(iface: BuiltInterface, verb: str, exc: CniError) -> CniError:
+    """The delegate's error with its code, naming the network and the interface; what the plugin wrote on
+    stderr (or printed when it broke) goes to the log and the events, not into the CNI answer."""
+    note = exc.note or (exc.details if isinstance(exc, PluginFailed) else "")
+    if note:
+        log.warning("%s of %s (%s) failed: %s; it said: %s", verb, iface.network_name, iface.if_name, exc.msg, note)
+    err = CniError.from_dict({"code": exc.code, "msg": f"{iface.network_name} ({iface.if_name}): {exc.msg}",
+                              "details": "its output is in the plexus-ipamd log" if isinstance(exc, PluginFailed)
+                              else exc.details})
+    err.note = note
+    return err
+
+
+class DelegateDriver:
+    kind = "delegate"
+
+    def __init__(self, chain: Chain) -> None:
+        self.chain = chain
+
+    def plan(self, key: InterfaceKey, request: InterfaceRequest) -> Plan:
+        if request.delegate is None:
+            raise InterfaceFailure(f"{request.if_name}: a delegated interface needs its plugins", "delegate")
+        return Plan("", True, request.mac, {"invocation": request.delegate.to_dict(),
+                                           "defaultRoute": list(request.default_route)})
+
+    def build(self, ctx: BuildContext, iface: BuiltInterface, undo: contextlib.ExitStack) -> Built:
+        inv = _invocation(iface)
+        undo.callback(quietly, f"delegate {iface.network_name} ({iface.if_name})", self.chain.delete, inv)
+        try:
+            result = self.chain.add(inv)
+        except CniError as exc:
+            raise _failed(iface, "ADD", exc) from None
+        gateways = iface.driver.get("defaultRoute") or []
+        if gateways:
+            pod = ctx.pod.netlink()
+            added = links.set_default_route(pod, iface.if_name, gateways)
+            undo.callback(quietly, "default route", links.delete_routes, pod, added)
+        try:
+            share = Result.from_dict(result)
+        except CniError as exc:
+            raise _failed(iface, "ADD", exc) from None
+        if gateways:  # the result says where the pod's default route now is
+            share = replace(share, routes=share.routes + tuple(Route("::/0" if ":" in gw else "0.0.0.0/0", gw)
+                                                               for gw in gateways))
+        return Built(_pod_mac(result, iface.if_name), share, {**iface.driver, "result": result})
+
+    def teardown(self, ctx: LinksContext, iface: BuiltInterface) -> None:
+        errors = self.chain.delete(_invocation(iface), iface.driver.get("result"), ctx.netns)
+        if errors:
+            raise InterfaceFailure(f"DEL of {iface.network_name} ({iface.if_name}) failed", "; ".join(errors))
+
+    def check(self, ctx: LinksContext, iface: BuiltInterface) -> list[str]:
+        try:
+            self.chain.check(_invocation(iface), iface.driver.get("result"))
+        except CniError as exc:
+            return [f"{iface.network_name} ({iface.if_name}): {_failed(iface, 'CHECK', exc).msg}"]
+        return []
+
+    def collect(self, kept: list[BuiltInterface]) -> None:
+        """Forward GC to every configuration delegated to, with the attachments of it that are still valid."""
+        valid: dict[str, tuple[Invocation, list[dict[str, str]]]] = {}
+        for iface in kept:
+            inv = _invocation(iface)
+            _, attachments = valid.setdefault(inv.conflist["name"], (inv, []))
+            attachments.append({"containerID": inv.container_id, "ifname": inv.ifname})
+        for inv, attachments in valid.values():
+            try:
+                self.chain.gc(inv, attachments)
+            except CniError as exc:
+                log.warning("GC of %s: %s", inv.conflist["name"], exc)

@@ -1,0 +1,207 @@
+"""Which interfaces a pod asks for, in the order ADD makes them, all checked before anything is leased or
+built: the cluster network (Plexus as the node's only CNI configuration), the default networks, the
+Deckhouse ``networks-spec``, then the NPWG ``k8s.v1.cni.cncf.io/networks``.
+
+Both dialects end as one list of ``Wanted`` interfaces, each naming the driver that builds it; an
+interface name claimed twice, by one dialect or across both, fails here. A NetworkAttachmentDefinition
+is resolved as NPWG §3 says: its ``spec.config``, else the node's ``.conflist`` of that name, else its
+``.conf``, else an error naming it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cni.errors import AnnotationInvalid, InvalidConfig, ObjectNotFound
+from cni.types import Result
+from ipamd.drivers.base import InterfaceRequest
+from ipamd.invoke.chain import Invocation
+from ipamd.ipam.addresses import Ipam, ResolvedNetwork
+from ipamd.model.annotations import NetworkSelection, check_ifname, parse_networks_spec
+from ipamd.model.cniconf import CAPABILITIES, capabilities
+from ipamd.model.npwg import (
+    DEFAULT_NETWORK_ANNOTATION,
+    NETWORKS_ANNOTATION,
+    NetworkElement,
+    parse_default_network,
+    parse_networks,
+)
+from ipamd.model.objects import NETWORK_ATTACHMENT_DEFINITION, POD_ANNOTATIONS_CAPABILITY, SPEC_ANNOTATION, IPAddressObject, Pod
+from ipamd.model.pluginconf import PluginConfig
+from ipamd.sources.base import ObjectSource
+from ipamd.sources.netconf import find_on_disk, load_file
+from ipamd.verbs.call import CniCall
+
+NAD = NETWORK_ATTACHMENT_DEFINITION.name
+DELEGATION_ANNOTATION = "network.deckhouse.io/delegation"  # Plexus: "parallel" runs a pod's delegates at once
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The network an interface belongs to, as records and statuses name it."""
+
+    key: str  # Network/ns/name, NetworkAttachmentDefinition/ns/name, Delegate/<configuration name>
+    type: str  # Network | ClusterNetwork | NetworkAttachmentDefinition | Delegate
+    name: str  # name (Deckhouse) or ns/name (NPWG)
+    default: bool = False  # the cluster network: network-status says "default": true
+
+
+@dataclass(frozen=True, slots=True)
+class Wanted:
+    """One interface ADD is to make, checked."""
+
+    kind: str  # the driver that builds it
+    request: InterfaceRequest
+    target: Target
+    sel: NetworkSelection | None = None  # a Deckhouse network: the selection IPAM leases for,
+    net: ResolvedNetwork | None = None  # its pool and segment,
+    user_ips: list[IPAddressObject] = field(default_factory=list)  # and the IPAddresses named for it
+
+
+@dataclass(frozen=True, slots=True)
+class Delegated:
+    """A configuration to delegate to, and where it came from."""
+
+    conflist: dict[str, Any]
+    target: Target
+
+
+def _ns_name(text: str, default_ns: str) -> tuple[str, str]:
+    ns, sep, name = text.partition("/")
+    return (ns, name) if sep else (default_ns, text)
+
+
+class Networks:
+    def __init__(self, source: ObjectSource, ipam: Ipam,
+                 on_disk: Callable[[str, str], dict[str, Any] | None] = find_on_disk) -> None:
+        self.source = source
+        self.ipam = ipam
+        self.on_disk = on_disk
+
+    def wanted(self, call: CniCall, pod: Pod, prev: Result | None, conf: PluginConfig) -> list[Wanted]:
+        ns = pod.meta.namespace
+        out: list[Wanted] = []
+        check_ifname(call.ifname, "CNI_IFNAME")
+        if conf.cluster_network:
+            if prev is not None:
+                raise InvalidConfig("clusterNetwork is for Plexus as the node's only CNI configuration, not chained "
+                                    "after another plugin's", "clusterNetwork")
+            out.append(self._cluster(call, pod, conf))
+        deckhouse = parse_networks_spec(pod.annotations.get(SPEC_ANNOTATION))
+        npwg = parse_networks(pod.annotations.get(NETWORKS_ANNOTATION), ns)
+        defaults = [] if ns in conf.system_namespaces else list(conf.default_networks)
+        taken = {i.name for i in prev.interfaces if i.sandbox} if prev else set()
+        names = self._names(call.ifname, taken, deckhouse, defaults, npwg)
+        for i, text in enumerate(defaults):
+            where = f"defaultNetworks[{i}]"
+            d = self._nad(*_ns_name(text, conf.multus_namespace), where, conf, isolated=False)
+            out.append(self._delegate(call, conf, d, names[where]))
+        resolved = [self.ipam.resolve(sel, ns, f"networks-spec[{i}]") for i, sel in enumerate(deckhouse)]
+        for i, (sel, net) in enumerate(zip(deckhouse, resolved, strict=True)):
+            user_ips = self.ipam.validate(pod, sel, net, f"networks-spec[{i}]")
+            request = InterfaceRequest(sel.if_name, sel.mac, sel.skip_ip_assignment, sel.tap_uid, sel.tap_gid)
+            out.append(Wanted(sel.interface_type, request, Target(net.key, net.type, net.name), sel, net, user_ips))
+        for el in npwg:
+            out.append(self._element(call, pod, conf, el, names[el.where]))
+        return out
+
+    # -- interface names ----------------------------------------------------------------------------
+    @staticmethod
+    def _names(runtime_ifname: str, taken: set[str], deckhouse: list[NetworkSelection], defaults: list[str],
+               npwg: list[NetworkElement]) -> dict[str, str]:
+        """Every interface's name, by where it is asked for: explicit ones as given (once each, across both
+        dialects), the others ``net<N>`` by their position among the pod's additional networks (Multus's
+        rule), skipping names already used."""
+        claimed: dict[str, str] = {name: "the pod" for name in taken}
+        claimed[runtime_ifname] = "CNI_IFNAME"
+        asked: list[tuple[str, str]] = [(f"defaultNetworks[{i}]", "") for i in range(len(defaults))]
+        asked += [(f"networks-spec[{i}]", s.if_name) for i, s in enumerate(deckhouse)]
+        asked += [(el.where, el.interface) for el in npwg]
+        for where, name in asked:
+            if name:
+                field_path = f"{where}.interface" if where.startswith(NETWORKS_ANNOTATION) else f"{where}.ifName"
+                if name in claimed:
+                    raise AnnotationInvalid(f"{field_path} {name!r} is already used by {claimed[name]}", field_path)
+                claimed[name] = where
+        out: dict[str, str] = {}
+        for position, (where, name) in enumerate(asked, start=1):
+            if not name:
+                n = position
+                while f"net{n}" in claimed:
+                    n += 1
+                name = f"net{n}"
+                claimed[name] = where
+            out[where] = name
+        return out
+
+    # -- delegates ----------------------------------------------------------------------------------
+    def _nad(self, ns: str, name: str, where: str, conf: PluginConfig, pod_ns: str = "",
+             isolated: bool = True) -> Delegated:
+        if isolated and conf.namespace_isolation and ns != pod_ns and not conf.is_global(ns):
+            raise ObjectNotFound(f"{NAD} {ns}/{name} is in another namespace than the pod's, and namespaceIsolation "
+                                 f"allows only the pod's own and {', '.join(('default', *conf.global_namespaces))}",
+                                 f"{where}.namespace")
+        nad = self.source.get(NETWORK_ATTACHMENT_DEFINITION, ns, name)
+        if nad is None:
+            raise ObjectNotFound(f"{NAD} {ns}/{name} does not exist", f"{where}.name")
+        config = nad.config or self.on_disk(conf.conf_dir, name)
+        if config is None:
+            raise ObjectNotFound(f"{NAD} {ns}/{name} has no spec.config, and {conf.conf_dir} has no configuration "
+                                 f"named {name}", f"{where}.name")
+        return Delegated(config, Target(f"{NAD}/{ns}/{name}", NAD, f"{ns}/{name}"))
+
+    def _cluster(self, call: CniCall, pod: Pod, conf: PluginConfig) -> Wanted:
+        """The cluster network: the pod's default-network override, else ``clusterNetwork`` (a file's path, a
+        NAD of the Multus namespace, or a configuration of that name on disk)."""
+        override = parse_default_network(pod.annotations.get(DEFAULT_NETWORK_ANNOTATION), conf.multus_namespace)
+        if override is not None:
+            d = self._nad(*override, DEFAULT_NETWORK_ANNOTATION, conf, isolated=False)
+        elif conf.cluster_network.startswith("/"):
+            config = load_file(conf.cluster_network, "clusterNetwork")
+            d = Delegated(config, Target(f"Delegate/{config['name']}", "Delegate", config["name"]))
+        else:
+            d = self._named(conf.cluster_network, conf)
+        d = Delegated(d.conflist, Target(d.target.key, d.target.type, d.target.name, default=True))
+        runtime = {k: v for k, v in (call.config.get("runtimeConfig") or {}).items() if k != POD_ANNOTATIONS_CAPABILITY}
+        return self._delegate(call, conf, d, call.ifname, runtime)
+
+    def _named(self, name: str, conf: PluginConfig) -> Delegated:
+        ns, nad_name = _ns_name(name, conf.multus_namespace)
+        if self.source.get(NETWORK_ATTACHMENT_DEFINITION, ns, nad_name) is not None:
+            return self._nad(ns, nad_name, "clusterNetwork", conf, isolated=False)
+        for directory in (conf.conf_dir, conf.cni_config_dir):
+            config = self.on_disk(directory, name)
+            if config is not None:
+                return Delegated(config, Target(f"Delegate/{name}", "Delegate", name))
+        raise InvalidConfig(f"clusterNetwork {name!r} is neither a {NAD} of {ns} nor a configuration in "
+                            f"{conf.conf_dir} or {conf.cni_config_dir}", "clusterNetwork")
+
+    def _element(self, call: CniCall, pod: Pod, conf: PluginConfig, el: NetworkElement, if_name: str) -> Wanted:
+        d = self._nad(el.namespace, el.name, el.where, conf, pod.meta.namespace)
+        declared = capabilities(d.conflist)
+        for key, cap in CAPABILITIES.items():
+            if cap in el.runtime and cap not in declared:
+                raise AnnotationInvalid(f"{el.where}.{key}: no plugin of {d.target.name} declares the {cap!r} "
+                                        "capability, so it cannot be honoured (NPWG §4.1.2)", f"{el.where}.{key}")
+        return self._delegate(call, conf, d, if_name, el.runtime, {"cni": el.cni_args} if el.cni_args else {},
+                              el.default_route)
+
+    @staticmethod
+    def _delegate(call: CniCall, conf: PluginConfig, d: Delegated, if_name: str,
+                  runtime: dict[str, Any] | None = None, args: dict[str, Any] | None = None,
+                  default_route: tuple[str, ...] = ()) -> Wanted:
+        inv = Invocation(d.conflist, call.container_id, call.netns, if_name, call.raw_args, dict(runtime or {}),
+                         dict(args or {}), conf.plugin_dirs(call.cni_path), conf.delegate_timeout_s)
+        return Wanted("delegate", InterfaceRequest(if_name, delegate=inv, default_route=default_route), d.target)
+
+
+def parallel(pod: Pod) -> bool:
+    """Whether the pod asks for its delegates to run at once (DANM's option; NPWG §7.3's default is serial)."""
+    return pod.annotations.get(DELEGATION_ANNOTATION, "").strip().lower() == "parallel"
+
+
+def readiness_file_present(path: str) -> bool:
+    return not path or os.path.exists(path)
