@@ -134,8 +134,7 @@ def test_host_device_and_a_chain_with_tuning(node: Node, data_dir: Path) -> None
     run("ip", "-n", os.path.basename(node.netns), "link", "add", "dev0", "type", "veth", "peer", "name", "dev0p")
     chain = {"cniVersion": "1.0.0", "name": "tuned", "plugins": [
         bridge_conf("tunedbr0", "198.18.52.0/24", data_dir),
-        {"type": "tuning", "sysctl": {"net.ipv4.conf.IFNAME.arp_notify": "1"}}]}
-    chain["plugins"][1]["sysctl"] = {"net.ipv4.conf.net2.arp_notify": "1"}
+        {"type": "tuning", "sysctl": {"net.ipv4.conf.net2.arp_notify": "1"}}]}
     node.apply([nad("hostdev", {"cniVersion": "0.3.1", "type": "host-device", "device": "dev0"}),
                 nad("tuned", chain),
                 pod("app", {NPWG: "hostdev@net1, tuned"})])
