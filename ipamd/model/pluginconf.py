@@ -72,7 +72,7 @@ def parse_plugin_config(conf: Mapping[str, Any]) -> PluginConfig:
         raise InvalidConfig("namespaceIsolation must be true or false", "namespaceIsolation")
     bin_dir = conf.get("binDir", "")
     return PluginConfig(
-        bin_dirs=_names(bin_dir, "binDir") if bin_dir else (),
+        bin_dirs=tuple(d for n in _names(bin_dir, "binDir") for d in n.split(":") if d) if bin_dir else (),
         conf_dir=_str(conf, "confDir", DEFAULT_CONF_DIR),
         cni_config_dir=_str(conf, "cniConfigDir", DEFAULT_CNI_CONFIG_DIR),
         cluster_network=_str(conf, "clusterNetwork", ""),

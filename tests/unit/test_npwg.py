@@ -1,0 +1,165 @@
+"""The NPWG dialect as pure functions: ``k8s.v1.cni.cncf.io/networks`` in both forms and every rule of the
+spec, CNI configurations (``.conf`` or ``.conflist``) brought to one form, the configuration each plugin
+of a list gets, Plexus's Multus keys, and network-status entries."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from cni.errors import AnnotationInvalid, InvalidConfig
+from ipamd.model.cniconf import ConfigInvalid, as_conflist, capabilities, plugin_config
+from ipamd.model.npwg import entry_from_result, parse_default_network, parse_networks
+from ipamd.model.objects import NETWORK_ATTACHMENT_DEFINITION, ManifestInvalid, parse_as, parse_object
+from ipamd.model.pluginconf import parse_plugin_config
+
+ANN = "k8s.v1.cni.cncf.io/networks"
+
+
+def test_the_comma_form() -> None:
+    els = parse_networks(" net-a, other-ns/net-b ,net-c@ext0", "apps")
+    assert [(e.namespace, e.name, e.interface) for e in els] == [
+        ("apps", "net-a", ""), ("other-ns", "net-b", ""), ("apps", "net-c", "ext0")]
+    assert [e.where for e in els] == [f"{ANN}[0]", f"{ANN}[1]", f"{ANN}[2]"]
+
+
+def test_the_json_form_with_every_key() -> None:
+    text = json.dumps([{
+        "name": "static-mac", "namespace": "infra", "interface": "ext0", "ips": ["192.0.2.205/24"],
+        "mac": "CA:FE:C0:FF:EE:00", "default-route": ["192.0.2.1"], "cni-args": {"foo": "bar"},
+        "portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}],
+        "bandwidth": {"ingressRate": 1000}, "infiniband-guid": "c2:11:22:33:44:55:66:77", "deviceID": "0000:03:00.1",
+        "org.example.custom": 1}])
+    (el,) = parse_networks(text, "apps")
+    assert (el.namespace, el.name, el.interface, el.mac) == ("infra", "static-mac", "ext0", "ca:fe:c0:ff:ee:00")
+    assert el.default_route == ("192.0.2.1",) and el.cni_args == {"foo": "bar"}
+    assert el.runtime == {"ips": ["192.0.2.205/24"], "mac": "ca:fe:c0:ff:ee:00",
+                          "portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}],
+                          "bandwidth": {"ingressRate": 1000}, "infinibandGUID": "c2:11:22:33:44:55:66:77",
+                          "deviceID": "0000:03:00.1"}
+
+
+def test_empty_is_no_networks() -> None:
+    assert parse_networks(None, "apps") == [] and parse_networks("  ", "apps") == []
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ('[{"name": "a"', ANN),
+    ('{"name": "a"}', "got dict"),
+    ('[{"name": "A_B"}]', f"{ANN}[0].name"),
+    ('[{"namespace": "x"}]', f"{ANN}[0].name"),
+    ('[{"name": "a", "interface": "this-is-too-long-a-name"}]', f"{ANN}[0].interface"),
+    ('[{"name": "a", "ips": "192.0.2.1"}]', f"{ANN}[0].ips"),
+    ('[{"name": "a", "ips": ["not-an-ip"]}]', f"{ANN}[0].ips"),
+    ('[{"name": "a", "mac": "01:00:5e:00:00:01"}]', f"{ANN}[0].mac"),
+    ('[{"name": "a", "cni-args": ["x"]}]', f"{ANN}[0].cni-args"),
+    ('[{"name": "a", "bandwidth": 5}]', f"{ANN}[0].bandwidth"),
+    ('[{"name": "a", "interfce": "net1"}]', f"{ANN}[0].interfce"),
+    ('[{"name": "a", "ips": ["192.0.2.1/24"], "ipam-claim-reference": "c"}]', f"{ANN}[0].ips"),
+    ('[{"name": "a", "default-route": ["192.0.2.1"]}, {"name": "b", "default-route": ["192.0.3.1"]}]',
+     f"{ANN}[1].default-route"),
+    ("a/b/c", f"{ANN}[0]"),
+    ("a,,b", f"{ANN}[1].name"),
+    ("a@", f"{ANN}[0].interface"),
+])
+def test_bad_annotations_name_the_element_and_key(text: str, field: str) -> None:
+    with pytest.raises(AnnotationInvalid) as err:
+        parse_networks(text, "apps")
+    assert field in err.value.details or field in err.value.msg, err.value
+
+
+def test_a_megabyte_annotation_is_refused() -> None:
+    with pytest.raises(AnnotationInvalid) as err:
+        parse_networks("a," * 500_000, "apps")
+    assert "larger than" in err.value.msg
+
+
+def test_the_default_network_override() -> None:
+    assert parse_default_network("cbr0", "kube-system") == ("kube-system", "cbr0")
+    assert parse_default_network("infra/cbr0", "kube-system") == ("infra", "cbr0")
+    assert parse_default_network("", "kube-system") is None
+
+
+# -- configurations ---------------------------------------------------------------------------------------
+
+def test_a_conf_becomes_a_conflist_carrying_the_given_name() -> None:
+    conf = {"cniVersion": "0.3.1", "type": "macvlan", "master": "eth0", "ipam": {"type": "static"}}
+    assert as_conflist(conf, "nad-name") == {"cniVersion": "0.3.1", "name": "nad-name", "plugins": [
+        {"type": "macvlan", "master": "eth0", "ipam": {"type": "static"}}]}
+    named = as_conflist({**conf, "name": "own"}, "nad-name")
+    assert named["name"] == "own", "a name of its own wins"
+
+
+def test_a_conflist_keeps_its_own_keys() -> None:
+    cl = {"cniVersion": "1.0.0", "name": "x", "disableCheck": True, "plugins": [{"type": "bridge"}]}
+    assert as_conflist(cl) == cl
+
+
+@pytest.mark.parametrize(("doc", "field"), [
+    ([1], ""), ({"type": "bridge"}, "cniVersion"), ({"cniVersion": "1.0.0", "plugins": []}, "plugins"),
+    ({"cniVersion": "1.0.0", "name": "n"}, ""), ({"cniVersion": "1.0.0", "type": "../../bin/sh"}, "type"),
+    ({"cniVersion": "1.0.0", "plugins": [{"type": "a"}, {"type": "/usr/bin/id"}]}, "plugins[1].type"),
+    ({"cniVersion": "1.0.0", "plugins": [{"type": "a", "capabilities": []}]}, "plugins[0].capabilities"),
+])
+def test_what_is_not_a_configuration(doc: Any, field: str) -> None:
+    with pytest.raises(ConfigInvalid) as err:
+        as_conflist(doc, "n")
+    assert err.value.field == field
+
+
+def test_each_plugin_gets_the_capabilities_it_declares_and_the_args() -> None:
+    cl = {"cniVersion": "1.0.0", "name": "n", "plugins": [
+        {"type": "macvlan", "capabilities": {"ips": True, "mac": False}, "args": {"cni": {"keep": 1}}},
+        {"type": "tuning", "capabilities": {"mac": True}}]}
+    assert capabilities(cl) == {"ips", "mac"}
+    first = plugin_config(cl, 0, {"ips": ["192.0.2.5/24"], "mac": "02:00:00:00:00:01"}, {"cni": {"x": "y"}})
+    assert first == {"type": "macvlan", "name": "n", "cniVersion": "1.0.0", "runtimeConfig": {"ips": ["192.0.2.5/24"]},
+                     "args": {"cni": {"keep": 1, "x": "y"}}}
+    second = plugin_config(cl, 1, {"mac": "02:00:00:00:00:01"}, None, {"cniVersion": "1.0.0"})
+    assert second["runtimeConfig"] == {"mac": "02:00:00:00:00:01"} and second["prevResult"] == {"cniVersion": "1.0.0"}
+
+
+def test_a_nad_that_is_not_a_cni_configuration_is_refused_naming_why() -> None:
+    def nad(config: Any) -> dict[str, Any]:
+        return {"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+                "metadata": {"name": "n", "namespace": "apps"}, "spec": {"config": config}}
+
+    with pytest.raises(ManifestInvalid) as err:
+        parse_object(nad("{not json"))
+    assert err.value.field == "spec.config" and "not JSON" in str(err.value)
+    with pytest.raises(ManifestInvalid) as err:
+        parse_object(nad('{"cniVersion": "1.0.0", "plugins": []}'))
+    assert err.value.field == "spec.config.plugins"
+    ok = parse_as(NETWORK_ATTACHMENT_DEFINITION, nad('{"cniVersion": "0.3.1", "type": "bridge"}'))
+    assert ok.config == {"cniVersion": "0.3.1", "name": "n", "plugins": [{"type": "bridge"}]}
+    on_disk = parse_as(NETWORK_ATTACHMENT_DEFINITION, nad(None))
+    assert on_disk.config is None, "no spec.config: the node's file of that name"
+
+
+def test_multus_keys_of_plexus_configuration() -> None:
+    conf = parse_plugin_config({"binDir": "/opt/cni/bin:/usr/lib/cni", "clusterNetwork": "cbr0",
+                                "defaultNetworks": "a, b", "namespaceIsolation": True, "globalNamespaces": ["shared"],
+                                "readinessindicatorfile": "/run/ready", "delegateTimeoutSeconds": 5})
+    assert conf.bin_dirs == ("/opt/cni/bin", "/usr/lib/cni"), "a directory, or CNI_PATH's list of them"
+    assert conf.default_networks == ("a", "b") and conf.is_global("shared") and conf.is_global("default")
+    assert conf.plugin_dirs("/x") == conf.bin_dirs and parse_plugin_config({}).plugin_dirs("/x:/y") == ("/x", "/y")
+    for bad in ({"namespaceIsolation": "yes"}, {"delegateTimeoutSeconds": 0}, {"defaultNetworks": 3},
+                {"confDir": 1}):
+        with pytest.raises(InvalidConfig) as err:
+            parse_plugin_config(bad)
+        assert err.value.details == next(iter(bad))
+
+
+def test_network_status_entries_from_a_result() -> None:
+    result = {"cniVersion": "1.0.0",
+              "interfaces": [{"name": "br0"}, {"name": "veth1"}, {"name": "net1", "mac": "02:00:00:00:00:09",
+                                                                   "sandbox": "/run/netns/p", "mtu": 1400}],
+              "ips": [{"address": "198.18.5.7/24", "interface": 2, "gateway": "198.18.5.1"},
+                      {"address": "198.18.9.9/24", "interface": 0}],
+              "routes": [{"dst": "0.0.0.0/0", "gw": "198.18.5.1"}], "dns": {"nameservers": ["198.18.0.53"]}}
+    assert entry_from_result("apps/n", result, default=True) == {
+        "name": "apps/n", "interface": "net1", "ips": ["198.18.5.7"], "mac": "02:00:00:00:00:09", "mtu": 1400,
+        "default": True, "dns": {"nameservers": ["198.18.0.53"]}, "gateway": ["198.18.5.1"]}
+    assert entry_from_result("apps/n", {"interfaces": [{"name": "br0"}]}) is None
