@@ -11,6 +11,7 @@ answer raw. ``PluginExec`` is the seam: ``tests/fakes/exec.py`` scripts it for u
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import selectors
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -108,7 +109,7 @@ class Exec:
                      what: str) -> tuple[int, bytes, bytes]:
         """Run to the end or the deadline, reading at most ``max_output`` bytes of each stream."""
         proc = subprocess.Popen([binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=env, start_new_session=True, close_fds=True)
+                                env=env, start_new_session=True, close_fds=True, preexec_fn=_die_with_us(os.getpid()))
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         deadline = time.monotonic() + timeout
         fd_out, fd_err = proc.stdout.fileno(), proc.stderr.fileno()
@@ -148,6 +149,22 @@ class Exec:
             proc.stderr.close()
         tail = bytes(out[fd_err])[-500:].decode(errors="replace")
         raise PluginFailed(problem, tail, note=tail)
+
+
+def _die_with_us(parent: int) -> Callable[[], None]:
+    """In the child before the exec: be killed when the daemon dies (``PR_SET_PDEATHSIG``). A plugin left
+    running by a killed daemon could finish its ADD after the restarted daemon undid it; killed with the
+    daemon, what it had done is undone by the recovery's DEL of the recorded delegate."""
+    def arm() -> None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the daemon died before the signal was armed
+            os._exit(1)
+
+    return arm
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

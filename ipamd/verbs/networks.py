@@ -146,7 +146,9 @@ class Networks:
                                  f"{where}.namespace")
         nad = self.source.get(NETWORK_ATTACHMENT_DEFINITION, ns, name)
         if nad is None:
-            raise ObjectNotFound(f"{NAD} {ns}/{name} does not exist", f"{where}.name")
+            refused = next((p.message for p in self.source.problems() if f"{NAD} {ns}/{name}:" in p.message), "")
+            raise ObjectNotFound(f"{NAD} {ns}/{name} {'is not served: ' + refused if refused else 'does not exist'}",
+                                 f"{where}.name")
         config = nad.config or self.on_disk(conf.conf_dir, name)
         if config is None:
             raise ObjectNotFound(f"{NAD} {ns}/{name} has no spec.config, and {conf.conf_dir} has no configuration "
