@@ -88,8 +88,9 @@ class NodeDaemon:
         self._ready = threading.Event()
         fault = _fault_hook(cfg.fault, float(os.environ.get("PLEXUS_FAULT_RATE") or 0),
                             os.environ.get("PLEXUS_FAULT_SEED", "plexus"))
-        self.attacher = Attacher(self.store, self.source, self.ipam, self.segments, all_drivers(Chain(Exec())), host,
-                                 pod_namespace, publisher, self._ready.is_set, fault)
+        delegation = Chain(Exec())
+        self.attacher = Attacher(self.store, self.source, self.ipam, self.segments, all_drivers(delegation), host,
+                                 pod_namespace, publisher, self._ready.is_set, fault, delegation=delegation)
         self.reconciler = Reconciler(self.store, self.source, self.ipam, self.attacher, self.segments, publisher,
                                      cfg.reconcile_interval, cluster=bool(cfg.kubeconfig))
         self.cni_server: CniHttpServer | None = None

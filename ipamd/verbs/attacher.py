@@ -33,6 +33,7 @@ from cni.errors import (
 from cni.types import Result
 from ipamd.drivers.base import BuildContext, Built, InterfaceKey, LinksContext, PodSide, quietly
 from ipamd.drivers.table import DriverTable
+from ipamd.invoke.chain import Chain, Invocation
 from ipamd.ipam.addresses import Claim, Ipam, ResolvedNetwork
 from ipamd.model.annotations import AddressConfig
 from ipamd.model.objects import Pod
@@ -93,7 +94,7 @@ class Attacher:
                  drivers: DriverTable, host_netlink: Callable[[], Any],
                  open_pod: Callable[[str], AbstractContextManager[PodSide]], publisher: Publisher,
                  ready: Callable[[], bool], fault: Callable[[str], None] = lambda step: None,
-                 networks: Networks | None = None) -> None:
+                 networks: Networks | None = None, delegation: Chain | None = None) -> None:
         self.store = store
         self.source = source
         self.ipam = ipam
@@ -105,6 +106,7 @@ class Attacher:
         self.ready = ready
         self.fault = fault  # test hook: may kill the process (or fail) at a named step
         self.networks = networks or Networks(source, ipam)
+        self.delegation = delegation  # the runner of delegated plugins, for STATUS
         self.locks = KeyedLocks()
         # a pod's delegates built at once: a pool kept across calls, so its threads keep their sockets
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="delegate")
@@ -361,8 +363,15 @@ class Attacher:
         return {}
 
     def status(self, call: CniCall) -> dict[str, Any]:
+        """Ready for ADD: the daemon, and the cluster network's plugins when Plexus delegates to them (their own
+        STATUS, from CNI 1.1 on, as its code: 50, or 51 when existing pods are degraded)."""
         if not self.ready():
             raise PluginNotAvailable("plexus-ipamd is not ready", "object source not synced")
+        conf = parse_plugin_config(call.config)
+        if conf.cluster_network and self.delegation is not None:
+            cluster = self.networks.cluster_network(conf)
+            self.delegation.status(Invocation(cluster.conflist, "", "", "", bin_dirs=conf.plugin_dirs(call.cni_path),
+                                              timeout_s=conf.delegate_timeout_s))
         return {}
 
 

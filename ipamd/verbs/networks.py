@@ -161,14 +161,21 @@ class Networks:
         override = parse_default_network(pod.annotations.get(DEFAULT_NETWORK_ANNOTATION), conf.multus_namespace)
         if override is not None:
             d = self._nad(*override, DEFAULT_NETWORK_ANNOTATION, conf, isolated=False)
-        elif conf.cluster_network.startswith("/"):
+            d = Delegated(d.conflist, Target(d.target.key, d.target.type, d.target.name, default=True))
+        else:
+            d = self.cluster_network(conf)
+        runtime = {k: v for k, v in (call.config.get("runtimeConfig") or {}).items() if k != POD_ANNOTATIONS_CAPABILITY}
+        return self._delegate(call, conf, d, call.ifname, runtime)
+
+    def cluster_network(self, conf: PluginConfig) -> Delegated:
+        """``clusterNetwork``: a file's path, a NAD of the Multus namespace, or a configuration of that name on
+        disk (the node's own directory included)."""
+        if conf.cluster_network.startswith("/"):
             config = load_file(conf.cluster_network, "clusterNetwork")
             d = Delegated(config, Target(f"Delegate/{config['name']}", "Delegate", config["name"]))
         else:
             d = self._named(conf.cluster_network, conf)
-        d = Delegated(d.conflist, Target(d.target.key, d.target.type, d.target.name, default=True))
-        runtime = {k: v for k, v in (call.config.get("runtimeConfig") or {}).items() if k != POD_ANNOTATIONS_CAPABILITY}
-        return self._delegate(call, conf, d, call.ifname, runtime)
+        return Delegated(d.conflist, Target(d.target.key, d.target.type, d.target.name, default=True))
 
     def _named(self, name: str, conf: PluginConfig) -> Delegated:
         ns, nad_name = _ns_name(name, conf.multus_namespace)
