@@ -256,3 +256,46 @@ def test_cnitool_second_pod_gets_its_own_addresses(cnitool: Path, node: Node) ->
             for leftover in _cached_results(netns[p]):
                 leftover.unlink(missing_ok=True)
 
+
+
+def test_cnitool_plexus_delegating_the_cluster_network_and_a_nad(cnitool: Path, node: Node) -> None:
+    """Plexus as the only plugin of the list, as a Multus node runs it: libcni execs Plexus, Plexus execs the
+    cluster network's bridge (eth0, from a file) and a NAD's bridge (net1) from libcni's CNI_PATH."""
+    root = Path(tempfile.mkdtemp(prefix="cnitool-", dir=node.dir))
+    bindir = _plugin_dir(root)
+    data_dir = root / "host-local"
+    cluster = root / "cluster.conflist"
+    cluster.write_text(json.dumps({"cniVersion": "1.0.0", "name": "cbr", "plugins": [
+        {"type": "bridge", "bridge": BRIDGE, "isGateway": True, "isDefaultGateway": True,
+         "ipam": {"type": "host-local", "subnet": BRIDGE_SUBNET, "dataDir": str(data_dir)}}]}))
+    nad = {"cniVersion": "0.3.1", "type": "bridge", "bridge": "cni-plx1",
+           "ipam": {"type": "host-local", "subnet": "198.18.201.0/24", "dataDir": str(data_dir)}}
+    node.apply([{"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+                 "metadata": {"name": "side", "namespace": NS}, "spec": {"config": json.dumps(nad)}},
+                {**pod_manifest("app", []), "metadata": {"name": "app", "namespace": NS, "annotations": {
+                    "k8s.v1.cni.cncf.io/networks": "side"}}}])
+    confdir = root / "net.d"
+    confdir.mkdir()
+    (confdir / "00-plexus.conflist").write_text(json.dumps({"cniVersion": "1.0.0", "name": NET_NAME, "plugins": [
+        {"type": "plexus", "socket": str(node.socket), "clusterNetwork": str(cluster)}]}))
+    pod_ns = node.pod_netns("app")
+    tool = Cnitool(cnitool, node, confdir, bindir, "app")
+    try:
+        add = tool("add", pod_ns)
+        assert add.returncode == 0, (add.stdout, add.stderr, node.log_text()[-3000:])
+        result = json.loads(add.stdout)
+        eth0, net1 = _iface_of(result, "198.18.200."), _iface_of(result, "198.18.201.")
+        assert (eth0["name"], net1["name"]) == ("eth0", "net1")
+        links = links_in(pod_ns)
+        assert links["eth0"]["addresses"] == [eth0["address"]] and links["net1"]["addresses"] == [net1["address"]]
+        check = tool("check", pod_ns)
+        assert check.returncode == 0, (check.stdout, check.stderr, node.log_text()[-3000:])
+        for _ in range(2):
+            dele = tool("del", pod_ns)
+            assert dele.returncode == 0, (dele.stdout, dele.stderr, node.log_text()[-3000:])
+        assert set(links_in(pod_ns)) == {"lo"}
+        assert not [p for p in data_dir.rglob("198.18.20*")], "both host-local addresses given back"
+    finally:
+        for leftover in _cached_results(pod_ns):
+            leftover.unlink(missing_ok=True)
+        run("ip", "-n", node.name, "link", "del", "cni-plx1", check=False)
