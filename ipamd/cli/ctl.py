@@ -4,11 +4,12 @@
     plexusctl delete -f FILE|DIR|-        remove them
     plexusctl pod run -f POD.yaml         create a netns named after the pod and ADD it as a runtime would
     plexusctl pod rm NAME                 DEL it, remove the netns and the Pod
-    plexusctl pod status NAME             print its networks-status
+    plexusctl pod status NAME [--npwg]    print its networks-status (or network-status)
     plexusctl pod list                    pods with additional networks
     plexusctl ipam pools | leases         used/free/quarantined per pool; every lease
     plexusctl ipam release POOL ADDRESS   free a stuck address (asks for confirmation)
     plexusctl get ipaddresses | networks  IPAddress and Network statuses
+    plexusctl get nad                     NetworkAttachmentDefinitions of the local object source
 
 Tables for people, ``-o json`` for scripts.
 """
@@ -29,9 +30,11 @@ from cni.errors import CniError
 from ipamd.api import ipam_pb2 as pb
 from ipamd.api import ipam_pb2_grpc as pb_grpc
 from ipamd.invoke.conflist import DEFAULT_CNI_PATH, DEFAULT_CONF_DIR, PodIdentity, Runtime, find_conflist, load_conflist
-from ipamd.model.objects import POD, ManifestInvalid, parse_as
+from ipamd.model.objects import POD, AttachmentDefinition, ManifestInvalid, parse_as
 from ipamd.sources import objectdir
+from ipamd.sources.local import load_directory
 
+NAD_NAMES = ("nad", "nads", "net-attach-def", "network-attachment-definitions")
 DEFAULT_OBJECTS = os.environ.get("PLEXUS_OBJECTS_DIR", "/etc/plexus/objects")
 DEFAULT_GRPC = os.environ.get("PLEXUS_GRPC_SOCKET", "/run/plexus/ipam.sock")
 DEFAULT_STATE = os.environ.get("PLEXUS_CTL_STATE", "/var/lib/plexus/ctl")
@@ -201,10 +204,12 @@ def cmd_pod_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_pod_status(args: argparse.Namespace) -> int:
+    """The pod's ``networks-status`` (Deckhouse), or with ``--npwg`` its ``k8s.v1.cni.cncf.io/network-status``."""
     resp = Client(args.grpc_socket).call("ListPods", pb.ListPodsRequest(namespace=args.namespace, name=args.name))
     if not resp.pods:
-        raise CtlError(f"pod {args.namespace}/{args.name} has no networks-status")
-    print(json.dumps(json.loads(resp.pods[0].networks_status_json), indent=2))
+        raise CtlError(f"pod {args.namespace}/{args.name} has no {'network-status' if args.npwg else 'networks-status'}")
+    text = resp.pods[0].network_status_json if args.npwg else resp.pods[0].networks_status_json
+    print(json.dumps(json.loads(text), indent=2))
     return 0
 
 
@@ -282,7 +287,27 @@ def cmd_release(args: argparse.Namespace) -> int:
     return 0
 
 
+def _nads(args: argparse.Namespace) -> int:
+    """NetworkAttachmentDefinitions of the local object source, as the daemon would serve them."""
+    objects, problems = load_directory(args.objects_dir) if os.path.isdir(args.objects_dir) else ({}, [])
+    data = []
+    for obj in objects.values():
+        if isinstance(obj, AttachmentDefinition):
+            config = obj.config or {}
+            data.append({"namespace": obj.meta.namespace, "name": obj.meta.name,
+                         "plugins": [p["type"] for p in config.get("plugins", [])],
+                         "config": "spec.config" if obj.config is not None else "on the node's disk"})
+    for p in problems:
+        if "NetworkAttachmentDefinition" in p.message:
+            print(f"warning: not served: {p.message}", file=sys.stderr)
+    _print(args, data, lambda: table([[d["namespace"], d["name"], ",".join(d["plugins"]) or "-", d["config"]]
+                                      for d in data], ["NAMESPACE", "NAME", "PLUGINS", "CONFIG"]))
+    return 0
+
+
 def cmd_get(args: argparse.Namespace) -> int:
+    if args.what in NAD_NAMES:
+        return _nads(args)
     client = Client(args.grpc_socket)
     if args.what in ("ipaddresses", "ipaddress", "ipa"):
         resp = client.call("ListIPAddresses", pb.ListIPAddressesRequest())
@@ -334,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("-n", "--namespace", default="default")
         if name == "rm":
             sp.add_argument("--cni-path", default=DEFAULT_CNI_PATH)
+        else:
+            sp.add_argument("--npwg", action="store_true", help="k8s.v1.cni.cncf.io/network-status instead")
         sp.set_defaults(func=fn)
     ls = pod.add_parser("list", help="pods and their additional interfaces")
     ls.add_argument("-n", "--namespace", dest="namespace_filter", default="")
@@ -355,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     rel.set_defaults(func=cmd_release)
 
     get = sub.add_parser("get", help="statuses")
-    get.add_argument("what", choices=("ipaddresses", "ipaddress", "ipa", "networks", "network"))
+    get.add_argument("what", choices=("ipaddresses", "ipaddress", "ipa", "networks", "network", *NAD_NAMES))
     out(get)
     get.set_defaults(func=cmd_get)
     return p

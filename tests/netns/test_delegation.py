@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.harness import Node, links_in, run
+from tests.netns.test_plexusctl import ctl
 
 REFERENCE = Path("/usr/lib/cni")
 NS = "my-namespace"
@@ -97,6 +98,11 @@ def test_bridge_with_host_local_through_a_nad(node: Node, data_dir: Path) -> Non
     assert entry == {"name": f"{NS}/bridge-net", "interface": "net1", "ips": ["198.18.50.2"],
                      "mac": pod_links["net1"]["mac"], "dns": {}}
     assert leased_files(data_dir) == ["bridge-net/198.18.50.2"]
+    listed = ctl(node, "get", "nad", "-o", "json")
+    assert json.loads(listed.stdout) == [{"namespace": NS, "name": "bridge-net", "plugins": ["bridge"],
+                                          "config": "spec.config"}], listed
+    shown = ctl(node, "pod", "status", "app", "-n", NS, "--npwg")
+    assert json.loads(shown.stdout) == [entry], shown
     (record,) = attachments(node)
     inv = record.interfaces[0].driver["invocation"]
     assert inv["conflist"]["name"] == "bridge-net" and inv["ifname"] == "net1", "the exact delegate, recorded"
