@@ -65,11 +65,14 @@ def _dirs(cni_path: str | Sequence[str]) -> list[str]:
 
 
 class Exec:
-    """Plugins from the directories of the call's ``CNI_PATH`` (``:``-separated), else of ``cni_path``."""
+    """Plugins from the directories of the call's ``CNI_PATH`` (``:``-separated), else of ``cni_path``; run in
+    ``node_netns`` (a path) when the node's links live in a namespace other than the daemon's."""
 
-    def __init__(self, cni_path: str | Sequence[str] = "/opt/cni/bin", max_output: int = MAX_OUTPUT) -> None:
+    def __init__(self, cni_path: str | Sequence[str] = "/opt/cni/bin", max_output: int = MAX_OUTPUT,
+                 node_netns: str = "") -> None:
         self.dirs = _dirs(cni_path)
         self.max_output = max_output
+        self.node_netns = node_netns
 
     def find(self, plugin: str, dirs: Sequence[str] = ()) -> str:
         check_plugin_type(plugin)
@@ -108,8 +111,14 @@ class Exec:
     def _communicate(self, binary: str, env: dict[str, str], stdin: bytes, timeout: float,
                      what: str) -> tuple[int, bytes, bytes]:
         """Run to the end or the deadline, reading at most ``max_output`` bytes of each stream."""
-        proc = subprocess.Popen([binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=env, start_new_session=True, close_fds=True, preexec_fn=_die_with_us(os.getpid()))
+        netns = os.open(self.node_netns, os.O_RDONLY | os.O_CLOEXEC) if self.node_netns else -1
+        try:
+            proc = subprocess.Popen([binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    env=env, start_new_session=True, close_fds=True,
+                                    preexec_fn=_in_child(os.getpid(), netns))
+        finally:
+            if netns >= 0:
+                os.close(netns)
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         deadline = time.monotonic() + timeout
         fd_out, fd_err = proc.stdout.fileno(), proc.stderr.fileno()
@@ -151,20 +160,24 @@ class Exec:
         raise PluginFailed(problem, tail, note=tail)
 
 
-def _die_with_us(parent: int) -> Callable[[], None]:
-    """In the child before the exec: be killed when the daemon dies (``PR_SET_PDEATHSIG``). A plugin left
+def _in_child(parent: int, netns: int) -> Callable[[], None]:
+    """In the child before the exec: be killed when the daemon dies (``PR_SET_PDEATHSIG``: a plugin left
     running by a killed daemon could finish its ADD after the restarted daemon undid it; killed with the
-    daemon, what it had done is undone by the recovery's DEL of the recorded delegate."""
-    def arm() -> None:
+    daemon, what it had done is undone by the recovery's DEL of the recorded delegate), and enter the
+    node's network namespace when it is not the daemon's (``netns``: an fd, -1 for none)."""
+    def prepare() -> None:
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:  # the daemon died before the signal was armed
             os._exit(1)
+        if netns >= 0 and _libc.setns(netns, _CLONE_NEWNET) != 0:
+            os._exit(126)
 
-    return arm
+    return prepare
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1
+_CLONE_NEWNET = 0x40000000
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

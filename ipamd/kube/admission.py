@@ -17,7 +17,8 @@ from typing import Any
 
 from cni.errors import AnnotationInvalid
 from ipamd.model.annotations import parse_networks_spec
-from ipamd.model.objects import API_VERSION, GROUP, KINDS, SPEC_ANNOTATION, ManifestInvalid, parse_object
+from ipamd.model.npwg import NETWORKS_ANNOTATION, parse_networks
+from ipamd.model.objects import KINDS, POD, SPEC_ANNOTATION, ManifestInvalid, parse_object
 
 REVIEW_VERSION = "admission.k8s.io/v1"
 
@@ -46,16 +47,24 @@ def _named(obj: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def problem_of(kind: str, obj: dict[str, Any]) -> str:
-    """Why the daemon would refuse this object, or "" when it would serve it."""
-    if kind == "Pod":
-        text = ((obj.get("metadata") or {}).get("annotations") or {}).get(SPEC_ANNOTATION)
+def _pod_problem(obj: dict[str, Any], namespace: str) -> str:
+    """Both dialects' selection annotations, as ADD will parse them."""
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    checks = ((SPEC_ANNOTATION, lambda text: parse_networks_spec(text)),
+              (NETWORKS_ANNOTATION, lambda text: parse_networks(text, namespace)))
+    for name, parse in checks:
         try:
-            parse_networks_spec(text)
+            parse(annotations.get(name))
         except AnnotationInvalid as exc:  # details name the field, which the message already does, or say more
             why = exc.msg if exc.details in exc.msg else str(exc)
-            return f"annotation {SPEC_ANNOTATION}: {why}"
-        return ""
+            return f"annotation {name}: {why}"
+    return ""
+
+
+def problem_of(kind: str, obj: dict[str, Any], namespace: str = "") -> str:
+    """Why the daemon would refuse this object, or "" when it would serve it."""
+    if kind == POD.name:
+        return _pod_problem(obj, namespace or str((obj.get("metadata") or {}).get("namespace") or "default"))
     try:
         parse_object(obj)
     except ManifestInvalid as exc:
@@ -76,13 +85,14 @@ def review(doc: Any) -> dict[str, Any]:
     obj = request.get("object")
     if request.get("operation") not in ("CREATE", "UPDATE") or not isinstance(obj, dict):
         return _response(uid, True)  # DELETE and CONNECT carry nothing to check
-    if kind == "Pod" and group == "":
-        problem = problem_of("Pod", obj)
-    elif group == GROUP and kind in KINDS:
+    served = KINDS.get(kind) if isinstance(kind, str) else None
+    if kind == POD.name and group == "":
+        problem = problem_of(POD.name, obj, str(request.get("namespace") or ""))
+    elif served is not None and served.api_version.partition("/")[0] == group:
         doc = _named(obj, request)
-        doc.setdefault("apiVersion", API_VERSION)
-        doc.setdefault("kind", kind)
-        problem = problem_of(kind, doc)
+        doc.setdefault("apiVersion", served.api_version)
+        doc.setdefault("kind", served.name)
+        problem = problem_of(served.name, doc)
     else:
         return _response(uid, True)  # not ours: a misrouted rule must not block anything
     return _response(uid, not problem, problem)

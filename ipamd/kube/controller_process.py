@@ -17,6 +17,7 @@ from typing import Any
 from ipamd.kube.certs import TlsBundle, ensure_secret, publish_ca
 from ipamd.kube.controller import Controller
 from ipamd.kube.errors import reason_of
+from ipamd.kube.resources import DECKHOUSE_KINDS
 from ipamd.kube.source import KubernetesSource
 from ipamd.kube.webhook import WebhookServer
 
@@ -65,7 +66,7 @@ class ControllerProcess:
         self.api = api
         self.namespace = namespace
         self.webhook_cfg = webhook
-        self.source = KubernetesSource(api, "")
+        self.source = KubernetesSource(api, "", kinds=DECKHOUSE_KINDS)
         self.controller = Controller(api, self.source, namespace)
         self.webhook: WebhookServer | None = None
         self.health = _HealthServer(("0.0.0.0", health_port), self.ready) if health_port else None

@@ -19,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 log = logging.getLogger(__name__)
 
 ListFn = Callable[..., Any]
+ABSENT_RECHECK_S = 30.0
 
 
 def plain_lister(fn: Callable[..., Any], *args: Any) -> ListFn:
@@ -74,6 +75,16 @@ class Informer:
         self._on_change()
         return str((data.get("metadata") or {}).get("resourceVersion") or "")
 
+    def _absent(self) -> None:
+        """A kind the cluster does not have is an empty kind, not an unsynced one (a cluster without
+        NetworkAttachmentDefinitions still gets its Deckhouse networks); it is looked for again later."""
+        if not self.synced.is_set():
+            log.info("%s: the API does not serve it (no CRD?); it counts as empty until it does", self.name)
+        with self._lock:
+            self._cache = {}
+        self.synced.set()
+        self._on_change()
+
     def run(self) -> None:
         backoff = 0.5
         while not self._stop.is_set():
@@ -85,7 +96,10 @@ class Informer:
                     if not rv:
                         break  # 410 Gone: relist
             except ApiException as exc:
-                if exc.status != 410:
+                if exc.status == 404:  # the API does not serve the kind (its CRD is not installed): none of it
+                    self._absent()
+                    self._stop.wait(ABSENT_RECHECK_S)
+                elif exc.status != 410:
                     log.warning("%s: %s; retrying in %.1fs", self.name, exc.reason, backoff)
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, 30.0)

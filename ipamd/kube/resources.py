@@ -54,6 +54,8 @@ RESOURCES: dict[str, Resource] = {r.kind: r for r in (
 
 #: The kinds the object source serves (parsed into typed objects); the rest Plexus writes and tracks.
 SERVED_KINDS = tuple(k for k in KINDS if k in RESOURCES)
+#: The controller's: the Deckhouse kinds (it reviews NADs in the webhook, but never reads them).
+DECKHOUSE_KINDS = tuple(k for k in SERVED_KINDS if RESOURCES[k].group == GROUP)
 
 
 class CustomObjects:

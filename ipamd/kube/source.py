@@ -30,7 +30,8 @@ TRACKED_KINDS = ("IPAddressLease", "NodeNetworkInterfaceAttachment")
 
 
 class KubernetesSource:
-    def __init__(self, api: client.ApiClient, node_name: str, pod_wait_s: float = 2.0) -> None:
+    def __init__(self, api: client.ApiClient, node_name: str, pod_wait_s: float = 2.0,
+                 kinds: tuple[str, ...] = SERVED_KINDS) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.objects = CustomObjects(api)
@@ -41,7 +42,8 @@ class KubernetesSource:
         self._lock = threading.Lock()
         self._parsed: dict[str, tuple[dict[tuple[str, str], ApiObject], list[Problem]]] = {}
         self.informers: dict[str, Informer] = {}
-        for kind in (*SERVED_KINDS, *TRACKED_KINDS):
+        self.kinds = kinds
+        for kind in (*kinds, *TRACKED_KINDS):
             self.informers[kind] = Informer(kind, self.objects.lister(kind), kind, RESOURCES[kind].api_version,
                                             self._notify)
         if node_name:  # the controller alone needs no pods
@@ -111,7 +113,7 @@ class KubernetesSource:
         return next((p for p in self.list(POD) if p.meta.uid == uid), None)
 
     def problems(self) -> builtins.list[Problem]:
-        return [p for kind in (*SERVED_KINDS, POD.name) if kind in self.informers for p in self._objects(kind)[1]]
+        return [p for kind in (*self.kinds, POD.name) if kind in self.informers for p in self._objects(kind)[1]]
 
     def wait_for_pod(self, namespace: str, name: str) -> Pod | None:
         """A pod the informer has not seen yet (ADD can beat the watch): wait a bounded time, then

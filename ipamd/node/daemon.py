@@ -88,7 +88,7 @@ class NodeDaemon:
         self._ready = threading.Event()
         fault = _fault_hook(cfg.fault, float(os.environ.get("PLEXUS_FAULT_RATE") or 0),
                             os.environ.get("PLEXUS_FAULT_SEED", "plexus"))
-        delegation = Chain(Exec())
+        delegation = Chain(Exec(node_netns=cfg.node_netns))
         self.attacher = Attacher(self.store, self.source, self.ipam, self.segments, all_drivers(delegation), host,
                                  pod_namespace, publisher, self._ready.is_set, fault, delegation=delegation)
         self.reconciler = Reconciler(self.store, self.source, self.ipam, self.attacher, self.segments, publisher,

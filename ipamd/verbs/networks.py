@@ -202,9 +202,15 @@ class Networks:
     def _delegate(call: CniCall, conf: PluginConfig, d: Delegated, if_name: str,
                   runtime: dict[str, Any] | None = None, args: dict[str, Any] | None = None,
                   default_route: tuple[str, ...] = ()) -> Wanted:
-        inv = Invocation(d.conflist, call.container_id, call.netns, if_name, call.raw_args, dict(runtime or {}),
-                         dict(args or {}), conf.plugin_dirs(call.cni_path), conf.delegate_timeout_s)
+        inv = Invocation(d.conflist, call.container_id, call.netns, if_name, _ignore_unknown(call.raw_args),
+                         dict(runtime or {}), dict(args or {}), conf.plugin_dirs(call.cni_path), conf.delegate_timeout_s)
         return Wanted("delegate", InterfaceRequest(if_name, delegate=inv, default_route=default_route), d.target)
+
+
+def _ignore_unknown(args: str) -> str:
+    """CNI_ARGS for a delegate: plugins refuse keys they do not know (the K8S_POD_* ones kubelet adds) unless
+    told ``IgnoreUnknown`` (kubelet always is; a runtime that is not, cnitool say, is helped as Multus does)."""
+    return args if not args or "IgnoreUnknown=" in args else f"IgnoreUnknown=1;{args}"
 
 
 def parallel(pod: Pod) -> bool:

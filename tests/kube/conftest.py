@@ -111,7 +111,7 @@ def cluster() -> Iterator[Cluster]:
         if up.returncode != 0:
             pytest.fail("starting the test API server failed three times:\n" + "\n".join(failures))
         c = Cluster(data, str(data / "admin.kubeconfig"), str(CACHE / "bin" / "kubectl"), ports)
-        c.kubectl("apply", "-f", str(REPO / "packaging/k8s/crds.yaml"))
+        c.kubectl("apply", "-f", str(REPO / "packaging/k8s/crds.yaml"), "-f", str(REPO / "packaging/k8s/npwg-crds.yaml"))
         c.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
         yield c
     finally:

@@ -152,3 +152,33 @@ def test_user_ipaddresses_are_reviewed_but_not_the_ones_nodes_make_during_add(we
     code, err = apply(webhook, static_without_ip("nodes", {f"{GROUP}/owner-pod-uid": "0000"}))
     assert code == 0, err
     webhook.kubectl("delete", "ipaddress", "-n", TEST_NS, "nodes")
+
+
+def nad(name: str, config: str) -> dict[str, Any]:
+    return {"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+            "metadata": {"name": name, "namespace": TEST_NS}, "spec": {"config": config}}
+
+
+@pytest.mark.netns
+def test_a_nad_that_is_not_a_cni_configuration_is_refused_by_kubectl_apply(webhook: Cluster,
+                                                                           controller: ControllerProcess) -> None:
+    code, err = apply(webhook, nad("no-plugins", '{"cniVersion": "0.3.1", "plugins": []}'))
+    assert code != 0 and 'admission webhook "nads.plexus.network.deckhouse.io" denied the request' in err, err
+    assert "spec.config.plugins" in err and "must list at least one plugin" in err, err
+    code, err = apply(webhook, nad("escape", '{"cniVersion": "0.3.1", "type": "../../usr/bin/id"}'))
+    assert code != 0 and "not a plugin name" in err, err
+    assert not exists(webhook, "network-attachment-definitions", "escape")
+    code, err = apply(webhook, nad("macvlan-conf", '{"cniVersion": "0.3.1", "type": "macvlan", "master": "eth0", '
+                                                   '"mode": "bridge", "ipam": {"type": "static"}}'))
+    assert code == 0, err
+    with controller.paused():  # NADs are shared with other tools: Ignore, a controller outage never blocks them
+        code, err = apply(webhook, nad("while-down", '{"cniVersion": "0.3.1", "type": "bridge"}'))
+        assert code == 0, err
+
+
+@pytest.mark.netns
+def test_a_pod_with_a_bad_npwg_annotation_is_refused(webhook: Cluster) -> None:
+    bad = pod("npwg-bad", "aa:bb:cc:dd:ee:ff")
+    bad["metadata"]["annotations"] = {"k8s.v1.cni.cncf.io/networks": "a/b/c"}
+    code, err = apply(webhook, bad)
+    assert code != 0 and "k8s.v1.cni.cncf.io/networks[0]" in err, err

@@ -174,3 +174,23 @@ def test_both_dialects_in_one_pod(node: Node, data_dir: Path) -> None:
     assert [s["ifName"] for s in node.pod_status(NS, "both") or []] == ["net1"], "networks-spec stays Deckhouse's"
     assert node.cni("DEL", "c4", ns, pod=(NS, "both"), conf=conf(node)).ok
     assert set(links_in(ns)) == {"lo"} and leased_files(data_dir) == []
+
+
+def test_delegates_run_in_the_nodes_namespace_when_it_is_not_the_daemons(tmp_path: Path) -> None:
+    """``--node-netns`` (test nodes, a daemon beside its node's namespace): a delegate's links must be made
+    there, never in the daemon's own namespace."""
+    from ipamd.invoke.exec import Exec
+    from tests.harness import netns_add, netns_del
+
+    name = f"plxt-exec-{os.getpid()}"
+    path = netns_add(name)
+    try:
+        plugin = tmp_path / "where"
+        plugin.write_text('#!/bin/sh\necho "{\\"cniVersion\\": \\"1.0.0\\", \\"netns\\": \\"$(readlink /proc/self/ns/net)\\"}"\n')
+        plugin.chmod(0o755)
+        inside = Exec(str(tmp_path), node_netns=path).run("where", {"CNI_COMMAND": "ADD"}, {}, 10).result["netns"]
+        assert inside == f"net:[{os.stat(path).st_ino}]"
+        outside = Exec(str(tmp_path)).run("where", {"CNI_COMMAND": "ADD"}, {}, 10).result["netns"]
+        assert outside == os.readlink("/proc/self/ns/net")
+    finally:
+        netns_del(name)

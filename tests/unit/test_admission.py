@@ -93,6 +93,33 @@ def test_pods_without_networks_and_with_good_ones_are_allowed() -> None:
     assert answer(request("Pod", pod(good), group=""))["allowed"] is True
 
 
+def test_a_nad_whose_config_is_not_a_cni_configuration_is_refused_with_the_reason() -> None:
+    def nad(config: str) -> dict[str, Any]:
+        return {"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+                "metadata": {"name": "macvlan-conf"}, "spec": {"config": config}}
+
+    refused = answer(request("NetworkAttachmentDefinition", nad('{"cniVersion": "0.3.1", "plugins": []}'),
+                             group="k8s.cni.cncf.io"))
+    assert refused["allowed"] is False
+    assert "NetworkAttachmentDefinition ns/macvlan-conf: spec.config.plugins" in refused["status"]["message"]
+    escape = answer(request("NetworkAttachmentDefinition", nad('{"cniVersion": "0.3.1", "type": "../../bin/sh"}'),
+                            group="k8s.cni.cncf.io"))
+    assert escape["allowed"] is False and "not a plugin name" in escape["status"]["message"]
+    good = '{"cniVersion": "0.3.1", "type": "macvlan", "master": "eth0", "ipam": {"type": "static"}}'
+    assert answer(request("NetworkAttachmentDefinition", nad(good), group="k8s.cni.cncf.io"))["allowed"] is True
+
+
+def test_a_pods_npwg_annotation_is_checked_too() -> None:
+    bad = pod(None)
+    bad["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] = json.dumps(
+        [{"name": "a", "default-route": ["198.18.0.1"]}, {"name": "b", "default-route": ["198.18.1.1"]}])
+    resp = answer(request("Pod", bad, group=""))
+    assert resp["allowed"] is False and "k8s.v1.cni.cncf.io/networks[1].default-route" in resp["status"]["message"]
+    good = pod(None)
+    good["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] = "macvlan-conf, other/bridge@net5"
+    assert answer(request("Pod", good, group=""))["allowed"] is True
+
+
 def test_deletes_and_kinds_that_are_not_ours_pass() -> None:
     bad = pool(["198.18.1.10-198.18.1.20"])
     assert answer(request("IPAddressPool", bad, operation="DELETE"))["allowed"] is True
