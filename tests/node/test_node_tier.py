@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,15 +86,17 @@ def write_chained_conflist(path: Path, socket: str, log_file: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def node_cluster() -> Iterator[NodeCluster]:
+@contextmanager
+def running_node(write_conflist: Callable[[Path, str, str], Path], crds: tuple[str, ...] = ("crds.yaml",),
+                 daemon_args: tuple[str, ...] = ()) -> Iterator[NodeCluster]:
+    """The node tier with the CNI configuration ``write_conflist(path, socket, log)`` writes, the CRDs of
+    ``packaging/k8s`` named, and plexus-ipamd running in the node's namespace from this checkout."""
     build_node_tier()
     if not FROZEN.exists():
         pytest.fail("the frozen plugin is missing: make build")
     work = Path(tempfile.mkdtemp(prefix="plexus-node-"))
     data = work / "node"
-    conflist = write_chained_conflist(work / "plexus.conflist", str(work / "run" / "plexus.sock"),
-                                      str(work / "plexus.log"))
+    conflist = write_conflist(work / "plexus.conflist", str(work / "run" / "plexus.sock"), str(work / "plexus.log"))
     link = Path("/opt/cni/bin/plexus")
     made_link = False
     if not link.exists():
@@ -105,7 +108,8 @@ def node_cluster() -> Iterator[NodeCluster]:
     try:
         start_node_tier(data, env)
         c = NodeCluster(data, work / "ipamd.log")
-        c.kubectl("apply", "-f", str(REPO / "packaging/k8s/crds.yaml"))
+        for crd in crds:
+            c.kubectl("apply", "-f", str(REPO / "packaging" / "k8s" / crd))
         c.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
         c.kubectl("create", "namespace", "plexus-system", check=False)
         with open(work / "ipamd.stderr", "wb") as err:
@@ -114,7 +118,7 @@ def node_cluster() -> Iterator[NodeCluster]:
                  "--kubeconfig", str(data / "admin.kubeconfig"), "--node-name", NODE, "--controller",
                  "--db", str(work / "plexus.db"), "--socket", str(work / "run" / "plexus.sock"),
                  "--grpc-socket", str(work / "run" / "ipam.sock"), "--log-file", str(c.daemon_log),
-                 "--reconcile-interval", "2"],
+                 "--reconcile-interval", "2", *daemon_args],
                 cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL, stderr=err)
         assert wait_for(lambda: c.daemon_log.exists() and "ready" in c.daemon_log.read_text(), timeout=60)
         yield c
@@ -131,6 +135,12 @@ def node_cluster() -> Iterator[NodeCluster]:
         if made_link:
             link.unlink(missing_ok=True)
         shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def node_cluster() -> Iterator[NodeCluster]:
+    with running_node(write_chained_conflist) as c:
+        yield c
 
 
 def seed_objects() -> list[dict[str, Any]]:

@@ -74,7 +74,8 @@ def test_a_nad_with_its_config_and_one_on_disk() -> None:
     assert inv["conflist"] == {"cniVersion": "0.3.1", "name": "bridge-net", "plugins": [
         {"type": "bridge", "bridge": "br1"}]}
     assert (inv["ifname"], inv["container_id"], inv["netns"]) == ("net1", "c1", "/run/netns/p")
-    assert inv["cni_args"] == "IgnoreUnknown=1;K8S_POD_NAMESPACE=apps;K8S_POD_NAME=p" and inv["bin_dirs"] == ("/opt/cni/bin", "/usr/lib/cni")
+    assert inv["cni_args"] == "IgnoreUnknown=1;K8S_POD_NAMESPACE=apps;K8S_POD_NAME=p"
+    assert inv["bin_dirs"] == ("/opt/cni/bin", "/usr/lib/cni")
     assert delegated(b)["conflist"]["plugins"] == [{"type": "ptp"}], "no spec.config: the file named like the NAD"
 
 
