@@ -12,6 +12,7 @@ Nothing outside the namespaces and the temporary directory is touched, and all o
 the end, on failure and on Ctrl-C.
 
 Scenarios (``--only``): version, add (add-1/2/4 and del-1/2/4), chained (add-chained, del-chained),
+delegate (the cluster network and 2 or 4 NADs, Plexus delegating: add-delegate-N, del-delegate-N),
 check (check, status), churn, rss, ipam-alloc. Latency rows give median, p90, max and runs, and
 ratio = Plexus median / reference median; throughput rows give ratio = Plexus / reference.
 """
@@ -51,9 +52,11 @@ from bench.cni import (  # noqa: E402
 )
 from bench.node import REPO, BenchError, BenchNode  # noqa: E402
 
-SCENARIOS = ("version", "add", "chained", "check", "churn", "rss", "ipam-alloc")
+SCENARIOS = ("version", "add", "chained", "delegate", "check", "churn", "rss", "ipam-alloc")
 ALIASES = {"del": "add", "add-chained": "chained", "del-chained": "chained", "status": "check", "ipam": "ipam-alloc",
-           **{f"{v}-{n}": "add" for v in ("add", "del") for n in (1, 2, 4)}}
+           **{f"{v}-{n}": "add" for v in ("add", "del") for n in (1, 2, 4)},
+           **{f"{v}-delegate-{n}": "delegate" for v in ("add", "del") for n in (2, 4)}}
+DELEGATE_SIZES = (2, 4)
 ADD_SIZES = (1, 2, 4)
 
 
@@ -230,6 +233,42 @@ def sc_chained(ctx: Ctx) -> None:
     ctx.res.add_latency("del-chained", del_p, del_r, "3 x bridge DEL", plexus_exec=summary(part_del),
                         daemon=ctx.daemon_ms(since, "DEL", cids), what="plexus DEL + bridge DEL eth0")
     ctx.verify_clean("chained")
+
+
+def sc_delegate(ctx: Ctx) -> None:
+    """A Multus node's pod: the cluster network and N NADs (bridge + host-local each), Plexus delegating all
+    of them, against the same N+1 reference execs made by the runtime itself."""
+    cni = ctx.cni
+    for n in DELEGATE_SIZES:
+        add_p: list[float] = []
+        add_r: list[float] = []
+        del_p: list[float] = []
+        del_r: list[float] = []
+        cids: set[str] = set()
+        since = 0
+        for i in range(ctx.warmup + ctx.runs):
+            if i == ctx.warmup:
+                since = ctx.node.log_offset()
+            pa, pb = cni.new_pod(), cni.new_pod()
+            try:
+                add = paired(i, partial(cni.delegating_add, pa, n), partial(cni.ref_chained_add, pb, n))
+                dele = paired(i, partial(cni.delegating_del, pa, n), partial(cni.ref_chained_del, pb, n))
+            finally:
+                cni.remove_pod(pa)
+                cni.remove_pod(pb)
+            if i >= ctx.warmup:
+                cids.add(pa.cid[:12])
+                add_p.append(add[0])
+                add_r.append(add[1])
+                del_p.append(dele[0])
+                del_r.append(dele[1])
+            ctx.progress(f"delegate-{n}", i, ctx.warmup + ctx.runs)
+        what = f"{n + 1} x bridge+host-local exec'd by the runtime (eth0 + {n})"
+        ctx.res.add_latency(f"add-delegate-{n}", add_p, add_r, f"{what} ADD", daemon=ctx.daemon_ms(since, "ADD", cids),
+                            what=f"plexus ADD delegating the cluster network and {n} NADs")
+        ctx.res.add_latency(f"del-delegate-{n}", del_p, del_r, f"{what} DEL", daemon=ctx.daemon_ms(since, "DEL", cids),
+                            what=f"plexus DEL of the cluster network and {n} NADs")
+    ctx.verify_clean("delegate")
 
 
 def sc_check(ctx: Ctx) -> None:
@@ -587,6 +626,7 @@ def table(rows: list[list[str]], header: list[str]) -> str:
 
 
 LATENCY_ORDER = ["version", "add-1", "del-1", "add-2", "del-2", "add-4", "del-4", "add-chained", "del-chained",
+                 "add-delegate-2", "del-delegate-2", "add-delegate-4", "del-delegate-4",
                  "check", "status", "alloc@10%", "alloc@95%"]
 
 
@@ -719,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
     failure = ""
     try:
         node.enter()  # from here on, this process and everything it starts live in the node namespace
-        node.write_objects(objects(args.fill_prefix))
+        node.write_objects(objects(args.fill_prefix, str(node.hostlocal_dir)))
         cni = Cni(node, args.plexus, args.ref_dir)
         versions = check_version_support(cni)
         log(f"bench: node {node.name}, plexus {args.plexus}, reference {args.ref_dir}/bridge; starting plexus-ipamd")
@@ -735,7 +775,8 @@ def main(argv: list[str] | None = None) -> int:
                   args.probes, args.fill_prefix)
         table_fns: dict[str, Callable[[], None]] = {
             "version": lambda: sc_version(ctx), "add": lambda: sc_add(ctx, args.add_sizes),
-            "chained": lambda: sc_chained(ctx), "check": lambda: sc_check(ctx), "churn": lambda: sc_churn(ctx),
+            "chained": lambda: sc_chained(ctx), "delegate": lambda: sc_delegate(ctx), "check": lambda: sc_check(ctx),
+            "churn": lambda: sc_churn(ctx),
             "rss": lambda: sc_rss(ctx), "ipam-alloc": lambda: sc_ipam(ctx),
         }
         for name in args.scenarios:

@@ -26,6 +26,9 @@ MAX_NETS = 4
 PLEXUS_SUBNETS = {i: f"198.18.{32 * (i - 1)}.0/19" for i in range(1, MAX_NETS + 1)}  # 198.18.0.0-127.255
 REF_SUBNETS = {i: f"198.18.{128 + 4 * (i - 1)}.0/22" for i in range(1, MAX_NETS + 1)}  # 198.18.128.0-143.255
 CLUSTER_SUBNET = "198.18.144.0/22"
+DELEGATE_SUBNETS = {i: f"198.18.{192 + 4 * (i - 1)}.0/22" for i in range(1, MAX_NETS + 1)}  # 198.18.192.0-207.255
+DELEGATE_CLUSTER_SUBNET = "198.18.208.0/22"
+NPWG_NETWORKS = "k8s.v1.cni.cncf.io/networks"
 API_POOL_SUBNET = "198.18.160.0/20"
 RSS_POOL_SUBNET = "198.18.176.0/20"
 FILL_POOL_BASE = "198.19.0.0"
@@ -46,9 +49,14 @@ class Pod:
                 f"K8S_POD_INFRA_CONTAINER_ID={self.cid};K8S_POD_UID={self.uid}")
 
 
-def objects(fill_prefix: int) -> list[dict[str, Any]]:
+def bridge_plugin(bridge: str, subnet: str, data_dir: str) -> dict[str, Any]:
+    return {"type": "bridge", "bridge": bridge, "isGateway": False, "ipMasq": False,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "dataDir": data_dir}}
+
+
+def objects(fill_prefix: int, data_dir: str) -> list[dict[str, Any]]:
     """The manifests the bench's daemon serves: a VLAN class, Networks net-1..4 each with its pool,
-    and pools for the gRPC scenarios."""
+    pools for the gRPC scenarios, and NetworkAttachmentDefinitions nad-1..4 (bridge + host-local)."""
     api = "network.deckhouse.io/v1alpha1"
 
     def pool(name: str, cidr: str, ttl: str = "1m") -> dict[str, Any]:
@@ -64,6 +72,10 @@ def objects(fill_prefix: int) -> list[dict[str, Any]]:
         docs.append({"apiVersion": api, "kind": "Network", "metadata": {"name": f"net-{i}", "namespace": POD_NAMESPACE},
                      "spec": {"networkClass": "bench-class",
                               "ipam": {"ipAddressPoolRef": {"kind": "IPAddressPool", "name": f"pool-{i}"}}}})
+    for i, cidr in DELEGATE_SUBNETS.items():
+        config = {"cniVersion": "1.0.0", "name": f"nad-{i}", "plugins": [bridge_plugin(f"plxb-d{i}", cidr, data_dir)]}
+        docs.append({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+                     "metadata": {"name": f"nad-{i}", "namespace": POD_NAMESPACE}, "spec": {"config": json.dumps(config)}})
     docs.append(pool("pool-api", API_POOL_SUBNET))
     docs.append(pool("pool-rss", RSS_POOL_SUBNET))
     docs.append(pool("pool-fill", f"{FILL_POOL_BASE}/{fill_prefix}"))
@@ -98,6 +110,28 @@ class Cni:
         if prev is not None:
             conf["prevResult"] = prev
         return conf
+
+    def delegating_conf(self, nads: int) -> dict[str, Any]:
+        """Plexus as a Multus node runs it: the only plugin, the cluster network (bridge + host-local, eth0)
+        delegated from a file, and ``nads`` NetworkAttachmentDefinitions from the pod's annotation."""
+        cluster = self.node.dir / "cluster.conflist"
+        if not cluster.exists():
+            cluster.write_text(json.dumps({"cniVersion": "1.0.0", "name": "cluster", "plugins": [
+                bridge_plugin("plxb-dc", DELEGATE_CLUSTER_SUBNET, str(self.node.hostlocal_dir))]}))
+        networks = ", ".join(f"nad-{i}" for i in range(1, nads + 1))
+        return {"cniVersion": "1.0.0", "name": "plexus-multus", "type": "plexus", "socket": str(self.node.socket),
+                "logFile": str(self.node.shim_log), "clusterNetwork": str(cluster), "binDir": self.ref_dir,
+                "capabilities": {POD_ANNOTATIONS: True},
+                "runtimeConfig": {POD_ANNOTATIONS: {NPWG_NETWORKS: networks}}}
+
+    def delegating_add(self, pod: Pod, nads: int) -> float:
+        t, out = self.exec("plexus", "ADD", self.delegating_conf(nads), pod, expect_ips=1 + nads)
+        pod.results["plexus"] = out
+        return t
+
+    def delegating_del(self, pod: Pod, nads: int) -> float:
+        return self.exec("plexus", "DEL", {**self.delegating_conf(nads), "prevResult": pod.results.get("plexus")},
+                         pod)[0]
 
     def bridge_conf(self, net: int | str, version: str = "1.0.0", prev: Any = None) -> dict[str, Any]:
         """``bridge`` + ``host-local``: net 1..4 (one bridge and subnet each) or "cluster" (eth0)."""
@@ -194,13 +228,14 @@ class Cni:
         t2, _ = self.exec("bridge", "DEL", self.bridge_conf("cluster", prev=pod.results.get("plexus")), pod)
         return t1 + t2, t1
 
-    def ref_chained_add(self, pod: Pod) -> float:
+    def ref_chained_add(self, pod: Pod, nets: int = 2) -> float:
+        """The cluster network and ``nets`` networks, each exec'd by the runtime itself (no meta-plugin)."""
         t, out = self.exec("bridge", "ADD", self.bridge_conf("cluster"), pod, expect_ips=1)
         pod.results["eth0"] = out
-        return t + self.bridges_add(pod, [1, 2])
+        return t + self.bridges_add(pod, list(range(1, nets + 1)))
 
-    def ref_chained_del(self, pod: Pod) -> float:
-        t = self.bridges_del(pod, [1, 2])
+    def ref_chained_del(self, pod: Pod, nets: int = 2) -> float:
+        t = self.bridges_del(pod, list(range(1, nets + 1)))
         t2, _ = self.exec("bridge", "DEL", self.bridge_conf("cluster", prev=pod.results.get("eth0")), pod)
         return t + t2
 

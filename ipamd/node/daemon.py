@@ -17,7 +17,7 @@ from cni.errors import InternalError
 from ipamd.config import DaemonConfig
 from ipamd.drivers.table import all_drivers
 from ipamd.invoke.chain import Chain
-from ipamd.invoke.exec import Exec
+from ipamd.invoke.exec import Exec, reap_orphans
 from ipamd.ipam.addresses import Ipam
 from ipamd.ipam.registry import LeaseRegistry, NodeLocalRegistry
 from ipamd.netlink.netns import HostNetlink, pod_namespace
@@ -88,7 +88,7 @@ class NodeDaemon:
         self._ready = threading.Event()
         fault = _fault_hook(cfg.fault, float(os.environ.get("PLEXUS_FAULT_RATE") or 0),
                             os.environ.get("PLEXUS_FAULT_SEED", "plexus"))
-        delegation = Chain(Exec(node_netns=cfg.node_netns))
+        delegation = Chain(Exec(node_netns=cfg.node_netns, owner=os.path.abspath(cfg.db)))
         self.attacher = Attacher(self.store, self.source, self.ipam, self.segments, all_drivers(delegation), host,
                                  pod_namespace, publisher, self._ready.is_set, fault, delegation=delegation)
         self.reconciler = Reconciler(self.store, self.source, self.ipam, self.attacher, self.segments, publisher,
@@ -104,6 +104,7 @@ class NodeDaemon:
         self.source.start()
         if self.controller is not None:
             self.controller.start()
+        reap_orphans(os.path.abspath(self.cfg.db))  # delegates a killed predecessor left running, before undoing them
         recovered = self.reconciler.recover()
         self.reconciler.run_once()
         self.source.subscribe(self.reconciler.wake)
