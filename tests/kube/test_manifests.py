@@ -108,6 +108,17 @@ def test_daemonset_runs_the_daemon_in_kubernetes_mode_on_the_host_paths() -> Non
     assert c["resources"]["requests"] and c["resources"]["limits"]
 
 
+def test_daemonset_mounts_what_delegated_plugins_expect() -> None:
+    """A NAD's plugins run from the daemon as a runtime would run them: with the node's plugins, configurations,
+    host-local's leases and the DHCP daemon's socket at the paths they use on the host."""
+    c = container("plexus-ipamd")
+    for path, writable in (("/opt/cni/bin", False), ("/etc/cni/net.d", False), ("/etc/cni/multus/net.d", False),
+                           ("/var/lib/cni", True), ("/run/cni", True)):
+        m, vol = mounts(c)[path]
+        assert vol["hostPath"]["path"] == path
+        assert bool(m.get("readOnly")) is not writable, path
+
+
 def test_daemonset_pod_security() -> None:
     spec = pod_spec()
     assert spec["hostNetwork"] is True, "bridges and node-side veths live in the node's namespace"
@@ -315,8 +326,11 @@ NODE_NEEDS = [
     ("patch", f"ipaddressleases.{GROUP}"),          # holder: orphan / adopt
     ("patch", f"ipaddressleases.{GROUP}", "--subresource=status"),    # orphaningTimestamp
     ("delete", f"ipaddressleases.{GROUP}"),         # free after the quarantine
+    ("list", "network-attachment-definitions.k8s.cni.cncf.io", "--all-namespaces"),  # the NAD informer
+    ("watch", "network-attachment-definitions.k8s.cni.cncf.io", "--all-namespaces"),
 ]
 NODE_MUST_NOT = [
+    ("create", "network-attachment-definitions.k8s.cni.cncf.io", "-n", "some-app"),  # it reads NADs, never writes
     ("delete", "pods", "-n", "some-app"),
     ("create", "pods", "-n", "some-app"),
     ("update", "pods", "-n", "some-app"),
