@@ -88,17 +88,28 @@ def _element(i: int, item: Any) -> tuple[dict[str, Any], str]:
     return item, where
 
 
+#: The annotations of one object may hold 256 KiB in all (the API server's limit); more is not an annotation.
+MAX_ANNOTATION_BYTES = 256 * 1024
+
+
+def json_list(text: str, annotation: str) -> list[Any]:
+    """An annotation that holds a JSON list, within the size an annotation may have."""
+    if len(text.encode()) > MAX_ANNOTATION_BYTES:
+        raise AnnotationInvalid(f"{annotation} is larger than {MAX_ANNOTATION_BYTES} bytes", annotation)
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise AnnotationInvalid(f"{annotation} is not JSON", str(exc)) from None
+    if not isinstance(data, list):
+        raise AnnotationInvalid(f"{annotation} must be a JSON list", f"got {type(data).__name__}")
+    return data
+
+
 def parse_networks_spec(text: str | None) -> list[NetworkSelection]:
     """``network.deckhouse.io/networks-spec`` → the pod's selections, interface names assigned."""
     if text is None or not text.strip():
         return []
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise AnnotationInvalid(f"{SPEC_ANNOTATION} is not JSON", str(exc)) from None
-    if not isinstance(data, list):
-        raise AnnotationInvalid(f"{SPEC_ANNOTATION} must be a JSON list", f"got {type(data).__name__}")
-    items = [_element(i, item) for i, item in enumerate(data)]
+    items = [_element(i, item) for i, item in enumerate(json_list(text, SPEC_ANNOTATION))]
     explicit: dict[str, str] = {}
     for item, where in items:
         if "ifName" in item:

@@ -9,20 +9,17 @@ list of objects with every key of the spec. An annotation that breaks a rule is 
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from cni.errors import AnnotationInvalid
-from ipamd.model.annotations import check_ifname, check_mac
+from ipamd.model.annotations import MAX_ANNOTATION_BYTES, check_ifname, check_mac, json_list
 
 NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
 NETWORK_STATUS_ANNOTATION = "k8s.v1.cni.cncf.io/network-status"
 DEFAULT_NETWORK_ANNOTATION = "v1.multus-cni.io/default-network"
-#: The annotations of one object may hold 256 KiB in all (the API server's limit); more is not an annotation.
-MAX_ANNOTATION_BYTES = 256 * 1024
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 #: Keys of a JSON element, and the CNI ``runtimeConfig`` key each turns into (None: not a runtimeConfig key).
 KEYS: dict[str, str | None] = {
@@ -131,16 +128,10 @@ def parse_networks(text: str | None, namespace: str) -> list[NetworkElement]:
     ``{`` or ``"`` (as Multus decides), else the comma form."""
     if text is None or not text.strip():
         return []
-    if len(text.encode()) > MAX_ANNOTATION_BYTES:
-        raise AnnotationInvalid(f"{NETWORKS_ANNOTATION} is larger than {MAX_ANNOTATION_BYTES} bytes", NETWORKS_ANNOTATION)
     if any(c in text for c in '[{"'):
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise AnnotationInvalid(f"{NETWORKS_ANNOTATION} is not JSON", str(exc)) from None
-        if not isinstance(data, list):
-            raise AnnotationInvalid(f"{NETWORKS_ANNOTATION} must be a JSON list", f"got {type(data).__name__}")
-        elements = [_element(i, item, namespace) for i, item in enumerate(data)]
+        elements = [_element(i, item, namespace) for i, item in enumerate(json_list(text, NETWORKS_ANNOTATION))]
+    elif len(text.encode()) > MAX_ANNOTATION_BYTES:
+        raise AnnotationInvalid(f"{NETWORKS_ANNOTATION} is larger than {MAX_ANNOTATION_BYTES} bytes", NETWORKS_ANNOTATION)
     else:
         parts = [p.strip() for p in text.split(",")]
         elements = [_comma_element(i, p, namespace) for i, p in enumerate(parts)]
