@@ -260,7 +260,8 @@ def test_cnitool_second_pod_gets_its_own_addresses(cnitool: Path, node: Node) ->
 
 def test_cnitool_plexus_delegating_the_cluster_network_and_a_nad(cnitool: Path, node: Node) -> None:
     """Plexus as the only plugin of the list, as a Multus node runs it: libcni execs Plexus, Plexus execs the
-    cluster network's bridge (eth0, from a file) and a NAD's bridge (net1) from libcni's CNI_PATH."""
+    cluster network's bridge (eth0, from a file) and four NADs from libcni's CNI_PATH: bridge + host-local,
+    macvlan (on a veth end) + static + tuning (IP and MAC from the annotation), host-device, a tuning chain."""
     root = Path(tempfile.mkdtemp(prefix="cnitool-", dir=node.dir))
     bindir = _plugin_dir(root)
     data_dir = root / "host-local"
@@ -268,12 +269,31 @@ def test_cnitool_plexus_delegating_the_cluster_network_and_a_nad(cnitool: Path, 
     cluster.write_text(json.dumps({"cniVersion": "1.0.0", "name": "cbr", "plugins": [
         {"type": "bridge", "bridge": BRIDGE, "isGateway": True, "isDefaultGateway": True,
          "ipam": {"type": "host-local", "subnet": BRIDGE_SUBNET, "dataDir": str(data_dir)}}]}))
-    nad = {"cniVersion": "0.3.1", "type": "bridge", "bridge": "cni-plx1",
-           "ipam": {"type": "host-local", "subnet": "198.18.201.0/24", "dataDir": str(data_dir)}}
-    node.apply([{"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
-                 "metadata": {"name": "side", "namespace": NS}, "spec": {"config": json.dumps(nad)}},
+    nads = {
+        "side": {"cniVersion": "0.3.1", "type": "bridge", "bridge": "cni-plx1",
+                 "ipam": {"type": "host-local", "subnet": "198.18.201.0/24", "dataDir": str(data_dir)}},
+        "static-mac": {"cniVersion": "0.3.1", "name": "static-mac", "plugins": [
+            {"type": "macvlan", "capabilities": {"ips": True}, "master": "cni-up0", "mode": "bridge",
+             "ipam": {"type": "static"}},
+            {"type": "tuning", "capabilities": {"mac": True}}]},
+        "hostdev": {"cniVersion": "0.3.1", "type": "host-device", "device": "cni-dev0"},
+        "tuned": {"cniVersion": "1.0.0", "name": "tuned", "plugins": [
+            {"type": "bridge", "bridge": "cni-plx2",
+             "ipam": {"type": "host-local", "subnet": "198.18.202.0/24", "dataDir": str(data_dir)}},
+            {"type": "tuning", "sysctl": {"net.ipv4.conf.net4.arp_notify": "1"}}]},
+    }
+    for name, ends in (("cni-up0", "cni-up1"), ("cni-dev0", "cni-dev1")):
+        run("ip", "-n", node.name, "link", "add", name, "type", "veth", "peer", "name", ends)
+        run("ip", "-n", node.name, "link", "set", name, "up")
+    for plugin in ("macvlan", "static", "tuning", "host-device"):
+        (bindir / plugin).symlink_to(REFERENCE / plugin)
+    networks = [{"name": "side"}, {"name": "static-mac", "ips": ["198.18.203.5/24"], "mac": "02:aa:bb:cc:dd:05"},
+                {"name": "hostdev"}, {"name": "tuned"}]
+    node.apply([*({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+                   "metadata": {"name": name, "namespace": NS}, "spec": {"config": json.dumps(conf)}}
+                  for name, conf in nads.items()),
                 {**pod_manifest("app", []), "metadata": {"name": "app", "namespace": NS, "annotations": {
-                    "k8s.v1.cni.cncf.io/networks": "side"}}}])
+                    "k8s.v1.cni.cncf.io/networks": json.dumps(networks)}}}])
     confdir = root / "net.d"
     confdir.mkdir()
     (confdir / "00-plexus.conflist").write_text(json.dumps({"cniVersion": "1.0.0", "name": NET_NAME, "plugins": [
@@ -285,17 +305,26 @@ def test_cnitool_plexus_delegating_the_cluster_network_and_a_nad(cnitool: Path, 
         assert add.returncode == 0, (add.stdout, add.stderr, node.log_text()[-3000:])
         result = json.loads(add.stdout)
         eth0, net1 = _iface_of(result, "198.18.200."), _iface_of(result, "198.18.201.")
-        assert (eth0["name"], net1["name"]) == ("eth0", "net1")
+        net2, net4 = _iface_of(result, "198.18.203."), _iface_of(result, "198.18.202.")
+        assert (eth0["name"], net1["name"], net2["name"], net4["name"]) == ("eth0", "net1", "net2", "net4")
         links = links_in(pod_ns)
         assert links["eth0"]["addresses"] == [eth0["address"]] and links["net1"]["addresses"] == [net1["address"]]
+        assert links["net2"]["kind"] == "macvlan" and links["net2"]["mac"] == "02:aa:bb:cc:dd:05"
+        assert links["net2"]["addresses"] == ["198.18.203.5/24"], "static IPAM from the annotation's ips"
+        assert "net3" in links and "cni-dev0" not in node.host_links(), "host-device moved the device in"
+        arp_notify = subprocess.run(["ip", "netns", "exec", os.path.basename(pod_ns), "cat",
+                                     "/proc/sys/net/ipv4/conf/net4/arp_notify"], capture_output=True, text=True)
+        assert arp_notify.stdout.strip() == "1", "the chain's tuning ran after its bridge"
         check = tool("check", pod_ns)
         assert check.returncode == 0, (check.stdout, check.stderr, node.log_text()[-3000:])
         for _ in range(2):
             dele = tool("del", pod_ns)
             assert dele.returncode == 0, (dele.stdout, dele.stderr, node.log_text()[-3000:])
         assert set(links_in(pod_ns)) == {"lo"}
-        assert not [p for p in data_dir.rglob("198.18.20*")], "both host-local addresses given back"
+        assert not [p for p in data_dir.rglob("198.18.20*")], "every host-local address given back"
+        assert "cni-dev0" in node.host_links(), "host-device gave the device back"
     finally:
         for leftover in _cached_results(pod_ns):
             leftover.unlink(missing_ok=True)
-        run("ip", "-n", node.name, "link", "del", "cni-plx1", check=False)
+        for link in ("cni-plx1", "cni-plx2", "cni-up0", "cni-dev0"):
+            run("ip", "-n", node.name, "link", "del", link, check=False)

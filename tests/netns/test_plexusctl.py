@@ -152,3 +152,37 @@ metadata:
     second = node.cni("ADD", "c2", ns, pod=("my-namespace", "no-uid"))
     assert second.ok, second
     assert first.json["ips"] == second.json["ips"]
+
+
+@pytest.mark.netns
+def test_pod_run_with_a_nad_through_plexusctls_own_runtime(node: Node, cni_dirs: tuple[Path, Path],
+                                                          tmp_path: Path) -> None:
+    """plexusctl's runtime execs Plexus, which delegates the NAD to Debian's bridge + host-local."""
+    bin_dir, conf_dir = cni_dirs
+    conflist = json.loads((conf_dir / "10-plexus.conflist").read_text())
+    conflist["plugins"][0]["binDir"] = "/usr/lib/cni"
+    (conf_dir / "10-plexus.conflist").write_text(json.dumps(conflist))
+    data = tmp_path / "host-local"
+    config = json.dumps({"cniVersion": "0.3.1", "type": "bridge", "bridge": "ctlbr0",
+                         "ipam": {"type": "host-local", "subnet": "198.18.98.0/24", "dataDir": str(data)}})
+    applied = ctl(node, "apply", "-f", "-", stdin=json.dumps({
+        "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+        "metadata": {"name": "ctl-net", "namespace": "my-namespace"}, "spec": {"config": config}}))
+    assert applied.returncode == 0 and "networkattachmentdefinition/ctl-net created" in applied.stdout, applied
+    name = f"plxt-ctl-{uuid.uuid4().hex[:6]}"
+    pod_yaml = tmp_path / "pod.yaml"
+    pod_yaml.write_text(json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": name, "namespace": "my-namespace", "annotations": {"k8s.v1.cni.cncf.io/networks": "ctl-net"}}}))
+    state = tmp_path / "state"
+    try:
+        run = ctl(node, "pod", "run", "-f", str(pod_yaml), "--conf-dir", str(conf_dir), "--cni-path", str(bin_dir),
+                  state=state)
+        assert run.returncode == 0, (run.stderr, node.log_text()[-2000:])
+        assert links_in(f"/run/netns/{name}")["net1"]["addresses"] == ["198.18.98.2/24"]
+        status = json.loads(ctl(node, "pod", "status", name, "-n", "my-namespace", "--npwg").stdout)
+        assert [(e["name"], e["ips"]) for e in status] == [("my-namespace/ctl-net", ["198.18.98.2"])]
+        rm = ctl(node, "pod", "rm", name, "-n", "my-namespace", "--cni-path", str(bin_dir), state=state)
+        assert rm.returncode == 0, rm.stderr
+        assert not list(data.rglob("198.18.98.*")), "host-local gave the address back"
+    finally:
+        netns_del(name)
