@@ -1,5 +1,8 @@
 """The exec'd ``plexus`` CNI plugin: check the call, forward it to the node daemon, print the answer.
 
+The same binary, run under the name ``plexus-ipam`` (a link), is Plexus's IPAM plugin for other plugins
+(``"ipam": {"type": "plexus-ipam"}``): it forwards to the daemon's IPAM socket instead.
+
 The runtime execs this for every ADD, DEL, CHECK, GC and STATUS, so it does as little as it can:
 it validates what it can see without the daemon (verb, environment, config JSON, cniVersion),
 answers VERSION itself, and posts everything else to ``plexus-ipamd`` over its unix socket
@@ -35,6 +38,8 @@ if TYPE_CHECKING:
     from typing import IO, Any
 
 DEFAULT_SOCKET = "/run/plexus/plexus.sock"
+DEFAULT_IPAM_SOCKET = "/run/plexus/plexus-ipam.sock"
+IPAM_NAME = "plexus-ipam"  # the name the binary answers to as an IPAM plugin
 DEFAULT_TIMEOUT_S = 60.0
 #: How long to wait for the daemon to accept the connection: a stopped daemon must give
 #: code 11 quickly, so the runtime retries instead of hanging the pod (issue: "within 2 s").
@@ -135,13 +140,17 @@ def version_answer(conf: Mapping[str, Any]) -> dict[str, Any]:
     return {"cniVersion": asked, "supportedVersions": list(SUPPORTED_VERSIONS)}
 
 
-def forward(verb: str, env: Mapping[str, str], conf: dict[str, Any]) -> dict[str, Any]:
-    """POST the call to the daemon; return its result or raise the ``CniError`` it sent."""
-    path = str(conf.get("socket") or DEFAULT_SOCKET)
-    timeout = float(conf.get("timeoutSeconds") or DEFAULT_TIMEOUT_S)
+def forward(verb: str, env: Mapping[str, str], conf: dict[str, Any], ipam: bool = False) -> dict[str, Any]:
+    """POST the call to the daemon (its IPAM socket for ``plexus-ipam``, whose settings are in the ``ipam``
+    section); return its result or raise the ``CniError`` it sent."""
+    own = conf.get("ipam") if ipam else conf
+    if not isinstance(own, dict):
+        raise InvalidConfig("an IPAM plugin's configuration needs its ipam section", "ipam")
+    path = str(own.get("socket") or (DEFAULT_IPAM_SOCKET if ipam else DEFAULT_SOCKET))
+    timeout = float(own.get("timeoutSeconds") or DEFAULT_TIMEOUT_S)
     body = wirejson.dumps({"env": {k: env[k] for k in FORWARDED_ENV if k in env}, "config": conf})
     try:
-        status, payload = http_post(path, "/v1/cni", body.encode(), timeout)
+        status, payload = http_post(path, "/v1/ipam" if ipam else "/v1/cni", body.encode(), timeout)
     except (OSError, ValueError, _BadAnswer) as exc:  # OSError covers refused, missing and timed out
         unavailable = PluginNotAvailable if verb == "STATUS" else TryAgainLater
         raise unavailable("plexus-ipamd is not reachable", f"{path}: {exc}") from None
@@ -170,7 +179,8 @@ def _log(conf: Mapping[str, Any], env: Mapping[str, str], started: float, outcom
         pass  # a log that cannot be written must not fail the pod
 
 
-def main(env: Mapping[str, str], stdin: IO[bytes], stdout: IO[str]) -> int:
+def main(env: Mapping[str, str], stdin: IO[bytes], stdout: IO[str], ipam: bool = False) -> int:
+    """One CNI call: ``ipam`` when run as ``plexus-ipam``."""
     started = time.monotonic()
     conf: dict[str, Any] = {}
     version = CURRENT_VERSION
@@ -181,7 +191,7 @@ def main(env: Mapping[str, str], stdin: IO[bytes], stdout: IO[str]) -> int:
         if verb == "VERSION":
             answer = version_answer(conf)
         else:
-            answer = forward(verb, env, conf)
+            answer = forward(verb, env, conf, ipam)
     except CniError as err:
         if err.code == 1 or version not in SUPPORTED_VERSIONS:
             version = CURRENT_VERSION
@@ -225,7 +235,7 @@ def run() -> None:
         rc = probe(sys.argv[2:], sys.stdout)
         sys.stdout.flush()
         os._exit(rc)
-    rc = main(os.environ, sys.stdin.buffer, sys.stdout)
+    rc = main(os.environ, sys.stdin.buffer, sys.stdout, ipam=os.path.basename(sys.argv[0]) == IPAM_NAME)
     sys.stdout.flush()
     # Skip the interpreter's teardown (module cleanup, GC): a fifth of a short-lived process's life,
     # with nothing left to release that the kernel does not release anyway.

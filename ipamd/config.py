@@ -36,6 +36,11 @@ class DaemonConfig:
     webhook_secret: str = "plexus-webhook-tls"
     webhook_configuration: str = "plexus"
     health_port: int = 8081
+    ipam_socket: str = ""  # plexus-ipam's socket ("" : plexus-ipam.sock next to --socket)
+
+    @property
+    def ipam_plugin_socket(self) -> str:
+        return self.ipam_socket or os.path.join(os.path.dirname(self.socket) or ".", "plexus-ipam.sock")
 
 
 def parse_args(argv: list[str] | None = None) -> DaemonConfig:
@@ -45,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
     p.add_argument("--db", default=d.db, help="SQLite store")
     p.add_argument("--socket", default=d.socket, help="unix socket for the plexus CNI shim")
     p.add_argument("--grpc-socket", default=d.grpc_socket, help="unix socket for the gRPC IPAM API")
+    p.add_argument("--ipam-socket", default="",
+                   help="unix socket for the plexus-ipam plugin (default: plexus-ipam.sock in --socket's directory)")
     p.add_argument("--log-file", default=d.log_file, help="log here instead of standard error")
     p.add_argument("--log-level", default=d.log_level, choices=("debug", "info", "warning", "error"))
     p.add_argument("--reconcile-interval", type=float, default=d.reconcile_interval, help="seconds between reconciles")
@@ -86,4 +93,4 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
                         a.reconcile_interval, a.pidfile, a.metrics_port, os.environ.get("PLEXUS_FAULT", ""),
                         kubeconfig, a.node_name, a.node_netns, a.controller, a.controller_namespace,
                         a.mode, a.webhook_address, a.webhook_port, tuple(a.webhook_name or d.webhook_names),
-                        a.webhook_secret, a.webhook_configuration, a.health_port)
+                        a.webhook_secret, a.webhook_configuration, a.health_port, a.ipam_socket)

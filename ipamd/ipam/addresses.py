@@ -325,7 +325,7 @@ class Ipam:
         if not keep:
             rec = replace(rec, conditions=set_condition(rec.conditions, "Attached", False, "NotAttached", "",
                                                         self.clock()))
-        if rec.deleted and not keep:
+        if (rec.deleted or rec.created_by == "cni") and not keep:  # a delegate's lease goes with its attachment
             self.delete_ip(rec)
         else:
             self.store.put_ip(rec)

@@ -27,10 +27,20 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from cni.types import cidr_of
 from ipamd.kube.resources import CustomObjects
 from ipamd.model.conditions import condition
 from ipamd.model.npwg import NETWORK_STATUS_ANNOTATION
-from ipamd.model.objects import API_VERSION, GROUP, IP_ADDRESS, IP_ADDRESS_KINDS, POD, STATUS_ANNOTATION, Pod
+from ipamd.model.objects import (
+    API_VERSION,
+    GROUP,
+    IP_ADDRESS,
+    IP_ADDRESS_KINDS,
+    IPAM_CLAIM,
+    POD,
+    STATUS_ANNOTATION,
+    Pod,
+)
 from ipamd.model.timefmt import rfc3339
 from ipamd.store.records import IPRecord, PodStatus
 
@@ -104,6 +114,9 @@ class KubePublisher:
                 log.warning("creating IPAddress %s/%s: %s", rec.namespace, rec.name, exc.reason)
 
     def ip_status(self, rec: IPRecord) -> None:
+        if rec.kind == IPAM_CLAIM.name:
+            self._claim_status(rec)
+            return
         if rec.kind not in IP_ADDRESS_KINDS:
             return
         status = {"phase": rec.phase, "address": rec.address, "network": rec.network, "routes": list(rec.routes),
@@ -114,11 +127,22 @@ class KubePublisher:
             if exc.status != 404:
                 log.warning("IPAddress %s status: %s", rec.key, exc.reason)
 
+    def _claim_status(self, rec: IPRecord) -> None:
+        """An IPAMClaim's status: its address (kept while the claim exists) and the pod holding it ("" when none)."""
+        owner = rec.used_by_pods[-1].partition("/")[2] if rec.used_by_pods else ""
+        ips = [cidr_of(rec.address, rec.network)] if rec.address and rec.network else []
+        try:
+            self.objects.patch_status(IPAM_CLAIM.name, rec.name, {"ips": ips, "ownerPod": owner}, rec.namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                log.warning("IPAMClaim %s/%s status: %s", rec.namespace, rec.name, exc.reason)
+
     def attached(self, pod: Pod, status: PodStatus, created: Iterable[IPRecord], used: Iterable[IPRecord]) -> None:
         annotation = self._writers.submit(self._patch_status_annotations, pod.meta.namespace, pod.meta.name,
                                           pod.meta.uid, status)
         for rec in created:
-            self._create_auto_ip(rec, pod)
+            if rec.kind == IP_ADDRESS.name:  # a delegate's lease has no object of its own
+                self._create_auto_ip(rec, pod)
         for rec in used:
             self.ip_status(rec)
         annotation.result()

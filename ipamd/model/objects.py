@@ -22,6 +22,7 @@ API_VERSION = f"{GROUP}/v1alpha1"
 SPEC_ANNOTATION = f"{GROUP}/networks-spec"
 STATUS_ANNOTATION = f"{GROUP}/networks-status"
 NPWG_API_VERSION = "k8s.cni.cncf.io/v1"
+NPWG_CLAIM_API_VERSION = "k8s.cni.cncf.io/v1alpha1"
 RESOURCE_NAME_ANNOTATION = "k8s.v1.cni.cncf.io/resourceName"
 POD_ANNOTATIONS_CAPABILITY = "io.kubernetes.cri.pod-annotations"
 
@@ -172,13 +173,28 @@ class AttachmentDefinition:
 
 
 @dataclass(frozen=True, slots=True)
+class IpamClaim:
+    """An IPAMClaim (NPWG v1.3 §8, ``k8s.cni.cncf.io/v1alpha1``): a sticky address for an interface. A pod's
+    selection names it (``ipam-claim-reference``); the address follows the claim, not the pod, and is let go
+    only when the claim is deleted."""
+
+    meta: Meta
+    network: str = ""  # the network it is for (a NAD's name)
+    interface: str = ""  # the pod interface it is for
+    ip_requests: tuple[str, ...] = ()  # spec.ipRequests: the address asked for (a CIDR or an address)
+    status_ips: tuple[str, ...] = ()
+    owner_pod: str = ""  # status.ownerPod: the pod holding it (by name)
+
+
+@dataclass(frozen=True, slots=True)
 class Pod:
     meta: Meta
     annotations: Mapping[str, str] = field(default_factory=dict)
     node_name: str = ""
 
 
-ApiObject = NetworkClass | Network | ClusterNetwork | AddressPool | IPAddressObject | AttachmentDefinition | Pod
+ApiObject = (NetworkClass | Network | ClusterNetwork | AddressPool | IPAddressObject | AttachmentDefinition | IpamClaim
+             | Pod)
 
 
 def parse_duration(text: str) -> float:
@@ -433,6 +449,27 @@ def _attachment_definition(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str
     return AttachmentDefinition(meta, config, str(resource))
 
 
+def _ipam_claim(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> IpamClaim:
+    m = meta.display
+    network = _get(spec, "network", str, m, "spec.network") or ""
+    interface = _get(spec, "interface", str, m, "spec.interface") or ""
+    if interface and not valid_ifname(interface):
+        raise ManifestInvalid(m, "spec.interface", f"{interface!r} is not an interface name")
+    requests = _get(spec, "ipRequests", list, m, "spec.ipRequests") or []
+    for i, text in enumerate(requests):
+        try:
+            ipaddress.IPv4Interface(str(text))
+        except ValueError:
+            raise ManifestInvalid(m, f"spec.ipRequests[{i}]", f"{text!r} is not an IPv4 address or CIDR") from None
+    if len(requests) > 1:
+        raise ManifestInvalid(m, "spec.ipRequests", "asks for more than one IPv4 address")
+    status = doc.get("status") or {}
+    ips = status.get("ips") if isinstance(status, dict) else None
+    owner = status.get("ownerPod") if isinstance(status, dict) else ""
+    return IpamClaim(meta, network, interface, tuple(str(r) for r in requests),
+                     tuple(str(i) for i in ips) if isinstance(ips, list) else (), str(owner or ""))
+
+
 def _pod(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> Pod:
     m = meta.display
     annotations = (doc.get("metadata") or {}).get("annotations") or {}
@@ -464,12 +501,13 @@ IP_ADDRESS = Kind("IPAddress", IPAddressObject, True, _ip_address)
 CLUSTER_IP_ADDRESS = Kind("ClusterIPAddress", IPAddressObject, False, _ip_address)
 NETWORK_ATTACHMENT_DEFINITION = Kind("NetworkAttachmentDefinition", AttachmentDefinition, True,
                                      _attachment_definition, api_version=NPWG_API_VERSION)
+IPAM_CLAIM = Kind("IPAMClaim", IpamClaim, True, _ipam_claim, api_version=NPWG_CLAIM_API_VERSION)
 POD = Kind("Pod", Pod, True, _pod, api_version="v1")
 
 #: Every kind by name: what a manifest's ``kind`` may say.
 KINDS: dict[str, Kind[Any]] = {k.name: k for k in (
     NETWORK_CLASS, NETWORK, CLUSTER_NETWORK, IP_ADDRESS_POOL, CLUSTER_IP_ADDRESS_POOL, IP_ADDRESS, CLUSTER_IP_ADDRESS,
-    NETWORK_ATTACHMENT_DEFINITION, POD)}
+    NETWORK_ATTACHMENT_DEFINITION, IPAM_CLAIM, POD)}
 #: The pool kinds a network's ``spec.ipam.ipAddressPoolRef.kind`` names, the network kinds an IPAddress refers to.
 POOL_KINDS: dict[str, Kind[AddressPool]] = {k.name: k for k in (IP_ADDRESS_POOL, CLUSTER_IP_ADDRESS_POOL)}
 NETWORK_KINDS: dict[str, Kind[Network | ClusterNetwork]] = {k.name: k for k in (NETWORK, CLUSTER_NETWORK)}

@@ -3,7 +3,10 @@
 The delegation keys are Multus's, spelled as Multus spells them, so a Multus user's settings carry over:
 ``binDir``, ``confDir``, ``cniConfigDir``, ``clusterNetwork``, ``defaultNetworks``, ``namespaceIsolation``,
 ``globalNamespaces``, ``multusNamespace``, ``systemNamespaces``, ``readinessindicatorfile``. Plexus's own:
-``delegateTimeoutSeconds``, ``readinessTimeoutSeconds``. Pure: the daemon reads them from every call.
+``delegateTimeoutSeconds``, ``readinessTimeoutSeconds``, ``delegateIPAM`` (how a delegate whose IPAM is
+``plexus-ipam`` gets its addresses: ``lease`` (the default), leased by the daemon before the delegate runs
+and handed over as the reference ``static`` plugin's configuration; or ``exec``, the delegate execs
+``plexus-ipam`` itself, which asks the daemon over its own socket). Pure: the daemon reads them from every call.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class PluginConfig:
     readiness_indicator_file: str = ""  # ADD waits for it: the cluster network is up
     readiness_timeout_s: float = 10.0
     delegate_timeout_s: float = 30.0
+    delegate_ipam: str = "lease"  # lease | exec
 
     def plugin_dirs(self, cni_path: str) -> tuple[str, ...]:
         return self.bin_dirs or tuple(d for d in cni_path.split(":") if d) or (DEFAULT_BIN_DIR,)
@@ -84,4 +88,15 @@ def parse_plugin_config(conf: Mapping[str, Any]) -> PluginConfig:
         readiness_indicator_file=_str(conf, "readinessindicatorfile", ""),
         readiness_timeout_s=_seconds(conf, "readinessTimeoutSeconds", 10.0),
         delegate_timeout_s=_seconds(conf, "delegateTimeoutSeconds", 30.0),
+        delegate_ipam=_choice(conf, "delegateIPAM", DELEGATE_IPAM),
     )
+
+
+DELEGATE_IPAM = ("lease", "exec")
+
+
+def _choice(conf: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str:
+    value = conf.get(key, choices[0])
+    if value not in choices:
+        raise InvalidConfig(f"{key} must be one of {', '.join(choices)}", key)
+    return str(value)

@@ -19,6 +19,7 @@ from ipamd.drivers.table import all_drivers
 from ipamd.invoke.chain import Chain
 from ipamd.invoke.exec import Exec, reap_orphans
 from ipamd.ipam.addresses import Ipam
+from ipamd.ipam.delegated import DelegatedAddresses
 from ipamd.ipam.registry import LeaseRegistry, NodeLocalRegistry
 from ipamd.netlink.netns import HostNetlink, pod_namespace
 from ipamd.netlink.node import NetlinkNodeLinks
@@ -31,6 +32,7 @@ from ipamd.sources.base import ObjectSource
 from ipamd.sources.local import LocalSource
 from ipamd.store.sqlite import Store
 from ipamd.verbs.attacher import Attacher
+from ipamd.verbs.ipam_plugin import IpamPlugin
 
 log = logging.getLogger("plexus-ipamd")
 
@@ -83,6 +85,7 @@ class NodeDaemon:
         else:
             self.source = LocalSource(cfg.objects_dir, lambda ns, name: self.store.generated_uid(ns, name, _new_uid()))
         self.ipam = Ipam(self.store, self.source, registry=registry)
+        self.delegated = DelegatedAddresses(self.ipam, self.source)
         host = HostNetlink(cfg.node_netns)
         self.segments = Segments(self.store, NetlinkNodeLinks(host), time.time, cluster=bool(cfg.kubeconfig))
         self._ready = threading.Event()
@@ -90,10 +93,13 @@ class NodeDaemon:
                             os.environ.get("PLEXUS_FAULT_SEED", "plexus"))
         delegation = Chain(Exec(node_netns=cfg.node_netns, owner=os.path.abspath(cfg.db)))
         self.attacher = Attacher(self.store, self.source, self.ipam, self.segments, all_drivers(delegation), host,
-                                 pod_namespace, publisher, self._ready.is_set, fault, delegation=delegation)
+                                 pod_namespace, publisher, self._ready.is_set, fault, delegation=delegation,
+                                 delegated=self.delegated)
+        self.ipam_plugin = IpamPlugin(self.delegated, self.source, self._ready.is_set, publisher)
         self.reconciler = Reconciler(self.store, self.source, self.ipam, self.attacher, self.segments, publisher,
                                      cfg.reconcile_interval, cluster=bool(cfg.kubeconfig))
         self.cni_server: CniHttpServer | None = None
+        self.ipam_server: CniHttpServer | None = None
 
     def sync(self) -> list[Any]:
         problems = self.source.sync()
@@ -109,8 +115,11 @@ class NodeDaemon:
         self.reconciler.run_once()
         self.source.subscribe(self.reconciler.wake)
         self.reconciler.start()
-        self.cni_server = CniHttpServer(self.cfg.socket, self.attacher, self._ready.is_set)
+        self.cni_server = CniHttpServer(self.cfg.socket, self.attacher.handle, self._ready.is_set)
         threading.Thread(target=self.cni_server.serve_forever, name="cni-server", daemon=True).start()
+        self.ipam_server = CniHttpServer(self.cfg.ipam_plugin_socket, self.ipam_plugin.handle, self._ready.is_set,
+                                         endpoint="/v1/ipam")
+        threading.Thread(target=self.ipam_server.serve_forever, name="ipam-server", daemon=True).start()
         self._ready.set()
         self.grpc_server, self.health = serve(self.cfg.grpc_socket, IpamService(self.store, self.source, self.ipam, self.sync),
                                               self._ready.is_set)
@@ -118,8 +127,8 @@ class NodeDaemon:
             from prometheus_client import start_http_server
 
             start_http_server(self.cfg.metrics_port, addr="127.0.0.1")
-        log.info("plexus-ipamd ready: cni=%s grpc=%s objects=%s db=%s (recovered %d attachments)",
-                 self.cfg.socket, self.cfg.grpc_socket, self.cfg.objects_dir, self.cfg.db, recovered)
+        log.info("plexus-ipamd ready: cni=%s ipam=%s grpc=%s objects=%s db=%s (recovered %d attachments)",
+                 self.cfg.socket, self.cfg.ipam_plugin_socket, self.cfg.grpc_socket, self.cfg.objects_dir, self.cfg.db, recovered)
 
     def stop(self) -> None:
         self._ready.clear()
@@ -127,12 +136,14 @@ class NodeDaemon:
             self.controller.stop()
         self.reconciler.stop()
         self.source.stop()
-        if self.cni_server is not None:
-            self.cni_server.shutdown()
-            self.cni_server.server_close()
+        for server in (self.cni_server, self.ipam_server):
+            if server is not None:
+                server.shutdown()
+                server.server_close()
         self.grpc_server.stop(grace=2)
         self.store.close()
-        for path in (self.cfg.socket, self.cfg.grpc_socket):  # a stale socket would look like a live daemon
+        # a stale socket would look like a live daemon
+        for path in (self.cfg.socket, self.cfg.ipam_plugin_socket, self.cfg.grpc_socket):
             try:
                 os.unlink(path)
             except OSError:

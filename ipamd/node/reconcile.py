@@ -4,7 +4,8 @@ Runs at start (finishing or rolling back every attachment a crash left half done
 source changes, and periodically:
 - user IPAddresses get their address at once (phase ``Allocated``, or ``Pending`` with
   ``Allocated=False/NoFreeIPAddress``); a deleted one lets its lease go to quarantine, unless a pod
-  still uses it, in which case it keeps the address until the pod goes;
+  still uses it, in which case it keeps the address until the pod goes; a deleted IPAMClaim likewise;
+- a delegate's lease made for a pod that is gone (its DEL never came) goes to quarantine;
 - the attachments of pods that no longer exist are torn down, and their Auto IPAddresses deleted;
   a pod that exists is never touched, whatever its state;
 - quarantined leases whose TTL is over are freed.
@@ -25,6 +26,7 @@ from ipamd.ipam.allocator import in_ranges, subnet_for
 from ipamd.model.objects import (
     CLUSTER_NETWORK,
     IP_ADDRESS_KINDS,
+    IPAM_CLAIM,
     NETWORK,
     POD,
     POOL_KINDS,
@@ -172,7 +174,9 @@ class Reconciler:
         return rec.static_ip if rec is not None and rec.type == "Static" else ""
 
     def _sync_ipaddresses(self, statics_only: bool = False) -> None:
-        live = {}
+        if not self.source.ready():
+            return  # before the first list everything would look deleted
+        live: dict[str, object] = {c.meta.key: c for c in self.source.list(IPAM_CLAIM)}
         for kind in IP_ADDRESS_KINDS.values():
             for obj in self.source.list(kind):
                 live[obj.meta.key] = obj
@@ -191,7 +195,7 @@ class Reconciler:
                     else:
                         log.warning("%s: %s", obj.meta.display, exc)
         for rec in self.store.all_ips():
-            if rec.created_by != "user" or rec.key in live:
+            if rec.created_by not in ("user", "claim") or rec.key in live:
                 continue
             if rec.used_by_uids:
                 if not rec.deleted:
@@ -215,7 +219,9 @@ class Reconciler:
                              rec.namespace, rec.pod_name)
             except CniError as exc:
                 log.warning("releasing attachment of deleted pod %s/%s: %s", rec.namespace, rec.pod_name, exc)
-        owners = {r.owner_pod_uid for r in self.store.all_ips() if r.owner_pod_uid}
+        records = self.store.all_ips()
+        owners = {r.owner_pod_uid for r in records if r.owner_pod_uid}
+        owners -= {r.owner_pod_uid for r in records if r.created_at > young}  # the pod cache may lag a lease
         for uid in owners - live:
             if not self.store.attachments_of_pod(uid):
                 try:

@@ -1,7 +1,9 @@
 """The shim endpoint: HTTP/1.1 over a unix socket, JSON bodies (DESIGN §1).
 
-``POST /v1/cni`` takes ``{env, config}`` and answers 200 with the CNI result, or 4xx/5xx with a CNI
-error object that the shim prints verbatim. ``GET /healthz`` is liveness, ``GET /readyz`` readiness
+``POST /v1/cni`` (the ``plexus`` plugin's socket) or ``POST /v1/ipam`` (``plexus-ipam``'s, a socket of its
+own so that a delegate's IPAM call never waits behind the ADD that exec'd it) takes ``{env, config}`` and
+answers 200 with the CNI result, or 4xx/5xx with a CNI error object that the shim prints verbatim.
+``GET /healthz`` is liveness, ``GET /readyz`` readiness
 (object source synced, store open). The socket lives in a 0700 directory and is itself 0600: only
 root may ask the daemon to plumb interfaces.
 """
@@ -20,7 +22,6 @@ from typing import Any
 
 from cni.errors import CniError, DecodingFailure, InternalError
 from ipamd.server.metrics import CNI_REQUESTS, CNI_SECONDS
-from ipamd.verbs.attacher import Attacher
 from ipamd.verbs.call import CniCall
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, {"error": "not found"})
 
     def do_POST(self) -> None:  # noqa: N802
-        if self.path != "/v1/cni":
+        if self.path != self.server.endpoint:
             self._send(404, {"error": "not found"})
             return
         length = int(self.headers.get("Content-Length") or 0)
@@ -66,14 +67,17 @@ class CniHttpServer(socketserver.UnixStreamServer):
     onto the node (multus#1346), and lets each worker keep its netlink socket open between calls.
     """
 
-    def __init__(self, path: str, attacher: Attacher, ready: Callable[[], bool], workers: int = 8) -> None:
+    def __init__(self, path: str, handle: Callable[[CniCall], dict[str, Any]], ready: Callable[[], bool],
+                 workers: int = 8, endpoint: str = "/v1/cni") -> None:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cni")
         directory = os.path.dirname(path) or "."
         os.makedirs(directory, mode=0o700, exist_ok=True)
         os.chmod(directory, 0o700)
         if os.path.exists(path):
             os.unlink(path)
-        self.attacher = attacher
+        self.handle = handle
+        self.endpoint = endpoint
+        self.name = "IPAM" if endpoint == "/v1/ipam" else "CNI"  # in log lines and metrics
         self.ready = ready
         old = os.umask(0o177)
         try:
@@ -108,7 +112,7 @@ class CniHttpServer(socketserver.UnixStreamServer):
                 raise DecodingFailure("request body is not JSON", str(exc)) from None
             call = CniCall.from_wire(body)
             verb, version = call.verb, call.version
-            answer = self.attacher.handle(call)
+            answer = self.handle(call)
             status, out, outcome = 200, answer, "ok"
         except CniError as err:
             status, out, outcome = 400, err.to_dict(version), f"error {err.code}: {err}"
@@ -117,12 +121,13 @@ class CniHttpServer(socketserver.UnixStreamServer):
             internal = InternalError("plexus-ipamd failed unexpectedly", f"{type(exc).__name__}: {exc}")
             status, out, outcome = 500, internal.to_dict(version), f"error 999: {exc}"
         elapsed = time.monotonic() - started
-        CNI_REQUESTS.labels(verb, "ok" if status == 200 else "error").inc()
-        CNI_SECONDS.labels(verb).observe(elapsed)
+        label = verb if self.name == "CNI" else f"{self.name}_{verb}"
+        CNI_REQUESTS.labels(label, "ok" if status == 200 else "error").inc()
+        CNI_SECONDS.labels(label).observe(elapsed)
         if call is not None:
             pod = f"{call.args.get('K8S_POD_NAMESPACE', '')}/{call.args.get('K8S_POD_NAME', '')}"
-            log.info("CNI %s container=%s ifname=%s pod=%s %.1fms %s", verb, call.container_id[:12], call.ifname,
-                     pod, elapsed * 1000, outcome)
+            log.info("%s %s container=%s ifname=%s pod=%s %.1fms %s", self.name, verb, call.container_id[:12],
+                     call.ifname, pod, elapsed * 1000, outcome)
         else:
-            log.info("CNI request rejected: %s", outcome)
+            log.info("%s request rejected: %s", self.name, outcome)
         return status, out

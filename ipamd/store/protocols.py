@@ -13,7 +13,7 @@ from collections.abc import Set
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
-from ipamd.store.records import AttachmentRecord, IPRecord, LeaseRecord, PodStatus, SegmentRecord
+from ipamd.store.records import AttachmentRecord, ImplicitPoolRecord, IPRecord, LeaseRecord, PodStatus, SegmentRecord
 
 
 class Transactional(Protocol):
@@ -21,7 +21,8 @@ class Transactional(Protocol):
 
 
 class LeaseStore(Transactional, Protocol):
-    """Leases (keyed by pool and IP, one per holder), allocation cursors, and IPAddress records."""
+    """Leases (keyed by pool and IP, one per holder), allocation cursors, IPAddress records (and the records of
+    delegates' leases and IPAMClaims, which hold leases the same way), and the implicit pools of inline ranges."""
 
     def leases_in_pool(self, pool: str) -> dict[int, LeaseRecord]: ...
 
@@ -54,6 +55,14 @@ class LeaseStore(Transactional, Protocol):
     def all_ips(self) -> list[IPRecord]: ...
 
     def ips_owned_by(self, pod_uid: str) -> list[IPRecord]: ...
+
+    def ips_with_prefix(self, prefix: str) -> list[IPRecord]: ...  # keys starting with it ("IPAMClaim/")
+
+    def put_implicit_pool(self, rec: ImplicitPoolRecord) -> None: ...
+
+    def implicit_pools(self) -> list[ImplicitPoolRecord]: ...
+
+    def delete_implicit_pool(self, key: str) -> None: ...
 
 
 class AttachmentStore(Transactional, Protocol):

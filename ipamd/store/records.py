@@ -1,4 +1,4 @@
-"""The records the node keeps: leases, IPAddress state, attachments (with what each driver made), pod
+"""The records the node keeps: leases, IPAddress state, implicit pools, attachments (with what each driver made), pod
 statuses and segments. Frozen and plain (JSON-ready), so every store keeps them the same way."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class IPRecord:
     static_ip: str = ""
     uid: str = ""
     owner_pod_uid: str = ""
-    created_by: str = "user"  # user | plexus
+    created_by: str = "user"  # user | plexus | api | cni (a delegate's attachment) | claim (an IPAMClaim)
     deleted: bool = False  # gone from the source while in use: kept until the pod lets go
     phase: str = "Pending"
     address: str = ""
@@ -49,6 +49,22 @@ class IPRecord:
     used_by_pods: tuple[str, ...] = ()
     used_by_uids: tuple[str, ...] = ()
     conditions: tuple[dict[str, str], ...] = ()
+    created_at: float = 0.0
+    interface: str = ""  # a delegate's lease: the pod interface it is for
+
+
+@dataclass(frozen=True, slots=True)
+class ImplicitPoolRecord:
+    """An inline ``range`` of a plexus-ipam configuration, as first used: the pool it implies (one per network
+    configuration and range; its leases are kept under its space's key ``pool``)."""
+
+    key: str  # owner|network|ranges
+    owner: str  # the CNI network configuration's name (a NAD's)
+    pool: str  # ImplicitPool/<network_name>
+    network: str  # CIDR
+    ranges: tuple[tuple[int, int], ...]
+    ttl: float = 0.0
+    overlapping: bool = True
     created_at: float = 0.0
 
 
@@ -159,6 +175,12 @@ def load_attachment(data: str) -> AttachmentRecord:
     d["networks_status"] = tuple(d.get("networks_status", ()))
     d["network_status"] = tuple(d.get("network_status", ()))
     return AttachmentRecord(**d)
+
+
+def load_implicit_pool(data: str) -> ImplicitPoolRecord:
+    d = json.loads(data)
+    d["ranges"] = tuple(tuple(r) for r in d.get("ranges", ()))
+    return ImplicitPoolRecord(**d)
 
 
 def load_pod_status(data: str) -> PodStatus:

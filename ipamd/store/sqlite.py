@@ -21,12 +21,14 @@ from typing import Any
 
 from ipamd.store.records import (
     AttachmentRecord,
+    ImplicitPoolRecord,
     IPRecord,
     LeaseRecord,
     PodStatus,
     SegmentRecord,
     dump,
     load_attachment,
+    load_implicit_pool,
     load_ip,
     load_lease,
     load_pod_status,
@@ -51,6 +53,7 @@ CREATE TABLE IF NOT EXISTS pod_uids (namespace TEXT NOT NULL, name TEXT NOT NULL
     PRIMARY KEY (namespace, name));
 CREATE TABLE IF NOT EXISTS segments (network TEXT PRIMARY KEY, kind TEXT NOT NULL, id INTEGER NOT NULL, data TEXT NOT NULL);
 CREATE UNIQUE INDEX IF NOT EXISTS segments_by_id ON segments(kind, id) WHERE id > 0;
+CREATE TABLE IF NOT EXISTS implicit_pools (key TEXT PRIMARY KEY, data TEXT NOT NULL);
 """
 
 
@@ -195,6 +198,21 @@ class Store:
 
     def ips_owned_by(self, pod_uid: str) -> list[IPRecord]:
         return [load_ip(d) for (d,) in self._q("SELECT data FROM ipaddresses WHERE owner_pod_uid=?", (pod_uid,))]
+
+    def ips_with_prefix(self, prefix: str) -> list[IPRecord]:
+        # a range on the primary key: every key from the prefix up to the prefix with its last character bumped
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        return [load_ip(d) for (d,) in self._q("SELECT data FROM ipaddresses WHERE key >= ? AND key < ? ORDER BY key",
+                                                (prefix, upper))]
+
+    def put_implicit_pool(self, rec: ImplicitPoolRecord) -> None:
+        self._x("INSERT OR REPLACE INTO implicit_pools (key, data) VALUES (?,?)", (rec.key, dump(rec)))
+
+    def implicit_pools(self) -> list[ImplicitPoolRecord]:
+        return [load_implicit_pool(d) for (d,) in self._q("SELECT data FROM implicit_pools ORDER BY key")]
+
+    def delete_implicit_pool(self, key: str) -> None:
+        self._x("DELETE FROM implicit_pools WHERE key=?", (key,))
 
     # -- attachments -------------------------------------------------------------------------
     def get_attachment(self, container_id: str, ifname: str) -> AttachmentRecord | None:

@@ -35,6 +35,7 @@ from ipamd.drivers.base import BuildContext, Built, InterfaceKey, LinksContext, 
 from ipamd.drivers.table import DriverTable
 from ipamd.invoke.chain import Chain, Invocation
 from ipamd.ipam.addresses import Claim, Ipam, ResolvedNetwork
+from ipamd.ipam.delegated import DelegatedAddresses
 from ipamd.model.annotations import AddressConfig
 from ipamd.model.objects import Pod
 from ipamd.model.pluginconf import PluginConfig, parse_plugin_config
@@ -45,11 +46,9 @@ from ipamd.publish.render import network_status, networks_status
 from ipamd.sources.base import ObjectSource
 from ipamd.store.protocols import VerbStore
 from ipamd.store.records import AttachmentRecord, BuiltInterface, PodStatus, SegmentRecord
-from ipamd.verbs.call import CniCall, KeyedLocks
-from ipamd.verbs.networks import Networks, Wanted, parallel, readiness_file_present
+from ipamd.verbs.call import VALID_ATTACHMENTS, CniCall, KeyedLocks
+from ipamd.verbs.networks import Networks, Wanted, parallel, readiness_file_present, with_lease
 from ipamd.verbs.pods import find_pod
-
-VALID_ATTACHMENTS = "cni.dev/valid-attachments"
 
 
 class PlannedSegment(Protocol):
@@ -94,7 +93,8 @@ class Attacher:
                  drivers: DriverTable, host_netlink: Callable[[], Any],
                  open_pod: Callable[[str], AbstractContextManager[PodSide]], publisher: Publisher,
                  ready: Callable[[], bool], fault: Callable[[str], None] = lambda step: None,
-                 networks: Networks | None = None, delegation: Chain | None = None) -> None:
+                 networks: Networks | None = None, delegation: Chain | None = None,
+                 delegated: DelegatedAddresses | None = None) -> None:
         self.store = store
         self.source = source
         self.ipam = ipam
@@ -107,6 +107,7 @@ class Attacher:
         self.fault = fault  # test hook: may kill the process (or fail) at a named step
         self.networks = networks or Networks(source, ipam)
         self.delegation = delegation  # the runner of delegated plugins, for STATUS
+        self.delegated = delegated or DelegatedAddresses(ipam, source)  # addresses of delegates using plexus-ipam
         self.locks = KeyedLocks()
         # a pod's delegates built at once: a pool kept across calls, so its threads keep their sockets
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="delegate")
@@ -182,6 +183,10 @@ class Attacher:
         try:
             with self.store.transaction():
                 claims = self.ipam.claim(pod, w.sel, w.net, w.user_ips) if w.sel and w.net else []
+                if w.address is not None:  # a delegate's plexus-ipam address: leased here, handed over as static
+                    leased = self.delegated.lease(w.address)
+                    claims = [leased.claim]
+                    w = with_lease(w, leased)
                 iface = self._planned(key, w, claims)
                 record = replace(record, interfaces=record.interfaces + (iface,))
                 self.store.put_attachment(record)

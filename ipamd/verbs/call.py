@@ -11,6 +11,8 @@ from typing import Any
 from cni.errors import InvalidConfig
 from cni.version import CURRENT_VERSION
 
+VALID_ATTACHMENTS = "cni.dev/valid-attachments"  # GC's list of the attachments that are still valid
+
 
 @dataclass(frozen=True, slots=True)
 class CniCall:

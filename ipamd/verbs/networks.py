@@ -6,13 +6,18 @@ Both dialects end as one list of ``Wanted`` interfaces, each naming the driver t
 interface name claimed twice, by one dialect or across both, fails here. A NetworkAttachmentDefinition
 is resolved as NPWG §3 says: its ``spec.config``, else the node's ``.conflist`` of that name, else its
 ``.conf``, else an error naming it.
+
+A delegate whose plugin takes its addresses from ``plexus-ipam`` is leased for by the daemon itself
+(``Wanted.address``), before it runs, unless the configuration says ``delegateIPAM: exec``: the address is
+then handed to it as the reference ``static`` plugin's configuration (``with_lease``), so no plugin
+execs back into the daemon.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cni.errors import AnnotationInvalid, InvalidConfig, ObjectNotFound
@@ -20,8 +25,10 @@ from cni.types import Result
 from ipamd.drivers.base import InterfaceRequest
 from ipamd.invoke.chain import Invocation
 from ipamd.ipam.addresses import Ipam, ResolvedNetwork
+from ipamd.ipam.delegated import AddressRequest, Leased
 from ipamd.model.annotations import NetworkSelection, check_ifname, parse_networks_spec
-from ipamd.model.cniconf import CAPABILITIES, capabilities
+from ipamd.model.cniconf import CAPABILITIES, ConfigInvalid, capabilities
+from ipamd.model.ipamconf import IPAM_TYPE, parse_ipam_config
 from ipamd.model.npwg import (
     DEFAULT_NETWORK_ANNOTATION,
     NETWORKS_ANNOTATION,
@@ -59,6 +66,7 @@ class Wanted:
     sel: NetworkSelection | None = None  # a Deckhouse network: the selection IPAM leases for,
     net: ResolvedNetwork | None = None  # its pool and segment,
     user_ips: list[IPAddressObject] = field(default_factory=list)  # and the IPAddresses named for it
+    address: AddressRequest | None = None  # a delegate's address the daemon leases (its IPAM is plexus-ipam)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +106,7 @@ class Networks:
         for i, text in enumerate(defaults):
             where = f"defaultNetworks[{i}]"
             d = self._nad(*_ns_name(text, conf.multus_namespace), where, conf, isolated=False)
-            out.append(self._delegate(call, conf, d, names[where]))
+            out.append(self._delegate(call, pod, conf, d, names[where], where=where))
         resolved = [self.ipam.resolve(sel, ns, f"networks-spec[{i}]") for i, sel in enumerate(deckhouse)]
         for i, (sel, net) in enumerate(zip(deckhouse, resolved, strict=True)):
             user_ips = self.ipam.validate(pod, sel, net, f"networks-spec[{i}]")
@@ -165,7 +173,7 @@ class Networks:
         else:
             d = self.cluster_network(conf)
         runtime = {k: v for k, v in (call.config.get("runtimeConfig") or {}).items() if k != POD_ANNOTATIONS_CAPABILITY}
-        return self._delegate(call, conf, d, call.ifname, runtime)
+        return self._delegate(call, pod, conf, d, call.ifname, runtime, where="clusterNetwork")
 
     def cluster_network(self, conf: PluginConfig) -> Delegated:
         """``clusterNetwork``: a file's path, a NAD of the Multus namespace, or a configuration of that name on
@@ -195,16 +203,55 @@ class Networks:
             if cap in el.runtime and cap not in declared:
                 raise AnnotationInvalid(f"{el.where}.{key}: no plugin of {d.target.name} declares the {cap!r} "
                                         "capability, so it cannot be honoured (NPWG §4.1.2)", f"{el.where}.{key}")
-        return self._delegate(call, conf, d, if_name, el.runtime, {"cni": el.cni_args} if el.cni_args else {},
-                              el.default_route)
+        return self._delegate(call, pod, conf, d, if_name, el.runtime, {"cni": el.cni_args} if el.cni_args else {},
+                              el.default_route, el.where, el.ipam_claim)
 
-    @staticmethod
-    def _delegate(call: CniCall, conf: PluginConfig, d: Delegated, if_name: str,
+    def _delegate(self, call: CniCall, pod: Pod, conf: PluginConfig, d: Delegated, if_name: str,
                   runtime: dict[str, Any] | None = None, args: dict[str, Any] | None = None,
-                  default_route: tuple[str, ...] = ()) -> Wanted:
+                  default_route: tuple[str, ...] = (), where: str = "", claim: str = "") -> Wanted:
         inv = Invocation(d.conflist, call.container_id, call.netns, if_name, _ignore_unknown(call.raw_args),
                          dict(runtime or {}), dict(args or {}), conf.plugin_dirs(call.cni_path), conf.delegate_timeout_s)
-        return Wanted("delegate", InterfaceRequest(if_name, delegate=inv, default_route=default_route), d.target)
+        address = self._address(call, pod, d, if_name, inv.runtime_config, where, claim) \
+            if conf.delegate_ipam == "lease" else None
+        return Wanted("delegate", InterfaceRequest(if_name, delegate=inv, default_route=default_route), d.target,
+                      address=address)
+
+    @staticmethod
+    def _address(call: CniCall, pod: Pod, d: Delegated, if_name: str, runtime: dict[str, Any], where: str,
+                 claim: str) -> AddressRequest | None:
+        """What the daemon leases for a delegate whose IPAM is plexus-ipam (None when none of its plugins'
+        is), checked now: a configuration error fails the ADD before anything is leased or built."""
+        found = [(i, p["ipam"]) for i, p in enumerate(d.conflist["plugins"])
+                 if isinstance(p.get("ipam"), dict) and p["ipam"].get("type") == IPAM_TYPE]
+        if not found:
+            return None
+        i, section = found[0]
+        try:
+            config = parse_ipam_config(section)
+        except ConfigInvalid as exc:
+            raise InvalidConfig(f"{d.target.type} {d.target.name}: plugins[{i}].{exc.field} {exc.problem}",
+                                f"plugins[{i}].{exc.field}") from None
+        ips = runtime.get("ips") or []
+        if not isinstance(ips, list) or len(ips) > 1:
+            raise AnnotationInvalid("an interface gets one IPv4 address from plexus-ipam", f"{where}.ips")
+        nad = d.target.name if d.target.type == NAD else ""
+        return AddressRequest(d.conflist["name"], call.container_id, if_name, config, pod, pod.meta.namespace, nad,
+                              tuple(str(i) for i in ips), claim, ips_field=f"{where}.ips",
+                              claim_field=f"{where}.ipam-claim-reference")
+
+
+def with_lease(w: Wanted, leased: Leased) -> Wanted:
+    """The delegate with its plexus-ipam sections replaced by the ``static`` plugin's configuration of the
+    lease (and without the ``ips`` capability's value, which the lease already honours)."""
+    inv = w.request.delegate
+    if inv is None:
+        return w
+    static = leased.static_ipam()
+    plugins = [{**p, "ipam": static} if isinstance(p.get("ipam"), dict) and p["ipam"].get("type") == IPAM_TYPE else p
+               for p in inv.conflist["plugins"]]
+    runtime = {k: v for k, v in inv.runtime_config.items() if k != "ips"}
+    inv = replace(inv, conflist={**inv.conflist, "plugins": plugins}, runtime_config=runtime)
+    return replace(w, request=replace(w.request, delegate=inv))
 
 
 def _ignore_unknown(args: str) -> str:

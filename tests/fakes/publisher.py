@@ -16,6 +16,7 @@ class RecordingPublisher:
         self.node_attachments: dict[str, tuple[str, bool, str]] = {}  # network -> (bridge, ready, message)
         self.node_detachments: list[str] = []
         self.statuses: dict[str, PodStatus] = {}  # pod UID -> what its annotations would say
+        self.ip_statuses: list[IPRecord] = []  # IPAddress and IPAMClaim statuses, in order
 
     def attached(self, pod: Pod, status: PodStatus, created: Iterable[IPRecord], used: Iterable[IPRecord]) -> None:
         self.attached_pods.append(pod.meta.name)
@@ -33,7 +34,7 @@ class RecordingPublisher:
         self.failed_with.append(message)
 
     def ip_status(self, rec: IPRecord) -> None:
-        pass
+        self.ip_statuses.append(rec)
 
     def node_attachment(self, network_key: str, bridge: str, ready: bool, message: str) -> None:
         self.node_attachments[network_key] = (bridge, ready, message)

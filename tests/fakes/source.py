@@ -18,6 +18,7 @@ class FakeSource:
         self.subscribers: builtins.list[Callable[[], None]] = []
         self.waited: builtins.list[tuple[str, str]] = []
         self.late: dict[tuple[str, str], Pod] = {}  # pods wait_for_pod finds (a watch that lagged)
+        self.synced = True  # False: a cluster's informers before their first list
         for obj in objs:
             self.add(obj)
 
@@ -45,7 +46,7 @@ class FakeSource:
         return []
 
     def ready(self) -> bool:
-        return True
+        return self.synced
 
     def sync(self) -> builtins.list[Problem]:
         return []

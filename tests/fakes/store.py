@@ -16,19 +16,21 @@ from typing import Any
 
 from ipamd.store.records import (
     AttachmentRecord,
+    ImplicitPoolRecord,
     IPRecord,
     LeaseRecord,
     PodStatus,
     SegmentRecord,
     dump,
     load_attachment,
+    load_implicit_pool,
     load_ip,
     load_lease,
     load_pod_status,
     load_segment,
 )
 
-TABLES = ("leases", "cursors", "ips", "attachments", "pods", "pod_uids", "segments")
+TABLES = ("leases", "cursors", "ips", "attachments", "pods", "pod_uids", "segments", "implicit_pools")
 
 
 class MemoryStore:
@@ -44,10 +46,12 @@ class MemoryStore:
         self.pods: dict[str, str] = {}
         self.pod_uids: dict[tuple[str, str], str] = {}
         self.segments_: dict[str, str] = {}
+        self.implicit_pools_: dict[str, str] = {}
         self.commits = 0
 
     def _tables(self) -> list[dict[Any, Any]]:
-        return [self.leases, self.cursors, self.ips, self.attachments_, self.pods, self.pod_uids, self.segments_]
+        return [self.leases, self.cursors, self.ips, self.attachments_, self.pods, self.pod_uids, self.segments_,
+                self.implicit_pools_]
 
     @contextmanager
     def transaction(self) -> Iterator[MemoryStore]:
@@ -148,6 +152,21 @@ class MemoryStore:
 
     def ips_owned_by(self, pod_uid: str) -> list[IPRecord]:
         return [r for r in self.all_ips() if r.owner_pod_uid == pod_uid]
+
+    def ips_with_prefix(self, prefix: str) -> list[IPRecord]:
+        return [r for r in self.all_ips() if r.key.startswith(prefix)]
+
+    def put_implicit_pool(self, rec: ImplicitPoolRecord) -> None:
+        with self._lock:
+            self.implicit_pools_[rec.key] = dump(rec)
+
+    def implicit_pools(self) -> list[ImplicitPoolRecord]:
+        with self._lock:
+            return [load_implicit_pool(self.implicit_pools_[k]) for k in sorted(self.implicit_pools_)]
+
+    def delete_implicit_pool(self, key: str) -> None:
+        with self._lock:
+            self.implicit_pools_.pop(key, None)
 
     # -- attachments -----------------------------------------------------------------------------
     def get_attachment(self, container_id: str, ifname: str) -> AttachmentRecord | None:

@@ -451,3 +451,45 @@ def test_probe_usage_and_an_absent_daemon(tmp_path: Path) -> None:
     out = io.StringIO()
     assert probe(["readyz", str(tmp_path / "none.sock")], out) == 1
     assert "not reachable" in out.getvalue() and "none.sock" in out.getvalue()
+
+
+# -- plexus-ipam: the same binary under the IPAM plugin's name ----------------------------------
+
+def test_as_plexus_ipam_it_posts_to_the_ipam_socket_its_ipam_section_names(
+        fake_daemon: Callable[[Responder], FakeDaemon]) -> None:
+    ipam_result = {"cniVersion": "1.0.0", "ips": [{"address": "198.18.10.51/24"}], "dns": {}}
+    d = fake_daemon(lambda body: http(200, ipam_result, "OK"))
+    c = {"cniVersion": "1.0.0", "name": "nad-a", "type": "macvlan", "master": "eth0",
+         "ipam": {"type": "plexus-ipam", "range": "198.18.10.0/24", "socket": str(d.path)}}
+    out = io.StringIO()
+    rc = main(env_for("ADD"), io.BytesIO(json.dumps(c).encode()), out, ipam=True)
+    assert rc == 0 and one_json_object(out.getvalue()) == ipam_result
+    assert d.requests[0][0] == b"POST /v1/ipam HTTP/1.1"
+    assert d.last_call["config"] == c, "the calling plugin's whole configuration goes to the daemon"
+
+
+def test_as_plexus_ipam_without_a_daemon_it_is_try_again_later_and_without_ipam_section_invalid() -> None:
+    c = {"cniVersion": "1.0.0", "name": "nad-a", "type": "macvlan",
+         "ipam": {"type": "plexus-ipam", "socket": "/nonexistent/plexus-ipam.sock"}}
+    out = io.StringIO()
+    assert main(env_for("ADD"), io.BytesIO(json.dumps(c).encode()), out, ipam=True) == 1
+    assert one_json_object(out.getvalue())["code"] == 11
+    out = io.StringIO()
+    del c["ipam"]
+    assert main(env_for("ADD"), io.BytesIO(json.dumps(c).encode()), out, ipam=True) == 1
+    err = one_json_object(out.getvalue())
+    assert (err["code"], err["details"]) == (7, "ipam")
+
+
+def test_the_name_it_runs_under_picks_the_role(tmp_path: Path) -> None:
+    """``plexus-ipam`` is a link to the plugin: argv[0] decides (the frozen build is checked by the netns tier)."""
+    link = tmp_path / "plexus-ipam"
+    link.write_text(f"#!{sys.executable}\nimport sys; sys.path.insert(0, {str(REPO)!r})\n"
+                    "from cni.shim import run\nrun()\n")
+    link.chmod(0o755)
+    c = {"cniVersion": "1.0.0", "name": "nad-a", "type": "bridge",
+         "ipam": {"type": "plexus-ipam", "socket": str(tmp_path / "none.sock")}}
+    proc = subprocess.run([str(link)], input=json.dumps(c).encode(), capture_output=True,
+                          env={"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "c", "CNI_IFNAME": "net1"}, timeout=30)
+    err = json.loads(proc.stdout)
+    assert err["code"] == 11 and "none.sock" in err["details"], "it asked plexus-ipam's socket, from the ipam section"

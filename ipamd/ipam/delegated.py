@@ -1,0 +1,310 @@
+"""Addresses for interfaces other plugins build: what ``plexus-ipam`` leases, however it is reached.
+
+One allocator (``Ipam``) and one lease registry stand behind the Deckhouse networks and every delegate, so
+an address is unique across the cluster whichever asked for it. A delegate's lease is held by a record like
+an IPAddress's, of one of two kinds:
+
+- ``CNI/<network>/<container ID>/<ifname>``: one attachment's address (the CNI identity of an IPAM call).
+  DEL and GC release it, as does the reconciler once the pod it was leased for is gone; released leases are
+  quarantined for the pool's ``leaseTTL``.
+- ``IPAMClaim/<namespace>/<name>``: an IPAMClaim's sticky address (NPWG v1.3 §8). Pods come and go; the
+  address stays with the claim, and is quarantined only when the claim is deleted.
+
+Everything a request may get wrong is checked before anything is leased, and each lease is one store
+transaction (the registry's claim included), so a refused request leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from cni.errors import AddressConflict, InvalidConfig, ObjectNotFound, UnknownContainer
+from cni.types import IPConfig, Result, Route, cidr_of
+from ipamd.ipam.addresses import Claim, Ipam
+from ipamd.ipam.allocator import subnet_for, to_int
+from ipamd.model.cniconf import ConfigInvalid
+from ipamd.model.ipamconf import InlineRange, IpamConfig, implicit_pool, overlap, parse_ipam_config, space_key
+from ipamd.model.objects import IP_ADDRESS_POOL, IPAM_CLAIM, NETWORK_ATTACHMENT_DEFINITION, POOL_KINDS, AddressPool, Pod
+from ipamd.sources.base import ObjectSource
+from ipamd.store.protocols import LeaseStore
+from ipamd.store.records import ImplicitPoolRecord, IPRecord
+
+CNI_HOLDER = "CNI"
+CLAIM_HOLDER = IPAM_CLAIM.name
+
+
+def cni_key(network: str, container_id: str, ifname: str) -> str:
+    """The holder of one attachment's address: the CNI identity of the call (network, container, interface)."""
+    return f"{CNI_HOLDER}/{network}/{container_id}/{ifname}"
+
+
+@dataclass(frozen=True, slots=True)
+class AddressRequest:
+    """One interface's address, as a delegate's configuration and the pod ask for it."""
+
+    network: str  # the CNI network configuration's name (a NAD's)
+    container_id: str
+    ifname: str
+    config: IpamConfig
+    pod: Pod | None = None  # None: the runtime named no pod (cnitool), or one the source does not know
+    namespace: str = ""  # the pod's, for IPAddressPools and claims
+    nad: str = ""  # namespace/name of the NAD Plexus delegates ("" when exec'd by another meta-plugin)
+    ips: tuple[str, ...] = ()  # the ``ips`` capability: exactly these addresses
+    claim: str = ""  # the name of an IPAMClaim of the pod's namespace
+    ips_field: str = "runtimeConfig.ips"  # where they were asked for, for errors
+    claim_field: str = "ipam-claim-reference"
+
+    @property
+    def user(self) -> tuple[str, str]:
+        """Who uses the address: the pod (UID, namespace/name), or the attachment when no pod is known."""
+        if self.pod is not None:
+            return self.pod.meta.uid, f"{self.pod.meta.namespace}/{self.pod.meta.name}"
+        return f"{self.container_id}/{self.ifname}", ""
+
+
+@dataclass(frozen=True, slots=True)
+class Leased:
+    """An interface's address and what goes with it."""
+
+    claim: Claim
+    gateway: str
+    routes: tuple[Route, ...]
+
+    @property
+    def cidr(self) -> str:
+        return cidr_of(self.claim.address, self.claim.network)
+
+    def result(self) -> Result:
+        """An IPAM plugin's result: addresses and routes, no interfaces (the calling plugin has those)."""
+        return Result(ips=(IPConfig(self.cidr, gateway=self.gateway),), routes=self.routes)
+
+    def static_ipam(self) -> dict[str, Any]:
+        """The reference ``static`` plugin's configuration that configures exactly this lease."""
+        address: dict[str, str] = {"address": self.cidr}
+        if self.gateway:
+            address["gateway"] = self.gateway
+        ipam: dict[str, Any] = {"type": "static", "addresses": [address]}
+        if self.routes:
+            ipam["routes"] = [r.to_dict() for r in self.routes]
+        return ipam
+
+
+def ipam_config_of(conf: dict[str, Any]) -> IpamConfig:
+    """The plexus-ipam section of a plugin's configuration, or ``InvalidConfig`` naming its field."""
+    try:
+        return parse_ipam_config(conf.get("ipam"))
+    except ConfigInvalid as exc:
+        raise InvalidConfig(exc.problem, exc.field) from None
+
+
+class DelegatedAddresses:
+    def __init__(self, ipam: Ipam, source: ObjectSource, clock: Callable[[], float] = time.time) -> None:
+        self.ipam = ipam
+        self.store: LeaseStore = ipam.store
+        self.source = source
+        self.clock = clock
+        self._noted: set[str] = set()  # implicit pools already in the store
+
+    # -- ADD ------------------------------------------------------------------------------------
+    def lease(self, req: AddressRequest) -> Leased:
+        """Lease the interface's address (the same one again for the same attachment or claim)."""
+        pool = self._pool(req)
+        claim_obj = self._claim_object(req)
+        with self.store.transaction():
+            if req.config.range is not None:
+                self._note_range(req.network, req.config.range)
+            rec, created = self._holder(req, claim_obj)
+            if rec.type == "Static":
+                self._check_static(rec, pool, req)
+            try:
+                rec, lease, created_lease = self.ipam.lease_for(rec, pool)
+            except AddressConflict as exc:  # another node holds it
+                raise AddressConflict(f"{rec.static_ip} is already leased on another node",
+                                      req.claim_field if claim_obj else req.ips_field) from exc
+            uid, pod_ref = req.user
+            users = dict(zip(rec.used_by_uids, rec.used_by_pods, strict=False)) | {uid: pod_ref}
+            rec = replace(rec, used_by_uids=tuple(users), used_by_pods=tuple(users.values()))
+            self.store.put_ip(rec)
+        routes = tuple(Route(r["destination"], r.get("via", "")) for r in rec.routes)
+        routes += tuple(Route(dst, gw) for dst, gw in req.config.routes)
+        return Leased(Claim(rec.key, rec.name, lease.address, lease.network, rec.routes, created, created_lease),
+                      req.config.gateway, routes)
+
+    def _pool(self, req: AddressRequest) -> AddressPool:
+        rng = req.config.range
+        if rng is not None:
+            return implicit_pool(rng)
+        ref = req.config.pool
+        assert ref is not None  # a config names a pool or a range (parse_ipam_config)
+        kind = POOL_KINDS[ref.kind]
+        ns = ""
+        if kind.namespaced:
+            if not req.namespace:
+                raise InvalidConfig(f"an {kind.name} belongs to a namespace, and the runtime named no pod (CNI_ARGS "
+                                    "K8S_POD_NAMESPACE)", "ipam.ipAddressPoolRef.kind")
+            if ref.namespace and ref.namespace != req.namespace:
+                raise ObjectNotFound(f"{kind.name} {ref.namespace}/{ref.name} is in another namespace than the pod's "
+                                     f"({req.namespace}): a pod may only use pools of its own", "ipam.ipAddressPoolRef.namespace")
+            ns = req.namespace
+        pool = self.source.get(kind, ns, ref.name)
+        if pool is None:
+            others = [p.meta.namespace for p in self.source.list(IP_ADDRESS_POOL) if p.meta.name == ref.name] \
+                if kind.namespaced else []
+            hint = f"; one exists in namespace {others[0]}, but a pod may only use pools of its own" if others else ""
+            raise ObjectNotFound(f"{kind.name} {ns + '/' if ns else ''}{ref.name} does not exist{hint}",
+                                 "ipam.ipAddressPoolRef.name")
+        return pool
+
+    def _claim_object(self, req: AddressRequest) -> Any:
+        if not req.claim:
+            return None
+        claim = self.source.get(IPAM_CLAIM, req.namespace, req.claim)
+        if claim is None:
+            raise ObjectNotFound(f"IPAMClaim {req.namespace}/{req.claim} does not exist", req.claim_field)
+        names = {req.network, req.nad, req.nad.partition("/")[2]} - {""}
+        if claim.network and claim.network not in names:
+            raise InvalidConfig(f"IPAMClaim {req.namespace}/{req.claim} is for network {claim.network}, not "
+                                f"{req.nad or req.network}", req.claim_field)
+        if req.ips:
+            raise InvalidConfig("ips and ipam-claim-reference exclude each other (NPWG §8)", req.ips_field)
+        return claim
+
+    def _holder(self, req: AddressRequest, claim: Any) -> tuple[IPRecord, bool]:
+        """The record that holds the lease (made if new), after checking that nobody else uses it."""
+        if claim is not None:
+            key = claim.meta.key
+            rec = self.store.get_ip(key)
+            if rec is not None:
+                self._check_claim_free(rec, claim, req)
+                return rec, False
+            self._check_claim_free(None, claim, req)
+            static = claim.ip_requests[0].split("/")[0] if claim.ip_requests else ""
+            return IPRecord(key=key, kind=CLAIM_HOLDER, namespace=claim.meta.namespace, name=claim.meta.name,
+                            network_kind=NETWORK_ATTACHMENT_DEFINITION.name if req.nad else CNI_HOLDER,
+                            network_name=req.nad or req.network, type="Static" if static else "Auto",
+                            static_ip=static, uid=claim.meta.uid, created_by="claim", created_at=self.clock(),
+                            interface=claim.interface or req.ifname), True
+        key = cni_key(req.network, req.container_id, req.ifname)
+        rec = self.store.get_ip(key)
+        if rec is not None:
+            return rec, False  # a retried ADD keeps its address
+        static = req.ips[0].split("/")[0] if req.ips else ""
+        known = req.pod is not None and req.pod.meta.source != "runtime"
+        return IPRecord(key=key, kind=CNI_HOLDER, namespace=req.namespace, name=f"{req.container_id[:12]}/{req.ifname}",
+                        network_kind=NETWORK_ATTACHMENT_DEFINITION.name if req.nad else CNI_HOLDER,
+                        network_name=req.nad or req.network, type="Static" if static else "Auto", static_ip=static,
+                        owner_pod_uid=req.pod.meta.uid if known and req.pod else "", created_by="cni",
+                        created_at=self.clock(), interface=req.ifname), True
+
+    def _check_claim_free(self, rec: IPRecord | None, claim: Any, req: AddressRequest) -> None:
+        """A claim serves one live pod at a time: refused while another pod that still exists uses it."""
+        uid, pod_ref = req.user
+        for other_uid, other in zip(rec.used_by_uids if rec else (), rec.used_by_pods if rec else (), strict=False):
+            if other_uid != uid and self.source.pod_by_uid(other_uid) is not None:
+                raise AddressConflict(f"IPAMClaim {claim.meta.namespace}/{claim.meta.name} is in use by pod {other}",
+                                      req.claim_field)
+        owner = claim.owner_pod
+        if owner and req.pod is not None and owner != req.pod.meta.name:
+            # the pod its status names may run on another node: only a pod that still exists holds it
+            if self.source.wait_for_pod(claim.meta.namespace, owner) is not None:
+                raise AddressConflict(f"IPAMClaim {claim.meta.namespace}/{claim.meta.name} is in use by pod "
+                                      f"{claim.meta.namespace}/{owner}", req.claim_field)
+
+    def _check_static(self, rec: IPRecord, pool: AddressPool, req: AddressRequest) -> None:
+        field = req.claim_field if rec.kind == CLAIM_HOLDER else req.ips_field
+        asked = req.ips[0] if req.ips and rec.kind != CLAIM_HOLDER else rec.static_ip
+        try:
+            ip = to_int(rec.static_ip)
+        except ValueError:
+            raise InvalidConfig(f"{rec.static_ip!r} is not an IPv4 address", field) from None
+        subnet = subnet_for(pool, ip)
+        if subnet is None:
+            nets = ", ".join(str(s.network) for s in pool.subnets)
+            raise InvalidConfig(f"{rec.static_ip} is outside pool {_pool_name(pool)} ({nets})", field)
+        if "/" in asked and ipaddress.IPv4Interface(asked).network != subnet.network:
+            raise InvalidConfig(f"{asked} does not match the pool's network {subnet.network}", field)
+        held = self.store.lease_at(pool.meta.key, ip)
+        if held is not None and held.holder not in (None, rec.key):
+            raise AddressConflict(f"{rec.static_ip} is already leased to {self.describe(held.holder)}", field)
+
+    def describe(self, holder: str) -> str:
+        """Who holds a lease, in words: the pod and interface, the claim, or the IPAddress."""
+        rec = self.store.get_ip(holder)
+        if rec is None:
+            return holder
+        pods = ", ".join(rec.used_by_pods)
+        if rec.kind == CNI_HOLDER:
+            return f"{'pod ' + pods if pods else 'container ' + rec.name.split('/')[0]} ({rec.interface} on " \
+                   f"{rec.network_name})"
+        return f"{rec.kind} {rec.namespace}/{rec.name}" + (f" (pod {pods})" if pods else "")
+
+    def _note_range(self, owner: str, rng: InlineRange) -> None:
+        """Record the implicit pool of a range (one per configuration and range), refusing one that would
+        overlap another configuration's range when it asks not to share addresses with it."""
+        if not rng.overlapping:
+            others = [(r.owner, InlineRange(ipaddress.IPv4Network(r.network), r.ranges, r.pool.partition("/")[2],
+                                            r.overlapping)) for r in self.store.implicit_pools()]
+            clash = overlap(rng, owner, others)
+            if clash:
+                raise InvalidConfig(f"range {rng.network} ({rng.text}) overlaps {clash}, and enable_overlapping_ranges "
+                                    "is false: Plexus never hands out an address twice; let it be true, or give this "
+                                    "network its own network_name", "ipam.range")
+        key = f"{owner}|{rng.network}|{rng.text}"
+        if key in self._noted:
+            return
+        self.store.put_implicit_pool(ImplicitPoolRecord(key, owner, space_key(rng.space), str(rng.network), rng.ranges,
+                                                        rng.ttl_s, rng.overlapping, self.clock()))
+        self._noted.add(key)
+
+    # -- DEL, GC, CHECK -------------------------------------------------------------------------
+    def release(self, network: str, container_id: str, ifname: str, pod_uid: str = "",
+                pod_ref: str = "") -> list[IPRecord]:
+        """DEL: the attachment's own lease is quarantined; a claim it used only loses this user (DEL is
+        idempotent: nothing held, nothing done). The claims let go of, as they are now."""
+        users = {pod_uid, f"{container_id}/{ifname}"} - {""}
+        claims = []
+        with self.store.transaction():
+            rec = self.store.get_ip(cni_key(network, container_id, ifname))
+            if rec is not None:
+                self.ipam.delete_ip(rec)
+            for claim in self.store.ips_with_prefix(f"{CLAIM_HOLDER}/"):
+                gone = [uid for uid, ref in zip(claim.used_by_uids, claim.used_by_pods, strict=False)
+                        if uid in users or (not pod_uid and pod_ref and ref == pod_ref)]
+                if gone:
+                    for uid in gone:
+                        self.ipam.release_pod([claim.key], uid)
+                    claims.append(claim.key)
+        return self.ipam.records(claims)
+
+    def record(self, key: str) -> IPRecord | None:
+        return self.store.get_ip(key)
+
+    def gc(self, network: str, valid: set[tuple[str, str]]) -> int:
+        """GC: release this network's attachment leases that are not among ``valid`` (container ID, ifname)."""
+        n = 0
+        with self.store.transaction():
+            for rec in self.store.ips_with_prefix(f"{CNI_HOLDER}/{network}/"):
+                container_id, _, ifname = rec.key[len(f"{CNI_HOLDER}/{network}/"):].rpartition("/")
+                if (container_id, ifname) not in valid:
+                    self.ipam.delete_ip(rec)
+                    n += 1
+        return n
+
+    def check(self, network: str, container_id: str, ifname: str, prev: Result | None) -> None:
+        """CHECK: the attachment still holds its address, and the result the runtime has says so."""
+        rec = self.store.get_ip(cni_key(network, container_id, ifname))
+        if rec is None or self.store.lease_of(rec.key) is None:
+            raise UnknownContainer(f"no plexus-ipam lease for container {container_id[:12]} {ifname} on {network}",
+                                   "CNI_CONTAINERID")
+        if prev is not None and not any(ip.address.split("/")[0] == rec.address for ip in prev.ips):
+            raise InvalidConfig(f"prevResult does not carry the leased address {rec.address}", "prevResult.ips")
+
+
+def _pool_name(pool: AddressPool) -> str:
+    return pool.meta.display
+
+

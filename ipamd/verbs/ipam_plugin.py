@@ -1,0 +1,122 @@
+"""The CNI verbs of ``plexus-ipam``, the IPAM plugin other plugins exec (bridge, macvlan, host-device, ...),
+under any runtime or meta-plugin (Multus, cnitool, Plexus itself when so configured).
+
+An IPAM call carries the calling plugin's whole configuration; its ``ipam`` section says where addresses
+come from (``ipamd.model.ipamconf``). ADD answers with addresses and routes only; DEL releases the
+attachment's lease (quarantined); GC releases the network's leases that are no longer valid; CHECK says
+whether the lease is still held; STATUS whether the daemon can serve ADD. The pod, when CNI_ARGS names one
+the object source knows, is who uses the address, and its NPWG selection may name an IPAMClaim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from cni.errors import InvalidConfig, InvalidEnvironment, PluginNotAvailable, UnknownContainer
+from cni.types import Result
+from ipamd.ipam.delegated import AddressRequest, DelegatedAddresses, ipam_config_of
+from ipamd.model.npwg import NETWORKS_ANNOTATION, NetworkElement, parse_networks
+from ipamd.model.objects import Pod
+from ipamd.publish.base import LocalPublisher, Publisher
+from ipamd.sources.base import ObjectSource
+from ipamd.verbs.call import VALID_ATTACHMENTS, CniCall
+from ipamd.verbs.pods import find_pod
+
+
+def requested_ips(config: dict[str, Any]) -> tuple[str, ...]:
+    """The ``ips`` capability's addresses (``runtimeConfig.ips``), checked for shape; Plexus pools are IPv4,
+    one address per interface."""
+    ips = (config.get("runtimeConfig") or {}).get("ips")
+    if ips is None:
+        return ()
+    if not isinstance(ips, list) or not all(isinstance(i, str) for i in ips):
+        raise InvalidConfig("must be a list of addresses", "runtimeConfig.ips")
+    if len(ips) > 1:
+        raise InvalidConfig(f"asks for {len(ips)} addresses; an interface gets one IPv4 address", "runtimeConfig.ips")
+    return tuple(ips)
+
+
+def selection_for(pod: Pod, ifname: str) -> tuple[NetworkElement | None, str]:
+    """The element of the pod's NPWG selection that made interface ``ifname`` (named, or ``net<N>`` by its
+    position, as Multus names them), and its index's field path."""
+    try:
+        elements = parse_networks(pod.annotations.get(NETWORKS_ANNOTATION), pod.meta.namespace)
+    except Exception:  # an annotation the meta-plugin accepted is its business; no claim can come from it
+        return None, ""
+    for i, el in enumerate(elements):
+        if (el.interface or f"net{i + 1}") == ifname:
+            return el, el.where
+    return None, ""
+
+
+class IpamPlugin:
+    def __init__(self, addresses: DelegatedAddresses, source: ObjectSource, ready: Callable[[], bool],
+                 publisher: Publisher | None = None) -> None:
+        self.addresses = addresses
+        self.source = source
+        self.ready = ready
+        self.publisher = publisher or LocalPublisher()  # an IPAMClaim's status
+
+    def handle(self, call: CniCall) -> dict[str, Any]:
+        verbs: dict[str, Callable[[CniCall], dict[str, Any]]] = {
+            "ADD": self.add, "DEL": self.delete, "CHECK": self.check, "GC": self.gc, "STATUS": self.status,
+        }
+        handler = verbs.get(call.verb)
+        if handler is None:
+            raise InvalidEnvironment(f"unknown CNI_COMMAND {call.verb!r}", "CNI_COMMAND")
+        return handler(call)
+
+    def _pod(self, call: CniCall) -> Pod | None:
+        """The pod CNI_ARGS names, if the source knows it (cnitool names none; that is fine for an IPAM call)."""
+        if not (call.args.get("K8S_POD_NAMESPACE") and call.args.get("K8S_POD_NAME")):
+            return None
+        try:
+            return find_pod(self.source, call)
+        except UnknownContainer:
+            return None
+
+    def add(self, call: CniCall) -> dict[str, Any]:
+        config = ipam_config_of(call.config)
+        ips = requested_ips(call.config)
+        pod = self._pod(call)
+        claim, claim_field = "", ""
+        if pod is not None:
+            element, where = selection_for(pod, call.ifname)
+            if element is not None and element.ipam_claim:
+                claim, claim_field = element.ipam_claim, f"{where}.ipam-claim-reference"
+        request = AddressRequest(call.network_name, call.container_id, call.ifname, config, pod,
+                                 call.args.get("K8S_POD_NAMESPACE", ""), ips=ips, claim=claim,
+                                 claim_field=claim_field or "ipam-claim-reference")
+        leased = self.addresses.lease(request)
+        if claim:
+            rec = self.addresses.record(leased.claim.ip_key)
+            if rec is not None:
+                self.publisher.ip_status(rec)
+        return leased.result().to_dict(call.version)
+
+    def delete(self, call: CniCall) -> dict[str, Any]:
+        ns, name = call.args.get("K8S_POD_NAMESPACE", ""), call.args.get("K8S_POD_NAME", "")
+        for claim in self.addresses.release(call.network_name, call.container_id, call.ifname,
+                                            call.args.get("K8S_POD_UID", ""), f"{ns}/{name}" if ns and name else ""):
+            self.publisher.ip_status(claim)
+        return {}
+
+    def check(self, call: CniCall) -> dict[str, Any]:
+        prev = Result.from_dict(call.config["prevResult"]) if call.config.get("prevResult") else None
+        self.addresses.check(call.network_name, call.container_id, call.ifname, prev)
+        return {}
+
+    def gc(self, call: CniCall) -> dict[str, Any]:
+        valid = call.config.get(VALID_ATTACHMENTS)
+        if not isinstance(valid, list):
+            raise InvalidConfig(f"GC needs {VALID_ATTACHMENTS} as a list", VALID_ATTACHMENTS)
+        keep = {(str(v.get("containerID")), str(v.get("ifname"))) for v in valid if isinstance(v, dict)}
+        self.addresses.gc(call.network_name, keep)
+        return {}
+
+    def status(self, call: CniCall) -> dict[str, Any]:
+        if not self.ready():
+            raise PluginNotAvailable("plexus-ipamd is not ready", "object source not synced")
+        ipam_config_of(call.config)
+        return {}

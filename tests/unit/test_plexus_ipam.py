@@ -1,0 +1,268 @@
+"""plexus-ipam's verbs in-process over the in-memory store: addresses from pools and inline ranges, unique,
+released to quarantine by DEL and GC, the ``ips`` capability, IPAMClaims, and every refusal leaving
+nothing leased."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import pytest
+
+from cni.errors import CniError
+from ipamd.ipam.addresses import Ipam
+from ipamd.ipam.delegated import DelegatedAddresses
+from ipamd.model.npwg import NETWORKS_ANNOTATION
+from ipamd.model.objects import API_VERSION, NPWG_CLAIM_API_VERSION, Pod, parse_object
+from ipamd.node.reconcile import Reconciler
+from ipamd.verbs.call import CniCall
+from ipamd.verbs.ipam_plugin import IpamPlugin
+from tests.fakes.publisher import RecordingPublisher
+from tests.fakes.source import FakeSource
+from tests.fakes.store import MemoryStore
+
+NS = "apps"
+NOW = 1_700_000_000.0
+
+
+def obj(kind: str, name: str, spec: dict[str, Any], ns: str = NS, api: str = API_VERSION, **md: Any) -> Any:
+    metadata = {"name": name, **({"namespace": ns} if ns else {}), **md}
+    return parse_object({"apiVersion": api, "kind": kind, "metadata": metadata, "spec": spec})
+
+
+def pod(name: str = "app", uid: str = "uid-app", networks: Any = None) -> Pod:
+    annotations = {NETWORKS_ANNOTATION: json.dumps(networks)} if networks is not None else {}
+    p = parse_object({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS, "uid": uid,
+                                                                       "annotations": annotations}, "spec": {}})
+    assert isinstance(p, Pod)
+    return p
+
+
+def claim(name: str, network: str = "nad-a", **spec: Any) -> Any:
+    return obj("IPAMClaim", name, {"network": network, "interface": "net1", **spec}, api=NPWG_CLAIM_API_VERSION,
+               uid=f"uid-{name}")
+
+
+class Node:
+    def __init__(self) -> None:
+        self.store = MemoryStore()
+        self.source = FakeSource(
+            obj("IPAddressPool", "mine", {"pools": [{"network": "198.18.50.0/29"}], "leaseTTL": "1h"}),
+            obj("IPAddressPool", "theirs", {"pools": [{"network": "198.18.51.0/29"}]}, ns="other"),
+            obj("ClusterIPAddressPool", "shared", {"pools": [{"network": "198.18.52.0/24",
+                                                             "routes": [{"destination": "198.18.60.0/24",
+                                                                         "via": "198.18.52.1"}]}]}, ns=""),
+            pod(),
+        )
+        self.clock = NOW
+        self.ipam = Ipam(self.store, self.source, lambda: self.clock)
+        self.publisher = RecordingPublisher()
+        self.plugin = IpamPlugin(DelegatedAddresses(self.ipam, self.source, lambda: self.clock), self.source,
+                                 lambda: True, self.publisher)
+
+    def call(self, verb: str, ipam: dict[str, Any], container: str = "c1", ifname: str = "net1",
+             network: str = "nad-a", pod_name: str = "app", uid: str = "uid-app", **extra: Any) -> dict[str, Any]:
+        args = {"K8S_POD_NAMESPACE": NS, "K8S_POD_NAME": pod_name, "K8S_POD_UID": uid} if pod_name else {}
+        conf = {"cniVersion": "1.0.0", "name": network, "type": "macvlan", "ipam": {"type": "plexus-ipam", **ipam},
+                **extra}
+        return self.plugin.handle(CniCall(verb, container, "/run/netns/x", ifname, args, conf))
+
+    def error(self, verb: str, ipam: dict[str, Any], **kw: Any) -> CniError:
+        before = (self.store.all_leases(), self.store.all_ips())
+        with pytest.raises(CniError) as exc:
+            self.call(verb, ipam, **kw)
+        assert (self.store.all_leases(), self.store.all_ips()) == before, "a refusal leaves nothing behind"
+        return exc.value
+
+    def addresses(self) -> dict[str, str | None]:
+        return {lease.address: lease.holder for lease in self.store.all_leases()}
+
+
+POOL = {"ipAddressPoolRef": {"kind": "IPAddressPool", "name": "mine"}}
+SHARED = {"ipAddressPoolRef": {"kind": "ClusterIPAddressPool", "name": "shared"}}
+RANGE = {"range": "198.18.53.0/24", "gateway": "198.18.53.1", "routes": [{"dst": "198.18.61.0/24"}]}
+
+
+def test_add_gives_an_address_with_routes_and_the_same_one_again_for_a_retry() -> None:
+    node = Node()
+    result = node.call("ADD", SHARED)
+    assert result["ips"] == [{"address": "198.18.52.1/24"}] and "interfaces" not in result
+    assert result["routes"] == [{"dst": "198.18.60.0/24", "gw": "198.18.52.1"}]
+    assert node.call("ADD", SHARED) == result, "the same attachment keeps its address"
+    assert node.call("ADD", SHARED, container="c2")["ips"][0]["address"] == "198.18.52.2/24"
+    (rec, _) = sorted(node.store.all_ips(), key=lambda r: r.key)
+    assert (rec.kind, rec.network_name, rec.interface, rec.used_by_pods) == ("CNI", "nad-a", "net1", (f"{NS}/app",))
+
+
+def test_an_inline_range_gets_an_implicit_pool_and_the_config_gateway_and_routes() -> None:
+    node = Node()
+    result = node.call("ADD", RANGE, cniVersion="0.3.1")
+    assert result["ips"] == [{"version": "4", "address": "198.18.53.2/24", "gateway": "198.18.53.1"}]
+    assert result["routes"] == [{"dst": "198.18.61.0/24", "gw": "198.18.53.1"}]
+    (pool,) = node.store.implicit_pools()
+    assert (pool.owner, pool.pool, pool.network) == ("nad-a", "ImplicitPool/unnamed", "198.18.53.0/24")
+    other = node.call("ADD", {**RANGE, "range": "198.18.53.0/25"}, network="nad-b")
+    assert other["ips"][0]["address"] == "198.18.53.3/25", "the same space never hands out an address twice"
+    assert len(node.store.implicit_pools()) == 2, "one implicit pool per configuration and range"
+    apart = node.call("ADD", {**RANGE, "network_name": "apart"}, network="nad-c")
+    assert apart["ips"][0]["address"] == "198.18.53.2/24", "another network_name is another space"
+
+
+def test_del_quarantines_for_the_pools_ttl_and_is_idempotent() -> None:
+    node = Node()
+    node.call("ADD", POOL)
+    node.call("DEL", POOL)
+    (lease,) = node.store.all_leases()
+    assert lease.state == "orphaned" and lease.ttl == 3600
+    assert node.store.all_ips() == []
+    node.call("DEL", POOL)
+    node.call("DEL", POOL, container="never-added")
+    assert node.call("ADD", POOL, container="c2")["ips"][0]["address"] == "198.18.50.2/29", "not the quarantined .1"
+
+
+def test_gc_releases_the_leases_of_attachments_no_longer_valid_and_only_of_its_network() -> None:
+    node = Node()
+    for c in ("keep", "gone-1", "gone-2"):
+        node.call("ADD", SHARED, container=c)
+    node.call("ADD", SHARED, container="other-net", network="nad-b")
+    valid: dict[str, Any] = {"cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "net1"}]}
+    node.call("GC", SHARED, **valid)
+    states = sorted(lease.state for lease in node.store.all_leases())
+    assert states == ["bound", "bound", "orphaned", "orphaned"], "released to quarantine, not freed"
+    assert {r.key for r in node.store.all_ips()} == {"CNI/nad-a/keep/net1", "CNI/nad-b/other-net/net1"}
+
+
+def test_check_knows_its_lease() -> None:
+    node = Node()
+    result = node.call("ADD", SHARED)
+    assert node.call("CHECK", SHARED, prevResult=result) == {}
+    with pytest.raises(CniError) as exc:
+        node.call("CHECK", SHARED, prevResult={**result, "ips": [{"address": "198.18.52.99/24"}]})
+    assert exc.value.details == "prevResult.ips"
+    node.call("DEL", SHARED)
+    with pytest.raises(CniError) as exc:
+        node.call("CHECK", SHARED)
+    assert exc.value.code == 3
+
+
+def test_the_ips_capability_through_the_pool() -> None:
+    node = Node()
+    got = node.call("ADD", SHARED, runtimeConfig={"ips": ["198.18.52.77/24"]})
+    assert got["ips"][0]["address"] == "198.18.52.77/24"
+    err = node.error("ADD", SHARED, container="c2", runtimeConfig={"ips": ["198.18.52.77"]})
+    assert (err.code, err.details) == (104, "runtimeConfig.ips")
+    assert f"pod {NS}/app (net1 on nad-a)" in err.msg, "the holder is named"
+    err = node.error("ADD", SHARED, container="c3", runtimeConfig={"ips": ["198.18.99.1"]})
+    assert (err.code, err.details) == (7, "runtimeConfig.ips") and "outside pool" in err.msg
+    err = node.error("ADD", SHARED, container="c4", runtimeConfig={"ips": ["198.18.52.78/16"]})
+    assert err.details == "runtimeConfig.ips"
+    err = node.error("ADD", SHARED, container="c5", runtimeConfig={"ips": ["198.18.52.79", "198.18.52.80"]})
+    assert err.details == "runtimeConfig.ips"
+
+
+@pytest.mark.parametrize(("ipam", "kw", "code", "field"), [
+    ({"ipAddressPoolRef": {"name": "missing"}}, {}, 103, "ipam.ipAddressPoolRef.name"),
+    ({"ipAddressPoolRef": {"name": "theirs"}}, {}, 103, "ipam.ipAddressPoolRef.name"),  # another namespace's
+    ({"ipAddressPoolRef": {"name": "theirs", "namespace": "other"}}, {}, 103, "ipam.ipAddressPoolRef.namespace"),
+    ({"ipAddressPoolRef": {"name": "mine"}}, {"pod_name": ""}, 7, "ipam.ipAddressPoolRef.kind"),  # no pod: no ns
+    ({"range": "198.18.53.0/24", "exclude": ["198.18.54.0/28"]}, {}, 7, "ipam.exclude[0]"),
+    ({"range": "198.18.300.0/24"}, {}, 7, "ipam.range"),
+    ({"range": "198.18.53.0/24", "etcd_host": "x"}, {}, 7, "ipam.etcd_host"),
+])
+def test_bad_input_is_refused_naming_the_field(ipam: dict[str, Any], kw: dict[str, Any], code: int,
+                                               field: str) -> None:
+    err = Node().error("ADD", ipam, **kw)
+    assert (err.code, err.details) == (code, field), err.msg
+
+
+def test_a_range_that_refuses_sharing_cannot_overlap_another_configurations() -> None:
+    node = Node()
+    node.call("ADD", RANGE)
+    err = node.error("ADD", {**RANGE, "range": "198.18.53.0/25", "enable_overlapping_ranges": False},
+                     network="nad-b")
+    assert (err.code, err.details) == (7, "ipam.range") and "nad-a" in err.msg
+    assert len(node.store.implicit_pools()) == 1
+
+
+def test_an_exhausted_pool_under_concurrent_adds_gives_exactly_its_free_addresses() -> None:
+    node = Node()  # pool "mine" is a /29: six addresses
+    results: list[str] = []
+    errors: list[int] = []
+
+    def add(i: int) -> None:
+        try:
+            results.append(node.call("ADD", POOL, container=f"c{i}")["ips"][0]["address"])
+        except CniError as exc:
+            errors.append(exc.code)
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 6 and len(set(results)) == 6
+    assert errors == [100] * 14
+    assert len(node.store.all_leases()) == 6
+
+
+def claimed_pod(name: str, uid: str, claim_name: str = "db-0", **element: Any) -> Pod:
+    return pod(name, uid, [{"name": "nad-a", "interface": "net1", "ipam-claim-reference": claim_name, **element}])
+
+
+def test_an_ipamclaims_address_follows_the_claim_not_the_pod() -> None:
+    node = Node()
+    node.source.add(claim("db-0"))
+    node.source.add(claimed_pod("db-0", "uid-1"))
+    first = node.call("ADD", SHARED, pod_name="db-0", uid="uid-1")["ips"][0]["address"]
+    (rec,) = node.store.all_ips()
+    assert (rec.key, rec.used_by_pods) == ("IPAMClaim/apps/db-0", (f"{NS}/db-0",))
+    written = node.publisher.ip_statuses[-1]
+    assert (written.kind, written.address, written.used_by_pods) == ("IPAMClaim", first.split("/")[0], (f"{NS}/db-0",))
+    node.call("DEL", SHARED, pod_name="db-0", uid="uid-1")
+    assert node.publisher.ip_statuses[-1].used_by_pods == (), "ownerPod cleared"
+    (lease,) = node.store.all_leases()
+    assert lease.state == "bound" and lease.holder == "IPAMClaim/apps/db-0", "kept while the claim exists"
+    node.source.remove("Pod", NS, "db-0")
+    node.source.add(claimed_pod("db-0", "uid-2"))  # the StatefulSet's pod again, a new UID
+    again = node.call("ADD", SHARED, container="c2", pod_name="db-0", uid="uid-2")["ips"][0]["address"]
+    assert again == first
+    node.call("DEL", SHARED, container="c2", pod_name="db-0", uid="uid-2")
+    node.source.remove("IPAMClaim", NS, "db-0")
+    Reconciler(node.store, node.source, node.ipam, None, None, node.publisher).run_once()  # type: ignore[arg-type]
+    (lease,) = node.store.all_leases()
+    assert lease.state == "orphaned", "released when the claim is deleted, then quarantined"
+
+
+def test_a_claim_asking_for_an_address_gets_it() -> None:
+    node = Node()
+    node.source.add(claim("db-0", ipRequests=["198.18.52.200/24"]))
+    node.source.add(claimed_pod("db-0", "uid-1"))
+    assert node.call("ADD", SHARED, pod_name="db-0", uid="uid-1")["ips"][0]["address"] == "198.18.52.200/24"
+
+
+def test_claim_refusals() -> None:
+    node = Node()
+    node.source.add(claimed_pod("ghost", "uid-g", "missing"))
+    err = node.error("ADD", SHARED, pod_name="ghost", uid="uid-g")
+    assert (err.code, err.details) == (103, f"{NETWORKS_ANNOTATION}[0].ipam-claim-reference")
+    node.source.add(claim("db-0"))
+    node.source.add(claimed_pod("db-0", "uid-1"))
+    node.source.add(claimed_pod("thief", "uid-t"))
+    node.call("ADD", SHARED, pod_name="db-0", uid="uid-1")
+    err = node.error("ADD", SHARED, container="c2", pod_name="thief", uid="uid-t")
+    assert (err.code, err.details) == (104, f"{NETWORKS_ANNOTATION}[0].ipam-claim-reference")
+    assert f"pod {NS}/db-0" in err.msg
+    node.source.add(claim("for-b", network="nad-b"))
+    node.source.add(claimed_pod("wrong-net", "uid-w", "for-b"))
+    err = node.error("ADD", SHARED, container="c3", pod_name="wrong-net", uid="uid-w")
+    assert err.code == 7 and "nad-b" in err.msg
+
+
+def test_status_says_whether_the_daemon_can_serve_add() -> None:
+    node = Node()
+    assert node.call("STATUS", SHARED) == {}
+    node.plugin.ready = lambda: False
+    with pytest.raises(CniError) as exc:
+        node.call("STATUS", SHARED)
+    assert exc.value.code == 50
