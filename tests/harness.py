@@ -102,6 +102,7 @@ class Node:
         self.objects.mkdir()
         self.db = self.dir / "plexus.db"
         self.socket = self.dir / "run" / "plexus.sock"
+        self.ipam_socket = self.dir / "run" / "plexus-ipam.sock"  # the daemon's default: beside --socket
         self.grpc_socket = self.dir / "run" / "ipam.sock"
         self.log = self.dir / "ipamd.log"
         self.reconcile_interval = reconcile_interval
@@ -131,7 +132,7 @@ class Node:
             cmd = ["nsenter", f"--net={self.netns}"] + cmd
         cmd += self.extra_args
         full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
-        for stale in (self.socket, self.grpc_socket):  # a killed daemon leaves its sockets behind
+        for stale in (self.socket, self.ipam_socket, self.grpc_socket):  # a killed daemon leaves its sockets behind
             stale.unlink(missing_ok=True)
         with open(self.dir / "ipamd.stderr", "ab") as err:
             self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.DEVNULL, stderr=err)
@@ -139,7 +140,7 @@ class Node:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"plexus-ipamd exited: {(self.dir / 'ipamd.stderr').read_text()}\n{self.log_text()}")
-            if self.grpc_socket.exists() and self.socket.exists():
+            if self.grpc_socket.exists() and self.socket.exists() and self.ipam_socket.exists():
                 return
             time.sleep(0.05)
         raise RuntimeError(f"plexus-ipamd did not start:\n{self.log_text()}")

@@ -17,7 +17,7 @@ class PoolRef(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., namespace: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
 class Lease(_message.Message):
-    __slots__ = ("pool", "address", "network", "holder", "state", "pods", "created_at", "orphaned_at", "ttl_seconds", "outside_ranges")
+    __slots__ = ("pool", "address", "network", "holder", "state", "pods", "created_at", "orphaned_at", "ttl_seconds", "outside_ranges", "holder_kind", "network_name", "interface")
     POOL_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,9 @@ class Lease(_message.Message):
     ORPHANED_AT_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     OUTSIDE_RANGES_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_KIND_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_NAME_FIELD_NUMBER: _ClassVar[int]
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
     pool: str
     address: str
     network: str
@@ -38,7 +41,10 @@ class Lease(_message.Message):
     orphaned_at: float
     ttl_seconds: float
     outside_ranges: bool
-    def __init__(self, pool: _Optional[str] = ..., address: _Optional[str] = ..., network: _Optional[str] = ..., holder: _Optional[str] = ..., state: _Optional[str] = ..., pods: _Optional[_Iterable[str]] = ..., created_at: _Optional[float] = ..., orphaned_at: _Optional[float] = ..., ttl_seconds: _Optional[float] = ..., outside_ranges: _Optional[bool] = ...) -> None: ...
+    holder_kind: str
+    network_name: str
+    interface: str
+    def __init__(self, pool: _Optional[str] = ..., address: _Optional[str] = ..., network: _Optional[str] = ..., holder: _Optional[str] = ..., state: _Optional[str] = ..., pods: _Optional[_Iterable[str]] = ..., created_at: _Optional[float] = ..., orphaned_at: _Optional[float] = ..., ttl_seconds: _Optional[float] = ..., outside_ranges: _Optional[bool] = ..., holder_kind: _Optional[str] = ..., network_name: _Optional[str] = ..., interface: _Optional[str] = ...) -> None: ...
 
 class AllocateRequest(_message.Message):
     __slots__ = ("pool", "owner", "address")
@@ -79,7 +85,7 @@ class ListLeasesResponse(_message.Message):
     def __init__(self, leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ...) -> None: ...
 
 class PoolUsage(_message.Message):
-    __slots__ = ("pool", "networks", "size", "used", "quarantined", "free", "lease_ttl_seconds")
+    __slots__ = ("pool", "networks", "size", "used", "quarantined", "free", "lease_ttl_seconds", "implicit_for")
     POOL_FIELD_NUMBER: _ClassVar[int]
     NETWORKS_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +93,7 @@ class PoolUsage(_message.Message):
     QUARANTINED_FIELD_NUMBER: _ClassVar[int]
     FREE_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    IMPLICIT_FOR_FIELD_NUMBER: _ClassVar[int]
     pool: str
     networks: _containers.RepeatedScalarFieldContainer[str]
     size: int
@@ -94,7 +101,8 @@ class PoolUsage(_message.Message):
     quarantined: int
     free: int
     lease_ttl_seconds: float
-    def __init__(self, pool: _Optional[str] = ..., networks: _Optional[_Iterable[str]] = ..., size: _Optional[int] = ..., used: _Optional[int] = ..., quarantined: _Optional[int] = ..., free: _Optional[int] = ..., lease_ttl_seconds: _Optional[float] = ...) -> None: ...
+    implicit_for: str
+    def __init__(self, pool: _Optional[str] = ..., networks: _Optional[_Iterable[str]] = ..., size: _Optional[int] = ..., used: _Optional[int] = ..., quarantined: _Optional[int] = ..., free: _Optional[int] = ..., lease_ttl_seconds: _Optional[float] = ..., implicit_for: _Optional[str] = ...) -> None: ...
 
 class ListPoolsRequest(_message.Message):
     __slots__ = ()

@@ -233,9 +233,11 @@ def cmd_pod_list(args: argparse.Namespace) -> int:
 def cmd_pools(args: argparse.Namespace) -> int:
     resp = Client(args.grpc_socket).call("ListPools", pb.ListPoolsRequest())
     data = [{"pool": p.pool, "networks": list(p.networks), "size": p.size, "used": p.used,
-             "quarantined": p.quarantined, "free": p.free, "leaseTTLSeconds": p.lease_ttl_seconds} for p in resp.pools]
+             "quarantined": p.quarantined, "free": p.free, "leaseTTLSeconds": p.lease_ttl_seconds,
+             **({"implicitFor": p.implicit_for} if p.implicit_for else {})} for p in resp.pools]
     _print(args, data, lambda: table(
-        [[d["pool"], ",".join(d["networks"]), d["size"], d["used"], d["quarantined"], d["free"]] for d in data],
+        [[f"{d['pool']} ({d['implicitFor']})" if d.get("implicitFor") else d["pool"], ",".join(d["networks"]),
+          d["size"], d["used"], d["quarantined"], d["free"]] for d in data],
         ["POOL", "NETWORKS", "SIZE", "USED", "QUARANTINED", "FREE"]))
     return 0
 
@@ -244,7 +246,8 @@ def cmd_leases(args: argparse.Namespace) -> int:
     resp = Client(args.grpc_socket).call("ListLeases", pb.ListLeasesRequest(pool=args.pool or ""))
     data = [{"pool": x.pool, "address": x.address, "network": x.network, "holder": x.holder, "state": x.state,
              "pods": list(x.pods), "createdAt": x.created_at, "orphanedAt": x.orphaned_at or None,
-             "ttlSeconds": x.ttl_seconds, "outsideRanges": x.outside_ranges} for x in resp.leases]
+             "ttlSeconds": x.ttl_seconds, "outsideRanges": x.outside_ranges, "holderKind": x.holder_kind,
+             "networkName": x.network_name, "interface": x.interface} for x in resp.leases]
 
     def render() -> str:
         rows = []
@@ -253,12 +256,18 @@ def cmd_leases(args: argparse.Namespace) -> int:
             if d["orphanedAt"]:
                 left = d["orphanedAt"] + d["ttlSeconds"] - time.time()
                 state = f"quarantined ({max(0, int(left))}s left)"
-            rows.append([d["address"], d["pool"], d["holder"] or "-", ",".join(d["pods"]) or "-", state,
-                         age(d["createdAt"])])
+            rows.append([d["address"], d["pool"], _holder(d), ",".join(d["pods"]) or "-", state, age(d["createdAt"])])
         return table(rows, ["ADDRESS", "POOL", "HOLDER", "POD", "STATE", "AGE"])
 
     _print(args, data, render)
     return 0
+
+
+def _holder(lease: dict[str, Any]) -> str:
+    """A delegate's lease by its interface and network (``net1@my-namespace/macvlan-conf``), others by key."""
+    if lease["holderKind"] == "CNI":
+        return f"{lease['interface']}@{lease['networkName']}"
+    return str(lease["holder"] or "-")
 
 
 def _pool_ref(text: str) -> pb.PoolRef:

@@ -57,6 +57,7 @@ class AddressRequest:
     claim: str = ""  # the name of an IPAMClaim of the pod's namespace
     ips_field: str = "runtimeConfig.ips"  # where they were asked for, for errors
     claim_field: str = "ipam-claim-reference"
+    config_field: str = "ipam"  # the ipam section's path in the configuration, for errors ("plugins[0].ipam")
 
     @property
     def user(self) -> tuple[str, str]:
@@ -116,7 +117,7 @@ class DelegatedAddresses:
         claim_obj = self._claim_object(req)
         with self.store.transaction():
             if req.config.range is not None:
-                self._note_range(req.network, req.config.range)
+                self._note_range(req.network, req.config.range, f"{req.config_field}.range")
             rec, created = self._holder(req, claim_obj)
             if rec.type == "Static":
                 self._check_static(rec, pool, req)
@@ -145,10 +146,11 @@ class DelegatedAddresses:
         if kind.namespaced:
             if not req.namespace:
                 raise InvalidConfig(f"an {kind.name} belongs to a namespace, and the runtime named no pod (CNI_ARGS "
-                                    "K8S_POD_NAMESPACE)", "ipam.ipAddressPoolRef.kind")
+                                    "K8S_POD_NAMESPACE)", f"{req.config_field}.ipAddressPoolRef.kind")
             if ref.namespace and ref.namespace != req.namespace:
                 raise ObjectNotFound(f"{kind.name} {ref.namespace}/{ref.name} is in another namespace than the pod's "
-                                     f"({req.namespace}): a pod may only use pools of its own", "ipam.ipAddressPoolRef.namespace")
+                                     f"({req.namespace}): a pod may only use pools of its own",
+                                     f"{req.config_field}.ipAddressPoolRef.namespace")
             ns = req.namespace
         pool = self.source.get(kind, ns, ref.name)
         if pool is None:
@@ -156,7 +158,7 @@ class DelegatedAddresses:
                 if kind.namespaced else []
             hint = f"; one exists in namespace {others[0]}, but a pod may only use pools of its own" if others else ""
             raise ObjectNotFound(f"{kind.name} {ns + '/' if ns else ''}{ref.name} does not exist{hint}",
-                                 "ipam.ipAddressPoolRef.name")
+                                 f"{req.config_field}.ipAddressPoolRef.name")
         return pool
 
     def _claim_object(self, req: AddressRequest) -> Any:
@@ -242,7 +244,7 @@ class DelegatedAddresses:
                    f"{rec.network_name})"
         return f"{rec.kind} {rec.namespace}/{rec.name}" + (f" (pod {pods})" if pods else "")
 
-    def _note_range(self, owner: str, rng: InlineRange) -> None:
+    def _note_range(self, owner: str, rng: InlineRange, field: str) -> None:
         """Record the implicit pool of a range (one per configuration and range), refusing one that would
         overlap another configuration's range when it asks not to share addresses with it."""
         if not rng.overlapping:
@@ -252,7 +254,7 @@ class DelegatedAddresses:
             if clash:
                 raise InvalidConfig(f"range {rng.network} ({rng.text}) overlaps {clash}, and enable_overlapping_ranges "
                                     "is false: Plexus never hands out an address twice; let it be true, or give this "
-                                    "network its own network_name", "ipam.range")
+                                    "network its own network_name", field)
         key = f"{owner}|{rng.network}|{rng.text}"
         if key in self._noted:
             return

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent import futures
 from typing import Any
 
@@ -50,9 +50,18 @@ def _mapped(fn: Callable[..., Any]) -> Callable[..., Any]:
 def lease_message(lease: LeaseRecord, rec: IPRecord | None) -> pb.Lease:
     return pb.Lease(
         pool=lease.pool, address=lease.address, network=lease.network, holder=lease.holder or "",
-        state=lease.state, pods=list(rec.used_by_pods) if rec else [], created_at=lease.created_at,
+        state=lease.state, pods=[p for p in rec.used_by_pods if p] if rec else [], created_at=lease.created_at,
         orphaned_at=lease.orphaned_at or 0.0, ttl_seconds=lease.ttl, outside_ranges=lease.outside_ranges,
+        holder_kind=rec.kind if rec else "", network_name=rec.network_name if rec else "",
+        interface=rec.interface if rec else "",
     )
+
+
+def _usage(leases: Iterable[LeaseRecord], size: int) -> tuple[int, int, int]:
+    """(used, quarantined, free) of a pool of ``size`` addresses holding ``leases``."""
+    leases = list(leases)
+    quarantined = sum(1 for lease in leases if lease.state == "orphaned")
+    return len(leases) - quarantined, quarantined, max(size - len(leases), 0)
 
 
 class IpamService(pb_grpc.IpamServicer):
@@ -94,14 +103,19 @@ class IpamService(pb_grpc.IpamServicer):
         out = []
         for kind in POOL_KINDS.values():
             for pool in self.source.list(kind):
-                leases = self.store.leases_in_pool(pool.meta.key).values()
-                quarantined = sum(1 for lease in leases if lease.state == "orphaned")
-                used = len(leases) - quarantined
+                used, quarantined, free = _usage(self.store.leases_in_pool(pool.meta.key).values(), pool.size)
                 out.append(pb.PoolUsage(
                     pool=pool.meta.key, networks=[str(s.network) for s in pool.subnets], size=pool.size,
-                    used=used, quarantined=quarantined, free=max(pool.size - len(leases), 0),
-                    lease_ttl_seconds=pool.lease_ttl_s,
+                    used=used, quarantined=quarantined, free=free, lease_ttl_seconds=pool.lease_ttl_s,
                 ))
+        for implicit in self.store.implicit_pools():  # inline ranges: usage within each one's own ranges
+            size = sum(b - a + 1 for a, b in implicit.ranges)
+            inside = [lease for ip, lease in self.store.leases_in_pool(implicit.pool).items()
+                      if any(a <= ip <= b for a, b in implicit.ranges)]
+            used, quarantined, free = _usage(inside, size)
+            out.append(pb.PoolUsage(pool=implicit.pool, networks=[implicit.network], size=size, used=used,
+                                    quarantined=quarantined, free=free, lease_ttl_seconds=implicit.ttl,
+                                    implicit_for=implicit.owner))
         return pb.ListPoolsResponse(pools=out)
 
     @_mapped

@@ -80,13 +80,14 @@ class IpamPlugin:
         config = ipam_config_of(call.config)
         ips = requested_ips(call.config)
         pod = self._pod(call)
-        claim, claim_field = "", ""
-        if pod is not None:
-            element, where = selection_for(pod, call.ifname)
-            if element is not None and element.ipam_claim:
+        claim, claim_field, nad = "", "", ""
+        element, where = selection_for(pod, call.ifname) if pod is not None else (None, "")
+        if element is not None:  # the NAD this interface is for, and the claim its selection names
+            nad = f"{element.namespace}/{element.name}"
+            if element.ipam_claim:
                 claim, claim_field = element.ipam_claim, f"{where}.ipam-claim-reference"
         request = AddressRequest(call.network_name, call.container_id, call.ifname, config, pod,
-                                 call.args.get("K8S_POD_NAMESPACE", ""), ips=ips, claim=claim,
+                                 call.args.get("K8S_POD_NAMESPACE", ""), nad, ips, claim,
                                  claim_field=claim_field or "ipam-claim-reference")
         leased = self.addresses.lease(request)
         if claim:

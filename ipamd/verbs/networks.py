@@ -237,7 +237,7 @@ class Networks:
         nad = d.target.name if d.target.type == NAD else ""
         return AddressRequest(d.conflist["name"], call.container_id, if_name, config, pod, pod.meta.namespace, nad,
                               tuple(str(i) for i in ips), claim, ips_field=f"{where}.ips",
-                              claim_field=f"{where}.ipam-claim-reference")
+                              claim_field=f"{where}.ipam-claim-reference", config_field=f"plugins[{i}].ipam")
 
 
 def with_lease(w: Wanted, leased: Leased) -> Wanted:

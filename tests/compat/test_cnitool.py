@@ -328,3 +328,72 @@ def test_cnitool_plexus_delegating_the_cluster_network_and_a_nad(cnitool: Path, 
             leftover.unlink(missing_ok=True)
         for link in ("cni-plx1", "cni-plx2", "cni-up0", "cni-dev0"):
             run("ip", "-n", node.name, "link", "del", link, check=False)
+
+
+def test_cnitool_runs_reference_plugins_with_plexus_ipam(cnitool: Path, node: Node) -> None:
+    """No Plexus plugin in the list: libcni execs the reference bridge and macvlan, and they exec plexus-ipam as
+    their IPAM plugin, as under Multus or any runtime. One pool (a ClusterIPAddressPool) behind both networks:
+    every address distinct, each lease held by its attachment, all quarantined after DEL."""
+    from tests.netns.test_plexus_ipam import link_plexus_ipam
+
+    node.apply([{"apiVersion": "network.deckhouse.io/v1alpha1", "kind": "ClusterIPAddressPool",
+                 "metadata": {"name": "shared"},
+                 "spec": {"leaseTTL": "1h", "pools": [{"network": "198.18.75.0/24",
+                                                       "ranges": ["198.18.75.20-198.18.75.29"]}]}}])
+    root = Path(tempfile.mkdtemp(prefix="cnitool-", dir=node.dir))
+    bindir = _plugin_dir(root)
+    (bindir / "macvlan").symlink_to(REFERENCE / "macvlan")
+    link_plexus_ipam(bindir)
+    run("ip", "-n", node.name, "link", "add", "cni-up0", "type", "veth", "peer", "name", "cni-up1")
+    run("ip", "-n", node.name, "link", "set", "cni-up0", "up")
+    pool = {"type": "plexus-ipam", "socket": str(node.ipam_socket),
+            "ipAddressPoolRef": {"kind": "ClusterIPAddressPool", "name": "shared"}}
+    confdir = root / "net.d"
+    confdir.mkdir()
+    lists = {
+        NET_NAME: {"cniVersion": "1.0.0", "name": NET_NAME, "plugins": [
+            {"type": "bridge", "bridge": BRIDGE, "isGateway": False, "ipam": pool}]},
+        "plexus-mac": {"cniVersion": "0.4.0", "name": "plexus-mac", "plugins": [
+            {"type": "macvlan", "master": "cni-up0", "mode": "bridge", "ipam": pool}]},
+    }
+    for name, conflist in lists.items():
+        (confdir / f"10-{name}.conflist").write_text(json.dumps(conflist))
+    pods = {p: node.pod_netns(p) for p in ("one", "two")}
+    tools = {p: Cnitool(cnitool, node, confdir, bindir, p) for p in pods}
+
+    def cnitool_on(p: str, verb: str, network: str) -> subprocess.CompletedProcess[str]:
+        env = dict(tools[p].env, CNI_IFNAME="eth0" if network == NET_NAME else "net1")
+        return subprocess.run(["nsenter", f"--net={node.netns}", str(cnitool), verb, network, pods[p]], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    try:
+        got = set()
+        for p in pods:
+            for network, ifname in ((NET_NAME, "eth0"), ("plexus-mac", "net1")):
+                add = cnitool_on(p, "add", network)
+                assert add.returncode == 0, (add.stdout, add.stderr, node.log_text()[-3000:])
+                address = json.loads(add.stdout)["ips"][0]["address"]
+                assert links_in(pods[p])[ifname]["addresses"] == [address]
+                got.add(address)
+        assert len(got) == 4 and all(a.startswith("198.18.75.2") for a in got), got
+        assert links_in(pods["one"])["net1"]["kind"] == "macvlan"
+        holders = sorted(lease.holder.rsplit("/", 1)[1] for lease in node.leases())
+        assert holders == ["eth0", "eth0", "net1", "net1"], node.leases()
+        for p in pods:  # all before any DEL: bridge 1.1.1's CHECK compares the bridge's MAC, which a DEL changes
+            for network in (NET_NAME, "plexus-mac"):
+                check = cnitool_on(p, "check", network)
+                assert check.returncode == 0, (check.stdout, check.stderr)
+        for p in pods:
+            for network in (NET_NAME, "plexus-mac"):
+                for _ in range(2):
+                    dele = cnitool_on(p, "del", network)
+                    assert dele.returncode == 0, (dele.stdout, dele.stderr)
+            assert set(links_in(pods[p])) == {"lo"}
+        assert {lease.state for lease in node.leases()} == {"orphaned"} and len(node.leases()) == 4
+    finally:
+        for p in pods:
+            for leftover in _cached_results(pods[p]):
+                leftover.unlink(missing_ok=True)
+            for leftover in LIBCNI_CACHE.glob("plexus-mac-*") if LIBCNI_CACHE.is_dir() else []:
+                leftover.unlink(missing_ok=True)
+        run("ip", "-n", node.name, "link", "del", "cni-up0", check=False)
