@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install a built Plexus on this node (make install): the frozen `plexus` CNI plugin into
-# /opt/plexus/plexus with /opt/cni/bin/plexus linked to it, the daemon and CLI (from the project's
-# virtualenv) as /usr/local/bin/plexus-ipamd and /usr/local/bin/plexusctl, and the conflist into
-# /etc/cni/net.d unless one named 10-plexus.conflist is already there.
+# /opt/plexus/plexus with /opt/cni/bin/plexus and /opt/cni/bin/plexus-ipam (the IPAM plugin) linked to
+# it, the daemon and CLI (from the project's virtualenv) as /usr/local/bin/plexus-ipamd and
+# /usr/local/bin/plexusctl, and the conflist into /etc/cni/net.d unless one named 10-plexus.conflist
+# is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PREFIX=${PREFIX:-/opt/plexus}
@@ -18,7 +19,9 @@ rm -rf "$PREFIX/plexus.old"
 [ -d "$PREFIX/plexus" ] && mv "$PREFIX/plexus" "$PREFIX/plexus.old"
 mv "$PREFIX/plexus.new" "$PREFIX/plexus"
 rm -rf "$PREFIX/plexus.old"
-ln -sfn "$PREFIX/plexus/plexus" "$CNI_BIN/plexus.tmp" && mv -T "$CNI_BIN/plexus.tmp" "$CNI_BIN/plexus"
+for name in plexus plexus-ipam; do  # plexus-ipam: the IPAM plugin for other plugins, the same binary
+    ln -sfn "$PREFIX/plexus/plexus" "$CNI_BIN/$name.tmp" && mv -T "$CNI_BIN/$name.tmp" "$CNI_BIN/$name"
+done
 # containerd and plexusctl run loopback from the CNI bin dir; Debian's reference plugins are used
 # by chained configurations (bridge + plexus).
 # Links made here are listed in $PREFIX/installed-links, so that `make demo-clean` removes exactly those.
@@ -34,4 +37,4 @@ if [ ! -e "$CNI_CONF/10-plexus.conflist" ]; then
     install -m 0644 packaging/10-plexus.conflist "$CNI_CONF/.10-plexus.conflist.tmp"
     mv "$CNI_CONF/.10-plexus.conflist.tmp" "$CNI_CONF/10-plexus.conflist"   # atomic: runtimes watch this dir
 fi
-echo "installed: $CNI_BIN/plexus -> $PREFIX/plexus/plexus, /usr/local/bin/plexus-ipamd, /usr/local/bin/plexusctl, $CNI_CONF/10-plexus.conflist"
+echo "installed: $CNI_BIN/plexus and $CNI_BIN/plexus-ipam -> $PREFIX/plexus/plexus, /usr/local/bin/plexus-ipamd, /usr/local/bin/plexusctl, $CNI_CONF/10-plexus.conflist"

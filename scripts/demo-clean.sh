@@ -16,5 +16,5 @@ if [ -f /opt/plexus/installed-links ]; then   # the reference plugins' links ins
     while read -r link; do [ -L "$link" ] && rm -f "$link"; done </opt/plexus/installed-links
 fi
 rm -rf /var/lib/plexus /etc/plexus /run/plexus /var/log/plexus /opt/plexus
-rm -f /opt/cni/bin/plexus /etc/cni/net.d/10-plexus.conflist /usr/local/bin/plexus-ipamd /usr/local/bin/plexusctl
+rm -f /opt/cni/bin/plexus /opt/cni/bin/plexus-ipam /etc/cni/net.d/10-plexus.conflist /usr/local/bin/plexus-ipamd /usr/local/bin/plexusctl
 echo "demo removed"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -30,5 +31,11 @@ def status_of(exc: BaseException) -> int | None:
 
 
 def reason_of(exc: BaseException) -> str:
-    """What an API failure says, for the log: the API's reason, else the exception itself."""
-    return str(exc.reason) if isinstance(exc, ApiException) else str(exc)
+    """What an API failure says, for the log: the API's reason and message, else the exception itself."""
+    if not isinstance(exc, ApiException):
+        return str(exc)
+    try:
+        message = json.loads(exc.body or "{}").get("message", "")
+    except (ValueError, AttributeError):
+        message = ""
+    return f"{exc.reason}: {message}" if message else str(exc.reason)

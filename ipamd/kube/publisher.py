@@ -28,6 +28,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from cni.types import cidr_of
+from ipamd.kube.errors import reason_of
 from ipamd.kube.resources import CustomObjects
 from ipamd.model.conditions import condition
 from ipamd.model.npwg import NETWORK_STATUS_ANNOTATION
@@ -132,10 +133,12 @@ class KubePublisher:
         owner = rec.used_by_pods[-1].partition("/")[2] if rec.used_by_pods else ""
         ips = [cidr_of(rec.address, rec.network)] if rec.address and rec.network else []
         try:
-            self.objects.patch_status(IPAM_CLAIM.name, rec.name, {"ips": ips, "ownerPod": owner}, rec.namespace)
+            # no holder: ownerPod dropped (null in the merge patch; the client would send "" as an invalid null)
+            self.objects.patch_status(IPAM_CLAIM.name, rec.name, {"ips": ips, "ownerPod": owner or None},
+                                      rec.namespace)
         except ApiException as exc:
             if exc.status != 404:
-                log.warning("IPAMClaim %s/%s status: %s", rec.namespace, rec.name, exc.reason)
+                log.warning("IPAMClaim %s/%s status: %s", rec.namespace, rec.name, reason_of(exc))
 
     def attached(self, pod: Pod, status: PodStatus, created: Iterable[IPRecord], used: Iterable[IPRecord]) -> None:
         annotation = self._writers.submit(self._patch_status_annotations, pod.meta.namespace, pod.meta.name,

@@ -217,6 +217,7 @@ def test_install_script_installs_the_bundle_and_conflist_atomically(tmp_path: Pa
         res = subprocess.run(init["command"], env=env, capture_output=True, text=True, timeout=60)
         assert res.returncode == 0, res.stderr
         assert os.readlink(host / "opt/cni/bin/plexus") == "/opt/plexus/plexus/plexus", "as packaging/install.sh"
+        assert os.readlink(host / "opt/cni/bin/plexus-ipam") == "/opt/plexus/plexus/plexus", "the IPAM plugin too"
         installed = host / "opt/plexus/plexus"
         assert sorted(p.name for p in installed.iterdir()) == sorted(p.name for p in bundle.iterdir())
         assert os.access(installed / "plexus", os.X_OK)
@@ -328,8 +329,13 @@ NODE_NEEDS = [
     ("delete", f"ipaddressleases.{GROUP}"),         # free after the quarantine
     ("list", "network-attachment-definitions.k8s.cni.cncf.io", "--all-namespaces"),  # the NAD informer
     ("watch", "network-attachment-definitions.k8s.cni.cncf.io", "--all-namespaces"),
+    ("list", "ipamclaims.k8s.cni.cncf.io", "--all-namespaces"),  # the IPAMClaim informer
+    ("watch", "ipamclaims.k8s.cni.cncf.io", "--all-namespaces"),
+    ("patch", "ipamclaims.k8s.cni.cncf.io", "--subresource=status", "-n", "some-app"),  # status.ips, ownerPod
 ]
 NODE_MUST_NOT = [
+    ("patch", "ipamclaims.k8s.cni.cncf.io", "-n", "some-app"),  # a claim's status only, never the claim
+    ("delete", "ipamclaims.k8s.cni.cncf.io", "-n", "some-app"),
     ("create", "network-attachment-definitions.k8s.cni.cncf.io", "-n", "some-app"),  # it reads NADs, never writes
     ("delete", "pods", "-n", "some-app"),
     ("create", "pods", "-n", "some-app"),
