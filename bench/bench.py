@@ -13,6 +13,8 @@ the end, on failure and on Ctrl-C.
 
 Scenarios (``--only``): version, add (add-1/2/4 and del-1/2/4), chained (add-chained, del-chained),
 delegate (the cluster network and 2 or 4 NADs, Plexus delegating: add-delegate-N, del-delegate-N),
+plexus-ipam (bridge exec'ing plexus-ipam against bridge with host-local: add-ipam, del-ipam; Plexus delegating
+2 NADs whose IPAM is plexus-ipam, leased by the daemon or exec'd: add-delegate-ipam, add-delegate-ipam-exec),
 check (check, status), churn, rss, ipam-alloc. Latency rows give median, p90, max and runs, and
 ratio = Plexus median / reference median; throughput rows give ratio = Plexus / reference.
 """
@@ -52,10 +54,11 @@ from bench.cni import (  # noqa: E402
 )
 from bench.node import REPO, BenchError, BenchNode  # noqa: E402
 
-SCENARIOS = ("version", "add", "chained", "delegate", "check", "churn", "rss", "ipam-alloc")
+SCENARIOS = ("version", "add", "chained", "delegate", "plexus-ipam", "check", "churn", "rss", "ipam-alloc")
 ALIASES = {"del": "add", "add-chained": "chained", "del-chained": "chained", "status": "check", "ipam": "ipam-alloc",
            **{f"{v}-{n}": "add" for v in ("add", "del") for n in (1, 2, 4)},
-           **{f"{v}-delegate-{n}": "delegate" for v in ("add", "del") for n in (2, 4)}}
+           **{f"{v}-delegate-{n}": "delegate" for v in ("add", "del") for n in (2, 4)},
+           **{f"{v}-{k}": "plexus-ipam" for v in ("add", "del") for k in ("ipam", "delegate-ipam", "delegate-ipam-exec")}}
 DELEGATE_SIZES = (2, 4)
 ADD_SIZES = (1, 2, 4)
 
@@ -112,10 +115,12 @@ class Ctx:
         if total >= 10 and (i + 1) % max(1, total // 5) == 0:
             log(f"  {name}: {i + 1}/{total}")
 
-    def daemon_ms(self, since: int, verb: str, containers: set[str] | None = None) -> dict[str, Any] | None:
-        """Median/p90 of the daemon's own duration for these calls (from its per-call log lines)."""
+    def daemon_ms(self, since: int, verb: str, containers: set[str] | None = None,
+                  server: str = "CNI") -> dict[str, Any] | None:
+        """Median/p90 of the daemon's own duration for these calls (from its per-call log lines): the plexus
+        plugin's (``CNI``) or plexus-ipam's (``IPAM``)."""
         ms = [c["ms"] / 1000 for c in self.node.daemon_calls(since)
-              if c["verb"] == verb and (containers is None or c["container"] in containers)]
+              if c["server"] == server and c["verb"] == verb and (containers is None or c["container"] in containers)]
         if not ms:
             return None
         s = summary(ms)
@@ -129,7 +134,8 @@ class Ctx:
         stub = self.node.stub()
         pods = stub.ListPods(pb.ListPodsRequest(namespace=POD_NAMESPACE), timeout=30).pods
         bound = [lease for lease in stub.ListLeases(pb.ListLeasesRequest(), timeout=60).leases
-                 if lease.state == "bound" and "/pool-" in lease.pool and lease.pool.split("/")[-1][5:].isdigit()]
+                 if lease.state == "bound" and (lease.holder_kind == "CNI" or (
+                     "/pool-" in lease.pool and lease.pool.split("/")[-1][5:].isdigit()))]
         held = hostlocal_reservations(self.node)
         if pods or bound or held:
             raise BenchError(f"{what} left state behind: pods={[p.name for p in pods]} "
@@ -271,6 +277,59 @@ def sc_delegate(ctx: Ctx) -> None:
     ctx.verify_clean("delegate")
 
 
+def sc_plexus_ipam(ctx: Ctx) -> None:
+    """plexus-ipam: the reference bridge exec'd by the runtime with plexus-ipam as its IPAM plugin, against the
+    same bridge with host-local (``add-ipam``); and Plexus delegating the cluster network and 2 NADs whose
+    IPAM is plexus-ipam, the daemon leasing first (``add-delegate-ipam``) or the delegates exec'ing plexus-ipam
+    (``add-delegate-ipam-exec``), against the runtime exec'ing the same lists with host-local."""
+    cni = ctx.cni
+    sides: dict[str, tuple[Callable[..., float], Callable[..., float], str, str]] = {
+        "ipam": (cni.ipam_add, cni.ipam_del, "1 x bridge+host-local", "bridge+plexus-ipam exec'd by the runtime"),
+        "delegate-ipam": (partial(cni.delegating_add, nads=2, ipam="lease"),
+                          partial(cni.delegating_del, nads=2, ipam="lease"), "3 x bridge+host-local",
+                          "plexus delegating the cluster network and 2 NADs with plexus-ipam, the daemon leasing"),
+        "delegate-ipam-exec": (partial(cni.delegating_add, nads=2, ipam="exec"),
+                               partial(cni.delegating_del, nads=2, ipam="exec"), "3 x bridge+host-local",
+                               "the same, the delegates exec'ing plexus-ipam"),
+    }
+    refs: dict[str, tuple[Callable[..., float], Callable[..., float]]] = {
+        "ipam": (partial(cni.bridges_add, nets=[1]), partial(cni.bridges_del, nets=[1])),
+        "delegate-ipam": (cni.ref_chained_add, cni.ref_chained_del),
+        "delegate-ipam-exec": (cni.ref_chained_add, cni.ref_chained_del),
+    }
+    for name, (add_p_fn, del_p_fn, ref_what, what) in sides.items():
+        add_r_fn, del_r_fn = refs[name]
+        add_p: list[float] = []
+        add_r: list[float] = []
+        del_p: list[float] = []
+        del_r: list[float] = []
+        cids: set[str] = set()
+        since = 0
+        for i in range(ctx.warmup + ctx.runs):
+            if i == ctx.warmup:
+                since = ctx.node.log_offset()
+            pa, pb = cni.new_pod(), cni.new_pod()
+            try:
+                add = paired(i, partial(add_p_fn, pa), partial(add_r_fn, pb))
+                dele = paired(i, partial(del_p_fn, pa), partial(del_r_fn, pb))
+            finally:
+                cni.remove_pod(pa)
+                cni.remove_pod(pb)
+            if i >= ctx.warmup:
+                cids.add(pa.cid[:12])
+                add_p.append(add[0])
+                add_r.append(add[1])
+                del_p.append(dele[0])
+                del_r.append(dele[1])
+            ctx.progress(name, i, ctx.warmup + ctx.runs)
+        server = "IPAM" if name == "ipam" else "CNI"
+        ctx.res.add_latency(f"add-{name}", add_p, add_r, f"{ref_what} ADD", what=what,
+                            daemon=ctx.daemon_ms(since, "ADD", cids, server))
+        ctx.res.add_latency(f"del-{name}", del_p, del_r, f"{ref_what} DEL", what=what,
+                            daemon=ctx.daemon_ms(since, "DEL", cids, server))
+    ctx.verify_clean("plexus-ipam")
+
+
 def sc_check(ctx: Ctx) -> None:
     cni = ctx.cni
     chk_p: list[float] = []
@@ -390,7 +449,35 @@ def _pool_ref(name: str) -> Any:
     return pb.PoolRef(kind="IPAddressPool", namespace=POD_NAMESPACE, name=name)
 
 
-def alloc_throughput(ctx: Ctx, clients: int, seconds: float) -> dict[str, Any]:
+BATCH = 32  # operations per Leases stream message in the "batch" mode
+
+
+class LeaseStream:
+    """One client's ``Leases`` stream: a message out, its results back (lockstep)."""
+
+    def __init__(self, stub: Any) -> None:
+        import queue
+
+        self._out: queue.Queue[Any] = queue.Queue()
+        self._results = stub.Leases(iter(self._out.get, None), timeout=600)
+
+    def send(self, ops: list[Any]) -> list[Any]:
+        from ipamd.api import ipam_pb2 as pb
+
+        self._out.put(pb.LeaseOps(ops=ops))
+        results = list(next(self._results).results)
+        failed = [r.error for r in results if r.HasField("error")]
+        if failed:
+            raise BenchError(f"Leases stream: {failed[0].msg}")
+        return results
+
+    def close(self) -> None:
+        self._out.put(None)
+
+
+def alloc_throughput(ctx: Ctx, clients: int, seconds: float, mode: str = "unary") -> dict[str, Any]:
+    """Allocate+Release pairs per second: ``unary`` calls, a ``stream`` with one operation per message, or a
+    stream with ``BATCH`` operations per message (``batch``)."""
     from ipamd.api import ipam_pb2 as pb
 
     pool = _pool_ref("pool-api")
@@ -408,21 +495,39 @@ def alloc_throughput(ctx: Ctx, clients: int, seconds: float) -> dict[str, Any]:
         channel = ctx.node.channel()
         try:
             stub = ctx.node.stub(channel)
+            stream = LeaseStream(stub) if mode != "unary" else None
             n = 0
 
-            def pair() -> None:
+            def allocate(k: int) -> list[Any]:
                 nonlocal n
-                n += 1
-                lease = stub.Allocate(pb.AllocateRequest(pool=pool, owner=f"tp{clients}-{w}-{n}"), timeout=30)
-                if not stub.Release(pb.ReleaseRequest(pool=pool, address=lease.address), timeout=30).released:
-                    raise BenchError(f"Release of {lease.address} answered released=false")
+                n += k
+                asks = [pb.AllocateRequest(pool=pool, owner=f"tp{mode}{clients}-{w}-{n - j}") for j in range(k)]
+                if stream is None:
+                    return [stub.Allocate(asks[0], timeout=30)]
+                return [r.lease for r in stream.send([pb.LeaseOp(allocate=a) for a in asks])]
+
+            def release(leases: list[Any]) -> None:
+                asks = [pb.ReleaseRequest(pool=pool, address=lease.address) for lease in leases]
+                if stream is None:
+                    answers = [stub.Release(asks[0], timeout=30)]
+                else:
+                    answers = [r.released for r in stream.send([pb.LeaseOp(release=a) for a in asks])]
+                if not all(a.released for a in answers):
+                    raise BenchError("a Release answered released=false")
+
+            per = BATCH if mode == "batch" else 1
+
+            def pairs() -> int:
+                release(allocate(per))
+                return per
 
             for _ in range(5):  # connect and warm up
-                pair()
+                pairs()
             barrier.wait()
             while time.perf_counter() < deadline[1] and not errors:
-                pair()
-                counts[w] += 1
+                counts[w] += pairs()
+            if stream is not None:
+                stream.close()
         except threading.BrokenBarrierError:
             pass
         except BaseException as exc:
@@ -443,7 +548,8 @@ def alloc_throughput(ctx: Ctx, clients: int, seconds: float) -> dict[str, Any]:
     elapsed = time.perf_counter() - deadline[0]
     if errors:
         raise BenchError(f"gRPC Allocate/Release failed: {errors[0]}")
-    return {"clients": clients, "pairs": sum(counts), "seconds": elapsed, "pairs_per_s": sum(counts) / elapsed}
+    return {"clients": clients, "mode": mode, "pairs": sum(counts), "seconds": elapsed,
+            "pairs_per_s": sum(counts) / elapsed}
 
 
 def fill_pool(ctx: Ctx, addresses: list[int], clients: int = 4) -> float:
@@ -522,15 +628,20 @@ def alloc_latency(ctx: Ctx, tag: str) -> dict[str, Any]:
 def sc_ipam(ctx: Ctx) -> None:
     import ipaddress
 
-    tp = {}
-    for clients in (1, 4):
-        log(f"  ipam-alloc: Allocate+Release, {clients} client(s), {ctx.ipam_seconds:g} s")
-        tp[clients] = alloc_throughput(ctx, clients, ctx.ipam_seconds)
-    for clients in (1, 4):
-        ctx.res.throughput[f"ipam-alloc-{clients}"] = {
-            "unit": "pairs/s", "plexus": tp[clients]["pairs_per_s"], "reference": None, "ratio": None,
-            "detail": tp[clients], "what": f"gRPC Allocate+Release pairs per second, {clients} concurrent client(s)",
+    runs = {"ipam-alloc-1": (1, "unary"), "ipam-alloc-4": (4, "unary"), "ipam-stream-1": (1, "stream"),
+            "ipam-batch-1": (1, "batch")}
+    whats = {"unary": "unary Allocate and Release calls", "stream": "a Leases stream, one operation per message",
+             "batch": f"a Leases stream, {BATCH} operations per message"}
+    for name, (clients, mode) in runs.items():
+        log(f"  ipam-alloc: Allocate+Release, {clients} client(s), {whats[mode]}, {ctx.ipam_seconds:g} s")
+        got = alloc_throughput(ctx, clients, ctx.ipam_seconds, mode)
+        ctx.res.throughput[name] = {
+            "unit": "pairs/s", "plexus": got["pairs_per_s"], "reference": None, "ratio": None, "detail": got,
+            "what": f"gRPC Allocate+Release pairs per second, {clients} client(s), {whats[mode]}",
         }
+    unary = ctx.res.throughput["ipam-alloc-1"]["plexus"]
+    for name in ("ipam-stream-1", "ipam-batch-1"):
+        ctx.res.throughput[name]["ratio_vs_unary"] = ctx.res.throughput[name]["plexus"] / unary
     net = ipaddress.IPv4Network(f"{FILL_POOL_BASE}/{ctx.fill_prefix}")
     usable = list(range(int(net.network_address) + 1, int(net.broadcast_address)))
     rng = random.Random(20251127)
@@ -627,7 +738,8 @@ def table(rows: list[list[str]], header: list[str]) -> str:
 
 LATENCY_ORDER = ["version", "add-1", "del-1", "add-2", "del-2", "add-4", "del-4", "add-chained", "del-chained",
                  "add-delegate-2", "del-delegate-2", "add-delegate-4", "del-delegate-4",
-                 "check", "status", "alloc@10%", "alloc@95%"]
+                 "add-ipam", "del-ipam", "add-delegate-ipam", "del-delegate-ipam", "add-delegate-ipam-exec",
+                 "del-delegate-ipam-exec", "check", "status", "alloc@10%", "alloc@95%"]
 
 
 def render(res: Results) -> str:
@@ -658,7 +770,8 @@ def render(res: Results) -> str:
                                 "exec - daemon ms"]))
     rows = []
     for name, t in res.throughput.items():
-        rows.append([name, fmt(t["plexus"], ".2f"), fmt(t.get("reference"), ".2f"), t["unit"], fmt(t.get("ratio"), ".2f")])
+        rows.append([name, fmt(t["plexus"], ".2f"), fmt(t.get("reference"), ".2f"), t["unit"],
+                     fmt(t.get("ratio") or t.get("ratio_vs_unary"), ".2f")])
     for key, label in (("idle_kb", "rss idle"), ("before_leases_kb", "rss before leases"),
                        ("after_1000_leases_kb", "rss 1000 leases"), ("after_fill_95_kb", "rss after 95% fill"),
                        ("end_kb", "rss at end")):
@@ -667,6 +780,8 @@ def render(res: Results) -> str:
     if rows:
         out.append("")
         out.append(table(rows, ["metric", "plexus", "reference", "unit", "ratio"]))
+        if "ipam-stream-1" in res.throughput:
+            out.append("(ipam-stream-1 and ipam-batch-1 ratio: pairs/s against ipam-alloc-1, unary, same run)")
     return "\n".join(out)
 
 
@@ -759,7 +874,7 @@ def main(argv: list[str] | None = None) -> int:
     failure = ""
     try:
         node.enter()  # from here on, this process and everything it starts live in the node namespace
-        node.write_objects(objects(args.fill_prefix, str(node.hostlocal_dir)))
+        node.write_objects(objects(args.fill_prefix, str(node.hostlocal_dir), str(node.ipam_socket)))
         cni = Cni(node, args.plexus, args.ref_dir)
         versions = check_version_support(cni)
         log(f"bench: node {node.name}, plexus {args.plexus}, reference {args.ref_dir}/bridge; starting plexus-ipamd")
@@ -776,6 +891,7 @@ def main(argv: list[str] | None = None) -> int:
         table_fns: dict[str, Callable[[], None]] = {
             "version": lambda: sc_version(ctx), "add": lambda: sc_add(ctx, args.add_sizes),
             "chained": lambda: sc_chained(ctx), "delegate": lambda: sc_delegate(ctx), "check": lambda: sc_check(ctx),
+            "plexus-ipam": lambda: sc_plexus_ipam(ctx),
             "churn": lambda: sc_churn(ctx),
             "rss": lambda: sc_rss(ctx), "ipam-alloc": lambda: sc_ipam(ctx),
         }

@@ -28,6 +28,8 @@ REF_SUBNETS = {i: f"198.18.{128 + 4 * (i - 1)}.0/22" for i in range(1, MAX_NETS 
 CLUSTER_SUBNET = "198.18.144.0/22"
 DELEGATE_SUBNETS = {i: f"198.18.{192 + 4 * (i - 1)}.0/22" for i in range(1, MAX_NETS + 1)}  # 198.18.192.0-207.255
 DELEGATE_CLUSTER_SUBNET = "198.18.208.0/22"
+IPAM_DELEGATE_SUBNETS = {1: "198.18.212.0/22", 2: "198.18.216.0/22"}  # NADs whose IPAM is plexus-ipam
+IPAM_EXEC_SUBNET = "198.18.220.0/22"  # bridge exec'd by the runtime with plexus-ipam
 NPWG_NETWORKS = "k8s.v1.cni.cncf.io/networks"
 API_POOL_SUBNET = "198.18.160.0/20"
 RSS_POOL_SUBNET = "198.18.176.0/20"
@@ -54,9 +56,14 @@ def bridge_plugin(bridge: str, subnet: str, data_dir: str) -> dict[str, Any]:
             "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "dataDir": data_dir}}
 
 
-def objects(fill_prefix: int, data_dir: str) -> list[dict[str, Any]]:
+def plexus_ipam(socket: str, pool: str) -> dict[str, Any]:
+    return {"type": "plexus-ipam", "socket": socket, "ipAddressPoolRef": {"kind": "IPAddressPool", "name": pool}}
+
+
+def objects(fill_prefix: int, data_dir: str, ipam_socket: str) -> list[dict[str, Any]]:
     """The manifests the bench's daemon serves: a VLAN class, Networks net-1..4 each with its pool,
-    pools for the gRPC scenarios, and NetworkAttachmentDefinitions nad-1..4 (bridge + host-local)."""
+    pools for the gRPC scenarios, NetworkAttachmentDefinitions nad-1..4 (bridge + host-local), and nadip-1..2
+    (bridge + plexus-ipam) with their pools."""
     api = "network.deckhouse.io/v1alpha1"
 
     def pool(name: str, cidr: str, ttl: str = "1m") -> dict[str, Any]:
@@ -76,6 +83,15 @@ def objects(fill_prefix: int, data_dir: str) -> list[dict[str, Any]]:
         config = {"cniVersion": "1.0.0", "name": f"nad-{i}", "plugins": [bridge_plugin(f"plxb-d{i}", cidr, data_dir)]}
         docs.append({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
                      "metadata": {"name": f"nad-{i}", "namespace": POD_NAMESPACE}, "spec": {"config": json.dumps(config)}})
+    for i, cidr in IPAM_DELEGATE_SUBNETS.items():
+        docs.append(pool(f"pool-dip-{i}", cidr))
+        plugin = {"type": "bridge", "bridge": f"plxb-i{i}", "isGateway": False, "ipMasq": False,
+                  "ipam": plexus_ipam(ipam_socket, f"pool-dip-{i}")}
+        config = {"cniVersion": "1.0.0", "name": f"nadip-{i}", "plugins": [plugin]}
+        docs.append({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+                     "metadata": {"name": f"nadip-{i}", "namespace": POD_NAMESPACE},
+                     "spec": {"config": json.dumps(config)}})
+    docs.append(pool("pool-ipam", IPAM_EXEC_SUBNET))
     docs.append(pool("pool-api", API_POOL_SUBNET))
     docs.append(pool("pool-rss", RSS_POOL_SUBNET))
     docs.append(pool("pool-fill", f"{FILL_POOL_BASE}/{fill_prefix}"))
@@ -111,26 +127,56 @@ class Cni:
             conf["prevResult"] = prev
         return conf
 
-    def delegating_conf(self, nads: int) -> dict[str, Any]:
+    @property
+    def ipam_bin(self) -> str:
+        """A CNI_PATH with the reference plugins and plexus-ipam (a link to the plugin under test)."""
+        d = self.node.dir / "cni-bin"
+        if not d.exists():
+            d.mkdir()
+            for name in os.listdir(self.ref_dir):
+                (d / name).symlink_to(os.path.join(self.ref_dir, name))
+            (d / "plexus-ipam").symlink_to(os.path.realpath(self.plexus))
+        return str(d)
+
+    def ipam_conf(self, prev: Any = None) -> dict[str, Any]:
+        conf: dict[str, Any] = {"cniVersion": "1.0.0", "name": "ipam-net", "type": "bridge", "bridge": "plxb-ie",
+                                "isGateway": False, "ipMasq": False,
+                                "ipam": plexus_ipam(str(self.node.ipam_socket), "pool-ipam")}
+        if prev is not None:
+            conf["prevResult"] = prev
+        return conf
+
+    def ipam_add(self, pod: Pod) -> float:
+        t, out = self.exec("bridge", "ADD", self.ipam_conf(), pod, ifname="net1", expect_ips=1, cni_path=self.ipam_bin)
+        pod.results["ipam"] = out
+        return t
+
+    def ipam_del(self, pod: Pod) -> float:
+        return self.exec("bridge", "DEL", self.ipam_conf(pod.results.get("ipam")), pod, ifname="net1",
+                         cni_path=self.ipam_bin)[0]
+
+    def delegating_conf(self, nads: int, ipam: str = "") -> dict[str, Any]:
         """Plexus as a Multus node runs it: the only plugin, the cluster network (bridge + host-local, eth0)
-        delegated from a file, and ``nads`` NetworkAttachmentDefinitions from the pod's annotation."""
+        delegated from a file, and ``nads`` NetworkAttachmentDefinitions from the pod's annotation (those whose
+        IPAM is plexus-ipam when ``ipam`` says how the daemon is to get it to them: lease or exec)."""
         cluster = self.node.dir / "cluster.conflist"
         if not cluster.exists():
             cluster.write_text(json.dumps({"cniVersion": "1.0.0", "name": "cluster", "plugins": [
                 bridge_plugin("plxb-dc", DELEGATE_CLUSTER_SUBNET, str(self.node.hostlocal_dir))]}))
-        networks = ", ".join(f"nad-{i}" for i in range(1, nads + 1))
+        networks = ", ".join(f"{'nadip' if ipam else 'nad'}-{i}" for i in range(1, nads + 1))
         return {"cniVersion": "1.0.0", "name": "plexus-multus", "type": "plexus", "socket": str(self.node.socket),
-                "logFile": str(self.node.shim_log), "clusterNetwork": str(cluster), "binDir": self.ref_dir,
+                "logFile": str(self.node.shim_log), "clusterNetwork": str(cluster),
+                "binDir": self.ipam_bin if ipam else self.ref_dir, "delegateIPAM": ipam or "lease",
                 "capabilities": {POD_ANNOTATIONS: True},
                 "runtimeConfig": {POD_ANNOTATIONS: {NPWG_NETWORKS: networks}}}
 
-    def delegating_add(self, pod: Pod, nads: int) -> float:
-        t, out = self.exec("plexus", "ADD", self.delegating_conf(nads), pod, expect_ips=1 + nads)
+    def delegating_add(self, pod: Pod, nads: int, ipam: str = "") -> float:
+        t, out = self.exec("plexus", "ADD", self.delegating_conf(nads, ipam), pod, expect_ips=1 + nads)
         pod.results["plexus"] = out
         return t
 
-    def delegating_del(self, pod: Pod, nads: int) -> float:
-        return self.exec("plexus", "DEL", {**self.delegating_conf(nads), "prevResult": pod.results.get("plexus")},
+    def delegating_del(self, pod: Pod, nads: int, ipam: str = "") -> float:
+        return self.exec("plexus", "DEL", {**self.delegating_conf(nads, ipam), "prevResult": pod.results.get("plexus")},
                          pod)[0]
 
     def bridge_conf(self, net: int | str, version: str = "1.0.0", prev: Any = None) -> dict[str, Any]:
@@ -150,10 +196,11 @@ class Cni:
 
     # -- exec -----------------------------------------------------------------------------------
     def exec(self, plugin: str, verb: str, conf: dict[str, Any], pod: Pod | None = None, ifname: str = "eth0",
-             expect_ips: int | None = None) -> tuple[float, Any]:
+             expect_ips: int | None = None, cni_path: str = "") -> tuple[float, Any]:
         """Run one plugin call; (seconds, parsed stdout). Raises ``BenchError`` on any failure."""
         argv = [self.plexus if plugin == "plexus" else os.path.join(self.ref_dir, plugin)]
-        env = {"CNI_COMMAND": verb, "CNI_PATH": self.ref_dir, "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin")}
+        env = {"CNI_COMMAND": verb, "CNI_PATH": cni_path or self.ref_dir,
+               "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin")}
         if pod is not None and verb in ("ADD", "DEL", "CHECK"):
             env.update(CNI_CONTAINERID=pod.cid, CNI_NETNS=pod.netns, CNI_IFNAME=ifname, CNI_ARGS=pod.cni_args)
         data = json.dumps(conf).encode()

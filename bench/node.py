@@ -35,7 +35,7 @@ CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 #: ``CNI ADD container=0123456789ab ifname=eth0 pod=bench/pod-1 45.3ms ok`` (ipamd/cni_server.py)
-_CALL_LINE = re.compile(r"CNI (\w+) container=(\S*) ifname=(\S*) pod=(\S*) ([\d.]+)ms (.*)$")
+_CALL_LINE = re.compile(r"(CNI|IPAM) (\w+) container=(\S*) ifname=(\S*) pod=(\S*) ([\d.]+)ms (.*)$")
 
 
 class BenchError(RuntimeError):
@@ -72,6 +72,7 @@ class BenchNode:
         self.db = self.dir / "plexus.db"
         self.socket = self.dir / "run" / "plexus.sock"
         self.grpc_socket = self.dir / "run" / "ipam.sock"
+        self.ipam_socket = self.dir / "run" / "plexus-ipam.sock"  # the daemon's default, beside --socket
         self.log = self.dir / "ipamd.log"
         self.stderr_path = self.dir / "ipamd.stderr"
         self.shim_log = self.dir / "plexus.log"
@@ -197,8 +198,8 @@ class BenchNode:
         for line in text.splitlines():
             m = _CALL_LINE.search(line)
             if m:
-                out.append({"verb": m[1], "container": m[2], "ifname": m[3], "pod": m[4], "ms": float(m[5]),
-                            "outcome": m[6]})
+                out.append({"server": m[1], "verb": m[2], "container": m[3], "ifname": m[4], "pod": m[5],
+                            "ms": float(m[6]), "outcome": m[7]})
         return out
 
     # -- gRPC -----------------------------------------------------------------------------------

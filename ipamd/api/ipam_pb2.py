@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19plexus/ipam/v1/ipam.proto\x12\x0eplexus.ipam.v1\"8\n\x07PoolRef\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\xf8\x01\n\x05Lease\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07network\x18\x03 \x01(\t\x12\x0e\n\x06holder\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x0c\n\x04pods\x18\x06 \x03(\t\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x13\n\x0borphaned_at\x18\x08 \x01(\x01\x12\x13\n\x0bttl_seconds\x18\t \x01(\x01\x12\x16\n\x0eoutside_ranges\x18\n \x01(\x08\x12\x13\n\x0bholder_kind\x18\x0b \x01(\t\x12\x14\n\x0cnetwork_name\x18\x0c \x01(\t\x12\x11\n\tinterface\x18\r \x01(\t\"X\n\x0f\x41llocateRequest\x12%\n\x04pool\x18\x01 \x01(\x0b\x32\x17.plexus.ipam.v1.PoolRef\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"W\n\x0eReleaseRequest\x12%\n\x04pool\x18\x01 \x01(\x0b\x32\x17.plexus.ipam.v1.PoolRef\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"!\n\x11ListLeasesRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\";\n\x12ListLeasesResponse\x12%\n\x06leases\x18\x01 \x03(\x0b\x32\x15.plexus.ipam.v1.Lease\"\x9b\x01\n\tPoolUsage\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x10\n\x08networks\x18\x02 \x03(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0c\n\x04used\x18\x04 \x01(\x03\x12\x13\n\x0bquarantined\x18\x05 \x01(\x03\x12\x0c\n\x04\x66ree\x18\x06 \x01(\x03\x12\x19\n\x11lease_ttl_seconds\x18\x07 \x01(\x01\x12\x14\n\x0cimplicit_for\x18\x08 \x01(\t\"\x12\n\x10ListPoolsRequest\"=\n\x11ListPoolsResponse\x12(\n\x05pools\x18\x01 \x03(\x0b\x32\x19.plexus.ipam.v1.PoolUsage\"t\n\tPodStatus\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03uid\x18\x03 \x01(\t\x12\x1c\n\x14networks_status_json\x18\x04 \x01(\t\x12\x1b\n\x13network_status_json\x18\x05 \x01(\t\"2\n\x0fListPodsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\";\n\x10ListPodsResponse\x12\'\n\x04pods\x18\x01 \x03(\x0b\x32\x19.plexus.ipam.v1.PodStatus\"9\n\x07Problem\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\r\n\x0bSyncRequest\"9\n\x0cSyncResponse\x12)\n\x08problems\x18\x01 \x03(\x0b\x32\x17.plexus.ipam.v1.Problem\"\x8f\x01\n\x0fIPAddressStatus\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x14\n\x0cnetwork_kind\x18\x05 \x01(\t\x12\x14\n\x0cnetwork_name\x18\x06 \x01(\t\x12\x13\n\x0bstatus_json\x18\x07 \x01(\t\"\x18\n\x16ListIPAddressesRequest\"M\n\x17ListIPAddressesResponse\x12\x32\n\taddresses\x18\x01 \x03(\x0b\x32\x1f.plexus.ipam.v1.IPAddressStatus\"1\n\rNetworkStatus\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x13\n\x0bstatus_json\x18\x02 \x01(\t\"\x15\n\x13ListNetworksRequest\"G\n\x14ListNetworksResponse\x12/\n\x08networks\x18\x01 \x03(\x0b\x32\x1d.plexus.ipam.v1.NetworkStatus2\x8e\x05\n\x04Ipam\x12\x42\n\x08\x41llocate\x12\x1f.plexus.ipam.v1.AllocateRequest\x1a\x15.plexus.ipam.v1.Lease\x12J\n\x07Release\x12\x1e.plexus.ipam.v1.ReleaseRequest\x1a\x1f.plexus.ipam.v1.ReleaseResponse\x12S\n\nListLeases\x12!.plexus.ipam.v1.ListLeasesRequest\x1a\".plexus.ipam.v1.ListLeasesResponse\x12P\n\tListPools\x12 .plexus.ipam.v1.ListPoolsRequest\x1a!.plexus.ipam.v1.ListPoolsResponse\x12M\n\x08ListPods\x12\x1f.plexus.ipam.v1.ListPodsRequest\x1a .plexus.ipam.v1.ListPodsResponse\x12\x62\n\x0fListIPAddresses\x12&.plexus.ipam.v1.ListIPAddressesRequest\x1a\'.plexus.ipam.v1.ListIPAddressesResponse\x12Y\n\x0cListNetworks\x12#.plexus.ipam.v1.ListNetworksRequest\x1a$.plexus.ipam.v1.ListNetworksResponse\x12\x41\n\x04Sync\x12\x1b.plexus.ipam.v1.SyncRequest\x1a\x1c.plexus.ipam.v1.SyncResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19plexus/ipam/v1/ipam.proto\x12\x0eplexus.ipam.v1\"8\n\x07PoolRef\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\xf8\x01\n\x05Lease\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07network\x18\x03 \x01(\t\x12\x0e\n\x06holder\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x0c\n\x04pods\x18\x06 \x03(\t\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x13\n\x0borphaned_at\x18\x08 \x01(\x01\x12\x13\n\x0bttl_seconds\x18\t \x01(\x01\x12\x16\n\x0eoutside_ranges\x18\n \x01(\x08\x12\x13\n\x0bholder_kind\x18\x0b \x01(\t\x12\x14\n\x0cnetwork_name\x18\x0c \x01(\t\x12\x11\n\tinterface\x18\r \x01(\t\"X\n\x0f\x41llocateRequest\x12%\n\x04pool\x18\x01 \x01(\x0b\x32\x17.plexus.ipam.v1.PoolRef\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"W\n\x0eReleaseRequest\x12%\n\x04pool\x18\x01 \x01(\x0b\x32\x17.plexus.ipam.v1.PoolRef\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"w\n\x07LeaseOp\x12\x33\n\x08\x61llocate\x18\x01 \x01(\x0b\x32\x1f.plexus.ipam.v1.AllocateRequestH\x00\x12\x31\n\x07release\x18\x02 \x01(\x0b\x32\x1e.plexus.ipam.v1.ReleaseRequestH\x00\x42\x04\n\x02op\"0\n\x08LeaseOps\x12$\n\x03ops\x18\x01 \x03(\x0b\x32\x17.plexus.ipam.v1.LeaseOp\"5\n\x07OpError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0b\n\x03msg\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x65tails\x18\x03 \x01(\t\"\x9e\x01\n\x0bLeaseResult\x12&\n\x05lease\x18\x01 \x01(\x0b\x32\x15.plexus.ipam.v1.LeaseH\x00\x12\x33\n\x08released\x18\x02 \x01(\x0b\x32\x1f.plexus.ipam.v1.ReleaseResponseH\x00\x12(\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x17.plexus.ipam.v1.OpErrorH\x00\x42\x08\n\x06result\"<\n\x0cLeaseResults\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.plexus.ipam.v1.LeaseResult\"!\n\x11ListLeasesRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\";\n\x12ListLeasesResponse\x12%\n\x06leases\x18\x01 \x03(\x0b\x32\x15.plexus.ipam.v1.Lease\"\x9b\x01\n\tPoolUsage\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x10\n\x08networks\x18\x02 \x03(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0c\n\x04used\x18\x04 \x01(\x03\x12\x13\n\x0bquarantined\x18\x05 \x01(\x03\x12\x0c\n\x04\x66ree\x18\x06 \x01(\x03\x12\x19\n\x11lease_ttl_seconds\x18\x07 \x01(\x01\x12\x14\n\x0cimplicit_for\x18\x08 \x01(\t\"\x12\n\x10ListPoolsRequest\"=\n\x11ListPoolsResponse\x12(\n\x05pools\x18\x01 \x03(\x0b\x32\x19.plexus.ipam.v1.PoolUsage\"t\n\tPodStatus\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03uid\x18\x03 \x01(\t\x12\x1c\n\x14networks_status_json\x18\x04 \x01(\t\x12\x1b\n\x13network_status_json\x18\x05 \x01(\t\"2\n\x0fListPodsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\";\n\x10ListPodsResponse\x12\'\n\x04pods\x18\x01 \x03(\x0b\x32\x19.plexus.ipam.v1.PodStatus\"9\n\x07Problem\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\r\n\x0bSyncRequest\"9\n\x0cSyncResponse\x12)\n\x08problems\x18\x01 \x03(\x0b\x32\x17.plexus.ipam.v1.Problem\"\x8f\x01\n\x0fIPAddressStatus\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x14\n\x0cnetwork_kind\x18\x05 \x01(\t\x12\x14\n\x0cnetwork_name\x18\x06 \x01(\t\x12\x13\n\x0bstatus_json\x18\x07 \x01(\t\"\x18\n\x16ListIPAddressesRequest\"M\n\x17ListIPAddressesResponse\x12\x32\n\taddresses\x18\x01 \x03(\x0b\x32\x1f.plexus.ipam.v1.IPAddressStatus\"1\n\rNetworkStatus\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x13\n\x0bstatus_json\x18\x02 \x01(\t\"\x15\n\x13ListNetworksRequest\"G\n\x14ListNetworksResponse\x12/\n\x08networks\x18\x01 \x03(\x0b\x32\x1d.plexus.ipam.v1.NetworkStatus2\xd4\x05\n\x04Ipam\x12\x42\n\x08\x41llocate\x12\x1f.plexus.ipam.v1.AllocateRequest\x1a\x15.plexus.ipam.v1.Lease\x12J\n\x07Release\x12\x1e.plexus.ipam.v1.ReleaseRequest\x1a\x1f.plexus.ipam.v1.ReleaseResponse\x12\x44\n\x06Leases\x12\x18.plexus.ipam.v1.LeaseOps\x1a\x1c.plexus.ipam.v1.LeaseResults(\x01\x30\x01\x12S\n\nListLeases\x12!.plexus.ipam.v1.ListLeasesRequest\x1a\".plexus.ipam.v1.ListLeasesResponse\x12P\n\tListPools\x12 .plexus.ipam.v1.ListPoolsRequest\x1a!.plexus.ipam.v1.ListPoolsResponse\x12M\n\x08ListPods\x12\x1f.plexus.ipam.v1.ListPodsRequest\x1a .plexus.ipam.v1.ListPodsResponse\x12\x62\n\x0fListIPAddresses\x12&.plexus.ipam.v1.ListIPAddressesRequest\x1a\'.plexus.ipam.v1.ListIPAddressesResponse\x12Y\n\x0cListNetworks\x12#.plexus.ipam.v1.ListNetworksRequest\x1a$.plexus.ipam.v1.ListNetworksResponse\x12\x41\n\x04Sync\x12\x1b.plexus.ipam.v1.SyncRequest\x1a\x1c.plexus.ipam.v1.SyncResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,40 +41,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELEASEREQUEST']._serialized_end=531
   _globals['_RELEASERESPONSE']._serialized_start=533
   _globals['_RELEASERESPONSE']._serialized_end=568
-  _globals['_LISTLEASESREQUEST']._serialized_start=570
-  _globals['_LISTLEASESREQUEST']._serialized_end=603
-  _globals['_LISTLEASESRESPONSE']._serialized_start=605
-  _globals['_LISTLEASESRESPONSE']._serialized_end=664
-  _globals['_POOLUSAGE']._serialized_start=667
-  _globals['_POOLUSAGE']._serialized_end=822
-  _globals['_LISTPOOLSREQUEST']._serialized_start=824
-  _globals['_LISTPOOLSREQUEST']._serialized_end=842
-  _globals['_LISTPOOLSRESPONSE']._serialized_start=844
-  _globals['_LISTPOOLSRESPONSE']._serialized_end=905
-  _globals['_PODSTATUS']._serialized_start=907
-  _globals['_PODSTATUS']._serialized_end=1023
-  _globals['_LISTPODSREQUEST']._serialized_start=1025
-  _globals['_LISTPODSREQUEST']._serialized_end=1075
-  _globals['_LISTPODSRESPONSE']._serialized_start=1077
-  _globals['_LISTPODSRESPONSE']._serialized_end=1136
-  _globals['_PROBLEM']._serialized_start=1138
-  _globals['_PROBLEM']._serialized_end=1195
-  _globals['_SYNCREQUEST']._serialized_start=1197
-  _globals['_SYNCREQUEST']._serialized_end=1210
-  _globals['_SYNCRESPONSE']._serialized_start=1212
-  _globals['_SYNCRESPONSE']._serialized_end=1269
-  _globals['_IPADDRESSSTATUS']._serialized_start=1272
-  _globals['_IPADDRESSSTATUS']._serialized_end=1415
-  _globals['_LISTIPADDRESSESREQUEST']._serialized_start=1417
-  _globals['_LISTIPADDRESSESREQUEST']._serialized_end=1441
-  _globals['_LISTIPADDRESSESRESPONSE']._serialized_start=1443
-  _globals['_LISTIPADDRESSESRESPONSE']._serialized_end=1520
-  _globals['_NETWORKSTATUS']._serialized_start=1522
-  _globals['_NETWORKSTATUS']._serialized_end=1571
-  _globals['_LISTNETWORKSREQUEST']._serialized_start=1573
-  _globals['_LISTNETWORKSREQUEST']._serialized_end=1594
-  _globals['_LISTNETWORKSRESPONSE']._serialized_start=1596
-  _globals['_LISTNETWORKSRESPONSE']._serialized_end=1667
-  _globals['_IPAM']._serialized_start=1670
-  _globals['_IPAM']._serialized_end=2324
+  _globals['_LEASEOP']._serialized_start=570
+  _globals['_LEASEOP']._serialized_end=689
+  _globals['_LEASEOPS']._serialized_start=691
+  _globals['_LEASEOPS']._serialized_end=739
+  _globals['_OPERROR']._serialized_start=741
+  _globals['_OPERROR']._serialized_end=794
+  _globals['_LEASERESULT']._serialized_start=797
+  _globals['_LEASERESULT']._serialized_end=955
+  _globals['_LEASERESULTS']._serialized_start=957
+  _globals['_LEASERESULTS']._serialized_end=1017
+  _globals['_LISTLEASESREQUEST']._serialized_start=1019
+  _globals['_LISTLEASESREQUEST']._serialized_end=1052
+  _globals['_LISTLEASESRESPONSE']._serialized_start=1054
+  _globals['_LISTLEASESRESPONSE']._serialized_end=1113
+  _globals['_POOLUSAGE']._serialized_start=1116
+  _globals['_POOLUSAGE']._serialized_end=1271
+  _globals['_LISTPOOLSREQUEST']._serialized_start=1273
+  _globals['_LISTPOOLSREQUEST']._serialized_end=1291
+  _globals['_LISTPOOLSRESPONSE']._serialized_start=1293
+  _globals['_LISTPOOLSRESPONSE']._serialized_end=1354
+  _globals['_PODSTATUS']._serialized_start=1356
+  _globals['_PODSTATUS']._serialized_end=1472
+  _globals['_LISTPODSREQUEST']._serialized_start=1474
+  _globals['_LISTPODSREQUEST']._serialized_end=1524
+  _globals['_LISTPODSRESPONSE']._serialized_start=1526
+  _globals['_LISTPODSRESPONSE']._serialized_end=1585
+  _globals['_PROBLEM']._serialized_start=1587
+  _globals['_PROBLEM']._serialized_end=1644
+  _globals['_SYNCREQUEST']._serialized_start=1646
+  _globals['_SYNCREQUEST']._serialized_end=1659
+  _globals['_SYNCRESPONSE']._serialized_start=1661
+  _globals['_SYNCRESPONSE']._serialized_end=1718
+  _globals['_IPADDRESSSTATUS']._serialized_start=1721
+  _globals['_IPADDRESSSTATUS']._serialized_end=1864
+  _globals['_LISTIPADDRESSESREQUEST']._serialized_start=1866
+  _globals['_LISTIPADDRESSESREQUEST']._serialized_end=1890
+  _globals['_LISTIPADDRESSESRESPONSE']._serialized_start=1892
+  _globals['_LISTIPADDRESSESRESPONSE']._serialized_end=1969
+  _globals['_NETWORKSTATUS']._serialized_start=1971
+  _globals['_NETWORKSTATUS']._serialized_end=2020
+  _globals['_LISTNETWORKSREQUEST']._serialized_start=2022
+  _globals['_LISTNETWORKSREQUEST']._serialized_end=2043
+  _globals['_LISTNETWORKSRESPONSE']._serialized_start=2045
+  _globals['_LISTNETWORKSRESPONSE']._serialized_end=2116
+  _globals['_IPAM']._serialized_start=2119
+  _globals['_IPAM']._serialized_end=2843
 # @@protoc_insertion_point(module_scope)

@@ -72,6 +72,46 @@ class ReleaseResponse(_message.Message):
     released: bool
     def __init__(self, released: _Optional[bool] = ...) -> None: ...
 
+class LeaseOp(_message.Message):
+    __slots__ = ("allocate", "release")
+    ALLOCATE_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    allocate: AllocateRequest
+    release: ReleaseRequest
+    def __init__(self, allocate: _Optional[_Union[AllocateRequest, _Mapping]] = ..., release: _Optional[_Union[ReleaseRequest, _Mapping]] = ...) -> None: ...
+
+class LeaseOps(_message.Message):
+    __slots__ = ("ops",)
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    ops: _containers.RepeatedCompositeFieldContainer[LeaseOp]
+    def __init__(self, ops: _Optional[_Iterable[_Union[LeaseOp, _Mapping]]] = ...) -> None: ...
+
+class OpError(_message.Message):
+    __slots__ = ("code", "msg", "details")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MSG_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    msg: str
+    details: str
+    def __init__(self, code: _Optional[int] = ..., msg: _Optional[str] = ..., details: _Optional[str] = ...) -> None: ...
+
+class LeaseResult(_message.Message):
+    __slots__ = ("lease", "released", "error")
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    lease: Lease
+    released: ReleaseResponse
+    error: OpError
+    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ..., released: _Optional[_Union[ReleaseResponse, _Mapping]] = ..., error: _Optional[_Union[OpError, _Mapping]] = ...) -> None: ...
+
+class LeaseResults(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[LeaseResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[LeaseResult, _Mapping]]] = ...) -> None: ...
+
 class ListLeasesRequest(_message.Message):
     __slots__ = ("pool",)
     POOL_FIELD_NUMBER: _ClassVar[int]

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from cni.errors import CniError, ObjectNotFound
+from cni.errors import CniError, InvalidConfig, ObjectNotFound
 from ipamd.api import ipam_pb2 as pb
 from ipamd.api import ipam_pb2_grpc as pb_grpc
 from ipamd.ipam.addresses import Ipam
@@ -89,6 +89,25 @@ class IpamService(pb_grpc.IpamServicer):
         released = self.ipam.release_address(self._pool(request.pool), request.address, request.force)
         return pb.ReleaseResponse(released=released)
 
+    def Leases(self, request_iterator: Iterator[pb.LeaseOps], context: grpc.ServicerContext) -> Iterator[pb.LeaseResults]:  # noqa: N802
+        """Each message's operations in order, each on its own (an error is that operation's result)."""
+        for batch in request_iterator:
+            yield pb.LeaseResults(results=[self._op(op) for op in batch.ops])
+
+    def _op(self, op: pb.LeaseOp) -> pb.LeaseResult:
+        try:
+            if op.HasField("allocate"):
+                req = op.allocate
+                rec, lease = self.ipam.allocate_for(req.owner, self._pool(req.pool), req.address)
+                return pb.LeaseResult(lease=lease_message(lease, rec))
+            if op.HasField("release"):
+                rel = op.release
+                return pb.LeaseResult(released=pb.ReleaseResponse(
+                    released=self.ipam.release_address(self._pool(rel.pool), rel.address, rel.force)))
+            raise InvalidConfig("an operation is an allocate or a release", "op")
+        except CniError as err:
+            return pb.LeaseResult(error=pb.OpError(code=err.code, msg=err.msg, details=err.details))
+
     @_mapped
     def ListLeases(self, request: pb.ListLeasesRequest, context: grpc.ServicerContext) -> pb.ListLeasesResponse:  # noqa: N802
         recs = {r.key: r for r in self.store.all_ips()}
@@ -158,7 +177,8 @@ def serve(path: str, service: IpamService, ready: Callable[[], bool]) -> tuple[g
     os.makedirs(directory, mode=0o700, exist_ok=True)
     if os.path.exists(path):
         os.unlink(path)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    # a Leases stream holds a worker for its life: 16 keep plexusctl answered with a few streams open
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     pb_grpc.add_IpamServicer_to_server(service, server)  # type: ignore[no-untyped-call]
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
