@@ -1,0 +1,76 @@
+"""The gRPC IPAM API over a real unix socket (no root): unary Allocate and Release with the CNI code in the
+trailing metadata, and the Leases stream (many operations per message, each with its own result)."""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from ipamd.api import ipam_pb2 as pb
+from ipamd.api import ipam_pb2_grpc as pb_grpc
+from ipamd.ipam.addresses import Ipam
+from ipamd.model.objects import API_VERSION, parse_object
+from ipamd.server.grpc_api import CNI_CODE_KEY, IpamService, serve
+from tests.fakes.source import FakeSource
+from tests.fakes.store import MemoryStore
+
+POOL = pb.PoolRef(kind="IPAddressPool", namespace="apps", name="tiny")
+
+
+@pytest.fixture
+def stub(tmp_path: Path) -> Iterator[Any]:
+    pool = parse_object({"apiVersion": API_VERSION, "kind": "IPAddressPool",
+                         "metadata": {"name": "tiny", "namespace": "apps"},
+                         "spec": {"leaseTTL": "0s", "pools": [{"network": "198.18.90.0/30"}]}})  # .1 and .2
+    store, source = MemoryStore(), FakeSource(pool)
+    server, _ = serve(str(tmp_path / "ipam.sock"), IpamService(store, source, Ipam(store, source), lambda: []),
+                      lambda: True)
+    channel = grpc.insecure_channel(f"unix:{tmp_path / 'ipam.sock'}")
+    try:
+        yield pb_grpc.IpamStub(channel)  # type: ignore[no-untyped-call]
+    finally:
+        channel.close()
+        server.stop(None)
+
+
+def test_unary_allocate_release_and_the_cni_code_of_a_failure(stub: Any) -> None:
+    first = stub.Allocate(pb.AllocateRequest(pool=POOL, owner="a"))
+    assert (first.address, first.holder) == ("198.18.90.1", "api/a")
+    assert stub.Allocate(pb.AllocateRequest(pool=POOL, owner="a")).address == "198.18.90.1", "the same owner keeps it"
+    stub.Allocate(pb.AllocateRequest(pool=POOL, owner="b"))
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.Allocate(pb.AllocateRequest(pool=POOL, owner="c"))
+    assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert dict(exc.value.trailing_metadata())[CNI_CODE_KEY] == "100"
+    assert stub.Release(pb.ReleaseRequest(pool=POOL, address="198.18.90.1")).released
+    assert not stub.Release(pb.ReleaseRequest(pool=POOL, address="198.18.90.1")).released
+
+
+def test_the_leases_stream_applies_each_operation_on_its_own(stub: Any) -> None:
+    out: queue.Queue[Any] = queue.Queue()
+    results = stub.Leases(iter(out.get, None), timeout=30)
+
+    def send(*ops: Any) -> list[Any]:
+        out.put(pb.LeaseOps(ops=list(ops)))
+        return list(next(results).results)
+
+    def allocate(owner: str) -> Any:
+        return pb.LeaseOp(allocate=pb.AllocateRequest(pool=POOL, owner=owner))
+
+    got = send(allocate("x"), allocate("y"), allocate("z"))
+    assert [r.WhichOneof("result") for r in got] == ["lease", "lease", "error"]
+    assert sorted(r.lease.address for r in got[:2]) == ["198.18.90.1", "198.18.90.2"]
+    assert got[2].error.code == 100, "the third finds the pool exhausted; the first two stand"
+    released = send(pb.LeaseOp(release=pb.ReleaseRequest(pool=POOL, address=got[0].lease.address)),
+                    pb.LeaseOp(release=pb.ReleaseRequest(pool=pb.PoolRef(kind="IPAddressPool", namespace="apps",
+                                                                          name="missing"), address="198.18.90.2")),
+                    pb.LeaseOp())
+    assert [r.WhichOneof("result") for r in released] == ["released", "error", "error"]
+    assert released[0].released.released and released[1].error.code == 103 and released[2].error.code == 7
+    assert send(allocate("z"))[0].lease.address == got[0].lease.address, "the released address, leaseTTL 0s"
+    out.put(None)
