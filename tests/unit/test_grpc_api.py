@@ -28,7 +28,7 @@ def stub(tmp_path: Path) -> Iterator[Any]:
                          "metadata": {"name": "tiny", "namespace": "apps"},
                          "spec": {"leaseTTL": "0s", "pools": [{"network": "198.18.90.0/30"}]}})  # .1 and .2
     store, source = MemoryStore(), FakeSource(pool)
-    server, _ = serve(str(tmp_path / "ipam.sock"), IpamService(store, source, Ipam(store, source), lambda: []),
+    server, _ = serve(str(tmp_path / "ipam.sock"), IpamService(store, source, Ipam(store, source), list),
                       lambda: True)
     channel = grpc.insecure_channel(f"unix:{tmp_path / 'ipam.sock'}")
     try:
