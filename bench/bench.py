@@ -151,6 +151,43 @@ def paired(i: int, a: Callable[[], Any], b: Callable[[], Any]) -> tuple[Any, Any
     return a(), rb
 
 
+@dataclass
+class Lifecycle:
+    """Timings of pods added and deleted by both sides, A/B interleaved, after warm-up."""
+
+    add_p: list[float] = field(default_factory=list)
+    add_r: list[float] = field(default_factory=list)
+    del_p: list[float] = field(default_factory=list)
+    del_r: list[float] = field(default_factory=list)
+    cids: set[str] = field(default_factory=set)  # Plexus's containers, for its daemon's log lines
+    since: int = 0  # the daemon log's offset when the timed runs began
+
+
+def lifecycle(ctx: Ctx, name: str, add_p: Callable[[Any], float], add_r: Callable[[Any], float],
+              del_p: Callable[[Any], float], del_r: Callable[[Any], float]) -> Lifecycle:
+    """For each run a fresh pod per side: ADD (A B or B A), then DEL the same way; pods removed whatever happens."""
+    cni = ctx.cni
+    out = Lifecycle()
+    for i in range(ctx.warmup + ctx.runs):
+        if i == ctx.warmup:
+            out.since = ctx.node.log_offset()
+        pa, pb = cni.new_pod(), cni.new_pod()
+        try:
+            add = paired(i, partial(add_p, pa), partial(add_r, pb))
+            dele = paired(i, partial(del_p, pa), partial(del_r, pb))
+        finally:
+            cni.remove_pod(pa)
+            cni.remove_pod(pb)
+        if i >= ctx.warmup:
+            out.cids.add(pa.cid[:12])
+            out.add_p.append(add[0])
+            out.add_r.append(add[1])
+            out.del_p.append(dele[0])
+            out.del_r.append(dele[1])
+        ctx.progress(name, i, ctx.warmup + ctx.runs)
+    return out
+
+
 # -- scenarios ------------------------------------------------------------------------------------
 def sc_version(ctx: Ctx) -> None:
     cni = ctx.cni
@@ -173,33 +210,13 @@ def sc_add(ctx: Ctx, sizes: tuple[int, ...]) -> None:
     cni = ctx.cni
     for n in sizes:
         nets = list(range(1, n + 1))
-        add_p: list[float] = []
-        add_r: list[float] = []
-        del_p: list[float] = []
-        del_r: list[float] = []
-        cids: set[str] = set()
-        since = 0
-        for i in range(ctx.warmup + ctx.runs):
-            timed = i >= ctx.warmup
-            if i == ctx.warmup:
-                since = ctx.node.log_offset()
-            pa, pb = cni.new_pod(), cni.new_pod()
-            try:
-                add = paired(i, partial(cni.plexus_add, pa, nets), partial(cni.bridges_add, pb, nets))
-                dele = paired(i, partial(cni.plexus_del, pa, nets), partial(cni.bridges_del, pb, nets))
-            finally:
-                cni.remove_pod(pa)
-                cni.remove_pod(pb)
-            if timed:
-                cids.add(pa.cid[:12])
-                add_p.append(add[0])
-                add_r.append(add[1])
-                del_p.append(dele[0])
-                del_r.append(dele[1])
-            ctx.progress(f"add-{n}/del-{n}", i, ctx.warmup + ctx.runs)
+        run = lifecycle(ctx, f"add-{n}/del-{n}", partial(cni.plexus_add, nets=nets), partial(cni.bridges_add, nets=nets),
+                        partial(cni.plexus_del, nets=nets), partial(cni.bridges_del, nets=nets))
         what = f"{n} x bridge+host-local"
-        ctx.res.add_latency(f"add-{n}", add_p, add_r, f"{what} ADD", daemon=ctx.daemon_ms(since, "ADD", cids))
-        ctx.res.add_latency(f"del-{n}", del_p, del_r, f"{what} DEL", daemon=ctx.daemon_ms(since, "DEL", cids))
+        ctx.res.add_latency(f"add-{n}", run.add_p, run.add_r, f"{what} ADD",
+                            daemon=ctx.daemon_ms(run.since, "ADD", run.cids))
+        ctx.res.add_latency(f"del-{n}", run.del_p, run.del_r, f"{what} DEL",
+                            daemon=ctx.daemon_ms(run.since, "DEL", run.cids))
     ctx.verify_clean("add/del")
 
 
@@ -246,33 +263,14 @@ def sc_delegate(ctx: Ctx) -> None:
     of them, against the same N+1 reference execs made by the runtime itself."""
     cni = ctx.cni
     for n in DELEGATE_SIZES:
-        add_p: list[float] = []
-        add_r: list[float] = []
-        del_p: list[float] = []
-        del_r: list[float] = []
-        cids: set[str] = set()
-        since = 0
-        for i in range(ctx.warmup + ctx.runs):
-            if i == ctx.warmup:
-                since = ctx.node.log_offset()
-            pa, pb = cni.new_pod(), cni.new_pod()
-            try:
-                add = paired(i, partial(cni.delegating_add, pa, n), partial(cni.ref_chained_add, pb, n))
-                dele = paired(i, partial(cni.delegating_del, pa, n), partial(cni.ref_chained_del, pb, n))
-            finally:
-                cni.remove_pod(pa)
-                cni.remove_pod(pb)
-            if i >= ctx.warmup:
-                cids.add(pa.cid[:12])
-                add_p.append(add[0])
-                add_r.append(add[1])
-                del_p.append(dele[0])
-                del_r.append(dele[1])
-            ctx.progress(f"delegate-{n}", i, ctx.warmup + ctx.runs)
+        run = lifecycle(ctx, f"delegate-{n}", partial(cni.delegating_add, nads=n), partial(cni.ref_chained_add, nets=n),
+                        partial(cni.delegating_del, nads=n), partial(cni.ref_chained_del, nets=n))
         what = f"{n + 1} x bridge+host-local exec'd by the runtime (eth0 + {n})"
-        ctx.res.add_latency(f"add-delegate-{n}", add_p, add_r, f"{what} ADD", daemon=ctx.daemon_ms(since, "ADD", cids),
+        ctx.res.add_latency(f"add-delegate-{n}", run.add_p, run.add_r, f"{what} ADD",
+                            daemon=ctx.daemon_ms(run.since, "ADD", run.cids),
                             what=f"plexus ADD delegating the cluster network and {n} NADs")
-        ctx.res.add_latency(f"del-delegate-{n}", del_p, del_r, f"{what} DEL", daemon=ctx.daemon_ms(since, "DEL", cids),
+        ctx.res.add_latency(f"del-delegate-{n}", run.del_p, run.del_r, f"{what} DEL",
+                            daemon=ctx.daemon_ms(run.since, "DEL", run.cids),
                             what=f"plexus DEL of the cluster network and {n} NADs")
     ctx.verify_clean("delegate")
 
@@ -297,36 +295,13 @@ def sc_plexus_ipam(ctx: Ctx) -> None:
         "delegate-ipam": (cni.ref_chained_add, cni.ref_chained_del),
         "delegate-ipam-exec": (cni.ref_chained_add, cni.ref_chained_del),
     }
-    for name, (add_p_fn, del_p_fn, ref_what, what) in sides.items():
-        add_r_fn, del_r_fn = refs[name]
-        add_p: list[float] = []
-        add_r: list[float] = []
-        del_p: list[float] = []
-        del_r: list[float] = []
-        cids: set[str] = set()
-        since = 0
-        for i in range(ctx.warmup + ctx.runs):
-            if i == ctx.warmup:
-                since = ctx.node.log_offset()
-            pa, pb = cni.new_pod(), cni.new_pod()
-            try:
-                add = paired(i, partial(add_p_fn, pa), partial(add_r_fn, pb))
-                dele = paired(i, partial(del_p_fn, pa), partial(del_r_fn, pb))
-            finally:
-                cni.remove_pod(pa)
-                cni.remove_pod(pb)
-            if i >= ctx.warmup:
-                cids.add(pa.cid[:12])
-                add_p.append(add[0])
-                add_r.append(add[1])
-                del_p.append(dele[0])
-                del_r.append(dele[1])
-            ctx.progress(name, i, ctx.warmup + ctx.runs)
+    for name, (add_p, del_p, ref_what, what) in sides.items():
+        run = lifecycle(ctx, name, add_p, refs[name][0], del_p, refs[name][1])
         server = "IPAM" if name == "ipam" else "CNI"
-        ctx.res.add_latency(f"add-{name}", add_p, add_r, f"{ref_what} ADD", what=what,
-                            daemon=ctx.daemon_ms(since, "ADD", cids, server))
-        ctx.res.add_latency(f"del-{name}", del_p, del_r, f"{ref_what} DEL", what=what,
-                            daemon=ctx.daemon_ms(since, "DEL", cids, server))
+        ctx.res.add_latency(f"add-{name}", run.add_p, run.add_r, f"{ref_what} ADD", what=what,
+                            daemon=ctx.daemon_ms(run.since, "ADD", run.cids, server))
+        ctx.res.add_latency(f"del-{name}", run.del_p, run.del_r, f"{ref_what} DEL", what=what,
+                            daemon=ctx.daemon_ms(run.since, "DEL", run.cids, server))
     ctx.verify_clean("plexus-ipam")
 
 

@@ -23,8 +23,6 @@ from typing import Any, Protocol
 from cni.errors import (
     CniError,
     InterfaceFailure,
-    InvalidConfig,
-    InvalidEnvironment,
     PluginNotAvailable,
     PoolExhausted,
     TryAgainLater,
@@ -46,7 +44,7 @@ from ipamd.publish.render import network_status, networks_status
 from ipamd.sources.base import ObjectSource
 from ipamd.store.protocols import VerbStore
 from ipamd.store.records import AttachmentRecord, BuiltInterface, PodStatus, SegmentRecord
-from ipamd.verbs.call import VALID_ATTACHMENTS, CniCall, KeyedLocks
+from ipamd.verbs.call import CniCall, KeyedLocks, dispatch, valid_attachments
 from ipamd.verbs.networks import Networks, Wanted, parallel, readiness_file_present, with_lease
 from ipamd.verbs.pods import find_pod
 
@@ -113,13 +111,8 @@ class Attacher:
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="delegate")
 
     def handle(self, call: CniCall) -> dict[str, Any]:
-        verbs: dict[str, Callable[[CniCall], dict[str, Any]]] = {
-            "ADD": self.add, "DEL": self.delete, "CHECK": self.check, "GC": self.gc, "STATUS": self.status,
-        }
-        handler = verbs.get(call.verb)
-        if handler is None:
-            raise InvalidEnvironment(f"unknown CNI_COMMAND {call.verb!r}", "CNI_COMMAND")
-        return handler(call)
+        return dispatch(call, {"ADD": self.add, "DEL": self.delete, "CHECK": self.check, "GC": self.gc,
+                               "STATUS": self.status})
 
     # -- ADD ------------------------------------------------------------------------------------
     def add(self, call: CniCall) -> dict[str, Any]:
@@ -346,10 +339,7 @@ class Attacher:
 
     # -- GC and STATUS --------------------------------------------------------------------------
     def gc(self, call: CniCall) -> dict[str, Any]:
-        valid = call.config.get(VALID_ATTACHMENTS)
-        if not isinstance(valid, list):
-            raise InvalidConfig(f"GC needs {VALID_ATTACHMENTS} as a list", VALID_ATTACHMENTS)
-        keep = {(str(v.get("containerID")), str(v.get("ifname"))) for v in valid if isinstance(v, dict)}
+        keep = valid_attachments(call)
         errors = []
         for record in self.store.attachments():
             if record.network and record.network != call.network_name:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cni.errors import InvalidConfig
+from cni.errors import InvalidConfig, InvalidEnvironment
 from cni.version import CURRENT_VERSION
 
 VALID_ATTACHMENTS = "cni.dev/valid-attachments"  # GC's list of the attachments that are still valid
@@ -53,6 +53,25 @@ class CniCall:
     def key(self) -> tuple[str, str]:
         """The attachment this call is about, as the runtime keys it."""
         return self.container_id, self.ifname
+
+
+Handler = Callable[["CniCall"], dict[str, Any]]
+
+
+def dispatch(call: CniCall, handlers: Mapping[str, Handler]) -> dict[str, Any]:
+    """Run the handler of the call's verb (ADD, DEL, CHECK, GC, STATUS); an unknown verb is code 4."""
+    handler = handlers.get(call.verb)
+    if handler is None:
+        raise InvalidEnvironment(f"unknown CNI_COMMAND {call.verb!r}", "CNI_COMMAND")
+    return handler(call)
+
+
+def valid_attachments(call: CniCall) -> set[tuple[str, str]]:
+    """GC's ``cni.dev/valid-attachments``: the (container ID, ifname) pairs that are still in use."""
+    valid = call.config.get(VALID_ATTACHMENTS)
+    if not isinstance(valid, list):
+        raise InvalidConfig(f"GC needs {VALID_ATTACHMENTS} as a list", VALID_ATTACHMENTS)
+    return {(str(v.get("containerID")), str(v.get("ifname"))) for v in valid if isinstance(v, dict)}
 
 
 class KeyedLocks:

@@ -13,14 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from cni.errors import InvalidConfig, InvalidEnvironment, PluginNotAvailable, UnknownContainer
+from cni.errors import InvalidConfig, PluginNotAvailable, UnknownContainer
 from cni.types import Result
 from ipamd.ipam.delegated import AddressRequest, DelegatedAddresses, ipam_config_of
 from ipamd.model.npwg import NETWORKS_ANNOTATION, NetworkElement, parse_networks
 from ipamd.model.objects import Pod
 from ipamd.publish.base import LocalPublisher, Publisher
 from ipamd.sources.base import ObjectSource
-from ipamd.verbs.call import VALID_ATTACHMENTS, CniCall
+from ipamd.verbs.call import CniCall, dispatch, valid_attachments
 from ipamd.verbs.pods import find_pod
 
 
@@ -59,13 +59,8 @@ class IpamPlugin:
         self.publisher = publisher or LocalPublisher()  # an IPAMClaim's status
 
     def handle(self, call: CniCall) -> dict[str, Any]:
-        verbs: dict[str, Callable[[CniCall], dict[str, Any]]] = {
-            "ADD": self.add, "DEL": self.delete, "CHECK": self.check, "GC": self.gc, "STATUS": self.status,
-        }
-        handler = verbs.get(call.verb)
-        if handler is None:
-            raise InvalidEnvironment(f"unknown CNI_COMMAND {call.verb!r}", "CNI_COMMAND")
-        return handler(call)
+        return dispatch(call, {"ADD": self.add, "DEL": self.delete, "CHECK": self.check, "GC": self.gc,
+                               "STATUS": self.status})
 
     def _pod(self, call: CniCall) -> Pod | None:
         """The pod CNI_ARGS names, if the source knows it (cnitool names none; that is fine for an IPAM call)."""
@@ -109,11 +104,7 @@ class IpamPlugin:
         return {}
 
     def gc(self, call: CniCall) -> dict[str, Any]:
-        valid = call.config.get(VALID_ATTACHMENTS)
-        if not isinstance(valid, list):
-            raise InvalidConfig(f"GC needs {VALID_ATTACHMENTS} as a list", VALID_ATTACHMENTS)
-        keep = {(str(v.get("containerID")), str(v.get("ifname"))) for v in valid if isinstance(v, dict)}
-        self.addresses.gc(call.network_name, keep)
+        self.addresses.gc(call.network_name, valid_attachments(call))
         return {}
 
     def status(self, call: CniCall) -> dict[str, Any]:
