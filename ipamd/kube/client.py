@@ -1,4 +1,9 @@
-"""An API client for Kubernetes mode: from a kubeconfig, or from the pod's service account."""
+"""An API client for Kubernetes mode: from a kubeconfig, or from the pod's service account.
+
+Every request has a deadline (``REQUEST_TIMEOUT``, connect and read) unless its caller gives its own: an API
+server that accepts connections but never answers must not hold an ADD, a reconcile round or a shutdown
+for ever. Watches give their own, longer than the server-side timeout they ask for (``ipamd.kube.informer``).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,21 @@ from typing import Any
 
 from kubernetes import client, config
 
+REQUEST_TIMEOUT = (3.0, 10.0)  # seconds: (connect, read)
 
-def kube_api(kubeconfig: str) -> Any:
+
+class TimedApiClient(client.ApiClient):
+    """``client.ApiClient`` whose requests time out by default."""
+
+    timeout: tuple[float, float] = REQUEST_TIMEOUT
+
+    def call_api(self, method: Any, url: Any, header_params: Any = None, body: Any = None, post_params: Any = None,
+                 _request_timeout: Any = None) -> Any:
+        return super().call_api(method, url, header_params, body, post_params,
+                                _request_timeout=self.timeout if _request_timeout is None else _request_timeout)
+
+
+def kube_api(kubeconfig: str, timeout: tuple[float, float] = REQUEST_TIMEOUT) -> Any:
     """An API client from a kubeconfig, or from the pod's service account ("in-cluster")."""
     configuration = client.Configuration()
     if kubeconfig == "in-cluster":
@@ -15,4 +33,6 @@ def kube_api(kubeconfig: str) -> Any:
     else:
         config.load_kube_config(config_file=kubeconfig,  # type: ignore[no-untyped-call]
                                 client_configuration=configuration)
-    return client.ApiClient(configuration)
+    api = TimedApiClient(configuration)
+    api.timeout = timeout
+    return api

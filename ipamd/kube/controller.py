@@ -256,6 +256,9 @@ class Controller:
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(10)  # no round may renew the Lease after it is handed back
-        if self.leading:
+            self._thread.join(10)
+            if self._thread.is_alive():  # stuck on a hung API server: a round could still renew the Lease
+                log.warning("the controller round did not end: the Lease is left to expire")
+                return
+        if self.leading:  # no round may renew the Lease after it is handed back
             self.elector.release()

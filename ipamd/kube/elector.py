@@ -12,10 +12,12 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from ipamd.kube.errors import reason_of
 from ipamd.model.timefmt import rfc3339_micro
 
 log = logging.getLogger(__name__)
 LEASE_NAME = "plexus-controller"
+RELEASE_TIMEOUT = (2.0, 3.0)  # a stopping replica has its grace period; the hand-back is a courtesy
 
 
 class LeaderElector:
@@ -67,13 +69,14 @@ class LeaderElector:
         """Hand the Lease back when stopping (as client-go's ReleaseOnCancel): the standby takes over at
         its next try instead of after the lease duration."""
         try:
-            lease: Any = self.coord.read_namespaced_lease(LEASE_NAME, self.namespace)
+            lease: Any = self.coord.read_namespaced_lease(LEASE_NAME, self.namespace, _request_timeout=RELEASE_TIMEOUT)
             if lease.spec.holder_identity != self.identity:
                 return
             lease.spec.holder_identity = ""
             lease.spec.lease_duration_seconds = 1
             lease.spec.renew_time = datetime.now(UTC)
-            self.coord.replace_namespaced_lease(LEASE_NAME, self.namespace, lease)
+            self.coord.replace_namespaced_lease(LEASE_NAME, self.namespace, lease, _request_timeout=RELEASE_TIMEOUT)
             log.info("handed the controller Lease back")
-        except ApiException as exc:
-            log.warning("handing the controller Lease back: %s", exc.reason)
+        except Exception as exc:  # unreachable, hung, refused: the standby takes over when the Lease expires
+            log.warning("could not hand the controller Lease back (the standby takes over in %d s): %s",
+                        self.duration_s, reason_of(exc))

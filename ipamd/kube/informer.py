@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 ListFn = Callable[..., Any]
 ABSENT_RECHECK_S = 30.0
+WATCH_TIMEOUT_S = 30  # the server ends a watch after this; the client's read deadline is a little longer
+WATCH_REQUEST_TIMEOUT = (3.0, WATCH_TIMEOUT_S + 15.0)
+LIST_REQUEST_TIMEOUT = (3.0, 60.0)  # a first list of a large cluster may take a while
 
 
 def plain_lister(fn: Callable[..., Any], *args: Any) -> ListFn:
@@ -65,7 +68,7 @@ class Informer:
         return obj
 
     def _list(self) -> str:
-        resp = self._list_fn(_preload_content=False, **self._kwargs)
+        resp = self._list_fn(_preload_content=False, _request_timeout=LIST_REQUEST_TIMEOUT, **self._kwargs)
         data = json.loads(resp.data)
         items = {self._key(o): self._normalise(o) for o in data.get("items") or []}
         with self._lock:
@@ -114,7 +117,8 @@ class Informer:
         """Watch from ``rv`` until the server ends the stream; the last version seen, or "" on 410."""
         self._watch = watch.Watch()  # type: ignore[no-untyped-call]
         events = self._watch.stream(  # type: ignore[no-untyped-call]
-            self._list_fn, resource_version=rv, timeout_seconds=30, allow_watch_bookmarks=True, **self._kwargs)
+            self._list_fn, resource_version=rv, timeout_seconds=WATCH_TIMEOUT_S, allow_watch_bookmarks=True,
+            _request_timeout=WATCH_REQUEST_TIMEOUT, **self._kwargs)
         for event in events:
             if self._stop.is_set():
                 break
