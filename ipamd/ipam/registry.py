@@ -6,7 +6,7 @@ created only if absent, so two nodes can never hold the same address (``ipamd.ku
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Container
 from typing import Protocol
 
 from ipamd.store.protocols import LeaseStore
@@ -16,7 +16,7 @@ from ipamd.store.records import LeaseRecord
 class LeaseRegistry(Protocol):
     """The leases beyond this node: what others hold, and claiming, orphaning and releasing ours."""
 
-    def taken_elsewhere(self, pool: str) -> Collection[int]: ...
+    def taken_elsewhere(self, pool: str) -> Container[int]: ...  # asked ``ip in``, never listed
 
     def held_by(self, holder: str, pool: str) -> int | None: ...  # the IP another node leased to it
 
@@ -33,7 +33,7 @@ class LeaseRegistry(Protocol):
 
 
 class NodeLocalRegistry:
-    def taken_elsewhere(self, pool: str) -> Collection[int]:
+    def taken_elsewhere(self, pool: str) -> Container[int]:
         return ()
 
     def held_by(self, holder: str, pool: str) -> int | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
 from kubernetes import watch
@@ -19,6 +19,8 @@ from kubernetes.client.exceptions import ApiException
 log = logging.getLogger(__name__)
 
 ListFn = Callable[..., Any]
+#: An index of an informer's cache: the keys an object is found under (client-go's IndexFunc).
+IndexFn = Callable[[dict[str, Any]], Iterable[Hashable]]
 ABSENT_RECHECK_S = 30.0
 WATCH_TIMEOUT_S = 30  # the server ends a watch after this; the client's read deadline is a little longer
 WATCH_REQUEST_TIMEOUT = (3.0, WATCH_TIMEOUT_S + 15.0)
@@ -36,7 +38,8 @@ def plain_lister(fn: Callable[..., Any], *args: Any) -> ListFn:
 
 class Informer:
     def __init__(self, name: str, list_fn: ListFn, kind: str, api_version: str,
-                 on_change: Callable[[], None], **list_kwargs: Any) -> None:
+                 on_change: Callable[[], None], indexers: Mapping[str, IndexFn] | None = None,
+                 **list_kwargs: Any) -> None:
         self.name = name
         self._list_fn = list_fn
         self._kwargs = list_kwargs
@@ -44,6 +47,9 @@ class Informer:
         self.api_version = api_version
         self._on_change = on_change
         self._cache: dict[tuple[str, str], dict[str, Any]] = {}
+        self._indexers = dict(indexers or {})
+        # index name -> index key -> the cache keys of the objects found under it, kept in step with the cache
+        self._indexes: dict[str, dict[Hashable, set[tuple[str, str]]]] = {n: {} for n in self._indexers}
         self._lock = threading.Lock()
         self.synced = threading.Event()
         self._stop = threading.Event()
@@ -57,6 +63,31 @@ class Informer:
     def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:
             return self._cache.get((namespace, name))
+
+    def by_index(self, index: str, key: Hashable) -> list[dict[str, Any]]:
+        """The cached objects found under ``key`` of ``index``: O(their number), not O(the cache)."""
+        with self._lock:
+            return [self._cache[k] for k in self._indexes[index].get(key, ())]
+
+    def indexed(self, index: str, key: Hashable) -> bool:
+        with self._lock:
+            return bool(self._indexes[index].get(key))
+
+    def _unindex(self, key: tuple[str, str], obj: dict[str, Any] | None) -> None:
+        if obj is None:
+            return
+        for name, fn in self._indexers.items():
+            for value in fn(obj):
+                keys = self._indexes[name].get(value)
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del self._indexes[name][value]
+
+    def _index(self, key: tuple[str, str], obj: dict[str, Any]) -> None:
+        for name, fn in self._indexers.items():
+            for value in fn(obj):
+                self._indexes[name].setdefault(value, set()).add(key)
 
     def _key(self, obj: dict[str, Any]) -> tuple[str, str]:
         md = obj.get("metadata") or {}
@@ -73,6 +104,9 @@ class Informer:
         items = {self._key(o): self._normalise(o) for o in data.get("items") or []}
         with self._lock:
             self._cache = items
+            self._indexes = {n: {} for n in self._indexers}
+            for key, obj in items.items():
+                self._index(key, obj)
         self.relists += 1
         self.synced.set()
         self._on_change()
@@ -85,6 +119,7 @@ class Informer:
             log.info("%s: the API does not serve it (no CRD?); it counts as empty until it does", self.name)
         with self._lock:
             self._cache = {}
+            self._indexes = {n: {} for n in self._indexers}
         self.synced.set()
         self._on_change()
 
@@ -130,14 +165,18 @@ class Informer:
             rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
             if kind == "BOOKMARK":
                 continue
-            key = self._key(obj)
-            with self._lock:
-                if kind == "DELETED":
-                    self._cache.pop(key, None)
-                else:
-                    self._cache[key] = self._normalise(obj)
-            self._on_change()
+            self.apply(str(kind), obj)
         return rv
+
+    def apply(self, event: str, obj: dict[str, Any]) -> None:
+        """One watch event (ADDED, MODIFIED, DELETED) into the cache and its indexes."""
+        key = self._key(obj)
+        with self._lock:
+            self._unindex(key, self._cache.pop(key, None))
+            if event != "DELETED":
+                self._cache[key] = self._normalise(obj)
+                self._index(key, obj)
+        self._on_change()
 
     def start(self) -> None:
         threading.Thread(target=self.run, name=f"informer-{self.name}", daemon=True).start()

@@ -11,21 +11,59 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Collection
-from typing import Any
+from collections.abc import Callable, Container, Hashable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from ipamd.ipam.allocator import to_int
 from ipamd.kube.errors import api_unavailable_is_11, status_of
 from ipamd.kube.resources import RESOURCES
-from ipamd.kube.source import KubernetesSource
 from ipamd.model.objects import GROUP
 from ipamd.model.timefmt import parse_rfc3339, rfc3339
 from ipamd.store.protocols import LeaseStore
 from ipamd.store.records import LeaseRecord
 
+if TYPE_CHECKING:  # the source builds its informers with LEASE_INDEXERS below
+    from ipamd.kube.source import KubernetesSource
+
 log = logging.getLogger(__name__)
 KIND = "IPAddressLease"
 NODE_LABEL = f"{GROUP}/node"
+
+
+def _spec(obj: dict[str, Any]) -> dict[str, Any]:
+    spec = obj.get("spec")
+    return spec if isinstance(spec, dict) else {}
+
+
+def _by_address(obj: dict[str, Any]) -> Iterable[Hashable]:
+    spec = _spec(obj)
+    return [(str(spec["pool"]), to_int(str(spec["ip"])))] if spec.get("pool") and spec.get("ip") else []
+
+
+def _by_holder(obj: dict[str, Any]) -> Iterable[Hashable]:
+    spec = _spec(obj)
+    return [(str(spec["holder"]), str(spec.get("pool", "")))] if spec.get("holder") else []
+
+
+def _by_node(obj: dict[str, Any]) -> Iterable[Hashable]:
+    node = ((obj.get("metadata") or {}).get("labels") or {}).get(NODE_LABEL)
+    return [node] if node else []
+
+
+#: The lease informer's indexes: an allocation asks "is (pool, IP) taken?" and "what does this holder have?"
+#: in O(1), instead of scanning every lease of the cluster each time.
+LEASE_INDEXERS: dict[str, Callable[[dict[str, Any]], Iterable[Hashable]]] = {
+    "address": _by_address, "holder": _by_holder, "node": _by_node}
+
+
+class _TakenIn:
+    """The addresses of one pool that lease objects hold, as a container the allocator asks ``ip in``."""
+
+    def __init__(self, source: KubernetesSource, pool: str) -> None:
+        self.source, self.pool = source, pool
+
+    def __contains__(self, ip: object) -> bool:
+        return self.source.indexed(KIND, "address", (self.pool, ip))
 
 
 def lease_name(pool: str, address: str) -> str:
@@ -49,24 +87,21 @@ class KubeLeaseRegistry:
         self.source = source
         self.node_name = node_name
 
-    def _specs(self) -> list[dict[str, Any]]:
-        return [item.get("spec") or {} for item in self.source.items(KIND)]
-
-    def taken_elsewhere(self, pool: str) -> Collection[int]:
-        return {to_int(str(spec["ip"])) for spec in self._specs() if spec.get("pool") == pool and spec.get("ip")}
+    def taken_elsewhere(self, pool: str) -> Container[int]:
+        return _TakenIn(self.source, pool)
 
     def held_by(self, holder: str, pool: str) -> int | None:
-        for spec in self._specs():
-            if spec.get("holder") == holder and spec.get("pool") == pool and spec.get("ip"):
-                return to_int(str(spec["ip"]))
+        for item in self.source.by_index(KIND, "holder", (holder, pool)):
+            if _spec(item).get("ip"):
+                return to_int(str(_spec(item)["ip"]))
         return None
 
     def stray(self, store: LeaseStore, older_than: float) -> list[LeaseRecord]:
         """Delete this node's lease objects that the store does not hold (see the reconciler)."""
         out = []
-        for item in self.source.items(KIND):
+        for item in self.source.by_index(KIND, "node", self.node_name):
             md, spec = item.get("metadata") or {}, item.get("spec") or {}
-            if (md.get("labels") or {}).get(NODE_LABEL) != self.node_name or not spec.get("holder"):
+            if not spec.get("holder"):
                 continue
             created = str(md.get("creationTimestamp") or "")
             if not created or parse_rfc3339(created) > older_than:

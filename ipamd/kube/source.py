@@ -12,13 +12,15 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
 from kubernetes import client
 
 from ipamd.kube.errors import api_unavailable_is_11, status_of
-from ipamd.kube.informer import Informer, plain_lister
+from ipamd.kube.informer import IndexFn, Informer, plain_lister
+from ipamd.kube.leases import KIND as LEASE_KIND
+from ipamd.kube.leases import LEASE_INDEXERS
 from ipamd.kube.resources import RESOURCES, SERVED_KINDS, CustomObjects
 from ipamd.model.objects import POD, ApiObject, Kind, ManifestInvalid, Pod, parse_as, parse_object
 from ipamd.sources.base import Problem
@@ -27,6 +29,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 #: Kinds watched for the node's and the controller's own bookkeeping, kept as the API gives them.
 TRACKED_KINDS = ("IPAddressLease", "NodeNetworkInterfaceAttachment")
+#: Indexes of tracked kinds' caches (see ``Informer.by_index``).
+TRACKED_INDEXERS: dict[str, dict[str, IndexFn]] = {LEASE_KIND: LEASE_INDEXERS}
 
 
 class KubernetesSource:
@@ -45,7 +49,7 @@ class KubernetesSource:
         self.kinds = kinds
         for kind in (*kinds, *TRACKED_KINDS):
             self.informers[kind] = Informer(kind, self.objects.lister(kind), kind, RESOURCES[kind].api_version,
-                                            self._notify)
+                                            self._notify, TRACKED_INDEXERS.get(kind))
         if node_name:  # the controller alone needs no pods
             self.informers[POD.name] = Informer(POD.name, plain_lister(self.core.list_pod_for_all_namespaces), POD.name,
                                                 "v1", self._notify, field_selector=f"spec.nodeName={node_name}")
@@ -141,3 +145,10 @@ class KubernetesSource:
     def items(self, kind: str) -> builtins.list[dict[str, Any]]:
         """The raw objects of a tracked kind (``TRACKED_KINDS``) in the informer's cache."""
         return self.informers[kind].items()
+
+    def by_index(self, kind: str, index: str, key: Hashable) -> builtins.list[dict[str, Any]]:
+        """The raw objects of a tracked kind found under ``key`` of one of its indexes (``TRACKED_INDEXERS``)."""
+        return self.informers[kind].by_index(index, key)
+
+    def indexed(self, kind: str, index: str, key: Hashable) -> bool:
+        return self.informers[kind].indexed(index, key)

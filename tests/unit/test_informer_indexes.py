@@ -1,0 +1,64 @@
+"""The informer's indexes stay in step with its cache through a list and every kind of watch event, so the
+lease registry answers "is (pool, IP) taken?" and "what does this holder have?" without scanning the cluster."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ipamd.ipam.allocator import to_int
+from ipamd.kube.informer import Informer
+from ipamd.kube.leases import KIND, LEASE_INDEXERS, NODE_LABEL, KubeLeaseRegistry
+
+
+def lease(ip: str, holder: str | None, pool: str = "IPAddressPool/ns/p", node: str = "n1") -> dict[str, Any]:
+    return {"metadata": {"name": f"ip-{ip}", "labels": {NODE_LABEL: node}},
+            "spec": {"pool": pool, "ip": ip, "holder": holder}}
+
+
+class Listed:
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self.data = json.dumps({"metadata": {"resourceVersion": "1"}, "items": items}).encode()
+
+
+def informer(*items: dict[str, Any]) -> Informer:
+    inf = Informer(KIND, lambda **kw: Listed(list(items)), KIND, "v1", lambda: None, LEASE_INDEXERS)
+    inf._list()
+    return inf
+
+
+class Source:
+    """The two lookups the registry makes, over one informer."""
+
+    def __init__(self, inf: Informer) -> None:
+        self.inf, self.objects = inf, None
+
+    def by_index(self, kind: str, index: str, key: Any) -> list[dict[str, Any]]:
+        return self.inf.by_index(index, key)
+
+    def indexed(self, kind: str, index: str, key: Any) -> bool:
+        return self.inf.indexed(index, key)
+
+
+def test_indexes_follow_list_and_watch_events() -> None:
+    inf = informer(lease("198.18.0.1", "IPAddress/ns/a"), lease("198.18.0.2", "IPAddress/ns/b", node="n2"))
+    registry = KubeLeaseRegistry(Source(inf), "n1")  # type: ignore[arg-type]
+    taken = registry.taken_elsewhere("IPAddressPool/ns/p")
+    assert to_int("198.18.0.1") in taken and to_int("198.18.0.3") not in taken
+    assert to_int("198.18.0.1") not in registry.taken_elsewhere("IPAddressPool/ns/other")
+    assert registry.held_by("IPAddress/ns/b", "IPAddressPool/ns/p") == to_int("198.18.0.2")
+    assert [o["spec"]["ip"] for o in inf.by_index("node", "n1")] == ["198.18.0.1"]
+
+    inf.apply("MODIFIED", lease("198.18.0.2", None, node="n2"))  # orphaned: holder dropped
+    assert registry.held_by("IPAddress/ns/b", "IPAddressPool/ns/p") is None
+    assert to_int("198.18.0.2") in taken, "an orphaned lease still takes its address"
+    inf.apply("ADDED", lease("198.18.0.3", "IPAddress/ns/c"))
+    assert to_int("198.18.0.3") in taken
+    inf.apply("DELETED", lease("198.18.0.1", "IPAddress/ns/a"))
+    assert to_int("198.18.0.1") not in taken and registry.held_by("IPAddress/ns/a", "IPAddressPool/ns/p") is None
+    assert sorted(o["spec"]["ip"] for o in inf.by_index("node", "n1")) == ["198.18.0.3"]
+
+    inf._list_fn = lambda **kw: Listed([lease("198.18.0.9", "IPAddress/ns/z")])  # a relist: everything anew
+    inf._list()
+    assert to_int("198.18.0.3") not in taken and to_int("198.18.0.9") in taken
+    assert inf._indexes["holder"] == {("IPAddress/ns/z", "IPAddressPool/ns/p"): {("", "ip-198.18.0.9")}}
