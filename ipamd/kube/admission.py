@@ -7,18 +7,31 @@ anyway, but only later and only in its log or at a pod's ADD. The validating web
 same parsers (``parse_object``, ``parse_networks_spec``) when the object is written, so what the
 daemon would refuse never gets stored, and the user reads why in the ``kubectl`` error.
 
-Pure: an AdmissionReview in, an AdmissionReview out.
+It also refuses what only the cluster's state can show: a pool change that would leave a leased address
+outside every network of the pool (its holder would keep an address the pool no longer has); the leases
+come from the controller's informer (``leased``).
+
+Pure: an AdmissionReview (and the leases of a pool) in, an AdmissionReview out.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from cni.errors import AnnotationInvalid
+from ipamd.ipam.allocator import subnet_for, to_int
 from ipamd.model.annotations import parse_networks_spec
 from ipamd.model.npwg import NETWORKS_ANNOTATION, parse_networks
-from ipamd.model.objects import KINDS, POD, SPEC_ANNOTATION, ManifestInvalid, parse_object
+from ipamd.model.objects import KINDS, POD, POOL_KINDS, SPEC_ANNOTATION, AddressPool, ManifestInvalid, parse_object
+
+#: The addresses leased from a pool (by its key), held by somebody: what a pool change must keep.
+Leased = Callable[[str], Iterable[str]]
+
+
+def _nothing_leased(pool: str) -> Iterable[str]:
+    return ()
 
 REVIEW_VERSION = "admission.k8s.io/v1"
 
@@ -61,18 +74,28 @@ def _pod_problem(obj: dict[str, Any], namespace: str) -> str:
     return ""
 
 
-def problem_of(kind: str, obj: dict[str, Any], namespace: str = "") -> str:
-    """Why the daemon would refuse this object, or "" when it would serve it."""
+def _orphaned(pool: AddressPool, leased: Leased) -> str:
+    """The leased addresses that no network of ``pool`` holds any more, in words ("" when none)."""
+    outside = sorted((a for a in leased(pool.meta.key) if subnet_for(pool, to_int(a)) is None), key=to_int)
+    if not outside:
+        return ""
+    shown = ", ".join(outside[:5]) + (f" and {len(outside) - 5} more" if len(outside) > 5 else "")
+    return (f"{pool.meta.display}: spec.pools: {len(outside)} leased address(es) would lie outside every network "
+            f"of the pool: {shown}; keep their network, or release them first (plexusctl ipam release)")
+
+
+def problem_of(kind: str, obj: dict[str, Any], namespace: str = "", leased: Leased = _nothing_leased) -> str:
+    """Why the daemon would refuse this object (or a pool change its leases forbid), or "" when none."""
     if kind == POD.name:
         return _pod_problem(obj, namespace or str((obj.get("metadata") or {}).get("namespace") or "default"))
     try:
-        parse_object(obj)
+        parsed = parse_object(obj)
     except ManifestInvalid as exc:
         return str(exc)
-    return ""
+    return _orphaned(parsed, leased) if kind in POOL_KINDS and isinstance(parsed, AddressPool) else ""
 
 
-def review(doc: Any) -> dict[str, Any]:
+def review(doc: Any, leased: Leased = _nothing_leased) -> dict[str, Any]:
     """Answer one AdmissionReview (``admission.k8s.io/v1``)."""
     if not isinstance(doc, dict) or doc.get("kind") != "AdmissionReview" or not isinstance(doc.get("request"), dict):
         raise ReviewInvalid("not an AdmissionReview with a request")
@@ -92,7 +115,7 @@ def review(doc: Any) -> dict[str, Any]:
         doc = _named(obj, request)
         doc.setdefault("apiVersion", served.api_version)
         doc.setdefault("kind", served.name)
-        problem = problem_of(served.name, doc)
+        problem = problem_of(served.name, doc, leased=leased)
     else:
         return _response(uid, True)  # not ours: a misrouted rule must not block anything
     return _response(uid, not problem, problem)

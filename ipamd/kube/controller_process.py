@@ -17,6 +17,7 @@ from typing import Any
 from ipamd.kube.certs import TlsBundle, ensure_secret, publish_ca
 from ipamd.kube.controller import Controller
 from ipamd.kube.errors import reason_of
+from ipamd.kube.leases import held_in
 from ipamd.kube.resources import DECKHOUSE_KINDS
 from ipamd.kube.source import KubernetesSource
 from ipamd.kube.webhook import WebhookServer
@@ -117,7 +118,8 @@ class ControllerProcess:
             self._refresh_certificate()
             found = self._publish_ca(found=True)
             assert self._bundle is not None
-            self.webhook = WebhookServer((self.webhook_cfg.address, self.webhook_cfg.port), self._bundle)
+            self.webhook = WebhookServer((self.webhook_cfg.address, self.webhook_cfg.port), self._bundle,
+                                         lambda pool: held_in(self.source, pool))
             threading.Thread(target=self.webhook.serve_forever, name="webhook", daemon=True).start()
             threading.Thread(target=self._certificate_loop, args=(found,), name="webhook-certificate",
                              daemon=True).start()

@@ -45,6 +45,11 @@ def _by_holder(obj: dict[str, Any]) -> Iterable[Hashable]:
     return [(str(spec["holder"]), str(spec.get("pool", "")))] if spec.get("holder") else []
 
 
+def _by_pool(obj: dict[str, Any]) -> Iterable[Hashable]:
+    spec = _spec(obj)
+    return [str(spec["pool"])] if spec.get("pool") else []
+
+
 def _by_node(obj: dict[str, Any]) -> Iterable[Hashable]:
     node = ((obj.get("metadata") or {}).get("labels") or {}).get(NODE_LABEL)
     return [node] if node else []
@@ -53,7 +58,12 @@ def _by_node(obj: dict[str, Any]) -> Iterable[Hashable]:
 #: The lease informer's indexes: an allocation asks "is (pool, IP) taken?" and "what does this holder have?"
 #: in O(1), instead of scanning every lease of the cluster each time.
 LEASE_INDEXERS: dict[str, Callable[[dict[str, Any]], Iterable[Hashable]]] = {
-    "address": _by_address, "holder": _by_holder, "node": _by_node}
+    "address": _by_address, "holder": _by_holder, "pool": _by_pool, "node": _by_node}
+
+
+def held_in(source: KubernetesSource, pool: str) -> list[str]:
+    """The addresses of ``pool`` that lease objects hold for somebody (quarantined ones are not held)."""
+    return [str(_spec(o)["ip"]) for o in source.by_index(KIND, "pool", pool) if _spec(o).get("holder")]
 
 
 class _TakenIn:

@@ -182,3 +182,27 @@ def test_a_pod_with_a_bad_npwg_annotation_is_refused(webhook: Cluster) -> None:
     bad["metadata"]["annotations"] = {"k8s.v1.cni.cncf.io/networks": "a/b/c"}
     code, err = apply(webhook, bad)
     assert code != 0 and "k8s.v1.cni.cncf.io/networks[0]" in err, err
+
+
+@pytest.mark.netns
+def test_a_pool_change_that_would_orphan_a_leased_address_is_refused(webhook: Cluster) -> None:
+    held = pool("held", [])
+    assert apply(webhook, held)[0] == 0
+    lease = {"apiVersion": f"{GROUP}/v1alpha1", "kind": "IPAddressLease", "metadata": {"name": "webhook-held-200"},
+             "spec": {"pool": f"IPAddressPool/{TEST_NS}/held", "ip": "198.18.90.200", "network": "198.18.90.0/24",
+                      "holder": f"IPAddress/{TEST_NS}/someone", "ttl": "60s"}}
+    webhook.apply([lease])
+    moved = pool("held", [])
+    moved["spec"]["pools"][0]["network"] = "198.18.90.0/25"
+    try:
+        def refused() -> str:  # once the controller's lease informer has it
+            code, err = apply(webhook, moved)
+            return err if code != 0 else ""
+
+        err = wait_for(refused, timeout=30, step=1)
+        assert "1 leased address(es) would lie outside every network of the pool: 198.18.90.200" in err, err
+        assert webhook.get("ipaddresspool", "-n", TEST_NS, "held")["spec"]["pools"][0]["network"] == "198.18.90.0/24"
+        narrowed = pool("held", ["198.18.90.10-198.18.90.20"])  # the subnet still holds it: allowed (flagged)
+        assert apply(webhook, narrowed)[0] == 0
+    finally:
+        webhook.kubectl("delete", "ipaddresslease", "webhook-held-200", check=False)

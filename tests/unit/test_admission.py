@@ -55,6 +55,19 @@ def test_a_pool_range_outside_its_network_is_refused_naming_the_field() -> None:
     assert "spec.pools[0].ranges[0]" in msg and "outside 198.18.0.0/24" in msg and "ns/p" in msg
 
 
+def test_a_pool_change_that_would_orphan_leased_addresses_is_refused_naming_them() -> None:
+    leased = {"IPAddressPool/ns/p": ["198.18.0.7", "198.18.0.200"]}
+    moved = pool([])
+    moved["spec"]["pools"][0]["network"] = "198.18.0.0/25"  # .200 falls out; .7 stays
+    got = review(request("IPAddressPool", moved, "UPDATE"), lambda key: leased.get(key, []))["response"]
+    assert not got["allowed"]
+    assert "1 leased address(es)" in got["status"]["message"] and "198.18.0.200" in got["status"]["message"]
+    assert "198.18.0.7" not in got["status"]["message"]
+    narrowed = pool(["198.18.0.10-198.18.0.20"])  # ranges shrink: the subnet still holds both (flagged, kept)
+    assert review(request("IPAddressPool", narrowed, "UPDATE"), lambda key: leased.get(key, []))["response"]["allowed"]
+    assert review(request("IPAddressPool", moved, "UPDATE"))["response"]["allowed"], "nothing leased: anything goes"
+
+
 def test_a_good_pool_is_allowed_also_without_namespace_in_the_object() -> None:
     resp = answer(request("IPAddressPool", pool(["198.18.0.10-198.18.0.20"])))
     assert resp == {"uid": "u-1", "allowed": True}
