@@ -94,7 +94,8 @@ POOL_SPEC = obj({
 for kind, plural, scope, short in (("IPAddressPool", "ipaddresspools", "Namespaced", ["ipp"]),
                                    ("ClusterIPAddressPool", "clusteripaddresspools", "Cluster", ["cipp"])):
     SPECS[kind] = {"scope": scope, "plural": plural, "short": short, "spec": POOL_SPEC,
-                   "columns": [("TTL", ".spec.leaseTTL", "string")]}
+                   "columns": [("TTL", ".spec.leaseTTL", "string"), ("USED", ".status.used", "integer"),
+                               ("QUARANTINED", ".status.quarantined", "integer"), ("FREE", ".status.free", "integer")]}
 IP_COLUMNS = [("TYPE", ".spec.type", "string"), ("KIND", ".spec.networkRef.kind", "string"),
               ("NAME", ".spec.networkRef.name", "string"), ("ADDRESS", ".status.address", "string"),
               ("NETWORK", ".status.network", "string"), ("PHASE", ".status.phase", "string")]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kubernetes import client
+from prometheus_client import Gauge
 
 from ipamd.ipam.allocator import pick_free, to_int, to_text
 from ipamd.kube.elector import LeaderElector
@@ -34,6 +35,7 @@ from ipamd.model.objects import (
     CLUSTER_NETWORK,
     IP_ADDRESS_KINDS,
     NETWORK,
+    POOL_KINDS,
     AddressPool,
     ClusterNetwork,
     IPAddressObject,
@@ -69,6 +71,28 @@ class ClusterSource(ObjectSource, Protocol):
     def objects(self) -> ObjectWrites: ...
 
     def items(self, kind: str) -> list[dict[str, Any]]: ...
+
+    def by_index(self, kind: str, index: str, key: Any) -> list[dict[str, Any]]: ...
+
+
+POOL_ADDRESSES = Gauge("plexus_pool_addresses", "Addresses of a pool, by state: used (leased to a holder), "
+                       "quarantined (released, waiting out leaseTTL), free", ["pool", "state"])
+
+
+@dataclass(frozen=True, slots=True)
+class PoolUsage:
+    """A pool's addresses by state, as its status and the gauges show them."""
+
+    size: int
+    used: int
+    quarantined: int
+
+    @property
+    def free(self) -> int:
+        return max(self.size - self.used - self.quarantined, 0)
+
+    def render(self) -> dict[str, int]:
+        return {"size": self.size, "used": self.used, "quarantined": self.quarantined, "free": self.free}
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +136,8 @@ class Controller:
         self._wake = threading.Event()
         # what was last written per Network (its UID, generation and segment status): written again on a change
         self._written: dict[str, tuple[str, int, SegmentStatus]] = {}
+        self._usage: dict[str, tuple[str, PoolUsage]] = {}  # per pool: its UID and the usage last written
+        self._gauged: set[str] = set()  # pools with gauges
         self._thread: threading.Thread | None = None
         source.subscribe(self._wake.set)
 
@@ -169,6 +195,34 @@ class Controller:
             log.info("%s: %s %s%s", net.meta.display, status.kind.id_label or "untagged", status.ident or "-",
                      f" ({status.problem})" if status.problem else "")
         self._written[net.meta.key] = written
+
+    # -- pools --------------------------------------------------------------------------------------------
+    def pool_usage(self) -> None:
+        """Every pool's addresses by state (from the lease informer's pool index), in its status when they
+        change and in the ``plexus_pool_addresses`` gauges."""
+        seen = set()
+        for kind in POOL_KINDS.values():
+            for pool in self.source.list(kind):
+                key = pool.meta.key
+                seen.add(key)
+                leases = self.source.by_index(LEASE_KIND, "pool", key)
+                used = sum(1 for item in leases if (item.get("spec") or {}).get("holder"))
+                usage = PoolUsage(pool.size, used, len(leases) - used)
+                for state, n in (("used", usage.used), ("quarantined", usage.quarantined), ("free", usage.free)):
+                    POOL_ADDRESSES.labels(key, state).set(n)
+                self._gauged.add(key)
+                if self._usage.get(key) == (pool.meta.uid, usage):
+                    continue
+                try:
+                    self.objects.patch_status(pool.meta.kind, pool.meta.name, usage.render(), pool.meta.namespace)
+                    self._usage[key] = (pool.meta.uid, usage)
+                except Exception as exc:
+                    log.warning("status of %s: %s", pool.meta.display, reason_of(exc))
+        for key in self._gauged - seen:  # a pool deleted: its gauges go with it
+            self._gauged.discard(key)
+            self._usage.pop(key, None)
+            for state in ("used", "quarantined", "free"):
+                POOL_ADDRESSES.remove(key, state)
 
     # -- IPAddresses and leases -----------------------------------------------------------------------
     def allocate_user_ipaddresses(self) -> None:
@@ -238,6 +292,7 @@ class Controller:
         self.assign_segments()
         self.allocate_user_ipaddresses()
         self.expire_leases()
+        self.pool_usage()
 
     def loop(self) -> None:
         while not self._stop.is_set():

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
 from ipamd.kube.certs import TlsBundle, ensure_secret, publish_ca
 from ipamd.kube.controller import Controller
 from ipamd.kube.errors import reason_of
@@ -45,10 +47,13 @@ class _Health(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        ok = self.path == "/healthz" or (self.path == "/readyz" and self.server.is_ready())
-        body = b"ok\n" if ok else b"not ready\n"
+        if self.path == "/metrics":  # the pools' addresses by state (plexus_pool_addresses), and the process's
+            body, ok, ctype = generate_latest(), True, CONTENT_TYPE_LATEST
+        else:
+            ok = self.path == "/healthz" or (self.path == "/readyz" and self.server.is_ready())
+            body, ctype = (b"ok\n" if ok else b"not ready\n"), "text/plain"
         self.send_response(200 if ok else 503)
-        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

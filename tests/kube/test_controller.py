@@ -105,3 +105,28 @@ def test_controller_assigns_vlans_allocates_ipaddresses_and_fails_over(cluster: 
     cluster.apply([network("c")])
     assert wait_for(lambda: status("c").get("conditions"), timeout=30)
     assert {c["type"]: c for c in status("c")["conditions"]}["Ready"]["status"] == "False", "the pool 800-802 is used up"
+
+
+def test_pool_usage_in_the_pools_status_and_the_controllers_metrics(cluster: Cluster,
+                                                                    controller: ControllerProcess) -> None:
+    import urllib.request
+
+    cluster.apply([{"apiVersion": GROUP, "kind": "ClusterIPAddressPool", "metadata": {"name": "usage"},
+                    "spec": {"pools": [{"network": "198.18.99.0/29"}]}},
+                   {"apiVersion": GROUP, "kind": "IPAddressLease", "metadata": {"name": "usage-1"},
+                    "spec": {"pool": "ClusterIPAddressPool/usage", "ip": "198.18.99.1", "network": "198.18.99.0/29",
+                             "holder": "IPAddress/ns/someone", "ttl": "60s"}}])
+    try:
+        def status() -> dict[str, Any]:
+            return cluster.get("clusteripaddresspool", "usage").get("status") or {}
+
+        assert wait_for(lambda: status().get("used") == 1, timeout=30), status()
+        assert status() == {"size": 6, "used": 1, "quarantined": 0, "free": 5}
+        with urllib.request.urlopen(f"http://127.0.0.1:{controller.health_port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        assert 'plexus_pool_addresses{pool="ClusterIPAddressPool/usage",state="free"} 5.0' in text, text[-2000:]
+        shown = cluster.kubectl("get", "clusteripaddresspool", "usage").stdout
+        assert shown.split("\n")[0].split()[:5] == ["NAME", "TTL", "USED", "QUARANTINED", "FREE"], shown
+    finally:
+        cluster.kubectl("delete", "ipaddresslease", "usage-1", check=False)
+        cluster.kubectl("delete", "clusteripaddresspool", "usage", check=False)

@@ -395,6 +395,8 @@ def test_controller_role(applied: Cluster) -> None:
         ("patch", f"clusternetworks.{GROUP}", "--subresource=status"),
         ("patch", f"ipaddresses.{GROUP}", "--subresource=status", "-n", "some-app"),
         ("patch", f"clusteripaddresses.{GROUP}", "--subresource=status"),
+        ("patch", f"ipaddresspools.{GROUP}", "--subresource=status", "-n", "some-app"),
+        ("patch", f"clusteripaddresspools.{GROUP}", "--subresource=status"),
         ("create", f"ipaddressleases.{GROUP}"),
         ("delete", f"ipaddressleases.{GROUP}"),
         ("watch", f"networks.{GROUP}", "--all-namespaces"),
@@ -427,6 +429,7 @@ def test_controller_role(applied: Cluster) -> None:
         ("delete", f"networks.{GROUP}", "-n", "some-app"),
         ("update", f"networks.{GROUP}", "-n", "some-app"),
         ("update", f"networks.{GROUP}", "--subresource=status", "-n", "some-app"),
+        ("patch", f"ipaddresspools.{GROUP}", "-n", "some-app"),  # a pool's status only, never the pool
     ]
     assert [w for w in needs if not can_i(applied, CONTROLLER_SA, *w)] == []
     assert [w for w in must_not if can_i(applied, CONTROLLER_SA, *w)] == []

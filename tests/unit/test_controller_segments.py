@@ -40,6 +40,10 @@ class Source(FakeSource):
     def items(self, kind: str) -> list[dict[str, Any]]:
         return self.raw.get(kind, [])
 
+    def by_index(self, kind: str, index: str, key: Any) -> list[dict[str, Any]]:
+        assert index == "pool"
+        return [i for i in self.raw.get(kind, []) if i["spec"]["pool"] == key]
+
 
 def obj(kind: str, name: str, spec: dict[str, Any], status: dict[str, Any] | None = None, **md: Any) -> Any:
     doc: dict[str, Any] = {"apiVersion": API_VERSION, "kind": kind, "metadata": {"name": name, **md}, "spec": spec}
@@ -109,3 +113,32 @@ def test_a_status_is_written_once_until_something_changes_or_the_network_is_made
     src.add(obj("Network", "a", {"networkClass": "vl"}, uid="ua-again"))  # deleted and applied again
     ctl.assign_segments()
     assert len(src.objects.patched) == 2 and src.objects.patched[-1][2]["vlanID"] == 600
+
+
+def test_pool_usage_goes_to_the_pools_status_and_the_gauges_and_is_written_on_change_only() -> None:
+    from prometheus_client import REGISTRY
+
+    pool = obj("ClusterIPAddressPool", "usage", {"pools": [{"network": "198.18.99.0/29"}]}, uid="u-pool")  # 6
+    ctl, src = controller(pool)
+    src.raw["IPAddressLease"] = [
+        {"spec": {"pool": "ClusterIPAddressPool/usage", "ip": "198.18.99.1", "holder": "IPAddress/ns/a"}},
+        {"spec": {"pool": "ClusterIPAddressPool/usage", "ip": "198.18.99.2", "holder": None}},  # quarantined
+        {"spec": {"pool": "ClusterIPAddressPool/other", "ip": "198.18.98.1", "holder": "IPAddress/ns/b"}},
+    ]
+    ctl.pool_usage()
+    assert src.objects.patched == [("ClusterIPAddressPool", "usage", {"size": 6, "used": 1, "quarantined": 1,
+                                                                       "free": 4})]
+
+    def gauge(state: str) -> float | None:
+        return REGISTRY.get_sample_value("plexus_pool_addresses", {"pool": "ClusterIPAddressPool/usage",
+                                                                   "state": state})
+
+    assert (gauge("used"), gauge("quarantined"), gauge("free")) == (1, 1, 4)
+    ctl.pool_usage()
+    assert len(src.objects.patched) == 1, "unchanged: not written again"
+    src.raw["IPAddressLease"].pop(1)
+    ctl.pool_usage()
+    assert src.objects.patched[-1][2] == {"size": 6, "used": 1, "quarantined": 0, "free": 5}
+    src.remove("ClusterIPAddressPool", "", "usage")
+    ctl.pool_usage()
+    assert gauge("used") is None, "a deleted pool's gauges go with it"
