@@ -158,6 +158,10 @@ class KubeLeaseRegistry:
         return False
 
     def orphan(self, lease: LeaseRecord) -> None:
+        with api_unavailable_is_11():
+            self._orphan(lease)
+
+    def _orphan(self, lease: LeaseRecord) -> None:
         name = lease_name(lease.pool, lease.address)
         try:
             # the holder is dropped (a merge patch with null), not emptied: the client sends "" as null
@@ -168,6 +172,10 @@ class KubeLeaseRegistry:
                 raise
 
     def release(self, lease: LeaseRecord) -> None:
+        with api_unavailable_is_11():
+            self._release(lease)
+
+    def _release(self, lease: LeaseRecord) -> None:
         try:
             self.objects.delete(KIND, lease_name(lease.pool, lease.address))
         except Exception as exc:

@@ -28,7 +28,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from cni.types import cidr_of
-from ipamd.kube.errors import reason_of
+from ipamd.kube.errors import reason_of, status_of
 from ipamd.kube.resources import CustomObjects
 from ipamd.model.conditions import condition
 from ipamd.model.npwg import NETWORK_STATUS_ANNOTATION
@@ -81,9 +81,9 @@ class KubePublisher:
             NETWORK_STATUS_ANNOTATION: json.dumps(list(status.network_status)) if status else None}}}
         try:
             self.core.patch_namespaced_pod(name, namespace, body)
-        except ApiException as exc:
-            if exc.status not in (404, 409):  # gone, or a new pod of that name: nothing to write
-                log.warning("writing networks-status of %s/%s: %s", namespace, name, exc.reason)
+        except Exception as exc:  # unreachable too: logged, never the CNI call's failure
+            if status_of(exc) not in (404, 409):  # gone, or a new pod of that name: nothing to write
+                log.warning("writing networks-status of %s/%s: %s", namespace, name, reason_of(exc))
 
     def _event(self, namespace: str, name: str, uid: str, reason: str, message: str, warning: bool = False) -> None:
         body = {
@@ -110,9 +110,9 @@ class KubePublisher:
         }
         try:
             self.objects.create(IP_ADDRESS.name, body, rec.namespace)
-        except ApiException as exc:
-            if exc.status != 409:
-                log.warning("creating IPAddress %s/%s: %s", rec.namespace, rec.name, exc.reason)
+        except Exception as exc:
+            if status_of(exc) != 409:
+                log.warning("creating IPAddress %s/%s: %s", rec.namespace, rec.name, reason_of(exc))
 
     def ip_status(self, rec: IPRecord) -> None:
         if rec.kind == IPAM_CLAIM.name:
@@ -124,9 +124,9 @@ class KubePublisher:
                   "usedByPods": list(rec.used_by_pods), "conditions": list(rec.conditions)}
         try:
             self.objects.patch_status(rec.kind, rec.name, status, rec.namespace)
-        except ApiException as exc:
-            if exc.status != 404:
-                log.warning("IPAddress %s status: %s", rec.key, exc.reason)
+        except Exception as exc:
+            if status_of(exc) != 404:
+                log.warning("IPAddress %s status: %s", rec.key, reason_of(exc))
 
     def _claim_status(self, rec: IPRecord) -> None:
         """An IPAMClaim's status: its address (kept while the claim exists) and the pod holding it ("" when none)."""
@@ -136,8 +136,8 @@ class KubePublisher:
             # no holder: ownerPod dropped (null in the merge patch; the client would send "" as an invalid null)
             self.objects.patch_status(IPAM_CLAIM.name, rec.name, {"ips": ips, "ownerPod": owner or None},
                                       rec.namespace)
-        except ApiException as exc:
-            if exc.status != 404:
+        except Exception as exc:
+            if status_of(exc) != 404:
                 log.warning("IPAMClaim %s/%s status: %s", rec.namespace, rec.name, reason_of(exc))
 
     def attached(self, pod: Pod, status: PodStatus, created: Iterable[IPRecord], used: Iterable[IPRecord]) -> None:
@@ -182,15 +182,15 @@ class KubePublisher:
                 if exc.status != 409:
                     raise
             self.objects.patch_status(ATTACHMENT, obj_name, status)
-        except ApiException as exc:
-            log.warning("node attachment of %s: %s", network_key, exc.reason)
+        except Exception as exc:
+            log.warning("node attachment of %s: %s", network_key, reason_of(exc))
 
     def node_detachment(self, network_key: str) -> None:
         try:
             self.objects.delete(ATTACHMENT, self._attachment_name(network_key))
-        except ApiException as exc:
-            if exc.status != 404:
-                log.warning("node attachment of %s: %s", network_key, exc.reason)
+        except Exception as exc:
+            if status_of(exc) != 404:
+                log.warning("node attachment of %s: %s", network_key, reason_of(exc))
 
     def failed(self, pod: Pod, message: str) -> None:
         self._event(pod.meta.namespace, pod.meta.name, pod.meta.uid, "AttachFailed", message, warning=True)

@@ -240,6 +240,8 @@ class Reconciler:
         while not self._stop.is_set():
             try:
                 self.run_once()
+            except CniError as exc:  # the Kubernetes API unreachable (code 11), ...: said in one line
+                log.warning("reconcile: %s", exc)
             except Exception:
                 log.exception("reconcile failed")
             self._wake.wait(self.interval)
