@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     from typing import IO, Any
 
 DEFAULT_SOCKET = "/run/plexus/plexus.sock"
-DEFAULT_IPAM_SOCKET = "/run/plexus/plexus-ipam.sock"
+IPAM_SOCKET_NAME = "plexus-ipam.sock"
+DEFAULT_IPAM_SOCKET = f"/run/plexus/{IPAM_SOCKET_NAME}"
 IPAM_NAME = "plexus-ipam"  # the name the binary answers to as an IPAM plugin
 DEFAULT_TIMEOUT_S = 60.0
 #: How long to wait for the daemon to accept the connection: a stopped daemon must give
@@ -146,11 +147,18 @@ def forward(verb: str, env: Mapping[str, str], conf: dict[str, Any], ipam: bool 
     own = conf.get("ipam") if ipam else conf
     if not isinstance(own, dict):
         raise InvalidConfig("an IPAM plugin's configuration needs its ipam section", "ipam")
-    path = str(own.get("socket") or (DEFAULT_IPAM_SOCKET if ipam else DEFAULT_SOCKET))
-    timeout = float(own.get("timeoutSeconds") or DEFAULT_TIMEOUT_S)
+    where = "ipam." if ipam else ""
+    path = own.get("socket") or (DEFAULT_IPAM_SOCKET if ipam else DEFAULT_SOCKET)
+    # plexus-ipam's section is written by whoever writes a NAD: it may name the daemon's socket and nothing else
+    if not isinstance(path, str) or (ipam and not (path.startswith("/") and path.endswith(IPAM_SOCKET_NAME))):
+        raise InvalidConfig(f"socket must be the path of the daemon's {IPAM_SOCKET_NAME if ipam else 'socket'}",
+                            f"{where}socket")
+    timeout = own.get("timeoutSeconds") or DEFAULT_TIMEOUT_S
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise InvalidConfig("timeoutSeconds must be a positive number of seconds", f"{where}timeoutSeconds")
     body = wirejson.dumps({"env": {k: env[k] for k in FORWARDED_ENV if k in env}, "config": conf})
     try:
-        status, payload = http_post(path, "/v1/ipam" if ipam else "/v1/cni", body.encode(), timeout)
+        status, payload = http_post(path, "/v1/ipam" if ipam else "/v1/cni", body.encode(), float(timeout))
     except (OSError, ValueError, _BadAnswer) as exc:  # OSError covers refused, missing and timed out
         unavailable = PluginNotAvailable if verb == "STATUS" else TryAgainLater
         raise unavailable("plexus-ipamd is not reachable", f"{path}: {exc}") from None

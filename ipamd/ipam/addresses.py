@@ -306,8 +306,9 @@ class Ipam:
                     self.store.put_ip(replace(rec, conditions=set_condition(rec.conditions, "Attached", attached,
                                                                             reason, message, now)))
 
-    def undo_claims(self, claims: list[Claim], pod: Pod) -> None:
-        """Roll an ADD's claims back: what it created goes, what existed loses only this pod."""
+    def undo_claims(self, claims: list[Claim], pod: Pod, attachment: str = "") -> None:
+        """Roll an ADD's claims back: what it created goes, what existed loses only this pod (or, for a
+        delegate's lease, this ``attachment``)."""
         with self.store.transaction():
             for c in claims:
                 rec = self.store.get_ip(c.ip_key)
@@ -317,10 +318,11 @@ class Ipam:
                         self.drop_lease(lease)
                     self.store.delete_ip(c.ip_key)
                 elif rec is not None:
-                    self._drop_user(rec, pod.meta.uid)
+                    self._drop_user(rec, pod.meta.uid, attachment)
 
-    def _drop_user(self, rec: IPRecord, pod_uid: str) -> None:
-        keep = [(p, u) for p, u in zip(rec.used_by_pods, rec.used_by_uids, strict=False) if u != pod_uid]
+    def _drop_user(self, rec: IPRecord, pod_uid: str, attachment: str = "") -> None:
+        gone = {pod_uid, attachment} - {""}
+        keep = [(p, u) for p, u in zip(rec.used_by_pods, rec.used_by_uids, strict=False) if u not in gone]
         rec = replace(rec, used_by_pods=tuple(p for p, _ in keep), used_by_uids=tuple(u for _, u in keep))
         if not keep:
             rec = replace(rec, conditions=set_condition(rec.conditions, "Attached", False, "NotAttached", "",
@@ -330,13 +332,13 @@ class Ipam:
         else:
             self.store.put_ip(rec)
 
-    def release_pod(self, ip_keys: list[str], pod_uid: str) -> None:
-        """The pod no longer uses these IPAddresses (its attachment was deleted)."""
+    def release_pod(self, ip_keys: list[str], pod_uid: str, attachment: str = "") -> None:
+        """The pod (or, for a delegate's lease, the ``attachment``) no longer uses these IPAddresses."""
         with self.store.transaction():
             for key in ip_keys:
                 rec = self.store.get_ip(key)
-                if rec is not None and pod_uid in rec.used_by_uids:
-                    self._drop_user(rec, pod_uid)
+                if rec is not None and ({pod_uid, attachment} - {""}) & set(rec.used_by_uids):
+                    self._drop_user(rec, pod_uid, attachment)
 
     def delete_ip(self, rec: IPRecord) -> None:
         """The IPAddress is gone: its lease is orphaned and quarantined for the pool's TTL."""
@@ -353,8 +355,8 @@ class Ipam:
         """The pod is gone: delete the Auto IPAddresses it owned (their leases go to quarantine)."""
         owned = self.store.ips_owned_by(pod_uid)
         for rec in owned:
-            if rec.used_by_uids and set(rec.used_by_uids) != {pod_uid}:
-                continue
+            if rec.created_by != "cni" and rec.used_by_uids and set(rec.used_by_uids) != {pod_uid}:
+                continue  # a delegate's lease is used by the pod's attachments, gone with it
             self.delete_ip(rec)
         return len(owned)
 

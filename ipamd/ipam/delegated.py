@@ -25,16 +25,21 @@ from typing import Any
 from cni.errors import AddressConflict, InvalidConfig, ObjectNotFound, UnknownContainer
 from cni.types import IPConfig, Result, Route, cidr_of
 from ipamd.ipam.addresses import Claim, Ipam
-from ipamd.ipam.allocator import subnet_for, to_int
+from ipamd.ipam.allocator import in_ranges, subnet_for, to_int
 from ipamd.model.cniconf import ConfigInvalid
 from ipamd.model.ipamconf import InlineRange, IpamConfig, implicit_pool, overlap, parse_ipam_config, space_key
-from ipamd.model.objects import IP_ADDRESS_POOL, IPAM_CLAIM, NETWORK_ATTACHMENT_DEFINITION, POOL_KINDS, AddressPool, Pod
+from ipamd.model.objects import IP_ADDRESS_POOL, IPAM_CLAIM, NETWORK_ATTACHMENT_DEFINITION, POD, POOL_KINDS, AddressPool, Pod
 from ipamd.sources.base import ObjectSource
 from ipamd.store.protocols import LeaseStore
 from ipamd.store.records import ImplicitPoolRecord, IPRecord
 
 CNI_HOLDER = "CNI"
 CLAIM_HOLDER = IPAM_CLAIM.name
+
+
+def attachment_id(container_id: str, ifname: str) -> str:
+    """A delegate's attachment as a user of a lease (an IPAMClaim's may have several over time)."""
+    return f"{container_id}/{ifname}"
 
 
 def cni_key(network: str, container_id: str, ifname: str) -> str:
@@ -61,10 +66,10 @@ class AddressRequest:
 
     @property
     def user(self) -> tuple[str, str]:
-        """Who uses the address: the pod (UID, namespace/name), or the attachment when no pod is known."""
-        if self.pod is not None:
-            return self.pod.meta.uid, f"{self.pod.meta.namespace}/{self.pod.meta.name}"
-        return f"{self.container_id}/{self.ifname}", ""
+        """Who uses the address: the attachment (``container ID/ifname``: a pod's two sandboxes are two users,
+        so the DEL of one never lets go of the other's) and its pod (``namespace/name``, "" when none)."""
+        pod = f"{self.pod.meta.namespace}/{self.pod.meta.name}" if self.pod is not None else ""
+        return attachment_id(self.container_id, self.ifname), pod
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,13 +113,14 @@ class DelegatedAddresses:
         self.store: LeaseStore = ipam.store
         self.source = source
         self.clock = clock
-        self._noted: set[str] = set()  # implicit pools already in the store
 
     # -- ADD ------------------------------------------------------------------------------------
     def lease(self, req: AddressRequest) -> Leased:
         """Lease the interface's address (the same one again for the same attachment or claim)."""
         pool = self._pool(req)
         claim_obj = self._claim_object(req)
+        if claim_obj is not None:
+            self._check_owner(claim_obj, req)  # may read the API: never under the store's lock
         with self.store.transaction():
             if req.config.range is not None:
                 self._note_range(req.network, req.config.range, f"{req.config_field}.range")
@@ -203,18 +209,22 @@ class DelegatedAddresses:
                         created_at=self.clock(), interface=req.ifname), True
 
     def _check_claim_free(self, rec: IPRecord | None, claim: Any, req: AddressRequest) -> None:
-        """A claim serves one live pod at a time: refused while another pod that still exists uses it."""
-        uid, pod_ref = req.user
-        for other_uid, other in zip(rec.used_by_uids if rec else (), rec.used_by_pods if rec else (), strict=False):
-            if other_uid != uid and self.source.pod_by_uid(other_uid) is not None:
+        """A claim serves one pod at a time: refused while another pod of this node that still exists uses it
+        (a pod of the same name is the same StatefulSet member or VM again: its old sandbox may not be gone yet)."""
+        me = req.pod.meta.name if req.pod is not None else ""
+        for other in rec.used_by_pods if rec else ():
+            ns, _, name = other.partition("/")
+            if name and name != me and self.source.get(POD, ns, name) is not None:
                 raise AddressConflict(f"IPAMClaim {claim.meta.namespace}/{claim.meta.name} is in use by pod {other}",
                                       req.claim_field)
+
+    def _check_owner(self, claim: Any, req: AddressRequest) -> None:
+        """The pod the claim's status names may run on another node: only a pod that still exists holds it."""
         owner = claim.owner_pod
-        if owner and req.pod is not None and owner != req.pod.meta.name:
-            # the pod its status names may run on another node: only a pod that still exists holds it
-            if self.source.wait_for_pod(claim.meta.namespace, owner) is not None:
-                raise AddressConflict(f"IPAMClaim {claim.meta.namespace}/{claim.meta.name} is in use by pod "
-                                      f"{claim.meta.namespace}/{owner}", req.claim_field)
+        if owner and req.pod is not None and owner != req.pod.meta.name \
+                and self.source.wait_for_pod(claim.meta.namespace, owner) is not None:
+            raise AddressConflict(f"IPAMClaim {claim.meta.namespace}/{claim.meta.name} is in use by pod "
+                                  f"{claim.meta.namespace}/{owner}", req.claim_field)
 
     def _check_static(self, rec: IPRecord, pool: AddressPool, req: AddressRequest) -> None:
         field = req.claim_field if rec.kind == CLAIM_HOLDER else req.ips_field
@@ -227,7 +237,13 @@ class DelegatedAddresses:
         if subnet is None:
             nets = ", ".join(str(s.network) for s in pool.subnets)
             raise InvalidConfig(f"{rec.static_ip} is outside pool {_pool_name(pool)} ({nets})", field)
-        if "/" in asked and ipaddress.IPv4Interface(asked).network != subnet.network:
+        if req.config.range is not None and not in_ranges(pool, ip):  # the gateway, or an excluded address
+            raise InvalidConfig(f"{rec.static_ip} is not one of the range's addresses ({req.config.range.text})", field)
+        try:
+            network = ipaddress.IPv4Interface(asked).network if "/" in asked else subnet.network
+        except ValueError:
+            raise InvalidConfig(f"{asked!r} is not an IPv4 address or CIDR", field) from None
+        if network != subnet.network:
             raise InvalidConfig(f"{asked} does not match the pool's network {subnet.network}", field)
         held = self.store.lease_at(pool.meta.key, ip)
         if held is not None and held.holder not in (None, rec.key):
@@ -256,31 +272,34 @@ class DelegatedAddresses:
                                     "is false: Plexus never hands out an address twice; let it be true, or give this "
                                     "network its own network_name", field)
         key = f"{owner}|{rng.network}|{rng.text}"
-        if key in self._noted:
+        if self.store.get_implicit_pool(key) is not None:
             return
+        for kind in POOL_KINDS.values():  # another lease space over the same addresses would hand them out twice
+            for pool in self.source.list(kind):
+                hit = next((sub.network for sub in pool.subnets if sub.network.overlaps(rng.network)), None)
+                if hit is not None:
+                    raise InvalidConfig(f"range {rng.network} overlaps {pool.meta.display} ({hit}): name that pool "
+                                        "with ipAddressPoolRef instead, so both share its leases", field)
         self.store.put_implicit_pool(ImplicitPoolRecord(key, owner, space_key(rng.space), str(rng.network), rng.ranges,
                                                         rng.ttl_s, rng.overlapping, self.clock()))
-        self._noted.add(key)
 
     # -- DEL, GC, CHECK -------------------------------------------------------------------------
-    def release(self, network: str, container_id: str, ifname: str, pod_uid: str = "",
-                pod_ref: str = "") -> list[IPRecord]:
-        """DEL: the attachment's own lease is quarantined; a claim it used only loses this user (DEL is
+    def release(self, network: str, container_id: str, ifname: str) -> list[IPRecord]:
+        """DEL: the attachment's own lease is quarantined; a claim it used loses this attachment only (DEL is
         idempotent: nothing held, nothing done). The claims let go of, as they are now."""
-        users = {pod_uid, f"{container_id}/{ifname}"} - {""}
-        claims = []
+        user = attachment_id(container_id, ifname)
         with self.store.transaction():
             rec = self.store.get_ip(cni_key(network, container_id, ifname))
             if rec is not None:
                 self.ipam.delete_ip(rec)
-            for claim in self.store.ips_with_prefix(f"{CLAIM_HOLDER}/"):
-                gone = [uid for uid, ref in zip(claim.used_by_uids, claim.used_by_pods, strict=False)
-                        if uid in users or (not pod_uid and pod_ref and ref == pod_ref)]
-                if gone:
-                    for uid in gone:
-                        self.ipam.release_pod([claim.key], uid)
-                    claims.append(claim.key)
-        return self.ipam.records(claims)
+            claims = self.claims_of(user)
+            for claim in claims:
+                self.ipam.release_pod([claim.key], user)
+        return self.ipam.records([c.key for c in claims])
+
+    def claims_of(self, user: str) -> list[IPRecord]:
+        """The IPAMClaims an attachment (``attachment_id``) uses."""
+        return [c for c in self.store.ips_with_prefix(f"{CLAIM_HOLDER}/") if user in c.used_by_uids]
 
     def record(self, key: str) -> IPRecord | None:
         return self.store.get_ip(key)
@@ -298,7 +317,8 @@ class DelegatedAddresses:
 
     def check(self, network: str, container_id: str, ifname: str, prev: Result | None) -> None:
         """CHECK: the attachment still holds its address, and the result the runtime has says so."""
-        rec = self.store.get_ip(cni_key(network, container_id, ifname))
+        rec = self.store.get_ip(cni_key(network, container_id, ifname)) or next(
+            iter(self.claims_of(attachment_id(container_id, ifname))), None)
         if rec is None or self.store.lease_of(rec.key) is None:
             raise UnknownContainer(f"no plexus-ipam lease for container {container_id[:12]} {ifname} on {network}",
                                    "CNI_CONTAINERID")

@@ -141,17 +141,18 @@ def _bounds(ipam: Mapping[str, Any]) -> tuple[ipaddress.IPv4Network, int, int]:
         net = _net(text, "ipam.range")
         start, end = usable_bounds(net)
         start = max(start, _ip(text.split("/")[0], "ipam.range"))  # 198.18.0.100/24: from .100 on
+    start_field = end_field = "ipam.range"  # where each bound came from, for the error
     if "range_start" in ipam:
-        start = _ip(ipam["range_start"], "ipam.range_start")
+        start, start_field = _ip(ipam["range_start"], "ipam.range_start"), "ipam.range_start"
     if "range_end" in ipam:
-        end = _ip(ipam["range_end"], "ipam.range_end")
+        end, end_field = _ip(ipam["range_end"], "ipam.range_end"), "ipam.range_end"
     lo, hi = usable_bounds(net)
-    for value, field in ((start, "ipam.range_start"), (end, "ipam.range_end")):
+    for value, field in ((start, start_field), (end, end_field)):
         if not lo <= value <= hi:
             raise ConfigInvalid(field, f"{ipaddress.IPv4Address(value)} is not a usable address of {net}")
     if start > end:
-        raise ConfigInvalid("ipam.range_end", f"{ipaddress.IPv4Address(end)} comes before the range's start "
-                                              f"{ipaddress.IPv4Address(start)}")
+        raise ConfigInvalid(end_field, f"{ipaddress.IPv4Address(end)} comes before the range's start "
+                                       f"{ipaddress.IPv4Address(start)}")
     return net, start, end
 
 
@@ -169,7 +170,8 @@ def _inline(ipam: Mapping[str, Any], gateway: str) -> InlineRange:
     if gateway:
         ranges = _cut(ranges, _ip(gateway, "ipam.gateway"), _ip(gateway, "ipam.gateway"))  # never a pod's
     if not ranges:
-        raise ConfigInvalid("ipam.exclude", f"leaves no address of {ipam['range']} to hand out")
+        field = "ipam.exclude" if exclude else "ipam.gateway"
+        raise ConfigInvalid(field, f"leaves no address of {ipam['range']} to hand out")
     overlapping = ipam.get("enable_overlapping_ranges", True)
     if not isinstance(overlapping, bool):
         raise ConfigInvalid("ipam.enable_overlapping_ranges", "must be true or false")
@@ -219,6 +221,21 @@ def _pool_ref(ref: Any) -> PoolRef:
     return PoolRef(kind, ref["name"], str(namespace))
 
 
+SOCKET_NAME = "plexus-ipam.sock"
+
+
+def _client_keys(ipam: Mapping[str, Any]) -> None:
+    """``socket`` and ``timeoutSeconds``, read by the plugin binary itself (``cni.shim``) with the same rules."""
+    socket = ipam.get("socket")
+    if socket is not None and not (isinstance(socket, str) and socket.startswith("/") and
+                                   socket.endswith(SOCKET_NAME)):
+        raise ConfigInvalid("ipam.socket", f"must be the absolute path of a daemon's {SOCKET_NAME}")
+    timeout = ipam.get("timeoutSeconds")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not 0 < timeout <= 3600):
+        raise ConfigInvalid("ipam.timeoutSeconds", "must be a number of seconds between 0 and 3600")
+
+
 def parse_ipam_config(ipam: Any) -> IpamConfig:
     """The ``ipam`` section of a configuration whose IPAM is ``plexus-ipam``; ``ConfigInvalid`` naming the
     key (``ipam.range``) when it is wrong, or a key Plexus does not know."""
@@ -237,6 +254,7 @@ def parse_ipam_config(ipam: Any) -> IpamConfig:
         raise ConfigInvalid(f"ipam.{unknown[0]}", f"is not a key of plexus-ipam {what}")
     if "datastore" in ipam and ipam["datastore"] not in ("kubernetes", ""):
         raise ConfigInvalid("ipam.datastore", f"{ipam['datastore']!r}: Plexus keeps leases in its own registry")
+    _client_keys(ipam)
     gateway = str(ipaddress.IPv4Address(_ip(ipam["gateway"], "ipam.gateway"))) if ipam.get("gateway") else ""
     routes = _routes(ipam, gateway)
     if by_pool:

@@ -195,6 +195,10 @@ class Reconciler:
                     else:
                         log.warning("%s: %s", obj.meta.display, exc)
         for rec in self.store.all_ips():
+            if rec.key in live and rec.deleted:  # deleted while in use, then made again: it stays
+                with self.store.transaction():
+                    self.store.put_ip(replace(rec, deleted=False))
+                continue
             if rec.created_by not in ("user", "claim") or rec.key in live:
                 continue
             if rec.used_by_uids:
@@ -228,10 +232,28 @@ class Reconciler:
                     self.ipam.forget_pod(uid)
                 except Exception as exc:  # one failure (the API unreachable) must not stop the others
                     log.warning("releasing the addresses of deleted pod %s: %s", uid, exc)
+        if self.cluster:
+            self._release_gone_claim_users()
         for status in self.store.pod_statuses():
             if status.uid not in live and not self.store.attachments_of_pod(status.uid):
                 with self.store.transaction():
                     self.store.delete_pod_status(status.uid)
+
+    def _release_gone_claim_users(self) -> None:
+        """An IPAMClaim used by a pod that is gone and whose DEL never came (plexus-ipam exec'd by another
+        meta-plugin, the node crashed): the pod lets go of it (read directly before it is judged gone)."""
+        for claim in self.store.ips_with_prefix(f"{IPAM_CLAIM.name}/"):
+            for user, ref in zip(claim.used_by_uids, claim.used_by_pods, strict=False):
+                ns, _, name = ref.partition("/")
+                if not name or self.source.get(POD, ns, name) is not None:
+                    continue
+                try:
+                    if self.source.wait_for_pod(ns, name) is not None:
+                        continue
+                    self.ipam.release_pod([claim.key], "", user)
+                    log.info("%s: released by pod %s, which is gone", claim.key, ref)
+                except Exception as exc:  # the API unreachable: next round
+                    log.warning("%s: %s", claim.key, exc)
 
     def wake(self) -> None:
         self._wake.set()

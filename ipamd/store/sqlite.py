@@ -208,6 +208,10 @@ class Store:
     def put_implicit_pool(self, rec: ImplicitPoolRecord) -> None:
         self._x("INSERT OR REPLACE INTO implicit_pools (key, data) VALUES (?,?)", (rec.key, dump(rec)))
 
+    def get_implicit_pool(self, key: str) -> ImplicitPoolRecord | None:
+        rows = self._q("SELECT data FROM implicit_pools WHERE key=?", (key,))
+        return load_implicit_pool(rows[0][0]) if rows else None
+
     def implicit_pools(self) -> list[ImplicitPoolRecord]:
         return [load_implicit_pool(d) for (d,) in self._q("SELECT data FROM implicit_pools ORDER BY key")]
 

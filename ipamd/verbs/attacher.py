@@ -33,7 +33,7 @@ from ipamd.drivers.base import BuildContext, Built, InterfaceKey, LinksContext, 
 from ipamd.drivers.table import DriverTable
 from ipamd.invoke.chain import Chain, Invocation
 from ipamd.ipam.addresses import Claim, Ipam, ResolvedNetwork
-from ipamd.ipam.delegated import DelegatedAddresses
+from ipamd.ipam.delegated import DelegatedAddresses, attachment_id
 from ipamd.model.annotations import AddressConfig
 from ipamd.model.objects import Pod
 from ipamd.model.pluginconf import PluginConfig, parse_plugin_config
@@ -157,7 +157,8 @@ class Attacher:
             built: list[tuple[Wanted, BuiltInterface, Built | None]] = []
             for w in wanted:
                 record, iface, claims = self._lease(record, key, pod, w)
-                undo.callback(quietly, "leases", self.ipam.undo_claims, claims, pod)
+                undo.callback(quietly, "leases", self.ipam.undo_claims, claims, pod,
+                              attachment_id(key.container_id, iface.if_name))
                 self.fault("add:leased")
                 built.append((w, iface, None if at_once else self._build(pod_side, w, iface, undo)))
             if at_once:
@@ -313,7 +314,7 @@ class Attacher:
     def _release(self, record: AttachmentRecord) -> None:
         """The interfaces are gone: let go of the addresses, the record and the pod's status."""
         for iface in record.interfaces:
-            self.ipam.release_pod(list(iface.ip_keys), record.pod_uid)
+            self.ipam.release_pod(list(iface.ip_keys), record.pod_uid, attachment_id(record.container_id, iface.if_name))
         if self.source.pod_by_uid(record.pod_uid) is None:
             self.ipam.forget_pod(record.pod_uid)
         with self.store.transaction():

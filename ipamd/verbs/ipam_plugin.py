@@ -21,13 +21,17 @@ from ipamd.model.objects import Pod
 from ipamd.publish.base import LocalPublisher, Publisher
 from ipamd.sources.base import ObjectSource
 from ipamd.verbs.call import CniCall, dispatch, valid_attachments
+from ipamd.verbs.networks import PLEXUS_IPAM_ARGS
 from ipamd.verbs.pods import find_pod
 
 
 def requested_ips(config: dict[str, Any]) -> tuple[str, ...]:
     """The ``ips`` capability's addresses (``runtimeConfig.ips``), checked for shape; Plexus pools are IPv4,
     one address per interface."""
-    ips = (config.get("runtimeConfig") or {}).get("ips")
+    runtime = config.get("runtimeConfig") or {}
+    if not isinstance(runtime, dict):
+        raise InvalidConfig("must be an object", "runtimeConfig")
+    ips = runtime.get("ips")
     if ips is None:
         return ()
     if not isinstance(ips, list) or not all(isinstance(i, str) for i in ips):
@@ -76,11 +80,17 @@ class IpamPlugin:
         ips = requested_ips(call.config)
         pod = self._pod(call)
         claim, claim_field, nad = "", "", ""
-        element, where = selection_for(pod, call.ifname) if pod is not None else (None, "")
-        if element is not None:  # the NAD this interface is for, and the claim its selection names
-            nad = f"{element.namespace}/{element.name}"
-            if element.ipam_claim:
-                claim, claim_field = element.ipam_claim, f"{where}.ipam-claim-reference"
+        told = (call.config.get("args") or {}).get(PLEXUS_IPAM_ARGS) if isinstance(call.config.get("args"), dict) \
+            else None
+        if isinstance(told, dict):  # Plexus delegated this, and says which NAD and claim it resolved
+            nad, claim, where = str(told.get("nad", "")), str(told.get("claim", "")), str(told.get("where", ""))
+            claim_field = f"{where}.ipam-claim-reference" if claim else ""
+        elif pod is not None:  # another meta-plugin (Multus): the pod's selection, by Multus's interface names
+            element, where = selection_for(pod, call.ifname)
+            if element is not None:
+                nad = f"{element.namespace}/{element.name}"
+                if element.ipam_claim:
+                    claim, claim_field = element.ipam_claim, f"{where}.ipam-claim-reference"
         request = AddressRequest(call.network_name, call.container_id, call.ifname, config, pod,
                                  call.args.get("K8S_POD_NAMESPACE", ""), nad, ips, claim,
                                  claim_field=claim_field or "ipam-claim-reference")
@@ -92,9 +102,7 @@ class IpamPlugin:
         return leased.result().to_dict(call.version)
 
     def delete(self, call: CniCall) -> dict[str, Any]:
-        ns, name = call.args.get("K8S_POD_NAMESPACE", ""), call.args.get("K8S_POD_NAME", "")
-        for claim in self.addresses.release(call.network_name, call.container_id, call.ifname,
-                                            call.args.get("K8S_POD_UID", ""), f"{ns}/{name}" if ns and name else ""):
+        for claim in self.addresses.release(call.network_name, call.container_id, call.ifname):
             self.publisher.ip_status(claim)
         return {}
 

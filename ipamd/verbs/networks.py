@@ -44,6 +44,7 @@ from ipamd.verbs.call import CniCall
 
 NAD = NETWORK_ATTACHMENT_DEFINITION.name
 DELEGATION_ANNOTATION = "network.deckhouse.io/delegation"  # Plexus: "parallel" runs a pod's delegates at once
+PLEXUS_IPAM_ARGS = "network.deckhouse.io/plexus-ipam"  # in a delegate's "args": the NAD and claim, for plexus-ipam
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,8 +212,12 @@ class Networks:
                   default_route: tuple[str, ...] = (), where: str = "", claim: str = "") -> Wanted:
         inv = Invocation(d.conflist, call.container_id, call.netns, if_name, _ignore_unknown(call.raw_args),
                          dict(runtime or {}), dict(args or {}), conf.plugin_dirs(call.cni_path), conf.delegate_timeout_s)
-        address = self._address(call, pod, d, if_name, inv.runtime_config, where, claim) \
-            if conf.delegate_ipam == "lease" else None
+        address = self._address(call, pod, d, if_name, inv.runtime_config, where, claim)
+        if address is not None and conf.delegate_ipam == "exec":
+            # plexus-ipam exec'd by the delegate: told which NAD and claim this is, as Plexus resolved them
+            inv = replace(inv, args={**inv.args, PLEXUS_IPAM_ARGS: {"nad": address.nad, "claim": address.claim,
+                                                                     "where": where}})
+            address = None
         return Wanted("delegate", InterfaceRequest(if_name, delegate=inv, default_route=default_route), d.target,
                       address=address)
 
@@ -232,11 +237,12 @@ class Networks:
             raise InvalidConfig(f"{d.target.type} {d.target.name}: plugins[{i}].{exc.field} {exc.problem}",
                                 f"plugins[{i}].{exc.field}") from None
         ips = runtime.get("ips") or []
+        ips_field = "runtimeConfig.ips" if where == "clusterNetwork" else f"{where}.ips"
         if not isinstance(ips, list) or len(ips) > 1:
-            raise AnnotationInvalid("an interface gets one IPv4 address from plexus-ipam", f"{where}.ips")
+            raise InvalidConfig("an interface gets one IPv4 address from plexus-ipam", ips_field)
         nad = d.target.name if d.target.type == NAD else ""
         return AddressRequest(d.conflist["name"], call.container_id, if_name, config, pod, pod.meta.namespace, nad,
-                              tuple(str(i) for i in ips), claim, ips_field=f"{where}.ips",
+                              tuple(str(i) for i in ips), claim, ips_field=ips_field,
                               claim_field=f"{where}.ipam-claim-reference", config_field=f"plugins[{i}].ipam")
 
 

@@ -160,6 +160,11 @@ class MemoryStore:
         with self._lock:
             self.implicit_pools_[rec.key] = dump(rec)
 
+    def get_implicit_pool(self, key: str) -> ImplicitPoolRecord | None:
+        with self._lock:
+            data = self.implicit_pools_.get(key)
+            return load_implicit_pool(data) if data is not None else None
+
     def implicit_pools(self) -> list[ImplicitPoolRecord]:
         with self._lock:
             return [load_implicit_pool(self.implicit_pools_[k]) for k in sorted(self.implicit_pools_)]

@@ -94,9 +94,9 @@ class SpyIpam(Ipam):
         self.events.append(f"lease {sel.if_name}")
         return claims
 
-    def undo_claims(self, claims: list[Claim], pod: Pod) -> None:
+    def undo_claims(self, claims: list[Claim], pod: Pod, attachment: str = "") -> None:
         self.events.append(f"undo leases {self._names[tuple(c.ip_key for c in claims)]}")
-        super().undo_claims(claims, pod)
+        super().undo_claims(claims, pod, attachment)
 
 
 class Faults:

@@ -64,7 +64,11 @@ def test_routes_network_name_overlap_ttl_and_whereabouts_own_keys() -> None:
     ({"range": "not-a-cidr"}, "ipam.range"),
     ({"range": "2001:2::/64"}, "ipam.range"),  # IPv6 pools come with dual stack
     ({"range": 42}, "ipam.range"),
-    ({"range": "198.18.20.50-198.18.20.10/24"}, "ipam.range_end"),
+    ({"range": "198.18.20.50-198.18.20.10/24"}, "ipam.range"),  # both bounds from range itself
+    ({"range": "198.18.20.0/24", "range_end": "198.18.20.0"}, "ipam.range_end"),
+    ({"range": "198.18.20.0/24", "socket": "/run/containerd/containerd.sock"}, "ipam.socket"),
+    ({"range": "198.18.20.0/24", "timeoutSeconds": "soon"}, "ipam.timeoutSeconds"),
+    ({"range": "198.18.20.1/32", "gateway": "198.18.20.1"}, "ipam.gateway"),
     ({"range": "198.18.20.0/24", "range_start": "198.18.21.1"}, "ipam.range_start"),
     ({"range": "198.18.20.0/24", "exclude": ["198.18.21.0/28"]}, "ipam.exclude[0]"),
     ({"range": "198.18.20.0/24", "exclude": "198.18.20.0/28"}, "ipam.exclude"),

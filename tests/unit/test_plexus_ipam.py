@@ -266,3 +266,43 @@ def test_status_says_whether_the_daemon_can_serve_add() -> None:
     with pytest.raises(CniError) as exc:
         node.call("STATUS", SHARED)
     assert exc.value.code == 50
+
+
+def test_a_pods_two_sandboxes_share_its_claim_and_the_old_ones_del_keeps_the_new_ones() -> None:
+    node = Node()
+    node.source.add(claim("db-0"))
+    node.source.add(claimed_pod("db-0", "uid-1"))
+    first = node.call("ADD", SHARED, container="old", pod_name="db-0", uid="uid-1")
+    again = node.call("ADD", SHARED, container="new", pod_name="db-0", uid="uid-1")
+    assert first["ips"] == again["ips"]
+    node.call("DEL", SHARED, container="old", pod_name="db-0", uid="uid-1")  # the old sandbox's DEL comes late
+    (rec,) = node.store.all_ips()
+    assert rec.used_by_uids == ("new/net1",) and rec.used_by_pods == (f"{NS}/db-0",), "the new sandbox keeps it"
+    assert node.publisher.ip_statuses[-1].used_by_pods == (f"{NS}/db-0",), "ownerPod stays"
+    assert node.call("CHECK", SHARED, container="new", pod_name="db-0", uid="uid-1", prevResult=again) == {}
+    node.call("DEL", SHARED, container="new", pod_name="db-0", uid="uid-1")
+    assert node.store.all_ips()[0].used_by_uids == ()
+
+
+def test_plexus_told_the_claim_when_it_delegates_with_exec() -> None:
+    node = Node()
+    node.source.add(claim("db-0"))
+    node.source.add(pod("db-0", "uid-1", [{"name": "nad-a", "ipam-claim-reference": "db-0"}]))  # net1 by Multus
+    told = {"network.deckhouse.io/plexus-ipam": {"nad": f"{NS}/nad-a", "claim": "db-0",
+                                                 "where": "k8s.v1.cni.cncf.io/networks[0]"}}
+    node.call("ADD", SHARED, ifname="net3", pod_name="db-0", uid="uid-1", args=told)  # Plexus numbered it net3
+    (rec,) = node.store.all_ips()
+    assert rec.key == "IPAMClaim/apps/db-0" and rec.used_by_uids == ("c1/net3",)
+
+
+def test_more_bad_input_is_a_cni_error_naming_the_field() -> None:
+    node = Node()
+    for runtime, field in (({"ips": ["198.18.52.7/33"]}, "runtimeConfig.ips"),
+                           (["ips"], "runtimeConfig")):
+        err = node.error("ADD", SHARED, runtimeConfig=runtime)
+        assert (err.code, err.details) == (7, field), err.msg
+    for asked in ("198.18.53.1", "198.18.53.9"):  # the range's gateway; an excluded address
+        err = node.error("ADD", {**RANGE, "exclude": ["198.18.53.8/30"]}, runtimeConfig={"ips": [asked]})
+        assert (err.code, err.details) == (7, "runtimeConfig.ips") and "not one of the range's addresses" in err.msg
+    err = node.error("ADD", {"range": "198.18.52.0/25"})  # the ClusterIPAddressPool "shared" has 198.18.52.0/24
+    assert (err.code, err.details) == (7, "ipam.range") and "ClusterIPAddressPool shared" in err.msg

@@ -225,6 +225,7 @@ class FakeDaemon:
     """plexus-ipamd's socket, answering every request with what ``respond`` makes of it."""
 
     def __init__(self, path: Path, respond: Responder) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.respond = respond
         self.requests: list[tuple[bytes, dict[str, str], bytes]] = []
@@ -261,11 +262,11 @@ class FakeDaemon:
 
 
 @pytest.fixture()
-def fake_daemon(tmp_path: Path) -> Iterator[Callable[[Responder], FakeDaemon]]:
+def fake_daemon(tmp_path: Path) -> Iterator[Callable[..., FakeDaemon]]:
     started: list[FakeDaemon] = []
 
-    def start(respond: Responder) -> FakeDaemon:
-        d = FakeDaemon(tmp_path / f"d{len(started)}.sock", respond)
+    def start(respond: Responder, name: str = "") -> FakeDaemon:
+        d = FakeDaemon(tmp_path / f"d{len(started)}" / name if name else tmp_path / f"d{len(started)}.sock", respond)
         started.append(d)
         return d
 
@@ -456,9 +457,9 @@ def test_probe_usage_and_an_absent_daemon(tmp_path: Path) -> None:
 # -- plexus-ipam: the same binary under the IPAM plugin's name ----------------------------------
 
 def test_as_plexus_ipam_it_posts_to_the_ipam_socket_its_ipam_section_names(
-        fake_daemon: Callable[[Responder], FakeDaemon]) -> None:
+        fake_daemon: Callable[..., FakeDaemon]) -> None:
     ipam_result = {"cniVersion": "1.0.0", "ips": [{"address": "198.18.10.51/24"}], "dns": {}}
-    d = fake_daemon(lambda body: http(200, ipam_result, "OK"))
+    d = fake_daemon(lambda body: http(200, ipam_result, "OK"), "plexus-ipam.sock")
     c = {"cniVersion": "1.0.0", "name": "nad-a", "type": "macvlan", "master": "eth0",
          "ipam": {"type": "plexus-ipam", "range": "198.18.10.0/24", "socket": str(d.path)}}
     out = io.StringIO()
@@ -484,12 +485,26 @@ def test_as_plexus_ipam_without_a_daemon_it_is_try_again_later_and_without_ipam_
 def test_the_name_it_runs_under_picks_the_role(tmp_path: Path) -> None:
     """``plexus-ipam`` is a link to the plugin: argv[0] decides (the frozen build is checked by the netns tier)."""
     link = tmp_path / "plexus-ipam"
+    none = tmp_path / "nowhere" / "plexus-ipam.sock"
     link.write_text(f"#!{sys.executable}\nimport sys; sys.path.insert(0, {str(REPO)!r})\n"
                     "from cni.shim import run\nrun()\n")
     link.chmod(0o755)
     c = {"cniVersion": "1.0.0", "name": "nad-a", "type": "bridge",
-         "ipam": {"type": "plexus-ipam", "socket": str(tmp_path / "none.sock")}}
+         "ipam": {"type": "plexus-ipam", "socket": str(none)}}
     proc = subprocess.run([str(link)], input=json.dumps(c).encode(), capture_output=True,
                           env={"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "c", "CNI_IFNAME": "net1"}, timeout=30)
     err = json.loads(proc.stdout)
-    assert err["code"] == 11 and "none.sock" in err["details"], "it asked plexus-ipam's socket, from the ipam section"
+    assert err["code"] == 11 and str(none) in err["details"], "it asked plexus-ipam's socket, from the ipam section"
+
+
+@pytest.mark.parametrize(("ipam", "field"), [
+    ({"socket": "/run/containerd/containerd.sock"}, "ipam.socket"),  # a NAD's author may name no other socket
+    ({"socket": "relative/plexus-ipam.sock"}, "ipam.socket"),
+    ({"timeoutSeconds": "soon"}, "ipam.timeoutSeconds"),
+])
+def test_as_plexus_ipam_its_client_keys_are_checked(ipam: dict[str, Any], field: str) -> None:
+    c = {"cniVersion": "1.0.0", "name": "nad-a", "type": "macvlan", "ipam": {"type": "plexus-ipam", **ipam}}
+    out = io.StringIO()
+    assert main(env_for("ADD"), io.BytesIO(json.dumps(c).encode()), out, ipam=True) == 1
+    err = one_json_object(out.getvalue())
+    assert (err["code"], err["details"]) == (7, field)
