@@ -79,5 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run() -> None:
+    """The process: ``main``, then out without the interpreter's teardown. A thread still blocked on a hung
+    API server when the grace period is spent must not turn a clean stop into an abort (daemon threads that
+    touch a lock or stderr while the interpreter finalizes make it abort with SIGABRT)."""
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

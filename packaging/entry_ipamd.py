@@ -1,7 +1,5 @@
 """Entry point of the frozen ``plexus-ipamd`` (packaging/plexus-ipamd.spec)."""
 
-import sys
+from ipamd.main import run
 
-from ipamd.main import main
-
-sys.exit(main())
+run()

@@ -379,10 +379,14 @@ def test_cnitool_runs_reference_plugins_with_plexus_ipam(cnitool: Path, node: No
         assert links_in(pods["one"])["net1"]["kind"] == "macvlan"
         holders = sorted(lease.holder.rsplit("/", 1)[1] for lease in node.leases())
         assert holders == ["eth0", "eth0", "net1", "net1"], node.leases()
-        for p in pods:  # all before any DEL: bridge 1.1.1's CHECK compares the bridge's MAC, which a DEL changes
-            for network in (NET_NAME, "plexus-mac"):
-                check = cnitool_on(p, "check", network)
-                assert check.returncode == 0, (check.stdout, check.stderr)
+        for p in pods:
+            check = cnitool_on(p, "check", "plexus-mac")  # macvlan, then plexus-ipam's CHECK of the lease
+            assert check.returncode == 0, (check.stdout, check.stderr)
+            check = cnitool_on(p, "check", NET_NAME)
+            # bridge 1.1.1's CHECK compares the bridge's MAC with the one it reported at ADD; the kernel gives a
+            # bridge the lowest MAC of its ports, so another pod's veth may change it: that and only that may fail
+            assert check.returncode == 0 or re.fullmatch(r"Bridge interface cni-plx0 Mac doesn't match: \S+\n",
+                                                         check.stderr), (check.stdout, check.stderr)
         for p in pods:
             for network in (NET_NAME, "plexus-mac"):
                 for _ in range(2):
