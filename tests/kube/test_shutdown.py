@@ -34,7 +34,17 @@ class Relay:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def _keep(self, sock: socket.socket) -> bool:
+        """Track a socket for closing, or close it now if the relay already refuses (an accept racing refuse())."""
+        with self.lock:
+            if self.mode != "refuse":
+                self.sockets.append(sock)
+                return True
+        sock.close()
+        return False
 
     def _accept(self) -> None:
         while True:
@@ -42,11 +52,16 @@ class Relay:
                 conn, _ = self.listener.accept()
             except OSError:
                 return
-            self.sockets.append(conn)
+            if not self._keep(conn):
+                return
             if self.mode == "hang":
                 continue  # kept open, never answered
-            upstream = socket.create_connection(self.target)
-            self.sockets.append(upstream)
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                continue
+            if not self._keep(upstream):
+                return
             for a, b in ((conn, upstream), (upstream, conn)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
@@ -62,9 +77,15 @@ class Relay:
         self.mode = "hang"
 
     def refuse(self) -> None:
-        self.mode = "refuse"
+        with self.lock:
+            self.mode = "refuse"
+            sockets, self.sockets = self.sockets, []
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept(); close() alone leaves it listening
+        except OSError:
+            pass
         self.listener.close()
-        for s in self.sockets:
+        for s in sockets:
             try:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
