@@ -247,3 +247,35 @@ class ListNetworksResponse(_message.Message):
     NETWORKS_FIELD_NUMBER: _ClassVar[int]
     networks: _containers.RepeatedCompositeFieldContainer[NetworkStatus]
     def __init__(self, networks: _Optional[_Iterable[_Union[NetworkStatus, _Mapping]]] = ...) -> None: ...
+
+class OutboxEntry(_message.Message):
+    __slots__ = ("seq", "target", "op", "created_at", "attempts", "next_at", "error")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_AT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    target: str
+    op: str
+    created_at: float
+    attempts: int
+    next_at: float
+    error: str
+    def __init__(self, seq: _Optional[int] = ..., target: _Optional[str] = ..., op: _Optional[str] = ..., created_at: _Optional[float] = ..., attempts: _Optional[int] = ..., next_at: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ListOutboxRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class ListOutboxResponse(_message.Message):
+    __slots__ = ("depth", "entries")
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    depth: int
+    entries: _containers.RepeatedCompositeFieldContainer[OutboxEntry]
+    def __init__(self, depth: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[OutboxEntry, _Mapping]]] = ...) -> None: ...

@@ -74,6 +74,11 @@ class IpamStub:
                 request_serializer=plexus_dot_ipam_dot_v1_dot_ipam__pb2.ListNetworksRequest.SerializeToString,
                 response_deserializer=plexus_dot_ipam_dot_v1_dot_ipam__pb2.ListNetworksResponse.FromString,
                 _registered_method=True)
+        self.ListOutbox = channel.unary_unary(
+                '/plexus.ipam.v1.Ipam/ListOutbox',
+                request_serializer=plexus_dot_ipam_dot_v1_dot_ipam__pb2.ListOutboxRequest.SerializeToString,
+                response_deserializer=plexus_dot_ipam_dot_v1_dot_ipam__pb2.ListOutboxResponse.FromString,
+                _registered_method=True)
         self.Sync = channel.unary_unary(
                 '/plexus.ipam.v1.Ipam/Sync',
                 request_serializer=plexus_dot_ipam_dot_v1_dot_ipam__pb2.SyncRequest.SerializeToString,
@@ -134,6 +139,12 @@ class IpamServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListOutbox(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Sync(self, request, context):
         """Re-read the object source now and report the manifests that are not served.
         """
@@ -183,6 +194,11 @@ def add_IpamServicer_to_server(servicer, server):
                     servicer.ListNetworks,
                     request_deserializer=plexus_dot_ipam_dot_v1_dot_ipam__pb2.ListNetworksRequest.FromString,
                     response_serializer=plexus_dot_ipam_dot_v1_dot_ipam__pb2.ListNetworksResponse.SerializeToString,
+            ),
+            'ListOutbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOutbox,
+                    request_deserializer=plexus_dot_ipam_dot_v1_dot_ipam__pb2.ListOutboxRequest.FromString,
+                    response_serializer=plexus_dot_ipam_dot_v1_dot_ipam__pb2.ListOutboxResponse.SerializeToString,
             ),
             'Sync': grpc.unary_unary_rpc_method_handler(
                     servicer.Sync,
@@ -406,6 +422,33 @@ class Ipam:
             '/plexus.ipam.v1.Ipam/ListNetworks',
             plexus_dot_ipam_dot_v1_dot_ipam__pb2.ListNetworksRequest.SerializeToString,
             plexus_dot_ipam_dot_v1_dot_ipam__pb2.ListNetworksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOutbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plexus.ipam.v1.Ipam/ListOutbox',
+            plexus_dot_ipam_dot_v1_dot_ipam__pb2.ListOutboxRequest.SerializeToString,
+            plexus_dot_ipam_dot_v1_dot_ipam__pb2.ListOutboxResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -263,6 +263,24 @@ def cmd_leases(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_outbox(args: argparse.Namespace) -> int:
+    resp = Client(args.grpc_socket).call("ListOutbox", pb.ListOutboxRequest(limit=args.limit))
+    data = {"depth": resp.depth, "entries": [
+        {"seq": e.seq, "target": e.target, "op": e.op, "createdAt": e.created_at, "attempts": e.attempts,
+         "nextAt": e.next_at or None, "error": e.error} for e in resp.entries]}
+
+    def render() -> str:
+        rows = [[d["seq"], d["op"], d["target"], d["attempts"], age(d["createdAt"]),
+                 f"in {max(0, int(d['nextAt'] - time.time()))}s" if d["nextAt"] else "now", d["error"] or "-"]
+                for d in data["entries"]]
+        listed = f" (the oldest {len(rows)} below)" if len(rows) < data["depth"] else ""
+        return f"{data['depth']} writes to the cluster's API owed{listed}\n" + table(
+            rows, ["SEQ", "OP", "OBJECT", "ATTEMPTS", "AGE", "NEXT", "LAST ERROR"])
+
+    _print(args, data, render)
+    return 0
+
+
 def _holder(lease: dict[str, Any]) -> str:
     """A delegate's lease by its interface and network (``net1@my-namespace/macvlan-conf``), others by key."""
     if lease["holderKind"] == "CNI":
@@ -389,6 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
     rel.add_argument("address")
     rel.add_argument("--yes", action="store_true", help="do not ask; release even if a pod uses it")
     rel.set_defaults(func=cmd_release)
+
+    outbox = sub.add_parser("outbox", help="writes to the cluster's API this node owes (Kubernetes mode)")
+    outbox.add_argument("--limit", type=int, default=100, help="list at most this many, oldest first")
+    out(outbox)
+    outbox.set_defaults(func=cmd_outbox)
 
     get = sub.add_parser("get", help="statuses")
     get.add_argument("what", choices=("ipaddresses", "ipaddress", "ipa", "networks", "network", *NAD_NAMES))

@@ -5,6 +5,10 @@ makes the allocation atomic: the node whose create succeeds holds the address; A
 means another node does, and the allocator moves to its next candidate (from the informer's
 cache, never by listing the pool). Orphaning sets ``status.orphaningTimestamp``; a quarantined
 lease is adopted by a Static IPAddress asking for exactly that IP.
+
+Claiming needs the answer now; letting go does not: an orphaning or a release is owed in the outbox (the local store
+let go already, and a lease object that lives a little longer only keeps others off the address, the safe way), made
+before any later claim of the same address by this node.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import logging
 from collections.abc import Callable, Container, Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from cni.errors import TryAgainLater
 from ipamd.ipam.allocator import to_int
 from ipamd.kube.errors import api_unavailable_is_11, status_of
+from ipamd.kube.outbox import Outbox
 from ipamd.kube.resources import RESOURCES
 from ipamd.model.objects import GROUP
 from ipamd.model.timefmt import parse_rfc3339, rfc3339
@@ -92,10 +98,11 @@ def lease_body(pool: str, address: str, network: str, holder: str, ttl_s: float,
 
 
 class KubeLeaseRegistry:
-    def __init__(self, source: KubernetesSource, node_name: str) -> None:
+    def __init__(self, source: KubernetesSource, node_name: str, outbox: Outbox) -> None:
         self.objects = source.objects
         self.source = source
         self.node_name = node_name
+        self.outbox = outbox
 
     def taken_elsewhere(self, pool: str) -> Container[int]:
         return _TakenIn(self.source, pool)
@@ -133,6 +140,9 @@ class KubeLeaseRegistry:
     def _claim(self, lease: LeaseRecord) -> bool:
         body = lease_body(lease.pool, lease.address, lease.network, lease.holder or "", lease.ttl, self.node_name)
         name = body["metadata"]["name"]
+        if not self.outbox.flush_target(f"{KIND}/{name}"):  # this node's own letting go of it comes first
+            raise TryAgainLater(f"this node's release of {lease.address} in {lease.pool} is not made yet",
+                                "the Kubernetes API did not take it; see plexusctl outbox")
         try:
             self.objects.create(KIND, body)
             return True
@@ -158,26 +168,14 @@ class KubeLeaseRegistry:
         return False
 
     def orphan(self, lease: LeaseRecord) -> None:
-        with api_unavailable_is_11():
-            self._orphan(lease)
-
-    def _orphan(self, lease: LeaseRecord) -> None:
         name = lease_name(lease.pool, lease.address)
-        try:
-            # the holder is dropped (a merge patch with null), not emptied: the client sends "" as null
-            self.objects.patch(KIND, name, {"spec": {"holder": None}})
-            self.objects.patch_status(KIND, name, {"orphaningTimestamp": rfc3339(lease.orphaned_at)})
-        except Exception as exc:
-            if status_of(exc) != 404:
-                raise
+        # the holder is dropped (a merge patch with null), not emptied: the client sends "" as null
+        self.outbox.add(f"{KIND}/{name}", "patch", {"kind": KIND, "name": name, "patch": {"spec": {"holder": None}}})
+        self.outbox.add(f"{KIND}/{name}", "patch_status", {"kind": KIND, "name": name, "status": {
+            "orphaningTimestamp": rfc3339(lease.orphaned_at)}})
 
     def release(self, lease: LeaseRecord) -> None:
-        with api_unavailable_is_11():
-            self._release(lease)
-
-    def _release(self, lease: LeaseRecord) -> None:
-        try:
-            self.objects.delete(KIND, lease_name(lease.pool, lease.address))
-        except Exception as exc:
-            if status_of(exc) != 404:
-                raise
+        name = lease_name(lease.pool, lease.address)
+        for op in ("patch", "patch_status"):  # not worth making once it goes
+            self.outbox.drop(f"{KIND}/{name}", op)
+        self.outbox.add(f"{KIND}/{name}", "delete", {"kind": KIND, "name": name}, supersede=True)

@@ -65,13 +65,15 @@ class NodeDaemon:
         self.cfg = cfg
         self.store = Store(cfg.db)
         self.controller: Any = None
+        self.outbox: Any = None  # the cluster's API writes owed (Kubernetes mode)
         registry: LeaseRegistry = NodeLocalRegistry()
         publisher: Publisher = LocalPublisher()
         self.source: ObjectSource
         if cfg.kubeconfig:  # imported only here: the kubernetes client costs ~200 ms to import
             from ipamd.kube.client import kube_api
             from ipamd.kube.leases import KubeLeaseRegistry
-            from ipamd.kube.publisher import KubePublisher
+            from ipamd.kube.outbox import Outbox
+            from ipamd.kube.publisher import KubePublisher, api_senders
             from ipamd.kube.source import KubernetesSource
 
             api = kube_api(cfg.kubeconfig)
@@ -80,8 +82,9 @@ class NodeDaemon:
                 from ipamd.kube.controller import Controller
 
                 self.controller = Controller(api, self.source, cfg.controller_namespace)
-            registry = KubeLeaseRegistry(self.source, cfg.node_name)
-            publisher = KubePublisher(api, cfg.node_name)
+            self.outbox = Outbox(self.store, api_senders(api))
+            registry = KubeLeaseRegistry(self.source, cfg.node_name, self.outbox)
+            publisher = KubePublisher(api, cfg.node_name, self.outbox)
         else:
             self.source = LocalSource(cfg.objects_dir, lambda ns, name: self.store.generated_uid(ns, name, _new_uid()))
         self.ipam = Ipam(self.store, self.source, registry=registry)
@@ -108,6 +111,8 @@ class NodeDaemon:
 
     def start(self) -> None:
         self.source.start()
+        if self.outbox is not None:
+            self.outbox.start()
         if self.controller is not None:
             self.controller.start()
         reap_orphans(os.path.abspath(self.cfg.db))  # delegates a killed predecessor left running, before undoing them
@@ -126,6 +131,9 @@ class NodeDaemon:
         if self.cfg.metrics_port:
             from prometheus_client import start_http_server
 
+            from ipamd.server.metrics import OUTBOX_DEPTH
+
+            OUTBOX_DEPTH.set_function(lambda: float(self.outbox.depth() if self.outbox is not None else 0))
             start_http_server(self.cfg.metrics_port, addr="127.0.0.1")
         log.info("plexus-ipamd ready: cni=%s ipam=%s grpc=%s objects=%s db=%s (recovered %d attachments)",
                  self.cfg.socket, self.cfg.ipam_plugin_socket, self.cfg.grpc_socket, self.cfg.objects_dir, self.cfg.db, recovered)
@@ -135,6 +143,8 @@ class NodeDaemon:
         if self.controller is not None:
             self.controller.stop()
         self.reconciler.stop()
+        if self.outbox is not None:
+            self.outbox.stop()
         self.source.stop()
         for server in (self.cni_server, self.ipam_server):
             if server is not None:

@@ -166,6 +166,13 @@ class IpamService(pb_grpc.IpamServicer):
         ])
 
     @_mapped
+    def ListOutbox(self, request: pb.ListOutboxRequest, context: grpc.ServicerContext) -> pb.ListOutboxResponse:  # noqa: N802
+        entries = [pb.OutboxEntry(seq=e.seq, target=e.target, op=e.op, created_at=e.created_at, attempts=e.attempts,
+                                  next_at=e.next_at, error=e.error)
+                   for e in self.store.outbox_head(request.limit or 100)]
+        return pb.ListOutboxResponse(depth=self.store.outbox_depth(), entries=entries)
+
+    @_mapped
     def Sync(self, request: pb.SyncRequest, context: grpc.ServicerContext) -> pb.SyncResponse:  # noqa: N802
         problems = self.sync()
         return pb.SyncResponse(problems=[pb.Problem(source=p.source, field=p.field, message=p.message) for p in problems])

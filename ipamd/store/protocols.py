@@ -13,7 +13,15 @@ from collections.abc import Set
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
-from ipamd.store.records import AttachmentRecord, ImplicitPoolRecord, IPRecord, LeaseRecord, PodStatus, SegmentRecord
+from ipamd.store.records import (
+    AttachmentRecord,
+    ImplicitPoolRecord,
+    IPRecord,
+    LeaseRecord,
+    OutboxEntry,
+    PodStatus,
+    SegmentRecord,
+)
 
 
 class Transactional(Protocol):
@@ -107,9 +115,28 @@ class SegmentStore(Transactional, Protocol):
     def segments(self) -> list[SegmentRecord]: ...
 
 
+class OutboxStore(Transactional, Protocol):
+    """The writes to the cluster's API this node owes (``ipamd.kube.outbox``): durable, so a killed daemon's are made
+    after its restart. ``outbox_add`` inside the transaction that made them owed commits with it."""
+
+    def outbox_add(self, entry: OutboxEntry, supersede: bool = False) -> int: ...  # its seq
+
+    def outbox_head(self, limit: int) -> list[OutboxEntry]: ...  # the oldest, in order
+
+    def outbox_of(self, target: str) -> list[OutboxEntry]: ...
+
+    def outbox_done(self, seq: int) -> None: ...
+
+    def outbox_retry(self, seq: int, attempts: int, next_at: float, error: str) -> None: ...
+
+    def outbox_drop(self, target: str, op: str) -> int: ...  # how many pending writes of ``target``/``op`` went
+
+    def outbox_depth(self) -> int: ...
+
+
 class VerbStore(AttachmentStore, StatusStore, Protocol):
     """What the CNI verbs keep: attachments and the pod statuses derived from them."""
 
 
-class NodeStore(LeaseStore, AttachmentStore, StatusStore, SegmentStore, Protocol):
+class NodeStore(LeaseStore, AttachmentStore, StatusStore, SegmentStore, OutboxStore, Protocol):
     """Everything the node keeps (the SQLite store is one)."""

@@ -135,6 +135,22 @@ class SegmentRecord:
     status: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """A write to the cluster's API that this node owes: kept until it is made, in order per ``target`` (the object it
+    writes), retried with backoff. A newer write of the same ``target`` and ``op`` supersedes a pending one (a status
+    is written whole, so only the last one matters)."""
+
+    seq: int  # the order it was owed in (0 until stored)
+    target: str  # the object written: "IPAddress/ns/name", "Pod/ns/name", "IPAddressLease/name", "Event/ns/pod"
+    op: str  # what to do with it; the sender has one function per op
+    body: dict[str, Any] = field(default_factory=dict)
+    created_at: float = 0.0
+    attempts: int = 0
+    next_at: float = 0.0  # not tried again before
+    error: str = ""  # why the last attempt failed
+
+
 # -- the one JSON form every store keeps them in --------------------------------------------------
 
 def _fields(value: Any) -> dict[str, Any]:
@@ -184,6 +200,12 @@ def load_implicit_pool(data: str) -> ImplicitPoolRecord:
 
 def load_pod_status(data: str) -> PodStatus:
     return PodStatus(**_tuples(json.loads(data), "networks_status", "network_status"))
+
+
+def load_outbox(seq: int, data: str) -> OutboxEntry:
+    d = json.loads(data)
+    d["seq"] = seq
+    return OutboxEntry(**d)
 
 
 def load_segment(data: str) -> SegmentRecord:

@@ -24,6 +24,7 @@ from ipamd.store.records import (
     ImplicitPoolRecord,
     IPRecord,
     LeaseRecord,
+    OutboxEntry,
     PodStatus,
     SegmentRecord,
     dump,
@@ -31,6 +32,7 @@ from ipamd.store.records import (
     load_implicit_pool,
     load_ip,
     load_lease,
+    load_outbox,
     load_pod_status,
     load_segment,
 )
@@ -54,6 +56,9 @@ CREATE TABLE IF NOT EXISTS pod_uids (namespace TEXT NOT NULL, name TEXT NOT NULL
 CREATE TABLE IF NOT EXISTS segments (network TEXT PRIMARY KEY, kind TEXT NOT NULL, id INTEGER NOT NULL, data TEXT NOT NULL);
 CREATE UNIQUE INDEX IF NOT EXISTS segments_by_id ON segments(kind, id) WHERE id > 0;
 CREATE TABLE IF NOT EXISTS implicit_pools (key TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, target TEXT NOT NULL, op TEXT NOT NULL,
+    data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS outbox_by_target ON outbox(target, op);
 """
 
 
@@ -217,6 +222,40 @@ class Store:
 
     def delete_implicit_pool(self, key: str) -> None:
         self._x("DELETE FROM implicit_pools WHERE key=?", (key,))
+
+    # -- the outbox --------------------------------------------------------------------------
+    def outbox_add(self, entry: OutboxEntry, supersede: bool = False) -> int:
+        with self.transaction():
+            if supersede:
+                self.outbox_drop(entry.target, entry.op)
+            cur = self._db.execute("INSERT INTO outbox (target, op, data) VALUES (?,?,?)",
+                                   (entry.target, entry.op, dump(replace(entry, seq=0))))
+            return int(cur.lastrowid or 0)
+
+    def outbox_head(self, limit: int) -> list[OutboxEntry]:
+        return [load_outbox(seq, d) for seq, d in self._q("SELECT seq, data FROM outbox ORDER BY seq LIMIT ?", (limit,))]
+
+    def outbox_of(self, target: str) -> list[OutboxEntry]:
+        return [load_outbox(seq, d) for seq, d in self._q("SELECT seq, data FROM outbox WHERE target=? ORDER BY seq",
+                                                           (target,))]
+
+    def outbox_done(self, seq: int) -> None:
+        self._x("DELETE FROM outbox WHERE seq=?", (seq,))
+
+    def outbox_retry(self, seq: int, attempts: int, next_at: float, error: str) -> None:
+        with self._lock:
+            rows = self._q("SELECT data FROM outbox WHERE seq=?", (seq,))
+            if rows:
+                entry = replace(load_outbox(seq, rows[0][0]), attempts=attempts, next_at=next_at, error=error)
+                self._x("UPDATE outbox SET data=? WHERE seq=?", (dump(replace(entry, seq=0)), seq))
+
+    def outbox_drop(self, target: str, op: str) -> int:
+        with self._lock:
+            cur = self._db.execute("DELETE FROM outbox WHERE target=? AND op=?", (target, op))
+            return cur.rowcount
+
+    def outbox_depth(self) -> int:
+        return int(self._q("SELECT COUNT(*) FROM outbox")[0][0])
 
     # -- attachments -------------------------------------------------------------------------
     def get_attachment(self, container_id: str, ifname: str) -> AttachmentRecord | None:

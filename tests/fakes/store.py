@@ -19,6 +19,7 @@ from ipamd.store.records import (
     ImplicitPoolRecord,
     IPRecord,
     LeaseRecord,
+    OutboxEntry,
     PodStatus,
     SegmentRecord,
     dump,
@@ -26,11 +27,12 @@ from ipamd.store.records import (
     load_implicit_pool,
     load_ip,
     load_lease,
+    load_outbox,
     load_pod_status,
     load_segment,
 )
 
-TABLES = ("leases", "cursors", "ips", "attachments", "pods", "pod_uids", "segments", "implicit_pools")
+TABLES = ("leases", "cursors", "ips", "attachments", "pods", "pod_uids", "segments", "implicit_pools", "outbox")
 
 
 class MemoryStore:
@@ -47,11 +49,13 @@ class MemoryStore:
         self.pod_uids: dict[tuple[str, str], str] = {}
         self.segments_: dict[str, str] = {}
         self.implicit_pools_: dict[str, str] = {}
+        self.outbox: dict[int, tuple[str, str, str]] = {}  # seq -> (target, op, data)
+        self._seq = [0]  # a list so that a rollback (which restores the tables) never reuses a seq
         self.commits = 0
 
     def _tables(self) -> list[dict[Any, Any]]:
         return [self.leases, self.cursors, self.ips, self.attachments_, self.pods, self.pod_uids, self.segments_,
-                self.implicit_pools_]
+                self.implicit_pools_, self.outbox]
 
     @contextmanager
     def transaction(self) -> Iterator[MemoryStore]:
@@ -172,6 +176,45 @@ class MemoryStore:
     def delete_implicit_pool(self, key: str) -> None:
         with self._lock:
             self.implicit_pools_.pop(key, None)
+
+    # -- the outbox ------------------------------------------------------------------------------
+    def outbox_add(self, entry: OutboxEntry, supersede: bool = False) -> int:
+        with self.transaction():
+            if supersede:
+                self.outbox_drop(entry.target, entry.op)
+            self._seq[0] += 1
+            self.outbox[self._seq[0]] = (entry.target, entry.op, dump(replace(entry, seq=0)))
+            return self._seq[0]
+
+    def outbox_head(self, limit: int) -> list[OutboxEntry]:
+        with self._lock:
+            return [load_outbox(seq, self.outbox[seq][2]) for seq in sorted(self.outbox)[:limit]]
+
+    def outbox_of(self, target: str) -> list[OutboxEntry]:
+        with self._lock:
+            return [load_outbox(seq, d) for seq, (t, _, d) in sorted(self.outbox.items()) if t == target]
+
+    def outbox_done(self, seq: int) -> None:
+        with self._lock:
+            self.outbox.pop(seq, None)
+
+    def outbox_retry(self, seq: int, attempts: int, next_at: float, error: str) -> None:
+        with self._lock:
+            if seq in self.outbox:
+                target, op, data = self.outbox[seq]
+                entry = replace(load_outbox(seq, data), attempts=attempts, next_at=next_at, error=error)
+                self.outbox[seq] = (target, op, dump(replace(entry, seq=0)))
+
+    def outbox_drop(self, target: str, op: str) -> int:
+        with self._lock:
+            gone = [seq for seq, (t, o, _) in self.outbox.items() if (t, o) == (target, op)]
+            for seq in gone:
+                del self.outbox[seq]
+            return len(gone)
+
+    def outbox_depth(self) -> int:
+        with self._lock:
+            return len(self.outbox)
 
     # -- attachments -----------------------------------------------------------------------------
     def get_attachment(self, container_id: str, ifname: str) -> AttachmentRecord | None:

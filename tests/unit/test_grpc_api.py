@@ -3,6 +3,7 @@ trailing metadata, and the Leases stream (many operations per message, each with
 
 from __future__ import annotations
 
+import json
 import queue
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,3 +75,25 @@ def test_the_leases_stream_applies_each_operation_on_its_own(stub: Any) -> None:
     assert released[0].released.released and released[1].error.code == 103 and released[2].error.code == 7
     assert send(allocate("z"))[0].lease.address == got[0].lease.address, "the released address, leaseTTL 0s"
     out.put(None)
+
+
+def test_plexusctl_outbox_lists_the_owed_writes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ipamd.cli.ctl import main
+    from ipamd.store.records import OutboxEntry
+
+    store = MemoryStore()
+    for i in range(3):
+        store.outbox_add(OutboxEntry(0, f"IPAddress/apps/ip{i}", "create", {}, created_at=1.0))
+    store.outbox_retry(store.outbox_head(1)[0].seq, 4, 2e9, "the API server is not answering")
+    sock = str(tmp_path / "grpc.sock")
+    server, _ = serve(sock, IpamService(store, FakeSource(), Ipam(store, FakeSource()), list), lambda: True)
+    try:
+        assert main(["--grpc-socket", sock, "outbox", "--limit", "2"]) == 0
+        text = capsys.readouterr().out
+        assert text.startswith("3 writes to the cluster's API owed (the oldest 2 below)")
+        assert "IPAddress/apps/ip0" in text and "the API server is not answering" in text and "ip2" not in text
+        assert main(["--grpc-socket", sock, "outbox", "-o", "json"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert data["depth"] == 3 and [e["attempts"] for e in data["entries"]] == [4, 0, 0]
+    finally:
+        server.stop(None)

@@ -9,6 +9,8 @@ from typing import Any
 from ipamd.ipam.allocator import to_int
 from ipamd.kube.informer import Informer
 from ipamd.kube.leases import KIND, LEASE_INDEXERS, NODE_LABEL, KubeLeaseRegistry
+from ipamd.kube.outbox import Outbox
+from tests.fakes.store import MemoryStore
 
 
 def lease(ip: str, holder: str | None, pool: str = "IPAddressPool/ns/p", node: str = "n1") -> dict[str, Any]:
@@ -42,7 +44,7 @@ class Source:
 
 def test_indexes_follow_list_and_watch_events() -> None:
     inf = informer(lease("198.18.0.1", "IPAddress/ns/a"), lease("198.18.0.2", "IPAddress/ns/b", node="n2"))
-    registry = KubeLeaseRegistry(Source(inf), "n1")  # type: ignore[arg-type]
+    registry = KubeLeaseRegistry(Source(inf), "n1", Outbox(MemoryStore(), {}))  # type: ignore[arg-type]
     taken = registry.taken_elsewhere("IPAddressPool/ns/p")
     assert to_int("198.18.0.1") in taken and to_int("198.18.0.3") not in taken
     assert to_int("198.18.0.1") not in registry.taken_elsewhere("IPAddressPool/ns/other")

@@ -1,5 +1,5 @@
-"""With the API server unreachable, what the node writes to it is logged, never raised into a CNI call or a
-reconcile round as a traceback: the publisher swallows it, the lease registry says code 11."""
+"""With the API server unreachable, what the node writes to it is owed in its outbox, never raised into a CNI call
+or a reconcile round as a traceback; a claim, which needs the answer now, says code 11."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from kubernetes import client
 from cni.errors import TryAgainLater
 from ipamd.kube.client import TimedApiClient
 from ipamd.kube.leases import KubeLeaseRegistry
-from ipamd.kube.publisher import KubePublisher
+from ipamd.kube.outbox import Outbox
+from ipamd.kube.publisher import KubePublisher, api_senders
 from ipamd.model.objects import Meta, Pod
 from ipamd.store.records import IPRecord, LeaseRecord, PodStatus
+from tests.fakes.store import MemoryStore
 
 
 def unreachable() -> TimedApiClient:
@@ -26,8 +28,11 @@ def unreachable() -> TimedApiClient:
     return TimedApiClient(cfg)
 
 
-def test_the_publisher_logs_and_goes_on(caplog: pytest.LogCaptureFixture) -> None:
-    pub = KubePublisher(unreachable(), "node-a")
+def test_the_publisher_owes_its_writes_and_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    api = unreachable()
+    store = MemoryStore()
+    outbox = Outbox(store, api_senders(api))
+    pub = KubePublisher(api, "node-a", outbox)
     pod = Pod(Meta("Pod", "app", "ns", "uid-1"))
     rec = IPRecord(key="IPAddress/ns/a", kind="IPAddress", namespace="ns", name="a", network_kind="Network",
                    network_name="n", address="198.18.0.5", network="198.18.0.0/24")
@@ -37,8 +42,21 @@ def test_the_publisher_logs_and_goes_on(caplog: pytest.LogCaptureFixture) -> Non
     pub.detached("ns", "app", "uid-1", None, [rec])
     pub.node_attachment("Network/ns/n", "plx-br-600", True, "")
     pub.node_detachment("Network/ns/n")
-    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warned) >= 5 and not any("Traceback" in w for w in warned), warned
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("ipamd")]
+    assert len(warned) == 2 and all("owed in the outbox" in w for w in warned), warned  # the two pod statuses
+    owed = [(e.target, e.op) for e in store.outbox_head(100)]
+    assert owed == [  # in order; a later status superseded the earlier one, the attachment's delete its create
+        ("IPAddress/ns/a", "create"), ("IPAMClaim/ns/c", "patch_status"), ("IPAddress/ns/a", "patch_status"),
+        ("Pod/ns/app", "pod_status"),
+        ("NodeNetworkInterfaceAttachment/node-a-" + owed[-1][0].rsplit("-", 1)[1], "delete")], owed
+    assert outbox.flush() == len(owed)  # nothing answers: everything stays, the passes back off
+    assert store.outbox_head(1)[0].attempts == 1 and store.outbox_head(1)[0].error
+    assert outbox.flush() == len(owed) and store.outbox_head(1)[0].attempts == 1  # backing off: not tried again
+    assert outbox.api_away()  # so the next pod status is owed at once, without waiting for the API server
+    before = len(caplog.records)
+    pub.detached("ns", "app", "uid-1", None, [rec])
+    assert [r for r in caplog.records[before:] if r.name.startswith("urllib3")] == []
+    outbox.stop()
 
 
 def test_the_lease_registry_says_try_again_later() -> None:
@@ -51,9 +69,15 @@ def test_the_lease_registry_says_try_again_later() -> None:
 
     src = Source()
     src.objects = CustomObjects(api)  # type: ignore[assignment]
-    registry = KubeLeaseRegistry(src, "node-a")  # type: ignore[arg-type]
+    store = MemoryStore()
+    registry = KubeLeaseRegistry(src, "node-a", Outbox(store, api_senders(api)))  # type: ignore[arg-type]
     lease = LeaseRecord(pool="IPAddressPool/ns/p", ip=1, address="198.18.0.1", network="198.18.0.0/24",
-                        holder="IPAddress/ns/a")
-    for call in (registry.claim, registry.orphan, registry.release):
-        with pytest.raises(TryAgainLater):
-            call(lease)
+                        holder="IPAddress/ns/a", orphaned_at=1.0)
+    with pytest.raises(TryAgainLater):
+        registry.claim(lease)
+    registry.orphan(lease)  # letting go is owed, and never fails a DEL
+    assert [e.op for e in store.outbox_head(10)] == ["patch", "patch_status"]
+    registry.release(lease)  # supersedes the orphaning
+    assert [e.op for e in store.outbox_head(10)] == ["delete"]
+    with pytest.raises(TryAgainLater):  # its delete could not be made first: the claim waits for the API
+        registry.claim(lease)

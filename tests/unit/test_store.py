@@ -19,6 +19,7 @@ from ipamd.store.records import (
     BuiltInterface,
     IPRecord,
     LeaseRecord,
+    OutboxEntry,
     PodStatus,
     SegmentRecord,
 )
@@ -245,6 +246,33 @@ def assert_empty(store: AnyStore) -> None:
     assert store.attachments() == []
     assert store.pod_statuses() == []
     assert store.segments() == []
+
+
+def test_outbox_round_trip_in_order(store: AnyStore) -> None:
+    first = store.outbox_add(OutboxEntry(0, "IPAddress/ns/a", "create", {"object": {"x": [1, 2]}}, created_at=5.0))
+    second = store.outbox_add(OutboxEntry(0, "IPAddress/ns/a", "patch_status", {"status": {"phase": "Allocated"}}))
+    other = store.outbox_add(OutboxEntry(0, "IPAddress/ns/b", "patch_status", {}))
+    assert first < second < other and store.outbox_depth() == 3
+    head = store.outbox_head(2)
+    assert [(e.seq, e.op) for e in head] == [(first, "create"), (second, "patch_status")]
+    assert head[0].body == {"object": {"x": [1, 2]}} and head[0].created_at == 5.0
+    store.outbox_retry(first, 2, 99.0, "refused")
+    retried = store.outbox_of("IPAddress/ns/a")[0]
+    assert (retried.seq, retried.attempts, retried.next_at, retried.error) == (first, 2, 99.0, "refused")
+    newer = store.outbox_add(OutboxEntry(0, "IPAddress/ns/a", "patch_status", {"status": {}}), supersede=True)
+    assert [e.seq for e in store.outbox_of("IPAddress/ns/a")] == [first, newer] and newer > other
+    assert store.outbox_drop("IPAddress/ns/b", "patch_status") == 1
+    store.outbox_done(first)
+    assert [e.seq for e in store.outbox_head(10)] == [newer]
+
+
+def test_an_outbox_entry_goes_with_its_rolled_back_transaction(store: AnyStore) -> None:
+    with pytest.raises(RuntimeError), store.transaction():
+        store.outbox_add(OutboxEntry(0, "IPAddress/ns/a", "create", {}))
+        raise RuntimeError("boom")
+    assert store.outbox_depth() == 0
+    seq = store.outbox_add(OutboxEntry(0, "IPAddress/ns/a", "create", {}))
+    assert store.outbox_head(1)[0].seq == seq
 
 
 def test_commit_keeps_everything(store: AnyStore) -> None:

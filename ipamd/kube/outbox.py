@@ -1,0 +1,199 @@
+"""The writes to the cluster's API that a CNI call must not wait for, owed durably in the node's store.
+
+An ADD with the API in the loop once made five requests; only the pod's ``networks-status`` is something the pod's
+user waits for. IPAddress objects and their statuses, IPAMClaim statuses, lease objects let go and Events are written
+to the store's outbox (in the transaction that made them owed, or right after it) and made here: in order per object
+(``target``), objects side by side on a few threads, a failure retried with backoff. While the API server is away
+every write waits in the store, across restarts and SIGKILLs, and is made once it is back; ``plexusctl outbox`` shows
+what waits and why.
+
+A write the API refuses for good (400, 403, 422) is dropped with a warning: kept, it would block its object forever.
+"Already there" (409 on a create) and "already gone" (404) are what the write wanted, and count as done.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from ipamd.kube.errors import reason_of, status_of
+from ipamd.store.protocols import OutboxStore
+from ipamd.store.records import OutboxEntry
+
+log = logging.getLogger(__name__)
+
+#: op -> the API call that makes it (given the entry's body), built by the caller around its API client
+Senders = dict[str, Callable[[dict[str, Any]], None]]
+
+HEAD = 500  # entries read per pass
+BACKOFF_MIN_S, BACKOFF_MAX_S = 0.25, 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    done: bool  # made, or never to be made (the entry leaves the outbox)
+    api_away: bool = False  # the API server did not answer: the rest of this pass waits too
+    error: str = ""
+
+
+def judge(op: str, exc: BaseException) -> Verdict:
+    """What a failed write means: done after all (409 on a create, 404), worth a retry (the API away, 429, 5xx,
+    a conflict on an update) or refused for good."""
+    status = status_of(exc)
+    if status is None or status == 429 or status >= 500:
+        return Verdict(False, api_away=True, error=reason_of(exc)[:300])
+    if status == 404 or (status == 409 and op in ("create", "event")):
+        return Verdict(True)
+    if status == 409:
+        return Verdict(False, error=reason_of(exc)[:300])
+    return Verdict(True, error=f"refused for good: {status} {reason_of(exc)[:300]}")
+
+
+def backoff(attempts: int) -> float:
+    return float(min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** max(0, attempts - 1)))
+
+
+def chains(entries: Iterable[OutboxEntry]) -> dict[str, list[OutboxEntry]]:
+    """The entries per target, each list in the order they were owed (dicts keep insertion order)."""
+    out: dict[str, list[OutboxEntry]] = {}
+    for e in entries:
+        out.setdefault(e.target, []).append(e)
+    return out
+
+
+class Outbox:
+    """Owes writes (``add``) and makes them on a background thread (``start``); ``flush`` makes one pass now."""
+
+    def __init__(self, store: OutboxStore, senders: Senders, clock: Callable[[], float] = time.time,
+                 workers: int = 4) -> None:
+        self.store, self.senders, self.clock = store, senders, clock
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._busy: set[str] = set()  # targets being written right now (by a pass or ``flush_target``)
+        self._busy_lock = threading.Condition()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="outbox")
+        self._away_until = 0.0  # the API server did not answer: no pass before this
+        self._away_attempts = 0
+        self.sent = 0
+
+    # -- owing ----------------------------------------------------------------------------------
+    def add(self, target: str, op: str, body: dict[str, Any], supersede: bool = False) -> int:
+        """Owe a write of ``target``; ``supersede``: it replaces the pending writes of the same target and op."""
+        if op not in self.senders:
+            raise ValueError(f"no sender for outbox op {op!r}")
+        seq = self.store.outbox_add(OutboxEntry(0, target, op, body, created_at=self.clock()), supersede=supersede)
+        self._wake.set()
+        return seq
+
+    def drop(self, target: str, op: str) -> int:
+        """Forget the pending writes of ``target``/``op`` (a newer one was just made directly)."""
+        return self.store.outbox_drop(target, op)
+
+    def depth(self) -> int:
+        return self.store.outbox_depth()
+
+    def api_away(self) -> bool:
+        """The last pass found the API server not answering (and backs off): a write that would wait for it is
+        better owed at once."""
+        return self.clock() < self._away_until
+
+    # -- making them ----------------------------------------------------------------------------
+    def _take(self, target: str, wait: bool) -> bool:
+        with self._busy_lock:
+            while target in self._busy:
+                if not wait:
+                    return False
+                self._busy_lock.wait()
+            self._busy.add(target)
+            return True
+
+    def _give(self, target: str) -> None:
+        with self._busy_lock:
+            self._busy.discard(target)
+            self._busy_lock.notify_all()
+
+    def _send_chain(self, chain: list[OutboxEntry], now: float) -> bool:
+        """Make one target's writes in order, stopping at the first that must wait; False when the API is away."""
+        for entry in chain:
+            if entry.next_at > now:
+                return True
+            try:
+                self.senders[entry.op](entry.body)
+            except Exception as exc:  # every failure is judged: none may stop the outbox
+                verdict = judge(entry.op, exc)
+                if not verdict.done:
+                    attempts = entry.attempts + 1
+                    self.store.outbox_retry(entry.seq, attempts, self.clock() + backoff(attempts), verdict.error)
+                    return not verdict.api_away
+                if verdict.error:
+                    log.warning("outbox: %s %s dropped, %s", entry.op, entry.target, verdict.error)
+            self.store.outbox_done(entry.seq)
+            self.sent += 1
+        return True
+
+    def _run_chain(self, chain: list[OutboxEntry], now: float) -> bool:
+        target = chain[0].target
+        if not self._take(target, wait=False):
+            return True  # being written by flush_target right now
+        try:
+            return self._send_chain(chain, now)
+        finally:
+            self._give(target)
+
+    def flush(self) -> int:
+        """One pass over the oldest entries; how many are left. While the API server does not answer, passes back
+        off as a whole instead of failing every entry in turn."""
+        now = self.clock()
+        if now < self._away_until:
+            return self.depth()
+        head = self.store.outbox_head(HEAD)
+        if head:
+            results = list(self._pool.map(lambda c: self._run_chain(c, now), chains(head).values()))
+            if all(results):
+                self._away_attempts = 0
+            else:
+                self._away_attempts += 1
+                self._away_until = self.clock() + backoff(self._away_attempts)
+                log.info("outbox: the API server is not answering; %d writes wait (next try in %.1f s)",
+                         self.depth(), backoff(self._away_attempts))
+        return self.depth()
+
+    def flush_target(self, target: str) -> bool:
+        """Make the pending writes of one object now (before a write that must come after them); True when none is
+        left."""
+        self._take(target, wait=True)
+        try:
+            self._send_chain(self.store.outbox_of(target), float("inf"))
+            return not self.store.outbox_of(target)
+        finally:
+            self._give(target)
+
+    def _next_wait(self) -> float:
+        head = self.store.outbox_head(HEAD)
+        if not head:
+            return 5.0
+        soonest = max(self._away_until, min(e.next_at for e in head))
+        return max(0.0, min(5.0, soonest - self.clock()))
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()  # before the pass: an add() during it wakes the next one at once
+            try:
+                self.flush()
+                self._wake.wait(self._next_wait())
+            except Exception:  # the store or a bug: logged, and the loop goes on
+                log.exception("outbox pass")
+                self._stop.wait(1.0)
+
+    def start(self) -> None:
+        threading.Thread(target=self._loop, name="outbox", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)

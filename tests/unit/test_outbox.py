@@ -1,0 +1,180 @@
+"""The outbox: writes owed to the cluster's API are made in order per object, retried with backoff while the API
+server is away, judged once (done, retry, refused for good), and survive the daemon's restart in the store."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from ipamd.kube.outbox import Outbox, backoff, judge
+from ipamd.store.sqlite import Store
+from tests.fakes.store import MemoryStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Api:
+    """Records what was sent; ``fail[(target, op)]`` is raised (once per listed exception) instead."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+        self.fail: dict[tuple[str, str], list[BaseException]] = {}
+        self.away = False
+
+    def sender(self, op: str) -> Any:
+        def send(body: dict[str, Any]) -> None:
+            key = (body["t"], op)
+            if self.away:
+                raise ConnectionRefusedError("refused")
+            if self.fail.get(key):
+                raise self.fail[key].pop(0)
+            self.sent.append(key)
+        return send
+
+    def senders(self) -> dict[str, Any]:
+        return {op: self.sender(op) for op in ("create", "patch_status", "delete", "event")}
+
+
+def api_error(status: int) -> ApiException:
+    return ApiException(status=status, reason="test")
+
+
+@pytest.fixture
+def parts() -> tuple[Outbox, Api, Clock, MemoryStore]:
+    api, clock, store = Api(), Clock(), MemoryStore()
+    return Outbox(store, api.senders(), clock), api, clock, store
+
+
+def owe(outbox: Outbox, target: str, op: str, supersede: bool = False) -> None:
+    outbox.add(target, op, {"t": target}, supersede=supersede)
+
+
+def test_writes_are_made_in_order_per_object(parts: tuple[Outbox, Api, Clock, MemoryStore]) -> None:
+    outbox, api, _, store = parts
+    for target in ("IPAddress/ns/a", "IPAddress/ns/b"):
+        owe(outbox, target, "create")
+        owe(outbox, target, "patch_status")
+    assert outbox.flush() == 0 and store.outbox_depth() == 0
+    for target in ("IPAddress/ns/a", "IPAddress/ns/b"):
+        assert [op for t, op in api.sent if t == target] == ["create", "patch_status"]
+
+
+def test_a_write_that_must_wait_holds_back_its_object_only(parts: tuple[Outbox, Api, Clock, MemoryStore]) -> None:
+    outbox, api, clock, store = parts
+    api.fail[("IPAddress/ns/a", "create")] = [api_error(500)]
+    owe(outbox, "IPAddress/ns/a", "create")
+    owe(outbox, "IPAddress/ns/a", "patch_status")
+    owe(outbox, "IPAddress/ns/b", "patch_status")
+    api.fail[("IPAddress/ns/b", "patch_status")] = []
+    outbox.flush()
+    assert ("IPAddress/ns/a", "patch_status") not in api.sent  # never ahead of its create
+    assert ("IPAddress/ns/b", "patch_status") in api.sent
+    head = store.outbox_head(10)
+    assert [(e.target, e.op, e.attempts) for e in head] == [("IPAddress/ns/a", "create", 1),
+                                                            ("IPAddress/ns/a", "patch_status", 0)]
+    assert head[0].next_at == clock.now + backoff(1) and "test" in head[0].error
+    clock.now += 60
+    assert outbox.flush() == 0
+    assert [op for t, op in api.sent if t == "IPAddress/ns/a"] == ["create", "patch_status"]
+
+
+def test_while_the_api_server_is_away_passes_back_off_and_then_catch_up(
+        parts: tuple[Outbox, Api, Clock, MemoryStore]) -> None:
+    outbox, api, clock, store = parts
+    api.away = True
+    for i in range(20):
+        owe(outbox, f"IPAddress/ns/ip{i}", "create")
+    assert outbox.flush() == 20 and outbox.api_away()
+    tried = sum(e.attempts for e in store.outbox_head(100))
+    assert 1 <= tried <= 20
+    assert outbox.flush() == 20 and sum(e.attempts for e in store.outbox_head(100)) == tried  # backing off
+    waits = []
+    for _ in range(8):  # the pause between passes grows, up to its cap
+        clock.now = outbox._away_until
+        outbox.flush()
+        waits.append(outbox._away_until - clock.now)
+    assert waits == sorted(waits) and waits[-1] == 30.0
+    api.away = False
+    clock.now = outbox._away_until + 31
+    assert outbox.flush() == 0 and not outbox.api_away()
+    assert sorted(t for t, _ in api.sent) == sorted(f"IPAddress/ns/ip{i}" for i in range(20))
+
+
+@pytest.mark.parametrize(("op", "status", "done", "retried"), [
+    ("create", 409, True, False),  # there already
+    ("delete", 404, True, False),  # gone already
+    ("patch_status", 404, True, False),
+    ("patch_status", 409, False, True),  # a conflicting update: try again
+    ("patch_status", 422, True, False),  # refused for good: dropped, with a warning
+    ("create", 403, True, False),
+    ("event", 429, False, True),
+    ("create", 503, False, True),
+])
+def test_each_failure_is_judged_once(op: str, status: int, done: bool, retried: bool) -> None:
+    verdict = judge(op, api_error(status))
+    assert verdict.done is done and (not verdict.done) is retried
+    assert verdict.api_away is (status in (429, 503))
+
+
+def test_a_refused_write_is_dropped_with_a_warning(parts: tuple[Outbox, Api, Clock, MemoryStore],
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    outbox, api, _, store = parts
+    api.fail[("IPAddress/ns/a", "patch_status")] = [api_error(422)]
+    owe(outbox, "IPAddress/ns/a", "patch_status")
+    owe(outbox, "IPAddress/ns/a", "delete")
+    with caplog.at_level(logging.WARNING):
+        assert outbox.flush() == 0
+    assert api.sent == [("IPAddress/ns/a", "delete")]
+    assert any("refused for good: 422" in r.getMessage() for r in caplog.records)
+
+
+def test_a_newer_status_supersedes_an_owed_one(parts: tuple[Outbox, Api, Clock, MemoryStore]) -> None:
+    outbox, api, _, store = parts
+    outbox.add("IPAddress/ns/a", "create", {"t": "IPAddress/ns/a"})
+    outbox.add("IPAddress/ns/a", "patch_status", {"t": "IPAddress/ns/a", "v": 1}, supersede=True)
+    outbox.add("IPAddress/ns/a", "patch_status", {"t": "IPAddress/ns/a", "v": 2}, supersede=True)
+    assert [(e.op, e.body.get("v")) for e in store.outbox_of("IPAddress/ns/a")] == [("create", None),
+                                                                                    ("patch_status", 2)]
+
+
+def test_flush_target_makes_one_objects_writes_now(parts: tuple[Outbox, Api, Clock, MemoryStore]) -> None:
+    outbox, api, clock, store = parts
+    owe(outbox, "IPAddressLease/x", "delete")
+    owe(outbox, "IPAddressLease/y", "delete")
+    api.fail[("IPAddressLease/x", "delete")] = [api_error(500)]
+    outbox.flush()
+    assert store.outbox_of("IPAddressLease/x")[0].next_at > clock.now  # backing off...
+    assert outbox.flush_target("IPAddressLease/x")  # ...but asked for now, it is made now
+    assert store.outbox_depth() == 0 and ("IPAddressLease/x", "delete") in api.sent
+
+
+def test_an_unknown_op_is_refused_when_owed(parts: tuple[Outbox, Api, Clock, MemoryStore]) -> None:
+    outbox, *_ = parts
+    with pytest.raises(ValueError, match="no sender"):
+        outbox.add("IPAddress/ns/a", "frobnicate", {})
+
+
+def test_owed_writes_survive_a_restart(tmp_path: Path) -> None:
+    api, clock = Api(), Clock()
+    api.away = True
+    store = Store(str(tmp_path / "plexus.db"))
+    outbox = Outbox(store, api.senders(), clock)
+    owe(outbox, "IPAddress/ns/a", "create")
+    owe(outbox, "IPAddress/ns/a", "patch_status")
+    outbox.flush()
+    store.close()  # the daemon is gone; its successor opens the same file
+    api.away, clock.now = False, clock.now + backoff(1)
+    again = Store(str(tmp_path / "plexus.db"))
+    assert Outbox(again, api.senders(), clock).flush() == 0
+    assert api.sent == [("IPAddress/ns/a", "create"), ("IPAddress/ns/a", "patch_status")]
+    again.close()
