@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
 import time
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from cni.errors import AddressConflict, CniError, InvalidConfig, ObjectNotFound, PoolExhausted
@@ -66,6 +68,16 @@ class Claim:
     created_lease: bool
 
 
+@dataclass(slots=True)
+class Secured:
+    """An address claimed beyond this node before the store's transaction that records it (``Ipam.securing``):
+    ``lease_for`` takes it (``used``), or it is let go when the transaction ends without it."""
+
+    lease: LeaseRecord | None = None
+    used: bool = False
+    elsewhere: bool = False  # a Static address another node holds: refused inside the transaction, no second ask
+
+
 def pool_key(pool: AddressPool) -> str:
     return pool.meta.key
 
@@ -86,6 +98,16 @@ class _Either:
         return ip in self.a or ip in self.b
 
 
+class _Securing:
+    """The addresses of one pool this node is claiming right now, outside the store's lock."""
+
+    def __init__(self, ipam: Ipam, pool: str) -> None:
+        self.ipam, self.pool = ipam, pool
+
+    def __contains__(self, ip: object) -> bool:
+        return (self.pool, ip) in self.ipam._securing
+
+
 class Ipam:
     def __init__(self, store: LeaseStore, source: ObjectSource, clock: Callable[[], float] = time.time,
                  registry: LeaseRegistry | None = None) -> None:
@@ -93,6 +115,8 @@ class Ipam:
         self.source = source
         self.clock = clock
         self.registry: LeaseRegistry = registry or NodeLocalRegistry()
+        self._securing: set[tuple[str, int]] = set()  # (pool, IP) being claimed beyond this node, outside the lock
+        self._securing_lock = threading.Lock()
 
     # -- resolution ------------------------------------------------------------------------------
     def resolve(self, sel: NetworkSelection, namespace: str, where: str) -> ResolvedNetwork:
@@ -170,8 +194,10 @@ class Ipam:
             )
         return rec
 
-    def lease_for(self, rec: IPRecord, pool: AddressPool) -> tuple[IPRecord, LeaseRecord, bool]:
-        """Give the IPAddress its address (keeping the one it has); inside a transaction."""
+    def lease_for(self, rec: IPRecord, pool: AddressPool,
+                  secured: Secured | None = None) -> tuple[IPRecord, LeaseRecord, bool]:
+        """Give the IPAddress its address (keeping the one it has); inside a transaction. With ``secured`` (from
+        ``securing``, before the transaction) the registry was asked already, and this makes no API call."""
         now = self.clock()
         pkey = pool_key(pool)
         lease = self.store.lease_of(rec.key)
@@ -179,6 +205,15 @@ class Ipam:
         if lease is not None and lease.pool != pkey:  # the Network moved to another pool: start over
             self._orphan(lease, now)
             lease = None
+        if lease is None and secured is not None and secured.elsewhere:
+            raise AddressConflict(f"IPAddress {rec.name}: {rec.static_ip} is already leased elsewhere", "spec.static.ip")
+        if lease is None and secured is not None and secured.lease is not None and secured.lease.pool == pkey:
+            held = self.store.lease_at(pkey, secured.lease.ip)
+            if held is None or (held.holder is None and rec.type == "Static"):  # still free here (or quarantined)
+                lease = replace(secured.lease, created_at=now)
+                secured.used = True
+                self.store.put_lease(lease)
+                created = True
         if lease is None:
             if rec.type == "Static":
                 ip = to_int(rec.static_ip)
@@ -217,11 +252,91 @@ class Ipam:
         self.store.put_ip(rec)
         return rec, lease, created
 
+    @contextmanager
+    def securing(self, rec: IPRecord, pool: AddressPool | None) -> Iterator[Secured]:
+        """Claim ``rec``'s address beyond this node (the API server, in Kubernetes mode) before the transaction that
+        records it, so that no API call is made under the store's lock: every other CNI call, reconcile round and
+        gRPC read of this node would wait on the API server. The address is picked under the lock and kept from this
+        node's other calls while the claim is out; the claim is let go if the transaction does not take it."""
+        secured = Secured()
+        if pool is not None and self.store.lease_of(rec.key) is None:
+            secured.lease = self._secure(rec, pool, secured)
+        failed = True
+        try:
+            yield secured
+            failed = False
+        finally:
+            if secured.lease is not None:
+                self._unreserve(secured.lease)
+                if failed or not secured.used:  # a failed transaction rolled the record back: the claim goes too
+                    self.registry.release(secured.lease)
+
+    def _secure(self, rec: IPRecord, pool: AddressPool, secured: Secured) -> LeaseRecord | None:
+        pkey = pool_key(pool)
+        if rec.type == "Static":
+            ip = to_int(rec.static_ip)
+            subnet = subnet_for(pool, ip)
+            held = self.store.lease_at(pkey, ip)
+            if subnet is None or (held is not None and held.holder is not None):
+                return None  # refused inside the transaction, with the reason
+            lease = self._candidate(rec, pool, pkey, ip, str(subnet.network))
+            if not self._reserve(lease):
+                return None  # this node is claiming it for another call right now: decided inside the transaction
+            if self._claim_outside(lease):
+                return lease
+            secured.elsewhere = True
+            return None
+        if self.registry.held_by(rec.key, pkey) is not None:
+            return None  # adopted inside the transaction, from the cache
+        lost: set[int] = set()
+        cursor = self.store.cursor(pkey)
+        while True:
+            with self.store.transaction():  # the pick sees this node's leases as one consistent set
+                taken = _Either(self.store.taken_ips(pkey), _Either(self.registry.taken_elsewhere(pkey),
+                                                                    _Either(lost, _Securing(self, pkey))))
+                picked = pick_free(pool, taken, cursor)
+                if picked is None and self.expire(pkey, self.clock()):
+                    picked = pick_free(pool, taken, cursor)
+                if picked is None:
+                    return None  # exhausted: said inside the transaction, with the counts
+                lease = self._candidate(rec, pool, pkey, picked[0], str(picked[1].network))
+                self._reserve(lease)
+            if self._claim_outside(lease):
+                self.store.set_cursor(pkey, lease.ip)
+                return lease
+            lost.add(lease.ip)  # taken by another node since our cache last saw it: try the next one
+            cursor = lease.ip
+
+    def _candidate(self, rec: IPRecord, pool: AddressPool, pkey: str, ip: int, network: str) -> LeaseRecord:
+        return LeaseRecord(pool=pkey, ip=ip, address=to_text(ip), network=network, holder=rec.key,
+                           holder_uid=rec.uid, ttl=pool.lease_ttl_s, created_at=self.clock())
+
+    def _claim_outside(self, lease: LeaseRecord) -> bool:
+        """The registry's claim of a reserved address, outside the store's lock; the reservation goes unless won."""
+        won = False
+        try:
+            won = self.registry.claim(lease)
+            return won
+        finally:
+            if not won:
+                self._unreserve(lease)
+
+    def _reserve(self, lease: LeaseRecord) -> bool:
+        with self._securing_lock:
+            if (lease.pool, lease.ip) in self._securing:
+                return False
+            self._securing.add((lease.pool, lease.ip))
+            return True
+
+    def _unreserve(self, lease: LeaseRecord) -> None:
+        with self._securing_lock:
+            self._securing.discard((lease.pool, lease.ip))
+
     def _claim_free(self, rec: IPRecord, pool: AddressPool, pkey: str, now: float) -> LeaseRecord:
         """The next free address that the registry also lets us have (another node may hold it)."""
         taken = self.store.taken_ips(pkey)
         lost: set[int] = set()
-        elsewhere = self.registry.taken_elsewhere(pkey)
+        elsewhere = _Either(self.registry.taken_elsewhere(pkey), _Securing(self, pkey))
         cursor = self.store.cursor(pkey)
         while True:
             picked = pick_free(pool, _Either(taken, _Either(elsewhere, lost)), cursor)
@@ -283,8 +398,8 @@ class Ipam:
             )
             todo = [(rec, existing is None)]
         for rec, created_ip in todo:
-            with self.store.transaction():
-                rec, lease, created_lease = self.lease_for(rec, pool)
+            with self.securing(rec, pool) as secured, self.store.transaction():
+                rec, lease, created_lease = self.lease_for(rec, pool, secured)
                 pairs = dict(zip(rec.used_by_uids, rec.used_by_pods, strict=False)) | {pod.meta.uid: pod_ref}
                 rec = replace(rec, used_by_uids=tuple(pairs), used_by_pods=tuple(pairs.values()))
                 self.store.put_ip(rec)
@@ -381,8 +496,8 @@ class Ipam:
             key=key, kind="api", namespace="", name=owner, network_kind="", network_name="",
             type="Static" if address else "Auto", static_ip=address, created_by="api", created_at=self.clock(),
         )
-        with self.store.transaction():
-            rec, lease, _ = self.lease_for(rec, pool)
+        with self.securing(rec, pool) as secured, self.store.transaction():
+            rec, lease, _ = self.lease_for(rec, pool, secured)
         return rec, lease
 
     def release_address(self, pool: AddressPool, address: str, force: bool) -> bool:

@@ -121,14 +121,15 @@ class DelegatedAddresses:
         claim_obj = self._claim_object(req)
         if claim_obj is not None:
             self._check_owner(claim_obj, req)  # may read the API: never under the store's lock
-        with self.store.transaction():
+        first, _ = self._holder(req, claim_obj)  # read only: the address is claimed beyond this node before the
+        with self.ipam.securing(first, pool) as secured, self.store.transaction():  # transaction that records it
             if req.config.range is not None:
                 self._note_range(req.network, req.config.range, f"{req.config_field}.range")
             rec, created = self._holder(req, claim_obj)
             if rec.type == "Static":
                 self._check_static(rec, pool, req)
             try:
-                rec, lease, created_lease = self.ipam.lease_for(rec, pool)
+                rec, lease, created_lease = self.ipam.lease_for(rec, pool, secured if rec.key == first.key else None)
             except AddressConflict as exc:  # another node holds it
                 raise AddressConflict(f"{rec.static_ip} is already leased on another node",
                                       req.claim_field if claim_obj else req.ips_field) from exc

@@ -187,8 +187,8 @@ class Reconciler:
                 if rec.deleted:
                     rec = replace(rec, deleted=False)
                 try:
-                    with self.store.transaction():
-                        self.ipam.lease_for(rec, pool)
+                    with self.ipam.securing(rec, pool) as secured, self.store.transaction():
+                        self.ipam.lease_for(rec, pool, secured)
                 except CniError as exc:
                     if exc.code == 100:
                         self.ipam.mark_exhausted(rec, exc)

@@ -1,0 +1,140 @@
+"""No API call under the store's lock: a registry claim (an API request in Kubernetes mode) is made after the address
+is picked under the lock and before the transaction that records it, so every other call of the node goes on while
+the API server answers; a claim lost, failed or not taken leaves nothing behind."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Container
+
+import pytest
+
+from cni.errors import AddressConflict, TryAgainLater
+from ipamd.ipam.addresses import Ipam
+from ipamd.ipam.registry import NodeLocalRegistry
+from ipamd.store.records import LeaseRecord
+from ipamd.store.sqlite import Store
+from tests.fakes.source import FakeSource
+from tests.unit.test_ipam import Clock, attach, pod, static, world
+
+
+class Registry(NodeLocalRegistry):
+    """Another node holds ``elsewhere``; each claim checks that the store's lock is free while it is asked."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.elsewhere: set[int] = set()
+        self.hidden: set[int] = set()  # held elsewhere, but not yet in this node's cache
+        self.claimed: list[str] = []
+        self.released: list[str] = []
+        self.fail = False
+
+    def _lock_is_free(self) -> bool:
+        got: list[bool] = []
+
+        def other_call() -> None:
+            with self.store.transaction():
+                got.append(True)
+
+        t = threading.Thread(target=other_call)
+        t.start()
+        t.join(5)
+        return bool(got)
+
+    def taken_elsewhere(self, pool: str) -> Container[int]:
+        return self.elsewhere
+
+    def claim(self, lease: LeaseRecord) -> bool:
+        assert self._lock_is_free(), "a claim was made under the store's lock"
+        if self.fail:
+            raise TryAgainLater("the Kubernetes API is not reachable")
+        if lease.ip in self.elsewhere | self.hidden:
+            return False
+        self.claimed.append(lease.address)
+        return True
+
+    def release(self, lease: LeaseRecord) -> None:
+        self.released.append(lease.address)
+
+
+@pytest.fixture
+def parts() -> tuple[Ipam, Registry, Store, FakeSource]:
+    store, source = Store(":memory:"), world()
+    registry = Registry(store)
+    return Ipam(store, source, Clock(), registry), registry, store, source
+
+
+def test_an_auto_address_is_claimed_outside_the_lock(parts: tuple[Ipam, Registry, Store, FakeSource]) -> None:
+    ipam, registry, store, _ = parts
+    registry.hidden = {3323071026}  # 198.18.10.50: another node's, unknown to this node's cache yet
+    claims = attach(ipam, pod("a"))
+    assert [c.address for c in claims] == ["198.18.10.51"] and registry.claimed == ["198.18.10.51"]
+    assert [lease.address for lease in store.all_leases()] == ["198.18.10.51"]
+
+
+def test_a_static_address_is_claimed_outside_the_lock(parts: tuple[Ipam, Registry, Store, FakeSource]) -> None:
+    ipam, registry, store, _ = parts
+    claims = attach(ipam, pod("a"), names=("static-in-range",))
+    assert [c.address for c in claims] == ["198.18.10.55"] and registry.claimed == ["198.18.10.55"]
+
+
+def test_a_static_address_held_elsewhere_is_refused_after_one_ask(
+        parts: tuple[Ipam, Registry, Store, FakeSource]) -> None:
+    ipam, registry, store, _ = parts
+    registry.hidden = {3323071031}  # 198.18.10.55
+    asked: list[int] = []
+    claim = registry.claim
+
+    def counted(lease: LeaseRecord) -> bool:
+        asked.append(lease.ip)
+        return claim(lease)
+
+    registry.claim = counted  # type: ignore[method-assign]
+    with pytest.raises(AddressConflict, match="already leased elsewhere"):
+        attach(ipam, pod("a"), names=("static-in-range",))
+    assert asked == [3323071031] and store.all_leases() == []
+
+
+def test_a_failed_claim_leaves_nothing(parts: tuple[Ipam, Registry, Store, FakeSource]) -> None:
+    ipam, registry, store, _ = parts
+    registry.fail = True
+    with pytest.raises(TryAgainLater):
+        attach(ipam, pod("a"))
+    assert store.all_leases() == [] and not ipam._securing
+    registry.fail = False
+    assert [c.address for c in attach(ipam, pod("a"))] == ["198.18.10.50"]
+
+
+def test_a_claim_the_transaction_does_not_take_is_let_go(parts: tuple[Ipam, Registry, Store, FakeSource]) -> None:
+    ipam, registry, store, source = parts
+    source.add(static("static-twice", "198.18.10.56"))
+    original = ipam.lease_for
+
+    def fails_after_taking(*args: object, **kw: object) -> object:
+        original(*args, **kw)  # type: ignore[arg-type]
+        raise RuntimeError("the transaction fails after the lease was recorded")
+
+    ipam.lease_for = fails_after_taking  # type: ignore[method-assign,assignment]
+    with pytest.raises(RuntimeError):
+        attach(ipam, pod("a"))
+    assert store.all_leases() == [] and registry.released == ["198.18.10.50"] and not ipam._securing
+
+
+def test_calls_side_by_side_never_pick_the_same_address(parts: tuple[Ipam, Registry, Store, FakeSource]) -> None:
+    ipam, registry, store, _ = parts
+    errors: list[BaseException] = []
+
+    def add(i: int) -> None:
+        try:
+            attach(ipam, pod(f"p{i}"))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    addresses = [lease.address for lease in store.all_leases()]
+    assert len(addresses) == len(set(addresses)) == 10 and sorted(registry.claimed) == sorted(addresses)
