@@ -115,9 +115,11 @@ def test_pod_flow_through_the_api(cluster: Cluster, nodes: list[Node]) -> None:
 
     status = json.loads(cluster.get("pod", "-n", ns, "app")["metadata"]["annotations"]["network.deckhouse.io/networks-status"])
     assert status[0]["ifName"] == "net1" and status[0]["ipAddressConfigs"][0]["address"] == address
-    ips = cluster.get("ipaddress", "-n", ns)["items"]
-    assert len(ips) == 1
-    ip = ips[0]
+    def written() -> list[dict[str, Any]]:  # the IPAddress and its status are made from the outbox, after ADD
+        return [i for i in cluster.get("ipaddress", "-n", ns)["items"] if (i.get("status") or {}).get("conditions")]
+
+    assert wait_for(lambda: len(written()) == 1, timeout=15), node.log_text()[-3000:]
+    ip = written()[0]
     assert ip["metadata"]["ownerReferences"][0]["uid"] == uid, "owned by the pod: the GC deletes it with the pod"
     assert ip["status"]["phase"] == "Allocated" and ip["status"]["address"] == address
     assert ip["status"]["usedByPods"] == [f"{ns}/app"]

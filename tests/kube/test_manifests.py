@@ -491,6 +491,7 @@ def test_daemon_runs_a_pod_with_only_the_node_service_account(applied: Cluster, 
     annotations = cluster.get("pod", "-n", ns, "app")["metadata"]["annotations"]        # patch pods
     status = json.loads(annotations[f"{GROUP}/networks-status"])
     assert [s["ifName"] for s in status] == ["net1", "net2"]
+    assert wait_for(lambda: len(cluster.get("ipaddress", "-n", ns)["items"]) == 1, timeout=15)  # (from the outbox)
     (ip,) = cluster.get("ipaddress", "-n", ns)["items"]                                   # create ipaddresses
     assert ip["metadata"]["ownerReferences"][0]["uid"] == uid
     assert wait_for(lambda: (cluster.get("ipaddress", "-n", ns, ip["metadata"]["name"]).get("status") or {})

@@ -6,109 +6,19 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.conftest import REPO, wait_for
 from tests.harness import Node
-from tests.kube.conftest import Cluster
+from tests.kube.conftest import Cluster, Relay
 
 CONTROLLER_GRACE_S = 20  # packaging/k8s/controller.yaml terminationGracePeriodSeconds
 NODE_GRACE_S = 30  # packaging/k8s/daemonset.yaml
-
-
-class Relay:
-    """127.0.0.1:port → the API server, until told to hang (accept, never answer) or to refuse."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.mode = "relay"
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.sockets: list[socket.socket] = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _keep(self, sock: socket.socket) -> bool:
-        """Track a socket for closing, or close it now if the relay already refuses (an accept racing refuse())."""
-        with self.lock:
-            if self.mode != "refuse":
-                self.sockets.append(sock)
-                return True
-        sock.close()
-        return False
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            if not self._keep(conn):
-                return
-            if self.mode == "hang":
-                continue  # kept open, never answered
-            try:
-                upstream = socket.create_connection(self.target)
-            except OSError:
-                continue
-            if not self._keep(upstream):
-                return
-            for a, b in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                if self.mode == "relay":
-                    dst.sendall(data)  # when hung: read and dropped, so nothing ever answers
-        except OSError:
-            pass
-
-    def hang(self) -> None:
-        self.mode = "hang"
-
-    def refuse(self) -> None:
-        with self.lock:
-            self.mode = "refuse"
-            sockets, self.sockets = self.sockets, []
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept(); close() alone leaves it listening
-        except OSError:
-            pass
-        self.listener.close()
-        for s in sockets:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-
-    def close(self) -> None:
-        self.refuse()
-
-
-@pytest.fixture
-def relay(cluster: Cluster, tmp_path: Path) -> Iterator[tuple[Relay, Path]]:
-    config = yaml.safe_load(Path(cluster.kubeconfig).read_text())
-    server = config["clusters"][0]["cluster"]["server"]
-    host, port = server.removeprefix("https://").rsplit(":", 1)
-    r = Relay((host, int(port)))
-    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{r.port}"
-    kubeconfig = tmp_path / "relayed.kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump(config))
-    try:
-        yield r, kubeconfig
-    finally:
-        r.close()
 
 
 def stop_and_time(proc: subprocess.Popen[bytes], grace: float) -> tuple[int | None, float]:
