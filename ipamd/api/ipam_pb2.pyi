@@ -273,9 +273,11 @@ class ListOutboxRequest(_message.Message):
     def __init__(self, limit: _Optional[int] = ...) -> None: ...
 
 class ListOutboxResponse(_message.Message):
-    __slots__ = ("depth", "entries")
+    __slots__ = ("depth", "entries", "made")
     DEPTH_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    MADE_FIELD_NUMBER: _ClassVar[int]
     depth: int
     entries: _containers.RepeatedCompositeFieldContainer[OutboxEntry]
-    def __init__(self, depth: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[OutboxEntry, _Mapping]]] = ...) -> None: ...
+    made: int
+    def __init__(self, depth: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[OutboxEntry, _Mapping]]] = ..., made: _Optional[int] = ...) -> None: ...

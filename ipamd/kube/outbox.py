@@ -79,7 +79,8 @@ class Outbox:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="outbox")
         self._away_until = 0.0  # the API server did not answer: no pass before this
         self._away_attempts = 0
-        self.sent = 0
+        self.sent = 0  # writes made since start (the bench tells the ADD path's requests from these)
+        self._sent_lock = threading.Lock()
 
     # -- owing ----------------------------------------------------------------------------------
     def add(self, target: str, op: str, body: dict[str, Any], supersede: bool = False) -> int:
@@ -93,6 +94,9 @@ class Outbox:
     def drop(self, target: str, op: str) -> int:
         """Forget the pending writes of ``target``/``op`` (a newer one was just made directly)."""
         return self.store.outbox_drop(target, op)
+
+    def owes(self, target: str) -> bool:
+        return bool(self.store.outbox_of(target))
 
     def depth(self) -> int:
         return self.store.outbox_depth()
@@ -133,7 +137,8 @@ class Outbox:
                 if verdict.error:
                     log.warning("outbox: %s %s dropped, %s", entry.op, entry.target, verdict.error)
             self.store.outbox_done(entry.seq)
-            self.sent += 1
+            with self._sent_lock:
+                self.sent += 1
         return True
 
     def _run_chain(self, chain: list[OutboxEntry], now: float) -> bool:

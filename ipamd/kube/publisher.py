@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from kubernetes import client
 
@@ -33,6 +34,7 @@ from ipamd.model.objects import (
     IPAM_CLAIM,
     POD,
     STATUS_ANNOTATION,
+    Meta,
     Pod,
 )
 from ipamd.model.timefmt import rfc3339
@@ -56,6 +58,12 @@ def api_senders(api: client.ApiClient) -> Senders:
     }
 
 
+def _status_patch(uid: str, status: PodStatus | None) -> dict[str, Any]:
+    return {"metadata": {"uid": uid, "annotations": {
+        STATUS_ANNOTATION: json.dumps(list(status.networks_status)) if status else None,
+        NETWORK_STATUS_ANNOTATION: json.dumps(list(status.network_status)) if status else None}}}
+
+
 class KubePublisher:
     def __init__(self, api: client.ApiClient, node_name: str, outbox: Outbox) -> None:
         self.core = client.CoreV1Api(api)
@@ -70,9 +78,7 @@ class KubePublisher:
         UID as a precondition: a status never lands on a recreated pod of the same name. Made now; owed in the
         outbox when the API server does not answer (and an older owed one is superseded either way)."""
         target = f"{POD.name}/{namespace}/{name}"
-        body = {"metadata": {"uid": uid, "annotations": {
-            STATUS_ANNOTATION: json.dumps(list(status.networks_status)) if status else None,
-            NETWORK_STATUS_ANNOTATION: json.dumps(list(status.network_status)) if status else None}}}
+        body = _status_patch(uid, status)
         owed = {"namespace": namespace, "name": name, "patch": body}
         if self.outbox.api_away():  # known not to answer: no CNI call waits for its timeouts
             self.outbox.add(target, "pod_status", owed, supersede=True)
@@ -85,6 +91,24 @@ class KubePublisher:
                 return
             log.warning("writing networks-status of %s/%s: %s (owed in the outbox)", namespace, name, reason_of(exc))
             self.outbox.add(target, "pod_status", owed, supersede=True)
+
+    def republish(self, ips: Iterable[IPRecord], statuses: Iterable[PodStatus]) -> None:
+        """After a restart, owe again what the store says (a daemon killed between a commit and its outbox write
+        lost that write): the Auto IPAddresses of pods that use them, every IPAddress status, every pod's status.
+        An object with writes owed already keeps them, in order; the rest is idempotent (a create that finds its
+        object counts as done)."""
+        for rec in ips:
+            if self.outbox.owes(rec.key):
+                continue
+            if rec.kind == IP_ADDRESS.name and rec.created_by == "plexus" and rec.owner_pod_uid and rec.used_by_pods:
+                namespace, _, name = rec.used_by_pods[0].partition("/")
+                self._create_auto_ip(rec, Pod(Meta(POD.name, name, namespace, rec.owner_pod_uid)))
+            self.ip_status(rec)
+        for status in statuses:
+            target = f"{POD.name}/{status.namespace}/{status.name}"
+            if not self.outbox.owes(target):
+                self.outbox.add(target, "pod_status", {"namespace": status.namespace, "name": status.name,
+                                                       "patch": _status_patch(status.uid, status)})
 
     def _event(self, namespace: str, name: str, uid: str, reason: str, message: str, warning: bool = False) -> None:
         body = {

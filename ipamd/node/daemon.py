@@ -104,6 +104,9 @@ class NodeDaemon:
         self.cni_server: CniHttpServer | None = None
         self.ipam_server: CniHttpServer | None = None
 
+    def _outbox_made(self) -> int:
+        return int(self.outbox.sent) if self.outbox is not None else 0
+
     def sync(self) -> list[Any]:
         problems = self.source.sync()
         self.reconciler.run_once()
@@ -126,8 +129,8 @@ class NodeDaemon:
                                          endpoint="/v1/ipam")
         threading.Thread(target=self.ipam_server.serve_forever, name="ipam-server", daemon=True).start()
         self._ready.set()
-        self.grpc_server, self.health = serve(self.cfg.grpc_socket, IpamService(self.store, self.source, self.ipam, self.sync),
-                                              self._ready.is_set)
+        service = IpamService(self.store, self.source, self.ipam, self.sync, self._outbox_made)
+        self.grpc_server, self.health = serve(self.cfg.grpc_socket, service, self._ready.is_set)
         if self.cfg.metrics_port:
             from prometheus_client import start_http_server
 

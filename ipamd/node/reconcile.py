@@ -79,7 +79,8 @@ class Reconciler:
         self._lock = threading.Lock()
 
     def recover(self) -> int:
-        """Finish what a crash interrupted: an attachment still ``adding`` or ``deleting`` is torn down."""
+        """Finish what a crash interrupted: an attachment still ``adding`` or ``deleting`` is torn down, and what
+        the store says is published again."""
         n = 0
         for rec in self.store.attachments():
             if rec.state == "ready":
@@ -90,6 +91,7 @@ class Reconciler:
                     log.info("recovered %s attachment %s/%s", rec.state, rec.container_id[:12], rec.ifname)
             except CniError as exc:
                 log.warning("could not recover attachment %s/%s: %s", rec.container_id[:12], rec.ifname, exc)
+        self.publisher.republish(self.store.all_ips(), self.store.pod_statuses())
         return n
 
     def run_once(self) -> None:

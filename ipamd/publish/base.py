@@ -28,6 +28,8 @@ class Publisher(Protocol):
 
     def node_detachment(self, network_key: str) -> None: ...
 
+    def republish(self, ips: Iterable[IPRecord], statuses: Iterable[PodStatus]) -> None: ...  # after a restart
+
 
 class LocalPublisher:
     """Local mode: the store is the only place statuses live."""
@@ -49,4 +51,7 @@ class LocalPublisher:
         pass
 
     def node_detachment(self, network_key: str) -> None:
+        pass
+
+    def republish(self, ips: Iterable[IPRecord], statuses: Iterable[PodStatus]) -> None:
         pass

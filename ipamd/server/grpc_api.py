@@ -65,11 +65,13 @@ def _usage(leases: Iterable[LeaseRecord], size: int) -> tuple[int, int, int]:
 
 
 class IpamService(pb_grpc.IpamServicer):
-    def __init__(self, store: NodeStore, source: ObjectSource, ipam: Ipam, sync: Callable[[], list[Any]]) -> None:
+    def __init__(self, store: NodeStore, source: ObjectSource, ipam: Ipam, sync: Callable[[], list[Any]],
+                 outbox_made: Callable[[], int] = lambda: 0) -> None:
         self.store = store
         self.source = source
         self.ipam = ipam
         self.sync = sync
+        self.outbox_made = outbox_made
 
     def _pool(self, ref: pb.PoolRef) -> AddressPool:
         kind = POOL_KINDS.get(ref.kind) or (IP_ADDRESS_POOL if ref.namespace else CLUSTER_IP_ADDRESS_POOL)
@@ -170,7 +172,7 @@ class IpamService(pb_grpc.IpamServicer):
         entries = [pb.OutboxEntry(seq=e.seq, target=e.target, op=e.op, created_at=e.created_at, attempts=e.attempts,
                                   next_at=e.next_at, error=e.error)
                    for e in self.store.outbox_head(request.limit or 100)]
-        return pb.ListOutboxResponse(depth=self.store.outbox_depth(), entries=entries)
+        return pb.ListOutboxResponse(depth=self.store.outbox_depth(), entries=entries, made=self.outbox_made())
 
     @_mapped
     def Sync(self, request: pb.SyncRequest, context: grpc.ServicerContext) -> pb.SyncResponse:  # noqa: N802

@@ -17,6 +17,7 @@ class RecordingPublisher:
         self.node_detachments: list[str] = []
         self.statuses: dict[str, PodStatus] = {}  # pod UID -> what its annotations would say
         self.ip_statuses: list[IPRecord] = []  # IPAddress and IPAMClaim statuses, in order
+        self.republished: list[tuple[list[str], list[str]]] = []  # (IPAddress keys, pod UIDs) per restart
 
     def attached(self, pod: Pod, status: PodStatus, created: Iterable[IPRecord], used: Iterable[IPRecord]) -> None:
         self.attached_pods.append(pod.meta.name)
@@ -41,3 +42,6 @@ class RecordingPublisher:
 
     def node_detachment(self, network_key: str) -> None:
         self.node_detachments.append(network_key)
+
+    def republish(self, ips: Iterable[IPRecord], statuses: Iterable[PodStatus]) -> None:
+        self.republished.append(([r.key for r in ips], [s.uid for s in statuses]))

@@ -81,3 +81,27 @@ def test_the_lease_registry_says_try_again_later() -> None:
     assert [e.op for e in store.outbox_head(10)] == ["delete"]
     with pytest.raises(TryAgainLater):  # its delete could not be made first: the claim waits for the API
         registry.claim(lease)
+
+
+def test_a_restart_owes_again_what_the_store_says_without_reordering_owed_writes() -> None:
+    api = unreachable()
+    store = MemoryStore()
+    outbox = Outbox(store, api_senders(api))
+    pub = KubePublisher(api, "node-a", outbox)
+    auto = IPRecord(key="IPAddress/ns/app-net1-12345", kind="IPAddress", namespace="ns", name="app-net1-12345",
+                    network_kind="Network", network_name="n", address="198.18.0.5", network="198.18.0.0/24",
+                    created_by="plexus", owner_pod_uid="uid-1", used_by_pods=("ns/app",), used_by_uids=("uid-1",))
+    owed = IPRecord(key="IPAddress/ns/user", kind="IPAddress", namespace="ns", name="user", network_kind="Network",
+                    network_name="n")
+    outbox.add(owed.key, "patch_status", {"kind": "IPAddress", "name": "user", "namespace": "ns", "status": {}})
+    pub.republish([auto, owed], [PodStatus("uid-1", "ns", "app", networks_status=({"ifName": "net1"},))])
+    head = store.outbox_head(10)
+    assert [(e.target, e.op) for e in head] == [
+        ("IPAddress/ns/user", "patch_status"),  # owed already: kept as it was, nothing added behind it
+        ("IPAddress/ns/app-net1-12345", "create"), ("IPAddress/ns/app-net1-12345", "patch_status"),
+        ("Pod/ns/app", "pod_status")]
+    created = head[1].body["object"]
+    assert created["metadata"]["ownerReferences"][0] == {"apiVersion": "v1", "kind": "Pod", "name": "app",
+                                                         "uid": "uid-1"}
+    assert head[3].body["patch"]["metadata"]["uid"] == "uid-1"
+    outbox.stop()
