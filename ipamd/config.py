@@ -37,6 +37,7 @@ class DaemonConfig:
     webhook_configuration: str = "plexus"
     health_port: int = 8081
     ipam_socket: str = ""  # plexus-ipam's socket ("" : plexus-ipam.sock next to --socket)
+    block_ttl: float = 600.0  # the controller reclaims a silent node's address blocks after this long
 
     @property
     def ipam_plugin_socket(self) -> str:
@@ -81,6 +82,9 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
     w.add_argument("--webhook-configuration", default=d.webhook_configuration,
                    help="ValidatingWebhookConfiguration whose caBundle the controller keeps")
     w.add_argument("--health-port", type=int, default=d.health_port, help="HTTP /healthz and /readyz (0: none)")
+    p.add_argument("--block-ttl", type=float, default=d.block_ttl,
+                   help="seconds after which the controller reclaims the address blocks of a node whose daemon "
+                        "stopped renewing them, once the node runs no pod (default %(default)s)")
     a = p.parse_args(argv)
     kubeconfig = a.kubeconfig
     if not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(SA_TOKEN):
@@ -93,4 +97,4 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
                         a.reconcile_interval, a.pidfile, a.metrics_port, os.environ.get("PLEXUS_FAULT", ""),
                         kubeconfig, a.node_name, a.node_netns, a.controller, a.controller_namespace,
                         a.mode, a.webhook_address, a.webhook_port, tuple(a.webhook_name or d.webhook_names),
-                        a.webhook_secret, a.webhook_configuration, a.health_port, a.ipam_socket)
+                        a.webhook_secret, a.webhook_configuration, a.health_port, a.ipam_socket, a.block_ttl)

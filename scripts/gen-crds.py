@@ -124,6 +124,14 @@ SPECS["IPAddressLease"] = {
                 ("ORPHANED", ".status.orphaningTimestamp", "date")],
 }
 
+SPECS["IPAddressBlock"] = {
+    "scope": "Cluster", "plural": "ipaddressblocks", "short": ["ipb"],
+    "spec": obj({"pool": s(minLength=1), "cidr": cidr, "node": s(minLength=1)}, ["pool", "cidr", "node"]),
+    "status": obj({"renewTime": s(format="date-time")}),
+    "columns": [("NODE", ".spec.node", "string"), ("CIDR", ".spec.cidr", "string"), ("POOL", ".spec.pool", "string"),
+                ("RENEWED", ".status.renewTime", "date")],
+}
+
 
 def crd(kind: str, d: dict[str, Any]) -> dict[str, Any]:
     columns = [{"name": n, "type": t, "jsonPath": p} for n, p, t in d["columns"]]

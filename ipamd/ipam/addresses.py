@@ -18,8 +18,9 @@ from collections.abc import Callable, Container, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from cni.errors import AddressConflict, CniError, InvalidConfig, ObjectNotFound, PoolExhausted
+from cni.errors import AddressConflict, CniError, InvalidConfig, ObjectNotFound, PoolExhausted, TryAgainLater
 from ipamd.ipam.allocator import in_ranges, pick_free, subnet_for, to_int, to_text
+from ipamd.ipam.blocks import pick_in
 from ipamd.ipam.registry import LeaseRegistry, NodeLocalRegistry
 from ipamd.model.annotations import NetworkSelection
 from ipamd.model.conditions import set_condition
@@ -289,6 +290,10 @@ class Ipam:
         if self.registry.held_by(rec.key, pkey) is not None:
             return None  # adopted inside the transaction, from the cache
         lost: set[int] = set()
+        if self.registry.in_blocks(pool):
+            in_block = self._secure_in_blocks(rec, pool, pkey, lost)
+            if in_block is not None:
+                return in_block
         cursor = self.store.cursor(pkey)
         while True:
             with self.store.transaction():  # the pick sees this node's leases as one consistent set
@@ -307,6 +312,38 @@ class Ipam:
             lost.add(lease.ip)  # taken by another node since our cache last saw it: try the next one
             cursor = lease.ip
 
+    def _secure_in_blocks(self, rec: IPRecord, pool: AddressPool, pkey: str, lost: set[int]) -> LeaseRecord | None:
+        """An address of this node's blocks of ``pool`` (claiming one more when they are full); None when the pool has
+        no block left to claim, and addresses are leased one by one."""
+        for _ in range(4):
+            with self.store.transaction():
+                taken = _Either(self.store.taken_ips(pkey), _Either(self.registry.taken_elsewhere(pkey),
+                                                                    _Either(lost, _Securing(self, pkey))))
+                blocks = self.registry.blocks(pool)
+                ip = pick_in(pool, blocks, taken.__contains__, self.store.cursor(pkey))
+                if ip is None and blocks and self.expire(pkey, self.clock()):
+                    ip = pick_in(pool, blocks, taken.__contains__, self.store.cursor(pkey))
+                subnet = subnet_for(pool, ip) if ip is not None else None
+                if ip is None or subnet is None:
+                    lease = None
+                else:
+                    lease = self._candidate(rec, pool, pkey, ip, str(subnet.network))
+                    self._reserve(lease)
+            if lease is None:
+                try:
+                    if self.registry.grow(pool) is None:  # outside the lock: an API request
+                        return None
+                except TryAgainLater as exc:
+                    raise TryAgainLater(f"this node's address blocks of pool {pool.meta.display} are full, and claiming "
+                                        "the next one needs the Kubernetes API", exc.msg) from None
+                continue
+            if self._claim_outside(lease):
+                self.store.set_cursor(pkey, lease.ip)
+                self.registry.grow_soon(pool, taken.__contains__)
+                return lease
+            lost.add(lease.ip)
+        return None
+
     def _candidate(self, rec: IPRecord, pool: AddressPool, pkey: str, ip: int, network: str) -> LeaseRecord:
         return LeaseRecord(pool=pkey, ip=ip, address=to_text(ip), network=network, holder=rec.key,
                            holder_uid=rec.uid, ttl=pool.lease_ttl_s, created_at=self.clock())
@@ -320,6 +357,10 @@ class Ipam:
         finally:
             if not won:
                 self._unreserve(lease)
+
+    def in_use(self, pool: str, ip: int) -> bool:
+        """Leased here (held or quarantined), or being claimed right now."""
+        return (pool, ip) in self._securing or self.store.lease_at(pool, ip) is not None
 
     def _reserve(self, lease: LeaseRecord) -> bool:
         with self._securing_lock:

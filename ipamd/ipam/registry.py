@@ -1,14 +1,18 @@
 """Where a lease is made unique beyond this node's store.
 
 Local mode: nowhere else (``NodeLocalRegistry``). Kubernetes mode: one IPAddressLease object per IP,
-created only if absent, so two nodes can never hold the same address (``ipamd.kube.leases``).
+created only if absent, so two nodes can never hold the same address (``ipamd.kube.leases``); where a pool is
+large enough, a node claims blocks of it and leases inside them with no API request (``ipamd.kube.blocks``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Container
-from typing import Protocol
+from collections.abc import Callable, Container, Iterable
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
+from ipamd.ipam.blocks import Block
+from ipamd.model.objects import AddressPool
 from ipamd.store.protocols import LeaseStore
 from ipamd.store.records import LeaseRecord
 
@@ -31,6 +35,17 @@ class LeaseRegistry(Protocol):
         (an ADD rolled back while the registry was unreachable could not release its own); the released."""
         ...
 
+    def in_blocks(self, pool: AddressPool) -> bool: ...  # whether this pool is leased in node blocks
+
+    def blocks(self, pool: AddressPool) -> list[Block]: ...  # this node's blocks of the pool
+
+    def grow(self, pool: AddressPool) -> Block | None: ...  # claim one more block; None: the pool has none left
+
+    def grow_soon(self, pool: AddressPool, taken: Callable[[int], bool]) -> None: ...  # ahead of need, in the background
+
+    def housekeep(self, pools: Iterable[AddressPool], in_use: Callable[[str, int], bool],
+                  transaction: Callable[[], AbstractContextManager[Any]]) -> None: ...  # renew, return idle blocks
+
 
 class NodeLocalRegistry:
     def taken_elsewhere(self, pool: str) -> Container[int]:
@@ -50,3 +65,19 @@ class NodeLocalRegistry:
 
     def stray(self, store: LeaseStore, older_than: float) -> list[LeaseRecord]:
         return []
+
+    def in_blocks(self, pool: AddressPool) -> bool:
+        return False
+
+    def blocks(self, pool: AddressPool) -> list[Block]:
+        return []
+
+    def grow(self, pool: AddressPool) -> Block | None:
+        return None
+
+    def grow_soon(self, pool: AddressPool, taken: Callable[[int], bool]) -> None:
+        pass
+
+    def housekeep(self, pools: Iterable[AddressPool], in_use: Callable[[str, int], bool],
+                  transaction: Callable[[], AbstractContextManager[Any]]) -> None:
+        pass

@@ -19,6 +19,7 @@ import os
 import socket
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,6 +27,9 @@ from kubernetes import client
 from prometheus_client import Gauge
 
 from ipamd.ipam.allocator import pick_free, to_int, to_text
+from ipamd.ipam.blocks import block_name, window_of
+from ipamd.kube.blocks import KIND as BLOCK_KIND
+from ipamd.kube.blocks import parse_block
 from ipamd.kube.elector import LeaderElector
 from ipamd.kube.errors import reason_of, status_of
 from ipamd.kube.leases import KIND as LEASE_KIND
@@ -60,6 +64,8 @@ class ObjectWrites(Protocol):
 
     def delete(self, kind: str, name: str, namespace: str = "") -> Any: ...
 
+    def get(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]: ...
+
 
 class ClusterSource(ObjectSource, Protocol):
     """The cluster's objects as the controller reads them (``ipamd.kube.source.KubernetesSource``)."""
@@ -75,6 +81,7 @@ class ClusterSource(ObjectSource, Protocol):
     def by_index(self, kind: str, index: str, key: Any) -> list[dict[str, Any]]: ...
 
 
+NODE_BLOCKS = Gauge("plexus_node_blocks", "Address blocks of a pool a node holds", ["pool", "node"])
 POOL_ADDRESSES = Gauge("plexus_pool_addresses", "Addresses of a pool, by state: used (leased to a holder), "
                        "quarantined (released, waiting out leaseTTL), free", ["pool", "state"])
 
@@ -86,13 +93,15 @@ class PoolUsage:
     size: int
     used: int
     quarantined: int
+    blocks: tuple[tuple[str, int], ...] = ()  # (node, its blocks of the pool), by node
 
     @property
     def free(self) -> int:
         return max(self.size - self.used - self.quarantined, 0)
 
-    def render(self) -> dict[str, int]:
-        return {"size": self.size, "used": self.used, "quarantined": self.quarantined, "free": self.free}
+    def render(self) -> dict[str, Any]:
+        return {"size": self.size, "used": self.used, "quarantined": self.quarantined, "free": self.free,
+                "blocks": [{"node": node, "count": n} for node, n in self.blocks]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +134,11 @@ class SegmentStatus:
 
 
 class Controller:
-    def __init__(self, api: client.ApiClient, source: ClusterSource, namespace: str, interval: float = 2.0) -> None:
+    def __init__(self, api: client.ApiClient, source: ClusterSource, namespace: str, interval: float = 2.0,
+                 block_ttl_s: float = 600.0) -> None:
         self.objects = source.objects
+        self.core = client.CoreV1Api(api)
+        self.block_ttl_s = block_ttl_s
         self.source = source
         self.identity = f"{socket.gethostname()}-{os.getpid()}-{source.node_name}"
         self.elector = LeaderElector(api, namespace, self.identity)
@@ -138,6 +150,7 @@ class Controller:
         self._written: dict[str, tuple[str, int, SegmentStatus]] = {}
         self._usage: dict[str, tuple[str, PoolUsage]] = {}  # per pool: its UID and the usage last written
         self._gauged: set[str] = set()  # pools with gauges
+        self._block_gauges: set[tuple[str, str]] = set()  # (pool, node) with a block gauge
         self._thread: threading.Thread | None = None
         source.subscribe(self._wake.set)
 
@@ -201,15 +214,21 @@ class Controller:
         """Every pool's addresses by state (from the lease informer's pool index), in its status when they
         change and in the ``plexus_pool_addresses`` gauges."""
         seen = set()
+        blocks_seen: set[tuple[str, str]] = set()
         for kind in POOL_KINDS.values():
             for pool in self.source.list(kind):
                 key = pool.meta.key
                 seen.add(key)
                 leases = self.source.by_index(LEASE_KIND, "pool", key)
                 used = sum(1 for item in leases if (item.get("spec") or {}).get("holder"))
-                usage = PoolUsage(pool.size, used, len(leases) - used)
+                per_node = Counter(b.node for b in (parse_block(o) for o in self.source.by_index(BLOCK_KIND, "pool", key))
+                                   if b is not None)
+                usage = PoolUsage(pool.size, used, len(leases) - used, tuple(sorted(per_node.items())))
                 for state, n in (("used", usage.used), ("quarantined", usage.quarantined), ("free", usage.free)):
                     POOL_ADDRESSES.labels(key, state).set(n)
+                for node, n in per_node.items():
+                    NODE_BLOCKS.labels(key, node).set(n)
+                    blocks_seen.add((key, node))
                 self._gauged.add(key)
                 if self._usage.get(key) == (pool.meta.uid, usage):
                     continue
@@ -218,6 +237,9 @@ class Controller:
                     self._usage[key] = (pool.meta.uid, usage)
                 except Exception as exc:
                     log.warning("status of %s: %s", pool.meta.display, reason_of(exc))
+        for key, node in self._block_gauges - blocks_seen:
+            NODE_BLOCKS.remove(key, node)
+        self._block_gauges = blocks_seen
         for key in self._gauged - seen:  # a pool deleted: its gauges go with it
             self._gauged.discard(key)
             self._usage.pop(key, None)
@@ -235,6 +257,9 @@ class Controller:
                 pool = pool_of_ip(self.source, obj)
                 if pool is not None:
                     taken = {to_int(str(spec.get("ip"))) for spec in leases if spec.get("pool") == pool.meta.key}
+                    for block in (parse_block(o) for o in self.source.by_index(BLOCK_KIND, "pool", pool.meta.key)):
+                        if block is not None:  # a node's to lease in alone
+                            taken.update(range(block.first, block.first + block.size))
                     self._allocate(obj, pool, taken)
 
     def _allocate(self, obj: IPAddressObject, pool: AddressPool, taken: set[int]) -> None:
@@ -255,11 +280,46 @@ class Controller:
                     taken.add(ip)
                     continue
                 raise
+            if self._in_a_block(pool.meta.key, ip):  # claimed after our cache last saw the pool
+                self.objects.delete(LEASE_KIND, body["metadata"]["name"])
+                taken.add(ip)
+                continue
             conds = set_condition((), "Allocated", True, "IPAddressAllocated", "", now)
             self._ip_status(obj, {"phase": "Allocated", "address": to_text(ip), "network": str(subnet.network),
                                   "routes": [r.to_dict() for r in subnet.routes], "usedByPods": [],
                                   "conditions": list(conds)})
             return
+
+    def _in_a_block(self, pool: str, ip: int) -> bool:
+        try:
+            self.objects.get(BLOCK_KIND, block_name(pool, window_of(ip)))
+            return True
+        except Exception as exc:
+            if status_of(exc) == 404:
+                return False
+            raise
+
+    def reclaim_blocks(self) -> None:
+        """Delete the address blocks of a node whose daemon has not renewed them for ``block_ttl_s`` and which runs no
+        pod (so no pod there still uses an address whose lease object its daemon had not written yet)."""
+        now = time.time()
+        stale: dict[str, list[str]] = {}
+        for item in self.source.items(BLOCK_KIND):
+            block, md = parse_block(item), item.get("metadata") or {}
+            renewed = (item.get("status") or {}).get("renewTime") or md.get("creationTimestamp")
+            if block is not None and renewed and now - parse_rfc3339(str(renewed)) > self.block_ttl_s:
+                stale.setdefault(block.node, []).append(str(md.get("name")))
+        for node, names in stale.items():
+            if self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}", limit=1).items:
+                continue
+            for name in names:
+                try:
+                    self.objects.delete(BLOCK_KIND, name)
+                except Exception as exc:
+                    if status_of(exc) != 404:
+                        raise
+            log.info("reclaimed %d address block(s) of node %s: not renewed for %.0f s, and it runs no pod",
+                     len(names), node, self.block_ttl_s)
 
     def _ip_status(self, obj: IPAddressObject, status: dict[str, Any]) -> None:
         try:
@@ -292,6 +352,7 @@ class Controller:
         self.assign_segments()
         self.allocate_user_ipaddresses()
         self.expire_leases()
+        self.reclaim_blocks()
         self.pool_usage()
 
     def loop(self) -> None:

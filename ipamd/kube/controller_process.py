@@ -68,12 +68,13 @@ class _HealthServer(ThreadingHTTPServer):
 
 
 class ControllerProcess:
-    def __init__(self, api: Any, namespace: str, webhook: WebhookConfig, health_port: int) -> None:
+    def __init__(self, api: Any, namespace: str, webhook: WebhookConfig, health_port: int,
+                 block_ttl: float = 600.0) -> None:
         self.api = api
         self.namespace = namespace
         self.webhook_cfg = webhook
         self.source = KubernetesSource(api, "", kinds=DECKHOUSE_KINDS)
-        self.controller = Controller(api, self.source, namespace)
+        self.controller = Controller(api, self.source, namespace, block_ttl_s=block_ttl)
         self.webhook: WebhookServer | None = None
         self.health = _HealthServer(("0.0.0.0", health_port), self.ready) if health_port else None
         self._bundle: TlsBundle | None = None

@@ -34,6 +34,11 @@ if TYPE_CHECKING:  # the source builds its informers with LEASE_INDEXERS below
 log = logging.getLogger(__name__)
 KIND = "IPAddressLease"
 NODE_LABEL = f"{GROUP}/node"
+POOL_LABEL = f"{GROUP}/pool"  # a hash of the pool's key (a label value holds no "/"): lists one pool's leases
+
+
+def pool_label(pool: str) -> str:
+    return hashlib.sha1(pool.encode()).hexdigest()[:10]
 
 
 def _spec(obj: dict[str, Any]) -> dict[str, Any]:
@@ -84,15 +89,15 @@ class _TakenIn:
 
 def lease_name(pool: str, address: str) -> str:
     """``ip-198-18-10-5-<hash of the pool>``: readable, a valid name, unique per (pool, IP)."""
-    return f"ip-{address.replace('.', '-')}-{hashlib.sha1(pool.encode()).hexdigest()[:10]}"
+    return f"ip-{address.replace('.', '-')}-{pool_label(pool)}"
 
 
 def lease_body(pool: str, address: str, network: str, holder: str, ttl_s: float, node: str = "") -> dict[str, Any]:
     """The IPAddressLease object of ``address`` in ``pool`` held by ``holder`` (labelled with the node
     that made it, so that node alone cleans up after itself)."""
-    metadata: dict[str, Any] = {"name": lease_name(pool, address)}
+    metadata: dict[str, Any] = {"name": lease_name(pool, address), "labels": {POOL_LABEL: pool_label(pool)}}
     if node:
-        metadata["labels"] = {NODE_LABEL: node}
+        metadata["labels"][NODE_LABEL] = node
     return {"apiVersion": RESOURCES[KIND].api_version, "kind": KIND, "metadata": metadata,
             "spec": {"pool": pool, "ip": address, "network": network, "holder": holder, "ttl": f"{int(ttl_s)}s"}}
 

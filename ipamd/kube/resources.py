@@ -47,6 +47,7 @@ RESOURCES: dict[str, Resource] = {r.kind: r for r in (
     _deckhouse("IPAddress", "ipaddresses", True),
     _deckhouse("ClusterIPAddress", "clusteripaddresses", False),
     _deckhouse("IPAddressLease", "ipaddressleases", False),
+    _deckhouse("IPAddressBlock", "ipaddressblocks", False),
     _deckhouse("NodeNetworkInterfaceAttachment", "nodenetworkinterfaceattachments", False),
     Resource("NetworkAttachmentDefinition", NPWG_GROUP, "v1", "network-attachment-definitions", True),
     Resource("IPAMClaim", NPWG_GROUP, "v1alpha1", "ipamclaims", True),

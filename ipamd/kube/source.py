@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 from kubernetes import client
 
+from ipamd.kube.blocks import BLOCK_INDEXERS
+from ipamd.kube.blocks import KIND as BLOCK_KIND
 from ipamd.kube.errors import api_unavailable_is_11, status_of
 from ipamd.kube.informer import IndexFn, Informer, plain_lister
 from ipamd.kube.leases import KIND as LEASE_KIND
@@ -28,9 +30,9 @@ from ipamd.sources.base import Problem
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 #: Kinds watched for the node's and the controller's own bookkeeping, kept as the API gives them.
-TRACKED_KINDS = ("IPAddressLease", "NodeNetworkInterfaceAttachment")
+TRACKED_KINDS = ("IPAddressLease", "IPAddressBlock", "NodeNetworkInterfaceAttachment")
 #: Indexes of tracked kinds' caches (see ``Informer.by_index``).
-TRACKED_INDEXERS: dict[str, dict[str, IndexFn]] = {LEASE_KIND: LEASE_INDEXERS}
+TRACKED_INDEXERS: dict[str, dict[str, IndexFn]] = {LEASE_KIND: LEASE_INDEXERS, BLOCK_KIND: BLOCK_INDEXERS}
 
 
 class KubernetesSource:

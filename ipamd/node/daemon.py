@@ -70,8 +70,8 @@ class NodeDaemon:
         publisher: Publisher = LocalPublisher()
         self.source: ObjectSource
         if cfg.kubeconfig:  # imported only here: the kubernetes client costs ~200 ms to import
+            from ipamd.kube.blocks import BlockRegistry
             from ipamd.kube.client import kube_api
-            from ipamd.kube.leases import KubeLeaseRegistry
             from ipamd.kube.outbox import Outbox
             from ipamd.kube.publisher import KubePublisher, api_senders
             from ipamd.kube.source import KubernetesSource
@@ -81,9 +81,9 @@ class NodeDaemon:
             if cfg.controller:
                 from ipamd.kube.controller import Controller
 
-                self.controller = Controller(api, self.source, cfg.controller_namespace)
+                self.controller = Controller(api, self.source, cfg.controller_namespace, block_ttl_s=cfg.block_ttl)
             self.outbox = Outbox(self.store, api_senders(api))
-            registry = KubeLeaseRegistry(self.source, cfg.node_name, self.outbox)
+            registry = BlockRegistry(self.source, cfg.node_name, self.outbox)
             publisher = KubePublisher(api, cfg.node_name, self.outbox)
         else:
             self.source = LocalSource(cfg.objects_dir, lambda ns, name: self.store.generated_uid(ns, name, _new_uid()))

@@ -105,12 +105,19 @@ class Reconciler:
             self._sync_segments()
             if self.cluster:
                 self._release_stray_cluster_leases()
+                self._housekeep_blocks()
 
     def _release_stray_cluster_leases(self) -> None:
         """IPAddressLeases this node made that its store does not hold: an ADD rolled back while the
         API was unreachable could not delete its lease object. Deleted once older than the grace period."""
         for lease in self.ipam.registry.stray(self.store, time.time() - max(self.grace_s, 30.0)):
             log.info("released stray IPAddressLease %s (%s)", lease.address, lease.pool)
+
+    def _housekeep_blocks(self) -> None:
+        """Renew this node's address blocks and return the ones that stayed empty (``ipamd.kube.blocks``)."""
+        if self.source.ready():
+            pools = [p for kind in POOL_KINDS.values() for p in self.source.list(kind)]
+            self.ipam.registry.housekeep(pools, self.ipam.in_use, self.store.transaction)
 
     def _sync_segments(self) -> None:
         """Make every Network's bridge (and VLAN/VXLAN uplink) ahead of its pods, and remove the

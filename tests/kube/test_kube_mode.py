@@ -185,16 +185,17 @@ def test_four_nodes_race_for_one_pool_of_64(cluster: Cluster, nodes: list[Node])
     assert len(ok) == 64, {n: r.stdout for n, r in list(failed.items())[:3]}
     assert len(set(addresses)) == 64
     assert all(r.code == 100 and "krace/pool" in r.json["msg"] for r in failed.values()), list(failed.values())[:2]
-    leases = [x for x in cluster.get("ipaddresslease")["items"] if x["spec"]["pool"].endswith("krace/pool")]
-    assert len(leases) == 64
+    def pool_leases() -> int:
+        return len([x for x in cluster.get("ipaddresslease")["items"] if x["spec"]["pool"].endswith("krace/pool")])
+
+    # an address of a node's block has its lease object made from the node's outbox, after ADD
+    assert wait_for(lambda: pool_leases() == 64, timeout=30), pool_leases()
+    blocks = [b for b in cluster.get("ipaddressblock")["items"] if b["spec"]["pool"].endswith("krace/pool")]
+    print(f"race: {len(blocks)} address blocks claimed: {sorted(b['spec']['cidr'] for b in blocks)}")
 
     for i, n in enumerate(names):
         assert nodes[i % 4].cni("DEL", f"c-{n}", netns[n], pod=(ns, n)).ok
     cluster.kubectl("delete", "pods", "-n", ns, "--all", "--grace-period=0", "--force")
-
-    def pool_leases() -> int:
-        return len([x for x in cluster.get("ipaddresslease")["items"] if x["spec"]["pool"].endswith("krace/pool")])
-
     assert wait_for(lambda: pool_leases() == 0, timeout=90), f"{pool_leases()} leases left"
 
 

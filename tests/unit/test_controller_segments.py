@@ -28,6 +28,9 @@ class Objects:
     def delete(self, kind: str, name: str, namespace: str = "") -> None:
         raise AssertionError(f"unexpected delete of {kind} {name}")
 
+    def get(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
+        raise AssertionError(f"unexpected read of {kind} {name}")
+
 
 class Source(FakeSource):
     node_name = "ctl"
@@ -125,9 +128,14 @@ def test_pool_usage_goes_to_the_pools_status_and_the_gauges_and_is_written_on_ch
         {"spec": {"pool": "ClusterIPAddressPool/usage", "ip": "198.18.99.2", "holder": None}},  # quarantined
         {"spec": {"pool": "ClusterIPAddressPool/other", "ip": "198.18.98.1", "holder": "IPAddress/ns/b"}},
     ]
+    src.raw["IPAddressBlock"] = [
+        {"spec": {"pool": "ClusterIPAddressPool/usage", "cidr": f"198.18.99.{i * 16}/28", "node": node}}
+        for i, node in enumerate(["n2", "n1", "n2"])]
     ctl.pool_usage()
-    assert src.objects.patched == [("ClusterIPAddressPool", "usage", {"size": 6, "used": 1, "quarantined": 1,
-                                                                       "free": 4})]
+    assert src.objects.patched == [("ClusterIPAddressPool", "usage", {
+        "size": 6, "used": 1, "quarantined": 1, "free": 4, "blocks": [{"node": "n1", "count": 1},
+                                                                      {"node": "n2", "count": 2}]})]
+    assert REGISTRY.get_sample_value("plexus_node_blocks", {"pool": "ClusterIPAddressPool/usage", "node": "n2"}) == 2
 
     def gauge(state: str) -> float | None:
         return REGISTRY.get_sample_value("plexus_pool_addresses", {"pool": "ClusterIPAddressPool/usage",
@@ -138,7 +146,11 @@ def test_pool_usage_goes_to_the_pools_status_and_the_gauges_and_is_written_on_ch
     assert len(src.objects.patched) == 1, "unchanged: not written again"
     src.raw["IPAddressLease"].pop(1)
     ctl.pool_usage()
-    assert src.objects.patched[-1][2] == {"size": 6, "used": 1, "quarantined": 0, "free": 5}
+    src.raw["IPAddressBlock"] = src.raw["IPAddressBlock"][:1]
+    ctl.pool_usage()
+    assert src.objects.patched[-1][2] == {"size": 6, "used": 1, "quarantined": 0, "free": 5,
+                                          "blocks": [{"node": "n2", "count": 1}]}
+    assert REGISTRY.get_sample_value("plexus_node_blocks", {"pool": "ClusterIPAddressPool/usage", "node": "n1"}) is None
     src.remove("ClusterIPAddressPool", "", "usage")
     ctl.pool_usage()
     assert gauge("used") is None, "a deleted pool's gauges go with it"

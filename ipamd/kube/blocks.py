@@ -1,0 +1,345 @@
+"""Node address blocks in a cluster: IPAddressBlock objects, and leasing inside them with no API request.
+
+A node claims a block of a pool with one create-if-absent of an IPAddressBlock (cluster-scoped, named from the pool
+and the window: ``blk-198-18-0-16-<hash of the pool>``), and from then on it alone leases the block's addresses: an
+allocation there is a store transaction, and its IPAddressLease object is owed to the outbox (made in the
+background, and made the block owner's if another node's stray object stands in the way). Other nodes never pick an
+address in a block that is not theirs; a Static address there is the owner's to lease (every node leases every Static
+IPAddress, the owner included), and another node takes it only once the owner's lease object says it is the
+Static's.
+
+Where blocks and per-address leases meet, the order of two API writes decides and both sides check what the other
+may have done before them: a node that leased an address by itself reads the block that could hold it (a GET by
+name) and lets go if another node claimed that block; a node that claimed a block lists the pool's lease objects (a
+quorum read) and never hands out an address one of them holds. Whichever write came first, one of the two sees the
+other, so an address is never held twice.
+
+A node claims its next block before the last one runs out (in the background, when fewer than a quarter of its
+addresses are free), renews its blocks' ``status.renewTime``, and returns a block that stayed empty for
+``idle_s``; the controller reclaims the blocks of a node whose daemon stopped renewing and which runs no pod.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Container, Hashable, Iterable
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+from cni.errors import TryAgainLater
+from ipamd.ipam.allocator import to_int
+from ipamd.ipam.blocks import (
+    BLOCK_SIZE,
+    Block,
+    addresses_in,
+    block_name,
+    free_in,
+    free_window,
+    may_claim,
+    uses_blocks,
+    window_of,
+)
+from ipamd.kube.errors import api_unavailable_is_11, reason_of, status_of
+from ipamd.kube.leases import KIND as LEASE_KIND
+from ipamd.kube.leases import NODE_LABEL, POOL_LABEL, KubeLeaseRegistry, lease_body, lease_name, pool_label
+from ipamd.kube.outbox import Outbox
+from ipamd.kube.resources import RESOURCES
+from ipamd.model.objects import AddressPool
+from ipamd.model.timefmt import rfc3339
+from ipamd.store.records import LeaseRecord
+
+if TYPE_CHECKING:
+    from ipamd.kube.source import KubernetesSource
+
+log = logging.getLogger(__name__)
+KIND = "IPAddressBlock"
+RENEW_S = 60.0  # a block's status.renewTime is renewed this often (the controller's --block-ttl is far longer)
+
+
+def _spec(obj: dict[str, Any]) -> dict[str, Any]:
+    spec = obj.get("spec")
+    return spec if isinstance(spec, dict) else {}
+
+
+def parse_block(obj: dict[str, Any]) -> Block | None:
+    spec = _spec(obj)
+    try:
+        network, _, bits = str(spec["cidr"]).partition("/")
+        return Block(str(spec["pool"]), to_int(network), 1 << (32 - int(bits)), str(spec["node"]))
+    except (KeyError, ValueError):
+        return None
+
+
+def _by_pool(obj: dict[str, Any]) -> Iterable[Hashable]:
+    block = parse_block(obj)
+    return [block.pool] if block else []
+
+
+def _by_node(obj: dict[str, Any]) -> Iterable[Hashable]:
+    block = parse_block(obj)
+    return [block.node] if block else []
+
+
+def _by_window(obj: dict[str, Any]) -> Iterable[Hashable]:
+    block = parse_block(obj)
+    return [(block.pool, block.first)] if block else []
+
+
+BLOCK_INDEXERS: dict[str, Callable[[dict[str, Any]], Iterable[Hashable]]] = {
+    "pool": _by_pool, "node": _by_node, "window": _by_window}
+
+
+def block_body(block: Block) -> dict[str, Any]:
+    return {"apiVersion": RESOURCES[KIND].api_version, "kind": KIND,
+            "metadata": {"name": block.name, "labels": {NODE_LABEL: block.node, POOL_LABEL: pool_label(block.pool)}},
+            "spec": {"pool": block.pool, "cidr": block.cidr, "node": block.node}}
+
+
+class _Taken:
+    """An address of a pool another node holds: a lease object, another node's block, or what this node's check
+    after claiming a block found leased inside it."""
+
+    def __init__(self, registry: BlockRegistry, pool: str) -> None:
+        self.registry, self.pool = registry, pool
+
+    def __contains__(self, ip: object) -> bool:
+        if not isinstance(ip, int):
+            return False
+        r = self.registry
+        if r.source.indexed(LEASE_KIND, "address", (self.pool, ip)) or ip in r.excluded.get(self.pool, ()):
+            return True
+        block = r.block_at(self.pool, ip)
+        return block is not None and block.node != r.node_name
+
+
+class BlockRegistry(KubeLeaseRegistry):
+    """The lease registry of a node that leases in blocks where a pool is large enough, per address elsewhere."""
+
+    def __init__(self, source: KubernetesSource, node_name: str, outbox: Outbox, size: int = BLOCK_SIZE,
+                 idle_s: float = 300.0, clock: Callable[[], float] = time.time,
+                 spawn: Callable[[Callable[[], None]], None] | None = None) -> None:
+        super().__init__(source, node_name, outbox)
+        self.size, self.idle_s, self.clock = size, idle_s, clock
+        self.spawn = spawn or (lambda run: threading.Thread(target=run, name="grow-block", daemon=True).start())
+        self.mine: dict[tuple[str, int], Block] = {}  # claimed here, before the informer shows them
+        self.excluded: dict[str, set[int]] = {}  # pool -> addresses found leased inside this node's new blocks
+        self.block_pools: dict[str, bool] = {}  # pool -> whether it is large enough for blocks (from blocks())
+        self._growing: set[str] = set()
+        self._lock = threading.Lock()
+        self._empty_since: dict[tuple[str, int], float] = {}
+        self.returned: set[tuple[str, int]] = set()  # given back, until the informer no longer shows them
+        self._renewed = 0.0
+        outbox.senders["block_lease"] = self._put_lease
+
+    # -- reading ------------------------------------------------------------------------------------
+    def block_at(self, pool: str, ip: int) -> Block | None:
+        first = window_of(ip, self.size)
+        mine = self.mine.get((pool, first))
+        if mine is not None:
+            return mine
+        for obj in self.source.by_index(KIND, "window", (pool, first)):
+            block = parse_block(obj)
+            if block is not None and block.node == self.node_name and (pool, first) in self.returned:
+                return None  # ours no more: being deleted
+            return block
+        return None
+
+    def blocks(self, pool: AddressPool) -> list[Block]:
+        key = pool.meta.key
+        self.block_pools[key] = uses_blocks(pool, self.size)
+        found = {b.first: b for b in (parse_block(o) for o in self.source.by_index(KIND, "pool", key))
+                 if b is not None and b.node == self.node_name and (key, b.first) not in self.returned}
+        with self._lock:
+            found.update({first: b for (p, first), b in self.mine.items() if p == key})
+        return [found[k] for k in sorted(found)]
+
+    def in_blocks(self, pool: AddressPool) -> bool:
+        return uses_blocks(pool, self.size)
+
+    def taken_elsewhere(self, pool: str) -> Container[int]:
+        return _Taken(self, pool)
+
+    # -- claiming -----------------------------------------------------------------------------------
+    def claim(self, lease: LeaseRecord) -> bool:
+        block = self.block_at(lease.pool, lease.ip)
+        if block is not None and block.node == self.node_name:
+            if lease.ip in self.excluded.get(lease.pool, ()):
+                return False
+            name = lease_name(lease.pool, lease.address)
+            body = lease_body(lease.pool, lease.address, lease.network, lease.holder or "", lease.ttl, self.node_name)
+            self.outbox.add(f"{LEASE_KIND}/{name}", "block_lease", {"object": body}, supersede=True)
+            return True  # ours alone to lease: no API request
+        if block is not None:
+            return self._granted(lease, block)
+        won = super().claim(lease)
+        if won and self.block_pools.get(lease.pool, True) and self._claimed_meanwhile(lease):
+            self.release(lease)
+            return False
+        return won
+
+    def _granted(self, lease: LeaseRecord, block: Block) -> bool:
+        """An address in another node's block: ours once its owner leased it to the same holder."""
+        for obj in self.source.by_index(LEASE_KIND, "address", (lease.pool, lease.ip)):
+            labels = (obj.get("metadata") or {}).get("labels") or {}
+            if _spec(obj).get("holder") == lease.holder and labels.get(NODE_LABEL) == block.node:
+                return True
+        if lease.holder and lease.holder.startswith(("IPAddress/", "ClusterIPAddress/")):
+            raise TryAgainLater(f"{lease.address} lies in the address block of node {block.node}, which leases it",
+                                f"IPAddressBlock {block.name}")
+        return False
+
+    def _claimed_meanwhile(self, lease: LeaseRecord) -> bool:
+        """After leasing an address by itself: has another node claimed the block that could hold it (its create
+        came before ours, and our cache did not show it yet)?"""
+        first = window_of(lease.ip, self.size)
+        with api_unavailable_is_11():
+            try:
+                obj = self.objects.get(KIND, block_name(lease.pool, first))
+            except Exception as exc:
+                if status_of(exc) == 404:
+                    return False
+                raise
+        block = parse_block(obj)
+        return block is not None and block.node != self.node_name
+
+    def grow(self, pool: AddressPool) -> Block | None:
+        """Claim one more block of ``pool`` (one create); None when the pool has no free window or is too small."""
+        key = pool.meta.key
+        if not uses_blocks(pool, self.size):
+            return None
+        claimed = {(b.first) for b in (parse_block(o) for o in self.source.by_index(KIND, "pool", key)) if b}
+        claimed |= {first for (p, first) in self.mine if p == key}
+        if not may_claim(pool, len(claimed), self.size):
+            return None  # half the pool is in blocks: the rest is leased per address
+        lost: set[int] = set()
+
+        def busy(ip: int) -> bool:
+            first = window_of(ip, self.size)
+            return (first in lost or self.block_at(key, ip) is not None
+                    or self.source.indexed(LEASE_KIND, "address", (key, ip)))
+
+        # nodes start their search at different windows, so that racing nodes seldom want the same one
+        spread = int(hashlib.sha1(self.node_name.encode()).hexdigest()[:8], 16) % max(1, pool.size // self.size)
+        start = pool.subnets[0].ranges[0][0] + spread * self.size if pool.subnets else 0
+        for _ in range(16):
+            first = free_window(pool, busy, self.size, start)
+            if first is None:
+                return None
+            block = Block(key, first, self.size, self.node_name)
+            with api_unavailable_is_11():
+                try:
+                    self.objects.create(KIND, block_body(block))
+                except Exception as exc:
+                    if status_of(exc) != 409:
+                        raise
+                    lost.add(first)  # another node's since our cache last saw the pool
+                    continue
+                with self._lock:
+                    self.mine[(key, first)] = block
+                self._exclude_leased(block, pool)
+            log.info("claimed address block %s (%s) of %s", block.name, block.cidr, key)
+            return block
+        return None
+
+    def _exclude_leased(self, block: Block, pool: AddressPool) -> None:
+        """What lease objects hold inside a block just claimed, read from the API server itself (a quorum read:
+        a per-address lease created before our block is in it, whatever our cache says)."""
+        items = self.objects.lister(LEASE_KIND)(label_selector=f"{POOL_LABEL}={pool_label(block.pool)}")
+        inside = {to_int(str(_spec(o).get("ip"))) for o in (items.get("items") or []) if _spec(o).get("ip")}
+        inside &= set(addresses_in(pool, block.first, block.size))
+        if inside:
+            with self._lock:
+                self.excluded.setdefault(block.pool, set()).update(inside)
+
+    def grow_soon(self, pool: AddressPool, taken: Callable[[int], bool]) -> None:
+        """Claim the next block in the background when fewer than a quarter of this node's addresses are free."""
+        key = pool.meta.key
+        blocks = self.blocks(pool)
+        if not blocks or free_in(pool, blocks, taken) * 4 >= len(blocks) * self.size:
+            return
+        with self._lock:
+            if key in self._growing:
+                return
+            self._growing.add(key)
+
+        def run() -> None:
+            try:
+                self.grow(pool)
+            except Exception as exc:  # the API away: the next allocation tries again
+                log.info("claiming the next block of %s: %s", key, exc)
+            finally:
+                with self._lock:
+                    self._growing.discard(key)
+
+        self.spawn(run)
+
+    # -- the outbox's op ----------------------------------------------------------------------------
+    def _put_lease(self, body: dict[str, Any]) -> None:
+        """Make the lease object of an address in this node's block: created, or made ours if a stray object of
+        another node's (a per-address lease it is letting go of) stands in the way."""
+        obj = body["object"]
+        try:
+            self.objects.create(LEASE_KIND, obj)
+            return
+        except Exception as exc:
+            if status_of(exc) != 409:
+                raise
+        name = obj["metadata"]["name"]
+        current = self.objects.get(LEASE_KIND, name)
+        labels = (current.get("metadata") or {}).get("labels") or {}
+        if _spec(current).get("holder") == obj["spec"]["holder"] and labels.get(NODE_LABEL) == self.node_name:
+            if (current.get("status") or {}).get("orphaningTimestamp"):
+                self.objects.patch_status(LEASE_KIND, name, {"orphaningTimestamp": None})
+            return
+        self.objects.patch(LEASE_KIND, name, {"metadata": {"labels": obj["metadata"]["labels"]}, "spec": obj["spec"]})
+        self.objects.patch_status(LEASE_KIND, name, {"orphaningTimestamp": None})
+
+    # -- housekeeping (the reconciler's rounds) ------------------------------------------------------------
+    def housekeep(self, pools: Iterable[AddressPool], in_use: Callable[[str, int], bool],
+                  transaction: Callable[[], AbstractContextManager[Any]]) -> None:
+        """Renew this node's blocks, and return those empty for ``idle_s`` (never a pool's last one). Whether a block
+        is empty is decided inside ``transaction`` (the store's, where every pick is made), and the block is ours no
+        more from then on; its object is deleted after, outside the store's lock."""
+        now = self.clock()
+        renew = now - self._renewed >= RENEW_S
+        going: list[Block] = []
+        with transaction():
+            for pool in pools:
+                blocks = self.blocks(pool)
+                for block in blocks:
+                    slot = (block.pool, block.first)
+                    if any(in_use(block.pool, ip) for ip in addresses_in(pool, block.first, block.size)):
+                        self._empty_since.pop(slot, None)
+                        continue
+                    since = self._empty_since.setdefault(slot, now)
+                    if now - since >= self.idle_s and len(blocks) - sum(b.pool == block.pool for b in going) > 1:
+                        with self._lock:
+                            self.mine.pop(slot, None)
+                            self.returned.add(slot)
+                        self._empty_since.pop(slot, None)
+                        going.append(block)
+                if renew:
+                    for block in blocks:
+                        if block not in going:
+                            self.outbox.add(f"{KIND}/{block.name}", "patch_status", {
+                                "kind": KIND, "name": block.name, "status": {"renewTime": rfc3339(now)}},
+                                supersede=True)
+        if renew:
+            self._renewed = now
+        for block in going:
+            self._return(block)
+        with self._lock:  # forget what the informer no longer shows
+            self.returned = {slot for slot in self.returned
+                             if self.source.indexed(KIND, "window", slot)}
+
+    def _return(self, block: Block) -> None:
+        try:
+            self.objects.delete(KIND, block.name)
+            log.info("returned empty address block %s (%s) of %s", block.name, block.cidr, block.pool)
+        except Exception as exc:
+            if status_of(exc) != 404:
+                log.warning("returning address block %s: %s (the controller reclaims it)", block.name,
+                            reason_of(exc))

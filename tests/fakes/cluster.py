@@ -1,0 +1,140 @@
+"""A cluster's API for unit tests of what several nodes do together: cluster-scoped custom objects with the API
+server's answers (409 on creating a name that exists, 404 for one that does not, merge patches, label selectors),
+and per-node informer caches over it that show the API as it was at their last ``sync()`` (or live), so that a test
+can put one node's view behind another's writes on purpose. Every call is counted."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from ipamd.kube.blocks import BLOCK_INDEXERS
+from ipamd.kube.blocks import KIND as BLOCK_KIND
+from ipamd.kube.leases import KIND as LEASE_KIND
+from ipamd.kube.leases import LEASE_INDEXERS
+
+INDEXERS: dict[str, dict[str, Callable[[dict[str, Any]], Iterable[Hashable]]]] = {
+    LEASE_KIND: LEASE_INDEXERS, BLOCK_KIND: BLOCK_INDEXERS}
+
+
+def _merge(into: dict[str, Any], patch: dict[str, Any]) -> None:
+    for k, v in patch.items():
+        if v is None:
+            into.pop(k, None)
+        elif isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = copy.deepcopy(v)
+
+
+class FakeApi:
+    def __init__(self) -> None:
+        self.objs: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        self.calls: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self._version = 0
+
+    def _count(self, verb: str, kind: str) -> None:
+        self.calls[f"{verb} {kind}"] += 1
+
+    def requests(self) -> int:
+        return sum(self.calls.values())
+
+    def create(self, kind: str, body: dict[str, Any], namespace: str = "") -> dict[str, Any]:
+        with self.lock:
+            self._count("create", kind)
+            name = body["metadata"]["name"]
+            if name in self.objs[kind]:
+                raise ApiException(status=409, reason="AlreadyExists")
+            self._version += 1
+            obj = copy.deepcopy(body)
+            obj["metadata"].update(resourceVersion=str(self._version), creationTimestamp="2026-11-30T00:00:00Z")
+            self.objs[kind][name] = obj
+            return copy.deepcopy(obj)
+
+    def get(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
+        with self.lock:
+            self._count("get", kind)
+            if name not in self.objs[kind]:
+                raise ApiException(status=404, reason="NotFound")
+            return copy.deepcopy(self.objs[kind][name])
+
+    def patch(self, kind: str, name: str, body: dict[str, Any], namespace: str = "") -> None:
+        with self.lock:
+            self._count("patch", kind)
+            if name not in self.objs[kind]:
+                raise ApiException(status=404, reason="NotFound")
+            wanted = (body.get("metadata") or {}).get("resourceVersion")
+            if wanted and wanted != self.objs[kind][name]["metadata"]["resourceVersion"]:
+                raise ApiException(status=409, reason="Conflict")
+            body = copy.deepcopy(body)
+            (body.get("metadata") or {}).pop("resourceVersion", None)
+            _merge(self.objs[kind][name], body)
+            self._version += 1
+            self.objs[kind][name]["metadata"]["resourceVersion"] = str(self._version)
+
+    def patch_status(self, kind: str, name: str, status: dict[str, Any], namespace: str = "") -> None:
+        with self.lock:
+            self._count("patch_status", kind)
+            if name not in self.objs[kind]:
+                raise ApiException(status=404, reason="NotFound")
+            _merge(self.objs[kind][name].setdefault("status", {}), status)
+
+    def delete(self, kind: str, name: str, namespace: str = "") -> None:
+        with self.lock:
+            self._count("delete", kind)
+            if self.objs[kind].pop(name, None) is None:
+                raise ApiException(status=404, reason="NotFound")
+
+    def lister(self, kind: str) -> Callable[..., dict[str, Any]]:
+        def list_objects(label_selector: str = "", **_: Any) -> dict[str, Any]:
+            with self.lock:
+                self._count("list", kind)
+                want = dict(kv.split("=", 1) for kv in label_selector.split(",") if kv)
+                return {"items": [copy.deepcopy(o) for o in self.objs[kind].values()
+                                  if all(((o["metadata"].get("labels") or {}).get(k)) == v for k, v in want.items())]}
+        return list_objects
+
+    def senders(self) -> dict[str, Callable[[dict[str, Any]], None]]:
+        """The outbox's generic ops over this API (as ``ipamd.kube.publisher.api_senders`` makes them)."""
+        def create(b: dict[str, Any]) -> None:
+            self.create(b["kind"], b["object"])
+
+        return {
+            "create": create,
+            "patch": lambda b: self.patch(b["kind"], b["name"], b["patch"]),
+            "patch_status": lambda b: self.patch_status(b["kind"], b["name"], b["status"]),
+            "delete": lambda b: self.delete(b["kind"], b["name"]),
+        }
+
+
+class FakeCache:
+    """One node's informers over a ``FakeApi``: the API as it was at the last ``sync()`` (``live``: as it is)."""
+
+    def __init__(self, api: FakeApi, live: bool = True) -> None:
+        self.objects = api
+        self.live = live
+        self._snapshot: dict[str, list[dict[str, Any]]] = {}
+        self.sync()
+
+    def sync(self) -> None:
+        with self.objects.lock:
+            self._snapshot = {k: [copy.deepcopy(o) for o in v.values()] for k, v in self.objects.objs.items()}
+
+    def items(self, kind: str) -> list[dict[str, Any]]:
+        if self.live:
+            with self.objects.lock:
+                return [copy.deepcopy(o) for o in self.objects.objs[kind].values()]
+        return list(self._snapshot.get(kind, []))
+
+    def by_index(self, kind: str, index: str, key: Hashable) -> list[dict[str, Any]]:
+        fn = INDEXERS[kind][index]
+        return [o for o in self.items(kind) if key in list(fn(o))]
+
+    def indexed(self, kind: str, index: str, key: Hashable) -> bool:
+        return bool(self.by_index(kind, index, key))

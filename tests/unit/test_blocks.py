@@ -1,0 +1,271 @@
+"""Node address blocks: the pure window arithmetic, and several nodes (each its own store, Ipam, outbox and informer
+cache) leasing from one pool over a fake API server, including caches that lag behind the other nodes' writes on
+purpose, so that both sides of the block/per-address protocol are exercised: no address is ever held twice."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from typing import Any
+
+import pytest
+
+from cni.errors import TryAgainLater
+from ipamd.ipam.addresses import Ipam
+from ipamd.ipam.allocator import to_int
+from ipamd.ipam.blocks import Block, addresses_in, free_window, pick_in, uses_blocks, windows
+from ipamd.kube.blocks import KIND as BLOCK_KIND
+from ipamd.kube.blocks import BlockRegistry
+from ipamd.kube.leases import KIND as LEASE_KIND
+from ipamd.kube.outbox import Outbox
+from ipamd.model.objects import AddressPool
+from ipamd.store.sqlite import Store
+from tests.fakes.cluster import FakeApi, FakeCache
+from tests.fakes.source import FakeSource
+from tests.unit.test_ipam import Clock, attach, network, obj, pod, pool, static
+
+
+def pool_of(source: FakeSource, name: str) -> AddressPool:
+    found = source.get(pool_kind(), "ns", name)
+    assert isinstance(found, AddressPool)
+    return found
+
+
+def pool_kind() -> Any:
+    from ipamd.model.objects import IP_ADDRESS_POOL
+
+    return IP_ADDRESS_POOL
+
+
+def world() -> FakeSource:
+    return FakeSource(
+        obj("NetworkClass", "cls", {"vlan": {"idPool": ["600-800"]}}, namespace=None),
+        pool("big", "198.18.40.0/24", ttl="0s"),  # 254 addresses: blocks
+        network("net", "big"),
+        pool("small", "198.18.41.0/28", ttl="0s"),  # 14 addresses: per address
+        network("small-net", "small"),
+        static("fixed", "198.18.40.200"),
+    )
+
+
+class Node:
+    def __init__(self, api: FakeApi, name: str, live: bool = True) -> None:
+        self.name = name
+        self.store = Store(":memory:")
+        self.cache = FakeCache(api, live=live)
+        self.outbox = Outbox(self.store, api.senders())
+        self.clock = Clock()
+        self.registry = BlockRegistry(self.cache, name, self.outbox, clock=self.clock,  # type: ignore[arg-type]
+                                      spawn=lambda run: run())
+        self.source = world()
+        self.ipam = Ipam(self.store, self.source, self.clock, self.registry)
+        self.n = 0
+
+    def add(self, net: str = "net", names: tuple[str, ...] = ()) -> str:
+        self.n += 1
+        return attach(self.ipam, pod(f"{self.name}-{self.n}"), net=net, names=names)[0].address
+
+    def addresses(self) -> set[str]:
+        return {lease.address for lease in self.store.all_leases() if lease.holder}
+
+
+@pytest.fixture
+def api() -> FakeApi:
+    return FakeApi()
+
+
+def test_windows_are_aligned_and_cover_the_ranges_once() -> None:
+    src = world()
+    big = pool_of(src, "big")
+    first = to_int("198.18.40.0")
+    assert windows(big) == [first + 16 * i for i in range(16)]
+    assert list(addresses_in(big, first)) == list(range(first + 1, first + 16))  # .0 is the network address
+    assert uses_blocks(big) and not uses_blocks(pool_of(src, "small"))
+    block = Block("IPAddressPool/ns/big", first + 32, 16, "n1")
+    assert block.cidr == "198.18.40.32/28" and first + 47 in block and first + 48 not in block
+    assert block.name.startswith("blk-198-18-40-32-")
+    busy = {first + 5, first + 20, first + 40}
+    assert free_window(big, busy.__contains__, start=first + 16) == first + 48
+    assert free_window(big, busy.__contains__, start=first + 250) == first + 48  # wraps around
+    assert free_window(big, lambda ip: True) is None
+
+
+def test_pick_in_goes_round_robin_within_the_nodes_blocks() -> None:
+    big = pool_of(world(), "big")
+    first = to_int("198.18.40.64")
+    blocks = [Block("p", first, 16, "n1")]
+    assert pick_in(big, blocks, lambda ip: False, None) == first
+    assert pick_in(big, blocks, lambda ip: False, first + 3) == first + 4
+    assert pick_in(big, blocks, lambda ip: ip != first + 1, first + 3) == first + 1  # wraps
+    assert pick_in(big, blocks, lambda ip: True, None) is None
+
+
+def test_a_node_leases_inside_its_block_with_no_api_request(api: FakeApi) -> None:
+    node = Node(api, "n1")
+    first = node.add()
+    assert api.calls["create IPAddressBlock"] == 1 and api.calls["list IPAddressLease"] == 1
+    before = api.requests()
+    got = [node.add() for _ in range(10)]
+    assert api.requests() == before, "no API request on the allocation path inside a block"
+    assert len({first, *got}) == 11
+    block = node.registry.blocks(pool_of(node.source, "big"))[0]
+    assert all(to_int(a) in block for a in [first, *got])
+    assert node.outbox.depth() == 11  # the lease objects are owed
+    node.outbox.flush()
+    leases = api.objs[LEASE_KIND]
+    assert len(leases) == 11 and all(o["metadata"]["labels"]["network.deckhouse.io/node"] == "n1"
+                                     for o in leases.values())
+
+
+def test_the_next_block_is_claimed_before_the_last_one_runs_out(api: FakeApi) -> None:
+    node = Node(api, "n1")
+    for _ in range(12):  # 15 addresses in a block: a quarter left after the 12th
+        node.add()
+    assert len(api.objs[BLOCK_KIND]) == 2
+    assert len({node.add() for _ in range(20)}) == 20
+
+
+def test_a_small_pool_is_leased_per_address_and_gives_out_every_address(api: FakeApi) -> None:
+    nodes = [Node(api, f"n{i}") for i in range(8)]
+    got = [nodes[i % 8].add("small-net") for i in range(14)]
+    assert len(set(got)) == 14 and not api.objs[BLOCK_KIND]
+    with pytest.raises(Exception, match="no free address"):
+        nodes[0].add("small-net")
+
+
+def test_nodes_share_a_pool_through_blocks_without_duplicates(api: FakeApi) -> None:
+    nodes = [Node(api, f"n{i}") for i in range(6)]
+    rng = random.Random(7)
+    for _ in range(200):
+        rng.choice(nodes).add()
+    held = [a for n in nodes for a in n.addresses()]
+    assert len(held) == 200 and len(set(held)) == 200
+    owners = {ipaddress.ip_network(b["spec"]["cidr"]): b["spec"]["node"] for b in api.objs[BLOCK_KIND].values()}
+    assert 0 < len(owners) <= 8, "blocks never take more than half of the pool's 16 windows"
+    for n in nodes:  # an address inside a block is its owner's
+        for a in n.addresses():
+            assert all(owner == n.name for net, owner in owners.items() if ipaddress.ip_address(a) in net)
+
+
+def test_every_address_of_a_pool_in_blocks_is_handed_out(api: FakeApi) -> None:
+    nodes = [Node(api, f"n{i}") for i in range(6)]
+    got = []
+    for i in range(254):  # the node with free addresses in its blocks gets the pod, as a scheduler would spread them
+        node = nodes[i % 6]
+        try:
+            got.append(node.add())
+        except Exception:
+            got.append(next(n for n in nodes if n is not node and _has_room(n)).add())
+    assert len(set(got)) == 254
+
+
+def test_a_per_address_lease_made_before_a_block_keeps_its_address(api: FakeApi) -> None:
+    """Node A leases .17 by itself (as the controller or a small pool's node would); node B, whose cache has not
+    seen that lease yet, claims the block .16/28: its quorum read after the claim finds the lease, so B never hands
+    out .17."""
+    b = Node(api, "b", live=False)
+    a_lease = {"apiVersion": "x", "kind": LEASE_KIND, "metadata": {
+        "name": "ip-198-18-40-17-x", "labels": {"network.deckhouse.io/pool": _pool_label("IPAddressPool/ns/big")}},
+        "spec": {"pool": "IPAddressPool/ns/big", "ip": "198.18.40.17", "holder": "IPAddress/ns/other"}}
+    api.create(LEASE_KIND, a_lease)
+    b.registry.grow = _grow_at(b.registry, "198.18.40.16")  # type: ignore[method-assign]
+    got = {b.add() for _ in range(15)}
+    assert "198.18.40.17" not in got and len(got) == 15
+
+
+def test_a_block_claimed_before_a_per_address_lease_wins(api: FakeApi) -> None:
+    """Node B claims .32/28; node A, whose cache does not show B's block yet, leases per address: its check after
+    the create finds B's block and lets the address go, so A's address lies outside B's block."""
+    b = Node(api, "b")
+    b.registry.grow = _grow_at(b.registry, "198.18.40.32")  # type: ignore[method-assign]
+    b.add()
+    a = Node(api, "a", live=False)  # its view: before B's block
+    a.registry.in_blocks = lambda pool: False  # type: ignore[method-assign]  # per address, like a small pool's
+    a.store.set_cursor("IPAddressPool/ns/big", to_int("198.18.40.32"))  # its next pick falls in B's block
+    got = a.add()
+    block = Block("IPAddressPool/ns/big", to_int("198.18.40.32"), 16, "b")
+    assert to_int(got) not in block
+    assert api.calls["get IPAddressBlock"] >= 1
+    a.outbox.flush()  # the let-go lease object of the address in B's block is deleted
+    assert not [o for o in api.objs[LEASE_KIND].values() if o["spec"]["ip"] in {"198.18.40.33"}
+                and o["spec"]["holder"] != next(iter(b.addresses()), None)]
+
+
+def test_a_static_address_in_another_nodes_block_waits_for_its_owner(api: FakeApi) -> None:
+    owner, other = Node(api, "owner"), Node(api, "other")
+    owner.registry.grow = _grow_at(owner.registry, "198.18.40.192")  # type: ignore[method-assign]
+    owner.add()  # the block .192/28 holds the Static's .200
+    with pytest.raises(TryAgainLater, match="address block of node owner"):
+        other.add(names=("fixed",))
+    assert owner.add(names=("fixed",)) == "198.18.40.200"  # the owner leases it (every node leases Statics)
+    owner.outbox.flush()  # its lease object is made
+    assert other.add(names=("fixed",)) == "198.18.40.200"  # now granted: the same holder, the owner's object
+
+
+def test_an_empty_block_is_returned_after_a_while_but_never_the_last(api: FakeApi) -> None:
+    node = Node(api, "n1")
+    for _ in range(20):
+        node.add()
+    pools = [pool_of(node.source, "big")]
+    assert len(api.objs[BLOCK_KIND]) == 2
+    for p in [*node.store.all_ips()]:  # every pod goes
+        node.ipam.delete_ip(p)
+    node.registry.housekeep(pools, node.ipam.in_use, node.store.transaction)
+    node.outbox.flush()
+    assert all(o.get("status", {}).get("renewTime") for o in api.objs[BLOCK_KIND].values()), "renewed"
+    node.clock.advance(301)
+    node.registry.housekeep(pools, node.ipam.in_use, node.store.transaction)
+    assert len(api.objs[BLOCK_KIND]) == 1, "one returned, the last kept"
+    assert len({node.add() for _ in range(5)}) == 5
+
+
+def _has_room(node: Node) -> bool:
+    big = pool_of(node.source, "big")
+    return any(ip not in node.store.taken_ips(big.meta.key) for b in node.registry.blocks(big)
+               for ip in addresses_in(big, b.first, b.size))
+
+
+def _pool_label(pool: str) -> str:
+    from ipamd.kube.leases import pool_label
+
+    return pool_label(pool)
+
+
+def _grow_at(registry: BlockRegistry, address: str) -> Any:
+    """``grow`` that claims exactly the window at ``address`` first (tests choose where the block falls)."""
+    original = registry.grow
+    done: list[bool] = []
+
+    def grow(pool: AddressPool) -> Block | None:
+        if done:
+            return original(pool)
+        done.append(True)
+        from ipamd.kube.blocks import block_body
+
+        block = Block(pool.meta.key, to_int(address), registry.size, registry.node_name)
+        registry.objects.create(BLOCK_KIND, block_body(block))
+        registry.mine[(block.pool, block.first)] = block
+        registry._exclude_leased(block, pool)
+        return block
+
+    return grow
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_blocks_and_per_address_leases_mixed_with_lagging_caches_never_share_an_address(api: FakeApi,
+                                                                                       seed: int) -> None:
+    rng = random.Random(seed)
+    nodes = [Node(api, f"b{i}", live=False) for i in range(4)] + [Node(api, f"p{i}", live=False) for i in range(2)]
+    for n in nodes[4:]:  # leasing per address, as the controller does for user IPAddresses
+        n.registry.in_blocks = lambda pool: False  # type: ignore[method-assign]
+    for _ in range(150):
+        node = rng.choice(nodes)
+        if rng.random() < 0.3:
+            node.cache.sync()
+        if rng.random() < 0.3:
+            node.outbox.flush()
+        if node.name.startswith("p"):  # anywhere in the pool, blocks included
+            node.store.set_cursor("IPAddressPool/ns/big", to_int("198.18.40.0") + rng.randrange(256))
+        node.add()
+    held = [a for n in nodes for a in n.addresses()]
+    assert len(held) == 150 and len(set(held)) == 150, sorted(a for a in held if held.count(a) > 1)
