@@ -29,7 +29,7 @@ from collections.abc import Callable, Container, Hashable, Iterable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-from cni.errors import TryAgainLater
+from cni.errors import AddressConflict, TryAgainLater
 from ipamd.ipam.allocator import to_int
 from ipamd.ipam.blocks import (
     BLOCK_SIZE,
@@ -189,7 +189,9 @@ class BlockRegistry(KubeLeaseRegistry):
         if lease.holder and lease.holder.startswith(("IPAddress/", "ClusterIPAddress/")):
             raise TryAgainLater(f"{lease.address} lies in the address block of node {block.node}, which leases it",
                                 f"IPAddressBlock {block.name}")
-        return False
+        raise AddressConflict(f"{lease.address} lies in the address block of node {block.node}: an exact address "
+                              "asked for here must lie outside other nodes' blocks (or be a Static IPAddress)",
+                              f"IPAddressBlock {block.name}")
 
     def _claimed_meanwhile(self, lease: LeaseRecord) -> bool:
         """After leasing an address by itself: has another node claimed the block that could hold it (its create

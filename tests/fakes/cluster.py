@@ -17,6 +17,7 @@ from ipamd.kube.blocks import BLOCK_INDEXERS
 from ipamd.kube.blocks import KIND as BLOCK_KIND
 from ipamd.kube.leases import KIND as LEASE_KIND
 from ipamd.kube.leases import LEASE_INDEXERS
+from ipamd.model.timefmt import rfc3339
 
 INDEXERS: dict[str, dict[str, Callable[[dict[str, Any]], Iterable[Hashable]]]] = {
     LEASE_KIND: LEASE_INDEXERS, BLOCK_KIND: BLOCK_INDEXERS}
@@ -53,7 +54,7 @@ class FakeApi:
                 raise ApiException(status=409, reason="AlreadyExists")
             self._version += 1
             obj = copy.deepcopy(body)
-            obj["metadata"].update(resourceVersion=str(self._version), creationTimestamp="2026-11-30T00:00:00Z")
+            obj["metadata"].update(resourceVersion=str(self._version), creationTimestamp=rfc3339())
             self.objs[kind][name] = obj
             return copy.deepcopy(obj)
 

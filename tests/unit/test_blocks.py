@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from cni.errors import TryAgainLater
+from cni.errors import AddressConflict, TryAgainLater
 from ipamd.ipam.addresses import Ipam
 from ipamd.ipam.allocator import to_int
 from ipamd.ipam.blocks import Block, addresses_in, free_window, pick_in, uses_blocks, windows
@@ -269,3 +269,54 @@ def test_blocks_and_per_address_leases_mixed_with_lagging_caches_never_share_an_
         node.add()
     held = [a for n in nodes for a in n.addresses()]
     assert len(held) == 150 and len(set(held)) == 150, sorted(a for a in held if held.count(a) > 1)
+
+
+def test_an_exact_address_in_another_nodes_block_is_refused_for_a_delegate(api: FakeApi) -> None:
+    owner, other = Node(api, "owner"), Node(api, "other")
+    owner.registry.grow = _grow_at(owner.registry, "198.18.40.64")  # type: ignore[method-assign]
+    owner.add()
+    big = pool_of(other.source, "big")
+    with pytest.raises(AddressConflict, match="address block of node owner"):
+        other.ipam.allocate_for("vm-1", big, "198.18.40.70")
+    assert not other.store.all_leases()
+
+
+def test_the_controller_reclaims_the_blocks_of_a_silent_node_that_runs_no_pod(api: FakeApi) -> None:
+    from ipamd.kube.controller import Controller
+
+    node = Node(api, "gone")
+    node.add()
+    node.outbox.flush()
+    cache = FakeCache(api)
+
+    class Source:
+        objects = api
+        node_name = "ctl"
+
+        def subscribe(self, fn: Any) -> None:
+            pass
+
+        def items(self, kind: str) -> list[dict[str, Any]]:
+            return cache.items(kind)
+
+    class Core:
+        pods: list[str] = ["gone"]
+
+        def list_pod_for_all_namespaces(self, field_selector: str, limit: int) -> Any:
+            node_name = field_selector.split("=", 1)[1]
+            return type("PodList", (), {"items": [1] if node_name in self.pods else []})()
+
+    from kubernetes import client
+
+    ctl = Controller(client.ApiClient(), Source(), "plexus-system", block_ttl_s=600)  # type: ignore[arg-type]
+    ctl.core = Core()  # type: ignore[assignment]
+    ctl.reclaim_blocks()
+    assert len(api.objs[BLOCK_KIND]) == 1, "renewed lately (its creation here): kept"
+    for o in api.objs[BLOCK_KIND].values():
+        o.setdefault("status", {})["renewTime"] = "2026-01-01T00:00:00Z"
+    ctl.reclaim_blocks()
+    assert len(api.objs[BLOCK_KIND]) == 1, "silent, but a pod still runs there: kept"
+    Core.pods = []
+    ctl.reclaim_blocks()
+    assert not api.objs[BLOCK_KIND], "silent and no pod: reclaimed"
+    assert len(api.objs[LEASE_KIND]) == 1, "the lease objects stay: their addresses are not handed out again"
