@@ -8,13 +8,14 @@ LOG_DIR ?= /var/log/plexus
 PIDFILE ?= $(RUN_DIR)/plexus-ipamd.pid
 export PLEXUS_TEST_CACHE ?= /var/cache/plexus-test
 
-.PHONY: help deps venv proto crds build install start stop restart demo demo-clean test test-unit test-netns test-compat test-kube bench bench-kube image lint cnitool clean
+.PHONY: help deps venv proto crds build install start stop restart demo demo-clean test test-unit test-netns test-compat test-kube bench bench-kube bench-sim image lint cnitool clean
 
 help:
 	@echo "make demo        set everything up and show Plexus attaching two pods (make demo-clean undoes it)"
 	@echo "make test        run the whole test suite (unit, netns, compatibility)"
 	@echo "make lint        ruff and mypy"
 	@echo "make bench       measure Plexus against Debian's reference plugins (BENCH_ARGS=--quick for a smoke run)"
+	@echo "make bench-sim   the scale simulation: 10 and 50 simulated nodes churning 1,000 pods each, per-address leases against node blocks"
 	@echo "make bench-kube  Kubernetes-mode figures: ADD/DEL with the API in the loop, API requests per ADD/DEL, racing daemons, the webhook's cost per pod"
 	@echo "make build       freeze the plexus CNI plugin (dist/plexus/)"
 	@echo "make image       the container image the manifests name, as an OCI archive (dist/plexus-image.tar)"
@@ -89,6 +90,9 @@ bench: deps venv build
 
 bench-kube: deps venv build
 	$(PY) -m bench.kube $(BENCH_ARGS)
+
+bench-sim: deps venv
+	$(PY) -m bench.sim $(BENCH_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check cni ipamd tests bench scripts

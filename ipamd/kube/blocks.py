@@ -109,7 +109,7 @@ class _Taken:
         if not isinstance(ip, int):
             return False
         r = self.registry
-        if r.source.indexed(LEASE_KIND, "address", (self.pool, ip)) or ip in r.excluded.get(self.pool, ()):
+        if r.source.indexed(LEASE_KIND, "address", (self.pool, ip)) or ip in r.excluded.get(self.pool, {}):
             return True
         block = r.block_at(self.pool, ip)
         return block is not None and block.node != r.node_name
@@ -125,7 +125,7 @@ class BlockRegistry(KubeLeaseRegistry):
         self.size, self.idle_s, self.clock = size, idle_s, clock
         self.spawn = spawn or (lambda run: threading.Thread(target=run, name="grow-block", daemon=True).start())
         self.mine: dict[tuple[str, int], Block] = {}  # claimed here, before the informer shows them
-        self.excluded: dict[str, set[int]] = {}  # pool -> addresses found leased inside this node's new blocks
+        self.excluded: dict[str, dict[int, str]] = {}  # pool -> address -> holder found inside this node's new blocks
         self.block_pools: dict[str, bool] = {}  # pool -> whether it is large enough for blocks (from blocks())
         self._growing: set[str] = set()
         self._lock = threading.Lock()
@@ -166,19 +166,27 @@ class BlockRegistry(KubeLeaseRegistry):
     def claim(self, lease: LeaseRecord) -> bool:
         block = self.block_at(lease.pool, lease.ip)
         if block is not None and block.node == self.node_name:
-            if lease.ip in self.excluded.get(lease.pool, ()):
-                return False
+            found = self.excluded.get(lease.pool, {}).get(lease.ip)
+            if found is not None and found != lease.holder:
+                return False  # leased by itself before this block was claimed: not ours to give
             name = lease_name(lease.pool, lease.address)
             body = lease_body(lease.pool, lease.address, lease.network, lease.holder or "", lease.ttl, self.node_name)
             self.outbox.add(f"{LEASE_KIND}/{name}", "block_lease", {"object": body}, supersede=True)
             return True  # ours alone to lease: no API request
         if block is not None:
             return self._granted(lease, block)
+        if self._ours_already(lease):
+            return True
         won = super().claim(lease)
         if won and self.block_pools.get(lease.pool, True) and self._claimed_meanwhile(lease):
             self.release(lease)
             return False
         return won
+
+    def _ours_already(self, lease: LeaseRecord) -> bool:
+        """A lease object of this address for the same holder, made before any block was claimed over it."""
+        return any(_spec(o).get("holder") == lease.holder and lease.holder
+                   for o in self.source.by_index(LEASE_KIND, "address", (lease.pool, lease.ip)))
 
     def _granted(self, lease: LeaseRecord, block: Block) -> bool:
         """An address in another node's block: ours once its owner leased it to the same holder."""
@@ -250,11 +258,12 @@ class BlockRegistry(KubeLeaseRegistry):
         """What lease objects hold inside a block just claimed, read from the API server itself (a quorum read:
         a per-address lease created before our block is in it, whatever our cache says)."""
         items = self.objects.lister(LEASE_KIND)(label_selector=f"{POOL_LABEL}={pool_label(block.pool)}")
-        inside = {to_int(str(_spec(o).get("ip"))) for o in (items.get("items") or []) if _spec(o).get("ip")}
-        inside &= set(addresses_in(pool, block.first, block.size))
+        window = set(addresses_in(pool, block.first, block.size))
+        inside = {to_int(str(_spec(o)["ip"])): str(_spec(o).get("holder") or "") for o in (items.get("items") or [])
+                  if _spec(o).get("ip") and to_int(str(_spec(o)["ip"])) in window}
         if inside:
             with self._lock:
-                self.excluded.setdefault(block.pool, set()).update(inside)
+                self.excluded.setdefault(block.pool, {}).update(inside)
 
     def grow_soon(self, pool: AddressPool, taken: Callable[[int], bool]) -> None:
         """Claim the next block in the background when fewer than a quarter of this node's addresses are free."""
@@ -336,6 +345,12 @@ class BlockRegistry(KubeLeaseRegistry):
         with self._lock:  # forget what the informer no longer shows
             self.returned = {slot for slot in self.returned
                              if self.source.indexed(KIND, "window", slot)}
+            for pool_key, found in self.excluded.items():
+                # once the cache shows our block it is at least as new as the claim: what it no longer shows leased
+                # inside (a quarantine over, a lease let go) is ours to hand out
+                for ip in [ip for ip in found if self.source.indexed(KIND, "window", (pool_key, window_of(ip, self.size)))
+                           and not self.source.indexed(LEASE_KIND, "address", (pool_key, ip))]:
+                    del found[ip]
 
     def _return(self, block: Block) -> None:
         try:

@@ -68,6 +68,9 @@ class Node:
     def addresses(self) -> set[str]:
         return {lease.address for lease in self.store.all_leases() if lease.holder}
 
+    def held_by_holder(self) -> list[tuple[str, str]]:
+        return [(lease.address, lease.holder) for lease in self.store.all_leases() if lease.holder]
+
 
 @pytest.fixture
 def api() -> FakeApi:
@@ -320,3 +323,19 @@ def test_the_controller_reclaims_the_blocks_of_a_silent_node_that_runs_no_pod(ap
     ctl.reclaim_blocks()
     assert not api.objs[BLOCK_KIND], "silent and no pod: reclaimed"
     assert len(api.objs[LEASE_KIND]) == 1, "the lease objects stay: their addresses are not handed out again"
+
+
+def test_a_static_leased_by_itself_before_a_block_was_claimed_over_it_stays_its_own(api: FakeApi) -> None:
+    other = Node(api, "other")
+    assert other.add(names=("fixed",)) == "198.18.40.200"  # per address: no block there yet
+    other.outbox.flush()
+    owner = Node(api, "owner")
+    owner.registry.grow = _grow_at(owner.registry, "198.18.40.192")  # type: ignore[method-assign]
+    got = {owner.add() for _ in range(14)}
+    assert "198.18.40.200" not in got, "the block's owner never hands out what was leased before its block"
+    assert owner.add(names=("fixed",)) == "198.18.40.200", "but leases it to the same Static"
+    owner.outbox.flush()
+    assert ("198.18.40.200", "IPAddress/ns/fixed") in other.held_by_holder(), "the first holder keeps it"
+    (obj,) = [o for o in api.objs[LEASE_KIND].values() if o["spec"]["ip"] == "198.18.40.200"]
+    assert obj["spec"]["holder"] == "IPAddress/ns/fixed"
+    assert all(h == "IPAddress/ns/fixed" for n in (owner, other) for a, h in n.held_by_holder() if a == "198.18.40.200")
