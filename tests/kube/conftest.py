@@ -284,6 +284,13 @@ class Relay:
                 pass
             s.close()
 
+    def resume(self) -> None:
+        """The API server is reachable again (after ``refuse``), on the same port."""
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        with self.lock:
+            self.mode = "relay"
+        threading.Thread(target=self._accept, daemon=True).start()
+
     def close(self) -> None:
         self.refuse()
 

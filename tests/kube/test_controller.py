@@ -115,18 +115,23 @@ def test_pool_usage_in_the_pools_status_and_the_controllers_metrics(cluster: Clu
                     "spec": {"pools": [{"network": "198.18.99.0/29"}]}},
                    {"apiVersion": GROUP, "kind": "IPAddressLease", "metadata": {"name": "usage-1"},
                     "spec": {"pool": "ClusterIPAddressPool/usage", "ip": "198.18.99.1", "network": "198.18.99.0/29",
-                             "holder": "IPAddress/ns/someone", "ttl": "60s"}}])
+                             "holder": "IPAddress/ns/someone", "ttl": "60s"}},
+                   {"apiVersion": GROUP, "kind": "IPAddressBlock", "metadata": {"name": "usage-block"},
+                    "spec": {"pool": "ClusterIPAddressPool/usage", "cidr": "198.18.99.0/28", "node": "node-x"}}])
     try:
         def status() -> dict[str, Any]:
             return cluster.get("clusteripaddresspool", "usage").get("status") or {}
 
         assert wait_for(lambda: status().get("used") == 1, timeout=30), status()
-        assert status() == {"size": 6, "used": 1, "quarantined": 0, "free": 5}
+        assert status() == {"size": 6, "used": 1, "quarantined": 0, "free": 5,
+                            "blocks": [{"node": "node-x", "count": 1}]}
         with urllib.request.urlopen(f"http://127.0.0.1:{controller.health_port}/metrics", timeout=5) as resp:
             text = resp.read().decode()
         assert 'plexus_pool_addresses{pool="ClusterIPAddressPool/usage",state="free"} 5.0' in text, text[-2000:]
+        assert 'plexus_node_blocks{node="node-x",pool="ClusterIPAddressPool/usage"} 1.0' in text, text[-2000:]
         shown = cluster.kubectl("get", "clusteripaddresspool", "usage").stdout
         assert shown.split("\n")[0].split()[:5] == ["NAME", "TTL", "USED", "QUARANTINED", "FREE"], shown
     finally:
         cluster.kubectl("delete", "ipaddresslease", "usage-1", check=False)
+        cluster.kubectl("delete", "ipaddressblock", "usage-block", check=False)
         cluster.kubectl("delete", "clusteripaddresspool", "usage", check=False)
