@@ -41,6 +41,7 @@ from ipamd.ipam.blocks import (
     may_claim,
     uses_blocks,
     window_of,
+    windows,
 )
 from ipamd.kube.errors import api_unavailable_is_11, reason_of, status_of
 from ipamd.kube.leases import KIND as LEASE_KIND
@@ -247,12 +248,27 @@ class BlockRegistry(KubeLeaseRegistry):
                         raise
                     lost.add(first)  # another node's since our cache last saw the pool
                     continue
+                if self._over_the_cap(block, pool):
+                    return None
                 with self._lock:
                     self.mine[(key, first)] = block
                 self._exclude_leased(block, pool)
             log.info("claimed address block %s (%s) of %s", block.name, block.cidr, key)
             return block
         return None
+
+    def _over_the_cap(self, block: Block, pool: AddressPool) -> bool:
+        """Nodes that claimed blocks of one pool at the same time each saw the cap kept: the API server's order of the
+        creates decides (resourceVersion), and a block beyond half of the pool's windows is given back at once."""
+        items = self.objects.lister(KIND)(label_selector=f"{POOL_LABEL}={pool_label(block.pool)}").get("items") or []
+        order = sorted(items, key=lambda o: int((o.get("metadata") or {}).get("resourceVersion") or 0))
+        names = [(o.get("metadata") or {}).get("name") for o in order]
+        if block.name not in names or names.index(block.name) < len(windows(pool, self.size)) // 2:
+            return False
+        self.objects.delete(KIND, block.name)
+        log.info("gave back address block %s of %s at once: half the pool was claimed in blocks meanwhile",
+                 block.name, block.pool)
+        return True
 
     def _exclude_leased(self, block: Block, pool: AddressPool) -> None:
         """What lease objects hold inside a block just claimed, read from the API server itself (a quorum read:

@@ -339,3 +339,14 @@ def test_a_static_leased_by_itself_before_a_block_was_claimed_over_it_stays_its_
     (obj,) = [o for o in api.objs[LEASE_KIND].values() if o["spec"]["ip"] == "198.18.40.200"]
     assert obj["spec"]["holder"] == "IPAddress/ns/fixed"
     assert all(h == "IPAddress/ns/fixed" for n in (owner, other) for a, h in n.held_by_holder() if a == "198.18.40.200")
+
+
+def test_nodes_claiming_at_once_keep_blocks_to_half_of_the_pool(api: FakeApi) -> None:
+    """Every node's cache is empty (they all start at once): each sees the cap kept, the API server's order of the
+    creates decides, and the blocks beyond half of the pool's windows are given back."""
+    nodes = [Node(api, f"n{i}", live=False) for i in range(12)]
+    for node in nodes:
+        node.add()
+    assert len(api.objs[BLOCK_KIND]) == 8, "half of the pool's 16 windows"
+    held = [a for n in nodes for a in n.addresses()]
+    assert len(held) == len(set(held)) == 12
