@@ -101,7 +101,8 @@ def block_body(block: Block) -> dict[str, Any]:
 
 class _Taken:
     """An address of a pool another node holds: a lease object, another node's block, or what this node's check
-    after claiming a block found leased inside it."""
+    after claiming a block found leased inside it. Inside this node's own blocks its store is the truth (the cache
+    may still show lease objects it let go of), so only another node's lease object counts there."""
 
     def __init__(self, registry: BlockRegistry, pool: str) -> None:
         self.registry, self.pool = registry, pool
@@ -110,10 +111,15 @@ class _Taken:
         if not isinstance(ip, int):
             return False
         r = self.registry
-        if r.source.indexed(LEASE_KIND, "address", (self.pool, ip)) or ip in r.excluded.get(self.pool, {}):
+        if ip in r.excluded.get(self.pool, {}):
             return True
         block = r.block_at(self.pool, ip)
-        return block is not None and block.node != r.node_name
+        if block is not None and block.node == r.node_name:
+            # ours: this node's store says what it holds; a lease object of ours it no longer holds is a mirror on its
+            # way out (its delete owed), and only another node's object counts (a Static's, granted here)
+            return any(((o.get("metadata") or {}).get("labels") or {}).get(NODE_LABEL) != r.node_name
+                       for o in r.source.by_index(LEASE_KIND, "address", (self.pool, ip)))
+        return block is not None or r.source.indexed(LEASE_KIND, "address", (self.pool, ip))
 
 
 class BlockRegistry(KubeLeaseRegistry):
@@ -129,6 +135,7 @@ class BlockRegistry(KubeLeaseRegistry):
         self.excluded: dict[str, dict[int, str]] = {}  # pool -> address -> holder found inside this node's new blocks
         self.block_pools: dict[str, bool] = {}  # pool -> whether it is large enough for blocks (from blocks())
         self._growing: set[str] = set()
+        self._grow_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._empty_since: dict[tuple[str, int], float] = {}
         self.returned: set[tuple[str, int]] = set()  # given back, until the informer no longer shows them
@@ -217,10 +224,22 @@ class BlockRegistry(KubeLeaseRegistry):
         return block is not None and block.node != self.node_name
 
     def grow(self, pool: AddressPool) -> Block | None:
-        """Claim one more block of ``pool`` (one create); None when the pool has no free window or is too small."""
+        """Claim one more block of ``pool`` (one create); None when the pool has no free window or is too small. Calls
+        side by side on this node claim one block: the later ones take the block the first one claimed."""
         key = pool.meta.key
         if not uses_blocks(pool, self.size):
             return None
+        had = len(self.blocks(pool))
+        with self._lock:
+            lock = self._grow_locks.setdefault(key, threading.Lock())
+        with lock:
+            mine = self.blocks(pool)
+            if len(mine) > had:
+                return mine[-1]  # claimed while this call waited
+            return self._grow(pool)
+
+    def _grow(self, pool: AddressPool) -> Block | None:
+        key = pool.meta.key
         claimed = {(b.first) for b in (parse_block(o) for o in self.source.by_index(KIND, "pool", key)) if b}
         claimed |= {first for (p, first) in self.mine if p == key}
         if not may_claim(pool, len(claimed), self.size):

@@ -350,3 +350,15 @@ def test_nodes_claiming_at_once_keep_blocks_to_half_of_the_pool(api: FakeApi) ->
     assert len(api.objs[BLOCK_KIND]) == 8, "half of the pool's 16 windows"
     held = [a for n in nodes for a in n.addresses()]
     assert len(held) == len(set(held)) == 12
+
+
+def test_calls_side_by_side_on_one_node_claim_one_block(api: FakeApi) -> None:
+    import threading
+
+    node = Node(api, "n1")
+    threads = [threading.Thread(target=node.add) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(node.addresses()) == 8 and len(api.objs[BLOCK_KIND]) == 1
