@@ -56,7 +56,7 @@ class SimNode:
 
         self.name = name
         self.store = Store(str(work / f"{name}.db"))
-        self.outbox = Outbox(self.store, api_senders(api), workers=2)
+        self.outbox = Outbox(self.store, api_senders(api), workers=1)
         registry = (BlockRegistry(source, name, self.outbox) if scheme == "blocks"
                     else KubeLeaseRegistry(source, name, self.outbox))
         self.ipam = Ipam(self.store, source, registry=registry)
@@ -229,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             from ipamd.kube.client import kube_api
 
             api = kube_api(cp.kubeconfig)
-            api.configuration.connection_pool_maxsize = 64
-            api.rest_client.pool_manager.connection_pool_kw["maxsize"] = 64
+            api.configuration.connection_pool_maxsize = 128  # every simulated node's outbox shares this client
+            api.rest_client.pool_manager.connection_pool_kw["maxsize"] = 128
             informers = Informers(api)
             informers.source.start()
             stack.callback(informers.source.stop)
