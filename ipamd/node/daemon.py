@@ -72,7 +72,7 @@ class NodeDaemon:
         if cfg.kubeconfig:  # imported only here: the kubernetes client costs ~200 ms to import
             from ipamd.kube.blocks import BlockRegistry
             from ipamd.kube.client import kube_api
-            from ipamd.kube.outbox import Outbox
+            from ipamd.kube.outbox import OUTBOX_SETTLE_S, Outbox
             from ipamd.kube.publisher import KubePublisher, api_senders
             from ipamd.kube.source import KubernetesSource
 
@@ -82,7 +82,7 @@ class NodeDaemon:
                 from ipamd.kube.controller import Controller
 
                 self.controller = Controller(api, self.source, cfg.controller_namespace, block_ttl_s=cfg.block_ttl)
-            self.outbox = Outbox(self.store, api_senders(api))
+            self.outbox = Outbox(self.store, api_senders(api), settle_s=OUTBOX_SETTLE_S)
             registry = BlockRegistry(self.source, cfg.node_name, self.outbox)
             publisher = KubePublisher(api, cfg.node_name, self.outbox)
         else:
