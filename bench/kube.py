@@ -513,14 +513,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench.kube: interrupted; everything it made is removed", file=sys.stderr)
         return 130
-    results["machine"] = {"cpus": os.cpu_count(), "load": os.getloadavg()[0]}
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    results["commit"] = commit.stdout.strip()
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(results, indent=1) + "\n")
+    write_results(a.json, results)
     print(report(results))
     print(f"(written to {a.json})")
     return 0
+
+
+def write_results(path: str, results: dict[str, Any]) -> None:
+    """The figures as JSON, with the machine they were measured on and the commit."""
+    results["machine"] = {"cpus": os.cpu_count(), "load": os.getloadavg()[0]}
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    results["commit"] = commit.stdout.strip()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

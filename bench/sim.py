@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import random
@@ -32,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.kube import REPO, ControlPlane, ours
+from bench.kube import REPO, ControlPlane, ours, write_results
 from bench.node import BenchError
 
 API = "network.deckhouse.io/v1alpha1"
@@ -249,11 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"bench.sim: {exc}", file=sys.stderr)
         return 1
-    out: dict[str, Any] = {"results": results, "machine": {"cpus": os.cpu_count(), "load": os.getloadavg()[0]}}
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    out["commit"] = commit.stdout.strip()
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(out, indent=1) + "\n")
+    write_results(a.json, {"results": results})
     print(report(results))
     print(f"(written to {a.json})")
     bad = [r for r in results if r["duplicates"]]

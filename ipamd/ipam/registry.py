@@ -47,7 +47,27 @@ class LeaseRegistry(Protocol):
                   transaction: Callable[[], AbstractContextManager[Any]]) -> None: ...  # renew, return idle blocks
 
 
-class NodeLocalRegistry:
+class NoBlocks:
+    """A registry that leases every address by itself (no node blocks)."""
+
+    def in_blocks(self, pool: AddressPool) -> bool:
+        return False
+
+    def blocks(self, pool: AddressPool) -> list[Block]:
+        return []
+
+    def grow(self, pool: AddressPool) -> Block | None:
+        return None
+
+    def grow_soon(self, pool: AddressPool, taken: Callable[[int], bool]) -> None:
+        pass
+
+    def housekeep(self, pools: Iterable[AddressPool], in_use: Callable[[str, int], bool],
+                  transaction: Callable[[], AbstractContextManager[Any]]) -> None:
+        pass
+
+
+class NodeLocalRegistry(NoBlocks):
     def taken_elsewhere(self, pool: str) -> Container[int]:
         return ()
 
@@ -65,19 +85,3 @@ class NodeLocalRegistry:
 
     def stray(self, store: LeaseStore, older_than: float) -> list[LeaseRecord]:
         return []
-
-    def in_blocks(self, pool: AddressPool) -> bool:
-        return False
-
-    def blocks(self, pool: AddressPool) -> list[Block]:
-        return []
-
-    def grow(self, pool: AddressPool) -> Block | None:
-        return None
-
-    def grow_soon(self, pool: AddressPool, taken: Callable[[int], bool]) -> None:
-        pass
-
-    def housekeep(self, pools: Iterable[AddressPool], in_use: Callable[[str, int], bool],
-                  transaction: Callable[[], AbstractContextManager[Any]]) -> None:
-        pass

@@ -16,16 +16,15 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Container, Hashable, Iterable
-from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from cni.errors import TryAgainLater
 from ipamd.ipam.allocator import to_int
-from ipamd.ipam.blocks import Block
+from ipamd.ipam.registry import NoBlocks
 from ipamd.kube.errors import api_unavailable_is_11, status_of
 from ipamd.kube.outbox import Outbox
 from ipamd.kube.resources import RESOURCES
-from ipamd.model.objects import GROUP, AddressPool
+from ipamd.model.objects import GROUP
 from ipamd.model.timefmt import parse_rfc3339, rfc3339
 from ipamd.store.protocols import LeaseStore
 from ipamd.store.records import LeaseRecord
@@ -104,7 +103,7 @@ def lease_body(pool: str, address: str, network: str, holder: str, ttl_s: float,
             "spec": {"pool": pool, "ip": address, "network": network, "holder": holder, "ttl": f"{int(ttl_s)}s"}}
 
 
-class KubeLeaseRegistry:
+class KubeLeaseRegistry(NoBlocks):
     def __init__(self, source: KubernetesSource, node_name: str, outbox: Outbox) -> None:
         self.objects = source.objects
         self.source = source
@@ -173,23 +172,6 @@ class KubeLeaseRegistry:
                     return False
                 raise
         return False
-
-    # -- no blocks: every address is leased by itself (``ipamd.kube.blocks.BlockRegistry`` leases in blocks) ------
-    def in_blocks(self, pool: AddressPool) -> bool:
-        return False
-
-    def blocks(self, pool: AddressPool) -> list[Block]:
-        return []
-
-    def grow(self, pool: AddressPool) -> Block | None:
-        return None
-
-    def grow_soon(self, pool: AddressPool, taken: Callable[[int], bool]) -> None:
-        pass
-
-    def housekeep(self, pools: Iterable[AddressPool], in_use: Callable[[str, int], bool],
-                  transaction: Callable[[], AbstractContextManager[Any]]) -> None:
-        pass
 
     def orphan(self, lease: LeaseRecord) -> None:
         name = lease_name(lease.pool, lease.address)
