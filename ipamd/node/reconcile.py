@@ -201,6 +201,8 @@ class Reconciler:
                 except CniError as exc:
                     if exc.code == 100:
                         self.ipam.mark_exhausted(rec, exc)
+                    elif exc.code == 11:  # another node's block, or the API away: the next round tries again
+                        log.debug("%s: %s", obj.meta.display, exc)
                     else:
                         log.warning("%s: %s", obj.meta.display, exc)
         for rec in self.store.all_ips():
