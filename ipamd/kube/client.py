@@ -28,6 +28,7 @@ class TimedApiClient(client.ApiClient):
 def kube_api(kubeconfig: str, timeout: tuple[float, float] = REQUEST_TIMEOUT) -> Any:
     """An API client from a kubeconfig, or from the pod's service account ("in-cluster")."""
     configuration = client.Configuration()
+    configuration.connection_pool_maxsize = 32  # informers, the outbox's writers and CNI calls side by side
     if kubeconfig == "in-cluster":
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     else:

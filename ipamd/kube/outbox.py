@@ -204,6 +204,8 @@ class Outbox:
                 if self._wake.wait(self._next_wait()) and self.settle_s:
                     self._stop.wait(self.settle_s)  # let the CNI call that owed it finish before its writes compete
             except Exception:  # the store or a bug: logged, and the loop goes on
+                if self._stop.is_set():
+                    return  # stopping cut the pass short: what it did not make is made after the restart
                 log.exception("outbox pass")
                 self._stop.wait(1.0)
 

@@ -2,11 +2,12 @@
 
 - ``networks-status`` (and NPWG ``network-status``): a merge patch of those annotations, with the pod's UID as a
   precondition, so a status never lands on a recreated pod of the same name. ADD and DEL wait for it (the pod's user
-  does); if the API server does not answer, it is owed in the outbox like the rest.
+  does), and for an IPAMClaim's status (other nodes read its ``ownerPod``); if the API server does not answer,
+  they are owed in the outbox like the rest.
 - Auto IPAddresses: created with an ownerReference to the pod, so the cluster's garbage collector deletes them with it;
-  IPAddress and IPAMClaim statuses through the status subresource; an Event on the pod per attached interface and
-  per failure; this node's NodeNetworkInterfaceAttachments. All of them are owed in the outbox (``ipamd.kube.outbox``):
-  durable, in order per object, made in the background, so a CNI call makes one API request.
+  IPAddress statuses through the status subresource; an Event on the pod per attached interface and per failure;
+  this node's NodeNetworkInterfaceAttachments. All of them are owed in the outbox (``ipamd.kube.outbox``): durable,
+  in order per object, made in the background, so a CNI call makes one API request.
 Failures to publish never fail the CNI call: the store holds the truth.
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from kubernetes import client
@@ -67,30 +68,38 @@ def _status_patch(uid: str, status: PodStatus | None) -> dict[str, Any]:
 class KubePublisher:
     def __init__(self, api: client.ApiClient, node_name: str, outbox: Outbox) -> None:
         self.core = client.CoreV1Api(api)
+        self.objects = CustomObjects(api)
         self.node_name = node_name
         self.outbox = outbox
 
     def pending_writes(self) -> int:
         return self.outbox.depth()
 
+    def _now_or_owed(self, target: str, op: str, body: dict[str, Any], write: Callable[[], Any], what: str,
+                     done: tuple[int, ...] = (404,)) -> None:
+        """A write someone waits for: made now, or owed in the outbox when the API server does not answer (an older
+        owed write of the same target and op is superseded either way)."""
+        if self.outbox.api_away():  # known not to answer: no CNI call waits for its timeouts
+            self.outbox.add(target, op, body, supersede=True)
+            return
+        self.outbox.drop(target, op)
+        try:
+            write()
+        except Exception as exc:  # unreachable too: owed, never the CNI call's failure
+            if status_of(exc) in done:
+                return
+            log.warning("writing %s: %s (owed in the outbox)", what, reason_of(exc))
+            self.outbox.add(target, op, body, supersede=True)
+
     def _patch_status_annotations(self, namespace: str, name: str, uid: str, status: PodStatus | None) -> None:
         """Both status annotations in one merge patch (removed with the pod's last attachment), with the pod's
-        UID as a precondition: a status never lands on a recreated pod of the same name. Made now; owed in the
-        outbox when the API server does not answer (and an older owed one is superseded either way)."""
-        target = f"{POD.name}/{namespace}/{name}"
+        UID as a precondition: a status never lands on a recreated pod of the same name (404 or 409: a pod gone or
+        new, nothing to write)."""
         body = _status_patch(uid, status)
-        owed = {"namespace": namespace, "name": name, "patch": body}
-        if self.outbox.api_away():  # known not to answer: no CNI call waits for its timeouts
-            self.outbox.add(target, "pod_status", owed, supersede=True)
-            return
-        self.outbox.drop(target, "pod_status")
-        try:
-            self.core.patch_namespaced_pod(name, namespace, body)
-        except Exception as exc:  # unreachable too: owed, never the CNI call's failure
-            if status_of(exc) in (404, 409):  # gone, or a new pod of that name: nothing to write
-                return
-            log.warning("writing networks-status of %s/%s: %s (owed in the outbox)", namespace, name, reason_of(exc))
-            self.outbox.add(target, "pod_status", owed, supersede=True)
+        self._now_or_owed(f"{POD.name}/{namespace}/{name}", "pod_status",
+                          {"namespace": namespace, "name": name, "patch": body},
+                          lambda: self.core.patch_namespaced_pod(name, namespace, body),
+                          f"networks-status of {namespace}/{name}", done=(404, 409))
 
     def republish(self, ips: Iterable[IPRecord], statuses: Iterable[PodStatus]) -> None:
         """After a restart, owe again what the store says (a daemon killed between a commit and its outbox write
@@ -144,12 +153,16 @@ class KubePublisher:
                                                   "status": status}, supersede=True)
 
     def _claim_status(self, rec: IPRecord) -> None:
-        """An IPAMClaim's status: its address (kept while the claim exists) and the pod holding it ("" when none)."""
+        """An IPAMClaim's status: its address (kept while the claim exists) and the pod holding it ("" when none).
+        Written now, like the pod's: another node reads ``ownerPod`` to refuse a second pod the claim."""
         owner = rec.used_by_pods[-1].partition("/")[2] if rec.used_by_pods else ""
         ips = [cidr_of(rec.address, rec.network)] if rec.address and rec.network else []
         # no holder: ownerPod dropped (null in the merge patch; the client would send "" as an invalid null)
-        self.outbox.add(rec.key, "patch_status", {"kind": IPAM_CLAIM.name, "name": rec.name, "namespace": rec.namespace,
-                                                  "status": {"ips": ips, "ownerPod": owner or None}}, supersede=True)
+        status = {"ips": ips, "ownerPod": owner or None}
+        self._now_or_owed(rec.key, "patch_status", {"kind": IPAM_CLAIM.name, "name": rec.name,
+                                                    "namespace": rec.namespace, "status": status},
+                          lambda: self.objects.patch_status(IPAM_CLAIM.name, rec.name, status, rec.namespace),
+                          f"the status of IPAMClaim {rec.namespace}/{rec.name}")
 
     def attached(self, pod: Pod, status: PodStatus, created: Iterable[IPRecord], used: Iterable[IPRecord]) -> None:
         for rec in created:
