@@ -297,8 +297,7 @@ class Ipam:
         cursor = self.store.cursor(pkey)
         while True:
             with self.store.transaction():  # the pick sees this node's leases as one consistent set
-                taken = _Either(self.store.taken_ips(pkey), _Either(self.registry.taken_elsewhere(pkey),
-                                                                    _Either(lost, _Securing(self, pkey))))
+                taken = self._taken(pkey, lost)
                 picked = pick_free(pool, taken, cursor)
                 if picked is None and self.expire(pkey, self.clock()):
                     picked = pick_free(pool, taken, cursor)
@@ -317,8 +316,7 @@ class Ipam:
         no block left to claim, and addresses are leased one by one."""
         for _ in range(4):
             with self.store.transaction():
-                taken = _Either(self.store.taken_ips(pkey), _Either(self.registry.taken_elsewhere(pkey),
-                                                                    _Either(lost, _Securing(self, pkey))))
+                taken = self._taken(pkey, lost)
                 blocks = self.registry.blocks(pool)
                 ip = pick_in(pool, blocks, taken.__contains__, self.store.cursor(pkey))
                 if ip is None and blocks and self.expire(pkey, self.clock()):
@@ -343,6 +341,11 @@ class Ipam:
                 return lease
             lost.add(lease.ip)
         return None
+
+    def _taken(self, pkey: str, lost: set[int]) -> _Either:
+        """What a pick must skip: leased here, held elsewhere, lost to another node in this call, being claimed."""
+        return _Either(self.store.taken_ips(pkey), _Either(self.registry.taken_elsewhere(pkey),
+                                                           _Either(lost, _Securing(self, pkey))))
 
     def _candidate(self, rec: IPRecord, pool: AddressPool, pkey: str, ip: int, network: str) -> LeaseRecord:
         return LeaseRecord(pool=pkey, ip=ip, address=to_text(ip), network=network, holder=rec.key,
@@ -377,20 +380,19 @@ class Ipam:
         """The next free address that the registry also lets us have (another node may hold it)."""
         taken = self.store.taken_ips(pkey)
         lost: set[int] = set()
-        elsewhere = _Either(self.registry.taken_elsewhere(pkey), _Securing(self, pkey))
+        skip = self._taken(pkey, lost)
         cursor = self.store.cursor(pkey)
         while True:
-            picked = pick_free(pool, _Either(taken, _Either(elsewhere, lost)), cursor)
+            picked = pick_free(pool, skip, cursor)
             if picked is None and self.expire(pkey, now):  # quarantines are ended lazily, when needed
-                picked = pick_free(pool, _Either(taken, _Either(elsewhere, lost)), cursor)
+                picked = pick_free(pool, skip, cursor)
             if picked is None:
                 raise PoolExhausted(
                     f"pool {pool.meta.display} has no free address",
                     f"{len(taken) + len(lost)} of {pool.size} addresses leased or quarantined",
                 )
             ip, subnet = picked
-            lease = LeaseRecord(pool=pkey, ip=ip, address=to_text(ip), network=str(subnet.network),
-                                holder=rec.key, holder_uid=rec.uid, ttl=pool.lease_ttl_s, created_at=now)
+            lease = self._candidate(rec, pool, pkey, ip, str(subnet.network))
             if self.registry.claim(lease):
                 self.store.set_cursor(pkey, ip)
                 return lease

@@ -138,7 +138,9 @@ class BlockRegistry(KubeLeaseRegistry):
         self._grow_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._empty_since: dict[tuple[str, int], float] = {}
-        self.returned: set[tuple[str, int]] = set()  # given back, until the informer no longer shows them
+        # not ours to lease in although the cache may show them so: given back, or claimed and not yet checked
+        self.returned: set[tuple[str, int]] = set()
+        self._checking: set[tuple[str, int]] = set()
         self._renewed = 0.0
         outbox.senders["block_lease"] = self._put_lease
 
@@ -158,8 +160,8 @@ class BlockRegistry(KubeLeaseRegistry):
     def blocks(self, pool: AddressPool) -> list[Block]:
         key = pool.meta.key
         self.block_pools[key] = uses_blocks(pool, self.size)
-        found = {b.first: b for b in (parse_block(o) for o in self.source.by_index(KIND, "pool", key))
-                 if b is not None and b.node == self.node_name and (key, b.first) not in self.returned}
+        found = {b.first: b for b in (parse_block(o) for o in self.source.by_index(KIND, "node", self.node_name))
+                 if b is not None and b.pool == key and (key, b.first) not in self.returned}
         with self._lock:
             found.update({first: b for (p, first), b in self.mine.items() if p == key})
         return [found[k] for k in sorted(found)]
@@ -267,14 +269,37 @@ class BlockRegistry(KubeLeaseRegistry):
                         raise
                     lost.add(first)  # another node's since our cache last saw the pool
                     continue
-                if self._over_the_cap(block, pool):
+                if not self._checked(block, pool):
                     return None
-                with self._lock:
-                    self.mine[(key, first)] = block
-                self._exclude_leased(block, pool)
             log.info("claimed address block %s (%s) of %s", block.name, block.cidr, key)
             return block
         return None
+
+    def _checked(self, block: Block, pool: AddressPool) -> bool:
+        """A block just created becomes ours to lease in only once the checks after its claim are done (the cap, what
+        is leased inside); until then, and for good if they fail or it is given back, the cache's view of it as ours is
+        ignored (``returned``), so no allocation uses a block its checks have not cleared."""
+        slot = (block.pool, block.first)
+        with self._lock:
+            self.returned.add(slot)
+            self._checking.add(slot)
+        try:
+            if self._over_the_cap(block, pool):
+                return False
+            self._exclude_leased(block, pool)
+        except Exception:
+            try:
+                self.objects.delete(KIND, block.name)
+            except Exception as exc:  # left to the controller's reclaim; never used by this process
+                log.warning("giving back address block %s: %s", block.name, reason_of(exc))
+            raise
+        finally:
+            with self._lock:
+                self._checking.discard(slot)
+        with self._lock:
+            self.returned.discard(slot)
+            self.mine[slot] = block
+        return True
 
     def _over_the_cap(self, block: Block, pool: AddressPool) -> bool:
         """Nodes that claimed blocks of one pool at the same time each saw the cap kept: the API server's order of the
@@ -379,7 +404,7 @@ class BlockRegistry(KubeLeaseRegistry):
             self._return(block)
         with self._lock:  # forget what the informer no longer shows
             self.returned = {slot for slot in self.returned
-                             if self.source.indexed(KIND, "window", slot)}
+                             if slot in self._checking or self.source.indexed(KIND, "window", slot)}
             for pool_key, found in self.excluded.items():
                 # once the cache shows our block it is at least as new as the claim: what it no longer shows leased
                 # inside (a quarantine over, a lease let go) is ours to hand out

@@ -362,3 +362,23 @@ def test_calls_side_by_side_on_one_node_claim_one_block(api: FakeApi) -> None:
     for t in threads:
         t.join(30)
     assert len(node.addresses()) == 8 and len(api.objs[BLOCK_KIND]) == 1
+
+
+def test_a_block_whose_checks_failed_is_never_leased_in(api: FakeApi) -> None:
+    """The quorum read after a claim fails (the API server goes away between the two requests): the block is given
+    back if it can be, and while it cannot, this node never leases in it although its cache shows it as its own."""
+    from kubernetes.client.exceptions import ApiException
+
+    node = Node(api, "n1")
+    lister, delete = api.lister, api.delete
+    api.lister = lambda kind: (_ for _ in ()).throw(ApiException(status=503))  # type: ignore[method-assign]
+    api.delete = lambda kind, name, namespace="": (_ for _ in ()).throw(ApiException(status=503))  # type: ignore[method-assign]
+    with pytest.raises(TryAgainLater, match="blocks of pool .* are full"):
+        node.add()
+    (stuck,) = api.objs[BLOCK_KIND].values()  # could not be given back either
+    big = pool_of(node.source, "big")
+    assert node.registry.blocks(big) == [], "the cache shows it as ours; it is not used"
+    api.lister, api.delete = lister, delete  # type: ignore[method-assign]
+    got = node.add()
+    assert to_int(got) not in Block(big.meta.key, to_int(stuck["spec"]["cidr"].split("/")[0]), 16, "n1")
+    assert node.outbox.depth() == 1 and node.store.all_leases()[0].address == got
