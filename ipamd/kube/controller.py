@@ -9,17 +9,20 @@ others waiting to take over when its lease is not renewed):
   conditions ``Ready`` and ``AllNodeAttachementsAreReady``, counters, ``observedGeneration``); an ID
   comes back to the pool with its Network;
 - allocates the ``Auto`` IPAddresses users create, before any pod uses them (``phase: Allocated``);
-- ends the quarantine of orphaned IPAddressLeases whose TTL is over.
+- ends the quarantine of orphaned IPAddressLeases whose TTL is over;
+- gives back the address blocks and leases of a node that vanished (``ipamd.kube.reclaim``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -34,6 +37,7 @@ from ipamd.kube.elector import LeaderElector
 from ipamd.kube.errors import reason_of, status_of
 from ipamd.kube.leases import KIND as LEASE_KIND
 from ipamd.kube.leases import lease_body
+from ipamd.kube.reclaim import silent_nodes, stray_leases, vanished
 from ipamd.model.conditions import set_condition
 from ipamd.model.objects import (
     CLUSTER_NETWORK,
@@ -47,7 +51,7 @@ from ipamd.model.objects import (
     parse_duration,
 )
 from ipamd.model.segments import IdUnavailable, SegmentKind, granted_id, id_pool, pick_id, segment_kind
-from ipamd.model.timefmt import parse_rfc3339
+from ipamd.model.timefmt import parse_rfc3339, rfc3339
 from ipamd.sources.base import ObjectSource
 from ipamd.sources.lookups import class_of, pool_of_ip
 
@@ -59,6 +63,8 @@ class ObjectWrites(Protocol):
     """The writes the controller makes (``ipamd.kube.resources.CustomObjects``)."""
 
     def create(self, kind: str, body: dict[str, Any], namespace: str = "") -> Any: ...
+
+    def patch(self, kind: str, name: str, body: dict[str, Any], namespace: str = "") -> Any: ...
 
     def patch_status(self, kind: str, name: str, status: dict[str, Any], namespace: str = "") -> Any: ...
 
@@ -131,6 +137,15 @@ class SegmentStatus:
             "nodeAttachementsCount": self.nodes, "readyNodeAttachementsCount": self.ready_nodes,
             "conditions": list(conds), "observedGeneration": net.meta.generation,
         }
+
+
+def _absent_ok(write: Callable[..., Any], *args: Any) -> None:
+    """A write whose object is already gone (404) has nothing left to do."""
+    try:
+        write(*args)
+    except Exception as exc:
+        if status_of(exc) != 404:
+            raise
 
 
 class Controller:
@@ -300,26 +315,31 @@ class Controller:
             raise
 
     def reclaim_blocks(self) -> None:
-        """Delete the address blocks of a node whose daemon has not renewed them for ``block_ttl_s`` and which runs no
-        pod (so no pod there still uses an address whose lease object its daemon had not written yet)."""
+        """Give back what a vanished node held (``ipamd.kube.reclaim``): its blocks, and its gone pods' leases."""
         now = time.time()
-        stale: dict[str, list[str]] = {}
-        for item in self.source.items(BLOCK_KIND):
-            block, md = parse_block(item), item.get("metadata") or {}
-            renewed = (item.get("status") or {}).get("renewTime") or md.get("creationTimestamp")
-            if block is not None and renewed and now - parse_rfc3339(str(renewed)) > self.block_ttl_s:
-                stale.setdefault(block.node, []).append(str(md.get("name")))
-        for node, names in stale.items():
-            if self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}", limit=1).items:
+        for node, (silent, names) in silent_nodes(self.source.items(BLOCK_KIND), now).items():
+            if not vanished(silent, self.block_ttl_s, functools.partial(self._node_exists, node)):
                 continue
+            if self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}", limit=1).items:
+                continue  # a pod that may still run there keeps its address
+            existing = {o.meta.key for kind in IP_ADDRESS_KINDS.values() for o in self.source.list(kind)}
+            strays = stray_leases(self.source.items(LEASE_KIND), node, existing)
+            for name in strays:  # orphaned first: a lease object is never left without a block nor quarantine
+                _absent_ok(self.objects.patch, LEASE_KIND, name, {"spec": {"holder": None}})
+                _absent_ok(self.objects.patch_status, LEASE_KIND, name, {"orphaningTimestamp": rfc3339(now)})
             for name in names:
-                try:
-                    self.objects.delete(BLOCK_KIND, name)
-                except Exception as exc:
-                    if status_of(exc) != 404:
-                        raise
-            log.info("reclaimed %d address block(s) of node %s: not renewed for %.0f s, and it runs no pod",
-                     len(names), node, self.block_ttl_s)
+                _absent_ok(self.objects.delete, BLOCK_KIND, name)
+            log.info("reclaimed node %s (silent for %.0f s, no pod bound to it): %d address block(s) deleted, "
+                     "%d lease(s) of its gone pods quarantined", node, silent, len(names), len(strays))
+
+    def _node_exists(self, node: str) -> bool:
+        try:
+            self.core.read_node(node)
+            return True
+        except Exception as exc:
+            if status_of(exc) == 404:
+                return False
+            raise
 
     def _ip_status(self, obj: IPAddressObject, status: dict[str, Any]) -> None:
         try:

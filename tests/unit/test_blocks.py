@@ -284,47 +284,6 @@ def test_an_exact_address_in_another_nodes_block_is_refused_for_a_delegate(api: 
     assert not other.store.all_leases()
 
 
-def test_the_controller_reclaims_the_blocks_of_a_silent_node_that_runs_no_pod(api: FakeApi) -> None:
-    from ipamd.kube.controller import Controller
-
-    node = Node(api, "gone")
-    node.add()
-    node.outbox.flush()
-    cache = FakeCache(api)
-
-    class Source:
-        objects = api
-        node_name = "ctl"
-
-        def subscribe(self, fn: Any) -> None:
-            pass
-
-        def items(self, kind: str) -> list[dict[str, Any]]:
-            return cache.items(kind)
-
-    class Core:
-        pods: list[str] = ["gone"]
-
-        def list_pod_for_all_namespaces(self, field_selector: str, limit: int) -> Any:
-            node_name = field_selector.split("=", 1)[1]
-            return type("PodList", (), {"items": [1] if node_name in self.pods else []})()
-
-    from kubernetes import client
-
-    ctl = Controller(client.ApiClient(), Source(), "plexus-system", block_ttl_s=600)  # type: ignore[arg-type]
-    ctl.core = Core()  # type: ignore[assignment]
-    ctl.reclaim_blocks()
-    assert len(api.objs[BLOCK_KIND]) == 1, "renewed lately (its creation here): kept"
-    for o in api.objs[BLOCK_KIND].values():
-        o.setdefault("status", {})["renewTime"] = "2026-01-01T00:00:00Z"
-    ctl.reclaim_blocks()
-    assert len(api.objs[BLOCK_KIND]) == 1, "silent, but a pod still runs there: kept"
-    Core.pods = []
-    ctl.reclaim_blocks()
-    assert not api.objs[BLOCK_KIND], "silent and no pod: reclaimed"
-    assert len(api.objs[LEASE_KIND]) == 1, "the lease objects stay: their addresses are not handed out again"
-
-
 def test_a_static_leased_by_itself_before_a_block_was_claimed_over_it_stays_its_own(api: FakeApi) -> None:
     other = Node(api, "other")
     assert other.add(names=("fixed",)) == "198.18.40.200"  # per address: no block there yet

@@ -28,6 +28,9 @@ class Objects:
     def delete(self, kind: str, name: str, namespace: str = "") -> None:
         raise AssertionError(f"unexpected delete of {kind} {name}")
 
+    def patch(self, kind: str, name: str, body: dict[str, Any], namespace: str = "") -> None:
+        raise AssertionError(f"unexpected patch of {kind} {name}")
+
     def get(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
         raise AssertionError(f"unexpected read of {kind} {name}")
 

@@ -1,0 +1,59 @@
+"""Giving back what a vanished node held: its address blocks, and the leases of its pods that are gone.
+
+A node is vanished when its daemon has not renewed its blocks for the controller's ``--block-ttl``, or for
+``GONE_GRACE_S`` once its Node object is deleted; and, either way, no pod of the cluster is bound to it any
+more (a pod that may still run there keeps its address). Its blocks are deleted, and its lease objects are
+orphaned (quarantined for their ``ttl``, then expired like any other) unless they are held by an object that
+still exists: a user's IPAddress keeps its address, and so does an IPAMClaim, which outlives its pods. Before
+this, the addresses a dead node's pods had leased stayed taken for ever.
+
+The judgements are pure functions; the controller does the reads and writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any
+
+from ipamd.kube.blocks import RENEW_S, parse_block
+from ipamd.kube.leases import NODE_LABEL
+from ipamd.model.objects import IPAM_CLAIM
+from ipamd.model.timefmt import parse_rfc3339
+
+#: A node whose Node object is gone is judged after this long without a renewal (three renewals missed),
+#: not after the whole --block-ttl, which is for a node that may still come back.
+GONE_GRACE_S = 3 * RENEW_S
+
+
+def silent_nodes(blocks: Iterable[Mapping[str, Any]], now: float) -> dict[str, tuple[float, list[str]]]:
+    """Per node holding blocks: how long since it last renewed any of them, and their names."""
+    nodes: dict[str, tuple[float, list[str]]] = {}
+    for item in blocks:
+        block, md = parse_block(dict(item)), item.get("metadata") or {}
+        renewed = (item.get("status") or {}).get("renewTime") or md.get("creationTimestamp")
+        if block is None or not renewed:
+            continue
+        age = now - parse_rfc3339(str(renewed))
+        silent, names = nodes.get(block.node, (age, []))
+        nodes[block.node] = (min(silent, age), [*names, str(md.get("name"))])
+    return nodes
+
+
+def vanished(silent_s: float, ttl_s: float, node_exists: Callable[[], bool]) -> bool:
+    """Whether a node silent for ``silent_s`` is gone for good (``node_exists`` is asked only when it matters)."""
+    return silent_s > ttl_s or (silent_s > GONE_GRACE_S and not node_exists())
+
+
+def stray_leases(leases: Iterable[Mapping[str, Any]], node: str, existing: Collection[str]) -> list[str]:
+    """The held lease objects ``node`` made whose holder is not an object in ``existing`` (keys
+    ``Kind/namespace/name``) nor an IPAMClaim (which the controller does not watch, and which outlives pods)."""
+    found = []
+    for item in leases:
+        md = item.get("metadata") or {}
+        holder = str((item.get("spec") or {}).get("holder") or "")
+        if (md.get("labels") or {}).get(NODE_LABEL) != node or not holder:
+            continue
+        if holder in existing or holder.startswith(f"{IPAM_CLAIM.name}/"):
+            continue
+        found.append(str(md.get("name")))
+    return found

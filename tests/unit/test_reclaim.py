@@ -1,0 +1,160 @@
+"""The controller gives back what a vanished node held: its blocks, and its gone pods' leases (quarantined), never
+what a pod still bound to the node or a living object holds. The judgements alone, then the controller over a
+fake API server with a node that leased through blocks."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from ipamd.kube.blocks import KIND as BLOCK_KIND
+from ipamd.kube.controller import Controller
+from ipamd.kube.leases import KIND as LEASE_KIND
+from ipamd.kube.leases import NODE_LABEL
+from ipamd.kube.reclaim import GONE_GRACE_S, silent_nodes, stray_leases, vanished
+from ipamd.model.timefmt import rfc3339
+from tests.fakes.cluster import FakeApi, FakeCache
+from tests.unit.test_blocks import Node
+
+OLD = "2026-01-01T00:00:00Z"
+
+
+def block(name: str, node: str, renewed: str | None, created: str = OLD) -> dict[str, Any]:
+    item: dict[str, Any] = {"metadata": {"name": name, "creationTimestamp": created},
+                            "spec": {"pool": "ns/big", "cidr": "198.18.40.0/28", "node": node}}
+    if renewed:
+        item["status"] = {"renewTime": renewed}
+    return item
+
+
+def lease(name: str, node: str, holder: str | None) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": {NODE_LABEL: node}}, "spec": {"holder": holder, "ip": "198.18.40.1"}}
+
+
+def test_a_node_is_as_silent_as_its_most_recently_renewed_block() -> None:
+    now = float(int(time.time()))  # RFC 3339 here keeps whole seconds
+    found = silent_nodes([block("a", "n1", rfc3339(now - 700)), block("b", "n1", rfc3339(now - 30)),
+                          block("c", "n2", None, created=rfc3339(now - 900)), {"metadata": {"name": "bad"}}], now)
+    assert {n: (round(s), sorted(names)) for n, (s, names) in found.items()} == {
+        "n1": (30, ["a", "b"]), "n2": (900, ["c"])}, "never renewed: its creation counts; unparsable: skipped"
+
+
+def test_a_node_vanishes_after_the_ttl_or_sooner_once_its_node_object_is_gone() -> None:
+    asked: list[bool] = []
+
+    def exists(answer: bool) -> Any:
+        def ask() -> bool:
+            asked.append(answer)
+            return answer
+        return ask
+
+    assert vanished(601, 600, exists(True)), "silent past the TTL: whether the Node exists does not matter"
+    assert not vanished(GONE_GRACE_S - 1, 600, exists(False)), "the Node gone but a renewal could still be due"
+    assert vanished(GONE_GRACE_S + 1, 600, exists(False))
+    assert not vanished(GONE_GRACE_S + 1, 600, exists(True)), "the Node is there: it may come back, wait the TTL"
+    assert asked == [False, True], "the API is asked only when the answer matters"
+
+
+def test_stray_leases_are_the_nodes_own_whose_holder_is_gone() -> None:
+    items = [lease("pod-gone", "n1", "IPAddress/ns/auto-gone"), lease("user-ip", "n1", "IPAddress/ns/kept"),
+             lease("claim", "n1", "IPAMClaim/ns/vm"), lease("delegate", "n1", "CNI/net/abc/net1"),
+             lease("quarantined", "n1", None), lease("other-node", "n2", "IPAddress/ns/auto-gone"),
+             {"metadata": {"name": "unlabelled"}, "spec": {"holder": "IPAddress/ns/x"}}]
+    assert stray_leases(items, "n1", {"IPAddress/ns/kept"}) == ["pod-gone", "delegate"]
+
+
+class Cluster:
+    """The controller's source and CoreV1 reads over a fake API: pods bound to nodes, and Node objects."""
+
+    def __init__(self, api: FakeApi, user_ips: tuple[str, ...] = ()) -> None:
+        self.objects, self.node_name, self.cache = api, "ctl", FakeCache(api)
+        self.pods: list[str] = []
+        self.nodes: list[str] = []
+        self.user_ips = user_ips
+
+    def subscribe(self, fn: Any) -> None:
+        pass
+
+    def items(self, kind: str) -> list[dict[str, Any]]:
+        return self.cache.items(kind)
+
+    def list(self, kind: Any) -> list[Any]:
+        return [SimpleNamespace(meta=SimpleNamespace(key=k)) for k in self.user_ips if k.startswith(f"{kind.name}/")]
+
+    def list_pod_for_all_namespaces(self, field_selector: str, limit: int) -> Any:
+        return SimpleNamespace(items=[1] if field_selector.split("=", 1)[1] in self.pods else [])
+
+    def read_node(self, name: str) -> Any:
+        if name not in self.nodes:
+            raise ApiException(status=404, reason="NotFound")
+        return SimpleNamespace()
+
+
+@pytest.fixture
+def gone(api: FakeApi) -> tuple[Node, list[tuple[str, str]]]:
+    node = Node(api, "gone")
+    node.add(), node.add()
+    node.outbox.flush()
+    return node, node.held_by_holder()
+
+
+@pytest.fixture
+def api() -> FakeApi:
+    return FakeApi()
+
+
+def controller(cluster: Cluster) -> Controller:
+    ctl = Controller(client.ApiClient(), cluster, "plexus-system", block_ttl_s=600)  # type: ignore[arg-type]
+    ctl.core = cluster  # type: ignore[assignment]
+    return ctl
+
+
+def silence(api: FakeApi, seconds: float) -> None:
+    for o in api.objs[BLOCK_KIND].values():
+        o.setdefault("status", {})["renewTime"] = rfc3339(time.time() - seconds)
+
+
+def test_the_controller_reclaims_a_silent_node_that_runs_no_pod(api: FakeApi,
+                                                                 gone: tuple[Node, list[tuple[str, str]]]) -> None:
+    _, held = gone
+    kept_ip, kept_holder = held[0]
+    cluster = Cluster(api, user_ips=(kept_holder,))  # the first address is a user's IPAddress, which still exists
+    cluster.pods, cluster.nodes = ["gone"], ["gone"]
+    ctl = controller(cluster)
+    ctl.reclaim_blocks()
+    assert len(api.objs[BLOCK_KIND]) == 1, "renewed lately (its creation here): kept"
+    silence(api, 3600)
+    ctl.reclaim_blocks()
+    assert len(api.objs[BLOCK_KIND]) == 1, "silent, but a pod is still bound to it: kept"
+    assert all(o["spec"].get("holder") for o in api.objs[LEASE_KIND].values()), "and every lease held"
+    cluster.pods = []
+    ctl.reclaim_blocks()
+    assert not api.objs[BLOCK_KIND], "silent and no pod: reclaimed"
+    by_ip = {o["spec"]["ip"]: o for o in api.objs[LEASE_KIND].values()}
+    assert by_ip[kept_ip]["spec"]["holder"] == kept_holder and "status" not in by_ip[kept_ip], \
+        "the user's IPAddress still exists: it keeps its address"
+    orphaned = [o for ip, o in by_ip.items() if ip != kept_ip]
+    assert len(orphaned) == 1 and "holder" not in orphaned[0]["spec"], "the gone pod's lease is let go"
+    assert orphaned[0]["status"]["orphaningTimestamp"], "in quarantine first, like any lease a pod let go"
+    ctl.expire_leases()
+    assert set(by_ip) - {kept_ip} and not {o["spec"]["ip"] for o in api.objs[LEASE_KIND].values()} - {kept_ip}, \
+        "its quarantine (leaseTTL 0s here) over, the address is free again"
+
+
+def test_a_deleted_node_is_reclaimed_after_a_few_missed_renewals(api: FakeApi,
+                                                                 gone: tuple[Node, list[tuple[str, str]]]) -> None:
+    cluster = Cluster(api)
+    cluster.nodes = ["gone"]
+    ctl = controller(cluster)
+    silence(api, GONE_GRACE_S + 10)
+    ctl.reclaim_blocks()
+    assert len(api.objs[BLOCK_KIND]) == 1, "its Node exists: the whole TTL is waited for"
+    cluster.nodes = []
+    ctl.reclaim_blocks()
+    assert not api.objs[BLOCK_KIND], "its Node deleted and no pod bound to it: reclaimed without waiting the TTL"
+    assert not [o for o in api.objs[LEASE_KIND].values() if o["spec"].get("holder")]
