@@ -202,10 +202,10 @@ class Bench:
         self.stack.callback(d.stop)
         return d
 
-    def node(self, name: str) -> Daemon:
+    def node(self, name: str, extra: list[str] | None = None) -> Daemon:
         netns = self.new_netns(name)
         d = self.daemon(name, ["--kubeconfig", self.cp.kubeconfig, "--node-name", name, "--node-netns",
-                               f"/run/netns/{netns}", "--objects-dir", str(self.work / "empty")])
+                               f"/run/netns/{netns}", "--objects-dir", str(self.work / "empty"), *(extra or [])])
         d.wait(d.socket.exists, f"node daemon {name}")
         return d
 
@@ -216,6 +216,8 @@ class Bench:
              "spec": {"vlan": {"idPool": ["3100-3199"]}}},
             {"apiVersion": API, "kind": "IPAddressPool", "metadata": {"name": "pool", "namespace": NS},
              "spec": {"leaseTTL": "1s", "pools": [{"network": f"198.18.0.0/{prefix}"}]}},
+            {"apiVersion": API, "kind": "IPAddressPool", "metadata": {"name": "race-pool", "namespace": NS},
+             "spec": {"leaseTTL": "1s", "pools": [{"network": "198.19.0.0/20"}]}},
             {"apiVersion": API, "kind": "Network", "metadata": {"name": "net", "namespace": NS},
              "spec": {"networkClass": "kbench-class", "ipam": {"ipAddressPoolRef": {"kind": "IPAddressPool",
                                                                                   "name": "pool"}}}},
@@ -336,6 +338,78 @@ class Bench:
         return {"nodes": len(nodes), "pods": len(plan), "workers_per_node": workers, "seconds": round(elapsed, 2),
                 "allocations_per_s": round(len(addresses) / elapsed, 1), "distinct_addresses": len(set(addresses))}
 
+    def allocation_race(self, scheme: str, nodes: int, per_worker: int, workers: int) -> dict[str, Any]:
+        """``nodes`` fresh daemons (``--address-blocks on|off``) lease from one pool over the gRPC IPAM API at once,
+        ``workers`` callers each: allocations per second, the IPAM and API side alone (no exec, no kernel)."""
+        import grpc
+
+        from ipamd.api import ipam_pb2 as pb
+        from ipamd.api import ipam_pb2_grpc
+
+        flag = "on" if scheme == "blocks" else "off"
+        daemons = [self.node(f"kalloc-{flag}-{i}", ["--address-blocks", flag]) for i in range(nodes)]
+        ref = pb.PoolRef(kind="IPAddressPool", namespace=NS, name="race-pool")
+        for d in daemons:  # the pool is in every daemon's informer before the clock starts
+            with grpc.insecure_channel(f"unix:{d.dir / 'ipam.sock'}") as ch:
+                stub = ipam_pb2_grpc.IpamStub(ch)  # type: ignore[no-untyped-call]
+                deadline = time.monotonic() + 30
+                while not [p for p in stub.ListPools(pb.ListPoolsRequest(), timeout=10).pools if "race-pool" in p.pool]:
+                    if time.monotonic() > deadline:
+                        raise BenchError(f"{d.dir.name}: the race pool never showed up")
+                    time.sleep(0.2)
+        got: list[tuple[int, str]] = []
+        errors: list[str] = []
+        lock = threading.Lock()
+        start = threading.Barrier(nodes * workers + 1)
+
+        def worker(i: int, w: int) -> None:
+            with grpc.insecure_channel(f"unix:{daemons[i].dir / 'ipam.sock'}") as ch:
+                stub = ipam_pb2_grpc.IpamStub(ch)  # type: ignore[no-untyped-call]
+                start.wait()
+                for k in range(per_worker):
+                    try:
+                        lease = stub.Allocate(pb.AllocateRequest(pool=ref, owner=f"{flag}-{i}-{w}-{k}"), timeout=30)
+                        with lock:
+                            got.append((i, lease.address))
+                    except grpc.RpcError as exc:
+                        with lock:
+                            errors.append(str(exc.details())[:300])
+
+        threads = [threading.Thread(target=worker, args=(i, w)) for i in range(nodes) for w in range(workers)]
+        for t in threads:
+            t.start()
+        start.wait()
+        began = time.perf_counter()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - began
+        if errors:
+            raise BenchError(f"{scheme}: {len(errors)} racing allocations failed, first: {errors[0]}")
+        addresses = [a for _, a in got]
+        if len(set(addresses)) != len(addresses):
+            raise BenchError(f"{scheme}: two callers got the same address")
+        for i, address in got:
+            with grpc.insecure_channel(f"unix:{daemons[i].dir / 'ipam.sock'}") as ch:
+                ipam_pb2_grpc.IpamStub(ch).Release(pb.ReleaseRequest(pool=ref, address=address), timeout=30)  # type: ignore[no-untyped-call]
+        for d in daemons:
+            d.drained()
+            d.stop()
+        self.settle_leases("race-pool")
+        return {"scheme": scheme, "nodes": nodes, "allocations": len(addresses), "callers_per_node": workers,
+                "seconds": round(elapsed, 2), "allocations_per_s": round(len(addresses) / elapsed, 1)}
+
+    def settle_leases(self, pool: str, timeout: float = 120) -> None:
+        """Wait until the controller has expired every lease object of ``pool`` (their quarantine is 1 s), so that the
+        next measurement does not share the API server with the last one's clean-up."""
+        deadline = time.monotonic() + timeout
+        while True:
+            items = json.loads(self.cp.kubectl("get", "ipaddressleases", "-o", "json"))["items"]
+            if not [i for i in items if str(i.get("spec", {}).get("pool", "")).endswith(f"/{pool}")]:
+                return
+            if time.monotonic() > deadline:
+                raise BenchError(f"the lease objects of {pool} were not expired within {timeout:.0f} s")
+            time.sleep(1)
+
     def admission(self, url: str, runs: int, warmup: int) -> dict[str, Any]:
         """What the pods webhook costs every pod creation in the cluster: POST /pods timed with the packaged
         ValidatingWebhookConfiguration (pointed at the controller by URL) and without it, in alternating
@@ -444,6 +518,12 @@ class Bench:
         results["requests"] = self.requests_per_verb(node0, name0, a.runs)
         log(f"race: {a.nodes} nodes x {a.pods_per_node} pods")
         results["race"] = self.race(nodes, a.pods_per_node, a.workers)
+        for _, d in nodes:  # the allocation races are theirs alone
+            d.stop()
+        for scheme in ("per-address", "blocks"):
+            log(f"allocation race, {scheme}: {a.nodes} daemons x {a.alloc_callers} callers x {a.alloc_per_caller}")
+            results[f"allocation_race_{scheme.replace('-', '_')}"] = self.allocation_race(
+                scheme, a.nodes, a.alloc_per_caller, a.alloc_callers)
         log(f"latency, local mode: {a.warmup}+{a.runs} ADD/DEL")
         results["local"] = self.latency(self.local_node(), "", a.runs, a.warmup, local=True)
         log(f"pod creation with and without the pods webhook: {a.warmup}+{a.runs} each, alternating")
@@ -473,6 +553,11 @@ def report(r: dict[str, Any]) -> str:
         f"| allocations/s, {race['nodes']} racing daemons ({race['pods']} pods, {race['workers_per_node']} at a time "
         f"per node) | {race['allocations_per_s']} | |",
     ]
+    for scheme in ("per_address", "blocks"):
+        if (ar := r.get(f"allocation_race_{scheme}")) is not None:
+            lines.append(f"| allocations/s, {ar['nodes']} daemons racing over gRPC, {scheme.replace('_', '-')} "
+                         f"({ar['allocations']} allocations, {ar['callers_per_node']} callers per daemon) "
+                         f"| {ar['allocations_per_s']} | |")
     if "admission" in r:
         adm = r["admission"]
         lines.append(f"| pod creation (POST), pods webhook on / off (median) | {adm['with_webhook_ms']['median']} / "
@@ -496,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodes", type=int, default=4)
     p.add_argument("--pods-per-node", type=int, default=25)
     p.add_argument("--workers", type=int, default=2, help="concurrent ADDs per node in the race (kubelet: several)")
+    p.add_argument("--alloc-callers", type=int, default=4, help="gRPC callers per daemon in the allocation race")
+    p.add_argument("--alloc-per-caller", type=int, default=50, help="allocations per caller in the allocation race")
     p.add_argument("--json", default="bench-results/kube.json")
     a = p.parse_args(argv)
     if os.geteuid() != 0:

@@ -38,6 +38,7 @@ class DaemonConfig:
     health_port: int = 8081
     ipam_socket: str = ""  # plexus-ipam's socket ("" : plexus-ipam.sock next to --socket)
     block_ttl: float = 600.0  # the controller reclaims a silent node's address blocks after this long
+    address_blocks: bool = True  # lease in node blocks where a pool is large enough (off: one lease object per address)
 
     @property
     def ipam_plugin_socket(self) -> str:
@@ -85,6 +86,10 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
     p.add_argument("--block-ttl", type=float, default=d.block_ttl,
                    help="seconds after which the controller reclaims the address blocks of a node whose daemon "
                         "stopped renewing them, once the node runs no pod (default %(default)s)")
+    p.add_argument("--address-blocks", choices=("on", "off"), default="on" if d.address_blocks else "off",
+                   help="Kubernetes mode: on (default): claim blocks of 16 addresses of a large pool and lease in "
+                        "them without an API request; off: one IPAddressLease create per address, on the ADD's path "
+                        "(other nodes' blocks are still respected)")
     a = p.parse_args(argv)
     kubeconfig = a.kubeconfig
     if not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(SA_TOKEN):
@@ -97,4 +102,5 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
                         a.reconcile_interval, a.pidfile, a.metrics_port, os.environ.get("PLEXUS_FAULT", ""),
                         kubeconfig, a.node_name, a.node_netns, a.controller, a.controller_namespace,
                         a.mode, a.webhook_address, a.webhook_port, tuple(a.webhook_name or d.webhook_names),
-                        a.webhook_secret, a.webhook_configuration, a.health_port, a.ipam_socket, a.block_ttl)
+                        a.webhook_secret, a.webhook_configuration, a.health_port, a.ipam_socket, a.block_ttl,
+                        a.address_blocks == "on")

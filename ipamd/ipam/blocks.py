@@ -107,6 +107,15 @@ def pick_in(pool: AddressPool, blocks: list[Block], taken: Callable[[int], bool]
     return None
 
 
-def free_in(pool: AddressPool, blocks: list[Block], taken: Callable[[int], bool]) -> int:
-    """How many addresses of ``blocks`` are still free (the next block is claimed before this reaches 0)."""
-    return sum(1 for b in blocks for ip in addresses_in(pool, b.first, b.size) if not taken(ip))
+def free_in(pool: AddressPool, blocks: list[Block], taken: Callable[[int], bool], enough: int | None = None) -> int:
+    """How many addresses of ``blocks`` are still free (the next block is claimed before this reaches 0); with
+    ``enough``, counting stops there. The newest blocks are counted first: they are the ones with room, so the
+    answer "enough" (asked on every allocation) comes after a few looks, not after every address the node holds."""
+    free = 0
+    for b in reversed(blocks):
+        for ip in addresses_in(pool, b.first, b.size):
+            if not taken(ip):
+                free += 1
+                if enough is not None and free >= enough:
+                    return free
+    return free

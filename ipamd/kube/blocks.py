@@ -21,6 +21,7 @@ addresses are free), renews its blocks' ``status.renewTime``, and returns a bloc
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import threading
@@ -68,10 +69,16 @@ def _spec(obj: dict[str, Any]) -> dict[str, Any]:
 def parse_block(obj: dict[str, Any]) -> Block | None:
     spec = _spec(obj)
     try:
-        network, _, bits = str(spec["cidr"]).partition("/")
-        return Block(str(spec["pool"]), to_int(network), 1 << (32 - int(bits)), str(spec["node"]))
+        return _block(str(spec["pool"]), str(spec["cidr"]), str(spec["node"]))
     except (KeyError, ValueError):
         return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _block(pool: str, cidr: str, node: str) -> Block:
+    """A block's fields parsed once: a node reads its own blocks on every allocation."""
+    network, _, bits = cidr.partition("/")
+    return Block(pool, to_int(network), 1 << (32 - int(bits)), node)
 
 
 def _by_pool(obj: dict[str, Any]) -> Iterable[Hashable]:
@@ -123,13 +130,14 @@ class _Taken:
 
 
 class BlockRegistry(KubeLeaseRegistry):
-    """The lease registry of a node that leases in blocks where a pool is large enough, per address elsewhere."""
+    """The lease registry of a node that leases in blocks where a pool is large enough, per address elsewhere
+    (everywhere with ``claim_blocks=False``: ``--address-blocks off``, still respecting the blocks other nodes hold)."""
 
     def __init__(self, source: KubernetesSource, node_name: str, outbox: Outbox, size: int = BLOCK_SIZE,
                  idle_s: float = 300.0, clock: Callable[[], float] = time.time,
-                 spawn: Callable[[Callable[[], None]], None] | None = None) -> None:
+                 spawn: Callable[[Callable[[], None]], None] | None = None, claim_blocks: bool = True) -> None:
         super().__init__(source, node_name, outbox)
-        self.size, self.idle_s, self.clock = size, idle_s, clock
+        self.size, self.idle_s, self.clock, self.claims_blocks = size, idle_s, clock, claim_blocks
         self.spawn = spawn or (lambda run: threading.Thread(target=run, name="grow-block", daemon=True).start())
         self.mine: dict[tuple[str, int], Block] = {}  # claimed here, before the informer shows them
         self.excluded: dict[str, dict[int, str]] = {}  # pool -> address -> holder found inside this node's new blocks
@@ -167,7 +175,7 @@ class BlockRegistry(KubeLeaseRegistry):
         return [found[k] for k in sorted(found)]
 
     def in_blocks(self, pool: AddressPool) -> bool:
-        return uses_blocks(pool, self.size)
+        return self.claims_blocks and uses_blocks(pool, self.size)
 
     def taken_elsewhere(self, pool: str) -> Container[int]:
         return _Taken(self, pool)
@@ -229,7 +237,7 @@ class BlockRegistry(KubeLeaseRegistry):
         """Claim one more block of ``pool`` (one create); None when the pool has no free window or is too small. Calls
         side by side on this node claim one block: the later ones take the block the first one claimed."""
         key = pool.meta.key
-        if not uses_blocks(pool, self.size):
+        if not self.in_blocks(pool):
             return None
         had = len(self.blocks(pool))
         with self._lock:
@@ -329,7 +337,8 @@ class BlockRegistry(KubeLeaseRegistry):
         """Claim the next block in the background when fewer than a quarter of this node's addresses are free."""
         key = pool.meta.key
         blocks = self.blocks(pool)
-        if not blocks or free_in(pool, blocks, taken) * 4 >= len(blocks) * self.size:
+        quarter = -(-len(blocks) * self.size // 4)
+        if not blocks or free_in(pool, blocks, taken, enough=quarter) >= quarter:
             return
         with self._lock:
             if key in self._growing:

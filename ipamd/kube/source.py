@@ -8,6 +8,7 @@ what it cannot express) are reported as problems and not served.
 from __future__ import annotations
 
 import builtins
+import functools
 import json
 import logging
 import threading
@@ -51,15 +52,22 @@ class KubernetesSource:
         self.kinds = kinds
         for kind in (*kinds, *TRACKED_KINDS):
             self.informers[kind] = Informer(kind, self.objects.lister(kind), kind, RESOURCES[kind].api_version,
-                                            self._notify, TRACKED_INDEXERS.get(kind))
+                                            functools.partial(self._notify, kind), TRACKED_INDEXERS.get(kind))
         if node_name:  # the controller alone needs no pods
             self.informers[POD.name] = Informer(POD.name, plain_lister(self.core.list_pod_for_all_namespaces), POD.name,
-                                                "v1", self._notify, field_selector=f"spec.nodeName={node_name}")
+                                                "v1", functools.partial(self._notify, POD.name),
+                                                field_selector=f"spec.nodeName={node_name}")
 
-    def _notify(self) -> None:
+    def _notify(self, kind: str) -> None:
+        """A change of ``kind``: its parsed objects are stale, and the subscribers (the reconciler, the controller)
+        are woken, except by lease objects: every address leased anywhere in the cluster changes one, and a round on
+        every node for each would grow with the cluster; leases are read from the cache where they matter, and the
+        rounds that wait on another node's lease come back on their interval."""
         self._changed.set()
         with self._lock:
-            self._parsed.clear()
+            self._parsed.pop(kind, None)
+        if kind == LEASE_KIND:
+            return
         for callback in list(self._subscribers):
             try:
                 callback()

@@ -83,7 +83,7 @@ class NodeDaemon:
 
                 self.controller = Controller(api, self.source, cfg.controller_namespace, block_ttl_s=cfg.block_ttl)
             self.outbox = Outbox(self.store, api_senders(api), settle_s=OUTBOX_SETTLE_S)
-            registry = BlockRegistry(self.source, cfg.node_name, self.outbox)
+            registry = BlockRegistry(self.source, cfg.node_name, self.outbox, claim_blocks=cfg.address_blocks)
             publisher = KubePublisher(api, cfg.node_name, self.outbox)
         else:
             self.source = LocalSource(cfg.objects_dir, lambda ns, name: self.store.generated_uid(ns, name, _new_uid()))

@@ -13,7 +13,7 @@ import pytest
 from cni.errors import AddressConflict, TryAgainLater
 from ipamd.ipam.addresses import Ipam
 from ipamd.ipam.allocator import to_int
-from ipamd.ipam.blocks import Block, addresses_in, free_window, pick_in, uses_blocks, windows
+from ipamd.ipam.blocks import Block, addresses_in, free_in, free_window, pick_in, uses_blocks, windows
 from ipamd.kube.blocks import KIND as BLOCK_KIND
 from ipamd.kube.blocks import BlockRegistry
 from ipamd.kube.leases import KIND as LEASE_KIND
@@ -49,14 +49,14 @@ def world() -> FakeSource:
 
 
 class Node:
-    def __init__(self, api: FakeApi, name: str, live: bool = True) -> None:
+    def __init__(self, api: FakeApi, name: str, live: bool = True, claim: bool = True) -> None:
         self.name = name
         self.store = Store(":memory:")
         self.cache = FakeCache(api, live=live)
         self.outbox = Outbox(self.store, api.senders())
         self.clock = Clock()
         self.registry = BlockRegistry(self.cache, name, self.outbox, clock=self.clock,  # type: ignore[arg-type]
-                                      spawn=lambda run: run())
+                                      spawn=lambda run: run(), claim_blocks=claim)
         self.source = world()
         self.ipam = Ipam(self.store, self.source, self.clock, self.registry)
         self.n = 0
@@ -341,3 +341,31 @@ def test_a_block_whose_checks_failed_is_never_leased_in(api: FakeApi) -> None:
     got = node.add()
     assert to_int(got) not in Block(big.meta.key, to_int(stuck["spec"]["cidr"].split("/")[0]), 16, "n1")
     assert node.outbox.depth() == 1 and node.store.all_leases()[0].address == got
+
+
+def test_a_node_with_address_blocks_off_leases_per_address_around_the_blocks_of_others(api: FakeApi) -> None:
+    owner, plain = Node(api, "owner"), Node(api, "plain", claim=False)
+    owner.add()
+    owner.outbox.flush()
+    (block,) = api.objs[BLOCK_KIND].values()
+    inside = {str(ipaddress.ip_address(to_int(block["spec"]["cidr"].split("/")[0]) + k)) for k in range(16)}
+    got = [plain.add() for _ in range(20)]
+    plain.outbox.flush()
+    assert len(api.objs[BLOCK_KIND]) == 1, "--address-blocks off: no block claimed"
+    assert len(set(got)) == 20 and not set(got) & inside, "per address, never inside another node's block"
+    assert api.calls["create IPAddressLease"] >= 20, "one lease object created per address"
+
+
+def test_free_in_counts_exactly_or_stops_at_enough_looking_at_the_newest_blocks_first() -> None:
+    big = pool_of(world(), "big")
+    blocks = [Block("IPAddressPool/ns/big", to_int("198.18.40.0") + 16 * k, 16, "n") for k in range(1, 4)]
+    used = set(range(to_int("198.18.40.16"), to_int("198.18.40.48")))  # the first two blocks are full
+    looked: list[int] = []
+
+    def taken(ip: int) -> bool:
+        looked.append(ip)
+        return ip in used
+
+    assert free_in(big, blocks, taken) == 16
+    looked.clear()
+    assert free_in(big, blocks, taken, enough=4) == 4 and len(looked) == 4, "the newest block answers at once"
