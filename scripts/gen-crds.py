@@ -52,6 +52,15 @@ parents = obj({
 status = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
 
 
+#: Plexus extensions of Network and ClusterNetwork (``ipamd/model/podopts.py``): policy routing (DANM's rt_tables
+#: and proutes) and interface names by prefix (DANM's container_prefix). Reserved tables are refused by the daemon.
+POD_OPTIONS = {
+    "routingTable": {"type": "integer", "minimum": 1, "maximum": 4294967295},
+    "policyRoutes": arr(obj({"destination": cidr, "via": ipv4}, ["destination", "via"])),
+    "interfacePrefix": s(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,13}$"),
+}
+
+
 def pool_ref(kinds: list[str]) -> dict[str, Any]:
     return obj({"ipAddressPoolRef": obj({"kind": s(enum=kinds), "name": s(minLength=1)}, ["name"])},
                ["ipAddressPoolRef"])
@@ -72,7 +81,7 @@ SPECS: dict[str, dict[str, Any]] = {
     "Network": {
         "scope": "Namespaced", "plural": "networks", "short": ["anet"],
         "spec": obj({"networkClass": s(minLength=1), "vlan": obj({"id": vlan_id}),
-                     "ipam": pool_ref(["IPAddressPool"])}, ["networkClass"]),
+                     "ipam": pool_ref(["IPAddressPool"]), **POD_OPTIONS}, ["networkClass"]),
         "columns": [("CLASS", ".spec.networkClass", "string"), ("VLAN", ".status.vlanID", "integer"),
                     ("BRIDGE", ".status.bridgeName", "string")],
     },
@@ -80,7 +89,7 @@ SPECS: dict[str, dict[str, Any]] = {
         "scope": "Cluster", "plural": "clusternetworks", "short": ["cnet"],
         "spec": obj({"type": s(enum=["VLAN", "Access"]), "vlan": obj({"id": vlan_id}),
                      "parentNodeNetworkInterfaces": parents, "networkClass": s(),
-                     "ipam": pool_ref(["ClusterIPAddressPool"])}),
+                     "ipam": pool_ref(["ClusterIPAddressPool"]), **POD_OPTIONS}),
         "columns": [("TYPE", ".spec.type", "string"), ("VLAN", ".status.vlanID", "integer"),
                     ("BRIDGE", ".status.bridgeName", "string")],
     },

@@ -37,6 +37,7 @@ from ipamd.model.objects import (
     NetworkClass,
     Pod,
 )
+from ipamd.model.podopts import unreachable_gateway
 from ipamd.sources.base import ObjectSource
 from ipamd.sources.lookups import class_of, pool_of
 from ipamd.store.protocols import LeaseStore
@@ -138,8 +139,11 @@ class Ipam:
             if net is None:
                 raise ObjectNotFound(f"ClusterNetwork {sel.name} does not exist", f"{where}.name")
             cls = class_of(self.source, net)
-        return ResolvedNetwork(net.meta.key, sel.type, sel.name, net.meta.namespace, net, cls,
-                               pool_of(self.source, net, required=True))
+        pool = pool_of(self.source, net, required=True)
+        bad = unreachable_gateway(net.pod, [s.network for s in pool.subnets]) if pool and net.pod.routes else None
+        if bad is not None:
+            raise InvalidConfig(f"{net.meta.display}: {bad[0]} {bad[1]}", bad[0])
+        return ResolvedNetwork(net.meta.key, sel.type, sel.name, net.meta.namespace, net, cls, pool)
 
     def _user_ip(self, pod: Pod, sel: NetworkSelection, net: ResolvedNetwork, name: str,
                  where: str) -> IPAddressObject:

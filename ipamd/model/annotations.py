@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from cni.errors import AnnotationInvalid
-from ipamd.model.objects import IFNAMSIZ, SPEC_ANNOTATION, valid_ifname
+from ipamd.model.objects import SPEC_ANNOTATION, valid_ifname
+from ipamd.model.podopts import IFNAMSIZ
 
 _MAC = re.compile(r"^([0-9a-fA-F]{2})(:[0-9a-fA-F]{2}){5}$")
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -37,6 +38,7 @@ class NetworkSelection:
     interface_type: str = "veth"  # Plexus extension: veth | tap | macvlan
     tap_uid: int | None = None
     tap_gid: int | None = None
+    named: bool = True  # False: ``if_name`` was made up here (``net<N>``), and a network's interfacePrefix may rename it
 
 
 def check_ifname(name: Any, where: str) -> str:
@@ -146,7 +148,7 @@ def parse_networks_spec(text: str | None) -> list[NetworkSelection]:
             skip_ip_assignment=_bool(item.get("skipIPAssignment", False), f"{where}.skipIPAssignment"),
             interface_type=itype,
             tap_uid=_optional_int(item.get("uid"), f"{where}.uid"),
-            tap_gid=_optional_int(item.get("gid"), f"{where}.gid"),
+            tap_gid=_optional_int(item.get("gid"), f"{where}.gid"), named="ifName" in item,
         ))
     first_use: dict[str, int] = {}
     for i, sel in enumerate(out):

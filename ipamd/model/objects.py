@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 
 from cni.errors import InvalidConfig
 from ipamd.model.cniconf import ConfigInvalid, as_conflist, parse_config_text
+from ipamd.model.podopts import IFNAMSIZ, OptionInvalid, PodOptions, parse_pod_options
 
 GROUP = "network.deckhouse.io"
 API_VERSION = f"{GROUP}/v1alpha1"
@@ -26,22 +27,16 @@ NPWG_CLAIM_API_VERSION = "k8s.cni.cncf.io/v1alpha1"
 RESOURCE_NAME_ANNOTATION = "k8s.v1.cni.cncf.io/resourceName"
 POD_ANNOTATIONS_CAPABILITY = "io.kubernetes.cri.pod-annotations"
 
-
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 DEFAULT_LEASE_TTL_S = 60.0
 
-
-IFNAMSIZ = 15  # the kernel's limit, less the terminating NUL
-
-
 def valid_ifname(name: object) -> bool:
     """The kernel's rules for a link name (``dev_valid_name``)."""
     return (isinstance(name, str) and 0 < len(name) <= IFNAMSIZ and name not in (".", "..")
             and not any(c in name for c in "/:") and not any(c.isspace() for c in name))
-
 
 class ManifestInvalid(InvalidConfig):
     """A manifest that cannot be served; ``field`` is the path of what is wrong in it."""
@@ -54,12 +49,10 @@ class ManifestInvalid(InvalidConfig):
         self.problem = problem
         self.source = source
 
-
 @dataclass(frozen=True, slots=True)
 class Ref:
     kind: str
     name: str
-
 
 @dataclass(frozen=True, slots=True)
 class Meta:
@@ -79,7 +72,6 @@ class Meta:
     def display(self) -> str:
         return f"{self.kind} {self.namespace}/{self.name}" if self.namespace else f"{self.kind} {self.name}"
 
-
 @dataclass(frozen=True, slots=True)
 class VxlanSpec:
     """Plexus extension: segment a class's networks with VXLAN instead of VLAN."""
@@ -91,14 +83,12 @@ class VxlanSpec:
     port: int = 4789
     local_ip: str = ""
 
-
 @dataclass(frozen=True, slots=True)
 class NetworkClass:
     meta: Meta
     vlan_pool: tuple[tuple[int, int], ...] = ()
     parents: tuple[str, ...] = ()
     vxlan: VxlanSpec | None = None
-
 
 @dataclass(frozen=True, slots=True)
 class Network:
@@ -108,7 +98,7 @@ class Network:
     pool_ref: Ref | None = None
     status_vlan_id: int | None = None  # given by the cluster controller (Kubernetes mode)
     status_conditions: tuple[dict[str, str], ...] = ()  # as last written, so a rewrite keeps their times
-
+    pod: PodOptions = PodOptions()  # Plexus extensions: policy routing, interface prefix, default network
 
 @dataclass(frozen=True, slots=True)
 class ClusterNetwork:
@@ -120,7 +110,7 @@ class ClusterNetwork:
     network_class: str = ""  # Plexus extension: take segmentation (VXLAN) from a class
     status_vlan_id: int | None = None
     status_conditions: tuple[dict[str, str], ...] = ()
-
+    pod: PodOptions = PodOptions()
 
 @dataclass(frozen=True, slots=True)
 class PoolRoute:
@@ -129,7 +119,6 @@ class PoolRoute:
 
     def to_dict(self) -> dict[str, str]:
         return {"destination": self.destination, "via": self.via}
-
 
 @dataclass(frozen=True, slots=True)
 class Subnet:
@@ -141,7 +130,6 @@ class Subnet:
     def size(self) -> int:
         return sum(b - a + 1 for a, b in self.ranges)
 
-
 @dataclass(frozen=True, slots=True)
 class AddressPool:
     meta: Meta  # kind IPAddressPool or ClusterIPAddressPool
@@ -152,7 +140,6 @@ class AddressPool:
     def size(self) -> int:
         return sum(s.size for s in self.subnets)
 
-
 @dataclass(frozen=True, slots=True)
 class IPAddressObject:
     meta: Meta  # kind IPAddress or ClusterIPAddress
@@ -160,7 +147,6 @@ class IPAddressObject:
     type: str  # Auto | Static
     static_ip: str = ""
     owner_pod_uid: str = ""  # set on the Auto IPAddress Plexus creates for a pod interface
-
 
 @dataclass(frozen=True, slots=True)
 class AttachmentDefinition:
@@ -170,7 +156,6 @@ class AttachmentDefinition:
     meta: Meta
     config: dict[str, Any] | None = None  # spec.config as a conflist carrying the NAD's name; None: on disk
     resource_name: str = ""  # k8s.v1.cni.cncf.io/resourceName: the device plugin pool its devices come from
-
 
 @dataclass(frozen=True, slots=True)
 class IpamClaim:
@@ -185,17 +170,14 @@ class IpamClaim:
     status_ips: tuple[str, ...] = ()
     owner_pod: str = ""  # status.ownerPod: the pod holding it (by name)
 
-
 @dataclass(frozen=True, slots=True)
 class Pod:
     meta: Meta
     annotations: Mapping[str, str] = field(default_factory=dict)
     node_name: str = ""
 
-
 ApiObject = (NetworkClass | Network | ClusterNetwork | AddressPool | IPAddressObject | AttachmentDefinition | IpamClaim
              | Pod)
-
 
 def parse_duration(text: str) -> float:
     """Go-style durations as Kubernetes objects spell them: ``1h``, ``30m``, ``1h30m``, ``90s``."""
@@ -209,7 +191,6 @@ def parse_duration(text: str) -> float:
     if pos != len(text) or not text:
         raise ValueError(f"{text!r} is not a duration like 30s, 10m or 1h")
     return total
-
 
 def parse_id_pool(items: Any, path: str, meta: str, lo: int, hi: int) -> tuple[tuple[int, int], ...]:
     """``["600-800", "1200", 1300]`` → ``((600, 800), (1200, 1200), (1300, 1300))``."""
@@ -227,14 +208,12 @@ def parse_id_pool(items: Any, path: str, meta: str, lo: int, hi: int) -> tuple[t
         out.append((first, last))
     return tuple(out)
 
-
 def usable_bounds(net: ipaddress.IPv4Network) -> tuple[int, int]:
     """First and last assignable address: network and broadcast excluded, except /31 (both, RFC 3021) and /32."""
     first, last = int(net.network_address), int(net.broadcast_address)
     if net.prefixlen >= 31:
         return first, last
     return first + 1, last - 1
-
 
 def _get(d: Mapping[str, Any], key: str, typ: type, meta: str, path: str, required: bool = False) -> Any:
     value = d.get(key)
@@ -246,13 +225,11 @@ def _get(d: Mapping[str, Any], key: str, typ: type, meta: str, path: str, requir
         raise ManifestInvalid(meta, path, f"must be a {typ.__name__}, got {type(value).__name__}")
     return value
 
-
 def _ipv4(text: Any, meta: str, path: str) -> ipaddress.IPv4Address:
     try:
         return ipaddress.IPv4Address(str(text))
     except ValueError:
         raise ManifestInvalid(meta, path, f"{text!r} is not an IPv4 address") from None
-
 
 def _pool_ref(spec: Mapping[str, Any], meta: str, allowed: tuple[str, ...]) -> Ref | None:
     ipam = _get(spec, "ipam", dict, meta, "spec.ipam")
@@ -265,7 +242,6 @@ def _pool_ref(spec: Mapping[str, Any], meta: str, allowed: tuple[str, ...]) -> R
     name = _get(ref, "name", str, meta, "spec.ipam.ipAddressPoolRef.name", required=True)
     return Ref(kind, name)
 
-
 def _parents(spec: Mapping[str, Any], meta: str, path: str) -> tuple[str, ...]:
     """Parent NICs: Plexus's local mode names them (``names``); a ``labelSelector`` is for NodeNetworkInterfaces."""
     parents = _get(spec, "parentNodeNetworkInterfaces", dict, meta, path)
@@ -276,7 +252,6 @@ def _parents(spec: Mapping[str, Any], meta: str, path: str) -> tuple[str, ...]:
         if not valid_ifname(n):
             raise ManifestInvalid(meta, f"{path}.names[{i}]", f"{n!r} is not an interface name")
     return tuple(names)
-
 
 def _network_class(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> NetworkClass:
     m = meta.display
@@ -305,7 +280,6 @@ def _network_class(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) 
         )
     return NetworkClass(meta, pool, parents, vxlan)
 
-
 def _vlan_id(spec: Mapping[str, Any], m: str) -> int | None:
     vlan = _get(spec, "vlan", dict, m, "spec.vlan") or {}
     vid = vlan.get("id")
@@ -315,12 +289,10 @@ def _vlan_id(spec: Mapping[str, Any], m: str) -> int | None:
         raise ManifestInvalid(m, "spec.vlan.id", f"{vid!r} is not a VLAN ID (1-4094)")
     return vid
 
-
 def _status_id(doc: Mapping[str, Any]) -> int | None:
     status = doc.get("status") or {}
     ident = status.get("vni") or status.get("vlanID") if isinstance(status, dict) else None
     return ident if isinstance(ident, int) and not isinstance(ident, bool) and ident > 0 else None
-
 
 def _status_conditions(doc: Mapping[str, Any]) -> tuple[dict[str, str], ...]:
     status = doc.get("status")
@@ -329,13 +301,11 @@ def _status_conditions(doc: Mapping[str, Any]) -> tuple[dict[str, str], ...]:
         return ()
     return tuple({str(k): str(v) for k, v in c.items()} for c in conds if isinstance(c, dict) and "type" in c)
 
-
 def _network(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> Network:
     m = meta.display
     cls = _get(spec, "networkClass", str, m, "spec.networkClass", required=True)
     return Network(meta, cls, _vlan_id(spec, m), _pool_ref(spec, m, ("IPAddressPool",)), _status_id(doc),
-                   _status_conditions(doc))
-
+                   _status_conditions(doc), _pod_options(spec, doc, m))
 
 def _cluster_network(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> ClusterNetwork:
     m = meta.display
@@ -348,8 +318,14 @@ def _cluster_network(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]
         raise ManifestInvalid(m, "spec.vlan.id", "is required for type VLAN")
     parents = _parents(spec, m, "spec.parentNodeNetworkInterfaces")
     return ClusterNetwork(meta, typ, vid, parents, _pool_ref(spec, m, ("ClusterIPAddressPool",)), cls, _status_id(doc),
-                          _status_conditions(doc))
+                          _status_conditions(doc), _pod_options(spec, doc, m))
 
+def _pod_options(spec: Mapping[str, Any], doc: Mapping[str, Any], m: str) -> PodOptions:
+    labels = (doc.get("metadata") or {}).get("labels") or {}
+    try:
+        return parse_pod_options(spec, labels if isinstance(labels, dict) else {})
+    except OptionInvalid as exc:
+        raise ManifestInvalid(m, exc.field, exc.problem) from None
 
 def _range(text: Any, net: ipaddress.IPv4Network, m: str, path: str) -> tuple[int, int]:
     a, sep, b = str(text).partition("-")
@@ -360,7 +336,6 @@ def _range(text: Any, net: ipaddress.IPv4Network, m: str, path: str) -> tuple[in
         raise ManifestInvalid(m, path, f"{text!r} runs backwards")
     lo, hi = usable_bounds(net)
     return max(int(first), lo), min(int(last), hi)
-
 
 def _address_pool(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> AddressPool:
     m = meta.display
@@ -410,7 +385,6 @@ def _address_pool(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -
         subnets.append(Subnet(net, ranges, tuple(routes)))
     return AddressPool(meta, ttl, tuple(subnets))
 
-
 def _ip_address(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> IPAddressObject:
     m = meta.display
     ref = _get(spec, "networkRef", dict, m, "spec.networkRef", required=True)
@@ -429,7 +403,6 @@ def _ip_address(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> 
     owner = str((doc.get("metadata") or {}).get("labels", {}).get(f"{GROUP}/owner-pod-uid", ""))
     return IPAddressObject(meta, Ref(kind, name), typ, static_ip, owner)
 
-
 def _attachment_definition(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> AttachmentDefinition:
     m = meta.display
     if not _DNS_LABEL.match(meta.name) or len(meta.name) > 63:
@@ -447,7 +420,6 @@ def _attachment_definition(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str
         raise ManifestInvalid(m, f"spec.config{'.' + exc.field if exc.field else ''}",
                               f"is not a CNI configuration: {exc.problem}") from None
     return AttachmentDefinition(meta, config, str(resource))
-
 
 def _ipam_claim(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> IpamClaim:
     m = meta.display
@@ -469,7 +441,6 @@ def _ipam_claim(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> 
     return IpamClaim(meta, network, interface, tuple(str(r) for r in requests),
                      tuple(str(i) for i in ips) if isinstance(ips, list) else (), str(owner or ""))
 
-
 def _pod(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> Pod:
     m = meta.display
     annotations = (doc.get("metadata") or {}).get("annotations") or {}
@@ -477,9 +448,7 @@ def _pod(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> Pod:
         raise ManifestInvalid(m, "metadata.annotations", "must map names to strings")
     return Pod(meta, dict(annotations), str(spec.get("nodeName") or ""))
 
-
 T_co = TypeVar("T_co", covariant=True)
-
 
 @dataclass(frozen=True, slots=True)
 class Kind(Generic[T_co]):
@@ -490,7 +459,6 @@ class Kind(Generic[T_co]):
     namespaced: bool
     parse: Callable[[Meta, Mapping[str, Any], Mapping[str, Any]], T_co]
     api_version: str = API_VERSION
-
 
 NETWORK_CLASS = Kind("NetworkClass", NetworkClass, False, _network_class)
 NETWORK = Kind("Network", Network, True, _network)
@@ -513,14 +481,12 @@ POOL_KINDS: dict[str, Kind[AddressPool]] = {k.name: k for k in (IP_ADDRESS_POOL,
 NETWORK_KINDS: dict[str, Kind[Network | ClusterNetwork]] = {k.name: k for k in (NETWORK, CLUSTER_NETWORK)}
 IP_ADDRESS_KINDS: dict[str, Kind[IPAddressObject]] = {k.name: k for k in (IP_ADDRESS, CLUSTER_IP_ADDRESS)}
 
-
 def parse_as(kind: Kind[T_co], doc: Any, source: str = "") -> T_co:
     """One manifest that must be of ``kind``; ``ManifestInvalid`` when it is another."""
     obj = parse_object(doc, source)
     if not isinstance(obj, kind.type):
         raise ManifestInvalid(obj.meta.display, "kind", f"must be {kind.name}", source)
     return obj
-
 
 def parse_object(doc: Any, source: str = "") -> ApiObject:
     """One manifest → one typed object, or ``ManifestInvalid`` naming the field."""

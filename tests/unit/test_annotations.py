@@ -52,7 +52,7 @@ def test_full_element() -> None:
 
 def test_defaults() -> None:
     (sel,) = parse_networks_spec(spec(net()))
-    assert sel == NetworkSelection(type="Network", name="my-network", if_name="net1")
+    assert sel == NetworkSelection(type="Network", name="my-network", if_name="net1", named=False)
     assert sel.interface_type == "veth"
     assert sel.mac == ""
     assert sel.skip_ip_assignment is False
