@@ -3,20 +3,36 @@ addresses and the pool's routes on the pod interface, their share of the CNI res
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from cni.types import Interface, IPConfig, Result, Route, cidr_of
-from ipamd.netlink import links
+from ipamd.drivers.base import LinksContext, quietly
+from ipamd.netlink import links, policy
 from ipamd.store.records import BuiltInterface
 
 
-def configure(pod: Any, index: int, iface: BuiltInterface) -> None:
-    """The interface's leased addresses and their routes (once each), unless it leaves them to a guest."""
+def configure(pod: Any, index: int, iface: BuiltInterface, undo: contextlib.ExitStack) -> None:
+    """The interface's leased addresses and their routes (once each), unless it leaves them to a guest; and its
+    network's policy routing (the rules outlive the interface: their undo is registered here)."""
     if not iface.configure_ips or not iface.addresses:
         return
     routes = dict.fromkeys((r["destination"], r["via"]) for a in iface.addresses for r in a.get("routes", ()))
-    links.configure_addresses(pod, index, iface.if_name,
-                              [cidr_of(a["address"], a["network"]) for a in iface.addresses], routes)
+    cidrs = [cidr_of(a["address"], a["network"]) for a in iface.addresses]
+    links.configure_addresses(pod, index, iface.if_name, cidrs, routes)
+    if iface.table:
+        undo.callback(quietly, f"policy rules of {iface.if_name}", policy.delete_policy_rules, pod, cidrs, iface.table)
+        policy.add_policy_routing(pod, index, iface.if_name, cidrs, iface.table,
+                                  [(r["destination"], r["via"]) for r in iface.policy_routes])
+
+
+def unconfigure(ctx: LinksContext, iface: BuiltInterface) -> None:
+    """What outlives the interface in the pod's namespace, if that is still there: its policy rules."""
+    if not iface.table or not iface.configure_ips:
+        return
+    pod = ctx.pod_netlink()
+    if pod is not None:
+        policy.delete_policy_rules(pod, [cidr_of(a["address"], a["network"]) for a in iface.addresses], iface.table)
 
 
 def result(iface: BuiltInterface, mac: str, sandbox: str, host_side: tuple[Interface, ...] = ()) -> Result:
@@ -51,6 +67,20 @@ def check(host: Any, pod: Any, iface: BuiltInterface) -> list[str]:
                 for r in a.get("routes", ()):
                     if (r["destination"], r["via"]) not in state["routes"]:
                         problems.append(f"{iface.if_name} lacks route {r['destination']} via {r['via']}")
+    if iface.table and iface.configure_ips and state is not None:
+        problems += _policy_problems(pod, iface)
     if iface.host_link and links.link_state(host, iface.host_link) is None:
         problems.append(f"host link {iface.host_link} of {iface.if_name} is missing")
+    return problems
+
+
+def _policy_problems(pod: Any, iface: BuiltInterface) -> list[str]:
+    state = policy.policy_state(pod, iface.table)
+    problems = []
+    for a in iface.addresses:
+        if f"{a['address']}/32" not in state["rules"]:
+            problems.append(f"no rule sends {a['address']} of {iface.if_name} to table {iface.table}")
+    for r in iface.policy_routes:
+        if (r["destination"], r["via"]) not in state["routes"]:
+            problems.append(f"table {iface.table} lacks route {r['destination']} via {r['via']} of {iface.if_name}")
     return problems

@@ -24,10 +24,11 @@ class MacvlanDriver:
         pod = ctx.pod.netlink()
         link = links.add_macvlan(ctx.host, pod, ctx.pod.fd, ctx.bridge_index(), iface.if_name, iface.mac)
         undo.callback(quietly, f"macvlan {iface.if_name}", links.delete_link, pod, iface.if_name)
-        kernel.configure(pod, link.index, iface)
+        kernel.configure(pod, link.index, iface, undo)
         return Built(link.mac, kernel.result(iface, link.mac, ctx.pod.path))
 
     def teardown(self, ctx: LinksContext, iface: BuiltInterface) -> None:
+        kernel.unconfigure(ctx, iface)
         pod = ctx.pod_netlink()
         if pod is not None:  # a namespace that is gone took the macvlan with it
             links.delete_link(pod, iface.if_name)

@@ -23,10 +23,11 @@ class VethDriver:
         bridge = ctx.bridge_index()
         undo.callback(quietly, f"veth {iface.host_link}", links.delete_link, ctx.host, iface.host_link)
         link = links.add_veth(ctx.host, ctx.pod.netlink(), ctx.pod.fd, iface.host_link, iface.if_name, iface.mac, bridge)
-        kernel.configure(ctx.pod.netlink(), link.index, iface)
+        kernel.configure(ctx.pod.netlink(), link.index, iface, undo)
         return Built(link.mac, kernel.result(iface, link.mac, ctx.pod.path, (Interface(iface.host_link),)))
 
     def teardown(self, ctx: LinksContext, iface: BuiltInterface) -> None:
+        kernel.unconfigure(ctx, iface)
         links.delete_link(ctx.host, iface.host_link)  # the pod end goes with it
 
     def check(self, ctx: LinksContext, iface: BuiltInterface) -> list[str]:

@@ -88,6 +88,8 @@ class BuiltInterface:
     driver: dict[str, Any] = field(default_factory=dict)  # the driver's own state (its derived names, ...)
     result: dict[str, Any] = field(default_factory=dict)  # its share of the CNI result (1.1.0), for the statuses
     default: bool = False  # the pod's cluster network (network-status "default": true)
+    table: int = 0  # policy routing: the routing table its addresses select (0: none)
+    policy_routes: tuple[dict[str, str], ...] = ()  # and its network's routes in that table
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +187,7 @@ def load_ip(data: str) -> IPRecord:
 def load_attachment(data: str) -> AttachmentRecord:
     d = json.loads(data)
     d["interfaces"] = tuple(
-        BuiltInterface(**_tuples(i, "ip_keys", "created_ip_keys", "addresses")) for i in d.get("interfaces", ())
+        BuiltInterface(**_tuples(i, "ip_keys", "created_ip_keys", "addresses", "policy_routes")) for i in d.get("interfaces", ())
     )
     d["networks_status"] = tuple(d.get("networks_status", ()))
     d["network_status"] = tuple(d.get("network_status", ()))

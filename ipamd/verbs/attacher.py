@@ -200,7 +200,7 @@ class Attacher:
             ip_keys=tuple(c.ip_key for c in claims), created_ip_keys=tuple(c.ip_key for c in claims if c.created_ip),
             configure_ips=plan.configure_ips,
             addresses=tuple(AddressConfig(c.ip_name, c.address, c.network, c.routes).to_dict() for c in claims),
-            driver=plan.state or {}, default=w.target.default,
+            driver=plan.state or {}, default=w.target.default, **_policy(w, plan.configure_ips),
         )
 
     def _build(self, pod_side: PodSide, w: Wanted, iface: BuiltInterface, undo: contextlib.ExitStack) -> Built:
@@ -383,3 +383,11 @@ def _merged(parts: Iterable[Result]) -> Result:
 
 def _no_bridge() -> int:
     raise InterfaceFailure("this interface is on no Plexus segment", "bridge")
+
+
+def _policy(w: Wanted, configure_ips: bool) -> dict[str, Any]:
+    """The policy routing an interface's network asks for (none where the addresses are left to a guest)."""
+    opts = w.net.obj.pod if w.net is not None else None
+    if opts is None or not opts.table or not configure_ips:
+        return {}
+    return {"table": opts.table, "policy_routes": tuple(r.to_dict() for r in opts.routes)}

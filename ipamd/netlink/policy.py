@@ -1,0 +1,65 @@
+"""Policy routing in a pod's namespace (DANM's ``rt_tables`` and ``proutes``): an interface's connected route and its
+network's policy routes in the network's table, and one ``ip rule`` per address of the interface that sends what
+leaves from that address to that table. The routes go with the interface; the rules stay with the namespace, so DEL
+removes them."""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ipamd.model.podopts import POLICY_RULE_PRIORITY
+from ipamd.netlink.links import GONE, _fail
+
+SCOPE_LINK = 253
+
+
+def add_policy_routing(pod: IPRoute, idx: int, if_name: str, addresses: Iterable[str], table: int,
+                       routes: Iterable[tuple[str, str]]) -> None:
+    """The connected route of each address (CIDR) and ``routes`` (destination, via) into ``table``, then the rules."""
+    cidrs = [ipaddress.IPv4Interface(c) for c in addresses]
+    try:
+        for iface in cidrs:
+            _add_route(pod, dst=str(iface.network), oif=idx, table=table, scope=SCOPE_LINK, prefsrc=str(iface.ip))
+        for dst, via in routes:
+            _add_route(pod, dst=dst, gateway=via, oif=idx, table=table)
+        for iface in cidrs:
+            pod.rule("add", family=socket.AF_INET, src=str(iface.ip), src_len=32, table=table,
+                     priority=POLICY_RULE_PRIORITY)
+    except NetlinkError as exc:
+        raise _fail(f"policy routing of {if_name} in table {table}", exc) from None
+
+
+def _add_route(pod: IPRoute, **route: Any) -> None:
+    try:
+        pod.route("add", **route)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:  # two interfaces of one network share its table: the first one carries it
+            raise
+
+
+def delete_policy_rules(pod: IPRoute, addresses: Iterable[str], table: int) -> None:
+    """The rules of ``addresses`` (CIDR) to ``table``; what is gone counts as removed."""
+    for cidr in addresses:
+        ip = str(ipaddress.IPv4Interface(cidr).ip)
+        try:
+            pod.rule("del", family=socket.AF_INET, src=ip, src_len=32, table=table, priority=POLICY_RULE_PRIORITY)
+        except NetlinkError as exc:
+            if exc.code not in GONE:
+                raise
+
+
+def policy_state(pod: IPRoute, table: int) -> dict[str, list[Any]]:
+    """The rules that select ``table`` (their source addresses) and the routes in it (destination, via), for CHECK
+    and tests."""
+    rules = [f"{r.get_attr('FRA_SRC')}/{r['src_len']}" for r in pod.get_rules(family=socket.AF_INET)
+             if (r.get_attr("FRA_TABLE") or r["table"]) == table and r.get_attr("FRA_SRC")]
+    routes = [(f"{r.get_attr('RTA_DST') or '0.0.0.0'}/{r['dst_len']}", r.get_attr("RTA_GATEWAY") or "")
+              for r in pod.get_routes(family=socket.AF_INET, table=table)]
+    return {"rules": rules, "routes": routes}
