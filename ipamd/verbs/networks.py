@@ -15,6 +15,7 @@ execs back into the daemon.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -36,8 +37,17 @@ from ipamd.model.npwg import (
     parse_default_network,
     parse_networks,
 )
-from ipamd.model.objects import NETWORK_ATTACHMENT_DEFINITION, POD_ANNOTATIONS_CAPABILITY, SPEC_ANNOTATION, IPAddressObject, Pod
+from ipamd.model.objects import (
+    CLUSTER_NETWORK,
+    NETWORK,
+    NETWORK_ATTACHMENT_DEFINITION,
+    POD_ANNOTATIONS_CAPABILITY,
+    SPEC_ANNOTATION,
+    IPAddressObject,
+    Pod,
+)
 from ipamd.model.pluginconf import PluginConfig
+from ipamd.model.podopts import DEFAULT_NETWORK_LABEL, IFNAMSIZ, interface_name
 from ipamd.sources.base import ObjectSource
 from ipamd.sources.netconf import find_on_disk, load_file
 from ipamd.verbs.call import CniCall
@@ -99,16 +109,21 @@ class Networks:
                 raise InvalidConfig("clusterNetwork is for Plexus as the node's only CNI configuration, not chained "
                                     "after another plugin's", "clusterNetwork")
             out.append(self._cluster(call, pod, conf))
-        deckhouse = parse_networks_spec(pod.annotations.get(SPEC_ANNOTATION))
-        npwg = parse_networks(pod.annotations.get(NETWORKS_ANNOTATION), ns)
-        defaults = [] if ns in conf.system_namespaces else list(conf.default_networks)
+        spec_text, npwg_text = pod.annotations.get(SPEC_ANNOTATION), pod.annotations.get(NETWORKS_ANNOTATION)
+        deckhouse = parse_networks_spec(spec_text)
+        npwg = parse_networks(npwg_text, ns)
+        system = ns in conf.system_namespaces
+        if spec_text is None and npwg_text is None and not system:
+            deckhouse = default_networks(self.source, ns)
+        defaults = [] if system else list(conf.default_networks)
         taken = {i.name for i in prev.interfaces if i.sandbox} if prev else set()
+        resolved = [self.ipam.resolve(sel, ns, f"networks-spec[{i}]") for i, sel in enumerate(deckhouse)]
+        deckhouse = _prefixed(deckhouse, resolved, {*taken, call.ifname, *(el.interface for el in npwg)})
         names = self._names(call.ifname, taken, deckhouse, defaults, npwg)
         for i, text in enumerate(defaults):
             where = f"defaultNetworks[{i}]"
             d = self._nad(*_ns_name(text, conf.multus_namespace), where, conf, isolated=False)
             out.append(self._delegate(call, pod, conf, d, names[where], where=where))
-        resolved = [self.ipam.resolve(sel, ns, f"networks-spec[{i}]") for i, sel in enumerate(deckhouse)]
         for i, (sel, net) in enumerate(zip(deckhouse, resolved, strict=True)):
             user_ips = self.ipam.validate(pod, sel, net, f"networks-spec[{i}]")
             request = InterfaceRequest(sel.if_name, sel.mac, sel.skip_ip_assignment, sel.tap_uid, sel.tap_gid)
@@ -244,6 +259,43 @@ class Networks:
         return AddressRequest(d.conflist["name"], call.container_id, if_name, config, pod, pod.meta.namespace, nad,
                               tuple(str(i) for i in ips), claim, ips_field=ips_field,
                               claim_field=f"{where}.ipam-claim-reference", config_field=f"plugins[{i}].ipam")
+
+
+def default_networks(source: ObjectSource, namespace: str) -> list[NetworkSelection]:
+    """What a pod that asks for no network gets (DANM's rule): the Network of its namespace labelled
+    ``default-network``, else the ClusterNetwork so labelled, else nothing; two at one level is an error naming
+    both (which one the administrator meant cannot be guessed)."""
+    for kind, found in ((NETWORK.name, [n for n in source.list(NETWORK) if n.pod.default
+                                        and n.meta.namespace == namespace]),
+                        (CLUSTER_NETWORK.name, [n for n in source.list(CLUSTER_NETWORK) if n.pod.default])):
+        if len(found) > 1:
+            where = f"metadata.labels[{DEFAULT_NETWORK_LABEL}]"
+            raise InvalidConfig(f"{' and '.join(sorted(n.meta.display for n in found))} are both labelled "
+                                f"{DEFAULT_NETWORK_LABEL}=true: a {'namespace' if kind == NETWORK.name else 'cluster'} "
+                                "has one default network at most", where)
+        if found:
+            return parse_networks_spec(json.dumps([{"type": kind, "name": found[0].meta.name}]))
+    return []
+
+
+def _prefixed(sels: list[NetworkSelection], nets: list[ResolvedNetwork], taken: set[str]) -> list[NetworkSelection]:
+    """The selections the pod did not name, renamed ``<prefix><N>`` where their network has an ``interfacePrefix``
+    (N from 0, per prefix, skipping every name otherwise in use)."""
+    used = {*taken, *(s.if_name for s, n in zip(sels, nets, strict=True) if s.named or not n.obj.pod.interface_prefix)}
+    out = []
+    for i, (sel, net) in enumerate(zip(sels, nets, strict=True)):
+        prefix = net.obj.pod.interface_prefix
+        if sel.named or not prefix:
+            out.append(sel)
+            continue
+        name = interface_name(prefix, used)
+        if len(name) > IFNAMSIZ:
+            raise InvalidConfig(f"{net.obj.meta.display}: spec.interfacePrefix {prefix!r} makes the name of "
+                                f"networks-spec[{i}]'s interface {name!r}, longer than {IFNAMSIZ} characters",
+                                "spec.interfacePrefix")
+        used.add(name)
+        out.append(replace(sel, if_name=name))
+    return out
 
 
 def with_lease(w: Wanted, leased: Leased) -> Wanted:

@@ -152,3 +152,66 @@ def test_plugin_config_defaults_find_what_a_multus_node_has() -> None:
     conf = PluginConfig()
     assert conf.conf_dir == "/etc/cni/multus/net.d" and conf.cni_config_dir == "/etc/cni/net.d"
     assert conf.plugin_dirs("") == ("/opt/cni/bin",)
+
+
+def deckhouse(kind: str, name: str, spec: dict[str, Any] | None = None, default: bool = False,
+              namespace: str = NS) -> Any:
+    md: dict[str, Any] = {"name": name}
+    if kind == "Network":
+        md["namespace"] = namespace
+    if default:
+        md["labels"] = {"network.deckhouse.io/default-network": "true"}
+    base = {"networkClass": "cls"} if kind == "Network" else {"type": "VLAN", "vlan": {"id": 5}}
+    return parse_object({"apiVersion": API_VERSION, "kind": kind, "metadata": md, "spec": {**base, **(spec or {})}})
+
+
+def with_objects(*objs: Any) -> FakeSource:
+    src = world()
+    for o in objs:
+        src.add(o)
+    return src
+
+
+def test_a_pod_that_asks_for_no_network_gets_its_namespaces_default_else_the_clusters() -> None:
+    src = with_objects(deckhouse("Network", "ns-default", default=True), deckhouse("Network", "plain"),
+                       deckhouse("ClusterNetwork", "cluster-default", default=True),
+                       deckhouse("Network", "elsewhere", default=True, namespace="other-ns"))
+    (w,) = wanted({}, source=src)
+    assert (w.target.key, w.request.if_name) == (f"Network/{NS}/ns-default", "net1"), "the namespace's wins"
+    (w,) = wanted({}, namespace="third", source=src)
+    assert w.target.key == "ClusterNetwork/cluster-default", "no default in the namespace: the cluster's"
+    assert wanted({"network.deckhouse.io/networks-spec": "[]"}, source=src) == [], "an explicit empty list opts out"
+    assert [w.target.name for w in wanted({ANN: "bridge-net"}, source=src)] == [f"{NS}/bridge-net"], \
+        "a pod that asks for networks gets what it asks, no default on top"
+    assert wanted({}, namespace="kube-system", source=src) == [], "system namespaces get none"
+    assert wanted({}, namespace="third", source=world()) == [], "no default anywhere: nothing, as before"
+
+
+def test_two_default_networks_at_one_level_are_refused_naming_both() -> None:
+    src = with_objects(deckhouse("Network", "a", default=True), deckhouse("Network", "b", default=True))
+    with pytest.raises(InvalidConfig) as err:
+        wanted({}, source=src)
+    assert err.value.details == "metadata.labels[network.deckhouse.io/default-network]"
+    assert f"Network {NS}/a and Network {NS}/b" in err.value.msg
+    src = with_objects(deckhouse("ClusterNetwork", "a", default=True), deckhouse("ClusterNetwork", "b", default=True))
+    with pytest.raises(InvalidConfig, match="ClusterNetwork a and ClusterNetwork b"):
+        wanted({}, source=src)
+
+
+def test_a_networks_interface_prefix_names_the_interfaces_the_pod_did_not() -> None:
+    src = with_objects(deckhouse("Network", "ext", {"interfacePrefix": "ext"}))
+    spec = [{"type": "Network", "name": "ext"}, {"type": "Network", "name": "net-a"},
+            {"type": "Network", "name": "ext", "ifName": "mine"}, {"type": "Network", "name": "ext"}]
+    ws = wanted({"network.deckhouse.io/networks-spec": json.dumps(spec), ANN: "bridge-net@ext1"}, source=src)
+    assert [w.request.if_name for w in ws] == ["ext0", "net2", "mine", "ext2", "ext1"], \
+        "the same network twice: two interfaces; a name the pod gave wins, and is skipped"
+
+
+def test_a_prefix_whose_names_outgrow_fifteen_characters_is_refused() -> None:
+    src = with_objects(deckhouse("Network", "long", {"interfacePrefix": "abcdefghijklmn"}))
+    spec = json.dumps([{"type": "Network", "name": "long"}] * 10)
+    assert wanted({"network.deckhouse.io/networks-spec": spec}, source=src)[-1].request.if_name == "abcdefghijklmn9"
+    spec = json.dumps([{"type": "Network", "name": "long"}] * 11)
+    with pytest.raises(InvalidConfig) as err:
+        wanted({"network.deckhouse.io/networks-spec": spec}, source=src)
+    assert err.value.details == "spec.interfacePrefix" and "'abcdefghijklmn10'" in err.value.msg

@@ -1,0 +1,115 @@
+"""What DANM users rely on, in real namespaces: policy routing (a table and rules per interface, checked by CHECK,
+removed by DEL while the namespace lives on), interface names from a network's prefix, and the default network
+of a pod that asks for none; a policy route whose gateway is unreachable refused with nothing left behind."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+
+from ipamd.netlink.netns import netlink_at
+from ipamd.netlink.policy import policy_state
+from tests.harness import Node, links_in, pod_manifest
+
+NS = "my-namespace"
+
+
+def pool(name: str, cidr: str) -> dict[str, Any]:
+    return {"apiVersion": "network.deckhouse.io/v1alpha1", "kind": "IPAddressPool",
+            "metadata": {"name": name, "namespace": NS}, "spec": {"leaseTTL": "0s", "pools": [{"network": cidr}]}}
+
+
+def network(name: str, pool_name: str, labels: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
+    md: dict[str, Any] = {"name": name, "namespace": NS, **({"labels": labels} if labels else {})}
+    return {"apiVersion": "network.deckhouse.io/v1alpha1", "kind": "Network", "metadata": md,
+            "spec": {"networkClass": "test-class", "ipam": {"ipAddressPoolRef": {"kind": "IPAddressPool",
+                                                                                 "name": pool_name}}, **spec}}
+
+
+def rules_in(netns: str) -> list[tuple[str, int]]:
+    with netlink_at(netns) as ipr:
+        return sorted((f"{r.get_attr('FRA_SRC')}/{r['src_len']}", r.get_attr("FRA_TABLE") or r["table"])
+                      for r in ipr.get_rules(family=socket.AF_INET) if r.get_attr("FRA_SRC"))
+
+
+def table_in(netns: str, table: int) -> dict[str, list[Any]]:
+    with netlink_at(netns) as ipr:
+        return policy_state(ipr, table)
+
+
+@pytest.mark.netns
+def test_policy_routing_per_interface_checked_and_removed(node: Node) -> None:
+    node.apply([pool("pr-a", "198.18.20.0/24"), pool("pr-b", "198.18.21.0/24"),
+                network("pr-a", "pr-a", routingTable=100,
+                        policyRoutes=[{"destination": "0.0.0.0/0", "via": "198.18.20.1"}]),
+                network("pr-b", "pr-b", routingTable=4000000,
+                        policyRoutes=[{"destination": "0.0.0.0/0", "via": "198.18.21.1"},
+                                      {"destination": "198.19.21.0/24", "via": "198.18.21.254"}]),
+                pod_manifest("two", [{"type": "Network", "name": "pr-a"}, {"type": "Network", "name": "pr-b"}])])
+    ns = node.pod_netns("two")
+    add = node.cni("ADD", "c1", ns, pod=(NS, "two"))
+    assert add.ok, add
+    links = links_in(ns)
+    a, b = (links[n]["addresses"][0].split("/")[0] for n in ("net1", "net2"))
+    assert rules_in(ns) == sorted([(f"{a}/32", 100), (f"{b}/32", 4000000)]), "one rule per address, to its table"
+    assert sorted(table_in(ns, 100)["routes"]) == [("0.0.0.0/0", "198.18.20.1"), ("198.18.20.0/24", "")]
+    assert sorted(table_in(ns, 4000000)["routes"]) == [
+        ("0.0.0.0/0", "198.18.21.1"), ("198.18.21.0/24", ""), ("198.19.21.0/24", "198.18.21.254")]
+    with netlink_at(ns) as ipr:
+        assert not [r for r in ipr.get_routes(family=socket.AF_INET, table=254) if r["dst_len"] == 0], \
+            "the policy routes stay in their tables: the main table gets no default route"
+
+    conf = node.conf(prevResult=add.json)
+    assert node.cni("CHECK", "c1", ns, pod=(NS, "two"), conf=conf).ok
+    with netlink_at(ns) as ipr:
+        ipr.rule("del", family=socket.AF_INET, src=b, src_len=32, table=4000000, priority=30000)
+    check = node.cni("CHECK", "c1", ns, pod=(NS, "two"), conf=conf)
+    assert not check.ok and f"no rule sends {b} of net2 to table 4000000" in check.stdout, check
+
+    assert node.cni("DEL", "c1", ns, pod=(NS, "two")).ok
+    assert set(links_in(ns)) == {"lo"} and rules_in(ns) == [], "DEL takes the rules, the namespace stays"
+    assert table_in(ns, 100)["routes"] == [] and table_in(ns, 4000000)["routes"] == []
+
+
+@pytest.mark.netns
+def test_a_policy_gateway_outside_the_pool_is_refused_leaving_nothing(node: Node) -> None:
+    node.apply([pool("pr-c", "198.18.22.0/24"),
+                network("pr-c", "pr-c", routingTable=100,
+                        policyRoutes=[{"destination": "0.0.0.0/0", "via": "198.18.99.1"}]),
+                pod_manifest("bad", [{"type": "Network", "name": "pr-c"}])])
+    ns = node.pod_netns("bad")
+    add = node.cni("ADD", "c1", ns, pod=(NS, "bad"))
+    assert add.code == 7 and add.json["details"] == "spec.policyRoutes[0].via", add
+    assert "198.18.99.1 is not in 198.18.22.0/24" in add.json["msg"]
+    assert set(links_in(ns)) == {"lo"} and rules_in(ns) == [] and not node.leases() and not node.plx_links()
+
+
+@pytest.mark.netns
+def test_prefixed_interface_names_and_the_namespaces_default_network(node: Node) -> None:
+    node.apply([pool("pfx", "198.18.23.0/24"), pool("dflt", "198.18.24.0/24"),
+                network("ext", "pfx", interfacePrefix="ext"),
+                network("dflt", "dflt", labels={"network.deckhouse.io/default-network": "true"}),
+                pod_manifest("named", [{"type": "Network", "name": "ext"}, {"type": "Network", "name": "ext"},
+                                       {"type": "Network", "name": "ext", "ifName": "ext0"}]),
+                {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain", "namespace": NS},
+                 "spec": {"containers": [{"name": "app", "image": "x"}]}},
+                pod_manifest("opted-out", "[]")])
+    ns = node.pod_netns("named")
+    assert node.cni("ADD", "c1", ns, pod=(NS, "named")).ok
+    links = links_in(ns)
+    assert {n for n in links if n != "lo"} == {"ext0", "ext1", "ext2"}, "the same network thrice: three interfaces"
+    assert all(links[n]["addresses"][0].startswith("198.18.23.") for n in ("ext0", "ext1", "ext2"))
+
+    plain = node.pod_netns("plain")
+    assert node.cni("ADD", "c2", plain, pod=(NS, "plain")).ok
+    assert links_in(plain)["net1"]["addresses"][0].startswith("198.18.24."), "no annotation: the default network"
+    status = node.pod_status(NS, "plain")
+    assert status is not None and (status[0]["type"], status[0]["name"]) == ("Network", "dflt")
+
+    out = node.pod_netns("opted-out")
+    assert node.cni("ADD", "c3", out, pod=(NS, "opted-out")).ok
+    assert set(links_in(out)) == {"lo"}, "an explicit empty networks-spec opts out"
+    for cid, path, name in (("c1", ns, "named"), ("c2", plain, "plain"), ("c3", out, "opted-out")):
+        assert node.cni("DEL", cid, path, pod=(NS, name)).ok
