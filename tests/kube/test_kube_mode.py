@@ -334,6 +334,12 @@ def test_churn_survives_daemon_and_api_server_restarts(cluster: Cluster, nodes: 
         return {x["spec"]["ip"]: x["spec"].get("holder", "") for x in cluster.get("ipaddresslease")["items"]
                 if x["spec"]["pool"].endswith(f"{ns}/pool")}
 
+    def converged() -> bool:  # the lease objects are owed by the outbox, which may be backing off after the restart
+        held = leases()
+        return all(held.get(address, "").startswith(f"IPAddress/{ns}/{name}-")
+                   for name, address in live_addresses.items())
+
+    wait_for(converged, timeout=45)
     held = leases()
     for name, address in live_addresses.items():
         assert held.get(address, "").startswith(f"IPAddress/{ns}/{name}-"), (name, address, held.get(address))
