@@ -21,8 +21,10 @@ from ipamd.kube.controller import Controller
 from ipamd.kube.errors import reason_of
 from ipamd.kube.leases import held_in
 from ipamd.kube.resources import DECKHOUSE_KINDS
+from ipamd.kube.services import ServiceEndpoints
 from ipamd.kube.source import KubernetesSource
 from ipamd.kube.webhook import WebhookServer
+from ipamd.model.objects import NETWORK_ATTACHMENT_DEFINITION
 
 log = logging.getLogger(__name__)
 # Every replica reads the Secret and then publishes the CA of what it read, at this pace: a pair renewed by
@@ -73,8 +75,10 @@ class ControllerProcess:
         self.api = api
         self.namespace = namespace
         self.webhook_cfg = webhook
-        self.source = KubernetesSource(api, "", kinds=DECKHOUSE_KINDS)
+        self.source = KubernetesSource(api, "", kinds=(*DECKHOUSE_KINDS, NETWORK_ATTACHMENT_DEFINITION.name),
+                                       services=True)
         self.controller = Controller(api, self.source, namespace, block_ttl_s=block_ttl)
+        self.services = ServiceEndpoints(api, self.source, lambda: self.controller.leading)
         self.webhook: WebhookServer | None = None
         self.health = _HealthServer(("0.0.0.0", health_port), self.ready) if health_port else None
         self._bundle: TlsBundle | None = None
@@ -118,6 +122,7 @@ class ControllerProcess:
     def start(self) -> None:
         self.source.start()
         self.controller.start()
+        self.services.start()
         if self.health is not None:
             threading.Thread(target=self.health.serve_forever, name="health", daemon=True).start()
         if self.webhook_cfg.port:
@@ -135,6 +140,7 @@ class ControllerProcess:
 
     def stop(self) -> None:
         self._stop.set()
+        self.services.stop()
         self.controller.stop()
         self.source.stop()
         for server in (self.webhook, self.health):

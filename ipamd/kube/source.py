@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable
 from typing import Any, TypeVar
 
 from kubernetes import client
@@ -36,15 +36,25 @@ TRACKED_KINDS = ("IPAddressLease", "IPAddressBlock", "NodeNetworkInterfaceAttach
 TRACKED_INDEXERS: dict[str, dict[str, IndexFn]] = {LEASE_KIND: LEASE_INDEXERS, BLOCK_KIND: BLOCK_INDEXERS}
 
 
+#: The controller's raw caches for Services over additional networks (``ipamd.kube.services``): every Service,
+#: and every pod of the cluster (indexed by namespace), kept apart from a node's own parsed pods.
+SERVICES, ALL_PODS = "Service", "Pod/all-namespaces"
+OPT_IN = (SERVICES, ALL_PODS)
+
+
+def _by_namespace(obj: dict[str, Any]) -> list[Hashable]:
+    return [(obj.get("metadata") or {}).get("namespace") or "default"]
+
+
 class KubernetesSource:
     def __init__(self, api: client.ApiClient, node_name: str, pod_wait_s: float = 2.0,
-                 kinds: tuple[str, ...] = SERVED_KINDS) -> None:
+                 kinds: tuple[str, ...] = SERVED_KINDS, services: bool = False) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.objects = CustomObjects(api)
         self.node_name = node_name
         self.pod_wait_s = pod_wait_s
-        self._subscribers: list[Callable[[], None]] = []
+        self._subscribers: list[tuple[Callable[[], None], Collection[str] | None]] = []
         self._changed = threading.Event()
         self._lock = threading.Lock()
         self._parsed: dict[str, tuple[dict[tuple[str, str], ApiObject], list[Problem]]] = {}
@@ -53,6 +63,12 @@ class KubernetesSource:
         for kind in (*kinds, *TRACKED_KINDS):
             self.informers[kind] = Informer(kind, self.objects.lister(kind), kind, RESOURCES[kind].api_version,
                                             functools.partial(self._notify, kind), TRACKED_INDEXERS.get(kind))
+        if services:
+            self.informers[SERVICES] = Informer(SERVICES, plain_lister(self.core.list_service_for_all_namespaces),
+                                                "Service", "v1", functools.partial(self._notify, SERVICES))
+            self.informers[ALL_PODS] = Informer(ALL_PODS, plain_lister(self.core.list_pod_for_all_namespaces), "Pod",
+                                                "v1", functools.partial(self._notify, ALL_PODS),
+                                                {"namespace": _by_namespace})
         if node_name:  # the controller alone needs no pods
             self.informers[POD.name] = Informer(POD.name, plain_lister(self.core.list_pod_for_all_namespaces), POD.name,
                                                 "v1", functools.partial(self._notify, POD.name),
@@ -68,7 +84,9 @@ class KubernetesSource:
             self._parsed.pop(kind, None)
         if kind == LEASE_KIND:
             return
-        for callback in list(self._subscribers):
+        for callback, kinds in list(self._subscribers):
+            if kind not in kinds if kinds is not None else kind in OPT_IN:
+                continue
             try:
                 callback()
             except Exception:
@@ -113,8 +131,10 @@ class KubernetesSource:
             informer.synced.wait(max(0.0, deadline - time.monotonic()))
         return self.problems()
 
-    def subscribe(self, callback: Callable[[], None]) -> None:
-        self._subscribers.append(callback)
+    def subscribe(self, callback: Callable[[], None], kinds: Collection[str] | None = None) -> None:
+        """Call ``callback`` on a change of ``kinds`` (default: every kind but the controller's Services and
+        cluster-wide pods, whose changes only Services over additional networks wait for)."""
+        self._subscribers.append((callback, kinds))
 
     def get(self, kind: Kind[T], namespace: str, name: str) -> T | None:
         obj = self._objects(kind.name)[0].get((namespace, name))

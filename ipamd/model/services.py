@@ -1,0 +1,179 @@
+"""Services over an additional network (DANM's svcwatcher), the pure part: which Services ask for it, which pods and
+addresses they select, and the EndpointSlice that says so.
+
+A Service asks with two annotations: ``network.deckhouse.io/service-network`` names the network (``Network/<name>``
+in the Service's namespace, ``ClusterNetwork/<name>``, ``NetworkAttachmentDefinition/<namespace>/<name>``, or a
+bare ``<name>`` for a Network), and ``network.deckhouse.io/service-selector`` selects its pods by label
+(``app=db,tier=backend``; the Service's own ``spec.selector`` must stay empty, or Kubernetes's endpoint controller
+would write the cluster network's addresses too). It must be headless (``clusterIP: None``): the addresses of an
+additional network are reachable from the pods on it, not through the node's kube-proxy. The cluster's DNS then
+answers the Service's name with the selected pods' addresses on that network.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ipamd.model.npwg import NETWORK_STATUS_ANNOTATION
+from ipamd.model.objects import GROUP, STATUS_ANNOTATION
+
+NETWORK_ANNOTATION = f"{GROUP}/service-network"
+SELECTOR_ANNOTATION = f"{GROUP}/service-selector"
+MANAGED_BY = f"plexus.{GROUP}"  # endpointslice.kubernetes.io/managed-by: Kubernetes's controller leaves these alone
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
+KINDS = ("Network", "ClusterNetwork", "NetworkAttachmentDefinition")
+
+
+class ServiceInvalid(ValueError):
+    def __init__(self, field: str, problem: str, reason: str = "InvalidAnnotation") -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field, self.problem, self.reason = field, problem, reason
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkRef:
+    kind: str
+    namespace: str  # "" for a ClusterNetwork
+    name: str
+
+    @property
+    def display(self) -> str:
+        return f"{self.kind} {self.namespace + '/' if self.namespace else ''}{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkService:
+    namespace: str
+    name: str
+    uid: str
+    network: NetworkRef
+    selector: tuple[tuple[str, str], ...]
+    ports: tuple[tuple[str, int, str], ...]  # (name, port the endpoints listen on, protocol)
+
+
+def parse_service(svc: Mapping[str, Any]) -> NetworkService | None:
+    """The Service's request, None when it makes none; ServiceInvalid names the field at fault."""
+    md = svc.get("metadata") or {}
+    ann = md.get("annotations") or {}
+    if NETWORK_ANNOTATION not in ann and SELECTOR_ANNOTATION not in ann:
+        return None
+    ns = str(md.get("namespace") or "default")
+    field = f"metadata.annotations[{NETWORK_ANNOTATION}]"
+    if not ann.get(NETWORK_ANNOTATION):
+        raise ServiceInvalid(field, "is required with the selector: the network whose addresses to publish")
+    network = _network_ref(str(ann[NETWORK_ANNOTATION]), ns, field)
+    selector = _selector(ann.get(SELECTOR_ANNOTATION), f"metadata.annotations[{SELECTOR_ANNOTATION}]")
+    spec = svc.get("spec") or {}
+    if spec.get("selector"):
+        raise ServiceInvalid("spec.selector", "must be empty: Kubernetes would publish the pods' cluster addresses "
+                             "for it too; select them with the annotation", "NotSelectorless")
+    if spec.get("clusterIP") != "None":
+        raise ServiceInvalid("spec.clusterIP", "must be None (a headless Service): an additional network's addresses "
+                             "are not reached through the node's kube-proxy", "NotHeadless")
+    ports = []
+    for p in spec.get("ports") or []:
+        target = p.get("targetPort")
+        port = target if isinstance(target, int) and not isinstance(target, bool) else p.get("port")
+        ports.append((str(p.get("name") or ""), int(port or 0), str(p.get("protocol") or "TCP")))
+    return NetworkService(ns, str(md.get("name")), str(md.get("uid") or ""), network, selector, tuple(ports))
+
+
+def _network_ref(text: str, namespace: str, field: str) -> NetworkRef:
+    parts = text.strip().split("/")
+    if len(parts) == 1:
+        parts = ["Network", *parts]
+    kind = parts[0]
+    if kind not in KINDS or any(not p for p in parts):
+        raise ServiceInvalid(field, f"{text!r} must be Network/<name>, ClusterNetwork/<name>, "
+                             "NetworkAttachmentDefinition/<namespace>/<name> or <name>")
+    if kind == "NetworkAttachmentDefinition":
+        if len(parts) not in (2, 3):
+            raise ServiceInvalid(field, f"{text!r}: NetworkAttachmentDefinition/<namespace>/<name>")
+        return NetworkRef(kind, parts[1] if len(parts) == 3 else namespace, parts[-1])
+    if len(parts) != 2:
+        raise ServiceInvalid(field, f"{text!r}: {kind}/<name>")
+    return NetworkRef(kind, namespace if kind == "Network" else "", parts[1])
+
+
+def _selector(text: Any, field: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(text, str) or not text.strip():
+        raise ServiceInvalid(field, "is required: the labels of the pods to publish (app=db,tier=backend)")
+    out = []
+    for term in text.split(","):
+        key, sep, value = term.strip().partition("=")
+        if not sep or not key.strip():
+            raise ServiceInvalid(field, f"{term.strip()!r} is not key=value")
+        out.append((key.strip(), value.strip()))
+    return tuple(sorted(out))
+
+
+def selects(svc: NetworkService, pod: Mapping[str, Any]) -> bool:
+    md = pod.get("metadata") or {}
+    labels = md.get("labels") or {}
+    return (md.get("namespace") or "default") == svc.namespace and all(labels.get(k) == v for k, v in svc.selector)
+
+
+def addresses_on(pod: Mapping[str, Any], ref: NetworkRef) -> list[str]:
+    """The pod's addresses on the network, as its statuses report them (networks-status for the Deckhouse kinds,
+    network-status for a NetworkAttachmentDefinition)."""
+    ann = (pod.get("metadata") or {}).get("annotations") or {}
+    out: list[str] = []
+    if ref.kind == "NetworkAttachmentDefinition":
+        for entry in _entries(ann.get(NETWORK_STATUS_ANNOTATION)):
+            if entry.get("name") == f"{ref.namespace}/{ref.name}":
+                out += [str(ip).split("/")[0] for ip in entry.get("ips") or [] if ":" not in str(ip)]
+        return out
+    for entry in _entries(ann.get(STATUS_ANNOTATION)):
+        if entry.get("type") == ref.kind and entry.get("name") == ref.name:
+            out += [str(c["address"]) for c in entry.get("ipAddressConfigs") or [] if c.get("address")]
+    return out
+
+
+def _entries(text: Any) -> list[dict[str, Any]]:
+    try:
+        found = json.loads(text) if isinstance(text, str) else []
+    except ValueError:
+        return []
+    return [e for e in found if isinstance(e, dict)] if isinstance(found, list) else []
+
+
+def _ready(pod: Mapping[str, Any]) -> bool:
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def slice_name(svc: NetworkService) -> str:
+    return f"{svc.name}-plexus"
+
+
+def endpoint_slice(svc: NetworkService, pods: Iterable[Mapping[str, Any]], api_version: str) -> dict[str, Any]:
+    """The EndpointSlice of ``svc`` over ``pods`` (all of the cluster's; the selected ones count)."""
+    endpoints = []
+    for pod in sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("name"))):
+        if not selects(svc, pod):
+            continue
+        md = pod.get("metadata") or {}
+        for address in addresses_on(pod, svc.network):
+            ep: dict[str, Any] = {"addresses": [address], "conditions": {"ready": _ready(pod)},
+                                  "targetRef": {"kind": "Pod", "namespace": svc.namespace, "name": md.get("name"),
+                                                "uid": md.get("uid")}}
+            node = (pod.get("spec") or {}).get("nodeName")
+            if node:
+                ep["nodeName"] = node
+            endpoints.append(ep)
+    return {
+        "apiVersion": api_version, "kind": "EndpointSlice",
+        "metadata": {"name": slice_name(svc), "namespace": svc.namespace,
+                     "labels": {SERVICE_NAME_LABEL: svc.name, MANAGED_BY_LABEL: MANAGED_BY},
+                     "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": svc.name, "uid": svc.uid,
+                                          "controller": True, "blockOwnerDeletion": True}]},
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"name": n, "port": p, "protocol": proto} for n, p, proto in svc.ports],
+    }
