@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19plexus/ipam/v1/ipam.proto\x12\x0eplexus.ipam.v1\"8\n\x07PoolRef\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\xf8\x01\n\x05Lease\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07network\x18\x03 \x01(\t\x12\x0e\n\x06holder\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x0c\n\x04pods\x18\x06 \x03(\t\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x13\n\x0borphaned_at\x18\x08 \x01(\x01\x12\x13\n\x0bttl_seconds\x18\t \x01(\x01\x12\x16\n\x0eoutside_ranges\x18\n \x01(\x08\x12\x13\n\x0bholder_kind\x18\x0b \x01(\t\x12\x14\n\x0cnetwork_name\x18\x0c \x01(\t\x12\x11\n\tinterface\x18\r \x01(\t\"X\n\x0f\x41llocateRequest\x12%\n\x04pool\x18\x01 \x01(\x0b\x32\x17.plexus.ipam.v1.PoolRef\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"W\n\x0eReleaseRequest\x12%\n\x04pool\x18\x01 \x01(\x0b\x32\x17.plexus.ipam.v1.PoolRef\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"w\n\x07LeaseOp\x12\x33\n\x08\x61llocate\x18\x01 \x01(\x0b\x32\x1f.plexus.ipam.v1.AllocateRequestH\x00\x12\x31\n\x07release\x18\x02 \x01(\x0b\x32\x1e.plexus.ipam.v1.ReleaseRequestH\x00\x42\x04\n\x02op\"0\n\x08LeaseOps\x12$\n\x03ops\x18\x01 \x03(\x0b\x32\x17.plexus.ipam.v1.LeaseOp\"5\n\x07OpError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0b\n\x03msg\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x65tails\x18\x03 \x01(\t\"\x9e\x01\n\x0bLeaseResult\x12&\n\x05lease\x18\x01 \x01(\x0b\x32\x15.plexus.ipam.v1.LeaseH\x00\x12\x33\n\x08released\x18\x02 \x01(\x0b\x32\x1f.plexus.ipam.v1.ReleaseResponseH\x00\x12(\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x17.plexus.ipam.v1.OpErrorH\x00\x42\x08\n\x06result\"<\n\x0cLeaseResults\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.plexus.ipam.v1.LeaseResult\"!\n\x11ListLeasesRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\";\n\x12ListLeasesResponse\x12%\n\x06leases\x18\x01 \x03(\x0b\x32\x15.plexus.ipam.v1.Lease\"\x9b\x01\n\tPoolUsage\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x10\n\x08networks\x18\x02 \x03(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0c\n\x04used\x18\x04 \x01(\x03\x12\x13\n\x0bquarantined\x18\x05 \x01(\x03\x12\x0c\n\x04\x66ree\x18\x06 \x01(\x03\x12\x19\n\x11lease_ttl_seconds\x18\x07 \x01(\x01\x12\x14\n\x0cimplicit_for\x18\x08 \x01(\t\"\x12\n\x10ListPoolsRequest\"=\n\x11ListPoolsResponse\x12(\n\x05pools\x18\x01 \x03(\x0b\x32\x19.plexus.ipam.v1.PoolUsage\"t\n\tPodStatus\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03uid\x18\x03 \x01(\t\x12\x1c\n\x14networks_status_json\x18\x04 \x01(\t\x12\x1b\n\x13network_status_json\x18\x05 \x01(\t\"2\n\x0fListPodsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\";\n\x10ListPodsResponse\x12\'\n\x04pods\x18\x01 \x03(\x0b\x32\x19.plexus.ipam.v1.PodStatus\"9\n\x07Problem\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\r\n\x0bSyncRequest\"9\n\x0cSyncResponse\x12)\n\x08problems\x18\x01 \x03(\x0b\x32\x17.plexus.ipam.v1.Problem\"\x8f\x01\n\x0fIPAddressStatus\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x14\n\x0cnetwork_kind\x18\x05 \x01(\t\x12\x14\n\x0cnetwork_name\x18\x06 \x01(\t\x12\x13\n\x0bstatus_json\x18\x07 \x01(\t\"\x18\n\x16ListIPAddressesRequest\"M\n\x17ListIPAddressesResponse\x12\x32\n\taddresses\x18\x01 \x03(\x0b\x32\x1f.plexus.ipam.v1.IPAddressStatus\"1\n\rNetworkStatus\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x13\n\x0bstatus_json\x18\x02 \x01(\t\"\x15\n\x13ListNetworksRequest\"G\n\x14ListNetworksResponse\x12/\n\x08networks\x18\x01 \x03(\x0b\x32\x1d.plexus.ipam.v1.NetworkStatus\"|\n\x0bOutboxEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\n\n\x02op\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\x05\x12\x0f\n\x07next_at\x18\x06 \x01(\x01\x12\r\n\x05\x65rror\x18\x07 \x01(\t\"\"\n\x11ListOutboxRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"_\n\x12ListOutboxResponse\x12\r\n\x05\x64\x65pth\x18\x01 \x01(\x03\x12,\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x1b.plexus.ipam.v1.OutboxEntry\x12\x0c\n\x04made\x18\x03 \x01(\x03\x32\xa9\x06\n\x04Ipam\x12\x42\n\x08\x41llocate\x12\x1f.plexus.ipam.v1.AllocateRequest\x1a\x15.plexus.ipam.v1.Lease\x12J\n\x07Release\x12\x1e.plexus.ipam.v1.ReleaseRequest\x1a\x1f.plexus.ipam.v1.ReleaseResponse\x12\x44\n\x06Leases\x12\x18.plexus.ipam.v1.LeaseOps\x1a\x1c.plexus.ipam.v1.LeaseResults(\x01\x30\x01\x12S\n\nListLeases\x12!.plexus.ipam.v1.ListLeasesRequest\x1a\".plexus.ipam.v1.ListLeasesResponse\x12P\n\tListPools\x12 .plexus.ipam.v1.ListPoolsRequest\x1a!.plexus.ipam.v1.ListPoolsResponse\x12M\n\x08ListPods\x12\x1f.plexus.ipam.v1.ListPodsRequest\x1a .plexus.ipam.v1.ListPodsResponse\x12\x62\n\x0fListIPAddresses\x12&.plexus.ipam.v1.ListIPAddressesRequest\x1a\'.plexus.ipam.v1.ListIPAddressesResponse\x12Y\n\x0cListNetworks\x12#.plexus.ipam.v1.ListNetworksRequest\x1a$.plexus.ipam.v1.ListNetworksResponse\x12S\n\nListOutbox\x12!.plexus.ipam.v1.ListOutboxRequest\x1a\".plexus.ipam.v1.ListOutboxResponse\x12\x41\n\x04Sync\x12\x1b.plexus.ipam.v1.SyncRequest\x1a\x1c.plexus.ipam.v1.SyncResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19plexus/ipam/v1/ipam.proto\x12\x0eplexus.ipam.v1\"8\n\x07PoolRef\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\xf8\x01\n\x05Lease\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07network\x18\x03 \x01(\t\x12\x0e\n\x06holder\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x0c\n\x04pods\x18\x06 \x03(\t\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x13\n\x0borphaned_at\x18\x08 \x01(\x01\x12\x13\n\x0bttl_seconds\x18\t \x01(\x01\x12\x16\n\x0eoutside_ranges\x18\n \x01(\x08\x12\x13\n\x0bholder_kind\x18\x0b \x01(\t\x12\x14\n\x0cnetwork_name\x18\x0c \x01(\t\x12\x11\n\tinterface\x18\r \x01(\t\"X\n\x0f\x41llocateRequest\x12%\n\x04pool\x18\x01 \x01(\x0b\x32\x17.plexus.ipam.v1.PoolRef\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"W\n\x0eReleaseRequest\x12%\n\x04pool\x18\x01 \x01(\x0b\x32\x17.plexus.ipam.v1.PoolRef\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"w\n\x07LeaseOp\x12\x33\n\x08\x61llocate\x18\x01 \x01(\x0b\x32\x1f.plexus.ipam.v1.AllocateRequestH\x00\x12\x31\n\x07release\x18\x02 \x01(\x0b\x32\x1e.plexus.ipam.v1.ReleaseRequestH\x00\x42\x04\n\x02op\"0\n\x08LeaseOps\x12$\n\x03ops\x18\x01 \x03(\x0b\x32\x17.plexus.ipam.v1.LeaseOp\"5\n\x07OpError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0b\n\x03msg\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x65tails\x18\x03 \x01(\t\"\x9e\x01\n\x0bLeaseResult\x12&\n\x05lease\x18\x01 \x01(\x0b\x32\x15.plexus.ipam.v1.LeaseH\x00\x12\x33\n\x08released\x18\x02 \x01(\x0b\x32\x1f.plexus.ipam.v1.ReleaseResponseH\x00\x12(\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x17.plexus.ipam.v1.OpErrorH\x00\x42\x08\n\x06result\"<\n\x0cLeaseResults\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.plexus.ipam.v1.LeaseResult\"!\n\x11ListLeasesRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\";\n\x12ListLeasesResponse\x12%\n\x06leases\x18\x01 \x03(\x0b\x32\x15.plexus.ipam.v1.Lease\"\x9b\x01\n\tPoolUsage\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x10\n\x08networks\x18\x02 \x03(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0c\n\x04used\x18\x04 \x01(\x03\x12\x13\n\x0bquarantined\x18\x05 \x01(\x03\x12\x0c\n\x04\x66ree\x18\x06 \x01(\x03\x12\x19\n\x11lease_ttl_seconds\x18\x07 \x01(\x01\x12\x14\n\x0cimplicit_for\x18\x08 \x01(\t\"\x12\n\x10ListPoolsRequest\"=\n\x11ListPoolsResponse\x12(\n\x05pools\x18\x01 \x03(\x0b\x32\x19.plexus.ipam.v1.PoolUsage\"t\n\tPodStatus\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03uid\x18\x03 \x01(\t\x12\x1c\n\x14networks_status_json\x18\x04 \x01(\t\x12\x1b\n\x13network_status_json\x18\x05 \x01(\t\">\n\x0fServiceEndpoint\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0b\n\x03pod\x18\x02 \x01(\t\x12\r\n\x05ready\x18\x03 \x01(\x08\"\x89\x01\n\x10ServiceEndpoints\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07network\x18\x03 \x01(\t\x12\x32\n\tendpoints\x18\x04 \x03(\x0b\x32\x1f.plexus.ipam.v1.ServiceEndpoint\x12\x0f\n\x07problem\x18\x05 \x01(\t\"0\n\x1bListServiceEndpointsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\"R\n\x1cListServiceEndpointsResponse\x12\x32\n\x08services\x18\x01 \x03(\x0b\x32 .plexus.ipam.v1.ServiceEndpoints\"2\n\x0fListPodsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\";\n\x10ListPodsResponse\x12\'\n\x04pods\x18\x01 \x03(\x0b\x32\x19.plexus.ipam.v1.PodStatus\"9\n\x07Problem\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\r\n\x0bSyncRequest\"9\n\x0cSyncResponse\x12)\n\x08problems\x18\x01 \x03(\x0b\x32\x17.plexus.ipam.v1.Problem\"\x8f\x01\n\x0fIPAddressStatus\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x14\n\x0cnetwork_kind\x18\x05 \x01(\t\x12\x14\n\x0cnetwork_name\x18\x06 \x01(\t\x12\x13\n\x0bstatus_json\x18\x07 \x01(\t\"\x18\n\x16ListIPAddressesRequest\"M\n\x17ListIPAddressesResponse\x12\x32\n\taddresses\x18\x01 \x03(\x0b\x32\x1f.plexus.ipam.v1.IPAddressStatus\"1\n\rNetworkStatus\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x13\n\x0bstatus_json\x18\x02 \x01(\t\"\x15\n\x13ListNetworksRequest\"G\n\x14ListNetworksResponse\x12/\n\x08networks\x18\x01 \x03(\x0b\x32\x1d.plexus.ipam.v1.NetworkStatus\"|\n\x0bOutboxEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\n\n\x02op\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\x05\x12\x0f\n\x07next_at\x18\x06 \x01(\x01\x12\r\n\x05\x65rror\x18\x07 \x01(\t\"\"\n\x11ListOutboxRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"_\n\x12ListOutboxResponse\x12\r\n\x05\x64\x65pth\x18\x01 \x01(\x03\x12,\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x1b.plexus.ipam.v1.OutboxEntry\x12\x0c\n\x04made\x18\x03 \x01(\x03\x32\x9c\x07\n\x04Ipam\x12\x42\n\x08\x41llocate\x12\x1f.plexus.ipam.v1.AllocateRequest\x1a\x15.plexus.ipam.v1.Lease\x12J\n\x07Release\x12\x1e.plexus.ipam.v1.ReleaseRequest\x1a\x1f.plexus.ipam.v1.ReleaseResponse\x12\x44\n\x06Leases\x12\x18.plexus.ipam.v1.LeaseOps\x1a\x1c.plexus.ipam.v1.LeaseResults(\x01\x30\x01\x12S\n\nListLeases\x12!.plexus.ipam.v1.ListLeasesRequest\x1a\".plexus.ipam.v1.ListLeasesResponse\x12P\n\tListPools\x12 .plexus.ipam.v1.ListPoolsRequest\x1a!.plexus.ipam.v1.ListPoolsResponse\x12M\n\x08ListPods\x12\x1f.plexus.ipam.v1.ListPodsRequest\x1a .plexus.ipam.v1.ListPodsResponse\x12q\n\x14ListServiceEndpoints\x12+.plexus.ipam.v1.ListServiceEndpointsRequest\x1a,.plexus.ipam.v1.ListServiceEndpointsResponse\x12\x62\n\x0fListIPAddresses\x12&.plexus.ipam.v1.ListIPAddressesRequest\x1a\'.plexus.ipam.v1.ListIPAddressesResponse\x12Y\n\x0cListNetworks\x12#.plexus.ipam.v1.ListNetworksRequest\x1a$.plexus.ipam.v1.ListNetworksResponse\x12S\n\nListOutbox\x12!.plexus.ipam.v1.ListOutboxRequest\x1a\".plexus.ipam.v1.ListOutboxResponse\x12\x41\n\x04Sync\x12\x1b.plexus.ipam.v1.SyncRequest\x1a\x1c.plexus.ipam.v1.SyncResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -63,34 +63,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTPOOLSRESPONSE']._serialized_end=1354
   _globals['_PODSTATUS']._serialized_start=1356
   _globals['_PODSTATUS']._serialized_end=1472
-  _globals['_LISTPODSREQUEST']._serialized_start=1474
-  _globals['_LISTPODSREQUEST']._serialized_end=1524
-  _globals['_LISTPODSRESPONSE']._serialized_start=1526
-  _globals['_LISTPODSRESPONSE']._serialized_end=1585
-  _globals['_PROBLEM']._serialized_start=1587
-  _globals['_PROBLEM']._serialized_end=1644
-  _globals['_SYNCREQUEST']._serialized_start=1646
-  _globals['_SYNCREQUEST']._serialized_end=1659
-  _globals['_SYNCRESPONSE']._serialized_start=1661
-  _globals['_SYNCRESPONSE']._serialized_end=1718
-  _globals['_IPADDRESSSTATUS']._serialized_start=1721
-  _globals['_IPADDRESSSTATUS']._serialized_end=1864
-  _globals['_LISTIPADDRESSESREQUEST']._serialized_start=1866
-  _globals['_LISTIPADDRESSESREQUEST']._serialized_end=1890
-  _globals['_LISTIPADDRESSESRESPONSE']._serialized_start=1892
-  _globals['_LISTIPADDRESSESRESPONSE']._serialized_end=1969
-  _globals['_NETWORKSTATUS']._serialized_start=1971
-  _globals['_NETWORKSTATUS']._serialized_end=2020
-  _globals['_LISTNETWORKSREQUEST']._serialized_start=2022
-  _globals['_LISTNETWORKSREQUEST']._serialized_end=2043
-  _globals['_LISTNETWORKSRESPONSE']._serialized_start=2045
-  _globals['_LISTNETWORKSRESPONSE']._serialized_end=2116
-  _globals['_OUTBOXENTRY']._serialized_start=2118
-  _globals['_OUTBOXENTRY']._serialized_end=2242
-  _globals['_LISTOUTBOXREQUEST']._serialized_start=2244
-  _globals['_LISTOUTBOXREQUEST']._serialized_end=2278
-  _globals['_LISTOUTBOXRESPONSE']._serialized_start=2280
-  _globals['_LISTOUTBOXRESPONSE']._serialized_end=2375
-  _globals['_IPAM']._serialized_start=2378
-  _globals['_IPAM']._serialized_end=3187
+  _globals['_SERVICEENDPOINT']._serialized_start=1474
+  _globals['_SERVICEENDPOINT']._serialized_end=1536
+  _globals['_SERVICEENDPOINTS']._serialized_start=1539
+  _globals['_SERVICEENDPOINTS']._serialized_end=1676
+  _globals['_LISTSERVICEENDPOINTSREQUEST']._serialized_start=1678
+  _globals['_LISTSERVICEENDPOINTSREQUEST']._serialized_end=1726
+  _globals['_LISTSERVICEENDPOINTSRESPONSE']._serialized_start=1728
+  _globals['_LISTSERVICEENDPOINTSRESPONSE']._serialized_end=1810
+  _globals['_LISTPODSREQUEST']._serialized_start=1812
+  _globals['_LISTPODSREQUEST']._serialized_end=1862
+  _globals['_LISTPODSRESPONSE']._serialized_start=1864
+  _globals['_LISTPODSRESPONSE']._serialized_end=1923
+  _globals['_PROBLEM']._serialized_start=1925
+  _globals['_PROBLEM']._serialized_end=1982
+  _globals['_SYNCREQUEST']._serialized_start=1984
+  _globals['_SYNCREQUEST']._serialized_end=1997
+  _globals['_SYNCRESPONSE']._serialized_start=1999
+  _globals['_SYNCRESPONSE']._serialized_end=2056
+  _globals['_IPADDRESSSTATUS']._serialized_start=2059
+  _globals['_IPADDRESSSTATUS']._serialized_end=2202
+  _globals['_LISTIPADDRESSESREQUEST']._serialized_start=2204
+  _globals['_LISTIPADDRESSESREQUEST']._serialized_end=2228
+  _globals['_LISTIPADDRESSESRESPONSE']._serialized_start=2230
+  _globals['_LISTIPADDRESSESRESPONSE']._serialized_end=2307
+  _globals['_NETWORKSTATUS']._serialized_start=2309
+  _globals['_NETWORKSTATUS']._serialized_end=2358
+  _globals['_LISTNETWORKSREQUEST']._serialized_start=2360
+  _globals['_LISTNETWORKSREQUEST']._serialized_end=2381
+  _globals['_LISTNETWORKSRESPONSE']._serialized_start=2383
+  _globals['_LISTNETWORKSRESPONSE']._serialized_end=2454
+  _globals['_OUTBOXENTRY']._serialized_start=2456
+  _globals['_OUTBOXENTRY']._serialized_end=2580
+  _globals['_LISTOUTBOXREQUEST']._serialized_start=2582
+  _globals['_LISTOUTBOXREQUEST']._serialized_end=2616
+  _globals['_LISTOUTBOXRESPONSE']._serialized_start=2618
+  _globals['_LISTOUTBOXRESPONSE']._serialized_end=2713
+  _globals['_IPAM']._serialized_start=2716
+  _globals['_IPAM']._serialized_end=3640
 # @@protoc_insertion_point(module_scope)

@@ -168,6 +168,42 @@ class PodStatus(_message.Message):
     network_status_json: str
     def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., uid: _Optional[str] = ..., networks_status_json: _Optional[str] = ..., network_status_json: _Optional[str] = ...) -> None: ...
 
+class ServiceEndpoint(_message.Message):
+    __slots__ = ("address", "pod", "ready")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    POD_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    pod: str
+    ready: bool
+    def __init__(self, address: _Optional[str] = ..., pod: _Optional[str] = ..., ready: _Optional[bool] = ...) -> None: ...
+
+class ServiceEndpoints(_message.Message):
+    __slots__ = ("namespace", "name", "network", "endpoints", "problem")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    name: str
+    network: str
+    endpoints: _containers.RepeatedCompositeFieldContainer[ServiceEndpoint]
+    problem: str
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., network: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[ServiceEndpoint, _Mapping]]] = ..., problem: _Optional[str] = ...) -> None: ...
+
+class ListServiceEndpointsRequest(_message.Message):
+    __slots__ = ("namespace",)
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    def __init__(self, namespace: _Optional[str] = ...) -> None: ...
+
+class ListServiceEndpointsResponse(_message.Message):
+    __slots__ = ("services",)
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[ServiceEndpoints]
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceEndpoints, _Mapping]]] = ...) -> None: ...
+
 class ListPodsRequest(_message.Message):
     __slots__ = ("namespace", "name")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]

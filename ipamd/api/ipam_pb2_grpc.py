@@ -64,6 +64,11 @@ class IpamStub:
                 request_serializer=plexus_dot_ipam_dot_v1_dot_ipam__pb2.ListPodsRequest.SerializeToString,
                 response_deserializer=plexus_dot_ipam_dot_v1_dot_ipam__pb2.ListPodsResponse.FromString,
                 _registered_method=True)
+        self.ListServiceEndpoints = channel.unary_unary(
+                '/plexus.ipam.v1.Ipam/ListServiceEndpoints',
+                request_serializer=plexus_dot_ipam_dot_v1_dot_ipam__pb2.ListServiceEndpointsRequest.SerializeToString,
+                response_deserializer=plexus_dot_ipam_dot_v1_dot_ipam__pb2.ListServiceEndpointsResponse.FromString,
+                _registered_method=True)
         self.ListIPAddresses = channel.unary_unary(
                 '/plexus.ipam.v1.Ipam/ListIPAddresses',
                 request_serializer=plexus_dot_ipam_dot_v1_dot_ipam__pb2.ListIPAddressesRequest.SerializeToString,
@@ -127,6 +132,12 @@ class IpamServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListServiceEndpoints(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListIPAddresses(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -184,6 +195,11 @@ def add_IpamServicer_to_server(servicer, server):
                     servicer.ListPods,
                     request_deserializer=plexus_dot_ipam_dot_v1_dot_ipam__pb2.ListPodsRequest.FromString,
                     response_serializer=plexus_dot_ipam_dot_v1_dot_ipam__pb2.ListPodsResponse.SerializeToString,
+            ),
+            'ListServiceEndpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListServiceEndpoints,
+                    request_deserializer=plexus_dot_ipam_dot_v1_dot_ipam__pb2.ListServiceEndpointsRequest.FromString,
+                    response_serializer=plexus_dot_ipam_dot_v1_dot_ipam__pb2.ListServiceEndpointsResponse.SerializeToString,
             ),
             'ListIPAddresses': grpc.unary_unary_rpc_method_handler(
                     servicer.ListIPAddresses,
@@ -368,6 +384,33 @@ class Ipam:
             '/plexus.ipam.v1.Ipam/ListPods',
             plexus_dot_ipam_dot_v1_dot_ipam__pb2.ListPodsRequest.SerializeToString,
             plexus_dot_ipam_dot_v1_dot_ipam__pb2.ListPodsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListServiceEndpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/plexus.ipam.v1.Ipam/ListServiceEndpoints',
+            plexus_dot_ipam_dot_v1_dot_ipam__pb2.ListServiceEndpointsRequest.SerializeToString,
+            plexus_dot_ipam_dot_v1_dot_ipam__pb2.ListServiceEndpointsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -332,10 +332,28 @@ def _nads(args: argparse.Namespace) -> int:
     return 0
 
 
+ENDPOINT_NAMES = ("endpoints", "ep", "endpointslices")
+
+
+def _endpoints(client: Client, args: argparse.Namespace) -> int:
+    """Services over additional networks and their endpoints, as the controller writes them in a cluster."""
+    resp = client.call("ListServiceEndpoints", pb.ListServiceEndpointsRequest())
+    data = [{"namespace": s.namespace, "name": s.name, "network": s.network, "problem": s.problem,
+             "endpoints": [{"address": e.address, "pod": e.pod, "ready": e.ready} for e in s.endpoints]}
+            for s in resp.services]
+    _print(args, data, lambda: table(
+        [[d["namespace"], d["name"], d["network"] or "-",
+          ", ".join(e["address"] + ("" if e["ready"] else " (not ready)") for e in d["endpoints"]) or "-",
+          d["problem"] or "-"] for d in data], ["NAMESPACE", "SERVICE", "NETWORK", "ENDPOINTS", "PROBLEM"]))
+    return 0
+
+
 def cmd_get(args: argparse.Namespace) -> int:
     if args.what in NAD_NAMES:
         return _nads(args)
     client = Client(args.grpc_socket)
+    if args.what in ENDPOINT_NAMES:
+        return _endpoints(client, args)
     if args.what in ("ipaddresses", "ipaddress", "ipa"):
         resp = client.call("ListIPAddresses", pb.ListIPAddressesRequest())
         data = [{"kind": a.kind, "namespace": a.namespace, "name": a.name, "type": a.type,
@@ -414,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     outbox.set_defaults(func=cmd_outbox)
 
     get = sub.add_parser("get", help="statuses")
-    get.add_argument("what", choices=("ipaddresses", "ipaddress", "ipa", "networks", "network", *NAD_NAMES))
+    get.add_argument("what", choices=("ipaddresses", "ipaddress", "ipa", "networks", "network", *NAD_NAMES,
+                                      *ENDPOINT_NAMES))
     out(get)
     get.set_defaults(func=cmd_get)
     return p

@@ -23,13 +23,12 @@ from ipamd.model.objects import CLUSTER_NETWORK, NETWORK, NETWORK_ATTACHMENT_DEF
 from ipamd.model.services import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
-    NETWORK_ANNOTATION,
-    NetworkRef,
     ServiceInvalid,
     endpoint_slice,
     parse_service,
 )
 from ipamd.model.timefmt import rfc3339
+from ipamd.sources.lookups import check_service_network
 
 log = logging.getLogger(__name__)
 GROUP, PLURAL = "discovery.k8s.io", "endpointslices"
@@ -86,7 +85,7 @@ class ServiceEndpoints:
                 svc = parse_service(item)
                 if svc is None:
                     continue
-                self._network_exists(svc.network)
+                check_service_network(self.source, svc.network)
             except ServiceInvalid as exc:
                 self._tell(item, False, exc.reason, f"{exc.field}: {exc.problem}")
                 continue
@@ -106,13 +105,6 @@ class ServiceEndpoints:
                 served = {v.version for v in group.versions}
                 return "v1" if "v1" in served else "v1beta1"
         raise RuntimeError("the API server serves no discovery.k8s.io: EndpointSlices need Kubernetes 1.17 or later")
-
-    def _network_exists(self, ref: NetworkRef) -> None:
-        kind = {"Network": NETWORK, "ClusterNetwork": CLUSTER_NETWORK,
-                "NetworkAttachmentDefinition": NETWORK_ATTACHMENT_DEFINITION}[ref.kind]
-        if self.source.get(kind, ref.namespace, ref.name) is None:
-            raise ServiceInvalid(f"metadata.annotations[{NETWORK_ANNOTATION}]", f"{ref.display} does not exist",
-                                 "NetworkNotFound")
 
     def _write(self, key: tuple[str, str], body: dict[str, Any]) -> None:
         text = json.dumps(body, sort_keys=True)

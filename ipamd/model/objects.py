@@ -175,9 +175,18 @@ class Pod:
     meta: Meta
     annotations: Mapping[str, str] = field(default_factory=dict)
     node_name: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceObject:
+    """A Service, as it came (local mode: what Services over additional networks read, ``ipamd.model.services``)."""
+
+    meta: Meta
+    doc: Mapping[str, Any]
 
 ApiObject = (NetworkClass | Network | ClusterNetwork | AddressPool | IPAddressObject | AttachmentDefinition | IpamClaim
-             | Pod)
+             | Pod | ServiceObject)
 
 def parse_duration(text: str) -> float:
     """Go-style durations as Kubernetes objects spell them: ``1h``, ``30m``, ``1h30m``, ``90s``."""
@@ -446,7 +455,14 @@ def _pod(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> Pod:
     annotations = (doc.get("metadata") or {}).get("annotations") or {}
     if not isinstance(annotations, dict) or not all(isinstance(v, str) for v in annotations.values()):
         raise ManifestInvalid(m, "metadata.annotations", "must map names to strings")
-    return Pod(meta, dict(annotations), str(spec.get("nodeName") or ""))
+    labels = (doc.get("metadata") or {}).get("labels") or {}
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise ManifestInvalid(m, "metadata.labels", "must map names to strings")
+    return Pod(meta, dict(annotations), str(spec.get("nodeName") or ""), dict(labels))
+
+
+def _service(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> ServiceObject:
+    return ServiceObject(meta, doc)
 
 T_co = TypeVar("T_co", covariant=True)
 
@@ -471,11 +487,12 @@ NETWORK_ATTACHMENT_DEFINITION = Kind("NetworkAttachmentDefinition", AttachmentDe
                                      _attachment_definition, api_version=NPWG_API_VERSION)
 IPAM_CLAIM = Kind("IPAMClaim", IpamClaim, True, _ipam_claim, api_version=NPWG_CLAIM_API_VERSION)
 POD = Kind("Pod", Pod, True, _pod, api_version="v1")
+SERVICE = Kind("Service", ServiceObject, True, _service, api_version="v1")
 
 #: Every kind by name: what a manifest's ``kind`` may say.
 KINDS: dict[str, Kind[Any]] = {k.name: k for k in (
     NETWORK_CLASS, NETWORK, CLUSTER_NETWORK, IP_ADDRESS_POOL, CLUSTER_IP_ADDRESS_POOL, IP_ADDRESS, CLUSTER_IP_ADDRESS,
-    NETWORK_ATTACHMENT_DEFINITION, IPAM_CLAIM, POD)}
+    NETWORK_ATTACHMENT_DEFINITION, IPAM_CLAIM, POD, SERVICE)}
 #: The pool kinds a network's ``spec.ipam.ipAddressPoolRef.kind`` names, the network kinds an IPAddress refers to.
 POOL_KINDS: dict[str, Kind[AddressPool]] = {k.name: k for k in (IP_ADDRESS_POOL, CLUSTER_IP_ADDRESS_POOL)}
 NETWORK_KINDS: dict[str, Kind[Network | ClusterNetwork]] = {k.name: k for k in (NETWORK, CLUSTER_NETWORK)}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipamd.model.npwg import NETWORK_STATUS_ANNOTATION
-from ipamd.model.objects import GROUP, STATUS_ANNOTATION
+from ipamd.model.objects import GROUP, STATUS_ANNOTATION, Pod
 
 NETWORK_ANNOTATION = f"{GROUP}/service-network"
 SELECTOR_ANNOTATION = f"{GROUP}/service-selector"
@@ -177,3 +177,16 @@ def endpoint_slice(svc: NetworkService, pods: Iterable[Mapping[str, Any]], api_v
         "endpoints": endpoints,
         "ports": [{"name": n, "port": p, "protocol": proto} for n, p, proto in svc.ports],
     }
+
+
+def local_pod(pod: Pod, status: Any) -> dict[str, Any]:
+    """A pod of the local object source as the API would show it, with its statuses (``status``: the store's
+    ``PodStatus``, None before its ADD): what ``endpoint_slice`` reads. Ready once attached."""
+    ann = dict(pod.annotations)
+    if status is not None:
+        ann[STATUS_ANNOTATION] = json.dumps(list(status.networks_status))
+        ann[NETWORK_STATUS_ANNOTATION] = json.dumps(list(status.network_status))
+    return {"metadata": {"name": pod.meta.name, "namespace": pod.meta.namespace, "uid": pod.meta.uid,
+                         "labels": dict(pod.labels), "annotations": ann},
+            "spec": {"nodeName": pod.node_name},
+            "status": {"conditions": [{"type": "Ready", "status": "True" if status is not None else "False"}]}}

@@ -19,8 +19,10 @@ from cni.errors import CniError, InvalidConfig, ObjectNotFound
 from ipamd.api import ipam_pb2 as pb
 from ipamd.api import ipam_pb2_grpc as pb_grpc
 from ipamd.ipam.addresses import Ipam
-from ipamd.model.objects import CLUSTER_IP_ADDRESS_POOL, IP_ADDRESS_POOL, POOL_KINDS, AddressPool
+from ipamd.model.objects import CLUSTER_IP_ADDRESS_POOL, IP_ADDRESS_POOL, POD, POOL_KINDS, SERVICE, AddressPool
+from ipamd.model.services import ServiceInvalid, endpoint_slice, local_pod, parse_service
 from ipamd.sources.base import ObjectSource
+from ipamd.sources.lookups import check_service_network
 from ipamd.store.protocols import NodeStore
 from ipamd.store.records import IPRecord, LeaseRecord
 
@@ -148,6 +150,34 @@ class IpamService(pb_grpc.IpamServicer):
             if (not request.namespace or s.namespace == request.namespace) and (not request.name or s.name == request.name)
         ]
         return pb.ListPodsResponse(pods=pods)
+
+    @_mapped
+    def ListServiceEndpoints(self, request: pb.ListServiceEndpointsRequest,  # noqa: N802
+                             context: grpc.ServicerContext) -> pb.ListServiceEndpointsResponse:
+        """Services over an additional network from the object source (local mode's manifests), with the endpoints
+        the controller would write: the selected pods' addresses from their statuses, ready once attached."""
+        statuses = {(s.namespace, s.name): s for s in self.store.pod_statuses()}
+        out = []
+        for obj in self.source.list(SERVICE):
+            if request.namespace and obj.meta.namespace != request.namespace:
+                continue
+            found = pb.ServiceEndpoints(namespace=obj.meta.namespace, name=obj.meta.name)
+            try:
+                svc = parse_service(obj.doc)
+                if svc is None:
+                    continue
+                found.network = svc.network.display
+                check_service_network(self.source, svc.network)
+            except ServiceInvalid as exc:
+                found.problem = f"{exc.field}: {exc.problem}"
+                out.append(found)
+                continue
+            pods = [local_pod(p, statuses.get((p.meta.namespace, p.meta.name))) for p in self.source.list(POD)]
+            for e in endpoint_slice(svc, pods, "local")["endpoints"]:
+                found.endpoints.append(pb.ServiceEndpoint(address=e["addresses"][0], ready=e["conditions"]["ready"],
+                                                          pod=f"{svc.namespace}/{e['targetRef']['name']}"))
+            out.append(found)
+        return pb.ListServiceEndpointsResponse(services=out)
 
     @_mapped
     def ListIPAddresses(self, request: pb.ListIPAddressesRequest, context: grpc.ServicerContext) -> pb.ListIPAddressesResponse:  # noqa: N802

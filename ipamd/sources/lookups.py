@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from cni.errors import ObjectNotFound
 from ipamd.model.objects import (
+    CLUSTER_NETWORK,
+    NETWORK,
+    NETWORK_ATTACHMENT_DEFINITION,
     NETWORK_CLASS,
     NETWORK_KINDS,
     POOL_KINDS,
@@ -16,6 +19,7 @@ from ipamd.model.objects import (
     Network,
     NetworkClass,
 )
+from ipamd.model.services import NETWORK_ANNOTATION, NetworkRef, ServiceInvalid
 from ipamd.sources.base import ObjectSource
 
 
@@ -44,3 +48,12 @@ def pool_of_ip(source: ObjectSource, obj: IPAddressObject) -> AddressPool | None
     kind = NETWORK_KINDS[obj.network_ref.kind]
     net = source.get(kind, obj.meta.namespace if kind.namespaced else "", obj.network_ref.name)
     return pool_of(source, net) if net is not None else None
+
+
+def check_service_network(source: ObjectSource, ref: NetworkRef) -> None:
+    """A Service over an additional network names one that exists (ServiceInvalid, reason NetworkNotFound, if not)."""
+    kind = {"Network": NETWORK, "ClusterNetwork": CLUSTER_NETWORK,
+            "NetworkAttachmentDefinition": NETWORK_ATTACHMENT_DEFINITION}[ref.kind]
+    if source.get(kind, ref.namespace, ref.name) is None:
+        raise ServiceInvalid(f"metadata.annotations[{NETWORK_ANNOTATION}]", f"{ref.display} does not exist",
+                             "NetworkNotFound")

@@ -4,13 +4,17 @@ of a pod that asks for none; a policy route whose gateway is unreachable refused
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 
 from ipamd.netlink.netns import netlink_at
 from ipamd.netlink.policy import policy_state
+from tests.conftest import REPO
 from tests.harness import Node, links_in, pod_manifest
 
 NS = "my-namespace"
@@ -113,3 +117,35 @@ def test_prefixed_interface_names_and_the_namespaces_default_network(node: Node)
     assert set(links_in(out)) == {"lo"}, "an explicit empty networks-spec opts out"
     for cid, path, name in (("c1", ns, "named"), ("c2", plain, "plain"), ("c3", out, "opted-out")):
         assert node.cni("DEL", cid, path, pod=(NS, name)).ok
+
+
+@pytest.mark.netns
+def test_plexusctl_lists_a_services_endpoints_in_local_mode(node: Node) -> None:
+    def svc(name: str, network: str) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "namespace": NS,
+                             "annotations": {"network.deckhouse.io/service-network": network,
+                                             "network.deckhouse.io/service-selector": "app=db"}},
+                "spec": {"clusterIP": "None", "ports": [{"port": 5432}]}}
+
+    server = pod_manifest("db-0", [{"type": "Network", "name": "net-b"}])
+    server["metadata"]["labels"] = {"app": "db"}
+    other = pod_manifest("web-0", [{"type": "Network", "name": "net-b"}])
+    other["metadata"]["labels"] = {"app": "web"}
+    pending = pod_manifest("db-1", [{"type": "Network", "name": "net-b"}])
+    pending["metadata"]["labels"] = {"app": "db"}
+    node.apply([server, other, pending, svc("db", "net-b"), svc("lost", "nowhere")])
+    paths = {name: node.pod_netns(name) for name in ("db-0", "web-0")}
+    for cid, name in (("c1", "db-0"), ("c2", "web-0")):
+        assert node.cni("ADD", cid, paths[name], pod=(NS, name)).ok
+    address = links_in(paths["db-0"])["net1"]["addresses"][0].split("/")[0]
+    got = subprocess.run([sys.executable, "-m", "ipamd.cli", "--grpc-socket", str(node.grpc_socket), "get",
+                          "endpoints", "-o", "json"], capture_output=True, text=True, cwd=REPO, check=True)
+    services = {s["name"]: s for s in json.loads(got.stdout)}
+    assert services["db"]["network"] == f"Network {NS}/net-b" and services["db"]["problem"] == ""
+    assert services["db"]["endpoints"] == [{"address": address, "pod": f"{NS}/db-0", "ready": True}], \
+        "the selected, attached pod's address on that network; not web-0 (its labels), nor db-1 (no address yet)"
+    assert services["lost"]["endpoints"] == [] and "Network my-namespace/nowhere does not exist" in \
+        services["lost"]["problem"]
+    for cid, name in (("c1", "db-0"), ("c2", "web-0")):
+        assert node.cni("DEL", cid, paths[name], pod=(NS, name)).ok
