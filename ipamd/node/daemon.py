@@ -65,6 +65,7 @@ class NodeDaemon:
         self.cfg = cfg
         self.store = Store(cfg.db)
         self.controller: Any = None
+        self.services: Any = None  # Services over additional networks: the controller's, when it runs here
         self.outbox: Any = None  # the cluster's API writes owed (Kubernetes mode)
         registry: LeaseRegistry = NodeLocalRegistry()
         publisher: Publisher = LocalPublisher()
@@ -77,11 +78,13 @@ class NodeDaemon:
             from ipamd.kube.source import KubernetesSource
 
             api = kube_api(cfg.kubeconfig)
-            self.source = KubernetesSource(api, cfg.node_name)
+            self.source = KubernetesSource(api, cfg.node_name, services=cfg.controller)
             if cfg.controller:
                 from ipamd.kube.controller import Controller
+                from ipamd.kube.services import ServiceEndpoints
 
                 self.controller = Controller(api, self.source, cfg.controller_namespace, block_ttl_s=cfg.block_ttl)
+                self.services = ServiceEndpoints(api, self.source, lambda: bool(self.controller.leading))
             self.outbox = Outbox(self.store, api_senders(api), settle_s=OUTBOX_SETTLE_S)
             registry = BlockRegistry(self.source, cfg.node_name, self.outbox, claim_blocks=cfg.address_blocks)
             publisher = KubePublisher(api, cfg.node_name, self.outbox)
@@ -118,6 +121,7 @@ class NodeDaemon:
             self.outbox.start()
         if self.controller is not None:
             self.controller.start()
+            self.services.start()
         reap_orphans(os.path.abspath(self.cfg.db))  # delegates a killed predecessor left running, before undoing them
         recovered = self.reconciler.recover()
         self.reconciler.run_once()
@@ -144,6 +148,7 @@ class NodeDaemon:
     def stop(self) -> None:
         self._ready.clear()
         if self.controller is not None:
+            self.services.stop()
             self.controller.stop()
         self.reconciler.stop()
         if self.outbox is not None:

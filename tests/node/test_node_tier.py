@@ -224,3 +224,53 @@ def test_statefulset_pod_recreated_keeps_its_named_ipaddress(node_cluster: NodeC
     assert second, c.daemon_log.read_text()[-3000:]
     assert wait_for(lambda: net1_address(c, "web-0") == "198.18.10.60/24", timeout=30)
     c.kubectl("delete", "statefulset", "-n", "my-namespace", "web", "--wait=true")
+
+
+@pytest.mark.netns
+def test_default_network_and_a_service_over_it_on_a_real_node(node_cluster: NodeCluster) -> None:
+    """DANM's features through kubelet and containerd: pods without any annotation get their namespace's default
+    network; a headless Service over it publishes the selected pod's address there, and another pod reaches it."""
+    c = node_cluster
+    c.apply(seed_objects())
+    c.apply([
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "danm-ns"}},
+        {"apiVersion": GROUP, "kind": "IPAddressPool", "metadata": {"name": "dflt-pool", "namespace": "danm-ns"},
+         "spec": {"leaseTTL": "2s", "pools": [{"network": "198.18.12.0/24"}]}},
+        {"apiVersion": GROUP, "kind": "Network",
+         "metadata": {"name": "dflt", "namespace": "danm-ns", "labels": {"network.deckhouse.io/default-network": "true"}},
+         "spec": {"networkClass": "my-network-class", "interfacePrefix": "ext",
+                  "ipam": {"ipAddressPoolRef": {"kind": "IPAddressPool", "name": "dflt-pool"}}}},
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": "db", "namespace": "danm-ns",
+                      "annotations": {"network.deckhouse.io/service-network": "dflt",
+                                      "network.deckhouse.io/service-selector": "app=db"}},
+         "spec": {"clusterIP": "None", "ports": [{"port": 5432}]}},
+    ])
+    for name, labels in (("db", {"app": "db"}), ("client", {"app": "client"})):
+        c.apply([{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "danm-ns", "labels": labels},
+                  "spec": pod_spec([])}])
+    def running() -> bool:
+        return all(c.get("pod", "-n", "danm-ns", n)["status"].get("phase") == "Running" for n in ("db", "client"))
+
+    assert wait_for(running), c.daemon_log.read_text()[-3000:]
+
+    def ext0(name: str) -> str:
+        out = c.kubectl("exec", "-n", "danm-ns", name, "--", "ip", "-4", "-o", "addr", "show", "ext0", check=False)
+        return out.stdout.split()[3].split("/")[0] if out.returncode == 0 and out.stdout.split() else ""
+
+    server = ext0("db")
+    assert server.startswith("198.18.12.") and ext0("client").startswith("198.18.12."), \
+        "no annotation: the namespace's default network, named by its prefix"
+
+    def published() -> list[str]:
+        found = c.kubectl("get", "endpointslice", "-n", "danm-ns", "db-plexus", "-o", "json", check=False)
+        if found.returncode:
+            return []
+        return [e["addresses"][0] for e in json.loads(found.stdout)["endpoints"] or []
+                if e["conditions"].get("ready")]
+
+    assert wait_for(lambda: published() == [server], timeout=60), (published(), c.daemon_log.read_text()[-3000:])
+    ping = c.kubectl("exec", "-n", "danm-ns", "client", "--", "ping", "-c", "1", "-W", "3", published()[0],
+                     check=False)
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    c.kubectl("delete", "namespace", "danm-ns", "--wait=true", "--timeout=120s")
