@@ -56,6 +56,7 @@ from ipamd.sources.base import ObjectSource
 from ipamd.sources.lookups import class_of, pool_of_ip
 
 log = logging.getLogger(__name__)
+NODE_SEEN_S = 60.0  # a Node object seen is believed this long before it is asked for again
 ATTACHMENT_KIND = "NodeNetworkInterfaceAttachment"
 
 
@@ -66,7 +67,8 @@ class ObjectWrites(Protocol):
 
     def patch(self, kind: str, name: str, body: dict[str, Any], namespace: str = "") -> Any: ...
 
-    def patch_status(self, kind: str, name: str, status: dict[str, Any], namespace: str = "") -> Any: ...
+    def patch_status(self, kind: str, name: str, status: dict[str, Any], namespace: str = "",
+                     resource_version: str = "") -> Any: ...
 
     def delete(self, kind: str, name: str, namespace: str = "") -> Any: ...
 
@@ -166,6 +168,8 @@ class Controller:
         self._usage: dict[str, tuple[str, PoolUsage]] = {}  # per pool: its UID and the usage last written
         self._gauged: set[str] = set()  # pools with gauges
         self._block_gauges: set[tuple[str, str]] = set()  # (pool, node) with a block gauge
+        self._vanished: set[str] = set()  # nodes reclaimed, looked at again while they keep leases
+        self._nodes_seen: dict[str, float] = {}  # node -> when its Node object was last seen (monotonic)
         self._thread: threading.Thread | None = None
         source.subscribe(self._wake.set)
 
@@ -315,31 +319,79 @@ class Controller:
             raise
 
     def reclaim_blocks(self) -> None:
-        """Give back what a vanished node held (``ipamd.kube.reclaim``): its blocks, and its gone pods' leases."""
+        """Give back what a vanished node held (``ipamd.kube.reclaim``): its blocks, and its gone pods' leases. A node
+        reclaimed earlier is looked at again every round while it keeps leases: one held by a pod's own IPAddress
+        that the garbage collector had not deleted yet goes once it has."""
         now = time.time()
-        for node, (silent, names) in silent_nodes(self.source.items(BLOCK_KIND), now).items():
-            if not vanished(silent, self.block_ttl_s, functools.partial(self._node_exists, node)):
-                continue
-            if self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}", limit=1).items:
-                continue  # a pod that may still run there keeps its address
-            existing = {o.meta.key for kind in IP_ADDRESS_KINDS.values() for o in self.source.list(kind)}
-            strays = stray_leases(self.source.items(LEASE_KIND), node, existing)
-            for name in strays:  # orphaned first: a lease object is never left without a block nor quarantine
-                _absent_ok(self.objects.patch, LEASE_KIND, name, {"spec": {"holder": None}})
-                _absent_ok(self.objects.patch_status, LEASE_KIND, name, {"orphaningTimestamp": rfc3339(now)})
-            for name in names:
-                _absent_ok(self.objects.delete, BLOCK_KIND, name)
-            log.info("reclaimed node %s (silent for %.0f s, no pod bound to it): %d address block(s) deleted, "
-                     "%d lease(s) of its gone pods quarantined", node, silent, len(names), len(strays))
+        silent = silent_nodes(self.source.items(BLOCK_KIND), now)
+        holders: set[str] | None = None
+        for node in [*silent, *(n for n in self._vanished if n not in silent)]:
+            try:
+                if node in silent:
+                    quiet, names = silent[node]
+                    if not vanished(quiet, self.block_ttl_s, functools.partial(self._node_exists, node)):
+                        self._vanished.discard(node)
+                        continue
+                else:
+                    quiet, names = 0.0, []
+                    if not self.source.by_index(LEASE_KIND, "node", node):
+                        self._vanished.discard(node)
+                        continue
+                if self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}", limit=1).items:
+                    self._vanished.discard(node)
+                    continue  # a pod that may still run there keeps its address (and the node may be back)
+                holders = holders if holders is not None else self._existing_holders()
+                quarantined = self._quarantine(node, holders, now)
+                for name in names:
+                    _absent_ok(self.objects.delete, BLOCK_KIND, name)
+                self._vanished.add(node)
+                if names or quarantined:
+                    log.info("reclaimed node %s (silent for %.0f s, no pod bound to it): %d address block(s) deleted,"
+                             " %d lease(s) of its gone pods quarantined", node, quiet, len(names), quarantined)
+            except Exception as exc:  # one node's trouble (a 403, the API away) does not stop the round
+                log.warning("reclaiming node %s: %s", node, reason_of(exc))
+
+    def _existing_holders(self) -> set[str]:
+        """The keys of every IPAddress and ClusterIPAddress in the cache, valid or not (a lease held by one that
+        fails to parse is still held)."""
+        out = set()
+        for kind in IP_ADDRESS_KINDS:
+            for item in self.source.items(kind):
+                md = item.get("metadata") or {}
+                ns = md.get("namespace")
+                out.add(f"{kind}/{ns}/{md.get('name')}" if ns else f"{kind}/{md.get('name')}")
+        return out
+
+    def _quarantine(self, node: str, holders: set[str], now: float) -> int:
+        """Orphan ``node``'s lease objects whose holder is gone: the orphaning time first (guarded by the version the
+        cache saw: a lease made again meanwhile for somebody else is left alone), the holder after; a lease left
+        between the two writes still expires."""
+        done = 0
+        for item in stray_leases(self.source.by_index(LEASE_KIND, "node", node), node, holders):
+            name, version = item["metadata"]["name"], item["metadata"].get("resourceVersion")
+            try:
+                self.objects.patch_status(LEASE_KIND, name, {"orphaningTimestamp": rfc3339(now)},
+                                          resource_version=str(version or ""))
+            except Exception as exc:
+                if status_of(exc) in (404, 409):
+                    continue
+                raise
+            _absent_ok(self.objects.patch, LEASE_KIND, name, {"spec": {"holder": None}})
+            done += 1
+        return done
 
     def _node_exists(self, node: str) -> bool:
+        """Whether the Node object exists; a yes is believed for a minute (asked every round otherwise)."""
+        if time.monotonic() - self._nodes_seen.get(node, -NODE_SEEN_S) < NODE_SEEN_S:
+            return True
         try:
             self.core.read_node(node)
-            return True
         except Exception as exc:
             if status_of(exc) == 404:
                 return False
             raise
+        self._nodes_seen[node] = time.monotonic()
+        return True
 
     def _ip_status(self, obj: IPAddressObject, status: dict[str, Any]) -> None:
         try:

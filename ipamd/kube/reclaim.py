@@ -44,7 +44,7 @@ def vanished(silent_s: float, ttl_s: float, node_exists: Callable[[], bool]) -> 
     return silent_s > ttl_s or (silent_s > GONE_GRACE_S and not node_exists())
 
 
-def stray_leases(leases: Iterable[Mapping[str, Any]], node: str, existing: Collection[str]) -> list[str]:
+def stray_leases(leases: Iterable[Mapping[str, Any]], node: str, existing: Collection[str]) -> list[Mapping[str, Any]]:
     """The held lease objects ``node`` made whose holder is not an object in ``existing`` (keys
     ``Kind/namespace/name``) nor an IPAMClaim (which the controller does not watch, and which outlives pods)."""
     found = []
@@ -55,5 +55,5 @@ def stray_leases(leases: Iterable[Mapping[str, Any]], node: str, existing: Colle
             continue
         if holder in existing or holder.startswith(f"{IPAM_CLAIM.name}/"):
             continue
-        found.append(str(md.get("name")))
+        found.append(item)
     return found

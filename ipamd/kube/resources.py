@@ -86,10 +86,14 @@ class CustomObjects:
             return self.api.patch_namespaced_custom_object(r.group, r.version, namespace, r.plural, name, body)
         return self.api.patch_cluster_custom_object(r.group, r.version, r.plural, name, body)
 
-    def patch_status(self, kind: str, name: str, status: dict[str, Any], namespace: str = "") -> Any:
-        """A merge patch of the status subresource."""
+    def patch_status(self, kind: str, name: str, status: dict[str, Any], namespace: str = "",
+                     resource_version: str = "") -> Any:
+        """A merge patch of the status subresource (with ``resource_version``: only if the object is still at it,
+        else 409)."""
         r = RESOURCES[kind]
-        body = {"status": status}
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         if r.namespaced:
             return self.api.patch_namespaced_custom_object_status(r.group, r.version, namespace, r.plural, name, body)
         return self.api.patch_cluster_custom_object_status(r.group, r.version, r.plural, name, body)

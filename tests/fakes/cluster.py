@@ -79,12 +79,17 @@ class FakeApi:
             self._version += 1
             self.objs[kind][name]["metadata"]["resourceVersion"] = str(self._version)
 
-    def patch_status(self, kind: str, name: str, status: dict[str, Any], namespace: str = "") -> None:
+    def patch_status(self, kind: str, name: str, status: dict[str, Any], namespace: str = "",
+                     resource_version: str = "") -> None:
         with self.lock:
             self._count("patch_status", kind)
             if name not in self.objs[kind]:
                 raise ApiException(status=404, reason="NotFound")
+            if resource_version and resource_version != self.objs[kind][name]["metadata"]["resourceVersion"]:
+                raise ApiException(status=409, reason="Conflict")
             _merge(self.objs[kind][name].setdefault("status", {}), status)
+            self._version += 1
+            self.objs[kind][name]["metadata"]["resourceVersion"] = str(self._version)
 
     def delete(self, kind: str, name: str, namespace: str = "") -> None:
         with self.lock:

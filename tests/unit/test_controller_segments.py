@@ -19,7 +19,8 @@ class Objects:
     def __init__(self) -> None:
         self.patched: list[tuple[str, str, dict[str, Any]]] = []
 
-    def patch_status(self, kind: str, name: str, status: dict[str, Any], namespace: str = "") -> None:
+    def patch_status(self, kind: str, name: str, status: dict[str, Any], namespace: str = "",
+                     resource_version: str = "") -> None:
         self.patched.append((kind, name, status))
 
     def create(self, kind: str, body: dict[str, Any], namespace: str = "") -> None:
