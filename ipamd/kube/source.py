@@ -40,6 +40,8 @@ TRACKED_INDEXERS: dict[str, dict[str, IndexFn]] = {LEASE_KIND: LEASE_INDEXERS, B
 #: and every pod of the cluster (indexed by namespace), kept apart from a node's own parsed pods.
 SERVICES, ALL_PODS = "Service", "Pod/all-namespaces"
 OPT_IN = (SERVICES, ALL_PODS)
+#: Kinds whose changes wake nobody (see ``_notify``).
+QUIET = (LEASE_KIND, BLOCK_KIND)
 
 
 def _by_namespace(obj: dict[str, Any]) -> list[Hashable]:
@@ -58,6 +60,7 @@ class KubernetesSource:
         self._changed = threading.Event()
         self._lock = threading.Lock()
         self._parsed: dict[str, tuple[dict[tuple[str, str], ApiObject], list[Problem]]] = {}
+        self._generation: dict[str, int] = {}  # per kind: changes seen, so that a parse racing one is not kept
         self.informers: dict[str, Informer] = {}
         self.kinds = kinds
         for kind in (*kinds, *TRACKED_KINDS):
@@ -76,13 +79,15 @@ class KubernetesSource:
 
     def _notify(self, kind: str) -> None:
         """A change of ``kind``: its parsed objects are stale, and the subscribers (the reconciler, the controller)
-        are woken, except by lease objects: every address leased anywhere in the cluster changes one, and a round on
-        every node for each would grow with the cluster; leases are read from the cache where they matter, and the
-        rounds that wait on another node's lease come back on their interval."""
+        are woken, except by lease objects and address blocks: every address leased anywhere in the cluster changes
+        a lease object, every node renews its blocks every minute, and a round on every node for each would grow
+        with the cluster; both are read from the cache where they matter, and the rounds that wait on another
+        node's lease come back on their interval."""
         self._changed.set()
         with self._lock:
             self._parsed.pop(kind, None)
-        if kind == LEASE_KIND:
+            self._generation[kind] = self._generation.get(kind, 0) + 1
+        if kind in QUIET:
             return
         for callback, kinds in list(self._subscribers):
             if kind not in kinds if kinds is not None else kind in OPT_IN:
@@ -97,6 +102,7 @@ class KubernetesSource:
             cached = self._parsed.get(kind)
             if cached is not None:
                 return cached
+            generation = self._generation.get(kind, 0)
         objects: dict[tuple[str, str], ApiObject] = {}
         problems: list[Problem] = []
         informer = self.informers.get(kind)
@@ -109,8 +115,9 @@ class KubernetesSource:
                 problems.append(Problem(where, exc.field, str(exc)))
                 continue
             objects[(obj.meta.namespace, obj.meta.name)] = obj
-        with self._lock:
-            self._parsed[kind] = (objects, problems)
+        with self._lock:  # kept only if no change came while parsing: a parse of older items is not cached
+            if self._generation.get(kind, 0) == generation:
+                self._parsed[kind] = (objects, problems)
         return objects, problems
 
     # -- ObjectSource ---------------------------------------------------------------------------
@@ -122,8 +129,11 @@ class KubernetesSource:
         for informer in self.informers.values():
             informer.stop()
 
-    def ready(self) -> bool:
-        return all(i.synced.is_set() for i in self.informers.values())
+    def ready(self, kinds: Collection[str] | None = None) -> bool:
+        """Whether the informers of ``kinds`` have listed (default: all but the opt-in ones, which only Services over
+        additional networks wait for: the controller's own work never waits on the cluster's pods)."""
+        return all(i.synced.is_set() for k, i in self.informers.items()
+                   if (k in kinds if kinds is not None else k not in OPT_IN))
 
     def sync(self) -> builtins.list[Problem]:
         deadline = time.monotonic() + 30
