@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 GROUP, PLURAL = "discovery.k8s.io", "endpointslices"
 CONDITION = "network.deckhouse.io/Endpoints"
 SETTLE_S = 0.2  # changes that come together (a rollout) are written together
+WATCHED = (SERVICES, ALL_PODS, NETWORK.name, CLUSTER_NETWORK.name, NETWORK_ATTACHMENT_DEFINITION.name)
 
 
 class ServiceEndpoints:
@@ -44,14 +45,11 @@ class ServiceEndpoints:
         self.source = source
         self.leading = leading
         self.version = ""
-        self._written: dict[tuple[str, str], str] = {}  # (namespace, slice) -> what was written, as JSON
-        self._said: dict[str, tuple[str, str]] = {}  # Service UID -> (reason, message) last told it
-        self._swept = False
+        self._said: dict[str, tuple[str, str, str]] = {}  # Service UID -> (status, reason, message) it was last told
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        source.subscribe(self._wake.set, kinds=(SERVICES, ALL_PODS, NETWORK.name, CLUSTER_NETWORK.name,
-                                               NETWORK_ATTACHMENT_DEFINITION.name))
+        source.subscribe(self._wake.set, kinds=WATCHED)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="service-endpoints", daemon=True)
@@ -68,7 +66,7 @@ class ServiceEndpoints:
             self._wake.wait(5.0)
             self._stop.wait(SETTLE_S)
             self._wake.clear()
-            if self._stop.is_set() or not self.leading() or not self.source.ready():
+            if self._stop.is_set() or not self.leading() or not self.source.ready(WATCHED):
                 continue
             try:
                 self.sync()
@@ -77,26 +75,45 @@ class ServiceEndpoints:
 
     # -- one pass -----------------------------------------------------------------------------------
     def sync(self) -> None:
+        """Every annotated Service's slice as it should be, compared with the slices as they are (one list of the
+        ones Plexus manages: what another replica wrote while it led, or a hand's deletion, is seen)."""
         if not self.version:
             self.version = self._discovery_version()
+        found: Any = self.custom.list_cluster_custom_object(GROUP, self.version, PLURAL,
+                                                            label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY}")
+        current = {(i["metadata"]["namespace"], i["metadata"]["name"]): _content(i) for i in found.get("items", [])}
         wanted: set[tuple[str, str]] = set()
+        seen: set[str] = set()
         for item in self.source.items(SERVICES):
+            uid = str((item.get("metadata") or {}).get("uid"))
             try:
                 svc = parse_service(item)
                 if svc is None:
                     continue
+                seen.add(uid)
                 check_service_network(self.source, svc.network)
+                body = endpoint_slice(svc, self.source.by_index(ALL_PODS, "namespace", svc.namespace),
+                                      f"{GROUP}/{self.version}")
+                key = (svc.namespace, body["metadata"]["name"])
+                wanted.add(key)
+                if current.get(key) != _content(body):
+                    self._write(key, body, exists=key in current)
             except ServiceInvalid as exc:
                 self._tell(item, False, exc.reason, f"{exc.field}: {exc.problem}")
                 continue
-            body = endpoint_slice(svc, self.source.by_index(ALL_PODS, "namespace", svc.namespace),
-                                  f"{GROUP}/{self.version}")
-            key = (svc.namespace, body["metadata"]["name"])
-            wanted.add(key)
-            self._write(key, body)
+            except Exception as exc:  # this Service's write failed (its namespace going, a slice too large): the next
+                self._tell(item, False, "WriteFailed", f"EndpointSlice: {reason_of(exc)}")
+                continue
             self._tell(item, True, "EndpointsWritten", f"{len(body['endpoints'])} address(es) of "
                        f"{svc.network.display} in EndpointSlice {key[1]}")
-        self._sweep(wanted)
+        for key in set(current) - wanted:
+            try:
+                self.custom.delete_namespaced_custom_object(GROUP, self.version, key[0], PLURAL, key[1])
+            except Exception as exc:
+                if status_of(exc) != 404:
+                    log.warning("EndpointSlice %s/%s: %s", key[0], key[1], reason_of(exc))
+        for uid in set(self._said) - seen:  # Services gone, or no longer asking
+            del self._said[uid]
 
     def _discovery_version(self) -> str:
         """discovery.k8s.io/v1 where the API server serves it (1.21 on), else v1beta1 (1.17-1.20)."""
@@ -106,60 +123,58 @@ class ServiceEndpoints:
                 return "v1" if "v1" in served else "v1beta1"
         raise RuntimeError("the API server serves no discovery.k8s.io: EndpointSlices need Kubernetes 1.17 or later")
 
-    def _write(self, key: tuple[str, str], body: dict[str, Any]) -> None:
-        text = json.dumps(body, sort_keys=True)
-        if self._written.get(key) == text:
-            return
+    def _write(self, key: tuple[str, str], body: dict[str, Any], exists: bool) -> None:
         ns, name = key
-        try:
-            self.custom.create_namespaced_custom_object(GROUP, self.version, ns, PLURAL, body)
-        except Exception as exc:
-            if status_of(exc) != 409:
-                raise
-            self.custom.patch_namespaced_custom_object(GROUP, self.version, ns, PLURAL, name, body)
-        self._written[key] = text
-
-    def _sweep(self, wanted: set[tuple[str, str]]) -> None:
-        """Delete the slices written for Services that no longer ask (on the first pass: any such slice)."""
-        if not self._swept:
-            found: Any = self.custom.list_cluster_custom_object(
-                GROUP, self.version, PLURAL, label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY}")
-            for item in found.get("items", []):
-                md = item["metadata"]
-                self._written.setdefault((md["namespace"], md["name"]), "")
-            self._swept = True
-        for key in [k for k in self._written if k not in wanted]:
+        log.info("EndpointSlice %s/%s: %d endpoint(s)", ns, name, len(body["endpoints"]))
+        if not exists:
             try:
-                self.custom.delete_namespaced_custom_object(GROUP, self.version, key[0], PLURAL, key[1])
+                self.custom.create_namespaced_custom_object(GROUP, self.version, ns, PLURAL, body)
+                return
             except Exception as exc:
-                if status_of(exc) != 404:
+                if status_of(exc) != 409:
                     raise
-            del self._written[key]
+        self.custom.patch_namespaced_custom_object(GROUP, self.version, ns, PLURAL, name, body)
 
     def _tell(self, svc: dict[str, Any], ok: bool, reason: str, message: str) -> None:
-        """The Service's condition, and a Warning Event when something is wrong: once per change, not per pass."""
+        """The Service's condition, and a Warning Event when something is wrong: once per change, not per pass; the
+        condition's transition time moves only when its status does."""
         md = svc.get("metadata") or {}
         uid, ns, name = str(md.get("uid")), str(md.get("namespace")), str(md.get("name"))
-        if self._said.get(uid) == (reason, message):
+        status = "True" if ok else "False"
+        said = self._said.get(uid)
+        if said == (status, reason, message):
             return
-        if not ok:  # its slice, if any, is swept: no endpoints while the Service is wrong
+        if not ok:
             log.warning("Service %s/%s: %s", ns, name, message)
             self._event(ns, name, uid, reason, message)
-        condition = {"type": CONDITION, "status": "True" if ok else "False", "reason": reason, "message": message,
-                     "lastTransitionTime": rfc3339(), "observedGeneration": md.get("generation") or 0}
+        conditions = (svc.get("status") or {}).get("conditions") or []
+        old: dict[str, Any] = next((c for c in conditions if c.get("type") == CONDITION), {})
+        since = old.get("lastTransitionTime") if old.get("status") == status else None
+        condition = {"type": CONDITION, "status": status, "reason": reason, "message": message,
+                     "lastTransitionTime": since or rfc3339(), "observedGeneration": md.get("generation") or 0}
         try:
             self.core.patch_namespaced_service_status(name, ns, {"status": {"conditions": [condition]}})
         except Exception as exc:
             log.info("Service %s/%s status: %s", ns, name, reason_of(exc))
-        self._said[uid] = (reason, message)
+            return  # told again next pass
+        self._said[uid] = (status, reason, message)
 
     def _event(self, ns: str, name: str, uid: str, reason: str, message: str) -> None:
         now = rfc3339()
         body: Any = {"metadata": {"generateName": f"{name}.", "namespace": ns},
-                "involvedObject": {"kind": "Service", "apiVersion": "v1", "namespace": ns, "name": name, "uid": uid},
-                "reason": reason, "message": message, "type": "Warning", "source": {"component": "plexus-controller"},
-                "firstTimestamp": now, "lastTimestamp": now, "count": 1}
+                     "involvedObject": {"kind": "Service", "apiVersion": "v1", "namespace": ns, "name": name,
+                                        "uid": uid},
+                     "reason": reason, "message": message, "type": "Warning",
+                     "source": {"component": "plexus-controller"}, "firstTimestamp": now, "lastTimestamp": now,
+                     "count": 1}
         try:
             self.core.create_namespaced_event(ns, body)
         except Exception as exc:
             log.info("Event for Service %s/%s: %s", ns, name, reason_of(exc))
+
+
+def _content(item: dict[str, Any]) -> str:
+    """What a slice says (its endpoints, ports, labels and owner), as compared with what it should say."""
+    md = item.get("metadata") or {}
+    return json.dumps([item.get("endpoints") or [], item.get("ports") or [], md.get("labels") or {},
+                       [o.get("uid") for o in md.get("ownerReferences") or []]], sort_keys=True)

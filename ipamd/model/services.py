@@ -172,7 +172,7 @@ def endpoint_slice(svc: NetworkService, pods: Iterable[Mapping[str, Any]], api_v
         "metadata": {"name": slice_name(svc), "namespace": svc.namespace,
                      "labels": {SERVICE_NAME_LABEL: svc.name, MANAGED_BY_LABEL: MANAGED_BY},
                      "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": svc.name, "uid": svc.uid,
-                                          "controller": True, "blockOwnerDeletion": True}]},
+                                          "controller": True}]},
         "addressType": "IPv4",
         "endpoints": endpoints,
         "ports": [{"name": n, "port": p, "protocol": proto} for n, p, proto in svc.ports],
