@@ -175,7 +175,8 @@ class BlockRegistry(KubeLeaseRegistry):
         return [found[k] for k in sorted(found)]
 
     def in_blocks(self, pool: AddressPool) -> bool:
-        return self.claims_blocks and uses_blocks(pool, self.size)
+        large = self.block_pools[pool.meta.key] = uses_blocks(pool, self.size)  # others' blocks may be there
+        return self.claims_blocks and large
 
     def taken_elsewhere(self, pool: str) -> Container[int]:
         return _Taken(self, pool)

@@ -157,6 +157,7 @@ class IpamService(pb_grpc.IpamServicer):
         """Services over an additional network from the object source (local mode's manifests), with the endpoints
         the controller would write: the selected pods' addresses from their statuses, ready once attached."""
         statuses = {(s.namespace, s.name): s for s in self.store.pod_statuses()}
+        pods = [local_pod(p, statuses.get((p.meta.namespace, p.meta.name))) for p in self.source.list(POD)]
         out = []
         for obj in self.source.list(SERVICE):
             if request.namespace and obj.meta.namespace != request.namespace:
@@ -172,7 +173,6 @@ class IpamService(pb_grpc.IpamServicer):
                 found.problem = f"{exc.field}: {exc.problem}"
                 out.append(found)
                 continue
-            pods = [local_pod(p, statuses.get((p.meta.namespace, p.meta.name))) for p in self.source.list(POD)]
             for e in endpoint_slice(svc, pods, "local")["endpoints"]:
                 found.endpoints.append(pb.ServiceEndpoint(address=e["addresses"][0], ready=e["conditions"]["ready"],
                                                           pod=f"{svc.namespace}/{e['targetRef']['name']}"))

@@ -176,6 +176,12 @@ def _tuples(d: dict[str, Any], *keys: str) -> dict[str, Any]:
     return d
 
 
+def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    """The fields ``cls`` has: a record written by a newer build (with fields this one does not know) still loads."""
+    fields = getattr(cls, "__dataclass_fields__", {})
+    return {k: v for k, v in d.items() if k in fields}
+
+
 def load_lease(data: str) -> LeaseRecord:
     return LeaseRecord(**json.loads(data))
 
@@ -187,7 +193,8 @@ def load_ip(data: str) -> IPRecord:
 def load_attachment(data: str) -> AttachmentRecord:
     d = json.loads(data)
     d["interfaces"] = tuple(
-        BuiltInterface(**_tuples(i, "ip_keys", "created_ip_keys", "addresses", "policy_routes")) for i in d.get("interfaces", ())
+        BuiltInterface(**_tuples(_known(BuiltInterface, i), "ip_keys", "created_ip_keys", "addresses", "policy_routes"))
+        for i in d.get("interfaces", ())
     )
     d["networks_status"] = tuple(d.get("networks_status", ()))
     d["network_status"] = tuple(d.get("network_status", ()))

@@ -389,7 +389,7 @@ def test_node_role_allows_what_the_daemon_does_and_nothing_else(applied: Cluster
 
 @pytest.mark.netns
 def test_controller_role(applied: Cluster) -> None:
-    """The controller's identity: the calls of ipamd/kube/controller.py and certs.py, and no more (the
+    """The controller's identity: the calls of ipamd/kube/controller.py, services.py and certs.py, and no more (the
     session's controller process runs with this very token: see tests/kube/conftest.py)."""
     needs = [
         ("patch", f"networks.{GROUP}", "--subresource=status", "-n", "some-app"),
@@ -409,6 +409,21 @@ def test_controller_role(applied: Cluster) -> None:
         ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io/plexus"),
         ("create", "leases.coordination.k8s.io", "-n", NS),
         ("update", "leases.coordination.k8s.io", "-n", NS),
+        # a vanished node: its blocks deleted, its gone pods' leases quarantined, its Node object looked for
+        ("delete", f"ipaddressblocks.{GROUP}"),
+        ("patch", f"ipaddressleases.{GROUP}"),
+        ("patch", f"ipaddressleases.{GROUP}", "--subresource=status"),
+        ("list", "pods", "--all-namespaces"),
+        ("get", "nodes/some-node"),
+        # Services over additional networks: Services and pods watched, slices written, the Service told
+        ("watch", "pods", "--all-namespaces"),
+        ("watch", "services", "--all-namespaces"),
+        ("watch", "network-attachment-definitions.k8s.cni.cncf.io", "--all-namespaces"),
+        ("create", "endpointslices.discovery.k8s.io", "-n", "some-app"),
+        ("patch", "endpointslices.discovery.k8s.io", "-n", "some-app"),
+        ("delete", "endpointslices.discovery.k8s.io", "-n", "some-app"),
+        ("patch", "services", "--subresource=status", "-n", "some-app"),
+        ("create", "events", "-n", "some-app"),
     ]
     must_not = [
         ("create", "leases.coordination.k8s.io", "-n", "kube-system"),
@@ -420,12 +435,13 @@ def test_controller_role(applied: Cluster) -> None:
         ("update", "secrets/other", "-n", NS),
         ("create", "secrets", "-n", "kube-system"),
         ("list", "secrets", "-n", NS),
-        ("watch", "pods", "--all-namespaces"),
+        ("patch", "services", "-n", "some-app"),  # a Service's status only, never the Service
+        ("delete", "services", "-n", "some-app"),
+        ("patch", "nodes/some-node"),
         ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io/other"),
         ("delete", "validatingwebhookconfigurations.admissionregistration.k8s.io/plexus"),
         ("create", "mutatingwebhookconfigurations.admissionregistration.k8s.io"),
         ("update", "nodes"),
-        ("patch", f"ipaddressleases.{GROUP}"),
         ("create", f"ipaddresses.{GROUP}", "-n", "some-app"),
         ("delete", f"networks.{GROUP}", "-n", "some-app"),
         ("update", f"networks.{GROUP}", "-n", "some-app"),
