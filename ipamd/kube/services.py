@@ -55,11 +55,14 @@ class ServiceEndpoints:
         self._thread = threading.Thread(target=self._loop, name="service-endpoints", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, wait_s: float = 1.0) -> None:
+        """Stop the loop; a pass stuck on a hung API server is not waited for past ``wait_s`` (its thread dies with
+        the process, and the next leader compares its slices with the live ones): the process's grace period is
+        the controller's to spend."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(10)
+            self._thread.join(wait_s)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
