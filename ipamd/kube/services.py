@@ -24,6 +24,7 @@ from ipamd.model.services import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
     ServiceInvalid,
+    asks,
     endpoint_slice,
     parse_service,
 )
@@ -45,6 +46,7 @@ class ServiceEndpoints:
         self.source = source
         self.leading = leading
         self.version = ""
+        self._managed = True  # whether slices of ours may exist (at start: maybe, from another leader or a past run)
         self._said: dict[str, tuple[str, str, str]] = {}  # Service UID -> (status, reason, message) it was last told
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -80,6 +82,9 @@ class ServiceEndpoints:
     def sync(self) -> None:
         """Every annotated Service's slice as it should be, compared with the slices as they are (one list of the
         ones Plexus manages: what another replica wrote while it led, or a hand's deletion, is seen)."""
+        services = self.source.items(SERVICES)
+        if not self._managed and not any(asks(item) for item in services):
+            return  # nothing asks, and no slice of ours was left: no request at all (most clusters, most passes)
         if not self.version:
             self.version = self._discovery_version()
         found: Any = self.custom.list_cluster_custom_object(GROUP, self.version, PLURAL,
@@ -87,7 +92,7 @@ class ServiceEndpoints:
         current = {(i["metadata"]["namespace"], i["metadata"]["name"]): _content(i) for i in found.get("items", [])}
         wanted: set[tuple[str, str]] = set()
         seen: set[str] = set()
-        for item in self.source.items(SERVICES):
+        for item in services:
             uid = str((item.get("metadata") or {}).get("uid"))
             try:
                 svc = parse_service(item)
@@ -117,6 +122,7 @@ class ServiceEndpoints:
                     log.warning("EndpointSlice %s/%s: %s", key[0], key[1], reason_of(exc))
         for uid in set(self._said) - seen:  # Services gone, or no longer asking
             del self._said[uid]
+        self._managed = bool(wanted)  # with none left, the next pass lists again only when a Service asks
 
     def _discovery_version(self) -> str:
         """discovery.k8s.io/v1 where the API server serves it (1.21 on), else v1beta1 (1.17-1.20)."""

@@ -55,12 +55,18 @@ class NetworkService:
     ports: tuple[tuple[str, int, str], ...]  # (name, port the endpoints listen on, protocol)
 
 
+def asks(svc: Mapping[str, Any]) -> bool:
+    """Whether the Service asks for endpoints on an additional network (rightly or not)."""
+    ann = (svc.get("metadata") or {}).get("annotations") or {}
+    return NETWORK_ANNOTATION in ann or SELECTOR_ANNOTATION in ann
+
+
 def parse_service(svc: Mapping[str, Any]) -> NetworkService | None:
     """The Service's request, None when it makes none; ServiceInvalid names the field at fault."""
+    if not asks(svc):
+        return None
     md = svc.get("metadata") or {}
     ann = md.get("annotations") or {}
-    if NETWORK_ANNOTATION not in ann and SELECTOR_ANNOTATION not in ann:
-        return None
     ns = str(md.get("namespace") or "default")
     field = f"metadata.annotations[{NETWORK_ANNOTATION}]"
     if not ann.get(NETWORK_ANNOTATION):
