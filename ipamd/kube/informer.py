@@ -55,6 +55,7 @@ class Informer:
         self._stop = threading.Event()
         self._watch: watch.Watch | None = None
         self.relists = 0
+        self.served = False  # listed once: a later 404 (an API server restarting) keeps the cache
 
     def items(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -108,6 +109,7 @@ class Informer:
             for key, obj in items.items():
                 self._index(key, obj)
         self.relists += 1
+        self.served = True
         self.synced.set()
         self._on_change()
         return str((data.get("metadata") or {}).get("resourceVersion") or "")
@@ -134,10 +136,10 @@ class Informer:
                     if not rv:
                         break  # 410 Gone: relist
             except ApiException as exc:
-                if exc.status == 404:  # the API does not serve the kind (its CRD is not installed): none of it
+                if exc.status == 404 and not self.served:  # the API does not serve the kind (no CRD): none of it
                     self._absent()
                     self._stop.wait(ABSENT_RECHECK_S)
-                elif exc.status != 410:
+                elif exc.status != 410:  # a 404 for a kind served before: an API server still starting, not absence
                     log.warning("%s: %s; retrying in %.1fs", self.name, exc.reason, backoff)
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, 30.0)

@@ -64,3 +64,31 @@ def test_indexes_follow_list_and_watch_events() -> None:
     inf._list()
     assert to_int("198.18.0.3") not in taken and to_int("198.18.0.9") in taken
     assert inf._indexes["holder"] == {("IPAddress/ns/z", "IPAddressPool/ns/p"): {("", "ip-198.18.0.9")}}
+
+
+def test_a_404_after_the_kind_was_served_keeps_the_cache() -> None:
+    """An API server restarting answers 404 for custom kinds until it has loaded their CRDs: that is not the kind
+    gone (the pods of a node would be refused their networks meanwhile), only a kind never served is empty."""
+    import threading
+    import time
+
+    from kubernetes.client.exceptions import ApiException
+
+    calls: list[int] = []
+
+    def lister(**kw: Any) -> Listed:
+        calls.append(1)
+        if len(calls) == 1:
+            return Listed([lease("198.18.0.5", "IPAddress/ns/a")])
+        raise ApiException(status=404, reason="NotFound")
+
+    inf = Informer(KIND, lister, KIND, "v1", lambda: None, LEASE_INDEXERS)
+    thread = threading.Thread(target=inf.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while len(calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    inf.stop()
+    thread.join(5)
+    assert len(calls) >= 2, "the watch (or relist) was answered 404"
+    assert [o["spec"]["ip"] for o in inf.items()] == ["198.18.0.5"], "the cache of a kind served before is kept"
