@@ -135,6 +135,13 @@ class KubernetesSource:
         return all(i.synced.is_set() for k, i in self.informers.items()
                    if (k in kinds if kinds is not None else k not in OPT_IN))
 
+    def unlisted(self, timeout_s: float) -> builtins.list[str]:
+        deadline = time.monotonic() + timeout_s
+        waited = [(k, i) for k, i in self.informers.items() if k not in OPT_IN]
+        for _, informer in waited:
+            informer.synced.wait(max(0.0, deadline - time.monotonic()))
+        return [k for k, i in waited if not i.synced.is_set()]
+
     def sync(self) -> builtins.list[Problem]:
         deadline = time.monotonic() + 30
         for informer in self.informers.values():

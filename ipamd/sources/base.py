@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from cni.errors import TryAgainLater
 from ipamd.model.objects import Kind, Pod
 
 T = TypeVar("T")
@@ -42,6 +43,12 @@ class ObjectSource(Protocol):
 
     def ready(self) -> bool: ...
 
+    def unlisted(self, timeout_s: float) -> builtins.list[str]:
+        """The kinds not yet read once, after waiting up to ``timeout_s`` for them (a daemon just started, or
+        started while the API server is unreachable, has not listed its Networks yet: none of them is not
+        the same as not knowing them)."""
+        ...
+
     def sync(self) -> builtins.list[Problem]: ...
 
     def subscribe(self, callback: Callable[[], None]) -> None: ...
@@ -49,3 +56,15 @@ class ObjectSource(Protocol):
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
+
+
+#: How long an ADD waits for a source still reading its objects for the first time.
+LISTING_WAIT_S = 10.0
+
+
+def require_listed(source: ObjectSource, timeout_s: float = LISTING_WAIT_S) -> None:
+    """Answer 11 (try again later), not "does not exist", for an object looked up before its kind was read."""
+    missing = source.unlisted(timeout_s)
+    if missing:
+        raise TryAgainLater(f"plexus-ipamd has not read {', '.join(missing)} from its object source yet (is the "
+                            "Kubernetes API server reachable?)", "object source")

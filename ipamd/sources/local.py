@@ -150,6 +150,9 @@ class LocalSource:
     def ready(self) -> bool:
         return self._synced
 
+    def unlisted(self, timeout_s: float) -> builtins.list[str]:
+        return [] if self._synced else [f"the objects directory {self.directory}"]
+
     def get(self, kind: Kind[T], namespace: str, name: str) -> T | None:
         with self._lock:
             obj = self._objects.get((kind.name, namespace, name))

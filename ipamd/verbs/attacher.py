@@ -41,7 +41,7 @@ from ipamd.model.segments import SEGMENT_KINDS
 from ipamd.model.timefmt import rfc3339
 from ipamd.publish.base import Publisher
 from ipamd.publish.render import network_status, networks_status
-from ipamd.sources.base import ObjectSource
+from ipamd.sources.base import ObjectSource, require_listed
 from ipamd.store.protocols import VerbStore
 from ipamd.store.records import AttachmentRecord, BuiltInterface, PodStatus, SegmentRecord
 from ipamd.verbs.call import CniCall, KeyedLocks, dispatch, valid_attachments
@@ -124,6 +124,7 @@ class Attacher:
                 return Result.from_dict(existing.result).merged_after(prev).to_dict(call.version)
             if existing is not None:  # a crashed ADD or DEL of this attachment: finish it first
                 self._teardown(existing)
+            require_listed(self.source)
             pod = find_pod(self.source, call)
             try:
                 self._wait_for_cluster_network(conf)

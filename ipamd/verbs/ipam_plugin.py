@@ -19,7 +19,7 @@ from ipamd.ipam.delegated import AddressRequest, DelegatedAddresses, ipam_config
 from ipamd.model.npwg import NETWORKS_ANNOTATION, NetworkElement, parse_networks
 from ipamd.model.objects import Pod
 from ipamd.publish.base import LocalPublisher, Publisher
-from ipamd.sources.base import ObjectSource
+from ipamd.sources.base import ObjectSource, require_listed
 from ipamd.verbs.call import CniCall, dispatch, valid_attachments
 from ipamd.verbs.networks import PLEXUS_IPAM_ARGS
 from ipamd.verbs.pods import find_pod
@@ -78,6 +78,7 @@ class IpamPlugin:
     def add(self, call: CniCall) -> dict[str, Any]:
         config = ipam_config_of(call.config)
         ips = requested_ips(call.config)
+        require_listed(self.source)
         pod = self._pod(call)
         claim, claim_field, nad = "", "", ""
         told = (call.config.get("args") or {}).get(PLEXUS_IPAM_ARGS) if isinstance(call.config.get("args"), dict) \

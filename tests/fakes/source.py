@@ -48,6 +48,9 @@ class FakeSource:
     def ready(self) -> bool:
         return self.synced
 
+    def unlisted(self, timeout_s: float) -> builtins.list[str]:
+        return [] if self.synced else ["Network"]
+
     def sync(self) -> builtins.list[Problem]:
         return []
 

@@ -286,6 +286,18 @@ def test_a_pod_the_source_has_not_seen_is_waited_for() -> None:
     assert err.value.code == 3
 
 
+def test_add_before_the_source_has_read_its_objects_answers_try_again_not_does_not_exist() -> None:
+    node = Node()
+    node.source.synced = False  # a daemon just started: its informers have not listed yet
+    with pytest.raises(CniError) as err:
+        node.call("ADD")
+    assert err.value.code == 11 and "Network" in str(err.value), err.value
+    node.assert_nothing_left()
+    assert node.events == []
+    node.source.synced = True
+    assert node.call("ADD")["interfaces"]
+
+
 def test_the_tap_driver_keeps_its_derived_names_in_the_record() -> None:
     request = InterfaceRequest("tap0", tap_uid=107, tap_gid=107)
     plan = TapDriver().plan(InterfaceKey("c1", "eth0", NETNS), request)

@@ -133,6 +133,15 @@ def test_gc_releases_the_leases_of_attachments_no_longer_valid_and_only_of_its_n
     assert {r.key for r in node.store.all_ips()} == {"CNI/nad-a/keep/net1", "CNI/nad-b/other-net/net1"}
 
 
+def test_add_before_the_source_has_read_its_pools_answers_try_again() -> None:
+    node = Node()
+    node.source.synced = False
+    err = node.error("ADD", SHARED)
+    assert err.code == 11 and err.details == "object source", err
+    node.source.synced = True
+    assert node.call("ADD", SHARED)["ips"]
+
+
 def test_check_knows_its_lease() -> None:
     node = Node()
     result = node.call("ADD", SHARED)
