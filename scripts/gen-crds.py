@@ -39,8 +39,12 @@ def arr(items: dict[str, Any], **kw: Any) -> dict[str, Any]:
 
 
 ipv4 = s(pattern=f"^{IPV4}$")
-cidr = s(pattern=rf"^{IPV4}/(3[0-2]|[12]?[0-9])$")
-ip_range = s(pattern=rf"^{IPV4}(-{IPV4})?$")
+# IPv6 loosely (hex groups and colons; an embedded IPv4 tail): the daemon's parser checks exactly and names the field
+IPV6 = r"[0-9a-fA-F]{0,4}(:[0-9a-fA-F]{0,4}){1,7}(:" + IPV4 + r")?"
+IP = f"({IPV4}|{IPV6})"
+ip = s(pattern=f"^{IP}$")
+cidr = s(pattern=rf"^({IPV4}/(3[0-2]|[12]?[0-9])|{IPV6}/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))$")
+ip_range = s(pattern=rf"^{IP}(-{IP})?$")
 vlan_id = {"type": "integer", "minimum": 1, "maximum": 4094}
 id_pool = arr({"x-kubernetes-int-or-string": True, "pattern": rf"^{VLAN}(-{VLAN})?$"}, minItems=1)
 vni_pool = arr({"x-kubernetes-int-or-string": True, "pattern": r"^[0-9]{1,8}(-[0-9]{1,8})?$"}, minItems=1)
@@ -56,7 +60,7 @@ status = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
 #: and proutes) and interface names by prefix (DANM's container_prefix). Reserved tables are refused by the daemon.
 POD_OPTIONS = {
     "routingTable": {"type": "integer", "minimum": 1, "maximum": 4294967295},
-    "policyRoutes": arr(obj({"destination": cidr, "via": ipv4}, ["destination", "via"])),
+    "policyRoutes": arr(obj({"destination": cidr, "via": ip}, ["destination", "via"])),
     "interfacePrefix": s(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,13}$"),
 }
 
@@ -97,7 +101,7 @@ SPECS: dict[str, dict[str, Any]] = {
 POOL_SPEC = obj({
     "leaseTTL": duration,
     "pools": arr(obj({"network": cidr, "ranges": arr(ip_range),
-                      "routes": arr(obj({"destination": cidr, "via": ipv4}, ["destination", "via"]))},
+                      "routes": arr(obj({"destination": cidr, "via": ip}, ["destination", "via"]))},
                      ["network"]), minItems=1),
 }, ["pools"])
 for kind, plural, scope, short in (("IPAddressPool", "ipaddresspools", "Namespaced", ["ipp"]),
@@ -114,7 +118,8 @@ for kind, plural, scope, short, net_kinds in (
     SPECS[kind] = {
         "scope": scope, "plural": plural, "short": short,
         "spec": obj({"networkRef": obj({"kind": s(enum=net_kinds), "name": s(minLength=1)}, ["name"]),
-                     "type": s(enum=["Auto", "Static"]), "static": obj({"ip": ipv4}, ["ip"])}, ["networkRef"]),
+                     "type": s(enum=["Auto", "Static"]), "static": obj({"ip": ip}, ["ip"]),
+                     "ipFamily": s(enum=["IPv4", "IPv6"])}, ["networkRef"]),
         "columns": IP_COLUMNS,
     }
 SPECS["NodeNetworkInterfaceAttachment"] = {
@@ -127,7 +132,7 @@ SPECS["NodeNetworkInterfaceAttachment"] = {
 }
 SPECS["IPAddressLease"] = {
     "scope": "Cluster", "plural": "ipaddressleases", "short": ["ipl"],
-    "spec": obj({"pool": s(), "ip": ipv4, "network": cidr, "holder": s(), "ttl": duration}, ["pool", "ip"]),
+    "spec": obj({"pool": s(), "ip": ip, "network": cidr, "holder": s(), "ttl": duration}, ["pool", "ip"]),
     "status": obj({"orphaningTimestamp": s(format="date-time", nullable=True)}),
     "columns": [("IP", ".spec.ip", "string"), ("HOLDER", ".spec.holder", "string"),
                 ("ORPHANED", ".status.orphaningTimestamp", "date")],

@@ -10,6 +10,7 @@ address, which adopts the lease at once. Every change is one store transaction.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import re
 import threading
@@ -84,10 +85,28 @@ def pool_key(pool: AddressPool) -> str:
     return pool.meta.key
 
 
-def auto_ip_name(pod: Pod, if_name: str) -> str:
-    """The name of the Auto IPAddress of a pod interface: readable, and unique per pod UID."""
+def cursor_key(pool: AddressPool) -> str:
+    """Where round robin resumes, per family: a dual-stack pool's IPv4 and IPv6 addresses are two sequences."""
+    return pool.meta.key if pool.families[:1] != (6,) else f"{pool.meta.key}#IPv6"
+
+
+def auto_ip_name(pod: Pod, if_name: str, family: int = 0) -> str:
+    """The name of the Auto IPAddress of a pod interface: readable, and unique per pod UID. A dual-stack pool gives
+    an interface one per family: the pool's first family's has the plain name, the second's ends in ``-v6``."""
     base = re.sub(r"[^a-z0-9-]", "-", f"{pod.meta.name}-{if_name}".lower()).strip("-")[:200]
-    return f"{base}-{hashlib.sha1(pod.meta.uid.encode()).hexdigest()[:5]}"
+    return f"{base}-{hashlib.sha1(pod.meta.uid.encode()).hexdigest()[:5]}{f'-v{family}' if family else ''}"
+
+
+def family_view(rec: IPRecord, pool: AddressPool) -> AddressPool:
+    """The part of ``pool`` an IPAddress takes its address from: its static address's family, else its own
+    ``spec.ipFamily``, else the pool's first family."""
+    family = ipaddress.ip_address(rec.static_ip).version if rec.static_ip else rec.family or pool.families[0]
+    view = pool.family(family)
+    if not view.subnets:
+        nets = ", ".join(str(s.network) for s in pool.subnets)
+        raise InvalidConfig(f"IPAddress {rec.name} asks for an IPv{family} address, and pool {pool.meta.display} has "
+                            f"no IPv{family} network ({nets})", "spec.static.ip" if rec.static_ip else "spec.ipFamily")
+    return view
 
 
 class _Either:
@@ -195,7 +214,7 @@ class Ipam:
                 key=obj.meta.key, kind=obj.meta.kind, namespace=obj.meta.namespace, name=obj.meta.name,
                 network_kind=obj.network_ref.kind, network_name=obj.network_ref.name, type=obj.type,
                 static_ip=obj.static_ip, uid=obj.meta.uid, owner_pod_uid=obj.owner_pod_uid,
-                created_by=created_by, created_at=self.clock(),
+                created_by=created_by, created_at=self.clock(), family=obj.family,
             )
         return rec
 
@@ -204,6 +223,7 @@ class Ipam:
         """Give the IPAddress its address (keeping the one it has); inside a transaction. With ``secured`` (from
         ``securing``, before the transaction) the registry was asked already, and this makes no API call."""
         now = self.clock()
+        pool = family_view(rec, pool)
         pkey = pool_key(pool)
         lease = self.store.lease_of(rec.key)
         created = False
@@ -265,7 +285,7 @@ class Ipam:
         node's other calls while the claim is out; the claim is let go if the transaction does not take it."""
         secured = Secured()
         if pool is not None and self.store.lease_of(rec.key) is None:
-            secured.lease = self._secure(rec, pool, secured)
+            secured.lease = self._secure(rec, family_view(rec, pool), secured)
         failed = True
         try:
             yield secured
@@ -298,7 +318,7 @@ class Ipam:
             in_block = self._secure_in_blocks(rec, pool, pkey, lost)
             if in_block is not None:
                 return in_block
-        cursor = self.store.cursor(pkey)
+        cursor = self.store.cursor(cursor_key(pool))
         while True:
             with self.store.transaction():  # the pick sees this node's leases as one consistent set
                 taken = self._taken(pkey, lost)
@@ -310,7 +330,7 @@ class Ipam:
                 lease = self._candidate(rec, pool, pkey, picked[0], str(picked[1].network))
                 self._reserve(lease)
             if self._claim_outside(lease):
-                self.store.set_cursor(pkey, lease.ip)
+                self.store.set_cursor(cursor_key(pool), lease.ip)
                 return lease
             lost.add(lease.ip)  # taken by another node since our cache last saw it: try the next one
             cursor = lease.ip
@@ -322,9 +342,9 @@ class Ipam:
             with self.store.transaction():
                 taken = self._taken(pkey, lost)
                 blocks = self.registry.blocks(pool)
-                ip = pick_in(pool, blocks, taken.__contains__, self.store.cursor(pkey))
+                ip = pick_in(pool, blocks, taken.__contains__, self.store.cursor(cursor_key(pool)))
                 if ip is None and blocks and self.expire(pkey, self.clock()):
-                    ip = pick_in(pool, blocks, taken.__contains__, self.store.cursor(pkey))
+                    ip = pick_in(pool, blocks, taken.__contains__, self.store.cursor(cursor_key(pool)))
                 subnet = subnet_for(pool, ip) if ip is not None else None
                 if ip is None or subnet is None:
                     lease = None
@@ -340,7 +360,7 @@ class Ipam:
                                         "the next one needs the Kubernetes API", exc.msg) from None
                 continue
             if self._claim_outside(lease):
-                self.store.set_cursor(pkey, lease.ip)
+                self.store.set_cursor(cursor_key(pool), lease.ip)
                 self.registry.grow_soon(pool, taken.__contains__)
                 return lease
             lost.add(lease.ip)
@@ -385,7 +405,7 @@ class Ipam:
         taken = self.store.taken_ips(pkey)
         lost: set[int] = set()
         skip = self._taken(pkey, lost)
-        cursor = self.store.cursor(pkey)
+        cursor = self.store.cursor(cursor_key(pool))
         while True:
             picked = pick_free(pool, skip, cursor)
             if picked is None and self.expire(pkey, now):  # quarantines are ended lazily, when needed
@@ -398,7 +418,7 @@ class Ipam:
             ip, subnet = picked
             lease = self._candidate(rec, pool, pkey, ip, str(subnet.network))
             if self.registry.claim(lease):
-                self.store.set_cursor(pkey, ip)
+                self.store.set_cursor(cursor_key(pool), ip)
                 return lease
             lost.add(ip)  # taken by another node since our cache last saw it: try the next one
             cursor = ip
@@ -434,16 +454,18 @@ class Ipam:
         if user_objs:
             todo = [(self.record_for(o), False) for o in user_objs]
         else:
-            name = auto_ip_name(pod, sel.if_name)
-            kind = "IPAddress"
-            key = f"{kind}/{pod.meta.namespace}/{name}"
-            existing = self.store.get_ip(key)
-            rec = existing or IPRecord(
-                key=key, kind=kind, namespace=pod.meta.namespace, name=name, network_kind=net.type,
-                network_name=net.name, type="Auto", uid=hashlib.sha1(key.encode()).hexdigest(),
-                owner_pod_uid=pod.meta.uid, created_by="plexus", created_at=self.clock(),
-            )
-            todo = [(rec, existing is None)]
+            todo = []
+            for family in (0, *pool.families[1:]):  # one address of each family the pool has
+                name = auto_ip_name(pod, sel.if_name, family)
+                kind = "IPAddress"
+                key = f"{kind}/{pod.meta.namespace}/{name}"
+                existing = self.store.get_ip(key)
+                rec = existing or IPRecord(
+                    key=key, kind=kind, namespace=pod.meta.namespace, name=name, network_kind=net.type,
+                    network_name=net.name, type="Auto", uid=hashlib.sha1(key.encode()).hexdigest(),
+                    owner_pod_uid=pod.meta.uid, created_by="plexus", created_at=self.clock(), family=family,
+                )
+                todo.append((rec, existing is None))
         for rec, created_ip in todo:
             with self.securing(rec, pool) as secured, self.store.transaction():
                 rec, lease, created_lease = self.lease_for(rec, pool, secured)

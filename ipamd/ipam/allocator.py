@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Container, Iterator
 
-from ipamd.model.objects import AddressPool, Subnet, usable_bounds
+from ipamd.model.objects import IPV6_FLOOR, AddressPool, Subnet, usable_bounds
 
 
 def iter_from(pool: AddressPool, cursor: int | None) -> Iterator[tuple[int, Subnet]]:
@@ -70,8 +70,14 @@ def in_ranges(pool: AddressPool, ip: int) -> bool:
 
 
 def to_text(ip: int) -> str:
-    return str(ipaddress.IPv4Address(ip))
+    """An address's text from its integer: IPv4 below 2**32, IPv6 above (pools never hold ``::/96``, see
+    ``IPV6_FLOOR``), so one integer names one address whatever the family."""
+    return str(ipaddress.IPv4Address(ip) if ip < IPV6_FLOOR else ipaddress.IPv6Address(ip))
 
 
 def to_int(text: str) -> int:
-    return int(ipaddress.IPv4Address(text))
+    return int(ipaddress.ip_address(text))
+
+
+def family_of(ip: int) -> int:
+    return 4 if ip < IPV6_FLOOR else 6

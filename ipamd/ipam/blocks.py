@@ -47,7 +47,7 @@ class Block:
 
 def block_name(pool: str, first: int) -> str:
     """``blk-198-18-0-16-<hash of the pool>``: readable, a valid name, unique per (pool, window)."""
-    return f"blk-{to_text(first).replace('.', '-')}-{hashlib.sha1(pool.encode()).hexdigest()[:10]}"
+    return f"blk-{to_text(first).replace('.', '-').replace(':', '-')}-{hashlib.sha1(pool.encode()).hexdigest()[:10]}"
 
 
 def window_of(ip: int, size: int = BLOCK_SIZE) -> int:
@@ -55,7 +55,13 @@ def window_of(ip: int, size: int = BLOCK_SIZE) -> int:
 
 
 def uses_blocks(pool: AddressPool, size: int = BLOCK_SIZE) -> bool:
-    return pool.size >= size * MIN_BLOCKS
+    """Whether the pool's IPv4 part is leased in blocks. IPv6 is leased per address: its windows are too many to list
+    (a /64 has 2**60), and its space too large for two nodes to meet often in it."""
+    return _ipv4(pool).size >= size * MIN_BLOCKS
+
+
+def _ipv4(pool: AddressPool) -> AddressPool:
+    return pool.family(4)
 
 
 def may_claim(pool: AddressPool, claimed: int, size: int = BLOCK_SIZE) -> bool:
@@ -66,7 +72,7 @@ def may_claim(pool: AddressPool, claimed: int, size: int = BLOCK_SIZE) -> bool:
 def addresses_in(pool: AddressPool, first: int, size: int = BLOCK_SIZE) -> Iterator[int]:
     """The addresses of the window at ``first`` that the pool hands out by itself (inside its ranges)."""
     last = first + size - 1
-    for s in pool.subnets:
+    for s in _ipv4(pool).subnets:
         for a, b in s.ranges:
             yield from range(max(a, first), min(b, last) + 1)
 
@@ -74,7 +80,7 @@ def addresses_in(pool: AddressPool, first: int, size: int = BLOCK_SIZE) -> Itera
 def windows(pool: AddressPool, size: int = BLOCK_SIZE) -> list[int]:
     """Every window holding at least one address of the pool's ranges, in address order."""
     out: set[int] = set()
-    for s in pool.subnets:
+    for s in _ipv4(pool).subnets:
         for a, b in s.ranges:
             out.update(range(window_of(a, size), window_of(b, size) + 1, size))
     return sorted(out)

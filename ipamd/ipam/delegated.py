@@ -233,7 +233,7 @@ class DelegatedAddresses:
         try:
             ip = to_int(rec.static_ip)
         except ValueError:
-            raise InvalidConfig(f"{rec.static_ip!r} is not an IPv4 address", field) from None
+            raise InvalidConfig(f"{rec.static_ip!r} is not an IP address", field) from None
         subnet = subnet_for(pool, ip)
         if subnet is None:
             nets = ", ".join(str(s.network) for s in pool.subnets)
@@ -241,9 +241,9 @@ class DelegatedAddresses:
         if req.config.range is not None and not in_ranges(pool, ip):  # the gateway, or an excluded address
             raise InvalidConfig(f"{rec.static_ip} is not one of the range's addresses ({req.config.range.text})", field)
         try:
-            network = ipaddress.IPv4Interface(asked).network if "/" in asked else subnet.network
+            network = ipaddress.ip_interface(asked).network if "/" in asked else subnet.network
         except ValueError:
-            raise InvalidConfig(f"{asked!r} is not an IPv4 address or CIDR", field) from None
+            raise InvalidConfig(f"{asked!r} is not an IP address or CIDR", field) from None
         if network != subnet.network:
             raise InvalidConfig(f"{asked} does not match the pool's network {subnet.network}", field)
         held = self.store.lease_at(pool.meta.key, ip)
@@ -265,7 +265,7 @@ class DelegatedAddresses:
         """Record the implicit pool of a range (one per configuration and range), refusing one that would
         overlap another configuration's range when it asks not to share addresses with it."""
         if not rng.overlapping:
-            others = [(r.owner, InlineRange(ipaddress.IPv4Network(r.network), r.ranges, r.pool.partition("/")[2],
+            others = [(r.owner, InlineRange(ipaddress.ip_network(r.network), r.ranges, r.pool.partition("/")[2],
                                             r.overlapping)) for r in self.store.implicit_pools()]
             clash = overlap(rng, owner, others)
             if clash:

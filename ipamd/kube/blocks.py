@@ -167,7 +167,7 @@ class BlockRegistry(KubeLeaseRegistry):
 
     def blocks(self, pool: AddressPool) -> list[Block]:
         key = pool.meta.key
-        self.block_pools[key] = uses_blocks(pool, self.size)
+        self._note(pool)
         found = {b.first: b for b in (parse_block(o) for o in self.source.by_index(KIND, "node", self.node_name))
                  if b is not None and b.pool == key and (key, b.first) not in self.returned}
         with self._lock:
@@ -175,8 +175,14 @@ class BlockRegistry(KubeLeaseRegistry):
         return [found[k] for k in sorted(found)]
 
     def in_blocks(self, pool: AddressPool) -> bool:
-        large = self.block_pools[pool.meta.key] = uses_blocks(pool, self.size)  # others' blocks may be there
-        return self.claims_blocks and large
+        self._note(pool)
+        return self.claims_blocks and uses_blocks(pool, self.size)
+
+    def _note(self, pool: AddressPool) -> None:
+        """Whether others' blocks may be in the pool, from its IPv4 part (the IPv6 view of a dual-stack pool, which
+        has no blocks, must not say the pool has none)."""
+        if 4 in pool.families:
+            self.block_pools[pool.meta.key] = uses_blocks(pool, self.size)
 
     def taken_elsewhere(self, pool: str) -> Container[int]:
         return _Taken(self, pool)

@@ -94,6 +94,9 @@ POOL_ADDRESSES = Gauge("plexus_pool_addresses", "Addresses of a pool, by state: 
                        "quarantined (released, waiting out leaseTTL), free", ["pool", "state"])
 
 
+INT64_MAX = (1 << 63) - 1
+
+
 @dataclass(frozen=True, slots=True)
 class PoolUsage:
     """A pool's addresses by state, as its status and the gauges show them."""
@@ -108,7 +111,9 @@ class PoolUsage:
         return max(self.size - self.used - self.quarantined, 0)
 
     def render(self) -> dict[str, Any]:
-        return {"size": self.size, "used": self.used, "quarantined": self.quarantined, "free": self.free,
+        """The status; a count past what a Kubernetes integer holds (an IPv6 /64 has 2**64 addresses) is capped."""
+        return {"size": min(self.size, INT64_MAX), "used": self.used, "quarantined": self.quarantined,
+                "free": min(self.free, INT64_MAX),
                 "blocks": [{"node": node, "count": n} for node, n in self.blocks]}
 
 
@@ -283,6 +288,7 @@ class Controller:
 
     def _allocate(self, obj: IPAddressObject, pool: AddressPool, taken: set[int]) -> None:
         now = time.time()
+        pool = pool.family(obj.family or pool.families[0])  # its spec.ipFamily, else the pool's first
         while True:
             picked = pick_free(pool, taken, None)
             if picked is None:

@@ -90,7 +90,7 @@ class _TakenIn:
 
 def lease_name(pool: str, address: str) -> str:
     """``ip-198-18-10-5-<hash of the pool>``: readable, a valid name, unique per (pool, IP)."""
-    return f"ip-{address.replace('.', '-')}-{pool_label(pool)}"
+    return f"ip-{address.replace('.', '-').replace(':', '-')}-{pool_label(pool)}"
 
 
 def lease_body(pool: str, address: str, network: str, holder: str, ttl_s: float, node: str = "") -> dict[str, Any]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipamd.model.cniconf import ConfigInvalid
-from ipamd.model.objects import AddressPool, Meta, Subnet, parse_duration, usable_bounds
+from ipamd.model.objects import IPV6_FLOOR, AddressPool, IPNetwork, Meta, Subnet, parse_duration, usable_bounds
 
 IPAM_TYPE = "plexus-ipam"
 IMPLICIT_POOL = "ImplicitPool"
@@ -52,7 +52,7 @@ class PoolRef:
 class InlineRange:
     """A Whereabouts-style range: its network and the addresses it hands out."""
 
-    network: ipaddress.IPv4Network
+    network: IPNetwork
     ranges: tuple[tuple[int, int], ...]  # inclusive bounds of what is handed out, ``exclude`` cut away
     space: str = ""  # network_name
     overlapping: bool = True  # enable_overlapping_ranges
@@ -60,7 +60,7 @@ class InlineRange:
 
     @property
     def text(self) -> str:
-        return ",".join(f"{ipaddress.IPv4Address(a)}-{ipaddress.IPv4Address(b)}" for a, b in self.ranges)
+        return ",".join(f"{ipaddress.ip_address(a)}-{ipaddress.ip_address(b)}" for a, b in self.ranges)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,18 +97,21 @@ def overlap(rng: InlineRange, owner: str, others: Iterable[tuple[str, InlineRang
     return ""
 
 
-def _net(text: Any, field: str) -> ipaddress.IPv4Network:
+def _net(text: Any, field: str) -> IPNetwork:
     try:
-        return ipaddress.IPv4Network(str(text), strict=False)
+        net = ipaddress.ip_network(str(text), strict=False)
     except ValueError:
-        raise ConfigInvalid(field, f"{text!r} is not an IPv4 CIDR") from None
+        raise ConfigInvalid(field, f"{text!r} is not a CIDR") from None
+    if net.version == 6 and int(net.network_address) < IPV6_FLOOR:
+        raise ConfigInvalid(field, f"{net} lies in ::/96, the deprecated IPv4-compatible space")
+    return net
 
 
 def _ip(text: Any, field: str) -> int:
     try:
-        return int(ipaddress.IPv4Address(str(text)))
+        return int(ipaddress.ip_address(str(text)))
     except ValueError:
-        raise ConfigInvalid(field, f"{text!r} is not an IPv4 address") from None
+        raise ConfigInvalid(field, f"{text!r} is not an IP address") from None
 
 
 def _cut(ranges: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:
@@ -124,7 +127,7 @@ def _cut(ranges: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int
     return kept
 
 
-def _bounds(ipam: Mapping[str, Any]) -> tuple[ipaddress.IPv4Network, int, int]:
+def _bounds(ipam: Mapping[str, Any]) -> tuple[IPNetwork, int, int]:
     """The network and first and last address of ``range`` (CIDR, ``a-b/prefix``, or ``a/prefix`` meaning
     from ``a`` on), narrowed by ``range_start`` and ``range_end``."""
     text = ipam["range"]
@@ -149,10 +152,10 @@ def _bounds(ipam: Mapping[str, Any]) -> tuple[ipaddress.IPv4Network, int, int]:
     lo, hi = usable_bounds(net)
     for value, field in ((start, start_field), (end, end_field)):
         if not lo <= value <= hi:
-            raise ConfigInvalid(field, f"{ipaddress.IPv4Address(value)} is not a usable address of {net}")
+            raise ConfigInvalid(field, f"{ipaddress.ip_address(value)} is not a usable address of {net}")
     if start > end:
-        raise ConfigInvalid(end_field, f"{ipaddress.IPv4Address(end)} comes before the range's start "
-                                       f"{ipaddress.IPv4Address(start)}")
+        raise ConfigInvalid(end_field, f"{ipaddress.ip_address(end)} comes before the range's start "
+                                       f"{ipaddress.ip_address(start)}")
     return net, start, end
 
 
@@ -164,7 +167,7 @@ def _inline(ipam: Mapping[str, Any], gateway: str) -> InlineRange:
         raise ConfigInvalid("ipam.exclude", "must be a list of CIDRs")
     for i, item in enumerate(exclude):
         cut = _net(item, f"ipam.exclude[{i}]")
-        if not cut.subnet_of(net):
+        if cut.version != net.version or not cut.subnet_of(net):  # type: ignore[arg-type]  # same family here
             raise ConfigInvalid(f"ipam.exclude[{i}]", f"{cut} is outside the range's network {net}")
         ranges = _cut(ranges, int(cut.network_address), int(cut.broadcast_address))
     if gateway:
@@ -199,7 +202,7 @@ def _routes(ipam: Mapping[str, Any], gateway: str) -> tuple[tuple[str, str], ...
     for i, r in enumerate(routes):
         if not isinstance(r, dict) or "dst" not in r:
             raise ConfigInvalid(f"ipam.routes[{i}]", "must be {dst, gw}")
-        gw = str(ipaddress.IPv4Address(_ip(r["gw"], f"ipam.routes[{i}].gw"))) if r.get("gw") else gateway
+        gw = str(ipaddress.ip_address(_ip(r["gw"], f"ipam.routes[{i}].gw"))) if r.get("gw") else gateway
         out.append((str(_net(r["dst"], f"ipam.routes[{i}].dst")), gw))
     return tuple(out)
 
@@ -255,11 +258,11 @@ def parse_ipam_config(ipam: Any) -> IpamConfig:
     if "datastore" in ipam and ipam["datastore"] not in ("kubernetes", ""):
         raise ConfigInvalid("ipam.datastore", f"{ipam['datastore']!r}: Plexus keeps leases in its own registry")
     _client_keys(ipam)
-    gateway = str(ipaddress.IPv4Address(_ip(ipam["gateway"], "ipam.gateway"))) if ipam.get("gateway") else ""
+    gateway = str(ipaddress.ip_address(_ip(ipam["gateway"], "ipam.gateway"))) if ipam.get("gateway") else ""
     routes = _routes(ipam, gateway)
     if by_pool:
         return IpamConfig(pool=_pool_ref(ipam["ipAddressPoolRef"]), gateway=gateway, routes=routes)
     rng = _inline(ipam, gateway)
-    if gateway and ipaddress.IPv4Address(gateway) not in rng.network:
+    if gateway and ipaddress.ip_address(gateway) not in rng.network:
         raise ConfigInvalid("ipam.gateway", f"{gateway} is outside the range's network {rng.network}")
     return IpamConfig(range=rng, gateway=gateway, routes=routes)

@@ -120,15 +120,26 @@ class PoolRoute:
     def to_dict(self) -> dict[str, str]:
         return {"destination": self.destination, "via": self.via}
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
+#: IPv6 addresses below this (``::/96``, the deprecated IPv4-compatible space) would share their integers with IPv4
+#: addresses, which the allocator and the store key by integer: a pool may not hold them.
+IPV6_FLOOR = 1 << 32
+
+
 @dataclass(frozen=True, slots=True)
 class Subnet:
-    network: ipaddress.IPv4Network
+    network: IPNetwork
     ranges: tuple[tuple[int, int], ...]  # inclusive integer bounds, already clipped to usable addresses
     routes: tuple[PoolRoute, ...] = ()
 
     @property
     def size(self) -> int:
         return sum(b - a + 1 for a, b in self.ranges)
+
+    @property
+    def family(self) -> int:
+        return self.network.version
 
 @dataclass(frozen=True, slots=True)
 class AddressPool:
@@ -140,6 +151,18 @@ class AddressPool:
     def size(self) -> int:
         return sum(s.size for s in self.subnets)
 
+    @property
+    def families(self) -> tuple[int, ...]:
+        """The address families the pool hands out, IPv4 first: a pod interface gets one address of each."""
+        return tuple(sorted({s.family for s in self.subnets}))
+
+    def family(self, version: int) -> AddressPool:
+        """The pool as one family sees it (same key, same leases): what the allocator picks an address of that
+        family from."""
+        if all(s.family == version for s in self.subnets):
+            return self
+        return AddressPool(self.meta, self.lease_ttl_s, tuple(s for s in self.subnets if s.family == version))
+
 @dataclass(frozen=True, slots=True)
 class IPAddressObject:
     meta: Meta  # kind IPAddress or ClusterIPAddress
@@ -147,6 +170,7 @@ class IPAddressObject:
     type: str  # Auto | Static
     static_ip: str = ""
     owner_pod_uid: str = ""  # set on the Auto IPAddress Plexus creates for a pod interface
+    family: int = 0  # spec.ipFamily of an Auto address (4 or 6); 0: the pool's first (IPv4 in a dual-stack pool)
 
 @dataclass(frozen=True, slots=True)
 class AttachmentDefinition:
@@ -217,12 +241,14 @@ def parse_id_pool(items: Any, path: str, meta: str, lo: int, hi: int) -> tuple[t
         out.append((first, last))
     return tuple(out)
 
-def usable_bounds(net: ipaddress.IPv4Network) -> tuple[int, int]:
-    """First and last assignable address: network and broadcast excluded, except /31 (both, RFC 3021) and /32."""
+def usable_bounds(net: IPNetwork) -> tuple[int, int]:
+    """First and last assignable address. IPv4: network and broadcast excluded, except /31 (both, RFC 3021) and /32.
+    IPv6 has no broadcast; its all-zero host address is the subnet-router anycast (RFC 4291 §2.6.1), excluded but
+    on /127 (RFC 6164) and /128."""
     first, last = int(net.network_address), int(net.broadcast_address)
-    if net.prefixlen >= 31:
+    if net.prefixlen >= net.max_prefixlen - 1:
         return first, last
-    return first + 1, last - 1
+    return (first + 1, last - 1) if net.version == 4 else (first + 1, last)
 
 def _get(d: Mapping[str, Any], key: str, typ: type, meta: str, path: str, required: bool = False) -> Any:
     value = d.get(key)
@@ -239,6 +265,12 @@ def _ipv4(text: Any, meta: str, path: str) -> ipaddress.IPv4Address:
         return ipaddress.IPv4Address(str(text))
     except ValueError:
         raise ManifestInvalid(meta, path, f"{text!r} is not an IPv4 address") from None
+
+def _ip(text: Any, meta: str, path: str) -> IPAddr:
+    try:
+        return ipaddress.ip_address(str(text))
+    except ValueError:
+        raise ManifestInvalid(meta, path, f"{text!r} is not an IP address") from None
 
 def _pool_ref(spec: Mapping[str, Any], meta: str, allowed: tuple[str, ...]) -> Ref | None:
     ipam = _get(spec, "ipam", dict, meta, "spec.ipam")
@@ -336,9 +368,9 @@ def _pod_options(spec: Mapping[str, Any], doc: Mapping[str, Any], m: str) -> Pod
     except OptionInvalid as exc:
         raise ManifestInvalid(m, exc.field, exc.problem) from None
 
-def _range(text: Any, net: ipaddress.IPv4Network, m: str, path: str) -> tuple[int, int]:
+def _range(text: Any, net: IPNetwork, m: str, path: str) -> tuple[int, int]:
     a, sep, b = str(text).partition("-")
-    first, last = _ipv4(a.strip(), m, path), _ipv4((b if sep else a).strip(), m, path)
+    first, last = _ip(a.strip(), m, path), _ip((b if sep else a).strip(), m, path)
     if first not in net or last not in net:
         raise ManifestInvalid(m, path, f"{text!r} lies outside {net}")
     if int(first) > int(last):
@@ -363,9 +395,11 @@ def _address_pool(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -
             raise ManifestInvalid(m, path, "must be an object")
         cidr = _get(item, "network", str, m, f"{path}.network", required=True)
         try:
-            net = ipaddress.IPv4Network(cidr, strict=True)
+            net = ipaddress.ip_network(cidr, strict=True)
         except ValueError as exc:
-            raise ManifestInvalid(m, f"{path}.network", f"{cidr!r} is not an IPv4 CIDR ({exc})") from None
+            raise ManifestInvalid(m, f"{path}.network", f"{cidr!r} is not an IPv4 or IPv6 CIDR ({exc})") from None
+        if net.version == 6 and int(net.network_address) < IPV6_FLOOR:
+            raise ManifestInvalid(m, f"{path}.network", f"{net} lies in ::/96, the deprecated IPv4-compatible space")
         for other in subnets:
             if net.overlaps(other.network):
                 raise ManifestInvalid(m, f"{path}.network", f"{net} overlaps {other.network}")
@@ -384,15 +418,21 @@ def _address_pool(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -
             if not isinstance(r, dict):
                 raise ManifestInvalid(m, rpath, "must be an object with destination and via")
             try:
-                dest = str(ipaddress.IPv4Network(str(r.get("destination")), strict=True))
+                dest_net = ipaddress.ip_network(str(r.get("destination")), strict=True)
             except ValueError:
                 raise ManifestInvalid(m, f"{rpath}.destination", f"{r.get('destination')!r} is not a CIDR") from None
-            via = _ipv4(r.get("via"), m, f"{rpath}.via")
-            if via not in net:
+            if dest_net.version != net.version:
+                raise ManifestInvalid(m, f"{rpath}.destination", f"{dest_net} is not of {net}'s family")
+            dest = str(dest_net)
+            via = _ip(r.get("via"), m, f"{rpath}.via")
+            if via.version != net.version or via not in net:
                 raise ManifestInvalid(m, f"{rpath}.via", f"{via} is not in {net}, so it is not reachable")
             routes.append(PoolRoute(dest, str(via)))
         subnets.append(Subnet(net, ranges, tuple(routes)))
     return AddressPool(meta, ttl, tuple(subnets))
+
+IP_FAMILIES = {"": 0, "IPv4": 4, "IPv6": 6}
+
 
 def _ip_address(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> IPAddressObject:
     m = meta.display
@@ -408,9 +448,15 @@ def _ip_address(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> 
     static_ip = ""
     if typ == "Static":
         static = _get(spec, "static", dict, m, "spec.static", required=True)
-        static_ip = str(_ipv4(static.get("ip"), m, "spec.static.ip"))
+        static_ip = str(_ip(static.get("ip"), m, "spec.static.ip"))
+    family_text = _get(spec, "ipFamily", str, m, "spec.ipFamily") or ""
+    if family_text not in IP_FAMILIES:
+        raise ManifestInvalid(m, "spec.ipFamily", f"{family_text!r} must be IPv4 or IPv6")
+    family = IP_FAMILIES[family_text]
+    if typ == "Static" and family and family != ipaddress.ip_address(static_ip).version:
+        raise ManifestInvalid(m, "spec.ipFamily", f"{family_text} does not match spec.static.ip {static_ip}")
     owner = str((doc.get("metadata") or {}).get("labels", {}).get(f"{GROUP}/owner-pod-uid", ""))
-    return IPAddressObject(meta, Ref(kind, name), typ, static_ip, owner)
+    return IPAddressObject(meta, Ref(kind, name), typ, static_ip, owner, family)
 
 def _attachment_definition(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> AttachmentDefinition:
     m = meta.display
@@ -439,11 +485,11 @@ def _ipam_claim(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> 
     requests = _get(spec, "ipRequests", list, m, "spec.ipRequests") or []
     for i, text in enumerate(requests):
         try:
-            ipaddress.IPv4Interface(str(text))
+            ipaddress.ip_interface(str(text))
         except ValueError:
-            raise ManifestInvalid(m, f"spec.ipRequests[{i}]", f"{text!r} is not an IPv4 address or CIDR") from None
+            raise ManifestInvalid(m, f"spec.ipRequests[{i}]", f"{text!r} is not an IP address or CIDR") from None
     if len(requests) > 1:
-        raise ManifestInvalid(m, "spec.ipRequests", "asks for more than one IPv4 address")
+        raise ManifestInvalid(m, "spec.ipRequests", "asks for more than one address")
     status = doc.get("status") or {}
     ips = status.get("ips") if isinstance(status, dict) else None
     owner = status.get("ownerPod") if isinstance(status, dict) else ""

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_NETWORK_LABEL = "network.deckhouse.io/default-network"
 #: The kernel's own tables: local (255), main (254) and default (253); 0 is "unspecified".
@@ -89,21 +91,24 @@ def _routes(items: Any) -> tuple[PolicyRoute, ...]:
         if not isinstance(r, dict):
             raise OptionInvalid(path, "must be an object with destination and via")
         try:
-            dest = str(ipaddress.IPv4Network(str(r.get("destination")), strict=True))
+            dest = ipaddress.ip_network(str(r.get("destination")), strict=True)
         except ValueError:
             raise OptionInvalid(f"{path}.destination", f"{r.get('destination')!r} is not a CIDR") from None
         try:
-            via = str(ipaddress.IPv4Address(str(r.get("via"))))
+            via = ipaddress.ip_address(str(r.get("via")))
         except ValueError:
-            raise OptionInvalid(f"{path}.via", f"{r.get('via')!r} is not an IPv4 address") from None
-        out.append(PolicyRoute(dest, via))
+            raise OptionInvalid(f"{path}.via", f"{r.get('via')!r} is not an IP address") from None
+        if via.version != dest.version:
+            raise OptionInvalid(f"{path}.via", f"{via} is not of {dest}'s family")
+        out.append(PolicyRoute(str(dest), str(via)))
     return tuple(out)
 
 
-def unreachable_gateway(opts: PodOptions, networks: list[ipaddress.IPv4Network]) -> tuple[str, str] | None:
+def unreachable_gateway(opts: PodOptions, networks: Sequence[IPNetwork]) -> tuple[str, str] | None:
     """The first policy route whose gateway lies in none of ``networks`` (the pool's): (field, problem)."""
     for i, r in enumerate(opts.routes):
-        if not any(ipaddress.IPv4Address(r.via) in n for n in networks):
+        via = ipaddress.ip_address(r.via)
+        if not any(via.version == n.version and via in n for n in networks):
             return (f"spec.policyRoutes[{i}].via",
                     f"{r.via} is not in {', '.join(map(str, networks))}, so it is not reachable from the interface")
     return None

@@ -51,6 +51,7 @@ class IPRecord:
     conditions: tuple[dict[str, str], ...] = ()
     created_at: float = 0.0
     interface: str = ""  # a delegate's lease: the pod interface it is for
+    family: int = 0  # 4 or 6: the family an Auto address takes (0: its pool's first)
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,20 @@ CREATE INDEX IF NOT EXISTS outbox_by_target ON outbox(target, op);
 """
 
 
+_INT64_MAX = (1 << 63) - 1
+
+
+def _to_db(ip: int) -> int | str:
+    """An address as the ``ip`` column keeps it: SQLite's integers are 64-bit, so a larger (IPv6) address is kept as
+    ``x`` and its 32 hex digits (the ``x`` keeps the column's integer affinity from reading the digits as a lossy
+    REAL; text never equals an integer, so both share the column and the key)."""
+    return ip if ip <= _INT64_MAX else f"x{ip:032x}"
+
+
+def _from_db(value: int | str) -> int:
+    return value if isinstance(value, int) else int(value[1:], 16)
+
+
 class Store:
     """SQLite-backed store. Thread-safe: one lock, one connection, short transactions."""
 
@@ -120,18 +134,18 @@ class Store:
 
     # -- leases ---------------------------------------------------------------------------
     def leases_in_pool(self, pool: str) -> dict[int, LeaseRecord]:
-        return {ip: load_lease(d) for ip, d in self._q("SELECT ip, data FROM leases WHERE pool=?", (pool,))}
+        return {_from_db(ip): load_lease(d) for ip, d in self._q("SELECT ip, data FROM leases WHERE pool=?", (pool,))}
 
     def taken_ips(self, pool: str) -> set[int]:
         """The leased IPs of a pool (read-only: the store keeps this set up to date)."""
         with self._lock:
             taken = self._taken.get(pool)
             if taken is None:
-                taken = self._taken[pool] = {ip for (ip,) in self._q("SELECT ip FROM leases WHERE pool=?", (pool,))}
+                taken = self._taken[pool] = {_from_db(ip) for (ip,) in self._q("SELECT ip FROM leases WHERE pool=?", (pool,))}
             return taken
 
     def lease_at(self, pool: str, ip: int) -> LeaseRecord | None:
-        rows = self._q("SELECT data FROM leases WHERE pool=? AND ip=?", (pool, ip))
+        rows = self._q("SELECT data FROM leases WHERE pool=? AND ip=?", (pool, _to_db(ip)))
         return load_lease(rows[0][0]) if rows else None
 
     def lease_of(self, holder: str) -> LeaseRecord | None:
@@ -144,14 +158,14 @@ class Store:
             # on the holder index, i.e. another lease of the same IPAddress
             "INSERT INTO leases (pool, ip, holder, data) VALUES (?,?,?,?) "
             "ON CONFLICT(pool, ip) DO UPDATE SET holder=excluded.holder, data=excluded.data",
-            (lease.pool, lease.ip, lease.holder, dump(lease)),
+            (lease.pool, _to_db(lease.ip), lease.holder, dump(lease)),
         )
         taken = self._taken.get(lease.pool)
         if taken is not None:
             taken.add(lease.ip)
 
     def delete_lease(self, pool: str, ip: int) -> None:
-        self._x("DELETE FROM leases WHERE pool=? AND ip=?", (pool, ip))
+        self._x("DELETE FROM leases WHERE pool=? AND ip=?", (pool, _to_db(ip)))
         taken = self._taken.get(pool)
         if taken is not None:
             taken.discard(ip)
@@ -176,13 +190,13 @@ class Store:
         with self._lock:
             if pool not in self._cursors:
                 rows = self._q("SELECT ip FROM cursors WHERE pool=?", (pool,))
-                self._cursors[pool] = int(rows[0][0]) if rows else None
+                self._cursors[pool] = _from_db(rows[0][0]) if rows else None
             return self._cursors[pool]
 
     def set_cursor(self, pool: str, ip: int) -> None:
         with self._lock:
             self._cursors[pool] = ip
-            self._x("INSERT OR REPLACE INTO cursors (pool, ip) VALUES (?,?)", (pool, ip))
+            self._x("INSERT OR REPLACE INTO cursors (pool, ip) VALUES (?,?)", (pool, _to_db(ip)))
 
     # -- IPAddresses -------------------------------------------------------------------------
     def get_ip(self, key: str) -> IPRecord | None:

@@ -62,7 +62,9 @@ def test_routes_network_name_overlap_ttl_and_whereabouts_own_keys() -> None:
 @pytest.mark.parametrize(("ipam", "field"), [
     ({"range": "198.18.20.0/33"}, "ipam.range"),
     ({"range": "not-a-cidr"}, "ipam.range"),
-    ({"range": "2001:2::/64"}, "ipam.range"),  # IPv6 pools come with dual stack
+    ({"range": "::c612:0/120"}, "ipam.range"),  # ::/96 would share its integers with IPv4
+    ({"range": "2001:2::/64", "gateway": "198.18.0.1"}, "ipam.gateway"),
+    ({"range": "2001:2::/64", "exclude": ["198.18.0.0/30"]}, "ipam.exclude[0]"),
     ({"range": 42}, "ipam.range"),
     ({"range": "198.18.20.50-198.18.20.10/24"}, "ipam.range"),  # both bounds from range itself
     ({"range": "198.18.20.0/24", "range_end": "198.18.20.0"}, "ipam.range_end"),

@@ -272,7 +272,7 @@ def test_pool_lease_ttl_zero_is_allowed() -> None:
     ([{"network": "198.18.0.0/33"}], "1h", "spec.pools[0].network"),
     ([{"network": "198.18.0.1/24"}], "1h", "spec.pools[0].network"),  # host bits set
     ([{"network": "not-a-cidr"}], "1h", "spec.pools[0].network"),
-    ([{"network": "2001:db8::/64"}], "1h", "spec.pools[0].network"),
+    ([{"network": "::c612:0/120"}], "1h", "spec.pools[0].network"),
     ([{}], "1h", "spec.pools[0].network"),
     (["198.18.0.0/24"], "1h", "spec.pools[0]"),
     ([{"network": "198.18.0.0/24"}, {"network": "198.18.0.128/25"}], "1h", "spec.pools[1].network"),

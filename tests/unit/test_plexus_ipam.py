@@ -133,6 +133,19 @@ def test_gc_releases_the_leases_of_attachments_no_longer_valid_and_only_of_its_n
     assert {r.key for r in node.store.all_ips()} == {"CNI/nad-a/keep/net1", "CNI/nad-b/other-net/net1"}
 
 
+def test_an_ipv6_range_hands_out_ipv6_addresses_in_every_result_version() -> None:
+    node = Node()
+    six = {"range": "2001:2:0:53::/64", "gateway": "2001:2:0:53::1", "routes": [{"dst": "2001:2:0:61::/64"}]}
+    result = node.call("ADD", six, cniVersion="0.3.1")
+    assert result["ips"] == [{"version": "6", "address": "2001:2:0:53::2/64", "gateway": "2001:2:0:53::1"}]
+    assert result["routes"] == [{"dst": "2001:2:0:61::/64", "gw": "2001:2:0:53::1"}]
+    assert node.call("ADD", six, container="c2")["ips"][0]["address"] == "2001:2:0:53::3/64"
+    asked = node.call("ADD", six, container="c3", runtimeConfig={"ips": ["2001:2:0:53::99/64"]})
+    assert asked["ips"][0]["address"] == "2001:2:0:53::99/64"
+    assert node.call("DEL", six, container="c2") == {}
+    assert "2001:2:0:53::3" not in {a for a, h in node.addresses().items() if h}
+
+
 def test_add_before_the_source_has_read_its_pools_answers_try_again() -> None:
     node = Node()
     node.source.synced = False

@@ -1,0 +1,148 @@
+"""IPv6 and dual-stack pools: one address of each family per interface, IPv6 Statics and ``spec.ipFamily``, the
+store's integers past 64 bits, and a /64 that costs no more than a /24 (nothing enumerates the space)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from cni.errors import InvalidConfig
+from ipamd.ipam.addresses import Ipam, auto_ip_name
+from ipamd.ipam.allocator import family_of, pick_free, to_int, to_text
+from ipamd.ipam.blocks import uses_blocks, windows
+from ipamd.model.objects import IP_ADDRESS_POOL, AddressPool, ManifestInvalid, usable_bounds
+from ipamd.store.sqlite import Store
+from tests.fakes.source import FakeSource
+from tests.unit.test_ipam import NS, Clock, attach, gone, network, obj, pod
+
+V4, V6 = "198.18.90.0/24", "2001:2:0:90::/64"
+
+
+def dual(name: str = "dual", ranges6: list[str] | None = None) -> Any:
+    six: dict[str, Any] = {"network": V6, "routes": [{"destination": "2001:2:0:91::/64", "via": "2001:2:0:90::1"}]}
+    if ranges6:
+        six["ranges"] = ranges6
+    return obj("IPAddressPool", name, {"leaseTTL": "1h", "pools": [
+        {"network": V4, "ranges": ["198.18.90.10-198.18.90.19"]}, six]})
+
+
+@pytest.fixture()
+def source() -> FakeSource:
+    return FakeSource(
+        obj("NetworkClass", "cls", {"vlan": {"idPool": ["600-800"]}}, namespace=None),
+        dual(), network("net", "dual"),
+        obj("IPAddressPool", "six", {"pools": [{"network": "2001:2:0:92::/120"}]}), network("six-net", "six"),
+        obj("IPAddressPool", "four", {"pools": [{"network": "198.18.93.0/24"}]}), network("four-net", "four"),
+        obj("IPAddress", "v6-static", {"networkRef": {"kind": "Network", "name": "net"}, "type": "Static",
+                                       "static": {"ip": "2001:2:0:90::abcd"}}),
+        obj("IPAddress", "v6-auto", {"networkRef": {"kind": "Network", "name": "net"}, "ipFamily": "IPv6"}),
+        obj("IPAddress", "v6-on-four", {"networkRef": {"kind": "Network", "name": "four-net"}, "ipFamily": "IPv6"}),
+    )
+
+
+@pytest.fixture()
+def store(tmp_path: Any) -> Iterator[Store]:
+    s = Store(str(tmp_path / "plexus.db"))  # a file: what is kept must survive a reopen
+    yield s
+    s.close()
+
+
+@pytest.fixture()
+def ipam(store: Store, source: FakeSource) -> Ipam:
+    return Ipam(store, source, Clock())
+
+
+def test_a_dual_stack_pool_gives_an_interface_one_address_of_each_family(ipam: Ipam, store: Store) -> None:
+    p = pod("app")
+    four, six = attach(ipam, p)
+    assert ipaddress.ip_address(four.address).version == 4 and four.network == V4
+    assert ipaddress.ip_address(six.address) in ipaddress.ip_network(V6) and six.network == V6
+    assert six.address == "2001:2:0:90::1", "the all-zero host (subnet-router anycast) is never handed out"
+    assert six.routes == ({"destination": "2001:2:0:91::/64", "via": "2001:2:0:90::1"},)
+    assert four.ip_name == auto_ip_name(p, "net1") and six.ip_name == auto_ip_name(p, "net1", 6)
+    assert [c.address for c in attach(ipam, p)] == [four.address, six.address], "a retry keeps both"
+    second = attach(ipam, pod("other"))
+    assert [c.address for c in second] == ["198.18.90.11", "2001:2:0:90::2"], "round robin per family"
+    gone(ipam, p)
+    assert {lease.address for lease in store.all_leases() if lease.holder is None} == {four.address, six.address}
+
+
+def test_ipv6_leases_past_64_bits_survive_the_store_and_its_reopen(ipam: Ipam, store: Store, tmp_path: Any) -> None:
+    _, six = attach(ipam, pod("app"))
+    ip = to_int(six.address)
+    assert ip > (1 << 63), "the case SQLite's integers cannot hold"
+    lease = store.lease_at("IPAddressPool/ns/dual", ip)
+    assert lease is not None and lease.address == six.address
+    assert ip in store.taken_ips("IPAddressPool/ns/dual")
+    store.close()
+    again = Store(str(tmp_path / "plexus.db"))
+    try:
+        assert ip in again.taken_ips("IPAddressPool/ns/dual")
+        assert again.cursor("IPAddressPool/ns/dual#IPv6") == ip
+        assert again.cursor("IPAddressPool/ns/dual") == to_int("198.18.90.10")
+        again.delete_lease("IPAddressPool/ns/dual", ip)
+        assert again.lease_at("IPAddressPool/ns/dual", ip) is None
+    finally:
+        again.close()
+        store.__init__(str(tmp_path / "plexus.db"))  # type: ignore[misc]  # the fixture closes it
+
+
+def test_an_ipv6_only_pool_gives_one_ipv6_address(ipam: Ipam) -> None:
+    (claim,) = attach(ipam, pod("app"), net="six-net")
+    assert claim.address == "2001:2:0:92::1" and claim.network == "2001:2:0:92::/120"
+
+
+def test_ipv6_statics_and_an_auto_address_that_asks_for_ipv6(ipam: Ipam, source: FakeSource) -> None:
+    claims = attach(ipam, pod("app"), names=("v6-static", "v6-auto"))
+    assert [c.address for c in claims] == ["2001:2:0:90::abcd", "2001:2:0:90::1"]
+    with pytest.raises(InvalidConfig) as err:
+        attach(ipam, pod("b"), net="four-net", names=("v6-on-four",))
+    assert err.value.details == "spec.ipFamily" and "no IPv6 network" in str(err.value)
+
+
+def test_a_64_is_leased_without_listing_its_addresses(ipam: Ipam, source: FakeSource) -> None:
+    pool = source.get(IP_ADDRESS_POOL, NS, "dual")
+    assert isinstance(pool, AddressPool)
+    assert pool.size == 10 + (1 << 64) - 1
+    assert pool.families == (4, 6)
+    assert not uses_blocks(pool.family(6)) and windows(pool) == windows(pool.family(4)), "blocks are IPv4 only"
+    six = pool.family(6)
+    taken = {to_int("2001:2:0:90::1"), to_int("2001:2:0:90::2")}
+    picked = pick_free(six, taken, cursor=None)
+    assert picked is not None and to_text(picked[0]) == "2001:2:0:90::3"
+    last = usable_bounds(ipaddress.ip_network(V6))[1]
+    wrapped = pick_free(six, taken, cursor=last)
+    assert wrapped is not None and to_text(wrapped[0]) == "2001:2:0:90::3", "wraps to the start"
+    assert [c.address for c in attach(ipam, pod("x"))][1] == "2001:2:0:90::1"
+
+
+def test_integers_name_one_address_whatever_the_family() -> None:
+    for text in ("198.18.0.1", "255.255.255.255", "2001:2::1", "::1:0:0:1"):
+        assert to_text(to_int(text)) == text
+    assert (family_of(to_int("198.18.0.1")), family_of(to_int("2001:2::1"))) == (4, 6)
+
+
+@pytest.mark.parametrize(("item", "field"), [
+    ({"network": "::c612:0/120"}, "spec.pools[0].network"),
+    ({"network": V6, "ranges": ["2001:2:0:91::1-2001:2:0:91::9"]}, "spec.pools[0].ranges[0]"),
+    ({"network": V6, "routes": [{"destination": "198.19.0.0/16", "via": "2001:2:0:90::1"}]},
+     "spec.pools[0].routes[0].destination"),
+    ({"network": V6, "routes": [{"destination": "2001:2:1::/48", "via": "198.18.90.1"}]}, "spec.pools[0].routes[0].via"),
+])
+def test_ipv6_pools_are_checked_like_ipv4_ones(item: dict[str, Any], field: str) -> None:
+    with pytest.raises(ManifestInvalid) as err:
+        obj("IPAddressPool", "bad", {"pools": [item]})
+    assert err.value.field == field, err.value
+
+
+def test_ip_family_must_be_a_family_and_match_the_static_address() -> None:
+    ref = {"kind": "Network", "name": "net"}
+    with pytest.raises(ManifestInvalid) as err:
+        obj("IPAddress", "a", {"networkRef": ref, "ipFamily": "IPv5"})
+    assert err.value.field == "spec.ipFamily"
+    with pytest.raises(ManifestInvalid) as err:
+        obj("IPAddress", "b", {"networkRef": ref, "type": "Static", "static": {"ip": "198.18.0.1"}, "ipFamily": "IPv6"})
+    assert err.value.field == "spec.ipFamily"
