@@ -4,6 +4,8 @@ addresses and the pool's routes on the pod interface, their share of the CNI res
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+from collections.abc import Iterable
 from typing import Any
 
 from cni.types import Interface, IPConfig, Result, Route, cidr_of
@@ -48,6 +50,28 @@ def result(iface: BuiltInterface, mac: str, sandbox: str, host_side: tuple[Inter
     return Result(interfaces, ips, routes)
 
 
+def _spelled_cidr(cidr: str) -> str:
+    """The kernel's spelling of an address with its prefix length (IPv6 compressed)."""
+    try:
+        return str(ipaddress.ip_interface(cidr))
+    except ValueError:
+        return cidr
+
+
+def _spelled_route(dst: str, via: str) -> tuple[str, str]:
+    """The kernel's spelling of a route (its destination's network, IPv6 compressed), so a record written
+    ``2001:2:0:0::/64`` or with host bits set still matches what netlink reports."""
+    try:
+        dst = str(ipaddress.ip_network(dst, strict=False))
+    except ValueError:
+        pass
+    return dst, links.same_ip(via) if via else ""
+
+
+def _spelled_routes(routes: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    return {_spelled_route(dst, via) for dst, via in routes}
+
+
 def check(host: Any, pod: Any, iface: BuiltInterface) -> list[str]:
     """The pod interface exists, is up, has its MAC, addresses and routes; its host link exists."""
     problems: list[str] = []
@@ -60,12 +84,14 @@ def check(host: Any, pod: Any, iface: BuiltInterface) -> list[str]:
         if not state["up"]:
             problems.append(f"{iface.if_name} is down")
         if iface.configure_ips:
+            have = {_spelled_cidr(c) for c in state["addresses"]}
+            routes = _spelled_routes(state["routes"])
             for a in iface.addresses:
                 cidr = cidr_of(a["address"], a["network"])
-                if cidr not in state["addresses"]:
+                if _spelled_cidr(cidr) not in have:
                     problems.append(f"{iface.if_name} lacks address {cidr}")
                 for r in a.get("routes", ()):
-                    if (r["destination"], r["via"]) not in state["routes"]:
+                    if _spelled_route(r["destination"], r["via"]) not in routes:
                         problems.append(f"{iface.if_name} lacks route {r['destination']} via {r['via']}")
     if iface.table and iface.configure_ips and state is not None:
         problems += _policy_problems(pod, iface)
@@ -76,11 +102,18 @@ def check(host: Any, pod: Any, iface: BuiltInterface) -> list[str]:
 
 def _policy_problems(pod: Any, iface: BuiltInterface) -> list[str]:
     state = policy.policy_state(pod, iface.table)
+    rules = {_spelled_cidr(r) for r in state["rules"]}
+    routes = _spelled_routes(state["routes"])
     problems = []
     for a in iface.addresses:
-        if f"{a['address']}/32" not in state["rules"]:
+        if _spelled_cidr(_host_cidr(a["address"])) not in rules:
             problems.append(f"no rule sends {a['address']} of {iface.if_name} to table {iface.table}")
     for r in iface.policy_routes:
-        if (r["destination"], r["via"]) not in state["routes"]:
+        if _spelled_route(r["destination"], r["via"]) not in routes:
             problems.append(f"table {iface.table} lacks route {r['destination']} via {r['via']} of {iface.if_name}")
     return problems
+
+
+def _host_cidr(address: str) -> str:
+    """An address as its policy rule's source: /32, or /128 for IPv6."""
+    return f"{address}/{128 if ':' in address else 32}"

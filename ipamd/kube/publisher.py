@@ -137,7 +137,8 @@ class KubePublisher:
                 "labels": {f"{GROUP}/owner-pod-uid": pod.meta.uid},
                 "ownerReferences": [{"apiVersion": "v1", "kind": POD.name, "name": pod.meta.name, "uid": pod.meta.uid}],
             },
-            "spec": {"networkRef": {"kind": rec.network_kind, "name": rec.network_name}, "type": "Auto"},
+            "spec": {"networkRef": {"kind": rec.network_kind, "name": rec.network_name}, "type": "Auto",
+                     **({"ipFamily": f"IPv{rec.family}"} if rec.family else {})},  # a dual-stack pool's second
         }
         self.outbox.add(rec.key, "create", {"kind": IP_ADDRESS.name, "namespace": rec.namespace, "object": body})
 

@@ -11,17 +11,53 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 from cni.errors import InterfaceFailure, TryAgainLater
 from ipamd.model.names import TapNames, uplink_name
 
 GONE = (errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL)
+RTN_UNICAST = 1
+MAIN_TABLE = 254
+
+
+def family_of(ip: str) -> int:
+    """``AF_INET6`` or ``AF_INET`` for an address or CIDR, as pyroute2 tells them apart (never raises: a bad
+    address is the kernel's to refuse, as a netlink error mapped like any other)."""
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
+def any_address(family: int) -> str:
+    """What the kernel leaves out of a default route's RTA_DST, as the destination is written."""
+    return "::" if family == socket.AF_INET6 else "0.0.0.0"
+
+
+def dump_of(family: int, dump: Any, **filters: Any) -> list[Any]:
+    """``dump(family=family, **filters)`` (``get_routes``, ``get_rules``), only that family's messages: a kernel
+    booted without IPv6 answers an AF_INET6 route dump with every family's, a rule dump with EAFNOSUPPORT, and an
+    IPv4-only node must still pass CHECK."""
+    try:
+        return [m for m in dump(family=family, **filters) if m["family"] == family]
+    except NetlinkError as exc:
+        if exc.code == errno.EAFNOSUPPORT:
+            return []
+        raise
+
+
+def same_ip(text: str) -> str:
+    """One spelling per address (IPv6 compressed), so a record's or a user's spelling compares with the kernel's;
+    what is no address (a host name) is left as it is."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return text
 
 
 def _index(ipr: IPRoute, name: str) -> int | None:
@@ -89,15 +125,26 @@ def ensure_vlan(host: IPRoute, parent: str, vlan_id: int) -> str:
 
 
 def vxlan_spec(name: str, vni: int, underlay_index: int | None, port: int, group: str, local: str) -> dict[str, Any]:
+    """The RTM_NEWLINK request for a VXLAN device; an IPv6 group or local address goes in its own attribute
+    (IFLA_VXLAN_GROUP6, IFLA_VXLAN_LOCAL6), which also makes the device's socket IPv6."""
     spec: dict[str, Any] = {"ifname": name, "kind": "vxlan", "vxlan_id": vni, "vxlan_port": port,
                             "vxlan_learning": 1}
     if underlay_index is not None:
         spec["vxlan_link"] = underlay_index
     if group:
-        spec["vxlan_group"] = group
+        spec["vxlan_group6" if ":" in group else "vxlan_group"] = group
     if local:
-        spec["vxlan_local"] = local
+        spec["vxlan_local6" if ":" in local else "vxlan_local"] = local
     return spec
+
+
+def vxlan_local(local: str, group: str, remotes: Iterable[str]) -> str:
+    """The device's local address: a VXLAN device carries one family, IPv4 unless a local or group address says
+    IPv6, so IPv6 remotes with neither get ``::`` (any source, IPv6 socket); else the kernel refuses their FDB
+    entries (EAFNOSUPPORT)."""
+    if local or group or not any(family_of(r) == socket.AF_INET6 for r in remotes):
+        return local
+    return "::"
 
 
 def ensure_vxlan(host: IPRoute, vni: int, underlay: str, remotes: Iterable[str], group: str, port: int,
@@ -105,21 +152,23 @@ def ensure_vxlan(host: IPRoute, vni: int, underlay: str, remotes: Iterable[str],
     """A VXLAN device for ``vni``; unicast remotes become all-zero FDB entries (head-end replication).
     The same class serves every node, so its remotes may include this node: that one is skipped."""
     name = uplink_name("vxlan", vni)
+    remotes = list(remotes)
     idx = _index(host, name)
     if idx is None:
         under = _index(host, underlay) if underlay else None
         if underlay and under is None:
             raise InterfaceFailure(f"underlay interface {underlay} for VNI {vni} does not exist", underlay)
         try:
-            host.link("add", **vxlan_spec(name, vni, under, port, group, local))
+            host.link("add", **vxlan_spec(name, vni, under, port, group, vxlan_local(local, group, remotes)))
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
                 raise _fail(f"creating VXLAN {vni}", exc) from None
         idx = _index(host, name)
     # a class lists every node of the segment; this node's own address is not a remote of its own
-    own = {a.get_attr("IFA_ADDRESS") for a in host.get_addr(family=2)}
+    own = {same_ip(a.get_attr(key)) for a in host.get_addr() for key in ("IFA_ADDRESS", "IFA_LOCAL")
+           if a.get_attr(key)}
     for remote in remotes:
-        if remote in own:
+        if same_ip(remote) in own:
             continue
         try:
             host.fdb("append", ifindex=idx, lladdr="00:00:00:00:00:00", dst=remote)
@@ -245,13 +294,24 @@ def _up(ipr: IPRoute, name: str) -> int:
     return idx
 
 
+def address_request(cidr: str) -> dict[str, Any]:
+    """The RTM_NEWADDR arguments for ``cidr`` (either family). IPv6 goes with IFA_F_NODAD (pyroute2 sends ``flags``
+    as IFA_FLAGS): duplicate address detection would keep the address tentative for 1-2 s (no source address, a
+    prefsrc route refused: a pod's 20 ms start would take a second), and the pool has already made it unique."""
+    iface = ipaddress.ip_interface(cidr)
+    request: dict[str, Any] = {"address": str(iface.ip), "prefixlen": iface.network.prefixlen}
+    if iface.version == 6:
+        request["flags"] = IFA_F_NODAD
+    return request
+
+
 def configure_addresses(pod: IPRoute, idx: int, if_name: str, addresses: Iterable[str],
                         routes: Iterable[tuple[str, str]]) -> None:
-    """Put ``addresses`` (CIDR) on the interface and add ``routes`` (destination, via)."""
+    """Put ``addresses`` (CIDR, either family) on the interface and add ``routes`` (destination, via; the family
+    is the destination's)."""
     try:
         for cidr in addresses:
-            iface = ipaddress.IPv4Interface(cidr)
-            pod.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            pod.addr("add", index=idx, **address_request(cidr))
     except NetlinkError as exc:
         raise _fail(f"configuring {if_name}", exc) from None
     for dst, via in routes:
@@ -273,9 +333,9 @@ def set_default_route(pod: IPRoute, if_name: str, gateways: Iterable[str]) -> li
     added: list[tuple[str, str]] = []
     try:
         for gw in gateways:
-            family = 6 if ":" in gw else 4
-            dst = "::/0" if family == 6 else "0.0.0.0/0"
-            for route in pod.get_routes(family=10 if family == 6 else 2, dst_len=0, table=254):
+            family = family_of(gw)
+            dst = f"{any_address(family)}/0"
+            for route in pod.get_routes(family=family, dst_len=0, table=MAIN_TABLE):
                 if route.get_attr("RTA_DST") is None:
                     pod.route("del", dst=dst, oif=route.get_attr("RTA_OIF"), gateway=route.get_attr("RTA_GATEWAY"))
             pod.route("add", dst=dst, gateway=gw, oif=idx)
@@ -316,19 +376,33 @@ def bridge_ports(host: IPRoute, bridge: str) -> list[str]:
     return [link.get_attr("IFLA_IFNAME") for link in host.get_links() if link.get_attr("IFLA_MASTER") == idx]
 
 
+def _listed_address(msg: Any) -> str | None:
+    """An address as CIDR, or None for the IPv6 link-local one the kernel gives every link by itself."""
+    ip = msg.get_attr("IFA_ADDRESS")
+    if msg["family"] == socket.AF_INET6 and ipaddress.ip_address(ip).is_link_local:
+        return None
+    return f"{ip}/{msg['prefixlen']}"
+
+
+def _gateway_route(msg: Any) -> tuple[str, str] | None:
+    """A unicast route through a gateway as (destination/len, via), a default one too; None for the kernel's own
+    (connected, fe80::/64, local, multicast), which have no gateway."""
+    via = msg.get_attr("RTA_GATEWAY")
+    if msg["type"] != RTN_UNICAST or not via:
+        return None
+    return f"{msg.get_attr('RTA_DST') or any_address(msg['family'])}/{msg['dst_len']}", via
+
+
 def link_state(ipr: IPRoute, name: str) -> dict[str, Any] | None:
-    """Name, MAC, operstate, addresses (CIDR) and routes of one link, for CHECK and tests."""
+    """Name, MAC, operstate, addresses (CIDR, both families) and routes through a gateway of one link in the main
+    table (where a pool's routes go; policy routing has ``policy_state``), for CHECK and tests."""
     idx = _index(ipr, name)
     if idx is None:
         return None
     link = ipr.link("get", index=idx)[0]
-    addrs = [
-        f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(index=idx, family=2)
-    ]
-    routes = [
-        (f"{r.get_attr('RTA_DST')}/{r['dst_len']}", r.get_attr("RTA_GATEWAY") or "")
-        for r in ipr.get_routes(family=2, oif=idx) if r.get_attr("RTA_DST") and r.get_attr("RTA_GATEWAY")
-    ]
+    addrs = [a for a in map(_listed_address, ipr.get_addr(index=idx)) if a]
+    routes = [r for family in (socket.AF_INET, socket.AF_INET6)
+              for r in map(_gateway_route, dump_of(family, ipr.get_routes, oif=idx, table=MAIN_TABLE)) if r]
     info = link.get_attr("IFLA_LINKINFO")
     return {
         "name": name, "mac": link.get_attr("IFLA_ADDRESS"), "up": bool(link["flags"] & 1),

@@ -1,7 +1,8 @@
 """Policy routing in a pod's namespace (DANM's ``rt_tables`` and ``proutes``): an interface's connected route and its
 network's policy routes in the network's table, and one ``ip rule`` per address of the interface that sends what
 leaves from that address to that table. The routes go with the interface; the rules stay with the namespace, so DEL
-removes them."""
+removes them. Both families: an IPv6 address gets an AF_INET6 rule for its /128 and its prefix's route in the table
+(which needs the address usable at once: ``configure_addresses`` adds it without duplicate address detection)."""
 
 from __future__ import annotations
 
@@ -15,23 +16,31 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ipamd.model.podopts import POLICY_RULE_PRIORITY
-from ipamd.netlink.links import GONE, _fail
+from ipamd.netlink.links import GONE, _fail, any_address, dump_of
 
 SCOPE_LINK = 253
+FAMILIES = (socket.AF_INET, socket.AF_INET6)
+Address = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+def rule_request(iface: Address, table: int) -> dict[str, Any]:
+    """The ``ip rule`` of one address: what leaves from it (its /32 or /128) looks up ``table``."""
+    return {"family": socket.AF_INET6 if iface.version == 6 else socket.AF_INET, "src": str(iface.ip),
+            "src_len": iface.max_prefixlen, "table": table, "priority": POLICY_RULE_PRIORITY}
 
 
 def add_policy_routing(pod: IPRoute, idx: int, if_name: str, addresses: Iterable[str], table: int,
                        routes: Iterable[tuple[str, str]]) -> None:
-    """The connected route of each address (CIDR) and ``routes`` (destination, via) into ``table``, then the rules."""
-    cidrs = [ipaddress.IPv4Interface(c) for c in addresses]
+    """The connected route of each address (CIDR, either family) and ``routes`` (destination, via) into ``table``,
+    then the rules."""
+    cidrs = [ipaddress.ip_interface(c) for c in addresses]
     try:
         for iface in cidrs:
             _add_route(pod, dst=str(iface.network), oif=idx, table=table, scope=SCOPE_LINK, prefsrc=str(iface.ip))
         for dst, via in routes:
             _add_route(pod, dst=dst, gateway=via, oif=idx, table=table)
         for iface in cidrs:
-            pod.rule("add", family=socket.AF_INET, src=str(iface.ip), src_len=32, table=table,
-                     priority=POLICY_RULE_PRIORITY)
+            pod.rule("add", **rule_request(iface, table))
     except NetlinkError as exc:
         raise _fail(f"policy routing of {if_name} in table {table}", exc) from None
 
@@ -45,21 +54,21 @@ def _add_route(pod: IPRoute, **route: Any) -> None:
 
 
 def delete_policy_rules(pod: IPRoute, addresses: Iterable[str], table: int) -> None:
-    """The rules of ``addresses`` (CIDR) to ``table``; what is gone counts as removed."""
+    """The rules of ``addresses`` (CIDR, either family) to ``table``; what is gone counts as removed."""
     for cidr in addresses:
-        ip = str(ipaddress.IPv4Interface(cidr).ip)
         try:
-            pod.rule("del", family=socket.AF_INET, src=ip, src_len=32, table=table, priority=POLICY_RULE_PRIORITY)
+            pod.rule("del", **rule_request(ipaddress.ip_interface(cidr), table))
         except NetlinkError as exc:
             if exc.code not in GONE:
                 raise
 
 
 def policy_state(pod: IPRoute, table: int) -> dict[str, list[Any]]:
-    """The rules that select ``table`` (their source addresses) and the routes in it (destination, via), for CHECK
-    and tests."""
-    rules = [f"{r.get_attr('FRA_SRC')}/{r['src_len']}" for r in pod.get_rules(family=socket.AF_INET)
+    """The rules that select ``table`` (their source addresses, "addr/len") and the routes in it ("dst/len", via),
+    IPv4 first, for CHECK and tests."""
+    rules = [f"{r.get_attr('FRA_SRC')}/{r['src_len']}" for family in FAMILIES
+             for r in dump_of(family, pod.get_rules)
              if (r.get_attr("FRA_TABLE") or r["table"]) == table and r.get_attr("FRA_SRC")]
-    routes = [(f"{r.get_attr('RTA_DST') or '0.0.0.0'}/{r['dst_len']}", r.get_attr("RTA_GATEWAY") or "")
-              for r in pod.get_routes(family=socket.AF_INET, table=table)]
+    routes = [(f"{r.get_attr('RTA_DST') or any_address(family)}/{r['dst_len']}", r.get_attr("RTA_GATEWAY") or "")
+              for family in FAMILIES for r in dump_of(family, pod.get_routes, table=table)]
     return {"rules": rules, "routes": routes}
