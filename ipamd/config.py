@@ -10,6 +10,11 @@ import os
 from dataclasses import dataclass
 
 SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+#: Where the kubelet serves its pod-resources API (``<kubelet root dir>/pod-resources/kubelet.sock``).
+POD_RESOURCES_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
+#: Where device plugins write NPWG device-info files (NPWG device-info spec; net-attach-def-client's
+#: ``baseDevInfoPath``/``dp``), one per device: ``<resource>-<device ID>-device.json``, each ``/`` made ``-``.
+DEVICE_INFO_DIR = "/var/run/k8s.cni.cncf.io/devinfo/dp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +44,8 @@ class DaemonConfig:
     ipam_socket: str = ""  # plexus-ipam's socket ("" : plexus-ipam.sock next to --socket)
     block_ttl: float = 600.0  # the controller reclaims a silent node's address blocks after this long
     address_blocks: bool = True  # lease in node blocks where a pool is large enough (off: one lease object per address)
+    pod_resources_socket: str = ""  # the kubelet's pod-resources API (device pools; "": none, the local mode's default)
+    device_info_dir: str = DEVICE_INFO_DIR  # device plugins' NPWG device-info files
 
     @property
     def ipam_plugin_socket(self) -> str:
@@ -90,6 +97,11 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
                    help="Kubernetes mode: on (default): claim blocks of 16 addresses of a large pool and lease in "
                         "them without an API request; off: one IPAddressLease create per address, on the ADD's path "
                         "(other nodes' blocks are still respected)")
+    p.add_argument("--pod-resources-socket", default=None,
+                   help="the kubelet's pod-resources API, read for NADs with a k8s.v1.cni.cncf.io/resourceName "
+                        "(default in Kubernetes mode: /var/lib/kubelet/pod-resources/kubelet.sock; '' for none)")
+    p.add_argument("--device-info-dir", default=d.device_info_dir,
+                   help="where device plugins write NPWG device-info files (default %(default)s)")
     a = p.parse_args(argv)
     kubeconfig = a.kubeconfig
     if not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(SA_TOKEN):
@@ -103,4 +115,6 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
                         kubeconfig, a.node_name, a.node_netns, a.controller, a.controller_namespace,
                         a.mode, a.webhook_address, a.webhook_port, tuple(a.webhook_name or d.webhook_names),
                         a.webhook_secret, a.webhook_configuration, a.health_port, a.ipam_socket, a.block_ttl,
-                        a.address_blocks == "on")
+                        a.address_blocks == "on",
+                        (POD_RESOURCES_SOCKET if kubeconfig else "") if a.pod_resources_socket is None
+                        else a.pod_resources_socket, a.device_info_dir)

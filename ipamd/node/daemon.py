@@ -29,10 +29,12 @@ from ipamd.publish.base import LocalPublisher, Publisher
 from ipamd.server.cni_http import CniHttpServer
 from ipamd.server.grpc_api import IpamService, serve
 from ipamd.sources.base import ObjectSource
+from ipamd.sources.devices import KubeletDevices
 from ipamd.sources.local import LocalSource
 from ipamd.store.sqlite import Store
 from ipamd.verbs.attacher import Attacher
 from ipamd.verbs.ipam_plugin import IpamPlugin
+from ipamd.verbs.networks import Networks
 
 log = logging.getLogger("plexus-ipamd")
 
@@ -98,8 +100,10 @@ class NodeDaemon:
         fault = _fault_hook(cfg.fault, float(os.environ.get("PLEXUS_FAULT_RATE") or 0),
                             os.environ.get("PLEXUS_FAULT_SEED", "plexus"))
         delegation = Chain(Exec(node_netns=cfg.node_netns, owner=os.path.abspath(cfg.db)))
+        devices = KubeletDevices(cfg.pod_resources_socket, cfg.device_info_dir) if cfg.pod_resources_socket else None
         self.attacher = Attacher(self.store, self.source, self.ipam, self.segments, all_drivers(delegation), host,
-                                 pod_namespace, publisher, self._ready.is_set, fault, delegation=delegation,
+                                 pod_namespace, publisher, self._ready.is_set, fault,
+                                 networks=Networks(self.source, self.ipam, devices=devices), delegation=delegation,
                                  delegated=self.delegated)
         self.ipam_plugin = IpamPlugin(self.delegated, self.source, self._ready.is_set, publisher)
         self.reconciler = Reconciler(self.store, self.source, self.ipam, self.attacher, self.segments, publisher,

@@ -34,7 +34,8 @@ def network_status(interfaces: list[BuiltInterface], cluster: tuple[str, dict[st
         if entry is not None:
             out.append(entry)
     for iface in interfaces:
-        entry = entry_from_result(iface.network_key.split("/", 1)[1], iface.result, default=iface.default)
+        entry = entry_from_result(iface.network_key.split("/", 1)[1], iface.result, default=iface.default,
+                                  device_info=iface.device_info or None)
         if entry is not None:
             out.append(entry)
     return out

@@ -91,6 +91,8 @@ class BuiltInterface:
     default: bool = False  # the pod's cluster network (network-status "default": true)
     table: int = 0  # policy routing: the routing table its addresses select (0: none)
     policy_routes: tuple[dict[str, str], ...] = ()  # and its network's routes in that table
+    device_id: str = ""  # a device pool's device it attaches through (the delegate's deviceID)
+    device_info: dict[str, Any] = field(default_factory=dict)  # its NPWG device-info, for network-status
 
 
 @dataclass(frozen=True, slots=True)

@@ -201,7 +201,8 @@ class Attacher:
             ip_keys=tuple(c.ip_key for c in claims), created_ip_keys=tuple(c.ip_key for c in claims if c.created_ip),
             configure_ips=plan.configure_ips,
             addresses=tuple(AddressConfig(c.ip_name, c.address, c.network, c.routes).to_dict() for c in claims),
-            driver=plan.state or {}, default=w.target.default, **_policy(w, plan.configure_ips),
+            driver=plan.state or {}, default=w.target.default, device_id=w.device_id, device_info=w.device_info,
+            **_policy(w, plan.configure_ips),
         )
 
     def _build(self, pod_side: PodSide, w: Wanted, iface: BuiltInterface, undo: contextlib.ExitStack) -> Built:

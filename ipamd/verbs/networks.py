@@ -42,6 +42,7 @@ from ipamd.model.objects import (
     NETWORK,
     NETWORK_ATTACHMENT_DEFINITION,
     POD_ANNOTATIONS_CAPABILITY,
+    RESOURCE_NAME_ANNOTATION,
     SPEC_ANNOTATION,
     IPAddressObject,
     Pod,
@@ -49,6 +50,7 @@ from ipamd.model.objects import (
 from ipamd.model.pluginconf import PluginConfig
 from ipamd.model.podopts import DEFAULT_NETWORK_LABEL, IFNAMSIZ, interface_name
 from ipamd.sources.base import ObjectSource
+from ipamd.sources.devices import NoDevices, PodDevices
 from ipamd.sources.netconf import find_on_disk, load_file
 from ipamd.verbs.call import CniCall
 
@@ -78,6 +80,10 @@ class Wanted:
     net: ResolvedNetwork | None = None  # its pool and segment,
     user_ips: list[IPAddressObject] = field(default_factory=list)  # and the IPAddresses named for it
     address: AddressRequest | None = None  # a delegate's address the daemon leases (its IPAM is plexus-ipam)
+    resource: str = ""  # the device-plugin resource its NAD takes a device of (k8s.v1.cni.cncf.io/resourceName)
+    where: str = ""  # where the pod asked for it (for errors about its device)
+    device_id: str = ""  # the device it got
+    device_info: dict[str, Any] = field(default_factory=dict)  # and what the device's plugin says of it
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +92,7 @@ class Delegated:
 
     conflist: dict[str, Any]
     target: Target
+    resource: str = ""  # the NAD's k8s.v1.cni.cncf.io/resourceName: each pod attached takes one of its devices
 
 
 def _ns_name(text: str, default_ns: str) -> tuple[str, str]:
@@ -95,10 +102,12 @@ def _ns_name(text: str, default_ns: str) -> tuple[str, str]:
 
 class Networks:
     def __init__(self, source: ObjectSource, ipam: Ipam,
-                 on_disk: Callable[[str, str], dict[str, Any] | None] = find_on_disk) -> None:
+                 on_disk: Callable[[str, str], dict[str, Any] | None] = find_on_disk,
+                 devices: PodDevices | None = None) -> None:
         self.source = source
         self.ipam = ipam
         self.on_disk = on_disk
+        self.devices = devices or NoDevices()
 
     def wanted(self, call: CniCall, pod: Pod, prev: Result | None, conf: PluginConfig) -> list[Wanted]:
         ns = pod.meta.namespace
@@ -130,6 +139,29 @@ class Networks:
             out.append(Wanted(sel.interface_type, request, Target(net.key, net.type, net.name), sel, net, user_ips))
         for el in npwg:
             out.append(self._element(call, pod, conf, el, names[el.where]))
+        return self._with_devices(pod, out)
+
+    def _with_devices(self, pod: Pod, wanted: list[Wanted]) -> list[Wanted]:
+        """Each network of a device pool with its device: the N-th network of a resource in the pod's selection
+        takes the N-th device the kubelet assigned the pod (Multus's rule), handed to the delegate as ``deviceID``."""
+        assigned: dict[str, list[str]] = {}
+        taken: dict[str, int] = {}
+        out = []
+        for w in wanted:
+            if not w.resource:
+                out.append(w)
+                continue
+            if w.resource not in assigned:
+                assigned[w.resource] = self.devices.devices(pod.meta.namespace, pod.meta.name, w.resource)
+            ids, n = assigned[w.resource], taken.get(w.resource, 0)
+            if n >= len(ids):
+                raise InvalidConfig(
+                    f"{w.target.type} {w.target.name} attaches through a device of {w.resource} (its "
+                    f"{RESOURCE_NAME_ANNOTATION}), and the kubelet assigned pod {pod.meta.namespace}/{pod.meta.name} "
+                    f"{len(ids)} of them for {n + 1} such networks: its containers must ask for them "
+                    f"(resources.limits[{w.resource}])", f"{w.where}.name" if w.where else "resourceName")
+            taken[w.resource] = n + 1
+            out.append(with_device(w, ids[n], self.devices.info(w.resource, ids[n]) or {}))
         return out
 
     # -- interface names ----------------------------------------------------------------------------
@@ -177,7 +209,7 @@ class Networks:
         if config is None:
             raise ObjectNotFound(f"{NAD} {ns}/{name} has no spec.config, and {conf.conf_dir} has no configuration "
                                  f"named {name}", f"{where}.name")
-        return Delegated(config, Target(f"{NAD}/{ns}/{name}", NAD, f"{ns}/{name}"))
+        return Delegated(config, Target(f"{NAD}/{ns}/{name}", NAD, f"{ns}/{name}"), nad.resource_name)
 
     def _cluster(self, call: CniCall, pod: Pod, conf: PluginConfig) -> Wanted:
         """The cluster network: the pod's default-network override, else ``clusterNetwork`` (a file's path, a
@@ -234,7 +266,7 @@ class Networks:
                                                                      "where": where}})
             address = None
         return Wanted("delegate", InterfaceRequest(if_name, delegate=inv, default_route=default_route), d.target,
-                      address=address)
+                      address=address, resource=d.resource, where=where)
 
     @staticmethod
     def _address(call: CniCall, pod: Pod, d: Delegated, if_name: str, runtime: dict[str, Any], where: str,
@@ -254,7 +286,7 @@ class Networks:
         ips = runtime.get("ips") or []
         ips_field = "runtimeConfig.ips" if where == "clusterNetwork" else f"{where}.ips"
         if not isinstance(ips, list) or len(ips) > 1:
-            raise InvalidConfig("an interface gets one IPv4 address from plexus-ipam", ips_field)
+            raise InvalidConfig("an interface gets one address from plexus-ipam", ips_field)
         nad = d.target.name if d.target.type == NAD else ""
         return AddressRequest(d.conflist["name"], call.container_id, if_name, config, pod, pod.meta.namespace, nad,
                               tuple(str(i) for i in ips), claim, ips_field=ips_field,
@@ -310,6 +342,19 @@ def with_lease(w: Wanted, leased: Leased) -> Wanted:
     runtime = {k: v for k, v in inv.runtime_config.items() if k != "ips"}
     inv = replace(inv, conflist={**inv.conflist, "plugins": plugins}, runtime_config=runtime)
     return replace(w, request=replace(w.request, delegate=inv))
+
+
+def with_device(w: Wanted, device_id: str, info: dict[str, Any]) -> Wanted:
+    """The delegate told its device as Multus tells it: ``deviceID`` in its first plugin's configuration (where
+    SR-IOV CNI reads it), and in ``runtimeConfig`` for a plugin that declares the ``deviceID`` capability."""
+    inv = w.request.delegate
+    if inv is None:
+        return w
+    plugins = [{**p, "deviceID": device_id} if i == 0 else p for i, p in enumerate(inv.conflist["plugins"])]
+    runtime = {**inv.runtime_config, "deviceID": device_id} if "deviceID" in capabilities(inv.conflist) \
+        else inv.runtime_config
+    inv = replace(inv, conflist={**inv.conflist, "plugins": plugins}, runtime_config=runtime)
+    return replace(w, request=replace(w.request, delegate=inv), device_id=device_id, device_info=info)
 
 
 def _ignore_unknown(args: str) -> str:

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from tests.node.test_node_tier import BUSYBOX, NODE_NETNS, NodeCluster, running_node, wait_for
+from tests.node.device_plugin import FakeNicPlugin
+from tests.node.test_node_tier import BUSYBOX, NODE, NODE_NETNS, NodeCluster, running_node, wait_for
 
 NETNS = Path(NODE_NETNS).name
 DHCP_SOCKET = Path("/run/cni/dhcp.sock")
@@ -192,3 +193,52 @@ def test_the_openshift_seeds_pod_and_a_del_after_its_nad_is_gone(multus_node: No
     assert time.monotonic() - started < 120
     assert wait_for(lambda: not attachments(c), timeout=60), attachments(c)
     assert os.path.exists(NODE_NETNS)
+
+
+RESOURCE = "plexus.test/nic"
+RECORDER = Path("/opt/cni/bin/plexus-test-devrec")
+
+
+@pytest.mark.netns
+def test_a_device_pool_hands_each_pod_the_device_its_kubelet_assigned(multus_node: NodeCluster) -> None:
+    """A NAD of a device-plugin resource (DANM's device pools, Multus's deviceID): the tests' own device plugin
+    registers two devices with the real kubelet; a pod that asks for one gets its network through a delegate told
+    that device's ID (a recorder in front of Debian's bridge plugin keeps what it was told), and network-status
+    carries the device plugin's device-info."""
+    c = multus_node
+    work = c.daemon_log.parent
+    calls = work / "devrec.jsonl"
+    RECORDER.write_text(f"#!/bin/sh\nconf=$(cat)\nprintf '%s\\n' \"$conf\" >> {calls}\n"
+                        "printf '%s' \"$conf\" | exec /opt/cni/bin/bridge\n")
+    RECORDER.chmod(0o755)
+    plugin = FakeNicPlugin(RESOURCE, ["nic-a", "nic-b"], work / "devinfo")
+    try:
+        plugin.start()
+        assert wait_for(lambda: c.get("node", NODE)["status"].get("allocatable", {}).get(RESOURCE) == "2",
+                        timeout=60), "the kubelet advertises the plugin's two devices"
+        c.kubectl("create", "namespace", "devpool", check=False)
+        config = {"cniVersion": "0.3.1", "name": "vf-net", "type": RECORDER.name, "bridge": "plxdev0",
+                  "ipam": {"type": "host-local", "subnet": "198.18.99.0/24", "dataDir": str(work / "devpool-ipam")}}
+        pod_spec = spec()
+        pod_spec["containers"][0]["resources"] = {"limits": {RESOURCE: "1"}, "requests": {RESOURCE: "1"}}
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": "vf-user", "namespace": "devpool", "labels": {"devpool": "yes"},
+            "annotations": {"k8s.v1.cni.cncf.io/networks": "vf-net"}}, "spec": pod_spec}
+        c.apply([{"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+                  "metadata": {"name": "vf-net", "namespace": "devpool",
+                               "annotations": {"k8s.v1.cni.cncf.io/resourceName": RESOURCE}},
+                  "spec": {"config": json.dumps(config)}}, pod])
+        assert wait_for(lambda: running(c, "devpool", "devpool=yes"), timeout=180), c.daemon_log.read_text()[-4000:]
+        (assigned,) = plugin.allocated
+        assert len(assigned) == 1 and assigned[0] in ("nic-a", "nic-b")
+        told = [json.loads(line) for line in calls.read_text().splitlines()]
+        assert told and told[0]["deviceID"] == assigned[0], "the delegate is told the device the kubelet assigned"
+        status = network_status(c, "devpool", "vf-user")
+        assert status[1]["name"] == "devpool/vf-net" and status[1]["ips"][0].startswith("198.18.99.")
+        info = json.loads(next((work / "devinfo").glob(f"plexus.test-nic-{assigned[0]}-device.json")).read_text())
+        assert status[1]["device-info"] == info, status
+        c.kubectl("delete", "namespace", "devpool", "--wait=true", "--timeout=120s")
+        assert wait_for(lambda: not attachments(c), timeout=60), attachments(c)
+    finally:
+        plugin.stop()
+        RECORDER.unlink(missing_ok=True)

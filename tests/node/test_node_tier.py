@@ -118,7 +118,9 @@ def running_node(write_conflist: Callable[[Path, str, str], Path], crds: tuple[s
                  "--kubeconfig", str(data / "admin.kubeconfig"), "--node-name", NODE, "--controller",
                  "--db", str(work / "plexus.db"), "--socket", str(work / "run" / "plexus.sock"),
                  "--grpc-socket", str(work / "run" / "ipam.sock"), "--log-file", str(c.daemon_log),
-                 "--reconcile-interval", "2", *daemon_args],
+                 "--reconcile-interval", "2",
+                 "--pod-resources-socket", str(data / "kubelet" / "root" / "pod-resources" / "kubelet.sock"),
+                 "--device-info-dir", str(work / "devinfo"), *daemon_args],
                 cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL, stderr=err)
         assert wait_for(lambda: c.daemon_log.exists() and "ready" in c.daemon_log.read_text(), timeout=60)
         yield c
