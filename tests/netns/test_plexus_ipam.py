@@ -203,3 +203,24 @@ def test_an_address_asked_for_that_another_pod_holds_names_the_holder(node: Node
     assert set(links_in(second)) == {"lo"} and len(node.leases()) == 1
     assert node.cni("DEL", "c1", first, pod=(NS, "first"), conf=conf(node, bindir)).ok
     run("ip", "-n", os.path.basename(node.netns), "link", "del", "pxbr1", check=False)
+
+
+def test_an_ipv6_range_reaches_the_pod_and_the_npwg_status(node: Node, bindir: Path) -> None:
+    """A NAD's IPv6 range: the bridge delegate puts the leased IPv6 address on the pod's interface, and the pod's
+    NPWG network-status lists it."""
+    from ipamd.api import ipam_pb2 as pb
+    from tests.netns.test_dual_stack import ipv6_of
+
+    node.apply([bridge_nad(node, "six", "pxbr6", range="2001:2:0:76::/64", routes=[{"dst": "2001:2:0:77::/64"}],
+                           gateway="2001:2:0:76::1"),
+                pod("app", {NPWG: "six"})])
+    ns = node.pod_netns("app")
+    res = node.cni("ADD", "c1", ns, pod=(NS, "app"), conf=conf(node, bindir))
+    assert res.ok, (res, node.log_text()[-3000:])
+    assert list(ipv6_of(ns, "net1")["addresses"]) == ["2001:2:0:76::2/64"], "the gateway ::1 is never a pod's"
+    assert ipv6_of(ns, "net1")["routes"] == [("2001:2:0:77::/64", "2001:2:0:76::1")]
+    pods = node.grpc("ListPods", pb.ListPodsRequest(namespace=NS, name="app")).pods
+    (entry,) = json.loads(pods[0].network_status_json)
+    assert (entry["name"], entry["interface"], entry["ips"]) == (f"{NS}/six", "net1", ["2001:2:0:76::2"])
+    assert node.cni("DEL", "c1", ns, pod=(NS, "app"), conf=conf(node, bindir)).ok
+    assert set(links_in(ns)) == {"lo"}
