@@ -41,6 +41,7 @@ from ipamd.kube.reclaim import silent_nodes, stray_leases, vanished
 from ipamd.model.conditions import set_condition
 from ipamd.model.objects import (
     CLUSTER_NETWORK,
+    INT64_MAX,
     IP_ADDRESS_KINDS,
     NETWORK,
     POOL_KINDS,
@@ -92,9 +93,6 @@ class ClusterSource(ObjectSource, Protocol):
 NODE_BLOCKS = Gauge("plexus_node_blocks", "Address blocks of a pool a node holds", ["pool", "node"])
 POOL_ADDRESSES = Gauge("plexus_pool_addresses", "Addresses of a pool, by state: used (leased to a holder), "
                        "quarantined (released, waiting out leaseTTL), free", ["pool", "state"])
-
-
-INT64_MAX = (1 << 63) - 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,6 +125,8 @@ IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: IPv6 addresses below this (``::/96``, the deprecated IPv4-compatible space) would share their integers with IPv4
 #: addresses, which the allocator and the store key by integer: a pool may not hold them.
 IPV6_FLOOR = 1 << 32
+#: The largest count a Kubernetes integer or a protobuf int64 holds: a /64 has more addresses, so counts are capped.
+INT64_MAX = (1 << 63) - 1
 
 
 @dataclass(frozen=True, slots=True)

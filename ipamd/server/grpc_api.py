@@ -19,7 +19,15 @@ from cni.errors import CniError, InvalidConfig, ObjectNotFound
 from ipamd.api import ipam_pb2 as pb
 from ipamd.api import ipam_pb2_grpc as pb_grpc
 from ipamd.ipam.addresses import Ipam
-from ipamd.model.objects import CLUSTER_IP_ADDRESS_POOL, IP_ADDRESS_POOL, POD, POOL_KINDS, SERVICE, AddressPool
+from ipamd.model.objects import (
+    CLUSTER_IP_ADDRESS_POOL,
+    INT64_MAX,
+    IP_ADDRESS_POOL,
+    POD,
+    POOL_KINDS,
+    SERVICE,
+    AddressPool,
+)
 from ipamd.model.services import ServiceInvalid, endpoint_slice, local_pod, parse_service
 from ipamd.sources.base import ObjectSource
 from ipamd.sources.lookups import check_service_network
@@ -128,16 +136,18 @@ class IpamService(pb_grpc.IpamServicer):
             for pool in self.source.list(kind):
                 used, quarantined, free = _usage(self.store.leases_in_pool(pool.meta.key).values(), pool.size)
                 out.append(pb.PoolUsage(
-                    pool=pool.meta.key, networks=[str(s.network) for s in pool.subnets], size=pool.size,
-                    used=used, quarantined=quarantined, free=free, lease_ttl_seconds=pool.lease_ttl_s,
+                    pool=pool.meta.key, networks=[str(s.network) for s in pool.subnets],
+                    size=min(pool.size, INT64_MAX), used=used, quarantined=quarantined, free=min(free, INT64_MAX),
+                    lease_ttl_seconds=pool.lease_ttl_s,
                 ))
         for implicit in self.store.implicit_pools():  # inline ranges: usage within each one's own ranges
             size = sum(b - a + 1 for a, b in implicit.ranges)
             inside = [lease for ip, lease in self.store.leases_in_pool(implicit.pool).items()
                       if any(a <= ip <= b for a, b in implicit.ranges)]
             used, quarantined, free = _usage(inside, size)
-            out.append(pb.PoolUsage(pool=implicit.pool, networks=[implicit.network], size=size, used=used,
-                                    quarantined=quarantined, free=free, lease_ttl_seconds=implicit.ttl,
+            out.append(pb.PoolUsage(pool=implicit.pool, networks=[implicit.network], size=min(size, INT64_MAX),
+                                    used=used, quarantined=quarantined, free=min(free, INT64_MAX),
+                                    lease_ttl_seconds=implicit.ttl,
                                     implicit_for=implicit.owner))
         return pb.ListPoolsResponse(pools=out)
 

@@ -52,6 +52,26 @@ def test_unary_allocate_release_and_the_cni_code_of_a_failure(stub: Any) -> None
     assert not stub.Release(pb.ReleaseRequest(pool=POOL, address="198.18.90.1")).released
 
 
+def test_an_ipv6_64_is_leased_over_the_api_and_its_count_capped(tmp_path: Path) -> None:
+    pool = parse_object({"apiVersion": API_VERSION, "kind": "IPAddressPool", "metadata": {"name": "six", "namespace": "apps"},
+                         "spec": {"pools": [{"network": "198.18.91.0/24"}, {"network": "2001:2:0:91::/64"}]}})
+    store, source = MemoryStore(), FakeSource(pool)
+    server, _ = serve(str(tmp_path / "ipam.sock"), IpamService(store, source, Ipam(store, source), list), lambda: True)
+    channel = grpc.insecure_channel(f"unix:{tmp_path / 'ipam.sock'}")
+    try:
+        stub = pb_grpc.IpamStub(channel)  # type: ignore[no-untyped-call]
+        ref = pb.PoolRef(kind="IPAddressPool", namespace="apps", name="six")
+        assert stub.Allocate(pb.AllocateRequest(pool=ref, owner="a")).address == "198.18.91.1"
+        assert stub.Allocate(pb.AllocateRequest(pool=ref, owner="b", address="2001:2:0:91::7")).address == \
+            "2001:2:0:91::7", "an exact IPv6 address of the pool"
+        (usage,) = stub.ListPools(pb.ListPoolsRequest()).pools
+        assert (usage.size, usage.used, usage.free) == ((1 << 63) - 1, 2, (1 << 63) - 1)
+        assert list(usage.networks) == ["198.18.91.0/24", "2001:2:0:91::/64"]
+    finally:
+        channel.close()
+        server.stop(None)
+
+
 def test_the_leases_stream_applies_each_operation_on_its_own(stub: Any) -> None:
     out: queue.Queue[Any] = queue.Queue()
     results = stub.Leases(iter(out.get, None), timeout=30)
