@@ -91,6 +91,7 @@ class LinksContext:
     host: Any
     pod_netlink: Callable[[], Any | None]
     netns: str = ""
+    doomed: list[str] | None = None  # a DEL's: node links to remove together once every driver is done (one request)
 
 
 class InterfaceDriver(Protocol):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -117,3 +118,37 @@ def _policy_problems(pod: Any, iface: BuiltInterface) -> list[str]:
 def _host_cidr(address: str) -> str:
     """An address as its policy rule's source: /32, or /128 for IPv6."""
     return f"{address}/{128 if ':' in address else 32}"
+
+
+class DoomedLinks:
+    """Removes the node links that DELs doomed (``LinksContext.doomed``), the DELs of the moment together (a group
+    commit): a DEL whose links were doomed while another's removal request ran waits for it to end, then one of the
+    waiters removes what all of them doomed in one request. Removing a veth costs the kernel RCU waits under its
+    RTNL lock once per request, so concurrent DELs (a rollout, a pod's many networks) pay for one."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._doomed = 0  # links doomed so far (a sequence number)
+        self._removed = 0  # every link doomed up to this number is gone
+        self._busy = False
+
+    def remove(self, ctx: LinksContext) -> None:
+        if not ctx.doomed:
+            return
+        with self._cv:
+            self._doomed += len(ctx.doomed)
+            mine = self._doomed
+            while self._removed < mine:
+                if self._busy:
+                    self._cv.wait()
+                    continue
+                self._busy, upto = True, self._doomed  # every link counted by now is doomed in the kernel
+                self._cv.release()
+                try:
+                    links.delete_doomed(ctx.host)
+                finally:
+                    self._cv.acquire()
+                    self._busy = False
+                    self._cv.notify_all()
+                self._removed = max(self._removed, upto)
+        ctx.doomed.clear()

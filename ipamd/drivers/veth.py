@@ -28,6 +28,10 @@ class VethDriver:
 
     def teardown(self, ctx: LinksContext, iface: BuiltInterface) -> None:
         kernel.unconfigure(ctx, iface)
+        if ctx.doomed is not None:  # removed with the attachment's other links, in one request
+            if links.doom_link(ctx.host, iface.host_link):
+                ctx.doomed.append(iface.host_link)
+            return
         links.delete_link(ctx.host, iface.host_link)  # the pod end goes with it
 
     def check(self, ctx: LinksContext, iface: BuiltInterface) -> list[str]:

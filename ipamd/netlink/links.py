@@ -365,6 +365,33 @@ def delete_link(ipr: IPRoute, name: str) -> bool:
     return True
 
 
+#: The link group a DEL moves the links it removes into, so that one request removes them all: the kernel waits for
+#: RCU grace periods under its RTNL lock once per removal request, not once per link (measured on this class of
+#: machine: 15.5 ms to delete one veth pair, 22 ms to delete ten by their group).
+DOOMED_GROUP = 0x504C5844  # "PLXD"
+
+
+def doom_link(ipr: IPRoute, name: str) -> bool:
+    """Put a link in ``DOOMED_GROUP`` for ``delete_doomed`` (one request, no RCU wait); False when it is gone."""
+    try:
+        ipr.link("set", ifname=name, group=DOOMED_GROUP)
+    except NetlinkError as exc:
+        if exc.code in GONE:
+            return False
+        raise
+    return True
+
+
+def delete_doomed(ipr: IPRoute) -> None:
+    """Remove every doomed link of the namespace in one request. Another DEL's links may go with ours (doomed too);
+    ours may have gone with another's request, and then the group is empty."""
+    try:
+        ipr.link("del", group=DOOMED_GROUP)
+    except NetlinkError as exc:
+        if exc.code not in GONE:
+            raise
+
+
 def bridge_index(host: IPRoute, bridge: str) -> int | None:
     return _index(host, bridge)
 

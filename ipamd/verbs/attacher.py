@@ -30,6 +30,7 @@ from cni.errors import (
 )
 from cni.types import Result
 from ipamd.drivers.base import BuildContext, Built, InterfaceKey, LinksContext, PodSide, quietly
+from ipamd.drivers.kernel import DoomedLinks
 from ipamd.drivers.table import DriverTable
 from ipamd.invoke.chain import Chain, Invocation
 from ipamd.ipam.addresses import Claim, Ipam, ResolvedNetwork
@@ -107,6 +108,7 @@ class Attacher:
         self.delegation = delegation  # the runner of delegated plugins, for STATUS
         self.delegated = delegated or DelegatedAddresses(ipam, source)  # addresses of delegates using plexus-ipam
         self.locks = KeyedLocks()
+        self.doomed = DoomedLinks()  # node links DELs remove, concurrent DELs' in one request
         # a pod's delegates built at once: a pool kept across calls, so its threads keep their sockets
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="delegate")
 
@@ -302,7 +304,7 @@ class Attacher:
         errors: list[str] = []
         with contextlib.ExitStack() as opened:
             pod = _PodOnDemand(self.open_pod, record.netns, opened)
-            ctx = LinksContext(self.host_netlink(), pod.netlink, pod.path())
+            ctx = LinksContext(self.host_netlink(), pod.netlink, pod.path(), doomed=[])
             for iface in record.interfaces:
                 driver = self.drivers.get(iface.kind)
                 try:
@@ -311,6 +313,10 @@ class Attacher:
                     driver.teardown(ctx, iface)
                 except Exception as exc:
                     errors.append(f"{iface.if_name}: {exc}")
+            try:
+                self.doomed.remove(ctx)
+            except Exception as exc:
+                errors.append(f"{', '.join(ctx.doomed or ())}: {exc}")
         return errors
 
     def _release(self, record: AttachmentRecord) -> None:
