@@ -46,6 +46,7 @@ class DaemonConfig:
     address_blocks: bool = True  # lease in node blocks where a pool is large enough (off: one lease object per address)
     pod_resources_socket: str = ""  # the kubelet's pod-resources API (device pools; "": none, the local mode's default)
     device_info_dir: str = DEVICE_INFO_DIR  # device plugins' NPWG device-info files
+    cni_workers: int = 8  # CNI calls worked on at once; the others wait their turn in order
 
     @property
     def ipam_plugin_socket(self) -> str:
@@ -102,7 +103,12 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
                         "(default in Kubernetes mode: /var/lib/kubelet/pod-resources/kubelet.sock; '' for none)")
     p.add_argument("--device-info-dir", default=d.device_info_dir,
                    help="where device plugins write NPWG device-info files (default %(default)s)")
+    p.add_argument("--cni-workers", type=int, default=d.cni_workers,
+                   help="CNI calls worked on at once (default %(default)s); a burst of pod starts waits its turn, in "
+                        "order, instead of piling work and memory onto the node")
     a = p.parse_args(argv)
+    if a.cni_workers < 1:
+        p.error("--cni-workers must be at least 1")
     kubeconfig = a.kubeconfig
     if not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(SA_TOKEN):
         kubeconfig = "in-cluster"
@@ -117,4 +123,4 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
                         a.webhook_secret, a.webhook_configuration, a.health_port, a.ipam_socket, a.block_ttl,
                         a.address_blocks == "on",
                         (POD_RESOURCES_SOCKET if kubeconfig else "") if a.pod_resources_socket is None
-                        else a.pod_resources_socket, a.device_info_dir)
+                        else a.pod_resources_socket, a.device_info_dir, a.cni_workers)

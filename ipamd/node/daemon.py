@@ -131,7 +131,8 @@ class NodeDaemon:
         self.reconciler.run_once()
         self.source.subscribe(self.reconciler.wake)
         self.reconciler.start()
-        self.cni_server = CniHttpServer(self.cfg.socket, self.attacher.handle, self._ready.is_set)
+        self.cni_server = CniHttpServer(self.cfg.socket, self.attacher.handle, self._ready.is_set,
+                                        workers=self.cfg.cni_workers)
         threading.Thread(target=self.cni_server.serve_forever, name="cni-server", daemon=True).start()
         self.ipam_server = CniHttpServer(self.cfg.ipam_plugin_socket, self.ipam_plugin.handle, self._ready.is_set,
                                          endpoint="/v1/ipam")

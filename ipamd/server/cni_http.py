@@ -65,7 +65,11 @@ class CniHttpServer(socketserver.UnixStreamServer):
 
     A pool rather than a thread per call: it bounds how much work a burst of pod starts can pile
     onto the node (multus#1346), and lets each worker keep its netlink socket open between calls.
+    Connections are accepted at once and wait for a worker in order (a queued call costs a socket and
+    its request, a few KiB); the listen backlog is deep, so a burst never finds the socket refusing.
     """
+
+    request_queue_size = 1024
 
     def __init__(self, path: str, handle: Callable[[CniCall], dict[str, Any]], ready: Callable[[], bool],
                  workers: int = 8, endpoint: str = "/v1/cni") -> None:
