@@ -39,7 +39,11 @@ proto: venv
 crds: venv
 	$(PY) scripts/gen-crds.py
 
-dist/plexus/plexus: venv $(shell find cni -name '*.py') packaging/plexus.spec
+build/bootloader/run: venv scripts/build-bootloader.sh
+	PYTHON=$(PY) bash scripts/build-bootloader.sh
+
+dist/plexus/plexus: venv build/bootloader/run $(shell find cni -name '*.py') packaging/plexus.spec
+	rm -rf build/plexus  # PyInstaller's own cache would keep an executable built on another bootloader
 	$(VENV)/bin/pyinstaller --noconfirm --log-level WARN --distpath dist --workpath build packaging/plexus.spec
 
 build: dist/plexus/plexus
