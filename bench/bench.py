@@ -28,6 +28,7 @@ import math
 import os
 import platform
 import random
+import resource
 import signal
 import statistics
 import subprocess
@@ -204,6 +205,29 @@ def sc_version(ctx: Ctx) -> None:
             r.append(tr)
         ctx.progress("version", i, ctx.warmup + ctx.runs)
     ctx.res.add_latency("version", p, r, "bridge VERSION")
+    # the floor a Python plugin stands on: the interpreter the frozen plugin bundles, started bare
+    bare = [os.path.realpath(sys.executable), "-S", "-I", "-c", "pass"]
+    f: list[float] = []
+    v: list[float] = []
+    for i in range(ctx.warmup + ctx.runs):
+        (tv, _), (tf, _) = paired(i, partial(cni.exec, "plexus", "VERSION", conf_p), partial(timed_run, bare))
+        if i >= ctx.warmup:
+            v.append(tv)
+            f.append(tf)
+    ctx.res.add_latency("version-vs-interpreter", v, f, f"{' '.join(bare)} (the bundled interpreter, bare)",
+                        what="plexus VERSION exec against the bare interpreter's start, interleaved")
+
+
+def timed_run(argv: list[str]) -> tuple[float, None]:
+    started = time.perf_counter()
+    subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    return time.perf_counter() - started, None
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far (user + system), from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def sc_add(ctx: Ctx, sizes: tuple[int, ...]) -> None:
@@ -389,6 +413,10 @@ def churn_phase(ctx: Ctx, side: str, seconds: float, workers: int = 2) -> dict[s
         start_barrier.wait()
     except threading.BrokenBarrierError:
         pass
+    # CPU: every exec'd plugin (this process's children) and, for Plexus, its daemon
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    daemon = ctx.node.proc.pid if side == "plexus" and ctx.node.proc is not None else None
+    daemon_cpu = cpu_seconds(daemon) if daemon else 0.0
     try:
         for t in threads:
             while t.is_alive():
@@ -401,8 +429,11 @@ def churn_phase(ctx: Ctx, side: str, seconds: float, workers: int = 2) -> dict[s
     elapsed = time.perf_counter() - deadline[0]
     if errors:
         raise errors[0]
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+           + ((cpu_seconds(daemon) - daemon_cpu) if daemon else 0.0))
     return {"pods": len(done), "seconds": elapsed, "pods_per_s": len(done) / elapsed, "workers": workers,
-            "pod_cni_ms": summary(done) if done else None}
+            "pod_cni_ms": summary(done) if done else None, "cpu_s_per_pod": cpu / len(done) if done else None}
 
 
 def sc_churn(ctx: Ctx) -> None:
@@ -412,6 +443,7 @@ def sc_churn(ctx: Ctx) -> None:
     r = churn_phase(ctx, "reference", ctx.churn_seconds)
     ctx.res.throughput["churn"] = {
         "unit": "pods/s", "plexus": p["pods_per_s"], "reference": r["pods_per_s"], "ratio": p["pods_per_s"] / r["pods_per_s"],
+        "cpu_s_per_pod": {"plexus": p["cpu_s_per_pod"], "reference": r["cpu_s_per_pod"]},
         "plexus_detail": p, "reference_detail": r,
         "what": "2 workers: netns add, ADD (2 networks), DEL, netns del; reference = 2 bridge execs per ADD and per DEL",
     }
@@ -711,7 +743,8 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-LATENCY_ORDER = ["version", "add-1", "del-1", "add-2", "del-2", "add-4", "del-4", "add-chained", "del-chained",
+LATENCY_ORDER = ["version", "version-vs-interpreter", "add-1", "del-1", "add-2", "del-2", "add-4", "del-4",
+                 "add-chained", "del-chained",
                  "add-delegate-2", "del-delegate-2", "add-delegate-4", "del-delegate-4",
                  "add-ipam", "del-ipam", "add-delegate-ipam", "del-delegate-ipam", "add-delegate-ipam-exec",
                  "del-delegate-ipam-exec", "check", "status", "alloc@10%", "alloc@95%"]
@@ -747,6 +780,10 @@ def render(res: Results) -> str:
     for name, t in res.throughput.items():
         rows.append([name, fmt(t["plexus"], ".2f"), fmt(t.get("reference"), ".2f"), t["unit"],
                      fmt(t.get("ratio") or t.get("ratio_vs_unary"), ".2f")])
+        cpu = t.get("cpu_s_per_pod")
+        if cpu:
+            rows.append([f"{name} CPU per pod", fmt(cpu["plexus"] * 1000, ".1f"), fmt(cpu["reference"] * 1000, ".1f"),
+                         "ms", fmt(cpu["plexus"] / cpu["reference"], ".2f")])
     for key, label in (("idle_kb", "rss idle"), ("before_leases_kb", "rss before leases"),
                        ("after_1000_leases_kb", "rss 1000 leases"), ("after_fill_95_kb", "rss after 95% fill"),
                        ("end_kb", "rss at end")):
