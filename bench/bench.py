@@ -133,11 +133,16 @@ class Ctx:
 
         self.node.check_daemon()
         stub = self.node.stub()
-        pods = stub.ListPods(pb.ListPodsRequest(namespace=POD_NAMESPACE), timeout=30).pods
-        bound = [lease for lease in stub.ListLeases(pb.ListLeasesRequest(), timeout=60).leases
-                 if lease.state == "bound" and (lease.holder_kind == "CNI" or (
-                     "/pool-" in lease.pool and lease.pool.split("/")[-1][5:].isdigit()))]
-        held = hostlocal_reservations(self.node)
+        deadline = time.monotonic() + 15  # background DELs (--del-mode background) finish after they answered
+        while True:
+            pods = stub.ListPods(pb.ListPodsRequest(namespace=POD_NAMESPACE), timeout=30).pods
+            bound = [lease for lease in stub.ListLeases(pb.ListLeasesRequest(), timeout=60).leases
+                     if lease.state == "bound" and (lease.holder_kind == "CNI" or (
+                         "/pool-" in lease.pool and lease.pool.split("/")[-1][5:].isdigit()))]
+            held = hostlocal_reservations(self.node)
+            if not (pods or bound or held) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         if pods or bound or held:
             raise BenchError(f"{what} left state behind: pods={[p.name for p in pods]} "
                              f"bound leases={[(lz.pool, lz.address) for lz in bound][:10]} host-local={held[:10]}")
@@ -822,6 +827,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fill-prefix", type=int, default=None,
                    help="prefix length of the fill pool 198.19.0.0/N (default 16; --quick 20)")
     p.add_argument("--reconcile-interval", type=float, default=30.0, help="the daemon's --reconcile-interval")
+    p.add_argument("--del-mode", choices=("sync", "background"), default="sync",
+                   help="the daemon's --del-mode (the DaemonSet runs background; default %(default)s)")
     p.add_argument("--json", default="bench-results/latest.json", help="write the figures here (default %(default)s)")
     a = p.parse_args(argv)
     q = a.quick
@@ -890,7 +897,7 @@ def main(argv: list[str] | None = None) -> int:
         cni = Cni(node, args.plexus, args.ref_dir)
         versions = check_version_support(cni)
         log(f"bench: node {node.name}, plexus {args.plexus}, reference {args.ref_dir}/bridge; starting plexus-ipamd")
-        node.start_daemon()
+        node.start_daemon(extra_args=("--del-mode", args.del_mode))
         from ipamd.api import ipam_pb2 as pb
 
         problems = node.stub().Sync(pb.SyncRequest(), timeout=30).problems

@@ -127,12 +127,12 @@ class BenchNode:
             path = self.objects / f"{i:03d}-{doc['kind'].lower()}.{md.get('namespace', '_')}.{md['name']}.yaml"
             path.write_text(json.dumps(doc, indent=1) + "\n")
 
-    def start_daemon(self, python: str = sys.executable, timeout: float = 60) -> None:
+    def start_daemon(self, python: str = sys.executable, timeout: float = 60, extra_args: tuple[str, ...] = ()) -> None:
         cmd = [
             python, "-m", "ipamd",
             "--objects-dir", str(self.objects), "--db", str(self.db), "--socket", str(self.socket),
             "--grpc-socket", str(self.grpc_socket), "--log-file", str(self.log), "--log-level", "info",
-            "--reconcile-interval", str(self.reconcile_interval),
+            "--reconcile-interval", str(self.reconcile_interval), *extra_args,
         ]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")])))
         env.pop("PLEXUS_FAULT", None)

@@ -47,6 +47,8 @@ class DaemonConfig:
     pod_resources_socket: str = ""  # the kubelet's pod-resources API (device pools; "": none, the local mode's default)
     device_info_dir: str = DEVICE_INFO_DIR  # device plugins' NPWG device-info files
     cni_workers: int = 8  # CNI calls worked on at once; the others wait their turn in order
+    del_mode: str = "sync"  # background: DEL answers once the interfaces are cut off, removes them after
+    del_delay: float = 0.2  # background DELs wait this long for the runtime to delete the pod's namespace
 
     @property
     def ipam_plugin_socket(self) -> str:
@@ -106,6 +108,13 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
     p.add_argument("--cni-workers", type=int, default=d.cni_workers,
                    help="CNI calls worked on at once (default %(default)s); a burst of pod starts waits its turn, in "
                         "order, instead of piling work and memory onto the node")
+    p.add_argument("--del-mode", choices=("sync", "background"), default=d.del_mode,
+                   help="sync (default): DEL answers once every interface is removed; background: once the pod's "
+                        "interfaces are recorded as going and cut off, the kernel's removal (and only then the "
+                        "addresses' release) finishing after the answer")
+    p.add_argument("--del-delay", type=float, default=d.del_delay,
+                   help="background DELs start removing after this many seconds (default %(default)s): the runtime "
+                        "deletes the pod's namespace meanwhile, and the kernel removes its interfaces itself")
     a = p.parse_args(argv)
     if a.cni_workers < 1:
         p.error("--cni-workers must be at least 1")
@@ -123,4 +132,4 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
                         a.webhook_secret, a.webhook_configuration, a.health_port, a.ipam_socket, a.block_ttl,
                         a.address_blocks == "on",
                         (POD_RESOURCES_SOCKET if kubeconfig else "") if a.pod_resources_socket is None
-                        else a.pod_resources_socket, a.device_info_dir, a.cni_workers)
+                        else a.pod_resources_socket, a.device_info_dir, a.cni_workers, a.del_mode, a.del_delay)

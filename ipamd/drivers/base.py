@@ -107,6 +107,11 @@ class InterfaceDriver(Protocol):
         """Remove what the record says was made; what is already gone counts as removed."""
         ...
 
+    def cut_off(self, ctx: LinksContext, iface: BuiltInterface) -> bool:
+        """Stop the interface carrying traffic, cheaply and at once, so that a DEL may answer before ``teardown``
+        removes it (``--del-mode background``); False when this driver cannot, and the DEL removes it first."""
+        ...
+
     def check(self, ctx: LinksContext, iface: BuiltInterface) -> list[str]:
         """What differs from the record, in words ("net1 is down"); empty when nothing does."""
         ...

@@ -85,6 +85,9 @@ class DelegateDriver:
         if errors:
             raise InterfaceFailure(f"DEL of {iface.network_name} ({iface.if_name}) failed", "; ".join(errors))
 
+    def cut_off(self, ctx: LinksContext, iface: BuiltInterface) -> bool:
+        return False  # removed before DEL answers
+
     def check(self, ctx: LinksContext, iface: BuiltInterface) -> list[str]:
         try:
             self.chain.check(_invocation(iface), iface.driver.get("result"))

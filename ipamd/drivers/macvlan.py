@@ -33,6 +33,9 @@ class MacvlanDriver:
         if pod is not None:  # a namespace that is gone took the macvlan with it
             links.delete_link(pod, iface.if_name)
 
+    def cut_off(self, ctx: LinksContext, iface: BuiltInterface) -> bool:
+        return False  # removed before DEL answers
+
     def check(self, ctx: LinksContext, iface: BuiltInterface) -> list[str]:
         return kernel.check(ctx.host, ctx.pod_netlink(), iface)
 

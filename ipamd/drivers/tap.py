@@ -58,6 +58,9 @@ class TapDriver:
         if pod is not None:
             _remove_pod_side(pod, iface)
 
+    def cut_off(self, ctx: LinksContext, iface: BuiltInterface) -> bool:
+        return False  # removed before DEL answers
+
     def check(self, ctx: LinksContext, iface: BuiltInterface) -> list[str]:
         return kernel.check(ctx.host, ctx.pod_netlink(), iface)
 

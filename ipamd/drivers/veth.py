@@ -34,6 +34,11 @@ class VethDriver:
             return
         links.delete_link(ctx.host, iface.host_link)  # the pod end goes with it
 
+    def cut_off(self, ctx: LinksContext, iface: BuiltInterface) -> bool:
+        """The node end down: the pod end loses its carrier, nothing goes in or out (one request, no RCU wait)."""
+        links.set_down(ctx.host, iface.host_link)
+        return True
+
     def check(self, ctx: LinksContext, iface: BuiltInterface) -> list[str]:
         return kernel.check(ctx.host, ctx.pod_netlink(), iface)
 

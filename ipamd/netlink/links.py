@@ -354,6 +354,17 @@ def delete_routes(pod: IPRoute, routes: Iterable[tuple[str, str]]) -> None:
                 raise
 
 
+def set_down(ipr: IPRoute, name: str) -> bool:
+    """A link down by name (one request); False when it is gone."""
+    try:
+        ipr.link("set", ifname=name, state="down")
+    except NetlinkError as exc:
+        if exc.code in GONE:
+            return False
+        raise
+    return True
+
+
 def delete_link(ipr: IPRoute, name: str) -> bool:
     """Remove a link by name (the kernel resolves it: one round trip); False when already gone."""
     try:

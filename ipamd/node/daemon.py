@@ -104,7 +104,8 @@ class NodeDaemon:
         self.attacher = Attacher(self.store, self.source, self.ipam, self.segments, all_drivers(delegation), host,
                                  pod_namespace, publisher, self._ready.is_set, fault,
                                  networks=Networks(self.source, self.ipam, devices=devices), delegation=delegation,
-                                 delegated=self.delegated)
+                                 delegated=self.delegated, background_del=cfg.del_mode == "background",
+                                 del_delay_s=cfg.del_delay)
         self.ipam_plugin = IpamPlugin(self.delegated, self.source, self._ready.is_set, publisher)
         self.reconciler = Reconciler(self.store, self.source, self.ipam, self.attacher, self.segments, publisher,
                                      cfg.reconcile_interval, cluster=bool(cfg.kubeconfig))
@@ -163,6 +164,8 @@ class NodeDaemon:
             if server is not None:
                 server.shutdown()
                 server.server_close()
+        if self.attacher.reaper is not None:  # what it has not finished, the next start does
+            self.attacher.reaper.stop()
         self.grpc_server.stop(grace=2)
         self.store.close()
         # a stale socket would look like a live daemon

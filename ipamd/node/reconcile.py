@@ -49,6 +49,8 @@ class Teardowns(Protocol):
     def teardown_current(self, container_id: str, ifname: str,
                          still_wanted: Callable[[AttachmentRecord], bool] = ...) -> bool: ...
 
+    def finish_deletions(self, older_than_s: float = ...) -> int: ...
+
 
 class NodeSegments(Protocol):
     """The node's segments (``ipamd.node.segments.Segments``)."""
@@ -101,6 +103,8 @@ class Reconciler:
             # address, so every node may lease it (the lease object's holder is the same)
             self._sync_ipaddresses(statics_only=self.cluster)
             self._release_gone_pods()
+            if any(rec.state == "deleting" for rec in self.store.attachments()):  # a background DEL that failed
+                self.teardowns.finish_deletions()
             self.ipam.expire(None, self.ipam.clock())
             self._sync_segments()
             if self.cluster:

@@ -12,6 +12,7 @@ runtime keys them: (container ID, CNI_IFNAME). The interfaces themselves are the
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -48,7 +49,11 @@ from ipamd.store.records import AttachmentRecord, BuiltInterface, PodStatus, Seg
 from ipamd.verbs.call import CniCall, KeyedLocks, dispatch, valid_attachments
 from ipamd.verbs.networks import Networks, Wanted, parallel, readiness_file_present, with_lease
 from ipamd.verbs.pods import find_pod
+from ipamd.verbs.reaper import Reaper
 
+log = logging.getLogger(__name__)
+#: How long an ADD waits for a background DEL of a pod of the same name to let go of its addresses.
+RECREATED_POD_WAIT_S = 5.0
 
 class PlannedSegment(Protocol):
     @property
@@ -93,7 +98,8 @@ class Attacher:
                  open_pod: Callable[[str], AbstractContextManager[PodSide]], publisher: Publisher,
                  ready: Callable[[], bool], fault: Callable[[str], None] = lambda step: None,
                  networks: Networks | None = None, delegation: Chain | None = None,
-                 delegated: DelegatedAddresses | None = None) -> None:
+                 delegated: DelegatedAddresses | None = None, background_del: bool = False,
+                 del_delay_s: float = 0.2) -> None:
         self.store = store
         self.source = source
         self.ipam = ipam
@@ -109,6 +115,8 @@ class Attacher:
         self.delegated = delegated or DelegatedAddresses(ipam, source)  # addresses of delegates using plexus-ipam
         self.locks = KeyedLocks()
         self.doomed = DoomedLinks()  # node links DELs remove, concurrent DELs' in one request
+        # --del-mode background: DEL answers once the interfaces are cut off; they are removed after (``reaper``)
+        self.reaper = Reaper(self._finish_deletion, del_delay_s) if background_del else None
         # a pod's delegates built at once: a pool kept across calls, so its threads keep their sockets
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="delegate")
 
@@ -127,6 +135,9 @@ class Attacher:
             if existing is not None:  # a crashed ADD or DEL of this attachment: finish it first
                 self._teardown(existing)
             require_listed(self.source)
+            if self.reaper is not None:  # a pod recreated at once: its predecessor's addresses are being let go
+                self.reaper.wait_for_pod((call.args.get("K8S_POD_NAMESPACE", ""), call.args.get("K8S_POD_NAME", "")),
+                                         RECREATED_POD_WAIT_S)
             pod = find_pod(self.source, call)
             try:
                 self._wait_for_cluster_network(conf)
@@ -272,8 +283,46 @@ class Attacher:
                 return {}  # never ours, or already deleted: DEL is idempotent
             if call.netns and call.netns != record.netns:
                 record = replace(record, netns=call.netns)
+            if self.reaper is not None:
+                if record.state == "deleting" and self.reaper.pending(call.key):
+                    return {}  # being finished already
+                if self._cut_off(record):
+                    self.reaper.submit(call.key, (record.namespace, record.pod_name))
+                    return {}
             self._teardown(record)
         return {}
+
+    def _cut_off(self, record: AttachmentRecord) -> bool:
+        """Record the attachment as going, then stop its interfaces carrying traffic (the pod can no longer use its
+        addresses); False when a driver cannot, and the DEL removes everything before it answers."""
+        drivers = [self.drivers.get(i.kind) for i in record.interfaces]
+        if not record.interfaces or any(d is None for d in drivers):
+            return False
+        with self.store.transaction():
+            self.store.put_attachment(replace(record, state="deleting", updated_at=time.time()))
+        self.fault("del:marked")
+        ctx = LinksContext(self.host_netlink(), lambda: None, record.netns)
+        return all(d.cut_off(ctx, iface) for d, iface in zip(drivers, record.interfaces, strict=True) if d is not None)
+
+    def _finish_deletion(self, container_id: str, ifname: str) -> None:
+        """The reaper's part of a background DEL: the interfaces removed, then the addresses released."""
+        self.fault("del:reaping")
+        self.teardown_current(container_id, ifname, lambda rec: rec.state == "deleting")
+
+    def finish_deletions(self, older_than_s: float = 10.0) -> int:
+        """Attachments a background DEL left ``deleting`` (its removal failed) finished again by the reconciler."""
+        now, n = time.time(), 0
+        for rec in self.store.attachments():
+            key = (rec.container_id, rec.ifname)
+            if rec.state != "deleting" or now - rec.updated_at < older_than_s or \
+                    (self.reaper is not None and self.reaper.pending(key)):
+                continue
+            try:
+                if self.teardown_current(*key, lambda r: r.state == "deleting"):
+                    n += 1
+            except CniError as exc:
+                log.warning("finishing the DEL of %s/%s: %s", rec.container_id[:12], rec.ifname, exc)
+        return n
 
     def teardown_current(self, container_id: str, ifname: str,
                          still_wanted: Callable[[AttachmentRecord], bool] = lambda rec: True) -> bool:

@@ -50,6 +50,10 @@ class FakeDriver:
         assert iface.driver["made-by"] == self.kind, "the record keeps the driver's own state"
         self.live.discard(iface.if_name)
 
+    def cut_off(self, ctx: LinksContext, iface: BuiltInterface) -> bool:
+        self.events.append(f"cut off {iface.if_name}")
+        return self.kind == "veth"
+
     def check(self, ctx: LinksContext, iface: BuiltInterface) -> list[str]:
         return [p for p in self.problems if p.startswith(iface.if_name)]
 

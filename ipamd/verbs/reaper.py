@@ -1,0 +1,68 @@
+"""DELs finished after they answered (``--del-mode background``).
+
+Removing a veth costs the kernel ~15 ms of RCU waits under its RTNL lock, the largest part of a pod's DEL and nothing
+the runtime needs to wait for: once the attachment is recorded as ``deleting`` and its node end is down, the pod can
+no longer use its addresses. The reaper then removes the interfaces and only after that releases the addresses, so no
+address is handed to another pod while the old interface still exists. It waits ``delay_s`` first: a runtime deletes
+the pod's namespace right after DEL, and the kernel then removes the pair itself, off every CNI call's path. A daemon
+killed meanwhile finds the attachment ``deleting`` at its next start and finishes it (``Reconciler.recover``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (container ID, CNI_IFNAME)
+
+
+class Reaper:
+    def __init__(self, finish: Callable[[str, str], object], delay_s: float = 0.2, workers: int = 2) -> None:
+        self._finish = finish
+        self.delay_s = delay_s
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reaper")
+        self._cv = threading.Condition()
+        self._pending: dict[Key, tuple[str, str]] = {}  # key -> the pod's (namespace, name)
+        self._stopping = threading.Event()
+
+    def submit(self, key: Key, pod: tuple[str, str]) -> None:
+        with self._cv:
+            self._pending[key] = pod
+        self._pool.submit(self._run, key)
+
+    def pending(self, key: Key) -> bool:
+        with self._cv:
+            return key in self._pending
+
+    def wait_for_pod(self, pod: tuple[str, str], timeout_s: float) -> bool:
+        """Wait until no DEL of ``pod`` (by namespace and name) is being finished: a StatefulSet pod recreated at
+        once asks for the addresses its predecessor still holds. False when it did not end in time."""
+        deadline = time.monotonic() + timeout_s
+        with self._cv:
+            while pod in self._pending.values():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(left)
+        return True
+
+    def _run(self, key: Key) -> None:
+        try:
+            if self._stopping.wait(self.delay_s):
+                return  # the daemon is stopping: its next start finishes it
+            self._finish(*key)
+        except Exception as exc:  # the record stays "deleting": the reconciler tries again
+            log.warning("finishing the DEL of %s/%s: %s", key[0][:12], key[1], exc)
+        finally:
+            with self._cv:
+                self._pending.pop(key, None)
+                self._cv.notify_all()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
