@@ -33,7 +33,7 @@ class Reaper:
     def submit(self, key: Key, pod: tuple[str, str]) -> None:
         with self._cv:
             self._pending[key] = pod
-        self._pool.submit(self._run, key)
+        self._pool.submit(self._run, key, time.monotonic() + self.delay_s)
 
     def pending(self, key: Key) -> bool:
         with self._cv:
@@ -51,9 +51,9 @@ class Reaper:
                 self._cv.wait(left)
         return True
 
-    def _run(self, key: Key) -> None:
-        try:
-            if self._stopping.wait(self.delay_s):
+    def _run(self, key: Key, due: float) -> None:
+        try:  # the delay counts from the DEL's answer, not from when a worker is free (a backlog waits no more)
+            if self._stopping.wait(max(0.0, due - time.monotonic())):
                 return  # the daemon is stopping: its next start finishes it
             self._finish(*key)
         except Exception as exc:  # the record stays "deleting": the reconciler tries again
