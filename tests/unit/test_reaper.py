@@ -1,0 +1,50 @@
+"""``Reaper``: background DELs finished after their answer, in its own threads: a pod recreated at once waits for
+its predecessor's, a failed finish is logged and left to the reconciler, and a stopping daemon leaves the rest to its
+next start."""
+
+from __future__ import annotations
+
+import threading
+
+from ipamd.verbs.reaper import Reaper
+
+
+def test_a_recreated_pod_waits_for_its_predecessors_del_and_others_do_not() -> None:
+    release = threading.Event()
+    finished: list[tuple[str, str]] = []
+
+    def finish(cid: str, ifname: str) -> None:
+        release.wait(5)
+        finished.append((cid, ifname))
+
+    reaper = Reaper(finish, delay_s=0)
+    try:
+        reaper.submit(("c1", "eth0"), ("apps", "db-0"))
+        assert reaper.pending(("c1", "eth0"))
+        assert reaper.wait_for_pod(("apps", "web-0"), 0.01), "another pod does not wait"
+        assert not reaper.wait_for_pod(("apps", "db-0"), 0.05), "db-0's predecessor is still being let go"
+        release.set()
+        assert reaper.wait_for_pod(("apps", "db-0"), 5)
+        assert finished == [("c1", "eth0")] and not reaper.pending(("c1", "eth0"))
+    finally:
+        reaper.stop()
+
+
+def test_a_failed_finish_leaves_the_key_to_the_reconciler() -> None:
+    def finish(cid: str, ifname: str) -> None:
+        raise OSError("netlink trouble")
+
+    reaper = Reaper(finish, delay_s=0)
+    try:
+        reaper.submit(("c1", "eth0"), ("apps", "p"))
+        assert reaper.wait_for_pod(("apps", "p"), 5), "not pending any more: the reconciler's to retry"
+    finally:
+        reaper.stop()
+
+
+def test_stopping_leaves_what_is_not_due_to_the_next_start() -> None:
+    finished: list[str] = []
+    reaper = Reaper(lambda cid, ifname: finished.append(cid), delay_s=30)
+    reaper.submit(("c1", "eth0"), ("apps", "p"))
+    reaper.stop()
+    assert finished == [], "not finished: the record stays deleting, and recovery finishes it"
