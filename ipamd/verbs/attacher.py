@@ -136,8 +136,10 @@ class Attacher:
                 self._teardown(existing)
             require_listed(self.source)
             if self.reaper is not None:  # a pod recreated at once: its predecessor's addresses are being let go
-                self.reaper.wait_for_pod((call.args.get("K8S_POD_NAMESPACE", ""), call.args.get("K8S_POD_NAME", "")),
-                                         RECREATED_POD_WAIT_S)
+                pod_name = (call.args.get("K8S_POD_NAMESPACE", ""), call.args.get("K8S_POD_NAME", ""))
+                if not self.reaper.wait_for_pod(pod_name, RECREATED_POD_WAIT_S, own=call.key):
+                    raise TryAgainLater(f"the previous sandbox of pod {pod_name[0]}/{pod_name[1]} is still letting go "
+                                        "of its addresses", "K8S_POD_NAME")
             pod = find_pod(self.source, call)
             try:
                 self._wait_for_cluster_network(conf)
@@ -301,8 +303,13 @@ class Attacher:
         with self.store.transaction():
             self.store.put_attachment(replace(record, state="deleting", updated_at=time.time()))
         self.fault("del:marked")
-        ctx = LinksContext(self.host_netlink(), lambda: None, record.netns)
-        return all(d.cut_off(ctx, iface) for d, iface in zip(drivers, record.interfaces, strict=True) if d is not None)
+        try:
+            ctx = LinksContext(self.host_netlink(), lambda: None, record.netns)
+            return all(d.cut_off(ctx, iface) for d, iface in zip(drivers, record.interfaces, strict=True)
+                       if d is not None)
+        except Exception as exc:  # the synchronous teardown then removes them, and reports a failure with its code
+            log.warning("cutting off %s/%s: %s", record.container_id[:12], record.ifname, exc)
+            return False
 
     def _finish_deletion(self, container_id: str, ifname: str) -> None:
         """The reaper's part of a background DEL: the interfaces removed, then the addresses released."""
@@ -320,7 +327,7 @@ class Attacher:
             try:
                 if self.teardown_current(*key, lambda r: r.state == "deleting"):
                     n += 1
-            except CniError as exc:
+            except Exception as exc:  # one attachment's trouble must not stop the reconciler's round
                 log.warning("finishing the DEL of %s/%s: %s", rec.container_id[:12], rec.ifname, exc)
         return n
 

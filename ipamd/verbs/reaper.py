@@ -39,12 +39,14 @@ class Reaper:
         with self._cv:
             return key in self._pending
 
-    def wait_for_pod(self, pod: tuple[str, str], timeout_s: float) -> bool:
+    def wait_for_pod(self, pod: tuple[str, str], timeout_s: float, own: Key | None = None) -> bool:
         """Wait until no DEL of ``pod`` (by namespace and name) is being finished: a StatefulSet pod recreated at
-        once asks for the addresses its predecessor still holds. False when it did not end in time."""
+        once asks for the addresses its predecessor still holds. ``own``: the caller's attachment, whose pending DEL
+        it tears down itself (it holds that key's lock, which the reaper would need). False when it did not end in
+        time."""
         deadline = time.monotonic() + timeout_s
         with self._cv:
-            while pod in self._pending.values():
+            while any(p == pod and k != own for k, p in self._pending.items()):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False

@@ -48,3 +48,16 @@ def test_stopping_leaves_what_is_not_due_to_the_next_start() -> None:
     reaper.submit(("c1", "eth0"), ("apps", "p"))
     reaper.stop()
     assert finished == [], "not finished: the record stays deleting, and recovery finishes it"
+
+
+def test_an_add_of_the_same_attachment_does_not_wait_for_its_own_pending_del() -> None:
+    release = threading.Event()
+    reaper = Reaper(lambda cid, ifname: release.wait(5), delay_s=0)
+    try:
+        reaper.submit(("c1", "eth0"), ("apps", "db-0"))
+        assert reaper.wait_for_pod(("apps", "db-0"), 0.01, own=("c1", "eth0")), \
+            "its own DEL it tears down itself (it holds the key's lock the reaper needs)"
+        assert not reaper.wait_for_pod(("apps", "db-0"), 0.01, own=("c2", "eth0"))
+    finally:
+        release.set()
+        reaper.stop()
