@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Container, Iterator
 
-from ipamd.model.objects import IPV6_FLOOR, AddressPool, Subnet, usable_bounds
+from ipamd.model.objects import IPV6_FLOOR, AddressPool, Subnet, parse_address, usable_bounds
 
 
 def iter_from(pool: AddressPool, cursor: int | None) -> Iterator[tuple[int, Subnet]]:
@@ -76,7 +76,9 @@ def to_text(ip: int) -> str:
 
 
 def to_int(text: str) -> int:
-    return int(ipaddress.ip_address(text))
+    """The integer of an address's text; ValueError for text that is none, or IPv4-compatible IPv6 (whose integer
+    would name an IPv4 address)."""
+    return int(parse_address(text))
 
 
 def family_of(ip: int) -> int:

@@ -232,8 +232,8 @@ class DelegatedAddresses:
         asked = req.ips[0] if req.ips and rec.kind != CLAIM_HOLDER else rec.static_ip
         try:
             ip = to_int(rec.static_ip)
-        except ValueError:
-            raise InvalidConfig(f"{rec.static_ip!r} is not an IP address", field) from None
+        except ValueError as exc:
+            raise InvalidConfig(f"{rec.static_ip!r} is not an IP address of a pool ({exc})", field) from None
         subnet = subnet_for(pool, ip)
         if subnet is None:
             nets = ", ".join(str(s.network) for s in pool.subnets)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipamd.model.cniconf import ConfigInvalid
-from ipamd.model.objects import IPV6_FLOOR, AddressPool, IPNetwork, Meta, Subnet, parse_duration, usable_bounds
+from ipamd.model.objects import IPV6_FLOOR, AddressPool, IPNetwork, Meta, Subnet, parse_address, parse_duration, usable_bounds
 
 IPAM_TYPE = "plexus-ipam"
 IMPLICIT_POOL = "ImplicitPool"
@@ -109,9 +109,13 @@ def _net(text: Any, field: str) -> IPNetwork:
 
 def _ip(text: Any, field: str) -> int:
     try:
-        return int(ipaddress.ip_address(str(text)))
+        ipaddress.ip_address(str(text))
     except ValueError:
         raise ConfigInvalid(field, f"{text!r} is not an IP address") from None
+    try:
+        return int(parse_address(str(text)))
+    except ValueError as exc:
+        raise ConfigInvalid(field, str(exc)) from None
 
 
 def _cut(ranges: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:

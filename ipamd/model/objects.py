@@ -125,6 +125,16 @@ IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: IPv6 addresses below this (``::/96``, the deprecated IPv4-compatible space) would share their integers with IPv4
 #: addresses, which the allocator and the store key by integer: a pool may not hold them.
 IPV6_FLOOR = 1 << 32
+
+
+def parse_address(text: str) -> IPAddr:
+    """An address of either family; IPv6 text below ``IPV6_FLOOR`` (``::a00:5``) is refused, since its integer is an
+    IPv4 address's (``10.0.0.5``): a ValueError that says so."""
+    ip = ipaddress.ip_address(text)
+    if ip.version == 6 and int(ip) < IPV6_FLOOR:
+        raise ValueError(f"{text} lies in ::/96, the deprecated IPv4-compatible space")
+    return ip
+
 #: The largest count a Kubernetes integer or a protobuf int64 holds: a /64 has more addresses, so counts are capped.
 INT64_MAX = (1 << 63) - 1
 
@@ -270,9 +280,13 @@ def _ipv4(text: Any, meta: str, path: str) -> ipaddress.IPv4Address:
 
 def _ip(text: Any, meta: str, path: str) -> IPAddr:
     try:
-        return ipaddress.ip_address(str(text))
+        ipaddress.ip_address(str(text))
     except ValueError:
         raise ManifestInvalid(meta, path, f"{text!r} is not an IP address") from None
+    try:
+        return parse_address(str(text))
+    except ValueError as exc:
+        raise ManifestInvalid(meta, path, str(exc)) from None
 
 def _pool_ref(spec: Mapping[str, Any], meta: str, allowed: tuple[str, ...]) -> Ref | None:
     ipam = _get(spec, "ipam", dict, meta, "spec.ipam")

@@ -288,8 +288,7 @@ class Attacher:
             if self.reaper is not None:
                 if record.state == "deleting" and self.reaper.pending(call.key):
                     return {}  # being finished already
-                if self._cut_off(record):
-                    self.reaper.submit(call.key, (record.namespace, record.pod_name))
+                if self._cut_off(record) and self.reaper.submit(call.key, (record.namespace, record.pod_name)):
                     return {}
             self._teardown(record)
         return {}

@@ -10,6 +10,7 @@ killed meanwhile finds the attachment ``deleting`` at its next start and finishe
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -27,13 +28,25 @@ class Reaper:
         self.delay_s = delay_s
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reaper")
         self._cv = threading.Condition()
-        self._pending: dict[Key, tuple[str, str]] = {}  # key -> the pod's (namespace, name)
+        # key -> (the pod's (namespace, name), the submission's token): a key DELeted again while an older job of it
+        # still runs (an ADD in between) belongs to the newer job, which the older one's end must not drop
+        self._pending: dict[Key, tuple[tuple[str, str], int]] = {}
+        self._tokens = itertools.count(1)
         self._stopping = threading.Event()
 
-    def submit(self, key: Key, pod: tuple[str, str]) -> None:
+    def submit(self, key: Key, pod: tuple[str, str]) -> bool:
+        """Finish ``key``'s DEL after the delay; False when the daemon is stopping (the caller finishes it now)."""
         with self._cv:
-            self._pending[key] = pod
-        self._pool.submit(self._run, key, time.monotonic() + self.delay_s)
+            if self._stopping.is_set():
+                return False
+            token = next(self._tokens)
+            self._pending[key] = (pod, token)
+            try:
+                self._pool.submit(self._run, key, time.monotonic() + self.delay_s, token)
+            except RuntimeError:  # the pool shut down since the check
+                del self._pending[key]
+                return False
+        return True
 
     def pending(self, key: Key) -> bool:
         with self._cv:
@@ -46,14 +59,14 @@ class Reaper:
         time."""
         deadline = time.monotonic() + timeout_s
         with self._cv:
-            while any(p == pod and k != own for k, p in self._pending.items()):
+            while any(p == pod and k != own for k, (p, _) in self._pending.items()):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
                 self._cv.wait(left)
         return True
 
-    def _run(self, key: Key, due: float) -> None:
+    def _run(self, key: Key, due: float, token: int) -> None:
         try:  # the delay counts from the DEL's answer, not from when a worker is free (a backlog waits no more)
             if self._stopping.wait(max(0.0, due - time.monotonic())):
                 return  # the daemon is stopping: its next start finishes it
@@ -62,9 +75,14 @@ class Reaper:
             log.warning("finishing the DEL of %s/%s: %s", key[0][:12], key[1], exc)
         finally:
             with self._cv:
-                self._pending.pop(key, None)
+                if self._pending.get(key, (None, 0))[1] == token:
+                    del self._pending[key]
                 self._cv.notify_all()
 
     def stop(self) -> None:
-        self._stopping.set()
+        with self._cv:
+            self._stopping.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._cv:  # jobs cancelled before they ran: their records stay "deleting" for the next start
+            self._pending.clear()
+            self._cv.notify_all()

@@ -125,6 +125,17 @@ def test_integers_name_one_address_whatever_the_family() -> None:
     assert (family_of(to_int("198.18.0.1")), family_of(to_int("2001:2::1"))) == (4, 6)
 
 
+def test_ipv4_compatible_ipv6_text_is_not_taken_for_the_ipv4_address_of_its_integer() -> None:
+    """``::c612:5`` has the integer of 198.18.0.5: taken as such, a Static asking for it would lease the IPv4
+    address. It is refused wherever an address is read, naming the field."""
+    with pytest.raises(ValueError, match="IPv4-compatible"):
+        to_int("::c612:5")
+    ref = {"kind": "Network", "name": "net"}
+    with pytest.raises(ManifestInvalid) as err:
+        obj("IPAddress", "s", {"networkRef": ref, "type": "Static", "static": {"ip": "::c612:5"}})
+    assert err.value.field == "spec.static.ip" and "IPv4-compatible" in str(err.value)
+
+
 @pytest.mark.parametrize(("item", "field"), [
     ({"network": "::c612:0/120"}, "spec.pools[0].network"),
     ({"network": V6, "ranges": ["2001:2:0:91::1-2001:2:0:91::9"]}, "spec.pools[0].ranges[0]"),

@@ -61,3 +61,41 @@ def test_an_add_of_the_same_attachment_does_not_wait_for_its_own_pending_del() -
     finally:
         release.set()
         reaper.stop()
+
+
+def test_an_older_job_of_a_key_does_not_end_the_newer_ones_pending() -> None:
+    """The same attachment DELeted, ADDed and DELeted again while the first finish still runs: the first one's end
+    leaves the second pending (a recreated pod must still wait for it)."""
+    first_running, release_first, release_second = threading.Event(), threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def finish(cid: str, ifname: str) -> None:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            first_running.set()
+            release_first.wait(5)
+        else:
+            release_second.wait(5)
+
+    reaper = Reaper(finish, delay_s=0)
+    try:
+        reaper.submit(("c1", "eth0"), ("apps", "db-0"))
+        assert first_running.wait(5)
+        reaper.submit(("c1", "eth0"), ("apps", "db-0"))
+        release_first.set()
+        assert not reaper.wait_for_pod(("apps", "db-0"), 0.2), "the second DEL is still being finished"
+        assert reaper.pending(("c1", "eth0"))
+        release_second.set()
+        assert reaper.wait_for_pod(("apps", "db-0"), 5)
+        assert not reaper.pending(("c1", "eth0")) and len(calls) == 2
+    finally:
+        release_first.set()
+        release_second.set()
+        reaper.stop()
+
+
+def test_a_stopped_reaper_takes_no_more_and_the_del_is_finished_by_its_caller() -> None:
+    reaper = Reaper(lambda cid, ifname: None, delay_s=0)
+    reaper.stop()
+    assert reaper.submit(("c1", "eth0"), ("apps", "p")) is False
+    assert not reaper.pending(("c1", "eth0"))
