@@ -31,7 +31,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from cni.errors import AddressConflict, TryAgainLater
-from ipamd.ipam.allocator import to_int
+from ipamd.ipam.allocator import family_of, to_int
 from ipamd.ipam.blocks import (
     BLOCK_SIZE,
     Block,
@@ -203,7 +203,9 @@ class BlockRegistry(KubeLeaseRegistry):
         if self._ours_already(lease):
             return True
         won = super().claim(lease)
-        if won and self.block_pools.get(lease.pool, True) and self._claimed_meanwhile(lease):
+        # blocks are IPv4 only (windows of a /64 cannot be listed): no block could hold an IPv6 address
+        if won and family_of(lease.ip) == 4 and self.block_pools.get(lease.pool, True) and \
+                self._claimed_meanwhile(lease):
             self.release(lease)
             return False
         return won

@@ -45,6 +45,9 @@ def world() -> FakeSource:
         pool("small", "198.18.41.0/28", ttl="0s"),  # 14 addresses: per address
         network("small-net", "small"),
         static("fixed", "198.18.40.200"),
+        obj("IPAddressPool", "dual", {"leaseTTL": "0s", "pools": [{"network": "198.18.42.0/24"},
+                                                                  {"network": "2001:2:0:42::/64"}]}),
+        network("dual-net", "dual"),
     )
 
 
@@ -174,6 +177,17 @@ def test_a_per_address_lease_made_before_a_block_keeps_its_address(api: FakeApi)
     b.registry.grow = _grow_at(b.registry, "198.18.40.16")  # type: ignore[method-assign]
     got = {b.add() for _ in range(15)}
     assert "198.18.40.17" not in got and len(got) == 15
+
+
+def test_a_dual_stack_pool_leases_ipv4_in_blocks_and_ipv6_per_address_with_no_block_lookup(api: FakeApi) -> None:
+    """Blocks are IPv4 only: an IPv6 lease is one create-if-absent, and no block could hold it, so no block is read
+    after it (as a per-address IPv4 lease's check does)."""
+    node = Node(api, "n1")
+    claims = attach(node.ipam, pod("d1"), net="dual-net")
+    assert [ipaddress.ip_address(c.address).version for c in claims] == [4, 6]
+    assert to_int(claims[0].address) in node.registry.blocks(pool_of(node.source, "dual"))[0]
+    assert api.calls["create IPAddressLease"] == 1, "the IPv6 address's own lease object"
+    assert api.calls["get IPAddressBlock"] == 0
 
 
 def test_a_block_claimed_before_a_per_address_lease_wins(api: FakeApi) -> None:
