@@ -49,7 +49,7 @@ def _add_route(pod: IPRoute, **route: Any) -> None:
     try:
         pod.route("add", **route)
     except NetlinkError as exc:
-        if exc.code != errno.EEXIST:  # two interfaces of one network share its table: the first one carries it
+        if exc.code != errno.EEXIST:  # two addresses of the interface in one network: one connected route
             raise
 
 

@@ -128,6 +128,7 @@ class Networks:
         taken = {i.name for i in prev.interfaces if i.sandbox} if prev else set()
         resolved = [self.ipam.resolve(sel, ns, f"networks-spec[{i}]") for i, sel in enumerate(deckhouse)]
         deckhouse = _prefixed(deckhouse, resolved, {*taken, call.ifname, *(el.interface for el in npwg)})
+        _one_interface_per_table(deckhouse, resolved)
         names = self._names(call.ifname, taken, deckhouse, defaults, npwg)
         for i, text in enumerate(defaults):
             where = f"defaultNetworks[{i}]"
@@ -308,6 +309,24 @@ def default_networks(source: ObjectSource, namespace: str) -> list[NetworkSelect
         if found:
             return parse_networks_spec(json.dumps([{"type": kind, "name": found[0].meta.name}]))
     return []
+
+
+def _one_interface_per_table(sels: list[NetworkSelection], nets: list[ResolvedNetwork]) -> None:
+    """A routing table (``spec.routingTable``) serves one interface of a pod: its rules send what leaves from the
+    interface's addresses to the routes in it, and a table holds one route per destination, so a second interface
+    in it (the same network twice, or two networks naming one table) would send its traffic out of the first."""
+    first: dict[int, tuple[int, ResolvedNetwork]] = {}
+    for i, (sel, net) in enumerate(zip(sels, nets, strict=True)):
+        table = net.obj.pod.table
+        if not table or sel.skip_ip_assignment:
+            continue
+        if table in first:
+            j, other = first[table]
+            same = "the same network" if other.key == net.key else f"{other.type} {other.name}"
+            raise InvalidConfig(f"{net.type} {net.name} routes through table {table} (its spec.routingTable), which "
+                                f"networks-spec[{j}] ({same}) already uses in this pod: one interface per table",
+                                f"networks-spec[{i}]")
+        first[table] = (i, net)
 
 
 def _prefixed(sels: list[NetworkSelection], nets: list[ResolvedNetwork], taken: set[str]) -> list[NetworkSelection]:

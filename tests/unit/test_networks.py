@@ -215,3 +215,19 @@ def test_a_prefix_whose_names_outgrow_fifteen_characters_is_refused() -> None:
     with pytest.raises(InvalidConfig) as err:
         wanted({"network.deckhouse.io/networks-spec": spec}, source=src)
     assert err.value.details == "spec.interfacePrefix" and "'abcdefghijklmn10'" in err.value.msg
+
+
+def test_a_routing_table_serves_one_interface_of_a_pod() -> None:
+    """A table holds one route per destination: a second interface in it would send its traffic out of the first."""
+    src = with_objects(deckhouse("Network", "t1", {"routingTable": 100}), deckhouse("Network", "t2", {"routingTable": 100}),
+                       deckhouse("Network", "t3", {"routingTable": 101}))
+    ok = [{"type": "Network", "name": "t1"}, {"type": "Network", "name": "t3"},
+          {"type": "Network", "name": "t1", "skipIPAssignment": True}]  # no addresses: no policy routing
+    assert len(wanted({"network.deckhouse.io/networks-spec": json.dumps(ok)}, source=src)) == 3
+    for second, words in (("t1", "the same network"), ("t2", "Network t1")):
+        spec = [{"type": "Network", "name": "t1"}, {"type": "Network", "name": "t3"},
+                {"type": "Network", "name": second}]
+        with pytest.raises(InvalidConfig) as err:
+            wanted({"network.deckhouse.io/networks-spec": json.dumps(spec)}, source=src)
+        assert err.value.details == "networks-spec[2]", err.value
+        assert "table 100" in err.value.msg and words in err.value.msg, err.value.msg
