@@ -100,10 +100,11 @@ class NodeDaemon:
         fault = _fault_hook(cfg.fault, float(os.environ.get("PLEXUS_FAULT_RATE") or 0),
                             os.environ.get("PLEXUS_FAULT_SEED", "plexus"))
         delegation = Chain(Exec(node_netns=cfg.node_netns, owner=os.path.abspath(cfg.db)))
-        devices = KubeletDevices(cfg.pod_resources_socket, cfg.device_info_dir) if cfg.pod_resources_socket else None
+        self.devices = KubeletDevices(cfg.pod_resources_socket, cfg.device_info_dir) if cfg.pod_resources_socket \
+            else None
         self.attacher = Attacher(self.store, self.source, self.ipam, self.segments, all_drivers(delegation), host,
                                  pod_namespace, publisher, self._ready.is_set, fault,
-                                 networks=Networks(self.source, self.ipam, devices=devices), delegation=delegation,
+                                 networks=Networks(self.source, self.ipam, devices=self.devices), delegation=delegation,
                                  delegated=self.delegated, background_del=cfg.del_mode == "background",
                                  del_delay_s=cfg.del_delay)
         self.ipam_plugin = IpamPlugin(self.delegated, self.source, self._ready.is_set, publisher)
@@ -167,6 +168,8 @@ class NodeDaemon:
         if self.attacher.reaper is not None:  # what it has not finished, the next start does
             self.attacher.reaper.stop()
         self.grpc_server.stop(grace=2)
+        if self.devices is not None:
+            self.devices.close()
         self.store.close()
         # a stale socket would look like a live daemon
         for path in (self.cfg.socket, self.cfg.ipam_plugin_socket, self.cfg.grpc_socket):

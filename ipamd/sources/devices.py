@@ -67,6 +67,7 @@ class KubeletDevices:
                  timeout_s: float = LIST_TIMEOUT_S) -> None:
         self.socket, self.info_dir, self.timeout_s = socket, info_dir, timeout_s
         self._stub: Any = None
+        self._channel: Any = None
         self._lock = threading.Lock()
 
     def _lister(self) -> Any:
@@ -76,9 +77,17 @@ class KubeletDevices:
 
                 from ipamd.api import podresources_pb2_grpc
 
-                channel = grpc.insecure_channel(f"unix:{self.socket}")
-                self._stub = podresources_pb2_grpc.PodResourcesListerStub(channel)  # type: ignore[no-untyped-call]
+                self._channel = grpc.insecure_channel(f"unix:{self.socket}")
+                self._stub = podresources_pb2_grpc.PodResourcesListerStub(  # type: ignore[no-untyped-call]
+                    self._channel)
             return self._stub
+
+    def close(self) -> None:
+        """The channel's threads and socket go with the daemon (a later call opens it again)."""
+        with self._lock:
+            if self._channel is not None:
+                self._channel.close()
+            self._channel = self._stub = None
 
     def devices(self, namespace: str, name: str, resource: str) -> list[str]:
         import grpc

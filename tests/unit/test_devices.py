@@ -68,6 +68,9 @@ def test_a_pods_devices_of_one_resource_in_container_order(kubelet: Any, tmp_pat
     assert devices.devices("apps", "web", "other/gpu") == ["g0"]
     assert devices.devices("apps", "nobody", RESOURCE) == [] and devices.devices("other", "web", RESOURCE) == []
     assert service.calls == 5
+    devices.close()  # the daemon's stop: its channel closed; a later call opens another
+    assert devices.devices("apps", "web", RESOURCE) == ["vf-2"] and service.calls == 6
+    devices.close()
 
 
 def test_a_kubelet_that_does_not_answer_is_try_again_later(tmp_path: Path) -> None:
