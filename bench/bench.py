@@ -15,7 +15,8 @@ Scenarios (``--only``): version, add (add-1/2/4 and del-1/2/4), chained (add-cha
 delegate (the cluster network and 2 or 4 NADs, Plexus delegating: add-delegate-N, del-delegate-N),
 plexus-ipam (bridge exec'ing plexus-ipam against bridge with host-local: add-ipam, del-ipam; Plexus delegating
 2 NADs whose IPAM is plexus-ipam, leased by the daemon or exec'd: add-delegate-ipam, add-delegate-ipam-exec),
-check (check, status), churn, rss, ipam-alloc. Latency rows give median, p90, max and runs, and
+check (check, status), churn, burst (200 pods' ADDs exec'd at once, then their DELs: p99 and the daemon's peak RSS),
+rss, ipam-alloc. Latency rows give median, p90, max and runs, and
 ratio = Plexus median / reference median; throughput rows give ratio = Plexus / reference.
 """
 
@@ -48,6 +49,7 @@ from bench.cni import (  # noqa: E402
     FILL_POOL_BASE,
     POD_NAMESPACE,
     Cni,
+    Pod,
     check_version_support,
     describe_plugin,
     hostlocal_reservations,
@@ -55,7 +57,7 @@ from bench.cni import (  # noqa: E402
 )
 from bench.node import REPO, BenchError, BenchNode  # noqa: E402
 
-SCENARIOS = ("version", "add", "chained", "delegate", "plexus-ipam", "check", "churn", "rss", "ipam-alloc")
+SCENARIOS = ("version", "add", "chained", "delegate", "plexus-ipam", "check", "churn", "burst", "rss", "ipam-alloc")
 ALIASES = {"del": "add", "add-chained": "chained", "del-chained": "chained", "status": "check", "ipam": "ipam-alloc",
            **{f"{v}-{n}": "add" for v in ("add", "del") for n in (1, 2, 4)},
            **{f"{v}-delegate-{n}": "delegate" for v in ("add", "del") for n in (2, 4)},
@@ -77,8 +79,8 @@ def pct(values: list[float], q: float) -> float:
 
 def summary(seconds: list[float]) -> dict[str, Any]:
     ms = [v * 1000 for v in seconds]
-    return {"median_ms": statistics.median(ms), "p90_ms": pct(ms, 0.9), "max_ms": max(ms), "min_ms": min(ms),
-            "runs": len(ms), "samples_ms": [round(v, 3) for v in ms]}
+    return {"median_ms": statistics.median(ms), "p90_ms": pct(ms, 0.9), "p99_ms": pct(ms, 0.99), "max_ms": max(ms),
+            "min_ms": min(ms), "runs": len(ms), "samples_ms": [round(v, 3) for v in ms]}
 
 
 @dataclass
@@ -86,6 +88,7 @@ class Results:
     latency: dict[str, dict[str, Any]] = field(default_factory=dict)
     throughput: dict[str, dict[str, Any]] = field(default_factory=dict)
     rss: dict[str, Any] = field(default_factory=dict)
+    burst: dict[str, Any] = field(default_factory=dict)
     machine_end: dict[str, Any] = field(default_factory=dict)
 
     def add_latency(self, name: str, plexus: list[float], ref: list[float] | None = None, ref_what: str = "",
@@ -473,6 +476,67 @@ def sc_churn(ctx: Ctx) -> None:
     ctx.verify_clean("churn")
 
 
+BURST_PODS = 200
+
+
+def sc_burst(ctx: Ctx, pods: int = BURST_PODS) -> None:
+    """``pods`` pods' ADDs exec'd at the same moment (a Deployment scaled up onto one node), then their DELs: every
+    call must succeed; each call's latency, and the daemon's peak RSS over the burst (VmHWM, reset first)."""
+    cni = ctx.cni
+    made = [cni.new_pod() for _ in range(pods)]
+    pid = ctx.node.proc.pid if ctx.node.proc is not None else 0
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as fh:
+            fh.write("5")  # resets the peak RSS the kernel keeps (VmHWM) to the current one
+        before = ctx.node.rss_kb()
+
+        def at_once(call: Callable[[Pod], float]) -> list[float]:
+            barrier = threading.Barrier(pods)
+            times: list[float] = []
+            errors: list[BaseException] = []
+
+            def run(pod: Pod) -> None:
+                try:
+                    barrier.wait(60)
+                    t = call(pod)
+                    times.append(t)
+                except BaseException as exc:
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=run, args=(p,), daemon=True) for p in made]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(600)
+            if errors:
+                raise BenchError(f"burst: {len(errors)} of {pods} calls failed, first: {errors[0]}")
+            return times
+
+        began = time.perf_counter()
+        adds = at_once(lambda pod: cni.plexus_add(pod, [3]))
+        add_s = time.perf_counter() - began
+        addresses = {p.results["plexus"]["ips"][0]["address"] for p in made}
+        if len(addresses) != pods:
+            raise BenchError(f"burst: {pods} pods got {len(addresses)} distinct addresses")
+        began = time.perf_counter()
+        dels = at_once(lambda pod: cni.plexus_del(pod, [3]))
+        del_s = time.perf_counter() - began
+        peak = peak_rss_kb(pid)
+    finally:
+        for pod in made:
+            cni.remove_pod(pod)
+    ctx.res.burst = {"pods": pods, "add": summary(adds), "del": summary(dels), "add_seconds": add_s,
+                     "del_seconds": del_s, "rss_before_kb": before, "peak_rss_kb": peak,
+                     "what": f"{pods} plexus ADD execs (1 network) released at once, then {pods} DELs; peak RSS: the "
+                             "daemon's VmHWM over both"}
+    ctx.verify_clean("burst")
+
+
+def peak_rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return int(next(line.split()[1] for line in fh if line.startswith("VmHWM:")))
+
+
 def _pool_ref(name: str) -> Any:
     from ipamd.api import ipam_pb2 as pb
 
@@ -817,6 +881,12 @@ def render(res: Results) -> str:
         out.append(table(rows, ["metric", "plexus", "reference", "unit", "ratio"]))
         if "ipam-stream-1" in res.throughput:
             out.append("(ipam-stream-1 and ipam-batch-1 ratio: pairs/s against ipam-alloc-1, unary, same run)")
+    if res.burst:
+        b = res.burst
+        out.append(f"\nburst: {b['pods']} ADDs at once: p50 {b['add']['median_ms']:.0f} ms, p99 {b['add']['p99_ms']:.0f} "
+                   f"ms, all in {b['add_seconds']:.1f} s; {b['pods']} DELs at once: p50 {b['del']['median_ms']:.0f} ms, "
+                   f"p99 {b['del']['p99_ms']:.0f} ms; the daemon's peak RSS {b['peak_rss_kb'] / 1024:.0f} MiB "
+                   f"({b['rss_before_kb'] / 1024:.0f} MiB before)")
     return "\n".join(out)
 
 
@@ -929,7 +999,7 @@ def main(argv: list[str] | None = None) -> int:
             "version": lambda: sc_version(ctx), "add": lambda: sc_add(ctx, args.add_sizes),
             "chained": lambda: sc_chained(ctx), "delegate": lambda: sc_delegate(ctx), "check": lambda: sc_check(ctx),
             "plexus-ipam": lambda: sc_plexus_ipam(ctx),
-            "churn": lambda: sc_churn(ctx),
+            "churn": lambda: sc_churn(ctx), "burst": lambda: sc_burst(ctx),
             "rss": lambda: sc_rss(ctx), "ipam-alloc": lambda: sc_ipam(ctx),
         }
         for name in args.scenarios:
@@ -979,7 +1049,7 @@ def main(argv: list[str] | None = None) -> int:
                    "fill_pool": f"{FILL_POOL_BASE}/{args.fill_prefix}", "reconcile_interval": args.reconcile_interval,
                    "order": "Plexus and reference alternate per run: A B, then B A",
                    "timing": "time.perf_counter() around subprocess.run, from inside the node namespace"},
-        "latency": res.latency, "throughput": res.throughput, "rss": res.rss,
+        "latency": res.latency, "throughput": res.throughput, "rss": res.rss, "burst": res.burst,
     }
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
