@@ -43,12 +43,12 @@ build/bootloader/run: venv scripts/build-bootloader.sh
 	PYTHON=$(PY) bash scripts/build-bootloader.sh
 
 dist/plexus/plexus: venv build/bootloader/run $(shell find cni -name '*.py') packaging/plexus.spec packaging/frozen_boot.py
+	@command -v patchelf >/dev/null || { echo "patchelf is missing: scripts/install-deps.sh installs it" >&2; exit 1; }
 	rm -rf build/plexus  # PyInstaller's own cache would keep an executable built on another bootloader
 	$(VENV)/bin/pyinstaller --noconfirm --log-level WARN --distpath dist --workpath build packaging/plexus.spec
 	@# the bootloader does not restart itself with LD_LIBRARY_PATH (scripts/build-bootloader.sh): libpython finds
 	@# the libraries bundled next to it (libexpat, libz) by its RUNPATH, not on the node
-	@command -v patchelf >/dev/null || { echo "patchelf is missing: scripts/install-deps.sh installs it" >&2; exit 1; }
-	patchelf --set-rpath '$$ORIGIN' dist/plexus/_internal/libpython*.so*
+	patchelf --set-rpath '$$ORIGIN' dist/plexus/_internal/libpython*.so* || { rm -f dist/plexus/plexus; exit 1; }
 
 build: dist/plexus/plexus
 

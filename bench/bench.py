@@ -462,7 +462,9 @@ def sc_churn(ctx: Ctx) -> None:
     each = ctx.churn_seconds / rounds
     sides: dict[str, list[dict[str, Any]]] = {"plexus": [], "reference": []}
     for k in range(rounds):
-        for side, phases in sides.items():
+        order = ("plexus", "reference") if k % 2 == 0 else ("reference", "plexus")  # A B, B A, A B
+        for side in order:
+            phases = sides[side]
             phases.append(churn_phase(ctx, side, each))
             log(f"  churn round {k + 1}/{rounds}: {side} {phases[-1]['pods_per_s']:.2f} pods/s in {each:g} s")
     p, r = merged_churn(sides["plexus"]), merged_churn(sides["reference"])
@@ -471,7 +473,7 @@ def sc_churn(ctx: Ctx) -> None:
         "cpu_s_per_pod": {"plexus": p["cpu_s_per_pod"], "reference": r["cpu_s_per_pod"]},
         "plexus_detail": p, "reference_detail": r,
         "what": f"2 workers: netns add, ADD (2 networks), DEL, netns del; reference = 2 bridge execs per ADD and per "
-                f"DEL; {rounds} rounds per side, taking turns",
+                f"DEL; {rounds} rounds per side, taking turns (A B, B A, A B)",
     }
     ctx.verify_clean("churn")
 
@@ -483,9 +485,12 @@ def sc_burst(ctx: Ctx, pods: int = BURST_PODS) -> None:
     """``pods`` pods' ADDs exec'd at the same moment (a Deployment scaled up onto one node), then their DELs: every
     call must succeed; each call's latency, and the daemon's peak RSS over the burst (VmHWM, reset first)."""
     cni = ctx.cni
-    made = [cni.new_pod() for _ in range(pods)]
-    pid = ctx.node.proc.pid if ctx.node.proc is not None else 0
+    if ctx.node.proc is None:
+        raise BenchError("burst: the daemon is not running")
+    pid = ctx.node.proc.pid
+    made: list[Pod] = []
     try:
+        made.extend(cni.new_pod() for _ in range(pods))
         with open(f"/proc/{pid}/clear_refs", "w") as fh:
             fh.write("5")  # resets the peak RSS the kernel keeps (VmHWM) to the current one
         before = ctx.node.rss_kb()

@@ -239,7 +239,8 @@ def probe(args: list[str], stdout: IO[str]) -> int:
 
 
 def environment() -> dict[str, str]:
-    """The process environment as ``os.environ`` decodes it, read without importing ``os``."""
+    """The process environment, decoded as UTF-8 with surrogateescape (``os.environ`` under a UTF-8 locale; CNI's
+    variables are ASCII), read without importing ``os``."""
     return {key.decode("utf-8", "surrogateescape"): value.decode("utf-8", "surrogateescape")
             for key, value in posix.environ.items()}
 

@@ -37,6 +37,7 @@ from ipamd.model.objects import (
     Network,
     NetworkClass,
     Pod,
+    parse_address,
 )
 from ipamd.model.podopts import unreachable_gateway
 from ipamd.sources.base import ObjectSource
@@ -560,6 +561,7 @@ class Ipam:
         the same owner asking again keeps what it has."""
         if not owner:
             raise InvalidConfig("owner is required", "owner")
+        _check_address(address)
         key = f"api/{owner}"
         rec = self.store.get_ip(key) or IPRecord(
             key=key, kind="api", namespace="", name=owner, network_kind="", network_name="",
@@ -573,6 +575,7 @@ class Ipam:
         """Free ``address`` of ``pool`` deliberately (an operator's ``plexusctl ipam release``); refused
         while a pod uses it unless ``force``. A user's IPAddress goes back to Pending; False when the
         address was not leased."""
+        _check_address(address)
         lease = self.store.lease_at(pool.meta.key, to_int(address))
         if lease is None:
             return False
@@ -586,3 +589,13 @@ class Ipam:
             elif rec is not None:
                 self.store.put_ip(replace(rec, phase="Pending", address="", network=""))
         return True
+
+
+def _check_address(address: str) -> None:
+    """An address an API client names: refused naming the field unless it is one (IPv4-compatible IPv6 included)."""
+    if not address:
+        return
+    try:
+        parse_address(address)
+    except ValueError as exc:
+        raise InvalidConfig(f"{address!r} is not an address of a pool: {exc}", "address") from None

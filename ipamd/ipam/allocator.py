@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Container, Iterator
 
-from ipamd.model.objects import IPV6_FLOOR, AddressPool, Subnet, parse_address, usable_bounds
+from ipamd.model.objects import IPV6_FLOOR, AddressPool, Subnet, usable_bounds
 
 
 def iter_from(pool: AddressPool, cursor: int | None) -> Iterator[tuple[int, Subnet]]:
@@ -76,9 +76,9 @@ def to_text(ip: int) -> str:
 
 
 def to_int(text: str) -> int:
-    """The integer of an address's text; ValueError for text that is none, or IPv4-compatible IPv6 (whose integer
-    would name an IPv4 address)."""
-    return int(parse_address(text))
+    """The integer of an address's text. Lenient, for what was checked on its way in or is read back (lease objects,
+    the store): what users ask for goes through ``parse_address`` first, which refuses IPv4-compatible IPv6."""
+    return int(ipaddress.ip_address(text))
 
 
 def family_of(ip: int) -> int:

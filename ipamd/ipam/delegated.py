@@ -28,7 +28,16 @@ from ipamd.ipam.addresses import Claim, Ipam
 from ipamd.ipam.allocator import in_ranges, subnet_for, to_int
 from ipamd.model.cniconf import ConfigInvalid
 from ipamd.model.ipamconf import InlineRange, IpamConfig, implicit_pool, overlap, parse_ipam_config, space_key
-from ipamd.model.objects import IP_ADDRESS_POOL, IPAM_CLAIM, NETWORK_ATTACHMENT_DEFINITION, POD, POOL_KINDS, AddressPool, Pod
+from ipamd.model.objects import (
+    IP_ADDRESS_POOL,
+    IPAM_CLAIM,
+    NETWORK_ATTACHMENT_DEFINITION,
+    POD,
+    POOL_KINDS,
+    AddressPool,
+    Pod,
+    parse_address,
+)
 from ipamd.sources.base import ObjectSource
 from ipamd.store.protocols import LeaseStore
 from ipamd.store.records import ImplicitPoolRecord, IPRecord
@@ -202,6 +211,11 @@ class DelegatedAddresses:
         if rec is not None:
             return rec, False  # a retried ADD keeps its address
         static = req.ips[0].split("/")[0] if req.ips else ""
+        if static:
+            try:
+                parse_address(static)
+            except ValueError as exc:
+                raise InvalidConfig(f"{static!r} is not an address to lease: {exc}", req.ips_field) from None
         known = req.pod is not None and req.pod.meta.source != "runtime"
         return IPRecord(key=key, kind=CNI_HOLDER, namespace=req.namespace, name=f"{req.container_id[:12]}/{req.ifname}",
                         network_kind=NETWORK_ATTACHMENT_DEFINITION.name if req.nad else CNI_HOLDER,
@@ -232,8 +246,8 @@ class DelegatedAddresses:
         asked = req.ips[0] if req.ips and rec.kind != CLAIM_HOLDER else rec.static_ip
         try:
             ip = to_int(rec.static_ip)
-        except ValueError as exc:
-            raise InvalidConfig(f"{rec.static_ip!r} is not an IP address of a pool ({exc})", field) from None
+        except ValueError:
+            raise InvalidConfig(f"{rec.static_ip!r} is not an IP address", field) from None
         subnet = subnet_for(pool, ip)
         if subnet is None:
             nets = ", ".join(str(s.network) for s in pool.subnets)

@@ -16,6 +16,7 @@ from typing import Any
 
 from cni.errors import AnnotationInvalid
 from ipamd.model.annotations import MAX_ANNOTATION_BYTES, check_ifname, check_mac, json_list
+from ipamd.model.objects import parse_address
 
 NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
 NETWORK_STATUS_ANNOTATION = "k8s.v1.cni.cncf.io/network-status"
@@ -60,9 +61,13 @@ def _ips(value: Any, where: str) -> tuple[str, ...]:
         raise AnnotationInvalid(f"{where} must be a list of addresses", where)
     for v in value:
         try:
-            ipaddress.ip_interface(v)
+            iface = ipaddress.ip_interface(v)
         except ValueError:
             raise AnnotationInvalid(f"{where} {v!r} is not an IP address (or one with its prefix)", where) from None
+        try:
+            parse_address(str(iface.ip))
+        except ValueError as exc:
+            raise AnnotationInvalid(f"{where}: {exc}", where) from None
     return tuple(value)
 
 

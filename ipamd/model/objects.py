@@ -501,9 +501,13 @@ def _ipam_claim(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> 
     requests = _get(spec, "ipRequests", list, m, "spec.ipRequests") or []
     for i, text in enumerate(requests):
         try:
-            ipaddress.ip_interface(str(text))
+            iface = ipaddress.ip_interface(str(text))
         except ValueError:
             raise ManifestInvalid(m, f"spec.ipRequests[{i}]", f"{text!r} is not an IP address or CIDR") from None
+        try:
+            parse_address(str(iface.ip))
+        except ValueError as exc:
+            raise ManifestInvalid(m, f"spec.ipRequests[{i}]", str(exc)) from None
     if len(requests) > 1:
         raise ManifestInvalid(m, "spec.ipRequests", "asks for more than one address")
     status = doc.get("status") or {}

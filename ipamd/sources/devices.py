@@ -96,8 +96,8 @@ class KubeletDevices:
 
         try:
             response = self._lister().List(podresources_pb2.ListPodResourcesRequest(), timeout=self.timeout_s)
-        except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else None
+        except (grpc.RpcError, ValueError) as exc:  # ValueError: the channel closed as the daemon stops
+            code = exc.code() if isinstance(exc, grpc.RpcError) and hasattr(exc, "code") else None
             raise TryAgainLater(f"the kubelet's pod-resources API ({self.socket}) did not say which {resource} "
                                 f"devices pod {namespace}/{name} has: {code.name if code else exc}",
                                 "podResourcesSocket") from None

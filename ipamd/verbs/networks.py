@@ -318,7 +318,9 @@ def _one_interface_per_table(sels: list[NetworkSelection], nets: list[ResolvedNe
     first: dict[int, tuple[int, ResolvedNetwork]] = {}
     for i, (sel, net) in enumerate(zip(sels, nets, strict=True)):
         table = net.obj.pod.table
-        if not table or sel.skip_ip_assignment:
+        # no addresses configured on the interface, no rules and no routes (``_policy`` in the attacher): a TAP's
+        # addresses are the guest's, and a network without a pool or with skipIPAssignment gives none
+        if not table or sel.skip_ip_assignment or sel.interface_type == "tap" or net.pool is None:
             continue
         if table in first:
             j, other = first[table]

@@ -82,7 +82,6 @@ class Reaper:
     def stop(self) -> None:
         with self._cv:
             self._stopping.set()
+        # jobs cancelled before they ran stay pending (their records "deleting", for the next start to finish): a pod
+        # recreated meanwhile still waits for its predecessor, and a repeated DEL is answered as being finished
         self._pool.shutdown(wait=True, cancel_futures=True)
-        with self._cv:  # jobs cancelled before they ran: their records stay "deleting" for the next start
-            self._pending.clear()
-            self._cv.notify_all()

@@ -4,16 +4,26 @@ store's integers past 64 bits, and a /64 that costs no more than a /24 (nothing 
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from cni.errors import InvalidConfig
+from cni.errors import AnnotationInvalid, InvalidConfig
 from ipamd.ipam.addresses import Ipam, auto_ip_name
 from ipamd.ipam.allocator import family_of, pick_free, to_int, to_text
 from ipamd.ipam.blocks import uses_blocks, windows
-from ipamd.model.objects import IP_ADDRESS_POOL, AddressPool, ManifestInvalid, usable_bounds
+from ipamd.model.npwg import parse_networks
+from ipamd.model.objects import (
+    IP_ADDRESS_POOL,
+    NPWG_CLAIM_API_VERSION,
+    AddressPool,
+    ManifestInvalid,
+    parse_address,
+    parse_object,
+    usable_bounds,
+)
 from ipamd.store.sqlite import Store
 from tests.fakes.source import FakeSource
 from tests.unit.test_ipam import NS, Clock, attach, gone, network, obj, pod
@@ -125,15 +135,28 @@ def test_integers_name_one_address_whatever_the_family() -> None:
     assert (family_of(to_int("198.18.0.1")), family_of(to_int("2001:2::1"))) == (4, 6)
 
 
-def test_ipv4_compatible_ipv6_text_is_not_taken_for_the_ipv4_address_of_its_integer() -> None:
-    """``::c612:5`` has the integer of 198.18.0.5: taken as such, a Static asking for it would lease the IPv4
-    address. It is refused wherever an address is read, naming the field."""
+def test_ipv4_compatible_ipv6_text_is_not_taken_for_the_ipv4_address_of_its_integer(ipam: Ipam,
+                                                                                     source: FakeSource) -> None:
+    """``::c612:5`` has the integer of 198.18.0.5: taken as such, a request for it would lease the IPv4 address. It
+    is refused wherever a user names an address, naming the field."""
     with pytest.raises(ValueError, match="IPv4-compatible"):
-        to_int("::c612:5")
+        parse_address("::c612:5")
     ref = {"kind": "Network", "name": "net"}
     with pytest.raises(ManifestInvalid) as err:
         obj("IPAddress", "s", {"networkRef": ref, "type": "Static", "static": {"ip": "::c612:5"}})
     assert err.value.field == "spec.static.ip" and "IPv4-compatible" in str(err.value)
+    with pytest.raises(ManifestInvalid) as err:
+        parse_object({"apiVersion": NPWG_CLAIM_API_VERSION, "kind": "IPAMClaim", "metadata": {"name": "c", "namespace": NS},
+                      "spec": {"network": "n", "ipRequests": ["::c612:5/120"]}})
+    assert err.value.field == "spec.ipRequests[0]"
+    with pytest.raises(AnnotationInvalid) as ann:
+        parse_networks(json.dumps([{"name": "nad", "ips": ["::c612:5"]}]), NS)
+    assert "IPv4-compatible" in ann.value.msg
+    pool = source.get(IP_ADDRESS_POOL, NS, "dual")
+    assert isinstance(pool, AddressPool)
+    with pytest.raises(InvalidConfig) as cfg:
+        ipam.allocate_for("client", pool, "::c612:a")  # 198.18.0.10 is in the pool's IPv4 range
+    assert cfg.value.details == "address"
 
 
 @pytest.mark.parametrize(("item", "field"), [

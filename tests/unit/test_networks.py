@@ -219,11 +219,18 @@ def test_a_prefix_whose_names_outgrow_fifteen_characters_is_refused() -> None:
 
 def test_a_routing_table_serves_one_interface_of_a_pod() -> None:
     """A table holds one route per destination: a second interface in it would send its traffic out of the first."""
-    src = with_objects(deckhouse("Network", "t1", {"routingTable": 100}), deckhouse("Network", "t2", {"routingTable": 100}),
-                       deckhouse("Network", "t3", {"routingTable": 101}))
-    ok = [{"type": "Network", "name": "t1"}, {"type": "Network", "name": "t3"},
-          {"type": "Network", "name": "t1", "skipIPAssignment": True}]  # no addresses: no policy routing
-    assert len(wanted({"network.deckhouse.io/networks-spec": json.dumps(ok)}, source=src)) == 3
+    ipam = {"ipam": {"ipAddressPoolRef": {"kind": "IPAddressPool", "name": "p"}}}
+    pool = parse_object({"apiVersion": API_VERSION, "kind": "IPAddressPool", "metadata": {"name": "p", "namespace": NS},
+                         "spec": {"pools": [{"network": "198.18.60.0/24"}]}})
+    src = with_objects(pool, deckhouse("Network", "t1", {"routingTable": 100, **ipam}),
+                       deckhouse("Network", "t2", {"routingTable": 100, **ipam}),
+                       deckhouse("Network", "t3", {"routingTable": 101, **ipam}),
+                       deckhouse("Network", "bare", {"routingTable": 100}))  # no pool, no addresses
+    ok = [{"type": "Network", "name": "t1"}, {"type": "Network", "name": "t3"},  # no addresses, no policy routing:
+          {"type": "Network", "name": "t1", "skipIPAssignment": True},
+          {"type": "Network", "name": "t1", "interfaceType": "tap"},  # a TAP's addresses are the guest's
+          {"type": "Network", "name": "bare"}]
+    assert len(wanted({"network.deckhouse.io/networks-spec": json.dumps(ok)}, source=src)) == 5
     for second, words in (("t1", "the same network"), ("t2", "Network t1")):
         spec = [{"type": "Network", "name": "t1"}, {"type": "Network", "name": "t3"},
                 {"type": "Network", "name": second}]
