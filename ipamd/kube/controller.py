@@ -36,7 +36,7 @@ from ipamd.kube.blocks import parse_block
 from ipamd.kube.elector import LeaderElector
 from ipamd.kube.errors import reason_of, status_of
 from ipamd.kube.leases import KIND as LEASE_KIND
-from ipamd.kube.leases import lease_body
+from ipamd.kube.leases import POOL_LABEL, lease_body, pool_label
 from ipamd.kube.reclaim import silent_nodes, stray_leases, vanished
 from ipamd.model.conditions import set_condition
 from ipamd.model.objects import (
@@ -420,6 +420,24 @@ class Controller:
                     if status_of(exc) != 404:
                         log.warning("expiring lease %s: %s", item["metadata"]["name"], reason_of(exc))
 
+    def label_leases(self) -> int:
+        """Lease objects made by versions before node blocks carry no pool label, so the read a node makes after
+        claiming a block (its lease objects listed by that label, from the API server) would miss them: labelled
+        once here. How many were."""
+        n = 0
+        for item in self.source.items(LEASE_KIND):
+            md = item.get("metadata") or {}
+            pool = (item.get("spec") or {}).get("pool")
+            if not pool or POOL_LABEL in (md.get("labels") or {}):
+                continue
+            try:
+                self.objects.patch(LEASE_KIND, md["name"], {"metadata": {"labels": {POOL_LABEL: pool_label(str(pool))}}})
+                n += 1
+            except Exception as exc:
+                if status_of(exc) != 404:
+                    log.warning("labelling lease %s: %s", md.get("name"), reason_of(exc))
+        return n
+
     # -- loop ---------------------------------------------------------------------------------------
     def run_once(self) -> None:
         self.leading = self.elector.try_acquire()
@@ -428,6 +446,7 @@ class Controller:
         self.assign_segments()
         self.allocate_user_ipaddresses()
         self.expire_leases()
+        self.label_leases()
         self.reclaim_blocks()
         self.pool_usage()
 

@@ -15,7 +15,7 @@ from kubernetes.client.exceptions import ApiException
 from ipamd.kube.blocks import KIND as BLOCK_KIND
 from ipamd.kube.controller import Controller
 from ipamd.kube.leases import KIND as LEASE_KIND
-from ipamd.kube.leases import NODE_LABEL
+from ipamd.kube.leases import NODE_LABEL, POOL_LABEL, pool_label
 from ipamd.kube.reclaim import GONE_GRACE_S, silent_nodes, stray_leases, vanished
 from ipamd.model.timefmt import rfc3339
 from tests.fakes.cluster import FakeApi, FakeCache
@@ -181,3 +181,15 @@ def test_a_deleted_node_is_reclaimed_after_a_few_missed_renewals(api: FakeApi, g
     ctl.reclaim_blocks()
     assert not api.objs[BLOCK_KIND], "its Node deleted and no pod bound to it: reclaimed without waiting the TTL"
     assert not [o for o in api.objs[LEASE_KIND].values() if o["spec"].get("holder")]
+
+
+def test_lease_objects_of_earlier_versions_get_their_pool_label_once(api: FakeApi) -> None:
+    """A node that claims a block lists the pool's lease objects by their pool label: one made before that label
+    existed would be missed, so the controller labels it."""
+    api.objs[LEASE_KIND]["old"] = {"metadata": {"name": "old", "resourceVersion": "1"},
+                                   "spec": {"pool": "IPAddressPool/ns/big", "ip": "198.18.40.7", "holder": "x"}}
+    cluster = Cluster(api)
+    ctl = controller(cluster)
+    assert ctl.label_leases() == 1
+    assert api.objs[LEASE_KIND]["old"]["metadata"]["labels"] == {POOL_LABEL: pool_label("IPAddressPool/ns/big")}
+    assert ctl.label_leases() == 0, "labelled once"
