@@ -8,6 +8,10 @@ project's test control plane (scripts/k8s: kube-apiserver, kube-controller-manag
 node daemons whose bridges and veths live in network namespaces of their own, execs the frozen
 ``plexus`` as containerd would (the pod's annotations in ``runtimeConfig``), and removes everything it
 made, also on failure or Ctrl-C.
+
+``--allocation-only [--rounds N] [--baseline REF]``: the allocation race alone, per scheme N times taking turns;
+with ``--baseline``, also the daemons of another commit (a git worktree of this repository, e.g. the per-address
+code before node blocks), so that "allocations per second against before" is measured on one machine in one run.
 """
 
 from __future__ import annotations
@@ -122,7 +126,8 @@ def ours(delta: Counter[str]) -> dict[str, int]:
 class Daemon:
     """A plexus-ipamd: a node (Kubernetes or local mode, its links in namespace ``netns``) or the controller."""
 
-    def __init__(self, work: Path, name: str, args: list[str], prefix: tuple[str, ...] = ()) -> None:
+    def __init__(self, work: Path, name: str, args: list[str], prefix: tuple[str, ...] = (), repo: Path = REPO) -> None:
+        self.repo = repo  # another checkout's daemon (--baseline): the same Python, that tree's code
         self.dir = work / name
         self.dir.mkdir(parents=True)
         self.socket = self.dir / "plexus.sock"
@@ -130,7 +135,7 @@ class Daemon:
         cmd = [*prefix, sys.executable, "-m", "ipamd", "--db", str(self.dir / "plexus.db"), "--socket", str(self.socket),
                "--grpc-socket", str(self.dir / "ipam.sock"), "--log-file", str(self.log), *args]
         self.stderr = open(self.dir / "stderr", "wb")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+        self.proc = subprocess.Popen(cmd, cwd=repo, env=dict(os.environ, PYTHONPATH=str(repo)),
                                      stdout=subprocess.DEVNULL, stderr=self.stderr)
 
     def wait(self, ready: Any, what: str, timeout: float = 90) -> None:
@@ -153,7 +158,10 @@ class Daemon:
         return int(resp.depth), int(resp.made)
 
     def drained(self, timeout: float = 60) -> int:
-        """Wait until the outbox has made every write; the writes made since start."""
+        """Wait until the outbox has made every write; the writes made since start (0 for a baseline daemon from
+        before the outbox, which made every write on the call's path)."""
+        if self.repo != REPO:
+            return 0
         deadline = time.monotonic() + timeout
         while (state := self.outbox())[0] and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -181,6 +189,11 @@ class Bench:
         stack.callback(self._remove_netns)
         self.cp = ControlPlane(Path(args.cache), self.work)
         stack.callback(self.cp.down)
+        self.baseline = REPO
+        if getattr(args, "baseline", ""):  # another commit's daemons, from a worktree of this repository
+            self.baseline = self.work / "baseline"
+            run("git", "-C", str(REPO), "worktree", "add", "--detach", str(self.baseline), args.baseline)
+            stack.callback(run, "git", "-C", str(REPO), "worktree", "remove", "--force", str(self.baseline), check=False)
 
     def _remove_netns(self) -> None:
         for name in self.netns:
@@ -197,15 +210,16 @@ class Bench:
         run("ip", "netns", "del", name, check=False)
         self.netns.remove(name)
 
-    def daemon(self, name: str, args: list[str]) -> Daemon:
-        d = Daemon(self.work, name, args)
+    def daemon(self, name: str, args: list[str], repo: Path = REPO) -> Daemon:
+        d = Daemon(self.work, name, args, repo=repo)
         self.stack.callback(d.stop)
         return d
 
-    def node(self, name: str, extra: list[str] | None = None) -> Daemon:
+    def node(self, name: str, extra: list[str] | None = None, repo: Path = REPO) -> Daemon:
         netns = self.new_netns(name)
         d = self.daemon(name, ["--kubeconfig", self.cp.kubeconfig, "--node-name", name, "--node-netns",
-                               f"/run/netns/{netns}", "--objects-dir", str(self.work / "empty"), *(extra or [])])
+                               f"/run/netns/{netns}", "--objects-dir", str(self.work / "empty"), *(extra or [])],
+                        repo=repo)
         d.wait(d.socket.exists, f"node daemon {name}")
         return d
 
@@ -338,16 +352,20 @@ class Bench:
         return {"nodes": len(nodes), "pods": len(plan), "workers_per_node": workers, "seconds": round(elapsed, 2),
                 "allocations_per_s": round(len(addresses) / elapsed, 1), "distinct_addresses": len(set(addresses))}
 
-    def allocation_race(self, scheme: str, nodes: int, per_worker: int, workers: int) -> dict[str, Any]:
-        """``nodes`` fresh daemons (``--address-blocks on|off``) lease from one pool over the gRPC IPAM API at once,
-        ``workers`` callers each: allocations per second, the IPAM and API side alone (no exec, no kernel)."""
+    def allocation_race(self, scheme: str, nodes: int, per_worker: int, workers: int, tag: str = "") -> dict[str, Any]:
+        """``nodes`` fresh daemons (``--address-blocks on|off``; ``baseline``: the daemons of the ``--baseline``
+        checkout) lease from one pool over the gRPC IPAM API at once, ``workers`` callers each: allocations per second,
+        the IPAM and API side alone (no exec, no kernel)."""
         import grpc
 
         from ipamd.api import ipam_pb2 as pb
         from ipamd.api import ipam_pb2_grpc
 
         flag = "on" if scheme == "blocks" else "off"
-        daemons = [self.node(f"kalloc-{flag}-{i}", ["--address-blocks", flag]) for i in range(nodes)]
+        if scheme == "baseline":
+            daemons = [self.node(f"kalloc-base{tag}-{i}", repo=self.baseline) for i in range(nodes)]
+        else:
+            daemons = [self.node(f"kalloc-{flag}{tag}-{i}", ["--address-blocks", flag]) for i in range(nodes)]
         ref = pb.PoolRef(kind="IPAddressPool", namespace=NS, name="race-pool")
         for d in daemons:  # the pool is in every daemon's informer before the clock starts
             with grpc.insecure_channel(f"unix:{d.dir / 'ipam.sock'}") as ch:
@@ -483,12 +501,12 @@ class Bench:
         d.wait(d.socket.exists, "local daemon")
         return d
 
-    def run(self) -> dict[str, Any]:
-        a = self.args
+    def start_cluster(self) -> None:
+        """The control plane, the CRDs and RBAC, the controller (with its webhook), the bench's objects."""
         self.cp.up()
         self.cp.kubectl("apply", "-f", str(REPO / "packaging/k8s/crds.yaml"), "-f", str(REPO / "packaging/k8s/rbac.yaml"))
         self.cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
-        health, hook = free_ports(2)
+        self.health, self.hook = health, hook = free_ports(2)
         ctl = self.daemon("controller", ["--mode", "controller", "--kubeconfig", self.cp.kubeconfig,
                                          "--webhook-address", "127.0.0.1", "--webhook-port", str(hook),
                                          "--webhook-name", "127.0.0.1", "--health-port", str(health)])
@@ -507,6 +525,37 @@ class Bench:
             if time.monotonic() > deadline:
                 raise BenchError("the controller gave the Network no VLAN ID")
             time.sleep(0.5)
+
+    def allocation_rounds(self) -> dict[str, Any]:
+        """The allocation race alone, each scheme (and the ``--baseline`` checkout's daemons) ``--rounds`` times,
+        the schemes taking turns so that the API server's drift weighs on all alike."""
+        a = self.args
+        schemes = (["baseline"] if a.baseline else []) + ["per-address", "blocks"]
+        runs: dict[str, list[dict[str, Any]]] = {s: [] for s in schemes}
+        for k in range(a.rounds):
+            for scheme in schemes if k % 2 == 0 else list(reversed(schemes)):
+                log(f"allocation race {k + 1}/{a.rounds}, {scheme}: {a.nodes} daemons x {a.alloc_callers} callers "
+                    f"x {a.alloc_per_caller}")
+                r = self.allocation_race(scheme, a.nodes, a.alloc_per_caller, a.alloc_callers, tag=f"r{k}")
+                log(f"  {r['allocations_per_s']} allocations/s")
+                runs[scheme].append(r)
+        out: dict[str, Any] = {"baseline": a.baseline, "rounds": a.rounds}
+        for scheme, rs in runs.items():
+            rates = [r["allocations_per_s"] for r in rs]
+            out[f"allocation_race_{scheme.replace('-', '_')}"] = {**rs[0], "allocations_per_s": statistics.median(rates),
+                                                                  "rounds_allocations_per_s": rates}
+        if a.baseline:
+            base = out["allocation_race_baseline"]["allocations_per_s"]
+            for scheme in ("per_address", "blocks"):
+                out[f"allocation_race_{scheme}"]["ratio_vs_baseline"] = \
+                    round(out[f"allocation_race_{scheme}"]["allocations_per_s"] / base, 2)
+        return out
+
+    def run(self) -> dict[str, Any]:
+        a = self.args
+        self.start_cluster()
+        if a.allocation_only:
+            return self.allocation_rounds()
         log(f"{a.nodes} node daemons")
         nodes = [(f"kbench-{i}", self.node(f"kbench-{i}")) for i in range(a.nodes)]
         time.sleep(2)
@@ -527,7 +576,7 @@ class Bench:
         log(f"latency, local mode: {a.warmup}+{a.runs} ADD/DEL")
         results["local"] = self.latency(self.local_node(), "", a.runs, a.warmup, local=True)
         log(f"pod creation with and without the pods webhook: {a.warmup}+{a.runs} each, alternating")
-        results["admission"] = self.admission(f"https://127.0.0.1:{hook}/validate", a.runs, a.warmup)
+        results["admission"] = self.admission(f"https://127.0.0.1:{self.hook}/validate", a.runs, a.warmup)
         return results
 
 
@@ -565,6 +614,16 @@ def report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def report_allocation(r: dict[str, Any]) -> str:
+    lines = ["| scheme | allocations/s (median) | rounds | vs baseline |", "|---|---|---|---|"]
+    for scheme in ("baseline", "per_address", "blocks"):
+        if (ar := r.get(f"allocation_race_{scheme}")) is not None:
+            name = f"baseline ({r['baseline']})" if scheme == "baseline" else scheme.replace("_", "-")
+            lines.append(f"| {name} | {ar['allocations_per_s']} | {', '.join(map(str, ar['rounds_allocations_per_s']))} "
+                         f"| {ar.get('ratio_vs_baseline', '-')} |")
+    return "\n".join(lines)
+
+
 def default_plexus() -> str:
     for cand in (str(REPO / "dist" / "plexus" / "plexus"), "/opt/cni/bin/plexus"):
         if os.path.exists(cand):
@@ -583,6 +642,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="concurrent ADDs per node in the race (kubelet: several)")
     p.add_argument("--alloc-callers", type=int, default=4, help="gRPC callers per daemon in the allocation race")
     p.add_argument("--alloc-per-caller", type=int, default=50, help="allocations per caller in the allocation race")
+    p.add_argument("--allocation-only", action="store_true",
+                   help="only the allocation race over gRPC, --rounds times per scheme, taking turns")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per scheme with --allocation-only")
+    p.add_argument("--baseline", default="", help="with --allocation-only: a git ref (e.g. 7b4909b) whose daemons race "
+                   "too, from a worktree of this repository, the same Python")
     p.add_argument("--json", default="bench-results/kube.json")
     a = p.parse_args(argv)
     if os.geteuid() != 0:
@@ -601,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench.kube: interrupted; everything it made is removed", file=sys.stderr)
         return 130
     write_results(a.json, results)
-    print(report(results))
+    print(report_allocation(results) if a.allocation_only else report(results))
     print(f"(written to {a.json})")
     return 0
 
