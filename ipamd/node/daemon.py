@@ -37,6 +37,9 @@ from ipamd.verbs.ipam_plugin import IpamPlugin
 from ipamd.verbs.networks import Networks
 
 log = logging.getLogger("plexus-ipamd")
+#: A reconcile round woken by an object's change waits this long (``Reconciler.settle_s``): every ADD in Kubernetes
+#: mode changes objects (the pod's status, its IPAddress), and a round at once would compete with the next calls.
+RECONCILE_SETTLE_S = 0.5
 
 
 def _fault_hook(step_wanted: str, failure_rate: float, seed: str) -> Any:
@@ -109,7 +112,7 @@ class NodeDaemon:
                                  del_delay_s=cfg.del_delay)
         self.ipam_plugin = IpamPlugin(self.delegated, self.source, self._ready.is_set, publisher)
         self.reconciler = Reconciler(self.store, self.source, self.ipam, self.attacher, self.segments, publisher,
-                                     cfg.reconcile_interval, cluster=bool(cfg.kubeconfig))
+                                     cfg.reconcile_interval, cluster=bool(cfg.kubeconfig), settle_s=RECONCILE_SETTLE_S)
         self.cni_server: CniHttpServer | None = None
         self.ipam_server: CniHttpServer | None = None
 

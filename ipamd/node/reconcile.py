@@ -62,8 +62,12 @@ class NodeSegments(Protocol):
 
 class Reconciler:
     def __init__(self, store: NodeStore, source: ObjectSource, ipam: Ipam, teardowns: Teardowns,
-                 segments: NodeSegments, publisher: Publisher, interval: float = 30.0, cluster: bool = False) -> None:
+                 segments: NodeSegments, publisher: Publisher, interval: float = 30.0, cluster: bool = False,
+                 settle_s: float = 0.0) -> None:
         self.store = store
+        # woken by an object's change: wait this long first, so that the CNI call whose writes made the change
+        # answers before a round competes with it for the CPU, and the changes that follow share the round
+        self.settle_s = settle_s
         self.source = source
         self.ipam = ipam  # and through it the lease registry, whose stray leases a cluster node cleans up
         self.teardowns = teardowns
@@ -281,7 +285,8 @@ class Reconciler:
                 log.warning("reconcile: %s", exc)
             except Exception:
                 log.exception("reconcile failed")
-            self._wake.wait(self.interval)
+            if self._wake.wait(self.interval) and self.settle_s:
+                self._stop.wait(self.settle_s)
             self._wake.clear()
 
     def start(self) -> None:

@@ -108,3 +108,35 @@ def test_a_segment_that_cannot_be_made_is_reported_and_the_others_still_are() ->
     reconciler(node).run_once()
     assert node.publisher.node_attachments[f"Network/{NS}/net-c"][1] is False
     assert node.publisher.node_attachments[f"Network/{NS}/net-a"][1] is True
+
+
+def test_a_burst_of_object_changes_makes_one_settled_round_not_one_each() -> None:
+    """Every ADD in Kubernetes mode changes objects, each a wake: a woken reconciler waits ``settle_s`` and then makes
+    one round for all the changes meanwhile, instead of a round per change competing with the calls."""
+    import threading
+    import time
+
+    node = Node()
+    rec = Reconciler(node.store, node.source, node.ipam, node.attacher, node.segments, node.publisher, interval=30,
+                     settle_s=0.3)
+    rounds: list[float] = []
+    ran = threading.Event()
+
+    def counted() -> None:
+        rounds.append(time.monotonic())
+        ran.set()
+
+    rec.run_once = counted  # type: ignore[method-assign]
+    rec.start()
+    try:
+        assert ran.wait(5)  # the first round, at start
+        woken = time.monotonic()
+        for _ in range(20):  # a burst of changes over 0.2 s
+            rec.wake()
+            time.sleep(0.01)
+        time.sleep(0.6)
+        after = [t for t in rounds if t > woken]
+        assert len(after) == 1, after
+        assert after[0] - woken >= 0.29, "settled before its round"
+    finally:
+        rec.stop()
