@@ -23,7 +23,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipamd.model.cniconf import ConfigInvalid
-from ipamd.model.objects import IPV6_FLOOR, AddressPool, IPNetwork, Meta, Subnet, parse_address, parse_duration, usable_bounds
+from ipamd.model.objects import (
+    IPV4_COMPATIBLE,
+    IPV6_FLOOR,
+    AddressPool,
+    IPNetwork,
+    IPv4CompatibleAddress,
+    Meta,
+    Subnet,
+    parse_address,
+    parse_duration,
+    usable_bounds,
+)
 
 IPAM_TYPE = "plexus-ipam"
 IMPLICIT_POOL = "ImplicitPool"
@@ -103,19 +114,17 @@ def _net(text: Any, field: str) -> IPNetwork:
     except ValueError:
         raise ConfigInvalid(field, f"{text!r} is not a CIDR") from None
     if net.version == 6 and int(net.network_address) < IPV6_FLOOR:
-        raise ConfigInvalid(field, f"{net} lies in ::/96, the deprecated IPv4-compatible space")
+        raise ConfigInvalid(field, f"{net} {IPV4_COMPATIBLE}")
     return net
 
 
 def _ip(text: Any, field: str) -> int:
     try:
-        ipaddress.ip_address(str(text))
+        return int(parse_address(str(text)))
+    except IPv4CompatibleAddress as exc:
+        raise ConfigInvalid(field, str(exc)) from None
     except ValueError:
         raise ConfigInvalid(field, f"{text!r} is not an IP address") from None
-    try:
-        return int(parse_address(str(text)))
-    except ValueError as exc:
-        raise ConfigInvalid(field, str(exc)) from None
 
 
 def _cut(ranges: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:

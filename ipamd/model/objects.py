@@ -127,12 +127,19 @@ IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPV6_FLOOR = 1 << 32
 
 
+IPV4_COMPATIBLE = "lies in ::/96, the deprecated IPv4-compatible space"
+
+
+class IPv4CompatibleAddress(ValueError):
+    """IPv6 text below ``IPV6_FLOOR``: an address, but not one a pool can hold."""
+
+
 def parse_address(text: str) -> IPAddr:
     """An address of either family; IPv6 text below ``IPV6_FLOOR`` (``::a00:5``) is refused, since its integer is an
-    IPv4 address's (``10.0.0.5``): a ValueError that says so."""
+    IPv4 address's (``10.0.0.5``): ``IPv4CompatibleAddress``, and ValueError for text that is no address."""
     ip = ipaddress.ip_address(text)
     if ip.version == 6 and int(ip) < IPV6_FLOOR:
-        raise ValueError(f"{text} lies in ::/96, the deprecated IPv4-compatible space")
+        raise IPv4CompatibleAddress(f"{text} {IPV4_COMPATIBLE}")
     return ip
 
 #: The largest count a Kubernetes integer or a protobuf int64 holds: a /64 has more addresses, so counts are capped.
@@ -280,13 +287,11 @@ def _ipv4(text: Any, meta: str, path: str) -> ipaddress.IPv4Address:
 
 def _ip(text: Any, meta: str, path: str) -> IPAddr:
     try:
-        ipaddress.ip_address(str(text))
+        return parse_address(str(text))
+    except IPv4CompatibleAddress as exc:
+        raise ManifestInvalid(meta, path, str(exc)) from None
     except ValueError:
         raise ManifestInvalid(meta, path, f"{text!r} is not an IP address") from None
-    try:
-        return parse_address(str(text))
-    except ValueError as exc:
-        raise ManifestInvalid(meta, path, str(exc)) from None
 
 def _pool_ref(spec: Mapping[str, Any], meta: str, allowed: tuple[str, ...]) -> Ref | None:
     ipam = _get(spec, "ipam", dict, meta, "spec.ipam")
@@ -415,7 +420,7 @@ def _address_pool(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -
         except ValueError as exc:
             raise ManifestInvalid(m, f"{path}.network", f"{cidr!r} is not an IPv4 or IPv6 CIDR ({exc})") from None
         if net.version == 6 and int(net.network_address) < IPV6_FLOOR:
-            raise ManifestInvalid(m, f"{path}.network", f"{net} lies in ::/96, the deprecated IPv4-compatible space")
+            raise ManifestInvalid(m, f"{path}.network", f"{net} {IPV4_COMPATIBLE}")
         for other in subnets:
             if net.overlaps(other.network):
                 raise ManifestInvalid(m, f"{path}.network", f"{net} overlaps {other.network}")
