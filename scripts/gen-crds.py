@@ -141,9 +141,11 @@ SPECS["IPAddressLease"] = {
 SPECS["IPAddressBlock"] = {
     "scope": "Cluster", "plural": "ipaddressblocks", "short": ["ipb"],
     "spec": obj({"pool": s(minLength=1), "cidr": cidr, "node": s(minLength=1)}, ["pool", "cidr", "node"]),
-    "status": obj({"renewTime": s(format="date-time")}),
+    # returnRequestedBy/At: another node found no free address outside blocks and asks the owner to return this one
+    "status": obj({"renewTime": s(format="date-time"), "returnRequestedBy": s(),
+                   "returnRequestedAt": s(format="date-time")}),
     "columns": [("NODE", ".spec.node", "string"), ("CIDR", ".spec.cidr", "string"), ("POOL", ".spec.pool", "string"),
-                ("RENEWED", ".status.renewTime", "date")],
+                ("RENEWED", ".status.renewTime", "date"), ("ASKED-BY", ".status.returnRequestedBy", "string")],
 }
 
 

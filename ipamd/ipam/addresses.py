@@ -320,21 +320,28 @@ class Ipam:
             if in_block is not None:
                 return in_block
         cursor = self.store.cursor(cursor_key(pool))
+        asked = 0
         while True:
             with self.store.transaction():  # the pick sees this node's leases as one consistent set
                 taken = self._taken(pkey, lost)
                 picked = pick_free(pool, taken, cursor)
                 if picked is None and self.expire(pkey, self.clock()):
                     picked = pick_free(pool, taken, cursor)
-                if picked is None:
-                    return None  # exhausted: said inside the transaction, with the counts
-                lease = self._candidate(rec, pool, pkey, picked[0], str(picked[1].network))
-                self._reserve(lease)
-            if self._claim_outside(lease):
-                self.store.set_cursor(cursor_key(pool), lease.ip)
-                return lease
-            lost.add(lease.ip)  # taken by another node since our cache last saw it: try the next one
-            cursor = lease.ip
+                candidate = None
+                if picked is not None:
+                    candidate = self._candidate(rec, pool, pkey, picked[0], str(picked[1].network))
+                    self._reserve(candidate)
+            if candidate is None:
+                # the free addresses left may be in other nodes' blocks: one is asked back (outside the lock)
+                if asked < 2 and self.registry.ask_return(pool):
+                    asked += 1
+                    continue
+                return None  # exhausted: said inside the transaction, with the counts
+            if self._claim_outside(candidate):
+                self.store.set_cursor(cursor_key(pool), candidate.ip)
+                return candidate
+            lost.add(candidate.ip)  # taken by another node since our cache last saw it: try the next one
+            cursor = candidate.ip
 
     def _secure_in_blocks(self, rec: IPRecord, pool: AddressPool, pkey: str, lost: set[int]) -> LeaseRecord | None:
         """An address of this node's blocks of ``pool`` (claiming one more when they are full); None when the pool has

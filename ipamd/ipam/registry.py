@@ -43,6 +43,8 @@ class LeaseRegistry(Protocol):
 
     def grow_soon(self, pool: AddressPool, taken: Callable[[int], bool]) -> None: ...  # ahead of need, in the background
 
+    def ask_return(self, pool: AddressPool) -> bool: ...  # no free address here: get one of another node's blocks back
+
     def housekeep(self, pools: Iterable[AddressPool], in_use: Callable[[str, int], bool],
                   transaction: Callable[[], AbstractContextManager[Any]]) -> None: ...  # renew, return idle blocks
 
@@ -61,6 +63,9 @@ class NoBlocks:
 
     def grow_soon(self, pool: AddressPool, taken: Callable[[int], bool]) -> None:
         pass
+
+    def ask_return(self, pool: AddressPool) -> bool:
+        return False
 
     def housekeep(self, pools: Iterable[AddressPool], in_use: Callable[[str, int], bool],
                   transaction: Callable[[], AbstractContextManager[Any]]) -> None:

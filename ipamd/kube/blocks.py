@@ -17,6 +17,13 @@ other, so an address is never held twice.
 A node claims its next block before the last one runs out (in the background, when fewer than a quarter of its
 addresses are free), renews its blocks' ``status.renewTime``, and returns a block that stayed empty for
 ``idle_s``; the controller reclaims the blocks of a node whose daemon stopped renewing and which runs no pod.
+
+A node that finds no free address outside other nodes' blocks asks the owner of the block with the most free addresses
+to return it (``status.returnRequestedBy``/``returnRequestedAt``, one status patch) and waits for it to go. The owner
+returns it even with addresses leased inside: it stops leasing there without an API request, makes every lease object
+of the window it still owes, and deletes the block; its leases there live on as per-address leases (their objects
+are what per-address leasing checks), and the window is per-address space for every node from then on. So the free
+addresses of a pool are never stranded in the blocks of nodes that do not need them.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from cni.errors import AddressConflict, TryAgainLater
-from ipamd.ipam.allocator import family_of, to_int
+from ipamd.ipam.allocator import family_of, to_int, to_text
 from ipamd.ipam.blocks import (
     BLOCK_SIZE,
     Block,
@@ -50,7 +57,7 @@ from ipamd.kube.leases import NODE_LABEL, POOL_LABEL, KubeLeaseRegistry, lease_b
 from ipamd.kube.outbox import Outbox
 from ipamd.kube.resources import RESOURCES
 from ipamd.model.objects import AddressPool
-from ipamd.model.timefmt import rfc3339
+from ipamd.model.timefmt import parse_rfc3339, rfc3339
 from ipamd.store.records import LeaseRecord
 
 if TYPE_CHECKING:
@@ -59,6 +66,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 KIND = "IPAddressBlock"
 RENEW_S = 60.0  # a block's status.renewTime is renewed this often (the controller's --block-ttl is far longer)
+RETURN_WAIT_S = 8.0  # an allocation waits this long for the block it asked another node to return
+ASK_FRESH_S = 120.0  # a request to return a block is acted on this long (the node that asked retries past that)
+
+
+def _poll(done: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _spec(obj: dict[str, Any]) -> dict[str, Any]:
@@ -79,6 +97,20 @@ def _block(pool: str, cidr: str, node: str) -> Block:
     """A block's fields parsed once: a node reads its own blocks on every allocation."""
     network, _, bits = cidr.partition("/")
     return Block(pool, to_int(network), 1 << (32 - int(bits)), node)
+
+
+def return_asked_by(obj: dict[str, Any], now: float, node: str) -> str:
+    """The node that asked this block's owner (``node``) to return it, if the request is fresh; "" otherwise."""
+    status = obj.get("status")
+    if not isinstance(status, dict):
+        return ""
+    by, at = str(status.get("returnRequestedBy") or ""), str(status.get("returnRequestedAt") or "")
+    if not by or by == node or not at:
+        return ""
+    try:
+        return by if now - parse_rfc3339(at) <= ASK_FRESH_S else ""
+    except ValueError:
+        return ""
 
 
 def _by_pool(obj: dict[str, Any]) -> Iterable[Hashable]:
@@ -135,10 +167,12 @@ class BlockRegistry(KubeLeaseRegistry):
 
     def __init__(self, source: KubernetesSource, node_name: str, outbox: Outbox, size: int = BLOCK_SIZE,
                  idle_s: float = 300.0, clock: Callable[[], float] = time.time,
-                 spawn: Callable[[Callable[[], None]], None] | None = None, claim_blocks: bool = True) -> None:
+                 spawn: Callable[[Callable[[], None]], None] | None = None, claim_blocks: bool = True,
+                 wait: Callable[[Callable[[], bool], float], bool] = _poll) -> None:
         super().__init__(source, node_name, outbox)
         self.size, self.idle_s, self.clock, self.claims_blocks = size, idle_s, clock, claim_blocks
         self.spawn = spawn or (lambda run: threading.Thread(target=run, name="grow-block", daemon=True).start())
+        self.wait = wait  # (condition, timeout) -> whether it came true: how an allocation waits for a block to go
         self.mine: dict[tuple[str, int], Block] = {}  # claimed here, before the informer shows them
         self.excluded: dict[str, dict[int, str]] = {}  # pool -> address -> holder found inside this node's new blocks
         self.block_pools: dict[str, bool] = {}  # pool -> whether it is large enough for blocks (from blocks())
@@ -150,6 +184,10 @@ class BlockRegistry(KubeLeaseRegistry):
         self.returned: set[tuple[str, int]] = set()
         self._checking: set[tuple[str, int]] = set()
         self._renewed = 0.0
+        # in-block claims between their check that the block is still ours and their lease object owed: a block being
+        # given back waits for them, so that no lease object of its window is owed after it is gone
+        self._inflight: dict[tuple[str, int], int] = {}
+        self._settled = threading.Condition(self._lock)
         outbox.senders["block_lease"] = self._put_lease
 
     # -- reading ------------------------------------------------------------------------------------
@@ -194,10 +232,9 @@ class BlockRegistry(KubeLeaseRegistry):
             found = self.excluded.get(lease.pool, {}).get(lease.ip)
             if found is not None and found != lease.holder:
                 return False  # leased by itself before this block was claimed: not ours to give
-            name = lease_name(lease.pool, lease.address)
-            body = lease_body(lease.pool, lease.address, lease.network, lease.holder or "", lease.ttl, self.node_name)
-            self.outbox.add(f"{LEASE_KIND}/{name}", "block_lease", {"object": body}, supersede=True)
-            return True  # ours alone to lease: no API request
+            if self._claim_inside(lease):
+                return True  # ours alone to lease: no API request
+            block = self.block_at(lease.pool, lease.ip)  # given back just now: leased per address from here on
         if block is not None:
             return self._granted(lease, block)
         if self._ours_already(lease):
@@ -209,6 +246,25 @@ class BlockRegistry(KubeLeaseRegistry):
             self.release(lease)
             return False
         return won
+
+    def _claim_inside(self, lease: LeaseRecord) -> bool:
+        """Owe the lease object of an address in this node's block; False when the block is being given back."""
+        slot = (lease.pool, window_of(lease.ip, self.size))
+        with self._lock:
+            if slot in self.returned:
+                return False
+            self._inflight[slot] = self._inflight.get(slot, 0) + 1
+        try:
+            name = lease_name(lease.pool, lease.address)
+            body = lease_body(lease.pool, lease.address, lease.network, lease.holder or "", lease.ttl, self.node_name)
+            self.outbox.add(f"{LEASE_KIND}/{name}", "block_lease", {"object": body}, supersede=True)
+        finally:
+            with self._lock:
+                self._inflight[slot] -= 1
+                if not self._inflight[slot]:
+                    del self._inflight[slot]
+                    self._settled.notify_all()
+        return True
 
     def _ours_already(self, lease: LeaseRecord) -> bool:
         """A lease object of this address for the same holder, made before any block was claimed over it."""
@@ -365,6 +421,88 @@ class BlockRegistry(KubeLeaseRegistry):
 
         self.spawn(run)
 
+    # -- asking for a block back --------------------------------------------------------------------
+    def ask_return(self, pool: AddressPool) -> bool:
+        """This node found no free address in ``pool`` outside other nodes' blocks: ask the owner of the block with the
+        most free addresses to return it (one status patch, unless a request is out already) and wait for it to go.
+        True once it is gone (pick again); False when no other node's block has a free address (the pool is full);
+        code 11 when its owner has not returned it in time (the caller's retry waits on the same request)."""
+        key = pool.meta.key
+        if 4 not in pool.families or not uses_blocks(pool, self.size):
+            return False
+        best: tuple[int, Block, dict[str, Any]] | None = None
+        for obj in self.source.by_index(KIND, "pool", key):
+            block = parse_block(obj)
+            if block is None or block.node == self.node_name:
+                continue
+            free = sum(1 for ip in addresses_in(pool, block.first, block.size)
+                       if not self.source.indexed(LEASE_KIND, "address", (key, ip)))
+            if free and (best is None or free > best[0]):
+                best = (free, block, obj)
+        if best is None:
+            return False
+        free, block, obj = best
+        now = self.clock()
+        if not return_asked_by(obj, now, block.node):
+            with api_unavailable_is_11():
+                try:
+                    self.objects.patch_status(KIND, block.name, {"returnRequestedBy": self.node_name,
+                                                                 "returnRequestedAt": rfc3339(now)})
+                except Exception as exc:
+                    if status_of(exc) == 404:
+                        return True  # gone already
+                    raise
+            log.info("asked node %s to return address block %s (%s) of %s: %d free there, none outside blocks here",
+                     block.node, block.name, block.cidr, key, free)
+        if self.wait(lambda: not self.source.indexed(KIND, "window", (key, block.first)), RETURN_WAIT_S):
+            return True
+        raise TryAgainLater(f"pool {pool.meta.display} has no free address outside other nodes' address blocks; node "
+                            f"{block.node} was asked to return its block {block.cidr} ({free} free) and has not yet",
+                            f"IPAddressBlock {block.name}")
+
+    def asked(self) -> bool:
+        """Whether another node asked for one of this node's blocks (a change of the blocks wakes the reconciler
+        then, which gives it back)."""
+        now = self.clock()
+        for obj in self.source.by_index(KIND, "node", self.node_name):
+            block = parse_block(obj)
+            if block is not None and (block.pool, block.first) not in self.returned and \
+                    return_asked_by(obj, now, self.node_name):
+                return True
+        return False
+
+    def _asked_for(self, block: Block, now: float) -> bool:
+        return any(return_asked_by(o, now, self.node_name)
+                   for o in self.source.by_index(KIND, "window", (block.pool, block.first)))
+
+    def _give_back(self, pool: AddressPool, block: Block) -> None:
+        """Return a block another node asked for, leases inside and all (marked ``returned`` already, inside the
+        store's transaction): once the claims that found it ours have owed their lease objects, every lease object of
+        its window is made, then the block deleted. Its leases are per-address leases from then on. If the objects
+        cannot be made (the API away), the block stays ours and the next round tries again."""
+        slot = (block.pool, block.first)
+        with self._settled:
+            self._settled.wait_for(lambda: not self._inflight.get(slot), timeout=5.0)
+        targets = [f"{LEASE_KIND}/{lease_name(block.pool, to_text(ip))}"
+                   for ip in addresses_in(pool, block.first, block.size)]
+        try:
+            made = all(self.outbox.flush_target(t) for t in targets if self.outbox.owes(t))
+        except Exception as exc:  # the store: the block stays ours
+            log.warning("returning address block %s: %s", block.name, exc)
+            made = False
+        if not made or self._inflight.get(slot):
+            with self._lock:
+                self.returned.discard(slot)
+                self.mine[slot] = block
+            log.info("address block %s asked for by another node stays for now: its lease objects are not made yet",
+                     block.name)
+            return
+        with self._lock:
+            excluded = self.excluded.get(block.pool, {})
+            for ip in [ip for ip in excluded if ip in block]:
+                del excluded[ip]
+        self._return(block, "asked for by another node")
+
     # -- the outbox's op ----------------------------------------------------------------------------
     def _put_lease(self, body: dict[str, Any]) -> None:
         """Make the lease object of an address in this node's block: created, or made ours if a stray object of
@@ -395,11 +533,19 @@ class BlockRegistry(KubeLeaseRegistry):
         now = self.clock()
         renew = now - self._renewed >= RENEW_S
         going: list[Block] = []
+        asked: list[tuple[AddressPool, Block]] = []
         with transaction():
             for pool in pools:
                 blocks = self.blocks(pool)
                 for block in blocks:
                     slot = (block.pool, block.first)
+                    if self._asked_for(block, now):  # another node needs its free addresses: ours no more from here
+                        with self._lock:
+                            self.mine.pop(slot, None)
+                            self.returned.add(slot)
+                        self._empty_since.pop(slot, None)
+                        asked.append((pool, block))
+                        continue
                     if any(in_use(block.pool, ip) for ip in addresses_in(pool, block.first, block.size)):
                         self._empty_since.pop(slot, None)
                         continue
@@ -412,17 +558,24 @@ class BlockRegistry(KubeLeaseRegistry):
                         going.append(block)
                 if renew:
                     for block in blocks:
-                        if block not in going:
+                        if block not in going and all(block is not b for _, b in asked):
                             self.outbox.add(f"{KIND}/{block.name}", "patch_status", {
                                 "kind": KIND, "name": block.name, "status": {"renewTime": rfc3339(now)}},
                                 supersede=True)
         if renew:
             self._renewed = now
         for block in going:
-            self._return(block)
+            self._return(block, "empty")
+        for pool, block in asked:
+            self._give_back(pool, block)
         with self._lock:  # forget what the informer no longer shows
             self.returned = {slot for slot in self.returned
                              if slot in self._checking or self.source.indexed(KIND, "window", slot)}
+            stuck = [b for b in (parse_block(o) for o in self.source.by_index(KIND, "node", self.node_name))
+                     if b is not None and (b.pool, b.first) in self.returned and (b.pool, b.first) not in self._checking
+                     and b not in going and all(b != a for _, a in asked)]
+        for block in stuck:  # given back, but its delete failed (the API away): tried again
+            self._return(block, "given back earlier")
             for pool_key, found in self.excluded.items():
                 # once the cache shows our block it is at least as new as the claim: what it no longer shows leased
                 # inside (a quarantine over, a lease let go) is ours to hand out
@@ -430,10 +583,10 @@ class BlockRegistry(KubeLeaseRegistry):
                            and not self.source.indexed(LEASE_KIND, "address", (pool_key, ip))]:
                     del found[ip]
 
-    def _return(self, block: Block) -> None:
+    def _return(self, block: Block, why: str) -> None:
         try:
             self.objects.delete(KIND, block.name)
-            log.info("returned empty address block %s (%s) of %s", block.name, block.cidr, block.pool)
+            log.info("returned address block %s (%s) of %s: %s", block.name, block.cidr, block.pool, why)
         except Exception as exc:
             if status_of(exc) != 404:
                 log.warning("returning address block %s: %s (the controller reclaims it)", block.name,

@@ -82,15 +82,13 @@ class KubernetesSource:
         are woken, except by lease objects and address blocks: every address leased anywhere in the cluster changes
         a lease object, every node renews its blocks every minute, and a round on every node for each would grow
         with the cluster; both are read from the cache where they matter, and the rounds that wait on another
-        node's lease come back on their interval."""
+        node's lease come back on their interval. A subscriber that names a quiet kind is called for it."""
         self._changed.set()
         with self._lock:
             self._parsed.pop(kind, None)
             self._generation[kind] = self._generation.get(kind, 0) + 1
-        if kind in QUIET:
-            return
         for callback, kinds in list(self._subscribers):
-            if kind not in kinds if kinds is not None else kind in OPT_IN:
+            if kind not in kinds if kinds is not None else kind in OPT_IN or kind in QUIET:
                 continue
             try:
                 callback()

@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from cni.errors import InternalError
@@ -75,7 +76,9 @@ class NodeDaemon:
         registry: LeaseRegistry = NodeLocalRegistry()
         publisher: Publisher = LocalPublisher()
         self.source: ObjectSource
+        self._watch_blocks: Callable[[Callable[[], None]], None] | None = None
         if cfg.kubeconfig:  # imported only here: the kubernetes client costs ~200 ms to import
+            from ipamd.kube.blocks import KIND as BLOCK_KIND
             from ipamd.kube.blocks import BlockRegistry
             from ipamd.kube.client import kube_api
             from ipamd.kube.outbox import OUTBOX_SETTLE_S, Outbox
@@ -91,7 +94,19 @@ class NodeDaemon:
                 self.controller = Controller(api, self.source, cfg.controller_namespace, block_ttl_s=cfg.block_ttl)
                 self.services = ServiceEndpoints(api, self.source, lambda: bool(self.controller.leading))
             self.outbox = Outbox(self.store, api_senders(api), settle_s=OUTBOX_SETTLE_S)
-            registry = BlockRegistry(self.source, cfg.node_name, self.outbox, claim_blocks=cfg.address_blocks)
+            blocks = BlockRegistry(self.source, cfg.node_name, self.outbox, claim_blocks=cfg.address_blocks)
+            registry = blocks
+            source = self.source
+
+            def watch_blocks(wake: Callable[[], None]) -> None:
+                """Another node asks for one of this node's address blocks: a reconcile round gives it back."""
+                def changed() -> None:
+                    if blocks.asked():
+                        wake()
+
+                source.subscribe(changed, kinds=(BLOCK_KIND,))
+
+            self._watch_blocks = watch_blocks
             publisher = KubePublisher(api, cfg.node_name, self.outbox)
         else:
             self.source = LocalSource(cfg.objects_dir, lambda ns, name: self.store.generated_uid(ns, name, _new_uid()))
@@ -135,6 +150,8 @@ class NodeDaemon:
         recovered = self.reconciler.recover()
         self.reconciler.run_once()
         self.source.subscribe(self.reconciler.wake)
+        if self._watch_blocks is not None:
+            self._watch_blocks(self.reconciler.wake)
         self.reconciler.start()
         self.cni_server = CniHttpServer(self.cfg.socket, self.attacher.handle, self._ready.is_set,
                                         workers=self.cfg.cni_workers)

@@ -19,6 +19,7 @@ from ipamd.kube.blocks import BlockRegistry
 from ipamd.kube.leases import KIND as LEASE_KIND
 from ipamd.kube.outbox import Outbox
 from ipamd.model.objects import AddressPool
+from ipamd.model.timefmt import rfc3339
 from ipamd.store.sqlite import Store
 from tests.fakes.cluster import FakeApi, FakeCache
 from tests.fakes.source import FakeSource
@@ -368,6 +369,131 @@ def test_a_node_with_address_blocks_off_leases_per_address_around_the_blocks_of_
     assert len(api.objs[BLOCK_KIND]) == 1, "--address-blocks off: no block claimed"
     assert len(set(got)) == 20 and not set(got) & inside, "per address, never inside another node's block"
     assert api.calls["create IPAddressLease"] >= 20, "one lease object created per address"
+
+
+def _housekeeping(node: Node) -> None:
+    node.registry.housekeep([pool_of(node.source, "big")], node.ipam.in_use, node.store.transaction)
+
+
+def _answered_by(owner: Node) -> Any:
+    """How an allocation waits for a block it asked for, with the owner's reconcile round (which the change of its
+    block wakes in the daemon) made right there."""
+    def wait(done: Any, timeout_s: float) -> bool:
+        _housekeeping(owner)
+        return bool(done())
+    return wait
+
+
+def _window(block: dict[str, Any]) -> set[str]:
+    return {str(a) for a in ipaddress.ip_network(block["spec"]["cidr"])}
+
+
+def test_a_node_with_no_free_address_outside_blocks_gets_a_block_back_from_its_owner(api: FakeApi) -> None:
+    """The owner holds two blocks with free addresses; the other node (address blocks off, so that it fills every
+    address outside them) finds none left: it asks for the block with the most free addresses, the owner gives it
+    back with its leases inside (their objects made first), and every address of the pool is handed out once."""
+    owner = Node(api, "owner")
+    for _ in range(20):  # 16 + 4 of 32: two blocks
+        owner.add()
+    owner.outbox.flush()
+    other = Node(api, "other", claim=False)
+    other.registry.wait = _answered_by(owner)
+    blocks = {b["metadata"]["name"]: b for b in api.objs[BLOCK_KIND].values()}
+    assert len(blocks) == 2
+    emptier = max(blocks.values(), key=lambda b: len(_window(b) - owner.addresses()))
+    owners_inside = _window(emptier) & owner.addresses()
+    assert owners_inside, "the block asked for has leases of its owner inside"
+    before = []
+    while True:  # every address outside the owner's blocks
+        try:
+            before.append(other.add())
+        except Exception:
+            break
+        if any(a in _window(emptier) for a in before[-1:]):
+            break
+    got = before[-1]
+    assert got in _window(emptier), "the next address came from the block given back"
+    assert emptier["metadata"]["name"] not in api.objs[BLOCK_KIND], "the block is gone"
+    assert len(api.objs[BLOCK_KIND]) == 1, "the owner's other block stays"
+    assert api.calls["patch_status IPAddressBlock"] == 1, "one request to return it"
+    leases = {o["spec"]["ip"]: o for o in api.objs[LEASE_KIND].values()}
+    for a in owners_inside:  # the owner's leases inside live on, as per-address leases with their objects
+        assert a in owner.addresses() and leases[a]["metadata"]["labels"]["network.deckhouse.io/node"] == "owner"
+    # from here both nodes share the window per address, and every address goes to one of them exactly once
+    while True:
+        try:
+            other.add()
+        except Exception:
+            break
+    while True:
+        try:
+            owner.add()
+        except Exception:
+            break
+    held = [a for n in (owner, other) for a in n.addresses()]
+    assert len(held) == len(set(held)), "no address held twice"
+    assert len(held) == 254, "every address of the pool is handed out"
+
+
+def test_a_block_whose_lease_objects_cannot_be_made_stays_its_owners(api: FakeApi) -> None:
+    """The owner is asked for its block while the API does not take its lease objects: it keeps the block (and goes
+    on leasing inside it with no request), the asking node is answered 11 naming the block, and a later round, the
+    API back, gives the block back."""
+    from kubernetes.client.exceptions import ApiException
+
+    owner = Node(api, "owner")
+    for _ in range(3):
+        owner.add()  # lease objects owed, not made
+    (name,) = api.objs[BLOCK_KIND]
+    away = ApiException(status=503, reason="ServiceUnavailable")
+    put_lease = owner.outbox.senders["block_lease"]
+
+    def failing(body: dict[str, Any]) -> None:
+        raise away
+
+    owner.outbox.senders["block_lease"] = failing
+    other = Node(api, "other", claim=False)
+    other.registry.wait = _answered_by(owner)
+    with pytest.raises(TryAgainLater, match="asked to return its block") as caught:
+        other.registry.ask_return(pool_of(other.source, "big"))
+    assert caught.value.details == f"IPAddressBlock {name}"
+    assert name in api.objs[BLOCK_KIND] and not api.objs[LEASE_KIND]
+    requests = api.requests()
+    got = owner.add()
+    assert to_int(got) in owner.registry.blocks(pool_of(owner.source, "big"))[0]
+    assert api.requests() == requests, "still the owner's to lease in with no request"
+    owner.outbox.senders["block_lease"] = put_lease
+    assert other.registry.ask_return(pool_of(other.source, "big")), "returned once its lease objects are made"
+    assert name not in api.objs[BLOCK_KIND] and len(api.objs[LEASE_KIND]) == 4
+    assert api.calls["patch_status IPAddressBlock"] == 1, "the request still out is not made again"
+    taken = owner.addresses()
+    assert not {other.add() for _ in range(10)} & taken
+
+
+def test_a_stale_request_is_not_acted_on_and_a_failed_delete_is_made_later(api: FakeApi) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    owner = Node(api, "owner")
+    owner.add()
+    (name,) = api.objs[BLOCK_KIND]
+    api.patch_status(BLOCK_KIND, name, {"returnRequestedBy": "other", "returnRequestedAt": "2000-01-01T00:00:00Z"})
+    assert not owner.registry.asked()
+    _housekeeping(owner)
+    assert name in api.objs[BLOCK_KIND], "a request long past is not acted on"
+    api.patch_status(BLOCK_KIND, name, {"returnRequestedAt": rfc3339(owner.clock())})
+    assert owner.registry.asked()
+    delete = api.delete
+
+    def refused(kind: str, name: str, namespace: str = "") -> None:
+        raise ApiException(status=503, reason="ServiceUnavailable")
+
+    api.delete = refused  # type: ignore[method-assign]
+    _housekeeping(owner)
+    assert name in api.objs[BLOCK_KIND]
+    assert not owner.registry.blocks(pool_of(owner.source, "big")), "given back: no longer leased in"
+    api.delete = delete  # type: ignore[method-assign]
+    _housekeeping(owner)
+    assert name not in api.objs[BLOCK_KIND], "the delete is made by a later round"
 
 
 def test_free_in_counts_exactly_or_stops_at_enough_looking_at_the_newest_blocks_first() -> None:
