@@ -7,8 +7,9 @@ object: one create for ``size`` addresses) and leases inside it with no API requ
 address by itself checks exactly that block's name. A pool smaller than ``MIN_BLOCKS`` blocks is leased per address,
 so that a /28 shared by eight nodes still hands out every one of its addresses; and blocks never take more than half
 of a pool's windows, so that the other half stays open to every node (leased per address once a node's blocks are
-full): a block's free addresses are its owner's alone, and a pool nearly full must not refuse a node while others
-keep addresses in their blocks.
+full): a block's free addresses are its owner's alone. Past that, a node that finds no free address outside blocks
+asks another node to return one (``ipamd.kube.blocks``), so a pool nearly full never refuses a node while others
+keep free addresses in their blocks.
 """
 
 from __future__ import annotations
