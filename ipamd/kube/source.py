@@ -40,6 +40,7 @@ TRACKED_INDEXERS: dict[str, dict[str, IndexFn]] = {LEASE_KIND: LEASE_INDEXERS, B
 #: and every pod of the cluster (indexed by namespace), kept apart from a node's own parsed pods.
 SERVICES, ALL_PODS = "Service", "Pod/all-namespaces"
 OPT_IN = (SERVICES, ALL_PODS)
+SINGLE_CACHE = 4096  # objects parsed one by one and kept (``KubernetesSource._one``)
 #: Kinds whose changes wake nobody (see ``_notify``).
 QUIET = (LEASE_KIND, BLOCK_KIND)
 
@@ -60,6 +61,7 @@ class KubernetesSource:
         self._changed = threading.Event()
         self._lock = threading.Lock()
         self._parsed: dict[str, tuple[dict[tuple[str, str], ApiObject], list[Problem]]] = {}
+        self._single: dict[tuple[str, str, str], tuple[str, ApiObject]] = {}  # (kind, ns, name) -> (version, parsed)
         self._generation: dict[str, int] = {}  # per kind: changes seen, so that a parse racing one is not kept
         self.informers: dict[str, Informer] = {}
         self.kinds = kinds
@@ -152,8 +154,33 @@ class KubernetesSource:
         self._subscribers.append((callback, kinds))
 
     def get(self, kind: Kind[T], namespace: str, name: str) -> T | None:
-        obj = self._objects(kind.name)[0].get((namespace, name))
+        with self._lock:
+            parsed = self._parsed.get(kind.name)
+        obj = parsed[0].get((namespace, name)) if parsed is not None else self._one(kind.name, namespace, name)
         return obj if isinstance(obj, kind.type) else None
+
+    def _one(self, kind: str, namespace: str, name: str) -> ApiObject | None:
+        """One object parsed by itself (kept per resourceVersion) while its kind's parsed list is stale: a CNI call
+        reads its pod after nearly every change of the node's pods (the status patch of the call before makes one), and
+        parsing all of them each time grew with the node's pods."""
+        informer = self.informers.get(kind)
+        doc = informer.get(namespace, name) if informer is not None else None
+        if doc is None:
+            return None
+        version = str((doc.get("metadata") or {}).get("resourceVersion") or "")
+        with self._lock:
+            hit = self._single.get((kind, namespace, name))
+        if hit is not None and version and hit[0] == version:
+            return hit[1]
+        try:
+            obj = parse_object(doc, "api")
+        except ManifestInvalid:
+            return None  # a problem the list reports
+        with self._lock:
+            if len(self._single) >= SINGLE_CACHE:
+                self._single.clear()
+            self._single[(kind, namespace, name)] = (version, obj)
+        return obj
 
     def list(self, kind: Kind[T]) -> builtins.list[T]:
         return [o for o in self._objects(kind.name)[0].values() if isinstance(o, kind.type)]

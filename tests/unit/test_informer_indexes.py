@@ -92,3 +92,40 @@ def test_a_404_after_the_kind_was_served_keeps_the_cache() -> None:
     thread.join(5)
     assert len(calls) >= 2, "the watch (or relist) was answered 404"
     assert [o["spec"]["ip"] for o in inf.items()] == ["198.18.0.5"], "the cache of a kind served before is kept"
+
+
+def test_a_pod_is_parsed_by_itself_while_its_kind_changes_and_once_per_version(monkeypatch: Any) -> None:
+    """A CNI call reads its pod after other pods of the node changed: only that pod is parsed (not every pod of the
+    node each time), once per resourceVersion, and a change of it is seen."""
+    from kubernetes import client
+
+    from ipamd.kube import source as source_module
+    from ipamd.model.objects import POD
+
+    def pod(name: str, version: str, note: str = "") -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": name, "namespace": "ns", "uid": f"uid-{name}", "resourceVersion": version,
+            "annotations": {"note": note}}, "spec": {"nodeName": "n1"}}
+
+    src = source_module.KubernetesSource(client.ApiClient(), "n1")
+    pods = src.informers[POD.name]
+    for k in range(50):
+        pods.apply("ADDED", pod(f"p{k}", str(k + 1)))
+    parsed: list[str] = []
+    real = source_module.parse_object
+
+    def counting(doc: dict[str, Any], origin: str) -> Any:
+        parsed.append(doc["metadata"]["name"])
+        return real(doc, origin)
+
+    monkeypatch.setattr(source_module, "parse_object", counting)
+    for k in range(10):  # another pod changes before every read of p0 (its status patch, say)
+        pods.apply("MODIFIED", pod("p1", str(100 + k)))
+        got = src.get(POD, "ns", "p0")
+        assert got is not None and got.meta.uid == "uid-p0"
+    assert parsed == ["p0"], "p0 alone, and once for its one version"
+    pods.apply("MODIFIED", pod("p0", "200", note="new"))
+    got = src.get(POD, "ns", "p0")
+    assert got is not None and got.annotations.get("note") == "new"
+    assert src.get(POD, "ns", "nope") is None
+    assert len(src.list(POD)) == 50
