@@ -112,7 +112,7 @@ def test_a_pod_is_parsed_by_itself_while_its_kind_changes_and_once_per_version(m
     for k in range(50):
         pods.apply("ADDED", pod(f"p{k}", str(k + 1)))
     parsed: list[str] = []
-    real = source_module.parse_object
+    real = source_module.parse_object  # type: ignore[attr-defined]
 
     def counting(doc: dict[str, Any], origin: str) -> Any:
         parsed.append(doc["metadata"]["name"])
