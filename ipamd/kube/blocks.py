@@ -444,14 +444,14 @@ class BlockRegistry(KubeLeaseRegistry):
         free, block, obj = best
         now = self.clock()
         if not return_asked_by(obj, now, block.node):
-            with api_unavailable_is_11():
-                try:
-                    self.objects.patch_status(KIND, block.name, {"returnRequestedBy": self.node_name,
-                                                                 "returnRequestedAt": rfc3339(now)})
-                except Exception as exc:
-                    if status_of(exc) == 404:
-                        return True  # gone already
-                    raise
+            try:
+                self.objects.patch_status(KIND, block.name, {"returnRequestedBy": self.node_name,
+                                                             "returnRequestedAt": rfc3339(now)})
+            except Exception as exc:  # not asked (the API away, RBAC): the pool is full for this call, code 100
+                if status_of(exc) == 404:
+                    return True  # gone already
+                log.warning("asking node %s to return address block %s: %s", block.node, block.name, reason_of(exc))
+                return False
             log.info("asked node %s to return address block %s (%s) of %s: %d free there, none outside blocks here",
                      block.node, block.name, block.cidr, key, free)
         if self.wait(lambda: not self.source.indexed(KIND, "window", (key, block.first)), RETURN_WAIT_S):
