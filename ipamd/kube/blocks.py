@@ -572,17 +572,17 @@ class BlockRegistry(KubeLeaseRegistry):
         with self._lock:  # forget what the informer no longer shows
             self.returned = {slot for slot in self.returned
                              if slot in self._checking or self.source.indexed(KIND, "window", slot)}
-            stuck = [b for b in (parse_block(o) for o in self.source.by_index(KIND, "node", self.node_name))
-                     if b is not None and (b.pool, b.first) in self.returned and (b.pool, b.first) not in self._checking
-                     and b not in going and all(b != a for _, a in asked)]
-        for block in stuck:  # given back, but its delete failed (the API away): tried again
-            self._return(block, "given back earlier")
             for pool_key, found in self.excluded.items():
                 # once the cache shows our block it is at least as new as the claim: what it no longer shows leased
                 # inside (a quarantine over, a lease let go) is ours to hand out
                 for ip in [ip for ip in found if self.source.indexed(KIND, "window", (pool_key, window_of(ip, self.size)))
                            and not self.source.indexed(LEASE_KIND, "address", (pool_key, ip))]:
                     del found[ip]
+            stuck = [b for b in (parse_block(o) for o in self.source.by_index(KIND, "node", self.node_name))
+                     if b is not None and (b.pool, b.first) in self.returned and (b.pool, b.first) not in self._checking
+                     and b not in going and all(b != a for _, a in asked)]
+        for block in stuck:  # given back, but its delete failed (the API away): tried again
+            self._return(block, "given back earlier")
 
     def _return(self, block: Block, why: str) -> None:
         try:

@@ -180,6 +180,23 @@ def test_a_per_address_lease_made_before_a_block_keeps_its_address(api: FakeApi)
     assert "198.18.40.17" not in got and len(got) == 15
 
 
+def test_an_address_excluded_from_a_block_is_handed_out_once_its_per_address_lease_is_gone(api: FakeApi) -> None:
+    """The per-address lease of .17 that node B's block .16/28 found inside at its claim is let go (its object
+    deleted): once B's cache shows the block and no lease of .17, a reconcile round frees .17 for B."""
+    b = Node(api, "b")
+    name = "ip-198-18-40-17-x"
+    api.create(LEASE_KIND, {"apiVersion": "x", "kind": LEASE_KIND, "metadata": {
+        "name": name, "labels": {"network.deckhouse.io/pool": _pool_label("IPAddressPool/ns/big")}},
+        "spec": {"pool": "IPAddressPool/ns/big", "ip": "198.18.40.17", "holder": "IPAddress/ns/other"}})
+    b.registry.grow = _grow_at(b.registry, "198.18.40.16")  # type: ignore[method-assign]
+    b.registry.grow_soon = lambda pool, taken: None  # type: ignore[method-assign]  # this one block only
+    got = {b.add() for _ in range(15)}
+    assert "198.18.40.17" not in got and len(got) == 15, "the window's 16 addresses but .17"
+    api.delete(LEASE_KIND, name)
+    _housekeeping(b)
+    assert b.add() == "198.18.40.17", "the excluded address is the block's again"
+
+
 def test_a_dual_stack_pool_leases_ipv4_in_blocks_and_ipv6_per_address_with_no_block_lookup(api: FakeApi) -> None:
     """Blocks are IPv4 only: an IPv6 lease is one create-if-absent, and no block could hold it, so no block is read
     after it (as a per-address IPv4 lease's check does)."""
