@@ -426,7 +426,9 @@ class BlockRegistry(KubeLeaseRegistry):
         """This node found no free address in ``pool`` outside other nodes' blocks: ask the owner of the block with the
         most free addresses to return it (one status patch, unless a request is out already) and wait for it to go.
         True once it is gone (pick again); False when no other node's block has a free address, or its owner has not
-        returned it in time (the pool is full for this call: code 100; a retry waits on the same request)."""
+        returned it in time (the pool is full for this call: code 100; a retry waits on the same request). An owner
+        whose block has no free address after all (this node's cache lagged behind its lease objects) keeps it and
+        makes those objects at once: the block shown full here answers the request too (True: pick again)."""
         key = pool.meta.key
         if 4 not in pool.families or not uses_blocks(pool, self.size):
             return False
@@ -454,7 +456,13 @@ class BlockRegistry(KubeLeaseRegistry):
                 return False
             log.info("asked node %s to return address block %s (%s) of %s: %d free there, none outside blocks here",
                      block.node, block.name, block.cidr, key, free)
-        if self.wait(lambda: not self.source.indexed(KIND, "window", (key, block.first)), RETURN_WAIT_S):
+        window = list(addresses_in(pool, block.first, block.size))
+
+        def answered() -> bool:
+            return not self.source.indexed(KIND, "window", (key, block.first)) or \
+                all(self.source.indexed(LEASE_KIND, "address", (key, ip)) for ip in window)
+
+        if self.wait(answered, RETURN_WAIT_S):
             return True
         # not given back in time (its owner busy, away, or its addresses were all taken after all: the cache lags behind
         # its owed lease objects): the pool is full for this call, which the runtime retries on the same request
@@ -504,6 +512,28 @@ class BlockRegistry(KubeLeaseRegistry):
                 del excluded[ip]
         self._return(block, "asked for by another node")
 
+    def _has_free(self, pool: AddressPool, block: Block, in_use: Callable[[str, int], bool]) -> bool:
+        with self._lock:
+            excluded = self.excluded.get(block.pool, {})
+        return any(not in_use(block.pool, ip) and ip not in excluded
+                   for ip in addresses_in(pool, block.first, block.size))
+
+    def _decline(self, pool: AddressPool, block: Block) -> None:
+        """Keep a block asked for that has no free address: the node that asked saw free ones only because its cache
+        lacked this node's owed lease objects. They are made now (which answers it: the block shows full there), then
+        the request is withdrawn; so a full pool keeps its blocks instead of trading them for per-address leases."""
+        targets = [f"{LEASE_KIND}/{lease_name(block.pool, to_text(ip))}"
+                   for ip in addresses_in(pool, block.first, block.size)]
+        try:
+            if not all(self.outbox.flush_target(t) for t in targets if self.outbox.owes(t)):
+                return  # the API away: the next round tries again
+            self.objects.patch_status(KIND, block.name, {"returnRequestedBy": None, "returnRequestedAt": None})
+        except Exception as exc:
+            log.info("keeping address block %s asked for: %s", block.name, reason_of(exc))
+            return
+        log.info("kept address block %s (%s) of %s asked for by another node: no free address in it",
+                 block.name, block.cidr, block.pool)
+
     # -- the outbox's op ----------------------------------------------------------------------------
     def _put_lease(self, body: dict[str, Any]) -> None:
         """Make the lease object of an address in this node's block: created, or made ours if a stray object of
@@ -535,12 +565,15 @@ class BlockRegistry(KubeLeaseRegistry):
         renew = now - self._renewed >= RENEW_S
         going: list[Block] = []
         asked: list[tuple[AddressPool, Block]] = []
+        full: list[tuple[AddressPool, Block]] = []
         with transaction():
             for pool in pools:
                 blocks = self.blocks(pool)
                 for block in blocks:
                     slot = (block.pool, block.first)
-                    if self._asked_for(block, now):  # another node needs its free addresses: ours no more from here
+                    if self._asked_for(block, now) and not self._has_free(pool, block, in_use):
+                        full.append((pool, block))  # asked on a lagging cache: kept, its lease objects made at once
+                    elif self._asked_for(block, now):  # another node needs its free addresses: ours no more from here
                         with self._lock:
                             self.mine.pop(slot, None)
                             self.returned.add(slot)
@@ -569,6 +602,8 @@ class BlockRegistry(KubeLeaseRegistry):
             self._return(block, "empty")
         for pool, block in asked:
             self._give_back(pool, block)
+        for pool, block in full:
+            self._decline(pool, block)
         with self._lock:  # forget what the informer no longer shows
             self.returned = {slot for slot in self.returned
                              if slot in self._checking or self.source.indexed(KIND, "window", slot)}

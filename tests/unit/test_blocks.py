@@ -452,6 +452,42 @@ def test_a_node_with_no_free_address_outside_blocks_gets_a_block_back_from_its_o
     assert len(held) == 254, "every address of the pool is handed out"
 
 
+def test_a_full_block_asked_for_on_a_lagging_cache_is_kept_and_shown_full(api: FakeApi) -> None:
+    """The other node fills every address outside the owner's full block .16/28, whose lease objects the owner still
+    owes, so the other node's cache shows the block empty: it asks for it. The owner has no free address in it, so it
+    keeps the block, makes its lease objects at once and withdraws the request: the asker, seeing the block full,
+    finds the pool full (code 100) at once. When one of the owner's addresses is let go, the next request gets the
+    block back, and that address."""
+    from cni.errors import PoolExhausted
+
+    owner = Node(api, "owner")
+    owner.registry.grow = _grow_at(owner.registry, "198.18.40.16")  # type: ignore[method-assign]
+    owner.registry.grow_soon = lambda pool, taken: None  # type: ignore[method-assign]  # this one block only
+    held = {owner.add() for _ in range(16)}
+    (name,) = api.objs[BLOCK_KIND]
+    assert held == _window(api.objs[BLOCK_KIND][name]) and not api.objs[LEASE_KIND], "full, its lease objects owed"
+    other = Node(api, "other", claim=False)
+    other.registry.wait = _answered_by(owner)
+    for _ in range(254 - 16):
+        other.add()
+    with pytest.raises(PoolExhausted):
+        other.add()
+    assert name in api.objs[BLOCK_KIND] and owner.registry.blocks(pool_of(owner.source, "big")), "kept, still leased in"
+    assert not api.objs[BLOCK_KIND][name]["status"].get("returnRequestedBy"), "the request is withdrawn"
+    assert {o["spec"]["ip"] for o in api.objs[LEASE_KIND].values()} >= held, "the block's lease objects are made"
+    asks = api.calls["patch_status IPAddressBlock"]
+    with pytest.raises(PoolExhausted):
+        other.add()
+    assert api.calls["patch_status IPAddressBlock"] == asks, "a block shown full is not asked for again"
+    let_go = sorted(owner.store.all_ips(), key=lambda r: r.key)[0]
+    freed = next(lease.address for lease in owner.store.all_leases() if lease.holder == let_go.key)
+    owner.ipam.delete_ip(let_go)
+    owner.outbox.flush()
+    assert other.add() == freed, "asked for again, given back with its one free address"
+    assert name not in api.objs[BLOCK_KIND]
+    assert len(owner.addresses()) == 15 and not owner.addresses() & other.addresses()
+
+
 def test_a_block_whose_lease_objects_cannot_be_made_stays_its_owners(api: FakeApi) -> None:
     """The owner is asked for its block while the API does not take its lease objects: it keeps the block (and goes
     on leasing inside it with no request), the asking node finds the pool full for now (its request stays out), and a
