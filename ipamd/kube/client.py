@@ -11,16 +11,19 @@ from typing import Any
 
 from kubernetes import client, config
 
+from ipamd.kube.api_calls import count
+
 REQUEST_TIMEOUT = (3.0, 10.0)  # seconds: (connect, read)
 
 
 class TimedApiClient(client.ApiClient):
-    """``client.ApiClient`` whose requests time out by default."""
+    """``client.ApiClient`` whose requests time out by default, and are counted (``ipamd.kube.api_calls``)."""
 
     timeout: tuple[float, float] = REQUEST_TIMEOUT
 
     def call_api(self, method: Any, url: Any, header_params: Any = None, body: Any = None, post_params: Any = None,
                  _request_timeout: Any = None) -> Any:
+        count(method)
         return super().call_api(method, url, header_params, body, post_params,
                                 _request_timeout=self.timeout if _request_timeout is None else _request_timeout)
 

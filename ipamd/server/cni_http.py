@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from cni.errors import CniError, DecodingFailure, InternalError
+from ipamd.kube.api_calls import call_in_progress
 from ipamd.server.metrics import CNI_REQUESTS, CNI_SECONDS
 from ipamd.verbs.call import CniCall
 
@@ -116,7 +117,8 @@ class CniHttpServer(socketserver.UnixStreamServer):
                 raise DecodingFailure("request body is not JSON", str(exc)) from None
             call = CniCall.from_wire(body)
             verb, version = call.verb, call.version
-            answer = self.handle(call)
+            with call_in_progress():
+                answer = self.handle(call)
             status, out, outcome = 200, answer, "ok"
         except CniError as err:
             status, out, outcome = 400, err.to_dict(version), f"error {err.code}: {err}"

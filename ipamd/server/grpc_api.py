@@ -19,6 +19,7 @@ from cni.errors import CniError, InvalidConfig, ObjectNotFound
 from ipamd.api import ipam_pb2 as pb
 from ipamd.api import ipam_pb2_grpc as pb_grpc
 from ipamd.ipam.addresses import Ipam
+from ipamd.kube.api_calls import call_in_progress
 from ipamd.model.objects import (
     CLUSTER_IP_ADDRESS_POOL,
     INT64_MAX,
@@ -49,7 +50,8 @@ def _abort(context: grpc.ServicerContext, err: CniError) -> None:
 def _mapped(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(self: IpamService, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            return fn(self, request, context)
+            with call_in_progress():
+                return fn(self, request, context)
         except CniError as err:
             _abort(context, err)
 
@@ -107,6 +109,10 @@ class IpamService(pb_grpc.IpamServicer):
             yield pb.LeaseResults(results=[self._op(op) for op in batch.ops])
 
     def _op(self, op: pb.LeaseOp) -> pb.LeaseResult:
+        with call_in_progress():
+            return self._serve_op(op)
+
+    def _serve_op(self, op: pb.LeaseOp) -> pb.LeaseResult:
         try:
             if op.HasField("allocate"):
                 req = op.allocate

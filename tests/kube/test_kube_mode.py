@@ -4,8 +4,11 @@ racing for one pool."""
 from __future__ import annotations
 
 import json
+import re
+import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,10 +49,18 @@ def print_requests(what: str, before: dict[str, int], after: dict[str, int], ela
     print(f"\n{what}: {sum(mine.values())} API requests in {elapsed * 1000:.0f} ms: {mine}")
 
 
-def kube_node(cluster: Cluster, name: str) -> Node:
-    node = Node(kubeconfig=cluster.kubeconfig, node_name=name, reconcile_interval=1.0)
+def kube_node(cluster: Cluster, name: str, extra_args: tuple[str, ...] = ()) -> Node:
+    node = Node(kubeconfig=cluster.kubeconfig, node_name=name, reconcile_interval=1.0, extra_args=extra_args)
     node.start()
     return node
+
+
+def api_requests_counted(port: int) -> dict[tuple[str, str], float]:
+    """The daemon's own count of its API requests (``plexus_api_requests_total``), by (path, method)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    found = re.findall(r'^plexus_api_requests_total\{method="(\w+)",path="(\w+)"\} (\S+)$', text, re.M)
+    return {(path, method): float(n) for method, path, n in found}
 
 
 @pytest.fixture
@@ -149,6 +160,43 @@ def test_pod_flow_through_the_api(cluster: Cluster, nodes: list[Node]) -> None:
     seen = wait_for(lambda: lease_state() != "bound", timeout=30)
     assert seen, node.log_text()[-4000:]
     assert wait_for(lambda: lease_state() == "gone", timeout=30), "freed after the TTL"
+
+
+@pytest.mark.netns
+def test_an_add_inside_the_nodes_block_waits_on_one_api_request(cluster: Cluster, nodes: list[Node]) -> None:
+    """Issue 12's figure, from the daemon's own count: once the node holds a block of the pool, an ADD waits on one
+    API request, the pod's status patch; the IPAddress, its status, the lease object and the Event are made in the
+    background."""
+    ns = "kpath"
+    cluster.apply(objects(ns, "0s", "198.18.79.10-198.18.79.200", cidr="198.18.79.0/24", vlan=900))
+    names = [f"p{i}" for i in range(4)]
+    cluster.apply([pod(ns, n, "node-path") for n in names])
+    uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in cluster.get("pods", "-n", ns)["items"]}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    node = kube_node(cluster, "node-path", ("--metrics-port", str(port)))
+    nodes.append(node)
+    assert wait_for(lambda: "ready" in node.log_text(), timeout=30)
+    netns = {n: node.pod_netns(n) for n in names}
+
+    def add(name: str) -> dict[tuple[str, str], float]:
+        before = api_requests_counted(port)
+        result = node.cni("ADD", f"c-{name}", netns[name], pod=(ns, name), env={
+            "CNI_ARGS": f"K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_UID={uids[name]}"})
+        assert result.ok, (result, node.log_text()[-3000:])
+        after = api_requests_counted(port)
+        return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+    first = add(names[0])
+    assert first.get(("call", "POST"), 0) >= 1, f"the first ADD claims the node's block: {first}"
+    for name in names[1:]:
+        delta = add(name)
+        assert {k: v for k, v in delta.items() if k[0] == "call"} == {("call", "PATCH"): 1}, delta
+    assert wait_for(lambda: api_requests_counted(port).get(("background", "POST"), 0) >= 3 * len(names), timeout=15), \
+        "the IPAddress, lease object and Event of every ADD made in the background"
+    for name in names:
+        assert node.cni("DEL", f"c-{name}", netns[name], pod=(ns, name)).ok
 
 
 @pytest.mark.netns
