@@ -1,6 +1,7 @@
-"""Kubernetes-mode figures: ADD and DEL with the API in the loop next to the local mode, API requests
-per ADD and per DEL (from the API server's own metrics), allocations per second with racing daemons, and
-what the pods webhook adds to every pod creation in the cluster.
+"""Kubernetes-mode figures: ADD and DEL with the API in the loop next to the local mode (the two taking turns),
+API requests per ADD and per DEL (in all from the API server's own metrics; on the call's path from the daemon's own
+count), allocations per second with racing daemons, and what the pods webhook adds to every pod creation in the
+cluster.
 
 Usage: ``python -m bench.kube`` (``make bench-kube``), as root, after ``make build``. It starts the
 project's test control plane (scripts/k8s: kube-apiserver, kube-controller-manager and etcd v1.20.2 on
@@ -275,9 +276,10 @@ class Bench:
         return elapsed, out
 
     # -- scenarios ---------------------------------------------------------------------------------
-    def latency(self, node: Daemon, node_name: str, runs: int, warmup: int, local: bool) -> dict[str, Any]:
-        """Sequential ADD then DEL of one pod at a time."""
-        names = [f"{'loc' if local else 'lat'}-{i}" for i in range(warmup + runs)]
+    def latency(self, node: Daemon, node_name: str, runs: int, warmup: int, local: bool,
+                tag: str = "") -> tuple[list[float], list[float]]:
+        """Sequential ADD then DEL of one pod at a time: the seconds of each (the warm-up's left out)."""
+        names = [f"{'loc' if local else 'lat'}{tag}-{i}" for i in range(warmup + runs)]
         uids = {n: str(uuid.uuid4()) for n in names} if local else self.make_pods([(n, node_name) for n in names])
         adds: list[float] = []
         dels: list[float] = []
@@ -291,7 +293,32 @@ class Bench:
             if i >= warmup:
                 adds.append(t_add)
                 dels.append(t_del)
-        return {"add_ms": summary(adds), "del_ms": summary(dels)}
+        return adds, dels
+
+    def latency_rounds(self, node: Daemon, node_name: str, local: Daemon, rounds: int, runs: int,
+                       warmup: int) -> dict[str, Any]:
+        """Kubernetes mode and the local mode taking turns, ``rounds`` times ``runs`` ADD/DEL each, so that a slow
+        spell of the machine is shared by both sides of the ratio; each round's median ratio, and the median of all."""
+        per = max(1, runs // rounds)
+        k_add: list[float] = []
+        k_del: list[float] = []
+        l_add: list[float] = []
+        l_del: list[float] = []
+        ratios: list[float] = []
+        for r in range(rounds):
+            ka, kd = self.latency(node, node_name, per, warmup if r == 0 else 1, local=False, tag=str(r))
+            node.drained()  # what these ADDs owed is made before the other side is measured
+            la, ld = self.latency(local, "", per, warmup if r == 0 else 1, local=True, tag=str(r))
+            k_add += ka
+            k_del += kd
+            l_add += la
+            l_del += ld
+            ratios.append(round(statistics.median(ka) / statistics.median(la), 2))
+            log(f"latency round {r + 1}/{rounds}: ADD {statistics.median(ka) * 1000:.1f} ms Kubernetes mode, "
+                f"{statistics.median(la) * 1000:.1f} ms local ({ratios[-1]}x)")
+        return {"kubernetes": {"add_ms": summary(k_add), "del_ms": summary(k_del)},
+                "local": {"add_ms": summary(l_add), "del_ms": summary(l_del)},
+                "add_ratio": round(statistics.median(k_add) / statistics.median(l_add), 2), "add_ratio_rounds": ratios}
 
     def requests_per_verb(self, node: Daemon, node_name: str, n: int) -> dict[str, Any]:
         """API requests of ``n`` ADDs, then of their ``n`` DELs, counted apart."""
@@ -572,8 +599,9 @@ class Bench:
         name0, node0 = "kbench-0", self.node("kbench-0", ["--metrics-port", str(free_ports(1)[0])])
         time.sleep(2)
         results: dict[str, Any] = {}
-        log(f"latency, Kubernetes mode: {a.warmup}+{a.runs} ADD/DEL")
-        results["kubernetes"] = self.latency(node0, name0, a.runs, a.warmup, local=False)
+        log(f"latency, Kubernetes mode and local mode taking turns: {a.latency_rounds} rounds, {a.warmup}+{a.runs} "
+            f"ADD/DEL each in all")
+        results.update(self.latency_rounds(node0, name0, self.local_node(), a.latency_rounds, a.runs, a.warmup))
         log("API requests per ADD and per DEL")
         results["requests"] = self.requests_per_verb(node0, name0, a.runs)
         log(f"{a.nodes} node daemons")
@@ -587,8 +615,6 @@ class Bench:
             log(f"allocation race, {scheme}: {a.nodes} daemons x {a.alloc_callers} callers x {a.alloc_per_caller}")
             results[f"allocation_race_{scheme.replace('-', '_')}"] = self.allocation_race(
                 scheme, a.nodes, a.alloc_per_caller, a.alloc_callers)
-        log(f"latency, local mode: {a.warmup}+{a.runs} ADD/DEL")
-        results["local"] = self.latency(self.local_node(), "", a.runs, a.warmup, local=True)
         log(f"pod creation with and without the pods webhook: {a.warmup}+{a.runs} each, alternating")
         results["admission"] = self.admission(f"https://127.0.0.1:{self.hook}/validate", a.runs, a.warmup)
         return results
@@ -609,6 +635,8 @@ def report(r: dict[str, Any]) -> str:
         f"| {loc['add_ms']['median']} / {loc['add_ms']['p90']} ms |",
         f"| DEL, 1 network (median / p90) | {k['del_ms']['median']} / {k['del_ms']['p90']} ms "
         f"| {loc['del_ms']['median']} / {loc['del_ms']['p90']} ms |",
+        f"| ADD, Kubernetes mode / local mode, taking turns (median of all; per round) | {r.get('add_ratio', '-')} "
+        f"({', '.join(str(x) for x in r.get('add_ratio_rounds', []))}) | 1 |",
         f"| API requests per ADD: on its path / in all | {req.get('add_path', '-')} / {req['per_add']} "
         f"({', '.join(f'{n} {v:g}' for n, v in req['add_breakdown'].items())}) | 0 |",
         f"| API requests per DEL: on its path / in all | {req.get('del_path', '-')} / {req['per_del']} "
@@ -649,8 +677,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.kube", description=__doc__.split("\n\n")[0])
     p.add_argument("--plexus", default=default_plexus(), help="the frozen plugin (default: dist/plexus/plexus)")
     p.add_argument("--cache", default=os.environ.get("PLEXUS_K8S_CACHE", "/var/cache/plexus-test/k8s-apiserver"))
-    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--runs", type=int, default=60)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--latency-rounds", type=int, default=5, help="Kubernetes and local mode take turns this often")
     p.add_argument("--nodes", type=int, default=4)
     p.add_argument("--pods-per-node", type=int, default=25)
     p.add_argument("--workers", type=int, default=2, help="concurrent ADDs per node in the race (kubelet: several)")
