@@ -408,7 +408,14 @@ class Bench:
             with grpc.insecure_channel(f"unix:{d.dir / 'ipam.sock'}") as ch:
                 stub = ipam_pb2_grpc.IpamStub(ch)  # type: ignore[no-untyped-call]
                 deadline = time.monotonic() + 30
-                while not [p for p in stub.ListPools(pb.ListPoolsRequest(), timeout=10).pools if "race-pool" in p.pool]:
+
+                def pool_seen(stub: Any = stub) -> bool:
+                    try:
+                        return any("race-pool" in p.pool for p in stub.ListPools(pb.ListPoolsRequest(), timeout=10).pools)
+                    except grpc.RpcError:  # its gRPC socket comes a moment after its CNI socket
+                        return False
+
+                while not pool_seen():
                     if time.monotonic() > deadline:
                         raise BenchError(f"{d.dir.name}: the race pool never showed up")
                     time.sleep(0.2)
