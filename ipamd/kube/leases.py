@@ -120,7 +120,10 @@ class KubeLeaseRegistry(NoBlocks):
         return None
 
     def stray(self, store: LeaseStore, older_than: float) -> list[LeaseRecord]:
-        """Delete this node's lease objects that the store does not hold (see the reconciler)."""
+        """Delete this node's lease objects whose address the store does not hold (see the reconciler). An address
+        the store holds is left alone whoever the cache says holds it: its object has the one name, so deleting a
+        stale holder's would delete the live lease's (an address let go and leased again in a block, its new object
+        owed while the cache still shows the old), and so is one with writes owed, the node's latest word on it."""
         out = []
         for item in self.source.by_index(KIND, "node", self.node_name):
             md, spec = item.get("metadata") or {}, item.get("spec") or {}
@@ -130,8 +133,8 @@ class KubeLeaseRegistry(NoBlocks):
             if not created or parse_rfc3339(created) > older_than:
                 continue
             pool, address = str(spec.get("pool")), str(spec.get("ip"))
-            local = store.lease_at(pool, to_int(address))
-            if local is not None and local.holder == spec.get("holder"):
+            if store.lease_at(pool, to_int(address)) is not None or \
+                    self.outbox.owes(f"{KIND}/{lease_name(pool, address)}"):
                 continue
             lease = LeaseRecord(pool=pool, ip=to_int(address), address=address, network=str(spec.get("network", "")),
                                 holder=str(spec.get("holder")))

@@ -151,7 +151,9 @@ class Outbox:
         if not self._take(target, wait=False):
             return True  # being written by flush_target right now
         try:
-            return self._send_chain(chain, now)
+            # read again once the target is ours: a flush_target may have made (and a claim followed with new
+            # writes) what the pass's head read showed, and a write made twice could undo a later one
+            return self._send_chain(self.store.outbox_of(target), now)
         finally:
             self._give(target)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import time
 from typing import Any
 
 import pytest
@@ -450,6 +451,30 @@ def test_a_node_with_no_free_address_outside_blocks_gets_a_block_back_from_its_o
     held = [a for n in (owner, other) for a in n.addresses()]
     assert len(held) == len(set(held)), "no address held twice"
     assert len(held) == 254, "every address of the pool is handed out"
+
+
+def test_a_reconcile_round_keeps_the_lease_object_of_an_address_let_go_and_leased_again_in_a_block(
+        api: FakeApi) -> None:
+    """.17 of the block is let go and leased again to a new holder while the cache still shows the old holder's
+    object: the round's clean-up of stray objects must not delete it (one name for both), or the address the store
+    holds would have no IPAddressLease, and be anyone's once the block is given back."""
+    n1 = Node(api, "n1", live=False)
+    n1.registry.grow = _grow_at(n1.registry, "198.18.40.16")  # type: ignore[method-assign]
+    n1.registry.grow_soon = lambda pool, taken: None  # type: ignore[method-assign]
+    assert [n1.add() for _ in range(3)] == ["198.18.40.16", "198.18.40.17", "198.18.40.18"]
+    n1.outbox.flush()
+    n1.cache.sync()  # the cache shows the 3 lease objects
+    first = next(r for r in n1.store.all_ips() if r.address == "198.18.40.17")
+    n1.ipam.delete_ip(first)  # its pod gone (leaseTTL 0): released, the delete of its object owed
+    n1.store.set_cursor("IPAddressPool/ns/big", to_int("198.18.40.16"))
+    assert n1.add() == "198.18.40.17"  # leased again in the block, to a new holder: block_lease owed
+    holder = next(lease.holder for lease in n1.store.all_leases() if lease.address == "198.18.40.17")
+
+    n1.registry.stray(n1.store, time.time() + 100)  # a reconcile round (objects older than the grace period)
+    n1.outbox.flush()
+    objs = {o["spec"]["ip"]: o for o in api.objs[LEASE_KIND].values()}
+    assert "198.18.40.17" in objs and objs["198.18.40.17"]["spec"]["holder"] == holder, \
+        "n1 holds .17 but its IPAddressLease is gone"
 
 
 def test_a_full_block_asked_for_on_a_lagging_cache_is_kept_and_shown_full(api: FakeApi) -> None:

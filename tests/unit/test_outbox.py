@@ -4,14 +4,19 @@ server is away, judged once (done, retry, refused for good), and survive the dae
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from ipamd.kube.leases import KIND as LEASE_KIND
+from ipamd.kube.leases import KubeLeaseRegistry, lease_name
 from ipamd.kube.outbox import Outbox, backoff, judge
+from ipamd.store.records import LeaseRecord
 from ipamd.store.sqlite import Store
+from tests.fakes.cluster import FakeApi, FakeCache
 from tests.fakes.store import MemoryStore
 
 
@@ -178,3 +183,50 @@ def test_owed_writes_survive_a_restart(tmp_path: Path) -> None:
     assert Outbox(again, api.senders(), clock).flush() == 0
     assert api.sent == [("IPAddress/ns/a", "create"), ("IPAddress/ns/a", "patch_status")]
     again.close()
+
+
+POOL = "IPAddressPool/ns/big"
+
+
+def test_a_chain_a_pass_read_before_flush_target_made_it_is_not_made_again() -> None:
+    """A pass reads the outbox's head once and hands the chains to its workers; a chain that waits for a worker
+    while ``flush_target`` makes its writes (a per-address claim lets go of its own first) must not make them again:
+    a stale delete of a lease object would delete the object the claim just created."""
+    api = FakeApi()
+    store = Store(":memory:")
+    senders = api.senders()
+    gate, entered = threading.Event(), threading.Semaphore(0)
+    slow = senders["patch_status"]
+
+    def blocking_patch_status(body: dict[str, Any]) -> None:  # other objects' writes, slow: the 4 workers are taken
+        entered.release()
+        gate.wait(10)
+        try:
+            slow(body)
+        except Exception:
+            pass
+
+    senders["patch_status"] = blocking_patch_status
+    outbox = Outbox(store, senders)  # workers=4, as in the daemon
+    cache = FakeCache(api)
+    reg = KubeLeaseRegistry(cache, "n1", outbox)  # type: ignore[arg-type]
+
+    x = LeaseRecord(pool=POOL, ip=0xC6122811, address="198.18.40.17", network="198.18.40.0/24", holder="IPAddress/ns/a")
+    for i in range(4):  # writes owed earlier (other objects' statuses)
+        outbox.add(f"IPAddress/ns/o{i}", "patch_status", {"kind": "IPAddress", "name": f"o{i}", "status": {}})
+    assert reg.claim(x)
+    reg.release(x)  # pod a gone (leaseTTL 0): the delete of its lease object is owed
+
+    t = threading.Thread(target=outbox.flush)  # the outbox thread's pass: head read now, 5 chains, 4 workers
+    t.start()
+    for _ in range(4):
+        assert entered.acquire(timeout=5)  # the 4 workers are busy; the delete chain waits, read already
+
+    y = LeaseRecord(pool=POOL, ip=x.ip, address=x.address, network=x.network, holder="IPAddress/ns/b")
+    assert reg.claim(y)  # an ADD re-leases .17: flush_target makes the owed delete first, then creates
+    name = lease_name(POOL, x.address)
+    assert api.objs[LEASE_KIND][name]["spec"]["holder"] == "IPAddress/ns/b"
+
+    gate.set()
+    t.join(10)
+    assert name in api.objs[LEASE_KIND], "the lease object of an address this node holds was deleted by a stale pass"
