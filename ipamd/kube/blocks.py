@@ -37,6 +37,8 @@ from collections.abc import Callable, Container, Hashable, Iterable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
+from kubernetes.client.exceptions import ApiException
+
 from cni.errors import AddressConflict, TryAgainLater
 from ipamd.ipam.allocator import family_of, to_int, to_text
 from ipamd.ipam.blocks import (
@@ -536,24 +538,44 @@ class BlockRegistry(KubeLeaseRegistry):
 
     # -- the outbox's op ----------------------------------------------------------------------------
     def _put_lease(self, body: dict[str, Any]) -> None:
-        """Make the lease object of an address in this node's block: created, or made ours if a stray object of
-        another node's (a per-address lease it is letting go of) stands in the way."""
+        """Make the lease object of an address in this node's block. An object in the way is made ours when it is
+        this node's or names the same holder (a Static that moved here). Another node's object of another holder is
+        that node's per-address lease, which it lets go of once it sees our block: it is waited for (the outbox
+        retries), not taken over, for its owed delete goes by name and would remove ours."""
         obj = body["object"]
-        try:
-            self.objects.create(LEASE_KIND, obj)
-            return
-        except Exception as exc:
-            if status_of(exc) != 409:
-                raise
         name = obj["metadata"]["name"]
+        for _ in range(3):  # an object deleted between our create and our read of it: create again
+            try:
+                self.objects.create(LEASE_KIND, obj)
+                return
+            except Exception as exc:
+                if status_of(exc) != 409:
+                    raise
+            try:
+                if self._made_ours(name, obj):
+                    return
+            except Exception as exc:
+                if status_of(exc) != 404:
+                    raise
+        raise ApiException(status=409, reason=f"lease object {name} kept changing under this node's write")
+
+    def _made_ours(self, name: str, obj: dict[str, Any]) -> bool:
         current = self.objects.get(LEASE_KIND, name)
         labels = (current.get("metadata") or {}).get("labels") or {}
-        if _spec(current).get("holder") == obj["spec"]["holder"] and labels.get(NODE_LABEL) == self.node_name:
+        same_holder = _spec(current).get("holder") == obj["spec"]["holder"]
+        if same_holder and labels.get(NODE_LABEL) == self.node_name:
             if (current.get("status") or {}).get("orphaningTimestamp"):
                 self.objects.patch_status(LEASE_KIND, name, {"orphaningTimestamp": None})
-            return
-        self.objects.patch(LEASE_KIND, name, {"metadata": {"labels": obj["metadata"]["labels"]}, "spec": obj["spec"]})
+            return True
+        if not same_holder and labels.get(NODE_LABEL) != self.node_name:
+            raise ApiException(status=409, reason=f"lease object {name} is still node "
+                                                  f"{labels.get(NODE_LABEL) or '(none)'}'s, for another holder")
+        self.objects.patch(LEASE_KIND, name, {
+            "metadata": {"labels": obj["metadata"]["labels"],
+                         "resourceVersion": (current.get("metadata") or {}).get("resourceVersion")},
+            "spec": obj["spec"]})
         self.objects.patch_status(LEASE_KIND, name, {"orphaningTimestamp": None})
+        return True
 
     # -- housekeeping (the reconciler's rounds) ------------------------------------------------------------
     def housekeep(self, pools: Iterable[AddressPool], in_use: Callable[[str, int], bool],

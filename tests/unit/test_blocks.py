@@ -477,6 +477,32 @@ def test_a_reconcile_round_keeps_the_lease_object_of_an_address_let_go_and_lease
         "n1 holds .17 but its IPAddressLease is gone"
 
 
+def test_another_nodes_object_in_the_way_of_a_block_lease_is_waited_for_not_taken_over(api: FakeApi) -> None:
+    """Node B leases .17 per address before its cache shows A's block .16/28, finds the block and lets .17 go (its
+    delete owed, by name). A, whose cache does not show B's object, hands .17 out in its block: its lease object's
+    create meets B's object, which it waits for instead of taking over (B's delete would remove it), and makes once
+    B's delete is made."""
+    b = Node(api, "b", live=False)
+    a = Node(api, "a", live=False)
+    a.registry.grow = _grow_at(a.registry, "198.18.40.16")  # type: ignore[method-assign]
+    a.registry.grow_soon = lambda pool, taken: None  # type: ignore[method-assign]
+    assert a.add() == "198.18.40.16"
+    b.registry.in_blocks = lambda pool: False  # type: ignore[method-assign]  # per address, as a small pool's
+    b.store.set_cursor("IPAddressPool/ns/big", to_int("198.18.40.16"))
+    assert to_int(b.add()) >= to_int("198.18.40.32"), "B let .17 go on finding A's block"
+    assert a.add() == "198.18.40.17"
+    a.outbox.flush()  # its create meets B's object: owed still
+    target = next(t for t in (f"{LEASE_KIND}/{n}" for n in api.objs[LEASE_KIND]) if "198-18-40-17" in t)
+    assert a.outbox.owes(target)
+    assert api.objs[LEASE_KIND][target.split("/")[1]]["metadata"]["labels"]["network.deckhouse.io/node"] == "b"
+    b.outbox.flush()  # B's delete, by name
+    assert a.outbox.flush_target(target), "made once B's object is gone"
+    objs = {o["spec"]["ip"]: o for o in api.objs[LEASE_KIND].values()}
+    holder = next(lease.holder for lease in a.store.all_leases() if lease.address == "198.18.40.17")
+    assert objs["198.18.40.17"]["spec"]["holder"] == holder
+    assert objs["198.18.40.17"]["metadata"]["labels"]["network.deckhouse.io/node"] == "a"
+
+
 def test_a_full_block_asked_for_on_a_lagging_cache_is_kept_and_shown_full(api: FakeApi) -> None:
     """The other node fills every address outside the owner's full block .16/28, whose lease objects the owner still
     owes, so the other node's cache shows the block empty: it asks for it. The owner has no free address in it, so it
