@@ -697,7 +697,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="rounds per scheme with --allocation-only")
     p.add_argument("--baseline", default="", help="with --allocation-only: a git ref (e.g. 7b4909b) whose daemons race "
                    "too, from a worktree of this repository, the same Python")
-    p.add_argument("--json", default="bench-results/kube.json")
+    p.add_argument("--json", default="", help="where the results go (default bench-results/kube.json, "
+                   "with --allocation-only bench-results/kube-allocation.json)")
     a = p.parse_args(argv)
     if os.geteuid() != 0:
         print("bench.kube: needs root (network namespaces)", file=sys.stderr)
@@ -714,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench.kube: interrupted; everything it made is removed", file=sys.stderr)
         return 130
-    write_results(a.json, results)
+    write_results(a.json or f"bench-results/kube{'-allocation' if a.allocation_only else ''}.json", results)
     print(report_allocation(results) if a.allocation_only else report(results))
     print(f"(written to {a.json})")
     return 0
