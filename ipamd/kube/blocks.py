@@ -583,12 +583,18 @@ class BlockRegistry(KubeLeaseRegistry):
         """Renew this node's blocks, and return those empty for ``idle_s`` (never a pool's last one). Whether a block
         is empty is decided inside ``transaction`` (the store's, where every pick is made), and the block is ours no
         more from then on; its object is deleted after, outside the store's lock."""
+        pools = list(pools)
         now = self.clock()
         renew = now - self._renewed >= RENEW_S
         going: list[Block] = []
         asked: list[tuple[AddressPool, Block]] = []
         full: list[tuple[AddressPool, Block]] = []
+        lost = self._lost(pools)
         with transaction():
+            for _, block in lost:  # deleted by someone else: not leased in from here on (per address instead)
+                with self._lock:
+                    self.mine.pop((block.pool, block.first), None)
+                self._empty_since.pop((block.pool, block.first), None)
             for pool in pools:
                 blocks = self.blocks(pool)
                 for block in blocks:
@@ -626,20 +632,69 @@ class BlockRegistry(KubeLeaseRegistry):
             self._give_back(pool, block)
         for pool, block in full:
             self._decline(pool, block)
+        for pool, block in lost:
+            self._keep_leases_of(pool, block)
+        self._free_excluded()
         with self._lock:  # forget what the informer no longer shows
             self.returned = {slot for slot in self.returned
                              if slot in self._checking or self.source.indexed(KIND, "window", slot)}
-            for pool_key, found in self.excluded.items():
-                # once the cache shows our block it is at least as new as the claim: what it no longer shows leased
-                # inside (a quarantine over, a lease let go) is ours to hand out
-                for ip in [ip for ip in found if self.source.indexed(KIND, "window", (pool_key, window_of(ip, self.size)))
-                           and not self.source.indexed(LEASE_KIND, "address", (pool_key, ip))]:
-                    del found[ip]
             stuck = [b for b in (parse_block(o) for o in self.source.by_index(KIND, "node", self.node_name))
                      if b is not None and (b.pool, b.first) in self.returned and (b.pool, b.first) not in self._checking
                      and b not in going and all(b != a for _, a in asked)]
         for block in stuck:  # given back, but its delete failed (the API away): tried again
             self._return(block, "given back earlier")
+
+    def _lost(self, pools: list[AddressPool]) -> list[tuple[AddressPool, Block]]:
+        """This node's blocks that are no longer its own in the API (the controller reclaimed them after the node was
+        silent past --block-ttl, or someone deleted them by hand): what the cache does not show is read from the API
+        server (a block claimed a moment ago may not be in the cache yet)."""
+        by_key = {p.meta.key: p for p in pools}
+        with self._lock:
+            candidates = [b for slot, b in self.mine.items() if slot not in self._checking and b.pool in by_key]
+        out = []
+        for block in candidates:
+            if any((parse_block(o) or block).node == self.node_name
+                   for o in self.source.by_index(KIND, "window", (block.pool, block.first))):
+                continue
+            try:
+                found = parse_block(self.objects.get(KIND, block.name))
+                if found is not None and found.node == self.node_name:
+                    continue
+            except Exception as exc:
+                if status_of(exc) != 404:
+                    continue  # the API away: the next round looks again
+            log.warning("address block %s (%s) of %s is no longer this node's (reclaimed or deleted): its leases "
+                        "live on per address", block.name, block.cidr, block.pool)
+            out.append((by_key[block.pool], block))
+        return out
+
+    def _keep_leases_of(self, pool: AddressPool, block: Block) -> None:
+        """Make the owed lease objects of a lost block's window now: from here on they alone keep its leases."""
+        for ip in addresses_in(pool, block.first, block.size):
+            target = f"{LEASE_KIND}/{lease_name(block.pool, to_text(ip))}"
+            try:
+                if self.outbox.owes(target):
+                    self.outbox.flush_target(target)
+            except Exception as exc:  # owed still: the outbox makes it later
+                log.info("making the lease object of %s: %s", to_text(ip), exc)
+
+    def _free_excluded(self) -> None:
+        """Addresses found leased inside a block at its claim are this node's to hand out once their lease object
+        is gone, as read from the API server itself (the lease informer may lag behind the block informer)."""
+        with self._lock:
+            candidates = [(pool_key, ip) for pool_key, found in self.excluded.items() for ip in found
+                          if self.source.indexed(KIND, "window", (pool_key, window_of(ip, self.size)))
+                          and not self.source.indexed(LEASE_KIND, "address", (pool_key, ip))]
+        gone = []
+        for pool_key, ip in candidates:
+            try:
+                self.objects.get(LEASE_KIND, lease_name(pool_key, to_text(ip)))
+            except Exception as exc:
+                if status_of(exc) == 404:
+                    gone.append((pool_key, ip))
+        with self._lock:
+            for pool_key, ip in gone:
+                self.excluded.get(pool_key, {}).pop(ip, None)
 
     def _return(self, block: Block, why: str) -> None:
         try:

@@ -18,6 +18,7 @@ from ipamd.ipam.blocks import Block, addresses_in, free_in, free_window, pick_in
 from ipamd.kube.blocks import KIND as BLOCK_KIND
 from ipamd.kube.blocks import BlockRegistry
 from ipamd.kube.leases import KIND as LEASE_KIND
+from ipamd.kube.leases import lease_name
 from ipamd.kube.outbox import Outbox
 from ipamd.model.objects import AddressPool
 from ipamd.model.timefmt import rfc3339
@@ -501,6 +502,47 @@ def test_another_nodes_object_in_the_way_of_a_block_lease_is_waited_for_not_take
     holder = next(lease.holder for lease in a.store.all_leases() if lease.address == "198.18.40.17")
     assert objs["198.18.40.17"]["spec"]["holder"] == holder
     assert objs["198.18.40.17"]["metadata"]["labels"]["network.deckhouse.io/node"] == "a"
+
+
+def test_a_block_deleted_by_someone_else_is_no_longer_leased_in(api: FakeApi) -> None:
+    """The controller reclaims node A's block (A was silent past --block-ttl) or someone deletes it by hand: A's next
+    reconcile round finds it gone from the API server, makes the lease objects it owed there and leases per address
+    from then on, so another node leasing in the window per address never gets an address A holds."""
+    a = Node(api, "a")
+    a.registry.grow = _grow_at(a.registry, "198.18.40.16")  # type: ignore[method-assign]
+    a.registry.grow_soon = lambda pool, taken: None  # type: ignore[method-assign]
+    held = {a.add() for _ in range(3)}
+    (name,) = api.objs[BLOCK_KIND]
+    api.delete(BLOCK_KIND, name)
+    assert a.outbox.depth() and not api.objs[LEASE_KIND], "its lease objects still owed"
+    _housekeeping(a)
+    assert not a.registry.blocks(pool_of(a.source, "big")), "no longer leased in"
+    assert {o["spec"]["ip"] for o in api.objs[LEASE_KIND].values()} == held, "the owed lease objects made at once"
+    a.registry.grow = lambda pool: None  # type: ignore[method-assign]  # no block anew: per address from here
+    other = Node(api, "other", claim=False)
+    other.store.set_cursor("IPAddressPool/ns/big", to_int("198.18.40.16"))
+    theirs = {other.add() for _ in range(3)}
+    mine = {a.add() for _ in range(3)}
+    assert not theirs & (held | mine), "no address held by both nodes"
+
+
+def test_an_excluded_address_is_freed_only_once_the_api_server_says_its_lease_is_gone(api: FakeApi) -> None:
+    """The block informer shows B's block while the lease informer lags (a relist, a slow watch) and does not show
+    the per-address lease found inside at the claim: that lease is read from the API server before the address is
+    freed, so B never hands out an address another node holds."""
+    b = Node(api, "b", live=False)
+    api.create(LEASE_KIND, {"apiVersion": "x", "kind": LEASE_KIND, "metadata": {
+        "name": lease_name("IPAddressPool/ns/big", "198.18.40.17"),
+        "labels": {"network.deckhouse.io/pool": _pool_label("IPAddressPool/ns/big")}},
+        "spec": {"pool": "IPAddressPool/ns/big", "ip": "198.18.40.17", "holder": "IPAddress/ns/other"}})
+    b.registry.grow = _grow_at(b.registry, "198.18.40.16")  # type: ignore[method-assign]
+    b.registry.grow_soon = lambda pool, taken: None  # type: ignore[method-assign]
+    b.add()
+    b.cache.sync()
+    b.cache._snapshot[LEASE_KIND] = []  # the block informer is up to date, the lease informer lags
+    _housekeeping(b)
+    got = {b.add() for _ in range(14)}
+    assert "198.18.40.17" not in got and len(got) == 14
 
 
 def test_a_full_block_asked_for_on_a_lagging_cache_is_kept_and_shown_full(api: FakeApi) -> None:
