@@ -251,6 +251,9 @@ class Ipam:
                 if held is not None and held.holder not in (None, rec.key):
                     raise AddressConflict(f"IPAddress {rec.name}: {rec.static_ip} is already leased to {held.holder}",
                                           "spec.static.ip")
+                if (pkey, ip) in self._securing:  # another call's pick, its claim out: ours could undo its object
+                    raise TryAgainLater(f"IPAddress {rec.name}: {rec.static_ip} is being claimed on this node for "
+                                        "another call right now", "spec.static.ip")
                 # an orphaned (quarantined) lease of exactly this address is adopted at once
                 lease = LeaseRecord(pool=pkey, ip=ip, address=to_text(ip), network=str(subnet.network),
                                     holder=rec.key, holder_uid=rec.uid, ttl=pool.lease_ttl_s, created_at=now)

@@ -545,6 +545,34 @@ def test_an_excluded_address_is_freed_only_once_the_api_server_says_its_lease_is
     assert "198.18.40.17" not in got and len(got) == 14
 
 
+def test_a_static_asked_for_while_another_call_claims_its_address_is_told_to_try_again(api: FakeApi) -> None:
+    """An Auto ADD picked .200 of the node's block and its claim is out when the Static IPAddress asking for .200 is
+    leased by another call: the Static is told to try again (code 11) instead of recording .200 too, which let the
+    Auto's let-go of it delete the Static's lease object."""
+    n1 = Node(api, "n1")
+    n1.registry.grow = _grow_at(n1.registry, "198.18.40.192")  # type: ignore[method-assign]
+    n1.registry.grow_soon = lambda pool, taken: None  # type: ignore[method-assign]
+    n1.add()
+    n1.store.set_cursor("IPAddressPool/ns/big", to_int("198.18.40.199"))
+    claim = n1.registry.claim
+    refused: list[str] = []
+
+    def claim_with_a_static_meanwhile(lease: Any) -> bool:
+        if lease.address == "198.18.40.200" and not (lease.holder or "").endswith("/fixed") and not refused:
+            with pytest.raises(TryAgainLater, match="another call") as exc:
+                n1.add(names=("fixed",))
+            refused.append(str(exc.value))
+        return bool(claim(lease))
+
+    n1.registry.claim = claim_with_a_static_meanwhile  # type: ignore[method-assign]
+    assert n1.add() == "198.18.40.200" and refused
+    holder = dict(n1.held_by_holder())["198.18.40.200"]
+    n1.outbox.flush()
+    assert {o["spec"]["ip"]: o["spec"]["holder"] for o in api.objs[LEASE_KIND].values()}["198.18.40.200"] == holder
+    with pytest.raises(AddressConflict):
+        n1.add(names=("fixed",))
+
+
 def test_a_full_block_asked_for_on_a_lagging_cache_is_kept_and_shown_full(api: FakeApi) -> None:
     """The other node fills every address outside the owner's full block .16/28, whose lease objects the owner still
     owes, so the other node's cache shows the block empty: it asks for it. The owner has no free address in it, so it
