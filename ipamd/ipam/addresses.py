@@ -333,7 +333,9 @@ class Ipam:
                 candidate = None
                 if picked is not None:
                     candidate = self._candidate(rec, pool, pkey, picked[0], str(picked[1].network))
-                    self._reserve(candidate)
+                    if not self._reserve(candidate):  # a Static's claim of it is out (reserved outside the lock)
+                        lost.add(candidate.ip)
+                        continue
             if candidate is None:
                 # the free addresses left may be in other nodes' blocks: one is asked back (outside the lock)
                 if asked < 2 and self.registry.ask_return(pool):
@@ -361,7 +363,9 @@ class Ipam:
                     lease = None
                 else:
                     lease = self._candidate(rec, pool, pkey, ip, str(subnet.network))
-                    self._reserve(lease)
+                    if not self._reserve(lease):  # a Static's claim of it is out (reserved outside the lock)
+                        lost.add(lease.ip)
+                        continue
             if lease is None:
                 try:
                     if self.registry.grow(pool) is None:  # outside the lock: an API request

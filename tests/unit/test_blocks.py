@@ -573,6 +573,28 @@ def test_a_static_asked_for_while_another_call_claims_its_address_is_told_to_try
         n1.add(names=("fixed",))
 
 
+def test_an_address_reserved_by_another_call_between_the_pick_and_the_reservation_is_not_claimed(
+        api: FakeApi) -> None:
+    """A Static's claim reserves its address outside the store's lock: when it does so between an Auto pick of the
+    same address and the pick's reservation, the Auto goes on to the next address instead of claiming it too."""
+    n1 = Node(api, "n1")
+    n1.registry.grow = _grow_at(n1.registry, "198.18.40.192")  # type: ignore[method-assign]
+    n1.registry.grow_soon = lambda pool, taken: None  # type: ignore[method-assign]
+    n1.add()
+    n1.store.set_cursor("IPAddressPool/ns/big", to_int("198.18.40.199"))
+    reserve = n1.ipam._reserve
+    refused: list[str] = []
+
+    def reserved_first(lease: Any) -> bool:
+        if lease.address == "198.18.40.200" and not refused:
+            refused.append(lease.address)  # the Static's reservation came first
+            return False
+        return bool(reserve(lease))
+
+    n1.ipam._reserve = reserved_first  # type: ignore[method-assign]
+    assert n1.add() == "198.18.40.201" and refused
+
+
 def test_a_full_block_asked_for_on_a_lagging_cache_is_kept_and_shown_full(api: FakeApi) -> None:
     """The other node fills every address outside the owner's full block .16/28, whose lease objects the owner still
     owes, so the other node's cache shows the block empty: it asks for it. The owner has no free address in it, so it
