@@ -69,6 +69,7 @@ log = logging.getLogger(__name__)
 KIND = "IPAddressBlock"
 RENEW_S = 60.0  # a block's status.renewTime is renewed this often (the controller's --block-ttl is far longer)
 RETURN_WAIT_S = 3.0  # an allocation waits this long for the block it asked another node to return
+SEEN_S = 30.0  # another node's block read from the API server counts this long, unless the cache shows the window
 ASK_FRESH_S = 120.0  # a request to return a block is acted on this long (the node that asked retries past that)
 
 
@@ -177,6 +178,9 @@ class BlockRegistry(KubeLeaseRegistry):
         self.wait = wait  # (condition, timeout) -> whether it came true: how an allocation waits for a block to go
         self.mine: dict[tuple[str, int], Block] = {}  # claimed here, before the informer shows them
         self.excluded: dict[str, dict[int, str]] = {}  # pool -> address -> holder found inside this node's new blocks
+        # other nodes' blocks read from the API server (a per-address lease's check) before the cache shows them, so
+        # that the next picks skip their whole window, not one address at a time: slot -> (block, when read)
+        self.seen: dict[tuple[str, int], tuple[Block, float]] = {}
         self.block_pools: dict[str, bool] = {}  # pool -> whether it is large enough for blocks (from blocks())
         self._growing: set[str] = set()
         self._grow_locks: dict[str, threading.Lock] = {}
@@ -203,7 +207,8 @@ class BlockRegistry(KubeLeaseRegistry):
             if block is not None and block.node == self.node_name and (pool, first) in self.returned:
                 return None  # ours no more: being deleted
             return block
-        return None
+        seen = self.seen.get((pool, first))
+        return seen[0] if seen is not None else None
 
     def blocks(self, pool: AddressPool) -> list[Block]:
         key = pool.meta.key
@@ -298,7 +303,11 @@ class BlockRegistry(KubeLeaseRegistry):
                     return False
                 raise
         block = parse_block(obj)
-        return block is not None and block.node != self.node_name
+        if block is None or block.node == self.node_name:
+            return False
+        with self._lock:
+            self.seen[(lease.pool, first)] = (block, self.clock())
+        return True
 
     def grow(self, pool: AddressPool) -> Block | None:
         """Claim one more block of ``pool`` (one create); None when the pool has no free window or is too small. Calls
@@ -635,9 +644,11 @@ class BlockRegistry(KubeLeaseRegistry):
         for pool, block in lost:
             self._keep_leases_of(pool, block)
         self._free_excluded()
-        with self._lock:  # forget what the informer no longer shows
+        with self._lock:  # forget what the informer no longer shows, or shows by now
             self.returned = {slot for slot in self.returned
                              if slot in self._checking or self.source.indexed(KIND, "window", slot)}
+            self.seen = {slot: (b, at) for slot, (b, at) in self.seen.items()
+                         if now - at < SEEN_S and not self.source.indexed(KIND, "window", slot)}
             stuck = [b for b in (parse_block(o) for o in self.source.by_index(KIND, "node", self.node_name))
                      if b is not None and (b.pool, b.first) in self.returned and (b.pool, b.first) not in self._checking
                      and b not in going and all(b != a for _, a in asked)]

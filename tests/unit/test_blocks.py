@@ -595,6 +595,20 @@ def test_an_address_reserved_by_another_call_between_the_pick_and_the_reservatio
     assert n1.add() == "198.18.40.201" and refused
 
 
+def test_a_per_address_lease_that_finds_another_nodes_block_skips_its_whole_window(api: FakeApi) -> None:
+    """Node B leases per address and its cache does not show A's block .16/28 yet: its first lease there finds the
+    block (a GET) and is let go, and its next pick skips the whole window instead of trying each of its addresses."""
+    b = Node(api, "b", live=False, claim=False)  # its cache: from before A's block
+    a = Node(api, "a")
+    a.registry.grow = _grow_at(a.registry, "198.18.40.16")  # type: ignore[method-assign]
+    a.add()
+    b.store.set_cursor("IPAddressPool/ns/big", to_int("198.18.40.16"))
+    creates = api.calls["create IPAddressLease"]
+    assert to_int(b.add()) >= to_int("198.18.40.32")
+    assert api.calls["get IPAddressBlock"] == 2, "one read of A's block, one of the window of the address outside"
+    assert api.calls["create IPAddressLease"] - creates == 2, "one lease object let go in the window, one outside it"
+
+
 def test_a_full_block_asked_for_on_a_lagging_cache_is_kept_and_shown_full(api: FakeApi) -> None:
     """The other node fills every address outside the owner's full block .16/28, whose lease objects the owner still
     owes, so the other node's cache shows the block empty: it asks for it. The owner has no free address in it, so it
