@@ -248,9 +248,10 @@ class BlockRegistry(KubeLeaseRegistry):
             return True
         won = super().claim(lease)
         # blocks are IPv4 only (windows of a /64 cannot be listed): no block could hold an IPv6 address
+        made = self.made.pop(lease_name(lease.pool, lease.address), "")
         if won and family_of(lease.ip) == 4 and self.block_pools.get(lease.pool, True) and \
                 self._claimed_meanwhile(lease):
-            self.release(lease)
+            self.release(lease, made)  # the block's owner may make the object its own (the same Static) meanwhile
             return False
         return won
 

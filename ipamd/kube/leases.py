@@ -109,6 +109,7 @@ class KubeLeaseRegistry(NoBlocks):
         self.source = source
         self.node_name = node_name
         self.outbox = outbox
+        self.made: dict[str, str] = {}  # lease object name -> the resourceVersion this node's create gave it
 
     def taken_elsewhere(self, pool: str) -> Container[int]:
         return _TakenIn(self.source, pool)
@@ -153,7 +154,8 @@ class KubeLeaseRegistry(NoBlocks):
             raise TryAgainLater(f"this node's release of {lease.address} in {lease.pool} is not made yet",
                                 "the Kubernetes API did not take it; see plexusctl outbox")
         try:
-            self.objects.create(KIND, body)
+            made = self.objects.create(KIND, body)
+            self.made[name] = str(((made or {}).get("metadata") or {}).get("resourceVersion") or "")
             return True
         except Exception as exc:
             if status_of(exc) != 409:
@@ -183,8 +185,12 @@ class KubeLeaseRegistry(NoBlocks):
         self.outbox.add(f"{KIND}/{name}", "patch_status", {"kind": KIND, "name": name, "status": {
             "orphaningTimestamp": rfc3339(lease.orphaned_at)}})
 
-    def release(self, lease: LeaseRecord) -> None:
+    def release(self, lease: LeaseRecord, resource_version: str = "") -> None:
+        """Owe the delete of the address's lease object (with ``resource_version``: only while it is still the one
+        this node made, as when letting go of an address that turned out to lie in another node's block, whose owner
+        may have made the object its own meanwhile)."""
         name = lease_name(lease.pool, lease.address)
         for op in ("patch", "patch_status"):  # not worth making once it goes
             self.outbox.drop(f"{KIND}/{name}", op)
-        self.outbox.add(f"{KIND}/{name}", "delete", {"kind": KIND, "name": name}, supersede=True)
+        body = {"kind": KIND, "name": name, **({"resourceVersion": resource_version} if resource_version else {})}
+        self.outbox.add(f"{KIND}/{name}", "delete", body, supersede=True)

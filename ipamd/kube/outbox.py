@@ -51,7 +51,8 @@ def judge(op: str, exc: BaseException) -> Verdict:
     status = status_of(exc)
     if status is None or status == 429 or status >= 500:
         return Verdict(False, api_away=True, error=reason_of(exc)[:300])
-    if status == 404 or (status == 409 and op in ("create", "event")):
+    # 409 on a delete: its precondition failed, the object is someone else's now
+    if status == 404 or (status == 409 and op in ("create", "event", "delete")):
         return Verdict(True)
     if status == 409:
         return Verdict(False, error=reason_of(exc)[:300])

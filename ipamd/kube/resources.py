@@ -98,11 +98,15 @@ class CustomObjects:
             return self.api.patch_namespaced_custom_object_status(r.group, r.version, namespace, r.plural, name, body)
         return self.api.patch_cluster_custom_object_status(r.group, r.version, r.plural, name, body)
 
-    def delete(self, kind: str, name: str, namespace: str = "") -> Any:
+    def delete(self, kind: str, name: str, namespace: str = "", resource_version: str = "") -> Any:
+        """Delete an object (with ``resource_version``: only if it is still at it, else 409)."""
         r = RESOURCES[kind]
+        options = client.V1DeleteOptions(preconditions=client.V1Preconditions(resource_version=resource_version)) \
+            if resource_version else None
         if r.namespaced:
-            return self.api.delete_namespaced_custom_object(r.group, r.version, namespace, r.plural, name)
-        return self.api.delete_cluster_custom_object(r.group, r.version, r.plural, name)
+            return self.api.delete_namespaced_custom_object(r.group, r.version, namespace, r.plural, name,
+                                                            body=options)
+        return self.api.delete_cluster_custom_object(r.group, r.version, r.plural, name, body=options)
 
     def lister(self, kind: str) -> Callable[..., Any]:
         """The list function of ``kind`` across namespaces, for an informer. It has no docstring on purpose:

@@ -91,11 +91,14 @@ class FakeApi:
             self._version += 1
             self.objs[kind][name]["metadata"]["resourceVersion"] = str(self._version)
 
-    def delete(self, kind: str, name: str, namespace: str = "") -> None:
+    def delete(self, kind: str, name: str, namespace: str = "", resource_version: str = "") -> None:
         with self.lock:
             self._count("delete", kind)
-            if self.objs[kind].pop(name, None) is None:
+            if name not in self.objs[kind]:
                 raise ApiException(status=404, reason="NotFound")
+            if resource_version and resource_version != self.objs[kind][name]["metadata"]["resourceVersion"]:
+                raise ApiException(status=409, reason="Conflict")
+            del self.objs[kind][name]
 
     def lister(self, kind: str) -> Callable[..., dict[str, Any]]:
         def list_objects(label_selector: str = "", **_: Any) -> dict[str, Any]:
@@ -115,7 +118,7 @@ class FakeApi:
             "create": create,
             "patch": lambda b: self.patch(b["kind"], b["name"], b["patch"]),
             "patch_status": lambda b: self.patch_status(b["kind"], b["name"], b["status"]),
-            "delete": lambda b: self.delete(b["kind"], b["name"]),
+            "delete": lambda b: self.delete(b["kind"], b["name"], resource_version=b.get("resourceVersion", "")),
         }
 
 

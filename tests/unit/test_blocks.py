@@ -365,7 +365,8 @@ def test_a_block_whose_checks_failed_is_never_leased_in(api: FakeApi) -> None:
     node = Node(api, "n1")
     lister, delete = api.lister, api.delete
     api.lister = lambda kind: (_ for _ in ()).throw(ApiException(status=503))  # type: ignore[method-assign]
-    api.delete = lambda kind, name, namespace="": (_ for _ in ()).throw(ApiException(status=503))  # type: ignore[method-assign]
+    api.delete = lambda kind, name, namespace="", resource_version="": (  # type: ignore[method-assign]
+        _ for _ in ()).throw(ApiException(status=503))
     with pytest.raises(TryAgainLater, match="blocks of pool .* are full"):
         node.add()
     (stuck,) = api.objs[BLOCK_KIND].values()  # could not be given back either
@@ -609,6 +610,25 @@ def test_a_per_address_lease_that_finds_another_nodes_block_skips_its_whole_wind
     assert api.calls["create IPAddressLease"] - creates == 2, "one lease object let go in the window, one outside it"
 
 
+def test_a_static_let_go_by_another_node_keeps_the_lease_object_the_block_owner_made_its_own(api: FakeApi) -> None:
+    """Node B leases the Static's .200 per address before its cache shows A's block .192/28, finds the block and lets
+    .200 go; A leases the same Static in its block and makes B's object its own (the same holder). B's delete of its
+    object is conditional on the version it made, so it no longer removes A's."""
+    b = Node(api, "b", live=False)  # its cache: from before A's block
+    b.registry.in_blocks = lambda pool: False  # type: ignore[method-assign]
+    a = Node(api, "a")
+    a.registry.grow = _grow_at(a.registry, "198.18.40.192")  # type: ignore[method-assign]
+    a.add()
+    with pytest.raises(AddressConflict):
+        b.add(names=("fixed",))  # created, then let go: the delete owed
+    assert a.add(names=("fixed",)) == "198.18.40.200"
+    a.outbox.flush()  # its object meets B's, of the same holder: made A's
+    b.outbox.flush()  # B's delete: the object is no longer the one it made
+    (obj,) = [o for o in api.objs[LEASE_KIND].values() if o["spec"]["ip"] == "198.18.40.200"]
+    assert obj["spec"]["holder"] == "IPAddress/ns/fixed" and obj["metadata"]["labels"]["network.deckhouse.io/node"] == "a"
+    assert not b.outbox.depth(), "the refused delete is done with, not retried"
+
+
 def test_a_full_block_asked_for_on_a_lagging_cache_is_kept_and_shown_full(api: FakeApi) -> None:
     """The other node fills every address outside the owner's full block .16/28, whose lease objects the owner still
     owes, so the other node's cache shows the block empty: it asks for it. The owner has no free address in it, so it
@@ -693,7 +713,7 @@ def test_a_stale_request_is_not_acted_on_and_a_failed_delete_is_made_later(api: 
     assert owner.registry.asked()
     delete = api.delete
 
-    def refused(kind: str, name: str, namespace: str = "") -> None:
+    def refused(kind: str, name: str, namespace: str = "", resource_version: str = "") -> None:
         raise ApiException(status=503, reason="ServiceUnavailable")
 
     api.delete = refused  # type: ignore[method-assign]

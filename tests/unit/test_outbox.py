@@ -118,6 +118,7 @@ def test_while_the_api_server_is_away_passes_back_off_and_then_catch_up(
 @pytest.mark.parametrize(("op", "status", "done", "retried"), [
     ("create", 409, True, False),  # there already
     ("delete", 404, True, False),  # gone already
+    ("delete", 409, True, False),  # its precondition failed: someone else's object now
     ("patch_status", 404, True, False),
     ("patch_status", 409, False, True),  # a conflicting update: try again
     ("patch_status", 422, True, False),  # refused for good: dropped, with a warning
