@@ -242,6 +242,8 @@ class BlockRegistry(KubeLeaseRegistry):
             if self._claim_inside(lease):
                 return True  # ours alone to lease: no API request
             block = self.block_at(lease.pool, lease.ip)  # given back just now: leased per address from here on
+            if block is not None and block.node == self.node_name and self._claim_inside(lease):
+                return True  # kept after all (its lease objects could not be made): ours still
         if block is not None:
             return self._granted(lease, block)
         if self._ours_already(lease):
@@ -650,11 +652,13 @@ class BlockRegistry(KubeLeaseRegistry):
                              if slot in self._checking or self.source.indexed(KIND, "window", slot)}
             self.seen = {slot: (b, at) for slot, (b, at) in self.seen.items()
                          if now - at < SEEN_S and not self.source.indexed(KIND, "window", slot)}
-            stuck = [b for b in (parse_block(o) for o in self.source.by_index(KIND, "node", self.node_name))
-                     if b is not None and (b.pool, b.first) in self.returned and (b.pool, b.first) not in self._checking
+            # the version the cache saw: a block claimed again in that window meanwhile is not deleted
+            stuck = [(b, str((o.get("metadata") or {}).get("resourceVersion") or ""))
+                     for o in self.source.by_index(KIND, "node", self.node_name) if (b := parse_block(o)) is not None
+                     and (b.pool, b.first) in self.returned and (b.pool, b.first) not in self._checking
                      and b not in going and all(b != a for _, a in asked)]
-        for block in stuck:  # given back, but its delete failed (the API away): tried again
-            self._return(block, "given back earlier")
+        for block, version in stuck:  # given back, but its delete failed (the API away): tried again
+            self._return(block, "given back earlier", version)
 
     def _lost(self, pools: list[AddressPool]) -> list[tuple[AddressPool, Block]]:
         """This node's blocks that are no longer its own in the API (the controller reclaimed them after the node was
@@ -708,11 +712,11 @@ class BlockRegistry(KubeLeaseRegistry):
             for pool_key, ip in gone:
                 self.excluded.get(pool_key, {}).pop(ip, None)
 
-    def _return(self, block: Block, why: str) -> None:
+    def _return(self, block: Block, why: str, version: str = "") -> None:
         try:
-            self.objects.delete(KIND, block.name)
+            self.objects.delete(KIND, block.name, resource_version=version)
             log.info("returned address block %s (%s) of %s: %s", block.name, block.cidr, block.pool, why)
         except Exception as exc:
-            if status_of(exc) != 404:
+            if status_of(exc) not in (404, 409):  # 409: claimed again meanwhile (its precondition)
                 log.warning("returning address block %s: %s (the controller reclaims it)", block.name,
                             reason_of(exc))

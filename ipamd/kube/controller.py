@@ -71,7 +71,7 @@ class ObjectWrites(Protocol):
     def patch_status(self, kind: str, name: str, status: dict[str, Any], namespace: str = "",
                      resource_version: str = "") -> Any: ...
 
-    def delete(self, kind: str, name: str, namespace: str = "") -> Any: ...
+    def delete(self, kind: str, name: str, namespace: str = "", resource_version: str = "") -> Any: ...
 
     def get(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]: ...
 
@@ -368,19 +368,23 @@ class Controller:
 
     def _quarantine(self, node: str, holders: set[str], now: float) -> int:
         """Orphan ``node``'s lease objects whose holder is gone: the orphaning time first (guarded by the version the
-        cache saw: a lease made again meanwhile for somebody else is left alone), the holder after; a lease left
-        between the two writes still expires."""
+        cache saw: a lease made again meanwhile for somebody else is left alone), the holder after (guarded by the
+        version the first write made: a Static that adopted it in between keeps it); a lease left between the two
+        writes still expires."""
         done = 0
         for item in stray_leases(self.source.by_index(LEASE_KIND, "node", node), node, holders):
             name, version = item["metadata"]["name"], item["metadata"].get("resourceVersion")
             try:
-                self.objects.patch_status(LEASE_KIND, name, {"orphaningTimestamp": rfc3339(now)},
-                                          resource_version=str(version or ""))
+                made = self.objects.patch_status(LEASE_KIND, name, {"orphaningTimestamp": rfc3339(now)},
+                                                 resource_version=str(version or ""))
+                after = str(((made or {}).get("metadata") or {}).get("resourceVersion") or "") \
+                    if isinstance(made, dict) else ""
+                self.objects.patch(LEASE_KIND, name, {"metadata": {"resourceVersion": after} if after else {},
+                                                      "spec": {"holder": None}})
             except Exception as exc:
                 if status_of(exc) in (404, 409):
                     continue
                 raise
-            _absent_ok(self.objects.patch, LEASE_KIND, name, {"spec": {"holder": None}})
             done += 1
         return done
 
@@ -414,10 +418,11 @@ class Controller:
             except ValueError:
                 ttl = 0.0
             if now >= parse_rfc3339(orphaned) + ttl:
-                try:
-                    self.objects.delete(LEASE_KIND, item["metadata"]["name"])
+                try:  # only the version the cache saw: one adopted meanwhile (a Static) is not expired
+                    self.objects.delete(LEASE_KIND, item["metadata"]["name"],
+                                        resource_version=str(item["metadata"].get("resourceVersion") or ""))
                 except Exception as exc:
-                    if status_of(exc) != 404:
+                    if status_of(exc) not in (404, 409):
                         log.warning("expiring lease %s: %s", item["metadata"]["name"], reason_of(exc))
 
     def label_leases(self) -> int:

@@ -65,7 +65,7 @@ class FakeApi:
                 raise ApiException(status=404, reason="NotFound")
             return copy.deepcopy(self.objs[kind][name])
 
-    def patch(self, kind: str, name: str, body: dict[str, Any], namespace: str = "") -> None:
+    def patch(self, kind: str, name: str, body: dict[str, Any], namespace: str = "") -> dict[str, Any]:
         with self.lock:
             self._count("patch", kind)
             if name not in self.objs[kind]:
@@ -78,9 +78,10 @@ class FakeApi:
             _merge(self.objs[kind][name], body)
             self._version += 1
             self.objs[kind][name]["metadata"]["resourceVersion"] = str(self._version)
+            return copy.deepcopy(self.objs[kind][name])
 
     def patch_status(self, kind: str, name: str, status: dict[str, Any], namespace: str = "",
-                     resource_version: str = "") -> None:
+                     resource_version: str = "") -> dict[str, Any]:
         with self.lock:
             self._count("patch_status", kind)
             if name not in self.objs[kind]:
@@ -90,6 +91,7 @@ class FakeApi:
             _merge(self.objs[kind][name].setdefault("status", {}), status)
             self._version += 1
             self.objs[kind][name]["metadata"]["resourceVersion"] = str(self._version)
+            return copy.deepcopy(self.objs[kind][name])
 
     def delete(self, kind: str, name: str, namespace: str = "", resource_version: str = "") -> None:
         with self.lock:
@@ -109,7 +111,7 @@ class FakeApi:
                                   if all(((o["metadata"].get("labels") or {}).get(k)) == v for k, v in want.items())]}
         return list_objects
 
-    def senders(self) -> dict[str, Callable[[dict[str, Any]], None]]:
+    def senders(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
         """The outbox's generic ops over this API (as ``ipamd.kube.publisher.api_senders`` makes them)."""
         def create(b: dict[str, Any]) -> None:
             self.create(b["kind"], b["object"])

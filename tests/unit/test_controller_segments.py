@@ -26,7 +26,7 @@ class Objects:
     def create(self, kind: str, body: dict[str, Any], namespace: str = "") -> None:
         raise AssertionError(f"unexpected create of a {kind}")
 
-    def delete(self, kind: str, name: str, namespace: str = "") -> None:
+    def delete(self, kind: str, name: str, namespace: str = "", resource_version: str = "") -> None:
         raise AssertionError(f"unexpected delete of {kind} {name}")
 
     def patch(self, kind: str, name: str, body: dict[str, Any], namespace: str = "") -> None:

@@ -168,6 +168,24 @@ def test_a_lease_made_again_meanwhile_is_not_quarantined(api: FakeApi,
         "the version the cache saw is gone: the lease is left to whoever holds it now"
 
 
+def test_a_quarantined_lease_adopted_meanwhile_is_not_expired(api: FakeApi,
+                                                              gone: tuple[Node, list[tuple[str, str]]]) -> None:
+    """The controller's cache shows a lease in quarantine and past its TTL, but a Static IPAddress adopted it since
+    (its holder set, the orphaning time dropped): the expiry's delete is conditional on the version the cache saw,
+    so the adopted lease stays."""
+    for o in api.objs[LEASE_KIND].values():
+        api.patch_status(LEASE_KIND, o["metadata"]["name"], {"orphaningTimestamp": rfc3339(time.time() - 60)})
+    cluster = Cluster(api)
+    cluster.cache = FakeCache(api, live=False)  # what the controller saw: in quarantine, its TTL (0s) over
+    cluster.cache.sync()
+    adopted = next(iter(api.objs[LEASE_KIND]))
+    api.patch(LEASE_KIND, adopted, {"spec": {"holder": "IPAddress/ns/fixed"}})
+    api.patch_status(LEASE_KIND, adopted, {"orphaningTimestamp": None})
+    ctl = controller(cluster)
+    ctl.expire_leases()
+    assert list(api.objs[LEASE_KIND]) == [adopted], "the others expired, the adopted one kept"
+
+
 def test_a_deleted_node_is_reclaimed_after_a_few_missed_renewals(api: FakeApi, gone: tuple[Node, list[tuple[str, str]]],
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("ipamd.kube.controller.NODE_SEEN_S", 0.0)  # a Node seen is asked for again at once
