@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 KIND = "IPAddressBlock"
 RENEW_S = 60.0  # a block's status.renewTime is renewed this often (the controller's --block-ttl is far longer)
 RETURN_WAIT_S = 3.0  # an allocation waits this long for the block it asked another node to return
-SEEN_S = 30.0  # another node's block read from the API server counts this long, unless the cache shows the window
+SEEN_S = 5.0  # another node's block read from the API server counts this long, unless the cache shows the window
 ASK_FRESH_S = 120.0  # a request to return a block is acted on this long (the node that asked retries past that)
 
 
@@ -208,7 +208,7 @@ class BlockRegistry(KubeLeaseRegistry):
                 return None  # ours no more: being deleted
             return block
         seen = self.seen.get((pool, first))
-        return seen[0] if seen is not None else None
+        return seen[0] if seen is not None and self.clock() - seen[1] < SEEN_S else None
 
     def blocks(self, pool: AddressPool) -> list[Block]:
         key = pool.meta.key
@@ -253,7 +253,8 @@ class BlockRegistry(KubeLeaseRegistry):
         made = self.made.pop(lease_name(lease.pool, lease.address), "")
         if won and family_of(lease.ip) == 4 and self.block_pools.get(lease.pool, True) and \
                 self._claimed_meanwhile(lease):
-            self.release(lease, made)  # the block's owner may make the object its own (the same Static) meanwhile
+            if made is not None:  # None: the block owner's object for the same holder, not this node's to delete
+                self.release(lease, made)  # its owner may make the object its own (the same Static) meanwhile
             return False
         return won
 
@@ -444,6 +445,12 @@ class BlockRegistry(KubeLeaseRegistry):
         whose block has no free address after all (this node's cache lagged behind its lease objects) keeps it and
         makes those objects at once: the block shown full here answers the request too (True: pick again)."""
         key = pool.meta.key
+        with self._lock:  # blocks read once from the API server may be gone since: their windows are looked at again
+            stale = [slot for slot in self.seen if slot[0] == key]
+            for slot in stale:
+                del self.seen[slot]
+        if stale:
+            return True
         if 4 not in pool.families or not uses_blocks(pool, self.size):
             return False
         best: tuple[int, Block, dict[str, Any]] | None = None

@@ -36,7 +36,7 @@ from ipamd.kube.blocks import parse_block
 from ipamd.kube.elector import LeaderElector
 from ipamd.kube.errors import reason_of, status_of
 from ipamd.kube.leases import KIND as LEASE_KIND
-from ipamd.kube.leases import POOL_LABEL, lease_body, pool_label
+from ipamd.kube.leases import NODE_LABEL, POOL_LABEL, lease_body, pool_label
 from ipamd.kube.reclaim import silent_nodes, stray_leases, vanished
 from ipamd.model.conditions import set_condition
 from ipamd.model.objects import (
@@ -58,6 +58,7 @@ from ipamd.sources.lookups import class_of, pool_of_ip
 
 log = logging.getLogger(__name__)
 NODE_SEEN_S = 60.0  # a Node object seen is believed this long before it is asked for again
+ALLOCATED_S = 60.0  # a user's Auto IPAddress just leased is not leased again this long (the caches catch up)
 ATTACHMENT_KIND = "NodeNetworkInterfaceAttachment"
 
 
@@ -172,6 +173,7 @@ class Controller:
         self._gauged: set[str] = set()  # pools with gauges
         self._block_gauges: set[tuple[str, str]] = set()  # (pool, node) with a block gauge
         self._vanished: set[str] = set()  # nodes reclaimed, looked at again while they keep leases
+        self._allocated: dict[str, float] = {}  # user Auto IPAddress key -> when this controller leased it
         self._nodes_seen: dict[str, float] = {}  # node -> when its Node object was last seen (monotonic)
         self._thread: threading.Thread | None = None
         source.subscribe(self._wake.set)
@@ -272,10 +274,14 @@ class Controller:
     def allocate_user_ipaddresses(self) -> None:
         leases = [item.get("spec") or {} for item in self.source.items(LEASE_KIND)]
         held = {spec.get("holder") for spec in leases}
+        now = time.monotonic()
+        self._allocated = {k: at for k, at in self._allocated.items() if now - at < ALLOCATED_S}
         for kind in IP_ADDRESS_KINDS.values():
             for obj in self.source.list(kind):
                 if obj.type != "Auto" or obj.owner_pod_uid or obj.meta.key in held:
                     continue  # Static ones are leased by the nodes; a pod's own Auto ones by its node
+                if obj.meta.key in self._allocated:
+                    continue  # leased a moment ago: the caches have not shown its lease or its status yet
                 pool = pool_of_ip(self.source, obj)
                 if pool is not None:
                     taken = {to_int(str(spec.get("ip"))) for spec in leases if spec.get("pool") == pool.meta.key}
@@ -307,6 +313,7 @@ class Controller:
                 self.objects.delete(LEASE_KIND, body["metadata"]["name"])
                 taken.add(ip)
                 continue
+            self._allocated[obj.meta.key] = time.monotonic()
             conds = set_condition((), "Allocated", True, "IPAddressAllocated", "", now)
             self._ip_status(obj, {"phase": "Allocated", "address": to_text(ip), "network": str(subnet.network),
                                   "routes": [r.to_dict() for r in subnet.routes], "usedByPods": [],
@@ -366,13 +373,25 @@ class Controller:
                 out.add(f"{kind}/{ns}/{md.get('name')}" if ns else f"{kind}/{md.get('name')}")
         return out
 
-    def _quarantine(self, node: str, holders: set[str], now: float) -> int:
+    def quarantine_user_leases(self) -> int:
+        """Quarantine the lease objects this controller made for user-created Auto IPAddresses (they carry no node
+        label, and no node lets them go) once their IPAddress is gone; they expire after the pool's leaseTTL."""
+        made_here = [o for o in self.source.items(LEASE_KIND)
+                     if not ((o.get("metadata") or {}).get("labels") or {}).get(NODE_LABEL)
+                     and str((o.get("spec") or {}).get("holder") or "").startswith(("IPAddress/", "ClusterIPAddress/"))]
+        if not made_here:
+            return 0
+        return self._quarantine("", self._existing_holders(), time.time(), made_here)
+
+    def _quarantine(self, node: str, holders: set[str], now: float,
+                    items: list[dict[str, Any]] | None = None) -> int:
         """Orphan ``node``'s lease objects whose holder is gone: the orphaning time first (guarded by the version the
         cache saw: a lease made again meanwhile for somebody else is left alone), the holder after (guarded by the
         version the first write made: a Static that adopted it in between keeps it); a lease left between the two
         writes still expires."""
         done = 0
-        for item in stray_leases(self.source.by_index(LEASE_KIND, "node", node), node, holders):
+        candidates = items if items is not None else self.source.by_index(LEASE_KIND, "node", node)
+        for item in stray_leases(candidates, node, holders):
             name, version = item["metadata"]["name"], item["metadata"].get("resourceVersion")
             try:
                 made = self.objects.patch_status(LEASE_KIND, name, {"orphaningTimestamp": rfc3339(now)},
@@ -450,6 +469,7 @@ class Controller:
             return
         self.assign_segments()
         self.allocate_user_ipaddresses()
+        self.quarantine_user_leases()
         self.expire_leases()
         self.label_leases()
         self.reclaim_blocks()

@@ -109,7 +109,10 @@ class KubeLeaseRegistry(NoBlocks):
         self.source = source
         self.node_name = node_name
         self.outbox = outbox
-        self.made: dict[str, str] = {}  # lease object name -> the resourceVersion this node's create gave it
+        # lease object name -> the version of the object this node's last claim made its own (its create, its
+        # adoption), or None when the claim found it someone else's already (the same holder's, made by another node)
+        self.made: dict[str, str | None] = {}
+        outbox.senders.setdefault("expire_orphan", self._expire_orphan)
 
     def taken_elsewhere(self, pool: str) -> Container[int]:
         return _TakenIn(self.source, pool)
@@ -162,21 +165,46 @@ class KubeLeaseRegistry(NoBlocks):
                 raise
         current = self.objects.get(KIND, name)
         spec = current.get("spec") or {}
-        if spec.get("holder") == lease.holder:
-            return True  # ours already (a retried ADD)
+        md = current.get("metadata") or {}
+        if spec.get("holder") == lease.holder:  # ours already (a retried ADD), or another node's for the same holder
+            self.made[name] = str(md.get("resourceVersion") or "") \
+                if (md.get("labels") or {}).get(NODE_LABEL) == self.node_name else None
+            return True
         if (current.get("status") or {}).get("orphaningTimestamp") and lease.holder:
             # quarantined: only a Static IPAddress asks for one exact address, and it may adopt it
             patch = {"metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
                      "spec": {"holder": lease.holder}}
             try:
                 self.objects.patch(KIND, name, patch)
-                self.objects.patch_status(KIND, name, {"orphaningTimestamp": None})
+                adopted = self.objects.patch_status(KIND, name, {"orphaningTimestamp": None})
+                self.made[name] = str(((adopted if isinstance(adopted, dict) else {}).get("metadata") or {})
+                                      .get("resourceVersion") or "")
                 return True
             except Exception as exc:
                 if status_of(exc) == 409:
                     return False
                 raise
         return False
+
+    def _expire_orphan(self, body: dict[str, Any]) -> None:
+        """The outbox's op for the end of a quarantine: delete the object if it is still the orphan this node made
+        (no holder, the same orphaning time), at the version read."""
+        try:
+            current = self.objects.get(KIND, body["name"])
+        except Exception as exc:
+            if status_of(exc) == 404:
+                return
+            raise
+        status = current.get("status") or {}
+        if (current.get("spec") or {}).get("holder") or \
+                (body.get("orphanedAt") and status.get("orphaningTimestamp") != body["orphanedAt"]):
+            return  # leased again, adopted, or another quarantine: not this node's to end
+        try:
+            self.objects.delete(KIND, body["name"],
+                                resource_version=str((current.get("metadata") or {}).get("resourceVersion") or ""))
+        except Exception as exc:
+            if status_of(exc) not in (404, 409):
+                raise
 
     def orphan(self, lease: LeaseRecord) -> None:
         name = lease_name(lease.pool, lease.address)
@@ -188,8 +216,14 @@ class KubeLeaseRegistry(NoBlocks):
     def release(self, lease: LeaseRecord, resource_version: str = "") -> None:
         """Owe the delete of the address's lease object (with ``resource_version``: only while it is still the one
         this node made, as when letting go of an address that turned out to lie in another node's block, whose owner
-        may have made the object its own meanwhile)."""
+        may have made the object its own meanwhile). The end of this node's quarantine of an address deletes the
+        object only if it is still that quarantine's: the controller may have ended it first, and the address been
+        leased again elsewhere (or adopted by a Static) under the same name."""
         name = lease_name(lease.pool, lease.address)
+        if lease.holder is None and not resource_version:
+            self.outbox.add(f"{KIND}/{name}", "expire_orphan", {"kind": KIND, "name": name, "orphanedAt": rfc3339(
+                lease.orphaned_at) if lease.orphaned_at is not None else ""}, supersede=True)
+            return
         for op in ("patch", "patch_status"):  # not worth making once it goes
             self.outbox.drop(f"{KIND}/{name}", op)
         body = {"kind": KIND, "name": name, **({"resourceVersion": resource_version} if resource_version else {})}

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from cni.errors import AddressConflict, TryAgainLater
+from cni.errors import AddressConflict, PoolExhausted, TryAgainLater
 from ipamd.ipam.addresses import Ipam
 from ipamd.ipam.allocator import to_int
 from ipamd.ipam.blocks import Block, addresses_in, free_in, free_window, pick_in, uses_blocks, windows
@@ -627,6 +627,30 @@ def test_a_static_let_go_by_another_node_keeps_the_lease_object_the_block_owner_
     (obj,) = [o for o in api.objs[LEASE_KIND].values() if o["spec"]["ip"] == "198.18.40.200"]
     assert obj["spec"]["holder"] == "IPAddress/ns/fixed" and obj["metadata"]["labels"]["network.deckhouse.io/node"] == "a"
     assert not b.outbox.depth(), "the refused delete is done with, not retried"
+
+
+def test_a_window_skipped_for_a_block_read_once_is_looked_at_again_before_the_pool_is_called_full(
+        api: FakeApi) -> None:
+    """B found A's block .16/28 by a read and skips its window; A's block is gone since (its pod went, it was
+    returned): before B calls the pool full it looks at that window again, and hands out all 254 addresses."""
+    b = Node(api, "b", live=False, claim=False)
+    a = Node(api, "a")
+    a.registry.grow = _grow_at(a.registry, "198.18.40.16")  # type: ignore[method-assign]
+    a.add()
+    b.store.set_cursor("IPAddressPool/ns/big", to_int("198.18.40.16"))
+    assert to_int(b.add()) >= to_int("198.18.40.32") and b.registry.seen
+    for kind in (LEASE_KIND, BLOCK_KIND):
+        for name in [n for n, o in api.objs[kind].items() if kind == BLOCK_KIND
+                     or o["metadata"]["labels"].get("network.deckhouse.io/node") == "a"]:
+            api.delete(kind, name)
+    b.outbox.flush()
+    b.cache.sync()
+    while True:
+        try:
+            b.add()
+        except PoolExhausted:
+            break
+    assert len(b.addresses()) == 254
 
 
 def test_a_full_block_asked_for_on_a_lagging_cache_is_kept_and_shown_full(api: FakeApi) -> None:

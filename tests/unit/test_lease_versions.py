@@ -1,0 +1,162 @@
+"""Lease objects written by several nodes and the controller under one name per address: a delete or a take-over
+acts only on the version its writer saw or made, so that no holder's object is removed while its address is in use.
+Nodes (each its own store, Ipam and outbox) and the controller over a fake API server, with lagging caches."""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from cni.errors import AddressConflict
+from ipamd.ipam.allocator import to_int
+from ipamd.kube.controller import Controller
+from ipamd.kube.leases import KIND as LEASE_KIND
+from ipamd.model.objects import IP_ADDRESS
+from tests.fakes.cluster import FakeApi, FakeCache
+from tests.unit.test_blocks import Node, _grow_at, world
+from tests.unit.test_ipam import attach, auto_ip, network, pod, pool, static
+
+SMALL = "198.18.43.0/28"  # 14 addresses: leased per address
+
+
+class ControllerSource:
+    """The controller's view: the API through a cache, and the IPAddress objects of a FakeSource."""
+
+    def __init__(self, api: FakeApi, live: bool = True) -> None:
+        self.objects, self.node_name = api, "ctl"
+        self.cache = FakeCache(api, live=live)
+        self.src = world()
+
+    def subscribe(self, fn: Any) -> None:
+        pass
+
+    def ready(self) -> bool:
+        return True
+
+    def get(self, kind: Any, ns: str, name: str) -> Any:
+        return self.src.get(kind, ns, name)
+
+    def list(self, kind: Any) -> Any:
+        return self.src.list(kind)
+
+    def items(self, kind: str) -> builtins.list[dict[str, Any]]:
+        if kind == "IPAddress":
+            return [{"metadata": {"namespace": o.meta.namespace, "name": o.meta.name}} for o in self.src.list(IP_ADDRESS)]
+        if kind == "ClusterIPAddress":
+            return []
+        return self.cache.items(kind)
+
+    def by_index(self, kind: str, index: str, key: Any) -> builtins.list[dict[str, Any]]:
+        return self.cache.by_index(kind, index, key)
+
+
+@pytest.fixture
+def api() -> FakeApi:
+    return FakeApi()
+
+
+def controller(src: ControllerSource) -> Controller:
+    return Controller(client.ApiClient(), src, "plexus-system")  # type: ignore[arg-type]
+
+
+def small_node(api: FakeApi, name: str, ttl: str) -> Node:
+    n = Node(api, name, claim=False)
+    n.source.add(pool("q", SMALL, ttl=ttl))
+    n.source.add(network("q-net", "q"))
+    return n
+
+
+def objects_of(api: FakeApi, address: str) -> list[dict[str, Any]]:
+    return [o for o in api.objs[LEASE_KIND].values() if o["spec"]["ip"] == address]
+
+
+def test_a_nodes_late_end_of_quarantine_keeps_the_next_holders_lease_object(api: FakeApi) -> None:
+    """The controller ends X's quarantine of an address first (every ~2 s; X's own round comes later), Y leases the
+    address: X's own end of the quarantine then leaves Y's object alone, and a third node does not get it too."""
+    x, y, z = (small_node(api, n, "60s") for n in "xyz")
+    got = attach(x.ipam, pod("p1"), net="q-net")[0].address
+    x.ipam.delete_ip(next(r for r in x.store.all_ips() if r.address == got))  # quarantined 60 s
+    x.outbox.flush()
+    controller(ControllerSource(api)).expire_leases()  # its clock is past X's fake one: expired cluster-wide
+    assert not objects_of(api, got)
+    y.store.set_cursor("IPAddressPool/ns/q", to_int(got) - 1)
+    assert attach(y.ipam, pod("p2"), net="q-net")[0].address == got
+    x.clock.advance(61)
+    assert x.ipam.expire(None, x.clock()) == 1
+    x.outbox.flush()
+    y_lease = y.store.lease_at("IPAddressPool/ns/q", to_int(got))
+    assert y_lease is not None and [o["spec"].get("holder") for o in objects_of(api, got)] == [y_lease.holder]
+    z.store.set_cursor("IPAddressPool/ns/q", to_int(got) - 1)
+    assert attach(z.ipam, pod("p3"), net="q-net")[0].address != got
+    assert not x.outbox.depth()
+
+
+def test_a_nodes_end_of_quarantine_keeps_a_lease_a_static_adopted_elsewhere(api: FakeApi) -> None:
+    x, y = small_node(api, "x", "1h"), small_node(api, "y", "1h")
+    got = attach(x.ipam, pod("p1"), net="q-net")[0].address
+    x.ipam.delete_ip(next(r for r in x.store.all_ips() if r.address == got))
+    x.outbox.flush()
+    y.source.add(static("s", got, net="q-net"))
+    assert attach(y.ipam, pod("p2"), net="q-net", names=("s",))[0].address == got  # adopted on Y
+    x.clock.advance(3601)  # X's quarantine ends before its informer shows the Static
+    assert x.ipam.expire(None, x.clock()) == 1
+    x.outbox.flush()
+    assert [o["spec"].get("holder") for o in objects_of(api, got)] == ["IPAddress/ns/s"]
+
+
+def test_a_quarantine_of_this_node_that_nobody_ended_is_ended_by_it(api: FakeApi) -> None:
+    x = small_node(api, "x", "60s")
+    got = attach(x.ipam, pod("p1"), net="q-net")[0].address
+    x.ipam.delete_ip(next(r for r in x.store.all_ips() if r.address == got))
+    x.outbox.flush()
+    assert objects_of(api, got)[0]["status"]["orphaningTimestamp"]
+    x.clock.advance(61)
+    assert x.ipam.expire(None, x.clock()) == 1
+    x.outbox.flush()
+    assert not objects_of(api, got), "the orphan this node made is deleted at the end of its quarantine"
+
+
+def test_a_lagging_node_leaves_the_block_owners_object_of_the_same_static_alone(api: FakeApi) -> None:
+    """B's cache shows neither A's block nor A's object of the Static .200: B's create meets A's object (the same
+    holder, so 'its already'), then B finds A's block and lets .200 go without deleting A's object."""
+    b = Node(api, "b", live=False)
+    b.registry.in_blocks = lambda pool: False  # type: ignore[method-assign]
+    a = Node(api, "a")
+    a.registry.grow = _grow_at(a.registry, "198.18.40.192")  # type: ignore[method-assign]
+    a.add()
+    assert a.add(names=("fixed",)) == "198.18.40.200"
+    a.outbox.flush()
+    with pytest.raises(AddressConflict):
+        b.add(names=("fixed",))
+    b.outbox.flush()
+    (obj,) = objects_of(api, "198.18.40.200")
+    assert obj["metadata"]["labels"]["network.deckhouse.io/node"] == "a"
+    assert Node(api, "c").add(names=("fixed",)) == "198.18.40.200", "granted elsewhere: the owner's object is there"
+
+
+def test_the_lease_of_a_users_auto_ipaddress_deleted_before_any_pod_used_it_is_let_go(api: FakeApi) -> None:
+    src = ControllerSource(api)
+    src.src.add(auto_ip("user-auto"))
+    ctl = controller(src)
+    ctl.allocate_user_ipaddresses()
+    (obj,) = api.objs[LEASE_KIND].values()
+    assert obj["spec"]["holder"] == "IPAddress/ns/user-auto"
+    assert ctl.quarantine_user_leases() == 0, "its IPAddress exists: kept"
+    src.src.remove("IPAddress", "ns", "user-auto")
+    assert ctl.quarantine_user_leases() == 1
+    (obj,) = api.objs[LEASE_KIND].values()
+    assert "holder" not in obj["spec"] and obj["status"]["orphaningTimestamp"], "quarantined, like any lease let go"
+    ctl.expire_leases()  # the pool's leaseTTL is 0s
+    assert not api.objs[LEASE_KIND]
+
+
+def test_a_lagging_lease_cache_does_not_give_a_users_auto_ipaddress_two_leases(api: FakeApi) -> None:
+    src = ControllerSource(api, live=False)
+    src.src.add(auto_ip("user-auto"))
+    ctl = controller(src)
+    ctl.allocate_user_ipaddresses()
+    ctl.allocate_user_ipaddresses()  # a round before the caches show its lease or its status
+    assert [o["spec"]["holder"] for o in api.objs[LEASE_KIND].values()] == ["IPAddress/ns/user-auto"]
