@@ -35,8 +35,8 @@ from ipamd.kube.blocks import KIND as BLOCK_KIND
 from ipamd.kube.blocks import parse_block
 from ipamd.kube.elector import LeaderElector
 from ipamd.kube.errors import reason_of, status_of
+from ipamd.kube.leases import CONTROLLER_LABEL, POOL_LABEL, lease_body, pool_label
 from ipamd.kube.leases import KIND as LEASE_KIND
-from ipamd.kube.leases import NODE_LABEL, POOL_LABEL, lease_body, pool_label
 from ipamd.kube.reclaim import silent_nodes, stray_leases, vanished
 from ipamd.model.conditions import set_condition
 from ipamd.model.objects import (
@@ -302,6 +302,7 @@ class Controller:
                 return
             ip, subnet = picked
             body = lease_body(pool.meta.key, to_text(ip), str(subnet.network), obj.meta.key, pool.lease_ttl_s)
+            body["metadata"]["labels"][CONTROLLER_LABEL] = "true"
             try:
                 self.objects.create(LEASE_KIND, body)
             except Exception as exc:
@@ -374,11 +375,10 @@ class Controller:
         return out
 
     def quarantine_user_leases(self) -> int:
-        """Quarantine the lease objects this controller made for user-created Auto IPAddresses (they carry no node
-        label, and no node lets them go) once their IPAddress is gone; they expire after the pool's leaseTTL."""
+        """Quarantine the lease objects this controller made for user-created Auto IPAddresses (no node lets them go)
+        once their IPAddress is gone; they expire after the pool's leaseTTL."""
         made_here = [o for o in self.source.items(LEASE_KIND)
-                     if not ((o.get("metadata") or {}).get("labels") or {}).get(NODE_LABEL)
-                     and str((o.get("spec") or {}).get("holder") or "").startswith(("IPAddress/", "ClusterIPAddress/"))]
+                     if ((o.get("metadata") or {}).get("labels") or {}).get(CONTROLLER_LABEL) == "true"]
         if not made_here:
             return 0
         return self._quarantine("", self._existing_holders(), time.time(), made_here)
