@@ -481,14 +481,19 @@ class Ipam:
                     owner_pod_uid=pod.meta.uid, created_by="plexus", created_at=self.clock(), family=family,
                 )
                 todo.append((rec, existing is None))
-        for rec, created_ip in todo:
-            with self.securing(rec, pool) as secured, self.store.transaction():
-                rec, lease, created_lease = self.lease_for(rec, pool, secured)
-                pairs = dict(zip(rec.used_by_uids, rec.used_by_pods, strict=False)) | {pod.meta.uid: pod_ref}
-                rec = replace(rec, used_by_uids=tuple(pairs), used_by_pods=tuple(pairs.values()))
-                self.store.put_ip(rec)
-            claims.append(Claim(rec.key, rec.name, lease.address, lease.network, rec.routes, created_ip,
-                                created_lease))
+        try:
+            for rec, created_ip in todo:  # each its own transaction, its claim beyond the node outside the lock
+                with self.securing(rec, pool) as secured, self.store.transaction():
+                    rec, lease, created_lease = self.lease_for(rec, pool, secured)
+                    pairs = dict(zip(rec.used_by_uids, rec.used_by_pods, strict=False)) | {pod.meta.uid: pod_ref}
+                    rec = replace(rec, used_by_uids=tuple(pairs), used_by_pods=tuple(pairs.values()))
+                    self.store.put_ip(rec)
+                claims.append(Claim(rec.key, rec.name, lease.address, lease.network, rec.routes, created_ip,
+                                    created_lease))
+        except BaseException:
+            if claims:  # one family (or one of the pod's IPAddresses) failed: the ones before it go back too
+                self.undo_claims(claims, pod)
+            raise
         return claims
 
     def records(self, keys: list[str]) -> list[IPRecord]:

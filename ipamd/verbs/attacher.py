@@ -188,20 +188,26 @@ class Attacher:
 
     def _lease(self, record: AttachmentRecord, key: InterfaceKey, pod: Pod,
                w: Wanted) -> tuple[AttachmentRecord, BuiltInterface, list[Claim]]:
-        """Lease the interface's addresses and record the interface, in one transaction: what a driver will
-        build (a delegate's exact configuration) is in the store before it is built."""
+        """Lease the interface's addresses, then record the interface: what a driver will build (a delegate's exact
+        configuration) is in the store before it is built. The leases are not taken inside a transaction of this
+        call: each is picked under the store's lock and claimed beyond the node (the API server) outside it, so no
+        other call of the node waits on the API server (nor an outbox write this claim waits for on the lock)."""
+        try:
+            claims = self.ipam.claim(pod, w.sel, w.net, w.user_ips) if w.sel and w.net else []
+            if w.address is not None:  # a delegate's plexus-ipam address: leased here, handed over as static
+                leased = self.delegated.lease(w.address)
+                claims = [leased.claim]
+                w = with_lease(w, leased)
+        except PoolExhausted as exc:
+            self.ipam.note_exhausted(w.user_ips, exc)
+            raise
         try:
             with self.store.transaction():
-                claims = self.ipam.claim(pod, w.sel, w.net, w.user_ips) if w.sel and w.net else []
-                if w.address is not None:  # a delegate's plexus-ipam address: leased here, handed over as static
-                    leased = self.delegated.lease(w.address)
-                    claims = [leased.claim]
-                    w = with_lease(w, leased)
                 iface = self._planned(key, w, claims)
                 record = replace(record, interfaces=record.interfaces + (iface,))
                 self.store.put_attachment(record)
-        except PoolExhausted as exc:
-            self.ipam.note_exhausted(w.user_ips, exc)
+        except BaseException:
+            quietly("leases", self.ipam.undo_claims, claims, pod, attachment_id(key.container_id, w.request.if_name))
             raise
         return record, iface, claims
 

@@ -1,0 +1,171 @@
+"""A CNI ADD in Kubernetes mode claims its addresses beyond the node (the API server) outside the store's lock: no
+other call of the node waits on the API server, and an outbox write the claim must wait for (its own let-go of the
+address first) is never stuck behind the lock the ADD holds. One node's real Attacher over a real SQLite store, a
+BlockRegistry and an Outbox over a fake API server (the production wiring, minus the kernel)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+from ipamd.ipam.addresses import Ipam
+from ipamd.kube.blocks import BlockRegistry
+from ipamd.kube.leases import KIND as LEASE_KIND
+from ipamd.kube.leases import lease_body, lease_name
+from ipamd.kube.outbox import Outbox
+from ipamd.model.objects import API_VERSION, Pod, parse_object
+from ipamd.node.segments import Segments
+from ipamd.store.records import OutboxEntry
+from ipamd.store.sqlite import Store
+from ipamd.verbs.attacher import Attacher
+from ipamd.verbs.call import CniCall
+from tests.fakes.cluster import FakeApi, FakeCache
+from tests.fakes.drivers import FakeDriver, FakeNetns
+from tests.fakes.links import FakeNodeLinks
+from tests.fakes.publisher import RecordingPublisher
+from tests.fakes.source import FakeSource
+
+NS = "apps"
+NETNS = "/run/netns/app"
+
+
+def obj(kind: str, name: str, spec: dict[str, Any], namespaced: bool = True, **metadata: Any) -> Any:
+    md: dict[str, Any] = {"name": name, **metadata}
+    if namespaced:
+        md["namespace"] = NS
+    return parse_object({"apiVersion": "v1" if kind == "Pod" else API_VERSION, "kind": kind, "metadata": md,
+                         "spec": spec})
+
+
+def a_pod(name: str, networks: list[dict[str, Any]], uid: str) -> Pod:
+    p = obj("Pod", name, {}, uid=uid, annotations={"network.deckhouse.io/networks-spec": json.dumps(networks)})
+    assert isinstance(p, Pod)
+    return p
+
+
+def world(ttl: str = "0s") -> FakeSource:
+    return FakeSource(
+        obj("NetworkClass", "cls", {"vlan": {"idPool": ["600-700"]}}, namespaced=False),
+        # a /28: leased per address (too small for blocks), as a small pool is in production
+        obj("IPAddressPool", "small", {"pools": [{"network": "198.18.40.0/28"}], "leaseTTL": ttl}),
+        obj("Network", "net-a", {"networkClass": "cls", "ipam": {"ipAddressPoolRef": {"kind": "IPAddressPool",
+                                                                                        "name": "small"}}}),
+        obj("IPAddress", "fixed", {"networkRef": {"kind": "Network", "name": "net-a"}, "type": "Static",
+                                   "static": {"ip": "198.18.40.5"}}),
+    )
+
+
+class KubeNode:
+    def __init__(self, api: FakeApi, name: str = "n1", store: Store | None = None, source: FakeSource | None = None,
+                 live: bool = True) -> None:
+        self.api = api
+        self.name = name
+        self.store = store or Store(":memory:")
+        self.cache = FakeCache(api, live=live)
+        self.outbox = Outbox(self.store, api.senders())
+        self.registry = BlockRegistry(self.cache, name, self.outbox, spawn=lambda run: run())  # type: ignore[arg-type]
+        self.source = source or world()
+        self.ipam = Ipam(self.store, self.source, registry=self.registry)
+        self.events: list[str] = []
+        self.drivers = {k: FakeDriver(k, self.events) for k in ("veth", "tap", "macvlan")}
+        self.netns = FakeNetns()
+        self.publisher = RecordingPublisher()
+        self.attacher = Attacher(self.store, self.source, self.ipam, Segments(self.store, FakeNodeLinks(),
+                                                                              lambda: 1_700_000_000.0),
+                                 self.drivers, lambda: object(), self.netns.open, self.publisher, lambda: True)
+
+    def call(self, verb: str, pod: str, uid: str, container: str, config: dict[str, Any] | None = None) -> Any:
+        args = {"K8S_POD_NAMESPACE": NS, "K8S_POD_NAME": pod, "K8S_POD_UID": uid}
+        conf = {"cniVersion": "1.1.0", "name": "plexus", "type": "plexus", **(config or {})}
+        return self.attacher.handle(CniCall(verb, container, NETNS, "eth0", args, conf))
+
+
+POOL = f"IPAddressPool/{NS}/small"
+
+
+def _lock_is_free(store: Store) -> bool:
+    got: list[bool] = []
+
+    def other() -> None:
+        with store.transaction():
+            got.append(True)
+
+    t = threading.Thread(target=other, daemon=True)
+    t.start()
+    t.join(2)
+    return bool(got)
+
+
+def test_add_makes_no_api_request_under_the_store_lock() -> None:
+    api = FakeApi()
+    node = KubeNode(api)
+    node.source.add(a_pod("app", [{"type": "Network", "name": "net-a", "ifName": "net1"}], "uid-app"))
+    under_lock: list[str] = []
+    create = api.create
+
+    def checked_create(kind: str, body: dict[str, Any], namespace: str = "") -> dict[str, Any]:
+        if kind == LEASE_KIND and not _lock_is_free(node.store):
+            under_lock.append(body["metadata"]["name"])
+        return create(kind, body, namespace)
+
+    api.create = checked_create  # type: ignore[method-assign]
+    node.call("ADD", "app", "uid-app", "c1")
+    assert under_lock == [], f"lease objects created while the store's lock was held: {under_lock}"
+
+
+class PausingStore(Store):
+    """Pauses the outbox worker right after it took a target and before it reads that target's writes (a schedule the
+    real worker goes through: _run_chain -> _take -> store.outbox_of)."""
+
+    def __init__(self) -> None:
+        super().__init__(":memory:")
+        self.taken = threading.Event()
+        self.go = threading.Event()
+
+    def outbox_of(self, target: str) -> list[OutboxEntry]:
+        if threading.current_thread().name == "outbox-worker" and not self.taken.is_set():
+            self.taken.set()
+            self.go.wait(5)
+        return super().outbox_of(target)
+
+
+def test_add_of_a_static_whose_lease_object_has_a_write_owed_does_not_deadlock_with_the_outbox() -> None:
+    api = FakeApi()
+    store = PausingStore()
+    node = KubeNode(api, store=store)
+    # the Static's address was let go just before (its old IPAddress deleted, ttl 0): its object's delete is owed
+    old = lease_body(POOL, "198.18.40.5", "198.18.40.0/28", f"IPAddress/{NS}/old", 0, "n1")
+    api.create(LEASE_KIND, old)
+    name = lease_name(POOL, "198.18.40.5")
+    node.outbox.add(f"{LEASE_KIND}/{name}", "delete", {"kind": LEASE_KIND, "name": name}, supersede=True)
+    node.source.add(a_pod("app", [{"type": "Network", "name": "net-a", "ifName": "net1",
+                                   "ipAddressNames": ["fixed"]}], "uid-app"))
+
+    flush_target = node.outbox.flush_target
+
+    def slow_flush_target(target: str) -> bool:
+        store.go.set()  # the worker goes on: it now waits for the store's lock, if the ADD holds it
+        time.sleep(0.3)
+        return flush_target(target)
+
+    node.outbox.flush_target = slow_flush_target  # type: ignore[method-assign]
+    worker = threading.Thread(target=node.outbox.flush, name="outbox-worker", daemon=True)
+    worker.start()
+    assert store.taken.wait(5)
+    result: list[object] = []
+
+    def add() -> None:
+        try:
+            result.append(node.call("ADD", "app", "uid-app", "c1"))
+        except Exception as exc:
+            result.append(exc)
+
+    cni = threading.Thread(target=add, name="cni", daemon=True)
+    cni.start()
+    cni.join(5)
+    worker.join(1)
+    assert not cni.is_alive() and not worker.is_alive(), \
+        "deadlock: the ADD holds the store's lock and waits in flush_target for the target the outbox worker " \
+        "holds; the worker waits for the store's lock"
