@@ -115,6 +115,7 @@ class KubeLeaseRegistry(NoBlocks):
         # adoption), or None when the claim found it someone else's already (the same holder's, made by another node)
         self.made: dict[str, str | None] = {}
         outbox.senders.setdefault("expire_orphan", self._expire_orphan)
+        outbox.senders.setdefault("release_lease", self._release_lease)
 
     def taken_elsewhere(self, pool: str) -> Container[int]:
         return _TakenIn(self.source, pool)
@@ -176,6 +177,7 @@ class KubeLeaseRegistry(NoBlocks):
             # quarantined: only a Static IPAddress asks for one exact address, and it may adopt it
             patch = {"metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
                      "spec": {"holder": lease.holder}}
+            patch["metadata"]["labels"] = {NODE_LABEL: self.node_name}  # adopted: this node lets it go from now
             try:
                 self.objects.patch(KIND, name, patch)
                 adopted = self.objects.patch_status(KIND, name, {"orphaningTimestamp": None})
@@ -187,6 +189,25 @@ class KubeLeaseRegistry(NoBlocks):
                     return False
                 raise
         return False
+
+    def _release_lease(self, body: dict[str, Any]) -> None:
+        """The outbox's op for letting a lease go: delete the object if it is still this node's for that holder, at
+        the version read (a change in between is looked at again: the outbox retries)."""
+        try:
+            current = self.objects.get(KIND, body["name"])
+        except Exception as exc:
+            if status_of(exc) == 404:
+                return
+            raise
+        md = current.get("metadata") or {}
+        if (current.get("spec") or {}).get("holder") != body.get("holder") or \
+                (md.get("labels") or {}).get(NODE_LABEL) != body.get("node"):
+            return  # leased again since (another node, another holder): not this node's to delete
+        try:
+            self.objects.delete(KIND, body["name"], resource_version=str(md.get("resourceVersion") or ""))
+        except Exception as exc:
+            if status_of(exc) != 404:
+                raise
 
     def _expire_orphan(self, body: dict[str, Any]) -> None:
         """The outbox's op for the end of a quarantine: delete the object if it is still the orphan this node made
@@ -218,9 +239,12 @@ class KubeLeaseRegistry(NoBlocks):
     def release(self, lease: LeaseRecord, resource_version: str = "") -> None:
         """Owe the delete of the address's lease object (with ``resource_version``: only while it is still the one
         this node made, as when letting go of an address that turned out to lie in another node's block, whose owner
-        may have made the object its own meanwhile). The end of this node's quarantine of an address deletes the
-        object only if it is still that quarantine's: the controller may have ended it first, and the address been
-        leased again elsewhere (or adopted by a Static) under the same name."""
+        may have made the object its own meanwhile). Otherwise the object is deleted only while it is still this
+        node's for the holder let go of (read first, deleted at the version read): a delete made twice (its answer
+        lost, or the daemon killed before it noted it made) must not remove the object the next holder made since
+        under the same name. The end of this node's quarantine of an address deletes the object only if it is still
+        that quarantine's: the controller may have ended it first, and the address been leased again elsewhere (or
+        adopted by a Static)."""
         name = lease_name(lease.pool, lease.address)
         if lease.holder is None and not resource_version:
             self.outbox.add(f"{KIND}/{name}", "expire_orphan", {"kind": KIND, "name": name, "orphanedAt": rfc3339(
@@ -228,5 +252,9 @@ class KubeLeaseRegistry(NoBlocks):
             return
         for op in ("patch", "patch_status"):  # not worth making once it goes
             self.outbox.drop(f"{KIND}/{name}", op)
-        body = {"kind": KIND, "name": name, **({"resourceVersion": resource_version} if resource_version else {})}
-        self.outbox.add(f"{KIND}/{name}", "delete", body, supersede=True)
+        if resource_version:
+            self.outbox.add(f"{KIND}/{name}", "delete", {"kind": KIND, "name": name,
+                                                         "resourceVersion": resource_version}, supersede=True)
+        else:
+            self.outbox.add(f"{KIND}/{name}", "release_lease", {"kind": KIND, "name": name, "holder": lease.holder,
+                                                                "node": self.node_name}, supersede=True)

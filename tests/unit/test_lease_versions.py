@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from cni.errors import AddressConflict
+from cni.errors import AddressConflict, PoolExhausted
 from ipamd.ipam.allocator import to_int
 from ipamd.kube.controller import Controller
 from ipamd.kube.leases import KIND as LEASE_KIND
@@ -160,3 +160,37 @@ def test_a_lagging_lease_cache_does_not_give_a_users_auto_ipaddress_two_leases(a
     ctl.allocate_user_ipaddresses()
     ctl.allocate_user_ipaddresses()  # a round before the caches show its lease or its status
     assert [o["spec"]["holder"] for o in api.objs[LEASE_KIND].values()] == ["IPAddress/ns/user-auto"]
+
+
+def test_a_let_go_made_twice_leaves_the_next_holders_object_alone(api: FakeApi) -> None:
+    """N1 lets X go (ttl 0); the API server deletes the object but the answer is lost, so the outbox makes the
+    write again later, after N2 has leased X: the second time it finds N2's object and leaves it, and a third node
+    does not get X too."""
+    n1, n2, n3 = (small_node(api, n, "0s") for n in ("n1", "n2", "n3"))
+    p = pod("p1")
+    x = attach(n1.ipam, p, net="q-net")[0].address
+    for _ in range(13):  # the pool is full but for x
+        attach(n2.ipam, pod(f"f{_}"), net="q-net")
+    name = next(n for n, o in api.objs[LEASE_KIND].items() if o["spec"]["ip"] == x)
+    delete, lost = api.delete, [True]
+
+    def delete_then_time_out(kind: str, nm: str, namespace: str = "", resource_version: str = "") -> None:
+        delete(kind, nm, namespace, resource_version)
+        if nm == name and lost:
+            lost.pop()
+            raise TimeoutError("read timed out")  # made by the API server, its answer lost
+
+    api.delete = delete_then_time_out  # type: ignore[method-assign,assignment]
+    n1.ipam.delete_ip(next(r for r in n1.store.all_ips() if r.address == x))
+    n1.outbox.flush()
+    assert n1.outbox.depth() == 1 and name not in api.objs[LEASE_KIND], "made, and owed again"
+    n2.store.set_cursor("IPAddressPool/ns/q", to_int(x) - 1)
+    assert attach(n2.ipam, pod("p2"), net="q-net")[0].address == x
+    for entry in n1.store.outbox_head(10):
+        n1.store.outbox_retry(entry.seq, entry.attempts, 0.0, "")  # its backoff over
+    n1.outbox._away_until = 0.0
+    n1.outbox.flush()
+    assert not n1.outbox.depth()
+    assert [o["metadata"]["labels"]["network.deckhouse.io/node"] for o in objects_of(api, x)] == ["n2"]
+    with pytest.raises(PoolExhausted):
+        attach(n3.ipam, pod("p3"), net="q-net")
