@@ -15,7 +15,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Collection, Container, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -510,13 +510,17 @@ class Ipam:
                     self.store.put_ip(replace(rec, conditions=set_condition(rec.conditions, "Attached", attached,
                                                                             reason, message, now)))
 
-    def undo_claims(self, claims: list[Claim], pod: Pod, attachment: str = "") -> None:
+    def undo_claims(self, claims: list[Claim], pod: Pod, attachment: str = "", shared: Collection[str] = ()) -> None:
         """Roll an ADD's claims back: what it created goes, what existed loses only this pod (or, for a
-        delegate's lease, this ``attachment``)."""
+        delegate's lease, this ``attachment``); an IPAddress in ``shared`` (another sandbox of the pod uses it) keeps
+        the pod, and loses the attachment alone."""
         with self.store.transaction():
             for c in claims:
                 rec = self.store.get_ip(c.ip_key)
-                if c.created_ip:
+                if c.ip_key in shared:
+                    if rec is not None and attachment in rec.used_by_uids:
+                        self._drop_user(rec, "", attachment)
+                elif c.created_ip:
                     lease = self.store.lease_of(c.ip_key)
                     if lease is not None:
                         self.drop_lease(lease)
@@ -536,13 +540,15 @@ class Ipam:
         else:
             self.store.put_ip(rec)
 
-    def release_pod(self, ip_keys: list[str], pod_uid: str, attachment: str = "") -> None:
-        """The pod (or, for a delegate's lease, the ``attachment``) no longer uses these IPAddresses."""
+    def release_pod(self, ip_keys: list[str], pod_uid: str, attachment: str = "", shared: Collection[str] = ()) -> None:
+        """The pod (or, for a delegate's lease, the ``attachment``) no longer uses these IPAddresses; one in
+        ``shared`` (another sandbox of the pod uses it: this is a dead sandbox's late DEL) loses the attachment alone."""
         with self.store.transaction():
             for key in ip_keys:
                 rec = self.store.get_ip(key)
-                if rec is not None and ({pod_uid, attachment} - {""}) & set(rec.used_by_uids):
-                    self._drop_user(rec, pod_uid, attachment)
+                users = {attachment} - {""} if key in shared else {pod_uid, attachment} - {""}
+                if rec is not None and users & set(rec.used_by_uids):
+                    self._drop_user(rec, "" if key in shared else pod_uid, attachment)
 
     def delete_ip(self, rec: IPRecord) -> None:
         """The IPAddress is gone: its lease is orphaned and quarantined for the pool's TTL."""

@@ -174,7 +174,7 @@ class Attacher:
             for w in wanted:
                 record, iface, claims = self._lease(record, key, pod, w)
                 undo.callback(quietly, "leases", self.ipam.undo_claims, claims, pod,
-                              attachment_id(key.container_id, iface.if_name))
+                              attachment_id(key.container_id, iface.if_name), self._shared(pod.meta.uid, call.key))
                 self.fault("add:leased")
                 built.append((w, iface, None if at_once else self._build(pod_side, w, iface, undo)))
             if at_once:
@@ -207,7 +207,8 @@ class Attacher:
                 record = replace(record, interfaces=record.interfaces + (iface,))
                 self.store.put_attachment(record)
         except BaseException:
-            quietly("leases", self.ipam.undo_claims, claims, pod, attachment_id(key.container_id, w.request.if_name))
+            quietly("leases", self.ipam.undo_claims, claims, pod, attachment_id(key.container_id, w.request.if_name),
+                    self._shared(pod.meta.uid, (key.container_id, key.runtime_ifname)))
             raise
         return record, iface, claims
 
@@ -380,10 +381,18 @@ class Attacher:
                 errors.append(f"{', '.join(ctx.doomed or ())}: {exc}")
         return errors
 
+    def _shared(self, pod_uid: str, this: tuple[str, str]) -> set[str]:
+        """The IPAddresses the pod's other attachments use (another sandbox of it: a DEL of a dead one may come after
+        the new one's ADD), which this attachment's DEL or undo must not take the pod off."""
+        return {k for a in self.store.attachments_of_pod(pod_uid) if (a.container_id, a.ifname) != this
+                for i in a.interfaces for k in i.ip_keys}
+
     def _release(self, record: AttachmentRecord) -> None:
         """The interfaces are gone: let go of the addresses, the record and the pod's status."""
+        shared = self._shared(record.pod_uid, (record.container_id, record.ifname))
         for iface in record.interfaces:
-            self.ipam.release_pod(list(iface.ip_keys), record.pod_uid, attachment_id(record.container_id, iface.if_name))
+            self.ipam.release_pod(list(iface.ip_keys), record.pod_uid, attachment_id(record.container_id, iface.if_name),
+                                  shared)
         if self.source.pod_by_uid(record.pod_uid) is None:
             self.ipam.forget_pod(record.pod_uid)
         with self.store.transaction():

@@ -9,6 +9,7 @@ every side effect and every undo step.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Any
 
 import pytest
@@ -94,9 +95,9 @@ class SpyIpam(Ipam):
         self.events.append(f"lease {sel.if_name}")
         return claims
 
-    def undo_claims(self, claims: list[Claim], pod: Pod, attachment: str = "") -> None:
+    def undo_claims(self, claims: list[Claim], pod: Pod, attachment: str = "", shared: Collection[str] = ()) -> None:
         self.events.append(f"undo leases {self._names[tuple(c.ip_key for c in claims)]}")
-        super().undo_claims(claims, pod, attachment)
+        super().undo_claims(claims, pod, attachment, shared)
 
 
 class Faults:

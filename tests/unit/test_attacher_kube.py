@@ -1,7 +1,8 @@
-"""A CNI ADD in Kubernetes mode claims its addresses beyond the node (the API server) outside the store's lock: no
-other call of the node waits on the API server, and an outbox write the claim must wait for (its own let-go of the
-address first) is never stuck behind the lock the ADD holds. One node's real Attacher over a real SQLite store, a
-BlockRegistry and an Outbox over a fake API server (the production wiring, minus the kernel)."""
+"""CNI calls in Kubernetes mode through one node's real Attacher over a real SQLite store, a BlockRegistry and an
+Outbox over a fake API server (the production wiring, minus the kernel). An ADD claims its addresses beyond the node
+outside the store's lock: no other call of the node waits on the API server, and an outbox write the claim must wait
+for (its own let-go of the address first) is never stuck behind the lock the ADD holds. A dead sandbox's late DEL
+leaves the pod's new sandbox its addresses."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
+from cni.errors import AddressConflict
 from ipamd.ipam.addresses import Ipam
 from ipamd.kube.blocks import BlockRegistry
 from ipamd.kube.leases import KIND as LEASE_KIND
@@ -169,3 +173,25 @@ def test_add_of_a_static_whose_lease_object_has_a_write_owed_does_not_deadlock_w
     assert not cni.is_alive() and not worker.is_alive(), \
         "deadlock: the ADD holds the store's lock and waits in flush_target for the target the outbox worker " \
         "holds; the worker waits for the store's lock"
+
+
+FIXED = [{"type": "Network", "name": "net-a", "ifName": "net1", "ipAddressNames": ["fixed"]}]
+
+
+def test_a_dead_sandboxes_late_del_leaves_the_static_to_the_pods_new_sandbox() -> None:
+    """The pod's new sandbox is added before its dead one's DEL comes (the runtime's clean-up after a node restart):
+    that DEL keeps the pod among the Static's users, so another pod asking for the Static is refused."""
+    node = KubeNode(FakeApi())
+    node.source.add(a_pod("app", FIXED, "uid-app"))
+    node.source.add(a_pod("other", FIXED, "uid-other"))
+    node.call("ADD", "app", "uid-app", "old")
+    node.call("ADD", "app", "uid-app", "new")
+    node.call("DEL", "app", "uid-app", "old")
+    assert [a.container_id for a in node.store.attachments()] == ["new"]
+    rec = node.store.get_ip(f"IPAddress/{NS}/fixed")
+    assert rec is not None and rec.used_by_uids == ("uid-app",)
+    with pytest.raises(AddressConflict):
+        node.call("ADD", "other", "uid-other", "o1")
+    node.call("DEL", "app", "uid-app", "new")
+    rec = node.store.get_ip(f"IPAddress/{NS}/fixed")
+    assert rec is not None and not rec.used_by_uids, "the last sandbox's DEL lets the pod go"
