@@ -239,6 +239,8 @@ class BlockRegistry(KubeLeaseRegistry):
             found = self.excluded.get(lease.pool, {}).get(lease.ip)
             if found is not None and found != lease.holder:
                 return False  # leased by itself before this block was claimed: not ours to give
+            if self._foreign(lease):
+                return False  # the same, as the cache shows it (what was excluded is not kept across a restart)
             if self._claim_inside(lease):
                 return True  # ours alone to lease: no API request
             block = self.block_at(lease.pool, lease.ip)  # given back just now: leased per address from here on
@@ -257,6 +259,13 @@ class BlockRegistry(KubeLeaseRegistry):
                 self.release(lease, made)  # its owner may make the object its own (the same Static) meanwhile
             return False
         return won
+
+    def _foreign(self, lease: LeaseRecord) -> bool:
+        """Another node's lease object of another holder at this address of our block (a per-address lease made before
+        the block, or one its node is letting go of): an Auto pick skips it (``_Taken``), an exact address waits."""
+        return any(((o.get("metadata") or {}).get("labels") or {}).get(NODE_LABEL) != self.node_name
+                   and _spec(o).get("holder") not in (None, "", lease.holder)
+                   for o in self.source.by_index(LEASE_KIND, "address", (lease.pool, lease.ip)))
 
     def _claim_inside(self, lease: LeaseRecord) -> bool:
         """Owe the lease object of an address in this node's block; False when the block is being given back."""

@@ -653,6 +653,27 @@ def test_a_window_skipped_for_a_block_read_once_is_looked_at_again_before_the_po
     assert len(b.addresses()) == 254
 
 
+def test_a_static_at_an_address_excluded_from_the_nodes_block_is_refused_after_a_restart_too(api: FakeApi) -> None:
+    """N2 holds .1 per address; N1 claims the block .0/28 over it (.1 excluded) and refuses a Static naming .1. N1's
+    daemon restarts (its store kept, what it excluded forgotten): the Static is refused still, from the cache."""
+    n2 = Node(api, "n2", claim=False)
+    x = n2.add()
+    assert x == "198.18.40.1"
+    n1 = Node(api, "n1")
+    n1.registry.grow = _grow_at(n1.registry, "198.18.40.0")  # type: ignore[method-assign]
+    assert n1.add() != x
+    n1.source.add(static("st", x))
+    with pytest.raises(AddressConflict):
+        attach(n1.ipam, pod("s1"), names=("st",))
+    n1.outbox = Outbox(n1.store, api.senders())  # restarted: the same store, every in-memory part new
+    n1.registry = BlockRegistry(n1.cache, "n1", n1.outbox, clock=n1.clock,  # type: ignore[arg-type]
+                                spawn=lambda run: run())
+    n1.ipam = Ipam(n1.store, n1.source, n1.clock, n1.registry)
+    with pytest.raises(AddressConflict):
+        attach(n1.ipam, pod("s2"), names=("st",))
+    assert x in n2.addresses()
+
+
 def test_a_full_block_asked_for_on_a_lagging_cache_is_kept_and_shown_full(api: FakeApi) -> None:
     """The other node fills every address outside the owner's full block .16/28, whose lease objects the owner still
     owes, so the other node's cache shows the block empty: it asks for it. The owner has no free address in it, so it
