@@ -173,8 +173,7 @@ class Attacher:
             built: list[tuple[Wanted, BuiltInterface, Built | None]] = []
             for w in wanted:
                 record, iface, claims = self._lease(record, key, pod, w)
-                undo.callback(quietly, "leases", self.ipam.undo_claims, claims, pod,
-                              attachment_id(key.container_id, iface.if_name), self._shared(pod.meta.uid, call.key))
+                undo.callback(quietly, "leases", self._undo_leases, claims, pod, call.key, iface.if_name)
                 self.fault("add:leased")
                 built.append((w, iface, None if at_once else self._build(pod_side, w, iface, undo)))
             if at_once:
@@ -207,8 +206,7 @@ class Attacher:
                 record = replace(record, interfaces=record.interfaces + (iface,))
                 self.store.put_attachment(record)
         except BaseException:
-            quietly("leases", self.ipam.undo_claims, claims, pod, attachment_id(key.container_id, w.request.if_name),
-                    self._shared(pod.meta.uid, (key.container_id, key.runtime_ifname)))
+            quietly("leases", self._undo_leases, claims, pod, (key.container_id, key.runtime_ifname), w.request.if_name)
             raise
         return record, iface, claims
 
@@ -380,6 +378,10 @@ class Attacher:
             except Exception as exc:
                 errors.append(f"{', '.join(ctx.doomed or ())}: {exc}")
         return errors
+
+    def _undo_leases(self, claims: list[Claim], pod: Pod, this: tuple[str, str], if_name: str) -> None:
+        """A failed ADD's leases go back, but not what another sandbox of the pod took up meanwhile (looked at now)."""
+        self.ipam.undo_claims(claims, pod, attachment_id(this[0], if_name), self._shared(pod.meta.uid, this))
 
     def _shared(self, pod_uid: str, this: tuple[str, str]) -> set[str]:
         """The IPAddresses the pod's other attachments use (another sandbox of it: a DEL of a dead one may come after

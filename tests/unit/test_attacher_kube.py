@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from cni.errors import AddressConflict
+from cni.errors import AddressConflict, InterfaceFailure
 from ipamd.ipam.addresses import Ipam
 from ipamd.kube.blocks import BlockRegistry
 from ipamd.kube.leases import KIND as LEASE_KIND
@@ -195,3 +195,29 @@ def test_a_dead_sandboxes_late_del_leaves_the_static_to_the_pods_new_sandbox() -
     node.call("DEL", "app", "uid-app", "new")
     rec = node.store.get_ip(f"IPAddress/{NS}/fixed")
     assert rec is not None and not rec.used_by_uids, "the last sandbox's DEL lets the pod go"
+
+
+AUTO = [{"type": "Network", "name": "net-a", "ifName": "net1"}]
+
+
+def test_a_failed_adds_undo_keeps_the_auto_address_another_sandbox_of_the_pod_took_up() -> None:
+    """Two ADDs of one pod under two container IDs overlap (not under one lock): the second takes up the Auto
+    IPAddress the first created, then the first fails and is undone: the address stays the second's."""
+    node = KubeNode(FakeApi())
+    node.source.add(a_pod("app", AUTO, "uid-app"))
+    veth = node.drivers["veth"]
+    seen: dict[str, Any] = {}
+    build = veth.build
+
+    def slow_build(ctx: Any, iface: Any, undo: Any) -> Any:
+        if iface.driver.get("container") == "first" and "second" not in seen:
+            seen["second"] = node.call("ADD", "app", "uid-app", "second")  # while the first ADD builds
+            veth.fail_build["net1"] = 1  # and the first one's build then fails
+        return build(ctx, iface, undo)
+
+    veth.build = slow_build  # type: ignore[method-assign]
+    with pytest.raises(InterfaceFailure):
+        node.call("ADD", "app", "uid-app", "first")
+    second = seen["second"]["ips"][0]["address"].split("/")[0]
+    assert [a.container_id for a in node.store.attachments()] == ["second"]
+    assert second in {lease.address for lease in node.store.all_leases()}
