@@ -374,15 +374,6 @@ class Controller:
                 out.add(f"{kind}/{ns}/{md.get('name')}" if ns else f"{kind}/{md.get('name')}")
         return out
 
-    def quarantine_user_leases(self) -> int:
-        """Quarantine the lease objects this controller made for user-created Auto IPAddresses (no node lets them go)
-        once their IPAddress is gone; they expire after the pool's leaseTTL."""
-        made_here = [o for o in self.source.items(LEASE_KIND)
-                     if ((o.get("metadata") or {}).get("labels") or {}).get(CONTROLLER_LABEL) == "true"]
-        if not made_here:
-            return 0
-        return self._quarantine("", self._existing_holders(), time.time(), made_here)
-
     def _quarantine(self, node: str, holders: set[str], now: float,
                     items: list[dict[str, Any]] | None = None) -> int:
         """Orphan ``node``'s lease objects whose holder is gone: the orphaning time first (guarded by the version the
@@ -469,7 +460,6 @@ class Controller:
             return
         self.assign_segments()
         self.allocate_user_ipaddresses()
-        self.quarantine_user_leases()
         self.expire_leases()
         self.label_leases()
         self.reclaim_blocks()

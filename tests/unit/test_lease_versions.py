@@ -137,22 +137,6 @@ def test_a_lagging_node_leaves_the_block_owners_object_of_the_same_static_alone(
     assert Node(api, "c").add(names=("fixed",)) == "198.18.40.200", "granted elsewhere: the owner's object is there"
 
 
-def test_the_lease_of_a_users_auto_ipaddress_deleted_before_any_pod_used_it_is_let_go(api: FakeApi) -> None:
-    src = ControllerSource(api)
-    src.src.add(auto_ip("user-auto"))
-    ctl = controller(src)
-    ctl.allocate_user_ipaddresses()
-    (obj,) = api.objs[LEASE_KIND].values()
-    assert obj["spec"]["holder"] == "IPAddress/ns/user-auto"
-    assert ctl.quarantine_user_leases() == 0, "its IPAddress exists: kept"
-    src.src.remove("IPAddress", "ns", "user-auto")
-    assert ctl.quarantine_user_leases() == 1
-    (obj,) = api.objs[LEASE_KIND].values()
-    assert "holder" not in obj["spec"] and obj["status"]["orphaningTimestamp"], "quarantined, like any lease let go"
-    ctl.expire_leases()  # the pool's leaseTTL is 0s
-    assert not api.objs[LEASE_KIND]
-
-
 def test_a_lagging_lease_cache_does_not_give_a_users_auto_ipaddress_two_leases(api: FakeApi) -> None:
     src = ControllerSource(api, live=False)
     src.src.add(auto_ip("user-auto"))
