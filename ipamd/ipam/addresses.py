@@ -16,7 +16,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Collection, Container, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 
 from cni.errors import AddressConflict, CniError, InvalidConfig, ObjectNotFound, PoolExhausted, TryAgainLater
@@ -460,41 +460,52 @@ class Ipam:
 
     def claim(self, pod: Pod, sel: NetworkSelection, net: ResolvedNetwork,
               user_objs: list[IPAddressObject]) -> list[Claim]:
-        """Lease the addresses of one pod interface and mark them used by the pod."""
-        if net.pool is None:
-            return []
+        """Lease the addresses of one pod interface and mark them used by the pod (one transaction)."""
+        with self.claiming(pod, sel, net, user_objs) as record, self.store.transaction():
+            return record()
+
+    @contextmanager
+    def claiming(self, pod: Pod, sel: NetworkSelection, net: ResolvedNetwork,
+                 user_objs: list[IPAddressObject]) -> Iterator[Callable[[], list[Claim]]]:
+        """Claim the addresses of one pod interface beyond this node first (the API server, outside the store's
+        lock: ``securing``), then hand over what records them and marks them used by the pod, for the caller to call
+        inside its own transaction with whatever must be recorded with them (the interface they are for), so that
+        no other call sees one without the other. What the transaction does not take is let go on the way out."""
         pool = net.pool
-        claims = []
+        if pool is None:
+            yield list
+            return
         pod_ref = f"{pod.meta.namespace}/{pod.meta.name}"
         if user_objs:
-            todo = [(self.record_for(o), False) for o in user_objs]
+            todo = [self.record_for(o) for o in user_objs]
         else:
             todo = []
             for family in (0, *pool.families[1:]):  # one address of each family the pool has
                 name = auto_ip_name(pod, sel.if_name, family)
                 kind = "IPAddress"
                 key = f"{kind}/{pod.meta.namespace}/{name}"
-                existing = self.store.get_ip(key)
-                rec = existing or IPRecord(
+                todo.append(self.store.get_ip(key) or IPRecord(
                     key=key, kind=kind, namespace=pod.meta.namespace, name=name, network_kind=net.type,
                     network_name=net.name, type="Auto", uid=hashlib.sha1(key.encode()).hexdigest(),
                     owner_pod_uid=pod.meta.uid, created_by="plexus", created_at=self.clock(), family=family,
-                )
-                todo.append((rec, existing is None))
-        try:
-            for rec, created_ip in todo:  # each its own transaction, its claim beyond the node outside the lock
-                with self.securing(rec, pool) as secured, self.store.transaction():
-                    rec, lease, created_lease = self.lease_for(rec, pool, secured)
+                ))
+        with ExitStack() as stack:
+            secured = [(rec, stack.enter_context(self.securing(rec, pool))) for rec in todo]
+
+            def record() -> list[Claim]:
+                claims = []
+                for rec, sec in secured:
+                    current = self.store.get_ip(rec.key)  # as it is now, under the lock
+                    created_ip = current is None and not user_objs
+                    rec, lease, created_lease = self.lease_for(current or rec, pool, sec)
                     pairs = dict(zip(rec.used_by_uids, rec.used_by_pods, strict=False)) | {pod.meta.uid: pod_ref}
                     rec = replace(rec, used_by_uids=tuple(pairs), used_by_pods=tuple(pairs.values()))
                     self.store.put_ip(rec)
-                claims.append(Claim(rec.key, rec.name, lease.address, lease.network, rec.routes, created_ip,
-                                    created_lease))
-        except BaseException:
-            if claims:  # one family (or one of the pod's IPAddresses) failed: the ones before it go back too
-                self.undo_claims(claims, pod)
-            raise
-        return claims
+                    claims.append(Claim(rec.key, rec.name, lease.address, lease.network, rec.routes, created_ip,
+                                        created_lease))
+                return claims
+
+            yield record
 
     def records(self, keys: list[str]) -> list[IPRecord]:
         """The IPAddress records of ``keys`` that exist."""

@@ -187,26 +187,35 @@ class Attacher:
 
     def _lease(self, record: AttachmentRecord, key: InterfaceKey, pod: Pod,
                w: Wanted) -> tuple[AttachmentRecord, BuiltInterface, list[Claim]]:
-        """Lease the interface's addresses, then record the interface: what a driver will build (a delegate's exact
-        configuration) is in the store before it is built. The leases are not taken inside a transaction of this
-        call: each is picked under the store's lock and claimed beyond the node (the API server) outside it, so no
-        other call of the node waits on the API server (nor an outbox write this claim waits for on the lock)."""
+        """Lease the interface's addresses and record the interface in one transaction: what a driver will build (a
+        delegate's exact configuration) is in the store before it is built, and no other call sees the leases without
+        the interface (a dead sandbox's DEL would take the pod off them). The claims beyond the node (the API server)
+        are made before that transaction, outside the store's lock (``Ipam.claiming``): no other call of the node
+        waits on the API server, nor an outbox write a claim waits for on the lock this call would hold."""
         try:
-            claims = self.ipam.claim(pod, w.sel, w.net, w.user_ips) if w.sel and w.net else []
-            if w.address is not None:  # a delegate's plexus-ipam address: leased here, handed over as static
+            if w.address is not None:  # a delegate's plexus-ipam address: leased here (its own transaction)
                 leased = self.delegated.lease(w.address)
                 claims = [leased.claim]
                 w = with_lease(w, leased)
-        except PoolExhausted as exc:
-            self.ipam.note_exhausted(w.user_ips, exc)
-            raise
-        try:
-            with self.store.transaction():
+                try:
+                    with self.store.transaction():
+                        iface = self._planned(key, w, claims)
+                        record = replace(record, interfaces=record.interfaces + (iface,))
+                        self.store.put_attachment(record)
+                except BaseException:
+                    quietly("leases", self._undo_leases, claims, pod, (key.container_id, key.runtime_ifname),
+                            w.request.if_name)
+                    raise
+                return record, iface, claims
+            claiming = self.ipam.claiming(pod, w.sel, w.net, w.user_ips) if w.sel and w.net \
+                else contextlib.nullcontext(list)
+            with claiming as recorded, self.store.transaction():
+                claims = recorded()
                 iface = self._planned(key, w, claims)
                 record = replace(record, interfaces=record.interfaces + (iface,))
                 self.store.put_attachment(record)
-        except BaseException:
-            quietly("leases", self._undo_leases, claims, pod, (key.container_id, key.runtime_ifname), w.request.if_name)
+        except PoolExhausted as exc:
+            self.ipam.note_exhausted(w.user_ips, exc)
             raise
         return record, iface, claims
 

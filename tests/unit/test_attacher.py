@@ -9,7 +9,8 @@ every side effect and every undo step.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -88,12 +89,17 @@ class SpyIpam(Ipam):
         self.events = events
         self._names: dict[tuple[str, ...], str] = {}
 
-    def claim(self, pod: Pod, sel: NetworkSelection, net: ResolvedNetwork,
-              user_objs: list[IPAddressObject]) -> list[Claim]:
-        claims = super().claim(pod, sel, net, user_objs)
-        self._names[tuple(c.ip_key for c in claims)] = sel.if_name
-        self.events.append(f"lease {sel.if_name}")
-        return claims
+    @contextmanager
+    def claiming(self, pod: Pod, sel: NetworkSelection, net: ResolvedNetwork,
+                 user_objs: list[IPAddressObject]) -> Iterator[Callable[[], list[Claim]]]:
+        with super().claiming(pod, sel, net, user_objs) as record:
+            def recorded() -> list[Claim]:
+                claims = record()
+                self._names[tuple(c.ip_key for c in claims)] = sel.if_name
+                self.events.append(f"lease {sel.if_name}")
+                return claims
+
+            yield recorded
 
     def undo_claims(self, claims: list[Claim], pod: Pod, attachment: str = "", shared: Collection[str] = ()) -> None:
         self.events.append(f"undo leases {self._names[tuple(c.ip_key for c in claims)]}")

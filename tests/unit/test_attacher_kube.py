@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -221,3 +223,65 @@ def test_a_failed_adds_undo_keeps_the_auto_address_another_sandbox_of_the_pod_to
     second = seen["second"]["ips"][0]["address"].split("/")[0]
     assert [a.container_id for a in node.store.attachments()] == ["second"]
     assert second in {lease.address for lease in node.store.all_leases()}
+
+
+def test_a_dead_sandboxes_del_while_the_new_one_claims_leaves_it_the_static() -> None:
+    """The dead sandbox's DEL runs while the new sandbox's claim is out (after its pick, before its transaction):
+    the new sandbox's transaction makes the pod a user of the Static again, with its interface."""
+    node = KubeNode(FakeApi())
+    node.source.add(a_pod("app", FIXED, "uid-app"))
+    node.source.add(a_pod("other", FIXED, "uid-other"))
+    node.call("ADD", "app", "uid-app", "old")
+    securing = node.ipam.securing
+    done: list[Any] = []
+
+    @contextmanager
+    def securing_then_del(*a: Any, **k: Any) -> Iterator[Any]:
+        with securing(*a, **k) as secured:
+            if not done:
+                done.append(node.call("DEL", "app", "uid-app", "old"))  # another thread's DEL, at this moment
+            yield secured
+
+    node.ipam.securing = securing_then_del  # type: ignore[method-assign]
+    node.call("ADD", "app", "uid-app", "new")
+    assert done and [a.container_id for a in node.store.attachments()] == ["new"]
+    rec = node.store.get_ip(f"IPAddress/{NS}/fixed")
+    assert rec is not None and rec.used_by_uids == ("uid-app",)
+    with pytest.raises(AddressConflict):
+        node.call("ADD", "other", "uid-other", "o1")
+
+
+def test_a_new_sandboxes_failed_claim_keeps_the_old_sandboxes_static() -> None:
+    """The new sandbox asks for the Static the old one uses and for one another node holds: its ADD fails, and the
+    Static keeps the pod as its user (the claim and the interface are one transaction, rolled back together)."""
+    api = FakeApi()
+    node = KubeNode(api)
+    node.source.add(a_pod("app", FIXED, "uid-app"))
+    node.call("ADD", "app", "uid-app", "old")
+    node.source.add(obj("IPAddress", "busy", {"networkRef": {"kind": "Network", "name": "net-a"}, "type": "Static",
+                                              "static": {"ip": "198.18.40.9"}}))
+    api.create(LEASE_KIND, lease_body(POOL, "198.18.40.9", "198.18.40.0/28", f"IPAddress/{NS}/x", 0, "n2"))
+    node.source.add(a_pod("app", [{**FIXED[0], "ipAddressNames": ["fixed", "busy"]}], "uid-app"))
+    with pytest.raises(AddressConflict):
+        node.call("ADD", "app", "uid-app", "new")
+    assert [a.container_id for a in node.store.attachments()] == ["old"]
+    rec = node.store.get_ip(f"IPAddress/{NS}/fixed")
+    assert rec is not None and rec.used_by_uids == ("uid-app",)
+
+
+class Killed(BaseException):
+    """The daemon's death in the middle of a step (nothing after it runs)."""
+
+
+def test_a_daemon_killed_while_recording_an_interface_leaves_no_lease_user_behind() -> None:
+    node = KubeNode(FakeApi())
+    node.source.add(a_pod("app", FIXED, "uid-app"))
+    att = node.attacher
+    att._planned = lambda *a, **k: (_ for _ in ()).throw(Killed())  # type: ignore[method-assign]
+    att._forget_record = lambda *a, **k: None  # type: ignore[method-assign]
+    att._undo_leases = lambda *a, **k: None  # type: ignore[method-assign]  # no undo step runs in a real kill
+    with pytest.raises(Killed):
+        node.call("ADD", "app", "uid-app", "c1")
+    assert [a.state for a in node.store.attachments()] == ["adding"]
+    rec = node.store.get_ip(f"IPAddress/{NS}/fixed")
+    assert rec is None or not rec.used_by_uids, "the claim was not recorded without its interface"
