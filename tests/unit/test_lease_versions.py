@@ -178,3 +178,19 @@ def test_a_let_go_made_twice_leaves_the_next_holders_object_alone(api: FakeApi) 
     assert [o["metadata"]["labels"]["network.deckhouse.io/node"] for o in objects_of(api, x)] == ["n2"]
     with pytest.raises(PoolExhausted):
         attach(n3.ipam, pod("p3"), net="q-net")
+
+
+def test_a_deleted_statics_object_goes_whichever_node_made_it(api: FakeApi) -> None:
+    """Every node that uses a Static holds its lease; A made the object, B's claim found it. A is gone (scaled away)
+    when the Static is deleted (leaseTTL 0): B's let-go deletes A's object."""
+    a, b = Node(api, "a", claim=False), Node(api, "b", claim=False)
+    for n in (a, b):
+        n.source.add(static("s", "198.18.41.7", net="small-net"))
+    assert a.add(net="small-net", names=("s",)) == "198.18.41.7"
+    assert b.add(net="small-net", names=("s",)) == "198.18.41.7"
+    rec = b.store.get_ip("IPAddress/ns/s")
+    assert rec is not None
+    b.ipam.release_pod([rec.key], rec.used_by_uids[0])
+    b.ipam.delete_ip(rec)
+    b.outbox.flush()
+    assert not objects_of(api, "198.18.41.7")
