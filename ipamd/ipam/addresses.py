@@ -298,7 +298,7 @@ class Ipam:
             if secured.lease is not None:
                 self._unreserve(secured.lease)
                 if failed or not secured.used:  # a failed transaction rolled the record back: the claim goes too
-                    self.registry.release(secured.lease)
+                    self.registry.let_go(secured.lease)
 
     def _secure(self, rec: IPRecord, pool: AddressPool, secured: Secured) -> LeaseRecord | None:
         pkey = pool_key(pool)

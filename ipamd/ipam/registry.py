@@ -30,6 +30,8 @@ class LeaseRegistry(Protocol):
 
     def release(self, lease: LeaseRecord) -> None: ...
 
+    def let_go(self, lease: LeaseRecord) -> None: ...  # a claim just made that the store did not take
+
     def stray(self, store: LeaseStore, older_than: float) -> list[LeaseRecord]:
         """Release this node's registry leases, made before ``older_than``, that ``store`` does not hold
         (an ADD rolled back while the registry was unreachable could not release its own); the released."""
@@ -87,6 +89,9 @@ class NodeLocalRegistry(NoBlocks):
 
     def release(self, lease: LeaseRecord) -> None:
         pass
+
+    def let_go(self, lease: LeaseRecord) -> None:
+        self.release(lease)
 
     def stray(self, store: LeaseStore, older_than: float) -> list[LeaseRecord]:
         return []

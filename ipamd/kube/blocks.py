@@ -248,15 +248,14 @@ class BlockRegistry(KubeLeaseRegistry):
                 return True  # kept after all (its lease objects could not be made): ours still
         if block is not None:
             return self._granted(lease, block)
-        if self._ours_already(lease):
-            return True
+        if not self.outbox.owes(f"{LEASE_KIND}/{lease_name(lease.pool, lease.address)}") and \
+                self._ours_already(lease):
+            return True  # (with a write of it owed, its let-go, the cache is not to be trusted: claimed anew)
         won = super().claim(lease)
         # blocks are IPv4 only (windows of a /64 cannot be listed): no block could hold an IPv6 address
-        made = self.made.pop(lease_name(lease.pool, lease.address), "")
         if won and family_of(lease.ip) == 4 and self.block_pools.get(lease.pool, True) and \
                 self._claimed_meanwhile(lease):
-            if made is not None:  # None: the block owner's object for the same holder, not this node's to delete
-                self.release(lease, made)  # its owner may make the object its own (the same Static) meanwhile
+            self.let_go(lease)  # only what this claim made ours: the block's owner may hold the same Static
             return False
         return won
 
@@ -288,14 +287,20 @@ class BlockRegistry(KubeLeaseRegistry):
 
     def _ours_already(self, lease: LeaseRecord) -> bool:
         """A lease object of this address for the same holder, made before any block was claimed over it."""
-        return any(_spec(o).get("holder") == lease.holder and lease.holder
-                   for o in self.source.by_index(LEASE_KIND, "address", (lease.pool, lease.ip)))
+        for o in self.source.by_index(LEASE_KIND, "address", (lease.pool, lease.ip)):
+            if lease.holder and _spec(o).get("holder") == lease.holder:
+                md = o.get("metadata") or {}  # what a let-go of this claim may delete: only this node's own
+                self.made[lease_name(lease.pool, lease.address)] = str(md.get("resourceVersion") or "") \
+                    if (md.get("labels") or {}).get(NODE_LABEL) == self.node_name else None
+                return True
+        return False
 
     def _granted(self, lease: LeaseRecord, block: Block) -> bool:
         """An address in another node's block: ours once its owner leased it to the same holder."""
         for obj in self.source.by_index(LEASE_KIND, "address", (lease.pool, lease.ip)):
             labels = (obj.get("metadata") or {}).get("labels") or {}
             if _spec(obj).get("holder") == lease.holder and labels.get(NODE_LABEL) == block.node:
+                self.made[lease_name(lease.pool, lease.address)] = None  # the owner's: never this node's to delete
                 return True
         if lease.holder and lease.holder.startswith(("IPAddress/", "ClusterIPAddress/")):
             raise TryAgainLater(f"{lease.address} lies in the address block of node {block.node}, which leases it",

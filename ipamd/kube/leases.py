@@ -122,8 +122,8 @@ class KubeLeaseRegistry(NoBlocks):
 
     def held_by(self, holder: str, pool: str) -> int | None:
         for item in self.source.by_index(KIND, "holder", (holder, pool)):
-            if _spec(item).get("ip"):
-                return to_int(str(_spec(item)["ip"]))
+            if _spec(item).get("ip") and not self.outbox.owes(f"{KIND}/{(item.get('metadata') or {}).get('name')}"):
+                return to_int(str(_spec(item)["ip"]))  # (one this node owes a write, its let-go, is not to adopt)
         return None
 
     def stray(self, store: LeaseStore, older_than: float) -> list[LeaseRecord]:
@@ -240,6 +240,14 @@ class KubeLeaseRegistry(NoBlocks):
         self.outbox.add(f"{KIND}/{name}", "patch", {"kind": KIND, "name": name, "patch": {"spec": {"holder": None}}})
         self.outbox.add(f"{KIND}/{name}", "patch_status", {"kind": KIND, "name": name, "status": {
             "orphaningTimestamp": rfc3339(lease.orphaned_at)}})
+
+    def let_go(self, lease: LeaseRecord) -> None:
+        """Undo a claim this node just made that its store did not take: only what the claim made this node's (its
+        create, its adoption) goes, at that version; an object it found someone else's for the same holder (a Static
+        another node uses) stays."""
+        made = self.made.pop(lease_name(lease.pool, lease.address), "")
+        if made is not None:
+            self.release(lease, made)
 
     def release(self, lease: LeaseRecord, resource_version: str = "") -> None:
         """Owe the delete of the address's lease object (with ``resource_version``: only while it is still the one

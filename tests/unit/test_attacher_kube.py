@@ -285,3 +285,43 @@ def test_a_daemon_killed_while_recording_an_interface_leaves_no_lease_user_behin
     assert [a.state for a in node.store.attachments()] == ["adding"]
     rec = node.store.get_ip(f"IPAddress/{NS}/fixed")
     assert rec is None or not rec.used_by_uids, "the claim was not recorded without its interface"
+
+
+def test_a_retried_add_before_the_let_go_of_its_failed_try_is_made_keeps_the_lease_object() -> None:
+    """A failed ADD owes the let-go of the Static it had claimed; its retry comes before that write is made (the API
+    slow or away): the claim goes through the owed write first, so the Static keeps a lease object."""
+    api = FakeApi()
+    node = KubeNode(api)
+    node.source.add(obj("IPAddress", "busy", {"networkRef": {"kind": "Network", "name": "net-a"}, "type": "Static",
+                                              "static": {"ip": "198.18.40.9"}}))
+    api.create(LEASE_KIND, lease_body(POOL, "198.18.40.9", "198.18.40.0/28", f"IPAddress/{NS}/x", 0, "n2"))
+    node.source.add(a_pod("app", [{**FIXED[0], "ipAddressNames": ["fixed", "busy"]}], "uid-app"))
+    with pytest.raises(AddressConflict):
+        node.call("ADD", "app", "uid-app", "c1")
+    assert node.outbox.owes(f"{LEASE_KIND}/{lease_name(POOL, '198.18.40.5')}")
+    node.source.add(a_pod("app", FIXED, "uid-app"))
+    node.call("ADD", "app", "uid-app", "c2")
+    node.outbox.flush()
+    assert [o["spec"]["holder"] for o in api.objs[LEASE_KIND].values() if o["spec"]["ip"] == "198.18.40.5"] == \
+        [f"IPAddress/{NS}/fixed"]
+
+
+def test_a_retried_auto_add_does_not_adopt_an_object_whose_let_go_is_owed() -> None:
+    api = FakeApi()
+    node = KubeNode(api)
+    node.source.add(a_pod("app", AUTO, "uid-app"))
+    planned, calls = node.attacher._planned, []
+
+    def fails_once(*a: Any, **k: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise InterfaceFailure("once", "net1")
+        return planned(*a, **k)
+
+    node.attacher._planned = fails_once  # type: ignore[method-assign]
+    with pytest.raises(InterfaceFailure):
+        node.call("ADD", "app", "uid-app", "c1")
+    node.call("ADD", "app", "uid-app", "c2")
+    (lease,) = [x for x in node.store.all_leases() if x.holder]
+    node.outbox.flush()
+    assert [o["spec"]["ip"] for o in api.objs[LEASE_KIND].values()] == [lease.address]

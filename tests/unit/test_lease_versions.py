@@ -14,6 +14,7 @@ from cni.errors import AddressConflict, PoolExhausted
 from ipamd.ipam.allocator import to_int
 from ipamd.kube.controller import Controller
 from ipamd.kube.leases import KIND as LEASE_KIND
+from ipamd.kube.leases import lease_body
 from ipamd.model.objects import IP_ADDRESS
 from tests.fakes.cluster import FakeApi, FakeCache
 from tests.unit.test_blocks import Node, _grow_at, world
@@ -194,3 +195,20 @@ def test_a_deleted_statics_object_goes_whichever_node_made_it(api: FakeApi) -> N
     b.ipam.delete_ip(rec)
     b.outbox.flush()
     assert not objects_of(api, "198.18.41.7")
+
+
+def test_a_failed_add_lets_go_only_of_what_it_made_not_another_nodes_object_of_the_same_static(api: FakeApi) -> None:
+    """A uses the Static .7 and made its object; B's ADD asks for it and for a Static someone else holds: B's failed
+    transaction lets go of its claim of .7, which found A's object (the same holder): A's object stays."""
+    a, b = Node(api, "a", claim=False), Node(api, "b", claim=False)
+    for n in (a, b):
+        n.source.add(static("s", "198.18.41.7", net="small-net"))
+        n.source.add(static("busy", "198.18.41.9", net="small-net"))
+    api.create(LEASE_KIND, lease_body("IPAddressPool/ns/small", "198.18.41.9", "198.18.41.0/28", "IPAddress/ns/x", 0,
+                                      "c"))
+    assert attach(a.ipam, pod("pa"), net="small-net", names=("s",))[0].address == "198.18.41.7"
+    a.outbox.flush()
+    with pytest.raises(AddressConflict):
+        attach(b.ipam, pod("pb"), net="small-net", names=("s", "busy"))
+    b.outbox.flush()
+    assert [o["metadata"]["labels"]["network.deckhouse.io/node"] for o in objects_of(api, "198.18.41.7")] == ["a"]
