@@ -389,26 +389,34 @@ class Attacher:
         return errors
 
     def _undo_leases(self, claims: list[Claim], pod: Pod, this: tuple[str, str], if_name: str) -> None:
-        """A failed ADD's leases go back, but not what another sandbox of the pod took up meanwhile (looked at now)."""
-        self.ipam.undo_claims(claims, pod, attachment_id(this[0], if_name), self._shared(pod.meta.uid, this))
+        """A failed ADD's leases go back, but not what another sandbox of the pod took up meanwhile (looked at now, in
+        the transaction that marks this attachment as being undone: a DEL of the other sandbox at the same time then
+        does not keep the pod for it)."""
+        with self.store.transaction():
+            current = self.store.get_attachment(*this)
+            if current is not None and current.state != "undoing":
+                self.store.put_attachment(replace(current, state="undoing"))
+            self.ipam.undo_claims(claims, pod, attachment_id(this[0], if_name), self._shared(pod.meta.uid, this))
 
     def _shared(self, pod_uid: str, this: tuple[str, str]) -> set[str]:
         """The IPAddresses the pod's other attachments use (another sandbox of it: a DEL of a dead one may come after
         the new one's ADD), which this attachment's DEL or undo must not take the pod off."""
-        return {k for a in self.store.attachments_of_pod(pod_uid) if (a.container_id, a.ifname) != this
-                for i in a.interfaces for k in i.ip_keys}
+        return {k for a in self.store.attachments_of_pod(pod_uid)
+                if (a.container_id, a.ifname) != this and a.state != "undoing" for i in a.interfaces for k in i.ip_keys}
 
     def _release(self, record: AttachmentRecord) -> None:
-        """The interfaces are gone: let go of the addresses, the record and the pod's status."""
-        shared = self._shared(record.pod_uid, (record.container_id, record.ifname))
-        for iface in record.interfaces:
-            self.ipam.release_pod(list(iface.ip_keys), record.pod_uid, attachment_id(record.container_id, iface.if_name),
-                                  shared)
-        if self.source.pod_by_uid(record.pod_uid) is None:
-            self.ipam.forget_pod(record.pod_uid)
+        """The interfaces are gone: let go of the addresses, the record and the pod's status. What the pod's other
+        attachments use is read in the same transaction that lets go and deletes the record, so two sandboxes of the
+        pod torn down at once cannot each keep the pod for the other."""
         with self.store.transaction():
+            shared = self._shared(record.pod_uid, (record.container_id, record.ifname))
+            for iface in record.interfaces:
+                self.ipam.release_pod(list(iface.ip_keys), record.pod_uid,
+                                      attachment_id(record.container_id, iface.if_name), shared)
             self.store.delete_attachment(record.container_id, record.ifname)
             remaining = self._pod_status(record.pod_uid, record.namespace, record.pod_name)
+        if self.source.pod_by_uid(record.pod_uid) is None:
+            self.ipam.forget_pod(record.pod_uid)
         used = self.ipam.records([k for i in record.interfaces for k in i.ip_keys])
         if record.pod_known:
             self.publisher.detached(record.namespace, record.pod_name, record.pod_uid, remaining, used)

@@ -325,3 +325,28 @@ def test_a_retried_auto_add_does_not_adopt_an_object_whose_let_go_is_owed() -> N
     (lease,) = [x for x in node.store.all_leases() if x.holder]
     node.outbox.flush()
     assert [o["spec"]["ip"] for o in api.objs[LEASE_KIND].values()] == [lease.address]
+
+
+def test_two_sandboxes_of_a_pod_torn_down_at_once_let_the_static_go() -> None:
+    """The DELs of a pod's two sandboxes run at once (different attachments, different locks): neither keeps the
+    pod on the Static for the other, which is going too."""
+    node = KubeNode(FakeApi())
+    node.source.add(a_pod("app", FIXED, "uid-app"))
+    node.call("ADD", "app", "uid-app", "old")
+    node.call("ADD", "app", "uid-app", "new")
+    release_pod = node.ipam.release_pod
+    other: list[threading.Thread] = []
+
+    def release_pod_while_the_other_del_runs(*a: Any, **k: Any) -> None:
+        if not other:
+            other.append(threading.Thread(target=node.call, args=("DEL", "app", "uid-app", "new")))
+            other[0].start()
+            other[0].join(0.3)  # it runs as far as it can meanwhile
+        release_pod(*a, **k)
+
+    node.ipam.release_pod = release_pod_while_the_other_del_runs  # type: ignore[method-assign]
+    node.call("DEL", "app", "uid-app", "old")
+    other[0].join(10)
+    assert not node.store.attachments()
+    rec = node.store.get_ip(f"IPAddress/{NS}/fixed")
+    assert rec is not None and not rec.used_by_uids
