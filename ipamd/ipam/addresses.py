@@ -497,6 +497,10 @@ class Ipam:
                 for rec, sec in secured:
                     current = self.store.get_ip(rec.key)  # as it is now, under the lock
                     created_ip = current is None and not user_objs
+                    if user_objs and current is not None and current.used_by_uids and \
+                            pod.meta.uid not in current.used_by_uids:  # another pod's ADD took it since its check
+                        raise AddressConflict(f"IPAddress {current.name} is in use by pod "
+                                              f"{', '.join(current.used_by_pods)}", "ipAddressNames")
                     rec, lease, created_lease = self.lease_for(current or rec, pool, sec)
                     pairs = dict(zip(rec.used_by_uids, rec.used_by_pods, strict=False)) | {pod.meta.uid: pod_ref}
                     rec = replace(rec, used_by_uids=tuple(pairs), used_by_pods=tuple(pairs.values()))

@@ -721,3 +721,20 @@ class IpamSequences(RuleBasedStateMachine):
 TestIpamSequences = IpamSequences.TestCase
 TestIpamSequences.settings = settings(max_examples=40, stateful_step_count=30, deadline=None,
                                       suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_two_pods_asking_for_one_static_at_once_do_not_both_get_it() -> None:
+    """Both pods' ADDs pass the check that the Static is unused before either claims it (two CNI calls, two
+    attachments): the second claim finds it in use under the store's lock, and is refused."""
+    src = world()
+    src.add(static("s", "198.18.10.55"))
+    ipam = Ipam(Store(":memory:"), src, Clock())
+    sel = NetworkSelection(type="Network", name="net", if_name="net1", ip_address_names=("s",))
+    p1, p2 = pod("p1"), pod("p2")
+    net = ipam.resolve(sel, p1.meta.namespace, "w")
+    o1, o2 = ipam.validate(p1, sel, net, "w"), ipam.validate(p2, sel, net, "w")
+    ipam.claim(p1, sel, net, o1)
+    with pytest.raises(AddressConflict, match="in use by pod"):
+        ipam.claim(p2, sel, net, o2)
+    rec = ipam.store.get_ip("IPAddress/ns/s")
+    assert rec is not None and rec.used_by_uids == (p1.meta.uid,)
