@@ -200,14 +200,9 @@ class KubeLeaseRegistry(NoBlocks):
                 return
             raise
         md = current.get("metadata") or {}
-        holder = str(body.get("holder") or "")
-        # an IPAddress's lease is held on every node that uses it (a Static on all of them), whichever made the
-        # object: once it is let go here for its IPAddress gone, any of them deletes it (its maker may be gone); an
-        # IPAMClaim's or an API owner's may have moved to another node since, for the same holder: only its own
-        shared = holder.startswith(("IPAddress/", "ClusterIPAddress/"))
-        if (current.get("spec") or {}).get("holder") != holder or \
-                (not shared and (md.get("labels") or {}).get(NODE_LABEL) != body.get("node")):
-            return  # leased again since (another holder, or another node's): not this node's to delete
+        if (current.get("spec") or {}).get("holder") != body.get("holder") or \
+                (md.get("labels") or {}).get(NODE_LABEL) != body.get("node"):
+            return  # leased again since (another node, another holder): not this node's to delete
         try:
             self.objects.delete(KIND, body["name"], resource_version=str(md.get("resourceVersion") or ""))
         except Exception as exc:

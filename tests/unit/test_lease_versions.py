@@ -181,22 +181,6 @@ def test_a_let_go_made_twice_leaves_the_next_holders_object_alone(api: FakeApi) 
         attach(n3.ipam, pod("p3"), net="q-net")
 
 
-def test_a_deleted_statics_object_goes_whichever_node_made_it(api: FakeApi) -> None:
-    """Every node that uses a Static holds its lease; A made the object, B's claim found it. A is gone (scaled away)
-    when the Static is deleted (leaseTTL 0): B's let-go deletes A's object."""
-    a, b = Node(api, "a", claim=False), Node(api, "b", claim=False)
-    for n in (a, b):
-        n.source.add(static("s", "198.18.41.7", net="small-net"))
-    assert a.add(net="small-net", names=("s",)) == "198.18.41.7"
-    assert b.add(net="small-net", names=("s",)) == "198.18.41.7"
-    rec = b.store.get_ip("IPAddress/ns/s")
-    assert rec is not None
-    b.ipam.release_pod([rec.key], rec.used_by_uids[0])
-    b.ipam.delete_ip(rec)
-    b.outbox.flush()
-    assert not objects_of(api, "198.18.41.7")
-
-
 def test_a_failed_add_lets_go_only_of_what_it_made_not_another_nodes_object_of_the_same_static(api: FakeApi) -> None:
     """A uses the Static .7 and made its object; B's ADD asks for it and for a Static someone else holds: B's failed
     transaction lets go of its claim of .7, which found A's object (the same holder): A's object stays."""
