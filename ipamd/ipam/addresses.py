@@ -299,6 +299,8 @@ class Ipam:
                 self._unreserve(secured.lease)
                 if failed or not secured.used:  # a failed transaction rolled the record back: the claim goes too
                     self.registry.let_go(secured.lease)
+                else:
+                    self.registry.keep(secured.lease)
 
     def _secure(self, rec: IPRecord, pool: AddressPool, secured: Secured) -> LeaseRecord | None:
         pkey = pool_key(pool)

@@ -32,6 +32,8 @@ class LeaseRegistry(Protocol):
 
     def let_go(self, lease: LeaseRecord) -> None: ...  # a claim just made that the store did not take
 
+    def keep(self, lease: LeaseRecord) -> None: ...  # a claim just made that the store took
+
     def stray(self, store: LeaseStore, older_than: float) -> list[LeaseRecord]:
         """Release this node's registry leases, made before ``older_than``, that ``store`` does not hold
         (an ADD rolled back while the registry was unreachable could not release its own); the released."""
@@ -92,6 +94,9 @@ class NodeLocalRegistry(NoBlocks):
 
     def let_go(self, lease: LeaseRecord) -> None:
         self.release(lease)
+
+    def keep(self, lease: LeaseRecord) -> None:
+        pass
 
     def stray(self, store: LeaseStore, older_than: float) -> list[LeaseRecord]:
         return []

@@ -275,6 +275,7 @@ class BlockRegistry(KubeLeaseRegistry):
             self._inflight[slot] = self._inflight.get(slot, 0) + 1
         try:
             name = lease_name(lease.pool, lease.address)
+            self.made.pop(name, None)  # made by the owed write below: a let-go of it goes by a checked delete
             body = lease_body(lease.pool, lease.address, lease.network, lease.holder or "", lease.ttl, self.node_name)
             self.outbox.add(f"{LEASE_KIND}/{name}", "block_lease", {"object": body}, supersede=True)
         finally:

@@ -116,6 +116,7 @@ class KubeLeaseRegistry(NoBlocks):
         self.made: dict[str, str | None] = {}
         outbox.senders.setdefault("expire_orphan", self._expire_orphan)
         outbox.senders.setdefault("release_lease", self._release_lease)
+        outbox.senders.setdefault("orphan_lease", self._orphan_lease)
 
     def taken_elsewhere(self, pool: str) -> Container[int]:
         return _TakenIn(self.source, pool)
@@ -156,6 +157,7 @@ class KubeLeaseRegistry(NoBlocks):
     def _claim(self, lease: LeaseRecord) -> bool:
         body = lease_body(lease.pool, lease.address, lease.network, lease.holder or "", lease.ttl, self.node_name)
         name = body["metadata"]["name"]
+        self.made.pop(name, None)  # what an earlier claim of it made is no guide to this one
         if not self.outbox.flush_target(f"{KIND}/{name}"):  # this node's own letting go of it comes first
             raise TryAgainLater(f"this node's release of {lease.address} in {lease.pool} is not made yet",
                                 "the Kubernetes API did not take it; see plexusctl outbox")
@@ -230,11 +232,30 @@ class KubeLeaseRegistry(NoBlocks):
                 raise
 
     def orphan(self, lease: LeaseRecord) -> None:
+        """Owe the quarantine of the address's lease object: made only on this node's own object (another node may
+        still use a Static whose object it made, and would lose it once the quarantine ends)."""
         name = lease_name(lease.pool, lease.address)
-        # the holder is dropped (a merge patch with null), not emptied: the client sends "" as null
-        self.outbox.add(f"{KIND}/{name}", "patch", {"kind": KIND, "name": name, "patch": {"spec": {"holder": None}}})
-        self.outbox.add(f"{KIND}/{name}", "patch_status", {"kind": KIND, "name": name, "status": {
-            "orphaningTimestamp": rfc3339(lease.orphaned_at)}})
+        self.outbox.add(f"{KIND}/{name}", "orphan_lease", {"kind": KIND, "name": name, "node": self.node_name,
+                                                           "orphanedAt": rfc3339(lease.orphaned_at)})
+
+    def _orphan_lease(self, body: dict[str, Any]) -> None:
+        try:
+            current = self.objects.get(KIND, body["name"])
+        except Exception as exc:
+            if status_of(exc) == 404:
+                return
+            raise
+        md = current.get("metadata") or {}
+        if (md.get("labels") or {}).get(NODE_LABEL) != body.get("node") or not (current.get("spec") or {}).get("holder"):
+            return  # another node's (it may still use it), or orphaned already
+        # the holder is dropped (a merge patch with null), not emptied: the client sends "" as null; at the version
+        # read (a change in between is looked at again: the outbox retries)
+        self.objects.patch(KIND, body["name"], {"metadata": {"resourceVersion": md.get("resourceVersion")},
+                                                "spec": {"holder": None}})
+        self.objects.patch_status(KIND, body["name"], {"orphaningTimestamp": body["orphanedAt"]})
+
+    def keep(self, lease: LeaseRecord) -> None:
+        self.made.pop(lease_name(lease.pool, lease.address), None)  # taken by the store: nothing to let go
 
     def let_go(self, lease: LeaseRecord) -> None:
         """Undo a claim this node just made that its store did not take: only what the claim made this node's (its
@@ -258,7 +279,7 @@ class KubeLeaseRegistry(NoBlocks):
             self.outbox.add(f"{KIND}/{name}", "expire_orphan", {"kind": KIND, "name": name, "orphanedAt": rfc3339(
                 lease.orphaned_at) if lease.orphaned_at is not None else ""}, supersede=True)
             return
-        for op in ("patch", "patch_status"):  # not worth making once it goes
+        for op in ("patch", "patch_status", "orphan_lease"):  # not worth making once it goes
             self.outbox.drop(f"{KIND}/{name}", op)
         if resource_version:
             self.outbox.add(f"{KIND}/{name}", "delete", {"kind": KIND, "name": name,

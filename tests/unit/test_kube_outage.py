@@ -77,7 +77,7 @@ def test_the_lease_registry_says_try_again_later() -> None:
     with pytest.raises(TryAgainLater):
         registry.claim(lease)
     registry.orphan(lease)  # letting go is owed, and never fails a DEL
-    assert [e.op for e in store.outbox_head(10)] == ["patch", "patch_status"]
+    assert [e.op for e in store.outbox_head(10)] == ["orphan_lease"]  # a checked write: its own object only
     registry.release(lease)  # supersedes the orphaning
     assert [e.op for e in store.outbox_head(10)] == ["release_lease"]  # a checked delete: still its own
     with pytest.raises(TryAgainLater):  # its delete could not be made first: the claim waits for the API
