@@ -266,6 +266,7 @@ class Ipam:
                     subnet = subnet_for(pool, adopted) or pool.subnets[0]
                     lease = LeaseRecord(pool=pkey, ip=adopted, address=to_text(adopted), network=str(subnet.network),
                                         holder=rec.key, holder_uid=rec.uid, ttl=pool.lease_ttl_s, created_at=now)
+                    self.registry.adopt(lease)  # owed with this transaction: this node lets it go from now on
                 else:
                     lease = self._claim_free(rec, pool, pkey, now)
             self.store.put_lease(lease)

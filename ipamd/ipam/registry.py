@@ -34,6 +34,8 @@ class LeaseRegistry(Protocol):
 
     def keep(self, lease: LeaseRecord) -> None: ...  # a claim just made that the store took
 
+    def adopt(self, lease: LeaseRecord) -> None: ...  # a lease made elsewhere (held_by), taken up here
+
     def stray(self, store: LeaseStore, older_than: float) -> list[LeaseRecord]:
         """Release this node's registry leases, made before ``older_than``, that ``store`` does not hold
         (an ADD rolled back while the registry was unreachable could not release its own); the released."""
@@ -96,6 +98,9 @@ class NodeLocalRegistry(NoBlocks):
         self.release(lease)
 
     def keep(self, lease: LeaseRecord) -> None:
+        pass
+
+    def adopt(self, lease: LeaseRecord) -> None:
         pass
 
     def stray(self, store: LeaseStore, older_than: float) -> list[LeaseRecord]:

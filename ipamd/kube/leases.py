@@ -246,16 +246,28 @@ class KubeLeaseRegistry(NoBlocks):
                 return
             raise
         md = current.get("metadata") or {}
-        if (md.get("labels") or {}).get(NODE_LABEL) != body.get("node") or not (current.get("spec") or {}).get("holder"):
-            return  # another node's (it may still use it), or orphaned already
-        # the holder is dropped (a merge patch with null), not emptied: the client sends "" as null; at the version
-        # read (a change in between is looked at again: the outbox retries)
-        self.objects.patch(KIND, body["name"], {"metadata": {"resourceVersion": md.get("resourceVersion")},
-                                                "spec": {"holder": None}})
-        self.objects.patch_status(KIND, body["name"], {"orphaningTimestamp": body["orphanedAt"]})
+        held = (current.get("spec") or {}).get("holder")
+        orphaned = (current.get("status") or {}).get("orphaningTimestamp")
+        if (md.get("labels") or {}).get(NODE_LABEL) not in (body.get("node"), None, "") or (orphaned and not held):
+            return  # another node's (it may still use it; an unlabelled one is the controller's), or done already
+        version = str(md.get("resourceVersion") or "")
+        if not orphaned:  # the time first, as the controller's quarantine does: an object left between the two
+            made = self.objects.patch_status(KIND, body["name"], {"orphaningTimestamp": body["orphanedAt"]},
+                                             resource_version=version)  # writes still expires
+            version = str(((made if isinstance(made, dict) else {}).get("metadata") or {}).get("resourceVersion") or "")
+        if held:  # dropped (a merge patch with null), not emptied: the client sends "" as null
+            self.objects.patch(KIND, body["name"], {"metadata": {"resourceVersion": version} if version else {},
+                                                    "spec": {"holder": None}})
 
     def keep(self, lease: LeaseRecord) -> None:
         self.made.pop(lease_name(lease.pool, lease.address), None)  # taken by the store: nothing to let go
+
+    def adopt(self, lease: LeaseRecord) -> None:
+        """A lease object another node or the controller made, taken up here (``held_by``): labelled with this node,
+        which lets it go from now on (and no longer the node that made it, whose clean-up would delete it)."""
+        name = lease_name(lease.pool, lease.address)
+        self.outbox.add(f"{KIND}/{name}", "patch", {"kind": KIND, "name": name,
+                                                    "patch": {"metadata": {"labels": {NODE_LABEL: self.node_name}}}})
 
     def let_go(self, lease: LeaseRecord) -> None:
         """Undo a claim this node just made that its store did not take: only what the claim made this node's (its

@@ -219,3 +219,51 @@ def test_a_static_deleted_while_another_node_uses_it_keeps_that_nodes_object(api
     c.source.add(static("t", ip, net="q-net"))
     with pytest.raises(AddressConflict):
         attach(c.ipam, pod("pc"), net="q-net", names=("t",))
+
+
+def test_a_lease_the_controller_made_and_a_node_took_up_is_quarantined_by_that_node(api: FakeApi) -> None:
+    """The controller leased a user's Auto IPAddress; the node that runs the pod naming it takes the lease up (and
+    labels it its own): when the IPAddress is deleted, that node quarantines it."""
+    n = small_node(api, "a", "1h")
+    body = lease_body("IPAddressPool/ns/q", "198.18.43.5", "198.18.43.0/28", "IPAddress/ns/u", 3600)
+    body["metadata"]["labels"]["network.deckhouse.io/made-by-controller"] = "true"
+    api.create(LEASE_KIND, body)
+    n.source.add(auto_ip("u", net="q-net"))
+    assert attach(n.ipam, pod("p"), net="q-net", names=("u",))[0].address == "198.18.43.5"
+    n.outbox.flush()
+    assert objects_of(api, "198.18.43.5")[0]["metadata"]["labels"]["network.deckhouse.io/node"] == "a"
+    rec = n.store.get_ip("IPAddress/ns/u")
+    assert rec is not None
+    n.ipam.release_pod([rec.key], rec.used_by_uids[0])
+    n.ipam.delete_ip(rec)
+    n.outbox.flush()
+    (obj,) = objects_of(api, "198.18.43.5")
+    assert not obj["spec"].get("holder") and obj["status"]["orphaningTimestamp"]
+
+
+@pytest.mark.parametrize("write", ["patch", "patch_status"])
+def test_a_quarantine_one_of_whose_writes_failed_once_is_finished(api: FakeApi, write: str) -> None:
+    """The quarantine of a lease object is two writes (its time, then its holder dropped): either failing once (the
+    API server's answer lost), the retry finishes it, so the object expires."""
+    n = small_node(api, "a", "1h")
+    got = attach(n.ipam, pod("p"), net="q-net")[0].address
+    n.outbox.flush()
+    rec = next(r for r in n.store.all_ips() if r.address == got)
+    real = getattr(api, write)
+    failed: list[int] = []
+
+    def fails_once(*a: Any, **k: Any) -> Any:
+        if not failed:
+            failed.append(1)
+            raise TimeoutError("read timed out")
+        return real(*a, **k)
+
+    setattr(api, write, fails_once)
+    n.ipam.delete_ip(rec)
+    n.outbox.flush()
+    assert failed and n.outbox.depth()
+    n.outbox.clock = lambda: 1e12  # its backoff over
+    n.outbox._away_until = 0.0
+    n.outbox.flush()
+    (obj,) = objects_of(api, got)
+    assert not obj["spec"].get("holder") and obj["status"]["orphaningTimestamp"] and not n.outbox.depth()
