@@ -715,9 +715,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench.kube: interrupted; everything it made is removed", file=sys.stderr)
         return 130
-    write_results(a.json or f"bench-results/kube{'-allocation' if a.allocation_only else ''}.json", results)
+    path = a.json or f"bench-results/kube{'-allocation' if a.allocation_only else ''}.json"
+    write_results(path, results)
     print(report_allocation(results) if a.allocation_only else report(results))
-    print(f"(written to {a.json})")
+    print(f"(written to {path})")
     return 0
 
 
