@@ -192,44 +192,40 @@ class KubeLeaseRegistry(NoBlocks):
                 raise
         return False
 
-    def _release_lease(self, body: dict[str, Any]) -> None:
-        """The outbox's op for letting a lease go: delete the object if it is still this node's for that holder, at
-        the version read (a change in between is looked at again: the outbox retries)."""
+    # -- the outbox's checked ops: each reads the object, and writes only at the version it read ---------------
+    def _read(self, name: str) -> dict[str, Any] | None:
         try:
-            current = self.objects.get(KIND, body["name"])
+            return dict(self.objects.get(KIND, name))
         except Exception as exc:
             if status_of(exc) == 404:
-                return
+                return None
             raise
+
+    def _delete_at(self, current: dict[str, Any], done: tuple[int, ...]) -> None:
         md = current.get("metadata") or {}
-        if (current.get("spec") or {}).get("holder") != body.get("holder") or \
-                (md.get("labels") or {}).get(NODE_LABEL) != body.get("node"):
-            return  # leased again since (another node, another holder): not this node's to delete
         try:
-            self.objects.delete(KIND, body["name"], resource_version=str(md.get("resourceVersion") or ""))
+            self.objects.delete(KIND, str(md.get("name")), resource_version=str(md.get("resourceVersion") or ""))
         except Exception as exc:
-            if status_of(exc) != 404:
+            if status_of(exc) not in done:
                 raise
 
+    def _release_lease(self, body: dict[str, Any]) -> None:
+        """Letting a lease go: delete the object if it is still this node's for that holder (a change in between
+        is looked at again: the outbox retries on the 409)."""
+        current = self._read(body["name"])
+        if current is None or (current.get("spec") or {}).get("holder") != body.get("holder") or \
+                ((current.get("metadata") or {}).get("labels") or {}).get(NODE_LABEL) != body.get("node"):
+            return  # gone, or leased again since (another node, another holder): not this node's to delete
+        self._delete_at(current, done=(404,))
+
     def _expire_orphan(self, body: dict[str, Any]) -> None:
-        """The outbox's op for the end of a quarantine: delete the object if it is still the orphan this node made
-        (no holder, the same orphaning time), at the version read."""
-        try:
-            current = self.objects.get(KIND, body["name"])
-        except Exception as exc:
-            if status_of(exc) == 404:
-                return
-            raise
-        status = current.get("status") or {}
-        if (current.get("spec") or {}).get("holder") or \
-                (body.get("orphanedAt") and status.get("orphaningTimestamp") != body["orphanedAt"]):
-            return  # leased again, adopted, or another quarantine: not this node's to end
-        try:
-            self.objects.delete(KIND, body["name"],
-                                resource_version=str((current.get("metadata") or {}).get("resourceVersion") or ""))
-        except Exception as exc:
-            if status_of(exc) not in (404, 409):
-                raise
+        """The end of a quarantine: delete the object if it is still the orphan this node made (no holder, the same
+        orphaning time)."""
+        current = self._read(body["name"])
+        if current is None or (current.get("spec") or {}).get("holder") or \
+                (body.get("orphanedAt") and (current.get("status") or {}).get("orphaningTimestamp") != body["orphanedAt"]):
+            return  # gone, leased again, adopted, or another quarantine: not this node's to end
+        self._delete_at(current, done=(404, 409))
 
     def orphan(self, lease: LeaseRecord) -> None:
         """Owe the quarantine of the address's lease object: made only on this node's own object (another node may
@@ -239,12 +235,9 @@ class KubeLeaseRegistry(NoBlocks):
                                                            "orphanedAt": rfc3339(lease.orphaned_at)})
 
     def _orphan_lease(self, body: dict[str, Any]) -> None:
-        try:
-            current = self.objects.get(KIND, body["name"])
-        except Exception as exc:
-            if status_of(exc) == 404:
-                return
-            raise
+        current = self._read(body["name"])
+        if current is None:
+            return
         md = current.get("metadata") or {}
         held = (current.get("spec") or {}).get("holder")
         orphaned = (current.get("status") or {}).get("orphaningTimestamp")

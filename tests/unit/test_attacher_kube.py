@@ -21,7 +21,7 @@ from ipamd.kube.blocks import BlockRegistry
 from ipamd.kube.leases import KIND as LEASE_KIND
 from ipamd.kube.leases import lease_body, lease_name
 from ipamd.kube.outbox import Outbox
-from ipamd.model.objects import API_VERSION, Pod, parse_object
+from ipamd.model.objects import Pod
 from ipamd.node.segments import Segments
 from ipamd.store.records import OutboxEntry
 from ipamd.store.sqlite import Store
@@ -32,17 +32,7 @@ from tests.fakes.drivers import FakeDriver, FakeNetns
 from tests.fakes.links import FakeNodeLinks
 from tests.fakes.publisher import RecordingPublisher
 from tests.fakes.source import FakeSource
-
-NS = "apps"
-NETNS = "/run/netns/app"
-
-
-def obj(kind: str, name: str, spec: dict[str, Any], namespaced: bool = True, **metadata: Any) -> Any:
-    md: dict[str, Any] = {"name": name, **metadata}
-    if namespaced:
-        md["namespace"] = NS
-    return parse_object({"apiVersion": "v1" if kind == "Pod" else API_VERSION, "kind": kind, "metadata": md,
-                         "spec": spec})
+from tests.unit.test_attacher import NETNS, NS, obj
 
 
 def a_pod(name: str, networks: list[dict[str, Any]], uid: str) -> Pod:
