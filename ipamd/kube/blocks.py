@@ -528,10 +528,8 @@ class BlockRegistry(KubeLeaseRegistry):
         slot = (block.pool, block.first)
         with self._settled:
             self._settled.wait_for(lambda: not self._inflight.get(slot), timeout=5.0)
-        targets = [f"{LEASE_KIND}/{lease_name(block.pool, to_text(ip))}"
-                   for ip in addresses_in(pool, block.first, block.size)]
         try:
-            made = all(self.outbox.flush_target(t) for t in targets if self.outbox.owes(t))
+            made = self._make_window_leases(pool, block)
         except Exception as exc:  # the store: the block stays ours
             log.warning("returning address block %s: %s", block.name, exc)
             made = False
@@ -558,10 +556,8 @@ class BlockRegistry(KubeLeaseRegistry):
         """Keep a block asked for that has no free address: the node that asked saw free ones only because its cache
         lacked this node's owed lease objects. They are made now (which answers it: the block shows full there), then
         the request is withdrawn; so a full pool keeps its blocks instead of trading them for per-address leases."""
-        targets = [f"{LEASE_KIND}/{lease_name(block.pool, to_text(ip))}"
-                   for ip in addresses_in(pool, block.first, block.size)]
         try:
-            if not all(self.outbox.flush_target(t) for t in targets if self.outbox.owes(t)):
+            if not self._make_window_leases(pool, block):
                 return  # the API away: the next round tries again
             self.objects.patch_status(KIND, block.name, {"returnRequestedBy": None, "returnRequestedAt": None})
         except Exception as exc:
@@ -706,15 +702,19 @@ class BlockRegistry(KubeLeaseRegistry):
             out.append((by_key[block.pool], block))
         return out
 
+    def _make_window_leases(self, pool: AddressPool, block: Block) -> bool:
+        """Make now the lease objects this node owes in a block's window; whether none is left owed."""
+        targets = [f"{LEASE_KIND}/{lease_name(block.pool, to_text(ip))}"
+                   for ip in addresses_in(pool, block.first, block.size)]
+        return all(self.outbox.flush_target(t) for t in targets if self.outbox.owes(t))
+
     def _keep_leases_of(self, pool: AddressPool, block: Block) -> None:
         """Make the owed lease objects of a lost block's window now: from here on they alone keep its leases."""
-        for ip in addresses_in(pool, block.first, block.size):
-            target = f"{LEASE_KIND}/{lease_name(block.pool, to_text(ip))}"
-            try:
-                if self.outbox.owes(target):
-                    self.outbox.flush_target(target)
-            except Exception as exc:  # owed still: the outbox makes it later
-                log.info("making the lease object of %s: %s", to_text(ip), exc)
+        try:
+            if not self._make_window_leases(pool, block):
+                log.info("lease objects of address block %s not made yet: the outbox makes them later", block.name)
+        except Exception as exc:  # owed still: the outbox makes them later
+            log.info("making the lease objects of address block %s: %s", block.name, exc)
 
     def _free_excluded(self) -> None:
         """Addresses found leased inside a block at its claim are this node's to hand out once their lease object

@@ -35,8 +35,8 @@ from ipamd.kube.blocks import KIND as BLOCK_KIND
 from ipamd.kube.blocks import parse_block
 from ipamd.kube.elector import LeaderElector
 from ipamd.kube.errors import reason_of, status_of
-from ipamd.kube.leases import CONTROLLER_LABEL, POOL_LABEL, lease_body, pool_label
 from ipamd.kube.leases import KIND as LEASE_KIND
+from ipamd.kube.leases import POOL_LABEL, lease_body, pool_label
 from ipamd.kube.reclaim import silent_nodes, stray_leases, vanished
 from ipamd.model.conditions import set_condition
 from ipamd.model.objects import (
@@ -302,7 +302,6 @@ class Controller:
                 return
             ip, subnet = picked
             body = lease_body(pool.meta.key, to_text(ip), str(subnet.network), obj.meta.key, pool.lease_ttl_s)
-            body["metadata"]["labels"][CONTROLLER_LABEL] = "true"
             try:
                 self.objects.create(LEASE_KIND, body)
             except Exception as exc:
@@ -374,21 +373,18 @@ class Controller:
                 out.add(f"{kind}/{ns}/{md.get('name')}" if ns else f"{kind}/{md.get('name')}")
         return out
 
-    def _quarantine(self, node: str, holders: set[str], now: float,
-                    items: list[dict[str, Any]] | None = None) -> int:
+    def _quarantine(self, node: str, holders: set[str], now: float) -> int:
         """Orphan ``node``'s lease objects whose holder is gone: the orphaning time first (guarded by the version the
         cache saw: a lease made again meanwhile for somebody else is left alone), the holder after (guarded by the
         version the first write made: a Static that adopted it in between keeps it); a lease left between the two
         writes still expires."""
         done = 0
-        candidates = items if items is not None else self.source.by_index(LEASE_KIND, "node", node)
-        for item in stray_leases(candidates, node, holders):
+        for item in stray_leases(self.source.by_index(LEASE_KIND, "node", node), node, holders):
             name, version = item["metadata"]["name"], item["metadata"].get("resourceVersion")
             try:
                 made = self.objects.patch_status(LEASE_KIND, name, {"orphaningTimestamp": rfc3339(now)},
                                                  resource_version=str(version or ""))
-                after = str(((made or {}).get("metadata") or {}).get("resourceVersion") or "") \
-                    if isinstance(made, dict) else ""
+                after = str(((made if isinstance(made, dict) else {}).get("metadata") or {}).get("resourceVersion") or "")
                 self.objects.patch(LEASE_KIND, name, {"metadata": {"resourceVersion": after} if after else {},
                                                       "spec": {"holder": None}})
             except Exception as exc:

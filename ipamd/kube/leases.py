@@ -35,8 +35,6 @@ if TYPE_CHECKING:  # the source builds its informers with LEASE_INDEXERS below
 log = logging.getLogger(__name__)
 KIND = "IPAddressLease"
 NODE_LABEL = f"{GROUP}/node"
-#: on the lease objects the controller makes (for users' own Auto IPAddresses), to tell them from the nodes' own
-CONTROLLER_LABEL = f"{GROUP}/made-by-controller"
 POOL_LABEL = f"{GROUP}/pool"  # a hash of the pool's key (a label value holds no "/"): lists one pool's leases
 
 

@@ -51,7 +51,7 @@ def stray_leases(leases: Iterable[Mapping[str, Any]], node: str, existing: Colle
     for item in leases:
         md = item.get("metadata") or {}
         holder = str((item.get("spec") or {}).get("holder") or "")
-        if ((md.get("labels") or {}).get(NODE_LABEL) or "") != node or not holder:
+        if (md.get("labels") or {}).get(NODE_LABEL) != node or not holder:
             continue
         if holder in existing or holder.startswith(f"{IPAM_CLAIM.name}/"):
             continue

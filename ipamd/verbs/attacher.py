@@ -192,23 +192,17 @@ class Attacher:
         the interface (a dead sandbox's DEL would take the pod off them). The claims beyond the node (the API server)
         are made before that transaction, outside the store's lock (``Ipam.claiming``): no other call of the node
         waits on the API server, nor an outbox write a claim waits for on the lock this call would hold."""
+        delegated: list[Claim] = []
+        claiming: AbstractContextManager[Callable[[], list[Claim]]]
         try:
-            if w.address is not None:  # a delegate's plexus-ipam address: leased here (its own transaction)
+            if w.address is not None:  # a delegate's plexus-ipam address: leased here, in a transaction of its own
                 leased = self.delegated.lease(w.address)
-                claims = [leased.claim]
-                w = with_lease(w, leased)
-                try:
-                    with self.store.transaction():
-                        iface = self._planned(key, w, claims)
-                        record = replace(record, interfaces=record.interfaces + (iface,))
-                        self.store.put_attachment(record)
-                except BaseException:
-                    quietly("leases", self._undo_leases, claims, pod, (key.container_id, key.runtime_ifname),
-                            w.request.if_name)
-                    raise
-                return record, iface, claims
-            claiming = self.ipam.claiming(pod, w.sel, w.net, w.user_ips) if w.sel and w.net \
-                else contextlib.nullcontext(list)
+                delegated, w = [leased.claim], with_lease(w, leased)
+                claiming = contextlib.nullcontext(lambda: delegated)
+            elif w.sel and w.net:
+                claiming = self.ipam.claiming(pod, w.sel, w.net, w.user_ips)
+            else:
+                claiming = contextlib.nullcontext(list)
             with claiming as recorded, self.store.transaction():
                 claims = recorded()
                 iface = self._planned(key, w, claims)
@@ -216,6 +210,11 @@ class Attacher:
                 self.store.put_attachment(record)
         except PoolExhausted as exc:
             self.ipam.note_exhausted(w.user_ips, exc)
+            raise
+        except BaseException:
+            if delegated:  # recorded already: let go again
+                quietly("leases", self._undo_leases, delegated, pod, (key.container_id, key.runtime_ifname),
+                        w.request.if_name)
             raise
         return record, iface, claims
 
