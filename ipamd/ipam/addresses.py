@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Collection, Container, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from cni.errors import AddressConflict, CniError, InvalidConfig, ObjectNotFound, PoolExhausted, TryAgainLater
 from ipamd.ipam.allocator import in_ranges, pick_free, subnet_for, to_int, to_text
@@ -70,6 +71,17 @@ class Claim:
     routes: tuple[dict[str, str], ...]
     created_ip: bool
     created_lease: bool
+
+
+T = TypeVar("T")
+#: Times a claim is secured again when the cache moved between securing and recording (``CacheMoved``).
+SECURE_TRIES = 3
+
+
+class CacheMoved(Exception):
+    """What a claim secured outside the store's lock no longer fits in the transaction that records it: the address
+    was taken or freed meanwhile, or the IPAddress lost its lease. Claiming another one would be an API request under
+    the lock, so the caller secures again (``Ipam.resecured``)."""
 
 
 @dataclass(slots=True)
@@ -219,10 +231,9 @@ class Ipam:
             )
         return rec
 
-    def lease_for(self, rec: IPRecord, pool: AddressPool,
-                  secured: Secured | None = None) -> tuple[IPRecord, LeaseRecord, bool]:
-        """Give the IPAddress its address (keeping the one it has); inside a transaction. With ``secured`` (from
-        ``securing``, before the transaction) the registry was asked already, and this makes no API call."""
+    def lease_for(self, rec: IPRecord, pool: AddressPool, secured: Secured) -> tuple[IPRecord, LeaseRecord, bool]:
+        """Give the IPAddress its address (keeping the one it has); inside a transaction, with what ``securing`` claimed
+        before it. No API request: an address the registry was not asked for outside the lock is ``CacheMoved``."""
         now = self.clock()
         pool = family_view(rec, pool)
         pkey = pool_key(pool)
@@ -231,9 +242,9 @@ class Ipam:
         if lease is not None and lease.pool != pkey:  # the Network moved to another pool: start over
             self._orphan(lease, now)
             lease = None
-        if lease is None and secured is not None and secured.elsewhere:
+        if lease is None and secured.elsewhere:
             raise AddressConflict(f"IPAddress {rec.name}: {rec.static_ip} is already leased elsewhere", "spec.static.ip")
-        if lease is None and secured is not None and secured.lease is not None and secured.lease.pool == pkey:
+        if lease is None and secured.lease is not None and secured.lease.pool == pkey:
             held = self.store.lease_at(pkey, secured.lease.ip)
             if held is None or (held.holder is None and rec.type == "Static"):  # still free here (or quarantined)
                 lease = replace(secured.lease, created_at=now)
@@ -254,12 +265,7 @@ class Ipam:
                 if (pkey, ip) in self._securing:  # another call's pick, its claim out: ours could undo its object
                     raise TryAgainLater(f"IPAddress {rec.name}: {rec.static_ip} is being claimed on this node for "
                                         "another call right now", "spec.static.ip")
-                # an orphaned (quarantined) lease of exactly this address is adopted at once
-                lease = LeaseRecord(pool=pkey, ip=ip, address=to_text(ip), network=str(subnet.network),
-                                    holder=rec.key, holder_uid=rec.uid, ttl=pool.lease_ttl_s, created_at=now)
-                if not self.registry.claim(lease):
-                    raise AddressConflict(f"IPAddress {rec.name}: {rec.static_ip} is already leased elsewhere",
-                                          "spec.static.ip")
+                raise CacheMoved(f"IPAddress {rec.name}: {rec.static_ip} was not claimed beyond this node")
             else:
                 adopted = self.registry.held_by(rec.key, pkey)
                 if adopted is not None:  # leased on another node (or by the controller): adopt it here
@@ -268,7 +274,9 @@ class Ipam:
                                         holder=rec.key, holder_uid=rec.uid, ttl=pool.lease_ttl_s, created_at=now)
                     self.registry.adopt(lease)  # owed with this transaction: this node lets it go from now on
                 else:
-                    lease = self._claim_free(rec, pool, pkey, now)
+                    self._none_free(pool, pkey, now)
+                    raise CacheMoved(f"IPAddress {rec.name}: a free address of pool {pool.meta.display} was not "
+                                     "claimed beyond this node")
             self.store.put_lease(lease)
             created = True
         subnet = subnet_for(pool, lease.ip)
@@ -418,28 +426,15 @@ class Ipam:
         with self._securing_lock:
             self._securing.discard((lease.pool, lease.ip))
 
-    def _claim_free(self, rec: IPRecord, pool: AddressPool, pkey: str, now: float) -> LeaseRecord:
-        """The next free address that the registry also lets us have (another node may hold it)."""
-        taken = self.store.taken_ips(pkey)
+    def _none_free(self, pool: AddressPool, pkey: str, now: float) -> None:
+        """Raise ``PoolExhausted`` with the counts when the pool has no free address left (as securing found)."""
         lost: set[int] = set()
-        skip = self._taken(pkey, lost)
-        cursor = self.store.cursor(cursor_key(pool))
-        while True:
-            picked = pick_free(pool, skip, cursor)
-            if picked is None and self.expire(pkey, now):  # quarantines are ended lazily, when needed
-                picked = pick_free(pool, skip, cursor)
-            if picked is None:
-                raise PoolExhausted(
-                    f"pool {pool.meta.display} has no free address",
-                    f"{len(taken) + len(lost)} of {pool.size} addresses leased or quarantined",
-                )
-            ip, subnet = picked
-            lease = self._candidate(rec, pool, pkey, ip, str(subnet.network))
-            if self.registry.claim(lease):
-                self.store.set_cursor(cursor_key(pool), ip)
-                return lease
-            lost.add(ip)  # taken by another node since our cache last saw it: try the next one
-            cursor = ip
+        if pick_free(pool, self._taken(pkey, lost), self.store.cursor(cursor_key(pool))) is not None:
+            return
+        if self.expire(pkey, now) and pick_free(pool, self._taken(pkey, lost), 0) is not None:  # ended lazily
+            return
+        raise PoolExhausted(f"pool {pool.meta.display} has no free address",
+                            f"{len(self.store.taken_ips(pkey))} of {pool.size} addresses leased or quarantined")
 
     def _orphan(self, lease: LeaseRecord, now: float) -> None:
         orphan = self.store.orphan_lease(lease, now)
@@ -464,8 +459,33 @@ class Ipam:
     def claim(self, pod: Pod, sel: NetworkSelection, net: ResolvedNetwork,
               user_objs: list[IPAddressObject]) -> list[Claim]:
         """Lease the addresses of one pod interface and mark them used by the pod (one transaction)."""
-        with self.claiming(pod, sel, net, user_objs) as record, self.store.transaction():
-            return record()
+        def attempt() -> list[Claim]:
+            with self.claiming(pod, sel, net, user_objs) as record, self.store.transaction():
+                return record()
+
+        return self.resecured(attempt)
+
+    def resecured(self, attempt: Callable[[], T]) -> T:
+        """``attempt`` (securing, then the transaction that records what it secured) made again while the cache moves
+        between the two (``CacheMoved``); after ``SECURE_TRIES`` the caller hears code 11 and tries later."""
+        for tries in range(1, SECURE_TRIES + 1):
+            try:
+                return attempt()
+            except CacheMoved as exc:
+                log.debug("secured again (%d): %s", tries, exc)
+                if tries == SECURE_TRIES:
+                    raise TryAgainLater(f"{exc}: the pool's addresses changed {SECURE_TRIES} times while this call "
+                                        "claimed one", "ipam") from None
+        raise AssertionError("unreachable")
+
+    def lease_alone(self, rec: IPRecord, pool: AddressPool) -> tuple[IPRecord, LeaseRecord]:
+        """Lease ``rec`` its address in a transaction of its own (a user's IPAddress, a gRPC client's lease)."""
+        def attempt() -> tuple[IPRecord, LeaseRecord]:
+            with self.securing(rec, pool) as secured, self.store.transaction():
+                leased, lease, _ = self.lease_for(rec, pool, secured)
+            return leased, lease
+
+        return self.resecured(attempt)
 
     @contextmanager
     def claiming(self, pod: Pod, sel: NetworkSelection, net: ResolvedNetwork,
@@ -610,9 +630,7 @@ class Ipam:
             key=key, kind="api", namespace="", name=owner, network_kind="", network_name="",
             type="Static" if address else "Auto", static_ip=address, created_by="api", created_at=self.clock(),
         )
-        with self.securing(rec, pool) as secured, self.store.transaction():
-            rec, lease, _ = self.lease_for(rec, pool, secured)
-        return rec, lease
+        return self.lease_alone(rec, pool)
 
     def release_address(self, pool: AddressPool, address: str, force: bool) -> bool:
         """Free ``address`` of ``pool`` deliberately (an operator's ``plexusctl ipam release``); refused

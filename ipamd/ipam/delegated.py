@@ -24,7 +24,7 @@ from typing import Any
 
 from cni.errors import AddressConflict, InvalidConfig, ObjectNotFound, UnknownContainer
 from cni.types import IPConfig, Result, Route, cidr_of
-from ipamd.ipam.addresses import Claim, Ipam
+from ipamd.ipam.addresses import Claim, Ipam, Secured
 from ipamd.ipam.allocator import in_ranges, subnet_for, to_int
 from ipamd.model.cniconf import ConfigInvalid
 from ipamd.model.ipamconf import InlineRange, IpamConfig, implicit_pool, overlap, parse_ipam_config, space_key
@@ -40,7 +40,7 @@ from ipamd.model.objects import (
 )
 from ipamd.sources.base import ObjectSource
 from ipamd.store.protocols import LeaseStore
-from ipamd.store.records import ImplicitPoolRecord, IPRecord
+from ipamd.store.records import ImplicitPoolRecord, IPRecord, LeaseRecord
 
 CNI_HOLDER = "CNI"
 CLAIM_HOLDER = IPAM_CLAIM.name
@@ -130,22 +130,28 @@ class DelegatedAddresses:
         claim_obj = self._claim_object(req)
         if claim_obj is not None:
             self._check_owner(claim_obj, req)  # may read the API: never under the store's lock
-        first, _ = self._holder(req, claim_obj)  # read only: the address is claimed beyond this node before the
-        with self.ipam.securing(first, pool) as secured, self.store.transaction():  # transaction that records it
-            if req.config.range is not None:
-                self._note_range(req.network, req.config.range, f"{req.config_field}.range")
-            rec, created = self._holder(req, claim_obj)
-            if rec.type == "Static":
-                self._check_static(rec, pool, req)
-            try:
-                rec, lease, created_lease = self.ipam.lease_for(rec, pool, secured if rec.key == first.key else None)
-            except AddressConflict as exc:  # another node holds it
-                raise AddressConflict(f"{rec.static_ip} is already leased on another node",
-                                      req.claim_field if claim_obj else req.ips_field) from exc
-            uid, pod_ref = req.user
-            users = dict(zip(rec.used_by_uids, rec.used_by_pods, strict=False)) | {uid: pod_ref}
-            rec = replace(rec, used_by_uids=tuple(users), used_by_pods=tuple(users.values()))
-            self.store.put_ip(rec)
+
+        def attempt() -> tuple[IPRecord, LeaseRecord, bool, bool]:
+            first, _ = self._holder(req, claim_obj)  # read only: the address is claimed beyond this node before the
+            with self.ipam.securing(first, pool) as secured, self.store.transaction():  # transaction that records it
+                if req.config.range is not None:
+                    self._note_range(req.network, req.config.range, f"{req.config_field}.range")
+                rec, created = self._holder(req, claim_obj)
+                if rec.type == "Static":
+                    self._check_static(rec, pool, req)
+                try:  # another holder since the read: what was secured is not its, and is let go
+                    rec, lease, created_lease = self.ipam.lease_for(rec, pool,
+                                                                    secured if rec.key == first.key else Secured())
+                except AddressConflict as exc:  # another node holds it
+                    raise AddressConflict(f"{rec.static_ip} is already leased on another node",
+                                          req.claim_field if claim_obj else req.ips_field) from exc
+                uid, pod_ref = req.user
+                users = dict(zip(rec.used_by_uids, rec.used_by_pods, strict=False)) | {uid: pod_ref}
+                rec = replace(rec, used_by_uids=tuple(users), used_by_pods=tuple(users.values()))
+                self.store.put_ip(rec)
+            return rec, lease, created, created_lease
+
+        rec, lease, created, created_lease = self.ipam.resecured(attempt)
         routes = tuple(Route(r["destination"], r.get("via", "")) for r in rec.routes)
         routes += tuple(Route(dst, gw) for dst, gw in req.config.routes)
         return Leased(Claim(rec.key, rec.name, lease.address, lease.network, rec.routes, created, created_lease),

@@ -204,8 +204,7 @@ class Reconciler:
                 if rec.deleted:
                     rec = replace(rec, deleted=False)
                 try:
-                    with self.ipam.securing(rec, pool) as secured, self.store.transaction():
-                        self.ipam.lease_for(rec, pool, secured)
+                    self.ipam.lease_alone(rec, pool)
                 except CniError as exc:
                     if exc.code == 100:
                         self.ipam.mark_exhausted(rec, exc)

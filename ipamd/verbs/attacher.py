@@ -193,11 +193,10 @@ class Attacher:
         are made before that transaction, outside the store's lock (``Ipam.claiming``): no other call of the node
         waits on the API server, nor an outbox write a claim waits for on the lock this call would hold."""
         delegated: list[Claim] = []
-        claiming: AbstractContextManager[Callable[[], list[Claim]]]
-        try:
-            if w.address is not None:  # a delegate's plexus-ipam address: leased here, in a transaction of its own
-                leased = self.delegated.lease(w.address)
-                delegated, w = [leased.claim], with_lease(w, leased)
+
+        def attempt() -> tuple[AttachmentRecord, BuiltInterface, list[Claim]]:
+            claiming: AbstractContextManager[Callable[[], list[Claim]]]
+            if delegated:
                 claiming = contextlib.nullcontext(lambda: delegated)
             elif w.sel and w.net:
                 claiming = self.ipam.claiming(pod, w.sel, w.net, w.user_ips)
@@ -206,8 +205,15 @@ class Attacher:
             with claiming as recorded, self.store.transaction():
                 claims = recorded()
                 iface = self._planned(key, w, claims)
-                record = replace(record, interfaces=record.interfaces + (iface,))
-                self.store.put_attachment(record)
+                done = replace(record, interfaces=record.interfaces + (iface,))
+                self.store.put_attachment(done)
+            return done, iface, claims
+
+        try:
+            if w.address is not None:  # a delegate's plexus-ipam address: leased here, in a transaction of its own
+                leased = self.delegated.lease(w.address)
+                delegated, w = [leased.claim], with_lease(w, leased)
+            return self.ipam.resecured(attempt)
         except PoolExhausted as exc:
             self.ipam.note_exhausted(w.user_ips, exc)
             raise
@@ -216,7 +222,6 @@ class Attacher:
                 quietly("leases", self._undo_leases, delegated, pod, (key.container_id, key.runtime_ifname),
                         w.request.if_name)
             raise
-        return record, iface, claims
 
     def _planned(self, key: InterfaceKey, w: Wanted, claims: list[Claim]) -> BuiltInterface:
         driver = self.drivers[w.kind]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from cni.errors import AddressConflict, InvalidConfig, ObjectNotFound, PoolExhausted
-from ipamd.ipam.addresses import Claim, Ipam, auto_ip_name
+from ipamd.ipam.addresses import Claim, Ipam, Secured, auto_ip_name
 from ipamd.ipam.allocator import in_ranges, subnet_for, to_int, to_text
 from ipamd.model.annotations import NetworkSelection
 from ipamd.model.conditions import set_condition
@@ -290,7 +290,7 @@ def test_static_outside_the_pool_is_invalid(ipam: Ipam, source: FakeSource) -> N
 def test_static_outside_the_pool_is_refused_by_lease_for_too(ipam: Ipam, store: Store, source: FakeSource) -> None:
     rec = ipam.record_for(user_obj(source, "static-elsewhere"))
     with pytest.raises(InvalidConfig), store.transaction():
-        ipam.lease_for(rec, pool_obj(source, "pool"))
+        ipam.lease_for(rec, pool_obj(source, "pool"), Secured())
     assert store.all_leases() == []
 
 
@@ -311,7 +311,7 @@ def test_static_taken_by_an_auto_lease_is_a_conflict(ipam: Ipam, store: Store, s
     assert info.value.details == "spec.static.ip"
     rec = ipam.record_for(user_obj(source, "static-in-range"))
     with pytest.raises(AddressConflict), store.transaction():
-        ipam.lease_for(rec, pool_obj(source, "pool"))
+        ipam.lease_for(rec, pool_obj(source, "pool"), Secured())
 
 
 def test_auto_never_takes_a_static_address(ipam: Ipam) -> None:

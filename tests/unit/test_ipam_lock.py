@@ -5,14 +5,17 @@ the API server answers; a claim lost, failed or not taken leaves nothing behind.
 from __future__ import annotations
 
 import threading
-from collections.abc import Container
+from collections.abc import Callable, Container, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 
 import pytest
 
 from cni.errors import AddressConflict, TryAgainLater
-from ipamd.ipam.addresses import Ipam
+from ipamd.ipam.addresses import SECURE_TRIES, Ipam, Secured
 from ipamd.ipam.registry import NodeLocalRegistry
-from ipamd.store.records import LeaseRecord
+from ipamd.model.objects import AddressPool
+from ipamd.store.records import IPRecord, LeaseRecord
 from ipamd.store.sqlite import Store
 from tests.fakes.source import FakeSource
 from tests.unit.test_ipam import Clock, attach, pod, static, world
@@ -138,3 +141,58 @@ def test_calls_side_by_side_never_pick_the_same_address(parts: tuple[Ipam, Regis
     assert errors == []
     addresses = [lease.address for lease in store.all_leases()]
     assert len(addresses) == len(set(addresses)) == 10 and sorted(registry.claimed) == sorted(addresses)
+
+
+def _moving(ipam: Ipam, move: Callable[[IPRecord, Secured], None]) -> None:
+    """``ipam.securing`` with ``move`` run between securing and the transaction: what another call does meanwhile."""
+    original = ipam.securing
+
+    @contextmanager
+    def securing(rec: IPRecord, pool: AddressPool | None) -> Iterator[Secured]:
+        with original(rec, pool) as secured:
+            move(rec, secured)
+            yield secured
+
+    ipam.securing = securing  # type: ignore[method-assign]
+
+
+def test_a_lease_gone_before_its_transaction_is_secured_again_outside_the_lock(
+        parts: tuple[Ipam, Registry, Store, FakeSource]) -> None:
+    """The pod's IPAddress had its lease when securing looked (so nothing was claimed), and lost it before the
+    transaction: the address is claimed again outside the lock, not by an API request under it."""
+    ipam, registry, store, _ = parts
+    (first,) = attach(ipam, pod("a"))
+    moved: list[str] = []
+
+    def let_go(rec: IPRecord, secured: Secured) -> None:
+        lease = store.lease_of(rec.key)
+        if lease is not None and not moved:
+            with store.transaction():
+                store.delete_lease(lease.pool, lease.ip)
+            moved.append(lease.address)
+
+    _moving(ipam, let_go)
+    (again,) = attach(ipam, pod("a"))  # Registry.claim asserts the store's lock is free
+    assert moved == [first.address] and registry.claimed == [first.address, again.address]
+    assert [lease.address for lease in store.all_leases()] == [again.address]
+
+
+def test_an_address_taken_before_every_transaction_answers_11_and_leaves_nothing(
+        parts: tuple[Ipam, Registry, Store, FakeSource]) -> None:
+    ipam, registry, store, _ = parts
+    others: list[str] = []
+
+    def taken(rec: IPRecord, secured: Secured) -> None:
+        if secured.lease is not None:  # another holder records the secured address first
+            with store.transaction():
+                store.put_lease(replace(secured.lease, holder=f"IPAddress/ns1/other{len(others)}",
+                                                 holder_uid=f"other{len(others)}"))
+            others.append(secured.lease.address)
+
+    _moving(ipam, taken)
+    with pytest.raises(TryAgainLater) as info:
+        attach(ipam, pod("a"))
+    assert info.value.code == 11 and "changed 3 times" in info.value.msg
+    assert len(others) == SECURE_TRIES and registry.released == others == registry.claimed
+    assert sorted(lease.address for lease in store.all_leases()) == sorted(others) and not ipam._securing
+    assert store.lease_of("IPAddress/ns1/a-net1") is None
