@@ -609,6 +609,8 @@ class Bench:
         log(f"latency, Kubernetes mode and local mode taking turns: {a.latency_rounds} rounds, {a.warmup}+{a.runs} "
             f"ADD/DEL each in all")
         results.update(self.latency_rounds(node0, name0, self.local_node(), a.latency_rounds, a.runs, a.warmup))
+        if a.latency_only:
+            return results
         log("API requests per ADD and per DEL")
         results["requests"] = self.requests_per_verb(node0, name0, a.runs)
         log(f"{a.nodes} node daemons")
@@ -663,6 +665,16 @@ def report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def report_latency(r: dict[str, Any]) -> str:
+    k, loc = r["kubernetes"], r["local"]
+    return "\n".join([
+        "| figure | Kubernetes mode | local mode |", "|---|---|---|",
+        f"| ADD (median / p90) | {k['add_ms']['median']} / {k['add_ms']['p90']} ms "
+        f"| {loc['add_ms']['median']} / {loc['add_ms']['p90']} ms |",
+        f"| ADD ratio (median of all; per round) | {r['add_ratio']} ({', '.join(map(str, r['add_ratio_rounds']))}) | 1 |",
+    ])
+
+
 def report_allocation(r: dict[str, Any]) -> str:
     lines = ["| scheme | allocations/s (median) | rounds | vs baseline |", "|---|---|---|---|"]
     for scheme in ("baseline", "per_address", "blocks"):
@@ -694,6 +706,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alloc-per-caller", type=int, default=50, help="allocations per caller in the allocation race")
     p.add_argument("--allocation-only", action="store_true",
                    help="only the allocation race over gRPC, --rounds times per scheme, taking turns")
+    p.add_argument("--latency-only", action="store_true",
+                   help="only ADD/DEL latency, Kubernetes and local mode taking turns (bench-results/kube-latency.json)")
     p.add_argument("--rounds", type=int, default=3, help="rounds per scheme with --allocation-only")
     p.add_argument("--baseline", default="", help="with --allocation-only: a git ref (e.g. 7b4909b) whose daemons race "
                    "too, from a worktree of this repository, the same Python")
@@ -715,9 +729,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench.kube: interrupted; everything it made is removed", file=sys.stderr)
         return 130
-    path = a.json or f"bench-results/kube{'-allocation' if a.allocation_only else ''}.json"
+    path = a.json or f"bench-results/kube{'-allocation' if a.allocation_only else '-latency' if a.latency_only else ''}.json"
     write_results(path, results)
-    print(report_allocation(results) if a.allocation_only else report(results))
+    print(report_allocation(results) if a.allocation_only else
+          report_latency(results) if a.latency_only else report(results))
     print(f"(written to {path})")
     return 0
 
