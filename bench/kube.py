@@ -346,11 +346,15 @@ class Bench:
                 "add_breakdown": {k: round(v / n, 2) for k, v in per_add.items()},
                 "del_breakdown": {k: round(v / n, 2) for k, v in per_del.items()}}
 
-    def race(self, nodes: list[tuple[str, Daemon]], per_node: int, workers: int) -> dict[str, Any]:
+    def race(self, nodes: list[tuple[str, Daemon]], per_node: int, workers: int, local: bool = False) -> dict[str, Any]:
         """Every node ADDs its pods at once, ``workers`` at a time, from one pool: allocations per second."""
-        plan = [(f"race-{i}-{k}", name) for i, (name, _) in enumerate(nodes) for k in range(per_node)]
-        uids = self.make_pods(plan)
-        time.sleep(2)
+        plan = [(f"{'lrace' if local else 'race'}-{i}-{k}", name) for i, (name, _) in enumerate(nodes)
+                for k in range(per_node)]
+        if local:  # each local daemon leases from a pool of its own: the machine's bound, with nothing shared
+            uids = {p: str(uuid.uuid4()) for p, _ in plan}
+        else:
+            uids = self.make_pods(plan)
+            time.sleep(2)
         netns = {p: self.new_netns(p) for p, _ in plan}
         by_node = {name: d for name, d in nodes}
         addresses: list[str] = []
@@ -381,7 +385,7 @@ class Bench:
         elapsed = time.perf_counter() - started
         if errors:
             raise BenchError(f"{len(errors)} racing ADDs failed, first: {errors[0]}")
-        if len(set(addresses)) != len(addresses):
+        if not local and len(set(addresses)) != len(addresses):
             raise BenchError("two pods got the same address")
         for p, node_name in plan:
             self.cni(by_node[node_name], "DEL", p, uids[p], f"/run/netns/{netns[p]}")
@@ -532,17 +536,17 @@ class Bench:
         return {"with_webhook_ms": with_hook, "without_ms": without,
                 "added_ms": round(with_hook["median"] - without["median"], 1)}
 
-    def local_node(self) -> Daemon:
+    def local_node(self, name: str = "local") -> Daemon:
         """The same Network served from a directory (local mode), for the side-by-side figure; local mode
         makes its links where it runs, so it runs inside a namespace of its own."""
-        objects = self.work / "local-objects"
+        objects = self.work / f"{name}-objects"
         objects.mkdir()
         for i, doc in enumerate(self.objects(22)):
             (objects / f"{i}.yaml").write_text(json.dumps(doc))
-        netns = self.new_netns("local")
-        d = Daemon(self.work, "local", ["--objects-dir", str(objects)], prefix=("ip", "netns", "exec", netns))
+        netns = self.new_netns(name)
+        d = Daemon(self.work, name, ["--objects-dir", str(objects)], prefix=("ip", "netns", "exec", netns))
         self.stack.callback(d.stop)
-        d.wait(d.socket.exists, "local daemon")
+        d.wait(d.socket.exists, f"{name} daemon")
         return d
 
     def start_cluster(self) -> None:
@@ -618,6 +622,11 @@ class Bench:
         time.sleep(2)
         log(f"race: {a.nodes} nodes x {a.pods_per_node} pods")
         results["race"] = self.race(nodes, a.pods_per_node, a.workers)
+        log(f"race, local mode (the machine's bound: nothing shared, no API): {a.nodes} daemons x {a.pods_per_node} pods")
+        locals_ = [(f"local-{i}", self.local_node(f"local{i}")) for i in range(a.nodes)]
+        results["race_local"] = self.race(locals_, a.pods_per_node, a.workers, local=True)
+        for _, d in locals_:
+            d.stop()
         for _, d in nodes:  # the allocation races are theirs alone
             d.stop()
         for scheme in ("per-address", "blocks"):
@@ -651,7 +660,7 @@ def report(r: dict[str, Any]) -> str:
         f"| API requests per DEL: on its path / in all | {req.get('del_path', '-')} / {req['per_del']} "
         f"({', '.join(f'{n} {v:g}' for n, v in req['del_breakdown'].items())}) | 0 |",
         f"| allocations/s, {race['nodes']} racing daemons ({race['pods']} pods, {race['workers_per_node']} at a time "
-        f"per node) | {race['allocations_per_s']} | |",
+        f"per node) | {race['allocations_per_s']} | {r['race_local']['allocations_per_s'] if 'race_local' in r else ''} |",
     ]
     for scheme in ("per_address", "blocks"):
         if (ar := r.get(f"allocation_race_{scheme}")) is not None:
