@@ -297,8 +297,9 @@ class Ipam:
         gRPC read of this node would wait on the API server. The address is picked under the lock and kept from this
         node's other calls while the claim is out; the claim is let go if the transaction does not take it."""
         secured = Secured()
-        if pool is not None and self.store.lease_of(rec.key) is None:
-            secured.lease = self._secure(rec, family_view(rec, pool), secured)
+        held = self.store.lease_of(rec.key)
+        if pool is not None and (held is None or held.pool != pool_key(family_view(rec, pool))):  # none, or the
+            secured.lease = self._secure(rec, family_view(rec, pool), secured)  # Network moved to another pool
         failed = True
         try:
             yield secured

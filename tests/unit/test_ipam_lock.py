@@ -18,7 +18,7 @@ from ipamd.model.objects import AddressPool
 from ipamd.store.records import IPRecord, LeaseRecord
 from ipamd.store.sqlite import Store
 from tests.fakes.source import FakeSource
-from tests.unit.test_ipam import Clock, attach, pod, static, world
+from tests.unit.test_ipam import Clock, attach, network, pod, static, world
 
 
 class Registry(NodeLocalRegistry):
@@ -196,3 +196,18 @@ def test_an_address_taken_before_every_transaction_answers_11_and_leaves_nothing
     assert len(others) == SECURE_TRIES and registry.released == others == registry.claimed
     assert sorted(lease.address for lease in store.all_leases()) == sorted(others) and not ipam._securing
     assert store.lease_of("IPAddress/ns1/a-net1") is None
+
+
+def test_an_address_whose_network_moved_to_another_pool_is_claimed_in_the_new_one(
+        parts: tuple[Ipam, Registry, Store, FakeSource]) -> None:
+    """The IPAddress still holds its lease in the old pool when securing looks: the new pool's address is claimed
+    then (outside the lock), and the transaction quarantines the old one. Securing only for records without any
+    lease claimed nothing, and every try answered 11 for ever (found in review)."""
+    ipam, registry, store, source = parts
+    (first,) = attach(ipam, pod("a"))
+    source.add(network("net", "tiny"))  # the Network now takes its addresses from another pool
+    (again,) = attach(ipam, pod("a"))
+    assert (first.address, again.address) == ("198.18.10.50", "198.18.20.1")
+    assert registry.claimed == ["198.18.10.50", "198.18.20.1"], "claimed outside the lock (Registry.claim checks)"
+    assert [(lease.address, lease.holder is None) for lease in store.all_leases()] == [
+        ("198.18.10.50", True), ("198.18.20.1", False)], "the old address in quarantine"
