@@ -49,6 +49,7 @@ class DaemonConfig:
     cni_workers: int = 8  # CNI calls worked on at once; the others wait their turn in order
     del_mode: str = "sync"  # background: DEL answers once the interfaces are cut off, removes them after
     del_delay: float = 0.2  # background DELs wait this long for the runtime to delete the pod's namespace
+    heartbeat_namespace: str = "plexus-node-lease"  # the nodes' heartbeat Leases (ipamd.kube.heartbeat)
 
     @property
     def ipam_plugin_socket(self) -> str:
@@ -94,8 +95,12 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
                    help="ValidatingWebhookConfiguration whose caBundle the controller keeps")
     w.add_argument("--health-port", type=int, default=d.health_port, help="HTTP /healthz and /readyz (0: none)")
     p.add_argument("--block-ttl", type=float, default=d.block_ttl,
-                   help="seconds after which the controller reclaims the address blocks of a node whose daemon "
-                        "stopped renewing them, once the node runs no pod (default %(default)s)")
+                   help="seconds after which the controller reclaims what a node held (its address blocks, its gone "
+                        "pods' leases) once its daemon stopped renewing its blocks and heartbeat and the node runs no "
+                        "pod (default %(default)s)")
+    p.add_argument("--heartbeat-namespace", default=d.heartbeat_namespace,
+                   help="namespace of the nodes' heartbeat Leases, plexus-node-<node>, which a node renews every "
+                        "minute and the controller judges a vanished node by (default: %(default)s)")
     p.add_argument("--address-blocks", choices=("on", "off"), default="on" if d.address_blocks else "off",
                    help="Kubernetes mode: on (default): claim blocks of 16 addresses of a large pool and lease in "
                         "them without an API request; off: one IPAddressLease create per address, on the ADD's path "
@@ -132,4 +137,5 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
                         a.webhook_secret, a.webhook_configuration, a.health_port, a.ipam_socket, a.block_ttl,
                         a.address_blocks == "on",
                         (POD_RESOURCES_SOCKET if kubeconfig else "") if a.pod_resources_socket is None
-                        else a.pod_resources_socket, a.device_info_dir, a.cni_workers, a.del_mode, a.del_delay)
+                        else a.pod_resources_socket, a.device_info_dir, a.cni_workers, a.del_mode, a.del_delay,
+                        heartbeat_namespace=a.heartbeat_namespace)

@@ -47,7 +47,7 @@ def build(cfg: DaemonConfig) -> Process:
         return ControllerProcess(kube_api(cfg.kubeconfig), cfg.controller_namespace,
                                  WebhookConfig(cfg.webhook_address, cfg.webhook_port, cfg.webhook_names,
                                                cfg.webhook_secret, cfg.webhook_configuration), cfg.health_port,
-                                 cfg.block_ttl)
+                                 cfg.block_ttl, cfg.heartbeat_namespace)
     from ipamd.node.daemon import NodeDaemon
 
     return NodeDaemon(cfg)

@@ -54,6 +54,8 @@ from ipamd.ipam.blocks import (
     windows,
 )
 from ipamd.kube.errors import api_unavailable_is_11, reason_of, status_of
+from ipamd.kube.heartbeat import TARGET_PREFIX as HEARTBEAT_TARGET
+from ipamd.kube.heartbeat import heartbeat_body
 from ipamd.kube.leases import KIND as LEASE_KIND
 from ipamd.kube.leases import NODE_LABEL, POOL_LABEL, KubeLeaseRegistry, lease_body, lease_name, pool_label
 from ipamd.kube.outbox import Outbox
@@ -171,8 +173,9 @@ class BlockRegistry(KubeLeaseRegistry):
     def __init__(self, source: KubernetesSource, node_name: str, outbox: Outbox, size: int = BLOCK_SIZE,
                  idle_s: float = 300.0, clock: Callable[[], float] = time.time,
                  spawn: Callable[[Callable[[], None]], None] | None = None, claim_blocks: bool = True,
-                 wait: Callable[[Callable[[], bool], float], bool] = _poll) -> None:
+                 wait: Callable[[Callable[[], bool], float], bool] = _poll, heartbeat_namespace: str = "") -> None:
         super().__init__(source, node_name, outbox)
+        self.heartbeat_namespace = heartbeat_namespace  # where this node's heartbeat Lease is renewed ("": none)
         self.size, self.idle_s, self.clock, self.claims_blocks = size, idle_s, clock, claim_blocks
         self.spawn = spawn or (lambda run: threading.Thread(target=run, name="grow-block", daemon=True).start())
         self.wait = wait  # (condition, timeout) -> whether it came true: how an allocation waits for a block to go
@@ -656,6 +659,10 @@ class BlockRegistry(KubeLeaseRegistry):
                                 supersede=True)
         if renew:
             self._renewed = now
+            if self.heartbeat_namespace:  # blocks or not, the controller knows this node is alive
+                body = heartbeat_body(self.node_name, self.heartbeat_namespace, now)
+                self.outbox.add(f"{HEARTBEAT_TARGET}{self.heartbeat_namespace}/{body['metadata']['name']}", "heartbeat",
+                                body, supersede=True)
         for block in going:
             self._return(block, "empty")
         for pool, block in asked:

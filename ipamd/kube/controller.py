@@ -16,13 +16,14 @@ others waiting to take over when its lease is not renewed):
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,6 +32,7 @@ from prometheus_client import Gauge
 
 from ipamd.ipam.allocator import pick_free, to_int, to_text
 from ipamd.ipam.blocks import block_name, window_of
+from ipamd.kube import heartbeat
 from ipamd.kube.blocks import KIND as BLOCK_KIND
 from ipamd.kube.blocks import parse_block
 from ipamd.kube.elector import LeaderElector
@@ -156,9 +158,11 @@ def _absent_ok(write: Callable[..., Any], *args: Any) -> None:
 
 class Controller:
     def __init__(self, api: client.ApiClient, source: ClusterSource, namespace: str, interval: float = 2.0,
-                 block_ttl_s: float = 600.0) -> None:
+                 block_ttl_s: float = 600.0, heartbeat_namespace: str = heartbeat.NAMESPACE) -> None:
         self.objects = source.objects
         self.core = client.CoreV1Api(api)
+        self.coord = client.CoordinationV1Api(api)
+        self.heartbeat_namespace = heartbeat_namespace
         self.block_ttl_s = block_ttl_s
         self.source = source
         self.identity = f"{socket.gethostname()}-{os.getpid()}-{source.node_name}"
@@ -330,11 +334,13 @@ class Controller:
             raise
 
     def reclaim_blocks(self) -> None:
-        """Give back what a vanished node held (``ipamd.kube.reclaim``): its blocks, and its gone pods' leases. A node
-        reclaimed earlier is looked at again every round while it keeps leases: one held by a pod's own IPAddress
-        that the garbage collector had not deleted yet goes once it has."""
+        """Give back what a vanished node held (``ipamd.kube.reclaim``): its blocks, its gone pods' leases and its
+        heartbeat. A node is silent by its blocks' renewals and its heartbeat, whichever is newer (a node without
+        blocks by its heartbeat alone). A node reclaimed earlier is looked at again every round while it keeps leases:
+        one held by a pod's own IPAddress that the garbage collector had not deleted yet goes once it has."""
         now = time.time()
-        silent = silent_nodes(self.source.items(BLOCK_KIND), now)
+        beats = self._heartbeats(now)
+        silent = silent_nodes(self.source.items(BLOCK_KIND), now, beats)
         holders: set[str] | None = None
         for node in [*silent, *(n for n in self._vanished if n not in silent)]:
             try:
@@ -355,12 +361,25 @@ class Controller:
                 quarantined = self._quarantine(node, holders, now)
                 for name in names:
                     _absent_ok(self.objects.delete, BLOCK_KIND, name)
+                if node in beats:
+                    _absent_ok(self.coord.delete_namespaced_lease, heartbeat.lease_name(node), self.heartbeat_namespace)
                 self._vanished.add(node)
                 if names or quarantined:
                     log.info("reclaimed node %s (silent for %.0f s, no pod bound to it): %d address block(s) deleted,"
                              " %d lease(s) of its gone pods quarantined", node, quiet, len(names), quarantined)
             except Exception as exc:  # one node's trouble (a 403, the API away) does not stop the round
                 log.warning("reclaiming node %s: %s", node, reason_of(exc))
+
+    def _heartbeats(self, now: float) -> dict[str, float]:
+        """Node -> seconds since its daemon renewed its heartbeat; none when they cannot be read (the round goes on
+        by blocks alone, as before heartbeats)."""
+        try:
+            found: Any = self.coord.list_namespaced_lease(self.heartbeat_namespace, label_selector=heartbeat.LABEL,
+                                                     _preload_content=False)
+            return heartbeat.heartbeat_ages(json.loads(found.data).get("items") or [], now)
+        except Exception as exc:
+            log.debug("node heartbeats not read: %s", reason_of(exc))
+            return {}
 
     def _existing_holders(self) -> set[str]:
         """The keys of every IPAddress and ClusterIPAddress in the cache, valid or not (a lease held by one that
@@ -378,21 +397,23 @@ class Controller:
         cache saw: a lease made again meanwhile for somebody else is left alone), the holder after (guarded by the
         version the first write made: a Static that adopted it in between keeps it); a lease left between the two
         writes still expires."""
-        done = 0
-        for item in stray_leases(self.source.by_index(LEASE_KIND, "node", node), node, holders):
-            name, version = item["metadata"]["name"], item["metadata"].get("resourceVersion")
-            try:
-                made = self.objects.patch_status(LEASE_KIND, name, {"orphaningTimestamp": rfc3339(now)},
-                                                 resource_version=str(version or ""))
-                after = str(((made if isinstance(made, dict) else {}).get("metadata") or {}).get("resourceVersion") or "")
-                self.objects.patch(LEASE_KIND, name, {"metadata": {"resourceVersion": after} if after else {},
-                                                      "spec": {"holder": None}})
-            except Exception as exc:
-                if status_of(exc) in (404, 409):
-                    continue
-                raise
-            done += 1
-        return done
+        return sum(self._orphan(item, now)
+                   for item in stray_leases(self.source.by_index(LEASE_KIND, "node", node), node, holders))
+
+    def _orphan(self, item: Mapping[str, Any], now: float) -> bool:
+        """Quarantine one lease object as the cache saw it (``_quarantine``); False when it changed since."""
+        name, version = item["metadata"]["name"], item["metadata"].get("resourceVersion")
+        try:
+            made = self.objects.patch_status(LEASE_KIND, name, {"orphaningTimestamp": rfc3339(now)},
+                                             resource_version=str(version or ""))
+            after = str(((made if isinstance(made, dict) else {}).get("metadata") or {}).get("resourceVersion") or "")
+            self.objects.patch(LEASE_KIND, name, {"metadata": {"resourceVersion": after} if after else {},
+                                                  "spec": {"holder": None}})
+        except Exception as exc:
+            if status_of(exc) in (404, 409):
+                return False
+            raise
+        return True
 
     def _node_exists(self, node: str) -> bool:
         """Whether the Node object exists; a yes is believed for a minute (asked every round otherwise)."""

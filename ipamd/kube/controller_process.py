@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ipamd.kube.certs import TlsBundle, ensure_secret, publish_ca
 from ipamd.kube.controller import Controller
 from ipamd.kube.errors import reason_of
+from ipamd.kube.heartbeat import NAMESPACE as HEARTBEAT_NAMESPACE
 from ipamd.kube.leases import held_in
 from ipamd.kube.resources import DECKHOUSE_KINDS
 from ipamd.kube.services import ServiceEndpoints
@@ -71,13 +72,14 @@ class _HealthServer(ThreadingHTTPServer):
 
 class ControllerProcess:
     def __init__(self, api: Any, namespace: str, webhook: WebhookConfig, health_port: int,
-                 block_ttl: float = 600.0) -> None:
+                 block_ttl: float = 600.0, heartbeat_namespace: str = HEARTBEAT_NAMESPACE) -> None:
         self.api = api
         self.namespace = namespace
         self.webhook_cfg = webhook
         self.source = KubernetesSource(api, "", kinds=(*DECKHOUSE_KINDS, NETWORK_ATTACHMENT_DEFINITION.name),
                                        services=True)
-        self.controller = Controller(api, self.source, namespace, block_ttl_s=block_ttl)
+        self.controller = Controller(api, self.source, namespace, block_ttl_s=block_ttl,
+                                     heartbeat_namespace=heartbeat_namespace)
         self.services = ServiceEndpoints(api, self.source, lambda: self.controller.leading)
         self.webhook: WebhookServer | None = None
         self.health = _HealthServer(("0.0.0.0", health_port), self.ready) if health_port else None

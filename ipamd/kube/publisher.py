@@ -23,6 +23,7 @@ from kubernetes import client
 
 from cni.types import cidr_of
 from ipamd.kube.errors import reason_of, status_of
+from ipamd.kube.heartbeat import send_heartbeat
 from ipamd.kube.outbox import Outbox, Senders
 from ipamd.kube.resources import CustomObjects
 from ipamd.model.conditions import condition
@@ -48,7 +49,7 @@ ATTACHMENT = "NodeNetworkInterfaceAttachment"
 
 def api_senders(api: client.ApiClient) -> Senders:
     """The outbox's ops as calls of the cluster's API."""
-    core, objects = client.CoreV1Api(api), CustomObjects(api)
+    core, objects, coord = client.CoreV1Api(api), CustomObjects(api), client.CoordinationV1Api(api)
     return {
         "create": lambda b: objects.create(b["kind"], b["object"], b.get("namespace", "")),
         "patch": lambda b: objects.patch(b["kind"], b["name"], b["patch"], b.get("namespace", "")),
@@ -58,6 +59,7 @@ def api_senders(api: client.ApiClient) -> Senders:
                                                                   _preload_content=False)),
         "event": lambda b: unread(core.create_namespaced_event(b["event"]["metadata"]["namespace"], b["event"],
                                                                _preload_content=False)),
+        "heartbeat": lambda b: send_heartbeat(coord, b),
     }
 
 

@@ -25,9 +25,11 @@ from ipamd.model.timefmt import parse_rfc3339
 GONE_GRACE_S = 3 * RENEW_S
 
 
-def silent_nodes(blocks: Iterable[Mapping[str, Any]], now: float) -> dict[str, tuple[float, list[str]]]:
-    """Per node holding blocks: how long since it last renewed any of them, and their names."""
-    nodes: dict[str, tuple[float, list[str]]] = {}
+def silent_nodes(blocks: Iterable[Mapping[str, Any]], now: float,
+                 heartbeats: Mapping[str, float] | None = None) -> dict[str, tuple[float, list[str]]]:
+    """Per node holding blocks or renewing a heartbeat (node -> its age, ``ipamd.kube.heartbeat``): how long since
+    it last renewed any of them, and its blocks' names."""
+    nodes: dict[str, tuple[float, list[str]]] = {node: (age, []) for node, age in (heartbeats or {}).items()}
     for item in blocks:
         block, md = parse_block(dict(item)), item.get("metadata") or {}
         renewed = (item.get("status") or {}).get("renewTime") or md.get("creationTimestamp")

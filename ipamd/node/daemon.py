@@ -91,10 +91,12 @@ class NodeDaemon:
                 from ipamd.kube.controller import Controller
                 from ipamd.kube.services import ServiceEndpoints
 
-                self.controller = Controller(api, self.source, cfg.controller_namespace, block_ttl_s=cfg.block_ttl)
+                self.controller = Controller(api, self.source, cfg.controller_namespace, block_ttl_s=cfg.block_ttl,
+                                             heartbeat_namespace=cfg.heartbeat_namespace)
                 self.services = ServiceEndpoints(api, self.source, lambda: bool(self.controller.leading))
             self.outbox = Outbox(self.store, api_senders(api), settle_s=OUTBOX_SETTLE_S)
-            blocks = BlockRegistry(self.source, cfg.node_name, self.outbox, claim_blocks=cfg.address_blocks)
+            blocks = BlockRegistry(self.source, cfg.node_name, self.outbox, claim_blocks=cfg.address_blocks,
+                                   heartbeat_namespace=cfg.heartbeat_namespace)
             registry = blocks
             source = self.source
 

@@ -116,7 +116,14 @@ class FakeApi:
         def create(b: dict[str, Any]) -> None:
             self.create(b["kind"], b["object"])
 
+        def heartbeat(b: dict[str, Any]) -> None:  # a node's coordination Lease: made once, then renewed
+            if b["metadata"]["name"] in self.objs["Lease"]:
+                self.patch("Lease", b["metadata"]["name"], {"spec": b["spec"]})
+            else:
+                self.create("Lease", b)
+
         return {
+            "heartbeat": heartbeat,
             "create": create,
             "patch": lambda b: self.patch(b["kind"], b["name"], b["patch"]),
             "patch_status": lambda b: self.patch_status(b["kind"], b["name"], b["status"]),

@@ -26,6 +26,7 @@ CRDS, RBAC, DAEMONSET = K8S / "crds.yaml", K8S / "rbac.yaml", K8S / "daemonset.y
 CONTROLLER = K8S / "controller.yaml"
 CONFLIST = REPO / "packaging" / "10-plexus.conflist"
 NS = "plexus-system"
+HEARTBEATS = "plexus-node-lease"  # the nodes' heartbeat Leases
 NODE_SA = f"system:serviceaccount:{NS}:plexus-node"
 CONTROLLER_SA = f"system:serviceaccount:{NS}:plexus-controller"
 GROUP = "network.deckhouse.io"
@@ -333,6 +334,8 @@ NODE_NEEDS = [
     ("list", "ipamclaims.k8s.cni.cncf.io", "--all-namespaces"),  # the IPAMClaim informer
     ("watch", "ipamclaims.k8s.cni.cncf.io", "--all-namespaces"),
     ("patch", "ipamclaims.k8s.cni.cncf.io", "--subresource=status", "-n", "some-app"),  # status.ips, ownerPod
+    ("create", "leases.coordination.k8s.io", "-n", HEARTBEATS),  # its heartbeat, plexus-node-<node>
+    ("patch", "leases.coordination.k8s.io", "-n", HEARTBEATS),
 ]
 NODE_MUST_NOT = [
     ("patch", "ipamclaims.k8s.cni.cncf.io", "-n", "some-app"),  # a claim's status only, never the claim
@@ -368,7 +371,14 @@ NODE_MUST_NOT = [
     ("update", f"ipaddressleases.{GROUP}"),
     ("deletecollection", f"ipaddressleases.{GROUP}"),
     ("update", f"ipaddressleases.{GROUP}", "--subresource=status"),
-    ("create", "leases.coordination.k8s.io", "-n", NS),
+    ("create", "leases.coordination.k8s.io", "-n", NS),  # the controller's election Lease lives there
+    ("patch", "leases.coordination.k8s.io", "-n", NS),
+    ("update", "leases.coordination.k8s.io", "-n", NS),
+    ("update", "leases.coordination.k8s.io", "-n", HEARTBEATS),  # its heartbeat: created, then patched
+    ("delete", "leases.coordination.k8s.io", "-n", HEARTBEATS),
+    ("get", "leases.coordination.k8s.io", "-n", HEARTBEATS),
+    ("create", "leases.coordination.k8s.io", "-n", "kube-node-lease"),
+    ("patch", "leases.coordination.k8s.io", "-n", "default"),
     ("create", "customresourcedefinitions.apiextensions.k8s.io"),
     ("bind", "clusterroles.rbac.authorization.k8s.io"),
     ("escalate", "clusterroles.rbac.authorization.k8s.io"),
@@ -409,6 +419,8 @@ def test_controller_role(applied: Cluster) -> None:
         ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io/plexus"),
         ("create", "leases.coordination.k8s.io", "-n", NS),
         ("update", "leases.coordination.k8s.io", "-n", NS),
+        ("list", "leases.coordination.k8s.io", "-n", HEARTBEATS),  # the nodes' heartbeats
+        ("delete", "leases.coordination.k8s.io", "-n", HEARTBEATS),  # a vanished node's
         # a vanished node: its blocks deleted, its gone pods' leases quarantined, its Node object looked for
         ("delete", f"ipaddressblocks.{GROUP}"),
         ("patch", f"ipaddressleases.{GROUP}"),
@@ -429,6 +441,9 @@ def test_controller_role(applied: Cluster) -> None:
         ("create", "leases.coordination.k8s.io", "-n", "kube-system"),
         ("update", "leases.coordination.k8s.io", "-n", "default"),
         ("delete", "leases.coordination.k8s.io", "-n", NS),
+        ("delete", "leases.coordination.k8s.io", "-n", "kube-node-lease"),
+        ("create", "leases.coordination.k8s.io", "-n", HEARTBEATS),
+        ("patch", "leases.coordination.k8s.io", "-n", HEARTBEATS),
         ("patch", "pods", "-n", "some-app"),
         ("get", "secrets", "-n", NS),
         ("get", "secrets/plexus-node-token", "-n", NS),
@@ -520,6 +535,13 @@ def test_daemon_runs_a_pod_with_only_the_node_service_account(applied: Cluster, 
     assert leases[address]["metadata"]["labels"][f"{GROUP}/node"] == "node-sa"
     assert wait_for(lambda: {e["reason"] for e in cluster.get("events", "-n", ns)["items"]}  # create events
                     >= {"InterfaceAttached"}, timeout=15)
+    def beats() -> list[dict[str, Any]]:                                                  # create leases (heartbeat)
+        return [b for b in cluster.get("lease.coordination.k8s.io", "-n", HEARTBEATS)["items"]
+                if b["metadata"]["name"] == "plexus-node-node-sa"]
+
+    assert wait_for(beats, timeout=15)
+    assert beats()[0]["metadata"]["labels"] == {f"{GROUP}/node-heartbeat": "true"} and beats()[0]["spec"]["renewTime"]
+    assert beats()[0]["spec"]["holderIdentity"] == "node-sa"
 
     # DEL and the pod gone: the lease is orphaned (patch + status patch), then freed (delete)
     assert node.cni("DEL", "c1", netns, pod=(ns, "app")).ok

@@ -4,6 +4,7 @@ fake API server with a node that leased through blocks."""
 
 from __future__ import annotations
 
+import json
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -14,6 +15,8 @@ from kubernetes.client.exceptions import ApiException
 
 from ipamd.kube.blocks import KIND as BLOCK_KIND
 from ipamd.kube.controller import Controller
+from ipamd.kube.heartbeat import LABEL as HEARTBEAT_LABEL
+from ipamd.kube.heartbeat import heartbeat_ages, heartbeat_body
 from ipamd.kube.leases import KIND as LEASE_KIND
 from ipamd.kube.leases import NODE_LABEL, POOL_LABEL, pool_label
 from ipamd.kube.reclaim import GONE_GRACE_S, silent_nodes, stray_leases, vanished
@@ -42,6 +45,18 @@ def test_a_node_is_as_silent_as_its_most_recently_renewed_block() -> None:
                           block("c", "n2", None, created=rfc3339(now - 900)), {"metadata": {"name": "bad"}}], now)
     assert {n: (round(s), sorted(names)) for n, (s, names) in found.items()} == {
         "n1": (30, ["a", "b"]), "n2": (900, ["c"])}, "never renewed: its creation counts; unparsable: skipped"
+
+
+def test_a_node_is_as_silent_as_its_newest_block_or_heartbeat() -> None:
+    now = float(int(time.time()))
+    beats = heartbeat_ages([heartbeat_body("n1", "plexus-system", now - 20), heartbeat_body("n3", "x", now - 400),
+                            {"metadata": {"name": "no-holder"}, "spec": {"renewTime": rfc3339(now)}},
+                            {"metadata": {"labels": {HEARTBEAT_LABEL: "true"}},
+                             "spec": {"holderIdentity": "bad", "renewTime": "yesterday"}}], now)
+    assert {n: round(a) for n, a in beats.items()} == {"n1": 20, "n3": 400}
+    found = silent_nodes([block("a", "n1", rfc3339(now - 700)), block("c", "n2", rfc3339(now - 900))], now, beats)
+    assert {n: (round(s), names) for n, (s, names) in found.items()} == {
+        "n1": (20, ["a"]), "n2": (900, ["c"]), "n3": (400, [])}, "a node without blocks is judged by its heartbeat"
 
 
 def test_a_node_vanishes_after_the_ttl_or_sooner_once_its_node_object_is_gone() -> None:
@@ -89,6 +104,14 @@ class Cluster:
     def by_index(self, kind: str, index: str, key: Any) -> list[dict[str, Any]]:
         return self.cache.by_index(kind, index, key)
 
+    # CoordinationV1Api: the nodes' heartbeat Leases
+    def list_namespaced_lease(self, namespace: str, label_selector: str, _preload_content: bool) -> Any:
+        items = [o for o in self.objects.objs["Lease"].values() if label_selector in o["metadata"].get("labels", {})]
+        return SimpleNamespace(data=json.dumps({"items": items}).encode())
+
+    def delete_namespaced_lease(self, name: str, namespace: str) -> None:
+        self.objects.delete("Lease", name)
+
     def list_pod_for_all_namespaces(self, field_selector: str, limit: int) -> Any:
         return SimpleNamespace(items=[1] if field_selector.split("=", 1)[1] in self.pods else [])
 
@@ -114,6 +137,7 @@ def api() -> FakeApi:
 def controller(cluster: Cluster) -> Controller:
     ctl = Controller(client.ApiClient(), cluster, "plexus-system", block_ttl_s=600)  # type: ignore[arg-type]
     ctl.core = cluster  # type: ignore[assignment]
+    ctl.coord = cluster  # type: ignore[assignment]
     return ctl
 
 
@@ -211,3 +235,49 @@ def test_lease_objects_of_earlier_versions_get_their_pool_label_once(api: FakeAp
     assert ctl.label_leases() == 1
     assert api.objs[LEASE_KIND]["old"]["metadata"]["labels"] == {POOL_LABEL: pool_label("IPAddressPool/ns/big")}
     assert ctl.label_leases() == 0, "labelled once"
+
+
+def test_a_node_that_leased_per_address_is_reclaimed_by_its_heartbeat(api: FakeApi) -> None:
+    """A node whose pools were too small for blocks (or run with --address-blocks off) renews nothing but its
+    heartbeat: silent past the TTL with no pod bound to it, its gone pods' leases are let go and its heartbeat
+    deleted. Before heartbeats, only blocks told the controller a node was alive, so such a node was never judged and
+    its addresses stayed taken for ever."""
+    node = Node(api, "solo", claim=False)
+    node.registry.heartbeat_namespace = "plexus-system"
+    node.add(), node.add()
+    node.clock.now = time.time()  # the heartbeat's time is the node's clock
+    node.registry.housekeep([], lambda pool, ip: True, node.store.transaction)
+    node.outbox.flush()
+    assert not api.objs[BLOCK_KIND] and len(api.objs[LEASE_KIND]) == 2, "leased per address, no block"
+    (beat,) = api.objs["Lease"].values()
+    assert beat["metadata"]["labels"] == {HEARTBEAT_LABEL: "true"} and beat["spec"]["holderIdentity"] == "solo"
+    cluster = Cluster(api)
+    ctl = controller(cluster)
+    ctl.reclaim_blocks()
+    assert all(o["spec"].get("holder") for o in api.objs[LEASE_KIND].values()), "renewed just now: alive"
+    beat["spec"]["renewTime"] = rfc3339(time.time() - 3600)
+    cluster.pods = ["solo"]
+    ctl.reclaim_blocks()
+    assert all(o["spec"].get("holder") for o in api.objs[LEASE_KIND].values()), "silent, but a pod is bound to it"
+    cluster.pods = []
+    ctl.reclaim_blocks()
+    assert not [o for o in api.objs[LEASE_KIND].values() if o["spec"].get("holder")], "its gone pods' leases let go"
+    assert all(o["status"]["orphaningTimestamp"] for o in api.objs[LEASE_KIND].values()), "quarantined first"
+    assert not api.objs["Lease"], "and its heartbeat deleted"
+
+
+def test_a_node_renews_its_heartbeat_with_its_blocks(api: FakeApi) -> None:
+    node = Node(api, "beating")
+    node.registry.heartbeat_namespace = "plexus-system"
+    node.add()
+    node.registry.housekeep([], lambda pool, ip: True, node.store.transaction)
+    node.outbox.flush()
+    first = api.objs["Lease"]["plexus-node-beating"]["spec"]["renewTime"]
+    node.registry.housekeep([], lambda pool, ip: True, node.store.transaction)
+    node.outbox.flush()
+    assert api.objs["Lease"]["plexus-node-beating"]["spec"]["renewTime"] == first, "not again within a minute"
+    node.clock.now += 61
+    node.registry.housekeep([], lambda pool, ip: True, node.store.transaction)
+    node.outbox.flush()
+    assert api.objs["Lease"]["plexus-node-beating"]["spec"]["renewTime"] > first
+
