@@ -267,16 +267,10 @@ class Ipam:
                                         "another call right now", "spec.static.ip")
                 raise CacheMoved(f"IPAddress {rec.name}: {rec.static_ip} was not claimed beyond this node")
             else:
-                adopted = self.registry.held_by(rec.key, pkey)
-                if adopted is not None:  # leased on another node (or by the controller): adopt it here
-                    subnet = subnet_for(pool, adopted) or pool.subnets[0]
-                    lease = LeaseRecord(pool=pkey, ip=adopted, address=to_text(adopted), network=str(subnet.network),
-                                        holder=rec.key, holder_uid=rec.uid, ttl=pool.lease_ttl_s, created_at=now)
-                    self.registry.adopt(lease)  # owed with this transaction: this node lets it go from now on
-                else:
+                if self.registry.held_by(rec.key, pkey) is None:
                     self._none_free(pool, pkey, now)
-                    raise CacheMoved(f"IPAddress {rec.name}: a free address of pool {pool.meta.display} was not "
-                                     "claimed beyond this node")
+                raise CacheMoved(f"IPAddress {rec.name}: its address in pool {pool.meta.display} was not claimed "
+                                 "beyond this node")
             self.store.put_lease(lease)
             created = True
         subnet = subnet_for(pool, lease.ip)
@@ -327,8 +321,12 @@ class Ipam:
                 return lease
             secured.elsewhere = True
             return None
-        if self.registry.held_by(rec.key, pkey) is not None:
-            return None  # adopted inside the transaction, from the cache
+        adopted = self.registry.held_by(rec.key, pkey)
+        if adopted is not None:  # leased on another node (or by the controller): made this node's first
+            subnet = subnet_for(pool, adopted) or pool.subnets[0]
+            lease = self._candidate(rec, pool, pkey, adopted, str(subnet.network))
+            if self.registry.take_up(lease):
+                return lease
         lost: set[int] = set()
         if self.registry.in_blocks(pool):
             in_block = self._secure_in_blocks(rec, pool, pkey, lost)

@@ -34,7 +34,7 @@ class LeaseRegistry(Protocol):
 
     def keep(self, lease: LeaseRecord) -> None: ...  # a claim just made that the store took
 
-    def adopt(self, lease: LeaseRecord) -> None: ...  # a lease made elsewhere (held_by), taken up here
+    def take_up(self, lease: LeaseRecord) -> bool: ...  # a lease made elsewhere (held_by) made this node's, now
 
     def stray(self, store: LeaseStore, older_than: float) -> list[LeaseRecord]:
         """Release this node's registry leases, made before ``older_than``, that ``store`` does not hold
@@ -100,8 +100,8 @@ class NodeLocalRegistry(NoBlocks):
     def keep(self, lease: LeaseRecord) -> None:
         pass
 
-    def adopt(self, lease: LeaseRecord) -> None:
-        pass
+    def take_up(self, lease: LeaseRecord) -> bool:
+        return True
 
     def stray(self, store: LeaseStore, older_than: float) -> list[LeaseRecord]:
         return []

@@ -38,8 +38,9 @@ from ipamd.kube.blocks import parse_block
 from ipamd.kube.elector import LeaderElector
 from ipamd.kube.errors import reason_of, status_of
 from ipamd.kube.leases import KIND as LEASE_KIND
-from ipamd.kube.leases import POOL_LABEL, lease_body, pool_label
+from ipamd.kube.leases import NODE_LABEL, POOL_LABEL, lease_body, pool_label
 from ipamd.kube.reclaim import silent_nodes, stray_leases, vanished
+from ipamd.model.annotations import names_ip_address
 from ipamd.model.conditions import set_condition
 from ipamd.model.objects import (
     CLUSTER_NETWORK,
@@ -47,6 +48,7 @@ from ipamd.model.objects import (
     IP_ADDRESS_KINDS,
     NETWORK,
     POOL_KINDS,
+    SPEC_ANNOTATION,
     AddressPool,
     ClusterNetwork,
     IPAddressObject,
@@ -60,6 +62,8 @@ from ipamd.sources.lookups import class_of, pool_of_ip
 
 log = logging.getLogger(__name__)
 NODE_SEEN_S = 60.0  # a Node object seen is believed this long before it is asked for again
+HEARTBEATS_READ_S = 30.0  # the nodes' heartbeats are listed this often (each is renewed every minute)
+UNUSED_GONE_S = 120.0  # a user's IPAddress gone this long, its lease taken up by no node, named by no pod: released
 ALLOCATED_S = 60.0  # a user's Auto IPAddress just leased is not leased again this long (the caches catch up)
 ATTACHMENT_KIND = "NodeNetworkInterfaceAttachment"
 
@@ -179,6 +183,9 @@ class Controller:
         self._vanished: set[str] = set()  # nodes reclaimed, looked at again while they keep leases
         self._allocated: dict[str, float] = {}  # user Auto IPAddress key -> when this controller leased it
         self._nodes_seen: dict[str, float] = {}  # node -> when its Node object was last seen (monotonic)
+        self._beats: dict[str, float] = {}  # node -> when its heartbeat was renewed (wall clock), as last listed
+        self._beats_read = float("-inf")
+        self._holder_gone: dict[str, float] = {}  # lease object -> since when its user IPAddress is gone (monotonic)
         self._thread: threading.Thread | None = None
         source.subscribe(self._wake.set)
 
@@ -363,6 +370,7 @@ class Controller:
                     _absent_ok(self.objects.delete, BLOCK_KIND, name)
                 if node in beats:
                     _absent_ok(self.coord.delete_namespaced_lease, heartbeat.lease_name(node), self.heartbeat_namespace)
+                    self._beats.pop(node, None)
                 self._vanished.add(node)
                 if names or quarantined:
                     log.info("reclaimed node %s (silent for %.0f s, no pod bound to it): %d address block(s) deleted,"
@@ -371,15 +379,18 @@ class Controller:
                 log.warning("reclaiming node %s: %s", node, reason_of(exc))
 
     def _heartbeats(self, now: float) -> dict[str, float]:
-        """Node -> seconds since its daemon renewed its heartbeat; none when they cannot be read (the round goes on
-        by blocks alone, as before heartbeats)."""
-        try:
-            found: Any = self.coord.list_namespaced_lease(self.heartbeat_namespace, label_selector=heartbeat.LABEL,
-                                                     _preload_content=False)
-            return heartbeat.heartbeat_ages(json.loads(found.data).get("items") or [], now)
-        except Exception as exc:
-            log.debug("node heartbeats not read: %s", reason_of(exc))
-            return {}
+        """Node -> seconds since its daemon renewed its heartbeat, from a list made every ``HEARTBEATS_READ_S`` (they
+        are renewed every minute; a round every few seconds need not list every node's); as last read when they
+        cannot be read now (none at first: the round goes on by blocks alone, as before heartbeats)."""
+        if now - self._beats_read >= HEARTBEATS_READ_S:
+            try:
+                found: Any = self.coord.list_namespaced_lease(self.heartbeat_namespace,
+                                                              label_selector=heartbeat.LABEL, _preload_content=False)
+                ages = heartbeat.heartbeat_ages(json.loads(found.data).get("items") or [], now)
+                self._beats, self._beats_read = {node: now - age for node, age in ages.items()}, now
+            except Exception as exc:
+                log.debug("node heartbeats not read: %s", reason_of(exc))
+        return {node: now - renewed for node, renewed in self._beats.items()}
 
     def _existing_holders(self) -> set[str]:
         """The keys of every IPAddress and ClusterIPAddress in the cache, valid or not (a lease held by one that
@@ -414,6 +425,53 @@ class Controller:
                 return False
             raise
         return True
+
+    def release_unused_leases(self) -> int:
+        """The leases this controller made for users' Auto IPAddresses that no node took up (a node labels one its own,
+        at the version it read, before it uses the address: ``KubeLeaseRegistry.take_up``), whose IPAddress was
+        deleted: quarantined once it has been gone for ``UNUSED_GONE_S`` and no pod names it in its
+        ``networks-spec``, at the version seen (a node taking it up meanwhile makes the write fail), then expired like
+        any other. Before, each stayed taken for ever. How many."""
+        now, wall = time.monotonic(), time.time()
+        holders = self._existing_holders()
+        candidates: dict[str, dict[str, Any]] = {}
+        for item in self.source.items(LEASE_KIND):
+            md, spec = item.get("metadata") or {}, item.get("spec") or {}
+            holder = str(spec.get("holder") or "")
+            if holder.split("/", 1)[0] in IP_ADDRESS_KINDS and holder not in holders and \
+                    NODE_LABEL not in (md.get("labels") or {}):
+                candidates[str(md.get("name"))] = item
+        self._holder_gone = {n: at for n, at in self._holder_gone.items() if n in candidates}
+        done = 0
+        for name, item in candidates.items():
+            if now - self._holder_gone.setdefault(name, now) < UNUSED_GONE_S:
+                continue
+            holder = str(item["spec"]["holder"])
+            try:
+                if self._named_by_a_pod(holder):
+                    self._holder_gone[name] = now  # asked again after as long (a list of pods, maybe all of them)
+                    continue
+                if not self._orphan(item, wall):
+                    continue
+            except Exception as exc:  # the API away: the next round tries again
+                log.warning("releasing the lease of deleted %s: %s", holder, reason_of(exc))
+                continue
+            log.info("released the lease of %s (%s): deleted, and no node or pod uses it", holder,
+                     item["spec"].get("ip"))
+            done += 1
+        return done
+
+    def _named_by_a_pod(self, holder: str) -> bool:
+        """Whether a pod that still exists names the IPAddress (its namespace's pods) or ClusterIPAddress (every pod)
+        ``holder`` in ``ipAddressNames``: it may yet be started, and take the address up."""
+        namespace, _, name = holder.partition("/")[2].rpartition("/")
+        pods: Any = self.core.list_namespaced_pod(namespace, _preload_content=False) if namespace else \
+            self.core.list_pod_for_all_namespaces(_preload_content=False)
+        for pod in json.loads(pods.data).get("items") or []:
+            text = ((pod.get("metadata") or {}).get("annotations") or {}).get(SPEC_ANNOTATION)
+            if text and name in text and names_ip_address(text, name):
+                return True
+        return False
 
     def _node_exists(self, node: str) -> bool:
         """Whether the Node object exists; a yes is believed for a minute (asked every round otherwise)."""
@@ -480,6 +538,7 @@ class Controller:
         self.expire_leases()
         self.label_leases()
         self.reclaim_blocks()
+        self.release_unused_leases()
         self.pool_usage()
 
     def loop(self) -> None:

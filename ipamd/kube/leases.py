@@ -253,12 +253,32 @@ class KubeLeaseRegistry(NoBlocks):
     def keep(self, lease: LeaseRecord) -> None:
         self.made.pop(lease_name(lease.pool, lease.address), None)  # taken by the store: nothing to let go
 
-    def adopt(self, lease: LeaseRecord) -> None:
-        """A lease object another node or the controller made, taken up here (``held_by``): labelled with this node,
-        which lets it go from now on (and no longer the node that made it, whose clean-up would delete it)."""
-        name = lease_name(lease.pool, lease.address)
-        self.outbox.add(f"{KIND}/{name}", "patch", {"kind": KIND, "name": name,
-                                                    "patch": {"metadata": {"labels": {NODE_LABEL: self.node_name}}}})
+    def take_up(self, lease: LeaseRecord) -> bool:
+        """A lease object another node or the controller made for this holder (``held_by``), made this node's before
+        the address is used here (outside the store's lock): read, and labelled with this node at the version read,
+        so that this node lets it go from now on, the node that made it no longer does, and the controller no longer
+        takes it for one no node uses. False when it is no longer that holder's (quarantined, deleted, leased again).
+        A let-go never deletes it: the address stays the holder's (``made`` None)."""
+        with api_unavailable_is_11():
+            name = lease_name(lease.pool, lease.address)
+            if not self.outbox.flush_target(f"{KIND}/{name}"):
+                raise TryAgainLater(f"this node's writes of {lease.address} in {lease.pool} are not made yet",
+                                    "the Kubernetes API did not take them; see plexusctl outbox")
+            current = self._read(name)
+            if current is None or _spec(current).get("holder") != lease.holder or \
+                    (current.get("status") or {}).get("orphaningTimestamp"):
+                return False
+            md = current.get("metadata") or {}
+            if (md.get("labels") or {}).get(NODE_LABEL) != self.node_name:
+                try:
+                    self.objects.patch(KIND, name, {"metadata": {"labels": {NODE_LABEL: self.node_name},
+                                                                 "resourceVersion": md.get("resourceVersion")}})
+                except Exception as exc:
+                    if status_of(exc) in (404, 409):
+                        return False
+                    raise
+            self.made[name] = None
+            return True
 
     def let_go(self, lease: LeaseRecord) -> None:
         """Undo a claim this node just made that its store did not take: only what the claim made this node's (its

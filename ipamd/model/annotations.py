@@ -107,6 +107,17 @@ def json_list(text: str, annotation: str) -> list[Any]:
     return data
 
 
+def names_ip_address(text: str, name: str) -> bool:
+    """Whether a pod's ``networks-spec``, as written, names the (Cluster)IPAddress ``name`` in an element's
+    ``ipAddressNames``. One that does not parse counts as naming it: the caller keeps an address for it."""
+    try:
+        items = json_list(text, SPEC_ANNOTATION)
+    except AnnotationInvalid:
+        return True
+    return any(isinstance(item, dict) and isinstance(item.get("ipAddressNames"), list)
+               and name in item["ipAddressNames"] for item in items)
+
+
 def parse_networks_spec(text: str | None) -> list[NetworkSelection]:
     """``network.deckhouse.io/networks-spec`` → the pod's selections, interface names assigned."""
     if text is None or not text.strip():

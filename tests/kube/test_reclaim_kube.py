@@ -17,6 +17,8 @@ from ipamd.ipam.blocks import Block
 from ipamd.kube.blocks import KIND as BLOCK_KIND
 from ipamd.kube.blocks import block_body
 from ipamd.kube.client import kube_api
+from ipamd.kube.heartbeat import NAMESPACE as HEARTBEATS
+from ipamd.kube.heartbeat import heartbeat_body
 from ipamd.kube.leases import KIND as LEASE_KIND
 from ipamd.kube.leases import lease_body
 from ipamd.kube.reclaim import GONE_GRACE_S
@@ -111,3 +113,33 @@ def test_the_controller_reclaims_vanished_nodes_only(cluster: Cluster, controlle
         lease = exists(api, LEASE_KIND, made[node]["gone"])
         assert lease is not None and lease["spec"].get("holder"), f"{node}: its leases held"
     assert "reclaimed node ghost-silent" in controller.log.read_text()
+
+
+def test_a_node_without_blocks_is_reclaimed_by_its_heartbeat(cluster: Cluster, controller: ControllerProcess,
+                                                             api: CustomObjects) -> None:
+    """A node that leased every address by itself has no block to renew, only its heartbeat (the Lease
+    plexus-node-<node> in plexus-node-lease): silent for an hour with no Node object and no pod, its gone pod's lease
+    is given back and its heartbeat deleted; a node that renewed its heartbeat just now keeps everything."""
+    made: dict[str, str] = {}
+    try:
+        for n, (node, age) in enumerate((("ghost-solo", 3600), ("ghost-beating", 0)), start=10):
+            beat = heartbeat_body(node, HEARTBEATS, time.time() - age)
+            beat["metadata"]["labels"][TEST_LABEL] = NS
+            cluster.apply([beat])
+            lease = lease_body(POOL, f"198.18.76.{16 * n + 1}", "198.18.76.0/24", f"IPAddress/{NS}/gone-{n}", 1, node)
+            lease["metadata"]["labels"][TEST_LABEL] = NS
+            api.create(LEASE_KIND, lease)
+            made[node] = lease["metadata"]["name"]
+
+        def beats() -> set[str]:
+            items = cluster.get("lease.coordination.k8s.io", "-n", HEARTBEATS, "-l", f"{TEST_LABEL}={NS}")["items"]
+            return {b["spec"]["holderIdentity"] for b in items}
+
+        assert wait_for(lambda: exists(api, LEASE_KIND, made["ghost-solo"]) is None, timeout=60), \
+            f"ghost-solo's lease given back; controller log:\n{controller.log.read_text()[-3000:]}"
+        assert wait_for(lambda: beats() == {"ghost-beating"}, timeout=10), beats()
+        kept = exists(api, LEASE_KIND, made["ghost-beating"])
+        assert kept is not None and kept["spec"].get("holder"), "renewed just now: kept"
+    finally:
+        cluster.kubectl("delete", "lease.coordination.k8s.io", "-n", HEARTBEATS, "-l", f"{TEST_LABEL}={NS}",
+                        "--ignore-not-found", check=False)

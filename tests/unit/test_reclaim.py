@@ -20,6 +20,7 @@ from ipamd.kube.heartbeat import heartbeat_ages, heartbeat_body
 from ipamd.kube.leases import KIND as LEASE_KIND
 from ipamd.kube.leases import NODE_LABEL, POOL_LABEL, pool_label
 from ipamd.kube.reclaim import GONE_GRACE_S, silent_nodes, stray_leases, vanished
+from ipamd.model.objects import SPEC_ANNOTATION
 from ipamd.model.timefmt import rfc3339
 from tests.fakes.cluster import FakeApi, FakeCache
 from tests.unit.test_blocks import Node
@@ -90,6 +91,7 @@ class Cluster:
         self.objects, self.node_name, self.cache = api, "ctl", FakeCache(api)
         self.pods: list[str] = []
         self.nodes: list[str] = []
+        self.specs: list[tuple[str, str]] = []  # the pods' (namespace, networks-spec)
         self.user_ips = user_ips
 
     def subscribe(self, fn: Any) -> None:
@@ -112,8 +114,15 @@ class Cluster:
     def delete_namespaced_lease(self, name: str, namespace: str) -> None:
         self.objects.delete("Lease", name)
 
-    def list_pod_for_all_namespaces(self, field_selector: str, limit: int) -> Any:
+    def list_pod_for_all_namespaces(self, field_selector: str = "", limit: int = 0, **_: Any) -> Any:
+        if not field_selector:  # every pod, as JSON: what their networks-spec names
+            return self.list_namespaced_pod("")
         return SimpleNamespace(items=[1] if field_selector.split("=", 1)[1] in self.pods else [])
+
+    def list_namespaced_pod(self, namespace: str, **_: Any) -> Any:
+        items = [{"metadata": {"namespace": ns, "annotations": {SPEC_ANNOTATION: spec}}}
+                 for ns, spec in self.specs if ns == namespace or not namespace]
+        return SimpleNamespace(data=json.dumps({"items": items}).encode())
 
     def read_node(self, name: str) -> Any:
         if name not in self.nodes:
@@ -237,7 +246,8 @@ def test_lease_objects_of_earlier_versions_get_their_pool_label_once(api: FakeAp
     assert ctl.label_leases() == 0, "labelled once"
 
 
-def test_a_node_that_leased_per_address_is_reclaimed_by_its_heartbeat(api: FakeApi) -> None:
+def test_a_node_that_leased_per_address_is_reclaimed_by_its_heartbeat(api: FakeApi,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A node whose pools were too small for blocks (or run with --address-blocks off) renews nothing but its
     heartbeat: silent past the TTL with no pod bound to it, its gone pods' leases are let go and its heartbeat
     deleted. Before heartbeats, only blocks told the controller a node was alive, so such a node was never judged and
@@ -255,6 +265,10 @@ def test_a_node_that_leased_per_address_is_reclaimed_by_its_heartbeat(api: FakeA
     ctl = controller(cluster)
     ctl.reclaim_blocks()
     assert all(o["spec"].get("holder") for o in api.objs[LEASE_KIND].values()), "renewed just now: alive"
+    beat["spec"]["renewTime"] = rfc3339(time.time() - 3600)
+    ctl.reclaim_blocks()
+    assert all(o["spec"].get("holder") for o in api.objs[LEASE_KIND].values()), "listed every 30 s, not every round"
+    monkeypatch.setattr("ipamd.kube.controller.HEARTBEATS_READ_S", 0.0)
     beat["spec"]["renewTime"] = rfc3339(time.time() - 3600)
     cluster.pods = ["solo"]
     ctl.reclaim_blocks()
