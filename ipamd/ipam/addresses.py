@@ -325,7 +325,16 @@ class Ipam:
         if adopted is not None:  # leased on another node (or by the controller): made this node's first
             subnet = subnet_for(pool, adopted) or pool.subnets[0]
             lease = self._candidate(rec, pool, pkey, adopted, str(subnet.network))
-            if self.registry.take_up(lease):
+            if not self._reserve(lease):  # another call of this node is taking it up right now
+                raise TryAgainLater(f"IPAddress {rec.name}: its address {lease.address} is being taken up on this "
+                                    "node for another call right now", "ipAddressNames")
+            took = False
+            try:
+                took = self.registry.take_up(lease)
+            finally:
+                if not took:
+                    self._unreserve(lease)
+            if took:
                 return lease
         lost: set[int] = set()
         if self.registry.in_blocks(pool):

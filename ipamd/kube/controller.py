@@ -443,17 +443,19 @@ class Controller:
                 candidates[str(md.get("name"))] = item
         self._holder_gone = {n: at for n, at in self._holder_gone.items() if n in candidates}
         done = 0
+        specs: dict[str, list[str]] = {}  # namespace ("": all) -> its pods' networks-spec, listed once a round
         for name, item in candidates.items():
             if now - self._holder_gone.setdefault(name, now) < UNUSED_GONE_S:
                 continue
             holder = str(item["spec"]["holder"])
             try:
-                if self._named_by_a_pod(holder):
+                if self._named_by_a_pod(holder, specs):
                     self._holder_gone[name] = now  # asked again after as long (a list of pods, maybe all of them)
                     continue
                 if not self._orphan(item, wall):
                     continue
-            except Exception as exc:  # the API away: the next round tries again
+            except Exception as exc:  # the API away: asked again after as long
+                self._holder_gone[name] = now
                 log.warning("releasing the lease of deleted %s: %s", holder, reason_of(exc))
                 continue
             log.info("released the lease of %s (%s): deleted, and no node or pod uses it", holder,
@@ -461,17 +463,17 @@ class Controller:
             done += 1
         return done
 
-    def _named_by_a_pod(self, holder: str) -> bool:
+    def _named_by_a_pod(self, holder: str, specs: dict[str, list[str]]) -> bool:
         """Whether a pod that still exists names the IPAddress (its namespace's pods) or ClusterIPAddress (every pod)
-        ``holder`` in ``ipAddressNames``: it may yet be started, and take the address up."""
+        ``holder`` in ``ipAddressNames``: it may yet be started, and take the address up. ``specs``: the pods'
+        ``networks-spec`` listed so far this round, by namespace."""
         namespace, _, name = holder.partition("/")[2].rpartition("/")
-        pods: Any = self.core.list_namespaced_pod(namespace, _preload_content=False) if namespace else \
-            self.core.list_pod_for_all_namespaces(_preload_content=False)
-        for pod in json.loads(pods.data).get("items") or []:
-            text = ((pod.get("metadata") or {}).get("annotations") or {}).get(SPEC_ANNOTATION)
-            if text and name in text and names_ip_address(text, name):
-                return True
-        return False
+        if namespace not in specs:
+            pods: Any = self.core.list_namespaced_pod(namespace, _preload_content=False) if namespace else \
+                self.core.list_pod_for_all_namespaces(_preload_content=False)
+            specs[namespace] = [text for pod in json.loads(pods.data).get("items") or []
+                                if (text := ((pod.get("metadata") or {}).get("annotations") or {}).get(SPEC_ANNOTATION))]
+        return any(name in text and names_ip_address(text, name) for text in specs[namespace])
 
     def _node_exists(self, node: str) -> bool:
         """Whether the Node object exists; a yes is believed for a minute (asked every round otherwise)."""

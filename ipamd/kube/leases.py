@@ -115,6 +115,10 @@ class KubeLeaseRegistry(NoBlocks):
         outbox.senders.setdefault("expire_orphan", self._expire_orphan)
         outbox.senders.setdefault("release_lease", self._release_lease)
         outbox.senders.setdefault("orphan_lease", self._orphan_lease)
+        outbox.senders.setdefault("hand_back", self._hand_back)
+        # lease object name -> its node label before this node took it up ("" none), while the claim that took it up
+        # is out (until keep or let_go): ``stray`` leaves it alone, and a let-go hands it back instead of deleting it
+        self.taking: dict[str, str] = {}
 
     def taken_elsewhere(self, pool: str) -> Container[int]:
         return _TakenIn(self.source, pool)
@@ -139,7 +143,7 @@ class KubeLeaseRegistry(NoBlocks):
             if not created or parse_rfc3339(created) > older_than:
                 continue
             pool, address = str(spec.get("pool")), str(spec.get("ip"))
-            if store.lease_at(pool, to_int(address)) is not None or \
+            if store.lease_at(pool, to_int(address)) is not None or lease_name(pool, address) in self.taking or \
                     self.outbox.owes(f"{KIND}/{lease_name(pool, address)}"):
                 continue
             lease = LeaseRecord(pool=pool, ip=to_int(address), address=address, network=str(spec.get("network", "")),
@@ -251,7 +255,9 @@ class KubeLeaseRegistry(NoBlocks):
                                                     "spec": {"holder": None}})
 
     def keep(self, lease: LeaseRecord) -> None:
-        self.made.pop(lease_name(lease.pool, lease.address), None)  # taken by the store: nothing to let go
+        name = lease_name(lease.pool, lease.address)
+        self.made.pop(name, None)  # taken by the store: nothing to let go
+        self.taking.pop(name, None)
 
     def take_up(self, lease: LeaseRecord) -> bool:
         """A lease object another node or the controller made for this holder (``held_by``), made this node's before
@@ -269,22 +275,42 @@ class KubeLeaseRegistry(NoBlocks):
                     (current.get("status") or {}).get("orphaningTimestamp"):
                 return False
             md = current.get("metadata") or {}
-            if (md.get("labels") or {}).get(NODE_LABEL) != self.node_name:
+            before = str((md.get("labels") or {}).get(NODE_LABEL) or "")
+            self.taking[name] = before  # from before the patch: stray() must not see it this node's and not held
+            if before != self.node_name:
                 try:
                     self.objects.patch(KIND, name, {"metadata": {"labels": {NODE_LABEL: self.node_name},
                                                                  "resourceVersion": md.get("resourceVersion")}})
                 except Exception as exc:
+                    self.taking.pop(name, None)
                     if status_of(exc) in (404, 409):
                         return False
                     raise
-            self.made[name] = None
             return True
+
+    def _hand_back(self, body: dict[str, Any]) -> None:
+        """A take-up whose claim the store did not take: the object labelled as it was, if it is still this node's
+        for that holder (read, then patched at the version read)."""
+        current = self._read(body["name"])
+        md = (current or {}).get("metadata") or {}
+        if current is None or _spec(current).get("holder") != body["holder"] or \
+                (md.get("labels") or {}).get(NODE_LABEL) != body["node"]:
+            return
+        self.objects.patch(KIND, body["name"], {"metadata": {"labels": {NODE_LABEL: body["previous"] or None},
+                                                             "resourceVersion": md.get("resourceVersion")}})
 
     def let_go(self, lease: LeaseRecord) -> None:
         """Undo a claim this node just made that its store did not take: only what the claim made this node's (its
         create, its adoption) goes, at that version; an object it found someone else's for the same holder (a Static
         another node uses) stays."""
-        made = self.made.pop(lease_name(lease.pool, lease.address), "")
+        name = lease_name(lease.pool, lease.address)
+        before = self.taking.pop(name, None)
+        if before is not None:  # taken up, not made: the address stays its holder's, the object goes back as it was
+            if before != self.node_name:
+                self.outbox.add(f"{KIND}/{name}", "hand_back", {"kind": KIND, "name": name, "holder": lease.holder,
+                                                                "node": self.node_name, "previous": before})
+            return
+        made = self.made.pop(name, "")
         if made is not None:
             self.release(lease, made)
 

@@ -2,17 +2,22 @@
 whose pod names it takes the lease up, labelling it its own at the version it read, before it uses the address. A
 lease no node took up whose IPAddress was deleted, and that no pod names, is released by the controller (it stayed
 taken for ever); never one a node uses, whatever the timing (each interleaving below was found in review against a
-first version whose take-up was an owed, unguarded relabel)."""
+first version whose take-up was an owed, unguarded relabel, and against its first fix)."""
 
 from __future__ import annotations
 
 import json
+import time
+from typing import Any
 
 import pytest
 
+from cni.errors import AddressConflict, TryAgainLater
 from ipamd.kube.leases import KIND as LEASE_KIND
 from ipamd.kube.leases import NODE_LABEL, lease_body
 from ipamd.model.objects import IPAddressObject
+from ipamd.model.timefmt import rfc3339
+from ipamd.store.records import LeaseRecord
 from tests.fakes.cluster import FakeApi
 from tests.unit.test_blocks import Node
 from tests.unit.test_ipam import attach, obj, pod
@@ -113,3 +118,81 @@ def test_a_take_up_after_the_controllers_read_makes_its_release_fail(api: FakeAp
     assert ctl.release_unused_leases() == 0 and held(api) == {"198.18.41.1": "IPAddress/ns/ux"}
 
 
+
+
+def _old(api: FakeApi) -> None:
+    """The controller made the object long ago: past the node's stray grace at once."""
+    for o in api.objs[LEASE_KIND].values():
+        o["metadata"]["creationTimestamp"] = rfc3339(time.time() - 3600)
+
+
+def test_a_second_call_taking_up_the_same_lease_answers_11_and_the_object_stays(api: FakeApi) -> None:
+    """Two calls of one node take one lease up at once (two pods naming one IPAddress, or a pod's sandbox made again
+    while its first ADD is out): the second answers 11 while the first's take-up is out, instead of sharing it
+    (whose let-go then deleted the object of the address the first uses)."""
+    leased_by_the_controller(api, "198.18.41.1", "IPAddress/ns/ux")
+    n1 = Node(api, "n1", claim=False)
+    n1.source.add(auto_ip("ux"))
+    take_up = n1.registry.take_up
+    second: list[int] = []
+
+    def another_call_meanwhile(lease: LeaseRecord) -> bool:
+        took = take_up(lease)
+        if not second:
+            with pytest.raises(TryAgainLater) as err:
+                attach(n1.ipam, pod("b"), net="small-net", names=("ux",))
+            second.append(err.value.code)
+        return took
+
+    n1.registry.take_up = another_call_meanwhile  # type: ignore[method-assign]
+    (c,) = attach(n1.ipam, pod("a"), net="small-net", names=("ux",))
+    assert c.address == "198.18.41.1" and second == [11]
+    with pytest.raises(AddressConflict):  # the runtime's retry: the IPAddress is pod a's
+        attach(n1.ipam, pod("b"), net="small-net", names=("ux",))
+    n1.outbox.flush()
+    assert held(api) == {"198.18.41.1": "IPAddress/ns/ux"}
+    assert "198.18.41.1" not in {Node(api, "n2", claim=False).add(net="small-net") for _ in range(3)}
+
+
+def test_the_stray_clean_up_leaves_a_lease_being_taken_up(api: FakeApi) -> None:
+    """The reconciler's stray clean-up runs between a take-up and the transaction that records it: the object is
+    labelled this node's, old, and not in the store yet, but it is not this node's stray."""
+    leased_by_the_controller(api, "198.18.41.1", "IPAddress/ns/ux")
+    _old(api)
+    n1 = Node(api, "n1", claim=False)
+    n1.source.add(auto_ip("ux"))
+    take_up = n1.registry.take_up
+
+    def a_round_meanwhile(lease: LeaseRecord) -> bool:
+        took = take_up(lease)
+        assert n1.registry.stray(n1.store, time.time() - 30) == []
+        return took
+
+    n1.registry.take_up = a_round_meanwhile  # type: ignore[method-assign]
+    attach(n1.ipam, pod("p"), net="small-net", names=("ux",))
+    n1.outbox.flush()
+    assert held(api) == {"198.18.41.1": "IPAddress/ns/ux"}
+
+
+def test_a_take_up_whose_add_fails_is_handed_back(api: FakeApi) -> None:
+    """The transaction after a take-up fails: the object is labelled as it was (the controller's again), not left
+    this node's for its stray clean-up to delete while the user's IPAddress still has that address."""
+    leased_by_the_controller(api, "198.18.41.1", "IPAddress/ns/ux")
+    _old(api)
+    n1 = Node(api, "n1", claim=False)
+    n1.source.add(auto_ip("ux"))
+    lease_for = n1.ipam.lease_for
+
+    def fails(*a: Any, **k: Any) -> Any:
+        raise RuntimeError("the transaction fails")
+
+    n1.ipam.lease_for = fails  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        attach(n1.ipam, pod("p"), net="small-net", names=("ux",))
+    n1.ipam.lease_for = lease_for  # type: ignore[method-assign]
+    n1.outbox.flush()
+    (obj_,) = api.objs[LEASE_KIND].values()
+    assert NODE_LABEL not in obj_["metadata"]["labels"] and obj_["spec"]["holder"] == "IPAddress/ns/ux"
+    assert n1.registry.stray(n1.store, time.time() - 30) == []
+    (c,) = attach(n1.ipam, pod("p"), net="small-net", names=("ux",))
+    assert c.address == "198.18.41.1", "the runtime's retry takes it up again"
