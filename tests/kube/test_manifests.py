@@ -561,3 +561,56 @@ def test_daemon_runs_a_pod_with_only_the_node_service_account(applied: Cluster, 
     assert node.proc is not None
     rss = [line for line in Path(f"/proc/{node.proc.pid}/status").read_text().splitlines() if line.startswith("VmRSS")]
     print(f"plexus-ipamd as plexus-node after one pod: {rss[0] if rss else '?'}")
+
+
+@pytest.mark.netns
+def test_a_users_auto_ipaddress_is_taken_up_by_the_node_before_its_pod_uses_it(applied: Cluster, sa_node: Node) -> None:
+    """The controller leases a user's Auto IPAddress (an IPAddressLease with no node label); the node whose pod names
+    it makes that lease its own (labelled at the version read) before the ADD answers, with only its ServiceAccount's
+    permissions; once the pod and the IPAddress are gone, the node lets the address go."""
+    cluster, node, ns = applied, sa_node, "ktakeup"
+    cluster.apply([
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
+        {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NetworkClass", "metadata": {"name": f"{ns}-class"},
+         "spec": {"vlan": {"idPool": ["910-919"]}}},
+        {"apiVersion": f"{GROUP}/v1alpha1", "kind": "IPAddressPool", "metadata": {"name": "pool", "namespace": ns},
+         "spec": {"leaseTTL": "1s", "pools": [{"network": "198.18.113.0/28"}]}},
+        {"apiVersion": f"{GROUP}/v1alpha1", "kind": "Network", "metadata": {"name": "net", "namespace": ns},
+         "spec": {"networkClass": f"{ns}-class", "vlan": {"id": 910},
+                  "ipam": {"ipAddressPoolRef": {"kind": "IPAddressPool", "name": "pool"}}}},
+        {"apiVersion": f"{GROUP}/v1alpha1", "kind": "IPAddress", "metadata": {"name": "mine", "namespace": ns},
+         "spec": {"networkRef": {"kind": "Network", "name": "net"}, "type": "Auto"}},
+    ])
+    try:
+        assert wait_for(lambda: (cluster.get("ipaddress", "-n", ns, "mine").get("status") or {}).get("address"),
+                        timeout=30), "the controller leases it before any pod uses it"
+        address = cluster.get("ipaddress", "-n", ns, "mine")["status"]["address"]
+
+        def lease() -> dict[str, Any]:
+            (found,) = [x for x in cluster.get("ipaddresslease")["items"] if x["spec"]["ip"] == address]
+            return dict(found)
+
+        assert f"{GROUP}/node" not in lease()["metadata"].get("labels", {}), "the controller's: no node label"
+        cluster.apply([{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "app", "namespace": ns, "annotations": {
+            f"{GROUP}/networks-spec": json.dumps([{"type": "Network", "name": "net", "ipAddressNames": ["mine"]}])}},
+            "spec": {"nodeName": "node-sa", "containers": [{"name": "c", "image": "busybox"}]}}])
+        uid = cluster.get("pod", "-n", ns, "app")["metadata"]["uid"]
+        netns = node.pod_netns("app")
+        add = wait_for(lambda: (r := node.cni("ADD", "t1", netns, pod=(ns, "app"), env={
+            "CNI_ARGS": f"K8S_POD_NAMESPACE={ns};K8S_POD_NAME=app;K8S_POD_UID={uid}"})).ok and r, timeout=30, step=1)
+        assert add, node.log_text()[-3000:]
+        assert add.json["ips"][0]["address"] == f"{address}/28"
+        assert lease()["metadata"]["labels"][f"{GROUP}/node"] == "node-sa", "taken up before the ADD answered"
+        assert lease()["spec"]["holder"] == f"IPAddress/{ns}/mine"
+
+        assert node.cni("DEL", "t1", netns, pod=(ns, "app")).ok
+        cluster.kubectl("delete", "pod", "-n", ns, "app", "--grace-period=0", "--force")
+        cluster.kubectl("delete", "ipaddress", "-n", ns, "mine")
+        assert wait_for(lambda: not [x for x in cluster.get("ipaddresslease")["items"] if x["spec"]["ip"] == address],
+                        timeout=90), "the node lets it go (quarantine of 1 s, then deleted)"
+        log = node.log_text()
+        assert not [line for line in log.splitlines() if "pyroute2" not in line
+                    and ("forbidden" in line.lower() or re.search(r"(?<![,.])\b403\b", line))]
+    finally:
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        cluster.kubectl("delete", "networkclass", f"{ns}-class", "--ignore-not-found", check=False)
