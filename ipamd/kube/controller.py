@@ -344,7 +344,9 @@ class Controller:
         """Give back what a vanished node held (``ipamd.kube.reclaim``): its blocks, its gone pods' leases and its
         heartbeat. A node is silent by its blocks' renewals and its heartbeat, whichever is newer (a node without
         blocks by its heartbeat alone). A node reclaimed earlier is looked at again every round while it keeps leases:
-        one held by a pod's own IPAddress that the garbage collector had not deleted yet goes once it has."""
+        one held by a pod's own IPAddress that the garbage collector had not deleted yet goes once it has, and one held
+        by a Static or a user's IPAddress once that is deleted. Its heartbeat goes with its last lease object, so that a
+        controller started since (another replica, a restart) still knows it for vanished."""
         now = time.time()
         beats = self._heartbeats(now)
         silent = silent_nodes(self.source.items(BLOCK_KIND), now, beats)
@@ -368,7 +370,7 @@ class Controller:
                 quarantined = self._quarantine(node, holders, now)
                 for name in names:
                     _absent_ok(self.objects.delete, BLOCK_KIND, name)
-                if node in beats:
+                if node in beats and not self.source.by_index(LEASE_KIND, "node", node):
                     _absent_ok(self.coord.delete_namespaced_lease, heartbeat.lease_name(node), self.heartbeat_namespace)
                     self._beats.pop(node, None)
                 self._vanished.add(node)

@@ -277,7 +277,32 @@ def test_a_node_that_leased_per_address_is_reclaimed_by_its_heartbeat(api: FakeA
     ctl.reclaim_blocks()
     assert not [o for o in api.objs[LEASE_KIND].values() if o["spec"].get("holder")], "its gone pods' leases let go"
     assert all(o["status"]["orphaningTimestamp"] for o in api.objs[LEASE_KIND].values()), "quarantined first"
-    assert not api.objs["Lease"], "and its heartbeat deleted"
+    assert api.objs["Lease"], "its heartbeat stays while it has lease objects"
+    ctl.expire_leases()
+    ctl.reclaim_blocks()
+    assert not api.objs[LEASE_KIND] and not api.objs["Lease"], "its last lease expired: its heartbeat deleted"
+
+
+def test_a_controller_started_since_still_gives_back_what_a_vanished_node_kept(api: FakeApi,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A vanished node's lease held by a user's IPAddress stays while the IPAddress exists; deleted after the
+    controller restarted (or another replica took over), it is still given back: the node's heartbeat, silent, stays
+    until its last lease object goes (the controller's memory of the nodes it reclaimed is lost with it)."""
+    monkeypatch.setattr("ipamd.kube.controller.HEARTBEATS_READ_S", 0.0)
+    node = Node(api, "solo", claim=False)
+    node.registry.heartbeat_namespace = "plexus-system"
+    node.add(), node.add()
+    node.clock.now = time.time() - 3600  # its last heartbeat, an hour ago
+    node.registry.housekeep([], lambda pool, ip: True, node.store.transaction)
+    node.outbox.flush()
+    kept_ip, kept_holder = node.held_by_holder()[0]
+    cluster = Cluster(api, user_ips=(kept_holder,))
+    controller(cluster).reclaim_blocks()
+    held = {o["spec"]["ip"]: o["spec"].get("holder") for o in api.objs[LEASE_KIND].values()}
+    assert held[kept_ip] == kept_holder and sum(h is None for h in held.values()) == 1, "the gone pod's let go"
+    cluster.user_ips = ()  # the user deletes the IPAddress; a new controller process runs
+    controller(cluster).reclaim_blocks()
+    assert not [o for o in api.objs[LEASE_KIND].values() if o["spec"].get("holder")], "given back all the same"
 
 
 def test_a_node_renews_its_heartbeat_with_its_blocks(api: FakeApi) -> None:
