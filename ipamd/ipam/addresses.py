@@ -299,12 +299,14 @@ class Ipam:
             yield secured
             failed = False
         finally:
-            if secured.lease is not None:
-                self._unreserve(secured.lease)
-                if failed or not secured.used:  # a failed transaction rolled the record back: the claim goes too
-                    self.registry.let_go(secured.lease)
-                else:
-                    self.registry.keep(secured.lease)
+            if secured.lease is not None:  # told before the address is free for this node's other calls
+                try:
+                    if failed or not secured.used:  # a failed transaction rolled the record back: the claim goes too
+                        self.registry.let_go(secured.lease)
+                    else:
+                        self.registry.keep(secured.lease)
+                finally:
+                    self._unreserve(secured.lease)
 
     def _secure(self, rec: IPRecord, pool: AddressPool, secured: Secured) -> LeaseRecord | None:
         pkey = pool_key(pool)

@@ -63,6 +63,7 @@ from ipamd.sources.lookups import class_of, pool_of_ip
 log = logging.getLogger(__name__)
 NODE_SEEN_S = 60.0  # a Node object seen is believed this long before it is asked for again
 HEARTBEATS_READ_S = 30.0  # the nodes' heartbeats are listed this often (each is renewed every minute)
+VANISHED_LOOK_S = 60.0  # a vanished node that keeps leases (held by objects that still exist) is looked at this often
 UNUSED_GONE_S = 120.0  # a user's IPAddress gone this long, its lease taken up by no node, named by no pod: released
 ALLOCATED_S = 60.0  # a user's Auto IPAddress just leased is not leased again this long (the caches catch up)
 ATTACHMENT_KIND = "NodeNetworkInterfaceAttachment"
@@ -186,6 +187,7 @@ class Controller:
         self._beats: dict[str, float] = {}  # node -> when its heartbeat was renewed (wall clock), as last listed
         self._beats_read = float("-inf")
         self._holder_gone: dict[str, float] = {}  # lease object -> since when its user IPAddress is gone (monotonic)
+        self._looked: dict[str, float] = {}  # vanished node -> when its leases and pods were last looked at
         self._thread: threading.Thread | None = None
         source.subscribe(self._wake.set)
 
@@ -351,34 +353,52 @@ class Controller:
         beats = self._heartbeats(now)
         silent = silent_nodes(self.source.items(BLOCK_KIND), now, beats)
         holders: set[str] | None = None
+        looked_at = time.monotonic()
         for node in [*silent, *(n for n in self._vanished if n not in silent)]:
             try:
                 if node in silent:
                     quiet, names = silent[node]
                     if not vanished(quiet, self.block_ttl_s, functools.partial(self._node_exists, node)):
-                        self._vanished.discard(node)
+                        self._forget_vanished(node)
                         continue
                 else:
                     quiet, names = 0.0, []
-                    if not self.source.by_index(LEASE_KIND, "node", node):
-                        self._vanished.discard(node)
+                left = self.source.by_index(LEASE_KIND, "node", node)
+                if node in self._vanished and not names:  # reclaimed already, its blocks gone
+                    if not left:  # nothing kept any more: its heartbeat goes, and the node from memory
+                        self._drop_heartbeat(node, beats)
+                        self._forget_vanished(node)
                         continue
+                    if looked_at - self._looked.get(node, -VANISHED_LOOK_S) < VANISHED_LOOK_S:
+                        continue  # what it keeps is looked at again once a minute, not every round
+                elif not names and not left:
+                    self._drop_heartbeat(node, beats)  # silent, holding nothing: no more to give back
+                    continue
+                self._looked[node] = looked_at
                 if self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}", limit=1).items:
-                    self._vanished.discard(node)
+                    self._forget_vanished(node)
                     continue  # a pod that may still run there keeps its address (and the node may be back)
                 holders = holders if holders is not None else self._existing_holders()
                 quarantined = self._quarantine(node, holders, now)
                 for name in names:
                     _absent_ok(self.objects.delete, BLOCK_KIND, name)
-                if node in beats and not self.source.by_index(LEASE_KIND, "node", node):
-                    _absent_ok(self.coord.delete_namespaced_lease, heartbeat.lease_name(node), self.heartbeat_namespace)
-                    self._beats.pop(node, None)
                 self._vanished.add(node)
                 if names or quarantined:
                     log.info("reclaimed node %s (silent for %.0f s, no pod bound to it): %d address block(s) deleted,"
                              " %d lease(s) of its gone pods quarantined", node, quiet, len(names), quarantined)
             except Exception as exc:  # one node's trouble (a 403, the API away) does not stop the round
                 log.warning("reclaiming node %s: %s", node, reason_of(exc))
+
+    def _forget_vanished(self, node: str) -> None:
+        self._vanished.discard(node)
+        self._looked.pop(node, None)
+
+    def _drop_heartbeat(self, node: str, beats: dict[str, float]) -> None:
+        """A vanished node's heartbeat, once it keeps no lease object (until then it tells a controller started since
+        that the node is gone)."""
+        if node in beats:
+            _absent_ok(self.coord.delete_namespaced_lease, heartbeat.lease_name(node), self.heartbeat_namespace)
+            self._beats.pop(node, None)
 
     def _heartbeats(self, now: float) -> dict[str, float]:
         """Node -> seconds since its daemon renewed its heartbeat, from a list made every ``HEARTBEATS_READ_S`` (they

@@ -24,7 +24,7 @@ from ipamd.ipam.registry import NoBlocks
 from ipamd.kube.errors import api_unavailable_is_11, status_of
 from ipamd.kube.outbox import Outbox
 from ipamd.kube.resources import RESOURCES
-from ipamd.model.objects import GROUP
+from ipamd.model.objects import GROUP, IP_ADDRESS_KINDS, IPAM_CLAIM
 from ipamd.model.timefmt import parse_rfc3339, rfc3339
 from ipamd.store.protocols import LeaseStore
 from ipamd.store.records import LeaseRecord
@@ -115,10 +115,6 @@ class KubeLeaseRegistry(NoBlocks):
         outbox.senders.setdefault("expire_orphan", self._expire_orphan)
         outbox.senders.setdefault("release_lease", self._release_lease)
         outbox.senders.setdefault("orphan_lease", self._orphan_lease)
-        outbox.senders.setdefault("hand_back", self._hand_back)
-        # lease object name -> its node label before this node took it up ("" none), while the claim that took it up
-        # is out (until keep or let_go): ``stray`` leaves it alone, and a let-go hands it back instead of deleting it
-        self.taking: dict[str, str] = {}
 
     def taken_elsewhere(self, pool: str) -> Container[int]:
         return _TakenIn(self.source, pool)
@@ -129,12 +125,24 @@ class KubeLeaseRegistry(NoBlocks):
                 return to_int(str(_spec(item)["ip"]))  # (one this node owes a write, its let-go, is not to adopt)
         return None
 
+    def _existing_holders(self) -> set[str]:
+        """The keys of the objects in the cache that can hold an address: (Cluster)IPAddresses and IPAMClaims."""
+        out = set()
+        for kind in (*IP_ADDRESS_KINDS, IPAM_CLAIM.name):
+            for item in self.source.items(kind):
+                md = item.get("metadata") or {}
+                ns = md.get("namespace")
+                out.add(f"{kind}/{ns}/{md.get('name')}" if ns else f"{kind}/{md.get('name')}")
+        return out
+
     def stray(self, store: LeaseStore, older_than: float) -> list[LeaseRecord]:
         """Delete this node's lease objects whose address the store does not hold (see the reconciler). An address
         the store holds is left alone whoever the cache says holds it: its object has the one name, so deleting a
         stale holder's would delete the live lease's (an address let go and leased again in a block, its new object
-        owed while the cache still shows the old), and so is one with writes owed, the node's latest word on it."""
+        owed while the cache still shows the old), and so is one with writes owed, the node's latest word on it. So is
+        one whose holder still exists: the address is that IPAddress's or IPAMClaim's, wherever it is used next."""
         out = []
+        existing: set[str] | None = None
         for item in self.source.by_index(KIND, "node", self.node_name):
             md, spec = item.get("metadata") or {}, item.get("spec") or {}
             if not spec.get("holder"):
@@ -143,9 +151,13 @@ class KubeLeaseRegistry(NoBlocks):
             if not created or parse_rfc3339(created) > older_than:
                 continue
             pool, address = str(spec.get("pool")), str(spec.get("ip"))
-            if store.lease_at(pool, to_int(address)) is not None or lease_name(pool, address) in self.taking or \
+            if store.lease_at(pool, to_int(address)) is not None or \
                     self.outbox.owes(f"{KIND}/{lease_name(pool, address)}"):
                 continue
+            if existing is None:
+                existing = self._existing_holders()
+            if spec.get("holder") in existing:  # the address is its holder's: taken up here, or made here for it and
+                continue  # the claim rolled back (a kill, a lost answer); it goes once the holder does
             lease = LeaseRecord(pool=pool, ip=to_int(address), address=address, network=str(spec.get("network", "")),
                                 holder=str(spec.get("holder")))
             self.release(lease)
@@ -255,9 +267,7 @@ class KubeLeaseRegistry(NoBlocks):
                                                     "spec": {"holder": None}})
 
     def keep(self, lease: LeaseRecord) -> None:
-        name = lease_name(lease.pool, lease.address)
-        self.made.pop(name, None)  # taken by the store: nothing to let go
-        self.taking.pop(name, None)
+        self.made.pop(lease_name(lease.pool, lease.address), None)  # taken by the store: nothing to let go
 
     def take_up(self, lease: LeaseRecord) -> bool:
         """A lease object another node or the controller made for this holder (``held_by``), made this node's before
@@ -275,42 +285,22 @@ class KubeLeaseRegistry(NoBlocks):
                     (current.get("status") or {}).get("orphaningTimestamp"):
                 return False
             md = current.get("metadata") or {}
-            before = str((md.get("labels") or {}).get(NODE_LABEL) or "")
-            self.taking[name] = before  # from before the patch: stray() must not see it this node's and not held
-            if before != self.node_name:
+            self.made[name] = None  # whatever comes of the patch and the claim, a let-go leaves it to its holder
+            if (md.get("labels") or {}).get(NODE_LABEL) != self.node_name:
                 try:
                     self.objects.patch(KIND, name, {"metadata": {"labels": {NODE_LABEL: self.node_name},
                                                                  "resourceVersion": md.get("resourceVersion")}})
                 except Exception as exc:
-                    self.taking.pop(name, None)
                     if status_of(exc) in (404, 409):
                         return False
                     raise
             return True
 
-    def _hand_back(self, body: dict[str, Any]) -> None:
-        """A take-up whose claim the store did not take: the object labelled as it was, if it is still this node's
-        for that holder (read, then patched at the version read)."""
-        current = self._read(body["name"])
-        md = (current or {}).get("metadata") or {}
-        if current is None or _spec(current).get("holder") != body["holder"] or \
-                (md.get("labels") or {}).get(NODE_LABEL) != body["node"]:
-            return
-        self.objects.patch(KIND, body["name"], {"metadata": {"labels": {NODE_LABEL: body["previous"] or None},
-                                                             "resourceVersion": md.get("resourceVersion")}})
-
     def let_go(self, lease: LeaseRecord) -> None:
         """Undo a claim this node just made that its store did not take: only what the claim made this node's (its
         create, its adoption) goes, at that version; an object it found someone else's for the same holder (a Static
         another node uses) stays."""
-        name = lease_name(lease.pool, lease.address)
-        before = self.taking.pop(name, None)
-        if before is not None:  # taken up, not made: the address stays its holder's, the object goes back as it was
-            if before != self.node_name:
-                self.outbox.add(f"{KIND}/{name}", "hand_back", {"kind": KIND, "name": name, "holder": lease.holder,
-                                                                "node": self.node_name, "previous": before})
-            return
-        made = self.made.pop(name, "")
+        made = self.made.pop(lease_name(lease.pool, lease.address), "")
         if made is not None:
             self.release(lease, made)
 

@@ -155,8 +155,9 @@ def silence(api: FakeApi, seconds: float) -> None:
         o.setdefault("status", {})["renewTime"] = rfc3339(time.time() - seconds)
 
 
-def test_the_controller_reclaims_a_silent_node_that_runs_no_pod(api: FakeApi,
-                                                                 gone: tuple[Node, list[tuple[str, str]]]) -> None:
+def test_the_controller_reclaims_a_silent_node_that_runs_no_pod(api: FakeApi, gone: tuple[Node, list[tuple[str, str]]],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("ipamd.kube.controller.VANISHED_LOOK_S", 0.0)  # a reclaimed node looked at every round
     _, held = gone
     kept_ip, kept_holder = held[0]
     cluster = Cluster(api, user_ips=(kept_holder,))  # the first address is a user's IPAddress, which still exists
@@ -252,6 +253,7 @@ def test_a_node_that_leased_per_address_is_reclaimed_by_its_heartbeat(api: FakeA
     heartbeat: silent past the TTL with no pod bound to it, its gone pods' leases are let go and its heartbeat
     deleted. Before heartbeats, only blocks told the controller a node was alive, so such a node was never judged and
     its addresses stayed taken for ever."""
+    monkeypatch.setattr("ipamd.kube.controller.VANISHED_LOOK_S", 0.0)
     node = Node(api, "solo", claim=False)
     node.registry.heartbeat_namespace = "plexus-system"
     node.add(), node.add()
@@ -320,3 +322,24 @@ def test_a_node_renews_its_heartbeat_with_its_blocks(api: FakeApi) -> None:
     node.outbox.flush()
     assert api.objs["Lease"]["plexus-node-beating"]["spec"]["renewTime"] > first
 
+
+
+def test_a_reclaimed_node_that_keeps_leases_is_looked_at_once_a_minute(api: FakeApi,
+                                                                       gone: tuple[Node, list[tuple[str, str]]]) -> None:
+    """A vanished node whose leases are held by objects that still exist (a Static, a user's IPAddress, an IPAMClaim)
+    keeps being looked at, but not with a list of its pods every controller round (every 2 s) for as long."""
+    _, held = gone
+    cluster = Cluster(api, user_ips=tuple(h for _, h in held))  # every lease held by an IPAddress that exists
+    silence(api, 3600)
+    ctl = controller(cluster)
+    asked: list[str] = []
+    list_pods = cluster.list_pod_for_all_namespaces
+
+    def counted(*a: Any, **k: Any) -> Any:
+        asked.append(k.get("field_selector", ""))
+        return list_pods(*a, **k)
+
+    cluster.list_pod_for_all_namespaces = counted  # type: ignore[method-assign]
+    for _ in range(5):
+        ctl.reclaim_blocks()
+    assert asked == ["spec.nodeName=gone"] and all(o["spec"].get("holder") for o in api.objs[LEASE_KIND].values())

@@ -11,8 +11,11 @@ import time
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from cni.errors import AddressConflict, TryAgainLater
+from ipamd.ipam.addresses import CacheMoved
+from ipamd.ipam.allocator import to_int
 from ipamd.kube.leases import KIND as LEASE_KIND
 from ipamd.kube.leases import NODE_LABEL, lease_body
 from ipamd.model.objects import IPAddressObject
@@ -154,13 +157,20 @@ def test_a_second_call_taking_up_the_same_lease_answers_11_and_the_object_stays(
     assert "198.18.41.1" not in {Node(api, "n2", claim=False).add(net="small-net") for _ in range(3)}
 
 
+def users(api: FakeApi, node: Node, name: str = "ux") -> None:
+    """The user's IPAddress, as the node's IPAM and its lease registry's cache both see it."""
+    node.source.add(auto_ip(name))
+    api.create("IPAddress", {"metadata": {"name": name, "namespace": "ns"},
+                             "spec": {"networkRef": {"kind": "Network", "name": "small-net"}}})
+
+
 def test_the_stray_clean_up_leaves_a_lease_being_taken_up(api: FakeApi) -> None:
     """The reconciler's stray clean-up runs between a take-up and the transaction that records it: the object is
-    labelled this node's, old, and not in the store yet, but it is not this node's stray."""
+    labelled this node's, old, and not in the store yet, but its holder exists: not this node's stray."""
     leased_by_the_controller(api, "198.18.41.1", "IPAddress/ns/ux")
     _old(api)
     n1 = Node(api, "n1", claim=False)
-    n1.source.add(auto_ip("ux"))
+    users(api, n1)
     take_up = n1.registry.take_up
 
     def a_round_meanwhile(lease: LeaseRecord) -> bool:
@@ -174,25 +184,95 @@ def test_the_stray_clean_up_leaves_a_lease_being_taken_up(api: FakeApi) -> None:
     assert held(api) == {"198.18.41.1": "IPAddress/ns/ux"}
 
 
-def test_a_take_up_whose_add_fails_is_handed_back(api: FakeApi) -> None:
-    """The transaction after a take-up fails: the object is labelled as it was (the controller's again), not left
-    this node's for its stray clean-up to delete while the user's IPAddress still has that address."""
+def test_a_take_up_the_store_did_not_take_stays_its_holders_until_the_holder_goes(api: FakeApi) -> None:
+    """A take-up whose transaction failed, or whose answer was lost (the label made, the call told 11), or whose
+    daemon was killed before its transaction: the object stays labelled this node's, and its address the user's
+    IPAddress's (the stray clean-up deleted it while the IPAddress still said Allocated with it); the runtime's retry
+    takes it up again; once the IPAddress is deleted, it is this node's stray."""
     leased_by_the_controller(api, "198.18.41.1", "IPAddress/ns/ux")
     _old(api)
     n1 = Node(api, "n1", claim=False)
-    n1.source.add(auto_ip("ux"))
-    lease_for = n1.ipam.lease_for
+    users(api, n1)
+    lease_for, patch = n1.ipam.lease_for, api.patch
 
     def fails(*a: Any, **k: Any) -> Any:
         raise RuntimeError("the transaction fails")
+
+    def made_then_lost(kind: str, name: str, body: dict[str, Any], namespace: str = "") -> Any:
+        patch(kind, name, body, namespace)
+        raise ApiException(status=504, reason="Gateway Timeout")
 
     n1.ipam.lease_for = fails  # type: ignore[method-assign]
     with pytest.raises(RuntimeError):
         attach(n1.ipam, pod("p"), net="small-net", names=("ux",))
     n1.ipam.lease_for = lease_for  # type: ignore[method-assign]
+    api.objs[LEASE_KIND][next(iter(api.objs[LEASE_KIND]))]["metadata"]["labels"].pop(NODE_LABEL)  # the controller's
+    api.patch = made_then_lost  # type: ignore[method-assign]
+    with pytest.raises(TryAgainLater):
+        attach(n1.ipam, pod("p"), net="small-net", names=("ux",))
+    api.patch = patch  # type: ignore[method-assign]
     n1.outbox.flush()
     (obj_,) = api.objs[LEASE_KIND].values()
-    assert NODE_LABEL not in obj_["metadata"]["labels"] and obj_["spec"]["holder"] == "IPAddress/ns/ux"
-    assert n1.registry.stray(n1.store, time.time() - 30) == []
+    assert obj_["metadata"]["labels"][NODE_LABEL] == "n1" and obj_["spec"]["holder"] == "IPAddress/ns/ux"
+    assert n1.registry.stray(n1.store, time.time() - 30) == [], "the IPAddress exists: its address stays its own"
     (c,) = attach(n1.ipam, pod("p"), net="small-net", names=("ux",))
     assert c.address == "198.18.41.1", "the runtime's retry takes it up again"
+    n1.ipam.release_pod([c.ip_key], "uid-p")
+    with n1.store.transaction():
+        n1.store.delete_lease(POOL, to_int("198.18.41.1"))  # the node's store let it go; its release not yet made
+    api.delete("IPAddress", "ux")
+    assert [x.address for x in n1.registry.stray(n1.store, time.time() - 30)] == ["198.18.41.1"]
+    n1.outbox.flush()
+    assert not api.objs[LEASE_KIND], "the IPAddress gone: this node's stray"
+
+
+def test_a_failed_take_up_is_let_go_before_another_call_may_take_it_up(api: FakeApi) -> None:
+    """A call's transaction fails after its take-up; another call of the node (another sandbox of the pod) takes the
+    lease up next: the first call's let-go is done before the address is free for it (the other way round, the first
+    call's let-go released the object the second call's pod used)."""
+    leased_by_the_controller(api, "198.18.41.1", "IPAddress/ns/ux")
+    n1 = Node(api, "n1", claim=False)
+    users(api, n1)
+    lease_for, let_go = n1.ipam.lease_for, n1.registry.let_go
+    state: dict[str, Any] = {"fail": True}
+
+    def fails_once(*a: Any, **k: Any) -> Any:
+        if state.pop("fail", False):
+            raise RuntimeError("the first call's transaction fails")
+        return lease_for(*a, **k)
+
+    def another_call_meanwhile(lease: LeaseRecord) -> None:
+        if "second" not in state:
+            with pytest.raises(TryAgainLater):
+                attach(n1.ipam, pod("p"), net="small-net", names=("ux",))
+            state["second"] = 11
+        let_go(lease)
+
+    n1.ipam.lease_for = fails_once  # type: ignore[method-assign]
+    n1.registry.let_go = another_call_meanwhile  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        attach(n1.ipam, pod("p"), net="small-net", names=("ux",))
+    (c,) = attach(n1.ipam, pod("p"), net="small-net", names=("ux",))  # the runtime's retry
+    n1.outbox.flush()
+    assert state["second"] == 11 and c.address == "198.18.41.1" and held(api) == {c.address: "IPAddress/ns/ux"}
+    assert c.address not in {Node(api, "n2", claim=False).add(net="small-net") for _ in range(3)}
+
+
+def test_a_claim_secured_again_takes_the_same_lease_up(api: FakeApi) -> None:
+    """Another address of the claim moved (``CacheMoved``) after the take-up: the retry takes the same lease up again,
+    rather than giving the IPAddress a second address."""
+    leased_by_the_controller(api, "198.18.41.1", "IPAddress/ns/ux")
+    n1 = Node(api, "n1", claim=False)
+    users(api, n1)
+    lease_for = n1.ipam.lease_for
+    state = {"moved": True}
+
+    def moved_once(*a: Any, **k: Any) -> Any:
+        if state.pop("moved", False):
+            raise CacheMoved("another address of the claim moved")
+        return lease_for(*a, **k)
+
+    n1.ipam.lease_for = moved_once  # type: ignore[method-assign]
+    (c,) = attach(n1.ipam, pod("p"), net="small-net", names=("ux",))
+    n1.outbox.flush()
+    assert c.address == "198.18.41.1" and held(api) == {"198.18.41.1": "IPAddress/ns/ux"}
