@@ -249,6 +249,7 @@ class Ipam:
             if held is None or (held.holder is None and rec.type == "Static"):  # still free here (or quarantined)
                 lease = replace(secured.lease, created_at=now)
                 secured.used = True
+                self.registry.recorded(lease)  # in this transaction: whatever undoes the claim is owed no more
                 self.store.put_lease(lease)
                 created = True
         if lease is None:

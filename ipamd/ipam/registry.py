@@ -36,6 +36,8 @@ class LeaseRegistry(Protocol):
 
     def take_up(self, lease: LeaseRecord) -> bool: ...  # a lease made elsewhere (held_by) made this node's, now
 
+    def recorded(self, lease: LeaseRecord) -> None: ...  # a claim recorded by the store (inside its transaction)
+
     def stray(self, store: LeaseStore, older_than: float) -> list[LeaseRecord]:
         """Release this node's registry leases, made before ``older_than``, that ``store`` does not hold
         (an ADD rolled back while the registry was unreachable could not release its own); the released."""
@@ -102,6 +104,9 @@ class NodeLocalRegistry(NoBlocks):
 
     def take_up(self, lease: LeaseRecord) -> bool:
         return True
+
+    def recorded(self, lease: LeaseRecord) -> None:
+        pass
 
     def stray(self, store: LeaseStore, older_than: float) -> list[LeaseRecord]:
         return []

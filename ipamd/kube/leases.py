@@ -103,6 +103,11 @@ def lease_body(pool: str, address: str, network: str, holder: str, ttl_s: float,
             "spec": {"pool": pool, "ip": address, "network": network, "holder": holder, "ttl": f"{int(ttl_s)}s"}}
 
 
+#: A take-up's hand-back is owed for this long before the outbox makes it by itself: the transaction that records the
+#: lease drops it long before (a let-go makes it at once).
+HAND_BACK_S = 60.0
+
+
 class KubeLeaseRegistry(NoBlocks):
     def __init__(self, source: KubernetesSource, node_name: str, outbox: Outbox) -> None:
         self.objects = source.objects
@@ -115,15 +120,17 @@ class KubeLeaseRegistry(NoBlocks):
         outbox.senders.setdefault("expire_orphan", self._expire_orphan)
         outbox.senders.setdefault("release_lease", self._release_lease)
         outbox.senders.setdefault("orphan_lease", self._orphan_lease)
+        outbox.senders.setdefault("hand_back", self._hand_back)
 
     def taken_elsewhere(self, pool: str) -> Container[int]:
         return _TakenIn(self.source, pool)
 
     def held_by(self, holder: str, pool: str) -> int | None:
         for item in self.source.by_index(KIND, "holder", (holder, pool)):
-            if _spec(item).get("ip") and not self.outbox.owes(f"{KIND}/{(item.get('metadata') or {}).get('name')}"):
-                return to_int(str(_spec(item)["ip"]))  # (one this node owes a write, its let-go, is not to adopt)
-        return None
+            if _spec(item).get("ip") and not self.outbox.owes(f"{KIND}/{(item.get('metadata') or {}).get('name')}",
+                                                              but=("hand_back",)):
+                return to_int(str(_spec(item)["ip"]))  # (one this node owes a write, its let-go, is not to adopt;
+        return None  # a take-up's hand-back is no let-go: another call taking it up meanwhile waits its turn)
 
     def _existing_holders(self) -> set[str]:
         """The keys of the objects in the cache that can hold an address: (Cluster)IPAddresses and IPAMClaims."""
@@ -156,8 +163,8 @@ class KubeLeaseRegistry(NoBlocks):
                 continue
             if existing is None:
                 existing = self._existing_holders()
-            if spec.get("holder") in existing:  # the address is its holder's: taken up here, or made here for it and
-                continue  # the claim rolled back (a kill, a lost answer); it goes once the holder does
+            if spec.get("holder") in existing and store.lease_of(str(spec.get("holder"))) is None:
+                continue  # maybe the holder's address elsewhere (a take-up, a claim rolled back): goes with the holder
             lease = LeaseRecord(pool=pool, ip=to_int(address), address=address, network=str(spec.get("network", "")),
                                 holder=str(spec.get("holder")))
             self.release(lease)
@@ -286,23 +293,49 @@ class KubeLeaseRegistry(NoBlocks):
                 return False
             md = current.get("metadata") or {}
             self.made[name] = None  # whatever comes of the patch and the claim, a let-go leaves it to its holder
-            if (md.get("labels") or {}).get(NODE_LABEL) != self.node_name:
-                try:
-                    self.objects.patch(KIND, name, {"metadata": {"labels": {NODE_LABEL: self.node_name},
-                                                                 "resourceVersion": md.get("resourceVersion")}})
-                except Exception as exc:
-                    if status_of(exc) in (404, 409):
-                        return False
-                    raise
+            before = str((md.get("labels") or {}).get(NODE_LABEL) or "")
+            if before == self.node_name:
+                return True
+            # written ahead, durably: labelled back as it was unless the transaction that records the lease drops it
+            # (``recorded``); made at once by a let-go, else after HAND_BACK_S (a kill, a lost answer)
+            target = f"{KIND}/{name}"
+            self.outbox.add(target, "hand_back", {"kind": KIND, "name": name, "holder": lease.holder,
+                                                  "node": self.node_name, "previous": before},
+                            not_before=self.outbox.clock() + HAND_BACK_S)
+            try:
+                self.objects.patch(KIND, name, {"metadata": {"labels": {NODE_LABEL: self.node_name},
+                                                             "resourceVersion": md.get("resourceVersion")}})
+            except Exception as exc:
+                if status_of(exc) in (404, 409):  # not made: nothing to undo
+                    self.outbox.drop(target, "hand_back")
+                    return False
+                raise  # maybe made, its answer lost: the owed hand-back undoes it
             return True
+
+    def recorded(self, lease: LeaseRecord) -> None:
+        self.outbox.drop(f"{KIND}/{lease_name(lease.pool, lease.address)}", "hand_back")
+
+    def _hand_back(self, body: dict[str, Any]) -> None:
+        """A take-up the store did not record: the object labelled as it was (another node's, which still uses it, or
+        the controller's), if it is still this node's for that holder (read, then patched at the version read)."""
+        current = self._read(body["name"])
+        md = (current or {}).get("metadata") or {}
+        if current is None or _spec(current).get("holder") != body["holder"] or \
+                (md.get("labels") or {}).get(NODE_LABEL) != body["node"]:
+            return
+        self.objects.patch(KIND, body["name"], {"metadata": {"labels": {NODE_LABEL: body["previous"] or None},
+                                                             "resourceVersion": md.get("resourceVersion")}})
 
     def let_go(self, lease: LeaseRecord) -> None:
         """Undo a claim this node just made that its store did not take: only what the claim made this node's (its
         create, its adoption) goes, at that version; an object it found someone else's for the same holder (a Static
         another node uses) stays."""
-        made = self.made.pop(lease_name(lease.pool, lease.address), "")
+        name = lease_name(lease.pool, lease.address)
+        made = self.made.pop(name, "")
         if made is not None:
             self.release(lease, made)
+        else:  # someone else's, or taken up: left to its holder, and a take-up's hand-back is made now
+            self.outbox.flush_target(f"{KIND}/{name}")
 
     def release(self, lease: LeaseRecord, resource_version: str = "") -> None:
         """Owe the delete of the address's lease object (with ``resource_version``: only while it is still the one

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -89,11 +89,14 @@ class Outbox:
         self._sent_lock = threading.Lock()
 
     # -- owing ----------------------------------------------------------------------------------
-    def add(self, target: str, op: str, body: dict[str, Any], supersede: bool = False) -> int:
-        """Owe a write of ``target``; ``supersede``: it replaces the pending writes of the same target and op."""
+    def add(self, target: str, op: str, body: dict[str, Any], supersede: bool = False, not_before: float = 0.0) -> int:
+        """Owe a write of ``target``; ``supersede``: it replaces the pending writes of the same target and op;
+        ``not_before``: a write that undoes something unless dropped first (made by a pass after that time, or at
+        once by ``flush_target``)."""
         if op not in self.senders:
             raise ValueError(f"no sender for outbox op {op!r}")
-        seq = self.store.outbox_add(OutboxEntry(0, target, op, body, created_at=self.clock()), supersede=supersede)
+        seq = self.store.outbox_add(OutboxEntry(0, target, op, body, created_at=self.clock(), next_at=not_before),
+                                    supersede=supersede)
         self._wake.set()
         return seq
 
@@ -101,8 +104,9 @@ class Outbox:
         """Forget the pending writes of ``target``/``op`` (a newer one was just made directly)."""
         return self.store.outbox_drop(target, op)
 
-    def owes(self, target: str) -> bool:
-        return bool(self.store.outbox_of(target))
+    def owes(self, target: str, but: Collection[str] = ()) -> bool:
+        """Whether a write of ``target`` is owed (``but``: other than these ops)."""
+        return any(e.op not in but for e in self.store.outbox_of(target))
 
     def depth(self) -> int:
         return self.store.outbox_depth()

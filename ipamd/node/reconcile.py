@@ -111,7 +111,7 @@ class Reconciler:
                 self.teardowns.finish_deletions()
             self.ipam.expire(None, self.ipam.clock())
             self._sync_segments()
-            if self.cluster:
+            if self.cluster and self.source.ready():  # strays are told by what exists: not before every kind is listed
                 self._release_stray_cluster_leases()
                 self._housekeep_blocks()
 

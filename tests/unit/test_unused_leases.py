@@ -16,8 +16,8 @@ from kubernetes.client.exceptions import ApiException
 from cni.errors import AddressConflict, TryAgainLater
 from ipamd.ipam.addresses import CacheMoved
 from ipamd.ipam.allocator import to_int
+from ipamd.kube.leases import HAND_BACK_S, NODE_LABEL, lease_body
 from ipamd.kube.leases import KIND as LEASE_KIND
-from ipamd.kube.leases import NODE_LABEL, lease_body
 from ipamd.model.objects import IPAddressObject
 from ipamd.model.timefmt import rfc3339
 from ipamd.store.records import LeaseRecord
@@ -184,11 +184,23 @@ def test_the_stray_clean_up_leaves_a_lease_being_taken_up(api: FakeApi) -> None:
     assert held(api) == {"198.18.41.1": "IPAddress/ns/ux"}
 
 
-def test_a_take_up_the_store_did_not_take_stays_its_holders_until_the_holder_goes(api: FakeApi) -> None:
-    """A take-up whose transaction failed, or whose answer was lost (the label made, the call told 11), or whose
-    daemon was killed before its transaction: the object stays labelled this node's, and its address the user's
-    IPAddress's (the stray clean-up deleted it while the IPAddress still said Allocated with it); the runtime's retry
-    takes it up again; once the IPAddress is deleted, it is this node's stray."""
+def label(api: FakeApi) -> str | None:
+    (obj_,) = api.objs[LEASE_KIND].values()
+    found = obj_["metadata"]["labels"].get(NODE_LABEL)
+    return None if found is None else str(found)
+
+
+def later(node: Node, seconds: float) -> None:
+    """The node's outbox as it is ``seconds`` on: what is owed until then is made by a pass."""
+    node.outbox.clock = lambda: time.time() + seconds
+    node.outbox.flush()
+
+
+def test_a_take_up_the_store_did_not_take_is_handed_back(api: FakeApi) -> None:
+    """A take-up whose transaction failed, or whose answer was lost (the label made, the call told 11): the object is
+    labelled as it was (the controller's here), by a hand-back owed before the label was patched; the stray clean-up
+    meanwhile leaves it (deleting it freed the address of an IPAddress that still had it); the runtime's retry takes
+    it up again; once its holder is gone, an object of this node's that its store does not hold is a stray."""
     leased_by_the_controller(api, "198.18.41.1", "IPAddress/ns/ux")
     _old(api)
     n1 = Node(api, "n1", claim=False)
@@ -206,17 +218,20 @@ def test_a_take_up_the_store_did_not_take_stays_its_holders_until_the_holder_goe
     with pytest.raises(RuntimeError):
         attach(n1.ipam, pod("p"), net="small-net", names=("ux",))
     n1.ipam.lease_for = lease_for  # type: ignore[method-assign]
-    api.objs[LEASE_KIND][next(iter(api.objs[LEASE_KIND]))]["metadata"]["labels"].pop(NODE_LABEL)  # the controller's
+    assert label(api) is None, "handed back at once by the let-go"
     api.patch = made_then_lost  # type: ignore[method-assign]
     with pytest.raises(TryAgainLater):
         attach(n1.ipam, pod("p"), net="small-net", names=("ux",))
     api.patch = patch  # type: ignore[method-assign]
     n1.outbox.flush()
-    (obj_,) = api.objs[LEASE_KIND].values()
-    assert obj_["metadata"]["labels"][NODE_LABEL] == "n1" and obj_["spec"]["holder"] == "IPAddress/ns/ux"
-    assert n1.registry.stray(n1.store, time.time() - 30) == [], "the IPAddress exists: its address stays its own"
+    assert label(api) == "n1" and n1.registry.stray(n1.store, time.time() - 30) == [], "its hand-back owed: not stray"
+    later(n1, HAND_BACK_S + 1)
+    assert label(api) is None, "the answer lost: handed back by the outbox"
+    n1.outbox.clock = time.time
     (c,) = attach(n1.ipam, pod("p"), net="small-net", names=("ux",))
-    assert c.address == "198.18.41.1", "the runtime's retry takes it up again"
+    assert c.address == "198.18.41.1" and label(api) == "n1", "the runtime's retry takes it up again"
+    later(n1, HAND_BACK_S + 1)
+    assert label(api) == "n1", "recorded: its hand-back dropped in the same transaction"
     n1.ipam.release_pod([c.ip_key], "uid-p")
     with n1.store.transaction():
         n1.store.delete_lease(POOL, to_int("198.18.41.1"))  # the node's store let it go; its release not yet made
@@ -224,6 +239,46 @@ def test_a_take_up_the_store_did_not_take_stays_its_holders_until_the_holder_goe
     assert [x.address for x in n1.registry.stray(n1.store, time.time() - 30)] == ["198.18.41.1"]
     n1.outbox.flush()
     assert not api.objs[LEASE_KIND], "the IPAddress gone: this node's stray"
+
+
+def test_a_take_up_cut_short_by_a_kill_is_handed_back_after_the_restart(api: FakeApi) -> None:
+    leased_by_the_controller(api, "198.18.41.1", "IPAddress/ns/ux")
+    n1 = Node(api, "n1", claim=False)
+    users(api, n1)
+    lease = LeaseRecord(pool=POOL, ip=to_int("198.18.41.1"), address="198.18.41.1", network="198.18.41.0/28",
+                        holder="IPAddress/ns/ux")
+    assert n1.registry.take_up(lease) and label(api) == "n1"  # then SIGKILL: no transaction, no let-go
+    n1.outbox.flush()
+    assert label(api) == "n1", "not before its time: a transaction may still record it"
+    later(n1, HAND_BACK_S + 1)  # the restarted daemon's outbox (it is in the store)
+    assert label(api) is None
+
+
+def test_a_failed_take_up_of_another_nodes_lease_leaves_it_that_nodes(api: FakeApi) -> None:
+    """A pod on n2 uses the user's IPAddress; a pod on n1 names it too, and n1's transaction fails after its take-up:
+    the object is n2's again, so n1's stray clean-up never deletes it once the IPAddress is deleted while n2's pod
+    still runs, and no third node gets its address (found in review)."""
+    leased_by_the_controller(api, "198.18.41.1", "IPAddress/ns/ux")
+    n2 = Node(api, "n2", claim=False)
+    users(api, n2)
+    attach(n2.ipam, pod("a"), net="small-net", names=("ux",))
+    n1 = Node(api, "n1", claim=False)
+    n1.source.add(auto_ip("ux"))
+    lease_for = n1.ipam.lease_for
+
+    def fails(*a: Any, **k: Any) -> Any:
+        raise RuntimeError("the transaction fails")
+
+    n1.ipam.lease_for = fails  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        attach(n1.ipam, pod("b"), net="small-net", names=("ux",))
+    n1.ipam.lease_for = lease_for  # type: ignore[method-assign]
+    assert label(api) == "n2"
+    api.delete("IPAddress", "ux")  # while pod a runs on n2
+    _old(api)
+    assert n1.registry.stray(n1.store, time.time() - 30) == []
+    n1.outbox.flush()
+    assert "198.18.41.1" not in {Node(api, "n3", claim=False).add(net="small-net") for _ in range(3)}
 
 
 def test_a_failed_take_up_is_let_go_before_another_call_may_take_it_up(api: FakeApi) -> None:
@@ -276,3 +331,17 @@ def test_a_claim_secured_again_takes_the_same_lease_up(api: FakeApi) -> None:
     (c,) = attach(n1.ipam, pod("p"), net="small-net", names=("ux",))
     n1.outbox.flush()
     assert c.address == "198.18.41.1" and held(api) == {"198.18.41.1": "IPAddress/ns/ux"}
+
+
+def test_a_leftover_of_a_holder_that_has_another_address_here_is_a_stray(api: FakeApi) -> None:
+    """The stray clean-up leaves an object whose holder exists only while this node's store holds no address for that
+    holder: one whose holder has another address here (a claim rolled back by a kill, then another address leased)
+    is a leftover, deleted as before (kept, it stayed taken for as long as the user's IPAddress existed)."""
+    n1 = Node(api, "n1", claim=False)
+    users(api, n1)
+    api.create(LEASE_KIND, lease_body(POOL, "198.18.41.1", "198.18.41.0/28", "IPAddress/ns/ux", 0, "n1"))
+    _old(api)
+    with n1.store.transaction():
+        n1.store.put_lease(LeaseRecord(pool=POOL, ip=to_int("198.18.41.2"), address="198.18.41.2",
+                                       network="198.18.41.0/28", holder="IPAddress/ns/ux"))
+    assert [x.address for x in n1.registry.stray(n1.store, time.time() - 30)] == ["198.18.41.1"]
