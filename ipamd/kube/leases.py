@@ -22,7 +22,7 @@ from cni.errors import TryAgainLater
 from ipamd.ipam.allocator import to_int
 from ipamd.ipam.registry import NoBlocks
 from ipamd.kube.errors import api_unavailable_is_11, status_of
-from ipamd.kube.outbox import Outbox
+from ipamd.kube.outbox import PARKED, Outbox
 from ipamd.kube.resources import RESOURCES
 from ipamd.model.objects import GROUP, IP_ADDRESS_KINDS, IPAM_CLAIM
 from ipamd.model.timefmt import parse_rfc3339, rfc3339
@@ -101,11 +101,6 @@ def lease_body(pool: str, address: str, network: str, holder: str, ttl_s: float,
         metadata["labels"][NODE_LABEL] = node
     return {"apiVersion": RESOURCES[KIND].api_version, "kind": KIND, "metadata": metadata,
             "spec": {"pool": pool, "ip": address, "network": network, "holder": holder, "ttl": f"{int(ttl_s)}s"}}
-
-
-#: A take-up's hand-back is owed for this long before the outbox makes it by itself: the transaction that records the
-#: lease drops it long before (a let-go makes it at once).
-HAND_BACK_S = 60.0
 
 
 class KubeLeaseRegistry(NoBlocks):
@@ -296,12 +291,11 @@ class KubeLeaseRegistry(NoBlocks):
             before = str((md.get("labels") or {}).get(NODE_LABEL) or "")
             if before == self.node_name:
                 return True
-            # written ahead, durably: labelled back as it was unless the transaction that records the lease drops it
-            # (``recorded``); made at once by a let-go, else after HAND_BACK_S (a kill, a lost answer)
+            # written ahead, durably and parked: labelled back as it was unless the transaction that records the lease
+            # drops it (``recorded``); made once the take-up fails (a let-go, a lost answer) or the daemon restarts
             target = f"{KIND}/{name}"
             self.outbox.add(target, "hand_back", {"kind": KIND, "name": name, "holder": lease.holder,
-                                                  "node": self.node_name, "previous": before},
-                            not_before=self.outbox.clock() + HAND_BACK_S)
+                                                  "node": self.node_name, "previous": before}, not_before=PARKED)
             try:
                 self.objects.patch(KIND, name, {"metadata": {"labels": {NODE_LABEL: self.node_name},
                                                              "resourceVersion": md.get("resourceVersion")}})
@@ -309,7 +303,8 @@ class KubeLeaseRegistry(NoBlocks):
                 if status_of(exc) in (404, 409):  # not made: nothing to undo
                     self.outbox.drop(target, "hand_back")
                     return False
-                raise  # maybe made, its answer lost: the owed hand-back undoes it
+                self.outbox.unpark(target, "hand_back")  # maybe made, its answer lost: undone once the API answers
+                raise
             return True
 
     def recorded(self, lease: LeaseRecord) -> None:
@@ -334,7 +329,8 @@ class KubeLeaseRegistry(NoBlocks):
         made = self.made.pop(name, "")
         if made is not None:
             self.release(lease, made)
-        else:  # someone else's, or taken up: left to its holder, and a take-up's hand-back is made now
+        else:  # someone else's, or taken up: left to its holder, and a take-up's hand-back is made now (or retried)
+            self.outbox.unpark(f"{KIND}/{name}", "hand_back")
             self.outbox.flush_target(f"{KIND}/{name}")
 
     def release(self, lease: LeaseRecord, resource_version: str = "") -> None:

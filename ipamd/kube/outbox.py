@@ -36,6 +36,9 @@ HEAD = 500  # entries read per pass
 #: the local mode's 20-24 in bench-kube), and a later status of the same object supersedes an earlier one.
 OUTBOX_SETTLE_S = 0.5
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.25, 30.0
+#: ``next_at`` of a write parked until ``unpark``: the undo of something in flight, made only if that fails (or the
+#: daemon restarts: nothing is in flight then). Passes and ``flush_target`` leave it, and what follows it, alone.
+PARKED = float("inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,20 @@ class Outbox:
         self._wake.set()
         return seq
 
+    def unpark(self, target: str, op: str) -> None:
+        """Make ``target``'s parked ``op`` writes due now (what they undo has failed)."""
+        for e in self.store.outbox_of(target):
+            if e.op == op and e.next_at == PARKED:
+                self.store.outbox_retry(e.seq, e.attempts, 0.0, e.error)
+
+    def unpark_all(self, op: str) -> int:
+        """At the daemon's start, before any call: every parked ``op`` write is due (what it guarded died with the
+        process that parked it). How many."""
+        parked = [e for e in self.store.outbox_head(10**9) if e.op == op and e.next_at == PARKED]
+        for e in parked:
+            self.store.outbox_retry(e.seq, e.attempts, 0.0, e.error)
+        return len(parked)
+
     def drop(self, target: str, op: str) -> int:
         """Forget the pending writes of ``target``/``op`` (a newer one was just made directly)."""
         return self.store.outbox_drop(target, op)
@@ -134,7 +151,7 @@ class Outbox:
     def _send_chain(self, chain: list[OutboxEntry], now: float) -> bool:
         """Make one target's writes in order, stopping at the first that must wait; False when the API is away."""
         for entry in chain:
-            if entry.next_at > now:
+            if entry.next_at > now or entry.next_at == PARKED:
                 return True
             try:
                 self.senders[entry.op](entry.body)
@@ -190,7 +207,7 @@ class Outbox:
         self._take(target, wait=True)
         try:
             self._send_chain(self.store.outbox_of(target), float("inf"))
-            return not self.store.outbox_of(target)
+            return all(e.next_at == PARKED for e in self.store.outbox_of(target))
         finally:
             self._give(target)
 
