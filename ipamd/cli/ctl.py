@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -267,12 +268,14 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     resp = Client(args.grpc_socket).call("ListOutbox", pb.ListOutboxRequest(limit=args.limit))
     data = {"depth": resp.depth, "entries": [
         {"seq": e.seq, "target": e.target, "op": e.op, "createdAt": e.created_at, "attempts": e.attempts,
-         "nextAt": e.next_at or None, "error": e.error} for e in resp.entries]}
+         # parked (an infinite time, which JSON cannot carry): the undo of a take-up in flight, made only if it fails
+         "nextAt": e.next_at if e.next_at and math.isfinite(e.next_at) else None,
+         "parked": math.isinf(e.next_at), "error": e.error} for e in resp.entries]}
 
     def render() -> str:
         rows = [[d["seq"], d["op"], d["target"], d["attempts"], age(d["createdAt"]),
-                 f"in {max(0, int(d['nextAt'] - time.time()))}s" if d["nextAt"] else "now", d["error"] or "-"]
-                for d in data["entries"]]
+                 "parked" if d["parked"] else f"in {max(0, int(d['nextAt'] - time.time()))}s" if d["nextAt"] else "now",
+                 d["error"] or "-"] for d in data["entries"]]
         listed = f" (the oldest {len(rows)} below)" if len(rows) < data["depth"] else ""
         return f"{data['depth']} writes to the cluster's API owed{listed}\n" + table(
             rows, ["SEQ", "OP", "OBJECT", "ATTEMPTS", "AGE", "NEXT", "LAST ERROR"])

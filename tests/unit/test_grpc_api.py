@@ -115,5 +115,11 @@ def test_plexusctl_outbox_lists_the_owed_writes(tmp_path: Path, capsys: pytest.C
         assert main(["--grpc-socket", sock, "outbox", "-o", "json"]) == 0
         data = json.loads(capsys.readouterr().out)
         assert data["depth"] == 3 and [e["attempts"] for e in data["entries"]] == [4, 0, 0]
+        store.outbox_add(OutboxEntry(0, "IPAddressLease/x", "hand_back", {}, created_at=1.0, next_at=float("inf")))
+        assert main(["--grpc-socket", sock, "outbox"]) == 0  # a take-up's parked undo: no infinite time to print
+        assert "parked" in capsys.readouterr().out
+        assert main(["--grpc-socket", sock, "outbox", "-o", "json"]) == 0
+        parked = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+        assert [(e["parked"], e["nextAt"]) for e in parked["entries"]][-1] == (True, None)
     finally:
         server.stop(None)
