@@ -38,9 +38,11 @@ class LeaseRegistry(Protocol):
 
     def recorded(self, lease: LeaseRecord) -> None: ...  # a claim recorded by the store (inside its transaction)
 
-    def stray(self, store: LeaseStore, older_than: float) -> list[LeaseRecord]:
-        """Release this node's registry leases, made before ``older_than``, that ``store`` does not hold
-        (an ADD rolled back while the registry was unreachable could not release its own); the released."""
+    def stray(self, store: LeaseStore, older_than: float,
+              in_use: Callable[[str, int], bool] | None = None) -> list[LeaseRecord]:
+        """Release this node's registry leases, made before ``older_than``, that ``store`` does not hold and that are
+        not ``in_use`` (being claimed by a call right now) (an ADD rolled back while the registry was unreachable
+        could not release its own); the released."""
         ...
 
     def in_blocks(self, pool: AddressPool) -> bool: ...  # whether this pool is leased in node blocks
@@ -108,5 +110,6 @@ class NodeLocalRegistry(NoBlocks):
     def recorded(self, lease: LeaseRecord) -> None:
         pass
 
-    def stray(self, store: LeaseStore, older_than: float) -> list[LeaseRecord]:
+    def stray(self, store: LeaseStore, older_than: float,
+              in_use: Callable[[str, int], bool] | None = None) -> list[LeaseRecord]:
         return []

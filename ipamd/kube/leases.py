@@ -137,7 +137,8 @@ class KubeLeaseRegistry(NoBlocks):
                 out.add(f"{kind}/{ns}/{md.get('name')}" if ns else f"{kind}/{md.get('name')}")
         return out
 
-    def stray(self, store: LeaseStore, older_than: float) -> list[LeaseRecord]:
+    def stray(self, store: LeaseStore, older_than: float,
+              in_use: Callable[[str, int], bool] | None = None) -> list[LeaseRecord]:
         """Delete this node's lease objects whose address the store does not hold (see the reconciler). An address
         the store holds is left alone whoever the cache says holds it: its object has the one name, so deleting a
         stale holder's would delete the live lease's (an address let go and leased again in a block, its new object
@@ -153,9 +154,9 @@ class KubeLeaseRegistry(NoBlocks):
             if not created or parse_rfc3339(created) > older_than:
                 continue
             pool, address = str(spec.get("pool")), str(spec.get("ip"))
-            if store.lease_at(pool, to_int(address)) is not None or \
-                    self.outbox.owes(f"{KIND}/{lease_name(pool, address)}"):
-                continue
+            if store.lease_at(pool, to_int(address)) is not None or (in_use is not None and in_use(pool, to_int(address))) \
+                    or self.outbox.owes(f"{KIND}/{lease_name(pool, address)}"):
+                continue  # (in use: a call of this node is claiming or taking it up right now)
             if existing is None:
                 existing = self._existing_holders()
             if spec.get("holder") in existing and store.lease_of(str(spec.get("holder"))) is None:

@@ -4,6 +4,8 @@ cluster's stray leases."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ipamd.ipam.registry import NodeLocalRegistry
 from ipamd.node.reconcile import Reconciler
 from ipamd.store.protocols import LeaseStore
@@ -14,9 +16,12 @@ from tests.unit.test_attacher import NS, Node, obj
 class Registry(NodeLocalRegistry):
     def __init__(self) -> None:
         self.asked: list[float] = []
+        self.in_use: Callable[[str, int], bool] | None = None
 
-    def stray(self, store: LeaseStore, older_than: float) -> list[LeaseRecord]:
+    def stray(self, store: LeaseStore, older_than: float,
+              in_use: Callable[[str, int], bool] | None = None) -> list[LeaseRecord]:
         self.asked.append(older_than)
+        self.in_use = in_use
         return []
 
 
@@ -57,6 +62,11 @@ def test_in_a_cluster_young_attachments_are_never_judged_gone() -> None:
     reconciler(node, cluster=True, registry=registry).run_once()
     assert len(node.store.attachments()) == 1
     assert len(registry.asked) == 1, "stray leases of the node looked for in a cluster"
+    lease = LeaseRecord(pool="IPAddressPool/ns/p", ip=3323071000, address="198.18.10.24", network="198.18.10.0/24",
+                        holder="IPAddress/ns/x")
+    assert registry.in_use is not None and not registry.in_use(lease.pool, lease.ip)
+    assert node.ipam._reserve(lease) and registry.in_use(lease.pool, lease.ip), \
+        "an address a call of the node is claiming or taking up right now is no stray"
 
 
 def test_user_ipaddresses_get_their_address_and_let_it_go_when_deleted() -> None:
