@@ -40,3 +40,11 @@ def kube_api(kubeconfig: str, timeout: tuple[float, float] = REQUEST_TIMEOUT) ->
     api = TimedApiClient(configuration)
     api.timeout = timeout
     return api
+
+
+def unread(resp: Any) -> None:
+    """The answer to a write nobody reads, left as bytes: the client would otherwise turn the whole object it sends
+    back (a pod, with every field of its spec and status) into model objects, milliseconds of CPU on the ADD's path.
+    Drained, so that its connection goes back to the pool; an error status has raised already."""
+    resp.read()
+    resp.release_conn()

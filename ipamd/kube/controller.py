@@ -38,7 +38,7 @@ from ipamd.kube.blocks import parse_block
 from ipamd.kube.elector import LeaderElector
 from ipamd.kube.errors import reason_of, status_of
 from ipamd.kube.leases import KIND as LEASE_KIND
-from ipamd.kube.leases import NODE_LABEL, POOL_LABEL, lease_body, pool_label
+from ipamd.kube.leases import NODE_LABEL, POOL_LABEL, existing_holders, lease_body, pool_label
 from ipamd.kube.reclaim import silent_nodes, stray_leases, vanished
 from ipamd.model.annotations import names_ip_address
 from ipamd.model.conditions import set_condition
@@ -378,7 +378,7 @@ class Controller:
                 if self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}", limit=1).items:
                     self._forget_vanished(node)
                     continue  # a pod that may still run there keeps its address (and the node may be back)
-                holders = holders if holders is not None else self._existing_holders()
+                holders = holders if holders is not None else existing_holders(self.source, IP_ADDRESS_KINDS)
                 quarantined = self._quarantine(node, holders, now)
                 for name in names:
                     _absent_ok(self.objects.delete, BLOCK_KIND, name)
@@ -414,17 +414,6 @@ class Controller:
                 log.debug("node heartbeats not read: %s", reason_of(exc))
         return {node: now - renewed for node, renewed in self._beats.items()}
 
-    def _existing_holders(self) -> set[str]:
-        """The keys of every IPAddress and ClusterIPAddress in the cache, valid or not (a lease held by one that
-        fails to parse is still held)."""
-        out = set()
-        for kind in IP_ADDRESS_KINDS:
-            for item in self.source.items(kind):
-                md = item.get("metadata") or {}
-                ns = md.get("namespace")
-                out.add(f"{kind}/{ns}/{md.get('name')}" if ns else f"{kind}/{md.get('name')}")
-        return out
-
     def _quarantine(self, node: str, holders: set[str], now: float) -> int:
         """Orphan ``node``'s lease objects whose holder is gone: the orphaning time first (guarded by the version the
         cache saw: a lease made again meanwhile for somebody else is left alone), the holder after (guarded by the
@@ -455,7 +444,7 @@ class Controller:
         ``networks-spec``, at the version seen (a node taking it up meanwhile makes the write fail), then expired like
         any other. Before, each stayed taken for ever. How many."""
         now, wall = time.monotonic(), time.time()
-        holders = self._existing_holders()
+        holders = existing_holders(self.source, IP_ADDRESS_KINDS)
         candidates: dict[str, dict[str, Any]] = {}
         for item in self.source.items(LEASE_KIND):
             md, spec = item.get("metadata") or {}, item.get("spec") or {}

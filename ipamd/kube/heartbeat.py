@@ -17,6 +17,7 @@ from typing import Any
 
 from kubernetes import client
 
+from ipamd.kube.client import unread
 from ipamd.kube.errors import status_of
 from ipamd.model.timefmt import parse_rfc3339, rfc3339_micro
 
@@ -41,17 +42,13 @@ def send_heartbeat(coord: client.CoordinationV1Api, body: Any) -> None:
     """Renew the Lease (a merge patch of its spec), or create it the first time (404)."""
     md = body["metadata"]
     try:
-        _drain(coord.patch_namespaced_lease(md["name"], md["namespace"], {"spec": body["spec"]},
+        unread(coord.patch_namespaced_lease(md["name"], md["namespace"], {"spec": body["spec"]},
                                             _preload_content=False))
     except Exception as exc:
         if status_of(exc) != 404:
             raise
-        _drain(coord.create_namespaced_lease(md["namespace"], body, _preload_content=False))
+        unread(coord.create_namespaced_lease(md["namespace"], body, _preload_content=False))
 
-
-def _drain(resp: Any) -> None:
-    resp.read()
-    resp.release_conn()
 
 
 def heartbeat_ages(items: Iterable[Mapping[str, Any]], now: float) -> dict[str, float]:

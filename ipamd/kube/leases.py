@@ -103,6 +103,18 @@ def lease_body(pool: str, address: str, network: str, holder: str, ttl_s: float,
             "spec": {"pool": pool, "ip": address, "network": network, "holder": holder, "ttl": f"{int(ttl_s)}s"}}
 
 
+def existing_holders(source: Any, kinds: Iterable[str]) -> set[str]:
+    """The keys (``Kind/namespace/name``, ``Kind/name``) of the objects of ``kinds`` in ``source``'s cache, valid or
+    not: a lease held by one that fails to parse is still held."""
+    out = set()
+    for kind in kinds:
+        for item in source.items(kind):
+            md = item.get("metadata") or {}
+            ns = md.get("namespace")
+            out.add(f"{kind}/{ns}/{md.get('name')}" if ns else f"{kind}/{md.get('name')}")
+    return out
+
+
 class KubeLeaseRegistry(NoBlocks):
     def __init__(self, source: KubernetesSource, node_name: str, outbox: Outbox) -> None:
         self.objects = source.objects
@@ -127,16 +139,6 @@ class KubeLeaseRegistry(NoBlocks):
                 return to_int(str(_spec(item)["ip"]))  # (one this node owes a write, its let-go, is not to adopt;
         return None  # a take-up's hand-back is no let-go: another call taking it up meanwhile waits its turn)
 
-    def _existing_holders(self) -> set[str]:
-        """The keys of the objects in the cache that can hold an address: (Cluster)IPAddresses and IPAMClaims."""
-        out = set()
-        for kind in (*IP_ADDRESS_KINDS, IPAM_CLAIM.name):
-            for item in self.source.items(kind):
-                md = item.get("metadata") or {}
-                ns = md.get("namespace")
-                out.add(f"{kind}/{ns}/{md.get('name')}" if ns else f"{kind}/{md.get('name')}")
-        return out
-
     def stray(self, store: LeaseStore, older_than: float,
               in_use: Callable[[str, int], bool] | None = None) -> list[LeaseRecord]:
         """Delete this node's lease objects whose address the store does not hold (see the reconciler). An address
@@ -158,7 +160,7 @@ class KubeLeaseRegistry(NoBlocks):
                     or self.outbox.owes(f"{KIND}/{lease_name(pool, address)}"):
                 continue  # (in use: a call of this node is claiming or taking it up right now)
             if existing is None:
-                existing = self._existing_holders()
+                existing = existing_holders(self.source, (*IP_ADDRESS_KINDS, IPAM_CLAIM.name))
             if spec.get("holder") in existing and store.lease_of(str(spec.get("holder"))) is None:
                 continue  # maybe the holder's address elsewhere (a take-up, a claim rolled back): goes with the holder
             lease = LeaseRecord(pool=pool, ip=to_int(address), address=address, network=str(spec.get("network", "")),

@@ -22,6 +22,7 @@ from typing import Any
 from kubernetes import client
 
 from cni.types import cidr_of
+from ipamd.kube.client import unread
 from ipamd.kube.errors import reason_of, status_of
 from ipamd.kube.heartbeat import send_heartbeat
 from ipamd.kube.outbox import Outbox, Senders
@@ -61,14 +62,6 @@ def api_senders(api: client.ApiClient) -> Senders:
                                                                _preload_content=False)),
         "heartbeat": lambda b: send_heartbeat(coord, b),
     }
-
-
-def unread(resp: Any) -> None:
-    """The answer to a write nobody reads, left as bytes: the client would otherwise turn the whole object it sends
-    back (a pod, with every field of its spec and status) into model objects, milliseconds of CPU on the ADD's path.
-    Drained, so that its connection goes back to the pool; an error status has raised already."""
-    resp.read()
-    resp.release_conn()
 
 
 def _status_patch(uid: str, status: PodStatus | None) -> dict[str, Any]:
