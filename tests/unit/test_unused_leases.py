@@ -254,16 +254,23 @@ def test_a_take_up_cut_short_by_a_kill_is_handed_back_after_the_restart(api: Fak
     assert label(api) is None
 
 
-def test_a_failed_take_up_of_another_nodes_lease_leaves_it_that_nodes(api: FakeApi) -> None:
-    """A pod on n2 uses the user's IPAddress; a pod on n1 names it too, and n1's transaction fails after its take-up:
-    the object is n2's again, so n1's stray clean-up never deletes it once the IPAddress is deleted while n2's pod
-    still runs, and no third node gets its address (found in review)."""
+def used_on_n2(api: FakeApi) -> Node:
+    """The controller's lease of the user's IPAddress ux, taken up by n2 for its pod a; node n1, whose pods name ux
+    too."""
     leased_by_the_controller(api, "198.18.41.1", "IPAddress/ns/ux")
     n2 = Node(api, "n2", claim=False)
     users(api, n2)
     attach(n2.ipam, pod("a"), net="small-net", names=("ux",))
     n1 = Node(api, "n1", claim=False)
     n1.source.add(auto_ip("ux"))
+    return n1
+
+
+def test_a_failed_take_up_of_another_nodes_lease_leaves_it_that_nodes(api: FakeApi) -> None:
+    """A pod on n2 uses the user's IPAddress; a pod on n1 names it too, and n1's transaction fails after its take-up:
+    the object is n2's again, so n1's stray clean-up never deletes it once the IPAddress is deleted while n2's pod
+    still runs, and no third node gets its address (found in review)."""
+    n1 = used_on_n2(api)
     lease_for = n1.ipam.lease_for
 
     def fails(*a: Any, **k: Any) -> Any:
@@ -351,12 +358,7 @@ def test_a_take_up_however_long_its_call_is_out_is_not_handed_back_under_it(api:
     """The call that took a lease up is out a long time before its transaction (other addresses of the interface slow
     to secure, a paused process, the clock stepping on): no outbox pass makes its hand-back meanwhile, which would
     record an address in this node's store under another node's label (found in review against a 60 s timer)."""
-    leased_by_the_controller(api, "198.18.41.1", "IPAddress/ns/ux")
-    n2 = Node(api, "n2", claim=False)
-    users(api, n2)
-    attach(n2.ipam, pod("a"), net="small-net", names=("ux",))
-    n1 = Node(api, "n1", claim=False)
-    n1.source.add(auto_ip("ux"))
+    n1 = used_on_n2(api)
     take_up = n1.registry.take_up
 
     def out_for_long(lease: LeaseRecord) -> bool:
