@@ -512,6 +512,8 @@ class Ipam:
         pod_ref = f"{pod.meta.namespace}/{pod.meta.name}"
         if user_objs:
             todo = [self.record_for(o) for o in user_objs]
+            for rec in todo:  # the pod written on each as its one user in the cluster, before any address is used
+                self.registry.use(rec, pod, "ipAddressNames")
         else:
             todo = []
             for family in (0, *pool.families[1:]):  # one address of each family the pool has

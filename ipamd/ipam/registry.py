@@ -12,9 +12,9 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from ipamd.ipam.blocks import Block
-from ipamd.model.objects import AddressPool
+from ipamd.model.objects import AddressPool, Pod
 from ipamd.store.protocols import LeaseStore
-from ipamd.store.records import LeaseRecord
+from ipamd.store.records import IPRecord, LeaseRecord
 
 
 class LeaseRegistry(Protocol):
@@ -37,6 +37,11 @@ class LeaseRegistry(Protocol):
     def take_up(self, lease: LeaseRecord) -> bool: ...  # a lease made elsewhere (held_by) made this node's, now
 
     def recorded(self, lease: LeaseRecord) -> None: ...  # a claim recorded by the store (inside its transaction)
+
+    def use(self, rec: IPRecord, pod: Pod, field: str) -> None:
+        """Make ``pod`` the one pod of the cluster that uses a user's IPAddress (before its address is used, outside
+        the store's lock); AddressConflict while a pod on another node that still runs does."""
+        ...
 
     def stray(self, store: LeaseStore, older_than: float,
               in_use: Callable[[str, int], bool] | None = None) -> list[LeaseRecord]:
@@ -109,6 +114,9 @@ class NodeLocalRegistry(NoBlocks):
 
     def recorded(self, lease: LeaseRecord) -> None:
         pass
+
+    def use(self, rec: IPRecord, pod: Pod, field: str) -> None:
+        pass  # one node: its store's record of the pods that use it says it all
 
     def stray(self, store: LeaseStore, older_than: float,
               in_use: Callable[[str, int], bool] | None = None) -> list[LeaseRecord]:

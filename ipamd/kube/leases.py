@@ -24,10 +24,11 @@ from ipamd.ipam.registry import NoBlocks
 from ipamd.kube.errors import api_unavailable_is_11, status_of
 from ipamd.kube.outbox import PARKED, Outbox
 from ipamd.kube.resources import RESOURCES
-from ipamd.model.objects import GROUP, IP_ADDRESS_KINDS, IPAM_CLAIM
+from ipamd.kube.users import IPAddressUsers
+from ipamd.model.objects import GROUP, IP_ADDRESS_KINDS, IPAM_CLAIM, Pod
 from ipamd.model.timefmt import parse_rfc3339, rfc3339
 from ipamd.store.protocols import LeaseStore
-from ipamd.store.records import LeaseRecord
+from ipamd.store.records import IPRecord, LeaseRecord
 
 if TYPE_CHECKING:  # the source builds its informers with LEASE_INDEXERS below
     from ipamd.kube.source import KubernetesSource
@@ -128,6 +129,7 @@ class KubeLeaseRegistry(NoBlocks):
         outbox.senders.setdefault("release_lease", self._release_lease)
         outbox.senders.setdefault("orphan_lease", self._orphan_lease)
         outbox.senders.setdefault("hand_back", self._hand_back)
+        self.users = IPAddressUsers(self.objects, lambda ns, name: source.read_pod(ns, name), node_name)
 
     def taken_elsewhere(self, pool: str) -> Container[int]:
         return _TakenIn(self.source, pool)
@@ -309,6 +311,9 @@ class KubeLeaseRegistry(NoBlocks):
                 self.outbox.unpark(target, "hand_back")  # maybe made, its answer lost: undone once the API answers
                 raise
             return True
+
+    def use(self, rec: IPRecord, pod: Pod, field: str) -> None:
+        self.users.use(rec.kind, rec.namespace, rec.name, pod, field)
 
     def recorded(self, lease: LeaseRecord) -> None:
         self.outbox.drop(f"{KIND}/{lease_name(lease.pool, lease.address)}", "hand_back")

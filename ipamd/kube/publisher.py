@@ -27,6 +27,7 @@ from ipamd.kube.errors import reason_of, status_of
 from ipamd.kube.heartbeat import send_heartbeat
 from ipamd.kube.outbox import Outbox, Senders
 from ipamd.kube.resources import CustomObjects
+from ipamd.kube.users import USED_BY, user_of
 from ipamd.model.conditions import condition
 from ipamd.model.npwg import NETWORK_STATUS_ANNOTATION
 from ipamd.model.objects import (
@@ -69,6 +70,22 @@ def _status_patch(uid: str, status: PodStatus | None) -> dict[str, Any]:
         STATUS_ANNOTATION: json.dumps(list(status.networks_status)) if status else None,
         NETWORK_STATUS_ANNOTATION: json.dumps(list(status.network_status)) if status else None}}}
 
+
+
+def auto_ip_body(rec: IPRecord, pod: Pod, node: str) -> dict[str, Any]:
+    """The Auto IPAddress a node makes for its pod: owned by the pod (the garbage collector deletes it with the pod),
+    with the pod written on it as its user, so that another pod naming it waits for this one (``ipamd.kube.users``)."""
+    return {
+        "apiVersion": API_VERSION, "kind": IP_ADDRESS.name,
+        "metadata": {
+            "name": rec.name, "namespace": rec.namespace,
+            "labels": {f"{GROUP}/owner-pod-uid": pod.meta.uid},
+            "annotations": {USED_BY: user_of(pod, node).text()},
+            "ownerReferences": [{"apiVersion": "v1", "kind": POD.name, "name": pod.meta.name, "uid": pod.meta.uid}],
+        },
+        "spec": {"networkRef": {"kind": rec.network_kind, "name": rec.network_name}, "type": "Auto",
+                 **({"ipFamily": f"IPv{rec.family}"} if rec.family else {})},  # a dual-stack pool's second
+    }
 
 class KubePublisher:
     def __init__(self, api: client.ApiClient, node_name: str, outbox: Outbox) -> None:
@@ -135,16 +152,7 @@ class KubePublisher:
         self.outbox.add(f"Event/{namespace}/{name}", "event", {"event": body})
 
     def _create_auto_ip(self, rec: IPRecord, pod: Pod) -> None:
-        body = {
-            "apiVersion": API_VERSION, "kind": IP_ADDRESS.name,
-            "metadata": {
-                "name": rec.name, "namespace": rec.namespace,
-                "labels": {f"{GROUP}/owner-pod-uid": pod.meta.uid},
-                "ownerReferences": [{"apiVersion": "v1", "kind": POD.name, "name": pod.meta.name, "uid": pod.meta.uid}],
-            },
-            "spec": {"networkRef": {"kind": rec.network_kind, "name": rec.network_name}, "type": "Auto",
-                     **({"ipFamily": f"IPv{rec.family}"} if rec.family else {})},  # a dual-stack pool's second
-        }
+        body = auto_ip_body(rec, pod, self.node_name)
         self.outbox.add(rec.key, "create", {"kind": IP_ADDRESS.name, "namespace": rec.namespace, "object": body})
 
     def ip_status(self, rec: IPRecord) -> None:

@@ -201,17 +201,24 @@ class KubernetesSource:
                 return pod
             self._changed.clear()
             self._changed.wait(0.05)
+        with api_unavailable_is_11():
+            doc = self.read_pod(namespace, name)
+        if doc is None:
+            return None
+        doc.setdefault("kind", POD.name)
+        doc.setdefault("apiVersion", "v1")
+        return parse_as(POD, doc, "api")
+
+    def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A pod as the API server has it now (no cache), as it came; None when there is none."""
         try:
-            with api_unavailable_is_11():
-                resp = self.core.read_namespaced_pod(name, namespace, _preload_content=False)
+            resp = self.core.read_namespaced_pod(name, namespace, _preload_content=False)
         except Exception as exc:
             if status_of(exc) == 404:
                 return None
             raise
         doc = json.loads(resp.data)  # type: ignore[attr-defined]  # raw response: _preload_content=False
-        doc.setdefault("kind", POD.name)
-        doc.setdefault("apiVersion", "v1")
-        return parse_as(POD, doc, "api")
+        return doc if isinstance(doc, dict) else None
 
     # -- what Plexus tracks, as the API gives it ---------------------------------------------------
     def items(self, kind: str) -> builtins.list[dict[str, Any]]:

@@ -9,6 +9,7 @@ import copy
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable, Iterable
+from contextlib import suppress
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -17,7 +18,9 @@ from ipamd.kube.blocks import BLOCK_INDEXERS
 from ipamd.kube.blocks import KIND as BLOCK_KIND
 from ipamd.kube.leases import KIND as LEASE_KIND
 from ipamd.kube.leases import LEASE_INDEXERS
+from ipamd.model.objects import IP_ADDRESS_KINDS, POD, ApiObject
 from ipamd.model.timefmt import rfc3339
+from tests.fakes.source import FakeSource
 
 INDEXERS: dict[str, dict[str, Callable[[dict[str, Any]], Iterable[Hashable]]]] = {
     LEASE_KIND: LEASE_INDEXERS, BLOCK_KIND: BLOCK_INDEXERS}
@@ -31,6 +34,11 @@ def _merge(into: dict[str, Any], patch: dict[str, Any]) -> None:
             _merge(into[k], v)
         else:
             into[k] = copy.deepcopy(v)
+
+
+def _key(name: str, namespace: str) -> str:
+    """A namespaced object's key: ``namespace/name`` (cluster-scoped ones: the name)."""
+    return f"{namespace}/{name}" if namespace else name
 
 
 class FakeApi:
@@ -49,7 +57,7 @@ class FakeApi:
     def create(self, kind: str, body: dict[str, Any], namespace: str = "") -> dict[str, Any]:
         with self.lock:
             self._count("create", kind)
-            name = body["metadata"]["name"]
+            name = _key(body["metadata"]["name"], namespace)
             if name in self.objs[kind]:
                 raise ApiException(status=409, reason="AlreadyExists")
             self._version += 1
@@ -61,6 +69,7 @@ class FakeApi:
     def get(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
         with self.lock:
             self._count("get", kind)
+            name = _key(name, namespace)
             if name not in self.objs[kind]:
                 raise ApiException(status=404, reason="NotFound")
             return copy.deepcopy(self.objs[kind][name])
@@ -68,6 +77,7 @@ class FakeApi:
     def patch(self, kind: str, name: str, body: dict[str, Any], namespace: str = "") -> dict[str, Any]:
         with self.lock:
             self._count("patch", kind)
+            name = _key(name, namespace)
             if name not in self.objs[kind]:
                 raise ApiException(status=404, reason="NotFound")
             wanted = (body.get("metadata") or {}).get("resourceVersion")
@@ -84,6 +94,7 @@ class FakeApi:
                      resource_version: str = "") -> dict[str, Any]:
         with self.lock:
             self._count("patch_status", kind)
+            name = _key(name, namespace)
             if name not in self.objs[kind]:
                 raise ApiException(status=404, reason="NotFound")
             if resource_version and resource_version != self.objs[kind][name]["metadata"]["resourceVersion"]:
@@ -96,6 +107,7 @@ class FakeApi:
     def delete(self, kind: str, name: str, namespace: str = "", resource_version: str = "") -> None:
         with self.lock:
             self._count("delete", kind)
+            name = _key(name, namespace)
             if name not in self.objs[kind]:
                 raise ApiException(status=404, reason="NotFound")
             if resource_version and resource_version != self.objs[kind][name]["metadata"]["resourceVersion"]:
@@ -150,9 +162,41 @@ class FakeCache:
                 return [copy.deepcopy(o) for o in self.objects.objs[kind].values()]
         return list(self._snapshot.get(kind, []))
 
+    def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A pod as the API has it now (``KubernetesSource.read_pod``)."""
+        try:
+            return self.objects.get("Pod", name, namespace)
+        except ApiException:
+            return None
+
     def by_index(self, kind: str, index: str, key: Hashable) -> list[dict[str, Any]]:
         fn = INDEXERS[kind][index]
         return [o for o in self.items(kind) if key in list(fn(o))]
 
     def indexed(self, kind: str, index: str, key: Hashable) -> bool:
         return bool(self.by_index(kind, index, key))
+
+
+def served_by(api: FakeApi, source: FakeSource) -> None:
+    """The user's objects a node's typed source shows (its IPAddresses and pods, as a test adds and removes them) are on
+    the API server too, where a node reads which pod uses an IPAddress and whether that pod still runs."""
+    def added(obj: ApiObject) -> None:
+        if obj.meta.kind not in (*IP_ADDRESS_KINDS, POD.name):
+            return
+        doc: dict[str, Any] = {"kind": obj.meta.kind, "metadata": {"name": obj.meta.name, "uid": obj.meta.uid}}
+        if obj.meta.kind == POD.name:
+            doc["status"] = {"phase": "Running"}
+        with suppress(ApiException):
+            if api.get(obj.meta.kind, obj.meta.name, obj.meta.namespace)["metadata"]["uid"] == obj.meta.uid:
+                return  # another node's source showed it already: as it is (whoever uses it)
+            api.delete(obj.meta.kind, obj.meta.name, obj.meta.namespace)
+        api.create(obj.meta.kind, doc, obj.meta.namespace)
+
+    def removed(kind: str, namespace: str, name: str) -> None:
+        with suppress(ApiException):
+            api.delete(kind, name, namespace)
+
+    source.added.append(added)
+    source.removed.append(removed)
+    for obj in list(source.stored.values()):
+        added(obj)

@@ -19,14 +19,20 @@ class FakeSource:
         self.waited: builtins.list[tuple[str, str]] = []
         self.late: dict[tuple[str, str], Pod] = {}  # pods wait_for_pod finds (a watch that lagged)
         self.synced = True  # False: a cluster's informers before their first list
+        self.added: builtins.list[Callable[[ApiObject], None]] = []  # told of each change (``served_by``)
+        self.removed: builtins.list[Callable[[str, str, str], None]] = []
         for obj in objs:
             self.add(obj)
 
     def add(self, obj: ApiObject) -> None:
         self.stored[(obj.meta.kind, obj.meta.namespace, obj.meta.name)] = obj
+        for tell in self.added:
+            tell(obj)
 
     def remove(self, kind: str, namespace: str, name: str) -> None:
         del self.stored[(kind, namespace, name)]
+        for tell in self.removed:
+            tell(kind, namespace, name)
 
     def get(self, kind: Kind[T], namespace: str, name: str) -> T | None:
         obj = self.stored.get((kind.name, namespace, name))

@@ -400,3 +400,54 @@ def test_churn_survives_daemon_and_api_server_restarts(cluster: Cluster, nodes: 
             assert nodes[i % 2].cni("DEL", up[name], netns[name], pod=(ns, name)).ok
     cluster.kubectl("delete", "pods", "-n", ns, "--all", "--grace-period=0", "--force")
     assert wait_for(lambda: not leases(), timeout=90, step=2), leases()
+
+
+@pytest.mark.netns
+def test_a_user_ipaddress_named_by_pods_on_two_nodes_goes_to_one_at_a_time(cluster: Cluster, nodes: list[Node]) -> None:
+    """A Static IPAddress named by a pod on each of two nodes: the first pod's node writes its pod on the IPAddress
+    before the address is used, the second node is refused (code 104, naming the pod and its node) and leaves nothing
+    behind, and gets it once the first pod is gone."""
+    ns = "kusers"
+    try:
+        cluster.apply(objects(ns, "1s", "198.18.121.2-198.18.121.14", cidr="198.18.121.0/28", vlan=930) + [
+            {"apiVersion": GROUP, "kind": "IPAddress", "metadata": {"name": "fixed", "namespace": ns},
+             "spec": {"networkRef": {"kind": "Network", "name": "net"}, "type": "Static", "static": {"ip": "198.18.121.9"}}},
+        ])
+        named = [{"type": "Network", "name": "net", "ifName": "net1", "ipAddressNames": ["fixed"]}]
+        pods = [pod(ns, "pa", "users-a"), pod(ns, "pb", "users-b")]
+        for p in pods:
+            p["metadata"]["annotations"]["network.deckhouse.io/networks-spec"] = json.dumps(named)
+        cluster.apply(pods)
+        a, b = kube_node(cluster, "users-a"), kube_node(cluster, "users-b")
+        nodes.extend((a, b))
+        uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in cluster.get("pods", "-n", ns)["items"]}
+        netns = {"pa": a.pod_netns("pa"), "pb": b.pod_netns("pb")}
+
+        def add(node: Node, name: str) -> Any:
+            return node.cni("ADD", f"c-{name}", netns[name], pod=(ns, name), ifname="eth0",
+                            env={"CNI_ARGS": f"K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_UID={uids[name]}"})
+
+        first = wait_for(lambda: (r := add(a, "pa")).ok and r, timeout=30, step=1)
+        assert first, a.log_text()[-3000:]
+        assert first.json["ips"][0]["address"] == "198.18.121.9/28"
+        used_by = json.loads(cluster.get("ipaddress", "-n", ns, "fixed")["metadata"]["annotations"]
+                             ["network.deckhouse.io/used-by"])
+        assert used_by == {"node": "users-a", "pod": f"{ns}/pa", "uid": uids["pa"]}, "written before the ADD answered"
+
+        refused = add(b, "pb")
+        assert refused.code == 104, refused
+        assert f"in use by pod {ns}/pa on node users-a" in refused.json["msg"], refused.json
+        assert "net1" not in links_in(netns["pb"]), "nothing left in the refused pod"
+
+        assert a.cni("DEL", "c-pa", netns["pa"], pod=(ns, "pa")).ok
+        cluster.kubectl("delete", "pod", "-n", ns, "pa", "--grace-period=0", "--force")
+        second = wait_for(lambda: (r := add(b, "pb")).ok and r, timeout=30, step=1)
+        assert second and second.json["ips"][0]["address"] == "198.18.121.9/28"
+        assert links_in(netns["pb"])["net1"]["addresses"] == ["198.18.121.9/28"]
+        assert json.loads(cluster.get("ipaddress", "-n", ns, "fixed")["metadata"]["annotations"]
+                          ["network.deckhouse.io/used-by"])["pod"] == f"{ns}/pb"
+        for node in (a, b):
+            assert "Traceback" not in node.log_text()
+    finally:
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        cluster.kubectl("delete", "networkclass", f"{ns}-class", "--ignore-not-found", check=False)

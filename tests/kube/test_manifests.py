@@ -324,6 +324,8 @@ NODE_NEEDS = [
     ("create", f"ipaddresses.{GROUP}", "-n", "some-app"),             # Auto IPAddress owned by the pod
     ("patch", f"ipaddresses.{GROUP}", "--subresource=status", "-n", "some-app"),
     ("patch", f"clusteripaddresses.{GROUP}", "--subresource=status"),
+    ("patch", f"ipaddresses.{GROUP}", "-n", "some-app"),              # the pod that uses it (used-by)
+    ("patch", f"clusteripaddresses.{GROUP}"),
     ("create", f"ipaddressleases.{GROUP}"),         # claim
     ("get", f"ipaddressleases.{GROUP}"),            # whose, after AlreadyExists
     ("patch", f"ipaddressleases.{GROUP}"),          # holder: orphan / adopt

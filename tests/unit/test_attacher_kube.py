@@ -27,7 +27,7 @@ from ipamd.store.records import OutboxEntry
 from ipamd.store.sqlite import Store
 from ipamd.verbs.attacher import Attacher
 from ipamd.verbs.call import CniCall
-from tests.fakes.cluster import FakeApi, FakeCache
+from tests.fakes.cluster import FakeApi, FakeCache, served_by
 from tests.fakes.drivers import FakeDriver, FakeNetns
 from tests.fakes.links import FakeNodeLinks
 from tests.fakes.publisher import RecordingPublisher
@@ -63,6 +63,7 @@ class KubeNode:
         self.outbox = Outbox(self.store, api.senders())
         self.registry = BlockRegistry(self.cache, name, self.outbox, spawn=lambda run: run())  # type: ignore[arg-type]
         self.source = source or world()
+        served_by(api, self.source)
         self.ipam = Ipam(self.store, self.source, registry=self.registry)
         self.events: list[str] = []
         self.drivers = {k: FakeDriver(k, self.events) for k in ("veth", "tap", "macvlan")}

@@ -23,7 +23,7 @@ from ipamd.kube.outbox import Outbox
 from ipamd.model.objects import AddressPool
 from ipamd.model.timefmt import rfc3339
 from ipamd.store.sqlite import Store
-from tests.fakes.cluster import FakeApi, FakeCache
+from tests.fakes.cluster import FakeApi, FakeCache, served_by
 from tests.fakes.source import FakeSource
 from tests.unit.test_ipam import Clock, attach, network, obj, pod, pool, static
 
@@ -64,6 +64,7 @@ class Node:
         self.registry = BlockRegistry(self.cache, name, self.outbox, clock=self.clock,  # type: ignore[arg-type]
                                       spawn=lambda run: run(), claim_blocks=claim)
         self.source = world()
+        served_by(api, self.source)
         self.ipam = Ipam(self.store, self.source, self.clock, self.registry)
         self.n = 0
 
