@@ -30,6 +30,7 @@ from ipamd.model.objects import (
     CLUSTER_IP_ADDRESS,
     CLUSTER_NETWORK,
     IP_ADDRESS,
+    IP_ADDRESS_KINDS,
     NETWORK,
     NETWORK_CLASS,
     AddressPool,
@@ -499,8 +500,8 @@ class Ipam:
         return self.resecured(attempt)
 
     @contextmanager
-    def claiming(self, pod: Pod, sel: NetworkSelection, net: ResolvedNetwork,
-                 user_objs: list[IPAddressObject]) -> Iterator[Callable[[], list[Claim]]]:
+    def claiming(self, pod: Pod, sel: NetworkSelection, net: ResolvedNetwork, user_objs: list[IPAddressObject],
+                 where: str = "networks-spec") -> Iterator[Callable[[], list[Claim]]]:
         """Claim the addresses of one pod interface beyond this node first (the API server, outside the store's
         lock: ``securing``), then hand over what records them and marks them used by the pod, for the caller to call
         inside its own transaction with whatever must be recorded with them (the interface they are for), so that
@@ -510,10 +511,9 @@ class Ipam:
             yield list
             return
         pod_ref = f"{pod.meta.namespace}/{pod.meta.name}"
+        field = f"{where}.ipAddressNames"
         if user_objs:
             todo = [self.record_for(o) for o in user_objs]
-            for rec in todo:  # the pod written on each as its one user in the cluster, before any address is used
-                self.registry.use(rec, pod, "ipAddressNames")
         else:
             todo = []
             for family in (0, *pool.families[1:]):  # one address of each family the pool has
@@ -525,6 +525,26 @@ class Ipam:
                     network_name=net.name, type="Auto", uid=hashlib.sha1(key.encode()).hexdigest(),
                     owner_pod_uid=pod.meta.uid, created_by="plexus", created_at=self.clock(), family=family,
                 ))
+        using: list[IPRecord] = []
+        kept = False
+        try:
+            # the pod written on each IPAddress as its one user in the cluster before any address is used (in one
+            # order on every node); not again for a pod that uses it here already (a new sandbox: no API needed)
+            for rec in sorted(todo, key=lambda r: r.key) if user_objs else ():
+                if pod.meta.uid not in rec.used_by_uids:
+                    self.registry.use(rec, pod, field)
+                    using.append(rec)
+            with self._claims(pod, pod_ref, field, todo, bool(user_objs), pool) as record:
+                yield record
+            kept = True
+        finally:
+            for rec in using:  # not kept: taken off it again (owed), or another pod would wait on one that never used it
+                self.registry.use_ended(rec, pod.meta.uid, kept)
+
+    @contextmanager
+    def _claims(self, pod: Pod, pod_ref: str, field: str, todo: list[IPRecord], named: bool,
+                pool: AddressPool) -> Iterator[Callable[[], list[Claim]]]:
+        """``claiming``'s addresses secured, and what records them (``named``: the pod named its IPAddresses)."""
         with ExitStack() as stack:
             secured = [(rec, stack.enter_context(self.securing(rec, pool))) for rec in todo]
 
@@ -532,11 +552,11 @@ class Ipam:
                 claims = []
                 for rec, sec in secured:
                     current = self.store.get_ip(rec.key)  # as it is now, under the lock
-                    created_ip = current is None and not user_objs
-                    if user_objs and current is not None and current.used_by_uids and \
+                    created_ip = current is None and not named
+                    if named and current is not None and current.used_by_uids and \
                             pod.meta.uid not in current.used_by_uids:  # another pod's ADD took it since its check
                         raise AddressConflict(f"IPAddress {current.name} is in use by pod "
-                                              f"{', '.join(current.used_by_pods)}", "ipAddressNames")
+                                              f"{', '.join(current.used_by_pods)}", field)
                     rec, lease, created_lease = self.lease_for(current or rec, pool, sec)
                     pairs = dict(zip(rec.used_by_uids, rec.used_by_pods, strict=False)) | {pod.meta.uid: pod_ref}
                     rec = replace(rec, used_by_uids=tuple(pairs), used_by_pods=tuple(pairs.values()))
@@ -586,6 +606,9 @@ class Ipam:
         if not keep:
             rec = replace(rec, conditions=set_condition(rec.conditions, "Attached", False, "NotAttached", "",
                                                         self.clock()))
+        if pod_uid and rec.created_by == "user" and rec.kind in IP_ADDRESS_KINDS and \
+                pod_uid not in (u for _, u in keep):
+            self.registry.unused(rec, pod_uid)  # taken off the IPAddress for other nodes' pods (owed)
         if (rec.deleted or rec.created_by == "cni") and not keep:  # a delegate's lease goes with its attachment
             self.delete_ip(rec)
         else:

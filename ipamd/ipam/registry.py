@@ -40,8 +40,15 @@ class LeaseRegistry(Protocol):
 
     def use(self, rec: IPRecord, pod: Pod, field: str) -> None:
         """Make ``pod`` the one pod of the cluster that uses a user's IPAddress (before its address is used, outside
-        the store's lock); AddressConflict while a pod on another node that still runs does."""
+        the store's lock); AddressConflict while a pod on another node that still runs does. Once it returns, the
+        caller tells ``use_ended``."""
         ...
+
+    def use_ended(self, rec: IPRecord, pod_uid: str, kept: bool) -> None: ...  # recorded as its user here, or not
+
+    def unused(self, rec: IPRecord, pod_uid: str) -> None: ...  # the pod no longer uses it on this node
+
+    def repair_use(self, rec: IPRecord, written: str) -> None: ...  # its users here, not ``written`` on it: written
 
     def stray(self, store: LeaseStore, older_than: float,
               in_use: Callable[[str, int], bool] | None = None) -> list[LeaseRecord]:
@@ -117,6 +124,15 @@ class NodeLocalRegistry(NoBlocks):
 
     def use(self, rec: IPRecord, pod: Pod, field: str) -> None:
         pass  # one node: its store's record of the pods that use it says it all
+
+    def use_ended(self, rec: IPRecord, pod_uid: str, kept: bool) -> None:
+        pass
+
+    def unused(self, rec: IPRecord, pod_uid: str) -> None:
+        pass
+
+    def repair_use(self, rec: IPRecord, written: str) -> None:
+        pass
 
     def stray(self, store: LeaseStore, older_than: float,
               in_use: Callable[[str, int], bool] | None = None) -> list[LeaseRecord]:

@@ -24,7 +24,7 @@ from ipamd.ipam.registry import NoBlocks
 from ipamd.kube.errors import api_unavailable_is_11, status_of
 from ipamd.kube.outbox import PARKED, Outbox
 from ipamd.kube.resources import RESOURCES
-from ipamd.kube.users import IPAddressUsers
+from ipamd.kube.users import IPAddressUsers, parse_user_text
 from ipamd.model.objects import GROUP, IP_ADDRESS_KINDS, IPAM_CLAIM, Pod
 from ipamd.model.timefmt import parse_rfc3339, rfc3339
 from ipamd.store.protocols import LeaseStore
@@ -129,7 +129,7 @@ class KubeLeaseRegistry(NoBlocks):
         outbox.senders.setdefault("release_lease", self._release_lease)
         outbox.senders.setdefault("orphan_lease", self._orphan_lease)
         outbox.senders.setdefault("hand_back", self._hand_back)
-        self.users = IPAddressUsers(self.objects, lambda ns, name: source.read_pod(ns, name), node_name)
+        self.users = IPAddressUsers(self.objects, lambda ns, name: source.read_pod(ns, name), node_name, outbox)
 
     def taken_elsewhere(self, pool: str) -> Container[int]:
         return _TakenIn(self.source, pool)
@@ -313,7 +313,18 @@ class KubeLeaseRegistry(NoBlocks):
             return True
 
     def use(self, rec: IPRecord, pod: Pod, field: str) -> None:
-        self.users.use(rec.kind, rec.namespace, rec.name, pod, field)
+        self.users.use(rec.kind, rec.namespace, rec.name, rec.key, pod, field)
+
+    def use_ended(self, rec: IPRecord, pod_uid: str, kept: bool) -> None:
+        self.users.ended(rec.key, pod_uid, kept)
+
+    def unused(self, rec: IPRecord, pod_uid: str) -> None:
+        self.users.unused(rec.key, pod_uid)
+
+    def repair_use(self, rec: IPRecord, written: str) -> None:
+        user = parse_user_text(written)
+        if rec.used_by_uids and (user is None or user.uid not in rec.used_by_uids):
+            self.users.repair(rec.key, rec.used_by_pods[0], rec.used_by_uids[0])
 
     def recorded(self, lease: LeaseRecord) -> None:
         self.outbox.drop(f"{KIND}/{lease_name(lease.pool, lease.address)}", "hand_back")

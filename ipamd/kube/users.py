@@ -4,26 +4,34 @@ A user's IPAddress (a Static one, or an Auto one made by hand) may be named in `
 nodes, and each node's store knows only its own pods: without more, two pods on two nodes would both get its address.
 The pod that uses it is written on the IPAddress itself (the ``USED_BY`` annotation), at the version read, before the
 address is used: two nodes cannot both write it, and a node takes it over only once the pod written there is gone
-(deleted, or finished: the kubelet has torn its sandbox down by then). It is read from the API server on every such
-ADD, never from a cache, which may not show another node's write yet. An Auto IPAddress a node makes for its pod is
-created with its pod written there already, so naming it from another pod waits for that pod too.
+(deleted, or finished: the kubelet tears a finished pod's sandbox down). It is read from the API server, never from a
+cache, which may not show another node's write yet. An Auto IPAddress a node makes for its pod is created with its
+pod written there already, so naming it from another pod waits for that pod too.
 
-A pod whose ADD failed after the write keeps the IPAddress until it is gone or its ADD succeeds (the kubelet retries
-it): first come, first served. Without the API the owner cannot be made sure of, and the ADD answers code 11.
+A pod that stops using it here (its DEL, or an ADD that failed after the write) has it taken off, owed in the outbox
+(``unuse``), so that a pod that never got it does not keep it from others. That write is left out while a call of
+this node is making the same pod its user again (``_inflight``), and such a call first waits for an owed one
+(``flush_target``). A pod that uses it without being written there (attached by a version before this, or its
+IPAddress recreated or its annotation edited) is written there by the reconciler (``repair``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from cni.errors import AddressConflict, ObjectNotFound, TryAgainLater
 from ipamd.kube.errors import api_unavailable_is_11, status_of
-from ipamd.model.objects import GROUP, Pod
+from ipamd.kube.outbox import Outbox
+from ipamd.model.objects import USED_BY_ANNOTATION, Pod
 
-USED_BY = f"{GROUP}/used-by"
+log = logging.getLogger(__name__)
+USED_BY = USED_BY_ANNOTATION
 TRIES = 3  # writes lost to another writer of the object (its status, another node) before answering 11
 FINISHED = ("Succeeded", "Failed")
 
@@ -44,10 +52,9 @@ def user_of(pod: Pod, node: str) -> User:
     return User(pod.meta.uid, f"{pod.meta.namespace}/{pod.meta.name}", node)
 
 
-def parse_user(obj: dict[str, Any]) -> User | None:
-    """The pod written on an IPAddress; None when there is none (or the annotation was mangled by hand: then nobody
-    is known to use it, as before any pod did)."""
-    text = ((obj.get("metadata") or {}).get("annotations") or {}).get(USED_BY)
+def parse_user_text(text: object) -> User | None:
+    """The pod written on an IPAddress; None when there is none, or the annotation does not parse (edited by hand:
+    then nobody is known to use it here, and a node whose pod does writes it again, ``repair``)."""
     try:
         doc = json.loads(text) if isinstance(text, str) else None
     except ValueError:
@@ -55,6 +62,10 @@ def parse_user(obj: dict[str, Any]) -> User | None:
     if not isinstance(doc, dict) or not all(isinstance(doc.get(k), str) and doc[k] for k in ("uid", "pod")):
         return None
     return User(doc["uid"], doc["pod"], str(doc.get("node") or ""))
+
+
+def parse_user(obj: dict[str, Any]) -> User | None:
+    return parse_user_text(((obj.get("metadata") or {}).get("annotations") or {}).get(USED_BY))
 
 
 def still_running(user: User, found: dict[str, Any] | None) -> bool:
@@ -67,41 +78,144 @@ def still_running(user: User, found: dict[str, Any] | None) -> bool:
     return (found.get("status") or {}).get("phase") not in FINISHED
 
 
+def target_of(key: str) -> str:
+    """The outbox target of an IPAddress's user: apart from its status writes, which a CNI call does not wait for."""
+    return f"{key}/used-by"
+
+
 class IPAddressUsers:
     """Writes which pod uses a user's IPAddress (``use``), through the API server, outside the store's lock."""
 
-    def __init__(self, objects: Any, read_pod: Callable[[str, str], dict[str, Any] | None], node_name: str) -> None:
+    def __init__(self, objects: Any, read_pod: Callable[[str, str], dict[str, Any] | None], node_name: str,
+                 outbox: Outbox) -> None:
         self.objects = objects
         self.read_pod = read_pod
         self.node_name = node_name
+        self.outbox = outbox
+        self._lock = threading.Lock()
+        self._inflight: Counter[tuple[str, str]] = Counter()  # (IPAddress key, pod UID) a call is making the user
+        outbox.senders.setdefault("unuse", self._unuse)
+        outbox.senders.setdefault("use", self._use_owed)
 
-    def use(self, kind: str, namespace: str, name: str, pod: Pod, field: str) -> None:
-        """Make ``pod`` the one that uses the IPAddress; AddressConflict while another pod that still runs does."""
-        me = user_of(pod, self.node_name)
-        what = f"{kind} {namespace + '/' if namespace else ''}{name}"
-        with api_unavailable_is_11():
-            for _ in range(TRIES):
-                try:
-                    current = self.objects.get(kind, name, namespace)
-                except Exception as exc:
-                    if status_of(exc) == 404:
-                        raise ObjectNotFound(f"{what} does not exist", field) from None
-                    raise
-                user = parse_user(current)
-                if user is not None and user.uid == me.uid:
-                    return  # a retried ADD, or another interface of the pod
-                if user is not None:
-                    ns, _, pod_name = user.pod.partition("/")
-                    if still_running(user, self.read_pod(ns, pod_name)):
-                        where = f" on node {user.node}" if user.node else ""
-                        raise AddressConflict(f"{what} is in use by pod {user.pod}{where}", field)
-                md = current.get("metadata") or {}
-                try:
-                    self.objects.patch(kind, name, {"metadata": {"annotations": {USED_BY: me.text()},
-                                                                 "resourceVersion": md.get("resourceVersion")}},
-                                       namespace)
-                    return
-                except Exception as exc:
-                    if status_of(exc) != 409:
-                        raise
-        raise TryAgainLater(f"{what}: the pod that uses it could not be written", "it kept changing under the write")
+    def use(self, kind: str, namespace: str, name: str, key: str, pod: Pod, field: str) -> None:
+        """Make ``pod`` the one that uses the IPAddress; AddressConflict while another pod that still runs does. The
+        caller tells ``ended`` once the pod is recorded as its user, or is not (on success only: a failure here
+        has ended it already)."""
+        with self._lock:
+            self._inflight[(key, pod.meta.uid)] += 1
+        try:
+            with api_unavailable_is_11():
+                if not self.outbox.flush_target(target_of(key)):  # this node's taking a pod off it comes first
+                    raise TryAgainLater(f"{kind} {_name(namespace, name)}: taking a pod off it is not written yet",
+                                        field)
+                self._use(kind, namespace, name, user_of(pod, self.node_name), field)
+        except BaseException:
+            self.ended(key, pod.meta.uid, kept=False)
+            raise
+
+    def _use(self, kind: str, namespace: str, name: str, me: User, field: str) -> None:
+        what = f"{kind} {_name(namespace, name)}"
+        for _ in range(TRIES):
+            try:
+                current = self.objects.get(kind, name, namespace)
+            except Exception as exc:
+                if status_of(exc) == 404:
+                    raise ObjectNotFound(f"{what} does not exist", field) from None
+                raise
+            user = parse_user(current)
+            if user is not None and user.uid == me.uid:
+                return  # a retried ADD, another sandbox or interface of the pod
+            if user is not None:
+                ns, _, pod_name = user.pod.partition("/")
+                if still_running(user, self.read_pod(ns, pod_name)):
+                    where = f" on node {user.node}" if user.node else ""
+                    raise AddressConflict(f"{what} is in use by pod {user.pod}{where}", field)
+            if self._write(kind, namespace, name, current, me.text()):
+                return
+        raise TryAgainLater(f"{what}: the pod that uses it could not be written, the object kept changing", field)
+
+    def _write(self, kind: str, namespace: str, name: str, current: dict[str, Any], text: str | None) -> bool:
+        """The annotation written at the version read; False when the object changed since (409)."""
+        try:
+            self._patch(kind, namespace, name, current, text)
+            return True
+        except Exception as exc:
+            if status_of(exc) != 409:
+                raise
+            return False
+
+    def _patch(self, kind: str, namespace: str, name: str, current: dict[str, Any], text: str | None) -> None:
+        version = (current.get("metadata") or {}).get("resourceVersion")
+        self.objects.patch(kind, name, {"metadata": {"annotations": {USED_BY: text}, "resourceVersion": version}},
+                           namespace)
+
+    def ended(self, key: str, uid: str, kept: bool) -> None:
+        """A call that made ``uid`` the IPAddress's user is over: if the pod did not become its user here after all
+        (the ADD failed), it is taken off (owed)."""
+        with self._lock:
+            self._inflight[(key, uid)] -= 1
+            if self._inflight[(key, uid)] <= 0:
+                del self._inflight[(key, uid)]
+        if not kept:
+            self.unused(key, uid)
+
+    def unused(self, key: str, uid: str) -> None:
+        """The pod no longer uses the IPAddress on this node: taken off it (owed; made only if still written there)."""
+        kind, namespace, name = _parts(key)
+        self.outbox.add(target_of(key), "unuse", {"kind": kind, "namespace": namespace, "name": name, "key": key,
+                                                  "uid": uid})
+
+    def repair(self, key: str, pod_ref: str, uid: str) -> None:
+        """A pod that uses the IPAddress on this node, not written on it: written (owed) unless another pod that still
+        runs is (then two pods use it, which is logged)."""
+        if self.outbox.owes(target_of(key)):
+            return
+        kind, namespace, name = _parts(key)
+        self.outbox.add(target_of(key), "use", {"kind": kind, "namespace": namespace, "name": name,
+                                                "user": User(uid, pod_ref, self.node_name).text()})
+
+    # -- the outbox's ops -----------------------------------------------------------------------------------
+    def _unuse(self, body: dict[str, Any]) -> None:
+        with self._lock:
+            if self._inflight[(body["key"], body["uid"])]:
+                return  # a call of this node is making the pod its user again: it stays
+        current = self._read(body)
+        user = parse_user(current) if current is not None else None
+        if current is None or user is None or user.uid != body["uid"]:
+            return  # gone, or someone else's now
+        self._patch(body["kind"], body["namespace"], body["name"], current, None)  # a 409: read again, later
+
+    def _use_owed(self, body: dict[str, Any]) -> None:
+        current = self._read(body)
+        mine = parse_user_text(body["user"])
+        if current is None or mine is None:
+            return
+        user = parse_user(current)
+        if user is not None and user.uid == mine.uid:
+            return
+        if user is not None:
+            ns, _, pod_name = user.pod.partition("/")
+            if still_running(user, self.read_pod(ns, pod_name)):
+                log.warning("%s %s is used by pod %s here and by pod %s on node %s: one of them must go",
+                            body["kind"], _name(body["namespace"], body["name"]), mine.pod, user.pod, user.node)
+                return
+        self._patch(body["kind"], body["namespace"], body["name"], current, body["user"])  # a 409: read again, later
+
+    def _read(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            return dict(self.objects.get(body["kind"], body["name"], body["namespace"]))
+        except Exception as exc:
+            if status_of(exc) == 404:
+                return None
+            raise
+
+
+def _name(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}" if namespace else name
+
+
+def _parts(key: str) -> tuple[str, str, str]:
+    """``Kind/namespace/name`` (or ``Kind/name``) as its three parts."""
+    kind, _, rest = key.partition("/")
+    namespace, _, name = rest.rpartition("/")
+    return kind, namespace, name

@@ -22,6 +22,7 @@ GROUP = "network.deckhouse.io"
 API_VERSION = f"{GROUP}/v1alpha1"
 SPEC_ANNOTATION = f"{GROUP}/networks-spec"
 STATUS_ANNOTATION = f"{GROUP}/networks-status"
+USED_BY_ANNOTATION = f"{GROUP}/used-by"  # on a user's IPAddress: the one pod of the cluster using it (ipamd.kube.users)
 NPWG_API_VERSION = "k8s.cni.cncf.io/v1"
 NPWG_CLAIM_API_VERSION = "k8s.cni.cncf.io/v1alpha1"
 RESOURCE_NAME_ANNOTATION = "k8s.v1.cni.cncf.io/resourceName"
@@ -190,6 +191,7 @@ class IPAddressObject:
     static_ip: str = ""
     owner_pod_uid: str = ""  # set on the Auto IPAddress Plexus creates for a pod interface
     family: int = 0  # spec.ipFamily of an Auto address (4 or 6); 0: the pool's first (IPv4 in a dual-stack pool)
+    used_by: str = ""  # the annotation USED_BY_ANNOTATION as it came (parsed by ipamd.kube.users)
 
 @dataclass(frozen=True, slots=True)
 class AttachmentDefinition:
@@ -476,8 +478,11 @@ def _ip_address(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> 
     family = IP_FAMILIES[family_text]
     if typ == "Static" and family and family != ipaddress.ip_address(static_ip).version:
         raise ManifestInvalid(m, "spec.ipFamily", f"{family_text} does not match spec.static.ip {static_ip}")
-    owner = str((doc.get("metadata") or {}).get("labels", {}).get(f"{GROUP}/owner-pod-uid", ""))
-    return IPAddressObject(meta, Ref(kind, name), typ, static_ip, owner, family)
+    md = doc.get("metadata") or {}
+    owner = str((md.get("labels") or {}).get(f"{GROUP}/owner-pod-uid", ""))
+    used_by = (md.get("annotations") or {}).get(USED_BY_ANNOTATION)
+    return IPAddressObject(meta, Ref(kind, name), typ, static_ip, owner, family,
+                           used_by if isinstance(used_by, str) else "")
 
 def _attachment_definition(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> AttachmentDefinition:
     m = meta.display

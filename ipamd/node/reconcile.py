@@ -114,12 +114,23 @@ class Reconciler:
             if self.cluster and self.source.ready():  # strays are told by what exists: not before every kind is listed
                 self._release_stray_cluster_leases()
                 self._housekeep_blocks()
+                self._write_missing_users()
 
     def _release_stray_cluster_leases(self) -> None:
         """IPAddressLeases this node made that its store does not hold: an ADD rolled back while the
         API was unreachable could not delete its lease object. Deleted once older than the grace period."""
         for lease in self.ipam.registry.stray(self.store, time.time() - max(self.grace_s, 30.0), self.ipam.in_use):
             log.info("released stray IPAddressLease %s (%s)", lease.address, lease.pool)
+
+    def _write_missing_users(self) -> None:
+        """A user's IPAddress a pod of this node uses without being written on it as its user (attached by a version
+        before that, the IPAddress recreated, its annotation edited): written, so that no other node's pod gets it."""
+        for rec in self.store.all_ips():
+            if rec.created_by != "user" or not rec.used_by_uids or rec.kind not in IP_ADDRESS_KINDS:
+                continue
+            obj = self.source.get(IP_ADDRESS_KINDS[rec.kind], rec.namespace, rec.name)
+            if obj is not None:
+                self.ipam.registry.repair_use(rec, obj.used_by)
 
     def _housekeep_blocks(self) -> None:
         """Renew this node's address blocks and return the ones that stayed empty (``ipamd.kube.blocks``)."""

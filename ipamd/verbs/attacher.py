@@ -199,7 +199,7 @@ class Attacher:
             if delegated:
                 claiming = contextlib.nullcontext(lambda: delegated)
             elif w.sel and w.net:
-                claiming = self.ipam.claiming(pod, w.sel, w.net, w.user_ips)
+                claiming = self.ipam.claiming(pod, w.sel, w.net, w.user_ips, w.where or "networks-spec")
             else:
                 claiming = contextlib.nullcontext(list)
             with claiming as recorded, self.store.transaction():

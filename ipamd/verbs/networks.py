@@ -137,7 +137,8 @@ class Networks:
         for i, (sel, net) in enumerate(zip(deckhouse, resolved, strict=True)):
             user_ips = self.ipam.validate(pod, sel, net, f"networks-spec[{i}]")
             request = InterfaceRequest(sel.if_name, sel.mac, sel.skip_ip_assignment, sel.tap_uid, sel.tap_gid)
-            out.append(Wanted(sel.interface_type, request, Target(net.key, net.type, net.name), sel, net, user_ips))
+            out.append(Wanted(sel.interface_type, request, Target(net.key, net.type, net.name), sel, net, user_ips,
+                              where=f"networks-spec[{i}]"))
         for el in npwg:
             out.append(self._element(call, pod, conf, el, names[el.where]))
         return self._with_devices(pod, out)

@@ -90,9 +90,9 @@ class SpyIpam(Ipam):
         self._names: dict[tuple[str, ...], str] = {}
 
     @contextmanager
-    def claiming(self, pod: Pod, sel: NetworkSelection, net: ResolvedNetwork,
-                 user_objs: list[IPAddressObject]) -> Iterator[Callable[[], list[Claim]]]:
-        with super().claiming(pod, sel, net, user_objs) as record:
+    def claiming(self, pod: Pod, sel: NetworkSelection, net: ResolvedNetwork, user_objs: list[IPAddressObject],
+                 where: str = "networks-spec") -> Iterator[Callable[[], list[Claim]]]:
+        with super().claiming(pod, sel, net, user_objs, where) as record:
             def recorded() -> list[Claim]:
                 claims = record()
                 self._names[tuple(c.ip_key for c in claims)] = sel.if_name

@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from cni.errors import AddressConflict, TryAgainLater
+from cni.errors import AddressConflict, ObjectNotFound, TryAgainLater
 from ipamd.kube.publisher import auto_ip_body
-from ipamd.kube.users import parse_user
+from ipamd.kube.users import USED_BY, parse_user
+from ipamd.model.objects import IP_ADDRESS
+from ipamd.node.reconcile import Reconciler
 from tests.fakes.cluster import FakeApi
 from tests.unit.test_attacher import NS, obj
 from tests.unit.test_attacher_kube import AUTO, FIXED, KubeNode, a_pod
@@ -48,18 +50,22 @@ def test_a_static_used_by_a_pod_on_one_node_is_refused_to_a_pod_on_another(api: 
     assert used_by(api) == {"uid": "uid-pa", "pod": f"{NS}/pa", "node": "n1"}, "written before the ADD answered"
     with pytest.raises(AddressConflict) as refused:
         b.call("ADD", "pb", "uid-pb", "cb")
-    assert f"in use by pod {NS}/pa on node n1" in refused.value.msg and refused.value.details == "ipAddressNames"
+    assert f"in use by pod {NS}/pa on node n1" in refused.value.msg
+    assert refused.value.details == "networks-spec[0].ipAddressNames"
     assert leased(b) == [] and b.store.attachments() == [], "nothing left behind on the refused node"
-    assert used_by(api)["uid"] == "uid-pa"
+    b.outbox.flush()
+    assert used_by(api)["uid"] == "uid-pa", "the refused pod's node takes nothing off"
 
     a.call("DEL", "pa", "uid-pa", "ca")
-    with pytest.raises(AddressConflict):  # its sandbox gone, but the pod still exists: it may be given one again
+    with pytest.raises(AddressConflict):  # taking it off is owed, not made yet
         b.call("ADD", "pb", "uid-pb", "cb")
-    for node in (a, b):
-        node.source.remove("Pod", NS, "pa")
+    a.outbox.flush()
+    assert used_by(api) == {}, "its last sandbox gone, the pod no longer holds it (it may get it back, or not)"
     got = b.call("ADD", "pb", "uid-pb", "cb")
     assert got["ips"][0]["address"] == "198.18.40.5/28"
     assert used_by(api) == {"uid": "uid-pb", "pod": f"{NS}/pb", "node": "n2"}
+    with pytest.raises(AddressConflict, match=f"in use by pod {NS}/pb on node n2"):
+        a.call("ADD", "pa", "uid-pa", "ca2")
 
 
 def test_a_finished_pod_or_a_new_one_of_the_same_name_gives_the_ipaddress_up(api: FakeApi,
@@ -76,12 +82,21 @@ def test_a_finished_pod_or_a_new_one_of_the_same_name_gives_the_ipaddress_up(api
     assert used_by(api)["uid"] == "uid-pb-2"
 
 
-def test_a_retried_add_of_the_same_pod_writes_nothing(api: FakeApi, two: tuple[KubeNode, KubeNode]) -> None:
+def test_a_new_sandbox_of_the_pod_that_uses_it_asks_the_api_nothing(api: FakeApi,
+                                                                     two: tuple[KubeNode, KubeNode]) -> None:
+    """A retried ADD, or the pod's sandbox made again, while the node's store has the pod as the user: no request,
+    so that it works while the API server is away."""
     a, _ = two
     a.call("ADD", "pa", "uid-pa", "ca")
-    before = api.calls["patch IPAddress"]
-    a.call("ADD", "pa", "uid-pa", "ca")
-    assert api.calls["patch IPAddress"] == before
+    a.outbox.flush()
+    assert api.calls["patch IPAddress"] == 1 and used_by(api)["uid"] == "uid-pa"
+
+    def down(*_: Any, **__: Any) -> Any:
+        raise ApiException(status=503, reason="Service Unavailable")
+
+    api.get = api.patch = down  # type: ignore[method-assign]
+    assert a.call("ADD", "pa", "uid-pa", "ca")["ips"][0]["address"] == "198.18.40.5/28"
+    assert a.call("ADD", "pa", "uid-pa", "ca-new")["ips"][0]["address"] == "198.18.40.5/28"
 
 
 def test_two_nodes_writing_at_once_one_wins_the_other_reads_again(api: FakeApi,
@@ -107,14 +122,97 @@ def test_two_nodes_writing_at_once_one_wins_the_other_reads_again(api: FakeApi,
 
 def test_without_the_api_the_user_cannot_be_made_sure_of(api: FakeApi, two: tuple[KubeNode, KubeNode]) -> None:
     _, b = two
+    get = api.get
 
-    def down(*_: Any, **__: Any) -> Any:
-        raise ApiException(status=503, reason="Service Unavailable")
+    def ipaddresses_down(kind: str, name: str, namespace: str = "") -> dict[str, Any]:
+        if kind == "IPAddress":
+            raise ApiException(status=503, reason="Service Unavailable")
+        return get(kind, name, namespace)
 
-    api.get = down  # type: ignore[method-assign]
-    with pytest.raises(TryAgainLater):
+    api.get = ipaddresses_down  # type: ignore[method-assign]
+    with pytest.raises(TryAgainLater, match="Kubernetes API is not available"):
         b.call("ADD", "pb", "uid-pb", "cb")
     assert leased(b) == [] and b.store.attachments() == []
+
+
+def test_an_ipaddress_deleted_meanwhile_or_always_changing(api: FakeApi, two: tuple[KubeNode, KubeNode]) -> None:
+    a, _ = two
+    api.delete("IPAddress", "fixed", NS)  # the node's cache still shows it
+    with pytest.raises(ObjectNotFound, match=f"IPAddress {NS}/fixed does not exist"):
+        a.call("ADD", "pa", "uid-pa", "ca")
+    a.source.add(obj("IPAddress", "fixed", {"networkRef": {"kind": "Network", "name": "net-a"}, "type": "Static",
+                                            "static": {"ip": "198.18.40.5"}}))
+
+    def conflict(*_: Any, **__: Any) -> Any:
+        raise ApiException(status=409, reason="Conflict")
+
+    api.patch = conflict  # type: ignore[method-assign]
+    with pytest.raises(TryAgainLater, match="kept changing"):
+        a.call("ADD", "pa", "uid-pa", "ca")
+    assert leased(a) == [] and a.store.attachments() == []
+
+
+def test_a_pod_refused_one_of_its_ipaddresses_is_taken_off_the_others(api: FakeApi,
+                                                                      two: tuple[KubeNode, KubeNode]) -> None:
+    """pb names fixed and second; second is pa's: pb is written on fixed, then refused; it is taken off fixed again,
+    or a third pod naming fixed alone would wait for pb, which never used it."""
+    a, b = two
+    second = obj("IPAddress", "second", {"networkRef": {"kind": "Network", "name": "net-a"}, "type": "Static",
+                                         "static": {"ip": "198.18.40.6"}})
+    both = [{"type": "Network", "name": "net-a", "ifName": "net1", "ipAddressNames": ["second", "fixed"]}]
+    for node in (a, b):
+        node.source.add(second)
+        node.source.add(a_pod("pa", [{**FIXED[0], "ipAddressNames": ["second"]}], "uid-pa"))
+        node.source.add(a_pod("pb", both, "uid-pb"))
+        node.source.add(a_pod("pc", FIXED, "uid-pc"))
+    a.call("ADD", "pa", "uid-pa", "ca")
+    with pytest.raises(AddressConflict, match=f"IPAddress {NS}/second is in use by pod {NS}/pa"):
+        b.call("ADD", "pb", "uid-pb", "cb")
+    assert used_by(api)["uid"] == "uid-pb", "written first (fixed comes before second on every node)"
+    b.outbox.flush()
+    assert used_by(api) == {}
+    assert a.call("ADD", "pc", "uid-pc", "cc")["ips"][0]["address"] == "198.18.40.5/28"
+
+
+def test_two_pods_naming_two_ipaddresses_in_opposite_orders_do_not_block_each_other(
+        api: FakeApi, two: tuple[KubeNode, KubeNode]) -> None:
+    a, b = two
+    second = obj("IPAddress", "second", {"networkRef": {"kind": "Network", "name": "net-a"}, "type": "Static",
+                                         "static": {"ip": "198.18.40.6"}})
+    for node in (a, b):
+        node.source.add(second)
+        node.source.add(a_pod("pa", [{**FIXED[0], "ipAddressNames": ["fixed", "second"]}], "uid-pa"))
+        node.source.add(a_pod("pb", [{**FIXED[0], "ipAddressNames": ["second", "fixed"]}], "uid-pb"))
+    patch = api.patch
+    turns: list[str] = []
+
+    def b_adds_once_a_wrote_its_first(kind: str, name: str, body: dict[str, Any], namespace: str = "") -> Any:
+        done = patch(kind, name, body, namespace)
+        if kind == "IPAddress" and not turns:  # pa is on fixed: pb's ADD runs whole now (b's writes not flushed)
+            turns.append(name)
+            with pytest.raises(AddressConflict, match=f"{NS}/fixed is in use by pod {NS}/pa"):
+                b.call("ADD", "pb", "uid-pb", "cb")
+        return done
+
+    api.patch = b_adds_once_a_wrote_its_first  # type: ignore[method-assign]
+    got = a.call("ADD", "pa", "uid-pa", "ca")
+    assert turns == ["fixed"], "both take them in one order: pb asked for fixed first, and wrote nothing"
+    assert [ip["address"] for ip in got["ips"]] == ["198.18.40.5/28", "198.18.40.6/28"]
+
+
+def test_a_pod_that_uses_an_ipaddress_without_being_written_on_it_is_written_by_the_reconciler(
+        api: FakeApi, two: tuple[KubeNode, KubeNode]) -> None:
+    """Attached by a version before this one (or the IPAddress recreated, its annotation edited): the node's next
+    round writes its pod there, and a pod on another node is refused from then on."""
+    a, b = two
+    a.call("ADD", "pa", "uid-pa", "ca")
+    api.patch("IPAddress", "fixed", {"metadata": {"annotations": {USED_BY: None}}}, NS)
+    Reconciler(a.store, a.source, a.ipam, a.attacher, a.attacher.segments, a.publisher,  # type: ignore[arg-type]
+               cluster=True).run_once()
+    a.outbox.flush()
+    assert used_by(api) == {"uid": "uid-pa", "pod": f"{NS}/pa", "node": "n1"}
+    with pytest.raises(AddressConflict, match=f"in use by pod {NS}/pa on node n1"):
+        b.call("ADD", "pb", "uid-pb", "cb")
 
 
 def test_an_auto_ipaddress_a_node_made_for_its_pod_is_that_pods(api: FakeApi) -> None:
@@ -134,3 +232,21 @@ def test_an_auto_ipaddress_a_node_made_for_its_pod_is_that_pods(api: FakeApi) ->
     with pytest.raises(AddressConflict, match=f"in use by pod {NS}/pa on node n1"):
         b.call("ADD", "pb", "uid-pb", "cb")
     assert leased(b) == []
+
+
+def test_taking_a_pod_off_waits_for_a_call_that_makes_it_the_user_again(api: FakeApi,
+                                                                        two: tuple[KubeNode, KubeNode]) -> None:
+    """Two ADDs of one pod (two sandboxes) at once: the first writes the pod, the second finds it written, then the
+    first fails. Taking the pod off (owed by the first) must not be made under the second, which goes on to use the
+    address."""
+    a, _ = two
+    rec = a.ipam.record_for(a.source.get(IP_ADDRESS, NS, "fixed"))  # type: ignore[arg-type]
+    p = a_pod("pa", FIXED, "uid-pa")
+    a.registry.use(rec, p, "f")  # the first
+    a.registry.use(rec, p, "f")  # the second: written already
+    a.registry.use_ended(rec, "uid-pa", kept=False)  # the first failed
+    a.outbox.flush()
+    assert used_by(api)["uid"] == "uid-pa", "the second is still making the pod its user"
+    a.registry.use_ended(rec, "uid-pa", kept=True)
+    a.outbox.flush()
+    assert used_by(api)["uid"] == "uid-pa"
