@@ -406,7 +406,7 @@ def test_churn_survives_daemon_and_api_server_restarts(cluster: Cluster, nodes: 
 def test_a_user_ipaddress_named_by_pods_on_two_nodes_goes_to_one_at_a_time(cluster: Cluster, nodes: list[Node]) -> None:
     """A Static IPAddress named by a pod on each of two nodes: the first pod's node writes its pod on the IPAddress
     before the address is used, the second node is refused (code 104, naming the pod and its node) and leaves nothing
-    behind, and gets it once the first pod is gone."""
+    behind, and gets it once the first pod's sandbox is gone; the first pod is then refused in turn."""
     ns = "kusers"
     try:
         cluster.apply(objects(ns, "1s", "198.18.121.2-198.18.121.14", cidr="198.18.121.0/28", vlan=930) + [
@@ -439,13 +439,15 @@ def test_a_user_ipaddress_named_by_pods_on_two_nodes_goes_to_one_at_a_time(clust
         assert f"in use by pod {ns}/pa on node users-a" in refused.json["msg"], refused.json
         assert "net1" not in links_in(netns["pb"]), "nothing left in the refused pod"
 
+        # pa's sandbox gone (the pod itself still exists): its node takes it off the IPAddress, and pb gets it
         assert a.cni("DEL", "c-pa", netns["pa"], pod=(ns, "pa")).ok
-        cluster.kubectl("delete", "pod", "-n", ns, "pa", "--grace-period=0", "--force")
         second = wait_for(lambda: (r := add(b, "pb")).ok and r, timeout=30, step=1)
-        assert second and second.json["ips"][0]["address"] == "198.18.121.9/28"
+        assert second and second.json["ips"][0]["address"] == "198.18.121.9/28", b.log_text()[-3000:]
         assert links_in(netns["pb"])["net1"]["addresses"] == ["198.18.121.9/28"]
         assert json.loads(cluster.get("ipaddress", "-n", ns, "fixed")["metadata"]["annotations"]
                           ["network.deckhouse.io/used-by"])["pod"] == f"{ns}/pb"
+        again = add(a, "pa")
+        assert again.code == 104 and f"in use by pod {ns}/pb on node users-b" in again.json["msg"], again
         for node in (a, b):
             assert "Traceback" not in node.log_text()
     finally:

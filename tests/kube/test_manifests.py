@@ -366,7 +366,8 @@ NODE_MUST_NOT = [
     ("create", f"clusternetworks.{GROUP}"),
     ("patch", f"ipaddresspools.{GROUP}", "-n", "some-app"),
     ("delete", f"ipaddresses.{GROUP}", "-n", "some-app"),
-    ("patch", f"ipaddresses.{GROUP}", "-n", "some-app"),
+    ("update", f"ipaddresses.{GROUP}", "-n", "some-app"),  # (patch: its used-by annotation, see NODE_NEEDS)
+    ("update", f"clusteripaddresses.{GROUP}"),
     ("update", f"ipaddresses.{GROUP}", "--subresource=status", "-n", "some-app"),
     ("create", f"clusteripaddresses.{GROUP}"),
     ("delete", f"clusteripaddresses.{GROUP}"),
@@ -532,6 +533,8 @@ def test_daemon_runs_a_pod_with_only_the_node_service_account(applied: Cluster, 
                     .get("address") == address, timeout=15)                               # ipaddresses/status
     assert wait_for(lambda: (cluster.get("clusteripaddress", f"{ns}-cip").get("status") or {})
                     .get("usedByPods") == [f"{ns}/app"], timeout=15)                      # clusteripaddresses/status
+    used_by = cluster.get("clusteripaddress", f"{ns}-cip")["metadata"]["annotations"][f"{GROUP}/used-by"]
+    assert json.loads(used_by) == {"node": "node-sa", "pod": f"{ns}/app", "uid": uid}  # patch clusteripaddresses
     leases = {x["spec"]["ip"]: x for x in cluster.get("ipaddresslease")["items"]}         # create ipaddressleases
     assert address in leases and "198.18.68.5" in leases
     assert leases[address]["metadata"]["labels"][f"{GROUP}/node"] == "node-sa"
