@@ -150,8 +150,15 @@ class Ipam:
         self.source = source
         self.clock = clock
         self.registry: LeaseRegistry = registry or NodeLocalRegistry()
+        self.registry.bind(self.uses_here)
         self._securing: set[tuple[str, int]] = set()  # (pool, IP) being claimed beyond this node, outside the lock
         self._securing_lock = threading.Lock()
+
+    def uses_here(self, key: str, pod_uid: str) -> bool:
+        """Whether the store has the pod among the users of the IPAddress ``key`` (the registry's writes of who
+        uses it beyond this node are checked against it when they are made)."""
+        rec = self.store.get_ip(key)
+        return rec is not None and pod_uid in rec.used_by_uids
 
     # -- resolution ------------------------------------------------------------------------------
     def resolve(self, sel: NetworkSelection, namespace: str, where: str) -> ResolvedNetwork:
@@ -534,7 +541,8 @@ class Ipam:
                 if pod.meta.uid not in rec.used_by_uids:
                     self.registry.use(rec, pod, field)
                     using.append(rec)
-            with self._claims(pod, pod_ref, field, todo, bool(user_objs), pool) as record:
+            skipped = {r.key for r in todo if pod.meta.uid in r.used_by_uids} if user_objs else set()
+            with self._claims(pod, pod_ref, field, todo, bool(user_objs), pool, skipped) as record:
                 yield record
             kept = True
         finally:
@@ -543,8 +551,9 @@ class Ipam:
 
     @contextmanager
     def _claims(self, pod: Pod, pod_ref: str, field: str, todo: list[IPRecord], named: bool,
-                pool: AddressPool) -> Iterator[Callable[[], list[Claim]]]:
-        """``claiming``'s addresses secured, and what records them (``named``: the pod named its IPAddresses)."""
+                pool: AddressPool, skipped: Collection[str]) -> Iterator[Callable[[], list[Claim]]]:
+        """``claiming``'s addresses secured, and what records them (``named``: the pod named its IPAddresses;
+        ``skipped``: those it was not written on, as it used them here already)."""
         with ExitStack() as stack:
             secured = [(rec, stack.enter_context(self.securing(rec, pool))) for rec in todo]
 
@@ -552,6 +561,9 @@ class Ipam:
                 claims = []
                 for rec, sec in secured:
                     current = self.store.get_ip(rec.key)  # as it is now, under the lock
+                    if rec.key in skipped and (current is None or pod.meta.uid not in current.used_by_uids):
+                        # the pod's other sandbox let it go meanwhile (its DEL): written on it again, from the top
+                        raise CacheMoved(f"IPAddress {rec.name}: pod {pod_ref} stopped using it meanwhile")
                     created_ip = current is None and not named
                     if named and current is not None and current.used_by_uids and \
                             pod.meta.uid not in current.used_by_uids:  # another pod's ADD took it since its check
@@ -606,13 +618,13 @@ class Ipam:
         if not keep:
             rec = replace(rec, conditions=set_condition(rec.conditions, "Attached", False, "NotAttached", "",
                                                         self.clock()))
-        if pod_uid and rec.created_by == "user" and rec.kind in IP_ADDRESS_KINDS and \
-                pod_uid not in (u for _, u in keep):
-            self.registry.unused(rec, pod_uid)  # taken off the IPAddress for other nodes' pods (owed)
         if (rec.deleted or rec.created_by == "cni") and not keep:  # a delegate's lease goes with its attachment
             self.delete_ip(rec)
         else:
             self.store.put_ip(rec)
+        if pod_uid and rec.created_by == "user" and rec.kind in IP_ADDRESS_KINDS and \
+                pod_uid not in (u for _, u in keep):
+            self.registry.unused(rec, pod_uid)  # taken off the IPAddress for other nodes' pods (owed)
 
     def release_pod(self, ip_keys: list[str], pod_uid: str, attachment: str = "", shared: Collection[str] = ()) -> None:
         """The pod (or, for a delegate's lease, the ``attachment``) no longer uses these IPAddresses; one in

@@ -50,6 +50,8 @@ class LeaseRegistry(Protocol):
 
     def repair_use(self, rec: IPRecord, written: str) -> None: ...  # its users here, not ``written`` on it: written
 
+    def bind(self, uses_here: Callable[[str, str], bool]) -> None: ...  # (IPAddress key, pod UID) in the store
+
     def stray(self, store: LeaseStore, older_than: float,
               in_use: Callable[[str, int], bool] | None = None) -> list[LeaseRecord]:
         """Release this node's registry leases, made before ``older_than``, that ``store`` does not hold and that are
@@ -132,6 +134,9 @@ class NodeLocalRegistry(NoBlocks):
         pass
 
     def repair_use(self, rec: IPRecord, written: str) -> None:
+        pass
+
+    def bind(self, uses_here: Callable[[str, str], bool]) -> None:
         pass
 
     def stray(self, store: LeaseStore, older_than: float,

@@ -321,6 +321,9 @@ class KubeLeaseRegistry(NoBlocks):
     def unused(self, rec: IPRecord, pod_uid: str) -> None:
         self.users.unused(rec.key, pod_uid)
 
+    def bind(self, uses_here: Callable[[str, str], bool]) -> None:
+        self.users.uses_here = uses_here
+
     def repair_use(self, rec: IPRecord, written: str) -> None:
         user = parse_user_text(written)
         if rec.used_by_uids and (user is None or user.uid not in rec.used_by_uids):

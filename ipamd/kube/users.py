@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from ipamd.model.objects import USED_BY_ANNOTATION, Pod
 log = logging.getLogger(__name__)
 USED_BY = USED_BY_ANNOTATION
 TRIES = 3  # writes lost to another writer of the object (its status, another node) before answering 11
+CLASH_S = 300.0  # a repair that found another pod running on the IPAddress looks again after this long
 FINISHED = ("Succeeded", "Failed")
 
 
@@ -60,6 +62,9 @@ def parse_user_text(text: object) -> User | None:
     except ValueError:
         return None
     if not isinstance(doc, dict) or not all(isinstance(doc.get(k), str) and doc[k] for k in ("uid", "pod")):
+        return None
+    namespace, _, name = doc["pod"].partition("/")
+    if not namespace or not name:
         return None
     return User(doc["uid"], doc["pod"], str(doc.get("node") or ""))
 
@@ -94,6 +99,8 @@ class IPAddressUsers:
         self.outbox = outbox
         self._lock = threading.Lock()
         self._inflight: Counter[tuple[str, str]] = Counter()  # (IPAddress key, pod UID) a call is making the user
+        self.uses_here: Callable[[str, str], bool] = lambda key, uid: False  # the store's word (``Ipam.uses_here``)
+        self._clash: dict[str, float] = {}  # IPAddress key -> when a repair found another pod running on it
         outbox.senders.setdefault("unuse", self._unuse)
         outbox.senders.setdefault("use", self._use_owed)
 
@@ -103,17 +110,18 @@ class IPAddressUsers:
         has ended it already)."""
         with self._lock:
             self._inflight[(key, pod.meta.uid)] += 1
+        wrote = [False]  # a write sent (its answer may be lost): taken off again if this call fails
         try:
             with api_unavailable_is_11():
                 if not self.outbox.flush_target(target_of(key)):  # this node's taking a pod off it comes first
                     raise TryAgainLater(f"{kind} {_name(namespace, name)}: taking a pod off it is not written yet",
                                         field)
-                self._use(kind, namespace, name, user_of(pod, self.node_name), field)
+                self._use(kind, namespace, name, user_of(pod, self.node_name), field, wrote)
         except BaseException:
-            self.ended(key, pod.meta.uid, kept=False)
+            self.ended(key, pod.meta.uid, kept=not wrote[0])
             raise
 
-    def _use(self, kind: str, namespace: str, name: str, me: User, field: str) -> None:
+    def _use(self, kind: str, namespace: str, name: str, me: User, field: str, wrote: list[bool]) -> None:
         what = f"{kind} {_name(namespace, name)}"
         for _ in range(TRIES):
             try:
@@ -130,6 +138,7 @@ class IPAddressUsers:
                 if still_running(user, self.read_pod(ns, pod_name)):
                     where = f" on node {user.node}" if user.node else ""
                     raise AddressConflict(f"{what} is in use by pod {user.pod}{where}", field)
+            wrote[0] = True
             if self._write(kind, namespace, name, current, me.text()):
                 return
         raise TryAgainLater(f"{what}: the pod that uses it could not be written, the object kept changing", field)
@@ -160,15 +169,18 @@ class IPAddressUsers:
             self.unused(key, uid)
 
     def unused(self, key: str, uid: str) -> None:
-        """The pod no longer uses the IPAddress on this node: taken off it (owed; made only if still written there)."""
+        """The pod no longer uses the IPAddress on this node: taken off it (owed; made only if it is still written
+        there, and the store has not made it a user here again by then)."""
+        if self.uses_here(key, uid):
+            return  # another sandbox of the pod uses it here
         kind, namespace, name = _parts(key)
         self.outbox.add(target_of(key), "unuse", {"kind": kind, "namespace": namespace, "name": name, "key": key,
-                                                  "uid": uid})
+                                                  "uid": uid}, supersede=True)
 
     def repair(self, key: str, pod_ref: str, uid: str) -> None:
         """A pod that uses the IPAddress on this node, not written on it: written (owed) unless another pod that still
-        runs is (then two pods use it, which is logged)."""
-        if self.outbox.owes(target_of(key)):
+        runs is (then two pods use it, which is logged, and looked at again after ``CLASH_S``)."""
+        if self.outbox.owes(target_of(key)) or time.monotonic() < self._clash.get(key, -CLASH_S) + CLASH_S:
             return
         kind, namespace, name = _parts(key)
         self.outbox.add(target_of(key), "use", {"kind": kind, "namespace": namespace, "name": name,
@@ -179,6 +191,8 @@ class IPAddressUsers:
         with self._lock:
             if self._inflight[(body["key"], body["uid"])]:
                 return  # a call of this node is making the pod its user again: it stays
+        if self.uses_here(body["key"], body["uid"]):
+            return  # and so it stays once one did (the store survives a restart; what is in flight does not)
         current = self._read(body)
         user = parse_user(current) if current is not None else None
         if current is None or user is None or user.uid != body["uid"]:
@@ -186,9 +200,11 @@ class IPAddressUsers:
         self._patch(body["kind"], body["namespace"], body["name"], current, None)  # a 409: read again, later
 
     def _use_owed(self, body: dict[str, Any]) -> None:
-        current = self._read(body)
         mine = parse_user_text(body["user"])
-        if current is None or mine is None:
+        if mine is None or not self.uses_here(_key(body), mine.uid):
+            return  # the pod stopped using it here since the repair was owed
+        current = self._read(body)
+        if current is None:
             return
         user = parse_user(current)
         if user is not None and user.uid == mine.uid:
@@ -196,6 +212,7 @@ class IPAddressUsers:
         if user is not None:
             ns, _, pod_name = user.pod.partition("/")
             if still_running(user, self.read_pod(ns, pod_name)):
+                self._clash[_key(body)] = time.monotonic()
                 log.warning("%s %s is used by pod %s here and by pod %s on node %s: one of them must go",
                             body["kind"], _name(body["namespace"], body["name"]), mine.pod, user.pod, user.node)
                 return
@@ -208,6 +225,10 @@ class IPAddressUsers:
             if status_of(exc) == 404:
                 return None
             raise
+
+
+def _key(body: dict[str, Any]) -> str:
+    return f"{body['kind']}/{_name(body['namespace'], body['name'])}"
 
 
 def _name(namespace: str, name: str) -> str:

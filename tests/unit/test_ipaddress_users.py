@@ -4,6 +4,9 @@ its own pods; the pod that uses the IPAddress is written on it at the version re
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -11,7 +14,7 @@ from kubernetes.client.exceptions import ApiException
 
 from cni.errors import AddressConflict, ObjectNotFound, TryAgainLater
 from ipamd.kube.publisher import auto_ip_body
-from ipamd.kube.users import USED_BY, parse_user
+from ipamd.kube.users import USED_BY, User, parse_user
 from ipamd.model.objects import IP_ADDRESS
 from ipamd.node.reconcile import Reconciler
 from tests.fakes.cluster import FakeApi
@@ -250,3 +253,126 @@ def test_taking_a_pod_off_waits_for_a_call_that_makes_it_the_user_again(api: Fak
     a.registry.use_ended(rec, "uid-pa", kept=True)
     a.outbox.flush()
     assert used_by(api)["uid"] == "uid-pa"
+
+
+def test_a_late_del_of_the_pods_old_sandbox_under_its_new_ones_add_leaves_it_written(
+        api: FakeApi, two: tuple[KubeNode, KubeNode]) -> None:
+    """pa uses fixed through sandbox c1; the ADD of its new sandbox c2 asks nothing (pa uses it here), and while its
+    claim is out c1's DEL lets pa go: c2 must not record pa on an IPAddress it is being taken off (found in review:
+    it was, and another node's pod then got the address)."""
+    a, b = two
+    a.call("ADD", "pa", "uid-pa", "c1")
+    securing = a.ipam.securing
+    fired: list[bool] = []
+
+    @contextmanager
+    def securing_after_the_old_del(rec: Any, pool: Any) -> Iterator[Any]:  # c2, outside the lock
+        if not fired:
+            fired.append(True)
+            a.call("DEL", "pa", "uid-pa", "c1")
+            a.outbox.flush()  # taken off the IPAddress at once
+        with securing(rec, pool) as secured:
+            yield secured
+
+    a.ipam.securing = securing_after_the_old_del  # type: ignore[method-assign]
+    a.call("ADD", "pa", "uid-pa", "c2")
+    a.outbox.flush()
+    assert fired and leased(a) == [("fixed", ("uid-pa",))]
+    assert used_by(api)["uid"] == "uid-pa"
+    with pytest.raises(AddressConflict):
+        b.call("ADD", "pb", "uid-pb", "cb")
+
+
+def test_a_failed_add_after_another_sandbox_of_the_pod_took_it_leaves_it_written(
+        api: FakeApi, two: tuple[KubeNode, KubeNode]) -> None:
+    """Two ADDs of pa at once: c2 records pa, then c1 (which wrote pa first) fails: pa stays written, as the store
+    has it as a user (found in review)."""
+    a, _ = two
+    securing = a.ipam.securing
+    fired: list[bool] = []
+
+    @contextmanager
+    def c2_whole_then_c1_fails(rec: Any, pool: Any) -> Iterator[Any]:
+        if not fired:
+            fired.append(True)
+            a.ipam.securing = securing  # type: ignore[method-assign]
+            a.call("ADD", "pa", "uid-pa", "c2")
+            raise TryAgainLater("c1's claim fails", "x")
+        with securing(rec, pool) as secured:
+            yield secured
+
+    a.ipam.securing = c2_whole_then_c1_fails  # type: ignore[method-assign]
+    with pytest.raises(TryAgainLater):
+        a.call("ADD", "pa", "uid-pa", "c1")
+    assert not a.outbox.owes(f"IPAddress/{NS}/fixed/used-by"), "nothing to take off: the store has pa as a user"
+    a.outbox.flush()
+    assert leased(a) == [("fixed", ("uid-pa",))] and used_by(api)["uid"] == "uid-pa"
+
+
+def test_an_add_after_a_del_on_the_node_makes_the_owed_take_off_first(api: FakeApi,
+                                                                       two: tuple[KubeNode, KubeNode]) -> None:
+    """pa's DEL owes taking it off (pa itself still exists); an ADD on the node comes before that is made: it makes
+    it first, so another pod of the node is not refused for pa, and pa's own next ADD writes it again."""
+    a, b = two
+    a.source.add(a_pod("pc", FIXED, "uid-pc"))
+    a.call("ADD", "pa", "uid-pa", "c1")
+    a.call("DEL", "pa", "uid-pa", "c1")
+    assert a.outbox.owes(f"IPAddress/{NS}/fixed/used-by")
+    assert a.call("ADD", "pc", "uid-pc", "cc")["ips"][0]["address"] == "198.18.40.5/28"
+    assert used_by(api)["uid"] == "uid-pc"
+    a.call("DEL", "pc", "uid-pc", "cc")
+    a.call("ADD", "pa", "uid-pa", "c2")
+    a.outbox.flush()
+    assert used_by(api)["uid"] == "uid-pa"
+    with pytest.raises(AddressConflict):
+        b.call("ADD", "pb", "uid-pb", "cb")
+
+
+def test_an_owed_take_off_is_not_made_while_the_store_has_the_pod_as_a_user(api: FakeApi,
+                                                                               two: tuple[KubeNode, KubeNode]) -> None:
+    """Owed before a restart (what a call had in flight is forgotten then), made after the pod became a user here
+    again: the store's word wins."""
+    a, _ = two
+    a.call("ADD", "pa", "uid-pa", "c1")
+    a.outbox.add(f"IPAddress/{NS}/fixed/used-by", "unuse", {"kind": "IPAddress", "namespace": NS, "name": "fixed",
+                                                             "key": f"IPAddress/{NS}/fixed", "uid": "uid-pa"})
+    a.outbox.flush()
+    assert used_by(api)["uid"] == "uid-pa"
+
+
+def test_the_reconciler_never_writes_over_another_pod_that_runs_and_looks_again_later(
+        api: FakeApi, two: tuple[KubeNode, KubeNode], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two pods use the address already (attached before this version): the repair logs it, writes nothing, and does
+    not ask the API server about it every round."""
+    a, _ = two
+    a.call("ADD", "pa", "uid-pa", "ca")
+    other = User("uid-pb", f"{NS}/pb", "n2").text()
+    api.patch("IPAddress", "fixed", {"metadata": {"annotations": {USED_BY: other}}}, NS)
+    a.source.add(replace(a.source.get(IP_ADDRESS, NS, "fixed"), used_by=other))  # type: ignore[arg-type, type-var]
+    rounds = Reconciler(a.store, a.source, a.ipam, a.attacher, a.attacher.segments, a.publisher,  # type: ignore[arg-type]
+                        cluster=True)
+    gets = api.calls["get IPAddress"]
+    for _ in range(3):
+        rounds.run_once()
+        a.outbox.flush()
+    assert api.calls["get IPAddress"] - gets == 1, "looked at once, then again after CLASH_S"
+    monkeypatch.setattr("ipamd.kube.users.CLASH_S", 0.0)
+    rounds.run_once()
+    a.outbox.flush()
+    assert api.calls["get IPAddress"] - gets == 2
+    assert used_by(api)["uid"] == "uid-pb"
+
+
+def test_a_repair_owed_before_the_pods_del_writes_nothing(api: FakeApi, two: tuple[KubeNode, KubeNode]) -> None:
+    """The round saw pa using the address unwritten and owed its write; pa's DEL came before it was made: nothing is
+    written (found in review: pa was, and kept others off an address no pod used)."""
+    a, _ = two
+    a.call("ADD", "pa", "uid-pa", "ca")
+    api.patch("IPAddress", "fixed", {"metadata": {"annotations": {USED_BY: None}}}, NS)
+    rec = a.store.get_ip(f"IPAddress/{NS}/fixed")  # what the round read
+    assert rec is not None
+    a.call("DEL", "pa", "uid-pa", "ca")
+    a.outbox.flush()
+    a.registry.repair_use(rec, "")
+    a.outbox.flush()
+    assert leased(a) == [] and used_by(api) == {}
