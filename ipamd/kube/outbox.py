@@ -125,6 +125,10 @@ class Outbox:
         """Whether a write of ``target`` is owed (``but``: other than these ops)."""
         return any(e.op not in but for e in self.store.outbox_of(target))
 
+    def owed(self, target: str) -> list[OutboxEntry]:
+        """The writes of ``target`` owed, in order."""
+        return list(self.store.outbox_of(target))
+
     def depth(self) -> int:
         return self.store.outbox_depth()
 

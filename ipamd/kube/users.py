@@ -26,8 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cni.errors import AddressConflict, ObjectNotFound, TryAgainLater
-from ipamd.kube.errors import api_unavailable_is_11, status_of
+from kubernetes.client.exceptions import ApiException
+
+from cni.errors import AddressConflict, InternalError, ObjectNotFound, TryAgainLater
+from ipamd.kube.errors import api_unavailable_is_11, reason_of, status_of
 from ipamd.kube.outbox import Outbox
 from ipamd.model.objects import USED_BY_ANNOTATION, Pod
 
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 USED_BY = USED_BY_ANNOTATION
 TRIES = 3  # writes lost to another writer of the object (its status, another node) before answering 11
 CLASH_S = 300.0  # a repair that found another pod running on the IPAddress looks again after this long
+REPAIR_S = 60.0  # a repair owed is not owed again before this long (made, the cache shows it by then)
 FINISHED = ("Succeeded", "Failed")
 
 
@@ -100,7 +103,9 @@ class IPAddressUsers:
         self._lock = threading.Lock()
         self._inflight: Counter[tuple[str, str]] = Counter()  # (IPAddress key, pod UID) a call is making the user
         self.uses_here: Callable[[str, str], bool] = lambda key, uid: False  # the store's word (``Ipam.uses_here``)
-        self._clash: dict[str, float] = {}  # IPAddress key -> when a repair found another pod running on it
+        self._skipped: set[tuple[str, str]] = set()  # a take-off left to a call in flight: owed again if it fails
+        self._next_repair: dict[str, float] = {}  # IPAddress key -> not repaired again before (``clock``)
+        self.clock: Callable[[], float] = time.monotonic
         outbox.senders.setdefault("unuse", self._unuse)
         outbox.senders.setdefault("use", self._use_owed)
 
@@ -116,7 +121,17 @@ class IPAddressUsers:
                 if not self.outbox.flush_target(target_of(key)):  # this node's taking a pod off it comes first
                     raise TryAgainLater(f"{kind} {_name(namespace, name)}: taking a pod off it is not written yet",
                                         field)
-                self._use(kind, namespace, name, user_of(pod, self.node_name), field, wrote)
+                try:
+                    self._use(kind, namespace, name, user_of(pod, self.node_name), field, wrote)
+                except ApiException as exc:  # refused for good: said as what it is, not as an HTTP dump
+                    if exc.status is None or exc.status >= 500 or exc.status == 429:
+                        raise
+                    if exc.status == 404:
+                        raise ObjectNotFound(f"{kind} {_name(namespace, name)} does not exist", field) from None
+                    raise InternalError(f"the Kubernetes API refused to write which pod uses {kind} "
+                                        f"{_name(namespace, name)}: {exc.status} {reason_of(exc)} (the node's "
+                                        "ClusterRole needs get on pods, get and patch on ipaddresses and "
+                                        "clusteripaddresses: packaging/k8s/rbac.yaml)", field) from None
         except BaseException:
             self.ended(key, pod.meta.uid, kept=not wrote[0])
             raise
@@ -163,9 +178,12 @@ class IPAddressUsers:
         (the ADD failed), it is taken off (owed)."""
         with self._lock:
             self._inflight[(key, uid)] -= 1
+            skipped = False
             if self._inflight[(key, uid)] <= 0:
                 del self._inflight[(key, uid)]
-        if not kept:
+                skipped = (key, uid) in self._skipped
+                self._skipped.discard((key, uid))
+        if not kept or skipped:  # (a take-off left to this call: owed again, unless the pod now uses it here)
             self.unused(key, uid)
 
     def unused(self, key: str, uid: str) -> None:
@@ -173,15 +191,20 @@ class IPAddressUsers:
         there, and the store has not made it a user here again by then)."""
         if self.uses_here(key, uid):
             return  # another sandbox of the pod uses it here
+        if any(e.op == "unuse" and e.body.get("uid") == uid for e in self.outbox.owed(target_of(key))):
+            return  # owed already (another pod's is not superseded: each takes off only its own)
         kind, namespace, name = _parts(key)
         self.outbox.add(target_of(key), "unuse", {"kind": kind, "namespace": namespace, "name": name, "key": key,
-                                                  "uid": uid}, supersede=True)
+                                                  "uid": uid})
 
     def repair(self, key: str, pod_ref: str, uid: str) -> None:
         """A pod that uses the IPAddress on this node, not written on it: written (owed) unless another pod that still
-        runs is (then two pods use it, which is logged, and looked at again after ``CLASH_S``)."""
-        if self.outbox.owes(target_of(key)) or time.monotonic() < self._clash.get(key, -CLASH_S) + CLASH_S:
+        runs is (then two pods use it, which is logged). Not owed again for ``REPAIR_S`` (``CLASH_S`` after a clash):
+        a write the API server refuses for good is dropped, and the next round would owe it again."""
+        now = self.clock()
+        if self.outbox.owes(target_of(key)) or now < self._next_repair.get(key, now):
             return
+        self._next_repair[key] = now + REPAIR_S
         kind, namespace, name = _parts(key)
         self.outbox.add(target_of(key), "use", {"kind": kind, "namespace": namespace, "name": name,
                                                 "user": User(uid, pod_ref, self.node_name).text()})
@@ -190,7 +213,8 @@ class IPAddressUsers:
     def _unuse(self, body: dict[str, Any]) -> None:
         with self._lock:
             if self._inflight[(body["key"], body["uid"])]:
-                return  # a call of this node is making the pod its user again: it stays
+                self._skipped.add((body["key"], body["uid"]))
+                return  # a call of this node is making the pod its user again: it stays (owed again if it fails)
         if self.uses_here(body["key"], body["uid"]):
             return  # and so it stays once one did (the store survives a restart; what is in flight does not)
         current = self._read(body)
@@ -212,7 +236,7 @@ class IPAddressUsers:
         if user is not None:
             ns, _, pod_name = user.pod.partition("/")
             if still_running(user, self.read_pod(ns, pod_name)):
-                self._clash[_key(body)] = time.monotonic()
+                self._next_repair[_key(body)] = self.clock() + CLASH_S
                 log.warning("%s %s is used by pod %s here and by pod %s on node %s: one of them must go",
                             body["kind"], _name(body["namespace"], body["name"]), mine.pod, user.pod, user.node)
                 return

@@ -123,10 +123,11 @@ class Reconciler:
             log.info("released stray IPAddressLease %s (%s)", lease.address, lease.pool)
 
     def _write_missing_users(self) -> None:
-        """A user's IPAddress a pod of this node uses without being written on it as its user (attached by a version
-        before that, the IPAddress recreated, its annotation edited): written, so that no other node's pod gets it."""
+        """An IPAddress a pod of this node uses without being written on it as its user (a user's, or the Auto one
+        made for the pod, by a version before that; recreated, its annotation edited): written, so that no other
+        node's pod gets it."""
         for rec in self.store.all_ips():
-            if rec.created_by != "user" or not rec.used_by_uids or rec.kind not in IP_ADDRESS_KINDS:
+            if rec.created_by not in ("user", "plexus") or not rec.used_by_uids or rec.kind not in IP_ADDRESS_KINDS:
                 continue
             obj = self.source.get(IP_ADDRESS_KINDS[rec.kind], rec.namespace, rec.name)
             if obj is not None:
