@@ -498,10 +498,14 @@ class Ipam:
         raise AssertionError("unreachable")
 
     def lease_alone(self, rec: IPRecord, pool: AddressPool) -> tuple[IPRecord, LeaseRecord]:
-        """Lease ``rec`` its address in a transaction of its own (a user's IPAddress, a gRPC client's lease)."""
+        """Lease ``rec`` its address in a transaction of its own (a user's IPAddress, a gRPC client's lease). The
+        record is read again under the lock (``rec`` says only whether it is deleted): a CNI call may have made a pod
+        its user, or let one go, since the caller read it."""
         def attempt() -> tuple[IPRecord, LeaseRecord]:
             with self.securing(rec, pool) as secured, self.store.transaction():
-                leased, lease, _ = self.lease_for(rec, pool, secured)
+                current = self.store.get_ip(rec.key)
+                now = replace(current, deleted=rec.deleted) if current is not None else rec
+                leased, lease, _ = self.lease_for(now, pool, secured)
             return leased, lease
 
         return self.resecured(attempt)
@@ -532,17 +536,21 @@ class Ipam:
                     network_name=net.name, type="Auto", uid=hashlib.sha1(key.encode()).hexdigest(),
                     owner_pod_uid=pod.meta.uid, created_by="plexus", created_at=self.clock(), family=family,
                 ))
+        named = bool(user_objs)
         using: list[IPRecord] = []
         kept = False
         try:
             # the pod written on each IPAddress as its one user in the cluster before any address is used (in one
             # order on every node); not again for a pod that uses it here already (a new sandbox: no API needed)
-            for rec in sorted(todo, key=lambda r: r.key) if user_objs else ():
+            for rec in sorted(todo, key=lambda r: r.key) if named else ():
+                if rec.used_by_uids and pod.meta.uid not in rec.used_by_uids:  # another pod of this node: no write
+                    raise AddressConflict(f"IPAddress {rec.name} is in use by pod {', '.join(rec.used_by_pods)}",
+                                          field)
                 if pod.meta.uid not in rec.used_by_uids:
                     self.registry.use(rec, pod, field)
                     using.append(rec)
-            skipped = {r.key for r in todo if pod.meta.uid in r.used_by_uids} if user_objs else set()
-            with self._claims(pod, pod_ref, field, todo, bool(user_objs), pool, skipped) as record:
+            skipped = {r.key for r in todo if pod.meta.uid in r.used_by_uids} if named else set()
+            with self._claims(pod, pod_ref, field, todo, named, pool, skipped) as record:
                 yield record
             kept = True
         finally:
@@ -622,8 +630,7 @@ class Ipam:
             self.delete_ip(rec)
         else:
             self.store.put_ip(rec)
-        if pod_uid and rec.created_by == "user" and rec.kind in IP_ADDRESS_KINDS and \
-                pod_uid not in (u for _, u in keep):
+        if pod_uid and rec.created_by == "user" and rec.kind in IP_ADDRESS_KINDS:
             self.registry.unused(rec, pod_uid)  # taken off the IPAddress for other nodes' pods (owed)
 
     def release_pod(self, ip_keys: list[str], pod_uid: str, attachment: str = "", shared: Collection[str] = ()) -> None:

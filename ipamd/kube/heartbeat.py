@@ -50,7 +50,6 @@ def send_heartbeat(coord: client.CoordinationV1Api, body: Any) -> None:
         unread(coord.create_namespaced_lease(md["namespace"], body, _preload_content=False))
 
 
-
 def heartbeat_ages(items: Iterable[Mapping[str, Any]], now: float) -> dict[str, float]:
     """Node -> seconds since its daemon last renewed its heartbeat (a Lease without a node or time is left out)."""
     ages: dict[str, float] = {}

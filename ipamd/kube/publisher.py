@@ -27,7 +27,7 @@ from ipamd.kube.errors import reason_of, status_of
 from ipamd.kube.heartbeat import send_heartbeat
 from ipamd.kube.outbox import Outbox, Senders
 from ipamd.kube.resources import CustomObjects
-from ipamd.kube.users import USED_BY, user_of
+from ipamd.kube.users import user_of
 from ipamd.model.conditions import condition
 from ipamd.model.npwg import NETWORK_STATUS_ANNOTATION
 from ipamd.model.objects import (
@@ -38,6 +38,7 @@ from ipamd.model.objects import (
     IPAM_CLAIM,
     POD,
     STATUS_ANNOTATION,
+    USED_BY_ANNOTATION,
     Meta,
     Pod,
 )
@@ -71,7 +72,6 @@ def _status_patch(uid: str, status: PodStatus | None) -> dict[str, Any]:
         NETWORK_STATUS_ANNOTATION: json.dumps(list(status.network_status)) if status else None}}}
 
 
-
 def auto_ip_body(rec: IPRecord, pod: Pod, node: str) -> dict[str, Any]:
     """The Auto IPAddress a node makes for its pod: owned by the pod (the garbage collector deletes it with the pod),
     with the pod written on it as its user, so that another pod naming it waits for this one (``ipamd.kube.users``)."""
@@ -80,12 +80,13 @@ def auto_ip_body(rec: IPRecord, pod: Pod, node: str) -> dict[str, Any]:
         "metadata": {
             "name": rec.name, "namespace": rec.namespace,
             "labels": {f"{GROUP}/owner-pod-uid": pod.meta.uid},
-            "annotations": {USED_BY: user_of(pod, node).text()},
+            "annotations": {USED_BY_ANNOTATION: user_of(pod, node).text()},
             "ownerReferences": [{"apiVersion": "v1", "kind": POD.name, "name": pod.meta.name, "uid": pod.meta.uid}],
         },
         "spec": {"networkRef": {"kind": rec.network_kind, "name": rec.network_name}, "type": "Auto",
                  **({"ipFamily": f"IPv{rec.family}"} if rec.family else {})},  # a dual-stack pool's second
     }
+
 
 class KubePublisher:
     def __init__(self, api: client.ApiClient, node_name: str, outbox: Outbox) -> None:

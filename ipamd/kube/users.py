@@ -2,7 +2,7 @@
 
 A user's IPAddress (a Static one, or an Auto one made by hand) may be named in ``ipAddressNames`` by pods on several
 nodes, and each node's store knows only its own pods: without more, two pods on two nodes would both get its address.
-The pod that uses it is written on the IPAddress itself (the ``USED_BY`` annotation), at the version read, before the
+The pod that uses it is written on the IPAddress itself (the ``USED_BY_ANNOTATION`` annotation), at the version read, before the
 address is used: two nodes cannot both write it, and a node takes it over only once the pod written there is gone
 (deleted, or finished: the kubelet tears a finished pod's sandbox down). It is read from the API server, never from a
 cache, which may not show another node's write yet. An Auto IPAddress a node makes for its pod is created with its
@@ -34,7 +34,6 @@ from ipamd.kube.outbox import Outbox
 from ipamd.model.objects import USED_BY_ANNOTATION, Pod
 
 log = logging.getLogger(__name__)
-USED_BY = USED_BY_ANNOTATION
 TRIES = 3  # writes lost to another writer of the object (its status, another node) before answering 11
 CLASH_S = 300.0  # a repair that found another pod running on the IPAddress looks again after this long
 REPAIR_S = 60.0  # a repair owed is not owed again before this long (made, the cache shows it by then)
@@ -73,7 +72,7 @@ def parse_user_text(text: object) -> User | None:
 
 
 def parse_user(obj: dict[str, Any]) -> User | None:
-    return parse_user_text(((obj.get("metadata") or {}).get("annotations") or {}).get(USED_BY))
+    return parse_user_text(((obj.get("metadata") or {}).get("annotations") or {}).get(USED_BY_ANNOTATION))
 
 
 def still_running(user: User, found: dict[str, Any] | None) -> bool:
@@ -102,7 +101,8 @@ class IPAddressUsers:
         self.outbox = outbox
         self._lock = threading.Lock()
         self._inflight: Counter[tuple[str, str]] = Counter()  # (IPAddress key, pod UID) a call is making the user
-        self.uses_here: Callable[[str, str], bool] = lambda key, uid: False  # the store's word (``Ipam.uses_here``)
+        # the store's word (``Ipam.uses_here``, bound by the Ipam); unbound, no pod is ever taken off (the safe side)
+        self.uses_here: Callable[[str, str], bool] = lambda key, uid: True
         self._skipped: set[tuple[str, str]] = set()  # a take-off left to a call in flight: owed again if it fails
         self._next_repair: dict[str, float] = {}  # IPAddress key -> not repaired again before (``clock``)
         self.clock: Callable[[], float] = time.monotonic
@@ -119,8 +119,8 @@ class IPAddressUsers:
         try:
             with api_unavailable_is_11():
                 if not self.outbox.flush_target(target_of(key)):  # this node's taking a pod off it comes first
-                    raise TryAgainLater(f"{kind} {_name(namespace, name)}: taking a pod off it is not written yet",
-                                        field)
+                    raise TryAgainLater(f"{kind} {_name(namespace, name)}: this node's earlier write of which pod "
+                                        "uses it is not made yet (see plexusctl outbox)", field)
                 try:
                     self._use(kind, namespace, name, user_of(pod, self.node_name), field, wrote)
                 except ApiException as exc:  # refused for good: said as what it is, not as an HTTP dump
@@ -128,10 +128,11 @@ class IPAddressUsers:
                         raise
                     if exc.status == 404:
                         raise ObjectNotFound(f"{kind} {_name(namespace, name)} does not exist", field) from None
+                    hint = " (the node's ClusterRole needs get on pods, get and patch on ipaddresses and " \
+                        "clusteripaddresses: apply packaging/k8s/rbac.yaml)" if exc.status == 403 else ""
                     raise InternalError(f"the Kubernetes API refused to write which pod uses {kind} "
-                                        f"{_name(namespace, name)}: {exc.status} {reason_of(exc)} (the node's "
-                                        "ClusterRole needs get on pods, get and patch on ipaddresses and "
-                                        "clusteripaddresses: packaging/k8s/rbac.yaml)", field) from None
+                                        f"{_name(namespace, name)}: {exc.status} {reason_of(exc)}{hint}",
+                                        field) from None
         except BaseException:
             self.ended(key, pod.meta.uid, kept=not wrote[0])
             raise
@@ -170,7 +171,7 @@ class IPAddressUsers:
 
     def _patch(self, kind: str, namespace: str, name: str, current: dict[str, Any], text: str | None) -> None:
         version = (current.get("metadata") or {}).get("resourceVersion")
-        self.objects.patch(kind, name, {"metadata": {"annotations": {USED_BY: text}, "resourceVersion": version}},
+        self.objects.patch(kind, name, {"metadata": {"annotations": {USED_BY_ANNOTATION: text}, "resourceVersion": version}},
                            namespace)
 
     def ended(self, key: str, uid: str, kept: bool) -> None:
@@ -204,6 +205,8 @@ class IPAddressUsers:
         now = self.clock()
         if self.outbox.owes(target_of(key)) or now < self._next_repair.get(key, now):
             return
+        if len(self._next_repair) > 4096:  # no more than the IPAddresses this node's pods use, kept bounded
+            self._next_repair = {k: t for k, t in self._next_repair.items() if t > now}
         self._next_repair[key] = now + REPAIR_S
         kind, namespace, name = _parts(key)
         self.outbox.add(target_of(key), "use", {"kind": kind, "namespace": namespace, "name": name,

@@ -224,19 +224,22 @@ class Reconciler:
                         log.debug("%s: %s", obj.meta.display, exc)
                     else:
                         log.warning("%s: %s", obj.meta.display, exc)
-        for rec in self.store.all_ips():
-            if rec.key in live and rec.deleted:  # deleted while in use, then made again: it stays
-                with self.store.transaction():
+        for listed in self.store.all_ips():
+            with self.store.transaction():
+                now = self.store.get_ip(listed.key)  # as it is now: a CNI call may have changed it since the list
+                if now is None:
+                    continue
+                rec = now
+                if rec.key in live and rec.deleted:  # deleted while in use, then made again: it stays
                     self.store.put_ip(replace(rec, deleted=False))
-                continue
-            if rec.created_by not in ("user", "claim") or rec.key in live:
-                continue
-            if rec.used_by_uids:
-                if not rec.deleted:
-                    with self.store.transaction():
+                    continue
+                if rec.created_by not in ("user", "claim") or rec.key in live:
+                    continue
+                if rec.used_by_uids:
+                    if not rec.deleted:
                         self.store.put_ip(replace(rec, deleted=True))
-                continue
-            self.ipam.delete_ip(rec)
+                    continue
+                self.ipam.delete_ip(rec)
 
     def _release_gone_pods(self) -> None:
         if not self.source.ready():

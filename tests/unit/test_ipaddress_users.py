@@ -14,8 +14,8 @@ from kubernetes.client.exceptions import ApiException
 
 from cni.errors import AddressConflict, InternalError, ObjectNotFound, TryAgainLater
 from ipamd.kube.publisher import auto_ip_body
-from ipamd.kube.users import USED_BY, User, parse_user
-from ipamd.model.objects import IP_ADDRESS
+from ipamd.kube.users import User, parse_user
+from ipamd.model.objects import IP_ADDRESS, USED_BY_ANNOTATION
 from ipamd.node.reconcile import Reconciler
 from tests.fakes.cluster import FakeApi
 from tests.unit.test_attacher import NS, obj
@@ -209,7 +209,7 @@ def test_a_pod_that_uses_an_ipaddress_without_being_written_on_it_is_written_by_
     round writes its pod there, and a pod on another node is refused from then on."""
     a, b = two
     a.call("ADD", "pa", "uid-pa", "ca")
-    api.patch("IPAddress", "fixed", {"metadata": {"annotations": {USED_BY: None}}}, NS)
+    api.patch("IPAddress", "fixed", {"metadata": {"annotations": {USED_BY_ANNOTATION: None}}}, NS)
     Reconciler(a.store, a.source, a.ipam, a.attacher, a.attacher.segments, a.publisher,  # type: ignore[arg-type]
                cluster=True).run_once()
     a.outbox.flush()
@@ -355,7 +355,7 @@ def test_the_reconciler_never_writes_over_another_pod_that_runs_and_looks_again_
     a, _ = two
     a.call("ADD", "pa", "uid-pa", "ca")
     other = User("uid-pb", f"{NS}/pb", "n2").text()
-    api.patch("IPAddress", "fixed", {"metadata": {"annotations": {USED_BY: other}}}, NS)
+    api.patch("IPAddress", "fixed", {"metadata": {"annotations": {USED_BY_ANNOTATION: other}}}, NS)
     a.source.add(replace(a.source.get(IP_ADDRESS, NS, "fixed"), used_by=other))  # type: ignore[arg-type, type-var]
     rounds = Reconciler(a.store, a.source, a.ipam, a.attacher, a.attacher.segments, a.publisher,  # type: ignore[arg-type]
                         cluster=True)
@@ -377,7 +377,7 @@ def test_a_repair_owed_before_the_pods_del_writes_nothing(api: FakeApi, two: tup
     written (found in review: pa was, and kept others off an address no pod used)."""
     a, _ = two
     a.call("ADD", "pa", "uid-pa", "ca")
-    api.patch("IPAddress", "fixed", {"metadata": {"annotations": {USED_BY: None}}}, NS)
+    api.patch("IPAddress", "fixed", {"metadata": {"annotations": {USED_BY_ANNOTATION: None}}}, NS)
     rec = a.store.get_ip(f"IPAddress/{NS}/fixed")  # what the round read
     assert rec is not None
     a.call("DEL", "pa", "uid-pa", "ca")
@@ -474,7 +474,7 @@ def test_another_pods_owed_take_off_is_not_superseded(api: FakeApi, two: tuple[K
 def test_a_repair_the_api_refuses_is_not_made_again_every_round(api: FakeApi, two: tuple[KubeNode, KubeNode]) -> None:
     a, _ = two
     a.call("ADD", "pa", "uid-pa", "ca")
-    api.patch("IPAddress", "fixed", {"metadata": {"annotations": {USED_BY: None}}}, NS)
+    api.patch("IPAddress", "fixed", {"metadata": {"annotations": {USED_BY_ANNOTATION: None}}}, NS)
 
     def forbidden(*_: Any, **__: Any) -> Any:
         raise ApiException(status=403, reason="Forbidden")
@@ -510,3 +510,52 @@ def test_an_auto_ipaddress_made_for_a_pod_before_this_version_is_written_by_the_
     with pytest.raises(AddressConflict, match=f"in use by pod {NS}/pa on node n1"):
         b.call("ADD", "pb", "uid-pb", "cb")
     assert got["ips"][0]["address"] not in {lease.address for lease in b.store.all_leases() if lease.holder}
+
+
+def rounds_of(node: KubeNode) -> Reconciler:
+    return Reconciler(node.store, node.source, node.ipam, node.attacher, node.attacher.segments,  # type: ignore[arg-type]
+                      node.publisher, cluster=True)
+
+
+def test_a_round_leasing_a_static_does_not_write_back_what_it_read_before_an_add(
+        api: FakeApi, two: tuple[KubeNode, KubeNode]) -> None:
+    """The round reads the Static's record, pa's ADD makes pa its user, then the round leases the record it read:
+    pa must stay its user here, or pa's DEL takes nothing off and pa stays written (found in review)."""
+    a, _ = two
+    lease_alone = a.ipam.lease_alone
+    fired: list[bool] = []
+
+    def add_in_between(rec: Any, pool: Any) -> Any:
+        if not fired and rec.name == "fixed":
+            fired.append(True)
+            a.call("ADD", "pa", "uid-pa", "ca")
+        return lease_alone(rec, pool)
+
+    a.ipam.lease_alone = add_in_between  # type: ignore[method-assign]
+    rounds_of(a)._sync_ipaddresses(statics_only=True)
+    a.ipam.lease_alone = lease_alone  # type: ignore[method-assign]
+    assert fired and leased(a) == [("fixed", ("uid-pa",))]
+    a.call("DEL", "pa", "uid-pa", "ca")
+    a.outbox.flush()
+    assert used_by(api) == {}
+
+
+def test_a_round_marking_a_gone_ipaddress_deleted_does_not_undo_a_del_meanwhile(
+        api: FakeApi, two: tuple[KubeNode, KubeNode]) -> None:
+    a, _ = two
+    a.call("ADD", "pa", "uid-pa", "ca")
+    a.source.remove("IPAddress", NS, "fixed")
+    all_ips = a.store.all_ips
+    fired: list[bool] = []
+
+    def del_after_the_list() -> Any:
+        listed = all_ips()
+        if not fired:
+            fired.append(True)
+            a.call("DEL", "pa", "uid-pa", "ca")
+        return listed
+
+    a.store.all_ips = del_after_the_list  # type: ignore[method-assign]
+    rounds_of(a)._sync_ipaddresses(statics_only=True)
+    a.store.all_ips = all_ips  # type: ignore[method-assign]
+    assert fired and leased(a) == [], "pa's DEL stands"
