@@ -581,6 +581,8 @@ class Ipam:
                     pairs = dict(zip(rec.used_by_uids, rec.used_by_pods, strict=False)) | {pod.meta.uid: pod_ref}
                     rec = replace(rec, used_by_uids=tuple(pairs), used_by_pods=tuple(pairs.values()))
                     self.store.put_ip(rec)
+                    if named:  # with the pod's use of it: its undo, written ahead of the write of its user, goes
+                        self.registry.use_recorded(rec, pod.meta.uid)
                     claims.append(Claim(rec.key, rec.name, lease.address, lease.network, rec.routes, created_ip,
                                         created_lease))
                 return claims

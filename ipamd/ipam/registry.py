@@ -46,6 +46,8 @@ class LeaseRegistry(Protocol):
 
     def use_ended(self, rec: IPRecord, pod_uid: str, kept: bool) -> None: ...  # recorded as its user here, or not
 
+    def use_recorded(self, rec: IPRecord, pod_uid: str) -> None: ...  # the pod recorded as its user (in the transaction)
+
     def unused(self, rec: IPRecord, pod_uid: str) -> None: ...  # the pod no longer uses it on this node
 
     def repair_use(self, rec: IPRecord, written: str) -> None: ...  # its users here, not ``written`` on it: written
@@ -128,6 +130,9 @@ class NodeLocalRegistry(NoBlocks):
         pass  # one node: its store's record of the pods that use it says it all
 
     def use_ended(self, rec: IPRecord, pod_uid: str, kept: bool) -> None:
+        pass
+
+    def use_recorded(self, rec: IPRecord, pod_uid: str) -> None:
         pass
 
     def unused(self, rec: IPRecord, pod_uid: str) -> None:

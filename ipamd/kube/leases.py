@@ -318,6 +318,9 @@ class KubeLeaseRegistry(NoBlocks):
     def use_ended(self, rec: IPRecord, pod_uid: str, kept: bool) -> None:
         self.users.ended(rec.key, pod_uid, kept)
 
+    def use_recorded(self, rec: IPRecord, pod_uid: str) -> None:
+        self.users.recorded(rec.key, pod_uid)
+
     def unused(self, rec: IPRecord, pod_uid: str) -> None:
         self.users.unused(rec.key, pod_uid)
 

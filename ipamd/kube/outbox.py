@@ -109,6 +109,18 @@ class Outbox:
             if e.op == op and e.next_at == PARKED:
                 self.store.outbox_retry(e.seq, e.attempts, 0.0, e.error)
 
+    def unpark_where(self, target: str, op: str, match: Callable[[dict[str, Any]], bool]) -> None:
+        """``unpark``, of the parked ``op`` writes whose body ``match``es only."""
+        for e in self.store.outbox_of(target):
+            if e.op == op and e.next_at == PARKED and match(e.body):
+                self.store.outbox_retry(e.seq, e.attempts, 0.0, e.error)
+
+    def drop_where(self, target: str, op: str, match: Callable[[dict[str, Any]], bool]) -> None:
+        """``drop``, of the ``op`` writes whose body ``match``es only (parked or due)."""
+        for e in self.store.outbox_of(target):
+            if e.op == op and match(e.body):
+                self.store.outbox_done(e.seq)
+
     def unpark_all(self, op: str) -> int:
         """At the daemon's start, before any call: every parked ``op`` write is due (what it guarded died with the
         process that parked it). How many."""

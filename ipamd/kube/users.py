@@ -30,7 +30,7 @@ from kubernetes.client.exceptions import ApiException
 
 from cni.errors import AddressConflict, InternalError, ObjectNotFound, TryAgainLater
 from ipamd.kube.errors import api_unavailable_is_11, reason_of, status_of
-from ipamd.kube.outbox import Outbox
+from ipamd.kube.outbox import PARKED, Outbox
 from ipamd.model.objects import USED_BY_ANNOTATION, Pod
 
 log = logging.getLogger(__name__)
@@ -103,26 +103,26 @@ class IPAddressUsers:
         self._inflight: Counter[tuple[str, str]] = Counter()  # (IPAddress key, pod UID) a call is making the user
         # the store's word (``Ipam.uses_here``, bound by the Ipam); unbound, no pod is ever taken off (the safe side)
         self.uses_here: Callable[[str, str], bool] = lambda key, uid: True
-        self._skipped: set[tuple[str, str]] = set()  # a take-off left to a call in flight: owed again if it fails
         self._next_repair: dict[str, float] = {}  # IPAddress key -> not repaired again before (``clock``)
         self.clock: Callable[[], float] = time.monotonic
         outbox.senders.setdefault("unuse", self._unuse)
         outbox.senders.setdefault("use", self._use_owed)
 
     def use(self, kind: str, namespace: str, name: str, key: str, pod: Pod, field: str) -> None:
-        """Make ``pod`` the one that uses the IPAddress; AddressConflict while another pod that still runs does. The
-        caller tells ``ended`` once the pod is recorded as its user, or is not (on success only: a failure here
-        has ended it already)."""
+        """Make ``pod`` the one that uses the IPAddress; AddressConflict while another pod that still runs does. Its
+        undo is written ahead (a take-off, parked before the write), dropped by the transaction that records the pod
+        as the user (``recorded``), made if the call fails (``ended``) or the daemon restarts before either."""
+        uid = pod.meta.uid
         with self._lock:
-            self._inflight[(key, pod.meta.uid)] += 1
-        wrote = [False]  # a write sent (its answer may be lost): taken off again if this call fails
+            self._inflight[(key, uid)] += 1
         try:
             with api_unavailable_is_11():
                 if not self.outbox.flush_target(target_of(key)):  # this node's taking a pod off it comes first
                     raise TryAgainLater(f"{kind} {_name(namespace, name)}: this node's earlier write of which pod "
                                         "uses it is not made yet (see plexusctl outbox)", field)
+                self._owe_take_off(key, uid, parked=True)
                 try:
-                    self._use(kind, namespace, name, user_of(pod, self.node_name), field, wrote)
+                    self._use(kind, namespace, name, user_of(pod, self.node_name), field)
                 except ApiException as exc:  # refused for good: said as what it is, not as an HTTP dump
                     if exc.status is None or exc.status >= 500 or exc.status == 429:
                         raise
@@ -134,10 +134,10 @@ class IPAddressUsers:
                                         f"{_name(namespace, name)}: {exc.status} {reason_of(exc)}{hint}",
                                         field) from None
         except BaseException:
-            self.ended(key, pod.meta.uid, kept=not wrote[0])
+            self.ended(key, uid, kept=False)
             raise
 
-    def _use(self, kind: str, namespace: str, name: str, me: User, field: str, wrote: list[bool]) -> None:
+    def _use(self, kind: str, namespace: str, name: str, me: User, field: str) -> None:
         what = f"{kind} {_name(namespace, name)}"
         for _ in range(TRIES):
             try:
@@ -154,7 +154,6 @@ class IPAddressUsers:
                 if still_running(user, self.read_pod(ns, pod_name)):
                     where = f" on node {user.node}" if user.node else ""
                     raise AddressConflict(f"{what} is in use by pod {user.pod}{where}", field)
-            wrote[0] = True
             if self._write(kind, namespace, name, current, me.text()):
                 return
         raise TryAgainLater(f"{what}: the pod that uses it could not be written, the object kept changing", field)
@@ -171,32 +170,40 @@ class IPAddressUsers:
 
     def _patch(self, kind: str, namespace: str, name: str, current: dict[str, Any], text: str | None) -> None:
         version = (current.get("metadata") or {}).get("resourceVersion")
-        self.objects.patch(kind, name, {"metadata": {"annotations": {USED_BY_ANNOTATION: text}, "resourceVersion": version}},
-                           namespace)
+        self.objects.patch(kind, name, {"metadata": {"annotations": {USED_BY_ANNOTATION: text},
+                                                     "resourceVersion": version}}, namespace)
+
+    def recorded(self, key: str, uid: str) -> None:
+        """The store records the pod as the IPAddress's user (inside its transaction): nothing to take off."""
+        self.outbox.drop_where(target_of(key), "unuse", lambda body: body.get("uid") == uid)
 
     def ended(self, key: str, uid: str, kept: bool) -> None:
-        """A call that made ``uid`` the IPAddress's user is over: if the pod did not become its user here after all
-        (the ADD failed), it is taken off (owed)."""
+        """A call that made ``uid`` the IPAddress's user is over. The last of the pod's calls in flight decides: not
+        ``kept`` (its ADD failed), the take-off written ahead is made (checked when made: nothing if another pod is
+        written there, as when the call was refused)."""
         with self._lock:
             self._inflight[(key, uid)] -= 1
-            skipped = False
-            if self._inflight[(key, uid)] <= 0:
-                del self._inflight[(key, uid)]
-                skipped = (key, uid) in self._skipped
-                self._skipped.discard((key, uid))
-        if not kept or skipped:  # (a take-off left to this call: owed again, unless the pod now uses it here)
-            self.unused(key, uid)
+            if self._inflight[(key, uid)] > 0:
+                return  # another call of the pod decides, once it ends
+            del self._inflight[(key, uid)]
+        if not kept:  # (kept: recorded, and its transaction dropped the take-off)
+            self.outbox.unpark_where(target_of(key), "unuse", lambda body: body.get("uid") == uid)
 
     def unused(self, key: str, uid: str) -> None:
         """The pod no longer uses the IPAddress on this node: taken off it (owed; made only if it is still written
         there, and the store has not made it a user here again by then)."""
-        if self.uses_here(key, uid):
-            return  # another sandbox of the pod uses it here
-        if any(e.op == "unuse" and e.body.get("uid") == uid for e in self.outbox.owed(target_of(key))):
-            return  # owed already (another pod's is not superseded: each takes off only its own)
+        if not self.uses_here(key, uid):
+            self._owe_take_off(key, uid, parked=False)
+
+    def _owe_take_off(self, key: str, uid: str, parked: bool) -> None:
+        owed = [e for e in self.outbox.owed(target_of(key)) if e.op == "unuse" and e.body.get("uid") == uid]
+        if owed:  # one per pod (another pod's is not superseded: each takes off only its own)
+            if not parked:
+                self.outbox.unpark_where(target_of(key), "unuse", lambda body: body.get("uid") == uid)
+            return
         kind, namespace, name = _parts(key)
         self.outbox.add(target_of(key), "unuse", {"kind": kind, "namespace": namespace, "name": name, "key": key,
-                                                  "uid": uid})
+                                                  "uid": uid}, not_before=PARKED if parked else 0.0)
 
     def repair(self, key: str, pod_ref: str, uid: str) -> None:
         """A pod that uses the IPAddress on this node, not written on it: written (owed) unless another pod that still
@@ -215,9 +222,9 @@ class IPAddressUsers:
     # -- the outbox's ops -----------------------------------------------------------------------------------
     def _unuse(self, body: dict[str, Any]) -> None:
         with self._lock:
-            if self._inflight[(body["key"], body["uid"])]:
-                self._skipped.add((body["key"], body["uid"]))
-                return  # a call of this node is making the pod its user again: it stays (owed again if it fails)
+            if self._inflight[(body["key"], body["uid"])]:  # a call of this node is making the pod its user again:
+                self.outbox.add(target_of(body["key"]), "unuse", body, not_before=PARKED)
+                return  # it stays, and this take-off is left to that call to make or drop (parked again)
         if self.uses_here(body["key"], body["uid"]):
             return  # and so it stays once one did (the store survives a restart; what is in flight does not)
         current = self._read(body)

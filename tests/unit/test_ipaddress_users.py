@@ -4,8 +4,9 @@ its own pods; the pod that uses the IPAddress is written on it at the version re
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from typing import Any
 
@@ -559,3 +560,82 @@ def test_a_round_marking_a_gone_ipaddress_deleted_does_not_undo_a_del_meanwhile(
     rounds_of(a)._sync_ipaddresses(statics_only=True)
     a.store.all_ips = all_ips  # type: ignore[method-assign]
     assert fired and leased(a) == [], "pa's DEL stands"
+
+
+class Kill:
+    """The daemon killed at a point of a call: the calling thread stops there for good (no undo, no ``finally``)."""
+
+    def __init__(self) -> None:
+        self.victim: threading.Thread | None = None
+        self.dead = threading.Event()
+        self._never = threading.Event()
+
+    def here(self) -> None:
+        if threading.current_thread() is self.victim:
+            self.dead.set()
+            self._never.wait()
+
+    def run(self, call: Callable[[], Any]) -> None:
+        def body() -> None:
+            with suppress(Exception):
+                call()
+
+        self.victim = threading.Thread(target=body, daemon=True)
+        self.victim.start()
+        assert self.dead.wait(5), "the kill point was not reached"
+
+
+def restarted(node: KubeNode, api: FakeApi) -> KubeNode:
+    """A new daemon over the killed one's store, started as ``ipamd.node.daemon`` starts it."""
+    new = KubeNode(api, node.name, store=node.store, source=node.source)
+    new.outbox.unpark_all("unuse")
+    new.outbox.unpark_all("hand_back")
+    rounds = rounds_of(new)
+    rounds.recover()
+    rounds.run_once()
+    new.outbox.flush()
+    return new
+
+
+def test_a_daemon_killed_right_after_writing_the_pod_takes_it_off_after_its_restart(
+        api: FakeApi, two: tuple[KubeNode, KubeNode]) -> None:
+    """Killed between the write of pa on the IPAddress and the transaction that records it: no sandbox of pa has
+    the address, so the take-off written ahead is made after the restart (found in review: pa stayed written)."""
+    a, b = two
+    kill = Kill()
+    patch = api.patch
+
+    def killed_after(kind: str, name: str, body: dict[str, Any], namespace: str = "") -> Any:
+        done = patch(kind, name, body, namespace)
+        if kind == "IPAddress":
+            kill.here()
+        return done
+
+    api.patch = killed_after  # type: ignore[method-assign]
+    kill.run(lambda: a.call("ADD", "pa", "uid-pa", "c1"))
+    api.patch = patch  # type: ignore[method-assign]
+    assert used_by(api)["uid"] == "uid-pa"
+    new = restarted(a, api)
+    assert leased(new) == [] and used_by(api) == {}
+    assert b.call("ADD", "pb", "uid-pb", "cb")["ips"][0]["address"] == "198.18.40.5/28"
+
+
+def test_a_take_off_left_to_a_call_the_kill_cut_short_is_made_after_the_restart(
+        api: FakeApi, two: tuple[KubeNode, KubeNode]) -> None:
+    """pa's DEL owed the take-off; pa's next ADD, in flight, left it parked for itself; the daemon is killed before
+    that ADD records pa: the take-off is made after the restart."""
+    a, _ = two
+    a.call("ADD", "pa", "uid-pa", "c1")
+    a.outbox.flush()
+    a.call("DEL", "pa", "uid-pa", "c1")
+    kill = Kill()
+    securing = a.ipam.securing
+
+    def killed_in(rec: Any, pool: Any) -> Any:
+        kill.here()
+        return securing(rec, pool)
+
+    a.ipam.securing = killed_in  # type: ignore[method-assign]
+    kill.run(lambda: a.call("ADD", "pa", "uid-pa", "c2"))
+    new = restarted(a, api)
+    assert leased(new) == [] and used_by(api) == {}
