@@ -42,6 +42,7 @@ from ipamd.model.objects import (
     parse_address,
 )
 from ipamd.model.podopts import unreachable_gateway
+from ipamd.model.used_by import User, parse_user_text
 from ipamd.sources.base import ObjectSource
 from ipamd.sources.lookups import class_of, pool_of
 from ipamd.store.protocols import LeaseStore
@@ -694,19 +695,31 @@ class Ipam:
         while a pod uses it unless ``force``. A user's IPAddress goes back to Pending; False when the
         address was not leased."""
         _check_address(address)
-        lease = self.store.lease_at(pool.meta.key, to_int(address))
-        if lease is None:
-            return False
-        rec = self.store.get_ip(lease.holder) if lease.holder else None
-        if rec is not None and rec.used_by_uids and not force:
-            raise AddressConflict(f"{lease.address} is in use by pod {', '.join(rec.used_by_pods)}", "force")
-        with self.store.transaction():
+        with self.store.transaction():  # read under the lock: an ADD may make a pod its user meanwhile
+            lease = self.store.lease_at(pool.meta.key, to_int(address))
+            if lease is None:
+                return False
+            rec = self.store.get_ip(lease.holder) if lease.holder else None
+            if rec is not None and rec.used_by_uids and not force:
+                raise AddressConflict(f"{lease.address} is in use by pod {', '.join(rec.used_by_pods)}", "force")
+            elsewhere = self._written_user(rec)
+            if elsewhere is not None and not force:
+                raise AddressConflict(f"{lease.address} is the address of {lease.holder}, in use by pod {elsewhere.pod} "
+                                      f"on node {elsewhere.node or '?'}", "force")
             self.drop_lease(lease)
             if rec is not None and rec.created_by != "user":
                 self.store.delete_ip(rec.key)
             elif rec is not None:
                 self.store.put_ip(replace(rec, phase="Pending", address="", network=""))
         return True
+
+    def _written_user(self, rec: IPRecord | None) -> User | None:
+        """The pod written on a user's IPAddress as its user (``ipamd.kube.users``): maybe on another node, whose
+        address this node's lease object would free if let go (every node leases a Static)."""
+        if rec is None or rec.kind not in IP_ADDRESS_KINDS:
+            return None
+        obj = self.source.get(IP_ADDRESS_KINDS[rec.kind], rec.namespace, rec.name)
+        return parse_user_text(obj.used_by) if obj is not None else None
 
 
 def _check_address(address: str) -> None:

@@ -24,9 +24,10 @@ from ipamd.ipam.registry import NoBlocks
 from ipamd.kube.errors import api_unavailable_is_11, status_of
 from ipamd.kube.outbox import PARKED, Outbox
 from ipamd.kube.resources import RESOURCES
-from ipamd.kube.users import IPAddressUsers, parse_user_text
+from ipamd.kube.users import IPAddressUsers
 from ipamd.model.objects import GROUP, IP_ADDRESS_KINDS, IPAM_CLAIM, Pod
 from ipamd.model.timefmt import parse_rfc3339, rfc3339
+from ipamd.model.used_by import parse_user_text
 from ipamd.store.protocols import LeaseStore
 from ipamd.store.records import IPRecord, LeaseRecord
 

@@ -27,7 +27,6 @@ from ipamd.kube.errors import reason_of, status_of
 from ipamd.kube.heartbeat import send_heartbeat
 from ipamd.kube.outbox import Outbox, Senders
 from ipamd.kube.resources import CustomObjects
-from ipamd.kube.users import user_of
 from ipamd.model.conditions import condition
 from ipamd.model.npwg import NETWORK_STATUS_ANNOTATION
 from ipamd.model.objects import (
@@ -43,6 +42,7 @@ from ipamd.model.objects import (
     Pod,
 )
 from ipamd.model.timefmt import rfc3339
+from ipamd.model.used_by import user_of
 from ipamd.store.records import IPRecord, PodStatus
 
 log = logging.getLogger(__name__)

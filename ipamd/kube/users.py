@@ -17,13 +17,11 @@ IPAddress recreated or its annotation edited) is written there by the reconciler
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -32,47 +30,13 @@ from cni.errors import AddressConflict, InternalError, ObjectNotFound, TryAgainL
 from ipamd.kube.errors import api_unavailable_is_11, reason_of, status_of
 from ipamd.kube.outbox import PARKED, Outbox
 from ipamd.model.objects import USED_BY_ANNOTATION, Pod
+from ipamd.model.used_by import User, parse_user, parse_user_text, user_of
 
 log = logging.getLogger(__name__)
 TRIES = 3  # writes lost to another writer of the object (its status, another node) before answering 11
 CLASH_S = 300.0  # a repair that found another pod running on the IPAddress looks again after this long
 REPAIR_S = 60.0  # a repair owed is not owed again before this long (made, the cache shows it by then)
 FINISHED = ("Succeeded", "Failed")
-
-
-@dataclass(frozen=True, slots=True)
-class User:
-    """The pod an IPAddress is used by, as written on it."""
-
-    uid: str
-    pod: str  # namespace/name
-    node: str
-
-    def text(self) -> str:
-        return json.dumps({"uid": self.uid, "pod": self.pod, "node": self.node}, sort_keys=True)
-
-
-def user_of(pod: Pod, node: str) -> User:
-    return User(pod.meta.uid, f"{pod.meta.namespace}/{pod.meta.name}", node)
-
-
-def parse_user_text(text: object) -> User | None:
-    """The pod written on an IPAddress; None when there is none, or the annotation does not parse (edited by hand:
-    then nobody is known to use it here, and a node whose pod does writes it again, ``repair``)."""
-    try:
-        doc = json.loads(text) if isinstance(text, str) else None
-    except ValueError:
-        return None
-    if not isinstance(doc, dict) or not all(isinstance(doc.get(k), str) and doc[k] for k in ("uid", "pod")):
-        return None
-    namespace, _, name = doc["pod"].partition("/")
-    if not namespace or not name:
-        return None
-    return User(doc["uid"], doc["pod"], str(doc.get("node") or ""))
-
-
-def parse_user(obj: dict[str, Any]) -> User | None:
-    return parse_user_text(((obj.get("metadata") or {}).get("annotations") or {}).get(USED_BY_ANNOTATION))
 
 
 def still_running(user: User, found: dict[str, Any] | None) -> bool:

@@ -14,9 +14,10 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from cni.errors import AddressConflict, InternalError, ObjectNotFound, TryAgainLater
+from ipamd.ipam.allocator import to_int
 from ipamd.kube.publisher import auto_ip_body
-from ipamd.kube.users import User, parse_user
-from ipamd.model.objects import IP_ADDRESS, USED_BY_ANNOTATION
+from ipamd.model.objects import IP_ADDRESS, IP_ADDRESS_POOL, USED_BY_ANNOTATION
+from ipamd.model.used_by import User, parse_user
 from ipamd.node.reconcile import Reconciler
 from tests.fakes.cluster import FakeApi
 from tests.unit.test_attacher import NS, obj
@@ -639,3 +640,47 @@ def test_a_take_off_left_to_a_call_the_kill_cut_short_is_made_after_the_restart(
     kill.run(lambda: a.call("ADD", "pa", "uid-pa", "c2"))
     new = restarted(a, api)
     assert leased(new) == [] and used_by(api) == {}
+
+
+def test_an_operators_release_on_another_node_keeps_the_address_of_a_pod_written_there(
+        api: FakeApi, two: tuple[KubeNode, KubeNode]) -> None:
+    """Every node leases a Static: n2's round made its lease object, pa uses it on n1. `plexusctl ipam release` on n2
+    without force must not free it (found in review: n2's store knew no user, and a third node could lease it)."""
+    a, b = two
+    rounds_of(b)._sync_ipaddresses(statics_only=True)
+    b.outbox.flush()
+    a.call("ADD", "pa", "uid-pa", "ca")
+    written = api.get("IPAddress", "fixed", NS)["metadata"]["annotations"][USED_BY_ANNOTATION]
+    b.source.add(replace(b.source.get(IP_ADDRESS, NS, "fixed"), used_by=written))  # type: ignore[arg-type, type-var]
+    pool = b.source.get(IP_ADDRESS_POOL, NS, "small")
+    assert pool is not None
+    with pytest.raises(AddressConflict, match=f"in use by pod {NS}/pa on node n1") as refused:
+        b.ipam.release_address(pool, "198.18.40.5", force=False)
+    assert refused.value.details == "force"
+    assert b.store.lease_at(pool.meta.key, to_int("198.18.40.5")) is not None
+
+
+def test_an_operators_release_waits_for_an_add_in_flight(api: FakeApi, two: tuple[KubeNode, KubeNode]) -> None:
+    """The release reads the lease and its users under the store's lock: an ADD of another thread lands before it
+    (refused: in use) or after it (the pod leases the address again), never between its check and its write."""
+    a, _ = two
+    rounds_of(a)._sync_ipaddresses(statics_only=True)
+    pool = a.source.get(IP_ADDRESS_POOL, NS, "small")
+    assert pool is not None
+    lease_at = a.store.lease_at
+    adding: list[threading.Thread] = []
+
+    def an_add_starts(pool_key: str, ip: int) -> Any:
+        found = lease_at(pool_key, ip)
+        if not adding:
+            adding.append(threading.Thread(target=a.call, args=("ADD", "pa", "uid-pa", "ca")))
+            adding[0].start()
+            adding[0].join(0.3)  # it waits for the lock the release holds
+        return found
+
+    a.store.lease_at = an_add_starts  # type: ignore[method-assign, assignment]
+    released = a.ipam.release_address(pool, "198.18.40.5", force=False)
+    a.store.lease_at = lease_at  # type: ignore[method-assign]
+    adding[0].join(5)
+    assert released and leased(a) == [("fixed", ("uid-pa",))]
+    assert a.store.lease_of(f"IPAddress/{NS}/fixed") is not None, "the pod's address is leased to its IPAddress"
