@@ -268,7 +268,8 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     resp = Client(args.grpc_socket).call("ListOutbox", pb.ListOutboxRequest(limit=args.limit))
     data = {"depth": resp.depth, "entries": [
         {"seq": e.seq, "target": e.target, "op": e.op, "createdAt": e.created_at, "attempts": e.attempts,
-         # parked (an infinite time, which JSON cannot carry): the undo of a take-up in flight, made only if it fails
+         # parked (an infinite time, which JSON cannot carry): the undo of a call in flight (a take-up, a used-by
+         # write), made only if it fails
          "nextAt": e.next_at if e.next_at and math.isfinite(e.next_at) else None,
          "parked": math.isinf(e.next_at), "error": e.error} for e in resp.entries]}
 

@@ -539,7 +539,6 @@ class Ipam:
                 ))
         named = bool(user_objs)
         using: list[IPRecord] = []
-        kept = False
         try:
             # the pod written on each IPAddress as its one user in the cluster before any address is used (in one
             # order on every node); not again for a pod that uses it here already (a new sandbox: no API needed)
@@ -553,10 +552,9 @@ class Ipam:
             skipped = {r.key for r in todo if pod.meta.uid in r.used_by_uids} if named else set()
             with self._claims(pod, pod_ref, field, todo, named, pool, skipped) as record:
                 yield record
-            kept = True
         finally:
-            for rec in using:  # not kept: taken off it again (owed), or another pod would wait on one that never used it
-                self.registry.use_ended(rec, pod.meta.uid, kept)
+            for rec in using:  # not recorded: taken off it again, or another pod would wait on one that never used it
+                self.registry.use_ended(rec, pod.meta.uid)
 
     @contextmanager
     def _claims(self, pod: Pod, pod_ref: str, field: str, todo: list[IPRecord], named: bool,

@@ -44,7 +44,7 @@ class LeaseRegistry(Protocol):
         caller tells ``use_ended``."""
         ...
 
-    def use_ended(self, rec: IPRecord, pod_uid: str, kept: bool) -> None: ...  # recorded as its user here, or not
+    def use_ended(self, rec: IPRecord, pod_uid: str) -> None: ...  # the call is over (the pod recorded, or not)
 
     def use_recorded(self, rec: IPRecord, pod_uid: str) -> None: ...  # the pod recorded as its user (in the transaction)
 
@@ -129,7 +129,7 @@ class NodeLocalRegistry(NoBlocks):
     def use(self, rec: IPRecord, pod: Pod, field: str) -> None:
         pass  # one node: its store's record of the pods that use it says it all
 
-    def use_ended(self, rec: IPRecord, pod_uid: str, kept: bool) -> None:
+    def use_ended(self, rec: IPRecord, pod_uid: str) -> None:
         pass
 
     def use_recorded(self, rec: IPRecord, pod_uid: str) -> None:

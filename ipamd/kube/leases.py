@@ -316,8 +316,8 @@ class KubeLeaseRegistry(NoBlocks):
     def use(self, rec: IPRecord, pod: Pod, field: str) -> None:
         self.users.use(rec.kind, rec.namespace, rec.name, rec.key, pod, field)
 
-    def use_ended(self, rec: IPRecord, pod_uid: str, kept: bool) -> None:
-        self.users.ended(rec.key, pod_uid, kept)
+    def use_ended(self, rec: IPRecord, pod_uid: str) -> None:
+        self.users.ended(rec.key, pod_uid)
 
     def use_recorded(self, rec: IPRecord, pod_uid: str) -> None:
         self.users.recorded(rec.key, pod_uid)

@@ -98,7 +98,7 @@ class IPAddressUsers:
                                         f"{_name(namespace, name)}: {exc.status} {reason_of(exc)}{hint}",
                                         field) from None
         except BaseException:
-            self.ended(key, uid, kept=False)
+            self.ended(key, uid)
             raise
 
     def _use(self, kind: str, namespace: str, name: str, me: User, field: str) -> None:
@@ -141,17 +141,17 @@ class IPAddressUsers:
         """The store records the pod as the IPAddress's user (inside its transaction): nothing to take off."""
         self.outbox.drop_where(target_of(key), "unuse", lambda body: body.get("uid") == uid)
 
-    def ended(self, key: str, uid: str, kept: bool) -> None:
-        """A call that made ``uid`` the IPAddress's user is over. The last of the pod's calls in flight decides: not
-        ``kept`` (its ADD failed), the take-off written ahead is made (checked when made: nothing if another pod is
-        written there, as when the call was refused)."""
+    def ended(self, key: str, uid: str) -> None:
+        """A call that made ``uid`` the IPAddress's user is over. Once the last of the pod's calls in flight is, its
+        take-offs still parked are made: written ahead by a call that failed (one that recorded the pod dropped its
+        own), or parked again for the calls in flight; each checked when made (nothing if the store has the pod as a
+        user, or another pod is written there, as when the call was refused)."""
         with self._lock:
             self._inflight[(key, uid)] -= 1
             if self._inflight[(key, uid)] > 0:
                 return  # another call of the pod decides, once it ends
             del self._inflight[(key, uid)]
-        if not kept:  # (kept: recorded, and its transaction dropped the take-off)
-            self.outbox.unpark_where(target_of(key), "unuse", lambda body: body.get("uid") == uid)
+        self.outbox.unpark_where(target_of(key), "unuse", lambda body: body.get("uid") == uid)
 
     def unused(self, key: str, uid: str) -> None:
         """The pod no longer uses the IPAddress on this node: taken off it (owed; made only if it is still written
