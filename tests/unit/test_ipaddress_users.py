@@ -33,6 +33,20 @@ def leased(node: KubeNode) -> list[tuple[str, tuple[str, ...]]]:
     return [(r.name, r.used_by_uids) for r in node.store.all_ips() if r.used_by_uids]
 
 
+def answering(status: int, reason: str) -> Callable[..., Any]:
+    """An API call the server answers with ``status``."""
+    def call(*_: Any, **__: Any) -> Any:
+        raise ApiException(status=status, reason=reason)
+
+    return call
+
+
+def fixed_again() -> Any:
+    """The Static ``fixed`` as the node's cache shows it (made again after a test deleted it)."""
+    return obj("IPAddress", "fixed", {"networkRef": {"kind": "Network", "name": "net-a"}, "type": "Static",
+                                      "static": {"ip": "198.18.40.5"}})
+
+
 @pytest.fixture
 def api() -> FakeApi:
     return FakeApi()
@@ -96,10 +110,7 @@ def test_a_new_sandbox_of_the_pod_that_uses_it_asks_the_api_nothing(api: FakeApi
     a.outbox.flush()
     assert api.calls["patch IPAddress"] == 1 and used_by(api)["uid"] == "uid-pa"
 
-    def down(*_: Any, **__: Any) -> Any:
-        raise ApiException(status=503, reason="Service Unavailable")
-
-    api.get = api.patch = down  # type: ignore[method-assign]
+    api.get = api.patch = answering(503, "Service Unavailable")  # type: ignore[method-assign]
     assert a.call("ADD", "pa", "uid-pa", "ca")["ips"][0]["address"] == "198.18.40.5/28"
     assert a.call("ADD", "pa", "uid-pa", "ca-new")["ips"][0]["address"] == "198.18.40.5/28"
 
@@ -145,13 +156,9 @@ def test_an_ipaddress_deleted_meanwhile_or_always_changing(api: FakeApi, two: tu
     api.delete("IPAddress", "fixed", NS)  # the node's cache still shows it
     with pytest.raises(ObjectNotFound, match=f"IPAddress {NS}/fixed does not exist"):
         a.call("ADD", "pa", "uid-pa", "ca")
-    a.source.add(obj("IPAddress", "fixed", {"networkRef": {"kind": "Network", "name": "net-a"}, "type": "Static",
-                                            "static": {"ip": "198.18.40.5"}}))
+    a.source.add(fixed_again())
 
-    def conflict(*_: Any, **__: Any) -> Any:
-        raise ApiException(status=409, reason="Conflict")
-
-    api.patch = conflict  # type: ignore[method-assign]
+    api.patch = answering(409, "Conflict")  # type: ignore[method-assign]
     with pytest.raises(TryAgainLater, match="kept changing"):
         a.call("ADD", "pa", "uid-pa", "ca")
     assert leased(a) == [] and a.store.attachments() == []
@@ -430,13 +437,9 @@ def test_what_the_api_refuses_is_said_as_a_cni_error(api: FakeApi, two: tuple[Ku
     api.patch = deleted_meanwhile  # type: ignore[method-assign]
     with pytest.raises(ObjectNotFound, match=f"IPAddress {NS}/fixed does not exist"):
         a.call("ADD", "pa", "uid-pa", "ca")
-    a.source.add(obj("IPAddress", "fixed", {"networkRef": {"kind": "Network", "name": "net-a"}, "type": "Static",
-                                            "static": {"ip": "198.18.40.5"}}))
+    a.source.add(fixed_again())
 
-    def forbidden(*_: Any, **__: Any) -> Any:
-        raise ApiException(status=403, reason="Forbidden")
-
-    api.patch = forbidden  # type: ignore[method-assign]
+    api.patch = answering(403, "Forbidden")  # type: ignore[method-assign]
     with pytest.raises(InternalError, match="403 Forbidden .*ClusterRole needs .*patch on ipaddresses") as refused:
         a.call("ADD", "pa", "uid-pa", "ca")
     assert refused.value.details == "networks-spec[0].ipAddressNames"
@@ -479,10 +482,7 @@ def test_a_repair_the_api_refuses_is_not_made_again_every_round(api: FakeApi, tw
     a.call("ADD", "pa", "uid-pa", "ca")
     api.patch("IPAddress", "fixed", {"metadata": {"annotations": {USED_BY_ANNOTATION: None}}}, NS)
 
-    def forbidden(*_: Any, **__: Any) -> Any:
-        raise ApiException(status=403, reason="Forbidden")
-
-    api.patch = forbidden  # type: ignore[method-assign]
+    api.patch = answering(403, "Forbidden")  # type: ignore[method-assign]
     rounds = Reconciler(a.store, a.source, a.ipam, a.attacher, a.attacher.segments, a.publisher,  # type: ignore[arg-type]
                         cluster=True)
     gets = api.calls["get IPAddress"]

@@ -340,10 +340,8 @@ def test_a_claim_secured_again_takes_the_same_lease_up(api: FakeApi) -> None:
     assert c.address == "198.18.41.1" and held(api) == {"198.18.41.1": "IPAddress/ns/ux"}
 
 
-def test_a_leftover_of_a_holder_that_has_another_address_here_is_a_stray(api: FakeApi) -> None:
-    """The stray clean-up leaves an object whose holder exists only while this node's store holds no address for that
-    holder: one whose holder has another address here (a claim rolled back by a kill, then another address leased)
-    is a leftover, deleted as before (kept, it stayed taken for as long as the user's IPAddress existed)."""
+def _leftover_of_a_holder_with_another_address(api: FakeApi) -> Node:
+    """n1's old object of ux at .1, while n1's store holds ux at .2."""
     n1 = Node(api, "n1", claim=False)
     users(api, n1)
     api.create(LEASE_KIND, lease_body(POOL, "198.18.41.1", "198.18.41.0/28", "IPAddress/ns/ux", 0, "n1"))
@@ -351,6 +349,14 @@ def test_a_leftover_of_a_holder_that_has_another_address_here_is_a_stray(api: Fa
     with n1.store.transaction():
         n1.store.put_lease(LeaseRecord(pool=POOL, ip=to_int("198.18.41.2"), address="198.18.41.2",
                                        network="198.18.41.0/28", holder="IPAddress/ns/ux"))
+    return n1
+
+
+def test_a_leftover_of_a_holder_that_has_another_address_here_is_a_stray(api: FakeApi) -> None:
+    """The stray clean-up leaves an object whose holder exists only while this node's store holds no address for that
+    holder: one whose holder has another address here (a claim rolled back by a kill, then another address leased)
+    is a leftover, deleted as before (kept, it stayed taken for as long as the user's IPAddress existed)."""
+    n1 = _leftover_of_a_holder_with_another_address(api)
     assert [x.address for x in n1.registry.stray(n1.store, time.time() - 30)] == ["198.18.41.1"]
 
 
@@ -403,13 +409,7 @@ def test_a_block_given_back_meanwhile_leaves_a_take_up_in_flight_alone(api: Fake
 def test_the_stray_clean_up_leaves_an_address_a_call_is_claiming(api: FakeApi) -> None:
     """The object is this node's already (no hand-back owed) and its holder has another address here (its Network
     moved pools): a leftover, unless a call of the node is taking it up right now (found in review)."""
-    n1 = Node(api, "n1", claim=False)
-    users(api, n1)
-    api.create(LEASE_KIND, lease_body(POOL, "198.18.41.1", "198.18.41.0/28", "IPAddress/ns/ux", 0, "n1"))
-    _old(api)
-    with n1.store.transaction():
-        n1.store.put_lease(LeaseRecord(pool=POOL, ip=to_int("198.18.41.2"), address="198.18.41.2",
-                                       network="198.18.41.0/28", holder="IPAddress/ns/ux"))
+    n1 = _leftover_of_a_holder_with_another_address(api)
     lease = LeaseRecord(pool=POOL, ip=to_int("198.18.41.1"), address="198.18.41.1", network="198.18.41.0/28",
                         holder="IPAddress/ns/ux")
     assert n1.ipam._reserve(lease)  # a call's take-up of it is out
