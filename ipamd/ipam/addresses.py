@@ -199,11 +199,7 @@ class Ipam:
                 f"IPAddress {name} is for {obj.network_ref.kind} {obj.network_ref.name}, not {net.type} {net.name}",
                 f"{where}.ipAddressNames",
             )
-        rec = self.store.get_ip(obj.meta.key)
-        if rec and rec.used_by_uids and pod.meta.uid not in rec.used_by_uids:
-            raise AddressConflict(
-                f"IPAddress {name} is in use by pod {', '.join(rec.used_by_pods)}", f"{where}.ipAddressNames"
-            )
+        _refuse_if_another_pods(self.store.get_ip(obj.meta.key), pod, f"{where}.ipAddressNames")
         return obj
 
     def validate(self, pod: Pod, sel: NetworkSelection, net: ResolvedNetwork, where: str) -> list[IPAddressObject]:
@@ -543,9 +539,7 @@ class Ipam:
             # the pod written on each IPAddress as its one user in the cluster before any address is used (in one
             # order on every node); not again for a pod that uses it here already (a new sandbox: no API needed)
             for rec in sorted(todo, key=lambda r: r.key) if named else ():
-                if rec.used_by_uids and pod.meta.uid not in rec.used_by_uids:  # another pod of this node: no write
-                    raise AddressConflict(f"IPAddress {rec.name} is in use by pod {', '.join(rec.used_by_pods)}",
-                                          field)
+                _refuse_if_another_pods(rec, pod, field)  # another pod of this node's: refused with no write
                 if pod.meta.uid not in rec.used_by_uids:
                     self.registry.use(rec, pod, field)
                     using.append(rec)
@@ -572,10 +566,8 @@ class Ipam:
                         # the pod's other sandbox let it go meanwhile (its DEL): written on it again, from the top
                         raise CacheMoved(f"IPAddress {rec.name}: pod {pod_ref} stopped using it meanwhile")
                     created_ip = current is None and not named
-                    if named and current is not None and current.used_by_uids and \
-                            pod.meta.uid not in current.used_by_uids:  # another pod's ADD took it since its check
-                        raise AddressConflict(f"IPAddress {current.name} is in use by pod "
-                                              f"{', '.join(current.used_by_pods)}", field)
+                    if named:  # another pod's ADD may have taken it since its check
+                        _refuse_if_another_pods(current, pod, field)
                     rec, lease, created_lease = self.lease_for(current or rec, pool, sec)
                     pairs = dict(zip(rec.used_by_uids, rec.used_by_pods, strict=False)) | {pod.meta.uid: pod_ref}
                     rec = replace(rec, used_by_uids=tuple(pairs), used_by_pods=tuple(pairs.values()))
@@ -718,6 +710,12 @@ class Ipam:
             return None
         obj = self.source.get(IP_ADDRESS_KINDS[rec.kind], rec.namespace, rec.name)
         return parse_user_text(obj.used_by) if obj is not None else None
+
+
+def _refuse_if_another_pods(rec: IPRecord | None, pod: Pod, field: str) -> None:
+    """An IPAddress this node's store has in use by another pod is refused (other nodes' pods: ``registry.use``)."""
+    if rec is not None and rec.used_by_uids and pod.meta.uid not in rec.used_by_uids:
+        raise AddressConflict(f"IPAddress {rec.name} is in use by pod {', '.join(rec.used_by_pods)}", field)
 
 
 def _check_address(address: str) -> None:

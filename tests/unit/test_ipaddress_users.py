@@ -219,8 +219,7 @@ def test_a_pod_that_uses_an_ipaddress_without_being_written_on_it_is_written_by_
     a, b = two
     a.call("ADD", "pa", "uid-pa", "ca")
     api.patch("IPAddress", "fixed", {"metadata": {"annotations": {USED_BY_ANNOTATION: None}}}, NS)
-    Reconciler(a.store, a.source, a.ipam, a.attacher, a.attacher.segments, a.publisher,  # type: ignore[arg-type]
-               cluster=True).run_once()
+    rounds_of(a).run_once()
     a.outbox.flush()
     assert used_by(api) == {"uid": "uid-pa", "pod": f"{NS}/pa", "node": "n1"}
     with pytest.raises(AddressConflict, match=f"in use by pod {NS}/pa on node n1"):
@@ -367,8 +366,7 @@ def test_the_reconciler_never_writes_over_another_pod_that_runs_and_looks_again_
     other = User("uid-pb", f"{NS}/pb", "n2").text()
     api.patch("IPAddress", "fixed", {"metadata": {"annotations": {USED_BY_ANNOTATION: other}}}, NS)
     a.source.add(replace(a.source.get(IP_ADDRESS, NS, "fixed"), used_by=other))  # type: ignore[arg-type, type-var]
-    rounds = Reconciler(a.store, a.source, a.ipam, a.attacher, a.attacher.segments, a.publisher,  # type: ignore[arg-type]
-                        cluster=True)
+    rounds = rounds_of(a)
     gets = api.calls["get IPAddress"]
     for _ in range(3):
         rounds.run_once()
@@ -481,10 +479,8 @@ def test_a_repair_the_api_refuses_is_not_made_again_every_round(api: FakeApi, tw
     a, _ = two
     a.call("ADD", "pa", "uid-pa", "ca")
     api.patch("IPAddress", "fixed", {"metadata": {"annotations": {USED_BY_ANNOTATION: None}}}, NS)
-
     api.patch = answering(403, "Forbidden")  # type: ignore[method-assign]
-    rounds = Reconciler(a.store, a.source, a.ipam, a.attacher, a.attacher.segments, a.publisher,  # type: ignore[arg-type]
-                        cluster=True)
+    rounds = rounds_of(a)
     gets = api.calls["get IPAddress"]
     for _ in range(5):
         rounds.run_once()
@@ -504,8 +500,7 @@ def test_an_auto_ipaddress_made_for_a_pod_before_this_version_is_written_by_the_
     api.create("IPAddress", body, NS)
     for node in (a, b):
         node.source.add(typed)
-    Reconciler(a.store, a.source, a.ipam, a.attacher, a.attacher.segments, a.publisher,  # type: ignore[arg-type]
-               cluster=True).run_once()
+    rounds_of(a).run_once()
     a.outbox.flush()
     assert used_by(api, rec.name)["uid"] == "uid-pa"
     b.source.add(a_pod("pb", [{"type": "Network", "name": "net-a", "ifName": "net1", "ipAddressNames": [rec.name]}],
