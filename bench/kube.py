@@ -305,9 +305,11 @@ class Bench:
         l_add: list[float] = []
         l_del: list[float] = []
         ratios: list[float] = []
+        patches: list[float] = []
         for r in range(rounds):
             ka, kd = self.latency(node, node_name, per, warmup if r == 0 else 1, local=False, tag=str(r))
             node.drained()  # what these ADDs owed is made before the other side is measured
+            patches += self.bare_patches([f"lat{r}-{i}" for i in range(per)])
             la, ld = self.latency(local, "", per, warmup if r == 0 else 1, local=True, tag=str(r))
             k_add += ka
             k_del += kd
@@ -318,7 +320,27 @@ class Bench:
                 f"{statistics.median(la) * 1000:.1f} ms local ({ratios[-1]}x)")
         return {"kubernetes": {"add_ms": summary(k_add), "del_ms": summary(k_del)},
                 "local": {"add_ms": summary(l_add), "del_ms": summary(l_del)},
-                "add_ratio": round(statistics.median(k_add) / statistics.median(l_add), 2), "add_ratio_rounds": ratios}
+                "add_ratio": round(statistics.median(k_add) / statistics.median(l_add), 2), "add_ratio_rounds": ratios,
+                "add_gap_ms": round((statistics.median(k_add) - statistics.median(l_add)) * 1000, 1),
+                "bare_patch_ms": summary(patches)}
+
+    def bare_patches(self, pods: list[str], gap_s: float = 0.02) -> list[float]:
+        """The yardstick of the ADD's one request: a merge patch of a pod's annotation from a bare client (the
+        kubernetes client, as the daemon sends the status, its answer unread), one at a time with the control plane
+        idle in between, as it is between one pod's calls."""
+        from kubernetes import client
+
+        from ipamd.kube.client import kube_api, unread
+
+        core = client.CoreV1Api(kube_api(self.cp.kubeconfig))
+        out = []
+        for pod in pods:
+            time.sleep(gap_s)
+            body = {"metadata": {"annotations": {"bench.plexus.io/yardstick": uuid.uuid4().hex}}}
+            started = time.perf_counter()
+            unread(core.patch_namespaced_pod(pod, NS, body, _preload_content=False))
+            out.append(time.perf_counter() - started)
+        return out
 
     def requests_per_verb(self, node: Daemon, node_name: str, n: int) -> dict[str, Any]:
         """API requests of ``n`` ADDs, then of their ``n`` DELs, counted apart."""
@@ -655,6 +677,7 @@ def report(r: dict[str, Any]) -> str:
         f"| {loc['del_ms']['median']} / {loc['del_ms']['p90']} ms |",
         f"| ADD, Kubernetes mode / local mode, taking turns (median of all; per round) | {r.get('add_ratio', '-')} "
         f"({', '.join(str(x) for x in r.get('add_ratio_rounds', []))}) | 1 |",
+        yardstick(r),
         f"| API requests per ADD: on its path / in all | {req.get('add_path', '-')} / {req['per_add']} "
         f"({', '.join(f'{n} {v:g}' for n, v in req['add_breakdown'].items())}) | 0 |",
         f"| API requests per DEL: on its path / in all | {req.get('del_path', '-')} / {req['per_del']} "
@@ -681,7 +704,14 @@ def report_latency(r: dict[str, Any]) -> str:
         f"| ADD (median / p90) | {k['add_ms']['median']} / {k['add_ms']['p90']} ms "
         f"| {loc['add_ms']['median']} / {loc['add_ms']['p90']} ms |",
         f"| ADD ratio (median of all; per round) | {r['add_ratio']} ({', '.join(map(str, r['add_ratio_rounds']))}) | 1 |",
+        yardstick(r),
     ])
+
+
+def yardstick(r: dict[str, Any]) -> str:
+    """What the ADD's one request costs by itself on this machine, against what Kubernetes mode adds to ADD."""
+    return (f"| ADD, Kubernetes mode - local mode (median) / one pod PATCH from a bare client, control plane idle "
+            f"(median) | {r['add_gap_ms']} / {r['bare_patch_ms']['median']} ms | |")
 
 
 def report_allocation(r: dict[str, Any]) -> str:
