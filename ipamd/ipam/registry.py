@@ -50,7 +50,7 @@ class LeaseRegistry(Protocol):
 
     def unused(self, rec: IPRecord, pod_uid: str) -> None: ...  # the pod no longer uses it on this node
 
-    def repair_use(self, rec: IPRecord, written: str) -> None: ...  # its users here, not ``written`` on it: written
+    def repair_use(self, rec: IPRecord, written: str, object_uid: str = "") -> None: ...  # users here, not ``written``
 
     def bind(self, uses_here: Callable[[str, str], bool]) -> None: ...  # (IPAddress key, pod UID) in the store
 
@@ -138,7 +138,7 @@ class NodeLocalRegistry(NoBlocks):
     def unused(self, rec: IPRecord, pod_uid: str) -> None:
         pass
 
-    def repair_use(self, rec: IPRecord, written: str) -> None:
+    def repair_use(self, rec: IPRecord, written: str, object_uid: str = "") -> None:
         pass
 
     def bind(self, uses_here: Callable[[str, str], bool]) -> None:

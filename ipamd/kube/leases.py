@@ -328,10 +328,10 @@ class KubeLeaseRegistry(NoBlocks):
     def bind(self, uses_here: Callable[[str, str], bool]) -> None:
         self.users.uses_here = uses_here
 
-    def repair_use(self, rec: IPRecord, written: str) -> None:
+    def repair_use(self, rec: IPRecord, written: str, object_uid: str = "") -> None:
         user = parse_user_text(written)
         if rec.used_by_uids and (user is None or user.uid not in rec.used_by_uids):
-            self.users.repair(rec.key, rec.used_by_pods[0], rec.used_by_uids[0])
+            self.users.repair(rec.key, rec.used_by_pods[0], rec.used_by_uids[0], object_uid)
 
     def recorded(self, lease: LeaseRecord) -> None:
         self.outbox.drop(f"{KIND}/{lease_name(lease.pool, lease.address)}", "hand_back")

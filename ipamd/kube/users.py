@@ -67,7 +67,8 @@ class IPAddressUsers:
         self._inflight: Counter[tuple[str, str]] = Counter()  # (IPAddress key, pod UID) a call is making the user
         # the store's word (``Ipam.uses_here``, bound by the Ipam); unbound, no pod is ever taken off (the safe side)
         self.uses_here: Callable[[str, str], bool] = lambda key, uid: True
-        self._next_repair: dict[str, float] = {}  # IPAddress key -> not repaired again before (``clock``)
+        # (IPAddress key, its object's UID) -> not repaired again before (``clock``): an object made again is new
+        self._next_repair: dict[tuple[str, str], float] = {}
         self.clock: Callable[[], float] = time.monotonic
         outbox.senders.setdefault("unuse", self._unuse)
         outbox.senders.setdefault("use", self._use_owed)
@@ -169,16 +170,17 @@ class IPAddressUsers:
         self.outbox.add(target_of(key), "unuse", {"kind": kind, "namespace": namespace, "name": name, "key": key,
                                                   "uid": uid}, not_before=PARKED if parked else 0.0)
 
-    def repair(self, key: str, pod_ref: str, uid: str) -> None:
+    def repair(self, key: str, pod_ref: str, uid: str, object_uid: str = "") -> None:
         """A pod that uses the IPAddress on this node, not written on it: written (owed) unless another pod that still
-        runs is (then two pods use it, which is logged). Not owed again for ``REPAIR_S`` (``CLASH_S`` after a clash):
-        a write the API server refuses for good is dropped, and the next round would owe it again."""
+        runs is (then two pods use it, which is logged). Not owed again for ``REPAIR_S`` (``CLASH_S`` after a clash)
+        on the same object: a write the API server refuses for good is dropped, and the next round would owe it
+        again. An object made again (``object_uid``, new) is written at once: until then it is nobody's."""
         now = self.clock()
-        if self.outbox.owes(target_of(key)) or now < self._next_repair.get(key, now):
+        if self.outbox.owes(target_of(key)) or now < self._next_repair.get((key, object_uid), now):
             return
         if len(self._next_repair) > 4096:  # no more than the IPAddresses this node's pods use, kept bounded
             self._next_repair = {k: t for k, t in self._next_repair.items() if t > now}
-        self._next_repair[key] = now + REPAIR_S
+        self._next_repair[(key, object_uid)] = now + REPAIR_S
         kind, namespace, name = _parts(key)
         self.outbox.add(target_of(key), "use", {"kind": kind, "namespace": namespace, "name": name,
                                                 "user": User(uid, pod_ref, self.node_name).text()})
@@ -210,7 +212,8 @@ class IPAddressUsers:
         if user is not None:
             ns, _, pod_name = user.pod.partition("/")
             if still_running(user, self.read_pod(ns, pod_name)):
-                self._next_repair[_key(body)] = self.clock() + CLASH_S
+                self._next_repair[(_key(body), (current.get("metadata") or {}).get("uid") or "")] = \
+                    self.clock() + CLASH_S
                 log.warning("%s %s is used by pod %s here and by pod %s on node %s: one of them must go",
                             body["kind"], _name(body["namespace"], body["name"]), mine.pod, user.pod, user.node)
                 return

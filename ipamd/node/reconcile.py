@@ -131,7 +131,7 @@ class Reconciler:
                 continue
             obj = self.source.get(IP_ADDRESS_KINDS[rec.kind], rec.namespace, rec.name)
             if obj is not None:
-                self.ipam.registry.repair_use(rec, obj.used_by)
+                self.ipam.registry.repair_use(rec, obj.used_by, obj.meta.uid)
 
     def _housekeep_blocks(self) -> None:
         """Renew this node's address blocks and return the ones that stayed empty (``ipamd.kube.blocks``)."""

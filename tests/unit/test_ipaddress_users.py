@@ -707,3 +707,27 @@ def test_a_take_off_parked_again_after_its_call_recorded_the_pod_does_not_stay_p
     a.registry.use_ended(rec, "uid-pa")
     a.outbox.flush()
     assert used_by(api)["uid"] == "uid-pa" and a.outbox.depth() == 0
+
+
+def test_an_ipaddress_made_again_soon_after_a_repair_is_written_at_the_next_round(
+        api: FakeApi, two: tuple[KubeNode, KubeNode]) -> None:
+    """Made again (``kubectl replace``: a new object, a new UID, no annotation) less than REPAIR_S after the node last
+    wrote its pod on it: the next round writes the pod on the new object, not a minute later, so another node's pod
+    is refused from then on (the pause after a repair is for a write refused on the same object)."""
+    a, b = two
+    a.call("ADD", "pa", "uid-pa", "ca")
+    api.patch("IPAddress", "fixed", {"metadata": {"annotations": {USED_BY_ANNOTATION: None}}}, NS)
+    rounds = rounds_of(a)
+    rounds.run_once()
+    a.outbox.flush()
+    assert used_by(api)["uid"] == "uid-pa"
+    replaced = obj("IPAddress", "fixed", {"networkRef": {"kind": "Network", "name": "net-a"}, "type": "Static",
+                                          "static": {"ip": "198.18.40.5"}}, uid="uid-fixed-replaced")
+    for node in (a, b):
+        node.source.add(replaced)
+    assert used_by(api) == {}, "the new object comes without the annotation"
+    rounds.run_once()
+    a.outbox.flush()
+    assert used_by(api) == {"uid": "uid-pa", "pod": f"{NS}/pa", "node": "n1"}
+    with pytest.raises(AddressConflict, match=f"in use by pod {NS}/pa on node n1"):
+        b.call("ADD", "pb", "uid-pb", "cb")
