@@ -27,9 +27,10 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bench.kube import REPO, ControlPlane, ours, write_results
 from bench.node import BenchError
@@ -70,8 +71,16 @@ class SimNode:
         self.outbox.stop()
 
 
+class Plane(Protocol):
+    """What a scenario asks of the control plane (``bench.kube.ControlPlane``, or a test's cluster)."""
+
+    def apply(self, docs: list[dict[str, Any]]) -> None: ...
+
+    def requests(self) -> Counter[str]: ...  # the API server's own count, by "resource verb"
+
+
 class Scenario:
-    def __init__(self, api: Any, cp: ControlPlane, scheme: str, nodes: int, pods: int, per_node: int, workers: int,
+    def __init__(self, api: Any, cp: Plane, scheme: str, nodes: int, pods: int, per_node: int, workers: int,
                  work: Path, prefix: int) -> None:
         self.api, self.cp, self.scheme, self.n, self.pods = api, cp, scheme, nodes, pods
         self.per_node, self.workers, self.work, self.prefix = per_node, workers, work, prefix
@@ -114,6 +123,7 @@ class Scenario:
                 raise BenchError(f"the informers never showed pool-{self.tag}")
             time.sleep(0.2)
         nodes = [SimNode(self.api, source, f"sim-{self.tag}-{i}", self.scheme, self.work) for i in range(self.n)]
+        self.nodes = nodes  # what a test reads after the run (their stores stay open)
         sel = NetworkSelection(type="Network", name=f"net-{self.tag}", if_name="net1")
         rng = random.Random(self.tag)
         counter = iter(range(10**9))
@@ -192,6 +202,28 @@ class Informers:
         return self.source.get(IP_ADDRESS_POOL, NS, f"pool-{tag}")
 
 
+def connect(apply: Any, kubeconfig: str) -> tuple[Any, Informers]:
+    """The simulation's namespace and NetworkClass (the CRDs applied already), its one API client and its informers,
+    started and listed."""
+    apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
+           {"apiVersion": API, "kind": "NetworkClass", "metadata": {"name": "ksim-class"},
+            "spec": {"vlan": {"idPool": ["3200-3299"]}}}])
+    from ipamd.kube.client import kube_api
+
+    api = kube_api(kubeconfig)
+    api.configuration.connection_pool_maxsize = 128  # every simulated node's outbox shares this client
+    api.rest_client.pool_manager.connection_pool_kw["maxsize"] = 128
+    informers = Informers(api)
+    informers.source.start()
+    deadline = time.monotonic() + 60
+    while not informers.source.ready():
+        if time.monotonic() > deadline:
+            informers.source.stop()
+            raise BenchError("the informers never listed every kind")
+        time.sleep(0.2)
+    return api, informers
+
+
 def report(results: list[dict[str, Any]]) -> str:
     lines = ["| scheme | nodes | pods | pods/s | API requests per pod | ADD p50 / p99 | errors | duplicates |",
              "|---|---|---|---|---|---|---|---|"]
@@ -222,19 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             cp.up()
             cp.kubectl("apply", "-f", str(REPO / "packaging/k8s/crds.yaml"))
             cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
-            cp.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
-                      {"apiVersion": API, "kind": "NetworkClass", "metadata": {"name": "ksim-class"},
-                       "spec": {"vlan": {"idPool": ["3200-3299"]}}}])
-            from ipamd.kube.client import kube_api
-
-            api = kube_api(cp.kubeconfig)
-            api.configuration.connection_pool_maxsize = 128  # every simulated node's outbox shares this client
-            api.rest_client.pool_manager.connection_pool_kw["maxsize"] = 128
-            informers = Informers(api)
-            informers.source.start()
+            api, informers = connect(cp.apply, cp.kubeconfig)
             stack.callback(informers.source.stop)
-            while not informers.source.ready():
-                time.sleep(0.2)
             prefix = 0
             for n in (int(x) for x in a.nodes.split(",")):
                 for scheme in a.schemes.split(","):
