@@ -17,9 +17,17 @@ REQUEST_TIMEOUT = (3.0, 10.0)  # seconds: (connect, read)
 
 
 class TimedApiClient(client.ApiClient):
-    """``client.ApiClient`` whose requests time out by default, and are counted (``ipamd.kube.api_calls``)."""
+    """``client.ApiClient`` whose requests time out by default, are made once, and are counted
+    (``ipamd.kube.api_calls``). Once: urllib3's default ``Retry(total=3)`` makes up to four attempts (a connect error
+    on any method, a read timeout on a GET, PUT or DELETE), each with the whole timeout, so a call's deadline would be
+    four times what its caller gave; every caller here owes, retries or gives up by itself."""
 
     timeout: tuple[float, float] = REQUEST_TIMEOUT
+
+    def __init__(self, configuration: Any = None, *args: Any, **kwargs: Any) -> None:
+        configuration = configuration if configuration is not None else client.Configuration.get_default_copy()
+        configuration.retries = False  # read by the REST client it makes: before super().__init__
+        super().__init__(configuration, *args, **kwargs)
 
     def call_api(self, method: Any, url: Any, header_params: Any = None, body: Any = None, post_params: Any = None,
                  _request_timeout: Any = None) -> Any:
