@@ -422,8 +422,9 @@ class Attacher:
         if self.source.pod_by_uid(record.pod_uid) is None:
             self.ipam.forget_pod(record.pod_uid)
         used = self.ipam.records([k for i in record.interfaces for k in i.ip_keys])
-        if record.pod_known:
-            self.publisher.detached(record.namespace, record.pod_name, record.pod_uid, remaining, used)
+        # a pod known only from the runtime's annotations (added while the API server was away) too: its ADD owed its
+        # statuses, which this supersedes (a pod that never was in the cluster: a 404, nothing written)
+        self.publisher.detached(record.namespace, record.pod_name, record.pod_uid, remaining, used)
 
     # -- CHECK ----------------------------------------------------------------------------------
     def check(self, call: CniCall) -> dict[str, Any]:

@@ -341,3 +341,20 @@ def test_two_sandboxes_of_a_pod_torn_down_at_once_let_the_static_go() -> None:
     assert not node.store.attachments()
     rec = node.store.get_ip(f"IPAddress/{NS}/fixed")
     assert rec is not None and not rec.used_by_uids
+
+
+def test_del_of_an_attachment_added_from_the_runtimes_annotations_is_published() -> None:
+    """An ADD while the API server is away takes the pod from the runtime's annotations and owes its statuses; its DEL
+    must publish too, or the ADD's owed status lands once the API is back and the IPAddresses' statuses keep the pod
+    as their user, for good (the reconciler leaves such records alone) (found in review)."""
+    from ipamd.model.objects import POD_ANNOTATIONS_CAPABILITY
+
+    node = KubeNode(FakeApi())
+    spec = json.dumps([{"type": "Network", "name": "net-a", "ifName": "net1"}])
+    runtime = {"runtimeConfig": {POD_ANNOTATIONS_CAPABILITY: {"network.deckhouse.io/networks-spec": spec}}}
+    node.call("ADD", "app", "uid-app", "c1", runtime)  # the pod is not in the source: the API server is away
+    assert node.publisher.attached_pods == ["app"] and "uid-app" in node.publisher.statuses
+    node.call("DEL", "app", "uid-app", "c1", runtime)
+    assert node.store.attachments() == []
+    assert node.publisher.detached_pods == ["app"], "the DEL published nothing: the ADD's status stays the pod's"
+    assert "uid-app" not in node.publisher.statuses
