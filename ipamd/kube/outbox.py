@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +56,9 @@ def judge(op: str, exc: BaseException) -> Verdict:
     if status is None or status == 429 or status >= 500:
         return Verdict(False, api_away=True, error=reason_of(exc)[:300])
     # 409 on a delete: its precondition failed, the object is someone else's now
-    if status == 404 or (status == 409 and op in ("create", "event", "delete")):
+    # 409 on a pod's status: its UID precondition failed (the pod was made again; a patch without a resourceVersion
+    # has no other conflict), as for a status written directly
+    if status == 404 or (status == 409 and op in ("create", "event", "delete", "pod_status")):
         return Verdict(True)
     if status == 409:
         return Verdict(False, error=reason_of(exc)[:300])
@@ -124,7 +127,7 @@ class Outbox:
     def unpark_all(self, op: str) -> int:
         """At the daemon's start, before any call: every parked ``op`` write is due (what it guarded died with the
         process that parked it). How many."""
-        parked = [e for e in self.store.outbox_head(10**9) if e.op == op and e.next_at == PARKED]
+        parked = [e for e in self.of_op(op) if e.next_at == PARKED]
         for e in parked:
             self.store.outbox_retry(e.seq, e.attempts, 0.0, e.error)
         return len(parked)
@@ -140,6 +143,10 @@ class Outbox:
     def owed(self, target: str) -> list[OutboxEntry]:
         """The writes of ``target`` owed, in order."""
         return list(self.store.outbox_of(target))
+
+    def of_op(self, op: str) -> list[OutboxEntry]:
+        """Every owed ``op`` write, in order (a restart's look at what was owed before it)."""
+        return [e for e in self.store.outbox_head(10**9) if e.op == op]
 
     def depth(self) -> int:
         return self.store.outbox_depth()
@@ -217,15 +224,22 @@ class Outbox:
                          self.depth(), backoff(self._away_attempts))
         return self.depth()
 
+    @contextmanager
+    def writing(self, target: str) -> Iterator[None]:
+        """``target`` is the caller's while it writes it directly: a pass already sending an older owed write of it
+        finishes first (so the caller's lands last), and no pass starts one meanwhile."""
+        self._take(target, wait=True)
+        try:
+            yield
+        finally:
+            self._give(target)
+
     def flush_target(self, target: str) -> bool:
         """Make the pending writes of one object now (before a write that must come after them); True when none is
         left."""
-        self._take(target, wait=True)
-        try:
+        with self.writing(target):
             self._send_chain(self.store.outbox_of(target), float("inf"))
             return all(e.next_at == PARKED for e in self.store.outbox_of(target))
-        finally:
-            self._give(target)
 
     def _next_wait(self) -> float:
         if not self.depth():  # the usual case: everything made (a count, not a read of the entries)

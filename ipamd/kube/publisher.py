@@ -101,18 +101,20 @@ class KubePublisher:
     def _now_or_owed(self, target: str, op: str, body: dict[str, Any], write: Callable[[], Any], what: str,
                      done: tuple[int, ...] = (404,)) -> None:
         """A write someone waits for: made now, or owed in the outbox when the API server does not answer (an older
-        owed write of the same target and op is superseded either way)."""
+        owed write of the same target and op is superseded either way). The target is taken from the outbox while
+        this writes it: an older owed write a pass is sending lands first, never after this one."""
         if self.outbox.api_away():  # known not to answer: no CNI call waits for its timeouts
             self.outbox.add(target, op, body, supersede=True)
             return
-        self.outbox.drop(target, op)
-        try:
-            write()
-        except Exception as exc:  # unreachable too: owed, never the CNI call's failure
-            if status_of(exc) in done:
-                return
-            log.warning("writing %s: %s (owed in the outbox)", what, reason_of(exc))
-            self.outbox.add(target, op, body, supersede=True)
+        with self.outbox.writing(target):
+            self.outbox.drop(target, op)
+            try:
+                write()
+            except Exception as exc:  # unreachable too: owed, never the CNI call's failure
+                if status_of(exc) in done:
+                    return
+                log.warning("writing %s: %s (owed in the outbox)", what, reason_of(exc))
+                self.outbox.add(target, op, body, supersede=True)
 
     def _patch_status_annotations(self, namespace: str, name: str, uid: str, status: PodStatus | None) -> None:
         """Both status annotations in one merge patch (removed with the pod's last attachment), with the pod's
@@ -126,21 +128,31 @@ class KubePublisher:
 
     def republish(self, ips: Iterable[IPRecord], statuses: Iterable[PodStatus]) -> None:
         """After a restart, owe again what the store says (a daemon killed between a commit and its outbox write
-        lost that write): the Auto IPAddresses of pods that use them, every IPAddress status, every pod's status.
-        An object with writes owed already keeps them, in order; the rest is idempotent (a create that finds its
-        object counts as done)."""
+        lost that write): the Auto IPAddresses of pods that use them, every IPAddress's and IPAMClaim's status, every
+        pod's status. The store's word wins over a status owed before the kill (a newer one committed and never
+        owed): each is owed superseding it, behind an object's owed create; a pod whose status the store no longer
+        has gets it removed. Owed, never written here: the daemon is starting, and the API server may be away."""
         for rec in ips:
-            if self.outbox.owes(rec.key):
-                continue
-            if rec.kind == IP_ADDRESS.name and rec.created_by == "plexus" and rec.owner_pod_uid and rec.used_by_pods:
+            if rec.kind == IP_ADDRESS.name and rec.created_by == "plexus" and rec.owner_pod_uid and rec.used_by_pods \
+                    and not self.outbox.owes(rec.key):
                 namespace, _, name = rec.used_by_pods[0].partition("/")
                 self._create_auto_ip(rec, Pod(Meta(POD.name, name, namespace, rec.owner_pod_uid)))
-            self.ip_status(rec)
+            if rec.kind == IPAM_CLAIM.name:
+                self.outbox.add(rec.key, "patch_status", self._claim_status_body(rec), supersede=True)
+            else:
+                self.ip_status(rec)
+        stored: set[tuple[str, str]] = set()
         for status in statuses:
-            target = f"{POD.name}/{status.namespace}/{status.name}"
-            if not self.outbox.owes(target):
-                self.outbox.add(target, "pod_status", {"namespace": status.namespace, "name": status.name,
-                                                       "patch": _status_patch(status.uid, status)})
+            stored.add((f"{POD.name}/{status.namespace}/{status.name}", status.uid))
+            self.outbox.add(f"{POD.name}/{status.namespace}/{status.name}", "pod_status",
+                            {"namespace": status.namespace, "name": status.name,
+                             "patch": _status_patch(status.uid, status)}, supersede=True)
+        for entry in self.outbox.of_op("pod_status"):
+            uid = str(((entry.body.get("patch") or {}).get("metadata") or {}).get("uid") or "")
+            if (entry.target, uid) not in stored:  # its pod's last attachment went (a DEL killed before writing)
+                self.outbox.add(entry.target, "pod_status", {"namespace": entry.body["namespace"],
+                                                             "name": entry.body["name"],
+                                                             "patch": _status_patch(uid, None)}, supersede=True)
 
     def _event(self, namespace: str, name: str, uid: str, reason: str, message: str, warning: bool = False) -> None:
         body = {
@@ -170,14 +182,18 @@ class KubePublisher:
     def _claim_status(self, rec: IPRecord) -> None:
         """An IPAMClaim's status: its address (kept while the claim exists) and the pod holding it ("" when none).
         Written now, like the pod's: another node reads ``ownerPod`` to refuse a second pod the claim."""
+        body = self._claim_status_body(rec)
+        self._now_or_owed(rec.key, "patch_status", body,
+                          lambda: self.objects.patch_status(IPAM_CLAIM.name, rec.name, body["status"], rec.namespace),
+                          f"the status of IPAMClaim {rec.namespace}/{rec.name}")
+
+    @staticmethod
+    def _claim_status_body(rec: IPRecord) -> dict[str, Any]:
         owner = rec.used_by_pods[-1].partition("/")[2] if rec.used_by_pods else ""
         ips = [cidr_of(rec.address, rec.network)] if rec.address and rec.network else []
         # no holder: ownerPod dropped (null in the merge patch; the client would send "" as an invalid null)
-        status = {"ips": ips, "ownerPod": owner or None}
-        self._now_or_owed(rec.key, "patch_status", {"kind": IPAM_CLAIM.name, "name": rec.name,
-                                                    "namespace": rec.namespace, "status": status},
-                          lambda: self.objects.patch_status(IPAM_CLAIM.name, rec.name, status, rec.namespace),
-                          f"the status of IPAMClaim {rec.namespace}/{rec.name}")
+        return {"kind": IPAM_CLAIM.name, "name": rec.name, "namespace": rec.namespace,
+                "status": {"ips": ips, "ownerPod": owner or None}}
 
     def attached(self, pod: Pod, status: PodStatus, created: Iterable[IPRecord], used: Iterable[IPRecord]) -> None:
         for rec in created:

@@ -121,6 +121,7 @@ def test_while_the_api_server_is_away_passes_back_off_and_then_catch_up(
     ("delete", 409, True, False),  # its precondition failed: someone else's object now
     ("patch_status", 404, True, False),
     ("patch_status", 409, False, True),  # a conflicting update: try again
+    ("pod_status", 409, True, False),  # its UID precondition failed: the pod was made again, nothing to write
     ("patch_status", 422, True, False),  # refused for good: dropped, with a warning
     ("create", 403, True, False),
     ("event", 429, False, True),
@@ -231,3 +232,47 @@ def test_a_chain_a_pass_read_before_flush_target_made_it_is_not_made_again() -> 
     gate.set()
     t.join(10)
     assert name in api.objs[LEASE_KIND], "the lease object of an address this node holds was deleted by a stale pass"
+
+
+def test_an_older_owed_status_a_pass_is_sending_lands_before_the_newer_one_written_directly() -> None:
+    """A pass sends S1, owed while the API server was away; meanwhile a DEL writes the pod's newer status directly.
+    The direct write waits for the pass's, so the newer lands last (found in review: S1 landed after it, for good)."""
+    import json
+
+    from kubernetes import client
+
+    from ipamd.kube.publisher import KubePublisher, _status_patch
+    from ipamd.model.objects import STATUS_ANNOTATION
+    from ipamd.store.records import PodStatus
+
+    landed: list[Any] = []  # the pod's networks-status as the API server applies the patches, in order
+    sending, answer = threading.Event(), threading.Event()
+
+    def owed_pod_status(body: dict[str, Any]) -> None:  # the pass's request: sent, slow to be answered
+        sending.set()
+        answer.wait(5)
+        landed.append(json.loads(body["patch"]["metadata"]["annotations"][STATUS_ANNOTATION]))
+
+    class Core:
+        def patch_namespaced_pod(self, name: str, namespace: str, body: dict[str, Any], **_: Any) -> Any:
+            value = body["metadata"]["annotations"][STATUS_ANNOTATION]
+            landed.append(None if value is None else json.loads(value))
+            return type("Answer", (), {"read": lambda self: b"", "release_conn": lambda self: None})()
+
+    store = MemoryStore()
+    outbox = Outbox(store, {"pod_status": owed_pod_status})
+    pub = KubePublisher(client.ApiClient(), "node-a", outbox)
+    pub.core = Core()  # type: ignore[assignment]
+    s1 = PodStatus("uid-1", "ns", "app", networks_status=({"ifName": "net1"},))
+    outbox.add("Pod/ns/app", "pod_status", {"namespace": "ns", "name": "app", "patch": _status_patch("uid-1", s1)})
+    a_pass = threading.Thread(target=outbox.flush)
+    a_pass.start()
+    assert sending.wait(5)
+    direct = threading.Thread(target=pub._patch_status_annotations, args=("ns", "app", "uid-1", None))
+    direct.start()
+    direct.join(0.3)
+    answer.set()
+    a_pass.join(5)
+    direct.join(5)
+    assert landed == [[{"ifName": "net1"}], None], "the pod is left with the older status"
+    assert store.outbox_depth() == 0
