@@ -290,14 +290,20 @@ class BlockRegistry(KubeLeaseRegistry):
         return True
 
     def _ours_already(self, lease: LeaseRecord) -> bool:
-        """A lease object of this address for the same holder, made before any block was claimed over it."""
-        for o in self.source.by_index(LEASE_KIND, "address", (lease.pool, lease.ip)):
-            if lease.holder and _spec(o).get("holder") == lease.holder:
-                md = o.get("metadata") or {}  # what a let-go of this claim may delete: only this node's own
-                self.made[lease_name(lease.pool, lease.address)] = str(md.get("resourceVersion") or "") \
-                    if (md.get("labels") or {}).get(NODE_LABEL) == self.node_name else None
-                return True
-        return False
+        """A lease object of this address for the same holder, made before any block was claimed over it (a Static
+        another node leases too). Read from the API server once the cache shows one: the cache may not show its
+        delete yet (this holder's let-go, made a moment ago), and an address leased on a stale object has none."""
+        if not lease.holder or not any(_spec(o).get("holder") == lease.holder for o in
+                                       self.source.by_index(LEASE_KIND, "address", (lease.pool, lease.ip))):
+            return False
+        with api_unavailable_is_11():
+            current = self._read(lease_name(lease.pool, lease.address))
+        if current is None or _spec(current).get("holder") != lease.holder:
+            return False  # gone, or another holder's now: claimed anew
+        md = current.get("metadata") or {}  # what a let-go of this claim may delete: only this node's own
+        self.made[lease_name(lease.pool, lease.address)] = str(md.get("resourceVersion") or "") \
+            if (md.get("labels") or {}).get(NODE_LABEL) == self.node_name else None
+        return True
 
     def _granted(self, lease: LeaseRecord, block: Block) -> bool:
         """An address in another node's block: ours once its owner leased it to the same holder."""

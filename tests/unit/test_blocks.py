@@ -784,3 +784,26 @@ def test_free_in_counts_exactly_or_stops_at_enough_looking_at_the_newest_blocks_
     assert free_in(big, blocks, taken) == 16
     looked.clear()
     assert free_in(big, blocks, taken, enough=4) == 4 and len(looked) == 4, "the newest block answers at once"
+
+
+def test_an_exact_address_asked_again_right_after_its_let_go_is_not_leased_on_a_stale_cache() -> None:
+    """A holder asks for its exact address again right after letting it go, the delete of its lease object made but
+    not yet shown by the informer: the cache's object of the same holder is read again from the API server, so the
+    address gets a lease object anew, and another node does not hand it out (found in review: it was leased with no
+    object, and another node leased it per address)."""
+    api = FakeApi()
+    a = Node(api, "a", live=False, claim=False)  # per address for this node
+    big = pool_of(a.source, "big")
+    a.ipam.allocate_for("client", big, "198.18.40.100")
+    a.outbox.flush()
+    a.cache.sync()
+    assert a.ipam.release_address(big, "198.18.40.100", force=True)
+    a.outbox.flush()  # the delete made; the informer has not shown it yet
+    assert not [o for o in api.objs[LEASE_KIND].values() if o["spec"]["ip"] == "198.18.40.100"]
+    a.ipam.allocate_for("client", big, "198.18.40.100")
+    a.outbox.flush()
+    assert [o["spec"]["holder"] for o in api.objs[LEASE_KIND].values() if o["spec"]["ip"] == "198.18.40.100"] == \
+        ["api/client"]
+    b = Node(api, "b", claim=False)
+    b.store.set_cursor(big.meta.key, to_int("198.18.40.99"))
+    assert b.add() != "198.18.40.100"
