@@ -180,6 +180,9 @@ class BlockRegistry(KubeLeaseRegistry):
         self.spawn = spawn or (lambda run: threading.Thread(target=run, name="grow-block", daemon=True).start())
         self.wait = wait  # (condition, timeout) -> whether it came true: how an allocation waits for a block to go
         self.mine: dict[tuple[str, int], Block] = {}  # claimed here, before the informer shows them
+        # slot -> name of the block of ``mine`` the informer has shown: from then on the cache's word is taken, so a
+        # delete of it (the controller's reclaim) stops leasing in it at once, not at the next round's ``_lost``
+        self._shown: dict[tuple[str, int], str] = {}
         self.excluded: dict[str, dict[int, str]] = {}  # pool -> address -> holder found inside this node's new blocks
         # other nodes' blocks read from the API server (a per-address lease's check) before the cache shows them, so
         # that the next picks skip their whole window, not one address at a time: slot -> (block, when read)
@@ -202,12 +205,13 @@ class BlockRegistry(KubeLeaseRegistry):
     # -- reading ------------------------------------------------------------------------------------
     def block_at(self, pool: str, ip: int) -> Block | None:
         first = window_of(ip, self.size)
+        cached = [b for b in (parse_block(o) for o in self.source.by_index(KIND, "window", (pool, first)))
+                  if b is not None]
         mine = self.mine.get((pool, first))
-        if mine is not None:
-            return mine
-        for obj in self.source.by_index(KIND, "window", (pool, first)):
-            block = parse_block(obj)
-            if block is not None and block.node == self.node_name and (pool, first) in self.returned:
+        if mine is not None and not self._seen_mine(mine, cached):
+            return mine  # claimed here a moment ago: the cache does not show it yet
+        for block in cached:
+            if block.node == self.node_name and (pool, first) in self.returned:
                 return None  # ours no more: being deleted
             return block
         seen = self.seen.get((pool, first))
@@ -216,11 +220,21 @@ class BlockRegistry(KubeLeaseRegistry):
     def blocks(self, pool: AddressPool) -> list[Block]:
         key = pool.meta.key
         self._note(pool)
-        found = {b.first: b for b in (parse_block(o) for o in self.source.by_index(KIND, "node", self.node_name))
-                 if b is not None and b.pool == key and (key, b.first) not in self.returned}
+        cached = [b for b in (parse_block(o) for o in self.source.by_index(KIND, "node", self.node_name))
+                  if b is not None and b.pool == key]
+        found = {b.first: b for b in cached if (key, b.first) not in self.returned}
         with self._lock:
-            found.update({first: b for (p, first), b in self.mine.items() if p == key})
+            found.update({first: b for (p, first), b in self.mine.items()
+                          if p == key and not self._seen_mine(b, cached)})
         return [found[k] for k in sorted(found)]
+
+    def _seen_mine(self, block: Block, cached: list[Block]) -> bool:
+        """Whether the informer has shown this block claimed here (now, or before: then its cache entry's absence
+        means it was deleted)."""
+        slot = (block.pool, block.first)
+        if any(b.name == block.name and b.node == self.node_name for b in cached):
+            self._shown[slot] = block.name
+        return self._shown.get(slot) == block.name
 
     def in_blocks(self, pool: AddressPool) -> bool:
         self._note(pool)
@@ -411,6 +425,7 @@ class BlockRegistry(KubeLeaseRegistry):
         with self._lock:
             self.returned.discard(slot)
             self.mine[slot] = block
+            self._shown.pop(slot, None)
         return True
 
     def _over_the_cap(self, block: Block, pool: AddressPool) -> bool:

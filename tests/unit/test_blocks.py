@@ -829,3 +829,25 @@ def test_the_cap_on_blocks_holds_when_an_old_block_is_renewed_during_the_check()
     api.patch_status(BLOCK_KIND, old, {"renewTime": rfc3339()})
     kept = [not x.registry._over_the_cap(nx, big), not y.registry._over_the_cap(ny, big)]
     assert kept == [True, False] and len(api.objs[BLOCK_KIND]) == 8
+
+
+def test_a_node_stops_leasing_in_its_block_once_the_informer_shows_the_controller_deleted_it() -> None:
+    """The controller reclaimed node a's block (a silent past --block-ttl, no pod alive) and node b claimed the same
+    window. a's daemon is still up: once its informer shows the delete it leases there no more, without waiting for
+    its next round (found in review: the block claimed here hid the delete until then, and both nodes leased .19)."""
+    api = FakeApi()
+    a = Node(api, "a")
+    a.registry.grow = _grow_at(a.registry, "198.18.40.16")  # type: ignore[method-assign]
+    a.registry.grow_soon = lambda pool, taken: None  # type: ignore[method-assign]
+    held = {a.add() for _ in range(3)}
+    a.outbox.flush()
+    (name,) = api.objs[BLOCK_KIND]
+    api.delete(BLOCK_KIND, name)  # the controller's reclaim
+    b = Node(api, "b")
+    b.registry.grow = _grow_at(b.registry, "198.18.40.16")  # type: ignore[method-assign]
+    b.registry.grow_soon = lambda pool, taken: None  # type: ignore[method-assign]
+    theirs = {b.add() for _ in range(3)}
+    assert not theirs & held
+    mine = a.add()  # before a's next round
+    a.outbox.flush()
+    assert mine not in theirs | {b.add() for _ in range(3)}
