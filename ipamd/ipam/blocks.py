@@ -78,6 +78,12 @@ def addresses_in(pool: AddressPool, first: int, size: int = BLOCK_SIZE) -> Itera
             yield from range(max(a, first), min(b, last) + 1)
 
 
+def hands_out(pool: AddressPool, ip: int) -> bool:
+    """Whether the pool hands ``ip`` out by itself (inside its IPv4 ranges): only those are ever leased in a block;
+    another address of a block's window (a Static's, or one asked for exactly) is leased per address."""
+    return any(a <= ip <= b for s in _ipv4(pool).subnets for a, b in s.ranges)
+
+
 def windows(pool: AddressPool, size: int = BLOCK_SIZE) -> list[int]:
     """Every window holding at least one address of the pool's ranges, in address order."""
     out: set[int] = set()

@@ -48,6 +48,7 @@ from ipamd.ipam.blocks import (
     block_name,
     free_in,
     free_window,
+    hands_out,
     may_claim,
     uses_blocks,
     window_of,
@@ -250,7 +251,15 @@ class BlockRegistry(KubeLeaseRegistry):
         return _Taken(self, pool)
 
     # -- claiming -----------------------------------------------------------------------------------
-    def claim(self, lease: LeaseRecord) -> bool:
+    def claim(self, lease: LeaseRecord, pool: AddressPool | None = None) -> bool:
+        # outside the pool's ranges (a Static's, one asked for exactly): no block hands it out, so it is leased per
+        # address whoever's window it lies in; two never meet in one block, one leased there with no request and one
+        # per address (found in review: a block claimed over such a per-address lease did not exclude it)
+        if pool is not None and family_of(lease.ip) == 4 and not hands_out(pool, lease.ip):
+            if not self.outbox.owes(f"{LEASE_KIND}/{lease_name(lease.pool, lease.address)}") and \
+                    self._ours_already(lease):
+                return True
+            return super().claim(lease)
         block = self.block_at(lease.pool, lease.ip)
         if block is not None and block.node == self.node_name:
             found = self.excluded.get(lease.pool, {}).get(lease.ip)

@@ -559,12 +559,12 @@ def test_a_static_asked_for_while_another_call_claims_its_address_is_told_to_try
     claim = n1.registry.claim
     refused: list[str] = []
 
-    def claim_with_a_static_meanwhile(lease: Any) -> bool:
+    def claim_with_a_static_meanwhile(lease: Any, pool: Any = None) -> bool:
         if lease.address == "198.18.40.200" and not (lease.holder or "").endswith("/fixed") and not refused:
             with pytest.raises(TryAgainLater, match="another call") as exc:
                 n1.add(names=("fixed",))
             refused.append(str(exc.value))
-        return bool(claim(lease))
+        return bool(claim(lease, pool))
 
     n1.registry.claim = claim_with_a_static_meanwhile  # type: ignore[method-assign]
     assert n1.add() == "198.18.40.200" and refused
@@ -851,3 +851,28 @@ def test_a_node_stops_leasing_in_its_block_once_the_informer_shows_the_controlle
     mine = a.add()  # before a's next round
     a.outbox.flush()
     assert mine not in theirs | {b.add() for _ in range(3)}
+
+
+def test_an_address_outside_the_ranges_is_leased_per_address_even_inside_a_block() -> None:
+    """Node b leases .5 (outside the pool's ranges, inside window .0/28) per address for Static s-two. Node a, its cache
+    from before that, then claims block .0/28 and a pod names Static s-one at .5 too: a block hands out its ranges
+    alone, so .5 is claimed per address, and refused (found in review: a leased it in its block with no request,
+    and both pods held .5)."""
+    api = FakeApi()
+    a = Node(api, "a", live=False)
+    b = Node(api, "b", claim=False)
+    for node in (a, b):
+        node.source.add(pool("rng", "198.18.60.0/24", ranges=["198.18.60.10-198.18.60.250"], ttl="0s"))
+        node.source.add(network("rng-net", "rng"))
+        node.source.add(static("s-one", "198.18.60.5", net="rng-net"))
+        node.source.add(static("s-two", "198.18.60.5", net="rng-net"))
+    a.cache.sync()  # a's cache: before b's lease object
+    assert attach(b.ipam, pod("pb"), net="rng-net", names=("s-two",))[0].address == "198.18.60.5"
+    a.registry.grow = _grow_at(a.registry, "198.18.60.0")  # type: ignore[method-assign]
+    a.registry.grow_soon = lambda pool, taken: None  # type: ignore[method-assign]
+    attach(a.ipam, pod("pa0"), net="rng-net")  # a claims .0/28 (and leases .10 in it)
+    assert [blk.first for blk in a.registry.mine.values()] == [to_int("198.18.60.0")]
+    with pytest.raises(AddressConflict):
+        attach(a.ipam, pod("pa"), net="rng-net", names=("s-one",))
+    assert [o["spec"]["holder"] for o in api.objs[LEASE_KIND].values() if o["spec"]["ip"] == "198.18.60.5"] == \
+        ["IPAddress/ns/s-two"]
