@@ -367,16 +367,10 @@ def test_the_reconciler_never_writes_over_another_pod_that_runs_and_looks_again_
     api.patch("IPAddress", "fixed", {"metadata": {"annotations": {USED_BY_ANNOTATION: other}}}, NS)
     a.source.add(replace(a.source.get(IP_ADDRESS, NS, "fixed"), used_by=other))  # type: ignore[arg-type, type-var]
     rounds = rounds_of(a)
-    gets = api.calls["get IPAddress"]
-    for _ in range(3):
-        rounds.run_once()
-        a.outbox.flush()
-    assert api.calls["get IPAddress"] - gets == 1, "looked at once, then again after CLASH_S"
+    assert reads_over(a, rounds, api, 3) == 1, "looked at once, then again after CLASH_S"
     later = a.registry.users.clock() + 301
     a.registry.users.clock = lambda: later
-    rounds.run_once()
-    a.outbox.flush()
-    assert api.calls["get IPAddress"] - gets == 2
+    assert reads_over(a, rounds, api, 1) == 1
     assert used_by(api)["uid"] == "uid-pb"
 
 
@@ -480,12 +474,7 @@ def test_a_repair_the_api_refuses_is_not_made_again_every_round(api: FakeApi, tw
     a.call("ADD", "pa", "uid-pa", "ca")
     api.patch("IPAddress", "fixed", {"metadata": {"annotations": {USED_BY_ANNOTATION: None}}}, NS)
     api.patch = answering(403, "Forbidden")  # type: ignore[method-assign]
-    rounds = rounds_of(a)
-    gets = api.calls["get IPAddress"]
-    for _ in range(5):
-        rounds.run_once()
-        a.outbox.flush()
-    assert api.calls["get IPAddress"] - gets == 1, "once, then again after REPAIR_S"
+    assert reads_over(a, rounds_of(a), api, 5) == 1, "once, then again after REPAIR_S"
 
 
 def test_an_auto_ipaddress_made_for_a_pod_before_this_version_is_written_by_the_reconciler(api: FakeApi) -> None:
@@ -508,6 +497,15 @@ def test_an_auto_ipaddress_made_for_a_pod_before_this_version_is_written_by_the_
     with pytest.raises(AddressConflict, match=f"in use by pod {NS}/pa on node n1"):
         b.call("ADD", "pb", "uid-pb", "cb")
     assert got["ips"][0]["address"] not in {lease.address for lease in b.store.all_leases() if lease.holder}
+
+
+def reads_over(node: KubeNode, rounds: Reconciler, api: FakeApi, n: int) -> int:
+    """The IPAddress reads ``n`` reconcile rounds of a node make, each round's owed writes made after it."""
+    gets = api.calls["get IPAddress"]
+    for _ in range(n):
+        rounds.run_once()
+        node.outbox.flush()
+    return int(api.calls["get IPAddress"] - gets)
 
 
 def rounds_of(node: KubeNode) -> Reconciler:
