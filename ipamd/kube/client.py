@@ -7,26 +7,46 @@ for ever. Watches give their own, longer than the server-side timeout they ask f
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 from kubernetes import client, config
+from urllib3.exceptions import ConnectTimeoutError, ReadTimeoutError
+from urllib3.util import Retry
 
 from ipamd.kube.api_calls import count
 
 REQUEST_TIMEOUT = (3.0, 10.0)  # seconds: (connect, read)
 
 
+class OnceMoreOnADroppedConnection(Retry):
+    """A request is made once more only when a kept-alive connection it was sent on had been closed by the server (or
+    a balancer before it) as it was reused, and only for a method urllib3 deems safe to repeat (not a PATCH, not a
+    POST): never after a timeout or a refused connection, so a call's deadline stays what its caller gave."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.update(total=kwargs.get("total", 1), connect=0, status=0, other=0, redirect=0)
+        kwargs.setdefault("read", 1)
+        super().__init__(**kwargs)
+
+    def increment(self, method: str | None = None, url: str | None = None, response: Any = None,
+                  error: Exception | None = None, _pool: Any = None, _stacktrace: Any = None) -> Self:
+        if isinstance(error, (ReadTimeoutError, ConnectTimeoutError)):
+            raise error
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
 class TimedApiClient(client.ApiClient):
-    """``client.ApiClient`` whose requests time out by default, are made once, and are counted
-    (``ipamd.kube.api_calls``). Once: urllib3's default ``Retry(total=3)`` makes up to four attempts (a connect error
-    on any method, a read timeout on a GET, PUT or DELETE), each with the whole timeout, so a call's deadline would be
-    four times what its caller gave; every caller here owes, retries or gives up by itself."""
+    """``client.ApiClient`` whose requests time out by default, are not made again after a timeout, and are counted
+    (``ipamd.kube.api_calls``). urllib3's default ``Retry(total=3)`` made up to four attempts (a connect error on any
+    method, a read timeout on a GET, PUT or DELETE), each with the whole timeout, so a call's deadline was four times
+    what its caller gave; every caller here owes, retries or gives up by itself. A GET on a kept-alive connection the
+    server closed is made once more (``OnceMoreOnADroppedConnection``): that is no outage."""
 
     timeout: tuple[float, float] = REQUEST_TIMEOUT
 
     def __init__(self, configuration: Any = None, *args: Any, **kwargs: Any) -> None:
         configuration = configuration if configuration is not None else client.Configuration.get_default_copy()
-        configuration.retries = False  # read by the REST client it makes: before super().__init__
+        configuration.retries = OnceMoreOnADroppedConnection()  # read by the REST client it makes: set before
         super().__init__(configuration, *args, **kwargs)
 
     def call_api(self, method: Any, url: Any, header_params: Any = None, body: Any = None, post_params: Any = None,

@@ -9,13 +9,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client
 from urllib3.util import Retry
 
-from ipamd.kube.client import TimedApiClient, kube_api
+from cni.errors import TryAgainLater
+from ipamd.kube.client import OnceMoreOnADroppedConnection, TimedApiClient, kube_api
 from ipamd.kube.elector import RELEASE_TIMEOUT, LeaderElector
+from ipamd.kube.errors import api_unavailable_is_11
 
 
 @pytest.fixture
@@ -62,7 +65,7 @@ def test_the_controller_hands_its_lease_back_within_its_timeout(hung_server: str
     assert time.monotonic() - started < sum(RELEASE_TIMEOUT) + 1.5
 
 
-def test_a_client_from_a_kubeconfig_makes_each_request_once(tmp_path: Path) -> None:
+def test_a_client_from_a_kubeconfig_makes_no_request_again_after_a_timeout(tmp_path: Path) -> None:
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text("""apiVersion: v1
 kind: Config
@@ -72,4 +75,72 @@ contexts: [{name: x, context: {cluster: c, user: u}}]
 current-context: x
 """)
     api = kube_api(str(kubeconfig))
-    assert Retry.from_int(api.rest_client.pool_manager.connection_pool_kw["retries"]).total is False
+    retries = Retry.from_int(api.rest_client.pool_manager.connection_pool_kw["retries"])
+    assert isinstance(retries, OnceMoreOnADroppedConnection) and retries.connect == 0
+
+
+ANSWER = b'{"kind":"Namespace","apiVersion":"v1","metadata":{"name":"x"}}'
+
+
+@pytest.fixture
+def closing_server() -> Iterator[str]:
+    """Answers on a kept-alive connection once, then closes it as the next request comes in (an API server, or a
+    balancer before it, ending an idle connection just as the client reuses it); answers on new connections."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+
+    def serve() -> None:
+        first = True
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                answered = 0
+                while True:
+                    data = b""
+                    while b"\r\n\r\n" not in data and (chunk := conn.recv(65536)):
+                        data += chunk
+                    if not data or (first and answered == 1):
+                        break
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                                 + str(len(ANSWER)).encode() + b"\r\n\r\n" + ANSWER)
+                    answered += 1
+            first = False
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    srv.close()
+
+
+def test_a_get_on_a_kept_alive_connection_the_server_closed_is_made_again(closing_server: str) -> None:
+    """That is no outage: an ADD's read must not answer code 11 for an API server that is up (found in review: with
+    no retry at all, it did)."""
+    core = client.CoreV1Api(hung_client(closing_server))
+    core.read_namespace("x")
+    with api_unavailable_is_11():
+        assert core.read_namespace("x").metadata.name == "x"
+
+
+def test_a_refused_connection_is_not_tried_again() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    api = hung_client(f"http://127.0.0.1:{port}")
+    tries: list[Any] = []
+    pool = api.rest_client.pool_manager
+    new_conn = pool.connection_from_url(f"http://127.0.0.1:{port}").ConnectionCls._new_conn
+
+    def counted(self: Any) -> Any:
+        tries.append(self)
+        return new_conn(self)
+
+    pool.connection_from_url(f"http://127.0.0.1:{port}").ConnectionCls._new_conn = counted
+    try:
+        with pytest.raises(TryAgainLater), api_unavailable_is_11():
+            client.CoreV1Api(api).read_namespace("x")
+    finally:
+        pool.connection_from_url(f"http://127.0.0.1:{port}").ConnectionCls._new_conn = new_conn
+    assert len(tries) == 1
