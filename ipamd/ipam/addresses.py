@@ -325,7 +325,7 @@ class Ipam:
             lease = self._candidate(rec, pool, pkey, ip, str(subnet.network))
             if not self._reserve(lease):
                 return None  # this node is claiming it for another call right now: decided inside the transaction
-            if self._claim_outside(lease, pool):
+            if self._claim_outside(lease):
                 return lease
             secured.elsewhere = True
             return None
@@ -369,7 +369,7 @@ class Ipam:
                     asked += 1
                     continue
                 return None  # exhausted: said inside the transaction, with the counts
-            if self._claim_outside(candidate, pool):
+            if self._claim_outside(candidate):
                 self.store.set_cursor(cursor_key(pool), candidate.ip)
                 return candidate
             lost.add(candidate.ip)  # taken by another node since our cache last saw it: try the next one
@@ -401,7 +401,7 @@ class Ipam:
                     raise TryAgainLater(f"this node's address blocks of pool {pool.meta.display} are full, and claiming "
                                         "the next one needs the Kubernetes API", exc.msg) from None
                 continue
-            if self._claim_outside(lease, pool):
+            if self._claim_outside(lease):
                 self.store.set_cursor(cursor_key(pool), lease.ip)
                 self.registry.grow_soon(pool, taken.__contains__)
                 return lease
@@ -417,11 +417,11 @@ class Ipam:
         return LeaseRecord(pool=pkey, ip=ip, address=to_text(ip), network=network, holder=rec.key,
                            holder_uid=rec.uid, ttl=pool.lease_ttl_s, created_at=self.clock())
 
-    def _claim_outside(self, lease: LeaseRecord, pool: AddressPool) -> bool:
+    def _claim_outside(self, lease: LeaseRecord) -> bool:
         """The registry's claim of a reserved address, outside the store's lock; the reservation goes unless won."""
         won = False
         try:
-            won = self.registry.claim(lease, pool)
+            won = self.registry.claim(lease)
             return won
         finally:
             if not won:

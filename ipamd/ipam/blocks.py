@@ -45,6 +45,12 @@ class Block:
     def __contains__(self, ip: object) -> bool:
         return isinstance(ip, int) and self.first <= ip < self.first + self.size
 
+    @property
+    def window(self) -> range:
+        """Every address of its window: what may be held in it, a Static's or an exact one outside the pool's
+        ranges too (``addresses_in`` is what it hands out)."""
+        return range(self.first, self.first + self.size)
+
 
 def block_name(pool: str, first: int) -> str:
     """``blk-198-18-0-16-<hash of the pool>``: readable, a valid name, unique per (pool, window)."""
@@ -76,12 +82,6 @@ def addresses_in(pool: AddressPool, first: int, size: int = BLOCK_SIZE) -> Itera
     for s in _ipv4(pool).subnets:
         for a, b in s.ranges:
             yield from range(max(a, first), min(b, last) + 1)
-
-
-def hands_out(pool: AddressPool, ip: int) -> bool:
-    """Whether the pool hands ``ip`` out by itself (inside its IPv4 ranges): only those are ever leased in a block;
-    another address of a block's window (a Static's, or one asked for exactly) is leased per address."""
-    return any(a <= ip <= b for s in _ipv4(pool).subnets for a, b in s.ranges)
 
 
 def windows(pool: AddressPool, size: int = BLOCK_SIZE) -> list[int]:

@@ -24,7 +24,7 @@ class LeaseRegistry(Protocol):
 
     def held_by(self, holder: str, pool: str) -> int | None: ...  # the IP another node leased to it
 
-    def claim(self, lease: LeaseRecord, pool: AddressPool | None = None) -> bool: ...  # False: another holds it
+    def claim(self, lease: LeaseRecord) -> bool: ...  # False: somebody else holds this IP
 
     def orphan(self, lease: LeaseRecord) -> None: ...
 
@@ -105,7 +105,7 @@ class NodeLocalRegistry(NoBlocks):
     def held_by(self, holder: str, pool: str) -> int | None:
         return None
 
-    def claim(self, lease: LeaseRecord, pool: AddressPool | None = None) -> bool:
+    def claim(self, lease: LeaseRecord) -> bool:
         return True
 
     def orphan(self, lease: LeaseRecord) -> None:

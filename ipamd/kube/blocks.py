@@ -48,7 +48,6 @@ from ipamd.ipam.blocks import (
     block_name,
     free_in,
     free_window,
-    hands_out,
     may_claim,
     uses_blocks,
     window_of,
@@ -251,15 +250,7 @@ class BlockRegistry(KubeLeaseRegistry):
         return _Taken(self, pool)
 
     # -- claiming -----------------------------------------------------------------------------------
-    def claim(self, lease: LeaseRecord, pool: AddressPool | None = None) -> bool:
-        # outside the pool's ranges (a Static's, one asked for exactly): no block hands it out, so it is leased per
-        # address whoever's window it lies in; two never meet in one block, one leased there with no request and one
-        # per address (found in review: a block claimed over such a per-address lease did not exclude it)
-        if pool is not None and family_of(lease.ip) == 4 and not hands_out(pool, lease.ip):
-            if not self.outbox.owes(f"{LEASE_KIND}/{lease_name(lease.pool, lease.address)}") and \
-                    self._ours_already(lease):
-                return True
-            return super().claim(lease)
+    def claim(self, lease: LeaseRecord) -> bool:
         block = self.block_at(lease.pool, lease.ip)
         if block is not None and block.node == self.node_name:
             found = self.excluded.get(lease.pool, {}).get(lease.ip)
@@ -457,7 +448,10 @@ class BlockRegistry(KubeLeaseRegistry):
         """What lease objects hold inside a block just claimed, read from the API server itself (a quorum read:
         a per-address lease created before our block is in it, whatever our cache says)."""
         items = self.objects.lister(LEASE_KIND)(label_selector=f"{POOL_LABEL}={pool_label(block.pool)}")
-        window = set(addresses_in(pool, block.first, block.size))
+        # the whole window, not its ranges alone: a Static (or an exact address) outside them leased per address
+        # before the block is in it too, and would otherwise be leased again inside it with no request (found in
+        # review: two pods held it)
+        window = set(block.window)
         inside = {to_int(str(_spec(o)["ip"])): str(_spec(o).get("holder") or "") for o in (items.get("items") or [])
                   if _spec(o).get("ip") and to_int(str(_spec(o)["ip"])) in window}
         if inside:
@@ -674,7 +668,7 @@ class BlockRegistry(KubeLeaseRegistry):
                         self._empty_since.pop(slot, None)
                         asked.append((pool, block))
                         continue
-                    if any(in_use(block.pool, ip) for ip in addresses_in(pool, block.first, block.size)):
+                    if any(in_use(block.pool, ip) for ip in block.window):  # a Static outside the ranges too
                         self._empty_since.pop(slot, None)
                         continue
                     since = self._empty_since.setdefault(slot, now)
@@ -744,8 +738,7 @@ class BlockRegistry(KubeLeaseRegistry):
 
     def _make_window_leases(self, pool: AddressPool, block: Block) -> bool:
         """Make now the lease objects this node owes in a block's window; whether none is left owed."""
-        targets = [f"{LEASE_KIND}/{lease_name(block.pool, to_text(ip))}"
-                   for ip in addresses_in(pool, block.first, block.size)]
+        targets = [f"{LEASE_KIND}/{lease_name(block.pool, to_text(ip))}" for ip in block.window]
         return all(self.outbox.flush_target(t) for t in targets if self.outbox.owes(t))
 
     def _keep_leases_of(self, pool: AddressPool, block: Block) -> None:

@@ -25,7 +25,7 @@ from ipamd.kube.errors import api_unavailable_is_11, status_of
 from ipamd.kube.outbox import PARKED, Outbox
 from ipamd.kube.resources import RESOURCES
 from ipamd.kube.users import IPAddressUsers
-from ipamd.model.objects import GROUP, IP_ADDRESS_KINDS, IPAM_CLAIM, AddressPool, Pod
+from ipamd.model.objects import GROUP, IP_ADDRESS_KINDS, IPAM_CLAIM, Pod
 from ipamd.model.timefmt import parse_rfc3339, rfc3339
 from ipamd.model.used_by import parse_user_text
 from ipamd.store.protocols import LeaseStore
@@ -172,7 +172,7 @@ class KubeLeaseRegistry(NoBlocks):
             out.append(lease)
         return out
 
-    def claim(self, lease: LeaseRecord, pool: AddressPool | None = None) -> bool:
+    def claim(self, lease: LeaseRecord) -> bool:
         with api_unavailable_is_11():
             return self._claim(lease)
 

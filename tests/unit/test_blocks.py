@@ -559,12 +559,12 @@ def test_a_static_asked_for_while_another_call_claims_its_address_is_told_to_try
     claim = n1.registry.claim
     refused: list[str] = []
 
-    def claim_with_a_static_meanwhile(lease: Any, pool: Any = None) -> bool:
+    def claim_with_a_static_meanwhile(lease: Any) -> bool:
         if lease.address == "198.18.40.200" and not (lease.holder or "").endswith("/fixed") and not refused:
             with pytest.raises(TryAgainLater, match="another call") as exc:
                 n1.add(names=("fixed",))
             refused.append(str(exc.value))
-        return bool(claim(lease, pool))
+        return bool(claim(lease))
 
     n1.registry.claim = claim_with_a_static_meanwhile  # type: ignore[method-assign]
     assert n1.add() == "198.18.40.200" and refused
@@ -853,11 +853,11 @@ def test_a_node_stops_leasing_in_its_block_once_the_informer_shows_the_controlle
     assert mine not in theirs | {b.add() for _ in range(3)}
 
 
-def test_an_address_outside_the_ranges_is_leased_per_address_even_inside_a_block() -> None:
+def test_a_block_claimed_over_a_per_address_lease_outside_the_ranges_excludes_it() -> None:
     """Node b leases .5 (outside the pool's ranges, inside window .0/28) per address for Static s-two. Node a, its cache
-    from before that, then claims block .0/28 and a pod names Static s-one at .5 too: a block hands out its ranges
-    alone, so .5 is claimed per address, and refused (found in review: a leased it in its block with no request,
-    and both pods held .5)."""
+    from before that, then claims block .0/28, and a pod names Static s-one at .5 too: the claim's quorum read of the
+    window's lease objects finds .5 (the whole window, not its ranges alone), so a refuses it (found in review: a
+    leased .5 in its block with no request, and both pods held it)."""
     api = FakeApi()
     a = Node(api, "a", live=False)
     b = Node(api, "b", claim=False)
@@ -876,3 +876,23 @@ def test_an_address_outside_the_ranges_is_leased_per_address_even_inside_a_block
         attach(a.ipam, pod("pa"), net="rng-net", names=("s-one",))
     assert [o["spec"]["holder"] for o in api.objs[LEASE_KIND].values() if o["spec"]["ip"] == "198.18.60.5"] == \
         ["IPAddress/ns/s-two"]
+
+
+def test_a_block_holding_only_a_static_outside_the_ranges_is_not_returned_as_empty(api: FakeApi) -> None:
+    """What a block holds is its whole window: a Static outside the pool's ranges leased in it keeps it from counting
+    as empty (found in review: the emptiness looked at the ranges alone)."""
+    a = Node(api, "a")
+    a.source.add(pool("rng", "198.18.60.0/24", ranges=["198.18.60.10-198.18.60.250"], ttl="0s"))
+    a.source.add(network("rng-net", "rng"))
+    a.source.add(static("s-one", "198.18.60.5", net="rng-net"))
+    rng = pool_of(a.source, "rng")
+    a.registry.grow_soon = lambda pool, taken: None  # type: ignore[method-assign]
+    for first in ("198.18.60.16", "198.18.60.0"):  # two blocks: the last one of a pool is never returned
+        a.registry.grow = _grow_at(a.registry, first)  # type: ignore[method-assign]
+        a.registry.grow(rng)
+    assert attach(a.ipam, pod("ps"), net="rng-net", names=("s-one",))[0].address == "198.18.60.5"
+    assert to_int("198.18.60.5") in a.registry.block_at(rng.meta.key, to_int("198.18.60.5"))  # type: ignore[operator]
+    for _ in range(2):
+        a.registry.housekeep([rng], a.ipam.in_use, a.store.transaction)
+        a.clock.advance(301)
+    assert sorted(o["spec"]["cidr"] for o in api.objs[BLOCK_KIND].values()) == ["198.18.60.0/28"]
