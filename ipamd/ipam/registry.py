@@ -28,6 +28,8 @@ class LeaseRegistry(Protocol):
 
     def orphan(self, lease: LeaseRecord) -> None: ...
 
+    def keep_in_use(self, lease: LeaseRecord) -> None: ...  # its IPAddress deleted while a pod here uses it: kept
+
     def release(self, lease: LeaseRecord) -> None: ...
 
     def let_go(self, lease: LeaseRecord) -> None: ...  # a claim just made that the store did not take
@@ -109,6 +111,9 @@ class NodeLocalRegistry(NoBlocks):
         return True
 
     def orphan(self, lease: LeaseRecord) -> None:
+        pass
+
+    def keep_in_use(self, lease: LeaseRecord) -> None:
         pass
 
     def release(self, lease: LeaseRecord) -> None:

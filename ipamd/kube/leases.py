@@ -130,6 +130,7 @@ class KubeLeaseRegistry(NoBlocks):
         outbox.senders.setdefault("release_lease", self._release_lease)
         outbox.senders.setdefault("orphan_lease", self._orphan_lease)
         outbox.senders.setdefault("hand_back", self._hand_back)
+        outbox.senders.setdefault("keep_lease", self._keep_lease)
         self.users = IPAddressUsers(self.objects, lambda ns, name: source.read_pod(ns, name), node_name, outbox)
 
     def taken_elsewhere(self, pool: str) -> Container[int]:
@@ -248,6 +249,36 @@ class KubeLeaseRegistry(NoBlocks):
                 (body.get("orphanedAt") and (current.get("status") or {}).get("orphaningTimestamp") != body["orphanedAt"]):
             return  # gone, leased again, adopted, or another quarantine: not this node's to end
         self._delete_at(current, done=(404, 409))
+
+    def keep_in_use(self, lease: LeaseRecord) -> None:
+        """The IPAddress this lease is for was deleted while a pod of this node still uses its address: its lease object
+        stays, made this node's, so that another node letting its own lease of it go (every node leases a Static)
+        does not delete it, and is made again if one did; this node lets it go with the pod."""
+        name = lease_name(lease.pool, lease.address)
+        self.outbox.add(f"{KIND}/{name}", "keep_lease", {"object": lease_body(
+            lease.pool, lease.address, lease.network, lease.holder or "", lease.ttl, self.node_name)}, supersede=True)
+
+    def _keep_lease(self, body: dict[str, Any]) -> None:
+        wanted = body["object"]
+        name, holder = wanted["metadata"]["name"], wanted["spec"]["holder"]
+        current = self._read(name)
+        if current is None:
+            self.objects.create(KIND, wanted)  # a 409: made meanwhile, looked at again by the retry
+            return
+        md = current.get("metadata") or {}
+        held = _spec(current).get("holder")
+        if held not in (holder, None, ""):
+            log.warning("%s, used by a pod of this node, is leased to %s now", wanted["spec"]["ip"], held)
+            return
+        if held == holder and (md.get("labels") or {}).get(NODE_LABEL) == self.node_name:
+            return
+        version = str(md.get("resourceVersion") or "")
+        made = self.objects.patch(KIND, name, {"metadata": {"resourceVersion": version,
+                                                            "labels": {NODE_LABEL: self.node_name}},
+                                               "spec": {"holder": holder}})
+        if (current.get("status") or {}).get("orphaningTimestamp"):  # quarantined by the other node: taken back
+            version = str(((made if isinstance(made, dict) else {}).get("metadata") or {}).get("resourceVersion") or "")
+            self.objects.patch_status(KIND, name, {"orphaningTimestamp": None}, resource_version=version)
 
     def orphan(self, lease: LeaseRecord) -> None:
         """Owe the quarantine of the address's lease object: made only on this node's own object (another node may

@@ -238,6 +238,9 @@ class Reconciler:
                 if rec.used_by_uids:
                     if not rec.deleted:
                         self.store.put_ip(replace(rec, deleted=True))
+                        held = self.store.lease_of(rec.key)
+                        if held is not None and held.holder:  # its lease object stays while the pod uses it
+                            self.ipam.registry.keep_in_use(held)
                     continue
                 self.ipam.delete_ip(rec)
 

@@ -15,6 +15,8 @@ from kubernetes.client.exceptions import ApiException
 
 from cni.errors import AddressConflict, InternalError, ObjectNotFound, TryAgainLater
 from ipamd.ipam.allocator import to_int
+from ipamd.kube.leases import KIND as LEASE_KIND
+from ipamd.kube.leases import NODE_LABEL
 from ipamd.kube.publisher import auto_ip_body
 from ipamd.model.objects import IP_ADDRESS, IP_ADDRESS_POOL, USED_BY_ANNOTATION
 from ipamd.model.used_by import User, parse_user
@@ -729,3 +731,33 @@ def test_an_ipaddress_made_again_soon_after_a_repair_is_written_at_the_next_roun
     assert used_by(api) == {"uid": "uid-pa", "pod": f"{NS}/pa", "node": "n1"}
     with pytest.raises(AddressConflict, match=f"in use by pod {NS}/pa on node n1"):
         b.call("ADD", "pb", "uid-pb", "cb")
+
+
+@pytest.mark.parametrize("first", ["the other node", "this node"])
+def test_a_static_deleted_while_its_pod_runs_keeps_its_lease_object(api: FakeApi, two: tuple[KubeNode, KubeNode],
+                                                                     first: str) -> None:
+    """Node n2 made the Static's lease object (every node leases a Static); pa on n1 uses the address. The user deletes
+    the Static while pa runs: n2 lets its lease go, and n1 keeps the object, made its own (or made again when n2
+    deleted it first), so that no other pod gets the address while pa has it (found in review: the object went, and
+    the pool could hand the address out again). pa's DEL lets it go at last."""
+    a, b = two
+    rounds_of(b).run_once()  # n2 leases the Static first: the object is n2's
+    b.outbox.flush()
+    a.call("ADD", "pa", "uid-pa", "ca")
+    a.outbox.flush()
+    (obj_,) = [o for o in api.objs[LEASE_KIND].values() if o["spec"]["ip"] == "198.18.40.5"]
+    assert obj_["metadata"]["labels"][NODE_LABEL] == "n2"
+    for node in (a, b):
+        node.source.remove("IPAddress", NS, "fixed")
+    order = [(b, rounds_of(b)), (a, rounds_of(a))] if first == "the other node" else [(a, rounds_of(a)),
+                                                                                       (b, rounds_of(b))]
+    for node, rounds in order:
+        rounds.run_once()
+        node.outbox.flush()
+    held = [(o["spec"]["holder"], o["metadata"]["labels"][NODE_LABEL]) for o in api.objs[LEASE_KIND].values()
+            if o["spec"]["ip"] == "198.18.40.5"]
+    assert held == [(f"IPAddress/{NS}/fixed", "n1")]
+    a.call("DEL", "pa", "uid-pa", "ca")
+    rounds_of(a).run_once()
+    a.outbox.flush()
+    assert [o for o in api.objs[LEASE_KIND].values() if o["spec"]["ip"] == "198.18.40.5"] == []
