@@ -270,14 +270,13 @@ class KubeLeaseRegistry(NoBlocks):
         if held not in (holder, None, ""):
             log.warning("%s, used by a pod of this node, is leased to %s now", wanted["spec"]["ip"], held)
             return
-        if held == holder and (md.get("labels") or {}).get(NODE_LABEL) == self.node_name:
-            return
         version = str(md.get("resourceVersion") or "")
-        made = self.objects.patch(KIND, name, {"metadata": {"resourceVersion": version,
-                                                            "labels": {NODE_LABEL: self.node_name}},
-                                               "spec": {"holder": holder}})
-        if (current.get("status") or {}).get("orphaningTimestamp"):  # quarantined by the other node: taken back
+        if held != holder or (md.get("labels") or {}).get(NODE_LABEL) != self.node_name:
+            made = self.objects.patch(KIND, name, {"metadata": {"resourceVersion": version,
+                                                                "labels": {NODE_LABEL: self.node_name}},
+                                                   "spec": {"holder": holder}})
             version = str(((made if isinstance(made, dict) else {}).get("metadata") or {}).get("resourceVersion") or "")
+        if (current.get("status") or {}).get("orphaningTimestamp"):  # quarantined by the other node: taken back
             self.objects.patch_status(KIND, name, {"orphaningTimestamp": None}, resource_version=version)
 
     def orphan(self, lease: LeaseRecord) -> None:

@@ -761,3 +761,29 @@ def test_a_static_deleted_while_its_pod_runs_keeps_its_lease_object(api: FakeApi
     rounds_of(a).run_once()
     a.outbox.flush()
     assert [o for o in api.objs[LEASE_KIND].values() if o["spec"]["ip"] == "198.18.40.5"] == []
+
+
+def test_a_kept_lease_object_another_node_quarantined_is_taken_back_whole(api: FakeApi,
+                                                                          two: tuple[KubeNode, KubeNode]) -> None:
+    """With a leaseTTL the other node quarantines its object instead of deleting it (its holder dropped, an orphaning
+    time set): the pod's node takes it back, holder, label and all, and a write that failed half way is finished by
+    the retry."""
+    from ipamd.kube.leases import lease_body
+
+    a, _ = two
+    body = lease_body("IPAddressPool/ns/pool", "198.18.40.5", "198.18.40.0/28", f"IPAddress/{NS}/fixed", 60.0, "n2")
+    name = body["metadata"]["name"]
+    api.create(LEASE_KIND, body)
+    api.patch(LEASE_KIND, name, {"spec": {"holder": None}})
+    api.patch_status(LEASE_KIND, name, {"orphaningTimestamp": "2026-12-01T00:00:00Z"})
+    kept = {"object": lease_body("IPAddressPool/ns/pool", "198.18.40.5", "198.18.40.0/28", f"IPAddress/{NS}/fixed",
+                                 60.0, "n1")}
+    patch_status = api.patch_status
+    api.patch_status = answering(503, "Service Unavailable")  # type: ignore[method-assign]
+    with pytest.raises(ApiException):
+        a.registry._keep_lease(kept)
+    api.patch_status = patch_status  # type: ignore[method-assign]
+    a.registry._keep_lease(kept)  # the outbox's retry
+    got = api.objs[LEASE_KIND][name]
+    assert got["spec"]["holder"] == f"IPAddress/{NS}/fixed" and got["metadata"]["labels"][NODE_LABEL] == "n1"
+    assert not (got.get("status") or {}).get("orphaningTimestamp")
