@@ -18,6 +18,8 @@ import logging
 from collections.abc import Callable, Container, Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from kubernetes.client.exceptions import ApiException
+
 from cni.errors import TryAgainLater
 from ipamd.ipam.allocator import to_int
 from ipamd.ipam.registry import NoBlocks
@@ -271,18 +273,25 @@ class KubeLeaseRegistry(NoBlocks):
             log.warning("%s, used by a pod of this node, is leased to %s now", wanted["spec"]["ip"], held)
             return
         version = str(md.get("resourceVersion") or "")
-        if held != holder or (md.get("labels") or {}).get(NODE_LABEL) != self.node_name:
-            made = self.objects.patch(KIND, name, {"metadata": {"resourceVersion": version,
-                                                                "labels": {NODE_LABEL: self.node_name}},
-                                                   "spec": {"holder": holder}})
-            version = str(((made if isinstance(made, dict) else {}).get("metadata") or {}).get("resourceVersion") or "")
-        if (current.get("status") or {}).get("orphaningTimestamp"):  # quarantined by the other node: taken back
-            self.objects.patch_status(KIND, name, {"orphaningTimestamp": None}, resource_version=version)
+        try:
+            if held != holder or (md.get("labels") or {}).get(NODE_LABEL) != self.node_name:
+                made = self.objects.patch(KIND, name, {"metadata": {"resourceVersion": version,
+                                                                    "labels": {NODE_LABEL: self.node_name}},
+                                                       "spec": {"holder": holder}})
+                version = str(((made if isinstance(made, dict) else {}).get("metadata") or {}).get("resourceVersion")
+                              or "")
+            if (current.get("status") or {}).get("orphaningTimestamp"):  # quarantined by the other node: taken back
+                self.objects.patch_status(KIND, name, {"orphaningTimestamp": None}, resource_version=version)
+        except Exception as exc:
+            if status_of(exc) == 404:  # deleted since the read (the other node's release): made again by the retry
+                raise ApiException(status=409, reason=f"lease object {name} was deleted under the keep") from None
+            raise
 
     def orphan(self, lease: LeaseRecord) -> None:
         """Owe the quarantine of the address's lease object: made only on this node's own object (another node may
         still use a Static whose object it made, and would lose it once the quarantine ends)."""
         name = lease_name(lease.pool, lease.address)
+        self.outbox.drop(f"{KIND}/{name}", "block_lease")  # never made: nothing to quarantine, nothing to take over
         self.outbox.add(f"{KIND}/{name}", "orphan_lease", {"kind": KIND, "name": name, "node": self.node_name,
                                                            "orphanedAt": rfc3339(lease.orphaned_at)})
 
@@ -403,7 +412,9 @@ class KubeLeaseRegistry(NoBlocks):
             self.outbox.add(f"{KIND}/{name}", "expire_orphan", {"kind": KIND, "name": name, "orphanedAt": rfc3339(
                 lease.orphaned_at) if lease.orphaned_at is not None else ""}, supersede=True)
             return
-        for op in ("patch", "patch_status", "orphan_lease"):  # not worth making once it goes
+        # not worth making once it goes; an owed block_lease would take over an object of the same holder that another
+        # node keeps for its pod (a Static deleted while in use), which this release would then delete
+        for op in ("patch", "patch_status", "orphan_lease", "block_lease"):
             self.outbox.drop(f"{KIND}/{name}", op)
         if resource_version:
             self.outbox.add(f"{KIND}/{name}", "delete", {"kind": KIND, "name": name,

@@ -98,6 +98,10 @@ class Reconciler:
             except CniError as exc:
                 log.warning("could not recover attachment %s/%s: %s", rec.container_id[:12], rec.ifname, exc)
         self.publisher.republish(self.store.all_ips(), self.store.pod_statuses())
+        for ip in self.store.all_ips():  # deleted while in use before a restart (or before this version): kept
+            held = self.store.lease_of(ip.key) if ip.deleted and ip.used_by_uids else None
+            if held is not None and held.holder:
+                self.ipam.registry.keep_in_use(held)
         return n
 
     def run_once(self) -> None:

@@ -896,3 +896,37 @@ def test_a_block_holding_only_a_static_outside_the_ranges_is_not_returned_as_emp
         a.registry.housekeep([rng], a.ipam.in_use, a.store.transaction)
         a.clock.advance(301)
     assert sorted(o["spec"]["cidr"] for o in api.objs[BLOCK_KIND].values()) == ["198.18.60.0/28"]
+
+
+def test_a_block_lease_owed_when_its_static_goes_does_not_take_over_the_object_another_node_keeps() -> None:
+    """pa on n1 uses Static `fixed`, leased per address before n2 claimed the block around it; n2 then leases the
+    Static in its block, its lease object still owed. The user deletes the Static while pa runs: n1 keeps the object,
+    and n2's release drops its owed block_lease instead of making it (found in review: it took the object over as
+    n2's, same holder, and the release behind it deleted it, while pa used the address)."""
+    from ipamd.kube.blocks import block_body
+    from ipamd.kube.leases import NODE_LABEL
+    from ipamd.node.reconcile import Reconciler
+
+    def rounds(node: Node) -> Reconciler:
+        return Reconciler(node.store, node.source, node.ipam, None, None, None, cluster=True)  # type: ignore[arg-type]
+
+    def objects_at(ip: str) -> list[tuple[Any, Any]]:
+        return [(o["spec"].get("holder"), o["metadata"]["labels"].get(NODE_LABEL))
+                for o in fake.objs[LEASE_KIND].values() if o["spec"]["ip"] == ip]
+
+    fake = FakeApi()
+    n1 = Node(fake, "n1", claim=False)
+    attach(n1.ipam, pod("pa"), names=("fixed",))
+    n1.outbox.flush()
+    assert objects_at("198.18.40.200") == [("IPAddress/ns/fixed", "n1")]
+    fake.create(BLOCK_KIND, block_body(Block("IPAddressPool/ns/big", to_int("198.18.40.192"), 16, "n2")))
+    n2 = Node(fake, "n2")
+    rounds(n2)._sync_ipaddresses(statics_only=True)  # n2 leases the Static in its block: its lease object owed
+    assert n2.outbox.of_op("block_lease")
+    for node in (n1, n2):
+        node.source.remove("IPAddress", "ns", "fixed")
+    rounds(n1)._sync_ipaddresses(statics_only=True)  # the keep
+    n1.outbox.flush()
+    rounds(n2)._sync_ipaddresses(statics_only=True)  # n2 lets its lease go
+    n2.outbox.flush()
+    assert objects_at("198.18.40.200") == [("IPAddress/ns/fixed", "n1")]

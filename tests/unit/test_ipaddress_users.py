@@ -787,3 +787,53 @@ def test_a_kept_lease_object_another_node_quarantined_is_taken_back_whole(api: F
     got = api.objs[LEASE_KIND][name]
     assert got["spec"]["holder"] == f"IPAddress/{NS}/fixed" and got["metadata"]["labels"][NODE_LABEL] == "n1"
     assert not (got.get("status") or {}).get("orphaningTimestamp")
+
+
+def test_a_keep_the_other_nodes_delete_overtakes_makes_the_object_again(api: FakeApi,
+                                                                         two: tuple[KubeNode, KubeNode]) -> None:
+    """n2 deletes the object it made between n1's read of it and n1's patch (both react to the same deletion): the
+    patch's 404 is retried, not taken as done, and the object is made again (found in review: the keep was dropped,
+    and no object kept the address pa used)."""
+    a, b = two
+    rounds_of(b).run_once()
+    b.outbox.flush()
+    a.call("ADD", "pa", "uid-pa", "ca")
+    a.outbox.flush()
+    for node in (a, b):
+        node.source.remove("IPAddress", NS, "fixed")
+    rounds_of(a).run_once()  # owes the keep
+    rounds_of(b).run_once()  # owes its release
+    get = api.get
+    fired: list[bool] = []
+
+    def n2_releases_after_n1_read(kind: str, name: str, namespace: str = "") -> Any:
+        found = get(kind, name, namespace)
+        if kind == LEASE_KIND and not fired:
+            fired.append(True)
+            b.outbox.flush()
+        return found
+
+    api.get = n2_releases_after_n1_read  # type: ignore[method-assign]
+    a.outbox.flush()
+    api.get = get  # type: ignore[method-assign]
+    assert fired
+    (retried,) = a.outbox.of_op("keep_lease")  # owed still, not dropped as done
+    a.outbox.flush_target(retried.target)  # the retry, once its backoff is over
+    assert [(o["spec"]["holder"], o["metadata"]["labels"][NODE_LABEL]) for o in api.objs[LEASE_KIND].values()
+            if o["spec"]["ip"] == "198.18.40.5"] == [(f"IPAddress/{NS}/fixed", "n1")]
+
+
+def test_a_restart_keeps_the_lease_of_an_ipaddress_deleted_while_in_use(api: FakeApi,
+                                                                        two: tuple[KubeNode, KubeNode]) -> None:
+    """A record marked deleted while in use before the restart (or by the version before this one) is kept again at
+    the start: its keep is owed by the recovery."""
+    a, _ = two
+    a.call("ADD", "pa", "uid-pa", "ca")
+    a.outbox.flush()
+    rec = a.store.get_ip(f"IPAddress/{NS}/fixed")
+    assert rec is not None
+    with a.store.transaction():
+        a.store.put_ip(replace(rec, deleted=True))  # marked by a version that owed no keep
+    assert a.outbox.of_op("keep_lease") == []
+    rounds_of(a).recover()
+    assert [e.body["object"]["spec"]["holder"] for e in a.outbox.of_op("keep_lease")] == [f"IPAddress/{NS}/fixed"]
