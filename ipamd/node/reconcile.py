@@ -38,7 +38,7 @@ from ipamd.publish.base import Publisher
 from ipamd.sources.base import ObjectSource
 from ipamd.sources.lookups import class_of, pool_of_ip
 from ipamd.store.protocols import NodeStore
-from ipamd.store.records import AttachmentRecord, SegmentRecord
+from ipamd.store.records import AttachmentRecord, IPRecord, SegmentRecord
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +99,15 @@ class Reconciler:
                 log.warning("could not recover attachment %s/%s: %s", rec.container_id[:12], rec.ifname, exc)
         self.publisher.republish(self.store.all_ips(), self.store.pod_statuses())
         for ip in self.store.all_ips():  # deleted while in use before a restart (or before this version): kept
-            held = self.store.lease_of(ip.key) if ip.deleted and ip.used_by_uids else None
-            if held is not None and held.holder:
-                self.ipam.registry.keep_in_use(held)
+            if ip.deleted and ip.used_by_uids:
+                self._keep_lease_of(ip)
         return n
+
+    def _keep_lease_of(self, rec: IPRecord) -> None:
+        """An IPAddress deleted while a pod of this node uses its address: its lease object stays until the pod goes."""
+        held = self.store.lease_of(rec.key)
+        if held is not None and held.holder:
+            self.ipam.registry.keep_in_use(held)
 
     def run_once(self) -> None:
         with self._lock:
@@ -242,9 +247,7 @@ class Reconciler:
                 if rec.used_by_uids:
                     if not rec.deleted:
                         self.store.put_ip(replace(rec, deleted=True))
-                        held = self.store.lease_of(rec.key)
-                        if held is not None and held.holder:  # its lease object stays while the pod uses it
-                            self.ipam.registry.keep_in_use(held)
+                        self._keep_lease_of(rec)
                     continue
                 self.ipam.delete_ip(rec)
 
