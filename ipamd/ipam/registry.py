@@ -28,7 +28,7 @@ class LeaseRegistry(Protocol):
 
     def orphan(self, lease: LeaseRecord) -> None: ...
 
-    def keep_in_use(self, lease: LeaseRecord) -> None: ...  # its IPAddress deleted while a pod here uses it: kept
+    def keep_in_use(self, lease: LeaseRecord) -> None: ...  # its object made this node's: a pod here uses it
 
     def release(self, lease: LeaseRecord) -> None: ...
 

@@ -253,9 +253,9 @@ class KubeLeaseRegistry(NoBlocks):
         self._delete_at(current, done=(404, 409))
 
     def keep_in_use(self, lease: LeaseRecord) -> None:
-        """The IPAddress this lease is for was deleted while a pod of this node still uses its address: its lease object
-        stays, made this node's, so that another node letting its own lease of it go (every node leases a Static)
-        does not delete it, and is made again if one did; this node lets it go with the pod."""
+        """A pod of this node uses the address of this lease's IPAddress (a Static, which every node leases), or the
+        IPAddress was deleted while it does: the lease object is made this node's, so that another node letting its
+        own lease of it go does not delete it, and is made again if one did; this node lets it go with the pod."""
         name = lease_name(lease.pool, lease.address)
         self.outbox.add(f"{KIND}/{name}", "keep_lease", {"object": lease_body(
             lease.pool, lease.address, lease.network, lease.holder or "", lease.ttl, self.node_name)}, supersede=True)

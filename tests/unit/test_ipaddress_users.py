@@ -737,16 +737,17 @@ def test_an_ipaddress_made_again_soon_after_a_repair_is_written_at_the_next_roun
 def test_a_static_deleted_while_its_pod_runs_keeps_its_lease_object(api: FakeApi, two: tuple[KubeNode, KubeNode],
                                                                      first: str) -> None:
     """Node n2 made the Static's lease object (every node leases a Static); pa on n1 uses the address. The user deletes
-    the Static while pa runs: n2 lets its lease go, and n1 keeps the object, made its own (or made again when n2
-    deleted it first), so that no other pod gets the address while pa has it (found in review: the object went, and
-    the pool could hand the address out again). pa's DEL lets it go at last."""
+    the Static while pa runs, before n1 has made the object its own for pa (a write owed by the ADD): n2 lets its lease
+    go, and n1 keeps the object, made its own (or made again when n2 deleted it first), so that no other pod gets the
+    address while pa has it (found in review: the object went, and the pool could hand the address out again). pa's
+    DEL lets it go at last."""
     a, b = two
     rounds_of(b).run_once()  # n2 leases the Static first: the object is n2's
     b.outbox.flush()
     a.call("ADD", "pa", "uid-pa", "ca")
-    a.outbox.flush()
     (obj_,) = [o for o in api.objs[LEASE_KIND].values() if o["spec"]["ip"] == "198.18.40.5"]
     assert obj_["metadata"]["labels"][NODE_LABEL] == "n2"
+    assert [e.body["object"]["spec"]["holder"] for e in a.outbox.of_op("keep_lease")] == [f"IPAddress/{NS}/fixed"]
     for node in (a, b):
         node.source.remove("IPAddress", NS, "fixed")
     order = [(b, rounds_of(b)), (a, rounds_of(a))] if first == "the other node" else [(a, rounds_of(a)),
@@ -761,6 +762,41 @@ def test_a_static_deleted_while_its_pod_runs_keeps_its_lease_object(api: FakeApi
     rounds_of(a).run_once()
     a.outbox.flush()
     assert [o for o in api.objs[LEASE_KIND].values() if o["spec"]["ip"] == "198.18.40.5"] == []
+
+
+@pytest.mark.parametrize("first", ["the other node", "this node"])
+def test_the_node_whose_pod_uses_a_static_holds_its_lease_object(api: FakeApi, two: tuple[KubeNode, KubeNode],
+                                                                  first: str) -> None:
+    """The lease object of a Static follows the node whose pod uses the address: n2 made it, pa's ADD on n1 makes it
+    n1's. Deleted while pa runs, the Static's address then has its object at every moment, whichever node's round comes
+    first (before, n2 deleted the object it made and n1 made it again a round later: a node leasing that exact address
+    in between won it while pa had it)."""
+    a, b = two
+    rounds_of(b).run_once()  # n2 leases the Static first: the object is n2's
+    b.outbox.flush()
+    a.call("ADD", "pa", "uid-pa", "ca")
+    a.outbox.flush()
+
+    def held() -> list[tuple[str, str]]:
+        return [(o["spec"]["holder"], o["metadata"]["labels"][NODE_LABEL]) for o in api.objs[LEASE_KIND].values()
+                if o["spec"]["ip"] == "198.18.40.5"]
+
+    assert held() == [(f"IPAddress/{NS}/fixed", "n1")], "made n1's once pa uses it"
+    for node in (a, b):
+        node.source.remove("IPAddress", NS, "fixed")
+    for node in ((b, a) if first == "the other node" else (a, b)):
+        rounds_of(node).run_once()
+        node.outbox.flush()
+        assert held() == [(f"IPAddress/{NS}/fixed", "n1")], "never without its object while pa uses it"
+    b.source.add(obj("IPAddress", "other", {"networkRef": {"kind": "Network", "name": "net-a"}, "type": "Static",
+                                            "static": {"ip": "198.18.40.5"}}, uid="uid-other"))
+    rounds_of(b).run_once()  # a new Static naming the address, leased on n2: refused while pa has it
+    b.outbox.flush()
+    assert b.store.lease_of(f"IPAddress/{NS}/other") is None and held() == [(f"IPAddress/{NS}/fixed", "n1")]
+    a.call("DEL", "pa", "uid-pa", "ca")
+    rounds_of(a).run_once()
+    a.outbox.flush()
+    assert held() == []
 
 
 def test_a_kept_lease_object_another_node_quarantined_is_taken_back_whole(api: FakeApi,
@@ -793,12 +829,11 @@ def test_a_keep_the_other_nodes_delete_overtakes_makes_the_object_again(api: Fak
                                                                          two: tuple[KubeNode, KubeNode]) -> None:
     """n2 deletes the object it made between n1's read of it and n1's patch (both react to the same deletion): the
     patch's 404 is retried, not taken as done, and the object is made again (found in review: the keep was dropped,
-    and no object kept the address pa used)."""
+    and no object kept the address pa used). The Static is deleted before n1 made the object its own for pa."""
     a, b = two
     rounds_of(b).run_once()
     b.outbox.flush()
     a.call("ADD", "pa", "uid-pa", "ca")
-    a.outbox.flush()
     for node in (a, b):
         node.source.remove("IPAddress", NS, "fixed")
     rounds_of(a).run_once()  # owes the keep

@@ -200,19 +200,23 @@ def test_a_failed_add_lets_go_only_of_what_it_made_not_another_nodes_object_of_t
 
 @pytest.mark.parametrize("ttl", ["0s", "1h"])
 def test_a_static_deleted_while_another_node_uses_it_keeps_that_nodes_object(api: FakeApi, ttl: str) -> None:
-    """A made the Static's object and its pod still uses the Static when the user deletes it; B, whose pod is gone,
-    lets it go (deleted at once, or quarantined): A's object is not B's to delete or quarantine, and a third node's
-    Static at the same address is refused."""
+    """A's pod uses the Static when the user deletes it (B's pod used it before, one pod at a time, and B made its
+    object); B, whose pod is gone, lets it go (deleted at once, or quarantined): the object of the Static A's pod uses
+    is not B's to delete or quarantine, and a third node's Static at the same address is refused."""
     a, b, c = (small_node(api, n, ttl) for n in "abc")
     ip = "198.18.43.7"
     for n in (a, b):
         n.source.add(static("s", ip, net="q-net"))
-    assert attach(a.ipam, pod("pa"), net="q-net", names=("s",))[0].address == ip
-    a.outbox.flush()
     assert attach(b.ipam, pod("pb"), net="q-net", names=("s",))[0].address == ip
+    b.outbox.flush()
     rec = b.store.get_ip("IPAddress/ns/s")
     assert rec is not None
     b.ipam.release_pod([rec.key], rec.used_by_uids[0])
+    b.outbox.flush()
+    assert attach(a.ipam, pod("pa"), net="q-net", names=("s",))[0].address == ip
+    a.outbox.flush()
+    rec = b.store.get_ip("IPAddress/ns/s")
+    assert rec is not None
     b.ipam.delete_ip(rec)
     b.outbox.flush()
     assert [(o["spec"].get("holder"), "status" in o) for o in objects_of(api, ip)] == [("IPAddress/ns/s", False)]
