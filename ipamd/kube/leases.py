@@ -27,9 +27,9 @@ from ipamd.kube.errors import api_unavailable_is_11, status_of
 from ipamd.kube.outbox import PARKED, Outbox
 from ipamd.kube.resources import RESOURCES
 from ipamd.kube.users import IPAddressUsers
-from ipamd.model.objects import GROUP, IP_ADDRESS_KINDS, IPAM_CLAIM, Pod
+from ipamd.model.objects import GROUP, IP_ADDRESS_KINDS, IPAM_CLAIM, USED_BY_ANNOTATION, Pod
 from ipamd.model.timefmt import parse_rfc3339, rfc3339
-from ipamd.model.used_by import parse_user_text
+from ipamd.model.used_by import User, parse_user, parse_user_text
 from ipamd.store.protocols import LeaseStore
 from ipamd.store.records import IPRecord, LeaseRecord
 
@@ -66,6 +66,12 @@ def _by_pool(obj: dict[str, Any]) -> Iterable[Hashable]:
     return [str(spec["pool"])] if spec.get("pool") else []
 
 
+def _by_kept_for(obj: dict[str, Any]) -> Iterable[Hashable]:
+    holder = _spec(obj).get("holder")
+    kept = holder and USED_BY_ANNOTATION in ((obj.get("metadata") or {}).get("annotations") or {})
+    return [str(holder)] if kept else []
+
+
 def _by_node(obj: dict[str, Any]) -> Iterable[Hashable]:
     node = ((obj.get("metadata") or {}).get("labels") or {}).get(NODE_LABEL)
     return [node] if node else []
@@ -74,7 +80,7 @@ def _by_node(obj: dict[str, Any]) -> Iterable[Hashable]:
 #: The lease informer's indexes: an allocation asks "is (pool, IP) taken?" and "what does this holder have?"
 #: in O(1), instead of scanning every lease of the cluster each time.
 LEASE_INDEXERS: dict[str, Callable[[dict[str, Any]], Iterable[Hashable]]] = {
-    "address": _by_address, "holder": _by_holder, "pool": _by_pool, "node": _by_node}
+    "address": _by_address, "holder": _by_holder, "pool": _by_pool, "node": _by_node, "kept": _by_kept_for}
 
 
 def held_in(source: KubernetesSource, pool: str) -> list[str]:
@@ -133,7 +139,9 @@ class KubeLeaseRegistry(NoBlocks):
         outbox.senders.setdefault("orphan_lease", self._orphan_lease)
         outbox.senders.setdefault("hand_back", self._hand_back)
         outbox.senders.setdefault("keep_lease", self._keep_lease)
-        self.users = IPAddressUsers(self.objects, lambda ns, name: source.read_pod(ns, name), node_name, outbox)
+        outbox.senders.setdefault("unkeep", self._unkeep)
+        self.users = IPAddressUsers(self.objects, lambda ns, name: source.read_pod(ns, name), node_name, outbox,
+                                    self.kept_for)
 
     def taken_elsewhere(self, pool: str) -> Container[int]:
         return _TakenIn(self.source, pool)
@@ -252,13 +260,27 @@ class KubeLeaseRegistry(NoBlocks):
             return  # gone, leased again, adopted, or another quarantine: not this node's to end
         self._delete_at(current, done=(404, 409))
 
-    def keep_in_use(self, lease: LeaseRecord) -> None:
-        """A pod of this node uses the address of this lease's IPAddress (a Static, which every node leases), or the
-        IPAddress was deleted while it does: the lease object is made this node's, so that another node letting its
-        own lease of it go does not delete it, and is made again if one did; this node lets it go with the pod."""
+    def keep_in_use(self, lease: LeaseRecord, user: tuple[str, str] | None = None) -> None:
+        """A pod of this node (``user``: its namespace/name and UID) uses the address of this lease's IPAddress (a
+        Static, which every node leases), or the IPAddress was deleted while it does: the lease object is made this
+        node's, so that another node letting its own lease of it go does not delete it, and is made again if one did;
+        this node lets it go with the pod. The pod is written on the lease object too: an IPAddress of the same name
+        made again (or replaced whole) comes without it, and another node's pod naming that is refused all the same
+        (``kept_for``) until this node writes its pod on the new object; its DEL takes it off (``unused``)."""
         name = lease_name(lease.pool, lease.address)
-        self.outbox.add(f"{KIND}/{name}", "keep_lease", {"object": lease_body(
-            lease.pool, lease.address, lease.network, lease.holder or "", lease.ttl, self.node_name)}, supersede=True)
+        wanted = lease_body(lease.pool, lease.address, lease.network, lease.holder or "", lease.ttl, self.node_name)
+        if user is not None:
+            wanted["metadata"]["annotations"] = {USED_BY_ANNOTATION: User(user[1], user[0], self.node_name).text()}
+        self.outbox.add(f"{KIND}/{name}", "keep_lease", {"object": wanted}, supersede=True)
+
+    def kept_for(self, holder: str) -> User | None:
+        """The pod of another node written on the lease object of ``holder`` (``keep_in_use``), as the cache shows
+        it."""
+        for item in self.source.by_index(KIND, "kept", holder):
+            user = parse_user(item)
+            if user is not None and user.node != self.node_name:
+                return user
+        return None
 
     def _keep_lease(self, body: dict[str, Any]) -> None:
         wanted = body["object"]
@@ -273,11 +295,15 @@ class KubeLeaseRegistry(NoBlocks):
             log.warning("%s, used by a pod of this node, is leased to %s now", wanted["spec"]["ip"], held)
             return
         version = str(md.get("resourceVersion") or "")
+        user = (wanted["metadata"].get("annotations") or {}).get(USED_BY_ANNOTATION)  # None: a pod's use of it begins
+        written = (md.get("annotations") or {}).get(USED_BY_ANNOTATION)  # so one written before is stale (refused)
         try:
-            if held != holder or (md.get("labels") or {}).get(NODE_LABEL) != self.node_name:
-                made = self.objects.patch(KIND, name, {"metadata": {"resourceVersion": version,
-                                                                    "labels": {NODE_LABEL: self.node_name}},
-                                                       "spec": {"holder": holder}})
+            if held != holder or (md.get("labels") or {}).get(NODE_LABEL) != self.node_name or written != user:
+                patch: dict[str, Any] = {"metadata": {"resourceVersion": version, "labels": {NODE_LABEL: self.node_name}},
+                                         "spec": {"holder": holder}}
+                if written != user:
+                    patch["metadata"]["annotations"] = {USED_BY_ANNOTATION: user}
+                made = self.objects.patch(KIND, name, patch)
                 version = str(((made if isinstance(made, dict) else {}).get("metadata") or {}).get("resourceVersion")
                               or "")
             if (current.get("status") or {}).get("orphaningTimestamp"):  # quarantined by the other node: taken back
@@ -363,6 +389,20 @@ class KubeLeaseRegistry(NoBlocks):
 
     def unused(self, rec: IPRecord, pod_uid: str) -> None:
         self.users.unused(rec.key, pod_uid)
+        if rec.type == "Static" and rec.pool and rec.address:  # taken off its lease object too (``keep_in_use``),
+            name = lease_name(rec.pool, rec.address)  # after the write of it, if that is still owed
+            self.outbox.add(f"{KIND}/{name}", "unkeep", {"name": name, "uid": pod_uid}, supersede=True)
+
+    def _unkeep(self, body: dict[str, Any]) -> None:
+        """The pod written on a kept lease object taken off it, if it is still that pod (read, patched at that
+        version): the IPAddress made again is the pod's to be written on from now on, or the object goes."""
+        current = self._read(body["name"])
+        user = parse_user(current) if current is not None else None
+        if current is None or user is None or user.uid != body["uid"]:
+            return
+        self.objects.patch(KIND, body["name"], {"metadata": {"annotations": {USED_BY_ANNOTATION: None},
+                                                             "resourceVersion": (current.get("metadata") or {})
+                                                             .get("resourceVersion")}})
 
     def bind(self, uses_here: Callable[[str, str], bool]) -> None:
         self.users.uses_here = uses_here

@@ -12,7 +12,9 @@ A pod that stops using it here (its DEL, or an ADD that failed after the write) 
 (``unuse``), so that a pod that never got it does not keep it from others. That write is left out while a call of
 this node is making the same pod its user again (``_inflight``), and such a call first waits for an owed one
 (``flush_target``). A pod that uses it without being written there (attached by a version before this, or its
-IPAddress recreated or its annotation edited) is written there by the reconciler (``repair``).
+IPAddress recreated or its annotation edited) is written there by the reconciler (``repair``). A Static's pod is
+written on its address's lease object too (``KubeLeaseRegistry.keep_in_use``): until then, an IPAddress made again or
+replaced without its annotation is refused to another node's pod by what the lease object says (``kept_for``).
 """
 
 from __future__ import annotations
@@ -58,9 +60,10 @@ class IPAddressUsers:
     """Writes which pod uses a user's IPAddress (``use``), through the API server, outside the store's lock."""
 
     def __init__(self, objects: Any, read_pod: Callable[[str, str], dict[str, Any] | None], node_name: str,
-                 outbox: Outbox) -> None:
+                 outbox: Outbox, kept_for: Callable[[str], User | None] = lambda key: None) -> None:
         self.objects = objects
         self.read_pod = read_pod
+        self.kept_for = kept_for  # IPAddress key -> the pod written on its lease object (deleted while in use)
         self.node_name = node_name
         self.outbox = outbox
         self._lock = threading.Lock()
@@ -87,7 +90,7 @@ class IPAddressUsers:
                                         "uses it is not made yet (see plexusctl outbox)", field)
                 self._owe_take_off(key, uid, parked=True)
                 try:
-                    self._use(kind, namespace, name, user_of(pod, self.node_name), field)
+                    self._use(kind, namespace, name, key, user_of(pod, self.node_name), field)
                 except ApiException as exc:  # refused for good: said as what it is, not as an HTTP dump
                     if exc.status is None or exc.status >= 500 or exc.status == 429:
                         raise
@@ -102,7 +105,7 @@ class IPAddressUsers:
             self.ended(key, uid)
             raise
 
-    def _use(self, kind: str, namespace: str, name: str, me: User, field: str) -> None:
+    def _use(self, kind: str, namespace: str, name: str, key: str, me: User, field: str) -> None:
         what = f"{kind} {_name(namespace, name)}"
         for _ in range(TRIES):
             try:
@@ -114,11 +117,15 @@ class IPAddressUsers:
             user = parse_user(current)
             if user is not None and user.uid == me.uid:
                 return  # a retried ADD, another sandbox or interface of the pod
-            if user is not None:
-                ns, _, pod_name = user.pod.partition("/")
-                if still_running(user, self.read_pod(ns, pod_name)):
-                    where = f" on node {user.node}" if user.node else ""
-                    raise AddressConflict(f"{what} is in use by pod {user.pod}{where}", field)
+            kept = self.kept_for(key) if user is None else None  # made again, or replaced, while in use?
+            for other, why in ((user, ""), (kept, " (written on its address's lease object; the IPAddress was made "
+                                                  "again or replaced without it)")):
+                if other is None or other.uid == me.uid:
+                    continue
+                ns, _, pod_name = other.pod.partition("/")
+                if still_running(other, self.read_pod(ns, pod_name)):
+                    where = f" on node {other.node}" if other.node else ""
+                    raise AddressConflict(f"{what} is in use by pod {other.pod}{where}{why}", field)
             if self._write(kind, namespace, name, current, me.text()):
                 return
         raise TryAgainLater(f"{what}: the pod that uses it could not be written, the object kept changing", field)

@@ -107,7 +107,7 @@ class Reconciler:
         """An IPAddress deleted while a pod of this node uses its address: its lease object stays until the pod goes."""
         held = self.store.lease_of(rec.key)
         if held is not None and held.holder:
-            self.ipam.registry.keep_in_use(held)
+            self.ipam.registry.keep_in_use(held, (rec.used_by_pods[0], rec.used_by_uids[0]))
 
     def run_once(self) -> None:
         with self._lock:

@@ -448,6 +448,26 @@ def test_a_user_ipaddress_named_by_pods_on_two_nodes_goes_to_one_at_a_time(clust
                           ["network.deckhouse.io/used-by"])["pod"] == f"{ns}/pb"
         again = add(a, "pa")
         assert again.code == 104 and f"in use by pod {ns}/pb on node users-b" in again.json["msg"], again
+
+        # replaced whole (kubectl replace drops the annotations it does not name): pb is written on the address's
+        # lease object too, so pa is still refused, even with users-b's daemon away and not writing pb back
+        def lease_names_pb() -> bool:
+            items = cluster.get("ipaddressleases")["items"]
+            return any(i["spec"]["ip"] == "198.18.121.9" and i["metadata"]["labels"].get(
+                "network.deckhouse.io/node") == "users-b" and f'"{ns}/pb"' in (
+                i["metadata"].get("annotations") or {}).get("network.deckhouse.io/used-by", "") for i in items)
+        assert wait_for(lease_names_pb, timeout=15, step=0.5), cluster.get("ipaddressleases")["items"]
+        b.stop()
+        fixed = cluster.get("ipaddress", "-n", ns, "fixed")
+        bare = {"apiVersion": fixed["apiVersion"], "kind": "IPAddress",
+                "metadata": {"name": "fixed", "namespace": ns,
+                             "resourceVersion": fixed["metadata"]["resourceVersion"]}, "spec": fixed["spec"]}
+        cluster.kubectl("replace", "-f", "-", stdin=json.dumps(bare))
+        assert "network.deckhouse.io/used-by" not in (cluster.get("ipaddress", "-n", ns, "fixed")["metadata"]
+                                                      .get("annotations") or {})
+        replaced = add(a, "pa")
+        assert replaced.code == 104 and f"in use by pod {ns}/pb on node users-b (written on its address's lease " \
+            "object" in replaced.json["msg"], replaced
         for node in (a, b):
             assert "Traceback" not in node.log_text()
     finally:

@@ -799,6 +799,43 @@ def test_the_node_whose_pod_uses_a_static_holds_its_lease_object(api: FakeApi, t
     assert held() == []
 
 
+@pytest.mark.parametrize("how", ["deleted and made again", "replaced whole"])
+def test_an_ipaddress_made_again_while_in_use_is_refused_to_another_nodes_pod(
+        api: FakeApi, two: tuple[KubeNode, KubeNode], how: str) -> None:
+    """The Static pa uses is deleted and made again under the same name (``kubectl replace --force``), or replaced whole
+    (``kubectl replace``, which drops the annotations it does not name): the object comes without pa written on it. pb
+    on n2 naming it before n1 writes pa there again is refused all the same, by the pod n1 wrote on the address's lease
+    object (found as a known gap: pb got the address pa still had). Once pa lets it go, pb gets it."""
+    a, b = two
+    a.call("ADD", "pa", "uid-pa", "ca")
+    a.outbox.flush()
+    if how == "deleted and made again":
+        for node in (a, b):
+            node.source.remove("IPAddress", NS, "fixed")
+        rounds_of(a).run_once()  # kept
+        a.outbox.flush()
+        for node in (a, b):
+            node.source.add(obj("IPAddress", "fixed", {"networkRef": {"kind": "Network", "name": "net-a"},
+                                                       "type": "Static", "static": {"ip": "198.18.40.5"}},
+                                uid="uid-fixed-again"))
+    else:
+        api.patch("IPAddress", "fixed", {"metadata": {"annotations": {USED_BY_ANNOTATION: None}}}, NS)
+    assert used_by(api) == {}, "the object comes without the annotation"
+    with pytest.raises(AddressConflict, match=f"in use by pod {NS}/pa on node n1 \\(written on its address's lease object"):
+        b.call("ADD", "pb", "uid-pb", "cb")
+    assert leased(b) == [] and used_by(api) == {}, "nothing written, nothing left behind"
+
+    rounds_of(a).run_once()  # made again: n1 writes pa on it
+    a.outbox.flush()
+    assert used_by(api)["uid"] == "uid-pa"
+    a.call("DEL", "pa", "uid-pa", "ca")
+    a.outbox.flush()
+    (kept,) = [o for o in api.objs[LEASE_KIND].values() if o["spec"]["ip"] == "198.18.40.5"]
+    assert USED_BY_ANNOTATION not in (kept["metadata"].get("annotations") or {}), "pa no longer written on it"
+    assert b.call("ADD", "pb", "uid-pb", "cb")["ips"][0]["address"] == "198.18.40.5/28"
+    assert used_by(api) == {"uid": "uid-pb", "pod": f"{NS}/pb", "node": "n2"}
+
+
 def test_a_kept_lease_object_another_node_quarantined_is_taken_back_whole(api: FakeApi,
                                                                           two: tuple[KubeNode, KubeNode]) -> None:
     """With a leaseTTL the other node quarantines its object instead of deleting it (its holder dropped, an orphaning
