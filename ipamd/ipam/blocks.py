@@ -14,6 +14,7 @@ keep free addresses in their blocks.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -52,8 +53,10 @@ class Block:
         return range(self.first, self.first + self.size)
 
 
+@functools.lru_cache(maxsize=8192)
 def block_name(pool: str, first: int) -> str:
-    """``blk-198-18-0-16-<hash of the pool>``: readable, a valid name, unique per (pool, window)."""
+    """``blk-198-18-0-16-<hash of the pool>``: readable, a valid name, unique per (pool, window). Kept once made: an
+    allocation compares the names of the blocks it looks at, many per address tried."""
     return f"blk-{to_text(first).replace('.', '-').replace(':', '-')}-{hashlib.sha1(pool.encode()).hexdigest()[:10]}"
 
 
