@@ -196,16 +196,24 @@ class KubePublisher:
                 "status": {"ips": ips, "ownerPod": owner or None}}
 
     def attached(self, pod: Pod, status: PodStatus, created: Iterable[IPRecord], used: Iterable[IPRecord]) -> None:
-        for rec in created:
-            if rec.kind == IP_ADDRESS.name:  # a delegate's lease has no object of its own
-                self._create_auto_ip(rec, pod)
+        """What an ADD made, published: the pod's statuses written now (and an IPAMClaim's, which another node reads);
+        the rest owed, in one commit."""
+        used = list(used)
+        with self.outbox.store.transaction():
+            for rec in created:
+                if rec.kind == IP_ADDRESS.name:  # a delegate's lease has no object of its own
+                    self._create_auto_ip(rec, pod)
+            for rec in used:
+                if rec.kind != IPAM_CLAIM.name:
+                    self.ip_status(rec)
+            for entry in status.network_status:
+                addresses = ", ".join(entry.get("ips") or []) or "no address"
+                self._event(pod.meta.namespace, pod.meta.name, pod.meta.uid, "InterfaceAttached",
+                            f"{entry['interface']} on {entry['name']}: {addresses}")
         for rec in used:
-            self.ip_status(rec)
+            if rec.kind == IPAM_CLAIM.name:  # an API write: outside the store's lock
+                self._claim_status(rec)
         self._patch_status_annotations(pod.meta.namespace, pod.meta.name, pod.meta.uid, status)
-        for entry in status.network_status:
-            addresses = ", ".join(entry.get("ips") or []) or "no address"
-            self._event(pod.meta.namespace, pod.meta.name, pod.meta.uid, "InterfaceAttached",
-                        f"{entry['interface']} on {entry['name']}: {addresses}")
 
     def detached(self, namespace: str, name: str, uid: str, status: PodStatus | None,
                  used: Iterable[IPRecord]) -> None:

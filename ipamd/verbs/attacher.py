@@ -274,8 +274,8 @@ class Attacher:
                              interfaces=tuple(interfaces), networks_status=tuple(deckhouse), network_status=tuple(npwg))
             self.store.put_attachment(record)
             status = self._pod_status(record.pod_uid, pod.meta.namespace, pod.meta.name)
-        used = [k for i in interfaces for k in i.ip_keys]
-        self.ipam.set_attached(used, True)
+            used = [k for i in interfaces for k in i.ip_keys]
+            self.ipam.set_attached(used, True)  # in the same commit
         created = [k for i in interfaces for k in i.created_ip_keys]
         self.publisher.attached(pod, status or PodStatus(pod.meta.uid, pod.meta.namespace, pod.meta.name),
                                 self.ipam.records(created), self.ipam.records(used))
