@@ -81,9 +81,11 @@ class Outbox:
     """Owes writes (``add``) and makes them on a background thread (``start``); ``flush`` makes one pass now."""
 
     def __init__(self, store: OutboxStore, senders: Senders, clock: Callable[[], float] = time.time,
-                 workers: int = 4, settle_s: float = 0.0) -> None:
+                 workers: int = 4, settle_s: float = 0.0,
+                 lull: Callable[[threading.Event], object] | None = None) -> None:
         self.store, self.senders, self.clock = store, senders, clock
         self.settle_s = settle_s
+        self.lull = lull  # after the settle, wait for a lull in the node's CNI calls (``ipamd.node.activity``)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._busy: set[str] = set()  # targets being written right now (by a pass or ``flush_target``)
@@ -257,6 +259,8 @@ class Outbox:
                 self.flush()
                 if self._wake.wait(self._next_wait()) and self.settle_s:
                     self._stop.wait(self.settle_s)  # let the CNI call that owed it finish before its writes compete
+                    if self.lull is not None:  # and the calls right behind it
+                        self.lull(self._stop)
             except Exception:  # the store or a bug: logged, and the loop goes on
                 if self._stop.is_set():
                     return  # stopping cut the pass short: what it did not make is made after the restart

@@ -24,6 +24,7 @@ from ipamd.ipam.delegated import DelegatedAddresses
 from ipamd.ipam.registry import LeaseRegistry, NodeLocalRegistry
 from ipamd.netlink.netns import HostNetlink, pod_namespace
 from ipamd.netlink.node import NetlinkNodeLinks
+from ipamd.node.activity import CallActivity
 from ipamd.node.reconcile import Reconciler
 from ipamd.node.segments import Segments
 from ipamd.publish.base import LocalPublisher, Publisher
@@ -70,6 +71,7 @@ class NodeDaemon:
     def __init__(self, cfg: DaemonConfig) -> None:
         self.cfg = cfg
         self.store = Store(cfg.db)
+        self.calls = CallActivity()  # the CNI calls being served: background work waits for a lull in them
         self.controller: Any = None
         self.services: Any = None  # Services over additional networks: the controller's, when it runs here
         self.outbox: Any = None  # the cluster's API writes owed (Kubernetes mode)
@@ -94,7 +96,7 @@ class NodeDaemon:
                 self.controller = Controller(api, self.source, cfg.controller_namespace, block_ttl_s=cfg.block_ttl,
                                              heartbeat_namespace=cfg.heartbeat_namespace)
                 self.services = ServiceEndpoints(api, self.source, lambda: bool(self.controller.leading))
-            self.outbox = Outbox(self.store, api_senders(api), settle_s=OUTBOX_SETTLE_S)
+            self.outbox = Outbox(self.store, api_senders(api), settle_s=OUTBOX_SETTLE_S, lull=self.calls.wait_for_lull)
             blocks = BlockRegistry(self.source, cfg.node_name, self.outbox, claim_blocks=cfg.address_blocks,
                                    heartbeat_namespace=cfg.heartbeat_namespace)
             self.outbox.unpark_all("unuse")  # used-by writes a kill cut short (ipamd.kube.users): checked when made
@@ -131,7 +133,8 @@ class NodeDaemon:
                                  del_delay_s=cfg.del_delay)
         self.ipam_plugin = IpamPlugin(self.delegated, self.source, self._ready.is_set, publisher)
         self.reconciler = Reconciler(self.store, self.source, self.ipam, self.attacher, self.segments, publisher,
-                                     cfg.reconcile_interval, cluster=bool(cfg.kubeconfig), settle_s=RECONCILE_SETTLE_S)
+                                     cfg.reconcile_interval, cluster=bool(cfg.kubeconfig), settle_s=RECONCILE_SETTLE_S,
+                                     lull=self.calls.wait_for_lull)
         self.cni_server: CniHttpServer | None = None
         self.ipam_server: CniHttpServer | None = None
 
@@ -157,11 +160,11 @@ class NodeDaemon:
         if self._watch_blocks is not None:
             self._watch_blocks(self.reconciler.wake)
         self.reconciler.start()
-        self.cni_server = CniHttpServer(self.cfg.socket, self.attacher.handle, self._ready.is_set,
+        self.cni_server = CniHttpServer(self.cfg.socket, self.calls.served(self.attacher.handle), self._ready.is_set,
                                         workers=self.cfg.cni_workers)
         threading.Thread(target=self.cni_server.serve_forever, name="cni-server", daemon=True).start()
-        self.ipam_server = CniHttpServer(self.cfg.ipam_plugin_socket, self.ipam_plugin.handle, self._ready.is_set,
-                                         endpoint="/v1/ipam")
+        self.ipam_server = CniHttpServer(self.cfg.ipam_plugin_socket, self.calls.served(self.ipam_plugin.handle),
+                                         self._ready.is_set, endpoint="/v1/ipam")
         threading.Thread(target=self.ipam_server.serve_forever, name="ipam-server", daemon=True).start()
         self._ready.set()
         service = IpamService(self.store, self.source, self.ipam, self.sync, self._outbox_made)

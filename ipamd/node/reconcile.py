@@ -63,11 +63,13 @@ class NodeSegments(Protocol):
 class Reconciler:
     def __init__(self, store: NodeStore, source: ObjectSource, ipam: Ipam, teardowns: Teardowns,
                  segments: NodeSegments, publisher: Publisher, interval: float = 30.0, cluster: bool = False,
-                 settle_s: float = 0.0) -> None:
+                 settle_s: float = 0.0, lull: Callable[[threading.Event], object] | None = None) -> None:
         self.store = store
         # woken by an object's change: wait this long first, so that the CNI call whose writes made the change
-        # answers before a round competes with it for the CPU, and the changes that follow share the round
+        # answers before a round competes with it for the CPU, and the changes that follow share the round; then for
+        # a lull in the node's CNI calls (``lull``, bounded)
         self.settle_s = settle_s
+        self.lull = lull
         self.source = source
         self.ipam = ipam  # and through it the lease registry, whose stray leases a cluster node cleans up
         self.teardowns = teardowns
@@ -311,6 +313,8 @@ class Reconciler:
                 log.exception("reconcile failed")
             if self._wake.wait(self.interval) and self.settle_s:
                 self._stop.wait(self.settle_s)
+                if self.lull is not None:  # a burst of CNI calls goes first (``ipamd.node.activity``)
+                    self.lull(self._stop)
             self._wake.clear()
 
     def start(self) -> None:
