@@ -320,10 +320,10 @@ class BlockRegistry(KubeLeaseRegistry):
         return True
 
     def _granted(self, lease: LeaseRecord, block: Block) -> bool:
-        """An address in another node's block: ours once its owner leased it to the same holder."""
+        """An address in another node's block: ours once it is leased to the same holder (by its owner; or made the
+        node's whose pod uses it, a Static's, ``keep_in_use``)."""
         for obj in self.source.by_index(LEASE_KIND, "address", (lease.pool, lease.ip)):
-            labels = (obj.get("metadata") or {}).get("labels") or {}
-            if _spec(obj).get("holder") == lease.holder and labels.get(NODE_LABEL) == block.node:
+            if _spec(obj).get("holder") == lease.holder:
                 self.made[lease_name(lease.pool, lease.address)] = None  # the owner's: never this node's to delete
                 return True
         if lease.holder and lease.holder.startswith(("IPAddress/", "ClusterIPAddress/")):

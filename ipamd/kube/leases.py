@@ -26,7 +26,7 @@ from ipamd.ipam.registry import NoBlocks
 from ipamd.kube.errors import api_unavailable_is_11, status_of
 from ipamd.kube.outbox import PARKED, Outbox
 from ipamd.kube.resources import RESOURCES
-from ipamd.kube.users import IPAddressUsers
+from ipamd.kube.users import IPAddressUsers, still_running
 from ipamd.model.objects import GROUP, IP_ADDRESS_KINDS, IPAM_CLAIM, USED_BY_ANNOTATION, Pod
 from ipamd.model.timefmt import parse_rfc3339, rfc3339
 from ipamd.model.used_by import User, parse_user, parse_user_text
@@ -285,6 +285,10 @@ class KubeLeaseRegistry(NoBlocks):
     def _keep_lease(self, body: dict[str, Any]) -> None:
         wanted = body["object"]
         name, holder = wanted["metadata"]["name"], wanted["spec"]["holder"]
+        user = (wanted["metadata"].get("annotations") or {}).get(USED_BY_ANNOTATION)
+        mine = parse_user_text(user)
+        if mine is not None and not self.users.uses_here(holder, mine.uid):
+            return  # the pod no longer uses it here (its DEL came before this write): nothing of it to keep
         current = self._read(name)
         if current is None:
             self.objects.create(KIND, wanted)  # a 409: made meanwhile, looked at again by the retry
@@ -295,8 +299,14 @@ class KubeLeaseRegistry(NoBlocks):
             log.warning("%s, used by a pod of this node, is leased to %s now", wanted["spec"]["ip"], held)
             return
         version = str(md.get("resourceVersion") or "")
-        user = (wanted["metadata"].get("annotations") or {}).get(USED_BY_ANNOTATION)  # None: a pod's use of it begins
-        written = (md.get("annotations") or {}).get(USED_BY_ANNOTATION)  # so one written before is stale (refused)
+        written = (md.get("annotations") or {}).get(USED_BY_ANNOTATION)
+        other = parse_user_text(written)
+        if other is not None and mine is not None and other.uid != mine.uid and other.node != self.node_name:
+            ns, _, pod_name = other.pod.partition("/")
+            if still_running(other, self.source.read_pod(ns, pod_name)):  # a write of ours late after the pod of
+                log.warning("%s is kept for pod %s on node %s, and used by pod %s here: one of them must go",
+                            wanted["spec"]["ip"], other.pod, other.node, mine.pod)  # another node: its keep stays
+                return
         try:
             if held != holder or (md.get("labels") or {}).get(NODE_LABEL) != self.node_name or written != user:
                 patch: dict[str, Any] = {"metadata": {"resourceVersion": version, "labels": {NODE_LABEL: self.node_name}},
@@ -389,8 +399,10 @@ class KubeLeaseRegistry(NoBlocks):
 
     def unused(self, rec: IPRecord, pod_uid: str) -> None:
         self.users.unused(rec.key, pod_uid)
-        if rec.type == "Static" and rec.pool and rec.address:  # taken off its lease object too (``keep_in_use``),
-            name = lease_name(rec.pool, rec.address)  # after the write of it, if that is still owed
+        if rec.type == "Static" and rec.pool and rec.address:  # taken off its lease object too (``keep_in_use``):
+            name = lease_name(rec.pool, rec.address)  # its keep, if still owed, is not made
+            self.outbox.drop_where(f"{KIND}/{name}", "keep_lease", lambda body: pod_uid in str(
+                (body["object"]["metadata"].get("annotations") or {}).get(USED_BY_ANNOTATION) or ""))
             self.outbox.add(f"{KIND}/{name}", "unkeep", {"name": name, "uid": pod_uid}, supersede=True)
 
     def _unkeep(self, body: dict[str, Any]) -> None:

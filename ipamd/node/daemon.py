@@ -158,7 +158,7 @@ class NodeDaemon:
         self.reconciler.run_once()
         self.source.subscribe(self.reconciler.wake)
         if self._watch_blocks is not None:
-            self._watch_blocks(self.reconciler.wake)
+            self._watch_blocks(self.reconciler.wake_now)
         self.reconciler.start()
         self.cni_server = CniHttpServer(self.cfg.socket, self.calls.served(self.attacher.handle), self._ready.is_set,
                                         workers=self.cfg.cni_workers)

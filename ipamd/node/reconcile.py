@@ -83,6 +83,7 @@ class Reconciler:
         self.grace_s = 15.0 if cluster else 0.0
         self._reported: dict[str, str] = {}  # Network -> bridge published as this node's ready attachment
         self._wake = threading.Event()
+        self._hurry = threading.Event()  # no lull waited for: another node waits (``wake_now``), or stopping
         self._stop = threading.Event()
         self._lock = threading.Lock()
 
@@ -100,8 +101,8 @@ class Reconciler:
             except CniError as exc:
                 log.warning("could not recover attachment %s/%s: %s", rec.container_id[:12], rec.ifname, exc)
         self.publisher.republish(self.store.all_ips(), self.store.pod_statuses())
-        for ip in self.store.all_ips():  # deleted while in use before a restart (or before this version): kept
-            if ip.deleted and ip.used_by_uids:
+        for ip in self.store.all_ips():  # in use (a Static, or deleted meanwhile) since before this version: kept
+            if ip.used_by_uids and (ip.deleted or ip.type == "Static"):
                 self._keep_lease_of(ip)
         return n
 
@@ -303,8 +304,17 @@ class Reconciler:
     def wake(self) -> None:
         self._wake.set()
 
+    def wake_now(self) -> None:
+        """Wake for something another node waits on (a block it asked this node to return, within its
+        ``RETURN_WAIT_S``): the round waits for no lull in this node's CNI calls."""
+        self._hurry.set()
+        self._wake.set()
+
     def loop(self) -> None:
         while not self._stop.is_set():
+            self._hurry.clear()  # this round serves what hurried it
+            if self._stop.is_set():  # (a stop in between still hurries)
+                self._hurry.set()
             try:
                 self.run_once()
             except CniError as exc:  # the Kubernetes API unreachable (code 11), ...: said in one line
@@ -314,7 +324,7 @@ class Reconciler:
             if self._wake.wait(self.interval) and self.settle_s:
                 self._stop.wait(self.settle_s)
                 if self.lull is not None:  # a burst of CNI calls goes first (``ipamd.node.activity``)
-                    self.lull(self._stop)
+                    self.lull(self._hurry)
             self._wake.clear()
 
     def start(self) -> None:
@@ -322,4 +332,5 @@ class Reconciler:
 
     def stop(self) -> None:
         self._stop.set()
+        self._hurry.set()
         self._wake.set()

@@ -240,6 +240,25 @@ def test_a_static_address_in_another_nodes_block_waits_for_its_owner(api: FakeAp
     assert other.add(names=("fixed",)) == "198.18.40.200"  # now granted: the same holder, the owner's object
 
 
+def test_a_static_in_another_nodes_block_made_a_users_node_own_is_still_granted(api: FakeApi) -> None:
+    """A pod on node other used the Static in owner's block: its lease object was made other's (``keep_in_use``).
+    Once that pod is gone, a third node leasing the Static anew is granted it (the same holder), not told for ever to
+    wait for owner, who holds the lease already and never writes the object again (found in review)."""
+    from tests.unit.test_ipam import gone
+
+    owner, other = Node(api, "owner"), Node(api, "other")
+    owner.registry.grow = _grow_at(owner.registry, "198.18.40.192")  # type: ignore[method-assign]
+    owner.add()
+    assert owner.add(names=("fixed",)) == "198.18.40.200"
+    owner.outbox.flush()
+    user = pod("pa")
+    assert attach(other.ipam, user, names=("fixed",))[0].address == "198.18.40.200"
+    other.outbox.flush()
+    gone(other.ipam, user)
+    other.outbox.flush()
+    assert Node(api, "third").add(names=("fixed",)) == "198.18.40.200"
+
+
 def test_an_empty_block_is_returned_after_a_while_but_never_the_last(api: FakeApi) -> None:
     node = Node(api, "n1")
     for _ in range(20):

@@ -97,3 +97,29 @@ def test_stopping_ends_the_wait() -> None:
     finally:
         gate.set()
         busy.join(5)
+
+
+def test_a_round_another_node_waits_for_does_not_wait_for_a_lull() -> None:
+    """A block another node asked for is given back by a round woken with ``wake_now``: that round skips the wait
+    for a lull in this node's CNI calls (bounded at 2 s, against the asker's 3 s), while an ordinary wake waits."""
+    import time
+
+    from ipamd.node.reconcile import Reconciler
+    from tests.fakes.cluster import FakeApi
+    from tests.unit.test_attacher_kube import KubeNode
+
+    node = KubeNode(FakeApi())
+    hurried: list[bool] = []
+    rounds = Reconciler(node.store, node.source, node.ipam, node.attacher, node.attacher.segments,  # type: ignore[arg-type]
+                        node.publisher, interval=60.0, cluster=True, settle_s=0.01,
+                        lull=lambda hurry: hurried.append(hurry.is_set()))
+    rounds.start()
+    try:
+        for wake, want in ((rounds.wake, [False]), (rounds.wake_now, [False, True]), (rounds.wake, [False, True, False])):
+            wake()
+            deadline = time.monotonic() + 5
+            while len(hurried) < len(want) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert hurried == want
+    finally:
+        rounds.stop()

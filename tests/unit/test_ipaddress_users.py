@@ -836,6 +836,47 @@ def test_an_ipaddress_made_again_while_in_use_is_refused_to_another_nodes_pod(
     assert used_by(api) == {"uid": "uid-pb", "pod": f"{NS}/pb", "node": "n2"}
 
 
+def test_a_late_write_of_a_pod_gone_from_one_node_leaves_the_next_users_lease_object(
+        api: FakeApi, two: tuple[KubeNode, KubeNode]) -> None:
+    """pa's ADD on n1 owes the lease object of the Static; pa finishes and goes before n1 writes it, and pb on n2 uses
+    the address and has the object made its own. n1's write, made late, neither takes it back nor names pa on it, so
+    that the object still names pb (found in review: it named nobody, was n1's, and a Static made again went to a
+    third pod while pb had it)."""
+    a, b = two
+    a.call("ADD", "pa", "uid-pa", "ca")  # n1's keep of it owed, not made
+    api.patch_status("Pod", "pa", {"phase": "Succeeded"}, NS)
+    a.call("DEL", "pa", "uid-pa", "ca")
+    b.call("ADD", "pb", "uid-pb", "cb")
+    b.outbox.flush()
+    a.outbox.flush()
+    (kept,) = [o for o in api.objs[LEASE_KIND].values() if o["spec"]["ip"] == "198.18.40.5"]
+    assert kept["metadata"]["labels"][NODE_LABEL] == "n2"
+    assert '"uid-pb"' in kept["metadata"]["annotations"][USED_BY_ANNOTATION]
+
+
+def test_a_late_write_of_a_pod_that_still_uses_the_address_does_not_take_another_nodes_keep(
+        api: FakeApi, two: tuple[KubeNode, KubeNode]) -> None:
+    """Two pods on two nodes both think they use the Static (a window the README names): the write of the one whose
+    node comes second leaves the other's lease object alone, and says so."""
+    import copy
+
+    from ipamd.model.used_by import User
+
+    a, _ = two
+    a.call("ADD", "pa", "uid-pa", "ca")
+    (owed,) = a.outbox.of_op("keep_lease")
+    body = copy.deepcopy(owed.body["object"])  # n2's, for pb
+    body["metadata"]["labels"][NODE_LABEL] = "n2"
+    body["metadata"]["annotations"] = {USED_BY_ANNOTATION: User("uid-pb", f"{NS}/pb", "n2").text()}
+    name = body["metadata"]["name"]
+    api.objs[LEASE_KIND].pop(name, None)
+    api.create(LEASE_KIND, body)
+    a.outbox.flush()
+    kept = api.objs[LEASE_KIND][name]
+    assert kept["metadata"]["labels"][NODE_LABEL] == "n2" and '"uid-pb"' in kept["metadata"]["annotations"][
+        USED_BY_ANNOTATION]
+
+
 def test_a_kept_lease_object_another_node_quarantined_is_taken_back_whole(api: FakeApi,
                                                                           two: tuple[KubeNode, KubeNode]) -> None:
     """With a leaseTTL the other node quarantines its object instead of deleting it (its holder dropped, an orphaning
@@ -909,3 +950,15 @@ def test_a_restart_keeps_the_lease_of_an_ipaddress_deleted_while_in_use(api: Fak
     assert a.outbox.of_op("keep_lease") == []
     rounds_of(a).recover()
     assert [e.body["object"]["spec"]["holder"] for e in a.outbox.of_op("keep_lease")] == [f"IPAddress/{NS}/fixed"]
+
+
+def test_a_restart_owes_the_keep_of_a_static_its_pods_used_before_this_version(
+        api: FakeApi, two: tuple[KubeNode, KubeNode]) -> None:
+    """A Static a pod of the node used before this version (no keep owed, nor made) is made the node's, with the pod
+    written on its lease object, at the start."""
+    a, _ = two
+    a.call("ADD", "pa", "uid-pa", "ca")
+    a.outbox.drop_where(a.outbox.of_op("keep_lease")[0].target, "keep_lease", lambda body: True)  # as before it
+    rounds_of(a).recover()
+    (owed,) = a.outbox.of_op("keep_lease")
+    assert '"uid-pa"' in owed.body["object"]["metadata"]["annotations"][USED_BY_ANNOTATION]
