@@ -28,9 +28,9 @@ class LeaseRegistry(Protocol):
 
     def orphan(self, lease: LeaseRecord) -> None: ...
 
-    # its object made this node's: a pod here uses it (a Static), or ``user`` (namespace/name, UID) does and its
-    # IPAddress was deleted
-    def keep_in_use(self, lease: LeaseRecord, user: tuple[str, str] | None = None) -> None: ...
+    # its object made this node's, and ``user`` (namespace/name, UID), a pod here, written there: it uses a Static's
+    # address, or one whose IPAddress was deleted meanwhile
+    def keep_in_use(self, lease: LeaseRecord, user: tuple[str, str]) -> None: ...
 
     def release(self, lease: LeaseRecord) -> None: ...
 
@@ -115,7 +115,7 @@ class NodeLocalRegistry(NoBlocks):
     def orphan(self, lease: LeaseRecord) -> None:
         pass
 
-    def keep_in_use(self, lease: LeaseRecord, user: tuple[str, str] | None = None) -> None:
+    def keep_in_use(self, lease: LeaseRecord, user: tuple[str, str]) -> None:
         pass
 
     def release(self, lease: LeaseRecord) -> None:

@@ -260,7 +260,7 @@ class KubeLeaseRegistry(NoBlocks):
             return  # gone, leased again, adopted, or another quarantine: not this node's to end
         self._delete_at(current, done=(404, 409))
 
-    def keep_in_use(self, lease: LeaseRecord, user: tuple[str, str] | None = None) -> None:
+    def keep_in_use(self, lease: LeaseRecord, user: tuple[str, str]) -> None:
         """A pod of this node (``user``: its namespace/name and UID) uses the address of this lease's IPAddress (a
         Static, which every node leases), or the IPAddress was deleted while it does: the lease object is made this
         node's, so that another node letting its own lease of it go does not delete it, and is made again if one did;
@@ -269,8 +269,7 @@ class KubeLeaseRegistry(NoBlocks):
         (``kept_for``) until this node writes its pod on the new object; its DEL takes it off (``unused``)."""
         name = lease_name(lease.pool, lease.address)
         wanted = lease_body(lease.pool, lease.address, lease.network, lease.holder or "", lease.ttl, self.node_name)
-        if user is not None:
-            wanted["metadata"]["annotations"] = {USED_BY_ANNOTATION: User(user[1], user[0], self.node_name).text()}
+        wanted["metadata"]["annotations"] = {USED_BY_ANNOTATION: User(user[1], user[0], self.node_name).text()}
         self.outbox.add(f"{KIND}/{name}", "keep_lease", {"object": wanted}, supersede=True)
 
     def kept_for(self, holder: str) -> User | None:
@@ -302,10 +301,11 @@ class KubeLeaseRegistry(NoBlocks):
         written = (md.get("annotations") or {}).get(USED_BY_ANNOTATION)
         other = parse_user_text(written)
         if other is not None and mine is not None and other.uid != mine.uid and other.node != self.node_name:
+            # another node's pod written there since this write was owed: its keep stays while that pod runs
             ns, _, pod_name = other.pod.partition("/")
-            if still_running(other, self.source.read_pod(ns, pod_name)):  # a write of ours late after the pod of
+            if still_running(other, self.source.read_pod(ns, pod_name)):
                 log.warning("%s is kept for pod %s on node %s, and used by pod %s here: one of them must go",
-                            wanted["spec"]["ip"], other.pod, other.node, mine.pod)  # another node: its keep stays
+                            wanted["spec"]["ip"], other.pod, other.node, mine.pod)
                 return
         try:
             if held != holder or (md.get("labels") or {}).get(NODE_LABEL) != self.node_name or written != user:
@@ -401,8 +401,8 @@ class KubeLeaseRegistry(NoBlocks):
         self.users.unused(rec.key, pod_uid)
         if rec.type == "Static" and rec.pool and rec.address:  # taken off its lease object too (``keep_in_use``):
             name = lease_name(rec.pool, rec.address)  # its keep, if still owed, is not made
-            self.outbox.drop_where(f"{KIND}/{name}", "keep_lease", lambda body: pod_uid in str(
-                (body["object"]["metadata"].get("annotations") or {}).get(USED_BY_ANNOTATION) or ""))
+            self.outbox.drop_where(f"{KIND}/{name}", "keep_lease",
+                                   lambda body: getattr(parse_user(body["object"]), "uid", None) == pod_uid)
             self.outbox.add(f"{KIND}/{name}", "unkeep", {"name": name, "uid": pod_uid}, supersede=True)
 
     def _unkeep(self, body: dict[str, Any]) -> None:

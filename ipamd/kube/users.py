@@ -63,7 +63,7 @@ class IPAddressUsers:
                  outbox: Outbox, kept_for: Callable[[str], User | None] = lambda key: None) -> None:
         self.objects = objects
         self.read_pod = read_pod
-        self.kept_for = kept_for  # IPAddress key -> the pod written on its lease object (deleted while in use)
+        self.kept_for = kept_for  # IPAddress key -> another node's pod written on its address's lease object
         self.node_name = node_name
         self.outbox = outbox
         self._lock = threading.Lock()
