@@ -107,7 +107,8 @@ class Reconciler:
         return n
 
     def _keep_lease_of(self, rec: IPRecord) -> None:
-        """An IPAddress deleted while a pod of this node uses its address: its lease object stays until the pod goes."""
+        """A pod of this node uses the IPAddress's address (a Static, or one deleted meanwhile): its lease object is
+        made this node's, the pod written there, and stays until the pod goes (``LeaseRegistry.keep_in_use``)."""
         held = self.store.lease_of(rec.key)
         if held is not None and held.holder:
             self.ipam.registry.keep_in_use(held, (rec.used_by_pods[0], rec.used_by_uids[0]))
