@@ -48,7 +48,7 @@ class Plan:
 
     host_link: str = ""  # a link on the node Plexus makes for it ("" when none)
     configure_ips: bool = True  # whether the interface carries its leased addresses itself
-    mac: str = ""  # the MAC asked for ("" to generate one)
+    mac: str = ""  # the pod interface's MAC: asked for, or chosen now by a driver that sets it ("" for the build to tell)
     state: dict[str, Any] | None = None  # the driver's own, kept in the record for DEL and CHECK
 
 
@@ -101,6 +101,12 @@ class InterfaceDriver(Protocol):
 
     def build(self, ctx: BuildContext, iface: BuiltInterface, undo: contextlib.ExitStack) -> Built:
         """Make the interface; after each side effect, register its undo on ``undo``."""
+        ...
+
+    def foresee(self, iface: BuiltInterface, sandbox: str) -> Built | None:
+        """What ``build`` will return, when the record alone tells it (its MAC chosen in the plan), so that the pod's
+        status can be on its way to the API server while the interface is built; None when only the build can tell
+        (a delegate's result)."""
         ...
 
     def teardown(self, ctx: LinksContext, iface: BuiltInterface) -> None:

@@ -80,6 +80,9 @@ class DelegateDriver:
                                                                for gw in gateways))
         return Built(_pod_mac(result, iface.if_name), share, {**iface.driver, "result": result})
 
+    def foresee(self, iface: BuiltInterface, sandbox: str) -> Built | None:
+        return None  # the delegated plugins' result: known once they have run
+
     def teardown(self, ctx: LinksContext, iface: BuiltInterface) -> None:
         errors = self.chain.delete(_invocation(iface), iface.driver.get("result"), ctx.netns)
         if errors:

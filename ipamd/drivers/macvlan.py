@@ -18,7 +18,7 @@ class MacvlanDriver:
     kind = "macvlan"
 
     def plan(self, key: InterfaceKey, request: InterfaceRequest) -> Plan:
-        return Plan("", not request.skip_ip_assignment, request.mac)
+        return Plan("", not request.skip_ip_assignment, request.mac or links.generate_mac())
 
     def build(self, ctx: BuildContext, iface: BuiltInterface, undo: contextlib.ExitStack) -> Built:
         pod = ctx.pod.netlink()
@@ -26,6 +26,9 @@ class MacvlanDriver:
         undo.callback(quietly, f"macvlan {iface.if_name}", links.delete_link, pod, iface.if_name)
         kernel.configure(pod, link.index, iface, undo)
         return Built(link.mac, kernel.result(iface, link.mac, ctx.pod.path))
+
+    def foresee(self, iface: BuiltInterface, sandbox: str) -> Built | None:
+        return Built(iface.mac, kernel.result(iface, iface.mac, sandbox))
 
     def teardown(self, ctx: LinksContext, iface: BuiltInterface) -> None:
         kernel.unconfigure(ctx, iface)

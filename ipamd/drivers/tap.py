@@ -37,8 +37,9 @@ class TapDriver:
     def plan(self, key: InterfaceKey, request: InterfaceRequest) -> Plan:
         host_link = host_link_name(key.container_id, key.runtime_ifname, request.if_name)
         names = TapNames.of(host_link)
-        return Plan(host_link, False, request.mac, {"innerBridge": names.inner_bridge, "innerVeth": names.inner_veth,
-                                                "temporary": names.temporary, "uid": request.tap_uid, "gid": request.tap_gid})
+        return Plan(host_link, False, request.mac or links.generate_mac(),
+                    {"innerBridge": names.inner_bridge, "innerVeth": names.inner_veth, "temporary": names.temporary,
+                     "uid": request.tap_uid, "gid": request.tap_gid})
 
     def build(self, ctx: BuildContext, iface: BuiltInterface, undo: contextlib.ExitStack) -> Built:
         pod = ctx.pod.netlink()
@@ -50,6 +51,9 @@ class TapDriver:
                              iface.driver.get("uid"), iface.driver.get("gid"))
         undo.callback(quietly, f"veth {iface.host_link}", links.delete_link, ctx.host, iface.host_link)
         return Built(link.mac, kernel.result(iface, link.mac, ctx.pod.path))
+
+    def foresee(self, iface: BuiltInterface, sandbox: str) -> Built | None:
+        return Built(iface.mac, kernel.result(iface, iface.mac, sandbox))
 
     def teardown(self, ctx: LinksContext, iface: BuiltInterface) -> None:
         for name in (iface.host_link, _names(iface).temporary):

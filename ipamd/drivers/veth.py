@@ -17,7 +17,7 @@ class VethDriver:
 
     def plan(self, key: InterfaceKey, request: InterfaceRequest) -> Plan:
         return Plan(host_link_name(key.container_id, key.runtime_ifname, request.if_name), not request.skip_ip_assignment,
-                    request.mac)
+                    request.mac or links.generate_mac())
 
     def build(self, ctx: BuildContext, iface: BuiltInterface, undo: contextlib.ExitStack) -> Built:
         bridge = ctx.bridge_index()
@@ -25,6 +25,9 @@ class VethDriver:
         link = links.add_veth(ctx.host, ctx.pod.netlink(), ctx.pod.fd, iface.host_link, iface.if_name, iface.mac, bridge)
         kernel.configure(ctx.pod.netlink(), link.index, iface, undo)
         return Built(link.mac, kernel.result(iface, link.mac, ctx.pod.path, (Interface(iface.host_link),)))
+
+    def foresee(self, iface: BuiltInterface, sandbox: str) -> Built | None:
+        return Built(iface.mac, kernel.result(iface, iface.mac, sandbox, (Interface(iface.host_link),)))
 
     def teardown(self, ctx: LinksContext, iface: BuiltInterface) -> None:
         kernel.unconfigure(ctx, iface)

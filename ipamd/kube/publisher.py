@@ -89,6 +89,8 @@ def auto_ip_body(rec: IPRecord, pod: Pod, node: str) -> dict[str, Any]:
 
 
 class KubePublisher:
+    remote = True
+
     def __init__(self, api: client.ApiClient, node_name: str, outbox: Outbox) -> None:
         self.core = client.CoreV1Api(api)
         self.objects = CustomObjects(api)
@@ -195,9 +197,12 @@ class KubePublisher:
         return {"kind": IPAM_CLAIM.name, "name": rec.name, "namespace": rec.namespace,
                 "status": {"ips": ips, "ownerPod": owner or None}}
 
+    def pod_status(self, pod: Pod, status: PodStatus | None) -> None:
+        self._patch_status_annotations(pod.meta.namespace, pod.meta.name, pod.meta.uid, status)
+
     def attached(self, pod: Pod, status: PodStatus, created: Iterable[IPRecord], used: Iterable[IPRecord]) -> None:
-        """What an ADD made, published: the pod's statuses written now (and an IPAMClaim's, which another node reads);
-        the rest owed, in one commit."""
+        """What an ADD made besides the pod's statuses (``pod_status``), published: an IPAMClaim's status written now
+        (another node reads it); the rest owed, in one commit."""
         used = list(used)
         with self.outbox.store.transaction():
             for rec in created:
@@ -213,7 +218,6 @@ class KubePublisher:
         for rec in used:
             if rec.kind == IPAM_CLAIM.name:  # an API write: outside the store's lock
                 self._claim_status(rec)
-        self._patch_status_annotations(pod.meta.namespace, pod.meta.name, pod.meta.uid, status)
 
     def detached(self, namespace: str, name: str, uid: str, status: PodStatus | None,
                  used: Iterable[IPRecord]) -> None:

@@ -15,7 +15,16 @@ from ipamd.store.records import IPRecord, PodStatus
 
 
 class Publisher(Protocol):
-    def attached(self, pod: Pod, status: PodStatus, created: Iterable[IPRecord], used: Iterable[IPRecord]) -> None: ...
+    #: The pod's statuses go to an API server: worth writing while the interfaces are built (``Attacher``).
+    remote: bool
+
+    def pod_status(self, pod: Pod, status: PodStatus | None) -> None:
+        """The pod's statuses (none: removed), written now, or owed when the API server does not answer."""
+        ...
+
+    def attached(self, pod: Pod, status: PodStatus, created: Iterable[IPRecord], used: Iterable[IPRecord]) -> None:
+        """What an ADD made, but the pod's statuses (``pod_status``)."""
+        ...
 
     def detached(self, namespace: str, name: str, uid: str, status: PodStatus | None,
                  used: Iterable[IPRecord]) -> None: ...
@@ -33,6 +42,11 @@ class Publisher(Protocol):
 
 class LocalPublisher:
     """Local mode: the store is the only place statuses live."""
+
+    remote = False
+
+    def pod_status(self, pod: Pod, status: PodStatus | None) -> None:
+        pass
 
     def attached(self, pod: Pod, status: PodStatus, created: Iterable[IPRecord], used: Iterable[IPRecord]) -> None:
         pass

@@ -16,9 +16,9 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from cni.errors import (
@@ -119,6 +119,8 @@ class Attacher:
         self.reaper = Reaper(self._finish_deletion, del_delay_s) if background_del else None
         # a pod's delegates built at once: a pool kept across calls, so its threads keep their sockets
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="delegate")
+        # pods' statuses written to the API server while their interfaces are built (``_status_ahead``)
+        self.status_writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="status")
 
     def handle(self, call: CniCall) -> dict[str, Any]:
         return dispatch(call, {"ADD": self.add, "DEL": self.delete, "CHECK": self.check, "GC": self.gc,
@@ -170,20 +172,52 @@ class Attacher:
                 self.store.put_attachment(record)
             undo.callback(quietly, "attachment record", self._forget_record, call.key)
             self.fault("add:recorded")
-            built: list[tuple[Wanted, BuiltInterface, Built | None]] = []
-            for w in wanted:
+            planned: list[tuple[Wanted, BuiltInterface, Built | None]] = []
+            for w in wanted:  # every address leased before anything is built: an exhausted pool fails first
                 record, iface, claims = self._lease(record, key, pod, w)
                 undo.callback(quietly, "leases", self._undo_leases, claims, pod, call.key, iface.if_name)
                 self.fault("add:leased")
-                built.append((w, iface, None if at_once else self._build(pod_side, w, iface, undo)))
-            if at_once:
-                built = self._build_at_once(pod_side, built, undo)
-            interfaces = [replace(iface, mac=done.mac, driver=done.state or iface.driver, result=done.result.to_dict())
-                          for _, iface, done in built if done is not None]
+                planned.append((w, iface, None))
+            statuses = _Statuses(call.network_name, prev, rfc3339())
+            ahead = self._status_ahead(pod, record, [iface for _, iface, _ in planned], call.netns, statuses, undo)
+            built = (self._build_at_once(pod_side, planned, undo) if at_once else
+                     [(w, iface, self._build(pod_side, w, iface, undo)) for w, iface, _ in planned])
+            interfaces = [_with(iface, done) for _, iface, done in built if done is not None]
             result = _merged(done.result for _, _, done in built if done is not None)
-            self._attached(call, pod, record, interfaces, result, prev)
+            self._attached(pod, record, interfaces, result, statuses, ahead)
             undo.pop_all()
         return result
+
+    def _status_ahead(self, pod: Pod, record: AttachmentRecord, planned: list[BuiltInterface], sandbox: str,
+                      statuses: _Statuses, undo: contextlib.ExitStack) -> _Ahead | None:
+        """The pod's statuses on their way to the API server while the interfaces are built, when every driver
+        foresees what it will build (the write takes about as long as the build: both are then off the ADD's path
+        but one). On failure they are put back as the store has them (the undo step registered here), and a daemon
+        killed meanwhile puts them back when it recovers this attachment (``_release``). ADD still returns only once
+        they are written, and writes them again if the build turned out otherwise."""
+        if not self.publisher.remote:
+            return None
+        foreseen: list[BuiltInterface] = []
+        for iface in planned:
+            done = self.drivers[iface.kind].foresee(iface, sandbox)
+            if done is None:
+                return None
+            foreseen.append(_with(iface, done))
+        this = statuses.ready(record, foreseen)
+        status = _status_of(record.pod_uid, record.namespace, record.pod_name,
+                            [this if (a.container_id, a.ifname) == (this.container_id, this.ifname) else a
+                             for a in self.store.attachments_of_pod(record.pod_uid)])
+        if status is None:
+            return None
+        sent = self.status_writers.submit(self.publisher.pod_status, pod, status)
+        undo.callback(quietly, "pod statuses", self._put_back_status, sent, pod)
+        return _Ahead(status, sent)
+
+    def _put_back_status(self, sent: Future[None], pod: Pod) -> None:
+        """A failed ADD's statuses written ahead: the pod's as the store has them (its other attachments'), once
+        the write ahead has landed (so this one lands after it)."""
+        sent.result()
+        self.publisher.pod_status(pod, self.store.pod_status(pod.meta.uid))
 
     def _lease(self, record: AttachmentRecord, key: InterfaceKey, pod: Pod,
                w: Wanted) -> tuple[AttachmentRecord, BuiltInterface, list[Claim]]:
@@ -264,31 +298,34 @@ class Attacher:
             undo.push(stack)
         return [(w, iface, future.result()) for (w, iface, _), future in zip(planned, futures, strict=True)]
 
-    def _attached(self, call: CniCall, pod: Pod, record: AttachmentRecord, interfaces: list[BuiltInterface],
-                  result: Result, prev: Result | None) -> None:
-        """Mark the attachment ready, write the pod's statuses, and tell the publisher."""
-        cluster = (call.network_name, prev.to_dict()) if prev is not None else None
-        deckhouse, npwg = networks_status(interfaces, rfc3339()), network_status(interfaces, cluster)
+    def _attached(self, pod: Pod, record: AttachmentRecord, interfaces: list[BuiltInterface], result: Result,
+                  statuses: _Statuses, ahead: _Ahead | None) -> None:
+        """Mark the attachment ready, write the pod's statuses (unless they went ahead as they are), and tell the
+        publisher."""
         with self.store.transaction():
-            record = replace(record, state="ready", result=result.to_dict(), updated_at=time.time(),
-                             interfaces=tuple(interfaces), networks_status=tuple(deckhouse), network_status=tuple(npwg))
+            record = replace(statuses.ready(record, interfaces), result=result.to_dict(), updated_at=time.time())
             self.store.put_attachment(record)
             status = self._pod_status(record.pod_uid, pod.meta.namespace, pod.meta.name)
             used = [k for i in interfaces for k in i.ip_keys]
             self.ipam.set_attached(used, True)  # in the same commit
+        status = status or PodStatus(pod.meta.uid, pod.meta.namespace, pod.meta.name)
+        written = ahead is not None and ahead.says(status)
+        if ahead is not None and not written:
+            ahead.sent.result()  # the statuses foreseen land first, these after them
         created = [k for i in interfaces for k in i.created_ip_keys]
-        self.publisher.attached(pod, status or PodStatus(pod.meta.uid, pod.meta.namespace, pod.meta.name),
-                                self.ipam.records(created), self.ipam.records(used))
+        self.publisher.attached(pod, status, self.ipam.records(created), self.ipam.records(used))
+        if written and ahead is not None:
+            ahead.sent.result()
+        else:
+            self.publisher.pod_status(pod, status)
 
     def _pod_status(self, uid: str, namespace: str, name: str) -> PodStatus | None:
         """The pod's statuses from its ready attachments, stored (or removed when none is left)."""
-        ready = [a for a in self.store.attachments_of_pod(uid) if a.state == "ready"]
-        if not ready:
+        status = _status_of(uid, namespace, name, self.store.attachments_of_pod(uid))
+        if status is None:
             self.store.delete_pod_status(uid)
-            return None
-        status = PodStatus(uid, namespace, name, tuple(e for a in ready for e in a.networks_status), time.time(),
-                           tuple(e for a in ready for e in a.network_status))
-        self.store.put_pod_status(status)
+        else:
+            self.store.put_pod_status(status)
         return status
 
     def _forget_record(self, key: tuple[str, str]) -> None:
@@ -471,6 +508,48 @@ class Attacher:
             self.delegation.status(Invocation(cluster.conflist, "", "", "", bin_dirs=conf.plugin_dirs(call.cni_path),
                                               timeout_s=conf.delegate_timeout_s))
         return {}
+
+
+@dataclass(frozen=True, slots=True)
+class _Statuses:
+    """How one ADD renders its interfaces into the pod's statuses: the network it was chained after (NPWG's default
+    entry) and one time, so that the statuses written ahead and those after the build are alike when the build is."""
+
+    network_name: str
+    prev: Result | None
+    since: str
+
+    def ready(self, record: AttachmentRecord, interfaces: list[BuiltInterface]) -> AttachmentRecord:
+        cluster = (self.network_name, self.prev.to_dict()) if self.prev is not None else None
+        return replace(record, state="ready", interfaces=tuple(interfaces),
+                       networks_status=tuple(networks_status(interfaces, self.since)),
+                       network_status=tuple(network_status(interfaces, cluster)))
+
+
+@dataclass(frozen=True, slots=True)
+class _Ahead:
+    """The pod's statuses sent while its interfaces were built, and that write (``Attacher._status_ahead``)."""
+
+    status: PodStatus
+    sent: Future[None]
+
+    def says(self, status: PodStatus) -> bool:
+        return (self.status.networks_status, self.status.network_status) == (status.networks_status,
+                                                                             status.network_status)
+
+
+def _with(iface: BuiltInterface, done: Built) -> BuiltInterface:
+    """The interface's record once built: its MAC, its driver's state and its share of the result."""
+    return replace(iface, mac=done.mac, driver=done.state or iface.driver, result=done.result.to_dict())
+
+
+def _status_of(uid: str, namespace: str, name: str, records: list[AttachmentRecord]) -> PodStatus | None:
+    """The pod's statuses: its ready attachments' entries, in their order; None when none is ready."""
+    ready = [a for a in records if a.state == "ready"]
+    if not ready:
+        return None
+    return PodStatus(uid, namespace, name, tuple(e for a in ready for e in a.networks_status), time.time(),
+                     tuple(e for a in ready for e in a.network_status))
 
 
 def _merged(parts: Iterable[Result]) -> Result:

@@ -24,6 +24,8 @@ class FakeDriver:
         self.live: set[str] = set()
         self.fail_build: dict[str, int] = {}  # if_name -> how many more builds of it fail (after their side effect)
         self.problems: list[str] = []  # what CHECK reports
+        self.unforeseen = False  # True: like a delegate, only the build tells what it made
+        self.foreseen_mac = ""  # a MAC foreseen wrongly: the build turns out otherwise
 
     def plan(self, key: InterfaceKey, request: InterfaceRequest) -> Plan:
         return Plan(f"h-{request.if_name}", not request.skip_ip_assignment, request.mac or "02:00:00:00:00:01",
@@ -37,8 +39,15 @@ class FakeDriver:
         if self.fail_build.get(iface.if_name):
             self.fail_build[iface.if_name] -= 1
             raise InterfaceFailure(f"creating {iface.if_name} failed", "injected")
+        return self._result(iface, ctx.pod.path)
+
+    def foresee(self, iface: BuiltInterface, sandbox: str) -> Built | None:
+        return None if self.unforeseen else self._result(iface, sandbox, self.foreseen_mac)
+
+    @staticmethod
+    def _result(iface: BuiltInterface, sandbox: str, mac: str = "") -> Built:
         ips = tuple(IPConfig(cidr_of(a["address"], a["network"]), 0) for a in iface.addresses) if iface.configure_ips else ()
-        return Built(iface.mac, Result((Interface(iface.if_name, iface.mac, ctx.pod.path),), ips))
+        return Built(mac or iface.mac, Result((Interface(iface.if_name, mac or iface.mac, sandbox),), ips))
 
     def _undo(self, if_name: str) -> None:
         self.events.append(f"undo build {if_name}")

@@ -9,19 +9,27 @@ from ipamd.store.records import IPRecord, PodStatus
 
 
 class RecordingPublisher:
-    def __init__(self) -> None:
+    def __init__(self, remote: bool = True) -> None:
+        self.remote = remote  # so the verbs write the statuses ahead, as to an API server
         self.failed_with: list[str] = []
         self.attached_pods: list[str] = []
         self.detached_pods: list[str] = []
         self.node_attachments: dict[str, tuple[str, bool, str]] = {}  # network -> (bridge, ready, message)
         self.node_detachments: list[str] = []
         self.statuses: dict[str, PodStatus] = {}  # pod UID -> what its annotations would say
+        self.pod_statuses: list[tuple[str, PodStatus | None]] = []  # every write of them, in order
         self.ip_statuses: list[IPRecord] = []  # IPAddress and IPAMClaim statuses, in order
         self.republished: list[tuple[list[str], list[str]]] = []  # (IPAddress keys, pod UIDs) per restart
 
+    def pod_status(self, pod: Pod, status: PodStatus | None) -> None:
+        self.pod_statuses.append((pod.meta.uid, status))
+        if status is None:
+            self.statuses.pop(pod.meta.uid, None)
+        else:
+            self.statuses[pod.meta.uid] = status
+
     def attached(self, pod: Pod, status: PodStatus, created: Iterable[IPRecord], used: Iterable[IPRecord]) -> None:
         self.attached_pods.append(pod.meta.name)
-        self.statuses[pod.meta.uid] = status
 
     def detached(self, namespace: str, name: str, uid: str, status: PodStatus | None,
                  used: Iterable[IPRecord]) -> None:

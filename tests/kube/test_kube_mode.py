@@ -4,8 +4,10 @@ racing for one pool."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
+import subprocess
 import threading
 import time
 import urllib.request
@@ -470,6 +472,94 @@ def test_a_user_ipaddress_named_by_pods_on_two_nodes_goes_to_one_at_a_time(clust
             "object" in replaced.json["msg"], replaced
         for node in (a, b):
             assert "Traceback" not in node.log_text()
+    finally:
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        cluster.kubectl("delete", "networkclass", f"{ns}-class", "--ignore-not-found", check=False)
+
+
+def status_sequence(cluster: Cluster, ns: str, name: str, stop: threading.Event) -> tuple[list[str | None],
+                                                                                      threading.Thread]:
+    """Every value the pod's ``networks-status`` takes, in order, as a watch of it sees them (None: not there)."""
+    from kubernetes import client, watch
+
+    from ipamd.kube.client import kube_api
+
+    core = client.CoreV1Api(kube_api(str(cluster.kubeconfig)))
+    seen: list[str | None] = []
+
+    def run() -> None:
+        w = watch.Watch()  # type: ignore[no-untyped-call]
+        for event in w.stream(  # type: ignore[no-untyped-call]
+                core.list_namespaced_pod, ns, field_selector=f"metadata.name={name}", timeout_seconds=120,
+                _request_timeout=130):
+            annotations = event["object"].metadata.annotations or {}
+            value = annotations.get("network.deckhouse.io/networks-status")
+            if not seen or seen[-1] != value:
+                seen.append(value)
+            if stop.is_set():
+                w.stop()  # type: ignore[no-untyped-call]
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return seen, t
+
+
+@pytest.mark.netns
+def test_statuses_written_while_the_interfaces_are_built_are_put_back_when_the_add_does_not_finish(
+        cluster: Cluster, nodes: list[Node]) -> None:
+    """The pod's statuses go to the API server while its interfaces are built. An ADD whose build then fails puts them
+    back as they were (none, here) before it answers; a daemon killed while building puts them back when it
+    recovers the attachment; a pod's whole ADD leaves them written once, as built."""
+    ns = "kahead"
+    try:
+        cluster.apply(objects(ns, "1s", "198.18.123.10-198.18.123.20", cidr="198.18.123.0/24", vlan=950))
+        cluster.apply([pod(ns, "app", "ahead-a")])
+        uid = cluster.get("pod", "-n", ns, "app")["metadata"]["uid"]
+        node = kube_node(cluster, "ahead-a")
+        nodes.append(node)
+        netns = node.pod_netns("app")
+        env = {"CNI_ARGS": f"K8S_POD_NAMESPACE={ns};K8S_POD_NAME=app;K8S_POD_UID={uid}"}
+        assert wait_for(lambda: "ready" in node.log_text(), timeout=30)
+
+        def annotation() -> str | None:
+            return (cluster.get("pod", "-n", ns, "app")["metadata"].get("annotations") or {}).get(
+                "network.deckhouse.io/networks-status")
+
+        # the build fails: net1 is in the pod already
+        subprocess.run(["ip", "-n", os.path.basename(netns), "link", "add", "net1", "type", "veth", "peer", "name",
+                        "net1p"], check=True)
+        stop = threading.Event()
+        seen, watcher = status_sequence(cluster, ns, "app", stop)
+        time.sleep(1)  # the watch is on
+        failed = node.cni("ADD", "c1", netns, pod=(ns, "app"), env=env)
+        assert not failed.ok and "net1" in failed.json["msg"], failed
+        assert annotation() is None, "put back before the ADD answered"
+        assert wait_for(lambda: len(seen) >= 3, timeout=10), seen
+        stop.set()
+        cluster.kubectl("annotate", "pod", "-n", ns, "app", "plexus-test/poke=1")  # the watch sees the stop
+        watcher.join(10)
+        assert seen[0] is None and json.loads(seen[1] or "[]")[0]["ifName"] == "net1" and seen[2] is None, seen
+        subprocess.run(["ip", "-n", os.path.basename(netns), "link", "del", "net1"], check=True)
+
+        # killed while building: the statuses foreseen stay on the pod until the daemon is back
+        node.stop()
+        node.start(env={"PLEXUS_FAULT": "add:built"})
+        died = node.cni("ADD", "c2", netns, pod=(ns, "app"), env=env)
+        assert not died.ok and node.wait_exit(10) is not None, "the daemon died at add:built"
+        assert json.loads(annotation() or "[]")[0]["ifName"] == "net1", "written while the interface was built"
+        node.start()
+        assert wait_for(lambda: annotation() is None, timeout=30), (annotation(), node.log_text()[-3000:])
+        assert "net1" not in links_in(netns)
+
+        # a whole ADD: written as built (its MAC), once
+        done = node.cni("ADD", "c3", netns, pod=(ns, "app"), env=env)
+        assert done.ok, (done, node.log_text()[-3000:])
+        (entry,) = json.loads(annotation() or "[]")
+        assert entry["mac"] == links_in(netns)["net1"]["mac"] and entry["ipAddressConfigs"][0]["address"] == \
+            done.json["ips"][0]["address"].split("/")[0]
+        assert node.cni("DEL", "c3", netns, pod=(ns, "app")).ok
+        assert annotation() is None
+        assert "Traceback" not in node.log_text()
     finally:
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
         cluster.kubectl("delete", "networkclass", f"{ns}-class", "--ignore-not-found", check=False)

@@ -9,6 +9,7 @@ every side effect and every undo step.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -22,7 +23,7 @@ from ipamd.ipam.addresses import Claim, Ipam, ResolvedNetwork
 from ipamd.model.annotations import NetworkSelection
 from ipamd.model.objects import API_VERSION, POD, IPAddressObject, Pod, parse_object
 from ipamd.node.segments import Segments
-from ipamd.store.records import AttachmentRecord, BuiltInterface
+from ipamd.store.records import AttachmentRecord, BuiltInterface, PodStatus
 from ipamd.verbs.attacher import Attacher
 from ipamd.verbs.call import CniCall
 from tests.fakes.drivers import FakeDriver, FakeNetns
@@ -152,14 +153,15 @@ class Node:
         assert self.live() == set()
 
 
-DONE = ["record", "lease net1", "build net1", "lease net2", "build net2"]
+# every address is leased before anything is built: an exhausted pool fails before any link is made
+DONE = ["record", "lease net1", "lease net2", "build net1", "build net2"]
 UNDO = {"record": "forget record", "lease net1": "undo leases net1", "build net1": "undo build net1",
         "lease net2": "undo leases net2", "build net2": "undo build net2"}
 
 
 @pytest.mark.parametrize(("step", "nth", "done"), [
-    ("add:recorded", 1, 1), ("add:leased", 1, 2), ("add:built", 1, 3), ("add:leased", 2, 4), ("add:built", 2, 5),
-], ids=["recorded", "leased-net1", "built-net1", "leased-net2", "built-net2"])
+    ("add:recorded", 1, 1), ("add:leased", 1, 2), ("add:leased", 2, 3), ("add:built", 1, 4), ("add:built", 2, 5),
+], ids=["recorded", "leased-net1", "leased-net2", "built-net1", "built-net2"])
 def test_add_unwinds_every_step_in_reverse_after_a_failure(step: str, nth: int, done: int) -> None:
     node = Node(Faults(step, nth))
     with pytest.raises(InternalError):
@@ -167,6 +169,71 @@ def test_add_unwinds_every_step_in_reverse_after_a_failure(step: str, nth: int, 
     assert node.events == DONE[:done] + [UNDO[e] for e in reversed(DONE[:done])]
     node.assert_nothing_left()
     assert len(node.publisher.failed_with) == 1 and step in node.publisher.failed_with[0]
+    assert node.publisher.statuses == {}, "statuses written ahead of the build are put back"
+
+
+class StatusWaitedFor(RecordingPublisher):
+    """A publisher whose pod-status write says when it has begun."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.begun = threading.Event()
+
+    def pod_status(self, pod: Pod, status: PodStatus | None) -> None:
+        self.begun.set()
+        super().pod_status(pod, status)
+
+
+def test_the_pods_statuses_are_written_while_its_interfaces_are_built() -> None:
+    node = Node()
+    node.publisher = node.attacher.publisher = publisher = StatusWaitedFor()
+    building = node.drivers["veth"].build
+
+    def build_once_the_status_is_on_its_way(ctx: Any, iface: BuiltInterface, undo: Any) -> Any:
+        assert publisher.begun.wait(5), "the statuses were not sent before the build"
+        return building(ctx, iface, undo)
+
+    node.drivers["veth"].build = build_once_the_status_is_on_its_way  # type: ignore[method-assign]
+    node.call("ADD")
+    stored = node.store.pod_status("uid-app")
+    assert stored is not None and [e["ifName"] for e in stored.networks_status] == ["net1", "net2"]
+    assert [(uid, s.networks_status, s.network_status) for uid, s in publisher.pod_statuses if s] == \
+        [("uid-app", stored.networks_status, stored.network_status)], "written once, ahead, as the store has them"
+    macs = [i.mac for i in node.store.attachments()[0].interfaces]
+    assert [e["mac"] for e in stored.networks_status] == macs and all(macs), "the MACs chosen in the plan"
+
+
+def test_statuses_written_ahead_are_put_back_when_a_build_fails() -> None:
+    node = Node()
+    node.drivers["macvlan"].fail_build["net2"] = 1
+    with pytest.raises(InterfaceFailure):
+        node.call("ADD")
+    (ahead, back) = node.publisher.pod_statuses
+    assert ahead[1] is not None and [e["ifName"] for e in ahead[1].networks_status] == ["net1", "net2"]
+    assert back == ("uid-app", None), "the pod had no statuses before: they are removed"
+    node.assert_nothing_left()
+
+
+def test_a_build_that_turns_out_otherwise_writes_the_statuses_again() -> None:
+    node = Node()
+    node.drivers["veth"].foreseen_mac = "02:00:00:00:00:99"
+    node.call("ADD")
+    (ahead, after) = node.publisher.pod_statuses
+    assert ahead[1] is not None and ahead[1].networks_status[0]["mac"] == "02:00:00:00:00:99"
+    stored = node.store.pod_status("uid-app")
+    assert after == ("uid-app", stored) and stored is not None and stored.networks_status[0]["mac"] != \
+        "02:00:00:00:00:99", "the built one lands last"
+
+
+@pytest.mark.parametrize("unforeseen", ["a driver cannot tell before it builds", "statuses stay on the node"])
+def test_statuses_are_written_once_built_when_they_cannot_go_ahead(unforeseen: str) -> None:
+    node = Node()
+    if unforeseen.startswith("a driver"):
+        node.drivers["macvlan"].unforeseen = True
+    else:
+        node.publisher.remote = False
+    node.call("ADD")
+    assert node.publisher.pod_statuses == [("uid-app", node.store.pod_status("uid-app"))]
 
 
 def test_a_driver_failing_after_its_side_effect_is_undone_with_everything_before_it() -> None:
