@@ -5,27 +5,28 @@ reconcile rounds, a block claimed ahead). So "API requests on the ADD path" is t
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 from prometheus_client import Counter
 
 API_REQUESTS = Counter("plexus_api_requests_total", "Requests to the cluster's API server, by whether a CNI or gRPC "
                        "call waited on them (path=call) or not (path=background), and HTTP method", ["path", "method"])
-_serving = threading.local()
+# a context variable, not a thread-local: work a call hands to another thread in its context (``Attacher``'s pod
+# status written while the interfaces are built) is the call's too
+_serving: ContextVar[int] = ContextVar("plexus_serving_depth", default=0)
 
 
 @contextmanager
 def call_in_progress() -> Iterator[None]:
-    """Mark this thread as serving a caller (nested marks are one)."""
-    depth = getattr(_serving, "depth", 0)
-    _serving.depth = depth + 1
+    """Mark this thread (its context) as serving a caller (nested marks are one)."""
+    token = _serving.set(_serving.get() + 1)
     try:
         yield
     finally:
-        _serving.depth = depth
+        _serving.reset(token)
 
 
 def count(method: str) -> None:
-    API_REQUESTS.labels("call" if getattr(_serving, "depth", 0) else "background", str(method).upper()).inc()
+    API_REQUESTS.labels("call" if _serving.get() else "background", str(method).upper()).inc()

@@ -12,6 +12,7 @@ runtime keys them: (container ID, CNI_IFNAME). The interfaces themselves are the
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import time
@@ -209,14 +210,16 @@ class Attacher:
                              for a in self.store.attachments_of_pod(record.pod_uid)])
         if status is None:
             return None
-        sent = self.status_writers.submit(self.publisher.pod_status, pod, status)
-        undo.callback(quietly, "pod statuses", self._put_back_status, sent, pod)
-        return _Ahead(status, sent)
+        # in the call's context (as ``asyncio.to_thread`` runs a function): the write is the call's, not background
+        ahead = _Ahead(status, self.status_writers.submit(contextvars.copy_context().run, self.publisher.pod_status,
+                                                          pod, status))
+        undo.callback(quietly, "pod statuses", self._put_back_status, ahead, pod)
+        return ahead
 
-    def _put_back_status(self, sent: Future[None], pod: Pod) -> None:
+    def _put_back_status(self, ahead: _Ahead, pod: Pod) -> None:
         """A failed ADD's statuses written ahead: the pod's as the store has them (its other attachments'), once
         the write ahead has landed (so this one lands after it)."""
-        sent.result()
+        ahead.landed()
         self.publisher.pod_status(pod, self.store.pod_status(pod.meta.uid))
 
     def _lease(self, record: AttachmentRecord, key: InterfaceKey, pod: Pod,
@@ -311,11 +314,11 @@ class Attacher:
         status = status or PodStatus(pod.meta.uid, pod.meta.namespace, pod.meta.name)
         written = ahead is not None and ahead.says(status)
         if ahead is not None and not written:
-            ahead.sent.result()  # the statuses foreseen land first, these after them
+            ahead.landed()  # the statuses foreseen land first, these after them
         created = [k for i in interfaces for k in i.created_ip_keys]
         self.publisher.attached(pod, status, self.ipam.records(created), self.ipam.records(used))
         if written and ahead is not None:
-            ahead.sent.result()
+            ahead.landed()
         else:
             self.publisher.pod_status(pod, status)
 
@@ -536,6 +539,13 @@ class _Ahead:
     def says(self, status: PodStatus) -> bool:
         return (self.status.networks_status, self.status.network_status) == (status.networks_status,
                                                                              status.network_status)
+
+    def landed(self) -> None:
+        """Wait for the write. A failure to write is the publisher's (owed in its outbox), never the ADD's."""
+        try:
+            self.sent.result()
+        except Exception as exc:  # logged, not raised
+            log.warning("writing the pod's statuses: %s", exc)
 
 
 def _with(iface: BuiltInterface, done: Built) -> BuiltInterface:
