@@ -219,11 +219,9 @@ class KubePublisher:
             if rec.kind == IPAM_CLAIM.name:  # an API write: outside the store's lock
                 self._claim_status(rec)
 
-    def detached(self, namespace: str, name: str, uid: str, status: PodStatus | None,
-                 used: Iterable[IPRecord]) -> None:
+    def detached(self, namespace: str, name: str, uid: str, used: Iterable[IPRecord]) -> None:
         for rec in used:
             self.ip_status(rec)
-        self._patch_status_annotations(namespace, name, uid, status)
 
     def _attachment_name(self, network_key: str) -> str:
         return f"{self.node_name}-{hashlib.sha1(network_key.encode()).hexdigest()[:12]}"[:253]

@@ -44,8 +44,9 @@ log = logging.getLogger("plexus-ipamd")
 RECONCILE_SETTLE_S = 0.5
 
 
-def _fault_hook(step_wanted: str, failure_rate: float, seed: str) -> Any:
-    """Test hooks. ``PLEXUS_FAULT=step``: SIGKILL at that step of ADD or DEL.
+def _fault_hook(step_wanted: str, failure_rate: float, seed: str, delay_s: float = 0.0) -> Any:
+    """Test hooks. ``PLEXUS_FAULT=step``: SIGKILL at that step of ADD or DEL (``PLEXUS_FAULT_DELAY=0.5``: that long
+    after reaching it, so that what the call's other threads send meanwhile, its pod's status, lands first).
     ``PLEXUS_FAULT_RATE=0.1``: fail one step in ten (each ADD/DEL step, seeded by
     ``PLEXUS_FAULT_SEED``), so tests can show every failure unwinds."""
     import random
@@ -56,6 +57,7 @@ def _fault_hook(step_wanted: str, failure_rate: float, seed: str) -> Any:
     def fault(step: str) -> None:
         if step_wanted and step == step_wanted:
             log.warning("fault injection: killing the daemon at %s", step)
+            time.sleep(delay_s)
             logging.shutdown()
             os.kill(os.getpid(), signal.SIGKILL)
         if failure_rate:
@@ -122,7 +124,8 @@ class NodeDaemon:
         self.segments = Segments(self.store, NetlinkNodeLinks(host), time.time, cluster=bool(cfg.kubeconfig))
         self._ready = threading.Event()
         fault = _fault_hook(cfg.fault, float(os.environ.get("PLEXUS_FAULT_RATE") or 0),
-                            os.environ.get("PLEXUS_FAULT_SEED", "plexus"))
+                            os.environ.get("PLEXUS_FAULT_SEED", "plexus"),
+                            float(os.environ.get("PLEXUS_FAULT_DELAY") or 0))
         delegation = Chain(Exec(node_netns=cfg.node_netns, owner=os.path.abspath(cfg.db)))
         self.devices = KubeletDevices(cfg.pod_resources_socket, cfg.device_info_dir) if cfg.pod_resources_socket \
             else None

@@ -15,19 +15,21 @@ from ipamd.store.records import IPRecord, PodStatus
 
 
 class Publisher(Protocol):
-    #: The pod's statuses go to an API server: worth writing while the interfaces are built (``Attacher``).
+    #: The pod's statuses go to an API server (``ipamd.verbs.pod_statuses``); else they live in the store only.
     remote: bool
 
     def pod_status(self, pod: Pod, status: PodStatus | None) -> None:
-        """The pod's statuses (none: removed), written now, or owed when the API server does not answer."""
+        """The pod's statuses (none: removed), written now, or owed when the API server does not answer. Called one
+        at a time per pod (``PodStatusWriter``)."""
         ...
 
     def attached(self, pod: Pod, status: PodStatus, created: Iterable[IPRecord], used: Iterable[IPRecord]) -> None:
         """What an ADD made, but the pod's statuses (``pod_status``)."""
         ...
 
-    def detached(self, namespace: str, name: str, uid: str, status: PodStatus | None,
-                 used: Iterable[IPRecord]) -> None: ...
+    def detached(self, namespace: str, name: str, uid: str, used: Iterable[IPRecord]) -> None:
+        """What a DEL let go of, but the pod's statuses (``pod_status``)."""
+        ...
 
     def failed(self, pod: Pod, message: str) -> None: ...
 
@@ -51,8 +53,7 @@ class LocalPublisher:
     def attached(self, pod: Pod, status: PodStatus, created: Iterable[IPRecord], used: Iterable[IPRecord]) -> None:
         pass
 
-    def detached(self, namespace: str, name: str, uid: str, status: PodStatus | None,
-                 used: Iterable[IPRecord]) -> None:
+    def detached(self, namespace: str, name: str, uid: str, used: Iterable[IPRecord]) -> None:
         pass
 
     def failed(self, pod: Pod, message: str) -> None:

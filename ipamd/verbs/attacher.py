@@ -12,7 +12,6 @@ runtime keys them: (container ID, CNI_IFNAME). The interfaces themselves are the
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import logging
 import os
 import time
@@ -49,6 +48,7 @@ from ipamd.store.protocols import VerbStore
 from ipamd.store.records import AttachmentRecord, BuiltInterface, PodStatus, SegmentRecord
 from ipamd.verbs.call import CniCall, KeyedLocks, dispatch, valid_attachments
 from ipamd.verbs.networks import Networks, Wanted, parallel, readiness_file_present, with_lease
+from ipamd.verbs.pod_statuses import PodStatusWriter, Sent
 from ipamd.verbs.pods import find_pod
 from ipamd.verbs.reaper import Reaper
 
@@ -120,8 +120,7 @@ class Attacher:
         self.reaper = Reaper(self._finish_deletion, del_delay_s) if background_del else None
         # a pod's delegates built at once: a pool kept across calls, so its threads keep their sockets
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="delegate")
-        # pods' statuses written to the API server while their interfaces are built (``_status_ahead``)
-        self.status_writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="status")
+        self.statuses = PodStatusWriter(store, publisher)  # one write at a time per pod, of the newest store
 
     def handle(self, call: CniCall) -> dict[str, Any]:
         return dispatch(call, {"ADD": self.add, "DEL": self.delete, "CHECK": self.check, "GC": self.gc,
@@ -179,23 +178,23 @@ class Attacher:
                 undo.callback(quietly, "leases", self._undo_leases, claims, pod, call.key, iface.if_name)
                 self.fault("add:leased")
                 planned.append((w, iface, None))
-            statuses = _Statuses(call.network_name, prev, rfc3339())
-            ahead = self._status_ahead(pod, record, [iface for _, iface, _ in planned], call.netns, statuses, undo)
+            render = _StatusRender(call.network_name, prev, rfc3339())
+            sent = self._status_ahead(pod, record, [iface for _, iface, _ in planned], call.netns, render, undo)
             built = (self._build_at_once(pod_side, planned, undo) if at_once else
                      [(w, iface, self._build(pod_side, w, iface, undo)) for w, iface, _ in planned])
             interfaces = [_with(iface, done) for _, iface, done in built if done is not None]
             result = _merged(done.result for _, _, done in built if done is not None)
-            self._attached(pod, record, interfaces, result, statuses, ahead)
-            undo.pop_all()
+            status = self._ready(pod, record, interfaces, result, render)
+            undo.pop_all()  # committed: what follows is published, never undone
+        self._published(pod, status, interfaces, sent)
         return result
 
     def _status_ahead(self, pod: Pod, record: AttachmentRecord, planned: list[BuiltInterface], sandbox: str,
-                      statuses: _Statuses, undo: contextlib.ExitStack) -> _Ahead | None:
+                      render: _StatusRender, undo: contextlib.ExitStack) -> Future[Sent] | None:
         """The pod's statuses on their way to the API server while the interfaces are built, when every driver
-        foresees what it will build (the write takes about as long as the build: both are then off the ADD's path
-        but one). On failure they are put back as the store has them (the undo step registered here), and a daemon
-        killed meanwhile puts them back when it recovers this attachment (``_release``). ADD still returns only once
-        they are written, and writes them again if the build turned out otherwise."""
+        foresees what it will build: the write takes about as long as the build, and the ADD then waits for the
+        longer of the two, not their sum. A failure puts the store's statuses back (the undo step registered here),
+        as a daemon killed meanwhile does when it recovers this attachment (``_release``)."""
         if not self.publisher.remote:
             return None
         foreseen: list[BuiltInterface] = []
@@ -204,23 +203,16 @@ class Attacher:
             if done is None:
                 return None
             foreseen.append(_with(iface, done))
-        this = statuses.ready(record, foreseen)
-        status = _status_of(record.pod_uid, record.namespace, record.pod_name,
-                            [this if (a.container_id, a.ifname) == (this.container_id, this.ifname) else a
-                             for a in self.store.attachments_of_pod(record.pod_uid)])
-        if status is None:
-            return None
-        # in the call's context (as ``asyncio.to_thread`` runs a function): the write is the call's, not background
-        ahead = _Ahead(status, self.status_writers.submit(contextvars.copy_context().run, self.publisher.pod_status,
-                                                          pod, status))
-        undo.callback(quietly, "pod statuses", self._put_back_status, ahead, pod)
-        return ahead
+        this = render.ready(record, foreseen)
 
-    def _put_back_status(self, ahead: _Ahead, pod: Pod) -> None:
-        """A failed ADD's statuses written ahead: the pod's as the store has them (its other attachments'), once
-        the write ahead has landed (so this one lands after it)."""
-        ahead.landed()
-        self.publisher.pod_status(pod, self.store.pod_status(pod.meta.uid))
+        def foresee() -> PodStatus | None:
+            return _status_of(this.pod_uid, this.namespace, this.pod_name,
+                              [this if (a.container_id, a.ifname) == (this.container_id, this.ifname) else a
+                               for a in self.store.attachments_of_pod(this.pod_uid)])
+
+        sent = self.statuses.ahead(pod, foresee)
+        undo.callback(quietly, "pod statuses", self.statuses.settle, pod, sent)
+        return sent
 
     def _lease(self, record: AttachmentRecord, key: InterfaceKey, pod: Pod,
                w: Wanted) -> tuple[AttachmentRecord, BuiltInterface, list[Claim]]:
@@ -301,26 +293,26 @@ class Attacher:
             undo.push(stack)
         return [(w, iface, future.result()) for (w, iface, _), future in zip(planned, futures, strict=True)]
 
-    def _attached(self, pod: Pod, record: AttachmentRecord, interfaces: list[BuiltInterface], result: Result,
-                  statuses: _Statuses, ahead: _Ahead | None) -> None:
-        """Mark the attachment ready, write the pod's statuses (unless they went ahead as they are), and tell the
-        publisher."""
+    def _ready(self, pod: Pod, record: AttachmentRecord, interfaces: list[BuiltInterface], result: Result,
+               render: _StatusRender) -> PodStatus:
+        """Mark the attachment ready, with the pod's statuses and its addresses attached, in one commit."""
         with self.store.transaction():
-            record = replace(statuses.ready(record, interfaces), result=result.to_dict(), updated_at=time.time())
+            record = replace(render.ready(record, interfaces), result=result.to_dict(), updated_at=time.time())
             self.store.put_attachment(record)
             status = self._pod_status(record.pod_uid, pod.meta.namespace, pod.meta.name)
-            used = [k for i in interfaces for k in i.ip_keys]
-            self.ipam.set_attached(used, True)  # in the same commit
-        status = status or PodStatus(pod.meta.uid, pod.meta.namespace, pod.meta.name)
-        written = ahead is not None and ahead.says(status)
-        if ahead is not None and not written:
-            ahead.landed()  # the statuses foreseen land first, these after them
+            self.ipam.set_attached([k for i in interfaces for k in i.ip_keys], True)
+        return status or PodStatus(pod.meta.uid, pod.meta.namespace, pod.meta.name)
+
+    def _published(self, pod: Pod, status: PodStatus, interfaces: list[BuiltInterface],
+                   sent: Future[Sent] | None) -> None:
+        """What the ADD made, told to the publisher: the pod's statuses written (unless the write ahead said them)."""
         created = [k for i in interfaces for k in i.created_ip_keys]
+        used = [k for i in interfaces for k in i.ip_keys]
         self.publisher.attached(pod, status, self.ipam.records(created), self.ipam.records(used))
-        if written and ahead is not None:
-            ahead.landed()
+        if sent is not None:
+            self.statuses.settle(pod, sent)
         else:
-            self.publisher.pod_status(pod, status)
+            self.statuses.write(pod.meta.namespace, pod.meta.name, pod.meta.uid)
 
     def _pod_status(self, uid: str, namespace: str, name: str) -> PodStatus | None:
         """The pod's statuses from its ready attachments, stored (or removed when none is left)."""
@@ -458,13 +450,14 @@ class Attacher:
                 self.ipam.release_pod(list(iface.ip_keys), record.pod_uid,
                                       attachment_id(record.container_id, iface.if_name), shared)
             self.store.delete_attachment(record.container_id, record.ifname)
-            remaining = self._pod_status(record.pod_uid, record.namespace, record.pod_name)
+            self._pod_status(record.pod_uid, record.namespace, record.pod_name)
         if self.source.pod_by_uid(record.pod_uid) is None:
             self.ipam.forget_pod(record.pod_uid)
         used = self.ipam.records([k for i in record.interfaces for k in i.ip_keys])
+        self.publisher.detached(record.namespace, record.pod_name, record.pod_uid, used)
         # a pod known only from the runtime's annotations (added while the API server was away) too: its ADD owed its
         # statuses, which this supersedes (a pod that never was in the cluster: a 404, nothing written)
-        self.publisher.detached(record.namespace, record.pod_name, record.pod_uid, remaining, used)
+        self.statuses.write(record.namespace, record.pod_name, record.pod_uid)
 
     # -- CHECK ----------------------------------------------------------------------------------
     def check(self, call: CniCall) -> dict[str, Any]:
@@ -514,7 +507,7 @@ class Attacher:
 
 
 @dataclass(frozen=True, slots=True)
-class _Statuses:
+class _StatusRender:
     """How one ADD renders its interfaces into the pod's statuses: the network it was chained after (NPWG's default
     entry) and one time, so that the statuses written ahead and those after the build are alike when the build is."""
 
@@ -527,25 +520,6 @@ class _Statuses:
         return replace(record, state="ready", interfaces=tuple(interfaces),
                        networks_status=tuple(networks_status(interfaces, self.since)),
                        network_status=tuple(network_status(interfaces, cluster)))
-
-
-@dataclass(frozen=True, slots=True)
-class _Ahead:
-    """The pod's statuses sent while its interfaces were built, and that write (``Attacher._status_ahead``)."""
-
-    status: PodStatus
-    sent: Future[None]
-
-    def says(self, status: PodStatus) -> bool:
-        return (self.status.networks_status, self.status.network_status) == (status.networks_status,
-                                                                             status.network_status)
-
-    def landed(self) -> None:
-        """Wait for the write. A failure to write is the publisher's (owed in its outbox), never the ADD's."""
-        try:
-            self.sent.result()
-        except Exception as exc:  # logged, not raised
-            log.warning("writing the pod's statuses: %s", exc)
 
 
 def _with(iface: BuiltInterface, done: Built) -> BuiltInterface:

@@ -31,13 +31,8 @@ class RecordingPublisher:
     def attached(self, pod: Pod, status: PodStatus, created: Iterable[IPRecord], used: Iterable[IPRecord]) -> None:
         self.attached_pods.append(pod.meta.name)
 
-    def detached(self, namespace: str, name: str, uid: str, status: PodStatus | None,
-                 used: Iterable[IPRecord]) -> None:
+    def detached(self, namespace: str, name: str, uid: str, used: Iterable[IPRecord]) -> None:
         self.detached_pods.append(name)
-        if status is None:
-            self.statuses.pop(uid, None)
-        else:
-            self.statuses[uid] = status
 
     def failed(self, pod: Pod, message: str) -> None:
         self.failed_with.append(message)

@@ -541,9 +541,10 @@ def test_statuses_written_while_the_interfaces_are_built_are_put_back_when_the_a
         assert seen[0] is None and json.loads(seen[1] or "[]")[0]["ifName"] == "net1" and seen[2] is None, seen
         subprocess.run(["ip", "-n", os.path.basename(netns), "link", "del", "net1"], check=True)
 
-        # killed while building: the statuses foreseen stay on the pod until the daemon is back
+        # killed once built, before the ADD's commit (after the status written meanwhile has landed): the statuses
+        # foreseen stay on the pod until the daemon is back
         node.stop()
-        node.start(env={"PLEXUS_FAULT": "add:built"})
+        node.start(env={"PLEXUS_FAULT": "add:built", "PLEXUS_FAULT_DELAY": "1"})
         died = node.cni("ADD", "c2", netns, pod=(ns, "app"), env=env)
         assert not died.ok and node.wait_exit(10) is not None, "the daemon died at add:built"
         assert json.loads(annotation() or "[]")[0]["ifName"] == "net1", "written while the interface was built"
@@ -551,7 +552,10 @@ def test_statuses_written_while_the_interfaces_are_built_are_put_back_when_the_a
         assert wait_for(lambda: annotation() is None, timeout=30), (annotation(), node.log_text()[-3000:])
         assert "net1" not in links_in(netns)
 
-        # a whole ADD: written as built (its MAC), once
+        # a whole ADD: written as built (its MAC), once; DEL removes it
+        stop = threading.Event()
+        seen, watcher = status_sequence(cluster, ns, "app", stop)
+        time.sleep(1)
         done = node.cni("ADD", "c3", netns, pod=(ns, "app"), env=env)
         assert done.ok, (done, node.log_text()[-3000:])
         (entry,) = json.loads(annotation() or "[]")
@@ -559,6 +563,11 @@ def test_statuses_written_while_the_interfaces_are_built_are_put_back_when_the_a
             done.json["ips"][0]["address"].split("/")[0]
         assert node.cni("DEL", "c3", netns, pod=(ns, "app")).ok
         assert annotation() is None
+        assert wait_for(lambda: len(seen) >= 3, timeout=10), seen
+        stop.set()
+        cluster.kubectl("annotate", "pod", "-n", ns, "app", "plexus-test/poke=2", "--overwrite")
+        watcher.join(10)
+        assert [s is not None for s in seen] == [False, True, False], seen
         assert "Traceback" not in node.log_text()
     finally:
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)

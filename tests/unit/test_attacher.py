@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -123,7 +124,7 @@ class Faults:
 class Node:
     """One node's verbs over fakes."""
 
-    def __init__(self, fault: Faults | None = None) -> None:
+    def __init__(self, fault: Faults | None = None, publisher: RecordingPublisher | None = None) -> None:
         self.events: list[str] = []
         self.store = SpyStore(self.events)
         self.source = world()
@@ -132,7 +133,7 @@ class Node:
         self.segments = Segments(self.store, self.links, lambda: 1_700_000_000.0)
         self.drivers = {k: FakeDriver(k, self.events) for k in ("veth", "tap", "macvlan")}
         self.netns = FakeNetns()
-        self.publisher = RecordingPublisher()
+        self.publisher = publisher or RecordingPublisher()
         self.attacher = Attacher(self.store, self.source, self.ipam, self.segments, self.drivers, lambda: object(),
                                  self.netns.open, self.publisher, lambda: True, fault or Faults())
 
@@ -185,8 +186,7 @@ class StatusWaitedFor(RecordingPublisher):
 
 
 def test_the_pods_statuses_are_written_while_its_interfaces_are_built() -> None:
-    node = Node()
-    node.publisher = node.attacher.publisher = publisher = StatusWaitedFor()
+    node = Node(publisher=(publisher := StatusWaitedFor()))
     building = node.drivers["veth"].build
 
     def build_once_the_status_is_on_its_way(ctx: Any, iface: BuiltInterface, undo: Any) -> Any:
@@ -201,6 +201,18 @@ def test_the_pods_statuses_are_written_while_its_interfaces_are_built() -> None:
         [("uid-app", stored.networks_status, stored.network_status)], "written once, ahead, as the store has them"
     macs = [i.mac for i in node.store.attachments()[0].interfaces]
     assert [e["mac"] for e in stored.networks_status] == macs and all(macs), "the MACs chosen in the plan"
+
+
+class SlowStatus(RecordingPublisher):
+    def pod_status(self, pod: Pod, status: PodStatus | None) -> None:
+        time.sleep(0.3)
+        super().pod_status(pod, status)
+
+
+def test_add_answers_once_the_statuses_written_ahead_have_landed() -> None:
+    node = Node(publisher=SlowStatus())
+    node.call("ADD")
+    assert len(node.publisher.pod_statuses) == 1, "written before the ADD answered"
 
 
 def test_statuses_written_ahead_are_put_back_when_a_build_fails() -> None:
@@ -225,15 +237,18 @@ def test_a_build_that_turns_out_otherwise_writes_the_statuses_again() -> None:
         "02:00:00:00:00:99", "the built one lands last"
 
 
-@pytest.mark.parametrize("unforeseen", ["a driver cannot tell before it builds", "statuses stay on the node"])
-def test_statuses_are_written_once_built_when_they_cannot_go_ahead(unforeseen: str) -> None:
+def test_statuses_are_written_once_built_when_a_driver_cannot_tell_before() -> None:
     node = Node()
-    if unforeseen.startswith("a driver"):
-        node.drivers["macvlan"].unforeseen = True
-    else:
-        node.publisher.remote = False
+    node.drivers["macvlan"].unforeseen = True
     node.call("ADD")
     assert node.publisher.pod_statuses == [("uid-app", node.store.pod_status("uid-app"))]
+
+
+def test_statuses_that_live_in_the_store_only_are_written_nowhere() -> None:
+    node = Node()
+    node.publisher.remote = False
+    node.call("ADD")
+    assert node.store.pod_status("uid-app") is not None and node.publisher.pod_statuses == []
 
 
 def test_a_driver_failing_after_its_side_effect_is_undone_with_everything_before_it() -> None:

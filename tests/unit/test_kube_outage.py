@@ -42,7 +42,8 @@ def test_the_publisher_owes_its_writes_and_goes_on(caplog: pytest.LogCaptureFixt
                      network_name="n", address="198.18.0.6", network="198.18.0.0/24")
     pub.attached(pod, PodStatus("uid-1", "ns", "app"), [rec], [rec, claim])
     pub.pod_status(pod, PodStatus("uid-1", "ns", "app"))
-    pub.detached("ns", "app", "uid-1", None, [rec])
+    pub.detached("ns", "app", "uid-1", [rec])
+    pub.pod_status(pod, None)
     pub.node_attachment("Network/ns/n", "plx-br-600", True, "")
     pub.node_detachment("Network/ns/n")
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("ipamd")]
@@ -58,7 +59,8 @@ def test_the_publisher_owes_its_writes_and_goes_on(caplog: pytest.LogCaptureFixt
     assert outbox.flush() == len(owed) and store.outbox_head(1)[0].attempts == 1  # backing off: not tried again
     assert outbox.api_away()  # so the next pod status is owed at once, without waiting for the API server
     before = len(caplog.records)
-    pub.detached("ns", "app", "uid-1", None, [rec])
+    pub.detached("ns", "app", "uid-1", [rec])
+    pub.pod_status(pod, None)
     assert [r for r in caplog.records[before:] if r.name.startswith("urllib3")] == []
     outbox.stop()
 
