@@ -78,6 +78,9 @@ class Claim:
 T = TypeVar("T")
 #: Times a claim is secured again when the cache moved between securing and recording (``CacheMoved``).
 SECURE_TRIES = 3
+#: Blocks an allocation asks other nodes to give back, one after another, while each comes back but other nodes'
+#: calls take its free addresses first (each True of ``ask_return`` is a block gone or a cache read again).
+RETURN_ASKS = 6
 
 
 class CacheMoved(Exception):
@@ -364,8 +367,9 @@ class Ipam:
                         lost.add(candidate.ip)
                         continue
             if candidate is None:
-                # the free addresses left may be in other nodes' blocks: one is asked back (outside the lock)
-                if asked < 2 and self.registry.ask_return(pool):
+                # the free addresses left may be in other nodes' blocks: one is asked back (outside the lock), and
+                # again while blocks come back but other nodes' calls take their addresses first
+                if asked < RETURN_ASKS and self.registry.ask_return(pool):
                     asked += 1
                     continue
                 return None  # exhausted: said inside the transaction, with the counts

@@ -211,3 +211,26 @@ def test_an_address_whose_network_moved_to_another_pool_is_claimed_in_the_new_on
     assert registry.claimed == ["198.18.10.50", "198.18.20.1"], "claimed outside the lock (Registry.claim checks)"
     assert [(lease.address, lease.holder is None) for lease in store.all_leases()] == [
         ("198.18.10.50", True), ("198.18.20.1", False)], "the old address in quarantine"
+
+
+def test_an_allocation_asks_again_while_blocks_come_back_but_other_nodes_take_their_addresses(
+        parts: tuple[Ipam, Registry, Store, FakeSource]) -> None:
+    """The pool's free addresses are all in other nodes' blocks. Each block given back has its free address taken
+    by another node's call first (the claim is lost), seven times; the eighth brings one this node gets."""
+    ipam, registry, store, _ = parts
+    first = 3323071026  # 198.18.10.50
+    registry.elsewhere = set(range(first, first + 10))
+    asks: list[int] = []
+
+    def ask_return(pool: AddressPool) -> bool:
+        asks.append(len(asks) + 1)
+        freed = first + len(asks) - 1
+        registry.elsewhere.discard(freed)
+        if len(asks) < 8:
+            registry.hidden.add(freed)  # given back, and taken by another node's call before this one claims it
+        return True
+
+    registry.ask_return = ask_return  # type: ignore[method-assign]
+    claims = attach(ipam, pod("a"))
+    assert [c.address for c in claims] == ["198.18.10.57"] and asks == list(range(1, 9))
+    assert [lease.address for lease in store.all_leases()] == ["198.18.10.57"]
