@@ -25,9 +25,9 @@ class MacvlanDriver:
         link = links.add_macvlan(ctx.host, pod, ctx.pod.fd, ctx.bridge_index(), iface.if_name, iface.mac)
         undo.callback(quietly, f"macvlan {iface.if_name}", links.delete_link, pod, iface.if_name)
         kernel.configure(pod, link.index, iface, undo)
-        return Built(link.mac, kernel.result(iface, link.mac, ctx.pod.path))
+        return self.foresee(iface, ctx.pod.path)  # the link has the MAC of the plan
 
-    def foresee(self, iface: BuiltInterface, sandbox: str) -> Built | None:
+    def foresee(self, iface: BuiltInterface, sandbox: str) -> Built:
         return Built(iface.mac, kernel.result(iface, iface.mac, sandbox))
 
     def teardown(self, ctx: LinksContext, iface: BuiltInterface) -> None:

@@ -47,12 +47,12 @@ class TapDriver:
         bridge = ctx.bridge_index()
         undo.callback(quietly, f"tap {iface.if_name}", _remove_pod_side, pod, iface)
         undo.callback(quietly, "temporary tap", links.delete_link, ctx.host, names.temporary)
-        link = links.add_tap(ctx.host, pod, ctx.pod.fd, iface.host_link, names, iface.if_name, iface.mac, bridge,
-                             iface.driver.get("uid"), iface.driver.get("gid"))
+        links.add_tap(ctx.host, pod, ctx.pod.fd, iface.host_link, names, iface.if_name, iface.mac, bridge,
+                      iface.driver.get("uid"), iface.driver.get("gid"))
         undo.callback(quietly, f"veth {iface.host_link}", links.delete_link, ctx.host, iface.host_link)
-        return Built(link.mac, kernel.result(iface, link.mac, ctx.pod.path))
+        return self.foresee(iface, ctx.pod.path)  # the pod end has the MAC of the plan
 
-    def foresee(self, iface: BuiltInterface, sandbox: str) -> Built | None:
+    def foresee(self, iface: BuiltInterface, sandbox: str) -> Built:
         return Built(iface.mac, kernel.result(iface, iface.mac, sandbox))
 
     def teardown(self, ctx: LinksContext, iface: BuiltInterface) -> None:

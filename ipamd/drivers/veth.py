@@ -24,9 +24,9 @@ class VethDriver:
         undo.callback(quietly, f"veth {iface.host_link}", links.delete_link, ctx.host, iface.host_link)
         link = links.add_veth(ctx.host, ctx.pod.netlink(), ctx.pod.fd, iface.host_link, iface.if_name, iface.mac, bridge)
         kernel.configure(ctx.pod.netlink(), link.index, iface, undo)
-        return Built(link.mac, kernel.result(iface, link.mac, ctx.pod.path, (Interface(iface.host_link),)))
+        return self.foresee(iface, ctx.pod.path)  # the link has the MAC of the plan
 
-    def foresee(self, iface: BuiltInterface, sandbox: str) -> Built | None:
+    def foresee(self, iface: BuiltInterface, sandbox: str) -> Built:
         return Built(iface.mac, kernel.result(iface, iface.mac, sandbox, (Interface(iface.host_link),)))
 
     def teardown(self, ctx: LinksContext, iface: BuiltInterface) -> None:
