@@ -232,7 +232,7 @@ def test_four_nodes_race_for_one_pool_of_64(cluster: Cluster, nodes: list[Node])
     addresses = [r.json["ips"][0]["address"] for r in ok.values()]
     print(f"race: {len(ok)} ADDs succeeded, {len(failed)} refused in {elapsed:.1f}s "
           f"({len(results) / elapsed:.1f} ADD/s over 4 daemons)")
-    assert len(ok) == 64, {n: r.stdout for n, r in list(failed.items())[:3]}
+    assert len(ok) == 64, ({n: r.stdout for n, r in list(failed.items())[:3]}, _block_lines(nodes))
     assert len(set(addresses)) == 64
     assert all(r.code == 100 and "krace/pool" in r.json["msg"] for r in failed.values()), list(failed.values())[:2]
     def pool_leases() -> int:
@@ -247,6 +247,14 @@ def test_four_nodes_race_for_one_pool_of_64(cluster: Cluster, nodes: list[Node])
         assert nodes[i % 4].cni("DEL", f"c-{n}", netns[n], pod=(ns, n)).ok
     cluster.kubectl("delete", "pods", "-n", ns, "--all", "--grace-period=0", "--force")
     assert wait_for(lambda: pool_leases() == 0, timeout=90), f"{pool_leases()} leases left"
+
+
+def _block_lines(nodes: list[Node]) -> str:
+    """What each daemon logged about blocks (claimed, asked back, returned) and exhausted pools: kept in a failed
+    race's message, since a CI run keeps nothing else of the daemons."""
+    words = ("block", "exhausted", "return")
+    return "\n".join(f"--- {node.node_name}:\n" + "\n".join(
+        line for line in node.log_text().splitlines() if any(w in line for w in words))[-6000:] for node in nodes)
 
 
 @pytest.mark.netns
