@@ -39,7 +39,7 @@ from ipamd.kube.elector import LeaderElector
 from ipamd.kube.errors import reason_of, status_of
 from ipamd.kube.leases import KIND as LEASE_KIND
 from ipamd.kube.leases import NODE_LABEL, POOL_LABEL, existing_holders, lease_body, pool_label
-from ipamd.kube.reclaim import silent_nodes, stray_leases, vanished
+from ipamd.kube.reclaim import may_hold_addresses, silent_nodes, stray_leases, vanished
 from ipamd.model.annotations import names_ip_address
 from ipamd.model.conditions import set_condition
 from ipamd.model.objects import (
@@ -375,7 +375,7 @@ class Controller:
                     self._drop_heartbeat(node, beats)  # silent, holding nothing: no more to give back
                     continue
                 self._looked[node] = looked_at
-                if self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}", limit=1).items:
+                if self._runs_pods(node):
                     self._forget_vanished(node)
                     continue  # a pod that may still run there keeps its address (and the node may be back)
                 holders = holders if holders is not None else existing_holders(self.source, IP_ADDRESS_KINDS)
@@ -388,6 +388,12 @@ class Controller:
                              " %d lease(s) of its gone pods quarantined", node, quiet, len(names), quarantined)
             except Exception as exc:  # one node's trouble (a 403, the API away) does not stop the round
                 log.warning("reclaiming node %s: %s", node, reason_of(exc))
+
+    def _runs_pods(self, node: str) -> bool:
+        """Whether a pod bound to ``node`` may still hold an address there (read as JSON: no model objects)."""
+        answer: Any = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}",
+                                                            _preload_content=False)
+        return any(may_hold_addresses(pod) for pod in json.loads(answer.data).get("items") or ())
 
     def _forget_vanished(self, node: str) -> None:
         self._vanished.discard(node)

@@ -1,11 +1,12 @@
 """Giving back what a vanished node held: its address blocks, and the leases of its pods that are gone.
 
 A node is vanished when its daemon has not renewed its blocks for the controller's ``--block-ttl``, or for
-``GONE_GRACE_S`` once its Node object is deleted; and, either way, no pod of the cluster is bound to it any
-more (a pod that may still run there keeps its address). Its blocks are deleted, and its lease objects are
-orphaned (quarantined for their ``ttl``, then expired like any other) unless they are held by an object that
-still exists: a user's IPAddress keeps its address, and so does an IPAMClaim, which outlives its pods. Before
-this, the addresses a dead node's pods had leased stayed taken for ever.
+``GONE_GRACE_S`` once its Node object is deleted; and, either way, no pod bound to it may still hold an address
+(``may_hold_addresses``: a pod that may still run there keeps its address; the DaemonSets' host-network pods and
+finished pods, which stay bound to a dead node, do not keep it from being reclaimed). Its blocks are deleted,
+and its lease objects are orphaned (quarantined for their ``ttl``, then expired like any other) unless they are
+held by an object that still exists: a user's IPAddress keeps its address, and so does an IPAMClaim, which
+outlives its pods. Before this, the addresses a dead node's pods had leased stayed taken for ever.
 
 The judgements are pure functions; the controller does the reads and writes.
 """
@@ -59,3 +60,13 @@ def stray_leases(leases: Iterable[Mapping[str, Any]], node: str, existing: Colle
             continue
         found.append(item)
     return found
+
+
+def may_hold_addresses(pod: Mapping[str, Any]) -> bool:
+    """Whether a pod bound to a silent node may still run there with an address of its blocks: any pod with a network
+    namespace of its own that has not finished. A pod being deleted counts (on a node cut off from the cluster its
+    sandbox still runs until the kubelet confirms it, which is why it stays Terminating), and so does one that asks
+    for no additional network (plexus-ipam may be its cluster network's IPAM). Host-network pods (the DaemonSets' pods,
+    which are never evicted from a dead node, Plexus's own among them) have no interface of Plexus's."""
+    spec, status = pod.get("spec") or {}, pod.get("status") or {}
+    return not spec.get("hostNetwork") and status.get("phase") not in ("Succeeded", "Failed")

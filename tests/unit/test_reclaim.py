@@ -19,7 +19,7 @@ from ipamd.kube.heartbeat import LABEL as HEARTBEAT_LABEL
 from ipamd.kube.heartbeat import heartbeat_ages, heartbeat_body
 from ipamd.kube.leases import KIND as LEASE_KIND
 from ipamd.kube.leases import NODE_LABEL, POOL_LABEL, pool_label
-from ipamd.kube.reclaim import GONE_GRACE_S, silent_nodes, stray_leases, vanished
+from ipamd.kube.reclaim import GONE_GRACE_S, may_hold_addresses, silent_nodes, stray_leases, vanished
 from ipamd.model.objects import SPEC_ANNOTATION
 from ipamd.model.timefmt import rfc3339
 from tests.fakes.cluster import FakeApi, FakeCache
@@ -89,7 +89,8 @@ class Cluster:
 
     def __init__(self, api: FakeApi, user_ips: tuple[str, ...] = ()) -> None:
         self.objects, self.node_name, self.cache = api, "ctl", FakeCache(api)
-        self.pods: list[str] = []
+        self.pods: list[str] = []  # a running pod with a network namespace of its own on each of these nodes
+        self.bound: list[dict[str, Any]] = []  # other pods, as the API server has them
         self.nodes: list[str] = []
         self.specs: list[tuple[str, str]] = []  # the pods' (namespace, networks-spec)
         self.user_ips = user_ips
@@ -117,7 +118,10 @@ class Cluster:
     def list_pod_for_all_namespaces(self, field_selector: str = "", limit: int = 0, **_: Any) -> Any:
         if not field_selector:  # every pod, as JSON: what their networks-spec names
             return self.list_namespaced_pod("")
-        return SimpleNamespace(items=[1] if field_selector.split("=", 1)[1] in self.pods else [])
+        node = field_selector.split("=", 1)[1]
+        items = [pod for pod in self.bound if pod["spec"]["nodeName"] == node]
+        items += [{"spec": {"nodeName": node}, "status": {"phase": "Running"}}] if node in self.pods else []
+        return SimpleNamespace(data=json.dumps({"items": items}).encode())
 
     def list_namespaced_pod(self, namespace: str, **_: Any) -> Any:
         items = [{"metadata": {"namespace": ns, "annotations": {SPEC_ANNOTATION: spec}}}
@@ -186,6 +190,40 @@ def test_the_controller_reclaims_a_silent_node_that_runs_no_pod(api: FakeApi, go
     (kept,) = api.objs[LEASE_KIND].values()
     assert "holder" not in kept["spec"] and kept["status"]["orphaningTimestamp"], \
         "a node reclaimed earlier is looked at again: the lease its holder kept goes once the holder has"
+
+
+def test_a_silent_node_whose_pods_may_hold_no_address_is_reclaimed(api: FakeApi,
+                                                                    gone: tuple[Node, list[tuple[str, str]]]) -> None:
+    """A dead node keeps its DaemonSets' host-network pods (Plexus's own among them) and its finished pods bound to it
+    for ever: they do not keep its blocks. A pod being deleted may still run there (a node cut off): it does."""
+    cluster = Cluster(api)
+    cluster.nodes = ["gone"]
+    daemon = {"spec": {"nodeName": "gone", "hostNetwork": True}, "status": {"phase": "Running"}}
+    done = {"spec": {"nodeName": "gone"}, "status": {"phase": "Succeeded"}}
+    failed = {"spec": {"nodeName": "gone"}, "status": {"phase": "Failed"}}
+    terminating = {"metadata": {"deletionTimestamp": "2026-12-02T00:00:00Z"}, "spec": {"nodeName": "gone"},
+                   "status": {"phase": "Running"}}
+    elsewhere = {"spec": {"nodeName": "other"}, "status": {"phase": "Running"}}
+    cluster.bound = [daemon, done, failed, terminating, elsewhere]
+    ctl = controller(cluster)
+    silence(api, 3600)
+    ctl.reclaim_blocks()
+    assert len(api.objs[BLOCK_KIND]) == 1, "a pod being deleted may still run there: kept"
+    cluster.bound = [daemon, done, failed, elsewhere]
+    ctl.reclaim_blocks()
+    assert not api.objs[BLOCK_KIND], "only host-network and finished pods left on it: reclaimed"
+
+
+@pytest.mark.parametrize(("pod", "holds"), [
+    ({"spec": {}, "status": {"phase": "Running"}}, True),
+    ({"spec": {}, "status": {"phase": "Pending"}}, True),
+    ({}, True),  # nothing known of it: it may hold one
+    ({"spec": {"hostNetwork": True}, "status": {"phase": "Running"}}, False),
+    ({"spec": {}, "status": {"phase": "Succeeded"}}, False),
+    ({"spec": {}, "status": {"phase": "Failed"}}, False),
+])
+def test_which_pods_of_a_silent_node_may_hold_an_address(pod: dict[str, Any], holds: bool) -> None:
+    assert may_hold_addresses(pod) is holds
 
 
 def test_a_lease_made_again_meanwhile_is_not_quarantined(api: FakeApi,
