@@ -16,6 +16,9 @@ from urllib3.util import Retry
 from ipamd.kube.api_calls import count
 
 REQUEST_TIMEOUT = (3.0, 10.0)  # seconds: (connect, read)
+#: The deadline of a write a CNI call waits for (the pod's status): a healthy API server answers in milliseconds, and
+#: one that does not answer in this time has the write owed instead (``ipamd.kube.outbox``), the call not held up.
+CALL_TIMEOUT = (2.0, 3.0)
 
 
 class OnceMoreOnADroppedConnection(Retry):

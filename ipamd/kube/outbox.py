@@ -37,6 +37,10 @@ HEAD = 500  # entries read per pass
 #: the local mode's 20-24 in bench-kube), and a later status of the same object supersedes an earlier one.
 OUTBOX_SETTLE_S = 0.5
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.25, 30.0
+#: After the API server left a write unanswered (a CNI call's or a pass's), CNI calls owe their writes at once for
+#: this long instead of each waiting out a request's deadline against a server that accepts and never answers; then
+#: one call tries again. A call's write answered ends it, and wakes the passes backing off.
+CALLS_OWE_S = 5.0
 #: ``next_at`` of a write parked until ``unpark``: the undo of something in flight, made only if that fails (or the
 #: daemon restarts: nothing is in flight then). Passes and ``flush_target`` leave it, and what follows it, alone.
 PARKED = float("inf")
@@ -93,6 +97,8 @@ class Outbox:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="outbox")
         self._away_until = 0.0  # the API server did not answer: no pass before this
         self._away_attempts = 0
+        self._calls_owe_until = 0.0  # CNI calls owe their writes at once until then (``api_away``)
+        self._back = False  # the API server answers again: the next pass makes every write now, whatever its backoff
         self.sent = 0  # writes made since start (the bench tells the ADD path's requests from these)
         self._sent_lock = threading.Lock()
 
@@ -154,9 +160,21 @@ class Outbox:
         return self.store.outbox_depth()
 
     def api_away(self) -> bool:
-        """The last pass found the API server not answering (and backs off): a write that would wait for it is
+        """The API server left a write unanswered lately (``CALLS_OWE_S``): a write a CNI call would wait for is
         better owed at once."""
-        return self.clock() < self._away_until
+        return self.clock() < self._calls_owe_until
+
+    def unanswered(self) -> None:
+        """A write a CNI call waited for got no answer (a timeout, a refused connection, 5xx): calls owe theirs."""
+        self._calls_owe_until = self.clock() + CALLS_OWE_S
+
+    def answered(self) -> None:
+        """A write a CNI call made was answered: the API server is back, and passes backing off try at once."""
+        if self._calls_owe_until or self._away_until or self._away_attempts:
+            self._calls_owe_until = self._away_until = 0.0
+            self._away_attempts = 0
+            self._back = True
+            self._wake.set()
 
     # -- making them ----------------------------------------------------------------------------
     def _take(self, target: str, wait: bool) -> bool:
@@ -210,18 +228,24 @@ class Outbox:
         now = self.clock()
         if now < self._away_until:
             return self.depth()
+        due = float("inf") if self._back else now  # back after an outage: no write waits out its backoff
+        self._back = False
         head = self.store.outbox_head(HEAD)
+        sent = self.sent
         if head:
             todo = list(chains(head).values())
             if len(todo) == 1:  # the usual case on a quiet node: no hand-over to the pool
-                results = [self._run_chain(todo[0], now)]
+                results = [self._run_chain(todo[0], due)]
             else:
-                results = list(self._pool.map(lambda c: self._run_chain(c, now), todo))
+                results = list(self._pool.map(lambda c: self._run_chain(c, due), todo))
             if all(results):
+                if self._away_attempts and self.sent > sent:
+                    self.answered()  # back: what waits out its backoff goes now
                 self._away_attempts = 0
             else:
                 self._away_attempts += 1
                 self._away_until = self.clock() + backoff(self._away_attempts)
+                self.unanswered()
                 log.info("outbox: the API server is not answering; %d writes wait (next try in %.1f s)",
                          self.depth(), backoff(self._away_attempts))
         return self.depth()

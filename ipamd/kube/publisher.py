@@ -22,10 +22,10 @@ from typing import Any
 from kubernetes import client
 
 from cni.types import cidr_of
-from ipamd.kube.client import unread
+from ipamd.kube.client import CALL_TIMEOUT, unread
 from ipamd.kube.errors import reason_of, status_of
 from ipamd.kube.heartbeat import send_heartbeat
-from ipamd.kube.outbox import Outbox, Senders
+from ipamd.kube.outbox import Outbox, Senders, judge
 from ipamd.kube.resources import CustomObjects
 from ipamd.model.conditions import condition
 from ipamd.model.npwg import NETWORK_STATUS_ANNOTATION
@@ -114,9 +114,14 @@ class KubePublisher:
                 write()
             except Exception as exc:  # unreachable too: owed, never the CNI call's failure
                 if status_of(exc) in done:
+                    self.outbox.answered()
                     return
                 log.warning("writing %s: %s (owed in the outbox)", what, reason_of(exc))
                 self.outbox.add(target, op, body, supersede=True)
+                if judge(op, exc).api_away:
+                    self.outbox.unanswered()
+            else:
+                self.outbox.answered()
 
     def _patch_status_annotations(self, namespace: str, name: str, uid: str, status: PodStatus | None) -> None:
         """Both status annotations in one merge patch (removed with the pod's last attachment), with the pod's
@@ -125,7 +130,8 @@ class KubePublisher:
         body = _status_patch(uid, status)
         self._now_or_owed(f"{POD.name}/{namespace}/{name}", "pod_status",
                           {"namespace": namespace, "name": name, "patch": body},
-                          lambda: unread(self.core.patch_namespaced_pod(name, namespace, body, _preload_content=False)),
+                          lambda: unread(self.core.patch_namespaced_pod(name, namespace, body, _preload_content=False,
+                                                                       _request_timeout=CALL_TIMEOUT)),
                           f"networks-status of {namespace}/{name}", done=(404, 409))
 
     def republish(self, ips: Iterable[IPRecord], statuses: Iterable[PodStatus]) -> None:
@@ -186,7 +192,8 @@ class KubePublisher:
         Written now, like the pod's: another node reads ``ownerPod`` to refuse a second pod the claim."""
         body = self._claim_status_body(rec)
         self._now_or_owed(rec.key, "patch_status", body,
-                          lambda: self.objects.patch_status(IPAM_CLAIM.name, rec.name, body["status"], rec.namespace),
+                          lambda: self.objects.patch_status(IPAM_CLAIM.name, rec.name, body["status"], rec.namespace,
+                                                            timeout=CALL_TIMEOUT),
                           f"the status of IPAMClaim {rec.namespace}/{rec.name}")
 
     @staticmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.client import RemoteDisconnected
 from pathlib import Path
@@ -18,6 +19,11 @@ from urllib3.util import Retry
 from ipamd.kube.client import OnceMoreOnADroppedConnection, TimedApiClient, kube_api
 from ipamd.kube.elector import RELEASE_TIMEOUT, LeaderElector
 from ipamd.kube.errors import api_unavailable_is_11
+from ipamd.kube.outbox import CALLS_OWE_S, Outbox
+from ipamd.kube.publisher import KubePublisher, api_senders
+from ipamd.model.objects import Meta, Pod
+from ipamd.store.records import PodStatus
+from tests.fakes.store import MemoryStore
 
 
 class HungServer:
@@ -143,3 +149,28 @@ def test_a_refused_connection_or_a_timeout_is_not_tried_again_and_a_dropped_one_
         again.increment("GET", "/api", error=dropped)
     with pytest.raises(ProtocolError):  # a PATCH is never made twice
         once.increment("PATCH", "/api", error=dropped)
+
+
+def test_a_call_waits_once_for_a_server_that_does_not_answer_and_then_owes_its_writes(
+        hung_server: HungServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against an API server that accepts and never answers, every ADD and DEL waited out the request's deadline
+    (10 s) for the pod's status (found in review): now the first waits the call's own deadline, and the calls after
+    it owe their writes at once for ``CALLS_OWE_S``; then one tries again."""
+    monkeypatch.setattr("ipamd.kube.publisher.CALL_TIMEOUT", (0.5, 0.3))
+    clock = [1000.0]
+    api = hung_client(hung_server.url)
+    store = MemoryStore()
+    outbox = Outbox(store, api_senders(api), clock=lambda: clock[0])
+    pub = KubePublisher(api, "node-a", outbox)
+    pod = Pod(Meta("Pod", "app", "ns", "uid-1"))
+    started = time.monotonic()
+    pub.pod_status(pod, PodStatus("uid-1", "ns", "app"))
+    assert 0.25 < time.monotonic() - started < 2, "the call's deadline, not the client's 10 s"
+    for _ in range(5):
+        pub.pod_status(pod, PodStatus("uid-1", "ns", "app"))
+    assert len(hung_server.kept) == 1, "the calls after it sent nothing"
+    assert [(e.target, e.op) for e in store.outbox_head(10)] == [("Pod/ns/app", "pod_status")], "owed, superseded"
+    clock[0] += CALLS_OWE_S
+    pub.pod_status(pod, None)
+    assert len(hung_server.kept) == 2, "a while later, one call tries again"
+    outbox.stop()

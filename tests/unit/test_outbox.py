@@ -13,7 +13,7 @@ from kubernetes.client.exceptions import ApiException
 
 from ipamd.kube.leases import KIND as LEASE_KIND
 from ipamd.kube.leases import KubeLeaseRegistry, lease_name
-from ipamd.kube.outbox import Outbox, backoff, judge
+from ipamd.kube.outbox import CALLS_OWE_S, Outbox, backoff, judge
 from ipamd.store.records import LeaseRecord
 from ipamd.store.sqlite import Store
 from tests.fakes.cluster import FakeApi, FakeCache
@@ -113,6 +113,50 @@ def test_while_the_api_server_is_away_passes_back_off_and_then_catch_up(
     clock.now = outbox._away_until + 31
     assert outbox.flush() == 0 and not outbox.api_away()
     assert sorted(t for t, _ in api.sent) == sorted(f"IPAddress/ns/ip{i}" for i in range(20))
+
+
+def test_calls_owe_their_writes_for_a_while_after_one_went_unanswered_and_an_answer_ends_it(
+        parts: tuple[Outbox, Api, Clock, MemoryStore]) -> None:
+    outbox, api, clock, _ = parts
+    assert not outbox.api_away()
+    outbox.unanswered()
+    assert outbox.api_away(), "the next call owes its write at once"
+    clock.now += CALLS_OWE_S
+    assert not outbox.api_away(), "then one call tries again"
+    api.away = True
+    owe(outbox, "IPAddress/ns/a", "create")
+    outbox.flush()
+    assert outbox.api_away() and outbox._away_until > clock.now, "a pass unanswered: calls owe too"
+    for _ in range(5):
+        clock.now = outbox._away_until
+        outbox.flush()
+    assert outbox._away_until - clock.now == backoff(6) > CALLS_OWE_S, "the passes back off longer and longer"
+    clock.now += CALLS_OWE_S
+    assert not outbox.api_away(), "but a call tries again after CALLS_OWE_S, before the passes' next try"
+    api.away = False
+    outbox.answered()  # a call's write got its answer
+    assert not outbox.api_away() and outbox._away_until == 0.0 and outbox._wake.is_set()
+    assert outbox.flush() == 0 and api.sent == [("IPAddress/ns/a", "create")], "the passes go on at once"
+
+
+def test_once_a_pass_is_answered_after_an_outage_no_write_waits_out_its_backoff(
+        parts: tuple[Outbox, Api, Clock, MemoryStore]) -> None:
+    outbox, api, clock, store = parts
+    api.fail[("IPAddress/ns/a", "patch_status")] = [api_error(409)] * 5  # conflicts: retried, later and later
+    owe(outbox, "IPAddress/ns/a", "patch_status")
+    for _ in range(5):
+        clock.now = store.outbox_head(1)[0].next_at
+        outbox.flush()
+    (a,) = store.outbox_head(10)
+    assert a.attempts == 5 and not outbox.api_away()
+    api.away = True  # then an outage
+    owe(outbox, "IPAddress/ns/b", "create")
+    outbox.flush()
+    assert outbox.api_away() and outbox._away_until < a.next_at
+    api.away = False
+    clock.now = outbox._away_until
+    assert outbox.flush() == 1 and api.sent == [("IPAddress/ns/b", "create")], "b made; a waits out its backoff"
+    assert outbox.flush() == 0, "the API server answered after an outage: the next pass makes every write"
 
 
 @pytest.mark.parametrize(("op", "status", "done", "retried"), [
