@@ -81,6 +81,12 @@ SECURE_TRIES = 3
 #: Blocks an allocation asks other nodes to give back, one after another, while each comes back but other nodes'
 #: calls take its free addresses first (each True of ``ask_return`` is a block gone or a cache read again).
 RETURN_ASKS = 6
+#: Who made the records whose holder outlives the pods that use it (``IPRecord.created_by``): a user's IPAddress
+#: (by manifest or through the gRPC API) and an IPAMClaim. Another node looks an Auto one's address up by holder when
+#: the holder's next pod starts there, so it is made known at once (``LeaseRegistry.publish``), not after the call.
+#: (A Static's address is its spec's: other nodes find it taken by address, and its owed object waits, so that a
+#: node leasing it in its block never takes over the object of the node whose pod uses it.)
+PORTABLE = frozenset({"user", "api", "claim"})
 
 
 class CacheMoved(Exception):
@@ -314,6 +320,8 @@ class Ipam:
                         self.registry.let_go(secured.lease)
                     else:
                         self.registry.keep(secured.lease)
+                        if rec.created_by in PORTABLE and rec.type == "Auto":
+                            self.registry.publish(secured.lease)
                 finally:
                     self._unreserve(secured.lease)
 

@@ -38,6 +38,9 @@ class LeaseRegistry(Protocol):
 
     def keep(self, lease: LeaseRecord) -> None: ...  # a claim just made that the store took
 
+    # a claim the store took whose holder outlives its pods: made known to other nodes now, not after the call
+    def publish(self, lease: LeaseRecord) -> None: ...
+
     def take_up(self, lease: LeaseRecord) -> bool: ...  # a lease made elsewhere (held_by) made this node's, now
 
     def recorded(self, lease: LeaseRecord) -> None: ...  # a claim recorded by the store (inside its transaction)
@@ -96,6 +99,9 @@ class NoBlocks:
 
     def ask_return(self, pool: AddressPool) -> bool:
         return False
+
+    def publish(self, lease: LeaseRecord) -> None:
+        pass  # every claim makes its lease known at once
 
     def housekeep(self, pools: Iterable[AddressPool], in_use: Callable[[str, int], bool],
                   transaction: Callable[[], AbstractContextManager[Any]]) -> None:

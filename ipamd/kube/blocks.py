@@ -276,6 +276,19 @@ class BlockRegistry(KubeLeaseRegistry):
             return False
         return won
 
+    def publish(self, lease: LeaseRecord) -> None:
+        """The lease object of an address of this node's block is owed, made after the call; one whose holder outlives
+        its pods is made now: when the holder's next pod starts on another node, that node looks its address up by
+        holder (``held_by``), and would lease it another one while the object waits (0.5-2 s, longer in backoff).
+        Unanswered, it stays owed and the call goes on: the pod starts, and a pod of the holder's started elsewhere
+        before the write is made may get another address (never the same one twice)."""
+        target = f"{LEASE_KIND}/{lease_name(lease.pool, lease.address)}"
+        if self.block_at(lease.pool, lease.ip) is None or not self.outbox.owes(target) or self.outbox.api_away():
+            return  # leased by itself (its object made by the claim), made already, or the API known away
+        if not self.outbox.flush_target(target):
+            log.warning("the lease object of %s (%s, held by %s) could not be made now: owed", lease.address,
+                        lease.pool, lease.holder)
+
     def _foreign(self, lease: LeaseRecord) -> bool:
         """Another node's lease object of another holder at this address of our block (a per-address lease made before
         the block, or one its node is letting go of): an Auto pick skips it (``_Taken``), an exact address waits."""

@@ -264,7 +264,8 @@ class Outbox:
         """Make the pending writes of one object now (before a write that must come after them); True when none is
         left."""
         with self.writing(target):
-            self._send_chain(self.store.outbox_of(target), float("inf"))
+            if not self._send_chain(self.store.outbox_of(target), float("inf")):
+                self.unanswered()  # the calls after this one do not wait for it either
             return all(e.next_at == PARKED for e in self.store.outbox_of(target))
 
     def _next_wait(self) -> float:

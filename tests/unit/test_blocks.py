@@ -25,7 +25,7 @@ from ipamd.model.timefmt import rfc3339
 from ipamd.store.sqlite import Store
 from tests.fakes.cluster import FakeApi, FakeCache, served_by
 from tests.fakes.source import FakeSource
-from tests.unit.test_ipam import Clock, attach, network, obj, pod, pool, static
+from tests.unit.test_ipam import Clock, attach, auto_ip, gone, network, obj, pod, pool, static
 
 
 def pool_of(source: FakeSource, name: str) -> AddressPool:
@@ -949,3 +949,48 @@ def test_a_block_lease_owed_when_its_static_goes_does_not_take_over_the_object_a
     rounds(n2)._sync_ipaddresses(statics_only=True)  # n2 lets its lease go
     n2.outbox.flush()
     assert objects_at("198.18.40.200") == [("IPAddress/ns/fixed", "n1")]
+
+
+def sticky_holders(api: FakeApi, holder: str) -> list[str]:
+    return sorted(o["spec"]["ip"] for o in api.objs[LEASE_KIND].values() if o["spec"].get("holder") == holder)
+
+
+def test_a_users_ipaddress_leased_in_a_block_keeps_its_address_when_its_next_pod_starts_on_another_node(
+        api: FakeApi) -> None:
+    """The lease object of an address of a node's block is owed, made after the call; but a user's IPAddress outlives
+    its pods, and another node looks its address up by that object when the next pod starts there: it is made before
+    the call returns (found in review: node B leased the IPAddress a second address while A's write waited)."""
+    a, b = Node(api, "na"), Node(api, "nb")
+    for n in (a, b):
+        n.source.add(auto_ip("sticky"))
+    b.add()
+    own = a.add()  # a pod's own IPAddress goes with its pod: its object stays owed, no request on the call's path
+    assert own not in [o["spec"]["ip"] for o in api.objs[LEASE_KIND].values()] and a.outbox.depth()
+    first = attach(a.ipam, pod("db-0", uid="uid-1"), names=("sticky",))[0].address
+    assert to_int(first) in a.registry.blocks(pool_of(a.source, "big"))[0], "leased in a's block"
+    assert sticky_holders(api, "IPAddress/ns/sticky") == [first], "its object made before the call returned"
+    gone(a.ipam, pod("db-0", uid="uid-1"))
+    second = attach(b.ipam, pod("db-0", uid="uid-2"), names=("sticky",))[0].address
+    assert second == first, "the pod started again on node b: the same address"
+    a.outbox.flush(), b.outbox.flush()
+    assert sticky_holders(api, "IPAddress/ns/sticky") == [first], "one lease object for the holder"
+
+
+def test_a_users_ipaddress_leased_in_a_block_while_the_api_is_away_is_served_and_its_object_owed(
+        api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = Node(api, "na")
+    a.source.add(auto_ip("sticky"))
+    a.add()  # the block claimed
+    create = api.create
+
+    def refused(kind: str, body: dict[str, Any], namespace: str = "") -> dict[str, Any]:
+        raise ConnectionRefusedError("the API server is away")
+
+    monkeypatch.setattr(api, "create", refused)
+    first = attach(a.ipam, pod("db-0", uid="uid-1"), names=("sticky",))[0].address
+    target = f"{LEASE_KIND}/{lease_name('IPAddressPool/ns/big', first)}"
+    assert a.outbox.owes(target) and a.outbox.api_away(), "served; its object owed"
+    monkeypatch.setattr(api, "create", create)
+    a.outbox.answered()
+    a.outbox.flush()
+    assert sticky_holders(api, "IPAddress/ns/sticky") == [first], "made once the API server is back"
