@@ -8,8 +8,8 @@ same parsers (``parse_object``, ``parse_networks_spec``) when the object is writ
 daemon would refuse never gets stored, and the user reads why in the ``kubectl`` error.
 
 It also refuses what only the cluster's state can show: a pool change that would leave a leased address
-outside every network of the pool (its holder would keep an address the pool no longer has); the leases
-come from the controller's informer (``leased``).
+outside every network of the pool (its holder would keep an address the pool no longer has), and the deletion of
+a pool that still has leased addresses; the leases come from the controller's informer (``leased``).
 
 Pure: an AdmissionReview (and the leases of a pool) in, an AdmissionReview out.
 """
@@ -84,6 +84,20 @@ def _orphaned(pool: AddressPool, leased: Leased) -> str:
             f"of the pool: {shown}; keep their network, or release them first (plexusctl ipam release)")
 
 
+def _in_use(kind: str, old: dict[str, Any], namespace: str, leased: Leased) -> str:
+    """Why a pool may not be deleted: addresses still leased from it, in words ("" when none). Read from its name
+    alone: a pool stored before this webhook checked it may not parse, and still holds its leases."""
+    md = old.get("metadata") or {}
+    name, namespace = str(md.get("name") or ""), str(md.get("namespace") or namespace)
+    held = sorted(leased(f"{kind}/{namespace}/{name}" if namespace else f"{kind}/{name}"), key=to_int)
+    if not held:
+        return ""
+    shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+    where = f"{namespace}/{name}" if namespace else name
+    return (f"{kind} {where}: {len(held)} address(es) still leased from it: {shown}; delete the pods and IPAddresses "
+            "that hold them first, or release them (plexusctl ipam release)")
+
+
 def problem_of(kind: str, obj: dict[str, Any], namespace: str = "", leased: Leased = _nothing_leased) -> str:
     """Why the daemon would refuse this object (or a pool change its leases forbid), or "" when none."""
     if kind == POD.name:
@@ -106,9 +120,14 @@ def review(doc: Any, leased: Leased = _nothing_leased) -> dict[str, Any]:
     kind = (request.get("kind") or {}).get("kind")
     group = (request.get("kind") or {}).get("group", "")
     obj = request.get("object")
-    if request.get("operation") not in ("CREATE", "UPDATE") or not isinstance(obj, dict):
-        return _response(uid, True)  # DELETE and CONNECT carry nothing to check
     served = KINDS.get(kind) if isinstance(kind, str) else None
+    old = request.get("oldObject")
+    if request.get("operation") == "DELETE" and kind in POOL_KINDS and isinstance(old, dict) and served is not None \
+            and served.api_version.partition("/")[0] == group:
+        problem = _in_use(str(kind), old, str(request.get("namespace") or ""), leased)
+        return _response(uid, not problem, problem)
+    if request.get("operation") not in ("CREATE", "UPDATE") or not isinstance(obj, dict):
+        return _response(uid, True)  # CONNECT, and a DELETE of anything else, carry nothing to check
     if kind == POD.name and group == "":
         problem = problem_of(POD.name, obj, str(request.get("namespace") or ""))
     elif served is not None and served.api_version.partition("/")[0] == group:

@@ -204,5 +204,12 @@ def test_a_pool_change_that_would_orphan_a_leased_address_is_refused(webhook: Cl
         assert webhook.get("ipaddresspool", "-n", TEST_NS, "held")["spec"]["pools"][0]["network"] == "198.18.90.0/24"
         narrowed = pool("held", ["198.18.90.10-198.18.90.20"])  # the subnet still holds it: allowed (flagged)
         assert apply(webhook, narrowed)[0] == 0
+        deleted = webhook.kubectl("delete", "ipaddresspool", "-n", TEST_NS, "held", check=False)
+        assert deleted.returncode != 0 and "1 address(es) still leased from it: 198.18.90.200" in deleted.stderr, \
+            deleted.stderr
+        assert webhook.get("ipaddresspool", "-n", TEST_NS, "held")
     finally:
         webhook.kubectl("delete", "ipaddresslease", "webhook-held-200", check=False)
+    # its last lease gone (once the controller's informer sees it), the pool goes
+    assert wait_for(lambda: webhook.kubectl("delete", "ipaddresspool", "-n", TEST_NS, "held", check=False).returncode
+                    == 0, timeout=30, step=1)

@@ -68,6 +68,26 @@ def test_a_pool_change_that_would_orphan_leased_addresses_is_refused_naming_them
     assert review(request("IPAddressPool", moved, "UPDATE"))["response"]["allowed"], "nothing leased: anything goes"
 
 
+def test_a_pool_with_leased_addresses_is_not_deleted() -> None:
+    leased = {"IPAddressPool/ns/p": ["198.18.0.200", "198.18.0.7"], "ClusterIPAddressPool/c": ["198.18.1.9"]}
+    doc = request("IPAddressPool", {}, "DELETE")
+    doc["request"]["object"] = None  # as the API server sends a DELETE: the object in oldObject
+    doc["request"]["oldObject"] = {**pool([]), "metadata": {"name": "p", "namespace": "ns"}}
+    got = review(doc, lambda key: leased.get(key, []))["response"]
+    assert not got["allowed"]
+    assert got["status"]["message"].startswith("IPAddressPool ns/p: 2 address(es) still leased from it: "
+                                               "198.18.0.7, 198.18.0.200; delete the pods"), got
+    doc["request"]["oldObject"]["metadata"]["name"] = "free"
+    assert review(doc, lambda key: leased.get(key, []))["response"]["allowed"], "nothing leased: deleted"
+    cluster = request("ClusterIPAddressPool", {}, "DELETE", namespace="")
+    cluster["request"]["oldObject"] = {"metadata": {"name": "c"}, "spec": "not even a pool any more"}
+    got = review(cluster, lambda key: leased.get(key, []))["response"]
+    assert not got["allowed"] and "ClusterIPAddressPool c: 1 address(es)" in got["status"]["message"]
+    network = request("Network", {}, "DELETE")
+    network["request"]["oldObject"] = {"metadata": {"name": "p", "namespace": "ns"}}
+    assert review(network, lambda key: leased.get(key, []))["response"]["allowed"], "only pools hold leases"
+
+
 def test_a_good_pool_is_allowed_also_without_namespace_in_the_object() -> None:
     resp = answer(request("IPAddressPool", pool(["198.18.0.10-198.18.0.20"])))
     assert resp == {"uid": "u-1", "allowed": True}
