@@ -50,6 +50,7 @@ class DaemonConfig:
     del_mode: str = "sync"  # background: DEL answers once the interfaces are cut off, removes them after
     del_delay: float = 0.2  # background DELs wait this long for the runtime to delete the pod's namespace
     heartbeat_namespace: str = "plexus-node-lease"  # the nodes' heartbeat Leases (ipamd.kube.heartbeat)
+    metrics_address: str = "127.0.0.1"  # where --metrics-port listens (the node's loopback under hostNetwork)
 
     @property
     def ipam_plugin_socket(self) -> str:
@@ -69,7 +70,10 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
     p.add_argument("--log-level", default=d.log_level, choices=("debug", "info", "warning", "error"))
     p.add_argument("--reconcile-interval", type=float, default=d.reconcile_interval, help="seconds between reconciles")
     p.add_argument("--pidfile", default=d.pidfile)
-    p.add_argument("--metrics-port", type=int, default=d.metrics_port, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    p.add_argument("--metrics-port", type=int, default=d.metrics_port,
+                   help="serve Prometheus metrics on --metrics-address:PORT (0: off)")
+    p.add_argument("--metrics-address", default=d.metrics_address,
+                   help="the address --metrics-port listens on (0.0.0.0: every address of the node, for a scraper)")
     p.add_argument("--kubeconfig", default="",
                    help="Kubernetes mode: read objects from the cluster with this kubeconfig "
                         "(in a pod with a service account, the cluster is used without it)")
@@ -138,4 +142,4 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
                         a.address_blocks == "on",
                         (POD_RESOURCES_SOCKET if kubeconfig else "") if a.pod_resources_socket is None
                         else a.pod_resources_socket, a.device_info_dir, a.cni_workers, a.del_mode, a.del_delay,
-                        heartbeat_namespace=a.heartbeat_namespace)
+                        heartbeat_namespace=a.heartbeat_namespace, metrics_address=a.metrics_address)

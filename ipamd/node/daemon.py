@@ -178,7 +178,7 @@ class NodeDaemon:
             from ipamd.server.metrics import OUTBOX_DEPTH
 
             OUTBOX_DEPTH.set_function(lambda: float(self.outbox.depth() if self.outbox is not None else 0))
-            start_http_server(self.cfg.metrics_port, addr="127.0.0.1")
+            start_http_server(self.cfg.metrics_port, addr=self.cfg.metrics_address)
         log.info("plexus-ipamd ready: cni=%s ipam=%s grpc=%s objects=%s db=%s (recovered %d attachments)",
                  self.cfg.socket, self.cfg.ipam_plugin_socket, self.cfg.grpc_socket, self.cfg.objects_dir, self.cfg.db, recovered)
 

@@ -65,6 +65,13 @@ def api_requests_counted(port: int) -> dict[tuple[str, str], float]:
     return {(path, method): float(n) for method, path, n in found}
 
 
+def outbox_depth(port: int) -> float:
+    """The writes the node owes, as its ``plexus_outbox_depth`` gauge says."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        (depth,) = re.findall(r"^plexus_outbox_depth (\S+)$", resp.read().decode(), re.M)
+    return float(depth)
+
+
 @pytest.fixture
 def nodes(cluster: Cluster, controller: ControllerProcess) -> Iterator[list[Node]]:
     """Node daemons the test makes (closed at the end), with the cluster's controller running."""
@@ -195,8 +202,10 @@ def test_an_add_inside_the_nodes_block_waits_on_one_api_request(cluster: Cluster
     for name in names[1:]:
         delta = add(name)
         assert {k: v for k, v in delta.items() if k[0] == "call"} == {("call", "PATCH"): 1}, delta
+    assert outbox_depth(port) > 0, "right after the ADDs their writes are owed"
     assert wait_for(lambda: api_requests_counted(port).get(("background", "POST"), 0) >= 3 * len(names), timeout=15), \
         "the IPAddress, lease object and Event of every ADD made in the background"
+    assert wait_for(lambda: outbox_depth(port) == 0, timeout=15), "and then none is"
     for name in names:
         assert node.cni("DEL", f"c-{name}", netns[name], pod=(ns, name)).ok
 
