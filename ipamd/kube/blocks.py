@@ -16,7 +16,9 @@ other, so an address is never held twice.
 
 A node claims its next block before the last one runs out (in the background, when fewer than a quarter of its
 addresses are free), renews its blocks' ``status.renewTime``, and returns a block that stayed empty for
-``idle_s``; the controller reclaims the blocks of a node whose daemon stopped renewing and which runs no pod.
+``idle_s`` (a pool's last block of the node only after ``last_idle_s``: the node's next pod of the pool leases with
+no request meanwhile, and a node that stopped using a pool does not keep a block of it for ever); the controller
+reclaims the blocks of a node whose daemon stopped renewing and which runs no pod.
 
 A node that finds no free address outside other nodes' blocks asks the owner of the block with the most free addresses
 to return it (``status.returnRequestedBy``/``returnRequestedAt``, one status patch) and waits for it to go. The owner
@@ -171,12 +173,13 @@ class BlockRegistry(KubeLeaseRegistry):
     (everywhere with ``claim_blocks=False``: ``--address-blocks off``, still respecting the blocks other nodes hold)."""
 
     def __init__(self, source: KubernetesSource, node_name: str, outbox: Outbox, size: int = BLOCK_SIZE,
-                 idle_s: float = 300.0, clock: Callable[[], float] = time.time,
+                 idle_s: float = 300.0, last_idle_s: float = 1800.0, clock: Callable[[], float] = time.time,
                  spawn: Callable[[Callable[[], None]], None] | None = None, claim_blocks: bool = True,
                  wait: Callable[[Callable[[], bool], float], bool] = _poll, heartbeat_namespace: str = "") -> None:
         super().__init__(source, node_name, outbox)
         self.heartbeat_namespace = heartbeat_namespace  # where this node's heartbeat Lease is renewed ("": none)
         self.size, self.idle_s, self.clock, self.claims_blocks = size, idle_s, clock, claim_blocks
+        self.last_idle_s = last_idle_s
         self.spawn = spawn or (lambda run: threading.Thread(target=run, name="grow-block", daemon=True).start())
         self.wait = wait  # (condition, timeout) -> whether it came true: how an allocation waits for a block to go
         self.mine: dict[tuple[str, int], Block] = {}  # claimed here, before the informer shows them
@@ -303,6 +306,7 @@ class BlockRegistry(KubeLeaseRegistry):
             if slot in self.returned:
                 return False
             self._inflight[slot] = self._inflight.get(slot, 0) + 1
+        self._empty_since.pop(slot, None)  # used: empty again from the next round that finds it so
         try:
             name = lease_name(lease.pool, lease.address)
             self.made.pop(name, None)  # made by the owed write below: a let-go of it goes by a checked delete
@@ -653,9 +657,9 @@ class BlockRegistry(KubeLeaseRegistry):
     # -- housekeeping (the reconciler's rounds) ------------------------------------------------------------
     def housekeep(self, pools: Iterable[AddressPool], in_use: Callable[[str, int], bool],
                   transaction: Callable[[], AbstractContextManager[Any]]) -> None:
-        """Renew this node's blocks, and return those empty for ``idle_s`` (never a pool's last one). Whether a block
-        is empty is decided inside ``transaction`` (the store's, where every pick is made), and the block is ours no
-        more from then on; its object is deleted after, outside the store's lock."""
+        """Renew this node's blocks, and return those empty for ``idle_s`` (a pool's last one for ``last_idle_s``).
+        Whether a block is empty is decided inside ``transaction`` (the store's, where every pick is made), and the
+        block is ours no more from then on; its object is deleted after, outside the store's lock."""
         pools = list(pools)
         now = self.clock()
         renew = now - self._renewed >= RENEW_S
@@ -685,7 +689,8 @@ class BlockRegistry(KubeLeaseRegistry):
                         self._empty_since.pop(slot, None)
                         continue
                     since = self._empty_since.setdefault(slot, now)
-                    if now - since >= self.idle_s and len(blocks) - sum(b.pool == block.pool for b in going) > 1:
+                    last = len(blocks) - sum(b.pool == block.pool for b in going) <= 1
+                    if now - since >= (self.last_idle_s if last else self.idle_s):
                         with self._lock:
                             self.mine.pop(slot, None)
                             self.returned.add(slot)

@@ -259,7 +259,7 @@ def test_a_static_in_another_nodes_block_made_a_users_node_own_is_still_granted(
     assert Node(api, "third").add(names=("fixed",)) == "198.18.40.200"
 
 
-def test_an_empty_block_is_returned_after_a_while_but_never_the_last(api: FakeApi) -> None:
+def test_an_empty_block_is_returned_after_a_while_and_the_last_after_a_long_while(api: FakeApi) -> None:
     node = Node(api, "n1")
     for _ in range(20):
         node.add()
@@ -274,6 +274,17 @@ def test_an_empty_block_is_returned_after_a_while_but_never_the_last(api: FakeAp
     node.registry.housekeep(pools, node.ipam.in_use, node.store.transaction)
     assert len(api.objs[BLOCK_KIND]) == 1, "one returned, the last kept"
     assert len({node.add() for _ in range(5)}) == 5
+    for p in [*node.store.all_ips()]:  # every pod goes again
+        node.ipam.delete_ip(p)
+    node.registry.housekeep(pools, node.ipam.in_use, node.store.transaction)
+    node.clock.advance(1799)
+    node.registry.housekeep(pools, node.ipam.in_use, node.store.transaction)
+    assert len(api.objs[BLOCK_KIND]) == 1, "the last block kept while the node may use the pool again soon"
+    node.clock.advance(2)
+    node.registry.housekeep(pools, node.ipam.in_use, node.store.transaction)
+    assert not api.objs[BLOCK_KIND], "empty for 30 minutes: returned too, the pool's windows free for other nodes"
+    node.add()
+    assert len(api.objs[BLOCK_KIND]) == 1, "the node's next pod of the pool claims a block again"
 
 
 def _has_room(node: Node) -> bool:
