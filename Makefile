@@ -15,7 +15,7 @@ help:
 	@echo "make test        run the whole test suite (unit, netns, compatibility)"
 	@echo "make lint        ruff and mypy"
 	@echo "make bench       measure Plexus against Debian's reference plugins (BENCH_ARGS=--quick for a smoke run)"
-	@echo "make bench-sim   the scale simulation: 10 and 50 simulated nodes churning 1,000 pods each, per-address leases against node blocks"
+	@echo "make bench-sim   the scale simulation: 10 and 50 simulated nodes, 1,000 pods each at a steady 100 pods/s and as fast as it goes, per-address leases against node blocks"
 	@echo "make bench-kube  Kubernetes-mode figures: ADD/DEL with the API in the loop, API requests per ADD/DEL, racing daemons, the webhook's cost per pod"
 	@echo "make build       freeze the plexus CNI plugin (dist/plexus/)"
 	@echo "make image       the container image the manifests name, as an OCI archive (dist/plexus-image.tar)"

@@ -4,9 +4,12 @@ and deleted at a steady rate, the per-address scheme and node blocks side by sid
 A simulated node is the node daemon's IPAM and API side, without its kernel side: its own store (SQLite), ``Ipam``,
 lease registry (``KubeLeaseRegistry``: one IPAddressLease create per address; or ``BlockRegistry``: node blocks) and
 outbox, as ``plexus-ipamd`` wires them. The nodes share one set of informers (one process; a real node has its own,
-as far behind the API server as these). Workers churn pods on random nodes, keeping a few alive per node: an ADD is
-``resolve`` + ``claim`` of one interface, a DEL the pod's release. A checker reads every node's store from outside,
-every half second and at the end, and fails the run if an address is ever held by two pods.
+as far behind the API server as these). Pods start on random nodes, a few alive per node at most: a node full deletes
+its oldest pod first. An ADD is ``resolve`` + ``claim`` of one interface, a DEL the pod's release. At a steady rate
+(``--rates``: pods started per second over all nodes, open loop: a pod's ADD is timed from when it was due, so a
+plane that falls behind shows in the latency) the same load is put on 10 and on 50 nodes, which is what measures the
+cost of growth; rate 0 churns as fast as the workers go (the capacity). A checker reads every node's store from
+outside, every half second and at the end, and fails the run if an address is ever held by two pods.
 
 Usage: ``python -m bench.sim`` (``make bench-sim``), after the control plane is built (``make bench-kube`` builds it
 too, cached in /var/cache/plexus-test). It prints, per scheme and node count: pods per second, API requests per pod
@@ -81,10 +84,11 @@ class Plane(Protocol):
 
 class Scenario:
     def __init__(self, api: Any, cp: Plane, scheme: str, nodes: int, pods: int, per_node: int, workers: int,
-                 work: Path, prefix: int) -> None:
+                 work: Path, prefix: int, rate: float = 0.0) -> None:
         self.api, self.cp, self.scheme, self.n, self.pods = api, cp, scheme, nodes, pods
         self.per_node, self.workers, self.work, self.prefix = per_node, workers, work, prefix
-        self.tag = f"{scheme}-{nodes}"
+        self.rate = rate  # pods started per second over all nodes (0: as fast as the workers go)
+        self.tag = f"{scheme}-{nodes}" + (f"-r{rate:g}" if rate else "")
         self.add_s: list[float] = []
         self.errors: list[str] = []
         self.duplicates: list[str] = []
@@ -129,7 +133,8 @@ class Scenario:
         counter = iter(range(10**9))
         made = threading.Semaphore(self.pods)
 
-        def one() -> None:
+        def one(due: float | None = None) -> None:
+            late = 0.0 if due is None else max(0.0, time.perf_counter() - due)  # waited for a worker
             node = nodes[rng.randrange(self.n)]
             with node.lock:
                 full = len(node.live) >= self.per_node
@@ -137,12 +142,13 @@ class Scenario:
             if gone is not None:  # DEL: the pod is gone
                 node.ipam.release_pod(gone[1], gone[0])
                 node.ipam.forget_pod(gone[0])
-                return
-            if not made.acquire(blocking=False):
+                if due is None:
+                    return  # as fast as it goes: a DEL is one step; at a rate, the pod due starts right after
+            if due is None and not made.acquire(blocking=False):
                 return
             k = next(counter)
             pod = Pod(Meta("Pod", f"p{k}", NS, str(uuid.uuid4())))
-            started = time.perf_counter()
+            started = time.perf_counter() - late  # the ADD's time and its wait for a worker (not the DEL before it)
             try:
                 net = node.ipam.resolve(sel, NS, "networks-spec[0]")
                 claims = node.ipam.claim(pod, sel, net, [])
@@ -158,8 +164,14 @@ class Scenario:
         before = self.cp.requests()
         started = time.perf_counter()
         with ThreadPoolExecutor(self.workers) as pool:
-            while len(self.add_s) + len(self.errors) < self.pods:
-                list(pool.map(lambda _: one(), range(self.workers * 4)))
+            if self.rate:  # open loop: pod i is due at i / rate, whether the ones before it are done or not
+                for i in range(self.pods):
+                    due = started + i / self.rate
+                    time.sleep(max(0.0, due - time.perf_counter()))
+                    pool.submit(one, due)
+            else:
+                while len(self.add_s) + len(self.errors) < self.pods:
+                    list(pool.map(lambda _: one(), range(self.workers * 4)))
         elapsed = time.perf_counter() - started
         for node in nodes:  # the rest of the pods go
             for uid, keys in node.live:
@@ -177,7 +189,7 @@ class Scenario:
             node.close()
         requests = ours(after - before)
         ms = sorted(s * 1000 for s in self.add_s)
-        return {"scheme": self.scheme, "nodes": self.n, "pods": len(ms), "errors": len(self.errors),
+        return {"scheme": self.scheme, "nodes": self.n, "rate": self.rate, "pods": len(ms), "errors": len(self.errors),
                 "error_sample": self.errors[:3], "duplicates": self.duplicates[:5],
                 "pods_per_s": round(len(ms) / elapsed, 1),
                 "requests_per_pod": round(sum(requests.values()) / max(1, len(ms)), 2),
@@ -225,11 +237,13 @@ def connect(apply: Any, kubeconfig: str) -> tuple[Any, Informers]:
 
 
 def report(results: list[dict[str, Any]]) -> str:
-    lines = ["| scheme | nodes | pods | pods/s | API requests per pod | ADD p50 / p99 | errors | duplicates |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| pods started per s | scheme | nodes | pods | pods/s | API requests per pod | ADD p50 / p99 | errors "
+             "| duplicates |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['scheme']} | {r['nodes']} | {r['pods']} | {r['pods_per_s']} | {r['requests_per_pod']} | "
-                     f"{r['add_ms']['p50']} / {r['add_ms']['p99']} ms | {r['errors']} | {len(r['duplicates'])} |")
+        rate = f"{r['rate']:g}" if r.get("rate") else "as fast as it goes"
+        lines.append(f"| {rate} | {r['scheme']} | {r['nodes']} | {r['pods']} | {r['pods_per_s']} | "
+                     f"{r['requests_per_pod']} | {r['add_ms']['p50']} / {r['add_ms']['p99']} ms | {r['errors']} | "
+                     f"{len(r['duplicates'])} |")
     return "\n".join(lines)
 
 
@@ -241,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pods", type=int, default=1000, help="pods created (and deleted) per scenario")
     p.add_argument("--per-node", type=int, default=4, help="pods alive per node at most")
     p.add_argument("--workers", type=int, default=8, help="ADDs and DELs at a time, over all nodes")
+    p.add_argument("--rates", default="100,0", help="pods started per second over all nodes, comma-separated; "
+                   "0: as fast as the workers go")
     p.add_argument("--json", default="bench-results/sim.json")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -257,15 +273,18 @@ def main(argv: list[str] | None = None) -> int:
             api, informers = connect(cp.apply, cp.kubeconfig)
             stack.callback(informers.source.stop)
             prefix = 0
-            for n in (int(x) for x in a.nodes.split(",")):
-                for scheme in a.schemes.split(","):
-                    log(f"{scheme}: {n} nodes, {a.pods} pods, at most {a.per_node} alive per node")
-                    prefix += 16
-                    result = Scenario(api, cp, scheme, n, a.pods, a.per_node, a.workers, work, prefix).run(informers)
-                    log(f"  {result['pods_per_s']} pods/s, {result['requests_per_pod']} API requests per pod, "
-                        f"ADD p50 {result['add_ms']['p50']} ms p99 {result['add_ms']['p99']} ms, "
-                        f"{result['errors']} errors, {len(result['duplicates'])} duplicates")
-                    results.append(result)
+            for rate in (float(x) for x in a.rates.split(",")):
+                for n in (int(x) for x in a.nodes.split(",")):
+                    for scheme in a.schemes.split(","):
+                        pace = f"{rate:g} pods/s" if rate else "as fast as it goes"
+                        log(f"{scheme}: {n} nodes, {a.pods} pods at {pace}, at most {a.per_node} alive per node")
+                        prefix += 16
+                        result = Scenario(api, cp, scheme, n, a.pods, a.per_node, a.workers, work, prefix,
+                                          rate).run(informers)
+                        log(f"  {result['pods_per_s']} pods/s, {result['requests_per_pod']} API requests per pod, "
+                            f"ADD p50 {result['add_ms']['p50']} ms p99 {result['add_ms']['p99']} ms, "
+                            f"{result['errors']} errors, {len(result['duplicates'])} duplicates")
+                        results.append(result)
     except BenchError as exc:
         print(f"bench.sim: {exc}", file=sys.stderr)
         return 1
