@@ -51,6 +51,7 @@ class DaemonConfig:
     del_delay: float = 0.2  # background DELs wait this long for the runtime to delete the pod's namespace
     heartbeat_namespace: str = "plexus-node-lease"  # the nodes' heartbeat Leases (ipamd.kube.heartbeat)
     metrics_address: str = "127.0.0.1"  # where --metrics-port listens (the node's loopback under hostNetwork)
+    snapshot_interval: float = 30.0  # Kubernetes mode: the informers' caches written beside --db this often (0: off)
 
     @property
     def ipam_plugin_socket(self) -> str:
@@ -72,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
     p.add_argument("--pidfile", default=d.pidfile)
     p.add_argument("--metrics-port", type=int, default=d.metrics_port,
                    help="serve Prometheus metrics on --metrics-address:PORT (0: off)")
+    p.add_argument("--snapshot-interval", type=float, default=d.snapshot_interval,
+                   help="Kubernetes mode: write the informers' caches beside --db this often, so that a daemon "
+                        "restarted while the API server is away serves ADD from its blocks (0: off)")
     p.add_argument("--metrics-address", default=d.metrics_address,
                    help="the address --metrics-port listens on (0.0.0.0: every address of the node, for a scraper)")
     p.add_argument("--kubeconfig", default="",
@@ -142,4 +146,5 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
                         a.address_blocks == "on",
                         (POD_RESOURCES_SOCKET if kubeconfig else "") if a.pod_resources_socket is None
                         else a.pod_resources_socket, a.device_info_dir, a.cni_workers, a.del_mode, a.del_delay,
-                        heartbeat_namespace=a.heartbeat_namespace, metrics_address=a.metrics_address)
+                        heartbeat_namespace=a.heartbeat_namespace, metrics_address=a.metrics_address,
+                        snapshot_interval=a.snapshot_interval)

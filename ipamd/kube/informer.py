@@ -52,6 +52,9 @@ class Informer:
         self._indexes: dict[str, dict[Hashable, set[tuple[str, str]]]] = {n: {} for n in self._indexers}
         self._lock = threading.Lock()
         self.synced = threading.Event()
+        # what the cache holds may serve a CNI call: listed, or seeded from the daemon's snapshot (``seed``) while
+        # the API server cannot be listed; what judges by absence (the reconciler) waits for ``synced``
+        self.usable = threading.Event()
         self._stop = threading.Event()
         self._watch: watch.Watch | None = None
         self.relists = 0
@@ -99,6 +102,19 @@ class Informer:
         obj.setdefault("apiVersion", self.api_version)
         return obj
 
+    def seed(self, items: Iterable[dict[str, Any]]) -> None:
+        """Fill the cache from a snapshot (``ipamd.kube.snapshot``) before anything was listed: the first list
+        replaces it whole."""
+        with self._lock:
+            if self.synced.is_set():
+                return
+            self._cache = {self._key(o): self._normalise(o) for o in items}
+            self._indexes = {n: {} for n in self._indexers}
+            for key, obj in self._cache.items():
+                self._index(key, obj)
+        self.usable.set()
+        self._on_change()
+
     def _list(self) -> str:
         resp = self._list_fn(_preload_content=False, _request_timeout=LIST_REQUEST_TIMEOUT, **self._kwargs)
         data = json.loads(resp.data)
@@ -111,6 +127,7 @@ class Informer:
         self.relists += 1
         self.served = True
         self.synced.set()
+        self.usable.set()
         self._on_change()
         return str((data.get("metadata") or {}).get("resourceVersion") or "")
 
@@ -123,6 +140,7 @@ class Informer:
             self._cache = {}
             self._indexes = {n: {} for n in self._indexers}
         self.synced.set()
+        self.usable.set()
         self._on_change()
 
     def run(self) -> None:

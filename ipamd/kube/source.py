@@ -136,11 +136,27 @@ class KubernetesSource:
                    if (k in kinds if kinds is not None else k not in OPT_IN))
 
     def unlisted(self, timeout_s: float) -> builtins.list[str]:
+        """The kinds a CNI call cannot be served from yet (waiting up to ``timeout_s``): neither listed nor seeded
+        from the snapshot."""
         deadline = time.monotonic() + timeout_s
         waited = [(k, i) for k, i in self.informers.items() if k not in OPT_IN]
         for _, informer in waited:
-            informer.synced.wait(max(0.0, deadline - time.monotonic()))
-        return [k for k, i in waited if not i.synced.is_set()]
+            informer.usable.wait(max(0.0, deadline - time.monotonic()))
+        return [k for k, i in waited if not i.usable.is_set()]
+
+    def snapshot(self) -> dict[str, builtins.list[dict[str, Any]]] | None:
+        """Every informer's objects as last listed and watched (None until each has listed: a seeded cache is not
+        written back)."""
+        if not self.ready():
+            return None
+        return {k: i.items() for k, i in self.informers.items() if k not in OPT_IN}
+
+    def seed(self, caches: dict[str, builtins.list[dict[str, Any]]]) -> None:
+        """Fill the informers not listed yet from a snapshot (``ipamd.kube.snapshot.load``)."""
+        for kind, items in caches.items():
+            informer = self.informers.get(kind)
+            if informer is not None and kind not in OPT_IN:
+                informer.seed(items)
 
     def sync(self) -> builtins.list[Problem]:
         deadline = time.monotonic() + 30

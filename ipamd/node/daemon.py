@@ -81,6 +81,7 @@ class NodeDaemon:
         publisher: Publisher = LocalPublisher()
         self.source: ObjectSource
         self._watch_blocks: Callable[[Callable[[], None]], None] | None = None
+        self.snapshots: Any = None  # the informers' caches on disk (Kubernetes mode: ipamd.kube.snapshot)
         if cfg.kubeconfig:  # imported only here: the kubernetes client costs ~200 ms to import
             from ipamd.kube.blocks import KIND as BLOCK_KIND
             from ipamd.kube.blocks import BlockRegistry
@@ -116,6 +117,11 @@ class NodeDaemon:
 
             self._watch_blocks = watch_blocks
             publisher = KubePublisher(api, cfg.node_name, self.outbox)
+            if cfg.snapshot_interval > 0:
+                from ipamd.kube import snapshot
+
+                self.snapshots = snapshot.Keeper(self.source, snapshot.path_for(cfg.db), cfg.node_name,
+                                                 cfg.snapshot_interval)
         else:
             self.source = LocalSource(cfg.objects_dir, lambda ns, name: self.store.generated_uid(ns, name, _new_uid()))
         self.ipam = Ipam(self.store, self.source, registry=registry)
@@ -151,6 +157,8 @@ class NodeDaemon:
 
     def start(self) -> None:
         self.source.start()
+        if self.snapshots is not None:
+            self.snapshots.start()
         if self.outbox is not None:
             self.outbox.start()
         if self.controller is not None:
@@ -190,6 +198,8 @@ class NodeDaemon:
         self.reconciler.stop()
         if self.outbox is not None:
             self.outbox.stop()
+        if self.snapshots is not None:
+            self.snapshots.stop()
         self.source.stop()
         for server in (self.cni_server, self.ipam_server):
             if server is not None:

@@ -107,3 +107,81 @@ def test_pods_start_and_stop_through_a_60s_api_outage(cluster: Cluster, relay: t
     by_pod = {(i.get("status") or {}).get("usedByPods", [""])[0] if (i.get("status") or {}).get("usedByPods") else "":
               (i.get("status") or {}).get("address") for i in ips}
     assert all(by_pod.get(f"{NS}/{name}") == address for name, address in live.items()), by_pod
+
+    # and no address is lost: once the pods are gone, every one is back in the pool
+    for i in range(2):
+        for name in names[i]:
+            if name in up:
+                assert cni("DEL", i, name, up.pop(name)).ok
+    cluster.kubectl("delete", "pods", "-n", NS, "--all", "--grace-period=0", "--force")
+
+    def held() -> list[str]:
+        return [x["spec"]["ip"] for x in cluster.get("ipaddresslease")["items"]
+                if x["spec"]["pool"].endswith(f"{NS}/pool") and x["spec"].get("holder")]
+
+    assert wait_for(lambda: not held(), timeout=90, step=1), held()
+
+
+@pytest.mark.netns
+def test_a_daemon_restarted_while_the_api_server_is_away_serves_add_from_its_blocks(
+        cluster: Cluster, controller: ControllerProcess, relay: tuple[Relay, Path]) -> None:
+    """The daemon keeps its informers' caches on disk (``ipamd.kube.snapshot``): killed while the API server is away
+    and started again, it serves ADD from the block it holds, where before it answered 11 until the API came back;
+    and once the API is back, the objects converge."""
+    r, kubeconfig = relay
+    ns = "krestart"
+    cluster.apply(objects(ns, "0s", "198.18.71.1-198.18.71.254", cidr="198.18.71.0/24", vlan=861))
+    names = ["a", "b", "c"]
+    cluster.apply([pod(ns, n, "restart-0") for n in names])
+    uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in cluster.get("pods", "-n", ns)["items"]}
+    node = Node(kubeconfig=str(kubeconfig), node_name="restart-0", reconcile_interval=1.0,
+                extra_args=("--snapshot-interval", "1"))
+    try:
+        node.start()
+        netns = {n: node.pod_netns(n) for n in names}
+
+        def add(name: str) -> Any:
+            return node.cni("ADD", f"c-{name}", netns[name], pod=(ns, name), timeout=60,
+                            env={"CNI_ARGS": f"K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_UID={uids[name]}"})
+
+        assert wait_for(lambda: add("a").ok, timeout=30, step=1), node.log_text()[-2000:]
+        first = links_in(netns["a"])["net1"]["addresses"][0]
+        snapshot = node.dir / "informer-cache.json"
+
+        def snapshot_holds_the_block() -> bool:
+            try:
+                caches = json.loads(snapshot.read_text())["caches"]
+            except (OSError, ValueError, KeyError):
+                return False
+            return any(b["spec"]["node"] == "restart-0" for b in caches.get("IPAddressBlock", []))
+
+        assert wait_for(snapshot_holds_the_block, timeout=30), "the snapshot is written"
+        r.refuse()
+        node.kill()
+        node.start()
+        res = add("b")
+        assert res.ok, (res, node.log_text()[-3000:])
+        second = links_in(netns["b"])["net1"]["addresses"][0]
+        assert second != first and second.startswith("198.18.71."), (first, second)
+        assert "serving from the informer snapshot" in node.log_text()
+        assert node.cni("DEL", "c-a", netns["a"], pod=(ns, "a"), timeout=60).ok, "DEL too"
+        r.resume()
+
+        seen: list[Any] = []
+
+        def converged() -> bool:
+            leases = {x["spec"]["ip"]: x["spec"].get("holder") for x in cluster.get("ipaddresslease")["items"]
+                      if x["spec"]["pool"].endswith(f"{ns}/pool")}
+            status = [json.loads((cluster.get("pod", "-n", ns, n)["metadata"].get("annotations") or {})
+                                 .get(STATUS) or "[]") for n in ("a", "b")]
+            seen[:] = [leases, status]
+            # a's address stays its IPAddress's while the pod exists (a new sandbox of it gets it again)
+            return (set(leases) == {first.split("/")[0], second.split("/")[0]} and all(leases.values())
+                    and status[0] == []
+                    and [s["ipAddressConfigs"][0]["address"] for s in status[1]] == [second.split("/")[0]])
+
+        assert wait_for(converged, timeout=90, step=1), (seen, second, node.log_text()[-3000:])
+    finally:
+        if r.mode == "refuse":
+            r.resume()
+        node.close()
