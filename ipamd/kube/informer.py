@@ -119,15 +119,15 @@ class Informer:
         resp = self._list_fn(_preload_content=False, _request_timeout=LIST_REQUEST_TIMEOUT, **self._kwargs)
         data = json.loads(resp.data)
         items = {self._key(o): self._normalise(o) for o in data.get("items") or []}
-        with self._lock:
+        with self._lock:  # synced with the swap: a seed (which checks it under the lock) never lands over a list
             self._cache = items
             self._indexes = {n: {} for n in self._indexers}
             for key, obj in items.items():
                 self._index(key, obj)
+            self.synced.set()
+            self.usable.set()
         self.relists += 1
         self.served = True
-        self.synced.set()
-        self.usable.set()
         self._on_change()
         return str((data.get("metadata") or {}).get("resourceVersion") or "")
 
@@ -139,8 +139,8 @@ class Informer:
         with self._lock:
             self._cache = {}
             self._indexes = {n: {} for n in self._indexers}
-        self.synced.set()
-        self.usable.set()
+            self.synced.set()
+            self.usable.set()
         self._on_change()
 
     def run(self) -> None:

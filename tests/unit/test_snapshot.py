@@ -5,6 +5,7 @@ is no list (the reconciler still waits), and the first list replaces it."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +111,24 @@ def test_the_keeper_seeds_a_source_that_has_not_listed_and_writes_only_one_that_
     later.save()  # a source that has not listed writes nothing over the snapshot
     assert later.seed_if_unlisted() and later.seeded
     assert away.seeded is not None and names(away.seeded[BLOCK_KIND]) == ["198.18.0.16/28", "198.18.0.48/28"]
+
+
+def test_a_seed_racing_the_first_list_never_lands_over_it() -> None:
+    """Found in review: the list swapped the cache under the lock but said it was synced after, so a seed in between
+    put the snapshot over the list, which then counted as listed (the reconciler judging by a stale cache)."""
+    import threading
+
+    inf = Informer(LEASE_KIND, lambda **kw: Listed([lease("198.18.0.6", "IPAddress/ns/new")]), LEASE_KIND, "v1",
+                   lambda: None, LEASE_INDEXERS)
+    real_set = inf.synced.set
+
+    def set_after_a_seed() -> None:  # the snapshot's seed, made at the moment the list says it is synced
+        seeding = threading.Thread(target=inf.seed, args=([lease("198.18.0.5", "IPAddress/ns/old")],))
+        seeding.start()
+        seeding.join(0.3)  # blocked on the informer's lock while the list holds it
+        real_set()
+
+    inf.synced.set = set_after_a_seed  # type: ignore[method-assign]
+    inf._list()
+    time.sleep(0.3)  # a seed blocked on the lock has gone by now
+    assert [o["spec"]["ip"] for o in inf.items()] == ["198.18.0.6"]
