@@ -99,6 +99,7 @@ class Outbox:
         self._away_attempts = 0
         self._calls_owe_until = 0.0  # CNI calls owe their writes at once until then (``api_away``)
         self._back = False  # the API server answers again: the next pass makes every write now, whatever its backoff
+        self._outage = False  # a pass found nothing answered at all (not one write failing while others are made)
         self.sent = 0  # writes made since start (the bench tells the ADD path's requests from these)
         self._sent_lock = threading.Lock()
 
@@ -169,8 +170,11 @@ class Outbox:
         self._calls_owe_until = self.clock() + CALLS_OWE_S
 
     def answered(self) -> None:
-        """A write a CNI call made was answered: the API server is back, and passes backing off try at once."""
-        if self._calls_owe_until or self._away_until or self._away_attempts:
+        """A write a CNI call made was answered: after an outage (a pass that had nothing answered, or a call's write
+        unanswered) the API server is back, and the next pass makes every owed write at once. A write that keeps
+        failing while others are made is no outage: it keeps its own backoff."""
+        if self._outage or self._calls_owe_until:
+            self._outage = False
             self._calls_owe_until = self._away_until = 0.0
             self._away_attempts = 0
             self._back = True
@@ -239,10 +243,11 @@ class Outbox:
             else:
                 results = list(self._pool.map(lambda c: self._run_chain(c, due), todo))
             if all(results):
-                if self._away_attempts and self.sent > sent:
-                    self.answered()  # back: what waits out its backoff goes now
+                if self._outage and self.sent > sent:
+                    self.answered()  # back after an outage: what waits out its backoff goes now
                 self._away_attempts = 0
             else:
+                self._outage = self._outage or self.sent == sent
                 self._away_attempts += 1
                 self._away_until = self.clock() + backoff(self._away_attempts)
                 self.unanswered()

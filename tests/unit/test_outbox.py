@@ -159,6 +159,33 @@ def test_once_a_pass_is_answered_after_an_outage_no_write_waits_out_its_backoff(
     assert outbox.flush() == 0, "the API server answered after an outage: the next pass makes every write"
 
 
+def test_one_write_failing_while_others_are_made_keeps_its_own_backoff(
+        parts: tuple[Outbox, Api, Clock, MemoryStore]) -> None:
+    """Found in review: a write answered 500 again and again beside writes that were made was, after one CNI call's
+    write was answered, sent again on every other pass for ever (each made pass counted as the API server back)."""
+    outbox, api, clock, store = parts
+    api.fail[("IPAddress/ns/bad", "create")] = [api_error(500)] * 10_000
+    owe(outbox, "IPAddress/ns/bad", "create")
+
+    def passes(n: int, tag: str) -> int:
+        """``n`` passes 0.25 s apart, a new write owed before each; how often the bad write was tried meanwhile."""
+        before = store.outbox_of("IPAddress/ns/bad")[0].attempts
+        for i in range(n):
+            owe(outbox, f"IPAddress/ns/{tag}{i}", "create")
+            if clock.now >= outbox._away_until:
+                outbox.flush()
+            clock.now += 0.25
+        return store.outbox_of("IPAddress/ns/bad")[0].attempts - before
+
+    passes(400, "a")
+    outbox.answered()  # one CNI call's write answered
+    tried = passes(400, "b")
+    assert tried <= 6, f"tried {tried} times in the 100 s after: its own backoff (up to 30 s) holds"
+    clock.now += 31
+    outbox.flush()
+    assert len(api.sent) == 800, "the others were made"
+
+
 @pytest.mark.parametrize(("op", "status", "done", "retried"), [
     ("create", 409, True, False),  # there already
     ("delete", 404, True, False),  # gone already
