@@ -197,6 +197,9 @@ class BlockRegistry(KubeLeaseRegistry):
         self._empty_since: dict[tuple[str, int], float] = {}
         # not ours to lease in although the cache may show them so: given back, or claimed and not yet checked
         self.returned: set[tuple[str, int]] = set()
+        # told before a block of this node is deleted (given back, returned idle): the daemon's informer snapshot
+        # drops it at once (``ipamd.kube.snapshot``), or a daemon restarted with the API away would lease in it again
+        self.on_return: Callable[[], None] = lambda: None
         self._checking: set[tuple[str, int]] = set()
         self._renewed = 0.0
         # in-block claims between their check that the block is still ours and their lease object owed: a block being
@@ -785,7 +788,20 @@ class BlockRegistry(KubeLeaseRegistry):
             for pool_key, ip in gone:
                 self.excluded.get(pool_key, {}).pop(ip, None)
 
+    def given_back(self, obj: dict[str, Any]) -> bool:
+        """Whether ``obj`` is a block of this node that it no longer leases in (given back, or still being checked
+        after its claim): what a snapshot of the informers must not show as this node's."""
+        block = parse_block(obj)
+        if block is None or block.node != self.node_name:
+            return False
+        with self._lock:
+            return (block.pool, block.first) in self.returned
+
     def _return(self, block: Block, why: str, version: str = "") -> None:
+        try:
+            self.on_return()
+        except Exception:  # the snapshot's file: its writer logs; the block goes anyway (its keeper drops it later)
+            log.exception("dropping address block %s from the informer snapshot", block.name)
         try:
             self.objects.delete(KIND, block.name, resource_version=version)
             log.info("returned address block %s (%s) of %s: %s", block.name, block.cidr, block.pool, why)

@@ -117,10 +117,15 @@ class Keeper:
     every ``every_s`` while it has, and once more on ``stop``."""
 
     def __init__(self, source: Snapshotted, path: str, node: str, every_s: float = EVERY_S,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 given_back: Callable[[dict[str, Any]], bool] = lambda obj: False) -> None:
         self.source, self.path, self.node, self.every_s, self.clock = source, path, node, every_s, clock
+        self.given_back = given_back  # a block of this node it no longer leases in: never written as its own
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # one write at a time: a save that read the caches before a block was given back never lands after the
+        # ``refresh`` that dropped it
+        self._writing = threading.Lock()
         self.seeded = False
 
     def start(self) -> None:
@@ -140,13 +145,29 @@ class Keeper:
         return True
 
     def save(self) -> None:
+        with self._writing:
+            self._save()
+
+    def _save(self) -> None:
         caches = self.source.snapshot()
         if caches is None:
             return
+        if BLOCK_KIND in caches:
+            caches[BLOCK_KIND] = [o for o in caches[BLOCK_KIND] if not self.given_back(o)]
         try:
             write(self.path, caches, self.node, self.clock())
         except OSError as exc:
             log.warning("writing the informer snapshot %s: %s", self.path, exc)
+
+    def refresh(self) -> None:
+        """A block of this node is about to be deleted (``BlockRegistry.on_return``): the snapshot that may show it
+        goes, and one without it is written (when the informers have listed)."""
+        with self._writing:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            self._save()
 
     def _run(self) -> None:
         if self._stop.wait(SEED_AFTER_S):

@@ -121,7 +121,8 @@ class NodeDaemon:
                 from ipamd.kube import snapshot
 
                 self.snapshots = snapshot.Keeper(self.source, snapshot.path_for(cfg.db), cfg.node_name,
-                                                 cfg.snapshot_interval)
+                                                 cfg.snapshot_interval, given_back=blocks.given_back)
+                blocks.on_return = self.snapshots.refresh
         else:
             self.source = LocalSource(cfg.objects_dir, lambda ns, name: self.store.generated_uid(ns, name, _new_uid()))
         self.ipam = Ipam(self.store, self.source, registry=registry)

@@ -132,3 +132,43 @@ def test_a_seed_racing_the_first_list_never_lands_over_it() -> None:
     inf._list()
     time.sleep(0.3)  # a seed blocked on the lock has gone by now
     assert [o["spec"]["ip"] for o in inf.items()] == ["198.18.0.6"]
+
+
+def test_a_block_this_node_gives_back_leaves_the_snapshot_before_its_delete(tmp_path: Path) -> None:
+    """Found in review: a block given back (asked for, or idle) stayed in the snapshot as this node's until the next
+    write; a daemon killed meanwhile and restarted with the API away leased in it again, beside the node that took
+    the window. ``BlockRegistry`` tells the keeper before the delete, and no write shows a block given back."""
+    from ipamd.kube.blocks import BlockRegistry
+    from ipamd.kube.outbox import Outbox
+    from tests.fakes.cluster import FakeApi, FakeCache
+    from tests.fakes.store import MemoryStore
+
+    api = FakeApi()
+    kept, given = block("198.18.0.16", "n1", NOW), block("198.18.0.32", "n1", NOW)
+    for b in (kept, given):
+        api.create(BLOCK_KIND, b)
+    registry = BlockRegistry(FakeCache(api), "n1", Outbox(MemoryStore(), api.senders()),  # type: ignore[arg-type]
+                             clock=lambda: NOW)
+    listed = Source(ready=True)
+    listed.snapshot = lambda: {BLOCK_KIND: [kept, given]}  # type: ignore[method-assign]  # the informer, not yet told
+    path = str(tmp_path / snapshot.FILE)
+    keeper = snapshot.Keeper(listed, path, "n1", clock=lambda: NOW, given_back=registry.given_back)
+    registry.on_return = keeper.refresh
+    keeper.save()
+    assert names(snapshot.load(path, "n1", NOW)[BLOCK_KIND]) == ["198.18.0.16/28", "198.18.0.32/28"]  # type: ignore[index]
+    seen: list[Any] = []
+    api_delete = api.delete
+
+    def delete(kind: str, name: str, namespace: str = "", resource_version: str = "") -> None:
+        seen.append(snapshot.load(path, "n1", NOW))  # what a daemon killed right now would seed from
+        api_delete(kind, name, namespace, resource_version)
+
+    api.delete = delete  # type: ignore[method-assign]
+    gone = Block(POOL, to_int("198.18.0.32"), 16, "n1")
+    registry.returned.add((gone.pool, gone.first))  # marked inside the store's transaction, as housekeeping does
+    registry._return(gone, "empty")
+    assert seen and names(seen[0][BLOCK_KIND]) == ["198.18.0.16/28"], "dropped before the delete was sent"
+    keeper.save()
+    after = snapshot.load(path, "n1", NOW)
+    assert after is not None and names(after[BLOCK_KIND]) == ["198.18.0.16/28"], \
+        "and no later write brings it back while the informer still shows it"
