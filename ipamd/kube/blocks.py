@@ -291,7 +291,12 @@ class BlockRegistry(KubeLeaseRegistry):
         target = f"{LEASE_KIND}/{lease_name(lease.pool, lease.address)}"
         if self.block_at(lease.pool, lease.ip) is None or not self.outbox.owes(target) or self.outbox.api_away():
             return  # leased by itself (its object made by the claim), made already, or the API known away
-        if not self.outbox.flush_target(target):
+        try:
+            made = self.outbox.flush_target(target)
+        except Exception as exc:  # the store: the write stays owed, and the call that leased it goes on
+            log.warning("making the lease object of %s now: %s", lease.address, exc)
+            made = False
+        if not made:
             log.warning("the lease object of %s (%s, held by %s) could not be made now: owed", lease.address,
                         lease.pool, lease.holder)
 

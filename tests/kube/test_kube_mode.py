@@ -57,18 +57,20 @@ def kube_node(cluster: Cluster, name: str, extra_args: tuple[str, ...] = ()) -> 
     return node
 
 
+def metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return str(resp.read().decode())
+
+
 def api_requests_counted(port: int) -> dict[tuple[str, str], float]:
     """The daemon's own count of its API requests (``plexus_api_requests_total``), by (path, method)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    found = re.findall(r'^plexus_api_requests_total\{method="(\w+)",path="(\w+)"\} (\S+)$', text, re.M)
+    found = re.findall(r'^plexus_api_requests_total\{method="(\w+)",path="(\w+)"\} (\S+)$', metrics(port), re.M)
     return {(path, method): float(n) for method, path, n in found}
 
 
 def outbox_depth(port: int) -> float:
     """The writes the node owes, as its ``plexus_outbox_depth`` gauge says."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        (depth,) = re.findall(r"^plexus_outbox_depth (\S+)$", resp.read().decode(), re.M)
+    (depth,) = re.findall(r"^plexus_outbox_depth (\S+)$", metrics(port), re.M)
     return float(depth)
 
 
