@@ -68,17 +68,19 @@ def make_ghost(cluster: Cluster, objects: CustomObjects, node: str, n: int) -> d
     if has_pod:
         cluster.apply([{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"on-{node}", "namespace": NS},
                         "spec": {"nodeName": node, "containers": [{"name": "c", "image": "pause"}]}}])
-    first = to_int(f"198.18.76.{16 * n}")
-    body = block_body(Block(POOL, first, 16, node))
-    body["metadata"]["labels"][TEST_LABEL] = NS
-    objects.create(BLOCK_KIND, body)
-    objects.patch_status(BLOCK_KIND, body["metadata"]["name"], {"renewTime": rfc3339(time.time() - silent)})
     names = {}
     for k, holder in ((1, f"IPAddress/{NS}/auto-of-a-gone-pod"), (2, f"IPAddress/{NS}/user-ip")):
         lease = lease_body(POOL, f"198.18.76.{16 * n + k}", "198.18.76.0/24", holder, 1, node)
         lease["metadata"]["labels"][TEST_LABEL] = NS
         objects.create(LEASE_KIND, lease)
         names["gone" if k == 1 else "user"] = lease["metadata"]["name"]
+    # the block last, once its leases are there: a controller round between the two found the node silent with
+    # nothing to give back but its block, and looks at a reclaimed node again only once a minute
+    first = to_int(f"198.18.76.{16 * n}")
+    body = block_body(Block(POOL, first, 16, node))
+    body["metadata"]["labels"][TEST_LABEL] = NS
+    objects.create(BLOCK_KIND, body)
+    objects.patch_status(BLOCK_KIND, body["metadata"]["name"], {"renewTime": rfc3339(time.time() - silent)})
     names["block"] = body["metadata"]["name"]
     return names
 
