@@ -166,7 +166,8 @@ class Outbox:
         return self.clock() < self._calls_owe_until
 
     def unanswered(self) -> None:
-        """A write a CNI call waited for got no answer (a timeout, a refused connection, 5xx): calls owe theirs."""
+        """A write got no answer at all (a timeout, a refused connection): the node's calls owe theirs for a while.
+        (An API server that answers 5xx or 429 answers at once: calls keep writing, and their failures are owed.)"""
         self._calls_owe_until = self.clock() + CALLS_OWE_S
 
     def answered(self) -> None:
@@ -204,6 +205,8 @@ class Outbox:
                 self.senders[entry.op](entry.body)
             except Exception as exc:  # every failure is judged: none may stop the outbox
                 verdict = judge(entry.op, exc)
+                if status_of(exc) is None:
+                    self.unanswered()  # no answer at all: the node's calls do not wait for one either
                 if not verdict.done:
                     attempts = entry.attempts + 1
                     self.store.outbox_retry(entry.seq, attempts, self.clock() + backoff(attempts), verdict.error)
@@ -250,7 +253,6 @@ class Outbox:
                 self._outage = self._outage or self.sent == sent
                 self._away_attempts += 1
                 self._away_until = self.clock() + backoff(self._away_attempts)
-                self.unanswered()
                 log.info("outbox: the API server is not answering; %d writes wait (next try in %.1f s)",
                          self.depth(), backoff(self._away_attempts))
         return self.depth()
@@ -269,8 +271,7 @@ class Outbox:
         """Make the pending writes of one object now (before a write that must come after them); True when none is
         left."""
         with self.writing(target):
-            if not self._send_chain(self.store.outbox_of(target), float("inf")):
-                self.unanswered()  # the calls after this one do not wait for it either
+            self._send_chain(self.store.outbox_of(target), float("inf"))
             return all(e.next_at == PARKED for e in self.store.outbox_of(target))
 
     def _next_wait(self) -> float:

@@ -25,7 +25,7 @@ from cni.types import cidr_of
 from ipamd.kube.client import CALL_TIMEOUT, unread
 from ipamd.kube.errors import reason_of, status_of
 from ipamd.kube.heartbeat import send_heartbeat
-from ipamd.kube.outbox import Outbox, Senders, judge
+from ipamd.kube.outbox import Outbox, Senders
 from ipamd.kube.resources import CustomObjects
 from ipamd.model.conditions import condition
 from ipamd.model.npwg import NETWORK_STATUS_ANNOTATION
@@ -118,7 +118,7 @@ class KubePublisher:
                     return
                 log.warning("writing %s: %s (owed in the outbox)", what, reason_of(exc))
                 self.outbox.add(target, op, body, supersede=True)
-                if judge(op, exc).api_away:
+                if status_of(exc) is None:  # no answer at all: the calls after this one do not wait for one
                     self.outbox.unanswered()
             else:
                 self.outbox.answered()

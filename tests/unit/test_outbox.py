@@ -139,6 +139,21 @@ def test_calls_owe_their_writes_for_a_while_after_one_went_unanswered_and_an_ans
     assert outbox.flush() == 0 and api.sent == [("IPAddress/ns/a", "create")], "the passes go on at once"
 
 
+def test_only_a_write_with_no_answer_at_all_makes_the_calls_owe_theirs(
+        parts: tuple[Outbox, Api, Clock, MemoryStore]) -> None:
+    """A 503 or a 429 comes back at once: a call loses nothing by writing, and the pod's status is then written
+    before its ADD answers; a timeout or a refused connection is what a call must not wait for again."""
+    outbox, api, clock, _ = parts
+    api.fail[("IPAddress/ns/a", "create")] = [api_error(503)]
+    owe(outbox, "IPAddress/ns/a", "create")
+    outbox.flush()
+    assert not outbox.api_away(), "answered 503: calls keep writing"
+    clock.now += 1
+    api.away = True
+    outbox.flush()
+    assert outbox.api_away(), "refused: calls owe theirs for a while"
+
+
 def test_once_a_pass_is_answered_after_an_outage_no_write_waits_out_its_backoff(
         parts: tuple[Outbox, Api, Clock, MemoryStore]) -> None:
     outbox, api, clock, store = parts
