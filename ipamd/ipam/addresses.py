@@ -81,12 +81,14 @@ SECURE_TRIES = 3
 #: Blocks an allocation asks other nodes to give back, one after another, while each comes back but other nodes'
 #: calls take its free addresses first (each True of ``ask_return`` is a block gone or a cache read again).
 RETURN_ASKS = 6
-#: Who made the records whose holder outlives the pods that use it (``IPRecord.created_by``): a user's IPAddress
-#: (by manifest or through the gRPC API) and an IPAMClaim. Another node looks an Auto one's address up by holder when
-#: the holder's next pod starts there, so it is made known at once (``LeaseRegistry.publish``), not after the call.
+#: Who made the records whose holder outlives the pods that use it (``IPRecord.created_by``): a user's IPAddress and
+#: an IPAMClaim. Another node looks an Auto one's address up by holder when the holder's next pod starts there, so
+#: it is made known at once (``LeaseRegistry.publish``), not after the call. (A gRPC client's lease, ``api/<owner>``,
+#: is asked for on its node: made known after the call, like a pod's own address, and the API's allocations stay
+#: free of requests.)
 #: (A Static's address is its spec's: other nodes find it taken by address, and its owed object waits, so that a
 #: node leasing it in its block never takes over the object of the node whose pod uses it.)
-PORTABLE = frozenset({"user", "api", "claim"})
+PORTABLE = frozenset({"user", "claim"})
 
 
 class CacheMoved(Exception):

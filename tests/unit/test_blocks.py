@@ -1005,3 +1005,15 @@ def test_a_users_ipaddress_leased_in_a_block_while_the_api_is_away_is_served_and
     a.outbox.answered()
     a.outbox.flush()
     assert sticky_holders(api, "IPAddress/ns/sticky") == [first], "made once the API server is back"
+
+
+def test_a_grpc_clients_lease_in_a_block_makes_no_request_on_its_path(api: FakeApi) -> None:
+    """A gRPC client's lease (``api/<owner>``) is asked for on its node: its lease object is owed like a pod's own,
+    not made before the call answers as a user's IPAddress's is (a first version did: the gRPC race over blocks fell
+    from 140 to 88 allocations/s in bench-kube)."""
+    node = Node(api, "na")
+    node.add()  # the block claimed
+    before = api.requests()
+    _, lease = node.ipam.allocate_for("client", pool_of(node.source, "big"))
+    assert api.requests() == before, "no API request"
+    assert node.outbox.owes(f"{LEASE_KIND}/{lease_name(lease.pool, lease.address)}"), "its object owed"
