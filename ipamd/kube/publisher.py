@@ -208,8 +208,9 @@ class KubePublisher:
         self._patch_status_annotations(pod.meta.namespace, pod.meta.name, pod.meta.uid, status)
 
     def attached(self, pod: Pod, status: PodStatus, created: Iterable[IPRecord], used: Iterable[IPRecord]) -> None:
-        """What an ADD made besides the pod's statuses (``pod_status``), published: an IPAMClaim's status written now
-        (another node reads it); the rest owed, in one commit."""
+        """What an ADD made besides the pod's statuses (``pod_status``), owed in one commit (the ADD's own, when it
+        calls this inside it): its Auto IPAddresses, their statuses, an Event per interface, and an IPAMClaim's
+        status, which ``attached_now`` then writes at once."""
         used = list(used)
         with self.outbox.store.transaction():
             for rec in created:
@@ -222,8 +223,14 @@ class KubePublisher:
                 addresses = ", ".join(entry.get("ips") or []) or "no address"
                 self._event(pod.meta.namespace, pod.meta.name, pod.meta.uid, "InterfaceAttached",
                             f"{entry['interface']} on {entry['name']}: {addresses}")
+            for rec in used:
+                if rec.kind == IPAM_CLAIM.name:
+                    self.outbox.add(rec.key, "patch_status", self._claim_status_body(rec), supersede=True)
+
+    def attached_now(self, used: Iterable[IPRecord]) -> None:
+        """An IPAMClaim's status written now, outside the store's lock: another node reads its ``ownerPod``."""
         for rec in used:
-            if rec.kind == IPAM_CLAIM.name:  # an API write: outside the store's lock
+            if rec.kind == IPAM_CLAIM.name:
                 self._claim_status(rec)
 
     def detached(self, namespace: str, name: str, uid: str, used: Iterable[IPRecord]) -> None:

@@ -47,8 +47,9 @@ RECONCILE_SETTLE_S = 0.5
 def _fault_hook(step_wanted: str, failure_rate: float, seed: str, delay_s: float = 0.0) -> Any:
     """Test hooks. ``PLEXUS_FAULT=step``: SIGKILL at that step of ADD or DEL (``PLEXUS_FAULT_DELAY=0.5``: that long
     after reaching it, so that what the call's other threads send meanwhile, its pod's status, lands first).
-    ``PLEXUS_FAULT_RATE=0.1``: fail one step in ten (each ADD/DEL step, seeded by
-    ``PLEXUS_FAULT_SEED``), so tests can show every failure unwinds."""
+    ``PLEXUS_FAULT_RATE=0.1``: fail one step in ten (each ADD/DEL step before its commit, seeded by
+    ``PLEXUS_FAULT_SEED``), so tests can show every failure unwinds. A step after the commit (``add:committed``) can
+    only be killed at: nothing is undone once committed."""
     import random
 
     rng = random.Random(seed)
@@ -60,7 +61,7 @@ def _fault_hook(step_wanted: str, failure_rate: float, seed: str, delay_s: float
             time.sleep(delay_s)
             logging.shutdown()
             os.kill(os.getpid(), signal.SIGKILL)
-        if failure_rate:
+        if failure_rate and not step.endswith(":committed"):
             with lock:
                 hit = rng.random() < failure_rate
             if hit:

@@ -24,7 +24,12 @@ class Publisher(Protocol):
         ...
 
     def attached(self, pod: Pod, status: PodStatus, created: Iterable[IPRecord], used: Iterable[IPRecord]) -> None:
-        """What an ADD made, but the pod's statuses (``pod_status``)."""
+        """What an ADD made, but the pod's statuses (``pod_status``), owed: called inside the ADD's commit, so it
+        makes no request (a daemon killed right after the commit owes it all)."""
+        ...
+
+    def attached_now(self, used: Iterable[IPRecord]) -> None:
+        """After that commit: what others wait for, written now (an IPAMClaim's status)."""
         ...
 
     def detached(self, namespace: str, name: str, uid: str, used: Iterable[IPRecord]) -> None:
@@ -51,6 +56,9 @@ class LocalPublisher:
         pass
 
     def attached(self, pod: Pod, status: PodStatus, created: Iterable[IPRecord], used: Iterable[IPRecord]) -> None:
+        pass
+
+    def attached_now(self, used: Iterable[IPRecord]) -> None:
         pass
 
     def detached(self, namespace: str, name: str, uid: str, used: Iterable[IPRecord]) -> None:

@@ -184,9 +184,10 @@ class Attacher:
                      [(w, iface, self._build(pod_side, w, iface, undo)) for w, iface, _ in planned])
             interfaces = [_with(iface, done) for _, iface, done in built if done is not None]
             result = _merged(done.result for _, _, done in built if done is not None)
-            status = self._ready(pod, record, interfaces, result, render)
+            self._ready(pod, record, interfaces, result, render)
             undo.pop_all()  # committed: what follows is published, never undone
-        self._published(pod, status, interfaces, sent)
+        self.fault("add:committed")
+        self._published(pod, sent, [k for i in interfaces for k in i.ip_keys])
         return result
 
     def _status_ahead(self, pod: Pod, record: AttachmentRecord, planned: list[BuiltInterface], sandbox: str,
@@ -294,21 +295,24 @@ class Attacher:
         return [(w, iface, future.result()) for (w, iface, _), future in zip(planned, futures, strict=True)]
 
     def _ready(self, pod: Pod, record: AttachmentRecord, interfaces: list[BuiltInterface], result: Result,
-               render: _StatusRender) -> PodStatus:
-        """Mark the attachment ready, with the pod's statuses and its addresses attached, in one commit."""
+               render: _StatusRender) -> None:
+        """Mark the attachment ready, with the pod's statuses and its addresses attached, in one commit; what the ADD
+        made is owed to the publisher in that same commit (its objects, their statuses, an Event per interface), so
+        that a daemon killed right after it still owes them all."""
+        used = [k for i in interfaces for k in i.ip_keys]
         with self.store.transaction():
             record = replace(render.ready(record, interfaces), result=result.to_dict(), updated_at=time.time())
             self.store.put_attachment(record)
-            status = self._pod_status(record.pod_uid, pod.meta.namespace, pod.meta.name)
-            self.ipam.set_attached([k for i in interfaces for k in i.ip_keys], True)
-        return status or PodStatus(pod.meta.uid, pod.meta.namespace, pod.meta.name)
+            stored = self._pod_status(record.pod_uid, pod.meta.namespace, pod.meta.name)
+            self.ipam.set_attached(used, True)
+            status = stored or PodStatus(pod.meta.uid, pod.meta.namespace, pod.meta.name)
+            self.publisher.attached(pod, status, self.ipam.records([k for i in interfaces for k in i.created_ip_keys]),
+                                    self.ipam.records(used))
 
-    def _published(self, pod: Pod, status: PodStatus, interfaces: list[BuiltInterface],
-                   sent: Future[Sent] | None) -> None:
-        """What the ADD made, told to the publisher: the pod's statuses written (unless the write ahead said them)."""
-        created = [k for i in interfaces for k in i.created_ip_keys]
-        used = [k for i in interfaces for k in i.ip_keys]
-        self.publisher.attached(pod, status, self.ipam.records(created), self.ipam.records(used))
+    def _published(self, pod: Pod, sent: Future[Sent] | None, used: list[str]) -> None:
+        """After the ADD's commit: the writes others wait for made now (an IPAMClaim's status), and the pod's
+        statuses written (unless the write ahead said them)."""
+        self.publisher.attached_now(self.ipam.records(used))
         if sent is not None:
             self.statuses.settle(pod, sent)
         else:

@@ -31,6 +31,9 @@ class RecordingPublisher:
     def attached(self, pod: Pod, status: PodStatus, created: Iterable[IPRecord], used: Iterable[IPRecord]) -> None:
         self.attached_pods.append(pod.meta.name)
 
+    def attached_now(self, used: Iterable[IPRecord]) -> None:
+        pass
+
     def detached(self, namespace: str, name: str, uid: str, used: Iterable[IPRecord]) -> None:
         self.detached_pods.append(name)
 

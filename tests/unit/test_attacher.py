@@ -16,17 +16,21 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from kubernetes import client
 
 from cni.errors import CniError, InterfaceFailure, InternalError, PluginNotAvailable, UnknownContainer
 from ipamd.drivers.base import InterfaceKey, InterfaceRequest
 from ipamd.drivers.tap import TapDriver, _names
 from ipamd.ipam.addresses import Claim, Ipam, ResolvedNetwork
+from ipamd.kube.outbox import Outbox
+from ipamd.kube.publisher import KubePublisher, api_senders
 from ipamd.model.annotations import NetworkSelection
 from ipamd.model.objects import API_VERSION, POD, IPAddressObject, Pod, parse_object
 from ipamd.node.segments import Segments
 from ipamd.store.records import AttachmentRecord, BuiltInterface, PodStatus
 from ipamd.verbs.attacher import Attacher
 from ipamd.verbs.call import CniCall
+from ipamd.verbs.pod_statuses import PodStatusWriter
 from tests.fakes.drivers import FakeDriver, FakeNetns
 from tests.fakes.links import FakeNodeLinks
 from tests.fakes.publisher import RecordingPublisher
@@ -124,7 +128,7 @@ class Faults:
 class Node:
     """One node's verbs over fakes."""
 
-    def __init__(self, fault: Faults | None = None, publisher: RecordingPublisher | None = None) -> None:
+    def __init__(self, fault: Callable[[str], None] | None = None, publisher: RecordingPublisher | None = None) -> None:
         self.events: list[str] = []
         self.store = SpyStore(self.events)
         self.source = world()
@@ -242,6 +246,38 @@ def test_statuses_are_written_once_built_when_a_driver_cannot_tell_before() -> N
     node.drivers["macvlan"].unforeseen = True
     node.call("ADD")
     assert node.publisher.pod_statuses == [("uid-app", node.store.pod_status("uid-app"))]
+
+
+class Killed(BaseException):
+    """The daemon SIGKILLed at a step: nothing after it runs, what it committed stays in the store."""
+
+
+def killed_at(wanted: str) -> Callable[[str], None]:
+    def fault(step: str) -> None:
+        if step == wanted:
+            raise Killed(step)
+
+    return fault
+
+
+def test_a_daemon_killed_right_after_the_adds_commit_still_owes_what_the_add_made() -> None:
+    node = Node(killed_at("add:committed"))
+    api = client.ApiClient()
+    outbox = Outbox(node.store, api_senders(api))  # not started, the API server away (below): every write owed
+    kube = KubePublisher(api, "node-a", outbox)
+    node.attacher.publisher, node.attacher.statuses = kube, PodStatusWriter(node.store, kube)
+    outbox.unanswered()
+    with pytest.raises(Killed):
+        node.call("ADD")
+    assert [a.state for a in node.store.attachments()] == ["ready"], "committed"
+    owed = [(e.target, e.op) for e in node.store.outbox_head(100)]
+    ips = sorted(r.key for r in node.store.all_ips())
+    assert len(ips) == 2 and all((key, "create") in owed and (key, "patch_status") in owed for key in ips), owed
+    events = [e.body["event"] for e in node.store.outbox_head(100) if e.op == "event"]
+    assert [(e["reason"], e["message"].split(" ")[0]) for e in events] == \
+        [("InterfaceAttached", "net1"), ("InterfaceAttached", "net2")], "an Event per interface, not lost"
+    assert ("Pod/apps/app", "pod_status") in owed
+    outbox.stop()
 
 
 def test_statuses_that_live_in_the_store_only_are_written_nowhere() -> None:

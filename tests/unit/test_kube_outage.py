@@ -41,6 +41,7 @@ def test_the_publisher_owes_its_writes_and_goes_on(caplog: pytest.LogCaptureFixt
     claim = IPRecord(key="IPAMClaim/ns/c", kind="IPAMClaim", namespace="ns", name="c", network_kind="CNI",
                      network_name="n", address="198.18.0.6", network="198.18.0.0/24")
     pub.attached(pod, PodStatus("uid-1", "ns", "app"), [rec], [rec, claim])
+    pub.attached_now([rec, claim])
     pub.pod_status(pod, PodStatus("uid-1", "ns", "app"))
     pub.detached("ns", "app", "uid-1", [rec])
     pub.pod_status(pod, None)
