@@ -631,7 +631,7 @@ class BlockRegistry(KubeLeaseRegistry):
         name = obj["metadata"]["name"]
         for _ in range(3):  # an object deleted between our create and our read of it: create again
             try:
-                self.objects.create(LEASE_KIND, obj)
+                self._made_at(name, obj["spec"]["holder"], self.objects.create(LEASE_KIND, obj))
                 return
             except Exception as exc:
                 if status_of(exc) != 409:

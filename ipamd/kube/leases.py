@@ -134,6 +134,10 @@ class KubeLeaseRegistry(NoBlocks):
         # lease object name -> the version of the object this node's last claim made its own (its create, its
         # adoption), or None when the claim found it someone else's already (the same holder's, made by another node)
         self.made: dict[str, str | None] = {}
+        # lease object name -> (holder, version) of the object as this node's own write of it for that holder answered
+        # (its create, its adoption): a release deletes it at that version without reading it first; a 409 (changed
+        # since) falls back to the checked read, so a stale entry costs a request, never a wrong delete
+        self.made_at: dict[str, tuple[str, str]] = {}
         outbox.senders.setdefault("expire_orphan", self._expire_orphan)
         outbox.senders.setdefault("release_lease", self._release_lease)
         outbox.senders.setdefault("orphan_lease", self._orphan_lease)
@@ -196,7 +200,7 @@ class KubeLeaseRegistry(NoBlocks):
                                 "the Kubernetes API did not take it; see plexusctl outbox")
         try:
             made = self.objects.create(KIND, body)
-            self.made[name] = str(((made or {}).get("metadata") or {}).get("resourceVersion") or "")
+            self.made[name] = self._made_at(name, lease.holder, made)
             return True
         except Exception as exc:
             if status_of(exc) != 409:
@@ -216,14 +220,22 @@ class KubeLeaseRegistry(NoBlocks):
             try:
                 self.objects.patch(KIND, name, patch)
                 adopted = self.objects.patch_status(KIND, name, {"orphaningTimestamp": None})
-                self.made[name] = str(((adopted if isinstance(adopted, dict) else {}).get("metadata") or {})
-                                      .get("resourceVersion") or "")
+                self.made[name] = self._made_at(name, lease.holder, adopted)
                 return True
             except Exception as exc:
                 if status_of(exc) == 409:
                     return False
                 raise
         return False
+
+    def _made_at(self, name: str, holder: str | None, answer: Any) -> str:
+        """The version this node's write of a lease object for ``holder`` answered with, noted in ``made_at``."""
+        version = str(((answer if isinstance(answer, dict) else {}).get("metadata") or {}).get("resourceVersion") or "")
+        if version and holder:
+            self.made_at[name] = (holder, version)
+        else:
+            self.made_at.pop(name, None)
+        return version
 
     # -- the outbox's checked ops: each reads the object, and writes only at the version it read ---------------
     def _read(self, name: str) -> dict[str, Any] | None:
@@ -244,7 +256,17 @@ class KubeLeaseRegistry(NoBlocks):
 
     def _release_lease(self, body: dict[str, Any]) -> None:
         """Letting a lease go: delete the object if it is still this node's for that holder (a change in between
-        is looked at again: the outbox retries on the 409)."""
+        is looked at again: the outbox retries on the 409). With the version this node's own write of it for that
+        holder answered, deleted at that version without a read: unchanged since, it is still that (a 404: gone)."""
+        if body.get("resourceVersion"):
+            try:
+                self.objects.delete(KIND, body["name"], resource_version=body["resourceVersion"])
+                return
+            except Exception as exc:
+                if status_of(exc) == 404:
+                    return
+                if status_of(exc) != 409:
+                    raise
         current = self._read(body["name"])
         if current is None or (current.get("spec") or {}).get("holder") != body.get("holder") or \
                 ((current.get("metadata") or {}).get("labels") or {}).get(NODE_LABEL) != body.get("node"):
@@ -327,6 +349,7 @@ class KubeLeaseRegistry(NoBlocks):
         """Owe the quarantine of the address's lease object: made only on this node's own object (another node may
         still use a Static whose object it made, and would lose it once the quarantine ends)."""
         name = lease_name(lease.pool, lease.address)
+        self.made_at.pop(name, None)  # about to change
         self.outbox.drop(f"{KIND}/{name}", "block_lease")  # never made: nothing to quarantine, nothing to take over
         self.outbox.add(f"{KIND}/{name}", "orphan_lease", {"kind": KIND, "name": name, "node": self.node_name,
                                                            "orphanedAt": rfc3339(lease.orphaned_at)})
@@ -460,6 +483,7 @@ class KubeLeaseRegistry(NoBlocks):
         that quarantine's: the controller may have ended it first, and the address been leased again elsewhere (or
         adopted by a Static)."""
         name = lease_name(lease.pool, lease.address)
+        made_at = self.made_at.pop(name, None)
         if lease.holder is None and not resource_version:
             self.outbox.add(f"{KIND}/{name}", "expire_orphan", {"kind": KIND, "name": name, "orphanedAt": rfc3339(
                 lease.orphaned_at) if lease.orphaned_at is not None else ""}, supersede=True)
@@ -472,5 +496,6 @@ class KubeLeaseRegistry(NoBlocks):
             self.outbox.add(f"{KIND}/{name}", "delete", {"kind": KIND, "name": name,
                                                          "resourceVersion": resource_version}, supersede=True)
         else:
+            known = {"resourceVersion": made_at[1]} if made_at is not None and made_at[0] == lease.holder else {}
             self.outbox.add(f"{KIND}/{name}", "release_lease", {"kind": KIND, "name": name, "holder": lease.holder,
-                                                                "node": self.node_name}, supersede=True)
+                                                                "node": self.node_name, **known}, supersede=True)

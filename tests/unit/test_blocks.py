@@ -1017,3 +1017,38 @@ def test_a_grpc_clients_lease_in_a_block_makes_no_request_on_its_path(api: FakeA
     _, lease = node.ipam.allocate_for("client", pool_of(node.source, "big"))
     assert api.requests() == before, "no API request"
     assert node.outbox.owes(f"{LEASE_KIND}/{lease_name(lease.pool, lease.address)}"), "its object owed"
+
+
+def _released_object(api: FakeApi, change: dict[str, Any] | None, net: str = "net",
+                     pool_name: str = "big") -> tuple[dict[str, Any] | None, int]:
+    """A node leases an address (in its block, or per address in a small pool), the object is changed by someone else
+    or not, and the address is let go: the object as left, and how many times the node read it."""
+    node = Node(api, "n1")
+    app = pod("app")
+    address = attach(node.ipam, app, net=net)[0].address
+    node.outbox.flush()
+    name = lease_name(f"IPAddressPool/ns/{pool_name}", address)
+    assert name in api.objs[LEASE_KIND], "made by the outbox"
+    if change is not None:
+        api.patch(LEASE_KIND, name, change)
+    reads = api.calls["get IPAddressLease"]
+    gone(node.ipam, app)
+    node.outbox.flush()
+    assert node.outbox.depth() == 0
+    return api.objs[LEASE_KIND].get(name), api.calls["get IPAddressLease"] - reads
+
+
+@pytest.mark.parametrize(("net", "pool_name"), [("net", "big"), ("small-net", "small")], ids=["block", "per-address"])
+def test_a_lease_object_this_node_made_is_deleted_at_the_version_its_create_answered_without_a_read(
+        api: FakeApi, net: str, pool_name: str) -> None:
+    left, reads = _released_object(api, None, net, pool_name)
+    assert left is None and reads == 0, "one request to let the address go: the delete"
+
+
+def test_a_lease_object_changed_since_this_node_made_it_is_read_before_it_is_deleted(api: FakeApi) -> None:
+    left, reads = _released_object(api, {"metadata": {"annotations": {"someone": "else"}}})
+    assert left is None and reads == 1, "still this node's for the holder: deleted once read"
+    left, reads = _released_object(FakeApi(), {"spec": {"holder": "IPAddress/ns/another"},
+                                                "metadata": {"labels": {"network.deckhouse.io/node": "n2"}}})
+    assert left is not None and left["spec"]["holder"] == "IPAddress/ns/another" and reads == 1, \
+        "another node's for another holder now: left alone"
