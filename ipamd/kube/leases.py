@@ -481,7 +481,8 @@ class KubeLeaseRegistry(NoBlocks):
         lost, or the daemon killed before it noted it made) must not remove the object the next holder made since
         under the same name. The end of this node's quarantine of an address deletes the object only if it is still
         that quarantine's: the controller may have ended it first, and the address been leased again elsewhere (or
-        adopted by a Static)."""
+        adopted by a Static). An object this node made is deleted at the version its create answered (``made_at``);
+        one whose create was owed and never sent (``Outbox.drop_unsent``) is not deleted at all."""
         name = lease_name(lease.pool, lease.address)
         made_at = self.made_at.pop(name, None)
         if lease.holder is None and not resource_version:
@@ -490,8 +491,12 @@ class KubeLeaseRegistry(NoBlocks):
             return
         # not worth making once it goes; an owed block_lease would take over an object of the same holder that another
         # node keeps for its pod (a Static deleted while in use), which this release would then delete
-        for op in ("patch", "patch_status", "orphan_lease", "block_lease"):
+        for op in ("patch", "patch_status", "orphan_lease"):
             self.outbox.drop(f"{KIND}/{name}", op)
+        unmade = self.outbox.drop_unsent(f"{KIND}/{name}", "block_lease")
+        if not resource_version and unmade and (made_at is None or made_at[0] != lease.holder) and \
+                all(e.body["object"]["spec"]["holder"] == lease.holder for e in unmade):
+            return  # its object was owed and never made (an address let go before the outbox ran): nothing to delete
         if resource_version:
             self.outbox.add(f"{KIND}/{name}", "delete", {"kind": KIND, "name": name,
                                                          "resourceVersion": resource_version}, supersede=True)

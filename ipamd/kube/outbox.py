@@ -93,6 +93,7 @@ class Outbox:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._busy: set[str] = set()  # targets being written right now (by a pass or ``flush_target``)
+        self._first_seq = 0  # the first write this process owed (seqs only grow): the ones before may have been in flight
         self._busy_lock = threading.Condition()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="outbox")
         self._away_until = 0.0  # the API server did not answer: no pass before this
@@ -112,6 +113,8 @@ class Outbox:
             raise ValueError(f"no sender for outbox op {op!r}")
         seq = self.store.outbox_add(OutboxEntry(0, target, op, body, created_at=self.clock(), next_at=not_before),
                                     supersede=supersede)
+        if not self._first_seq:
+            self._first_seq = seq
         self._wake.set()
         return seq
 
@@ -144,6 +147,19 @@ class Outbox:
     def drop(self, target: str, op: str) -> int:
         """Forget the pending writes of ``target``/``op`` (a newer one was just made directly)."""
         return self.store.outbox_drop(target, op)
+
+    def drop_unsent(self, target: str, op: str) -> list[OutboxEntry] | None:
+        """``drop``: the writes dropped, when none of them can have reached the API server (else None): none was
+        tried, this process owed each (one owed before a restart may have been in flight when its process died), and
+        nothing is writing the target (a pass, or ``flush_target``, takes it before it reads its writes, and reads them
+        under the store's lock, which this holds meanwhile)."""
+        with self.store.transaction():
+            dropped = [e for e in self.store.outbox_of(target) if e.op == op]
+            with self._busy_lock:
+                busy = target in self._busy
+            self.store.outbox_drop(target, op)
+        unsent = not busy and all(e.attempts == 0 and self._first_seq and e.seq >= self._first_seq for e in dropped)
+        return dropped if unsent else None
 
     def owes(self, target: str, but: Collection[str] = ()) -> bool:
         """Whether a write of ``target`` is owed (``but``: other than these ops)."""

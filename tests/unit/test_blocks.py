@@ -1052,3 +1052,77 @@ def test_a_lease_object_changed_since_this_node_made_it_is_read_before_it_is_del
                                                 "metadata": {"labels": {"network.deckhouse.io/node": "n2"}}})
     assert left is not None and left["spec"]["holder"] == "IPAddress/ns/another" and reads == 1, \
         "another node's for another holder now: left alone"
+
+
+def test_an_address_let_go_before_its_lease_object_was_made_costs_no_request(api: FakeApi) -> None:
+    node = Node(api, "n1")
+    node.add()
+    node.outbox.flush()
+    app = pod("app")
+    attach(node.ipam, app)  # its lease object owed
+    before = api.requests()
+    gone(node.ipam, app)  # let go before the outbox ran
+    assert node.outbox.depth() == 0 and api.requests() == before, "nothing to make, nothing to delete"
+    assert len(api.objs[LEASE_KIND]) == 1
+
+
+def _owed_then_let_go(api: FakeApi, meanwhile: Any) -> tuple[Node, list[str]]:
+    node = Node(api, "n1")
+    app = pod("app")
+    attach(node.ipam, app)
+    meanwhile(node)
+    gone(node.ipam, app)
+    return node, [e.op for e in node.store.outbox_head(10)]
+
+
+def test_a_lease_object_whose_create_may_have_reached_the_api_server_is_let_go_by_a_checked_delete(
+        api: FakeApi) -> None:
+    """Each case where the owed create may have been made: the let-go owes the read and the delete."""
+    from kubernetes.client.exceptions import ApiException
+
+    def tried_once(node: Node) -> None:  # a create with no answer may still have been made
+        put_lease = node.outbox.senders["block_lease"]
+
+        def timed_out(body: dict[str, Any]) -> None:
+            node.registry.objects.create(LEASE_KIND, body["object"])  # made, and its answer lost
+            raise ApiException(status=504, reason="GatewayTimeout")
+
+        node.outbox.senders["block_lease"] = timed_out
+        node.outbox.flush()
+        node.outbox.senders["block_lease"] = put_lease
+
+    def restarted(node: Node) -> None:  # owed before a restart: it may have been in flight when the process died
+        node.outbox = node.registry.outbox = Outbox(node.store, dict(node.outbox.senders))
+
+    for meanwhile in (tried_once, restarted):
+        node, owed = _owed_then_let_go(api := FakeApi(), meanwhile)
+        assert owed == ["release_lease"], (meanwhile.__name__, owed)
+        for entry in node.store.outbox_head(10):
+            assert node.outbox.flush_target(entry.target)
+        assert not api.objs[LEASE_KIND], meanwhile.__name__
+
+
+def test_a_lease_object_being_written_when_its_address_is_let_go_is_deleted_after_it(api: FakeApi) -> None:
+    import threading
+
+    node = Node(api, "n1")
+    app = pod("app")
+    address = attach(node.ipam, app)[0].address
+    target = f"{LEASE_KIND}/{lease_name('IPAddressPool/ns/big', address)}"
+    sending, let_go = threading.Event(), threading.Event()
+    put_lease = node.outbox.senders["block_lease"]
+
+    def slow(body: dict[str, Any]) -> None:
+        sending.set()
+        assert let_go.wait(5)
+        put_lease(body)
+
+    node.outbox.senders["block_lease"] = slow
+    writer = threading.Thread(target=node.outbox.flush_target, args=(target,))
+    writer.start()
+    assert sending.wait(5)
+    gone(node.ipam, app)  # while the create is on its way
+    let_go.set()
+    writer.join(5)
+    node.outbox.flush()
+    assert not api.objs[LEASE_KIND] and node.outbox.depth() == 0
