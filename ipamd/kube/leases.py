@@ -46,6 +46,15 @@ def pool_label(pool: str) -> str:
     return hashlib.sha1(pool.encode()).hexdigest()[:10]
 
 
+#: ``made_at`` of an address quarantined before its object's owed create was sent: there is no object to expire
+NO_OBJECT = ("", "")
+
+
+def _version_of(answer: Any) -> str:
+    """The resourceVersion of a write's answer (the object as written), "" when it has none."""
+    return str(((answer if isinstance(answer, dict) else {}).get("metadata") or {}).get("resourceVersion") or "")
+
+
 def _spec(obj: dict[str, Any]) -> dict[str, Any]:
     spec = obj.get("spec")
     return spec if isinstance(spec, dict) else {}
@@ -230,7 +239,7 @@ class KubeLeaseRegistry(NoBlocks):
 
     def _made_at(self, name: str, holder: str | None, answer: Any) -> str:
         """The version this node's write of a lease object for ``holder`` answered with, noted in ``made_at``."""
-        version = str(((answer if isinstance(answer, dict) else {}).get("metadata") or {}).get("resourceVersion") or "")
+        version = _version_of(answer)
         if version and holder:
             self.made_at[name] = (holder, version)
         else:
@@ -254,19 +263,27 @@ class KubeLeaseRegistry(NoBlocks):
             if status_of(exc) not in done:
                 raise
 
+    def _deleted_at_known(self, body: dict[str, Any]) -> bool:
+        """Delete the object at the version this node's own write of it answered (``body["resourceVersion"]``,
+        ``made_at``): unchanged since, it is still what that write made. False when that is not known or the object
+        changed since (409): the caller reads it and decides."""
+        if not body.get("resourceVersion"):
+            return False
+        try:
+            self.objects.delete(KIND, body["name"], resource_version=body["resourceVersion"])
+        except Exception as exc:
+            if status_of(exc) == 409:
+                return False
+            if status_of(exc) != 404:
+                raise
+        return True
+
     def _release_lease(self, body: dict[str, Any]) -> None:
         """Letting a lease go: delete the object if it is still this node's for that holder (a change in between
         is looked at again: the outbox retries on the 409). With the version this node's own write of it for that
         holder answered, deleted at that version without a read: unchanged since, it is still that (a 404: gone)."""
-        if body.get("resourceVersion"):
-            try:
-                self.objects.delete(KIND, body["name"], resource_version=body["resourceVersion"])
-                return
-            except Exception as exc:
-                if status_of(exc) == 404:
-                    return
-                if status_of(exc) != 409:
-                    raise
+        if self._deleted_at_known(body):
+            return
         current = self._read(body["name"])
         if current is None or (current.get("spec") or {}).get("holder") != body.get("holder") or \
                 ((current.get("metadata") or {}).get("labels") or {}).get(NODE_LABEL) != body.get("node"):
@@ -275,7 +292,9 @@ class KubeLeaseRegistry(NoBlocks):
 
     def _expire_orphan(self, body: dict[str, Any]) -> None:
         """The end of a quarantine: delete the object if it is still the orphan this node made (no holder, the same
-        orphaning time)."""
+        orphaning time): at the version this node's quarantine of it answered, when known, without a read."""
+        if self._deleted_at_known(body):
+            return
         current = self._read(body["name"])
         if current is None or (current.get("spec") or {}).get("holder") or \
                 (body.get("orphanedAt") and (current.get("status") or {}).get("orphaningTimestamp") != body["orphanedAt"]):
@@ -349,13 +368,36 @@ class KubeLeaseRegistry(NoBlocks):
         """Owe the quarantine of the address's lease object: made only on this node's own object (another node may
         still use a Static whose object it made, and would lose it once the quarantine ends)."""
         name = lease_name(lease.pool, lease.address)
-        self.made_at.pop(name, None)  # about to change
-        self.outbox.drop(f"{KIND}/{name}", "block_lease")  # never made: nothing to quarantine, nothing to take over
+        made_at = self.made_at.pop(name, None)
+        # an owed block_lease is not worth making once the address goes (nor would it take over another's object);
+        # never sent, there is no object to quarantine now, nor to expire at the quarantine's end
+        unmade = self.outbox.drop_unsent(f"{KIND}/{name}", "block_lease")
+        holders = {e.body["object"]["spec"]["holder"] for e in unmade or ()}  # (``lease`` is the orphan: no holder)
+        if unmade and len(holders) == 1 and (made_at is None or made_at[0] not in holders):
+            self.made_at[name] = NO_OBJECT
+            return
+        known = {"resourceVersion": made_at[1]} if made_at is not None and made_at[0] else {}
         self.outbox.add(f"{KIND}/{name}", "orphan_lease", {"kind": KIND, "name": name, "node": self.node_name,
-                                                           "orphanedAt": rfc3339(lease.orphaned_at)})
+                                                           "orphanedAt": rfc3339(lease.orphaned_at), **known})
 
     def _orphan_lease(self, body: dict[str, Any]) -> None:
-        current = self._read(body["name"])
+        """A quarantine: the orphaning time written on this node's own object, then its holder dropped (by the
+        version this node's create answered, when known, without a read); the version its last write answered is
+        kept in ``made_at``, so that the quarantine's end deletes the object at it."""
+        name = body["name"]
+        if body.get("resourceVersion"):
+            try:
+                made = self.objects.patch_status(KIND, name, {"orphaningTimestamp": body["orphanedAt"]},
+                                                 resource_version=body["resourceVersion"])
+            except Exception as exc:
+                if status_of(exc) == 404:
+                    return
+                if status_of(exc) != 409:
+                    raise
+            else:
+                self._unheld(name, _version_of(made))
+                return
+        current = self._read(name)
         if current is None:
             return
         md = current.get("metadata") or {}
@@ -367,10 +409,16 @@ class KubeLeaseRegistry(NoBlocks):
         if not orphaned:  # the time first, as the controller's quarantine does: an object left between the two
             made = self.objects.patch_status(KIND, body["name"], {"orphaningTimestamp": body["orphanedAt"]},
                                              resource_version=version)  # writes still expires
-            version = str(((made if isinstance(made, dict) else {}).get("metadata") or {}).get("resourceVersion") or "")
-        if held:  # dropped (a merge patch with null), not emptied: the client sends "" as null
-            self.objects.patch(KIND, body["name"], {"metadata": {"resourceVersion": version} if version else {},
-                                                    "spec": {"holder": None}})
+            version = _version_of(made)
+        if held:
+            self._unheld(name, version)
+
+    def _unheld(self, name: str, version: str) -> None:
+        # dropped (a merge patch with null), not emptied: the client sends "" as null
+        made = self.objects.patch(KIND, name, {"metadata": {"resourceVersion": version} if version else {},
+                                               "spec": {"holder": None}})
+        if _version_of(made):
+            self.made_at[name] = ("", _version_of(made))
 
     def keep(self, lease: LeaseRecord) -> None:
         self.made.pop(lease_name(lease.pool, lease.address), None)  # taken by the store: nothing to let go
@@ -486,8 +534,11 @@ class KubeLeaseRegistry(NoBlocks):
         name = lease_name(lease.pool, lease.address)
         made_at = self.made_at.pop(name, None)
         if lease.holder is None and not resource_version:
+            if made_at == NO_OBJECT:
+                return  # quarantined with no object (``orphan``): nothing to expire
+            known = {"resourceVersion": made_at[1]} if made_at is not None and made_at[0] == "" else {}
             self.outbox.add(f"{KIND}/{name}", "expire_orphan", {"kind": KIND, "name": name, "orphanedAt": rfc3339(
-                lease.orphaned_at) if lease.orphaned_at is not None else ""}, supersede=True)
+                lease.orphaned_at) if lease.orphaned_at is not None else "", **known}, supersede=True)
             return
         # not worth making once it goes; an owed block_lease would take over an object of the same holder that another
         # node keeps for its pod (a Static deleted while in use), which this release would then delete

@@ -51,6 +51,8 @@ def world() -> FakeSource:
         obj("IPAddressPool", "dual", {"leaseTTL": "0s", "pools": [{"network": "198.18.42.0/24"},
                                                                   {"network": "2001:2:0:42::/64"}]}),
         network("dual-net", "dual"),
+        pool("quarantined", "198.18.43.0/24", ttl="1h"),  # blocks, and an address let go is quarantined
+        network("ttl-net", "quarantined"),
     )
 
 
@@ -1126,3 +1128,45 @@ def test_a_lease_object_being_written_when_its_address_is_let_go_is_deleted_afte
     writer.join(5)
     node.outbox.flush()
     assert not api.objs[LEASE_KIND] and node.outbox.depth() == 0
+
+
+def _quarantined_and_expired(api: FakeApi, made: bool, change: dict[str, Any] | None = None) -> list[str]:
+    """An address of a pool with a leaseTTL, its lease object made (or not yet), let go: quarantined, then expired.
+    The requests its lease object cost after it was made, in order."""
+    node = Node(api, "n1")
+    app = pod("app")
+    address = attach(node.ipam, app, net="ttl-net")[0].address
+    name = lease_name("IPAddressPool/ns/quarantined", address)
+    if made:
+        node.outbox.flush()
+        assert name in api.objs[LEASE_KIND]
+    if change is not None:
+        api.patch(LEASE_KIND, name, change)
+    before = dict(api.calls)
+    gone(node.ipam, app)
+    node.outbox.flush()
+    assert made == (name in api.objs[LEASE_KIND])
+    if made:
+        quarantined = api.objs[LEASE_KIND][name]
+        assert "holder" not in quarantined["spec"] and quarantined["status"]["orphaningTimestamp"]
+    node.clock.advance(7200)
+    assert node.ipam.expire(None, node.clock()) == 1
+    node.outbox.flush()
+    assert name not in api.objs[LEASE_KIND] and node.outbox.depth() == 0
+    return sorted(f"{verb} {n - before.get(verb, 0)}" for verb, n in api.calls.items()
+                  if verb.endswith(LEASE_KIND) and n != before.get(verb, 0))
+
+
+def test_a_quarantine_and_its_end_are_written_at_the_versions_this_node_made_without_reads(api: FakeApi) -> None:
+    assert _quarantined_and_expired(api, made=True) == [
+        "delete IPAddressLease 1", "patch IPAddressLease 1", "patch_status IPAddressLease 1"]
+
+
+def test_an_address_quarantined_before_its_lease_object_was_made_costs_no_request(api: FakeApi) -> None:
+    assert _quarantined_and_expired(api, made=False) == []
+
+
+def test_a_lease_object_changed_before_its_quarantine_is_read_once_its_write_at_the_old_version_fails(
+        api: FakeApi) -> None:
+    assert _quarantined_and_expired(api, made=True, change={"metadata": {"annotations": {"someone": "else"}}}) == [
+        "delete IPAddressLease 1", "get IPAddressLease 1", "patch IPAddressLease 1", "patch_status IPAddressLease 2"]
