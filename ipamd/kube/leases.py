@@ -237,9 +237,17 @@ class KubeLeaseRegistry(NoBlocks):
                 raise
         return False
 
-    def _made_at(self, name: str, holder: str | None, answer: Any) -> str:
-        """The version this node's write of a lease object for ``holder`` answered with, noted in ``made_at``."""
+    def _made_at(self, name: str, holder: str | None, answer: Any) -> str | None:
+        """The version this node's write of a lease object for ``holder`` answered with, noted in ``made_at``; None
+        when the answer shows the object someone else's (another node's write landed between an adoption's two
+        patches: a Static's object another node keeps for its pod), which this node must never delete or quarantine
+        at that version."""
         version = _version_of(answer)
+        if isinstance(answer, dict) and ((_spec(answer).get("holder") or "") != (holder or "") or
+                                         ((answer.get("metadata") or {}).get("labels") or {}).get(NODE_LABEL)
+                                         != self.node_name):
+            self.made_at.pop(name, None)
+            return None
         if version and holder:
             self.made_at[name] = (holder, version)
         else:

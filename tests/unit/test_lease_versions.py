@@ -14,8 +14,9 @@ from cni.errors import AddressConflict, PoolExhausted
 from ipamd.ipam.allocator import to_int
 from ipamd.kube.controller import Controller
 from ipamd.kube.leases import KIND as LEASE_KIND
-from ipamd.kube.leases import lease_body
-from ipamd.model.objects import IP_ADDRESS
+from ipamd.kube.leases import NODE_LABEL, lease_body, lease_name
+from ipamd.model.objects import IP_ADDRESS, USED_BY_ANNOTATION
+from ipamd.model.used_by import User
 from tests.fakes.cluster import FakeApi, FakeCache
 from tests.unit.test_blocks import Node, _grow_at, world
 from tests.unit.test_ipam import attach, auto_ip, network, pod, pool, static
@@ -271,3 +272,45 @@ def test_a_quarantine_one_of_whose_writes_failed_once_is_finished(api: FakeApi, 
     n.outbox.flush()
     (obj,) = objects_of(api, got)
     assert not obj["spec"].get("holder") and obj["status"]["orphaningTimestamp"] and not n.outbox.depth()
+
+
+@pytest.mark.parametrize("ttl", ["0s", "1h"], ids=["deleted", "quarantined"])
+def test_a_static_adopted_while_another_node_keeps_it_is_not_let_go_at_the_version_the_adoption_answered(
+        ttl: str) -> None:
+    """Node y adopts x's quarantined object for Static s: a patch (holder, y's label), then the status patch that ends
+    the quarantine. Between the two, node a, whose pod uses s, makes the object its own (its keep_lease). y's status
+    patch answers with a's object: y must not take that version as its own, or its let-go of s (a delete, or a
+    quarantine) would write a's object at it without reading it (found in review)."""
+    api = FakeApi()
+    x, y = small_node(api, "x", "1h"), small_node(api, "y", ttl)
+    got = attach(x.ipam, pod("p1"), net="q-net")[0].address
+    x.ipam.delete_ip(next(r for r in x.store.all_ips() if r.address == got))  # x's quarantine of it
+    x.outbox.flush()
+    name = lease_name("IPAddressPool/ns/q", got)
+    assert objects_of(api, got)[0]["status"]["orphaningTimestamp"]
+    patch_status = api.patch_status
+    raced = []
+
+    def a_keeps_it_meanwhile(kind: str, obj_name: str, status: dict[str, Any], namespace: str = "",
+                             resource_version: str = "") -> dict[str, Any]:
+        if kind == LEASE_KIND and obj_name == name and status == {"orphaningTimestamp": None} and not raced:
+            raced.append(obj_name)
+            api.patch(LEASE_KIND, name, {"metadata": {"labels": {NODE_LABEL: "a"}, "annotations": {
+                USED_BY_ANNOTATION: User("uid-pa", "ns/pa", "a").text()}}, "spec": {"holder": "IPAddress/ns/s"}})
+            patch_status(kind, obj_name, {"orphaningTimestamp": None})
+        return patch_status(kind, obj_name, status, namespace, resource_version)
+
+    api.patch_status = a_keeps_it_meanwhile  # type: ignore[method-assign]
+    y.source.add(static("s", got, net="q-net"))
+    attach(y.ipam, pod("p2"), net="q-net", names=("s",))
+    api.patch_status = patch_status  # type: ignore[method-assign]
+    assert raced and objects_of(api, got)[0]["metadata"]["labels"][NODE_LABEL] == "a"
+
+    rec = y.store.get_ip("IPAddress/ns/s")  # y lets s go: its pod gone, the IPAddress deleted
+    assert rec is not None
+    y.ipam.release_pod([rec.key], rec.used_by_uids[0])
+    y.ipam.delete_ip(rec)
+    y.outbox.flush()
+    left = [(o["spec"].get("holder"), o["metadata"]["labels"].get(NODE_LABEL),
+             bool((o.get("status") or {}).get("orphaningTimestamp"))) for o in objects_of(api, got)]
+    assert left == [("IPAddress/ns/s", "a", False)], "node a's kept object changed by y"
