@@ -59,7 +59,15 @@ from ipamd.kube.errors import api_unavailable_is_11, reason_of, status_of
 from ipamd.kube.heartbeat import TARGET_PREFIX as HEARTBEAT_TARGET
 from ipamd.kube.heartbeat import heartbeat_body
 from ipamd.kube.leases import KIND as LEASE_KIND
-from ipamd.kube.leases import NODE_LABEL, POOL_LABEL, KubeLeaseRegistry, lease_body, lease_name, pool_label
+from ipamd.kube.leases import (
+    NODE_LABEL,
+    POOL_LABEL,
+    KubeLeaseRegistry,
+    holder_of_owed,
+    lease_body,
+    lease_name,
+    pool_label,
+)
 from ipamd.kube.outbox import Outbox
 from ipamd.kube.resources import RESOURCES
 from ipamd.model.objects import AddressPool
@@ -319,7 +327,10 @@ class BlockRegistry(KubeLeaseRegistry):
             name = lease_name(lease.pool, lease.address)
             self.made.pop(name, None)  # made by the owed write below: a let-go of it goes by a checked delete
             body = lease_body(lease.pool, lease.address, lease.network, lease.holder or "", lease.ttl, self.node_name)
-            self.outbox.add(f"{LEASE_KIND}/{name}", "block_lease", {"object": body}, supersede=True)
+            target = f"{LEASE_KIND}/{name}"
+            with self.outbox.store.transaction():  # another holder's owed write stays: its claim may be the one kept
+                self.outbox.drop_where(target, "block_lease", lambda owed: holder_of_owed(owed) == (lease.holder or ""))
+                self.outbox.add(target, "block_lease", {"object": body})
         finally:
             with self._lock:
                 self._inflight[slot] -= 1

@@ -55,6 +55,11 @@ def _version_of(answer: Any) -> str:
     return str(((answer if isinstance(answer, dict) else {}).get("metadata") or {}).get("resourceVersion") or "")
 
 
+def holder_of_owed(block_lease: dict[str, Any]) -> str:
+    """The holder an owed ``block_lease`` write makes its object for."""
+    return str(((block_lease.get("object") or {}).get("spec") or {}).get("holder") or "")
+
+
 def _spec(obj: dict[str, Any]) -> dict[str, Any]:
     spec = obj.get("spec")
     return spec if isinstance(spec, dict) else {}
@@ -380,7 +385,7 @@ class KubeLeaseRegistry(NoBlocks):
         # an owed block_lease is not worth making once the address goes (nor would it take over another's object);
         # never sent, there is no object to quarantine now, nor to expire at the quarantine's end
         unmade = self.outbox.drop_unsent(f"{KIND}/{name}", "block_lease")
-        holders = {e.body["object"]["spec"]["holder"] for e in unmade or ()}  # (``lease`` is the orphan: no holder)
+        holders = {holder_of_owed(e.body) for e in unmade or ()}  # (``lease`` is the orphan: no holder)
         if unmade and len(holders) == 1 and (made_at is None or made_at[0] not in holders):
             self.made_at[name] = NO_OBJECT
             return
@@ -552,9 +557,9 @@ class KubeLeaseRegistry(NoBlocks):
         # node keeps for its pod (a Static deleted while in use), which this release would then delete
         for op in ("patch", "patch_status", "orphan_lease"):
             self.outbox.drop(f"{KIND}/{name}", op)
-        unmade = self.outbox.drop_unsent(f"{KIND}/{name}", "block_lease")
-        if not resource_version and unmade and (made_at is None or made_at[0] != lease.holder) and \
-                all(e.body["object"]["spec"]["holder"] == lease.holder for e in unmade):
+        # only this holder's: another's is a claim of the address this release frees, made at this very moment
+        unmade = self.outbox.drop_unsent(f"{KIND}/{name}", "block_lease", lambda body: holder_of_owed(body) == lease.holder)
+        if not resource_version and unmade and (made_at is None or made_at[0] != lease.holder):
             return  # its object was owed and never made (an address let go before the outbox ran): nothing to delete
         if resource_version:
             self.outbox.add(f"{KIND}/{name}", "delete", {"kind": KIND, "name": name,

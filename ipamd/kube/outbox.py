@@ -148,16 +148,18 @@ class Outbox:
         """Forget the pending writes of ``target``/``op`` (a newer one was just made directly)."""
         return self.store.outbox_drop(target, op)
 
-    def drop_unsent(self, target: str, op: str) -> list[OutboxEntry] | None:
-        """``drop``: the writes dropped, when none of them can have reached the API server (else None): none was
+    def drop_unsent(self, target: str, op: str,
+                    match: Callable[[dict[str, Any]], bool] = lambda body: True) -> list[OutboxEntry] | None:
+        """``drop_where``: the writes dropped, when none of them can have reached the API server (else None): none was
         tried, this process owed each (one owed before a restart may have been in flight when its process died), and
         nothing is writing the target (a pass, or ``flush_target``, takes it before it reads its writes, and reads them
         under the store's lock, which this holds meanwhile)."""
         with self.store.transaction():
-            dropped = [e for e in self.store.outbox_of(target) if e.op == op]
+            dropped = [e for e in self.store.outbox_of(target) if e.op == op and match(e.body)]
             with self._busy_lock:
                 busy = target in self._busy
-            self.store.outbox_drop(target, op)
+            for e in dropped:
+                self.store.outbox_done(e.seq)
         unsent = not busy and all(e.attempts == 0 and self._first_seq and e.seq >= self._first_seq for e in dropped)
         return dropped if unsent else None
 

@@ -1172,3 +1172,28 @@ def test_a_lease_object_changed_before_its_quarantine_is_read_once_its_write_at_
         api: FakeApi) -> None:
     assert _quarantined_and_expired(api, made=True, change={"metadata": {"annotations": {"someone": "else"}}}) == [
         "delete IPAddressLease 1", "get IPAddressLease 1", "patch IPAddressLease 1", "patch_status IPAddressLease 2"]
+
+
+def test_owed_lease_objects_of_two_holders_of_one_address_are_let_go_each_on_its_own(api: FakeApi) -> None:
+    """A Static's claim of an address of the block races the Auto holder's commit or its release (the Static read
+    the address free a moment before): each owes its lease object, and letting one go leaves the other's owed (found
+    in review: the second superseded the first, and a let-go dropped both, leaving an address held with no object)."""
+    from dataclasses import replace
+
+    for released in ("the static", "the auto holder"):
+        api = FakeApi()
+        node = Node(api, "n1")
+        app = pod("app")
+        attach(node.ipam, app)
+        (auto,) = [lease for lease in node.store.all_leases() if lease.holder]
+        assert node.outbox.owes(f"{LEASE_KIND}/{lease_name(auto.pool, auto.address)}")
+        static_claim = replace(auto, holder="IPAddress/ns/s")
+        assert node.registry.claim(static_claim)
+        if released == "the static":
+            node.registry.let_go(static_claim)  # its transaction found the address the auto holder's
+            kept = auto.holder
+        else:
+            gone(node.ipam, app)  # the auto holder let go of it; the Static's transaction takes it
+            kept = static_claim.holder
+        node.outbox.flush()
+        assert [o["spec"]["holder"] for o in api.objs[LEASE_KIND].values()] == [kept], released

@@ -289,7 +289,7 @@ def test_a_static_adopted_while_another_node_keeps_it_is_not_let_go_at_the_versi
     name = lease_name("IPAddressPool/ns/q", got)
     assert objects_of(api, got)[0]["status"]["orphaningTimestamp"]
     patch_status = api.patch_status
-    raced = []
+    raced: list[str] = []
 
     def a_keeps_it_meanwhile(kind: str, obj_name: str, status: dict[str, Any], namespace: str = "",
                              resource_version: str = "") -> dict[str, Any]:
@@ -300,7 +300,7 @@ def test_a_static_adopted_while_another_node_keeps_it_is_not_let_go_at_the_versi
             patch_status(kind, obj_name, {"orphaningTimestamp": None})
         return patch_status(kind, obj_name, status, namespace, resource_version)
 
-    api.patch_status = a_keeps_it_meanwhile  # type: ignore[method-assign]
+    api.patch_status = a_keeps_it_meanwhile  # type: ignore[method-assign,assignment]
     y.source.add(static("s", got, net="q-net"))
     attach(y.ipam, pod("p2"), net="q-net", names=("s",))
     api.patch_status = patch_status  # type: ignore[method-assign]
