@@ -81,6 +81,8 @@ class LeaseRegistry(Protocol):
     def housekeep(self, pools: Iterable[AddressPool], in_use: Callable[[str, int], bool],
                   transaction: Callable[[], AbstractContextManager[Any]]) -> None: ...  # renew, return idle blocks
 
+    def owe_missing(self, held: Iterable[LeaseRecord], older_than: float) -> list[LeaseRecord]: ...
+
 
 class NoBlocks:
     """A registry that leases every address by itself (no node blocks)."""
@@ -106,6 +108,9 @@ class NoBlocks:
     def housekeep(self, pools: Iterable[AddressPool], in_use: Callable[[str, int], bool],
                   transaction: Callable[[], AbstractContextManager[Any]]) -> None:
         pass
+
+    def owe_missing(self, held: Iterable[LeaseRecord], older_than: float) -> list[LeaseRecord]:
+        return []  # every claim made its lease object before the store took it
 
 
 class NodeLocalRegistry(NoBlocks):

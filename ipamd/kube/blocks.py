@@ -749,6 +749,28 @@ class BlockRegistry(KubeLeaseRegistry):
         for block, version in stuck:  # given back, but its delete failed (the API away): tried again
             self._return(block, "given back earlier", version)
 
+    def owe_missing(self, held: Iterable[LeaseRecord], older_than: float) -> list[LeaseRecord]:
+        """A safety net under the owed writes: an address this node holds in its block (since before ``older_than``,
+        so the informer's cache has caught up with its object) whose object the cache does not show for its holder,
+        with no write of it owed, gets its object owed again. Every other node takes the address for free once the
+        block is given back or reclaimed, and only by that object: one lost by any path (a bug, a hand's delete, a
+        restored etcd) would let the address be handed out twice. The leases it owed again."""
+        out = []
+        for lease in held:
+            if not lease.holder or lease.created_at > older_than:
+                continue
+            block = self.block_at(lease.pool, lease.ip)
+            if block is None or block.node != self.node_name or \
+                    any(_spec(o).get("holder") == lease.holder
+                        for o in self.source.by_index(LEASE_KIND, "address", (lease.pool, lease.ip))):
+                continue
+            if self.outbox.owes(f"{LEASE_KIND}/{lease_name(lease.pool, lease.address)}") or not self._claim_inside(lease):
+                continue
+            log.warning("the IPAddressLease of %s (%s, held by %s) is missing: made again", lease.address, lease.pool,
+                        lease.holder)
+            out.append(lease)
+        return out
+
     def _lost(self, pools: list[AddressPool]) -> list[tuple[AddressPool, Block]]:
         """This node's blocks that are no longer its own in the API (the controller reclaimed them after the node was
         silent past --block-ttl, or someone deleted them by hand): what the cache does not show is read from the API

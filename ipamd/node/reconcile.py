@@ -41,6 +41,9 @@ from ipamd.store.protocols import NodeStore
 from ipamd.store.records import AttachmentRecord, IPRecord, SegmentRecord
 
 log = logging.getLogger(__name__)
+#: An address held this long in a block without its lease object in the informer's cache has lost it
+#: (``BlockRegistry.owe_missing``): far past the outbox's delay and the cache's lag behind the API server.
+MISSING_OBJECT_GRACE_S = 120.0
 
 
 class Teardowns(Protocol):
@@ -151,6 +154,9 @@ class Reconciler:
         if self.source.ready():
             pools = [p for kind in POOL_KINDS.values() for p in self.source.list(kind)]
             self.ipam.registry.housekeep(pools, self.ipam.in_use, self.store.transaction)
+            with self.store.transaction():  # (no API request: what the cache shows, and writes owed)
+                self.ipam.registry.owe_missing([lease for lease in self.store.all_leases() if lease.holder],
+                                               time.time() - MISSING_OBJECT_GRACE_S)
 
     def _sync_segments(self) -> None:
         """Make every Network's bridge (and VLAN/VXLAN uplink) ahead of its pods, and remove the

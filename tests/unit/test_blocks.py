@@ -1197,3 +1197,28 @@ def test_owed_lease_objects_of_two_holders_of_one_address_are_let_go_each_on_its
             kept = static_claim.holder
         node.outbox.flush()
         assert [o["spec"]["holder"] for o in api.objs[LEASE_KIND].values()] == [kept], released
+
+
+def test_an_address_held_in_a_block_whose_lease_object_went_missing_gets_it_made_again(api: FakeApi) -> None:
+    node = Node(api, "n1")
+    addresses = [node.add() for _ in range(3)]
+    node.outbox.flush()
+    objs = {o["spec"]["ip"]: name for name, o in api.objs[LEASE_KIND].items()}
+    lost = objs[addresses[1]]
+    api.delete(LEASE_KIND, lost)  # by any path: a bug, a hand, an etcd restored from a backup
+    held = [lease for lease in node.store.all_leases() if lease.holder]
+    assert node.registry.owe_missing(held, older_than=node.clock() - 1) == [], "younger than the grace: left"
+    node.clock.advance(300)
+    (again,) = node.registry.owe_missing(held, older_than=node.clock() - 120)
+    assert again.address == addresses[1]
+    assert node.registry.owe_missing(held, older_than=node.clock() - 120) == [], "owed already"
+    node.outbox.flush()
+    assert api.objs[LEASE_KIND][lost]["spec"]["holder"] == again.holder
+    assert node.registry.owe_missing(held, older_than=node.clock() - 120) == [], "the cache shows every one"
+    from ipamd.node.reconcile import Reconciler
+
+    api.delete(LEASE_KIND, lost)
+    rounds = Reconciler(node.store, node.source, node.ipam, None, None, None, cluster=True)  # type: ignore[arg-type]
+    rounds._housekeep_blocks()  # a reconcile round (the leases older than its grace by the wall clock)
+    node.outbox.flush()
+    assert api.objs[LEASE_KIND][lost]["spec"]["holder"] == again.holder, "made again by a round"
