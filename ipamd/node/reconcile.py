@@ -85,6 +85,7 @@ class Reconciler:
         self.cluster = cluster
         self.grace_s = 15.0 if cluster else 0.0
         self._reported: dict[str, str] = {}  # Network -> bridge published as this node's ready attachment
+        self._missing_checked = float("-inf")  # when lease objects missing from the node's blocks were last looked for
         self._wake = threading.Event()
         self._hurry = threading.Event()  # no lull waited for: another node waits (``wake_now``), or stopping
         self._stop = threading.Event()
@@ -154,9 +155,11 @@ class Reconciler:
         if self.source.ready():
             pools = [p for kind in POOL_KINDS.values() for p in self.source.list(kind)]
             self.ipam.registry.housekeep(pools, self.ipam.in_use, self.store.transaction)
-            with self.store.transaction():  # (no API request: what the cache shows, and writes owed)
-                self.ipam.registry.owe_missing([lease for lease in self.store.all_leases() if lease.holder],
-                                               time.time() - MISSING_OBJECT_GRACE_S)
+            if time.monotonic() - self._missing_checked >= MISSING_OBJECT_GRACE_S / 2:  # not every round: it reads
+                self._missing_checked = time.monotonic()                              # every lease of the node
+                with self.store.transaction():  # (no API request: what the cache shows, and writes owed)
+                    self.ipam.registry.owe_missing([lease for lease in self.store.all_leases() if lease.holder],
+                                                   time.time() - MISSING_OBJECT_GRACE_S)
 
     def _sync_segments(self) -> None:
         """Make every Network's bridge (and VLAN/VXLAN uplink) ahead of its pods, and remove the

@@ -45,7 +45,7 @@ from ipamd.publish.base import Publisher
 from ipamd.publish.render import network_status, networks_status
 from ipamd.sources.base import ObjectSource, require_listed
 from ipamd.store.protocols import VerbStore
-from ipamd.store.records import AttachmentRecord, BuiltInterface, PodStatus, SegmentRecord
+from ipamd.store.records import AttachmentRecord, BuiltInterface, IPRecord, PodStatus, SegmentRecord
 from ipamd.verbs.call import CniCall, KeyedLocks, dispatch, valid_attachments
 from ipamd.verbs.networks import Networks, Wanted, parallel, readiness_file_present, with_lease
 from ipamd.verbs.pod_statuses import PodStatusWriter, Sent
@@ -184,10 +184,10 @@ class Attacher:
                      [(w, iface, self._build(pod_side, w, iface, undo)) for w, iface, _ in planned])
             interfaces = [_with(iface, done) for _, iface, done in built if done is not None]
             result = _merged(done.result for _, _, done in built if done is not None)
-            self._ready(pod, record, interfaces, result, render)
+            used = self._ready(pod, record, interfaces, result, render)
             undo.pop_all()  # committed: what follows is published, never undone
         self.fault("add:committed")
-        self._published(pod, sent, [k for i in interfaces for k in i.ip_keys])
+        self._published(pod, sent, used)
         return result
 
     def _status_ahead(self, pod: Pod, record: AttachmentRecord, planned: list[BuiltInterface], sandbox: str,
@@ -295,10 +295,10 @@ class Attacher:
         return [(w, iface, future.result()) for (w, iface, _), future in zip(planned, futures, strict=True)]
 
     def _ready(self, pod: Pod, record: AttachmentRecord, interfaces: list[BuiltInterface], result: Result,
-               render: _StatusRender) -> None:
+               render: _StatusRender) -> list[IPRecord]:
         """Mark the attachment ready, with the pod's statuses and its addresses attached, in one commit; what the ADD
         made is owed to the publisher in that same commit (its objects, their statuses, an Event per interface), so
-        that a daemon killed right after it still owes them all."""
+        that a daemon killed right after it still owes them all. The records of the addresses it uses."""
         used = [k for i in interfaces for k in i.ip_keys]
         with self.store.transaction():
             record = replace(render.ready(record, interfaces), result=result.to_dict(), updated_at=time.time())
@@ -306,13 +306,15 @@ class Attacher:
             stored = self._pod_status(record.pod_uid, pod.meta.namespace, pod.meta.name)
             self.ipam.set_attached(used, True)
             status = stored or PodStatus(pod.meta.uid, pod.meta.namespace, pod.meta.name)
+            records = self.ipam.records(used)
             self.publisher.attached(pod, status, self.ipam.records([k for i in interfaces for k in i.created_ip_keys]),
-                                    self.ipam.records(used))
+                                    records)
+        return records
 
-    def _published(self, pod: Pod, sent: Future[Sent] | None, used: list[str]) -> None:
+    def _published(self, pod: Pod, sent: Future[Sent] | None, used: list[IPRecord]) -> None:
         """After the ADD's commit: the writes others wait for made now (an IPAMClaim's status), and the pod's
         statuses written (unless the write ahead said them)."""
-        self.publisher.attached_now(self.ipam.records(used))
+        self.publisher.attached_now(used)
         if sent is not None:
             self.statuses.settle(pod, sent)
         else:
