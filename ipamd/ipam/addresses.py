@@ -468,7 +468,7 @@ class Ipam:
 
     def _orphan(self, lease: LeaseRecord, now: float) -> None:
         orphan = self.store.orphan_lease(lease, now)
-        self.registry.orphan(orphan)
+        self.registry.orphan(orphan, lease.holder or "")
 
     def drop_lease(self, lease: LeaseRecord) -> None:
         self.store.delete_lease(lease.pool, lease.ip)

@@ -26,7 +26,7 @@ class LeaseRegistry(Protocol):
 
     def claim(self, lease: LeaseRecord) -> bool: ...  # False: somebody else holds this IP
 
-    def orphan(self, lease: LeaseRecord) -> None: ...
+    def orphan(self, lease: LeaseRecord, holder: str = "") -> None: ...  # ``holder``: whose it was
 
     # its object made this node's, and ``user`` (namespace/name, UID), a pod here, written there: it uses a Static's
     # address, or one whose IPAddress was deleted meanwhile
@@ -83,6 +83,8 @@ class LeaseRegistry(Protocol):
 
     def owe_missing(self, held: Iterable[LeaseRecord], older_than: float) -> list[LeaseRecord]: ...
 
+    def asked(self) -> bool: ...  # another node asked for one of this node's blocks
+
 
 class NoBlocks:
     """A registry that leases every address by itself (no node blocks)."""
@@ -112,6 +114,9 @@ class NoBlocks:
     def owe_missing(self, held: Iterable[LeaseRecord], older_than: float) -> list[LeaseRecord]:
         return []  # every claim made its lease object before the store took it
 
+    def asked(self) -> bool:
+        return False
+
 
 class NodeLocalRegistry(NoBlocks):
     def taken_elsewhere(self, pool: str) -> Container[int]:
@@ -123,7 +128,7 @@ class NodeLocalRegistry(NoBlocks):
     def claim(self, lease: LeaseRecord) -> bool:
         return True
 
-    def orphan(self, lease: LeaseRecord) -> None:
+    def orphan(self, lease: LeaseRecord, holder: str = "") -> None:
         pass
 
     def keep_in_use(self, lease: LeaseRecord, user: tuple[str, str]) -> None:

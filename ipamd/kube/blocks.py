@@ -83,6 +83,7 @@ RENEW_S = 60.0  # a block's status.renewTime is renewed this often (the controll
 RETURN_WAIT_S = 3.0  # an allocation waits this long for the block it asked another node to return
 SEEN_S = 5.0  # another node's block read from the API server counts this long, unless the cache shows the window
 ASK_FRESH_S = 120.0  # a request to return a block is acted on this long (the node that asked retries past that)
+OWED_AGAIN_S = 600.0  # a missing lease object made again is not made again before this (``owe_missing``)
 
 
 def _poll(done: Callable[[], bool], timeout_s: float) -> bool:
@@ -203,6 +204,7 @@ class BlockRegistry(KubeLeaseRegistry):
         self._grow_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._empty_since: dict[tuple[str, int], float] = {}
+        self._owed_again: dict[str, float] = {}  # lease object name -> when ``owe_missing`` last made it again
         # not ours to lease in although the cache may show them so: given back, or claimed and not yet checked
         self.returned: set[tuple[str, int]] = set()
         # told before a block of this node is deleted (given back, returned idle): the daemon's informer snapshot
@@ -756,19 +758,25 @@ class BlockRegistry(KubeLeaseRegistry):
         block is given back or reclaimed, and only by that object: one lost by any path (a bug, a hand's delete, a
         restored etcd) would let the address be handed out twice. The leases it owed again."""
         out = []
+        now = self.clock()
         for lease in held:
-            if not lease.holder or lease.created_at > older_than:
+            if not lease.holder:
                 continue
             block = self.block_at(lease.pool, lease.ip)
-            if block is None or block.node != self.node_name or \
+            name = lease_name(lease.pool, lease.address)
+            asked = block is not None and self._asked_for(block, now)
+            if block is None or block.node != self.node_name or (lease.created_at > older_than and not asked) or \
+                    (now - self._owed_again.get(name, float("-inf")) < OWED_AGAIN_S and not asked) or \
                     any(_spec(o).get("holder") == lease.holder
                         for o in self.source.by_index(LEASE_KIND, "address", (lease.pool, lease.ip))):
+                continue  # (made again lately: the cache may lag, its watch down; the object is there)
+            if self.outbox.owes(f"{LEASE_KIND}/{name}") or not self._claim_inside(lease):
                 continue
-            if self.outbox.owes(f"{LEASE_KIND}/{lease_name(lease.pool, lease.address)}") or not self._claim_inside(lease):
-                continue
+            self._owed_again[name] = now
             log.warning("the IPAddressLease of %s (%s, held by %s) is missing: made again", lease.address, lease.pool,
                         lease.holder)
             out.append(lease)
+        self._owed_again = {n: at for n, at in self._owed_again.items() if now - at < OWED_AGAIN_S}
         return out
 
     def _lost(self, pools: list[AddressPool]) -> list[tuple[AddressPool, Block]]:

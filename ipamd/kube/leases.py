@@ -377,14 +377,16 @@ class KubeLeaseRegistry(NoBlocks):
                 raise ApiException(status=409, reason=f"lease object {name} was deleted under the keep") from None
             raise
 
-    def orphan(self, lease: LeaseRecord) -> None:
+    def orphan(self, lease: LeaseRecord, holder: str = "") -> None:
         """Owe the quarantine of the address's lease object: made only on this node's own object (another node may
         still use a Static whose object it made, and would lose it once the quarantine ends)."""
         name = lease_name(lease.pool, lease.address)
         made_at = self.made_at.pop(name, None)
         # an owed block_lease is not worth making once the address goes (nor would it take over another's object);
         # never sent, there is no object to quarantine now, nor to expire at the quarantine's end
-        unmade = self.outbox.drop_unsent(f"{KIND}/{name}", "block_lease")
+        # only the holder's: another's is a claim of the address made at this very moment (a Static may take it up)
+        unmade = self.outbox.drop_unsent(f"{KIND}/{name}", "block_lease",
+                                         lambda body: not holder or holder_of_owed(body) == holder)
         holders = {holder_of_owed(e.body) for e in unmade or ()}  # (``lease`` is the orphan: no holder)
         if unmade and len(holders) == 1 and (made_at is None or made_at[0] not in holders):
             self.made_at[name] = NO_OBJECT

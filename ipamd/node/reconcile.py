@@ -154,12 +154,15 @@ class Reconciler:
         """Renew this node's address blocks and return the ones that stayed empty (``ipamd.kube.blocks``)."""
         if self.source.ready():
             pools = [p for kind in POOL_KINDS.values() for p in self.source.list(kind)]
-            self.ipam.registry.housekeep(pools, self.ipam.in_use, self.store.transaction)
-            if time.monotonic() - self._missing_checked >= MISSING_OBJECT_GRACE_S / 2:  # not every round: it reads
-                self._missing_checked = time.monotonic()                              # every lease of the node
+            # before the blocks asked for are given back: past that, other nodes go by those objects alone (in them no
+            # grace applies); otherwise not every round, as it reads every lease of the node
+            due = time.monotonic() - self._missing_checked >= MISSING_OBJECT_GRACE_S / 2
+            if due or self.ipam.registry.asked():
+                self._missing_checked = time.monotonic() if due else self._missing_checked
                 with self.store.transaction():  # (no API request: what the cache shows, and writes owed)
                     self.ipam.registry.owe_missing([lease for lease in self.store.all_leases() if lease.holder],
                                                    time.time() - MISSING_OBJECT_GRACE_S)
+            self.ipam.registry.housekeep(pools, self.ipam.in_use, self.store.transaction)
 
     def _sync_segments(self) -> None:
         """Make every Network's bridge (and VLAN/VXLAN uplink) ahead of its pods, and remove the

@@ -15,12 +15,12 @@ from tests.unit.test_attacher import NS, Node, obj
 
 class Registry(NodeLocalRegistry):
     def __init__(self) -> None:
-        self.asked: list[float] = []
+        self.stray_calls: list[float] = []
         self.in_use: Callable[[str, int], bool] | None = None
 
     def stray(self, store: LeaseStore, older_than: float,
               in_use: Callable[[str, int], bool] | None = None) -> list[LeaseRecord]:
-        self.asked.append(older_than)
+        self.stray_calls.append(older_than)
         self.in_use = in_use
         return []
 
@@ -61,7 +61,7 @@ def test_in_a_cluster_young_attachments_are_never_judged_gone() -> None:
     registry = Registry()
     reconciler(node, cluster=True, registry=registry).run_once()
     assert len(node.store.attachments()) == 1
-    assert len(registry.asked) == 1, "stray leases of the node looked for in a cluster"
+    assert len(registry.stray_calls) == 1, "stray leases of the node looked for in a cluster"
     lease = LeaseRecord(pool="IPAddressPool/ns/p", ip=3323071000, address="198.18.10.24", network="198.18.10.0/24",
                         holder="IPAddress/ns/x")
     assert registry.in_use is not None and not registry.in_use(lease.pool, lease.ip)
