@@ -382,14 +382,8 @@ class KubeLeaseRegistry(NoBlocks):
         still use a Static whose object it made, and would lose it once the quarantine ends)."""
         name = lease_name(lease.pool, lease.address)
         made_at = self.made_at.pop(name, None)
-        # an owed block_lease is not worth making once the address goes (nor would it take over another's object);
-        # never sent, there is no object to quarantine now, nor to expire at the quarantine's end
-        # only the holder's: another's is a claim of the address made at this very moment (a Static may take it up)
-        unmade = self.outbox.drop_unsent(f"{KIND}/{name}", "block_lease",
-                                         lambda body: not holder or holder_of_owed(body) == holder)
-        holders = {holder_of_owed(e.body) for e in unmade or ()}  # (``lease`` is the orphan: no holder)
-        if unmade and len(holders) == 1 and (made_at is None or made_at[0] not in holders):
-            self.made_at[name] = NO_OBJECT
+        if self._never_made(name, holder, made_at):  # (``lease`` is the orphan: ``holder`` is whose it was)
+            self.made_at[name] = NO_OBJECT  # nothing to quarantine now, nor to expire at the quarantine's end
             return
         known = {"resourceVersion": made_at[1]} if made_at is not None and made_at[0] else {}
         self.outbox.add(f"{KIND}/{name}", "orphan_lease", {"kind": KIND, "name": name, "node": self.node_name,
@@ -427,6 +421,14 @@ class KubeLeaseRegistry(NoBlocks):
             version = _version_of(made)
         if held:
             self._unheld(name, version)
+
+    def _never_made(self, name: str, holder: str, made_at: tuple[str, str] | None) -> bool:
+        """Drop ``holder``'s owed create of the object (not worth making once the address goes, nor would it take over
+        another's object); whether it was never sent and this node made none for that holder before, so that there is
+        no object of it to let go. Only that holder's: another's is a claim of the address made at this very moment
+        (a Static may take a quarantined address up, or one a release frees)."""
+        unmade = self.outbox.drop_unsent(f"{KIND}/{name}", "block_lease", lambda body: holder_of_owed(body) == holder)
+        return bool(unmade) and (made_at is None or made_at[0] != holder)
 
     def _unheld(self, name: str, version: str) -> None:
         # dropped (a merge patch with null), not emptied: the client sends "" as null
@@ -559,9 +561,7 @@ class KubeLeaseRegistry(NoBlocks):
         # node keeps for its pod (a Static deleted while in use), which this release would then delete
         for op in ("patch", "patch_status", "orphan_lease"):
             self.outbox.drop(f"{KIND}/{name}", op)
-        # only this holder's: another's is a claim of the address this release frees, made at this very moment
-        unmade = self.outbox.drop_unsent(f"{KIND}/{name}", "block_lease", lambda body: holder_of_owed(body) == lease.holder)
-        if not resource_version and unmade and (made_at is None or made_at[0] != lease.holder):
+        if self._never_made(name, lease.holder or "", made_at) and not resource_version:
             return  # its object was owed and never made (an address let go before the outbox ran): nothing to delete
         if resource_version:
             self.outbox.add(f"{KIND}/{name}", "delete", {"kind": KIND, "name": name,
