@@ -60,7 +60,7 @@ class SimNode:
         self.name = name
         self.store = Store(str(work / f"{name}.db"))
         self.outbox = Outbox(self.store, api_senders(api), workers=1)
-        registry = (BlockRegistry(source, name, self.outbox) if scheme == "blocks"
+        registry = (BlockRegistry(source, name, self.outbox, leases=self.store) if scheme == "blocks"
                     else KubeLeaseRegistry(source, name, self.outbox))
         self.ipam = Ipam(self.store, source, registry=registry)
         self.live: list[tuple[str, list[str]]] = []  # (pod UID, its IPAddress keys)

@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Container, Hashable, Iterable
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from kubernetes.client.exceptions import ApiException
 
@@ -76,6 +76,7 @@ from ipamd.store.records import LeaseRecord
 
 if TYPE_CHECKING:
     from ipamd.kube.source import KubernetesSource
+    from ipamd.store.protocols import LeaseStore
 
 log = logging.getLogger(__name__)
 KIND = "IPAddressBlock"
@@ -184,8 +185,12 @@ class BlockRegistry(KubeLeaseRegistry):
     def __init__(self, source: KubernetesSource, node_name: str, outbox: Outbox, size: int = BLOCK_SIZE,
                  idle_s: float = 300.0, last_idle_s: float = 1800.0, clock: Callable[[], float] = time.time,
                  spawn: Callable[[Callable[[], None]], None] | None = None, claim_blocks: bool = True,
-                 wait: Callable[[Callable[[], bool], float], bool] = _poll, heartbeat_namespace: str = "") -> None:
+                 wait: Callable[[Callable[[], bool], float], bool] = _poll, heartbeat_namespace: str = "",
+                 leases: LeaseStore | None = None) -> None:
         super().__init__(source, node_name, outbox)
+        # what this node holds, which an owed lease object's write looks at before it takes an object over (the
+        # node's one store holds its leases and its outbox: the outbox's, unless told otherwise)
+        self.leases: LeaseStore = leases if leases is not None else cast("LeaseStore", outbox.store)
         self.heartbeat_namespace = heartbeat_namespace  # where this node's heartbeat Lease is renewed ("": none)
         self.size, self.idle_s, self.clock, self.claims_blocks = size, idle_s, clock, claim_blocks
         self.last_idle_s = last_idle_s
@@ -639,7 +644,8 @@ class BlockRegistry(KubeLeaseRegistry):
         """Make the lease object of an address in this node's block. An object in the way is made ours when it is
         this node's or names the same holder (a Static that moved here). Another node's object of another holder is
         that node's per-address lease, which it lets go of once it sees our block: it is waited for (the outbox
-        retries), not taken over, for its owed delete goes by name and would remove ours."""
+        retries), not taken over, for its owed delete goes by name and would remove ours. Nor is this node's object of
+        a holder its store holds the address for (``_held_here_by``)."""
         obj = body["object"]
         name = obj["metadata"]["name"]
         for _ in range(3):  # an object deleted between our create and our read of it: create again
@@ -668,12 +674,25 @@ class BlockRegistry(KubeLeaseRegistry):
         if not same_holder and labels.get(NODE_LABEL) != self.node_name:
             raise ApiException(status=409, reason=f"lease object {name} is still node "
                                                   f"{labels.get(NODE_LABEL) or '(none)'}'s, for another holder")
+        if not same_holder and self._held_here_by(obj["spec"], _spec(current).get("holder")):
+            log.info("not making lease object %s %s's: this node holds the address for %s (a claim that lost, or "
+                     "one owed before a restart)", name, obj["spec"]["holder"], _spec(current).get("holder"))
+            return True
         self.objects.patch(LEASE_KIND, name, {
             "metadata": {"labels": obj["metadata"]["labels"],
                          "resourceVersion": (current.get("metadata") or {}).get("resourceVersion")},
             "spec": obj["spec"]})
         self.objects.patch_status(LEASE_KIND, name, {"orphaningTimestamp": None})
         return True
+
+    def _held_here_by(self, spec: dict[str, Any], holder: Any) -> bool:
+        """Whether this node's store holds the address of ``spec`` for ``holder``, a holder other than the one the
+        owed write is for: that write's claim lost the address in its transaction (or died with its process), and its
+        object, made the winner's, is not to be taken over (the loser's let-go would then delete it)."""
+        if not holder:
+            return False  # quarantined (no holder): taken up by whoever's claim this is
+        held = self.leases.lease_at(str(spec["pool"]), to_int(str(spec["ip"])))
+        return held is not None and held.holder == holder
 
     # -- housekeeping (the reconciler's rounds) ------------------------------------------------------------
     def housekeep(self, pools: Iterable[AddressPool], in_use: Callable[[str, int], bool],

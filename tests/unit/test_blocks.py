@@ -1269,3 +1269,31 @@ def test_a_block_given_back_keeps_the_lease_objects_of_what_it_holds_even_one_th
     node.outbox.flush()
     assert block not in api.objs[BLOCK_KIND], "given back"
     assert api.objs[LEASE_KIND][lost]["spec"]["holder"], "held here, per address now: its object made again first"
+
+
+def test_a_statics_lease_object_sent_while_its_claim_loses_leaves_the_holders_object_alone(api: FakeApi) -> None:
+    """A Static's claim of an address of the block reads it free just before an Auto holder's commit takes it; the
+    Static's owed create is sent while its own transaction finds the address taken (found in review: the create met
+    the holder's object, took it over as this node's, and the Static's let-go deleted it, leaving the holder's address
+    with no object). The same after a restart, with the Static's dead write still owed."""
+    from dataclasses import replace
+
+    for restarted in (False, True):
+        api = FakeApi()
+        node = Node(api, "n1")
+        attach(node.ipam, pod("app"))
+        (auto,) = [lease for lease in node.store.all_leases() if lease.holder]
+        node.outbox.flush()
+        static_claim = replace(auto, holder="IPAddress/ns/s")
+        assert node.registry.claim(static_claim)
+        if restarted:  # killed before its transaction: a new process finds the Static's write owed
+            node.outbox = Outbox(node.store, api.senders())
+            node.registry = BlockRegistry(node.cache, "n1", node.outbox, clock=node.clock,  # type: ignore[arg-type]
+                                          spawn=lambda run: run())
+        node.outbox.flush()  # sent meanwhile
+        assert node.outbox.depth() == 0, "a dead claim's write is done with, not retried for ever"
+        if not restarted:
+            node.registry.let_go(static_claim)  # its transaction found the address the auto holder's
+            node.outbox.flush()
+        assert [(o["spec"]["holder"], o["spec"]["ip"]) for o in api.objs[LEASE_KIND].values()] == \
+            [(auto.holder, auto.address)], f"restarted={restarted}"
