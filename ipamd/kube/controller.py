@@ -15,6 +15,7 @@ others waiting to take over when its lease is not renewed):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -39,13 +40,14 @@ from ipamd.kube.elector import LeaderElector
 from ipamd.kube.errors import reason_of, status_of
 from ipamd.kube.leases import KIND as LEASE_KIND
 from ipamd.kube.leases import NODE_LABEL, POOL_LABEL, existing_holders, lease_body, pool_label
-from ipamd.kube.reclaim import may_hold_addresses, silent_nodes, stray_leases, vanished
+from ipamd.kube.reclaim import claim_holders, may_hold_addresses, silent_nodes, stray_leases, vanished
 from ipamd.model.annotations import names_ip_address
 from ipamd.model.conditions import set_condition
 from ipamd.model.objects import (
     CLUSTER_NETWORK,
     INT64_MAX,
     IP_ADDRESS_KINDS,
+    IPAM_CLAIM,
     NETWORK,
     POOL_KINDS,
     SPEC_ANNOTATION,
@@ -161,6 +163,18 @@ def _absent_ok(write: Callable[..., Any], *args: Any) -> None:
             raise
 
 
+def _ungauge(blocks: set[tuple[str, str]], pools: set[str]) -> None:
+    """Remove the gauges of (pool, node) blocks and of pools; one already gone is no matter (another replica in the
+    same process, as in tests, shares the registry)."""
+    for key, node in blocks:
+        with contextlib.suppress(KeyError):
+            NODE_BLOCKS.remove(key, node)
+    for key in pools:
+        for state in ("used", "quarantined", "free"):
+            with contextlib.suppress(KeyError):
+                POOL_ADDRESSES.remove(key, state)
+
+
 class Controller:
     def __init__(self, api: client.ApiClient, source: ClusterSource, namespace: str, interval: float = 2.0,
                  block_ttl_s: float = 600.0, heartbeat_namespace: str = heartbeat.NAMESPACE) -> None:
@@ -274,14 +288,12 @@ class Controller:
                     self._usage[key] = (pool.meta.uid, usage)
                 except Exception as exc:
                     log.warning("status of %s: %s", pool.meta.display, reason_of(exc))
-        for key, node in self._block_gauges - blocks_seen:
-            NODE_BLOCKS.remove(key, node)
+        _ungauge(self._block_gauges - blocks_seen, set())
         self._block_gauges = blocks_seen
         for key in self._gauged - seen:  # a pool deleted: its gauges go with it
             self._gauged.discard(key)
             self._usage.pop(key, None)
-            for state in ("used", "quarantined", "free"):
-                POOL_ADDRESSES.remove(key, state)
+            _ungauge(set(), {key})
 
     # -- IPAddresses and leases -----------------------------------------------------------------------
     def allocate_user_ipaddresses(self) -> None:
@@ -351,7 +363,10 @@ class Controller:
         controller started since (another replica, a restart) still knows it for vanished."""
         now = time.time()
         beats = self._heartbeats(now)
-        silent = silent_nodes(self.source.items(BLOCK_KIND), now, beats)
+        blocks = list(self.source.items(BLOCK_KIND))
+        silent = silent_nodes(blocks, now, beats)
+        judged_at = {str(md.get("name")): str(md.get("resourceVersion") or "")  # the versions judged silent by
+                     for md in ((item.get("metadata") or {}) for item in blocks)}
         holders: set[str] | None = None
         looked_at = time.monotonic()
         for node in [*silent, *(n for n in self._vanished if n not in silent)]:
@@ -378,16 +393,31 @@ class Controller:
                 if self._runs_pods(node):
                     self._forget_vanished(node)
                     continue  # a pod that may still run there keeps its address (and the node may be back)
+                if not self._delete_blocks(node, names, judged_at):
+                    self._forget_vanished(node)
+                    continue  # renewed since the cache showed it silent: its daemon is back
+                self._vanished.add(node)  # before its leases: what a failure here leaves is looked at again
                 holders = holders if holders is not None else existing_holders(self.source, IP_ADDRESS_KINDS)
                 quarantined = self._quarantine(node, holders, now)
-                for name in names:
-                    _absent_ok(self.objects.delete, BLOCK_KIND, name)
-                self._vanished.add(node)
                 if names or quarantined:
                     log.info("reclaimed node %s (silent for %.0f s, no pod bound to it): %d address block(s) deleted,"
                              " %d lease(s) of its gone pods quarantined", node, quiet, len(names), quarantined)
             except Exception as exc:  # one node's trouble (a 403, the API away) does not stop the round
                 log.warning("reclaiming node %s: %s", node, reason_of(exc))
+
+    def _delete_blocks(self, node: str, names: list[str], judged_at: Mapping[str, str]) -> bool:
+        """Delete a vanished node's blocks at the versions the round judged it silent by; False when one was renewed
+        since (409): a daemon back after a long silence keeps the blocks it leases in."""
+        for name in names:
+            try:
+                self.objects.delete(BLOCK_KIND, name, resource_version=judged_at.get(name, ""))
+            except Exception as exc:
+                if status_of(exc) == 409:
+                    log.info("not reclaiming node %s: its address block %s was renewed meanwhile", node, name)
+                    return False
+                if status_of(exc) != 404:
+                    raise
+        return True
 
     def _runs_pods(self, node: str) -> bool:
         """Whether a pod bound to ``node`` may still hold an address there (read as JSON: no model objects)."""
@@ -425,8 +455,21 @@ class Controller:
         cache saw: a lease made again meanwhile for somebody else is left alone), the holder after (guarded by the
         version the first write made: a Static that adopted it in between keeps it); a lease left between the two
         writes still expires."""
-        return sum(self._orphan(item, now)
-                   for item in stray_leases(self.source.by_index(LEASE_KIND, "node", node), node, holders))
+        leases = self.source.by_index(LEASE_KIND, "node", node)
+        claims = {claim for claim in claim_holders(leases, node) if self._claim_exists(claim)}
+        return sum(self._orphan(item, now) for item in stray_leases(leases, node, holders, claims))
+
+    def _claim_exists(self, holder: str) -> bool:
+        """Whether the IPAMClaim ``IPAMClaim/namespace/name`` exists (read: the controller does not watch them). Only
+        a 404 says it is gone: a refusal or the API away keeps its lease (a VM may still want its address)."""
+        _, namespace, name = holder.split("/", 2)
+        try:
+            self.objects.get(IPAM_CLAIM.name, name, namespace)
+        except Exception as exc:
+            if status_of(exc) == 404:
+                return False
+            log.info("keeping the lease of %s: %s", holder, reason_of(exc))
+        return True
 
     def _orphan(self, item: Mapping[str, Any], now: float) -> bool:
         """Quarantine one lease object as the cache saw it (``_quarantine``); False when it changed since."""
@@ -549,7 +592,9 @@ class Controller:
 
     # -- loop ---------------------------------------------------------------------------------------
     def run_once(self) -> None:
-        self.leading = self.elector.try_acquire()
+        was_leading, self.leading = self.leading, self.elector.try_acquire()
+        if self.leading != was_leading:
+            self._lead_changed()
         if not self.leading or not self.source.ready():
             return
         self.assign_segments()
@@ -559,6 +604,18 @@ class Controller:
         self.reclaim_blocks()
         self.release_unused_leases()
         self.pool_usage()
+
+    def _lead_changed(self) -> None:
+        """What this replica remembers writing is forgotten whenever it starts or stops leading: another replica may
+        have written statuses meanwhile, which it would otherwise leave as they are while nothing changes; and a
+        replica that no longer leads exports no gauges (they would disagree with the leader's)."""
+        self._usage.clear()
+        self._written.clear()
+        if self.leading:
+            return
+        _ungauge(self._block_gauges, self._gauged)
+        self._gauged.clear()
+        self._block_gauges = set()
 
     def loop(self) -> None:
         while not self._stop.is_set():

@@ -47,16 +47,31 @@ def vanished(silent_s: float, ttl_s: float, node_exists: Callable[[], bool]) -> 
     return silent_s > ttl_s or (silent_s > GONE_GRACE_S and not node_exists())
 
 
-def stray_leases(leases: Iterable[Mapping[str, Any]], node: str, existing: Collection[str]) -> list[Mapping[str, Any]]:
+def _held_by(item: Mapping[str, Any], node: str) -> str:
+    """The holder of a lease object ``node`` made ("" when it is another node's, or quarantined)."""
+    md = item.get("metadata") or {}
+    if (md.get("labels") or {}).get(NODE_LABEL) != node:
+        return ""
+    return str((item.get("spec") or {}).get("holder") or "")
+
+
+def claim_holders(leases: Iterable[Mapping[str, Any]], node: str) -> set[str]:
+    """The IPAMClaims (``IPAMClaim/namespace/name``) holding lease objects ``node`` made: the controller does not
+    watch IPAMClaims, so it asks after these few when it reclaims the node."""
+    return {h for h in (_held_by(item, node) for item in leases) if h.startswith(f"{IPAM_CLAIM.name}/")}
+
+
+def stray_leases(leases: Iterable[Mapping[str, Any]], node: str, existing: Collection[str],
+                 claims: Collection[str] | None = None) -> list[Mapping[str, Any]]:
     """The held lease objects ``node`` made whose holder is not an object in ``existing`` (keys
-    ``Kind/namespace/name``) nor an IPAMClaim (which the controller does not watch, and which outlives pods)."""
+    ``Kind/namespace/name``). An IPAMClaim outlives its pods: its lease stays while it is in ``claims`` (those found
+    to exist), or always when ``claims`` is None (not looked up)."""
     found = []
     for item in leases:
-        md = item.get("metadata") or {}
-        holder = str((item.get("spec") or {}).get("holder") or "")
-        if (md.get("labels") or {}).get(NODE_LABEL) != node or not holder:
+        holder = _held_by(item, node)
+        if not holder or holder in existing:
             continue
-        if holder in existing or holder.startswith(f"{IPAM_CLAIM.name}/"):
+        if holder.startswith(f"{IPAM_CLAIM.name}/") and (claims is None or holder in claims):
             continue
         found.append(item)
     return found

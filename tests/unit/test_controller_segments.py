@@ -158,3 +158,41 @@ def test_pool_usage_goes_to_the_pools_status_and_the_gauges_and_is_written_on_ch
     src.remove("ClusterIPAddressPool", "", "usage")
     ctl.pool_usage()
     assert gauge("used") is None, "a deleted pool's gauges go with it"
+
+
+def test_a_pools_status_is_right_after_leadership_went_away_and_came_back() -> None:
+    """Two controller replicas. A leads and writes the pool's usage X; A's Lease lapses (a slow round, an API hiccup)
+    and B leads, writing Z while an address is leased; the address goes back (X again) and B stops (a rollout) before
+    its next round; A leads again. A remembers having written X (``_usage``) and writes nothing: the status says Z
+    for as long as the usage stays X."""
+    pool = obj("ClusterIPAddressPool", "usage", {"pools": [{"network": "198.18.99.0/29"}]}, uid="u-pool")
+    a, src_a = controller(pool)
+    b, src_b = controller(pool)
+    status: dict[str, Any] = {}
+
+    def recorder(kind: str, n: str, st: dict[str, Any], namespace: str = "", resource_version: str = "") -> None:
+        status.clear()
+        status.update(st)
+
+    leads = {"a": True, "b": False}
+    for name, ctl, src in (("a", a, src_a), ("b", b, src_b)):
+        src.objects.patch_status = recorder  # type: ignore[method-assign,assignment]
+        ctl.elector.try_acquire = lambda name=name: leads[name]  # type: ignore[method-assign,misc]
+        src.ready = lambda: True  # type: ignore[method-assign]
+        for step in ("assign_segments", "allocate_user_ipaddresses", "expire_leases", "label_leases",
+                     "reclaim_blocks", "release_unused_leases"):
+            setattr(ctl, step, lambda: None)  # the pool usage alone here
+    held = {"spec": {"pool": "ClusterIPAddressPool/usage", "ip": "198.18.99.1", "holder": "IPAddress/ns/a"}}
+    src_a.raw["IPAddressLease"], src_b.raw["IPAddressLease"] = [], []
+    a.run_once()  # A leads
+    b.run_once()
+    assert status["used"] == 0
+    leads.update(a=False, b=True)  # A's Lease lapsed: B leads while an address is leased
+    src_a.raw["IPAddressLease"] = src_b.raw["IPAddressLease"] = [held]
+    a.run_once()
+    b.run_once()
+    assert status["used"] == 1
+    leads.update(a=True, b=False)  # B rolled out; A leads again; the address was released meanwhile
+    src_a.raw["IPAddressLease"] = src_b.raw["IPAddressLease"] = []
+    a.run_once()
+    assert status["used"] == 0, "the pool's status still shows the address leased while B led"

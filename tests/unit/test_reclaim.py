@@ -381,3 +381,64 @@ def test_a_reclaimed_node_that_keeps_leases_is_looked_at_once_a_minute(api: Fake
     for _ in range(5):
         ctl.reclaim_blocks()
     assert asked == ["spec.nodeName=gone"] and all(o["spec"].get("holder") for o in api.objs[LEASE_KIND].values())
+
+
+REVIEW_POOL = "IPAddressPool/ns/big"
+
+
+def _claimed_lease(api: FakeApi, ip: str, holder: str, node: str) -> str:
+    name = f"ip-{ip.replace('.', '-')}-x"
+    labels = {NODE_LABEL: node, POOL_LABEL: pool_label(REVIEW_POOL)}
+    api.create(LEASE_KIND, {"metadata": {"name": name, "labels": labels},
+                            "spec": {"pool": REVIEW_POOL, "ip": ip, "network": "198.18.40.0/24", "holder": holder,
+                                     "ttl": "0s"}})
+    return name
+
+
+def _silent_block(api: FakeApi, node: str, cidr: str = "198.18.40.0/28") -> str:
+    name = f"blk-{cidr.replace('.', '-').replace('/', '-')}"
+    api.create(BLOCK_KIND, {"metadata": {"name": name}, "spec": {"pool": REVIEW_POOL, "cidr": cidr, "node": node}})
+    return name
+
+
+def test_a_vanished_nodes_lease_of_a_deleted_ipamclaim_comes_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A KubeVirt VM (IPAMClaim ``ns/vm``) ran on node ``gone``; the node died, and the VM and its claim were deleted
+    (the claim's ownerReference) before any other node took the claim up. The only node that could release the lease
+    (its reconciler's ``_sync_ipaddresses``) is gone; the controller keeps every ``IPAMClaim/...`` holder for ever
+    (``stray_leases``), whether the claim exists or not. README: "a lease held by an IPAddress or an IPAMClaim *that
+    still exists* stays with it"."""
+    monkeypatch.setattr("ipamd.kube.controller.VANISHED_LOOK_S", 0.0)
+    api = FakeApi()
+    _silent_block(api, "gone")
+    claim_lease = _claimed_lease(api, "198.18.40.3", "IPAMClaim/ns/vm", "gone")
+    api.create("IPAMClaim", {"metadata": {"name": "vm", "namespace": "ns"}, "spec": {"network": "net"}}, "ns")
+    silence(api, 3600)
+    cluster = Cluster(api)
+    ctl = controller(cluster)
+    ctl.reclaim_blocks()
+    assert not api.objs[BLOCK_KIND], "silent, no pod: reclaimed"
+    assert api.objs[LEASE_KIND][claim_lease]["spec"].get("holder") == "IPAMClaim/ns/vm", "the claim exists: kept"
+    api.delete("IPAMClaim", "vm", "ns")  # the VM deleted; its claim goes with it
+    for _ in range(3):
+        ctl.reclaim_blocks()
+        ctl.expire_leases()
+    left = api.objs[LEASE_KIND].get(claim_lease)
+    assert left is None or not left["spec"].get("holder"), \
+        "the claim is gone and no node holds its address: it must come back (it stays taken for ever)"
+
+
+def test_a_block_renewed_after_the_controllers_judgement_is_not_deleted() -> None:
+    """The controller judges a node silent by its informer's view of the block (and a round may spend seconds on the
+    pod list and one patch pair per lease before it deletes); the node's daemon comes back and renews the block
+    meanwhile. Every other reclaim write carries the version the cache saw (``_orphan``, ``expire_leases``); the
+    block's delete carries none, so a block just renewed by a live daemon is deleted under it (which then leases in it
+    until its informer shows the delete, its lease objects owed: another node may claim the window meanwhile)."""
+    api = FakeApi()
+    name = _silent_block(api, "back")
+    silence(api, 3600)
+    cluster = Cluster(api)
+    cluster.cache = FakeCache(api, live=False)  # the controller's view: silent for an hour
+    cluster.cache.sync()
+    api.patch_status(BLOCK_KIND, name, {"renewTime": rfc3339(time.time())})  # the daemon is back: renewed now
+    controller(cluster).reclaim_blocks()
+    assert name in api.objs[BLOCK_KIND], "renewed after the controller's cache saw it: the delete must not land"
