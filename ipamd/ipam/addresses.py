@@ -338,7 +338,7 @@ class Ipam:
             lease = self._candidate(rec, pool, pkey, ip, str(subnet.network))
             if not self._reserve(lease):
                 return None  # this node is claiming it for another call right now: decided inside the transaction
-            if self._claim_outside(lease):
+            if self._claim_outside(lease, exact=True):
                 return lease
             secured.elsewhere = True
             return None
@@ -431,11 +431,11 @@ class Ipam:
         return LeaseRecord(pool=pkey, ip=ip, address=to_text(ip), network=network, holder=rec.key,
                            holder_uid=rec.uid, ttl=pool.lease_ttl_s, created_at=self.clock())
 
-    def _claim_outside(self, lease: LeaseRecord) -> bool:
+    def _claim_outside(self, lease: LeaseRecord, exact: bool = False) -> bool:
         """The registry's claim of a reserved address, outside the store's lock; the reservation goes unless won."""
         won = False
         try:
-            won = self.registry.claim(lease)
+            won = self.registry.claim(lease, exact)
             return won
         finally:
             if not won:

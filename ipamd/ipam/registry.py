@@ -24,7 +24,9 @@ class LeaseRegistry(Protocol):
 
     def held_by(self, holder: str, pool: str) -> int | None: ...  # the IP another node leased to it
 
-    def claim(self, lease: LeaseRecord) -> bool: ...  # False: somebody else holds this IP
+    # False: somebody else holds this IP. ``exact``: asked for by that address (a Static), which alone may take up a
+    # quarantined one; a pick moves on
+    def claim(self, lease: LeaseRecord, exact: bool = False) -> bool: ...
 
     def orphan(self, lease: LeaseRecord, holder: str = "") -> None: ...  # ``holder``: whose it was
 
@@ -125,7 +127,7 @@ class NodeLocalRegistry(NoBlocks):
     def held_by(self, holder: str, pool: str) -> int | None:
         return None
 
-    def claim(self, lease: LeaseRecord) -> bool:
+    def claim(self, lease: LeaseRecord, exact: bool = False) -> bool:
         return True
 
     def orphan(self, lease: LeaseRecord, holder: str = "") -> None:

@@ -72,6 +72,7 @@ from ipamd.kube.outbox import Outbox
 from ipamd.kube.resources import RESOURCES
 from ipamd.model.objects import AddressPool
 from ipamd.model.timefmt import parse_rfc3339, rfc3339
+from ipamd.model.used_by import parse_user
 from ipamd.store.records import LeaseRecord
 
 if TYPE_CHECKING:
@@ -174,7 +175,7 @@ class _Taken:
             # ours: this node's store says what it holds; a lease object of ours it no longer holds is a mirror on its
             # way out (its delete owed), and only another node's object counts (a Static's, granted here)
             return any(((o.get("metadata") or {}).get("labels") or {}).get(NODE_LABEL) != r.node_name
-                       for o in r.source.by_index(LEASE_KIND, "address", (self.pool, ip)))
+                       or r.handed_back(o) for o in r.source.by_index(LEASE_KIND, "address", (self.pool, ip)))
         return block is not None or r.source.indexed(LEASE_KIND, "address", (self.pool, ip))
 
 
@@ -271,7 +272,7 @@ class BlockRegistry(KubeLeaseRegistry):
         return _Taken(self, pool)
 
     # -- claiming -----------------------------------------------------------------------------------
-    def claim(self, lease: LeaseRecord) -> bool:
+    def claim(self, lease: LeaseRecord, exact: bool = False) -> bool:
         block = self.block_at(lease.pool, lease.ip)
         if block is not None and block.node == self.node_name:
             found = self.excluded.get(lease.pool, {}).get(lease.ip)
@@ -289,7 +290,7 @@ class BlockRegistry(KubeLeaseRegistry):
         if not self.outbox.owes(f"{LEASE_KIND}/{lease_name(lease.pool, lease.address)}") and \
                 self._ours_already(lease):
             return True  # (with a write of it owed, its let-go, the cache is not to be trusted: claimed anew)
-        won = super().claim(lease)
+        won = super().claim(lease, exact)
         # blocks are IPv4 only (windows of a /64 cannot be listed): no block could hold an IPv6 address
         if won and family_of(lease.ip) == 4 and self.block_pools.get(lease.pool, True) and \
                 self._claimed_meanwhile(lease):
@@ -318,9 +319,16 @@ class BlockRegistry(KubeLeaseRegistry):
     def _foreign(self, lease: LeaseRecord) -> bool:
         """Another node's lease object of another holder at this address of our block (a per-address lease made before
         the block, or one its node is letting go of): an Auto pick skips it (``_Taken``), an exact address waits."""
-        return any(((o.get("metadata") or {}).get("labels") or {}).get(NODE_LABEL) != self.node_name
-                   and _spec(o).get("holder") not in (None, "", lease.holder)
+        return any((((o.get("metadata") or {}).get("labels") or {}).get(NODE_LABEL) != self.node_name
+                    or self.handed_back(o)) and _spec(o).get("holder") not in (None, "", lease.holder)
                    for o in self.source.by_index(LEASE_KIND, "address", (lease.pool, lease.ip)))
+
+    def handed_back(self, obj: dict[str, Any]) -> bool:
+        """Whether this node owes the hand-back of a lease object it took up (``take_up``) and did not record: it looks
+        this node's but is the node's it came from, whose holder keeps the address (a daemon killed between the take-up
+        and its transaction hands it back once its outbox runs)."""
+        name = (obj.get("metadata") or {}).get("name")
+        return bool(name) and any(e.op == "hand_back" for e in self.outbox.owed(f"{LEASE_KIND}/{name}"))
 
     def _claim_inside(self, lease: LeaseRecord) -> bool:
         """Owe the lease object of an address in this node's block; False when the block is being given back."""
@@ -670,6 +678,12 @@ class BlockRegistry(KubeLeaseRegistry):
         if same_holder and labels.get(NODE_LABEL) == self.node_name:
             if (current.get("status") or {}).get("orphaningTimestamp"):
                 self.objects.patch_status(LEASE_KIND, name, {"orphaningTimestamp": None})
+            return True
+        kept = parse_user(current)
+        if same_holder and kept is not None and kept.node != self.node_name:
+            # a Static another node keeps for its pod (``keep_in_use``): left that node's, which lets it go with the
+            # pod; made ours, our let-go of the Static (deleted while the pod runs) would delete it under the pod
+            log.info("lease object %s is kept by node %s for pod %s: left to it", name, kept.node, kept.pod)
             return True
         if not same_holder and labels.get(NODE_LABEL) != self.node_name:
             raise ApiException(status=409, reason=f"lease object {name} is still node "

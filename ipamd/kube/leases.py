@@ -201,11 +201,11 @@ class KubeLeaseRegistry(NoBlocks):
             out.append(lease)
         return out
 
-    def claim(self, lease: LeaseRecord) -> bool:
+    def claim(self, lease: LeaseRecord, exact: bool = False) -> bool:
         with api_unavailable_is_11():
-            return self._claim(lease)
+            return self._claim(lease, exact)
 
-    def _claim(self, lease: LeaseRecord) -> bool:
+    def _claim(self, lease: LeaseRecord, exact: bool) -> bool:
         body = lease_body(lease.pool, lease.address, lease.network, lease.holder or "", lease.ttl, self.node_name)
         name = body["metadata"]["name"]
         self.made.pop(name, None)  # what an earlier claim of it made is no guide to this one
@@ -226,8 +226,9 @@ class KubeLeaseRegistry(NoBlocks):
             self.made[name] = str(md.get("resourceVersion") or "") \
                 if (md.get("labels") or {}).get(NODE_LABEL) == self.node_name else None
             return True
-        if (current.get("status") or {}).get("orphaningTimestamp") and lease.holder:
-            # quarantined: only a Static IPAddress asks for one exact address, and it may adopt it
+        if (current.get("status") or {}).get("orphaningTimestamp") and lease.holder and exact:
+            # quarantined: a Static IPAddress, which asks for this exact address, adopts it; a pick (its informer behind
+            # the quarantine) moves on
             patch = {"metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
                      "spec": {"holder": lease.holder}}
             patch["metadata"]["labels"] = {NODE_LABEL: self.node_name}  # adopted: this node lets it go from now
@@ -513,7 +514,9 @@ class KubeLeaseRegistry(NoBlocks):
             self.users.repair(rec.key, rec.used_by_pods[0], rec.used_by_uids[0], object_uid)
 
     def recorded(self, lease: LeaseRecord) -> None:
-        self.outbox.drop(f"{KIND}/{lease_name(lease.pool, lease.address)}", "hand_back")
+        """The take-up of ``lease``'s holder is kept: its hand-back goes (only that holder's)."""
+        self.outbox.drop_where(f"{KIND}/{lease_name(lease.pool, lease.address)}", "hand_back",
+                               lambda body: body.get("holder") == lease.holder)
 
     def _hand_back(self, body: dict[str, Any]) -> None:
         """A take-up the store did not record: the object labelled as it was (another node's, which still uses it, or

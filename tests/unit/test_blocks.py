@@ -591,12 +591,12 @@ def test_a_static_asked_for_while_another_call_claims_its_address_is_told_to_try
     claim = n1.registry.claim
     refused: list[str] = []
 
-    def claim_with_a_static_meanwhile(lease: Any) -> bool:
+    def claim_with_a_static_meanwhile(lease: Any, exact: bool = False) -> bool:
         if lease.address == "198.18.40.200" and not (lease.holder or "").endswith("/fixed") and not refused:
             with pytest.raises(TryAgainLater, match="another call") as exc:
                 n1.add(names=("fixed",))
             refused.append(str(exc.value))
-        return bool(claim(lease))
+        return bool(claim(lease, exact))
 
     n1.registry.claim = claim_with_a_static_meanwhile  # type: ignore[method-assign]
     assert n1.add() == "198.18.40.200" and refused

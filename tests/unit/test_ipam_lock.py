@@ -47,7 +47,7 @@ class Registry(NodeLocalRegistry):
     def taken_elsewhere(self, pool: str) -> Container[int]:
         return self.elsewhere
 
-    def claim(self, lease: LeaseRecord) -> bool:
+    def claim(self, lease: LeaseRecord, exact: bool = False) -> bool:
         assert self._lock_is_free(), "a claim was made under the store's lock"
         if self.fail:
             raise TryAgainLater("the Kubernetes API is not reachable")
@@ -88,9 +88,9 @@ def test_a_static_address_held_elsewhere_is_refused_after_one_ask(
     asked: list[int] = []
     claim = registry.claim
 
-    def counted(lease: LeaseRecord) -> bool:
+    def counted(lease: LeaseRecord, exact: bool = False) -> bool:
         asked.append(lease.ip)
-        return claim(lease)
+        return claim(lease, exact)
 
     registry.claim = counted  # type: ignore[method-assign]
     with pytest.raises(AddressConflict, match="already leased elsewhere"):
