@@ -319,8 +319,9 @@ class BlockRegistry(KubeLeaseRegistry):
     def _foreign(self, lease: LeaseRecord) -> bool:
         """Another node's lease object of another holder at this address of our block (a per-address lease made before
         the block, or one its node is letting go of): an Auto pick skips it (``_Taken``), an exact address waits."""
-        return any((((o.get("metadata") or {}).get("labels") or {}).get(NODE_LABEL) != self.node_name
-                    or self.handed_back(o)) and _spec(o).get("holder") not in (None, "", lease.holder)
+        return any(_spec(o).get("holder") not in (None, "", lease.holder) and
+                   (((o.get("metadata") or {}).get("labels") or {}).get(NODE_LABEL) != self.node_name
+                    or self.handed_back(o))
                    for o in self.source.by_index(LEASE_KIND, "address", (lease.pool, lease.ip)))
 
     def handed_back(self, obj: dict[str, Any]) -> bool:
