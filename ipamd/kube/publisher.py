@@ -66,6 +66,11 @@ def api_senders(api: client.ApiClient) -> Senders:
     }
 
 
+def _uid_of(body: dict[str, Any]) -> str:
+    """The pod UID an owed ``pod_status`` write is for (its patch's precondition)."""
+    return str(((body.get("patch") or {}).get("metadata") or {}).get("uid") or "")
+
+
 def _status_patch(uid: str, status: PodStatus | None) -> dict[str, Any]:
     return {"metadata": {"uid": uid, "annotations": {
         STATUS_ANNOTATION: json.dumps(list(status.networks_status)) if status else None,
@@ -101,15 +106,19 @@ class KubePublisher:
         return self.outbox.depth()
 
     def _now_or_owed(self, target: str, op: str, body: dict[str, Any], write: Callable[[], Any], what: str,
-                     done: tuple[int, ...] = (404,)) -> None:
+                     done: tuple[int, ...] = (404,), same: Callable[[dict[str, Any]], bool] | None = None) -> None:
         """A write someone waits for: made now, or owed in the outbox when the API server does not answer (an older
-        owed write of the same target and op is superseded either way). The target is taken from the outbox while
-        this writes it: an older owed write a pass is sending lands first, never after this one."""
+        owed write of the same target and op is superseded either way; with ``same``, only those it matches). The
+        target is taken from the outbox while this writes it: an older owed write a pass is sending lands first,
+        never after this one."""
         if self.outbox.api_away():  # known not to answer: no CNI call waits for its timeouts
-            self.outbox.add(target, op, body, supersede=True)
+            self._owe(target, op, body, same)
             return
         with self.outbox.writing(target):
-            self.outbox.drop(target, op)
+            if same is None:
+                self.outbox.drop(target, op)
+            else:
+                self.outbox.drop_where(target, op, same)
             try:
                 write()
             except Exception as exc:  # unreachable too: owed, never the CNI call's failure
@@ -117,11 +126,31 @@ class KubePublisher:
                     self.outbox.answered()
                     return
                 log.warning("writing %s: %s (owed in the outbox)", what, reason_of(exc))
-                self.outbox.add(target, op, body, supersede=True)
+                self._owe(target, op, body, same)
                 if status_of(exc) is None:  # no answer at all: the calls after this one do not wait for one
                     self.outbox.unanswered()
             else:
                 self.outbox.answered()
+
+    def _owe(self, target: str, op: str, body: dict[str, Any], same: Callable[[dict[str, Any]], bool] | None) -> None:
+        """Owe ``body``, superseding the owed ``op`` writes of ``target`` (``same``: only those it matches)."""
+        if same is None:
+            self.outbox.add(target, op, body, supersede=True)
+            return
+        with self.outbox.store.transaction():
+            self.outbox.drop_where(target, op, same)
+            self.outbox.add(target, op, body)
+
+    def _owe_pod_status(self, namespace: str, name: str, uid: str, status: PodStatus | None) -> None:
+        """A pod's statuses owed. The target is the pod's name, so that writes to it stay in order, but one pod's write
+        supersedes only its own: a pod made again under the same name (a StatefulSet's) has its own, which a late DEL
+        of the old one's dead sandbox must not drop."""
+        self._owe(f"{POD.name}/{namespace}/{name}", "pod_status",
+                  {"namespace": namespace, "name": name, "patch": _status_patch(uid, status)},
+                  lambda body: _uid_of(body) == uid)
+
+    def owe_pod_status(self, pod: Pod, status: PodStatus | None) -> None:
+        self._owe_pod_status(pod.meta.namespace, pod.meta.name, pod.meta.uid, status)
 
     def _patch_status_annotations(self, namespace: str, name: str, uid: str, status: PodStatus | None) -> None:
         """Both status annotations in one merge patch (removed with the pod's last attachment), with the pod's
@@ -132,7 +161,8 @@ class KubePublisher:
                           {"namespace": namespace, "name": name, "patch": body},
                           lambda: unread(self.core.patch_namespaced_pod(name, namespace, body, _preload_content=False,
                                                                        _request_timeout=CALL_TIMEOUT)),
-                          f"networks-status of {namespace}/{name}", done=(404, 409))
+                          f"networks-status of {namespace}/{name}", done=(404, 409),
+                          same=lambda owed: _uid_of(owed) == uid)
 
     def republish(self, ips: Iterable[IPRecord], statuses: Iterable[PodStatus]) -> None:
         """After a restart, owe again what the store says (a daemon killed between a commit and its outbox write
@@ -152,15 +182,11 @@ class KubePublisher:
         stored: set[tuple[str, str]] = set()
         for status in statuses:
             stored.add((f"{POD.name}/{status.namespace}/{status.name}", status.uid))
-            self.outbox.add(f"{POD.name}/{status.namespace}/{status.name}", "pod_status",
-                            {"namespace": status.namespace, "name": status.name,
-                             "patch": _status_patch(status.uid, status)}, supersede=True)
+            self._owe_pod_status(status.namespace, status.name, status.uid, status)
         for entry in self.outbox.of_op("pod_status"):
-            uid = str(((entry.body.get("patch") or {}).get("metadata") or {}).get("uid") or "")
+            uid = _uid_of(entry.body)
             if (entry.target, uid) not in stored:  # its pod's last attachment went (a DEL killed before writing)
-                self.outbox.add(entry.target, "pod_status", {"namespace": entry.body["namespace"],
-                                                             "name": entry.body["name"],
-                                                             "patch": _status_patch(uid, None)}, supersede=True)
+                self._owe_pod_status(entry.body["namespace"], entry.body["name"], uid, None)
 
     def _event(self, namespace: str, name: str, uid: str, reason: str, message: str, warning: bool = False) -> None:
         body = {

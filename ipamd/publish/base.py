@@ -23,6 +23,11 @@ class Publisher(Protocol):
         at a time per pod (``PodStatusWriter``)."""
         ...
 
+    def owe_pod_status(self, pod: Pod, status: PodStatus | None) -> None:
+        """The pod's statuses owed, no request (called inside a DEL's commit: a daemon killed right after it still
+        removes what the DEL let go of); ``pod_status`` writes them after."""
+        ...
+
     def attached(self, pod: Pod, status: PodStatus, created: Iterable[IPRecord], used: Iterable[IPRecord]) -> None:
         """What an ADD made, but the pod's statuses (``pod_status``), owed: called inside the ADD's commit, so it
         makes no request (a daemon killed right after the commit owes it all)."""
@@ -53,6 +58,9 @@ class LocalPublisher:
     remote = False
 
     def pod_status(self, pod: Pod, status: PodStatus | None) -> None:
+        pass
+
+    def owe_pod_status(self, pod: Pod, status: PodStatus | None) -> None:
         pass
 
     def attached(self, pod: Pod, status: PodStatus, created: Iterable[IPRecord], used: Iterable[IPRecord]) -> None:

@@ -28,6 +28,9 @@ class RecordingPublisher:
         else:
             self.statuses[pod.meta.uid] = status
 
+    def owe_pod_status(self, pod: Pod, status: PodStatus | None) -> None:
+        pass
+
     def attached(self, pod: Pod, status: PodStatus, created: Iterable[IPRecord], used: Iterable[IPRecord]) -> None:
         self.attached_pods.append(pod.meta.name)
 
