@@ -72,7 +72,6 @@ from ipamd.kube.outbox import Outbox
 from ipamd.kube.resources import RESOURCES
 from ipamd.model.objects import AddressPool
 from ipamd.model.timefmt import parse_rfc3339, rfc3339
-from ipamd.model.used_by import parse_user
 from ipamd.store.records import LeaseRecord
 
 if TYPE_CHECKING:
@@ -651,10 +650,10 @@ class BlockRegistry(KubeLeaseRegistry):
     # -- the outbox's op ----------------------------------------------------------------------------
     def _put_lease(self, body: dict[str, Any]) -> None:
         """Make the lease object of an address in this node's block. An object in the way is made ours when it is
-        this node's or names the same holder (a Static that moved here). Another node's object of another holder is
-        that node's per-address lease, which it lets go of once it sees our block: it is waited for (the outbox
-        retries), not taken over, for its owed delete goes by name and would remove ours. Nor is this node's object of
-        a holder its store holds the address for (``_held_here_by``)."""
+        this node's, or unlabelled, for the same holder; another node's of the same holder is left to it. Another
+        node's object of another holder is that node's per-address lease, which it lets go of once it sees our block:
+        it is waited for (the outbox retries), not taken over, for its owed delete goes by name and would remove ours.
+        Nor is this node's object of a holder its store holds the address for (``_held_here_by``)."""
         obj = body["object"]
         name = obj["metadata"]["name"]
         for _ in range(3):  # an object deleted between our create and our read of it: create again
@@ -680,11 +679,12 @@ class BlockRegistry(KubeLeaseRegistry):
             if (current.get("status") or {}).get("orphaningTimestamp"):
                 self.objects.patch_status(LEASE_KIND, name, {"orphaningTimestamp": None})
             return True
-        kept = parse_user(current)
-        if same_holder and kept is not None and kept.node != self.node_name:
-            # a Static another node keeps for its pod (``keep_in_use``): left that node's, which lets it go with the
-            # pod; made ours, our let-go of the Static (deleted while the pod runs) would delete it under the pod
-            log.info("lease object %s is kept by node %s for pod %s: left to it", name, kept.node, kept.pod)
+        if same_holder and labels.get(NODE_LABEL):
+            # another node's object of the same holder (a Static every node leases, leased there per address before
+            # this block): left that node's, which lets it go with the Static, or keeps it for its pod (``keep_in_use``,
+            # maybe owed yet); made ours, our let-go of the Static (deleted while its pod runs) would delete it
+            log.info("lease object %s of %s is node %s's: left to it", name, obj["spec"]["holder"],
+                     labels.get(NODE_LABEL))
             return True
         if not same_holder and labels.get(NODE_LABEL) != self.node_name:
             raise ApiException(status=409, reason=f"lease object {name} is still node "

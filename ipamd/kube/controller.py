@@ -407,7 +407,19 @@ class Controller:
 
     def _delete_blocks(self, node: str, names: list[str], judged_at: Mapping[str, str]) -> bool:
         """Delete a vanished node's blocks at the versions the round judged it silent by; False when one was renewed
-        since (409): a daemon back after a long silence keeps the blocks it leases in."""
+        since: a daemon back after a long silence keeps the blocks it leases in. Each is read first, and none deleted
+        when any changed (a daemon back renews them one write each, in any order: deleting them one by one up to the
+        first 409 deleted the ones whose renewal came later)."""
+        for name in names:
+            try:
+                current = self.objects.get(BLOCK_KIND, name)
+            except Exception as exc:
+                if status_of(exc) == 404:
+                    continue
+                raise
+            if str((current.get("metadata") or {}).get("resourceVersion") or "") != judged_at.get(name, ""):
+                log.info("not reclaiming node %s: its address block %s was renewed meanwhile", node, name)
+                return False
         for name in names:
             try:
                 self.objects.delete(BLOCK_KIND, name, resource_version=judged_at.get(name, ""))

@@ -147,3 +147,36 @@ def test_recording_a_lease_drops_only_its_own_holders_hand_back() -> None:
     assert [e.op for e in n1.outbox.owed(target)] == ["hand_back"], "another holder's record: u's hand-back stays"
     n1.registry.recorded(lease)
     assert not n1.outbox.owed(target)
+
+
+def test_a_block_lease_sent_before_the_keep_does_not_let_the_owner_delete_the_object_a_starting_pod_uses() -> None:
+    """The twin of ``test_a_block_lease_sent_before_the_static_goes_...`` where n2's block_lease is sent
+    before pa's keep (no used-by on the object yet): n1 leases Static `fixed` (.200) per address (every node leases
+    every Static), n2 claims .192/28 over it and its block_lease relabels n1's object n2's (same holder, not kept).
+    pa starts on n1 using `fixed`: its keep_lease is owed (made by the outbox 0.5 s later; longer in backoff). The user
+    deletes the Static meanwhile; n2's round lets it go first: the object is n2's for that holder, so it is deleted
+    while pa uses .200; n2 frees .200 from its exclusions and hands it out; pa's keep then finds another holder."""
+    fake = FakeApi()
+    n1 = Node(fake, "n1", claim=False)
+    _rounds(n1)._sync_ipaddresses(statics_only=True)  # n1 leases every Static, per address: no pod yet
+    n1.outbox.flush()
+    assert _objects_at(fake, "198.18.40.200") == [("IPAddress/ns/fixed", "n1")]
+    n2 = Node(fake, "n2")
+    n2.registry.grow = _grow_at(n2.registry, "198.18.40.192")  # type: ignore[method-assign]
+    n2.registry.grow_soon = lambda pool, taken: None  # type: ignore[method-assign]
+    n2.add()  # n2 claims .192/28; .200 excluded
+    _rounds(n2)._sync_ipaddresses(statics_only=True)
+    n2.outbox.flush()  # sent: n1's object (no used-by) relabelled n2's
+    pa = pod("pa")
+    attach(n1.ipam, pa, names=("fixed",))  # pa starts on n1: its keep_lease owed, not made yet
+    for node in (n1, n2):
+        node.source.remove("IPAddress", "ns", "fixed")  # the user deletes the Static while pa starts
+    _rounds(n2)._sync_ipaddresses(statics_only=True)  # n2's round first: it lets its lease go
+    n2.outbox.flush()
+    n2.cache.sync()
+    _housekeeping(n2)  # .200 freed from n2's exclusions: its object is gone
+    n2.store.set_cursor("IPAddressPool/ns/big", to_int("198.18.40.199"))
+    got = n2.add()
+    n1.outbox.flush()  # pa's keep, late
+    assert pa.meta.uid in n1.store.get_ip("IPAddress/ns/fixed").used_by_uids  # type: ignore[union-attr]
+    assert got != "198.18.40.200", f"n2 handed out .200, which pa on n1 uses; objects: {_objects_at(fake, got)}"
