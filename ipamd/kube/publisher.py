@@ -115,22 +115,26 @@ class KubePublisher:
             self._owe(target, op, body, same)
             return
         with self.outbox.writing(target):
-            if same is None:
-                self.outbox.drop(target, op)
-            else:
-                self.outbox.drop_where(target, op, same)
             try:
                 write()
             except Exception as exc:  # unreachable too: owed, never the CNI call's failure
                 if status_of(exc) in done:
+                    self._drop(target, op, same)
                     self.outbox.answered()
                     return
                 log.warning("writing %s: %s (owed in the outbox)", what, reason_of(exc))
                 self._owe(target, op, body, same)
                 if status_of(exc) is None:  # no answer at all: the calls after this one do not wait for one
                     self.outbox.unanswered()
-            else:
+            else:  # the older owed writes go once this one is made (a daemon killed meanwhile makes them after)
+                self._drop(target, op, same)
                 self.outbox.answered()
+
+    def _drop(self, target: str, op: str, same: Callable[[dict[str, Any]], bool] | None) -> None:
+        if same is None:
+            self.outbox.drop(target, op)
+        else:
+            self.outbox.drop_where(target, op, same)
 
     def _owe(self, target: str, op: str, body: dict[str, Any], same: Callable[[dict[str, Any]], bool] | None) -> None:
         """Owe ``body``, superseding the owed ``op`` writes of ``target`` (``same``: only those it matches)."""

@@ -450,7 +450,7 @@ class Attacher:
         """The interfaces are gone: let go of the addresses, the record and the pod's status. What the pod's other
         attachments use is read in the same transaction that lets go and deletes the record, so two sandboxes of the
         pod torn down at once cannot each keep the pod for the other."""
-        with self.store.transaction():
+        with self.statuses.owing(record.pod_uid), self.store.transaction():
             shared = self._shared(record.pod_uid, (record.container_id, record.ifname))
             for iface in record.interfaces:
                 self.ipam.release_pod(list(iface.ip_keys), record.pod_uid,

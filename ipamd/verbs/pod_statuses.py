@@ -15,6 +15,7 @@ import itertools
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from ipamd.model.objects import POD, Meta, Pod
@@ -45,6 +46,11 @@ class PodStatusWriter:
         self._numbers = itertools.count(1)
         self._last: dict[str, int] = {}  # pod UID -> the number of its last write (while it has statuses)
         self._ahead = ThreadPoolExecutor(max_workers=AHEAD_WRITERS, thread_name_prefix="status")
+
+    def owing(self, uid: str) -> AbstractContextManager[None]:
+        """Held around a commit that owes the pod's statuses (a DEL's): no write of the pod reads the store before that
+        commit and drops what it owes after (an older status written over the removal owed)."""
+        return self._locks.hold((uid, ""))
 
     def write(self, namespace: str, name: str, uid: str) -> None:
         """The pod's statuses as the store has them now (nowhere, when they live in the store only)."""

@@ -5,6 +5,9 @@ DEL before the cache has listed."""
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from kubernetes import client
@@ -14,7 +17,9 @@ from ipamd.kube.outbox import Outbox
 from ipamd.kube.publisher import KubePublisher
 from ipamd.model.objects import STATUS_ANNOTATION, Meta, Pod
 from ipamd.store.records import PodStatus
+from ipamd.verbs.pod_statuses import PodStatusWriter
 from tests.fakes.store import MemoryStore
+from tests.unit.test_attacher import Killed, Node
 
 
 class FakePods:
@@ -138,3 +143,98 @@ def test_a_dead_sandboxes_del_before_the_cache_lists_keeps_the_auto_address_the_
     assert left == used, f"the Auto IPAddresses the running sandbox c2 uses were deleted: {left} != {used}"
     held = {lease.holder for lease in node.store.all_leases() if lease.orphaned_at is None}
     assert set(used) <= held, "their leases were let go while c2 still uses the addresses"
+
+
+def _kube_node(pods: FakePods) -> tuple[Node, Any, Any]:
+    pods.uid[("apps", "app")] = "uid-app"
+    node = Node()
+    pub, outbox, _ = kube_publisher(pods)
+    outbox.store = node.store  # one store, as in the daemon
+    node.attacher.publisher, node.attacher.statuses = pub, PodStatusWriter(node.store, pub)
+    return node, pub, outbox
+
+
+def _restart(node: Node, pods: FakePods) -> None:
+    """Reconciler.recover: what the store says is owed again, then the outbox runs."""
+    pub2, outbox2, _ = kube_publisher(pods)
+    outbox2.store = node.store
+    pub2.republish(node.store.all_ips(), node.store.pod_statuses())
+    outbox2.flush()
+
+
+def test_a_del_killed_while_its_status_removal_is_in_flight_still_removes_it() -> None:
+    """The pod's last attachment goes while the pod stays (a finished Job's pod). ``_release`` commits and owes the
+    removal (``owe_pod_status``); then ``statuses.write`` -> ``_now_or_owed`` drops that owed removal
+    (``drop_where``) *before* its PATCH, and the daemon is SIGKILLed while the PATCH is in flight (the longest step
+    after the commit: up to CALL_TIMEOUT). After the restart nothing owes the removal: the store has no status, and
+    ``republish`` removes only statuses that are owed. The pod keeps a networks-status naming deleted interfaces."""
+    pods = FakePods()
+    node, pub, outbox = _kube_node(pods)
+    node.call("ADD")
+    outbox.flush()
+    assert [e["ifName"] for e in pods.status[("apps", "app")]] == ["net1", "net2"]
+    real = pods.patch
+
+    def patch(name: str, namespace: str, body: dict[str, Any], **kw: Any) -> Any:
+        if body["metadata"]["annotations"][STATUS_ANNOTATION] is None:
+            raise Killed("SIGKILL while the removal's PATCH is in flight (never reached the API server)")
+        return real(name, namespace, body, **kw)
+
+    pub.core.patch_namespaced_pod = patch
+    try:
+        node.call("DEL")
+        raise AssertionError("the removal's PATCH was never tried")
+    except Killed:
+        pass
+    assert node.store.attachments() == [] and node.store.pod_status("uid-app") is None, "committed"
+    _restart(node, pods)
+    assert node.call("DEL") == {}, "the runtime's retry: nothing left to do"
+    assert pods.status[("apps", "app")] is None, \
+        "the DEL's owed removal was dropped before its write was made: the pod names deleted interfaces for ever"
+
+
+def test_another_sandboxes_status_write_read_before_the_last_del_commits_does_not_drop_its_owed_removal() -> None:
+    """Pod ``app`` (a finished Job's, the object stays) has two sandboxes' attachments, c1 (dead, its DEL late) and c2.
+    DEL c1 commits (status: c2's) and its ``statuses.write`` reads that status under the pod's lock; before it takes
+    the target (``outbox.writing``: waiting on a pass, or just the scheduler) DEL c2 commits the pod's last attachment
+    away and owes the removal. c1's write then ``drop_where``s every owed write of the UID, the newer removal included,
+    and writes its older status. The daemon is killed before DEL c2's own ``statuses.write``: after the restart nothing
+    owes the removal, and the pod keeps c2's deleted interfaces."""
+    pods = FakePods()
+    node, pub, outbox = _kube_node(pods)
+    node.call("ADD", container="c1")
+    node.call("ADD", container="c2")
+    outbox.flush()
+    real_writing = outbox.writing
+    fired: list[bool] = []
+
+    def detached_killed(*a: Any, **k: Any) -> None:
+        raise Killed("after DEL c2's commit")
+
+    def del_c2() -> None:  # another CNI worker: commits, owes the removal, then dies
+        try:
+            node.call("DEL", container="c2")
+        except Killed:
+            pass
+
+    other = threading.Thread(target=del_c2)
+
+    @contextmanager
+    def writing(target: str) -> Iterator[None]:
+        if target == "Pod/apps/app" and not fired:
+            fired.append(True)
+            pub.detached = detached_killed  # the first thing after _release's commit
+            other.start()  # DEL c2 now: its commit may not come between this write's read and its drop
+            other.join(0.5)
+        with real_writing(target):
+            yield
+
+    outbox.writing = writing
+    node.call("DEL", container="c1")  # its write read c2's status before DEL c2 committed
+    other.join(10)
+    outbox.writing = real_writing
+    assert node.store.pod_status("uid-app") is None and outbox.owes("Pod/apps/app"), "the removal is owed"
+    assert node.store.attachments() == []
+    _restart(node, pods)  # the kill that stopped DEL c2 before its statuses.write
+    assert pods.status[("apps", "app")] is None, \
+        "an older status write of the same UID dropped the removal DEL c2's commit owed: the pod names deleted interfaces"
