@@ -588,10 +588,12 @@ class Ipam:
                     self.store.put_ip(rec)
                     if named:  # with the pod's use of it: its undo, written ahead of the write of its user, goes
                         self.registry.use_recorded(rec, pod.meta.uid)
-                        if rec.type == "Static" and lease.holder and rec.key not in skipped:
-                            # every node leases a Static, and the node whose pod uses it holds its lease object, the
-                            # pod written there too: should the Static be deleted while in use, the others' let-go
-                            # leaves the object alone, and a Static made again is refused to other nodes' pods
+                        if (rec.type == "Static" or rec.created_by == "user") and lease.holder and \
+                                rec.key not in skipped:
+                            # every node leases a Static, and the node whose pod uses a user's IPAddress holds its
+                            # lease object, the pod written there too: should it be deleted while in use, the others'
+                            # let-go leaves the object alone, and one made again (or replaced whole, which drops its
+                            # used-by) is refused to other nodes' pods
                             self.registry.keep_in_use(lease, (pod_ref, pod.meta.uid))
                     claims.append(Claim(rec.key, rec.name, lease.address, lease.network, rec.routes, created_ip,
                                         created_lease))

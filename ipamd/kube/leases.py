@@ -488,8 +488,8 @@ class KubeLeaseRegistry(NoBlocks):
 
     def unused(self, rec: IPRecord, pod_uid: str) -> None:
         self.users.unused(rec.key, pod_uid)
-        if rec.type == "Static" and rec.pool and rec.address:  # taken off its lease object too (``keep_in_use``):
-            name = lease_name(rec.pool, rec.address)  # its keep, if still owed, is not made
+        if (rec.type == "Static" or rec.created_by == "user") and rec.pool and rec.address:  # off its lease object
+            name = lease_name(rec.pool, rec.address)  # too (``keep_in_use``): its keep, if still owed, is not made
             self.outbox.drop_where(f"{KIND}/{name}", "keep_lease",
                                    lambda body: getattr(parse_user(body["object"]), "uid", None) == pod_uid)
             self.outbox.add(f"{KIND}/{name}", "unkeep", {"name": name, "uid": pod_uid}, supersede=True)

@@ -101,6 +101,7 @@ class KubePublisher:
         self.objects = CustomObjects(api)
         self.node_name = node_name
         self.outbox = outbox
+        outbox.senders.setdefault("claim_released", self._release_claim)
 
     def pending_writes(self) -> int:
         return self.outbox.depth()
@@ -228,11 +229,29 @@ class KubePublisher:
 
     @staticmethod
     def _claim_status_body(rec: IPRecord) -> dict[str, Any]:
+        """Its address, and its pod while this node has one: with none here, ``ownerPod`` is left as it is (another
+        node's pod may hold the claim now; only ``claim_released`` clears it, and only of the pod let go of)."""
         owner = rec.used_by_pods[-1].partition("/")[2] if rec.used_by_pods else ""
         ips = [cidr_of(rec.address, rec.network)] if rec.address and rec.network else []
-        # no holder: ownerPod dropped (null in the merge patch; the client would send "" as an invalid null)
         return {"kind": IPAM_CLAIM.name, "name": rec.name, "namespace": rec.namespace,
-                "status": {"ips": ips, "ownerPod": owner or None}}
+                "status": {"ips": ips, **({"ownerPod": owner} if owner else {})}}
+
+    def claim_released(self, rec: IPRecord, pod_name: str) -> None:
+        """Pod ``pod_name`` of this node let go of the IPAMClaim ``rec``: its status written now (or owed), its
+        ``ownerPod`` dropped only while it still names that pod (read first, written at the version read): the VM may
+        run on another node by now, whose pod that node wrote there, and which refuses a third pod the claim."""
+        body = {**self._claim_status_body(rec), "was": pod_name}
+        self._now_or_owed(rec.key, "claim_released", body, lambda: self._release_claim(body, CALL_TIMEOUT),
+                          f"the status of IPAMClaim {rec.namespace}/{rec.name}")
+
+    def _release_claim(self, body: dict[str, Any], timeout: Any = None) -> None:
+        current = self.objects.get(IPAM_CLAIM.name, body["name"], body["namespace"], timeout=timeout)  # 404: done
+        status = dict(body["status"])
+        if "ownerPod" not in status and (current.get("status") or {}).get("ownerPod") == body["was"]:
+            status["ownerPod"] = None  # (null in the merge patch; the client would send "" as an invalid null)
+        self.objects.patch_status(IPAM_CLAIM.name, body["name"], status, body["namespace"],
+                                  resource_version=str((current.get("metadata") or {}).get("resourceVersion") or ""),
+                                  timeout=timeout)  # 409: changed since the read, read again by the retry
 
     def pod_status(self, pod: Pod, status: PodStatus | None) -> None:
         self._patch_status_annotations(pod.meta.namespace, pod.meta.name, pod.meta.uid, status)
@@ -265,7 +284,10 @@ class KubePublisher:
 
     def detached(self, namespace: str, name: str, uid: str, used: Iterable[IPRecord]) -> None:
         for rec in used:
-            self.ip_status(rec)
+            if rec.kind == IPAM_CLAIM.name and not rec.used_by_pods:
+                self.claim_released(rec, name)
+            else:
+                self.ip_status(rec)
 
     def _attachment_name(self, network_key: str) -> str:
         return f"{self.node_name}-{hashlib.sha1(network_key.encode()).hexdigest()[:12]}"[:253]

@@ -71,12 +71,13 @@ class CustomObjects:
             return self.api.create_namespaced_custom_object(r.group, r.version, namespace, r.plural, body)
         return self.api.create_cluster_custom_object(r.group, r.version, r.plural, body)
 
-    def get(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
+    def get(self, kind: str, name: str, namespace: str = "", timeout: Any = None) -> dict[str, Any]:
         r = RESOURCES[kind]
         if r.namespaced:
-            found = self.api.get_namespaced_custom_object(r.group, r.version, namespace, r.plural, name)
+            found = self.api.get_namespaced_custom_object(r.group, r.version, namespace, r.plural, name,
+                                                          _request_timeout=timeout)
         else:
-            found = self.api.get_cluster_custom_object(r.group, r.version, r.plural, name)
+            found = self.api.get_cluster_custom_object(r.group, r.version, r.plural, name, _request_timeout=timeout)
         assert isinstance(found, dict)
         return found
 

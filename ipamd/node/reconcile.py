@@ -106,7 +106,7 @@ class Reconciler:
                 log.warning("could not recover attachment %s/%s: %s", rec.container_id[:12], rec.ifname, exc)
         self.publisher.republish(self.store.all_ips(), self.store.pod_statuses())
         for ip in self.store.all_ips():  # in use (a Static, or deleted meanwhile) since before this version: kept
-            if ip.used_by_uids and (ip.deleted or ip.type == "Static"):
+            if ip.used_by_uids and (ip.deleted or ip.type == "Static" or ip.created_by == "user"):
                 self._keep_lease_of(ip)
         return n
 
@@ -311,6 +311,9 @@ class Reconciler:
                         continue
                     self.ipam.release_pod([claim.key], "", user)
                     log.info("%s: released by pod %s, which is gone", claim.key, ref)
+                    left = self.store.get_ip(claim.key)
+                    if left is not None and not left.used_by_pods and self.publisher is not None:
+                        self.publisher.claim_released(left, name)  # its ownerPod named the pod gone
                 except Exception as exc:  # the API unreachable: next round
                     log.warning("%s: %s", claim.key, exc)
 

@@ -43,6 +43,10 @@ class Publisher(Protocol):
 
     def failed(self, pod: Pod, message: str) -> None: ...
 
+    def claim_released(self, rec: IPRecord, pod_name: str) -> None:
+        """An IPAMClaim let go of by ``pod_name`` (of this node): its status, and no ``ownerPod`` if it named that pod."""
+        ...
+
     def ip_status(self, rec: IPRecord) -> None: ...
 
     def node_attachment(self, network_key: str, bridge: str, ready: bool, message: str) -> None: ...
@@ -73,6 +77,9 @@ class LocalPublisher:
         pass
 
     def failed(self, pod: Pod, message: str) -> None:
+        pass
+
+    def claim_released(self, rec: IPRecord, pod_name: str) -> None:
         pass
 
     def ip_status(self, rec: IPRecord) -> None:

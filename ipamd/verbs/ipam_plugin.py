@@ -104,7 +104,10 @@ class IpamPlugin:
 
     def delete(self, call: CniCall) -> dict[str, Any]:
         for claim in self.addresses.release(call.network_name, call.container_id, call.ifname):
-            self.publisher.ip_status(claim)
+            if claim.used_by_pods:
+                self.publisher.ip_status(claim)
+            else:
+                self.publisher.claim_released(claim, call.args.get("K8S_POD_NAME", ""))
         return {}
 
     def check(self, call: CniCall) -> dict[str, Any]:

@@ -46,6 +46,9 @@ class RecordingPublisher:
     def ip_status(self, rec: IPRecord) -> None:
         self.ip_statuses.append(rec)
 
+    def claim_released(self, rec: IPRecord, pod_name: str) -> None:
+        self.ip_statuses.append(rec)
+
     def node_attachment(self, network_key: str, bridge: str, ready: bool, message: str) -> None:
         self.node_attachments[network_key] = (bridge, ready, message)
 

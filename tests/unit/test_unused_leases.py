@@ -235,6 +235,8 @@ def test_a_take_up_the_store_did_not_take_is_handed_back(api: FakeApi) -> None:
     with n1.store.transaction():
         n1.store.delete_lease(POOL, to_int("198.18.41.1"))  # the node's store let it go; its release not yet made
     api.delete("IPAddress", "ux")
+    assert n1.registry.stray(n1.store, time.time() - 30) == [], "the pod's use of it being taken off: not yet"
+    n1.outbox.flush()  # (a user's IPAddress: the pod was written on its lease object, and is taken off it)
     assert [x.address for x in n1.registry.stray(n1.store, time.time() - 30)] == ["198.18.41.1"]
     n1.outbox.flush()
     assert not api.objs[LEASE_KIND], "the IPAddress gone: this node's stray"

@@ -1,0 +1,168 @@
+"""Addresses that outlive their pods across nodes (a user's IPAddress, an IPAMClaim, their lease objects), in
+interleavings found in review, each failing on the code before its fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cni.errors import AddressConflict, CniError
+from ipamd.ipam.addresses import Ipam
+from ipamd.ipam.delegated import DelegatedAddresses
+from ipamd.kube.blocks import BlockRegistry
+from ipamd.kube.outbox import Outbox
+from ipamd.kube.publisher import KubePublisher
+from ipamd.model.objects import NPWG_CLAIM_API_VERSION, USED_BY_ANNOTATION, parse_object
+from ipamd.node.reconcile import Reconciler
+from ipamd.store.sqlite import Store
+from ipamd.verbs.call import CniCall
+from ipamd.verbs.ipam_plugin import IpamPlugin
+from tests.fakes.cluster import FakeApi, FakeCache
+from tests.fakes.source import FakeSource
+from tests.unit import test_plexus_ipam as tpi
+from tests.unit.test_attacher import NS, obj
+from tests.unit.test_attacher_kube import KubeNode, a_pod
+from tests.unit.test_ipaddress_users import rounds_of, used_by
+
+STICKY = [{"type": "Network", "name": "net-a", "ifName": "net1", "ipAddressNames": ["sticky"]}]
+
+
+def sticky() -> Any:
+    return obj("IPAddress", "sticky", {"networkRef": {"kind": "Network", "name": "net-a"}, "type": "Auto"})
+
+
+def test_a_users_auto_ipaddress_replaced_while_in_use_is_refused_to_another_nodes_pod() -> None:
+    """pa on n1 uses a user's Auto IPAddress ``sticky``; it is replaced whole (``kubectl replace`` drops the used-by
+    annotation). pb on n2 names it before n1's reconciler writes pa on it again: README promises it is refused "all the
+    same, by what the lease object says" (as for a Static), but an Auto IPAddress's lease object never has its pod
+    written on it (keep_in_use is only for Statics): n2 writes pb, takes the lease object up, and pb gets pa's
+    address while pa still runs."""
+    api = FakeApi()
+    a, b = KubeNode(api, "n1"), KubeNode(api, "n2")
+    for node in (a, b):
+        node.source.add(sticky())
+        node.source.add(a_pod("pa", STICKY, "uid-pa"))
+        node.source.add(a_pod("pb", STICKY, "uid-pb"))
+    first = a.call("ADD", "pa", "uid-pa", "ca")["ips"][0]["address"]
+    a.outbox.flush()
+    rounds_of(a).run_once()
+    a.outbox.flush()
+    assert used_by(api, "sticky")["uid"] == "uid-pa"
+    api.patch("IPAddress", "sticky", {"metadata": {"annotations": {USED_BY_ANNOTATION: None}}}, NS)  # replaced whole
+    got = None
+    with pytest.raises(AddressConflict):
+        got = b.call("ADD", "pb", "uid-pb", "cb")["ips"][0]["address"]
+    assert got != first, "pb got the address pa still uses"
+
+
+# -- IPAMClaims across nodes -----------------------------------------------------------------------------------------
+
+SMALL = {"ipAddressPoolRef": {"kind": "ClusterIPAddressPool", "name": "tiny"}}
+
+
+class _Objects:
+    """The publisher's CustomObjects over the fake API (it passes a timeout the fake does not take)."""
+
+    def __init__(self, api: FakeApi) -> None:
+        self.api = api
+
+    def patch_status(self, kind: str, name: str, status: dict[str, Any], namespace: str = "", **_: Any) -> Any:
+        return self.api.patch_status(kind, name, status, namespace)
+
+    def get(self, kind: str, name: str, namespace: str = "", **_: Any) -> Any:
+        return self.api.get(kind, name, namespace)
+
+
+def _claim_from_api(api: FakeApi) -> Any:
+    doc = api.get("IPAMClaim", "vm", tpi.NS)
+    return parse_object({"apiVersion": NPWG_CLAIM_API_VERSION, "kind": "IPAMClaim", **doc})
+
+
+def _launcher(name: str, uid: str) -> Any:
+    return tpi.pod(name, uid, [{"name": "nad-a", "interface": "net1", "ipam-claim-reference": "vm"}])
+
+
+class ClaimNode:
+    def __init__(self, api: FakeApi, name: str, store: Store | None = None) -> None:
+        self.api = api
+        self.store = store or Store(":memory:")
+        senders = api.senders()
+        senders["patch_status"] = lambda b: api.patch_status(b["kind"], b["name"], b["status"], b.get("namespace", ""))
+        self.outbox = Outbox(self.store, senders)
+        self.registry = BlockRegistry(FakeCache(api), name, self.outbox, spawn=lambda run: run())  # type: ignore[arg-type]
+        self.source = FakeSource(tpi.obj("ClusterIPAddressPool", "tiny", {"pools": [{"network": "198.18.54.0/28"}],
+                                                                          "leaseTTL": "1h"}, ns=""),
+                                 _claim_from_api(api))
+        self.ipam = Ipam(self.store, self.source, registry=self.registry)
+        from kubernetes import client
+        self.publisher = KubePublisher(client.ApiClient(), name, self.outbox)
+        self.publisher.objects = _Objects(api)  # type: ignore[assignment]
+        self.plugin = IpamPlugin(DelegatedAddresses(self.ipam, self.source), self.source, lambda: True,
+                                 self.publisher)
+
+    def call(self, verb: str, pod_name: str, uid: str, container: str) -> dict[str, Any]:
+        args = {"K8S_POD_NAMESPACE": tpi.NS, "K8S_POD_NAME": pod_name, "K8S_POD_UID": uid}
+        conf = {"cniVersion": "1.0.0", "name": "nad-a", "type": "macvlan", "ipam": {"type": "plexus-ipam", **SMALL}}
+        return self.plugin.handle(CniCall(verb, container, "/run/netns/x", "net1", args, conf))
+
+
+def test_a_restart_of_the_node_a_vm_left_does_not_erase_the_claims_owner_written_by_its_new_node() -> None:
+    """The VM's launcher pod ran on n1 (the claim's record and lease stay in n1's store after its DEL), and the VM was
+    restarted on n2: n2 took the lease up and wrote ``ownerPod: virt-launcher-vm-b``, which is what refuses another
+    node's pod the claim (``DelegatedAddresses._check_owner``). n1's daemon then restarts (a DaemonSet rollout):
+    ``recover`` -> ``KubePublisher.republish`` owes the status of every record of n1's store, the stale claim's
+    ``ownerPod: None`` included, an unconditional status patch that erases n2's owner. A live migration's target pod
+    on n3 is then not refused while virt-launcher-vm-b runs, and gets the same address."""
+    api = FakeApi()
+    api.create("IPAMClaim", {"metadata": {"name": "vm", "namespace": tpi.NS, "uid": "uid-claim"},
+                             "spec": {"network": "nad-a", "interface": "net1"}}, tpi.NS)
+    n1 = ClaimNode(api, "n1")
+    n1.source.add(_launcher("virt-launcher-vm-a", "uid-a"))
+    first = n1.call("ADD", "virt-launcher-vm-a", "uid-a", "ca")["ips"][0]["address"]
+    n1.outbox.flush()
+    n1.call("DEL", "virt-launcher-vm-a", "uid-a", "ca")  # the VM stopped: ownerPod cleared
+    n1.outbox.flush()
+    assert not api.get("IPAMClaim", "vm", tpi.NS)["status"].get("ownerPod")
+
+    n2 = ClaimNode(api, "n2")  # the VM started again on n2
+    n2.source.add(_launcher("virt-launcher-vm-b", "uid-b"))
+    assert n2.call("ADD", "virt-launcher-vm-b", "uid-b", "cb")["ips"][0]["address"] == first, "the same address"
+    n2.outbox.flush()
+    assert api.get("IPAMClaim", "vm", tpi.NS)["status"]["ownerPod"] == "virt-launcher-vm-b"
+
+    restarted = ClaimNode(api, "n1", store=n1.store)  # n1's daemon restarts over its store
+    Reconciler(restarted.store, restarted.source, restarted.ipam, None, None, restarted.publisher,  # type: ignore[arg-type]
+               cluster=True).recover()
+    restarted.outbox.flush()
+    assert api.get("IPAMClaim", "vm", tpi.NS)["status"].get("ownerPod") == "virt-launcher-vm-b", \
+        "n1's restart erased the owner n2 wrote"
+
+
+def test_a_claims_owner_erased_by_another_nodes_restart_lets_a_second_pod_take_its_address() -> None:
+    """The consequence of the above, end to end: n3's launcher pod (a live migration's target, or any other pod naming
+    the claim) while virt-launcher-vm-b still runs on n2 is refused by README's promise (code 104); it is not."""
+    api = FakeApi()
+    api.create("IPAMClaim", {"metadata": {"name": "vm", "namespace": tpi.NS, "uid": "uid-claim"},
+                             "spec": {"network": "nad-a", "interface": "net1"}}, tpi.NS)
+    n1 = ClaimNode(api, "n1")
+    n1.source.add(_launcher("virt-launcher-vm-a", "uid-a"))
+    first = n1.call("ADD", "virt-launcher-vm-a", "uid-a", "ca")["ips"][0]["address"]
+    n1.call("DEL", "virt-launcher-vm-a", "uid-a", "ca")
+    n1.outbox.flush()
+    n2 = ClaimNode(api, "n2")
+    n2.source.add(_launcher("virt-launcher-vm-b", "uid-b"))
+    n2.call("ADD", "virt-launcher-vm-b", "uid-b", "cb")
+    n2.outbox.flush()
+    restarted = ClaimNode(api, "n1", store=n1.store)
+    Reconciler(restarted.store, restarted.source, restarted.ipam, None, None, restarted.publisher,  # type: ignore[arg-type]
+               cluster=True).recover()
+    restarted.outbox.flush()
+
+    n3 = ClaimNode(api, "n3")  # its cache shows the claim as the API has it now
+    n3.source.add(_launcher("virt-launcher-vm-c", "uid-c"))
+    n3.source.late[(tpi.NS, "virt-launcher-vm-b")] = _launcher("virt-launcher-vm-b", "uid-b")  # still exists
+    got = None
+    with pytest.raises(CniError):
+        got = n3.call("ADD", "virt-launcher-vm-c", "uid-c", "cc")["ips"][0]["address"]
+    assert got != first
