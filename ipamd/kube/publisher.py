@@ -101,7 +101,7 @@ class KubePublisher:
         self.objects = CustomObjects(api)
         self.node_name = node_name
         self.outbox = outbox
-        outbox.senders.setdefault("claim_released", self._release_claim)
+        outbox.senders.setdefault("claim_status", self._write_claim_status)
 
     def pending_writes(self) -> int:
         return self.outbox.depth()
@@ -180,8 +180,9 @@ class KubePublisher:
                     and not self.outbox.owes(rec.key):
                 namespace, _, name = rec.used_by_pods[0].partition("/")
                 self._create_auto_ip(rec, Pod(Meta(POD.name, name, namespace, rec.owner_pod_uid)))
-            if rec.kind == IPAM_CLAIM.name:
-                self.outbox.add(rec.key, "patch_status", self._claim_status_body(rec), supersede=True)
+            if rec.kind == IPAM_CLAIM.name:  # (owed by an earlier version as a plain status patch: superseded)
+                self.outbox.drop(rec.key, "patch_status")
+                self.outbox.add(rec.key, "claim_status", self._claim_status_body(rec), supersede=True)
             else:
                 self.ip_status(rec)
         stored: set[tuple[str, str]] = set()
@@ -222,7 +223,7 @@ class KubePublisher:
         """An IPAMClaim's status: its address (kept while the claim exists) and the pod holding it ("" when none).
         Written now, like the pod's: another node reads ``ownerPod`` to refuse a second pod the claim."""
         body = self._claim_status_body(rec)
-        self._now_or_owed(rec.key, "patch_status", body,
+        self._now_or_owed(rec.key, "claim_status", body,
                           lambda: self.objects.patch_status(IPAM_CLAIM.name, rec.name, body["status"], rec.namespace,
                                                             timeout=CALL_TIMEOUT),
                           f"the status of IPAMClaim {rec.namespace}/{rec.name}")
@@ -241,10 +242,15 @@ class KubePublisher:
         ``ownerPod`` dropped only while it still names that pod (read first, written at the version read): the VM may
         run on another node by now, whose pod that node wrote there, and which refuses a third pod the claim."""
         body = {**self._claim_status_body(rec), "was": pod_name}
-        self._now_or_owed(rec.key, "claim_released", body, lambda: self._release_claim(body, CALL_TIMEOUT),
+        self._now_or_owed(rec.key, "claim_status", body, lambda: self._write_claim_status(body, CALL_TIMEOUT),
                           f"the status of IPAMClaim {rec.namespace}/{rec.name}")
 
-    def _release_claim(self, body: dict[str, Any], timeout: Any = None) -> None:
+    def _write_claim_status(self, body: dict[str, Any], timeout: Any = None) -> None:
+        """The outbox's op of an IPAMClaim's status (one op, so that a newer write supersedes any older one): with
+        ``was``, a release (``claim_released``), else a plain merge patch."""
+        if "was" not in body:
+            self.objects.patch_status(IPAM_CLAIM.name, body["name"], body["status"], body["namespace"], timeout=timeout)
+            return
         current = self.objects.get(IPAM_CLAIM.name, body["name"], body["namespace"], timeout=timeout)  # 404: done
         status = dict(body["status"])
         if "ownerPod" not in status and (current.get("status") or {}).get("ownerPod") == body["was"]:
@@ -274,7 +280,7 @@ class KubePublisher:
                             f"{entry['interface']} on {entry['name']}: {addresses}")
             for rec in used:
                 if rec.kind == IPAM_CLAIM.name:
-                    self.outbox.add(rec.key, "patch_status", self._claim_status_body(rec), supersede=True)
+                    self.outbox.add(rec.key, "claim_status", self._claim_status_body(rec), supersede=True)
 
     def attached_now(self, used: Iterable[IPRecord]) -> None:
         """An IPAMClaim's status written now, outside the store's lock: another node reads its ``ownerPod``."""

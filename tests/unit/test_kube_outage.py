@@ -53,7 +53,7 @@ def test_the_publisher_owes_its_writes_and_goes_on(caplog: pytest.LogCaptureFixt
     assert len(warned) == 1 and "owed in the outbox" in warned[0], warned
     owed = [(e.target, e.op) for e in store.outbox_head(100)]
     assert owed == [  # in order; a later status superseded the earlier one, the attachment's delete its create
-        ("IPAddress/ns/a", "create"), ("IPAMClaim/ns/c", "patch_status"), ("IPAddress/ns/a", "patch_status"),
+        ("IPAddress/ns/a", "create"), ("IPAMClaim/ns/c", "claim_status"), ("IPAddress/ns/a", "patch_status"),
         ("Pod/ns/app", "pod_status"),
         ("NodeNetworkInterfaceAttachment/node-a-" + owed[-1][0].rsplit("-", 1)[1], "delete")], owed
     assert outbox.flush() == len(owed)  # nothing answers: everything stays, the passes back off

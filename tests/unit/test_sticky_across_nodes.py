@@ -166,3 +166,31 @@ def test_a_claims_owner_erased_by_another_nodes_restart_lets_a_second_pod_take_i
     with pytest.raises(CniError):
         got = n3.call("ADD", "virt-launcher-vm-c", "uid-c", "cc")["ips"][0]["address"]
     assert got != first
+
+
+def test_a_claims_release_owed_in_an_outage_does_not_clear_the_owner_written_after_it() -> None:
+    """The VM's pod lets go of the claim while the API server does not answer: the release (clear ownerPod while it
+    names that pod) is owed. The pod is made again under the same name (a StatefulSet member, a VM restarted on this
+    node) and its ADD writes ownerPod: the owed release, older, must not land after it and clear the new owner."""
+    api = FakeApi()
+    api.create("IPAMClaim", {"metadata": {"name": "vm", "namespace": tpi.NS, "uid": "uid-claim"},
+                             "spec": {"network": "nad-a", "interface": "net1"}}, tpi.NS)
+    n1 = ClaimNode(api, "n1")
+    n1.source.add(_launcher("virt-launcher-vm-a", "uid-a"))
+    n1.call("ADD", "virt-launcher-vm-a", "uid-a", "ca")
+    n1.outbox.flush()
+    reads = n1.publisher.objects.get
+
+    def away(*a: Any, **k: Any) -> Any:
+        raise ConnectionRefusedError("the API server is away")
+
+    n1.publisher.objects.get = away  # type: ignore[method-assign]
+    n1.call("DEL", "virt-launcher-vm-a", "uid-a", "ca")
+    assert n1.outbox.owes(f"IPAMClaim/{tpi.NS}/vm"), "the release is owed"
+    n1.publisher.objects.get = reads  # type: ignore[method-assign]
+    n1.outbox.answered()  # the API server is back
+    n1.source.add(_launcher("virt-launcher-vm-a", "uid-a2"))  # made again under the same name
+    n1.call("ADD", "virt-launcher-vm-a", "uid-a2", "ca2")
+    n1.outbox.flush()
+    assert api.get("IPAMClaim", "vm", tpi.NS)["status"].get("ownerPod") == "virt-launcher-vm-a", \
+        "the older owed release cleared the owner the newer ADD wrote"
