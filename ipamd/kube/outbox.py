@@ -148,6 +148,11 @@ class Outbox:
         """Forget the pending writes of ``target``/``op`` (a newer one was just made directly)."""
         return self.store.outbox_drop(target, op)
 
+    def forget(self, seqs: Collection[int]) -> None:
+        """Drop these owed writes (made by a newer write of their target, ``KubePublisher._now_or_owed``)."""
+        for seq in seqs:
+            self.store.outbox_done(seq)
+
     def drop_unsent(self, target: str, op: str,
                     match: Callable[[dict[str, Any]], bool] = lambda body: True) -> list[OutboxEntry] | None:
         """``drop_where``: the writes dropped, when none of them can have reached the API server (else None): none was

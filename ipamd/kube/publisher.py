@@ -116,26 +116,25 @@ class KubePublisher:
             self._owe(target, op, body, same)
             return
         with self.outbox.writing(target):
+            # the older owed writes, which go once this one is made (a daemon killed meanwhile makes them after); one
+            # owed while it is on its way is newer, and stays
+            older = [e.seq for e in self.outbox.owed(target) if e.op == op and (same is None or same(e.body))]
             try:
                 write()
             except Exception as exc:  # unreachable too: owed, never the CNI call's failure
                 if status_of(exc) in done:
-                    self._drop(target, op, same)
+                    self.outbox.forget(older)
                     self.outbox.answered()
                     return
                 log.warning("writing %s: %s (owed in the outbox)", what, reason_of(exc))
-                self._owe(target, op, body, same)
+                if {e.seq for e in self.outbox.owed(target) if e.op == op and (same is None or same(e.body))} \
+                        <= set(older):
+                    self._owe(target, op, body, same)  # (else a newer one was owed meanwhile: it stands)
                 if status_of(exc) is None:  # no answer at all: the calls after this one do not wait for one
                     self.outbox.unanswered()
-            else:  # the older owed writes go once this one is made (a daemon killed meanwhile makes them after)
-                self._drop(target, op, same)
+            else:
+                self.outbox.forget(older)
                 self.outbox.answered()
-
-    def _drop(self, target: str, op: str, same: Callable[[dict[str, Any]], bool] | None) -> None:
-        if same is None:
-            self.outbox.drop(target, op)
-        else:
-            self.outbox.drop_where(target, op, same)
 
     def _owe(self, target: str, op: str, body: dict[str, Any], same: Callable[[dict[str, Any]], bool] | None) -> None:
         """Owe ``body``, superseding the owed ``op`` writes of ``target`` (``same``: only those it matches)."""
@@ -182,7 +181,11 @@ class KubePublisher:
                 self._create_auto_ip(rec, Pod(Meta(POD.name, name, namespace, rec.owner_pod_uid)))
             if rec.kind == IPAM_CLAIM.name:  # (owed by an earlier version as a plain status patch: superseded)
                 self.outbox.drop(rec.key, "patch_status")
-                self.outbox.add(rec.key, "claim_status", self._claim_status_body(rec), supersede=True)
+                body = self._claim_status_body(rec)
+                was = [e.body["was"] for e in self.outbox.owed(rec.key) if e.op == "claim_status" and "was" in e.body]
+                if was and "ownerPod" not in body["status"]:
+                    body["was"] = was[-1]  # a release owed before the restart: still made
+                self.outbox.add(rec.key, "claim_status", body, supersede=True)
             else:
                 self.ip_status(rec)
         stored: set[tuple[str, str]] = set()

@@ -194,3 +194,75 @@ def test_a_claims_release_owed_in_an_outage_does_not_clear_the_owner_written_aft
     n1.outbox.flush()
     assert api.get("IPAMClaim", "vm", tpi.NS)["status"].get("ownerPod") == "virt-launcher-vm-a", \
         "the older owed release cleared the owner the newer ADD wrote"
+
+
+def _claim(api: FakeApi) -> None:
+    api.create("IPAMClaim", {"metadata": {"name": "vm", "namespace": tpi.NS, "uid": "uid-claim"},
+                             "spec": {"network": "nad-a", "interface": "net1"}}, tpi.NS)
+
+
+def _owner(api: FakeApi) -> Any:
+    return (api.get("IPAMClaim", "vm", tpi.NS).get("status") or {}).get("ownerPod")
+
+
+def test_a_restart_keeps_the_release_owed_during_an_outage() -> None:
+    """The VM's pod lets go of the claim while the API server does not answer: the release (``was``) is owed, durably.
+    The daemon restarts before the API is back (a DaemonSet rollout, a node reboot): ``republish`` owes a plain
+    ``claim_status`` of the unused claim (no ownerPod, no ``was``) with ``supersede=True``, on the same op since 0132ceb,
+    and drops the owed release. ownerPod names the pod let go of for ever (until another pod takes the claim): a
+    pod of that name that still exists refuses every other node's pod the claim, and each such ADD waits out
+    ``wait_for_pod``."""
+    api = FakeApi()
+    _claim(api)
+    n1 = ClaimNode(api, "n1")
+    n1.source.add(_launcher("virt-launcher-vm-a", "uid-a"))
+    n1.call("ADD", "virt-launcher-vm-a", "uid-a", "ca")
+    n1.outbox.flush()
+    assert _owner(api) == "virt-launcher-vm-a"
+
+    def away(*a: Any, **k: Any) -> Any:
+        raise ConnectionRefusedError("the API server is away")
+
+    n1.publisher.objects.get = away  # type: ignore[method-assign]
+    n1.call("DEL", "virt-launcher-vm-a", "uid-a", "ca")
+    assert [e.body.get("was") for e in n1.outbox.owed(f"IPAMClaim/{tpi.NS}/vm")] == ["virt-launcher-vm-a"]
+
+    restarted = ClaimNode(api, "n1", store=n1.store)  # the daemon restarts over its store; the API is back
+    Reconciler(restarted.store, restarted.source, restarted.ipam, None, None, restarted.publisher,  # type: ignore[arg-type]
+               cluster=True).recover()
+    restarted.outbox.flush()
+    assert not _owner(api), "the release owed before the restart was superseded by republish: ownerPod never cleared"
+
+
+def test_a_direct_write_answered_does_not_drop_a_newer_write_owed_meanwhile() -> None:
+    """ee035d1 drops the target's owed writes of the op *after* the direct write answers: also those owed while it
+    was in flight. A claim's writers hold no lock (unlike a pod's statuses): n1 lets go of the claim for
+    virt-launcher-vm-a (its DEL, or the reconciler's ``_release_gone_claim_users``), and while that write is in flight
+    another write of n1 goes unanswered (``api_away``) and virt-launcher-vm-b's ADD on n1 owes
+    ``ownerPod: virt-launcher-vm-b``. The release answers and drops it: the claim shows no owner while vm-b holds it,
+    and another node's pod naming it is not refused."""
+    api = FakeApi()
+    _claim(api)
+    n1 = ClaimNode(api, "n1")
+    n1.source.add(_launcher("virt-launcher-vm-a", "uid-a"))
+    n1.source.add(_launcher("virt-launcher-vm-b", "uid-b"))
+    n1.call("ADD", "virt-launcher-vm-a", "uid-a", "ca")
+    n1.outbox.flush()
+    assert _owner(api) == "virt-launcher-vm-a"
+    real = n1.publisher.objects.patch_status
+    once: list[bool] = []
+
+    def in_flight(*a: Any, **k: Any) -> Any:
+        if not once:
+            once.append(True)
+            n1.outbox.unanswered()  # another call's write just timed out: calls owe theirs for a while
+            n1.call("ADD", "virt-launcher-vm-b", "uid-b", "cb")  # its claim status owed, not written
+            assert any(e.body.get("status", {}).get("ownerPod") == "virt-launcher-vm-b"
+                       for e in n1.outbox.owed(f"IPAMClaim/{tpi.NS}/vm"))
+        return real(*a, **k)
+
+    n1.publisher.objects.patch_status = in_flight  # type: ignore[method-assign]
+    n1.call("DEL", "virt-launcher-vm-a", "uid-a", "ca")
+    n1.publisher.objects.patch_status = real  # type: ignore[method-assign]
+    n1.outbox.flush()
+    assert _owner(api) == "virt-launcher-vm-b", "the newer owed ownerPod was dropped by the older write's answer"
