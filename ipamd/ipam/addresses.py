@@ -694,6 +694,9 @@ class Ipam:
         if not owner:
             raise InvalidConfig("owner is required", "owner")
         _check_address(address)
+        if address and subnet_for(pool, to_int(address)) is None:  # refused before anything is claimed, naming it
+            nets = ", ".join(str(s.network) for s in pool.subnets)
+            raise InvalidConfig(f"{address} is outside pool {pool.meta.display} ({nets})", "address")
         key = f"api/{owner}"
         rec = self.store.get_ip(key) or IPRecord(
             key=key, kind="api", namespace="", name=owner, network_kind="", network_name="",

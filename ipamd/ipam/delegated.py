@@ -133,7 +133,8 @@ class DelegatedAddresses:
 
         def attempt() -> tuple[IPRecord, LeaseRecord, bool, bool]:
             first, _ = self._holder(req, claim_obj)  # read only: the address is claimed beyond this node before the
-            with self.ipam.securing(first, pool) as secured, self.store.transaction():  # transaction that records it
+            self._refuse_before_claiming(req, first, pool)  # transaction that records it
+            with self.ipam.securing(first, pool) as secured, self.store.transaction():
                 if req.config.range is not None:
                     self._note_range(req.network, req.config.range, f"{req.config_field}.range")
                 rec, created = self._holder(req, claim_obj)
@@ -281,9 +282,26 @@ class DelegatedAddresses:
                    f"{rec.network_name})"
         return f"{rec.kind} {rec.namespace}/{rec.name}" + (f" (pod {pods})" if pods else "")
 
+    def _refuse_before_claiming(self, req: AddressRequest, first: IPRecord, pool: AddressPool) -> None:
+        """Refuse what is wrong in the request before anything is claimed beyond this node (checked again in the
+        transaction): the claim of an exact address adopts another node's quarantined lease object, and the let-go of
+        a claim refused after it would end that quarantine at once."""
+        if req.config.range is not None:
+            self._refuse_range(req.network, req.config.range, f"{req.config_field}.range")
+        if first.type == "Static":
+            self._check_static(first, pool, req)
+
     def _note_range(self, owner: str, rng: InlineRange, field: str) -> None:
-        """Record the implicit pool of a range (one per configuration and range), refusing one that would
-        overlap another configuration's range when it asks not to share addresses with it."""
+        """Record the implicit pool of a range (one per configuration and range), refused as ``_refuse_range``."""
+        self._refuse_range(owner, rng, field)
+        key = f"{owner}|{rng.network}|{rng.text}"
+        if self.store.get_implicit_pool(key) is None:
+            self.store.put_implicit_pool(ImplicitPoolRecord(key, owner, space_key(rng.space), str(rng.network),
+                                                            rng.ranges, rng.ttl_s, rng.overlapping, self.clock()))
+
+    def _refuse_range(self, owner: str, rng: InlineRange, field: str) -> None:
+        """A range that would overlap another configuration's range when it asks not to share addresses with it, or
+        a pool's addresses (another lease space over the same addresses would hand them out twice)."""
         if not rng.overlapping:
             others = [(r.owner, InlineRange(ipaddress.ip_network(r.network), r.ranges, r.pool.partition("/")[2],
                                             r.overlapping)) for r in self.store.implicit_pools()]
@@ -292,17 +310,14 @@ class DelegatedAddresses:
                 raise InvalidConfig(f"range {rng.network} ({rng.text}) overlaps {clash}, and enable_overlapping_ranges "
                                     "is false: Plexus never hands out an address twice; let it be true, or give this "
                                     "network its own network_name", field)
-        key = f"{owner}|{rng.network}|{rng.text}"
-        if self.store.get_implicit_pool(key) is not None:
+        if self.store.get_implicit_pool(f"{owner}|{rng.network}|{rng.text}") is not None:
             return
-        for kind in POOL_KINDS.values():  # another lease space over the same addresses would hand them out twice
+        for kind in POOL_KINDS.values():
             for pool in self.source.list(kind):
                 hit = next((sub.network for sub in pool.subnets if sub.network.overlaps(rng.network)), None)
                 if hit is not None:
                     raise InvalidConfig(f"range {rng.network} overlaps {pool.meta.display} ({hit}): name that pool "
                                         "with ipAddressPoolRef instead, so both share its leases", field)
-        self.store.put_implicit_pool(ImplicitPoolRecord(key, owner, space_key(rng.space), str(rng.network), rng.ranges,
-                                                        rng.ttl_s, rng.overlapping, self.clock()))
 
     # -- DEL, GC, CHECK -------------------------------------------------------------------------
     def release(self, network: str, container_id: str, ifname: str) -> list[IPRecord]:
