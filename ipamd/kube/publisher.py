@@ -115,10 +115,13 @@ class KubePublisher:
         if self.outbox.api_away():  # known not to answer: no CNI call waits for its timeouts
             self._owe(target, op, body, same)
             return
+        def owed() -> set[int]:
+            return {e.seq for e in self.outbox.owed(target) if e.op == op and (same is None or same(e.body))}
+
         with self.outbox.writing(target):
             # the older owed writes, which go once this one is made (a daemon killed meanwhile makes them after); one
             # owed while it is on its way is newer, and stays
-            older = [e.seq for e in self.outbox.owed(target) if e.op == op and (same is None or same(e.body))]
+            older = owed()
             try:
                 write()
             except Exception as exc:  # unreachable too: owed, never the CNI call's failure
@@ -127,8 +130,7 @@ class KubePublisher:
                     self.outbox.answered()
                     return
                 log.warning("writing %s: %s (owed in the outbox)", what, reason_of(exc))
-                if {e.seq for e in self.outbox.owed(target) if e.op == op and (same is None or same(e.body))} \
-                        <= set(older):
+                if owed() <= older:
                     self._owe(target, op, body, same)  # (else a newer one was owed meanwhile: it stands)
                 if status_of(exc) is None:  # no answer at all: the calls after this one do not wait for one
                     self.outbox.unanswered()
