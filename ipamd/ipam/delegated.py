@@ -320,9 +320,11 @@ class DelegatedAddresses:
                                         "with ipAddressPoolRef instead, so both share its leases", field)
 
     # -- DEL, GC, CHECK -------------------------------------------------------------------------
-    def release(self, network: str, container_id: str, ifname: str) -> list[IPRecord]:
+    def release(self, network: str, container_id: str, ifname: str,
+                owe: Callable[[list[IPRecord]], None] = lambda claims: None) -> list[IPRecord]:
         """DEL: the attachment's own lease is quarantined; a claim it used loses this attachment only (DEL is
-        idempotent: nothing held, nothing done). The claims let go of, as they are now."""
+        idempotent: nothing held, nothing done). The claims let go of, as they are now (``owe``: told them inside the
+        transaction, to owe what is written of them after)."""
         user = attachment_id(container_id, ifname)
         with self.store.transaction():
             rec = self.store.get_ip(cni_key(network, container_id, ifname))
@@ -331,7 +333,9 @@ class DelegatedAddresses:
             claims = self.claims_of(user)
             for claim in claims:
                 self.ipam.release_pod([claim.key], user)
-        return self.ipam.records([c.key for c in claims])
+            left = self.ipam.records([c.key for c in claims])
+            owe(left)
+        return left
 
     def claims_of(self, user: str) -> list[IPRecord]:
         """The IPAMClaims an attachment (``attachment_id``) uses."""

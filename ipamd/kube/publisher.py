@@ -250,6 +250,9 @@ class KubePublisher:
         self._now_or_owed(rec.key, "claim_status", body, lambda: self._write_claim_status(body, CALL_TIMEOUT),
                           f"the status of IPAMClaim {rec.namespace}/{rec.name}")
 
+    def owe_claim_released(self, rec: IPRecord, pod_name: str) -> None:
+        self.outbox.add(rec.key, "claim_status", {**self._claim_status_body(rec), "was": pod_name}, supersede=True)
+
     def _write_claim_status(self, body: dict[str, Any], timeout: Any = None) -> None:
         """The outbox's op of an IPAMClaim's status (one op, so that a newer write supersedes any older one): with
         ``was``, a release (``claim_released``), else a plain merge patch."""

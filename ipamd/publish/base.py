@@ -47,6 +47,10 @@ class Publisher(Protocol):
         """An IPAMClaim let go of by ``pod_name`` (of this node): its status, and no ``ownerPod`` if it named that pod."""
         ...
 
+    def owe_claim_released(self, rec: IPRecord, pod_name: str) -> None:
+        """``claim_released`` owed, no request (called inside the commit that lets the claim go)."""
+        ...
+
     def ip_status(self, rec: IPRecord) -> None: ...
 
     def node_attachment(self, network_key: str, bridge: str, ready: bool, message: str) -> None: ...
@@ -80,6 +84,9 @@ class LocalPublisher:
         pass
 
     def claim_released(self, rec: IPRecord, pod_name: str) -> None:
+        pass
+
+    def owe_claim_released(self, rec: IPRecord, pod_name: str) -> None:
         pass
 
     def ip_status(self, rec: IPRecord) -> None:

@@ -37,7 +37,7 @@ from ipamd.invoke.chain import Chain, Invocation
 from ipamd.ipam.addresses import Claim, Ipam, ResolvedNetwork
 from ipamd.ipam.delegated import DelegatedAddresses, attachment_id
 from ipamd.model.annotations import AddressConfig
-from ipamd.model.objects import POD, Meta, Pod
+from ipamd.model.objects import IPAM_CLAIM, POD, Meta, Pod
 from ipamd.model.pluginconf import PluginConfig, parse_plugin_config
 from ipamd.model.segments import SEGMENT_KINDS
 from ipamd.model.timefmt import rfc3339
@@ -460,6 +460,9 @@ class Attacher:
             if self.publisher.remote:  # what the commit leaves, owed with it (written just below)
                 self.publisher.owe_pod_status(Pod(Meta(POD.name, record.pod_name, record.namespace, record.pod_uid)),
                                               self.store.pod_status(record.pod_uid))
+                for rec in self.ipam.records([k for i in record.interfaces for k in i.ip_keys]):
+                    if rec.kind == IPAM_CLAIM.name and not rec.used_by_pods:
+                        self.publisher.owe_claim_released(rec, record.pod_name)
             others = bool(self.store.attachments_of_pod(record.pod_uid))
         # the pod gone: its Auto IPAddresses go, unless another sandbox of it uses them (a dead one's DEL may come
         # after the new one's ADD) or the cache has not listed yet (a daemon just restarted knows no pod)

@@ -20,6 +20,7 @@ from ipamd.model.npwg import NETWORKS_ANNOTATION, NetworkElement, parse_networks
 from ipamd.model.objects import Pod
 from ipamd.publish.base import LocalPublisher, Publisher
 from ipamd.sources.base import ObjectSource, require_listed
+from ipamd.store.records import IPRecord
 from ipamd.verbs.call import CniCall, dispatch, valid_attachments
 from ipamd.verbs.networks import PLEXUS_IPAM_ARGS
 from ipamd.verbs.pods import find_pod
@@ -103,11 +104,18 @@ class IpamPlugin:
         return leased.result().to_dict(call.version)
 
     def delete(self, call: CniCall) -> dict[str, Any]:
-        for claim in self.addresses.release(call.network_name, call.container_id, call.ifname):
+        pod_name = call.args.get("K8S_POD_NAME", "")
+
+        def owe(claims: list[IPRecord]) -> None:  # in the release's commit: a daemon killed after it still clears
+            for claim in claims:
+                if not claim.used_by_pods:
+                    self.publisher.owe_claim_released(claim, pod_name)
+
+        for claim in self.addresses.release(call.network_name, call.container_id, call.ifname, owe):
             if claim.used_by_pods:
                 self.publisher.ip_status(claim)
             else:
-                self.publisher.claim_released(claim, call.args.get("K8S_POD_NAME", ""))
+                self.publisher.claim_released(claim, pod_name)
         return {}
 
     def check(self, call: CniCall) -> dict[str, Any]:

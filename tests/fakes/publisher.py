@@ -49,6 +49,9 @@ class RecordingPublisher:
     def claim_released(self, rec: IPRecord, pod_name: str) -> None:
         self.ip_statuses.append(rec)
 
+    def owe_claim_released(self, rec: IPRecord, pod_name: str) -> None:
+        pass
+
     def node_attachment(self, network_key: str, bridge: str, ready: bool, message: str) -> None:
         self.node_attachments[network_key] = (bridge, ready, message)
 

@@ -266,3 +266,30 @@ def test_a_direct_write_answered_does_not_drop_a_newer_write_owed_meanwhile() ->
     n1.publisher.objects.patch_status = real  # type: ignore[method-assign]
     n1.outbox.flush()
     assert _owner(api) == "virt-launcher-vm-b", "the newer owed ownerPod was dropped by the older write's answer"
+
+
+def test_a_daemon_killed_right_after_a_claims_release_still_clears_its_owner() -> None:
+    """The VM's pod lets go of the claim (its DEL commits) and the daemon is SIGKILLed before the claim's status is
+    written: the release is owed in that commit, so the restart still clears ``ownerPod`` (it named the pod gone)."""
+    api = FakeApi()
+    _claim(api)
+    n1 = ClaimNode(api, "n1")
+    n1.source.add(_launcher("virt-launcher-vm-a", "uid-a"))
+    n1.call("ADD", "virt-launcher-vm-a", "uid-a", "ca")
+    n1.outbox.flush()
+    assert _owner(api) == "virt-launcher-vm-a"
+
+    class Killed(Exception):
+        pass
+
+    def killed(*a: Any, **k: Any) -> None:
+        raise Killed("after the release's commit")
+
+    n1.publisher.claim_released = killed  # type: ignore[method-assign]
+    with pytest.raises(Killed):
+        n1.call("DEL", "virt-launcher-vm-a", "uid-a", "ca")
+    restarted = ClaimNode(api, "n1", store=n1.store)
+    Reconciler(restarted.store, restarted.source, restarted.ipam, None, None, restarted.publisher,  # type: ignore[arg-type]
+               cluster=True).recover()
+    restarted.outbox.flush()
+    assert not _owner(api), "the pod let go of the claim; its owner stayed written"
