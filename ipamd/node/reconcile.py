@@ -309,11 +309,16 @@ class Reconciler:
                 try:
                     if self.source.wait_for_pod(ns, name) is not None:
                         continue
-                    self.ipam.release_pod([claim.key], "", user)
+                    with self.store.transaction():  # its ownerPod named the pod gone: cleared, owed in this commit
+                        self.ipam.release_pod([claim.key], "", user)
+                        left = self.store.get_ip(claim.key)
+                        if left is not None and (left.used_by_pods or self.publisher is None):
+                            left = None  # another pod uses it still: its ownerPod stays
+                        if left is not None:
+                            self.publisher.owe_claim_released(left, name)
                     log.info("%s: released by pod %s, which is gone", claim.key, ref)
-                    left = self.store.get_ip(claim.key)
-                    if left is not None and not left.used_by_pods and self.publisher is not None:
-                        self.publisher.claim_released(left, name)  # its ownerPod named the pod gone
+                    if left is not None:
+                        self.publisher.claim_released(left, name)
                 except Exception as exc:  # the API unreachable: next round
                     log.warning("%s: %s", claim.key, exc)
 

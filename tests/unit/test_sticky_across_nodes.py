@@ -293,3 +293,34 @@ def test_a_daemon_killed_right_after_a_claims_release_still_clears_its_owner() -
                cluster=True).recover()
     restarted.outbox.flush()
     assert not _owner(api), "the pod let go of the claim; its owner stayed written"
+
+
+def test_a_daemon_killed_right_after_releasing_a_gone_pods_claim_still_clears_its_owner() -> None:
+    """The VM's pod is gone and its DEL never came (plexus-ipam exec'd by another meta-plugin, the node crashed): the
+    reconciler lets the claim go, and the daemon is SIGKILLed before the claim's status is written. The release is
+    owed in that commit: the restart still clears ``ownerPod``."""
+    api = FakeApi()
+    _claim(api)
+    n1 = ClaimNode(api, "n1")
+    n1.source.add(_launcher("virt-launcher-vm-a", "uid-a"))
+    n1.call("ADD", "virt-launcher-vm-a", "uid-a", "ca")
+    n1.outbox.flush()
+    assert _owner(api) == "virt-launcher-vm-a"
+    n1.source.remove("Pod", tpi.NS, "virt-launcher-vm-a")  # gone, no DEL
+
+    class Killed(Exception):
+        pass
+
+    def killed(*a: Any, **k: Any) -> None:
+        raise Killed("after the release's commit")
+
+    n1.publisher.claim_released = killed  # type: ignore[method-assign]
+    rounds = Reconciler(n1.store, n1.source, n1.ipam, None, None, n1.publisher,  # type: ignore[arg-type]
+                        cluster=True)
+    rounds._release_gone_claim_users()  # (the kill is logged by the round, as any failure there)
+    assert not n1.store.get_ip(f"IPAMClaim/{tpi.NS}/vm").used_by_pods  # type: ignore[union-attr]
+    restarted = ClaimNode(api, "n1", store=n1.store)
+    Reconciler(restarted.store, restarted.source, restarted.ipam, None, None, restarted.publisher,  # type: ignore[arg-type]
+               cluster=True).recover()
+    restarted.outbox.flush()
+    assert not _owner(api), "the pod gone let go of the claim; its owner stayed written"
