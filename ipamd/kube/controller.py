@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -163,7 +163,7 @@ def _absent_ok(write: Callable[..., Any], *args: Any) -> None:
             raise
 
 
-def _ungauge(blocks: set[tuple[str, str]], pools: set[str]) -> None:
+def _ungauge(blocks: Iterable[tuple[str, str]] = (), pools: Iterable[str] = ()) -> None:
     """Remove the gauges of (pool, node) blocks and of pools; one already gone is no matter (another replica in the
     same process, as in tests, shares the registry)."""
     for key, node in blocks:
@@ -288,12 +288,12 @@ class Controller:
                     self._usage[key] = (pool.meta.uid, usage)
                 except Exception as exc:
                     log.warning("status of %s: %s", pool.meta.display, reason_of(exc))
-        _ungauge(self._block_gauges - blocks_seen, set())
+        _ungauge(blocks=self._block_gauges - blocks_seen)
         self._block_gauges = blocks_seen
         for key in self._gauged - seen:  # a pool deleted: its gauges go with it
             self._gauged.discard(key)
             self._usage.pop(key, None)
-            _ungauge(set(), {key})
+            _ungauge(pools=(key,))
 
     # -- IPAddresses and leases -----------------------------------------------------------------------
     def allocate_user_ipaddresses(self) -> None:

@@ -85,6 +85,7 @@ def _launcher(name: str, uid: str) -> Any:
 
 class ClaimNode:
     def __init__(self, api: FakeApi, name: str, store: Store | None = None) -> None:
+        self.name = name
         self.api = api
         self.store = store or Store(":memory:")
         senders = api.senders()
@@ -131,10 +132,7 @@ def test_a_restart_of_the_node_a_vm_left_does_not_erase_the_claims_owner_written
     n2.outbox.flush()
     assert api.get("IPAMClaim", "vm", tpi.NS)["status"]["ownerPod"] == "virt-launcher-vm-b"
 
-    restarted = ClaimNode(api, "n1", store=n1.store)  # n1's daemon restarts over its store
-    Reconciler(restarted.store, restarted.source, restarted.ipam, None, None, restarted.publisher,  # type: ignore[arg-type]
-               cluster=True).recover()
-    restarted.outbox.flush()
+    _restarted(n1)  # n1's daemon restarts over its store
     assert api.get("IPAMClaim", "vm", tpi.NS)["status"].get("ownerPod") == "virt-launcher-vm-b", \
         "n1's restart erased the owner n2 wrote"
 
@@ -154,10 +152,7 @@ def test_a_claims_owner_erased_by_another_nodes_restart_lets_a_second_pod_take_i
     n2.source.add(_launcher("virt-launcher-vm-b", "uid-b"))
     n2.call("ADD", "virt-launcher-vm-b", "uid-b", "cb")
     n2.outbox.flush()
-    restarted = ClaimNode(api, "n1", store=n1.store)
-    Reconciler(restarted.store, restarted.source, restarted.ipam, None, None, restarted.publisher,  # type: ignore[arg-type]
-               cluster=True).recover()
-    restarted.outbox.flush()
+    _restarted(n1)
 
     n3 = ClaimNode(api, "n3")  # its cache shows the claim as the API has it now
     n3.source.add(_launcher("virt-launcher-vm-c", "uid-c"))
@@ -204,6 +199,33 @@ def _claim(api: FakeApi) -> None:
 def _owner(api: FakeApi) -> Any:
     return (api.get("IPAMClaim", "vm", tpi.NS).get("status") or {}).get("ownerPod")
 
+def _vm_a_running(api: FakeApi) -> ClaimNode:
+    """The claim, and the VM's pod using it on n1: its owner written."""
+    _claim(api)
+    n1 = ClaimNode(api, "n1")
+    n1.source.add(_launcher("virt-launcher-vm-a", "uid-a"))
+    n1.call("ADD", "virt-launcher-vm-a", "uid-a", "ca")
+    n1.outbox.flush()
+    assert _owner(api) == "virt-launcher-vm-a"
+    return n1
+
+
+def _restarted(node: ClaimNode) -> None:
+    """``node``'s daemon started again over its store (``Reconciler.recover``), its owed writes then made."""
+    restarted = ClaimNode(node.api, node.name, store=node.store)
+    Reconciler(restarted.store, restarted.source, restarted.ipam, None, None, restarted.publisher,  # type: ignore[arg-type]
+               cluster=True).recover()
+    restarted.outbox.flush()
+
+
+class _Killed(Exception):
+    pass
+
+
+def _killed(*a: Any, **k: Any) -> None:
+    raise _Killed("after the release's commit")
+
+
 
 def test_a_restart_keeps_the_release_owed_during_an_outage() -> None:
     """The VM's pod lets go of the claim while the API server does not answer: the release (``was``) is owed, durably.
@@ -213,12 +235,7 @@ def test_a_restart_keeps_the_release_owed_during_an_outage() -> None:
     pod of that name that still exists refuses every other node's pod the claim, and each such ADD waits out
     ``wait_for_pod``."""
     api = FakeApi()
-    _claim(api)
-    n1 = ClaimNode(api, "n1")
-    n1.source.add(_launcher("virt-launcher-vm-a", "uid-a"))
-    n1.call("ADD", "virt-launcher-vm-a", "uid-a", "ca")
-    n1.outbox.flush()
-    assert _owner(api) == "virt-launcher-vm-a"
+    n1 = _vm_a_running(api)
 
     def away(*a: Any, **k: Any) -> Any:
         raise ConnectionRefusedError("the API server is away")
@@ -227,10 +244,7 @@ def test_a_restart_keeps_the_release_owed_during_an_outage() -> None:
     n1.call("DEL", "virt-launcher-vm-a", "uid-a", "ca")
     assert [e.body.get("was") for e in n1.outbox.owed(f"IPAMClaim/{tpi.NS}/vm")] == ["virt-launcher-vm-a"]
 
-    restarted = ClaimNode(api, "n1", store=n1.store)  # the daemon restarts over its store; the API is back
-    Reconciler(restarted.store, restarted.source, restarted.ipam, None, None, restarted.publisher,  # type: ignore[arg-type]
-               cluster=True).recover()
-    restarted.outbox.flush()
+    _restarted(n1)  # the daemon restarts over its store; the API is back
     assert not _owner(api), "the release owed before the restart was superseded by republish: ownerPod never cleared"
 
 
@@ -272,26 +286,12 @@ def test_a_daemon_killed_right_after_a_claims_release_still_clears_its_owner() -
     """The VM's pod lets go of the claim (its DEL commits) and the daemon is SIGKILLed before the claim's status is
     written: the release is owed in that commit, so the restart still clears ``ownerPod`` (it named the pod gone)."""
     api = FakeApi()
-    _claim(api)
-    n1 = ClaimNode(api, "n1")
-    n1.source.add(_launcher("virt-launcher-vm-a", "uid-a"))
-    n1.call("ADD", "virt-launcher-vm-a", "uid-a", "ca")
-    n1.outbox.flush()
-    assert _owner(api) == "virt-launcher-vm-a"
+    n1 = _vm_a_running(api)
 
-    class Killed(Exception):
-        pass
-
-    def killed(*a: Any, **k: Any) -> None:
-        raise Killed("after the release's commit")
-
-    n1.publisher.claim_released = killed  # type: ignore[method-assign]
-    with pytest.raises(Killed):
+    n1.publisher.claim_released = _killed  # type: ignore[method-assign]
+    with pytest.raises(_Killed):
         n1.call("DEL", "virt-launcher-vm-a", "uid-a", "ca")
-    restarted = ClaimNode(api, "n1", store=n1.store)
-    Reconciler(restarted.store, restarted.source, restarted.ipam, None, None, restarted.publisher,  # type: ignore[arg-type]
-               cluster=True).recover()
-    restarted.outbox.flush()
+    _restarted(n1)
     assert not _owner(api), "the pod let go of the claim; its owner stayed written"
 
 
@@ -300,27 +300,13 @@ def test_a_daemon_killed_right_after_releasing_a_gone_pods_claim_still_clears_it
     reconciler lets the claim go, and the daemon is SIGKILLed before the claim's status is written. The release is
     owed in that commit: the restart still clears ``ownerPod``."""
     api = FakeApi()
-    _claim(api)
-    n1 = ClaimNode(api, "n1")
-    n1.source.add(_launcher("virt-launcher-vm-a", "uid-a"))
-    n1.call("ADD", "virt-launcher-vm-a", "uid-a", "ca")
-    n1.outbox.flush()
-    assert _owner(api) == "virt-launcher-vm-a"
+    n1 = _vm_a_running(api)
     n1.source.remove("Pod", tpi.NS, "virt-launcher-vm-a")  # gone, no DEL
 
-    class Killed(Exception):
-        pass
-
-    def killed(*a: Any, **k: Any) -> None:
-        raise Killed("after the release's commit")
-
-    n1.publisher.claim_released = killed  # type: ignore[method-assign]
+    n1.publisher.claim_released = _killed  # type: ignore[method-assign]
     rounds = Reconciler(n1.store, n1.source, n1.ipam, None, None, n1.publisher,  # type: ignore[arg-type]
                         cluster=True)
     rounds._release_gone_claim_users()  # (the kill is logged by the round, as any failure there)
     assert not n1.store.get_ip(f"IPAMClaim/{tpi.NS}/vm").used_by_pods  # type: ignore[union-attr]
-    restarted = ClaimNode(api, "n1", store=n1.store)
-    Reconciler(restarted.store, restarted.source, restarted.ipam, None, None, restarted.publisher,  # type: ignore[arg-type]
-               cluster=True).recover()
-    restarted.outbox.flush()
+    _restarted(n1)
     assert not _owner(api), "the pod gone let go of the claim; its owner stayed written"
