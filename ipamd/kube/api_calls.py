@@ -28,5 +28,10 @@ def call_in_progress() -> Iterator[None]:
         _serving.reset(token)
 
 
+def serving() -> bool:
+    """Whether this thread (its context) serves a caller, who waits on its requests."""
+    return bool(_serving.get())
+
+
 def count(method: str) -> None:
     API_REQUESTS.labels("call" if _serving.get() else "background", str(method).upper()).inc()

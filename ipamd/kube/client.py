@@ -2,7 +2,8 @@
 
 Every request has a deadline (``REQUEST_TIMEOUT``, connect and read) unless its caller gives its own: an API
 server that accepts connections but never answers must not hold an ADD, a reconcile round or a shutdown
-for ever. Watches give their own, longer than the server-side timeout they ask for (``ipamd.kube.informer``).
+for ever. A request a CNI or gRPC call waits on (``ipamd.kube.api_calls.call_in_progress``) has the call's shorter
+one (``CALL_TIMEOUT``), whichever path makes it: a pod's status, or an owed write made now before the call goes on. Watches give their own, longer than the server-side timeout they ask for (``ipamd.kube.informer``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from kubernetes import client, config
 from urllib3.exceptions import ConnectTimeoutError, ReadTimeoutError
 from urllib3.util import Retry
 
-from ipamd.kube.api_calls import count
+from ipamd.kube.api_calls import count, serving
 
 REQUEST_TIMEOUT = (3.0, 10.0)  # seconds: (connect, read)
 #: The deadline of a write a CNI call waits for (the pod's status): a healthy API server answers in milliseconds, and
@@ -55,8 +56,11 @@ class TimedApiClient(client.ApiClient):
     def call_api(self, method: Any, url: Any, header_params: Any = None, body: Any = None, post_params: Any = None,
                  _request_timeout: Any = None) -> Any:
         count(method)
-        return super().call_api(method, url, header_params, body, post_params,
-                                _request_timeout=self.timeout if _request_timeout is None else _request_timeout)
+        if _request_timeout is None:
+            _request_timeout = self.timeout
+            if serving():  # a caller waits: the call's deadline, or the client's where that is shorter
+                _request_timeout = (min(self.timeout[0], CALL_TIMEOUT[0]), min(self.timeout[1], CALL_TIMEOUT[1]))
+        return super().call_api(method, url, header_params, body, post_params, _request_timeout=_request_timeout)
 
 
 def kube_api(kubeconfig: str, timeout: tuple[float, float] = REQUEST_TIMEOUT) -> Any:

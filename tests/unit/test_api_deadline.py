@@ -16,6 +16,7 @@ from kubernetes import client
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError, ReadTimeoutError
 from urllib3.util import Retry
 
+from ipamd.kube.api_calls import call_in_progress
 from ipamd.kube.client import OnceMoreOnADroppedConnection, TimedApiClient, kube_api
 from ipamd.kube.elector import RELEASE_TIMEOUT, LeaderElector
 from ipamd.kube.errors import api_unavailable_is_11
@@ -173,4 +174,24 @@ def test_a_call_waits_once_for_a_server_that_does_not_answer_and_then_owes_its_w
     clock[0] += CALLS_OWE_S
     pub.pod_status(pod, None)
     assert len(hung_server.kept) == 2, "a while later, one call tries again"
+    outbox.stop()
+
+
+def test_an_owed_write_a_call_makes_now_has_the_calls_deadline(
+        hung_server: HungServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An owed write made now on a call's path (``flush_target``: the lease object of a holder that outlives its pods,
+    a let-go before a new claim) went through the outbox's senders with the client's 10 s deadline, not the call's
+    3 s: every request a caller waits on now has the call's; the background's keep the client's."""
+    monkeypatch.setattr("ipamd.kube.client.CALL_TIMEOUT", (0.5, 0.3))
+    api = hung_client(hung_server.url)
+    api.timeout = (0.5, 1.5)
+    outbox = Outbox(MemoryStore(), api_senders(api))
+    outbox.add("IPAddressLease/x", "create", {"kind": "IPAddressLease", "object": {"metadata": {"name": "x"}}})
+    started = time.monotonic()
+    with call_in_progress():
+        assert not outbox.flush_target("IPAddressLease/x"), "unanswered: still owed"
+    assert time.monotonic() - started < 1.2, "the call's read deadline (0.3 s), not the client's (1.5 s)"
+    started = time.monotonic()
+    assert not outbox.flush_target("IPAddressLease/x")
+    assert time.monotonic() - started > 1.2, "off a call's path, the client's own"
     outbox.stop()
