@@ -30,6 +30,7 @@ from cni.errors import (
     PluginNotAvailable,
     TryAgainLater,
 )
+from cni.names import ALLOWED, ifname_problem, is_cni_name
 from cni.version import CURRENT_VERSION, SUPPORTED_VERSIONS, VERB_MIN_VERSION, check_version, version_tuple
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the shim ~5 ms
@@ -115,6 +116,9 @@ def parse_config(raw: bytes, verb: str) -> dict[str, Any]:
     for key in ("cniVersion", "name", "type"):
         if not isinstance(conf.get(key), str) or not conf[key]:
             raise InvalidConfig(f"network configuration lacks required key {key!r}", key)
+    if not is_cni_name(conf["name"]):
+        raise InvalidConfig(f"network name {conf['name']!r} has characters the CNI spec does not allow ({ALLOWED})",
+                            "name")
     check_version(conf["cniVersion"])
     need = VERB_MIN_VERSION.get(verb)
     if need and version_tuple(conf["cniVersion"]) < version_tuple(need):
@@ -133,7 +137,18 @@ def check_env(env: Mapping[str, str]) -> str:
     for key in REQUIRED_ENV[verb]:
         if not env.get(key):
             raise InvalidEnvironment(f"{key} is required for {verb}", key)
+    check_names(env)
     return verb
+
+
+def check_names(env: Mapping[str, str]) -> None:
+    """The container ID and interface name, where given, are what the CNI spec allows (``cni.names``)."""
+    container_id, ifname = env.get("CNI_CONTAINERID", ""), env.get("CNI_IFNAME", "")
+    if container_id and not is_cni_name(container_id):
+        raise InvalidEnvironment(f"container ID {container_id!r} has characters the CNI spec does not allow ({ALLOWED})",
+                                 "CNI_CONTAINERID")
+    if ifname and (problem := ifname_problem(ifname)):
+        raise InvalidEnvironment(f"interface name {ifname!r} {problem}", "CNI_IFNAME")
 
 
 def version_answer(conf: Mapping[str, Any]) -> dict[str, Any]:

@@ -153,6 +153,34 @@ def test_required_key_must_be_a_non_empty_string(key: str) -> None:
         assert (err["code"], err["details"]) == (7, key)
 
 
+@pytest.mark.parametrize("name", ["a/b", "net/../x", "-net", ".net", "my net", "netä", "net:1"])
+def test_a_network_name_the_cni_spec_does_not_allow_is_refused_naming_it(name: str) -> None:
+    """The daemon keys an attachment's records by ``CNI/<network>/<container>/<ifname>``: a network named ``a/b`` read
+    as network ``a``'s, and GC of ``a`` released ``a/b``'s leases (found in review). libcni refuses such names; so does
+    the plugin, for any other runtime, on every verb that carries a configuration."""
+    for verb in ("ADD", "DEL", "CHECK", "GC"):
+        extra: dict[str, Any] = {"prevResult": {"cniVersion": "1.1.0"}} if verb == "CHECK" else {}
+        err = error_of(env_for(verb), {**conf(), **extra, "name": name})
+        assert (err["code"], err["details"]) == (7, "name"), verb
+        assert repr(name) in err["msg"]
+
+
+@pytest.mark.parametrize(("key", "value"), [("CNI_CONTAINERID", "a/b"), ("CNI_CONTAINERID", "-c0ffee"),
+                                            ("CNI_CONTAINERID", "c0 ffee"), ("CNI_IFNAME", "net1/x"),
+                                            ("CNI_IFNAME", "x" * 16), ("CNI_IFNAME", ".."), ("CNI_IFNAME", "net:1"),
+                                            ("CNI_IFNAME", "net 1")])
+def test_a_container_id_or_ifname_the_cni_spec_does_not_allow_is_refused_naming_it(key: str, value: str) -> None:
+    for verb in ("ADD", "DEL"):
+        err = error_of(env_for(verb, **{key: value}), conf())
+        assert (err["code"], err["details"]) == (4, key), verb
+
+
+def test_names_the_cni_spec_allows_reach_the_daemon() -> None:
+    """(A missing daemon's code, 11: the names passed.)"""
+    env = env_for("ADD", CNI_CONTAINERID="0123abcdef_x.y-z", CNI_IFNAME="x" * 15)
+    assert error_of(env, {**conf(), "name": "Net_1.a-b"})["code"] == 11
+
+
 @pytest.mark.parametrize("version", ["0.1.0", "0.2.0", "2.0.0", "1.1", "latest"])
 def test_unsupported_version(version: str) -> None:
     err = error_of(env_for("ADD"), conf(version=version))

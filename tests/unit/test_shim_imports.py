@@ -79,7 +79,7 @@ def test_closure_is_found() -> None:
 def test_the_plugin_package_holds_the_plugin_and_the_wire_protocol_only() -> None:
     """Netlink and namespaces are the daemon's: every module of ``cni/`` is standard library (and cni) only."""
     modules = {p.stem for p in (REPO / "cni").glob("*.py")}
-    assert modules == {"__init__", "__main__", "shim", "errors", "version", "wirejson", "types"}
+    assert modules == {"__init__", "__main__", "shim", "errors", "version", "wirejson", "types", "names"}
     for path in (REPO / "cni").glob("*.py"):
         for name in imports_of(path, "cni"):
             top = name.split(".")[0]
