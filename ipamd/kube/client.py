@@ -3,7 +3,8 @@
 Every request has a deadline (``REQUEST_TIMEOUT``, connect and read) unless its caller gives its own: an API
 server that accepts connections but never answers must not hold an ADD, a reconcile round or a shutdown
 for ever. A request a CNI or gRPC call waits on (``ipamd.kube.api_calls.call_in_progress``) has the call's shorter
-one (``CALL_TIMEOUT``), whichever path makes it: a pod's status, or an owed write made now before the call goes on. Watches give their own, longer than the server-side timeout they ask for (``ipamd.kube.informer``).
+one (``CALL_TIMEOUT``), whichever path makes it: a pod's status, or an owed write made now before the call goes on.
+Watches give their own, longer than the server-side timeout they ask for (``ipamd.kube.informer``).
 """
 
 from __future__ import annotations
