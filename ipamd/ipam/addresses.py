@@ -508,13 +508,29 @@ class Ipam:
                                         "claimed one", "ipam") from None
         raise AssertionError("unreachable")
 
+    def _kept_while_used(self, rec: IPRecord | None, pool: AddressPool) -> tuple[IPRecord, LeaseRecord] | None:
+        """An IPAddress whose Network moved to another pool keeps the address of the old one while a pod uses it: its
+        interface carries it, and the new pool, knowing nothing of it, could hand it to another pod of the segment.
+        Leased anew in the new pool once its pods let it go."""
+        if rec is None or not rec.used_by_uids:
+            return None
+        lease = self.store.lease_of(rec.key)
+        if lease is None or lease.pool == pool_key(family_view(rec, pool)):
+            return None
+        return rec, lease
+
     def lease_alone(self, rec: IPRecord, pool: AddressPool) -> tuple[IPRecord, LeaseRecord]:
         """Lease ``rec`` its address in a transaction of its own (a user's IPAddress, a gRPC client's lease). The
         record is read again under the lock (``rec`` says only whether it is deleted): a CNI call may have made a pod
         its user, or let one go, since the caller read it."""
         def attempt() -> tuple[IPRecord, LeaseRecord]:
+            kept = self._kept_while_used(self.store.get_ip(rec.key), pool)
+            if kept is not None:
+                return kept
             with self.securing(rec, pool) as secured, self.store.transaction():
                 current = self.store.get_ip(rec.key)
+                if (kept := self._kept_while_used(current, pool)) is not None:
+                    return kept
                 now = replace(current, deleted=rec.deleted) if current is not None else rec
                 leased, lease, _ = self.lease_for(now, pool, secured)
             return leased, lease

@@ -87,6 +87,11 @@ def addresses_in(pool: AddressPool, first: int, size: int = BLOCK_SIZE) -> Itera
             yield from range(max(a, first), min(b, last) + 1)
 
 
+def first_address(pool: AddressPool) -> int:
+    """The first address the pool's IPv4 part hands out (a pool of blocks has one; a range may hold none)."""
+    return min(a for s in _ipv4(pool).subnets for a, _ in s.ranges)
+
+
 def windows(pool: AddressPool, size: int = BLOCK_SIZE) -> list[int]:
     """Every window holding at least one address of the pool's ranges, in address order."""
     out: set[int] = set()

@@ -8,8 +8,9 @@ same parsers (``parse_object``, ``parse_networks_spec``) when the object is writ
 daemon would refuse never gets stored, and the user reads why in the ``kubectl`` error.
 
 It also refuses what only the cluster's state can show: a pool change that would leave a leased address
-outside every network of the pool (its holder would keep an address the pool no longer has), and the deletion of
-a pool that still has leased addresses; the leases come from the controller's informer (``leased``).
+outside every network of the pool (its holder would keep an address the pool no longer has), the deletion of
+a pool that still has leased addresses, and a Network's move to another pool while its old one has; the leases come
+from the controller's informer (``leased``).
 
 Pure: an AdmissionReview (and the leases of a pool) in, an AdmissionReview out.
 """
@@ -24,7 +25,17 @@ from cni.errors import AnnotationInvalid
 from ipamd.ipam.allocator import subnet_for, to_int
 from ipamd.model.annotations import parse_networks_spec
 from ipamd.model.npwg import NETWORKS_ANNOTATION, parse_networks
-from ipamd.model.objects import KINDS, POD, POOL_KINDS, SPEC_ANNOTATION, AddressPool, ManifestInvalid, parse_object
+from ipamd.model.objects import (
+    KINDS,
+    POD,
+    POOL_KINDS,
+    SPEC_ANNOTATION,
+    AddressPool,
+    ClusterNetwork,
+    ManifestInvalid,
+    Network,
+    parse_object,
+)
 
 #: The addresses leased from a pool (by its key), held by somebody: what a pool change must keep.
 Leased = Callable[[str], Iterable[str]]
@@ -98,14 +109,45 @@ def _in_use(kind: str, old: dict[str, Any], namespace: str, leased: Leased) -> s
             "that hold them first, or release them (plexusctl ipam release)")
 
 
-def problem_of(kind: str, obj: dict[str, Any], namespace: str = "", leased: Leased = _nothing_leased) -> str:
-    """Why the daemon would refuse this object (or a pool change its leases forbid), or "" when none."""
+def _pool_key(net: Network | ClusterNetwork) -> str:
+    ref = net.pool_ref
+    if ref is None:
+        return ""
+    return f"{ref.kind}/{net.meta.namespace}/{ref.name}" if net.meta.namespace else f"{ref.kind}/{ref.name}"
+
+
+def _pool_moved(net: Network | ClusterNetwork, old: dict[str, Any] | None, leased: Leased) -> str:
+    """Why a Network may not move to another pool (or drop its pool): addresses of its old one are leased ("" when
+    none). Its pods keep the old pool's addresses on their interfaces, which the new pool knows nothing of and would
+    hand to other pods of the same segment."""
+    try:
+        before = parse_object(old) if isinstance(old, dict) else None
+    except ManifestInvalid:
+        return ""  # stored before this webhook checked it: nothing sure to compare with
+    if not isinstance(before, (Network, ClusterNetwork)) or not _pool_key(before) \
+            or _pool_key(before) == _pool_key(net):
+        return ""
+    held = sorted(leased(_pool_key(before)), key=to_int)
+    if not held:
+        return ""
+    shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+    return (f"{net.meta.display}: spec.ipam.ipAddressPoolRef: {len(held)} address(es) are still leased from "
+            f"{_pool_key(before)}: {shown}; the pods using them keep them on their interfaces, so delete them (and the "
+            "IPAddresses that hold them) before moving the network to another pool")
+
+
+def problem_of(kind: str, obj: dict[str, Any], namespace: str = "", leased: Leased = _nothing_leased,
+               old: dict[str, Any] | None = None) -> str:
+    """Why the daemon would refuse this object (or a change of a pool or of a Network's pool its leases forbid),
+    or "" when none; ``old``: the object as stored before an UPDATE."""
     if kind == POD.name:
         return _pod_problem(obj, namespace or str((obj.get("metadata") or {}).get("namespace") or "default"))
     try:
         parsed = parse_object(obj)
     except ManifestInvalid as exc:
         return str(exc)
+    if isinstance(parsed, (Network, ClusterNetwork)):
+        return _pool_moved(parsed, old, leased)
     return _orphaned(parsed, leased) if kind in POOL_KINDS and isinstance(parsed, AddressPool) else ""
 
 
@@ -134,7 +176,11 @@ def review(doc: Any, leased: Leased = _nothing_leased) -> dict[str, Any]:
         doc = _named(obj, request)
         doc.setdefault("apiVersion", served.api_version)
         doc.setdefault("kind", served.name)
-        problem = problem_of(served.name, doc, leased=leased)
+        stored = _named(old, request) if isinstance(old, dict) and request.get("operation") == "UPDATE" else None
+        if stored is not None:
+            stored.setdefault("apiVersion", served.api_version)
+            stored.setdefault("kind", served.name)
+        problem = problem_of(served.name, doc, leased=leased, old=stored)
     else:
         return _response(uid, True)  # not ours: a misrouted rule must not block anything
     return _response(uid, not problem, problem)

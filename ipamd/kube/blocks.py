@@ -48,6 +48,7 @@ from ipamd.ipam.blocks import (
     Block,
     addresses_in,
     block_name,
+    first_address,
     free_in,
     free_window,
     may_claim,
@@ -432,7 +433,7 @@ class BlockRegistry(KubeLeaseRegistry):
 
         # nodes start their search at different windows, so that racing nodes seldom want the same one
         spread = int(hashlib.sha1(self.node_name.encode()).hexdigest()[:8], 16) % max(1, pool.size // self.size)
-        start = pool.subnets[0].ranges[0][0] + spread * self.size if pool.subnets else 0
+        start = first_address(pool) + spread * self.size
         for _ in range(16):
             first = free_window(pool, busy, self.size, start)
             if first is None:
@@ -547,7 +548,7 @@ class BlockRegistry(KubeLeaseRegistry):
                 del self.seen[slot]
         if stale:
             return True
-        if 4 not in pool.families or not uses_blocks(pool, self.size):
+        if 4 not in pool.families:
             return False
         best: tuple[int, Block, dict[str, Any]] | None = None
         for obj in self.source.by_index(KIND, "pool", key):
@@ -729,8 +730,18 @@ class BlockRegistry(KubeLeaseRegistry):
                 self._empty_since.pop((block.pool, block.first), None)
             for pool in pools:
                 blocks = self.blocks(pool)
+                outgrown = not uses_blocks(pool, self.size)  # shrunk: leased per address from here on
                 for block in blocks:
                     slot = (block.pool, block.first)
+                    if outgrown or not any(True for _ in addresses_in(pool, block.first, block.size)):
+                        # its addresses are no longer the pool's to hand out in blocks (a pool shrunk, its ranges
+                        # narrowed): given back, leases inside and all, or its free addresses would be stranded here
+                        with self._lock:
+                            self.mine.pop(slot, None)
+                            self.returned.add(slot)
+                        self._empty_since.pop(slot, None)
+                        asked.append((pool, block))
+                        continue
                     if self._asked_for(block, now) and not self._has_free(pool, block, in_use):
                         full.append((pool, block))  # asked on a lagging cache: kept, its lease objects made at once
                     elif self._asked_for(block, now):  # another node needs its free addresses: ours no more from here

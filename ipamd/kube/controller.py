@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from kubernetes import client
 from prometheus_client import Gauge
 
-from ipamd.ipam.allocator import pick_free, to_int, to_text
+from ipamd.ipam.allocator import in_ranges, pick_free, to_int, to_text
 from ipamd.ipam.blocks import block_name, window_of
 from ipamd.kube import heartbeat
 from ipamd.kube.blocks import KIND as BLOCK_KIND
@@ -113,16 +113,25 @@ class PoolUsage:
     used: int
     quarantined: int
     blocks: tuple[tuple[str, int], ...] = ()  # (node, its blocks of the pool), by node
+    outside: int = 0  # of used and quarantined, those outside the ranges (a Static's, ranges narrowed since)
 
     @property
     def free(self) -> int:
-        return max(self.size - self.used - self.quarantined, 0)
+        """What the pool can still hand out: its ranges less what is held or quarantined in them."""
+        return max(self.size - (self.used + self.quarantined - self.outside), 0)
 
     def render(self) -> dict[str, Any]:
         """The status; a count past what a Kubernetes integer holds (an IPv6 /64 has 2**64 addresses) is capped."""
         return {"size": min(self.size, INT64_MAX), "used": self.used, "quarantined": self.quarantined,
                 "free": min(self.free, INT64_MAX),
                 "blocks": [{"node": node, "count": n} for node, n in self.blocks]}
+
+
+def _in_ranges(pool: AddressPool, ip: Any) -> bool:
+    try:
+        return in_ranges(pool, to_int(str(ip)))
+    except ValueError:
+        return False  # (not an address: counted as held, not as one of the ranges)
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,9 +281,10 @@ class Controller:
                 seen.add(key)
                 leases = self.source.by_index(LEASE_KIND, "pool", key)
                 used = sum(1 for item in leases if (item.get("spec") or {}).get("holder"))
+                outside = sum(1 for item in leases if not _in_ranges(pool, (item.get("spec") or {}).get("ip")))
                 per_node = Counter(b.node for b in (parse_block(o) for o in self.source.by_index(BLOCK_KIND, "pool", key))
                                    if b is not None)
-                usage = PoolUsage(pool.size, used, len(leases) - used, tuple(sorted(per_node.items())))
+                usage = PoolUsage(pool.size, used, len(leases) - used, tuple(sorted(per_node.items())), outside)
                 for state, n in (("used", usage.used), ("quarantined", usage.quarantined), ("free", usage.free)):
                     POOL_ADDRESSES.labels(key, state).set(n)
                 for node, n in per_node.items():

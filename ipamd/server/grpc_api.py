@@ -6,6 +6,7 @@ statuses whose trailing metadata carries the CNI code (``plexus-cni-code``).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -19,6 +20,7 @@ from cni.errors import CniError, InvalidConfig, ObjectNotFound
 from ipamd.api import ipam_pb2 as pb
 from ipamd.api import ipam_pb2_grpc as pb_grpc
 from ipamd.ipam.addresses import Ipam
+from ipamd.ipam.allocator import in_ranges
 from ipamd.kube.api_calls import call_in_progress
 from ipamd.model.objects import (
     CLUSTER_IP_ADDRESS_POOL,
@@ -69,11 +71,13 @@ def lease_message(lease: LeaseRecord, rec: IPRecord | None) -> pb.Lease:
     )
 
 
-def _usage(leases: Iterable[LeaseRecord], size: int) -> tuple[int, int, int]:
-    """(used, quarantined, free) of a pool of ``size`` addresses holding ``leases``."""
+def _usage(leases: Iterable[LeaseRecord], size: int,
+           in_ranges: Callable[[int], bool] = lambda ip: True) -> tuple[int, int, int]:
+    """(used, quarantined, free) of a pool of ``size`` addresses in its ranges holding ``leases``: free is what it
+    can still hand out (a Static's address outside its ranges takes none of them)."""
     leases = list(leases)
     quarantined = sum(1 for lease in leases if lease.state == "orphaned")
-    return len(leases) - quarantined, quarantined, max(size - len(leases), 0)
+    return len(leases) - quarantined, quarantined, max(size - sum(1 for lease in leases if in_ranges(lease.ip)), 0)
 
 
 class IpamService(pb_grpc.IpamServicer):
@@ -140,7 +144,8 @@ class IpamService(pb_grpc.IpamServicer):
         out = []
         for kind in POOL_KINDS.values():
             for pool in self.source.list(kind):
-                used, quarantined, free = _usage(self.store.leases_in_pool(pool.meta.key).values(), pool.size)
+                used, quarantined, free = _usage(self.store.leases_in_pool(pool.meta.key).values(), pool.size,
+                                                 functools.partial(in_ranges, pool))
                 out.append(pb.PoolUsage(
                     pool=pool.meta.key, networks=[str(s.network) for s in pool.subnets],
                     size=min(pool.size, INT64_MAX), used=used, quarantined=quarantined, free=min(free, INT64_MAX),

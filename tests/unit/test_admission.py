@@ -88,6 +88,33 @@ def test_a_pool_with_leased_addresses_is_not_deleted() -> None:
     assert review(network, lambda key: leased.get(key, []))["response"]["allowed"], "only pools hold leases"
 
 
+def network(pool_name: str | None, name: str = "net-b") -> dict[str, Any]:
+    spec: dict[str, Any] = {"networkClass": "cls"}
+    if pool_name is not None:
+        spec["ipam"] = {"ipAddressPoolRef": {"kind": "IPAddressPool", "name": pool_name}}
+    return {"apiVersion": f"{GROUP}/v1alpha1", "kind": "Network", "metadata": {"name": name}, "spec": spec}
+
+
+def test_a_network_moved_to_another_pool_while_its_old_one_has_leases_is_refused() -> None:
+    """Its pods keep the old pool's addresses on their interfaces; the new pool (a renamed one over the same subnet,
+    say) knows nothing of them and would hand them to other pods of the same segment (found in review)."""
+    leased = {"IPAddressPool/ns/pool-b": ["198.18.41.3"]}
+    doc = request("Network", network("pool-b2"), "UPDATE")
+    doc["request"]["oldObject"] = network("pool-b")
+    got = review(doc, lambda key: leased.get(key, []))["response"]
+    assert not got["allowed"]
+    msg = got["status"]["message"]
+    assert "spec.ipam.ipAddressPoolRef" in msg and "IPAddressPool/ns/pool-b" in msg and "198.18.41.3" in msg, msg
+    doc["request"]["object"] = network(None)  # IPAM dropped: the same
+    assert not review(doc, lambda key: leased.get(key, []))["response"]["allowed"]
+    doc["request"]["object"] = network("pool-b")  # another change, the pool kept
+    assert review(doc, lambda key: leased.get(key, []))["response"]["allowed"]
+    doc["request"]["object"] = network("pool-b2")
+    assert review(doc)["response"]["allowed"], "nothing leased from the old pool: moved"
+    doc["request"]["oldObject"] = network(None)
+    assert review(doc, lambda key: leased.get(key, []))["response"]["allowed"], "IPAM enabled: nothing to keep"
+
+
 def test_a_good_pool_is_allowed_also_without_namespace_in_the_object() -> None:
     resp = answer(request("IPAddressPool", pool(["198.18.0.10-198.18.0.20"])))
     assert resp == {"uid": "u-1", "allowed": True}
