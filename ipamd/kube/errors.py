@@ -25,6 +25,13 @@ def api_unavailable_is_11() -> Iterator[None]:
         raise TryAgainLater("the Kubernetes API is not reachable", str(exc)[:300]) from None
 
 
+def unanswered(exc: BaseException) -> bool:
+    """Whether a request got no answer at all (refused, timed out, cut), not an answer, nor a failure of our own."""
+    if isinstance(exc, ApiException):
+        return exc.status is None
+    return isinstance(exc, (urllib3.exceptions.HTTPError, OSError))
+
+
 def status_of(exc: BaseException) -> int | None:
     """The HTTP status of an API failure (None when the API was not reached at all)."""
     return exc.status if isinstance(exc, ApiException) else None

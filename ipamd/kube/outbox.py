@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from ipamd.kube.errors import reason_of, status_of
+from ipamd.kube.errors import reason_of, status_of, unanswered
 from ipamd.store.protocols import OutboxStore
 from ipamd.store.records import OutboxEntry
 
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 #: op -> the API call that makes it (given the entry's body), built by the caller around its API client
 Senders = dict[str, Callable[[dict[str, Any]], None]]
 
-HEAD = 500  # entries read per pass
+HEAD = 500  # targets made per pass (the rest by the next one, at once)
 #: A node daemon's outbox waits this long after being woken before it writes: the CNI call that owed the writes
 #: finishes first instead of sharing the node's CPU with them (ADD with the API in the loop: 48.0 ms -> 32.0 against
 #: the local mode's 20-24 in bench-kube), and a later status of the same object supersedes an earlier one.
@@ -53,20 +53,31 @@ class Verdict:
     error: str = ""
 
 
+#: Answers that refuse the write itself, whenever it is made again (a body the API server or a webhook rejects, RBAC):
+#: dropped, and logged. Any other answer says nothing against the write (401: a token being rotated; 408: the API
+#: server gave up waiting): it is made again, so that nothing owed is lost.
+REFUSED_FOR_GOOD = frozenset({400, 403, 405, 413, 415, 422})
+
+
 def judge(op: str, exc: BaseException) -> Verdict:
-    """What a failed write means: done after all (409 on a create, 404), worth a retry (the API away, 429, 5xx,
-    a conflict on an update) or refused for good."""
+    """What a failed write means: done after all (409 on a create, 404), worth a retry (the API away: no answer, 408,
+    429, 5xx; a conflict on an update; an answer that does not refuse the write; a failure of our own, never taken for
+    an outage) or refused for good."""
     status = status_of(exc)
-    if status is None or status == 429 or status >= 500:
+    if status is None:
+        if unanswered(exc):
+            return Verdict(False, api_away=True, error=reason_of(exc)[:300])
+        return Verdict(False, error=f"failed before it was sent: {type(exc).__name__}: {str(exc)[:300]}")
+    if status in (408, 429) or status >= 500:
         return Verdict(False, api_away=True, error=reason_of(exc)[:300])
     # 409 on a delete: its precondition failed, the object is someone else's now
     # 409 on a pod's status: its UID precondition failed (the pod was made again; a patch without a resourceVersion
     # has no other conflict), as for a status written directly
     if status == 404 or (status == 409 and op in ("create", "event", "delete", "pod_status")):
         return Verdict(True)
-    if status == 409:
-        return Verdict(False, error=reason_of(exc)[:300])
-    return Verdict(True, error=f"refused for good: {status} {reason_of(exc)[:300]}")
+    if status in REFUSED_FOR_GOOD:
+        return Verdict(True, error=f"refused for good: {status} {reason_of(exc)[:300]}")
+    return Verdict(False, error=f"{status} {reason_of(exc)[:300]}")
 
 
 def backoff(attempts: int) -> float:
@@ -228,7 +239,7 @@ class Outbox:
                 self.senders[entry.op](entry.body)
             except Exception as exc:  # every failure is judged: none may stop the outbox
                 verdict = judge(entry.op, exc)
-                if status_of(exc) is None:
+                if unanswered(exc):
                     self.unanswered()  # no answer at all: the node's calls do not wait for one either
                 if not verdict.done:
                     attempts = entry.attempts + 1
@@ -260,10 +271,14 @@ class Outbox:
             return self.depth()
         due = float("inf") if self._back else now  # back after an outage: no write waits out its backoff
         self._back = False
-        head = self.store.outbox_head(HEAD)
+        # the targets whose oldest write may be made now (the rest wait behind it, in backoff or parked): however many
+        # wait, the next ones are found, and none is left behind them; the longest due first (a write never tried yet
+        # is due since 0), so that writes retried over and over do not crowd out the rest
+        ready = sorted((e for e in self.store.outbox_firsts() if e.next_at != PARKED and e.next_at <= due),
+                       key=lambda e: (e.next_at, e.seq))[:HEAD]
         sent = self.sent
-        if head:
-            todo = list(chains(head).values())
+        if ready:
+            todo = [[e] for e in ready]  # (each chain is read whole once its target is the pass's, ``_run_chain``)
             if len(todo) == 1:  # the usual case on a quiet node: no hand-over to the pool
                 results = [self._run_chain(todo[0], due)]
             else:
@@ -298,12 +313,13 @@ class Outbox:
             return all(e.next_at == PARKED for e in self.store.outbox_of(target))
 
     def _next_wait(self) -> float:
+        """Until the soonest a target's oldest write may be made (a write behind it waits for it, whatever its own)."""
         if not self.depth():  # the usual case: everything made (a count, not a read of the entries)
             return 5.0
-        head = self.store.outbox_head(HEAD)
-        if not head:
+        waits = [e.next_at for e in self.store.outbox_firsts() if e.next_at != PARKED]
+        if not waits:
             return 5.0
-        soonest = max(self._away_until, min(e.next_at for e in head))
+        soonest = max(self._away_until, min(waits))
         return max(0.0, min(5.0, soonest - self.clock()))
 
     def _loop(self) -> None:

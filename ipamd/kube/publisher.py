@@ -23,7 +23,7 @@ from kubernetes import client
 
 from cni.types import cidr_of
 from ipamd.kube.client import CALL_TIMEOUT, unread
-from ipamd.kube.errors import reason_of, status_of
+from ipamd.kube.errors import reason_of, status_of, unanswered
 from ipamd.kube.heartbeat import send_heartbeat
 from ipamd.kube.outbox import Outbox, Senders
 from ipamd.kube.resources import CustomObjects
@@ -132,7 +132,7 @@ class KubePublisher:
                 log.warning("writing %s: %s (owed in the outbox)", what, reason_of(exc))
                 if owed() <= older:
                     self._owe(target, op, body, same)  # (else a newer one was owed meanwhile: it stands)
-                if status_of(exc) is None:  # no answer at all: the calls after this one do not wait for one
+                if unanswered(exc):  # no answer at all: the calls after this one do not wait for one
                     self.outbox.unanswered()
             else:
                 self.outbox.forget(older)
@@ -312,22 +312,32 @@ class KubePublisher:
         kind, _, rest = network_key.partition("/")
         namespace, _, name = rest.rpartition("/")
         obj_name = self._attachment_name(network_key)
-        body = {"apiVersion": API_VERSION, "kind": ATTACHMENT,
-                "metadata": {"name": obj_name, "labels": {f"{GROUP}/node": self.node_name}},
-                "spec": {"networkRef": {"kind": kind, "name": name, "namespace": namespace},
-                         "nodeName": self.node_name, "bridgeName": bridge}}
+        labels = {f"{GROUP}/node": self.node_name}
+        spec = {"networkRef": {"kind": kind, "name": name, "namespace": namespace}, "nodeName": self.node_name,
+                "bridgeName": bridge}
+        body = {"apiVersion": API_VERSION, "kind": ATTACHMENT, "metadata": {"name": obj_name, "labels": labels},
+                "spec": spec}
         status = {"conditions": [condition("Ready", ready, "VLANBridged" if ready else "NotBridged", message, rfc3339())]}
         target = f"{ATTACHMENT}/{obj_name}"
-        self.outbox.drop(target, "delete")
-        self.outbox.add(target, "create", {"kind": ATTACHMENT, "object": body}, supersede=True)
-        self.outbox.add(target, "patch_status", {"kind": ATTACHMENT, "name": obj_name, "status": status}, supersede=True)
+        with self.outbox.store.transaction():
+            self.outbox.drop(target, "delete")
+            self.outbox.add(target, "create", {"kind": ATTACHMENT, "object": body}, supersede=True)
+            # the object there already (a create answered 409) may be of an earlier report: its spec made this one's
+            self.outbox.add(target, "patch", {"kind": ATTACHMENT, "name": obj_name,
+                                              "patch": {"metadata": {"labels": labels}, "spec": spec}},
+                            supersede=True)
+            self.outbox.add(target, "patch_status", {"kind": ATTACHMENT, "name": obj_name, "status": status},
+                            supersede=True)
 
     def node_detachment(self, network_key: str) -> None:
+        """This node's side of a Network gone: its object's delete owed (in the caller's transaction, if any: the one
+        that forgets the segment, so that a daemon killed between the two still deletes it)."""
         obj_name = self._attachment_name(network_key)
         target = f"{ATTACHMENT}/{obj_name}"
-        for op in ("create", "patch_status"):
-            self.outbox.drop(target, op)
-        self.outbox.add(target, "delete", {"kind": ATTACHMENT, "name": obj_name}, supersede=True)
+        with self.outbox.store.transaction():
+            for op in ("create", "patch", "patch_status"):
+                self.outbox.drop(target, op)
+            self.outbox.add(target, "delete", {"kind": ATTACHMENT, "name": obj_name}, supersede=True)
 
     def failed(self, pod: Pod, message: str) -> None:
         self._event(pod.meta.namespace, pod.meta.name, pod.meta.uid, "AttachFailed", message, warning=True)

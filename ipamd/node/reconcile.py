@@ -185,8 +185,9 @@ class Reconciler:
             if rec.network in live or rec.network in in_use:
                 continue
             try:
-                self.segments.remove(rec)
+                # owed first: a daemon killed after the segment's record is gone would no more know of its object
                 self.publisher.node_detachment(rec.network)
+                self.segments.remove(rec)
                 self._reported.pop(rec.network, None)
                 log.info("removed the segment of deleted %s (bridge %s)", rec.network, rec.bridge)
             except Exception as exc:

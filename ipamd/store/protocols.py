@@ -123,6 +123,8 @@ class OutboxStore(Transactional, Protocol):
 
     def outbox_head(self, limit: int) -> list[OutboxEntry]: ...  # the oldest, in order
 
+    def outbox_firsts(self) -> list[OutboxEntry]: ...  # each target's oldest, in order: what a pass may make next
+
     def outbox_of(self, target: str) -> list[OutboxEntry]: ...
 
     def outbox_done(self, seq: int) -> None: ...

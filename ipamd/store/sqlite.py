@@ -249,6 +249,10 @@ class Store:
     def outbox_head(self, limit: int) -> list[OutboxEntry]:
         return [load_outbox(seq, d) for seq, d in self._q("SELECT seq, data FROM outbox ORDER BY seq LIMIT ?", (limit,))]
 
+    def outbox_firsts(self) -> list[OutboxEntry]:
+        return [load_outbox(seq, d) for seq, d in self._q(
+            "SELECT seq, data FROM outbox WHERE seq IN (SELECT MIN(seq) FROM outbox GROUP BY target) ORDER BY seq")]
+
     def outbox_of(self, target: str) -> list[OutboxEntry]:
         return [load_outbox(seq, d) for seq, d in self._q("SELECT seq, data FROM outbox WHERE target=? ORDER BY seq",
                                                            (target,))]

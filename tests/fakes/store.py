@@ -190,6 +190,13 @@ class MemoryStore:
         with self._lock:
             return [load_outbox(seq, self.outbox[seq][2]) for seq in sorted(self.outbox)[:limit]]
 
+    def outbox_firsts(self) -> list[OutboxEntry]:
+        with self._lock:
+            firsts: dict[str, int] = {}
+            for seq in sorted(self.outbox):
+                firsts.setdefault(self.outbox[seq][0], seq)
+            return [load_outbox(seq, self.outbox[seq][2]) for seq in sorted(firsts.values())]
+
     def outbox_of(self, target: str) -> list[OutboxEntry]:
         with self._lock:
             return [load_outbox(seq, d) for seq, (t, _, d) in sorted(self.outbox.items()) if t == target]

@@ -1,0 +1,209 @@
+"""The outbox's passes: which writes wait and for how long, which failures are retried, dropped or taken for an
+outage, and what a node's attachment report owes (each found in review, failing on the code before its fix)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from ipamd.kube.outbox import HEAD, PARKED, Outbox, backoff, judge
+from ipamd.kube.publisher import ATTACHMENT, KubePublisher
+from tests.fakes.cluster import FakeApi
+from tests.fakes.store import MemoryStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Api:
+    """Records what was sent; ``fail[(target, op)]`` is raised (once per listed exception) instead."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+        self.fail: dict[tuple[str, str], list[BaseException]] = {}
+
+    def sender(self, op: str) -> Any:
+        def send(body: dict[str, Any]) -> None:
+            key = (body["t"], op)
+            if self.fail.get(key):
+                raise self.fail[key].pop(0)
+            self.sent.append(key)
+        return send
+
+    def senders(self) -> dict[str, Any]:
+        return {op: self.sender(op) for op in ("create", "patch_status", "delete", "event", "block_lease")}
+
+
+def api_error(status: int) -> ApiException:
+    return ApiException(status=status, reason="test")
+
+
+def owe(outbox: Outbox, target: str, op: str, not_before: float = 0.0) -> None:
+    outbox.add(target, op, {"t": target}, not_before=not_before)
+
+
+# -- 1. the outbox thread spins while a due write waits behind a write of its object that must wait ----------------
+@pytest.mark.parametrize("first", ["backing off", "parked"])
+def test_a_due_write_behind_one_that_must_wait_does_not_make_the_outbox_thread_spin(first: str) -> None:
+    """``_next_wait`` takes the soonest ``next_at`` of the head, including writes that cannot be made before an older
+    write of their object (one in backoff after a 409, or parked while a CNI call is in flight). Such a write is "due"
+    (next_at 0) but every pass stops in front of it: the loop waits 0 s, passes again, makes nothing, and so on -- a
+    core burnt and the store's lock taken in a tight loop for as long as the older write waits (up to 30 s of
+    backoff, or the whole CNI call for a parked one)."""
+    api, clock, store = Api(), Clock(), MemoryStore()
+    outbox = Outbox(store, api.senders(), clock)
+    target = "IPAddressLease/ip-198-18-40-17-x"
+    if first == "backing off":
+        api.fail[(target, "patch_status")] = [api_error(409)]  # a conflict: retried later, no outage
+        owe(outbox, target, "patch_status")
+    else:
+        owe(outbox, target, "patch_status", not_before=PARKED)  # the undo of a call in flight
+    owe(outbox, target, "block_lease")  # due, but behind it
+    outbox.flush()
+    assert outbox.depth() == 2 and api.sent == []
+
+    passes = 0
+    spun = threading.Event()
+    real_flush = outbox.flush
+
+    def counted() -> int:
+        nonlocal passes
+        passes += 1
+        if passes >= 200:
+            spun.set()
+        return real_flush()
+
+    outbox.flush = counted  # type: ignore[method-assign]
+    outbox.start()  # the fake clock never moves: nothing can be made, so a pass every <=5 s at most is right
+    try:
+        assert not spun.wait(1.0), f"{passes} passes in 1 s with nothing to make (the wait computed: " \
+                                   f"{outbox._next_wait()} s)"
+    finally:
+        outbox.stop()
+    assert api.sent == []
+
+
+# -- 2. judge(): a write dropped "for good" on a status that is no refusal of the write -------------------------
+@pytest.mark.parametrize(("status", "why"), [
+    (401, "Unauthorized: the node's service account token expired or is being rotated, or the authenticator "
+          "is momentarily unavailable"),
+    (408, "Request Timeout: the API server gave up waiting for the request"),
+], ids=["401", "408"])
+def test_a_transient_answer_does_not_drop_an_owed_write(status: int, why: str) -> None:
+    """Everything that is not 404/409/429/5xx is "refused for good" and dropped with a warning. 401 and 408 say nothing
+    about the write itself; they pass. Dropped, an owed IPAddressLease create (``block_lease``) is simply lost: the
+    node holds the address in its block and the cluster has no lease object of it (another node takes the address
+    once the block is given back or reclaimed), and a pod's status or a release is never written."""
+    assert judge("block_lease", api_error(status)).done is False, why
+    api, clock, store = Api(), Clock(), MemoryStore()
+    outbox = Outbox(store, api.senders(), clock)
+    target = "IPAddressLease/ip-198-18-40-17-x"
+    api.fail[(target, "block_lease")] = [api_error(status)]
+    owe(outbox, target, "block_lease")
+    outbox.flush()
+    clock.now += 60
+    outbox.flush()
+    assert api.sent == [(target, "block_lease")], f"the owed write was dropped after one {status} ({why})"
+
+
+# -- 3. judge(): a failure that is no answer of the API server at all is taken for an outage -------------------
+def test_a_sender_failing_on_its_own_is_not_taken_for_an_unanswering_api_server() -> None:
+    """``judge`` and ``_send_chain`` take any exception without an HTTP status for "the API server did not answer":
+    a KeyError of a malformed (or older version's) body, a client-side ``ApiValueError``, a bug in a checked op. The
+    write is retried for ever, and every try calls ``unanswered()``: the node's CNI calls owe their pod and claim
+    statuses for CALLS_OWE_S instead of writing them, again and again, while the API server is fine."""
+    clock, store = Clock(), MemoryStore()
+
+    def broken(body: dict[str, Any]) -> None:
+        raise KeyError("namespace")  # e.g. an entry owed by an older version, without a field this one reads
+
+    outbox = Outbox(store, {"patch_status": broken, "event": lambda body: None}, clock)
+    outbox.add("IPAddress/ns/a", "patch_status", {})
+    outbox.flush()
+    assert not outbox.api_away(), "a local error made every CNI call owe its writes as if the API server were away"
+    assert judge("patch_status", KeyError("namespace")).api_away is False
+
+
+# -- 4. a pass reads only the HEAD oldest writes: writes that must wait starve every later one ------------------
+def test_writes_that_must_wait_at_the_head_do_not_starve_the_later_ones() -> None:
+    """``flush`` reads ``outbox_head(HEAD)`` and makes the chains of those targets only (``_next_wait`` too looks at
+    them only). Once HEAD writes of other objects cannot be made (retrying a 409 against another node's object,
+    answered 5xx by a webhook, parked), no later write of any other object is ever tried: an owed lease object,
+    a pod's status, a release wait for ever although the API server answers."""
+    api, clock, store = Api(), Clock(), MemoryStore()
+    outbox = Outbox(store, api.senders(), clock)
+    for i in range(HEAD):
+        target = f"IPAddressLease/stuck-{i}"
+        api.fail[(target, "block_lease")] = [api_error(409)] * 1000  # someone else's object: waited for
+        owe(outbox, target, "block_lease")
+    owe(outbox, "IPAddressLease/fresh", "block_lease")
+    for _ in range(4):
+        outbox.flush()
+        clock.now += 2 * backoff(10)
+    assert ("IPAddressLease/fresh", "block_lease") in api.sent, "a write behind HEAD stuck ones is never tried"
+
+
+# -- 5. judge(): 409 on a create taken for "made", when the object there is an older version of it --------------
+def test_a_node_attachment_reported_again_gets_its_new_spec() -> None:
+    """``node_attachment`` owes a create of the whole NodeNetworkInterfaceAttachment (``supersede``), and ``judge``
+    takes the create's 409 for "already there: done". A segment that failed first (reported with no bridge) and was
+    made later is reported again with its bridge: the second create is answered 409 and dropped, so the object
+    keeps ``spec.bridgeName: ""`` for good (only its status is patched)."""
+    api = FakeApi()
+    outbox = Outbox(MemoryStore(), api.senders())
+    pub = KubePublisher(client.ApiClient(), "node-a", outbox)
+    pub.node_attachment("Network/ns/n", "", False, "no parent interface eth9")
+    assert outbox.flush() == 0
+    pub.node_attachment("Network/ns/n", "plx-br-600", True, "")
+    assert outbox.flush() == 0
+    (obj,) = api.objs[ATTACHMENT].values()
+    assert obj["status"]["conditions"][0]["status"] == "True"
+    assert obj["spec"]["bridgeName"] == "plx-br-600", "the object says Ready with the old spec (no bridge)"
+
+
+# -- 6. a kill between node_detachment's drops and its add loses the delete ------------------------------------
+class Killed(BaseException):
+    """The daemon SIGKILLed at this point: nothing after it runs (what was committed before stays)."""
+
+
+class KilledOnAdd(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.kill = False
+
+    def outbox_add(self, entry: Any, supersede: bool = False) -> int:
+        if self.kill:
+            raise Killed()
+        return super().outbox_add(entry, supersede)
+
+
+def test_a_kill_inside_node_detachment_does_not_lose_the_attachments_delete() -> None:
+    """``node_detachment`` drops the owed create and status (two commits), then owes the delete (a third). Killed
+    after the drops, the restarted daemon owes nothing for the object: the NodeNetworkInterfaceAttachment the node
+    made stays in the cluster for good (the segment's record is already gone, so no round reports it again). The
+    drops and the add belong in one transaction (better: the segment's removal's)."""
+    api = FakeApi()
+    store = KilledOnAdd()
+    outbox = Outbox(store, api.senders())
+    pub = KubePublisher(client.ApiClient(), "node-a", outbox)
+    pub.node_attachment("Network/ns/n", "plx-br-600", True, "")
+    outbox.flush()
+    pub.node_attachment("Network/ns/n", "plx-br-600", False, "uplink down")  # a status change, owed, not made yet
+    (name,) = api.objs[ATTACHMENT]
+    target = f"{ATTACHMENT}/{name}"
+    assert outbox.owes(target)
+    store.kill = True
+    with pytest.raises(Killed):
+        pub.node_detachment("Network/ns/n")
+    store.kill = False
+    restarted = Outbox(store, api.senders())
+    assert restarted.owed(target), "nothing owed for an object that exists: the delete is lost"
