@@ -56,7 +56,7 @@ from ipamd.ipam.blocks import (
     window_of,
     windows,
 )
-from ipamd.kube.errors import api_unavailable_is_11, reason_of, status_of
+from ipamd.kube.errors import api_unavailable_is_11, reason_of, status_of, unanswered
 from ipamd.kube.heartbeat import TARGET_PREFIX as HEARTBEAT_TARGET
 from ipamd.kube.heartbeat import heartbeat_body
 from ipamd.kube.leases import KIND as LEASE_KIND
@@ -567,9 +567,14 @@ class BlockRegistry(KubeLeaseRegistry):
             try:
                 self.objects.patch_status(KIND, block.name, {"returnRequestedBy": self.node_name,
                                                              "returnRequestedAt": rfc3339(now)})
-            except Exception as exc:  # not asked (the API away, RBAC): the pool is full for this call, code 100
+            except Exception as exc:  # not asked: with the API away, code 11 (its free addresses wait); refused, 100
                 if status_of(exc) == 404:
                     return True  # gone already
+                status = status_of(exc)
+                if unanswered(exc) or (status is not None and (status in (408, 429) or status >= 500)):
+                    raise TryAgainLater(f"pool {key}: the free addresses left are in node {block.node}'s address "
+                                        f"block {block.cidr}, and asking for it back needs the Kubernetes API",
+                                        reason_of(exc)[:300]) from None
                 log.warning("asking node %s to return address block %s: %s", block.node, block.name, reason_of(exc))
                 return False
             log.info("asked node %s to return address block %s (%s) of %s: %d free there, none outside blocks here",

@@ -197,6 +197,7 @@ class Controller:
         self.elector = LeaderElector(api, namespace, self.identity)
         self.interval = interval
         self.leading = False
+        self._renewed_at = 0.0  # (monotonic) when the Lease was last renewed
         self._stop = threading.Event()
         self._wake = threading.Event()
         # what was last written per Network (its UID, generation and segment status): written again on a change
@@ -613,10 +614,26 @@ class Controller:
         return n
 
     # -- loop ---------------------------------------------------------------------------------------
-    def run_once(self) -> None:
-        was_leading, self.leading = self.leading, self.elector.try_acquire()
+    def _elect(self) -> None:
+        """Lead while the Lease is this replica's. A leader that cannot renew it (the API away, or hung) stops leading
+        past the renew deadline (two thirds of the Lease's duration, as client-go's 10 of 15 s), before a standby may
+        take the Lease over: two replicas never act as leader at once."""
+        was_leading = self.leading
+        try:
+            self.leading = self.elector.try_acquire()
+            if self.leading:
+                self._renewed_at = time.monotonic()
+        except Exception:
+            if self.leading and time.monotonic() - self._renewed_at >= self.elector.duration_s * 2 / 3:
+                self.leading = False
+                log.warning("controller: the Lease could not be renewed in time: no longer leading")
+                self._lead_changed()
+            raise
         if self.leading != was_leading:
             self._lead_changed()
+
+    def run_once(self) -> None:
+        self._elect()
         if not self.leading or not self.source.ready():
             return
         self.assign_segments()

@@ -9,18 +9,28 @@ from contextlib import contextmanager
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from cni.errors import TryAgainLater
+from cni.errors import InternalError, TryAgainLater
 
 
 @contextmanager
 def api_unavailable_is_11() -> Iterator[None]:
-    """The API unreachable or overloaded mid-ADD: CNI code 11, so the runtime retries (not 999)."""
+    """The API unreachable or overloaded mid-ADD: CNI code 11, so the runtime retries (not 999). Any other answer a
+    caller inside did not handle is a CNI error too, never a bare exception: a 404 (a kind not served yet: the API
+    server restarting serves custom resources only once it has read their definitions again) or a 409 (changed
+    meanwhile) is worth a retry as well; a refusal (401, 403: the node's credentials or RBAC) is said as one."""
     try:
         yield
     except ApiException as exc:
-        if exc.status is None or exc.status >= 500 or exc.status == 429:
+        if exc.status is None or exc.status >= 500 or exc.status in (408, 429):
             raise TryAgainLater("the Kubernetes API is not available", f"{exc.status} {exc.reason}") from None
-        raise
+        if exc.status == 404:
+            raise TryAgainLater("the Kubernetes API does not serve this kind (yet): an API server starting, or a "
+                                "CustomResourceDefinition missing", f"{exc.status} {reason_of(exc)}") from None
+        if exc.status == 409:
+            raise TryAgainLater("an object changed while this call wrote it", f"{exc.status} {reason_of(exc)}") from None
+        hint = " (the node's credentials or RBAC: apply packaging/k8s/rbac.yaml)" if exc.status in (401, 403) else ""
+        raise InternalError(f"the Kubernetes API refused a request: {exc.status} {reason_of(exc)}{hint}",
+                            "kubernetes") from None
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         raise TryAgainLater("the Kubernetes API is not reachable", str(exc)[:300]) from None
 

@@ -296,12 +296,15 @@ class Outbox:
         return self.depth()
 
     @contextmanager
-    def writing(self, target: str) -> Iterator[None]:
+    def writing(self, target: str, wait: bool = True) -> Iterator[bool]:
         """``target`` is the caller's while it writes it directly: a pass already sending an older owed write of it
-        finishes first (so the caller's lands last), and no pass starts one meanwhile."""
-        self._take(target, wait=True)
+        finishes first (so the caller's lands last), and no pass starts one meanwhile. ``wait=False``: not waited
+        for (a CNI call's write: a pass may be waiting out a hung API server's deadline), False when it is busy."""
+        if not self._take(target, wait=wait):
+            yield False
+            return
         try:
-            yield
+            yield True
         finally:
             self._give(target)
 

@@ -118,7 +118,10 @@ class KubePublisher:
         def owed() -> set[int]:
             return {e.seq for e in self.outbox.owed(target) if e.op == op and (same is None or same(e.body))}
 
-        with self.outbox.writing(target):
+        with self.outbox.writing(target, wait=False) as ours:
+            if not ours:  # a pass is sending an older owed write of it: this one owed behind it, the call not held
+                self._owe(target, op, body, same)
+                return
             # the older owed writes, which go once this one is made (a daemon killed meanwhile makes them after); one
             # owed while it is on its way is newer, and stays
             older = owed()

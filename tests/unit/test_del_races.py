@@ -220,14 +220,14 @@ def test_another_sandboxes_status_write_read_before_the_last_del_commits_does_no
     other = threading.Thread(target=del_c2)
 
     @contextmanager
-    def writing(target: str) -> Iterator[None]:
+    def writing(target: str, wait: bool = True) -> Iterator[bool]:
         if target == "Pod/apps/app" and not fired:
             fired.append(True)
             pub.detached = detached_killed  # the first thing after _release's commit
             other.start()  # DEL c2 now: its commit may not come between this write's read and its drop
             other.join(0.5)
-        with real_writing(target):
-            yield
+        with real_writing(target, wait) as ours:
+            yield ours
 
     outbox.writing = writing
     node.call("DEL", container="c1")  # its write read c2's status before DEL c2 committed
