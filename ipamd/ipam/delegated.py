@@ -198,6 +198,10 @@ class DelegatedAddresses:
             raise InvalidConfig("ips and ipam-claim-reference exclude each other (NPWG §8)", req.ips_field)
         return claim
 
+    def holder_key(self, req: AddressRequest) -> str:
+        """The key of the record that will hold ``req``'s lease (``lease``): known before it is leased."""
+        return self._claim_object(req).meta.key if req.claim else cni_key(req.network, req.container_id, req.ifname)
+
     def _holder(self, req: AddressRequest, claim: Any) -> tuple[IPRecord, bool]:
         """The record that holds the lease (made if new), after checking that nobody else uses it."""
         if claim is not None:

@@ -113,6 +113,10 @@ class AttachmentRecord:
     network: str = ""  # the CNI network configuration's name (GC judges only its own)
     pod_known: bool = True  # False: the pod came only from the runtime's annotations, not the source
     network_status: tuple[dict[str, Any], ...] = ()  # and of its NPWG network-status
+    #: a delegate's plexus-ipam address being leased for an interface not recorded yet: (the record holding its lease,
+    #: the pod-side interface name), recorded before the lease's own commit, so that a daemon killed between the two
+    #: lets it go when it tears the attachment down
+    leasing: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +205,7 @@ def load_attachment(data: str) -> AttachmentRecord:
     )
     d["networks_status"] = tuple(d.get("networks_status", ()))
     d["network_status"] = tuple(d.get("network_status", ()))
+    d["leasing"] = tuple((str(k), str(i)) for k, i in d.get("leasing", ()))
     return AttachmentRecord(**d)
 
 

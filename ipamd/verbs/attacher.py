@@ -235,12 +235,15 @@ class Attacher:
             with claiming as recorded, self.store.transaction():
                 claims = recorded()
                 iface = self._planned(key, w, claims)
-                done = replace(record, interfaces=record.interfaces + (iface,))
+                done = replace(record, interfaces=record.interfaces + (iface,), leasing=())
                 self.store.put_attachment(done)
             return done, iface, claims
 
         try:
             if w.address is not None:  # a delegate's plexus-ipam address: leased here, in a transaction of its own
+                # recorded first: a daemon killed after the lease's commit and before the interface's lets it go
+                record = replace(record, leasing=((self.delegated.holder_key(w.address), w.request.if_name),))
+                self.store.put_attachment(record)
                 leased = self.delegated.lease(w.address)
                 delegated, w = [leased.claim], with_lease(w, leased)
             return self.ipam.resecured(attempt)
@@ -455,6 +458,8 @@ class Attacher:
             for iface in record.interfaces:
                 self.ipam.release_pod(list(iface.ip_keys), record.pod_uid,
                                       attachment_id(record.container_id, iface.if_name), shared)
+            for ip_key, if_name in record.leasing:  # a delegate's lease made for an interface never recorded
+                self.ipam.release_pod([ip_key], record.pod_uid, attachment_id(record.container_id, if_name), shared)
             self.store.delete_attachment(record.container_id, record.ifname)
             self._pod_status(record.pod_uid, record.namespace, record.pod_name)
             if self.publisher.remote:  # what the commit leaves, owed with it (written just below)
