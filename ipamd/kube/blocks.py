@@ -57,8 +57,8 @@ from ipamd.ipam.blocks import (
     windows,
 )
 from ipamd.kube.errors import api_unavailable_is_11, reason_of, status_of, unanswered
+from ipamd.kube.heartbeat import RENEWAL_MANAGER, heartbeat_body
 from ipamd.kube.heartbeat import TARGET_PREFIX as HEARTBEAT_TARGET
-from ipamd.kube.heartbeat import heartbeat_body
 from ipamd.kube.leases import KIND as LEASE_KIND
 from ipamd.kube.leases import (
     NODE_LABEL,
@@ -85,7 +85,16 @@ RENEW_S = 60.0  # a block's status.renewTime is renewed this often (the controll
 RETURN_WAIT_S = 3.0  # an allocation waits this long for the block it asked another node to return
 SEEN_S = 5.0  # another node's block read from the API server counts this long, unless the cache shows the window
 ASK_FRESH_S = 120.0  # a request to return a block is acted on this long (the node that asked retries past that)
+#: How far the clock of a node asking for a block may be off its owner's: a request is timed from when the owner first
+#: saw it, unless its own time is older than this too (one left behind long ago)
+ASK_SKEW_S = 600.0
 OWED_AGAIN_S = 600.0  # a missing lease object made again is not made again before this (``owe_missing``)
+#: A block of this node whose renewal the informer's cache has not shown for this long is leased in only once the API
+#: server says it is still ours: below the controller's quickest reclaim (three renewals missed,
+#: ``ipamd.kube.reclaim.GONE_GRACE_S``), so that a node cut off from the API server (its watch broken) never leases in
+#: a block reclaimed meanwhile and claimed by another node. Through an outage, a node serves ADD from its blocks for
+#: this long after its last renewal; then ADD answers code 11 until the API server answers again.
+UNCONFIRMED_S = 3 * RENEW_S - 30.0
 
 
 def _poll(done: Callable[[], bool], timeout_s: float) -> bool:
@@ -117,16 +126,21 @@ def _block(pool: str, cidr: str, node: str) -> Block:
     return Block(pool, to_int(network), 1 << (32 - int(bits)), node)
 
 
-def return_asked_by(obj: dict[str, Any], now: float, node: str) -> str:
-    """The node that asked this block's owner (``node``) to return it, if the request is fresh; "" otherwise."""
+def return_request(obj: dict[str, Any], node: str) -> tuple[str, str]:
+    """Who asked this block's owner (``node``) to return it and when (by the asking node's clock), or ("", "")."""
     status = obj.get("status")
     if not isinstance(status, dict):
-        return ""
+        return "", ""
     by, at = str(status.get("returnRequestedBy") or ""), str(status.get("returnRequestedAt") or "")
-    if not by or by == node or not at:
-        return ""
+    return ("", "") if not by or by == node or not at else (by, at)
+
+
+def return_asked_by(obj: dict[str, Any], now: float, node: str) -> str:
+    """The node that asked this block's owner (``node``) to return it, if the request is fresh by ``now`` (the asking
+    node's own look at its request: its clock wrote the time); "" otherwise."""
+    by, at = return_request(obj, node)
     try:
-        return by if now - parse_rfc3339(at) <= ASK_FRESH_S else ""
+        return by if by and now - parse_rfc3339(at) <= ASK_FRESH_S else ""
     except ValueError:
         return ""
 
@@ -222,6 +236,8 @@ class BlockRegistry(KubeLeaseRegistry):
         # given back waits for them, so that no lease object of its window is owed after it is gone
         self._inflight: dict[tuple[str, int], int] = {}
         self._settled = threading.Condition(self._lock)
+        self._confirmed: dict[tuple[str, int], float] = {}  # slot -> when the API server last said it is ours
+        self._asks_seen: dict[tuple[str, str, str], float] = {}  # (block, by, at) -> when this node first saw it
         outbox.senders["block_lease"] = self._put_lease
 
     # -- reading ------------------------------------------------------------------------------------
@@ -280,6 +296,7 @@ class BlockRegistry(KubeLeaseRegistry):
                 return False  # leased by itself before this block was claimed: not ours to give
             if self._foreign(lease):
                 return False  # the same, as the cache shows it (what was excluded is not kept across a restart)
+            self._confirm(block)
             if self._claim_inside(lease):
                 return True  # ours alone to lease: no API request
             block = self.block_at(lease.pool, lease.ip)  # given back just now: leased per address from here on
@@ -330,6 +347,50 @@ class BlockRegistry(KubeLeaseRegistry):
         and its transaction hands it back once its outbox runs)."""
         name = (obj.get("metadata") or {}).get("name")
         return bool(name) and any(e.op == "hand_back" for e in self.outbox.owed(f"{LEASE_KIND}/{name}"))
+
+    def _confirm(self, block: Block) -> None:
+        """Go on leasing in this node's ``block`` only while it is surely ours: its renewal shown by the cache lately
+        (``UNCONFIRMED_S``), or the API server read saying so; else code 11. (renewTime is this node's own clock's.)"""
+        slot = (block.pool, block.first)
+        now = self.clock()
+        if now - self._confirmed.get(slot, float("-inf")) < UNCONFIRMED_S:
+            return  # known ours lately
+        shown = next((o for o in self.source.by_index(KIND, "window", slot)
+                      if (b := parse_block(o)) is not None and b.node == self.node_name), None)
+        if shown is None:
+            return  # claimed a moment ago: the cache does not show it yet
+        md, status = shown.get("metadata") or {}, shown.get("status") or {}
+        renewed = status.get("renewTime") or md.get("creationTimestamp")
+        age = now - parse_rfc3339(str(renewed)) if renewed else float("inf")
+        if age < UNCONFIRMED_S:
+            self._confirmed[slot] = now - age  # (the next claims need not parse it again until then)
+            return
+        why = (f"this node's address block {block.cidr} of {block.pool} was last seen renewed {age:.0f} s ago: the "
+               "controller may have reclaimed it since, and only the Kubernetes API can say")
+        if self.outbox.api_away():
+            raise TryAgainLater(why, "the Kubernetes API is not answering")
+        try:
+            with api_unavailable_is_11():
+                current = parse_block(self._get_block(block.name))
+        except TryAgainLater as exc:
+            raise TryAgainLater(why, exc.details) from None
+        if current is None or current.node != self.node_name:
+            with self._lock:
+                self.mine.pop(slot, None)
+            log.warning("address block %s (%s) of %s is no longer this node's: its cache lags behind the API server",
+                        block.name, block.cidr, block.pool)
+            raise TryAgainLater(f"this node's address block {block.cidr} of {block.pool} was reclaimed while the node "
+                                "could not reach the Kubernetes API; its cache catches up", "informer")
+        self._confirmed[slot] = now
+
+    def _get_block(self, name: str) -> dict[str, Any]:
+        """A block as the API server has it now ({} when there is none)."""
+        try:
+            return dict(self.objects.get(KIND, name))
+        except Exception as exc:
+            if status_of(exc) == 404:
+                return {}
+            raise
 
     def _claim_inside(self, lease: LeaseRecord) -> bool:
         """Owe the lease object of an address in this node's block; False when the block is being given back."""
@@ -598,14 +659,24 @@ class BlockRegistry(KubeLeaseRegistry):
         now = self.clock()
         for obj in self.source.by_index(KIND, "node", self.node_name):
             block = parse_block(obj)
-            if block is not None and (block.pool, block.first) not in self.returned and \
-                    return_asked_by(obj, now, self.node_name):
+            if block is not None and (block.pool, block.first) not in self.returned and self._asked_fresh(obj, now):
                 return True
         return False
 
     def _asked_for(self, block: Block, now: float) -> bool:
-        return any(return_asked_by(o, now, self.node_name)
-                   for o in self.source.by_index(KIND, "window", (block.pool, block.first)))
+        return any(self._asked_fresh(o, now) for o in self.source.by_index(KIND, "window", (block.pool, block.first)))
+
+    def _asked_fresh(self, obj: dict[str, Any], now: float) -> bool:
+        """Whether another node asked for this block of ours lately: timed from when this node first saw the request,
+        by its own clock (the asking node's clock, which wrote the request's time, may be minutes off ours)."""
+        by, at = return_request(obj, self.node_name)
+        if not by or not return_asked_by(obj, now - ASK_SKEW_S, self.node_name):
+            return False
+        with self._lock:
+            first = self._asks_seen.setdefault((str((obj.get("metadata") or {}).get("name")), by, at), now)
+            for key in [k for k, seen in self._asks_seen.items() if now - seen > 2 * ASK_FRESH_S]:
+                del self._asks_seen[key]
+        return now - first <= ASK_FRESH_S
 
     def _give_back(self, pool: AddressPool, block: Block) -> None:
         """Return a block another node asked for, leases inside and all (marked ``returned`` already, inside the
@@ -632,6 +703,26 @@ class BlockRegistry(KubeLeaseRegistry):
             for ip in [ip for ip in excluded if ip in block]:
                 del excluded[ip]
         self._return(block, "asked for by another node")
+
+    def _claimed_while_going(self, block: Block, in_use: Callable[[str, int], bool],
+                             transaction: Callable[[], AbstractContextManager[Any]]) -> bool:
+        """An empty block marked ours no more: a claim that found it ours just before (an exact address's, reserved
+        outside the store's transaction, which the round's look at what is in use cannot see) is waited for; if it
+        owed a lease object there, or anything of the window is in use by now, the block stays ours."""
+        slot = (block.pool, block.first)
+        with self._settled:
+            self._settled.wait_for(lambda: not self._inflight.get(slot), timeout=5.0)
+        with transaction():
+            owed = any(e.op == "block_lease" for ip in block.window
+                       for e in self.outbox.owed(f"{LEASE_KIND}/{lease_name(block.pool, to_text(ip))}"))
+            if not owed and not self._inflight.get(slot) and not any(in_use(block.pool, ip) for ip in block.window):
+                return False
+            with self._lock:
+                self.returned.discard(slot)
+                self.mine[slot] = block
+        log.info("address block %s (%s) of %s stays: an address in it was claimed as it was being returned",
+                 block.name, block.cidr, block.pool)
+        return True
 
     def _has_free(self, pool: AddressPool, block: Block, in_use: Callable[[str, int], bool]) -> bool:
         with self._lock:
@@ -771,8 +862,8 @@ class BlockRegistry(KubeLeaseRegistry):
                     for block in blocks:
                         if block not in going and all(block is not b for _, b in asked):
                             self.outbox.add(f"{KIND}/{block.name}", "patch_status", {
-                                "kind": KIND, "name": block.name, "status": {"renewTime": rfc3339(now)}},
-                                supersede=True)
+                                "kind": KIND, "name": block.name, "status": {"renewTime": rfc3339(now)},
+                                "fieldManager": RENEWAL_MANAGER}, supersede=True)
         if renew:
             self._renewed = now
             if self.heartbeat_namespace:  # blocks or not, the controller knows this node is alive
@@ -780,6 +871,8 @@ class BlockRegistry(KubeLeaseRegistry):
                 self.outbox.add(f"{HEARTBEAT_TARGET}{self.heartbeat_namespace}/{body['metadata']['name']}", "heartbeat",
                                 body, supersede=True)
         for block in going:
+            if self._claimed_while_going(block, in_use, transaction):
+                continue
             self._return(block, "empty")
         for pool, block in asked:
             self._give_back(pool, block)

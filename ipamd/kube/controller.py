@@ -421,6 +421,7 @@ class Controller:
         since: a daemon back after a long silence keeps the blocks it leases in. Each is read first, and none deleted
         when any changed (a daemon back renews them one write each, in any order: deleting them one by one up to the
         first 409 deleted the ones whose renewal came later)."""
+        read: dict[str, dict[str, Any]] = {}
         for name in names:
             try:
                 current = self.objects.get(BLOCK_KIND, name)
@@ -431,16 +432,34 @@ class Controller:
             if str((current.get("metadata") or {}).get("resourceVersion") or "") != judged_at.get(name, ""):
                 log.info("not reclaiming node %s: its address block %s was renewed meanwhile", node, name)
                 return False
+            read[name] = current
+        deleted: list[str] = []
         for name in names:
             try:
                 self.objects.delete(BLOCK_KIND, name, resource_version=judged_at.get(name, ""))
+                deleted.append(name)
             except Exception as exc:
-                if status_of(exc) == 409:
+                if status_of(exc) == 409:  # renewed between the reads and this delete: the daemon is back
                     log.info("not reclaiming node %s: its address block %s was renewed meanwhile", node, name)
+                    self._restore_blocks(node, [read[n] for n in deleted if n in read])
                     return False
                 if status_of(exc) != 404:
                     raise
         return True
+
+    def _restore_blocks(self, node: str, blocks: list[dict[str, Any]]) -> None:
+        """Make again the blocks of a node found back while they were being deleted (create-if-absent: another node
+        that claimed the window meanwhile keeps it, and the node back leases per address there, as after a reclaim)."""
+        for obj in blocks:
+            md = obj.get("metadata") or {}
+            body = {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind") or BLOCK_KIND,
+                    "metadata": {"name": md.get("name"), "labels": md.get("labels") or {}}, "spec": obj.get("spec")}
+            try:
+                self.objects.create(BLOCK_KIND, body)
+                log.info("made address block %s of node %s again: the node renewed another meanwhile", md.get("name"),
+                         node)
+            except Exception as exc:
+                log.warning("making address block %s of node %s again: %s", md.get("name"), node, reason_of(exc))
 
     def _runs_pods(self, node: str) -> bool:
         """Whether a pod bound to ``node`` may still hold an address there (read as JSON: no model objects)."""

@@ -25,6 +25,24 @@ NAMESPACE = "plexus-node-lease"  # --heartbeat-namespace
 LABEL = "network.deckhouse.io/node-heartbeat"  # "true"; the node is spec.holderIdentity (a label value has 63 at most)
 TARGET_PREFIX = "Lease/"  # the outbox's target of a heartbeat: Lease/<namespace>/<name>
 DURATION_S = 600  # leaseDurationSeconds: told to readers; the controller's --block-ttl decides
+#: The field manager of a node's renewals (its heartbeat, its blocks' renewTime): the API server stamps each of its
+#: writes with the server's own time (``metadata.managedFields``), which the controller judges silence by, so that a
+#: node whose clock is off is neither reclaimed while it renews nor kept alive by its clock being ahead.
+RENEWAL_MANAGER = "plexus-renewal"
+
+
+def renewed_at(obj: Mapping[str, Any], written: Any) -> float | None:
+    """When a node last renewed ``obj``: the API server's time of the node's last renewal write, else ``written``
+    (the time the node wrote, by its own clock: an object renewed by a version before this, or no managedFields);
+    None when neither is known."""
+    stamps = [str(e.get("time")) for e in (obj.get("metadata") or {}).get("managedFields") or ()
+              if isinstance(e, Mapping) and e.get("manager") == RENEWAL_MANAGER and e.get("time")]
+    for text in sorted(stamps, reverse=True) + ([str(written)] if written else []):
+        try:
+            return parse_rfc3339(text)
+        except ValueError:
+            continue
+    return None
 
 
 def lease_name(node: str) -> str:
@@ -43,11 +61,12 @@ def send_heartbeat(coord: client.CoordinationV1Api, body: Any) -> None:
     md = body["metadata"]
     try:
         unread(coord.patch_namespaced_lease(md["name"], md["namespace"], {"spec": body["spec"]},
-                                            _preload_content=False))
+                                            field_manager=RENEWAL_MANAGER, _preload_content=False))
     except Exception as exc:
         if status_of(exc) != 404:
             raise
-        unread(coord.create_namespaced_lease(md["namespace"], body, _preload_content=False))
+        unread(coord.create_namespaced_lease(md["namespace"], body, field_manager=RENEWAL_MANAGER,
+                                             _preload_content=False))
 
 
 def heartbeat_ages(items: Iterable[Mapping[str, Any]], now: float) -> dict[str, float]:
@@ -56,12 +75,9 @@ def heartbeat_ages(items: Iterable[Mapping[str, Any]], now: float) -> dict[str, 
     for item in items:
         md, spec = item.get("metadata") or {}, item.get("spec") or {}
         node = str(spec.get("holderIdentity") or "")
-        renewed = spec.get("renewTime") or md.get("creationTimestamp")
-        if not node or not renewed:
+        renewed = renewed_at(item, spec.get("renewTime") or md.get("creationTimestamp"))
+        if not node or renewed is None:
             continue
-        try:
-            age = now - parse_rfc3339(str(renewed))
-        except ValueError:
-            continue
+        age = now - renewed
         ages[node] = min(age, ages.get(node, age))
     return ages

@@ -56,7 +56,8 @@ def api_senders(api: client.ApiClient) -> Senders:
     return {
         "create": lambda b: objects.create(b["kind"], b["object"], b.get("namespace", "")),
         "patch": lambda b: objects.patch(b["kind"], b["name"], b["patch"], b.get("namespace", "")),
-        "patch_status": lambda b: objects.patch_status(b["kind"], b["name"], b["status"], b.get("namespace", "")),
+        "patch_status": lambda b: objects.patch_status(b["kind"], b["name"], b["status"], b.get("namespace", ""),
+                                                       field_manager=b.get("fieldManager", "")),
         "delete": lambda b: objects.delete(b["kind"], b["name"], b.get("namespace", ""), b.get("resourceVersion", "")),
         "pod_status": lambda b: unread(core.patch_namespaced_pod(b["name"], b["namespace"], b["patch"],
                                                                   _preload_content=False)),

@@ -17,9 +17,9 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from ipamd.kube.blocks import RENEW_S, parse_block
+from ipamd.kube.heartbeat import renewed_at
 from ipamd.kube.leases import NODE_LABEL
 from ipamd.model.objects import IPAM_CLAIM
-from ipamd.model.timefmt import parse_rfc3339
 
 #: A node whose Node object is gone is judged after this long without a renewal (three renewals missed),
 #: not after the whole --block-ttl, which is for a node that may still come back.
@@ -33,10 +33,10 @@ def silent_nodes(blocks: Iterable[Mapping[str, Any]], now: float,
     nodes: dict[str, tuple[float, list[str]]] = {node: (age, []) for node, age in (heartbeats or {}).items()}
     for item in blocks:
         block, md = parse_block(dict(item)), item.get("metadata") or {}
-        renewed = (item.get("status") or {}).get("renewTime") or md.get("creationTimestamp")
-        if block is None or not renewed:
+        renewed = renewed_at(item, (item.get("status") or {}).get("renewTime") or md.get("creationTimestamp"))
+        if block is None or renewed is None:
             continue
-        age = now - parse_rfc3339(str(renewed))
+        age = now - renewed
         silent, names = nodes.get(block.node, (age, []))
         nodes[block.node] = (min(silent, age), [*names, str(md.get("name"))])
     return nodes

@@ -88,18 +88,20 @@ class CustomObjects:
         return self.api.patch_cluster_custom_object(r.group, r.version, r.plural, name, body)
 
     def patch_status(self, kind: str, name: str, status: dict[str, Any], namespace: str = "",
-                     resource_version: str = "", timeout: Any = None) -> Any:
+                     resource_version: str = "", timeout: Any = None, field_manager: str = "") -> Any:
         """A merge patch of the status subresource (with ``resource_version``: only if the object is still at it,
-        else 409); ``timeout`` as the client's ``_request_timeout`` (None: the client's own)."""
+        else 409); ``timeout`` as the client's ``_request_timeout`` (None: the client's own); ``field_manager``: who
+        writes (the API server stamps its time in ``managedFields``)."""
         r = RESOURCES[kind]
         body: dict[str, Any] = {"status": status}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
+        extra: dict[str, Any] = {"field_manager": field_manager} if field_manager else {}
         if r.namespaced:
             return self.api.patch_namespaced_custom_object_status(r.group, r.version, namespace, r.plural, name, body,
-                                                                  _request_timeout=timeout)
+                                                                  _request_timeout=timeout, **extra)
         return self.api.patch_cluster_custom_object_status(r.group, r.version, r.plural, name, body,
-                                                           _request_timeout=timeout)
+                                                           _request_timeout=timeout, **extra)
 
     def delete(self, kind: str, name: str, namespace: str = "", resource_version: str = "") -> Any:
         """Delete an object (with ``resource_version``: only if it is still at it, else 409)."""

@@ -91,7 +91,7 @@ class FakeApi:
             return copy.deepcopy(self.objs[kind][name])
 
     def patch_status(self, kind: str, name: str, status: dict[str, Any], namespace: str = "",
-                     resource_version: str = "") -> dict[str, Any]:
+                     resource_version: str = "", field_manager: str = "") -> dict[str, Any]:
         with self.lock:
             self._count("patch_status", kind)
             name = _key(name, namespace)
@@ -100,6 +100,10 @@ class FakeApi:
             if resource_version and resource_version != self.objs[kind][name]["metadata"]["resourceVersion"]:
                 raise ApiException(status=409, reason="Conflict")
             _merge(self.objs[kind][name].setdefault("status", {}), status)
+            if field_manager:  # as the API server stamps a write: who, and when by the server's clock
+                md = self.objs[kind][name]["metadata"]
+                md["managedFields"] = [e for e in md.get("managedFields") or () if e.get("manager") != field_manager]
+                md["managedFields"].append({"manager": field_manager, "operation": "Update", "time": rfc3339()})
             self._version += 1
             self.objs[kind][name]["metadata"]["resourceVersion"] = str(self._version)
             return copy.deepcopy(self.objs[kind][name])
@@ -133,12 +137,16 @@ class FakeApi:
                 self.patch("Lease", b["metadata"]["name"], {"spec": b["spec"]})
             else:
                 self.create("Lease", b)
+            with self.lock:  # stamped as the API server stamps the renewal manager's write (the server's clock)
+                self.objs["Lease"][b["metadata"]["name"]]["metadata"]["managedFields"] = [
+                    {"manager": "plexus-renewal", "operation": "Update", "time": rfc3339()}]
 
         return {
             "heartbeat": heartbeat,
             "create": create,
             "patch": lambda b: self.patch(b["kind"], b["name"], b["patch"]),
-            "patch_status": lambda b: self.patch_status(b["kind"], b["name"], b["status"]),
+            "patch_status": lambda b: self.patch_status(b["kind"], b["name"], b["status"],
+                                                        field_manager=b.get("fieldManager", "")),
             "delete": lambda b: self.delete(b["kind"], b["name"], resource_version=b.get("resourceVersion", "")),
         }
 

@@ -155,8 +155,19 @@ def controller(cluster: Cluster) -> Controller:
 
 
 def silence(api: FakeApi, seconds: float) -> None:
+    """The blocks last renewed ``seconds`` ago, by the node's clock and by the API server's stamp alike."""
     for o in api.objs[BLOCK_KIND].values():
         o.setdefault("status", {})["renewTime"] = rfc3339(time.time() - seconds)
+        for entry in o["metadata"].get("managedFields") or ():
+            entry["time"] = rfc3339(time.time() - seconds)
+
+
+def silence_beats(api: FakeApi, seconds: float) -> None:
+    """The nodes' heartbeats last renewed ``seconds`` ago, by the node's clock and by the API server's stamp alike."""
+    for o in api.objs["Lease"].values():
+        o["spec"]["renewTime"] = rfc3339(time.time() - seconds)
+        for entry in o["metadata"].get("managedFields") or ():
+            entry["time"] = rfc3339(time.time() - seconds)
 
 
 def test_the_controller_reclaims_a_silent_node_that_runs_no_pod(api: FakeApi, gone: tuple[Node, list[tuple[str, str]]],
@@ -305,11 +316,11 @@ def test_a_node_that_leased_per_address_is_reclaimed_by_its_heartbeat(api: FakeA
     ctl = controller(cluster)
     ctl.reclaim_blocks()
     assert all(o["spec"].get("holder") for o in api.objs[LEASE_KIND].values()), "renewed just now: alive"
-    beat["spec"]["renewTime"] = rfc3339(time.time() - 3600)
+    silence_beats(api, 3600)
     ctl.reclaim_blocks()
     assert all(o["spec"].get("holder") for o in api.objs[LEASE_KIND].values()), "listed every 30 s, not every round"
     monkeypatch.setattr("ipamd.kube.controller.HEARTBEATS_READ_S", 0.0)
-    beat["spec"]["renewTime"] = rfc3339(time.time() - 3600)
+    silence_beats(api, 3600)
     cluster.pods = ["solo"]
     ctl.reclaim_blocks()
     assert all(o["spec"].get("holder") for o in api.objs[LEASE_KIND].values()), "silent, but a pod is bound to it"
@@ -335,6 +346,7 @@ def test_a_controller_started_since_still_gives_back_what_a_vanished_node_kept(a
     node.clock.now = time.time() - 3600  # its last heartbeat, an hour ago
     node.registry.housekeep([], lambda pool, ip: True, node.store.transaction)
     node.outbox.flush()
+    silence_beats(api, 3600)
     kept_ip, kept_holder = node.held_by_holder()[0]
     cluster = Cluster(api, user_ips=(kept_holder,))
     controller(cluster).reclaim_blocks()
