@@ -547,6 +547,8 @@ def test_daemon_runs_a_pod_with_only_the_node_service_account(applied: Cluster, 
     assert wait_for(beats, timeout=15)
     assert beats()[0]["metadata"]["labels"] == {f"{GROUP}/node-heartbeat": "true"} and beats()[0]["spec"]["renewTime"]
     assert beats()[0]["spec"]["holderIdentity"] == "node-sa"
+    # stamped by the API server's clock as the renewal manager's write: what the controller judges silence by
+    assert [e["manager"] for e in beats()[0]["metadata"]["managedFields"] if e.get("time")].count("plexus-renewal") == 1
 
     # DEL and the pod gone: the lease is orphaned (patch + status patch), then freed (delete)
     assert node.cni("DEL", "c1", netns, pod=(ns, "app")).ok
