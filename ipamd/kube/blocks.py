@@ -56,6 +56,8 @@ from ipamd.ipam.blocks import (
     window_of,
     windows,
 )
+from ipamd.kube.api_calls import serving
+from ipamd.kube.client import CALL_TIMEOUT
 from ipamd.kube.errors import api_unavailable_is_11, reason_of, status_of, unanswered
 from ipamd.kube.heartbeat import RENEWAL_MANAGER, heartbeat_body
 from ipamd.kube.heartbeat import TARGET_PREFIX as HEARTBEAT_TARGET
@@ -473,11 +475,18 @@ class BlockRegistry(KubeLeaseRegistry):
         had = len(self.blocks(pool))
         with self._lock:
             lock = self._grow_locks.setdefault(key, threading.Lock())
-        with lock:
+        # a CNI call waits for a claim in the background no longer than for its own request (that one may be waiting
+        # out a hung API server's background deadline)
+        if not lock.acquire(timeout=CALL_TIMEOUT[1] if serving() else -1):
+            raise TryAgainLater(f"pool {key}: this node's next address block is being claimed, and the Kubernetes API "
+                                "is slow to answer", "the Kubernetes API")
+        try:
             mine = self.blocks(pool)
             if len(mine) > had:
                 return mine[-1]  # claimed while this call waited
             return self._grow(pool)
+        finally:
+            lock.release()
 
     def _grow(self, pool: AddressPool) -> Block | None:
         key = pool.meta.key
@@ -592,7 +601,12 @@ class BlockRegistry(KubeLeaseRegistry):
                 with self._lock:
                     self._growing.discard(key)
 
-        self.spawn(run)
+        try:
+            self.spawn(run)
+        except Exception as exc:  # no thread to be had: the next allocation asks again
+            with self._lock:
+                self._growing.discard(key)
+            log.warning("claiming the next block of %s in the background: %s", key, exc)
 
     # -- asking for a block back --------------------------------------------------------------------
     def ask_return(self, pool: AddressPool) -> bool:

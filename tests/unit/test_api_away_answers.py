@@ -186,3 +186,37 @@ def test_an_add_whose_claim_meets_an_api_server_still_starting_answers_11() -> N
     else:
         pytest.fail("ADD succeeded with no lease object")
     assert node.store.all_leases() == [] and node.store.attachments() == [], "rolled back"
+
+
+def test_a_calls_block_claim_waits_for_a_background_one_no_longer_than_for_its_own_request(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A background claim of the next block, stuck on a hung API server, holds the pool's claim lock for the
+    background deadline (13 s): an ADD whose blocks are full waited all of it before its own try (found in review).
+    It waits the call's read deadline, then answers 11."""
+    from cni.errors import TryAgainLater
+    from ipamd.kube.api_calls import call_in_progress
+    from tests.unit.test_blocks import pool_of
+
+    monkeypatch.setattr("ipamd.kube.blocks.CALL_TIMEOUT", (0.2, 0.3))
+    node = Node(FakeApi(), "a")
+    big = pool_of(node.source, "big")
+    node.registry.grow(big)  # (the lock made)
+    lock = node.registry._grow_locks[big.meta.key]
+    with lock:  # a background claim on its way
+        started = time.monotonic()
+        with call_in_progress(), pytest.raises(TryAgainLater, match="being claimed"):
+            node.registry.grow(big)
+        assert time.monotonic() - started < 2
+
+
+def test_a_background_claim_that_cannot_start_is_asked_for_again() -> None:
+    """A thread that cannot be started left the pool marked as growing for good: no block was claimed ahead again."""
+    node = Node(FakeApi(), "a")
+
+    def no_thread(run: Any) -> None:
+        raise RuntimeError("can't start new thread")
+
+    node.registry.spawn = no_thread
+    for _ in range(14):  # a quarter of the block left: a claim ahead is asked for, and cannot start
+        node.add()
+    assert not node.registry._growing, "the pool stays marked as growing: never claimed ahead again"
