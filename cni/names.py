@@ -17,8 +17,8 @@ def is_cni_name(value: str) -> bool:
 
 def ifname_problem(value: str) -> str:
     """Why ``value`` cannot name an interface ("" when it can)."""
-    if len(value) > IFNAME_MAX:
-        return f"longer than {IFNAME_MAX} characters"
+    if len(value.encode("utf-8", "surrogateescape")) > IFNAME_MAX:
+        return f"longer than {IFNAME_MAX} bytes"
     if value in (".", ".."):
         return "is . or .."
     if any(c in "/:" or c.isspace() for c in value):

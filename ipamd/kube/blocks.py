@@ -239,7 +239,9 @@ class BlockRegistry(KubeLeaseRegistry):
         self._inflight: dict[tuple[str, int], int] = {}
         self._settled = threading.Condition(self._lock)
         self._confirmed: dict[tuple[str, int], float] = {}  # slot -> when the API server last said it is ours
-        self._asks_seen: dict[tuple[str, str, str], float] = {}  # (block, by, at) -> when this node first saw it
+        # (block, by, at) -> when this node first and last saw that request on the block
+        self._asks_seen: dict[tuple[str, str, str], tuple[float, float]] = {}
+        self._uids: dict[tuple[str, int], str] = {}  # slot -> the uid of this node's block there, as first seen
         outbox.senders["block_lease"] = self._put_lease
 
     # -- reading ------------------------------------------------------------------------------------
@@ -293,12 +295,12 @@ class BlockRegistry(KubeLeaseRegistry):
     def claim(self, lease: LeaseRecord, exact: bool = False) -> bool:
         block = self.block_at(lease.pool, lease.ip)
         if block is not None and block.node == self.node_name:
+            self._confirm(block)  # (first: a block made again has what is leased in it excluded here)
             found = self.excluded.get(lease.pool, {}).get(lease.ip)
             if found is not None and found != lease.holder:
                 return False  # leased by itself before this block was claimed: not ours to give
             if self._foreign(lease):
                 return False  # the same, as the cache shows it (what was excluded is not kept across a restart)
-            self._confirm(block)
             if self._claim_inside(lease):
                 return True  # ours alone to lease: no API request
             block = self.block_at(lease.pool, lease.ip)  # given back just now: leased per address from here on
@@ -351,24 +353,30 @@ class BlockRegistry(KubeLeaseRegistry):
         return bool(name) and any(e.op == "hand_back" for e in self.outbox.owed(f"{LEASE_KIND}/{name}"))
 
     def _confirm(self, block: Block) -> None:
-        """Go on leasing in this node's ``block`` only while it is surely ours: its renewal shown by the cache lately
-        (``UNCONFIRMED_S``), or the API server read saying so; else code 11. (renewTime is this node's own clock's.)"""
+        """Go on leasing in this node's ``block`` only while it is surely ours: claimed or renewed lately, by this
+        node's clock (``UNCONFIRMED_S``; the renewal as the cache shows it), or the API server read saying so; else
+        code 11. A block the cache shows made again (another uid: the controller made it again after deleting it from
+        a node it found back midway) is looked at as a new claim is: what was leased per address in its window
+        meanwhile is not handed out again."""
         slot = (block.pool, block.first)
         now = self.clock()
-        if now - self._confirmed.get(slot, float("-inf")) < UNCONFIRMED_S:
-            return  # known ours lately
         shown = next((o for o in self.source.by_index(KIND, "window", slot)
                       if (b := parse_block(o)) is not None and b.node == self.node_name), None)
-        if shown is None:
-            return  # claimed a moment ago: the cache does not show it yet
-        md, status = shown.get("metadata") or {}, shown.get("status") or {}
-        renewed = status.get("renewTime") or md.get("creationTimestamp")
+        uid = str(((shown or {}).get("metadata") or {}).get("uid") or "")
+        if uid and self._uids.setdefault(slot, uid) != uid:
+            with api_unavailable_is_11():
+                self._exclude_leased(block)
+            self._uids[slot] = uid
+        if now - self._confirmed.get(slot, float("-inf")) < UNCONFIRMED_S:
+            return  # claimed or known ours lately
+        renewed = ((shown or {}).get("status") or {}).get("renewTime")  # (this node's clock wrote it)
         age = now - parse_rfc3339(str(renewed)) if renewed else float("inf")
-        if age < UNCONFIRMED_S:
+        if 0 <= age < UNCONFIRMED_S:
             self._confirmed[slot] = now - age  # (the next claims need not parse it again until then)
             return
-        why = (f"this node's address block {block.cidr} of {block.pool} was last seen renewed {age:.0f} s ago: the "
-               "controller may have reclaimed it since, and only the Kubernetes API can say")
+        why = (f"this node's address block {block.cidr} of {block.pool} was last seen renewed "
+               f"{'never' if age == float('inf') else f'{age:.0f} s ago'}: the controller may have reclaimed it since, "
+               "and only the Kubernetes API can say")
         if self.outbox.api_away():
             raise TryAgainLater(why, "the Kubernetes API is not answering")
         try:
@@ -379,6 +387,7 @@ class BlockRegistry(KubeLeaseRegistry):
         if current is None or current.node != self.node_name:
             with self._lock:
                 self.mine.pop(slot, None)
+                self.returned.add(slot)  # (until the cache catches up: no more reads of it on every pick)
             log.warning("address block %s (%s) of %s is no longer this node's: its cache lags behind the API server",
                         block.name, block.cidr, block.pool)
             raise TryAgainLater(f"this node's address block {block.cidr} of {block.pool} was reclaimed while the node "
@@ -534,7 +543,7 @@ class BlockRegistry(KubeLeaseRegistry):
         try:
             if self._over_the_cap(block, pool):
                 return False
-            self._exclude_leased(block, pool)
+            self._exclude_leased(block)
         except Exception:
             try:
                 self.objects.delete(KIND, block.name)
@@ -548,6 +557,8 @@ class BlockRegistry(KubeLeaseRegistry):
             self.returned.discard(slot)
             self.mine[slot] = block
             self._shown.pop(slot, None)
+        self._confirmed[slot] = self.clock()  # claimed now: ours for UNCONFIRMED_S at least, cache or not
+        self._uids.pop(slot, None)  # (taken from the cache once it shows it)
         return True
 
     def _over_the_cap(self, block: Block, pool: AddressPool) -> bool:
@@ -566,7 +577,7 @@ class BlockRegistry(KubeLeaseRegistry):
                  block.name, block.pool)
         return True
 
-    def _exclude_leased(self, block: Block, pool: AddressPool) -> None:
+    def _exclude_leased(self, block: Block) -> None:
         """What lease objects hold inside a block just claimed, read from the API server itself (a quorum read:
         a per-address lease created before our block is in it, whatever our cache says)."""
         items = self.objects.lister(LEASE_KIND)(label_selector=f"{POOL_LABEL}={pool_label(block.pool)}")
@@ -686,10 +697,12 @@ class BlockRegistry(KubeLeaseRegistry):
         by, at = return_request(obj, self.node_name)
         if not by or not return_asked_by(obj, now - ASK_SKEW_S, self.node_name):
             return False
+        key = (str((obj.get("metadata") or {}).get("name")), by, at)
         with self._lock:
-            first = self._asks_seen.setdefault((str((obj.get("metadata") or {}).get("name")), by, at), now)
-            for key in [k for k, seen in self._asks_seen.items() if now - seen > 2 * ASK_FRESH_S]:
-                del self._asks_seen[key]
+            first = self._asks_seen.get(key, (now, now))[0]
+            self._asks_seen[key] = (first, now)
+            for old in [k for k, (_, last) in self._asks_seen.items() if now - last > 2 * ASK_FRESH_S]:
+                del self._asks_seen[old]  # (a request not seen for a while: gone from its block)
         return now - first <= ASK_FRESH_S
 
     def _give_back(self, pool: AddressPool, block: Block) -> None:

@@ -638,10 +638,11 @@ class Controller:
         past the renew deadline (two thirds of the Lease's duration, as client-go's 10 of 15 s), before a standby may
         take the Lease over: two replicas never act as leader at once."""
         was_leading = self.leading
+        asked_at = time.monotonic()  # the Lease's renewTime is written before the answer: timed from the request
         try:
             self.leading = self.elector.try_acquire()
             if self.leading:
-                self._renewed_at = time.monotonic()
+                self._renewed_at = asked_at
         except Exception:
             if self.leading and time.monotonic() - self._renewed_at >= self.elector.duration_s * 2 / 3:
                 self.leading = False

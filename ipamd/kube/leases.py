@@ -212,14 +212,22 @@ class KubeLeaseRegistry(NoBlocks):
         if not self.outbox.flush_target(f"{KIND}/{name}"):  # this node's own letting go of it comes first
             raise TryAgainLater(f"this node's release of {lease.address} in {lease.pool} is not made yet",
                                 "the Kubernetes API did not take it; see plexusctl outbox")
-        try:
-            made = self.objects.create(KIND, body)
-            self.made[name] = self._made_at(name, lease.holder, made)
-            return True
-        except Exception as exc:
-            if status_of(exc) != 409:
-                raise
-        current = self.objects.get(KIND, name)
+        for _ in range(2):  # an object gone between our create's 409 and our read of it: created again, once
+            try:
+                made = self.objects.create(KIND, body)
+                self.made[name] = self._made_at(name, lease.holder, made)
+                return True
+            except Exception as exc:
+                if status_of(exc) != 409:
+                    raise
+            try:
+                current = self.objects.get(KIND, name)
+                break
+            except Exception as exc:
+                if status_of(exc) != 404:
+                    raise
+        else:
+            return False  # let go and taken again meanwhile: another node's race, the next address is tried
         spec = current.get("spec") or {}
         md = current.get("metadata") or {}
         if spec.get("holder") == lease.holder:  # ours already (a retried ADD), or another node's for the same holder

@@ -272,10 +272,11 @@ class Outbox:
         due = float("inf") if self._back else now  # back after an outage: no write waits out its backoff
         self._back = False
         # the targets whose oldest write may be made now (the rest wait behind it, in backoff or parked): however many
-        # wait, the next ones are found, and none is left behind them; the longest due first (a write never tried yet
-        # is due since 0), so that writes retried over and over do not crowd out the rest
+        # wait, the next ones are found, and none is left behind them; the longest due first (since it was owed, or
+        # since its backoff ended), so that neither a stream of new writes nor writes retried over and over crowd out
+        # the rest
         ready = sorted((e for e in self.store.outbox_firsts() if e.next_at != PARKED and e.next_at <= due),
-                       key=lambda e: (e.next_at, e.seq))[:HEAD]
+                       key=lambda e: (max(e.next_at, e.created_at), e.seq))[:HEAD]
         sent = self.sent
         if ready:
             todo = [[e] for e in ready]  # (each chain is read whole once its target is the pass's, ``_run_chain``)
@@ -307,6 +308,8 @@ class Outbox:
             yield True
         finally:
             self._give(target)
+            if self.owes(target):  # owed meanwhile (or left): the loop, which waited without it, looks again
+                self._wake.set()
 
     def flush_target(self, target: str) -> bool:
         """Make the pending writes of one object now (before a write that must come after them); True when none is
@@ -319,7 +322,9 @@ class Outbox:
         """Until the soonest a target's oldest write may be made (a write behind it waits for it, whatever its own)."""
         if not self.depth():  # the usual case: everything made (a count, not a read of the entries)
             return 5.0
-        waits = [e.next_at for e in self.store.outbox_firsts() if e.next_at != PARKED]
+        with self._busy_lock:  # a target written directly right now: woken when it is given back (``writing``)
+            busy = set(self._busy)
+        waits = [e.next_at for e in self.store.outbox_firsts() if e.next_at != PARKED and e.target not in busy]
         if not waits:
             return 5.0
         soonest = max(self._away_until, min(waits))

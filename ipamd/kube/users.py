@@ -92,7 +92,7 @@ class IPAddressUsers:
                 try:
                     self._use(kind, namespace, name, key, user_of(pod, self.node_name), field)
                 except ApiException as exc:  # refused for good: said as what it is, not as an HTTP dump
-                    if exc.status is None or exc.status >= 500 or exc.status == 429:
+                    if exc.status is None or exc.status >= 500 or exc.status in (408, 429):
                         raise
                     if exc.status == 404:
                         raise ObjectNotFound(f"{kind} {_name(namespace, name)} does not exist", field) from None

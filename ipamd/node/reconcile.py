@@ -186,9 +186,11 @@ class Reconciler:
                 continue
             try:
                 # owed first: a daemon killed after the segment's record is gone would no more know of its object
+                # (and the report forgotten first: a removal that fails leaves the segment, reported again if its
+                # Network comes back)
+                self._reported.pop(rec.network, None)
                 self.publisher.node_detachment(rec.network)
                 self.segments.remove(rec)
-                self._reported.pop(rec.network, None)
                 log.info("removed the segment of deleted %s (bridge %s)", rec.network, rec.bridge)
             except Exception as exc:
                 log.warning("removing the segment of %s: %s", rec.network, exc)

@@ -63,6 +63,7 @@ class FakeApi:
             self._version += 1
             obj = copy.deepcopy(body)
             obj["metadata"].update(resourceVersion=str(self._version), creationTimestamp=rfc3339())
+            obj["metadata"].setdefault("uid", f"uid-{self._version}")
             self.objs[kind][name] = obj
             return copy.deepcopy(obj)
 

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any
+
+import pytest
+import urllib3
+from kubernetes.client.exceptions import ApiException
 
 from cni.errors import CniError, PoolExhausted
 from ipamd.ipam.allocator import to_int
@@ -273,3 +278,197 @@ def test_the_controller_judges_a_renewal_by_the_api_servers_stamp_not_the_nodes_
         {"manager": RENEWAL_MANAGER, "operation": "Update", "time": "2026-12-02T09:00:00Z"}]}}
     assert renewed_at(stamp, "2030-01-01T00:00:00Z") == renewed_at({}, "2026-12-02T09:00:00Z")
     assert renewed_at({}, "2026-12-02T09:00:00Z") is not None and renewed_at({}, "") is None
+
+
+class _CutOff:
+    """A node's own view of the API server while it is cut off: every request goes unanswered."""
+
+    def __getattr__(self, name: str) -> Any:
+        def unanswered(*_: Any, **__: Any) -> Any:
+            raise urllib3.exceptions.MaxRetryError(None, "/", "connection refused")  # type: ignore[arg-type]
+        return unanswered
+
+
+def _reclaimed_and_taken(api: FakeApi, silent_s: float) -> set[str]:
+    """The controller reclaims the silent node's block (no pod bound to it), and node b claims the same window and
+    fills it: the addresses b's pods hold."""
+    silence(api, silent_s)
+    controller(Cluster(api)).reclaim_blocks()
+    assert not api.objs[BLOCK_KIND], "silent past --block-ttl, no pod bound: reclaimed"
+    b = Node(api, "b")
+    _one_block_at(b, "198.18.40.16")
+    theirs = {b.add() for _ in range(16)}
+    b.outbox.flush()
+    assert theirs == _window(next(iter(api.objs[BLOCK_KIND].values())))
+    return theirs
+
+
+def _add_refused_or_elsewhere(a: Node, theirs: set[str]) -> None:
+    try:
+        mine = a.add()
+    except CniError as exc:
+        assert exc.code == 11, exc
+        return
+    assert mine not in theirs, f"a handed out {mine}, which b's pod holds in b's block of the same window"
+
+
+def test_a_node_whose_clock_is_behind_confirms_its_new_block_into_the_future() -> None:
+    """``_confirm`` compares the cached block's time with the node's own clock; a block not renewed yet has only its
+    ``creationTimestamp``, which is the API server's clock. With the node's clock 11 minutes behind (the skew the
+    review's own tests use), the age comes out negative and ``_confirmed[slot] = now - age`` lies 11 minutes in the
+    FUTURE: the block counts as confirmed for 11 min + UNCONFIRMED_S with no look at the cache or the API. Cut off
+    right after the claim (its renewals never land), the block is reclaimed after --block-ttl and claimed by b; a
+    still leases in it with no request."""
+    api = FakeApi()
+    a = Node(api, "a", live=False)
+    a.clock.now = time.time() - 660  # 11 minutes behind the API server
+    _one_block_at(a, "198.18.40.16")
+    a.add()  # claims the block (the cache does not show it yet)
+    a.outbox.flush()
+    a.cache.sync()  # shown: its creationTimestamp (server clock), no renewal yet
+    a.add()  # leased in it: _confirm runs on the cached object
+    for rec in list(a.store.all_ips()):
+        a.ipam.delete_ip(rec)  # its pods go: the block is empty
+    a.outbox.flush()
+    # from here a's daemon is cut off (its cache frozen, its requests unanswered)
+    a.registry.objects = _CutOff()  # type: ignore[assignment]
+    theirs = _reclaimed_and_taken(api, 660)
+    a.clock.advance(660)  # the same 11 minutes passed on a
+    a.outbox.unanswered()
+    _add_refused_or_elsewhere(a, theirs)
+
+
+def test_a_block_the_cache_never_showed_is_leased_in_without_any_bound() -> None:
+    """``_confirm`` returns at once when the cache does not show the block ("claimed a moment ago"), for ever: a node
+    cut off right after its block's create (the create answered, the watch broken before its event) never confirms it.
+    ``_lost`` cannot tell either (its GET goes unanswered). Past --block-ttl the controller reclaims the empty block,
+    b claims the window, and a's next ADD leases an address b's pod holds."""
+    api = FakeApi()
+    a = Node(api, "a", live=False)
+    a.clock.now = time.time()
+    _one_block_at(a, "198.18.40.16")
+    a.add()  # the block is claimed; a's informer never shows it (cut off from here)
+    for rec in list(a.store.all_ips()):
+        a.ipam.delete_ip(rec)
+    a.outbox.flush()
+    a.registry.objects = _CutOff()  # type: ignore[assignment]
+    theirs = _reclaimed_and_taken(api, 700)
+    a.clock.advance(700)
+    a.outbox.unanswered()
+    _housekeeping(a)  # a's reconcile round: its GET of the block is unanswered
+    _add_refused_or_elsewhere(a, theirs)
+
+
+def test_a_stale_return_request_is_acted_on_again_once_its_first_sighting_is_forgotten() -> None:
+    """``_asked_fresh`` forgets a request first seen more than 2 * ASK_FRESH_S ago, in the same call that finds it
+    stale; the next look at the same (unchanged) request takes it for new and fresh. In one round the first
+    ``_asked_for`` forgets it and the second gives the block back: a request 250 s old, which its asker gave up on
+    (it re-asks past ASK_FRESH_S), costs the owner its block, leases and all, with no node waiting for it (the
+    request stays out whenever its withdrawal or the give-back failed, e.g. the API away)."""
+    api = FakeApi()
+    owner = Node(api, "owner")
+    owner.add()
+    (name,) = api.objs[BLOCK_KIND]
+    api.patch_status(BLOCK_KIND, name, {"returnRequestedBy": "other", "returnRequestedAt": rfc3339(owner.clock())})
+    assert owner.registry.asked(), "seen fresh"
+    owner.clock.advance(130)
+    assert not owner.registry.asked(), "stale past ASK_FRESH_S"
+    _housekeeping(owner)
+    assert name in api.objs[BLOCK_KIND]
+    owner.clock.advance(120)  # 250 s after the request
+    _housekeeping(owner)
+    assert name in api.objs[BLOCK_KIND], "a request 250 s old (stale since 130 s) was acted on: block given back"
+
+
+def test_the_renew_deadline_counts_from_before_a_slow_renewal_not_from_its_answer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``_elect`` stamps ``_renewed_at`` AFTER ``try_acquire`` returns, but the Lease's renewTime is written when the
+    request is made. A renewal answered 9 s late (a slow API server) leaves the Lease renewed at t0 (a standby takes
+    it at t0 + 15) while this replica counts from t0 + 9: still leading at t0 + 16 after a failed renewal (it stops
+    only at t0 + 19). Two leaders for up to the renewal's latency (client-go's deadline runs from before the try)."""
+    import ipamd.kube.controller as ctl_mod
+
+    now = [1000.0]
+    monkeypatch.setattr(ctl_mod, "time", SimpleNamespace(monotonic=lambda: now[0], time=time.time))
+    api = FakeApi()
+    ctl = controller(Cluster(api))
+    answers: list[Any] = []
+
+    def try_acquire() -> bool:
+        answer = answers.pop(0)
+        return bool(answer())
+
+    def slow_success() -> bool:  # the Lease written with renewTime t0, answered 9 s later
+        now[0] += 9.0
+        return True
+
+    def away() -> bool:
+        raise ApiException(status=503, reason="ServiceUnavailable")
+
+    ctl.elector = SimpleNamespace(try_acquire=try_acquire, duration_s=15)  # type: ignore[assignment]
+    answers.append(slow_success)
+    ctl._elect()
+    assert ctl.leading
+    now[0] = 1000.0 + 16.0  # past the Lease's duration from its renewTime: a standby may lead by now
+    answers.append(away)
+    with pytest.raises(ApiException):
+        ctl._elect()
+    assert not ctl.leading, "still leading 16 s after the Lease's renewTime (its duration is 15 s)"
+
+
+def test_a_block_the_controller_makes_again_skips_no_per_address_lease_made_while_it_was_gone() -> None:
+    """``_delete_blocks`` deletes block A of a silent node, then finds block B renewed (409): the daemon is back, and
+    ``_restore_blocks`` makes A again. In between, A's window was per-address space: node c leased .17 there (its
+    ``_claimed_meanwhile`` GET found no block). The restored A skips the checks a block's claim makes
+    (``_exclude_leased``, a quorum list of the window's lease objects): with its lease informer a moment behind its
+    block informer (as ``_exclude_leased``/``_free_excluded`` assume it may be), the daemon back leases .17 inside A
+    with no request while c's pod holds it."""
+    from ipamd.ipam.allocator import to_int
+    from ipamd.ipam.blocks import Block
+    from ipamd.kube.blocks import block_body
+    from ipamd.kube.leases import KIND as LEASE_KIND
+
+    big = "IPAddressPool/ns/big"
+    api = FakeApi()
+    back = Node(api, "back", live=False)
+    back.clock.now = time.time()
+    _one_block_at(back, "198.18.40.16")  # A
+    back.add()
+    for rec in list(back.store.all_ips()):
+        back.ipam.delete_ip(rec)  # A empty
+    back.outbox.flush()
+    second = Block(big, to_int("198.18.40.32"), 16, "back")  # B
+    api.create(BLOCK_KIND, block_body(second))
+    back.registry.mine[(big, second.first)] = second
+    back.cache.sync()
+    back.add()  # its informer shows both blocks as its own
+    for rec in list(back.store.all_ips()):
+        back.ipam.delete_ip(rec)
+    back.outbox.flush()
+    back.cache.sync()
+    names = list(api.objs[BLOCK_KIND])
+    first_name, second_name = names
+    silence(api, 3600)
+    c = Node(api, "c", claim=False)
+    c.store.set_cursor(big, to_int("198.18.40.16"))
+    theirs: list[str] = []
+    delete = api.delete
+
+    def delete_as_c_leases_and_back_renews(kind: str, name: str, namespace: str = "",
+                                           resource_version: str = "") -> None:
+        delete(kind, name, namespace, resource_version)
+        if kind == BLOCK_KIND and name == first_name:
+            theirs.append(c.add())  # A's window is free: leased per address by c
+            api.patch_status(BLOCK_KIND, second_name, {"renewTime": rfc3339(time.time())},
+                             field_manager="plexus-renewal")  # the daemon back renews B
+
+    api.delete = delete_as_c_leases_and_back_renews  # type: ignore[method-assign]
+    controller(Cluster(api)).reclaim_blocks()
+    api.delete = delete  # type: ignore[method-assign]
+    assert theirs == ["198.18.40.17"]
+    assert first_name in api.objs[BLOCK_KIND], "made again for the node back"
+    back.cache.sync()
+    back.cache._snapshot[LEASE_KIND] = []  # its lease informer a moment behind its block informer
+    back.store.set_cursor(big, to_int("198.18.40.16"))
+    mine = back.add()
+    assert mine not in theirs, f"the node back leased {mine} in the block made again, which c's pod holds"

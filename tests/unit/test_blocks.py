@@ -315,7 +315,8 @@ def _grow_at(registry: BlockRegistry, address: str) -> Any:
         block = Block(pool.meta.key, to_int(address), registry.size, registry.node_name)
         registry.objects.create(BLOCK_KIND, block_body(block))
         registry.mine[(block.pool, block.first)] = block
-        registry._exclude_leased(block, pool)
+        registry._exclude_leased(block)
+        registry._confirmed[(block.pool, block.first)] = registry.clock()  # (claimed now, as ``_checked`` notes)
         return block
 
     return grow

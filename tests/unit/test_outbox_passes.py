@@ -12,8 +12,10 @@ from kubernetes.client.exceptions import ApiException
 
 from ipamd.kube.outbox import HEAD, PARKED, Outbox, backoff, judge
 from ipamd.kube.publisher import ATTACHMENT, KubePublisher
+from ipamd.node.reconcile import Reconciler
 from tests.fakes.cluster import FakeApi
 from tests.fakes.store import MemoryStore
+from tests.unit.test_attacher import NS, Node, obj
 
 
 class Clock:
@@ -207,3 +209,101 @@ def test_a_kill_inside_node_detachment_does_not_lose_the_attachments_delete() ->
     store.kill = False
     restarted = Outbox(store, api.senders())
     assert restarted.owed(target), "nothing owed for an object that exists: the delete is lost"
+
+
+# -- 1. a retried write starves behind fresh ones: "never tried" sorts as "due since 0" ------------------------------
+def test_a_retried_write_due_for_long_is_not_starved_by_a_stream_of_fresh_writes() -> None:
+    """``flush`` sorts the firsts by ``(next_at, seq)`` and takes HEAD. A write never tried has ``next_at`` 0, a
+    retried one ``clock + backoff``: every fresh write, owed long after the retried one became due, sorts before it.
+    With HEAD or more fresh targets per pass (a burst of ADDs: an Event, an IPAddress, a status each, while the API
+    server is slow), the retried write (a release's claim status after a 401 / a 409) is never made at all."""
+    api, clock, store = Api(), Clock(), MemoryStore()
+    outbox = Outbox(store, api.senders(), clock)
+    stuck = "IPAMClaim/ns/vm-1"
+    api.fail[(stuck, "patch_status")] = [ApiException(status=401, reason="token being rotated")]
+    owe(outbox, stuck, "patch_status")
+    outbox.flush()
+    assert api.sent == [] and outbox.depth() == 1  # retried later, with its own backoff (0.25 s)
+    clock.now += 10.0  # due for ~10 s now
+    for burst in range(5):
+        for i in range(HEAD):
+            owe(outbox, f"Event/ns/pod-{burst}-{i}", "event")
+        outbox.flush()
+        clock.now += 1.0
+    assert (stuck, "patch_status") in api.sent, \
+        "5 passes, each making HEAD writes owed after it: the write due longest is never made (starved)"
+
+
+# -- 2. the outbox thread spins while the only due write's target is being written by someone else ----------------
+def test_a_due_write_of_a_target_being_written_directly_does_not_make_the_outbox_thread_spin() -> None:
+    """``flush_target`` (or a CNI call's ``_now_or_owed``) holds a target for as long as its request takes (up to a
+    request's deadline against a hung API server). A pass skips the busy target (``_run_chain``: True), but
+    ``_next_wait`` takes that target's due first write into account: it answers 0, the loop passes again at once,
+    skips it again... a core burnt, and ``outbox_firsts`` (a read of every target) run in a tight loop under the
+    store's lock the CNI calls need, for the whole request."""
+    api, clock, store = Api(), Clock(), MemoryStore()
+    outbox = Outbox(store, api.senders(), clock)
+    target = "IPAddress/ns/a"
+    owe(outbox, target, "patch_status")  # due now
+
+    passes = 0
+    spun = threading.Event()
+    real_flush = outbox.flush
+
+    def counted() -> int:
+        nonlocal passes
+        passes += 1
+        if passes >= 200:
+            spun.set()
+        return real_flush()
+
+    outbox.flush = counted  # type: ignore[method-assign]
+    with outbox.writing(target):  # as flush_target, or a call's direct write, waiting on the API server
+        outbox.start()
+        try:
+            busy_loop = spun.wait(1.0)
+            wait = outbox._next_wait()
+        finally:
+            outbox.stop()
+    assert not busy_loop, f"{passes} passes in 1 s while the only due target was busy (the wait computed: {wait} s)"
+
+
+# -- 3. the reconciler owes the delete first, but a failed removal leaves `_reported` saying "reported" -------------
+def test_a_segment_whose_removal_failed_is_reported_again_when_its_network_is_back() -> None:
+    """``_sync_segments`` now owes the NodeNetworkInterfaceAttachment's delete, then removes the segment. When the
+    removal fails (a link that cannot be deleted right now: EBUSY), ``_reported`` keeps the bridge. The Network is
+    back by the next round (made again, or listed again): ``ensure`` gives the same bridge, ``_reported`` matches, so
+    nothing owes the create again and the owed delete is made: the node's attachment is gone for good while its
+    segment is up and its Network live (the controller counts the node out of the Network)."""
+    api = FakeApi()
+    node = Node()
+    node.source.add(obj("NetworkClass", "plain", {}, namespaced=False))
+    node.source.add(obj("Network", "net-z", {"networkClass": "plain"}))
+    outbox = Outbox(node.store, api.senders())
+    publisher = KubePublisher(client.ApiClient(), "n1", outbox)
+    from tests.unit.test_reconcile import Registry
+    node.ipam.registry = Registry()
+    rounds = Reconciler(node.store, node.source, node.ipam, node.attacher, node.segments, publisher, cluster=True)
+    rounds.run_once()
+    outbox.flush()
+    assert [o["spec"]["networkRef"]["name"] for o in api.objs[ATTACHMENT].values()] == ["net-z"]
+
+    node.source.remove("Network", NS, "net-z")
+    delete = node.links.delete
+    failed: list[str] = []
+
+    def busy_once(name: str) -> bool:
+        if not failed:
+            failed.append(name)
+            raise OSError(16, "Device or resource busy")
+        return delete(name)
+
+    node.links.delete = busy_once  # type: ignore[method-assign]
+    rounds.run_once()  # the delete owed, the removal failed: the segment stays
+    assert failed and "net-z" in {s.network.rpartition("/")[2] for s in node.store.segments()}
+
+    node.source.add(obj("Network", "net-z", {"networkClass": "plain"}))  # the Network is back before the outbox made the delete
+    rounds.run_once()
+    outbox.flush()
+    left = [o["spec"]["networkRef"]["name"] for o in api.objs[ATTACHMENT].values()]
+    assert left == ["net-z"], f"a live Network's segment is up, but this node's attachment was deleted: {left}"

@@ -536,3 +536,13 @@ def test_as_plexus_ipam_its_client_keys_are_checked(ipam: dict[str, Any], field:
     assert main(env_for("ADD"), io.BytesIO(json.dumps(c).encode()), out, ipam=True) == 1
     err = one_json_object(out.getvalue())
     assert (err["code"], err["details"]) == (7, field)
+
+
+def test_an_ifname_longer_than_15_bytes_is_refused_as_libcni_and_the_kernel_do() -> None:
+    """cni.names claims libcni's ValidateInterfaceName, whose limit is 15 *bytes* (Go's len; the kernel's IFNAMSIZ is
+    bytes too). ifname_problem counts characters: "netäääääää" (10 characters, 17 bytes) passes the plugin, reaches the
+    daemon, is recorded and leased for, and fails only when the kernel refuses the link."""
+    name = "net" + "\u00e4" * 7
+    assert len(name) <= 15 < len(name.encode())
+    err = error_of(env_for("ADD", CNI_IFNAME=name), conf())
+    assert (err["code"], err["details"]) == (4, "CNI_IFNAME"), err
