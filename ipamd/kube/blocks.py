@@ -58,6 +58,7 @@ from ipamd.ipam.blocks import (
 )
 from ipamd.kube.api_calls import serving
 from ipamd.kube.client import CALL_TIMEOUT
+from ipamd.kube.client import REQUEST_TIMEOUT as LIST_TIMEOUT  # a pool's whole list: the client's deadline, on a call too
 from ipamd.kube.errors import api_unavailable_is_11, reason_of, status_of, unanswered
 from ipamd.kube.heartbeat import RENEWAL_MANAGER, heartbeat_body
 from ipamd.kube.heartbeat import TARGET_PREFIX as HEARTBEAT_TARGET
@@ -566,7 +567,8 @@ class BlockRegistry(KubeLeaseRegistry):
         creates decides, and a block beyond half of the pool's windows is given back at once. That order is the
         creation time, then, within its second, the resourceVersion: a block's renewal writes a new resourceVersion,
         and an old block renewed meanwhile must not sort after the new ones (found in review: 9 blocks of a cap of 8)."""
-        items = self.objects.lister(KIND)(label_selector=f"{POOL_LABEL}={pool_label(block.pool)}").get("items") or []
+        items = self.objects.lister(KIND)(label_selector=f"{POOL_LABEL}={pool_label(block.pool)}",
+                                          _request_timeout=LIST_TIMEOUT).get("items") or []
         order = sorted(items, key=lambda o: (str((o.get("metadata") or {}).get("creationTimestamp") or ""),
                                              int((o.get("metadata") or {}).get("resourceVersion") or 0)))
         names = [(o.get("metadata") or {}).get("name") for o in order]
@@ -580,7 +582,8 @@ class BlockRegistry(KubeLeaseRegistry):
     def _exclude_leased(self, block: Block) -> None:
         """What lease objects hold inside a block just claimed, read from the API server itself (a quorum read:
         a per-address lease created before our block is in it, whatever our cache says)."""
-        items = self.objects.lister(LEASE_KIND)(label_selector=f"{POOL_LABEL}={pool_label(block.pool)}")
+        items = self.objects.lister(LEASE_KIND)(label_selector=f"{POOL_LABEL}={pool_label(block.pool)}",
+                                                _request_timeout=LIST_TIMEOUT)
         # the whole window, not its ranges alone: a Static (or an exact address) outside them leased per address
         # before the block is in it too, and would otherwise be leased again inside it with no request (found in
         # review: two pods held it)

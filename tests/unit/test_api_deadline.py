@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from http.client import RemoteDisconnected
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -195,3 +196,30 @@ def test_an_owed_write_a_call_makes_now_has_the_calls_deadline(
     assert not outbox.flush_target("IPAddressLease/x")
     assert time.monotonic() - started > 1.2, "off a call's path, the client's own"
     outbox.stop()
+
+
+def test_a_pools_whole_list_on_a_calls_path_keeps_the_clients_deadline() -> None:
+    """A block claimed for an ADD reads every lease object and block of its pool (the quorum reads after the claim):
+    with the call's 3 s, a large pool's list could time out on every try, the block be given back each time and the
+    ADD never served; those lists keep the client's deadline (found in review)."""
+    from ipamd.ipam.allocator import to_int
+    from ipamd.ipam.blocks import Block
+    from ipamd.kube.client import REQUEST_TIMEOUT
+    from tests.fakes.cluster import FakeApi
+    from tests.unit.test_blocks import Node
+
+    api = FakeApi()
+    node = Node(api, "a")
+    asked: list[Any] = []
+    lister = api.lister
+
+    def recording(kind: str) -> Any:
+        def list_objects(**kwargs: Any) -> Any:
+            asked.append(kwargs.get("_request_timeout"))
+            return lister(kind)(**kwargs)
+        return list_objects
+
+    api.lister = recording  # type: ignore[method-assign]
+    with call_in_progress():
+        node.registry._exclude_leased(Block("IPAddressPool/ns/big", to_int("198.18.40.16"), 16, "a"))
+    assert asked == [REQUEST_TIMEOUT]
