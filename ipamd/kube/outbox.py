@@ -284,7 +284,7 @@ class Outbox:
                 results = [self._run_chain(todo[0], due)]
             else:
                 results = list(self._pool.map(lambda c: self._run_chain(c, due), todo))
-            if all(results):
+            if all(results) or self.sent > sent:  # answered (one object's write failing alone keeps its own backoff)
                 if self._outage and self.sent > sent:
                     self.answered()  # back after an outage: what waits out its backoff goes now
                 self._away_attempts = 0

@@ -307,3 +307,21 @@ def test_a_segment_whose_removal_failed_is_reported_again_when_its_network_is_ba
     outbox.flush()
     left = [o["spec"]["networkRef"]["name"] for o in api.objs[ATTACHMENT].values()]
     assert left == ["net-z"], f"a live Network's segment is up, but this node's attachment was deleted: {left}"
+
+
+def test_one_objects_failing_write_does_not_hold_up_the_others_as_an_outage_would() -> None:
+    """A 500 from one object's write (its webhook failing) made every pass back off as a whole, up to 30 s, while the
+    API server answered every other write (found in review): it keeps its own backoff, the rest go at once."""
+    api, clock, store = Api(), Clock(), MemoryStore()
+    outbox = Outbox(store, api.senders(), clock)
+    broken = "IPAddress/ns/webhooked"
+    api.fail[(broken, "patch_status")] = [ApiException(status=500, reason="webhook failed")] * 100
+    owe(outbox, broken, "patch_status")
+    owe(outbox, "IPAddress/ns/a", "patch_status")
+    outbox.flush()
+    assert api.sent == [("IPAddress/ns/a", "patch_status")]
+    clock.now += 0.1
+    owe(outbox, "IPAddress/ns/b", "patch_status")
+    outbox.flush()
+    assert ("IPAddress/ns/b", "patch_status") in api.sent, "held up by another object's failure"
+    assert outbox.owes(broken)
