@@ -859,18 +859,14 @@ class BlockRegistry(KubeLeaseRegistry):
                 outgrown = not uses_blocks(pool, self.size)  # shrunk: leased per address from here on
                 for block in blocks:
                     slot = (block.pool, block.first)
-                    if outgrown or not any(True for _ in addresses_in(pool, block.first, block.size)):
-                        # its addresses are no longer the pool's to hand out in blocks (a pool shrunk, its ranges
-                        # narrowed): given back, leases inside and all, or its free addresses would be stranded here
-                        with self._lock:
-                            self.mine.pop(slot, None)
-                            self.returned.add(slot)
-                        self._empty_since.pop(slot, None)
-                        asked.append((pool, block))
-                        continue
-                    if self._asked_for(block, now) and not self._has_free(pool, block, in_use):
+                    stranded = outgrown or not any(True for _ in addresses_in(pool, block.first, block.size))
+                    wanted = self._asked_for(block, now)
+                    if wanted and not stranded and not self._has_free(pool, block, in_use):
                         full.append((pool, block))  # asked on a lagging cache: kept, its lease objects made at once
-                    elif self._asked_for(block, now):  # another node needs its free addresses: ours no more from here
+                    elif wanted or stranded:
+                        # ours no more from here, given back leases inside and all: another node needs its free
+                        # addresses, or they are no longer the pool's to hand out in blocks (a pool shrunk, its ranges
+                        # narrowed) and would be stranded here
                         with self._lock:
                             self.mine.pop(slot, None)
                             self.returned.add(slot)

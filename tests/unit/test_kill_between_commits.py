@@ -4,9 +4,6 @@ object's delete): the restart lets nothing stay held or stale (each found in rev
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Callable
-from contextlib import suppress
 from typing import Any
 
 from ipamd.ipam.addresses import Ipam
@@ -16,30 +13,7 @@ from ipamd.verbs.attacher import Attacher
 from ipamd.verbs.call import CniCall
 from tests.fakes.drivers import FakeDriver
 from tests.unit.test_attacher import NS, Node, obj
-
-
-class Kill:
-    """The daemon killed at a point of a call: the calling thread stops there for good (no undo, no ``finally``)."""
-
-    def __init__(self) -> None:
-        self.victim: threading.Thread | None = None
-        self.dead = threading.Event()
-        self._never = threading.Event()
-
-    def here(self) -> None:
-        if threading.current_thread() is self.victim:
-            self.dead.set()
-            self._never.wait()
-
-    def run(self, call: Callable[[], Any]) -> None:
-        def body() -> None:
-            with suppress(Exception):
-                call()
-
-        self.victim = threading.Thread(target=body, daemon=True)
-        self.victim.start()
-        assert self.dead.wait(5), "the kill point was not reached"
-
+from tests.unit.test_ipaddress_users import Kill
 
 # -- 1. a delegate's address leased in its own commit, before the interface is recorded -----------------------------
 

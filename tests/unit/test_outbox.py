@@ -47,7 +47,7 @@ class Api:
         return send
 
     def senders(self) -> dict[str, Any]:
-        return {op: self.sender(op) for op in ("create", "patch_status", "delete", "event")}
+        return {op: self.sender(op) for op in ("create", "patch_status", "delete", "event", "block_lease")}
 
 
 def api_error(status: int) -> ApiException:

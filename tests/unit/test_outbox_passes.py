@@ -16,37 +16,22 @@ from ipamd.node.reconcile import Reconciler
 from tests.fakes.cluster import FakeApi
 from tests.fakes.store import MemoryStore
 from tests.unit.test_attacher import NS, Node, obj
+from tests.unit.test_outbox import Api, Clock, api_error
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
+def _counting_passes(outbox: Outbox) -> tuple[list[int], threading.Event]:
+    """The outbox's passes counted (``passes[0]``); ``spun`` is set at the 200th."""
+    passes, spun = [0], threading.Event()
+    real_flush = outbox.flush
 
-    def __call__(self) -> float:
-        return self.now
+    def counted() -> int:
+        passes[0] += 1
+        if passes[0] >= 200:
+            spun.set()
+        return real_flush()
 
-
-class Api:
-    """Records what was sent; ``fail[(target, op)]`` is raised (once per listed exception) instead."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str]] = []
-        self.fail: dict[tuple[str, str], list[BaseException]] = {}
-
-    def sender(self, op: str) -> Any:
-        def send(body: dict[str, Any]) -> None:
-            key = (body["t"], op)
-            if self.fail.get(key):
-                raise self.fail[key].pop(0)
-            self.sent.append(key)
-        return send
-
-    def senders(self) -> dict[str, Any]:
-        return {op: self.sender(op) for op in ("create", "patch_status", "delete", "event", "block_lease")}
-
-
-def api_error(status: int) -> ApiException:
-    return ApiException(status=status, reason="test")
+    outbox.flush = counted  # type: ignore[method-assign]
+    return passes, spun
 
 
 def owe(outbox: Outbox, target: str, op: str, not_before: float = 0.0) -> None:
@@ -73,21 +58,10 @@ def test_a_due_write_behind_one_that_must_wait_does_not_make_the_outbox_thread_s
     outbox.flush()
     assert outbox.depth() == 2 and api.sent == []
 
-    passes = 0
-    spun = threading.Event()
-    real_flush = outbox.flush
-
-    def counted() -> int:
-        nonlocal passes
-        passes += 1
-        if passes >= 200:
-            spun.set()
-        return real_flush()
-
-    outbox.flush = counted  # type: ignore[method-assign]
+    passes, spun = _counting_passes(outbox)
     outbox.start()  # the fake clock never moves: nothing can be made, so a pass every <=5 s at most is right
     try:
-        assert not spun.wait(1.0), f"{passes} passes in 1 s with nothing to make (the wait computed: " \
+        assert not spun.wait(1.0), f"{passes[0]} passes in 1 s with nothing to make (the wait computed: " \
                                    f"{outbox._next_wait()} s)"
     finally:
         outbox.stop()
@@ -246,18 +220,7 @@ def test_a_due_write_of_a_target_being_written_directly_does_not_make_the_outbox
     target = "IPAddress/ns/a"
     owe(outbox, target, "patch_status")  # due now
 
-    passes = 0
-    spun = threading.Event()
-    real_flush = outbox.flush
-
-    def counted() -> int:
-        nonlocal passes
-        passes += 1
-        if passes >= 200:
-            spun.set()
-        return real_flush()
-
-    outbox.flush = counted  # type: ignore[method-assign]
+    passes, spun = _counting_passes(outbox)
     with outbox.writing(target):  # as flush_target, or a call's direct write, waiting on the API server
         outbox.start()
         try:
@@ -265,7 +228,7 @@ def test_a_due_write_of_a_target_being_written_directly_does_not_make_the_outbox
             wait = outbox._next_wait()
         finally:
             outbox.stop()
-    assert not busy_loop, f"{passes} passes in 1 s while the only due target was busy (the wait computed: {wait} s)"
+    assert not busy_loop, f"{passes[0]} passes in 1 s while the only due target was busy (the wait computed: {wait} s)"
 
 
 # -- 3. the reconciler owes the delete first, but a failed removal leaves `_reported` saying "reported" -------------

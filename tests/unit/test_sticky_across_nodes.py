@@ -108,6 +108,14 @@ class ClaimNode:
         return self.plugin.handle(CniCall(verb, container, "/run/netns/x", "net1", args, conf))
 
 
+def _with_a_vm_claim() -> FakeApi:
+    """A fake API server holding the IPAMClaim ``vm`` of the VM's interface on nad-a."""
+    api = FakeApi()
+    api.create("IPAMClaim", {"metadata": {"name": "vm", "namespace": tpi.NS, "uid": "uid-claim"},
+                             "spec": {"network": "nad-a", "interface": "net1"}}, tpi.NS)
+    return api
+
+
 def test_a_restart_of_the_node_a_vm_left_does_not_erase_the_claims_owner_written_by_its_new_node() -> None:
     """The VM's launcher pod ran on n1 (the claim's record and lease stay in n1's store after its DEL), and the VM was
     restarted on n2: n2 took the lease up and wrote ``ownerPod: virt-launcher-vm-b``, which is what refuses another
@@ -115,9 +123,7 @@ def test_a_restart_of_the_node_a_vm_left_does_not_erase_the_claims_owner_written
     ``recover`` -> ``KubePublisher.republish`` owes the status of every record of n1's store, the stale claim's
     ``ownerPod: None`` included, an unconditional status patch that erases n2's owner. A live migration's target pod
     on n3 is then not refused while virt-launcher-vm-b runs, and gets the same address."""
-    api = FakeApi()
-    api.create("IPAMClaim", {"metadata": {"name": "vm", "namespace": tpi.NS, "uid": "uid-claim"},
-                             "spec": {"network": "nad-a", "interface": "net1"}}, tpi.NS)
+    api = _with_a_vm_claim()
     n1 = ClaimNode(api, "n1")
     n1.source.add(_launcher("virt-launcher-vm-a", "uid-a"))
     first = n1.call("ADD", "virt-launcher-vm-a", "uid-a", "ca")["ips"][0]["address"]
@@ -140,9 +146,7 @@ def test_a_restart_of_the_node_a_vm_left_does_not_erase_the_claims_owner_written
 def test_a_claims_owner_erased_by_another_nodes_restart_lets_a_second_pod_take_its_address() -> None:
     """The consequence of the above, end to end: n3's launcher pod (a live migration's target, or any other pod naming
     the claim) while virt-launcher-vm-b still runs on n2 is refused by README's promise (code 104); it is not."""
-    api = FakeApi()
-    api.create("IPAMClaim", {"metadata": {"name": "vm", "namespace": tpi.NS, "uid": "uid-claim"},
-                             "spec": {"network": "nad-a", "interface": "net1"}}, tpi.NS)
+    api = _with_a_vm_claim()
     n1 = ClaimNode(api, "n1")
     n1.source.add(_launcher("virt-launcher-vm-a", "uid-a"))
     first = n1.call("ADD", "virt-launcher-vm-a", "uid-a", "ca")["ips"][0]["address"]
@@ -167,9 +171,7 @@ def test_a_claims_release_owed_in_an_outage_does_not_clear_the_owner_written_aft
     """The VM's pod lets go of the claim while the API server does not answer: the release (clear ownerPod while it
     names that pod) is owed. The pod is made again under the same name (a StatefulSet member, a VM restarted on this
     node) and its ADD writes ownerPod: the owed release, older, must not land after it and clear the new owner."""
-    api = FakeApi()
-    api.create("IPAMClaim", {"metadata": {"name": "vm", "namespace": tpi.NS, "uid": "uid-claim"},
-                             "spec": {"network": "nad-a", "interface": "net1"}}, tpi.NS)
+    api = _with_a_vm_claim()
     n1 = ClaimNode(api, "n1")
     n1.source.add(_launcher("virt-launcher-vm-a", "uid-a"))
     n1.call("ADD", "virt-launcher-vm-a", "uid-a", "ca")
