@@ -59,7 +59,7 @@ from ipamd.ipam.blocks import (
 from ipamd.kube.api_calls import serving
 from ipamd.kube.client import CALL_TIMEOUT
 from ipamd.kube.client import REQUEST_TIMEOUT as LIST_TIMEOUT  # a pool's whole list: the client's deadline, on a call too
-from ipamd.kube.errors import api_unavailable_is_11, reason_of, status_of, unanswered
+from ipamd.kube.errors import api_unavailable_is_11, reason_of, status_of, transient
 from ipamd.kube.heartbeat import RENEWAL_MANAGER, heartbeat_body
 from ipamd.kube.heartbeat import TARGET_PREFIX as HEARTBEAT_TARGET
 from ipamd.kube.leases import KIND as LEASE_KIND
@@ -659,8 +659,7 @@ class BlockRegistry(KubeLeaseRegistry):
             except Exception as exc:  # not asked: with the API away, code 11 (its free addresses wait); refused, 100
                 if status_of(exc) == 404:
                     return True  # gone already
-                status = status_of(exc)
-                if unanswered(exc) or (status is not None and (status in (408, 429) or status >= 500)):
+                if transient(exc):
                     raise TryAgainLater(f"pool {key}: the free addresses left are in node {block.node}'s address "
                                         f"block {block.cidr}, and asking for it back needs the Kubernetes API",
                                         reason_of(exc)[:300]) from None

@@ -21,7 +21,7 @@ def api_unavailable_is_11() -> Iterator[None]:
     try:
         yield
     except ApiException as exc:
-        if exc.status is None or exc.status >= 500 or exc.status in (408, 429):
+        if transient(exc):
             raise TryAgainLater("the Kubernetes API is not available", f"{exc.status} {exc.reason}") from None
         if exc.status == 404:
             raise TryAgainLater("the Kubernetes API does not serve this kind (yet): an API server starting, or a "
@@ -33,6 +33,13 @@ def api_unavailable_is_11() -> Iterator[None]:
                             "kubernetes") from None
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         raise TryAgainLater("the Kubernetes API is not reachable", str(exc)[:300]) from None
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a failure says the API server is away or overloaded (no answer, 408, 429, 5xx): worth a retry later,
+    never a refusal of the request itself."""
+    status = exc.status if isinstance(exc, ApiException) else None
+    return unanswered(exc) or (status is not None and (status in (408, 429) or status >= 500))
 
 
 def unanswered(exc: BaseException) -> bool:

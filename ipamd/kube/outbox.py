@@ -16,13 +16,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from ipamd.kube.errors import reason_of, status_of, unanswered
+from ipamd.kube.errors import reason_of, status_of, transient, unanswered
 from ipamd.store.protocols import OutboxStore
 from ipamd.store.records import OutboxEntry
 
@@ -63,13 +63,11 @@ def judge(op: str, exc: BaseException) -> Verdict:
     """What a failed write means: done after all (409 on a create, 404), worth a retry (the API away: no answer, 408,
     429, 5xx; a conflict on an update; an answer that does not refuse the write; a failure of our own, never taken for
     an outage) or refused for good."""
+    if transient(exc):
+        return Verdict(False, api_away=True, error=reason_of(exc)[:300])
     status = status_of(exc)
     if status is None:
-        if unanswered(exc):
-            return Verdict(False, api_away=True, error=reason_of(exc)[:300])
         return Verdict(False, error=f"failed before it was sent: {type(exc).__name__}: {str(exc)[:300]}")
-    if status in (408, 429) or status >= 500:
-        return Verdict(False, api_away=True, error=reason_of(exc)[:300])
     # 409 on a delete: its precondition failed, the object is someone else's now
     # 409 on a pod's status: its UID precondition failed (the pod was made again; a patch without a resourceVersion
     # has no other conflict), as for a status written directly
@@ -82,14 +80,6 @@ def judge(op: str, exc: BaseException) -> Verdict:
 
 def backoff(attempts: int) -> float:
     return float(min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** max(0, attempts - 1)))
-
-
-def chains(entries: Iterable[OutboxEntry]) -> dict[str, list[OutboxEntry]]:
-    """The entries per target, each list in the order they were owed (dicts keep insertion order)."""
-    out: dict[str, list[OutboxEntry]] = {}
-    for e in entries:
-        out.setdefault(e.target, []).append(e)
-    return out
 
 
 class Outbox:
@@ -308,8 +298,7 @@ class Outbox:
             yield True
         finally:
             self._give(target)
-            if self.owes(target):  # owed meanwhile (or left): the loop, which waited without it, looks again
-                self._wake.set()
+            self._wake.set()  # the loop waited without this target (``_next_wait``): it looks again
 
     def flush_target(self, target: str) -> bool:
         """Make the pending writes of one object now (before a write that must come after them); True when none is

@@ -334,8 +334,8 @@ class KubePublisher:
                             supersede=True)
 
     def node_detachment(self, network_key: str) -> None:
-        """This node's side of a Network gone: its object's delete owed (in the caller's transaction, if any: the one
-        that forgets the segment, so that a daemon killed between the two still deletes it)."""
+        """This node's side of a Network gone: its object's delete owed, the writes owed before it dropped, in one
+        commit (the reconciler owes it before it forgets the segment, so that a kill between the two loses nothing)."""
         obj_name = self._attachment_name(network_key)
         target = f"{ATTACHMENT}/{obj_name}"
         with self.outbox.store.transaction():

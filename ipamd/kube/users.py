@@ -29,7 +29,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from cni.errors import AddressConflict, InternalError, ObjectNotFound, TryAgainLater
-from ipamd.kube.errors import api_unavailable_is_11, reason_of, status_of
+from ipamd.kube.errors import api_unavailable_is_11, reason_of, status_of, transient
 from ipamd.kube.outbox import PARKED, Outbox
 from ipamd.model.objects import USED_BY_ANNOTATION, Pod
 from ipamd.model.used_by import User, parse_user, parse_user_text, user_of
@@ -92,7 +92,7 @@ class IPAddressUsers:
                 try:
                     self._use(kind, namespace, name, key, user_of(pod, self.node_name), field)
                 except ApiException as exc:  # refused for good: said as what it is, not as an HTTP dump
-                    if exc.status is None or exc.status >= 500 or exc.status in (408, 429):
+                    if transient(exc):
                         raise
                     if exc.status == 404:
                         raise ObjectNotFound(f"{kind} {_name(namespace, name)} does not exist", field) from None
