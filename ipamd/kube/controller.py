@@ -86,6 +86,46 @@ class ObjectWrites(Protocol):
     def get(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]: ...
 
 
+class NotLeading(BaseException):
+    """A write of a round that outlasted the renew deadline: the rest of the round is no longer this replica's. Not an
+    ``Exception``: the steps' per-object handlers (log it, go on with the next object) must not catch it, or a round
+    of thousands of objects would try and log each one."""
+
+
+class WhileLeading:
+    """The controller's writes, each made only before ``until()`` (monotonic): the renew deadline while a round runs as
+    leader. A round longer than that (a slow or hung API server, thousands of objects) stops at its next write instead
+    of acting beside a standby that may have taken the Lease over; reads go through."""
+
+    def __init__(self, objects: ObjectWrites, until: Callable[[], float]) -> None:
+        self._objects, self._until = objects, until
+
+    def check(self) -> None:
+        if time.monotonic() >= self._until():
+            raise NotLeading("the controller's Lease was not renewed within its renew deadline during this round: "
+                             "its remaining writes are left to the next round")
+
+    def create(self, kind: str, body: dict[str, Any], namespace: str = "") -> Any:
+        self.check()
+        return self._objects.create(kind, body, namespace)
+
+    def patch(self, kind: str, name: str, body: dict[str, Any], namespace: str = "") -> Any:
+        self.check()
+        return self._objects.patch(kind, name, body, namespace)
+
+    def patch_status(self, kind: str, name: str, status: dict[str, Any], namespace: str = "",
+                     resource_version: str = "") -> Any:
+        self.check()
+        return self._objects.patch_status(kind, name, status, namespace, resource_version=resource_version)
+
+    def delete(self, kind: str, name: str, namespace: str = "", resource_version: str = "") -> Any:
+        self.check()
+        return self._objects.delete(kind, name, namespace, resource_version=resource_version)
+
+    def get(self, kind: str, name: str, namespace: str = "") -> dict[str, Any]:
+        return self._objects.get(kind, name, namespace)
+
+
 class ClusterSource(ObjectSource, Protocol):
     """The cluster's objects as the controller reads them (``ipamd.kube.source.KubernetesSource``)."""
 
@@ -187,7 +227,9 @@ def _ungauge(blocks: Iterable[tuple[str, str]] = (), pools: Iterable[str] = ()) 
 class Controller:
     def __init__(self, api: client.ApiClient, source: ClusterSource, namespace: str, interval: float = 2.0,
                  block_ttl_s: float = 600.0, heartbeat_namespace: str = heartbeat.NAMESPACE) -> None:
-        self.objects = source.objects
+        # writes stop at the renew deadline while a round runs as leader (steps called on their own are not guarded)
+        self._act_until = float("inf")
+        self.objects = WhileLeading(source.objects, lambda: self._act_until)
         self.core = client.CoreV1Api(api)
         self.coord = client.CoordinationV1Api(api)
         self.heartbeat_namespace = heartbeat_namespace
@@ -475,6 +517,7 @@ class Controller:
         """A vanished node's heartbeat, once it keeps no lease object (until then it tells a controller started since
         that the node is gone)."""
         if node in beats:
+            self.objects.check()
             _absent_ok(self.coord.delete_namespaced_lease, heartbeat.lease_name(node), self.heartbeat_namespace)
             self._beats.pop(node, None)
 
@@ -644,7 +687,7 @@ class Controller:
             if self.leading:
                 self._renewed_at = asked_at
         except Exception:
-            if self.leading and time.monotonic() - self._renewed_at >= self.elector.duration_s * 2 / 3:
+            if self.leading and time.monotonic() - self._renewed_at >= self._renew_deadline_s:
                 self.leading = False
                 log.warning("controller: the Lease could not be renewed in time: no longer leading")
                 self._lead_changed()
@@ -656,13 +699,20 @@ class Controller:
         self._elect()
         if not self.leading or not self.source.ready():
             return
-        self.assign_segments()
-        self.allocate_user_ipaddresses()
-        self.expire_leases()
-        self.label_leases()
-        self.reclaim_blocks()
-        self.release_unused_leases()
-        self.pool_usage()
+        self._act_until = self._renewed_at + self._renew_deadline_s
+        try:
+            for step in (self.assign_segments, self.allocate_user_ipaddresses, self.expire_leases, self.label_leases,
+                         self.reclaim_blocks, self.release_unused_leases, self.pool_usage):
+                self.objects.check()
+                step()
+        except NotLeading as exc:
+            log.warning("controller: %s", exc)
+        finally:
+            self._act_until = float("inf")
+
+    @property
+    def _renew_deadline_s(self) -> float:
+        return self.elector.duration_s * 2 / 3
 
     def _lead_changed(self) -> None:
         """What this replica remembers writing is forgotten whenever it starts or stops leading: another replica may

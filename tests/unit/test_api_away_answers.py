@@ -59,6 +59,64 @@ def test_a_controller_that_cannot_renew_its_lease_stops_leading(monkeypatch: pyt
     assert not ctl.leading, "still 'leading' 45 s after its last renewal: the standby holds the Lease by now"
 
 
+class _Writes:
+    def __init__(self) -> None:
+        self.made: list[tuple[str, str]] = []
+
+    def delete(self, kind: str, name: str, namespace: str = "", resource_version: str = "") -> None:
+        self.made.append(("delete", name))
+
+    def patch_status(self, kind: str, name: str, status: dict[str, Any], namespace: str = "",
+                     resource_version: str = "") -> None:
+        self.made.append(("patch_status", name))
+
+
+class _ReadySource(_Source):
+    def __init__(self) -> None:
+        self.objects = _Writes()
+
+    def ready(self, *args: Any) -> bool:
+        return True
+
+
+def test_a_round_that_outlasts_the_renew_deadline_stops_writing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The leader renews its Lease at T, then a round's writes take 6 s each (the API server slow). Past the renew
+    deadline (10 s of the Lease's 15) a standby may take the Lease over 5 s later, and two controllers would delete
+    and quarantine side by side: the round makes no write past the deadline, not even through a step's per-object
+    handler (log it, go on), and makes none of its later steps; the next round, renewed, writes again."""
+    now = [1_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    source = _ReadySource()
+    ctl = Controller(client.ApiClient(), source, "plexus-system")  # type: ignore[arg-type]
+    monkeypatch.setattr(ctl.elector, "try_acquire", lambda: True)
+
+    def slow_deletes() -> None:
+        for name in ("a", "b", "c", "d"):
+            try:
+                ctl.objects.delete("IPAddressLease", name)
+            except Exception:  # as the steps do: one object's failure is logged, the next one tried
+                pass
+            now[0] += 6
+
+    def usage() -> None:
+        ctl.objects.patch_status("IPAddressPool", "pool", {}, "ns")
+
+    monkeypatch.setattr(ctl, "expire_leases", slow_deletes)
+    monkeypatch.setattr(ctl, "pool_usage", usage)
+    for step in ("assign_segments", "allocate_user_ipaddresses", "label_leases", "reclaim_blocks",
+                 "release_unused_leases"):
+        monkeypatch.setattr(ctl, step, lambda: None)
+    ctl.run_once()
+    assert source.objects.made == [("delete", "a"), ("delete", "b")], "writes made past the renew deadline"
+    source.objects.made.clear()
+    monkeypatch.setattr(ctl, "expire_leases", lambda: None)
+    ctl.run_once()  # renewed: this round's writes are made
+    assert source.objects.made == [("patch_status", "pool")]
+    ctl.objects.delete("IPAddressLease", "e")  # a step called on its own (outside a round) is not held back
+    assert source.objects.made[-1] == ("delete", "e")
+
+
 # -- 2. a block that must be asked back while the API server is away: code 100 ----------------------------------------
 def _api_away(api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> None:
     def refused(*args: Any, **kwargs: Any) -> Any:
