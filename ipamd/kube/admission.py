@@ -9,8 +9,8 @@ daemon would refuse never gets stored, and the user reads why in the ``kubectl``
 
 It also refuses what only the cluster's state can show: a pool change that would leave a leased address
 outside every network of the pool (its holder would keep an address the pool no longer has), the deletion of
-a pool that still has leased addresses, and a Network's move to another pool while its old one has; the leases come
-from the controller's informer (``leased``).
+a pool that still has leased addresses, and a Network's move to another pool while its old one has leases of its
+own; the leases come from the controller's informer (``leased``, ``leased_for``).
 
 Pure: an AdmissionReview (and the leases of a pool) in, an AdmissionReview out.
 """
@@ -39,6 +39,8 @@ from ipamd.model.objects import (
 
 #: The addresses leased from a pool (by its key), held by somebody: what a pool change must keep.
 Leased = Callable[[str], Iterable[str]]
+#: The addresses of a pool (its key) that a network's pods may use (the network's key): what moving it must keep.
+LeasedFor = Callable[[str, str], Iterable[str]]
 
 
 def _nothing_leased(pool: str) -> Iterable[str]:
@@ -116,10 +118,10 @@ def _pool_key(net: Network | ClusterNetwork) -> str:
     return f"{ref.kind}/{net.meta.namespace}/{ref.name}" if net.meta.namespace else f"{ref.kind}/{ref.name}"
 
 
-def _pool_moved(net: Network | ClusterNetwork, old: dict[str, Any] | None, leased: Leased) -> str:
-    """Why a Network may not move to another pool (or drop its pool): addresses of its old one are leased ("" when
-    none). Its pods keep the old pool's addresses on their interfaces, which the new pool knows nothing of and would
-    hand to other pods of the same segment."""
+def _pool_moved(net: Network | ClusterNetwork, old: dict[str, Any] | None, leased_for: LeasedFor) -> str:
+    """Why a Network may not move to another pool (or drop its pool): addresses of its old one are leased for it
+    ("" when none). Its pods keep the old pool's addresses on their interfaces, which the new pool knows nothing of
+    and would hand to other pods of the same segment. Another network's leases in a shared pool do not hold it."""
     try:
         before = parse_object(old) if isinstance(old, dict) else None
     except ManifestInvalid:
@@ -127,19 +129,20 @@ def _pool_moved(net: Network | ClusterNetwork, old: dict[str, Any] | None, lease
     if not isinstance(before, (Network, ClusterNetwork)) or not _pool_key(before) \
             or _pool_key(before) == _pool_key(net):
         return ""
-    held = sorted(leased(_pool_key(before)), key=to_int)
+    held = sorted(leased_for(_pool_key(before), net.meta.key), key=to_int)
     if not held:
         return ""
     shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
-    return (f"{net.meta.display}: spec.ipam.ipAddressPoolRef: {len(held)} address(es) are still leased from "
+    return (f"{net.meta.display}: spec.ipam.ipAddressPoolRef: {len(held)} address(es) are still leased for it from "
             f"{_pool_key(before)}: {shown}; the pods using them keep them on their interfaces, so delete them (and the "
             "IPAddresses that hold them) before moving the network to another pool")
 
 
 def problem_of(kind: str, obj: dict[str, Any], namespace: str = "", leased: Leased = _nothing_leased,
-               old: dict[str, Any] | None = None) -> str:
+               old: dict[str, Any] | None = None, leased_for: LeasedFor | None = None) -> str:
     """Why the daemon would refuse this object (or a change of a pool or of a Network's pool its leases forbid),
-    or "" when none; ``old``: the object as stored before an UPDATE."""
+    or "" when none; ``old``: the object as stored before an UPDATE; ``leased_for``: a pool's addresses a network
+    may use (without it, every address leased from the pool counts)."""
     if kind == POD.name:
         return _pod_problem(obj, namespace or str((obj.get("metadata") or {}).get("namespace") or "default"))
     try:
@@ -147,11 +150,11 @@ def problem_of(kind: str, obj: dict[str, Any], namespace: str = "", leased: Leas
     except ManifestInvalid as exc:
         return str(exc)
     if isinstance(parsed, (Network, ClusterNetwork)):
-        return _pool_moved(parsed, old, leased)
+        return _pool_moved(parsed, old, leased_for or (lambda pool, network: leased(pool)))
     return _orphaned(parsed, leased) if kind in POOL_KINDS and isinstance(parsed, AddressPool) else ""
 
 
-def review(doc: Any, leased: Leased = _nothing_leased) -> dict[str, Any]:
+def review(doc: Any, leased: Leased = _nothing_leased, leased_for: LeasedFor | None = None) -> dict[str, Any]:
     """Answer one AdmissionReview (``admission.k8s.io/v1``)."""
     if not isinstance(doc, dict) or doc.get("kind") != "AdmissionReview" or not isinstance(doc.get("request"), dict):
         raise ReviewInvalid("not an AdmissionReview with a request")
@@ -180,7 +183,7 @@ def review(doc: Any, leased: Leased = _nothing_leased) -> dict[str, Any]:
         if stored is not None:
             stored.setdefault("apiVersion", served.api_version)
             stored.setdefault("kind", served.name)
-        problem = problem_of(served.name, doc, leased=leased, old=stored)
+        problem = problem_of(served.name, doc, leased=leased, old=stored, leased_for=leased_for)
     else:
         return _response(uid, True)  # not ours: a misrouted rule must not block anything
     return _response(uid, not problem, problem)

@@ -20,7 +20,7 @@ from ipamd.kube.certs import TlsBundle, ensure_secret, publish_ca
 from ipamd.kube.controller import Controller
 from ipamd.kube.errors import reason_of
 from ipamd.kube.heartbeat import NAMESPACE as HEARTBEAT_NAMESPACE
-from ipamd.kube.leases import held_in
+from ipamd.kube.leases import held_for_network, held_in
 from ipamd.kube.resources import DECKHOUSE_KINDS
 from ipamd.kube.services import ServiceEndpoints
 from ipamd.kube.source import KubernetesSource
@@ -132,7 +132,8 @@ class ControllerProcess:
             found = self._publish_ca(found=True)
             assert self._bundle is not None
             self.webhook = WebhookServer((self.webhook_cfg.address, self.webhook_cfg.port), self._bundle,
-                                         lambda pool: held_in(self.source, pool))
+                                         lambda pool: held_in(self.source, pool),
+                                         lambda pool, network: held_for_network(self.source, pool, network))
             threading.Thread(target=self.webhook.serve_forever, name="webhook", daemon=True).start()
             threading.Thread(target=self._certificate_loop, args=(found,), name="webhook-certificate",
                              daemon=True).start()

@@ -102,6 +102,30 @@ def held_in(source: KubernetesSource, pool: str) -> list[str]:
     return [str(_spec(o)["ip"]) for o in source.by_index(KIND, "pool", pool) if _spec(o).get("holder")]
 
 
+def held_for_network(source: KubernetesSource, pool: str, network: str) -> list[str]:
+    """The addresses of ``pool`` that the pods of ``network`` (its key, ``Network/ns/name``) may be using: held by its
+    IPAddresses, or by an IPAddress the cache does not show (gone, or not parsed: its network is unknown). Another
+    network's IPAddresses sharing the pool are not its own, nor are the leases taken from the pool directly (a
+    delegate's, an IPAMClaim's, a gRPC client's), which no network's pool reference leads to."""
+    out = []
+    for item in source.by_index(KIND, "pool", pool):
+        holder, ip = str(_spec(item).get("holder") or ""), _spec(item).get("ip")
+        kind, _, rest = holder.partition("/")
+        if not ip or kind not in IP_ADDRESS_KINDS:
+            continue
+        namespace, _, name = rest.rpartition("/")
+        obj = source.get(IP_ADDRESS_KINDS[kind], namespace, name)
+        if obj is not None and _network_key(obj.network_ref.kind, obj.network_ref.name, namespace) != network:
+            continue
+        out.append(str(ip))
+    return out
+
+
+def _network_key(kind: str, name: str, namespace: str) -> str:
+    """The key of the network an IPAddress of ``namespace`` names (a ClusterNetwork has none)."""
+    return f"{kind}/{namespace}/{name}" if kind == "Network" and namespace else f"{kind}/{name}"
+
+
 class _TakenIn:
     """The addresses of one pool that lease objects hold, as a container the allocator asks ``ip in``."""
 

@@ -17,7 +17,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from ipamd.kube.admission import Leased, ReviewInvalid, review
+from ipamd.kube.admission import Leased, LeasedFor, ReviewInvalid, review
 from ipamd.kube.certs import TlsBundle
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(400, b'{"error": "a JSON AdmissionReview body is required"}')
             return
         try:
-            answer = review(json.loads(self.rfile.read(length)), self.server.leased)
+            answer = review(json.loads(self.rfile.read(length)), self.server.leased, self.server.leased_for)
         except (ValueError, ReviewInvalid) as exc:
             self._send(400, json.dumps({"error": str(exc)}).encode())
             return
@@ -88,9 +88,11 @@ class _Handler(BaseHTTPRequestHandler):
 class WebhookServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], bundle: TlsBundle, leased: Leased = lambda pool: ()) -> None:
+    def __init__(self, address: tuple[str, int], bundle: TlsBundle, leased: Leased = lambda pool: (),
+                 leased_for: LeasedFor | None = None) -> None:
         self.context = server_context(bundle)
         self.leased = leased  # a pool's held addresses (the controller's lease informer)
+        self.leased_for = leased_for  # those a network may use
         self._lock = threading.Lock()
         super().__init__(address, _Handler)
 

@@ -115,6 +115,51 @@ def test_a_network_moved_to_another_pool_while_its_old_one_has_leases_is_refused
     assert review(doc, lambda key: leased.get(key, []))["response"]["allowed"], "IPAM enabled: nothing to keep"
 
 
+class _Leases:
+    """The controller's caches as ``held_for_network`` reads them: lease objects by pool, IPAddresses parsed."""
+
+    def __init__(self, leases: dict[str, str], addresses: dict[str, str]) -> None:
+        from tests.fakes.source import FakeSource
+        from tests.unit.test_ipam import obj
+
+        self.leases = [{"spec": {"pool": "IPAddressPool/ns/pool-b", "ip": ip, "holder": holder}}
+                       for ip, holder in leases.items()]
+        self.source = FakeSource(*(obj("IPAddress", name, {"networkRef": {"kind": "Network", "name": net}})
+                                   for name, net in addresses.items()))
+
+    def by_index(self, kind: str, index: str, key: Any) -> list[dict[str, Any]]:
+        assert (kind, index) == ("IPAddressLease", "pool")
+        return [lease for lease in self.leases if lease["spec"]["pool"] == key]
+
+    def get(self, kind: Any, namespace: str, name: str) -> Any:
+        return self.source.get(kind, namespace, name)
+
+
+def test_a_network_sharing_its_pool_moves_while_only_the_other_networks_and_direct_clients_hold_leases() -> None:
+    """net-b and net-c share pool-b. The move of net-b was refused while pool-b had any lease (found in review: all
+    of net-c's pods, and every delegate leasing from the pool directly, had to go first). Only the addresses net-b's
+    pods may carry hold it now: its IPAddresses' leases, and those of IPAddresses the cache does not show."""
+    from ipamd.kube.leases import held_for_network
+
+    leases = _Leases({"198.18.41.3": "IPAddress/ns/c-ip", "198.18.41.4": "IPAMClaim/ns/vm-claim",
+                      "198.18.41.5": "CNI/pool-b/0123456789ab/net1", "198.18.41.6": "api/vm-1"},
+                     {"c-ip": "net-c", "b-ip": "net-b"})
+    doc = request("Network", network("pool-b2"), "UPDATE")
+    doc["request"]["oldObject"] = network("pool-b")
+
+    def leased_for(pool: str, net: str) -> list[str]:
+        return held_for_network(leases, pool, net)  # type: ignore[arg-type]
+
+    assert held_for_network(leases, "IPAddressPool/ns/pool-b", "Network/ns/net-c") == ["198.18.41.3"]  # type: ignore[arg-type]
+    assert review(doc, lambda key: ["198.18.41.3"], leased_for)["response"]["allowed"], "net-c's lease holds net-b"
+    leases.leases.append({"spec": {"pool": "IPAddressPool/ns/pool-b", "ip": "198.18.41.7", "holder": "IPAddress/ns/b-ip"}})
+    got = review(doc, lambda key: [], leased_for)["response"]
+    assert not got["allowed"] and "198.18.41.7" in got["status"]["message"], got
+    leases.leases[-1]["spec"]["holder"] = "IPAddress/ns/gone-ip"  # its IPAddress not in the cache: maybe net-b's
+    assert not review(doc, lambda key: [], leased_for)["response"]["allowed"]
+    assert review(doc, lambda key: ["198.18.41.7"])["response"]["allowed"] is False, "without leased_for: every lease"
+
+
 def test_a_good_pool_is_allowed_also_without_namespace_in_the_object() -> None:
     resp = answer(request("IPAddressPool", pool(["198.18.0.10-198.18.0.20"])))
     assert resp == {"uid": "u-1", "allowed": True}
