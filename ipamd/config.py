@@ -58,6 +58,10 @@ class DaemonConfig:
         return self.ipam_socket or os.path.join(os.path.dirname(self.socket) or ".", "plexus-ipam.sock")
 
 
+#: The longest reconcile interval in Kubernetes mode: block renewals and the heartbeat (every 60 s) ride on the round.
+MAX_CLUSTER_RECONCILE_S = 60.0
+
+
 def parse_args(argv: list[str] | None = None) -> DaemonConfig:
     p = argparse.ArgumentParser(prog="plexus-ipamd", description="Plexus node daemon: CNI service and IPAM.")
     d = DaemonConfig()
@@ -138,6 +142,10 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
         p.error("controller mode works on a cluster: --kubeconfig (or run in a pod with a service account)")
     if a.mode == "node" and kubeconfig and not a.node_name:
         p.error("Kubernetes mode needs the node's name: --node-name or $NODE_NAME")
+    if a.mode == "node" and kubeconfig and a.reconcile_interval > MAX_CLUSTER_RECONCILE_S:
+        p.error(f"--reconcile-interval: at most {MAX_CLUSTER_RECONCILE_S:g} s in Kubernetes mode: the reconcile round "
+                "renews the node's address blocks and heartbeat every minute, and the node leases in a block only "
+                "while it renewed it in the last 150 s (the controller reclaims a silent node's)")
     return DaemonConfig(a.objects_dir, a.db, a.socket, a.grpc_socket, a.log_file, a.log_level,
                         a.reconcile_interval, a.pidfile, a.metrics_port, os.environ.get("PLEXUS_FAULT", ""),
                         kubeconfig, a.node_name, a.node_netns, a.controller, a.controller_namespace,
