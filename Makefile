@@ -90,7 +90,7 @@ test-netns: venv build
 test-compat: venv build cnitool
 	$(PY) -m pytest -q tests/compat
 
-test-kube: venv build
+test-kube: deps venv build image
 	$(PY) -m pytest -q tests/kube tests/node
 
 bench: deps venv build
