@@ -84,7 +84,9 @@ class Reconciler:
         # than the grace period are never judged gone.
         self.cluster = cluster
         self.grace_s = 15.0 if cluster else 0.0
-        self._reported: dict[str, str] = {}  # Network -> bridge published as this node's ready attachment
+        # Network -> (bridge, failure) last published as this node's attachment: ready with its bridge, or not ready
+        # and why; published again only when that changes (a segment that cannot be built is not written every round)
+        self._reported: dict[str, tuple[str, str]] = {}
         self._missing_checked = float("-inf")  # when lease objects missing from the node's blocks were last looked for
         self._wake = threading.Event()
         self._hurry = threading.Event()  # no lull waited for: another node waits (``wake_now``), or stopping
@@ -173,13 +175,14 @@ class Reconciler:
         for key, resolved in live.items():
             try:
                 rec, _ = self.segments.ensure(resolved)
-                if self._reported.get(key) != rec.bridge:
+                if self._reported.get(key) != (rec.bridge, ""):
                     self.publisher.node_attachment(key, rec.bridge, True, "")
-                    self._reported[key] = rec.bridge
+                    self._reported[key] = (rec.bridge, "")
             except Exception as exc:  # one segment's trouble (a missing parent NIC) must not stop the others
-                log.warning("segment of %s: %s", key, exc)
-                self.publisher.node_attachment(key, "", False, str(exc))
-                self._reported.pop(key, None)
+                if self._reported.get(key) != ("", str(exc)):
+                    log.warning("segment of %s: %s", key, exc)
+                    self.publisher.node_attachment(key, "", False, str(exc))
+                    self._reported[key] = ("", str(exc))
         in_use = {i.network_key for a in self.store.attachments() for i in a.interfaces}
         for rec in self.store.segments():
             if rec.network in live or rec.network in in_use:

@@ -10,6 +10,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from cni.errors import InterfaceFailure
 from ipamd.kube.outbox import HEAD, PARKED, Outbox, backoff, judge
 from ipamd.kube.publisher import ATTACHMENT, KubePublisher
 from ipamd.node.reconcile import Reconciler
@@ -270,6 +271,37 @@ def test_a_segment_whose_removal_failed_is_reported_again_when_its_network_is_ba
     outbox.flush()
     left = [o["spec"]["networkRef"]["name"] for o in api.objs[ATTACHMENT].values()]
     assert left == ["net-z"], f"a live Network's segment is up, but this node's attachment was deleted: {left}"
+
+
+def test_a_segment_that_cannot_be_built_is_reported_once_not_every_round() -> None:
+    """A Network whose class names a parent NIC this node lacks: its segment fails every round, and every round owed
+    the attachment's create, patch and status patch again (the condition's time new each time, so each status patch
+    changed the object, whose watch event woke the next round): three writes per node about every second for as long
+    as the Network lives, an outbox never empty (found in review). Reported once per failure, again when it changes."""
+    api = FakeApi()
+    node = Node()
+    node.source.add(obj("NetworkClass", "uplinked", {"parentNodeNetworkInterfaces": {"names": ["eth9"]}},
+                        namespaced=False))
+    node.source.add(obj("Network", "net-u", {"networkClass": "uplinked"}))
+
+    def no_parent(*args: Any) -> Any:  # what the kernel side says of a parent NIC the node lacks
+        raise InterfaceFailure("parent interface eth9 of net-u's segment does not exist", "eth9")
+
+    node.segments.ensure = no_parent  # type: ignore[method-assign]
+    outbox = Outbox(node.store, api.senders())
+    publisher = KubePublisher(client.ApiClient(), "n1", outbox)
+    from tests.unit.test_reconcile import Registry
+    node.ipam.registry = Registry()
+    rounds = Reconciler(node.store, node.source, node.ipam, node.attacher, node.segments, publisher, cluster=True)
+    rounds.run_once()
+    outbox.flush()
+    (att,) = api.objs[ATTACHMENT].values()
+    assert att["status"]["conditions"][0]["status"] == "False" and "eth9" in att["status"]["conditions"][0]["message"]
+    made = api.requests()
+    for _ in range(3):
+        rounds.run_once()
+        outbox.flush()
+    assert api.requests() == made, f"{api.requests() - made} writes for a failure already reported"
 
 
 def test_one_objects_failing_write_does_not_hold_up_the_others_as_an_outage_would() -> None:
