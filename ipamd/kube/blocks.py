@@ -560,7 +560,18 @@ class BlockRegistry(KubeLeaseRegistry):
             self._shown.pop(slot, None)
         self._confirmed[slot] = self.clock()  # claimed now: ours for UNCONFIRMED_S at least, cache or not
         self._uids.pop(slot, None)  # (taken from the cache once it shows it)
+        # its first renewal owed now (its create cannot write the status): a daemon restarted while the API server
+        # is away leases only in blocks whose renewal its snapshot shows. (Made after the call, once the node's
+        # calls lull: other nodes' checks of the cap, right after their own claims, still see the claim's version.)
+        self._owe_renewal(block)
         return True
+
+    def _owe_renewal(self, block: Block) -> None:
+        """Owe ``block``'s renewal (superseding one owed before), sent with the renewals' field manager: the controller
+        times a node's silence by the API server's stamp of that manager's writes, not by the node's clock."""
+        self.outbox.add(f"{KIND}/{block.name}", "patch_status", {
+            "kind": KIND, "name": block.name, "status": {"renewTime": rfc3339(self.clock())},
+            "fieldManager": RENEWAL_MANAGER}, supersede=True)
 
     def _over_the_cap(self, block: Block, pool: AddressPool) -> bool:
         """Nodes that claimed blocks of one pool at the same time each saw the cap kept: the API server's order of the
@@ -886,9 +897,7 @@ class BlockRegistry(KubeLeaseRegistry):
                 if renew:
                     for block in blocks:
                         if block not in going and all(block is not b for _, b in asked):
-                            self.outbox.add(f"{KIND}/{block.name}", "patch_status", {
-                                "kind": KIND, "name": block.name, "status": {"renewTime": rfc3339(now)},
-                                "fieldManager": RENEWAL_MANAGER}, supersede=True)
+                            self._owe_renewal(block)
         if renew:
             self._renewed = now
             if self.heartbeat_namespace:  # blocks or not, the controller knows this node is alive

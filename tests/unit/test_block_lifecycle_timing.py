@@ -472,3 +472,26 @@ def test_a_block_the_controller_makes_again_skips_no_per_address_lease_made_whil
     back.store.set_cursor(big, to_int("198.18.40.16"))
     mine = back.add()
     assert mine not in theirs, f"the node back leased {mine} in the block made again, which c's pod holds"
+
+
+def test_a_daemon_restarted_right_after_claiming_a_block_leases_in_it_with_the_api_away() -> None:
+    """A block has no ``renewTime`` until its first renewal, which came with the reconcile round's, up to a minute
+    after the claim; a daemon restarted meanwhile with the API server away (its caches seeded from the snapshot)
+    could not confirm the block by its renewal nor by the API server, and answered code 11 with free addresses in
+    its own block (found in review). The first renewal is owed with the claim."""
+    api = FakeApi()
+    a = Node(api, "a")
+    a.clock.now = time.time()
+    a.add()  # claims the block
+    for rec in list(a.store.all_ips()):
+        a.ipam.delete_ip(rec)  # its pod goes; the block stays (empty for less than idle_s)
+    a.outbox.flush()
+    (block,) = api.objs[BLOCK_KIND].values()
+    assert block.get("status", {}).get("renewTime"), "renewed with its claim"
+    again = Node(api, "a")  # the daemon started again, its caches as the snapshot had them; the API server away
+    again.clock.now = a.clock.now + 30
+    again.cache.sync()
+    again.registry.objects = _CutOff()  # type: ignore[assignment]
+    again.outbox.unanswered()
+    got = again.add()
+    assert to_int(got) in next(iter(again.registry.blocks(pool_of(again.source, "big")))), got

@@ -287,7 +287,7 @@ def test_a_segment_that_cannot_be_built_is_reported_once_not_every_round() -> No
     def no_parent(*args: Any) -> Any:  # what the kernel side says of a parent NIC the node lacks
         raise InterfaceFailure("parent interface eth9 of net-u's segment does not exist", "eth9")
 
-    node.segments.ensure = no_parent  # type: ignore[method-assign]
+    node.segments.ensure = no_parent  # type: ignore[method-assign,assignment]
     outbox = Outbox(node.store, api.senders())
     publisher = KubePublisher(client.ApiClient(), "n1", outbox)
     from tests.unit.test_reconcile import Registry
