@@ -49,6 +49,20 @@ def unanswered(exc: BaseException) -> bool:
     return isinstance(exc, (urllib3.exceptions.HTTPError, OSError))
 
 
+def unserved(exc: BaseException) -> bool:
+    """Whether an answer is a 404 of the path, not of an object: the kind is not served (yet), as by an API server
+    starting again, which serves custom resources only once it has read their definitions. The API server's 404 of an
+    object, or of its namespace, names it (``details.name``); that of a path names nothing, or is no Status at all."""
+    if not isinstance(exc, ApiException) or exc.status != 404:
+        return False
+    try:
+        body = json.loads(exc.body or "")
+    except (ValueError, TypeError):
+        return True
+    details = body.get("details") if isinstance(body, dict) else None
+    return not (isinstance(details, dict) and details.get("name"))
+
+
 def status_of(exc: BaseException) -> int | None:
     """The HTTP status of an API failure (None when the API was not reached at all)."""
     return exc.status if isinstance(exc, ApiException) else None

@@ -6,6 +6,7 @@ can put one node's view behind another's writes on purpose. Every call is counte
 from __future__ import annotations
 
 import copy
+import json
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable, Iterable
@@ -41,6 +42,14 @@ def _key(name: str, namespace: str) -> str:
     return f"{namespace}/{name}" if namespace else name
 
 
+def not_found(kind: str, name: str) -> ApiException:
+    """The API server's 404 of an object: a Status naming it (a 404 of a path names nothing)."""
+    exc = ApiException(status=404, reason="Not Found")
+    exc.body = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
+                           "message": f'{kind.lower()} "{name}" not found', "details": {"name": name, "kind": kind}})
+    return exc
+
+
 class FakeApi:
     def __init__(self) -> None:
         self.objs: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
@@ -72,7 +81,7 @@ class FakeApi:
             self._count("get", kind)
             name = _key(name, namespace)
             if name not in self.objs[kind]:
-                raise ApiException(status=404, reason="NotFound")
+                raise not_found(kind, name)
             return copy.deepcopy(self.objs[kind][name])
 
     def patch(self, kind: str, name: str, body: dict[str, Any], namespace: str = "") -> dict[str, Any]:
@@ -80,7 +89,7 @@ class FakeApi:
             self._count("patch", kind)
             name = _key(name, namespace)
             if name not in self.objs[kind]:
-                raise ApiException(status=404, reason="NotFound")
+                raise not_found(kind, name)
             wanted = (body.get("metadata") or {}).get("resourceVersion")
             if wanted and wanted != self.objs[kind][name]["metadata"]["resourceVersion"]:
                 raise ApiException(status=409, reason="Conflict")
@@ -97,7 +106,7 @@ class FakeApi:
             self._count("patch_status", kind)
             name = _key(name, namespace)
             if name not in self.objs[kind]:
-                raise ApiException(status=404, reason="NotFound")
+                raise not_found(kind, name)
             if resource_version and resource_version != self.objs[kind][name]["metadata"]["resourceVersion"]:
                 raise ApiException(status=409, reason="Conflict")
             _merge(self.objs[kind][name].setdefault("status", {}), status)
@@ -114,7 +123,7 @@ class FakeApi:
             self._count("delete", kind)
             name = _key(name, namespace)
             if name not in self.objs[kind]:
-                raise ApiException(status=404, reason="NotFound")
+                raise not_found(kind, name)
             if resource_version and resource_version != self.objs[kind][name]["metadata"]["resourceVersion"]:
                 raise ApiException(status=409, reason="Conflict")
             del self.objs[kind][name]

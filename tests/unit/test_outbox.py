@@ -16,7 +16,7 @@ from ipamd.kube.leases import KubeLeaseRegistry, lease_name
 from ipamd.kube.outbox import CALLS_OWE_S, Outbox, backoff, judge
 from ipamd.store.records import LeaseRecord
 from ipamd.store.sqlite import Store
-from tests.fakes.cluster import FakeApi, FakeCache
+from tests.fakes.cluster import FakeApi, FakeCache, not_found
 from tests.fakes.store import MemoryStore
 
 
@@ -51,7 +51,8 @@ class Api:
 
 
 def api_error(status: int) -> ApiException:
-    return ApiException(status=status, reason="test")
+    """The API server's answer of ``status`` (a 404 is an object's, naming it)."""
+    return not_found("IPAddress", "a") if status == 404 else ApiException(status=status, reason="test")
 
 
 @pytest.fixture
@@ -217,6 +218,20 @@ def test_each_failure_is_judged_once(op: str, status: int, done: bool, retried: 
     verdict = judge(op, api_error(status))
     assert verdict.done is done and (not verdict.done) is retried
     assert verdict.api_away is (status in (429, 503))
+
+
+@pytest.mark.parametrize("body", [None, "404 page not found",
+                                  '{"kind":"Status","status":"Failure","message":"the server could not find the requested '
+                                  'resource","reason":"NotFound","details":{},"code":404}'])
+@pytest.mark.parametrize("op", ["create", "patch", "patch_status", "delete"])
+def test_a_404_of_a_kind_not_served_yet_is_retried_not_taken_for_done(op: str, body: str | None) -> None:
+    """An API server starting again serves custom resources only once it has read their definitions; meanwhile their
+    paths answer 404 naming no object. Taken for "gone already", an owed create (and the patches after it) was dropped
+    for good: a NodeNetworkInterfaceAttachment never made, and never reported again (found in review)."""
+    exc = ApiException(status=404, reason="Not Found")
+    exc.body = body
+    verdict = judge(op, exc)
+    assert not verdict.done and not verdict.api_away and "does not serve" in verdict.error
 
 
 def test_a_refused_write_is_dropped_with_a_warning(parts: tuple[Outbox, Api, Clock, MemoryStore],
