@@ -62,18 +62,31 @@ def test_a_node_gets_another_nodes_block_back_when_the_pool_has_no_other_free_ad
     assert ipaddress.ip_address(address) in ipaddress.ip_network(block["spec"]["cidr"])
 
     got: list[str] = []
-    slowest, refusal = 0.0, ""
-    while True:
-        started = time.monotonic()
-        try:
-            got.append(other.grpc("Allocate", pb.AllocateRequest(pool=POOL, owner=f"o{len(got)}")).address)
-        except Exception as exc:  # the pool is full at last
-            refusal = str(exc)
+    slowest = 0.0
+
+    def lease_until_refused() -> str:
+        """Allocate on the second node until it is refused; the refusal."""
+        nonlocal slowest
+        while True:
+            started = time.monotonic()
+            try:
+                got.append(other.grpc("Allocate", pb.AllocateRequest(pool=POOL, owner=f"o{len(got)}")).address)
+            except Exception as exc:  # the pool is full at last
+                return str(exc)
+            slowest = max(slowest, time.monotonic() - started)
+            assert len(got) <= 126, "more addresses than the pool has"
+
+    # refused, then asked again as a runtime would: a refusal can come while the first node's block still has free
+    # addresses (its owner, on a loaded machine, slower to give it back than RETURN_WAIT_S, or the API busy). Passes
+    # until one leases nothing more and is refused as the full pool is
+    refusal, passes = lease_until_refused(), 1
+    while passes < 5:
+        leased, passes = len(got), passes + 1
+        refusal = lease_until_refused()
+        if len(got) == leased and "no free address" in refusal:
             break
-        slowest = max(slowest, time.monotonic() - started)
-        assert len(got) <= 126, "more addresses than the pool has"
     print(f"\nanother node's block asked back: the allocation that waited for it took {slowest * 1000:.0f} ms; "
-          f"{len(got)} addresses leased on the second node")
+          f"{len(got)} addresses leased on the second node, in {passes} passes")
     assert "no free address" in refusal, (refusal, other.log_text()[-2000:])
     assert len(got) == len(set(got)) == 125 and address not in got, "every other address, each once"
     assert any(ipaddress.ip_address(a) in ipaddress.ip_network(block["spec"]["cidr"]) for a in got)

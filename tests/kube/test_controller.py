@@ -35,7 +35,10 @@ def controllers(cluster: Cluster, controller: ControllerProcess) -> Iterator[lis
                 n.start()
             yield made
         finally:
+            # stopped (SIGTERM) before closed (SIGKILL): the leader hands the Lease back, so the cluster's controller
+            # leads again at once, not once the Lease's 15 s have run out (the next test waits on it)
             for n in made:
+                n.stop()
                 n.close()
 
 

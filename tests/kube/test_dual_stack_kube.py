@@ -6,6 +6,7 @@ the pod."""
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from tests.conftest import wait_for
 from tests.harness import Node
 from tests.kube.conftest import Cluster
-from tests.kube.test_kube_mode import GROUP, kube_node, nodes, pod  # noqa: F401  (the fixture)
+from tests.kube.test_kube_mode import GROUP, add_once_granted, kube_node, nodes, pod  # noqa: F401  (the fixture)
 from tests.netns.test_dual_stack import ipv6_of
 
 pytestmark = pytest.mark.netns
@@ -54,8 +55,9 @@ def test_a_dual_stack_pod_through_the_api(cluster: Cluster, nodes: list[Node]) -
     node = kube_node(cluster, "kdual-node")
     nodes.append(node)
     paths = {n: node.pod_netns(n) for n in ("app", "named")}
-    adds = {n: node.cni("ADD", f"c-{n}", paths[n], pod=(ns, n), env={
-        "CNI_ARGS": f"K8S_POD_NAMESPACE={ns};K8S_POD_NAME={n};K8S_POD_UID={uid[n]}"}) for n in ("app", "named")}
+    # made again while the node has not seen the controller's VLAN grant for the Network yet (code 11 only)
+    adds = {n: add_once_granted(partial(node.cni, "ADD", f"c-{n}", paths[n], pod=(ns, n), env={
+        "CNI_ARGS": f"K8S_POD_NAMESPACE={ns};K8S_POD_NAME={n};K8S_POD_UID={uid[n]}"})) for n in ("app", "named")}
     assert all(a.ok for a in adds.values()), (adds, node.log_text()[-3000:])
     v4, v6 = (ip["address"] for ip in adds["app"].json["ips"])
     assert v4.startswith("198.18.122.1") and v6 == "2001:2:0:122::10/64"

@@ -149,13 +149,16 @@ def test_a_daemon_restarted_while_the_api_server_is_away_serves_add_from_its_blo
         snapshot = node.dir / "informer-cache.json"
 
         def snapshot_holds_the_block() -> bool:
+            """This node's block is in the snapshot, renewed: offline, the daemon leases only in a block whose
+            renewal it can see (a block claimed just now has its renewTime written shortly after the claim)."""
             try:
                 caches = json.loads(snapshot.read_text())["caches"]
             except (OSError, ValueError, KeyError):
                 return False
-            return any(b["spec"]["node"] == "restart-0" for b in caches.get("IPAddressBlock", []))
+            return any(b["spec"]["node"] == "restart-0" and (b.get("status") or {}).get("renewTime")
+                       for b in caches.get("IPAddressBlock", []))
 
-        assert wait_for(snapshot_holds_the_block, timeout=30), "the snapshot is written"
+        assert wait_for(snapshot_holds_the_block, timeout=60), "the snapshot is written, with the block's renewal"
         r.refuse()
         node.kill()
         node.start()

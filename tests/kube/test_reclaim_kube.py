@@ -38,6 +38,13 @@ GHOSTS = {"ghost-silent": (3600, False, False), "ghost-busy": (3600, True, True)
 
 @pytest.fixture
 def api(cluster: Cluster) -> Iterator[CustomObjects]:
+    def terminating() -> bool:
+        phase = cluster.kubectl("get", "namespace", NS, "-o", "jsonpath={.status.phase}", check=False)
+        return phase.returncode == 0 and phase.stdout.strip() == "Terminating"
+
+    # every test here uses the namespace, deleted at the end of the one before without waiting: a namespace still
+    # being deleted takes no new object
+    assert wait_for(lambda: not terminating(), timeout=120), f"namespace {NS} is still being deleted"
     made = kube_api(str(cluster.kubeconfig))
     objects = CustomObjects(made)
     cluster.apply([

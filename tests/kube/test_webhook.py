@@ -36,6 +36,8 @@ def webhook(cluster: Cluster, controller: ControllerProcess) -> Iterator[Cluster
     try:
         # the controller notices the configuration (it looks every 10 s) and trusts its CA there
         assert wait_for(lambda: ca_written(cluster), timeout=30), controller.log.read_text()[-3000:]
+        assert "denied the request" in denied(cluster, pool("probe", ["198.18.91.10-198.18.91.20"])), \
+            "the API server calls the webhook"
         yield cluster
     finally:
         cluster.kubectl("delete", "validatingwebhookconfiguration", "plexus", "--ignore-not-found")
@@ -44,6 +46,21 @@ def webhook(cluster: Cluster, controller: ControllerProcess) -> Iterator[Cluster
 def ca_written(cluster: Cluster) -> bool:
     hooks = cluster.get("validatingwebhookconfiguration", "plexus")["webhooks"]
     return all(h["clientConfig"].get("caBundle") for h in hooks)
+
+
+def denied(cluster: Cluster, doc: dict[str, Any], timeout: float = 30) -> str:
+    """What ``kubectl apply`` of an object the webhook refuses said, once the API server calls the webhook: the
+    caBundle kubectl shows may not be in the API server's webhook client yet, and until it is the call fails ("failed
+    calling webhook", Fail: refused too, but not by the webhook). An object stored is returned at once (as "")."""
+    last = [""]
+
+    def answered() -> bool:
+        code, err = apply(cluster, doc)
+        last[0] = err if code != 0 else ""
+        return code == 0 or "failed calling webhook" not in err
+
+    wait_for(answered, timeout=timeout, step=1)
+    return last[0]
 
 
 def pool(name: str, ranges: list[str]) -> dict[str, Any]:
@@ -83,8 +100,8 @@ def test_a_recreated_configuration_trusts_the_controller_again(webhook: Cluster,
     webhook.kubectl("delete", "validatingwebhookconfiguration", "plexus")
     webhook.apply([configuration(controller.url)])
     assert wait_for(lambda: ca_written(webhook), timeout=30), controller.log.read_text()[-3000:]
-    code, err = apply(webhook, pool("again", ["198.18.91.10-198.18.91.20"]))
-    assert code != 0 and 'admission webhook "objects.plexus.network.deckhouse.io" denied the request' in err, err
+    err = denied(webhook, pool("again", ["198.18.91.10-198.18.91.20"]))
+    assert 'admission webhook "objects.plexus.network.deckhouse.io" denied the request' in err, err
 
 
 @pytest.mark.netns

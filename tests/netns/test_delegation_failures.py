@@ -39,7 +39,11 @@ FAKES = {
     "hang": "sleep 60",
     "err-json": "echo 'a secret stack trace' >&2\n"
                 "echo '{\"cniVersion\": \"0.3.1\", \"code\": 7, \"msg\": \"bad master\", \"details\": \"eth9\"}'\nexit 1",
-    "slow-bridge": 'echo "$$" > "$(dirname "$0")/slow.pid"\nsleep 8\nexec /usr/lib/cni/bridge',
+    # its ADD runs the bridge plugin only once the test creates slow.go: no timing of the test's can let it run early
+    # (its DEL, the restarted daemon's undoing, at once); without it for 2 minutes (the test failed), it fails
+    "slow-bridge": 'echo "$$" > "$(dirname "$0")/slow.pid"\nif [ "$CNI_COMMAND" = ADD ]; then\n  i=0\n'
+                   '  while [ ! -e "$(dirname "$0")/slow.go" ]; do\n'
+                   '    i=$((i + 1)); [ "$i" -gt 1200 ] && exit 1; sleep 0.1\n  done\nfi\nexec /usr/lib/cni/bridge',
 }
 
 
@@ -71,6 +75,14 @@ def add(node: Node, bin_dir: Path, name: str, annotations: dict[str, str], objec
     node.apply([pod(name, annotations)])
     ns = node.pod_netns(name)
     return node.cni("ADD", f"c-{name}", ns, pod=(NS, name), conf=conf(node, bin_dir, **extra)), ns
+
+
+def running(pid: int) -> bool:
+    """Whether the process runs: a zombie is dead (killed, not yet reaped by whoever inherited it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def assert_nothing_left(node: Node, ns: str, name: str, data_dir: Path) -> None:
@@ -160,9 +172,9 @@ def test_parallel_delegation_keeps_the_same_guarantees(node: Node, bin_dir: Path
 
 def test_a_daemon_killed_while_a_delegate_runs_restarts_to_all_or_nothing(node: Node, bin_dir: Path,
                                                                           data_dir: Path) -> None:
-    """The daemon is killed while a delegate's ADD runs (it sleeps 8 s, then does it); the delegate outlives
-    it. The restarted daemon kills it before it undoes the recorded half of the ADD, so it can never finish
-    its ADD afterwards: all or nothing, and here nothing, until the runtime's next ADD makes all of it."""
+    """The daemon is killed while a delegate's ADD runs (it waits for the test's go-ahead, then does it); the
+    delegate outlives it. The restarted daemon kills it before it undoes the recorded half of the ADD, so it can
+    never finish its ADD afterwards: all or nothing, and here nothing, until the runtime's next ADD makes all of it."""
     node.apply([nad("slow", {**bridge_conf("slowbr0", "198.18.70.0/24", data_dir), "type": "slow-bridge"}),
                 pod("app", {NPWG: "slow"})])
     ns = node.pod_netns("app")
@@ -172,19 +184,19 @@ def test_a_daemon_killed_while_a_delegate_runs_restarts_to_all_or_nothing(node: 
     caller.start()
     pidfile = bin_dir / "slow.pid"
     assert wait_for(pidfile.exists, timeout=20, step=0.05), "the delegate started"
-    started = time.monotonic()
     assert node.proc is not None
     os.kill(node.proc.pid, signal.SIGKILL)
     node.proc.wait(5)
     caller.join(30)
     assert out and not out[0].ok, "the runtime saw the ADD fail"
     plugin = int(pidfile.read_text())
-    assert Path(f"/proc/{plugin}").exists(), "the delegate outlived the daemon (as it may, on a bare host)"
+    assert running(plugin), "the delegate outlived the daemon (as it may, on a bare host)"
     node.start()
-    assert not Path(f"/proc/{plugin}").exists(), "the restarted daemon killed it before anything else"
+    assert not running(plugin), "the restarted daemon killed it before anything else"
     assert wait_for(lambda: attachments(node) == [], timeout=20)
     assert_nothing_left(node, ns, "app", data_dir)
-    time.sleep(max(0.0, 9 - (time.monotonic() - started)))  # past the moment the delegate would have made net1
+    (bin_dir / "slow.go").touch()  # the go-ahead: a delegate still running would make net1 now
+    time.sleep(3)
     assert_nothing_left(node, ns, "app", data_dir)
     res = node.cni("ADD", "c-app", ns, pod=(NS, "app"), conf=conf(node, bin_dir, delegateTimeoutSeconds=30))
     assert res.ok, res

@@ -155,16 +155,28 @@ def test_the_daemonset_installs_plexus_and_serves_pods(cluster: tuple[NodeCluste
     # the seed's objects are admitted, what the CRD schema cannot refuse is refused
     assert wait_for(lambda: all(w["clientConfig"].get("caBundle") for w in
                                 c.get("validatingwebhookconfiguration", "plexus")["webhooks"]), timeout=60)
-    c.apply(seed_objects())
-    assert wait_for(lambda: (c.get("network", "-n", "my-namespace", "my-network").get("status") or {}).get("vlanID"),
-                    timeout=60), "the controller Deployment assigns the VLAN ID"
+    # the caBundle kubectl shows may not be in the API server's webhook client yet: until it is, calling the webhook
+    # fails ("failed calling webhook"; the objects' policy is Fail, the pods' Ignore), so the first review waited
+    # for is a refusal, before the seed's objects (reviewed too) go in
+    c.apply(seed_objects()[:1])  # its namespace (not reviewed)
     outside = {"apiVersion": "network.deckhouse.io/v1alpha1", "kind": "IPAddressPool",
                "metadata": {"name": "outside", "namespace": "my-namespace"},
                "spec": {"pools": [{"network": "198.18.20.0/24", "ranges": ["198.18.21.10-198.18.21.20"]}]}}
-    refused = c.kubectl("apply", "-f", "-", stdin=json.dumps(outside), check=False)
+    tried: list[subprocess.CompletedProcess[str]] = []
+
+    def reviewed() -> bool:
+        tried[:] = [c.kubectl("apply", "-f", "-", stdin=json.dumps(outside), check=False)]
+        return tried[0].returncode == 0 or "failed calling webhook" not in tried[0].stderr
+
+    wait_for(reviewed, timeout=60)
+    (refused,) = tried
     assert refused.returncode != 0, refused.stdout
-    assert 'admission webhook "objects.plexus.network.deckhouse.io" denied the request' in refused.stderr
+    assert 'admission webhook "objects.plexus.network.deckhouse.io" denied the request' in refused.stderr, \
+        refused.stderr
     assert "spec.pools[0].ranges[0]" in refused.stderr
+    c.apply(seed_objects())
+    assert wait_for(lambda: (c.get("network", "-n", "my-namespace", "my-network").get("status") or {}).get("vlanID"),
+                    timeout=60), "the controller Deployment assigns the VLAN ID"
     bad_mac = [{"type": "Network", "name": "my-network", "ifName": "net1", "mac": "01:00:5e:00:00:01"}]
     refused = c.kubectl("apply", "-f", "-", check=False, stdin=json.dumps(
         {"apiVersion": "v1", "kind": "Pod",
