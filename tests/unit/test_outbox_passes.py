@@ -232,6 +232,17 @@ def test_a_due_write_of_a_target_being_written_directly_does_not_make_the_outbox
     assert not busy_loop, f"{passes[0]} passes in 1 s while the only due target was busy (the wait computed: {wait} s)"
 
 
+def _cluster_rounds(node: Node, api: FakeApi) -> tuple[Outbox, Reconciler]:
+    """The node's reconcile rounds in Kubernetes mode, its writes owed in an outbox to ``api``."""
+    from tests.unit.test_reconcile import Registry
+
+    outbox = Outbox(node.store, api.senders())
+    node.ipam.registry = Registry()
+    publisher = KubePublisher(client.ApiClient(), "n1", outbox)
+    return outbox, Reconciler(node.store, node.source, node.ipam, node.attacher, node.segments, publisher,
+                              cluster=True)
+
+
 # -- 3. the reconciler owes the delete first, but a failed removal leaves `_reported` saying "reported" -------------
 def test_a_segment_whose_removal_failed_is_reported_again_when_its_network_is_back() -> None:
     """``_sync_segments`` now owes the NodeNetworkInterfaceAttachment's delete, then removes the segment. When the
@@ -243,11 +254,7 @@ def test_a_segment_whose_removal_failed_is_reported_again_when_its_network_is_ba
     node = Node()
     node.source.add(obj("NetworkClass", "plain", {}, namespaced=False))
     node.source.add(obj("Network", "net-z", {"networkClass": "plain"}))
-    outbox = Outbox(node.store, api.senders())
-    publisher = KubePublisher(client.ApiClient(), "n1", outbox)
-    from tests.unit.test_reconcile import Registry
-    node.ipam.registry = Registry()
-    rounds = Reconciler(node.store, node.source, node.ipam, node.attacher, node.segments, publisher, cluster=True)
+    outbox, rounds = _cluster_rounds(node, api)
     rounds.run_once()
     outbox.flush()
     assert [o["spec"]["networkRef"]["name"] for o in api.objs[ATTACHMENT].values()] == ["net-z"]
@@ -288,11 +295,7 @@ def test_a_segment_that_cannot_be_built_is_reported_once_not_every_round() -> No
         raise InterfaceFailure("parent interface eth9 of net-u's segment does not exist", "eth9")
 
     node.segments.ensure = no_parent  # type: ignore[method-assign,assignment]
-    outbox = Outbox(node.store, api.senders())
-    publisher = KubePublisher(client.ApiClient(), "n1", outbox)
-    from tests.unit.test_reconcile import Registry
-    node.ipam.registry = Registry()
-    rounds = Reconciler(node.store, node.source, node.ipam, node.attacher, node.segments, publisher, cluster=True)
+    outbox, rounds = _cluster_rounds(node, api)
     rounds.run_once()
     outbox.flush()
     (att,) = api.objs[ATTACHMENT].values()
