@@ -99,6 +99,9 @@ class WhileLeading:
 
     def __init__(self, objects: ObjectWrites, until: Callable[[], float]) -> None:
         self._objects, self._until = objects, until
+        # the writes themselves, unguarded: for what completes or undoes a write made before the deadline (an
+        # allocation's status after its lease, one node's block deletes and their restore), never left half made
+        self.raw = objects
 
     def check(self) -> None:
         if time.monotonic() >= self._until():
@@ -387,15 +390,18 @@ class Controller:
                     taken.add(ip)
                     continue
                 raise
+            # the lease made: what follows completes it or undoes it, past the renew deadline too (a later round skips
+            # an IPAddress that holds a lease, and would never write its status)
             if self._in_a_block(pool.meta.key, ip):  # claimed after our cache last saw the pool
-                self.objects.delete(LEASE_KIND, body["metadata"]["name"])
+                self.objects.raw.delete(LEASE_KIND, body["metadata"]["name"])
                 taken.add(ip)
+                self.objects.check()
                 continue
             self._allocated[obj.meta.key] = time.monotonic()
             conds = set_condition((), "Allocated", True, "IPAddressAllocated", "", now)
             self._ip_status(obj, {"phase": "Allocated", "address": to_text(ip), "network": str(subnet.network),
                                   "routes": [r.to_dict() for r in subnet.routes], "usedByPods": [],
-                                  "conditions": list(conds)})
+                                  "conditions": list(conds)}, self.objects.raw)
             return
 
     def _in_a_block(self, pool: str, ip: int) -> bool:
@@ -462,7 +468,9 @@ class Controller:
         """Delete a vanished node's blocks at the versions the round judged it silent by; False when one was renewed
         since: a daemon back after a long silence keeps the blocks it leases in. Each is read first, and none deleted
         when any changed (a daemon back renews them one write each, in any order: deleting them one by one up to the
-        first 409 deleted the ones whose renewal came later)."""
+        first 409 deleted the ones whose renewal came later). All or none, past the renew deadline too: it is checked
+        once, before the first delete (a restore cut short would leave a node that came back without a block)."""
+        self.objects.check()
         read: dict[str, dict[str, Any]] = {}
         for name in names:
             try:
@@ -478,7 +486,7 @@ class Controller:
         deleted: list[str] = []
         for name in names:
             try:
-                self.objects.delete(BLOCK_KIND, name, resource_version=judged_at.get(name, ""))
+                self.objects.raw.delete(BLOCK_KIND, name, resource_version=judged_at.get(name, ""))
                 deleted.append(name)
             except Exception as exc:
                 if status_of(exc) == 409:  # renewed between the reads and this delete: the daemon is back
@@ -497,7 +505,7 @@ class Controller:
             body = {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind") or BLOCK_KIND,
                     "metadata": {"name": md.get("name"), "labels": md.get("labels") or {}}, "spec": obj.get("spec")}
             try:
-                self.objects.create(BLOCK_KIND, body)
+                self.objects.raw.create(BLOCK_KIND, body)
                 log.info("made address block %s of node %s again: the node renewed another meanwhile", md.get("name"),
                          node)
             except Exception as exc:
@@ -633,9 +641,9 @@ class Controller:
         self._nodes_seen[node] = time.monotonic()
         return True
 
-    def _ip_status(self, obj: IPAddressObject, status: dict[str, Any]) -> None:
+    def _ip_status(self, obj: IPAddressObject, status: dict[str, Any], objects: ObjectWrites | None = None) -> None:
         try:
-            self.objects.patch_status(obj.meta.kind, obj.meta.name, status, obj.meta.namespace)
+            (objects or self.objects).patch_status(obj.meta.kind, obj.meta.name, status, obj.meta.namespace)
         except Exception as exc:
             log.warning("status of %s: %s", obj.meta.display, reason_of(exc))
 
@@ -713,6 +721,12 @@ class Controller:
     @property
     def _renew_deadline_s(self) -> float:
         return self.elector.duration_s * 2 / 3
+
+    @property
+    def acting(self) -> bool:
+        """Whether this replica acts as leader now: it leads, renewed within the renew deadline (``leading`` stays set
+        through a round past it, until the next election). What else writes as the leader goes by this."""
+        return self.leading and time.monotonic() - self._renewed_at < self._renew_deadline_s
 
     def _lead_changed(self) -> None:
         """What this replica remembers writing is forgotten whenever it starts or stops leading: another replica may

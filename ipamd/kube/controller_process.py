@@ -80,7 +80,7 @@ class ControllerProcess:
                                        services=True)
         self.controller = Controller(api, self.source, namespace, block_ttl_s=block_ttl,
                                      heartbeat_namespace=heartbeat_namespace)
-        self.services = ServiceEndpoints(api, self.source, lambda: self.controller.leading)
+        self.services = ServiceEndpoints(api, self.source, lambda: self.controller.acting)
         self.webhook: WebhookServer | None = None
         self.health = _HealthServer(("0.0.0.0", health_port), self.ready) if health_port else None
         self._bundle: TlsBundle | None = None

@@ -7,12 +7,15 @@ IPAMClaim ``v1alpha1``). Callers name a kind; the table says where it lives.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
+from ipamd.kube.errors import unserved
 from ipamd.model.objects import GROUP, KINDS
 
 
@@ -59,59 +62,78 @@ SERVED_KINDS = tuple(k for k in KINDS if k in RESOURCES)
 DECKHOUSE_KINDS = tuple(k for k in SERVED_KINDS if RESOURCES[k].group == GROUP)
 
 
+@contextmanager
+def _served(kind: str) -> Iterator[None]:
+    """A 404 of the path, not of an object (the kind not served yet: an API server starting again serves custom
+    resources only once it has read their definitions) answered as the API server unavailable (503), which every
+    caller retries: read as "the object is gone", it dropped owed writes and gave back a node's own block."""
+    try:
+        yield
+    except ApiException as exc:
+        if unserved(exc):
+            raise ApiException(status=503, reason=f"the API server does not serve {kind} (yet)") from exc
+        raise
+
+
 class CustomObjects:
-    """Create, read, patch (object or status) and delete a custom object of any kind in the table."""
+    """Create, read, patch (object or status) and delete a custom object of any kind in the table (a kind not served
+    yet answers 503, see ``_served``)."""
 
     def __init__(self, api: client.ApiClient) -> None:
         self.api = client.CustomObjectsApi(api)
 
     def create(self, kind: str, body: dict[str, Any], namespace: str = "") -> Any:
-        r = RESOURCES[kind]
-        if r.namespaced:
-            return self.api.create_namespaced_custom_object(r.group, r.version, namespace, r.plural, body)
-        return self.api.create_cluster_custom_object(r.group, r.version, r.plural, body)
+        with _served(kind):
+            r = RESOURCES[kind]
+            if r.namespaced:
+                return self.api.create_namespaced_custom_object(r.group, r.version, namespace, r.plural, body)
+            return self.api.create_cluster_custom_object(r.group, r.version, r.plural, body)
 
     def get(self, kind: str, name: str, namespace: str = "", timeout: Any = None) -> dict[str, Any]:
-        r = RESOURCES[kind]
-        if r.namespaced:
-            found = self.api.get_namespaced_custom_object(r.group, r.version, namespace, r.plural, name,
-                                                          _request_timeout=timeout)
-        else:
-            found = self.api.get_cluster_custom_object(r.group, r.version, r.plural, name, _request_timeout=timeout)
-        assert isinstance(found, dict)
-        return found
+        with _served(kind):
+            r = RESOURCES[kind]
+            if r.namespaced:
+                found = self.api.get_namespaced_custom_object(r.group, r.version, namespace, r.plural, name,
+                                                              _request_timeout=timeout)
+            else:
+                found = self.api.get_cluster_custom_object(r.group, r.version, r.plural, name, _request_timeout=timeout)
+            assert isinstance(found, dict)
+            return found
 
     def patch(self, kind: str, name: str, body: dict[str, Any], namespace: str = "") -> Any:
-        r = RESOURCES[kind]
-        if r.namespaced:
-            return self.api.patch_namespaced_custom_object(r.group, r.version, namespace, r.plural, name, body)
-        return self.api.patch_cluster_custom_object(r.group, r.version, r.plural, name, body)
+        with _served(kind):
+            r = RESOURCES[kind]
+            if r.namespaced:
+                return self.api.patch_namespaced_custom_object(r.group, r.version, namespace, r.plural, name, body)
+            return self.api.patch_cluster_custom_object(r.group, r.version, r.plural, name, body)
 
     def patch_status(self, kind: str, name: str, status: dict[str, Any], namespace: str = "",
                      resource_version: str = "", timeout: Any = None, field_manager: str = "") -> Any:
         """A merge patch of the status subresource (with ``resource_version``: only if the object is still at it,
         else 409); ``timeout`` as the client's ``_request_timeout`` (None: the client's own); ``field_manager``: who
         writes (the API server stamps its time in ``managedFields``)."""
-        r = RESOURCES[kind]
-        body: dict[str, Any] = {"status": status}
-        if resource_version:
-            body["metadata"] = {"resourceVersion": resource_version}
-        extra: dict[str, Any] = {"field_manager": field_manager} if field_manager else {}
-        if r.namespaced:
-            return self.api.patch_namespaced_custom_object_status(r.group, r.version, namespace, r.plural, name, body,
-                                                                  _request_timeout=timeout, **extra)
-        return self.api.patch_cluster_custom_object_status(r.group, r.version, r.plural, name, body,
-                                                           _request_timeout=timeout, **extra)
+        with _served(kind):
+            r = RESOURCES[kind]
+            body: dict[str, Any] = {"status": status}
+            if resource_version:
+                body["metadata"] = {"resourceVersion": resource_version}
+            extra: dict[str, Any] = {"field_manager": field_manager} if field_manager else {}
+            if r.namespaced:
+                return self.api.patch_namespaced_custom_object_status(r.group, r.version, namespace, r.plural, name, body,
+                                                                      _request_timeout=timeout, **extra)
+            return self.api.patch_cluster_custom_object_status(r.group, r.version, r.plural, name, body,
+                                                               _request_timeout=timeout, **extra)
 
     def delete(self, kind: str, name: str, namespace: str = "", resource_version: str = "") -> Any:
         """Delete an object (with ``resource_version``: only if it is still at it, else 409)."""
-        r = RESOURCES[kind]
-        options = client.V1DeleteOptions(preconditions=client.V1Preconditions(resource_version=resource_version)) \
-            if resource_version else None
-        if r.namespaced:
-            return self.api.delete_namespaced_custom_object(r.group, r.version, namespace, r.plural, name,
-                                                            body=options)
-        return self.api.delete_cluster_custom_object(r.group, r.version, r.plural, name, body=options)
+        with _served(kind):
+            r = RESOURCES[kind]
+            options = client.V1DeleteOptions(preconditions=client.V1Preconditions(resource_version=resource_version)) \
+                if resource_version else None
+            if r.namespaced:
+                return self.api.delete_namespaced_custom_object(r.group, r.version, namespace, r.plural, name,
+                                                                body=options)
+            return self.api.delete_cluster_custom_object(r.group, r.version, r.plural, name, body=options)
 
     def lister(self, kind: str) -> Callable[..., Any]:
         """The list function of ``kind`` across namespaces, for an informer. It has no docstring on purpose:

@@ -99,7 +99,7 @@ class NodeDaemon:
 
                 self.controller = Controller(api, self.source, cfg.controller_namespace, block_ttl_s=cfg.block_ttl,
                                              heartbeat_namespace=cfg.heartbeat_namespace)
-                self.services = ServiceEndpoints(api, self.source, lambda: bool(self.controller.leading))
+                self.services = ServiceEndpoints(api, self.source, lambda: bool(self.controller.acting))
             self.outbox = Outbox(self.store, api_senders(api), settle_s=OUTBOX_SETTLE_S, lull=self.calls.wait_for_lull)
             blocks = BlockRegistry(self.source, cfg.node_name, self.outbox, claim_blocks=cfg.address_blocks,
                                    heartbeat_namespace=cfg.heartbeat_namespace, leases=self.store)

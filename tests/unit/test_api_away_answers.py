@@ -10,17 +10,29 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import ReadTimeoutError
 
 from cni.errors import CniError
-from ipamd.kube.controller import Controller
+from ipamd.ipam.allocator import to_int
+from ipamd.ipam.blocks import Block
+from ipamd.kube.blocks import KIND as BLOCK_KIND
+from ipamd.kube.blocks import block_body
+from ipamd.kube.controller import Controller, NotLeading
+from ipamd.kube.heartbeat import RENEWAL_MANAGER
+from ipamd.kube.leases import KIND as LEASE_KIND
 from ipamd.kube.outbox import Outbox
 from ipamd.kube.publisher import KubePublisher, _status_patch
 from ipamd.model.objects import Meta, Pod
+from ipamd.model.timefmt import rfc3339
 from ipamd.store.records import PodStatus
-from tests.fakes.cluster import FakeApi
+from tests.fakes.cluster import FakeApi, served_by
 from tests.fakes.store import MemoryStore
 from tests.unit.test_blocks import Node
+from tests.unit.test_ipam import auto_ip
+from tests.unit.test_lease_versions import ControllerSource
+from tests.unit.test_lease_versions import controller as lease_controller
+from tests.unit.test_reclaim import Cluster, controller, silence
 
 
 # -- 1. a controller that cannot reach the API server keeps "leading" ---------------------------------------------
@@ -278,3 +290,201 @@ def test_a_background_claim_that_cannot_start_is_asked_for_again() -> None:
     for _ in range(14):  # a quarter of the block left: a claim ahead is asked for, and cannot start
         node.add()
     assert not node.registry._growing, "the pool stays marked as growing: never claimed ahead again"
+
+
+# -- the controller's writes stop at the renew deadline; what completes a write made before it does not --------
+STEPS = ("assign_segments", "allocate_user_ipaddresses", "expire_leases", "label_leases", "reclaim_blocks",
+         "release_unused_leases", "pool_usage")
+
+
+def _only(ctl: Any, monkeypatch: pytest.MonkeyPatch, *kept: str) -> None:
+    """A round of ``ctl`` that runs the ``kept`` steps alone, as leader."""
+    monkeypatch.setattr(ctl.elector, "try_acquire", lambda: True)
+    for step in STEPS:
+        if step not in kept:
+            monkeypatch.setattr(ctl, step, lambda: None)
+
+
+def test_a_reclaim_cut_at_the_renew_deadline_between_a_nodes_blocks_leaves_a_node_back_without_a_block(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Node "back" was silent past --block-ttl with two blocks. The round deletes its first block (slowly: the renew
+    deadline passes meanwhile) while its daemon comes back and renews the second. Before today, the second delete
+    met a 409 and the first block was made again (``_restore_blocks``: "none deleted when any changed"). Now the
+    second delete raises NotLeading before it is sent: the first block stays deleted, and no later round (the node
+    is no longer silent) gives it back. The live daemon loses a block it leases in (its leases there fall back to
+    per-address objects, and another node may claim the window) -- the very case _delete_blocks is all-or-nothing
+    for."""
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    api = FakeApi()
+    pool, first = "IPAddressPool/ns/big", to_int("198.18.40.0")
+    names = [api.create(BLOCK_KIND, block_body(Block(pool, first + 16 * k, 16, "back")))["metadata"]["name"]
+             for k in (2, 5)]
+    silence(api, 3600)
+    cluster = Cluster(api)
+    cluster.ready = lambda *a: True  # type: ignore[attr-defined]
+    ctl = controller(cluster)
+    _only(ctl, monkeypatch, "reclaim_blocks")
+    delete = api.delete
+
+    def slow_delete(kind: str, name: str, namespace: str = "", resource_version: str = "") -> None:
+        delete(kind, name, namespace, resource_version)
+        if kind == BLOCK_KIND and name == names[0]:  # the daemon back renews its other block meanwhile
+            api.patch_status(BLOCK_KIND, names[1], {"renewTime": rfc3339()}, field_manager=RENEWAL_MANAGER)
+            now[0] += 11  # past the renew deadline (10 s of the Lease's 15)
+
+    api.delete = slow_delete  # type: ignore[method-assign]
+    ctl.run_once()
+    now[0] += 2
+    ctl.run_once()  # renewed: the node is back, not silent
+    assert set(names) <= set(api.objs[BLOCK_KIND]), \
+        "the block deleted before the deadline is not made again for the node that came back"
+
+
+def test_an_auto_ipaddress_leased_as_the_renew_deadline_passes_gets_its_status_in_a_later_round(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The round creates the lease of a user's Auto IPAddress; the create is slow and the renew deadline passes, so
+    the status write right after it raises NotLeading ("its remaining writes are left to the next round"). But no
+    later round writes it: ``allocate_user_ipaddresses`` skips every IPAddress that holds a lease, so the IPAddress
+    shows no phase or address for ever (until a pod uses it). The same cut leaves a lease made inside another node's
+    block (``_in_a_block``'s undo delete is refused too)."""
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    api = FakeApi()
+    src = ControllerSource(api)
+    served_by(api, src.src)
+    src.src.add(auto_ip("user-auto", net="small-net"))
+    ctl = lease_controller(src)
+    _only(ctl, monkeypatch, "allocate_user_ipaddresses")
+    create = api.create
+
+    def slow_create(kind: str, body: dict[str, Any], namespace: str = "") -> dict[str, Any]:
+        made = create(kind, body, namespace)
+        if kind == LEASE_KIND:
+            now[0] += 11
+        return made
+
+    api.create = slow_create  # type: ignore[method-assign]
+    ctl.run_once()
+    api.create = create  # type: ignore[method-assign]
+    assert [o["spec"]["holder"] for o in api.objs[LEASE_KIND].values()] == ["IPAddress/ns/user-auto"]
+    for _ in range(3):  # later rounds, renewed, past ALLOCATED_S
+        now[0] += 61
+        ctl.run_once()
+    status = api.objs["IPAddress"]["ns/user-auto"].get("status") or {}
+    assert status.get("phase") == "Allocated" and status.get("address"), \
+        f"the IPAddress's lease exists but its status was never written: {status}"
+
+
+def test_service_endpoints_stop_acting_as_leader_at_the_renew_deadline_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ServiceEndpoints writes EndpointSlices, Service statuses and Events while ``controller.leading`` (its gate in
+    controller_process and in the node daemon's --controller). A controller round that outlasts the renew deadline
+    has its own writes refused (a standby may hold the Lease by now), yet ``leading`` stays True through the rest of
+    that round and until the next election: the services loop keeps writing beside the new leader."""
+    from ipamd.kube.controller_process import ControllerProcess, WebhookConfig
+
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    proc = ControllerProcess(client.ApiClient(), "plexus-system", WebhookConfig(port=0), health_port=0)
+    ctl = proc.controller
+    monkeypatch.setattr(proc.source, "ready", lambda *a: True)
+    _only(ctl, monkeypatch, "assign_segments")
+    seen: list[tuple[bool, bool]] = []
+
+    def long_step() -> None:
+        now[0] += 11  # the round's work outlasts the renew deadline
+        try:
+            ctl.objects.check()
+            controller_writes = True
+        except NotLeading:
+            controller_writes = False
+        seen.append((controller_writes, proc.services.leading()))
+
+    monkeypatch.setattr(ctl, "assign_segments", long_step)
+    ctl.run_once()
+    assert seen == [(False, False)], f"(controller may write, services may write) past the deadline: {seen}"
+
+
+# -- an API server starting again: a kind not served yet is no object gone -----------------------------------
+def _unserved_404() -> ApiException:
+    """The API server's 404 of a path it does not serve (yet): a Status that names no object."""
+    exc = ApiException(status=404, reason="Not Found")
+    exc.body = ('{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"the server could not '
+                'find the requested resource","reason":"NotFound","details":{},"code":404}')
+    return exc
+
+
+def test_a_kind_not_served_yet_answers_as_the_api_server_unavailable_and_an_objects_404_as_it_is() -> None:
+    """CustomObjects, the one seam of every custom object's write and read: a 404 of the path becomes a 503, which
+    every caller retries; read as "the object is gone" (its 404), it dropped owed writes and gave back a node's own
+    block (found in review)."""
+    from ipamd.kube.resources import CustomObjects
+    from tests.fakes.cluster import not_found
+
+    objects = CustomObjects(client.ApiClient())
+    answers = [_unserved_404(), not_found("IPAddressBlock", "b")]
+
+    def answer(*args: Any, **kwargs: Any) -> Any:
+        raise answers.pop(0)
+
+    objects.api.get_cluster_custom_object = answer  # type: ignore[method-assign]
+    with pytest.raises(ApiException) as starting:
+        objects.get("IPAddressBlock", "b")
+    with pytest.raises(ApiException) as gone:
+        objects.get("IPAddressBlock", "b")
+    assert (starting.value.status, gone.value.status) == (503, 404)
+
+
+def test_an_ipamclaims_status_written_now_and_met_by_a_kind_not_served_yet_stays_owed() -> None:
+    """The IPAMClaim status a CNI call writes now (``KubePublisher._now_or_owed``, done on a 404) met the API server
+    starting again, which serves custom resources only once it has read their definitions: its 404 naming no object
+    was taken for "the claim is gone", the status (``ownerPod``, which other nodes read to refuse a second pod the
+    claim) dropped, and the older owed writes of the claim forgotten with it (found in review)."""
+    from ipamd.store.records import IPRecord
+
+    outbox = Outbox(MemoryStore(), {})
+    publisher = KubePublisher(client.ApiClient(), "n1", outbox)
+
+    def not_served(*args: Any, **kwargs: Any) -> Any:
+        raise _unserved_404()
+
+    publisher.objects.api.patch_namespaced_custom_object_status = not_served  # type: ignore[method-assign]
+    rec = IPRecord(key="IPAMClaim/ns/vm", kind="IPAMClaim", namespace="ns", name="vm",
+                   network_kind="NetworkAttachmentDefinition", network_name="ns/nad", address="198.18.0.5",
+                   network="198.18.0.0/24", used_by_pods=("ns/virt-launcher-vm",), used_by_uids=("u1",),
+                   created_by="claim")
+    publisher.ip_status(rec)
+    assert outbox.owes("IPAMClaim/ns/vm"), "the claim's status was dropped on a 404 of a kind not served yet"
+
+
+def test_a_node_does_not_give_back_its_own_block_on_a_404_of_a_kind_not_served_yet() -> None:
+    """Node a leases in its block; the API server goes away and
+    comes back starting again, serving IPAddressBlocks only once it has read their definitions. a's next ADD, past
+    UNCONFIRMED_S without a renewal, asks the API server for its block: the 404 naming no object is taken for "no such
+    block" (``_get_block``), the block is marked ``returned``, and the next reconcile round deletes it as one "given
+    back earlier" -- with a's leases inside, and without making their owed lease objects first (``_give_back`` makes
+    them; this path does not): another node may claim the window and hand out an address a's pod holds."""
+    from cni.errors import TryAgainLater
+    from ipamd.kube.resources import _served
+    from tests.unit.test_blocks import _housekeeping
+
+    api = FakeApi()
+    a = Node(api, "a")
+    held = [a.add(), a.add()]  # their lease objects (and the block's first renewal) owed: the API goes away
+    (name,) = api.objs[BLOCK_KIND]
+    a.clock.advance(200)  # past UNCONFIRMED_S: the next ADD asks the API server
+    get = api.get
+
+    def starting(kind: str, nm: str, namespace: str = "") -> dict[str, Any]:
+        if kind == BLOCK_KIND:
+            with _served(kind):  # as CustomObjects answers the API server's 404 of the path
+                raise _unserved_404()
+        return get(kind, nm, namespace)
+
+    api.get = starting  # type: ignore[method-assign,assignment]
+    with pytest.raises(TryAgainLater):
+        a.add()
+    api.get = get  # type: ignore[method-assign]  # the definitions read: served again
+    _housekeeping(a)
+    assert name in api.objs[BLOCK_KIND], "a's own block, leases inside, was deleted"
+    assert set(held) <= a.addresses()
