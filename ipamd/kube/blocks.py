@@ -196,6 +196,14 @@ class _Taken:
         return block is not None or r.source.indexed(LEASE_KIND, "address", (self.pool, ip))
 
 
+def _version(obj: Any) -> int:
+    """An object's resourceVersion as a number (0 when it has none): within one etcd, later writes have larger ones."""
+    try:
+        return int(((obj if isinstance(obj, dict) else {}).get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
 class BlockRegistry(KubeLeaseRegistry):
     """The lease registry of a node that leases in blocks where a pool is large enough, per address elsewhere
     (everywhere with ``claim_blocks=False``: ``--address-blocks off``, still respecting the blocks other nodes hold)."""
@@ -521,19 +529,19 @@ class BlockRegistry(KubeLeaseRegistry):
             block = Block(key, first, self.size, self.node_name)
             with api_unavailable_is_11():
                 try:
-                    self.objects.create(KIND, block_body(block))
+                    made = self.objects.create(KIND, block_body(block))
                 except Exception as exc:
                     if status_of(exc) != 409:
                         raise
                     lost.add(first)  # another node's since our cache last saw the pool
                     continue
-                if not self._checked(block, pool):
+                if not self._checked(block, pool, _version(made)):
                     return None
             log.info("claimed address block %s (%s) of %s", block.name, block.cidr, key)
             return block
         return None
 
-    def _checked(self, block: Block, pool: AddressPool) -> bool:
+    def _checked(self, block: Block, pool: AddressPool, made_at: int = 0) -> bool:
         """A block just created becomes ours to lease in only once the checks after its claim are done (the cap, what
         is leased inside); until then, and for good if they fail or it is given back, the cache's view of it as ours is
         ignored (``returned``), so no allocation uses a block its checks have not cleared."""
@@ -542,7 +550,7 @@ class BlockRegistry(KubeLeaseRegistry):
             self.returned.add(slot)
             self._checking.add(slot)
         try:
-            if self._over_the_cap(block, pool):
+            if self._over_the_cap(block, pool, made_at):
                 return False
             self._exclude_leased(block)
         except Exception:
@@ -573,17 +581,31 @@ class BlockRegistry(KubeLeaseRegistry):
             "kind": KIND, "name": block.name, "status": {"renewTime": rfc3339(self.clock())},
             "fieldManager": RENEWAL_MANAGER}, supersede=True)
 
-    def _over_the_cap(self, block: Block, pool: AddressPool) -> bool:
+    def _over_the_cap(self, block: Block, pool: AddressPool, made_at: int = 0) -> bool:
         """Nodes that claimed blocks of one pool at the same time each saw the cap kept: the API server's order of the
         creates decides, and a block beyond half of the pool's windows is given back at once. That order is the
-        creation time, then, within its second, the resourceVersion: a block's renewal writes a new resourceVersion,
-        and an old block renewed meanwhile must not sort after the new ones (found in review: 9 blocks of a cap of 8)."""
+        creation time, then, within its second, the version each create made (``made_at``: our create's answer). An
+        object's version now is its create's only while nothing was written to it since: a block with a status (its
+        renewal, a request to return it) may have been made before ours whatever its version says, and counts as
+        before ours (found in review: an old block renewed during the check, then a block's first renewal landing
+        between another node's create and its check, each let 9 blocks stand for a cap of 8). Two nodes may then
+        both give back; never both keep."""
         items = self.objects.lister(KIND)(label_selector=f"{POOL_LABEL}={pool_label(block.pool)}",
                                           _request_timeout=LIST_TIMEOUT).get("items") or []
-        order = sorted(items, key=lambda o: (str((o.get("metadata") or {}).get("creationTimestamp") or ""),
-                                             int((o.get("metadata") or {}).get("resourceVersion") or 0)))
-        names = [(o.get("metadata") or {}).get("name") for o in order]
-        if block.name not in names or names.index(block.name) < len(windows(pool, self.size)) // 2:
+        ours = next((o for o in items if (o.get("metadata") or {}).get("name") == block.name), None)
+        if ours is None:
+            return False
+        created = str((ours.get("metadata") or {}).get("creationTimestamp") or "")
+        made_at = made_at or _version(ours)
+
+        def before_ours(o: dict[str, Any]) -> bool:
+            md = o.get("metadata") or {}
+            when = str(md.get("creationTimestamp") or "")
+            if md.get("name") == block.name or when != created:
+                return when < created
+            return _version(o) < made_at or bool(o.get("status"))
+
+        if sum(1 for o in items if before_ours(o)) < len(windows(pool, self.size)) // 2:
             return False
         self.objects.delete(KIND, block.name)
         log.info("gave back address block %s of %s at once: half the pool was claimed in blocks meanwhile",

@@ -16,7 +16,7 @@ from ipamd.ipam.addresses import Ipam
 from ipamd.ipam.allocator import to_int
 from ipamd.ipam.blocks import Block, addresses_in, free_in, free_window, pick_in, uses_blocks, windows
 from ipamd.kube.blocks import KIND as BLOCK_KIND
-from ipamd.kube.blocks import BlockRegistry
+from ipamd.kube.blocks import BlockRegistry, block_body
 from ipamd.kube.leases import KIND as LEASE_KIND
 from ipamd.kube.leases import lease_name
 from ipamd.kube.outbox import Outbox
@@ -1302,3 +1302,41 @@ def test_a_statics_lease_object_sent_while_its_claim_loses_leaves_the_holders_ob
             node.outbox.flush()
         assert [(o["spec"]["holder"], o["spec"]["ip"]) for o in api.objs[LEASE_KIND].values()] == \
             [(auto.holder, auto.address)], f"restarted={restarted}"
+
+
+def test_the_first_renewal_of_a_block_does_not_reorder_another_nodes_check_of_the_cap(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """16 windows, a cap of 8, 7 blocks held since long ago. Nodes x and y claim the 8th and 9th within one second
+    (creationTimestamp has whole seconds), x first. x's check sees its block 8th and keeps it, and owes its first
+    renewal; that renewal lands between y's create and y's list of the blocks (x's outbox runs 0.5 s after the claim;
+    y's check is one round trip after its create). Within that second the order is the resourceVersion, which the
+    renewal has just raised past y's: y sees its own block 8th and keeps it too, 9 blocks of a cap of 8 -- the
+    reordering that _over_the_cap's creationTimestamp key was added to prevent (found in review)."""
+    import tests.fakes.cluster as fake_cluster
+
+    monkeypatch.setattr(fake_cluster, "rfc3339", lambda *a: "2026-12-02T10:00:00Z")  # the creates' one second
+    api = FakeApi()
+    x = Node(api, "x")
+    big = pool_of(x.source, "big")
+    first = to_int("198.18.40.0")
+    for k in range(7):
+        made = api.create(BLOCK_KIND, block_body(Block(big.meta.key, first + 16 * k, 16, "old")))
+        api.objs[BLOCK_KIND][made["metadata"]["name"]]["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+    y = Node(api, "y", live=False)  # y's cache: the 7 old blocks, not x's claim to come
+    x.add()
+    assert len(api.objs[BLOCK_KIND]) == 8 and x.outbox.owes(f"{BLOCK_KIND}/{x.registry.blocks(big)[0].name}")
+    lister = api.lister
+
+    def list_after_xs_renewal(kind: str) -> Any:
+        list_objects = lister(kind)
+
+        def run(**kwargs: Any) -> Any:
+            if kind == BLOCK_KIND:
+                x.outbox.flush()  # x's owed renewal lands between y's create and y's check
+            return list_objects(**kwargs)
+        return run
+
+    api.lister = list_after_xs_renewal  # type: ignore[method-assign]
+    y.add()
+    owners = [o["spec"]["node"] for o in api.objs[BLOCK_KIND].values()]
+    assert len(owners) <= 8, f"blocks beyond half of the pool's 16 windows: {owners}"
