@@ -21,11 +21,14 @@ def api_unavailable_is_11() -> Iterator[None]:
     try:
         yield
     except ApiException as exc:
+        if isinstance(exc, KindNotServed) or unserved(exc):
+            raise TryAgainLater("the Kubernetes API does not serve this kind (yet): an API server starting, or a "
+                                "CustomResourceDefinition missing", str(exc.reason)) from None
         if transient(exc):
             raise TryAgainLater("the Kubernetes API is not available", f"{exc.status} {exc.reason}") from None
         if exc.status == 404:
-            raise TryAgainLater("the Kubernetes API does not serve this kind (yet): an API server starting, or a "
-                                "CustomResourceDefinition missing", f"{exc.status} {reason_of(exc)}") from None
+            raise TryAgainLater("the Kubernetes API answered that an object it needs is not there (an API server "
+                                "starting, or the object deleted meanwhile)", f"{exc.status} {reason_of(exc)}") from None
         if exc.status == 409:
             raise TryAgainLater("an object changed while this call wrote it", f"{exc.status} {reason_of(exc)}") from None
         hint = " (the node's credentials or RBAC: apply packaging/k8s/rbac.yaml)" if exc.status in (401, 403) else ""
@@ -47,6 +50,15 @@ def unanswered(exc: BaseException) -> bool:
     if isinstance(exc, ApiException):
         return exc.status is None
     return isinstance(exc, (urllib3.exceptions.HTTPError, OSError))
+
+
+class KindNotServed(ApiException):
+    """A 404 of a kind's path, answered as the API server unavailable (503) so that every caller retries it: the kind
+    is not served (yet), by an API server starting again or for want of its CustomResourceDefinition."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(status=503, reason=f"the API server does not serve {kind} (yet): an API server starting, or "
+                                            "its CustomResourceDefinition missing (kubectl apply -f crds.yaml)")
 
 
 def unserved(exc: BaseException) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from ipamd.kube.errors import unserved
+from ipamd.kube.errors import KindNotServed, unserved
 from ipamd.model.objects import GROUP, KINDS
 
 
@@ -71,7 +71,7 @@ def _served(kind: str) -> Iterator[None]:
         yield
     except ApiException as exc:
         if unserved(exc):
-            raise ApiException(status=503, reason=f"the API server does not serve {kind} (yet)") from exc
+            raise KindNotServed(kind) from exc
         raise
 
 

@@ -433,6 +433,12 @@ def test_a_kind_not_served_yet_answers_as_the_api_server_unavailable_and_an_obje
     with pytest.raises(ApiException) as gone:
         objects.get("IPAddressBlock", "b")
     assert (starting.value.status, gone.value.status) == (503, 404)
+    from cni.errors import TryAgainLater
+    from ipamd.kube.errors import api_unavailable_is_11
+
+    with pytest.raises(TryAgainLater, match="does not serve this kind") as said, api_unavailable_is_11():
+        raise starting.value  # what a CNI call answers: 11, and why (a CRD missing is the user's to fix)
+    assert "IPAddressBlock" in said.value.details and "CustomResourceDefinition" in said.value.details
 
 
 def test_an_ipamclaims_status_written_now_and_met_by_a_kind_not_served_yet_stays_owed() -> None:
