@@ -569,8 +569,8 @@ class BlockRegistry(KubeLeaseRegistry):
         self._confirmed[slot] = self.clock()  # claimed now: ours for UNCONFIRMED_S at least, cache or not
         self._uids.pop(slot, None)  # (taken from the cache once it shows it)
         # its first renewal owed now (its create cannot write the status): a daemon restarted while the API server
-        # is away leases only in blocks whose renewal its snapshot shows. (Made after the call, once the node's
-        # calls lull: other nodes' checks of the cap, right after their own claims, still see the claim's version.)
+        # is away leases only in blocks whose renewal its snapshot shows. (Other nodes' checks of the cap count a
+        # block with a status as made before theirs, whatever its version: ``_over_the_cap``.)
         self._owe_renewal(block)
         return True
 

@@ -21,7 +21,7 @@ def api_unavailable_is_11() -> Iterator[None]:
     try:
         yield
     except ApiException as exc:
-        if isinstance(exc, KindNotServed) or unserved(exc):
+        if unserved(exc):
             raise TryAgainLater("the Kubernetes API does not serve this kind (yet): an API server starting, or a "
                                 "CustomResourceDefinition missing", str(exc.reason)) from None
         if transient(exc):
@@ -62,9 +62,12 @@ class KindNotServed(ApiException):
 
 
 def unserved(exc: BaseException) -> bool:
-    """Whether an answer is a 404 of the path, not of an object: the kind is not served (yet), as by an API server
-    starting again, which serves custom resources only once it has read their definitions. The API server's 404 of an
-    object, or of its namespace, names it (``details.name``); that of a path names nothing, or is no Status at all."""
+    """Whether an answer is a 404 of the path, not of an object (or ``KindNotServed``, as the custom objects' seam
+    answers one): the kind is not served (yet), as by an API server starting again, which serves custom resources only
+    once it has read their definitions. The API server's 404 of an object, or of its namespace, names it
+    (``details.name``); that of a path names nothing, or is no Status at all."""
+    if isinstance(exc, KindNotServed):
+        return True
     if not isinstance(exc, ApiException) or exc.status != 404:
         return False
     try:

@@ -63,6 +63,8 @@ def judge(op: str, exc: BaseException) -> Verdict:
     """What a failed write means: done after all (409 on a create, an object's 404), worth a retry (the API away: no
     answer, 408, 429, 5xx; a conflict on an update; a kind not served yet; an answer that does not refuse the write; a
     failure of our own, never taken for an outage) or refused for good."""
+    if unserved(exc):  # not an answer about the object, nor the API away: made once the kind is served again
+        return Verdict(False, error=f"the API server does not serve this kind (yet): {reason_of(exc)[:300]}")
     if transient(exc):
         return Verdict(False, api_away=True, error=reason_of(exc)[:300])
     status = status_of(exc)
@@ -71,8 +73,6 @@ def judge(op: str, exc: BaseException) -> Verdict:
     # 409 on a delete: its precondition failed, the object is someone else's now
     # 409 on a pod's status: its UID precondition failed (the pod was made again; a patch without a resourceVersion
     # has no other conflict), as for a status written directly
-    if unserved(exc):  # not an answer about the object: made once the kind is served again
-        return Verdict(False, error=f"404: the API server does not serve this kind (yet): {reason_of(exc)[:300]}")
     if status == 404 or (status == 409 and op in ("create", "event", "delete", "pod_status")):
         return Verdict(True)
     if status in REFUSED_FOR_GOOD:
