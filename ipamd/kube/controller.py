@@ -571,8 +571,10 @@ class Controller:
             made = self.objects.patch_status(LEASE_KIND, name, {"orphaningTimestamp": rfc3339(now)},
                                              resource_version=str(version or ""))
             after = str(((made if isinstance(made, dict) else {}).get("metadata") or {}).get("resourceVersion") or "")
-            self.objects.patch(LEASE_KIND, name, {"metadata": {"resourceVersion": after} if after else {},
-                                                  "spec": {"holder": None}})
+            # the second write completes the first, even past the renew deadline: left between the two, a later
+            # round would write a new orphaning time and start the address's quarantine again
+            self.objects.raw.patch(LEASE_KIND, name, {"metadata": {"resourceVersion": after} if after else {},
+                                                      "spec": {"holder": None}})
         except Exception as exc:
             if status_of(exc) in (404, 409):
                 return False

@@ -472,3 +472,33 @@ def test_a_daemon_back_that_renewed_one_of_its_two_blocks_keeps_both() -> None:
     api.patch_status(BLOCK_KIND, second, {"renewTime": rfc3339(time.time())})  # one worker renewed this one already
     controller(cluster).reclaim_blocks()  # (the other worker's renewal of ``first`` lands after this)
     assert first in api.objs[BLOCK_KIND], "the daemon is back (a block of it renewed), yet its other block is deleted"
+
+
+def test_a_quarantine_cut_at_the_renew_deadline_between_its_two_writes_is_finished(
+        api: FakeApi, gone: tuple[Node, list[tuple[str, str]]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The orphaning time is written slowly and the renew deadline passes meanwhile. The holder's drop, which
+    completes that quarantine, was refused (NotLeading), leaving the object between its two writes: a later round
+    wrote a new orphaning time over it, so its quarantine (its address's) started again, later than it was."""
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    silence(api, 3600)
+    cluster = Cluster(api)
+    cluster.ready = lambda *a: True  # type: ignore[attr-defined]
+    ctl = controller(cluster)
+    monkeypatch.setattr(ctl.elector, "try_acquire", lambda: True)
+    for step in ("assign_segments", "allocate_user_ipaddresses", "expire_leases", "label_leases",
+                 "release_unused_leases", "pool_usage"):
+        monkeypatch.setattr(ctl, step, lambda: None)  # the reclaim alone
+    patch_status = api.patch_status
+
+    def slow_patch_status(kind: str, name: str, body: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        made = patch_status(kind, name, body, *args, **kwargs)
+        if kind == LEASE_KIND:
+            now[0] += 11  # past the renew deadline (10 s of the Lease's 15)
+        return made
+
+    api.patch_status = slow_patch_status  # type: ignore[method-assign]
+    ctl.run_once()
+    orphaned = [o for o in api.objs[LEASE_KIND].values() if (o.get("status") or {}).get("orphaningTimestamp")]
+    assert orphaned and all(not o["spec"].get("holder") for o in orphaned), \
+        "a quarantine begun is finished: its holder dropped at the version its first write made"
