@@ -342,7 +342,9 @@ class Ipam:
                 return lease
             secured.elsewhere = True
             return None
-        adopted = self.registry.held_by(rec.key, pkey)
+        # a gRPC client's holder (``api/<owner>``) names a client of this node's socket: another node's client of the
+        # same name is another client, whose address is never taken up here
+        adopted = self.registry.held_by(rec.key, pkey) if rec.created_by != "api" else None
         if adopted is not None:  # leased on another node (or by the controller): made this node's first
             subnet = subnet_for(pool, adopted) or pool.subnets[0]
             lease = self._candidate(rec, pool, pkey, adopted, str(subnet.network))

@@ -13,7 +13,7 @@ from ipamd.ipam.delegated import DelegatedAddresses
 from ipamd.kube.blocks import BlockRegistry
 from ipamd.kube.outbox import Outbox
 from ipamd.kube.publisher import KubePublisher
-from ipamd.model.objects import NPWG_CLAIM_API_VERSION, USED_BY_ANNOTATION, parse_object
+from ipamd.model.objects import CLUSTER_IP_ADDRESS_POOL, NPWG_CLAIM_API_VERSION, USED_BY_ANNOTATION, parse_object
 from ipamd.node.reconcile import Reconciler
 from ipamd.store.sqlite import Store
 from ipamd.verbs.call import CniCall
@@ -312,3 +312,18 @@ def test_a_daemon_killed_right_after_releasing_a_gone_pods_claim_still_clears_it
     assert not n1.store.get_ip(f"IPAMClaim/{tpi.NS}/vm").used_by_pods  # type: ignore[union-attr]
     _restarted(n1)
     assert not _owner(api), "the pod gone let go of the claim; its owner stayed written"
+
+
+def test_two_nodes_grpc_clients_of_one_owner_name_never_hold_one_address() -> None:
+    """A gRPC client's lease (``api/<owner>``) is asked for on its node (ipamd/ipam/addresses.py, PORTABLE's comment),
+    and each node's store holds it. A client on n2 that happens to use the owner name of a client on n1 (a DaemonSet's
+    clients all named alike, say) finds n1's lease object by holder (``registry.held_by`` in ``Ipam._secure``), takes
+    it up, and was answered n1's address while n1's store and client still held it: one address on two nodes."""
+    api = _with_a_vm_claim()
+    n1, n2 = ClaimNode(api, "n1"), ClaimNode(api, "n2")
+    _, on_n1 = n1.ipam.allocate_for("client", n1.source.get(CLUSTER_IP_ADDRESS_POOL, "", "tiny"))
+    n1.outbox.flush()
+    _, on_n2 = n2.ipam.allocate_for("client", n2.source.get(CLUSTER_IP_ADDRESS_POOL, "", "tiny"))
+    n2.outbox.flush()
+    assert n1.store.lease_at(on_n1.pool, on_n1.ip) is not None, "n1 still holds it"
+    assert on_n2.address != on_n1.address, f"{on_n1.address} held by n1's and n2's stores at once"
