@@ -21,7 +21,7 @@ from ipamd.model.objects import Pod
 from ipamd.publish.base import LocalPublisher, Publisher
 from ipamd.sources.base import ObjectSource, require_listed
 from ipamd.store.records import IPRecord
-from ipamd.verbs.call import CniCall, dispatch, valid_attachments
+from ipamd.verbs.call import CniCall, KeyedLocks, dispatch, valid_attachments
 from ipamd.verbs.networks import PLEXUS_IPAM_ARGS
 from ipamd.verbs.pods import find_pod
 
@@ -62,10 +62,16 @@ class IpamPlugin:
         self.source = source
         self.ready = ready
         self.publisher = publisher or LocalPublisher()  # an IPAMClaim's status
+        self.locks = KeyedLocks()
 
     def handle(self, call: CniCall) -> dict[str, Any]:
-        return dispatch(call, {"ADD": self.add, "DEL": self.delete, "CHECK": self.check, "GC": self.gc,
-                               "STATUS": self.status})
+        handlers = {"ADD": self.add, "DEL": self.delete, "CHECK": self.check, "GC": self.gc, "STATUS": self.status}
+        if call.verb not in ("ADD", "DEL", "CHECK"):
+            return dispatch(call, handlers)
+        # one call per attachment at a time: a runtime that gave up on a slow ADD sends DEL, which must release
+        # what that ADD leases, not answer before it has (and leave its lease to nobody)
+        with self.locks.hold(call.key):
+            return dispatch(call, handlers)
 
     def _pod(self, call: CniCall) -> Pod | None:
         """The pod CNI_ARGS names, if the source knows it (cnitool names none; that is fine for an IPAM call)."""

@@ -328,3 +328,33 @@ def test_more_bad_input_is_a_cni_error_naming_the_field() -> None:
         assert (err.code, err.details) == (7, "runtimeConfig.ips") and "not one of the range's addresses" in err.msg
     err = node.error("ADD", {"range": "198.18.52.0/25"})  # the ClusterIPAddressPool "shared" has 198.18.52.0/24
     assert (err.code, err.details) == (7, "ipam.range") and "ClusterIPAddressPool shared" in err.msg
+
+
+def test_a_del_that_arrives_while_the_add_is_still_leasing_leaves_no_lease_behind() -> None:
+    """The runtime gave up on a slow ADD (the shim's timeoutSeconds) and sent DEL for the attachment. The IPAM
+    plugin held no per-attachment lock (the attacher does), so the DEL found nothing yet, answered success, and the
+    ADD then recorded its lease: nobody would DEL it again (a pod that is not known, or still alive, kept it)."""
+    node = Node()
+    in_claim, go = threading.Event(), threading.Event()
+    real_claim = node.ipam.registry.claim
+
+    def slow_claim(lease: Any, exact: bool = False) -> bool:  # the API server answering slowly, say
+        in_claim.set()
+        assert go.wait(5)
+        return real_claim(lease, exact)
+
+    node.ipam.registry.claim = slow_claim  # type: ignore[method-assign]
+    added: list[Any] = []
+    t = threading.Thread(target=lambda: added.append(node.call("ADD", SHARED)))
+    t.start()
+    assert in_claim.wait(5)
+    deleted: list[Any] = []
+    d = threading.Thread(target=lambda: deleted.append(node.call("DEL", SHARED)))
+    d.start()
+    d.join(0.5)  # a DEL that waited for the ADD (a per-attachment lock) is still running here
+    go.set()
+    t.join(5)
+    d.join(5)
+    assert deleted == [{}]
+    bound = [lease for lease in node.store.all_leases() if lease.state == "bound"]
+    assert bound == [], f"the DEL answered, and the ADD's lease is still held: {bound}"
