@@ -314,9 +314,7 @@ class DelegatedAddresses:
                 raise InvalidConfig(f"range {rng.network} ({rng.text}) overlaps {clash}, and enable_overlapping_ranges "
                                     "is false: Plexus never hands out an address twice; let it be true, or give this "
                                     "network its own network_name", field)
-        if self.store.get_implicit_pool(f"{owner}|{rng.network}|{rng.text}") is not None:
-            return
-        for kind in POOL_KINDS.values():
+        for kind in POOL_KINDS.values():  # on every ADD: a pool made over a range in use stops it from then on
             for pool in self.source.list(kind):
                 hit = next((sub.network for sub in pool.subnets if sub.network.overlaps(rng.network)), None)
                 if hit is not None:

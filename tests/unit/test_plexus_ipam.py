@@ -14,7 +14,7 @@ from cni.errors import CniError
 from ipamd.ipam.addresses import Ipam
 from ipamd.ipam.delegated import DelegatedAddresses
 from ipamd.model.npwg import NETWORKS_ANNOTATION
-from ipamd.model.objects import API_VERSION, NPWG_CLAIM_API_VERSION, Pod, parse_object
+from ipamd.model.objects import API_VERSION, CLUSTER_IP_ADDRESS_POOL, NPWG_CLAIM_API_VERSION, Pod, parse_object
 from ipamd.node.reconcile import Reconciler
 from ipamd.verbs.call import CniCall
 from ipamd.verbs.ipam_plugin import IpamPlugin
@@ -358,3 +358,23 @@ def test_a_del_that_arrives_while_the_add_is_still_leasing_leaves_no_lease_behin
     assert deleted == [{}]
     bound = [lease for lease in node.store.all_leases() if lease.state == "bound"]
     assert bound == [], f"the DEL answered, and the ADD's lease is still held: {bound}"
+
+
+def test_a_range_is_refused_once_a_pool_is_made_over_it_even_after_its_first_add() -> None:
+    """README: a range that overlaps a Deckhouse pool's network is refused (code 7, ``ipam.range``), since the pool
+    and the range are two lease spaces over the same addresses. ``_refuse_range`` returned before the pool check once
+    the range's implicit pool was recorded on this node, so a pool created over a range after its first ADD never
+    stopped it: the range kept handing out addresses the pool hands out too (the pool's allocator knows nothing of
+    them)."""
+    node = Node()
+    node.call("ADD", RANGE, container="c1")  # records the implicit pool of nad-a's range
+    node.source.add(obj("ClusterIPAddressPool", "late", {"pools": [{"network": "198.18.53.0/24"}]}, ns=""))
+    pool = node.source.get(CLUSTER_IP_ADDRESS_POOL, "", "late")
+    from_pool = {node.ipam.allocate_for(f"o{i}", pool)[1].address for i in range(4)}  # .1 .2 .3 .4
+    try:
+        got = node.call("ADD", RANGE, container="c2")["ips"][0]["address"].split("/")[0]
+    except CniError as exc:
+        assert (exc.code, exc.details) == (7, "ipam.range"), exc
+        return
+    pytest.fail(f"the range handed out {got} beside pool ClusterIPAddressPool/late, which handed out "
+                f"{sorted(from_pool)} of the same network")
