@@ -251,6 +251,8 @@ class BlockRegistry(KubeLeaseRegistry):
         # (block, by, at) -> when this node first and last saw that request on the block
         self._asks_seen: dict[tuple[str, str, str], tuple[float, float]] = {}
         self._uids: dict[tuple[str, int], str] = {}  # slot -> the uid of this node's block there, as first seen
+        # slots of this node's blocks known to have passed the checks after their claim (``_checked``; ``_confirm``)
+        self._cleared: set[tuple[str, int]] = set()
         outbox.senders["block_lease"] = self._put_lease
 
     # -- reading ------------------------------------------------------------------------------------
@@ -376,6 +378,16 @@ class BlockRegistry(KubeLeaseRegistry):
             with api_unavailable_is_11():
                 self._exclude_leased(block)
             self._uids[slot] = uid
+        if slot not in self._cleared:
+            if shown is not None and not (shown.get("status") or {}).get("renewTime") and \
+                    not self.outbox.owes(f"{KIND}/{block.name}"):
+                # made by this node but never cleared by the checks after a claim (its create's answer lost, or the
+                # daemon killed before them; its first renewal is owed only once they pass): what lease objects hold
+                # inside is read from the API server before anything is leased in it. (Not the cap: addresses may be
+                # leased in it already, and a block over the cap only costs another node a window.)
+                with api_unavailable_is_11():
+                    self._exclude_leased(block)
+            self._cleared.add(slot)
         if now - self._confirmed.get(slot, float("-inf")) < UNCONFIRMED_S:
             return  # claimed or known ours lately
         renewed = ((shown or {}).get("status") or {}).get("renewTime")  # (this node's clock wrote it)
@@ -566,6 +578,7 @@ class BlockRegistry(KubeLeaseRegistry):
             self.returned.discard(slot)
             self.mine[slot] = block
             self._shown.pop(slot, None)
+            self._cleared.add(slot)
         self._confirmed[slot] = self.clock()  # claimed now: ours for UNCONFIRMED_S at least, cache or not
         self._uids.pop(slot, None)  # (taken from the cache once it shows it)
         # its first renewal owed now (its create cannot write the status): a daemon restarted while the API server
