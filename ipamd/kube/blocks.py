@@ -459,6 +459,10 @@ class BlockRegistry(KubeLeaseRegistry):
             current = self._read(lease_name(lease.pool, lease.address))
         if current is None or _spec(current).get("holder") != lease.holder:
             return False  # gone, or another holder's now: claimed anew
+        with api_unavailable_is_11():
+            current = self.finish_adoption(current)
+        if current is None:
+            return False  # changed since it was read: claimed anew
         md = current.get("metadata") or {}  # what a let-go of this claim may delete: only this node's own
         self.made[lease_name(lease.pool, lease.address)] = str(md.get("resourceVersion") or "") \
             if (md.get("labels") or {}).get(NODE_LABEL) == self.node_name else None

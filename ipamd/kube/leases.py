@@ -253,8 +253,11 @@ class KubeLeaseRegistry(NoBlocks):
         else:
             return False  # let go and taken again meanwhile: another node's race, the next address is tried
         spec = current.get("spec") or {}
-        md = current.get("metadata") or {}
         if spec.get("holder") == lease.holder:  # ours already (a retried ADD), or another node's for the same holder
+            finished = self.finish_adoption(current)
+            if finished is None:
+                return False  # changed since it was read: the next try reads it again
+            md = finished.get("metadata") or {}
             self.made[name] = str(md.get("resourceVersion") or "") \
                 if (md.get("labels") or {}).get(NODE_LABEL) == self.node_name else None
             return True
@@ -274,6 +277,24 @@ class KubeLeaseRegistry(NoBlocks):
                     return False
                 raise
         return False
+
+    def finish_adoption(self, current: dict[str, Any]) -> dict[str, Any] | None:
+        """A lease object found this node's for the holder asked for, as an adoption's first write left it (holder and
+        label ours, the quarantine's mark not yet cleared: the second write failed, or the daemon was killed between
+        the two): the adoption finished now, at the version read, or the controller would expire the object under its
+        holder once the old quarantine is over. The object as it is now; None when it changed since it was read."""
+        md = current.get("metadata") or {}
+        if not (current.get("status") or {}).get("orphaningTimestamp") or \
+                (md.get("labels") or {}).get(NODE_LABEL) != self.node_name:
+            return current
+        try:
+            made = self.objects.patch_status(KIND, str(md.get("name")), {"orphaningTimestamp": None},
+                                             resource_version=str(md.get("resourceVersion") or ""))
+        except Exception as exc:
+            if status_of(exc) in (404, 409):
+                return None
+            raise
+        return made if isinstance(made, dict) else current
 
     def _made_at(self, name: str, holder: str | None, answer: Any) -> str | None:
         """The version this node's write of a lease object for ``holder`` answered with, noted in ``made_at``; None

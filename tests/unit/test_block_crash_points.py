@@ -7,13 +7,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from cni.errors import TryAgainLater
 from ipamd.ipam.allocator import to_int
 from ipamd.kube.blocks import KIND as BLOCK_KIND
 from ipamd.kube.leases import KIND as LEASE_KIND
 from tests.fakes.cluster import FakeApi
-from tests.unit.test_blocks import Node
+from tests.unit.test_blocks import Node, pool_of
+from tests.unit.test_ipam import attach, pod
+from tests.unit.test_lease_versions import ControllerSource, controller, objects_of, small_node
 
 
 @pytest.fixture
@@ -66,3 +69,44 @@ def test_a_block_whose_create_answer_was_lost_is_not_leased_in_before_the_checks
 
 
 # -- 5. an address excluded from a block returned idle stays excluded for the process's life -------------------------
+
+
+
+def test_an_adoption_cut_between_its_two_writes_is_finished_by_the_retry_not_expired_under_its_holder(
+        api: FakeApi) -> None:
+    """Node y adopts x's quarantined lease object for an exact address (a gRPC client's, a delegate's ``ips``, a
+    Static no pod uses yet): a patch (holder, y's label), then the status patch that ends the quarantine. That second
+    write fails (a 503, a timeout; or y is SIGKILLed between the two). The retry found the object 'ours already'
+    (``BlockRegistry._ours_already``, or ``_claim``'s 409 path: same holder) and recorded the lease with the object
+    still carrying ``status.orphaningTimestamp``: the controller's ``expire_leases`` deleted it once the old TTL was
+    over, and a third node leased the address y holds. Now the retry finishes the adoption."""
+    x, y, z = small_node(api, "x", "1h"), small_node(api, "y", "1h"), small_node(api, "z", "1h")
+    got = attach(x.ipam, pod("p1"), net="q-net")[0].address
+    x.ipam.delete_ip(next(r for r in x.store.all_ips() if r.address == got))  # x's quarantine of it
+    x.outbox.flush()
+    assert objects_of(api, got)[0]["status"]["orphaningTimestamp"]
+    patch_status = api.patch_status
+    failed: list[str] = []
+
+    def second_write_fails_once(kind: str, name: str, status: dict[str, Any], namespace: str = "",
+                                resource_version: str = "", field_manager: str = "") -> dict[str, Any]:
+        if kind == LEASE_KIND and status == {"orphaningTimestamp": None} and not failed:
+            failed.append(name)
+            raise ApiException(status=503, reason="ServiceUnavailable")
+        return patch_status(kind, name, status, namespace, resource_version, field_manager)
+
+    api.patch_status = second_write_fails_once  # type: ignore[method-assign]
+    q = pool_of(y.source, "q")
+    with pytest.raises(TryAgainLater):
+        y.ipam.allocate_for("vm", q, got)
+    assert failed
+    _, lease = y.ipam.allocate_for("vm", q, got)  # the client's retry
+    assert lease.address == got and y.store.lease_at(q.meta.key, to_int(got)) is not None
+    y.outbox.flush()
+    controller(ControllerSource(api)).expire_leases()  # the old quarantine's TTL is over by the controller's clock
+    assert objects_of(api, got), "y holds the address: its lease object must not be expired"
+    z.store.set_cursor(q.meta.key, to_int(got) - 1)
+    assert attach(z.ipam, pod("p3"), net="q-net")[0].address != got, "held on y and handed out on z"
+
+
+# -- 2. a quarantine inside a block that has no lease object, the block given back ------------------------------------
