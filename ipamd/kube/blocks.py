@@ -1060,10 +1060,18 @@ class BlockRegistry(KubeLeaseRegistry):
             return (block.pool, block.first) in self.returned
 
     def _return(self, block: Block, why: str, version: str = "") -> None:
+        """Delete this node's ``block`` at ``version``, or at the version the cache shows it this node's: the
+        controller may have reclaimed it while this node was cut off, and another node claimed the window since,
+        under the same name (a 409, or a 404: not ours to delete; a 409 of our own renewal is tried again by the next
+        round, as a block given back earlier)."""
         try:
             self.on_return()
         except Exception:  # the snapshot's file: its writer logs; the block goes anyway (its keeper drops it later)
             log.exception("dropping address block %s from the informer snapshot", block.name)
+        version = version or next((str((o.get("metadata") or {}).get("resourceVersion") or "")
+                                    for o in self.source.by_index(KIND, "window", (block.pool, block.first))
+                                    if (b := parse_block(o)) is not None and b.name == block.name
+                                    and b.node == self.node_name), "")
         try:
             self.objects.delete(KIND, block.name, resource_version=version)
             log.info("returned address block %s (%s) of %s: %s", block.name, block.cidr, block.pool, why)

@@ -13,9 +13,10 @@ from cni.errors import TryAgainLater
 from ipamd.ipam.allocator import to_int
 from ipamd.kube.blocks import KIND as BLOCK_KIND
 from ipamd.kube.leases import KIND as LEASE_KIND
+from ipamd.kube.leases import lease_name
 from tests.fakes.cluster import FakeApi
-from tests.unit.test_blocks import Node, pool_of
-from tests.unit.test_ipam import attach, pod
+from tests.unit.test_blocks import Node, _grow_at, _housekeeping, pool_of
+from tests.unit.test_ipam import attach, gone, pod
 from tests.unit.test_lease_versions import ControllerSource, controller, objects_of, small_node
 
 
@@ -110,3 +111,40 @@ def test_an_adoption_cut_between_its_two_writes_is_finished_by_the_retry_not_exp
 
 
 # -- 2. a quarantine inside a block that has no lease object, the block given back ------------------------------------
+
+
+
+def test_an_idle_block_returned_on_a_lagging_cache_does_not_delete_the_block_another_node_claimed_since(
+        api: FakeApi) -> None:
+    """Node a's last block of the pool is empty; a was cut off (its renewals lost) long enough for the controller to
+    reclaim the block, and node b claimed the same window since (the same name) and leased an address in it, its
+    lease object still owed. a's informer has not caught up when its round finds the block empty past ``last_idle_s``: ``_return``
+    deletes it by name with no precondition (the retry of a failed return passes the version the cache saw; the first
+    attempt does not), so b's block is deleted under b. The window is per-address space for every other node, and node
+    c leases the address b holds."""
+    a = Node(api, "a", live=False)
+    a.registry.grow = _grow_at(a.registry, "198.18.40.16")  # type: ignore[method-assign]
+    a.registry.grow_soon = lambda pool, taken: None  # type: ignore[method-assign]
+    app = pod("app")
+    attach(a.ipam, app)
+    gone(a.ipam, app)
+    a.outbox.flush()
+    a.cache.sync()  # a's informer shows its block
+    _housekeeping(a)  # empty from now
+    (name,) = api.objs[BLOCK_KIND]
+    api.delete(BLOCK_KIND, name)  # the controller's reclaim of a silent node
+    b = Node(api, "b")
+    b.registry.grow = _grow_at(b.registry, "198.18.40.16")  # type: ignore[method-assign]
+    b.registry.grow_soon = lambda pool, taken: None  # type: ignore[method-assign]
+    held = b.add()
+    assert api.objs[BLOCK_KIND][name]["spec"]["node"] == "b" and b.outbox.owes(
+        f"{LEASE_KIND}/{lease_name('IPAddressPool/ns/big', held)}")
+    a.clock.advance(1801)
+    _housekeeping(a)  # a's cache still shows its own block there
+    assert name in api.objs[BLOCK_KIND], "b's block deleted by a's return of its own"
+    c = Node(api, "c", claim=False)
+    c.store.set_cursor("IPAddressPool/ns/big", to_int(held) - 1)
+    assert c.add() != held
+
+
+# -- 4. a block create whose answer is lost: the block is leased in with no check after its claim ------------------
