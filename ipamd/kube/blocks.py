@@ -1022,7 +1022,11 @@ class BlockRegistry(KubeLeaseRegistry):
     def _make_window_leases(self, pool: AddressPool, block: Block) -> bool:
         """Make now the lease objects this node owes in a block's window; whether none is left owed."""
         targets = [f"{LEASE_KIND}/{lease_name(block.pool, to_text(ip))}" for ip in block.window]
-        return all(self.outbox.flush_target(t) for t in targets if self.outbox.owes(t))
+        if not all(self.outbox.flush_target(t) for t in targets if self.outbox.owes(t)):
+            return False
+        quarantined = [lease for ip in block.window if (lease := self.leases.lease_at(block.pool, ip)) is not None
+                       and lease.holder is None and lease.orphaned_at is not None]
+        return all(self.keep_quarantine(lease) for lease in quarantined)
 
     def _keep_leases_of(self, pool: AddressPool, block: Block) -> None:
         """Make the owed lease objects of a lost block's window now: from here on they alone keep its leases."""

@@ -363,10 +363,39 @@ class KubeLeaseRegistry(NoBlocks):
         if self._deleted_at_known(body):
             return
         current = self._read(body["name"])
+        shown = ((current or {}).get("status") or {}).get("orphaningTimestamp")
+        left_unmarked = shown is None and current is not None and \
+            ((current.get("metadata") or {}).get("labels") or {}).get(NODE_LABEL) == self.node_name
         if current is None or (current.get("spec") or {}).get("holder") or \
-                (body.get("orphanedAt") and (current.get("status") or {}).get("orphaningTimestamp") != body["orphanedAt"]):
+                (body.get("orphanedAt") and shown != body["orphanedAt"] and not left_unmarked):
             return  # gone, leased again, adopted, or another quarantine: not this node's to end
         self._delete_at(current, done=(404, 409))
+
+    def keep_quarantine(self, lease: LeaseRecord) -> bool:
+        """Make the lease object of an address this node keeps in quarantine with none (its pod went before the
+        object was made: inside this node's block, its store alone kept the quarantine), with its orphaning time:
+        once the block goes, only an object keeps the address from other nodes until the quarantine is over. Made
+        without a holder, then marked (an object left unmarked between the two, by a failure or a kill, is taken by
+        every node all the same, marked by the next try, and ended by this node's quarantine's end as its own).
+        False when another node's object is there."""
+        name = lease_name(lease.pool, lease.address)
+        current = self._read(name)
+        if current is None:
+            try:
+                current = dict(self.objects.create(KIND, lease_body(lease.pool, lease.address, lease.network, "",
+                                                                    lease.ttl, self.node_name)))
+            except Exception as exc:
+                if status_of(exc) == 409:
+                    return False  # made meanwhile: the next round reads it
+                raise
+        md = current.get("metadata") or {}
+        if (current.get("spec") or {}).get("holder") or (md.get("labels") or {}).get(NODE_LABEL) != self.node_name:
+            return False
+        if not (current.get("status") or {}).get("orphaningTimestamp"):
+            current = dict(self.objects.patch_status(KIND, name, {"orphaningTimestamp": rfc3339(lease.orphaned_at)},
+                                                     resource_version=str(md.get("resourceVersion") or "")))
+        self.made_at[name] = ("", _version_of(current))
+        return True
 
     def keep_in_use(self, lease: LeaseRecord, user: tuple[str, str]) -> None:
         """A pod of this node (``user``: its namespace/name and UID) uses the address of this lease's IPAddress (a

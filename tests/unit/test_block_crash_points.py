@@ -25,6 +25,10 @@ def api() -> FakeApi:
     return FakeApi()
 
 
+def _housekeep(node: Node, pool_name: str) -> None:
+    node.registry.housekeep([pool_of(node.source, pool_name)], node.ipam.in_use, node.store.transaction)
+
+
 
 def test_a_block_whose_create_answer_was_lost_is_not_leased_in_before_the_checks_after_a_claim(api: FakeApi) -> None:
     """Node b leased one address of every window per address (its objects made before any block). Node a claims a
@@ -148,3 +152,77 @@ def test_an_idle_block_returned_on_a_lagging_cache_does_not_delete_the_block_ano
 
 
 # -- 4. a block create whose answer is lost: the block is leased in with no check after its claim ------------------
+
+
+
+def test_an_address_quarantined_in_a_block_before_its_object_was_made_stays_quarantined_once_the_block_goes(
+        api: FakeApi) -> None:
+    """Owner a leases .16 in its block of a pool with a leaseTTL; its pod goes before the outbox made the lease object:
+    the quarantine is a store record alone, with no object (``KubeLeaseRegistry.orphan``'s ``NO_OBJECT``: inside the
+    block, the owner alone leases). Another node asks for the block (a has free addresses there) and a gives it back:
+    ``_make_window_leases`` made the owed objects of the window, but a quarantine owes none, so the window was
+    per-address space with nothing at .16, and node b leased .16 at once, an hour before its quarantine ends."""
+    from ipamd.model.timefmt import rfc3339
+
+    a, b = Node(api, "a"), Node(api, "b", claim=False)
+    a.registry.grow = _grow_at(a.registry, "198.18.43.16")  # type: ignore[method-assign]
+    a.registry.grow_soon = lambda pool, taken: None  # type: ignore[method-assign]
+    app = pod("app")
+    got = attach(a.ipam, app, net="ttl-net")[0].address
+    assert to_int(got) in range(to_int("198.18.43.16"), to_int("198.18.43.32"))
+    gone(a.ipam, app)  # quarantined for 1 h, before the outbox ran: no object at all
+    a.outbox.flush()
+    assert not objects_of(api, got)
+    (block,) = api.objs[BLOCK_KIND]
+    api.patch_status(BLOCK_KIND, block, {"returnRequestedBy": "b", "returnRequestedAt": rfc3339(a.clock())})
+    _housekeep(a, "quarantined")
+    a.outbox.flush()
+    assert block not in api.objs[BLOCK_KIND], "given back"
+    assert a.store.lease_at("IPAddressPool/ns/quarantined", to_int(got)) is not None, "a's quarantine goes on"
+    b.store.set_cursor("IPAddressPool/ns/quarantined", to_int(got) - 1)
+    assert attach(b.ipam, pod("bp"), net="ttl-net")[0].address != got, "a quarantined address handed out at once"
+
+
+# -- 3. an idle block returned by a delete with no precondition ----------------------------------------------------
+
+
+def test_a_quarantine_object_left_unmarked_by_a_failure_is_marked_by_the_next_round_and_ended_as_this_nodes(
+        api: FakeApi) -> None:
+    """The give-back above makes the quarantine's object in two writes; the second fails: the block stays a's (its
+    give-back waits), the next round marks the object and gives the block back, and the quarantine's end deletes
+    the object. Had the daemon been killed between the two (the object unmarked for good), the end deletes it too."""
+    from ipamd.model.timefmt import rfc3339
+
+    a = Node(api, "a")
+    a.registry.grow = _grow_at(a.registry, "198.18.43.16")  # type: ignore[method-assign]
+    a.registry.grow_soon = lambda pool, taken: None  # type: ignore[method-assign]
+    app = pod("app")
+    got = attach(a.ipam, app, net="ttl-net")[0].address
+    gone(a.ipam, app)
+    a.outbox.flush()
+    (block,) = api.objs[BLOCK_KIND]
+    api.patch_status(BLOCK_KIND, block, {"returnRequestedBy": "b", "returnRequestedAt": rfc3339(a.clock())})
+    patch_status = api.patch_status
+    failed: list[str] = []
+
+    def mark_fails_once(kind: str, name: str, status: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        if kind == LEASE_KIND and status.get("orphaningTimestamp") and not failed:
+            failed.append(name)
+            raise ApiException(status=503, reason="ServiceUnavailable")
+        return patch_status(kind, name, status, *args, **kwargs)
+
+    api.patch_status = mark_fails_once  # type: ignore[method-assign]
+    _housekeep(a, "quarantined")
+    assert failed and block in api.objs[BLOCK_KIND], "its quarantine not kept by an object yet: the block stays"
+    (obj,) = objects_of(api, got)
+    assert not obj["spec"].get("holder") and not (obj.get("status") or {}).get("orphaningTimestamp")
+    a.clock.advance(1)
+    _housekeep(a, "quarantined")
+    a.outbox.flush()
+    assert block not in api.objs[BLOCK_KIND], "given back once the object is marked"
+    assert objects_of(api, got)[0]["status"]["orphaningTimestamp"]
+    api.patch_status(LEASE_KIND, objects_of(api, got)[0]["metadata"]["name"], {"orphaningTimestamp": None})
+    a.clock.advance(3601)  # left unmarked (as by a kill between the two writes), its quarantine over
+    a.ipam.expire(None, a.clock())
+    a.outbox.flush()
+    assert not objects_of(api, got), "the end of a's quarantine deletes the object it made for it"
