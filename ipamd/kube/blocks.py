@@ -777,10 +777,6 @@ class BlockRegistry(KubeLeaseRegistry):
             log.info("address block %s asked for by another node stays for now: its lease objects are not made yet",
                      block.name)
             return
-        with self._lock:
-            excluded = self.excluded.get(block.pool, {})
-            for ip in [ip for ip in excluded if ip in block]:
-                del excluded[ip]
         self._return(block, "asked for by another node")
 
     def _claimed_while_going(self, block: Block, in_use: Callable[[str, int], bool],
@@ -1078,6 +1074,10 @@ class BlockRegistry(KubeLeaseRegistry):
                                     and b.node == self.node_name), "")
         try:
             self.objects.delete(KIND, block.name, resource_version=version)
+            with self._lock:  # what was found leased inside at its claim: per address from here on, as every address
+                excluded = self.excluded.get(block.pool, {})
+                for ip in [ip for ip in excluded if ip in block]:
+                    del excluded[ip]
             log.info("returned address block %s (%s) of %s: %s", block.name, block.cidr, block.pool, why)
         except Exception as exc:
             if status_of(exc) not in (404, 409):  # 409: claimed again meanwhile (its precondition)

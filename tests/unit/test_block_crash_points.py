@@ -226,3 +226,38 @@ def test_a_quarantine_object_left_unmarked_by_a_failure_is_marked_by_the_next_ro
     a.ipam.expire(None, a.clock())
     a.outbox.flush()
     assert not objects_of(api, got), "the end of a's quarantine deletes the object it made for it"
+
+
+
+def test_an_address_excluded_from_a_block_returned_idle_is_this_nodes_to_lease_again_once_its_lease_is_gone(
+        api: FakeApi) -> None:
+    """a's block .16/28 found b's per-address lease of .21 inside at its claim (``excluded``). The block stays empty
+    and is returned idle; b lets .21 go (its object deleted). ``_free_excluded`` only looks at addresses whose window
+    still shows a block, and ``_return`` (unlike ``_give_back``) left the window's ``excluded`` entries: .21 was
+    'taken' on node a for the rest of the daemon's life, per address or in a block claimed there again (a pool nearly
+    full then answered 'no free address' on a with .21 free)."""
+    from ipamd.kube.leases import lease_body
+
+    big = "IPAddressPool/ns/big"
+    api.create(LEASE_KIND, lease_body(big, "198.18.40.21", "198.18.40.0/24", "IPAddress/ns/other", 0, "b"))
+    a = Node(api, "a")
+    a.registry.grow = _grow_at(a.registry, "198.18.40.16")  # type: ignore[method-assign]
+    a.registry.grow_soon = lambda pool, taken: None  # type: ignore[method-assign]
+    app = pod("app")
+    attach(a.ipam, app)
+    gone(a.ipam, app)
+    a.outbox.flush()
+    _housekeeping(a)
+    a.clock.advance(1801)
+    _housekeeping(a)
+    assert not api.objs[BLOCK_KIND], "returned idle"
+    api.delete(LEASE_KIND, lease_name(big, "198.18.40.21"))  # b let .21 go
+    for _ in range(3):
+        a.clock.advance(60)
+        _housekeeping(a)
+    a.registry.grow = lambda pool: None  # type: ignore[method-assign]  # no block anew: per address
+    a.store.set_cursor(big, to_int("198.18.40.20"))
+    assert a.add() == "198.18.40.21", "free in the cluster, and still skipped on a"
+
+
+# -- 6. a Static asking for an address quarantined inside the owner's block ----------------------------------------
