@@ -309,7 +309,13 @@ class BlockRegistry(KubeLeaseRegistry):
             self._confirm(block)  # (first: a block made again has what is leased in it excluded here)
             found = self.excluded.get(lease.pool, {}).get(lease.ip)
             if found is not None and found != lease.holder:
-                return False  # leased by itself before this block was claimed: not ours to give
+                # leased by itself before this block was claimed: not ours to give; but a Static adopts it once it is
+                # quarantined (or gone), as it does per address (its object's create, or its adoption, decides)
+                if not exact or not super().claim(lease, exact):
+                    return False
+                with self._lock:
+                    self.excluded.get(lease.pool, {}).pop(lease.ip, None)
+                return True
             if self._foreign(lease):
                 return False  # the same, as the cache shows it (what was excluded is not kept across a restart)
             if self._claim_inside(lease):

@@ -16,7 +16,7 @@ from ipamd.kube.leases import KIND as LEASE_KIND
 from ipamd.kube.leases import lease_name
 from tests.fakes.cluster import FakeApi
 from tests.unit.test_blocks import Node, _grow_at, _housekeeping, pool_of
-from tests.unit.test_ipam import attach, gone, pod
+from tests.unit.test_ipam import attach, gone, pod, static
 from tests.unit.test_lease_versions import ControllerSource, controller, objects_of, small_node
 
 
@@ -261,3 +261,32 @@ def test_an_address_excluded_from_a_block_returned_idle_is_this_nodes_to_lease_a
 
 
 # -- 6. a Static asking for an address quarantined inside the owner's block ----------------------------------------
+
+
+
+def test_a_static_at_an_address_quarantined_inside_a_block_adopts_it_as_it_does_per_address(api: FakeApi) -> None:
+    """Node x (address blocks off) leased .21 per address; owner a claimed the block .16/28 over it (a's cache did not
+    show x's object yet), whose check found it inside (``excluded[.21] = x's holder``). x's pod goes: .21 is
+    quarantined (leaseTTL 1 h). A Static IPAddress for .21 is made: per address, a Static adopts a quarantined address
+    at once (README; ``KubeLeaseRegistry._claim``'s ``exact``). On a, the block's owner, ``claim`` refused it because
+    ``excluded`` still named the old holder (``found != lease.holder``), and ``lease_for`` said AddressConflict
+    'already leased elsewhere'; every other node was told to wait for the owner (code 11): the Static was unusable in
+    the whole cluster until the quarantine ended and a's next round freed the exclusion."""
+    from ipamd.model.objects import IP_ADDRESS
+
+    x = Node(api, "x", claim=False)
+    x.store.set_cursor("IPAddressPool/ns/quarantined", to_int("198.18.43.20"))
+    app = pod("app")
+    assert attach(x.ipam, app, net="ttl-net")[0].address == "198.18.43.21"
+    a = Node(api, "a")
+    a.registry.grow = _grow_at(a.registry, "198.18.43.16")  # type: ignore[method-assign]
+    a.registry.grow_soon = lambda pool, taken: None  # type: ignore[method-assign]
+    attach(a.ipam, pod("a-app"), net="ttl-net")  # the block claimed, .21 found inside
+    gone(x.ipam, app)  # quarantined on x
+    x.outbox.flush()
+    assert not objects_of(api, "198.18.43.21")[0]["spec"].get("holder")
+    for n in (a, x):
+        n.source.add(static("s", "198.18.43.21", net="ttl-net"))
+    assert a.source.get(IP_ADDRESS, "ns", "s") is not None
+    got = attach(a.ipam, pod("s-user"), net="ttl-net", names=("s",))[0].address
+    assert got == "198.18.43.21"
