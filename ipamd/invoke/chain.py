@@ -15,7 +15,7 @@ from typing import Any
 
 from cni.errors import CniError
 from cni.version import version_tuple
-from ipamd.invoke.exec import PluginExec
+from ipamd.invoke.exec import PluginExec, PluginFailed
 from ipamd.model.cniconf import plugin_config
 
 
@@ -63,7 +63,10 @@ class Chain:
         conf = plugin_config(inv.conflist, index, inv.runtime_config, inv.args, prev)
         conf.update(extra or {})
         plugin = str(inv.conflist["plugins"][index]["type"])
-        return self.plugins.run(plugin, inv.env(verb, netns), conf, inv.timeout_s).result
+        result = self.plugins.run(plugin, inv.env(verb, netns), conf, inv.timeout_s).result
+        if verb == "ADD" and not result:  # (as libcni: an ADD that describes nothing has failed)
+            raise PluginFailed(f"{plugin} ADD printed no result", f"{inv.conflist.get('name', '')}: plugins[{index}]")
+        return result
 
     def add_each(self, inv: Invocation) -> Iterator[dict[str, Any]]:
         """ADD every plugin in order, yielding each one's result (the caller keeps the last, and on a

@@ -247,7 +247,8 @@ def _failure(plugin: str, verb: str, rc: int, text: str, stderr: str) -> CniErro
         err = json.loads(text) if text else None
     except ValueError:
         err = None
-    if isinstance(err, dict) and "code" in err:
+    # an error as the spec has it (an integer code); anything else a plugin printed is its I/O failure (5)
+    if isinstance(err, dict) and isinstance(err.get("code"), int) and not isinstance(err.get("code"), bool):
         found = CniError.from_dict(err)
         found.note = stderr[-500:]
         return found
