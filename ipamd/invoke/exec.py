@@ -12,10 +12,12 @@ answer raw. ``PluginExec`` is the seam: ``tests/fakes/exec.py`` scripts it for u
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
 import os
+import select
 import selectors
 import signal
 import subprocess
@@ -23,7 +25,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from cni.errors import CniError, InvalidConfig, IOFailure
 
@@ -128,21 +130,28 @@ class Exec:
         fd_out, fd_err = proc.stdout.fileno(), proc.stderr.fileno()
         out: dict[int, bytearray] = {fd_out: bytearray(), fd_err: bytearray()}
         problem = ""
+        pending = memoryview(stdin)
         try:
-            try:
-                proc.stdin.write(stdin)
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass  # it exited without reading: its output says why
+            if len(pending) <= select.PIPE_BUF:  # what a new pipe takes whole, whatever its size: no wait
+                _write_all(proc.stdin, pending)
+                pending = pending[len(pending):]
             with selectors.DefaultSelector() as sel:
                 for stream in (proc.stdout, proc.stderr):
                     sel.register(stream, selectors.EVENT_READ)
+                if pending:  # a large configuration is written as the plugin reads it, within its deadline too
+                    os.set_blocking(proc.stdin.fileno(), False)
+                    sel.register(proc.stdin, selectors.EVENT_WRITE)
                 while sel.get_map() and not problem:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         problem = f"{what} timed out after {timeout:g}s (killed)"
                         break
                     for key, _ in sel.select(left):
+                        if key.fileobj is proc.stdin:
+                            pending = _write_some(proc.stdin, pending)
+                            if not pending:
+                                sel.unregister(proc.stdin)
+                            continue
                         chunk = os.read(key.fd, 65536)
                         if not chunk:
                             sel.unregister(key.fileobj)
@@ -158,10 +167,34 @@ class Exec:
         finally:
             if problem or proc.returncode is None:
                 _kill_group(proc)
-            proc.stdout.close()
-            proc.stderr.close()
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                with contextlib.suppress(OSError):
+                    stream.close()
         tail = bytes(out[fd_err])[-500:].decode(errors="replace")
         raise PluginFailed(problem, tail, note=tail)
+
+
+def _write_all(stdin: IO[bytes], data: memoryview) -> None:
+    """Write ``data`` and close: the plugin reads its configuration to the end."""
+    try:
+        stdin.write(data)
+        stdin.close()
+    except BrokenPipeError:
+        pass  # it exited without reading: its output says why
+
+
+def _write_some(stdin: IO[bytes], data: memoryview) -> memoryview:
+    """Write what the pipe takes now of ``data`` (non-blocking); what is left, closed once nothing is."""
+    try:
+        data = data[os.write(stdin.fileno(), data[:65536]):]
+    except BlockingIOError:
+        return data
+    except BrokenPipeError:
+        data = data[len(data):]  # it exited without reading: its output says why
+    if not data:
+        with contextlib.suppress(OSError):
+            stdin.close()
+    return data
 
 
 @contextmanager

@@ -3,8 +3,12 @@ NPWG fields at their limits. Each test failed before its fix (found in review)."
 
 from __future__ import annotations
 
+import contextlib
+import json
 import stat
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +69,37 @@ def test_an_add_that_prints_no_result_fails_with_code_5(tmp_path: Path) -> None:
         chain.add(_inv({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "quiet"}]}, str(tmp_path)))
 
 
+
+
+
+def test_a_plugin_that_hangs_before_reading_a_large_config_is_killed_at_its_deadline(tmp_path: Path) -> None:
+    """``_communicate`` wrote the whole stdin with a blocking ``proc.stdin.write`` before the deadline loop
+    started. A configuration larger than a pipe's buffer (64 KiB: a pod's ``cni-args`` alone may be 256 KiB) to a
+    plugin that hangs before reading stdin blocked the daemon's thread until the plugin exited by itself: the 1 s
+    deadline was not kept (here the plugin sleeps 12 s)."""
+    _plugin(tmp_path, "hang", "time.sleep(12)")
+    ex = Exec(str(tmp_path))
+    config = {"cniVersion": "1.0.0", "args": {"cni": {"blob": "x" * 300_000}}}
+    done: list[float] = []
+
+    def run() -> None:
+        started = time.monotonic()
+        with contextlib.suppress(CniError):
+            ex.run("hang", ENV, config, 1.0)
+        done.append(time.monotonic() - started)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(20)
+    assert done and done[0] < 6, f"the 1 s deadline took {done[0] if done else 'forever'} s"
+
+
+def test_a_large_configuration_reaches_a_plugin_that_reads_it_slowly_whole(tmp_path: Path) -> None:
+    """The same large configuration, written as the plugin reads it (in small pieces, with pauses), arrives whole."""
+    _plugin(tmp_path, "slow", "data = b''\nwhile chunk := sys.stdin.buffer.read(4096):\n    data += chunk\n"
+                              "    time.sleep(0.0005)\n"
+                              "print(json.dumps({'cniVersion': '1.0.0', 'got': len(data), 'blob': len(json.loads(data)"
+                              "['args']['cni']['blob'])}))")
+    config = {"cniVersion": "1.0.0", "args": {"cni": {"blob": "x" * 300_000}}}
+    run = Exec(str(tmp_path)).run("slow", ENV, config, 20.0)
+    assert run.result["got"] == len(json.dumps(config)) and run.result["blob"] == 300_000
