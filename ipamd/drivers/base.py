@@ -80,6 +80,9 @@ class BuildContext:
     host: Any  # this thread's netlink socket on the node (pyroute2 IPRoute)
     pod: PodSide
     bridge_index: Callable[[], int]  # the index of the interface's segment bridge, made on first ask
+    # told by an undo step that could not undo what it built beyond the pod (a delegate's DEL failed): the
+    # attachment is then kept as ``deleting`` with that interface, for the runtime's DEL (or the reconciler) to finish
+    not_undone: Callable[[BuiltInterface], None] = lambda iface: None
 
 
 @dataclass(frozen=True, slots=True)

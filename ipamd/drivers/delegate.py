@@ -61,11 +61,13 @@ class DelegateDriver:
 
     def build(self, ctx: BuildContext, iface: BuiltInterface, undo: contextlib.ExitStack) -> Built:
         inv = _invocation(iface)
-        undo.callback(quietly, f"delegate {iface.network_name} ({iface.if_name})", self.chain.delete, inv)
+        whole: list[dict[str, Any]] = []  # the list's result, once every plugin of it added
+        undo.callback(quietly, f"delegate {iface.network_name} ({iface.if_name})", self._undo, ctx, iface, whole)
         try:
-            result = self.chain.add(inv)
+            whole.append(self.chain.add(inv))
         except CniError as exc:
             raise _failed(iface, "ADD", exc) from None
+        result = whole[0]
         gateways = iface.driver.get("defaultRoute") or []
         if gateways:
             pod = ctx.pod.netlink()
@@ -79,6 +81,16 @@ class DelegateDriver:
             share = replace(share, routes=share.routes + tuple(Route("::/0" if ":" in gw else "0.0.0.0/0", gw)
                                                                for gw in gateways))
         return Built(_pod_mac(result, iface.if_name), share, {**iface.driver, "result": result})
+
+    def _undo(self, ctx: BuildContext, iface: BuiltInterface, whole: list[dict[str, Any]]) -> None:
+        """A DEL of the list, with its result once it was all added (as Multus gives a delegate it rolls back: a
+        plugin such as ``firewall`` removes what ``prevResult`` names); one that fails leaves the interface to the
+        runtime's DEL (``not_undone``): forgotten, what the plugins hold would leak for good."""
+        errors = self.chain.delete(_invocation(iface), whole[0] if whole else None)
+        if errors:
+            ctx.not_undone(replace(iface, driver={**iface.driver, "result": whole[0]}) if whole else iface)
+            raise InterfaceFailure(f"DEL of {iface.network_name} ({iface.if_name}) failed; left to the runtime's DEL",
+                                   "; ".join(errors))
 
     def foresee(self, iface: BuiltInterface, sandbox: str) -> Built | None:
         return None  # the delegated plugins' result: known once they have run

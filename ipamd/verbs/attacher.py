@@ -170,7 +170,8 @@ class Attacher:
         with self.open_pod(call.netns) as pod_side, contextlib.ExitStack() as undo:
             with self.store.transaction():
                 self.store.put_attachment(record)
-            undo.callback(quietly, "attachment record", self._forget_record, call.key)
+            left: list[BuiltInterface] = []  # what an undo step could not undo (``BuildContext.not_undone``)
+            undo.callback(quietly, "attachment record", self._forget_record, call.key, left)
             self.fault("add:recorded")
             planned: list[tuple[Wanted, BuiltInterface, Built | None]] = []
             for w in wanted:  # every address leased before anything is built: an exhausted pool fails first
@@ -180,8 +181,8 @@ class Attacher:
                 planned.append((w, iface, None))
             render = _StatusRender(call.network_name, prev, rfc3339())
             sent = self._status_ahead(pod, record, [iface for _, iface, _ in planned], call.netns, render, undo)
-            built = (self._build_at_once(pod_side, planned, undo) if at_once else
-                     [(w, iface, self._build(pod_side, w, iface, undo)) for w, iface, _ in planned])
+            built = (self._build_at_once(pod_side, planned, undo, left) if at_once else
+                     [(w, iface, self._build(pod_side, w, iface, undo, left)) for w, iface, _ in planned])
             interfaces = [_with(iface, done) for _, iface, done in built if done is not None]
             result = _merged(done.result for _, _, done in built if done is not None)
             used = self._ready(pod, record, interfaces, result, render)
@@ -271,11 +272,13 @@ class Attacher:
             **_policy(w, plan.configure_ips),
         )
 
-    def _build(self, pod_side: PodSide, w: Wanted, iface: BuiltInterface, undo: contextlib.ExitStack) -> Built:
+    def _build(self, pod_side: PodSide, w: Wanted, iface: BuiltInterface, undo: contextlib.ExitStack,
+               left: list[BuiltInterface]) -> Built:
         driver = self.drivers[iface.kind]
         net = w.net
         ctx = BuildContext(self.host_netlink(), pod_side,
-                           (lambda: self.segments.bridge_index(net, iface.bridge)) if net is not None else _no_bridge)
+                           (lambda: self.segments.bridge_index(net, iface.bridge)) if net is not None else _no_bridge,
+                           left.append)
         try:
             done = driver.build(ctx, iface, undo)
         except InterfaceFailure:
@@ -286,11 +289,12 @@ class Attacher:
         return done
 
     def _build_at_once(self, pod_side: PodSide, planned: list[tuple[Wanted, BuiltInterface, Built | None]],
-                       undo: contextlib.ExitStack) -> list[tuple[Wanted, BuiltInterface, Built | None]]:
+                       undo: contextlib.ExitStack,
+                       left: list[BuiltInterface]) -> list[tuple[Wanted, BuiltInterface, Built | None]]:
         """Build every interface at the same time (a pod's ``parallel`` delegation); each one's undo steps go
         on ``undo`` in order, whatever finished first, so a failure unwinds them all as a serial ADD would."""
         stacks = [contextlib.ExitStack() for _ in planned]
-        futures = [self.pool.submit(self._build, pod_side, w, iface, stack)
+        futures = [self.pool.submit(self._build, pod_side, w, iface, stack, left)
                    for (w, iface, _), stack in zip(planned, stacks, strict=True)]
         wait(futures)
         for stack in stacks:
@@ -332,9 +336,18 @@ class Attacher:
             self.store.put_pod_status(status)
         return status
 
-    def _forget_record(self, key: tuple[str, str]) -> None:
+    def _forget_record(self, key: tuple[str, str], left: list[BuiltInterface] | None = None) -> None:
+        """The last undo step of a failed ADD: the record goes, unless an undo step left an interface behind (a
+        delegate whose DEL failed): then it stays ``deleting`` with those alone, their addresses already let go,
+        and the runtime's DEL (or the reconciler's ``finish_deletions``) removes them."""
         with self.store.transaction():
-            self.store.delete_attachment(*key)
+            record = self.store.get_attachment(*key) if left else None
+            if record is None or not left:
+                self.store.delete_attachment(*key)
+                return
+            kept = tuple(replace(iface, ip_keys=(), created_ip_keys=(), addresses=()) for iface in left)
+            self.store.put_attachment(replace(record, state="deleting", updated_at=time.time(), leasing=(),
+                                              interfaces=kept))
 
     # -- DEL ------------------------------------------------------------------------------------
     def delete(self, call: CniCall) -> dict[str, Any]:

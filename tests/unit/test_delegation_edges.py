@@ -3,6 +3,7 @@ NPWG fields at their limits. Each test failed before its fix (found in review)."
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import stat
@@ -15,8 +16,11 @@ from typing import Any
 import pytest
 
 from cni.errors import CniError, IOFailure
+from ipamd.drivers.delegate import DelegateDriver
 from ipamd.invoke.chain import Chain, Invocation
 from ipamd.invoke.exec import Exec
+from ipamd.store.records import BuiltInterface
+from tests.fakes.exec import Expected, FakeExec
 
 ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "net1",
        "CNI_ARGS": "K8S_POD_NAME=a"}
@@ -103,3 +107,67 @@ def test_a_large_configuration_reaches_a_plugin_that_reads_it_slowly_whole(tmp_p
     config = {"cniVersion": "1.0.0", "args": {"cni": {"blob": "x" * 300_000}}}
     run = Exec(str(tmp_path)).run("slow", ENV, config, 20.0)
     assert run.result["got"] == len(json.dumps(config)) and run.result["blob"] == 300_000
+
+
+
+def _kept(conflist: dict[str, Any], container: str, ifname: str = "net1") -> BuiltInterface:
+    inv = _inv(conflist, container=container, ifname=ifname)
+    return BuiltInterface(if_name=ifname, kind="delegate", network_key="NetworkAttachmentDefinition/x/y",
+                          network_type="NetworkAttachmentDefinition", network_name="x/y",
+                          driver={"invocation": inv.to_dict(), "defaultRoute": []})
+
+
+
+def test_the_rollback_del_of_an_added_delegate_gets_its_result_as_prev_result() -> None:
+    """A NAD added, then a later step of the ADD fails (the next NAD, a lease...): the undo step registered in
+    ``DelegateDriver.build`` was ``chain.delete(inv)`` with no ``prevResult``, though the driver holds the
+    delegate's result. Multus passes it here (libcni's cached result of that delegate), and plugins rely on it on
+    DEL: the reference ``firewall`` removes its iptables rules for ``prevResult.ips`` and does nothing without it,
+    so a rolled-back ADD leaked host rules."""
+    res = {"cniVersion": "1.0.0", "interfaces": [{"name": "net1", "sandbox": "/run/netns/x"}],
+           "ips": [{"address": "198.18.0.5/24", "interface": 0}]}
+    conflist = {"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "bridge"}, {"type": "firewall"}]}
+    fake = FakeExec(Expected("bridge", "ADD", res), Expected("firewall", "ADD", res),
+                    Expected("firewall", "DEL"), Expected("bridge", "DEL"))
+    with contextlib.suppress(RuntimeError), contextlib.ExitStack() as undo:
+        DelegateDriver(Chain(fake)).build(None, _kept(conflist, "c1"), undo)  # type: ignore[arg-type]
+        raise RuntimeError("the next interface failed")
+    dels = [c for p, v, _, c in fake.calls if v == "DEL"]
+    assert len(dels) == 2 and all(c.get("prevResult") == res for c in dels), "DEL without prevResult"
+
+
+
+def _npwg_node(fake: FakeExec, npwg: str) -> Any:
+    from tests.unit.test_attacher import Node, obj
+    from tests.unit.test_networks import nad
+
+    node = Node()
+    node.ipam._names = collections.defaultdict(str)  # the spy names Deckhouse leases only
+    node.drivers["delegate"] = DelegateDriver(Chain(fake))
+    node.source.add(obj("Pod", "app", {}, uid="uid-app", annotations={"k8s.v1.cni.cncf.io/networks": npwg}))
+    ipam = {"type": "plexus-ipam", "range": "198.18.71.0/24"}
+    node.source.add(nad("first", {"cniVersion": "1.0.0", "type": "macvlan", "master": "eth1", "ipam": ipam}, "apps"))
+    node.source.add(nad("second", {"cniVersion": "1.0.0", "plugins": [
+        {"type": "ipvlan", "master": "eth2", "ipam": {**ipam, "range": "198.18.72.0/24"}}, {"type": "tuning"}]}, "apps"))
+    return node
+
+
+
+def test_a_delegate_whose_rollback_del_failed_is_deled_again_by_the_runtimes_del() -> None:
+    """NAD 'first' (host-local-style state of its own) added, NAD 'second' fails, and first's rollback DEL fails
+    too (a transient error). ``quietly`` swallowed it and the undo then forgot the attachment record: the runtime's
+    DEL that follows a failed ADD (kubelet's StopPodSandbox) found no record and answered {} without exec'ing
+    anything, so first's plugins never got a DEL that succeeds: whatever they hold (a host-local address, a host
+    link) leaked for good. Multus's DEL re-reads the pod's delegates and DELs them."""
+    res1 = {"cniVersion": "1.0.0", "interfaces": [{"name": "net1", "sandbox": "/run/netns/app"}],
+            "ips": [{"address": "198.18.71.1/24", "interface": 0}]}
+    fake = FakeExec(Expected("macvlan", "ADD", res1), Expected("ipvlan", "ADD", error=IOFailure("boom", "")),
+                    Expected("tuning", "DEL"), Expected("ipvlan", "DEL"),
+                    Expected("macvlan", "DEL", error=IOFailure("transient", "")),
+                    Expected("macvlan", "DEL"))  # the runtime's DEL: first's plugins tried again
+    node = _npwg_node(fake, "first, second")
+    with pytest.raises(CniError):
+        node.call("ADD")
+    node.call("DEL")
+    assert [(p, v) for p, v, _, _ in fake.calls][-1] == ("macvlan", "DEL") and fake.expected == [], \
+        "the runtime's DEL never reached the delegate whose rollback DEL failed"
