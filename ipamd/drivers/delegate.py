@@ -111,14 +111,19 @@ class DelegateDriver:
         return []
 
     def collect(self, kept: list[BuiltInterface]) -> None:
-        """Forward GC to every configuration delegated to, with the attachments of it that are still valid."""
-        valid: dict[str, tuple[Invocation, list[dict[str, str]]]] = {}
+        """Forward GC to every configuration delegated to (each distinct list of plugins), with the attachments
+        still valid of its network name: two NADs' configurations may share a name (NPWG gives a configuration
+        without one its NAD's), and the plugins keep their state by that name (host-local's directory), so neither
+        may be told the other's attachments are gone."""
+        by_name: dict[str, list[dict[str, str]]] = {}
+        lists: dict[tuple[str, tuple[str, ...]], Invocation] = {}
         for iface in kept:
             inv = _invocation(iface)
-            _, attachments = valid.setdefault(inv.conflist["name"], (inv, []))
-            attachments.append({"containerID": inv.container_id, "ifname": inv.ifname})
-        for inv, attachments in valid.values():
+            name = str(inv.conflist["name"])
+            by_name.setdefault(name, []).append({"containerID": inv.container_id, "ifname": inv.ifname})
+            lists.setdefault((name, tuple(str(p.get("type")) for p in inv.conflist["plugins"])), inv)
+        for (name, _), inv in lists.items():
             try:
-                self.chain.gc(inv, attachments)
+                self.chain.gc(inv, by_name[name])
             except CniError as exc:
-                log.warning("GC of %s: %s", inv.conflist["name"], exc)
+                log.warning("GC of %s: %s", name, exc)

@@ -102,8 +102,15 @@ class Chain:
         """GC (1.1.0): each plugin releases what is not in ``valid`` (``cni.dev/valid-attachments``)."""
         if inv.version < (1, 1, 0) or inv.conflist.get("disableGC"):
             return
-        for i in range(len(inv.conflist["plugins"])):
-            self._run(inv, "GC", i, None, "", {"cni.dev/valid-attachments": valid})
+        failed: list[CniError] = []
+        for i in range(len(inv.conflist["plugins"])):  # each one, whatever the others did (as libcni's GC)
+            try:
+                self._run(inv, "GC", i, None, "", {"cni.dev/valid-attachments": valid})
+            except CniError as exc:
+                failed.append(exc)
+        if failed:
+            first = failed[0]
+            raise type(first)(first.msg, "; ".join(str(exc) for exc in failed), code=first.code)
 
     def status(self, inv: Invocation) -> None:
         """STATUS (1.1.0): every plugin ready, or the CNI error (50, 51) of the first that is not."""

@@ -171,3 +171,32 @@ def test_a_delegate_whose_rollback_del_failed_is_deled_again_by_the_runtimes_del
     node.call("DEL")
     assert [(p, v) for p, v, _, _ in fake.calls][-1] == ("macvlan", "DEL") and fake.expected == [], \
         "the runtime's DEL never reached the delegate whose rollback DEL failed"
+
+
+
+def test_gc_goes_on_to_the_next_plugin_when_one_fails() -> None:
+    """CNI 1.1 GC: 'continue past errors' (libcni GCNetworkList joins the errors and GCs every plugin).
+    ``Chain.gc`` stopped at the first plugin that failed: the IPAM plugin after it kept its stale leases."""
+    fake = FakeExec(Expected("macvlan", "GC", error=IOFailure("boom", "")), Expected("host-local", "GC"))
+    inv = _inv({"cniVersion": "1.1.0", "name": "n", "plugins": [{"type": "macvlan"}, {"type": "host-local"}]})
+    with contextlib.suppress(CniError):
+        Chain(fake).gc(inv, [])
+    assert [(p, v) for p, v, _, _ in fake.calls] == [("macvlan", "GC"), ("host-local", "GC")]
+
+
+
+def test_gc_reaches_every_configuration_even_when_two_nads_share_a_configuration_name() -> None:
+    """NPWG §3: a NAD's config without ``name`` takes the NAD's, so NAD ``a/storage`` and NAD ``b/storage`` both
+    give conflists named ``storage`` (with different plugins). ``DelegateDriver.collect`` grouped by that name alone
+    and GC'd only the first one's plugins: b's ipvlan never got GC. Both are told both NADs' attachments: the plugins
+    keep their state by the configuration's name (host-local's directory), so a GC told only its own would let the
+    other's addresses go."""
+    a = {"cniVersion": "1.1.0", "name": "storage", "plugins": [{"type": "macvlan", "master": "eth1"}]}
+    b = {"cniVersion": "1.1.0", "name": "storage", "plugins": [{"type": "ipvlan", "master": "eth2"}]}
+    fake = FakeExec(Expected("macvlan", "GC"), Expected("ipvlan", "GC"))
+    DelegateDriver(Chain(fake)).collect([_kept(a, "c1"), _kept(b, "c2")])
+    assert sorted(p for p, _, _, _ in fake.calls) == ["ipvlan", "macvlan"]
+    by_plugin = {p: c["cni.dev/valid-attachments"] for p, _, _, c in fake.calls}
+    assert by_plugin["macvlan"] == by_plugin["ipvlan"] == [{"containerID": "c1", "ifname": "net1"},
+                                                           {"containerID": "c2", "ifname": "net1"}], \
+        "each told every valid attachment of the name (the plugins' state is kept by it)"
