@@ -43,6 +43,9 @@ IPAM_SOCKET_NAME = "plexus-ipam.sock"
 DEFAULT_IPAM_SOCKET = f"/run/plexus/{IPAM_SOCKET_NAME}"
 IPAM_NAME = "plexus-ipam"  # the name the binary answers to as an IPAM plugin
 DEFAULT_TIMEOUT_S = 60.0
+#: The longest ``timeoutSeconds`` allowed. The daemon checks plexus-ipam's section with ``timeout_problem`` too
+#: (``ipamd.model.ipamconf``), so that what it accepts the plugin waits for, and what it refuses the plugin refuses.
+MAX_TIMEOUT_S = 3600
 #: How long to wait for the daemon to accept the connection: a stopped daemon must give
 #: code 11 quickly, so the runtime retries instead of hanging the pod (issue: "within 2 s").
 CONNECT_TIMEOUT_S = 2.0
@@ -57,6 +60,14 @@ REQUIRED_ENV: dict[str, tuple[str, ...]] = {
     "VERSION": (),
 }
 FORWARDED_ENV = ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH")
+
+
+def timeout_problem(timeout: object) -> str:
+    """What is wrong with a ``timeoutSeconds`` ("" when nothing): a number of seconds, more than 0 and at most
+    ``MAX_TIMEOUT_S`` (NaN and infinity are neither; a bool is no number here, though Python says it is)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT_S:
+        return f"must be a number of seconds more than 0 and at most {MAX_TIMEOUT_S}"
+    return ""
 
 
 class _BadAnswer(Exception):
@@ -168,9 +179,12 @@ def forward(verb: str, env: Mapping[str, str], conf: dict[str, Any], ipam: bool 
     if not isinstance(path, str) or (ipam and not (path.startswith("/") and path.endswith(IPAM_SOCKET_NAME))):
         raise InvalidConfig(f"socket must be the path of the daemon's {IPAM_SOCKET_NAME if ipam else 'socket'}",
                             f"{where}socket")
-    timeout = own.get("timeoutSeconds") or DEFAULT_TIMEOUT_S
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise InvalidConfig("timeoutSeconds must be a positive number of seconds", f"{where}timeoutSeconds")
+    timeout = own.get("timeoutSeconds")
+    if timeout is None:
+        timeout = DEFAULT_TIMEOUT_S
+    problem = timeout_problem(timeout)
+    if problem:  # NaN or infinity would reach the socket: a wait for ever, or an overflow (code 999)
+        raise InvalidConfig(f"timeoutSeconds {problem}", f"{where}timeoutSeconds")
     body = wirejson.dumps({"env": {k: env[k] for k in FORWARDED_ENV if k in env}, "config": conf})
     try:
         status, payload = http_post(path, "/v1/ipam" if ipam else "/v1/cni", body.encode(), float(timeout))

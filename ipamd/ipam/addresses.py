@@ -130,9 +130,27 @@ def family_view(rec: IPRecord, pool: AddressPool) -> AddressPool:
     view = pool.family(family)
     if not view.subnets:
         nets = ", ".join(str(s.network) for s in pool.subnets)
-        raise InvalidConfig(f"IPAddress {rec.name} asks for an IPv{family} address, and pool {pool.meta.display} has "
-                            f"no IPv{family} network ({nets})", "spec.static.ip" if rec.static_ip else "spec.ipFamily")
+        who, field = asker(rec)
+        raise InvalidConfig(f"{who} asks for an IPv{family} address, and pool {pool.meta.display} has "
+                            f"no IPv{family} network ({nets})", field if rec.static_ip else "spec.ipFamily")
     return view
+
+
+API_KIND = "api"  # the kind of a gRPC client's record (``api/<owner>``)
+
+
+def asker(rec: IPRecord) -> tuple[str, str]:
+    """Who asks for ``rec``'s exact address, in an error's words, and the field it asked in: a gRPC client's request
+    (``address``) is no IPAddress manifest (``spec.static.ip``), and its refusals name what the client sent."""
+    if rec.kind == API_KIND:
+        return f"API client {rec.name}", "address"
+    return f"IPAddress {rec.name}", "spec.static.ip"
+
+
+def holder_words(holder: str) -> str:
+    """A lease's holder in an error's words (``api/<owner>`` is a gRPC client)."""
+    kind, _, owner = holder.partition("/")
+    return f"API client {owner}" if kind == API_KIND else holder
 
 
 class _Either:
@@ -258,8 +276,9 @@ class Ipam:
         if lease is not None and lease.pool != pkey:  # the Network moved to another pool: start over
             self._orphan(lease, now)
             lease = None
+        who, field = asker(rec)
         if lease is None and secured.elsewhere:
-            raise AddressConflict(f"IPAddress {rec.name}: {rec.static_ip} is already leased elsewhere", "spec.static.ip")
+            raise AddressConflict(f"{who}: {rec.static_ip} is already leased elsewhere", field)
         if lease is None and secured.lease is not None and secured.lease.pool == pkey:
             held = self.store.lease_at(pkey, secured.lease.ip)
             if held is None or (held.holder is None and rec.type == "Static"):  # still free here (or quarantined)
@@ -273,16 +292,15 @@ class Ipam:
                 ip = to_int(rec.static_ip)
                 subnet = subnet_for(pool, ip)
                 if subnet is None:
-                    raise InvalidConfig(f"IPAddress {rec.name}: {rec.static_ip} is outside pool {pool.meta.name}",
-                                        "spec.static.ip")
+                    raise InvalidConfig(f"{who}: {rec.static_ip} is outside pool {pool.meta.name}", field)
                 held = self.store.lease_at(pkey, ip)
                 if held is not None and held.holder not in (None, rec.key):
-                    raise AddressConflict(f"IPAddress {rec.name}: {rec.static_ip} is already leased to {held.holder}",
-                                          "spec.static.ip")
+                    raise AddressConflict(f"{who}: {rec.static_ip} is already leased to {holder_words(held.holder)}",
+                                          field)
                 if (pkey, ip) in self._securing:  # another call's pick, its claim out: ours could undo its object
-                    raise TryAgainLater(f"IPAddress {rec.name}: {rec.static_ip} is being claimed on this node for "
-                                        "another call right now", "spec.static.ip")
-                raise CacheMoved(f"IPAddress {rec.name}: {rec.static_ip} was not claimed beyond this node")
+                    raise TryAgainLater(f"{who}: {rec.static_ip} is being claimed on this node for another call right "
+                                        "now", field)
+                raise CacheMoved(f"{who}: {rec.static_ip} was not claimed beyond this node")
             else:
                 if self.registry.held_by(rec.key, pkey) is None:
                     self._none_free(pool, pkey, now)
@@ -465,8 +483,11 @@ class Ipam:
             return
         if self.expire(pkey, now) and pick_free(pool, self._taken(pkey, lost), 0) is not None:  # ended lazily
             return
+        # the leases over this pool's own addresses: an inline range's key is its whole space's (every range of the
+        # network_name), whose other leases are no part of its size
+        used = sum(1 for ip in self.store.taken_ips(pkey) if in_ranges(pool, ip))
         raise PoolExhausted(f"pool {pool.meta.display} has no free address",
-                            f"{len(self.store.taken_ips(pkey))} of {pool.size} addresses leased or quarantined")
+                            f"{used} of {pool.size} addresses leased or quarantined")
 
     def _orphan(self, lease: LeaseRecord, now: float) -> None:
         orphan = self.store.orphan_lease(lease, now)
@@ -521,10 +542,11 @@ class Ipam:
             return None
         return rec, lease
 
-    def lease_alone(self, rec: IPRecord, pool: AddressPool) -> tuple[IPRecord, LeaseRecord]:
+    def lease_alone(self, rec: IPRecord, pool: AddressPool,
+                    fit: Callable[[IPRecord], IPRecord] = lambda rec: rec) -> tuple[IPRecord, LeaseRecord]:
         """Lease ``rec`` its address in a transaction of its own (a user's IPAddress, a gRPC client's lease). The
         record is read again under the lock (``rec`` says only whether it is deleted): a CNI call may have made a pod
-        its user, or let one go, since the caller read it."""
+        its user, or let one go, since the caller read it; ``fit`` checks (or refuses) it as read there."""
         def attempt() -> tuple[IPRecord, LeaseRecord]:
             kept = self._kept_while_used(self.store.get_ip(rec.key), pool)
             if kept is not None:
@@ -533,7 +555,7 @@ class Ipam:
                 current = self.store.get_ip(rec.key)
                 if (kept := self._kept_while_used(current, pool)) is not None:
                     return kept
-                now = replace(current, deleted=rec.deleted) if current is not None else rec
+                now = fit(replace(current, deleted=rec.deleted)) if current is not None else rec
                 leased, lease, _ = self.lease_for(now, pool, secured)
             return leased, lease
 
@@ -708,7 +730,8 @@ class Ipam:
     # -- the gRPC API's own leases ---------------------------------------------------------------
     def allocate_for(self, owner: str, pool: AddressPool, address: str = "") -> tuple[IPRecord, LeaseRecord]:
         """Lease an address of ``pool`` to an API client ``owner`` (``address``: exactly that one);
-        the same owner asking again keeps what it has."""
+        the same owner asking again keeps what it has. An owner holds one address: asking for exactly another one
+        is refused, never answered with the one it holds."""
         if not owner:
             raise InvalidConfig("owner is required", "owner")
         _check_address(address)
@@ -716,11 +739,26 @@ class Ipam:
             nets = ", ".join(str(s.network) for s in pool.subnets)
             raise InvalidConfig(f"{address} is outside pool {pool.meta.display} ({nets})", "address")
         key = f"api/{owner}"
-        rec = self.store.get_ip(key) or IPRecord(
-            key=key, kind="api", namespace="", name=owner, network_kind="", network_name="",
+
+        def fit(rec: IPRecord) -> IPRecord:
+            """The owner's record as asked: refused when it holds another address (checked again under the lock)."""
+            if not address:
+                return rec
+            held = self.store.lease_of(key)
+            if held is not None and held.ip != to_int(address):
+                raise AddressConflict(f"API client {owner} holds {held.address}, and an owner holds one address: "
+                                      f"Release {held.address} first to lease {address}, or ask without an address "
+                                      "to keep it", "address")
+            if held is None and rec.static_ip != address:  # holds nothing: what it asks for now
+                return replace(rec, type="Static", static_ip=address)
+            return rec
+
+        stored = self.store.get_ip(key)
+        rec = fit(stored) if stored is not None else IPRecord(
+            key=key, kind=API_KIND, namespace="", name=owner, network_kind="", network_name="",
             type="Static" if address else "Auto", static_ip=address, created_by="api", created_at=self.clock(),
         )
-        return self.lease_alone(rec, pool)
+        return self.lease_alone(rec, pool, fit)
 
     def release_address(self, pool: AddressPool, address: str, force: bool) -> bool:
         """Free ``address`` of ``pool`` deliberately (an operator's ``plexusctl ipam release``); refused

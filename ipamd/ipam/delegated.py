@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from cni.errors import AddressConflict, InvalidConfig, ObjectNotFound, UnknownContainer
+from cni.errors import AddressConflict, InvalidConfig, ObjectNotFound, PoolExhausted, UnknownContainer
 from cni.types import IPConfig, Result, Route, cidr_of
 from ipamd.ipam.addresses import Claim, Ipam, Secured
 from ipamd.ipam.allocator import in_ranges, subnet_for, to_int
@@ -146,6 +146,10 @@ class DelegatedAddresses:
                 except AddressConflict as exc:  # another node holds it
                     raise AddressConflict(f"{rec.static_ip} is already leased on another node",
                                           req.claim_field if claim_obj else req.ips_field) from exc
+                except PoolExhausted as exc:  # an implicit pool is named by its space: the range is what is full
+                    if req.config.range is None:
+                        raise
+                    raise PoolExhausted(f"{_range_name(req.config.range)} has no free address", exc.details) from exc
                 uid, pod_ref = req.user
                 users = dict(zip(rec.used_by_uids, rec.used_by_pods, strict=False)) | {uid: pod_ref}
                 rec = replace(rec, used_by_uids=tuple(users), used_by_pods=tuple(users.values()))
@@ -372,3 +376,7 @@ def _pool_name(pool: AddressPool) -> str:
     return pool.meta.display
 
 
+def _range_name(rng: InlineRange) -> str:
+    """An inline range in an error's words: its network, the addresses it hands out, and its space when named."""
+    space = f" of network_name {rng.space}" if rng.space else ""
+    return f"range {rng.network} ({rng.text}){space}"

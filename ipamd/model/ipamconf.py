@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cni.shim import timeout_problem
 from ipamd.model.cniconf import ConfigInvalid
 from ipamd.model.objects import (
     IPV4_COMPATIBLE,
@@ -208,6 +209,8 @@ def _ttl(ipam: Mapping[str, Any]) -> float:
 
 
 def _routes(ipam: Mapping[str, Any], gateway: str) -> tuple[tuple[str, str], ...]:
+    """The routes, each via its ``gw`` or else the range's ``gateway`` when of its family (a route without ``gw`` of
+    the other family is left to the calling plugin: the link, or the result's gateway of its family)."""
     routes = ipam.get("routes") or []
     if not isinstance(routes, list):
         raise ConfigInvalid("ipam.routes", "must be a list of {dst, gw}")
@@ -215,8 +218,16 @@ def _routes(ipam: Mapping[str, Any], gateway: str) -> tuple[tuple[str, str], ...
     for i, r in enumerate(routes):
         if not isinstance(r, dict) or "dst" not in r:
             raise ConfigInvalid(f"ipam.routes[{i}]", "must be {dst, gw}")
-        gw = str(ipaddress.ip_address(_ip(r["gw"], f"ipam.routes[{i}].gw"))) if r.get("gw") else gateway
-        out.append((str(_net(r["dst"], f"ipam.routes[{i}].dst")), gw))
+        dst = _net(r["dst"], f"ipam.routes[{i}].dst")
+        if r.get("gw"):
+            gw = ipaddress.ip_address(_ip(r["gw"], f"ipam.routes[{i}].gw"))
+            if gw.version != dst.version:  # the calling plugin's route add would fail on it
+                raise ConfigInvalid(f"ipam.routes[{i}].gw", f"{gw} is not an IPv{dst.version} address, as the "
+                                                            f"route's dst {dst} is")
+            out.append((str(dst), str(gw)))
+        else:
+            out.append((str(dst), gateway if gateway and ipaddress.ip_address(gateway).version == dst.version
+                        else ""))
     return tuple(out)
 
 
@@ -247,9 +258,9 @@ def _client_keys(ipam: Mapping[str, Any]) -> None:
                                    socket.endswith(SOCKET_NAME)):
         raise ConfigInvalid("ipam.socket", f"must be the absolute path of a daemon's {SOCKET_NAME}")
     timeout = ipam.get("timeoutSeconds")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or not 0 < timeout <= 3600):
-        raise ConfigInvalid("ipam.timeoutSeconds", "must be a number of seconds between 0 and 3600")
+    problem = timeout_problem(timeout) if timeout is not None else ""
+    if problem:
+        raise ConfigInvalid("ipam.timeoutSeconds", problem)
 
 
 def parse_ipam_config(ipam: Any) -> IpamConfig:

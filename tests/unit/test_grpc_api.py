@@ -19,6 +19,7 @@ from ipamd.model.objects import API_VERSION, parse_object
 from ipamd.server.grpc_api import CNI_CODE_KEY, IpamService, serve
 from tests.fakes.source import FakeSource
 from tests.fakes.store import MemoryStore
+from tests.unit.test_plexus_ipam import Node
 
 POOL = pb.PoolRef(kind="IPAddressPool", namespace="apps", name="tiny")
 
@@ -70,6 +71,55 @@ def test_an_ipv6_64_is_leased_over_the_api_and_its_count_capped(tmp_path: Path) 
     finally:
         channel.close()
         server.stop(None)
+
+
+
+def test_grpc_allocate_of_an_exact_address_never_answers_another_one() -> None:
+    """proto: ``address``: "optional: exactly this address". An owner that held one address and asked for exactly
+    another was answered, without an error, with the address it held: ``allocate_for`` took the stored record (its
+    old static_ip, or none) and ignored the address asked for. Now it is refused (code 104, ``address``), and the
+    same address asked again is answered as before."""
+    node = Node()
+    service = IpamService(node.store, node.source, node.ipam, list)
+    ref = pb.PoolRef(kind="ClusterIPAddressPool", name="shared")
+    first = service.Allocate(pb.AllocateRequest(pool=ref, owner="vm-1", address="198.18.52.10"), None)
+    assert first.address == "198.18.52.10"
+    try:
+        again = service.Allocate(pb.AllocateRequest(pool=ref, owner="vm-1", address="198.18.52.20"), None)
+    except Exception:  # refused (the servicer aborts the call): fine, as long as no other address is answered
+        return
+    assert again.address == "198.18.52.20", f"asked for exactly 198.18.52.20, answered {again.address}"
+
+
+def test_grpc_allocate_of_an_address_held_by_another_owner_names_the_address_field() -> None:
+    """Every refusal names the offending field of the request: a gRPC Allocate's is ``address``. An address another
+    API owner held was refused with details ``spec.static.ip`` (an IPAddress manifest's field) and a message about
+    "IPAddress <owner>", since ``allocate_for`` reused ``lease_for``'s IPAddress wording as is; now it names
+    ``address`` and the API client."""
+    node = Node()
+    service = IpamService(node.store, node.source, node.ipam, list)
+    ref = pb.PoolRef(kind="ClusterIPAddressPool", name="shared")
+    service.Allocate(pb.AllocateRequest(pool=ref, owner="a", address="198.18.52.9"), None)
+
+    class Aborted(Exception):
+        pass
+
+    class Context:
+        metadata: Any = ()
+        status: Any = None
+
+        def set_trailing_metadata(self, md: Any) -> None:
+            self.metadata = md
+
+        def abort(self, code: Any, details: str) -> None:
+            self.status = (code, details)
+            raise Aborted(details)
+
+    ctx = Context()
+    with pytest.raises(Aborted):
+        service.Allocate(pb.AllocateRequest(pool=ref, owner="b", address="198.18.52.9"), ctx)
+    assert dict(ctx.metadata)["plexus-cni-code"] == "104"
+    assert ctx.status[1].endswith(": address"), ctx.status[1]
 
 
 def test_the_leases_stream_applies_each_operation_on_its_own(stub: Any) -> None:

@@ -191,6 +191,8 @@ def test_the_ips_capability_through_the_pool() -> None:
     ({"range": "198.18.53.0/24", "exclude": ["198.18.54.0/28"]}, {}, 7, "ipam.exclude[0]"),
     ({"range": "198.18.300.0/24"}, {}, 7, "ipam.range"),
     ({"range": "198.18.53.0/24", "etcd_host": "x"}, {}, 7, "ipam.etcd_host"),
+    ({"range": "198.18.53.0/24", "routes": [{"dst": "2001:db8:99::/64", "gw": "198.18.53.1"}]}, {}, 7,
+     "ipam.routes[0].gw"),  # a route via a gateway of the other family
 ])
 def test_bad_input_is_refused_naming_the_field(ipam: dict[str, Any], kw: dict[str, Any], code: int,
                                                field: str) -> None:
@@ -378,3 +380,33 @@ def test_a_range_is_refused_once_a_pool_is_made_over_it_even_after_its_first_add
         return
     pytest.fail(f"the range handed out {got} beside pool ClusterIPAddressPool/late, which handed out "
                 f"{sorted(from_pool)} of the same network")
+
+
+def test_a_route_without_gw_gets_no_gateway_of_the_other_family() -> None:
+    """A Whereabouts route without ``gw`` (the plugin routes it by the result's gateway of the route's family, or on
+    the link) was given the ``gateway`` of the range whatever its family: an IPv6 destination via an IPv4 gateway,
+    which the calling plugin's route add failed on (ipamd/model/ipamconf.py _routes). Now only a gateway of its
+    family is filled in."""
+    node = Node()
+    ipam = {"range": "198.18.53.0/24", "gateway": "198.18.53.1", "routes": [{"dst": "2001:db8:99::/64"}]}
+    try:
+        result = node.call("ADD", ipam)
+    except CniError as exc:  # refused naming the route: also fine
+        assert (exc.code, exc.details) == (7, "ipam.routes[0]"), exc
+        return
+    (route,) = result["routes"]
+    assert route.get("gw", "") == "", f"an IPv6 route via an IPv4 gateway: {route}"
+
+
+def test_an_exhausted_ranges_error_counts_its_own_addresses() -> None:
+    """A full range answered code 100 with the counts; they were the whole space's leases (every range of the
+    network_name) over this range's size, e.g. "3 of 1 addresses leased", which is no count of anything, and it was
+    named "ImplicitPool unnamed". Now the leases over its own addresses are counted, and the range is named."""
+    node = Node()
+    node.call("ADD", {"range": "198.18.53.0/24"}, container="big-1", network="nad-b")  # .1, the same space
+    node.call("ADD", {"range": "198.18.53.0/24"}, container="big-2", network="nad-b")  # .2
+    small = {"range": "198.18.53.0/30", "gateway": "198.18.53.1"}  # hands out .2 alone
+    err = node.error("ADD", small)
+    assert err.code == 100
+    used, _, size = err.details.split()[:3]
+    assert int(used) <= int(size), err.details

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cni import shim
 from cni.shim import main
 from cni.version import SUPPORTED_VERSIONS
 
@@ -529,6 +530,8 @@ def test_the_name_it_runs_under_picks_the_role(tmp_path: Path) -> None:
     ({"socket": "/run/containerd/containerd.sock"}, "ipam.socket"),  # a NAD's author may name no other socket
     ({"socket": "relative/plexus-ipam.sock"}, "ipam.socket"),
     ({"timeoutSeconds": "soon"}, "ipam.timeoutSeconds"),
+    ({"timeoutSeconds": 0}, "ipam.timeoutSeconds"),  # refused, as the daemon does: not the default
+    ({"timeoutSeconds": 3601}, "ipam.timeoutSeconds"),
 ])
 def test_as_plexus_ipam_its_client_keys_are_checked(ipam: dict[str, Any], field: str) -> None:
     c = {"cniVersion": "1.0.0", "name": "nad-a", "type": "macvlan", "ipam": {"type": "plexus-ipam", **ipam}}
@@ -546,3 +549,37 @@ def test_an_ifname_longer_than_15_bytes_is_refused_as_libcni_and_the_kernel_do()
     assert len(name) <= 15 < len(name.encode())
     err = error_of(env_for("ADD", CNI_IFNAME=name), conf())
     assert (err["code"], err["details"]) == (4, "CNI_IFNAME"), err
+
+
+@pytest.mark.parametrize("timeout", ["NaN", "Infinity", "1e300"])
+def test_the_shim_refuses_a_timeout_the_daemon_refuses_naming_it(tmp_path: Any, timeout: str) -> None:
+    """``ipam.timeoutSeconds`` is read by the plugin binary "with the same rules" as the daemon's (0 < t <= 3600,
+    code 7 naming ``ipam.timeoutSeconds``). The shim checked only ``> 0``: NaN reached ``socket.settimeout`` and was
+    answered code 11 "plexus-ipamd is not reachable" (the runtime retried for ever), Infinity and 1e300 overflowed it
+    and answered code 999 (cni/shim.py forward). Now both apply ``timeout_problem``."""
+    path = str(tmp_path / "plexus-ipam.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen(4)
+
+    def serve() -> None:  # a daemon that answers every call with an empty result
+        try:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                body = b'{"cniVersion": "1.0.0", "ips": []}'
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        except OSError:
+            pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "net1"}
+    conf = ('{"cniVersion": "1.0.0", "name": "n", "type": "macvlan", "ipam": {"type": "plexus-ipam", '
+            f'"socket": "{path}", "timeoutSeconds": {timeout}}}}}')
+    out = io.StringIO()
+    try:
+        assert shim.main(env, io.BytesIO(conf.encode()), out, ipam=True) == 1
+    finally:
+        server.close()
+    err = json.loads(out.getvalue())
+    assert (err["code"], err["details"]) == (7, "ipam.timeoutSeconds"), err
