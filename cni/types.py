@@ -116,7 +116,10 @@ class Result:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Result:
-        """Read a result of any supported version (e.g. a ``prevResult``)."""
+        """Read a result of any supported version (e.g. a ``prevResult``); one of 0.1.0 or 0.2.0 (``ip4``, ``ip6``)
+        converted as libcni converts it: its addresses and routes, on no interface."""
+        if ("ip4" in d or "ip6" in d) and "ips" not in d:
+            d = _from_020(d)
         try:
             return cls(
                 tuple(Interface.from_dict(i) for i in d.get("interfaces") or ()),
@@ -137,6 +140,18 @@ class Result:
             prev.interfaces + self.interfaces, prev.ips + ips, prev.routes + self.routes,
             prev.dns or self.dns,
         )
+
+
+def _from_020(d: dict[str, Any]) -> dict[str, Any]:
+    """A 0.1.0/0.2.0 result in the shape of later ones (``ip4``/``ip6`` → ``ips`` and ``routes``)."""
+    ips, routes = [], list(d.get("routes") or [])
+    for key in ("ip4", "ip6"):
+        section = d.get(key)
+        if not isinstance(section, dict):
+            continue
+        ips.append({"address": section.get("ip"), **({"gateway": section["gateway"]} if section.get("gateway") else {})})
+        routes += section.get("routes") or []
+    return {**{k: v for k, v in d.items() if k not in ("ip4", "ip6")}, "ips": ips, "routes": routes}
 
 
 def cidr_of(address: str, network: str) -> str:

@@ -85,6 +85,7 @@ class Chain:
     def delete(self, inv: Invocation, prev: Mapping[str, Any] | None = None, netns: str | None = None) -> list[str]:
         """DEL every plugin in reverse, each tried whatever the others did; the failures, one line each."""
         errors: list[str] = []
+        prev = prev if inv.version >= (0, 4, 0) else None  # (as libcni: a DEL's prevResult came with 0.4.0)
         for i in reversed(range(len(inv.conflist["plugins"]))):
             try:
                 self._run(inv, "DEL", i, prev, netns)

@@ -182,15 +182,16 @@ def status_entry(name: str, interface: str, ips: Iterable[str], mac: str = "", d
 
 
 def entry_from_result(name: str, result: Mapping[str, Any], default: bool = False,
-                      device_info: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+                      device_info: Mapping[str, Any] | None = None, ifname: str = "") -> dict[str, Any] | None:
     """The entry of a delegate's CNI result: its first interface in the pod (one with a ``sandbox``), the
     addresses on it (NPWG §5.2) and the gateways of its default routes; None when the result names no pod
-    interface."""
+    interface, unless it names addresses on none (a 0.1.0/0.2.0 result) and ``ifname`` is the interface the
+    delegate was asked for: then that one."""
     interfaces = result.get("interfaces") or []
     index = next((i for i, itf in enumerate(interfaces) if itf.get("sandbox")), None)
-    if index is None:
+    if index is None and not (ifname and not interfaces and result.get("ips")):
         return None
-    itf = interfaces[index]
+    itf = interfaces[index] if index is not None else {"name": ifname}
     ips = [ip for ip in result.get("ips") or [] if ip.get("interface") in (index, None)]
     gateways = [r["gw"] for r in result.get("routes") or [] if r.get("dst") in ("0.0.0.0/0", "::/0") and r.get("gw")]
     return status_entry(name, str(itf.get("name", "")), [ip["address"] for ip in ips], str(itf.get("mac", "")),

@@ -35,7 +35,7 @@ def network_status(interfaces: list[BuiltInterface], cluster: tuple[str, dict[st
             out.append(entry)
     for iface in interfaces:
         entry = entry_from_result(iface.network_key.split("/", 1)[1], iface.result, default=iface.default,
-                                  device_info=iface.device_info or None)
+                                  device_info=iface.device_info or None, ifname=iface.if_name)
         if entry is not None:
             out.append(entry)
     return out

@@ -19,6 +19,7 @@ from cni.errors import CniError, IOFailure
 from ipamd.drivers.delegate import DelegateDriver
 from ipamd.invoke.chain import Chain, Invocation
 from ipamd.invoke.exec import Exec
+from ipamd.publish.render import network_status
 from ipamd.store.records import BuiltInterface
 from tests.fakes.exec import Expected, FakeExec
 
@@ -200,3 +201,34 @@ def test_gc_reaches_every_configuration_even_when_two_nads_share_a_configuration
     assert by_plugin["macvlan"] == by_plugin["ipvlan"] == [{"containerID": "c1", "ifname": "net1"},
                                                            {"containerID": "c2", "ifname": "net1"}], \
         "each told every valid attachment of the name (the plugins' state is kept by it)"
+
+
+
+def test_a_delegates_0_2_0_result_keeps_its_address() -> None:
+    """A NAD of ``cniVersion: 0.2.0`` is accepted (``as_conflist`` checks no version) and its plugin answers in
+    0.2.0's shape (``ip4``/``ip6``, no ``interfaces``/``ips``). ``Result.from_dict`` (cni/types.py) read only the
+    0.3+ keys, so the delegate's share was empty: Plexus answered the runtime without the address, and the pod's
+    network-status had no entry for the interface at all. Now converted as libcni does, and the entry is the
+    interface the delegate was asked for."""
+    conflist = {"cniVersion": "0.2.0", "name": "old", "plugins": [{"type": "macvlan", "master": "eth1"}]}
+    result_020 = {"cniVersion": "0.2.0", "ip4": {"ip": "198.18.0.5/24", "gateway": "198.18.0.1"}, "dns": {}}
+    driver = DelegateDriver(Chain(FakeExec(Expected("macvlan", "ADD", result_020))))
+    iface = _kept(conflist, "c1")
+    try:
+        built = driver.build(None, iface, contextlib.ExitStack())  # type: ignore[arg-type]  # ctx: no default route
+    except CniError:
+        return  # refused: acceptable
+    assert [ip.address for ip in built.result.ips] == ["198.18.0.5/24"], "the delegate's address was dropped"
+    status = network_status([BuiltInterface(**{**{f: getattr(iface, f) for f in BuiltInterface.__slots__},
+                                               "result": built.result.to_dict()})])
+    assert status and status[0]["ips"] == ["198.18.0.5"]
+
+
+@pytest.mark.parametrize("version,given", [("0.3.1", False), ("0.4.0", True), ("1.0.0", True)])
+def test_a_del_gets_the_cached_result_as_prev_result_from_0_4_0_on(version: str, given: bool) -> None:
+    """libcni passes a DEL the cached result only from 0.4.0 on; a plugin of an older version was given one too."""
+    res = {"cniVersion": version, "interfaces": [{"name": "net1", "sandbox": "/run/netns/x"}],
+           "ips": [{"address": "198.18.0.5/24", "interface": 0}]}
+    fake = FakeExec(Expected("bridge", "DEL"))
+    Chain(fake).delete(_inv({"cniVersion": version, "name": "n", "plugins": [{"type": "bridge"}]}), res)
+    assert ("prevResult" in fake.calls[0][3]) is given
