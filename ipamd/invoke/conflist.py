@@ -11,6 +11,7 @@ the exec seam (``ipamd.invoke.exec``).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,8 @@ from cni.errors import CniError, InvalidConfig
 from ipamd.invoke.chain import Chain, Invocation
 from ipamd.invoke.exec import Exec, PluginExec
 from ipamd.model.objects import POD_ANNOTATIONS_CAPABILITY
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONF_DIR = "/etc/cni/net.d"
 DEFAULT_CNI_PATH = "/opt/cni/bin"
@@ -98,8 +101,12 @@ class Runtime:
         """DEL every plugin in reverse order; returns the failures (DEL goes on past them)."""
         cache = self._cache_path(conflist, pod)
         if prev is None and os.path.exists(cache):
-            with open(cache, encoding="utf-8") as fh:
-                prev = json.load(fh) or None
+            try:
+                with open(cache, encoding="utf-8") as fh:
+                    prev = json.load(fh) or None
+            except (OSError, ValueError) as exc:  # as libcni: DEL goes on without it (the plugins tolerate that)
+                log.warning("the cached result %s cannot be read (%s): DEL without prevResult", cache, exc)
+                prev = None
         netns = pod.netns if os.path.exists(pod.netns) else ""
         errors = self.chain.delete(self._invocation(conflist, pod, netns), prev)
         if not errors and os.path.exists(cache):

@@ -71,6 +71,15 @@ def _ips(value: Any, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _gateways(value: Any, where: str) -> tuple[str, ...]:
+    """``default-route``: gateway addresses, never with a prefix (a route's ``gw``)."""
+    found = _ips(value, where)
+    for v in found:
+        if "/" in v:
+            raise AnnotationInvalid(f"{where} {v!r} is a gateway address: give it without a prefix", where)
+    return found
+
+
 def _typed(value: Any, typ: type, what: str, where: str) -> Any:
     if not isinstance(value, typ):
         raise AnnotationInvalid(f"{where} must be {what}", where)
@@ -97,7 +106,7 @@ def _element(i: int, item: Any, namespace: str) -> NetworkElement:
     runtime: dict[str, Any] = {}
     for key, value in item.items():
         target = KEYS.get(key)
-        if target is not None:
+        if target is not None and value not in ([], "", {}, None):  # an empty one asks for nothing (as Multus)
             runtime[target] = value
     if ips:
         runtime["ips"] = list(ips)
@@ -109,7 +118,7 @@ def _element(i: int, item: Any, namespace: str) -> NetworkElement:
             _typed(item[key], typ, what, f"{where}.{key}")
     return NetworkElement(
         name=name, namespace=ns, where=where, interface=interface, ips=ips, mac=mac,
-        default_route=_ips(item["default-route"], f"{where}.default-route") if "default-route" in item else (),
+        default_route=_gateways(item["default-route"], f"{where}.default-route") if "default-route" in item else (),
         cni_args=dict(_typed(item.get("cni-args") or {}, dict, "a map of CNI args", f"{where}.cni-args")),
         runtime=runtime, ipam_claim=claim,
     )

@@ -15,10 +15,12 @@ from typing import Any
 
 import pytest
 
-from cni.errors import CniError, IOFailure
+from cni.errors import AnnotationInvalid, CniError, IOFailure
 from ipamd.drivers.delegate import DelegateDriver
 from ipamd.invoke.chain import Chain, Invocation
+from ipamd.invoke.conflist import PodIdentity, Runtime
 from ipamd.invoke.exec import Exec
+from ipamd.model.npwg import parse_networks
 from ipamd.publish.render import network_status
 from ipamd.store.records import BuiltInterface
 from tests.fakes.exec import Expected, FakeExec
@@ -74,9 +76,6 @@ def test_an_add_that_prints_no_result_fails_with_code_5(tmp_path: Path) -> None:
         chain.add(_inv({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "quiet"}]}, str(tmp_path)))
 
 
-
-
-
 def test_a_plugin_that_hangs_before_reading_a_large_config_is_killed_at_its_deadline(tmp_path: Path) -> None:
     """``_communicate`` wrote the whole stdin with a blocking ``proc.stdin.write`` before the deadline loop
     started. A configuration larger than a pipe's buffer (64 KiB: a pod's ``cni-args`` alone may be 256 KiB) to a
@@ -110,13 +109,11 @@ def test_a_large_configuration_reaches_a_plugin_that_reads_it_slowly_whole(tmp_p
     assert run.result["got"] == len(json.dumps(config)) and run.result["blob"] == 300_000
 
 
-
 def _kept(conflist: dict[str, Any], container: str, ifname: str = "net1") -> BuiltInterface:
     inv = _inv(conflist, container=container, ifname=ifname)
     return BuiltInterface(if_name=ifname, kind="delegate", network_key="NetworkAttachmentDefinition/x/y",
                           network_type="NetworkAttachmentDefinition", network_name="x/y",
                           driver={"invocation": inv.to_dict(), "defaultRoute": []})
-
 
 
 def test_the_rollback_del_of_an_added_delegate_gets_its_result_as_prev_result() -> None:
@@ -137,7 +134,6 @@ def test_the_rollback_del_of_an_added_delegate_gets_its_result_as_prev_result() 
     assert len(dels) == 2 and all(c.get("prevResult") == res for c in dels), "DEL without prevResult"
 
 
-
 def _npwg_node(fake: FakeExec, npwg: str) -> Any:
     from tests.unit.test_attacher import Node, obj
     from tests.unit.test_networks import nad
@@ -151,7 +147,6 @@ def _npwg_node(fake: FakeExec, npwg: str) -> Any:
     node.source.add(nad("second", {"cniVersion": "1.0.0", "plugins": [
         {"type": "ipvlan", "master": "eth2", "ipam": {**ipam, "range": "198.18.72.0/24"}}, {"type": "tuning"}]}, "apps"))
     return node
-
 
 
 def test_a_delegate_whose_rollback_del_failed_is_deled_again_by_the_runtimes_del() -> None:
@@ -174,7 +169,6 @@ def test_a_delegate_whose_rollback_del_failed_is_deled_again_by_the_runtimes_del
         "the runtime's DEL never reached the delegate whose rollback DEL failed"
 
 
-
 def test_gc_goes_on_to_the_next_plugin_when_one_fails() -> None:
     """CNI 1.1 GC: 'continue past errors' (libcni GCNetworkList joins the errors and GCs every plugin).
     ``Chain.gc`` stopped at the first plugin that failed: the IPAM plugin after it kept its stale leases."""
@@ -183,7 +177,6 @@ def test_gc_goes_on_to_the_next_plugin_when_one_fails() -> None:
     with contextlib.suppress(CniError):
         Chain(fake).gc(inv, [])
     assert [(p, v) for p, v, _, _ in fake.calls] == [("macvlan", "GC"), ("host-local", "GC")]
-
 
 
 def test_gc_reaches_every_configuration_even_when_two_nads_share_a_configuration_name() -> None:
@@ -201,7 +194,6 @@ def test_gc_reaches_every_configuration_even_when_two_nads_share_a_configuration
     assert by_plugin["macvlan"] == by_plugin["ipvlan"] == [{"containerID": "c1", "ifname": "net1"},
                                                            {"containerID": "c2", "ifname": "net1"}], \
         "each told every valid attachment of the name (the plugins' state is kept by it)"
-
 
 
 def test_a_delegates_0_2_0_result_keeps_its_address() -> None:
@@ -232,3 +224,39 @@ def test_a_del_gets_the_cached_result_as_prev_result_from_0_4_0_on(version: str,
     fake = FakeExec(Expected("bridge", "DEL"))
     Chain(fake).delete(_inv({"cniVersion": version, "name": "n", "plugins": [{"type": "bridge"}]}), res)
     assert ("prevResult" in fake.calls[0][3]) is given
+
+
+def test_default_route_must_hold_gateway_addresses_not_cidrs() -> None:
+    """NPWG §4: ``default-route`` is a list of IPs (gateways). ``_element`` validated it with ``_ips``, which also
+    accepts ``198.18.97.1/24``: the annotation passed, and the ADD failed later in the kernel (``set_default_route``
+    with a gateway ``x/24``, code 105) instead of code 102 naming the field."""
+    with pytest.raises(AnnotationInvalid) as err:
+        parse_networks(json.dumps([{"name": "a", "default-route": ["198.18.97.1/24"]}]), "ns")
+    assert err.value.details == "k8s.v1.cni.cncf.io/networks[0].default-route"
+
+
+def test_plexusctl_del_goes_on_when_the_cached_result_is_unreadable(tmp_path: Path) -> None:
+    """``Runtime.delete`` ``json.load``ed the cached result unguarded: a truncated cache file (a crash while it was
+    written) made ``plexusctl pod rm`` die with a ValueError, and no plugin was DEL'd. libcni drops a cache it cannot
+    read and DELs without ``prevResult``."""
+    netns = tmp_path / "netns"
+    netns.write_text("")
+    fake = FakeExec(Expected("a", "DEL"))
+    rt = Runtime(str(tmp_path), str(tmp_path / "cache"), plugins=fake)
+    pod = PodIdentity("ns", "p", "uid", "c1", str(netns))
+    conflist = {"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "a"}]}
+    (tmp_path / "cache").mkdir()
+    Path(rt._cache_path(conflist, pod)).write_text('{"cniVersion": "1.0.0", "interf')
+    assert rt.delete(conflist, pod) == []
+    assert [(p, v) for p, v, _, _ in fake.calls] == [("a", "DEL")]
+
+
+@pytest.mark.parametrize("key,value", [("ips", []), ("mac", "")])
+def test_an_empty_capability_key_asks_for_nothing_and_is_not_refused(key: str, value: Any) -> None:
+    """``_element`` copied every capability key into ``runtime`` raw before it looked at the value, so ``"ips": []``
+    or ``"mac": ""`` (what templating tools emit for 'none') on a NAD without that capability failed the ADD with
+    code 102, though nothing is asked for. Multus sets a capability only for a non-empty request."""
+    from tests.unit.test_networks import ANN, wanted
+
+    (w,) = wanted({ANN: json.dumps([{"name": "bridge-net", key: value}])})
+    assert w.request.delegate is not None and key not in w.request.delegate.runtime_config
