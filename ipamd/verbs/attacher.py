@@ -133,7 +133,9 @@ class Attacher:
         with self.locks.hold(call.key):
             existing = self.store.get_attachment(*call.key)
             if existing is not None and existing.state == "ready":
-                return Result.from_dict(existing.result).merged_after(prev).to_dict(call.version)
+                taken = _defaults_taken(gw for i in existing.interfaces for gw in i.driver.get("defaultRoute") or ())
+                shown = _without_defaults(prev, taken) if prev is not None else None
+                return Result.from_dict(existing.result).merged_after(shown).to_dict(call.version)
             if existing is not None:  # a crashed ADD or DEL of this attachment: finish it first
                 self._teardown(existing)
             require_listed(self.source)
@@ -146,6 +148,10 @@ class Attacher:
             try:
                 self._wait_for_cluster_network(conf)
                 wanted = self.networks.wanted(call, pod, prev, conf)
+                # the network Plexus is chained after no longer has the pod's default route of a family an
+                # interface asked for (NPWG default-route): neither in the answer nor in network-status (as Multus)
+                taken = _defaults_taken(gw for w in wanted for gw in w.request.default_route)
+                prev = _without_defaults(prev, taken) if prev is not None else None
                 result = self._add(call, pod, wanted, prev)
             except CniError as err:
                 self.publisher.failed(pod, f"{err} ({err.note})" if err.note else str(err))
@@ -183,6 +189,9 @@ class Attacher:
             sent = self._status_ahead(pod, record, [iface for _, iface, _ in planned], call.netns, render, undo)
             built = (self._build_at_once(pod_side, planned, undo, left) if at_once else
                      [(w, iface, self._build(pod_side, w, iface, undo, left)) for w, iface, _ in planned])
+            taken = _defaults_taken(gw for _, iface, _ in built for gw in iface.driver.get("defaultRoute") or ())
+            built = [(w, iface, done if done is None or iface.driver.get("defaultRoute") else
+                      replace(done, result=_without_defaults(done.result, taken))) for w, iface, done in built]
             interfaces = [_with(iface, done) for _, iface, done in built if done is not None]
             result = _merged(done.result for _, _, done in built if done is not None)
             used = self._ready(pod, record, interfaces, result, render)
@@ -567,6 +576,18 @@ def _status_of(uid: str, namespace: str, name: str, records: list[AttachmentReco
         return None
     return PodStatus(uid, namespace, name, tuple(e for a in ready for e in a.networks_status), time.time(),
                      tuple(e for a in ready for e in a.network_status))
+
+
+def _defaults_taken(gateways: Iterable[str]) -> set[str]:
+    """The default routes (their ``dst``) that interfaces asking for the pod's default route took over."""
+    return {"::/0" if ":" in gw else "0.0.0.0/0" for gw in gateways}
+
+
+def _without_defaults(result: Result, taken: set[str]) -> Result:
+    """``result`` without the default routes another interface took over: the kernel's route was replaced."""
+    if not taken:
+        return result
+    return replace(result, routes=tuple(r for r in result.routes if r.dst not in taken))
 
 
 def _merged(parts: Iterable[Result]) -> Result:

@@ -260,3 +260,57 @@ def test_an_empty_capability_key_asks_for_nothing_and_is_not_refused(key: str, v
 
     (w,) = wanted({ANN: json.dumps([{"name": "bridge-net", key: value}])})
     assert w.request.delegate is not None and key not in w.request.delegate.runtime_config
+
+
+
+def test_default_route_on_a_nad_takes_the_gateway_off_the_cluster_networks_status_and_result(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plexus as the node's only CNI configuration (``clusterNetwork``), a pod asking ``default-route`` on net1.
+    ``set_default_route`` deletes eth0's default route in the pod, but eth0's share of the result was left as the
+    cluster plugin returned it (the delegate driver only adds net1's route): the answer to the runtime held two
+    0.0.0.0/0 routes, and network-status still said eth0 (``default: true``) has gateway 10.244.0.1 while the pod's
+    default route goes through net1. Multus filters the cluster network's gateway out of its result and status
+    (``IsFilterGateway`` → ``DeleteDefaultGW``)."""
+    import ipamd.drivers.delegate as delegate_mod
+    from tests.unit.test_networks import nad
+
+    monkeypatch.setattr(delegate_mod.links, "set_default_route", lambda pod, ifn, gws: [])
+    eth0 = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "/run/netns/app"}],
+            "ips": [{"address": "10.244.0.5/24", "interface": 0, "gateway": "10.244.0.1"}],
+            "routes": [{"dst": "0.0.0.0/0", "gw": "10.244.0.1"}]}
+    net1 = {"cniVersion": "1.0.0", "interfaces": [{"name": "net1", "sandbox": "/run/netns/app"}],
+            "ips": [{"address": "198.18.97.5/24", "interface": 0}]}
+    fake = FakeExec(Expected("flannel", "ADD", eth0), Expected("macvlan", "ADD", net1))
+    node = _npwg_node(fake, json.dumps([{"name": "plain", "default-route": ["198.18.97.1"]}]))
+    node.source.add(nad("cbr0", {"cniVersion": "1.0.0", "type": "flannel"}, "kube-system"))
+    node.source.add(nad("plain", {"cniVersion": "1.0.0", "type": "macvlan", "master": "eth1"}, "apps"))
+    result = node.call("ADD", config={"clusterNetwork": "kube-system/cbr0"})
+    defaults = [r for r in result.get("routes", []) if r["dst"] == "0.0.0.0/0"]
+    assert defaults == [{"dst": "0.0.0.0/0", "gw": "198.18.97.1"}], f"the answer's default routes: {defaults}"
+    status = {e["interface"]: e for e in node.store.pod_status("uid-app").network_status}
+    assert "gateway" not in status["eth0"], status["eth0"]
+    assert status["net1"]["gateway"] == ["198.18.97.1"]
+
+
+def test_default_route_on_a_nad_takes_the_gateway_off_the_network_plexus_is_chained_after(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same with Plexus chained after the cluster network's plugin: its ``prevResult``'s default route is the
+    one the pod no longer has, in the answer (and on an ADD retried) and in network-status."""
+    import ipamd.drivers.delegate as delegate_mod
+    from tests.unit.test_networks import nad
+
+    monkeypatch.setattr(delegate_mod.links, "set_default_route", lambda pod, ifn, gws: [])
+    eth0 = {"cniVersion": "1.1.0", "interfaces": [{"name": "eth0", "sandbox": "/run/netns/app"}],
+            "ips": [{"address": "10.244.0.5/24", "interface": 0, "gateway": "10.244.0.1"}],
+            "routes": [{"dst": "0.0.0.0/0", "gw": "10.244.0.1"}, {"dst": "10.96.0.0/12", "gw": "10.244.0.1"}]}
+    net1 = {"cniVersion": "1.0.0", "interfaces": [{"name": "net1", "sandbox": "/run/netns/app"}],
+            "ips": [{"address": "198.18.97.5/24", "interface": 0}]}
+    fake = FakeExec(Expected("macvlan", "ADD", net1))
+    node = _npwg_node(fake, json.dumps([{"name": "plain", "default-route": ["198.18.97.1"]}]))
+    node.source.add(nad("plain", {"cniVersion": "1.0.0", "type": "macvlan", "master": "eth1"}, "apps"))
+    for _ in range(2):  # the ADD, then the runtime's retry of it
+        result = node.call("ADD", config={"prevResult": eth0})
+        assert [r["gw"] for r in result["routes"] if r["dst"] == "0.0.0.0/0"] == ["198.18.97.1"]
+        assert {"dst": "10.96.0.0/12", "gw": "10.244.0.1"} in result["routes"], "other routes stay"
+    status = {e["interface"]: e for e in node.store.pod_status("uid-app").network_status}
+    assert "gateway" not in status["eth0"] and status["net1"]["gateway"] == ["198.18.97.1"], status
