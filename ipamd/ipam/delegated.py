@@ -304,8 +304,20 @@ class DelegatedAddresses:
         self._refuse_range(owner, rng, field)
         key = f"{owner}|{rng.network}|{rng.text}"
         if self.store.get_implicit_pool(key) is None:
+            self._forget_ranges_of(owner)
             self.store.put_implicit_pool(ImplicitPoolRecord(key, owner, space_key(rng.space), str(rng.network),
                                                             rng.ranges, rng.ttl_s, rng.overlapping, self.clock()))
+
+    def _forget_ranges_of(self, owner: str) -> None:
+        """A configuration given another range: its earlier ranges that hold no lease (nor quarantine) are no
+        longer its own, so they no longer refuse another configuration's range (``enable_overlapping_ranges``),
+        nor show in ``plexusctl ipam pools``."""
+        for old in self.store.implicit_pools():
+            if old.owner != owner:
+                continue
+            held = self.store.leases_in_pool(old.pool)
+            if not any(a <= ip <= b for ip in held for a, b in old.ranges):
+                self.store.delete_implicit_pool(old.key)
 
     def _refuse_range(self, owner: str, rng: InlineRange, field: str) -> None:
         """A range that would overlap another configuration's range when it asks not to share addresses with it, or

@@ -410,3 +410,19 @@ def test_an_exhausted_ranges_error_counts_its_own_addresses() -> None:
     assert err.code == 100
     used, _, size = err.details.split()[:3]
     assert int(used) <= int(size), err.details
+
+
+def test_a_range_a_configuration_no_longer_has_does_not_refuse_another_for_ever() -> None:
+    """Implicit pools were recorded per configuration and range and never deleted (no caller of
+    ``delete_implicit_pool``). nad-a moved from 198.18.53.0/24 to 198.18.58.0/24 and holds nothing in the old range;
+    nad-b, with ``enable_overlapping_ranges: false`` over the old range, was refused on this node for ever, naming a
+    range nad-a no longer has (and accepted on every node nad-a never ran on)."""
+    node = Node()
+    node.call("ADD", RANGE, container="old", network="nad-a")
+    node.call("DEL", RANGE, container="old", network="nad-a")
+    node.clock += 3600  # the quarantine is long over
+    node.ipam.expire(None, node.clock)
+    node.call("ADD", {"range": "198.18.58.0/24"}, container="new", network="nad-a")  # nad-a edited
+    assert not [lease for lease in node.store.all_leases() if lease.address.startswith("198.18.53.")]
+    got = node.call("ADD", {"range": "198.18.53.0/25", "enable_overlapping_ranges": False}, network="nad-b")
+    assert got["ips"]
