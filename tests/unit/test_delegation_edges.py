@@ -140,7 +140,7 @@ def _npwg_node(fake: FakeExec, npwg: str) -> Any:
 
     node = Node()
     node.ipam._names = collections.defaultdict(str)  # the spy names Deckhouse leases only
-    node.drivers["delegate"] = DelegateDriver(Chain(fake))
+    node.drivers["delegate"] = DelegateDriver(Chain(fake))  # type: ignore[assignment]
     node.source.add(obj("Pod", "app", {}, uid="uid-app", annotations={"k8s.v1.cni.cncf.io/networks": npwg}))
     ipam = {"type": "plexus-ipam", "range": "198.18.71.0/24"}
     node.source.add(nad("first", {"cniVersion": "1.0.0", "type": "macvlan", "master": "eth1", "ipam": ipam}, "apps"))
@@ -271,10 +271,9 @@ def test_default_route_on_a_nad_takes_the_gateway_off_the_cluster_networks_statu
     0.0.0.0/0 routes, and network-status still said eth0 (``default: true``) has gateway 10.244.0.1 while the pod's
     default route goes through net1. Multus filters the cluster network's gateway out of its result and status
     (``IsFilterGateway`` → ``DeleteDefaultGW``)."""
-    import ipamd.drivers.delegate as delegate_mod
     from tests.unit.test_networks import nad
 
-    monkeypatch.setattr(delegate_mod.links, "set_default_route", lambda pod, ifn, gws: [])
+    monkeypatch.setattr("ipamd.netlink.links.set_default_route", lambda pod, ifn, gws: [])
     eth0 = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "/run/netns/app"}],
             "ips": [{"address": "10.244.0.5/24", "interface": 0, "gateway": "10.244.0.1"}],
             "routes": [{"dst": "0.0.0.0/0", "gw": "10.244.0.1"}]}
@@ -296,10 +295,9 @@ def test_default_route_on_a_nad_takes_the_gateway_off_the_network_plexus_is_chai
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The same with Plexus chained after the cluster network's plugin: its ``prevResult``'s default route is the
     one the pod no longer has, in the answer (and on an ADD retried) and in network-status."""
-    import ipamd.drivers.delegate as delegate_mod
     from tests.unit.test_networks import nad
 
-    monkeypatch.setattr(delegate_mod.links, "set_default_route", lambda pod, ifn, gws: [])
+    monkeypatch.setattr("ipamd.netlink.links.set_default_route", lambda pod, ifn, gws: [])
     eth0 = {"cniVersion": "1.1.0", "interfaces": [{"name": "eth0", "sandbox": "/run/netns/app"}],
             "ips": [{"address": "10.244.0.5/24", "interface": 0, "gateway": "10.244.0.1"}],
             "routes": [{"dst": "0.0.0.0/0", "gw": "10.244.0.1"}, {"dst": "10.96.0.0/12", "gw": "10.244.0.1"}]}

@@ -529,7 +529,7 @@ def test_a_round_leasing_a_static_does_not_write_back_what_it_read_before_an_add
             a.call("ADD", "pa", "uid-pa", "ca")
         return lease_alone(rec, pool)
 
-    a.ipam.lease_alone = add_in_between  # type: ignore[method-assign]
+    a.ipam.lease_alone = add_in_between  # type: ignore[method-assign,assignment]
     rounds_of(a)._sync_ipaddresses(statics_only=True)
     a.ipam.lease_alone = lease_alone  # type: ignore[method-assign]
     assert fired and leased(a) == [("fixed", ("uid-pa",))]

@@ -372,6 +372,7 @@ def test_a_range_is_refused_once_a_pool_is_made_over_it_even_after_its_first_add
     node.call("ADD", RANGE, container="c1")  # records the implicit pool of nad-a's range
     node.source.add(obj("ClusterIPAddressPool", "late", {"pools": [{"network": "198.18.53.0/24"}]}, ns=""))
     pool = node.source.get(CLUSTER_IP_ADDRESS_POOL, "", "late")
+    assert pool is not None
     from_pool = {node.ipam.allocate_for(f"o{i}", pool)[1].address for i in range(4)}  # .1 .2 .3 .4
     try:
         got = node.call("ADD", RANGE, container="c2")["ips"][0]["address"].split("/")[0]

@@ -497,7 +497,7 @@ def test_a_quarantine_cut_at_the_renew_deadline_between_its_two_writes_is_finish
             now[0] += 11  # past the renew deadline (10 s of the Lease's 15)
         return made
 
-    api.patch_status = slow_patch_status  # type: ignore[method-assign]
+    api.patch_status = slow_patch_status  # type: ignore[method-assign,assignment]
     ctl.run_once()
     orphaned = [o for o in api.objs[LEASE_KIND].values() if (o.get("status") or {}).get("orphaningTimestamp")]
     assert orphaned and all(not o["spec"].get("holder") for o in orphaned), \

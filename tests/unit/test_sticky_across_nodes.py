@@ -321,9 +321,11 @@ def test_two_nodes_grpc_clients_of_one_owner_name_never_hold_one_address() -> No
     it up, and was answered n1's address while n1's store and client still held it: one address on two nodes."""
     api = _with_a_vm_claim()
     n1, n2 = ClaimNode(api, "n1"), ClaimNode(api, "n2")
-    _, on_n1 = n1.ipam.allocate_for("client", n1.source.get(CLUSTER_IP_ADDRESS_POOL, "", "tiny"))
+    tiny1, tiny2 = n1.source.get(CLUSTER_IP_ADDRESS_POOL, "", "tiny"), n2.source.get(CLUSTER_IP_ADDRESS_POOL, "", "tiny")
+    assert tiny1 is not None and tiny2 is not None
+    _, on_n1 = n1.ipam.allocate_for("client", tiny1)
     n1.outbox.flush()
-    _, on_n2 = n2.ipam.allocate_for("client", n2.source.get(CLUSTER_IP_ADDRESS_POOL, "", "tiny"))
+    _, on_n2 = n2.ipam.allocate_for("client", tiny2)
     n2.outbox.flush()
     assert n1.store.lease_at(on_n1.pool, on_n1.ip) is not None, "n1 still holds it"
     assert on_n2.address != on_n1.address, f"{on_n1.address} held by n1's and n2's stores at once"
