@@ -61,18 +61,19 @@ class DelegateDriver:
 
     def build(self, ctx: BuildContext, iface: BuiltInterface, undo: contextlib.ExitStack) -> Built:
         inv = _invocation(iface)
-        whole: list[dict[str, Any]] = []  # the list's result, once every plugin of it added
-        undo.callback(quietly, f"delegate {iface.network_name} ({iface.if_name})", self._undo, ctx, iface, whole)
+        answered: list[dict[str, Any]] = []  # each plugin's result, as it answers
+        undo.callback(quietly, f"delegate {iface.network_name} ({iface.if_name})", self._undo, ctx, iface, answered)
         try:
-            whole.append(self.chain.add(inv))
+            for step in self.chain.add_each(inv):
+                answered.append(step)
         except CniError as exc:
             raise _failed(iface, "ADD", exc) from None
-        result = whole[0]
+        result = answered[-1] if answered else {"cniVersion": inv.conflist["cniVersion"]}
         gateways = iface.driver.get("defaultRoute") or []
         if gateways:
             pod = ctx.pod.netlink()
-            added = links.set_default_route(pod, iface.if_name, gateways)
-            undo.callback(quietly, "default route", links.delete_routes, pod, added)
+            routes = links.set_default_route(pod, iface.if_name, gateways)
+            undo.callback(quietly, "default route", links.delete_routes, pod, routes)
         try:
             share = Result.from_dict(result)
         except CniError as exc:
@@ -82,15 +83,21 @@ class DelegateDriver:
                                                                for gw in gateways))
         return Built(_pod_mac(result, iface.if_name), share, {**iface.driver, "result": result})
 
-    def _undo(self, ctx: BuildContext, iface: BuiltInterface, whole: list[dict[str, Any]]) -> None:
+    def _undo(self, ctx: BuildContext, iface: BuiltInterface, added: list[dict[str, Any]]) -> None:
         """A DEL of the list, with its result once it was all added (as Multus gives a delegate it rolls back: a
-        plugin such as ``firewall`` removes what ``prevResult`` names); one that fails leaves the interface to the
-        runtime's DEL (``not_undone``): forgotten, what the plugins hold would leak for good."""
-        errors = self.chain.delete(_invocation(iface), whole[0] if whole else None)
-        if errors:
-            ctx.not_undone(replace(iface, driver={**iface.driver, "result": whole[0]}) if whole else iface)
-            raise InterfaceFailure(f"DEL of {iface.network_name} ({iface.if_name}) failed; left to the runtime's DEL",
-                                   "; ".join(errors))
+        plugin such as ``firewall`` removes what ``prevResult`` names). A plugin whose ADD had answered and whose DEL
+        fails leaves the interface to the runtime's DEL (``not_undone``): forgotten, what it holds would leak for
+        good. One whose ADD failed too holds nothing it answered for (a missing binary, a plugin that fails every
+        call): its failed DEL is logged, as Multus does, and never holds the pod's DEL up."""
+        inv = _invocation(iface)
+        whole = added[-1] if added and len(added) == len(inv.conflist["plugins"]) else None
+        failed = self.chain.delete_each(inv, whole)
+        if not failed:
+            return
+        if any(i < len(added) for i, _ in failed):
+            ctx.not_undone(replace(iface, driver={**iface.driver, "result": whole}) if whole is not None else iface)
+        raise InterfaceFailure(f"DEL of {iface.network_name} ({iface.if_name}) failed",
+                               "; ".join(f"{inv.conflist['plugins'][i]['type']}: {exc}" for i, exc in failed))
 
     def foresee(self, iface: BuiltInterface, sandbox: str) -> Built | None:
         return None  # the delegated plugins' result: known once they have run

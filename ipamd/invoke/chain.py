@@ -84,14 +84,19 @@ class Chain:
 
     def delete(self, inv: Invocation, prev: Mapping[str, Any] | None = None, netns: str | None = None) -> list[str]:
         """DEL every plugin in reverse, each tried whatever the others did; the failures, one line each."""
-        errors: list[str] = []
+        return [f"{inv.conflist['plugins'][i]['type']}: {exc}" for i, exc in self.delete_each(inv, prev, netns)]
+
+    def delete_each(self, inv: Invocation, prev: Mapping[str, Any] | None = None,
+                    netns: str | None = None) -> list[tuple[int, CniError]]:
+        """DEL every plugin in reverse, each tried whatever the others did; the failures, by plugin index."""
+        failed: list[tuple[int, CniError]] = []
         prev = prev if inv.version >= (0, 4, 0) else None  # (as libcni: a DEL's prevResult came with 0.4.0)
         for i in reversed(range(len(inv.conflist["plugins"]))):
             try:
                 self._run(inv, "DEL", i, prev, netns)
             except CniError as exc:
-                errors.append(f"{inv.conflist['plugins'][i]['type']}: {exc}")
-        return errors
+                failed.append((i, exc))
+        return failed
 
     def check(self, inv: Invocation, prev: Mapping[str, Any] | None) -> None:
         if inv.version < (0, 4, 0) or inv.conflist.get("disableCheck"):

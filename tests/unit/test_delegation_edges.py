@@ -312,3 +312,16 @@ def test_default_route_on_a_nad_takes_the_gateway_off_the_network_plexus_is_chai
         assert {"dst": "10.96.0.0/12", "gw": "10.244.0.1"} in result["routes"], "other routes stay"
     status = {e["interface"]: e for e in node.store.pod_status("uid-app").network_status}
     assert "gateway" not in status["eth0"] and status["net1"]["gateway"] == ["198.18.97.1"], status
+
+
+def test_a_delegate_whose_add_and_rollback_del_both_failed_holds_up_nothing() -> None:
+    """A delegate that fails every call (its binary missing, a plugin broken): its ADD answered nothing, so it holds
+    nothing it answered for, and its failed rollback DEL is only logged (as Multus does): the attachment is gone,
+    and the runtime's DEL answers at once instead of failing for as long as the plugin is broken."""
+    fake = FakeExec(Expected("macvlan", "ADD", error=IOFailure("broken", "")),
+                    Expected("macvlan", "DEL", error=IOFailure("broken", "")))
+    node = _npwg_node(fake, "first")
+    with pytest.raises(CniError):
+        node.call("ADD")
+    assert node.store.attachments() == []
+    assert node.call("DEL") == {} and fake.expected == []
