@@ -34,6 +34,7 @@ from ipamd.model.objects import (
     Network,
 )
 from ipamd.model.segments import granted_id, segment_kind
+from ipamd.node.segments import RETIRED
 from ipamd.publish.base import Publisher
 from ipamd.sources.base import ObjectSource
 from ipamd.sources.lookups import class_of, pool_of_ip
@@ -183,9 +184,17 @@ class Reconciler:
                     log.warning("segment of %s: %s", key, exc)
                     self.publisher.node_attachment(key, "", False, str(exc))
                     self._reported[key] = ("", str(exc))
-        in_use = {i.network_key for a in self.store.attachments() for i in a.interfaces}
+        attached = [i for a in self.store.attachments() for i in a.interfaces]
+        in_use, bridges = {i.network_key for i in attached}, {i.bridge for i in attached if i.bridge}
         for rec in self.store.segments():
-            if rec.network in live or rec.network in in_use:
+            if rec.network in live or rec.network in in_use or rec.bridge in bridges:
+                continue
+            if RETIRED in rec.network:  # the old segment of a network given another ID: its links alone go
+                try:
+                    self.segments.remove(rec)
+                    log.info("removed the old segment of %s (bridge %s)", rec.network.split(RETIRED)[0], rec.bridge)
+                except Exception as exc:
+                    log.warning("removing the old segment %s: %s", rec.bridge, exc)
                 continue
             try:
                 # owed first: a daemon killed after the segment's record is gone would no more know of its object

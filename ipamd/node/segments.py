@@ -73,6 +73,15 @@ def _parents(obj: Network | ClusterNetwork, cls: NetworkClass | None) -> tuple[s
     return parents
 
 
+#: Between a network's key and its old bridge: the key of a segment its network left (another ID or kind) while
+#: pods may still sit on its bridge; its ID stays held until the reconciler removes it, unused.
+RETIRED = "@"
+
+
+def retired_key(network: str, bridge: str) -> str:
+    return f"{network}{RETIRED}{bridge}"
+
+
 class Segments:
     def __init__(self, store: SegmentStore, links: NodeLinks, clock: Callable[[], float], cluster: bool = False) -> None:
         self.store = store
@@ -110,6 +119,13 @@ class Segments:
                 raise TryAgainLater(f"{net.key} has no {kind.id_label} yet: the Plexus controller assigns it "
                                     "(is plexus-controller running?)", "status.vlanID")
             if rec is None or rec.kind != kind.name or (wanted is not None and rec.id != wanted):
+                if rec is not None:  # its old segment keeps its ID while pods sit on its bridge (the reconciler
+                    self.store.delete_segment(net.key)  # removes it once none does)
+                    self.store.put_segment(replace(rec, network=retired_key(net.key, rec.bridge)))
+                back = self.store.get_segment(retired_key(net.key, kind.bridge(wanted, net.key))) \
+                    if wanted is not None else None
+                if back is not None and back.kind == kind.name:  # edited back to the ID it had: that segment again
+                    self.store.delete_segment(back.network)
                 ident = 0
                 if kind.tagged:
                     try:
