@@ -905,6 +905,7 @@ class BlockRegistry(KubeLeaseRegistry):
                 with self._lock:
                     self.mine.pop((block.pool, block.first), None)
                 self._empty_since.pop((block.pool, block.first), None)
+                self._forget_block(block)
             for pool in pools:
                 blocks = self.blocks(pool)
                 outgrown = not uses_blocks(pool, self.size)  # shrunk: leased per address from here on
@@ -1078,14 +1079,31 @@ class BlockRegistry(KubeLeaseRegistry):
                                     for o in self.source.by_index(KIND, "window", (block.pool, block.first))
                                     if (b := parse_block(o)) is not None and b.name == block.name
                                     and b.node == self.node_name), "")
+        if not version:  # never deleted without a precondition: not shown this node's (any more), it is left
+            log.info("address block %s (%s) of %s is not shown this node's: not deleted (reclaimed, or another node's "
+                     "since; one claimed a moment ago is deleted once the cache shows it)", block.name, block.cidr,
+                     block.pool)
+            self._forget_block(block)
+            return
         try:
             self.objects.delete(KIND, block.name, resource_version=version)
-            with self._lock:  # what was found leased inside at its claim: per address from here on, as every address
-                excluded = self.excluded.get(block.pool, {})
-                for ip in [ip for ip in excluded if ip in block]:
-                    del excluded[ip]
             log.info("returned address block %s (%s) of %s: %s", block.name, block.cidr, block.pool, why)
         except Exception as exc:
             if status_of(exc) not in (404, 409):  # 409: claimed again meanwhile (its precondition)
                 log.warning("returning address block %s: %s (the controller reclaims it)", block.name,
                             reason_of(exc))
+                return
+        self._forget_block(block)
+
+    def _forget_block(self, block: Block) -> None:
+        """What this node noted of a block of its own that is gone (returned, reclaimed, another node's since): its
+        owed renewal (it would renew a block of the same name claimed again, or make one look checked after a
+        restart), its checks passed, and what was found leased inside at its claim (per address from here on, as
+        every address)."""
+        self.outbox.drop_where(f"{KIND}/{block.name}", "patch_status",
+                               lambda owed: owed.get("fieldManager") == RENEWAL_MANAGER)
+        with self._lock:
+            self._cleared.discard((block.pool, block.first))
+            excluded = self.excluded.get(block.pool, {})
+            for ip in [ip for ip in excluded if ip in block]:
+                del excluded[ip]

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from cni.errors import TryAgainLater
+from cni.errors import CniError, TryAgainLater
 from ipamd.ipam.allocator import to_int
 from ipamd.kube.blocks import KIND as BLOCK_KIND
 from ipamd.kube.leases import KIND as LEASE_KIND
@@ -290,3 +290,134 @@ def test_a_static_at_an_address_quarantined_inside_a_block_adopts_it_as_it_does_
     assert a.source.get(IP_ADDRESS, "ns", "s") is not None
     got = attach(a.ipam, pod("s-user"), net="ttl-net", names=("s",))[0].address
     assert got == "198.18.43.21"
+
+
+
+def test_an_idle_block_returned_as_the_cache_catches_up_on_another_nodes_claim_does_not_delete_it() -> None:
+    """As test_block_crash_points' lagging-cache test, but a's informer catches up between the round's decision
+    (the block empty, ours) and ``_return``'s read of the version: the cache showed the window b's, ``next(...,
+    "")`` gave "" and the delete went without any precondition, deleting b's block. Now a block not shown this
+    node's is not deleted."""
+    from ipamd.kube.blocks import KIND as BLOCK_KIND
+    from tests.unit.test_blocks import Node, _grow_at, _housekeeping
+    from tests.unit.test_ipam import attach, gone, pod
+
+    api = FakeApi()
+    a = Node(api, "a", live=False)
+    a.registry.grow = _grow_at(a.registry, "198.18.40.16")  # type: ignore[method-assign]
+    a.registry.grow_soon = lambda pool, taken: None  # type: ignore[method-assign]
+    app = pod("app")
+    attach(a.ipam, app)
+    gone(a.ipam, app)
+    a.outbox.flush()
+    a.cache.sync()
+    _housekeeping(a)
+    (name,) = api.objs[BLOCK_KIND]
+    api.delete(BLOCK_KIND, name)  # the controller's reclaim of a silent node
+    b = Node(api, "b")
+    b.registry.grow = _grow_at(b.registry, "198.18.40.16")  # type: ignore[method-assign]
+    b.registry.grow_soon = lambda pool, taken: None  # type: ignore[method-assign]
+    b.add()
+    assert api.objs[BLOCK_KIND][name]["spec"]["node"] == "b"
+    a.registry.on_return = a.cache.sync  # the informer's thread catches up right then (any moment will do)
+    a.clock.advance(1801)
+    _housekeeping(a)
+    assert name in api.objs[BLOCK_KIND] and api.objs[BLOCK_KIND][name]["spec"]["node"] == "b", \
+        "b's block deleted by a's return of its own"
+
+
+
+def test_a_window_claimed_again_with_its_create_answer_lost_is_checked_though_claimed_once_before() -> None:
+    """The check of a block never cleared (its create's answer lost) was skipped for a window this node had claimed
+    (and cleared) once before: ``_cleared`` kept the slot after the block was returned, and the block's renewal owed
+    by an earlier round was still owed, which read as "cleared, renewal on its way". Both now go with the block."""
+    import urllib3
+
+    from ipamd.ipam.allocator import to_int, to_text
+    from ipamd.kube.blocks import KIND as BLOCK_KIND
+    from ipamd.kube.leases import KIND as LEASE_KIND
+    from tests.unit.test_blocks import Node, _housekeeping
+    from tests.unit.test_ipam import attach, gone, pod
+
+    api = FakeApi()
+    big = "IPAddressPool/ns/big"
+    a = Node(api, "a", live=False)
+    a.registry.grow_soon = lambda pool, taken: None  # type: ignore[method-assign]
+    app = pod("app")
+    attach(a.ipam, app)  # a's first block of the window, checked (``_cleared``)
+    (name,) = api.objs[BLOCK_KIND]
+    first = to_int(api.objs[BLOCK_KIND][name]["spec"]["cidr"].split("/")[0])
+    assert (big, first) in a.registry._cleared
+    gone(a.ipam, app)
+    a.outbox.flush()
+    _housekeeping(a)
+    a.clock.advance(1801)
+    a.cache.sync()  # a's informer shows its block (renewed), as it does by the time it is idle
+    _housekeeping(a)
+    assert not api.objs[BLOCK_KIND], "returned idle"
+    assert (big, first) not in a.registry._cleared and not a.outbox.owes(f"{BLOCK_KIND}/{name}"), \
+        "what was noted of the block returned (its checks passed, its renewal owed) goes with it"
+    b = Node(api, "b", claim=False)  # per address, inside the window now free
+    theirs = set()
+    for k in range(6):
+        b.store.set_cursor(big, first + 2 * k)
+        theirs.add(b.add())
+    b.outbox.flush()
+    assert all(first <= to_int(x) < first + 16 for x in theirs), theirs
+    create = api.create
+    lost: list[str] = []
+
+    def made_but_unanswered(kind: str, body: dict[str, Any], namespace: str = "") -> dict[str, Any]:
+        made = create(kind, body, namespace)
+        if kind == BLOCK_KIND and not lost:
+            lost.append(made["metadata"]["name"])
+            raise urllib3.exceptions.ReadTimeoutError(None, "/apis", "Read timed out.")  # type: ignore[arg-type]
+        return made
+
+    a.cache._snapshot[LEASE_KIND] = []  # a's lease informer has not shown b's objects
+    api.create = made_but_unanswered  # type: ignore[method-assign]
+    with pytest.raises(CniError):
+        a.add()
+    assert lost == [name], "the same window claimed again, its answer lost"
+    a.cache.sync()
+    a.cache._snapshot[LEASE_KIND] = []  # the block informer caught up; the lease informer still lags
+    got = {a.add() for _ in range(10)}
+    assert not got & theirs, f"b's addresses handed out in a's unchecked block: {sorted(got & theirs)} " \
+                             f"(of {sorted(theirs)}; {to_text(first)})"
+
+
+
+def test_an_address_excluded_from_a_block_given_back_as_it_was_reclaimed_is_leased_again_once_free() -> None:
+    """The clearing of ``excluded`` had moved to after a delete that succeeded. A delete answered 404 (the controller
+    reclaimed the block meanwhile) kept the entries: no block shows in the window, so ``_free_excluded`` never looks
+    at them, and ``_Taken`` counted the address taken on this node for good. Now whatever shows the block gone
+    forgets them."""
+    from ipamd.ipam.allocator import to_int
+    from ipamd.kube.blocks import KIND as BLOCK_KIND
+    from ipamd.kube.leases import KIND as LEASE_KIND
+    from ipamd.kube.leases import lease_body, lease_name
+    from ipamd.model.timefmt import rfc3339
+    from tests.unit.test_blocks import Node, _grow_at, _housekeeping
+    from tests.unit.test_ipam import attach, pod
+
+    api = FakeApi()
+    big = "IPAddressPool/ns/big"
+    api.create(LEASE_KIND, lease_body(big, "198.18.40.21", "198.18.40.0/24", "IPAddress/ns/other", 0, "b"))
+    a = Node(api, "a")
+    a.registry.grow = _grow_at(a.registry, "198.18.40.16")  # type: ignore[method-assign]
+    a.registry.grow_soon = lambda pool, taken: None  # type: ignore[method-assign]
+    attach(a.ipam, pod("app"))
+    a.outbox.flush()
+    assert to_int("198.18.40.21") in a.registry.excluded.get(big, {})
+    (block,) = api.objs[BLOCK_KIND]
+    api.patch_status(BLOCK_KIND, block, {"returnRequestedBy": "c", "returnRequestedAt": rfc3339(a.clock())})
+    a.registry.on_return = lambda: api.delete(BLOCK_KIND, block)  # the controller's reclaim lands right then
+    _housekeeping(a)
+    assert not api.objs[BLOCK_KIND]
+    api.delete(LEASE_KIND, lease_name(big, "198.18.40.21"))  # b let .21 go
+    for _ in range(3):
+        a.clock.advance(60)
+        _housekeeping(a)
+    a.registry.grow = lambda pool: None  # type: ignore[method-assign]  # per address from here
+    a.store.set_cursor(big, to_int("198.18.40.20"))
+    assert a.add() == "198.18.40.21", "free in the cluster, and skipped on a for the daemon's life"
