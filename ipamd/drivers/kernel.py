@@ -94,7 +94,7 @@ def check(host: Any, pod: Any, iface: BuiltInterface) -> list[str]:
                 for r in a.get("routes", ()):
                     if _spelled_route(r["destination"], r["via"]) not in routes:
                         problems.append(f"{iface.if_name} lacks route {r['destination']} via {r['via']}")
-    if iface.table and iface.configure_ips and state is not None:
+    if iface.table and iface.configure_ips and iface.addresses and state is not None:  # as ``configure`` has it
         problems += _policy_problems(pod, iface)
     if iface.host_link and links.link_state(host, iface.host_link) is None:
         problems.append(f"host link {iface.host_link} of {iface.if_name} is missing")

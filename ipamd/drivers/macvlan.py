@@ -22,9 +22,10 @@ class MacvlanDriver:
 
     def build(self, ctx: BuildContext, iface: BuiltInterface, undo: contextlib.ExitStack) -> Built:
         pod = ctx.pod.netlink()
-        link = links.add_macvlan(ctx.host, pod, ctx.pod.fd, ctx.bridge_index(), iface.if_name, iface.mac)
+        links.add_macvlan(ctx.host, ctx.pod.fd, ctx.bridge_index(), iface.if_name, iface.mac)
+        # undone before it is up: bringing it up can fail (EADDRINUSE), and a failed ADD must not leave it in the pod
         undo.callback(quietly, f"macvlan {iface.if_name}", links.delete_link, pod, iface.if_name)
-        kernel.configure(pod, link.index, iface, undo)
+        kernel.configure(pod, links.bring_up(pod, iface.if_name), iface, undo)
         return self.foresee(iface, ctx.pod.path)  # the link has the MAC of the plan
 
     def foresee(self, iface: BuiltInterface, sandbox: str) -> Built:

@@ -85,7 +85,8 @@ def _routes(items: Any) -> tuple[PolicyRoute, ...]:
         return ()
     if not isinstance(items, list):
         raise OptionInvalid("spec.policyRoutes", "must be a list of {destination, via}")
-    out = []
+    out: list[PolicyRoute] = []
+    seen: dict[str, int] = {}  # destination: its index
     for i, r in enumerate(items):
         path = f"spec.policyRoutes[{i}]"
         if not isinstance(r, dict):
@@ -100,6 +101,10 @@ def _routes(items: Any) -> tuple[PolicyRoute, ...]:
             raise OptionInvalid(f"{path}.via", f"{r.get('via')!r} is not an IP address") from None
         if via.version != dest.version:
             raise OptionInvalid(f"{path}.via", f"{via} is not of {dest}'s family")
+        if str(dest) in seen:  # the kernel refuses the second (EEXIST): ADD would fail or CHECK for ever
+            raise OptionInvalid(f"{path}.destination", f"{dest} is spec.policyRoutes[{seen[str(dest)]}]'s "
+                                "destination too: a routing table holds one route per destination")
+        seen[str(dest)] = i
         out.append(PolicyRoute(str(dest), str(via)))
     return tuple(out)
 

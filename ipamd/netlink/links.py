@@ -273,8 +273,10 @@ def add_tap(host: IPRoute, pod: IPRoute, pod_fd: int, host_name: str, names: Tap
     return PodLink(if_name, link.mac, host_name, link.index)
 
 
-def add_macvlan(host: IPRoute, pod: IPRoute, pod_fd: int, parent_index: int, if_name: str, mac: str) -> PodLink:
-    """A macvlan (bridge mode) on ``parent_index``, created straight into the pod with its MAC."""
+def add_macvlan(host: IPRoute, pod_fd: int, parent_index: int, if_name: str, mac: str) -> str:
+    """A macvlan (bridge mode) on ``parent_index``, created straight into the pod with its MAC, down; returns the MAC.
+    One request, made or not: the caller registers its undo, then brings it up (``bring_up``), which can fail (a MAC
+    another macvlan on the bridge has: EADDRINUSE). An EEXIST is someone else's link, so it is refused, not taken."""
     mac = mac or generate_mac()
     try:
         host.link("add", ifname=if_name, kind="macvlan", link=parent_index, macvlan_mode="bridge",
@@ -283,14 +285,18 @@ def add_macvlan(host: IPRoute, pod: IPRoute, pod_fd: int, parent_index: int, if_
         if exc.code == errno.EEXIST:
             raise InterfaceFailure(f"interface {if_name} already exists in the pod", if_name) from None
         raise _fail(f"creating macvlan {if_name}", exc) from None
-    return PodLink(if_name, mac, index=_up(pod, if_name))
+    return mac
 
 
-def _up(ipr: IPRoute, name: str) -> int:
+def bring_up(ipr: IPRoute, name: str) -> int:
+    """A link up by name; returns its index."""
     idx = _index(ipr, name)
     if idx is None:
         raise InterfaceFailure(f"interface {name} vanished while being set up", name)
-    ipr.link("set", index=idx, state="up")
+    try:
+        ipr.link("set", index=idx, state="up")
+    except NetlinkError as exc:  # keep the CNI code (105) instead of an unexpected 999
+        raise _fail(f"bringing up {name}", exc) from None
     return idx
 
 

@@ -36,20 +36,21 @@ def add_policy_routing(pod: IPRoute, idx: int, if_name: str, addresses: Iterable
     cidrs = [ipaddress.ip_interface(c) for c in addresses]
     try:
         for iface in cidrs:
-            _add_route(pod, dst=str(iface.network), oif=idx, table=table, scope=SCOPE_LINK, prefsrc=str(iface.ip))
-        for dst, via in routes:
-            _add_route(pod, dst=dst, gateway=via, oif=idx, table=table)
+            _add_connected(pod, dst=str(iface.network), oif=idx, table=table, scope=SCOPE_LINK, prefsrc=str(iface.ip))
+        for dst, via in routes:  # an EEXIST here would leave a route out of the table: it fails ADD
+            pod.route("add", dst=dst, gateway=via, oif=idx, table=table)
         for iface in cidrs:
             pod.rule("add", **rule_request(iface, table))
     except NetlinkError as exc:
         raise _fail(f"policy routing of {if_name} in table {table}", exc) from None
 
 
-def _add_route(pod: IPRoute, **route: Any) -> None:
+def _add_connected(pod: IPRoute, **route: Any) -> None:
+    """A connected route, once: two addresses of the interface in one network share it (EEXIST for the second)."""
     try:
         pod.route("add", **route)
     except NetlinkError as exc:
-        if exc.code != errno.EEXIST:  # two addresses of the interface in one network: one connected route
+        if exc.code != errno.EEXIST:
             raise
 
 

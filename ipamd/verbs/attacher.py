@@ -278,7 +278,7 @@ class Attacher:
             configure_ips=plan.configure_ips,
             addresses=tuple(AddressConfig(c.ip_name, c.address, c.network, c.routes).to_dict() for c in claims),
             driver=plan.state or {}, default=w.target.default, device_id=w.device_id, device_info=w.device_info,
-            **_policy(w, plan.configure_ips),
+            **_policy(w, plan.configure_ips and bool(claims)),
         )
 
     def _build(self, pod_side: PodSide, w: Wanted, iface: BuiltInterface, undo: contextlib.ExitStack,
@@ -604,9 +604,10 @@ def _no_bridge() -> int:
     raise InterfaceFailure("this interface is on no Plexus segment", "bridge")
 
 
-def _policy(w: Wanted, configure_ips: bool) -> dict[str, Any]:
-    """The policy routing an interface's network asks for (none where the addresses are left to a guest)."""
+def _policy(w: Wanted, own_addresses: bool) -> dict[str, Any]:
+    """The policy routing an interface's network asks for: none where it has no addresses of its own to route from
+    (left to a guest, or no pool), as ADD installs none there and CHECK must not look for it."""
     opts = w.net.obj.pod if w.net is not None else None
-    if opts is None or not opts.table or not configure_ips:
+    if opts is None or not opts.table or not own_addresses:
         return {}
     return {"table": opts.table, "policy_routes": tuple(r.to_dict() for r in opts.routes)}

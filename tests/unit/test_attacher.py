@@ -8,6 +8,8 @@ every side effect and every undo step.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import threading
 import time
@@ -17,15 +19,19 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from pyroute2.netlink.exceptions import NetlinkError
 
 from cni.errors import CniError, InterfaceFailure, InternalError, PluginNotAvailable, UnknownContainer
-from ipamd.drivers.base import InterfaceKey, InterfaceRequest
+from ipamd.drivers import kernel
+from ipamd.drivers.base import BuildContext, InterfaceKey, InterfaceRequest
+from ipamd.drivers.macvlan import MacvlanDriver
 from ipamd.drivers.tap import TapDriver, _names
 from ipamd.ipam.addresses import Claim, Ipam, ResolvedNetwork
 from ipamd.kube.outbox import Outbox
 from ipamd.kube.publisher import KubePublisher, api_senders
 from ipamd.model.annotations import NetworkSelection
 from ipamd.model.objects import API_VERSION, POD, IPAddressObject, Pod, parse_object
+from ipamd.netlink import links
 from ipamd.node.segments import Segments
 from ipamd.store.records import AttachmentRecord, BuiltInterface, PodStatus
 from ipamd.verbs.attacher import Attacher
@@ -36,6 +42,7 @@ from tests.fakes.links import FakeNodeLinks
 from tests.fakes.publisher import RecordingPublisher
 from tests.fakes.source import FakeSource
 from tests.fakes.store import MemoryStore
+from tests.unit.test_podopts import PodNetlink
 
 NS = "apps"
 NETNS = "/run/netns/app"
@@ -434,3 +441,87 @@ def test_the_tap_driver_keeps_its_derived_names_in_the_record() -> None:
         plan.state["innerBridge"], plan.state["innerVeth"], plan.state["temporary"])
     old = BuiltInterface("tap0", "tap", "Network/ns/vm-net", "Network", "vm-net", host_link="plxabc")
     assert _names(old).inner_bridge == "plxabcb", "a record written before the names were kept still tears down"
+
+
+def test_check_does_not_fail_a_pool_less_network_with_a_routing_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A network without a pool, with routingTable and policyRoutes, got no policy routing (README), but its
+    interface recorded the table anyway, and CHECK reported its routes missing for ever; now an interface with no
+    addresses to route from records none."""
+    node = Node()
+    node.source.add(obj("Network", "plain", {"networkClass": "cls", "routingTable": 100,
+                                             "policyRoutes": [{"destination": "0.0.0.0/0", "via": "198.18.5.1"}]}))
+    node.source.add(obj("Pod", "app", {}, uid="uid-app", annotations={
+        "network.deckhouse.io/networks-spec": json.dumps([{"type": "Network", "name": "plain", "ifName": "net1"}])}))
+    node.call("ADD")  # README: "a network without a pool gets no policy routing"
+    (att,) = node.store.attachments()
+    (iface,) = att.interfaces
+    pod = PodNetlink()
+    with contextlib.ExitStack() as undo:
+        kernel.configure(pod, 7, iface, undo)  # what the veth/macvlan drivers do after making the link
+    assert pod.rules == [] and pod.routes == {}, "nothing is configured: no addresses"
+    monkeypatch.setattr(links, "link_state", lambda ipr, name: {"name": name, "mac": iface.mac, "up": True,
+                                                                "addresses": [], "routes": [], "kind": "veth"})
+    problems = kernel.check(object(), pod, replace_host_link(iface))
+    assert problems == [], f"CHECK of a freshly added, untouched pod fails for ever: {problems}"
+
+
+def replace_host_link(iface: BuiltInterface) -> BuiltInterface:
+    from dataclasses import replace
+    return replace(iface, host_link="")  # (the host side is not what this test is about)
+
+
+class HostNetlink:
+    def __init__(self, pod: Any) -> None:
+        self.pod = pod
+
+    def link(self, cmd: str, **kw: Any) -> Any:
+        if cmd == "add":  # made straight into the pod (net_ns_fd)
+            self.pod.links[kw["ifname"]] = 42
+            return None
+        raise AssertionError(cmd)
+
+
+class MacvlanPod:
+    def __init__(self) -> None:
+        self.links: dict[str, int] = {}
+        self.deleted: list[str] = []
+
+    def link(self, cmd: str, **kw: Any) -> Any:
+        if cmd == "get":
+            if kw["ifname"] not in self.links:
+                raise NetlinkError(errno.ENODEV, "No such device")
+            return [{"index": self.links[kw["ifname"]]}]
+        if cmd == "set":
+            raise NetlinkError(errno.EADDRINUSE, "Address already in use")
+        if cmd == "del":
+            self.deleted.append(kw["ifname"])
+            self.links.pop(kw["ifname"], None)
+            return None
+        raise AssertionError(cmd)
+
+
+class PodSide:
+    def __init__(self, nl: Any) -> None:
+        self.nl, self.path, self.fd = nl, "/run/netns/app", 5
+
+    def netlink(self) -> Any:
+        return self.nl
+
+
+def test_a_macvlan_that_cannot_be_brought_up_is_undone_and_answered_with_code_105() -> None:
+    """A macvlan made in the pod that could not be brought up (EADDRINUSE: its MAC another macvlan's on the same
+    bridge, e.g. a fixed "mac" in networks-spec) was left behind, and the error escaped as a raw NetlinkError (999);
+    now its undo is registered before it is brought up, and the failure is an InterfaceFailure (105)."""
+    pod = MacvlanPod()
+    iface = BuiltInterface(if_name="net2", kind="macvlan", network_key="Network/apps/net-b", network_type="Network",
+                           network_name="net-b", host_link="", bridge="plx-br-601", mac="02:00:00:00:00:01")
+    ctx = BuildContext(HostNetlink(pod), PodSide(pod), lambda: 11)
+    raised: BaseException | None = None
+    try:
+        with contextlib.ExitStack() as undo:
+            MacvlanDriver().build(ctx, iface, undo)
+    except BaseException as exc:  # noqa: BLE001
+        raised = exc
+    assert raised is not None
+    assert pod.links == {}, f"the failed ADD left macvlan {list(pod.links)} in the pod (no undo registered yet)"
+    assert isinstance(raised, CniError) and raised.code == 105, f"answered with {raised!r}, not a CNI error 105"
