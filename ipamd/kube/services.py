@@ -1,10 +1,11 @@
-"""Services over an additional network, the controller's side: it keeps one EndpointSlice per annotated Service
-(``ipamd.model.services``) in step with the pods it selects, as they come, go, change labels or become ready, and
-tells the Service what is wrong (an Event and a status condition) when it cannot.
+"""Services over an additional network, the controller's side: it keeps an annotated Service's EndpointSlices (one
+per address family, ``ipamd.model.services``) in step with the pods it selects, as they come, go, change labels or
+become ready, and tells the Service what is wrong (an Event and a status condition) when it cannot.
 
 It runs beside the controller's round, on its own wake-ups (a Service, a pod, a network changing), and only while
 the controller leads. A slice is written only when what it says changed; the ones it wrote for Services that no
-longer ask are deleted (a deleted Service takes its slice along: the slice is owned by it).
+longer ask (or for a family with no address left) are deleted, again on later passes while a delete fails (a deleted
+Service takes its slices along: they are owned by it).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ipamd.model.services import (
     MANAGED_BY_LABEL,
     ServiceInvalid,
     asks,
-    endpoint_slice,
+    endpoint_slices,
     parse_service,
 )
 from ipamd.model.timefmt import rfc3339
@@ -100,29 +101,35 @@ class ServiceEndpoints:
                     continue
                 seen.add(uid)
                 check_service_network(self.source, svc.network)
-                body = endpoint_slice(svc, self.source.by_index(ALL_PODS, "namespace", svc.namespace),
-                                      f"{GROUP}/{self.version}")
-                key = (svc.namespace, body["metadata"]["name"])
-                wanted.add(key)
-                if current.get(key) != _content(body):
-                    self._write(key, body, exists=key in current)
+                bodies = endpoint_slices(svc, self.source.by_index(ALL_PODS, "namespace", svc.namespace),
+                                         f"{GROUP}/{self.version}")
+                keys = [(svc.namespace, str(body["metadata"]["name"])) for body in bodies]
+                wanted.update(keys)  # all of them before any write: one failing does not delete the other
+                for key, body in zip(keys, bodies, strict=True):
+                    if current.get(key) != _content(body):
+                        self._write(key, body, exists=key in current)
             except ServiceInvalid as exc:
                 self._tell(item, False, exc.reason, f"{exc.field}: {exc.problem}")
                 continue
             except Exception as exc:  # this Service's write failed (its namespace going, a slice too large): the next
                 self._tell(item, False, "WriteFailed", f"EndpointSlice: {reason_of(exc)}")
                 continue
-            self._tell(item, True, "EndpointsWritten", f"{len(body['endpoints'])} address(es) of "
-                       f"{svc.network.display} in EndpointSlice {key[1]}")
+            self._tell(item, True, "EndpointsWritten", f"{sum(len(b['endpoints']) for b in bodies)} address(es) of "
+                       f"{svc.network.display} in EndpointSlice{'s' if len(keys) > 1 else ''} "
+                       f"{', '.join(k[1] for k in keys)}")
+        undeleted = False
         for key in set(current) - wanted:
             try:
                 self.custom.delete_namespaced_custom_object(GROUP, self.version, key[0], PLURAL, key[1])
             except Exception as exc:
                 if status_of(exc) != 404:
                     log.warning("EndpointSlice %s/%s: %s", key[0], key[1], reason_of(exc))
+                    undeleted = True
         for uid in set(self._said) - seen:  # Services gone, or no longer asking
             del self._said[uid]
-        self._managed = bool(wanted)  # with none left, the next pass lists again only when a Service asks
+        # with none left, the next pass lists again only when a Service asks; a slice whose delete failed (not a 404:
+        # gone already) is still ours to delete, even once no Service asks
+        self._managed = bool(wanted) or undeleted
 
     def _discovery_version(self) -> str:
         """discovery.k8s.io/v1 where the API server serves it (1.21 on), else v1beta1 (1.17-1.20)."""

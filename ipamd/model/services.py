@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from ipamd.model.npwg import NETWORK_STATUS_ANNOTATION
 from ipamd.model.objects import GROUP, STATUS_ANNOTATION, Pod
@@ -25,7 +25,9 @@ SELECTOR_ANNOTATION = f"{GROUP}/service-selector"
 MANAGED_BY = f"plexus.{GROUP}"  # endpointslice.kubernetes.io/managed-by: Kubernetes's controller leaves these alone
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
+HOSTNAME_LABEL = "kubernetes.io/hostname"
 KINDS = ("Network", "ClusterNetwork", "NetworkAttachmentDefinition")
+Family = Literal["IPv4", "IPv6"]  # an EndpointSlice's addressType
 
 
 class ServiceInvalid(ValueError):
@@ -131,7 +133,7 @@ def addresses_on(pod: Mapping[str, Any], ref: NetworkRef) -> list[str]:
     if ref.kind == "NetworkAttachmentDefinition":
         for entry in _entries(ann.get(NETWORK_STATUS_ANNOTATION)):
             if entry.get("name") == f"{ref.namespace}/{ref.name}":
-                out += [str(ip).split("/")[0] for ip in entry.get("ips") or [] if ":" not in str(ip)]
+                out += [str(ip).split("/")[0] for ip in entry.get("ips") or []]
         return out
     for entry in _entries(ann.get(STATUS_ANNOTATION)):
         if entry.get("type") == ref.kind and entry.get("name") == ref.name:
@@ -154,32 +156,55 @@ def _ready(pod: Mapping[str, Any]) -> bool:
                for c in (pod.get("status") or {}).get("conditions") or [])
 
 
-def slice_name(svc: NetworkService) -> str:
-    return f"{svc.name}-plexus"
+def slice_name(svc: NetworkService, family: Family = "IPv4") -> str:
+    """``<service>-plexus`` for IPv4 (the name slices had before IPv6 got its own: upgrades find theirs), and
+    ``<service>-plexus-v6``."""
+    return f"{svc.name}-plexus" if family == "IPv4" else f"{svc.name}-plexus-v6"
 
 
-def endpoint_slice(svc: NetworkService, pods: Iterable[Mapping[str, Any]], api_version: str) -> dict[str, Any]:
-    """The EndpointSlice of ``svc`` over ``pods`` (all of the cluster's; the selected ones count)."""
+def family_of(address: str) -> Family:
+    return "IPv6" if ":" in address else "IPv4"
+
+
+def endpoint_slices(svc: NetworkService, pods: Iterable[Mapping[str, Any]], api_version: str) -> list[dict[str, Any]]:
+    """The EndpointSlices of ``svc``, one per address family: a slice holds addresses of its ``addressType`` only
+    (the API server refuses all of it for one of the other family), and a dual-stack network's pods have both. The
+    IPv4 one always (empty, it still says the Service has no endpoints), the IPv6 one when there are IPv6 addresses."""
+    pods = list(pods)
+    v6 = endpoint_slice(svc, pods, api_version, "IPv6")
+    return [endpoint_slice(svc, pods, api_version, "IPv4"), *([v6] if v6["endpoints"] else [])]
+
+
+def endpoint_slice(svc: NetworkService, pods: Iterable[Mapping[str, Any]], api_version: str,
+                   family: Family = "IPv4") -> dict[str, Any]:
+    """The EndpointSlice of ``svc``'s ``family`` addresses over ``pods`` (all of the cluster's; the selected ones
+    count). The node goes in ``nodeName``, but in ``topology`` for v1beta1: a 1.17-1.20 API server drops a v1beta1
+    endpoint's nodeName (as kube-controller-manager, Plexus writes the hostname topology key there instead), and a
+    slice that never reads back as written would be rewritten on every pass."""
     endpoints = []
     for pod in sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("name"))):
         if not selects(svc, pod):
             continue
         md = pod.get("metadata") or {}
         for address in addresses_on(pod, svc.network):
+            if family_of(address) != family:
+                continue
             ep: dict[str, Any] = {"addresses": [address], "conditions": {"ready": _ready(pod)},
                                   "targetRef": {"kind": "Pod", "namespace": svc.namespace, "name": md.get("name"),
                                                 "uid": md.get("uid")}}
             node = (pod.get("spec") or {}).get("nodeName")
-            if node:
+            if node and api_version.endswith("/v1beta1"):
+                ep["topology"] = {HOSTNAME_LABEL: node}
+            elif node:
                 ep["nodeName"] = node
             endpoints.append(ep)
     return {
         "apiVersion": api_version, "kind": "EndpointSlice",
-        "metadata": {"name": slice_name(svc), "namespace": svc.namespace,
+        "metadata": {"name": slice_name(svc, family), "namespace": svc.namespace,
                      "labels": {SERVICE_NAME_LABEL: svc.name, MANAGED_BY_LABEL: MANAGED_BY},
                      "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": svc.name, "uid": svc.uid,
                                           "controller": True}]},
-        "addressType": "IPv4",
+        "addressType": family,
         "endpoints": endpoints,
         "ports": [{"name": n, "port": p, "protocol": proto} for n, p, proto in svc.ports],
     }

@@ -31,7 +31,7 @@ from ipamd.model.objects import (
     SERVICE,
     AddressPool,
 )
-from ipamd.model.services import ServiceInvalid, endpoint_slice, local_pod, parse_service
+from ipamd.model.services import ServiceInvalid, endpoint_slices, local_pod, parse_service
 from ipamd.sources.base import ObjectSource
 from ipamd.sources.lookups import check_service_network
 from ipamd.store.protocols import NodeStore
@@ -194,9 +194,11 @@ class IpamService(pb_grpc.IpamServicer):
                 found.problem = f"{exc.field}: {exc.problem}"
                 out.append(found)
                 continue
-            for e in endpoint_slice(svc, pods, "local")["endpoints"]:
-                found.endpoints.append(pb.ServiceEndpoint(address=e["addresses"][0], ready=e["conditions"]["ready"],
-                                                          pod=f"{svc.namespace}/{e['targetRef']['name']}"))
+            for body in endpoint_slices(svc, pods, "local"):  # the IPv4 slice's, then the IPv6 one's
+                for e in body["endpoints"]:
+                    found.endpoints.append(pb.ServiceEndpoint(address=e["addresses"][0],
+                                                              ready=e["conditions"]["ready"],
+                                                              pod=f"{svc.namespace}/{e['targetRef']['name']}"))
             out.append(found)
         return pb.ListServiceEndpointsResponse(services=out)
 

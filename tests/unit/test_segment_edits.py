@@ -18,7 +18,7 @@ def _resolved(node: Node, name: str) -> ResolvedNetwork:
 
 
 def _rounds(node: Node) -> Reconciler:
-    return Reconciler(node.store, node.source, node.ipam, node.attacher, node.segments,  # type: ignore[arg-type]
+    return Reconciler(node.store, node.source, node.ipam, node.attacher, node.segments,
                       node.publisher)
 
 

@@ -1,21 +1,31 @@
-"""Services over an additional network, the pure part: which Services ask (and what is wrong with one that asks
-badly, by field), which pods and addresses they select, and the EndpointSlice that says so."""
+"""Services over an additional network. The pure part: which Services ask (and what is wrong with one that asks
+badly, by field), which pods and addresses they select, and the EndpointSlices that say so; then the controller's side
+over a fake API server: what it writes, rewrites and deletes, pass after pass."""
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
 import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
+from ipamd.kube.services import ServiceEndpoints
+from ipamd.model.objects import parse_object
 from ipamd.model.services import (
     NETWORK_ANNOTATION,
     SELECTOR_ANNOTATION,
     NetworkRef,
     ServiceInvalid,
     endpoint_slice,
+    endpoint_slices,
     parse_service,
 )
+from tests.fakes.source import FakeSource
+
+GROUP = "network.deckhouse.io/v1alpha1"
 
 
 def service(annotations: dict[str, str], **spec: Any) -> dict[str, Any]:
@@ -102,3 +112,168 @@ def test_a_nad_network_reads_the_npwg_network_status() -> None:
     p = pod("a", {"app": "db"}, [], npwg=[{"name": "apps/mv", "interface": "net1", "ips": ["198.18.32.5"]},
                                           {"name": "cbr0", "interface": "eth0", "ips": ["10.1.0.5"], "default": True}])
     assert [e["addresses"] for e in endpoint_slice(svc, [p], "discovery.k8s.io/v1")["endpoints"]] == [["198.18.32.5"]]
+
+
+def test_a_dual_stack_networks_ipv6_addresses_do_not_go_into_an_ipv4_slice() -> None:
+    """A dual-stack Network's IPv6 addresses were written into the one slice, of addressType IPv4 (the API server
+    refused the whole slice: the Service got no endpoints at all); now each family has its own slice."""
+    svc = parse_service(service({NETWORK_ANNOTATION: "backend", SELECTOR_ANNOTATION: "app=db"}))
+    assert svc is not None
+    dual = pod("a", {"app": "db"}, [on("backend", "198.18.30.5", "2001:2:0:10::5")])
+    body = endpoint_slice(svc, [dual], "discovery.k8s.io/v1")
+    family = {"IPv4": 4, "IPv6": 6}[body["addressType"]]
+    wrong = [a for e in body["endpoints"] for a in e["addresses"] if (6 if ":" in a else 4) != family]
+    assert wrong == [], f"{wrong} in an EndpointSlice of addressType {body['addressType']}: the API server refuses it"
+
+
+def test_one_slice_per_family_the_ipv4_one_keeping_its_name() -> None:
+    svc = parse_service(service({NETWORK_ANNOTATION: "backend", SELECTOR_ANNOTATION: "app=db"}))
+    assert svc is not None
+    dual = [pod("a", {"app": "db"}, [on("backend", "198.18.30.5", "2001:2:0:10::5")])]
+    assert [(b["metadata"]["name"], b["addressType"], [e["addresses"] for e in b["endpoints"]])
+            for b in endpoint_slices(svc, dual, "discovery.k8s.io/v1")] == [
+        ("db-plexus", "IPv4", [["198.18.30.5"]]), ("db-plexus-v6", "IPv6", [["2001:2:0:10::5"]])]
+    only_v4 = [pod("a", {"app": "db"}, [on("backend", "198.18.30.5")])]
+    assert [b["metadata"]["name"] for b in endpoint_slices(svc, only_v4, "discovery.k8s.io/v1")] == ["db-plexus"]
+    only_v6 = [pod("a", {"app": "db"}, [on("backend", "2001:2:0:10::5")])]
+    assert [(b["metadata"]["name"], len(b["endpoints"])) for b in endpoint_slices(svc, only_v6, "discovery.k8s.io/v1")
+            ] == [("db-plexus", 0), ("db-plexus-v6", 1)], "the IPv4 slice stays, empty"
+
+
+def test_the_node_is_the_hostname_topology_in_v1beta1_and_node_name_in_v1() -> None:
+    svc = parse_service(service({NETWORK_ANNOTATION: "backend", SELECTOR_ANNOTATION: "app=db"}))
+    assert svc is not None
+    pods = [pod("a", {"app": "db"}, [on("backend", "198.18.30.5")])]
+    (beta,) = endpoint_slice(svc, pods, "discovery.k8s.io/v1beta1")["endpoints"]
+    assert beta["topology"] == {"kubernetes.io/hostname": "n1"} and "nodeName" not in beta
+    (ga,) = endpoint_slice(svc, pods, "discovery.k8s.io/v1")["endpoints"]
+    assert ga["nodeName"] == "n1" and "topology" not in ga
+
+
+# -- the controller's side, over a fake API server ------------------------------------------------------------------
+class SliceApi:
+    """The custom-objects API for EndpointSlices. ``drop_node_name`` stores them as a 1.17-1.20 API server does for
+    discovery.k8s.io/v1beta1 (nodeName is unknown before 1.20 and behind the alpha gate EndpointSliceNodeName in 1.20,
+    off by default: dropped on create and update)."""
+
+    def __init__(self, drop_node_name: bool = False) -> None:
+        self.slices: dict[tuple[str, str], dict[str, Any]] = {}
+        self.writes: list[str] = []
+        self.fail_deletes = 0
+        self.drop_node_name = drop_node_name
+
+    def _stored(self, body: dict[str, Any]) -> dict[str, Any]:
+        body = copy.deepcopy(body)
+        if self.drop_node_name:
+            for ep in body.get("endpoints") or []:
+                ep.pop("nodeName", None)
+        return body
+
+    def list_cluster_custom_object(self, group: str, version: str, plural: str, label_selector: str = "") -> Any:
+        return {"items": [copy.deepcopy(s) for s in self.slices.values()]}
+
+    def create_namespaced_custom_object(self, group: str, version: str, ns: str, plural: str, body: Any) -> None:
+        self.writes.append("create")
+        self.slices[(ns, body["metadata"]["name"])] = self._stored(body)
+
+    def patch_namespaced_custom_object(self, group: str, version: str, ns: str, plural: str, name: str,
+                                       body: Any) -> None:
+        self.writes.append("patch")
+        self.slices[(ns, name)] = self._stored(body)
+
+    def delete_namespaced_custom_object(self, group: str, version: str, ns: str, plural: str, name: str) -> None:
+        if self.fail_deletes:
+            self.fail_deletes -= 1
+            raise ApiException(status=503, reason="Service Unavailable")
+        self.writes.append("delete")
+        self.slices.pop((ns, name), None)
+
+
+class CoreApi:
+    def patch_namespaced_service_status(self, name: str, ns: str, body: Any) -> None:
+        pass
+
+    def create_namespaced_event(self, ns: str, body: Any) -> None:
+        pass
+
+
+class ServiceSource(FakeSource):
+    def __init__(self, *objs: Any) -> None:
+        super().__init__(*objs)
+        self.raw: dict[str, list[dict[str, Any]]] = {"Service": [], "Pod/all-namespaces": []}
+
+    def subscribe(self, callback: Any, kinds: Any = None) -> None:
+        pass
+
+    def items(self, kind: str) -> list[dict[str, Any]]:
+        return self.raw.get(kind, [])
+
+    def by_index(self, kind: str, index: str, key: Any) -> list[dict[str, Any]]:
+        assert index == "namespace"
+        return [i for i in self.raw.get(kind, []) if i["metadata"]["namespace"] == key]
+
+
+def _endpoints(api: SliceApi, version: str = "v1") -> tuple[ServiceEndpoints, ServiceSource]:
+    backend = parse_object({"apiVersion": GROUP, "kind": "Network", "metadata": {"name": "backend",
+                                                                                  "namespace": "apps"},
+                            "spec": {"networkClass": "c"}})
+    src = ServiceSource(backend)
+    se = ServiceEndpoints(client.ApiClient(), src, lambda: True)  # type: ignore[arg-type]
+    se.custom, se.core, se.version = api, CoreApi(), version  # type: ignore[assignment]
+    return se, src
+
+
+def test_a_slice_whose_delete_failed_once_is_deleted_on_a_later_pass() -> None:
+    """A failed delete (a 5xx, a timeout) was never retried once no Service asked: the pass set ``_managed`` from the
+    slices still wanted alone, and later passes returned before listing; now one stays managed while a delete other
+    than a 404 failed."""
+    api = SliceApi()
+    se, src = _endpoints(api)
+    asking = service({NETWORK_ANNOTATION: "backend", SELECTOR_ANNOTATION: "app=db"})
+    src.raw["Service"] = [asking]
+    src.raw["Pod/all-namespaces"] = [pod("a", {"app": "db"}, [on("backend", "198.18.30.5")])]
+    se.sync()
+    assert ("apps", "db-plexus") in api.slices
+    # the Service stops asking (its annotations removed); the first delete meets a passing API server failure
+    src.raw["Service"] = [service({})]
+    api.fail_deletes = 1
+    se.sync()
+    for _ in range(3):  # later passes: the API server answers again
+        se.sync()
+    assert ("apps", "db-plexus") not in api.slices, (
+        "the slice of a Service that no longer asks outlives it for good: the failed delete set _managed=False, and "
+        "every later pass returns early since no Service asks (DNS keeps answering with the stale addresses)")
+
+
+def test_an_unchanged_v1beta1_slice_is_not_rewritten_on_every_pass() -> None:
+    """A v1beta1 slice (Kubernetes 1.17-1.20) was patched again on every pass: the API server drops a v1beta1
+    endpoint's nodeName, so the slice as read never matched the slice as meant; now the node goes in the hostname
+    topology there, as kube-controller-manager writes it, and reads back unchanged."""
+    api = SliceApi(drop_node_name=True)
+    se, src = _endpoints(api, "v1beta1")
+    src.raw["Service"] = [service({NETWORK_ANNOTATION: "backend", SELECTOR_ANNOTATION: "app=db"})]
+    src.raw["Pod/all-namespaces"] = [pod("a", {"app": "db"}, [on("backend", "198.18.30.5")])]
+    for _ in range(4):  # nothing changes between the passes
+        se.sync()
+    assert api.writes == ["create"], (
+        f"writes {api.writes}: the slice carries endpoints[].nodeName, which a 1.17-1.20 API server does not keep in "
+        "v1beta1, so _content(current) never equals _content(body) and every pass (each 5 s, and on every pod "
+        "change in the cluster) patches every such slice again")
+
+
+def test_a_dual_stack_services_slices_are_written_once_and_the_ipv6_one_deleted_with_its_addresses() -> None:
+    api = SliceApi()
+    se, src = _endpoints(api)
+    src.raw["Service"] = [service({NETWORK_ANNOTATION: "backend", SELECTOR_ANNOTATION: "app=db"})]
+    src.raw["Pod/all-namespaces"] = [pod("a", {"app": "db"}, [on("backend", "198.18.30.5", "2001:2:0:10::5")])]
+    se.sync()
+    se.sync()
+    assert api.writes == ["create", "create"]
+    assert {k: s["addressType"] for k, s in api.slices.items()} == {("apps", "db-plexus"): "IPv4",
+                                                                    ("apps", "db-plexus-v6"): "IPv6"}
+    src.raw["Pod/all-namespaces"] = [pod("a", {"app": "db"}, [on("backend", "198.18.30.5")])]
+    se.sync()
+    assert list(api.slices) == [("apps", "db-plexus")] and api.writes[2:] == ["delete"]
+    src.raw["Service"] = []
+    se.sync()
+    assert api.slices == {}
