@@ -10,6 +10,7 @@ undone by a DEL of the whole list, as a runtime does.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from dataclasses import replace
 from typing import Any
@@ -45,6 +46,16 @@ def _failed(iface: BuiltInterface, verb: str, exc: CniError) -> CniError:
                               else exc.details})
     err.note = note
     return err
+
+
+def _plugins_key(plugins: list[dict[str, Any]]) -> str:
+    """What makes two lists of plugins one for GC: the plugins as configured, but for the ``static`` IPAM section
+    the daemon writes per attachment (``delegateIPAM: lease``), which GC does not read."""
+    def plain(plugin: dict[str, Any]) -> dict[str, Any]:
+        ipam = plugin.get("ipam")
+        return {**plugin, "ipam": {"type": "static"}} if isinstance(ipam, dict) and ipam.get("type") == "static" \
+            else plugin
+    return json.dumps([plain(p) for p in plugins], sort_keys=True)
 
 
 class DelegateDriver:
@@ -123,12 +134,12 @@ class DelegateDriver:
         without one its NAD's), and the plugins keep their state by that name (host-local's directory), so neither
         may be told the other's attachments are gone."""
         by_name: dict[str, list[dict[str, str]]] = {}
-        lists: dict[tuple[str, tuple[str, ...]], Invocation] = {}
+        lists: dict[tuple[str, str], Invocation] = {}
         for iface in kept:
             inv = _invocation(iface)
             name = str(inv.conflist["name"])
             by_name.setdefault(name, []).append({"containerID": inv.container_id, "ifname": inv.ifname})
-            lists.setdefault((name, tuple(str(p.get("type")) for p in inv.conflist["plugins"])), inv)
+            lists.setdefault((name, _plugins_key(inv.conflist["plugins"])), inv)
         for (name, _), inv in lists.items():
             try:
                 self.chain.gc(inv, by_name[name])

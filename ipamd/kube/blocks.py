@@ -463,7 +463,7 @@ class BlockRegistry(KubeLeaseRegistry):
             return False
         with api_unavailable_is_11():
             current = self._read(lease_name(lease.pool, lease.address))
-        if current is None or _spec(current).get("holder") != lease.holder:
+        if current is None or _spec(current).get("holder") != lease.holder or self._another_nodes_client(current):
             return False  # gone, or another holder's now: claimed anew
         with api_unavailable_is_11():
             current = self.finish_adoption(current)

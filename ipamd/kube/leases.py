@@ -254,6 +254,8 @@ class KubeLeaseRegistry(NoBlocks):
             return False  # let go and taken again meanwhile: another node's race, the next address is tried
         spec = current.get("spec") or {}
         if spec.get("holder") == lease.holder:  # ours already (a retried ADD), or another node's for the same holder
+            if self._another_nodes_client(current):
+                return False
             finished = self.finish_adoption(current)
             if finished is None:
                 return False  # changed since it was read: the next try reads it again
@@ -277,6 +279,13 @@ class KubeLeaseRegistry(NoBlocks):
                     return False
                 raise
         return False
+
+    def _another_nodes_client(self, current: dict[str, Any]) -> bool:
+        """A lease object of a gRPC client (``api/<owner>``) made on another node: that node's client, which shares
+        no more than its name with this node's (the API's owners are each node's own), so never this holder's."""
+        holder = str((current.get("spec") or {}).get("holder") or "")
+        node = ((current.get("metadata") or {}).get("labels") or {}).get(NODE_LABEL)
+        return holder.startswith("api/") and node not in (None, "", self.node_name)
 
     def finish_adoption(self, current: dict[str, Any]) -> dict[str, Any] | None:
         """A lease object found this node's for the holder asked for, as an adoption's first write left it (holder and

@@ -325,3 +325,19 @@ def test_a_delegate_whose_add_and_rollback_del_both_failed_holds_up_nothing() ->
         node.call("ADD")
     assert node.store.attachments() == []
     assert node.call("DEL") == {} and fake.expected == []
+
+
+
+def test_gc_reaches_the_ipam_of_both_nads_sharing_a_name_and_a_plugin_type() -> None:
+    """NAD a/storage and b/storage, both ``macvlan``, a with host-local, b with whereabouts (or host-local with
+    another dataDir). ``collect`` keyed its lists by (name, top-level types) only: b's list was never GC'd, so its
+    IPAM plugin was never told which attachments are gone. Now by the plugins as configured."""
+    a = {"cniVersion": "1.1.0", "name": "storage",
+         "plugins": [{"type": "macvlan", "master": "eth1", "ipam": {"type": "host-local", "subnet": "10.1.0.0/24"}}]}
+    b = {"cniVersion": "1.1.0", "name": "storage",
+         "plugins": [{"type": "macvlan", "master": "eth2", "ipam": {"type": "whereabouts", "range": "10.2.0.0/24"}}]}
+    fake = FakeExec(Expected("macvlan", "GC"), Expected("macvlan", "GC"))
+    with contextlib.suppress(AssertionError):
+        DelegateDriver(Chain(fake)).collect([_kept(a, "c1"), _kept(b, "c2")])
+    told = sorted(c.get("ipam", {}).get("type", "") for _, v, _, c in fake.calls if v == "GC")
+    assert told == ["host-local", "whereabouts"], f"GC reached only {told}"

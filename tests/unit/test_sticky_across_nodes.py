@@ -3,6 +3,7 @@ interleavings found in review, each failing on the code before its fix."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
@@ -329,3 +330,25 @@ def test_two_nodes_grpc_clients_of_one_owner_name_never_hold_one_address() -> No
     n2.outbox.flush()
     assert n1.store.lease_at(on_n1.pool, on_n1.ip) is not None, "n1 still holds it"
     assert on_n2.address != on_n1.address, f"{on_n1.address} held by n1's and n2's stores at once"
+
+
+
+def test_grpc_exact_address_of_another_nodes_client_of_the_same_owner_is_not_taken_up() -> None:
+    """The same with an exact address: the lease object of n1's client was taken for this holder's own (the
+    "ours already" of a claim's 409), and answered to n2's client while n1's store and client held it."""
+    api = _with_a_vm_claim()
+    n1, n2 = ClaimNode(api, "n1"), ClaimNode(api, "n2")
+    tiny1, tiny2 = n1.source.get(CLUSTER_IP_ADDRESS_POOL, "", "tiny"), n2.source.get(CLUSTER_IP_ADDRESS_POOL, "", "tiny")
+    assert tiny1 is not None and tiny2 is not None
+    _, on_n1 = n1.ipam.allocate_for("client", tiny1)
+    n1.outbox.flush()
+    got = None
+    with contextlib.suppress(CniError):
+        _, lease = n2.ipam.allocate_for("client", tiny2, on_n1.address)  # exactly the address n1's client holds
+        got = lease.address
+    assert n1.store.lease_at(on_n1.pool, on_n1.ip) is not None, "n1 still holds it"
+    assert got != on_n1.address, f"{on_n1.address} answered to n2's client while n1's store and client hold it"
+
+
+# -- 2. _return: no version in the cache (it shows the window another node's, or nothing) = a delete with no
+#       precondition -----------------------------------------------------------------------------------------------
