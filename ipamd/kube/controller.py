@@ -43,6 +43,7 @@ from ipamd.kube.leases import NODE_LABEL, POOL_LABEL, existing_holders, lease_bo
 from ipamd.kube.reclaim import claim_holders, may_hold_addresses, silent_nodes, stray_leases, vanished
 from ipamd.model.annotations import names_ip_address
 from ipamd.model.conditions import set_condition
+from ipamd.model.names import segment_of_bridge
 from ipamd.model.objects import (
     CLUSTER_NETWORK,
     INT64_MAX,
@@ -270,6 +271,15 @@ class Controller:
             ident = granted_id(net)
             if kinds[net.meta.key].tagged and ident:
                 held.setdefault(kinds[net.meta.key].name, {}).setdefault(ident, net.meta.key)
+        # a Network deleted while a node still carries its pods keeps its ID until that node's side of it goes (its
+        # NodeNetworkInterfaceAttachment, removed with its bridge): given to another Network, it would put that one
+        # on the wire segment of those pods
+        for item in self.source.items(ATTACHMENT_KIND):
+            ref, bridge = (item.get("spec") or {}).get("networkRef") or {}, (item.get("spec") or {}).get("bridgeName")
+            key = "/".join(p for p in (ref.get("kind", ""), ref.get("namespace", ""), ref.get("name", "")) if p)
+            carried = segment_of_bridge(str(bridge or ""))
+            if carried is not None and key not in kinds:
+                held.setdefault(carried[0], {}).setdefault(carried[1], key)
         nodes = self._node_counts()
         for net in nets:
             kind = kinds[net.meta.key]

@@ -29,6 +29,14 @@ def bridge_name(kind: str, ident: int, network_key: str) -> str:
     return f"{PREFIX}-n-" + hashlib.sha1(network_key.encode()).hexdigest()[:8]
 
 
+def segment_of_bridge(bridge: str) -> tuple[str, int] | None:
+    """The segment kind and ID a bridge is named for (``bridge_name``'s inverse); None for an untagged one."""
+    for kind, prefix in _BRIDGE_PREFIX.items():
+        if bridge.startswith(prefix) and bridge[len(prefix):].isdigit():
+            return kind, int(bridge[len(prefix):])
+    return None
+
+
 def uplink_name(kind: str, ident: int) -> str:
     """The uplink Plexus makes for a segment: an 802.1Q sub-interface or a VXLAN device; "" for none."""
     prefix = _UPLINK_PREFIX.get(kind)

@@ -196,3 +196,26 @@ def test_a_pools_status_is_right_after_leadership_went_away_and_came_back() -> N
     src_a.raw["IPAddressLease"] = src_b.raw["IPAddressLease"] = []
     a.run_once()
     assert status["used"] == 0, "the pool's status still shows the address leased while B led"
+
+
+
+def test_the_controller_does_not_regrant_a_deleted_networks_id_while_a_node_still_carries_it() -> None:
+    """A deleted Network's ID went to the next Network at once, while a node still carried the old one's pods (its
+    NodeNetworkInterfaceAttachment names the bridge): now held until that node's side of it goes."""
+    ctl, src = controller(obj("Network", "new", {"networkClass": "vl"}, uid="un"))
+    # Network ns/old (VLAN 600) was deleted; node n1 still has pods on it, so it keeps its segment and reports it
+    src.raw["NodeNetworkInterfaceAttachment"] = [
+        {"metadata": {"name": "n1-old"},
+         "spec": {"networkRef": {"kind": "Network", "namespace": "ns", "name": "old"}, "nodeName": "n1",
+                  "bridgeName": "plx-br-600"},
+         "status": {"conditions": [{"type": "Ready", "status": "True"}]}}]
+    ctl.assign_segments()
+    got = statuses(src)["new"]
+    assert got["vlanID"] != 600, (
+        "VLAN 600 still carries the deleted Network's pods on node n1 (plx-br-600/plx-vl-600), yet the controller "
+        "granted it to Network ns/new: other nodes put ns/new on the same wire VLAN, and n1 refuses its pods (104)")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 9. Segments: a ClusterNetwork naming a NetworkClass that does not exist is answered "no free VLAN ID" (100, naming
+#    spec.vlan.idPool) instead of 103 for the missing class, as a Network's missing class is.
