@@ -209,6 +209,9 @@ class Ipam:
             if net is None:
                 raise ObjectNotFound(f"ClusterNetwork {sel.name} does not exist", f"{where}.name")
             cls = class_of(self.source, net)
+            if net.network_class and cls is None:  # (a ClusterNetwork may name none: its own parents and ID)
+                raise ObjectNotFound(f"NetworkClass {net.network_class} of ClusterNetwork {sel.name} does not exist",
+                                     "spec.networkClass")
         pool = pool_of(self.source, net, required=True)
         bad = unreachable_gateway(net.pod, [s.network for s in pool.subnets]) if pool and net.pod.routes else None
         if bad is not None:

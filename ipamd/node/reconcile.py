@@ -213,8 +213,8 @@ class Reconciler:
         nets: list[Network | ClusterNetwork] = [*self.source.list(NETWORK), *self.source.list(CLUSTER_NETWORK)]
         for net in nets:
             cls = class_of(self.source, net)
-            if isinstance(net, Network) and cls is None:
-                continue  # reported when a pod asks for it
+            if cls is None and (isinstance(net, Network) or net.network_class):
+                continue  # reported when a pod asks for it (a ClusterNetwork may name no class: its own segment)
             if self.cluster and segment_kind(net, cls).tagged and granted_id(net) is None:
                 continue  # the controller has not given it its VLAN ID / VNI yet
             live[net.meta.key] = ResolvedNetwork(net.meta.key, net.meta.kind, net.meta.name, net.meta.namespace, net,

@@ -525,3 +525,23 @@ def test_a_macvlan_that_cannot_be_brought_up_is_undone_and_answered_with_code_10
     assert raised is not None
     assert pod.links == {}, f"the failed ADD left macvlan {list(pod.links)} in the pod (no undo registered yet)"
     assert isinstance(raised, CniError) and raised.code == 105, f"answered with {raised!r}, not a CNI error 105"
+
+
+
+def test_a_cluster_network_whose_class_is_missing_is_object_not_found() -> None:
+    """A ClusterNetwork naming a NetworkClass that does not exist was answered "no free VLAN ID" (100, naming
+    spec.vlan.idPool), as a Network's missing class is not: now 103 naming spec.networkClass."""
+    node = Node()
+    node.source.add(obj("ClusterNetwork", "pub", {"type": "VLAN", "networkClass": "nope"}, namespaced=False))
+    node.source.add(obj("Pod", "app", {}, uid="uid-app", annotations={
+        "network.deckhouse.io/networks-spec": json.dumps([{"type": "ClusterNetwork", "name": "pub"}])}))
+    with pytest.raises(CniError) as err:
+        node.call("ADD")
+    assert err.value.code == 103 and "networkClass" in err.value.details, (
+        f"code {err.value.code} {err.value.msg!r} (field {err.value.details}) for a ClusterNetwork whose class is "
+        "missing")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 10. Segments: two untagged Networks of a class naming a parent NIC both take that NIC as their bridge's uplink; the
+#     second silently steals it from the first bridge (a NIC is a port of one bridge), cutting its pods off the wire.
