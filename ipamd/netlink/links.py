@@ -21,7 +21,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 from cni.errors import InterfaceFailure, TryAgainLater
-from ipamd.model.names import TapNames, uplink_name
+from ipamd.model.names import PREFIX, TapNames, uplink_name
 
 GONE = (errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL)
 RTN_UNICAST = 1
@@ -99,9 +99,24 @@ def ensure_bridge(host: IPRoute, name: str, uplink: str = "") -> int:
         if up is None:
             raise InterfaceFailure(f"uplink {uplink} of bridge {name} does not exist", uplink)
         link = host.link("get", index=up)[0]
-        if link.get_attr("IFLA_MASTER") != idx:
+        master = link.get_attr("IFLA_MASTER")
+        if master != idx:
+            _refuse_taken_uplink(host, uplink, name, master)
             host.link("set", index=up, master=idx, state="up")
     return idx
+
+
+def _refuse_taken_uplink(host: IPRoute, uplink: str, bridge: str, master: int | None) -> None:
+    """A NIC is a port of one bridge: one that is already another Plexus segment's uplink is not taken from it (its
+    pods would lose the wire while both segments look ready)."""
+    if not master:
+        return
+    found = host.link("get", index=master)
+    owner = str(found[0].get_attr("IFLA_IFNAME") or "") if found else ""
+    if owner.startswith(f"{PREFIX}-"):
+        raise InterfaceFailure(f"{uplink} is already the uplink of bridge {owner}, another network's segment: a NIC is "
+                               f"the port of one bridge, so {bridge} cannot have it too (give each untagged network a "
+                               "parent NIC of its own, or a VLAN or VXLAN class)", "parentNodeNetworkInterfaces")
 
 
 def vlan_spec(parent_index: int, name: str, vlan_id: int) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cni.errors import InterfaceFailure
 from ipamd.model.names import uplink_name
 from ipamd.model.objects import VxlanSpec
 
@@ -18,6 +19,9 @@ class FakeNodeLinks:
             self._next += 1
             self.links[name] = {"kind": "bridge", "index": self._next}
         if uplink:
+            master = str(self.links.get(uplink, {}).get("master") or "")
+            if master and master != name and master.startswith("plx-"):  # as ``links.ensure_bridge`` refuses it
+                raise InterfaceFailure(f"{uplink} is already the uplink of bridge {master}", "parentNodeNetworkInterfaces")
             self.links.setdefault(uplink, {"kind": "nic"})["master"] = name
         return int(str(self.links[name]["index"]))
 

@@ -7,12 +7,13 @@ from typing import Any
 
 import pytest
 
-from cni.errors import TryAgainLater
+from cni.errors import CniError, TryAgainLater
 from ipamd.ipam.addresses import ResolvedNetwork
 from ipamd.model.objects import ClusterNetwork, Network, NetworkClass, parse_object
 from ipamd.node.segments import Segments
 from ipamd.store.sqlite import Store
 from tests.fakes.links import FakeNodeLinks
+from tests.fakes.store import MemoryStore
 
 GROUP = "network.deckhouse.io/v1alpha1"
 CLASS: Any = parse_object({"apiVersion": GROUP, "kind": "NetworkClass", "metadata": {"name": "c"},
@@ -72,3 +73,30 @@ def test_a_cluster_network_without_its_own_id_takes_one_from_its_class(store: St
     with pytest.raises(TryAgainLater):
         seg.plan(cluster_network("cn2"))
     assert seg.plan(cluster_network("cn2", status_vlan=604)).record.id == 604, "the controller's, in a cluster"
+
+
+
+def test_two_untagged_networks_do_not_silently_share_one_parent_nic() -> None:
+    """The second untagged Network of a class naming eth1 took eth1 from the first one's bridge (a NIC is the port of
+    one bridge), cutting its pods off the wire while both said Ready: now refused (``links.ensure_bridge``, checked
+    in a namespace by tests/netns/test_uplink_once.py), and the reconciler reports that segment not ready."""
+    cls = parse_object({"apiVersion": GROUP, "kind": "NetworkClass", "metadata": {"name": "flat"},
+                        "spec": {"parentNodeNetworkInterfaces": {"names": ["eth1"]}}})
+    assert isinstance(cls, NetworkClass)
+
+    def net(name: str) -> ResolvedNetwork:
+        o = parse_object({"apiVersion": GROUP, "kind": "Network", "metadata": {"name": name, "namespace": "ns"},
+                          "spec": {"networkClass": "flat"}})
+        assert isinstance(o, Network)
+        return ResolvedNetwork(o.meta.key, "Network", name, "ns", o, cls, None)
+
+    fake = FakeNodeLinks()
+    seg = Segments(MemoryStore(), fake, lambda: 0.0)
+    first, _ = seg.ensure(net("a"))
+    try:
+        seg.ensure(net("b"))
+    except CniError:
+        return  # refused: fine
+    assert fake.links["eth1"]["master"] == first.bridge, (
+        f"eth1 moved to {fake.links['eth1']['master']}: Network ns/a's bridge {first.bridge} lost its uplink "
+        "without a word (both Networks are reported Ready)")
