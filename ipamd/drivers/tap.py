@@ -45,6 +45,8 @@ class TapDriver:
         pod = ctx.pod.netlink()
         names = _names(iface)
         bridge = ctx.bridge_index()
+        # refused first: the undo below removes these names from the pod, and must not take someone else's link
+        links.pod_names_free(pod, iface.if_name, names.inner_bridge, names.inner_veth)
         undo.callback(quietly, f"tap {iface.if_name}", _remove_pod_side, pod, iface)
         undo.callback(quietly, "temporary tap", links.delete_link, ctx.host, names.temporary)
         links.add_tap(ctx.host, pod, ctx.pod.fd, iface.host_link, names, iface.if_name, iface.mac, bridge,

@@ -219,6 +219,12 @@ def _pod_name_free(pod: IPRoute, name: str) -> None:
         raise InterfaceFailure(f"interface {name} already exists in the pod", name)
 
 
+def pod_names_free(pod: IPRoute, *names: str) -> None:
+    """Refuse names already taken in the pod, before a driver registers the undo that would delete them."""
+    for name in names:
+        _pod_name_free(pod, name)
+
+
 def add_veth(host: IPRoute, pod: IPRoute, pod_fd: int, host_name: str, if_name: str, mac: str,
              bridge_index: int) -> PodLink:
     """A veth pair: ``if_name`` in the pod, ``host_name`` up on the node bridge.

@@ -545,3 +545,18 @@ def test_a_cluster_network_whose_class_is_missing_is_object_not_found() -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 # 10. Segments: two untagged Networks of a class naming a parent NIC both take that NIC as their bridge's uplink; the
 #     second silently steals it from the first bridge (a NIC is a port of one bridge), cutting its pods off the wire.
+
+
+def test_a_tap_whose_name_is_taken_in_the_pod_is_refused_without_removing_the_other_link() -> None:
+    """The TAP driver registered its undo (remove the TAP's names from the pod) before ``add_tap`` refused a name
+    already taken there: the refusal then deleted the other interface (the cluster network's eth0, say)."""
+    request = InterfaceRequest("eth0")
+    plan = TapDriver().plan(InterfaceKey("c1", "eth0", NETNS), request)
+    iface = BuiltInterface("eth0", "tap", "Network/ns/vm-net", "Network", "vm-net", host_link=plan.host_link,
+                           driver=plan.state or {})
+    pod = MacvlanPod()
+    pod.links["eth0"] = 2  # the cluster network's
+    ctx = BuildContext(HostNetlink(pod), PodSide(pod), lambda: 11)
+    with pytest.raises(CniError) as err, contextlib.ExitStack() as undo:
+        TapDriver().build(ctx, iface, undo)
+    assert err.value.code == 105 and pod.deleted == [] and pod.links == {"eth0": 2}, pod.deleted
