@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from cni.errors import CniError, TryAgainLater
@@ -29,6 +30,21 @@ def _housekeep(node: Node, pool_name: str) -> None:
     node.registry.housekeep([pool_of(node.source, pool_name)], node.ipam.in_use, node.store.transaction)
 
 
+def _next_block_create_unanswered(api: FakeApi) -> list[str]:
+    """The API server makes the next block, but its answer is lost (a read timeout): the names of those made so."""
+    create, lost = api.create, list[str]()
+
+    def made_but_unanswered(kind: str, body: dict[str, Any], namespace: str = "") -> dict[str, Any]:
+        made = create(kind, body, namespace)
+        if kind == BLOCK_KIND and not lost:
+            lost.append(made["metadata"]["name"])
+            raise urllib3.exceptions.ReadTimeoutError(None, "/apis", "Read timed out.")  # type: ignore[arg-type]
+        return made
+
+    api.create = made_but_unanswered  # type: ignore[method-assign]
+    return lost
+
+
 
 def test_a_block_whose_create_answer_was_lost_is_not_leased_in_before_the_checks_after_a_claim(api: FakeApi) -> None:
     """Node b leased one address of every window per address (its objects made before any block). Node a claims a
@@ -37,8 +53,6 @@ def test_a_block_whose_create_answer_was_lost_is_not_leased_in_before_the_checks
     while its lease informer lags (a relist, a slow watch): a's next ADDs leased in that block with no request, and
     handed out b's address inside it -- the one interleaving the quorum read after a claim is there for. (A daemon
     killed between a block's create and its checks, the same after its restart.)"""
-    import urllib3
-
     from ipamd.ipam.allocator import to_text
     from ipamd.kube.leases import lease_body
 
@@ -50,17 +64,8 @@ def test_a_block_whose_create_answer_was_lost_is_not_leased_in_before_the_checks
         theirs.add(address)
     a = Node(api, "a", live=False)
     a.cache._snapshot[LEASE_KIND] = []  # a's lease informer has not shown them yet
-    create = api.create
-    lost: list[str] = []
+    lost = _next_block_create_unanswered(api)
 
-    def made_but_unanswered(kind: str, body: dict[str, Any], namespace: str = "") -> dict[str, Any]:
-        made = create(kind, body, namespace)
-        if kind == BLOCK_KIND and not lost:
-            lost.append(made["metadata"]["name"])
-            raise urllib3.exceptions.ReadTimeoutError(None, "/apis", "Read timed out.")  # type: ignore[arg-type]
-        return made
-
-    api.create = made_but_unanswered  # type: ignore[method-assign]
     with pytest.raises(TryAgainLater):
         a.add()
     assert lost and lost[0] in api.objs[BLOCK_KIND], "made by the API server, its answer lost"
@@ -331,8 +336,6 @@ def test_a_window_claimed_again_with_its_create_answer_lost_is_checked_though_cl
     """The check of a block never cleared (its create's answer lost) was skipped for a window this node had claimed
     (and cleared) once before: ``_cleared`` kept the slot after the block was returned, and the block's renewal owed
     by an earlier round was still owed, which read as "cleared, renewal on its way". Both now go with the block."""
-    import urllib3
-
     from ipamd.ipam.allocator import to_int, to_text
     from ipamd.kube.blocks import KIND as BLOCK_KIND
     from ipamd.kube.leases import KIND as LEASE_KIND
@@ -364,18 +367,9 @@ def test_a_window_claimed_again_with_its_create_answer_lost_is_checked_though_cl
         theirs.add(b.add())
     b.outbox.flush()
     assert all(first <= to_int(x) < first + 16 for x in theirs), theirs
-    create = api.create
-    lost: list[str] = []
-
-    def made_but_unanswered(kind: str, body: dict[str, Any], namespace: str = "") -> dict[str, Any]:
-        made = create(kind, body, namespace)
-        if kind == BLOCK_KIND and not lost:
-            lost.append(made["metadata"]["name"])
-            raise urllib3.exceptions.ReadTimeoutError(None, "/apis", "Read timed out.")  # type: ignore[arg-type]
-        return made
+    lost = _next_block_create_unanswered(api)
 
     a.cache._snapshot[LEASE_KIND] = []  # a's lease informer has not shown b's objects
-    api.create = made_but_unanswered  # type: ignore[method-assign]
     with pytest.raises(CniError):
         a.add()
     assert lost == [name], "the same window claimed again, its answer lost"

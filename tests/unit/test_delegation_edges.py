@@ -6,8 +6,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
-import stat
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,15 +22,8 @@ from ipamd.model.npwg import parse_networks
 from ipamd.publish.render import network_status
 from ipamd.store.records import BuiltInterface
 from tests.fakes.exec import Expected, FakeExec
-
-ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "net1",
-       "CNI_ARGS": "K8S_POD_NAME=a"}
-
-
-def _plugin(tmp_path: Path, name: str, body: str) -> None:
-    path = tmp_path / name
-    path.write_text(f"#!{sys.executable}\nimport json, os, sys, time\n{body}\n")
-    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+from tests.unit.test_exec import ENV
+from tests.unit.test_exec import plugin as _plugin
 
 
 def _inv(conflist: dict[str, Any], bin_dir: str = "", container: str = "c1", ifname: str = "net1",

@@ -14,8 +14,15 @@ from ipamd.ipam.delegated import DelegatedAddresses
 from ipamd.kube.blocks import BlockRegistry
 from ipamd.kube.outbox import Outbox
 from ipamd.kube.publisher import KubePublisher
-from ipamd.model.objects import CLUSTER_IP_ADDRESS_POOL, NPWG_CLAIM_API_VERSION, USED_BY_ANNOTATION, parse_object
+from ipamd.model.objects import (
+    CLUSTER_IP_ADDRESS_POOL,
+    NPWG_CLAIM_API_VERSION,
+    USED_BY_ANNOTATION,
+    AddressPool,
+    parse_object,
+)
 from ipamd.node.reconcile import Reconciler
+from ipamd.store.records import LeaseRecord
 from ipamd.store.sqlite import Store
 from ipamd.verbs.call import CniCall
 from ipamd.verbs.ipam_plugin import IpamPlugin
@@ -315,17 +322,24 @@ def test_a_daemon_killed_right_after_releasing_a_gone_pods_claim_still_clears_it
     assert not _owner(api), "the pod gone let go of the claim; its owner stayed written"
 
 
-def test_two_nodes_grpc_clients_of_one_owner_name_never_hold_one_address() -> None:
-    """A gRPC client's lease (``api/<owner>``) is asked for on its node (ipamd/ipam/addresses.py, PORTABLE's comment),
-    and each node's store holds it. A client on n2 that happens to use the owner name of a client on n1 (a DaemonSet's
-    clients all named alike, say) finds n1's lease object by holder (``registry.held_by`` in ``Ipam._secure``), takes
-    it up, and was answered n1's address while n1's store and client still held it: one address on two nodes."""
+def _a_client_on_n1() -> tuple[ClaimNode, ClaimNode, AddressPool, LeaseRecord]:
+    """Nodes n1 and n2 of one cluster, n1's gRPC client ``client`` holding an address of ClusterIPAddressPool tiny:
+    n2's view of that pool, and n1's lease."""
     api = _with_a_vm_claim()
     n1, n2 = ClaimNode(api, "n1"), ClaimNode(api, "n2")
     tiny1, tiny2 = n1.source.get(CLUSTER_IP_ADDRESS_POOL, "", "tiny"), n2.source.get(CLUSTER_IP_ADDRESS_POOL, "", "tiny")
     assert tiny1 is not None and tiny2 is not None
     _, on_n1 = n1.ipam.allocate_for("client", tiny1)
     n1.outbox.flush()
+    return n1, n2, tiny2, on_n1
+
+
+def test_two_nodes_grpc_clients_of_one_owner_name_never_hold_one_address() -> None:
+    """A gRPC client's lease (``api/<owner>``) is asked for on its node (ipamd/ipam/addresses.py, PORTABLE's comment),
+    and each node's store holds it. A client on n2 that happens to use the owner name of a client on n1 (a DaemonSet's
+    clients all named alike, say) finds n1's lease object by holder (``registry.held_by`` in ``Ipam._secure``), takes
+    it up, and was answered n1's address while n1's store and client still held it: one address on two nodes."""
+    n1, n2, tiny2, on_n1 = _a_client_on_n1()
     _, on_n2 = n2.ipam.allocate_for("client", tiny2)
     n2.outbox.flush()
     assert n1.store.lease_at(on_n1.pool, on_n1.ip) is not None, "n1 still holds it"
@@ -336,12 +350,7 @@ def test_two_nodes_grpc_clients_of_one_owner_name_never_hold_one_address() -> No
 def test_grpc_exact_address_of_another_nodes_client_of_the_same_owner_is_not_taken_up() -> None:
     """The same with an exact address: the lease object of n1's client was taken for this holder's own (the
     "ours already" of a claim's 409), and answered to n2's client while n1's store and client held it."""
-    api = _with_a_vm_claim()
-    n1, n2 = ClaimNode(api, "n1"), ClaimNode(api, "n2")
-    tiny1, tiny2 = n1.source.get(CLUSTER_IP_ADDRESS_POOL, "", "tiny"), n2.source.get(CLUSTER_IP_ADDRESS_POOL, "", "tiny")
-    assert tiny1 is not None and tiny2 is not None
-    _, on_n1 = n1.ipam.allocate_for("client", tiny1)
-    n1.outbox.flush()
+    n1, n2, tiny2, on_n1 = _a_client_on_n1()
     got = None
     with contextlib.suppress(CniError):
         _, lease = n2.ipam.allocate_for("client", tiny2, on_n1.address)  # exactly the address n1's client holds
