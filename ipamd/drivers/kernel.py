@@ -59,18 +59,8 @@ def _spelled_cidr(cidr: str) -> str:
         return cidr
 
 
-def _spelled_route(dst: str, via: str) -> tuple[str, str]:
-    """The kernel's spelling of a route (its destination's network, IPv6 compressed), so a record written
-    ``2001:2:0:0::/64`` or with host bits set still matches what netlink reports."""
-    try:
-        dst = str(ipaddress.ip_network(dst, strict=False))
-    except ValueError:
-        pass
-    return dst, links.same_ip(via) if via else ""
-
-
 def _spelled_routes(routes: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
-    return {_spelled_route(dst, via) for dst, via in routes}
+    return {policy.route_key(dst, via) for dst, via in routes}
 
 
 def check(host: Any, pod: Any, iface: BuiltInterface) -> list[str]:
@@ -92,7 +82,7 @@ def check(host: Any, pod: Any, iface: BuiltInterface) -> list[str]:
                 if _spelled_cidr(cidr) not in have:
                     problems.append(f"{iface.if_name} lacks address {cidr}")
                 for r in a.get("routes", ()):
-                    if _spelled_route(r["destination"], r["via"]) not in routes:
+                    if policy.route_key(r["destination"], r["via"]) not in routes:
                         problems.append(f"{iface.if_name} lacks route {r['destination']} via {r['via']}")
     if iface.table and iface.configure_ips and iface.addresses and state is not None:  # as ``configure`` has it
         problems += _policy_problems(pod, iface)
@@ -102,22 +92,10 @@ def check(host: Any, pod: Any, iface: BuiltInterface) -> list[str]:
 
 
 def _policy_problems(pod: Any, iface: BuiltInterface) -> list[str]:
-    state = policy.policy_state(pod, iface.table)
-    rules = {_spelled_cidr(r) for r in state["rules"]}
-    routes = _spelled_routes(state["routes"])
-    problems = []
-    for a in iface.addresses:
-        if _spelled_cidr(_host_cidr(a["address"])) not in rules:
-            problems.append(f"no rule sends {a['address']} of {iface.if_name} to table {iface.table}")
-    for r in iface.policy_routes:
-        if _spelled_route(r["destination"], r["via"]) not in routes:
-            problems.append(f"table {iface.table} lacks route {r['destination']} via {r['via']} of {iface.if_name}")
-    return problems
-
-
-def _host_cidr(address: str) -> str:
-    """An address as its policy rule's source: /32, or /128 for IPv6."""
-    return f"{address}/{128 if ':' in address else 32}"
+    """What ``configure`` put in the interface's table and rules that the pod's namespace lacks now."""
+    cidrs = [cidr_of(a["address"], a["network"]) for a in iface.addresses]
+    routes = [(r["destination"], r["via"]) for r in iface.policy_routes]
+    return policy.policy_problems(iface.if_name, iface.table, cidrs, routes, policy.policy_state(pod, iface.table))
 
 
 class DoomedLinks:

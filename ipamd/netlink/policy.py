@@ -6,17 +6,18 @@ removes them. Both families: an IPv6 address gets an AF_INET6 rule for its /128 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ipamd.model.podopts import POLICY_RULE_PRIORITY
-from ipamd.netlink.links import GONE, _fail, any_address, dump_of
+from ipamd.netlink.links import GONE, _fail, any_address, dump_of, same_ip
 
 SCOPE_LINK = 253
 FAMILIES = (socket.AF_INET, socket.AF_INET6)
@@ -73,3 +74,28 @@ def policy_state(pod: IPRoute, table: int) -> dict[str, list[Any]]:
     routes = [(f"{r.get_attr('RTA_DST') or any_address(family)}/{r['dst_len']}", r.get_attr("RTA_GATEWAY") or "")
               for family in FAMILIES for r in dump_of(family, pod.get_routes, table=table)]
     return {"rules": rules, "routes": routes}
+
+
+def policy_problems(if_name: str, table: int, addresses: Iterable[str], routes: Iterable[tuple[str, str]],
+                    state: Mapping[str, list[Any]]) -> list[str]:
+    """CHECK's comparison, pure: what ``add_policy_routing`` puts in place for ``if_name`` (``addresses`` as CIDRs,
+    ``routes`` its network's (destination, via)) that ``state`` (``policy_state``'s) lacks, in words naming the
+    interface and the table: each address's rule, each connected route, each policy route."""
+    cidrs = {c: ipaddress.ip_interface(c) for c in addresses}
+    rules = {str(ipaddress.ip_interface(r)) for r in state["rules"]}
+    have = {route_key(dst, via) for dst, via in state["routes"]}
+    problems = [f"no rule sends {c.rpartition('/')[0]} of {if_name} to table {table}"
+                for c, iface in cidrs.items() if f"{iface.ip}/{iface.max_prefixlen}" not in rules]
+    problems += [f"table {table} lacks connected route {net} of {if_name}"
+                 for net in dict.fromkeys(str(iface.network) for iface in cidrs.values()) if (net, "") not in have]
+    problems += [f"table {table} lacks route {dst} via {via} of {if_name}"
+                 for dst, via in routes if route_key(dst, via) not in have]
+    return problems
+
+
+def route_key(dst: str, via: str) -> tuple[str, str]:
+    """A route as the kernel spells it (its destination's network, IPv6 compressed; "" for no gateway), so a record
+    written ``2001:2:0:0::/64`` or with host bits set matches what netlink reports."""
+    with contextlib.suppress(ValueError):
+        dst = str(ipaddress.ip_network(dst, strict=False))
+    return dst, same_ip(via) if via else ""

@@ -149,3 +149,27 @@ def test_plexusctl_lists_a_services_endpoints_in_local_mode(node: Node) -> None:
         services["lost"]["problem"]
     for cid, name in (("c1", "db-0"), ("c2", "web-0")):
         assert node.cni("DEL", cid, paths[name], pod=(NS, name)).ok
+
+
+
+@pytest.mark.netns
+def test_check_reports_a_connected_route_deleted_from_the_policy_table(node: Node) -> None:
+    node.apply([pool("prc-a", "198.18.22.0/24"),
+                network("prc-a", "prc-a", routingTable=100,
+                        policyRoutes=[{"destination": "0.0.0.0/0", "via": "198.18.22.1"}]),
+                pod_manifest("conn", [{"type": "Network", "name": "prc-a"}])])
+    ns = node.pod_netns("conn")
+    add = node.cni("ADD", "c1", ns, pod=(NS, "conn"))
+    assert add.ok, add
+    assert sorted(table_in(ns, 100)["routes"]) == [("0.0.0.0/0", "198.18.22.1"), ("198.18.22.0/24", "")]
+    conf = node.conf(prevResult=add.json)
+    assert node.cni("CHECK", "c1", ns, pod=(NS, "conn"), conf=conf).ok
+
+    with netlink_at(ns) as ipr:
+        ipr.route("del", family=socket.AF_INET, dst="198.18.22.0/24", table=100, scope=253)
+    assert table_in(ns, 100)["routes"] == [("0.0.0.0/0", "198.18.22.1")], "only the connected route is gone"
+    check = node.cni("CHECK", "c1", ns, pod=(NS, "conn"), conf=conf)
+    assert check.code == 105 and "table 100 lacks connected route 198.18.22.0/24 of net1" in check.stdout, check
+
+    assert node.cni("DEL", "c1", ns, pod=(NS, "conn")).ok
+    assert table_in(ns, 100)["routes"] == []

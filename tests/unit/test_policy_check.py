@@ -1,0 +1,112 @@
+"""CHECK of policy routing: what ADD put in an interface's table (each address's rule, its subnet's connected route,
+the network's policy routes), each one missing reported naming the interface, the table and what is missing; at
+message level (``PodNetlink``) and as the pure comparison."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import pytest
+
+from ipamd.drivers import kernel
+from ipamd.netlink import links, policy
+from ipamd.store.records import BuiltInterface
+from tests.unit.test_podopts import PodNetlink
+
+TABLE = 100
+
+
+def policy_iface(*addresses: tuple[str, str], routes: tuple[tuple[str, str], ...] = ()) -> BuiltInterface:
+    """An interface with policy routing, as ADD records it (``addresses``: (address, its network))."""
+    return BuiltInterface("net1", "veth", "Network/ns/pr", "Network", "pr", mac="02:00:00:00:00:01",
+                          addresses=tuple({"address": a, "network": n} for a, n in addresses), table=TABLE,
+                          policy_routes=tuple({"destination": d, "via": v} for d, v in routes))
+
+
+def added(iface: BuiltInterface, monkeypatch: pytest.MonkeyPatch) -> PodNetlink:
+    """A pod namespace after ADD's ``configure`` of ``iface``, whose link CHECK finds up with its addresses."""
+    monkeypatch.setattr(links, "configure_addresses", lambda *args: None)  # the main table is not this test's
+    cidrs = [f"{a['address']}/{a['network'].split('/')[1]}" for a in iface.addresses]
+    monkeypatch.setattr(links, "link_state", lambda ipr, name: {"name": name, "mac": iface.mac, "up": True,
+                                                                "addresses": cidrs, "routes": [], "kind": "veth"})
+    pod = PodNetlink()
+    with contextlib.ExitStack() as undo:
+        kernel.configure(pod, 7, iface, undo)
+        undo.pop_all()
+    return pod
+
+
+DUAL = policy_iface(("198.18.5.10", "198.18.5.0/24"), ("2001:2:0:0::10", "2001:2:0:0::/64"),
+                    routes=(("0.0.0.0/0", "198.18.5.1"), ("::/0", "2001:2::1")))
+
+
+@pytest.mark.parametrize("dst", ["198.18.5.0/24", "2001:2::/64"])
+def test_check_reports_a_connected_route_deleted_from_the_policy_table(dst: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ADD puts each address's connected route in the table; CHECK looked only at the rules and the policy routes, so
+    a connected route deleted from the table went unnoticed (the policy routes' gateways unreachable from the
+    table: what leaves from the address is dropped) while CHECK said the attachment was as ADD made it."""
+    pod = added(DUAL, monkeypatch)
+    assert kernel.check(object(), pod, DUAL) == [], "untouched: nothing differs"
+    del pod.routes[(TABLE, dst)]
+    problems = kernel.check(object(), pod, DUAL)
+    assert problems == [f"table {TABLE} lacks connected route {dst} of net1"], problems
+
+
+def test_check_reports_a_connected_route_that_now_goes_via_a_gateway(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connected route replaced by one through a gateway is not the route ADD made."""
+    iface = policy_iface(("198.18.5.10", "198.18.5.0/24"))
+    pod = added(iface, monkeypatch)
+    pod.routes[(TABLE, "198.18.5.0/24")] = {"dst": "198.18.5.0/24", "gateway": "198.18.5.254", "table": TABLE}
+    assert kernel.check(object(), pod, iface) == [f"table {TABLE} lacks connected route 198.18.5.0/24 of net1"]
+
+
+def test_two_addresses_in_one_subnet_share_their_connected_route(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ADD makes the shared connected route once (EEXIST for the second): CHECK expects it once, and reports it
+    once when it is gone."""
+    iface = policy_iface(("198.18.5.10", "198.18.5.0/24"), ("198.18.5.11", "198.18.5.0/24"))
+    pod = added(iface, monkeypatch)
+    assert kernel.check(object(), pod, iface) == []
+    del pod.routes[(TABLE, "198.18.5.0/24")]
+    assert kernel.check(object(), pod, iface) == [f"table {TABLE} lacks connected route 198.18.5.0/24 of net1"]
+
+
+def _drop_rule(pod: PodNetlink) -> None:
+    pod.rules = [r for r in pod.rules if r["src"] != "198.18.5.10"]
+
+
+def _drop_policy_route(pod: PodNetlink) -> None:
+    del pod.routes[(TABLE, "::/0")]
+
+
+def _drop_connected_route(pod: PodNetlink) -> None:
+    del pod.routes[(TABLE, "198.18.5.0/24")]
+
+
+@pytest.mark.parametrize(("drop", "problem"), [
+    (_drop_rule, f"no rule sends 198.18.5.10 of net1 to table {TABLE}"),
+    (_drop_policy_route, f"table {TABLE} lacks route ::/0 via 2001:2::1 of net1"),
+    (_drop_connected_route, f"table {TABLE} lacks connected route 198.18.5.0/24 of net1"),
+])
+def test_each_part_of_the_policy_routing_missing_is_reported_alike(drop: Any, problem: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rule, a policy route and a connected route: each missing is one problem naming the interface and the table,
+    and nothing else is reported."""
+    pod = added(DUAL, monkeypatch)
+    drop(pod)
+    assert kernel.check(object(), pod, DUAL) == [problem]
+
+
+def test_the_comparison_is_pure() -> None:
+    """What ADD recorded against a ``policy_state`` (kernel spellings: IPv6 compressed, "" for no gateway)."""
+    cidrs = ["198.18.5.10/24", "2001:2:0:0::10/64"]
+    routes = [("0.0.0.0/0", "198.18.5.1")]
+    whole: dict[str, list[Any]] = {"rules": ["198.18.5.10/32", "2001:2::10/128"],
+             "routes": [("198.18.5.0/24", ""), ("2001:2::/64", ""), ("0.0.0.0/0", "198.18.5.1")]}
+    assert policy.policy_problems("net1", TABLE, cidrs, routes, whole) == []
+    assert policy.policy_problems("net1", TABLE, cidrs, routes, {"rules": [], "routes": []}) == [
+        f"no rule sends 198.18.5.10 of net1 to table {TABLE}", f"no rule sends 2001:2:0:0::10 of net1 to table {TABLE}",
+        f"table {TABLE} lacks connected route 198.18.5.0/24 of net1",
+        f"table {TABLE} lacks connected route 2001:2::/64 of net1",
+        f"table {TABLE} lacks route 0.0.0.0/0 via 198.18.5.1 of net1"]
+
