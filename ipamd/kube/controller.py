@@ -42,7 +42,7 @@ from ipamd.kube.leases import KIND as LEASE_KIND
 from ipamd.kube.leases import NODE_LABEL, POOL_LABEL, existing_holders, lease_body, pool_label
 from ipamd.kube.reclaim import claim_holders, may_hold_addresses, silent_nodes, stray_leases, vanished
 from ipamd.model.annotations import names_ip_address
-from ipamd.model.conditions import set_condition
+from ipamd.model.conditions import drop_condition, set_condition
 from ipamd.model.names import segment_of_bridge
 from ipamd.model.objects import (
     CLUSTER_NETWORK,
@@ -58,7 +58,15 @@ from ipamd.model.objects import (
     Network,
     parse_duration,
 )
-from ipamd.model.segments import IdUnavailable, SegmentKind, granted_id, id_pool, pick_id, segment_kind
+from ipamd.model.segments import (
+    IdUnavailable,
+    SegmentKind,
+    granted_id,
+    id_pool,
+    pick_id,
+    pods_on_segment,
+    segment_kind,
+)
 from ipamd.model.timefmt import parse_rfc3339, rfc3339
 from ipamd.sources.base import ObjectSource
 from ipamd.sources.lookups import class_of, pool_of_ip
@@ -70,6 +78,8 @@ VANISHED_LOOK_S = 60.0  # a vanished node that keeps leases (held by objects tha
 UNUSED_GONE_S = 120.0  # a user's IPAddress gone this long, its lease taken up by no node, named by no pod: released
 ALLOCATED_S = 60.0  # a user's Auto IPAddress just leased is not leased again this long (the caches catch up)
 ATTACHMENT_KIND = "NodeNetworkInterfaceAttachment"
+MOVE_LOOK_S = 30.0  # the pods on a network's segment, while they hold back the ID its spec.vlan.id asks, listed this often
+ID_CHANGE = "VLANIDChangePending"  # the condition of a network whose spec.vlan.id asks another ID than it has
 
 
 class ObjectWrites(Protocol):
@@ -188,6 +198,7 @@ class SegmentStatus:
     problem: str
     nodes: int
     ready_nodes: int
+    change: tuple[str, str] | None = None  # (reason, message): the ID its spec.vlan.id asks is not given (yet)
 
     def render(self, net: Network | ClusterNetwork, now: float) -> dict[str, Any]:
         """The Network's status, its conditions keeping their times while their status holds."""
@@ -199,6 +210,8 @@ class SegmentStatus:
                               "AllNodeInterfaceAttachmentsAreReady" if all_ready else "NodeInterfaceAttachmentsNotReady",
                               "All node interface attachments are ready" if all_ready
                               else f"{self.ready_nodes} of {self.nodes} node interface attachments are ready", now)
+        conds = set_condition(conds, ID_CHANGE, True, self.change[0], self.change[1], now) if self.change else \
+            drop_condition(conds, ID_CHANGE)  # none asked, or made: it goes
         return {
             "bridgeName": self.kind.bridge(self.ident, net.meta.key) if ready else "",
             **self.kind.status_ids(self.ident),
@@ -258,6 +271,7 @@ class Controller:
         self._beats_read = float("-inf")
         self._holder_gone: dict[str, float] = {}  # lease object -> since when its user IPAddress is gone (monotonic)
         self._looked: dict[str, float] = {}  # vanished node -> when its leases and pods were last looked at
+        self._users: dict[str, tuple[float, tuple[str, ...]]] = {}  # network -> when listed, its pods on its old ID
         self._thread: threading.Thread | None = None
         source.subscribe(self._wake.set)
 
@@ -274,20 +288,27 @@ class Controller:
         # a Network deleted while a node still carries its pods keeps its ID until that node's side of it goes (its
         # NodeNetworkInterfaceAttachment, removed with its bridge): given to another Network, it would put that one
         # on the wire segment of those pods
+        # (and so does a network moved to another ID, while a node still carries its old bridge)
+        granted = {net.meta.key: (kinds[net.meta.key].name, granted_id(net)) for net in nets}
         for item in self.source.items(ATTACHMENT_KIND):
             ref, bridge = (item.get("spec") or {}).get("networkRef") or {}, (item.get("spec") or {}).get("bridgeName")
             key = "/".join(p for p in (ref.get("kind", ""), ref.get("namespace", ""), ref.get("name", "")) if p)
             carried = segment_of_bridge(str(bridge or ""))
-            if carried is not None and key not in kinds:
+            if carried is not None and granted.get(key) != carried:
                 held.setdefault(carried[0], {}).setdefault(carried[1], key)
         nodes = self._node_counts()
+        pods: dict[str, list[dict[str, Any]]] = {}  # namespace ("": all) -> its pods, listed at most once a round
         for net in nets:
             kind = kinds[net.meta.key]
-            ident, problem = granted_id(net) or 0, ""
-            if kind.tagged and not net.status_vlan_id:  # IDs are never moved under live pods
+            ident, problem, change = granted_id(net) or 0, "", None
+            if kind.tagged and not net.status_vlan_id:
                 ident, problem = self._pick(net, kind, held.setdefault(kind.name, {}))
+            elif kind.tagged and net.vlan_id not in (None, net.status_vlan_id):  # never moved under live pods
+                ident, change = self._move(net, kind, held.setdefault(kind.name, {}), pods)
             total, ready = nodes.get((net.meta.kind, net.meta.namespace, net.meta.name), (0, 0))
-            self._write(net, SegmentStatus(kind, ident, problem, total, ready))
+            self._write(net, SegmentStatus(kind, ident, problem, total, ready, change))
+        moving = {net.meta.key for net in nets if net.vlan_id not in (None, net.status_vlan_id)}
+        self._users = {key: found for key, found in self._users.items() if key in moving}
 
     def _pick(self, net: Network | ClusterNetwork, kind: SegmentKind, held: dict[int, str]) -> tuple[int, str]:
         try:
@@ -296,6 +317,47 @@ class Controller:
             return 0, str(exc)
         held[ident] = net.meta.key
         return ident, ""
+
+    def _move(self, net: Network | ClusterNetwork, kind: SegmentKind, held: dict[int, str],
+              pods: dict[str, list[dict[str, Any]]]) -> tuple[int, tuple[str, str] | None]:
+        """A granted network whose ``spec.vlan.id`` asks another ID: moved to it when it may have it and no pod is
+        left on its segment (an ID is never moved under live pods: they would stay on the old wire segment, cut off
+        from the ones after them), as a lone node moves it once its old segment is unused. Else its ID is kept, and
+        the condition's (reason, message) say why."""
+        kept, asked, what = net.status_vlan_id or 0, net.vlan_id, kind.id_label
+        head = f"spec.vlan.id asks for {what} {asked}; {what} {kept} is kept"
+        try:
+            ident = pick_id(kind, id_pool(net, class_of(self.source, net)), held, asked, net.meta.key)
+        except IdUnavailable as exc:
+            return kept, ("VLANIDUnavailable", f"{head}: {exc}")
+        try:
+            users = self._users_of(net, kept, pods)
+        except Exception as exc:
+            return kept, ("PodsNotListed", f"{head}: the pods that may use it could not be listed ({reason_of(exc)})")
+        if users:
+            shown = ", ".join(users[:3]) + (f" and {len(users) - 3} more" if len(users) > 3 else "")
+            return kept, ("PodsOnOldSegment", f"{head} while {len(users)} pod(s) still use it ({shown}): the network "
+                          f"moves to {what} {asked} once none does")
+        held[ident] = net.meta.key
+        log.info("%s: moved from %s %s to %s %s, as spec.vlan.id asks: no pod is left on it", net.meta.display, what,
+                 kept, what, ident)
+        return ident, None
+
+    def _users_of(self, net: Network | ClusterNetwork, ident: int, pods: dict[str, list[dict[str, Any]]]) -> list[str]:
+        """The pods on ``net``'s segment ``ident``: listed (its namespace's, or every pod for a ClusterNetwork) at
+        most once a round, and while some are found, again only after ``MOVE_LOOK_S``."""
+        at, found = self._users.get(net.meta.key, (0.0, ()))
+        now = time.monotonic()
+        if found and now - at < MOVE_LOOK_S:
+            return list(found)
+        namespace = net.meta.namespace if isinstance(net, Network) else ""
+        if namespace not in pods:
+            answer: Any = self.core.list_namespaced_pod(namespace, _preload_content=False) if namespace else \
+                self.core.list_pod_for_all_namespaces(_preload_content=False)
+            pods[namespace] = json.loads(answer.data).get("items") or []
+        users = pods_on_segment(pods[namespace], net, ident)
+        self._users[net.meta.key] = (now, tuple(users))
+        return users
 
     def _node_counts(self) -> dict[tuple[str, str, str], tuple[int, int]]:
         """Per Network, how many nodes report their side of it (NodeNetworkInterfaceAttachment), and how
@@ -320,9 +382,10 @@ class Controller:
         except Exception as exc:
             log.warning("status of %s: %s", net.meta.display, reason_of(exc))
             return
-        if shown != status.ident or status.problem:
+        why = status.problem or (status.change[1] if status.change else "")
+        if shown != status.ident or why:
             log.info("%s: %s %s%s", net.meta.display, status.kind.id_label or "untagged", status.ident or "-",
-                     f" ({status.problem})" if status.problem else "")
+                     f" ({why})" if why else "")
         self._written[net.meta.key] = written
 
     # -- pools --------------------------------------------------------------------------------------------

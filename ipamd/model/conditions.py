@@ -28,3 +28,8 @@ def set_condition(conds: Iterable[Mapping[str, str]], ctype: str, ok: bool, reas
     since = old.get("lastTransitionTime", "") if old and old.get("status") == status else ""
     new = condition(ctype, ok, reason, message, since or rfc3339(now))
     return tuple(dict(c) for c in conds if c.get("type") != ctype) + (new,)
+
+
+def drop_condition(conds: Iterable[Mapping[str, str]], ctype: str) -> tuple[Condition, ...]:
+    """The conditions without ``ctype``: one that no longer applies goes, rather than staying on, False, for ever."""
+    return tuple(dict(c) for c in conds if c.get("type") != ctype)

@@ -7,11 +7,13 @@ class's ``idPool``), ``vxlan`` (a VNI from the class's ``vniPool``) or ``none`` 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ipamd.model.names import bridge_name, uplink_name
-from ipamd.model.objects import ClusterNetwork, Network, NetworkClass
+from ipamd.model.objects import STATUS_ANNOTATION, ClusterNetwork, Network, NetworkClass
+from ipamd.model.services import status_entries
 
 IdPool = tuple[tuple[int, int], ...]
 
@@ -100,3 +102,25 @@ def pick_id(kind: SegmentKind, pool: IdPool, holders: Mapping[int, str], wanted:
             if holders.get(ident) in (None, key):
                 return ident
     raise IdUnavailable("exhausted", f"no free {what} left in the class's pool")
+
+
+def pods_on_segment(pods: Iterable[Mapping[str, Any]], net: Network | ClusterNetwork, ident: int) -> list[str]:
+    """The pods (``namespace/name``) attached to ``net`` on its segment ``ident``, as their ``networks-status`` says:
+    an entry that shows another VLAN ID is on another segment of it; one that shows none (a VXLAN network's, or of
+    an older Plexus) counts. A finished pod holds no interface; ``pods`` may be of other namespaces and networks."""
+    found = []
+    for pod in pods:
+        md = pod.get("metadata") or {}
+        finished = (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+        if finished or (isinstance(net, Network) and md.get("namespace") != net.meta.namespace):
+            continue
+        entries = status_entries((md.get("annotations") or {}).get(STATUS_ANNOTATION))
+        if any(_shows(entry, net, ident) for entry in entries):
+            found.append(f"{md.get('namespace')}/{md.get('name')}")
+    return found
+
+
+def _shows(entry: Mapping[str, Any], net: Network | ClusterNetwork, ident: int) -> bool:
+    shown = entry.get("vlanID")
+    on_other = isinstance(shown, int) and not isinstance(shown, bool) and shown > 0 and shown != ident
+    return entry.get("type") == net.meta.kind and entry.get("name") == net.meta.name and not on_other

@@ -131,17 +131,18 @@ def addresses_on(pod: Mapping[str, Any], ref: NetworkRef) -> list[str]:
     ann = (pod.get("metadata") or {}).get("annotations") or {}
     out: list[str] = []
     if ref.kind == "NetworkAttachmentDefinition":
-        for entry in _entries(ann.get(NETWORK_STATUS_ANNOTATION)):
+        for entry in status_entries(ann.get(NETWORK_STATUS_ANNOTATION)):
             if entry.get("name") == f"{ref.namespace}/{ref.name}":
                 out += [str(ip).split("/")[0] for ip in entry.get("ips") or []]
         return out
-    for entry in _entries(ann.get(STATUS_ANNOTATION)):
+    for entry in status_entries(ann.get(STATUS_ANNOTATION)):
         if entry.get("type") == ref.kind and entry.get("name") == ref.name:
             out += [str(c["address"]) for c in entry.get("ipAddressConfigs") or [] if c.get("address")]
     return out
 
 
-def _entries(text: Any) -> list[dict[str, Any]]:
+def status_entries(text: Any) -> list[dict[str, Any]]:
+    """The entries of a pod's status annotation (a JSON list of objects); none when it is not one."""
     try:
         found = json.loads(text) if isinstance(text, str) else []
     except ValueError:
