@@ -84,6 +84,9 @@ class ServiceEndpoints:
         """Every annotated Service's slice as it should be, compared with the slices as they are (one list of the
         ones Plexus manages: what another replica wrote while it led, or a hand's deletion, is seen)."""
         services = self.source.items(SERVICES)
+        for item in services:
+            if not asks(item) and _told(item):
+                self._untell(item)
         if not self._managed and not any(asks(item) for item in services):
             return  # nothing asks, and no slice of ours was left: no request at all (most clusters, most passes)
         if not self.version:
@@ -94,12 +97,13 @@ class ServiceEndpoints:
         wanted: set[tuple[str, str]] = set()
         seen: set[str] = set()
         for item in services:
-            uid = str((item.get("metadata") or {}).get("uid"))
+            if not asks(item):
+                continue
+            seen.add(str((item.get("metadata") or {}).get("uid")))
             try:
                 svc = parse_service(item)
                 if svc is None:
                     continue
-                seen.add(uid)
                 check_service_network(self.source, svc.network)
                 bodies = endpoint_slices(svc, self.source.by_index(ALL_PODS, "namespace", svc.namespace),
                                          f"{GROUP}/{self.version}")
@@ -175,6 +179,21 @@ class ServiceEndpoints:
             return  # told again next pass
         self._said[uid] = (status, reason, message)
 
+    def _untell(self, svc: dict[str, Any]) -> None:
+        """The condition of a Service that no longer asks (its annotations removed): removed, not left saying Plexus
+        serves it; its slices go with the others no Service wants. Removed again next pass while the write fails."""
+        md = svc.get("metadata") or {}
+        ns, name = str(md.get("namespace")), str(md.get("name"))
+        self._said.pop(str(md.get("uid")), None)
+        try:  # a strategic merge patch: the conditions are merged by type, and this one deleted
+            self.core.patch_namespaced_service_status(name, ns, {"status": {"conditions": [
+                {"type": CONDITION, "$patch": "delete"}]}})
+        except Exception as exc:
+            log.info("Service %s/%s status: %s", ns, name, reason_of(exc))
+            return
+        log.info("Service %s/%s no longer asks for endpoints on an additional network: its %s condition removed", ns,
+                 name, CONDITION)
+
     def _event(self, ns: str, name: str, uid: str, reason: str, message: str) -> None:
         now = rfc3339()
         body: Any = {"metadata": {"generateName": f"{name}.", "namespace": ns},
@@ -187,6 +206,11 @@ class ServiceEndpoints:
             self.core.create_namespaced_event(ns, body)
         except Exception as exc:
             log.info("Event for Service %s/%s: %s", ns, name, reason_of(exc))
+
+
+def _told(svc: dict[str, Any]) -> bool:
+    """Whether the Service carries the condition Plexus writes on the Services it serves."""
+    return any(c.get("type") == CONDITION for c in (svc.get("status") or {}).get("conditions") or [])
 
 
 def _content(item: dict[str, Any]) -> str:
