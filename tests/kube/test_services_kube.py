@@ -1,7 +1,8 @@
 """Services over an additional network on a real API server, written by the packaged controller (its own
 ServiceAccount and RBAC): a headless, selectorless Service with Plexus's annotations gets an EndpointSlice of the
 selected pods' addresses on that network, kept in step as pods become ready, change labels, come and go; a Service
-naming a network that does not exist gets a Warning Event and a False condition, and no endpoints."""
+naming a network that does not exist gets a Warning Event and a False condition, and no endpoints; once it no longer
+asks, the condition goes."""
 
 from __future__ import annotations
 
@@ -104,6 +105,15 @@ def test_a_service_gets_the_endpoints_of_its_pods_on_the_network(cluster: Cluste
     assert [(c["type"], c["status"], c["reason"]) for c in conditions] == [
         ("network.deckhouse.io/Endpoints", "False", "NetworkNotFound")]
     assert cluster.kubectl("get", "endpointslice", "-n", NS, "broken-plexus", check=False).returncode != 0
+
+    cluster.kubectl("annotate", "service", "-n", NS, "broken", "network.deckhouse.io/service-network-",
+                    "network.deckhouse.io/service-selector-")
+
+    def conditions_of_broken() -> list[Any]:
+        return list(cluster.get("service", "-n", NS, "broken").get("status", {}).get("conditions") or [])
+
+    assert wait_for(lambda: not conditions_of_broken(), timeout=30), \
+        ("a Service that no longer asks loses the condition", conditions_of_broken())
 
     cluster.kubectl("delete", "service", "-n", NS, "db")
     assert wait_for(lambda: endpoints() is None, timeout=60), "the slice goes with its Service"
