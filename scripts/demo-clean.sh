@@ -16,5 +16,6 @@ if [ -f /opt/plexus/installed-links ]; then   # the reference plugins' links ins
     while read -r link; do [ -L "$link" ] && rm -f "$link"; done </opt/plexus/installed-links
 fi
 rm -rf /var/lib/plexus /etc/plexus /run/plexus /var/log/plexus /opt/plexus
-rm -f /opt/cni/bin/plexus /opt/cni/bin/plexus-ipam /etc/cni/net.d/10-plexus.conflist /usr/local/bin/plexus-ipamd /usr/local/bin/plexusctl
+cmp -s packaging/10-plexus.conflist /etc/cni/net.d/10-plexus.conflist && rm -f /etc/cni/net.d/10-plexus.conflist  # only the one install.sh wrote
+rm -f /opt/cni/bin/plexus /opt/cni/bin/plexus-ipam /usr/local/bin/plexus-ipamd /usr/local/bin/plexusctl
 echo "demo removed"
