@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -27,7 +27,15 @@ from cni.types import IPConfig, Result, Route, cidr_of
 from ipamd.ipam.addresses import Claim, Ipam, Secured
 from ipamd.ipam.allocator import in_ranges, subnet_for, to_int
 from ipamd.model.cniconf import ConfigInvalid
-from ipamd.model.ipamconf import InlineRange, IpamConfig, implicit_pool, overlap, parse_ipam_config, space_key
+from ipamd.model.ipamconf import (
+    IPAM_TYPE,
+    InlineRange,
+    IpamConfig,
+    implicit_pool,
+    overlap,
+    parse_ipam_config,
+    space_key,
+)
 from ipamd.model.objects import (
     IP_ADDRESS_POOL,
     IPAM_CLAIM,
@@ -35,6 +43,7 @@ from ipamd.model.objects import (
     POD,
     POOL_KINDS,
     AddressPool,
+    AttachmentDefinition,
     Pod,
     parse_address,
 )
@@ -302,18 +311,20 @@ class DelegatedAddresses:
     def _note_range(self, owner: str, rng: InlineRange, field: str) -> None:
         """Record the implicit pool of a range (one per configuration and range), refused as ``_refuse_range``."""
         self._refuse_range(owner, rng, field)
-        key = f"{owner}|{rng.network}|{rng.text}"
+        key = range_key(owner, rng)
         if self.store.get_implicit_pool(key) is None:
             self._forget_ranges_of(owner)
             self.store.put_implicit_pool(ImplicitPoolRecord(key, owner, space_key(rng.space), str(rng.network),
                                                             rng.ranges, rng.ttl_s, rng.overlapping, self.clock()))
 
     def _forget_ranges_of(self, owner: str) -> None:
-        """A configuration given another range: its earlier ranges that hold no lease (nor quarantine) are no
-        longer its own, so they no longer refuse another configuration's range (``enable_overlapping_ranges``),
-        nor show in ``plexusctl ipam pools``."""
+        """A configuration given another range: its earlier ranges that no NAD declares any longer and that hold no
+        lease (nor quarantine) are no longer its own, so they no longer refuse another configuration's range
+        (``enable_overlapping_ranges``), nor show in ``plexusctl ipam pools``. Two NADs (of two namespaces, say) may
+        name their configurations alike, each with its own range: neither forgets the other's."""
+        declared = declared_ranges(self.source.list(NETWORK_ATTACHMENT_DEFINITION), owner)
         for old in self.store.implicit_pools():
-            if old.owner != owner:
+            if old.owner != owner or old.key in declared:
                 continue
             held = self.store.leases_in_pool(old.pool)
             if not any(a <= ip <= b for ip in held for a, b in old.ranges):
@@ -382,6 +393,32 @@ class DelegatedAddresses:
                                    "CNI_CONTAINERID")
         if prev is not None and not any(ip.address.split("/")[0] == rec.address for ip in prev.ips):
             raise InvalidConfig(f"prevResult does not carry the leased address {rec.address}", "prevResult.ips")
+
+
+def range_key(owner: str, rng: InlineRange) -> str:
+    """The key of an inline range's implicit pool: one per configuration name and range."""
+    return f"{owner}|{rng.network}|{rng.text}"
+
+
+def declared_ranges(nads: Iterable[AttachmentDefinition], name: str) -> set[str]:
+    """The ranges (``range_key``) that the NADs whose configuration is named ``name`` give plexus-ipam: a plugin's
+    ``ipam`` section that does not parse declares none (its ADD is refused), nor does a configuration on the node's
+    disk (not read here)."""
+    keys: set[str] = set()
+    for nad in nads:
+        if nad.config is None or nad.config.get("name") != name:
+            continue
+        for plugin in nad.config.get("plugins", ()):
+            section = plugin.get("ipam") if isinstance(plugin, dict) else None
+            if not isinstance(section, dict) or section.get("type") != IPAM_TYPE:
+                continue
+            try:
+                rng = parse_ipam_config(section).range
+            except ConfigInvalid:
+                continue
+            if rng is not None:
+                keys.add(range_key(name, rng))
+    return keys
 
 
 def _pool_name(pool: AddressPool) -> str:
