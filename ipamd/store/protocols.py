@@ -123,7 +123,8 @@ class OutboxStore(Transactional, Protocol):
 
     def outbox_head(self, limit: int) -> list[OutboxEntry]: ...  # the oldest, in order
 
-    def outbox_firsts(self) -> list[OutboxEntry]: ...  # each target's oldest, in order: what a pass may make next
+    # each target's oldest, in order: what a pass may make next (read only: a store may hand the same entries out again)
+    def outbox_firsts(self) -> list[OutboxEntry]: ...
 
     def outbox_of(self, target: str) -> list[OutboxEntry]: ...
 

@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS implicit_pools (key TEXT PRIMARY KEY, data TEXT NOT N
 CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, target TEXT NOT NULL, op TEXT NOT NULL,
     data TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS outbox_by_target ON outbox(target, op);
+CREATE INDEX IF NOT EXISTS outbox_first ON outbox(target, seq);
 """
 
 
@@ -94,6 +95,7 @@ class Store:
         # costs the same at 95% fill of a /16 as at 10%, instead of reading 60,000 rows each time
         self._taken: dict[str, set[int]] = {}
         self._cursors: dict[str, int | None] = {}
+        self._firsts: dict[int, tuple[str, OutboxEntry]] = {}  # seq -> (row, entry): the last ``outbox_firsts``
 
     def close(self) -> None:
         with self._lock:
@@ -250,8 +252,16 @@ class Store:
         return [load_outbox(seq, d) for seq, d in self._q("SELECT seq, data FROM outbox ORDER BY seq LIMIT ?", (limit,))]
 
     def outbox_firsts(self) -> list[OutboxEntry]:
-        return [load_outbox(seq, d) for seq, d in self._q(
-            "SELECT seq, data FROM outbox WHERE seq IN (SELECT MIN(seq) FROM outbox GROUP BY target) ORDER BY seq")]
+        """Each target's oldest entry, in order, read on every pass of the outbox: the firsts are found in the index
+        (``outbox_first``), and an entry whose row is as the last call read it is not decoded again (at 20,000 owed
+        targets, decoding was two thirds of the call). The entries are shared between calls: read them only."""
+        with self._lock:
+            rows = self._q("SELECT seq, data FROM outbox WHERE seq IN (SELECT MIN(seq) FROM outbox GROUP BY target) "
+                           "ORDER BY seq")
+            known = self._firsts
+            self._firsts = {seq: hit if (hit := known.get(seq)) is not None and hit[0] == data
+                            else (data, load_outbox(seq, data)) for seq, data in rows}
+            return [entry for _, entry in self._firsts.values()]
 
     def outbox_of(self, target: str) -> list[OutboxEntry]:
         return [load_outbox(seq, d) for seq, d in self._q("SELECT seq, data FROM outbox WHERE target=? ORDER BY seq",
