@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import http.client
 import json
+import socket
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -17,7 +21,8 @@ def api_unavailable_is_11() -> Iterator[None]:
     """The API unreachable or overloaded mid-ADD: CNI code 11, so the runtime retries (not 999). Any other answer a
     caller inside did not handle is a CNI error too, never a bare exception: a 404 (a kind not served yet: the API
     server restarting serves custom resources only once it has read their definitions again) or a 409 (changed
-    meanwhile) is worth a retry as well; a refusal (401, 403: the node's credentials or RBAC) is said as one."""
+    meanwhile) is worth a retry as well; a refusal (401, 403: the node's credentials or RBAC) is said as one, and so is
+    a failure of this node's own before the request was sent (``unanswered``: no outage)."""
     try:
         yield
     except ApiException as exc:
@@ -35,7 +40,11 @@ def api_unavailable_is_11() -> Iterator[None]:
         raise InternalError(f"the Kubernetes API refused a request: {exc.status} {reason_of(exc)}{hint}",
                             "kubernetes") from None
     except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise TryAgainLater("the Kubernetes API is not reachable", str(exc)[:300]) from None
+        if unanswered(exc):
+            raise TryAgainLater("the Kubernetes API is not reachable", str(exc)[:300]) from None
+        raise InternalError("this node failed to make its request to the Kubernetes API, which was not asked (its "
+                            f"certificate, key or token files, or its resources): {str(exc)[:300]}",
+                            "kubernetes") from None
 
 
 def transient(exc: BaseException) -> bool:
@@ -45,11 +54,62 @@ def transient(exc: BaseException) -> bool:
     return unanswered(exc) or (status is not None and (status in (408, 429) or status >= 500))
 
 
+#: What a connection the API server (or the network to it) refused, cut or never answered fails with.
+NO_ANSWER_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ESHUTDOWN,
+                              errno.ENOTCONN, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.ENETUNREACH,
+                              errno.ENETDOWN, errno.ENETRESET})
+#: A name server that did not answer (a name that does not exist is a configuration of ours).
+NO_ANSWER_LOOKUPS = frozenset({socket.EAI_AGAIN, socket.EAI_FAIL})
+
+
 def unanswered(exc: BaseException) -> bool:
-    """Whether a request got no answer at all (refused, timed out, cut), not an answer, nor a failure of our own."""
-    if isinstance(exc, ApiException):
-        return exc.status is None
-    return isinstance(exc, (urllib3.exceptions.HTTPError, OSError))
+    """Whether a request got no answer at all (refused, timed out, cut; the network or a name server not answering;
+    the TLS connection failing), not an answer, nor a failure of our own: a certificate, key or token file missing,
+    unreadable or broken, no file descriptor or memory left. Ours are no outage: retried as one, they would be retried
+    for ever and never said. What decides is what failed beneath the client's wrappers (``_beneath``)."""
+    cause = _beneath(exc)
+    if isinstance(cause, ApiException):
+        return cause.status is None
+    if isinstance(cause, ssl.SSLError):
+        return _of_the_connection(cause)
+    if isinstance(cause, socket.gaierror):
+        return cause.errno in NO_ANSWER_LOOKUPS
+    if isinstance(cause, (ConnectionError, TimeoutError, http.client.IncompleteRead)):
+        return True
+    if isinstance(cause, OSError):
+        return cause.errno in NO_ANSWER_ERRNOS
+    # a wrapper with nothing beneath it: a request timed out, cut, or out of retries
+    return isinstance(cause, (urllib3.exceptions.TimeoutError, urllib3.exceptions.ProtocolError,
+                              urllib3.exceptions.SSLError, urllib3.exceptions.MaxRetryError,
+                              urllib3.exceptions.ProxyError))
+
+
+def _beneath(exc: BaseException) -> BaseException:
+    """What failed beneath the wrappers of the API client: urllib3's (``MaxRetryError``'s reason; a ``ProtocolError``'s,
+    ``SSLError``'s or ``NewConnectionError``'s cause or argument) and the client's answerless ``ApiException`` (status 0,
+    raised while handling an ``SSLError``)."""
+    for _ in range(8):  # a chain of wrappers is short; never a loop
+        if isinstance(exc, ApiException):
+            inner = None if exc.status else exc.__cause__ or exc.__context__
+        elif isinstance(exc, urllib3.exceptions.MaxRetryError):
+            inner = exc.reason
+        elif isinstance(exc, urllib3.exceptions.HTTPError):
+            inner = exc.__cause__ or next((a for a in exc.args if isinstance(a, BaseException)), None)
+        else:
+            inner = None
+        if not isinstance(inner, BaseException):
+            return exc
+        exc = inner
+    return exc
+
+
+def _of_the_connection(exc: ssl.SSLError) -> bool:
+    """A TLS failure of the connection (its handshake, a read, a write: raised by the ``ssl`` module's socket), not of
+    loading our own CA, certificate or key (a file that does not parse: raised where the client loads it)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is None or tb.tb_frame.f_code.co_filename == ssl.__file__
 
 
 class KindNotServed(ApiException):
