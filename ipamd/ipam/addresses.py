@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from cni.errors import AddressConflict, CniError, InvalidConfig, ObjectNotFound, PoolExhausted, TryAgainLater
-from ipamd.ipam.allocator import in_ranges, pick_free, subnet_for, to_int, to_text
+from ipamd.ipam.allocator import in_ranges, pick_free, route_via, subnet_for, to_int, to_text
 from ipamd.ipam.blocks import pick_in
 from ipamd.ipam.registry import LeaseRegistry, NodeLocalRegistry
 from ipamd.model.annotations import NetworkSelection
@@ -251,6 +251,7 @@ class Ipam:
             nets = ", ".join(str(s.network) for s in pool.subnets)
             raise InvalidConfig(f"IPAddress {obj.meta.name}: {obj.static_ip} is outside pool {pool.meta.name} ({nets})",
                                 "spec.static.ip")
+        _refuse_gateway(pool, ip, f"IPAddress {obj.meta.name}", "spec.static.ip")
         lease = self.store.lease_at(pool_key(pool), ip)
         if lease and lease.holder and lease.holder != obj.meta.key:
             raise AddressConflict(f"IPAddress {obj.meta.name}: {obj.static_ip} is already leased to {lease.holder}",
@@ -296,6 +297,7 @@ class Ipam:
                 subnet = subnet_for(pool, ip)
                 if subnet is None:
                     raise InvalidConfig(f"{who}: {rec.static_ip} is outside pool {pool.meta.name}", field)
+                _refuse_gateway(pool, ip, who, field)
                 held = self.store.lease_at(pkey, ip)
                 if held is not None and held.holder not in (None, rec.key):
                     raise AddressConflict(f"{who}: {rec.static_ip} is already leased to {holder_words(held.holder)}",
@@ -354,7 +356,7 @@ class Ipam:
             ip = to_int(rec.static_ip)
             subnet = subnet_for(pool, ip)
             held = self.store.lease_at(pkey, ip)
-            if subnet is None or (held is not None and held.holder is not None):
+            if subnet is None or route_via(pool, ip) is not None or (held is not None and held.holder is not None):
                 return None  # refused inside the transaction, with the reason
             lease = self._candidate(rec, pool, pkey, ip, str(subnet.network))
             if not self._reserve(lease):
@@ -741,6 +743,8 @@ class Ipam:
         if address and subnet_for(pool, to_int(address)) is None:  # refused before anything is claimed, naming it
             nets = ", ".join(str(s.network) for s in pool.subnets)
             raise InvalidConfig(f"{address} is outside pool {pool.meta.display} ({nets})", "address")
+        if address:
+            _refuse_gateway(pool, to_int(address), f"API client {owner}", "address")
         key = f"api/{owner}"
 
         def fit(rec: IPRecord) -> IPRecord:
@@ -799,6 +803,15 @@ def _refuse_if_another_pods(rec: IPRecord | None, pod: Pod, field: str) -> None:
     """An IPAddress this node's store has in use by another pod is refused (other nodes' pods: ``registry.use``)."""
     if rec is not None and rec.used_by_uids and pod.meta.uid not in rec.used_by_uids:
         raise AddressConflict(f"IPAddress {rec.name} is in use by pod {', '.join(rec.used_by_pods)}", field)
+
+
+def _refuse_gateway(pool: AddressPool, ip: int, who: str, field: str) -> None:
+    """A route's gateway is never leased, even to who asks for exactly it: the pod's route would go via itself
+    (the kernel refuses an IPv6 one), and the router's address would be taken twice on the segment."""
+    route = route_via(pool, ip)
+    if route is not None:
+        raise InvalidConfig(f"{who}: {route.via} is the gateway of pool {pool.meta.display}'s route to "
+                            f"{route.destination}, so it is never leased", field)
 
 
 def _check_address(address: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Container, Iterator
 
-from ipamd.model.objects import IPV6_FLOOR, AddressPool, Subnet, usable_bounds
+from ipamd.model.objects import IPV6_FLOOR, AddressPool, PoolRoute, Subnet, usable_bounds
 
 
 def iter_from(pool: AddressPool, cursor: int | None) -> Iterator[tuple[int, Subnet]]:
@@ -67,6 +67,12 @@ def subnet_for(pool: AddressPool, ip: int) -> Subnet | None:
 
 def in_ranges(pool: AddressPool, ip: int) -> bool:
     return any(a <= ip <= b for s in pool.subnets for a, b in s.ranges)
+
+
+def route_via(pool: AddressPool, ip: int) -> PoolRoute | None:
+    """The pool's route whose gateway is ``ip``, if any: an address the pool never leases, not even to a Static
+    asking for exactly it (its ranges leave it out already: ``objects._address_pool``)."""
+    return next((r for s in pool.subnets for r in s.routes if to_int(r.via) == ip), None)
 
 
 def to_text(ip: int) -> str:

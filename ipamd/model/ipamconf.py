@@ -32,6 +32,7 @@ from ipamd.model.objects import (
     IPv4CompatibleAddress,
     Meta,
     Subnet,
+    cut,
     parse_address,
     parse_duration,
     usable_bounds,
@@ -128,19 +129,6 @@ def _ip(text: Any, field: str) -> int:
         raise ConfigInvalid(field, f"{text!r} is not an IP address") from None
 
 
-def _cut(ranges: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:
-    kept = []
-    for a, b in ranges:
-        if b < lo or a > hi:
-            kept.append((a, b))
-            continue
-        if a < lo:
-            kept.append((a, lo - 1))
-        if b > hi:
-            kept.append((hi + 1, b))
-    return kept
-
-
 def _bounds(ipam: Mapping[str, Any]) -> tuple[IPNetwork, int, int]:
     """The network and first and last address of ``range`` (CIDR, ``a-b/prefix``, or ``a/prefix`` meaning
     from ``a`` on), narrowed by ``range_start`` and ``range_end``."""
@@ -180,12 +168,12 @@ def _inline(ipam: Mapping[str, Any], gateway: str) -> InlineRange:
     if not isinstance(exclude, list):
         raise ConfigInvalid("ipam.exclude", "must be a list of CIDRs")
     for i, item in enumerate(exclude):
-        cut = _net(item, f"ipam.exclude[{i}]")
-        if cut.version != net.version or not cut.subnet_of(net):  # type: ignore[arg-type]  # same family here
-            raise ConfigInvalid(f"ipam.exclude[{i}]", f"{cut} is outside the range's network {net}")
-        ranges = _cut(ranges, int(cut.network_address), int(cut.broadcast_address))
+        excluded = _net(item, f"ipam.exclude[{i}]")
+        if excluded.version != net.version or not excluded.subnet_of(net):  # type: ignore[arg-type]  # same family
+            raise ConfigInvalid(f"ipam.exclude[{i}]", f"{excluded} is outside the range's network {net}")
+        ranges = cut(ranges, int(excluded.network_address), int(excluded.broadcast_address))
     if gateway:
-        ranges = _cut(ranges, _ip(gateway, "ipam.gateway"), _ip(gateway, "ipam.gateway"))  # never a pod's
+        ranges = cut(ranges, _ip(gateway, "ipam.gateway"), _ip(gateway, "ipam.gateway"))  # never a pod's
     if not ranges:
         field = "ipam.exclude" if exclude else "ipam.gateway"
         raise ConfigInvalid(field, f"leaves no address of {ipam['range']} to hand out")

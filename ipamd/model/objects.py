@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -150,7 +150,8 @@ INT64_MAX = (1 << 63) - 1
 @dataclass(frozen=True, slots=True)
 class Subnet:
     network: IPNetwork
-    ranges: tuple[tuple[int, int], ...]  # inclusive integer bounds, already clipped to usable addresses
+    # inclusive integer bounds of what the pool hands out: clipped to usable addresses, its routes' gateways cut out
+    ranges: tuple[tuple[int, int], ...]
     routes: tuple[PoolRoute, ...] = ()
 
     @property
@@ -271,6 +272,19 @@ def usable_bounds(net: IPNetwork) -> tuple[int, int]:
         return first, last
     return (first + 1, last - 1) if net.version == 4 else (first + 1, last)
 
+def cut(ranges: Iterable[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:
+    """``ranges`` (inclusive bounds) without the addresses ``lo`` to ``hi``."""
+    kept = []
+    for a, b in ranges:
+        if b < lo or a > hi:
+            kept.append((a, b))
+            continue
+        if a < lo:
+            kept.append((a, lo - 1))
+        if b > hi:
+            kept.append((hi + 1, b))
+    return kept
+
 def _get(d: Mapping[str, Any], key: str, typ: type, meta: str, path: str, required: bool = False) -> Any:
     value = d.get(key)
     if value is None:
@@ -333,6 +347,9 @@ def _network_class(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) 
             raise ManifestInvalid(m, "spec.vxlan", "a class segments with either vlan or vxlan, not both")
         remotes = tuple(str(_ipv4(r, m, f"spec.vxlan.remotes[{i}]")) for i, r in enumerate(vx.get("remotes") or []))
         group = str(_ipv4(vx["group"], m, "spec.vxlan.group")) if vx.get("group") else ""
+        if remotes and group:  # flooding goes to the unicast remotes (head-end replication) or to a multicast group
+            raise ManifestInvalid(m, "spec.vxlan.group", "a class floods to its remotes or to a multicast group, "
+                                                         "not both: remove spec.vxlan.remotes or spec.vxlan.group")
         local = str(_ipv4(vx["localIP"], m, "spec.vxlan.localIP")) if vx.get("localIP") else ""
         port = vx.get("port", 4789)
         if not isinstance(port, int) or not 1 <= port <= 65535:
@@ -402,6 +419,9 @@ def _range(text: Any, net: IPNetwork, m: str, path: str) -> tuple[int, int]:
     return max(int(first), lo), min(int(last), hi)
 
 def _address_pool(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> AddressPool:
+    """A pool whose ranges hand out none of its routes' gateways (``via``), as host-local never hands out its
+    gateway: a pod given one would route through itself (IPv6: the kernel refuses the route, EINVAL). A gateway is
+    cut out of the ranges even where a range names it explicitly, so the pool's size and free counts leave it out."""
     m = meta.display
     ttl_text = _get(spec, "leaseTTL", str, m, "spec.leaseTTL")
     try:
@@ -451,6 +471,8 @@ def _address_pool(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -
             if via.version != net.version or via not in net:
                 raise ManifestInvalid(m, f"{rpath}.via", f"{via} is not in {net}, so it is not reachable")
             routes.append(PoolRoute(dest, str(via)))
+        for gateway in sorted({int(ipaddress.ip_address(r.via)) for r in routes}):
+            ranges = tuple(cut(ranges, gateway, gateway))
         subnets.append(Subnet(net, ranges, tuple(routes)))
     return AddressPool(meta, ttl, tuple(subnets))
 

@@ -70,12 +70,12 @@ def test_a_dual_stack_pool_gives_an_interface_one_address_of_each_family(ipam: I
     four, six = attach(ipam, p)
     assert ipaddress.ip_address(four.address).version == 4 and four.network == V4
     assert ipaddress.ip_address(six.address) in ipaddress.ip_network(V6) and six.network == V6
-    assert six.address == "2001:2:0:90::1", "the all-zero host (subnet-router anycast) is never handed out"
+    assert six.address == "2001:2:0:90::2", "neither the all-zero host (subnet-router anycast) nor the gateway ::1"
     assert six.routes == ({"destination": "2001:2:0:91::/64", "via": "2001:2:0:90::1"},)
     assert four.ip_name == auto_ip_name(p, "net1") and six.ip_name == auto_ip_name(p, "net1", 6)
     assert [c.address for c in attach(ipam, p)] == [four.address, six.address], "a retry keeps both"
     second = attach(ipam, pod("other"))
-    assert [c.address for c in second] == ["198.18.90.11", "2001:2:0:90::2"], "round robin per family"
+    assert [c.address for c in second] == ["198.18.90.11", "2001:2:0:90::3"], "round robin per family"
     gone(ipam, p)
     assert {lease.address for lease in store.all_leases() if lease.holder is None} == {four.address, six.address}
 
@@ -107,7 +107,7 @@ def test_an_ipv6_only_pool_gives_one_ipv6_address(ipam: Ipam) -> None:
 
 def test_ipv6_statics_and_an_auto_address_that_asks_for_ipv6(ipam: Ipam, source: FakeSource) -> None:
     claims = attach(ipam, pod("app"), names=("v6-static", "v6-auto"))
-    assert [c.address for c in claims] == ["2001:2:0:90::abcd", "2001:2:0:90::1"]
+    assert [c.address for c in claims] == ["2001:2:0:90::abcd", "2001:2:0:90::2"]
     with pytest.raises(InvalidConfig) as err:
         attach(ipam, pod("b"), net="four-net", names=("v6-on-four",))
     assert err.value.details == "spec.ipFamily" and "no IPv6 network" in str(err.value)
@@ -116,7 +116,7 @@ def test_ipv6_statics_and_an_auto_address_that_asks_for_ipv6(ipam: Ipam, source:
 def test_a_64_is_leased_without_listing_its_addresses(ipam: Ipam, source: FakeSource) -> None:
     pool = source.get(IP_ADDRESS_POOL, NS, "dual")
     assert isinstance(pool, AddressPool)
-    assert pool.size == 10 + (1 << 64) - 1
+    assert pool.size == 10 + (1 << 64) - 2
     assert pool.families == (4, 6)
     assert not uses_blocks(pool.family(6)) and windows(pool) == windows(pool.family(4)), "blocks are IPv4 only"
     six = pool.family(6)
@@ -126,7 +126,7 @@ def test_a_64_is_leased_without_listing_its_addresses(ipam: Ipam, source: FakeSo
     last = usable_bounds(ipaddress.ip_network(V6))[1]
     wrapped = pick_free(six, taken, cursor=last)
     assert wrapped is not None and to_text(wrapped[0]) == "2001:2:0:90::3", "wraps to the start"
-    assert [c.address for c in attach(ipam, pod("x"))][1] == "2001:2:0:90::1"
+    assert [c.address for c in attach(ipam, pod("x"))][1] == "2001:2:0:90::2"
 
 
 def test_integers_name_one_address_whatever_the_family() -> None:

@@ -87,10 +87,10 @@ RANGE = {"range": "198.18.53.0/24", "gateway": "198.18.53.1", "routes": [{"dst":
 def test_add_gives_an_address_with_routes_and_the_same_one_again_for_a_retry() -> None:
     node = Node()
     result = node.call("ADD", SHARED)
-    assert result["ips"] == [{"address": "198.18.52.1/24"}] and "interfaces" not in result
+    assert result["ips"] == [{"address": "198.18.52.2/24"}] and "interfaces" not in result
     assert result["routes"] == [{"dst": "198.18.60.0/24", "gw": "198.18.52.1"}]
     assert node.call("ADD", SHARED) == result, "the same attachment keeps its address"
-    assert node.call("ADD", SHARED, container="c2")["ips"][0]["address"] == "198.18.52.2/24"
+    assert node.call("ADD", SHARED, container="c2")["ips"][0]["address"] == "198.18.52.3/24"
     (rec, _) = sorted(node.store.all_ips(), key=lambda r: r.key)
     assert (rec.kind, rec.network_name, rec.interface, rec.used_by_pods) == ("CNI", "nad-a", "net1", (f"{NS}/app",))
 

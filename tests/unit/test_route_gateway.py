@@ -1,0 +1,152 @@
+"""A route's gateway (`via`) is never handed out, as host-local never hands out its gateway: not by the allocator,
+nor in blocks, nor to a Static or a gRPC client; pool sizes and free counts leave it out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cni.errors import InvalidConfig, PoolExhausted
+from ipamd.api import ipam_pb2 as pb
+from ipamd.ipam.addresses import Ipam
+from ipamd.model.objects import API_VERSION, AddressPool, parse_object
+from ipamd.server.grpc_api import IpamService
+from ipamd.store.sqlite import Store
+from tests.fakes.source import FakeSource
+from tests.unit.test_ipam import Clock, attach, network, obj, pod, pool, static, world
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+V4_ROUTE = {"destination": "198.18.14.0/24", "via": "198.18.13.1"}
+V6_ROUTE = {"destination": "2001:2:0:11::/64", "via": "2001:2:0:10::1"}
+
+
+def gateway_world() -> FakeSource:
+    src = world()
+    for name, cidr, route in (("gw4", "198.18.13.0/24", V4_ROUTE), ("gw6", "2001:2:0:10::/64", V6_ROUTE)):
+        src.add(pool(name, cidr, routes=[route]))
+        src.add(network(f"{name}-net", name))
+    src.add(obj("IPAddressPool", "dual-gw", {"leaseTTL": "1h", "pools": [
+        {"network": "198.18.13.0/24", "routes": [V4_ROUTE]}, {"network": "2001:2:0:10::/64", "routes": [V6_ROUTE]}]}))
+    src.add(network("dual-net", "dual-gw"))
+    src.add(pool("gw-in-range", "198.18.15.0/24", ["198.18.15.1-198.18.15.3"],
+                 routes=[{"destination": "198.18.16.0/24", "via": "198.18.15.1"}]))
+    src.add(network("gw-in-range-net", "gw-in-range"))
+    src.add(static("static-gw", "198.18.13.1", net="gw4-net"))
+    src.add(static("static-gw6", "2001:2:0:10::1", net="gw6-net"))
+    return src
+
+
+@pytest.fixture()
+def gw() -> tuple[Ipam, Store, FakeSource]:
+    store, src = Store(":memory:"), gateway_world()
+    return Ipam(store, src, Clock()), store, src
+
+
+def parsed_pool(spec_pools: list[dict[str, Any]]) -> AddressPool:
+    p = parse_object({"apiVersion": API_VERSION, "kind": "IPAddressPool", "metadata": {"name": "p", "namespace": "ns"},
+                      "spec": {"pools": spec_pools}})
+    assert isinstance(p, AddressPool)
+    return p
+
+
+@pytest.mark.parametrize(("net", "first"), [("gw4-net", "198.18.13.2"), ("gw6-net", "2001:2:0:10::2")])
+def test_a_pool_without_ranges_never_hands_out_its_routes_gateway(gw: tuple[Ipam, Store, FakeSource], net: str,
+                                                                   first: str) -> None:
+    ipam, _, _ = gw
+    (claim,) = attach(ipam, pod("first"), net=net)
+    assert claim.address == first
+
+
+def test_a_dual_stack_pool_skips_both_gateways(gw: tuple[Ipam, Store, FakeSource]) -> None:
+    ipam, _, _ = gw
+    assert {c.address for c in attach(ipam, pod("first"), net="dual-net")} == {"198.18.13.2", "2001:2:0:10::2"}
+
+
+def test_a_range_that_names_the_gateway_still_skips_it(gw: tuple[Ipam, Store, FakeSource]) -> None:
+    ipam, _, _ = gw
+    got = [attach(ipam, pod(f"p{i}"), net="gw-in-range-net")[0].address for i in range(2)]
+    assert got == ["198.18.15.2", "198.18.15.3"]
+    with pytest.raises(PoolExhausted):
+        attach(ipam, pod("p2"), net="gw-in-range-net")
+
+
+def test_a_pools_size_does_not_count_its_gateways() -> None:
+    assert parsed_pool([{"network": "198.18.13.0/24", "routes": [V4_ROUTE]}]).size == 253
+    assert parsed_pool([{"network": "198.18.15.0/24", "ranges": ["198.18.15.1-198.18.15.3"],
+                         "routes": [{"destination": "198.18.16.0/24", "via": "198.18.15.1"}]}]).size == 2
+    # a gateway outside the ranges (the seed's example) takes nothing off them
+    assert parsed_pool([{"network": "192.168.10.0/24", "ranges": ["192.168.10.50-192.168.10.200"],
+                         "routes": [{"destination": "10.10.0.0/16", "via": "192.168.10.1"}]}]).size == 151
+
+
+def test_plexusctl_pools_counts_the_gateway_as_not_available(gw: tuple[Ipam, Store, FakeSource]) -> None:
+    ipam, store, src = gw
+    attach(ipam, pod("first"), net="gw4-net")
+    usage = {p.pool: p for p in IpamService(store, src, ipam, list).ListPools(pb.ListPoolsRequest(), None).pools}
+    got = usage["IPAddressPool/ns/gw4"]
+    assert (got.size, got.used, got.free) == (253, 1, 252)
+
+
+def test_the_controllers_pool_status_and_gauge_count_the_gateway_as_not_available() -> None:
+    from ipamd.kube.controller import POOL_ADDRESSES
+    from tests.unit.test_controller_segments import controller
+    from tests.unit.test_controller_segments import obj as cobj
+
+    p = cobj("ClusterIPAddressPool", "gwpool", {"pools": [{"network": "198.18.13.0/24", "routes": [V4_ROUTE]}]},
+             uid="u-gw")
+    ctl, src = controller(p)
+    ctl.pool_usage()
+    status = src.objects.patched[-1][2]
+    assert (status["size"], status["free"]) == (253, 253)
+    assert POOL_ADDRESSES.labels("ClusterIPAddressPool/gwpool", "free")._value.get() == 253
+
+
+def test_blocks_never_hand_out_the_gateway() -> None:
+    from tests.fakes.cluster import FakeApi
+    from tests.unit.test_blocks import Node
+
+    node = Node(FakeApi(), "a")
+    node.source.add(pool("gwb", "198.18.13.0/24", ttl="0s", routes=[V4_ROUTE]))
+    node.source.add(network("gwb-net", "gwb"))
+    got = {node.add("gwb-net") for _ in range(20)}
+    assert "198.18.13.1" not in got
+
+
+@pytest.mark.parametrize("name", ["static-gw", "static-gw6"])
+def test_a_static_asking_for_the_gateway_is_refused(gw: tuple[Ipam, Store, FakeSource], name: str) -> None:
+    ipam, store, _ = gw
+    with pytest.raises(InvalidConfig) as info:
+        attach(ipam, pod("s"), net="gw6-net" if name.endswith("6") else "gw4-net", names=(name,))
+    assert (info.value.code, info.value.details) == (7, "spec.static.ip")
+    assert "gateway" in info.value.msg and ("198.18.13.1" in info.value.msg or "2001:2:0:10::1" in info.value.msg)
+    assert store.all_leases() == []
+
+
+def test_a_static_for_the_gateway_is_refused_by_lease_for_too(gw: tuple[Ipam, Store, FakeSource]) -> None:
+    from ipamd.ipam.addresses import Secured
+    from ipamd.model.objects import IP_ADDRESS, IP_ADDRESS_POOL
+
+    ipam, store, src = gw
+    user = src.get(IP_ADDRESS, "ns", "static-gw")
+    gw4 = src.get(IP_ADDRESS_POOL, "ns", "gw4")
+    assert user is not None and isinstance(gw4, AddressPool)
+    with pytest.raises(InvalidConfig) as info, store.transaction():
+        ipam.lease_for(ipam.record_for(user), gw4, Secured())
+    assert info.value.details == "spec.static.ip"
+    assert store.all_leases() == []
+
+
+def test_an_api_client_asking_for_the_gateway_is_refused(gw: tuple[Ipam, Store, FakeSource]) -> None:
+    from ipamd.model.objects import IP_ADDRESS_POOL
+
+    ipam, store, src = gw
+    gw4 = src.get(IP_ADDRESS_POOL, "ns", "gw4")
+    assert isinstance(gw4, AddressPool)
+    with pytest.raises(InvalidConfig) as info:
+        ipam.allocate_for("client", gw4, "198.18.13.1")
+    assert (info.value.code, info.value.details) == (7, "address")
+    assert store.all_leases() == []
