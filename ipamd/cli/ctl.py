@@ -6,8 +6,8 @@
     plexusctl pod rm NAME                 DEL it, remove the netns and the Pod
     plexusctl pod status NAME [--npwg]    print its networks-status (or network-status)
     plexusctl pod list                    pods with additional networks
-    plexusctl ipam pools | leases         used/free/quarantined per pool; every lease
-    plexusctl ipam release POOL ADDRESS   free a stuck address (asks for confirmation)
+    plexusctl ipam pools | leases         used/free/quarantined per pool; every lease (--pool POOL: of one)
+    plexusctl ipam release POOL ADDRESS   free a stuck address (asks for confirmation when it is leased)
     plexusctl get ipaddresses | networks  IPAddress and Network statuses
     plexusctl get nad                     NetworkAttachmentDefinitions of the local object source
 
@@ -17,6 +17,7 @@ Tables for people, ``-o json`` for scripts.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import math
 import os
@@ -244,7 +245,8 @@ def cmd_pools(args: argparse.Namespace) -> int:
 
 
 def cmd_leases(args: argparse.Namespace) -> int:
-    resp = Client(args.grpc_socket).call("ListLeases", pb.ListLeasesRequest(pool=args.pool or ""))
+    client = Client(args.grpc_socket)
+    resp = client.call("ListLeases", pb.ListLeasesRequest(pool=_existing_pool(client, args.pool) if args.pool else ""))
     data = [{"pool": x.pool, "address": x.address, "network": x.network, "holder": x.holder, "state": x.state,
              "pods": list(x.pods), "createdAt": x.created_at, "orphanedAt": x.orphaned_at or None,
              "ttlSeconds": x.ttl_seconds, "outsideRanges": x.outside_ranges, "holderKind": x.holder_kind,
@@ -292,28 +294,68 @@ def _holder(lease: dict[str, Any]) -> str:
     return str(lease["holder"] or "-")
 
 
+POOL_KIND_NAMES = ("IPAddressPool", "ClusterIPAddressPool")
+POOL_FORMS = "namespace/name (an IPAddressPool), name (a ClusterIPAddressPool), or its key (plexusctl ipam pools)"
+
+
 def _pool_ref(text: str) -> pb.PoolRef:
-    """``ns/name`` (IPAddressPool) or ``name`` (ClusterIPAddressPool), or a full pool key."""
+    """The pool ``text`` names, as every command taking a pool reads it: ``ns/name`` (IPAddressPool) or ``name``
+    (ClusterIPAddressPool), or a full pool key (``IPAddressPool/ns/name``, ``ClusterIPAddressPool/name``)."""
     parts = text.split("/")
-    if parts[0] in ("IPAddressPool", "ClusterIPAddressPool"):
+    if parts[0] in POOL_KIND_NAMES:
         kind, parts = parts[0], parts[1:]
     else:
         kind = "IPAddressPool" if len(parts) == 2 else "ClusterIPAddressPool"
+    if len(parts) != (2 if kind == "IPAddressPool" else 1) or not all(parts):
+        raise CtlError(f"{text!r} names no pool: give {POOL_FORMS}")
     if len(parts) == 2:
         return pb.PoolRef(kind=kind, namespace=parts[0], name=parts[1])
     return pb.PoolRef(kind=kind, name=parts[0])
 
 
+def _ref_key(ref: pb.PoolRef) -> str:
+    return f"{ref.kind}/{ref.namespace}/{ref.name}" if ref.namespace else f"{ref.kind}/{ref.name}"
+
+
+def _existing_pool(client: Client, text: str) -> str:
+    """The key of the pool ``text`` names (``_pool_ref``'s forms, or any key ``ipam pools`` lists, a plexus-ipam
+    range's implicit pool too); ``CtlError`` naming it when the daemon serves no such pool."""
+    known = {p.pool for p in client.call("ListPools", pb.ListPoolsRequest()).pools}
+    if text in known:
+        return text
+    key = _ref_key(_pool_ref(text))
+    if key not in known:
+        raise CtlError(f"pool {text} does not exist (no {key}; plexusctl ipam pools lists the pools)")
+    return key
+
+
+def _leased(client: Client, pool: str, address: str) -> bool:
+    """Whether ``address`` is leased (held or quarantined) in the pool of key ``pool``."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise CtlError(f"{address!r} is not an IP address") from None
+    leases = client.call("ListLeases", pb.ListLeasesRequest(pool=pool)).leases
+    return any(ipaddress.ip_address(x.address) == ip for x in leases)
+
+
 def cmd_release(args: argparse.Namespace) -> int:
-    if not args.yes:
+    ref = _pool_ref(args.pool)
+    if not args.yes:  # what would be answered without a release is said before asking
+        client = Client(args.grpc_socket)
+        key = _existing_pool(client, args.pool)
+        if key.split("/")[0] not in POOL_KIND_NAMES:
+            raise CtlError(f"pool {key} is a plexus-ipam range's: its addresses go with their attachments")
+        if not _leased(client, key, args.address):
+            print(f"{args.address} was not leased")
+            return 0
         if not sys.stdin.isatty():
             raise CtlError("refusing to release without confirmation: add --yes")
         answer = input(f"Release {args.address} of pool {args.pool}? A pod using it will keep it configured. [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             print("not released")
             return 1
-    resp = Client(args.grpc_socket).call(
-        "Release", pb.ReleaseRequest(pool=_pool_ref(args.pool), address=args.address, force=args.yes))
+    resp = Client(args.grpc_socket).call("Release", pb.ReleaseRequest(pool=ref, address=args.address, force=args.yes))
     print(f"{args.address} {'released' if resp.released else 'was not leased'}")
     return 0
 
@@ -421,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     out(pools)
     pools.set_defaults(func=cmd_pools)
     leases = ipam.add_parser("leases", help="every lease, its holder, pod, state and age")
-    leases.add_argument("--pool", help="only this pool (its key)")
+    leases.add_argument("--pool", help=f"only this pool: {POOL_FORMS}")
     out(leases)
     leases.set_defaults(func=cmd_leases)
     rel = ipam.add_parser("release", help="free a stuck address deliberately")
