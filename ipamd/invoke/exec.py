@@ -35,6 +35,8 @@ MAX_OUTPUT = 1 << 20  # a CNI result is a few KiB; more is a plugin gone wrong
 OWNER_ENV = "PLEXUS_DELEGATE_OF"
 #: What a plugin may be given of the caller's environment, and nothing else.
 CNI_ENV = ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH")
+#: The reference IPAM plugin that configures an address the daemon leased for a delegate.
+STATIC_IPAM = "static"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,8 @@ class Exec:
         dirs = _dirs(env.get("CNI_PATH", "")) or self.dirs
         binary = self.find(plugin, dirs)
         verb = env.get("CNI_COMMAND", "")
+        if verb == "ADD":
+            self._find_ipam(plugin, config, dirs)
         clean = {k: env[k] for k in CNI_ENV if k in env}
         clean["CNI_PATH"] = ":".join(dirs)
         clean["PATH"] = SAFE_PATH
@@ -117,6 +121,20 @@ class Exec:
         if not isinstance(parsed, dict):
             raise PluginFailed(f"{plugin} {verb} printed something that is not JSON", text[:500], note=stderr[-500:])
         return PluginRun(parsed, stderr, seconds)
+
+    def _find_ipam(self, plugin: str, config: Mapping[str, Any], dirs: Sequence[str]) -> None:
+        """An ADD whose ``ipam`` is the reference ``static`` plugin (what the daemon writes for a delegate given its
+        address, ``delegateIPAM: lease``) is refused before the plugin runs when ``static`` is not in the directories
+        it would exec it from: the plugin itself would fail with an opaque 999 (``failed to find plugin``), after
+        it made its interface. Other IPAM types are left to the plugin, which may serve its own."""
+        ipam = config.get("ipam")
+        if not isinstance(ipam, Mapping) or ipam.get("type") != STATIC_IPAM:
+            return
+        try:
+            self.find(STATIC_IPAM, dirs)
+        except IOFailure:
+            raise IOFailure(f"IPAM plugin {STATIC_IPAM} (the ipam of {plugin}) not found in {':'.join(dirs)}",
+                            STATIC_IPAM) from None
 
     def _communicate(self, binary: str, env: dict[str, str], stdin: bytes, timeout: float,
                      what: str) -> tuple[int, bytes, bytes]:
