@@ -86,3 +86,43 @@ def test_a_delegate_given_a_lease_runs_when_the_static_plugin_is_there(tmp_path:
     assert chain.add(inv) == {"cniVersion": "1.0.0", "ips": []}
     (tmp_path / "static").unlink()
     assert chain.delete(inv) == [], "only ADD is checked: a DEL still reaches the plugin, as a runtime's would"
+
+
+def test_uninstall_removes_what_install_made_and_keeps_the_users_files_and_the_store(tmp_path: Path) -> None:
+    """make uninstall undoes make install in a scratch root: the plugin, its links, the reference plugins' links
+    install.sh made and the tools go; the user's own plugin stays, and so do the store, objects and logs (the leases
+    of pods still attached) unless PURGE=1; a conflist the user changed is kept and said so."""
+    script = (REPO / "scripts/uninstall.sh").read_text()
+    assert 'ROOT=${ROOT:-}' in script, "uninstall.sh must take ROOT, or this test would uninstall this machine"
+    repo, root = tmp_path / "repo", tmp_path / "root"
+    for name in ("packaging/install.sh", "packaging/10-plexus.conflist", "scripts/uninstall.sh", "scripts/daemon.sh"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, repo / name)
+    _executable(repo / "dist/plexus/plexus")
+    for p in REFERENCE:
+        _executable(root / "usr/lib/cni" / p)
+    cni_bin, conf = root / "opt/cni/bin", root / "etc/cni/net.d/10-plexus.conflist"
+    _executable(cni_bin / "bridge", "#!/bin/sh\n# the user's own bridge\n")
+    env = {**os.environ, "ROOT": str(root), "VENV": str(tmp_path / "venv")}
+
+    def run(name: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(["bash", str(repo / name)], env=env | extra, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    run("packaging/install.sh")
+    (root / "var/lib/plexus/plexus.db").write_text("leases")
+    assert conf.exists() and (root / "usr/local/bin/plexusctl").is_symlink()
+    run("scripts/uninstall.sh")
+    assert sorted(p.name for p in cni_bin.iterdir()) == ["bridge"], "only the user's own plugin is left"
+    assert (cni_bin / "bridge").read_text() == "#!/bin/sh\n# the user's own bridge\n"
+    assert not (root / "opt/plexus").exists() and not conf.exists()
+    assert not (root / "usr/local/bin/plexusctl").exists() and not (root / "usr/local/bin/plexus-ipamd").exists()
+    assert (root / "var/lib/plexus/plexus.db").read_text() == "leases", "the store is kept"
+    assert (root / "etc/plexus/objects").is_dir()
+
+    run("packaging/install.sh")
+    conf.write_text(conf.read_text().replace('"plexus"', '"plexus-edited"', 1))
+    purged = run("scripts/uninstall.sh", PURGE="1")
+    assert conf.exists() and "kept" in purged.stdout, "a conflist the user changed is theirs"
+    assert not (root / "var/lib/plexus").exists() and not (root / "etc/plexus").exists()
