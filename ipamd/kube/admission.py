@@ -24,7 +24,7 @@ from typing import Any
 from cni.errors import AnnotationInvalid
 from ipamd.ipam.allocator import subnet_for, to_int
 from ipamd.model.annotations import parse_networks_spec
-from ipamd.model.npwg import NETWORKS_ANNOTATION, parse_networks
+from ipamd.model.npwg import NETWORKS_ANNOTATION, RUNTIME_IFNAME, interface_names, parse_networks
 from ipamd.model.objects import (
     KINDS,
     POD,
@@ -47,18 +47,21 @@ def _nothing_leased(pool: str) -> Iterable[str]:
     return ()
 
 REVIEW_VERSION = "admission.k8s.io/v1"
+#: The versions answered, each in its own: the API server checks the response's apiVersion against the one it sent
+#: (the two have the same shape).
+REVIEW_VERSIONS = ("admission.k8s.io/v1beta1", REVIEW_VERSION)
 
 
 class ReviewInvalid(ValueError):
     """The request is not an AdmissionReview this webhook can answer (HTTP 400)."""
 
 
-def _response(uid: str, allowed: bool, message: str = "") -> dict[str, Any]:
+def _response(uid: str, allowed: bool, message: str = "", version: str = REVIEW_VERSION) -> dict[str, Any]:
     body: dict[str, Any] = {"uid": uid, "allowed": allowed}
     if not allowed:
         # no "reason": with reason Invalid and no field causes kubectl prints only "The request is invalid"
         body["status"] = {"code": 422, "message": message}
-    return {"apiVersion": REVIEW_VERSION, "kind": "AdmissionReview", "response": body}
+    return {"apiVersion": version, "kind": "AdmissionReview", "response": body}
 
 
 def _named(obj: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
@@ -74,16 +77,21 @@ def _named(obj: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
 
 
 def _pod_problem(obj: dict[str, Any], namespace: str) -> str:
-    """Both dialects' selection annotations, as ADD will parse them."""
+    """Both dialects' selection annotations, as ADD will parse them, and the interface names they ask for together,
+    held against the runtime's own (``RUNTIME_IFNAME``). Without the node's view: a ``networks-spec`` element's
+    ``net<N>`` counts as given, though a network's ``interfacePrefix`` would rename it at ADD."""
     annotations = (obj.get("metadata") or {}).get("annotations") or {}
-    checks = ((SPEC_ANNOTATION, lambda text: parse_networks_spec(text)),
-              (NETWORKS_ANNOTATION, lambda text: parse_networks(text, namespace)))
-    for name, parse in checks:
-        try:
-            parse(annotations.get(name))
-        except AnnotationInvalid as exc:  # details name the field, which the message already does, or say more
-            why = exc.msg if exc.details in exc.msg else str(exc)
-            return f"annotation {name}: {why}"
+    name = SPEC_ANNOTATION
+    try:
+        deckhouse = parse_networks_spec(annotations.get(SPEC_ANNOTATION))
+        name = NETWORKS_ANNOTATION
+        npwg = parse_networks(annotations.get(NETWORKS_ANNOTATION), namespace)
+        name = ""
+        interface_names(RUNTIME_IFNAME, (), deckhouse, 0, npwg)
+    except AnnotationInvalid as exc:  # details name the field, which the message already does, or say more
+        why = exc.msg if exc.details in exc.msg else str(exc)
+        name = name or (NETWORKS_ANNOTATION if exc.details.startswith(NETWORKS_ANNOTATION) else SPEC_ANNOTATION)
+        return f"annotation {name}: {why}"
     return ""
 
 
@@ -154,25 +162,48 @@ def problem_of(kind: str, obj: dict[str, Any], namespace: str = "", leased: Leas
     return _orphaned(parsed, leased) if kind in POOL_KINDS and isinstance(parsed, AddressPool) else ""
 
 
-def review(doc: Any, leased: Leased = _nothing_leased, leased_for: LeasedFor | None = None) -> dict[str, Any]:
-    """Answer one AdmissionReview (``admission.k8s.io/v1``)."""
+def _checked(doc: Any) -> tuple[str, dict[str, Any]]:
+    """The review's version and request, the fields read of it in the shapes the API server sends (``ReviewInvalid``
+    otherwise: an HTTP 400 naming the field, never a crash the API server reads as a failed call)."""
     if not isinstance(doc, dict) or doc.get("kind") != "AdmissionReview" or not isinstance(doc.get("request"), dict):
         raise ReviewInvalid("not an AdmissionReview with a request")
+    if doc.get("apiVersion") not in REVIEW_VERSIONS:
+        raise ReviewInvalid(f"apiVersion {doc.get('apiVersion')!r} is not one of {', '.join(REVIEW_VERSIONS)}")
     request = doc["request"]
     uid = request.get("uid")
     if not isinstance(uid, str) or not uid:
         raise ReviewInvalid("request.uid is missing")
-    kind = (request.get("kind") or {}).get("kind")
-    group = (request.get("kind") or {}).get("group", "")
+    gvk = request.get("kind")
+    if not isinstance(gvk, dict) or not isinstance(gvk.get("kind"), str) or not isinstance(gvk.get("group", ""), str):
+        raise ReviewInvalid("request.kind must be a group, version and kind")
+    for key in ("object", "oldObject"):
+        obj = request.get(key)
+        if obj is not None and not isinstance(obj, dict):
+            raise ReviewInvalid(f"request.{key} must be an object")
+        md = obj.get("metadata") if isinstance(obj, dict) else None
+        if isinstance(obj, dict) and "metadata" in obj and not isinstance(md, dict):
+            raise ReviewInvalid(f"request.{key}.metadata must be an object")
+        annotations = md.get("annotations") if isinstance(md, dict) else None
+        if annotations is not None and not (isinstance(annotations, dict)
+                                            and all(isinstance(v, str) for v in annotations.values())):
+            raise ReviewInvalid(f"request.{key}.metadata.annotations must map names to strings")
+    return str(doc["apiVersion"]), request
+
+
+def review(doc: Any, leased: Leased = _nothing_leased, leased_for: LeasedFor | None = None) -> dict[str, Any]:
+    """Answer one AdmissionReview (``admission.k8s.io/v1``, or ``v1beta1``), in its own version."""
+    version, request = _checked(doc)
+    uid = request["uid"]
+    kind, group = request["kind"]["kind"], request["kind"].get("group", "")
     obj = request.get("object")
-    served = KINDS.get(kind) if isinstance(kind, str) else None
+    served = KINDS.get(kind)
     old = request.get("oldObject")
     if request.get("operation") == "DELETE" and kind in POOL_KINDS and isinstance(old, dict) and served is not None \
             and served.api_version.partition("/")[0] == group:
         problem = _in_use(str(kind), old, str(request.get("namespace") or ""), leased)
-        return _response(uid, not problem, problem)
+        return _response(uid, not problem, problem, version)
     if request.get("operation") not in ("CREATE", "UPDATE") or not isinstance(obj, dict):
-        return _response(uid, True)  # CONNECT, and a DELETE of anything else, carry nothing to check
+        return _response(uid, True, version=version)  # CONNECT, and a DELETE of anything else, carry nothing to check
     if kind == POD.name and group == "":
         problem = problem_of(POD.name, obj, str(request.get("namespace") or ""))
     elif served is not None and served.api_version.partition("/")[0] == group:
@@ -185,5 +216,5 @@ def review(doc: Any, leased: Leased = _nothing_leased, leased_for: LeasedFor | N
             stored.setdefault("kind", served.name)
         problem = problem_of(served.name, doc, leased=leased, old=stored, leased_for=leased_for)
     else:
-        return _response(uid, True)  # not ours: a misrouted rule must not block anything
-    return _response(uid, not problem, problem)
+        return _response(uid, True, version=version)  # not ours: a misrouted rule must not block anything
+    return _response(uid, not problem, problem, version)

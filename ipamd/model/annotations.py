@@ -6,6 +6,7 @@ A malformed spec is refused whole, with ``AnnotationInvalid`` naming the element
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from collections.abc import Iterable
@@ -19,6 +20,8 @@ from ipamd.model.podopts import IFNAMSIZ
 _MAC = re.compile(r"^([0-9a-fA-F]{2})(:[0-9a-fA-F]{2}){5}$")
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 INTERFACE_TYPES = ("veth", "tap", "macvlan")
+#: Every key of a ``networks-spec`` element (Deckhouse's documentation, DVP's ``InterfaceSpec``, Plexus's
+#: ``interfaceType``); another is refused, as a misspelt one would otherwise be ignored.
 KNOWN_KEYS = {
     "type", "name", "ifName", "mac", "ipAddressNames", "skipIPAssignment",
     "interfaceType", "uid", "gid", "id", "ipAssignmentMode",
@@ -42,12 +45,17 @@ class NetworkSelection:
 
 
 def check_ifname(name: Any, where: str) -> str:
-    """The kernel's rules for a link name (``dev_valid_name``)."""
+    """The kernel's rules for a link name (``dev_valid_name``): IFNAMSIZ counts the UTF-8 bytes the kernel gets,
+    and a NUL would end the name there (``a\\0b`` is made as ``a``)."""
     if not isinstance(name, str) or not name:
         raise AnnotationInvalid(f"{where} must be a non-empty string", where)
-    if len(name) > IFNAMSIZ:
-        raise AnnotationInvalid(f"{where} {name!r} is longer than {IFNAMSIZ} characters", where)
-    if not valid_ifname(name):
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:  # a lone surrogate (JSON "\\ud800"): no bytes the kernel could be given
+        raise AnnotationInvalid(f"{where} {name!r} is not valid UTF-8", where) from None
+    if size > IFNAMSIZ:
+        raise AnnotationInvalid(f"{where} {name!r} is longer than {IFNAMSIZ} bytes", where)
+    if "\0" in name or not valid_ifname(name):
         raise AnnotationInvalid(f"{where} {name!r} is not a valid interface name", where)
     return name
 
@@ -87,6 +95,11 @@ def _element(i: int, item: Any) -> tuple[dict[str, Any], str]:
     name = item.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
         raise AnnotationInvalid(f"{where}.name {name!r} is not an object name", f"{where}.name")
+    for key in item:
+        if key not in KNOWN_KEYS:  # ``ifname`` would give net1, ``ipAddressName`` an Auto address
+            close = difflib.get_close_matches(str(key), sorted(KNOWN_KEYS), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise AnnotationInvalid(f"{where}.{key} is not a key of networks-spec{hint}", f"{where}.{key}")
     return item, where
 
 
@@ -142,7 +155,8 @@ def parse_networks_spec(text: str | None) -> list[NetworkSelection]:
                 n += 1
             if_name = f"net{n}"
             used.add(if_name)
-        names = item.get("ipAddressNames") or []
+        names = item.get("ipAddressNames")
+        names = [] if names is None else names  # not ``or []``: "" or false is a mistake, not "no names"
         if not isinstance(names, list) or not all(isinstance(n, str) and _NAME.match(n) for n in names):
             raise AnnotationInvalid(f"{where}.ipAddressNames must be a list of IPAddress names", f"{where}.ipAddressNames")
         if len(set(names)) != len(names):

@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cni.errors import AnnotationInvalid
-from ipamd.model.annotations import MAX_ANNOTATION_BYTES, check_ifname, check_mac, json_list
+from ipamd.model.annotations import MAX_ANNOTATION_BYTES, NetworkSelection, check_ifname, check_mac, json_list
 from ipamd.model.objects import parse_address
 
 NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
 NETWORK_STATUS_ANNOTATION = "k8s.v1.cni.cncf.io/network-status"
 DEFAULT_NETWORK_ANNOTATION = "v1.multus-cni.io/default-network"
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+#: The 6-byte MAC forms Go's ``net.ParseMAC`` reads besides colons (Multus checks ``mac`` with it, tuning applies it
+#: so): hyphens, and Cisco's dotted groups of four.
+_GO_MACS = (re.compile(r"^[0-9a-fA-F]{2}(-[0-9a-fA-F]{2}){5}$"), re.compile(r"^[0-9a-fA-F]{4}(\.[0-9a-fA-F]{4}){2}$"))
+#: The CNI_IFNAME every Kubernetes runtime (containerd, CRI-O) gives the pod's cluster-network interface: what the
+#: webhook, which sees no ADD, holds the pod's interface names against.
+RUNTIME_IFNAME = "eth0"
 #: Keys of a JSON element, and the CNI ``runtimeConfig`` key each turns into (None: not a runtimeConfig key).
 KEYS: dict[str, str | None] = {
     "name": None, "namespace": None, "interface": None, "ips": "ips", "mac": "mac", "default-route": None,
@@ -80,6 +86,14 @@ def _gateways(value: Any, where: str) -> tuple[str, ...]:
     return found
 
 
+def _mac(value: Any, where: str) -> str:
+    """``mac`` in any form Go reads as a 6-byte MAC (a pod that ran under Multus keeps working), in colon form."""
+    if isinstance(value, str) and any(form.match(value) for form in _GO_MACS):
+        digits = value.replace("-", "").replace(".", "")
+        value = ":".join(digits[i:i + 2] for i in range(0, 12, 2))
+    return check_mac(value, where)
+
+
 def _typed(value: Any, typ: type, what: str, where: str) -> Any:
     if not isinstance(value, typ):
         raise AnnotationInvalid(f"{where} must be {what}", where)
@@ -93,13 +107,14 @@ def _element(i: int, item: Any, namespace: str) -> NetworkElement:
     for key in item:
         if key not in KEYS and "." not in key:  # reverse-DNS keys belong to other implementations (NPWG §4.1.2)
             raise AnnotationInvalid(f"{where}.{key} is not a key of the NPWG network selection", f"{where}.{key}")
+    item = {key: value for key, value in item.items() if value is not None}  # null: the key's zero value, as in Go
     name = _label(item.get("name"), f"{where}.name")
     ns = _label(item["namespace"], f"{where}.namespace") if item.get("namespace") else namespace
     interface = item.get("interface") or item.get("interfaceRequest") or ""
     if interface:
         interface = check_ifname(interface, f"{where}.interface")
     ips = _ips(item["ips"], f"{where}.ips") if "ips" in item else ()
-    mac = check_mac(item["mac"], f"{where}.mac") if item.get("mac") else ""
+    mac = _mac(item["mac"], f"{where}.mac") if item.get("mac") else ""
     claim = _typed(item.get("ipam-claim-reference", ""), str, "a string", f"{where}.ipam-claim-reference")
     if ips and claim:
         raise AnnotationInvalid(f"{where}: ips and ipam-claim-reference exclude each other (NPWG §8)", f"{where}.ips")
@@ -125,16 +140,21 @@ def _element(i: int, item: Any, namespace: str) -> NetworkElement:
 
 
 def _comma_element(i: int, text: str, namespace: str) -> NetworkElement:
+    """``[namespace/]name[@interface]``, read as Multus reads it (``parsePodNetworkObjectText``): each part trimmed,
+    an empty namespace the pod's, an empty interface the default ``net<N>``."""
     where = f"{NETWORKS_ANNOTATION}[{i}]"
-    ns, sep, rest = text.partition("/")
-    if not sep:
-        ns, rest = namespace, text
-    elif "/" in rest:
+    slashed = text.split("/")
+    if len(slashed) > 2:
         raise AnnotationInvalid(f"{where} {text!r} is not namespace/name@interface", where)
-    name, at, interface = rest.partition("@")
-    if at:
+    ns, rest = (slashed[0].strip(), slashed[1]) if len(slashed) == 2 else ("", text)
+    at = rest.split("@")
+    if len(at) > 2:
+        raise AnnotationInvalid(f"{where} {text!r} is not namespace/name@interface", f"{where}.interface")
+    name, interface = at[0].strip(), at[1].strip() if len(at) == 2 else ""
+    if interface:
         interface = check_ifname(interface, f"{where}.interface")
-    return NetworkElement(_label(name, f"{where}.name"), _label(ns, f"{where}.namespace"), where, interface)
+    return NetworkElement(_label(name, f"{where}.name"), _label(ns or namespace, f"{where}.namespace"), where,
+                          interface)
 
 
 def parse_networks(text: str | None, namespace: str) -> list[NetworkElement]:
@@ -154,6 +174,37 @@ def parse_networks(text: str | None, namespace: str) -> list[NetworkElement]:
         raise AnnotationInvalid(f"{routed[1]}.default-route: only one network may carry the default route "
                                 f"({routed[0]} does already)", f"{routed[1]}.default-route")
     return elements
+
+
+def interface_names(runtime_ifname: str, taken: Iterable[str], deckhouse: Sequence[NetworkSelection],
+                    defaults: int, npwg: Sequence[NetworkElement]) -> dict[str, str]:
+    """Every interface of a pod's selections by where it is asked for (``defaultNetworks[i]``,
+    ``networks-spec[i]``, ``k8s.v1.cni.cncf.io/networks[i]``), ADD's rule and the webhook's alike: the names given
+    (a ``networks-spec`` element's ``net<N>`` counts as given) once each, across both dialects and apart from
+    ``runtime_ifname`` and the pod's ``taken`` ones; the others ``net<N>`` by their position among the pod's
+    additional networks (Multus's rule), skipping names in use. ``defaults``: how many default networks come first."""
+    claimed: dict[str, str] = {name: "an interface the pod has" for name in taken}
+    claimed[runtime_ifname] = "the pod's main interface (CNI_IFNAME)"
+    asked: list[tuple[str, str]] = [(f"defaultNetworks[{i}]", "") for i in range(defaults)]
+    asked += [(f"networks-spec[{i}]", s.if_name) for i, s in enumerate(deckhouse)]
+    asked += [(el.where, el.interface) for el in npwg]
+    unnamed = {f"networks-spec[{i}]" for i, s in enumerate(deckhouse) if not s.named}
+    for where, name in asked:
+        if name:
+            field_path = f"{where}.interface" if where.startswith(NETWORKS_ANNOTATION) else f"{where}.ifName"
+            if name in claimed:
+                raise AnnotationInvalid(f"{field_path} {name!r} is already used by {claimed[name]}", field_path)
+            claimed[name] = f"{where} (its name by default)" if where in unnamed else where
+    out: dict[str, str] = {}
+    for position, (where, name) in enumerate(asked, start=1):
+        if not name:
+            n = position
+            while f"net{n}" in claimed:
+                n += 1
+            name = f"net{n}"
+            claimed[name] = where
+        out[where] = name
+    return out
 
 
 def parse_default_network(text: str | None, namespace: str) -> tuple[str, str] | None:

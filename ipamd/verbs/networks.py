@@ -3,9 +3,9 @@ built: the cluster network (Plexus as the node's only CNI configuration), the de
 Deckhouse ``networks-spec``, then the NPWG ``k8s.v1.cni.cncf.io/networks``.
 
 Both dialects end as one list of ``Wanted`` interfaces, each naming the driver that builds it; an
-interface name claimed twice, by one dialect or across both, fails here. A NetworkAttachmentDefinition
-is resolved as NPWG §3 says: its ``spec.config``, else the node's ``.conflist`` of that name, else its
-``.conf``, else an error naming it.
+interface name claimed twice, by one dialect or across both, fails here (``interface_names``, which the
+validating webhook runs too). A NetworkAttachmentDefinition is resolved as NPWG §3 says: its ``spec.config``,
+else the node's ``.conflist`` of that name, else its ``.conf``, else an error naming it.
 
 A delegate whose plugin takes its addresses from ``plexus-ipam`` is leased for by the daemon itself
 (``Wanted.address``), before it runs, unless the configuration says ``delegateIPAM: exec``: the address is
@@ -34,6 +34,7 @@ from ipamd.model.npwg import (
     DEFAULT_NETWORK_ANNOTATION,
     NETWORKS_ANNOTATION,
     NetworkElement,
+    interface_names,
     parse_default_network,
     parse_networks,
 )
@@ -129,7 +130,7 @@ class Networks:
         resolved = [self.ipam.resolve(sel, ns, f"networks-spec[{i}]") for i, sel in enumerate(deckhouse)]
         deckhouse = _prefixed(deckhouse, resolved, {*taken, call.ifname, *(el.interface for el in npwg)})
         _one_interface_per_table(deckhouse, resolved)
-        names = self._names(call.ifname, taken, deckhouse, defaults, npwg)
+        names = interface_names(call.ifname, taken, deckhouse, len(defaults), npwg)
         for i, text in enumerate(defaults):
             where = f"defaultNetworks[{i}]"
             d = self._nad(*_ns_name(text, conf.multus_namespace), where, conf, isolated=False)
@@ -164,35 +165,6 @@ class Networks:
                     f"(resources.limits[{w.resource}])", f"{w.where}.name" if w.where else "resourceName")
             taken[w.resource] = n + 1
             out.append(with_device(w, ids[n], self.devices.info(w.resource, ids[n]) or {}))
-        return out
-
-    # -- interface names ----------------------------------------------------------------------------
-    @staticmethod
-    def _names(runtime_ifname: str, taken: set[str], deckhouse: list[NetworkSelection], defaults: list[str],
-               npwg: list[NetworkElement]) -> dict[str, str]:
-        """Every interface's name, by where it is asked for: explicit ones as given (once each, across both
-        dialects), the others ``net<N>`` by their position among the pod's additional networks (Multus's
-        rule), skipping names already used."""
-        claimed: dict[str, str] = {name: "the pod" for name in taken}
-        claimed[runtime_ifname] = "CNI_IFNAME"
-        asked: list[tuple[str, str]] = [(f"defaultNetworks[{i}]", "") for i in range(len(defaults))]
-        asked += [(f"networks-spec[{i}]", s.if_name) for i, s in enumerate(deckhouse)]
-        asked += [(el.where, el.interface) for el in npwg]
-        for where, name in asked:
-            if name:
-                field_path = f"{where}.interface" if where.startswith(NETWORKS_ANNOTATION) else f"{where}.ifName"
-                if name in claimed:
-                    raise AnnotationInvalid(f"{field_path} {name!r} is already used by {claimed[name]}", field_path)
-                claimed[name] = where
-        out: dict[str, str] = {}
-        for position, (where, name) in enumerate(asked, start=1):
-            if not name:
-                n = position
-                while f"net{n}" in claimed:
-                    n += 1
-                name = f"net{n}"
-                claimed[name] = where
-            out[where] = name
         return out
 
     # -- delegates ----------------------------------------------------------------------------------

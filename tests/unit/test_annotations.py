@@ -239,3 +239,22 @@ def test_address_config_routes_are_copies() -> None:
     out = AddressConfig("a", "198.18.0.2", "198.18.0.0/24", (route,)).to_dict()
     out["routes"][0]["via"] = "changed"
     assert route["via"] == "198.18.0.1"
+
+
+# -- keys and types a mistake would turn into something else -----------------------------------------
+
+@pytest.mark.parametrize("key", ["ifname", "ipAddressName", "skipIpAssignment", "macAddress"])
+def test_an_unknown_key_of_networks_spec_is_refused_naming_it(key: str) -> None:
+    """A misspelt key is silently ignored: ``ifname`` gives net1, ``ipAddressName`` an Auto address instead of the
+    user's static one. ``KNOWN_KEYS`` lists the keys but nothing reads it."""
+    with pytest.raises(AnnotationInvalid) as err:
+        parse_networks_spec(json.dumps([{"type": "Network", "name": "n", key: "x"}]))
+    assert err.value.details == f"networks-spec[0].{key}"
+
+
+@pytest.mark.parametrize("value", ["", {}, False, 0])
+def test_ip_address_names_of_the_wrong_type_are_refused(value: Any) -> None:
+    """``item.get("ipAddressNames") or []`` turns any falsy value into "no names" (an Auto address)."""
+    with pytest.raises(AnnotationInvalid) as err:
+        parse_networks_spec(json.dumps([{"type": "Network", "name": "n", "ipAddressNames": value}]))
+    assert err.value.details == "networks-spec[0].ipAddressNames"

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from cni.errors import AnnotationInvalid, InvalidConfig
+from ipamd.model.annotations import parse_networks_spec
 from ipamd.model.cniconf import ConfigInvalid, as_conflist, capabilities, plugin_config
 from ipamd.model.npwg import entry_from_result, parse_default_network, parse_networks
 from ipamd.model.objects import NETWORK_ATTACHMENT_DEFINITION, ManifestInvalid, parse_as, parse_object
@@ -62,7 +63,7 @@ def test_empty_is_no_networks() -> None:
      f"{ANN}[1].default-route"),
     ("a/b/c", f"{ANN}[0]"),
     ("a,,b", f"{ANN}[1].name"),
-    ("a@", f"{ANN}[0].interface"),
+    ("a@b@c", f"{ANN}[0].interface"),  # "a@" is a (default-named) interface since Multus's trimming rules
 ])
 def test_bad_annotations_name_the_element_and_key(text: str, field: str) -> None:
     with pytest.raises(AnnotationInvalid) as err:
@@ -163,3 +164,76 @@ def test_network_status_entries_from_a_result() -> None:
         "name": "apps/n", "interface": "net1", "ips": ["198.18.5.7"], "mac": "02:00:00:00:00:09", "mtu": 1400,
         "default": True, "dns": {"nameservers": ["198.18.0.53"]}, "gateway": ["198.18.5.1"]}
     assert entry_from_result("apps/n", {"interfaces": [{"name": "br0"}]}) is None
+
+
+# -- against Multus (pkg/k8sclient: parsePodNetworkAnnotation, parsePodNetworkObjectText) and the kernel --------
+
+@pytest.mark.parametrize("parse", [
+    lambda name: parse_networks_spec(json.dumps([{"type": "Network", "name": "n", "ifName": name}])),
+    lambda name: parse_networks(json.dumps([{"name": "n", "interface": name}]), "apps"),
+    lambda name: parse_networks(f"n@{name}", "apps"),
+])
+def test_an_interface_name_of_more_than_fifteen_bytes_is_refused(parse: Any) -> None:
+    """The kernel's IFNAMSIZ counts bytes (dev_valid_name: strnlen < 16); valid_ifname counts characters, so a
+    non-ASCII name of 8 characters (16 bytes) passes the webhook and fails in netlink at ADD."""
+    with pytest.raises(AnnotationInvalid):
+        parse("éééééééé")
+    with pytest.raises(AnnotationInvalid):
+        parse("a\x00b")  # NUL: the kernel would read "a"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("other / bridge-net", ("other", "bridge-net", "")),  # Multus TrimSpace()s the namespace and the name
+    ("bridge-net @ ext0", ("apps", "bridge-net", "ext0")),  # ... and the interface
+    ("/bridge-net", ("apps", "bridge-net", "")),  # an empty namespace is the pod's
+    ("bridge-net@", ("apps", "bridge-net", "")),  # an empty interface is the default net<N>
+])
+def test_the_comma_form_reads_as_multus_reads_it(text: str, expected: tuple[str, str, str]) -> None:
+    (el,) = parse_networks(text, "apps")
+    assert (el.namespace, el.name, el.interface) == expected
+
+
+@pytest.mark.parametrize("key", ["ips", "default-route", "portMappings", "bandwidth", "ipam-claim-reference", "mac"])
+def test_a_json_null_is_an_absent_key_as_in_multus(key: str) -> None:
+    """Go's json.Unmarshal leaves a field at its zero value for null; generators that do not omit empty fields
+    write null (a Python None, a Go pointer without omitempty)."""
+    (el,) = parse_networks(json.dumps([{"name": "n", key: None}]), "apps")
+    assert el.runtime == {} and el.ips == () and el.default_route == () and el.ipam_claim == ""
+
+
+@pytest.mark.parametrize("mac", ["02-00-00-00-00-05", "0200.0000.0005", "02:00:00:00:00:05"])
+def test_a_mac_in_the_forms_go_parses_is_accepted_and_normalised(mac: str) -> None:
+    """Multus checks ``mac`` with net.ParseMAC (and tuning, which applies it, parses it so): hyphens and Cisco dots
+    are MACs there; Plexus refuses them, so a pod that ran under Multus fails here."""
+    (el,) = parse_networks(json.dumps([{"name": "n", "mac": mac}]), "apps")
+    assert el.mac == "02:00:00:00:00:05" and el.runtime["mac"] == "02:00:00:00:00:05"
+
+
+# -- cniVersions (SPEC 1.1 §1 "Configuration format"; libcni NetworkConfFromBytes) -----------------------------------
+
+def test_a_conflist_that_gives_only_cni_versions_is_accepted_at_the_highest_version() -> None:
+    """SPEC 1.1: ``cniVersions`` (string list) is a configuration key; libcni reads it and picks the highest version
+    it implements, and ``cniVersion`` may then be absent. A NAD or node file in that form is refused here."""
+    doc = {"cniVersions": ["1.0.0", "1.1.0"], "name": "n", "plugins": [{"type": "bridge"}]}
+    assert as_conflist(doc)["cniVersion"] == "1.1.0"
+
+
+@pytest.mark.parametrize(("doc", "version"), [
+    ({"cniVersion": "1.0.0", "cniVersions": ["2.0.0"]}, "1.0.0"),
+    ({"cniVersion": "1.1.0", "cniVersions": ["0.4.0"]}, "1.1.0"),
+    ({"cniVersions": ["0.3.1", "1.0.0", "9.9.9"]}, "1.0.0"),
+])
+def test_cni_versions_picks_the_highest_version_plexus_speaks(doc: dict[str, Any], version: str) -> None:
+    assert as_conflist({**doc, "name": "n", "plugins": [{"type": "bridge"}]})["cniVersion"] == version
+
+
+@pytest.mark.parametrize(("doc", "field"), [
+    ({"cniVersions": "1.1.0"}, "cniVersions"), ({"cniVersions": ["1.1.0", 1]}, "cniVersions"),
+    ({"cniVersions": ["9.9.9"]}, "cniVersions"), ({"cniVersions": []}, "cniVersions"), ({}, "cniVersion"),
+    ({"cniVersion": ""}, "cniVersion"),
+    ({"cniVersion": "1.0.0", "disableCheck": "maybe"}, "disableCheck"), ({"cniVersion": "1.1.0", "disableGC": 1}, "disableGC"),
+])
+def test_what_is_not_a_configurations_version_or_switch(doc: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigInvalid) as err:
+        as_conflist({**doc, "name": "n", "plugins": [{"type": "bridge"}]})
+    assert err.value.field == field
