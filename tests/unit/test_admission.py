@@ -9,15 +9,20 @@ import json
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from cni.errors import AnnotationInvalid
+from ipamd.kube import webhook
 from ipamd.kube.admission import ReviewInvalid, review
 from ipamd.kube.certs import issue, still_good
 from ipamd.kube.webhook import WebhookServer
-from tests.conftest import wait_for
+from ipamd.model.npwg import NETWORKS_ANNOTATION
+from tests.conftest import REPO, wait_for
+from tests.unit.test_networks import wanted
 
 GROUP = "network.deckhouse.io"
 
@@ -318,3 +323,175 @@ def test_answers_leave_without_waiting_for_the_clients_acks(server: tuple[Webhoo
     status, _ = post(srv, ca, json.dumps(request("IPAddressPool", pool(["198.18.0.1-198.18.0.2"]))).encode())
     assert status == 200
     assert wait_for(lambda: nodelay, timeout=10, step=0.05) and all(nodelay), nodelay
+
+
+# -- a pod's interface names, as ADD holds them ---------------------------------------------------------
+
+SPEC = "network.deckhouse.io/networks-spec"
+
+
+def pod_review(annotations: dict[str, str], namespace: str = "apps") -> dict[str, Any]:
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "u-1", "kind": {"group": "", "version": "v1", "kind": "Pod"}, "operation": "CREATE",
+                        "namespace": namespace, "object": {"apiVersion": "v1", "kind": "Pod",
+                                                           "metadata": {"name": "p", "annotations": annotations}}}}
+
+
+def daemon_refusal(annotations: dict[str, str]) -> AnnotationInvalid:
+    with pytest.raises(AnnotationInvalid) as err:
+        wanted(annotations)  # the ADD path: ipamd.verbs.networks.Networks.wanted, CNI_IFNAME eth0
+    return err.value
+
+
+@pytest.mark.parametrize("annotations", [
+    {NETWORKS_ANNOTATION: "bridge-net@x1, static@x1"},  # twice in the comma form
+    {NETWORKS_ANNOTATION: json.dumps([{"name": "bridge-net", "interface": "x1"}, {"name": "static", "interface": "x1"}])},
+    {NETWORKS_ANNOTATION: "bridge-net@net1", SPEC: json.dumps([{"type": "Network", "name": "net-a"}])},  # across
+    {NETWORKS_ANNOTATION: "bridge-net@x1", SPEC: json.dumps([{"type": "Network", "name": "net-a", "ifName": "x1"}])},
+])
+def test_an_interface_name_claimed_twice_is_refused_at_admission_as_add_refuses_it(annotations: dict[str, str]) -> None:
+    """ADD refuses these (npwg.interface_names); the webhook parses each dialect alone and admits them, so the pod is
+    created and then sits in ContainerCreating with the error in its events."""
+    refused = daemon_refusal(annotations)
+    resp = review(pod_review(annotations))["response"]
+    assert resp["allowed"] is False, (refused.msg, resp)
+    assert refused.details in resp["status"]["message"] and refused.msg in resp["status"]["message"]
+
+
+@pytest.mark.parametrize("annotations", [
+    {NETWORKS_ANNOTATION: "bridge-net@eth0"},
+    {SPEC: json.dumps([{"type": "Network", "name": "net-a", "ifName": "eth0"}])},
+])
+def test_the_runtimes_own_interface_name_is_refused_at_admission(annotations: dict[str, str]) -> None:
+    """Every Kubernetes runtime (containerd, CRI-O) runs CNI with CNI_IFNAME=eth0; ADD refuses a second eth0 (and so
+    does Multus, multus#669), the webhook admits it."""
+    daemon_refusal(annotations)
+    assert review(pod_review(annotations))["response"]["allowed"] is False
+
+
+# -- the AdmissionReview protocol, and the server's answers to what is not one --------------------------
+
+def test_the_answer_is_in_the_reviews_own_api_version() -> None:
+    """The API server checks the response's apiVersion against the one it sent; v1beta1 gets a v1 answer."""
+    doc = pod_review({})
+    doc["apiVersion"] = "admission.k8s.io/v1beta1"
+    try:
+        out = review(doc)
+    except ReviewInvalid:
+        return  # refused as a version it does not speak: also fine (400)
+    assert out["apiVersion"] == "admission.k8s.io/v1beta1"
+
+
+@pytest.mark.parametrize("field, value", [("kind", "Pod"), ("object", {"metadata": None})])
+def test_a_malformed_request_is_review_invalid_not_a_crash(field: str, value: Any) -> None:
+    doc = pod_review({})
+    doc["request"][field] = value
+    if field == "object":
+        doc["request"]["kind"] = {"group": "network.deckhouse.io", "version": "v1alpha1", "kind": "Network"}
+    try:
+        review(doc)
+    except ReviewInvalid:
+        pass  # a 400 with the reason
+
+
+@pytest.fixture
+def quick_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[WebhookServer, ssl.SSLContext]]:
+    monkeypatch.setattr(webhook._Handler, "timeout", 0.5)
+    bundle = issue(["127.0.0.1"], dt.datetime.now(dt.UTC))
+    srv = WebhookServer(("127.0.0.1", 0), bundle)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield srv, ssl.create_default_context(cadata=bundle.ca_pem.decode())
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def connect(srv: WebhookServer, ctx: ssl.SSLContext) -> ssl.SSLSocket:
+    sock = socket.create_connection(("127.0.0.1", srv.server_address[1]), timeout=5)
+    return ctx.wrap_socket(sock, server_hostname="127.0.0.1")
+
+
+def exchange(srv: WebhookServer, ctx: ssl.SSLContext, head: bytes, body: bytes) -> bytes:
+    with connect(srv, ctx) as tls:
+        tls.sendall(head + body)
+        try:
+            return tls.recv(65536)
+        except (TimeoutError, OSError):
+            return b""
+
+
+@pytest.mark.parametrize("head, body", [
+    (b"POST /validate HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", b""),
+    (b"POST /validate HTTP/1.1\r\nHost: x\r\nContent-Length: 400000\r\n\r\n", b"[" * 200000 + b"]" * 200000),
+    (b"POST /validate HTTP/1.1\r\nHost: x\r\nContent-Length: 80\r\n\r\n",
+     b'{"kind": "AdmissionReview", "request": {"uid": "u", "kind": "Pod"}}'.ljust(80)),
+])
+def test_a_bad_request_gets_a_400_not_a_dropped_connection(quick_server: tuple[WebhookServer, ssl.SSLContext],
+                                                            head: bytes, body: bytes) -> None:
+    """A dropped connection is a call failure: under failurePolicy Fail the API server refuses the object with
+    "failed calling webhook" and no reason; under Ignore it admits it unreviewed."""
+    srv, ctx = quick_server
+    assert exchange(srv, ctx, head, body).startswith(b"HTTP/1.1 400")
+
+
+def test_a_client_that_drips_its_body_is_cut_off(quick_server: tuple[WebhookServer, ssl.SSLContext]) -> None:
+    """``timeout`` bounds each recv, not the request: a byte every 0.3 s (timeout 0.5 s here, 15 s deployed) holds
+    a thread as long as the client likes, and ThreadingHTTPServer starts one per connection without a limit."""
+    srv, ctx = quick_server
+    with connect(srv, ctx) as tls:
+        tls.sendall(b"POST /validate HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        deadline = time.monotonic() + 4
+        cut = False
+        while time.monotonic() < deadline and not cut:
+            try:
+                tls.sendall(b" ")
+                tls.settimeout(0.3)
+                cut = tls.recv(1024) is not None  # an answer (408/400) or EOF: the server gave up on us
+            except TimeoutError:
+                continue
+            except OSError:
+                cut = True
+        assert cut, "the server still reads a body that trickles in for 4 s"
+
+
+def test_a_connection_over_the_cap_is_closed_at_once() -> None:
+    """ThreadingHTTPServer started a thread for every connection, without a limit: clients that open many and
+    idle or drip (each held up to ``timeout``) ran the controller out of threads. One over the cap is closed at
+    accept, before its handshake; a slot is free again when its connection ends."""
+    bundle = issue(["127.0.0.1"], dt.datetime.now(dt.UTC))
+    srv = WebhookServer(("127.0.0.1", 0), bundle, max_connections=1)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    ctx = ssl.create_default_context(cadata=bundle.ca_pem.decode())
+    body = json.dumps(request("IPAddressPool", pool(["198.18.0.1-198.18.0.2"]))).encode()
+
+    def answered() -> bool:
+        try:
+            return post(srv, bundle.ca_pem, body)[0] == 200
+        except OSError:
+            return False
+
+    try:
+        with connect(srv, ctx):  # handshaken, idle: it holds the one slot
+            with pytest.raises(OSError):
+                connect(srv, ctx).close()
+        assert wait_for(answered, timeout=10, step=0.05), "the slot of a closed connection is free again"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+# -- the ValidatingWebhookConfiguration ---------------------------------------------------------------
+
+def test_ipam_claims_are_reviewed_like_the_other_npwg_objects() -> None:
+    """The daemon parses IPAMClaims (objects._ipam_claim) and refuses one with two ipRequests, which the CRD allows
+    (maxItems: 2, one per family); no rule sends them to the webhook, so such a claim is stored and the pod's ADD
+    then reads "IPAMClaim ns/c does not exist" (delegated._claim_object), though review() would refuse it."""
+    import yaml
+
+    docs = list(yaml.safe_load_all((REPO / "packaging" / "k8s" / "controller.yaml").read_text()))
+    (config,) = [d for d in docs if d and d.get("kind") == "ValidatingWebhookConfiguration"]
+    reviewed = {(group, resource) for hook in config["webhooks"] for rule in hook["rules"]
+                if "CREATE" in rule["operations"] for group in rule["apiGroups"] for resource in rule["resources"]}
+    assert ("k8s.cni.cncf.io", "ipamclaims") in reviewed, sorted(reviewed)
