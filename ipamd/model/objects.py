@@ -35,9 +35,15 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 DEFAULT_LEASE_TTL_S = 60.0
 
 def valid_ifname(name: object) -> bool:
-    """The kernel's rules for a link name (``dev_valid_name``)."""
-    return (isinstance(name, str) and 0 < len(name) <= IFNAMSIZ and name not in (".", "..")
-            and not any(c in name for c in "/:") and not any(c.isspace() for c in name))
+    """The kernel's rules for a link name (``dev_valid_name``): at most IFNAMSIZ UTF-8 bytes, no NUL."""
+    if not isinstance(name, str):
+        return False
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        return False
+    return (0 < size <= IFNAMSIZ and name not in (".", "..")
+            and not any(c in name for c in "/:\0") and not any(c.isspace() for c in name))
 
 class ManifestInvalid(InvalidConfig):
     """A manifest that cannot be served; ``field`` is the path of what is wrong in it."""

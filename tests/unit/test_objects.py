@@ -473,3 +473,15 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+@pytest.mark.parametrize("name", ["éééééééé", "net\x001"])
+def test_an_interface_name_is_measured_in_bytes_as_the_kernel_does(name: str) -> None:
+    """IFNAMSIZ counts bytes: eight 'é' are 16 bytes, which netlink refuses at ADD; a NUL ends a kernel string. An
+    IPAMClaim's interface (and a class's parent NIC) is refused when parsed, as the annotations' names are."""
+    claim = {"apiVersion": "k8s.cni.cncf.io/v1alpha1", "kind": "IPAMClaim",
+             "metadata": {"name": "c", "namespace": "ns"}, "spec": {"network": "n", "interface": name}}
+    with pytest.raises(ManifestInvalid) as info:
+        parse_object(claim)
+    assert info.value.field == "spec.interface"
+    assert parse_object({**claim, "spec": {"network": "n", "interface": "ééé"}}), "six bytes are fine"
