@@ -13,10 +13,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cni.errors import CniError
+from cni.errors import CniError, InvalidConfig
 from cni.version import version_tuple
 from ipamd.invoke.exec import PluginExec, PluginFailed
-from ipamd.model.cniconf import plugin_config
+from ipamd.model.cniconf import ConfigInvalid, list_flag, plugin_config
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,14 +99,14 @@ class Chain:
         return failed
 
     def check(self, inv: Invocation, prev: Mapping[str, Any] | None) -> None:
-        if inv.version < (0, 4, 0) or inv.conflist.get("disableCheck"):
+        if inv.version < (0, 4, 0) or _disabled(inv, "disableCheck"):
             return  # CHECK came with 0.4.0; a list may opt out
         for i in range(len(inv.conflist["plugins"])):
             self._run(inv, "CHECK", i, prev)
 
     def gc(self, inv: Invocation, valid: list[dict[str, str]]) -> None:
         """GC (1.1.0): each plugin releases what is not in ``valid`` (``cni.dev/valid-attachments``)."""
-        if inv.version < (1, 1, 0) or inv.conflist.get("disableGC"):
+        if inv.version < (1, 1, 0) or _disabled(inv, "disableGC"):
             return
         failed: list[CniError] = []
         for i in range(len(inv.conflist["plugins"])):  # each one, whatever the others did (as libcni's GC)
@@ -124,3 +124,11 @@ class Chain:
             return
         for i in range(len(inv.conflist["plugins"])):
             self._run(inv, "STATUS", i, None, "")
+
+
+def _disabled(inv: Invocation, key: str) -> bool:
+    """The list opts out of a verb (``disableCheck``, ``disableGC``), read as libcni reads it: "false" does not."""
+    try:
+        return list_flag(inv.conflist, key)
+    except ConfigInvalid as exc:  # a list recorded before ``as_conflist`` checked the key
+        raise InvalidConfig(exc.problem, f"{inv.conflist.get('name', '')}: {exc.field}") from None

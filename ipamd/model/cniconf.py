@@ -11,10 +11,14 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from cni.version import SUPPORTED_VERSIONS
+
 MAX_CONFIG_BYTES = 64 * 1024  # a real configuration is a few hundred bytes
 #: The NPWG selection keys that become ``runtimeConfig`` keys, and the capability a plugin must declare.
 CAPABILITIES = {"ips": "ips", "mac": "mac", "portMappings": "portMappings", "bandwidth": "bandwidth",
                 "infiniband-guid": "infinibandGUID", "deviceID": "deviceID"}
+#: A list's own switches, read as libcni reads them (``readBool``).
+LIST_FLAGS = ("disableCheck", "disableGC")
 
 
 class ConfigInvalid(ValueError):
@@ -46,9 +50,7 @@ def as_conflist(doc: Any, default_name: str = "") -> dict[str, Any]:
     has none (NPWG §3: a NAD's config takes the NAD's name), every plugin a name-only ``type``."""
     if not isinstance(doc, dict):
         raise ConfigInvalid("", "must be a JSON object")
-    version = doc.get("cniVersion")
-    if not isinstance(version, str) or not version:
-        raise ConfigInvalid("cniVersion", "is required (the CNI spec version the plugins speak)")
+    version = config_version(doc)
     name = doc.get("name") or default_name
     if not isinstance(name, str) or not name:
         raise ConfigInvalid("name", "is required")
@@ -58,7 +60,7 @@ def as_conflist(doc: Any, default_name: str = "") -> dict[str, Any]:
             raise ConfigInvalid("plugins", "must list at least one plugin")
         where = "plugins[{}]"
     elif "type" in doc:
-        plugins = [{k: v for k, v in doc.items() if k not in ("cniVersion", "name")}]
+        plugins = [{k: v for k, v in doc.items() if k not in ("cniVersion", "cniVersions", "name")}]
         where = "{}"
     else:
         raise ConfigInvalid("", "has neither type (a plugin) nor plugins (a list)")
@@ -73,8 +75,42 @@ def as_conflist(doc: Any, default_name: str = "") -> dict[str, Any]:
         if not isinstance(caps, dict):
             raise ConfigInvalid(f"{prefix}.capabilities" if prefix else "capabilities", "must be an object")
     if "plugins" in doc:  # the list's own keys (disableCheck, ...) stay with it
-        return {**doc, "cniVersion": version, "name": name, "plugins": plugins}
+        flags = {key: list_flag(doc, key) for key in LIST_FLAGS if key in doc}
+        return {**doc, "cniVersion": version, "name": name, "plugins": plugins, **flags}
     return {"cniVersion": version, "name": name, "plugins": plugins}  # a single plugin's keys are the plugin's
+
+
+def config_version(doc: Mapping[str, Any]) -> str:
+    """The version the configuration is run at (SPEC 1.1 §1, as libcni picks it): the highest of ``cniVersions``
+    and ``cniVersion`` that Plexus supports, so a list offering 1.1.0 gets GC and STATUS; ``cniVersion`` alone is
+    taken as given."""
+    version = doc.get("cniVersion")
+    if version is not None and (not isinstance(version, str) or not version):
+        raise ConfigInvalid("cniVersion", "must be a version string")
+    if "cniVersions" not in doc:
+        if version is None:
+            raise ConfigInvalid("cniVersion", "is required (the CNI spec version the plugins speak), or cniVersions")
+        return version
+    offered = doc["cniVersions"]
+    if not isinstance(offered, list) or not all(isinstance(v, str) and v for v in offered):
+        raise ConfigInvalid("cniVersions", "must be a list of version strings")
+    spoken = [v for v in SUPPORTED_VERSIONS if v in offered or v == version]  # in ascending order
+    if spoken:
+        return spoken[-1]
+    if version is None:
+        raise ConfigInvalid("cniVersions", f"names no version Plexus speaks ({', '.join(SUPPORTED_VERSIONS)})")
+    return version
+
+
+def list_flag(conflist: Mapping[str, Any], key: str) -> bool:
+    """A list's ``disableCheck`` or ``disableGC`` as libcni's ``readBool`` reads it: a bool, or "true"/"false" in
+    any case (absent: false)."""
+    value = conflist.get(key, False)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ConfigInvalid(key, f"{value!r} is not a boolean (true or false)")
 
 
 def capabilities(conflist: Mapping[str, Any]) -> set[str]:

@@ -18,6 +18,7 @@ from ipamd.drivers.delegate import DelegateDriver
 from ipamd.invoke.chain import Chain, Invocation
 from ipamd.invoke.conflist import PodIdentity, Runtime
 from ipamd.invoke.exec import Exec
+from ipamd.model.cniconf import as_conflist
 from ipamd.model.npwg import parse_networks
 from ipamd.publish.render import network_status
 from ipamd.store.records import BuiltInterface
@@ -332,3 +333,38 @@ def test_gc_reaches_the_ipam_of_both_nads_sharing_a_name_and_a_plugin_type() -> 
         DelegateDriver(Chain(fake)).collect([_kept(a, "c1"), _kept(b, "c2")])
     told = sorted(c.get("ipam", {}).get("type", "") for _, v, _, c in fake.calls if v == "GC")
     assert told == ["host-local", "whereabouts"], f"GC reached only {told}"
+
+
+# -- cniVersions, disableCheck and disableGC as libcni reads them ("true"/"false" strings too) -------------------------
+
+def test_cni_versions_raises_the_version_a_delegate_is_run_at() -> None:
+    """``{"cniVersion": "1.0.0", "cniVersions": ["1.0.0", "1.1.0"]}``: libcni runs the list at 1.1.0 (so it gets GC and
+    STATUS); Plexus runs it at 1.0.0 and never forwards GC to it."""
+    doc = {"cniVersion": "1.0.0", "cniVersions": ["1.0.0", "1.1.0"], "name": "n", "plugins": [{"type": "bridge"}]}
+    conflist = as_conflist(doc)
+    plugins = FakeExec(Expected("bridge", "GC"))
+    Chain(plugins).gc(_inv(conflist), [])
+    assert [c[1] for c in plugins.calls] == ["GC"]
+
+
+def test_disable_check_given_as_the_string_false_does_not_disable_check() -> None:
+    conflist = {"cniVersion": "1.0.0", "name": "n", "disableCheck": "false", "plugins": [{"type": "bridge"}]}
+    plugins = FakeExec(Expected("bridge", "CHECK"))
+    Chain(plugins).check(_inv(conflist), {"cniVersion": "1.0.0"})
+    assert [c[1] for c in plugins.calls] == ["CHECK"]
+
+
+def test_disable_gc_given_as_the_string_false_does_not_disable_gc() -> None:
+    conflist = {"cniVersion": "1.1.0", "name": "n", "disableGC": "false", "plugins": [{"type": "bridge"}]}
+    plugins = FakeExec(Expected("bridge", "GC"))
+    Chain(plugins).gc(_inv(conflist), [])
+    assert [c[1] for c in plugins.calls] == ["GC"]
+
+
+def test_a_lists_switches_are_read_as_libcni_reads_them() -> None:
+    doc = {"cniVersion": "1.1.0", "name": "n", "disableCheck": "TRUE", "disableGC": "False", "plugins": [{"type": "b"}]}
+    conflist = as_conflist(doc)
+    assert (conflist["disableCheck"], conflist["disableGC"]) == (True, False)
+    plugins = FakeExec()
+    Chain(plugins).check(_inv(conflist), {"cniVersion": "1.1.0"})
+    assert plugins.calls == [], "disabled"
