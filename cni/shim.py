@@ -162,6 +162,17 @@ def check_names(env: Mapping[str, str]) -> None:
         raise InvalidEnvironment(f"interface name {ifname!r} {problem}", "CNI_IFNAME")
 
 
+def stated_version(raw: bytes) -> str:
+    """The ``cniVersion`` of a configuration not checked yet, when it is one Plexus speaks; else the current one.
+    Best effort, for an error found before the configuration is read (SPEC "Error": the configuration's version)."""
+    try:
+        conf = wirejson.loads(raw)
+    except (ValueError, RecursionError):
+        return CURRENT_VERSION
+    version = conf.get("cniVersion") if isinstance(conf, dict) else None
+    return version if isinstance(version, str) and version in SUPPORTED_VERSIONS else CURRENT_VERSION
+
+
 def version_answer(conf: Mapping[str, Any]) -> dict[str, Any]:
     asked = conf.get("cniVersion") or CURRENT_VERSION
     return {"cniVersion": asked, "supportedVersions": list(SUPPORTED_VERSIONS)}
@@ -222,8 +233,13 @@ def main(env: Mapping[str, str], stdin: IO[bytes], stdout: IO[str], ipam: bool =
     conf: dict[str, Any] = {}
     version = CURRENT_VERSION
     try:
-        verb = check_env(env)
-        conf = parse_config(stdin.read(), verb)
+        raw = stdin.read()  # before the environment: an error about it is answered in the configuration's version
+        try:
+            verb = check_env(env)
+        except CniError:
+            version = stated_version(raw)
+            raise
+        conf = parse_config(raw, verb)
         version = str(conf.get("cniVersion") or CURRENT_VERSION)
         if verb == "VERSION":
             answer = version_answer(conf)

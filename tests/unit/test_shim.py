@@ -583,3 +583,10 @@ def test_the_shim_refuses_a_timeout_the_daemon_refuses_naming_it(tmp_path: Any, 
         server.close()
     err = json.loads(out.getvalue())
     assert (err["code"], err["details"]) == (7, "ipam.timeoutSeconds"), err
+
+
+def test_an_environment_error_is_written_in_the_configurations_version() -> None:
+    """SPEC 1.x "Error": "cniVersion: The same value as provided by the configuration". check_env ran before the
+    configuration was read, so an invalid CNI_IFNAME under a 0.4.0 configuration was answered as 1.1.0."""
+    err = error_of(env_for("ADD", CNI_IFNAME="net/1"), conf(version="0.4.0"))
+    assert (err["code"], err["cniVersion"]) == (4, "0.4.0")
