@@ -12,6 +12,7 @@ runtime keys them: (container ID, CNI_IFNAME). The interfaces themselves are the
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import time
@@ -506,7 +507,9 @@ class Attacher:
         record = self.store.get_attachment(*call.key)
         if record is None or record.state != "ready":
             raise UnknownContainer(f"no attachment for container {call.container_id[:12]} {call.ifname}", "CNI_CONTAINERID")
-        problems: list[str] = []
+        prev = Result.from_dict(call.config["prevResult"]) if call.config.get("prevResult") else None
+        problems = [p for iface in record.interfaces for p in prev_result_problems(iface, record.netns, prev)] \
+            if prev is not None else []  # none given: the record is what was built
         with self.open_pod(call.netns) as pod_side:
             ctx = LinksContext(self.host_netlink(), pod_side.netlink, call.netns)
             for iface in record.interfaces:
@@ -541,6 +544,9 @@ class Attacher:
         if not self.ready():
             raise PluginNotAvailable("plexus-ipamd is not ready", "object source not synced")
         conf = parse_plugin_config(call.config)
+        if not readiness_file_present(conf.readiness_indicator_file):  # ADD would wait for it, then answer 11
+            raise PluginNotAvailable(f"the cluster network is not ready: {conf.readiness_indicator_file} does not "
+                                     "exist", "readinessindicatorfile")
         if conf.cluster_network and self.delegation is not None:
             cluster = self.networks.cluster_network(conf)
             self.delegation.status(Invocation(cluster.conflist, "", "", "", bin_dirs=conf.plugin_dirs(call.cni_path),
@@ -576,6 +582,31 @@ def _status_of(uid: str, namespace: str, name: str, records: list[AttachmentReco
         return None
     return PodStatus(uid, namespace, name, tuple(e for a in ready for e in a.networks_status), time.time(),
                      tuple(e for a in ready for e in a.network_status))
+
+
+def prev_result_problems(iface: BuiltInterface, sandbox: str, prev: Result) -> list[str]:
+    """How the runtime's ``prevResult`` disagrees with what the interface was built as (SPEC "CHECK": the plugin
+    consults it): its entries for the interface's name in the interface's sandbox, their MAC and the addresses
+    given on them, against the record's. Entries of other interfaces are other plugins' business."""
+    own = Result.from_dict(iface.result) if iface.result else Result()
+    index = next((i for i, e in enumerate(own.interfaces) if e.name == iface.if_name), None)
+    sandbox = own.interfaces[index].sandbox if index is not None and own.interfaces[index].sandbox else sandbox
+    on_it = {ipaddress.ip_interface(ip.address) for ip in own.ips if index is not None and ip.interface == index}
+    has = on_it | {ipaddress.ip_interface(ip.address) for ip in own.ips if ip.interface is None}
+    problems: list[str] = []
+    for i, entry in enumerate(prev.interfaces):
+        if entry.name != iface.if_name or (entry.sandbox or sandbox) != sandbox:
+            continue
+        if entry.mac and iface.mac and entry.mac.lower() != iface.mac.lower():
+            problems.append(f"{iface.if_name}: prevResult gives MAC {entry.mac}, the interface has {iface.mac}")
+        if not iface.result:  # recorded without its share of the result: nothing to hold the addresses to
+            continue
+        given = {ipaddress.ip_interface(ip.address) for ip in prev.ips if ip.interface == i}
+        problems += [f"{iface.if_name}: prevResult gives {a}, which the attachment does not have"
+                     for a in sorted(given - has, key=str)]
+        problems += [f"{iface.if_name}: prevResult lacks {a}, which the attachment has"
+                     for a in sorted(on_it - given, key=str)]
+    return problems
 
 
 def _defaults_taken(gateways: Iterable[str]) -> set[str]:

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from kubernetes import client
 from pyroute2.netlink.exceptions import NetlinkError
 
 from cni.errors import CniError, InterfaceFailure, InternalError, PluginNotAvailable, UnknownContainer
+from cni.types import Result
 from ipamd.drivers import kernel
 from ipamd.drivers.base import BuildContext, InterfaceKey, InterfaceRequest
 from ipamd.drivers.macvlan import MacvlanDriver
@@ -560,3 +562,49 @@ def test_a_tap_whose_name_is_taken_in_the_pod_is_refused_without_removing_the_ot
     with pytest.raises(CniError) as err, contextlib.ExitStack() as undo:
         TapDriver().build(ctx, iface, undo)
     assert err.value.code == 105 and pod.deleted == [] and pod.links == {"eth0": 2}, pod.deleted
+
+
+# -- CHECK consults prevResult (SPEC 1.x "CHECK": "The plugin must consult the prevResult") -----------------------
+
+def test_check_fails_when_prev_result_lists_an_address_the_attachment_does_not_have() -> None:
+    node = Node()
+    result = node.call("ADD")
+    prev = {**result, "ips": [{**ip, "address": "198.18.40.250/24"} for ip in result["ips"]]}
+    assert prev["ips"] != result["ips"]
+    with pytest.raises(CniError):
+        node.call("CHECK", config={"prevResult": prev})
+
+
+def test_check_holds_the_result_add_gave_even_after_the_network_plexus_is_chained_after() -> None:
+    node = Node()
+    result = node.call("ADD")
+    cluster = {"cniVersion": "1.1.0", "interfaces": [{"name": "eth0", "mac": "0a:58:0a:00:00:05", "sandbox": "/x"}],
+               "ips": [{"address": "10.0.0.5/24", "interface": 0}]}
+    assert node.call("CHECK", config={"prevResult": result}) == {}
+    whole = Result.from_dict(result).merged_after(Result.from_dict(cluster)).to_dict()
+    assert node.call("CHECK", config={"prevResult": whole}) == {}
+    other_mac = {**result, "interfaces": [{**result["interfaces"][0], "mac": "02:00:00:00:00:99"},
+                                          *result["interfaces"][1:]]}
+    with pytest.raises(InterfaceFailure) as err:
+        node.call("CHECK", config={"prevResult": other_mac})
+    assert "net1" in err.value.details and "02:00:00:00:00:99" in err.value.details
+    moved = {**result, "ips": [{**result["ips"][0], "address": "198.18.40.250/24"}, *result["ips"][1:]]}
+    with pytest.raises(InterfaceFailure) as err:
+        node.call("CHECK", config={"prevResult": moved})
+    assert "net1" in err.value.details and "198.18.40.250/24" in err.value.details
+
+
+# -- STATUS (SPEC 1.1 "STATUS": "If the plugin knows that it cannot service ADD requests, it must exit with a
+#    non-zero return code") -------------------------------------------------------------------------------------
+
+def test_status_is_not_available_while_the_readiness_indicator_file_is_missing(tmp_path: Path) -> None:
+    """ADD would wait for the file and then answer 11; STATUS says ready all along."""
+    node = Node()
+    with pytest.raises(PluginNotAvailable):
+        node.call("STATUS", config={"readinessindicatorfile": str(tmp_path / "missing")})
+
+
+def test_status_is_ready_once_the_readiness_indicator_file_exists(tmp_path: Path) -> None:
+    node = Node()
+    (tmp_path / "ready").write_text("")
+    assert node.call("STATUS", config={"readinessindicatorfile": str(tmp_path / "ready")}) == {}
