@@ -201,8 +201,11 @@ class DelegatedAddresses:
         if not req.claim:
             return None
         claim = self.source.get(IPAM_CLAIM, req.namespace, req.claim)
-        if claim is None:
-            raise ObjectNotFound(f"IPAMClaim {req.namespace}/{req.claim} does not exist", req.claim_field)
+        if claim is None:  # one stored that the daemon refuses is not missing: say why it is not served
+            where = f"IPAMClaim {req.namespace}/{req.claim}"
+            refused = next((p.message for p in self.source.problems() if f"{where}:" in p.message), "")
+            raise ObjectNotFound(f"{where} {'is not served: ' + refused if refused else 'does not exist'}",
+                                 req.claim_field)
         names = {req.network, req.nad, req.nad.partition("/")[2]} - {""}
         if claim.network and claim.network not in names:
             raise InvalidConfig(f"IPAMClaim {req.namespace}/{req.claim} is for network {claim.network}, not "
@@ -373,16 +376,28 @@ class DelegatedAddresses:
     def record(self, key: str) -> IPRecord | None:
         return self.store.get_ip(key)
 
-    def gc(self, network: str, valid: set[tuple[str, str]]) -> int:
-        """GC: release this network's attachment leases that are not among ``valid`` (container ID, ifname)."""
-        n = 0
+    def gc(self, network: str, valid: set[tuple[str, str]],
+           owe: Callable[[list[tuple[IPRecord, str]]], None] = lambda claims: None) -> list[tuple[IPRecord, str]]:
+        """GC: release this network's attachment leases that are not among ``valid`` (container ID, ifname), and take
+        those attachments off the network's IPAMClaims, as their DEL would have. The claims let go of, as they are
+        now, each with the name of the pod that let go (``owe``: told them inside the transaction, as ``release``)."""
+        released: dict[str, str] = {}  # claim key -> the pod that let go
         with self.store.transaction():
             for rec in self.store.ips_with_prefix(f"{CNI_HOLDER}/{network}/"):
                 container_id, _, ifname = rec.key[len(f"{CNI_HOLDER}/{network}/"):].rpartition("/")
                 if (container_id, ifname) not in valid:
                     self.ipam.delete_ip(rec)
-                    n += 1
-        return n
+            for claim in self.store.ips_with_prefix(f"{CLAIM_HOLDER}/"):
+                if network not in (claim.network_name, claim.network_name.partition("/")[2]):
+                    continue  # another network's claim: its attachments are not in this list
+                for user, pod_ref in zip(claim.used_by_uids, claim.used_by_pods, strict=False):
+                    container_id, sep, ifname = user.rpartition("/")
+                    if sep and (container_id, ifname) not in valid:
+                        self.ipam.release_pod([claim.key], user)
+                        released[claim.key] = pod_ref.partition("/")[2]
+            left = [(rec, released[rec.key]) for rec in self.ipam.records(list(released))]
+            owe(left)
+        return left
 
     def check(self, network: str, container_id: str, ifname: str, prev: Result | None) -> None:
         """CHECK: the attachment still holds its address, and the result the runtime has says so."""

@@ -3,9 +3,10 @@ under any runtime or meta-plugin (Multus, cnitool, Plexus itself when so configu
 
 An IPAM call carries the calling plugin's whole configuration; its ``ipam`` section says where addresses
 come from (``ipamd.model.ipamconf``). ADD answers with addresses and routes only; DEL releases the
-attachment's lease (quarantined); GC releases the network's leases that are no longer valid; CHECK says
-whether the lease is still held; STATUS whether the daemon can serve ADD. The pod, when CNI_ARGS names one
-the object source knows, is who uses the address, and its NPWG selection may name an IPAMClaim.
+attachment's lease (quarantined); GC releases the network's leases that are no longer valid and takes those
+attachments off its IPAMClaims, as DEL does; CHECK says whether the lease is still held; STATUS whether the
+daemon can serve ADD. The pod, when CNI_ARGS names one the object source knows, is who uses the address, and
+its NPWG selection may name an IPAMClaim.
 """
 
 from __future__ import annotations
@@ -118,10 +119,7 @@ class IpamPlugin:
                     self.publisher.owe_claim_released(claim, pod_name)
 
         for claim in self.addresses.release(call.network_name, call.container_id, call.ifname, owe):
-            if claim.used_by_pods:
-                self.publisher.ip_status(claim)
-            else:
-                self.publisher.claim_released(claim, pod_name)
+            self._published(claim, pod_name)
         return {}
 
     def check(self, call: CniCall) -> dict[str, Any]:
@@ -130,8 +128,23 @@ class IpamPlugin:
         return {}
 
     def gc(self, call: CniCall) -> dict[str, Any]:
-        self.addresses.gc(call.network_name, valid_attachments(call))
+        """GC lets go of what each stale attachment's DEL would have, and publishes the claims as DEL does."""
+
+        def owe(claims: list[tuple[IPRecord, str]]) -> None:  # in the release's commit, as DEL's
+            for claim, pod_name in claims:
+                if not claim.used_by_pods:
+                    self.publisher.owe_claim_released(claim, pod_name)
+
+        for claim, pod_name in self.addresses.gc(call.network_name, valid_attachments(call), owe):
+            self._published(claim, pod_name)
         return {}
+
+    def _published(self, claim: IPRecord, pod_name: str) -> None:
+        """A claim an attachment let go of: its status, or released (no ``ownerPod``) when no pod uses it now."""
+        if claim.used_by_pods:
+            self.publisher.ip_status(claim)
+        else:
+            self.publisher.claim_released(claim, pod_name)
 
     def status(self, call: CniCall) -> dict[str, Any]:
         if not self.ready():

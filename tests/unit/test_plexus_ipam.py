@@ -16,6 +16,7 @@ from ipamd.ipam.delegated import DelegatedAddresses
 from ipamd.model.npwg import NETWORKS_ANNOTATION
 from ipamd.model.objects import API_VERSION, CLUSTER_IP_ADDRESS_POOL, NPWG_CLAIM_API_VERSION, Pod, parse_object
 from ipamd.node.reconcile import Reconciler
+from ipamd.sources.base import Problem
 from ipamd.verbs.call import CniCall
 from ipamd.verbs.ipam_plugin import IpamPlugin
 from tests.fakes.publisher import RecordingPublisher
@@ -427,3 +428,52 @@ def test_a_range_a_configuration_no_longer_has_does_not_refuse_another_for_ever(
     assert not [lease for lease in node.store.all_leases() if lease.address.startswith("198.18.53.")]
     got = node.call("ADD", {"range": "198.18.53.0/25", "enable_overlapping_ranges": False}, network="nad-b")
     assert got["ips"]
+
+
+def test_a_claim_the_daemon_does_not_serve_is_named_so_at_add_not_as_missing() -> None:
+    """A claim stored before the webhook reviewed IPAMClaims (or while it was away: failurePolicy Ignore) is in the
+    source's problems, not its objects: ADD said it "does not exist", the user looked and found it there."""
+    node = Node()
+    node.source.add(claimed_pod("db-0", "uid-1"))
+    why = f"api: IPAMClaim {NS}/db-0: spec.ipRequests: asks for more than one address"
+    node.source.problems = lambda: [Problem("api", "spec.ipRequests", why)]  # type: ignore[method-assign]
+    err = node.error("ADD", SHARED, pod_name="db-0", uid="uid-1")
+    assert (err.code, err.details) == (103, f"{NETWORKS_ANNOTATION}[0].ipam-claim-reference")
+    assert f"IPAMClaim {NS}/db-0 is not served: " in err.msg and why in err.msg, err.msg
+
+
+# -- GC releases every reservation of a stale attachment (SPEC 1.1 "GC": "a plugin should remove any resources
+#    related to attachments not in the provided list") ------------------------------------------------------------
+
+def test_ipam_gc_lets_go_of_a_claim_a_stale_attachment_used() -> None:
+    """plexus-ipam's GC releases only the ``CNI/<network>/...`` leases: an IPAMClaim a stale attachment used keeps
+    that attachment (and its pod) as its user for ever, where DEL would have let go of it."""
+    node = Node()
+    node.source.add(claim("db-0"))
+    node.source.add(claimed_pod("db-0", "uid-1"))
+    node.call("ADD", SHARED, container="stale", pod_name="db-0", uid="uid-1")
+    (rec,) = node.store.all_ips()
+    assert rec.used_by_uids == ("stale/net1",) and rec.used_by_pods == (f"{NS}/db-0",)
+    valid: dict[str, Any] = {"cni.dev/valid-attachments": []}
+    node.call("GC", SHARED, **valid)
+    (rec,) = node.store.all_ips()
+    assert rec.used_by_uids == (), "the stale attachment no longer uses the claim"
+
+
+def test_ipam_gc_keeps_a_claims_valid_user_and_publishes_a_claim_let_go() -> None:
+    node = Node()
+    node.source.add(claim("db-0"))
+    node.source.add(claimed_pod("db-0", "uid-1"))
+    node.call("ADD", SHARED, container="live", pod_name="db-0", uid="uid-1")
+    none: dict[str, Any] = {"cni.dev/valid-attachments": []}
+    live: dict[str, Any] = {"cni.dev/valid-attachments": [{"containerID": "live", "ifname": "net1"}]}
+    node.call("GC", SHARED, network="nad-b", **none)
+    node.call("GC", SHARED, **live)
+    (rec,) = node.store.all_ips()
+    assert rec.used_by_uids == ("live/net1",), "another network's GC and a GC listing it leave it its user"
+    published = len(node.publisher.ip_statuses)
+    node.call("GC", SHARED, **none)
+    (rec,) = node.store.all_ips()
+    assert (rec.used_by_uids, rec.used_by_pods) == ((), ())
+    assert [r.used_by_pods for r in node.publisher.ip_statuses[published:]] == [()], "released, as DEL publishes"
+    assert rec.key == f"IPAMClaim/{NS}/db-0"
