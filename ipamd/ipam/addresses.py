@@ -251,7 +251,7 @@ class Ipam:
             nets = ", ".join(str(s.network) for s in pool.subnets)
             raise InvalidConfig(f"IPAddress {obj.meta.name}: {obj.static_ip} is outside pool {pool.meta.name} ({nets})",
                                 "spec.static.ip")
-        _refuse_gateway(pool, ip, f"IPAddress {obj.meta.name}", "spec.static.ip")
+        refuse_gateway(pool, ip, f"IPAddress {obj.meta.name}", "spec.static.ip")
         lease = self.store.lease_at(pool_key(pool), ip)
         if lease and lease.holder and lease.holder != obj.meta.key:
             raise AddressConflict(f"IPAddress {obj.meta.name}: {obj.static_ip} is already leased to {lease.holder}",
@@ -297,7 +297,7 @@ class Ipam:
                 subnet = subnet_for(pool, ip)
                 if subnet is None:
                     raise InvalidConfig(f"{who}: {rec.static_ip} is outside pool {pool.meta.name}", field)
-                _refuse_gateway(pool, ip, who, field)
+                refuse_gateway(pool, ip, who, field)
                 held = self.store.lease_at(pkey, ip)
                 if held is not None and held.holder not in (None, rec.key):
                     raise AddressConflict(f"{who}: {rec.static_ip} is already leased to {holder_words(held.holder)}",
@@ -744,7 +744,7 @@ class Ipam:
             nets = ", ".join(str(s.network) for s in pool.subnets)
             raise InvalidConfig(f"{address} is outside pool {pool.meta.display} ({nets})", "address")
         if address:
-            _refuse_gateway(pool, to_int(address), f"API client {owner}", "address")
+            refuse_gateway(pool, to_int(address), f"API client {owner}", "address")
         key = f"api/{owner}"
 
         def fit(rec: IPRecord) -> IPRecord:
@@ -805,7 +805,7 @@ def _refuse_if_another_pods(rec: IPRecord | None, pod: Pod, field: str) -> None:
         raise AddressConflict(f"IPAddress {rec.name} is in use by pod {', '.join(rec.used_by_pods)}", field)
 
 
-def _refuse_gateway(pool: AddressPool, ip: int, who: str, field: str) -> None:
+def refuse_gateway(pool: AddressPool, ip: int, who: str, field: str) -> None:
     """A route's gateway is never leased, even to who asks for exactly it: the pod's route would go via itself
     (the kernel refuses an IPv6 one), and the router's address would be taken twice on the segment."""
     route = route_via(pool, ip)

@@ -24,7 +24,7 @@ from typing import Any
 
 from cni.errors import AddressConflict, InvalidConfig, ObjectNotFound, PoolExhausted, UnknownContainer
 from cni.types import IPConfig, Result, Route, cidr_of
-from ipamd.ipam.addresses import Claim, Ipam, Secured
+from ipamd.ipam.addresses import Claim, Ipam, Secured, refuse_gateway
 from ipamd.ipam.allocator import in_ranges, subnet_for, to_int
 from ipamd.model.cniconf import ConfigInvalid
 from ipamd.model.ipamconf import (
@@ -281,6 +281,7 @@ class DelegatedAddresses:
             raise InvalidConfig(f"{rec.static_ip} is outside pool {_pool_name(pool)} ({nets})", field)
         if req.config.range is not None and not in_ranges(pool, ip):  # the gateway, or an excluded address
             raise InvalidConfig(f"{rec.static_ip} is not one of the range's addresses ({req.config.range.text})", field)
+        refuse_gateway(pool, ip, f"{req.network} ({req.ifname})", field)
         try:
             network = ipaddress.ip_interface(asked).network if "/" in asked else subnet.network
         except ValueError:

@@ -477,3 +477,12 @@ def test_ipam_gc_keeps_a_claims_valid_user_and_publishes_a_claim_let_go() -> Non
     assert (rec.used_by_uids, rec.used_by_pods) == ((), ())
     assert [r.used_by_pods for r in node.publisher.ip_statuses[published:]] == [()], "released, as DEL publishes"
     assert rec.key == f"IPAMClaim/{NS}/db-0"
+
+
+def test_a_pools_route_gateway_asked_for_through_the_ips_capability_is_refused() -> None:
+    """The pool never leases its routes' gateways (198.18.52.1 is the shared pool's route's `via`), not even to a
+    delegate asking for exactly it through `ips`: its pod's route would go through itself."""
+    node = Node()
+    err = node.error("ADD", SHARED, runtimeConfig={"ips": ["198.18.52.1/24"]})
+    assert (err.code, err.details) == (7, "runtimeConfig.ips") and "gateway" in err.msg, err
+    assert not [lease for lease in node.store.all_leases() if lease.holder], "nothing leased"
