@@ -1,4 +1,4 @@
-"""Interface builders: node bridges and segment uplinks, and the veth, TAP and macvlan of a pod.
+"""Interface builders: the veth, TAP and macvlan of a pod (the segment's bridge and uplinks: ``segment_links``).
 
 Each builder makes one kernel object through pyroute2 and reports what it made, so the caller
 can register the undo step right after it (ADD is transactional). Names of host-side links are
@@ -20,8 +20,8 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
-from cni.errors import InterfaceFailure, TryAgainLater
-from ipamd.model.names import PREFIX, TapNames, uplink_name
+from cni.errors import InterfaceFailure
+from ipamd.model.names import TapNames
 
 GONE = (errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL)
 RTN_UNICAST = 1
@@ -60,7 +60,7 @@ def same_ip(text: str) -> str:
         return text
 
 
-def _index(ipr: IPRoute, name: str) -> int | None:
+def index_of(ipr: IPRoute, name: str) -> int | None:
     """The link's index by name: one RTM_GETLINK for that name (``link_lookup`` dumps every link)."""
     try:
         return int(ipr.link("get", ifname=name)[0]["index"])
@@ -77,120 +77,8 @@ def generate_mac() -> str:
     return ":".join(f"{x:02x}" for x in b)
 
 
-def _fail(what: str, exc: NetlinkError) -> InterfaceFailure:
+def netlink_failure(what: str, exc: NetlinkError) -> InterfaceFailure:
     return InterfaceFailure(f"{what} failed", f"{exc.code} {errno.errorcode.get(exc.code, '')}: {exc}")
-
-
-def ensure_bridge(host: IPRoute, name: str, uplink: str = "") -> int:
-    """Create the node bridge (up) unless it exists, and enslave the uplink; returns its index."""
-    idx = _index(host, name)
-    if idx is None:
-        try:
-            host.link("add", ifname=name, kind="bridge")
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:  # a concurrent ADD made it: fine
-                raise _fail(f"creating bridge {name}", exc) from None
-        idx = _index(host, name)
-        if idx is None:
-            raise TryAgainLater(f"bridge {name} vanished while being set up")
-    host.link("set", index=idx, state="up")
-    if uplink:
-        up = _index(host, uplink)
-        if up is None:
-            raise InterfaceFailure(f"uplink {uplink} of bridge {name} does not exist", uplink)
-        link = host.link("get", index=up)[0]
-        master = link.get_attr("IFLA_MASTER")
-        if master != idx:
-            _refuse_taken_uplink(host, uplink, name, master)
-            host.link("set", index=up, master=idx, state="up")
-    return idx
-
-
-def _refuse_taken_uplink(host: IPRoute, uplink: str, bridge: str, master: int | None) -> None:
-    """A NIC is a port of one bridge: one that is already another Plexus segment's uplink is not taken from it (its
-    pods would lose the wire while both segments look ready)."""
-    if not master:
-        return
-    found = host.link("get", index=master)
-    owner = str(found[0].get_attr("IFLA_IFNAME") or "") if found else ""
-    if owner.startswith(f"{PREFIX}-"):
-        raise InterfaceFailure(f"{uplink} is already the uplink of bridge {owner}, another network's segment: a NIC is "
-                               f"the port of one bridge, so {bridge} cannot have it too (give each untagged network a "
-                               "parent NIC of its own, or a VLAN or VXLAN class)", "parentNodeNetworkInterfaces")
-
-
-def vlan_spec(parent_index: int, name: str, vlan_id: int) -> dict[str, Any]:
-    """The RTM_NEWLINK request for an 802.1Q sub-interface (kept apart so it can be checked as a message)."""
-    return {"ifname": name, "kind": "vlan", "link": parent_index, "vlan_id": vlan_id, "vlan_protocol": 0x8100}
-
-
-def ensure_vlan(host: IPRoute, parent: str, vlan_id: int) -> str:
-    name = uplink_name("vlan", vlan_id)
-    if _index(host, name) is not None:
-        return name
-    parent_idx = _index(host, parent)
-    if parent_idx is None:
-        raise InterfaceFailure(f"parent interface {parent} for VLAN {vlan_id} does not exist", parent)
-    try:
-        host.link("add", **vlan_spec(parent_idx, name, vlan_id))
-    except NetlinkError as exc:
-        if exc.code != errno.EEXIST:
-            raise _fail(f"creating VLAN {vlan_id} on {parent} (does the kernel have 802.1q?)", exc) from None
-    return name
-
-
-def vxlan_spec(name: str, vni: int, underlay_index: int | None, port: int, group: str, local: str) -> dict[str, Any]:
-    """The RTM_NEWLINK request for a VXLAN device; an IPv6 group or local address goes in its own attribute
-    (IFLA_VXLAN_GROUP6, IFLA_VXLAN_LOCAL6), which also makes the device's socket IPv6."""
-    spec: dict[str, Any] = {"ifname": name, "kind": "vxlan", "vxlan_id": vni, "vxlan_port": port,
-                            "vxlan_learning": 1}
-    if underlay_index is not None:
-        spec["vxlan_link"] = underlay_index
-    if group:
-        spec["vxlan_group6" if ":" in group else "vxlan_group"] = group
-    if local:
-        spec["vxlan_local6" if ":" in local else "vxlan_local"] = local
-    return spec
-
-
-def vxlan_local(local: str, group: str, remotes: Iterable[str]) -> str:
-    """The device's local address: a VXLAN device carries one family, IPv4 unless a local or group address says
-    IPv6, so IPv6 remotes with neither get ``::`` (any source, IPv6 socket); else the kernel refuses their FDB
-    entries (EAFNOSUPPORT)."""
-    if local or group or not any(family_of(r) == socket.AF_INET6 for r in remotes):
-        return local
-    return "::"
-
-
-def ensure_vxlan(host: IPRoute, vni: int, underlay: str, remotes: Iterable[str], group: str, port: int,
-                 local: str) -> str:
-    """A VXLAN device for ``vni``; unicast remotes become all-zero FDB entries (head-end replication).
-    The same class serves every node, so its remotes may include this node: that one is skipped."""
-    name = uplink_name("vxlan", vni)
-    remotes = list(remotes)
-    idx = _index(host, name)
-    if idx is None:
-        under = _index(host, underlay) if underlay else None
-        if underlay and under is None:
-            raise InterfaceFailure(f"underlay interface {underlay} for VNI {vni} does not exist", underlay)
-        try:
-            host.link("add", **vxlan_spec(name, vni, under, port, group, vxlan_local(local, group, remotes)))
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                raise _fail(f"creating VXLAN {vni}", exc) from None
-        idx = _index(host, name)
-    # a class lists every node of the segment; this node's own address is not a remote of its own
-    own = {same_ip(a.get_attr(key)) for a in host.get_addr() for key in ("IFA_ADDRESS", "IFA_LOCAL")
-           if a.get_attr(key)}
-    for remote in remotes:
-        if same_ip(remote) in own:
-            continue
-        try:
-            host.fdb("append", ifindex=idx, lladdr="00:00:00:00:00:00", dst=remote)
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                raise _fail(f"adding VXLAN remote {remote}", exc) from None
-    return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +90,7 @@ class PodLink:
 
 
 def _set_mac_up(ipr: IPRoute, name: str, mac: str, up: bool = True) -> PodLink:
-    idx = _index(ipr, name)
+    idx = index_of(ipr, name)
     if idx is None:
         raise InterfaceFailure(f"interface {name} vanished while being set up", name)
     kwargs: dict[str, Any] = {"index": idx}
@@ -215,7 +103,7 @@ def _set_mac_up(ipr: IPRoute, name: str, mac: str, up: bool = True) -> PodLink:
 
 
 def _pod_name_free(pod: IPRoute, name: str) -> None:
-    if _index(pod, name) is not None:
+    if index_of(pod, name) is not None:
         raise InterfaceFailure(f"interface {name} already exists in the pod", name)
 
 
@@ -240,21 +128,21 @@ def add_veth(host: IPRoute, pod: IPRoute, pod_fd: int, host_name: str, if_name: 
         host.link("add", **spec)
     except NetlinkError as exc:
         if exc.code != errno.EEXIST:
-            raise _fail(f"creating veth {if_name}", exc) from None
-        if _index(host, host_name) is None:
+            raise netlink_failure(f"creating veth {if_name}", exc) from None
+        if index_of(host, host_name) is None:
             raise InterfaceFailure(f"interface {if_name} already exists in the pod", if_name) from None
         delete_link(host, host_name)  # left by a crashed ADD of this very attachment
         try:
             host.link("add", **spec)
         except NetlinkError as again:
-            raise _fail(f"creating veth {if_name}", again) from None
-    idx = _index(pod, if_name)
+            raise netlink_failure(f"creating veth {if_name}", again) from None
+    idx = index_of(pod, if_name)
     if idx is None:
         raise InterfaceFailure(f"interface {if_name} vanished while being set up", if_name)
     try:
         pod.link("set", index=idx, state="up")
     except NetlinkError as exc:  # keep the CNI code (105) instead of an unexpected 999
-        raise _fail(f"bringing up {if_name}", exc) from None
+        raise netlink_failure(f"bringing up {if_name}", exc) from None
     return PodLink(if_name, mac, host_name, idx)
 
 
@@ -265,15 +153,15 @@ def add_tap(host: IPRoute, pod: IPRoute, pod_fd: int, host_name: str, names: Tap
     inner_bridge, inner_veth = names.inner_bridge, names.inner_veth
     for name in (inner_bridge, inner_veth):
         _pod_name_free(pod, name)
-    if _index(host, host_name) is not None:
+    if index_of(host, host_name) is not None:
         delete_link(host, host_name)
     try:
         host.link("add", ifname=host_name, kind="veth", peer={"ifname": inner_veth, "net_ns_fd": pod_fd})
-        host.link("set", index=_index(host, host_name), master=bridge_index, state="up")
+        host.link("set", index=index_of(host, host_name), master=bridge_index, state="up")
         pod.link("add", ifname=inner_bridge, kind="bridge")
-        br = _index(pod, inner_bridge)
+        br = index_of(pod, inner_bridge)
         pod.link("set", index=br, state="up")
-        pod.link("set", index=_index(pod, inner_veth), master=br, state="up")
+        pod.link("set", index=index_of(pod, inner_veth), master=br, state="up")
         # TUNSETIFF creates the device in the caller's namespace, so make it on the node under a
         # temporary name, then move it into the pod under its own name.
         tmp = names.temporary
@@ -283,13 +171,13 @@ def add_tap(host: IPRoute, pod: IPRoute, pod_fd: int, host_name: str, names: Tap
             tap["uid"] = uid
         if gid is not None:
             tap["gid"] = gid
-        if _index(host, tmp) is not None:
+        if index_of(host, tmp) is not None:
             delete_link(host, tmp)
         host.link("add", **tap)
-        host.link("set", index=_index(host, tmp), net_ns_fd=pod_fd, ifname=if_name)
-        pod.link("set", index=_index(pod, if_name), master=br)
+        host.link("set", index=index_of(host, tmp), net_ns_fd=pod_fd, ifname=if_name)
+        pod.link("set", index=index_of(pod, if_name), master=br)
     except NetlinkError as exc:
-        raise _fail(f"creating TAP {if_name}", exc) from None
+        raise netlink_failure(f"creating TAP {if_name}", exc) from None
     link = _set_mac_up(pod, if_name, mac or generate_mac())
     return PodLink(if_name, link.mac, host_name, link.index)
 
@@ -305,19 +193,19 @@ def add_macvlan(host: IPRoute, pod_fd: int, parent_index: int, if_name: str, mac
     except NetlinkError as exc:
         if exc.code == errno.EEXIST:
             raise InterfaceFailure(f"interface {if_name} already exists in the pod", if_name) from None
-        raise _fail(f"creating macvlan {if_name}", exc) from None
+        raise netlink_failure(f"creating macvlan {if_name}", exc) from None
     return mac
 
 
 def bring_up(ipr: IPRoute, name: str) -> int:
     """A link up by name; returns its index."""
-    idx = _index(ipr, name)
+    idx = index_of(ipr, name)
     if idx is None:
         raise InterfaceFailure(f"interface {name} vanished while being set up", name)
     try:
         ipr.link("set", index=idx, state="up")
     except NetlinkError as exc:  # keep the CNI code (105) instead of an unexpected 999
-        raise _fail(f"bringing up {name}", exc) from None
+        raise netlink_failure(f"bringing up {name}", exc) from None
     return idx
 
 
@@ -340,21 +228,21 @@ def configure_addresses(pod: IPRoute, idx: int, if_name: str, addresses: Iterabl
         for cidr in addresses:
             pod.addr("add", index=idx, **address_request(cidr))
     except NetlinkError as exc:
-        raise _fail(f"configuring {if_name}", exc) from None
+        raise netlink_failure(f"configuring {if_name}", exc) from None
     for dst, via in routes:
         try:
             pod.route("add", dst=dst, gateway=via, oif=idx)
         except NetlinkError as exc:
             # two interfaces on one pool bring the same route: the first one carries it
             if exc.code != errno.EEXIST:
-                raise _fail(f"adding route {dst} via {via} on {if_name}", exc) from None
+                raise netlink_failure(f"adding route {dst} via {via} on {if_name}", exc) from None
 
 
 def set_default_route(pod: IPRoute, if_name: str, gateways: Iterable[str]) -> list[tuple[str, str]]:
     """Make ``if_name`` carry the pod's default route(s) through ``gateways``: every other default route of
     the same family goes (NPWG ``default-route``: the cluster network's is replaced). Returns the routes
     added, as (destination, gateway), for the undo."""
-    idx = _index(pod, if_name)
+    idx = index_of(pod, if_name)
     if idx is None:
         raise InterfaceFailure(f"interface {if_name} is not in the pod, so it cannot take the default route", if_name)
     added: list[tuple[str, str]] = []
@@ -368,7 +256,7 @@ def set_default_route(pod: IPRoute, if_name: str, gateways: Iterable[str]) -> li
             pod.route("add", dst=dst, gateway=gw, oif=idx)
             added.append((dst, gw))
     except NetlinkError as exc:
-        raise _fail(f"setting the default route via {', '.join(gateways)} on {if_name}", exc) from None
+        raise netlink_failure(f"setting the default route via {', '.join(gateways)} on {if_name}", exc) from None
     return added
 
 
@@ -430,17 +318,6 @@ def delete_doomed(ipr: IPRoute) -> None:
             raise
 
 
-def bridge_index(host: IPRoute, bridge: str) -> int | None:
-    return _index(host, bridge)
-
-
-def bridge_ports(host: IPRoute, bridge: str) -> list[str]:
-    idx = _index(host, bridge)
-    if idx is None:
-        return []
-    return [link.get_attr("IFLA_IFNAME") for link in host.get_links() if link.get_attr("IFLA_MASTER") == idx]
-
-
 def _listed_address(msg: Any) -> str | None:
     """An address as CIDR, or None for the IPv6 link-local one the kernel gives every link by itself."""
     ip = msg.get_attr("IFA_ADDRESS")
@@ -461,7 +338,7 @@ def _gateway_route(msg: Any) -> tuple[str, str] | None:
 def link_state(ipr: IPRoute, name: str) -> dict[str, Any] | None:
     """Name, MAC, operstate, addresses (CIDR, both families) and routes through a gateway of one link in the main
     table (where a pool's routes go; policy routing has ``policy_state``), for CHECK and tests."""
-    idx = _index(ipr, name)
+    idx = index_of(ipr, name)
     if idx is None:
         return None
     link = ipr.link("get", index=idx)[0]

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pyroute2 import IPRoute
 
 from ipamd.model.objects import VxlanSpec
-from ipamd.netlink import links
+from ipamd.netlink import links, segment_links
 
 
 class NetlinkNodeLinks:
@@ -19,16 +19,16 @@ class NetlinkNodeLinks:
         self.host = host
 
     def ensure_bridge(self, name: str, uplink: str) -> int:
-        return links.ensure_bridge(self.host(), name, uplink)
+        return segment_links.ensure_bridge(self.host(), name, uplink)
 
     def ensure_vlan(self, parent: str, vlan_id: int) -> str:
-        return links.ensure_vlan(self.host(), parent, vlan_id)
+        return segment_links.ensure_vlan(self.host(), parent, vlan_id)
 
     def ensure_vxlan(self, vni: int, spec: VxlanSpec) -> str:
-        return links.ensure_vxlan(self.host(), vni, spec.underlay, spec.remotes, spec.group, spec.port, spec.local_ip)
+        return segment_links.ensure_vxlan(self.host(), vni, spec.underlay, spec.remotes, spec.group, spec.port, spec.local_ip)
 
     def index(self, name: str) -> int | None:
-        return links.bridge_index(self.host(), name)
+        return segment_links.bridge_index(self.host(), name)
 
     def delete(self, name: str) -> bool:
         return links.delete_link(self.host(), name)

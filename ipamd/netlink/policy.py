@@ -17,7 +17,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ipamd.model.podopts import POLICY_RULE_PRIORITY
-from ipamd.netlink.links import GONE, _fail, any_address, dump_of, same_ip
+from ipamd.netlink.links import GONE, any_address, dump_of, netlink_failure, same_ip
 
 SCOPE_LINK = 253
 FAMILIES = (socket.AF_INET, socket.AF_INET6)
@@ -43,7 +43,7 @@ def add_policy_routing(pod: IPRoute, idx: int, if_name: str, addresses: Iterable
         for iface in cidrs:
             pod.rule("add", **rule_request(iface, table))
     except NetlinkError as exc:
-        raise _fail(f"policy routing of {if_name} in table {table}", exc) from None
+        raise netlink_failure(f"policy routing of {if_name} in table {table}", exc) from None
 
 
 def _add_connected(pod: IPRoute, **route: Any) -> None:

@@ -23,7 +23,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD, IFA_F_TENTATIVE
 
 from ipamd.drivers import kernel
-from ipamd.netlink import links, policy
+from ipamd.netlink import links, policy, segment_links
 from ipamd.netlink.netns import _setns, netlink_at, open_netns
 from ipamd.store.records import BuiltInterface
 from tests.conftest import wait_for
@@ -237,7 +237,7 @@ def test_vxlan_over_ipv6_skips_this_nodes_own_address(pair: Pair) -> None:
     """A class's remotes name every node, this one too, spelled as the user wrote them."""
     links.configure_addresses(pair.pod, pair.index, "net1", [POD6], [])
     remotes = ["2001:2:0:40:0:0:0:3", "2001:2:0:40::7", "2001:2:0:40::8"]
-    name = links.ensure_vxlan(pair.pod, 5006, "net1", remotes, "", 4789, "2001:2:0:40::3")
+    name = segment_links.ensure_vxlan(pair.pod, 5006, "net1", remotes, "", 4789, "2001:2:0:40::3")
     vx = pair.pod.link("get", ifname=name)[0]
     data = vx.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
     assert data.get_attr("IFLA_VXLAN_LOCAL6") == "2001:2:0:40::3"
@@ -245,21 +245,21 @@ def test_vxlan_over_ipv6_skips_this_nodes_own_address(pair: Pair) -> None:
     assert fdb == ["2001:2:0:40::7", "2001:2:0:40::8"]
 
     # neither local nor group: IPv6 remotes make the device IPv6 (an IPv4 one refuses them, EAFNOSUPPORT)
-    name = links.ensure_vxlan(pair.pod, 5007, "", ["2001:2:0:44::7"], "", 4789, "")
+    name = segment_links.ensure_vxlan(pair.pod, 5007, "", ["2001:2:0:44::7"], "", 4789, "")
     vx = pair.pod.link("get", ifname=name)[0]
     assert [n.get_attr("NDA_DST") for n in pair.pod.fdb("dump", ifindex=vx["index"]) if n.get_attr("NDA_DST")] \
         == ["2001:2:0:44::7"]
 
 
 def test_vxlan_spec_families() -> None:
-    assert links.vxlan_spec("v", 1, None, 4789, "ff05::1", "2001:2::1") == {
+    assert segment_links.vxlan_spec("v", 1, None, 4789, "ff05::1", "2001:2::1") == {
         "ifname": "v", "kind": "vxlan", "vxlan_id": 1, "vxlan_port": 4789, "vxlan_learning": 1,
         "vxlan_group6": "ff05::1", "vxlan_local6": "2001:2::1"}
-    assert links.vxlan_spec("v", 1, None, 4789, "239.1.1.1", "198.18.0.1")["vxlan_local"] == "198.18.0.1"
-    assert links.vxlan_local("", "", ["2001:2::7"]) == "::"
-    assert links.vxlan_local("", "", ["198.18.0.7"]) == "" and links.vxlan_local("", "", []) == ""
-    assert links.vxlan_local("2001:2::1", "", ["2001:2::7"]) == "2001:2::1"
-    assert links.vxlan_local("", "ff05::1", ["2001:2::7"]) == ""
+    assert segment_links.vxlan_spec("v", 1, None, 4789, "239.1.1.1", "198.18.0.1")["vxlan_local"] == "198.18.0.1"
+    assert segment_links.vxlan_local("", "", ["2001:2::7"]) == "::"
+    assert segment_links.vxlan_local("", "", ["198.18.0.7"]) == "" and segment_links.vxlan_local("", "", []) == ""
+    assert segment_links.vxlan_local("2001:2::1", "", ["2001:2::7"]) == "2001:2::1"
+    assert segment_links.vxlan_local("", "ff05::1", ["2001:2::7"]) == ""
 
 
 def test_address_request_nodad_for_ipv6_only() -> None:

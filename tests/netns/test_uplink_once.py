@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from cni.errors import InterfaceFailure
-from ipamd.netlink import links
+from ipamd.netlink import segment_links
 from ipamd.netlink.netns import netlink_at
 from tests.harness import NS_PREFIX, netns_add, netns_del
 
@@ -21,10 +21,10 @@ def test_a_nic_another_plexus_bridge_has_is_refused_and_stays_where_it_is() -> N
     try:
         with netlink_at(netns_add(name)) as node:
             node.link("add", ifname="nic0", kind="veth", peer={"ifname": "nic0p"})
-            first = links.ensure_bridge(node, "plx-n-aaaa1111", "nic0")
-            assert links.ensure_bridge(node, "plx-n-aaaa1111", "nic0") == first, "its own uplink: no change, no error"
+            first = segment_links.ensure_bridge(node, "plx-n-aaaa1111", "nic0")
+            assert segment_links.ensure_bridge(node, "plx-n-aaaa1111", "nic0") == first, "its own uplink: no change, no error"
             with pytest.raises(InterfaceFailure) as err:
-                links.ensure_bridge(node, "plx-n-bbbb2222", "nic0")
+                segment_links.ensure_bridge(node, "plx-n-bbbb2222", "nic0")
             assert err.value.details == "parentNodeNetworkInterfaces" and "plx-n-aaaa1111" in err.value.msg
             nic = node.link("get", ifname="nic0")[0]
             assert nic.get_attr("IFLA_MASTER") == first, "the NIC stays the first bridge's port"

@@ -13,7 +13,7 @@ from pyroute2 import IPBatch
 from pyroute2.netlink.rtnl import RTM_NEWLINK
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-from ipamd.netlink.links import vlan_spec, vxlan_spec
+from ipamd.netlink.segment_links import vlan_spec, vxlan_spec
 
 NLM_F_CREATE = 0x400
 NLM_F_EXCL = 0x200
