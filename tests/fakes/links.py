@@ -20,7 +20,7 @@ class FakeNodeLinks:
             self.links[name] = {"kind": "bridge", "index": self._next}
         if uplink:
             master = str(self.links.get(uplink, {}).get("master") or "")
-            if master and master != name and master.startswith("plx-"):  # as ``links.ensure_bridge`` refuses it
+            if master and master != name and master.startswith("plx-"):  # as ``segment_links.ensure_bridge`` refuses it
                 raise InterfaceFailure(f"{uplink} is already the uplink of bridge {master}", "parentNodeNetworkInterfaces")
             self.links.setdefault(uplink, {"kind": "nic"})["master"] = name
         return int(str(self.links[name]["index"]))

@@ -78,7 +78,7 @@ def test_a_cluster_network_without_its_own_id_takes_one_from_its_class(store: St
 
 def test_two_untagged_networks_do_not_silently_share_one_parent_nic() -> None:
     """The second untagged Network of a class naming eth1 took eth1 from the first one's bridge (a NIC is the port of
-    one bridge), cutting its pods off the wire while both said Ready: now refused (``links.ensure_bridge``, checked
+    one bridge), cutting its pods off the wire while both said Ready: now refused (``segment_links.ensure_bridge``, checked
     in a namespace by tests/netns/test_uplink_once.py), and the reconciler reports that segment not ready."""
     cls = parse_object({"apiVersion": GROUP, "kind": "NetworkClass", "metadata": {"name": "flat"},
                         "spec": {"parentNodeNetworkInterfaces": {"names": ["eth1"]}}})
