@@ -17,14 +17,15 @@ import errno
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 
 from cni.errors import UnknownContainer
 
+T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
 NETLINK_ROUTE = 0
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -51,7 +52,10 @@ def open_netns(path: str) -> int:
         raise UnknownContainer(f"network namespace {path} cannot be opened", str(exc)) from None
 
 
-def _netlink_in(fd: int) -> IPRoute:
+def in_namespace(fd: int, fn: Callable[[], T]) -> T:
+    """``fn()`` run on a throwaway thread that enters the namespace ``fd`` and leaves it again, its value or its
+    exception: for what the kernel binds to the calling thread's namespace (a netlink socket, a TUNSETIFF, a
+    ``/proc/sys/net`` file), while the caller's thread never moves."""
     box: dict[str, Any] = {}
 
     def work() -> None:
@@ -60,8 +64,7 @@ def _netlink_in(fd: int) -> IPRoute:
             try:
                 _setns(fd)
                 try:
-                    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
-                    box["fd"] = sock.detach()
+                    box["value"] = fn()
                 finally:
                     _setns(home)  # leave the thread where it started
             finally:
@@ -69,16 +72,23 @@ def _netlink_in(fd: int) -> IPRoute:
         except BaseException as exc:  # handed to the caller's thread
             box["error"] = exc
 
-    t = threading.Thread(target=work, name="netns-socket")
+    t = threading.Thread(target=work, name="in-netns")
     t.start()
     t.join()
     if "error" in box:
-        exc = box["error"]
-        if isinstance(exc, OSError) and exc.errno == errno.EINVAL:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+def _netlink_in(fd: int) -> IPRoute:
+    try:
+        sock = in_namespace(fd, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE).detach())
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
             raise UnknownContainer("CNI_NETNS is not a network namespace", str(exc)) from None
-        raise exc
+        raise
     # pyroute2 keeps one socket per thread; built from this fd, the caller's thread uses the pod's socket
-    return IPRoute(fileno=box["fd"])
+    return IPRoute(fileno=sock)
 
 
 def netlink_in_path(path: str) -> IPRoute:
