@@ -20,7 +20,7 @@ from cni.types import Result, Route
 from ipamd.drivers.base import BuildContext, Built, InterfaceKey, InterfaceRequest, LinksContext, Plan, quietly
 from ipamd.invoke.chain import Chain, Invocation
 from ipamd.invoke.exec import PluginFailed
-from ipamd.netlink import links
+from ipamd.netlink import default_route
 from ipamd.store.records import BuiltInterface
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,8 @@ class DelegateDriver:
         gateways = iface.driver.get("defaultRoute") or []
         if gateways:
             pod = ctx.pod.netlink()
-            routes = links.set_default_route(pod, iface.if_name, gateways)
-            undo.callback(quietly, "default route", links.delete_routes, pod, routes)
+            routes = default_route.set_default_route(pod, iface.if_name, gateways)
+            undo.callback(quietly, "default route", default_route.delete_routes, pod, routes)
         try:
             share = Result.from_dict(result)
         except CniError as exc:

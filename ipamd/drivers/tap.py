@@ -14,7 +14,7 @@ from typing import Any
 from ipamd.drivers import kernel
 from ipamd.drivers.base import BuildContext, Built, InterfaceKey, InterfaceRequest, LinksContext, Plan, quietly
 from ipamd.model.names import TapNames, host_link_name
-from ipamd.netlink import links
+from ipamd.netlink import links, tap_links
 from ipamd.store.records import BuiltInterface
 
 
@@ -49,7 +49,7 @@ class TapDriver:
         links.pod_names_free(pod, iface.if_name, names.inner_bridge, names.inner_veth)
         undo.callback(quietly, f"tap {iface.if_name}", _remove_pod_side, pod, iface)
         undo.callback(quietly, "temporary tap", links.delete_link, ctx.host, names.temporary)
-        links.add_tap(ctx.host, pod, ctx.pod.fd, iface.host_link, names, iface.if_name, iface.mac, bridge,
+        tap_links.add_tap(ctx.host, pod, ctx.pod.fd, iface.host_link, names, iface.if_name, iface.mac, bridge,
                       iface.driver.get("uid"), iface.driver.get("gid"))
         undo.callback(quietly, f"veth {iface.host_link}", links.delete_link, ctx.host, iface.host_link)
         return self.foresee(iface, ctx.pod.path)  # the pod end has the MAC of the plan

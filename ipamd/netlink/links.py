@@ -21,7 +21,6 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 from cni.errors import InterfaceFailure
-from ipamd.model.names import TapNames
 
 GONE = (errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL)
 RTN_UNICAST = 1
@@ -89,7 +88,7 @@ class PodLink:
     index: int = 0  # in the pod's namespace
 
 
-def _set_mac_up(ipr: IPRoute, name: str, mac: str, up: bool = True) -> PodLink:
+def set_mac_up(ipr: IPRoute, name: str, mac: str, up: bool = True) -> PodLink:
     idx = index_of(ipr, name)
     if idx is None:
         raise InterfaceFailure(f"interface {name} vanished while being set up", name)
@@ -102,7 +101,7 @@ def _set_mac_up(ipr: IPRoute, name: str, mac: str, up: bool = True) -> PodLink:
     return PodLink(name, mac or str(ipr.link("get", index=idx)[0].get_attr("IFLA_ADDRESS")), index=idx)
 
 
-def _pod_name_free(pod: IPRoute, name: str) -> None:
+def pod_name_free(pod: IPRoute, name: str) -> None:
     if index_of(pod, name) is not None:
         raise InterfaceFailure(f"interface {name} already exists in the pod", name)
 
@@ -110,7 +109,7 @@ def _pod_name_free(pod: IPRoute, name: str) -> None:
 def pod_names_free(pod: IPRoute, *names: str) -> None:
     """Refuse names already taken in the pod, before a driver registers the undo that would delete them."""
     for name in names:
-        _pod_name_free(pod, name)
+        pod_name_free(pod, name)
 
 
 def add_veth(host: IPRoute, pod: IPRoute, pod_fd: int, host_name: str, if_name: str, mac: str,
@@ -144,42 +143,6 @@ def add_veth(host: IPRoute, pod: IPRoute, pod_fd: int, host_name: str, if_name: 
     except NetlinkError as exc:  # keep the CNI code (105) instead of an unexpected 999
         raise netlink_failure(f"bringing up {if_name}", exc) from None
     return PodLink(if_name, mac, host_name, idx)
-
-
-def add_tap(host: IPRoute, pod: IPRoute, pod_fd: int, host_name: str, names: TapNames, if_name: str, mac: str,
-            bridge_index: int, uid: int | None, gid: int | None) -> PodLink:
-    """A TAP ``if_name`` for a VM in the pod, bridged (inside the pod) to a veth into the node bridge."""
-    _pod_name_free(pod, if_name)
-    inner_bridge, inner_veth = names.inner_bridge, names.inner_veth
-    for name in (inner_bridge, inner_veth):
-        _pod_name_free(pod, name)
-    if index_of(host, host_name) is not None:
-        delete_link(host, host_name)
-    try:
-        host.link("add", ifname=host_name, kind="veth", peer={"ifname": inner_veth, "net_ns_fd": pod_fd})
-        host.link("set", index=index_of(host, host_name), master=bridge_index, state="up")
-        pod.link("add", ifname=inner_bridge, kind="bridge")
-        br = index_of(pod, inner_bridge)
-        pod.link("set", index=br, state="up")
-        pod.link("set", index=index_of(pod, inner_veth), master=br, state="up")
-        # TUNSETIFF creates the device in the caller's namespace, so make it on the node under a
-        # temporary name, then move it into the pod under its own name.
-        tmp = names.temporary
-        tap: dict[str, Any] = {"ifname": tmp, "kind": "tuntap", "mode": "tap",
-                               "ifr": {"no_pi": 1, "vnet_hdr": 1}}
-        if uid is not None:
-            tap["uid"] = uid
-        if gid is not None:
-            tap["gid"] = gid
-        if index_of(host, tmp) is not None:
-            delete_link(host, tmp)
-        host.link("add", **tap)
-        host.link("set", index=index_of(host, tmp), net_ns_fd=pod_fd, ifname=if_name)
-        pod.link("set", index=index_of(pod, if_name), master=br)
-    except NetlinkError as exc:
-        raise netlink_failure(f"creating TAP {if_name}", exc) from None
-    link = _set_mac_up(pod, if_name, mac or generate_mac())
-    return PodLink(if_name, link.mac, host_name, link.index)
 
 
 def add_macvlan(host: IPRoute, pod_fd: int, parent_index: int, if_name: str, mac: str) -> str:
@@ -236,37 +199,6 @@ def configure_addresses(pod: IPRoute, idx: int, if_name: str, addresses: Iterabl
             # two interfaces on one pool bring the same route: the first one carries it
             if exc.code != errno.EEXIST:
                 raise netlink_failure(f"adding route {dst} via {via} on {if_name}", exc) from None
-
-
-def set_default_route(pod: IPRoute, if_name: str, gateways: Iterable[str]) -> list[tuple[str, str]]:
-    """Make ``if_name`` carry the pod's default route(s) through ``gateways``: every other default route of
-    the same family goes (NPWG ``default-route``: the cluster network's is replaced). Returns the routes
-    added, as (destination, gateway), for the undo."""
-    idx = index_of(pod, if_name)
-    if idx is None:
-        raise InterfaceFailure(f"interface {if_name} is not in the pod, so it cannot take the default route", if_name)
-    added: list[tuple[str, str]] = []
-    try:
-        for gw in gateways:
-            family = family_of(gw)
-            dst = f"{any_address(family)}/0"
-            for route in pod.get_routes(family=family, dst_len=0, table=MAIN_TABLE):
-                if route.get_attr("RTA_DST") is None:
-                    pod.route("del", dst=dst, oif=route.get_attr("RTA_OIF"), gateway=route.get_attr("RTA_GATEWAY"))
-            pod.route("add", dst=dst, gateway=gw, oif=idx)
-            added.append((dst, gw))
-    except NetlinkError as exc:
-        raise netlink_failure(f"setting the default route via {', '.join(gateways)} on {if_name}", exc) from None
-    return added
-
-
-def delete_routes(pod: IPRoute, routes: Iterable[tuple[str, str]]) -> None:
-    for dst, gw in routes:
-        try:
-            pod.route("del", dst=dst, gateway=gw)
-        except NetlinkError as exc:
-            if exc.code not in GONE + (errno.ESRCH,):
-                raise
 
 
 def set_down(ipr: IPRoute, name: str) -> bool:

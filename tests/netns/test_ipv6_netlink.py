@@ -23,7 +23,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD, IFA_F_TENTATIVE
 
 from ipamd.drivers import kernel
-from ipamd.netlink import links, policy, segment_links
+from ipamd.netlink import default_route, links, policy, segment_links
 from ipamd.netlink.netns import _setns, netlink_at, open_netns
 from ipamd.store.records import BuiltInterface
 from tests.conftest import wait_for
@@ -218,7 +218,7 @@ def test_default_route_moves_for_ipv6(pair: Pair) -> None:
     links.configure_addresses(pair.pod, other, "eth0", ["198.18.43.3/24", "2001:2:0:43::3/64"],
                               [("::/0", "2001:2:0:43::1"), ("0.0.0.0/0", "198.18.43.1")])
 
-    added = links.set_default_route(pair.pod, "net1", [GW6])
+    added = default_route.set_default_route(pair.pod, "net1", [GW6])
     assert added == [("::/0", GW6)]
     assert [r for r in _main_routes(pair.pod, socket.AF_INET6) if r[0] == "::/0"] == [("::/0", GW6, pair.index)], \
         "the cluster network's IPv6 default route is replaced"
@@ -227,9 +227,9 @@ def test_default_route_moves_for_ipv6(pair: Pair) -> None:
     state = links.link_state(pair.pod, "net1")
     assert state is not None and ("::/0", GW6) in state["routes"]
 
-    links.delete_routes(pair.pod, added)
+    default_route.delete_routes(pair.pod, added)
     assert not [r for r in _main_routes(pair.pod, socket.AF_INET6) if r[0] == "::/0"]
-    links.delete_routes(pair.pod, added)  # gone counts as removed
+    default_route.delete_routes(pair.pod, added)  # gone counts as removed
 
 
 @pytest.mark.netns

@@ -265,7 +265,7 @@ def test_default_route_on_a_nad_takes_the_gateway_off_the_cluster_networks_statu
     (``IsFilterGateway`` → ``DeleteDefaultGW``)."""
     from tests.unit.test_networks import nad
 
-    monkeypatch.setattr("ipamd.netlink.links.set_default_route", lambda pod, ifn, gws: [])
+    monkeypatch.setattr("ipamd.netlink.default_route.set_default_route", lambda pod, ifn, gws: [])
     eth0 = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "/run/netns/app"}],
             "ips": [{"address": "10.244.0.5/24", "interface": 0, "gateway": "10.244.0.1"}],
             "routes": [{"dst": "0.0.0.0/0", "gw": "10.244.0.1"}]}
@@ -289,7 +289,7 @@ def test_default_route_on_a_nad_takes_the_gateway_off_the_network_plexus_is_chai
     one the pod no longer has, in the answer (and on an ADD retried) and in network-status."""
     from tests.unit.test_networks import nad
 
-    monkeypatch.setattr("ipamd.netlink.links.set_default_route", lambda pod, ifn, gws: [])
+    monkeypatch.setattr("ipamd.netlink.default_route.set_default_route", lambda pod, ifn, gws: [])
     eth0 = {"cniVersion": "1.1.0", "interfaces": [{"name": "eth0", "sandbox": "/run/netns/app"}],
             "ips": [{"address": "10.244.0.5/24", "interface": 0, "gateway": "10.244.0.1"}],
             "routes": [{"dst": "0.0.0.0/0", "gw": "10.244.0.1"}, {"dst": "10.96.0.0/12", "gw": "10.244.0.1"}]}
