@@ -69,6 +69,12 @@ def index_of(ipr: IPRoute, name: str) -> int | None:
         raise
 
 
+def mtu_of(ipr: IPRoute, index: int) -> int:
+    """The link's MTU: a segment's bridge has the smallest of its ports' (its uplink's), which a pod's interface on
+    it must not exceed, or full-size frames are dropped at the uplink with no ICMP to say so (it is L2)."""
+    return int(ipr.link("get", index=index)[0].get_attr("IFLA_MTU"))
+
+
 def generate_mac() -> str:
     """A random locally administered unicast MAC, known without asking the kernel afterwards."""
     b = bytearray(os.urandom(6))
