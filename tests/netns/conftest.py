@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.harness import BASE_OBJECTS, Node
+from tests.netns.kernel_world import World, kernel_world
 
 
 @pytest.fixture
@@ -28,3 +29,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     outcome = yield
     rep = outcome.get_result()
     setattr(item, f"rep_{rep.when}", rep)
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    """Node, pod and peer namespaces of the test's own, for drivers and links called directly (``kernel_world``)."""
+    with kernel_world() as w:
+        yield w
