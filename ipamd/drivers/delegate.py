@@ -58,6 +58,27 @@ def _plugins_key(plugins: list[dict[str, Any]]) -> str:
     return json.dumps([plain(p) for p in plugins], sort_keys=True)
 
 
+def _give_back(ctx: BuildContext, if_name: str, taken: list[default_route.Taken]) -> None:
+    """The undo of a default route taken, on the pod socket of the thread that runs it (fetched now)."""
+    if taken:
+        default_route.give_back(ctx.pod.netlink(), if_name, taken)
+
+
+def _default_route_back(ctx: LinksContext, iface: BuiltInterface) -> None:
+    """After the delegate's DEL: the default route its interface took given back (a network unplugged from a
+    running pod leaves it the cluster network's route, as before the ADD). Best effort: the DEL has succeeded, and a
+    pod whose namespace is gone has no route to give back."""
+    taken = [default_route.Taken.from_dict(t) for t in iface.driver.get("defaultRouteTaken") or ()]
+    pod = ctx.pod_netlink() if taken else None
+    if pod is None:
+        return
+    try:
+        default_route.give_back_after_del(pod, iface.if_name, taken)
+    except Exception as exc:  # logged: the routes are the pod's convenience, the DEL is done
+        log.warning("giving the pod's default route back after the DEL of %s (%s): %s", iface.network_name,
+                    iface.if_name, exc)
+
+
 class DelegateDriver:
     kind = "delegate"
 
@@ -81,10 +102,10 @@ class DelegateDriver:
             raise _failed(iface, "ADD", exc) from None
         result = answered[-1] if answered else {"cniVersion": inv.conflist["cniVersion"]}
         gateways = iface.driver.get("defaultRoute") or []
+        taken: list[default_route.Taken] = []
         if gateways:
-            pod = ctx.pod.netlink()
-            routes = default_route.set_default_route(pod, iface.if_name, gateways)
-            undo.callback(quietly, "default route", default_route.delete_routes, pod, routes)
+            taken = default_route.set_default_route(ctx.pod.netlink(), iface.if_name, gateways)
+            undo.callback(quietly, "default route", _give_back, ctx, iface.if_name, taken)
         try:
             share = Result.from_dict(result)
         except CniError as exc:
@@ -92,7 +113,8 @@ class DelegateDriver:
         if gateways:  # the result says where the pod's default route now is
             share = replace(share, routes=share.routes + tuple(Route("::/0" if ":" in gw else "0.0.0.0/0", gw)
                                                                for gw in gateways))
-        return Built(_pod_mac(result, iface.if_name), share, {**iface.driver, "result": result})
+        took = {"defaultRouteTaken": [t.to_dict() for t in taken]} if taken else {}  # for DEL to give it back
+        return Built(_pod_mac(result, iface.if_name), share, {**iface.driver, "result": result, **took})
 
     def _undo(self, ctx: BuildContext, iface: BuiltInterface, added: list[dict[str, Any]]) -> None:
         """A DEL of the list, with its result once it was all added (as Multus gives a delegate it rolls back: a
@@ -117,6 +139,7 @@ class DelegateDriver:
         errors = self.chain.delete(_invocation(iface), iface.driver.get("result"), ctx.netns)
         if errors:
             raise InterfaceFailure(f"DEL of {iface.network_name} ({iface.if_name}) failed", "; ".join(errors))
+        _default_route_back(ctx, iface)
 
     def cut_off(self, ctx: LinksContext, iface: BuiltInterface) -> bool:
         return False  # removed before DEL answers

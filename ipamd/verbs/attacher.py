@@ -15,6 +15,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -94,6 +95,36 @@ class _PodOnDemand:
         return self._path if self._path and os.path.exists(self._path) else ""
 
 
+class _Lanes:
+    """Threads for a pod's interfaces built at once, each with the sockets it opened (the node's, the pod's): a build
+    and its undo steps run in one lane. An undo step holds the sockets of the thread that built, and pyroute2 binds a
+    socket to the thread that uses it: from another thread it would use the fd it closed, or whatever socket (another
+    namespace's) reuses that number. A build goes to the lane with the least work queued."""
+
+    def __init__(self, lanes: int, prefix: str) -> None:
+        self._lanes = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{prefix}-{i}") for i in range(lanes)]
+        self._queued = [0] * lanes
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., Any], *args: Any, lane: int | None = None) -> tuple[int, Future[Any]]:
+        """``fn(*args)`` in ``lane`` (the least busy one when None): the lane, and the future of the call."""
+        with self._lock:
+            if lane is None:
+                lane = min(range(len(self._queued)), key=self._queued.__getitem__)
+            self._queued[lane] += 1
+        future = self._lanes[lane].submit(fn, *args)
+        future.add_done_callback(lambda _: self._finished(lane))
+        return lane, future
+
+    def _finished(self, lane: int) -> None:
+        with self._lock:
+            self._queued[lane] -= 1
+
+    def shutdown(self, wait: bool = True) -> None:
+        for executor in self._lanes:
+            executor.shutdown(wait)
+
+
 class Attacher:
     def __init__(self, store: VerbStore, source: ObjectSource, ipam: Ipam, segments: SegmentService,
                  drivers: DriverTable, host_netlink: Callable[[], Any],
@@ -119,8 +150,8 @@ class Attacher:
         self.doomed = DoomedLinks()  # node links DELs remove, concurrent DELs' in one request
         # --del-mode background: DEL answers once the interfaces are cut off; they are removed after (``reaper``)
         self.reaper = Reaper(self._finish_deletion, del_delay_s) if background_del else None
-        # a pod's delegates built at once: a pool kept across calls, so its threads keep their sockets
-        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="delegate")
+        # a pod's delegates built at once: lanes kept across calls, so their threads keep their sockets
+        self.pool = _Lanes(8, "delegate")
         self.statuses = PodStatusWriter(store, publisher)  # one write at a time per pod, of the newest store
 
     def handle(self, call: CniCall) -> dict[str, Any]:
@@ -302,14 +333,19 @@ class Attacher:
                        undo: contextlib.ExitStack,
                        left: list[BuiltInterface]) -> list[tuple[Wanted, BuiltInterface, Built | None]]:
         """Build every interface at the same time (a pod's ``parallel`` delegation); each one's undo steps go
-        on ``undo`` in order, whatever finished first, so a failure unwinds them all as a serial ADD would."""
+        on ``undo`` in order, whatever finished first, so a failure unwinds them all as a serial ADD would, each
+        build's in the lane that built it (its steps hold that thread's sockets)."""
         stacks = [contextlib.ExitStack() for _ in planned]
-        futures = [self.pool.submit(self._build, pod_side, w, iface, stack, left)
+        started = [self.pool.submit(self._build, pod_side, w, iface, stack, left)
                    for (w, iface, _), stack in zip(planned, stacks, strict=True)]
-        wait(futures)
-        for stack in stacks:
-            undo.push(stack)
-        return [(w, iface, future.result()) for (w, iface, _), future in zip(planned, futures, strict=True)]
+        wait([future for _, future in started])
+        for (lane, _), stack in zip(started, stacks, strict=True):
+            undo.callback(self._unwind_in, lane, stack)
+        return [(w, iface, future.result()) for (w, iface, _), (_, future) in zip(planned, started, strict=True)]
+
+    def _unwind_in(self, lane: int, stack: contextlib.ExitStack) -> None:
+        """One parallel build's undo steps, run in its lane and waited for."""
+        self.pool.submit(stack.close, lane=lane)[1].result()
 
     def _ready(self, pod: Pod, record: AttachmentRecord, interfaces: list[BuiltInterface], result: Result,
                render: _StatusRender) -> list[IPRecord]:

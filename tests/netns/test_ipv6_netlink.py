@@ -219,7 +219,7 @@ def test_default_route_moves_for_ipv6(pair: Pair) -> None:
                               [("::/0", "2001:2:0:43::1"), ("0.0.0.0/0", "198.18.43.1")])
 
     added = default_route.set_default_route(pair.pod, "net1", [GW6])
-    assert added == [("::/0", GW6)]
+    assert [(t.dst, t.gateway) for t in added] == [("::/0", GW6)]
     assert [r for r in _main_routes(pair.pod, socket.AF_INET6) if r[0] == "::/0"] == [("::/0", GW6, pair.index)], \
         "the cluster network's IPv6 default route is replaced"
     assert [r for r in _main_routes(pair.pod, socket.AF_INET) if r[0] == "0.0.0.0/0"] == \
@@ -227,9 +227,10 @@ def test_default_route_moves_for_ipv6(pair: Pair) -> None:
     state = links.link_state(pair.pod, "net1")
     assert state is not None and ("::/0", GW6) in state["routes"]
 
-    default_route.delete_routes(pair.pod, added)
-    assert not [r for r in _main_routes(pair.pod, socket.AF_INET6) if r[0] == "::/0"]
-    default_route.delete_routes(pair.pod, added)  # gone counts as removed
+    default_route.give_back(pair.pod, "net1", added)
+    assert [r for r in _main_routes(pair.pod, socket.AF_INET6) if r[0] == "::/0"] == \
+        [("::/0", "2001:2:0:43::1", other)], "the cluster network's IPv6 default route is back"
+    default_route.give_back(pair.pod, "net1", added)  # gone and back already: nothing to do
 
 
 @pytest.mark.netns
