@@ -64,7 +64,8 @@ def _spelled_routes(routes: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
 
 
 def check(host: Any, pod: Any, iface: BuiltInterface) -> list[str]:
-    """The pod interface exists, is up, has its MAC, addresses and routes; its host link exists."""
+    """The pod interface exists, is up, has its MAC, addresses and routes; its host link exists and is a port of
+    the interface's segment bridge (a bridge removed and made again has none of its old ports)."""
     problems: list[str] = []
     state = links.link_state(pod, iface.if_name)
     if state is None:
@@ -86,9 +87,19 @@ def check(host: Any, pod: Any, iface: BuiltInterface) -> list[str]:
                         problems.append(f"{iface.if_name} lacks route {r['destination']} via {r['via']}")
     if iface.table and iface.configure_ips and iface.addresses and state is not None:  # as ``configure`` has it
         problems += _policy_problems(pod, iface)
-    if iface.host_link and links.link_state(host, iface.host_link) is None:
-        problems.append(f"host link {iface.host_link} of {iface.if_name} is missing")
+    if iface.host_link:
+        problems += _host_link_problems(host, iface)
     return problems
+
+
+def _host_link_problems(host: Any, iface: BuiltInterface) -> list[str]:
+    """The node end (a veth's, a TAP's inner veth's) exists and is a port of the segment's bridge."""
+    state = links.link_state(host, iface.host_link)
+    if state is None:
+        return [f"host link {iface.host_link} of {iface.if_name} is missing"]
+    if iface.bridge and (not state.get("master") or state["master"] != links.index_of(host, iface.bridge)):
+        return [f"host link {iface.host_link} of {iface.if_name} is not a port of bridge {iface.bridge}"]
+    return []
 
 
 def _policy_problems(pod: Any, iface: BuiltInterface) -> list[str]:

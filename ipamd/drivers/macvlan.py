@@ -1,7 +1,9 @@
 """``macvlan``: a macvlan (bridge mode) made straight into the pod, on the segment's bridge.
 
 On the bridge, not its uplink: a NIC enslaved to a bridge cannot also carry macvlans (EBUSY), and
-this way veth, TAP and macvlan pods share one L2 segment.
+this way veth, TAP and macvlan pods share one L2 segment. It has the bridge's MTU (a macvlan takes its
+lower device's), and the bridge a static entry for its MAC (``links.add_local_mac``), or unicast to it
+would be flooded to the whole segment.
 """
 
 from __future__ import annotations
@@ -22,10 +24,16 @@ class MacvlanDriver:
 
     def build(self, ctx: BuildContext, iface: BuiltInterface, undo: contextlib.ExitStack) -> Built:
         pod = ctx.pod.netlink()
-        links.add_macvlan(ctx.host, ctx.pod.fd, ctx.bridge_index(), iface.if_name, iface.mac)
+        bridge = ctx.bridge_index()
+        links.add_macvlan(ctx.host, ctx.pod.fd, bridge, iface.if_name, iface.mac)
         # undone before it is up: bringing it up can fail (EADDRINUSE), and a failed ADD must not leave it in the pod
         undo.callback(quietly, f"macvlan {iface.if_name}", links.delete_link, pod, iface.if_name)
-        kernel.configure(pod, links.bring_up(pod, iface.if_name), iface, undo)
+        links.ignore_router_advertisements(ctx.pod.fd, iface.if_name)
+        index = links.bring_up(pod, iface.if_name)
+        # once up: a MAC another macvlan of the bridge has is refused there, before its FDB entry could be taken over
+        links.add_local_mac(ctx.host, bridge, iface.mac)
+        undo.callback(quietly, f"FDB entry of {iface.if_name}", links.delete_local_mac, ctx.host, bridge, iface.mac)
+        kernel.configure(pod, index, iface, undo)
         return self.foresee(iface, ctx.pod.path)  # the link has the MAC of the plan
 
     def foresee(self, iface: BuiltInterface, sandbox: str) -> Built:
@@ -36,6 +44,7 @@ class MacvlanDriver:
         pod = ctx.pod_netlink()
         if pod is not None:  # a namespace that is gone took the macvlan with it
             links.delete_link(pod, iface.if_name)
+        links.forget_local_mac(ctx.host, iface.bridge, iface.mac)  # the bridge keeps it: not the macvlan's
 
     def cut_off(self, ctx: LinksContext, iface: BuiltInterface) -> bool:
         return False  # removed before DEL answers

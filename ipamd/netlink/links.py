@@ -19,8 +19,11 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
+from pyroute2.netlink.rtnl.ndmsg import flags as ntf_flags
+from pyroute2.netlink.rtnl.ndmsg import states as nud_states
 
 from cni.errors import InterfaceFailure
+from ipamd.netlink import sysctl
 
 GONE = (errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL)
 RTN_UNICAST = 1
@@ -120,15 +123,16 @@ def pod_names_free(pod: IPRoute, *names: str) -> None:
 
 def add_veth(host: IPRoute, pod: IPRoute, pod_fd: int, host_name: str, if_name: str, mac: str,
              bridge_index: int) -> PodLink:
-    """A veth pair: ``if_name`` in the pod, ``host_name`` up on the node bridge.
+    """A veth pair: ``if_name`` in the pod, ``host_name`` up on the node bridge, both ends with the bridge's MTU.
 
     One RTM_NEWLINK makes both ends, the host end already enslaved and up and the pod end with its
-    MAC; then the pod end is brought up. Each netlink round trip costs about a millisecond through
-    pyroute2, so the common case is kept to three.
+    MAC and MTU; router advertisements are turned off on the pod end, then it is brought up. Each
+    netlink round trip costs about a millisecond through pyroute2, so the common case is kept to four.
     """
     mac = mac or generate_mac()
-    spec = {"ifname": host_name, "kind": "veth", "master": bridge_index, "state": "up",
-            "peer": {"ifname": if_name, "net_ns_fd": pod_fd, "address": mac}}
+    mtu = mtu_of(host, bridge_index)
+    spec = {"ifname": host_name, "kind": "veth", "master": bridge_index, "state": "up", "mtu": mtu,
+            "peer": {"ifname": if_name, "net_ns_fd": pod_fd, "address": mac, "mtu": mtu}}
     try:
         host.link("add", **spec)
     except NetlinkError as exc:
@@ -144,11 +148,23 @@ def add_veth(host: IPRoute, pod: IPRoute, pod_fd: int, host_name: str, if_name: 
     idx = index_of(pod, if_name)
     if idx is None:
         raise InterfaceFailure(f"interface {if_name} vanished while being set up", if_name)
+    ignore_router_advertisements(pod_fd, if_name)
     try:
         pod.link("set", index=idx, state="up")
     except NetlinkError as exc:  # keep the CNI code (105) instead of an unexpected 999
         raise netlink_failure(f"bringing up {if_name}", exc) from None
     return PodLink(if_name, mac, host_name, idx)
+
+
+def ignore_router_advertisements(pod_fd: int, if_name: str) -> None:
+    """``accept_ra=0`` on a pod interface, before it is up: Plexus gives it its addresses and routes, and any
+    neighbour on the segment sending a Router Advertisement would otherwise give the pod an address no pool leased
+    and an IPv6 default route through itself (SLAAC needs an accepted RA, so ``autoconf`` need not be touched). A
+    kernel without IPv6 has nothing to turn off. One write on a throwaway thread in the pod (about 0.1 ms)."""
+    try:
+        sysctl.set_conf(pod_fd, socket.AF_INET6, if_name, "accept_ra", "0")
+    except OSError as exc:
+        raise InterfaceFailure(f"turning off router advertisements on {if_name} failed", str(exc)) from None
 
 
 def add_macvlan(host: IPRoute, pod_fd: int, parent_index: int, if_name: str, mac: str) -> str:
@@ -164,6 +180,40 @@ def add_macvlan(host: IPRoute, pod_fd: int, parent_index: int, if_name: str, mac
             raise InterfaceFailure(f"interface {if_name} already exists in the pod", if_name) from None
         raise netlink_failure(f"creating macvlan {if_name}", exc) from None
     return mac
+
+
+#: A static entry on the bridge device itself (``bridge fdb add MAC dev BR self local``): frames to the MAC are for
+#: the bridge's own stack, where a macvlan on the bridge picks them up. Spelt out: pyroute2 fills them in for "add"
+#: and "del" only, not "replace".
+LOCAL_FDB = {"state": nud_states["permanent"], "flags": ntf_flags["self"]}
+
+
+def add_local_mac(host: IPRoute, bridge_index: int, mac: str) -> None:
+    """Make the bridge deliver frames for ``mac`` to itself: a macvlan on the bridge sends through the bridge device,
+    which learns no MAC from what it sends, so without this entry every unicast frame to the macvlan is unknown
+    unicast, flooded to every port of the segment (other pods see it). Replaced when there: one request, and an
+    entry a crashed ADD left is taken over."""
+    try:
+        host.fdb("replace", ifindex=bridge_index, lladdr=mac, **LOCAL_FDB)
+    except NetlinkError as exc:
+        raise netlink_failure(f"adding {mac} to the forwarding database of the bridge", exc) from None
+
+
+def delete_local_mac(host: IPRoute, bridge_index: int, mac: str) -> bool:
+    """Remove ``add_local_mac``'s entry; False when it (or the bridge) is gone already."""
+    try:
+        host.fdb("del", ifindex=bridge_index, lladdr=mac, **LOCAL_FDB)
+    except NetlinkError as exc:
+        if exc.code in GONE:
+            return False
+        raise
+    return True
+
+
+def forget_local_mac(host: IPRoute, bridge: str, mac: str) -> bool:
+    """``delete_local_mac`` by the bridge's name (DEL has the record alone); False when either is gone."""
+    idx = index_of(host, bridge) if bridge and mac else None
+    return idx is not None and delete_local_mac(host, idx, mac)
 
 
 def bring_up(ipr: IPRoute, name: str) -> int:
@@ -274,8 +324,9 @@ def _gateway_route(msg: Any) -> tuple[str, str] | None:
 
 
 def link_state(ipr: IPRoute, name: str) -> dict[str, Any] | None:
-    """Name, MAC, operstate, addresses (CIDR, both families) and routes through a gateway of one link in the main
-    table (where a pool's routes go; policy routing has ``policy_state``), for CHECK and tests."""
+    """Name, MAC, operstate, master (index, 0 when none), addresses (CIDR, both families) and routes through a
+    gateway of one link in the main table (where a pool's routes go; policy routing has ``policy_state``), for CHECK
+    and tests."""
     idx = index_of(ipr, name)
     if idx is None:
         return None
@@ -286,5 +337,6 @@ def link_state(ipr: IPRoute, name: str) -> dict[str, Any] | None:
     info = link.get_attr("IFLA_LINKINFO")
     return {
         "name": name, "mac": link.get_attr("IFLA_ADDRESS"), "up": bool(link["flags"] & 1),
-        "addresses": addrs, "routes": routes, "kind": info.get_attr("IFLA_INFO_KIND") if info else "",
+        "master": link.get_attr("IFLA_MASTER") or 0, "addresses": addrs, "routes": routes,
+        "kind": info.get_attr("IFLA_INFO_KIND") if info else "",
     }

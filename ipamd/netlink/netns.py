@@ -55,7 +55,10 @@ def open_netns(path: str) -> int:
 def in_namespace(fd: int, fn: Callable[[], T]) -> T:
     """``fn()`` run on a throwaway thread that enters the namespace ``fd`` and leaves it again, its value or its
     exception: for what the kernel binds to the calling thread's namespace (a netlink socket, a TUNSETIFF, a
-    ``/proc/sys/net`` file), while the caller's thread never moves."""
+    ``/proc/sys/net`` file), while the caller's thread never moves. An fd that is no namespace is refused first: the
+    thread's own namespace file, opened first, could take its number, and ``fn`` would run where the caller is."""
+    if os.fstat(fd).st_dev != _NSFS_DEV:
+        raise UnknownContainer("not a network namespace", f"fd {fd}")
     box: dict[str, Any] = {}
 
     def work() -> None:

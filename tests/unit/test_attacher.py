@@ -510,10 +510,12 @@ class PodSide:
         return self.nl
 
 
-def test_a_macvlan_that_cannot_be_brought_up_is_undone_and_answered_with_code_105() -> None:
+def test_a_macvlan_that_cannot_be_brought_up_is_undone_and_answered_with_code_105(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A macvlan made in the pod that could not be brought up (EADDRINUSE: its MAC another macvlan's on the same
     bridge, e.g. a fixed "mac" in networks-spec) was left behind, and the error escaped as a raw NetlinkError (999);
     now its undo is registered before it is brought up, and the failure is an InterfaceFailure (105)."""
+    monkeypatch.setattr("ipamd.netlink.links.ignore_router_advertisements", lambda fd, if_name: None)  # a sysctl
     pod = MacvlanPod()
     iface = BuiltInterface(if_name="net2", kind="macvlan", network_key="Network/apps/net-b", network_type="Network",
                            network_name="net-b", host_link="", bridge="plx-br-601", mac="02:00:00:00:00:01")
