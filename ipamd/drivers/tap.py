@@ -1,19 +1,21 @@
 """``tap``: a TAP device in the pod for a VM's NIC (KubeVirt-style), bridged inside the pod to a veth
 into the segment's node bridge. Its address is reserved for the guest, never configured on the TAP.
 
-TUNSETIFF creates the device in the caller's namespace, so it is made on the node under a temporary
-name and moved into the pod. The names of the inner bridge, the inner veth end and the temporary
-TAP are kept in the record (``driver``), so DEL needs nothing else.
+The guest keeps the MAC of the plan, which the result reports; the TAP, the host side of the NIC, has one of
+its own (``tap_mac``), as under libvirt. The TAP is made inside the pod's namespace (TUNSETIFF works in the
+caller's). The names of the inner bridge and the inner veth end are kept in the record (``driver``), so DEL
+needs nothing else.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from typing import Any
 
 from ipamd.drivers import kernel
 from ipamd.drivers.base import BuildContext, Built, InterfaceKey, InterfaceRequest, LinksContext, Plan, quietly
-from ipamd.model.names import TapNames, host_link_name
+from ipamd.model.names import TapNames, host_link_name, tap_mac
 from ipamd.netlink import links, tap_links
 from ipamd.store.records import BuiltInterface
 
@@ -23,6 +25,11 @@ def _names(iface: BuiltInterface) -> TapNames:
     if {"innerBridge", "innerVeth", "temporary"} <= state.keys():
         return TapNames(state["innerBridge"], state["innerVeth"], state["temporary"])
     return TapNames.of(iface.host_link)  # a record written before the names were kept
+
+
+def _tap_mac(iface: BuiltInterface) -> str:
+    """The TAP's own MAC, derived from the guest's ("" for none: the kernel's, then)."""
+    return tap_mac(iface.mac) if iface.mac else ""
 
 
 def _remove_pod_side(pod: Any, iface: BuiltInterface) -> None:
@@ -44,15 +51,21 @@ class TapDriver:
     def build(self, ctx: BuildContext, iface: BuiltInterface, undo: contextlib.ExitStack) -> Built:
         pod = ctx.pod.netlink()
         names = _names(iface)
-        bridge = ctx.bridge_index()
-        # refused first: the undo below removes these names from the pod, and must not take someone else's link
+        # refused first: the undo steps below remove these names from the pod, and must not take someone else's link
         links.pod_names_free(pod, iface.if_name, names.inner_bridge, names.inner_veth)
-        undo.callback(quietly, f"tap {iface.if_name}", _remove_pod_side, pod, iface)
-        undo.callback(quietly, "temporary tap", links.delete_link, ctx.host, names.temporary)
-        tap_links.add_tap(ctx.host, pod, ctx.pod.fd, iface.host_link, names, iface.if_name, iface.mac, bridge,
-                      iface.driver.get("uid"), iface.driver.get("gid"))
+        bridge = ctx.bridge_index()
+        mtu = tap_links.segment_mtu(ctx.host, bridge)
+        # joins the node bridge in the request that makes it: a bridge gone leaves nothing for a second build
+        tap_links.add_node_veth(ctx.host, ctx.pod.fd, iface.host_link, names.inner_veth, bridge, mtu)
         undo.callback(quietly, f"veth {iface.host_link}", links.delete_link, ctx.host, iface.host_link)
-        return self.foresee(iface, ctx.pod.path)  # the pod end has the MAC of the plan
+        inner = tap_links.add_inner_bridge(pod, names.inner_bridge, mtu)
+        undo.callback(quietly, f"bridge {names.inner_bridge}", links.delete_link, pod, names.inner_bridge)
+        tap_links.keep_off_the_pod_stack(ctx.pod.fd, names.inner_bridge, names.inner_veth)
+        tap_links.add_tap(ctx.pod.fd, iface.if_name, iface.driver.get("uid"), iface.driver.get("gid"))
+        undo.callback(quietly, f"tap {iface.if_name}", links.delete_link, pod, iface.if_name)
+        tap_links.join_inner_bridge(pod, names.inner_veth, inner)
+        tap_links.join_inner_bridge(pod, iface.if_name, inner, _tap_mac(iface), mtu)
+        return self.foresee(iface, ctx.pod.path)  # the guest's MAC, the plan's
 
     def foresee(self, iface: BuiltInterface, sandbox: str) -> Built:
         return Built(iface.mac, kernel.result(iface, iface.mac, sandbox))
@@ -68,7 +81,8 @@ class TapDriver:
         return False  # removed before DEL answers
 
     def check(self, ctx: LinksContext, iface: BuiltInterface) -> list[str]:
-        return kernel.check(ctx.host, ctx.pod_netlink(), iface)
+        """As any kernel interface's, the TAP with its own MAC (the guest's is the guest's to have)."""
+        return kernel.check(ctx.host, ctx.pod_netlink(), replace(iface, mac=_tap_mac(iface)))
 
     def collect(self, kept: list[BuiltInterface]) -> None:
         pass  # nothing outside the kernel to tell

@@ -53,8 +53,17 @@ class TapNames:
 
     inner_bridge: str  # in the pod: joins the TAP and the inner veth end
     inner_veth: str  # in the pod: the pod end of the veth into the node bridge
-    temporary: str  # on the node: the TAP is made here (TUNSETIFF works in the caller's netns), then moved
+    temporary: str  # on the node: where earlier versions made the TAP before moving it; DEL still removes one left
 
     @classmethod
     def of(cls, host_link: str) -> TapNames:
         return cls(f"{host_link}b", f"{host_link}p", f"{host_link}t")
+
+
+def tap_mac(guest_mac: str) -> str:
+    """The MAC of a VM's TAP, the host side of its NIC: the guest's with its first octet made ``fe`` (``fa`` when it
+    is already), as libvirt does. Never the guest's own: the TAP is a port of the pod's inner bridge, which takes a
+    frame to one of its ports' MACs for itself and never forwards it to the VM. Pure, so CHECK knows it too."""
+    octets = guest_mac.lower().split(":")
+    octets[0] = "fa" if octets[0] == "fe" else "fe"
+    return ":".join(octets)

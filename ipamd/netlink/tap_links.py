@@ -2,50 +2,128 @@
 
 A VM (KubeVirt's virt-launcher, a qemu in the pod) opens the TAP by name; the pod's network stack carries its
 frames to the segment over the inner bridge and veth, so the pod's own namespace keeps no address of the VM's.
+Each function makes one thing, made or not, so the driver registers its undo right after it; all of them take
+the segment bridge's MTU, or full-size frames would be dropped at its uplink with no ICMP to say so (it is L2).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import errno
+import fcntl
+import os
+import socket
+import struct
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifinfmsg import IFT_NO_PI, IFT_TAP, IFT_TUN_EXCL, IFT_VNET_HDR
+from pyroute2.netlink.rtnl.ifinfmsg.tuntap import TUNSETGROUP, TUNSETIFF, TUNSETOWNER, TUNSETPERSIST
 
-from ipamd.model.names import TapNames
-from ipamd.netlink.links import PodLink, delete_link, generate_mac, index_of, netlink_failure, pod_name_free, set_mac_up
+from cni.errors import InterfaceFailure
+from ipamd.netlink import sysctl
+from ipamd.netlink.links import delete_link, index_of, mtu_of, netlink_failure
+from ipamd.netlink.netns import in_namespace
+
+#: A TAP as qemu opens it (no packet information header, virtio-net headers); EXCL: made, never someone else's
+#: TAP of that name attached to.
+TAP_FLAGS = IFT_TAP | IFT_NO_PI | IFT_VNET_HDR | IFT_TUN_EXCL
 
 
-def add_tap(host: IPRoute, pod: IPRoute, pod_fd: int, host_name: str, names: TapNames, if_name: str, mac: str,
-            bridge_index: int, uid: int | None, gid: int | None) -> PodLink:
-    """A TAP ``if_name`` for a VM in the pod, bridged (inside the pod) to a veth into the node bridge."""
-    pod_name_free(pod, if_name)
-    inner_bridge, inner_veth = names.inner_bridge, names.inner_veth
-    for name in (inner_bridge, inner_veth):
-        pod_name_free(pod, name)
-    if index_of(host, host_name) is not None:
-        delete_link(host, host_name)
+def segment_mtu(host: IPRoute, bridge_index: int) -> int:
+    """The segment bridge's MTU (its uplink's); a bridge gone is an ``InterfaceFailure``, after which the caller may
+    make the bridge again and build once more (nothing was made yet)."""
     try:
-        host.link("add", ifname=host_name, kind="veth", peer={"ifname": inner_veth, "net_ns_fd": pod_fd})
-        host.link("set", index=index_of(host, host_name), master=bridge_index, state="up")
-        pod.link("add", ifname=inner_bridge, kind="bridge")
-        br = index_of(pod, inner_bridge)
-        pod.link("set", index=br, state="up")
-        pod.link("set", index=index_of(pod, inner_veth), master=br, state="up")
-        # TUNSETIFF creates the device in the caller's namespace, so make it on the node under a
-        # temporary name, then move it into the pod under its own name.
-        tmp = names.temporary
-        tap: dict[str, Any] = {"ifname": tmp, "kind": "tuntap", "mode": "tap",
-                               "ifr": {"no_pi": 1, "vnet_hdr": 1}}
-        if uid is not None:
-            tap["uid"] = uid
-        if gid is not None:
-            tap["gid"] = gid
-        if index_of(host, tmp) is not None:
-            delete_link(host, tmp)
-        host.link("add", **tap)
-        host.link("set", index=index_of(host, tmp), net_ns_fd=pod_fd, ifname=if_name)
-        pod.link("set", index=index_of(pod, if_name), master=br)
+        return mtu_of(host, bridge_index)
     except NetlinkError as exc:
-        raise netlink_failure(f"creating TAP {if_name}", exc) from None
-    link = set_mac_up(pod, if_name, mac or generate_mac())
-    return PodLink(if_name, link.mac, host_name, link.index)
+        raise netlink_failure("reading the MTU of the segment bridge", exc) from None
+
+
+def add_node_veth(host: IPRoute, pod_fd: int, host_name: str, inner_veth: str, bridge_index: int, mtu: int) -> None:
+    """The veth from the node bridge into the pod: ``host_name`` up on the bridge, ``inner_veth`` (down) in the pod.
+    One request, so a bridge gone makes nothing (the kernel removes a link that cannot join its master)."""
+    spec = {"ifname": host_name, "kind": "veth", "master": bridge_index, "state": "up", "mtu": mtu,
+            "peer": {"ifname": inner_veth, "net_ns_fd": pod_fd, "mtu": mtu}}
+    try:
+        host.link("add", **spec)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise netlink_failure(f"creating veth {inner_veth}", exc) from None
+        if index_of(host, host_name) is None:
+            raise InterfaceFailure(f"interface {inner_veth} already exists in the pod", inner_veth) from None
+        delete_link(host, host_name)  # left by a crashed ADD of this very attachment
+        try:
+            host.link("add", **spec)
+        except NetlinkError as again:
+            raise netlink_failure(f"creating veth {inner_veth}", again) from None
+
+
+def add_inner_bridge(pod: IPRoute, name: str, mtu: int) -> int:
+    """The pod's bridge between the TAP and the veth, up (no carrier until a port is); returns its index."""
+    try:
+        pod.link("add", ifname=name, kind="bridge", mtu=mtu, state="up")
+        idx = index_of(pod, name)
+    except NetlinkError as exc:
+        raise netlink_failure(f"creating bridge {name}", exc) from None
+    if idx is None:
+        raise InterfaceFailure(f"interface {name} vanished while being set up", name)
+    return idx
+
+
+def keep_off_the_pod_stack(pod_fd: int, bridge: str, port: str) -> None:
+    """The inner bridge and its veth carry the VM's segment at L2 only: the pod's own stack must not be reached
+    from it, nor speak on it. IPv6 off on both (no link-local address, no Router Advertisement taken, no ND sent);
+    on the bridge, which has no IPv4 address, no ARP answered for the pod's others (``arp_ignore=8``) and strict
+    reverse-path filtering (no route goes through it, so no packet from it is taken). Set before they are up, on
+    one throwaway thread in the pod."""
+    settings = ((socket.AF_INET6, bridge, "disable_ipv6", "1"), (socket.AF_INET6, port, "disable_ipv6", "1"),
+                (socket.AF_INET, bridge, "arp_ignore", "8"), (socket.AF_INET, bridge, "rp_filter", "1"))
+
+    def write() -> None:
+        for family, name, key, value in settings:
+            sysctl.set_conf(None, family, name, key, value)
+
+    try:
+        in_namespace(pod_fd, write)
+    except OSError as exc:
+        raise InterfaceFailure(f"keeping the pod's stack off bridge {bridge} failed", str(exc)) from None
+
+
+def _make_tap(name: str, uid: int | None, gid: int | None) -> None:
+    """TUNSETIFF in the calling thread's namespace; persistent last, so that a failure before leaves nothing (a
+    TAP not persistent goes with its file descriptor)."""
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), TAP_FLAGS))
+        if uid is not None:
+            fcntl.ioctl(fd, TUNSETOWNER, uid)
+        if gid is not None:
+            fcntl.ioctl(fd, TUNSETGROUP, gid)
+        sysctl.set_conf(None, socket.AF_INET6, name, "disable_ipv6", "1")  # the VM's, not the pod stack's
+        fcntl.ioctl(fd, TUNSETPERSIST, 1)
+    finally:
+        os.close(fd)
+
+
+def add_tap(pod_fd: int, if_name: str, uid: int | None, gid: int | None) -> None:
+    """A persistent TAP ``if_name`` (down) for the VM, owned by ``uid``/``gid``. TUNSETIFF makes the device in the
+    calling thread's namespace, so it is made by a throwaway thread inside the pod's: nothing on the node, whatever
+    namespace the daemon itself runs in (``--node-netns``)."""
+    try:
+        in_namespace(pod_fd, lambda: _make_tap(if_name, uid, gid))
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            raise InterfaceFailure(f"interface {if_name} already exists in the pod", if_name) from None
+        raise InterfaceFailure(f"creating TAP {if_name} failed", f"{exc.errno} {os.strerror(exc.errno or 0)}") from None
+
+
+def join_inner_bridge(pod: IPRoute, name: str, bridge_index: int, mac: str = "", mtu: int = 0) -> None:
+    """A port of the pod's inner bridge, up (and given ``mac`` and ``mtu``): one request."""
+    spec: dict[str, object] = {"ifname": name, "master": bridge_index, "state": "up"}
+    if mac:
+        spec["address"] = mac
+    if mtu:
+        spec["mtu"] = mtu
+    try:
+        pod.link("set", **spec)
+    except NetlinkError as exc:
+        raise netlink_failure(f"joining {name} to the pod's bridge", exc) from None
