@@ -1,12 +1,15 @@
 """The node side of a segment: its bridge, and the VLAN or VXLAN device that carries it off the node.
 
 Each function makes the object unless it exists, so any ADD (or the reconcile loop) may call it; what a pod's
-interface needs of the node is in ``ipamd.netlink.links``.
+interface needs of the node is in ``ipamd.netlink.links``. Every link made here is L2 only: IPv6 is turned off on it
+(``l2_only``), in the namespace of the netlink socket that made it.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
+import os
 import socket
 from collections.abc import Iterable
 from typing import Any
@@ -16,11 +19,32 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from cni.errors import InterfaceFailure, TryAgainLater
 from ipamd.model.names import PREFIX, uplink_name
-from ipamd.netlink.links import family_of, index_of, netlink_failure, same_ip
+from ipamd.netlink import sysctl
+from ipamd.netlink.links import GONE, family_of, index_of, netlink_failure, same_ip
+
+SIOCGSKNS = 0x894C  # <linux/sockios.h>: an fd of the network namespace a socket belongs to
+ZERO_MAC = "00:00:00:00:00:00"
+
+
+def l2_only(host: IPRoute, name: str) -> None:
+    """Turn IPv6 off on a link Plexus made for a segment (its bridge, VLAN or VXLAN device). It has no address, yet
+    the kernel would give it a link-local one, at which a pod of the segment reaches whatever listens on the node's
+    ``[::]``, and would accept Router Advertisements on it, from which that pod configures the node. The sysctl is
+    written in the namespace of ``host``'s socket (the node's: under ``--node-netns`` not this thread's, and only
+    then is a thread entering it needed); a kernel without IPv6 has nothing to turn off."""
+    try:
+        netns = fcntl.ioctl(host.fileno(), SIOCGSKNS)
+    except OSError as exc:
+        raise InterfaceFailure(f"turning IPv6 off on {name} failed: the node's namespace is unknown", str(exc)) from None
+    try:
+        own = os.fstat(netns).st_ino == os.stat("/proc/thread-self/ns/net").st_ino
+        sysctl.set_conf(None if own else netns, socket.AF_INET6, name, "disable_ipv6", "1")
+    finally:
+        os.close(netns)
 
 
 def ensure_bridge(host: IPRoute, name: str, uplink: str = "") -> int:
-    """Create the node bridge (up) unless it exists, and enslave the uplink; returns its index."""
+    """Create the node bridge (up, IPv6 off) unless it exists, and enslave the uplink; returns its index."""
     idx = index_of(host, name)
     if idx is None:
         try:
@@ -31,6 +55,7 @@ def ensure_bridge(host: IPRoute, name: str, uplink: str = "") -> int:
         idx = index_of(host, name)
         if idx is None:
             raise TryAgainLater(f"bridge {name} vanished while being set up")
+    l2_only(host, name)  # made or adopted: before it is up, so it never has an fe80 address
     host.link("set", index=idx, state="up")
     if uplink:
         up = index_of(host, uplink)
@@ -40,21 +65,49 @@ def ensure_bridge(host: IPRoute, name: str, uplink: str = "") -> int:
         master = link.get_attr("IFLA_MASTER")
         if master != idx:
             _refuse_taken_uplink(host, uplink, name, master)
+            _refuse_second_uplink(host, idx, uplink, name)
             host.link("set", index=up, master=idx, state="up")
     return idx
 
 
 def _refuse_taken_uplink(host: IPRoute, uplink: str, bridge: str, master: int | None) -> None:
-    """A NIC is a port of one bridge: one that is already another Plexus segment's uplink is not taken from it (its
-    pods would lose the wire while both segments look ready)."""
+    """A NIC has one master, and setting another takes it out of the one it has: a NIC already another Plexus
+    segment's uplink (whose pods would lose the wire while both segments look ready), or a port of anything else
+    (the admin's bridge carrying the node's address, a bond), is not taken from it."""
     if not master:
         return
-    found = host.link("get", index=master)
-    owner = str(found[0].get_attr("IFLA_IFNAME") or "") if found else ""
+    owner = _name_of(host, master)
     if owner.startswith(f"{PREFIX}-"):
         raise InterfaceFailure(f"{uplink} is already the uplink of bridge {owner}, another network's segment: a NIC is "
                                f"the port of one bridge, so {bridge} cannot have it too (give each untagged network a "
                                "parent NIC of its own, or a VLAN or VXLAN class)", "parentNodeNetworkInterfaces")
+    raise InterfaceFailure(f"{uplink} is a port of {owner}, which Plexus did not make: as the uplink of bridge {bridge} "
+                           f"it would be taken out of {owner}, and the node off what {owner} carries (name a NIC that "
+                           "no bridge or bond has, or use a VLAN or VXLAN class)", "parentNodeNetworkInterfaces")
+
+
+def _refuse_second_uplink(host: IPRoute, bridge_index: int, uplink: str, bridge: str) -> None:
+    """A bridge has one uplink: a NIC still its port (the parent of the class before it was edited) and ``uplink``
+    would join their two networks into one. Pods' node ends are Plexus's names, NICs are not."""
+    nics = [port for port in _ports(host, bridge_index) if not port.startswith(PREFIX)]
+    if nics:
+        raise InterfaceFailure(f"bridge {bridge} already has {nics[0]} as its uplink, so {uplink} cannot be one too (it "
+                               f"would join their networks): take {nics[0]} off {bridge} for {uplink} to replace it",
+                               "parentNodeNetworkInterfaces")
+
+
+def _name_of(host: IPRoute, index: int) -> str:
+    try:
+        found = host.link("get", index=index)
+    except NetlinkError as exc:
+        if exc.code in GONE:
+            return f"link #{index}"
+        raise
+    return str(found[0].get_attr("IFLA_IFNAME") or f"link #{index}") if found else f"link #{index}"
+
+
+def _ports(host: IPRoute, master: int) -> list[str]:
+    return [str(link.get_attr("IFLA_IFNAME")) for link in host.get_links() if link.get_attr("IFLA_MASTER") == master]
 
 
 def vlan_spec(parent_index: int, name: str, vlan_id: int) -> dict[str, Any]:
@@ -63,18 +116,65 @@ def vlan_spec(parent_index: int, name: str, vlan_id: int) -> dict[str, Any]:
 
 
 def ensure_vlan(host: IPRoute, parent: str, vlan_id: int) -> str:
+    """The 802.1Q sub-interface for ``vlan_id`` on ``parent`` (IPv6 off). One of its name that is another (its
+    class's parent NIC since edited) is made again while no pod is on its bridge, and refused till then."""
     name = uplink_name("vlan", vlan_id)
-    if index_of(host, name) is not None:
-        return name
     parent_idx = index_of(host, parent)
     if parent_idx is None:
         raise InterfaceFailure(f"parent interface {parent} for VLAN {vlan_id} does not exist", parent)
+    found = _link(host, name)
+    if found is not None and _vlan_of(found) == (parent_idx, vlan_id):
+        l2_only(host, name)  # adopted: one made before IPv6 was turned off on them
+        return name
+    if found is not None:
+        _remove_other_vlan(host, found, parent, vlan_id)
     try:
         host.link("add", **vlan_spec(parent_idx, name, vlan_id))
     except NetlinkError as exc:
         if exc.code != errno.EEXIST:
             raise netlink_failure(f"creating VLAN {vlan_id} on {parent} (does the kernel have 802.1q?)", exc) from None
+        found = _link(host, name)  # a concurrent ADD made it: the one asked for?
+        if found is None or _vlan_of(found) != (parent_idx, vlan_id):
+            raise TryAgainLater(f"{name} changed while being set up") from None
+    l2_only(host, name)
     return name
+
+
+def _link(host: IPRoute, name: str) -> Any:
+    try:
+        return host.link("get", ifname=name)[0]
+    except NetlinkError as exc:
+        if exc.code in GONE:
+            return None
+        raise
+
+
+def _vlan_of(link: Any) -> tuple[int, int] | None:
+    """``(parent index, VLAN ID)`` of an 802.1Q link; None for a link of another kind."""
+    info = link.get_attr("IFLA_LINKINFO")
+    if info is None or info.get_attr("IFLA_INFO_KIND") != "vlan":
+        return None
+    data = info.get_attr("IFLA_INFO_DATA")
+    return int(link.get_attr("IFLA_LINK") or 0), int(data.get_attr("IFLA_VLAN_ID") if data is not None else 0)
+
+
+def _remove_other_vlan(host: IPRoute, link: Any, parent: str, vlan_id: int) -> None:
+    """Delete the uplink Plexus made for VLAN ``vlan_id`` on another parent (or of another kind), so it is made
+    again on ``parent``; refused while pods are on its bridge (they would change wires under their feet)."""
+    name, index = link.get_attr("IFLA_IFNAME"), int(link["index"])
+    master = link.get_attr("IFLA_MASTER")
+    pods = [port for port in _ports(host, master) if port != name] if master else []
+    if pods:
+        now = _vlan_of(link)
+        was = f"VLAN {now[1]} on {_name_of(host, now[0])}" if now else "a link of another kind"
+        raise InterfaceFailure(f"{name} is {was}, but VLAN {vlan_id} on {parent} is asked for (the class's "
+                               f"parentNodeNetworkInterfaces edited?): it is made again on {parent} once no pod is on "
+                               f"bridge {_name_of(host, master)} ({len(pods)} ports are)", "parentNodeNetworkInterfaces")
+    try:
+        host.link("del", index=index)
+    except NetlinkError as exc:
+        if exc.code not in GONE:
+            raise netlink_failure(f"removing {name} to make it again on {parent}", exc) from None
 
 
 def vxlan_spec(name: str, vni: int, underlay_index: int | None, port: int, group: str, local: str) -> dict[str, Any]:
@@ -102,8 +202,9 @@ def vxlan_local(local: str, group: str, remotes: Iterable[str]) -> str:
 
 def ensure_vxlan(host: IPRoute, vni: int, underlay: str, remotes: Iterable[str], group: str, port: int,
                  local: str) -> str:
-    """A VXLAN device for ``vni``; unicast remotes become all-zero FDB entries (head-end replication).
-    The same class serves every node, so its remotes may include this node: that one is skipped."""
+    """A VXLAN device for ``vni`` (IPv6 off); its unicast remotes are its all-zero FDB entries (head-end
+    replication), exactly: a remote the class no longer lists gets none of the segment's floods. The same class
+    serves every node, so its remotes may include this node: that one is skipped."""
     name = uplink_name("vxlan", vni)
     remotes = list(remotes)
     idx = index_of(host, name)
@@ -117,18 +218,39 @@ def ensure_vxlan(host: IPRoute, vni: int, underlay: str, remotes: Iterable[str],
             if exc.code != errno.EEXIST:
                 raise netlink_failure(f"creating VXLAN {vni}", exc) from None
         idx = index_of(host, name)
+        if idx is None:
+            raise TryAgainLater(f"VXLAN device {name} vanished while being set up")
+    l2_only(host, name)
     # a class lists every node of the segment; this node's own address is not a remote of its own
     own = {same_ip(a.get_attr(key)) for a in host.get_addr() for key in ("IFA_ADDRESS", "IFA_LOCAL")
            if a.get_attr(key)}
-    for remote in remotes:
-        if same_ip(remote) in own:
-            continue
+    wanted = {same_ip(r) for r in remotes} - own
+    if group:  # the kernel's own entry for a multicast group
+        wanted.add(same_ip(group))
+    _converge_flood_list(host, idx, wanted)
+    return name
+
+
+def _converge_flood_list(host: IPRoute, index: int, wanted: set[str]) -> None:
+    """Make the device's all-zero FDB entries the ``wanted`` remotes: those of remotes gone are removed (with what
+    was learnt to be behind them), missing ones appended."""
+    entries = [(e.get_attr("NDA_LLADDR"), same_ip(e.get_attr("NDA_DST"))) for e in host.fdb("dump", ifindex=index)
+               if e["ifindex"] == index and e.get_attr("NDA_DST")]
+    flood = {dst for mac, dst in entries if mac == ZERO_MAC}
+    gone = flood - wanted
+    for mac, dst in entries:
+        if dst in gone:
+            try:
+                host.fdb("del", ifindex=index, lladdr=mac, dst=dst)
+            except NetlinkError as exc:
+                if exc.code not in GONE:
+                    raise netlink_failure(f"removing VXLAN remote {dst}", exc) from None
+    for remote in sorted(wanted - flood):
         try:
-            host.fdb("append", ifindex=idx, lladdr="00:00:00:00:00:00", dst=remote)
+            host.fdb("append", ifindex=index, lladdr=ZERO_MAC, dst=remote)
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
                 raise netlink_failure(f"adding VXLAN remote {remote}", exc) from None
-    return name
 
 
 def bridge_index(host: IPRoute, bridge: str) -> int | None:

@@ -48,6 +48,11 @@ class SegmentPlan:
     parent: str = ""
     vxlan: VxlanSpec | None = None
 
+    @property
+    def links(self) -> tuple[str, str, VxlanSpec | None]:
+        """What the node's links are made from: when it changes (the class edited), they are made again."""
+        return self.uplink, self.parent, self.vxlan
+
 
 #: How each kind of uplink is made: it returns the link to enslave to the bridge.
 UPLINKS: dict[str, Callable[[NodeLinks, SegmentPlan], str]] = {
@@ -93,6 +98,9 @@ class Segments:
         # bridge name -> index of bridges known to be set up: ADD then costs no netlink call for
         # the segment; a bridge removed behind our back is noticed when a port cannot join it
         self._ready: dict[str, int] = {}
+        # bridge name -> what its links were last made from (``SegmentPlan.links``): the reconcile loop's ``ensure``
+        # makes them again once its class says otherwise (a VXLAN remote gone or added, another parent NIC)
+        self._applied: dict[str, tuple[str, str, VxlanSpec | None]] = {}
 
     def bridge_index(self, net: ResolvedNetwork, bridge: str) -> int:
         """The index of ``net``'s bridge, planned already by the caller: no second plan on ADD's path
@@ -141,20 +149,25 @@ class Segments:
         return SegmentPlan(rec, kind.uplink, parents[0] if parents else "", cls.vxlan if cls else None)
 
     def ensure(self, net: ResolvedNetwork) -> tuple[SegmentRecord, int]:
-        """Make the bridge (and uplink) exist on the node; return the record and the bridge's index."""
+        """Make the bridge (and uplink) exist on the node as the class says now; return the record and the
+        bridge's index. No netlink call for a bridge set up already from the same class: that the class changed
+        is seen here, on the reconcile loop's round (an ADD asks ``bridge_index``); when making its links again
+        fails, the bridge keeps serving ADDs as it was, and the next round tries again."""
         plan = self.plan(net)
         rec = plan.record
         known = self._ready.get(rec.bridge)
-        if known is not None:
+        if known is not None and self._applied.get(rec.bridge) == plan.links:
             return rec, known
         index = self.links.ensure_bridge(rec.bridge, UPLINKS[plan.uplink](self.links, plan))
         self.mark_ready(rec, net.obj.meta.generation)
         self._ready[rec.bridge] = index
+        self._applied[rec.bridge] = plan.links
         return rec, index
 
     def remove(self, rec: SegmentRecord) -> None:
         """Take a deleted Network's bridge and the uplink Plexus made for it off the node."""
         self._ready.pop(rec.bridge, None)
+        self._applied.pop(rec.bridge, None)
         self.links.delete(rec.bridge)
         uplink = SEGMENT_KINDS[rec.kind].uplink_name(rec.id)
         if uplink:

@@ -20,8 +20,12 @@ class FakeNodeLinks:
             self.links[name] = {"kind": "bridge", "index": self._next}
         if uplink:
             master = str(self.links.get(uplink, {}).get("master") or "")
-            if master and master != name and master.startswith("plx-"):  # as ``segment_links.ensure_bridge`` refuses it
-                raise InterfaceFailure(f"{uplink} is already the uplink of bridge {master}", "parentNodeNetworkInterfaces")
+            if master and master != name:  # as ``segment_links.ensure_bridge`` refuses it: another bridge's, a bond's
+                raise InterfaceFailure(f"{uplink} is already a port of {master}", "parentNodeNetworkInterfaces")
+            nics = [n for n, link in self.links.items() if link.get("master") == name and n != uplink
+                    and not n.startswith("plx")]
+            if master != name and nics:  # a bridge has one uplink NIC
+                raise InterfaceFailure(f"bridge {name} already has {nics[0]} as its uplink", "parentNodeNetworkInterfaces")
             self.links.setdefault(uplink, {"kind": "nic"})["master"] = name
         return int(str(self.links[name]["index"]))
 
@@ -34,7 +38,7 @@ class FakeNodeLinks:
     def ensure_vxlan(self, vni: int, spec: VxlanSpec) -> str:
         self.calls.append(("vxlan", str(vni), spec.underlay))
         name = uplink_name("vxlan", vni)
-        self.links[name] = {"kind": "vxlan", "vni": vni}
+        self.links[name] = {"kind": "vxlan", "vni": vni, "remotes": spec.remotes}  # its flood list, exactly
         return name
 
     def index(self, name: str) -> int | None:

@@ -1,64 +1,264 @@
-"""A Network given another VLAN ID (or kind) while pods sit on its bridge: the old segment keeps its ID until no
-pod uses it, then the reconciler removes its links (found in review: the old ID was handed to the next Network,
-which joined those pods' L2 segment)."""
+"""A class edited while its segment exists is applied (VXLAN remotes, a VLAN's parent), and ``ensure_vlan`` on a
+sub-interface of the same name that is another one (checked as netlink messages: this kernel has no 802.1q)."""
 
 from __future__ import annotations
 
+import errno
+from typing import Any
+
+import pytest
+from pyroute2 import IPBatch
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+from cni.errors import CniError, InterfaceFailure
 from ipamd.ipam.addresses import ResolvedNetwork
-from ipamd.model.annotations import NetworkSelection
-from ipamd.node.reconcile import Reconciler
-from tests.unit.test_attacher import NS, Node
-from tests.unit.test_attacher import obj as att_obj
+from ipamd.model.objects import Network, NetworkClass, VxlanSpec, parse_object
+from ipamd.netlink import segment_links
+from ipamd.node.segments import Segments
+from tests.fakes.links import FakeNodeLinks
+from tests.fakes.store import MemoryStore
 
-POOL_A = {"ipAddressPoolRef": {"kind": "IPAddressPool", "name": "pool-a"}}
-
-
-def _resolved(node: Node, name: str) -> ResolvedNetwork:
-    return node.ipam.resolve(NetworkSelection("Network", name, "net9"), NS, "networks-spec[0]")
+GROUP = "network.deckhouse.io/v1alpha1"
 
 
-def _rounds(node: Node) -> Reconciler:
-    return Reconciler(node.store, node.source, node.ipam, node.attacher, node.segments,
-                      node.publisher)
+def vxlan_class(remotes: list[str]) -> NetworkClass:
+    cls = parse_object({"apiVersion": GROUP, "kind": "NetworkClass", "metadata": {"name": "vx"},
+                        "spec": {"vxlan": {"vniPool": ["5000-5009"], "remotes": remotes}}})
+    assert isinstance(cls, NetworkClass)
+    return cls
 
 
+def vlan_class(parent: str) -> NetworkClass:
+    cls = parse_object({"apiVersion": GROUP, "kind": "NetworkClass", "metadata": {"name": "vx"},
+                        "spec": {"vlan": {"idPool": ["600-609"], "parentNodeNetworkInterfaces": {"names": [parent]}}}})
+    assert isinstance(cls, NetworkClass)
+    return cls
 
-def test_an_edited_vlan_id_is_not_handed_to_another_network_while_pods_sit_on_the_old_bridge() -> None:
-    """The segment's record was overwritten with the new ID: the old one was free at once, for another Network."""
+
+def network(cls: NetworkClass) -> ResolvedNetwork:
+    doc: dict[str, Any] = {"apiVersion": GROUP, "kind": "Network", "metadata": {"name": "a", "namespace": "ns"},
+                           "spec": {"networkClass": "vx"}}
+    obj = parse_object(doc)
+    assert isinstance(obj, Network)
+    return ResolvedNetwork(obj.meta.key, "Network", "a", "ns", obj, cls, None)
+
+
+class VxlanLinks(FakeNodeLinks):
+    """Node links that keep each VXLAN device's remotes as ``segment_links.ensure_vxlan`` leaves them in the kernel:
+    exactly the class's (the kernel side of it is checked by tests/netns/test_segment_links.py)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.remotes: dict[int, set[str]] = {}
+
+    def ensure_vxlan(self, vni: int, spec: VxlanSpec) -> str:
+        self.remotes[vni] = set(spec.remotes)
+        return super().ensure_vxlan(vni, spec)
+
+
+def test_a_remote_taken_out_of_the_vxlan_class_gets_no_more_of_the_segments_traffic() -> None:
+    links = VxlanLinks()
+    segments = Segments(MemoryStore(), links, lambda: 0.0)
+    rec, _ = segments.ensure(network(vxlan_class(["198.18.0.2", "198.18.0.3"])))
+    assert links.remotes[rec.id] == {"198.18.0.2", "198.18.0.3"}
+
+    segments.ensure(network(vxlan_class(["198.18.0.2"])))  # the class edited: 198.18.0.3 is gone
+    assert links.remotes[rec.id] == {"198.18.0.2"}, \
+        f"VNI {rec.id} still floods to {sorted(links.remotes[rec.id] - {'198.18.0.2'})}, no longer a remote of the class"
+
+
+def test_a_remote_added_to_the_vxlan_class_is_reached_without_a_restart() -> None:
+    links = VxlanLinks()
+    segments = Segments(MemoryStore(), links, lambda: 0.0)
+    rec, _ = segments.ensure(network(vxlan_class(["198.18.0.2"])))
+    segments.ensure(network(vxlan_class(["198.18.0.2", "198.18.0.4"])))  # a node joined
+    assert "198.18.0.4" in links.remotes[rec.id], "the new node gets none of the segment's broadcasts"
+
+
+def test_an_unchanged_class_costs_no_link_call() -> None:
+    links = FakeNodeLinks()
+    segments = Segments(MemoryStore(), links, lambda: 0.0)
+    net = network(vxlan_class(["198.18.0.2"]))
+    rec, index = segments.ensure(net)
+    made = list(links.calls)
+    assert segments.ensure(network(vxlan_class(["198.18.0.2"]))) == (segments.plan(net).record, index)
+    assert segments.bridge_index(net, rec.bridge) == index
+    assert links.calls == made, f"asked the kernel again for nothing: {links.calls[len(made):]}"
+
+
+def test_a_class_edit_that_cannot_be_applied_leaves_the_bridge_serving_and_is_tried_again() -> None:
+    links = FakeNodeLinks()
+    segments = Segments(MemoryStore(), links, lambda: 0.0)
+    rec, index = segments.ensure(network(vlan_class("eth1")))
+    assert links.links[f"plx-vl-{rec.id}"]["parent"] == "eth1"
+
+    def refused(parent: str, vlan_id: int) -> str:
+        raise InterfaceFailure("pods are on it", "parentNodeNetworkInterfaces")
+
+    links.ensure_vlan = refused  # type: ignore[method-assign]
+    with pytest.raises(CniError):
+        segments.ensure(network(vlan_class("eth2")))
+    assert segments.bridge_index(network(vlan_class("eth2")), rec.bridge) == index, "ADDs keep the bridge there is"
+    del links.ensure_vlan  # the pods gone: now it can be
+    segments.ensure(network(vlan_class("eth2")))
+    assert links.links[f"plx-vl-{rec.id}"]["parent"] == "eth2"
+    calls = len(links.calls)
+    segments.ensure(network(vlan_class("eth2")))
+    assert len(links.calls) == calls, "applied: no more calls"
+
+
+def test_removing_the_segment_forgets_what_was_applied() -> None:
+    links = FakeNodeLinks()
+    segments = Segments(MemoryStore(), links, lambda: 0.0)
+    rec, _ = segments.ensure(network(vxlan_class(["198.18.0.2"])))
+    segments.remove(rec)
+    assert links.index(rec.bridge) is None and f"plx-vx-{rec.id}" not in links.links
+    rec, _ = segments.ensure(network(vxlan_class(["198.18.0.2"])))
+    assert links.index(rec.bridge) is not None, "made again"
+
+
+def test_the_reconcile_round_applies_a_class_edit() -> None:
+    from tests.unit.test_attacher import NS, Node, obj
+    from tests.unit.test_reconcile import reconciler
+
     node = Node()
-    node.call("ADD")  # pod app: net-a (VLAN 600) and net-b (VLAN 601)
-    (att,) = node.store.attachments()
-    on_bridges = {i.bridge for i in att.interfaces}
-    assert on_bridges == {"plx-br-600", "plx-br-601"}
-    pool_a = POOL_A
-    # the administrator moves net-a to VLAN 650 (the pod is still attached to plx-br-600)
-    node.source.add(att_obj("Network", "net-a", {"networkClass": "cls", "vlan": {"id": 650}, "ipam": pool_a}))
-    assert node.segments.ensure(_resolved(node, "net-a"))[0].bridge == "plx-br-650"
-    # another Network of the class is created
-    node.source.add(att_obj("Network", "net-c", {"networkClass": "cls", "ipam": pool_a}))
-    rec, _ = node.segments.ensure(_resolved(node, "net-c"))
-    assert rec.bridge not in on_bridges, (
-        f"net-c got {rec.bridge}, the bridge the pod's net-a interface still sits on: two Networks share one L2 "
-        "segment (the old ID was forgotten when net-a's record was overwritten, and the old bridge is never removed)")
+    node.links = VxlanLinks()
+    node.segments.links = node.links
+    cls = {"vxlan": {"vniPool": ["5000-5009"], "remotes": ["198.18.0.2", "198.18.0.3"]}}
+    node.source.add(obj("NetworkClass", "vx", cls, namespaced=False))
+    node.source.add(obj("Network", "net-v", {"networkClass": "vx"}))
+    rec = reconciler(node)
+    rec.run_once()
+    assert node.links.remotes[5000] == {"198.18.0.2", "198.18.0.3"}
+    node.source.add(obj("NetworkClass", "vx", {"vxlan": {**cls["vxlan"], "remotes": ["198.18.0.2"]}}, namespaced=False))
+    rec.run_once()
+    assert node.links.remotes[5000] == {"198.18.0.2"}
+    assert node.publisher.node_attachments[f"Network/{NS}/net-v"][1] is True
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# 2. Controller: a Network deleted while pods on some node still use it loses its ID at once; the controller hands it
-#    to the next Network while the node still reports the old bridge (NodeNetworkInterfaceAttachment plx-br-600).
+# -- ensure_vlan at the message level ---------------------------------------------------------------------------------
+
+def encode(spec: dict[str, Any]) -> ifinfmsg:
+    batch = IPBatch()
+    try:
+        batch.link("add", **spec)
+        msg = ifinfmsg(batch.batch)
+        msg.decode()
+        return msg
+    finally:
+        batch.close()
 
 
-def test_the_old_segment_goes_once_its_pods_are_gone_and_an_edit_back_takes_it_up_again() -> None:
-    node = Node()
-    node.call("ADD")  # pod app: net-a on plx-br-600
-    node.source.add(att_obj("Network", "net-a", {"networkClass": "cls", "vlan": {"id": 650}, "ipam": POOL_A}))
-    _rounds(node)._sync_segments()
-    assert {"plx-br-600", "plx-br-650"} <= set(node.links.links), "the pod's bridge stays beside the new one"
-    node.source.add(att_obj("Network", "net-a", {"networkClass": "cls", "vlan": {"id": 600}, "ipam": POOL_A}))
-    assert node.segments.ensure(_resolved(node, "net-a"))[0].bridge == "plx-br-600", "edited back: its own again"
-    node.source.add(att_obj("Network", "net-a", {"networkClass": "cls", "vlan": {"id": 650}, "ipam": POOL_A}))
-    node.segments.ensure(_resolved(node, "net-a"))
-    node.call("DEL")
-    _rounds(node)._sync_segments()
-    assert "plx-br-600" not in node.links.links and "plx-br-650" in node.links.links, \
-        "no pod on the old bridge: it goes, and its ID is free again"
-    assert 600 not in node.store.segment_ids("vlan")
+class MessageIPRoute:
+    """An IPRoute whose links are the RTM_NEWLINK requests it was sent, decoded (each with an index): what
+    ``ensure_vlan`` asks of the kernel, and what it reads back, as netlink messages."""
+
+    def __init__(self) -> None:
+        self.links: dict[int, ifinfmsg] = {}
+        self.sent: list[tuple[str, ifinfmsg | int]] = []
+
+    def made(self, **spec: Any) -> int:
+        msg = encode(spec)
+        msg["index"] = index = len(self.links) + 2
+        self.links[index] = msg
+        return index
+
+    def _find(self, ifname: str = "", index: int = 0) -> ifinfmsg:
+        for msg in self.links.values():
+            if msg["index"] == index or (ifname and msg.get_attr("IFLA_IFNAME") == ifname):
+                return msg
+        raise NetlinkError(errno.ENODEV, "No such device")
+
+    def link(self, cmd: str, **kw: Any) -> list[ifinfmsg]:
+        if cmd == "get":
+            return [self._find(kw.get("ifname", ""), kw.get("index", 0))]
+        if cmd == "add":
+            if any(m.get_attr("IFLA_IFNAME") == kw["ifname"] for m in self.links.values()):
+                raise NetlinkError(errno.EEXIST, "File exists")
+            index = self.made(**kw)
+            self.sent.append(("add", self.links[index]))
+            return []
+        if cmd == "del":
+            self.sent.append(("del", self.links.pop(self._find(index=kw["index"])["index"])["index"]))
+            return []
+        raise AssertionError(f"unexpected link {cmd}")
+
+    def get_links(self) -> list[ifinfmsg]:
+        return list(self.links.values())
+
+
+@pytest.fixture
+def ipv6_off(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The links ``l2_only`` was asked for (its sysctl is checked in namespaces)."""
+    asked: list[str] = []
+    monkeypatch.setattr(segment_links, "l2_only", lambda host, name: asked.append(name))
+    return asked
+
+
+def _vlan(msg: ifinfmsg) -> tuple[int, int, str]:
+    info = msg.get_attr("IFLA_LINKINFO")
+    return msg.get_attr("IFLA_LINK"), info.get_attr("IFLA_INFO_DATA").get_attr("IFLA_VLAN_ID"), \
+        info.get_attr("IFLA_INFO_KIND")
+
+
+def test_a_new_vlan_is_made_on_its_parent_with_ipv6_off(ipv6_off: list[str]) -> None:
+    ipr = MessageIPRoute()
+    eth1 = ipr.made(ifname="eth1", kind="veth")
+    assert segment_links.ensure_vlan(ipr, "eth1", 700) == "plx-vl-700"
+    [(cmd, msg)] = ipr.sent
+    assert cmd == "add" and isinstance(msg, ifinfmsg) and _vlan(msg) == (eth1, 700, "vlan")
+    assert ipv6_off == ["plx-vl-700"]
+
+
+def test_the_vlan_there_is_kept_when_it_is_the_one_asked_for(ipv6_off: list[str]) -> None:
+    ipr = MessageIPRoute()
+    eth1 = ipr.made(ifname="eth1", kind="veth")
+    ipr.made(**segment_links.vlan_spec(eth1, "plx-vl-700", 700))
+    assert segment_links.ensure_vlan(ipr, "eth1", 700) == "plx-vl-700"
+    assert ipr.sent == [], "nothing made again"
+    assert ipv6_off == ["plx-vl-700"], "adopted: IPv6 off on it too"
+
+
+def test_a_vlan_on_the_old_parent_is_made_again_on_the_new_one_while_no_pod_uses_it(ipv6_off: list[str]) -> None:
+    """The class's parent NIC edited from eth1 to eth2: the sub-interface by that name was reused on eth1."""
+    ipr = MessageIPRoute()
+    eth1, eth2 = ipr.made(ifname="eth1", kind="veth"), ipr.made(ifname="eth2", kind="veth")
+    bridge = ipr.made(ifname="plx-br-700", kind="bridge")
+    old = ipr.made(**segment_links.vlan_spec(eth1, "plx-vl-700", 700), master=bridge)
+    assert segment_links.ensure_vlan(ipr, "eth2", 700) == "plx-vl-700"
+    assert [cmd for cmd, _ in ipr.sent] == ["del", "add"] and ipr.sent[0][1] == old
+    made = ipr.sent[1][1]
+    assert isinstance(made, ifinfmsg) and _vlan(made) == (eth2, 700, "vlan")
+    assert ipv6_off == ["plx-vl-700"]
+
+
+def test_a_vlan_on_the_old_parent_is_refused_while_pods_use_it(ipv6_off: list[str]) -> None:
+    ipr = MessageIPRoute()
+    eth1 = ipr.made(ifname="eth1", kind="veth")
+    ipr.made(ifname="eth2", kind="veth")
+    bridge = ipr.made(ifname="plx-br-700", kind="bridge")
+    ipr.made(**segment_links.vlan_spec(eth1, "plx-vl-700", 700), master=bridge)
+    ipr.made(ifname="plx0123456789a", kind="veth", master=bridge)  # a pod's node end
+    with pytest.raises(InterfaceFailure) as err:
+        segment_links.ensure_vlan(ipr, "eth2", 700)
+    assert err.value.details == "parentNodeNetworkInterfaces"
+    for word in ("plx-vl-700", "eth1", "eth2", "plx-br-700"):
+        assert word in err.value.msg
+    assert ipr.sent == [] and ipv6_off == [], "the pods' uplink is left as it is"
+
+
+def test_a_link_of_the_vlans_name_and_another_kind_is_made_again(ipv6_off: list[str]) -> None:
+    ipr = MessageIPRoute()
+    eth1 = ipr.made(ifname="eth1", kind="veth")
+    ipr.made(ifname="plx-vl-700", kind="bridge")
+    segment_links.ensure_vlan(ipr, "eth1", 700)
+    assert [cmd for cmd, _ in ipr.sent] == ["del", "add"]
+    made = ipr.sent[1][1]
+    assert isinstance(made, ifinfmsg) and _vlan(made) == (eth1, 700, "vlan")
+
+
+def test_a_missing_parent_is_named(ipv6_off: list[str]) -> None:
+    with pytest.raises(InterfaceFailure) as err:
+        segment_links.ensure_vlan(MessageIPRoute(), "eth9", 700)
+    assert err.value.details == "eth9"

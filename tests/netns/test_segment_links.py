@@ -1,0 +1,185 @@
+"""The node side of a segment (``segment_links``), in namespaces of the test's own (``world``): the bridge and the
+uplinks Plexus makes are L2 only (IPv6 off), a NIC another master has is not taken, and a VXLAN device floods to
+exactly the class's remotes."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from typing import Any
+
+import pytest
+from pyroute2 import IPRoute
+
+from cni.errors import CniError, InterfaceFailure
+from ipamd.drivers.base import BuildContext, InterfaceKey, InterfaceRequest
+from ipamd.drivers.veth import VethDriver
+from ipamd.netlink import segment_links
+from ipamd.store.records import BuiltInterface
+from tests.conftest import wait_for
+from tests.netns.kernel_world import World, in_ns, link, read_in, read_text, ready_link_local, up
+
+pytestmark = pytest.mark.netns
+
+BRIDGE = "plx-n-rv000001"
+ADDR6 = {"address": "2001:2:0:60::3", "network": "2001:2:0:60::/64",
+         "routes": [{"destination": "2001:2:0:61::/64", "via": "2001:2:0:60::1"}]}
+
+
+def _ctx(w: World, bridge: str = BRIDGE, uplink: str = "") -> BuildContext:
+    return BuildContext(w.host, w.pod, lambda: segment_links.ensure_bridge(w.host, bridge, uplink))
+
+
+def _iface(kind: str, if_name: str = "net1", addresses: tuple[dict[str, Any], ...] = (ADDR6,)) -> BuiltInterface:
+    plan = VethDriver().plan(InterfaceKey("c" * 64, "eth0", "/x"), InterfaceRequest(if_name))
+    return BuiltInterface(if_name, kind, "ns/net", "Network", "net", host_link=plan.host_link, bridge=BRIDGE,
+                          mac=plan.mac, configure_ips=plan.configure_ips, addresses=addresses,
+                          driver=plan.state or {})
+
+
+def _ipv6_off(w: World, name: str) -> str:
+    return str(read_in(w.node_path, f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6"))
+
+
+def _flood(w: World, vx: str) -> list[str]:
+    idx = link(w.host, vx)["index"]
+    return sorted(n.get_attr("NDA_DST") for n in w.host.fdb("dump", ifindex=idx)
+                  if n["ifindex"] == idx and n.get_attr("NDA_DST") and n.get_attr("NDA_LLADDR") == "00:00:00:00:00:00")
+
+
+# -- the node on a tenant segment ----------------------------------------------------------------------------
+
+def test_node_is_not_reachable_at_l3_from_a_tenant_segment(world: World) -> None:
+    """A segment's bridge is L2 only, yet the kernel gives it an IPv6 link-local address and accepts Router
+    Advertisements on it: a pod of the segment reaches whatever listens on the node's ``[::]`` at the bridge's fe80
+    address. The test's thread is not in the node's namespace: as the daemon under ``--node-netns``."""
+    iface = _iface("veth")
+    with contextlib.ExitStack() as undo:
+        VethDriver().build(_ctx(world), iface, undo)
+        undo.pop_all()
+
+    lladdr = wait_for(lambda: ready_link_local(world.host, BRIDGE), 5, 0.1)
+    own = wait_for(lambda: ready_link_local(world.pod.netlink(), "net1"), 5, 0.1)
+    server = in_ns(world.node_path, lambda: socket.socket(socket.AF_INET6, socket.SOCK_STREAM))
+    client = in_ns(world.paths["pod"], lambda: socket.socket(socket.AF_INET6, socket.SOCK_STREAM))
+    try:
+        server.bind(("::", 0))
+        server.listen(1)
+        reached = False
+        if lladdr and own:
+            scope = link(world.pod.netlink(), "net1")["index"]
+            client.settimeout(3)
+            client.bind((own, 0, 0, scope))
+            client.connect((lladdr, server.getsockname()[1], 0, scope))
+            reached = True
+        sysctl = read_in(world.node_path, f"/proc/sys/net/ipv6/conf/{BRIDGE}/accept_ra")
+        assert not reached and not lladdr, (
+            f"the pod reached a socket listening on the node's [::] through the segment bridge's {lladdr} "
+            f"(accept_ra={sysctl} on {BRIDGE})")
+    finally:
+        server.close()
+        client.close()
+    assert _ipv6_off(world, BRIDGE) == "1"
+    assert own, "the pod's own interface keeps its IPv6 (only the node's side is L2 only)"
+
+
+def test_a_bridge_made_before_is_adopted_l2_only(world: World) -> None:
+    """A bridge an earlier version made (IPv6 on, its fe80 address there) loses it when a daemon adopts it."""
+    world.host.link("add", ifname=BRIDGE, kind="bridge")
+    up(world.host, BRIDGE)
+    assert wait_for(lambda: ready_link_local(world.host, BRIDGE), 5, 0.1), "the kernel gave it an fe80 address"
+    segment_links.ensure_bridge(world.host, BRIDGE, "")
+    assert _ipv6_off(world, BRIDGE) == "1"
+    assert not [a for a in world.host.get_addr(index=link(world.host, BRIDGE)["index"], family=socket.AF_INET6)]
+
+
+def test_in_its_own_namespace_too(world: World) -> None:
+    """The daemon in the node's namespace (no ``--node-netns``): the sysctl is written without entering one."""
+    def body() -> str:
+        with contextlib.closing(IPRoute()) as host:
+            segment_links.ensure_bridge(host, BRIDGE, "")
+            return read_text(f"/proc/sys/net/ipv6/conf/{BRIDGE}/disable_ipv6")
+    assert in_ns(world.node_path, body) == "1"
+
+
+# -- segments: the parent NIC (and one uplink) ----------------------------------------------------------------
+
+def test_a_parent_nic_another_master_has_is_not_taken_from_it(world: World) -> None:
+    """The class names a NIC already a port of something the node's admin made (a bridge carrying the node's
+    address; a bond's slave alike): setting its master would take it out of that one first."""
+    world.host.link("add", ifname="nic0", kind="veth", peer={"ifname": "nic0p"})
+    world.host.link("add", ifname="br-admin", kind="bridge")
+    admin = link(world.host, "br-admin")["index"]
+    world.host.link("set", index=link(world.host, "nic0")["index"], master=admin, state="up")
+    with contextlib.suppress(CniError):
+        segment_links.ensure_bridge(world.host, BRIDGE, "nic0")
+    master = link(world.host, "nic0").get_attr("IFLA_MASTER")
+    assert master == admin, f"the NIC was taken out of the admin's bridge br-admin (now a port of #{master})"
+    with pytest.raises(InterfaceFailure) as err:
+        segment_links.ensure_bridge(world.host, BRIDGE, "nic0")
+    assert err.value.details == "parentNodeNetworkInterfaces"
+    assert "nic0" in err.value.msg and "br-admin" in err.value.msg
+    assert _ipv6_off(world, "br-admin") == "0", "the admin's bridge is left as it is"
+
+
+def test_a_bridge_takes_no_second_nic(world: World) -> None:
+    """The class's parent NIC edited: the bridge would have both NICs as ports, joining their two networks."""
+    for nic in ("nic0", "nic1"):
+        world.host.link("add", ifname=nic, kind="veth", peer={"ifname": f"{nic}p"})
+    idx = segment_links.ensure_bridge(world.host, BRIDGE, "nic0")
+    with pytest.raises(InterfaceFailure) as err:
+        segment_links.ensure_bridge(world.host, BRIDGE, "nic1")
+    assert err.value.details == "parentNodeNetworkInterfaces" and "nic0" in err.value.msg
+    assert not link(world.host, "nic1").get_attr("IFLA_MASTER")
+    world.host.link("set", index=link(world.host, "nic0")["index"], master=0)  # the admin takes nic0 off
+    assert segment_links.ensure_bridge(world.host, BRIDGE, "nic1") == idx
+    assert link(world.host, "nic1").get_attr("IFLA_MASTER") == idx
+    assert _ipv6_off(world, "nic1") == "0", "a NIC is the admin's: its IPv6 is left as it is"
+
+
+# -- VXLAN: the flood list -----------------------------------------------------------------------------------
+
+def test_a_remote_taken_out_of_the_class_leaves_the_vxlan_flood_list(world: World) -> None:
+    vx = segment_links.ensure_vxlan(world.host, 5002, "", ["198.18.0.2", "198.18.0.3"], "", 4789, "")
+    segment_links.ensure_vxlan(world.host, 5002, "", ["198.18.0.2"], "", 4789, "")
+    idx = link(world.host, vx)["index"]
+    flood = sorted(n.get_attr("NDA_DST") for n in world.host.fdb("dump", ifindex=idx) if n.get_attr("NDA_DST"))
+    assert flood == ["198.18.0.2"], f"{vx} still floods to {flood}"
+
+
+def test_the_vxlan_flood_list_follows_the_class(world: World) -> None:
+    """Added, removed, this node's own address dropped when it appears, the same list twice is no change; the device
+    is L2 only; a learnt entry behind a removed remote goes with it."""
+    lo = link(world.host, "lo")["index"]
+    world.host.addr("add", index=lo, address="198.18.0.1", prefixlen=32)
+    vx = segment_links.ensure_vxlan(world.host, 5003, "", ["198.18.0.2", "198.18.0.3"], "", 4789, "")
+    assert _flood(world, vx) == ["198.18.0.2", "198.18.0.3"]
+    assert _ipv6_off(world, vx) == "1"
+    idx = link(world.host, vx)["index"]
+    world.host.fdb("add", ifindex=idx, lladdr="02:00:00:00:00:33", dst="198.18.0.3")  # as if learnt
+    segment_links.ensure_vxlan(world.host, 5003, "", ["198.18.0.1", "198.18.0.2", "198.18.0.4"], "", 4789, "")
+    assert _flood(world, vx) == ["198.18.0.2", "198.18.0.4"]
+    left = [n.get_attr("NDA_DST") for n in world.host.fdb("dump", ifindex=idx) if n["ifindex"] == idx]
+    assert "198.18.0.3" not in left, f"an entry still sends to the removed remote: {left}"
+    segment_links.ensure_vxlan(world.host, 5003, "", ["198.18.0.2", "198.18.0.4"], "", 4789, "")
+    assert _flood(world, vx) == ["198.18.0.2", "198.18.0.4"]
+    assert link(world.host, vx)["index"] == idx, "the device is kept"
+
+
+def test_a_multicast_groups_entry_is_kept(world: World) -> None:
+    """A group's all-zero entry is the kernel's own: converging the remotes does not remove it."""
+    up(world.host, "lo")
+    vx = segment_links.ensure_vxlan(world.host, 5004, "lo", ["198.18.0.2"], "239.1.1.1", 4789, "")
+    assert _flood(world, vx) == ["198.18.0.2", "239.1.1.1"]
+    segment_links.ensure_vxlan(world.host, 5004, "lo", [], "239.1.1.1", 4789, "")
+    assert _flood(world, vx) == ["239.1.1.1"]
+
+
+def test_removing_the_segment_removes_what_was_made(world: World) -> None:
+    vx = segment_links.ensure_vxlan(world.host, 5005, "", ["198.18.0.2"], "", 4789, "")
+    segment_links.ensure_bridge(world.host, "plx-vb-5005", vx)
+    from ipamd.netlink.node import NetlinkNodeLinks
+    node = NetlinkNodeLinks(lambda: world.host)
+    assert node.delete("plx-vb-5005") and node.delete(vx)
+    names = {link.get_attr("IFLA_IFNAME") for link in world.host.get_links()}
+    assert not {"plx-vb-5005", vx} & names
