@@ -83,6 +83,8 @@ class BuildContext:
     # told by an undo step that could not undo what it built beyond the pod (a delegate's DEL failed): the
     # attachment is then kept as ``deleting`` with that interface, for the runtime's DEL (or the reconciler) to finish
     not_undone: Callable[[BuiltInterface], None] = lambda iface: None
+    # the segment bridge's MTU as the segments service last read it (None: the driver reads it from the bridge)
+    bridge_mtu: Callable[[], int | None] = lambda: None
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,8 @@ class VethDriver:
     def build(self, ctx: BuildContext, iface: BuiltInterface, undo: contextlib.ExitStack) -> Built:
         bridge = ctx.bridge_index()
         undo.callback(quietly, f"veth {iface.host_link}", links.delete_link, ctx.host, iface.host_link)
-        link = links.add_veth(ctx.host, ctx.pod.netlink(), ctx.pod.fd, iface.host_link, iface.if_name, iface.mac, bridge)
+        link = links.add_veth(ctx.host, ctx.pod.netlink(), ctx.pod.fd, iface.host_link, iface.if_name, iface.mac, bridge,
+                              ctx.bridge_mtu())
         kernel.configure(ctx.pod.netlink(), link.index, iface, undo)
         return self.foresee(iface, ctx.pod.path)  # the link has the MAC of the plan
 

@@ -122,7 +122,7 @@ def pod_names_free(pod: IPRoute, *names: str) -> None:
 
 
 def add_veth(host: IPRoute, pod: IPRoute, pod_fd: int, host_name: str, if_name: str, mac: str,
-             bridge_index: int) -> PodLink:
+             bridge_index: int, mtu: int | None = None) -> PodLink:
     """A veth pair: ``if_name`` in the pod, ``host_name`` up on the node bridge, both ends with the bridge's MTU.
 
     One RTM_NEWLINK makes both ends, the host end already enslaved and up and the pod end with its
@@ -130,7 +130,7 @@ def add_veth(host: IPRoute, pod: IPRoute, pod_fd: int, host_name: str, if_name: 
     netlink round trip costs about a millisecond through pyroute2, so the common case is kept to four.
     """
     mac = mac or generate_mac()
-    mtu = mtu_of(host, bridge_index)
+    mtu = mtu or mtu_of(host, bridge_index)  # known by the segments service, or read here
     spec = {"ifname": host_name, "kind": "veth", "master": bridge_index, "state": "up", "mtu": mtu,
             "peer": {"ifname": if_name, "net_ns_fd": pod_fd, "address": mac, "mtu": mtu}}
     try:

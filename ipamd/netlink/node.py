@@ -30,5 +30,8 @@ class NetlinkNodeLinks:
     def index(self, name: str) -> int | None:
         return segment_links.bridge_index(self.host(), name)
 
+    def mtu(self, index: int) -> int:
+        return links.mtu_of(self.host(), index)
+
     def delete(self, name: str) -> bool:
         return links.delete_link(self.host(), name)

@@ -70,6 +70,8 @@ class SegmentService(Protocol):
 
     def bridge_index(self, net: ResolvedNetwork, bridge: str) -> int: ...
 
+    def bridge_mtu(self, bridge: str) -> int | None: ...
+
     def lost(self, bridge: str) -> bool: ...
 
 
@@ -319,7 +321,7 @@ class Attacher:
         net = w.net
         ctx = BuildContext(self.host_netlink(), pod_side,
                            (lambda: self.segments.bridge_index(net, iface.bridge)) if net is not None else _no_bridge,
-                           left.append)
+                           left.append, lambda: self.segments.bridge_mtu(iface.bridge) if net is not None else None)
         try:
             done = driver.build(ctx, iface, undo)
         except InterfaceFailure:

@@ -12,6 +12,7 @@ class FakeNodeLinks:
         self.links: dict[str, dict[str, object]] = {}  # name -> what it is (kind, master, ...)
         self.calls: list[tuple[str, ...]] = []
         self._next = 10
+        self.mtus: dict[int, int] = {}  # bridge index -> MTU (its uplink's); 1500 unless a test says otherwise
 
     def ensure_bridge(self, name: str, uplink: str) -> int:
         self.calls.append(("bridge", name, uplink))
@@ -44,6 +45,9 @@ class FakeNodeLinks:
     def index(self, name: str) -> int | None:
         link = self.links.get(name)
         return int(str(link["index"])) if link and "index" in link else None
+
+    def mtu(self, index: int) -> int:
+        return self.mtus.get(index, 1500)
 
     def delete(self, name: str) -> bool:
         self.calls.append(("delete", name))

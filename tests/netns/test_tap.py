@@ -269,6 +269,9 @@ def test_tap_build_is_made_again_once_the_lost_bridge_is(world: World) -> None:
                         self.index = segment_links.ensure_bridge(host, bridge, "")
                     return self.index
 
+                def bridge_mtu(self, bridge: str) -> int | None:
+                    return None
+
                 def lost(self, bridge: str) -> bool:
                     if segment_links.bridge_index(host, bridge) is not None:
                         return False

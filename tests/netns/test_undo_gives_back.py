@@ -58,6 +58,9 @@ def _parallel_add_with_net2_taken(node_path: str, pod_path: str, kind: str) -> t
         def bridge_index(self, net: Any, bridge: str) -> int:
             return segment_links.bridge_index(host(), bridge) or 0
 
+        def bridge_mtu(self, bridge: str) -> int | None:
+            return None
+
         def lost(self, bridge: str) -> bool:
             return False
 

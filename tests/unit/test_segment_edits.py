@@ -87,6 +87,22 @@ def test_an_unchanged_class_costs_no_link_call() -> None:
     assert links.calls == made, f"asked the kernel again for nothing: {links.calls[len(made):]}"
 
 
+def test_the_bridge_mtu_is_known_without_a_netlink_call_on_add_and_follows_its_uplink() -> None:
+    """A pod's interface gets its bridge's MTU (its uplink's) from the segments service, read when the bridge is set
+    up and again on each reconcile round (an uplink's MTU changed since), forgotten with a bridge found lost."""
+    links = FakeNodeLinks()
+    segments = Segments(MemoryStore(), links, lambda: 0.0)
+    net = network(vxlan_class(["198.18.0.2"]))
+    rec, index = segments.ensure(net)
+    assert segments.bridge_mtu(rec.bridge) == 1500
+    links.mtus[index] = 1450  # the underlay's MTU lowered
+    assert segments.bridge_mtu(rec.bridge) == 1500, "ADD reads the cache only"
+    segments.ensure(net)  # the reconcile round
+    assert segments.bridge_mtu(rec.bridge) == 1450
+    del links.links[rec.bridge]  # removed behind Plexus's back
+    assert segments.lost(rec.bridge) and segments.bridge_mtu(rec.bridge) is None, "the driver reads it itself"
+
+
 def test_a_class_edit_that_cannot_be_applied_leaves_the_bridge_serving_and_is_tried_again() -> None:
     links = FakeNodeLinks()
     segments = Segments(MemoryStore(), links, lambda: 0.0)
