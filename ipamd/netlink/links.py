@@ -121,6 +121,25 @@ def pod_names_free(pod: IPRoute, *names: str) -> None:
         pod_name_free(pod, name)
 
 
+def add_veth_pair(host: IPRoute, spec: dict[str, Any]) -> None:
+    """Both ends of a veth in one RTM_NEWLINK (``spec``: the node end, its ``peer`` in the pod). A node end of that
+    name is one a crashed ADD of this very attachment left (its name is derived from it): it is replaced. The pod
+    end's name taken in the pod is refused."""
+    host_name, pod_name = spec["ifname"], spec["peer"]["ifname"]
+    try:
+        host.link("add", **spec)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise netlink_failure(f"creating veth {pod_name}", exc) from None
+        if index_of(host, host_name) is None:
+            raise InterfaceFailure(f"interface {pod_name} already exists in the pod", pod_name) from None
+        delete_link(host, host_name)
+        try:
+            host.link("add", **spec)
+        except NetlinkError as again:
+            raise netlink_failure(f"creating veth {pod_name}", again) from None
+
+
 def add_veth(host: IPRoute, pod: IPRoute, pod_fd: int, host_name: str, if_name: str, mac: str,
              bridge_index: int, mtu: int | None = None) -> PodLink:
     """A veth pair: ``if_name`` in the pod, ``host_name`` up on the node bridge, both ends with the bridge's MTU.
@@ -131,20 +150,8 @@ def add_veth(host: IPRoute, pod: IPRoute, pod_fd: int, host_name: str, if_name: 
     """
     mac = mac or generate_mac()
     mtu = mtu or mtu_of(host, bridge_index)  # known by the segments service, or read here
-    spec = {"ifname": host_name, "kind": "veth", "master": bridge_index, "state": "up", "mtu": mtu,
-            "peer": {"ifname": if_name, "net_ns_fd": pod_fd, "address": mac, "mtu": mtu}}
-    try:
-        host.link("add", **spec)
-    except NetlinkError as exc:
-        if exc.code != errno.EEXIST:
-            raise netlink_failure(f"creating veth {if_name}", exc) from None
-        if index_of(host, host_name) is None:
-            raise InterfaceFailure(f"interface {if_name} already exists in the pod", if_name) from None
-        delete_link(host, host_name)  # left by a crashed ADD of this very attachment
-        try:
-            host.link("add", **spec)
-        except NetlinkError as again:
-            raise netlink_failure(f"creating veth {if_name}", again) from None
+    add_veth_pair(host, {"ifname": host_name, "kind": "veth", "master": bridge_index, "state": "up", "mtu": mtu,
+                         "peer": {"ifname": if_name, "net_ns_fd": pod_fd, "address": mac, "mtu": mtu}})
     idx = index_of(pod, if_name)
     if idx is None:
         raise InterfaceFailure(f"interface {if_name} vanished while being set up", if_name)

@@ -21,7 +21,7 @@ from pyroute2.netlink.rtnl.ifinfmsg.tuntap import TUNSETGROUP, TUNSETIFF, TUNSET
 
 from cni.errors import InterfaceFailure
 from ipamd.netlink import sysctl
-from ipamd.netlink.links import delete_link, index_of, mtu_of, netlink_failure
+from ipamd.netlink.links import add_veth_pair, index_of, mtu_of, netlink_failure
 from ipamd.netlink.netns import in_namespace
 
 #: A TAP as qemu opens it (no packet information header, virtio-net headers); EXCL: made, never someone else's
@@ -41,20 +41,8 @@ def segment_mtu(host: IPRoute, bridge_index: int) -> int:
 def add_node_veth(host: IPRoute, pod_fd: int, host_name: str, inner_veth: str, bridge_index: int, mtu: int) -> None:
     """The veth from the node bridge into the pod: ``host_name`` up on the bridge, ``inner_veth`` (down) in the pod.
     One request, so a bridge gone makes nothing (the kernel removes a link that cannot join its master)."""
-    spec = {"ifname": host_name, "kind": "veth", "master": bridge_index, "state": "up", "mtu": mtu,
-            "peer": {"ifname": inner_veth, "net_ns_fd": pod_fd, "mtu": mtu}}
-    try:
-        host.link("add", **spec)
-    except NetlinkError as exc:
-        if exc.code != errno.EEXIST:
-            raise netlink_failure(f"creating veth {inner_veth}", exc) from None
-        if index_of(host, host_name) is None:
-            raise InterfaceFailure(f"interface {inner_veth} already exists in the pod", inner_veth) from None
-        delete_link(host, host_name)  # left by a crashed ADD of this very attachment
-        try:
-            host.link("add", **spec)
-        except NetlinkError as again:
-            raise netlink_failure(f"creating veth {inner_veth}", again) from None
+    add_veth_pair(host, {"ifname": host_name, "kind": "veth", "master": bridge_index, "state": "up", "mtu": mtu,
+                         "peer": {"ifname": inner_veth, "net_ns_fd": pod_fd, "mtu": mtu}})
 
 
 def add_inner_bridge(pod: IPRoute, name: str, mtu: int) -> int:

@@ -250,17 +250,24 @@ def test_ipv6_default_route_swaps_and_comes_back(world: World) -> None:
     assert _default_details(pod, socket.AF_INET6) == before
 
 
-def test_del_gives_the_pod_its_default_route_back(world: World) -> None:
-    """The runtime's DEL of an attachment whose delegate took the default route (a network unplugged from a running
-    pod): the delegate's interface goes, and the cluster network's route comes back; a DEL again changes nothing."""
+def _delegate_added_then_its_interface_gone(world: World) -> tuple[IPRoute, DelegateDriver, BuiltInterface]:
+    """A delegate that took the pod's default route, its record as the store keeps it, and its interface removed as
+    the delegate's own DEL does: what the driver's teardown is left to do."""
     pod = _cluster_and_delegate(world)
     driver, iface = _delegated(world, "198.18.40.1")
     with contextlib.ExitStack() as undo:
         done = driver.build(BuildContext(world.host, world.pod, lambda: 0), iface, undo)
         undo.pop_all()
     built = BuiltInterface(iface.if_name, iface.kind, iface.network_key, iface.network_type, iface.network_name,
-                           driver=json.loads(json.dumps(done.state)))  # as the store keeps it
-    pod.link("del", index=up(pod, "net1"))  # what the delegate's DEL does
+                           driver=json.loads(json.dumps(done.state)))
+    pod.link("del", index=up(pod, "net1"))
+    return pod, driver, built
+
+
+def test_del_gives_the_pod_its_default_route_back(world: World) -> None:
+    """The runtime's DEL of an attachment whose delegate took the default route (a network unplugged from a running
+    pod): the delegate's interface goes, and the cluster network's route comes back; a DEL again changes nothing."""
+    pod, driver, built = _delegate_added_then_its_interface_gone(world)
     ctx = LinksContext(world.host, world.pod.netlink, world.paths["pod"])
     driver.teardown(ctx, built)
     assert _defaults(pod) == ["via 198.18.43.1 dev eth0"]
@@ -270,14 +277,7 @@ def test_del_gives_the_pod_its_default_route_back(world: World) -> None:
 
 def test_del_leaves_a_default_route_someone_else_set_alone(world: World) -> None:
     """The pod has a default route again by the time of the DEL (another attachment took it): it is not replaced."""
-    pod = _cluster_and_delegate(world)
-    driver, iface = _delegated(world, "198.18.40.1")
-    with contextlib.ExitStack() as undo:
-        done = driver.build(BuildContext(world.host, world.pod, lambda: 0), iface, undo)
-        undo.pop_all()
-    built = BuiltInterface(iface.if_name, iface.kind, iface.network_key, iface.network_type, iface.network_name,
-                           driver=done.state or {})
-    pod.link("del", index=up(pod, "net1"))
+    pod, driver, built = _delegate_added_then_its_interface_gone(world)
     pod.route("add", dst="0.0.0.0/0", gateway="198.18.43.7")
     driver.teardown(LinksContext(world.host, world.pod.netlink, world.paths["pod"]), built)
     assert _defaults(pod) == ["via 198.18.43.7 dev eth0"]

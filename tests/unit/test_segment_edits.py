@@ -7,7 +7,6 @@ import errno
 from typing import Any
 
 import pytest
-from pyroute2 import IPBatch
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
@@ -17,6 +16,7 @@ from ipamd.model.objects import Network, NetworkClass, VxlanSpec, parse_object
 from ipamd.netlink import segment_links
 from ipamd.node.segments import Segments
 from tests.fakes.links import FakeNodeLinks
+from tests.fakes.messages import encode
 from tests.fakes.store import MemoryStore
 
 GROUP = "network.deckhouse.io/v1alpha1"
@@ -154,17 +154,6 @@ def test_the_reconcile_round_applies_a_class_edit() -> None:
 
 
 # -- ensure_vlan at the message level ---------------------------------------------------------------------------------
-
-def encode(spec: dict[str, Any]) -> ifinfmsg:
-    batch = IPBatch()
-    try:
-        batch.link("add", **spec)
-        msg = ifinfmsg(batch.batch)
-        msg.decode()
-        return msg
-    finally:
-        batch.close()
-
 
 class MessageIPRoute:
     """An IPRoute whose links are the RTM_NEWLINK requests it was sent, decoded (each with an index): what

@@ -7,27 +7,13 @@ sending them), decoded back, and its attributes compared with what the kernel ex
 
 from __future__ import annotations
 
-from typing import Any
-
-from pyroute2 import IPBatch
 from pyroute2.netlink.rtnl import RTM_NEWLINK
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from ipamd.netlink.segment_links import vlan_spec, vxlan_spec
+from tests.fakes.messages import encode
 
 NLM_F_CREATE = 0x400
 NLM_F_EXCL = 0x200
-
-
-def encode(spec: dict[str, Any]) -> ifinfmsg:
-    batch = IPBatch()
-    try:
-        batch.link("add", **spec)
-        msg = ifinfmsg(batch.batch)
-        msg.decode()
-        return msg
-    finally:
-        batch.close()
 
 
 def test_vlan_request_carries_kind_id_protocol_and_parent() -> None:
