@@ -54,7 +54,7 @@ class TapDriver:
         # refused first: the undo steps below remove these names from the pod, and must not take someone else's link
         links.pod_names_free(pod, iface.if_name, names.inner_bridge, names.inner_veth)
         bridge = ctx.bridge_index()
-        mtu = ctx.bridge_mtu() or tap_links.segment_mtu(ctx.host, bridge)
+        mtu = ctx.bridge_mtu() or links.mtu_of(ctx.host, bridge)
         # joins the node bridge in the request that makes it: a bridge gone leaves nothing for a second build
         tap_links.add_node_veth(ctx.host, ctx.pod.fd, iface.host_link, names.inner_veth, bridge, mtu)
         undo.callback(quietly, f"veth {iface.host_link}", links.delete_link, ctx.host, iface.host_link)

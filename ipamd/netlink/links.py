@@ -74,8 +74,12 @@ def index_of(ipr: IPRoute, name: str) -> int | None:
 
 def mtu_of(ipr: IPRoute, index: int) -> int:
     """The link's MTU: a segment's bridge has the smallest of its ports' (its uplink's), which a pod's interface on
-    it must not exceed, or full-size frames are dropped at the uplink with no ICMP to say so (it is L2)."""
-    return int(ipr.link("get", index=index)[0].get_attr("IFLA_MTU"))
+    it must not exceed, or full-size frames are dropped at the uplink with no ICMP to say so (it is L2). A bridge
+    gone is an ``InterfaceFailure``, after which the caller may make it again and build once more."""
+    try:
+        return int(ipr.link("get", index=index)[0].get_attr("IFLA_MTU"))
+    except NetlinkError as exc:
+        raise netlink_failure("reading the MTU of the segment bridge", exc) from None
 
 
 def generate_mac() -> str:
@@ -95,19 +99,6 @@ class PodLink:
     mac: str
     host_link: str = ""
     index: int = 0  # in the pod's namespace
-
-
-def set_mac_up(ipr: IPRoute, name: str, mac: str, up: bool = True) -> PodLink:
-    idx = index_of(ipr, name)
-    if idx is None:
-        raise InterfaceFailure(f"interface {name} vanished while being set up", name)
-    kwargs: dict[str, Any] = {"index": idx}
-    if mac:
-        kwargs["address"] = mac
-    if up:
-        kwargs["state"] = "up"
-    ipr.link("set", **kwargs)
-    return PodLink(name, mac or str(ipr.link("get", index=idx)[0].get_attr("IFLA_ADDRESS")), index=idx)
 
 
 def pod_name_free(pod: IPRoute, name: str) -> None:

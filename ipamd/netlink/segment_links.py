@@ -39,6 +39,8 @@ def l2_only(host: IPRoute, name: str) -> None:
     try:
         own = os.fstat(netns).st_ino == os.stat("/proc/thread-self/ns/net").st_ino
         sysctl.set_conf(None if own else netns, socket.AF_INET6, name, "disable_ipv6", "1")
+    except OSError as exc:  # a read-only /proc/sys, say: the segment would not be L2 only
+        raise InterfaceFailure(f"turning IPv6 off on {name} failed", str(exc)) from None
     finally:
         os.close(netns)
 
@@ -88,8 +90,9 @@ def _refuse_taken_uplink(host: IPRoute, uplink: str, bridge: str, master: int | 
 
 def _refuse_second_uplink(host: IPRoute, bridge_index: int, uplink: str, bridge: str) -> None:
     """A bridge has one uplink: a NIC still its port (the parent of the class before it was edited) and ``uplink``
-    would join their two networks into one. Pods' node ends are Plexus's names, NICs are not."""
-    nics = [port for port in _ports(host, bridge_index) if not port.startswith(PREFIX)]
+    would join their two networks into one. Pods' node ends are Plexus's names, NICs are not; ``uplink`` itself may
+    be a port already (another ADD set the same bridge up at the same moment)."""
+    nics = [port for port in _ports(host, bridge_index) if not port.startswith(PREFIX) and port != uplink]
     if nics:
         raise InterfaceFailure(f"bridge {bridge} already has {nics[0]} as its uplink, so {uplink} cannot be one too (it "
                                f"would join their networks): take {nics[0]} off {bridge} for {uplink} to replace it",
@@ -255,10 +258,3 @@ def _converge_flood_list(host: IPRoute, index: int, wanted: set[str]) -> None:
 
 def bridge_index(host: IPRoute, bridge: str) -> int | None:
     return index_of(host, bridge)
-
-
-def bridge_ports(host: IPRoute, bridge: str) -> list[str]:
-    idx = index_of(host, bridge)
-    if idx is None:
-        return []
-    return [link.get_attr("IFLA_IFNAME") for link in host.get_links() if link.get_attr("IFLA_MASTER") == idx]

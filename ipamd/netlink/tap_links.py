@@ -21,21 +21,12 @@ from pyroute2.netlink.rtnl.ifinfmsg.tuntap import TUNSETGROUP, TUNSETIFF, TUNSET
 
 from cni.errors import InterfaceFailure
 from ipamd.netlink import sysctl
-from ipamd.netlink.links import add_veth_pair, index_of, mtu_of, netlink_failure
+from ipamd.netlink.links import add_veth_pair, index_of, netlink_failure
 from ipamd.netlink.netns import in_namespace
 
 #: A TAP as qemu opens it (no packet information header, virtio-net headers); EXCL: made, never someone else's
 #: TAP of that name attached to.
 TAP_FLAGS = IFT_TAP | IFT_NO_PI | IFT_VNET_HDR | IFT_TUN_EXCL
-
-
-def segment_mtu(host: IPRoute, bridge_index: int) -> int:
-    """The segment bridge's MTU (its uplink's); a bridge gone is an ``InterfaceFailure``, after which the caller may
-    make the bridge again and build once more (nothing was made yet)."""
-    try:
-        return mtu_of(host, bridge_index)
-    except NetlinkError as exc:
-        raise netlink_failure("reading the MTU of the segment bridge", exc) from None
 
 
 def add_node_veth(host: IPRoute, pod_fd: int, host_name: str, inner_veth: str, bridge_index: int, mtu: int) -> None:

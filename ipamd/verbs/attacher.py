@@ -342,7 +342,7 @@ class Attacher:
                    for (w, iface, _), stack in zip(planned, stacks, strict=True)]
         wait([future for _, future in started])
         for (lane, _), stack in zip(started, stacks, strict=True):
-            undo.callback(self._unwind_in, lane, stack)
+            undo.callback(quietly, "a parallel build", self._unwind_in, lane, stack)
         return [(w, iface, future.result()) for (w, iface, _), (_, future) in zip(planned, started, strict=True)]
 
     def _unwind_in(self, lane: int, stack: contextlib.ExitStack) -> None:

@@ -244,3 +244,13 @@ def test_a_failed_macvlan_add_takes_its_fdb_entry_back(world: World) -> None:
     assert links.index_of(world.pod.netlink(), "net1") is None
 
 
+
+
+def test_the_mtu_of_a_bridge_gone_is_an_interface_failure(world: World) -> None:
+    """The bridge removed between the ADD's ask for it and its MTU read: 105, which the attacher answers by making the
+    bridge again and building once more, not 999."""
+    index = segment_links.ensure_bridge(world.host, BRIDGE, "")
+    world.host.link("del", index=index)
+    with pytest.raises(CniError) as failed:
+        links.mtu_of(world.host, index)
+    assert failed.value.code == 105

@@ -183,3 +183,22 @@ def test_removing_the_segment_removes_what_was_made(world: World) -> None:
     assert node.delete("plx-vb-5005") and node.delete(vx)
     names = {link.get_attr("IFLA_IFNAME") for link in world.host.get_links()}
     assert not {"plx-vb-5005", vx} & names
+
+
+def test_two_adds_setting_the_bridge_up_at_once_both_take_its_uplink(world: World) -> None:
+    """Two first ADDs (or an ADD and the reconcile loop's first round) set the same bridge up at the same moment: one
+    made the NIC its port between the other's read of the NIC's master and its look at the bridge's ports. That NIC
+    is the bridge's own uplink, not a second one."""
+    world.host.link("add", ifname="nic0", kind="veth", peer={"ifname": "nic0p"})
+    idx = segment_links.ensure_bridge(world.host, BRIDGE, "nic0")  # the other ADD's
+    segment_links._refuse_second_uplink(world.host, idx, "nic0", BRIDGE)  # this ADD's look, after its stale read
+
+
+def test_a_sysctl_that_cannot_be_written_is_an_interface_failure(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only ``/proc/sys`` (a node container without the rights): ADD answers 105 naming the bridge, not 999."""
+    def refused(*args: Any) -> bool:
+        raise PermissionError(13, "Read-only file system")
+
+    monkeypatch.setattr("ipamd.netlink.sysctl.set_conf", refused)
+    with pytest.raises(InterfaceFailure, match=BRIDGE):
+        segment_links.ensure_bridge(world.host, BRIDGE, "")
