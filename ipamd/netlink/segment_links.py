@@ -163,21 +163,27 @@ def _vlan_of(link: Any) -> tuple[int, int] | None:
 
 def _remove_other_vlan(host: IPRoute, link: Any, parent: str, vlan_id: int) -> None:
     """Delete the uplink Plexus made for VLAN ``vlan_id`` on another parent (or of another kind), so it is made
-    again on ``parent``; refused while pods are on its bridge (they would change wires under their feet)."""
+    again on ``parent``; refused while pods are on its bridge."""
+    now = _vlan_of(link)
+    was = f"VLAN {now[1]} on {_name_of(host, now[0])}" if now else "a link of another kind"
+    _remove_other_uplink(host, link, was, f"VLAN {vlan_id} on {parent}", "parentNodeNetworkInterfaces")
+
+
+def _remove_other_uplink(host: IPRoute, link: Any, was: str, asked: str, field: str) -> None:
+    """Delete an uplink Plexus made that is not the one its class asks for now (``was`` / ``asked``: how each is
+    described), so it is made again; refused while pods are on its bridge (they would change wires under their
+    feet), naming the class's ``field``."""
     name, index = link.get_attr("IFLA_IFNAME"), int(link["index"])
     master = link.get_attr("IFLA_MASTER")
     pods = [port for port in _ports(host, master) if port != name] if master else []
     if pods:
-        now = _vlan_of(link)
-        was = f"VLAN {now[1]} on {_name_of(host, now[0])}" if now else "a link of another kind"
-        raise InterfaceFailure(f"{name} is {was}, but VLAN {vlan_id} on {parent} is asked for (the class's "
-                               f"parentNodeNetworkInterfaces edited?): it is made again on {parent} once no pod is on "
-                               f"bridge {_name_of(host, master)} ({len(pods)} ports are)", "parentNodeNetworkInterfaces")
+        raise InterfaceFailure(f"{name} is {was}, but {asked} is asked for (the class's {field} edited?): it is made "
+                               f"again once no pod is on bridge {_name_of(host, master)} ({len(pods)} ports are)", field)
     try:
         host.link("del", index=index)
     except NetlinkError as exc:
         if exc.code not in GONE:
-            raise netlink_failure(f"removing {name} to make it again on {parent}", exc) from None
+            raise netlink_failure(f"removing {name} to make it again as {asked}", exc) from None
 
 
 def vxlan_spec(name: str, vni: int, underlay_index: int | None, port: int, group: str, local: str) -> dict[str, Any]:
@@ -210,13 +216,19 @@ def ensure_vxlan(host: IPRoute, vni: int, underlay: str, remotes: Iterable[str],
     serves every node, so its remotes may include this node: that one is skipped."""
     name = uplink_name("vxlan", vni)
     remotes = list(remotes)
-    idx = index_of(host, name)
+    under = index_of(host, underlay) if underlay else None
+    if underlay and under is None:
+        raise InterfaceFailure(f"underlay interface {underlay} for VNI {vni} does not exist", underlay)
+    local = vxlan_local(local, group, remotes)
+    found = _link(host, name)
+    asked = _vxlan_settings(vni, port, group, local, under)
+    if found is not None and _vxlan_of(found) != asked:  # the class's tunnel edited: made again
+        _remove_other_uplink(host, found, _spoken(host, _vxlan_of(found)), _spoken(host, asked), "spec.vxlan")
+        found = None
+    idx = int(found["index"]) if found is not None else None
     if idx is None:
-        under = index_of(host, underlay) if underlay else None
-        if underlay and under is None:
-            raise InterfaceFailure(f"underlay interface {underlay} for VNI {vni} does not exist", underlay)
         try:
-            host.link("add", **vxlan_spec(name, vni, under, port, group, vxlan_local(local, group, remotes)))
+            host.link("add", **vxlan_spec(name, vni, under, port, group, local))
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
                 raise netlink_failure(f"creating VXLAN {vni}", exc) from None
@@ -232,6 +244,36 @@ def ensure_vxlan(host: IPRoute, vni: int, underlay: str, remotes: Iterable[str],
         wanted.add(same_ip(group))
     _converge_flood_list(host, idx, wanted)
     return name
+
+
+def _vxlan_settings(vni: int, port: int, group: str, local: str, underlay: int | None) -> tuple[int, int, str, str, int]:
+    """What tells one VXLAN tunnel from another, as the kernel reports it: (VNI, port, group, local, underlay index);
+    an any-address local is none (the kernel does not report it)."""
+    return vni, port, same_ip(group) if group else "", same_ip(local) if local not in ("", "0.0.0.0", "::") else "", \
+        underlay or 0
+
+
+def _spoken(host: IPRoute, settings: tuple[int, int, str, str, int] | None) -> str:
+    if settings is None:
+        return "a link of another kind"
+    vni, port, group, local, underlay = settings
+    return " ".join([f"VXLAN {vni} port {port}", *([f"group {group}"] if group else []),
+                     *([f"local {local}"] if local else []), *([f"on {_name_of(host, underlay)}"] if underlay else [])])
+
+
+def _vxlan_of(link: Any) -> tuple[int, int, str, str, int] | None:
+    """The settings of a VXLAN link (``_vxlan_settings``); None for a link of another kind."""
+    info = link.get_attr("IFLA_LINKINFO")
+    if info is None or info.get_attr("IFLA_INFO_KIND") != "vxlan":
+        return None
+    data = info.get_attr("IFLA_INFO_DATA")
+
+    def attr(*names: str) -> Any:
+        return next((v for v in (data.get_attr(n) for n in names) if v), None) if data is not None else None
+
+    return _vxlan_settings(int(attr("IFLA_VXLAN_ID") or 0), int(attr("IFLA_VXLAN_PORT") or 0),
+                           attr("IFLA_VXLAN_GROUP", "IFLA_VXLAN_GROUP6") or "",
+                           attr("IFLA_VXLAN_LOCAL", "IFLA_VXLAN_LOCAL6") or "", attr("IFLA_VXLAN_LINK"))
 
 
 def _converge_flood_list(host: IPRoute, index: int, wanted: set[str]) -> None:

@@ -202,3 +202,26 @@ def test_a_sysctl_that_cannot_be_written_is_an_interface_failure(world: World, m
     monkeypatch.setattr("ipamd.netlink.sysctl.set_conf", refused)
     with pytest.raises(InterfaceFailure, match=BRIDGE):
         segment_links.ensure_bridge(world.host, BRIDGE, "")
+
+
+def test_an_edited_tunnel_is_made_again_while_no_pod_is_on_its_segment(world: World) -> None:
+    """The class's port (or group, local address, underlay) edited: the device is made again with it once no pod is
+    on the segment, and refused naming spec.vxlan while one is; an unchanged class keeps its device."""
+    vx = segment_links.ensure_vxlan(world.host, 5004, "", ["198.18.0.2"], "", 4789, "")
+    first = link(world.host, vx)["index"]
+    assert segment_links.ensure_vxlan(world.host, 5004, "", ["198.18.0.2"], "", 4789, "") == vx
+    assert link(world.host, vx)["index"] == first, "unchanged: kept"
+
+    segment_links.ensure_vxlan(world.host, 5004, "", ["198.18.0.2"], "", 8472, "")
+    data = link(world.host, vx).get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
+    assert data.get_attr("IFLA_VXLAN_PORT") == 8472, "the tunnel keeps the port the class no longer says"
+    assert _flood(world, vx) == ["198.18.0.2"]
+
+    segment_links.ensure_bridge(world.host, BRIDGE, vx)
+    with contextlib.ExitStack() as undo:
+        VethDriver().build(_ctx(world), _iface("veth"), undo)
+        undo.pop_all()
+    with pytest.raises(InterfaceFailure) as refused:
+        segment_links.ensure_vxlan(world.host, 5004, "", ["198.18.0.2"], "", 4789, "")
+    assert refused.value.details == "spec.vxlan" and "port 8472" in refused.value.msg, refused.value.msg
+    assert link(world.host, vx).get_attr("IFLA_MASTER") == link(world.host, BRIDGE)["index"], "left as it was"
