@@ -160,9 +160,10 @@ class Segments:
 
     def ensure(self, net: ResolvedNetwork) -> tuple[SegmentRecord, int]:
         """Make the bridge (and uplink) exist on the node as the class says now; return the record and the
-        bridge's index. No netlink call for a bridge set up already from the same class: that the class changed
-        is seen here, on the reconcile loop's round (an ADD asks ``bridge_index``); when making its links again
-        fails, the bridge keeps serving ADDs as it was, and the next round tries again."""
+        bridge's index. For a bridge set up already from the same class, only its MTU is read again (an uplink's
+        changed since); that the class changed is seen here, on the reconcile loop's round (an ADD asks
+        ``bridge_index``); when making its links again fails, the bridge keeps serving ADDs as it was, and the next
+        round tries again."""
         plan = self.plan(net)
         rec = plan.record
         known = self._ready.get(rec.bridge)
