@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cni.errors import InterfaceFailure
 from ipamd.model.names import bridge_name, uplink_name
 from ipamd.model.objects import STATUS_ANNOTATION, ClusterNetwork, Network, NetworkClass
 from ipamd.model.services import status_entries
@@ -76,6 +77,12 @@ def granted_id(obj: Network | ClusterNetwork) -> int | None:
     a ClusterNetwork's own (fixed by the administrator; the controller honours it). A Network's
     ``spec.vlan.id`` is only a request until the controller grants it."""
     return obj.status_vlan_id or (obj.vlan_id if isinstance(obj, ClusterNetwork) else None)
+
+
+class SegmentInUse(InterfaceFailure):
+    """A segment's links cannot be made as its class now says while pods are on its bridge (its uplink is another
+    parent's VLAN, another tunnel, or another NIC is its port): the bridge serves as it is, and the edit is applied
+    once they are gone."""
 
 
 class IdUnavailable(ValueError):

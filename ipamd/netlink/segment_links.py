@@ -19,6 +19,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from cni.errors import InterfaceFailure, TryAgainLater
 from ipamd.model.names import PREFIX, uplink_name
+from ipamd.model.segments import SegmentInUse
 from ipamd.netlink import sysctl
 from ipamd.netlink.links import GONE, family_of, index_of, netlink_failure, same_ip
 
@@ -94,7 +95,7 @@ def _refuse_second_uplink(host: IPRoute, bridge_index: int, uplink: str, bridge:
     be a port already (another ADD set the same bridge up at the same moment)."""
     nics = [port for port in _ports(host, bridge_index) if not port.startswith(PREFIX) and port != uplink]
     if nics:
-        raise InterfaceFailure(f"bridge {bridge} already has {nics[0]} as its uplink, so {uplink} cannot be one too (it "
+        raise SegmentInUse(f"bridge {bridge} already has {nics[0]} as its uplink, so {uplink} cannot be one too (it "
                                f"would join their networks): take {nics[0]} off {bridge} for {uplink} to replace it",
                                "parentNodeNetworkInterfaces")
 
@@ -177,7 +178,7 @@ def _remove_other_uplink(host: IPRoute, link: Any, was: str, asked: str, field: 
     master = link.get_attr("IFLA_MASTER")
     pods = [port for port in _ports(host, master) if port != name] if master else []
     if pods:
-        raise InterfaceFailure(f"{name} is {was}, but {asked} is asked for (the class's {field} edited?): it is made "
+        raise SegmentInUse(f"{name} is {was}, but {asked} is asked for (the class's {field} edited?): it is made "
                                f"again once no pod is on bridge {_name_of(host, master)} ({len(pods)} ports are)", field)
     try:
         host.link("del", index=index)

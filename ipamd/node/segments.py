@@ -19,7 +19,15 @@ from cni.errors import AddressConflict, CniError, InvalidConfig, PoolExhausted, 
 from ipamd.ipam.addresses import ResolvedNetwork
 from ipamd.model.conditions import set_condition
 from ipamd.model.objects import ClusterNetwork, Network, NetworkClass, VxlanSpec
-from ipamd.model.segments import SEGMENT_KINDS, IdUnavailable, granted_id, id_pool, pick_id, segment_kind
+from ipamd.model.segments import (
+    SEGMENT_KINDS,
+    IdUnavailable,
+    SegmentInUse,
+    granted_id,
+    id_pool,
+    pick_id,
+    segment_kind,
+)
 from ipamd.model.timefmt import rfc3339
 from ipamd.store.protocols import SegmentStore
 from ipamd.store.records import SegmentRecord
@@ -111,7 +119,15 @@ class Segments:
         """The index of ``net``'s bridge, planned already by the caller: no second plan on ADD's path
         when the bridge is known to be up."""
         known = self._ready.get(bridge)
-        return known if known is not None else self.ensure(net)[1]
+        if known is not None:
+            return known
+        try:
+            return self.ensure(net)[1]
+        except SegmentInUse:
+            known = self._ready.get(bridge)  # its class edited while pods are on it: served as it is
+            if known is None:
+                raise
+            return known
 
     def bridge_mtu(self, bridge: str) -> int | None:
         """The bridge's MTU as last read (None: not known; the driver reads it itself)."""
@@ -163,19 +179,34 @@ class Segments:
         bridge's index. For a bridge set up already from the same class, only its MTU is read again (an uplink's
         changed since); that the class changed is seen here, on the reconcile loop's round (an ADD asks
         ``bridge_index``); when making its links again fails, the bridge keeps serving ADDs as it was, and the next
-        round tries again."""
+        round tries again (after a restart too, where the edit is refused while pods are on it)."""
         plan = self.plan(net)
         rec = plan.record
         known = self._ready.get(rec.bridge)
         if known is not None and self._applied.get(rec.bridge) == plan.links:
             self._read_mtu(rec.bridge, known)  # an uplink's MTU changed since is seen on the round
             return rec, known
-        index = self.links.ensure_bridge(rec.bridge, UPLINKS[plan.uplink](self.links, plan))
+        try:
+            index = self.links.ensure_bridge(rec.bridge, UPLINKS[plan.uplink](self.links, plan))
+        except SegmentInUse:
+            self._serve_as_it_is(rec.bridge)
+            raise
         self.mark_ready(rec, net.obj.meta.generation)
         self._ready[rec.bridge] = index
         self._applied[rec.bridge] = plan.links
         self._read_mtu(rec.bridge, index)
         return rec, index
+
+    def _serve_as_it_is(self, bridge: str) -> None:
+        """A bridge whose links cannot be made as its class now says while pods are on it keeps serving ADDs as it is,
+        until they are gone, as one set up before the edit does; after a restart, too, when nothing is known to be set
+        up yet (not ``_applied``: each round tries the edit again)."""
+        if bridge in self._ready:
+            return
+        index = self.links.index(bridge)
+        if index is not None:
+            self._ready[bridge] = index
+            self._read_mtu(bridge, index)
 
     def _read_mtu(self, bridge: str, index: int) -> None:
         """Keep the bridge's MTU; one that cannot be read is forgotten (a driver then reads it at its build, where a

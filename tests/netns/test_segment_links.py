@@ -14,9 +14,14 @@ from pyroute2 import IPRoute
 from cni.errors import CniError, InterfaceFailure
 from ipamd.drivers.base import BuildContext, InterfaceKey, InterfaceRequest
 from ipamd.drivers.veth import VethDriver
+from ipamd.ipam.addresses import ResolvedNetwork
+from ipamd.model.objects import Network, NetworkClass, parse_object
 from ipamd.netlink import segment_links
+from ipamd.netlink.node import NetlinkNodeLinks
+from ipamd.node.segments import Segments
 from ipamd.store.records import BuiltInterface
 from tests.conftest import wait_for
+from tests.fakes.store import MemoryStore
 from tests.netns.kernel_world import World, in_ns, link, read_in, read_text, ready_link_local, up
 
 pytestmark = pytest.mark.netns
@@ -225,3 +230,30 @@ def test_an_edited_tunnel_is_made_again_while_no_pod_is_on_its_segment(world: Wo
         segment_links.ensure_vxlan(world.host, 5004, "", ["198.18.0.2"], "", 4789, "")
     assert refused.value.details == "spec.vxlan" and "port 8472" in refused.value.msg, refused.value.msg
     assert link(world.host, vx).get_attr("IFLA_MASTER") == link(world.host, BRIDGE)["index"], "left as it was"
+
+
+def test_a_restarted_daemon_serves_a_segment_whose_tunnel_edit_waits_for_its_pods(world: World) -> None:
+    """The class's tunnel edited while a pod is on the segment, then the daemon restarted (nothing known to be set up):
+    its ADDs get the bridge there is, with the tunnel it has, as before the restart; the round reports the edit."""
+    store, links = MemoryStore(), NetlinkNodeLinks(lambda: world.host)
+    rec, index = Segments(store, links, lambda: 0.0).ensure(_vxlan_network(4789))
+    with contextlib.ExitStack() as undo:
+        VethDriver().build(_ctx(world, rec.bridge), _iface("veth"), undo)
+        undo.pop_all()
+    restarted = Segments(store, links, lambda: 0.0)
+    with pytest.raises(InterfaceFailure) as refused:
+        restarted.ensure(_vxlan_network(8472))
+    assert refused.value.details == "spec.vxlan", refused.value.msg
+    assert restarted.bridge_index(_vxlan_network(8472), rec.bridge) == index
+    vx = link(world.host, f"plx-vx-{rec.id}")
+    assert vx.get_attr("IFLA_MASTER") == index, "the pod's wire is left as it was"
+
+
+def _vxlan_network(port: int) -> ResolvedNetwork:
+    group = "network.deckhouse.io/v1alpha1"
+    cls = parse_object({"apiVersion": group, "kind": "NetworkClass", "metadata": {"name": "vx"},
+                        "spec": {"vxlan": {"vniPool": ["5100-5109"], "remotes": ["198.18.0.2"], "port": port}}})
+    obj = parse_object({"apiVersion": group, "kind": "Network", "metadata": {"name": "a", "namespace": "ns"},
+                        "spec": {"networkClass": "vx"}})
+    assert isinstance(cls, NetworkClass) and isinstance(obj, Network)
+    return ResolvedNetwork(obj.meta.key, "Network", "a", "ns", obj, cls, None)

@@ -13,6 +13,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from cni.errors import CniError, InterfaceFailure
 from ipamd.ipam.addresses import ResolvedNetwork
 from ipamd.model.objects import Network, NetworkClass, VxlanSpec, parse_object
+from ipamd.model.segments import SegmentInUse
 from ipamd.netlink import segment_links
 from ipamd.node.segments import Segments
 from tests.fakes.links import FakeNodeLinks
@@ -122,6 +123,40 @@ def test_a_class_edit_that_cannot_be_applied_leaves_the_bridge_serving_and_is_tr
     calls = len(links.calls)
     segments.ensure(network(vlan_class("eth2")))
     assert len(links.calls) == calls, "applied: no more calls"
+
+
+def test_a_restarted_daemon_serves_the_bridge_whose_edit_waits_for_its_pods() -> None:
+    """After a restart nothing is known to be set up: the bridge of a segment whose class edit is refused while pods
+    sit on it serves ADDs as it is (as it did before the restart), and the reconcile round still reports the edit."""
+    links, store = FakeNodeLinks(), MemoryStore()
+    rec, index = Segments(store, links, lambda: 0.0).ensure(network(vlan_class("eth1")))
+
+    def pods_on_it(parent: str, vlan_id: int) -> str:
+        raise SegmentInUse("pods are on it", "parentNodeNetworkInterfaces")
+
+    links.ensure_vlan = pods_on_it  # type: ignore[method-assign]
+    restarted = Segments(store, links, lambda: 0.0)
+    with pytest.raises(SegmentInUse):
+        restarted.ensure(network(vlan_class("eth2")))  # the round: reported on the Network
+    assert restarted.bridge_index(network(vlan_class("eth2")), rec.bridge) == index, "ADDs keep the bridge there is"
+    assert restarted.bridge_mtu(rec.bridge) == 1500
+
+    del links.ensure_vlan  # the pods gone: the edit is applied at the next round
+    restarted.ensure(network(vlan_class("eth2")))
+    assert links.links[f"plx-vl-{rec.id}"]["parent"] == "eth2"
+
+
+def test_a_refused_edit_serves_no_bridge_that_is_not_there() -> None:
+    links, store = FakeNodeLinks(), MemoryStore()
+    rec, _ = Segments(store, links, lambda: 0.0).ensure(network(vlan_class("eth1")))
+    del links.links[rec.bridge]
+
+    def pods_on_it(parent: str, vlan_id: int) -> str:
+        raise SegmentInUse("pods are on it", "parentNodeNetworkInterfaces")
+
+    links.ensure_vlan = pods_on_it  # type: ignore[method-assign]
+    with pytest.raises(SegmentInUse):
+        Segments(store, links, lambda: 0.0).bridge_index(network(vlan_class("eth2")), rec.bridge)
 
 
 def test_removing_the_segment_forgets_what_was_applied() -> None:
@@ -245,7 +280,7 @@ def test_a_vlan_on_the_old_parent_is_refused_while_pods_use_it(ipv6_off: list[st
     bridge = ipr.made(ifname="plx-br-700", kind="bridge")
     ipr.made(**segment_links.vlan_spec(eth1, "plx-vl-700", 700), master=bridge)
     ipr.made(ifname="plx0123456789a", kind="veth", master=bridge)  # a pod's node end
-    with pytest.raises(InterfaceFailure) as err:
+    with pytest.raises(SegmentInUse) as err:  # (the bridge serves as it is: the segments service reads it so)
         segment_links.ensure_vlan(ipr, "eth2", 700)
     assert err.value.details == "parentNodeNetworkInterfaces"
     for word in ("plx-vl-700", "eth1", "eth2", "plx-br-700"):
