@@ -465,7 +465,13 @@ class Controller:
                 raise
             # the lease made: what follows completes it or undoes it, past the renew deadline too (a later round skips
             # an IPAddress that holds a lease, and would never write its status)
-            if self._in_a_block(pool.meta.key, ip):  # claimed after our cache last saw the pool
+            try:
+                inside = self._in_a_block(pool.meta.key, ip)  # claimed after our cache last saw the pool?
+            except Exception:  # not known: undone as if it were (left, it could lie in a block its node leases in
+                with contextlib.suppress(Exception):  # alone, and this IPAddress, holding it, is never looked at again)
+                    self.objects.raw.delete(LEASE_KIND, body["metadata"]["name"])
+                raise
+            if inside:
                 self.objects.raw.delete(LEASE_KIND, body["metadata"]["name"])
                 taken.add(ip)
                 self.objects.check()

@@ -494,3 +494,34 @@ def test_a_node_does_not_give_back_its_own_block_on_a_404_of_a_kind_not_served_y
     _housekeeping(a)
     assert name in api.objs[BLOCK_KIND], "a's own block, leases inside, was deleted"
     assert set(held) <= a.addresses()
+
+
+def test_an_auto_ipaddresses_lease_whose_block_check_fails_is_undone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The round creates the lease of a user's Auto IPAddress, then asks whether a node claimed the address's block
+    meanwhile, and that GET fails (the API server answers 503). The lease was left: inside a block the cache had not
+    shown yet, where its node leases with no request (both then hold the address), and the IPAddress, holding a lease,
+    was skipped by every later round. It is deleted, and a later round leases the IPAddress again."""
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    api = FakeApi()
+    src = ControllerSource(api)
+    served_by(api, src.src)
+    src.src.add(auto_ip("user-auto", net="small-net"))
+    ctl = lease_controller(src)
+    _only(ctl, monkeypatch, "allocate_user_ipaddresses")
+    get = api.get
+
+    def failing_get(kind: str, name: str, namespace: str = "") -> dict[str, Any]:
+        if kind == BLOCK_KIND:
+            raise ApiException(status=503, reason="Service Unavailable")
+        return get(kind, name, namespace)
+
+    api.get = failing_get  # type: ignore[method-assign]
+    with pytest.raises(ApiException):  # the round stops there (the controller's loop logs it)
+        ctl.run_once()
+    assert not api.objs.get(LEASE_KIND), f"a lease left behind its failed block check: {api.objs.get(LEASE_KIND)}"
+    api.get = get  # type: ignore[method-assign]
+    now[0] += 61
+    ctl.run_once()
+    status = api.objs["IPAddress"]["ns/user-auto"].get("status") or {}
+    assert status.get("phase") == "Allocated", status
