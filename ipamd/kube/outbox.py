@@ -81,16 +81,43 @@ def judge(op: str, exc: BaseException) -> Verdict:
 
 
 def backoff(attempts: int) -> float:
-    return float(min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** max(0, attempts - 1)))
+    """(The exponent is bounded: past 1025 attempts, some 8 hours of a write failing, ``2 ** n`` no longer converts to
+    a float, and every pass raised.)"""
+    return float(min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** min(max(0, attempts - 1), 64)))
+
+
+def _left(until: float, now: float) -> float:
+    """How long until ``until``, a deadline set at most ``BACKOFF_MAX_S`` ahead (a write's backoff, the passes'): one
+    further off was set before the clock was stepped back (NTP's step, a VM restored), and is over, not waited out
+    for the length of the step. (``PARKED`` is no deadline: its callers leave it alone.)"""
+    return until - now if now < until <= now + BACKOFF_MAX_S else 0.0
+
+
+#: What a pass learned of the API server from one target's writes (``_send_chain``): nothing against it (made, or
+#: waiting), a write answered 408, 429 or 5xx (by the server, or by the object's webhook), or one not answered at all.
+FINE, FAILED, UNANSWERED = "fine", "failed", "unanswered"
+
+
+def _an_outage(results: list[str]) -> bool:
+    """Whether a pass that made nothing found the API server away: a write it did not answer at all, or the writes of
+    two objects or more answered 5xx or 429. One object's write failing alone may be its own (its webhook's): taken
+    for an outage, it held every later write up to ``BACKOFF_MAX_S``."""
+    return UNANSWERED in results or results.count(FAILED) >= 2
 
 
 class Outbox:
-    """Owes writes (``add``) and makes them on a background thread (``start``); ``flush`` makes one pass now."""
+    """Owes writes (``add``) and makes them on a background thread (``start``); ``flush`` makes one pass now.
+
+    ``clock`` stamps what the store keeps (``created_at``, ``next_at``: wall-clock, valid across restarts);
+    ``monotonic`` times the waits kept in memory (the passes' backoff, ``api_away``), which a step of the wall clock
+    must not stretch: ``time.monotonic`` with the wall clock, else (a test's) ``clock`` too."""
 
     def __init__(self, store: OutboxStore, senders: Senders, clock: Callable[[], float] = time.time,
                  workers: int = 4, settle_s: float = 0.0,
-                 lull: Callable[[threading.Event], object] | None = None) -> None:
+                 lull: Callable[[threading.Event], object] | None = None,
+                 monotonic: Callable[[], float] | None = None) -> None:
         self.store, self.senders, self.clock = store, senders, clock
+        self.monotonic = monotonic or (time.monotonic if clock is time.time else clock)
         self.settle_s = settle_s
         self.lull = lull  # after the settle, wait for a lull in the node's CNI calls (``ipamd.node.activity``)
         self._wake = threading.Event()
@@ -99,11 +126,11 @@ class Outbox:
         self._first_seq = 0  # the first write this process owed (seqs only grow): the ones before may have been in flight
         self._busy_lock = threading.Condition()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="outbox")
-        self._away_until = 0.0  # the API server did not answer: no pass before this
+        self._away_until = 0.0  # the API server did not answer: no pass before this (``monotonic``)
         self._away_attempts = 0
-        self._calls_owe_until = 0.0  # CNI calls owe their writes at once until then (``api_away``)
+        self._calls_owe_until = 0.0  # CNI calls owe their writes at once until then (``api_away``; ``monotonic``)
         self._back = False  # the API server answers again: the next pass makes every write now, whatever its backoff
-        self._outage = False  # a pass found nothing answered at all (not one write failing while others are made)
+        self._outage = False  # a pass had nothing made, and a write unanswered or several objects' failing (``flush``)
         self.sent = 0  # writes made since start (the bench tells the ADD path's requests from these)
         self._sent_lock = threading.Lock()
 
@@ -189,12 +216,12 @@ class Outbox:
     def api_away(self) -> bool:
         """The API server left a write unanswered lately (``CALLS_OWE_S``): a write a CNI call would wait for is
         better owed at once."""
-        return self.clock() < self._calls_owe_until
+        return _left(self._calls_owe_until, self.monotonic()) > 0
 
     def unanswered(self) -> None:
         """A write got no answer at all (a timeout, a refused connection): the node's calls owe theirs for a while.
         (An API server that answers 5xx or 429 answers at once: calls keep writing, and their failures are owed.)"""
-        self._calls_owe_until = self.clock() + CALLS_OWE_S
+        self._calls_owe_until = self.monotonic() + CALLS_OWE_S
 
     def answered(self) -> None:
         """A write a CNI call made was answered: after an outage (a pass that had nothing answered, or a call's write
@@ -222,11 +249,12 @@ class Outbox:
             self._busy.discard(target)
             self._busy_lock.notify_all()
 
-    def _send_chain(self, chain: list[OutboxEntry], now: float) -> bool:
-        """Make one target's writes in order, stopping at the first that must wait; False when the API is away."""
+    def _send_chain(self, chain: list[OutboxEntry], now: float) -> str:
+        """Make one target's writes in order, stopping at the first that must wait; what that said of the API server
+        (``FINE``, ``FAILED``, ``UNANSWERED``)."""
         for entry in chain:
-            if entry.next_at > now or entry.next_at == PARKED:
-                return True
+            if entry.next_at == PARKED or _left(entry.next_at, now):
+                return FINE
             try:
                 self.senders[entry.op](entry.body)
             except Exception as exc:  # every failure is judged: none may stop the outbox
@@ -236,18 +264,18 @@ class Outbox:
                 if not verdict.done:
                     attempts = entry.attempts + 1
                     self.store.outbox_retry(entry.seq, attempts, self.clock() + backoff(attempts), verdict.error)
-                    return not verdict.api_away
+                    return (UNANSWERED if unanswered(exc) else FAILED) if verdict.api_away else FINE
                 if verdict.error:
                     log.warning("outbox: %s %s dropped, %s", entry.op, entry.target, verdict.error)
             self.store.outbox_done(entry.seq)
             with self._sent_lock:
                 self.sent += 1
-        return True
+        return FINE
 
-    def _run_chain(self, chain: list[OutboxEntry], now: float) -> bool:
+    def _run_chain(self, chain: list[OutboxEntry], now: float) -> str:
         target = chain[0].target
         if not self._take(target, wait=False):
-            return True  # being written by flush_target right now
+            return FINE  # being written by flush_target right now
         try:
             # read again once the target is ours: a flush_target may have made (and a claim followed with new
             # writes) what the pass's head read showed, and a write made twice could undo a later one
@@ -258,17 +286,17 @@ class Outbox:
     def flush(self) -> int:
         """One pass over the oldest entries; how many are left. While the API server does not answer, passes back
         off as a whole instead of failing every entry in turn."""
-        now = self.clock()
-        if now < self._away_until:
+        if _left(self._away_until, self.monotonic()):
             return self.depth()
+        now = self.clock()
         due = float("inf") if self._back else now  # back after an outage: no write waits out its backoff
         self._back = False
         # the targets whose oldest write may be made now (the rest wait behind it, in backoff or parked): however many
         # wait, the next ones are found, and none is left behind them; the longest due first (since it was owed, or
-        # since its backoff ended), so that neither a stream of new writes nor writes retried over and over crowd out
-        # the rest
-        ready = sorted((e for e in self.store.outbox_firsts() if e.next_at != PARKED and e.next_at <= due),
-                       key=lambda e: (max(e.next_at, e.created_at), e.seq))[:HEAD]
+        # since its backoff ended; a stamp ahead of the clock stepped back counts as now), so that neither a stream of
+        # new writes nor writes retried over and over crowd out the rest
+        ready = sorted((e for e in self.store.outbox_firsts() if e.next_at != PARKED and not _left(e.next_at, due)),
+                       key=lambda e: (min(now, max(e.next_at, e.created_at)), e.seq))[:HEAD]
         sent = self.sent
         if ready:
             todo = [[e] for e in ready]  # (each chain is read whole once its target is the pass's, ``_run_chain``)
@@ -276,14 +304,14 @@ class Outbox:
                 results = [self._run_chain(todo[0], due)]
             else:
                 results = list(self._pool.map(lambda c: self._run_chain(c, due), todo))
-            if all(results) or self.sent > sent:  # answered (one object's write failing alone keeps its own backoff)
+            if self.sent > sent or all(r == FINE for r in results):  # answered
                 if self._outage and self.sent > sent:
                     self.answered()  # back after an outage: what waits out its backoff goes now
                 self._away_attempts = 0
-            else:
-                self._outage = self._outage or self.sent == sent
+            elif _an_outage(results):  # (else one object's write failed alone: it keeps its own backoff, no more)
+                self._outage = True
                 self._away_attempts += 1
-                self._away_until = self.clock() + backoff(self._away_attempts)
+                self._away_until = self.monotonic() + backoff(self._away_attempts)
                 log.info("outbox: the API server is not answering; %d writes wait (next try in %.1f s)",
                          self.depth(), backoff(self._away_attempts))
         return self.depth()
@@ -315,11 +343,11 @@ class Outbox:
             return 5.0
         with self._busy_lock:  # a target written directly right now: woken when it is given back (``writing``)
             busy = set(self._busy)
-        waits = [e.next_at for e in self.store.outbox_firsts() if e.next_at != PARKED and e.target not in busy]
+        now = self.clock()
+        waits = [_left(e.next_at, now) for e in self.store.outbox_firsts() if e.next_at != PARKED and e.target not in busy]
         if not waits:
             return 5.0
-        soonest = max(self._away_until, min(waits))
-        return max(0.0, min(5.0, soonest - self.clock()))
+        return min(5.0, max(_left(self._away_until, self.monotonic()), min(waits)))
 
     def _loop(self) -> None:
         while not self._stop.is_set():

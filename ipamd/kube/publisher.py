@@ -43,11 +43,13 @@ from ipamd.model.objects import (
 )
 from ipamd.model.timefmt import rfc3339
 from ipamd.model.used_by import user_of
-from ipamd.store.records import IPRecord, PodStatus
+from ipamd.store.records import IPRecord, OutboxEntry, PodStatus
 
 log = logging.getLogger(__name__)
 
 ATTACHMENT = "NodeNetworkInterfaceAttachment"
+#: A body made to stand for the older owed writes it supersedes as well (``_now_or_owed``, ``_owe``).
+Fold = Callable[[dict[str, Any], list[OutboxEntry]], dict[str, Any]]
 
 
 def api_senders(api: client.ApiClient) -> Senders:
@@ -70,6 +72,20 @@ def api_senders(api: client.ApiClient) -> Senders:
 def _uid_of(body: dict[str, Any]) -> str:
     """The pod UID an owed ``pod_status`` write is for (its patch's precondition)."""
     return str(((body.get("patch") or {}).get("metadata") or {}).get("uid") or "")
+
+
+def _let_go(body: dict[str, Any]) -> list[str]:
+    """The pods an owed IPAMClaim status write lets go of: its own (``was``, a name) and those of the releases it
+    superseded (``earlier``); an entry owed by an earlier version has ``was`` only."""
+    return [*([body["was"]] if body.get("was") else []), *body.get("earlier", [])]
+
+
+def _carry_releases(body: dict[str, Any], older: list[OutboxEntry]) -> dict[str, Any]:
+    """An IPAMClaim's status write supersedes every one owed before it (``attached``, ``claim_released``): the pods
+    their releases let go of go into it (``earlier``), so that ``ownerPod`` naming any of them is still cleared."""
+    names = [name for owed in (body, *(e.body for e in older)) for name in _let_go(owed)]
+    earlier = [name for name in dict.fromkeys(names) if name != body.get("was")]
+    return {**body, "earlier": earlier} if earlier else body
 
 
 def _status_patch(uid: str, status: PodStatus | None) -> dict[str, Any]:
@@ -107,47 +123,56 @@ class KubePublisher:
     def pending_writes(self) -> int:
         return self.outbox.depth()
 
-    def _now_or_owed(self, target: str, op: str, body: dict[str, Any], write: Callable[[], Any], what: str,
-                     done: tuple[int, ...] = (404,), same: Callable[[dict[str, Any]], bool] | None = None) -> None:
+    def _now_or_owed(self, target: str, op: str, body: dict[str, Any], write: Callable[[dict[str, Any]], Any],
+                     what: str, done: tuple[int, ...] = (404,), same: Callable[[dict[str, Any]], bool] | None = None,
+                     fold: Fold | None = None) -> None:
         """A write someone waits for: made now, or owed in the outbox when the API server does not answer (an older
-        owed write of the same target and op is superseded either way; with ``same``, only those it matches). The
-        target is taken from the outbox while this writes it: an older owed write a pass is sending lands first,
-        never after this one."""
+        owed write of the same target and op is superseded either way; with ``same``, only those it matches; with
+        ``fold``, the body written stands for them too). The target is taken from the outbox while this writes it: an
+        older owed write a pass is sending lands first, never after this one."""
         if self.outbox.api_away():  # known not to answer: no CNI call waits for its timeouts
-            self._owe(target, op, body, same)
+            self._owe(target, op, body, same, fold)
             return
-        def owed() -> set[int]:
-            return {e.seq for e in self.outbox.owed(target) if e.op == op and (same is None or same(e.body))}
-
         with self.outbox.writing(target, wait=False) as ours:
             if not ours:  # a pass is sending an older owed write of it: this one owed behind it, the call not held
-                self._owe(target, op, body, same)
+                self._owe(target, op, body, same, fold)
                 return
             # the older owed writes, which go once this one is made (a daemon killed meanwhile makes them after); one
             # owed while it is on its way is newer, and stays
-            older = owed()
+            superseded = self._superseded(target, op, same)
+            older = {e.seq for e in superseded}
+            if fold is not None:
+                body = fold(body, superseded)
             try:
-                write()
+                write(body)
             except Exception as exc:  # unreachable too: owed, never the CNI call's failure
                 if status_of(exc) in done:
                     self.outbox.forget(older)
                     self.outbox.answered()
                     return
                 log.warning("writing %s: %s (owed in the outbox)", what, reason_of(exc))
-                if owed() <= older:
-                    self._owe(target, op, body, same)  # (else a newer one was owed meanwhile: it stands)
+                if {e.seq for e in self._superseded(target, op, same)} <= older:
+                    self._owe(target, op, body, same, fold)  # (else a newer one was owed meanwhile: it stands)
                 if unanswered(exc):  # no answer at all: the calls after this one do not wait for one
                     self.outbox.unanswered()
             else:
                 self.outbox.forget(older)
                 self.outbox.answered()
 
-    def _owe(self, target: str, op: str, body: dict[str, Any], same: Callable[[dict[str, Any]], bool] | None) -> None:
-        """Owe ``body``, superseding the owed ``op`` writes of ``target`` (``same``: only those it matches)."""
-        if same is None:
-            self.outbox.add(target, op, body, supersede=True)
-            return
+    def _superseded(self, target: str, op: str, same: Callable[[dict[str, Any]], bool] | None) -> list[OutboxEntry]:
+        """The owed ``op`` writes of ``target`` a newer one supersedes (``same``: only those it matches)."""
+        return [e for e in self.outbox.owed(target) if e.op == op and (same is None or same(e.body))]
+
+    def _owe(self, target: str, op: str, body: dict[str, Any], same: Callable[[dict[str, Any]], bool] | None,
+             fold: Fold | None = None) -> None:
+        """Owe ``body``, superseding the owed ``op`` writes of ``target`` (``same``: only those it matches; ``fold``:
+        the body owed stands for them too, read in the same commit)."""
         with self.outbox.store.transaction():
+            if fold is not None:
+                body = fold(body, self._superseded(target, op, same))
+            if same is None:
+                self.outbox.add(target, op, body, supersede=True)
+                return
             self.outbox.drop_where(target, op, same)
             self.outbox.add(target, op, body)
 
@@ -169,8 +194,9 @@ class KubePublisher:
         body = _status_patch(uid, status)
         self._now_or_owed(f"{POD.name}/{namespace}/{name}", "pod_status",
                           {"namespace": namespace, "name": name, "patch": body},
-                          lambda: unread(self.core.patch_namespaced_pod(name, namespace, body, _preload_content=False,
-                                                                       _request_timeout=CALL_TIMEOUT)),
+                          lambda owed: unread(self.core.patch_namespaced_pod(name, namespace, owed["patch"],
+                                                                             _preload_content=False,
+                                                                             _request_timeout=CALL_TIMEOUT)),
                           f"networks-status of {namespace}/{name}", done=(404, 409),
                           same=lambda owed: _uid_of(owed) == uid)
 
@@ -187,11 +213,8 @@ class KubePublisher:
                 self._create_auto_ip(rec, Pod(Meta(POD.name, name, namespace, rec.owner_pod_uid)))
             if rec.kind == IPAM_CLAIM.name:  # (owed by an earlier version as a plain status patch: superseded)
                 self.outbox.drop(rec.key, "patch_status")
-                body = self._claim_status_body(rec)
-                was = [e.body["was"] for e in self.outbox.owed(rec.key) if e.op == "claim_status" and "was" in e.body]
-                if was and "ownerPod" not in body["status"]:
-                    body["was"] = was[-1]  # a release owed before the restart: still made
-                self.outbox.add(rec.key, "claim_status", body, supersede=True)
+                # the releases owed before the restart: still made
+                self._owe(rec.key, "claim_status", self._claim_status_body(rec), None, _carry_releases)
             else:
                 self.ip_status(rec)
         stored: set[tuple[str, str]] = set()
@@ -231,11 +254,9 @@ class KubePublisher:
     def _claim_status(self, rec: IPRecord) -> None:
         """An IPAMClaim's status: its address (kept while the claim exists) and the pod holding it ("" when none).
         Written now, like the pod's: another node reads ``ownerPod`` to refuse a second pod the claim."""
-        body = self._claim_status_body(rec)
-        self._now_or_owed(rec.key, "claim_status", body,
-                          lambda: self.objects.patch_status(IPAM_CLAIM.name, rec.name, body["status"], rec.namespace,
-                                                            timeout=CALL_TIMEOUT),
-                          f"the status of IPAMClaim {rec.namespace}/{rec.name}")
+        self._now_or_owed(rec.key, "claim_status", self._claim_status_body(rec),
+                          lambda owed: self._write_claim_status(owed, CALL_TIMEOUT),
+                          f"the status of IPAMClaim {rec.namespace}/{rec.name}", fold=_carry_releases)
 
     @staticmethod
     def _claim_status_body(rec: IPRecord) -> dict[str, Any]:
@@ -248,24 +269,27 @@ class KubePublisher:
 
     def claim_released(self, rec: IPRecord, pod_name: str) -> None:
         """Pod ``pod_name`` of this node let go of the IPAMClaim ``rec``: its status written now (or owed), its
-        ``ownerPod`` dropped only while it still names that pod (read first, written at the version read): the VM may
-        run on another node by now, whose pod that node wrote there, and which refuses a third pod the claim."""
-        body = {**self._claim_status_body(rec), "was": pod_name}
-        self._now_or_owed(rec.key, "claim_status", body, lambda: self._write_claim_status(body, CALL_TIMEOUT),
-                          f"the status of IPAMClaim {rec.namespace}/{rec.name}")
+        ``ownerPod`` dropped only while it still names that pod, or one an owed release it supersedes let go of (read
+        first, written at the version read): the VM may run on another node by now, whose pod that node wrote there,
+        and which refuses a third pod the claim."""
+        self._now_or_owed(rec.key, "claim_status", {**self._claim_status_body(rec), "was": pod_name},
+                          lambda owed: self._write_claim_status(owed, CALL_TIMEOUT),
+                          f"the status of IPAMClaim {rec.namespace}/{rec.name}", fold=_carry_releases)
 
     def owe_claim_released(self, rec: IPRecord, pod_name: str) -> None:
-        self.outbox.add(rec.key, "claim_status", {**self._claim_status_body(rec), "was": pod_name}, supersede=True)
+        self._owe(rec.key, "claim_status", {**self._claim_status_body(rec), "was": pod_name}, None, _carry_releases)
 
     def _write_claim_status(self, body: dict[str, Any], timeout: Any = None) -> None:
-        """The outbox's op of an IPAMClaim's status (one op, so that a newer write supersedes any older one): with
-        ``was``, a release (``claim_released``), else a plain merge patch."""
-        if "was" not in body:
+        """The outbox's op of an IPAMClaim's status (one op, so that a newer write supersedes any older one): a
+        release (``claim_released``: pods let go of, and none named in its status) reads the claim first, else it is a
+        plain merge patch (a status naming its pod replaces any owner)."""
+        let_go = _let_go(body)
+        if not let_go or "ownerPod" in body["status"]:
             self.objects.patch_status(IPAM_CLAIM.name, body["name"], body["status"], body["namespace"], timeout=timeout)
             return
         current = self.objects.get(IPAM_CLAIM.name, body["name"], body["namespace"], timeout=timeout)  # 404: done
         status = dict(body["status"])
-        if "ownerPod" not in status and (current.get("status") or {}).get("ownerPod") == body["was"]:
+        if (current.get("status") or {}).get("ownerPod") in let_go:
             status["ownerPod"] = None  # (null in the merge patch; the client would send "" as an invalid null)
         self.objects.patch_status(IPAM_CLAIM.name, body["name"], status, body["namespace"],
                                   resource_version=str((current.get("metadata") or {}).get("resourceVersion") or ""),
@@ -292,7 +316,7 @@ class KubePublisher:
                             f"{entry['interface']} on {entry['name']}: {addresses}")
             for rec in used:
                 if rec.kind == IPAM_CLAIM.name:
-                    self.outbox.add(rec.key, "claim_status", self._claim_status_body(rec), supersede=True)
+                    self._owe(rec.key, "claim_status", self._claim_status_body(rec), None, _carry_releases)
 
     def attached_now(self, used: Iterable[IPRecord]) -> None:
         """An IPAMClaim's status written now, outside the store's lock: another node reads its ``ownerPod``."""
