@@ -230,7 +230,6 @@ class BlockRegistry(KubeLeaseRegistry):
         # other nodes' blocks read from the API server (a per-address lease's check) before the cache shows them, so
         # that the next picks skip their whole window, not one address at a time: slot -> (block, when read)
         self.seen: dict[tuple[str, int], tuple[Block, float]] = {}
-        self.block_pools: dict[str, bool] = {}  # pool -> whether it is large enough for blocks (from blocks())
         self._growing: set[str] = set()
         self._grow_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -272,7 +271,6 @@ class BlockRegistry(KubeLeaseRegistry):
 
     def blocks(self, pool: AddressPool) -> list[Block]:
         key = pool.meta.key
-        self._note(pool)
         cached = [b for b in (parse_block(o) for o in self.source.by_index(KIND, "node", self.node_name))
                   if b is not None and b.pool == key]
         found = {b.first: b for b in cached if (key, b.first) not in self.returned}
@@ -290,14 +288,7 @@ class BlockRegistry(KubeLeaseRegistry):
         return self._shown.get(slot) == block.name
 
     def in_blocks(self, pool: AddressPool) -> bool:
-        self._note(pool)
         return self.claims_blocks and uses_blocks(pool, self.size)
-
-    def _note(self, pool: AddressPool) -> None:
-        """Whether others' blocks may be in the pool, from its IPv4 part (the IPv6 view of a dual-stack pool, which
-        has no blocks, must not say the pool has none)."""
-        if 4 in pool.families:
-            self.block_pools[pool.meta.key] = uses_blocks(pool, self.size)
 
     def taken_elsewhere(self, pool: str) -> Container[int]:
         return _Taken(self, pool)
@@ -329,9 +320,11 @@ class BlockRegistry(KubeLeaseRegistry):
                 self._ours_already(lease):
             return True  # (with a write of it owed, its let-go, the cache is not to be trusted: claimed anew)
         won = super().claim(lease, exact)
-        # blocks are IPv4 only (windows of a /64 cannot be listed): no block could hold an IPv6 address
-        if won and family_of(lease.ip) == 4 and self.block_pools.get(lease.pool, True) and \
-                self._claimed_meanwhile(lease):
+        # blocks are IPv4 only (windows of a /64 cannot be listed): no block could hold an IPv6 address. Any IPv4
+        # address could, whatever this node's view of the pool: another node's view may be wider (a pool widened past
+        # the size for blocks, or narrowed below it, reaches informers at different times), and two inline ranges of
+        # one network_name share one pool key, one leased in blocks, the other per address
+        if won and family_of(lease.ip) == 4 and self._in_anothers_block(lease):
             self.let_go(lease)  # only what this claim made ours: the block's owner may hold the same Static
             return False
         return won
@@ -454,6 +447,27 @@ class BlockRegistry(KubeLeaseRegistry):
                     self._settled.notify_all()
         return True
 
+    def drop_unrecorded(self) -> int:
+        """At the daemon's start, before any call: the owed lease objects of in-block claims whose process was killed
+        before the transaction that records them (``_claim_inside`` owes the object first), which the store does not
+        hold the address for that holder. Made, such an object would look like a copy of the store to this node
+        (``_Taken``), which hands the address out again in its block, and like the holder's lease to every other
+        node, whose next pod of that holder takes it up (``held_by``). How many."""
+        dead = [e.seq for e in self.outbox.of_op("block_lease") if not self._recorded(e.body)]
+        self.outbox.forget(dead)
+        if dead:
+            log.info("dropped %d owed lease objects of address claims a restart cut short", len(dead))
+        return len(dead)
+
+    def _recorded(self, owed: dict[str, Any]) -> bool:
+        """Whether this node's store holds the address of an owed ``block_lease`` for the holder it is written for."""
+        spec = _spec(owed.get("object") or {})
+        try:
+            held = self.leases.lease_at(str(spec["pool"]), to_int(str(spec["ip"])))
+        except (KeyError, ValueError):
+            return False  # not a write this build could make
+        return held is not None and (held.holder or "") == holder_of_owed(owed)
+
     def _ours_already(self, lease: LeaseRecord) -> bool:
         """A lease object of this address for the same holder, made before any block was claimed over it (a Static
         another node leases too). Read from the API server once the cache shows one: the cache may not show its
@@ -487,6 +501,17 @@ class BlockRegistry(KubeLeaseRegistry):
         raise AddressConflict(f"{lease.address} lies in the address block of node {block.node}: an exact address "
                               "asked for here must lie outside other nodes' blocks (or be a Static IPAddress)",
                               f"IPAddressBlock {block.name}")
+
+    def _in_anothers_block(self, lease: LeaseRecord) -> bool:
+        """``_claimed_meanwhile``, with the claim let go when the check fails (the API away): left standing, its
+        object would be the holder's to the runtime's retry (``held_by``, then ``take_up``, which checks no block),
+        and the block's owner, whose cache does not show it yet, may hand the same address out in its block. The owed
+        delete also hides the object from ``held_by`` until it is made."""
+        try:
+            return self._claimed_meanwhile(lease)
+        except Exception:
+            self.let_go(lease)
+            raise
 
     def _claimed_meanwhile(self, lease: LeaseRecord) -> bool:
         """After leasing an address by itself: has another node claimed the block that could hold it (its create

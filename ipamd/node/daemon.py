@@ -105,6 +105,7 @@ class NodeDaemon:
                                    heartbeat_namespace=cfg.heartbeat_namespace, leases=self.store)
             self.outbox.unpark_all("unuse")  # used-by writes a kill cut short (ipamd.kube.users): checked when made
             self.outbox.unpark_all("hand_back")  # take-ups a kill cut short: no call is in flight before the servers
+            blocks.drop_unrecorded()  # in-block claims a kill cut short before their transaction: never made
             registry = blocks
             source = self.source
 

@@ -13,16 +13,18 @@ source changes, and periodically:
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Protocol
 
 from cni.errors import CniError
 from ipamd.ipam.addresses import Ipam, ResolvedNetwork
 from ipamd.ipam.allocator import in_ranges, subnet_for
+from ipamd.model.ipamconf import IMPLICIT_POOL
 from ipamd.model.objects import (
     CLUSTER_NETWORK,
     IP_ADDRESS_KINDS,
@@ -30,8 +32,11 @@ from ipamd.model.objects import (
     NETWORK,
     POD,
     POOL_KINDS,
+    AddressPool,
     ClusterNetwork,
+    Meta,
     Network,
+    Subnet,
 )
 from ipamd.model.segments import granted_id, segment_kind
 from ipamd.node.segments import RETIRED
@@ -39,12 +44,38 @@ from ipamd.publish.base import Publisher
 from ipamd.sources.base import ObjectSource
 from ipamd.sources.lookups import class_of, pool_of_ip
 from ipamd.store.protocols import NodeStore
-from ipamd.store.records import AttachmentRecord, IPRecord, SegmentRecord
+from ipamd.store.records import AttachmentRecord, ImplicitPoolRecord, IPRecord, SegmentRecord
 
 log = logging.getLogger(__name__)
 #: An address held this long in a block without its lease object in the informer's cache has lost it
 #: (``BlockRegistry.owe_missing``): far past the outbox's delay and the cache's lag behind the API server.
 MISSING_OBJECT_GRACE_S = 120.0
+
+
+def implicit_pool_views(records: Iterable[ImplicitPoolRecord]) -> list[AddressPool]:
+    """One view per implicit pool key (an inline range's space, ``ImplicitPool/<network_name>``): the union of the
+    ranges of every configuration of that space, as the node's blocks of it are housekept. Blocks belong to the key,
+    not to a range: each range's own view would list the same blocks once per range, and call stranded (to give back)
+    those of the other ranges."""
+    spaces: dict[str, dict[str, list[tuple[int, int]]]] = {}
+    ttls: dict[str, float] = {}
+    for rec in records:
+        spaces.setdefault(rec.pool, {}).setdefault(rec.network, []).extend(rec.ranges)
+        ttls[rec.pool] = max(ttls.get(rec.pool, 0.0), rec.ttl)
+    return [AddressPool(Meta(IMPLICIT_POOL, key.partition("/")[2]), ttls[key],
+                        tuple(Subnet(ipaddress.ip_network(net), _merged(ranges)) for net, ranges in nets.items()))
+            for key, nets in spaces.items()]
+
+
+def _merged(ranges: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """Inclusive ranges as few disjoint ones, in order (overlapping ranges of one space share addresses)."""
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return tuple(out)
 
 
 class Teardowns(Protocol):
@@ -154,9 +185,11 @@ class Reconciler:
                 self.ipam.registry.repair_use(rec, obj.used_by, obj.meta.uid)
 
     def _housekeep_blocks(self) -> None:
-        """Renew this node's address blocks and return the ones that stayed empty (``ipamd.kube.blocks``)."""
+        """Renew this node's address blocks (of pools and of inline ranges) and return the ones that stayed empty
+        (``ipamd.kube.blocks``)."""
         if self.source.ready():
             pools = [p for kind in POOL_KINDS.values() for p in self.source.list(kind)]
+            pools += implicit_pool_views(self.store.implicit_pools())  # delegates' inline ranges lease in blocks too
             # before the blocks asked for are given back: past that, other nodes go by those objects alone (in them no
             # grace applies); otherwise not every round, as it reads every lease of the node
             due = time.monotonic() - self._missing_checked >= MISSING_OBJECT_GRACE_S / 2
