@@ -491,10 +491,14 @@ class BlockRegistry(KubeLeaseRegistry):
     def _granted(self, lease: LeaseRecord, block: Block) -> bool:
         """An address in another node's block: ours once it is leased to the same holder (by its owner; or made the
         node's whose pod uses it, a Static's, ``keep_in_use``)."""
-        for obj in self.source.by_index(LEASE_KIND, "address", (lease.pool, lease.ip)):
-            if _spec(obj).get("holder") == lease.holder:
-                self.made[lease_name(lease.pool, lease.address)] = None  # the owner's: never this node's to delete
-                return True
+        held = [_spec(obj).get("holder") for obj in self.source.by_index(LEASE_KIND, "address", (lease.pool, lease.ip))]
+        if lease.holder in held:
+            self.made[lease_name(lease.pool, lease.address)] = None  # the owner's: never this node's to delete
+            return True
+        others = [str(h) for h in held if h]
+        if others:  # its owner leased it to someone else before the IPAddress asked: it never will to this one
+            raise AddressConflict(f"{lease.address} is already leased to {others[0]} (in the address block of node "
+                                  f"{block.node})", f"IPAddressBlock {block.name}")
         if lease.holder and lease.holder.startswith(("IPAddress/", "ClusterIPAddress/")):
             raise TryAgainLater(f"{lease.address} lies in the address block of node {block.node}, which leases it",
                                 f"IPAddressBlock {block.name}")

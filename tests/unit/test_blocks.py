@@ -20,7 +20,7 @@ from ipamd.kube.blocks import BlockRegistry, block_body
 from ipamd.kube.leases import KIND as LEASE_KIND
 from ipamd.kube.leases import lease_name
 from ipamd.kube.outbox import Outbox
-from ipamd.model.objects import AddressPool
+from ipamd.model.objects import IP_ADDRESS, AddressPool
 from ipamd.model.timefmt import rfc3339
 from ipamd.store.sqlite import Store
 from tests.fakes.cluster import FakeApi, FakeCache, served_by
@@ -241,6 +241,23 @@ def test_a_static_address_in_another_nodes_block_waits_for_its_owner(api: FakeAp
     assert owner.add(names=("fixed",)) == "198.18.40.200"  # the owner leases it (every node leases Statics)
     owner.outbox.flush()  # its lease object is made
     assert other.add(names=("fixed",)) == "198.18.40.200"  # now granted: the same holder, the owner's object
+
+
+def test_a_static_whose_address_another_nodes_block_gave_to_a_pod_is_refused_as_taken(api: FakeApi) -> None:
+    """The Static was made after the owner of the block around it leased its address to a pod: another node is told
+    it is taken (104, naming the holder), as a per-address lease would be, not to wait (11) for the owner, who
+    refuses it too and never leases it."""
+    owner, other = Node(api, "owner"), Node(api, "other")
+    fixed = owner.source.get(IP_ADDRESS, "ns", "fixed")
+    assert fixed is not None
+    owner.source.remove("IPAddress", "ns", "fixed")
+    owner.registry.grow = _grow_at(owner.registry, "198.18.40.192")  # type: ignore[method-assign]
+    assert "198.18.40.200" in [owner.add() for _ in range(9)]
+    owner.outbox.flush()
+    owner.source.add(fixed)
+    with pytest.raises(AddressConflict, match="198.18.40.200 is already leased to") as refused:
+        other.add(names=("fixed",))
+    assert "owner-" in refused.value.msg, refused.value.msg
 
 
 def test_a_static_in_another_nodes_block_made_a_users_node_own_is_still_granted(api: FakeApi) -> None:
