@@ -216,7 +216,7 @@ class Attacher:
             planned: list[tuple[Wanted, BuiltInterface, Built | None]] = []
             for w in wanted:  # every address leased before anything is built: an exhausted pool fails first
                 record, iface, claims = self._lease(record, key, pod, w)
-                undo.callback(quietly, "leases", self._undo_leases, claims, pod, call.key, iface.if_name)
+                undo.callback(quietly, "leases", self._undo_leases, claims, pod, call.key, iface.if_name, left)
                 self.fault("add:leased")
                 planned.append((w, iface, None))
             render = _StatusRender(call.network_name, prev, rfc3339())
@@ -386,16 +386,16 @@ class Attacher:
 
     def _forget_record(self, key: tuple[str, str], left: list[BuiltInterface] | None = None) -> None:
         """The last undo step of a failed ADD: the record goes, unless an undo step left an interface behind (a
-        delegate whose DEL failed): then it stays ``deleting`` with those alone, their addresses already let go,
-        and the runtime's DEL (or the reconciler's ``finish_deletions``) removes them."""
+        delegate whose DEL failed): then it stays ``deleting`` with those alone, their addresses still held
+        (``_undo_leases`` kept them: the interface may carry them yet), and the runtime's DEL (or the reconciler's
+        ``finish_deletions``) removes them, then lets the addresses go (``_release``)."""
         with self.store.transaction():
             record = self.store.get_attachment(*key) if left else None
             if record is None or not left:
                 self.store.delete_attachment(*key)
                 return
-            kept = tuple(replace(iface, ip_keys=(), created_ip_keys=(), addresses=()) for iface in left)
             self.store.put_attachment(replace(record, state="deleting", updated_at=time.time(), leasing=(),
-                                              interfaces=kept))
+                                              interfaces=tuple(left)))
 
     # -- DEL ------------------------------------------------------------------------------------
     def delete(self, call: CniCall) -> dict[str, Any]:
@@ -494,10 +494,14 @@ class Attacher:
                 errors.append(f"{', '.join(ctx.doomed or ())}: {exc}")
         return errors
 
-    def _undo_leases(self, claims: list[Claim], pod: Pod, this: tuple[str, str], if_name: str) -> None:
+    def _undo_leases(self, claims: list[Claim], pod: Pod, this: tuple[str, str], if_name: str,
+                     left: Iterable[BuiltInterface] = ()) -> None:
         """A failed ADD's leases go back, but not what another sandbox of the pod took up meanwhile (looked at now, in
         the transaction that marks this attachment as being undone: a DEL of the other sandbox at the same time then
-        does not keep the pod for it)."""
+        does not keep the pod for it), nor those of an interface an undo step ``left`` (its build's undo ran first: a
+        delegate whose DEL failed may still carry them; the DEL that removes it lets them go)."""
+        if any(iface.if_name == if_name for iface in left):
+            return
         with self.store.transaction():
             current = self.store.get_attachment(*this)
             if current is not None and current.state != "undoing":
