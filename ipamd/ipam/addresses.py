@@ -661,9 +661,9 @@ class Ipam:
                                                                             reason, message, now)))
 
     def undo_claims(self, claims: list[Claim], pod: Pod, attachment: str = "", shared: Collection[str] = ()) -> None:
-        """Roll an ADD's claims back: what it created goes, what existed loses only this pod (or, for a
-        delegate's lease, this ``attachment``); an IPAddress in ``shared`` (another sandbox of the pod uses it) keeps
-        the pod, and loses the attachment alone."""
+        """Roll an ADD's claims back: each loses only this pod (or, for a delegate's lease, this ``attachment``), and
+        what the ADD created goes with its lease when nobody else took it up meanwhile (``_undo_created``); an
+        IPAddress in ``shared`` (another sandbox of the pod uses it) keeps the pod, and loses the attachment alone."""
         with self.store.transaction():
             for c in claims:
                 rec = self.store.get_ip(c.ip_key)
@@ -671,17 +671,29 @@ class Ipam:
                     if rec is not None and attachment in rec.used_by_uids:
                         self._drop_user(rec, "", attachment)
                 elif c.created_ip:
-                    lease = self.store.lease_of(c.ip_key)
-                    if lease is not None:
-                        self.drop_lease(lease)
-                    self.store.delete_ip(c.ip_key)
+                    self._undo_created(c.ip_key, rec, pod.meta.uid, attachment)
                 elif rec is not None:
                     self._drop_user(rec, pod.meta.uid, attachment)
+
+    def _undo_created(self, key: str, rec: IPRecord | None, pod_uid: str, attachment: str) -> None:
+        """A record the failed ADD made: another attachment may use it by now (an IPAMClaim's, taken up by the pod made
+        again under the same name, or by the pod's other sandbox still leasing, which ``shared`` does not list), so
+        only this pod and attachment go. The record and its lease go (freed, never used) when nobody is left, but an
+        IPAMClaim's never: its address stays with the claim (as ``_drop_user`` keeps it)."""
+        others = set(rec.used_by_uids) - {pod_uid, attachment} if rec is not None else set()
+        if rec is not None and (others or rec.created_by == "claim"):
+            self._drop_user(rec, pod_uid, attachment)
+            return
+        lease = self.store.lease_of(key)
+        if lease is not None:
+            self.drop_lease(lease)
+        self.store.delete_ip(key)
 
     def _drop_user(self, rec: IPRecord, pod_uid: str, attachment: str = "") -> None:
         gone = {pod_uid, attachment} - {""}
         keep = [(p, u) for p, u in zip(rec.used_by_pods, rec.used_by_uids, strict=False) if u not in gone]
-        rec = replace(rec, used_by_pods=tuple(p for p, _ in keep), used_by_uids=tuple(u for _, u in keep))
+        rec = replace(rec, used_by_pods=tuple(p for p, _ in keep), used_by_uids=tuple(u for _, u in keep),
+                      user_networks=tuple((u, n) for u, n in rec.user_networks if u not in gone))
         if not keep:
             rec = replace(rec, conditions=set_condition(rec.conditions, "Attached", False, "NotAttached", "",
                                                         self.clock()))

@@ -159,9 +159,7 @@ class DelegatedAddresses:
                     if req.config.range is None:
                         raise
                     raise PoolExhausted(f"{_range_name(req.config.range)} has no free address", exc.details) from exc
-                uid, pod_ref = req.user
-                users = dict(zip(rec.used_by_uids, rec.used_by_pods, strict=False)) | {uid: pod_ref}
-                rec = replace(rec, used_by_uids=tuple(users), used_by_pods=tuple(users.values()))
+                rec = with_user(rec, req)
                 self.store.put_ip(rec)
             return rec, lease, created, created_lease
 
@@ -380,8 +378,9 @@ class DelegatedAddresses:
     def gc(self, network: str, valid: set[tuple[str, str]],
            owe: Callable[[list[tuple[IPRecord, str]]], None] = lambda claims: None) -> list[tuple[IPRecord, str]]:
         """GC: release this network's attachment leases that are not among ``valid`` (container ID, ifname), and take
-        those attachments off the network's IPAMClaims, as their DEL would have. The claims let go of, as they are
-        now, each with the name of the pod that let go (``owe``: told them inside the transaction, as ``release``)."""
+        those attachments off the IPAMClaims they use on this network (``IPRecord.user_networks``), as their DEL
+        would have. The claims let go of, as they are now, each with the name of the pod that let go (``owe``: told
+        them inside the transaction, as ``release``)."""
         released: dict[str, str] = {}  # claim key -> the pod that let go
         with self.store.transaction():
             for rec in self.store.ips_with_prefix(f"{CNI_HOLDER}/{network}/"):
@@ -389,9 +388,11 @@ class DelegatedAddresses:
                 if (container_id, ifname) not in valid:
                     self.ipam.delete_ip(rec)
             for claim in self.store.ips_with_prefix(f"{CLAIM_HOLDER}/"):
-                if network not in (claim.network_name, claim.network_name.partition("/")[2]):
-                    continue  # another network's claim: its attachments are not in this list
+                networks = dict(claim.user_networks)
                 for user, pod_ref in zip(claim.used_by_uids, claim.used_by_pods, strict=False):
+                    if networks.get(user) != network:
+                        continue  # added on another network, whose attachments are not in this list (or on one an
+                        # earlier version did not record: left to its DEL, or to the reconciler once its pod is gone)
                     container_id, sep, ifname = user.rpartition("/")
                     if sep and (container_id, ifname) not in valid:
                         self.ipam.release_pod([claim.key], user)
@@ -409,6 +410,16 @@ class DelegatedAddresses:
                                    "CNI_CONTAINERID")
         if prev is not None and not any(ip.address.split("/")[0] == rec.address for ip in prev.ips):
             raise InvalidConfig(f"prevResult does not carry the leased address {rec.address}", "prevResult.ips")
+
+
+def with_user(rec: IPRecord, req: AddressRequest) -> IPRecord:
+    """``rec`` with ``req``'s attachment and pod among its users, and the CNI network it is added on: a claim's
+    record names its NAD, whose configuration may have a name of its own, and GC is told that name."""
+    uid, pod_ref = req.user
+    users = dict(zip(rec.used_by_uids, rec.used_by_pods, strict=False)) | {uid: pod_ref}
+    networks = dict(rec.user_networks) | {uid: req.network}
+    return replace(rec, used_by_uids=tuple(users), used_by_pods=tuple(users.values()),
+                   user_networks=tuple((u, networks[u]) for u in users if u in networks))
 
 
 def range_key(owner: str, rng: InlineRange) -> str:

@@ -52,6 +52,10 @@ class IPRecord:
     created_at: float = 0.0
     interface: str = ""  # a delegate's lease: the pod interface it is for
     family: int = 0  # 4 or 6: the family an Auto address takes (0: its pool's first)
+    #: a delegate's users (``used_by_uids``) and the CNI network configuration each was added on, which GC judges
+    #: them by: an IPAMClaim's may come from any configuration (whatever its name) of its NAD. A user missing here (a
+    #: record of an earlier version) is on a network unknown.
+    user_networks: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +198,9 @@ def load_lease(data: str) -> LeaseRecord:
 
 
 def load_ip(data: str) -> IPRecord:
-    return IPRecord(**_tuples(json.loads(data), "routes", "used_by_pods", "used_by_uids", "conditions"))
+    d = _known(IPRecord, json.loads(data))
+    d["user_networks"] = tuple((str(u), str(n)) for u, n in d.get("user_networks", ()))
+    return IPRecord(**_tuples(d, "routes", "used_by_pods", "used_by_uids", "conditions"))
 
 
 def load_attachment(data: str) -> AttachmentRecord:
