@@ -11,6 +11,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from cni.errors import InvalidConfig
 from cni.version import SUPPORTED_VERSIONS
 
 MAX_CONFIG_BYTES = 64 * 1024  # a real configuration is a few hundred bytes
@@ -125,14 +126,29 @@ def plugin_config(conflist: Mapping[str, Any], index: int, runtime_config: Mappi
     plugin = dict(conflist["plugins"][index])
     declared = {k for k, v in (plugin.pop("capabilities", None) or {}).items() if v}
     conf: dict[str, Any] = {**plugin, "name": conflist["name"], "cniVersion": conflist["cniVersion"]}
+    where = f"plugins[{index}]"
     runtime = {k: v for k, v in runtime_config.items() if k in declared}
     if runtime:
-        conf["runtimeConfig"] = {**(conf.get("runtimeConfig") or {}), **runtime}
+        own = _mergeable(conf.get("runtimeConfig"), f"{where}.runtimeConfig")
+        conf["runtimeConfig"] = {**own, **runtime}
     if args:
-        merged = dict(conf.get("args") or {})
+        merged = _mergeable(conf.get("args"), f"{where}.args")
         for key, value in args.items():
-            merged[key] = {**(merged.get(key) or {}), **value} if isinstance(value, dict) else value
+            if isinstance(value, dict):
+                value = {**_mergeable(merged.get(key), f"{where}.args.{key}"), **value}
+            merged[key] = value
         conf["args"] = merged
     if prev_result is not None:
         conf["prevResult"] = dict(prev_result)
     return conf
+
+
+def _mergeable(value: Any, field: str) -> dict[str, Any]:
+    """A plugin's own object that the runtime's values are added to (``runtimeConfig``, ``args``, ``args.cni``):
+    absent or an object. Anything else is the configuration's error, named, not a failure of the call."""
+    if not value:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidConfig(f"{field} must be an object (the runtime adds its values to it), not a {type(value).__name__}",
+                            field)
+    return dict(value)
