@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from kubernetes import client
 from prometheus_client import Gauge
 
-from ipamd.ipam.allocator import in_ranges, pick_free, to_int, to_text
+from ipamd.ipam.allocator import in_ranges, pick_free, subnet_for, to_int, to_text
 from ipamd.ipam.blocks import block_name, window_of
 from ipamd.kube import heartbeat
 from ipamd.kube.blocks import KIND as BLOCK_KIND
@@ -56,6 +56,7 @@ from ipamd.model.objects import (
     ClusterNetwork,
     IPAddressObject,
     Network,
+    Subnet,
     parse_duration,
 )
 from ipamd.model.segments import (
@@ -66,6 +67,7 @@ from ipamd.model.segments import (
     pick_id,
     pods_on_segment,
     segment_kind,
+    status_segment,
 )
 from ipamd.model.timefmt import parse_rfc3339, rfc3339
 from ipamd.sources.base import ObjectSource
@@ -188,6 +190,23 @@ def _in_ranges(pool: AddressPool, ip: Any) -> bool:
         return False  # (not an address: counted as held, not as one of the ranges)
 
 
+def _allocated_status(address: str, subnet: Subnet, now: float) -> dict[str, Any]:
+    """The status of a user's Auto IPAddress given ``address`` of ``subnet`` (no pod uses it yet)."""
+    conds = set_condition((), "Allocated", True, "IPAddressAllocated", "", now)
+    return {"phase": "Allocated", "address": address, "network": str(subnet.network),
+            "routes": [r.to_dict() for r in subnet.routes], "usedByPods": [], "conditions": list(conds)}
+
+
+def _statuses_shown(items: Iterable[Mapping[str, Any]], kind: str) -> dict[str, Mapping[str, Any]]:
+    """The status of each object of ``kind`` as the cache shows it, by key (``Kind/namespace/name``)."""
+    out: dict[str, Mapping[str, Any]] = {}
+    for item in items:
+        md = item.get("metadata") or {}
+        ns = md.get("namespace")
+        out[f"{kind}/{ns}/{md.get('name')}" if ns else f"{kind}/{md.get('name')}"] = item.get("status") or {}
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class SegmentStatus:
     """What the controller knows of a Network's segment: its ID (0: none yet, or untagged), why it has
@@ -215,6 +234,7 @@ class SegmentStatus:
         return {
             "bridgeName": self.kind.bridge(self.ident, net.meta.key) if ready else "",
             **self.kind.status_ids(self.ident),
+            **({"vni": None} if not self.kind.shows_vni and status_segment(net) == "vxlan" else {}),  # a class edit
             "nodeAttachementsCount": self.nodes, "readyNodeAttachementsCount": self.ready_nodes,
             "conditions": list(conds), "observedGeneration": net.meta.generation,
         }
@@ -282,14 +302,17 @@ class Controller:
         kinds = {net.meta.key: segment_kind(net, class_of(self.source, net)) for net in nets}
         held: dict[str, dict[int, str]] = {}  # kind -> ID -> Network: handed out (status) or fixed (ClusterNetwork)
         for net in nets:
-            ident = granted_id(net)
-            if kinds[net.meta.key].tagged and ident:
-                held.setdefault(kinds[net.meta.key].name, {}).setdefault(ident, net.meta.key)
+            kind = kinds[net.meta.key]
+            fixed = net.vlan_id if isinstance(net, ClusterNetwork) else None
+            shown = (status_segment(net) or kind.name, granted_id(net) or fixed)  # its status's: maybe of another kind
+            for name, ident in (shown, self._granted_unseen(net)):
+                if kind.tagged and ident:
+                    held.setdefault(name, {}).setdefault(ident, net.meta.key)
         # a Network deleted while a node still carries its pods keeps its ID until that node's side of it goes (its
         # NodeNetworkInterfaceAttachment, removed with its bridge): given to another Network, it would put that one
         # on the wire segment of those pods
         # (and so does a network moved to another ID, while a node still carries its old bridge)
-        granted = {net.meta.key: (kinds[net.meta.key].name, granted_id(net)) for net in nets}
+        granted = {net.meta.key: (kinds[net.meta.key].name, granted_id(net, kinds[net.meta.key])) for net in nets}
         for item in self.source.items(ATTACHMENT_KIND):
             ref, bridge = (item.get("spec") or {}).get("networkRef") or {}, (item.get("spec") or {}).get("bridgeName")
             key = "/".join(p for p in (ref.get("kind", ""), ref.get("namespace", ""), ref.get("name", "")) if p)
@@ -300,8 +323,8 @@ class Controller:
         pods: dict[str, list[dict[str, Any]]] = {}  # namespace ("": all) -> its pods, listed at most once a round
         for net in nets:
             kind = kinds[net.meta.key]
-            ident, problem, change = granted_id(net) or 0, "", None
-            if kind.tagged and not net.status_vlan_id:
+            ident, problem, change = granted_id(net, kind) or 0, "", None
+            if kind.tagged and not ident:  # none yet, or one of the kind of its class before an edit
                 ident, problem = self._pick(net, kind, held.setdefault(kind.name, {}))
             elif kind.tagged and net.vlan_id not in (None, net.status_vlan_id):  # never moved under live pods
                 ident, change = self._move(net, kind, held.setdefault(kind.name, {}), pods)
@@ -309,6 +332,14 @@ class Controller:
             self._write(net, SegmentStatus(kind, ident, problem, total, ready, change))
         moving = {net.meta.key for net in nets if net.vlan_id not in (None, net.status_vlan_id)}
         self._users = {key: found for key, found in self._users.items() if key in moving}
+
+    def _granted_unseen(self, net: Network | ClusterNetwork) -> tuple[str, int]:
+        """The (kind, ID) this replica last granted ``net`` (the same object: its UID): held even while the informer
+        does not show that write yet, or a round run meanwhile would grant the ID again and move ``net`` off it."""
+        written = self._written.get(net.meta.key)
+        if written is None or written[0] != net.meta.uid:
+            return "", 0
+        return written[2].kind.name, written[2].ident
 
     def _pick(self, net: Network | ClusterNetwork, kind: SegmentKind, held: dict[int, str]) -> tuple[int, str]:
         try:
@@ -426,16 +457,24 @@ class Controller:
 
     # -- IPAddresses and leases -----------------------------------------------------------------------
     def allocate_user_ipaddresses(self) -> None:
-        leases = [item.get("spec") or {} for item in self.source.items(LEASE_KIND)]
+        items = self.source.items(LEASE_KIND)
+        leases = [item.get("spec") or {} for item in items]
         held = {spec.get("holder") for spec in leases}
+        mine = {str(spec.get("holder")): spec for item, spec in zip(items, leases, strict=True)
+                if NODE_LABEL not in ((item.get("metadata") or {}).get("labels") or {})}  # not taken up by a node
         now = time.monotonic()
         self._allocated = {k: at for k, at in self._allocated.items() if now - at < ALLOCATED_S}
         for kind in IP_ADDRESS_KINDS.values():
+            shown = _statuses_shown(self.source.items(kind.name), kind.name)
             for obj in self.source.list(kind):
-                if obj.type != "Auto" or obj.owner_pod_uid or obj.meta.key in held:
+                if obj.type != "Auto" or obj.owner_pod_uid:
                     continue  # Static ones are leased by the nodes; a pod's own Auto ones by its node
                 if obj.meta.key in self._allocated:
                     continue  # leased a moment ago: the caches have not shown its lease or its status yet
+                if obj.meta.key in held:
+                    if obj.meta.key in mine:
+                        self._complete_status(obj, mine[obj.meta.key], shown.get(obj.meta.key) or {})
+                    continue
                 pool = pool_of_ip(self.source, obj)
                 if pool is not None:
                     taken = {to_int(str(spec.get("ip"))) for spec in leases if spec.get("pool") == pool.meta.key}
@@ -477,11 +516,22 @@ class Controller:
                 self.objects.check()
                 continue
             self._allocated[obj.meta.key] = time.monotonic()
-            conds = set_condition((), "Allocated", True, "IPAddressAllocated", "", now)
-            self._ip_status(obj, {"phase": "Allocated", "address": to_text(ip), "network": str(subnet.network),
-                                  "routes": [r.to_dict() for r in subnet.routes], "usedByPods": [],
-                                  "conditions": list(conds)}, self.objects.raw)
+            self._ip_status(obj, _allocated_status(to_text(ip), subnet, now), self.objects.raw)
             return
+
+    def _complete_status(self, obj: IPAddressObject, lease: Mapping[str, Any], shown: Mapping[str, Any]) -> None:
+        """A user's Auto IPAddress holding the lease this controller made, whose status does not show it: the one
+        write after the lease failed (it is only logged), or the object was deleted and made again under its name
+        (the lease is held by name). Its status is written from the lease, at most once every ``ALLOCATED_S``."""
+        address = str(lease.get("ip") or "")
+        if shown.get("phase") == "Allocated" and shown.get("address") == address:
+            return
+        pool = pool_of_ip(self.source, obj)
+        subnet = subnet_for(pool, to_int(address)) if pool is not None and address else None
+        if subnet is None:
+            return  # its pool, or the pool's subnet of the address, is gone: nothing to say of its network
+        self._allocated[obj.meta.key] = time.monotonic()
+        self._ip_status(obj, _allocated_status(address, subnet, time.time()))
 
     def _in_a_block(self, pool: str, ip: int) -> bool:
         try:

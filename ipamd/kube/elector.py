@@ -52,6 +52,7 @@ class LeaderElector:
         if not mine and not expired:
             return False
         spec.holder_identity = self.identity
+        spec.lease_duration_seconds = self.duration_s  # not the 1 s a hand-back (``release``) left there
         spec.renew_time = datetime.now(UTC)
         if not mine:
             spec.acquire_time = datetime.now(UTC)

@@ -106,6 +106,7 @@ class Network:
     status_vlan_id: int | None = None  # given by the cluster controller (Kubernetes mode)
     status_conditions: tuple[dict[str, str], ...] = ()  # as last written, so a rewrite keeps their times
     pod: PodOptions = PodOptions()  # Plexus extensions: policy routing, interface prefix, default network
+    status_bridge: str = ""  # status.bridgeName: names the kind of segment (VLAN, VXLAN) the status's ID is of
 
 @dataclass(frozen=True, slots=True)
 class ClusterNetwork:
@@ -118,6 +119,7 @@ class ClusterNetwork:
     status_vlan_id: int | None = None
     status_conditions: tuple[dict[str, str], ...] = ()
     pod: PodOptions = PodOptions()
+    status_bridge: str = ""
 
 @dataclass(frozen=True, slots=True)
 class PoolRoute:
@@ -381,6 +383,11 @@ def _status_id(doc: Mapping[str, Any]) -> int | None:
     ident = status.get("vni") or status.get("vlanID") if isinstance(status, dict) else None
     return ident if isinstance(ident, int) and not isinstance(ident, bool) and ident > 0 else None
 
+def _status_bridge(doc: Mapping[str, Any]) -> str:
+    status = doc.get("status")
+    bridge = status.get("bridgeName") if isinstance(status, dict) else None
+    return bridge if isinstance(bridge, str) else ""
+
 def _status_conditions(doc: Mapping[str, Any]) -> tuple[dict[str, str], ...]:
     status = doc.get("status")
     conds = status.get("conditions") if isinstance(status, dict) else None
@@ -392,7 +399,7 @@ def _network(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> Net
     m = meta.display
     cls = _get(spec, "networkClass", str, m, "spec.networkClass", required=True)
     return Network(meta, cls, _vlan_id(spec, m), _pool_ref(spec, m, ("IPAddressPool",)), _status_id(doc),
-                   _status_conditions(doc), _pod_options(spec, doc, m))
+                   _status_conditions(doc), _pod_options(spec, doc, m), _status_bridge(doc))
 
 def _cluster_network(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> ClusterNetwork:
     m = meta.display
@@ -405,7 +412,7 @@ def _cluster_network(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]
         raise ManifestInvalid(m, "spec.vlan.id", "is required for type VLAN")
     parents = _parents(spec, m, "spec.parentNodeNetworkInterfaces")
     return ClusterNetwork(meta, typ, vid, parents, _pool_ref(spec, m, ("ClusterIPAddressPool",)), cls, _status_id(doc),
-                          _status_conditions(doc), _pod_options(spec, doc, m))
+                          _status_conditions(doc), _pod_options(spec, doc, m), _status_bridge(doc))
 
 def _pod_options(spec: Mapping[str, Any], doc: Mapping[str, Any], m: str) -> PodOptions:
     labels = (doc.get("metadata") or {}).get("labels") or {}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cni.errors import InterfaceFailure
-from ipamd.model.names import bridge_name, uplink_name
+from ipamd.model.names import bridge_name, segment_of_bridge, uplink_name
 from ipamd.model.objects import STATUS_ANNOTATION, ClusterNetwork, Network, NetworkClass
 from ipamd.model.services import status_entries
 
@@ -72,11 +72,22 @@ def id_pool(obj: Network | ClusterNetwork, cls: NetworkClass | None) -> IdPool:
     return cls.vlan_pool
 
 
-def granted_id(obj: Network | ClusterNetwork) -> int | None:
-    """In a cluster, the VLAN ID or VNI a node may use: the one the controller wrote into the status, or
-    a ClusterNetwork's own (fixed by the administrator; the controller honours it). A Network's
-    ``spec.vlan.id`` is only a request until the controller grants it."""
-    return obj.status_vlan_id or (obj.vlan_id if isinstance(obj, ClusterNetwork) else None)
+def granted_id(obj: Network | ClusterNetwork, kind: SegmentKind | None = None) -> int | None:
+    """In a cluster, the VLAN ID or VNI a node may use: the one the controller wrote into the status, and
+    only that. A ``spec.vlan.id`` -- a ClusterNetwork's fixed one too -- is only a request until the controller
+    grants it (it writes a free one into the status; one already used stays refused, and unused on the wire).
+    With ``kind``, only an ID of that kind: a network moved to a class of another kind (VXLAN to VLAN) still
+    shows its old kind's ID until the controller grants it one of the new."""
+    if kind is not None and status_segment(obj) not in (None, kind.name):
+        return None
+    return obj.status_vlan_id or None
+
+
+def status_segment(obj: Network | ClusterNetwork) -> str | None:
+    """The kind of segment (``vlan``, ``vxlan``) the status's ID is of, as its bridge's name says; None when it
+    names none (untagged, not granted yet, or a status of an older Plexus)."""
+    carried = segment_of_bridge(obj.status_bridge)
+    return carried[0] if carried is not None else None
 
 
 class SegmentInUse(InterfaceFailure):
