@@ -341,6 +341,18 @@ def test_a_reclaim_cut_at_the_renew_deadline_between_a_nodes_blocks_leaves_a_nod
         "the block deleted before the deadline is not made again for the node that came back"
 
 
+def user_auto_controller(monkeypatch: pytest.MonkeyPatch) -> tuple[FakeApi, Any, list[float]]:
+    """A controller over a user's Auto IPAddress ``user-auto`` of ``small-net`` (no lease yet), its monotonic clock
+    the test's (``now``)."""
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    api = FakeApi()
+    src = ControllerSource(api)
+    served_by(api, src.src)
+    src.src.add(auto_ip("user-auto", net="small-net"))
+    return api, lease_controller(src), now
+
+
 def test_an_auto_ipaddress_leased_as_the_renew_deadline_passes_gets_its_status_in_a_later_round(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The round creates the lease of a user's Auto IPAddress; the create is slow and the renew deadline passes, so
@@ -348,13 +360,7 @@ def test_an_auto_ipaddress_leased_as_the_renew_deadline_passes_gets_its_status_i
     later round writes it: ``allocate_user_ipaddresses`` skips every IPAddress that holds a lease, so the IPAddress
     shows no phase or address for ever (until a pod uses it). The same cut leaves a lease made inside another node's
     block (``_in_a_block``'s undo delete is refused too)."""
-    now = [1000.0]
-    monkeypatch.setattr(time, "monotonic", lambda: now[0])
-    api = FakeApi()
-    src = ControllerSource(api)
-    served_by(api, src.src)
-    src.src.add(auto_ip("user-auto", net="small-net"))
-    ctl = lease_controller(src)
+    api, ctl, now = user_auto_controller(monkeypatch)
     _only(ctl, monkeypatch, "allocate_user_ipaddresses")
     create = api.create
 
@@ -501,13 +507,7 @@ def test_an_auto_ipaddresses_lease_whose_block_check_fails_is_undone(monkeypatch
     meanwhile, and that GET fails (the API server answers 503). The lease was left: inside a block the cache had not
     shown yet, where its node leases with no request (both then hold the address), and the IPAddress, holding a lease,
     was skipped by every later round. It is deleted, and a later round leases the IPAddress again."""
-    now = [1000.0]
-    monkeypatch.setattr(time, "monotonic", lambda: now[0])
-    api = FakeApi()
-    src = ControllerSource(api)
-    served_by(api, src.src)
-    src.src.add(auto_ip("user-auto", net="small-net"))
-    ctl = lease_controller(src)
+    api, ctl, now = user_auto_controller(monkeypatch)
     _only(ctl, monkeypatch, "allocate_user_ipaddresses")
     get = api.get
 

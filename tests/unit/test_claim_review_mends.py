@@ -3,7 +3,6 @@ network each was added on; a failed ADD's undo keeps a claim another attachment 
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import tempfile
@@ -12,45 +11,13 @@ from typing import Any
 import pytest
 
 from cni.errors import CniError, IOFailure
-from ipamd.drivers.delegate import DelegateDriver
-from ipamd.invoke.chain import Chain
 from ipamd.ipam.delegated import AddressRequest, ipam_config_of
 from ipamd.model.objects import NPWG_CLAIM_API_VERSION
 from ipamd.store.records import dump
 from ipamd.store.sqlite import Store
-from ipamd.verbs.call import CniCall
 from tests.fakes.exec import Expected, FakeExec
 from tests.unit import test_plexus_ipam as tpi
-
-
-def _attacher_node(fake: FakeExec, ipam: dict[str, Any]) -> Any:
-    """test_attacher's Node with the delegate driver over ``fake`` and two NADs: ``first`` (macvlan, plexus-ipam
-    as ``ipam``) and ``second`` (ipvlan + tuning, a host-local-style IPAM of its own)."""
-    from tests.unit.test_attacher import Node
-    from tests.unit.test_networks import nad
-
-    node = Node()
-    node.ipam._names = collections.defaultdict(str)  # the spy names Deckhouse leases only
-    node.drivers["delegate"] = DelegateDriver(Chain(fake))  # type: ignore[assignment]
-    node.source.add(nad("first", {"cniVersion": "1.0.0", "type": "macvlan", "master": "eth1", "ipam": ipam}, "apps"))
-    node.source.add(nad("second", {"cniVersion": "1.0.0", "plugins": [
-        {"type": "ipvlan", "master": "eth2", "ipam": {"type": "host-local", "subnet": "198.18.72.0/24"}},
-        {"type": "tuning"}]}, "apps"))
-    return node
-
-
-def _pod(name: str, uid: str, networks: str) -> Any:
-    from tests.unit.test_attacher import obj
-
-    return obj("Pod", name, {}, uid=uid, annotations={"k8s.v1.cni.cncf.io/networks": networks})
-
-
-def _add(node: Any, pod: str, uid: str, container: str) -> dict[str, Any]:
-    from tests.unit.test_attacher import NETNS, NS
-
-    args = {"K8S_POD_NAMESPACE": NS, "K8S_POD_NAME": pod, "K8S_POD_UID": uid}
-    conf = {"cniVersion": "1.1.0", "name": "plexus", "type": "plexus"}
-    return node.attacher.handle(CniCall("ADD", container, NETNS, "eth0", args, conf))  # type: ignore[no-any-return]
+from tests.unit.delegation_node import add, attacher_node, npwg_pod
 
 
 def _static_address(call: tuple[str, str, dict[str, str], dict[str, Any]]) -> str:
@@ -178,28 +145,28 @@ def test_a_failed_adds_undo_keeps_a_claim_another_pod_took_up_meanwhile() -> Non
 
     def recreated() -> None:  # while uid-1's macvlan ADD runs
         node.source.remove("Pod", NS, "db-0")
-        node.source.add(_pod("db-0", "uid-2", networks))
-        _add(node, "db-0", "uid-2", "c2")
+        node.source.add(npwg_pod("db-0", "uid-2", networks))
+        add(node, "db-0", "uid-2", "c2")
 
     fake = _HookExec(Expected("macvlan", "ADD", res),  # uid-2's (run first, from the hook)
                      Expected("macvlan", "ADD", error=IOFailure("master eth1 went away", "")),  # uid-1's
                      Expected("macvlan", "DEL"),  # uid-1's rollback
                      Expected("macvlan", "ADD", res),  # the next pod's
                      at=0, hook=recreated)
-    node = _attacher_node(fake, ipam)
+    node = attacher_node(fake, ipam)
     node.source.add(tpi.obj("IPAMClaim", "db-0", {"network": "first", "interface": "net1"},
                             api=NPWG_CLAIM_API_VERSION, uid="uid-claim"))
-    node.source.add(_pod("db-0", "uid-1", networks))
-    node.source.add(_pod("next", "uid-next", "first"))
+    node.source.add(npwg_pod("db-0", "uid-1", networks))
+    node.source.add(npwg_pod("next", "uid-next", "first"))
     with pytest.raises(CniError):
-        _add(node, "db-0", "uid-1", "c1")
+        add(node, "db-0", "uid-1", "c1")
     claimed = _static_address(fake.calls[0])
     rec = node.store.get_ip(f"IPAMClaim/{NS}/db-0")
     live = [(a.container_id, a.pod_uid, a.state, [i.ip_keys for i in a.interfaces]) for a in node.store.attachments()]
     assert live == [("c2", "uid-2", "ready", [(f"IPAMClaim/{NS}/db-0",)])], live
     assert rec is not None and rec.used_by_uids == ("c2/net1",), \
         f"uid-2's ready attachment uses the claim, whose record uid-1's undo deleted: {rec}, leases {node.store.all_leases()}"
-    _add(node, "next", "uid-next", "c3")
+    add(node, "next", "uid-next", "c3")
     assert _static_address(fake.calls[-1]) != claimed, f"{claimed} given to the next pod while db-0 (uid-2) uses it"
 
 

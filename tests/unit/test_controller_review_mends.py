@@ -160,18 +160,9 @@ def test_a_users_auto_ipaddress_whose_status_write_failed_gets_it_in_a_later_rou
     """The controller leases a user's Auto IPAddress and writes its status (``_ip_status``): that one write meets a
     503 (or a timeout) and is only logged. Every later round skips the IPAddress (``obj.meta.key in held``: it holds
     a lease), so its status never shows the address nor ``phase: Allocated``."""
-    from tests.fakes.cluster import served_by
-    from tests.unit.test_ipam import auto_ip
-    from tests.unit.test_lease_versions import ControllerSource
-    from tests.unit.test_lease_versions import controller as lease_controller
+    from tests.unit.test_api_away_answers import user_auto_controller
 
-    now = [1000.0]
-    monkeypatch.setattr(time, "monotonic", lambda: now[0])
-    api = FakeApi()
-    src = ControllerSource(api)
-    served_by(api, src.src)
-    src.src.add(auto_ip("user-auto", net="small-net"))
-    ctl = lease_controller(src)
+    api, ctl, now = user_auto_controller(monkeypatch)
     patch_status, failed = api.patch_status, list[str]()
 
     def once_503(kind: str, name: str, status: dict[str, Any], *a: Any, **k: Any) -> Any:

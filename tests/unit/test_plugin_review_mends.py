@@ -4,7 +4,6 @@ a CNI error naming it."""
 
 from __future__ import annotations
 
-import collections
 import json
 import time
 from typing import Any
@@ -12,41 +11,9 @@ from typing import Any
 import pytest
 
 from cni.errors import CniError, InvalidConfig
-from ipamd.drivers.delegate import DelegateDriver
-from ipamd.invoke.chain import Chain
-from ipamd.verbs.call import CniCall
 from tests.fakes.exec import FakeExec
 from tests.unit import test_plexus_ipam as tpi
-
-
-def _attacher_node(fake: FakeExec, ipam: dict[str, Any]) -> Any:
-    """test_attacher's Node with the delegate driver over ``fake`` and two NADs: ``first`` (macvlan, plexus-ipam
-    as ``ipam``) and ``second`` (ipvlan + tuning, a host-local-style IPAM of its own)."""
-    from tests.unit.test_attacher import Node
-    from tests.unit.test_networks import nad
-
-    node = Node()
-    node.ipam._names = collections.defaultdict(str)  # the spy names Deckhouse leases only
-    node.drivers["delegate"] = DelegateDriver(Chain(fake))  # type: ignore[assignment]
-    node.source.add(nad("first", {"cniVersion": "1.0.0", "type": "macvlan", "master": "eth1", "ipam": ipam}, "apps"))
-    node.source.add(nad("second", {"cniVersion": "1.0.0", "plugins": [
-        {"type": "ipvlan", "master": "eth2", "ipam": {"type": "host-local", "subnet": "198.18.72.0/24"}},
-        {"type": "tuning"}]}, "apps"))
-    return node
-
-
-def _pod(name: str, uid: str, networks: str) -> Any:
-    from tests.unit.test_attacher import obj
-
-    return obj("Pod", name, {}, uid=uid, annotations={"k8s.v1.cni.cncf.io/networks": networks})
-
-
-def _add(node: Any, pod: str, uid: str, container: str) -> dict[str, Any]:
-    from tests.unit.test_attacher import NETNS, NS
-
-    args = {"K8S_POD_NAMESPACE": NS, "K8S_POD_NAME": pod, "K8S_POD_UID": uid}
-    conf = {"cniVersion": "1.1.0", "name": "plexus", "type": "plexus"}
-    return node.attacher.handle(CniCall("ADD", container, NETNS, "eth0", args, conf))  # type: ignore[no-any-return]
+from tests.unit.delegation_node import add, attacher_node, npwg_pod
 
 
 def _claimed(node: tpi.Node, pod_name: str, uid: str, nad: str = "nad-a") -> None:
@@ -84,13 +51,13 @@ def test_a_nads_args_that_cannot_take_the_pods_cni_args_is_a_cni_error_naming_it
     from tests.unit.test_networks import nad
 
     fake = FakeExec()
-    node = _attacher_node(fake, {"type": "plexus-ipam", "range": "198.18.71.0/24"})
+    node = attacher_node(fake, {"type": "plexus-ipam", "range": "198.18.71.0/24"})
     node.source.add(nad("odd", {"cniVersion": "1.0.0", "type": "macvlan", "master": "eth1", "args": {"cni": "x"}},
                         "apps"))
-    node.source.add(_pod("app2", "uid-2", json.dumps([{"name": "odd", "cni-args": {"foo": "bar"}}])))
+    node.source.add(npwg_pod("app2", "uid-2", json.dumps([{"name": "odd", "cni-args": {"foo": "bar"}}])))
     got: BaseException | None = None
     try:
-        _add(node, "app2", "uid-2", "c9")
+        add(node, "app2", "uid-2", "c9")
     except Exception as exc:  # noqa: BLE001  # a non-CniError is what the server answers as 999
         got = exc
     assert node.store.attachments() == [] and node.store.all_leases() == [], "left behind"

@@ -3,50 +3,13 @@ failing on the code before its fix)."""
 
 from __future__ import annotations
 
-import collections
 from typing import Any
 
 import pytest
 
 from cni.errors import CniError, IOFailure
-from ipamd.drivers.delegate import DelegateDriver
-from ipamd.invoke.chain import Chain
-from ipamd.verbs.call import CniCall
 from tests.fakes.exec import Expected, FakeExec
-
-
-def _attacher_node(fake: FakeExec, ipam: dict[str, Any]) -> Any:
-    """test_attacher's Node with the delegate driver over ``fake`` and two NADs: ``first`` (macvlan, plexus-ipam
-    as ``ipam``) and ``second`` (ipvlan + tuning, a host-local-style IPAM of its own)."""
-    from tests.unit.test_attacher import Node
-    from tests.unit.test_networks import nad
-
-    node = Node()
-    node.ipam._names = collections.defaultdict(str)  # the spy names Deckhouse leases only
-    node.drivers["delegate"] = DelegateDriver(Chain(fake))  # type: ignore[assignment]
-    node.source.add(nad("first", {"cniVersion": "1.0.0", "type": "macvlan", "master": "eth1", "ipam": ipam}, "apps"))
-    node.source.add(nad("second", {"cniVersion": "1.0.0", "plugins": [
-        {"type": "ipvlan", "master": "eth2", "ipam": {"type": "host-local", "subnet": "198.18.72.0/24"}},
-        {"type": "tuning"}]}, "apps"))
-    return node
-
-
-def _pod(name: str, uid: str, networks: str) -> Any:
-    from tests.unit.test_attacher import obj
-
-    return obj("Pod", name, {}, uid=uid, annotations={"k8s.v1.cni.cncf.io/networks": networks})
-
-
-def _call(node: Any, verb: str, pod: str, uid: str, container: str) -> dict[str, Any]:
-    from tests.unit.test_attacher import NETNS, NS
-
-    args = {"K8S_POD_NAMESPACE": NS, "K8S_POD_NAME": pod, "K8S_POD_UID": uid}
-    conf = {"cniVersion": "1.1.0", "name": "plexus", "type": "plexus"}
-    return node.attacher.handle(CniCall(verb, container, NETNS, "eth0", args, conf))  # type: ignore[no-any-return]
-
-
-def _add(node: Any, pod: str, uid: str, container: str) -> dict[str, Any]:
-    return _call(node, "ADD", pod, uid, container)
+from tests.unit.delegation_node import add, attacher_node, call, npwg_pod
 
 
 def _static_address(call: tuple[str, str, dict[str, str], dict[str, Any]]) -> str:
@@ -64,16 +27,16 @@ def test_a_delegate_whose_rollback_del_failed_keeps_its_plexus_ipam_lease() -> N
                     Expected("tuning", "DEL"), Expected("ipvlan", "DEL"),
                     Expected("macvlan", "DEL", error=IOFailure("transient", "")),
                     Expected("macvlan", "ADD", res1))  # the next pod's ADD
-    node = _attacher_node(fake, ipam)
-    node.source.add(_pod("app", "uid-app", "first, second"))
-    node.source.add(_pod("next", "uid-next", "first"))
+    node = attacher_node(fake, ipam)
+    node.source.add(npwg_pod("app", "uid-app", "first, second"))
+    node.source.add(npwg_pod("next", "uid-next", "first"))
     with pytest.raises(CniError):
-        _add(node, "app", "uid-app", "c1")
+        add(node, "app", "uid-app", "c1")
     (kept,) = node.store.attachments()
     assert kept.state == "deleting" and [i.if_name for i in kept.interfaces] == ["net1"], "first's DEL is owed"
     first_address = _static_address(fake.calls[0])
     try:
-        _add(node, "next", "uid-next", "c2")
+        add(node, "next", "uid-next", "c2")
     except CniError as exc:  # code 100: the range's one address is still taken
         assert exc.code == 100, exc
         return
@@ -92,26 +55,26 @@ def test_the_kept_lease_is_let_go_by_the_later_successful_del(finisher: str) -> 
     fake = FakeExec(Expected("macvlan", "ADD", res1), Expected("ipvlan", "ADD", error=IOFailure("boom", "")),
                     Expected("tuning", "DEL"), Expected("ipvlan", "DEL"),
                     Expected("macvlan", "DEL", error=IOFailure("transient", "")))
-    node = _attacher_node(fake, ipam)
-    node.source.add(_pod("app", "uid-app", "first, second"))
-    node.source.add(_pod("next", "uid-next", "first"))
+    node = attacher_node(fake, ipam)
+    node.source.add(npwg_pod("app", "uid-app", "first, second"))
+    node.source.add(npwg_pod("next", "uid-next", "first"))
     with pytest.raises(CniError):
-        _add(node, "app", "uid-app", "c1")
+        add(node, "app", "uid-app", "c1")
     (kept,) = node.store.attachments()
     (net1,) = kept.interfaces
     assert kept.state == "deleting" and net1.ip_keys and net1.addresses, "the kept delegate keeps its lease"
     (held,) = node.store.all_ips()
     assert held.key in net1.ip_keys and held.used_by_uids, "the lease is still the delegate's"
     with pytest.raises(CniError) as refused:
-        _add(node, "next", "uid-next", "c2")
+        add(node, "next", "uid-next", "c2")
     assert refused.value.code == 100, refused.value
     assert node.store.get_attachment("c2", "eth0") is None
     fake.expected += [Expected("macvlan", "DEL")]  # the DEL owed, succeeding now
     if finisher == "runtime DEL":
-        _call(node, "DEL", "app", "uid-app", "c1")
+        call(node, "DEL", "app", "uid-app", "c1")
     else:
         assert node.attacher.finish_deletions(older_than_s=0) == 1
     assert node.store.attachments() == [] and node.store.all_ips() == [], "the DEL let the kept lease go"
     fake.expected += [Expected("macvlan", "ADD", res1)]
-    _add(node, "next", "uid-next", "c3")
+    add(node, "next", "uid-next", "c3")
     assert _static_address(fake.calls[-1]) == "198.18.71.1/24", "the address is free once the DEL succeeded"
