@@ -575,6 +575,8 @@ class Controller:
                     if looked_at - self._looked.get(node, -VANISHED_LOOK_S) < VANISHED_LOOK_S:
                         continue  # what it keeps is looked at again once a minute, not every round
                 elif not names and not left:
+                    if not self._runs_pods(node):
+                        self._drop_attachments(node)
                     self._drop_heartbeat(node, beats)  # silent, holding nothing: no more to give back
                     continue
                 self._looked[node] = looked_at
@@ -585,6 +587,7 @@ class Controller:
                     self._forget_vanished(node)
                     continue  # renewed since the cache showed it silent: its daemon is back
                 self._vanished.add(node)  # before its leases: what a failure here leaves is looked at again
+                self._drop_attachments(node)
                 holders = holders if holders is not None else existing_holders(self.source, IP_ADDRESS_KINDS)
                 quarantined = self._quarantine(node, holders, now)
                 if names or quarantined:
@@ -649,6 +652,15 @@ class Controller:
     def _forget_vanished(self, node: str) -> None:
         self._vanished.discard(node)
         self._looked.pop(node, None)
+
+    def _drop_attachments(self, node: str) -> None:
+        """A vanished node's sides of networks (its NodeNetworkInterfaceAttachments): no daemon is left to remove them,
+        and one naming the bridge of a deleted Network holds that Network's ID (``assign_segments``) for ever. Only once
+        no pod is bound to the node: a pod on that bridge would share its wire with the next Network given the ID."""
+        for item in self.source.items(ATTACHMENT_KIND):
+            if (item.get("spec") or {}).get("nodeName") == node:
+                self.objects.check()
+                _absent_ok(self.objects.delete, ATTACHMENT_KIND, str((item.get("metadata") or {}).get("name") or ""))
 
     def _drop_heartbeat(self, node: str, beats: dict[str, float]) -> None:
         """A vanished node's heartbeat, once it keeps no lease object (until then it tells a controller started since

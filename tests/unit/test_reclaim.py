@@ -502,3 +502,30 @@ def test_a_quarantine_cut_at_the_renew_deadline_between_its_two_writes_is_finish
     orphaned = [o for o in api.objs[LEASE_KIND].values() if (o.get("status") or {}).get("orphaningTimestamp")]
     assert orphaned and all(not o["spec"].get("holder") for o in orphaned), \
         "a quarantine begun is finished: its holder dropped at the version its first write made"
+
+
+def _attachment(api: FakeApi, node: str, network: str) -> None:
+    api.create("NodeNetworkInterfaceAttachment", {
+        "apiVersion": "network.deckhouse.io/v1alpha1", "kind": "NodeNetworkInterfaceAttachment",
+        "metadata": {"name": f"{node}-{network}", "labels": {"network.deckhouse.io/node": node}},
+        "spec": {"networkRef": {"kind": "Network", "namespace": "ns", "name": network}, "nodeName": node,
+                 "bridgeName": "plx-br-600"}})
+
+
+def test_a_reclaimed_nodes_attachments_go_with_its_blocks(api: FakeApi, gone: tuple[Node, list[tuple[str, str]]]) -> None:
+    """A vanished node's NodeNetworkInterfaceAttachments have no daemon left to remove them: one that names the bridge
+    of a deleted Network held that Network's VLAN ID for ever (with a one-ID pool, no Network could have one again).
+    They go with its blocks, once no pod is bound to it; another node's stay."""
+    _attachment(api, "gone", "deleted-net")
+    _attachment(api, "other", "deleted-net")
+    cluster = Cluster(api)
+    cluster.pods, cluster.nodes = ["gone"], ["gone", "other"]
+    ctl = controller(cluster)
+    silence(api, 3600)
+    ctl.reclaim_blocks()
+    assert set(api.objs["NodeNetworkInterfaceAttachment"]) == {"gone-deleted-net", "other-deleted-net"}, \
+        "a pod is still bound to it: kept"
+    cluster.pods = []
+    ctl.reclaim_blocks()
+    assert not api.objs[BLOCK_KIND]
+    assert set(api.objs["NodeNetworkInterfaceAttachment"]) == {"other-deleted-net"}
