@@ -221,9 +221,16 @@ class Reconciler:
         in_use, bridges = {i.network_key for i in attached}, {i.bridge for i in attached if i.bridge}
         for rec in self.store.segments():
             if rec.network in live or rec.network in in_use or rec.bridge in bridges:
+                if RETIRED in rec.network and self._reported.get(rec.network) != (rec.bridge, ""):
+                    # the old segment of a network given another ID, pods still on it: reported under its own key, so
+                    # that the controller keeps its ID held (granted to another Network, that one joins their wire)
+                    self.publisher.node_attachment(rec.network, rec.bridge, True, "")
+                    self._reported[rec.network] = (rec.bridge, "")
                 continue
             if RETIRED in rec.network:  # the old segment of a network given another ID: its links alone go
                 try:
+                    self._reported.pop(rec.network, None)
+                    self.publisher.node_detachment(rec.network)  # owed first, as a deleted Network's below
                     self.segments.remove(rec)
                     log.info("removed the old segment of %s (bridge %s)", rec.network.split(RETIRED)[0], rec.bridge)
                 except Exception as exc:

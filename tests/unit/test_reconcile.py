@@ -150,3 +150,25 @@ def test_a_burst_of_object_changes_makes_one_settled_round_not_one_each() -> Non
         assert after[0] - woken >= 0.29, "settled before its round"
     finally:
         rec.stop()
+
+
+def test_the_old_segment_of_a_network_given_another_id_is_reported_while_pods_sit_on_it() -> None:
+    """A Network given another VLAN ID keeps its old segment while pods sit on its bridge; this node reports it (an
+    attachment of its own, under the old segment's key), so that the controller keeps the old ID held meanwhile:
+    granted to another Network, that Network would join those pods' wire. Detached once the segment goes."""
+    from ipamd.node.segments import retired_key
+
+    node = Node()
+    rec = reconciler(node)
+    node.call("ADD")
+    rec.run_once()
+    old = {s.network: s for s in node.store.segments()}[f"Network/{NS}/net-a"]
+    node.source.add(obj("Network", "net-a", {"networkClass": "cls", "vlan": {"id": 650}, "ipam": {
+        "ipAddressPoolRef": {"kind": "IPAddressPool", "name": "pool-a"}}}))
+    rec.run_once()
+    retired = retired_key(f"Network/{NS}/net-a", old.bridge)
+    assert node.publisher.node_attachments.get(retired) == (old.bridge, True, ""), node.publisher.node_attachments
+    assert node.publisher.node_attachments[f"Network/{NS}/net-a"][0] == "plx-br-650"
+    node.call("DEL")
+    rec.run_once()
+    assert node.links.index(old.bridge) is None and retired in node.publisher.node_detachments
