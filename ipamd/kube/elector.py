@@ -28,6 +28,11 @@ class LeaderElector:
         self.namespace = namespace
         self.identity = identity
         self.duration_s = duration_s
+        # the Lease as last seen changing (holder, renewTime, duration) and when, by this replica's monotonic clock: it
+        # expires a duration after that, as client-go judges it (``observedTime``), so that no replica's wall clock,
+        # ahead or behind the holder's, makes it expire early
+        self._seen: tuple[str, str, int] | None = None
+        self._seen_at = 0.0
 
     def try_acquire(self) -> bool:
         try:
@@ -47,8 +52,11 @@ class LeaderElector:
                 raise
         spec = lease.spec
         mine = spec.holder_identity == self.identity
-        renewed = spec.renew_time.timestamp() if spec.renew_time else 0.0
-        expired = renewed + (spec.lease_duration_seconds or self.duration_s) < time.time()
+        duration = spec.lease_duration_seconds or self.duration_s
+        seen = (spec.holder_identity or "", str(spec.renew_time), duration)
+        if seen != self._seen:
+            self._seen, self._seen_at = seen, time.monotonic()
+        expired = not spec.holder_identity or time.monotonic() - self._seen_at > duration
         if not mine and not expired:
             return False
         spec.holder_identity = self.identity

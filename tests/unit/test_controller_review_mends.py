@@ -75,7 +75,7 @@ def _replicas(monkeypatch: pytest.MonkeyPatch, clock: Clock, *names: str) -> tup
             return datetime.fromtimestamp(clock.wall(), tz or UTC)
 
     monkeypatch.setattr(time, "monotonic", lambda: clock.true)  # each replica's own monotonic clock: true time
-    monkeypatch.setattr("ipamd.kube.elector.time", SimpleNamespace(time=clock.wall))
+    monkeypatch.setattr("ipamd.kube.elector.time", SimpleNamespace(time=clock.wall, monotonic=lambda: clock.true))
     monkeypatch.setattr("ipamd.kube.elector.datetime", _Dt)
     monkeypatch.setattr("ipamd.kube.elector.rfc3339_micro", lambda ts=None: rfc3339_micro(clock.wall()))
     coord = FakeCoord()
@@ -112,6 +112,31 @@ def test_a_lease_handed_back_keeps_its_one_second_duration_for_the_next_holder(m
         f"two replicas act as leader: B (renewed 1.5 s ago, acting for 10 s) and C, which found the Lease "
         f"(leaseDurationSeconds={coord.lease.spec.lease_duration_seconds}) expired")
 
+
+
+def test_a_standby_whose_clock_is_ahead_does_not_take_the_lease_while_the_leader_renews(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Lease's expiry was judged as its renewTime (the holder's clock) plus its duration against the standby's
+    wall clock: a standby 20 s ahead took it over between two renewals of a leader that still acted. As client-go's
+    leaderelection does, a Lease expires a duration after this replica last saw it change (its own monotonic clock);
+    one handed back (no holder) is taken at once, and one no longer renewed still expires."""
+    clock = Clock()
+    a, b = _replicas(monkeypatch, clock, "a", "b")
+    a.run_once()
+    assert a.leading
+    clock.skew = 20.0  # B's wall clock runs 20 s ahead
+    b.run_once()
+    assert not b.leading, "A renewed a moment ago"
+    for _ in range(3):
+        clock.skew = 0.0
+        clock.true += 2
+        a.run_once()  # A renews every 2 s
+        clock.skew = 20.0
+        b.run_once()
+        assert not (a.acting and b.leading), "two leaders: B took the Lease over from a leader that renews"
+    clock.true += 16  # A died: not renewed for longer than the duration
+    b.run_once()
+    assert b.leading, "a Lease no longer renewed is taken over"
 
 
 def test_an_id_just_granted_is_not_granted_again_before_the_cache_shows_it() -> None:
