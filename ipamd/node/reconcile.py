@@ -255,8 +255,9 @@ class Reconciler:
             cls = class_of(self.source, net)
             if cls is None and (isinstance(net, Network) or net.network_class):
                 continue  # reported when a pod asks for it (a ClusterNetwork may name no class: its own segment)
-            if self.cluster and segment_kind(net, cls).tagged and granted_id(net) is None:
-                continue  # the controller has not given it its VLAN ID / VNI yet
+            kind = segment_kind(net, cls)
+            if self.cluster and kind.tagged and granted_id(net, kind) is None:
+                continue  # the controller has not given it its VLAN ID / VNI (of its class's kind) yet
             live[net.meta.key] = ResolvedNetwork(net.meta.key, net.meta.kind, net.meta.name, net.meta.namespace, net,
                                                  cls, None)
         return live

@@ -148,7 +148,7 @@ class Segments:
         kind = segment_kind(obj, cls)
         with self.store.transaction():
             rec = self.store.get_segment(net.key)
-            wanted = (granted_id(obj) if self.cluster else obj.status_vlan_id or obj.vlan_id) if kind.tagged else None
+            wanted = (granted_id(obj, kind) if self.cluster else obj.status_vlan_id or obj.vlan_id) if kind.tagged else None
             if self.cluster and kind.tagged and wanted is None:
                 raise TryAgainLater(f"{net.key} has no {kind.id_label} yet: the Plexus controller assigns it "
                                     "(is plexus-controller running?)", "status.vlanID")

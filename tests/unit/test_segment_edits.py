@@ -302,3 +302,27 @@ def test_a_missing_parent_is_named(ipv6_off: list[str]) -> None:
     with pytest.raises(InterfaceFailure) as err:
         segment_links.ensure_vlan(MessageIPRoute(), "eth9", 700)
     assert err.value.details == "eth9"
+
+
+def test_a_node_does_not_serve_another_kinds_id_as_granted_after_a_class_edit() -> None:
+    """A Network moved from a VXLAN class to a VLAN class still shows VNI 603 in its status until the controller grants
+    it a VLAN ID: a node in a cluster waits for that (code 11), instead of building VLAN 603, which the controller may
+    have given another Network (both would share one wire); the reconcile round does not make it either."""
+    from cni.errors import TryAgainLater
+    from tests.unit.test_attacher import NS, Node, obj
+    from tests.unit.test_reconcile import reconciler
+
+    doc: dict[str, Any] = {"apiVersion": GROUP, "kind": "Network", "metadata": {"name": "a", "namespace": "ns"},
+                           "spec": {"networkClass": "vx"}, "status": {"vni": 603, "bridgeName": "plx-vb-603"}}
+    moved = parse_object(doc)
+    assert isinstance(moved, Network)
+    cls = vlan_class("eth1")
+    segments = Segments(MemoryStore(), FakeNodeLinks(), lambda: 0.0, cluster=True)
+    with pytest.raises(TryAgainLater):
+        segments.plan(ResolvedNetwork(moved.meta.key, "Network", "a", "ns", moved, cls, None))
+
+    node = Node()
+    node.source.add(obj("NetworkClass", "vl", {"vlan": {"idPool": ["600-609"]}}, namespaced=False))
+    node.source.add(parse_object({**doc, "metadata": {"name": "moved", "namespace": NS}, "spec": {"networkClass": "vl"}}))
+    reconciler(node, cluster=True).run_once()
+    assert node.links.index("plx-br-603") is None, "VLAN 603 made for a network whose status shows a VNI"
