@@ -460,7 +460,7 @@ class Controller:
         items = self.source.items(LEASE_KIND)
         leases = [item.get("spec") or {} for item in items]
         held = {spec.get("holder") for spec in leases}
-        mine = {str(spec.get("holder")): spec for item, spec in zip(items, leases, strict=True)
+        mine = {str(spec.get("holder")): item for item, spec in zip(items, leases, strict=True)
                 if NODE_LABEL not in ((item.get("metadata") or {}).get("labels") or {})}  # not taken up by a node
         now = time.monotonic()
         self._allocated = {k: at for k, at in self._allocated.items() if now - at < ALLOCATED_S}
@@ -522,8 +522,10 @@ class Controller:
     def _complete_status(self, obj: IPAddressObject, lease: Mapping[str, Any], shown: Mapping[str, Any]) -> None:
         """A user's Auto IPAddress holding the lease this controller made, whose status does not show it: the one
         write after the lease failed (it is only logged), or the object was deleted and made again under its name
-        (the lease is held by name). Its status is written from the lease, at most once every ``ALLOCATED_S``."""
-        address = str(lease.get("ip") or "")
+        (the lease is held by name). Its status is written from the lease, at most once every ``ALLOCATED_S``, once
+        no node's block is found around the address (the check after the lease's create may never have finished, nor
+        the undo of a lease found in a block): a lease in a block is deleted, and the IPAddress leased again."""
+        address = str((lease.get("spec") or {}).get("ip") or "")
         if shown.get("phase") == "Allocated" and shown.get("address") == address:
             return
         pool = pool_of_ip(self.source, obj)
@@ -531,6 +533,9 @@ class Controller:
         if subnet is None:
             return  # its pool, or the pool's subnet of the address, is gone: nothing to say of its network
         self._allocated[obj.meta.key] = time.monotonic()
+        if pool is not None and self._in_a_block(pool.meta.key, to_int(address)):
+            self.objects.raw.delete(LEASE_KIND, str((lease.get("metadata") or {}).get("name") or ""))
+            return
         self._ip_status(obj, _allocated_status(address, subnet, time.time()))
 
     def _in_a_block(self, pool: str, ip: int) -> bool:

@@ -525,3 +525,45 @@ def test_an_auto_ipaddresses_lease_whose_block_check_fails_is_undone(monkeypatch
     ctl.run_once()
     status = api.objs["IPAddress"]["ns/user-auto"].get("status") or {}
     assert status.get("phase") == "Allocated", status
+
+
+def test_a_lease_whose_block_check_and_undo_both_failed_is_not_given_its_status_unchecked(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user's Auto IPAddress lease whose block check fails is undone, but with the API server away its delete fails
+    too. A later round, finding the IPAddress holding that lease without a status, wrote ``Allocated`` with its
+    address, never asking whether a node had claimed the block around it meanwhile (where that node leases with no
+    request: two holders of one address). The block is looked for first, and the lease inside it deleted."""
+    from kubernetes.client.exceptions import ApiException
+
+    from ipamd.ipam.allocator import to_int
+    from ipamd.ipam.blocks import Block, window_of
+    from ipamd.kube.blocks import KIND as BLOCK_KIND
+    from ipamd.kube.blocks import block_body
+    from ipamd.kube.leases import KIND as LEASE_KIND
+
+    api, ctl, now = user_auto_controller(monkeypatch)
+    _only(ctl, monkeypatch, "allocate_user_ipaddresses")
+    get, delete = api.get, api.delete
+
+    def away_get(kind: str, name: str, namespace: str = "") -> dict[str, Any]:
+        if kind == BLOCK_KIND:
+            raise ApiException(status=503, reason="Service Unavailable")
+        return get(kind, name, namespace)
+
+    def away_delete(kind: str, name: str, *a: Any, **k: Any) -> None:
+        raise ApiException(status=503, reason="Service Unavailable")
+
+    api.get, api.delete = away_get, away_delete  # type: ignore[method-assign]
+    with pytest.raises(ApiException):
+        ctl.run_once()
+    (lease,) = api.objs[LEASE_KIND].values()
+    ip = to_int(lease["spec"]["ip"])
+    # meanwhile node n1 claimed the block around it (its create came first; our cache had not shown it)
+    api.create(BLOCK_KIND, block_body(Block(lease["spec"]["pool"], window_of(ip), 16, "n1")))
+    api.get, api.delete = get, delete  # type: ignore[method-assign]
+    now[0] += 61
+    ctl.run_once()
+    status = api.objs["IPAddress"]["ns/user-auto"].get("status") or {}
+    left = [o["spec"]["ip"] for o in api.objs[LEASE_KIND].values() if o["spec"]["holder"] == "IPAddress/ns/user-auto"]
+    assert not (status.get("address") == lease["spec"]["ip"] and lease["spec"]["ip"] in left), \
+        f"the IPAddress was given {status.get('address')} inside node n1's block, never checked: {status}"
