@@ -11,9 +11,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cni.errors import InterfaceFailure
+from cni.errors import AnnotationInvalid, InterfaceFailure
+from ipamd.model.annotations import parse_networks_spec
 from ipamd.model.names import bridge_name, segment_of_bridge, uplink_name
-from ipamd.model.objects import STATUS_ANNOTATION, ClusterNetwork, Network, NetworkClass
+from ipamd.model.objects import SPEC_ANNOTATION, STATUS_ANNOTATION, ClusterNetwork, Network, NetworkClass
 from ipamd.model.services import status_entries
 
 IdPool = tuple[tuple[int, int], ...]
@@ -125,17 +126,36 @@ def pick_id(kind: SegmentKind, pool: IdPool, holders: Mapping[int, str], wanted:
 def pods_on_segment(pods: Iterable[Mapping[str, Any]], net: Network | ClusterNetwork, ident: int) -> list[str]:
     """The pods (``namespace/name``) attached to ``net`` on its segment ``ident``, as their ``networks-status`` says:
     an entry that shows another VLAN ID is on another segment of it; one that shows none (a VXLAN network's, or of
-    an older Plexus) counts. A finished pod holds no interface; ``pods`` may be of other namespaces and networks."""
+    an older Plexus) counts, as does a pod starting on a node whose ``networks-spec`` names ``net`` (``_starting``).
+    A finished pod holds no interface; ``pods`` may be of other namespaces and networks."""
     found = []
     for pod in pods:
         md = pod.get("metadata") or {}
         finished = (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
         if finished or (isinstance(net, Network) and md.get("namespace") != net.meta.namespace):
             continue
-        entries = status_entries((md.get("annotations") or {}).get(STATUS_ANNOTATION))
-        if any(_shows(entry, net, ident) for entry in entries):
+        annotations = md.get("annotations") or {}
+        entries = status_entries(annotations.get(STATUS_ANNOTATION))
+        if any(_shows(entry, net, ident) for entry in entries) or \
+                (_starting(pod, annotations, net) and not any(_names(entry, net) for entry in entries)):
             found.append(f"{md.get('namespace')}/{md.get('name')}")
     return found
+
+
+def _starting(pod: Mapping[str, Any], annotations: Mapping[str, Any], net: Network | ClusterNetwork) -> bool:
+    """A pod bound to a node whose ``networks-spec`` names ``net``: with no status entry of it yet, its ADD may be
+    building its interface on the segment there is now."""
+    if not (pod.get("spec") or {}).get("nodeName"):
+        return False
+    try:
+        selections = parse_networks_spec(annotations.get(SPEC_ANNOTATION))
+    except AnnotationInvalid:
+        return False  # refused at its ADD: it builds nothing
+    return any((sel.type, sel.name) == (net.meta.kind, net.meta.name) for sel in selections)
+
+
+def _names(entry: Mapping[str, Any], net: Network | ClusterNetwork) -> bool:
+    return entry.get("type") == net.meta.kind and entry.get("name") == net.meta.name
 
 
 def _shows(entry: Mapping[str, Any], net: Network | ClusterNetwork, ident: int) -> bool:

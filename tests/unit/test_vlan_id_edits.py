@@ -136,3 +136,22 @@ def test_a_moved_networks_old_id_is_not_granted_while_a_node_still_carries_its_b
 
 
 # -- 2. a Service that stops asking Plexus for endpoints ----------------------------------------------------------
+
+
+def test_an_id_is_not_moved_under_a_pod_whose_add_is_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pod bound to a node, its networks-spec naming the network, shows no status entry for it yet: its ADD may be
+    building it on the old ID right now. Moved then, the pod would stay on the old wire segment, cut off from the pods
+    after it: it counts as on the old segment until its status says otherwise (or it finishes)."""
+    ctl, src = controller(obj("ClusterNetwork", "public", {"type": "VLAN", "networkClass": "vl", "vlan": {"id": 43}},
+                              {"vlanID": 42}, uid="up"))
+    spec = json.dumps([{"type": "ClusterNetwork", "name": "public"}])
+    starting = {"metadata": {"name": "web-2", "namespace": "apps", "annotations": {
+        "network.deckhouse.io/networks-spec": spec}}, "spec": {"nodeName": "n1"}, "status": {"phase": "Pending"}}
+    unbound = {"metadata": {"name": "web-3", "namespace": "apps", "annotations": {
+        "network.deckhouse.io/networks-spec": spec}}, "spec": {}, "status": {"phase": "Pending"}}
+    ctl.core = Pods(starting, unbound)  # type: ignore[assignment]
+    ctl.assign_segments()
+    got = statuses(src)["public"]
+    assert got["vlanID"] == 42, "moved under a pod whose ADD may be on the old ID"
+    pending = condition_of(got, PENDING)
+    assert pending is not None and "apps/web-2" in pending["message"] and "web-3" not in pending["message"]
