@@ -316,6 +316,7 @@ class Controller:
         for item in self.source.items(ATTACHMENT_KIND):
             ref, bridge = (item.get("spec") or {}).get("networkRef") or {}, (item.get("spec") or {}).get("bridgeName")
             key = "/".join(p for p in (ref.get("kind", ""), ref.get("namespace", ""), ref.get("name", "")) if p)
+            key = key.split("@", 1)[0]  # a node's old segment of a network given another ID: held for that network
             carried = segment_of_bridge(str(bridge or ""))
             if carried is not None and granted.get(key) != carried:
                 held.setdefault(carried[0], {}).setdefault(carried[1], key)
@@ -533,8 +534,12 @@ class Controller:
         if subnet is None:
             return  # its pool, or the pool's subnet of the address, is gone: nothing to say of its network
         self._allocated[obj.meta.key] = time.monotonic()
-        if pool is not None and self._in_a_block(pool.meta.key, to_int(address)):
-            self.objects.raw.delete(LEASE_KIND, str((lease.get("metadata") or {}).get("name") or ""))
+        try:
+            if pool is not None and self._in_a_block(pool.meta.key, to_int(address)):
+                _absent_ok(self.objects.raw.delete, LEASE_KIND, str((lease.get("metadata") or {}).get("name") or ""))
+                return
+        except Exception as exc:  # looked at again in ALLOCATED_S; the round's other steps go on
+            log.warning("status of %s: %s", obj.meta.display, reason_of(exc))
             return
         self._ip_status(obj, _allocated_status(address, subnet, time.time()))
 
@@ -579,10 +584,15 @@ class Controller:
                         continue
                     if looked_at - self._looked.get(node, -VANISHED_LOOK_S) < VANISHED_LOOK_S:
                         continue  # what it keeps is looked at again once a minute, not every round
-                elif not names and not left:
-                    if not self._runs_pods(node):
-                        self._drop_attachments(node)
-                    self._drop_heartbeat(node, beats)  # silent, holding nothing: no more to give back
+                elif not names and not left:  # silent, holding nothing: its attachments and heartbeat go, once no
+                    if looked_at - self._looked.get(node, -VANISHED_LOOK_S) < VANISHED_LOOK_S:  # pod is bound to it
+                        continue  # (looked at once a minute while one is)
+                    self._looked[node] = looked_at
+                    if self._runs_pods(node):
+                        continue
+                    self._drop_attachments(node)
+                    self._drop_heartbeat(node, beats)
+                    self._looked.pop(node, None)
                     continue
                 self._looked[node] = looked_at
                 if self._runs_pods(node):
@@ -592,9 +602,9 @@ class Controller:
                     self._forget_vanished(node)
                     continue  # renewed since the cache showed it silent: its daemon is back
                 self._vanished.add(node)  # before its leases: what a failure here leaves is looked at again
-                self._drop_attachments(node)
                 holders = holders if holders is not None else existing_holders(self.source, IP_ADDRESS_KINDS)
                 quarantined = self._quarantine(node, holders, now)
+                self._drop_attachments(node)
                 if names or quarantined:
                     log.info("reclaimed node %s (silent for %.0f s, no pod bound to it): %d address block(s) deleted,"
                              " %d lease(s) of its gone pods quarantined", node, quiet, len(names), quarantined)
@@ -665,7 +675,11 @@ class Controller:
         for item in self.source.items(ATTACHMENT_KIND):
             if (item.get("spec") or {}).get("nodeName") == node:
                 self.objects.check()
-                _absent_ok(self.objects.delete, ATTACHMENT_KIND, str((item.get("metadata") or {}).get("name") or ""))
+                try:
+                    _absent_ok(self.objects.delete, ATTACHMENT_KIND, str((item.get("metadata") or {}).get("name") or ""))
+                except Exception as exc:  # (a role without the verb): the node's leases are given back all the same
+                    log.warning("deleting %s's attachment %s: %s", node, (item.get("metadata") or {}).get("name"),
+                                reason_of(exc))
 
     def _drop_heartbeat(self, node: str, beats: dict[str, float]) -> None:
         """A vanished node's heartbeat, once it keeps no lease object (until then it tells a controller started since

@@ -145,8 +145,9 @@ def pods_on_segment(pods: Iterable[Mapping[str, Any]], net: Network | ClusterNet
 def _starting(pod: Mapping[str, Any], annotations: Mapping[str, Any], net: Network | ClusterNetwork) -> bool:
     """A pod bound to a node whose ``networks-spec`` names ``net``: with no status entry of it yet, its ADD may be
     building its interface on the segment there is now."""
-    if not (pod.get("spec") or {}).get("nodeName"):
-        return False
+    spec = pod.get("spec") or {}
+    if not spec.get("nodeName") or spec.get("hostNetwork"):
+        return False  # not started yet, or never attached (the node's own network)
     try:
         selections = parse_networks_spec(annotations.get(SPEC_ANNOTATION))
     except AnnotationInvalid:

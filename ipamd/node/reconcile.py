@@ -94,6 +94,8 @@ class NodeSegments(Protocol):
 
     def remove(self, rec: SegmentRecord) -> None: ...
 
+    def taken_back(self) -> list[str]: ...
+
 
 class Reconciler:
     def __init__(self, store: NodeStore, source: ObjectSource, ipam: Ipam, teardowns: Teardowns,
@@ -217,6 +219,9 @@ class Reconciler:
                     log.warning("segment of %s: %s", key, exc)
                     self.publisher.node_attachment(key, "", False, str(exc))
                     self._reported[key] = ("", str(exc))
+        for retired in self.segments.taken_back():  # edited back to the ID it had: its old segment is its own again
+            self._reported.pop(retired, None)
+            self.publisher.node_detachment(retired)
         attached = [i for a in self.store.attachments() for i in a.interfaces]
         in_use, bridges = {i.network_key for i in attached}, {i.bridge for i in attached if i.bridge}
         for rec in self.store.segments():

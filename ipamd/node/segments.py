@@ -114,6 +114,8 @@ class Segments:
         # bridge name -> its MTU (its uplink's), read when it is set up and on each reconcile round: a pod's interface
         # gets it with no netlink call of its own on ADD (~0.8 ms through pyroute2)
         self._mtu: dict[str, int] = {}
+        # the keys of old segments a network edited back to the ID it had took up again (``taken_back``)
+        self._taken_back: set[str] = set()
 
     def bridge_index(self, net: ResolvedNetwork, bridge: str) -> int:
         """The index of ``net``'s bridge, planned already by the caller: no second plan on ADD's path
@@ -128,6 +130,13 @@ class Segments:
             if known is None:
                 raise
             return known
+
+    def taken_back(self) -> list[str]:
+        """The old segments (their keys) networks took up again since last asked: what the node reported of each
+        under its own key goes (the reconcile round detaches it)."""
+        with self.store.transaction():  # (under the store's lock, as plan adds to it)
+            keys, self._taken_back = sorted(self._taken_back), set()
+        return keys
 
     def bridge_mtu(self, bridge: str) -> int | None:
         """The bridge's MTU as last read (None: not known; the driver reads it itself)."""
@@ -160,6 +169,7 @@ class Segments:
                     if wanted is not None else None
                 if back is not None and back.kind == kind.name:  # edited back to the ID it had: that segment again
                     self.store.delete_segment(back.network)
+                    self._taken_back.add(back.network)
                 ident = 0
                 if kind.tagged:
                     try:

@@ -529,3 +529,25 @@ def test_a_reclaimed_nodes_attachments_go_with_its_blocks(api: FakeApi, gone: tu
     ctl.reclaim_blocks()
     assert not api.objs[BLOCK_KIND]
     assert set(api.objs["NodeNetworkInterfaceAttachment"]) == {"other-deleted-net"}
+
+
+def test_a_reclaimed_nodes_leases_are_quarantined_even_when_its_attachments_cannot_be_deleted(
+        api: FakeApi, gone: tuple[Node, list[tuple[str, str]]]) -> None:
+    """A controller whose role lacks the delete of NodeNetworkInterfaceAttachments (an older rbac.yaml) logs it: the
+    node's gone pods' leases are quarantined all the same, not held for ever behind the 403."""
+    _attachment(api, "gone", "deleted-net")
+    delete = api.delete
+
+    def refused(kind: str, name: str, *a: Any, **k: Any) -> None:
+        if kind == "NodeNetworkInterfaceAttachment":
+            raise ApiException(status=403, reason="Forbidden")
+        delete(kind, name, *a, **k)
+
+    api.delete = refused  # type: ignore[method-assign]
+    cluster = Cluster(api)
+    cluster.nodes = ["gone"]
+    ctl = controller(cluster)
+    silence(api, 3600)
+    ctl.reclaim_blocks()
+    assert not api.objs[BLOCK_KIND]
+    assert all("holder" not in o["spec"] for o in api.objs[LEASE_KIND].values()), "its gone pods' leases quarantined"

@@ -172,3 +172,24 @@ def test_the_old_segment_of_a_network_given_another_id_is_reported_while_pods_si
     node.call("DEL")
     rec.run_once()
     assert node.links.index(old.bridge) is None and retired in node.publisher.node_detachments
+
+
+def test_an_old_segment_taken_up_again_is_detached() -> None:
+    """A network given another ID and then its old one back takes its old segment up again: the attachment the node
+    reported for that old segment under its own key goes (else it held the ID under that key for ever)."""
+    from ipamd.node.segments import retired_key
+
+    node = Node()
+    rec = reconciler(node)
+    node.call("ADD")
+    rec.run_once()
+    old = {s.network: s for s in node.store.segments()}[f"Network/{NS}/net-a"]
+    pool = {"ipam": {"ipAddressPoolRef": {"kind": "IPAddressPool", "name": "pool-a"}}}
+    node.source.add(obj("Network", "net-a", {"networkClass": "cls", "vlan": {"id": 650}, **pool}))
+    rec.run_once()
+    retired = retired_key(f"Network/{NS}/net-a", old.bridge)
+    assert retired in node.publisher.node_attachments
+    node.source.add(obj("Network", "net-a", {"networkClass": "cls", "vlan": {"id": old.id}, **pool}))
+    rec.run_once()
+    assert retired in node.publisher.node_detachments
+    assert {s.network: s.bridge for s in node.store.segments()}[f"Network/{NS}/net-a"] == old.bridge

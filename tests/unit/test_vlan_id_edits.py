@@ -149,9 +149,13 @@ def test_an_id_is_not_moved_under_a_pod_whose_add_is_in_flight(monkeypatch: pyte
         "network.deckhouse.io/networks-spec": spec}}, "spec": {"nodeName": "n1"}, "status": {"phase": "Pending"}}
     unbound = {"metadata": {"name": "web-3", "namespace": "apps", "annotations": {
         "network.deckhouse.io/networks-spec": spec}}, "spec": {}, "status": {"phase": "Pending"}}
-    ctl.core = Pods(starting, unbound)  # type: ignore[assignment]
+    host = {"metadata": {"name": "agent", "namespace": "apps", "annotations": {
+        "network.deckhouse.io/networks-spec": spec}}, "spec": {"nodeName": "n1", "hostNetwork": True},
+        "status": {"phase": "Running"}}
+    ctl.core = Pods(starting, unbound, host)  # type: ignore[assignment]
     ctl.assign_segments()
     got = statuses(src)["public"]
     assert got["vlanID"] == 42, "moved under a pod whose ADD may be on the old ID"
     pending = condition_of(got, PENDING)
     assert pending is not None and "apps/web-2" in pending["message"] and "web-3" not in pending["message"]
+    assert "agent" not in pending["message"], "a host-network pod is never attached"
