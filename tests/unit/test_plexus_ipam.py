@@ -254,7 +254,11 @@ def test_an_ipamclaims_address_follows_the_claim_not_the_pod() -> None:
     assert again == first
     node.call("DEL", SHARED, container="c2", pod_name="db-0", uid="uid-2")
     node.source.remove("IPAMClaim", NS, "db-0")
-    Reconciler(node.store, node.source, node.ipam, None, None, node.publisher).run_once()  # type: ignore[arg-type]
+    from ipamd.node.segments import Segments
+    from tests.fakes.links import FakeNodeLinks
+
+    segments = Segments(node.store, FakeNodeLinks(), lambda: 0.0)  # (no network: none is made)
+    Reconciler(node.store, node.source, node.ipam, None, segments, node.publisher).run_once()  # type: ignore[arg-type]
     (lease,) = node.store.all_leases()
     assert lease.state == "orphaned", "released when the claim is deleted, then quarantined"
 
