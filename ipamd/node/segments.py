@@ -11,6 +11,7 @@ it survives restarts and two Networks never share an ID. The links themselves ar
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -116,6 +117,7 @@ class Segments:
         self._mtu: dict[str, int] = {}
         # the keys of old segments a network edited back to the ID it had took up again (``taken_back``)
         self._taken_back: set[str] = set()
+        self._taken_back_lock = threading.Lock()
 
     def bridge_index(self, net: ResolvedNetwork, bridge: str) -> int:
         """The index of ``net``'s bridge, planned already by the caller: no second plan on ADD's path
@@ -134,7 +136,7 @@ class Segments:
     def taken_back(self) -> list[str]:
         """The old segments (their keys) networks took up again since last asked: what the node reported of each
         under its own key goes (the reconcile round detaches it)."""
-        with self.store.transaction():  # (under the store's lock, as plan adds to it)
+        with self._taken_back_lock:
             keys, self._taken_back = sorted(self._taken_back), set()
         return keys
 
@@ -169,7 +171,8 @@ class Segments:
                     if wanted is not None else None
                 if back is not None and back.kind == kind.name:  # edited back to the ID it had: that segment again
                     self.store.delete_segment(back.network)
-                    self._taken_back.add(back.network)
+                    with self._taken_back_lock:
+                        self._taken_back.add(back.network)
                 ident = 0
                 if kind.tagged:
                     try:
