@@ -30,10 +30,16 @@ def _claimed(node: tpi.Node, pod_name: str, uid: str, nad: str = "nad-a") -> Non
     node.source.add(tpi.pod(pod_name, uid, [{"name": nad, "interface": "net1", "ipam-claim-reference": "db-0"}]))
 
 
-def test_gc_of_another_configuration_named_like_the_claims_nad_does_not_release_its_live_user() -> None:
+def _db0_claimed() -> tpi.Node:
+    """A node with IPAMClaim db-0, and pod db-0 (uid-1) naming it."""
     node = tpi.Node()
     node.source.add(tpi.claim("db-0"))
     _claimed(node, "db-0", "uid-1")
+    return node
+
+
+def test_gc_of_another_configuration_named_like_the_claims_nad_does_not_release_its_live_user() -> None:
+    node = _db0_claimed()
     _claimed(node, "thief", "uid-t")
     first = node.call("ADD", tpi.SHARED, container="live", network="macvlan-conf", pod_name="db-0", uid="uid-1")
     none: dict[str, Any] = {"cni.dev/valid-attachments": []}
@@ -46,9 +52,7 @@ def test_gc_of_another_configuration_named_like_the_claims_nad_does_not_release_
 
 
 def test_gc_of_the_claims_own_configuration_releases_its_stale_user() -> None:
-    node = tpi.Node()
-    node.source.add(tpi.claim("db-0"))
-    _claimed(node, "db-0", "uid-1")
+    node = _db0_claimed()
     node.call("ADD", tpi.SHARED, container="stale", network="macvlan-conf", pod_name="db-0", uid="uid-1")
     none: dict[str, Any] = {"cni.dev/valid-attachments": []}
     node.call("GC", tpi.SHARED, network="macvlan-conf", **none)
@@ -58,9 +62,7 @@ def test_gc_of_the_claims_own_configuration_releases_its_stale_user() -> None:
 
 
 def test_a_claims_users_each_keep_the_network_they_were_added_on_and_del_drops_it() -> None:
-    node = tpi.Node()
-    node.source.add(tpi.claim("db-0"))
-    _claimed(node, "db-0", "uid-1")
+    node = _db0_claimed()
     node.call("ADD", tpi.SHARED, container="old", network="macvlan-conf", pod_name="db-0", uid="uid-1")
     node.call("ADD", tpi.SHARED, container="new", network="other-conf", pod_name="db-0", uid="uid-1")
     (rec,) = node.store.all_ips()
@@ -80,9 +82,7 @@ def test_a_claims_users_each_keep_the_network_they_were_added_on_and_del_drops_i
 def test_gc_leaves_a_claim_user_of_a_record_from_the_previous_version_whose_network_is_unknown() -> None:
     """A record written before users' networks were kept names none: no GC can tell its user is its own, so none lets
     go of it (its DEL, or the reconciler once its pod is gone, still does)."""
-    node = tpi.Node()
-    node.source.add(tpi.claim("db-0"))
-    _claimed(node, "db-0", "uid-1")
+    node = _db0_claimed()
     node.call("ADD", tpi.SHARED, container="live", network="nad-a", pod_name="db-0", uid="uid-1")
     key = f"IPAMClaim/{tpi.NS}/db-0"
     old = json.loads(node.store.ips[key])
@@ -99,9 +99,7 @@ def test_gc_leaves_a_claim_user_of_a_record_from_the_previous_version_whose_netw
 
 
 def test_the_sqlite_store_reads_an_ip_record_written_without_user_networks() -> None:
-    node = tpi.Node()
-    node.source.add(tpi.claim("db-0"))
-    _claimed(node, "db-0", "uid-1")
+    node = _db0_claimed()
     node.call("ADD", tpi.SHARED, container="live", network="macvlan-conf", pod_name="db-0", uid="uid-1")
     (rec,) = node.store.all_ips()
     with tempfile.TemporaryDirectory() as tmp:
