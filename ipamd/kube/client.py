@@ -9,6 +9,7 @@ Watches give their own, longer than the server-side timeout they ask for (``ipam
 
 from __future__ import annotations
 
+import time
 from typing import Any, Self
 
 from kubernetes import client, config
@@ -16,6 +17,7 @@ from urllib3.exceptions import ConnectTimeoutError, ReadTimeoutError
 from urllib3.util import Retry
 
 from ipamd.kube.api_calls import count, serving
+from ipamd.kube.server_clock import ServerClock
 
 REQUEST_TIMEOUT = (3.0, 10.0)  # seconds: (connect, read)
 #: The deadline of a write a CNI call waits for (the pod's status): a healthy API server answers in milliseconds, and
@@ -45,7 +47,8 @@ class TimedApiClient(client.ApiClient):
     (``ipamd.kube.api_calls``). urllib3's default ``Retry(total=3)`` made up to four attempts (a connect error on any
     method, a read timeout on a GET, PUT or DELETE), each with the whole timeout, so a call's deadline was four times
     what its caller gave; every caller here owes, retries or gives up by itself. A GET on a kept-alive connection the
-    server closed is made once more (``OnceMoreOnADroppedConnection``): that is no outage."""
+    server closed is made once more (``OnceMoreOnADroppedConnection``): that is no outage. Every answer's Date sets
+    the estimate of the API server's clock (``server_clock``), which times the server stamped are judged by."""
 
     timeout: tuple[float, float] = REQUEST_TIMEOUT
 
@@ -53,6 +56,7 @@ class TimedApiClient(client.ApiClient):
         configuration = configuration if configuration is not None else client.Configuration.get_default_copy()
         configuration.retries = OnceMoreOnADroppedConnection()  # read by the REST client it makes: set before
         super().__init__(configuration, *args, **kwargs)
+        self.server_clock = ServerClock()
 
     def call_api(self, method: Any, url: Any, header_params: Any = None, body: Any = None, post_params: Any = None,
                  _request_timeout: Any = None) -> Any:
@@ -61,7 +65,10 @@ class TimedApiClient(client.ApiClient):
             _request_timeout = self.timeout
             if serving():  # a caller waits: the call's deadline, or the client's where that is shorter
                 _request_timeout = (min(self.timeout[0], CALL_TIMEOUT[0]), min(self.timeout[1], CALL_TIMEOUT[1]))
-        return super().call_api(method, url, header_params, body, post_params, _request_timeout=_request_timeout)
+        sent = time.time()
+        answer = super().call_api(method, url, header_params, body, post_params, _request_timeout=_request_timeout)
+        self.server_clock.observe(answer.headers.get("Date"), sent, time.time())
+        return answer
 
 
 def kube_api(kubeconfig: str, timeout: tuple[float, float] = REQUEST_TIMEOUT) -> Any:

@@ -36,11 +36,21 @@ from ipamd.ipam.blocks import block_name, window_of
 from ipamd.kube import heartbeat
 from ipamd.kube.blocks import KIND as BLOCK_KIND
 from ipamd.kube.blocks import parse_block
+from ipamd.kube.client import TimedApiClient
 from ipamd.kube.elector import LeaderElector
 from ipamd.kube.errors import reason_of, status_of
 from ipamd.kube.leases import KIND as LEASE_KIND
-from ipamd.kube.leases import NODE_LABEL, POOL_LABEL, existing_holders, lease_body, pool_label
+from ipamd.kube.leases import (
+    NODE_LABEL,
+    POOL_LABEL,
+    QUARANTINE_MANAGER,
+    existing_holders,
+    lease_body,
+    pool_label,
+    quarantined_at,
+)
 from ipamd.kube.reclaim import claim_holders, may_hold_addresses, silent_nodes, stray_leases, vanished
+from ipamd.kube.server_clock import ServerClock
 from ipamd.model.annotations import names_ip_address
 from ipamd.model.conditions import drop_condition, set_condition
 from ipamd.model.names import segment_of_bridge
@@ -69,7 +79,7 @@ from ipamd.model.segments import (
     segment_kind,
     status_segment,
 )
-from ipamd.model.timefmt import parse_rfc3339, rfc3339
+from ipamd.model.timefmt import rfc3339
 from ipamd.sources.base import ObjectSource
 from ipamd.sources.lookups import class_of, pool_of_ip
 
@@ -92,7 +102,7 @@ class ObjectWrites(Protocol):
     def patch(self, kind: str, name: str, body: dict[str, Any], namespace: str = "") -> Any: ...
 
     def patch_status(self, kind: str, name: str, status: dict[str, Any], namespace: str = "",
-                     resource_version: str = "") -> Any: ...
+                     resource_version: str = "", *, field_manager: str = "") -> Any: ...
 
     def delete(self, kind: str, name: str, namespace: str = "", resource_version: str = "") -> Any: ...
 
@@ -130,9 +140,10 @@ class WhileLeading:
         return self._objects.patch(kind, name, body, namespace)
 
     def patch_status(self, kind: str, name: str, status: dict[str, Any], namespace: str = "",
-                     resource_version: str = "") -> Any:
+                     resource_version: str = "", *, field_manager: str = "") -> Any:
         self.check()
-        return self._objects.patch_status(kind, name, status, namespace, resource_version=resource_version)
+        extra = {"field_manager": field_manager} if field_manager else {}
+        return self._objects.patch_status(kind, name, status, namespace, resource_version=resource_version, **extra)
 
     def delete(self, kind: str, name: str, namespace: str = "", resource_version: str = "") -> Any:
         self.check()
@@ -274,6 +285,8 @@ class Controller:
         self.source = source
         self.identity = f"{socket.gethostname()}-{os.getpid()}-{source.node_name}"
         self.elector = LeaderElector(api, namespace, self.identity)
+        # the API server's clock, as its answers tell (the times it stamps are judged by it, not by this machine's)
+        self.clock = api.server_clock if isinstance(api, TimedApiClient) else ServerClock()
         self.interval = interval
         self.leading = False
         self._renewed_at = 0.0  # (monotonic) when the Lease was last renewed
@@ -410,7 +423,7 @@ class Controller:
         if self._written.get(net.meta.key) == written and (shown == status.ident or not status.kind.tagged):
             return
         try:
-            self.objects.patch_status(net.meta.kind, net.meta.name, status.render(net, time.time()), net.meta.namespace)
+            self.objects.patch_status(net.meta.kind, net.meta.name, status.render(net, self.clock.now()), net.meta.namespace)
         except Exception as exc:
             log.warning("status of %s: %s", net.meta.display, reason_of(exc))
             return
@@ -485,7 +498,7 @@ class Controller:
                     self._allocate(obj, pool, taken)
 
     def _allocate(self, obj: IPAddressObject, pool: AddressPool, taken: set[int]) -> None:
-        now = time.time()
+        now = self.clock.now()
         pool = pool.family(obj.family or pool.families[0])  # its spec.ipFamily, else the pool's first
         while True:
             picked = pick_free(pool, taken, None)
@@ -541,7 +554,7 @@ class Controller:
         except Exception as exc:  # looked at again in ALLOCATED_S; the round's other steps go on
             log.warning("status of %s: %s", obj.meta.display, reason_of(exc))
             return
-        self._ip_status(obj, _allocated_status(address, subnet, time.time()))
+        self._ip_status(obj, _allocated_status(address, subnet, self.clock.now()))
 
     def _in_a_block(self, pool: str, ip: int) -> bool:
         try:
@@ -558,8 +571,9 @@ class Controller:
         blocks by its heartbeat alone). A node reclaimed earlier is looked at again every round while it keeps leases:
         one held by a pod's own IPAddress that the garbage collector had not deleted yet goes once it has, and one held
         by a Static or a user's IPAddress once that is deleted. Its heartbeat goes with its last lease object, so that a
-        controller started since (another replica, a restart) still knows it for vanished."""
-        now = time.time()
+        controller started since (another replica, a restart) still knows it for vanished. Silence is judged by the
+        API server's clock: the renewals' stamps are its (``ipamd.kube.heartbeat``), and so is ``now``."""
+        now = self.clock.now()
         beats = self._heartbeats(now)
         blocks = list(self.source.items(BLOCK_KIND))
         silent = silent_nodes(blocks, now, beats)
@@ -729,7 +743,7 @@ class Controller:
         name, version = item["metadata"]["name"], item["metadata"].get("resourceVersion")
         try:
             made = self.objects.patch_status(LEASE_KIND, name, {"orphaningTimestamp": rfc3339(now)},
-                                             resource_version=str(version or ""))
+                                             resource_version=str(version or ""), field_manager=QUARANTINE_MANAGER)
             after = str(((made if isinstance(made, dict) else {}).get("metadata") or {}).get("resourceVersion") or "")
             # the second write completes the first, even past the renew deadline: left between the two, a later
             # round would write a new orphaning time and start the address's quarantine again
@@ -747,7 +761,7 @@ class Controller:
         deleted: quarantined once it has been gone for ``UNUSED_GONE_S`` and no pod names it in its
         ``networks-spec``, at the version seen (a node taking it up meanwhile makes the write fail), then expired like
         any other. Before, each stayed taken for ever. How many."""
-        now, wall = time.monotonic(), time.time()
+        now, wall = time.monotonic(), self.clock.now()
         holders = existing_holders(self.source, IP_ADDRESS_KINDS)
         candidates: dict[str, dict[str, Any]] = {}
         for item in self.source.items(LEASE_KIND):
@@ -810,16 +824,18 @@ class Controller:
             log.warning("status of %s: %s", obj.meta.display, reason_of(exc))
 
     def expire_leases(self) -> None:
-        now = time.time()
+        """Delete the lease objects whose quarantine is over: its ``ttl`` since it began, both by the API server's
+        clock (``quarantined_at``, ``self.clock``), neither the controller's nor the node's that wrote it."""
+        now = self.clock.now()
         for item in self.source.items(LEASE_KIND):
-            orphaned = (item.get("status") or {}).get("orphaningTimestamp")
-            if not orphaned:
+            orphaned = quarantined_at(item)
+            if orphaned is None:
                 continue
             try:
                 ttl = parse_duration(str((item.get("spec") or {}).get("ttl") or "0s"))
             except ValueError:
                 ttl = 0.0
-            if now >= parse_rfc3339(orphaned) + ttl:
+            if now >= orphaned + ttl:
                 try:  # only the version the cache saw: one adopted meanwhile (a Static) is not expired
                     self.objects.delete(LEASE_KIND, item["metadata"]["name"],
                                         resource_version=str(item["metadata"].get("resourceVersion") or ""))

@@ -19,6 +19,7 @@ from kubernetes import client
 
 from ipamd.kube.client import unread
 from ipamd.kube.errors import status_of
+from ipamd.kube.server_clock import stamped_at
 from ipamd.model.timefmt import parse_rfc3339, rfc3339_micro
 
 NAMESPACE = "plexus-node-lease"  # --heartbeat-namespace
@@ -35,14 +36,13 @@ def renewed_at(obj: Mapping[str, Any], written: Any) -> float | None:
     """When a node last renewed ``obj``: the API server's time of the node's last renewal write, else ``written``
     (the time the node wrote, by its own clock: an object renewed by a version before this, or no managedFields);
     None when neither is known."""
-    stamps = [str(e.get("time")) for e in (obj.get("metadata") or {}).get("managedFields") or ()
-              if isinstance(e, Mapping) and e.get("manager") == RENEWAL_MANAGER and e.get("time")]
-    for text in sorted(stamps, reverse=True) + ([str(written)] if written else []):
-        try:
-            return parse_rfc3339(text)
-        except ValueError:
-            continue
-    return None
+    stamped = stamped_at(obj, RENEWAL_MANAGER)
+    if stamped is not None or not written:
+        return stamped
+    try:
+        return parse_rfc3339(str(written))
+    except ValueError:
+        return None
 
 
 def lease_name(node: str) -> str:

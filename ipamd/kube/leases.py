@@ -26,6 +26,7 @@ from ipamd.ipam.registry import NoBlocks
 from ipamd.kube.errors import api_unavailable_is_11, status_of
 from ipamd.kube.outbox import PARKED, Outbox
 from ipamd.kube.resources import RESOURCES
+from ipamd.kube.server_clock import stamped_at
 from ipamd.kube.users import IPAddressUsers, still_running
 from ipamd.model.objects import GROUP, IP_ADDRESS_KINDS, IPAM_CLAIM, USED_BY_ANNOTATION, Pod
 from ipamd.model.timefmt import parse_rfc3339, rfc3339
@@ -42,8 +43,29 @@ NODE_LABEL = f"{GROUP}/node"
 POOL_LABEL = f"{GROUP}/pool"  # a hash of the pool's key (a label value holds no "/"): lists one pool's leases
 
 
+#: The field manager of every write that starts a quarantine (``status.orphaningTimestamp``): the API server stamps
+#: it with its own time in ``managedFields``, which the quarantine's end is judged by (``quarantined_at``), whatever
+#: the clock of the node that wrote the orphaning time said, or how late its outbox sent it.
+QUARANTINE_MANAGER = "plexus-quarantine"
+
+
 def pool_label(pool: str) -> str:
     return hashlib.sha1(pool.encode()).hexdigest()[:10]
+
+
+def quarantined_at(obj: dict[str, Any]) -> float | None:
+    """When a quarantined lease object's quarantine began, by the API server's clock: its orphaning write's stamp,
+    else (written by a version before this) the ``orphaningTimestamp`` it carries; None when it is not quarantined."""
+    orphaned = (obj.get("status") or {}).get("orphaningTimestamp")
+    if not orphaned:
+        return None
+    stamped = stamped_at(obj, QUARANTINE_MANAGER)
+    if stamped is not None:
+        return stamped
+    try:
+        return parse_rfc3339(str(orphaned))
+    except ValueError:
+        return None
 
 
 #: ``made_at`` of an address quarantined before its object's owed create was sent: there is no object to expire
@@ -402,7 +424,8 @@ class KubeLeaseRegistry(NoBlocks):
             return False
         if not (current.get("status") or {}).get("orphaningTimestamp"):
             current = dict(self.objects.patch_status(KIND, name, {"orphaningTimestamp": rfc3339(lease.orphaned_at)},
-                                                     resource_version=str(md.get("resourceVersion") or "")))
+                                                     resource_version=str(md.get("resourceVersion") or ""),
+                                                     field_manager=QUARANTINE_MANAGER))
         self.made_at[name] = ("", _version_of(current))
         return True
 
@@ -489,7 +512,8 @@ class KubeLeaseRegistry(NoBlocks):
         if body.get("resourceVersion"):
             try:
                 made = self.objects.patch_status(KIND, name, {"orphaningTimestamp": body["orphanedAt"]},
-                                                 resource_version=body["resourceVersion"])
+                                                 resource_version=body["resourceVersion"],
+                                                 field_manager=QUARANTINE_MANAGER)
             except Exception as exc:
                 if status_of(exc) == 404:
                     return
@@ -509,7 +533,8 @@ class KubeLeaseRegistry(NoBlocks):
         version = str(md.get("resourceVersion") or "")
         if not orphaned:  # the time first, as the controller's quarantine does: an object left between the two
             made = self.objects.patch_status(KIND, body["name"], {"orphaningTimestamp": body["orphanedAt"]},
-                                             resource_version=version)  # writes still expires
+                                             resource_version=version,  # writes still expires
+                                             field_manager=QUARANTINE_MANAGER)
             version = _version_of(made)
         if held:
             self._unheld(name, version)

@@ -20,7 +20,7 @@ from ipamd.kube.client import kube_api
 from ipamd.kube.heartbeat import NAMESPACE as HEARTBEATS
 from ipamd.kube.heartbeat import heartbeat_body
 from ipamd.kube.leases import KIND as LEASE_KIND
-from ipamd.kube.leases import lease_body
+from ipamd.kube.leases import QUARANTINE_MANAGER, lease_body, quarantined_at
 from ipamd.kube.reclaim import GONE_GRACE_S
 from ipamd.kube.resources import CustomObjects
 from ipamd.model.timefmt import rfc3339
@@ -152,3 +152,30 @@ def test_a_node_without_blocks_is_reclaimed_by_its_heartbeat(cluster: Cluster, c
     finally:
         cluster.kubectl("delete", "lease.coordination.k8s.io", "-n", HEARTBEATS, "-l", f"{TEST_LABEL}={NS}",
                         "--ignore-not-found", check=False)
+
+
+def test_a_quarantine_is_timed_by_the_api_servers_stamp_whatever_the_writers_clock(
+        cluster: Cluster, api: CustomObjects) -> None:
+    """What the controller judges quarantines and silences by, on a real API server: its clock as its answers' Date
+    headers tell it, and the managedFields time of the write that began a quarantine, stamped anew each time one
+    begins again (not the orphaning time a node wrote, by a clock that may be hours behind)."""
+    made = kube_api(str(cluster.kubeconfig))
+    try:
+        writer = CustomObjects(made)
+        lease = lease_body(POOL, "198.18.76.250", "198.18.76.0/24", f"IPAddress/{NS}/user-ip", 3600, "clock-test")
+        lease["metadata"]["labels"][TEST_LABEL] = NS
+        name = lease["metadata"]["name"]
+        writer.create(LEASE_KIND, lease)
+        assert abs(made.server_clock.offset) < 2, "the API server runs on this machine: its clock is this one"
+        hours_behind = rfc3339(time.time() - 7200)
+        writer.patch_status(LEASE_KIND, name, {"orphaningTimestamp": hours_behind}, field_manager=QUARANTINE_MANAGER)
+        first = quarantined_at(writer.get(LEASE_KIND, name))
+        assert first is not None and abs(first - made.server_clock.now()) < 3, "the server's stamp, not the node's time"
+        writer.patch_status(LEASE_KIND, name, {"orphaningTimestamp": None})  # adopted (another manager)
+        assert quarantined_at(writer.get(LEASE_KIND, name)) is None
+        time.sleep(1.1)  # (managedFields times are whole seconds)
+        writer.patch_status(LEASE_KIND, name, {"orphaningTimestamp": hours_behind}, field_manager=QUARANTINE_MANAGER)
+        again = quarantined_at(writer.get(LEASE_KIND, name))
+        assert again is not None and again > first, "a quarantine begun again is timed from its new start"
+    finally:
+        made.close()

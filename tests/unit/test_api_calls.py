@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextvars
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -23,8 +24,9 @@ def counted(path: str, method: str) -> float:
 def test_requests_made_while_a_call_is_served_are_counted_apart(monkeypatch: pytest.MonkeyPatch) -> None:
     sent: list[str] = []
 
-    def call_api(self: Any, method: str, url: str, *args: Any, **kwargs: Any) -> None:
+    def call_api(self: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         sent.append(method)
+        return SimpleNamespace(headers={})  # an answer without a Date
 
     monkeypatch.setattr(client.ApiClient, "call_api", call_api)
     api = TimedApiClient(client.Configuration())

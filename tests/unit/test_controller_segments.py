@@ -20,7 +20,7 @@ class Objects:
         self.patched: list[tuple[str, str, dict[str, Any]]] = []
 
     def patch_status(self, kind: str, name: str, status: dict[str, Any], namespace: str = "",
-                     resource_version: str = "") -> None:
+                     resource_version: str = "", *, field_manager: str = "") -> None:
         self.patched.append((kind, name, status))
 
     def create(self, kind: str, body: dict[str, Any], namespace: str = "") -> None:

@@ -5,6 +5,7 @@ Nodes (each its own store, Ipam and outbox) and the controller over a fake API s
 from __future__ import annotations
 
 import builtins
+import time
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from ipamd.ipam.allocator import to_int
 from ipamd.kube.controller import Controller
 from ipamd.kube.leases import KIND as LEASE_KIND
 from ipamd.kube.leases import NODE_LABEL, lease_body, lease_name
+from ipamd.kube.server_clock import ServerClock
 from ipamd.model.objects import IP_ADDRESS, USED_BY_ANNOTATION
 from ipamd.model.used_by import User
 from tests.fakes.cluster import FakeApi, FakeCache
@@ -82,7 +84,9 @@ def test_a_nodes_late_end_of_quarantine_keeps_the_next_holders_lease_object(api:
     got = attach(x.ipam, pod("p1"), net="q-net")[0].address
     x.ipam.delete_ip(next(r for r in x.store.all_ips() if r.address == got))  # quarantined 60 s
     x.outbox.flush()
-    controller(ControllerSource(api)).expire_leases()  # its clock is past X's fake one: expired cluster-wide
+    ctl = controller(ControllerSource(api))
+    ctl.clock = ServerClock(wall=lambda: time.time() + 61)  # 60 s on, by the API server's clock: expired cluster-wide
+    ctl.expire_leases()
     assert not objects_of(api, got)
     y.store.set_cursor("IPAddressPool/ns/q", to_int(got) - 1)
     assert attach(y.ipam, pod("p2"), net="q-net")[0].address == got

@@ -1,0 +1,82 @@
+"""The API server's clock, as this process reads it from the ``Date`` header of the API server's answers.
+
+The controller judges times the API server stamped (a node's renewals in ``metadata.managedFields``, a lease's
+quarantine write) against the present. Judged by its own clock, a controller whose clock ran minutes ahead of the
+API server's would reclaim a live node, or end a quarantine early; one behind would hold them too long. Every answer
+carries the server's time to the second, so every request made through ``ipamd.kube.client.TimedApiClient`` keeps
+an estimate of how far the server's clock is from this one: ``now()`` is the server's present, to within a second
+and half a round trip, whatever this machine's clock says.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from ipamd.model.timefmt import parse_rfc3339
+
+#: An answer whose round trip took longer says too little about when the server wrote its Date: not used.
+MAX_ROUND_TRIP_S = 2.0
+
+
+def server_time(date: str) -> float | None:
+    """An HTTP ``Date`` (``Thu, 03 Dec 2026 12:04:34 GMT``) as seconds since the epoch; None when it is not one."""
+    try:
+        return parsedate_to_datetime(date).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def offset_of(date: str, sent: float, received: float) -> float | None:
+    """How far the server's clock is ahead of this one (seconds; negative: behind), from one answer's ``Date`` and
+    this clock's times the request was sent and its answer came. The Date is cut to the second: the server wrote it
+    somewhere in [Date, Date + 1), somewhere between ``sent`` and ``received``, so the middle of both is taken."""
+    at = server_time(date)
+    if at is None or not 0 <= received - sent <= MAX_ROUND_TRIP_S:
+        return None
+    return at + 0.5 - (sent + received) / 2
+
+
+def stamped_at(obj: Mapping[str, Any], manager: str) -> float | None:
+    """When the API server last applied a write of ``manager`` to ``obj`` that changed it (its ``managedFields``
+    time, by the server's clock); None when none is recorded."""
+    stamps = []
+    for entry in (obj.get("metadata") or {}).get("managedFields") or ():
+        if isinstance(entry, Mapping) and entry.get("manager") == manager and entry.get("time"):
+            try:
+                stamps.append(parse_rfc3339(str(entry["time"])))
+            except ValueError:
+                continue
+    return max(stamps, default=None)
+
+
+class ServerClock:
+    """The server's present by this process's clock and the latest offset its answers showed (0 until one has).
+    One Date a second is parsed: answers within the same second say nothing new."""
+
+    def __init__(self, wall: Callable[[], float] = time.time) -> None:
+        self._wall = wall
+        self._lock = threading.Lock()
+        self._offset = 0.0
+        self._date = ""  # the last Date read
+
+    @property
+    def offset(self) -> float:
+        return self._offset
+
+    def observe(self, date: str | None, sent: float, received: float) -> None:
+        """Take in one answer's Date (``sent``/``received``: this clock's times around its request)."""
+        if not date or date == self._date:
+            return
+        offset = offset_of(date, sent, received)
+        if offset is None:
+            return
+        with self._lock:
+            self._offset, self._date = offset, date
+
+    def now(self) -> float:
+        """The API server's present, as seconds since the epoch."""
+        return self._wall() + self._offset
