@@ -194,7 +194,7 @@ def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_lease(data: str) -> LeaseRecord:
-    return LeaseRecord(**json.loads(data))
+    return LeaseRecord(**_known(LeaseRecord, json.loads(data)))
 
 
 def load_ip(data: str) -> IPRecord:
@@ -204,7 +204,7 @@ def load_ip(data: str) -> IPRecord:
 
 
 def load_attachment(data: str) -> AttachmentRecord:
-    d = json.loads(data)
+    d = _known(AttachmentRecord, json.loads(data))
     d["interfaces"] = tuple(
         BuiltInterface(**_tuples(_known(BuiltInterface, i), "ip_keys", "created_ip_keys", "addresses", "policy_routes"))
         for i in d.get("interfaces", ())
@@ -216,20 +216,20 @@ def load_attachment(data: str) -> AttachmentRecord:
 
 
 def load_implicit_pool(data: str) -> ImplicitPoolRecord:
-    d = json.loads(data)
+    d = _known(ImplicitPoolRecord, json.loads(data))
     d["ranges"] = tuple(tuple(r) for r in d.get("ranges", ()))
     return ImplicitPoolRecord(**d)
 
 
 def load_pod_status(data: str) -> PodStatus:
-    return PodStatus(**_tuples(json.loads(data), "networks_status", "network_status"))
+    return PodStatus(**_tuples(_known(PodStatus, json.loads(data)), "networks_status", "network_status"))
 
 
 def load_outbox(seq: int, data: str) -> OutboxEntry:
-    d = json.loads(data)
+    d = _known(OutboxEntry, json.loads(data))
     d["seq"] = seq
     return OutboxEntry(**d)
 
 
 def load_segment(data: str) -> SegmentRecord:
-    return SegmentRecord(**json.loads(data))
+    return SegmentRecord(**_known(SegmentRecord, json.loads(data)))
