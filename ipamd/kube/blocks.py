@@ -148,6 +148,10 @@ def return_asked_by(obj: dict[str, Any], now: float, node: str) -> str:
         return ""
 
 
+class NotRecordedYet(Exception):
+    """An owed lease object of an in-block claim whose transaction has not committed yet: made on a later pass."""
+
+
 def _by_pool(obj: dict[str, Any]) -> Iterable[Hashable]:
     block = parse_block(obj)
     return [block.pool] if block else []
@@ -860,7 +864,13 @@ class BlockRegistry(KubeLeaseRegistry):
         this node's, or unlabelled, for the same holder; another node's of the same holder is left to it. Another
         node's object of another holder is that node's per-address lease, which it lets go of once it sees our block:
         it is waited for (the outbox retries), not taken over, for its owed delete goes by name and would remove ours.
-        Nor is this node's object of a holder its store holds the address for (``_held_here_by``)."""
+        Nor is this node's object of a holder its store holds the address for (``_held_here_by``). Made only once the
+        store records the address for its holder: the write is owed before the claim's transaction, and made in that
+        instant by the outbox's thread, then the daemon killed before the transaction, the object would stand for a
+        lease no store holds (``drop_unrecorded``). Until then the write waits (the outbox retries it after 0.25 s).
+        """
+        if not self._recorded(body):
+            raise NotRecordedYet("the claim of this address is not recorded in the node's store yet")
         obj = body["object"]
         name = obj["metadata"]["name"]
         for _ in range(3):  # an object deleted between our create and our read of it: create again

@@ -116,6 +116,45 @@ def test_a_block_lease_owed_by_a_claim_killed_before_its_transaction_does_not_gi
     assert got_a != got_b, f"a's pod and u's pod on b both hold {got_a}; objects: {_objects_at(fake, got_a)}"
 
 
+def test_a_block_lease_sent_before_its_claims_transaction_is_not_made_when_the_daemon_dies_then() -> None:
+    """The same kill, but the outbox's thread makes the owed write in the instant between ``_claim_inside`` and the
+    claim's transaction: the object of .17 held by u would exist although no store holds .17 for u (dropping the owed
+    write at the restart comes too late). The outbox makes a block's lease object only once the store records it."""
+    from tests.unit.test_ipam import attach, auto_ip, pod
+
+    fake = FakeApi()
+    a = Node(fake, "a")
+    a.source.add(auto_ip("u"))
+    a.registry.grow = _grow_at(a.registry, "198.18.40.16")  # type: ignore[method-assign]
+    a.registry.grow_soon = lambda pool, taken: None  # type: ignore[method-assign]
+    assert a.add() == "198.18.40.16"
+    _housekeeping(a)
+    a.outbox.flush()
+    original = a.registry.claim
+    name = lease_name(BIG, "198.18.40.17")
+
+    def claim_send_then_die(lease: Any, exact: bool = False) -> bool:
+        assert original(lease, exact)
+        a.outbox.flush()  # the outbox's thread, woken by the owed write
+        raise _Killed()
+
+    a.registry.claim = claim_send_then_die  # type: ignore[method-assign]
+    try:
+        attach(a.ipam, pod("pa"), names=("u",))
+    except _Killed:
+        pass
+    assert a.store.lease_of("IPAddress/ns/u") is None, "killed before its transaction"
+    assert name not in fake.objs[LEASE_KIND], "not made while no store records the address for u"
+    _restart(a)
+    a.outbox.flush()
+    assert name not in fake.objs[LEASE_KIND] and a.outbox.depth() == 0, "the dead claim's write is dropped"
+    a.registry.claim = original  # type: ignore[method-assign]
+    a.store.set_cursor(BIG, to_int("198.18.40.16"))
+    assert attach(a.ipam, pod("pa2"), names=("u",))[0].address == "198.18.40.17"
+    a.outbox.flush()
+    assert fake.objs[LEASE_KIND][name]["spec"]["holder"] == "IPAddress/ns/u", "recorded: made"
+
+
 def test_a_block_of_an_inline_range_is_renewed_and_given_back_when_asked_for() -> None:
     """A delegate's inline range (``"range": "198.18.53.0/24"``: 253 addresses) is leased through the same Ipam and
     BlockRegistry as a pool, so n1 claims blocks of its implicit pool (``ImplicitPool/unnamed``). The reconcile round
