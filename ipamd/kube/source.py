@@ -26,7 +26,7 @@ from ipamd.kube.leases import KIND as LEASE_KIND
 from ipamd.kube.leases import LEASE_INDEXERS
 from ipamd.kube.resources import RESOURCES, SERVED_KINDS, CustomObjects
 from ipamd.model.objects import POD, ApiObject, Kind, ManifestInvalid, Pod, parse_as, parse_object
-from ipamd.sources.base import Problem
+from ipamd.sources.base import Problem, at_uid
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -207,13 +207,14 @@ class KubernetesSource:
     def problems(self) -> builtins.list[Problem]:
         return [p for kind in (*self.kinds, POD.name) if kind in self.informers for p in self._objects(kind)[1]]
 
-    def wait_for_pod(self, namespace: str, name: str) -> Pod | None:
-        """A pod the informer has not seen yet (ADD can beat the watch): wait a bounded time, then
-        read it directly."""
+    def wait_for_pod(self, namespace: str, name: str, uid: str = "") -> Pod | None:
+        """A pod the informer has not seen yet (ADD can beat the watch), or not at ``uid`` yet (a pod made again under
+        the same name is shown at its old UID until the watch brings the new one): wait a bounded time, then read it
+        directly, once (on a CNI call's path, at the client's call timeout)."""
         deadline = time.monotonic() + self.pod_wait_s
         while time.monotonic() < deadline:
             pod = self.get(POD, namespace, name)
-            if pod is not None:
+            if pod is not None and at_uid(pod, uid):
                 return pod
             self._changed.clear()
             self._changed.wait(0.05)

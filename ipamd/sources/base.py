@@ -34,9 +34,11 @@ class ObjectSource(Protocol):
 
     def pod_by_uid(self, uid: str) -> Pod | None: ...
 
-    def wait_for_pod(self, namespace: str, name: str) -> Pod | None:
-        """A pod the source has not seen yet: a cluster's watch may lag the ADD, so it waits a bounded
-        time and reads it directly; a local directory has nothing to wait for."""
+    def wait_for_pod(self, namespace: str, name: str, uid: str = "") -> Pod | None:
+        """A pod the source has not seen yet, or (``uid`` given) not at that UID yet: a cluster's watch may lag the
+        ADD, and shows a pod made again under the same name at its old UID for a while, so it waits a bounded time
+        for it and then reads it directly (the pod of that name the API has, at whatever UID; None when there is
+        none; ``TryAgainLater`` when the API cannot be read); a local directory has nothing to wait for."""
         ...
 
     def problems(self) -> builtins.list[Problem]: ...
@@ -56,6 +58,11 @@ class ObjectSource(Protocol):
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
+
+
+def at_uid(pod: Pod, uid: str) -> bool:
+    """Whether ``pod`` is the pod of that UID (no UID on either side: a call or a manifest that names none)."""
+    return not uid or not pod.meta.uid or pod.meta.uid == uid
 
 
 #: How long an ADD waits for a source still reading its objects for the first time.

@@ -166,8 +166,8 @@ class LocalSource:
         with self._lock:
             return self._by_uid.get(uid)
 
-    def wait_for_pod(self, namespace: str, name: str) -> Pod | None:
-        return None  # the directory was read: a pod not in it is not coming
+    def wait_for_pod(self, namespace: str, name: str, uid: str = "") -> Pod | None:
+        return None  # the directory was read: a pod not in it (or not at that UID) is not coming
 
     def problems(self) -> builtins.list[Problem]:
         with self._lock:

@@ -11,7 +11,6 @@ its NPWG selection may name an IPAMClaim.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,10 +26,6 @@ from ipamd.verbs.call import CniCall, KeyedLocks, dispatch, valid_attachments
 from ipamd.verbs.networks import PLEXUS_IPAM_ARGS
 from ipamd.verbs.pods import find_pod
 
-#: How long an ADD waits for the object source to show the pod CNI_ARGS names at its UID (a watch lags a pod made
-#: again under the same name, as the source's own wait for a pod it has not seen at all), and how often it looks.
-STALE_POD_WAIT_S = 2.0
-POD_POLL_S = 0.05
 UID_ARG = "K8S_POD_UID"  # the field ``find_pod`` names when the pod of that name is another pod
 
 
@@ -65,12 +60,11 @@ def selection_for(pod: Pod, ifname: str) -> tuple[NetworkElement | None, str]:
 
 class IpamPlugin:
     def __init__(self, addresses: DelegatedAddresses, source: ObjectSource, ready: Callable[[], bool],
-                 publisher: Publisher | None = None, pod_wait_s: float = STALE_POD_WAIT_S) -> None:
+                 publisher: Publisher | None = None) -> None:
         self.addresses = addresses
         self.source = source
         self.ready = ready
         self.publisher = publisher or LocalPublisher()  # an IPAMClaim's status
-        self.pod_wait_s = pod_wait_s  # for the cache to show a pod recreated under the same name
         self.locks = KeyedLocks()
 
     def handle(self, call: CniCall) -> dict[str, Any]:
@@ -84,21 +78,18 @@ class IpamPlugin:
 
     def _pod(self, call: CniCall) -> Pod | None:
         """The pod CNI_ARGS names, if the source knows it (cnitool names none; that is fine for an IPAM call).
-        A pod of that name at another UID is one recreated before the cache has seen it: its NPWG selection (an
-        IPAMClaim) is not known yet, so the call waits for it, then answers 11 rather than lease as if it had none."""
+        A pod of that name the source shows at another UID, even after waiting for it and reading it directly
+        (``find_pod``), is one made again whose NPWG selection (an IPAMClaim) is not known: 11 rather than a lease
+        as if it had none."""
         if not (call.args.get("K8S_POD_NAMESPACE") and call.args.get("K8S_POD_NAME")):
             return None
-        deadline = time.monotonic() + self.pod_wait_s
-        while True:
-            try:
-                return find_pod(self.source, call)
-            except UnknownContainer as exc:
-                if exc.details != UID_ARG:
-                    return None  # no pod of that name (a runtime without Kubernetes): nothing claims the address
-                if time.monotonic() >= deadline:
-                    raise TryAgainLater(f"{exc.msg}: the object source has not seen the pod made again under that "
-                                        "name yet, whose network selection may name an IPAMClaim", UID_ARG) from None
-            time.sleep(POD_POLL_S)
+        try:
+            return find_pod(self.source, call)
+        except UnknownContainer as exc:
+            if exc.details != UID_ARG:
+                return None  # no pod of that name (a runtime without Kubernetes): nothing claims the address
+            raise TryAgainLater(f"{exc.msg}: the object source has not seen the pod made again under that name yet, "
+                                "whose network selection may name an IPAMClaim", UID_ARG) from None
 
     def add(self, call: CniCall) -> dict[str, Any]:
         config = ipam_config_of(call.config)

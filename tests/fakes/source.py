@@ -7,9 +7,10 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from ipamd.model.objects import POD, ApiObject, Kind, Pod
-from ipamd.sources.base import Problem
+from ipamd.sources.base import Problem, at_uid
 
 T = TypeVar("T")
+CATCH_UP_LOOKS = 5  # how often ``wait_for_pod`` looks at the cache before its direct read
 
 
 class FakeSource:
@@ -44,8 +45,14 @@ class FakeSource:
     def pod_by_uid(self, uid: str) -> Pod | None:
         return next((p for p in self.list(POD) if p.meta.uid == uid), None)
 
-    def wait_for_pod(self, namespace: str, name: str) -> Pod | None:
+    def wait_for_pod(self, namespace: str, name: str, uid: str = "") -> Pod | None:
+        """The cache looked at again (a test's ``get`` may catch up meanwhile), then ``late`` as the direct read: the
+        pod of that name the API has, at whatever UID."""
         self.waited.append((namespace, name))
+        for _ in range(CATCH_UP_LOOKS):
+            pod = self.get(POD, namespace, name)
+            if pod is not None and at_uid(pod, uid):
+                return pod
         return self.late.get((namespace, name))
 
     def problems(self) -> builtins.list[Problem]:

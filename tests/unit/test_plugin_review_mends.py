@@ -104,7 +104,6 @@ def test_a_recreated_claimed_pod_gets_its_claims_address_once_the_cache_shows_it
 
 def test_a_recreated_pod_the_cache_never_shows_is_told_to_try_again_naming_its_uid() -> None:
     node = tpi.Node()
-    node.plugin.pod_wait_s = 0.2
     _recreated(node)
     err = node.error("ADD", tpi.SHARED, container="c2", pod_name="db-0", uid="uid-2")
     assert (err.code, err.details) == (11, "K8S_POD_UID"), err
@@ -116,7 +115,6 @@ def test_a_recreated_pod_the_cache_never_shows_is_told_to_try_again_naming_its_u
 def test_a_pod_of_no_name_the_source_knows_is_still_no_pod() -> None:
     """cnitool, a runtime without Kubernetes, or a pod the source never shows: an address with no pod, at once."""
     node = tpi.Node()
-    node.plugin.pod_wait_s = 60.0  # no wait for these
     started = time.monotonic()
     got = node.call("ADD", tpi.SHARED, container="c1", pod_name="nobody", uid="uid-n")
     assert got["ips"] and node.source.waited == [(tpi.NS, "nobody")]
