@@ -16,8 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Collection, Iterable
+from typing import Any, Protocol
 
 from kubernetes import client
 
@@ -69,6 +69,14 @@ def api_senders(api: client.ApiClient) -> Senders:
     }
 
 
+class TrackedCache(Protocol):
+    """The informers' caches of the kinds a source tracks, by name (``ipamd.kube.source.KubernetesSource``)."""
+
+    def ready(self, kinds: Collection[str] | None = None) -> bool: ...
+
+    def cached(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+
 def _uid_of(body: dict[str, Any]) -> str:
     """The pod UID an owed ``pod_status`` write is for (its patch's precondition)."""
     return str(((body.get("patch") or {}).get("metadata") or {}).get("uid") or "")
@@ -113,12 +121,16 @@ def auto_ip_body(rec: IPRecord, pod: Pod, node: str) -> dict[str, Any]:
 class KubePublisher:
     remote = True
 
-    def __init__(self, api: client.ApiClient, node_name: str, outbox: Outbox) -> None:
+    def __init__(self, api: client.ApiClient, node_name: str, outbox: Outbox, cache: TrackedCache | None = None) -> None:
         self.core = client.CoreV1Api(api)
+        self.cache = cache  # where this node's attachments are seen (none: never judged lost)
         self.objects = CustomObjects(api)
         self.node_name = node_name
         self.outbox = outbox
         outbox.senders.setdefault("claim_status", self._write_claim_status)
+        # this node's attachments (object names) the informer's cache has shown since their writes were last owed:
+        # one it shows no more was deleted by someone else (``lost_attachments``)
+        self._shown: set[str] = set()
 
     def pending_writes(self) -> int:
         return self.outbox.depth()
@@ -347,6 +359,7 @@ class KubePublisher:
                 "spec": spec}
         status = {"conditions": [condition("Ready", ready, "VLANBridged" if ready else "NotBridged", message, rfc3339())]}
         target = f"{ATTACHMENT}/{obj_name}"
+        self._shown.discard(obj_name)
         with self.outbox.store.transaction():
             self.outbox.drop(target, "delete")
             self.outbox.add(target, "create", {"kind": ATTACHMENT, "object": body}, supersede=True)
@@ -362,10 +375,29 @@ class KubePublisher:
         commit (the reconciler owes it before it forgets the segment, so that a kill between the two loses nothing)."""
         obj_name = self._attachment_name(network_key)
         target = f"{ATTACHMENT}/{obj_name}"
+        self._shown.discard(obj_name)
         with self.outbox.store.transaction():
             for op in ("create", "patch", "patch_status"):
                 self.outbox.drop(target, op)
             self.outbox.add(target, "delete", {"kind": ATTACHMENT, "name": obj_name}, supersede=True)
+
+    def lost_attachments(self, network_keys: Iterable[str]) -> list[str]:
+        """This node's attachments (by Network key) deleted by someone else since they were reported: the controller
+        drops those of a node it took for vanished (silent past --block-ttl, only cut off), or a hand. The informer's
+        cache showed one since its writes were owed and shows it no more, and no write of it is owed (a report made
+        a moment ago, not in the cache yet, is not one). Looked up by name, every round: no list of every node's
+        attachments. None before the cache has listed."""
+        if self.cache is None or not self.cache.ready((ATTACHMENT,)):
+            return []
+        lost = []
+        for key in network_keys:
+            name = self._attachment_name(key)
+            if self.cache.cached(ATTACHMENT, "", name) is not None:
+                self._shown.add(name)
+            elif name in self._shown and not self.outbox.owes(f"{ATTACHMENT}/{name}"):
+                self._shown.discard(name)
+                lost.append(key)
+        return lost
 
     def failed(self, pod: Pod, message: str) -> None:
         self._event(pod.meta.namespace, pod.meta.name, pod.meta.uid, "AttachFailed", message, warning=True)

@@ -238,6 +238,10 @@ class KubernetesSource:
         return doc if isinstance(doc, dict) else None
 
     # -- what Plexus tracks, as the API gives it ---------------------------------------------------
+    def cached(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """A raw object of a tracked kind (``TRACKED_KINDS``) by name, as the informer's cache has it."""
+        return self.informers[kind].get(namespace, name)
+
     def items(self, kind: str) -> builtins.list[dict[str, Any]]:
         """The raw objects of a tracked kind (``TRACKED_KINDS``) in the informer's cache."""
         return self.informers[kind].items()

@@ -118,7 +118,7 @@ class NodeDaemon:
                 source.subscribe(changed, kinds=(BLOCK_KIND,))
 
             self._watch_blocks = watch_blocks
-            publisher = KubePublisher(api, cfg.node_name, self.outbox)
+            publisher = KubePublisher(api, cfg.node_name, self.outbox, self.source)
             if cfg.snapshot_interval > 0:
                 from ipamd.kube import snapshot
 

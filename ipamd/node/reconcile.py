@@ -251,6 +251,19 @@ class Reconciler:
                 log.info("removed the segment of deleted %s (bridge %s)", rec.network, rec.bridge)
             except Exception as exc:
                 log.warning("removing the segment of %s: %s", rec.network, exc)
+        self._report_lost_again()
+
+    def _report_lost_again(self) -> None:
+        """This node's attachments deleted from the API after they were reported (the controller drops those of a node
+        it took for vanished: this one was only cut off; or a hand): written again as last reported, else the
+        controller counts the node out of the Network and may give its ID to another while pods here are on its
+        bridge. ``_reported`` alone never tells: it says they were written."""
+        if not self._reported:
+            return
+        for key in self.publisher.lost_attachments(list(self._reported)):
+            bridge, failure = self._reported[key]
+            log.warning("this node's attachment to %s was deleted from the API: written again", key)
+            self.publisher.node_attachment(key, bridge, not failure, failure)
 
     def _live_networks(self) -> dict[str, ResolvedNetwork]:
         """The networks whose segments this node should have now."""

@@ -57,6 +57,11 @@ class Publisher(Protocol):
 
     def node_detachment(self, network_key: str) -> None: ...
 
+    def lost_attachments(self, network_keys: Iterable[str]) -> list[str]:
+        """Of this node's attachments reported (by Network key), those deleted by someone else since: the controller
+        drops those of a node it took for vanished (only cut off), or a hand does. Written again by the reconciler."""
+        ...
+
     def republish(self, ips: Iterable[IPRecord], statuses: Iterable[PodStatus]) -> None: ...  # after a restart
 
 
@@ -97,6 +102,9 @@ class LocalPublisher:
 
     def node_detachment(self, network_key: str) -> None:
         pass
+
+    def lost_attachments(self, network_keys: Iterable[str]) -> list[str]:
+        return []  # its reports live in the store
 
     def republish(self, ips: Iterable[IPRecord], statuses: Iterable[PodStatus]) -> None:
         pass

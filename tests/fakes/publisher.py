@@ -58,5 +58,8 @@ class RecordingPublisher:
     def node_detachment(self, network_key: str) -> None:
         self.node_detachments.append(network_key)
 
+    def lost_attachments(self, network_keys: Iterable[str]) -> list[str]:
+        return []
+
     def republish(self, ips: Iterable[IPRecord], statuses: Iterable[PodStatus]) -> None:
         self.republished.append(([r.key for r in ips], [s.uid for s in statuses]))
