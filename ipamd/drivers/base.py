@@ -38,6 +38,7 @@ class InterfaceRequest:
     skip_ip_assignment: bool = False  # the address is reserved and tracked, not configured (a VM's guest takes it)
     tap_uid: int | None = None
     tap_gid: int | None = None
+    tap_multi_queue: bool = False  # the TAP takes several queues (IFF_MULTI_QUEUE)
     delegate: Invocation | None = None  # for a delegated interface: the plugins to exec, exactly
     default_route: tuple[str, ...] = ()  # gateways: this interface gets the pod's default route
 

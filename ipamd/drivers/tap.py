@@ -4,7 +4,7 @@ into the segment's node bridge. Its address is reserved for the guest, never con
 The guest keeps the MAC of the plan, which the result reports; the TAP, the host side of the NIC, has one of
 its own (``tap_mac``), as under libvirt. The TAP is made inside the pod's namespace (TUNSETIFF works in the
 caller's). The names of the inner bridge and the inner veth end are kept in the record (``driver``), so DEL
-needs nothing else.
+needs nothing else; so is whether it was asked multi-queue (``multiQueue``), which CHECK holds the TAP to.
 """
 
 from __future__ import annotations
@@ -27,6 +27,22 @@ def _names(iface: BuiltInterface) -> TapNames:
     return TapNames.of(iface.host_link)  # a record written before the names were kept
 
 
+def _multi_queue(iface: BuiltInterface) -> bool:
+    """Whether the TAP was asked multi-queue; a record written before the choice was kept is of a single-queue one."""
+    return bool(iface.driver.get("multiQueue", False))
+
+
+def _queue_problems(pod: Any, iface: BuiltInterface) -> list[str]:
+    """The TAP's queues as asked: a VM's qemu attaches all of its queues with IFF_MULTI_QUEUE or none, and the
+    kernel refuses the other kind. Nothing to say of a TAP missing (``kernel.check`` says it) or a kernel silent."""
+    have = tap_links.is_multi_queue(pod, iface.if_name)
+    want = _multi_queue(iface)
+    if have is None or have == want:
+        return []
+    kinds = {True: "multi-queue", False: "single-queue"}
+    return [f"TAP {iface.if_name} is {kinds[have]}, expected {kinds[want]} (multiQueue: {str(want).lower()})"]
+
+
 def _tap_mac(iface: BuiltInterface) -> str:
     """The TAP's own MAC, derived from the guest's ("" for none: the kernel's, then)."""
     return tap_mac(iface.mac) if iface.mac else ""
@@ -46,7 +62,8 @@ class TapDriver:
         names = TapNames.of(host_link)
         return Plan(host_link, False, request.mac or links.generate_mac(),
                     {"innerBridge": names.inner_bridge, "innerVeth": names.inner_veth, "temporary": names.temporary,
-                     "uid": request.tap_uid, "gid": request.tap_gid})
+                     "uid": request.tap_uid, "gid": request.tap_gid,
+                     "multiQueue": request.tap_multi_queue})
 
     def build(self, ctx: BuildContext, iface: BuiltInterface, undo: contextlib.ExitStack) -> Built:
         pod = ctx.pod.netlink()
@@ -61,7 +78,7 @@ class TapDriver:
         inner = tap_links.add_inner_bridge(pod, names.inner_bridge, mtu)
         undo.callback(quietly, f"bridge {names.inner_bridge}", links.delete_link, pod, names.inner_bridge)
         tap_links.keep_off_the_pod_stack(ctx.pod.fd, names.inner_bridge, names.inner_veth)
-        tap_links.add_tap(ctx.pod.fd, iface.if_name, iface.driver.get("uid"), iface.driver.get("gid"))
+        tap_links.add_tap(ctx.pod.fd, iface.if_name, iface.driver.get("uid"), iface.driver.get("gid"), _multi_queue(iface))
         undo.callback(quietly, f"tap {iface.if_name}", links.delete_link, pod, iface.if_name)
         tap_links.join_inner_bridge(pod, names.inner_veth, inner)
         tap_links.join_inner_bridge(pod, iface.if_name, inner, _tap_mac(iface), mtu)
@@ -81,8 +98,10 @@ class TapDriver:
         return False  # removed before DEL answers
 
     def check(self, ctx: LinksContext, iface: BuiltInterface) -> list[str]:
-        """As any kernel interface's, the TAP with its own MAC (the guest's is the guest's to have)."""
-        return kernel.check(ctx.host, ctx.pod_netlink(), replace(iface, mac=_tap_mac(iface)))
+        """As any kernel interface's, the TAP with its own MAC (the guest's is the guest's to have), and its queues."""
+        pod = ctx.pod_netlink()
+        problems = kernel.check(ctx.host, pod, replace(iface, mac=_tap_mac(iface)))
+        return problems + (_queue_problems(pod, iface) if pod is not None else [])
 
     def collect(self, kept: list[BuiltInterface]) -> None:
         pass  # nothing outside the kernel to tell

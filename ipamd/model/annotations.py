@@ -24,7 +24,7 @@ INTERFACE_TYPES = ("veth", "tap", "macvlan")
 #: ``interfaceType``); another is refused, as a misspelt one would otherwise be ignored.
 KNOWN_KEYS = {
     "type", "name", "ifName", "mac", "ipAddressNames", "skipIPAssignment",
-    "interfaceType", "uid", "gid", "id", "ipAssignmentMode",
+    "interfaceType", "uid", "gid", "multiQueue", "id", "ipAssignmentMode",
 }
 
 
@@ -41,6 +41,7 @@ class NetworkSelection:
     interface_type: str = "veth"  # Plexus extension: veth | tap | macvlan
     tap_uid: int | None = None
     tap_gid: int | None = None
+    tap_multi_queue: bool = False  # the TAP takes several queues (IFF_MULTI_QUEUE): a VM with one per vCPU
     named: bool = True  # False: ``if_name`` was made up here (``net<N>``), and a network's interfacePrefix may rename it
 
 
@@ -83,6 +84,14 @@ def _optional_int(value: Any, where: str) -> int | None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise AnnotationInvalid(f"{where} must be a non-negative integer", where)
     return value
+
+
+def _multi_queue(item: dict[str, Any], itype: str, where: str) -> bool:
+    """``multiQueue``: only a TAP has queues to ask for; ``false`` asks nothing of any interface."""
+    multi_queue = _bool(item.get("multiQueue", False), f"{where}.multiQueue")
+    if multi_queue and itype != "tap":
+        raise AnnotationInvalid(f"{where}.multiQueue is for interfaceType tap, not {itype}", f"{where}.multiQueue")
+    return multi_queue
 
 
 def _element(i: int, item: Any) -> tuple[dict[str, Any], str]:
@@ -173,7 +182,8 @@ def parse_networks_spec(text: str | None) -> list[NetworkSelection]:
             skip_ip_assignment=_bool(item.get("skipIPAssignment", False), f"{where}.skipIPAssignment"),
             interface_type=itype,
             tap_uid=_optional_int(item.get("uid"), f"{where}.uid"),
-            tap_gid=_optional_int(item.get("gid"), f"{where}.gid"), named="ifName" in item,
+            tap_gid=_optional_int(item.get("gid"), f"{where}.gid"),
+            tap_multi_queue=_multi_queue(item, itype, where), named="ifName" in item,
         ))
     first_use: dict[str, int] = {}
     for i, sel in enumerate(out):

@@ -16,17 +16,20 @@ import struct
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl.ifinfmsg import IFT_NO_PI, IFT_TAP, IFT_TUN_EXCL, IFT_VNET_HDR
+from pyroute2.netlink.rtnl.ifinfmsg import IFT_MULTI_QUEUE, IFT_NO_PI, IFT_TAP, IFT_TUN_EXCL, IFT_VNET_HDR
 from pyroute2.netlink.rtnl.ifinfmsg.tuntap import TUNSETGROUP, TUNSETIFF, TUNSETOWNER, TUNSETPERSIST
 
 from cni.errors import InterfaceFailure
 from ipamd.netlink import sysctl
-from ipamd.netlink.links import add_veth_pair, index_of, netlink_failure
+from ipamd.netlink.links import GONE, add_veth_pair, index_of, netlink_failure
 from ipamd.netlink.netns import in_namespace
 
 #: A TAP as qemu opens it (no packet information header, virtio-net headers); EXCL: made, never someone else's
 #: TAP of that name attached to.
 TAP_FLAGS = IFT_TAP | IFT_NO_PI | IFT_VNET_HDR | IFT_TUN_EXCL
+#: Added for a VM with several queues (qemu's ``queues=N``), which attaches with it; the kernel refuses (EINVAL) a
+#: queue with it on a TAP made without it, and one without it on a TAP made with it.
+MULTI_QUEUE = IFT_MULTI_QUEUE
 
 
 def add_node_veth(host: IPRoute, pod_fd: int, host_name: str, inner_veth: str, bridge_index: int, mtu: int) -> None:
@@ -67,12 +70,13 @@ def keep_off_the_pod_stack(pod_fd: int, bridge: str, port: str) -> None:
         raise InterfaceFailure(f"keeping the pod's stack off bridge {bridge} failed", str(exc)) from None
 
 
-def _make_tap(name: str, uid: int | None, gid: int | None) -> None:
+def _make_tap(name: str, uid: int | None, gid: int | None, multi_queue: bool) -> None:
     """TUNSETIFF in the calling thread's namespace; persistent last, so that a failure before leaves nothing (a
     TAP not persistent goes with its file descriptor)."""
+    flags = TAP_FLAGS | (MULTI_QUEUE if multi_queue else 0)
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
     try:
-        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), TAP_FLAGS))
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), flags))
         if uid is not None:
             fcntl.ioctl(fd, TUNSETOWNER, uid)
         if gid is not None:
@@ -83,12 +87,12 @@ def _make_tap(name: str, uid: int | None, gid: int | None) -> None:
         os.close(fd)
 
 
-def add_tap(pod_fd: int, if_name: str, uid: int | None, gid: int | None) -> None:
-    """A persistent TAP ``if_name`` (down) for the VM, owned by ``uid``/``gid``. TUNSETIFF makes the device in the
-    calling thread's namespace, so it is made by a throwaway thread inside the pod's: nothing on the node, whatever
-    namespace the daemon itself runs in (``--node-netns``)."""
+def add_tap(pod_fd: int, if_name: str, uid: int | None, gid: int | None, multi_queue: bool = False) -> None:
+    """A persistent TAP ``if_name`` (down) for the VM, owned by ``uid``/``gid``, multi-queue if asked. TUNSETIFF
+    makes the device in the calling thread's namespace, so it is made by a throwaway thread inside the pod's: nothing
+    on the node, whatever namespace the daemon itself runs in (``--node-netns``)."""
     try:
-        in_namespace(pod_fd, lambda: _make_tap(if_name, uid, gid))
+        in_namespace(pod_fd, lambda: _make_tap(if_name, uid, gid, multi_queue))
     except OSError as exc:
         if exc.errno == errno.EBUSY:
             raise InterfaceFailure(f"interface {if_name} already exists in the pod", if_name) from None
@@ -106,3 +110,18 @@ def join_inner_bridge(pod: IPRoute, name: str, bridge_index: int, mac: str = "",
         pod.link("set", **spec)
     except NetlinkError as exc:
         raise netlink_failure(f"joining {name} to the pod's bridge", exc) from None
+
+
+def is_multi_queue(pod: IPRoute, name: str) -> bool | None:
+    """Whether the pod's TAP ``name`` was made multi-queue, as the kernel reports it over netlink
+    (``IFLA_TUN_MULTI_QUEUE``, Linux 4.15); None when there is no such TAP, or the kernel does not say. Not sysfs:
+    the daemon's ``/sys`` shows its own namespace's links, not the pod's."""
+    try:
+        info = pod.link("get", ifname=name)[0].get_attr("IFLA_LINKINFO")
+    except NetlinkError as exc:
+        if exc.code in GONE:
+            return None
+        raise netlink_failure(f"reading TAP {name}", exc) from None
+    data = info.get_attr("IFLA_INFO_DATA") if info is not None and info.get_attr("IFLA_INFO_KIND") == "tun" else None
+    value = data.get_attr("IFLA_TUN_MULTI_QUEUE") if data is not None else None
+    return None if value is None else bool(value)
