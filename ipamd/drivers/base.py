@@ -98,6 +98,9 @@ class LinksContext:
     pod_netlink: Callable[[], Any | None]
     netns: str = ""
     doomed: list[str] | None = None  # a DEL's: node links to remove together once every driver is done (one request)
+    # a DEL's: whether another attachment of this node, not being deleted, has a macvlan with this MAC on this bridge
+    # (a pod given the MAC since this one's sandbox went, before its late DEL): the bridge's entry is that one's now
+    mac_held_elsewhere: Callable[[str, str], bool] = lambda bridge, mac: False
 
 
 class InterfaceDriver(Protocol):

@@ -44,7 +44,8 @@ class MacvlanDriver:
         pod = ctx.pod_netlink()
         if pod is not None:  # a namespace that is gone took the macvlan with it
             links.delete_link(pod, iface.if_name)
-        links.forget_local_mac(ctx.host, iface.bridge, iface.mac)  # the bridge keeps it: not the macvlan's
+        if not ctx.mac_held_elsewhere(iface.bridge, iface.mac):  # (else the entry is the pod's that has the MAC now)
+            links.forget_local_mac(ctx.host, iface.bridge, iface.mac)  # the bridge keeps it: not the macvlan's
 
     def cut_off(self, ctx: LinksContext, iface: BuiltInterface) -> bool:
         return False  # removed before DEL answers

@@ -479,7 +479,8 @@ class Attacher:
         errors: list[str] = []
         with contextlib.ExitStack() as opened:
             pod = _PodOnDemand(self.open_pod, record.netns, opened)
-            ctx = LinksContext(self.host_netlink(), pod.netlink, pod.path(), doomed=[])
+            ctx = LinksContext(self.host_netlink(), pod.netlink, pod.path(), doomed=[],
+                               mac_held_elsewhere=lambda bridge, mac: self._mac_held_elsewhere(record, bridge, mac))
             for iface in record.interfaces:
                 driver = self.drivers.get(iface.kind)
                 try:
@@ -493,6 +494,16 @@ class Attacher:
             except Exception as exc:
                 errors.append(f"{', '.join(ctx.doomed or ())}: {exc}")
         return errors
+
+    def _mac_held_elsewhere(self, record: AttachmentRecord, bridge: str, mac: str) -> bool:
+        """Whether another attachment of this node, not being deleted, has a macvlan with ``mac`` on ``bridge``: a
+        pod given a fixed MAC again (a StatefulSet's) once its old sandbox went, before that sandbox's late DEL."""
+        def same(i: BuiltInterface) -> bool:
+            return i.kind == "macvlan" and i.bridge == bridge and i.mac.lower() == mac.lower()
+
+        return any((other.container_id, other.ifname) != (record.container_id, record.ifname)
+                   and other.state != "deleting" and any(same(i) for i in other.interfaces)
+                   for other in self.store.attachments())
 
     def _undo_leases(self, claims: list[Claim], pod: Pod, this: tuple[str, str], if_name: str,
                      left: Iterable[BuiltInterface] = ()) -> None:

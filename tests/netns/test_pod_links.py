@@ -54,12 +54,14 @@ def _fields(iface: BuiltInterface) -> dict[str, Any]:
 
 
 def _fdb_macs(w: World) -> set[str]:
-    """The MACs of the static entries on the bridge device itself (``bridge fdb show dev BRIDGE``, permanent)."""
+    """The MACs of the static entries of the bridge's forwarding table on the bridge device itself (``bridge fdb show
+    dev BRIDGE``, permanent). The dump lists the device's unicast address list too, where a macvlan on it puts its
+    MAC, as entries without ``NDA_MASTER``: not the table's, and not counted."""
     idx = links.index_of(w.host, BRIDGE)
     if idx is None:
         return set()
     return {e.get_attr("NDA_LLADDR") for e in w.host.fdb("dump", ifindex=idx)
-            if e["ifindex"] == idx and e["state"] & 0x80}
+            if e["ifindex"] == idx and e["state"] & 0x80 and e.get_attr("NDA_MASTER") is not None}
 
 
 # -- MTU -------------------------------------------------------------------------------------------------------------
