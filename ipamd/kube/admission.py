@@ -32,6 +32,7 @@ from ipamd.model.objects import (
     SPEC_ANNOTATION,
     AddressPool,
     ClusterNetwork,
+    IPAddressObject,
     ManifestInvalid,
     Network,
     parse_object,
@@ -146,6 +147,30 @@ def _pool_moved(net: Network | ClusterNetwork, old: dict[str, Any] | None, lease
             "IPAddresses that hold them) before moving the network to another pool")
 
 
+def _address_moved(new: IPAddressObject, old: dict[str, Any] | None) -> str:
+    """An edit of an IPAddress that holds its address (``status.address``) that would move it: to another network,
+    another type or another Static address. Its lease would stay where it is, on the pod's or VM's interface, while
+    the object said otherwise: it is deleted and made again instead."""
+    held = str(((old or {}).get("status") or {}).get("address") or "")
+    if not held or old is None:
+        return ""
+    try:
+        before = parse_object(old)
+    except ManifestInvalid:
+        return ""  # stored before it could be checked: nothing it holds is known to be its own
+    if not isinstance(before, IPAddressObject):
+        return ""
+    changed = [field for field, was, now in (("spec.networkRef", before.network_ref, new.network_ref),
+                                             ("spec.type", before.type, new.type),
+                                             ("spec.static.ip", before.static_ip, new.static_ip),
+                                             ("spec.ipFamily", before.family, new.family)) if was != now]
+    if not changed:
+        return ""
+    return (f"{new.meta.display}: {', '.join(changed)}: it holds {held} of {before.network_ref.kind} "
+            f"{before.network_ref.name}, which its pod or VM may be using; an IPAddress that holds its address is "
+            "not moved by an edit: delete it and create it again")
+
+
 def problem_of(kind: str, obj: dict[str, Any], namespace: str = "", leased: Leased = _nothing_leased,
                old: dict[str, Any] | None = None, leased_for: LeasedFor | None = None) -> str:
     """Why the daemon would refuse this object (or a change of a pool or of a Network's pool its leases forbid),
@@ -159,6 +184,8 @@ def problem_of(kind: str, obj: dict[str, Any], namespace: str = "", leased: Leas
         return str(exc)
     if isinstance(parsed, (Network, ClusterNetwork)):
         return _pool_moved(parsed, old, leased_for or (lambda pool, network: leased(pool)))
+    if isinstance(parsed, IPAddressObject):
+        return _address_moved(parsed, old)
     return _orphaned(parsed, leased) if kind in POOL_KINDS and isinstance(parsed, AddressPool) else ""
 
 

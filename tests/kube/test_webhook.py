@@ -230,3 +230,35 @@ def test_a_pool_change_that_would_orphan_a_leased_address_is_refused(webhook: Cl
     # its last lease gone (once the controller's informer sees it), the pool goes
     assert wait_for(lambda: webhook.kubectl("delete", "ipaddresspool", "-n", TEST_NS, "held", check=False).returncode
                     == 0, timeout=30, step=1)
+
+
+@pytest.mark.netns
+def test_an_ip_address_that_holds_its_address_is_not_moved_by_an_edit(webhook: Cluster) -> None:
+    """On the real API server: the review sees the stored object's status (``oldObject``), so a user's IPAddress
+    that holds its address keeps its network; one that holds none yet may be edited."""
+    from ipamd.kube.client import kube_api
+    from ipamd.kube.resources import CustomObjects
+
+    def static(name: str, network: str) -> dict[str, Any]:
+        return {"apiVersion": f"{GROUP}/v1alpha1", "kind": "IPAddress", "metadata": {"name": name, "namespace": TEST_NS},
+                "spec": {"networkRef": {"kind": "Network", "name": network}, "type": "Static",
+                         "static": {"ip": "198.18.90.7"}}}
+
+    assert apply(webhook, static("free", "net-a"))[0] == 0
+    assert apply(webhook, static("held", "net-a"))[0] == 0
+    api = kube_api(webhook.kubeconfig)
+    try:
+        objects = CustomObjects(api)
+
+        def refused() -> bool:  # (the status written again each try: the API server's webhook client may lag)
+            objects.patch_status("IPAddress", "held", {"phase": "Allocated", "address": "198.18.90.7"}, TEST_NS)
+            code, err = apply(webhook, static("held", "net-b"))
+            refused.err = err  # type: ignore[attr-defined]
+            return code != 0
+
+        assert wait_for(refused, timeout=30, step=1), "an IPAddress holding its address was moved to another network"
+        assert "spec.networkRef" in refused.err and "198.18.90.7" in refused.err, refused.err  # type: ignore[attr-defined]
+        assert apply(webhook, static("free", "net-b"))[0] == 0, "no address held yet: edited"
+    finally:
+        api.close()
+        webhook.kubectl("delete", "ipaddress", "-n", TEST_NS, "held", "free", "--ignore-not-found")

@@ -495,3 +495,39 @@ def test_ipam_claims_are_reviewed_like_the_other_npwg_objects() -> None:
     reviewed = {(group, resource) for hook in config["webhooks"] for rule in hook["rules"]
                 if "CREATE" in rule["operations"] for group in rule["apiGroups"] for resource in rule["resources"]}
     assert ("k8s.cni.cncf.io", "ipamclaims") in reviewed, sorted(reviewed)
+
+
+def ip_address(network: str, ip: str = "198.18.41.9", address: str = "", kind: str = "IPAddress") -> dict[str, Any]:
+    obj: dict[str, Any] = {"apiVersion": f"{GROUP}/v1alpha1", "kind": kind, "metadata": {"name": "db"},
+                           "spec": {"networkRef": {"kind": "Network", "name": network}, "type": "Static",
+                                    "static": {"ip": ip}}}
+    if address:
+        obj["status"] = {"phase": "Allocated", "address": address}
+    return obj
+
+
+def test_an_ip_address_that_holds_its_address_keeps_its_network_and_address() -> None:
+    """A user's IPAddress whose address is leased (and maybe on a pod's or VM's interface) cannot be moved to another
+    network, nor asked for another address, by an edit: its lease would stay where it was while its status said
+    otherwise. Delete it and create it again. An IPAddress without an address yet may be edited freely."""
+    doc = request("IPAddress", ip_address("net-b"), "UPDATE")
+    doc["request"]["oldObject"] = ip_address("net-a", address="198.18.41.9")
+    got = answer(doc)
+    assert not got["allowed"] and "spec.networkRef" in got["status"]["message"] \
+        and "198.18.41.9" in got["status"]["message"], got
+    doc["request"]["object"] = ip_address("net-a", ip="198.18.41.10")
+    got = answer(doc)
+    assert not got["allowed"] and "spec.static.ip" in got["status"]["message"], got
+    auto = ip_address("net-a")
+    auto["spec"] = {"networkRef": {"kind": "Network", "name": "net-a"}, "type": "Auto"}
+    doc["request"]["object"] = auto
+    got = answer(doc)
+    assert not got["allowed"] and "spec.type" in got["status"]["message"], got
+    doc["request"]["object"] = {**ip_address("net-a"), "metadata": {"name": "db", "labels": {"team": "x"}}}
+    assert answer(doc)["allowed"], "another change, the network and address kept"
+    doc["request"]["object"] = ip_address("net-b")
+    doc["request"]["oldObject"] = ip_address("net-a")
+    assert answer(doc)["allowed"], "no address yet: nothing to keep"
+    cluster = request("ClusterIPAddress", ip_address("net-b", kind="ClusterIPAddress"), "UPDATE")
+    cluster["request"]["oldObject"] = ip_address("net-a", address="198.18.41.9", kind="ClusterIPAddress")
+    assert not answer(cluster)["allowed"]
