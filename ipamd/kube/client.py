@@ -65,9 +65,9 @@ class TimedApiClient(client.ApiClient):
             _request_timeout = self.timeout
             if serving():  # a caller waits: the call's deadline, or the client's where that is shorter
                 _request_timeout = (min(self.timeout[0], CALL_TIMEOUT[0]), min(self.timeout[1], CALL_TIMEOUT[1]))
-        sent = time.time()
+        sent = time.monotonic()
         answer = super().call_api(method, url, header_params, body, post_params, _request_timeout=_request_timeout)
-        self.server_clock.observe(answer.headers.get("Date"), sent, time.time())
+        self.server_clock.observe(answer.headers.get("Date"), sent, time.monotonic())
         return answer
 
 

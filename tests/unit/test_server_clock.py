@@ -18,7 +18,7 @@ from ipamd.kube.blocks import KIND as BLOCK_KIND
 from ipamd.kube.client import TimedApiClient
 from ipamd.kube.leases import KIND as LEASE_KIND
 from ipamd.kube.leases import QUARANTINE_MANAGER, lease_name, quarantined_at
-from ipamd.kube.server_clock import ServerClock, offset_of, server_time, stamped_at
+from ipamd.kube.server_clock import ServerClock, anchor_of, server_time, stamped_at
 from ipamd.model.timefmt import rfc3339
 from tests.fakes.cluster import FakeApi
 from tests.unit.test_blocks import Node
@@ -33,26 +33,31 @@ def test_a_date_header_is_read_to_the_second() -> None:
     assert server_time("yesterday") is None and server_time("") is None
 
 
-def test_the_offset_is_the_middle_of_what_one_answer_allows() -> None:
+def test_an_answer_reads_the_server_clock_at_the_middle_of_its_round_trip() -> None:
     date = formatdate(1000.0, usegmt=True)
-    assert offset_of(date, 400.0, 400.2) == pytest.approx(600.4), "the server wrote its Date in [1000, 1001)"
-    assert offset_of(date, 400.0, 400.0 + 5) is None, "a long round trip says too little"
-    assert offset_of("not a date", 400.0, 400.1) is None
+    assert anchor_of(date, 400.0, 400.2) == pytest.approx((1000.5, 400.1)), "the server wrote its Date in [1000, 1001)"
+    assert anchor_of(date, 400.0, 400.0 + 5) is None, "a long round trip says too little"
+    assert anchor_of("not a date", 400.0, 400.1) is None
 
 
-def test_the_clock_follows_the_server_one_new_date_at_a_time() -> None:
-    mine = [5000.0]
-    clock = ServerClock(wall=lambda: mine[0])
+def test_the_clock_follows_the_server_on_the_monotonic_clock_whatever_the_wall_clock_does() -> None:
+    wall, mono = [5000.0], [10.0]
+    clock = ServerClock(wall=lambda: wall[0], monotonic=lambda: mono[0])
     assert clock.now() == 5000.0, "nothing heard yet: this machine's clock"
-    clock.observe(formatdate(4000.0, usegmt=True), 4999.9, 5000.1)  # the server an hour behind
-    assert clock.now() == pytest.approx(4000.5)
-    mine[0] = 5010.0
+    clock.observe(formatdate(4000.0, usegmt=True), 9.9, 10.1)  # the server an hour behind
+    assert clock.now() == pytest.approx(4000.5) and clock.offset == pytest.approx(-999.5)
+    mono[0] += 10
+    wall[0] += 10
     assert clock.now() == pytest.approx(4010.5)
-    clock.observe(formatdate(4000.0, usegmt=True), 6000.0, 6000.0)  # the same second again: nothing new
-    assert clock.offset == pytest.approx(-999.5)
+    wall[0] -= 3600  # this machine's wall clock stepped (NTP, a VM restored): the server's present does not move
+    assert clock.now() == pytest.approx(4010.5)
+    clock.observe(formatdate(4000.0, usegmt=True), 100.0, 100.0)  # the same second again: nothing new
+    assert clock.now() == pytest.approx(4010.5)
     clock.observe(None, 1.0, 1.0)
     clock.observe("garbage", 1.0, 1.0)
-    assert clock.offset == pytest.approx(-999.5)
+    assert clock.now() == pytest.approx(4010.5)
+    clock.observe(formatdate(4011.0, usegmt=True), 20.0, 20.0)
+    assert clock.now() == pytest.approx(4011.5), "a new Date reads the server's clock again"
 
 
 def test_stamps_are_the_managers_newest() -> None:
@@ -120,7 +125,7 @@ def test_a_controller_whose_clock_runs_ahead_does_not_reclaim_a_node_that_renews
     cluster.nodes = ["live"]
     ctl = controller(cluster)
     ctl.clock = ServerClock(wall=lambda: time.time() + SKEW_S)
-    sent = time.time() + SKEW_S
+    sent = time.monotonic()
     ctl.clock.observe(formatdate(time.time(), usegmt=True), sent, sent)  # what the API server's answers say
     ctl.reclaim_blocks()
     assert len(api.objs[BLOCK_KIND]) == 1, "renewed a moment ago by the API server's clock: not silent"
@@ -157,3 +162,26 @@ def test_a_quarantine_of_an_earlier_version_is_judged_by_its_orphaning_time() ->
     stamped = {"status": {"orphaningTimestamp": "2026-12-03T11:00:00Z"}, "metadata": {"managedFields": [
         {"manager": QUARANTINE_MANAGER, "time": "2026-12-03T11:05:00Z"}]}}
     assert quarantined_at(stamped) == server_time("Thu, 03 Dec 2026 11:05:00 GMT"), "sent late: from when it was"
+
+
+def test_a_step_of_the_controllers_clock_does_not_end_a_quarantine_early() -> None:
+    """A quarantine of 1 h begun a moment ago (by the API server's stamp), judged by a controller whose clock, an hour
+    behind, is stepped right by NTP in between two rounds that hear no new Date (their reads come from the informers'
+    caches): kept."""
+    from ipamd.kube.leases import lease_body
+
+    api = FakeApi()
+    body = lease_body("IPAddressPool/ns/pool", "198.18.10.50", "198.18.10.0/24", "", 3600, "n1")
+    name = body["metadata"]["name"]
+    api.create(LEASE_KIND, body)
+    api.patch_status(LEASE_KIND, name, {"orphaningTimestamp": rfc3339()}, field_manager=QUARANTINE_MANAGER)
+    ctl = controller(Cluster(api))
+    skew = [-3600.0]  # the controller's machine an hour behind the API server
+    ctl.clock = ServerClock(wall=lambda: time.time() + skew[0])
+    sent = time.monotonic()
+    ctl.clock.observe(formatdate(time.time(), usegmt=True), sent, sent)
+    ctl.expire_leases()
+    assert name in api.objs[LEASE_KIND], "judged right before the step"
+    skew[0] = 0.0  # NTP steps it to the true time
+    ctl.expire_leases()
+    assert name in api.objs[LEASE_KIND], "a 1 h quarantine begun a moment ago was ended by the controller's clock step"
