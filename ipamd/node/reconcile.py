@@ -17,7 +17,7 @@ import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import replace
 from typing import Protocol
 
@@ -251,7 +251,17 @@ class Reconciler:
                 log.info("removed the segment of deleted %s (bridge %s)", rec.network, rec.bridge)
             except Exception as exc:
                 log.warning("removing the segment of %s: %s", rec.network, exc)
+        self._withdraw_unbacked(live)
         self._report_lost_again()
+
+    def _withdraw_unbacked(self, live: Collection[str]) -> None:
+        """Reports of Networks gone that no segment backs: a failure report (its segment could not be built, so no
+        record was made) withdrawn with its Network, as a segment's report is with the segment. Left, it stood for
+        ever, and was written again each time someone removed it."""
+        backed = {rec.network for rec in self.store.segments()}
+        for key in [k for k in self._reported if k not in live and k not in backed]:
+            del self._reported[key]
+            self.publisher.node_detachment(key)
 
     def _report_lost_again(self) -> None:
         """This node's attachments deleted from the API after they were reported (the controller drops those of a node

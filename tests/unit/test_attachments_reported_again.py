@@ -157,3 +157,33 @@ def test_the_sources_informer_is_the_cache_looked_up() -> None:
     assert publisher.lost_attachments([key]) == []
     informer.apply("DELETED", made)
     assert publisher.lost_attachments([key]) == [key]
+
+
+def test_the_failure_report_of_a_deleted_network_goes_with_it() -> None:
+    """A Network whose segment cannot be built (its VLAN ID outside its class's idPool: refused before any segment
+    record is made) is reported NotBridged. Reports were withdrawn only through the store's segment records, so once
+    the Network was deleted this one stood for ever, and was written back each time someone removed it (found in
+    review). It goes with its Network."""
+    api = FakeApi()
+    node = Node()
+    node.source.add(obj("NetworkClass", "narrow", {"vlan": {"idPool": ["600-610"]}}, namespaced=False))
+    node.source.add(obj("Network", "net-u", {"networkClass": "narrow", "vlan": {"id": 900}}))
+    outbox, rounds, informer = _rounds(node, api, cluster=False)
+    rounds.run_once()
+    outbox.flush()
+    informer.cache.sync()
+    rounds.run_once()
+    (name,) = [n for n, o in api.objs["NodeNetworkInterfaceAttachment"].items()
+               if o["spec"]["networkRef"]["name"] == "net-u"]
+    assert api.objs["NodeNetworkInterfaceAttachment"][name]["status"]["conditions"][0]["status"] == "False"
+    assert not [s for s in node.store.segments() if "net-u" in s.network], "no segment record was made"
+    node.source.remove("Network", NS, "net-u")  # the Network goes
+    for _ in range(2):
+        rounds.run_once()
+        outbox.flush()
+    assert name not in api.objs["NodeNetworkInterfaceAttachment"], "the report of a deleted Network is left for ever"
+    informer.cache.sync()
+    for _ in range(2):
+        rounds.run_once()
+        outbox.flush()
+    assert name not in api.objs["NodeNetworkInterfaceAttachment"], "the report of a deleted Network is written back"
