@@ -409,7 +409,8 @@ class Ipam:
                     continue
                 return None  # exhausted: said inside the transaction, with the counts
             if self._claim_outside(candidate):
-                self.store.set_cursor(cursor_key(pool), candidate.ip)
+                with self._let_go_on_failure(candidate):
+                    self.store.set_cursor(cursor_key(pool), candidate.ip)
                 return candidate
             lost.add(candidate.ip)  # taken by another node since our cache last saw it: try the next one
             cursor = candidate.ip
@@ -441,11 +442,27 @@ class Ipam:
                                         "the next one needs the Kubernetes API", exc.msg) from None
                 continue
             if self._claim_outside(lease):
-                self.store.set_cursor(cursor_key(pool), lease.ip)
-                self.registry.grow_soon(pool, taken.__contains__)
+                with self._let_go_on_failure(lease):
+                    self.store.set_cursor(cursor_key(pool), lease.ip)
+                    self.registry.grow_soon(pool, taken.__contains__)
                 return lease
             lost.add(lease.ip)
         return None
+
+    @contextmanager
+    def _let_go_on_failure(self, lease: LeaseRecord) -> Iterator[None]:
+        """A claim won, then a step after it that fails (the store's cursor: a full disk, an I/O error): the claim is
+        let go and its reservation dropped, as when the transaction does not take it. Otherwise nothing did: the claim
+        stood owed for ever (its lease object never made, the block never returned) and the address kept from this
+        node's other calls until the daemon restarted."""
+        try:
+            yield
+        except BaseException:
+            try:
+                self.registry.let_go(lease)
+            finally:
+                self._unreserve(lease)
+            raise
 
     def _taken(self, pkey: str, lost: set[int]) -> _Either:
         """What a pick must skip: leased here, held elsewhere, lost to another node in this call, being claimed."""

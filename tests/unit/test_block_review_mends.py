@@ -4,6 +4,7 @@ inline ranges' blocks housekept, a per-address lease whose block check failed le
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 import pytest
@@ -334,3 +335,38 @@ def test_the_view_of_an_implicit_pool_is_the_union_of_its_ranges() -> None:
         (ipaddress.ip_network("198.18.53.0/24"), ((to_int("198.18.53.1"), to_int("198.18.53.254")),)),
         (ipaddress.ip_network("198.18.54.0/24"), ((to_int("198.18.54.10"), to_int("198.18.54.20")),))]
     assert list(addresses_in(space, to_int("198.18.54.16"))) == [to_int(f"198.18.54.{i}") for i in range(16, 21)]
+
+
+def test_a_claim_inside_a_block_whose_securing_fails_after_it_won_owes_nothing_for_ever() -> None:
+    """``Ipam._secure_in_blocks`` wins the claim of .17 in a's block (``_claim_inside`` owes its block_lease), then
+    ``store.set_cursor`` fails (SQLite: disk full, I/O error). ``securing`` called ``_secure`` before its
+    ``try``/``finally``: the won claim is neither let go (its owed block_lease stays) nor unreserved. Since a26ebcc
+    the owed write is never made (NotRecordedYet, retried every 30 s for ever) and ``owes()`` stays true, so the
+    block can never be returned (``_claimed_while_going``, ``_make_window_leases``) until the daemon restarts."""
+    fake = FakeApi()
+    a = Node(fake, "a")
+    a.registry.grow = _grow_at(a.registry, "198.18.40.16")  # type: ignore[method-assign]
+    a.registry.grow_soon = lambda pool, taken: None  # type: ignore[method-assign]
+    assert a.add() == "198.18.40.16"
+    _housekeeping(a)
+    a.outbox.flush()
+    original = a.store.set_cursor
+    failed: list[bool] = []
+
+    def set_cursor_fails_once(pool: str, ip: int) -> None:
+        if not failed:
+            failed.append(True)
+            raise sqlite3.OperationalError("disk I/O error")
+        original(pool, ip)
+
+    a.store.set_cursor = set_cursor_fails_once  # type: ignore[method-assign]
+    try:
+        a.add()
+    except sqlite3.OperationalError:
+        pass
+    target = f"{LEASE_KIND}/{lease_name(BIG, '198.18.40.17')}"
+    assert failed and a.store.lease_at(BIG, to_int("198.18.40.17")) is None, "not recorded: its transaction never ran"
+    for _ in range(3):
+        a.outbox.flush_target(target)
+    assert not a.outbox.owes(target), f"owed for ever: {[(e.op, e.attempts, e.error) for e in a.outbox.owed(target)]}"
+    assert not a.ipam.in_use(BIG, to_int("198.18.40.17")), "the won claim's reservation is kept for ever too"
