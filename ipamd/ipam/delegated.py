@@ -376,13 +376,17 @@ class DelegatedAddresses:
         return self.store.get_ip(key)
 
     def gc(self, network: str, valid: set[tuple[str, str]],
-           owe: Callable[[list[tuple[IPRecord, str]]], None] = lambda claims: None) -> list[tuple[IPRecord, str]]:
+           owe: Callable[[list[tuple[IPRecord, str]]], None] = lambda claims: None,
+           busy: Callable[[], set[tuple[str, str]]] = set) -> list[tuple[IPRecord, str]]:
         """GC: release this network's attachment leases that are not among ``valid`` (container ID, ifname), and take
         those attachments off the IPAMClaims they use on this network (``IPRecord.user_networks``), as their DEL
         would have. The claims let go of, as they are now, each with the name of the pod that let go (``owe``: told
-        them inside the transaction, as ``release``)."""
+        them inside the transaction, as ``release``). Nor those a call holds right now (``busy``, asked inside the
+        transaction: an ADD that recorded its lease before it and has not answered yet, which no runtime's list of
+        valid attachments can name yet)."""
         released: dict[str, str] = {}  # claim key -> the pod that let go
         with self.store.transaction():
+            valid = valid | busy()
             for rec in self.store.ips_with_prefix(f"{CNI_HOLDER}/{network}/"):
                 container_id, _, ifname = rec.key[len(f"{CNI_HOLDER}/{network}/"):].rpartition("/")
                 if (container_id, ifname) not in valid:

@@ -580,8 +580,8 @@ class Attacher:
                 continue  # another network configuration's attachment: not ours to judge
             if (record.container_id, record.ifname) in keep:
                 continue
-            try:
-                self.teardown_current(record.container_id, record.ifname)
+            try:  # only as listed: an ADD in flight then (not in the runtime's list yet) has finished since
+                self.teardown_current(record.container_id, record.ifname, still_wanted=record.__eq__)
             except CniError as exc:
                 errors.append(f"{record.container_id[:12]}/{record.ifname}: {exc}")
         kept = [i for rec in self.store.attachments() if (rec.container_id, rec.ifname) in keep for i in rec.interfaces]

@@ -100,6 +100,11 @@ class KeyedLocks:
                 else:
                     self._locks[key] = (lock, users - 1)
 
+    def busy(self) -> set[tuple[str, str]]:
+        """The attachments a call holds or waits for right now."""
+        with self._guard:
+            return set(self._locks)
+
     def __len__(self) -> int:
         with self._guard:
             return len(self._locks)

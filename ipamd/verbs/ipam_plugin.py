@@ -143,7 +143,7 @@ class IpamPlugin:
                 if not claim.used_by_pods:
                     self.publisher.owe_claim_released(claim, pod_name)
 
-        for claim, pod_name in self.addresses.gc(call.network_name, valid_attachments(call), owe):
+        for claim, pod_name in self.addresses.gc(call.network_name, valid_attachments(call), owe, self.locks.busy):
             self._published(claim, pod_name)
         return {}
 

@@ -610,3 +610,30 @@ def test_status_is_ready_once_the_readiness_indicator_file_exists(tmp_path: Path
     node = Node()
     (tmp_path / "ready").write_text("")
     assert node.call("STATUS", config={"readinessindicatorfile": str(tmp_path / "ready")}) == {}
+
+
+def test_gc_leaves_an_attachment_whose_add_was_in_flight_when_it_listed() -> None:
+    """GC lists the attachments, then tears each stale one down under its lock. One whose ADD was in flight when GC
+    listed it (not in the runtime's list of valid attachments yet) has finished by the time GC holds its lock: it is
+    left, not torn down under the pod that just got it."""
+    import threading
+    from dataclasses import replace
+
+    node = Node()
+    node.call("ADD", container="busy")
+    done = node.store.get_attachment("busy", "eth0")
+    assert done is not None
+    with node.store.transaction():
+        node.store.put_attachment(replace(done, state="adding"))  # as GC will list it: mid-ADD
+    key = ("busy", "eth0")
+    with node.attacher.locks.hold(key):  # the ADD holds its attachment
+        gc = threading.Thread(target=node.call, args=("GC",), kwargs={"config": {"cni.dev/valid-attachments": []}})
+        gc.start()
+        deadline = time.monotonic() + 5
+        while node.attacher.locks._locks[key][1] < 2 and time.monotonic() < deadline:  # GC listed it, waits for it
+            time.sleep(0.01)
+        with node.store.transaction():
+            node.store.put_attachment(done)  # the ADD finishes
+    gc.join(5)
+    assert not gc.is_alive()
+    assert node.store.get_attachment("busy", "eth0") == done, "GC tore down an ADD that finished while it waited"

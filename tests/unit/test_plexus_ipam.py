@@ -490,3 +490,16 @@ def test_a_pools_route_gateway_asked_for_through_the_ips_capability_is_refused()
     err = node.error("ADD", SHARED, runtimeConfig={"ips": ["198.18.52.1/24"]})
     assert (err.code, err.details) == (7, "runtimeConfig.ips") and "gateway" in err.msg, err
     assert not [lease for lease in node.store.all_leases() if lease.holder], "nothing leased"
+
+
+def test_gc_keeps_the_lease_of_an_add_that_has_not_answered_yet() -> None:
+    """An ADD that recorded its lease and has not answered yet (it holds its attachment) is in no runtime's list of
+    valid attachments: GC at that moment leaves its lease."""
+    node = Node()
+    node.call("ADD", SHARED, container="answering")
+    none_valid: dict[str, Any] = {"cni.dev/valid-attachments": []}
+    with node.plugin.locks.hold(("answering", "net1")):
+        node.call("GC", SHARED, **none_valid)
+    assert [lease.state for lease in node.store.all_leases()] == ["bound"]
+    node.call("GC", SHARED, **none_valid)
+    assert [lease.state for lease in node.store.all_leases()] == ["orphaned"], "once answered, it is GC's to judge"
