@@ -332,10 +332,10 @@ class Ipam:
         node's other calls while the claim is out; the claim is let go if the transaction does not take it."""
         secured = Secured()
         held = self.store.lease_of(rec.key)
-        if pool is not None and (held is None or held.pool != pool_key(family_view(rec, pool))):  # none, or the
-            secured.lease = self._secure(rec, family_view(rec, pool), secured)  # Network moved to another pool
         failed = True
-        try:
+        try:  # (a step after a claim won that fails lets it go below: ``_secure`` says it won before those steps)
+            if pool is not None and (held is None or held.pool != pool_key(family_view(rec, pool))):  # none, or the
+                secured.lease = self._secure(rec, family_view(rec, pool), secured)  # Network moved to another pool
             yield secured
             failed = False
         finally:
@@ -384,7 +384,7 @@ class Ipam:
                 return lease
         lost: set[int] = set()
         if self.registry.in_blocks(pool):
-            in_block = self._secure_in_blocks(rec, pool, pkey, lost)
+            in_block = self._secure_in_blocks(rec, pool, pkey, lost, secured)
             if in_block is not None:
                 return in_block
         cursor = self.store.cursor(cursor_key(pool))
@@ -409,13 +409,14 @@ class Ipam:
                     continue
                 return None  # exhausted: said inside the transaction, with the counts
             if self._claim_outside(candidate):
-                with self._let_go_on_failure(candidate):
-                    self.store.set_cursor(cursor_key(pool), candidate.ip)
+                secured.lease = candidate  # won: let go if what follows fails
+                self.store.set_cursor(cursor_key(pool), candidate.ip)
                 return candidate
             lost.add(candidate.ip)  # taken by another node since our cache last saw it: try the next one
             cursor = candidate.ip
 
-    def _secure_in_blocks(self, rec: IPRecord, pool: AddressPool, pkey: str, lost: set[int]) -> LeaseRecord | None:
+    def _secure_in_blocks(self, rec: IPRecord, pool: AddressPool, pkey: str, lost: set[int],
+                          secured: Secured) -> LeaseRecord | None:
         """An address of this node's blocks of ``pool`` (claiming one more when they are full); None when the pool has
         no block left to claim, and addresses are leased one by one."""
         for _ in range(4):
@@ -442,27 +443,12 @@ class Ipam:
                                         "the next one needs the Kubernetes API", exc.msg) from None
                 continue
             if self._claim_outside(lease):
-                with self._let_go_on_failure(lease):
-                    self.store.set_cursor(cursor_key(pool), lease.ip)
-                    self.registry.grow_soon(pool, taken.__contains__)
+                secured.lease = lease  # won: let go if what follows fails
+                self.store.set_cursor(cursor_key(pool), lease.ip)
+                self.registry.grow_soon(pool, taken.__contains__)
                 return lease
             lost.add(lease.ip)
         return None
-
-    @contextmanager
-    def _let_go_on_failure(self, lease: LeaseRecord) -> Iterator[None]:
-        """A claim won, then a step after it that fails (the store's cursor: a full disk, an I/O error): the claim is
-        let go and its reservation dropped, as when the transaction does not take it. Otherwise nothing did: the claim
-        stood owed for ever (its lease object never made, the block never returned) and the address kept from this
-        node's other calls until the daemon restarted."""
-        try:
-            yield
-        except BaseException:
-            try:
-                self.registry.let_go(lease)
-            finally:
-                self._unreserve(lease)
-            raise
 
     def _taken(self, pkey: str, lost: set[int]) -> _Either:
         """What a pick must skip: leased here, held elsewhere, lost to another node in this call, being claimed."""

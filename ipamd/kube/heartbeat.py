@@ -20,7 +20,7 @@ from kubernetes import client
 from ipamd.kube.client import unread
 from ipamd.kube.errors import status_of
 from ipamd.kube.server_clock import stamped_at
-from ipamd.model.timefmt import parse_rfc3339, rfc3339_micro
+from ipamd.model.timefmt import rfc3339_micro
 
 NAMESPACE = "plexus-node-lease"  # --heartbeat-namespace
 LABEL = "network.deckhouse.io/node-heartbeat"  # "true"; the node is spec.holderIdentity (a label value has 63 at most)
@@ -36,13 +36,7 @@ def renewed_at(obj: Mapping[str, Any], written: Any) -> float | None:
     """When a node last renewed ``obj``: the API server's time of the node's last renewal write, else ``written``
     (the time the node wrote, by its own clock: an object renewed by a version before this, or no managedFields);
     None when neither is known."""
-    stamped = stamped_at(obj, RENEWAL_MANAGER)
-    if stamped is not None or not written:
-        return stamped
-    try:
-        return parse_rfc3339(str(written))
-    except ValueError:
-        return None
+    return stamped_at(obj, RENEWAL_MANAGER, written)
 
 
 def lease_name(node: str) -> str:

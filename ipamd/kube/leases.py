@@ -57,15 +57,7 @@ def quarantined_at(obj: dict[str, Any]) -> float | None:
     """When a quarantined lease object's quarantine began, by the API server's clock: its orphaning write's stamp,
     else (written by a version before this) the ``orphaningTimestamp`` it carries; None when it is not quarantined."""
     orphaned = (obj.get("status") or {}).get("orphaningTimestamp")
-    if not orphaned:
-        return None
-    stamped = stamped_at(obj, QUARANTINE_MANAGER)
-    if stamped is not None:
-        return stamped
-    try:
-        return parse_rfc3339(str(orphaned))
-    except ValueError:
-        return None
+    return stamped_at(obj, QUARANTINE_MANAGER, orphaned) if orphaned else None
 
 
 #: ``made_at`` of an address quarantined before its object's owed create was sent: there is no object to expire

@@ -41,9 +41,10 @@ def anchor_of(date: str, sent: float, received: float) -> tuple[float, float] | 
     return at + 0.5, (sent + received) / 2
 
 
-def stamped_at(obj: Mapping[str, Any], manager: str) -> float | None:
+def stamped_at(obj: Mapping[str, Any], manager: str, written: Any = None) -> float | None:
     """When the API server last applied a write of ``manager`` to ``obj`` that changed it (its ``managedFields``
-    time, by the server's clock); None when none is recorded."""
+    time, by the server's clock); else ``written`` (a time the writer wrote, by its own clock: an object written by a
+    version before the field manager, or no managedFields); None when neither is known."""
     stamps = []
     for entry in (obj.get("metadata") or {}).get("managedFields") or ():
         if isinstance(entry, Mapping) and entry.get("manager") == manager and entry.get("time"):
@@ -51,7 +52,12 @@ def stamped_at(obj: Mapping[str, Any], manager: str) -> float | None:
                 stamps.append(parse_rfc3339(str(entry["time"])))
             except ValueError:
                 continue
-    return max(stamps, default=None)
+    if stamps or not written:
+        return max(stamps, default=None)
+    try:
+        return parse_rfc3339(str(written))
+    except ValueError:
+        return None
 
 
 class ServerClock:

@@ -88,8 +88,9 @@ class IpamPlugin:
         except UnknownContainer as exc:
             if exc.details != UID_ARG:
                 return None  # no pod of that name (a runtime without Kubernetes): nothing claims the address
-            raise TryAgainLater(f"{exc.msg}: the object source has not seen the pod made again under that name yet, "
-                                "whose network selection may name an IPAMClaim", UID_ARG) from None
+            raise TryAgainLater(f"{exc.msg}, even as read from the API server: the pod of this call is not (or no "
+                                "longer) the one of that name, whose network selection may name an IPAMClaim", UID_ARG) \
+                from None
 
     def add(self, call: CniCall) -> dict[str, Any]:
         config = ipam_config_of(call.config)
