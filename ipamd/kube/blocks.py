@@ -72,7 +72,7 @@ from ipamd.kube.leases import (
     lease_name,
     pool_label,
 )
-from ipamd.kube.outbox import Outbox
+from ipamd.kube.outbox import NotYet, Outbox
 from ipamd.kube.resources import RESOURCES
 from ipamd.model.objects import AddressPool
 from ipamd.model.timefmt import parse_rfc3339, rfc3339
@@ -148,7 +148,7 @@ def return_asked_by(obj: dict[str, Any], now: float, node: str) -> str:
         return ""
 
 
-class NotRecordedYet(Exception):
+class NotRecordedYet(NotYet):
     """An owed lease object of an in-block claim whose transaction has not committed yet: made on a later pass."""
 
 
@@ -867,7 +867,7 @@ class BlockRegistry(KubeLeaseRegistry):
         Nor is this node's object of a holder its store holds the address for (``_held_here_by``). Made only once the
         store records the address for its holder: the write is owed before the claim's transaction, and made in that
         instant by the outbox's thread, then the daemon killed before the transaction, the object would stand for a
-        lease no store holds (``drop_unrecorded``). Until then the write waits (the outbox retries it after 0.25 s).
+        lease no store holds (``drop_unrecorded``). Until then the write waits (``NotYet``: a moment, not an attempt).
         """
         if not self._recorded(body):
             raise NotRecordedYet("the claim of this address is not recorded in the node's store yet")

@@ -59,6 +59,16 @@ class Verdict:
 REFUSED_FOR_GOOD = frozenset({400, 403, 405, 413, 415, 422})
 
 
+class NotYet(Exception):
+    """Raised by a sender whose write may not be made yet (what it stands for is not committed yet): tried again
+    ``NOT_YET_S`` later, not counted as an attempt (it was not sent, so ``drop_unsent`` still knows it unsent), never
+    taken for trouble with the API server."""
+
+
+#: How soon a write a sender said ``NotYet`` of is tried again: what it waits for is a transaction a moment away.
+NOT_YET_S = 0.05
+
+
 def judge(op: str, exc: BaseException) -> Verdict:
     """What a failed write means: done after all (409 on a create, an object's 404), worth a retry (the API away: no
     answer, 408, 429, 5xx; a conflict on an update; a kind not served yet; an answer that does not refuse the write; a
@@ -257,6 +267,9 @@ class Outbox:
                 return FINE
             try:
                 self.senders[entry.op](entry.body)
+            except NotYet:  # not sent: it and the writes behind it wait a moment, as they are
+                self.store.outbox_retry(entry.seq, entry.attempts, self.clock() + NOT_YET_S, entry.error)
+                return FINE
             except Exception as exc:  # every failure is judged: none may stop the outbox
                 verdict = judge(entry.op, exc)
                 if unanswered(exc):

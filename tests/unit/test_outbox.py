@@ -13,7 +13,7 @@ from kubernetes.client.exceptions import ApiException
 
 from ipamd.kube.leases import KIND as LEASE_KIND
 from ipamd.kube.leases import KubeLeaseRegistry, lease_name
-from ipamd.kube.outbox import CALLS_OWE_S, Outbox, backoff, judge
+from ipamd.kube.outbox import CALLS_OWE_S, NOT_YET_S, NotYet, Outbox, backoff, judge
 from ipamd.store.records import LeaseRecord
 from ipamd.store.sqlite import Store
 from tests.fakes.cluster import FakeApi, FakeCache, not_found
@@ -381,3 +381,25 @@ def test_an_older_owed_status_a_pass_is_sending_lands_before_the_newer_one_writt
     outbox.flush()  # the next pass
     assert landed == [[{"ifName": "net1"}], None], "the pod is left with the older status"
     assert store.outbox_depth() == 0
+
+
+def test_a_write_its_sender_says_is_not_due_yet_waits_a_moment_and_counts_as_unsent(
+        parts: tuple[Outbox, Api, Clock, MemoryStore]) -> None:
+    """A sender raising ``NotYet`` (an in-block lease object whose claim's transaction has not committed yet): the
+    write and those behind it wait ``NOT_YET_S``, no attempt is counted (``drop_unsent`` still knows it was never
+    sent, so letting its address go costs no request), and the API server is not taken for away."""
+    outbox, api, clock, _ = parts
+    target = "IPAddressLease/ip-a"
+    api.fail[(target, "block_lease")] = [NotYet("not recorded yet")]
+    owe(outbox, target, "block_lease")
+    owe(outbox, target, "patch_status")
+    assert outbox.flush() == 2 and api.sent == [] and not outbox.api_away()
+    (first, _second) = outbox.owed(target)
+    assert first.attempts == 0 and first.next_at == pytest.approx(clock.now + NOT_YET_S) and not first.error
+    assert outbox.flush() == 2, "not before its moment"
+    clock.now += NOT_YET_S
+    assert outbox.flush() == 0 and api.sent == [(target, "block_lease"), (target, "patch_status")]
+    api.fail[(target, "block_lease")] = [NotYet("not recorded yet")]
+    owe(outbox, target, "block_lease")
+    outbox.flush()
+    assert outbox.drop_unsent(target, "block_lease") is not None, "never sent: known unsent"
