@@ -58,14 +58,20 @@ def _reported_and_seen(outbox: Outbox, rounds: Reconciler, informer: AttachmentC
     rounds.run_once()
 
 
-def test_an_attachment_deleted_from_the_api_is_written_again_once_the_cache_shows_it_gone() -> None:
-    api = FakeApi()
+def _one_network_reported(api: FakeApi) -> tuple[Outbox, Reconciler, AttachmentCache, str]:
+    """A node with one Network, its attachment reported to ``api`` and shown in the cache; its object's name."""
     node = Node()
     node.source.add(obj("NetworkClass", "plain", {}, namespaced=False))
     node.source.add(obj("Network", "net-z", {"networkClass": "plain"}))
     outbox, rounds, informer = _rounds(node, api)
     _reported_and_seen(outbox, rounds, informer)
     (name,) = api.objs[ATTACHMENT]
+    return outbox, rounds, informer, name
+
+
+def test_an_attachment_deleted_from_the_api_is_written_again_once_the_cache_shows_it_gone() -> None:
+    api = FakeApi()
+    outbox, rounds, informer, name = _one_network_reported(api)
     target = f"{ATTACHMENT}/{name}"
     bridge = api.objs[ATTACHMENT][name]["spec"]["bridgeName"]
     assert bridge and not outbox.owes(target)
@@ -96,12 +102,7 @@ def test_an_attachment_deleted_from_the_api_is_written_again_once_the_cache_show
 
 def test_a_report_is_not_judged_gone_before_the_cache_has_listed() -> None:
     api = FakeApi()
-    node = Node()
-    node.source.add(obj("NetworkClass", "plain", {}, namespaced=False))
-    node.source.add(obj("Network", "net-z", {"networkClass": "plain"}))
-    outbox, rounds, informer = _rounds(node, api)
-    _reported_and_seen(outbox, rounds, informer)
-    (name,) = api.objs[ATTACHMENT]
+    outbox, rounds, informer, name = _one_network_reported(api)
     api.delete(ATTACHMENT, name)
     informer.cache.sync()
     informer.synced.clear()  # (a cache seeded from the snapshot, not listed)

@@ -4,6 +4,7 @@ inline ranges' blocks housekept, a per-address lease whose block check failed le
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from typing import Any
 
@@ -72,6 +73,42 @@ def _restart(node: Node) -> None:
     node.ipam = Ipam(node.store, node.source, node.clock, node.registry)
 
 
+def _node_with_its_block_at_16(fake: FakeApi, name: str = "a", holders: tuple[str, ...] = ()) -> Node:
+    """Node ``name`` whose block of BIG is .16/28, claimed and renewed, .16 leased; ``holders``: users' Auto
+    IPAddresses its source shows."""
+    from tests.unit.test_ipam import auto_ip
+
+    a = Node(fake, name)
+    for holder in holders:
+        a.source.add(auto_ip(holder))
+    a.registry.grow = _grow_at(a.registry, "198.18.40.16")  # type: ignore[method-assign]
+    a.registry.grow_soon = lambda pool, taken: None  # type: ignore[method-assign]
+    assert a.add() == "198.18.40.16"
+    _housekeeping(a)  # its renewal (``_checked`` owes the first; ``_grow_at`` does not)
+    a.outbox.flush()
+    return a
+
+
+def _claim_of_u_killed_before_its_transaction(a: Node, sent: bool = False) -> None:
+    """Pod pa on node a names u; a's claim of .17 in its block wins (``_claim_inside`` owes its block_lease;
+    ``sent``: the outbox's thread makes that write in the same instant) and the daemon is SIGKILLed before the
+    transaction that records the lease."""
+    from tests.unit.test_ipam import attach, pod
+
+    original = a.registry.claim
+
+    def claim_then_die(lease: Any, exact: bool = False) -> bool:
+        assert original(lease, exact)
+        if sent:
+            a.outbox.flush()
+        raise _Killed()
+
+    a.registry.claim = claim_then_die  # type: ignore[method-assign]
+    with contextlib.suppress(_Killed):
+        attach(a.ipam, pod("pa"), names=("u",))
+    assert a.store.lease_of("IPAddress/ns/u") is None, "killed before its transaction"
+
+
 def test_a_block_lease_owed_by_a_claim_killed_before_its_transaction_does_not_give_the_address_twice() -> None:
     """Pod pa on node a names a user's Auto IPAddress u; a leases it .17 in its block .16/28 (``_claim_inside``
     commits the owed block_lease to the outbox) and the daemon is SIGKILLed before the transaction that records the
@@ -84,26 +121,9 @@ def test_a_block_lease_owed_by_a_claim_killed_before_its_transaction_does_not_gi
     from tests.unit.test_ipam import attach, auto_ip, pod
 
     fake = FakeApi()
-    a, b = Node(fake, "a"), Node(fake, "b", claim=False)
-    for n in (a, b):
-        n.source.add(auto_ip("u"))
-    a.registry.grow = _grow_at(a.registry, "198.18.40.16")  # type: ignore[method-assign]
-    a.registry.grow_soon = lambda pool, taken: None  # type: ignore[method-assign]
-    assert a.add() == "198.18.40.16"
-    _housekeeping(a)  # its renewal (``_checked`` owes the first; ``_grow_at`` does not)
-    a.outbox.flush()
-    original = a.registry.claim
-
-    def claim_then_die(lease: Any, exact: bool = False) -> bool:
-        assert original(lease, exact)
-        raise _Killed()
-
-    a.registry.claim = claim_then_die  # type: ignore[method-assign]
-    try:
-        attach(a.ipam, pod("pa"), names=("u",))
-    except _Killed:
-        pass
-    assert a.store.lease_of("IPAddress/ns/u") is None, "killed before its transaction"
+    a, b = _node_with_its_block_at_16(fake, holders=("u",)), Node(fake, "b", claim=False)
+    b.source.add(auto_ip("u"))
+    _claim_of_u_killed_before_its_transaction(a)
     _restart(a)
     assert not a.outbox.owes(f"{LEASE_KIND}/{lease_name(BIG, '198.18.40.17')}"), "the dead claim's write is dropped"
     a.outbox.flush()  # the outbox's first pass after the restart
@@ -121,35 +141,16 @@ def test_a_block_lease_sent_before_its_claims_transaction_is_not_made_when_the_d
     """The same kill, but the outbox's thread makes the owed write in the instant between ``_claim_inside`` and the
     claim's transaction: the object of .17 held by u would exist although no store holds .17 for u (dropping the owed
     write at the restart comes too late). The outbox makes a block's lease object only once the store records it."""
-    from tests.unit.test_ipam import attach, auto_ip, pod
+    from tests.unit.test_ipam import attach, pod
 
     fake = FakeApi()
-    a = Node(fake, "a")
-    a.source.add(auto_ip("u"))
-    a.registry.grow = _grow_at(a.registry, "198.18.40.16")  # type: ignore[method-assign]
-    a.registry.grow_soon = lambda pool, taken: None  # type: ignore[method-assign]
-    assert a.add() == "198.18.40.16"
-    _housekeeping(a)
-    a.outbox.flush()
-    original = a.registry.claim
+    a = _node_with_its_block_at_16(fake, holders=("u",))
     name = lease_name(BIG, "198.18.40.17")
-
-    def claim_send_then_die(lease: Any, exact: bool = False) -> bool:
-        assert original(lease, exact)
-        a.outbox.flush()  # the outbox's thread, woken by the owed write
-        raise _Killed()
-
-    a.registry.claim = claim_send_then_die  # type: ignore[method-assign]
-    try:
-        attach(a.ipam, pod("pa"), names=("u",))
-    except _Killed:
-        pass
-    assert a.store.lease_of("IPAddress/ns/u") is None, "killed before its transaction"
+    _claim_of_u_killed_before_its_transaction(a, sent=True)
     assert name not in fake.objs[LEASE_KIND], "not made while no store records the address for u"
     _restart(a)
     a.outbox.flush()
     assert name not in fake.objs[LEASE_KIND] and a.outbox.depth() == 0, "the dead claim's write is dropped"
-    a.registry.claim = original  # type: ignore[method-assign]
     a.store.set_cursor(BIG, to_int("198.18.40.16"))
     assert attach(a.ipam, pod("pa2"), names=("u",))[0].address == "198.18.40.17"
     a.outbox.flush()
@@ -344,12 +345,7 @@ def test_a_claim_inside_a_block_whose_securing_fails_after_it_won_owes_nothing_f
     the owed write is never made (NotRecordedYet, retried every 30 s for ever) and ``owes()`` stays true, so the
     block can never be returned (``_claimed_while_going``, ``_make_window_leases``) until the daemon restarts."""
     fake = FakeApi()
-    a = Node(fake, "a")
-    a.registry.grow = _grow_at(a.registry, "198.18.40.16")  # type: ignore[method-assign]
-    a.registry.grow_soon = lambda pool, taken: None  # type: ignore[method-assign]
-    assert a.add() == "198.18.40.16"
-    _housekeeping(a)
-    a.outbox.flush()
+    a = _node_with_its_block_at_16(fake)
     original = a.store.set_cursor
     failed: list[bool] = []
 
