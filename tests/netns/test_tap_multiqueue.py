@@ -4,64 +4,41 @@ kernel refuses (EINVAL) on a TAP made without it. Built, checked and removed as 
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import os
-import struct
 from dataclasses import replace
 from typing import Any
 
 import pytest
-from pyroute2 import IPRoute
 
-from ipamd.drivers.base import BuildContext, InterfaceKey, InterfaceRequest, LinksContext
+from ipamd.drivers.base import InterfaceKey, InterfaceRequest
 from ipamd.drivers.tap import TapDriver
-from ipamd.netlink import segment_links
-from ipamd.netlink.netns import pod_namespace
 from ipamd.store.records import BuiltInterface
 from tests.harness import Node, pod_manifest
 from tests.netns.kernel_world import World, in_ns, link, link_names, run_in
+from tests.netns.test_tap import (
+    BRIDGE,
+    IFF_NO_PI,
+    IFF_TAP,
+    _build_tap_in_node,
+    _check_in_node,
+    _open_tap,
+    _teardown_in_node,
+)
 
 pytestmark = pytest.mark.netns
 
-BRIDGE = "plx-n-mq000001"
-IFF_TAP, IFF_NO_PI, IFF_VNET_HDR, IFF_MULTI_QUEUE, IFF_PERSIST = 0x0002, 0x1000, 0x4000, 0x0100, 0x0800
-TUNSETIFF = 0x400454CA
+IFF_VNET_HDR, IFF_MULTI_QUEUE, IFF_PERSIST = 0x4000, 0x0100, 0x0800
 QEMU_MQ = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE  # what qemu asks with queues=N
 
 
 def _iface(if_name: str = "net1", multi_queue: bool = True, **request: Any) -> BuiltInterface:
     """The TAP's record as ADD writes it: the driver's plan, with ``multiQueue`` as asked (the record is what build,
-    CHECK and DEL read; the plan's copy of the request's choice is ``test_scratch_tap_mq``'s)."""
+    CHECK and DEL read; the plan's copy of the request's choice is ``tests/unit/test_tap_multi_queue.py``'s)."""
     plan = TapDriver().plan(InterfaceKey("c" * 64, "eth0", "/x"), InterfaceRequest(if_name, **request))
     state = {**(plan.state or {}), "multiQueue": multi_queue}
     return BuiltInterface(if_name, "tap", "ns/net", "Network", "net", host_link=plan.host_link, bridge=BRIDGE,
                           mac=plan.mac, configure_ips=plan.configure_ips, addresses=(), driver=state)
-
-
-def _build(w: World, iface: BuiltInterface) -> None:
-    def body() -> None:
-        with contextlib.closing(IPRoute()) as host, pod_namespace(w.paths["pod"]) as pod, \
-                contextlib.ExitStack() as undo:
-            TapDriver().build(BuildContext(host, pod, lambda: segment_links.ensure_bridge(host, BRIDGE, "")),
-                              iface, undo)
-            undo.pop_all()
-    in_ns(w.node_path, body)
-
-
-def _check(w: World, iface: BuiltInterface) -> list[str]:
-    def body() -> list[str]:
-        with contextlib.closing(IPRoute()) as host, pod_namespace(w.paths["pod"]) as pod:
-            return TapDriver().check(LinksContext(host, lambda: pod.netlink(), pod.path), iface)
-    return in_ns(w.node_path, body)
-
-
-def _teardown(w: World, iface: BuiltInterface) -> None:
-    def body() -> None:
-        with contextlib.closing(IPRoute()) as host, pod_namespace(w.paths["pod"]) as pod:
-            TapDriver().teardown(LinksContext(host, lambda: pod.netlink(), pod.path), iface)
-    in_ns(w.node_path, body)
 
 
 def _kernel_multi_queue(w: World, name: str) -> int:
@@ -85,8 +62,7 @@ def _attach(w: World, name: str, flags: int, queues: int) -> list[int]:
         fds: list[int] = []
         try:
             for _ in range(queues):
-                fds.append(os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC))
-                fcntl.ioctl(fds[-1], TUNSETIFF, struct.pack("16sH", name.encode(), flags))
+                fds.append(_open_tap(name, flags))
         except OSError:
             _close(fds)
             raise
@@ -101,7 +77,7 @@ def _close(fds: list[int]) -> None:
 
 def test_a_multi_queue_tap_takes_a_queue_per_vcpu_passes_check_and_goes_with_del(world: World) -> None:
     iface = _iface(tap_uid=107, tap_gid=108)
-    _build(world, iface)
+    _build_tap_in_node(world, iface)
     assert _kernel_multi_queue(world, "net1") == 1
     flags = _tun_flags(world, "net1")
     assert flags & (QEMU_MQ | IFF_PERSIST) == QEMU_MQ | IFF_PERSIST, hex(flags)
@@ -110,19 +86,19 @@ def test_a_multi_queue_tap_takes_a_queue_per_vcpu_passes_check_and_goes_with_del
     queues = _attach(world, "net1", QEMU_MQ, 2)
     try:
         assert len(queues) == 2
-        assert _check(world, iface) == [], "CHECK with the VM's queues attached"
+        assert _check_in_node(world, iface) == [], "CHECK with the VM's queues attached"
     finally:
         _close(queues)
-    assert _check(world, iface) == []
-    _teardown(world, iface)
+    assert _check_in_node(world, iface) == []
+    _teardown_in_node(world, iface)
     assert link_names(world.pod.netlink()) == {"lo"}
     assert link_names(world.host) == {"lo", BRIDGE}
-    _teardown(world, iface)  # idempotent
+    _teardown_in_node(world, iface)  # idempotent
 
 
 def test_a_single_queue_tap_is_as_before_and_refuses_a_second_queue(world: World) -> None:
     iface = _iface(multi_queue=False, tap_uid=107)
-    _build(world, iface)
+    _build_tap_in_node(world, iface)
     assert _kernel_multi_queue(world, "net1") == 0
     flags = _tun_flags(world, "net1")
     base = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_PERSIST
@@ -131,27 +107,27 @@ def test_a_single_queue_tap_is_as_before_and_refuses_a_second_queue(world: World
         _close(_attach(world, "net1", QEMU_MQ, 1))
     assert err.value.errno == errno.EINVAL
     _close(_attach(world, "net1", IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, 1))  # as a single-queue VM opens it
-    assert _check(world, iface) == []
+    assert _check_in_node(world, iface) == []
     old = replace(iface, driver={k: v for k, v in iface.driver.items() if k != "multiQueue"})
-    assert _check(world, old) == [], "a record from before counts as single-queue"
-    _teardown(world, iface)
+    assert _check_in_node(world, old) == [], "a record from before counts as single-queue"
+    _teardown_in_node(world, iface)
     assert link_names(world.pod.netlink()) == {"lo"}
 
 
 def test_check_reports_a_tap_whose_queues_are_not_what_was_asked(world: World) -> None:
     single, multi = _iface("net1", multi_queue=False), _iface("net2", multi_queue=True)
-    _build(world, single)
-    _build(world, multi)
-    assert _check(world, single) == [] and _check(world, multi) == []
-    assert _check(world, replace(single, driver={**single.driver, "multiQueue": True})) == \
+    _build_tap_in_node(world, single)
+    _build_tap_in_node(world, multi)
+    assert _check_in_node(world, single) == [] and _check_in_node(world, multi) == []
+    assert _check_in_node(world, replace(single, driver={**single.driver, "multiQueue": True})) == \
         ["TAP net1 is single-queue, expected multi-queue (multiQueue: true)"]
-    assert _check(world, replace(multi, driver={**multi.driver, "multiQueue": False})) == \
+    assert _check_in_node(world, replace(multi, driver={**multi.driver, "multiQueue": False})) == \
         ["TAP net2 is multi-queue, expected single-queue (multiQueue: false)"]
     old = {k: v for k, v in multi.driver.items() if k != "multiQueue"}
-    assert _check(world, replace(multi, driver=old)) == \
+    assert _check_in_node(world, replace(multi, driver=old)) == \
         ["TAP net2 is multi-queue, expected single-queue (multiQueue: false)"]
     for iface in (single, multi):
-        _teardown(world, iface)
+        _teardown_in_node(world, iface)
     assert link_names(world.pod.netlink()) == {"lo"}
     assert link_names(world.host) == {"lo", BRIDGE}
 
