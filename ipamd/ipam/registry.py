@@ -63,11 +63,11 @@ class LeaseRegistry(Protocol):
 
     def bind(self, uses_here: Callable[[str, str], bool]) -> None: ...  # (IPAddress key, pod UID) in the store
 
-    def stray(self, store: LeaseStore, older_than: float,
+    def stray(self, store: LeaseStore, grace_s: float,
               in_use: Callable[[str, int], bool] | None = None) -> list[LeaseRecord]:
-        """Release this node's registry leases, made before ``older_than``, that ``store`` does not hold and that are
-        not ``in_use`` (being claimed by a call right now) (an ADD rolled back while the registry was unreachable
-        could not release its own); the released."""
+        """Release this node's registry leases, made more than ``grace_s`` ago (by the clock of whoever stamped their
+        making), that ``store`` does not hold and that are not ``in_use`` (being claimed by a call right now) (an ADD
+        rolled back while the registry was unreachable could not release its own); the released."""
         ...
 
     def in_blocks(self, pool: AddressPool) -> bool: ...  # whether this pool is leased in node blocks
@@ -169,6 +169,6 @@ class NodeLocalRegistry(NoBlocks):
     def bind(self, uses_here: Callable[[str, str], bool]) -> None:
         pass
 
-    def stray(self, store: LeaseStore, older_than: float,
+    def stray(self, store: LeaseStore, grace_s: float,
               in_use: Callable[[str, int], bool] | None = None) -> list[LeaseRecord]:
         return []

@@ -216,8 +216,8 @@ class BlockRegistry(KubeLeaseRegistry):
                  idle_s: float = 300.0, last_idle_s: float = 1800.0, clock: Callable[[], float] = time.time,
                  spawn: Callable[[Callable[[], None]], None] | None = None, claim_blocks: bool = True,
                  wait: Callable[[Callable[[], bool], float], bool] = _poll, heartbeat_namespace: str = "",
-                 leases: LeaseStore | None = None) -> None:
-        super().__init__(source, node_name, outbox)
+                 leases: LeaseStore | None = None, server_now: Callable[[], float] = time.time) -> None:
+        super().__init__(source, node_name, outbox, server_now)
         # what this node holds, which an owed lease object's write looks at before it takes an object over (the
         # node's one store holds its leases and its outbox: the outbox's, unless told otherwise)
         self.leases: LeaseStore = leases if leases is not None else cast("LeaseStore", outbox.store)

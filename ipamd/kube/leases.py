@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Container, Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -178,8 +179,10 @@ def existing_holders(source: Any, kinds: Iterable[str]) -> set[str]:
 
 
 class KubeLeaseRegistry(NoBlocks):
-    def __init__(self, source: KubernetesSource, node_name: str, outbox: Outbox) -> None:
+    def __init__(self, source: KubernetesSource, node_name: str, outbox: Outbox,
+                 server_now: Callable[[], float] = time.time) -> None:
         self.objects = source.objects
+        self.server_now = server_now  # the API server's present (``ServerClock.now``): its stamps are judged by it
         self.source = source
         self.node_name = node_name
         self.outbox = outbox
@@ -209,7 +212,7 @@ class KubeLeaseRegistry(NoBlocks):
                 return to_int(str(_spec(item)["ip"]))  # (one this node owes a write, its let-go, is not to adopt;
         return None  # a take-up's hand-back is no let-go: another call taking it up meanwhile waits its turn)
 
-    def stray(self, store: LeaseStore, older_than: float,
+    def stray(self, store: LeaseStore, grace_s: float,
               in_use: Callable[[str, int], bool] | None = None) -> list[LeaseRecord]:
         """Delete this node's lease objects whose address the store does not hold (see the reconciler). An address
         the store holds is left alone whoever the cache says holds it: its object has the one name, so deleting a
@@ -218,6 +221,7 @@ class KubeLeaseRegistry(NoBlocks):
         one whose holder still exists: the address is that IPAddress's or IPAMClaim's, wherever it is used next."""
         out = []
         existing: set[str] | None = None
+        older_than = self.server_now() - grace_s  # creationTimestamp is the API server's stamp: by its clock
         for item in self.source.by_index(KIND, "node", self.node_name):
             md, spec = item.get("metadata") or {}, item.get("spec") or {}
             if not spec.get("holder"):

@@ -102,7 +102,8 @@ class NodeDaemon:
                 self.services = ServiceEndpoints(api, self.source, lambda: bool(self.controller.acting))
             self.outbox = Outbox(self.store, api_senders(api), settle_s=OUTBOX_SETTLE_S, lull=self.calls.wait_for_lull)
             blocks = BlockRegistry(self.source, cfg.node_name, self.outbox, claim_blocks=cfg.address_blocks,
-                                   heartbeat_namespace=cfg.heartbeat_namespace, leases=self.store)
+                                   heartbeat_namespace=cfg.heartbeat_namespace, leases=self.store,
+                                   server_now=api.server_clock.now)
             self.outbox.unpark_all("unuse")  # used-by writes a kill cut short (ipamd.kube.users): checked when made
             self.outbox.unpark_all("hand_back")  # take-ups a kill cut short: no call is in flight before the servers
             blocks.drop_unrecorded()  # in-block claims a kill cut short before their transaction: never made

@@ -172,7 +172,7 @@ class Reconciler:
     def _release_stray_cluster_leases(self) -> None:
         """IPAddressLeases this node made that its store does not hold: an ADD rolled back while the
         API was unreachable could not delete its lease object. Deleted once older than the grace period."""
-        for lease in self.ipam.registry.stray(self.store, time.time() - max(self.grace_s, 30.0), self.ipam.in_use):
+        for lease in self.ipam.registry.stray(self.store, max(self.grace_s, 30.0), self.ipam.in_use):
             log.info("released stray IPAddressLease %s (%s)", lease.address, lease.pool)
 
     def _write_missing_users(self) -> None:

@@ -527,7 +527,7 @@ def test_a_reconcile_round_keeps_the_lease_object_of_an_address_let_go_and_lease
     assert n1.add() == "198.18.40.17"  # leased again in the block, to a new holder: block_lease owed
     holder = next(lease.holder for lease in n1.store.all_leases() if lease.address == "198.18.40.17")
 
-    n1.registry.stray(n1.store, time.time() + 100)  # a reconcile round (objects older than the grace period)
+    n1.registry.stray(n1.store, -100)  # a reconcile round (objects older than the grace period)
     n1.outbox.flush()
     objs = {o["spec"]["ip"]: o for o in api.objs[LEASE_KIND].values()}
     assert "198.18.40.17" in objs and objs["198.18.40.17"]["spec"]["holder"] == holder, \

@@ -18,9 +18,9 @@ class Registry(NodeLocalRegistry):
         self.stray_calls: list[float] = []
         self.in_use: Callable[[str, int], bool] | None = None
 
-    def stray(self, store: LeaseStore, older_than: float,
+    def stray(self, store: LeaseStore, grace_s: float,
               in_use: Callable[[str, int], bool] | None = None) -> list[LeaseRecord]:
-        self.stray_calls.append(older_than)
+        self.stray_calls.append(grace_s)
         self.in_use = in_use
         return []
 

@@ -176,7 +176,7 @@ def test_the_stray_clean_up_leaves_a_lease_being_taken_up(api: FakeApi) -> None:
 
     def a_round_meanwhile(lease: LeaseRecord) -> bool:
         took = take_up(lease)
-        assert n1.registry.stray(n1.store, time.time() - 30) == []
+        assert n1.registry.stray(n1.store, 30) == []
         return took
 
     n1.registry.take_up = a_round_meanwhile  # type: ignore[method-assign]
@@ -224,7 +224,7 @@ def test_a_take_up_the_store_did_not_take_is_handed_back(api: FakeApi) -> None:
     with pytest.raises(TryAgainLater):
         attach(n1.ipam, pod("p"), net="small-net", names=("ux",))
     api.patch = patch  # type: ignore[method-assign]
-    assert label(api) == "n1" and n1.registry.stray(n1.store, time.time() - 30) == [], "its hand-back owed: not stray"
+    assert label(api) == "n1" and n1.registry.stray(n1.store, 30) == [], "its hand-back owed: not stray"
     n1.outbox.flush()
     assert label(api) is None, "the answer lost: handed back by the outbox's next pass"
     (c,) = attach(n1.ipam, pod("p"), net="small-net", names=("ux",))
@@ -235,9 +235,9 @@ def test_a_take_up_the_store_did_not_take_is_handed_back(api: FakeApi) -> None:
     with n1.store.transaction():
         n1.store.delete_lease(POOL, to_int("198.18.41.1"))  # the node's store let it go; its release not yet made
     api.delete("IPAddress", "ux")
-    assert n1.registry.stray(n1.store, time.time() - 30) == [], "the pod's use of it being taken off: not yet"
+    assert n1.registry.stray(n1.store, 30) == [], "the pod's use of it being taken off: not yet"
     n1.outbox.flush()  # (a user's IPAddress: the pod was written on its lease object, and is taken off it)
-    assert [x.address for x in n1.registry.stray(n1.store, time.time() - 30)] == ["198.18.41.1"]
+    assert [x.address for x in n1.registry.stray(n1.store, 30)] == ["198.18.41.1"]
     n1.outbox.flush()
     assert not api.objs[LEASE_KIND], "the IPAddress gone: this node's stray"
 
@@ -285,7 +285,7 @@ def test_a_failed_take_up_of_another_nodes_lease_leaves_it_that_nodes(api: FakeA
     assert label(api) == "n2"
     api.delete("IPAddress", "ux")  # while pod a runs on n2
     _old(api)
-    assert n1.registry.stray(n1.store, time.time() - 30) == []
+    assert n1.registry.stray(n1.store, 30) == []
     n1.outbox.flush()
     assert "198.18.41.1" not in {Node(api, "n3", claim=False).add(net="small-net") for _ in range(3)}
 
@@ -359,7 +359,24 @@ def test_a_leftover_of_a_holder_that_has_another_address_here_is_a_stray(api: Fa
     holder: one whose holder has another address here (a claim rolled back by a kill, then another address leased)
     is a leftover, deleted as before (kept, it stayed taken for as long as the user's IPAddress existed)."""
     n1 = _leftover_of_a_holder_with_another_address(api)
-    assert [x.address for x in n1.registry.stray(n1.store, time.time() - 30)] == ["198.18.41.1"]
+    assert [x.address for x in n1.registry.stray(n1.store, 30)] == ["198.18.41.1"]
+
+
+def test_a_leftovers_age_is_judged_by_the_api_servers_clock_not_the_nodes(api: FakeApi) -> None:
+    """The grace before a leftover is deleted runs from its creationTimestamp, which the API server stamped: a node
+    whose clock runs 2 h ahead deletes nothing the server made a moment ago, and one 2 h behind does not wait 2 h."""
+    n1 = _leftover_of_a_holder_with_another_address(api)
+
+    def made_by_a_server_whose_clock_is(ahead: float, ago: float) -> None:
+        for o in api.objs[LEASE_KIND].values():
+            o["metadata"]["creationTimestamp"] = rfc3339(time.time() + ahead - ago)  # by its clock
+        n1.registry.server_now = lambda: time.time() + ahead
+
+    made_by_a_server_whose_clock_is(-7200, ago=10)
+    assert n1.registry.stray(n1.store, 30) == [], "made 10 s ago (2 h 10 s ago by the node's clock, 2 h ahead)"
+    made_by_a_server_whose_clock_is(7200, ago=70)
+    assert [x.address for x in n1.registry.stray(n1.store, 30)] == ["198.18.41.1"], \
+        "made 70 s ago (not yet made, by the node's clock, 2 h behind)"
 
 
 def test_a_take_up_however_long_its_call_is_out_is_not_handed_back_under_it(api: FakeApi) -> None:
@@ -415,6 +432,6 @@ def test_the_stray_clean_up_leaves_an_address_a_call_is_claiming(api: FakeApi) -
     lease = LeaseRecord(pool=POOL, ip=to_int("198.18.41.1"), address="198.18.41.1", network="198.18.41.0/28",
                         holder="IPAddress/ns/ux")
     assert n1.ipam._reserve(lease)  # a call's take-up of it is out
-    assert n1.registry.stray(n1.store, time.time() - 30, n1.ipam.in_use) == []
+    assert n1.registry.stray(n1.store, 30, n1.ipam.in_use) == []
     n1.ipam._unreserve(lease)
-    assert [x.address for x in n1.registry.stray(n1.store, time.time() - 30, n1.ipam.in_use)] == ["198.18.41.1"]
+    assert [x.address for x in n1.registry.stray(n1.store, 30, n1.ipam.in_use)] == ["198.18.41.1"]
