@@ -192,7 +192,7 @@ class Networks:
         override = parse_default_network(pod.annotations.get(DEFAULT_NETWORK_ANNOTATION), conf.multus_namespace)
         if override is not None:
             d = self._nad(*override, DEFAULT_NETWORK_ANNOTATION, conf, isolated=False)
-            d = Delegated(d.conflist, Target(d.target.key, d.target.type, d.target.name, default=True))
+            d = Delegated(d.conflist, Target(d.target.key, d.target.type, d.target.name, default=True), d.resource)
         else:
             d = self.cluster_network(conf)
         runtime = {k: v for k, v in (call.config.get("runtimeConfig") or {}).items() if k != POD_ANNOTATIONS_CAPABILITY}
@@ -206,7 +206,7 @@ class Networks:
             d = Delegated(config, Target(f"Delegate/{config['name']}", "Delegate", config["name"]))
         else:
             d = self._named(conf.cluster_network, conf)
-        return Delegated(d.conflist, Target(d.target.key, d.target.type, d.target.name, default=True))
+        return Delegated(d.conflist, Target(d.target.key, d.target.type, d.target.name, default=True), d.resource)
 
     def _named(self, name: str, conf: PluginConfig) -> Delegated:
         ns, nad_name = _ns_name(name, conf.multus_namespace)

@@ -119,14 +119,16 @@ WITH_CAP = {"cniVersion": "1.0.0", "plugins": [{"type": "host-device", "capabili
                                                 {"type": "tuning"}]}
 
 
-def wanted(annotation: str, assigned: list[str]) -> list[Any]:
-    src = FakeSource(nad("vf-a", SRIOV), nad("vf-b", WITH_CAP))
+def wanted(annotation: str, assigned: list[str], annotations: dict[str, str] | None = None,
+           config: dict[str, Any] | None = None) -> list[Any]:
+    src = FakeSource(nad("vf-a", SRIOV), nad("vf-b", WITH_CAP), nad("cbr0", {"cniVersion": "1.0.0", "type": "bridge"}))
+    annotations = annotations if annotations is not None else {"k8s.v1.cni.cncf.io/networks": annotation}
     pod = parse_as(POD, {"apiVersion": "v1", "kind": "Pod", "metadata": {
-        "name": "db-0", "namespace": "apps", "uid": "u", "annotations": {"k8s.v1.cni.cncf.io/networks": annotation}}})
+        "name": "db-0", "namespace": "apps", "uid": "u", "annotations": annotations}})
     call = CniCall("ADD", "c1", "/run/netns/p", "eth0", {}, {}, "K8S_POD_NAMESPACE=apps;K8S_POD_NAME=db-0",
                    "/opt/cni/bin")
     return Networks(src, Ipam(MemoryStore(), src), devices=Devices(assigned)).wanted(call, pod, None,
-                                                                                      parse_plugin_config({}))
+                                                                                      parse_plugin_config(config or {}))
 
 
 def test_each_network_of_a_resource_takes_the_next_device() -> None:
@@ -138,6 +140,17 @@ def test_each_network_of_a_resource_takes_the_next_device() -> None:
     assert "deviceID" not in b.request.delegate.conflist["plugins"][1], "the first plugin only, as Multus does"
     assert b.request.delegate.runtime_config["deviceID"] == "0000:03:02.2"
     assert b.device_info == {"type": "pci", "version": "1.1.0", "pci": {"pci-address": "0000:03:02.2"}}
+
+
+@pytest.mark.parametrize(("annotations", "cluster"), [({}, "apps/vf-a"),
+                                                      ({"v1.multus-cni.io/default-network": "apps/vf-a"}, "apps/cbr0")],
+                         ids=["clusterNetwork", "default-network annotation"])
+def test_a_cluster_network_nad_with_a_resource_takes_its_device(annotations: dict[str, str], cluster: str) -> None:
+    """A pod whose primary interface is a VF: its cluster network (``clusterNetwork``, or the pod's override) is a
+    NAD with a resourceName, and gets its device as any NAD does (Multus's ``getKubernetesDelegate``)."""
+    (primary,) = wanted("", ["0000:03:02.1"], annotations, {"clusterNetwork": cluster})
+    assert primary.device_id == "0000:03:02.1"
+    assert primary.request.delegate.conflist["plugins"][0]["deviceID"] == "0000:03:02.1"
 
 
 def test_more_networks_of_a_resource_than_devices_is_refused_naming_the_element() -> None:
