@@ -24,7 +24,7 @@ from typing import Any
 
 from cni.errors import AddressConflict, InvalidConfig, ObjectNotFound, PoolExhausted, UnknownContainer
 from cni.types import IPConfig, Result, Route, cidr_of
-from ipamd.ipam.addresses import Claim, Ipam, Secured, refuse_gateway
+from ipamd.ipam.addresses import Claim, Ipam, Secured, family_view, refuse_gateway
 from ipamd.ipam.allocator import in_ranges, subnet_for, to_int
 from ipamd.model.cniconf import ConfigInvalid
 from ipamd.model.ipamconf import (
@@ -250,7 +250,14 @@ class DelegatedAddresses:
 
     def _check_claim_free(self, rec: IPRecord | None, claim: Any, req: AddressRequest) -> None:
         """A claim serves one pod at a time: refused while another pod of this node that still exists uses it
-        (a pod of the same name is the same StatefulSet member or VM again: its old sandbox may not be gone yet)."""
+        (a pod of the same name is the same StatefulSet member or VM again: its old sandbox may not be gone yet),
+        and one interface of it: refused while another interface of the same sandbox uses it (one address twice
+        on a segment). A pod's two sandboxes share it, and a retried ADD is the same user."""
+        for user in rec.used_by_uids if rec else ():
+            container_id, _, ifname = user.rpartition("/")
+            if container_id == req.container_id and ifname != req.ifname:
+                raise AddressConflict(f"IPAMClaim {claim.meta.namespace}/{claim.meta.name} is in use by interface "
+                                      f"{ifname} of this pod: a claim's address is for one interface", req.claim_field)
         me = req.pod.meta.name if req.pod is not None else ""
         for other in rec.used_by_pods if rec else ():
             ns, _, name = other.partition("/")
@@ -309,6 +316,26 @@ class DelegatedAddresses:
             self._refuse_range(req.network, req.config.range, f"{req.config_field}.range")
         if first.type == "Static":
             self._check_static(first, pool, req)
+        if req.config.pool is not None:
+            self._refuse_gateways(req, family_view(first, pool))
+
+    def _refuse_gateways(self, req: AddressRequest, pool: AddressPool) -> None:
+        """A NAD's ``gateway`` of another family than the pool's address (the calling plugin would fail on it, naming
+        nothing of the NAD), or a gateway inside the pool's ranges, which the pool would hand to a pod (a range cuts
+        its gateways out instead, ``ipamconf._inline``; a pool's own routes' gateways are out of its ranges)."""
+        family = pool.families[0]
+        gateways = [(req.config.gateway, f"{req.config_field}.gateway")] if req.config.gateway else []
+        gateways += [(gw, f"{req.config_field}.routes[{i}].gw") for i, (_, gw) in enumerate(req.config.routes)
+                     if gw and gw != req.config.gateway]  # one without ``gw`` has ``gateway``'s: named as such
+        for gw, field in gateways:
+            ip = ipaddress.ip_address(gw)
+            if field.endswith(".gateway") and ip.version != family:
+                raise InvalidConfig(f"{gw} is not an IPv{family} address, as those of pool {_pool_name(pool)} are",
+                                    field)
+            if in_ranges(pool, int(ip)):
+                raise InvalidConfig(f"{gw} is an address pool {_pool_name(pool)} hands out, so a pod would get it: "
+                                    "make it the gateway of one of the pool's routes (never handed out), or use a "
+                                    "router outside its ranges", field)
 
     def _note_range(self, owner: str, rng: InlineRange, field: str) -> None:
         """Record the implicit pool of a range (one per configuration and range), refused as ``_refuse_range``."""

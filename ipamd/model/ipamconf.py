@@ -120,6 +120,14 @@ def _net(text: Any, field: str) -> IPNetwork:
     return net
 
 
+def _dst(text: Any, field: str) -> IPNetwork:
+    """A route's destination: any network (``::/0`` too), unlike a range's, whose addresses a pool must hold."""
+    try:
+        return ipaddress.ip_network(str(text), strict=False)
+    except ValueError:
+        raise ConfigInvalid(field, f"{text!r} is not a CIDR") from None
+
+
 def _ip(text: Any, field: str) -> int:
     try:
         return int(parse_address(str(text)))
@@ -161,7 +169,9 @@ def _bounds(ipam: Mapping[str, Any]) -> tuple[IPNetwork, int, int]:
     return net, start, end
 
 
-def _inline(ipam: Mapping[str, Any], gateway: str) -> InlineRange:
+def _inline(ipam: Mapping[str, Any], gateway: str, routes: tuple[tuple[str, str], ...]) -> InlineRange:
+    """The range, without ``exclude``, its ``gateway`` and its routes' gateways inside it: never a pod's (the pod's
+    route would go via itself, and the router's address would be taken twice on the segment)."""
     net, start, end = _bounds(ipam)
     ranges = [(start, end)]
     exclude = ipam.get("exclude") or []
@@ -172,10 +182,12 @@ def _inline(ipam: Mapping[str, Any], gateway: str) -> InlineRange:
         if excluded.version != net.version or not excluded.subnet_of(net):  # type: ignore[arg-type]  # same family
             raise ConfigInvalid(f"ipam.exclude[{i}]", f"{excluded} is outside the range's network {net}")
         ranges = cut(ranges, int(excluded.network_address), int(excluded.broadcast_address))
-    if gateway:
-        ranges = cut(ranges, _ip(gateway, "ipam.gateway"), _ip(gateway, "ipam.gateway"))  # never a pod's
+    for gw in sorted({gateway, *(via for _, via in routes)} - {""}):
+        ip = ipaddress.ip_address(gw)
+        if ip in net:
+            ranges = cut(ranges, int(ip), int(ip))
     if not ranges:
-        field = "ipam.exclude" if exclude else "ipam.gateway"
+        field = "ipam.exclude" if exclude else "ipam.gateway" if gateway else "ipam.routes"
         raise ConfigInvalid(field, f"leaves no address of {ipam['range']} to hand out")
     overlapping = ipam.get("enable_overlapping_ranges", True)
     if not isinstance(overlapping, bool):
@@ -206,7 +218,7 @@ def _routes(ipam: Mapping[str, Any], gateway: str) -> tuple[tuple[str, str], ...
     for i, r in enumerate(routes):
         if not isinstance(r, dict) or "dst" not in r:
             raise ConfigInvalid(f"ipam.routes[{i}]", "must be {dst, gw}")
-        dst = _net(r["dst"], f"ipam.routes[{i}].dst")
+        dst = _dst(r["dst"], f"ipam.routes[{i}].dst")
         if r.get("gw"):
             gw = ipaddress.ip_address(_ip(r["gw"], f"ipam.routes[{i}].gw"))
             if gw.version != dst.version:  # the calling plugin's route add would fail on it
@@ -274,7 +286,7 @@ def parse_ipam_config(ipam: Any) -> IpamConfig:
     routes = _routes(ipam, gateway)
     if by_pool:
         return IpamConfig(pool=_pool_ref(ipam["ipAddressPoolRef"]), gateway=gateway, routes=routes)
-    rng = _inline(ipam, gateway)
+    rng = _inline(ipam, gateway, routes)
     if gateway and ipaddress.ip_address(gateway) not in rng.network:
         raise ConfigInvalid("ipam.gateway", f"{gateway} is outside the range's network {rng.network}")
     return IpamConfig(range=rng, gateway=gateway, routes=routes)

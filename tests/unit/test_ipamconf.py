@@ -59,6 +59,24 @@ def test_routes_network_name_overlap_ttl_and_whereabouts_own_keys() -> None:
     assert implicit_pool(conf.range).meta.key == space_key("storage") == "ImplicitPool/storage"
 
 
+
+def test_an_ipv6_default_route_in_a_whereabouts_range_is_accepted() -> None:
+    """``routes: [{"dst": "::/0"}]`` (the IPv6 default route) was refused as "lies in ::/96, the deprecated
+    IPv4-compatible space": ``_routes`` checked a route's dst with ``_net``, whose ::/96 refusal is meant for a range's
+    addresses, not a destination. A Whereabouts IPv6 NAD with a default route could not switch by changing ``type``."""
+    conf = parse_ipam_config({"type": "plexus-ipam", "range": "2001:2:0:53::/64", "gateway": "2001:2:0:53::1",
+                              "routes": [{"dst": "::/0"}]})
+    assert conf.routes == (("::/0", "2001:2:0:53::1"),)
+    assert parse(range="198.18.20.0/24", routes=[{"dst": "0.0.0.0/0", "gw": "198.18.20.1"}]).routes == \
+        (("0.0.0.0/0", "198.18.20.1"),)
+
+
+def test_a_ranges_routes_gateways_inside_it_are_cut_out_as_its_gateway_is() -> None:
+    conf = parse(range="198.18.20.0/28", routes=[{"dst": "198.18.30.0/24", "gw": "198.18.20.5"},
+                                                 {"dst": "198.18.31.0/24", "gw": "198.18.21.1"}])  # outside: no cut
+    assert conf.range is not None
+    assert conf.range.ranges == (span("198.18.20.1", "198.18.20.4"), span("198.18.20.6", "198.18.20.14"))
+
 @pytest.mark.parametrize(("ipam", "field"), [
     ({"range": "198.18.20.0/33"}, "ipam.range"),
     ({"range": "not-a-cidr"}, "ipam.range"),
@@ -71,6 +89,7 @@ def test_routes_network_name_overlap_ttl_and_whereabouts_own_keys() -> None:
     ({"range": "198.18.20.0/24", "socket": "/run/containerd/containerd.sock"}, "ipam.socket"),
     ({"range": "198.18.20.0/24", "timeoutSeconds": "soon"}, "ipam.timeoutSeconds"),
     ({"range": "198.18.20.1/32", "gateway": "198.18.20.1"}, "ipam.gateway"),
+    ({"range": "198.18.20.1/32", "routes": [{"dst": "198.18.30.0/24", "gw": "198.18.20.1"}]}, "ipam.routes"),
     ({"range": "198.18.20.0/24", "range_start": "198.18.21.1"}, "ipam.range_start"),
     ({"range": "198.18.20.0/24", "exclude": ["198.18.21.0/28"]}, "ipam.exclude[0]"),
     ({"range": "198.18.20.0/24", "exclude": "198.18.20.0/28"}, "ipam.exclude"),

@@ -313,6 +313,24 @@ def test_a_pods_two_sandboxes_share_its_claim_and_the_old_ones_del_keeps_the_new
     assert node.store.all_ips()[0].used_by_uids == ()
 
 
+def test_one_claim_named_by_two_interfaces_of_a_pod_is_not_one_address_on_both() -> None:
+    """An IPAMClaim is for one interface (``spec.interface``: net1). A pod whose selection named it on two interfaces
+    (net1 and net2, one NAD) got the same address on both: ``_check_claim_free`` refused other pods only. Now the
+    second interface of the same sandbox is refused (code 104), leaving the claim's users as they were; a retried ADD
+    of net1 keeps its address."""
+    node = Node()
+    node.source.add(claim("db-0"))  # spec.interface: net1
+    node.source.add(pod("db-0", "uid-1", [{"name": "nad-a", "interface": "net1", "ipam-claim-reference": "db-0"},
+                                          {"name": "nad-a", "interface": "net2", "ipam-claim-reference": "db-0"}]))
+    first = node.call("ADD", SHARED, ifname="net1", pod_name="db-0", uid="uid-1")["ips"]
+    exc = node.error("ADD", SHARED, ifname="net2", pod_name="db-0", uid="uid-1")
+    assert (exc.code, exc.details) == (104, "k8s.v1.cni.cncf.io/networks[1].ipam-claim-reference"), exc
+    assert "net1" in exc.msg, exc.msg
+    assert node.call("ADD", SHARED, ifname="net1", pod_name="db-0", uid="uid-1")["ips"] == first
+    (rec,) = node.store.all_ips()
+    assert rec.used_by_uids == ("c1/net1",)
+
+
 def test_plexus_told_the_claim_when_it_delegates_with_exec() -> None:
     node = Node()
     node.source.add(claim("db-0"))
@@ -402,6 +420,54 @@ def test_a_route_without_gw_gets_no_gateway_of_the_other_family() -> None:
         return
     (route,) = result["routes"]
     assert route.get("gw", "") == "", f"an IPv6 route via an IPv4 gateway: {route}"
+
+
+def test_an_ipv6_default_route_through_the_daemon() -> None:
+    """``::/0`` was refused as lying in ::/96 (see test_ipamconf's test of the same name)."""
+    node = Node()
+    result = node.call("ADD", {"range": "2001:2:0:53::/64", "gateway": "2001:2:0:53::1", "routes": [{"dst": "::/0"}]})
+    assert result["routes"] == [{"dst": "::/0", "gw": "2001:2:0:53::1"}]
+
+
+def test_a_ranges_route_gw_inside_the_range_is_never_handed_to_a_pod() -> None:
+    """A range's ``gateway`` was cut out of what it hands out, but a route's own ``gw`` inside the range was not: the
+    first pod got 198.18.53.1 with a route via 198.18.53.1, i.e. via itself (and the router's address taken twice on
+    the segment). A pool never hands out its routes' gateways (``refuse_gateway``); now a range does not either."""
+    node = Node()
+    ipam = {"range": "198.18.53.0/29", "routes": [{"dst": "198.18.60.0/24", "gw": "198.18.53.1"}]}
+    got = []
+    for c in ("c1", "c2", "c3", "c4", "c5", "c6"):
+        try:
+            got.append(node.call("ADD", ipam, container=c)["ips"][0]["address"])
+        except CniError:
+            break
+    assert "198.18.53.1/29" not in got, f"the route's gateway was handed out: {got}"
+
+
+def test_a_pool_delegates_gateway_of_the_other_family_is_refused_naming_it() -> None:
+    """With a range, a ``gateway`` of the other family is refused (code 7, ``ipam.gateway``); with
+    ``ipAddressPoolRef`` it was not checked at all, and the result said ``198.18.52.2/24`` via ``2001:db8::1``, which
+    the calling plugin fails on (its error names no field of the NAD)."""
+    node = Node()
+    exc = node.error("ADD", {**SHARED, "gateway": "2001:db8::1"})
+    assert (exc.code, exc.details) == (7, "ipam.gateway"), exc
+    assert "IPv4" in exc.msg, exc.msg
+
+
+def test_a_pool_delegates_gateway_inside_the_pool_is_not_handed_to_a_pod() -> None:
+    """README: "a pool never hands out its own routes' gateways (give a NAD's gateway inside a pool as one of them, or
+    outside its ranges)": a NAD ``gateway`` inside the pool's ranges was neither refused nor cut, and the first pod
+    got the gateway itself as its address (198.18.52.2/24 via 198.18.52.2). Refused before anything is leased, as is
+    a route's ``gw`` there; a pool route's gateway, or one outside the ranges, is fine."""
+    node = Node()
+    exc = node.error("ADD", {**SHARED, "gateway": "198.18.52.2"})
+    assert (exc.code, exc.details) == (7, "ipam.gateway"), exc
+    assert "pool's routes" in exc.msg and "outside its ranges" in exc.msg, exc.msg
+    routed = {**SHARED, "routes": [{"dst": "198.18.62.0/24", "gw": "198.18.52.9"}]}
+    assert node.error("ADD", routed).details == "ipam.routes[0].gw"
+    for n, gateway in enumerate(("198.18.52.1", "198.18.53.1")):  # the pool route's gateway; outside the pool
+        (ip,) = node.call("ADD", {**SHARED, "gateway": gateway}, container=f"ok{n}")["ips"]
+        assert ip == {"address": f"198.18.52.{2 + n}/24", "gateway": gateway}
 
 
 def test_an_exhausted_ranges_error_counts_its_own_addresses() -> None:
