@@ -14,6 +14,7 @@ from typing import Any
 from cni.errors import AnnotationInvalid, InterfaceFailure
 from ipamd.model.annotations import parse_networks_spec
 from ipamd.model.names import bridge_name, segment_of_bridge, uplink_name
+from ipamd.model.npwg import NETWORKS_ANNOTATION
 from ipamd.model.objects import SPEC_ANNOTATION, STATUS_ANNOTATION, ClusterNetwork, Network, NetworkClass
 from ipamd.model.services import status_entries
 
@@ -126,8 +127,8 @@ def pick_id(kind: SegmentKind, pool: IdPool, holders: Mapping[int, str], wanted:
 def pods_on_segment(pods: Iterable[Mapping[str, Any]], net: Network | ClusterNetwork, ident: int) -> list[str]:
     """The pods (``namespace/name``) attached to ``net`` on its segment ``ident``, as their ``networks-status`` says:
     an entry that shows another VLAN ID is on another segment of it; one that shows none (a VXLAN network's, or of
-    an older Plexus) counts, as does a pod starting on a node whose ``networks-spec`` names ``net`` (``_starting``).
-    A finished pod holds no interface; ``pods`` may be of other namespaces and networks."""
+    an older Plexus) counts, as does a pod starting on a node that asks for ``net`` by name or gets it as its default
+    (``_starting``). A finished pod holds no interface; ``pods`` may be of other namespaces and networks."""
     found = []
     for pod in pods:
         md = pod.get("metadata") or {}
@@ -143,16 +144,35 @@ def pods_on_segment(pods: Iterable[Mapping[str, Any]], net: Network | ClusterNet
 
 
 def _starting(pod: Mapping[str, Any], annotations: Mapping[str, Any], net: Network | ClusterNetwork) -> bool:
-    """A pod bound to a node whose ``networks-spec`` names ``net``: with no status entry of it yet, its ADD may be
-    building its interface on the segment there is now."""
+    """A pod bound to a node whose ``networks-spec`` names ``net``, or that gets ``net`` as its default network
+    (``_by_default``): with no status entry of it yet, its ADD may be building its interface on the segment there
+    is now."""
     spec = pod.get("spec") or {}
     if not spec.get("nodeName") or spec.get("hostNetwork"):
         return False  # not started yet, or never attached (the node's own network)
+    if SPEC_ANNOTATION not in annotations and NETWORKS_ANNOTATION not in annotations:
+        return _by_default(pod, net)
     try:
         selections = parse_networks_spec(annotations.get(SPEC_ANNOTATION))
     except AnnotationInvalid:
         return False  # refused at its ADD: it builds nothing
     return any((sel.type, sel.name) == (net.meta.kind, net.meta.name) for sel in selections)
+
+
+def _by_default(pod: Mapping[str, Any], net: Network | ClusterNetwork) -> bool:
+    """A pod that asks for no network, while its sandbox is being made: ADD gives it ``net`` when ``net`` is
+    labelled the default (``default_networks``). Counted without what ADD also reads and the controller cannot (the
+    nodes' ``systemNamespaces``; whether the pod's namespace has a default Network of its own, which wins over a
+    ClusterNetwork): a pod is counted too often, never too rarely. Only while its sandbox is not ready yet: once it
+    is, a pod with no entry of ``net`` was made without it (before the label, or in a system namespace), and counted
+    it would hold the segment for ever."""
+    if not net.pod.default:
+        return False
+    status = pod.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("type") in ("PodReadyToStartContainers", "PodHasNetwork"):  # the latter before Kubernetes 1.29
+            return bool(cond.get("status") != "True")  # False again while the kubelet makes the pod a new sandbox
+    return status.get("phase") in (None, "", "Pending")
 
 
 def _names(entry: Mapping[str, Any], net: Network | ClusterNetwork) -> bool:

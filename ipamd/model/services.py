@@ -13,6 +13,7 @@ answers the Service's name with the selected pods' addresses on that network.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -28,6 +29,9 @@ MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 KINDS = ("Network", "ClusterNetwork", "NetworkAttachmentDefinition")
 Family = Literal["IPv4", "IPv6"]  # an EndpointSlice's addressType
+# Kubernetes's label syntax: a key's name and a value (which may be empty), and a key's optional prefix
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 class ServiceInvalid(ValueError):
@@ -82,12 +86,7 @@ def parse_service(svc: Mapping[str, Any]) -> NetworkService | None:
     if spec.get("clusterIP") != "None":
         raise ServiceInvalid("spec.clusterIP", "must be None (a headless Service): an additional network's addresses "
                              "are not reached through the node's kube-proxy", "NotHeadless")
-    ports = []
-    for p in spec.get("ports") or []:
-        target = p.get("targetPort")
-        port = target if isinstance(target, int) and not isinstance(target, bool) else p.get("port")
-        ports.append((str(p.get("name") or ""), int(port or 0), str(p.get("protocol") or "TCP")))
-    return NetworkService(ns, str(md.get("name")), str(md.get("uid") or ""), network, selector, tuple(ports))
+    return NetworkService(ns, str(md.get("name")), str(md.get("uid") or ""), network, selector, _ports(spec))
 
 
 def _network_ref(text: str, namespace: str, field: str) -> NetworkRef:
@@ -113,10 +112,52 @@ def _selector(text: Any, field: str) -> tuple[tuple[str, str], ...]:
     out = []
     for term in text.split(","):
         key, sep, value = term.strip().partition("=")
-        if not sep or not key.strip():
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
             raise ServiceInvalid(field, f"{term.strip()!r} is not key=value")
-        out.append((key.strip(), value.strip()))
+        # kubectl's other spellings (app!=db, app==db) would split into a key or value no label has: never matched
+        if not _label_key(key) or not _label_value(value):
+            raise ServiceInvalid(field, f"{term.strip()!r} is not key=value with a label's key and value (a key: "
+                                 "[<DNS subdomain>/]<name>, a name or value: at most 63 of A-Z a-z 0-9 - _ . "
+                                 "beginning and ending with a letter or digit; a value may be empty)")
+        out.append((key, value))
     return tuple(sorted(out))
+
+
+def _label_key(key: str) -> bool:
+    prefix, _, name = key.rpartition("/")
+    if "/" in key and not (len(prefix) <= 253 and _DNS_SUBDOMAIN.fullmatch(prefix)):
+        return False
+    return len(name) <= 63 and _LABEL_NAME.fullmatch(name) is not None
+
+
+def _label_value(value: str) -> bool:
+    return value == "" or (len(value) <= 63 and _LABEL_NAME.fullmatch(value) is not None)
+
+
+def _ports(spec: Mapping[str, Any]) -> tuple[tuple[str, int, str], ...]:
+    """The endpoints' ports: each one's ``targetPort`` where it is a number (0 is unset: the API server makes it
+    ``port``), else its ``port``. Checked here, not only by an API server: local mode's Services come from files
+    unchecked."""
+    ports = spec.get("ports") or []
+    if not isinstance(ports, list):
+        raise ServiceInvalid("spec.ports", "must be a list of ports", "InvalidPort")
+    out = []
+    for i, p in enumerate(ports):
+        if not isinstance(p, Mapping):
+            raise ServiceInvalid(f"spec.ports[{i}]", "must be a port: {port: <number>}", "InvalidPort")
+        target = p.get("targetPort")
+        numbered = isinstance(target, int) and not isinstance(target, bool) and target != 0
+        where = f"spec.ports[{i}].{'targetPort' if numbered else 'port'}"
+        out.append((str(p.get("name") or ""), _port_number(target if numbered else p.get("port"), where),
+                    str(p.get("protocol") or "TCP")))
+    return tuple(out)
+
+
+def _port_number(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ServiceInvalid(field, f"{value!r} is not a port number (1-65535)", "InvalidPort")
+    return value
 
 
 def selects(svc: NetworkService, pod: Mapping[str, Any]) -> bool:

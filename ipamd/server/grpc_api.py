@@ -176,9 +176,10 @@ class IpamService(pb_grpc.IpamServicer):
     def ListServiceEndpoints(self, request: pb.ListServiceEndpointsRequest,  # noqa: N802
                              context: grpc.ServicerContext) -> pb.ListServiceEndpointsResponse:
         """Services over an additional network from the object source (local mode's manifests), with the endpoints
-        the controller would write: the selected pods' addresses from their statuses, ready once attached."""
-        statuses = {(s.namespace, s.name): s for s in self.store.pod_statuses()}
-        pods = [local_pod(p, statuses.get((p.meta.namespace, p.meta.name))) for p in self.source.list(POD)]
+        the controller would write: the selected pods' addresses from their statuses, ready once attached. A pod's
+        statuses are its UID's: an older pod of its name (its sandbox not DEL'd yet) has its own."""
+        statuses = {s.uid: s for s in self.store.pod_statuses()}
+        pods = [local_pod(p, statuses.get(p.meta.uid)) for p in self.source.list(POD)]
         out = []
         for obj in self.source.list(SERVICE):
             if request.namespace and obj.meta.namespace != request.namespace:

@@ -4,12 +4,14 @@ from ``metadata.generation``, and a Network deleted and made again getting its s
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from kubernetes import client
 
 from ipamd.kube.controller import Controller
-from ipamd.model.objects import API_VERSION, parse_object
+from ipamd.model.objects import API_VERSION, Network, parse_object
+from ipamd.model.segments import pods_on_segment
 from tests.fakes.source import FakeSource
 
 
@@ -214,6 +216,39 @@ def test_the_controller_does_not_regrant_a_deleted_networks_id_while_a_node_stil
     assert got["vlanID"] != 600, (
         "VLAN 600 still carries the deleted Network's pods on node n1 (plx-br-600/plx-vl-600), yet the controller "
         "granted it to Network ns/new: other nodes put ns/new on the same wire VLAN, and n1 refuses its pods (104)")
+
+
+def test_a_pod_starting_on_its_namespaces_default_network_holds_the_segment() -> None:
+    """pods_on_segment counts a pod bound to a node whose networks-spec names the network (its ADD may be building
+    on the current segment), but not one that gets the same network as its namespace's default network (no
+    annotation at all: README's DANM rule): the controller moves the network's VLAN ID under that pod's ADD."""
+    net = parse_object({"apiVersion": API_VERSION, "kind": "Network",
+                        "metadata": {"name": "ext", "namespace": "apps",
+                                     "labels": {"network.deckhouse.io/default-network": "true"}},
+                        "spec": {"networkClass": "cls"}})
+    assert isinstance(net, Network) and net.pod.default
+    named = {"metadata": {"name": "named", "namespace": "apps", "annotations": {
+        "network.deckhouse.io/networks-spec": json.dumps([{"type": "Network", "name": "ext"}])}},
+        "spec": {"nodeName": "n1"}, "status": {"phase": "Pending"}}
+    by_default = {"metadata": {"name": "by-default", "namespace": "apps", "annotations": {}},
+                  "spec": {"nodeName": "n1"}, "status": {"phase": "Pending"}}
+    assert pods_on_segment([named, by_default], net, 600) == ["apps/named", "apps/by-default"]
+
+    def unannotated(name: str, phase: str, sandbox: str | None = None, **annotations: str) -> dict[str, Any]:
+        conditions = [{"type": "PodReadyToStartContainers", "status": sandbox}] if sandbox else []
+        return {"metadata": {"name": name, "namespace": "apps", "annotations": annotations},
+                "spec": {"nodeName": "n1"}, "status": {"phase": phase, "conditions": conditions}}
+
+    remade = unannotated("remade", "Running", "False")  # the kubelet makes it a new sandbox: ADD runs again
+    made = unannotated("made", "Running", "True")  # made without it (before the label): would hold it for ever
+    old_kube = unannotated("old-kube", "Running")  # no sandbox condition (before 1.29): its phase says
+    opted_out = unannotated("opted-out", "Pending", **{"network.deckhouse.io/networks-spec": "[]"})
+    npwg = unannotated("npwg", "Pending", **{"k8s.v1.cni.cncf.io/networks": "macvlan"})
+    assert pods_on_segment([remade, made, old_kube, opted_out, npwg], net, 600) == ["apps/remade"]
+    plain = parse_object({"apiVersion": API_VERSION, "kind": "Network",
+                          "metadata": {"name": "ext", "namespace": "apps"}, "spec": {"networkClass": "cls"}})
+    assert isinstance(plain, Network)
+    assert pods_on_segment([by_default], plain, 600) == [], "not the default: ADD does not give it to that pod"
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -16,9 +16,13 @@ from ipamd.api import ipam_pb2 as pb
 from ipamd.api import ipam_pb2_grpc as pb_grpc
 from ipamd.ipam.addresses import Ipam
 from ipamd.model.objects import API_VERSION, parse_object
+from ipamd.model.services import NETWORK_ANNOTATION, SELECTOR_ANNOTATION, ServiceInvalid, parse_service
 from ipamd.server.grpc_api import CNI_CODE_KEY, IpamService, serve
+from ipamd.store.records import PodStatus
 from tests.fakes.source import FakeSource
 from tests.fakes.store import MemoryStore
+from tests.unit.test_attacher import Node as AttacherNode
+from tests.unit.test_attacher import obj
 from tests.unit.test_plexus_ipam import Node
 
 POOL = pb.PoolRef(kind="IPAddressPool", namespace="apps", name="tiny")
@@ -145,6 +149,66 @@ def test_the_leases_stream_applies_each_operation_on_its_own(stub: Any) -> None:
     assert released[0].released.released and released[1].error.code == 103 and released[2].error.code == 7
     assert send(allocate("z"))[0].lease.address == got[0].lease.address, "the released address, leaseTTL 0s"
     out.put(None)
+
+
+def test_a_local_services_bad_port_is_refused_naming_the_field_not_a_traceback() -> None:
+    """Local mode: Services in the objects directory are stored unchecked (objects._service), and parse_service
+    does int() on spec.ports[i].port: a named port ('pg') raises ValueError, not ServiceInvalid, so
+    ListServiceEndpoints (plexusctl get endpoints) fails whole instead of showing the field in PROBLEM."""
+    def svc(name: str, *ports: Any) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "namespace": "apps", "uid": "u",
+                             "annotations": {NETWORK_ANNOTATION: "back", SELECTOR_ANNOTATION: "app=db"}},
+                "spec": {"clusterIP": "None", "ports": list(ports)}}
+
+    with pytest.raises(ServiceInvalid) as err:
+        parse_service(svc("db", {"name": "pg", "port": "pg"}))
+    assert err.value.field.startswith("spec.ports[0]")
+    for ports, field in ((({"port": 5432}, {"port": 0}), "spec.ports[1].port"),
+                         (({"port": 70000},), "spec.ports[0].port"),
+                         (({"port": True},), "spec.ports[0].port"),
+                         (({},), "spec.ports[0].port"),
+                         (({"port": 5432, "targetPort": 65536},), "spec.ports[0].targetPort"),
+                         (("5432",), "spec.ports[0]")):
+        with pytest.raises(ServiceInvalid) as err:
+            parse_service(svc("db", *ports))
+        assert err.value.field == field, ports
+    named_target = parse_service(svc("db", {"port": 5432, "targetPort": "pg"}, {"port": 80, "targetPort": 0}))
+    assert named_target is not None and [p for _, p, _ in named_target.ports] == [5432, 80], "port is the fallback"
+
+    node = AttacherNode()
+    node.source.add(obj("Network", "back", {"networkClass": "cls"}))
+    node.source.add(parse_object(svc("bad", {"name": "pg", "port": "pg"})))
+    node.source.add(parse_object(svc("good", {"name": "pg", "port": 5432})))
+    listed = IpamService(node.store, node.source, node.ipam, list).ListServiceEndpoints(
+        pb.ListServiceEndpointsRequest(), None).services
+    shown = {s.name: (s.network, s.problem) for s in listed}
+    assert shown["bad"][1].startswith("spec.ports[0].port: "), shown
+    assert shown["good"] == ("Network apps/back", ""), "one bad Service leaves the others listed"
+
+
+def test_local_endpoints_read_the_statuses_of_the_pod_itself_not_of_an_older_pod_of_its_name() -> None:
+    """Local mode's ListServiceEndpoints keys the store's statuses by (namespace, name), not by UID: a pod made
+    again under its name (new UID, not attached yet) while the old one's statuses are still stored (its sandbox
+    not DEL'd yet) is listed ready, with the old pod's address."""
+    node = AttacherNode()
+    node.source.add(obj("Network", "back", {"networkClass": "cls"}))
+    node.source.add(obj("Pod", "app", {}, uid="uid-new", labels={"app": "db"}))
+    node.source.add(parse_object({"apiVersion": "v1", "kind": "Service", "metadata": {
+        "name": "db", "namespace": "apps", "annotations": {
+            "network.deckhouse.io/service-network": "back", "network.deckhouse.io/service-selector": "app=db"}},
+        "spec": {"clusterIP": "None", "ports": [{"port": 5432}]}}))
+    entry = {"type": "Network", "name": "back", "ifName": "net1",
+             "ipAddressConfigs": [{"address": "198.18.40.7", "network": "198.18.40.0/24"}]}
+    node.store.put_pod_status(PodStatus("uid-old", "apps", "app", (entry,)))
+    service = IpamService(node.store, node.source, node.ipam, list)
+    (found,) = service.ListServiceEndpoints(pb.ListServiceEndpointsRequest(), None).services
+    shown = [(e.address, e.ready) for e in found.endpoints]
+    assert shown == [], f"pod apps/app (uid-new) has no address yet, but is listed with the old pod's: {shown}"
+    own = {**entry, "ipAddressConfigs": [{"address": "198.18.40.8", "network": "198.18.40.0/24"}]}
+    node.store.put_pod_status(PodStatus("uid-new", "apps", "app", (own,)))
+    (found,) = service.ListServiceEndpoints(pb.ListServiceEndpointsRequest(), None).services
+    assert [(e.address, e.ready, e.pod) for e in found.endpoints] == [("198.18.40.8", True, "apps/app")]
 
 
 def test_plexusctl_outbox_lists_the_owed_writes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -87,6 +87,25 @@ def test_a_service_that_asks_badly_is_told_which_field(annotations: dict[str, st
     assert (err.value.field, err.value.reason) == (field, reason)
 
 
+def test_a_selector_outside_the_key_value_grammar_is_refused_naming_the_field() -> None:
+    """README: a Service that asks badly (a malformed annotation) gets a Warning naming the field. 'app!=db' and
+    'app==db' (kubectl's selector spellings) are taken as key 'app!' / value '=db': no label ever matches, and the
+    Service is told True with 0 addresses instead of what is wrong."""
+    def svc(text: str) -> dict[str, Any]:
+        return {"metadata": {"name": "db", "namespace": "apps", "uid": "u",
+                             "annotations": {NETWORK_ANNOTATION: "backend", SELECTOR_ANNOTATION: text}},
+                "spec": {"clusterIP": "None", "ports": [{"port": 5432}]}}
+
+    for text in ("app!=db", "app==db", "-app=db", "app=db!", "Example.com/app=db", "/app=db", "app=" + "x" * 64,
+                 "x" * 64 + "=db"):
+        with pytest.raises(ServiceInvalid) as err:
+            parse_service(svc(text))
+        assert err.value.field == f"metadata.annotations[{SELECTOR_ANNOTATION}]", text
+    got = parse_service(svc("app.kubernetes.io/name=db, tier=, x_y.z=A-1." + "b" * 10))
+    assert got is not None
+    assert got.selector == (("app.kubernetes.io/name", "db"), ("tier", ""), ("x_y.z", "A-1." + "b" * 10))
+
+
 def test_the_slice_holds_the_selected_pods_addresses_on_that_network_with_readiness() -> None:
     svc = parse_service(service(ASKS))
     assert svc is not None
