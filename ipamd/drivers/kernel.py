@@ -17,16 +17,31 @@ from ipamd.store.records import BuiltInterface
 
 def configure(pod: Any, index: int, iface: BuiltInterface, undo: contextlib.ExitStack) -> None:
     """The interface's leased addresses and their routes (once each), unless it leaves them to a guest; and its
-    network's policy routing (the rules outlive the interface: their undo is registered here)."""
+    network's policy routing (the rules outlive the interface: their undo is registered here). With a table, the
+    pool's routes go into it, not into the main table: there two policy-routed networks routing one destination
+    would share one route (the second's dropped), and replies would leave by the first one's interface."""
     if not iface.configure_ips or not iface.addresses:
         return
-    routes = dict.fromkeys((r["destination"], r["via"]) for a in iface.addresses for r in a.get("routes", ()))
     cidrs = [cidr_of(a["address"], a["network"]) for a in iface.addresses]
-    links.configure_addresses(pod, index, iface.if_name, cidrs, routes)
+    links.configure_addresses(pod, index, iface.if_name, cidrs, () if iface.table else _pool_routes(iface))
     if iface.table:
         undo.callback(quietly, f"policy rules of {iface.if_name}", policy.delete_policy_rules, pod, cidrs, iface.table)
-        policy.add_policy_routing(pod, index, iface.if_name, cidrs, iface.table,
-                                  [(r["destination"], r["via"]) for r in iface.policy_routes])
+        policy.add_policy_routing(pod, index, iface.if_name, cidrs, iface.table, _table_routes(iface, cidrs))
+
+
+def _pool_routes(iface: BuiltInterface) -> list[tuple[str, str]]:
+    """The routes of the pool's subnets of the interface's addresses (destination, via), once each."""
+    return list(dict.fromkeys((r["destination"], r["via"]) for a in iface.addresses for r in a.get("routes", ())))
+
+
+def _table_routes(iface: BuiltInterface, cidrs: Iterable[str]) -> list[tuple[str, str]]:
+    """What goes into the interface's table besides its connected routes: its network's policy routes, then the
+    pool's routes to the destinations those leave out (a table holds one route per destination, and the network's
+    word on its own table wins; a pool route to the interface's own subnet is its connected route's already)."""
+    routes = [(r["destination"], r["via"]) for r in iface.policy_routes]
+    taken = {policy.route_key(dst, "")[0] for dst, _ in routes}
+    taken |= {str(ipaddress.ip_interface(c).network) for c in cidrs}
+    return routes + [(dst, via) for dst, via in _pool_routes(iface) if policy.route_key(dst, "")[0] not in taken]
 
 
 def unconfigure(ctx: LinksContext, iface: BuiltInterface) -> None:
@@ -82,7 +97,7 @@ def check(host: Any, pod: Any, iface: BuiltInterface) -> list[str]:
                 cidr = cidr_of(a["address"], a["network"])
                 if _spelled_cidr(cidr) not in have:
                     problems.append(f"{iface.if_name} lacks address {cidr}")
-                for r in a.get("routes", ()):
+                for r in () if iface.table else a.get("routes", ()):  # with a table, they are in it
                     if policy.route_key(r["destination"], r["via"]) not in routes:
                         problems.append(f"{iface.if_name} lacks route {r['destination']} via {r['via']}")
     if iface.table and iface.configure_ips and iface.addresses and state is not None:  # as ``configure`` has it
@@ -105,8 +120,8 @@ def _host_link_problems(host: Any, iface: BuiltInterface) -> list[str]:
 def _policy_problems(pod: Any, iface: BuiltInterface) -> list[str]:
     """What ``configure`` put in the interface's table and rules that the pod's namespace lacks now."""
     cidrs = [cidr_of(a["address"], a["network"]) for a in iface.addresses]
-    routes = [(r["destination"], r["via"]) for r in iface.policy_routes]
-    return policy.policy_problems(iface.if_name, iface.table, cidrs, routes, policy.policy_state(pod, iface.table))
+    return policy.policy_problems(iface.if_name, iface.table, cidrs, _table_routes(iface, cidrs),
+                                  policy.policy_state(pod, iface.table))
 
 
 class DoomedLinks:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from cni.errors import AddressConflict, CniError, InvalidConfig, ObjectNotFound, PoolExhausted, TryAgainLater
-from ipamd.ipam.allocator import in_ranges, pick_free, route_via, subnet_for, to_int, to_text
+from ipamd.ipam.allocator import in_ranges, never_leased, pick_free, subnet_for, to_int, to_text
 from ipamd.ipam.blocks import pick_in
 from ipamd.ipam.registry import LeaseRegistry, NodeLocalRegistry
 from ipamd.model.annotations import NetworkSelection
@@ -33,6 +33,7 @@ from ipamd.model.objects import (
     IP_ADDRESS_KINDS,
     NETWORK,
     NETWORK_CLASS,
+    NETWORK_KINDS,
     AddressPool,
     ClusterNetwork,
     IPAddressObject,
@@ -216,7 +217,8 @@ class Ipam:
         bad = unreachable_gateway(net.pod, [s.network for s in pool.subnets]) if pool and net.pod.routes else None
         if bad is not None:
             raise InvalidConfig(f"{net.meta.display}: {bad[0]} {bad[1]}", bad[0])
-        return ResolvedNetwork(net.meta.key, sel.type, sel.name, net.meta.namespace, net, cls, pool)
+        return ResolvedNetwork(net.meta.key, sel.type, sel.name, net.meta.namespace, net, cls,
+                               pool.for_network(net) if pool else None)
 
     def _user_ip(self, pod: Pod, sel: NetworkSelection, net: ResolvedNetwork, name: str,
                  where: str) -> IPAddressObject:
@@ -356,7 +358,7 @@ class Ipam:
             ip = to_int(rec.static_ip)
             subnet = subnet_for(pool, ip)
             held = self.store.lease_at(pkey, ip)
-            if subnet is None or route_via(pool, ip) is not None or (held is not None and held.holder is not None):
+            if subnet is None or never_leased(pool, ip) is not None or (held is not None and held.holder is not None):
                 return None  # refused inside the transaction, with the reason
             lease = self._candidate(rec, pool, pkey, ip, str(subnet.network))
             if not self._reserve(lease):
@@ -555,6 +557,8 @@ class Ipam:
         """Lease ``rec`` its address in a transaction of its own (a user's IPAddress, a gRPC client's lease). The
         record is read again under the lock (``rec`` says only whether it is deleted): a CNI call may have made a pod
         its user, or let one go, since the caller read it; ``fit`` checks (or refuses) it as read there."""
+        pool = self._as_its_network_sees(rec, pool)
+
         def attempt() -> tuple[IPRecord, LeaseRecord]:
             kept = self._kept_while_used(self.store.get_ip(rec.key), pool)
             if kept is not None:
@@ -568,6 +572,13 @@ class Ipam:
             return leased, lease
 
         return self.resecured(attempt)
+
+    def _as_its_network_sees(self, rec: IPRecord, pool: AddressPool) -> AddressPool:
+        """``pool`` as the network ``rec`` is for sees it (``AddressPool.for_network``, as ``resolve`` gives a pod's):
+        a user's IPAddress leased before any pod uses it never gets that network's policy routes' gateways either."""
+        kind = NETWORK_KINDS.get(rec.network_kind)
+        net = self.source.get(kind, rec.namespace if kind.namespaced else "", rec.network_name) if kind else None
+        return pool.for_network(net) if net is not None else pool
 
     @contextmanager
     def claiming(self, pod: Pod, sel: NetworkSelection, net: ResolvedNetwork, user_objs: list[IPAddressObject],
@@ -821,12 +832,12 @@ def _refuse_if_another_pods(rec: IPRecord | None, pod: Pod, field: str) -> None:
 
 
 def refuse_gateway(pool: AddressPool, ip: int, who: str, field: str) -> None:
-    """A route's gateway is never leased, even to who asks for exactly it: the pod's route would go via itself
-    (the kernel refuses an IPv6 one), and the router's address would be taken twice on the segment."""
-    route = route_via(pool, ip)
-    if route is not None:
-        raise InvalidConfig(f"{who}: {route.via} is the gateway of pool {pool.meta.display}'s route to "
-                            f"{route.destination}, so it is never leased", field)
+    """A route's gateway (the pool's, or its network's policy route's) is never leased, even to who asks for exactly
+    it: the pod's route would go via itself (the kernel refuses an IPv6 one), and the router's address would be
+    taken twice on the segment."""
+    why = never_leased(pool, ip)
+    if why is not None:
+        raise InvalidConfig(f"{who}: {why}, so it is never leased", field)
 
 
 def _check_address(address: str) -> None:

@@ -75,6 +75,16 @@ def route_via(pool: AddressPool, ip: int) -> PoolRoute | None:
     return next((r for s in pool.subnets for r in s.routes if to_int(r.via) == ip), None)
 
 
+def never_leased(pool: AddressPool, ip: int) -> str | None:
+    """Why ``ip`` is never leased from ``pool``, not even to who asks for exactly it, in words (None: it may be): it
+    is the gateway of one of the pool's routes, or of a policy route of the network the pool is seen by
+    (``AddressPool.for_network``). Neither is in the ranges, so a pick never meets them."""
+    route = route_via(pool, ip)
+    if route is not None:
+        return f"{route.via} is the gateway of pool {pool.meta.display}'s route to {route.destination}"
+    return next((r.words for r in pool.routers if r.ip == ip), None)
+
+
 def to_text(ip: int) -> str:
     """An address's text from its integer: IPv4 below 2**32, IPv6 above (pools never hold ``::/96``, see
     ``IPV6_FLOOR``), so one integer names one address whatever the family."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
 from cni.errors import InvalidConfig
@@ -171,10 +171,19 @@ class Subnet:
         return self.network.version
 
 @dataclass(frozen=True, slots=True)
+class Router:
+    """A gateway of a network's policy routes (``spec.policyRoutes[i].via``, which must lie in the pool): a router's
+    address on that network's segment, which the pool, as that network sees it, never leases."""
+
+    ip: int
+    words: str  # whose gateway it is, for a refusal naming the Network's field
+
+@dataclass(frozen=True, slots=True)
 class AddressPool:
     meta: Meta  # kind IPAddressPool or ClusterIPAddressPool
     lease_ttl_s: float
     subnets: tuple[Subnet, ...]
+    routers: tuple[Router, ...] = ()  # a network's policy routes' gateways (``for_network``), cut out of the ranges
 
     @property
     def size(self) -> int:
@@ -190,7 +199,22 @@ class AddressPool:
         family from."""
         if all(s.family == version for s in self.subnets):
             return self
-        return AddressPool(self.meta, self.lease_ttl_s, tuple(s for s in self.subnets if s.family == version))
+        return AddressPool(self.meta, self.lease_ttl_s, tuple(s for s in self.subnets if s.family == version),
+                           self.routers)
+
+    def for_network(self, net: Network | ClusterNetwork) -> AddressPool:
+        """The pool as ``net`` sees it (same key, same leases): its policy routes' gateways cut out of the ranges, as
+        the pool's own routes' are (``_address_pool``), and kept as ``routers`` so that who asks for exactly one is
+        refused. Another network sharing the pool may lease them (they are routers of this network's segment); made
+        once per resolution, so the allocator skips them at no cost per pick."""
+        if not net.pod.routes:
+            return self
+        routers = tuple(Router(int(ipaddress.ip_address(r.via)), f"{r.via} is the gateway of {net.meta.display}'s "
+                               f"policy route to {r.destination} (spec.policyRoutes[{i}].via)")
+                        for i, r in enumerate(net.pod.routes))
+        return AddressPool(self.meta, self.lease_ttl_s,
+                           tuple(replace(s, ranges=cut_out(s.ranges, (r.ip for r in routers))) for s in self.subnets),
+                           self.routers + routers)
 
 @dataclass(frozen=True, slots=True)
 class IPAddressObject:
@@ -291,6 +315,13 @@ def cut(ranges: Iterable[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, 
             kept.append((a, lo - 1))
         if b > hi:
             kept.append((hi + 1, b))
+    return kept
+
+def cut_out(ranges: Iterable[tuple[int, int]], addresses: Iterable[int]) -> tuple[tuple[int, int], ...]:
+    """``ranges`` without each of ``addresses`` (a route's gateway, say)."""
+    kept = tuple(ranges)
+    for ip in sorted(set(addresses)):
+        kept = tuple(cut(kept, ip, ip))
     return kept
 
 def _get(d: Mapping[str, Any], key: str, typ: type, meta: str, path: str, required: bool = False) -> Any:
@@ -484,8 +515,7 @@ def _address_pool(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -
             if via.version != net.version or via not in net:
                 raise ManifestInvalid(m, f"{rpath}.via", f"{via} is not in {net}, so it is not reachable")
             routes.append(PoolRoute(dest, str(via)))
-        for gateway in sorted({int(ipaddress.ip_address(r.via)) for r in routes}):
-            ranges = tuple(cut(ranges, gateway, gateway))
+        ranges = cut_out(ranges, (int(ipaddress.ip_address(r.via)) for r in routes))
         subnets.append(Subnet(net, ranges, tuple(routes)))
     return AddressPool(meta, ttl, tuple(subnets))
 

@@ -44,10 +44,12 @@ def pool_of(source: ObjectSource, net: Network | ClusterNetwork, required: bool 
 
 
 def pool_of_ip(source: ObjectSource, obj: IPAddressObject) -> AddressPool | None:
-    """The pool of the network an IPAddress refers to (None when either is missing)."""
+    """The pool of the network an IPAddress refers to, as that network sees it (``AddressPool.for_network``: its
+    policy routes' gateways never leased); None when either is missing."""
     kind = NETWORK_KINDS[obj.network_ref.kind]
     net = source.get(kind, obj.meta.namespace if kind.namespaced else "", obj.network_ref.name)
-    return pool_of(source, net) if net is not None else None
+    pool = pool_of(source, net) if net is not None else None
+    return pool.for_network(net) if pool is not None and net is not None else None
 
 
 def check_service_network(source: ObjectSource, ref: NetworkRef) -> None:

@@ -20,9 +20,10 @@ from tests.harness import Node, links_in, pod_manifest
 NS = "my-namespace"
 
 
-def pool(name: str, cidr: str) -> dict[str, Any]:
+def pool(name: str, cidr: str, routes: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    item: dict[str, Any] = {"network": cidr, **({"routes": routes} if routes else {})}
     return {"apiVersion": "network.deckhouse.io/v1alpha1", "kind": "IPAddressPool",
-            "metadata": {"name": name, "namespace": NS}, "spec": {"leaseTTL": "0s", "pools": [{"network": cidr}]}}
+            "metadata": {"name": name, "namespace": NS}, "spec": {"leaseTTL": "0s", "pools": [item]}}
 
 
 def network(name: str, pool_name: str, labels: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
@@ -173,3 +174,38 @@ def test_check_reports_a_connected_route_deleted_from_the_policy_table(node: Nod
 
     assert node.cni("DEL", "c1", ns, pod=(NS, "conn")).ok
     assert table_in(ns, 100)["routes"] == []
+
+
+@pytest.mark.netns
+def test_with_a_routing_table_the_pools_routes_go_into_it_not_into_main(node: Node) -> None:
+    """Two policy-routed networks whose pools route one destination: each interface's route goes into its own
+    table (in the main table the second one was dropped, and replies to it left by the first interface)."""
+    shared = "198.19.30.0/24"
+    node.apply([pool("prr-a", "198.18.25.0/24", [{"destination": shared, "via": "198.18.25.1"}]),
+                pool("prr-b", "198.18.26.0/24", [{"destination": shared, "via": "198.18.26.1"},
+                                                  {"destination": "0.0.0.0/0", "via": "198.18.26.1"}]),
+                network("prr-a", "prr-a", routingTable=100),
+                network("prr-b", "prr-b", routingTable=200,
+                        policyRoutes=[{"destination": "0.0.0.0/0", "via": "198.18.26.254"}]),
+                pod_manifest("routed", [{"type": "Network", "name": "prr-a"}, {"type": "Network", "name": "prr-b"}])])
+    ns = node.pod_netns("routed")
+    add = node.cni("ADD", "c1", ns, pod=(NS, "routed"))
+    assert add.ok, add
+    assert sorted(table_in(ns, 100)["routes"]) == [("198.18.25.0/24", ""), (shared, "198.18.25.1")]
+    assert sorted(table_in(ns, 200)["routes"]) == [
+        ("0.0.0.0/0", "198.18.26.254"), ("198.18.26.0/24", ""), (shared, "198.18.26.1")], \
+        "the network's policy route to a destination wins over the pool's"
+    with netlink_at(ns) as ipr:
+        main = [r.get_attr("RTA_GATEWAY") for r in ipr.get_routes(family=socket.AF_INET, table=254)
+                if r.get_attr("RTA_GATEWAY")]
+    assert main == [], f"the main table gets none of the pools' routes: {main}"
+
+    conf = node.conf(prevResult=add.json)
+    assert node.cni("CHECK", "c1", ns, pod=(NS, "routed"), conf=conf).ok
+    with netlink_at(ns) as ipr:
+        ipr.route("del", family=socket.AF_INET, dst=shared, gateway="198.18.26.1", table=200)
+    check = node.cni("CHECK", "c1", ns, pod=(NS, "routed"), conf=conf)
+    assert check.code == 105 and f"table 200 lacks route {shared} via 198.18.26.1 of net2" in check.stdout, check
+
+    assert node.cni("DEL", "c1", ns, pod=(NS, "routed")).ok
+    assert table_in(ns, 100)["routes"] == [] and table_in(ns, 200)["routes"] == [] and rules_in(ns) == []

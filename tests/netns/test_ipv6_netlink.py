@@ -204,8 +204,10 @@ def test_configure_through_the_driver_checks_clean(pair: Pair) -> None:
     with contextlib.ExitStack() as undo:
         kernel.configure(pair.pod, pair.index, iface, undo)
         assert kernel.check(pair.pod, pair.pod, iface) == []
-        pair.pod.route("del", dst="2001:2:0:41::/64", gateway=GW6)
-        assert kernel.check(pair.pod, pair.pod, iface) == [f"net1 lacks route 2001:2:0:41::/64 via {GW6}"]
+        assert [r for f in (socket.AF_INET, socket.AF_INET6) for r in _main_routes(pair.pod, f) if r[1]] == [], \
+            "with a table, the pool's routes go into it, none into the main table"
+        pair.pod.route("del", dst="2001:2:0:41::/64", gateway=GW6, table=7)
+        assert kernel.check(pair.pod, pair.pod, iface) == [f"table 7 lacks route 2001:2:0:41::/64 via {GW6} of net1"]
     assert policy.policy_state(pair.pod, 7)["rules"] == [], "the undo took the rules of both families"
 
 

@@ -5,6 +5,7 @@ message level (``PodNetlink``) and as the pure comparison."""
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -24,9 +25,11 @@ def policy_iface(*addresses: tuple[str, str], routes: tuple[tuple[str, str], ...
                           policy_routes=tuple({"destination": d, "via": v} for d, v in routes))
 
 
-def added(iface: BuiltInterface, monkeypatch: pytest.MonkeyPatch) -> PodNetlink:
-    """A pod namespace after ADD's ``configure`` of ``iface``, whose link CHECK finds up with its addresses."""
-    monkeypatch.setattr(links, "configure_addresses", lambda *args: None)  # the main table is not this test's
+def added(iface: BuiltInterface, monkeypatch: pytest.MonkeyPatch, main: list[Any] | None = None) -> PodNetlink:
+    """A pod namespace after ADD's ``configure`` of ``iface``, whose link CHECK finds up with its addresses
+    (``main``: what ``configure_addresses`` was asked to route in the main table, each call's routes)."""
+    monkeypatch.setattr(links, "configure_addresses",  # the main table is not this test's
+                        lambda *args: None if main is None else main.append(tuple(args[4])))
     cidrs = [f"{a['address']}/{a['network'].split('/')[1]}" for a in iface.addresses]
     monkeypatch.setattr(links, "link_state", lambda ipr, name: {"name": name, "mac": iface.mac, "up": True,
                                                                 "addresses": cidrs, "routes": [], "kind": "veth"})
@@ -109,4 +112,54 @@ def test_the_comparison_is_pure() -> None:
         f"table {TABLE} lacks connected route 198.18.5.0/24 of net1",
         f"table {TABLE} lacks connected route 2001:2::/64 of net1",
         f"table {TABLE} lacks route 0.0.0.0/0 via 198.18.5.1 of net1"]
+
+
+def test_with_a_routing_table_the_main_table_gets_none_of_the_pools_routes() -> None:
+    """README (routingTable): 'the main table gets none of the pool's routes nor the policyRoutes (only the kernel's
+    own connected route of the address)'. kernel.configure put the pool's routes into the main table anyway, where
+    a second policy-routed network routing the same destination had its route dropped (EEXIST)."""
+    import json
+
+    from tests.unit.test_attacher import Node, obj
+
+    class Pod(PodNetlink):
+        def addr(self, cmd: str, **kw: Any) -> None:
+            pass
+
+    node = Node()
+    node.source.add(obj("IPAddressPool", "pool-r", {"pools": [{"network": "198.18.6.0/24", "ranges": [
+        "198.18.6.10-198.18.6.20"], "routes": [{"destination": "198.19.6.0/24", "via": "198.18.6.1"}]}]}))
+    node.source.add(obj("Network", "ext", {"networkClass": "cls", "routingTable": 100,
+                                           "ipam": {"ipAddressPoolRef": {"kind": "IPAddressPool", "name": "pool-r"}}}))
+    node.source.add(obj("Pod", "app", {}, uid="uid-app", annotations={
+        "network.deckhouse.io/networks-spec": json.dumps([{"type": "Network", "name": "ext", "ifName": "net1"}])}))
+    node.call("ADD")
+    (att,) = node.store.attachments()
+    (iface,) = att.interfaces
+    pod = Pod()
+    with contextlib.ExitStack() as undo:
+        kernel.configure(pod, 7, iface, undo)
+    main = sorted(dst for (table, dst) in pod.routes if table == 254)
+    assert main == [], f"the main table got the pool's routes although the network routes through table 100: {main}"
+    assert pod.routes[(TABLE, "198.19.6.0/24")]["gateway"] == "198.18.6.1", "the pool's route is in the table"
+
+
+def test_the_pools_routes_go_into_the_table_and_check_looks_for_them_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pool's routes go into the network's table after its policy routes; a policy route to the same destination
+    wins (a table holds one route per destination), and a pool route to the interface's own subnet is its connected
+    route already. CHECK expects each in the table, not in the main one."""
+    pool_routes = ({"destination": "198.19.6.0/24", "via": "198.18.5.1"}, {"destination": "0.0.0.0/0",
+                                                                          "via": "198.18.5.1"},
+                   {"destination": "198.18.5.0/24", "via": "198.18.5.1"})
+    iface = replace(policy_iface(("198.18.5.10", "198.18.5.0/24"), routes=(("0.0.0.0/0", "198.18.5.254"),)),
+                    addresses=({"address": "198.18.5.10", "network": "198.18.5.0/24", "routes": pool_routes},))
+    main: list[Any] = []
+    pod = added(iface, monkeypatch, main)
+    assert main == [()], "configure_addresses adds no route to the main table"
+    assert {dst: kw.get("gateway") for (_, dst), kw in pod.routes.items()} == {
+        "198.18.5.0/24": None, "0.0.0.0/0": "198.18.5.254", "198.19.6.0/24": "198.18.5.1"}
+    assert {t for t, _ in pod.routes} == {TABLE}
+    assert kernel.check(object(), pod, iface) == [], "CHECK finds them in the table (none in main)"
+    del pod.routes[(TABLE, "198.19.6.0/24")]
+    assert kernel.check(object(), pod, iface) == [f"table {TABLE} lacks route 198.19.6.0/24 via 198.18.5.1 of net1"]
 

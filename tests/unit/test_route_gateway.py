@@ -3,6 +3,7 @@ nor in blocks, nor to a Static or a gRPC client; pool sizes and free counts leav
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from cni.errors import InvalidConfig, PoolExhausted
 from ipamd.api import ipam_pb2 as pb
 from ipamd.ipam.addresses import Ipam
+from ipamd.ipam.allocator import to_int
 from ipamd.model.objects import API_VERSION, AddressPool, parse_object
 from ipamd.server.grpc_api import IpamService
 from ipamd.store.sqlite import Store
@@ -150,3 +152,76 @@ def test_an_api_client_asking_for_the_gateway_is_refused(gw: tuple[Ipam, Store, 
         ipam.allocate_for("client", gw4, "198.18.13.1")
     assert (info.value.code, info.value.details) == (7, "address")
     assert store.all_leases() == []
+
+
+# -- a Network's policy routes' gateways ---------------------------------------------------------------------------
+
+def policy_world() -> FakeSource:
+    """A pool without ranges whose Network routes through 198.18.5.1 (``spec.policyRoutes``), a router of its own."""
+    src = world()
+    src.add(pool("pr", "198.18.5.0/24"))
+    src.add(obj("Network", "pr-net", {"networkClass": "cls", "routingTable": 100,
+                                      "ipam": {"ipAddressPoolRef": {"kind": "IPAddressPool", "name": "pr"}},
+                                      "policyRoutes": [{"destination": "0.0.0.0/0", "via": "198.18.5.1"}]}))
+    src.add(static("static-router", "198.18.5.1", net="pr-net"))
+    return src
+
+
+def test_a_policy_routes_gateway_is_not_handed_to_a_pod() -> None:
+    """README: policyRoutes' gateways must lie in the pool (a router of that network); a pool without ranges handed
+    out 198.18.5.1 first, so the pod got the router's address and a route via itself."""
+    from tests.unit.test_attacher import Node
+    from tests.unit.test_attacher import obj as aobj
+
+    node = Node()
+    node.source.add(aobj("IPAddressPool", "pool-gw", {"pools": [{"network": "198.18.5.0/24"}]}))
+    node.source.add(aobj("Network", "ext", {"networkClass": "cls", "routingTable": 100,
+                                            "ipam": {"ipAddressPoolRef": {"kind": "IPAddressPool", "name": "pool-gw"}},
+                                            "policyRoutes": [{"destination": "0.0.0.0/0", "via": "198.18.5.1"}]}))
+    node.source.add(aobj("Pod", "app", {}, uid="uid-app", annotations={
+        "network.deckhouse.io/networks-spec": json.dumps([{"type": "Network", "name": "ext", "ifName": "net1"}])}))
+    result = node.call("ADD")
+    addresses = [ip["address"] for ip in result["ips"]]
+    assert "198.18.5.1/24" not in addresses, f"the pod got its policy route's gateway: {addresses}"
+
+
+def test_a_static_asking_for_a_policy_routes_gateway_is_refused_naming_the_field() -> None:
+    store = Store(":memory:")
+    ipam = Ipam(store, policy_world(), Clock())
+    with pytest.raises(InvalidConfig) as info:
+        attach(ipam, pod("s"), net="pr-net", names=("static-router",))
+    assert (info.value.code, info.value.details) == (7, "spec.static.ip")
+    assert "198.18.5.1" in info.value.msg and "spec.policyRoutes[0].via" in info.value.msg, info.value.msg
+    assert store.all_leases() == []
+    (claim,) = attach(ipam, pod("auto"), net="pr-net")
+    assert claim.address == "198.18.5.2"
+
+
+def test_a_static_for_a_policy_routes_gateway_leased_alone_is_refused() -> None:
+    """The reconciler leases a user's IPAddress before any pod uses it (``lease_alone``, with the pool it found)."""
+    from ipamd.model.objects import IP_ADDRESS, IP_ADDRESS_POOL
+
+    store, src = Store(":memory:"), policy_world()
+    ipam = Ipam(store, src, Clock())
+    user, pr = src.get(IP_ADDRESS, "ns", "static-router"), src.get(IP_ADDRESS_POOL, "ns", "pr")
+    assert user is not None and isinstance(pr, AddressPool)
+    with pytest.raises(InvalidConfig) as info:
+        ipam.lease_alone(ipam.record_for(user), pr)
+    assert info.value.details == "spec.static.ip" and "spec.policyRoutes[0].via" in info.value.msg
+    assert store.all_leases() == []
+
+
+
+def test_the_controllers_pick_for_a_users_auto_ipaddress_skips_a_policy_routes_gateway() -> None:
+    """The controller leases a user's Auto IPAddress from the pool ``pool_of_ip`` gives (``Controller._allocate``):
+    the pool as the IPAddress's network sees it, whose policy routes' gateways are never picked."""
+    from ipamd.ipam.allocator import pick_free
+    from ipamd.model.objects import IPAddressObject
+    from ipamd.sources.lookups import pool_of_ip
+
+    auto = obj("IPAddress", "auto-ip", {"networkRef": {"kind": "Network", "name": "pr-net"}})
+    assert isinstance(auto, IPAddressObject)
+    seen = pool_of_ip(policy_world(), auto)
+    assert seen is not None and seen.meta.key == "IPAddressPool/ns/pr", "the same pool: the same leases"
+    picked = pick_free(seen, set(), None)
+    assert picked is not None and picked[0] == to_int("198.18.5.2"), "198.18.5.1 is the network's router"
