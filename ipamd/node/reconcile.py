@@ -357,6 +357,8 @@ class Reconciler:
         live = {p.meta.uid for p in self.source.list(POD)}
         young = time.time() - self.grace_s
         for rec in self.store.attachments():
+            if rec.pod_uid in live and not rec.pod_known:
+                self._pod_now_known(rec)
             if rec.pod_uid in live or rec.state != "ready" or not rec.pod_known or rec.updated_at > young:
                 continue
             try:
@@ -381,6 +383,16 @@ class Reconciler:
             if status.uid not in live and not self.store.attachments_of_pod(status.uid):
                 with self.store.transaction():
                     self.store.delete_pod_status(status.uid)
+
+    def _pod_now_known(self, rec: AttachmentRecord) -> None:
+        """An attachment whose ADD took its pod from the runtime's annotations (the cache did not show it, or showed
+        its predecessor): once the cache shows the pod at its UID, it is judged gone as any other when the pod goes.
+        Read again and written in one transaction, and only while ready: a DEL or a new ADD of the key meanwhile is
+        neither brought back nor overwritten."""
+        with self.store.transaction():
+            now = self.store.get_attachment(rec.container_id, rec.ifname)
+            if now is not None and now.state == "ready" and now.pod_uid == rec.pod_uid and not now.pod_known:
+                self.store.put_attachment(replace(now, pod_known=True))
 
     def _release_gone_claim_users(self) -> None:
         """An IPAMClaim used by a pod that is gone and whose DEL never came (plexus-ipam exec'd by another

@@ -584,7 +584,10 @@ class Attacher:
                 self.teardown_current(record.container_id, record.ifname, still_wanted=record.__eq__)
             except CniError as exc:
                 errors.append(f"{record.container_id[:12]}/{record.ifname}: {exc}")
-        kept = [i for rec in self.store.attachments() if (rec.container_id, rec.ifname) in keep for i in rec.interfaces]
+        # the delegates are told every attachment still here, not the runtime's list: one kept above (its ADD finished
+        # since the runtime listed) holds its delegate's addresses, and a delegate shared with another configuration
+        # holds that one's too; a delegate GCs only its own network, so naming more lets nothing go
+        kept = [i for rec in self.store.attachments() for i in rec.interfaces]
         for kind, driver in self.drivers.items():
             driver.collect([i for i in kept if i.kind == kind])
         if errors:

@@ -335,6 +335,125 @@ def test_gc_reaches_the_ipam_of_both_nads_sharing_a_name_and_a_plugin_type() -> 
     assert told == ["host-local", "whereabouts"], f"GC reached only {told}"
 
 
+# -- GC forwarded to the delegates: the attachments still on the node, not the runtime's list ------------------------
+
+class _IpamExec:
+    """A macvlan that execs plexus-ipam for its addresses (ADD, DEL, GC), as the real one does, over the node's
+    daemon; ``during_add``: run once, after plexus-ipam answered a given container's ADD, before macvlan answers."""
+
+    def __init__(self) -> None:
+        self.plugin: Any = None
+        self.during_add: dict[str, Any] = {}
+        self.calls: list[tuple[str, str]] = []
+
+    def run(self, plugin: str, env: Any, config: Any, timeout: float) -> Any:
+        from ipamd.invoke.exec import PluginRun
+        from ipamd.verbs.call import CniCall
+
+        verb = env.get("CNI_COMMAND", "")
+        self.calls.append((plugin, verb))
+        assert plugin == "macvlan", plugin
+        args = dict(p.split("=", 1) for p in env.get("CNI_ARGS", "").split(";") if "=" in p)
+        call = CniCall(verb, env.get("CNI_CONTAINERID", ""), env.get("CNI_NETNS", ""), env.get("CNI_IFNAME", ""),
+                       args, dict(config))
+        answer = self.plugin.handle(call)
+        if verb == "ADD":
+            hook = self.during_add.pop(call.container_id, None)
+            if hook is not None:
+                hook()
+            return PluginRun({"cniVersion": config["cniVersion"],
+                              "interfaces": [{"name": call.ifname, "sandbox": call.netns}],
+                              "ips": [{**answer["ips"][0], "interface": 0}]}, "", 0.0)
+        return PluginRun({}, "", 0.0)
+
+
+def _plexus_ipam_exec_node(*pods: str) -> tuple[Any, _IpamExec, Any]:
+    """A node whose NAD ``first`` (CNI 1.1.0: it gets GC) is a macvlan exec'ing plexus-ipam, ``pods`` selecting it,
+    and ``cni(verb, pod, container, network="plexus", **conf)``: a call of Plexus with ``delegateIPAM: exec``."""
+    from ipamd.ipam.delegated import DelegatedAddresses
+    from ipamd.verbs.call import CniCall
+    from ipamd.verbs.ipam_plugin import IpamPlugin
+    from tests.unit.delegation_node import attacher_node, npwg_pod
+    from tests.unit.test_attacher import NETNS, NS
+    from tests.unit.test_networks import nad
+
+    fake = _IpamExec()
+    ipam = {"type": "plexus-ipam", "range": "198.18.71.0/24"}
+    node = attacher_node(fake, ipam)  # type: ignore[arg-type]
+    node.source.add(nad("first", {"cniVersion": "1.1.0", "type": "macvlan", "master": "eth1", "ipam": ipam}, "apps"))
+    fake.plugin = IpamPlugin(DelegatedAddresses(node.ipam, node.source), node.source, lambda: True)
+    for name in pods:
+        node.source.add(npwg_pod(name, f"uid-{name}", "first"))
+
+    def cni(verb: str, pod: str, container: str, network: str = "plexus", **extra: Any) -> Any:
+        args = {"K8S_POD_NAMESPACE": NS, "K8S_POD_NAME": pod, "K8S_POD_UID": f"uid-{pod}" if pod else ""}
+        conf = {"cniVersion": "1.1.0", "name": network, "type": "plexus", "delegateIPAM": "exec", **extra}
+        return node.attacher.handle(CniCall(verb, container, NETNS, "eth0", args, conf))
+
+    return node, fake, cni
+
+
+def _valid(*containers: str) -> dict[str, Any]:
+    return {"cni.dev/valid-attachments": [{"containerID": c, "ifname": "eth0"} for c in containers]}
+
+
+def test_plexus_gc_beside_an_exec_delegates_add_leaves_its_plexus_ipam_lease() -> None:
+    """README: "GC leaves what an ADD still being answered holds". With ``delegateIPAM: exec``, the runtime's GC (its
+    list made before pod p's ADD) reaches Plexus while p's macvlan has its plexus-ipam address and has not answered.
+    ``Attacher.gc`` waits for p's lock and keeps p's attachment (its ADD finished since: ``still_wanted``), but the
+    list it forwarded to the delegates (``DelegateDriver.collect(kept)``) was built from the runtime's list alone, so
+    macvlan's GC exec'd plexus-ipam GC with only q valid, and p's address was released (quarantined, then handed out
+    again) while p's interface carries it (found in review)."""
+    node, fake, cni = _plexus_ipam_exec_node("q", "p")
+    cni("ADD", "q", "cq")
+    leased, go = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        leased.set()
+        assert go.wait(5)
+
+    fake.during_add["cp"] = hold
+    errors: list[BaseException] = []
+
+    def run(*a: Any, **kw: Any) -> None:
+        try:
+            cni(*a, **kw)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    t_add = threading.Thread(target=run, args=("ADD", "p", "cp"))
+    t_add.start()
+    assert leased.wait(5)
+    t_gc = threading.Thread(target=run, args=("GC", "", ""), kwargs=_valid("cq"))  # made before p's ADD
+    t_gc.start()
+    t_gc.join(0.3)
+    go.set()
+    t_add.join(5)
+    t_gc.join(5)
+    assert not errors, errors
+    assert {a.container_id for a in node.store.attachments()} == {"cq", "cp"}, "Plexus kept p's attachment"
+    held = {lease.holder: lease.state for lease in node.store.all_leases()}
+    assert held.get("CNI/first/cp/net1") == "bound", f"p's address let go while p uses it: {node.store.all_leases()}"
+
+
+def test_gc_of_one_plexus_configuration_leaves_the_delegates_lease_of_anothers_attachment() -> None:
+    """Two Plexus configurations (``plexus``, ``plexus-b``) attach pods to one NAD whose macvlan execs plexus-ipam:
+    the delegate's configuration (named after the NAD) is the same for both. GC of ``plexus`` (only q valid) tells
+    macvlan every attachment still on the node, r's of ``plexus-b`` among them: r's lease stays (as Multus builds the
+    list it forwards from its own cache). ``plexus-b``'s own GC then lets r go."""
+    node, _, cni = _plexus_ipam_exec_node("q", "r")
+    cni("ADD", "q", "cq")
+    cni("ADD", "r", "cr", network="plexus-b")
+    cni("GC", "", "", **_valid("cq"))
+    assert {a.container_id for a in node.store.attachments()} == {"cq", "cr"}, "plexus-b's attachment is not plexus's"
+    held = {lease.holder: lease.state for lease in node.store.all_leases()}
+    assert held == {"CNI/first/cq/net1": "bound", "CNI/first/cr/net1": "bound"}, node.store.all_leases()
+    cni("GC", "", "", network="plexus-b", **_valid("cq"))
+    assert {a.container_id for a in node.store.attachments()} == {"cq"}
+    held = {lease.holder: lease.state for lease in node.store.all_leases() if lease.holder}
+    assert held == {"CNI/first/cq/net1": "bound"}, "r's own configuration's GC lets it go"
+
+
 # -- cniVersions, disableCheck and disableGC as libcni reads them ("true"/"false" strings too) -------------------------
 
 def test_cni_versions_raises_the_version_a_delegate_is_run_at() -> None:

@@ -4,13 +4,15 @@ cluster's stray leases."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from ipamd.ipam.registry import NodeLocalRegistry
+from ipamd.model.objects import POD_ANNOTATIONS_CAPABILITY
 from ipamd.node.reconcile import Reconciler
 from ipamd.store.protocols import LeaseStore
 from ipamd.store.records import LeaseRecord
-from tests.unit.test_attacher import NS, Node, obj
+from tests.unit.test_attacher import NS, TWO_NETWORKS, Node, app_pod, obj
 
 
 class Registry(NodeLocalRegistry):
@@ -67,6 +69,64 @@ def test_in_a_cluster_young_attachments_are_never_judged_gone() -> None:
     assert registry.in_use is not None and not registry.in_use(lease.pool, lease.ip)
     assert node.ipam._reserve(lease) and registry.in_use(lease.pool, lease.ip), \
         "an address a call of the node is claiming or taking up right now is no stray"
+
+
+def _added_from_the_runtimes_annotations(node: Node) -> None:
+    """The ADD takes pod app (uid-app) from the runtime's annotations: the cache does not show it at that UID."""
+    spec = {"network.deckhouse.io/networks-spec": json.dumps(TWO_NETWORKS)}
+    node.call("ADD", config={"runtimeConfig": {POD_ANNOTATIONS_CAPABILITY: spec}})
+    assert [a.pod_known for a in node.store.attachments()] == [False]
+
+
+def test_an_attachment_of_a_pod_the_cache_never_showed_is_kept() -> None:
+    """Added from the runtime's annotations while the cache shows no pod, or the pod's predecessor: never judged
+    gone, however many rounds pass (the cache may not have listed it yet)."""
+    for cached in (None, app_pod(TWO_NETWORKS, uid="uid-old")):
+        node = Node()
+        node.source.remove("Pod", NS, "app")
+        if cached is not None:
+            node.source.add(cached)
+        _added_from_the_runtimes_annotations(node)
+        rec = reconciler(node)
+        rec.run_once()
+        rec.run_once()
+        assert [(a.pod_uid, a.pod_known) for a in node.store.attachments()] == [("uid-app", False)]
+        assert node.live() == {"net1", "net2"}
+
+
+def test_an_attachment_added_from_the_runtimes_annotations_is_reclaimed_once_its_pod_is_gone() -> None:
+    """An ADD that took the pod from the runtime's annotations (the cache had not shown it yet): once the cache
+    shows the pod at that UID and it is then deleted without a DEL, the reconciler reclaims its attachment. Its
+    record said ``pod_known=False`` for ever, and ``_release_gone_pods`` skipped it: its leases, Auto IPAddresses
+    and pod status were kept for good (found in review)."""
+    node = Node()
+    node.source.remove("Pod", NS, "app")
+    _added_from_the_runtimes_annotations(node)
+    node.source.add(app_pod(TWO_NETWORKS))  # the cache catches up
+    rec = reconciler(node)
+    rec.run_once()
+    assert [a.pod_known for a in node.store.attachments()] == [True], "its pod is known now"
+    node.source.remove("Pod", NS, "app")  # deleted; its DEL never comes (node rebooted, runtime state lost)
+    rec.run_once()
+    assert node.store.attachments() == [], "the pod is gone: its attachment and addresses must be let go"
+    assert node.live() == set() and node.store.pod_status("uid-app") is None
+    assert all(lease.state == "orphaned" for lease in node.store.all_leases()), "quarantined, not freed"
+
+
+def test_a_recreated_pod_added_while_the_cache_showed_its_predecessor_is_reclaimed_once_gone() -> None:
+    """The common path to ``pod_known=False``: the cache still shows the pod's predecessor (another UID) at ADD."""
+    node = Node()
+    node.source.remove("Pod", NS, "app")
+    node.source.add(app_pod(TWO_NETWORKS, uid="uid-old"))  # the cache lags: the old pod of that name
+    _added_from_the_runtimes_annotations(node)
+    node.source.remove("Pod", NS, "app")
+    node.source.add(app_pod(TWO_NETWORKS))  # caught up: uid-app
+    rec = reconciler(node)
+    rec.run_once()
+    assert len(node.store.attachments()) == 1
+    node.source.remove("Pod", NS, "app")  # deleted; no DEL comes
+    rec.run_once()
+    assert node.store.attachments() == [], "uid-app is gone: its attachment must not be kept for ever"
 
 
 def test_user_ipaddresses_get_their_address_and_let_it_go_when_deleted() -> None:
