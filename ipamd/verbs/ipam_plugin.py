@@ -11,6 +11,7 @@ its NPWG selection may name an IPAMClaim.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ from cni.errors import InvalidConfig, PluginNotAvailable, TryAgainLater, Unknown
 from cni.types import Result
 from ipamd.ipam.delegated import AddressRequest, DelegatedAddresses, ipam_config_of
 from ipamd.model.npwg import NETWORKS_ANNOTATION, NetworkElement, parse_networks
-from ipamd.model.objects import Pod
+from ipamd.model.objects import NETWORK_ATTACHMENT_DEFINITION, Pod
 from ipamd.publish.base import LocalPublisher, Publisher
 from ipamd.sources.base import ObjectSource, require_listed
 from ipamd.store.records import IPRecord
@@ -45,17 +46,39 @@ def requested_ips(config: dict[str, Any]) -> tuple[str, ...]:
     return tuple(ips)
 
 
-def selection_for(pod: Pod, ifname: str) -> tuple[NetworkElement | None, str]:
-    """The element of the pod's NPWG selection that made interface ``ifname`` (named, or ``net<N>`` by its
-    position, as Multus names them), and its index's field path."""
+#: The name Multus gives an interface the pod did not name: ``net<idx>``, idx its delegate's index among all of them.
+_MULTUS_IFNAME = re.compile(r"net([1-9][0-9]*)")
+
+
+def _could_name(el: NetworkElement, i: int, ifname: str) -> bool:
+    """Whether Multus could have named element ``i``'s interface ``ifname``: its own ``interface``, else
+    ``net<k+1+i>``; Multus counts the cluster network (0) and its ``defaultNetworks`` (k of them, which an IPAM
+    call cannot see) before the annotation's elements, named or not."""
+    if el.interface:
+        return el.interface == ifname
+    number = _MULTUS_IFNAME.fullmatch(ifname)
+    return number is not None and int(number.group(1)) >= i + 1
+
+
+def selection_for(pod: Pod, ifname: str, network: str,
+                  network_of: Callable[[NetworkElement], str]) -> tuple[NetworkElement | None, str]:
+    """The element of the pod's NPWG selection that made interface ``ifname`` of CNI network ``network`` (under
+    Multus), and its index's field path: one Multus could have named so (``_could_name``) whose NAD's network
+    (``network_of``) is the call's. None when no element fits: a network the pod did not select (a Multus default
+    network) has no claim. Several that fit naming different claims (the same NAD twice, unnamed) are refused,
+    as the claim's interface cannot be told."""
     try:
         elements = parse_networks(pod.annotations.get(NETWORKS_ANNOTATION), pod.meta.namespace)
     except Exception:  # an annotation the meta-plugin accepted is its business; no claim can come from it
         return None, ""
-    for i, el in enumerate(elements):
-        if (el.interface or f"net{i + 1}") == ifname:
-            return el, el.where
-    return None, ""
+    fits = [el for i, el in enumerate(elements) if _could_name(el, i, ifname) and network_of(el) == network]
+    if len({el.ipam_claim for el in fits}) > 1:
+        unnamed = next((el for el in fits if not el.interface), fits[0])
+        raise InvalidConfig(f"interface {ifname} of network {network} may be any of {', '.join(el.where for el in fits)}"
+                            " (Multus numbers an unnamed network by its place among all its delegates, its "
+                            "defaultNetworks included), and they name different IPAMClaims: give each its "
+                            "interface", f"{unnamed.where}.interface")
+    return (fits[0], fits[0].where) if fits else (None, "")
 
 
 class IpamPlugin:
@@ -92,6 +115,13 @@ class IpamPlugin:
                                 "longer) the one of that name, whose network selection may name an IPAMClaim", UID_ARG) \
                 from None
 
+    def _network_of(self, el: NetworkElement) -> str:
+        """The CNI network name of an element's NAD, from the source's cache: its config's ``name``, which is the
+        NAD's name when the config has none or is on the node's disk (Multus finds that file by the NAD's name),
+        as for a NAD the source does not (yet) show."""
+        nad = self.source.get(NETWORK_ATTACHMENT_DEFINITION, el.namespace, el.name)
+        return str(nad.config["name"]) if nad is not None and nad.config is not None else el.name
+
     def add(self, call: CniCall) -> dict[str, Any]:
         config = ipam_config_of(call.config)
         ips = requested_ips(call.config)
@@ -104,7 +134,7 @@ class IpamPlugin:
             nad, claim, where = str(told.get("nad", "")), str(told.get("claim", "")), str(told.get("where", ""))
             claim_field = f"{where}.ipam-claim-reference" if claim else ""
         elif pod is not None:  # another meta-plugin (Multus): the pod's selection, by Multus's interface names
-            element, where = selection_for(pod, call.ifname)
+            element, where = selection_for(pod, call.ifname, call.network_name, self._network_of)
             if element is not None:
                 nad = f"{element.namespace}/{element.name}"
                 if element.ipam_claim:

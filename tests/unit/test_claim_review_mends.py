@@ -38,6 +38,12 @@ def _db0_claimed() -> tpi.Node:
     return node
 
 
+def _nad_a_named(node: tpi.Node, conf_name: str) -> None:
+    """NAD nad-a whose CNI configuration is named ``conf_name`` (plexus-ipam under Multus: the call's network)."""
+    node.source.add(tpi.obj("NetworkAttachmentDefinition", "nad-a", {"config": json.dumps(
+        {"cniVersion": "1.0.0", "name": conf_name, "type": "macvlan"})}, api="k8s.cni.cncf.io/v1"))
+
+
 def test_gc_of_another_configuration_named_like_the_claims_nad_does_not_release_its_live_user() -> None:
     node = _db0_claimed()
     _claimed(node, "thief", "uid-t")
@@ -53,6 +59,7 @@ def test_gc_of_another_configuration_named_like_the_claims_nad_does_not_release_
 
 def test_gc_of_the_claims_own_configuration_releases_its_stale_user() -> None:
     node = _db0_claimed()
+    _nad_a_named(node, "macvlan-conf")
     node.call("ADD", tpi.SHARED, container="stale", network="macvlan-conf", pod_name="db-0", uid="uid-1")
     none: dict[str, Any] = {"cni.dev/valid-attachments": []}
     node.call("GC", tpi.SHARED, network="macvlan-conf", **none)
@@ -63,7 +70,9 @@ def test_gc_of_the_claims_own_configuration_releases_its_stale_user() -> None:
 
 def test_a_claims_users_each_keep_the_network_they_were_added_on_and_del_drops_it() -> None:
     node = _db0_claimed()
+    _nad_a_named(node, "macvlan-conf")
     node.call("ADD", tpi.SHARED, container="old", network="macvlan-conf", pod_name="db-0", uid="uid-1")
+    _nad_a_named(node, "other-conf")  # the NAD's configuration renamed before the pod's new sandbox
     node.call("ADD", tpi.SHARED, container="new", network="other-conf", pod_name="db-0", uid="uid-1")
     (rec,) = node.store.all_ips()
     assert rec.network_name == f"{tpi.NS}/nad-a", "the claim's record still names its NAD"

@@ -342,6 +342,81 @@ def test_plexus_told_the_claim_when_it_delegates_with_exec() -> None:
     assert rec.key == "IPAMClaim/apps/db-0" and rec.used_by_uids == ("c1/net3",)
 
 
+def claims_of(node: Node) -> dict[str, tuple[tuple[str, str], ...]]:
+    return {r.key: r.user_networks for r in node.store.all_ips() if r.kind == "IPAMClaim"}
+
+
+def test_plexus_ipam_under_multus_with_default_networks_does_not_give_a_claim_to_the_wrong_interface() -> None:
+    """Multus names an unnamed network ``net<idx>`` by its index among ALL its delegates: the cluster network is 0,
+    then its ``defaultNetworks``, then the pod's annotation. ``ipam_plugin.selection_for`` assumed the annotation's
+    element i is ``net{i+1}``. With one Multus ``defaultNetworks`` entry (``mon``, plexus-ipam too) the default
+    network is net1 and the pod's claimed network ``nad-a`` is net2: plexus-ipam matched mon's call (net1) to the
+    annotation's element 0 and leased the IPAMClaim's sticky address to mon's interface (the claim's network check
+    passes, since ``nad`` came from the same wrong element), and nad-a's own call (net2) matched nothing and got a
+    fresh address. Now an element is also of the call's network, and may be any ``net<k+1+i>``."""
+    node = Node()
+    node.source.add(claim("db-0"))
+    node.source.add(pod("db-0", "uid-1", [{"name": "nad-a", "ipam-claim-reference": "db-0"}]))
+    node.call("ADD", SHARED, pod_name="db-0", uid="uid-1", network="mon", ifname="net1")  # Multus's defaultNetworks[0]
+    node.call("ADD", SHARED, pod_name="db-0", uid="uid-1", network="nad-a", ifname="net2")  # the annotation's [0]
+    rec = next(r for r in node.store.all_ips() if r.key == "IPAMClaim/apps/db-0")
+    assert rec.user_networks == (("c1/net2", "nad-a"),), \
+        f"the IPAMClaim for nad-a serves {rec.user_networks} (Multus's default network mon is net1)"
+    mon = next(r for r in node.store.all_ips() if r.network_name == "mon")
+    assert (mon.kind, mon.interface) == ("CNI", "net1"), "the default network gets a plain lease"
+
+
+def test_an_elements_network_is_its_nads_configuration_name() -> None:
+    """The call's network is the NAD's ``spec.config`` ``name`` (the NAD's name when the config has none): a NAD
+    ``nad-a`` whose config is ``storage`` is the element of a ``storage`` call, not of a ``nad-a`` one."""
+    node = Node()
+    node.source.add(claim("db-0"))
+    node.source.add(obj("NetworkAttachmentDefinition", "nad-a", {"config": json.dumps(
+        {"cniVersion": "1.0.0", "name": "storage", "type": "macvlan", "ipam": {"type": "plexus-ipam"}})},
+        api="k8s.cni.cncf.io/v1"))
+    node.source.add(pod("db-0", "uid-1", [{"name": "nad-a", "ipam-claim-reference": "db-0"}]))
+    node.call("ADD", SHARED, pod_name="db-0", uid="uid-1", network="nad-a", ifname="net1")  # another CNI network
+    node.call("ADD", SHARED, pod_name="db-0", uid="uid-1", network="storage", ifname="net2")
+    assert claims_of(node) == {"IPAMClaim/apps/db-0": (("c1/net2", "storage"),)}
+
+
+def test_without_multus_default_networks_the_elements_are_net1_net2_as_before() -> None:
+    node = Node()
+    node.source.add(claim("db-1", network="nad-b"))
+    node.source.add(pod("db-0", "uid-1", [{"name": "nad-a"}, {"name": "nad-b", "ipam-claim-reference": "db-1"}]))
+    node.call("ADD", SHARED, pod_name="db-0", uid="uid-1", network="nad-a", ifname="net1")
+    node.call("ADD", SHARED, pod_name="db-0", uid="uid-1", network="nad-b", ifname="net2")
+    assert claims_of(node) == {"IPAMClaim/apps/db-1": (("c1/net2", "nad-b"),)}
+
+
+def test_the_same_nad_twice_with_two_claims_and_named_interfaces_gets_each_its_claim() -> None:
+    node = Node()
+    node.source.add(claim("db-0"))
+    node.source.add(claim("db-1", interface="net2"))
+    node.source.add(pod("db-0", "uid-1", [{"name": "nad-a", "interface": "data0", "ipam-claim-reference": "db-0"},
+                                          {"name": "nad-a", "interface": "data1", "ipam-claim-reference": "db-1"}]))
+    node.call("ADD", SHARED, pod_name="db-0", uid="uid-1", ifname="data1")
+    node.call("ADD", SHARED, pod_name="db-0", uid="uid-1", ifname="data0")
+    assert claims_of(node) == {"IPAMClaim/apps/db-0": (("c1/data0", "nad-a"),),
+                               "IPAMClaim/apps/db-1": (("c1/data1", "nad-a"),)}
+
+
+@pytest.mark.parametrize("second", [{"ipam-claim-reference": "db-1"}, {}], ids=["two claims", "a claim and none"])
+def test_the_same_nad_twice_unnamed_naming_different_claims_is_refused_naming_the_interface(
+        second: dict[str, Any]) -> None:
+    """Unnamed, element 0 may be net1 (no Multus default network) or net2 (one), as element 1 may be net2: which
+    claim net2's call is for cannot be told, so it is refused (7) before anything is leased, asking for names."""
+    node = Node()
+    node.source.add(claim("db-0"))
+    node.source.add(claim("db-1", interface="net2"))
+    node.source.add(pod("db-0", "uid-1", [{"name": "nad-a", "ipam-claim-reference": "db-0"},
+                                          {"name": "nad-a", **second}]))
+    err = node.error("ADD", SHARED, pod_name="db-0", uid="uid-1", ifname="net2")
+    assert (err.code, err.details) == (7, f"{NETWORKS_ANNOTATION}[0].interface"), err
+    assert f"{NETWORKS_ANNOTATION}[1]" in err.msg and "net2" in err.msg, err.msg
+    assert node.store.all_leases() == [] and node.store.all_ips() == []
+
+
 def test_more_bad_input_is_a_cni_error_naming_the_field() -> None:
     node = Node()
     for runtime, field in (({"ips": ["198.18.52.7/33"]}, "runtimeConfig.ips"),
