@@ -41,6 +41,9 @@ class InterfaceRequest:
     tap_multi_queue: bool = False  # the TAP takes several queues (IFF_MULTI_QUEUE)
     delegate: Invocation | None = None  # for a delegated interface: the plugins to exec, exactly
     default_route: tuple[str, ...] = ()  # gateways: this interface gets the pod's default route
+    # the pod's default routes (their dst) that an interface of the attachment takes (this one or another, NPWG
+    # ``default-route``): an interface's own result no longer holds those of the rest
+    defaults_moved: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,10 @@ undone by a DEL of the whole list, as a runtime does.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
+from collections.abc import Collection, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -58,6 +60,42 @@ def _plugins_key(plugins: list[dict[str, Any]]) -> str:
     return json.dumps([plain(p) for p in plugins], sort_keys=True)
 
 
+def _default_dst(dst: Any) -> str:
+    """A default route's destination as ``InterfaceRequest.defaults_moved`` names it ("0.0.0.0/0", "::/0"), however
+    it is written; "" for any other route."""
+    try:
+        net = ipaddress.ip_network(str(dst), strict=False)
+    except ValueError:
+        return ""
+    return ("0.0.0.0/0" if net.version == 4 else "::/0") if net.prefixlen == 0 else ""
+
+
+def _routes_kept(routes: Any, moved: Collection[str]) -> list[Any]:
+    return [r for r in routes or () if not (isinstance(r, dict) and _default_dst(r.get("dst")) in moved)]
+
+
+def _as_the_pod_has_it(result: dict[str, Any], moved: Collection[str], gateways: Iterable[str]) -> dict[str, Any]:
+    """The delegate's result as recorded for CHECK and DEL (their ``prevResult``): without the pod's default routes
+    of the families that an interface of the attachment took (NPWG ``default-route``: the kernel's are gone), with
+    this interface's own routes through ``gateways``, as Multus edits libcni's cache (``DeleteDefaultGWCache``,
+    ``AddDefaultGWCache``): a plugin's CHECK may look for each route it is told of (the reference ones look for a
+    default route of the family, whatever its gateway). In the result's own version and shape (0.1.0 and 0.2.0
+    keep routes per family, in ``ip4`` and ``ip6``)."""
+    if not moved:
+        return result
+    own = [{"dst": "::/0" if ":" in gw else "0.0.0.0/0", "gw": gw} for gw in gateways]
+    if ("ip4" in result or "ip6" in result) and "ips" not in result:
+        out = dict(result)
+        for key, dst in (("ip4", "0.0.0.0/0"), ("ip6", "::/0")):
+            section = result.get(key)
+            if isinstance(section, dict):
+                routes = _routes_kept(section.get("routes"), moved) + [r for r in own if r["dst"] == dst]
+                out[key] = {**section, "routes": routes} if routes or "routes" in section else section
+        return out
+    routes = _routes_kept(result.get("routes"), moved) + own
+    return {**result, "routes": routes} if routes or "routes" in result else result
+
+
 def _give_back(ctx: BuildContext, if_name: str, taken: list[default_route.Taken]) -> None:
     """The undo of a default route taken, on the pod socket of the thread that runs it (fetched now)."""
     if taken:
@@ -88,8 +126,9 @@ class DelegateDriver:
     def plan(self, key: InterfaceKey, request: InterfaceRequest) -> Plan:
         if request.delegate is None:
             raise InterfaceFailure(f"{request.if_name}: a delegated interface needs its plugins", "delegate")
+        moved = {"defaultsMoved": list(request.defaults_moved)} if request.defaults_moved else {}
         return Plan("", True, request.mac, {"invocation": request.delegate.to_dict(),
-                                           "defaultRoute": list(request.default_route)})
+                                           "defaultRoute": list(request.default_route), **moved})
 
     def build(self, ctx: BuildContext, iface: BuiltInterface, undo: contextlib.ExitStack) -> Built:
         inv = _invocation(iface)
@@ -106,15 +145,17 @@ class DelegateDriver:
         if gateways:
             taken = default_route.set_default_route(ctx.pod.netlink(), iface.if_name, gateways)
             undo.callback(quietly, "default route", _give_back, ctx, iface.if_name, taken)
+        moved = iface.driver.get("defaultsMoved") or []
         try:
-            share = Result.from_dict(result)
+            share = Result.from_dict(_as_the_pod_has_it(result, moved, ()))
         except CniError as exc:
             raise _failed(iface, "ADD", exc) from None
         if gateways:  # the result says where the pod's default route now is
             share = replace(share, routes=share.routes + tuple(Route("::/0" if ":" in gw else "0.0.0.0/0", gw)
                                                                for gw in gateways))
         took = {"defaultRouteTaken": [t.to_dict() for t in taken]} if taken else {}  # for DEL to give it back
-        return Built(_pod_mac(result, iface.if_name), share, {**iface.driver, "result": result, **took})
+        return Built(_pod_mac(result, iface.if_name), share,
+                     {**iface.driver, "result": _as_the_pod_has_it(result, moved, gateways), **took})
 
     def _undo(self, ctx: BuildContext, iface: BuiltInterface, added: list[dict[str, Any]]) -> None:
         """A DEL of the list, with its result once it was all added (as Multus gives a delegate it rolls back: a

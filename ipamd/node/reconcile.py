@@ -160,7 +160,8 @@ class Reconciler:
             # address, so every node may lease it (the lease object's holder is the same)
             self._sync_ipaddresses(statics_only=self.cluster)
             self._release_gone_pods()
-            if any(rec.state == "deleting" for rec in self.store.attachments()):  # a background DEL that failed
+            # a background DEL that failed, or a failed ADD whose record its undo could not forget
+            if any(rec.state in ("deleting", "adding", "undoing") for rec in self.store.attachments()):
                 self.teardowns.finish_deletions()
             self.ipam.expire(None, self.ipam.clock())
             self._sync_segments()

@@ -207,6 +207,7 @@ class Attacher:
                                   pod_known=pod.meta.source != "runtime")
         key = InterfaceKey(call.container_id, call.ifname, call.netns)
         at_once = parallel(pod)
+        wanted = _told_defaults_moved(wanted)
         with self.open_pod(call.netns) as pod_side, contextlib.ExitStack() as undo:
             with self.store.transaction():
                 self.store.put_attachment(record)
@@ -394,8 +395,10 @@ class Attacher:
             if record is None or not left:
                 self.store.delete_attachment(*key)
                 return
+            order = [i.if_name for i in record.interfaces]  # ``left`` is in undo order: kept in build order, for DEL
+            kept = sorted(left, key=lambda i: order.index(i.if_name) if i.if_name in order else len(order))
             self.store.put_attachment(replace(record, state="deleting", updated_at=time.time(), leasing=(),
-                                              interfaces=tuple(left)))
+                                              interfaces=tuple(kept)))
 
     # -- DEL ------------------------------------------------------------------------------------
     def delete(self, call: CniCall) -> dict[str, Any]:
@@ -436,15 +439,20 @@ class Attacher:
         self.teardown_current(container_id, ifname, lambda rec: rec.state == "deleting")
 
     def finish_deletions(self, older_than_s: float = 10.0) -> int:
-        """Attachments a background DEL left ``deleting`` (its removal failed) finished again by the reconciler."""
+        """Attachments left behind, finished again by the reconciler: ``deleting`` ones (a background DEL's removal,
+        or a failed ADD's undo, failed), and ``adding`` or ``undoing`` ones no call holds (a failed ADD's last undo
+        step, ``_forget_record``, could not forget the record: the store failed), which else only a restart's
+        ``recover`` would finish. Torn down under their lock if still not ready then, as ``recover`` does."""
         now, n = time.time(), 0
+        busy = self.locks.busy()  # an ADD in flight holds its attachment's lock from its record to its end
         for rec in self.store.attachments():
             key = (rec.container_id, rec.ifname)
-            if rec.state != "deleting" or now - rec.updated_at < older_than_s or \
+            left = rec.state == "deleting" or (rec.state in ("adding", "undoing") and key not in busy)
+            if not left or now - rec.updated_at < older_than_s or \
                     (self.reaper is not None and self.reaper.pending(key)):
                 continue
             try:
-                if self.teardown_current(*key, lambda r: r.state == "deleting"):
+                if self.teardown_current(*key, lambda r: r.state != "ready"):
                     n += 1
             except Exception as exc:  # one attachment's trouble must not stop the reconciler's round
                 log.warning("finishing the DEL of %s/%s: %s", rec.container_id[:12], rec.ifname, exc)
@@ -475,13 +483,16 @@ class Attacher:
         self.fault("del:released")
 
     def _remove_interfaces(self, record: AttachmentRecord) -> list[str]:
-        """Every interface's driver removes what it made; every one is tried, the failures are returned."""
+        """Every interface's driver removes what it made, the last built first (as a failed ADD unwinds, and as
+        Multus DELs its delegates): what is stacked on an earlier interface (a bond over net1 and net2, a VLAN on
+        net1) goes before it, and a default route taken from the cluster network goes back to it while it is there.
+        Every one is tried; the failures are returned."""
         errors: list[str] = []
         with contextlib.ExitStack() as opened:
             pod = _PodOnDemand(self.open_pod, record.netns, opened)
             ctx = LinksContext(self.host_netlink(), pod.netlink, pod.path(), doomed=[],
                                mac_held_elsewhere=lambda bridge, mac: self._mac_held_elsewhere(record, bridge, mac))
-            for iface in record.interfaces:
+            for iface in reversed(record.interfaces):
                 driver = self.drivers.get(iface.kind)
                 try:
                     if driver is None:
@@ -668,6 +679,13 @@ def prev_result_problems(iface: BuiltInterface, sandbox: str, prev: Result) -> l
 def _defaults_taken(gateways: Iterable[str]) -> set[str]:
     """The default routes (their ``dst``) that interfaces asking for the pod's default route took over."""
     return {"::/0" if ":" in gw else "0.0.0.0/0" for gw in gateways}
+
+
+def _told_defaults_moved(wanted: list[Wanted]) -> list[Wanted]:
+    """Every interface told which of the pod's default routes an interface of the attachment takes (a delegate's
+    recorded result, CHECK's and DEL's ``prevResult``, is to say what the pod has)."""
+    moved = tuple(sorted(_defaults_taken(gw for w in wanted for gw in w.request.default_route)))
+    return [replace(w, request=replace(w.request, defaults_moved=moved)) for w in wanted] if moved else wanted
 
 
 def _without_defaults(result: Result, taken: set[str]) -> Result:

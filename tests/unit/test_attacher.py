@@ -319,7 +319,7 @@ def test_add_records_each_interface_with_its_driver_state_then_del_needs_nothing
     node.source.remove("IPAddressPool", NS, "pool-b")
     node.events.clear()
     assert node.call("DEL") == {}
-    assert node.events == ["teardown net1", "teardown net2", "forget record"]
+    assert node.events == ["teardown net2", "teardown net1", "forget record"], "the last built goes first"
     assert node.store.attachments() == [] and node.store.pod_statuses() == []
     assert node.live() == set()
     assert node.call("DEL") == {}, "DEL is idempotent"
@@ -341,7 +341,33 @@ def test_del_with_the_netns_gone_succeeds_and_tells_the_drivers() -> None:
     node.netns.gone.add(NETNS)
     node.events.clear()
     assert node.call("DEL", netns="") == {}
-    assert node.events[:2] == ["teardown net1 (netns gone)", "teardown net2 (netns gone)"]
+    assert node.events[:2] == ["teardown net2 (netns gone)", "teardown net1 (netns gone)"]
+
+
+def test_an_add_whose_undo_could_not_forget_its_record_is_finished_by_the_reconciler() -> None:
+    """A failed ADD's last undo step (``_forget_record``) runs ``quietly``: when its transaction fails, the record
+    stays ``undoing`` (or ``adding``). ``_release_gone_pods`` takes only ready ones, ``finish_deletions`` only
+    ``deleting`` ones: nothing but a restart's ``recover`` (or a runtime's DEL) finished it, and meanwhile it kept
+    the pod's addresses from being forgotten. ``finish_deletions`` now finishes it, once no call holds it."""
+    node = Node()
+    node.drivers["macvlan"].fail_build["net2"] = 1
+    real = node.store.delete_attachment
+    failures = [OSError("disk I/O error")]
+
+    def delete_attachment(container_id: str, ifname: str) -> None:
+        if failures:
+            raise failures.pop()
+        real(container_id, ifname)
+
+    node.store.delete_attachment = delete_attachment  # type: ignore[method-assign]
+    with pytest.raises(CniError):
+        node.call("ADD")
+    (stuck,) = node.store.attachments()
+    assert stuck.state == "undoing"
+    with node.attacher.locks.hold(("c1", "eth0")):  # an ADD of it in flight: not touched
+        assert node.attacher.finish_deletions(older_than_s=0) == 0
+    assert node.attacher.finish_deletions(older_than_s=0) == 1
+    node.assert_nothing_left()
 
 
 def test_del_of_an_interface_no_driver_knows_fails_and_keeps_the_addresses() -> None:

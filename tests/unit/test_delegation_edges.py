@@ -8,6 +8,8 @@ import contextlib
 import json
 import threading
 import time
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from cni.errors import AnnotationInvalid, CniError, IOFailure
 from ipamd.drivers.delegate import DelegateDriver
 from ipamd.invoke.chain import Chain, Invocation
 from ipamd.invoke.conflist import PodIdentity, Runtime
-from ipamd.invoke.exec import Exec
+from ipamd.invoke.exec import Exec, PluginRun
 from ipamd.model.cniconf import as_conflist
 from ipamd.model.npwg import parse_networks
 from ipamd.publish.render import network_status
@@ -159,6 +161,84 @@ def test_a_delegate_whose_rollback_del_failed_is_deled_again_by_the_runtimes_del
     node.call("DEL")
     assert [(p, v) for p, v, _, _ in fake.calls][-1] == ("macvlan", "DEL") and fake.expected == [], \
         "the runtime's DEL never reached the delegate whose rollback DEL failed"
+
+
+def test_delegates_whose_rollback_dels_failed_are_deled_later_in_reverse_order_too() -> None:
+    """Two delegates added, then the ADD fails and both rollback DELs fail: the record keeps both for the runtime's
+    DEL, in the order they were built (the undo met them last first), so that DEL too goes the last one first."""
+    from tests.unit.test_attacher import Faults
+
+    res = {"cniVersion": "1.0.0", "interfaces": [{"name": "net1", "sandbox": SANDBOX}],
+           "ips": [{"address": "198.18.71.1/24", "interface": 0}]}
+    fake = FakeExec(Expected("macvlan", "ADD", res), Expected("ipvlan", "ADD", res), Expected("tuning", "ADD", res),
+                    Expected("tuning", "DEL", error=IOFailure("transient", "")), Expected("ipvlan", "DEL"),
+                    Expected("macvlan", "DEL", error=IOFailure("transient", "")),
+                    Expected("tuning", "DEL"), Expected("ipvlan", "DEL"), Expected("macvlan", "DEL"))
+    node = _npwg_node(fake, "first, second")
+    node.attacher.fault = Faults("add:built", 2)
+    with pytest.raises(CniError):
+        node.call("ADD")
+    (kept,) = node.store.attachments()
+    assert kept.state == "deleting" and [i.if_name for i in kept.interfaces] == ["net1", "net2"]
+    assert node.call("DEL") == {} and fake.expected == [] and node.store.attachments() == []
+
+
+SANDBOX = "/run/netns/app"
+
+
+class AnswerAll:
+    """A plugin exec that answers every call: ADD with an interface named CNI_IFNAME in the pod; records the calls."""
+
+    def __init__(self, routes: Mapping[str, list[dict[str, str]]] | None = None) -> None:
+        self.calls: list[tuple[str, str, dict[str, str], dict[str, Any]]] = []
+        self.routes = dict(routes or {})
+        self.n = 0
+
+    def run(self, plugin: str, env: Mapping[str, str], config: Mapping[str, Any], timeout: float) -> PluginRun:
+        verb = env.get("CNI_COMMAND", "")
+        self.calls.append((plugin, verb, dict(env), dict(config)))
+        if verb != "ADD":
+            return PluginRun({}, "", 0.0)
+        if "prevResult" in config:
+            return PluginRun(dict(config["prevResult"]), "", 0.0)
+        self.n += 1
+        ifname = env["CNI_IFNAME"]
+        result = {"cniVersion": config["cniVersion"], "interfaces": [{"name": ifname, "sandbox": SANDBOX}],
+                  "ips": [{"address": f"198.18.{self.n}.5/24", "interface": 0}], "dns": {}}
+        if plugin in self.routes:
+            result["routes"] = self.routes[plugin]
+        return PluginRun(result, "", 0.0)
+
+
+def _answering_node(fake: AnswerAll, npwg: str) -> Any:
+    """Pod app asking ``npwg`` of NADs ``first`` (macvlan) and ``second`` (ipvlan, tuning), host-local IPAM."""
+    from tests.unit.test_attacher import Node, obj
+    from tests.unit.test_networks import nad
+
+    node = Node()
+    node.ipam._names = collections.defaultdict(str)
+    node.drivers["delegate"] = DelegateDriver(Chain(fake))  # type: ignore[assignment]
+    node.source.add(obj("Pod", "app", {}, uid="uid-app", annotations={"k8s.v1.cni.cncf.io/networks": npwg}))
+    node.source.add(nad("first", {"cniVersion": "1.0.0", "type": "macvlan", "master": "eth1",
+                                  "ipam": {"type": "host-local", "subnet": "198.18.71.0/24"}}, "apps"))
+    node.source.add(nad("second", {"cniVersion": "1.0.0", "plugins": [
+        {"type": "ipvlan", "master": "eth2", "ipam": {"type": "host-local", "subnet": "198.18.72.0/24"}},
+        {"type": "tuning"}]}, "apps"))
+    return node
+
+
+def test_del_removes_a_pods_delegates_in_reverse_order_as_multus_does() -> None:
+    """Multus's ``delPlugins`` DELs a pod's delegates in reverse order (last network first, the cluster network
+    last), the undo of the ADD's order; stacks rely on it (bond-cni over net1/net2 must be DEL'd before the VFs it
+    enslaves; a vlan/macvlan ``linkInContainer`` on net1). ``Attacher._remove_interfaces`` tears the record's
+    interfaces down in ADD order: net1's plugins first, then net2's."""
+    fake = AnswerAll()
+    node = _answering_node(fake, "first, second")
+    node.call("ADD")
+    fake.calls.clear()
+    assert node.call("DEL") == {}
+    order = [(p, env["CNI_IFNAME"]) for p, v, env, _ in fake.calls if v == "DEL"]
+    assert order == [("tuning", "net2"), ("ipvlan", "net2"), ("macvlan", "net1")], order
 
 
 def test_gc_goes_on_to_the_next_plugin_when_one_fails() -> None:
@@ -304,6 +384,115 @@ def test_default_route_on_a_nad_takes_the_gateway_off_the_network_plexus_is_chai
         assert {"dst": "10.96.0.0/12", "gw": "10.244.0.1"} in result["routes"], "other routes stay"
     status = {e["interface"]: e for e in node.store.pod_status("uid-app").network_status}
     assert "gateway" not in status["eth0"] and status["net1"]["gateway"] == ["198.18.97.1"], status
+
+
+def test_check_gives_the_cluster_network_a_prev_result_without_the_default_route_it_lost(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pod asks ``default-route`` on net1 with Plexus as the node's only CNI configuration (``clusterNetwork``):
+    ADD deletes eth0's default route in the pod and takes it off eth0's share of the answer and of network-status,
+    but the delegate's recorded raw result (``driver['result']``, what CHECK and DEL get as ``prevResult``) keeps
+    it. The reference bridge/ptp CHECK validates every ``prevResult`` route in the pod (``ValidateExpectedRoute``),
+    so the cluster network's CHECK fails on a healthy pod. Multus rewrites libcni's cached result
+    (``DeleteDefaultGWCache`` / ``AddDefaultGWCache``) so that CHECK sees what the pod has."""
+    from tests.unit.test_networks import nad
+
+    monkeypatch.setattr("ipamd.netlink.default_route.set_default_route", lambda pod, ifn, gws: [])
+    fake = AnswerAll({"bridge": [{"dst": "0.0.0.0/0", "gw": "10.244.0.1"}]})
+    node = _answering_node(fake, json.dumps([{"name": "plain", "default-route": ["198.18.97.1"]}]))
+    node.source.add(nad("cbr0", {"cniVersion": "1.0.0", "type": "bridge"}, "kube-system"))
+    node.source.add(nad("plain", {"cniVersion": "1.0.0", "type": "macvlan", "master": "eth1"}, "apps"))
+    conf = {"clusterNetwork": "kube-system/cbr0"}
+    result = node.call("ADD", config=conf)
+    assert [r for r in result.get("routes", []) if r["dst"] == "0.0.0.0/0"] == \
+        [{"dst": "0.0.0.0/0", "gw": "198.18.97.1"}]
+    fake.calls.clear()
+    node.call("CHECK", config={**conf, "prevResult": result})
+    checked = {p: c.get("prevResult", {}) for p, v, _, c in fake.calls if v == "CHECK"}
+    assert {r["dst"] for r in checked["bridge"].get("routes", [])} == set(), \
+        f"eth0's CHECK is told the pod has a default route through it: {checked['bridge'].get('routes')}"
+
+
+V4_DEFAULT, V6_DEFAULT = {"dst": "0.0.0.0/0", "gw": "10.244.0.1"}, {"dst": "::/0", "gw": "fd00::1"}
+SERVICES = {"dst": "10.96.0.0/12", "gw": "10.244.0.1"}
+
+
+def _cluster_result(version: str) -> dict[str, Any]:
+    """The cluster network's answer in ``version``'s shape: a default route of each family and one other route."""
+    if version == "0.2.0":
+        return {"cniVersion": version, "ip4": {"ip": "10.244.0.5/24", "gateway": "10.244.0.1",
+                                               "routes": [V4_DEFAULT, SERVICES]},
+                "ip6": {"ip": "fd00::5/64", "routes": [V6_DEFAULT]}, "dns": {}}
+    ips = [{"address": "10.244.0.5/24", "gateway": "10.244.0.1"}, {"address": "fd00::5/64"}]
+    if version != "0.3.1" and version != "0.4.0":
+        return {"cniVersion": version, "interfaces": [{"name": "eth0", "sandbox": SANDBOX}],
+                "ips": [{**ip, "interface": 0} for ip in ips], "routes": [V4_DEFAULT, SERVICES, V6_DEFAULT]}
+    return {"cniVersion": version, "interfaces": [{"name": "eth0", "sandbox": SANDBOX}],
+            "ips": [{**ip, "version": "6" if ":" in ip["address"] else "4", "interface": 0} for ip in ips],
+            "routes": [V4_DEFAULT, SERVICES, V6_DEFAULT], "dns": {}}
+
+
+@pytest.mark.parametrize("version", ["0.2.0", "0.3.1", "0.4.0", "1.0.0"])
+def test_a_delegate_records_its_result_without_the_default_route_another_interface_took(version: str) -> None:
+    """The delegate's recorded result (CHECK's and DEL's ``prevResult``) loses the default route of the family
+    another interface took (IPv4 here), in its own version and shape; the rest (IPv6's, other routes) stays."""
+    raw = _cluster_result(version)
+    conflist = {"cniVersion": version, "name": "cbr0", "plugins": [{"type": "bridge"}]}
+    iface = _kept(conflist, "c1", "eth0")
+    iface = replace(iface, driver={**iface.driver, "defaultsMoved": ["0.0.0.0/0"]})
+    built = DelegateDriver(Chain(FakeExec(Expected("bridge", "ADD", raw)))).build(
+        None, iface, contextlib.ExitStack())  # type: ignore[arg-type]
+    recorded = built.state["result"] if built.state else {}
+    if version == "0.2.0":
+        assert recorded == {**raw, "ip4": {**raw["ip4"], "routes": [SERVICES]}}, recorded
+    else:
+        assert recorded == {**raw, "routes": [SERVICES, V6_DEFAULT]}, recorded
+    assert {r.dst for r in built.result.routes} == {"10.96.0.0/12", "::/0"}, "its share says the same"
+
+
+@pytest.mark.parametrize("version", ["0.2.0", "1.0.0"])
+def test_the_delegate_that_took_the_default_route_records_it(version: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interface that took the pod's default route records it in its result (Multus's ``AddDefaultGWCache``),
+    in place of one its own plugin gave (the kernel's went when the route was taken): its CHECK looks for the
+    route the pod has."""
+    import types
+
+    monkeypatch.setattr("ipamd.netlink.default_route.set_default_route", lambda pod, ifn, gws: [])
+    raw = _cluster_result(version)
+    iface = _kept({"cniVersion": version, "name": "plain", "plugins": [{"type": "macvlan"}]}, "c1")
+    iface = replace(iface, driver={**iface.driver, "defaultRoute": ["198.18.97.1"], "defaultsMoved": ["0.0.0.0/0"]})
+    ctx = types.SimpleNamespace(pod=types.SimpleNamespace(netlink=lambda: None))
+    built = DelegateDriver(Chain(FakeExec(Expected("macvlan", "ADD", raw)))).build(
+        ctx, iface, contextlib.ExitStack())  # type: ignore[arg-type]
+    recorded = built.state["result"] if built.state else {}
+    taken = {"dst": "0.0.0.0/0", "gw": "198.18.97.1"}
+    if version == "0.2.0":
+        assert recorded["ip4"]["routes"] == [SERVICES, taken] and recorded["ip6"] == raw["ip6"], recorded
+    else:
+        assert recorded["routes"] == [SERVICES, V6_DEFAULT, taken], recorded
+    assert [r.gw for r in built.result.routes if r.dst == "0.0.0.0/0"] == ["198.18.97.1"]
+
+
+def test_del_and_check_tell_each_delegate_the_default_routes_it_has(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the verbs: eth0 (the cluster network) lost its default route to net1's NPWG ``default-route``; its
+    CHECK and DEL get a ``prevResult`` without it, net1's with the one it took; DEL goes net1 first, so the default
+    route it took is given back (``_default_route_back``) while eth0 is still there to carry it."""
+    from tests.unit.test_networks import nad
+
+    monkeypatch.setattr("ipamd.netlink.default_route.set_default_route", lambda pod, ifn, gws: [])
+    fake = AnswerAll({"bridge": [{"dst": "0.0.0.0/0", "gw": "10.244.0.1"}, SERVICES]})
+    node = _answering_node(fake, json.dumps([{"name": "plain", "default-route": ["198.18.97.1"]}]))
+    node.source.add(nad("cbr0", {"cniVersion": "1.0.0", "type": "bridge"}, "kube-system"))
+    node.source.add(nad("plain", {"cniVersion": "1.0.0", "type": "macvlan", "master": "eth1"}, "apps"))
+    conf = {"clusterNetwork": "kube-system/cbr0"}
+    result = node.call("ADD", config=conf)
+    fake.calls.clear()
+    node.call("CHECK", config={**conf, "prevResult": result})
+    node.call("DEL", config=conf)
+    told = [(p, v, c.get("prevResult", {}).get("routes")) for p, v, _, c in fake.calls]
+    assert told == [("bridge", "CHECK", [SERVICES]),
+                    ("macvlan", "CHECK", [{"dst": "0.0.0.0/0", "gw": "198.18.97.1"}]),
+                    ("macvlan", "DEL", [{"dst": "0.0.0.0/0", "gw": "198.18.97.1"}]),
+                    ("bridge", "DEL", [SERVICES])], told
 
 
 def test_a_delegate_whose_add_and_rollback_del_both_failed_holds_up_nothing() -> None:

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 
+import pytest
+
+from cni.errors import CniError
 from ipamd.ipam.registry import NodeLocalRegistry
 from ipamd.model.objects import POD_ANNOTATIONS_CAPABILITY
 from ipamd.node.reconcile import Reconciler
@@ -253,3 +257,26 @@ def test_an_old_segment_taken_up_again_is_detached() -> None:
     rec.run_once()
     assert retired in node.publisher.node_detachments
     assert {s.network: s.bridge for s in node.store.segments()}[f"Network/{NS}/net-a"] == old.bridge
+
+
+def test_a_round_finishes_an_add_whose_undo_could_not_forget_its_record() -> None:
+    """A failed ADD whose last undo step could not forget its record (the store failed) leaves it ``undoing``: the
+    round finishes it (``finish_deletions``), not only when some other record is ``deleting``."""
+    node = Node()
+    node.drivers["macvlan"].fail_build["net2"] = 1
+    real, failures = node.store.delete_attachment, [OSError("disk I/O error")]
+
+    def delete_attachment(container_id: str, ifname: str) -> None:
+        if failures:
+            raise failures.pop()
+        real(container_id, ifname)
+
+    node.store.delete_attachment = delete_attachment  # type: ignore[method-assign]
+    with pytest.raises(CniError):
+        node.call("ADD")
+    (stuck,) = node.store.attachments()
+    assert stuck.state == "undoing"
+    with node.store.transaction():  # left long enough ago for the round to judge it left behind
+        node.store.put_attachment(replace(stuck, updated_at=stuck.updated_at - 60))
+    reconciler(node).run_once()
+    node.assert_nothing_left()
