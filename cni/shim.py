@@ -118,8 +118,10 @@ def parse_config(raw: bytes, verb: str) -> dict[str, Any]:
         raise DecodingFailure("no network configuration on stdin", "stdin is empty")
     try:
         conf = wirejson.loads(raw)
-    except ValueError as exc:  # UnicodeDecodeError included
-        raise DecodingFailure("network configuration on stdin is not JSON", str(exc)) from None
+    except ValueError as exc:  # UnicodeDecodeError, NaN and Infinity included
+        raise DecodingFailure("network configuration on stdin is not JSON", f"stdin: {exc}") from None
+    except RecursionError:  # nested deeper than the interpreter's recursion limit
+        raise DecodingFailure("network configuration on stdin is not JSON", "stdin: nested too deeply") from None
     if not isinstance(conf, dict):
         raise DecodingFailure("network configuration must be a JSON object", f"got {type(conf).__name__}")
     if verb == "VERSION":
@@ -174,8 +176,16 @@ def stated_version(raw: bytes) -> str:
 
 
 def version_answer(conf: Mapping[str, Any]) -> dict[str, Any]:
-    asked = conf.get("cniVersion") or CURRENT_VERSION
-    return {"cniVersion": asked, "supportedVersions": list(SUPPORTED_VERSIONS)}
+    """VERSION's answer: the cniVersion asked, echoed only when it is a string (whatever else is there is not a
+    version), else the current one."""
+    asked = conf.get("cniVersion")
+    return {"cniVersion": asked if isinstance(asked, str) and asked else CURRENT_VERSION,
+            "supportedVersions": list(SUPPORTED_VERSIONS)}
+
+
+def is_ipam_socket_path(path: str) -> bool:
+    """An absolute path to a file named exactly ``plexus-ipam.sock``: ``/tmp/evil-plexus-ipam.sock`` merely ends so."""
+    return path.startswith("/") and path.rpartition("/")[2] == IPAM_SOCKET_NAME
 
 
 def forward(verb: str, env: Mapping[str, str], conf: dict[str, Any], ipam: bool = False) -> dict[str, Any]:
@@ -187,7 +197,7 @@ def forward(verb: str, env: Mapping[str, str], conf: dict[str, Any], ipam: bool 
     where = "ipam." if ipam else ""
     path = own.get("socket") or (DEFAULT_IPAM_SOCKET if ipam else DEFAULT_SOCKET)
     # plexus-ipam's section is written by whoever writes a NAD: it may name the daemon's socket and nothing else
-    if not isinstance(path, str) or (ipam and not (path.startswith("/") and path.endswith(IPAM_SOCKET_NAME))):
+    if not isinstance(path, str) or (ipam and not is_ipam_socket_path(path)):
         raise InvalidConfig(f"socket must be the path of the daemon's {IPAM_SOCKET_NAME if ipam else 'socket'}",
                             f"{where}socket")
     timeout = own.get("timeoutSeconds")
@@ -204,7 +214,7 @@ def forward(verb: str, env: Mapping[str, str], conf: dict[str, Any], ipam: bool 
         raise unavailable("plexus-ipamd is not reachable", f"{path}: {exc}") from None
     try:
         answer = wirejson.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise DaemonUnavailable("plexus-ipamd sent a non-JSON answer", payload[:200].decode(errors="replace")) from None
     if status == 200 and isinstance(answer, dict):
         return answer
@@ -233,18 +243,19 @@ def main(env: Mapping[str, str], stdin: IO[bytes], stdout: IO[str], ipam: bool =
     conf: dict[str, Any] = {}
     version = CURRENT_VERSION
     try:
-        raw = stdin.read()  # before the environment: an error about it is answered in the configuration's version
+        raw = stdin.read()  # before the environment: an error about either is answered in the configuration's version
         try:
             verb = check_env(env)
+            conf = parse_config(raw, verb)
         except CniError:
             version = stated_version(raw)
             raise
-        conf = parse_config(raw, verb)
         version = str(conf.get("cniVersion") or CURRENT_VERSION)
         if verb == "VERSION":
             answer = version_answer(conf)
         else:
             answer = forward(verb, env, conf, ipam)
+        text = wirejson.dumps(answer) + "\n" if answer else ""  # here: what cannot be written is a CNI error
     except CniError as err:
         if err.code == 1 or version not in SUPPORTED_VERSIONS:
             version = CURRENT_VERSION
@@ -253,11 +264,11 @@ def main(env: Mapping[str, str], stdin: IO[bytes], stdout: IO[str], ipam: bool =
         return 1
     except Exception as exc:  # never a traceback on stdout: the runtime must get a CNI error
         internal = InternalError("plexus failed unexpectedly", f"{type(exc).__name__}: {exc}")
-        stdout.write(internal.to_json(version) + "\n")
+        stdout.write(internal.to_json(version if version in SUPPORTED_VERSIONS else CURRENT_VERSION) + "\n")
         _log(conf, env, started, f"error 999: {exc}")
         return 1
-    if answer:  # STATUS and DEL print nothing on success
-        stdout.write(wirejson.dumps(answer) + "\n")
+    if text:  # STATUS and DEL print nothing on success
+        stdout.write(text)
     _log(conf, env, started, "ok")
     return 0
 

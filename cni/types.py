@@ -118,9 +118,12 @@ class Result:
     def from_dict(cls, d: dict[str, Any]) -> Result:
         """Read a result of any supported version (e.g. a ``prevResult``); one of 0.1.0 or 0.2.0 (``ip4``, ``ip6``)
         converted as libcni converts it: its addresses and routes, on no interface."""
-        if ("ip4" in d or "ip6" in d) and "ips" not in d:
-            d = _from_020(d)
+        if not isinstance(d, dict):  # a list or string may hold "ip4" too
+            raise DecodingFailure("prevResult is not a CNI result", f"prevResult: must be a JSON object, not "
+                                  f"{type(d).__name__}")
         try:
+            if ("ip4" in d or "ip6" in d) and "ips" not in d:
+                d = _from_020(d)
             return cls(
                 tuple(Interface.from_dict(i) for i in d.get("interfaces") or ()),
                 tuple(IPConfig.from_dict(ip) for ip in d.get("ips") or ()),

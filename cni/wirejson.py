@@ -15,16 +15,30 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-_CONSTANTS = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+_INF = float("inf")
+
+
+def _refuse_constant(name: str) -> Any:
+    """``NaN``, ``Infinity`` and ``-Infinity`` are Python's, not JSON's (RFC 8259): taken in, they would be written
+    back as ``nan``/``inf``, which no runtime can read."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    """A JSON number as a float; one too large for a double (``1e400``) would be read as infinity, so it is refused."""
+    value = float(text)
+    if not -_INF < value < _INF:
+        raise ValueError(f"number {text} is out of range")
+    return value
 
 
 class _Context:
     strict = True
     object_hook = None
     object_pairs_hook = None
-    parse_float = float
+    parse_float = staticmethod(_finite)
     parse_int = int
-    parse_constant = staticmethod(_CONSTANTS.__getitem__)
+    parse_constant = staticmethod(_refuse_constant)
     memo: dict[str, str] = {}
 
 
@@ -58,7 +72,8 @@ def loads(data: str | bytes) -> Any:
 
 
 def dumps(obj: Any) -> str:
-    """Serialise str, int, float, bool, None, lists and dicts with string keys (what the shim writes)."""
+    """Serialise str, int, finite float, bool, None, lists and dicts with string keys (what the shim writes);
+    ``ValueError`` for NaN or an infinity, never a text that is not JSON."""
     if isinstance(obj, str):
         return str(_json.encode_basestring_ascii(obj))
     if obj is None:
@@ -67,7 +82,11 @@ def dumps(obj: Any) -> str:
         return "true"
     if obj is False:
         return "false"
-    if isinstance(obj, (int, float)):
+    if isinstance(obj, int):
+        return repr(obj)
+    if isinstance(obj, float):
+        if not -_INF < obj < _INF:  # NaN and infinities have no JSON spelling
+            raise ValueError(f"cannot serialise {obj!r}: not a JSON number")
         return repr(obj)
     if isinstance(obj, (list, tuple)):
         return "[" + ", ".join(dumps(v) for v in obj) + "]"

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cni import shim
+from cni.errors import InvalidConfig
 from cni.shim import main
 from cni.version import SUPPORTED_VERSIONS
 
@@ -201,6 +202,45 @@ def test_verb_too_new_for_the_version(verb: str, version: str) -> None:
 def test_errors_are_written_in_the_callers_version() -> None:
     err = error_of(env_for("ADD"), conf(version="0.4.0"))
     assert err["cniVersion"] == "0.4.0"
+
+
+def test_shim_config_error_is_answered_in_the_configurations_version() -> None:
+    """An error ``parse_config`` finds (a missing ``type``, a bad ``name``) was answered in 1.1.0 whatever the
+    configuration said: a 0.3.1 runtime got a 1.1.0 error object. Now ``main`` answers it in ``stated_version``."""
+    err = error_of(env_for("ADD"), {"cniVersion": "0.3.1", "name": "x"})
+    assert (err["code"], err["details"], err["cniVersion"]) == (7, "type", "0.3.1"), err
+    err = error_of(env_for("ADD"), {"cniVersion": "0.4.0", "name": "a/b", "type": "plexus"})
+    assert (err["code"], err["details"], err["cniVersion"]) == (7, "name", "0.4.0"), err
+
+
+def strict_json(text: str) -> Any:
+    """``json.loads`` refusing what RFC 8259 has not (``NaN``, ``Infinity``), as a runtime's reader does."""
+    return json.loads(text, parse_constant=lambda c: pytest.fail(f"not JSON on stdout: {text!r}"))
+
+
+@pytest.mark.parametrize("verb", ["VERSION", "ADD", "DEL"])
+@pytest.mark.parametrize("stdin", [b'{"cniVersion": NaN}', b'{"cniVersion": "1.1.0", "name": "x", "type": "plexus",'
+                                   b' "mtu": -Infinity}', b'{"cniVersion": 1e400}'])
+def test_shim_never_prints_what_is_not_json(verb: str, stdin: bytes) -> None:
+    """The shim's JSON reader took ``NaN``/``Infinity`` and VERSION echoed the cniVersion it was given;
+    ``wirejson.dumps`` wrote a float with ``repr``: ``nan``/``inf`` on stdout, which no runtime can read. Now such a
+    configuration (or a number too large for a double, read as infinity) is code 6 naming stdin."""
+    rc, out = run_shim(env_for(verb), stdin)
+    err = strict_json(out)
+    assert rc == 1 and err["code"] == 6 and err["details"].startswith("stdin"), err
+
+
+def test_version_echoes_only_a_cni_version_that_is_a_string() -> None:
+    rc, out = run_shim({"CNI_COMMAND": "VERSION"}, {"cniVersion": 1.5})
+    assert rc == 0 and strict_json(out)["cniVersion"] == "1.1.0"
+
+
+def test_shim_deeply_nested_configuration_is_a_decoding_failure_not_code_999() -> None:
+    """``parse_config`` caught ValueError but not the RecursionError ``_json`` raises on a deeply nested document:
+    code 999 "plexus failed unexpectedly" instead of 6."""
+    raw = b'{"cniVersion": "1.1.0", "name": "x", "type": "plexus", "a": ' + b"[" * 100000 + b"]" * 100000 + b"}"
+    err = error_of(env_for("ADD"), raw)
+    assert (err["code"], err["details"]) == (6, "stdin: nested too deeply"), err
 
 
 # -- the daemon is not there ----------------------------------------------------------------------
@@ -529,6 +569,8 @@ def test_the_name_it_runs_under_picks_the_role(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("ipam", "field"), [
     ({"socket": "/run/containerd/containerd.sock"}, "ipam.socket"),  # a NAD's author may name no other socket
     ({"socket": "relative/plexus-ipam.sock"}, "ipam.socket"),
+    ({"socket": "/nonexistent/evil-plexus-ipam.sock"}, "ipam.socket"),  # the name merely ends so
+    ({"socket": "/nonexistent/plexus-ipam.sock.d"}, "ipam.socket"),
     ({"timeoutSeconds": "soon"}, "ipam.timeoutSeconds"),
     ({"timeoutSeconds": 0}, "ipam.timeoutSeconds"),  # refused, as the daemon does: not the default
     ({"timeoutSeconds": 3601}, "ipam.timeoutSeconds"),
@@ -541,6 +583,19 @@ def test_as_plexus_ipam_its_client_keys_are_checked(ipam: dict[str, Any], field:
     assert (err["code"], err["details"]) == (7, field)
 
 
+def test_plexus_ipam_refuses_a_socket_that_is_not_a_plexus_ipam_sock() -> None:
+    """README: plexus-ipam's ``socket`` "must be a ``plexus-ipam.sock``: whoever writes a NAD writes this, and the
+    plugin runs as root". ``forward`` checked ``path.endswith("plexus-ipam.sock")``: ``/tmp/evil-plexus-ipam.sock`` was
+    connected to, with the pod's environment and configuration. Now the file's name must be exactly that."""
+    c = {"cniVersion": "1.1.0", "name": "n", "type": "macvlan",
+         "ipam": {"type": "plexus-ipam", "socket": "/nonexistent/evil-plexus-ipam.sock"}}
+    with pytest.raises(InvalidConfig) as info:
+        shim.forward("ADD", ADD_ENV, c, ipam=True)
+    assert info.value.details == "ipam.socket"
+    assert shim.is_ipam_socket_path("/run/plexus/plexus-ipam.sock")
+    assert not shim.is_ipam_socket_path("/tmp/evil-plexus-ipam.sock")
+
+
 def test_an_ifname_longer_than_15_bytes_is_refused_as_libcni_and_the_kernel_do() -> None:
     """cni.names claims libcni's ValidateInterfaceName, whose limit is 15 *bytes* (Go's len; the kernel's IFNAMSIZ is
     bytes too). ifname_problem counts characters: "netäääääää" (10 characters, 17 bytes) passes the plugin, reaches the
@@ -551,12 +606,17 @@ def test_an_ifname_longer_than_15_bytes_is_refused_as_libcni_and_the_kernel_do()
     assert (err["code"], err["details"]) == (4, "CNI_IFNAME"), err
 
 
-@pytest.mark.parametrize("timeout", ["NaN", "Infinity", "1e300"])
-def test_the_shim_refuses_a_timeout_the_daemon_refuses_naming_it(tmp_path: Any, timeout: str) -> None:
+@pytest.mark.parametrize(("timeout", "code", "field"), [
+    ("NaN", 6, "stdin"), ("Infinity", 6, "stdin"), ("1e400", 6, "stdin"),  # not JSON: refused as it is read
+    ("1e300", 7, "ipam.timeoutSeconds"),
+])
+def test_the_shim_refuses_a_timeout_the_daemon_refuses_naming_it(tmp_path: Any, timeout: str, code: int,
+                                                                 field: str) -> None:
     """``ipam.timeoutSeconds`` is read by the plugin binary "with the same rules" as the daemon's (0 < t <= 3600,
     code 7 naming ``ipam.timeoutSeconds``). The shim checked only ``> 0``: NaN reached ``socket.settimeout`` and was
     answered code 11 "plexus-ipamd is not reachable" (the runtime retried for ever), Infinity and 1e300 overflowed it
-    and answered code 999 (cni/shim.py forward). Now both apply ``timeout_problem``."""
+    and answered code 999 (cni/shim.py forward). Now both apply ``timeout_problem``; NaN and Infinity (and a number
+    read as infinity) are not JSON, so the shim's reader refuses them first (code 6 naming stdin), as libcni would."""
     path = str(tmp_path / "plexus-ipam.sock")
     server = socket.socket(socket.AF_UNIX)
     server.bind(path)
@@ -582,7 +642,12 @@ def test_the_shim_refuses_a_timeout_the_daemon_refuses_naming_it(tmp_path: Any, 
     finally:
         server.close()
     err = json.loads(out.getvalue())
-    assert (err["code"], err["details"]) == (7, "ipam.timeoutSeconds"), err
+    assert (err["code"], err["details"].partition(":")[0]) == (code, field), err
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), -float("inf"), 1e300, 0, True])
+def test_timeout_problem_refuses_what_is_no_number_of_seconds_in_range(timeout: Any) -> None:
+    assert shim.timeout_problem(timeout)
 
 
 def test_an_environment_error_is_written_in_the_configurations_version() -> None:

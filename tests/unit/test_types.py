@@ -138,6 +138,18 @@ def test_bad_prev_result_is_a_decoding_failure(prev: Any) -> None:
     assert info.value.details.startswith("prevResult")
 
 
+@pytest.mark.parametrize("prev", [
+    ["ip4"], "ip4 and ip6", {"ip4": {"ip": "198.18.10.50/24", "routes": 5}}, {"ip6": {"ip": None}},
+])
+def test_a_prev_result_that_is_no_object_is_a_decoding_failure_not_999(prev: Any) -> None:
+    """``Result.from_dict`` tested ``"ip4" in d`` before its try: a ``prevResult`` that is a list holding "ip4" (or a
+    string containing it) went to ``_from_020``, whose ``d.get`` raised AttributeError outside the try: the daemon
+    answered 999 "failed unexpectedly" instead of 6 naming prevResult. So did a 0.2.0 section that is no result."""
+    with pytest.raises(DecodingFailure) as info:
+        Result.from_dict(prev)
+    assert info.value.code == 6 and info.value.details.startswith("prevResult")
+
+
 @pytest.mark.parametrize("address", ["not-an-address", "198.18.10.50", "198.18.10.500/24", ""])
 def test_prev_result_ip_address_must_be_cidr(address: str) -> None:
     """SPEC: ``ips[].address`` is an IP address in CIDR notation; anything else cannot be decoded."""
