@@ -6,8 +6,11 @@ Pure: parsing the flags imports nothing of the node or Kubernetes side, so both 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import dataclass
+
+from cni.shim import IPAM_SOCKET_NAME
 
 SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 #: Where the kubelet serves its pod-resources API (``<kubelet root dir>/pod-resources/kubelet.sock``).
@@ -55,11 +58,13 @@ class DaemonConfig:
 
     @property
     def ipam_plugin_socket(self) -> str:
-        return self.ipam_socket or os.path.join(os.path.dirname(self.socket) or ".", "plexus-ipam.sock")
+        return self.ipam_socket or os.path.join(os.path.dirname(self.socket) or ".", IPAM_SOCKET_NAME)
 
 
 #: The longest reconcile interval in Kubernetes mode: block renewals and the heartbeat (every 60 s) ride on the round.
 MAX_CLUSTER_RECONCILE_S = 60.0
+#: The shortest: the reconcile round takes the store's lock; at 0 (or less) it would take it without a pause.
+MIN_RECONCILE_S = 0.1
 
 
 def parse_args(argv: list[str] | None = None) -> DaemonConfig:
@@ -70,7 +75,8 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
     p.add_argument("--socket", default=d.socket, help="unix socket for the plexus CNI shim")
     p.add_argument("--grpc-socket", default=d.grpc_socket, help="unix socket for the gRPC IPAM API")
     p.add_argument("--ipam-socket", default="",
-                   help="unix socket for the plexus-ipam plugin (default: plexus-ipam.sock in --socket's directory)")
+                   help=f"unix socket for the plexus-ipam plugin: an absolute path to a {IPAM_SOCKET_NAME}, the only "
+                        f"name the plugin connects to (default: {IPAM_SOCKET_NAME} in --socket's directory)")
     p.add_argument("--log-file", default=d.log_file, help="log here instead of standard error")
     p.add_argument("--log-level", default=d.log_level, choices=("debug", "info", "warning", "error"))
     p.add_argument("--reconcile-interval", type=float, default=d.reconcile_interval, help="seconds between reconciles")
@@ -135,6 +141,11 @@ def parse_args(argv: list[str] | None = None) -> DaemonConfig:
     a = p.parse_args(argv)
     if a.cni_workers < 1:
         p.error("--cni-workers must be at least 1")
+    if not math.isfinite(a.reconcile_interval) or a.reconcile_interval < MIN_RECONCILE_S:
+        p.error(f"--reconcile-interval: at least {MIN_RECONCILE_S:g} s (the reconciler would spin), and finite")
+    if a.ipam_socket and not (os.path.isabs(a.ipam_socket) and os.path.basename(a.ipam_socket) == IPAM_SOCKET_NAME):
+        p.error(f"--ipam-socket: must be an absolute path to a file named {IPAM_SOCKET_NAME}: the plexus-ipam plugin "
+                "refuses to connect to any other (whoever writes a NAD writes its socket, and the plugin runs as root)")
     kubeconfig = a.kubeconfig
     if not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(SA_TOKEN):
         kubeconfig = "in-cluster"

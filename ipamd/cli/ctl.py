@@ -40,6 +40,9 @@ NAD_NAMES = ("nad", "nads", "net-attach-def", "network-attachment-definitions")
 DEFAULT_OBJECTS = os.environ.get("PLEXUS_OBJECTS_DIR", "/etc/plexus/objects")
 DEFAULT_GRPC = os.environ.get("PLEXUS_GRPC_SOCKET", "/run/plexus/ipam.sock")
 DEFAULT_STATE = os.environ.get("PLEXUS_CTL_STATE", "/var/lib/plexus/ctl")
+#: The trailing metadata the daemon answers a refusal with (``ipamd.server.grpc_api``'s, not imported: it pulls the
+#: whole IPAM in).
+CNI_CODE_KEY = "plexus-cni-code"
 
 
 class CtlError(Exception):
@@ -73,7 +76,8 @@ class Client:
             return getattr(self.stub, method)(request, timeout=self.timeout)
         except grpc.RpcError as exc:
             code = exc.code()
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            answered = CNI_CODE_KEY in dict(exc.trailing_metadata() or ())  # e.g. 11: the daemon says why
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and not answered:
                 raise CtlError(f"plexus-ipamd is not reachable on {self.path} (is it running?)") from None
             raise CtlError(exc.details() or str(code)) from None
 
@@ -127,6 +131,8 @@ def cmd_pod_run(args: argparse.Namespace) -> int:
     pods = [(s, d) for s, d in docs if isinstance(d, dict) and d.get("kind") == "Pod"]
     if len(pods) != 1:
         raise CtlError(f"{args.filename} must hold exactly one Pod")
+    conflist_path = args.conflist or find_conflist(args.conf_dir)  # before anything is made: nothing to undo
+    conflist = load_conflist(conflist_path)
     done, bad = objectdir.apply(args.objects_dir, pods)
     if bad:
         raise CtlError(str(bad[0]))
@@ -141,17 +147,16 @@ def cmd_pod_run(args: argparse.Namespace) -> int:
     netns_path = f"/run/netns/{name}"
     if os.path.exists(netns_path):
         raise CtlError(f"network namespace {name} already exists")
-    pr_netns.create(name)
     pod = PodIdentity(ns, name, obj.meta.uid, os.urandom(32).hex(), netns_path, args.ifname, dict(obj.annotations))
-    _loopback_up(netns_path)
-    conflist_path = args.conflist or find_conflist(args.conf_dir)
-    conflist = load_conflist(conflist_path)
-    runtime = Runtime(args.cni_path, os.path.join(args.state_dir, "results"))
-    try:
-        result = runtime.add(conflist, pod)
-    except CniError as exc:
+    pr_netns.create(name)
+    try:  # a failed ADD (or anything before it) leaves no netns: the next pod run of the pod would be refused
+        _loopback_up(netns_path)
+        result = Runtime(args.cni_path, os.path.join(args.state_dir, "results")).add(conflist, pod)
+    except BaseException as exc:
         pr_netns.remove(name)
-        raise CtlError(f"ADD failed: {json.dumps(exc.to_dict(conflist.get('cniVersion', '1.0.0')))}") from None
+        if isinstance(exc, CniError):
+            raise CtlError(f"ADD failed: {json.dumps(exc.to_dict(conflist.get('cniVersion', '1.0.0')))}") from None
+        raise
     os.makedirs(os.path.dirname(state_path), exist_ok=True)
     with open(state_path, "w", encoding="utf-8") as fh:
         json.dump({"namespace": ns, "name": name, "uid": pod.uid, "container_id": pod.container_id,
@@ -215,17 +220,27 @@ def cmd_pod_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interfaces(pod: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(interface, network, MAC, addresses) of each additional interface of a pod: its Deckhouse networks'
+    (``networks-status``), then its NADs' (the ``network-status`` entries of no Deckhouse network, the default
+    network's left out)."""
+    out = [(s["ifName"], f"{s['type']}/{s['name']}", s["mac"],
+            ",".join(a["address"] for a in s["ipAddressConfigs"]) or "-") for s in pod["networksStatus"]]
+    listed = {s["ifName"] for s in pod["networksStatus"]}
+    out += [(e.get("interface", "-"), f"NetworkAttachmentDefinition/{e['name']}", e.get("mac", "-"),
+             ",".join(e.get("ips", [])) or "-")
+            for e in pod["networkStatus"] if not e.get("default") and e.get("interface") not in listed]
+    return out
+
+
 def cmd_pod_list(args: argparse.Namespace) -> int:
     resp = Client(args.grpc_socket).call("ListPods", pb.ListPodsRequest(namespace=args.namespace_filter or ""))
     data = [{"namespace": p.namespace, "name": p.name, "uid": p.uid,
-             "networksStatus": json.loads(p.networks_status_json)} for p in resp.pods]
+             "networksStatus": json.loads(p.networks_status_json),
+             "networkStatus": json.loads(p.network_status_json or "[]")} for p in resp.pods]
 
     def render() -> str:
-        rows = []
-        for p in data:
-            for s in p["networksStatus"]:
-                addrs = ",".join(a["address"] for a in s["ipAddressConfigs"]) or "-"
-                rows.append([p["namespace"], p["name"], s["ifName"], f"{s['type']}/{s['name']}", s["mac"], addrs])
+        rows = [[p["namespace"], p["name"], *iface] for p in data for iface in _interfaces(p)]
         return table(rows, ["NAMESPACE", "POD", "IFNAME", "NETWORK", "MAC", "ADDRESSES"])
 
     _print(args, data, render)
@@ -355,7 +370,8 @@ def cmd_release(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("not released")
             return 1
-    resp = Client(args.grpc_socket).call("Release", pb.ReleaseRequest(pool=ref, address=args.address, force=args.yes))
+    # confirmed as --yes is: released even while a pod uses it, as the question says (force)
+    resp = Client(args.grpc_socket).call("Release", pb.ReleaseRequest(pool=ref, address=args.address, force=True))
     print(f"{args.address} {'released' if resp.released else 'was not leased'}")
     return 0
 

@@ -761,8 +761,8 @@ class Ipam:
     # -- the gRPC API's own leases ---------------------------------------------------------------
     def allocate_for(self, owner: str, pool: AddressPool, address: str = "") -> tuple[IPRecord, LeaseRecord]:
         """Lease an address of ``pool`` to an API client ``owner`` (``address``: exactly that one);
-        the same owner asking again keeps what it has. An owner holds one address: asking for exactly another one
-        is refused, never answered with the one it holds."""
+        the same owner asking again keeps what it has. An owner holds one address: asking for exactly another one,
+        or for one of another pool, is refused, never answered with the one it holds nor by letting that one go."""
         if not owner:
             raise InvalidConfig("owner is required", "owner")
         _check_address(address)
@@ -775,9 +775,13 @@ class Ipam:
 
         def fit(rec: IPRecord) -> IPRecord:
             """The owner's record as asked: refused when it holds another address (checked again under the lock)."""
+            held = self.store.lease_of(key)
+            if held is not None and held.pool != pool_key(pool):  # leasing would orphan it behind the owner's back
+                raise AddressConflict(f"API client {owner} holds {held.address} of pool {held.pool}, and an owner "
+                                      f"holds one address: Release {held.address} first to lease in pool "
+                                      f"{pool.meta.display}", "pool")
             if not address:
                 return rec
-            held = self.store.lease_of(key)
             if held is not None and held.ip != to_int(address):
                 raise AddressConflict(f"API client {owner} holds {held.address}, and an owner holds one address: "
                                       f"Release {held.address} first to lease {address}, or ask without an address "
@@ -797,6 +801,8 @@ class Ipam:
         """Free ``address`` of ``pool`` deliberately (an operator's ``plexusctl ipam release``); refused
         while a pod uses it unless ``force``. A user's IPAddress goes back to Pending; False when the
         address was not leased."""
+        if not address:
+            raise InvalidConfig("the address to release is required", "address")
         _check_address(address)
         with self.store.transaction():  # read under the lock: an ADD may make a pod its user meanwhile
             lease = self.store.lease_at(pool.meta.key, to_int(address))

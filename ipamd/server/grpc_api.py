@@ -1,13 +1,15 @@
 """The gRPC IPAM API (``proto/plexus/ipam/v1/ipam.proto``) and the standard health service.
 
 A thin servicer: it turns messages into calls on ``Ipam`` and reads of the store, and ``CniError``s into gRPC
-statuses whose trailing metadata carries the CNI code (``plexus-cni-code``).
+statuses whose trailing metadata carries the CNI code (``plexus-cni-code``); any other failure is the internal
+error (999), never a call or a stream lost to an exception.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
@@ -16,7 +18,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from cni.errors import CniError, InvalidConfig, ObjectNotFound
+from cni.errors import CniError, InternalError, InvalidConfig, ObjectNotFound
 from ipamd.api import ipam_pb2 as pb
 from ipamd.api import ipam_pb2_grpc as pb_grpc
 from ipamd.ipam.addresses import Ipam
@@ -35,18 +37,32 @@ from ipamd.model.services import ServiceInvalid, endpoint_slices, local_pod, par
 from ipamd.sources.base import ObjectSource
 from ipamd.sources.lookups import check_service_network
 from ipamd.store.protocols import NodeStore
-from ipamd.store.records import IPRecord, LeaseRecord
+from ipamd.store.records import IPRecord, LeaseRecord, PodStatus
+
+log = logging.getLogger(__name__)
 
 CNI_CODE_KEY = "plexus-cni-code"
+#: Every code of ``cni.errors`` (a test keeps it so): what the request got wrong is INVALID_ARGUMENT, what the
+#: system's state refuses FAILED_PRECONDITION, and the daemon's own failure INTERNAL.
 STATUS_FOR_CODE = {
-    3: grpc.StatusCode.NOT_FOUND, 7: grpc.StatusCode.INVALID_ARGUMENT, 11: grpc.StatusCode.UNAVAILABLE,
-    100: grpc.StatusCode.RESOURCE_EXHAUSTED, 103: grpc.StatusCode.NOT_FOUND, 104: grpc.StatusCode.ALREADY_EXISTS,
+    1: grpc.StatusCode.FAILED_PRECONDITION, 2: grpc.StatusCode.INVALID_ARGUMENT, 3: grpc.StatusCode.NOT_FOUND,
+    4: grpc.StatusCode.INVALID_ARGUMENT, 5: grpc.StatusCode.INTERNAL, 6: grpc.StatusCode.INVALID_ARGUMENT,
+    7: grpc.StatusCode.INVALID_ARGUMENT, 11: grpc.StatusCode.UNAVAILABLE, 50: grpc.StatusCode.FAILED_PRECONDITION,
+    51: grpc.StatusCode.FAILED_PRECONDITION, 100: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    101: grpc.StatusCode.UNAVAILABLE, 102: grpc.StatusCode.FAILED_PRECONDITION, 103: grpc.StatusCode.NOT_FOUND,
+    104: grpc.StatusCode.ALREADY_EXISTS, 105: grpc.StatusCode.INTERNAL, 999: grpc.StatusCode.INTERNAL,
 }
 
 
 def _abort(context: grpc.ServicerContext, err: CniError) -> None:
     context.set_trailing_metadata(((CNI_CODE_KEY, str(err.code)),))
-    context.abort(STATUS_FOR_CODE.get(err.code, grpc.StatusCode.FAILED_PRECONDITION), str(err))
+    context.abort(STATUS_FOR_CODE.get(err.code, grpc.StatusCode.UNKNOWN), str(err))
+
+
+def _internal(what: str, exc: Exception) -> InternalError:
+    """An unexpected failure as the internal error (999), the details saying what (the log has the traceback)."""
+    log.exception("gRPC %s failed unexpectedly", what)
+    return InternalError("plexus-ipamd failed unexpectedly", f"{type(exc).__name__}: {exc}")
 
 
 def _mapped(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -56,6 +72,8 @@ def _mapped(fn: Callable[..., Any]) -> Callable[..., Any]:
                 return fn(self, request, context)
         except CniError as err:
             _abort(context, err)
+        except Exception as exc:
+            _abort(context, _internal(fn.__name__, exc))
 
     wrapper.__name__ = fn.__name__
     return wrapper
@@ -90,6 +108,9 @@ class IpamService(pb_grpc.IpamServicer):
         self.outbox_made = outbox_made
 
     def _pool(self, ref: pb.PoolRef) -> AddressPool:
+        if ref.kind and ref.kind not in POOL_KINDS:
+            raise InvalidConfig(f"{ref.kind!r} is no pool kind: {' or '.join(POOL_KINDS)} (or empty: by namespace)",
+                                "pool.kind")
         kind = POOL_KINDS.get(ref.kind) or (IP_ADDRESS_POOL if ref.namespace else CLUSTER_IP_ADDRESS_POOL)
         ns = ref.namespace if kind.namespaced else ""
         pool = self.source.get(kind, ns, ref.name)
@@ -127,7 +148,8 @@ class IpamService(pb_grpc.IpamServicer):
                 return pb.LeaseResult(released=pb.ReleaseResponse(
                     released=self.ipam.release_address(self._pool(rel.pool), rel.address, rel.force)))
             raise InvalidConfig("an operation is an allocate or a release", "op")
-        except CniError as err:
+        except Exception as exc:  # that operation's result, never the end of the stream
+            err = exc if isinstance(exc, CniError) else _internal("Leases operation", exc)
             return pb.LeaseResult(error=pb.OpError(code=err.code, msg=err.msg, details=err.details))
 
     @_mapped
@@ -164,13 +186,26 @@ class IpamService(pb_grpc.IpamServicer):
 
     @_mapped
     def ListPods(self, request: pb.ListPodsRequest, context: grpc.ServicerContext) -> pb.ListPodsResponse:  # noqa: N802
+        """The pods' statuses, a name's pod now first: an older pod of its name (its sandbox not DEL'd yet) has its
+        own statuses, listed after it."""
+        found = [s for s in self.store.pod_statuses()
+                 if (not request.namespace or s.namespace == request.namespace)
+                 and (not request.name or s.name == request.name)]
         pods = [
             pb.PodStatus(namespace=s.namespace, name=s.name, uid=s.uid, networks_status_json=json.dumps(list(s.networks_status)),
                          network_status_json=json.dumps(list(s.network_status)))
-            for s in self.store.pod_statuses()
-            if (not request.namespace or s.namespace == request.namespace) and (not request.name or s.name == request.name)
+            for s in sorted(found, key=self._newest_first(found))
         ]
         return pb.ListPodsResponse(pods=pods)
+
+    def _newest_first(self, found: list[PodStatus]) -> Callable[[PodStatus], tuple[str, str, bool, float]]:
+        """Sort key: by namespace and name, the UID the object source shows for that name first, then the most
+        recently updated (when the source has no such pod, or not yet)."""
+        current = {}
+        for key in {(s.namespace, s.name) for s in found}:
+            obj = self.source.get(POD, *key)
+            current[key] = obj.meta.uid if obj is not None else ""
+        return lambda s: (s.namespace, s.name, s.uid != current[(s.namespace, s.name)], -s.updated_at)
 
     @_mapped
     def ListServiceEndpoints(self, request: pb.ListServiceEndpointsRequest,  # noqa: N802

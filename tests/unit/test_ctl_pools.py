@@ -1,5 +1,6 @@
 """plexusctl names a pool the same way for `ipam leases --pool` and `ipam release`; an unknown pool is an error,
-and an address that is not leased is said so without asking."""
+and an address that is not leased is said so without asking; a daemon that refuses is told from one that is not
+running."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from cni.errors import TryAgainLater
 from ipamd.ipam.addresses import Ipam
 from ipamd.model.objects import AddressPool
-from ipamd.server.grpc_api import IpamService, serve
+from ipamd.server.grpc_api import CNI_CODE_KEY, IpamService, serve
 from ipamd.store.sqlite import Store
 from tests.fakes.source import FakeSource
 from tests.unit.test_ipam import Clock, obj
@@ -107,3 +110,52 @@ def test_ipam_release_of_a_leased_address_still_asks(served: tuple[str, Ipam], c
     assert ctl(sock, "ipam", "release", "IPAddressPool/my-namespace/my-net-pool", "198.18.13.1") == 0
     assert len(asked) == 1
     assert capsys.readouterr().out.strip() == "198.18.13.1 released"
+
+
+def test_plexusctl_shows_the_daemons_try_again_message_not_daemon_unreachable(
+        served: tuple[str, Ipam], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """Found in review: the daemon answers CNI code 11 (the API server is away, the message says for what) with
+    UNAVAILABLE, and plexusctl read every UNAVAILABLE as a daemon that is not running. It says so only when no
+    daemon answered (no ``plexus-cni-code``)."""
+    from ipamd.cli.ctl import CNI_CODE_KEY as ctl_key
+
+    sock, ipam = served
+    assert ctl_key == CNI_CODE_KEY
+
+    def refuse(*_: Any) -> bool:
+        raise TryAgainLater("the Kubernetes API does not answer: cannot free the lease object", "IPAddressLease")
+
+    monkeypatch.setattr(ipam, "release_address", refuse)
+    assert ctl(sock, "ipam", "release", "my-namespace/my-net-pool", "198.18.13.1", "--yes") == 1
+    err = capsys.readouterr().err
+    assert "Kubernetes API does not answer" in err and "not reachable" not in err, err
+    assert ctl(str(tmp_path / "none.sock"), "ipam", "release", "my-namespace/my-net-pool", "198.18.13.1", "--yes") == 1
+    assert "plexus-ipamd is not reachable on" in capsys.readouterr().err
+
+
+def test_ipam_release_confirmed_releases_as_the_question_says_even_while_a_pod_uses_it(
+        served: tuple[str, Ipam], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in review: the question says "A pod using it will keep it configured", and the request then went without
+    ``force``, so the daemon refused an address a pod uses after the operator said yes. Confirmed is as ``--yes``."""
+    from ipamd.model.objects import IP_ADDRESS_POOL
+
+    sock, ipam = served
+    mine = ipam.source.get(IP_ADDRESS_POOL, "my-namespace", "my-net-pool")
+    assert isinstance(mine, AddressPool)
+    ipam.allocate_for("a", mine)
+    ipam.allocate_for("b", mine)
+    forced: list[bool] = []
+    real = ipam.release_address
+
+    def release_address(pool: AddressPool, address: str, force: bool) -> bool:
+        forced.append(force)
+        return real(pool, address, force)
+
+    monkeypatch.setattr(ipam, "release_address", release_address)
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda prompt: "y" if "will keep it configured" in prompt else "n")
+    assert ctl(sock, "ipam", "release", "my-namespace/my-net-pool", "198.18.13.1") == 0
+    assert ctl(sock, "ipam", "release", "my-namespace/my-net-pool", "198.18.13.2", "--yes") == 0
+    assert forced == [True, True]
+    assert capsys.readouterr().out.splitlines() == ["198.18.13.1 released", "198.18.13.2 released"]

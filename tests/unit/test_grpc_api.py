@@ -237,3 +237,258 @@ def test_plexusctl_outbox_lists_the_owed_writes(tmp_path: Path, capsys: pytest.C
         assert [(e["parked"], e["nextAt"]) for e in parked["entries"]][-1] == (True, None)
     finally:
         server.stop(None)
+
+
+def _pool(name: str, network: str) -> Any:
+    return parse_object({"apiVersion": API_VERSION, "kind": "IPAddressPool",
+                         "metadata": {"name": name, "namespace": "apps"},
+                         "spec": {"leaseTTL": "1h", "pools": [{"network": network}]}})
+
+
+POOL_A = pb.PoolRef(kind="IPAddressPool", namespace="apps", name="a")
+POOL_B = pb.PoolRef(kind="IPAddressPool", namespace="apps", name="b")
+
+
+@pytest.fixture
+def two_pools(tmp_path: Path) -> Iterator[tuple[Any, MemoryStore, Ipam]]:
+    """A served API over pools apps/a (198.18.90.0/29) and apps/b (198.18.91.0/29), leaseTTL 1h."""
+    store, source = MemoryStore(), FakeSource(_pool("a", "198.18.90.0/29"), _pool("b", "198.18.91.0/29"))
+    ipam = Ipam(store, source)
+    sock = str(tmp_path / "ipam.sock")
+    server, _ = serve(sock, IpamService(store, source, ipam, list), lambda: True)
+    channel = grpc.insecure_channel(f"unix:{sock}")
+    try:
+        yield pb_grpc.IpamStub(channel), store, ipam  # type: ignore[no-untyped-call]
+    finally:
+        channel.close()
+        server.stop(None)
+
+
+def _refusal(exc: pytest.ExceptionInfo[grpc.RpcError]) -> tuple[grpc.StatusCode, str, str]:
+    """(status, CNI code, details) of a refused call."""
+    return exc.value.code(), dict(exc.value.trailing_metadata() or ())[CNI_CODE_KEY], exc.value.details() or ""
+
+
+def test_grpc_allocate_in_another_pool_is_refused_naming_pool_and_the_lease_held_stays(two_pools: Any) -> None:
+    """Found in review: asking for the same owner in another pool answered a new address and orphaned (quarantined)
+    the one it held in the first pool, unknown to the client, which kept using it until the pool handed it to
+    somebody else. An owner holds one address: refused (104 naming ``pool``) as an exact other address is."""
+    stub, store, _ = two_pools
+    first = stub.Allocate(pb.AllocateRequest(pool=POOL_A, owner="vm-1"))
+    for ask in (pb.AllocateRequest(pool=POOL_B, owner="vm-1"),
+                pb.AllocateRequest(pool=POOL_B, owner="vm-1", address="198.18.91.3")):
+        with pytest.raises(grpc.RpcError) as exc:
+            stub.Allocate(ask)
+        status, code, details = _refusal(exc)
+        assert (status, code) == (grpc.StatusCode.ALREADY_EXISTS, "104"), details
+        assert details.endswith(": pool") and first.address in details and "Release" in details, details
+    held = {(x.pool, x.address): (x.state, x.holder) for x in store.all_leases()}
+    assert held == {(first.pool, first.address): ("bound", "api/vm-1")}, held
+    assert stub.Allocate(pb.AllocateRequest(pool=POOL_A, owner="vm-1")).address == first.address, "asked again: kept"
+    assert stub.Release(pb.ReleaseRequest(pool=POOL_A, address=first.address)).released
+    assert stub.Allocate(pb.AllocateRequest(pool=POOL_B, owner="vm-1")).address == "198.18.91.1", "released first"
+
+
+def test_grpc_release_without_an_address_is_refused_naming_address_not_an_unknown_status(two_pools: Any) -> None:
+    """Found in review: ``Release`` with ``address`` unset raised ValueError (``to_int("")``), which the servicer
+    did not map: UNKNOWN "Exception calling application", no ``plexus-cni-code``."""
+    stub, *_ = two_pools
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.Release(pb.ReleaseRequest(pool=POOL_A, address=""))
+    status, code, details = _refusal(exc)
+    assert (status, code) == (grpc.StatusCode.INVALID_ARGUMENT, "7"), details
+    assert details.endswith(": address"), details
+
+
+def test_leases_stream_release_without_an_address_is_that_operations_error_not_the_end_of_the_stream(
+        two_pools: Any) -> None:
+    """proto: "applied in order, each on its own: one failing does not undo the others". Found in review: the
+    ValueError of an empty address ended the whole stream (UNKNOWN), losing the batch's other results."""
+    stub, store, _ = two_pools
+    ops = pb.LeaseOps(ops=[pb.LeaseOp(allocate=pb.AllocateRequest(pool=POOL_A, owner="x")),
+                           pb.LeaseOp(release=pb.ReleaseRequest(pool=POOL_A, address=""))])
+    try:
+        (results,) = list(stub.Leases(iter([ops])))
+    except grpc.RpcError as exc:
+        pytest.fail(f"the stream ended with {exc.code()}: {exc.details()} (leases now: "
+                    f"{[x.address for x in store.all_leases()]})")
+    assert results.results[0].lease.address == "198.18.90.1"
+    assert (results.results[1].error.code, results.results[1].error.details) == (7, "address")
+
+
+def test_an_unexpected_failure_is_the_internal_error_and_a_stream_goes_on(
+        two_pools: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever fails unexpectedly is answered 999 (INTERNAL, the details saying what), never an UNKNOWN status
+    without a CNI code, and in the Leases stream that operation's result: the stream answers the next batch."""
+    stub, _, ipam = two_pools
+    real = ipam.allocate_for
+
+    def allocate_for(owner: str, *args: Any) -> Any:
+        if owner == "bad":
+            raise RuntimeError("the store broke")
+        return real(owner, *args)
+
+    monkeypatch.setattr(ipam, "allocate_for", allocate_for)
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.Allocate(pb.AllocateRequest(pool=POOL_A, owner="bad"))
+    status, code, details = _refusal(exc)
+    assert (status, code) == (grpc.StatusCode.INTERNAL, "999")
+    assert "RuntimeError: the store broke" in details, details
+    batches = [pb.LeaseOps(ops=[pb.LeaseOp(allocate=pb.AllocateRequest(pool=POOL_A, owner="bad"))]),
+               pb.LeaseOps(ops=[pb.LeaseOp(allocate=pb.AllocateRequest(pool=POOL_A, owner="good"))])]
+    first, second = list(stub.Leases(iter(batches)))
+    assert (first.results[0].error.code, first.results[0].error.details) == (999, "RuntimeError: the store broke")
+    assert second.results[0].lease.address == "198.18.90.1"
+
+
+def test_a_pool_kind_that_is_no_pool_kind_is_refused_naming_it(two_pools: Any) -> None:
+    """Found in review: an unknown ``PoolRef.kind`` (a misspelt one) was read as an IPAddressPool when a namespace
+    was given, a ClusterIPAddressPool otherwise. Empty is still read by the namespace."""
+    stub, *_ = two_pools
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.Allocate(pb.AllocateRequest(pool=pb.PoolRef(kind="IPAdressPool", namespace="apps", name="a"), owner="x"))
+    status, code, details = _refusal(exc)
+    assert (status, code) == (grpc.StatusCode.INVALID_ARGUMENT, "7") and details.endswith(": pool.kind"), details
+    assert stub.Allocate(pb.AllocateRequest(pool=pb.PoolRef(namespace="apps", name="a"), owner="x")).pool == \
+        "IPAddressPool/apps/a"
+
+
+def test_every_cni_code_has_its_grpc_status_and_the_internal_error_is_internal() -> None:
+    """Found in review: ``STATUS_FOR_CODE`` had no 999 (nor 4, 5, 6, 105): an unexpected failure reached a client as
+    FAILED_PRECONDITION, which says the request is wrong for the system's state."""
+    from cni.errors import BY_CODE, InternalError
+    from ipamd.server.grpc_api import STATUS_FOR_CODE, _abort
+
+    assert set(STATUS_FOR_CODE) == set(BY_CODE), "a code of cni.errors without its gRPC status, or one too many"
+    assert {c: STATUS_FOR_CODE[c] for c in (4, 6, 7, 999)} == {
+        4: grpc.StatusCode.INVALID_ARGUMENT, 6: grpc.StatusCode.INVALID_ARGUMENT, 7: grpc.StatusCode.INVALID_ARGUMENT,
+        999: grpc.StatusCode.INTERNAL}
+    seen: list[Any] = []
+
+    class Ctx:
+        def set_trailing_metadata(self, md: Any) -> None:
+            seen.append(dict(md))
+
+        def abort(self, code: Any, details: str) -> None:
+            seen.append(code)
+
+    _abort(Ctx(), InternalError("patch on ipaddresses is forbidden", "rbac"))
+    assert seen == [{CNI_CODE_KEY: "999"}, grpc.StatusCode.INTERNAL]
+
+
+def _serve_statuses(tmp_path: Path, store: MemoryStore, source: FakeSource) -> Any:
+    server, _ = serve(str(tmp_path / "grpc.sock"), IpamService(store, source, Ipam(store, source), list),
+                      lambda: True)
+    return server
+
+
+def test_plexusctl_pod_status_prints_the_pod_of_that_name_now_not_an_older_sandboxs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found in review: ``pod status`` printed the first status of the name: with a pod made again under its name
+    while its predecessor's statuses are still stored (its sandbox not DEL'd yet), the old pod's interfaces. The
+    pod the object source shows comes first; without one, the most recently updated."""
+    from ipamd.cli.ctl import main
+    from tests.unit.test_ipam import obj
+
+    store = MemoryStore()
+    source = FakeSource(obj("Pod", "app", {}, namespace="apps", uid="uid-new"))
+    old = {"type": "Network", "name": "back", "ifName": "net1", "mac": "02:00:00:00:00:01",
+           "ipAddressConfigs": [{"address": "198.18.40.7", "network": "198.18.40.0/24"}]}
+    new = {**old, "mac": "02:00:00:00:00:02", "ipAddressConfigs": [{"address": "198.18.40.8", "network": "198.18.40.0/24"}]}
+    store.put_pod_status(PodStatus("uid-new", "apps", "app", (new,), updated_at=1.0))
+    store.put_pod_status(PodStatus("uid-old", "apps", "app", (old,), updated_at=2.0))  # its late DEL rewrote it
+    store.put_pod_status(PodStatus("uid-b1", "apps", "gone", (old,), updated_at=1.0))
+    store.put_pod_status(PodStatus("uid-b2", "apps", "gone", (new,), updated_at=3.0))
+    server = _serve_statuses(tmp_path, store, source)
+    try:
+        assert main(["--grpc-socket", str(tmp_path / "grpc.sock"), "pod", "status", "app", "-n", "apps"]) == 0
+        assert json.loads(capsys.readouterr().out) == [new], "the source's pod of that name"
+        assert main(["--grpc-socket", str(tmp_path / "grpc.sock"), "pod", "status", "gone", "-n", "apps"]) == 0
+        assert json.loads(capsys.readouterr().out) == [new], "none in the source: the newest"
+    finally:
+        server.stop(None)
+
+
+def test_plexusctl_pod_list_shows_a_pods_nad_interfaces_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """README: ``plexusctl pod list``: "every pod interface, network, MAC and address". Found in review: it read
+    only ``networks-status`` (Deckhouse networks), so a pod's NAD interfaces (only in ``network-status``) were not
+    listed. ``network-status`` lists the Deckhouse networks' interfaces too, and the default network's: not again."""
+    from ipamd.cli.ctl import main
+
+    store = MemoryStore()
+    nad = {"name": "apps/macvlan-conf", "interface": "net1", "ips": ["198.18.73.5"], "mac": "02:00:00:00:00:05",
+           "dns": {}}
+    deckhouse = {"type": "Network", "name": "back", "ifName": "net2", "mac": "02:00:00:00:00:06",
+                 "ipAddressConfigs": [{"address": "198.18.40.7", "network": "198.18.40.0/24"}]}
+    default = {"name": "cbr0", "interface": "eth0", "ips": ["10.244.0.5"], "default": True, "dns": {}}
+    both = {"name": "apps/back", "interface": "net2", "ips": ["198.18.40.7"], "mac": "02:00:00:00:00:06", "dns": {}}
+    store.put_pod_status(PodStatus("uid-1", "apps", "vm", (deckhouse,), updated_at=1.0,
+                                   network_status=(default, both, nad)))
+    server = _serve_statuses(tmp_path, store, FakeSource())
+    try:
+        assert main(["--grpc-socket", str(tmp_path / "grpc.sock"), "pod", "list"]) == 0
+        rows = capsys.readouterr().out.splitlines()[1:]
+        assert [r.split()[2:] for r in rows] == [
+            ["net2", "Network/back", "02:00:00:00:00:06", "198.18.40.7"],
+            ["net1", "NetworkAttachmentDefinition/apps/macvlan-conf", "02:00:00:00:00:05", "198.18.73.5"]], rows
+        assert main(["--grpc-socket", str(tmp_path / "grpc.sock"), "pod", "list", "-o", "json"]) == 0
+        (pod,) = json.loads(capsys.readouterr().out)
+        assert pod["networkStatus"] == [default, both, nad] and pod["networksStatus"] == [deckhouse]
+    finally:
+        server.stop(None)
+
+
+@pytest.fixture
+def pod_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[list[str], Any]]:
+    """``pod run`` of a Pod manifest against a served daemon, its network namespaces made and removed in a list."""
+    import pyroute2.netns
+
+    from ipamd.cli import ctl
+
+    made: list[str] = []
+    monkeypatch.setattr(pyroute2.netns, "create", lambda name, *a, **k: made.append(name))
+    monkeypatch.setattr(pyroute2.netns, "remove", lambda name, *a, **k: made.remove(name))
+    monkeypatch.setattr(ctl, "_loopback_up", lambda path: None)
+    store, source = MemoryStore(), FakeSource()
+    sock = str(tmp_path / "grpc.sock")
+    server, _ = serve(sock, IpamService(store, source, Ipam(store, source), list), lambda: True)
+    pod = tmp_path / "pod.yaml"
+    pod.write_text(json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": "ctl-pod-run", "namespace": "default", "uid": "u-1"}, "spec": {}}))
+
+    def run(*argv: str) -> int:
+        return ctl.main(["--grpc-socket", sock, "--objects-dir", str(tmp_path / "objects"), "--state-dir",
+                         str(tmp_path / "state"), "pod", "run", "-f", str(pod), *argv])
+
+    try:
+        yield made, run
+    finally:
+        server.stop(None)
+
+
+def test_plexusctl_pod_run_that_fails_before_add_leaves_no_network_namespace(
+        pod_run: tuple[list[str], Any], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in review: ``pod run`` created the netns, then looked for the conflist: when there was none it failed
+    with the netns left, and every later ``pod run`` of the pod failed with "network namespace NAME already exists".
+    The conflist is read first; whatever fails once the netns is made (not only a failed ADD) removes it."""
+    from ipamd.cli import ctl
+
+    made, run = pod_run
+    assert run("--conf-dir", str(tmp_path / "none")) == 1
+    assert "no CNI network configuration" in capsys.readouterr().err
+    assert made == [], f"network namespaces left behind by a pod run that failed: {made}"
+    conflist = tmp_path / "net.conflist"
+    conflist.write_text(json.dumps({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "nothing-here"}]}))
+
+    def broken(path: str) -> None:
+        raise OSError(f"cannot enter {path}")
+
+    monkeypatch.setattr(ctl, "_loopback_up", broken)
+    assert run("--conflist", str(conflist)) == 1
+    assert "cannot enter" in capsys.readouterr().err
+    assert made == [], f"network namespaces left behind by a pod run that failed: {made}"
+    monkeypatch.setattr(ctl, "_loopback_up", lambda path: None)
+    assert run("--conflist", str(conflist), "--cni-path", str(tmp_path / "no-plugins")) == 1
+    assert "ADD failed" in capsys.readouterr().err
+    assert made == [], f"network namespaces left behind by a failed ADD: {made}"
