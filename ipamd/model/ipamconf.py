@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cni.shim import timeout_problem
+from cni.shim import IPAM_SOCKET_NAME, is_ipam_socket_path, timeout_problem
 from ipamd.model.cniconf import ConfigInvalid
 from ipamd.model.objects import (
     IPV4_COMPATIBLE,
@@ -248,15 +248,11 @@ def _pool_ref(ref: Any) -> PoolRef:
     return PoolRef(kind, ref["name"], str(namespace))
 
 
-SOCKET_NAME = "plexus-ipam.sock"
-
-
 def _client_keys(ipam: Mapping[str, Any]) -> None:
     """``socket`` and ``timeoutSeconds``, read by the plugin binary itself (``cni.shim``) with the same rules."""
     socket = ipam.get("socket")
-    if socket is not None and not (isinstance(socket, str) and socket.startswith("/") and
-                                   socket.endswith(SOCKET_NAME)):
-        raise ConfigInvalid("ipam.socket", f"must be the absolute path of a daemon's {SOCKET_NAME}")
+    if socket is not None and not (isinstance(socket, str) and is_ipam_socket_path(socket)):
+        raise ConfigInvalid("ipam.socket", f"must be the absolute path of a daemon's {IPAM_SOCKET_NAME}")
     timeout = ipam.get("timeoutSeconds")
     problem = timeout_problem(timeout) if timeout is not None else ""
     if problem:

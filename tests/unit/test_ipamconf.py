@@ -87,6 +87,7 @@ def test_a_ranges_routes_gateways_inside_it_are_cut_out_as_its_gateway_is() -> N
     ({"range": "198.18.20.50-198.18.20.10/24"}, "ipam.range"),  # both bounds from range itself
     ({"range": "198.18.20.0/24", "range_end": "198.18.20.0"}, "ipam.range_end"),
     ({"range": "198.18.20.0/24", "socket": "/run/containerd/containerd.sock"}, "ipam.socket"),
+    ({"range": "198.18.20.0/24", "socket": "/tmp/evil-plexus-ipam.sock"}, "ipam.socket"),  # the plugin refuses it
     ({"range": "198.18.20.0/24", "timeoutSeconds": "soon"}, "ipam.timeoutSeconds"),
     ({"range": "198.18.20.1/32", "gateway": "198.18.20.1"}, "ipam.gateway"),
     ({"range": "198.18.20.1/32", "routes": [{"dst": "198.18.30.0/24", "gw": "198.18.20.1"}]}, "ipam.routes"),
