@@ -78,11 +78,17 @@ def _bool(value: Any, where: str) -> bool:
     return value
 
 
-def _optional_int(value: Any, where: str) -> int | None:
+#: The largest uid or gid a TAP may be owned by: a uid_t is 32 bits, and its all-ones value is the kernel's "none".
+MAX_ID = 2**32 - 2
+
+
+def _optional_id(value: Any, where: str) -> int | None:
+    """A TAP's ``uid`` or ``gid``: one the kernel can take (``MAX_ID``), refused here naming the field rather than
+    failing at the TAP's ioctl."""
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise AnnotationInvalid(f"{where} must be a non-negative integer", where)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ID:
+        raise AnnotationInvalid(f"{where} must be an integer from 0 to {MAX_ID}", where)
     return value
 
 
@@ -181,8 +187,8 @@ def parse_networks_spec(text: str | None) -> list[NetworkSelection]:
             ip_address_names=tuple(names),
             skip_ip_assignment=_bool(item.get("skipIPAssignment", False), f"{where}.skipIPAssignment"),
             interface_type=itype,
-            tap_uid=_optional_int(item.get("uid"), f"{where}.uid"),
-            tap_gid=_optional_int(item.get("gid"), f"{where}.gid"),
+            tap_uid=_optional_id(item.get("uid"), f"{where}.uid"),
+            tap_gid=_optional_id(item.get("gid"), f"{where}.gid"),
             tap_multi_queue=_multi_queue(item, itype, where), named="ifName" in item,
         ))
     first_use: dict[str, int] = {}

@@ -20,13 +20,15 @@ def host_link_name(container_id: str, runtime_ifname: str, if_name: str) -> str:
     return f"{PREFIX}{digest[:11]}"
 
 
-def bridge_name(kind: str, ident: int, network_key: str) -> str:
+def bridge_name(kind: str, ident: int, network_key: str, attempt: int = 0) -> str:
     """The node bridge of a segment: by VLAN ID (``plx-br-650``), by VNI (``plx-vb-5000``), or, untagged,
-    by the Network it belongs to (``plx-n-<hash>``)."""
+    by the Network it belongs to (``plx-n-<hash>``). 32 bits of hash can clash: ``attempt`` 1, 2... gives the
+    next candidates for the Network (of ``<key>#1``, ``<key>#2``...); the node records the one it took."""
     prefix = _BRIDGE_PREFIX.get(kind)
     if prefix is not None:
         return f"{prefix}{ident}"
-    return f"{PREFIX}-n-" + hashlib.sha1(network_key.encode()).hexdigest()[:8]
+    hashed = f"{network_key}#{attempt}" if attempt else network_key
+    return f"{PREFIX}-n-" + hashlib.sha1(hashed.encode()).hexdigest()[:8]
 
 
 def segment_of_bridge(bridge: str) -> tuple[str, int] | None:

@@ -395,10 +395,18 @@ def _network_class(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) 
             raise ManifestInvalid(m, "spec.vxlan.port", f"{port!r} is not a UDP port")
         vxlan = VxlanSpec(
             parse_id_pool(vx.get("vniPool"), "spec.vxlan.vniPool", m, 1, 16777215),
-            _get(vx, "underlayInterface", str, m, "spec.vxlan.underlayInterface") or "",
-            remotes, group, port, local,
+            _underlay(vx, m), remotes, group, port, local,
         )
     return NetworkClass(meta, pool, parents, vxlan)
+
+def _underlay(vx: Mapping[str, Any], m: str) -> str:
+    """``spec.vxlan.underlayInterface``, checked as the parent NICs are: a name the kernel cannot have is refused
+    here, not at every ADD."""
+    name = _get(vx, "underlayInterface", str, m, "spec.vxlan.underlayInterface") or ""
+    if name and not valid_ifname(name):
+        raise ManifestInvalid(m, "spec.vxlan.underlayInterface", f"{name!r} is not an interface name")
+    return str(name)
+
 
 def _vlan_id(spec: Mapping[str, Any], m: str) -> int | None:
     vlan = _get(spec, "vlan", dict, m, "spec.vlan") or {}

@@ -38,8 +38,8 @@ class SegmentKind:
         """The IDs a Network's status shows (seed 000: ``vlanID``; Plexus: ``vni`` too)."""
         return {"vlanID": self.vlan_id(ident), **({"vni": ident} if self.shows_vni else {})}
 
-    def bridge(self, ident: int, network_key: str) -> str:
-        return bridge_name(self.name, ident, network_key)
+    def bridge(self, ident: int, network_key: str, attempt: int = 0) -> str:
+        return bridge_name(self.name, ident, network_key, attempt)
 
     def uplink_name(self, ident: int) -> str:
         return uplink_name(self.name, ident)
@@ -98,8 +98,13 @@ class SegmentInUse(InterfaceFailure):
     once they are gone."""
 
 
+#: The condition of a network whose ``spec.vlan.id`` asks another ID than it has (the controller's, and a lone node's).
+ID_CHANGE = "VLANIDChangePending"
+
+
 class IdUnavailable(ValueError):
-    """No ID can be given: ``reason`` is ``outside-pool``, ``in-use`` or ``exhausted``."""
+    """No ID can be given: ``reason`` is ``outside-pool``, ``in-use``, ``exhausted`` or ``no-pool`` (none asked for,
+    and the class has no pool to take one from)."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -117,6 +122,8 @@ def pick_id(kind: SegmentKind, pool: IdPool, holders: Mapping[int, str], wanted:
         if holder not in (None, key):
             raise IdUnavailable("in-use", f"{what} {wanted} is already used by {holder}")
         return wanted
+    if not pool:
+        raise IdUnavailable("no-pool", f"no {what} is asked for, and the class has no pool to take one from")
     for a, b in pool:
         for ident in range(a, b + 1):
             if holders.get(ident) in (None, key):

@@ -21,7 +21,7 @@ from cni.errors import InterfaceFailure, TryAgainLater
 from ipamd.model.names import PREFIX, uplink_name
 from ipamd.model.segments import SegmentInUse
 from ipamd.netlink import sysctl
-from ipamd.netlink.links import GONE, family_of, index_of, netlink_failure, same_ip
+from ipamd.netlink.links import GONE, family_of, index_of, mtu_of, netlink_failure, same_ip
 
 SIOCGSKNS = 0x894C  # <linux/sockios.h>: an fd of the network namespace a socket belongs to
 ZERO_MAC = "00:00:00:00:00:00"
@@ -68,7 +68,7 @@ def ensure_bridge(host: IPRoute, name: str, uplink: str = "") -> int:
         master = link.get_attr("IFLA_MASTER")
         if master != idx:
             _refuse_taken_uplink(host, uplink, name, master)
-            _refuse_second_uplink(host, idx, uplink, name)
+            _release_old_uplink(host, idx, uplink, name)
             host.link("set", index=up, master=idx, state="up")
     return idx
 
@@ -89,15 +89,27 @@ def _refuse_taken_uplink(host: IPRoute, uplink: str, bridge: str, master: int | 
                            "no bridge or bond has, or use a VLAN or VXLAN class)", "parentNodeNetworkInterfaces")
 
 
-def _refuse_second_uplink(host: IPRoute, bridge_index: int, uplink: str, bridge: str) -> None:
+def _release_old_uplink(host: IPRoute, bridge_index: int, uplink: str, bridge: str) -> None:
     """A bridge has one uplink: a NIC still its port (the parent of the class before it was edited) and ``uplink``
-    would join their two networks into one. Pods' node ends are Plexus's names, NICs are not; ``uplink`` itself may
-    be a port already (another ADD set the same bridge up at the same moment)."""
-    nics = [port for port in _ports(host, bridge_index) if not port.startswith(PREFIX) and port != uplink]
-    if nics:
-        raise SegmentInUse(f"bridge {bridge} already has {nics[0]} as its uplink, so {uplink} cannot be one too (it "
-                               f"would join their networks): take {nics[0]} off {bridge} for {uplink} to replace it",
-                               "parentNodeNetworkInterfaces")
+    would join their two networks into one, so the old one is taken off first (no master: the NIC is the admin's,
+    left otherwise as it is), refused while pods are on the bridge (they would change wires under their feet). Pods'
+    node ends are Plexus's names, NICs are not; ``uplink`` itself may be a port already (another ADD set the same
+    bridge up at the same moment)."""
+    ports = [(name, index) for name, index in _port_links(host, bridge_index) if name != uplink]
+    nics = [(name, index) for name, index in ports if not name.startswith(PREFIX)]
+    if not nics:
+        return
+    pods = [name for name, _ in ports if name.startswith(PREFIX)]
+    if pods:
+        raise SegmentInUse(f"bridge {bridge} has {nics[0][0]} as its uplink, and {uplink} is asked for (the class's "
+                           f"parent NIC edited?): it replaces {nics[0][0]} once no pod is on {bridge} ({len(pods)} "
+                           "ports are)", "parentNodeNetworkInterfaces")
+    for name, index in nics:
+        try:
+            host.link("set", index=index, master=0)
+        except NetlinkError as exc:
+            if exc.code not in GONE:
+                raise netlink_failure(f"taking {name} off bridge {bridge} for {uplink} to replace it", exc) from None
 
 
 def _name_of(host: IPRoute, index: int) -> str:
@@ -111,7 +123,13 @@ def _name_of(host: IPRoute, index: int) -> str:
 
 
 def _ports(host: IPRoute, master: int) -> list[str]:
-    return [str(link.get_attr("IFLA_IFNAME")) for link in host.get_links() if link.get_attr("IFLA_MASTER") == master]
+    return [name for name, _ in _port_links(host, master)]
+
+
+def _port_links(host: IPRoute, master: int) -> list[tuple[str, int]]:
+    """The (name, index) of each port of ``master``."""
+    return [(str(link.get_attr("IFLA_IFNAME")), int(link["index"])) for link in host.get_links()
+            if link.get_attr("IFLA_MASTER") == master]
 
 
 def vlan_spec(parent_index: int, name: str, vlan_id: int) -> dict[str, Any]:
@@ -187,11 +205,15 @@ def _remove_other_uplink(host: IPRoute, link: Any, was: str, asked: str, field: 
             raise netlink_failure(f"removing {name} to make it again as {asked}", exc) from None
 
 
-def vxlan_spec(name: str, vni: int, underlay_index: int | None, port: int, group: str, local: str) -> dict[str, Any]:
+def vxlan_spec(name: str, vni: int, underlay_index: int | None, port: int, group: str, local: str,
+               mtu: int = 0) -> dict[str, Any]:
     """The RTM_NEWLINK request for a VXLAN device; an IPv6 group or local address goes in its own attribute
-    (IFLA_VXLAN_GROUP6, IFLA_VXLAN_LOCAL6), which also makes the device's socket IPv6."""
+    (IFLA_VXLAN_GROUP6, IFLA_VXLAN_LOCAL6), which also makes the device's socket IPv6. ``mtu``: for one with no
+    underlay, whose MTU the kernel does not derive."""
     spec: dict[str, Any] = {"ifname": name, "kind": "vxlan", "vxlan_id": vni, "vxlan_port": port,
                             "vxlan_learning": 1}
+    if mtu:
+        spec["mtu"] = mtu
     if underlay_index is not None:
         spec["vxlan_link"] = underlay_index
     if group:
@@ -226,10 +248,17 @@ def ensure_vxlan(host: IPRoute, vni: int, underlay: str, remotes: Iterable[str],
     if found is not None and _vxlan_of(found) != asked:  # the class's tunnel edited: made again
         _remove_other_uplink(host, found, _spoken(host, _vxlan_of(found)), _spoken(host, asked), "spec.vxlan")
         found = None
+    # a class lists every node of the segment; this node's own address is not a remote of its own
+    own = {same_ip(a.get_attr(key)) for a in host.get_addr() for key in ("IFA_ADDRESS", "IFA_LOCAL")
+           if a.get_attr(key)}
+    wanted = {same_ip(r) for r in remotes} - own
+    if group:  # the kernel's own entry for a multicast group
+        wanted.add(same_ip(group))
     idx = int(found["index"]) if found is not None else None
     if idx is None:
+        mtu = _tunnel_mtu(host, wanted) if under is None else 0
         try:
-            host.link("add", **vxlan_spec(name, vni, under, port, group, local))
+            host.link("add", **vxlan_spec(name, vni, under, port, group, local, mtu))
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
                 raise netlink_failure(f"creating VXLAN {vni}", exc) from None
@@ -237,14 +266,31 @@ def ensure_vxlan(host: IPRoute, vni: int, underlay: str, remotes: Iterable[str],
         if idx is None:
             raise TryAgainLater(f"VXLAN device {name} vanished while being set up")
     l2_only(host, name)
-    # a class lists every node of the segment; this node's own address is not a remote of its own
-    own = {same_ip(a.get_attr(key)) for a in host.get_addr() for key in ("IFA_ADDRESS", "IFA_LOCAL")
-           if a.get_attr(key)}
-    wanted = {same_ip(r) for r in remotes} - own
-    if group:  # the kernel's own entry for a multicast group
-        wanted.add(same_ip(group))
     _converge_flood_list(host, idx, wanted)
     return name
+
+
+#: What VXLAN adds to a frame on the underlay: outer IP (20 or 40 bytes), UDP (8), VXLAN (8) headers, inner Ethernet
+#: header (14).
+VXLAN_OVERHEAD: dict[int, int] = {socket.AF_INET: 50, socket.AF_INET6: 70}
+
+
+def _tunnel_mtu(host: IPRoute, peers: Iterable[str]) -> int:
+    """The MTU of a VXLAN device with no underlay named, which the kernel leaves at 1500 (it derives one from an
+    underlay only): that of the links the routes to its remotes (or group) leave by, less the overhead, so a
+    full-size frame is never a packet too big for the underlay. 0 (the kernel's default) when none is routed."""
+    mtus = []
+    for peer in sorted(peers):
+        try:
+            routes = host.route("get", dst=peer)
+        except NetlinkError as exc:
+            if exc.code in (errno.ENETUNREACH, errno.EHOSTUNREACH, *GONE):
+                continue  # not routed (yet): its flood entry is still made, and the kernel's default kept
+            raise netlink_failure(f"looking up the route to VXLAN remote {peer}", exc) from None
+        oif = routes[0].get_attr("RTA_OIF") if routes else None
+        if oif:
+            mtus.append(mtu_of(host, int(oif)) - VXLAN_OVERHEAD[family_of(peer)])
+    return min(mtus, default=0)
 
 
 def _vxlan_settings(vni: int, port: int, group: str, local: str, underlay: int | None) -> tuple[int, int, str, str, int]:

@@ -78,13 +78,19 @@ def _make_tap(name: str, uid: int | None, gid: int | None, multi_queue: bool) ->
     try:
         fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), flags))
         if uid is not None:
-            fcntl.ioctl(fd, TUNSETOWNER, uid)
+            fcntl.ioctl(fd, TUNSETOWNER, _c_int(uid))
         if gid is not None:
-            fcntl.ioctl(fd, TUNSETGROUP, gid)
+            fcntl.ioctl(fd, TUNSETGROUP, _c_int(gid))
         sysctl.set_conf(None, socket.AF_INET6, name, "disable_ipv6", "1")  # the VM's, not the pod stack's
         fcntl.ioctl(fd, TUNSETPERSIST, 1)
     finally:
         os.close(fd)
+
+
+def _c_int(value: int) -> int:
+    """A uid or gid (a 32-bit uid_t) as the C int ``fcntl.ioctl`` takes: the same 32 bits, which the kernel reads back
+    as a uid_t, so one past 2**31 is not an OverflowError."""
+    return int(struct.unpack("=i", struct.pack("=I", value))[0])
 
 
 def add_tap(pod_fd: int, if_name: str, uid: int | None, gid: int | None, multi_queue: bool = False) -> None:

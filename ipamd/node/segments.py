@@ -18,20 +18,26 @@ from typing import Protocol
 
 from cni.errors import AddressConflict, CniError, InvalidConfig, PoolExhausted, TryAgainLater
 from ipamd.ipam.addresses import ResolvedNetwork
-from ipamd.model.conditions import set_condition
+from ipamd.model.conditions import drop_condition, set_condition
 from ipamd.model.objects import ClusterNetwork, Network, NetworkClass, VxlanSpec
 from ipamd.model.segments import (
+    ID_CHANGE,
     SEGMENT_KINDS,
     IdUnavailable,
     SegmentInUse,
+    SegmentKind,
     granted_id,
     id_pool,
     pick_id,
     segment_kind,
 )
 from ipamd.model.timefmt import rfc3339
-from ipamd.store.protocols import SegmentStore
+from ipamd.store.protocols import AttachmentStore, SegmentStore
 from ipamd.store.records import SegmentRecord
+
+
+class SegmentsStore(SegmentStore, AttachmentStore, Protocol):
+    """The segments and, to know whether pods are on a bridge, the attachments (the node's store is both)."""
 
 
 class NodeLinks(Protocol):
@@ -65,6 +71,13 @@ class SegmentPlan:
         return self.uplink, self.parent, self.vxlan
 
 
+def wire_of(links: tuple[str, str, VxlanSpec | None]) -> tuple[str, str, VxlanSpec | None]:
+    """What of a segment's links (``SegmentPlan.links``) its pods' wire is: all but a VXLAN's remotes, whose flood
+    list follows the class under live pods; any other edit makes the uplink again (or takes it off)."""
+    uplink, parent, vxlan = links
+    return uplink, parent, replace(vxlan, remotes=()) if vxlan is not None else None
+
+
 #: How each kind of uplink is made: it returns the link to enslave to the bridge.
 UPLINKS: dict[str, Callable[[NodeLinks, SegmentPlan], str]] = {
     "vlan": lambda links, plan: links.ensure_vlan(plan.parent, plan.record.id),
@@ -78,6 +91,7 @@ REFUSALS: dict[str, tuple[type[CniError], str]] = {
     "outside-pool": (InvalidConfig, "spec.vlan.id"),
     "in-use": (AddressConflict, "spec.vlan.id"),
     "exhausted": (PoolExhausted, "spec.vlan.idPool"),
+    "no-pool": (InvalidConfig, "spec.vlan.id"),
 }
 
 
@@ -98,8 +112,13 @@ def retired_key(network: str, bridge: str) -> str:
     return f"{network}{RETIRED}{bridge}"
 
 
+def network_of(key: str) -> str:
+    """The network a segment record is of: its own key, or the key of the network a retired one was left by."""
+    return key.split(RETIRED, 1)[0]
+
+
 class Segments:
-    def __init__(self, store: SegmentStore, links: NodeLinks, clock: Callable[[], float], cluster: bool = False) -> None:
+    def __init__(self, store: SegmentsStore, links: NodeLinks, clock: Callable[[], float], cluster: bool = False) -> None:
         self.store = store
         self.links = links
         self.clock = clock
@@ -163,29 +182,84 @@ class Segments:
             if self.cluster and kind.tagged and wanted is None:
                 raise TryAgainLater(f"{net.key} has no {kind.id_label} yet: the Plexus controller assigns it "
                                     "(is plexus-controller running?)", "status.vlanID")
+            if rec is not None and not self.cluster and rec.kind == kind.name and wanted not in (None, rec.id):
+                users = self._attachments_on(rec.bridge)
+                if users:  # moved once its old segment is unused (as the controller moves one in a cluster)
+                    rec, wanted = self._change_pending(rec, kind, wanted or 0, users), rec.id
+            elif rec is not None and any(c.get("type") == ID_CHANGE for c in rec.status.get("conditions", ())):
+                rec = self._no_change_pending(rec)
             if rec is None or rec.kind != kind.name or (wanted is not None and rec.id != wanted):
                 if rec is not None:  # its old segment keeps its ID while pods sit on its bridge (the reconciler
                     self.store.delete_segment(net.key)  # removes it once none does)
                     self.store.put_segment(replace(rec, network=retired_key(net.key, rec.bridge)))
-                back = self.store.get_segment(retired_key(net.key, kind.bridge(wanted, net.key))) \
-                    if wanted is not None else None
-                if back is not None and back.kind == kind.name:  # edited back to the ID it had: that segment again
-                    self.store.delete_segment(back.network)
-                    with self._taken_back_lock:
-                        self._taken_back.add(back.network)
-                ident = 0
-                if kind.tagged:
-                    try:
-                        ident = pick_id(kind, id_pool(obj, cls), self.store.segment_ids(kind.name), wanted, net.key)
-                    except IdUnavailable as exc:
-                        error, field = REFUSALS[exc.reason]
-                        raise error(f"{net.key}: {exc}", field) from None
-                rec = SegmentRecord(net.key, kind.name, ident, kind.bridge(ident, net.key), cls.meta.name if cls else "")
-                self.store.put_segment(rec)
+                rec = self._assign(net, kind, wanted)
         parents = _parents(obj, cls)
         if kind.needs_parent and not parents:
             return SegmentPlan(rec)
         return SegmentPlan(rec, kind.uplink, parents[0] if parents else "", cls.vxlan if cls else None)
+
+    def _assign(self, net: ResolvedNetwork, kind: SegmentKind, wanted: int | None) -> SegmentRecord:
+        """A new segment record for ``net`` (in the caller's transaction): the old segment it left when it is edited
+        back to it (its bridge, pods and all), else a free ID and a bridge no other network has."""
+        cls = net.network_class
+        ident = self._pick(net, kind, None) if kind.tagged and wanted is None else wanted or 0
+        bridge = self._free_bridge(kind, ident, net.key)
+        back = self.store.get_segment(retired_key(net.key, bridge))
+        if back is not None and back.kind == kind.name:  # edited back to the segment it had: that segment again
+            self.store.delete_segment(back.network)
+            with self._taken_back_lock:
+                self._taken_back.add(back.network)
+        if wanted is not None:  # checked once its old segment, which holds it, is taken back
+            ident = self._pick(net, kind, wanted)
+        rec = SegmentRecord(net.key, kind.name, ident, bridge, cls.meta.name if cls else "")
+        self.store.put_segment(rec)
+        return rec
+
+    def _pick(self, net: ResolvedNetwork, kind: SegmentKind, wanted: int | None) -> int:
+        try:
+            return pick_id(kind, id_pool(net.obj, net.network_class), self.store.segment_ids(kind.name), wanted,
+                           net.key)
+        except IdUnavailable as exc:
+            error, field = REFUSALS[exc.reason]
+            raise error(f"{net.key}: {exc}", field) from None
+
+    def _free_bridge(self, kind: SegmentKind, ident: int, key: str) -> str:
+        """The bridge of a new segment: its name, unless another network's segment has it already (two untagged
+        networks' hashes may clash: they would share one wire), then the next of its candidates. Recorded, so kept
+        across restarts; a bridge named before is never renamed."""
+        if kind.tagged:
+            return kind.bridge(ident, key)
+        holders = {rec.bridge: network_of(rec.network) for rec in self.store.segments()}
+        attempt = 0
+        while holders.get(kind.bridge(ident, key, attempt), key) != key:
+            attempt += 1
+        return kind.bridge(ident, key, attempt)
+
+    def _change_pending(self, rec: SegmentRecord, kind: SegmentKind, wanted: int, users: int) -> SegmentRecord:
+        """A lone node's network whose ``spec.vlan.id`` asks another ID while pods are on its bridge keeps its segment
+        (moved under them, they would be cut off from the pods after them), and its status shows the change pending,
+        as the controller's does in a cluster."""
+        message = (f"spec.vlan.id asks for {kind.id_label} {wanted}; {kind.id_label} {rec.id} is kept while "
+                   f"{users} attachment(s) still use it: the network moves once none does")
+        conds = tuple(rec.status.get("conditions", ()))
+        if any(c.get("type") == ID_CHANGE and c.get("message") == message for c in conds):
+            return rec
+        conds = set_condition(conds, ID_CHANGE, True, "PodsOnOldSegment", message, self.clock())
+        rec = replace(rec, status={**rec.status, "conditions": list(conds)})
+        self.store.put_segment(rec)
+        return rec
+
+    def _no_change_pending(self, rec: SegmentRecord) -> SegmentRecord:
+        """The ID change shown pending goes from the status once none is asked (``spec.vlan.id`` edited back)."""
+        conds = drop_condition(rec.status.get("conditions", ()), ID_CHANGE)
+        rec = replace(rec, status={**rec.status, "conditions": list(conds)})
+        self.store.put_segment(rec)
+        return rec
+
+    def _attachments_on(self, bridge: str) -> int:
+        """How many of the node's attachments have an interface on ``bridge``: a pod's macvlan is no port of it
+        (it is its child, in the pod's namespace), so the kernel's view of its ports does not tell."""
+        return sum(1 for att in self.store.attachments() if any(i.bridge == bridge for i in att.interfaces))
 
     def ensure(self, net: ResolvedNetwork) -> tuple[SegmentRecord, int]:
         """Make the bridge (and uplink) exist on the node as the class says now; return the record and the
@@ -195,11 +269,15 @@ class Segments:
         round tries again (after a restart too, where the edit is refused while pods are on it)."""
         plan = self.plan(net)
         rec = plan.record
-        known = self._ready.get(rec.bridge)
-        if known is not None and self._applied.get(rec.bridge) == plan.links:
+        known, applied = self._ready.get(rec.bridge), self._applied.get(rec.bridge)
+        if known is not None and applied == plan.links:
             self._read_mtu(rec.bridge, known)  # an uplink's MTU changed since is seen on the round
             return rec, known
         try:
+            if applied is not None and wire_of(applied) != wire_of(plan.links):
+                self._refuse_while_used(rec, "its class's uplink was edited")
+            if not plan.uplink:
+                self._drop_own_uplink(rec, applied)
             index = self.links.ensure_bridge(rec.bridge, UPLINKS[plan.uplink](self.links, plan))
         except SegmentInUse:
             self._serve_as_it_is(rec.bridge)
@@ -209,6 +287,26 @@ class Segments:
         self._applied[rec.bridge] = plan.links
         self._read_mtu(rec.bridge, index)
         return rec, index
+
+    def _refuse_while_used(self, rec: SegmentRecord, why: str) -> None:
+        """The uplink of a segment is not made again (nor taken off) under its pods: they would change wires under
+        their feet. Counted from the node's attachments, not the bridge's ports: a macvlan pod is no port of it."""
+        users = self._attachments_on(rec.bridge)
+        if users:
+            field = "spec.vxlan" if rec.kind == "vxlan" else "parentNodeNetworkInterfaces"
+            raise SegmentInUse(f"bridge {rec.bridge}: {why}, and {users} attachment(s) are on it: the edit is applied "
+                               "once none is", field)
+
+    def _drop_own_uplink(self, rec: SegmentRecord, applied: tuple[str, str, VxlanSpec | None] | None) -> None:
+        """A segment whose class names no parent NIC any more stays on the node's bridge alone: the uplink Plexus made
+        for it on the old parent (``plx-vl-<id>``) is taken off (deleted) once no pod is on the bridge. Looked for
+        when it was made here (``applied``), or, after a restart, when the kernel has it."""
+        uplink = SEGMENT_KINDS[rec.kind].uplink_name(rec.id)
+        made = applied[0] if applied is not None else self.links.index(uplink) if uplink else None
+        if not uplink or not made:
+            return
+        self._refuse_while_used(rec, f"its class names no parent NIC, and {uplink} is its uplink")
+        self.links.delete(uplink)
 
     def _serve_as_it_is(self, bridge: str) -> None:
         """A bridge whose links cannot be made as its class now says while pods are on it keeps serving ADDs as it is,
@@ -230,14 +328,18 @@ class Segments:
             self._mtu.pop(bridge, None)
 
     def remove(self, rec: SegmentRecord) -> None:
-        """Take a deleted Network's bridge and the uplink Plexus made for it off the node."""
-        self._ready.pop(rec.bridge, None)
-        self._applied.pop(rec.bridge, None)
-        self._mtu.pop(rec.bridge, None)
-        self.links.delete(rec.bridge)
-        uplink = SEGMENT_KINDS[rec.kind].uplink_name(rec.id)
-        if uplink:
-            self.links.delete(uplink)
+        """Take a deleted Network's bridge and the uplink Plexus made for it off the node; a bridge another record has
+        (its network's live segment, taken up again) stays, and only ``rec`` goes."""
+        with self.store.transaction():
+            shared = any(other.bridge == rec.bridge and other.network != rec.network for other in self.store.segments())
+        if not shared:
+            self._ready.pop(rec.bridge, None)
+            self._applied.pop(rec.bridge, None)
+            self._mtu.pop(rec.bridge, None)
+            self.links.delete(rec.bridge)
+            uplink = SEGMENT_KINDS[rec.kind].uplink_name(rec.id)
+            if uplink:
+                self.links.delete(uplink)
         with self.store.transaction():
             self.store.delete_segment(rec.network)
 

@@ -128,17 +128,22 @@ def test_a_parent_nic_another_master_has_is_not_taken_from_it(world: World) -> N
 
 
 def test_a_bridge_takes_no_second_nic(world: World) -> None:
-    """The class's parent NIC edited: the bridge would have both NICs as ports, joining their two networks."""
+    """The class's parent NIC edited: the bridge would have both NICs as ports, joining their two networks. While a
+    pod is on the bridge the edit is refused; once none is, the old NIC is taken off (no master) and the new one
+    takes its place."""
     for nic in ("nic0", "nic1"):
         world.host.link("add", ifname=nic, kind="veth", peer={"ifname": f"{nic}p"})
     idx = segment_links.ensure_bridge(world.host, BRIDGE, "nic0")
+    world.host.link("add", ifname="plx0123456789a", kind="veth", peer={"ifname": "podp"}, master=idx)  # a pod's end
     with pytest.raises(InterfaceFailure) as err:
         segment_links.ensure_bridge(world.host, BRIDGE, "nic1")
     assert err.value.details == "parentNodeNetworkInterfaces" and "nic0" in err.value.msg
     assert not link(world.host, "nic1").get_attr("IFLA_MASTER")
-    world.host.link("set", index=link(world.host, "nic0")["index"], master=0)  # the admin takes nic0 off
+    assert link(world.host, "nic0").get_attr("IFLA_MASTER") == idx, "the pods' uplink is left as it is"
+    world.host.link("del", index=link(world.host, "plx0123456789a")["index"])  # the pod gone
     assert segment_links.ensure_bridge(world.host, BRIDGE, "nic1") == idx
     assert link(world.host, "nic1").get_attr("IFLA_MASTER") == idx
+    assert not link(world.host, "nic0").get_attr("IFLA_MASTER"), "the old NIC is taken off, not left joining them"
     assert _ipv6_off(world, "nic1") == "0", "a NIC is the admin's: its IPv6 is left as it is"
 
 
@@ -171,6 +176,18 @@ def test_the_vxlan_flood_list_follows_the_class(world: World) -> None:
     assert link(world.host, vx)["index"] == idx, "the device is kept"
 
 
+def test_a_vxlan_device_without_an_underlay_is_50_bytes_under_the_link_to_its_remotes(world: World) -> None:
+    """No ``underlayInterface``: the kernel leaves the device at 1500, so its MTU is set from the link the route to its
+    remotes leaves by (a veth of MTU 1400 here), 50 bytes under it, and the bridge it is the uplink of follows."""
+    world.host.link("add", ifname="und0", kind="veth", mtu=1400, peer={"ifname": "und0p", "mtu": 1400})
+    under = up(world.host, "und0")
+    world.host.addr("add", index=under, address="198.18.5.1", prefixlen=24)
+    vx = segment_links.ensure_vxlan(world.host, 5006, "", ["198.18.5.2"], "", 4789, "")
+    assert link(world.host, vx).get_attr("IFLA_MTU") == 1350
+    idx = segment_links.ensure_bridge(world.host, "plx-vb-5006", vx)
+    assert NetlinkNodeLinks(lambda: world.host).mtu(idx) == 1350, "the pods on it get the tunnel's MTU"
+
+
 def test_a_multicast_groups_entry_is_kept(world: World) -> None:
     """A group's all-zero entry is the kernel's own: converging the remotes does not remove it."""
     up(world.host, "lo")
@@ -196,7 +213,8 @@ def test_two_adds_setting_the_bridge_up_at_once_both_take_its_uplink(world: Worl
     is the bridge's own uplink, not a second one."""
     world.host.link("add", ifname="nic0", kind="veth", peer={"ifname": "nic0p"})
     idx = segment_links.ensure_bridge(world.host, BRIDGE, "nic0")  # the other ADD's
-    segment_links._refuse_second_uplink(world.host, idx, "nic0", BRIDGE)  # this ADD's look, after its stale read
+    segment_links._release_old_uplink(world.host, idx, "nic0", BRIDGE)  # this ADD's look, after its stale read
+    assert link(world.host, "nic0").get_attr("IFLA_MASTER") == idx
 
 
 def test_a_sysctl_that_cannot_be_written_is_an_interface_failure(world: World, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -222,6 +222,15 @@ def test_tap_keeps_its_flags_and_owner(world: World) -> None:
     assert (owner, group) == ("107", "108")
 
 
+def test_a_tap_owner_past_a_c_int_is_the_one_asked_for(world: World) -> None:
+    """A uid_t is 32 bits: an owner of 2**31 and up (4294967294 is the largest valid one) reaches the kernel as it is,
+    not as an OverflowError of the ioctl's C int argument."""
+    iface = _iface(tap_uid=2**31, tap_gid=4294967294)
+    _build_tap_in_node(world, iface)
+    read = run_in(world.paths["pod"], ["cat", "/sys/class/net/net1/owner", "/sys/class/net/net1/group"])
+    assert read.stdout.split() == [str(2**31), "4294967294"]
+
+
 def test_del_removes_everything_and_again_is_fine(world: World) -> None:
     iface = _iface()
     _build_tap_in_node(world, iface)

@@ -17,7 +17,7 @@ from ipamd.node.reconcile import Reconciler
 from ipamd.node.segments import retired_key
 from tests.fakes.cluster import FakeApi, FakeCache
 from tests.unit.test_attacher import NS, Node, obj
-from tests.unit.test_reconcile import Registry
+from tests.unit.test_reconcile import Registry, granted, granted_node
 
 
 class AttachmentCache:
@@ -117,13 +117,12 @@ def test_a_deleted_report_of_an_old_segment_is_written_again() -> None:
     """The old segment of a Network given another ID, pods still on it, is reported under ``<network>@<bridge>``: the
     controller holds the old ID by that report. Deleted, it is written again as well."""
     api = FakeApi()
-    node = Node()
+    node, _ = granted_node()
     node.call("ADD")
-    outbox, rounds, informer = _rounds(node, api, cluster=False)  # (IDs as the spec says: none granted here)
+    outbox, rounds, informer = _rounds(node, api)
     rounds.run_once()
     old = {s.network: s for s in node.store.segments()}[f"Network/{NS}/net-a"]
-    node.source.add(obj("Network", "net-a", {"networkClass": "cls", "vlan": {"id": 650}, "ipam": {
-        "ipAddressPoolRef": {"kind": "IPAddressPool", "name": "pool-a"}}}))
+    node.source.add(granted("net-a", "pool-a", 650))  # granted another ID (a lone node keeps it while pods are on it)
     _reported_and_seen(outbox, rounds, informer)
     retired = retired_key(f"Network/{NS}/net-a", old.bridge)
     (name,) = [n for n, o in api.objs[ATTACHMENT].items() if o["spec"]["bridgeName"] == old.bridge]

@@ -485,3 +485,14 @@ def test_an_interface_name_is_measured_in_bytes_as_the_kernel_does(name: str) ->
         parse_object(claim)
     assert info.value.field == "spec.interface"
     assert parse_object({**claim, "spec": {"network": "n", "interface": "ééé"}}), "six bytes are fine"
+
+
+@pytest.mark.parametrize("name", ["an-interface-name-too-long", "eth 0", "a/b"])
+def test_a_bad_underlay_interface_is_refused_naming_the_field(name: str) -> None:
+    """``parentNodeNetworkInterfaces.names`` are checked with ``valid_ifname``; ``spec.vxlan.underlayInterface`` is
+    taken as any string. One the kernel cannot name (> 15 bytes) reaches ``index_of`` -> RTM_GETLINK, whose
+    NetlinkError (ERANGE here: checked on this kernel), not in GONE, is re-raised raw: ADD answers 999 naming
+    nothing, for ever."""
+    with pytest.raises(ManifestInvalid) as info:
+        parse_object(manifest("NetworkClass", "c", {"vxlan": {"vniPool": ["5000"], "underlayInterface": name}}))
+    assert "spec.vxlan.underlayInterface" in str(info.value)

@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
 from cni.errors import CniError
 from ipamd.ipam.registry import NodeLocalRegistry
-from ipamd.model.objects import POD_ANNOTATIONS_CAPABILITY
+from ipamd.model.objects import API_VERSION, POD_ANNOTATIONS_CAPABILITY, parse_object
 from ipamd.node.reconcile import Reconciler
 from ipamd.store.protocols import LeaseStore
 from ipamd.store.records import LeaseRecord
@@ -216,19 +217,35 @@ def test_a_burst_of_object_changes_makes_one_settled_round_not_one_each() -> Non
         rec.stop()
 
 
+def granted(name: str, pool: str, vlan_id: int) -> Any:
+    """A Network as the controller leaves it, its VLAN ID granted in its status: a cluster node moves it to another
+    granted one at once (a lone node waits for its pods to go, as the controller does)."""
+    return parse_object({"apiVersion": API_VERSION, "kind": "Network", "metadata": {"name": name, "namespace": NS},
+                         "spec": {"networkClass": "cls", "ipam": {"ipAddressPoolRef": {"kind": "IPAddressPool",
+                                                                                       "name": pool}}},
+                         "status": {"vlanID": vlan_id, "bridgeName": f"plx-br-{vlan_id}"}})
+
+
+def granted_node() -> tuple[Node, Reconciler]:
+    """A cluster node whose Networks have their VLAN IDs granted."""
+    node = Node()
+    node.segments.cluster = True
+    node.source.add(granted("net-a", "pool-a", 600))
+    node.source.add(granted("net-b", "pool-b", 601))
+    return node, reconciler(node, cluster=True)
+
+
 def test_the_old_segment_of_a_network_given_another_id_is_reported_while_pods_sit_on_it() -> None:
     """A Network given another VLAN ID keeps its old segment while pods sit on its bridge; this node reports it (an
     attachment of its own, under the old segment's key), so that the controller keeps the old ID held meanwhile:
     granted to another Network, that Network would join those pods' wire. Detached once the segment goes."""
     from ipamd.node.segments import retired_key
 
-    node = Node()
-    rec = reconciler(node)
+    node, rec = granted_node()
     node.call("ADD")
     rec.run_once()
     old = {s.network: s for s in node.store.segments()}[f"Network/{NS}/net-a"]
-    node.source.add(obj("Network", "net-a", {"networkClass": "cls", "vlan": {"id": 650}, "ipam": {
-        "ipAddressPoolRef": {"kind": "IPAddressPool", "name": "pool-a"}}}))
+    node.source.add(granted("net-a", "pool-a", 650))
     rec.run_once()
     retired = retired_key(f"Network/{NS}/net-a", old.bridge)
     assert node.publisher.node_attachments.get(retired) == (old.bridge, True, ""), node.publisher.node_attachments
@@ -243,17 +260,15 @@ def test_an_old_segment_taken_up_again_is_detached() -> None:
     reported for that old segment under its own key goes (else it held the ID under that key for ever)."""
     from ipamd.node.segments import retired_key
 
-    node = Node()
-    rec = reconciler(node)
+    node, rec = granted_node()
     node.call("ADD")
     rec.run_once()
     old = {s.network: s for s in node.store.segments()}[f"Network/{NS}/net-a"]
-    pool = {"ipam": {"ipAddressPoolRef": {"kind": "IPAddressPool", "name": "pool-a"}}}
-    node.source.add(obj("Network", "net-a", {"networkClass": "cls", "vlan": {"id": 650}, **pool}))
+    node.source.add(granted("net-a", "pool-a", 650))
     rec.run_once()
     retired = retired_key(f"Network/{NS}/net-a", old.bridge)
     assert retired in node.publisher.node_attachments
-    node.source.add(obj("Network", "net-a", {"networkClass": "cls", "vlan": {"id": old.id}, **pool}))
+    node.source.add(granted("net-a", "pool-a", old.id))
     rec.run_once()
     assert retired in node.publisher.node_detachments
     assert {s.network: s.bridge for s in node.store.segments()}[f"Network/{NS}/net-a"] == old.bridge

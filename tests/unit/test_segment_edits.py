@@ -45,6 +45,29 @@ def network(cls: NetworkClass) -> ResolvedNetwork:
     return ResolvedNetwork(obj.meta.key, "Network", "a", "ns", obj, cls, None)
 
 
+def cls_of(spec: dict[str, Any], name: str = "c") -> NetworkClass:
+    cls = parse_object({"apiVersion": GROUP, "kind": "NetworkClass", "metadata": {"name": name}, "spec": spec})
+    assert isinstance(cls, NetworkClass)
+    return cls
+
+
+def net(cls: NetworkClass, name: str = "a") -> ResolvedNetwork:
+    obj = parse_object({"apiVersion": GROUP, "kind": "Network", "metadata": {"name": name, "namespace": "ns"},
+                        "spec": {"networkClass": cls.meta.name}})
+    assert isinstance(obj, Network)
+    return ResolvedNetwork(obj.meta.key, "Network", name, "ns", obj, cls, None)
+
+
+def bridge_of(store: MemoryStore, key: str) -> str:
+    rec = store.get_segment(key)
+    assert rec is not None, f"{key} has no segment"
+    return rec.bridge
+
+
+UNTAGGED = {"parentNodeNetworkInterfaces": {"names": ["eth1"]}}
+VLAN = {"vlan": {"idPool": ["600-609"], "parentNodeNetworkInterfaces": {"names": ["eth2"]}}}
+
+
 class VxlanLinks(FakeNodeLinks):
     """Node links that keep each VXLAN device's remotes as ``segment_links.ensure_vxlan`` leaves them in the kernel:
     exactly the class's (the kernel side of it is checked by tests/netns/test_segment_links.py)."""
@@ -188,6 +211,97 @@ def test_the_reconcile_round_applies_a_class_edit() -> None:
     assert node.publisher.node_attachments[f"Network/{NS}/net-v"][1] is True
 
 
+def test_untagged_to_vlan_and_back_leaves_a_retired_record_that_owns_the_live_bridge() -> None:
+    """untagged -> VLAN -> untagged: the first retirement keeps a record ``A@plx-n-…`` with the bridge name the
+    network gets again; its removal (no pod on it) deletes the live network's bridge."""
+    store, links = MemoryStore(), FakeNodeLinks()
+    segments = Segments(store, links, lambda: 0.0)
+    first, _ = segments.ensure(net(cls_of(UNTAGGED)))
+    segments.ensure(net(cls_of(VLAN)))
+    back, _ = segments.ensure(net(cls_of(UNTAGGED)))
+    assert back.bridge == first.bridge
+    others = [r for r in store.segments() if r.network != back.network and r.bridge == back.bridge]
+    assert others == [], f"retired records {[r.network for r in others]} share live bridge {back.bridge}: " \
+                         "the reconciler's removal of them deletes it"
+
+
+def test_a_pod_on_the_untagged_bridge_across_the_edits_then_gone_and_the_live_bridge_is_deleted() -> None:
+    from ipamd.store.records import AttachmentRecord, BuiltInterface
+    from tests.unit.test_attacher import NS, Node, obj
+    from tests.unit.test_reconcile import reconciler
+
+    node = Node()
+    key = f"Network/{NS}/net-u"
+    node.source.add(obj("NetworkClass", "c", UNTAGGED, namespaced=False))
+    node.source.add(obj("Network", "net-u", {"networkClass": "c"}))
+    rec = reconciler(node)
+    rec.run_once()
+    bridge = bridge_of(node.store, key)
+    with node.store.transaction():  # a pod on the untagged bridge
+        node.store.put_attachment(AttachmentRecord("c1", "eth0", "uid-p", NS, "p", "/run/netns/p", "ready", (
+            BuiltInterface("net1", "veth", key, "Network", "net-u", "plxaaaa", bridge),)))
+    node.source.add(obj("NetworkClass", "c", VLAN, namespaced=False))
+    rec.run_once()
+    node.source.add(obj("NetworkClass", "c", UNTAGGED, namespaced=False))
+    rec.run_once()
+    with node.store.transaction():  # the pod is gone (DEL)
+        node.store.delete_attachment("c1", "eth0")
+    rec.run_once()
+    assert bridge_of(node.store, key) == bridge
+    assert node.publisher.node_attachments[key][1] is True, "reported ready"
+    assert node.links.index(bridge) is not None, f"{bridge}, the live segment's bridge, was deleted by the round " \
+                                                 "that removed a retired record of the same bridge name"
+
+
+def test_a_vlan_class_whose_parent_is_removed_keeps_its_segment_on_the_wire() -> None:
+    """A VLAN class edited to name no parent NIC: its networks are to stay on the node's bridges (README), and
+    'class edits reach the kernel'. ``plan`` gives uplink "", ``ensure_bridge(name, "")`` leaves the VLAN
+    sub-interface a port of the bridge, and ``_applied`` records the edit as done: the segment still floods onto
+    eth2 VLAN 600 for ever."""
+    links = FakeNodeLinks()
+    segments = Segments(MemoryStore(), links, lambda: 0.0)
+    rec, _ = segments.ensure(net(cls_of(VLAN)))
+    assert links.links["plx-vl-600"].get("master") == rec.bridge
+    local = {"vlan": {"idPool": ["600-609"]}}
+    rec2, _ = segments.ensure(net(cls_of(local)))
+    assert rec2.bridge == rec.bridge
+    uplink = links.links.get("plx-vl-600")
+    assert uplink is None or uplink.get("master") != rec.bridge, \
+        "the class names no parent any more, yet plx-vl-600 is still the bridge's uplink and nothing asked it off"
+
+
+def test_a_lone_node_moves_an_edited_vlan_id_under_live_pods() -> None:
+    """Local mode: ``spec.vlan.id`` edited 600 -> 601 while a pod is on VLAN 600. The controller never moves an ID
+    under live pods ("as a lone node moves it once its old segment is unused", controller.py ``_move``), but the
+    lone node's ``plan`` moves at once: the next pods land on VLAN 601, cut off from the one on 600."""
+    from ipamd.store.records import AttachmentRecord, BuiltInterface
+    from tests.unit.test_attacher import NS, Node, obj
+    from tests.unit.test_reconcile import reconciler
+
+    node = Node()
+    key = f"Network/{NS}/net-v"
+    node.source.add(obj("NetworkClass", "c", VLAN, namespaced=False))
+    node.source.add(obj("Network", "net-v", {"networkClass": "c", "vlan": {"id": 605}}))
+    rec = reconciler(node)
+    rec.run_once()
+    assert bridge_of(node.store, key) == "plx-br-605"
+    with node.store.transaction():  # a pod on VLAN 600
+        node.store.put_attachment(AttachmentRecord("c1", "eth0", "uid-p", NS, "p", "/run/netns/p", "ready", (
+            BuiltInterface("net1", "veth", key, "Network", "net-v", "plxaaaa", "plx-br-605", vlan_id=605),)))
+    node.source.add(obj("Network", "net-v", {"networkClass": "c", "vlan": {"id": 606}}))
+    rec.run_once()
+    assert bridge_of(node.store, key) == "plx-br-605", \
+        f"moved to {bridge_of(node.store, key)} while a pod is on plx-br-605: new pods join another wire"
+    kept = node.store.get_segment(key)
+    assert kept is not None and "VLANIDChangePending" in [c["type"] for c in kept.status["conditions"]]
+    with node.store.transaction():  # the pod is gone (DEL): moved
+        node.store.delete_attachment("c1", "eth0")
+    rec.run_once()
+    moved = node.store.get_segment(key)
+    assert moved is not None and moved.bridge == "plx-br-606"
+    assert "VLANIDChangePending" not in [c["type"] for c in moved.status.get("conditions", ())]
+
+
 # -- ensure_vlan at the message level ---------------------------------------------------------------------------------
 
 class MessageIPRoute:
@@ -326,3 +440,110 @@ def test_a_node_does_not_serve_another_kinds_id_as_granted_after_a_class_edit() 
     node.source.add(parse_object({**doc, "metadata": {"name": "moved", "namespace": NS}, "spec": {"networkClass": "vl"}}))
     reconciler(node, cluster=True).run_once()
     assert node.links.index("plx-br-603") is None, "VLAN 603 made for a network whose status shows a VNI"
+
+
+def test_a_vxlan_device_without_underlay_interface_gets_no_mtu_under_its_underlay(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``underlayInterface`` is optional; without it the RTM_NEWLINK carries neither IFLA_VXLAN_LINK nor IFLA_MTU, and
+    the kernel (vxlan_config_apply: no lower device, max_mtu = ETH_MAX_MTU) leaves the device at ether_setup's 1500.
+    The bridge then has MTU 1500 and so do its pods: a full-size frame becomes a 1550-byte outer packet on a 1500-byte
+    underlay (fragmented, or dropped where DF is set or fragments are filtered). README: 'a VXLAN uplink 50 bytes
+    under its underlay'."""
+    from ipamd.netlink import segment_links
+
+    class Host(MessageIPRoute):
+        def get_addr(self) -> list[Any]:
+            return []
+
+        def fdb(self, cmd: str, **kw: Any) -> list[Any]:
+            return []
+
+        def route(self, cmd: str, **kw: Any) -> list[Any]:  # every remote is reached over eth1
+            assert cmd == "get"
+            from pyroute2.netlink.rtnl.rtmsg import rtmsg
+            msg = rtmsg()
+            msg["attrs"] = [["RTA_DST", kw["dst"]], ["RTA_OIF", self._find(ifname="eth1")["index"]]]
+            return [msg]
+
+    monkeypatch.setattr(segment_links, "l2_only", lambda host, name: None)
+    host = Host()
+    host.made(ifname="eth1", kind="dummy", mtu=1400)
+    segment_links.ensure_vxlan(host, 5000, "", ["198.18.0.2"], "", 4789, "")
+    (msg,) = [m for cmd, m in host.sent if cmd == "add"]
+    assert isinstance(msg, ifinfmsg)
+    data = msg.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
+    assert msg.get_attr("IFLA_MTU") is not None or data.get_attr("IFLA_VXLAN_LINK") is not None, \
+        "the VXLAN device is made with the kernel's default MTU (1500), not 50 under its underlay's"
+    assert msg.get_attr("IFLA_MTU") == 1350
+
+
+def test_an_untagged_class_whose_parent_nic_is_edited_never_gets_the_new_one_even_with_no_pod(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Untagged class, parent eth1 edited to eth3, and no pod on the bridge: ``_refuse_second_uplink`` raises
+    SegmentInUse ('the edit is applied once they are gone') although no pod is there, and nothing ever takes eth1
+    off the bridge: the segment stays on eth1 and its attachment not Ready for ever."""
+    from ipamd.netlink import segment_links
+
+    class Host(MessageIPRoute):
+        def link(self, cmd: str, **kw: Any) -> list[Any]:
+            if cmd != "set":
+                return super().link(cmd, **kw)
+            msg = self._find(index=kw["index"])
+            if "master" in kw:
+                msg["attrs"] = [a for a in msg["attrs"] if a[0] != "IFLA_MASTER"] + [["IFLA_MASTER", kw["master"]]]
+            return []
+
+    monkeypatch.setattr(segment_links, "l2_only", lambda host, name: None)
+    host = Host()
+    host.made(ifname="eth1", kind="dummy")
+    host.made(ifname="eth3", kind="dummy")
+    bridge = segment_links.ensure_bridge(host, "plx-n-00000000", "eth1")
+    assert host._find(ifname="eth1").get_attr("IFLA_MASTER") == bridge
+    try:
+        segment_links.ensure_bridge(host, "plx-n-00000000", "eth3")  # the class edited; no pod on the bridge
+    except SegmentInUse as exc:
+        pytest.fail(f"refused with no pod on the bridge, and never applied: {exc}")
+    assert host._find(ifname="eth3").get_attr("IFLA_MASTER") == bridge
+
+
+def test_a_vlan_parent_edit_is_applied_under_live_macvlan_pods(monkeypatch: pytest.MonkeyPatch) -> None:
+    """'made again once no pod is on its segment': the pods are counted as the bridge's ports (``_ports``), but a
+    macvlan pod is no port of the bridge (its IFLA_LINK is, in the pod's namespace: invisible in the node's dump). A
+    segment whose pods are all macvlans has its uplink deleted and made on the new parent under them."""
+    from ipamd.netlink import segment_links
+    from ipamd.netlink.node import NetlinkNodeLinks
+    from ipamd.store.records import AttachmentRecord, BuiltInterface
+
+    class Host(MessageIPRoute):
+        next_index = 100
+
+        def made(self, **spec: Any) -> int:  # indexes never reused (the base's collide after a delete)
+            from tests.fakes.messages import encode
+            msg = encode(spec)
+            msg["index"] = index = Host.next_index = Host.next_index + 1
+            self.links[index] = msg
+            return index
+
+        def link(self, cmd: str, **kw: Any) -> list[Any]:
+            if cmd != "set":
+                return super().link(cmd, **kw)
+            msg = self._find(index=kw["index"])
+            if "master" in kw:
+                msg["attrs"] = [a for a in msg["attrs"] if a[0] != "IFLA_MASTER"] + [["IFLA_MASTER", kw["master"]]]
+            return []
+
+    monkeypatch.setattr(segment_links, "l2_only", lambda host, name: None)
+    host = Host()
+    host.made(ifname="eth2", kind="dummy")
+    host.made(ifname="eth3", kind="dummy")
+    store = MemoryStore()
+    segments = Segments(store, NetlinkNodeLinks(lambda: host), lambda: 0.0)
+    rec, _ = segments.ensure(net(cls_of(VLAN)))
+    with store.transaction():  # a macvlan pod on the segment
+        store.put_attachment(AttachmentRecord("c1", "eth0", "uid-p", "ns", "p", "/run/netns/p", "ready", (
+            BuiltInterface("net1", "macvlan", rec.network, "Network", "a", "", rec.bridge, "02:00:00:00:00:01", 600),)))
+    host.sent.clear()
+    edited = {"vlan": {"idPool": ["600-609"], "parentNodeNetworkInterfaces": {"names": ["eth3"]}}}
+    with pytest.raises(SegmentInUse):  # served as it is until the pod is gone
+        segments.ensure(net(cls_of(edited)))
+    assert not [m for cmd, m in host.sent if cmd == "del"], "plx-vl-600 was deleted and made on eth3 under a live pod"

@@ -87,3 +87,39 @@ def test_add_hands_the_choice_to_the_driver() -> None:
     (w,) = wanted({SPEC: json.dumps([{"type": "Network", "name": "net-a", "ifName": "tap0", "interfaceType": "tap",
                                       "multiQueue": True}])})
     assert w.kind == "tap" and getattr(w.request, "tap_multi_queue") is True  # noqa: B009
+
+
+@pytest.mark.parametrize("uid", [2**31, 4294967294, 2**40])
+def test_a_tap_uid_past_a_c_int_is_refused_naming_the_field_not_a_traceback(uid: int,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """``uid`` is any non-negative integer at parse time; ``_make_tap`` passes it to ``fcntl.ioctl`` as an int
+    argument, which Python parses as a C int: OverflowError, which ``add_tap`` (catching OSError) lets through as a
+    999. A uid_t is 32 bits (4294967294 is a valid uid), so either it is refused at parse naming ``uid``, or the ioctl
+    gets it packed unsigned; never an OverflowError."""
+    import fcntl
+    import json
+    import os
+
+    from pyroute2.netlink.rtnl.ifinfmsg.tuntap import TUNSETIFF
+
+    from cni.errors import CniError
+    from ipamd.model.annotations import parse_networks_spec
+    from ipamd.netlink import sysctl, tap_links
+
+    try:
+        (sel,) = parse_networks_spec(json.dumps([{"type": "Network", "name": "vm", "ifName": "tap0",
+                                                  "interfaceType": "tap", "uid": uid}]))
+    except CniError as exc:
+        assert "uid" in str(exc.details)
+        return
+    real = fcntl.ioctl
+    null = os.open("/dev/null", os.O_RDWR)
+    monkeypatch.setattr(os, "open", lambda *a, **k: os.dup(null))  # (tap_links's: the module's own)
+    monkeypatch.setattr(sysctl, "set_conf", lambda *a, **k: None)
+    monkeypatch.setattr(fcntl, "ioctl", lambda fd, req, arg=0: None if req == TUNSETIFF else real(fd, req, arg))
+    monkeypatch.setattr(tap_links, "in_namespace", lambda fd, fn: fn())
+    try:
+        with pytest.raises(CniError):  # an InterfaceFailure (105) at worst: never 999
+            tap_links.add_tap(0, "tap0", sel.tap_uid, None)
+    finally:
+        os.close(null)
