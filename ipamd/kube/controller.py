@@ -70,6 +70,7 @@ from ipamd.model.objects import (
     parse_duration,
 )
 from ipamd.model.segments import (
+    ID_CHANGE,
     IdUnavailable,
     SegmentKind,
     granted_id,
@@ -91,7 +92,6 @@ UNUSED_GONE_S = 120.0  # a user's IPAddress gone this long, its lease taken up b
 ALLOCATED_S = 60.0  # a user's Auto IPAddress just leased is not leased again this long (the caches catch up)
 ATTACHMENT_KIND = "NodeNetworkInterfaceAttachment"
 MOVE_LOOK_S = 30.0  # the pods on a network's segment, while they hold back the ID its spec.vlan.id asks, listed this often
-ID_CHANGE = "VLANIDChangePending"  # the condition of a network whose spec.vlan.id asks another ID than it has
 
 
 class ObjectWrites(Protocol):
