@@ -38,10 +38,19 @@ def _table_routes(iface: BuiltInterface, cidrs: Iterable[str]) -> list[tuple[str
     """What goes into the interface's table besides its connected routes: its network's policy routes, then the
     pool's routes to the destinations those leave out (a table holds one route per destination, and the network's
     word on its own table wins; a pool route to the interface's own subnet is its connected route's already)."""
-    routes = [(r["destination"], r["via"]) for r in iface.policy_routes]
-    taken = {policy.route_key(dst, "")[0] for dst, _ in routes}
+    return _policy_routes(iface) + _table_pool_routes(iface, cidrs)
+
+
+def _policy_routes(iface: BuiltInterface) -> list[tuple[str, str]]:
+    return [(r["destination"], r["via"]) for r in iface.policy_routes]
+
+
+def _table_pool_routes(iface: BuiltInterface, cidrs: Iterable[str]) -> list[tuple[str, str]]:
+    """The pool's routes that go into the interface's table: those to destinations its policy routes and its
+    connected routes leave out."""
+    taken = {policy.route_key(dst, "")[0] for dst, _ in _policy_routes(iface)}
     taken |= {str(ipaddress.ip_interface(c).network) for c in cidrs}
-    return routes + [(dst, via) for dst, via in _pool_routes(iface) if policy.route_key(dst, "")[0] not in taken]
+    return [(dst, via) for dst, via in _pool_routes(iface) if policy.route_key(dst, "")[0] not in taken]
 
 
 def unconfigure(ctx: LinksContext, iface: BuiltInterface) -> None:
@@ -101,7 +110,7 @@ def check(host: Any, pod: Any, iface: BuiltInterface) -> list[str]:
                     if policy.route_key(r["destination"], r["via"]) not in routes:
                         problems.append(f"{iface.if_name} lacks route {r['destination']} via {r['via']}")
     if iface.table and iface.configure_ips and iface.addresses and state is not None:  # as ``configure`` has it
-        problems += _policy_problems(pod, iface)
+        problems += _policy_problems(pod, iface, _spelled_routes(state["routes"]))
     if iface.host_link:
         problems += _host_link_problems(host, iface)
     return problems
@@ -117,11 +126,13 @@ def _host_link_problems(host: Any, iface: BuiltInterface) -> list[str]:
     return []
 
 
-def _policy_problems(pod: Any, iface: BuiltInterface) -> list[str]:
-    """What ``configure`` put in the interface's table and rules that the pod's namespace lacks now."""
+def _policy_problems(pod: Any, iface: BuiltInterface, main: set[tuple[str, str]]) -> list[str]:
+    """What ``configure`` put in the interface's table and rules that the pod's namespace lacks now. A pool route
+    found in the main table through the interface (``main``, as the kernel spells them) counts as present: a pod
+    built before the pool's routes went into the table has them there, and was built right."""
     cidrs = [cidr_of(a["address"], a["network"]) for a in iface.addresses]
-    return policy.policy_problems(iface.if_name, iface.table, cidrs, _table_routes(iface, cidrs),
-                                  policy.policy_state(pod, iface.table))
+    routes = _policy_routes(iface) + [r for r in _table_pool_routes(iface, cidrs) if policy.route_key(*r) not in main]
+    return policy.policy_problems(iface.if_name, iface.table, cidrs, routes, policy.policy_state(pod, iface.table))
 
 
 class DoomedLinks:

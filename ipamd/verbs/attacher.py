@@ -49,6 +49,7 @@ from ipamd.sources.base import ObjectSource, require_listed
 from ipamd.store.protocols import VerbStore
 from ipamd.store.records import AttachmentRecord, BuiltInterface, IPRecord, PodStatus, SegmentRecord
 from ipamd.verbs.call import CniCall, KeyedLocks, dispatch, valid_attachments
+from ipamd.verbs.gc_gate import SharedExclusiveLock
 from ipamd.verbs.networks import Networks, Wanted, parallel, readiness_file_present, with_lease
 from ipamd.verbs.pod_statuses import PodStatusWriter, Sent
 from ipamd.verbs.pods import find_pod
@@ -149,6 +150,9 @@ class Attacher:
         self.delegation = delegation  # the runner of delegated plugins, for STATUS
         self.delegated = delegated or DelegatedAddresses(ipam, source)  # addresses of delegates using plexus-ipam
         self.locks = KeyedLocks()
+        # ADDs from their record to their commit (shared) against GC's read of the store and its delegates' GCs
+        # (exclusive): taken after an attachment's lock, never the other way round
+        self.gc_gate = SharedExclusiveLock()
         self.doomed = DoomedLinks()  # node links DELs remove, concurrent DELs' in one request
         # --del-mode background: DEL answers once the interfaces are cut off; they are removed after (``reaper``)
         self.reaper = Reaper(self._finish_deletion, del_delay_s) if background_del else None
@@ -208,7 +212,9 @@ class Attacher:
         key = InterfaceKey(call.container_id, call.ifname, call.netns)
         at_once = parallel(pod)
         wanted = _told_defaults_moved(wanted)
-        with self.open_pod(call.netns) as pod_side, contextlib.ExitStack() as undo:
+        # the gate held (shared) from the record to the commit or the undo's end: GC tells the delegates the store's
+        # attachments, and one recorded after its read would be missing there while its plexus-ipam lease is not
+        with self.open_pod(call.netns) as pod_side, self.gc_gate.shared(), contextlib.ExitStack() as undo:
             with self.store.transaction():
                 self.store.put_attachment(record)
             left: list[BuiltInterface] = []  # what an undo step could not undo (``BuildContext.not_undone``)
@@ -595,15 +601,22 @@ class Attacher:
                 self.teardown_current(record.container_id, record.ifname, still_wanted=record.__eq__)
             except CniError as exc:
                 errors.append(f"{record.container_id[:12]}/{record.ifname}: {exc}")
-        # the delegates are told every attachment still here, not the runtime's list: one kept above (its ADD finished
-        # since the runtime listed) holds its delegate's addresses, and a delegate shared with another configuration
-        # holds that one's too; a delegate GCs only its own network, so naming more lets nothing go
-        kept = [i for rec in self.store.attachments() for i in rec.interfaces]
-        for kind, driver in self.drivers.items():
-            driver.collect([i for i in kept if i.kind == kind])
+        self._collect()
         if errors:
             raise InterfaceFailure("GC could not release every stale attachment", "; ".join(errors))
         return {}
+
+    def _collect(self) -> None:
+        """The delegates are told every attachment still here, not the runtime's list: one kept by ``gc`` (its ADD
+        finished since the runtime listed) holds its delegate's addresses, and a delegate shared with another
+        configuration holds that one's too; a delegate GCs only its own network, so naming more lets nothing go. No
+        ADD records an attachment or commits from the read until they are done (the gate, exclusive; no attachment's
+        lock is held here, as an ADD takes the gate under its own): one made in between, its plexus-ipam call over,
+        would be missing from the list while its lease is not."""
+        with self.gc_gate.exclusive():
+            kept = [i for rec in self.store.attachments() for i in rec.interfaces]
+            for kind, driver in self.drivers.items():
+                driver.collect([i for i in kept if i.kind == kind])
 
     def status(self, call: CniCall) -> dict[str, Any]:
         """Ready for ADD: the daemon, and the cluster network's plugins when Plexus delegates to them (their own

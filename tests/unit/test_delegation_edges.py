@@ -625,6 +625,43 @@ def test_plexus_gc_beside_an_exec_delegates_add_leaves_its_plexus_ipam_lease() -
     assert held.get("CNI/first/cp/net1") == "bound", f"p's address let go while p uses it: {node.store.all_leases()}"
 
 
+def test_gc_forwards_a_stale_list_to_the_delegates_and_an_add_made_meanwhile_loses_its_address() -> None:
+    """59004b8 tells the delegates every attachment still recorded, but read them once, before it exec'd their GCs
+    (``Attacher.gc``: ``kept`` read, then ``driver.collect(kept)``). A pod ADDed in between (recorded, its macvlan
+    exec'ing plexus-ipam, answered: no call of it busy any more) was missing from the list the macvlan's GC got, and
+    plexus-ipam's GC released its lease while its interface carried it (the address then handed out again). Here p's
+    ADD is started after ``kept`` was read and before the delegate GC runs; GC holds the gate (exclusive) across
+    both, so p's ADD waits for it and records its attachment once the delegates' GCs are done (found in review)."""
+    node, _, cni = _plexus_ipam_exec_node("q", "p")
+    cni("ADD", "q", "cq")
+    driver = node.drivers["delegate"]
+    real = driver.collect
+    errors: list[BaseException] = []
+
+    def add_p() -> None:
+        try:
+            cni("ADD", "p", "cp")
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    t_add = threading.Thread(target=add_p)
+
+    def collect(kept: list[Any]) -> None:
+        t_add.start()  # p's ADD, between GC's read of the store and its exec of the delegate's GC
+        deadline = time.monotonic() + 5
+        while t_add.is_alive() and not node.attacher.gc_gate.waiting() and time.monotonic() < deadline:
+            time.sleep(0.001)  # until p's ADD is answered, or waits for the gate
+        real(kept)
+
+    driver.collect = collect
+    cni("GC", "", "", **_valid("cq"))  # the runtime's list: p's ADD had not begun
+    t_add.join(5)
+    assert not t_add.is_alive() and not errors, errors
+    assert {a.container_id for a in node.store.attachments()} == {"cq", "cp"}, "p is attached"
+    held = {lease.holder: lease.state for lease in node.store.all_leases()}
+    assert held.get("CNI/first/cp/net1") == "bound", f"p's address let go while p uses it: {node.store.all_leases()}"
+
+
 def test_gc_of_one_plexus_configuration_leaves_the_delegates_lease_of_anothers_attachment() -> None:
     """Two Plexus configurations (``plexus``, ``plexus-b``) attach pods to one NAD whose macvlan execs plexus-ipam:
     the delegate's configuration (named after the NAD) is the same for both. GC of ``plexus`` (only q valid) tells

@@ -163,3 +163,34 @@ def test_the_pools_routes_go_into_the_table_and_check_looks_for_them_there(monke
     del pod.routes[(TABLE, "198.19.6.0/24")]
     assert kernel.check(object(), pod, iface) == [f"table {TABLE} lacks route 198.19.6.0/24 via 198.18.5.1 of net1"]
 
+
+
+def test_check_accepts_the_pools_routes_in_the_main_table_as_a_pod_built_before_the_upgrade_has_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``routingTable``, the pool's routes now go into the network's table and CHECK looked for them there only:
+    a pod built by the previous version (its pool routes in the main table, through its interface) failed CHECK
+    after the upgrade although nothing changed. A pool route in either table is present; one in neither, or through
+    another gateway, is still reported, and so is a policy route found only in the main table (never its place)."""
+    pool_routes = ({"destination": "198.19.6.0/24", "via": "198.18.5.1"},
+                   {"destination": "2001:2:0:6::/64", "via": "2001:2::1"})
+    iface = replace(DUAL, addresses=({"address": "198.18.5.10", "network": "198.18.5.0/24", "routes": pool_routes},
+                                     DUAL.addresses[1]))
+    pod = added(iface, monkeypatch)
+    for dst in ("198.19.6.0/24", "2001:2:0:6::/64"):  # the previous version's table: the policy routes alone
+        del pod.routes[(TABLE, dst)]
+
+    def main_table(*routes: tuple[str, str]) -> None:
+        cidrs = ["198.18.5.10/24", "2001:2::10/64"]
+        monkeypatch.setattr(links, "link_state", lambda ipr, name: {
+            "name": name, "mac": iface.mac, "up": True, "addresses": cidrs, "routes": list(routes), "kind": "veth"})
+
+    main_table(("198.19.6.0/24", "198.18.5.1"), ("2001:2:0:6::/64", "2001:2::1"))  # link_state's spelling
+    assert kernel.check(object(), pod, iface) == [], "the pool's routes in the main table: as the old version built"
+    main_table(("198.19.6.0/24", "198.18.5.254"))
+    assert kernel.check(object(), pod, iface) == [
+        f"table {TABLE} lacks route 198.19.6.0/24 via 198.18.5.1 of net1",
+        f"table {TABLE} lacks route 2001:2:0:6::/64 via 2001:2::1 of net1"], "through another gateway, or in neither"
+    del pod.routes[(TABLE, "::/0")]
+    main_table(("198.19.6.0/24", "198.18.5.1"), ("2001:2:0:6::/64", "2001:2::1"), ("::/0", "2001:2::1"))
+    assert kernel.check(object(), pod, iface) == [f"table {TABLE} lacks route ::/0 via 2001:2::1 of net1"], \
+        "a policy route belongs in the table whatever the version"
