@@ -557,7 +557,7 @@ class Ipam:
         """Lease ``rec`` its address in a transaction of its own (a user's IPAddress, a gRPC client's lease). The
         record is read again under the lock (``rec`` says only whether it is deleted): a CNI call may have made a pod
         its user, or let one go, since the caller read it; ``fit`` checks (or refuses) it as read there."""
-        pool = self._as_its_network_sees(rec, pool)
+        pool = self.as_its_network_sees(rec, pool)
 
         def attempt() -> tuple[IPRecord, LeaseRecord]:
             kept = self._kept_while_used(self.store.get_ip(rec.key), pool)
@@ -573,7 +573,7 @@ class Ipam:
 
         return self.resecured(attempt)
 
-    def _as_its_network_sees(self, rec: IPRecord, pool: AddressPool) -> AddressPool:
+    def as_its_network_sees(self, rec: IPRecord, pool: AddressPool) -> AddressPool:
         """``pool`` as the network ``rec`` is for sees it (``AddressPool.for_network``, as ``resolve`` gives a pod's):
         a user's IPAddress leased before any pod uses it never gets that network's policy routes' gateways either."""
         kind = NETWORK_KINDS.get(rec.network_kind)

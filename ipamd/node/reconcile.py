@@ -292,13 +292,19 @@ class Reconciler:
         return live
 
     def _flag_pool_changes(self) -> None:
-        """A pool shrank or lost a range under live leases: keep them, flag the ones now outside."""
+        """A pool shrank or lost a range under live leases: keep them, flag the ones now outside. Each lease is
+        judged by the pool as its holder's network sees it (``Ipam.as_its_network_sees``), as ``lease_for`` flags
+        it: an Auto address on a policy route's gateway, leased before those were cut out, stays flagged instead of
+        being cleared here and set there again every round."""
         for kind in POOL_KINDS.values():
             for pool in self.source.list(kind):
                 changed = []
                 for lease in self.store.leases_in_pool(pool.meta.key).values():
-                    outside = subnet_for(pool, lease.ip) is None or (
-                        not in_ranges(pool, lease.ip) and lease.address != self._static_ip(lease.holder))
+                    holder = self.store.get_ip(lease.holder) if lease.holder else None
+                    seen = self.ipam.as_its_network_sees(holder, pool) if holder is not None else pool
+                    static = holder.static_ip if holder is not None and holder.type == "Static" else ""
+                    outside = subnet_for(seen, lease.ip) is None or (
+                        not in_ranges(seen, lease.ip) and lease.address != static)
                     if outside != lease.outside_ranges:
                         changed.append(replace(lease, outside_ranges=outside))
                 if changed:
@@ -307,10 +313,6 @@ class Reconciler:
                             self.store.put_lease(lease)
                     log.warning("pool %s changed: %d lease(s) now %s its ranges", pool.meta.display, len(changed),
                                 "outside" if changed[0].outside_ranges else "back inside")
-
-    def _static_ip(self, holder: str | None) -> str:
-        rec = self.store.get_ip(holder) if holder else None
-        return rec.static_ip if rec is not None and rec.type == "Static" else ""
 
     def _sync_ipaddresses(self, statics_only: bool = False) -> None:
         if not self.source.ready():

@@ -19,7 +19,7 @@ from cni.errors import InvalidConfig, PluginNotAvailable, TryAgainLater, Unknown
 from cni.types import Result
 from ipamd.ipam.delegated import AddressRequest, DelegatedAddresses, ipam_config_of
 from ipamd.model.npwg import NETWORKS_ANNOTATION, NetworkElement, parse_networks
-from ipamd.model.objects import NETWORK_ATTACHMENT_DEFINITION, Pod
+from ipamd.model.objects import IPAM_CLAIM, NETWORK_ATTACHMENT_DEFINITION, Pod
 from ipamd.publish.base import LocalPublisher, Publisher
 from ipamd.sources.base import ObjectSource, require_listed
 from ipamd.store.records import IPRecord
@@ -60,25 +60,42 @@ def _could_name(el: NetworkElement, i: int, ifname: str) -> bool:
     return number is not None and int(number.group(1)) >= i + 1
 
 
-def selection_for(pod: Pod, ifname: str, network: str,
-                  network_of: Callable[[NetworkElement], str]) -> tuple[NetworkElement | None, str]:
+def selection_for(pod: Pod, ifname: str, network: str, network_of: Callable[[NetworkElement], str],
+                  claim_interface: Callable[[str], str]) -> tuple[NetworkElement | None, str]:
     """The element of the pod's NPWG selection that made interface ``ifname`` of CNI network ``network`` (under
     Multus), and its index's field path: one Multus could have named so (``_could_name``) whose NAD's network
     (``network_of``) is the call's. None when no element fits: a network the pod did not select (a Multus default
-    network) has no claim. Several that fit naming different claims (the same NAD twice, unnamed) are refused,
-    as the claim's interface cannot be told."""
+    network) has no claim. Several that fit naming different claims (the same NAD twice, unnamed) are told apart
+    by their IPAMClaims' ``spec.interface`` (``claim_interface``, by claim name; ``_told_apart``), and refused when
+    that does not tell."""
     try:
         elements = parse_networks(pod.annotations.get(NETWORKS_ANNOTATION), pod.meta.namespace)
     except Exception:  # an annotation the meta-plugin accepted is its business; no claim can come from it
         return None, ""
     fits = [el for i, el in enumerate(elements) if _could_name(el, i, ifname) and network_of(el) == network]
     if len({el.ipam_claim for el in fits}) > 1:
-        unnamed = next((el for el in fits if not el.interface), fits[0])
-        raise InvalidConfig(f"interface {ifname} of network {network} may be any of {', '.join(el.where for el in fits)}"
-                            " (Multus numbers an unnamed network by its place among all its delegates, its "
-                            "defaultNetworks included), and they name different IPAMClaims: give each its "
-                            "interface", f"{unnamed.where}.interface")
+        told = _told_apart(fits, ifname, claim_interface)
+        if len({el.ipam_claim for el in told}) != 1:
+            unnamed = next((el for el in fits if not el.interface), fits[0])
+            raise InvalidConfig(f"interface {ifname} of network {network} may be any of "
+                                f"{', '.join(el.where for el in fits)} (Multus numbers an unnamed network by its "
+                                "place among all its delegates, its defaultNetworks included), and they name "
+                                "different IPAMClaims whose spec.interface does not tell which: give each its "
+                                "interface", f"{unnamed.where}.interface")
+        fits = told
     return (fits[0], fits[0].where) if fits else (None, "")
+
+
+def _told_apart(fits: list[NetworkElement], ifname: str,
+                claim_interface: Callable[[str], str]) -> list[NetworkElement]:
+    """Of the elements that may be ``ifname``, those its IPAMClaims say it is: the ones whose claim's
+    ``spec.interface`` is ``ifname``, else the ones naming no claim (a claim for another interface is not this
+    one's). All of them when a claim names no interface (it may be this one's)."""
+    said = {el.ipam_claim: claim_interface(el.ipam_claim) for el in fits if el.ipam_claim}
+    if "" in said.values():
+        return fits
+    return [el for el in fits if el.ipam_claim and said[el.ipam_claim] == ifname] or \
+        [el for el in fits if not el.ipam_claim]
 
 
 class IpamPlugin:
@@ -115,12 +132,23 @@ class IpamPlugin:
                                 "longer) the one of that name, whose network selection may name an IPAMClaim", UID_ARG) \
                 from None
 
-    def _network_of(self, el: NetworkElement) -> str:
+    def _network_of(self, el: NetworkElement, network: str) -> str:
         """The CNI network name of an element's NAD, from the source's cache: its config's ``name``, which is the
-        NAD's name when the config has none or is on the node's disk (Multus finds that file by the NAD's name),
-        as for a NAD the source does not (yet) show."""
+        NAD's name when the config has none or is on the node's disk (Multus finds that file by the NAD's name).
+        A NAD the source does not (yet) show is taken at its name, a guess: one that is not the call's ``network``,
+        for an element naming an IPAMClaim, would leave the claim unused (a fresh address) if the NAD's config
+        names the call's network, so 11 until the source shows it."""
         nad = self.source.get(NETWORK_ATTACHMENT_DEFINITION, el.namespace, el.name)
+        if nad is None and el.ipam_claim and el.name != network:
+            raise TryAgainLater(f"NetworkAttachmentDefinition {el.namespace}/{el.name} of {el.where} (IPAMClaim "
+                                f"{el.ipam_claim}) is not known to plexus-ipamd yet: whether it is network {network}, "
+                                "hence whether the claim is for this call, cannot be told", f"{el.where}.name")
         return str(nad.config["name"]) if nad is not None and nad.config is not None else el.name
+
+    def _claim_interface(self, namespace: str, name: str) -> str:
+        """The interface an IPAMClaim says it is for (``spec.interface``); "" when it names none or is not known."""
+        claim = self.source.get(IPAM_CLAIM, namespace, name)
+        return claim.interface if claim is not None else ""
 
     def add(self, call: CniCall) -> dict[str, Any]:
         config = ipam_config_of(call.config)
@@ -134,7 +162,9 @@ class IpamPlugin:
             nad, claim, where = str(told.get("nad", "")), str(told.get("claim", "")), str(told.get("where", ""))
             claim_field = f"{where}.ipam-claim-reference" if claim else ""
         elif pod is not None:  # another meta-plugin (Multus): the pod's selection, by Multus's interface names
-            element, where = selection_for(pod, call.ifname, call.network_name, self._network_of)
+            element, where = selection_for(pod, call.ifname, call.network_name,
+                                           lambda el: self._network_of(el, call.network_name),
+                                           lambda name: self._claim_interface(pod.meta.namespace, name))
             if element is not None:
                 nad = f"{element.namespace}/{element.name}"
                 if element.ipam_claim:

@@ -46,6 +46,7 @@ def _nad_a_named(node: tpi.Node, conf_name: str) -> None:
 
 def test_gc_of_another_configuration_named_like_the_claims_nad_does_not_release_its_live_user() -> None:
     node = _db0_claimed()
+    _nad_a_named(node, "macvlan-conf")
     _claimed(node, "thief", "uid-t")
     first = node.call("ADD", tpi.SHARED, container="live", network="macvlan-conf", pod_name="db-0", uid="uid-1")
     none: dict[str, Any] = {"cni.dev/valid-attachments": []}
@@ -109,6 +110,7 @@ def test_gc_leaves_a_claim_user_of_a_record_from_the_previous_version_whose_netw
 
 def test_the_sqlite_store_reads_an_ip_record_written_without_user_networks() -> None:
     node = _db0_claimed()
+    _nad_a_named(node, "macvlan-conf")
     node.call("ADD", tpi.SHARED, container="live", network="macvlan-conf", pod_name="db-0", uid="uid-1")
     (rec,) = node.store.all_ips()
     with tempfile.TemporaryDirectory() as tmp:

@@ -45,6 +45,11 @@ def claim(name: str, network: str = "nad-a", **spec: Any) -> Any:
                uid=f"uid-{name}")
 
 
+def nad(name: str, config: dict[str, Any] | None = None) -> Any:
+    return obj("NetworkAttachmentDefinition", name, {"config": json.dumps(config)} if config else {},
+               api="k8s.cni.cncf.io/v1")
+
+
 class Node:
     def __init__(self) -> None:
         self.store = MemoryStore()
@@ -353,8 +358,10 @@ def test_plexus_ipam_under_multus_with_default_networks_does_not_give_a_claim_to
     network is net1 and the pod's claimed network ``nad-a`` is net2: plexus-ipam matched mon's call (net1) to the
     annotation's element 0 and leased the IPAMClaim's sticky address to mon's interface (the claim's network check
     passes, since ``nad`` came from the same wrong element), and nad-a's own call (net2) matched nothing and got a
-    fresh address. Now an element is also of the call's network, and may be any ``net<k+1+i>``."""
+    fresh address. Now an element is also of the call's network, and may be any ``net<k+1+i>``. (The source shows
+    nad-a, configured on disk: a claimed element's NAD it does not show is 11 for mon's call, which may be its.)"""
     node = Node()
+    node.source.add(nad("nad-a"))
     node.source.add(claim("db-0"))
     node.source.add(pod("db-0", "uid-1", [{"name": "nad-a", "ipam-claim-reference": "db-0"}]))
     node.call("ADD", SHARED, pod_name="db-0", uid="uid-1", network="mon", ifname="net1")  # Multus's defaultNetworks[0]
@@ -401,20 +408,80 @@ def test_the_same_nad_twice_with_two_claims_and_named_interfaces_gets_each_its_c
                                "IPAMClaim/apps/db-1": (("c1/data1", "nad-a"),)}
 
 
-@pytest.mark.parametrize("second", [{"ipam-claim-reference": "db-1"}, {}], ids=["two claims", "a claim and none"])
+@pytest.mark.parametrize(("interfaces", "second"), [
+    (("", ""), {"ipam-claim-reference": "db-1"}),
+    (("net2", "net2"), {"ipam-claim-reference": "db-1"}),
+    (("", "net2"), {"ipam-claim-reference": "db-1"}),
+    (("net1", "net3"), {"ipam-claim-reference": "db-1"}),
+    (("", ""), {}),
+], ids=["two claims naming no interface", "two claims naming net2", "a claim naming no interface",
+        "two claims naming neither", "a claim naming no interface and none"])
 def test_the_same_nad_twice_unnamed_naming_different_claims_is_refused_naming_the_interface(
-        second: dict[str, Any]) -> None:
-    """Unnamed, element 0 may be net1 (no Multus default network) or net2 (one), as element 1 may be net2: which
-    claim net2's call is for cannot be told, so it is refused (7) before anything is leased, asking for names."""
+        interfaces: tuple[str, str], second: dict[str, Any]) -> None:
+    """Unnamed, element 0 may be net1 (no Multus default network) or net2 (one), as element 1 may be net2. When the
+    IPAMClaims' ``spec.interface`` does not tell which claim net2's call is for (a claim naming none, two naming
+    net2, none naming it), it is refused (7) before anything is leased, asking for names. (These elements once were
+    refused whatever the claims said: a claim for net1 and one for net2, or a claim for net1 and an element without
+    one, are told apart now: ``test_..._told_apart_by_the_claims_own_interface``.)"""
     node = Node()
-    node.source.add(claim("db-0"))
-    node.source.add(claim("db-1", interface="net2"))
+    node.source.add(claim("db-0", interface=interfaces[0]))
+    node.source.add(claim("db-1", interface=interfaces[1]))
     node.source.add(pod("db-0", "uid-1", [{"name": "nad-a", "ipam-claim-reference": "db-0"},
                                           {"name": "nad-a", **second}]))
     err = node.error("ADD", SHARED, pod_name="db-0", uid="uid-1", ifname="net2")
     assert (err.code, err.details) == (7, f"{NETWORKS_ANNOTATION}[0].interface"), err
     assert f"{NETWORKS_ANNOTATION}[1]" in err.msg and "net2" in err.msg, err.msg
     assert node.store.all_leases() == [] and node.store.all_ips() == []
+
+
+@pytest.mark.parametrize("default_networks", [0, 1], ids=["no Multus defaultNetworks", "one"])
+def test_the_same_nad_twice_unnamed_with_two_claims_is_told_apart_by_their_interfaces(default_networks: int) -> None:
+    """Claims for net<k+1> and net<k+2> (k Multus defaultNetworks, which the pod's author knows): each call gets the
+    claim that names its interface, whichever element may have been numbered so."""
+    node = Node()
+    first, second = f"net{default_networks + 1}", f"net{default_networks + 2}"
+    node.source.add(claim("db-0", interface=first))
+    node.source.add(claim("db-1", interface=second))
+    node.source.add(pod("db-0", "uid-1", [{"name": "nad-a", "ipam-claim-reference": "db-0"},
+                                          {"name": "nad-a", "ipam-claim-reference": "db-1"}]))
+    node.call("ADD", SHARED, pod_name="db-0", uid="uid-1", ifname=second)
+    node.call("ADD", SHARED, pod_name="db-0", uid="uid-1", ifname=first)
+    assert claims_of(node) == {"IPAMClaim/apps/db-0": ((f"c1/{first}", "nad-a"),),
+                               "IPAMClaim/apps/db-1": ((f"c1/{second}", "nad-a"),)}
+
+
+def test_the_same_nad_twice_one_claimed_for_net2_leaves_net1_a_plain_lease() -> None:
+    """A claim for net2 and an element without one: net2 is the claim's, and net1 (which only element 0 may be)
+    a plain lease, though element 0 is the claimed one by its place: the claim says so."""
+    node = Node()
+    node.source.add(claim("db-1", interface="net2"))
+    node.source.add(pod("db-0", "uid-1", [{"name": "nad-a"}, {"name": "nad-a", "ipam-claim-reference": "db-1"}]))
+    node.call("ADD", SHARED, pod_name="db-0", uid="uid-1", ifname="net2")
+    node.call("ADD", SHARED, pod_name="db-0", uid="uid-1", ifname="net1")
+    assert claims_of(node) == {"IPAMClaim/apps/db-1": (("c1/net2", "nad-a"),)}
+    plain = [r.interface for r in node.store.all_ips() if r.kind == "CNI"]
+    assert plain == ["net1"]
+
+
+def test_a_claimed_elements_nad_the_source_does_not_show_is_try_again_naming_it() -> None:
+    """The CNI network of an element's NAD is its config's ``name``: a NAD the cache does not show yet may name
+    another (``storage``), so taking the NAD's name matched no element and the claim was silently left unused (a
+    fresh address, the sticky one lost). Now 11 naming the element's NAD, nothing leased, until the source shows
+    it. A call of the network the NAD is named (every other claim test here: their NADs are not in the source), or an
+    element naming no claim (no claim to lose), still goes by the NAD's name."""
+    node = Node()
+    node.source.add(claim("db-0", network="late"))
+    node.source.add(pod("db-0", "uid-1", [{"name": "late", "ipam-claim-reference": "db-0"}]))
+    err = node.error("ADD", SHARED, pod_name="db-0", uid="uid-1", network="storage")
+    assert (err.code, err.details) == (11, f"{NETWORKS_ANNOTATION}[0].name"), err
+    assert "apps/late" in err.msg and "db-0" in err.msg, err.msg
+    node.source.add(nad("late", {"cniVersion": "1.0.0", "name": "storage", "type": "macvlan",
+                                 "ipam": {"type": "plexus-ipam"}}))
+    node.call("ADD", SHARED, pod_name="db-0", uid="uid-1", network="storage")
+    assert claims_of(node) == {"IPAMClaim/apps/db-0": (("c1/net1", "storage"),)}
+    node.source.add(pod("app", "uid-app", [{"name": "gone"}]))
+    node.call("ADD", SHARED, container="c2", network="gone")  # no claim: the NAD's name, as before
+    assert [r.kind for r in node.store.all_ips() if r.network_name == "apps/gone"] == ["CNI"]
 
 
 def test_more_bad_input_is_a_cni_error_naming_the_field() -> None:
@@ -644,3 +711,16 @@ def test_gc_keeps_the_lease_of_an_add_that_has_not_answered_yet() -> None:
     assert [lease.state for lease in node.store.all_leases()] == ["bound"]
     node.call("GC", SHARED, **none_valid)
     assert [lease.state for lease in node.store.all_leases()] == ["orphaned"], "once answered, it is GC's to judge"
+
+
+def test_the_same_nad_twice_one_claimed_is_told_apart_by_the_claims_own_interface() -> None:
+    """(Review.) A pod selecting a NAD twice, once with its IPAMClaim, is what a Multus user without defaultNetworks
+    (the common setup) had working: net1 the claim's, net2 a plain lease. The IPAMClaim says which interface it is for
+    (``spec.interface: net1``), so element 0 is net1 and net2 is element 1; net2's ADD was refused (code 7)."""
+    node = Node()
+    node.source.add(claim("db-0"))  # spec.interface: net1
+    node.source.add(pod("db-0", "uid-1", [{"name": "nad-a", "ipam-claim-reference": "db-0"}, {"name": "nad-a"}]))
+    node.call("ADD", SHARED, pod_name="db-0", uid="uid-1", ifname="net1")
+    node.call("ADD", SHARED, pod_name="db-0", uid="uid-1", ifname="net2")
+    claims = {r.key: r.used_by_uids for r in node.store.all_ips() if r.kind == "IPAMClaim"}
+    assert claims == {"IPAMClaim/apps/db-0": ("c1/net1",)}

@@ -295,3 +295,28 @@ def test_a_round_finishes_an_add_whose_undo_could_not_forget_its_record() -> Non
         node.store.put_attachment(replace(stuck, updated_at=stuck.updated_at - 60))
     reconciler(node).run_once()
     node.assert_nothing_left()
+
+
+def test_an_auto_address_on_a_policy_routes_gateway_stays_flagged_and_is_logged_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """An Auto IPAddress that got its Network's policy-route gateway before gateways were cut out of the ranges keeps
+    it, flagged outside the ranges. ``lease_for`` flags it by the pool as the Network sees it; the round's pool check
+    judged by the raw pool and cleared it again: the lease was rewritten and "pool changed" logged every round."""
+    node = Node()
+    pool_ref = {"ipAddressPoolRef": {"kind": "IPAddressPool", "name": "pool-gw"}}
+    node.source.add(obj("IPAddressPool", "pool-gw", {"pools": [{"network": "198.18.5.0/24"}]}))
+    node.source.add(obj("Network", "ext", {"networkClass": "cls", "routingTable": 100, "ipam": pool_ref}))
+    node.source.add(obj("IPAddress", "mine", {"networkRef": {"kind": "Network", "name": "ext"}}))
+    rec = reconciler(node)
+    rec.run_once()  # before the upgrade: no policy route, and a pool without ranges hands out .1 first
+    (lease,) = node.store.all_leases()
+    assert (lease.address, lease.outside_ranges) == ("198.18.5.1", False)
+    node.source.add(obj("Network", "ext", {"networkClass": "cls", "routingTable": 100, "ipam": pool_ref,
+                                           "policyRoutes": [{"destination": "0.0.0.0/0", "via": "198.18.5.1"}]}))
+    with caplog.at_level("WARNING", logger="ipamd.node.reconcile"):
+        for _ in range(3):
+            rec.run_once()
+            (lease,) = node.store.all_leases()
+            assert (lease.address, lease.outside_ranges) == ("198.18.5.1", True), "kept, flagged outside"
+    changed = [r.getMessage() for r in caplog.records if "pool-gw changed" in r.getMessage()]
+    assert len(changed) == 1, changed
