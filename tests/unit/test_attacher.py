@@ -344,15 +344,11 @@ def test_del_with_the_netns_gone_succeeds_and_tells_the_drivers() -> None:
     assert node.events[:2] == ["teardown net2 (netns gone)", "teardown net1 (netns gone)"]
 
 
-def test_an_add_whose_undo_could_not_forget_its_record_is_finished_by_the_reconciler() -> None:
-    """A failed ADD's last undo step (``_forget_record``) runs ``quietly``: when its transaction fails, the record
-    stays ``undoing`` (or ``adding``). ``_release_gone_pods`` takes only ready ones, ``finish_deletions`` only
-    ``deleting`` ones: nothing but a restart's ``recover`` (or a runtime's DEL) finished it, and meanwhile it kept
-    the pod's addresses from being forgotten. ``finish_deletions`` now finishes it, once no call holds it."""
-    node = Node()
+def undo_could_not_forget(node: Node) -> AttachmentRecord:
+    """A failed ADD (net2's build) whose last undo step, forgetting its record, failed once (the store's I/O): the
+    record it left."""
     node.drivers["macvlan"].fail_build["net2"] = 1
-    real = node.store.delete_attachment
-    failures = [OSError("disk I/O error")]
+    real, failures = node.store.delete_attachment, [OSError("disk I/O error")]
 
     def delete_attachment(container_id: str, ifname: str) -> None:
         if failures:
@@ -363,6 +359,16 @@ def test_an_add_whose_undo_could_not_forget_its_record_is_finished_by_the_reconc
     with pytest.raises(CniError):
         node.call("ADD")
     (stuck,) = node.store.attachments()
+    return stuck
+
+
+def test_an_add_whose_undo_could_not_forget_its_record_is_finished_by_the_reconciler() -> None:
+    """A failed ADD's last undo step (``_forget_record``) runs ``quietly``: when its transaction fails, the record
+    stays ``undoing`` (or ``adding``). ``_release_gone_pods`` takes only ready ones, ``finish_deletions`` only
+    ``deleting`` ones: nothing but a restart's ``recover`` (or a runtime's DEL) finished it, and meanwhile it kept
+    the pod's addresses from being forgotten. ``finish_deletions`` now finishes it, once no call holds it."""
+    node = Node()
+    stuck = undo_could_not_forget(node)
     assert stuck.state == "undoing"
     with node.attacher.locks.hold(("c1", "eth0")):  # an ADD of it in flight: not touched
         assert node.attacher.finish_deletions(older_than_s=0) == 0

@@ -11,13 +11,12 @@ from typing import Any
 
 import pytest
 
-from cni.errors import CniError
 from ipamd.ipam.registry import NodeLocalRegistry
 from ipamd.model.objects import API_VERSION, POD_ANNOTATIONS_CAPABILITY, parse_object
 from ipamd.node.reconcile import Reconciler
 from ipamd.store.protocols import LeaseStore
 from ipamd.store.records import LeaseRecord
-from tests.unit.test_attacher import NS, TWO_NETWORKS, Node, app_pod, obj
+from tests.unit.test_attacher import NS, TWO_NETWORKS, Node, app_pod, obj, undo_could_not_forget
 
 
 class Registry(NodeLocalRegistry):
@@ -278,18 +277,7 @@ def test_a_round_finishes_an_add_whose_undo_could_not_forget_its_record() -> Non
     """A failed ADD whose last undo step could not forget its record (the store failed) leaves it ``undoing``: the
     round finishes it (``finish_deletions``), not only when some other record is ``deleting``."""
     node = Node()
-    node.drivers["macvlan"].fail_build["net2"] = 1
-    real, failures = node.store.delete_attachment, [OSError("disk I/O error")]
-
-    def delete_attachment(container_id: str, ifname: str) -> None:
-        if failures:
-            raise failures.pop()
-        real(container_id, ifname)
-
-    node.store.delete_attachment = delete_attachment  # type: ignore[method-assign]
-    with pytest.raises(CniError):
-        node.call("ADD")
-    (stuck,) = node.store.attachments()
+    stuck = undo_could_not_forget(node)
     assert stuck.state == "undoing"
     with node.store.transaction():  # left long enough ago for the round to judge it left behind
         node.store.put_attachment(replace(stuck, updated_at=stuck.updated_at - 60))

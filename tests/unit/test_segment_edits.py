@@ -477,6 +477,27 @@ def test_a_vxlan_device_without_underlay_interface_gets_no_mtu_under_its_underla
     assert msg.get_attr("IFLA_MTU") == 1350
 
 
+class PortsHost(MessageIPRoute):
+    """The node's links as messages, whose ``set master`` moves a port, and whose indexes are never reused (the
+    base's collide after a delete)."""
+
+    next_index = 100
+
+    def made(self, **spec: Any) -> int:
+        msg = encode(spec)
+        msg["index"] = index = PortsHost.next_index = PortsHost.next_index + 1
+        self.links[index] = msg
+        return index
+
+    def link(self, cmd: str, **kw: Any) -> list[Any]:
+        if cmd != "set":
+            return super().link(cmd, **kw)
+        msg = self._find(index=kw["index"])
+        if "master" in kw:
+            msg["attrs"] = [a for a in msg["attrs"] if a[0] != "IFLA_MASTER"] + [["IFLA_MASTER", kw["master"]]]
+        return []
+
+
 def test_an_untagged_class_whose_parent_nic_is_edited_never_gets_the_new_one_even_with_no_pod(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Untagged class, parent eth1 edited to eth3, and no pod on the bridge: ``_refuse_second_uplink`` raises
@@ -484,17 +505,8 @@ def test_an_untagged_class_whose_parent_nic_is_edited_never_gets_the_new_one_eve
     off the bridge: the segment stays on eth1 and its attachment not Ready for ever."""
     from ipamd.netlink import segment_links
 
-    class Host(MessageIPRoute):
-        def link(self, cmd: str, **kw: Any) -> list[Any]:
-            if cmd != "set":
-                return super().link(cmd, **kw)
-            msg = self._find(index=kw["index"])
-            if "master" in kw:
-                msg["attrs"] = [a for a in msg["attrs"] if a[0] != "IFLA_MASTER"] + [["IFLA_MASTER", kw["master"]]]
-            return []
-
     monkeypatch.setattr(segment_links, "l2_only", lambda host, name: None)
-    host = Host()
+    host = PortsHost()
     host.made(ifname="eth1", kind="dummy")
     host.made(ifname="eth3", kind="dummy")
     bridge = segment_links.ensure_bridge(host, "plx-n-00000000", "eth1")
@@ -514,26 +526,8 @@ def test_a_vlan_parent_edit_is_applied_under_live_macvlan_pods(monkeypatch: pyte
     from ipamd.netlink.node import NetlinkNodeLinks
     from ipamd.store.records import AttachmentRecord, BuiltInterface
 
-    class Host(MessageIPRoute):
-        next_index = 100
-
-        def made(self, **spec: Any) -> int:  # indexes never reused (the base's collide after a delete)
-            from tests.fakes.messages import encode
-            msg = encode(spec)
-            msg["index"] = index = Host.next_index = Host.next_index + 1
-            self.links[index] = msg
-            return index
-
-        def link(self, cmd: str, **kw: Any) -> list[Any]:
-            if cmd != "set":
-                return super().link(cmd, **kw)
-            msg = self._find(index=kw["index"])
-            if "master" in kw:
-                msg["attrs"] = [a for a in msg["attrs"] if a[0] != "IFLA_MASTER"] + [["IFLA_MASTER", kw["master"]]]
-            return []
-
     monkeypatch.setattr(segment_links, "l2_only", lambda host, name: None)
-    host = Host()
+    host = PortsHost()
     host.made(ifname="eth2", kind="dummy")
     host.made(ifname="eth3", kind="dummy")
     store = MemoryStore()
