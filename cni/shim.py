@@ -206,7 +206,10 @@ def forward(verb: str, env: Mapping[str, str], conf: dict[str, Any], ipam: bool 
     problem = timeout_problem(timeout)
     if problem:  # NaN or infinity would reach the socket: a wait for ever, or an overflow (code 999)
         raise InvalidConfig(f"timeoutSeconds {problem}", f"{where}timeoutSeconds")
-    body = wirejson.dumps({"env": {k: env[k] for k in FORWARDED_ENV if k in env}, "config": conf})
+    try:
+        body = wirejson.dumps({"env": {k: env[k] for k in FORWARDED_ENV if k in env}, "config": conf})
+    except RecursionError:  # read (the C scanner goes ~1000 levels deep), but too deep to write again
+        raise DecodingFailure("network configuration on stdin is not JSON", "stdin: nested too deeply") from None
     try:
         status, payload = http_post(path, "/v1/ipam" if ipam else "/v1/cni", body.encode(), float(timeout))
     except (OSError, ValueError, _BadAnswer) as exc:  # OSError covers refused, missing and timed out

@@ -243,6 +243,15 @@ def test_shim_deeply_nested_configuration_is_a_decoding_failure_not_code_999() -
     assert (err["code"], err["details"]) == (6, "stdin: nested too deeply"), err
 
 
+def test_shim_configuration_read_but_too_deep_to_write_again_is_a_decoding_failure_not_code_999() -> None:
+    """600 levels: the C scanner reads them (~1000), but ``wirejson.dumps`` (pure Python, two frames a level), writing
+    the configuration on to the daemon, hit the recursion limit: 999."""
+    depth = 600
+    raw = json.dumps(conf()).encode()[:-1] + b', "x": ' + b"[" * depth + b"]" * depth + b"}"
+    err = error_of(dict(ADD_ENV), raw)
+    assert (err["code"], err["details"]) == (6, "stdin: nested too deeply"), err
+
+
 # -- the daemon is not there ----------------------------------------------------------------------
 
 @pytest.mark.parametrize(("verb", "code"), [("ADD", 11), ("DEL", 11), ("CHECK", 11), ("GC", 11), ("STATUS", 50)])
