@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from cni.errors import InvalidConfig, PluginNotAvailable, TryAgainLater, UnknownContainer
+from cni.errors import InvalidConfig, ObjectNotFound, PluginNotAvailable, TryAgainLater, UnknownContainer
 from cni.types import Result
 from ipamd.ipam.delegated import AddressRequest, DelegatedAddresses, ipam_config_of
 from ipamd.model.npwg import NETWORKS_ANNOTATION, NetworkElement, parse_networks
@@ -61,7 +61,7 @@ def _could_name(el: NetworkElement, i: int, ifname: str) -> bool:
 
 
 def selection_for(pod: Pod, ifname: str, network: str, network_of: Callable[[NetworkElement], str],
-                  claim_interface: Callable[[str], str]) -> tuple[NetworkElement | None, str]:
+                  claim_interface: Callable[[str], str | None]) -> tuple[NetworkElement | None, str]:
     """The element of the pod's NPWG selection that made interface ``ifname`` of CNI network ``network`` (under
     Multus), and its index's field path: one Multus could have named so (``_could_name``) whose NAD's network
     (``network_of``) is the call's. None when no element fits: a network the pod did not select (a Multus default
@@ -87,11 +87,19 @@ def selection_for(pod: Pod, ifname: str, network: str, network_of: Callable[[Net
 
 
 def _told_apart(fits: list[NetworkElement], ifname: str,
-                claim_interface: Callable[[str], str]) -> list[NetworkElement]:
+                claim_interface: Callable[[str], str | None]) -> list[NetworkElement]:
     """Of the elements that may be ``ifname``, those its IPAMClaims say it is: the ones whose claim's
     ``spec.interface`` is ``ifname``, else the ones naming no claim (a claim for another interface is not this
-    one's). All of them when a claim names no interface (it may be this one's)."""
-    said = {el.ipam_claim: claim_interface(el.ipam_claim) for el in fits if el.ipam_claim}
+    one's). All of them when a claim names no interface (it may be this one's). A claim not known is code 103, as
+    for an element alone (the cache not showing it yet must not read as a refusal of the selection)."""
+    said: dict[str, str] = {}
+    for el in fits:
+        if el.ipam_claim:
+            told = claim_interface(el.ipam_claim)
+            if told is None:
+                raise ObjectNotFound(f"IPAMClaim {el.namespace}/{el.ipam_claim} does not exist",
+                                     f"{el.where}.ipam-claim-reference")
+            said[el.ipam_claim] = told
     if "" in said.values():
         return fits
     return [el for el in fits if el.ipam_claim and said[el.ipam_claim] == ifname] or \
@@ -145,10 +153,11 @@ class IpamPlugin:
                                 "hence whether the claim is for this call, cannot be told", f"{el.where}.name")
         return str(nad.config["name"]) if nad is not None and nad.config is not None else el.name
 
-    def _claim_interface(self, namespace: str, name: str) -> str:
-        """The interface an IPAMClaim says it is for (``spec.interface``); "" when it names none or is not known."""
+    def _claim_interface(self, namespace: str, name: str) -> str | None:
+        """The interface an IPAMClaim says it is for (``spec.interface``; "" when it names none); None when the claim
+        is not known."""
         claim = self.source.get(IPAM_CLAIM, namespace, name)
-        return claim.interface if claim is not None else ""
+        return claim.interface if claim is not None else None
 
     def add(self, call: CniCall) -> dict[str, Any]:
         config = ipam_config_of(call.config)

@@ -450,6 +450,22 @@ def test_the_same_nad_twice_unnamed_with_two_claims_is_told_apart_by_their_inter
                                "IPAMClaim/apps/db-1": ((f"c1/{second}", "nad-a"),)}
 
 
+def test_the_same_nad_twice_whose_second_claim_is_not_known_is_that_claims_103_not_a_refusal_of_the_selection(
+        ) -> None:
+    """Telling two elements apart reads their claims' ``spec.interface``: a claim the cache does not show (not made
+    yet, or not yet seen) is code 103 naming its element, as for an element alone, not a 7 refusing the annotation."""
+    node = Node()
+    node.source.add(claim("db-0", interface="net1"))
+    node.source.add(pod("db-0", "uid-1", [{"name": "nad-a", "ipam-claim-reference": "db-0"},
+                                          {"name": "nad-a", "ipam-claim-reference": "db-1"}]))
+    err = node.error("ADD", SHARED, pod_name="db-0", uid="uid-1", ifname="net2")
+    assert (err.code, err.details) == (103, f"{NETWORKS_ANNOTATION}[1].ipam-claim-reference"), err
+    assert node.store.all_leases() == [] and node.store.all_ips() == []
+    node.source.add(claim("db-1", interface="net2"))
+    node.call("ADD", SHARED, pod_name="db-0", uid="uid-1", ifname="net2")
+    assert claims_of(node) == {"IPAMClaim/apps/db-1": (("c1/net2", "nad-a"),)}
+
+
 def test_the_same_nad_twice_one_claimed_for_net2_leaves_net1_a_plain_lease() -> None:
     """A claim for net2 and an element without one: net2 is the claim's, and net1 (which only element 0 may be)
     a plain lease, though element 0 is the claimed one by its place: the claim says so."""
