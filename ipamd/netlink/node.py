@@ -18,14 +18,15 @@ class NetlinkNodeLinks:
     def __init__(self, host: Callable[[], IPRoute]) -> None:
         self.host = host
 
-    def ensure_bridge(self, name: str, uplink: str) -> int:
-        return segment_links.ensure_bridge(self.host(), name, uplink)
+    def ensure_bridge(self, name: str, uplink: str, busy: bool) -> int:
+        return segment_links.ensure_bridge(self.host(), name, uplink, busy)
 
-    def ensure_vlan(self, parent: str, vlan_id: int) -> str:
-        return segment_links.ensure_vlan(self.host(), parent, vlan_id)
+    def ensure_vlan(self, parent: str, vlan_id: int, busy: bool) -> str:
+        return segment_links.ensure_vlan(self.host(), parent, vlan_id, busy)
 
-    def ensure_vxlan(self, vni: int, spec: VxlanSpec) -> str:
-        return segment_links.ensure_vxlan(self.host(), vni, spec.underlay, spec.remotes, spec.group, spec.port, spec.local_ip)
+    def ensure_vxlan(self, vni: int, spec: VxlanSpec, busy: bool) -> str:
+        return segment_links.ensure_vxlan(self.host(), vni, spec.underlay, spec.remotes, spec.group, spec.port,
+                                          spec.local_ip, busy)
 
     def index(self, name: str) -> int | None:
         return segment_links.bridge_index(self.host(), name)

@@ -46,8 +46,9 @@ def l2_only(host: IPRoute, name: str) -> None:
         os.close(netns)
 
 
-def ensure_bridge(host: IPRoute, name: str, uplink: str = "") -> int:
-    """Create the node bridge (up, IPv6 off) unless it exists, and enslave the uplink; returns its index."""
+def ensure_bridge(host: IPRoute, name: str, uplink: str = "", busy: bool = False) -> int:
+    """Create the node bridge (up, IPv6 off) unless it exists, and enslave the uplink; returns its index. ``busy``:
+    the node's attachments have pods on it, which its ports may not show (a macvlan pod is none)."""
     idx = index_of(host, name)
     if idx is None:
         try:
@@ -68,7 +69,7 @@ def ensure_bridge(host: IPRoute, name: str, uplink: str = "") -> int:
         master = link.get_attr("IFLA_MASTER")
         if master != idx:
             _refuse_taken_uplink(host, uplink, name, master)
-            _release_old_uplink(host, idx, uplink, name)
+            _release_old_uplink(host, idx, uplink, name, busy)
             host.link("set", index=up, master=idx, state="up")
     return idx
 
@@ -89,27 +90,32 @@ def _refuse_taken_uplink(host: IPRoute, uplink: str, bridge: str, master: int | 
                            "no bridge or bond has, or use a VLAN or VXLAN class)", "parentNodeNetworkInterfaces")
 
 
-def _release_old_uplink(host: IPRoute, bridge_index: int, uplink: str, bridge: str) -> None:
+def _release_old_uplink(host: IPRoute, bridge_index: int, uplink: str, bridge: str, busy: bool = False) -> None:
     """A bridge has one uplink: a NIC still its port (the parent of the class before it was edited) and ``uplink``
     would join their two networks into one, so the old one is taken off first (no master: the NIC is the admin's,
-    left otherwise as it is), refused while pods are on the bridge (they would change wires under their feet). Pods'
-    node ends are Plexus's names, NICs are not; ``uplink`` itself may be a port already (another ADD set the same
-    bridge up at the same moment)."""
+    left otherwise as it is), refused while pods are on the bridge (they would change wires under their feet): its
+    ports tell of veth pods (their node ends are Plexus's names, NICs are not), ``busy`` of any (macvlan pods are no
+    ports). ``uplink`` itself may be a port already (another ADD set the same bridge up at the same moment)."""
     ports = [(name, index) for name, index in _port_links(host, bridge_index) if name != uplink]
     nics = [(name, index) for name, index in ports if not name.startswith(PREFIX)]
     if not nics:
         return
     pods = [name for name, _ in ports if name.startswith(PREFIX)]
-    if pods:
+    if pods or busy:
         raise SegmentInUse(f"bridge {bridge} has {nics[0][0]} as its uplink, and {uplink} is asked for (the class's "
-                           f"parent NIC edited?): it replaces {nics[0][0]} once no pod is on {bridge} ({len(pods)} "
-                           "ports are)", "parentNodeNetworkInterfaces")
+                           f"parent NIC edited?): it replaces {nics[0][0]} once no pod is on {bridge} "
+                           f"({_users(pods)})", "parentNodeNetworkInterfaces")
     for name, index in nics:
         try:
             host.link("set", index=index, master=0)
         except NetlinkError as exc:
             if exc.code not in GONE:
                 raise netlink_failure(f"taking {name} off bridge {bridge} for {uplink} to replace it", exc) from None
+
+
+def _users(pods: list[str]) -> str:
+    """Who keeps an uplink as it is: the pods among the bridge's ports, else the node's attachments (macvlan pods)."""
+    return f"{len(pods)} ports are" if pods else "the node's attachments are"
 
 
 def _name_of(host: IPRoute, index: int) -> str:
@@ -137,9 +143,10 @@ def vlan_spec(parent_index: int, name: str, vlan_id: int) -> dict[str, Any]:
     return {"ifname": name, "kind": "vlan", "link": parent_index, "vlan_id": vlan_id, "vlan_protocol": 0x8100}
 
 
-def ensure_vlan(host: IPRoute, parent: str, vlan_id: int) -> str:
+def ensure_vlan(host: IPRoute, parent: str, vlan_id: int, busy: bool = False) -> str:
     """The 802.1Q sub-interface for ``vlan_id`` on ``parent`` (IPv6 off). One of its name that is another (its
-    class's parent NIC since edited) is made again while no pod is on its bridge, and refused till then."""
+    class's parent NIC since edited) is made again while no pod is on its bridge (``busy``: the node's attachments
+    have some, as for ``ensure_bridge``), and refused till then."""
     name = uplink_name("vlan", vlan_id)
     parent_idx = index_of(host, parent)
     if parent_idx is None:
@@ -149,7 +156,7 @@ def ensure_vlan(host: IPRoute, parent: str, vlan_id: int) -> str:
         l2_only(host, name)  # adopted: one made before IPv6 was turned off on them
         return name
     if found is not None:
-        _remove_other_vlan(host, found, parent, vlan_id)
+        _remove_other_vlan(host, found, parent, vlan_id, busy)
     try:
         host.link("add", **vlan_spec(parent_idx, name, vlan_id))
     except NetlinkError as exc:
@@ -180,24 +187,25 @@ def _vlan_of(link: Any) -> tuple[int, int] | None:
     return int(link.get_attr("IFLA_LINK") or 0), int(data.get_attr("IFLA_VLAN_ID") if data is not None else 0)
 
 
-def _remove_other_vlan(host: IPRoute, link: Any, parent: str, vlan_id: int) -> None:
+def _remove_other_vlan(host: IPRoute, link: Any, parent: str, vlan_id: int, busy: bool) -> None:
     """Delete the uplink Plexus made for VLAN ``vlan_id`` on another parent (or of another kind), so it is made
     again on ``parent``; refused while pods are on its bridge."""
     now = _vlan_of(link)
     was = f"VLAN {now[1]} on {_name_of(host, now[0])}" if now else "a link of another kind"
-    _remove_other_uplink(host, link, was, f"VLAN {vlan_id} on {parent}", "parentNodeNetworkInterfaces")
+    _remove_other_uplink(host, link, was, f"VLAN {vlan_id} on {parent}", "parentNodeNetworkInterfaces", busy)
 
 
-def _remove_other_uplink(host: IPRoute, link: Any, was: str, asked: str, field: str) -> None:
+def _remove_other_uplink(host: IPRoute, link: Any, was: str, asked: str, field: str, busy: bool) -> None:
     """Delete an uplink Plexus made that is not the one its class asks for now (``was`` / ``asked``: how each is
     described), so it is made again; refused while pods are on its bridge (they would change wires under their
-    feet), naming the class's ``field``."""
+    feet): its ports, or ``busy`` (the node's attachments: a macvlan pod is no port), naming the class's ``field``."""
     name, index = link.get_attr("IFLA_IFNAME"), int(link["index"])
     master = link.get_attr("IFLA_MASTER")
     pods = [port for port in _ports(host, master) if port != name] if master else []
-    if pods:
+    if pods or busy:
+        on = f"bridge {_name_of(host, master)}" if master else "its bridge"
         raise SegmentInUse(f"{name} is {was}, but {asked} is asked for (the class's {field} edited?): it is made "
-                               f"again once no pod is on bridge {_name_of(host, master)} ({len(pods)} ports are)", field)
+                           f"again once no pod is on {on} ({_users(pods)})", field)
     try:
         host.link("del", index=index)
     except NetlinkError as exc:
@@ -233,10 +241,11 @@ def vxlan_local(local: str, group: str, remotes: Iterable[str]) -> str:
 
 
 def ensure_vxlan(host: IPRoute, vni: int, underlay: str, remotes: Iterable[str], group: str, port: int,
-                 local: str) -> str:
+                 local: str, busy: bool = False) -> str:
     """A VXLAN device for ``vni`` (IPv6 off); its unicast remotes are its all-zero FDB entries (head-end
     replication), exactly: a remote the class no longer lists gets none of the segment's floods. The same class
-    serves every node, so its remotes may include this node: that one is skipped."""
+    serves every node, so its remotes may include this node: that one is skipped. One whose tunnel is another (the
+    class edited) is made again while no pod is on its bridge (``busy``: as for ``ensure_vlan``)."""
     name = uplink_name("vxlan", vni)
     remotes = list(remotes)
     under = index_of(host, underlay) if underlay else None
@@ -246,7 +255,7 @@ def ensure_vxlan(host: IPRoute, vni: int, underlay: str, remotes: Iterable[str],
     found = _link(host, name)
     asked = _vxlan_settings(vni, port, group, local, under)
     if found is not None and _vxlan_of(found) != asked:  # the class's tunnel edited: made again
-        _remove_other_uplink(host, found, _spoken(host, _vxlan_of(found)), _spoken(host, asked), "spec.vxlan")
+        _remove_other_uplink(host, found, _spoken(host, _vxlan_of(found)), _spoken(host, asked), "spec.vxlan", busy)
         found = None
     # a class lists every node of the segment; this node's own address is not a remote of its own
     own = {same_ip(a.get_attr(key)) for a in host.get_addr() for key in ("IFA_ADDRESS", "IFA_LOCAL")
@@ -283,10 +292,8 @@ def _tunnel_mtu(host: IPRoute, peers: Iterable[str]) -> int:
     for peer in sorted(peers):
         try:
             routes = host.route("get", dst=peer)
-        except NetlinkError as exc:
-            if exc.code in (errno.ENETUNREACH, errno.EHOSTUNREACH, *GONE):
-                continue  # not routed (yet): its flood entry is still made, and the kernel's default kept
-            raise netlink_failure(f"looking up the route to VXLAN remote {peer}", exc) from None
+        except NetlinkError:  # unreachable, or a blackhole, prohibit or throw route (EINVAL, EACCES, EAGAIN):
+            continue  # not routed (yet): its flood entry is still made, and the kernel's default kept
         oif = routes[0].get_attr("RTA_OIF") if routes else None
         if oif:
             mtus.append(mtu_of(host, int(oif)) - VXLAN_OVERHEAD[family_of(peer)])

@@ -43,11 +43,14 @@ class SegmentsStore(SegmentStore, AttachmentStore, Protocol):
 class NodeLinks(Protocol):
     """The node links a segment needs (``ipamd.netlink.node`` makes them through netlink)."""
 
-    def ensure_bridge(self, name: str, uplink: str) -> int: ...
+    # ``busy``: the node's attachments have pods on the segment's bridge (a macvlan pod is no port of it, so the
+    # kernel does not tell): an uplink that is not the one asked for is then left as it is (``SegmentInUse``)
 
-    def ensure_vlan(self, parent: str, vlan_id: int) -> str: ...
+    def ensure_bridge(self, name: str, uplink: str, busy: bool) -> int: ...
 
-    def ensure_vxlan(self, vni: int, spec: VxlanSpec) -> str: ...
+    def ensure_vlan(self, parent: str, vlan_id: int, busy: bool) -> str: ...
+
+    def ensure_vxlan(self, vni: int, spec: VxlanSpec, busy: bool) -> str: ...
 
     def index(self, name: str) -> int | None: ...
 
@@ -78,12 +81,12 @@ def wire_of(links: tuple[str, str, VxlanSpec | None]) -> tuple[str, str, VxlanSp
     return uplink, parent, replace(vxlan, remotes=()) if vxlan is not None else None
 
 
-#: How each kind of uplink is made: it returns the link to enslave to the bridge.
-UPLINKS: dict[str, Callable[[NodeLinks, SegmentPlan], str]] = {
-    "vlan": lambda links, plan: links.ensure_vlan(plan.parent, plan.record.id),
-    "vxlan": lambda links, plan: links.ensure_vxlan(plan.record.id, plan.vxlan or VxlanSpec(())),
-    "nic": lambda links, plan: plan.parent,
-    "": lambda links, plan: "",
+#: How each kind of uplink is made (``busy``: pods are on its bridge): it returns the link to enslave to the bridge.
+UPLINKS: dict[str, Callable[[NodeLinks, SegmentPlan, bool], str]] = {
+    "vlan": lambda links, plan, busy: links.ensure_vlan(plan.parent, plan.record.id, busy),
+    "vxlan": lambda links, plan, busy: links.ensure_vxlan(plan.record.id, plan.vxlan or VxlanSpec(()), busy),
+    "nic": lambda links, plan, busy: plan.parent,
+    "": lambda links, plan, busy: "",
 }
 
 #: A segment ID that cannot be given, as the CNI error ADD answers with (and the field it names).
@@ -274,11 +277,11 @@ class Segments:
             self._read_mtu(rec.bridge, known)  # an uplink's MTU changed since is seen on the round
             return rec, known
         try:
-            if applied is not None and wire_of(applied) != wire_of(plan.links):
-                self._refuse_while_used(rec, "its class's uplink was edited")
+            users = self._users_under_edit(rec, applied, plan.links)
             if not plan.uplink:
-                self._drop_own_uplink(rec, applied)
-            index = self.links.ensure_bridge(rec.bridge, UPLINKS[plan.uplink](self.links, plan))
+                self._drop_own_uplink(rec, applied, users)
+            busy = users > 0
+            index = self.links.ensure_bridge(rec.bridge, UPLINKS[plan.uplink](self.links, plan, busy), busy)
         except SegmentInUse:
             self._serve_as_it_is(rec.bridge)
             raise
@@ -288,24 +291,39 @@ class Segments:
         self._read_mtu(rec.bridge, index)
         return rec, index
 
-    def _refuse_while_used(self, rec: SegmentRecord, why: str) -> None:
+    def _users_under_edit(self, rec: SegmentRecord, applied: tuple[str, str, VxlanSpec | None] | None,
+                          links: tuple[str, str, VxlanSpec | None]) -> int:
+        """How many of the node's attachments are on the bridge, where making its links as the class says now may
+        change their wire: an edit of what was made here (``applied``) is refused while any is; after a restart
+        nothing is known to be applied, so the links there may be the class's before an edit, and the count goes
+        down to the link layer (which sees the bridge's ports only). Where what was made here is still the class's
+        wire (a VXLAN's remotes edited, a lost bridge made again), none is read: 0."""
+        if applied is None:
+            return self._attachments_on(rec.bridge)
+        if wire_of(applied) != wire_of(links):
+            self._refuse_while_used(rec, "its class's uplink was edited", self._attachments_on(rec.bridge))
+        return 0
+
+    @staticmethod
+    def _refuse_while_used(rec: SegmentRecord, why: str, users: int) -> None:
         """The uplink of a segment is not made again (nor taken off) under its pods: they would change wires under
         their feet. Counted from the node's attachments, not the bridge's ports: a macvlan pod is no port of it."""
-        users = self._attachments_on(rec.bridge)
         if users:
             field = "spec.vxlan" if rec.kind == "vxlan" else "parentNodeNetworkInterfaces"
             raise SegmentInUse(f"bridge {rec.bridge}: {why}, and {users} attachment(s) are on it: the edit is applied "
                                "once none is", field)
 
-    def _drop_own_uplink(self, rec: SegmentRecord, applied: tuple[str, str, VxlanSpec | None] | None) -> None:
+    def _drop_own_uplink(self, rec: SegmentRecord, applied: tuple[str, str, VxlanSpec | None] | None,
+                         users: int) -> None:
         """A segment whose class names no parent NIC any more stays on the node's bridge alone: the uplink Plexus made
-        for it on the old parent (``plx-vl-<id>``) is taken off (deleted) once no pod is on the bridge. Looked for
-        when it was made here (``applied``), or, after a restart, when the kernel has it."""
+        for it on the old parent (``plx-vl-<id>``) is taken off (deleted) once no pod is on the bridge (``users``,
+        counted by ``_users_under_edit``). Looked for when it was made here (``applied``), or, after a restart, when
+        the kernel has it."""
         uplink = SEGMENT_KINDS[rec.kind].uplink_name(rec.id)
         made = applied[0] if applied is not None else self.links.index(uplink) if uplink else None
         if not uplink or not made:
             return
-        self._refuse_while_used(rec, f"its class names no parent NIC, and {uplink} is its uplink")
+        self._refuse_while_used(rec, f"its class names no parent NIC, and {uplink} is its uplink", users)
         self.links.delete(uplink)
 
     def _serve_as_it_is(self, bridge: str) -> None:

@@ -175,7 +175,7 @@ def test_a_segment_that_cannot_be_made_is_reported_and_the_others_still_are() ->
                         namespaced=False))
     node.source.add(obj("Network", "net-c", {"networkClass": "parented", "vlan": {"id": 905}}))
 
-    def no_parent(parent: str, vlan_id: int) -> str:
+    def no_parent(parent: str, vlan_id: int, busy: bool = False) -> str:
         raise OSError(f"{parent} does not exist")
 
     node.links.ensure_vlan = no_parent  # type: ignore[method-assign]

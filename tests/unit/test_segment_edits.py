@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from cni.errors import CniError, InterfaceFailure
 from ipamd.ipam.addresses import ResolvedNetwork
@@ -16,6 +17,7 @@ from ipamd.model.objects import Network, NetworkClass, VxlanSpec, parse_object
 from ipamd.model.segments import SegmentInUse
 from ipamd.netlink import segment_links
 from ipamd.node.segments import Segments
+from ipamd.store.records import AttachmentRecord, BuiltInterface
 from tests.fakes.links import FakeNodeLinks
 from tests.fakes.messages import encode
 from tests.fakes.store import MemoryStore
@@ -76,9 +78,9 @@ class VxlanLinks(FakeNodeLinks):
         super().__init__()
         self.remotes: dict[int, set[str]] = {}
 
-    def ensure_vxlan(self, vni: int, spec: VxlanSpec) -> str:
+    def ensure_vxlan(self, vni: int, spec: VxlanSpec, busy: bool = False) -> str:
         self.remotes[vni] = set(spec.remotes)
-        return super().ensure_vxlan(vni, spec)
+        return super().ensure_vxlan(vni, spec, busy)
 
 
 def test_a_remote_taken_out_of_the_vxlan_class_gets_no_more_of_the_segments_traffic() -> None:
@@ -133,7 +135,7 @@ def test_a_class_edit_that_cannot_be_applied_leaves_the_bridge_serving_and_is_tr
     rec, index = segments.ensure(network(vlan_class("eth1")))
     assert links.links[f"plx-vl-{rec.id}"]["parent"] == "eth1"
 
-    def refused(parent: str, vlan_id: int) -> str:
+    def refused(parent: str, vlan_id: int, busy: bool = False) -> str:
         raise InterfaceFailure("pods are on it", "parentNodeNetworkInterfaces")
 
     links.ensure_vlan = refused  # type: ignore[method-assign]
@@ -154,7 +156,7 @@ def test_a_restarted_daemon_serves_the_bridge_whose_edit_waits_for_its_pods() ->
     links, store = FakeNodeLinks(), MemoryStore()
     rec, index = Segments(store, links, lambda: 0.0).ensure(network(vlan_class("eth1")))
 
-    def pods_on_it(parent: str, vlan_id: int) -> str:
+    def pods_on_it(parent: str, vlan_id: int, busy: bool = False) -> str:
         raise SegmentInUse("pods are on it", "parentNodeNetworkInterfaces")
 
     links.ensure_vlan = pods_on_it  # type: ignore[method-assign]
@@ -174,7 +176,7 @@ def test_a_refused_edit_serves_no_bridge_that_is_not_there() -> None:
     rec, _ = Segments(store, links, lambda: 0.0).ensure(network(vlan_class("eth1")))
     del links.links[rec.bridge]
 
-    def pods_on_it(parent: str, vlan_id: int) -> str:
+    def pods_on_it(parent: str, vlan_id: int, busy: bool = False) -> str:
         raise SegmentInUse("pods are on it", "parentNodeNetworkInterfaces")
 
     links.ensure_vlan = pods_on_it  # type: ignore[method-assign]
@@ -442,6 +444,29 @@ def test_a_node_does_not_serve_another_kinds_id_as_granted_after_a_class_edit() 
     assert node.links.index("plx-br-603") is None, "VLAN 603 made for a network whose status shows a VNI"
 
 
+class RoutedHost(MessageIPRoute):
+    """A node whose every VXLAN remote is reached over eth1, but those in ``unrouted`` (the error a route lookup of
+    them answers)."""
+
+    def __init__(self, unrouted: dict[str, int] | None = None) -> None:
+        super().__init__()
+        self.unrouted = unrouted or {}
+
+    def get_addr(self) -> list[Any]:
+        return []
+
+    def fdb(self, cmd: str, **kw: Any) -> list[Any]:
+        return []
+
+    def route(self, cmd: str, **kw: Any) -> list[Any]:
+        assert cmd == "get"
+        if kw["dst"] in self.unrouted:
+            raise NetlinkError(self.unrouted[kw["dst"]], "route")
+        msg = rtmsg()
+        msg["attrs"] = [["RTA_DST", kw["dst"]], ["RTA_OIF", self._find(ifname="eth1")["index"]]]
+        return [msg]
+
+
 def test_a_vxlan_device_without_underlay_interface_gets_no_mtu_under_its_underlay(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """``underlayInterface`` is optional; without it the RTM_NEWLINK carries neither IFLA_VXLAN_LINK nor IFLA_MTU, and
@@ -449,24 +474,8 @@ def test_a_vxlan_device_without_underlay_interface_gets_no_mtu_under_its_underla
     The bridge then has MTU 1500 and so do its pods: a full-size frame becomes a 1550-byte outer packet on a 1500-byte
     underlay (fragmented, or dropped where DF is set or fragments are filtered). README: 'a VXLAN uplink 50 bytes
     under its underlay'."""
-    from ipamd.netlink import segment_links
-
-    class Host(MessageIPRoute):
-        def get_addr(self) -> list[Any]:
-            return []
-
-        def fdb(self, cmd: str, **kw: Any) -> list[Any]:
-            return []
-
-        def route(self, cmd: str, **kw: Any) -> list[Any]:  # every remote is reached over eth1
-            assert cmd == "get"
-            from pyroute2.netlink.rtnl.rtmsg import rtmsg
-            msg = rtmsg()
-            msg["attrs"] = [["RTA_DST", kw["dst"]], ["RTA_OIF", self._find(ifname="eth1")["index"]]]
-            return [msg]
-
     monkeypatch.setattr(segment_links, "l2_only", lambda host, name: None)
-    host = Host()
+    host = RoutedHost()
     host.made(ifname="eth1", kind="dummy", mtu=1400)
     segment_links.ensure_vxlan(host, 5000, "", ["198.18.0.2"], "", 4789, "")
     (msg,) = [m for cmd, m in host.sent if cmd == "add"]
@@ -496,6 +505,20 @@ class PortsHost(MessageIPRoute):
         if "master" in kw:
             msg["attrs"] = [a for a in msg["attrs"] if a[0] != "IFLA_MASTER"] + [["IFLA_MASTER", kw["master"]]]
         return []
+
+
+@pytest.mark.parametrize("code", [errno.EINVAL, errno.EACCES, errno.EAGAIN, errno.ENETUNREACH],
+                         ids=["blackhole", "prohibit", "throw", "unreachable"])
+def test_a_vxlan_remote_not_routed_leaves_the_mtu_to_the_others_and_fails_nothing(
+        monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    """The MTU lookup only picks an MTU: a remote under a blackhole, prohibit or throw route (IPv4 answers EINVAL,
+    EACCES, EAGAIN) or none is skipped, where it failed the device and every ADD on the network."""
+    monkeypatch.setattr(segment_links, "l2_only", lambda host, name: None)
+    host = RoutedHost({"198.18.0.3": code})
+    host.made(ifname="eth1", kind="dummy", mtu=1400)
+    segment_links.ensure_vxlan(host, 5000, "", ["198.18.0.2", "198.18.0.3"], "", 4789, "")
+    (msg,) = [m for cmd, m in host.sent if cmd == "add"]
+    assert isinstance(msg, ifinfmsg) and msg.get_attr("IFLA_MTU") == 1350
 
 
 def test_an_untagged_class_whose_parent_nic_is_edited_never_gets_the_new_one_even_with_no_pod(
@@ -541,3 +564,84 @@ def test_a_vlan_parent_edit_is_applied_under_live_macvlan_pods(monkeypatch: pyte
     with pytest.raises(SegmentInUse):  # served as it is until the pod is gone
         segments.ensure(net(cls_of(edited)))
     assert not [m for cmd, m in host.sent if cmd == "del"], "plx-vl-600 was deleted and made on eth3 under a live pod"
+
+
+def _macvlan_pod(store: MemoryStore, network: str, bridge: str) -> None:
+    """A pod on the segment by a macvlan: no port of the bridge (a child of its uplink, in the pod's namespace)."""
+    with store.transaction():
+        store.put_attachment(AttachmentRecord("c1", "eth0", "uid-p", "ns", "p", "/run/netns/p", "ready", (
+            BuiltInterface("net1", "macvlan", network, "Network", "a", "", bridge, "02:00:00:00:00:01", 600),)))
+
+
+def test_after_a_restart_a_vlan_parent_edit_waits_for_macvlan_pods(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a restart nothing is known to be applied, and the kernel's ports tell of no macvlan pod: the node's
+    attachments do, and the uplink is not deleted and made on the new parent under them."""
+    from ipamd.netlink.node import NetlinkNodeLinks
+
+    monkeypatch.setattr(segment_links, "l2_only", lambda host, name: None)
+    host = PortsHost()
+    host.made(ifname="eth2", kind="dummy")
+    host.made(ifname="eth3", kind="dummy")
+    store = MemoryStore()
+    rec, _ = Segments(store, NetlinkNodeLinks(lambda: host), lambda: 0.0).ensure(net(cls_of(VLAN)))
+    _macvlan_pod(store, rec.network, rec.bridge)
+    host.sent.clear()
+    restarted = Segments(store, NetlinkNodeLinks(lambda: host), lambda: 0.0)
+    edited = {"vlan": {"idPool": ["600-609"], "parentNodeNetworkInterfaces": {"names": ["eth3"]}}}
+    with pytest.raises(SegmentInUse):
+        restarted.ensure(net(cls_of(edited)))
+    assert not [m for cmd, m in host.sent if cmd == "del"], "plx-vl-600 deleted and made on eth3 under a live pod"
+    assert restarted.bridge_index(net(cls_of(edited)), rec.bridge) == host._find(ifname=rec.bridge)["index"], \
+        "ADDs keep the bridge there is"
+
+    with store.transaction():  # the pod is gone (DEL): the edit is applied at the next round
+        store.delete_attachment("c1", "eth0")
+    restarted.ensure(net(cls_of(edited)))
+    assert _vlan(host._find(ifname="plx-vl-600"))[0] == host._find(ifname="eth3")["index"]
+
+
+def test_after_a_restart_an_untagged_nic_swap_waits_for_macvlan_pods(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ipamd.netlink.node import NetlinkNodeLinks
+
+    monkeypatch.setattr(segment_links, "l2_only", lambda host, name: None)
+    host = PortsHost()
+    eth1 = host.made(ifname="eth1", kind="dummy")
+    eth3 = host.made(ifname="eth3", kind="dummy")
+    store = MemoryStore()
+    rec, bridge = Segments(store, NetlinkNodeLinks(lambda: host), lambda: 0.0).ensure(net(cls_of(UNTAGGED)))
+    assert host._find(index=eth1).get_attr("IFLA_MASTER") == bridge
+    _macvlan_pod(store, rec.network, rec.bridge)
+    restarted = Segments(store, NetlinkNodeLinks(lambda: host), lambda: 0.0)
+    swapped = cls_of({"parentNodeNetworkInterfaces": {"names": ["eth3"]}})
+    with pytest.raises(SegmentInUse):
+        restarted.ensure(net(swapped))
+    assert host._find(index=eth1).get_attr("IFLA_MASTER") == bridge, "eth1 taken off the bridge under a macvlan pod"
+    assert not host._find(index=eth3).get_attr("IFLA_MASTER"), "eth3 joined the bridge beside eth1"
+
+    with store.transaction():  # the pod is gone (DEL): the edit is applied at the next round
+        store.delete_attachment("c1", "eth0")
+    restarted.ensure(net(swapped))
+    assert not host._find(index=eth1).get_attr("IFLA_MASTER") and host._find(index=eth3).get_attr("IFLA_MASTER") == bridge
+
+
+def test_a_vxlan_tunnel_edit_waits_for_pods_that_are_no_ports_of_its_bridge(ipv6_off: list[str]) -> None:
+    """The bridge has no port but the device; ``busy`` (the node's attachments) says pods are on it all the same."""
+    class Host(PortsHost):
+        def get_addr(self) -> list[Any]:
+            return []
+
+        def fdb(self, cmd: str, **kw: Any) -> list[Any]:
+            return []
+
+        def route(self, cmd: str, **kw: Any) -> list[Any]:
+            return []
+
+    host = Host()
+    bridge = host.made(ifname="plx-vb-5000", kind="bridge")
+    host.made(**segment_links.vxlan_spec("plx-vx-5000", 5000, None, 4789, "", ""), master=bridge)
+    with pytest.raises(SegmentInUse) as err:  # the class's port edited
+        segment_links.ensure_vxlan(host, 5000, "", ["198.18.0.2"], "", 8472, "", busy=True)
+    assert err.value.details == "spec.vxlan" and "plx-vb-5000" in err.value.msg
+    assert host.sent == [], "the pods' tunnel is left as it is"
+    segment_links.ensure_vxlan(host, 5000, "", ["198.18.0.2"], "", 8472, "")  # the pods gone
+    assert [cmd for cmd, _ in host.sent] == ["del", "add"]
