@@ -8,7 +8,8 @@ same parsers (``parse_object``, ``parse_networks_spec``) when the object is writ
 daemon would refuse never gets stored, and the user reads why in the ``kubectl`` error.
 
 It also refuses what only the cluster's state can show: a pool change that would leave a leased address
-outside every network of the pool (its holder would keep an address the pool no longer has), the deletion of
+outside every network of the pool (its holder would keep an address the pool no longer has) or make it one of
+the pool's routes' gateways (its holder would keep the router's address), the deletion of
 a pool that still has leased addresses, and a Network's move to another pool while its old one has leases of its
 own; the leases come from the controller's informer (``leased``, ``leased_for``).
 
@@ -18,6 +19,7 @@ Pure: an AdmissionReview (and the leases of a pool) in, an AdmissionReview out.
 from __future__ import annotations
 
 import copy
+import ipaddress
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -96,14 +98,28 @@ def _pod_problem(obj: dict[str, Any], namespace: str) -> str:
     return ""
 
 
-def _orphaned(pool: AddressPool, leased: Leased) -> str:
+def _orphaned(pool: AddressPool, held: Iterable[str]) -> str:
     """The leased addresses that no network of ``pool`` holds any more, in words ("" when none)."""
-    outside = sorted((a for a in leased(pool.meta.key) if subnet_for(pool, to_int(a)) is None), key=to_int)
+    outside = sorted((a for a in held if subnet_for(pool, to_int(a)) is None), key=to_int)
     if not outside:
         return ""
     shown = ", ".join(outside[:5]) + (f" and {len(outside) - 5} more" if len(outside) > 5 else "")
     return (f"{pool.meta.display}: spec.pools: {len(outside)} leased address(es) would lie outside every network "
             f"of the pool: {shown}; keep their network, or release them first (plexusctl ipam release)")
+
+
+def _made_gateway(pool: AddressPool, held: Iterable[str]) -> str:
+    """The routes of ``pool`` whose gateway (``via``) is a leased address, in words ("" when none). The pool never
+    leases a gateway (``_address_pool`` cuts it out of the ranges), but the address's holder would keep it: two hosts
+    on the router's address, and the pool's other pods routing through the one that holds it. The leases name no
+    holder here, so the words name the address only."""
+    leased = {to_int(a) for a in held}
+    found = [f"spec.pools[{i}].routes[{j}].via: {route.via}" for i, subnet in enumerate(pool.subnets)
+             for j, route in enumerate(subnet.routes) if to_int(route.via) in leased]
+    if not found:
+        return ""
+    return (f"{pool.meta.display}: {'; '.join(found)}: leased to a pod or IPAddress, which would keep the route's "
+            "gateway as its own address; pick another gateway, or release the address first (plexusctl ipam release)")
 
 
 def _in_use(kind: str, old: dict[str, Any], namespace: str, leased: Leased) -> str:
@@ -147,6 +163,17 @@ def _pool_moved(net: Network | ClusterNetwork, old: dict[str, Any] | None, lease
             "IPAddresses that hold them) before moving the network to another pool")
 
 
+def _family_of(obj: IPAddressObject, held: str) -> int:
+    """``spec.ipFamily`` resolved: a Static's is its ``static.ip``'s, an Auto's 0 (the pool's first) is the family of
+    the address it holds; so naming the family it already has is no move (0 when the address is no address)."""
+    if obj.family:
+        return obj.family
+    try:
+        return ipaddress.ip_address(obj.static_ip or held).version
+    except ValueError:
+        return 0
+
+
 def _address_moved(new: IPAddressObject, old: dict[str, Any] | None) -> str:
     """An edit of an IPAddress that holds its address (``status.address``) that would move it: to another network,
     another type or another Static address. Its lease would stay where it is, on the pod's or VM's interface, while
@@ -163,7 +190,8 @@ def _address_moved(new: IPAddressObject, old: dict[str, Any] | None) -> str:
     changed = [field for field, was, now in (("spec.networkRef", before.network_ref, new.network_ref),
                                              ("spec.type", before.type, new.type),
                                              ("spec.static.ip", before.static_ip, new.static_ip),
-                                             ("spec.ipFamily", before.family, new.family)) if was != now]
+                                             ("spec.ipFamily", _family_of(before, held), _family_of(new, held)))
+               if was != now]
     if not changed:
         return ""
     return (f"{new.meta.display}: {', '.join(changed)}: it holds {held} of {before.network_ref.kind} "
@@ -186,7 +214,10 @@ def problem_of(kind: str, obj: dict[str, Any], namespace: str = "", leased: Leas
         return _pool_moved(parsed, old, leased_for or (lambda pool, network: leased(pool)))
     if isinstance(parsed, IPAddressObject):
         return _address_moved(parsed, old)
-    return _orphaned(parsed, leased) if kind in POOL_KINDS and isinstance(parsed, AddressPool) else ""
+    if kind in POOL_KINDS and isinstance(parsed, AddressPool):
+        held = list(leased(parsed.meta.key))
+        return _orphaned(parsed, held) or _made_gateway(parsed, held)
+    return ""
 
 
 def _checked(doc: Any) -> tuple[str, dict[str, Any]]:

@@ -73,6 +73,28 @@ def test_a_pool_change_that_would_orphan_leased_addresses_is_refused_naming_them
     assert review(request("IPAddressPool", moved, "UPDATE"))["response"]["allowed"], "nothing leased: anything goes"
 
 
+def test_a_pool_edit_making_a_leased_address_a_routes_gateway_is_refused() -> None:
+    """Adding a route whose ``via`` is an address a pod already holds: the pool never leases a gateway (objects.
+    _address_pool cuts it out, refuse_gateway), but the webhook lets the edit through, so the pod keeps the router's
+    address (two hosts on one IP) and every other pod routes 10.10.0.0/16 through it."""
+    leased = {"IPAddressPool/ns/p": ["198.18.0.1"]}
+    edited = pool([])
+    edited["spec"]["pools"][0]["routes"] = [{"destination": "10.10.0.0/16", "via": "198.18.0.1"}]
+    got = review(request("IPAddressPool", edited, "UPDATE"), lambda key: leased.get(key, []))["response"]
+    assert not got["allowed"], "a leased address made a route's gateway"
+    assert "spec.pools[0].routes[0].via" in got["status"]["message"] and "198.18.0.1" in got["status"]["message"]
+    edited["spec"]["pools"][0]["routes"][0]["via"] = "198.18.0.254"
+    assert review(request("IPAddressPool", edited, "UPDATE"), lambda key: leased.get(key, []))["response"]["allowed"], \
+        "a gateway nobody holds"
+    dual = pool([])
+    dual["spec"]["pools"].append({"network": "2001:2::/64", "routes": [
+        {"destination": "2001:2:1::/64", "via": "2001:2::9"}, {"destination": "2001:2:2::/64", "via": "2001:2::5"}]})
+    got = review(request("IPAddressPool", dual, "UPDATE"),
+                 lambda key: ["198.18.0.1", "2001:0002:0000:0000:0000:0000:0000:0005"])["response"]
+    assert not got["allowed"] and "spec.pools[1].routes[1].via: 2001:2::5" in got["status"]["message"], got
+    assert "routes[0]" not in got["status"]["message"]
+
+
 def test_a_pool_with_leased_addresses_is_not_deleted() -> None:
     leased = {"IPAddressPool/ns/p": ["198.18.0.200", "198.18.0.7"], "ClusterIPAddressPool/c": ["198.18.1.9"]}
     doc = request("IPAddressPool", {}, "DELETE")
@@ -531,3 +553,35 @@ def test_an_ip_address_that_holds_its_address_keeps_its_network_and_address() ->
     cluster = request("ClusterIPAddress", ip_address("net-b", kind="ClusterIPAddress"), "UPDATE")
     cluster["request"]["oldObject"] = ip_address("net-a", address="198.18.41.9", kind="ClusterIPAddress")
     assert not answer(cluster)["allowed"]
+
+
+def test_adding_a_matching_ipfamily_to_an_allocated_static_is_not_a_move() -> None:
+    """spec.ipFamily: IPv4 added to a Static 192.168.10.50 that holds it: the same address, the same family; the
+    webhook compares the parsed family (0 before, 4 after) and refuses it as a move."""
+    spec = {"networkRef": {"kind": "Network", "name": "n"}, "type": "Static", "static": {"ip": "192.168.10.50"}}
+    old = {"apiVersion": "network.deckhouse.io/v1alpha1", "kind": "IPAddress",
+           "metadata": {"name": "a", "namespace": "ns"}, "spec": spec,
+           "status": {"address": "192.168.10.50", "phase": "Allocated"}}
+    new = {**old, "spec": {**spec, "ipFamily": "IPv4"}}
+    doc = request("IPAddress", new, "UPDATE")
+    doc["request"]["oldObject"] = old
+    got = review(doc)["response"]
+    assert got["allowed"], got.get("status")
+
+
+def test_an_auto_ip_address_may_name_the_family_it_holds_but_not_another() -> None:
+    """An Auto's ipFamily left out (0: the pool's first) resolves to the family of the address it holds: naming that
+    family, or dropping it again, is no move; asking for the other family is."""
+    auto = {"networkRef": {"kind": "Network", "name": "n"}, "type": "Auto"}
+    old = {"kind": "IPAddress", "metadata": {"name": "a"}, "spec": auto,
+           "status": {"address": "198.18.41.9", "phase": "Allocated"}}
+    doc = request("IPAddress", {**old, "spec": {**auto, "ipFamily": "IPv4"}}, "UPDATE")
+    doc["request"]["oldObject"] = old
+    assert answer(doc)["allowed"], "the family it holds"
+    doc["request"]["object"], doc["request"]["oldObject"] = old, doc["request"]["object"]
+    assert answer(doc)["allowed"], "the family dropped: still the one it holds"
+    doc["request"]["object"] = {**old, "spec": {**auto, "ipFamily": "IPv6"}}
+    got = answer(doc)
+    assert not got["allowed"] and "spec.ipFamily" in got["status"]["message"], got
+    doc["request"]["oldObject"] = old
+    assert not answer(doc)["allowed"], "0 holding IPv4, then IPv6: a move"
