@@ -261,7 +261,16 @@ class Ipam:
 
     # -- leasing -------------------------------------------------------------------------------
     def record_for(self, obj: IPAddressObject, created_by: str = "user") -> IPRecord:
+        """``obj``'s record: the stored one, unless that is an earlier object's of its name asking for another address
+        (deleted and made again, as the webhook tells a user moving a Static to): once no pod uses it, it is let go as a
+        deleted IPAddress is (``delete_ip``) and a fresh one is built; while a pod does, it keeps its address."""
         rec = self.store.get_ip(obj.meta.key)
+        if rec is not None and made_again(rec, obj):
+            with self.store.transaction():  # read again under the lock: an ADD may have made a pod its user since
+                rec = self.store.get_ip(obj.meta.key)
+                if rec is not None and made_again(rec, obj) and not rec.used_by_uids:
+                    self.delete_ip(rec)
+                    rec = None
         if rec is None:
             rec = IPRecord(
                 key=obj.meta.key, kind=obj.meta.kind, namespace=obj.meta.namespace, name=obj.meta.name,
@@ -829,6 +838,18 @@ class Ipam:
             return None
         obj = self.source.get(IP_ADDRESS_KINDS[rec.kind], rec.namespace, rec.name)
         return parse_user_text(obj.used_by) if obj is not None else None
+
+
+def made_again(rec: IPRecord, obj: IPAddressObject) -> bool:
+    """Whether a user's IPAddress record is of an earlier object of ``obj``'s name that asked for another address
+    (another type, static address, network, or both families known and another): one made again with the same spec
+    (another uid alone) keeps its address, with no needless move."""
+    if rec.created_by != "user":
+        return False
+    if (rec.type, rec.static_ip, rec.network_kind, rec.network_name) != \
+            (obj.type, obj.static_ip, obj.network_ref.kind, obj.network_ref.name):
+        return True
+    return rec.type == "Auto" and 0 not in (rec.family, obj.family) and rec.family != obj.family
 
 
 def _refuse_if_another_pods(rec: IPRecord | None, pod: Pod, field: str) -> None:

@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from cni.errors import CniError
-from ipamd.ipam.addresses import Ipam, ResolvedNetwork
+from ipamd.ipam.addresses import Ipam, ResolvedNetwork, made_again
 from ipamd.ipam.allocator import in_ranges, subnet_for
 from ipamd.model.ipamconf import IMPLICIT_POOL
 from ipamd.model.objects import (
@@ -34,6 +34,7 @@ from ipamd.model.objects import (
     POOL_KINDS,
     AddressPool,
     ClusterNetwork,
+    IPAddressObject,
     Meta,
     Network,
     Subnet,
@@ -325,6 +326,8 @@ class Reconciler:
                 if pool is None or (statics_only and obj.type != "Static"):
                     continue
                 rec = self.ipam.record_for(obj)
+                if made_again(rec, obj):
+                    continue  # an earlier object's, in use still: keeps its address until its pods go (below)
                 if rec.deleted:
                     rec = replace(rec, deleted=False)
                 try:
@@ -342,11 +345,14 @@ class Reconciler:
                 if now is None:
                     continue
                 rec = now
-                if rec.key in live and rec.deleted:  # deleted while in use, then made again: it stays
-                    self.store.put_ip(replace(rec, deleted=False))
+                found = live.get(rec.key)
+                if found is not None and not (isinstance(found, IPAddressObject) and made_again(rec, found)):
+                    if rec.deleted:  # deleted while in use, then made again as it was: it stays
+                        self.store.put_ip(replace(rec, deleted=False))
                     continue
-                if rec.created_by not in ("user", "claim") or rec.key in live:
+                if rec.created_by not in ("user", "claim"):
                     continue
+                # gone, or made again asking for another address: let go once no pod uses it (``Ipam.record_for``)
                 if rec.used_by_uids:
                     if not rec.deleted:
                         self.store.put_ip(replace(rec, deleted=True))

@@ -552,6 +552,66 @@ def test_a_deleted_user_ipaddress_goes_when_its_last_pod_lets_go(ipam: Ipam, sto
     assert lease.state == "orphaned"
 
 
+def remade_static(name: str, address: str, uid: str = "new-uid") -> ApiObject:
+    """``name`` deleted and created again (another uid), asking for ``address``."""
+    return obj("IPAddress", name, {"networkRef": {"kind": "Network", "name": "net"}, "type": "Static",
+                                   "static": {"ip": address}}, uid=uid)
+
+
+def test_static_ipaddress_remade_with_another_ip_gets_the_new_ip(ipam: Ipam, source: FakeSource,
+                                                                 store: Store) -> None:
+    """Delete the Static IPAddress and create it again (new uid) with another spec.static.ip, as the webhook's
+    own refusal tells the user to: the next pod naming it must get the new address, not the old one."""
+    (c,) = attach(ipam, pod("pod-a"), names=("static-in-range",))
+    assert c.address == "198.18.10.55"
+    gone(ipam, pod("pod-a"))
+    source.remove("IPAddress", NS, "static-in-range")
+    source.add(remade_static("static-in-range", "198.18.10.56"))
+    (c2,) = attach(ipam, pod("pod-b"), names=("static-in-range",))
+    assert c2.address == "198.18.10.56"
+    rec = store.get_ip(c2.ip_key)
+    assert rec is not None and (rec.static_ip, rec.address, rec.uid) == ("198.18.10.56", "198.18.10.56", "new-uid")
+    old = store.lease_at("IPAddressPool/ns/pool", to_int("198.18.10.55"))
+    assert old is not None and old.state == "orphaned", "the old address quarantined, as a deleted IPAddress's"
+
+
+def test_a_static_remade_while_a_pod_uses_it_keeps_its_address_until_the_pods_del(
+        ipam: Ipam, source: FakeSource, store: Store) -> None:
+    """The pod's interface carries the old address: it stays, and another pod is refused, until the pod's DEL; the
+    next pod then gets the new object's address."""
+    a = pod("pod-a")
+    (c,) = attach(ipam, a, names=("static-in-range",))
+    source.remove("IPAddress", NS, "static-in-range")
+    source.add(remade_static("static-in-range", "198.18.10.56"))
+    (again,) = attach(ipam, a, names=("static-in-range",))  # the pod's new sandbox
+    assert again.address == "198.18.10.55"
+    with pytest.raises(AddressConflict):
+        attach(ipam, pod("pod-b"), names=("static-in-range",))
+    assert store.lease_at("IPAddressPool/ns/pool", to_int("198.18.10.56")) is None
+    gone(ipam, a)
+    (c2,) = attach(ipam, pod("pod-b"), names=("static-in-range",))
+    assert c2.address == "198.18.10.56"
+    old = store.lease_at("IPAddressPool/ns/pool", to_int(c.address))
+    assert old is not None and old.state == "orphaned"
+
+
+@pytest.mark.parametrize("name", ["static-in-range", "user-auto"])
+def test_an_ipaddress_remade_with_the_same_spec_keeps_its_address(ipam: Ipam, source: FakeSource, store: Store,
+                                                                  name: str) -> None:
+    """Another uid alone asks for no other address: no needless move, nothing quarantined."""
+    (c,) = attach(ipam, pod("pod-a"), names=(name,))
+    gone(ipam, pod("pod-a"))
+    same = source.get(IP_ADDRESS, NS, name)
+    assert isinstance(same, IPAddressObject)
+    source.remove("IPAddress", NS, name)
+    source.add(obj("IPAddress", name, {"networkRef": {"kind": "Network", "name": "net"}, "type": same.type,
+                                       **({"static": {"ip": same.static_ip}} if same.static_ip else {})},
+                   uid="new-uid"))
+    (c2,) = attach(ipam, pod("pod-b"), names=(name,))
+    assert c2.address == c.address
+    assert all(lease.state != "orphaned" for lease in store.all_leases())
+
+
 def test_set_condition_keeps_the_transition_time_while_the_status_holds() -> None:
     conds = set_condition((), "Attached", True, "AttachedToPod", "", T0)
     later = set_condition(conds, "Attached", True, "AttachedToPod", "again", T0 + 100)

@@ -150,6 +150,30 @@ def test_user_ipaddresses_get_their_address_and_let_it_go_when_deleted() -> None
     assert node.store.all_leases() == [], "the quarantine is over"
 
 
+def test_a_static_deleted_in_use_then_made_again_with_another_ip_moves_when_its_pod_goes() -> None:
+    """A round sees the Static deleted while its pod uses it (kept, marked deleted); it is made again asking for
+    another address: it stays marked (not kept as the new object), lets the old address go with the pod's DEL, and
+    the next round leases the new one."""
+    node = Node()
+    static = {"networkRef": {"kind": "Network", "name": "net-b"}, "type": "Static", "static": {"ip": "198.18.41.7"}}
+    node.source.add(obj("IPAddress", "mine", static, uid="old-uid"))
+    node.source.add(app_pod([{"type": "Network", "name": "net-b", "ifName": "net2", "ipAddressNames": ["mine"]}]))
+    node.call("ADD")
+    rec = reconciler(node)
+    node.source.remove("IPAddress", NS, "mine")
+    rec.run_once()
+    node.source.add(obj("IPAddress", "mine", {**static, "static": {"ip": "198.18.41.8"}}, uid="new-uid"))
+    rec.run_once()
+    (ip,) = node.store.all_ips()
+    assert ip.deleted and ip.address == "198.18.41.7", "the pod's interface carries it until its DEL"
+    node.call("DEL")
+    rec.run_once()
+    (ip,) = node.store.all_ips()
+    assert (ip.uid, ip.address, ip.phase, ip.deleted) == ("new-uid", "198.18.41.8", "Allocated", False)
+    states = {lease.address: lease.state for lease in node.store.all_leases()}
+    assert states == {"198.18.41.7": "orphaned", "198.18.41.8": "bound"}
+
+
 def test_segments_are_made_ahead_of_pods_and_removed_after_their_network() -> None:
     node = Node()
     rec = reconciler(node)
