@@ -4,9 +4,9 @@ under any runtime or meta-plugin (Multus, cnitool, Plexus itself when so configu
 An IPAM call carries the calling plugin's whole configuration; its ``ipam`` section says where addresses
 come from (``ipamd.model.ipamconf``). ADD answers with addresses and routes only; DEL releases the
 attachment's lease (quarantined); GC releases the network's leases that are no longer valid and takes those
-attachments off its IPAMClaims, as DEL does; CHECK says whether the lease is still held; STATUS whether the
-daemon can serve ADD. The pod, when CNI_ARGS names one the object source knows, is who uses the address, and
-its NPWG selection may name an IPAMClaim.
+attachments off its IPAMClaims, as DEL does; CHECK refuses what ADD would refuse of the configuration, then says
+whether the lease is still held; STATUS whether the daemon can serve ADD. The pod, when CNI_ARGS names one the
+object source knows, is who uses the address, and only its NPWG selection may name an IPAMClaim.
 """
 
 from __future__ import annotations
@@ -106,6 +106,48 @@ def _told_apart(fits: list[NetworkElement], ifname: str,
         [el for el in fits if not el.ipam_claim]
 
 
+TOLD_FIELD = f"args.{PLEXUS_IPAM_ARGS}"
+
+
+def told_by_plexus(told: Any, pod: Pod | None, ifname: str, network: str,
+                   network_of: Callable[[NetworkElement], str]) -> tuple[str, str, str]:
+    """The NAD, IPAMClaim and claim field that Plexus, delegating with ``delegateIPAM: exec``, tells plexus-ipam in
+    ``args`` (it names interfaces its own way, so ``selection_for`` cannot find the element), once the pod's own
+    selection says the same. Under Multus ``args`` is the NAD author's to write: trusted, it would hand any pod
+    selecting the NAD another pod's claim and its sticky address. Only an element of the pod's
+    ``k8s.v1.cni.cncf.io/networks`` names a claim (``ipam-claim-reference``)."""
+    if not isinstance(told, dict):
+        raise InvalidConfig("must be an object: the NAD, IPAMClaim and selection element Plexus resolved", TOLD_FIELD)
+    nad, claim, where = (str(told.get(key) or "") for key in ("nad", "claim", "where"))
+    if not where.startswith(f"{NETWORKS_ANNOTATION}["):
+        if claim:
+            raise InvalidConfig(f"names IPAMClaim {claim} for {where or 'no selection element'}: only an element of "
+                                f"the pod's {NETWORKS_ANNOTATION} names a claim", f"{TOLD_FIELD}.claim")
+        return nad, "", ""
+    try:
+        elements = parse_networks(pod.annotations.get(NETWORKS_ANNOTATION), pod.meta.namespace) if pod else []
+    except Exception:  # the meta-plugin's business, as in selection_for: no claim can come from it
+        elements = []
+    element = next((el for el in elements if el.where == where), None)
+    if element is None:
+        if pod is None and claim:  # cnitool, or a pod the source does not know: no selection to name a claim
+            raise InvalidConfig(f"names IPAMClaim {claim} for {where} of a pod plexus-ipamd does not know: only the "
+                                "pod's own selection names a claim", f"{TOLD_FIELD}.claim")
+        if pod is not None:
+            raise InvalidConfig(f"{where} is no element of {pod.meta.display}'s selection", f"{TOLD_FIELD}.where")
+        return nad, "", ""
+    if nad != element.key:
+        raise InvalidConfig(f"{nad!r} is not the NAD of {where} ({element.key})", f"{TOLD_FIELD}.nad")
+    if claim != element.ipam_claim:
+        raise InvalidConfig(f"IPAMClaim {claim or '(none)'} is not the one {where} names "
+                            f"({element.ipam_claim or 'none'}): only the pod's own selection names a claim",
+                            f"{TOLD_FIELD}.claim")
+    if (element.interface and element.interface != ifname) or network_of(element) != network:
+        raise InvalidConfig(f"{where} (NAD {element.key}, interface {element.interface or 'unnamed'}) is not interface "
+                            f"{ifname} of network {network}", f"{TOLD_FIELD}.where")
+    return nad, claim, f"{where}.ipam-claim-reference" if claim else ""
+
+
 class IpamPlugin:
     def __init__(self, addresses: DelegatedAddresses, source: ObjectSource, ready: Callable[[], bool],
                  publisher: Publisher | None = None) -> None:
@@ -165,11 +207,10 @@ class IpamPlugin:
         require_listed(self.source)
         pod = self._pod(call)
         claim, claim_field, nad = "", "", ""
-        told = (call.config.get("args") or {}).get(PLEXUS_IPAM_ARGS) if isinstance(call.config.get("args"), dict) \
-            else None
-        if isinstance(told, dict):  # Plexus delegated this, and says which NAD and claim it resolved
-            nad, claim, where = str(told.get("nad", "")), str(told.get("claim", "")), str(told.get("where", ""))
-            claim_field = f"{where}.ipam-claim-reference" if claim else ""
+        args = call.config.get("args")
+        if isinstance(args, dict) and PLEXUS_IPAM_ARGS in args:  # Plexus delegated this: which NAD and claim, checked
+            nad, claim, claim_field = told_by_plexus(args[PLEXUS_IPAM_ARGS], pod, call.ifname, call.network_name,
+                                                     lambda el: self._network_of(el, call.network_name))
         elif pod is not None:  # another meta-plugin (Multus): the pod's selection, by Multus's interface names
             element, where = selection_for(pod, call.ifname, call.network_name,
                                            lambda el: self._network_of(el, call.network_name),
@@ -201,6 +242,10 @@ class IpamPlugin:
         return {}
 
     def check(self, call: CniCall) -> dict[str, Any]:
+        """CHECK refuses a configuration ADD would, with ADD's code and field (the CNI spec: a plugin validates its
+        configuration on CHECK), before it checks the lease against the runtime's result."""
+        ipam_config_of(call.config)
+        requested_ips(call.config)
         prev = Result.from_dict(call.config["prevResult"]) if call.config.get("prevResult") else None
         self.addresses.check(call.network_name, call.container_id, call.ifname, prev)
         return {}

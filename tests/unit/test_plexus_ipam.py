@@ -740,3 +740,121 @@ def test_the_same_nad_twice_one_claimed_is_told_apart_by_the_claims_own_interfac
     node.call("ADD", SHARED, pod_name="db-0", uid="uid-1", ifname="net2")
     claims = {r.key: r.used_by_uids for r in node.store.all_ips() if r.kind == "IPAMClaim"}
     assert claims == {"IPAMClaim/apps/db-0": ("c1/net1",)}
+
+
+# -- CHECK validates as ADD does; a NAD's args cannot name a claim the pod's selection does not ------------------
+
+TOLD = "network.deckhouse.io/plexus-ipam"
+
+
+@pytest.mark.parametrize(("ipam", "extra", "field"), [
+    ({**SHARED, "ipAddressPoolRef": {"kind": "IPPool", "name": "shared"}}, {}, "ipam.ipAddressPoolRef.kind"),
+    ({**SHARED, "ipAddressPoolRef": {"name": "shared", "zone": "a"}}, {}, "ipam.ipAddressPoolRef.zone"),
+    ({**SHARED, "routes": [{"dst": "nowhere"}]}, {}, "ipam.routes[0].dst"),
+    ({**SHARED, "routes": [{"dst": "198.18.70.0/24", "gw": "2001:2::1"}]}, {}, "ipam.routes[0].gw"),
+    ({**SHARED, "gateway": "not-an-ip"}, {}, "ipam.gateway"),
+    ({**SHARED, "range": "198.18.53.0/24"}, {}, "ipam.range"),
+    ({**SHARED, "etcd_host": "x"}, {}, "ipam.etcd_host"),
+    ({**SHARED, "socket": "/tmp/other.sock"}, {}, "ipam.socket"),
+    (SHARED, {"runtimeConfig": {"ips": "198.18.52.2"}}, "runtimeConfig.ips"),
+])
+def test_check_refuses_an_ipam_section_add_refuses_with_adds_code_and_field(
+        ipam: dict[str, Any], extra: dict[str, Any], field: str) -> None:
+    node = Node()
+    result = node.call("ADD", SHARED)
+    with pytest.raises(CniError) as add:
+        node.call("ADD", ipam, container="c9", **extra)
+    with pytest.raises(CniError) as check:
+        node.call("CHECK", ipam, prevResult=result, **extra)
+    assert (check.value.code, check.value.details) == (add.value.code, add.value.details) == (7, field), \
+        check.value.msg
+    assert node.call("CHECK", SHARED, prevResult=result) == {}, "the lease is still checked as before"
+
+
+def test_check_of_a_range_whose_gateway_is_outside_it_is_refused_naming_the_gateway() -> None:
+    node = Node()
+    result = node.call("ADD", RANGE)
+    with pytest.raises(CniError) as exc:
+        node.call("CHECK", {**RANGE, "gateway": "198.18.99.1"}, prevResult=result)
+    assert (exc.value.code, exc.value.details) == (7, "ipam.gateway"), exc.value.msg
+
+
+def test_check_without_a_plexus_ipam_section_is_refused_naming_it() -> None:
+    node = Node()
+    result = node.call("ADD", SHARED)
+    with pytest.raises(CniError) as exc:
+        node.call("CHECK", {**SHARED, "type": "host-local"}, prevResult=result)
+    assert (exc.value.code, exc.value.details) == (7, "ipam.type"), exc.value.msg
+
+
+def test_check_with_a_bad_ipam_section_and_no_lease_names_the_section_not_the_container() -> None:
+    with pytest.raises(CniError) as exc:
+        Node().call("CHECK", {**SHARED, "routes": [{"dst": "nowhere"}]})
+    assert (exc.value.code, exc.value.details) == (7, "ipam.routes[0].dst"), exc.value.msg
+
+
+def test_a_nads_args_cannot_give_a_pod_another_pods_claim() -> None:
+    """Under Multus, ``args`` is the NAD's: its author named the claim of a VM/StatefulSet pod that is down, and any
+    pod selecting the NAD took the claim's sticky address (and its ownerPod)."""
+    node = Node()
+    node.source.add(claim("db-0"))
+    node.source.add(claimed_pod("db-0", "uid-1"))
+    first = node.call("ADD", SHARED, pod_name="db-0", uid="uid-1")
+    node.call("DEL", SHARED, pod_name="db-0", uid="uid-1")  # db-0 is down: the claim keeps its address for it
+    node.source.add(pod("thief", "uid-t", [{"name": "nad-a", "interface": "net1"}]))
+    forged = {TOLD: {"nad": f"{NS}/nad-a", "claim": "db-0", "where": f"{NETWORKS_ANNOTATION}[0]"}}
+    err = node.error("ADD", SHARED, container="c2", pod_name="thief", uid="uid-t", args=forged)
+    assert (err.code, err.details) == (7, f"args.{TOLD}.claim"), err.msg
+    again = node.call("ADD", SHARED, container="c3", pod_name="db-0", uid="uid-1")
+    assert again["ips"] == first["ips"], "the claim's own pod still gets its address"
+
+
+@pytest.mark.parametrize("pod_name", ["", "unknown"])
+def test_args_cannot_name_a_claim_for_a_call_of_no_known_pod(pod_name: str) -> None:
+    node = Node()
+    node.source.add(claim("db-0"))
+    forged = {TOLD: {"nad": f"{NS}/nad-a", "claim": "db-0", "where": f"{NETWORKS_ANNOTATION}[0]"}}
+    err = node.error("ADD", SHARED, pod_name=pod_name, uid="uid-x", args=forged)
+    assert (err.code, err.details) == (7, f"args.{TOLD}.claim"), err.msg
+
+
+def test_args_must_agree_with_the_pods_selection_element_they_name() -> None:
+    node = Node()
+    node.source.add(claim("db-0"))
+    node.source.add(claim("db-1"))
+    node.source.add(pod("db-0", "uid-1", [{"name": "nad-a", "ipam-claim-reference": "db-0"},
+                                          {"name": "nad-b"}, {"name": "nad-a", "interface": "net7"}]))
+    where0, where1 = f"{NETWORKS_ANNOTATION}[0]", f"{NETWORKS_ANNOTATION}[1]"
+    for told, field in (({"nad": f"{NS}/nad-a", "claim": "db-1", "where": where0}, "claim"),  # another claim
+                        ({"nad": f"{NS}/nad-b", "claim": "db-0", "where": where1}, "claim"),  # element naming none
+                        ({"nad": f"{NS}/nad-a", "claim": "db-0", "where": f"{NETWORKS_ANNOTATION}[7]"}, "where"),
+                        ({"nad": f"{NS}/nad-b", "claim": "db-0", "where": where0}, "nad"),
+                        ({"nad": f"{NS}/nad-a", "claim": "", "where": where0}, "claim"),  # drops the pod's claim
+                        ({"nad": f"{NS}/nad-b", "claim": "", "where": where1}, "where"),  # nad-b's, called as nad-a
+                        ({"nad": f"{NS}/nad-a", "claim": "", "where": f"{NETWORKS_ANNOTATION}[2]"}, "where")):  # net7
+        err = node.error("ADD", SHARED, ifname="net3", pod_name="db-0", uid="uid-1", args={TOLD: told})
+        assert (err.code, err.details) == (7, f"args.{TOLD}.{field}"), (told, err.msg)
+    err = node.error("ADD", SHARED, pod_name="db-0", uid="uid-1", args={TOLD: "db-0"})
+    assert (err.code, err.details) == (7, f"args.{TOLD}"), err.msg
+
+
+def test_plexus_hints_that_agree_with_the_selection_still_work() -> None:
+    node = Node()
+    node.source.add(claim("db-0"))
+    node.source.add(pod("db-0", "uid-1", [{"name": "nad-b"}, {"name": "nad-a", "ipam-claim-reference": "db-0"}]))
+    told = {TOLD: {"nad": f"{NS}/nad-a", "claim": "db-0", "where": f"{NETWORKS_ANNOTATION}[1]"}}
+    node.call("ADD", SHARED, ifname="net5", pod_name="db-0", uid="uid-1", args=told)
+    plain = {TOLD: {"nad": f"{NS}/nad-b", "claim": "", "where": f"{NETWORKS_ANNOTATION}[0]"}}
+    node.call("ADD", POOL, ifname="net4", network="nad-b", pod_name="db-0", uid="uid-1", args=plain)
+    default = {TOLD: {"nad": "kube-system/extra", "claim": "", "where": "defaultNetworks[0]"}}
+    node.call("ADD", SHARED, ifname="net9", network="extra", pod_name="db-0", uid="uid-1", args=default)
+    assert sorted(r.key for r in node.store.all_ips())[0] == "CNI/extra/c1/net9"
+    assert {r.key: r.used_by_uids for r in node.store.all_ips()}["IPAMClaim/apps/db-0"] == ("c1/net5",)
+
+
+def test_del_with_a_broken_ipam_section_still_releases_the_lease() -> None:
+    node = Node()
+    node.call("ADD", SHARED)
+    assert node.call("DEL", {**SHARED, "routes": [{"dst": "nowhere"}], "etcd_host": "x"}) == {}
+    assert node.store.all_ips() == [] and {lease.state for lease in node.store.all_leases()} == {"orphaned"}
+    assert node.call("DEL", {"range": "garbage"}) == {}, "idempotent, whatever the section says"
