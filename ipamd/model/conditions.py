@@ -21,13 +21,16 @@ def condition(ctype: str, ok: bool, reason: str, message: str, since: str) -> Co
 
 def set_condition(conds: Iterable[Mapping[str, str]], ctype: str, ok: bool, reason: str, message: str,
                   now: float) -> tuple[Condition, ...]:
-    """Replace condition ``ctype``, keeping its lastTransitionTime when its status did not change."""
+    """Replace condition ``ctype`` where it stands (a new one goes last), keeping its lastTransitionTime when its
+    status did not change: a status written again as it was compares equal, and ``kubectl`` shows a steady order."""
     conds = tuple(conds)
     status = "True" if ok else "False"
     old = next((c for c in conds if c.get("type") == ctype), None)
     since = old.get("lastTransitionTime", "") if old and old.get("status") == status else ""
     new = condition(ctype, ok, reason, message, since or rfc3339(now))
-    return tuple(dict(c) for c in conds if c.get("type") != ctype) + (new,)
+    if old is None:
+        return tuple(dict(c) for c in conds) + (new,)
+    return tuple(new if c.get("type") == ctype else dict(c) for c in conds)
 
 
 def drop_condition(conds: Iterable[Mapping[str, str]], ctype: str) -> tuple[Condition, ...]:

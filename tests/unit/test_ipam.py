@@ -622,6 +622,15 @@ def test_set_condition_keeps_the_transition_time_while_the_status_holds() -> Non
     assert len(flipped) == 1
 
 
+def test_set_condition_keeps_each_condition_where_it_stands() -> None:
+    conds = set_condition((), "Allocated", True, "IPAddressAllocated", "", T0)
+    conds = set_condition(conds, "Attached", True, "AttachedToPod", "", T0)
+    again = set_condition(conds, "Allocated", True, "IPAddressAllocated", "", T0 + 100)
+    assert again == conds  # written again as it was: equal, so no status write is owed
+    flipped = set_condition(again, "Allocated", False, "NoFreeIPAddress", "full", T0 + 200)
+    assert [c["type"] for c in flipped] == ["Allocated", "Attached"]
+
+
 # -- random sequences -----------------------------------------------------------------------------
 
 PODS = ("p0", "p1", "p2", "p3")
