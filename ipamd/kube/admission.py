@@ -13,6 +13,10 @@ the pool's routes' gateways (its holder would keep the router's address), the de
 a pool that still has leased addresses, and a Network's move to another pool while its old one has leases of its
 own; the leases come from the controller's informer (``leased``, ``leased_for``).
 
+And it refuses what the daemon would serve but not as written (``refused_when_written``): an Auto IPAddress's
+``static.ip``, an untagged network's ``vlan.id`` (a Network's class from ``network_class``), a pool entry with no
+address to hand out; on UPDATE only when the edit brings it, so an object stored before is still edited.
+
 Pure: an AdmissionReview (and the leases of a pool) in, an AdmissionReview out.
 """
 
@@ -33,11 +37,14 @@ from ipamd.model.objects import (
     POOL_KINDS,
     SPEC_ANNOTATION,
     AddressPool,
+    ApiObject,
     ClusterNetwork,
     IPAddressObject,
     ManifestInvalid,
     Network,
+    NetworkClass,
     parse_object,
+    refused_when_written,
 )
 
 #: The addresses leased from a pool (by its key), held by somebody: what a pool change must keep.
@@ -46,8 +53,16 @@ Leased = Callable[[str], Iterable[str]]
 LeasedFor = Callable[[str, str], Iterable[str]]
 
 
+#: A NetworkClass by name, None when not known: what tells an untagged Network's ``spec.vlan.id``.
+ClassOf = Callable[[str], NetworkClass | None]
+
+
 def _nothing_leased(pool: str) -> Iterable[str]:
     return ()
+
+
+def _no_class(name: str) -> NetworkClass | None:
+    return None
 
 REVIEW_VERSION = "admission.k8s.io/v1"
 #: The versions answered, each in its own: the API server checks the response's apiVersion against the one it sent
@@ -199,17 +214,46 @@ def _address_moved(new: IPAddressObject, old: dict[str, Any] | None) -> str:
             "not moved by an edit: delete it and create it again")
 
 
+def _class_for(obj: ApiObject, network_class: ClassOf) -> NetworkClass | None:
+    return network_class(obj.network_class) if isinstance(obj, Network) else None
+
+
+def _written_problem(doc: dict[str, Any], parsed: ApiObject, old: dict[str, Any] | None,
+                     network_class: ClassOf) -> str:
+    """What a write is refused for though the daemon would serve it (``refused_when_written``), less what the stored
+    object had already: one stored before these checks may still be edited (a label, a finalizer let go)."""
+    found = refused_when_written(doc, parsed, _class_for(parsed, network_class))
+    if not found:
+        return ""
+    had: set[tuple[str, str]] = set()
+    if old is not None:
+        try:
+            was = parse_object(old)
+        except ManifestInvalid:
+            was = None  # stored before it could be checked: nothing sure it had
+        if was is not None:
+            had = {(p.field, p.problem) for p in refused_when_written(old, was, _class_for(was, network_class))}
+    added = [p for p in found if (p.field, p.problem) not in had]
+    if not added:
+        return ""
+    return f"{parsed.meta.display}: " + "; ".join(f"{p.field}: {p.problem}" for p in added)
+
+
 def problem_of(kind: str, obj: dict[str, Any], namespace: str = "", leased: Leased = _nothing_leased,
-               old: dict[str, Any] | None = None, leased_for: LeasedFor | None = None) -> str:
+               old: dict[str, Any] | None = None, leased_for: LeasedFor | None = None,
+               network_class: ClassOf = _no_class) -> str:
     """Why the daemon would refuse this object (or a change of a pool or of a Network's pool its leases forbid),
     or "" when none; ``old``: the object as stored before an UPDATE; ``leased_for``: a pool's addresses a network
-    may use (without it, every address leased from the pool counts)."""
+    may use (without it, every address leased from the pool counts); ``network_class``: a Network's class."""
     if kind == POD.name:
         return _pod_problem(obj, namespace or str((obj.get("metadata") or {}).get("namespace") or "default"))
     try:
         parsed = parse_object(obj)
     except ManifestInvalid as exc:
         return str(exc)
+    written = _written_problem(obj, parsed, old, network_class)
+    if written:
+        return written
     if isinstance(parsed, (Network, ClusterNetwork)):
         return _pool_moved(parsed, old, leased_for or (lambda pool, network: leased(pool)))
     if isinstance(parsed, IPAddressObject):
@@ -248,7 +292,8 @@ def _checked(doc: Any) -> tuple[str, dict[str, Any]]:
     return str(doc["apiVersion"]), request
 
 
-def review(doc: Any, leased: Leased = _nothing_leased, leased_for: LeasedFor | None = None) -> dict[str, Any]:
+def review(doc: Any, leased: Leased = _nothing_leased, leased_for: LeasedFor | None = None,
+           network_class: ClassOf = _no_class) -> dict[str, Any]:
     """Answer one AdmissionReview (``admission.k8s.io/v1``, or ``v1beta1``), in its own version."""
     version, request = _checked(doc)
     uid = request["uid"]
@@ -272,7 +317,8 @@ def review(doc: Any, leased: Leased = _nothing_leased, leased_for: LeasedFor | N
         if stored is not None:
             stored.setdefault("apiVersion", served.api_version)
             stored.setdefault("kind", served.name)
-        problem = problem_of(served.name, doc, leased=leased, old=stored, leased_for=leased_for)
+        problem = problem_of(served.name, doc, leased=leased, old=stored, leased_for=leased_for,
+                             network_class=network_class)
     else:
         return _response(uid, True, version=version)  # not ours: a misrouted rule must not block anything
     return _response(uid, not problem, problem, version)

@@ -688,3 +688,53 @@ def parse_object(doc: Any, source: str = "") -> ApiObject:
         if source and not exc.source:
             raise ManifestInvalid(exc.obj, exc.field, exc.problem, source) from None
         raise
+
+
+def refused_when_written(doc: Mapping[str, Any], obj: ApiObject,
+                         cls: NetworkClass | None = None) -> tuple[ManifestInvalid, ...]:
+    """What a write of ``doc`` (parsed: ``obj``; a Network's class: ``cls``, None when not known) is refused for
+    though ``parse_object`` serves it: a field the daemon would drop without a word, and a pool entry with no address
+    to hand out (every ADD from it would fail "pool exhausted"). Held where a user writes (the webhook), never where
+    an object is read: one stored before these checks is served as it always was."""
+    if isinstance(obj, IPAddressObject):
+        return _static_ip_of_auto(doc, obj)
+    if isinstance(obj, (Network, ClusterNetwork)):
+        return _vlan_id_of_untagged(obj, cls)
+    if isinstance(obj, AddressPool):
+        return _empty_entries(obj)
+    return ()
+
+
+def _static_ip_of_auto(doc: Mapping[str, Any], obj: IPAddressObject) -> tuple[ManifestInvalid, ...]:
+    """The seed's Auto IPAddress has no ``static.ip``: the pool picks its address, and the one written is dropped."""
+    static = (doc.get("spec") or {}).get("static")
+    ip = static.get("ip") if isinstance(static, dict) else None
+    if obj.type != "Auto" or ip is None:
+        return ()
+    return (ManifestInvalid(obj.meta.display, "spec.static.ip", f"{ip!r} is for type Static: an Auto IPAddress gets "
+                            "whichever address its pool picks; set spec.type: Static, or remove spec.static"),)
+
+
+def _vlan_id_of_untagged(net: Network | ClusterNetwork, cls: NetworkClass | None) -> tuple[ManifestInvalid, ...]:
+    """An untagged segment (``segments.segment_kind``: a ClusterNetwork of type Access, or a Network whose class has
+    neither ``vlan`` nor ``vxlan``) has no VLAN ID: a ``spec.vlan.id`` is dropped. The seed takes a Network's from
+    its class's pool, which an untagged class does not have. A class not known yet: nothing sure to say."""
+    if net.vlan_id is None:
+        return ()
+    if isinstance(net, ClusterNetwork) and net.type == "Access":
+        why = "type Access is the parent NIC itself, untagged: remove spec.vlan, or make it type VLAN"
+    elif isinstance(net, Network) and cls is not None and not cls.vlan_pool and cls.vxlan is None:
+        why = (f"NetworkClass {cls.meta.name} has no spec.vlan.idPool (its networks are untagged): remove spec.vlan, "
+               "or use a class with a VLAN ID pool")
+    else:
+        return ()
+    return (ManifestInvalid(net.meta.display, "spec.vlan.id", f"{net.vlan_id} would be ignored: {why}"),)
+
+
+def _empty_entries(pool: AddressPool) -> tuple[ManifestInvalid, ...]:
+    """The entries (``spec.pools[i]``) whose ranges, less the addresses no host may have and the routes' gateways,
+    leave nothing: ADD from them would always fail "pool exhausted". Leases play no part: a full pool is not empty."""
+    return tuple(ManifestInvalid(pool.meta.display, f"spec.pools[{i}]", f"{subnet.network} has no address to hand "
+                                 "out: its ranges hold only addresses never leased (the subnet's own, an IPv4 "
+                                 "broadcast, a route's gateway)") for i, subnet in enumerate(pool.subnets)
+                 if not subnet.size)

@@ -1,7 +1,9 @@
 """The local object source: a directory of manifests (the YAML a user would ``kubectl apply``).
 
 Re-read when it changes; an invalid manifest is reported with its file and field while every valid
-one keeps being served. Implements ``ObjectSource`` (``ipamd.sources.base``).
+one keeps being served. One the webhook would refuse to store (``refused_when_written``: an ignored field, a
+pool entry with no address) is served as a stored one is, and reported too. Implements ``ObjectSource``
+(``ipamd.sources.base``).
 """
 
 from __future__ import annotations
@@ -12,11 +14,22 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import yaml
 
-from ipamd.model.objects import ApiObject, Kind, ManifestInvalid, Meta, Pod, parse_object
+from ipamd.model.objects import (
+    ApiObject,
+    Kind,
+    ManifestInvalid,
+    Meta,
+    Network,
+    NetworkClass,
+    Pod,
+    parse_object,
+    refused_when_written,
+)
 from ipamd.sources.base import Problem
 
 log = logging.getLogger(__name__)
@@ -46,12 +59,43 @@ def manifest_files(directory: str) -> list[str]:
     return out
 
 
+Objects = dict[tuple[str, str, str], ApiObject]
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A directory as read: what is served, what is not (``problems``), and what is served though the webhook would
+    refuse to store it (``warnings``)."""
+
+    objects: Objects
+    problems: list[Problem]
+    warnings: list[Problem]
+
+
 def load_directory(
     directory: str, uid_for: Callable[[str, str], str] | None = None
-) -> tuple[dict[tuple[str, str, str], ApiObject], list[Problem]]:
+) -> tuple[Objects, list[Problem]]:
     """Parse every manifest below ``directory``; a bad one becomes a Problem, never an exception."""
-    objects: dict[tuple[str, str, str], ApiObject] = {}
+    loaded = read_directory(directory, uid_for)
+    return loaded.objects, loaded.problems
+
+
+def _warnings(read: list[tuple[str, Any, ApiObject]], objects: Objects) -> list[Problem]:
+    """The objects served that a write would be refused for: a file in the directory is what a cluster has stored,
+    so refusing it would stop serving it (and what it holds) at an upgrade."""
+    def class_of(obj: ApiObject) -> NetworkClass | None:
+        found = objects.get(("NetworkClass", "", obj.network_class)) if isinstance(obj, Network) else None
+        return found if isinstance(found, NetworkClass) else None
+
+    return [Problem(where, exc.field, f"{where}: {exc}") for where, doc, obj in read
+            for exc in refused_when_written(doc, obj, class_of(obj))]
+
+
+def read_directory(directory: str, uid_for: Callable[[str, str], str] | None = None) -> Loaded:
+    """``load_directory``, with the warnings."""
+    objects: Objects = {}
     problems: list[Problem] = []
+    read: list[tuple[str, Any, ApiObject]] = []
     for path in manifest_files(directory):
         try:
             docs = list(read_documents(path))
@@ -75,7 +119,8 @@ def load_directory(
                                         f"{meta.display} is also defined in {objects[key].meta.source}"))
                 continue
             objects[key] = obj
-    return objects, problems
+            read.append((where, doc, obj))
+    return Loaded(objects, problems, _warnings(read, objects))
 
 
 class LocalSource:
@@ -110,9 +155,12 @@ class LocalSource:
         """Re-read the directory now; tell subscribers when anything changed."""
         os.makedirs(self.directory, exist_ok=True)
         signature = self._dir_signature()
-        objects, problems = load_directory(self.directory, self._uid_for)
+        loaded = read_directory(self.directory, self._uid_for)
+        objects, problems = loaded.objects, loaded.problems
         for p in problems:
             log.warning("manifest not served: %s", p.message)
+        for p in loaded.warnings:
+            log.warning("manifest served as stored, but a write of it would be refused: %s", p.message)
         with self._lock:
             changed = objects != self._objects or not self._synced
             self._objects = objects

@@ -262,3 +262,25 @@ def test_an_ip_address_that_holds_its_address_is_not_moved_by_an_edit(webhook: C
     finally:
         api.close()
         webhook.kubectl("delete", "ipaddress", "-n", TEST_NS, "held", "free", "--ignore-not-found")
+
+
+@pytest.mark.netns
+def test_ignored_fields_and_a_pool_entry_with_no_address_are_refused_by_kubectl_apply(webhook: Cluster) -> None:
+    """What the daemon would serve but not as written: an Auto IPAddress's static.ip and an Access ClusterNetwork's
+    vlan.id (both dropped without a word), a pool entry with no address (every ADD from it: "pool exhausted")."""
+    auto: dict[str, Any] = {
+        "apiVersion": f"{GROUP}/v1alpha1", "kind": "IPAddress", "metadata": {"name": "auto-ip", "namespace": TEST_NS},
+        "spec": {"networkRef": {"kind": "Network", "name": "net"}, "type": "Auto", "static": {"ip": "198.18.90.7"}}}
+    access = {"apiVersion": f"{GROUP}/v1alpha1", "kind": "ClusterNetwork", "metadata": {"name": "kwebhook-access"},
+              "spec": {"type": "Access", "vlan": {"id": 900}, "parentNodeNetworkInterfaces": {"names": ["eth1"]}}}
+    empty = pool("empty", ["198.18.90.0"])  # the network's own address only
+    try:
+        for doc, field in ((auto, "spec.static.ip"), (access, "spec.vlan.id"), (empty, "spec.pools[0]")):
+            code, err = apply(webhook, doc)
+            assert code != 0 and "denied the request" in err and field in err, err
+        assert not exists(webhook, "ipaddress", "auto-ip") and not exists(webhook, "ipaddresspool", "empty")
+        del auto["spec"]["static"]
+        assert apply(webhook, auto)[0] == 0, "an Auto without one"
+    finally:
+        webhook.kubectl("delete", "ipaddress", "-n", TEST_NS, "auto-ip", "--ignore-not-found")
+        webhook.kubectl("delete", "clusternetwork", "kwebhook-access", "--ignore-not-found")

@@ -3,17 +3,21 @@ HTTPS server really serves it with a certificate the API server can check."""
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import http.client
 import json
+import logging
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from cni.errors import AnnotationInvalid
 from ipamd.kube import webhook
@@ -21,10 +25,14 @@ from ipamd.kube.admission import ReviewInvalid, review
 from ipamd.kube.certs import issue, still_good
 from ipamd.kube.webhook import WebhookServer
 from ipamd.model.npwg import NETWORKS_ANNOTATION
+from ipamd.model.objects import AddressPool, ClusterNetwork, Network, NetworkClass, parse_object
+from ipamd.model.segments import segment_kind
+from ipamd.sources.local import LocalSource, read_directory
 from tests.conftest import REPO, wait_for
 from tests.unit.test_networks import wanted
 
 GROUP = "network.deckhouse.io"
+API = f"{GROUP}/v1alpha1"
 
 
 def request(kind: str, obj: dict[str, Any], operation: str = "CREATE", group: str = GROUP,
@@ -585,3 +593,196 @@ def test_an_auto_ip_address_may_name_the_family_it_holds_but_not_another() -> No
     assert not got["allowed"] and "spec.ipFamily" in got["status"]["message"], got
     doc["request"]["oldObject"] = old
     assert not answer(doc)["allowed"], "0 holding IPv4, then IPv6: a move"
+
+
+# -- what the daemon would serve but not as written: refused when written, served when stored ----------------
+
+def update(kind: str, new: dict[str, Any], old: dict[str, Any], namespace: str = "ns") -> dict[str, Any]:
+    doc = request(kind, new, "UPDATE", namespace=namespace)
+    doc["request"]["oldObject"] = old
+    return doc
+
+
+def refusal(doc: dict[str, Any], **kw: Any) -> str:
+    """The webhook's message ("" when it allows the object)."""
+    resp = review(doc, **kw)["response"]
+    return "" if resp["allowed"] else str(resp["status"]["message"])
+
+
+# an Auto IPAddress with a static.ip
+
+def auto_address(static_ip: str | None = "198.18.41.9", typ: str | None = "Auto",
+                 labels: dict[str, str] | None = None, kind: str = "IPAddress") -> dict[str, Any]:
+    spec: dict[str, Any] = {"networkRef": {"kind": "Network" if kind == "IPAddress" else "ClusterNetwork",
+                                           "name": "net-a"}}
+    if typ is not None:
+        spec["type"] = typ
+    if static_ip is not None:
+        spec["static"] = {"ip": static_ip}
+    return {"apiVersion": API, "kind": kind, "metadata": {"name": "a", "labels": labels or {}}, "spec": spec}
+
+
+@pytest.mark.parametrize("typ", ["Auto", None])  # type left out: Auto
+def test_an_auto_ip_address_with_a_static_ip_is_refused_on_create_naming_the_field(typ: str | None) -> None:
+    """The seed: "spec.type: Auto (without specifying the static.ip parameter)". The daemon drops it (objects.
+    _ip_address reads static only for a Static), so the user who wrote it gets some address of the pool instead."""
+    msg = refusal(request("IPAddress", auto_address(typ=typ)))
+    assert "IPAddress ns/a: spec.static.ip" in msg and "198.18.41.9" in msg and "Auto" in msg, msg
+    assert refusal(request("ClusterIPAddress", auto_address(kind="ClusterIPAddress"), namespace="")), "cluster-scoped too"
+    assert not refusal(request("IPAddress", auto_address(static_ip=None, typ=typ))), "an Auto without one"
+    assert not refusal(request("IPAddress", auto_address(typ="Static"))), "a Static with one"
+
+
+def test_an_edit_that_gives_an_auto_ip_address_a_static_ip_is_refused_but_one_stored_with_it_is_kept() -> None:
+    msg = refusal(update("IPAddress", auto_address(), auto_address(static_ip=None)))
+    assert "spec.static.ip" in msg, "added by the edit"
+    assert "spec.static.ip" in refusal(update("IPAddress", auto_address(), auto_address(typ="Static"))), \
+        "a Static made Auto keeping its static.ip: the address the user wanted is dropped"
+    stored = auto_address()
+    assert not refusal(update("IPAddress", auto_address(labels={"team": "x"}), stored)), \
+        "stored before this check: another edit (a label, a finalizer gone) is not refused for it"
+    assert "spec.static.ip" in refusal(update("IPAddress", auto_address(static_ip="198.18.41.10"), stored)), \
+        "another static.ip: added by this edit"
+
+
+# an untagged network with a VLAN ID
+
+def cluster_network(typ: str = "Access", vlan_id: int | None = 900, name: str = "flat") -> dict[str, Any]:
+    spec: dict[str, Any] = {"type": typ, "parentNodeNetworkInterfaces": {"names": ["eth1"]}}
+    if vlan_id is not None:
+        spec["vlan"] = {"id": vlan_id}
+    return {"apiVersion": API, "kind": "ClusterNetwork", "metadata": {"name": name}, "spec": spec}
+
+
+def network_on(cls: str = "flat-class", vlan_id: int | None = 650, name: str = "net-a") -> dict[str, Any]:
+    spec: dict[str, Any] = {"networkClass": cls}
+    if vlan_id is not None:
+        spec["vlan"] = {"id": vlan_id}
+    return {"apiVersion": API, "kind": "Network", "metadata": {"name": name}, "spec": spec}
+
+
+CLASSES = {
+    "flat-class": parse_object({"apiVersion": API, "kind": "NetworkClass", "metadata": {"name": "flat-class"},
+                                "spec": {}}),
+    "vlan-class": parse_object({"apiVersion": API, "kind": "NetworkClass", "metadata": {"name": "vlan-class"},
+                                "spec": {"vlan": {"idPool": ["600-800"]}}}),
+    "vxlan-class": parse_object({"apiVersion": API, "kind": "NetworkClass", "metadata": {"name": "vxlan-class"},
+                                 "spec": {"vxlan": {"vniPool": ["600-800"]}}}),
+}
+
+
+def classes(name: str) -> NetworkClass | None:
+    found = CLASSES.get(name)
+    return found if isinstance(found, NetworkClass) else None
+
+
+def test_an_access_cluster_network_with_a_vlan_id_is_refused_naming_the_field() -> None:
+    """Type Access is the parent NIC itself, untagged (segments.segment_kind): its spec.vlan.id is dropped, and the
+    administrator who wrote it gets an untagged segment."""
+    msg = refusal(request("ClusterNetwork", cluster_network(), namespace=""))
+    assert "ClusterNetwork flat: spec.vlan.id" in msg and "Access" in msg, msg
+    assert not refusal(request("ClusterNetwork", cluster_network(vlan_id=None), namespace=""))
+    assert not refusal(request("ClusterNetwork", cluster_network("VLAN"), namespace=""))
+    assert "spec.vlan.id" in refusal(update("ClusterNetwork", cluster_network(), cluster_network(vlan_id=None), ""))
+    assert "spec.vlan.id" in refusal(update("ClusterNetwork", cluster_network(), cluster_network("VLAN"), "")), \
+        "VLAN made Access keeping its ID"
+    stored = cluster_network()
+    relabelled = copy.deepcopy(stored)
+    relabelled["metadata"]["labels"] = {"team": "x"}
+    assert not refusal(update("ClusterNetwork", relabelled, stored, "")), "stored before: kept"
+    obj = parse_object(stored)
+    assert isinstance(obj, ClusterNetwork) and obj.vlan_id == 900, "the parser still serves it"
+
+
+def test_a_network_of_an_untagged_class_with_a_vlan_id_is_refused_naming_the_field() -> None:
+    """The seed: a Network's spec.vlan.id is "from the pool assigned by the cluster or network administrator"; a class
+    with neither vlan nor vxlan has none (its networks are untagged), and the ID was dropped."""
+    msg = refusal(request("Network", network_on()), network_class=classes)
+    assert "Network ns/net-a: spec.vlan.id" in msg and "flat-class" in msg, msg
+    assert not refusal(request("Network", network_on("vlan-class")), network_class=classes)
+    assert not refusal(request("Network", network_on("vxlan-class")), network_class=classes), "a VNI asked for"
+    assert not refusal(request("Network", network_on("not-yet")), network_class=classes), "a class not known: unsure"
+    assert not refusal(request("Network", network_on(vlan_id=None)), network_class=classes)
+    assert not refusal(request("Network", network_on())), "without the classes: not checked"
+    assert "spec.vlan.id" in refusal(update("Network", network_on(), network_on("vlan-class")), network_class=classes), \
+        "moved to an untagged class keeping its ID"
+    assert not refusal(update("Network", network_on(), network_on()), network_class=classes), "stored before: kept"
+
+
+@pytest.mark.parametrize("doc, cls", [
+    (cluster_network(), None), (cluster_network("VLAN"), None), (cluster_network(vlan_id=None), None),
+    (network_on(), "flat-class"), (network_on("vlan-class"), "vlan-class"), (network_on("vxlan-class"), "vxlan-class"),
+    (network_on(vlan_id=None), "flat-class"),
+])
+def test_the_vlan_id_refusal_agrees_with_the_segment_kind(doc: dict[str, Any], cls: str | None) -> None:
+    obj = parse_object({**doc, "metadata": {**doc["metadata"], "namespace": "ns"}})
+    assert isinstance(obj, (Network, ClusterNetwork))
+    untagged = not segment_kind(obj, classes(cls) if cls else None).tagged
+    refused = "spec.vlan.id" in refusal(request(doc["kind"], doc), network_class=classes)
+    assert refused == (untagged and obj.vlan_id is not None)
+
+
+# a pool entry with no address to hand out
+
+def pool_of(entries: list[dict[str, Any]], kind: str = "IPAddressPool") -> dict[str, Any]:
+    return {"apiVersion": API, "kind": kind, "metadata": {"name": "p"}, "spec": {"pools": entries}}
+
+
+@pytest.mark.parametrize("entries, index", [
+    ([{"network": "198.18.0.0/24", "ranges": ["198.18.0.0"]}], 0),  # the network address only
+    ([{"network": "198.18.0.0/24", "ranges": ["198.18.0.255"]}], 0),  # the broadcast address only
+    ([{"network": "198.18.0.7/32", "routes": [{"destination": "10.0.0.0/8", "via": "198.18.0.7"}]}], 0),
+    ([{"network": "198.18.0.0/24", "ranges": ["198.18.0.1"],
+       "routes": [{"destination": "10.0.0.0/8", "via": "198.18.0.1"}]}], 0),  # its one address is the gateway
+    ([{"network": "198.18.0.0/24"}, {"network": "2001:2::/64", "ranges": ["2001:2::"]}], 1),  # one family empty
+])
+def test_a_pool_entry_with_no_address_to_hand_out_is_refused_naming_it(entries: list[dict[str, Any]],
+                                                                       index: int) -> None:
+    """Accepted silently, and every ADD from it then failed "pool exhausted"."""
+    msg = refusal(request("IPAddressPool", pool_of(entries)))
+    assert f"IPAddressPool ns/p: spec.pools[{index}]" in msg and entries[index]["network"] in msg, msg
+    assert f"spec.pools[{1 - index}]" not in msg
+    assert refusal(request("ClusterIPAddressPool", pool_of(entries, "ClusterIPAddressPool"), namespace=""))
+    obj = parse_object({**pool_of(entries), "metadata": {"name": "p", "namespace": "ns"}})
+    assert isinstance(obj, AddressPool) and obj.subnets[index].size == 0, "the parser still serves it"
+
+
+def test_a_full_pool_is_not_an_empty_one() -> None:
+    """Every address leased: full, not refused (nor is an edit of it)."""
+    full = pool_of([{"network": "198.18.0.0/30"}])
+    leased = ["198.18.0.1", "198.18.0.2"]
+    assert not refusal(request("IPAddressPool", full), leased=lambda key: leased)
+    assert not refusal(update("IPAddressPool", full, full), leased=lambda key: leased)
+
+
+def test_an_edit_that_empties_a_pool_entry_is_refused_but_one_stored_empty_is_kept() -> None:
+    empty = pool_of([{"network": "198.18.0.0/24", "ranges": ["198.18.0.0"]}])
+    good = pool_of([{"network": "198.18.0.0/24", "ranges": ["198.18.0.10-198.18.0.20"]}])
+    assert "spec.pools[0]" in refusal(update("IPAddressPool", empty, good))
+    assert not refusal(update("IPAddressPool", copy.deepcopy(empty), empty)), "stored before: kept"
+    assert not refusal(update("IPAddressPool", good, empty)), "mended"
+
+
+# -- local mode: served as before, reported ---------------------------------------------------------------
+
+def test_local_mode_serves_these_objects_as_before_and_reports_each_naming_the_field(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A file in the objects directory is what is stored in a cluster: refused, its network, pool or address would
+    stop being served at an upgrade. Each is reported (the daemon's log) naming its file and field."""
+    docs = {"auto.yaml": {**auto_address(), "metadata": {"name": "a", "namespace": "ns"}},
+            "access.yaml": cluster_network(),
+            "class.yaml": {"apiVersion": API, "kind": "NetworkClass", "metadata": {"name": "flat-class"}, "spec": {}},
+            "net.yaml": {**network_on(), "metadata": {"name": "net-a", "namespace": "ns"}},
+            "pool.yaml": {**pool_of([{"network": "198.18.0.0/24", "ranges": ["198.18.0.0"]}]),
+                          "metadata": {"name": "p", "namespace": "ns"}},
+            "good.yaml": {**network_on("flat-class", None, "net-b"), "metadata": {"name": "net-b", "namespace": "ns"}}}
+    for name, doc in docs.items():
+        (tmp_path / name).write_text(yaml.safe_dump(doc))
+    loaded = read_directory(str(tmp_path))
+    assert len(loaded.objects) == len(docs) and loaded.problems == [], "all served"
+    got = {(Path(w.source).name, w.field) for w in loaded.warnings}
+    assert got == {("auto.yaml", "spec.static.ip"), ("access.yaml", "spec.vlan.id"), ("net.yaml", "spec.vlan.id"),
+                   ("pool.yaml", "spec.pools[0]")}, got
+    with caplog.at_level(logging.WARNING, logger="ipamd.sources.local"):
+        assert LocalSource(str(tmp_path)).sync() == []
+    assert sum("spec.vlan.id" in r.getMessage() for r in caplog.records) == 2, caplog.text

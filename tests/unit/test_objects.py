@@ -24,6 +24,7 @@ from ipamd.model.objects import (
     VxlanSpec,
     parse_duration,
     parse_object,
+    refused_when_written,
     usable_bounds,
 )
 
@@ -361,6 +362,17 @@ def test_cluster_ip_address_on_cluster_network() -> None:
 def test_ip_address_invalid(kind: str, spec: dict[str, Any], field: str) -> None:
     exc = invalid(manifest(kind, "addr", spec, namespace="ns" if kind == "IPAddress" else None))
     assert exc.field == field
+
+
+def test_the_parser_still_serves_an_auto_ip_address_stored_with_a_static_ip() -> None:
+    """The webhook refuses to store one (``refused_when_written``); one stored before is served as it was: refused
+    here, its address (and the pod using it) would stop being served."""
+    doc = manifest("IPAddress", "a", {"networkRef": {"kind": "Network", "name": "n"}, "type": "Auto",
+                                      "static": {"ip": "198.18.41.9"}}, namespace="ns")
+    obj = parse_object(doc)
+    assert isinstance(obj, IPAddressObject) and obj.type == "Auto" and obj.static_ip == ""
+    (why,) = refused_when_written(doc, obj)
+    assert why.field == "spec.static.ip" and "198.18.41.9" in why.problem
 
 
 # -- Pod ------------------------------------------------------------------------------------------
