@@ -169,6 +169,22 @@ class DelegatedAddresses:
         return Leased(Claim(rec.key, rec.name, lease.address, lease.network, rec.routes, created, created_lease),
                       req.config.gateway, routes)
 
+    def validate(self, req: AddressRequest) -> None:
+        """CHECK: refuse what ADD refuses of ``req``'s configuration once parsed, with ADD's code and field, leasing
+        and writing nothing (the CNI spec has CHECK validate the configuration as ADD does): the pool it names, a
+        range over a pool or over another configuration's range, an exact address the pool would never hand out, a
+        gateway of the other family or inside the pool's ranges. Checked as a retried ADD of this attachment would
+        check them, against the record holding its lease. Not what the pools' state refuses (no free address left,
+        an address another holds, a claim in use elsewhere): a full pool does not make a lease that is fine wrong."""
+        pool = self._pool(req)
+        first = self._attachment_record(req.network, req.container_id, req.ifname) or self._holder(req, None)[0]
+        if req.config.range is not None:
+            self._refuse_range(req.network, req.config.range, f"{req.config_field}.range")
+        if first.type == "Static":
+            self._refuse_static(first, pool, req)
+        if req.config.pool is not None:
+            self._refuse_gateways(req, family_view(first, pool))
+
     def _pool(self, req: AddressRequest) -> AddressPool:
         rng = req.config.range
         if rng is not None:
@@ -274,7 +290,16 @@ class DelegatedAddresses:
                                   f"{claim.meta.namespace}/{owner}", req.claim_field)
 
     def _check_static(self, rec: IPRecord, pool: AddressPool, req: AddressRequest) -> None:
-        field = req.claim_field if rec.kind == CLAIM_HOLDER else req.ips_field
+        ip = self._refuse_static(rec, pool, req)
+        held = self.store.lease_at(pool.meta.key, ip)
+        if held is not None and held.holder not in (None, rec.key):
+            raise AddressConflict(f"{rec.static_ip} is already leased to {self.describe(held.holder)}",
+                                  _static_field(rec, req))
+
+    def _refuse_static(self, rec: IPRecord, pool: AddressPool, req: AddressRequest) -> int:
+        """An exact address the pool would never hand out as asked (outside it or its range, a gateway, another
+        prefix): the configuration's fault, whoever holds the address now (``_check_static``). The address."""
+        field = _static_field(rec, req)
         asked = req.ips[0] if req.ips and rec.kind != CLAIM_HOLDER else rec.static_ip
         try:
             ip = to_int(rec.static_ip)
@@ -293,9 +318,7 @@ class DelegatedAddresses:
             raise InvalidConfig(f"{asked!r} is not an IP address or CIDR", field) from None
         if network != subnet.network:
             raise InvalidConfig(f"{asked} does not match the pool's network {subnet.network}", field)
-        held = self.store.lease_at(pool.meta.key, ip)
-        if held is not None and held.holder not in (None, rec.key):
-            raise AddressConflict(f"{rec.static_ip} is already leased to {self.describe(held.holder)}", field)
+        return ip
 
     def describe(self, holder: str) -> str:
         """Who holds a lease, in words: the pod and interface, the claim, or the IPAddress."""
@@ -432,10 +455,14 @@ class DelegatedAddresses:
             owe(left)
         return left
 
+    def _attachment_record(self, network: str, container_id: str, ifname: str) -> IPRecord | None:
+        """The record holding an attachment's lease: its own, else the IPAMClaim it uses."""
+        return self.store.get_ip(cni_key(network, container_id, ifname)) or next(
+            iter(self.claims_of(attachment_id(container_id, ifname))), None)
+
     def check(self, network: str, container_id: str, ifname: str, prev: Result | None) -> None:
         """CHECK: the attachment still holds its address, and the result the runtime has says so."""
-        rec = self.store.get_ip(cni_key(network, container_id, ifname)) or next(
-            iter(self.claims_of(attachment_id(container_id, ifname))), None)
+        rec = self._attachment_record(network, container_id, ifname)
         if rec is None or self.store.lease_of(rec.key) is None:
             raise UnknownContainer(f"no plexus-ipam lease for container {container_id[:12]} {ifname} on {network}",
                                    "CNI_CONTAINERID")
@@ -477,6 +504,11 @@ def declared_ranges(nads: Iterable[AttachmentDefinition], name: str) -> set[str]
             if rng is not None:
                 keys.add(range_key(name, rng))
     return keys
+
+
+def _static_field(rec: IPRecord, req: AddressRequest) -> str:
+    """Where an exact address was asked for: the claim's reference, or the ``ips`` capability."""
+    return req.claim_field if rec.kind == CLAIM_HOLDER else req.ips_field
 
 
 def _pool_name(pool: AddressPool) -> str:

@@ -243,9 +243,13 @@ class IpamPlugin:
 
     def check(self, call: CniCall) -> dict[str, Any]:
         """CHECK refuses a configuration ADD would, with ADD's code and field (the CNI spec: a plugin validates its
-        configuration on CHECK), before it checks the lease against the runtime's result."""
-        ipam_config_of(call.config)
-        requested_ips(call.config)
+        configuration on CHECK), before it checks the lease against the runtime's result: its shape, then what it
+        names (``DelegatedAddresses.validate``; 11 before the source has read the pools, not "no such pool")."""
+        config = ipam_config_of(call.config)
+        ips = requested_ips(call.config)
+        require_listed(self.source)
+        self.addresses.validate(AddressRequest(call.network_name, call.container_id, call.ifname, config,
+                                               namespace=call.args.get("K8S_POD_NAMESPACE", ""), ips=ips))
         prev = Result.from_dict(call.config["prevResult"]) if call.config.get("prevResult") else None
         self.addresses.check(call.network_name, call.container_id, call.ifname, prev)
         return {}

@@ -771,6 +771,79 @@ def test_check_refuses_an_ipam_section_add_refuses_with_adds_code_and_field(
     assert node.call("CHECK", SHARED, prevResult=result) == {}, "the lease is still checked as before"
 
 
+def stored(node: Node) -> tuple[Any, ...]:
+    return node.store.all_leases(), node.store.all_ips(), node.store.implicit_pools()
+
+
+@pytest.mark.parametrize(("ipam", "extra", "code", "field"), [
+    ({"ipAddressPoolRef": {"name": "missing"}}, {}, 103, "ipam.ipAddressPoolRef.name"),
+    ({"ipAddressPoolRef": {"name": "theirs"}}, {}, 103, "ipam.ipAddressPoolRef.name"),  # another namespace's
+    ({"ipAddressPoolRef": {"name": "theirs", "namespace": "other"}}, {}, 103, "ipam.ipAddressPoolRef.namespace"),
+    (POOL, {"pod_name": ""}, 7, "ipam.ipAddressPoolRef.kind"),  # no pod: no namespace
+    ({**SHARED, "gateway": "2001:db8::1"}, {}, 7, "ipam.gateway"),  # the other family
+    ({**SHARED, "gateway": "198.18.52.9"}, {}, 7, "ipam.gateway"),  # inside the pool's ranges
+    ({**SHARED, "routes": [{"dst": "198.18.62.0/24", "gw": "198.18.52.9"}]}, {}, 7, "ipam.routes[0].gw"),
+    ({"range": "198.18.52.0/24"}, {}, 7, "ipam.range"),  # over pool ClusterIPAddressPool/shared
+    ({**RANGE, "range": "198.18.53.0/25", "enable_overlapping_ranges": False}, {}, 7, "ipam.range"),  # over nad-b's
+    (SHARED, {"runtimeConfig": {"ips": ["198.18.99.1"]}}, 7, "runtimeConfig.ips"),  # a new attachment's: no lease
+])
+def test_check_refuses_what_add_refuses_of_the_pool_range_and_gateways_with_adds_code_and_field(
+        ipam: dict[str, Any], extra: dict[str, Any], code: int, field: str) -> None:
+    """ADD refuses these once the section parses (``_pool``, ``_refuse_range``, ``_refuse_gateways``,
+    ``_check_static``); CHECK did not (it checked the section's shape, then the lease), and answered success."""
+    node = Node()
+    node.call("ADD", RANGE, network="nad-b")  # another configuration's range, which refuses to share
+    result = node.call("ADD", SHARED)
+    container = "c9" if "runtimeConfig" in extra else "c1"
+    before = stored(node)
+    with pytest.raises(CniError) as add:
+        node.call("ADD", ipam, container="c9", **extra)
+    with pytest.raises(CniError) as check:
+        node.call("CHECK", ipam, container=container, prevResult=result, **extra)
+    assert (check.value.code, check.value.details) == (add.value.code, add.value.details) == (code, field), \
+        check.value.msg
+    assert stored(node) == before, "neither wrote anything"
+    assert node.call("CHECK", SHARED, prevResult=result) == {}, "the lease is still checked as before"
+
+
+def test_check_of_a_static_lease_whose_pool_no_longer_holds_it_answers_adds_refusal() -> None:
+    """The attachment's own record is what ADD (retried) checks: its ``ips`` address against the pool named now."""
+    node = Node()
+    ips: dict[str, Any] = {"runtimeConfig": {"ips": ["198.18.52.77/24"]}}
+    result = node.call("ADD", SHARED, **ips)
+    assert node.call("CHECK", SHARED, prevResult=result, **ips) == {}, "its own address is not another's"
+    with pytest.raises(CniError) as add:
+        node.call("ADD", POOL, **ips)
+    with pytest.raises(CniError) as check:
+        node.call("CHECK", POOL, prevResult=result, **ips)
+    assert (check.value.code, check.value.details) == (add.value.code, add.value.details) == (7, "runtimeConfig.ips")
+
+
+def test_check_of_a_good_lease_in_a_full_pool_succeeds_and_writes_nothing() -> None:
+    """A full pool refuses the next ADD (100); that is its state, not the configuration's: CHECK of a lease it holds
+    still succeeds. Nor does CHECK record anything an ADD would (an inline range's implicit pool)."""
+    node = Node()  # pool "mine" is a /29: six addresses
+    results = [node.call("ADD", POOL, container=f"c{i}") for i in range(6)]
+    assert node.error("ADD", POOL, container="c6").code == 100
+    assert node.call("CHECK", POOL, container="c0", prevResult=results[0]) == {}
+    ranged = node.call("ADD", RANGE, container="r1")
+    before = stored(node)
+    assert node.call("CHECK", {**RANGE, "range": "198.18.54.0/24", "gateway": "198.18.54.1"}, container="r1") == {}
+    assert stored(node) == before, "CHECK records no implicit pool"
+    assert node.call("CHECK", RANGE, container="r1", prevResult=ranged) == {}
+
+
+def test_check_before_the_source_has_read_its_pools_answers_try_again_not_that_the_pool_is_missing() -> None:
+    node = Node()
+    result = node.call("ADD", SHARED)
+    node.source.synced = False
+    with pytest.raises(CniError) as exc:
+        node.call("CHECK", SHARED, prevResult=result)
+    assert (exc.value.code, exc.value.details) == (11, "object source"), exc.value.msg
+    node.source.synced = True
+    assert node.call("CHECK", SHARED, prevResult=result) == {}
+
+
 def test_check_of_a_range_whose_gateway_is_outside_it_is_refused_naming_the_gateway() -> None:
     node = Node()
     result = node.call("ADD", RANGE)
