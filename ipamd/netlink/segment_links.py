@@ -47,8 +47,9 @@ def l2_only(host: IPRoute, name: str) -> None:
 
 
 def ensure_bridge(host: IPRoute, name: str, uplink: str = "", busy: bool = False) -> int:
-    """Create the node bridge (up, IPv6 off) unless it exists, and enslave the uplink; returns its index. ``busy``:
-    the node's attachments have pods on it, which its ports may not show (a macvlan pod is none)."""
+    """Create the node bridge (up, IPv6 off) unless it exists, and enslave the uplink; returns its index. No uplink
+    (its class names no parent NIC, any more): a NIC still its port is taken off it. ``busy``: the node's attachments
+    have pods on it, which its ports may not show (a macvlan pod is none)."""
     idx = index_of(host, name)
     if idx is None:
         try:
@@ -71,6 +72,8 @@ def ensure_bridge(host: IPRoute, name: str, uplink: str = "", busy: bool = False
             _refuse_taken_uplink(host, uplink, name, master)
             _release_old_uplink(host, idx, uplink, name, busy)
             host.link("set", index=up, master=idx, state="up")
+    else:
+        _release_old_uplink(host, idx, "", name, busy)
     return idx
 
 
@@ -92,7 +95,8 @@ def _refuse_taken_uplink(host: IPRoute, uplink: str, bridge: str, master: int | 
 
 def _release_old_uplink(host: IPRoute, bridge_index: int, uplink: str, bridge: str, busy: bool = False) -> None:
     """A bridge has one uplink: a NIC still its port (the parent of the class before it was edited) and ``uplink``
-    would join their two networks into one, so the old one is taken off first (no master: the NIC is the admin's,
+    would join their two networks into one, and with no ``uplink`` (the class names no parent NIC any more) would
+    keep the segment on the old NIC's wire; so the old one is taken off first (no master: the NIC is the admin's,
     left otherwise as it is), refused while pods are on the bridge (they would change wires under their feet): its
     ports tell of veth pods (their node ends are Plexus's names, NICs are not), ``busy`` of any (macvlan pods are no
     ports). ``uplink`` itself may be a port already (another ADD set the same bridge up at the same moment)."""
@@ -102,15 +106,17 @@ def _release_old_uplink(host: IPRoute, bridge_index: int, uplink: str, bridge: s
         return
     pods = [name for name, _ in ports if name.startswith(PREFIX)]
     if pods or busy:
-        raise SegmentInUse(f"bridge {bridge} has {nics[0][0]} as its uplink, and {uplink} is asked for (the class's "
-                           f"parent NIC edited?): it replaces {nics[0][0]} once no pod is on {bridge} "
+        asked = f"{uplink} is asked for (the class's parent NIC edited?): it replaces {nics[0][0]}" if uplink else \
+            f"the class names no parent NIC: {nics[0][0]} is taken off it"
+        raise SegmentInUse(f"bridge {bridge} has {nics[0][0]} as its uplink, and {asked} once no pod is on {bridge} "
                            f"({_users(pods)})", "parentNodeNetworkInterfaces")
     for name, index in nics:
         try:
             host.link("set", index=index, master=0)
         except NetlinkError as exc:
             if exc.code not in GONE:
-                raise netlink_failure(f"taking {name} off bridge {bridge} for {uplink} to replace it", exc) from None
+                why = f" for {uplink} to replace it" if uplink else " (its class names no parent NIC)"
+                raise netlink_failure(f"taking {name} off bridge {bridge}{why}", exc) from None
 
 
 def _users(pods: list[str]) -> str:
@@ -200,17 +206,26 @@ def _remove_other_uplink(host: IPRoute, link: Any, was: str, asked: str, field: 
     described), so it is made again; refused while pods are on its bridge (they would change wires under their
     feet): its ports, or ``busy`` (the node's attachments: a macvlan pod is no port), naming the class's ``field``."""
     name, index = link.get_attr("IFLA_IFNAME"), int(link["index"])
-    master = link.get_attr("IFLA_MASTER")
-    pods = [port for port in _ports(host, master) if port != name] if master else []
+    pods = _pods_beside(host, link)
     if pods or busy:
-        on = f"bridge {_name_of(host, master)}" if master else "its bridge"
         raise SegmentInUse(f"{name} is {was}, but {asked} is asked for (the class's {field} edited?): it is made "
-                           f"again once no pod is on {on} ({_users(pods)})", field)
+                           f"again once no pod is on {_bridge_of(host, link)} ({_users(pods)})", field)
     try:
         host.link("del", index=index)
     except NetlinkError as exc:
         if exc.code not in GONE:
             raise netlink_failure(f"removing {name} to make it again as {asked}", exc) from None
+
+
+def _pods_beside(host: IPRoute, link: Any) -> list[str]:
+    """The other ports of the bridge an uplink is a port of: its veth pods' node ends."""
+    name, master = link.get_attr("IFLA_IFNAME"), link.get_attr("IFLA_MASTER")
+    return [port for port in _ports(host, master) if port != name] if master else []
+
+
+def _bridge_of(host: IPRoute, link: Any) -> str:
+    master = link.get_attr("IFLA_MASTER")
+    return f"bridge {_name_of(host, master)}" if master else "its bridge"
 
 
 def vxlan_spec(name: str, vni: int, underlay_index: int | None, port: int, group: str, local: str,
@@ -245,7 +260,8 @@ def ensure_vxlan(host: IPRoute, vni: int, underlay: str, remotes: Iterable[str],
     """A VXLAN device for ``vni`` (IPv6 off); its unicast remotes are its all-zero FDB entries (head-end
     replication), exactly: a remote the class no longer lists gets none of the segment's floods. The same class
     serves every node, so its remotes may include this node: that one is skipped. One whose tunnel is another (the
-    class edited) is made again while no pod is on its bridge (``busy``: as for ``ensure_vlan``)."""
+    class edited) is made again while no pod is on its bridge (``busy``: as for ``ensure_vlan``); one above the MTU
+    it would be made with is lowered then (``_lower_mtu``)."""
     name = uplink_name("vxlan", vni)
     remotes = list(remotes)
     under = index_of(host, underlay) if underlay else None
@@ -264,8 +280,8 @@ def ensure_vxlan(host: IPRoute, vni: int, underlay: str, remotes: Iterable[str],
     if group:  # the kernel's own entry for a multicast group
         wanted.add(same_ip(group))
     idx = int(found["index"]) if found is not None else None
+    mtu = _tunnel_mtu(host, wanted) if under is None else 0
     if idx is None:
-        mtu = _tunnel_mtu(host, wanted) if under is None else 0
         try:
             host.link("add", **vxlan_spec(name, vni, under, port, group, local, mtu))
         except NetlinkError as exc:
@@ -276,6 +292,8 @@ def ensure_vxlan(host: IPRoute, vni: int, underlay: str, remotes: Iterable[str],
             raise TryAgainLater(f"VXLAN device {name} vanished while being set up")
     l2_only(host, name)
     _converge_flood_list(host, idx, wanted)
+    if found is not None:
+        _lower_mtu(host, found, mtu, busy)
     return name
 
 
@@ -298,6 +316,27 @@ def _tunnel_mtu(host: IPRoute, peers: Iterable[str]) -> int:
         if oif:
             mtus.append(mtu_of(host, int(oif)) - VXLAN_OVERHEAD[family_of(peer)])
     return min(mtus, default=0)
+
+
+def _lower_mtu(host: IPRoute, link: Any, mtu: int, busy: bool) -> None:
+    """A VXLAN device found above the MTU it would be made with now (``_tunnel_mtu``: one an older Plexus made has the
+    kernel's 1500) is lowered to it; never raised (one lower is the operator's choice). Not under pods: their
+    interfaces keep the old MTU, and a frame of theirs above the new one would be dropped at the device without a
+    word, where it was fragmented on the underlay or answered with a Packet Too Big; refused till none is (its
+    bridge's ports, or ``busy``: the segment is served as it is meanwhile, its attachment not Ready, as for a class
+    edit). The bridge follows by itself: the kernel gives one whose MTU nobody set (Plexus never does) the smallest
+    of its ports'."""
+    name, now = link.get_attr("IFLA_IFNAME"), int(link.get_attr("IFLA_MTU") or 0)
+    if not 0 < mtu < now:
+        return
+    pods = _pods_beside(host, link)
+    if pods or busy:
+        raise SegmentInUse(f"{name} has MTU {now}, above the {mtu} its underlay leaves it (made by an older Plexus?): "
+                           f"it is lowered once no pod is on {_bridge_of(host, link)} ({_users(pods)})", "spec.vxlan")
+    try:
+        host.link("set", index=int(link["index"]), mtu=mtu)
+    except NetlinkError as exc:
+        raise netlink_failure(f"lowering the MTU of {name} to {mtu}", exc) from None
 
 
 def _vxlan_settings(vni: int, port: int, group: str, local: str, underlay: int | None) -> tuple[int, int, str, str, int]:

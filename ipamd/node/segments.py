@@ -188,7 +188,7 @@ class Segments:
             if rec is not None and not self.cluster and rec.kind == kind.name and wanted not in (None, rec.id):
                 users = self._attachments_on(rec.bridge)
                 if users:  # moved once its old segment is unused (as the controller moves one in a cluster)
-                    rec, wanted = self._change_pending(rec, kind, wanted or 0, users), rec.id
+                    rec, wanted = self._change_pending(rec, kind, wanted or 0), rec.id
             elif rec is not None and any(c.get("type") == ID_CHANGE for c in rec.status.get("conditions", ())):
                 rec = self._no_change_pending(rec)
             if rec is None or rec.kind != kind.name or (wanted is not None and rec.id != wanted):
@@ -238,12 +238,13 @@ class Segments:
             attempt += 1
         return kind.bridge(ident, key, attempt)
 
-    def _change_pending(self, rec: SegmentRecord, kind: SegmentKind, wanted: int, users: int) -> SegmentRecord:
+    def _change_pending(self, rec: SegmentRecord, kind: SegmentKind, wanted: int) -> SegmentRecord:
         """A lone node's network whose ``spec.vlan.id`` asks another ID while pods are on its bridge keeps its segment
         (moved under them, they would be cut off from the pods after them), and its status shows the change pending,
-        as the controller's does in a cluster."""
+        as the controller's does in a cluster. Written once: its message counts no pods, or every ADD on the old
+        segment (each one more) would write the record again."""
         message = (f"spec.vlan.id asks for {kind.id_label} {wanted}; {kind.id_label} {rec.id} is kept while "
-                   f"{users} attachment(s) still use it: the network moves once none does")
+                   "this node's pods still use it: the network moves once none does")
         conds = tuple(rec.status.get("conditions", ()))
         if any(c.get("type") == ID_CHANGE and c.get("message") == message for c in conds):
             return rec

@@ -74,7 +74,7 @@ def test_pod_interface_mtu_fits_the_segment_uplink(world: World, kind: str) -> N
     segment_links.ensure_bridge(world.host, BRIDGE, "nic0")
     iface = _iface(kind)
     with contextlib.ExitStack() as undo:
-        _driver(kind).build(_ctx(world), iface, undo)
+        _driver(kind).build(_ctx(world, uplink="nic0"), iface, undo)  # the bridge has exactly the uplink asked for
         undo.pop_all()
     bridge_mtu = link(world.host, BRIDGE).get_attr("IFLA_MTU")
     pod_mtu = link(world.pod.netlink(), "net1").get_attr("IFLA_MTU")

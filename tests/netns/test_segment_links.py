@@ -16,10 +16,11 @@ from ipamd.drivers.base import BuildContext, InterfaceKey, InterfaceRequest
 from ipamd.drivers.veth import VethDriver
 from ipamd.ipam.addresses import ResolvedNetwork
 from ipamd.model.objects import Network, NetworkClass, parse_object
+from ipamd.model.segments import SegmentInUse
 from ipamd.netlink import segment_links
 from ipamd.netlink.node import NetlinkNodeLinks
 from ipamd.node.segments import Segments
-from ipamd.store.records import BuiltInterface
+from ipamd.store.records import AttachmentRecord, BuiltInterface
 from tests.conftest import wait_for
 from tests.fakes.store import MemoryStore
 from tests.netns.kernel_world import World, in_ns, link, read_in, read_text, ready_link_local, up
@@ -147,6 +148,44 @@ def test_a_bridge_takes_no_second_nic(world: World) -> None:
     assert _ipv6_off(world, "nic1") == "0", "a NIC is the admin's: its IPv6 is left as it is"
 
 
+def _untagged(parent: str = "") -> ResolvedNetwork:
+    """Network ns/a of an untagged class naming ``parent`` (none: node-local)."""
+    group = "network.deckhouse.io/v1alpha1"
+    spec = {"parentNodeNetworkInterfaces": {"names": [parent]}} if parent else {}
+    cls = parse_object({"apiVersion": group, "kind": "NetworkClass", "metadata": {"name": "flat"}, "spec": spec})
+    obj = parse_object({"apiVersion": group, "kind": "Network", "metadata": {"name": "a", "namespace": "ns"},
+                        "spec": {"networkClass": "flat"}})
+    assert isinstance(cls, NetworkClass) and isinstance(obj, Network)
+    return ResolvedNetwork(obj.meta.key, "Network", "a", "ns", obj, cls, None)
+
+
+@pytest.mark.parametrize("restarted", [False, True], ids=["running", "restarted"])
+def test_an_untagged_class_edited_to_no_parent_releases_its_old_nic_once_no_pod_is_on_it(
+        world: World, restarted: bool) -> None:
+    """The NIC stays a port while a pod is on the bridge (a macvlan pod, no port: the node's attachments tell), then
+    is taken off it (no master), not deleted: it is the node's."""
+    world.host.link("add", ifname="nic0", kind="veth", peer={"ifname": "nic0p"})
+    store, links = MemoryStore(), NetlinkNodeLinks(lambda: world.host)
+    segments = Segments(store, links, lambda: 0.0)
+    rec, bridge = segments.ensure(_untagged("nic0"))
+    assert link(world.host, "nic0").get_attr("IFLA_MASTER") == bridge
+    with store.transaction():  # a macvlan pod on the segment
+        store.put_attachment(AttachmentRecord("c1", "eth0", "uid-p", "ns", "p", "/run/netns/p", "ready", (
+            BuiltInterface("net1", "macvlan", rec.network, "Network", "a", "", rec.bridge, "02:00:00:00:00:01"),)))
+    if restarted:
+        segments = Segments(store, links, lambda: 0.0)
+    with pytest.raises(SegmentInUse) as err:
+        segments.ensure(_untagged())
+    assert err.value.details == "parentNodeNetworkInterfaces", err.value.msg
+    assert link(world.host, "nic0").get_attr("IFLA_MASTER") == bridge, "taken off under a pod"
+    assert segments.bridge_index(_untagged(), rec.bridge) == bridge, "ADDs keep the bridge there is"
+    with store.transaction():  # the pod is gone (DEL)
+        store.delete_attachment("c1", "eth0")
+    assert segments.ensure(_untagged())[1] == bridge
+    assert not link(world.host, "nic0").get_attr("IFLA_MASTER"), "the class names no parent: nic0 still its port"
+    assert link(world.host, "nic0")["index"], "the node's NIC is left (not deleted)"
+
+
 # -- VXLAN: the flood list -----------------------------------------------------------------------------------
 
 def test_a_remote_taken_out_of_the_class_leaves_the_vxlan_flood_list(world: World) -> None:
@@ -186,6 +225,74 @@ def test_a_vxlan_device_without_an_underlay_is_50_bytes_under_the_link_to_its_re
     assert link(world.host, vx).get_attr("IFLA_MTU") == 1350
     idx = segment_links.ensure_bridge(world.host, "plx-vb-5006", vx)
     assert NetlinkNodeLinks(lambda: world.host).mtu(idx) == 1350, "the pods on it get the tunnel's MTU"
+
+
+def _old_vxlan_behind_a_1400_underlay(w: World, vni: int) -> tuple[str, int, int]:
+    """A VXLAN device as a Plexus of before the MTU fix made it (no MTU: the kernel's 1500), its remote routed over a
+    veth of MTU 1400, the uplink of its bridge: (device, its index, the bridge's index)."""
+    w.host.link("add", ifname="und0", kind="veth", mtu=1400, peer={"ifname": "und0p", "mtu": 1400})
+    under = up(w.host, "und0")
+    w.host.addr("add", index=under, address="198.18.5.1", prefixlen=24)
+    vx = f"plx-vx-{vni}"
+    w.host.link("add", **segment_links.vxlan_spec(vx, vni, None, 4789, "", ""))
+    bridge = segment_links.ensure_bridge(w.host, f"plx-vb-{vni}", vx)
+    assert _mtu(w, vx) == 1500 and _mtu(w, f"plx-vb-{vni}") == 1500, "made as before the fix"
+    return vx, int(link(w.host, vx)["index"]), bridge
+
+
+def _mtu(w: World, name: str) -> int:
+    return int(link(w.host, name).get_attr("IFLA_MTU"))
+
+
+def test_a_vxlan_device_made_before_the_mtu_fix_is_lowered_to_its_underlays(world: World) -> None:
+    """Found again (of the VNI and tunnel asked for) at 1500 behind a 1400-byte underlay: lowered to 1350, the device
+    kept; the bridge follows by itself (the kernel gives it its ports' smallest MTU), and so do the pods made after."""
+    vx, index, bridge = _old_vxlan_behind_a_1400_underlay(world, 5007)
+    assert segment_links.ensure_vxlan(world.host, 5007, "", ["198.18.5.2"], "", 4789, "") == vx
+    assert _mtu(world, vx) == 1350, "the device keeps the kernel's 1500 above a 1400-byte underlay"
+    assert link(world.host, vx)["index"] == index, "lowered, not made again"
+    assert NetlinkNodeLinks(lambda: world.host).mtu(bridge) == 1350, "the bridge its pods take their MTU from"
+
+
+def test_a_vxlan_devices_lower_mtu_is_never_raised(world: World) -> None:
+    """An MTU below the underlay's (the operator's choice) is left as it is."""
+    vx, index, _ = _old_vxlan_behind_a_1400_underlay(world, 5008)
+    world.host.link("set", index=index, mtu=1300)
+    segment_links.ensure_vxlan(world.host, 5008, "", ["198.18.5.2"], "", 4789, "")
+    assert _mtu(world, vx) == 1300
+
+
+def test_a_vxlan_devices_mtu_is_lowered_once_no_pod_is_on_its_bridge(world: World) -> None:
+    """Under a pod (its interface keeps 1500, and its bigger frames would be dropped at the device), the device is
+    left as it is, refused naming spec.vxlan (the segment served as it is, its attachment not Ready, as for a class
+    edit): a restarted daemon serves the bridge as it is; once no pod is on it (a
+    veth pod, a port of the bridge, then a macvlan pod, which the node's attachments tell of), the round lowers it, and
+    the bridge's MTU read follows."""
+    vx, _, bridge = _old_vxlan_behind_a_1400_underlay(world, 5009)
+    world.host.link("add", ifname="plx0123456789a", kind="veth", peer={"ifname": "podp"}, master=bridge)  # a pod's
+    with pytest.raises(SegmentInUse) as err:
+        segment_links.ensure_vxlan(world.host, 5009, "", ["198.18.5.2"], "", 4789, "")
+    assert err.value.details == "spec.vxlan" and vx in err.value.msg and "1350" in err.value.msg, err.value.msg
+    assert _mtu(world, vx) == 1500, "lowered under a pod whose interface keeps 1500"
+
+    store, net = MemoryStore(), _vxlan_network(4789, vni=5009, remotes=["198.18.5.2"])
+    segments = Segments(store, NetlinkNodeLinks(lambda: world.host), lambda: 0.0)  # restarted on the new version
+    with pytest.raises(SegmentInUse):
+        segments.ensure(net)
+    assert segments.bridge_index(net, "plx-vb-5009") == bridge, "ADDs keep the bridge there is"
+    world.host.link("del", index=link(world.host, "plx0123456789a")["index"])  # the veth pod gone
+    rec = store.get_segment(net.key)
+    assert rec is not None
+    with store.transaction():  # a macvlan pod on it: no port
+        store.put_attachment(AttachmentRecord("c1", "eth0", "uid-p", "ns", "p", "/run/netns/p", "ready", (
+            BuiltInterface("net1", "macvlan", rec.network, "Network", "a", "", rec.bridge, "02:00:00:00:00:01"),)))
+    with pytest.raises(SegmentInUse):
+        segments.ensure(net)
+    assert _mtu(world, vx) == 1500, "lowered under a macvlan pod"
+    with store.transaction():  # the pod is gone (DEL)
+        store.delete_attachment("c1", "eth0")
+    segments.ensure(net)
+    assert _mtu(world, vx) == 1350 and segments.bridge_mtu("plx-vb-5009") == 1350
 
 
 def test_a_multicast_groups_entry_is_kept(world: World) -> None:
@@ -267,10 +374,12 @@ def test_a_restarted_daemon_serves_a_segment_whose_tunnel_edit_waits_for_its_pod
     assert vx.get_attr("IFLA_MASTER") == index, "the pod's wire is left as it was"
 
 
-def _vxlan_network(port: int) -> ResolvedNetwork:
+def _vxlan_network(port: int, vni: int = 0, remotes: list[str] | None = None) -> ResolvedNetwork:
+    """Network ns/a of a VXLAN class (VNI ``vni``, else one of 5100-5109) with ``port``."""
     group = "network.deckhouse.io/v1alpha1"
+    pool = f"{vni}-{vni}" if vni else "5100-5109"
     cls = parse_object({"apiVersion": group, "kind": "NetworkClass", "metadata": {"name": "vx"},
-                        "spec": {"vxlan": {"vniPool": ["5100-5109"], "remotes": ["198.18.0.2"], "port": port}}})
+                        "spec": {"vxlan": {"vniPool": [pool], "remotes": remotes or ["198.18.0.2"], "port": port}}})
     obj = parse_object({"apiVersion": group, "kind": "Network", "metadata": {"name": "a", "namespace": "ns"},
                         "spec": {"networkClass": "vx"}})
     assert isinstance(cls, NetworkClass) and isinstance(obj, Network)

@@ -106,7 +106,7 @@ def test_pod_interface_mtu_fits_the_segment_uplink(world: World) -> None:
     nic_to_peer(world, 1400, "198.18.60.2/24")
     segment_links.ensure_bridge(world.host, BRIDGE, "nic0")
     iface = _iface()
-    _build_tap_in_node(world, iface)
+    _build_tap_in_node(world, iface, uplink="nic0")  # the bridge has exactly the uplink asked for
     bridge_mtu = link(world.host, BRIDGE).get_attr("IFLA_MTU")
     pod_mtu = link(world.pod.netlink(), "net1").get_attr("IFLA_MTU")
     assert bridge_mtu == 1400

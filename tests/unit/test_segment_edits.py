@@ -17,7 +17,7 @@ from ipamd.model.objects import Network, NetworkClass, VxlanSpec, parse_object
 from ipamd.model.segments import SegmentInUse
 from ipamd.netlink import segment_links
 from ipamd.node.segments import Segments
-from ipamd.store.records import AttachmentRecord, BuiltInterface
+from ipamd.store.records import AttachmentRecord, BuiltInterface, SegmentRecord
 from tests.fakes.links import FakeNodeLinks
 from tests.fakes.messages import encode
 from tests.fakes.store import MemoryStore
@@ -302,6 +302,40 @@ def test_a_lone_node_moves_an_edited_vlan_id_under_live_pods() -> None:
     moved = node.store.get_segment(key)
     assert moved is not None and moved.bridge == "plx-br-606"
     assert "VLANIDChangePending" not in [c["type"] for c in moved.status.get("conditions", ())]
+
+
+def test_a_lone_nodes_pending_id_change_is_written_once_not_on_every_add() -> None:
+    """Local mode: ``spec.vlan.id`` edited 605 -> 606 while a pod is on VLAN 605. The change pending is written to the
+    segment's record once; the ADDs after it (more pods on the old segment) and the rounds write nothing more (its
+    message counted the attachments: each ADD wrote the record again)."""
+    from tests.unit.test_attacher import NS, Node, obj
+    from tests.unit.test_reconcile import reconciler
+
+    node = Node()
+    key = f"Network/{NS}/net-a"
+    written: list[SegmentRecord] = []
+    put = node.store.put_segment
+
+    def counted(rec: SegmentRecord) -> None:
+        written.append(rec)
+        put(rec)
+
+    node.store.put_segment = counted  # type: ignore[method-assign]
+    ipam = {"ipAddressPoolRef": {"kind": "IPAddressPool", "name": "pool-a"}}
+    node.source.add(obj("Network", "net-a", {"networkClass": "cls", "vlan": {"id": 605}, "ipam": ipam}))
+    node.call("ADD", container="c1")
+    node.source.add(obj("Network", "net-a", {"networkClass": "cls", "vlan": {"id": 606}, "ipam": ipam}))
+    node.call("ADD", container="c2")  # the change shown pending: written
+    pending = node.store.get_segment(key)
+    assert pending is not None and pending.id == 605
+    assert "VLANIDChangePending" in [c["type"] for c in pending.status["conditions"]]
+    written.clear()
+    for container in ("c3", "c4", "c5"):
+        node.call("ADD", container=container)
+    reconciler(node).run_once()
+    assert [r.network for r in written if r.network == key] == [], \
+        f"the segment's record written {len(written)} times, its pending change the same"
+    assert node.store.get_segment(key) == pending
 
 
 # -- ensure_vlan at the message level ---------------------------------------------------------------------------------
@@ -622,6 +656,36 @@ def test_after_a_restart_an_untagged_nic_swap_waits_for_macvlan_pods(monkeypatch
         store.delete_attachment("c1", "eth0")
     restarted.ensure(net(swapped))
     assert not host._find(index=eth1).get_attr("IFLA_MASTER") and host._find(index=eth3).get_attr("IFLA_MASTER") == bridge
+
+
+@pytest.mark.parametrize("restarted", [False, True], ids=["running", "restarted"])
+def test_an_untagged_class_edited_to_no_parent_releases_its_nic_once_no_pod_is_on_it(
+        monkeypatch: pytest.MonkeyPatch, restarted: bool) -> None:
+    """Untagged class, its parent eth1 removed from it: eth1 stays a port of the bridge while a pod (a macvlan, no
+    port) is on it, then is taken off it (no master), not deleted: it is the node's."""
+    from ipamd.netlink.node import NetlinkNodeLinks
+
+    monkeypatch.setattr(segment_links, "l2_only", lambda host, name: None)
+    host = PortsHost()
+    eth1 = host.made(ifname="eth1", kind="dummy")
+    store = MemoryStore()
+    segments = Segments(store, NetlinkNodeLinks(lambda: host), lambda: 0.0)
+    rec, bridge = segments.ensure(net(cls_of(UNTAGGED)))
+    assert host._find(index=eth1).get_attr("IFLA_MASTER") == bridge
+    _macvlan_pod(store, rec.network, rec.bridge)
+    if restarted:
+        segments = Segments(store, NetlinkNodeLinks(lambda: host), lambda: 0.0)
+    alone = cls_of({})
+    with pytest.raises(SegmentInUse) as err:
+        segments.ensure(net(alone))
+    assert err.value.details == "parentNodeNetworkInterfaces"
+    assert host._find(index=eth1).get_attr("IFLA_MASTER") == bridge, "eth1 taken off the bridge under a macvlan pod"
+
+    with store.transaction():  # the pod is gone (DEL): the edit is applied at the next round
+        store.delete_attachment("c1", "eth0")
+    assert segments.ensure(net(alone))[1] == bridge
+    assert not host._find(index=eth1).get_attr("IFLA_MASTER"), "the class names no parent, yet eth1 is its port"
+    assert not [m for cmd, m in host.sent if cmd == "del"], "the node's NIC is not deleted"
 
 
 def test_a_vxlan_tunnel_edit_waits_for_pods_that_are_no_ports_of_its_bridge(ipv6_off: list[str]) -> None:
