@@ -189,7 +189,7 @@ class DelegateDriver:
         try:
             self.chain.check(_invocation(iface), iface.driver.get("result"))
         except CniError as exc:
-            return [f"{iface.network_name} ({iface.if_name}): {_failed(iface, 'CHECK', exc).msg}"]
+            return [str(_failed(iface, "CHECK", exc))]  # named once, with the plugin's details
         return []
 
     def collect(self, kept: list[BuiltInterface]) -> None:

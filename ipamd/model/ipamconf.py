@@ -259,6 +259,21 @@ def _client_keys(ipam: Mapping[str, Any]) -> None:
         raise ConfigInvalid("ipam.timeoutSeconds", problem)
 
 
+def _unknown_keys(ipam: Mapping[str, Any], allowed: frozenset[str]) -> None:
+    """The first key not in ``allowed``, refused by name before any missing one: a Whereabouts configuration with
+    ``ipRanges`` and no ``range`` is told about ``ipRanges``, not that ``range`` is missing."""
+    unknown = sorted(set(ipam) - allowed)
+    if not unknown:
+        return
+    if unknown[0] in RANGE_KEYS:
+        what = "with an ipAddressPoolRef (the pool says it)"
+    elif unknown[0] == "ipRanges" and "range" in allowed:
+        what = "(Whereabouts's list of ranges): give one range per NAD, or an ipAddressPoolRef"
+    else:
+        what = "(nor one of Whereabouts's that it accepts)"
+    raise ConfigInvalid(f"ipam.{unknown[0]}", f"is not a key of plexus-ipam {what}")
+
+
 def parse_ipam_config(ipam: Any) -> IpamConfig:
     """The ``ipam`` section of a configuration whose IPAM is ``plexus-ipam``; ``ConfigInvalid`` naming the
     key (``ipam.range``) when it is wrong, or a key Plexus does not know."""
@@ -267,14 +282,9 @@ def parse_ipam_config(ipam: Any) -> IpamConfig:
     by_pool = "ipAddressPoolRef" in ipam
     if by_pool and "range" in ipam:
         raise ConfigInvalid("ipam.range", "a configuration names a pool (ipAddressPoolRef) or a range, not both")
+    _unknown_keys(ipam, POOL_KEYS if by_pool else RANGE_KEYS)
     if not by_pool and "range" not in ipam:
         raise ConfigInvalid("ipam.range", "is required: a range (Whereabouts's form) or an ipAddressPoolRef")
-    allowed = POOL_KEYS if by_pool else RANGE_KEYS
-    unknown = sorted(set(ipam) - allowed)
-    if unknown:
-        what = ("with an ipAddressPoolRef (the pool says it)" if unknown[0] in RANGE_KEYS
-                else "(nor one of Whereabouts's that it accepts)")
-        raise ConfigInvalid(f"ipam.{unknown[0]}", f"is not a key of plexus-ipam {what}")
     if "datastore" in ipam and ipam["datastore"] not in ("kubernetes", ""):
         raise ConfigInvalid("ipam.datastore", f"{ipam['datastore']!r}: Plexus keeps leases in its own registry")
     _client_keys(ipam)

@@ -139,6 +139,24 @@ def test_bad_delegation_is_refused_and_leaves_nothing(node: Node, bin_dir: Path,
     assert node.cni("DEL", "c-app", ns, pod=(NS, "app"), conf=conf(node, bin_dir)).ok
 
 
+def test_a_delegates_own_error_keeps_its_code_msg_and_details(node: Node, bin_dir: Path, data_dir: Path) -> None:
+    res, ns = add(node, bin_dir, "app", {NPWG: "err"}, [fake_nad("err", "err-json")])
+    assert (res.code, res.json["msg"], res.json["details"]) == (7, "my-namespace/err (net1): bad master", "eth9"), res
+    assert_nothing_left(node, ns, "app", data_dir)
+
+
+def test_debians_macvlan_on_a_master_that_does_not_exist(node: Node, bin_dir: Path, data_dir: Path) -> None:
+    """What Debian's macvlan (containernetworking-plugins 1.1.1) prints, ``{"code": 999, "msg": "Link not found"}``,
+    comes back with its code and message, the NAD and interface named."""
+    config = {"cniVersion": "0.3.1", "type": "macvlan", "master": "eth9",
+              "ipam": {"type": "static", "addresses": [{"address": "198.18.70.5/24"}]}}
+    res, ns = add(node, bin_dir, "app", {NPWG: "macvlan-conf"}, [nad("macvlan-conf", config)])
+    assert res.code == 999 and res.json["msg"].startswith("my-namespace/macvlan-conf (net1): "), res
+    assert "not found" in res.json["msg"] or "eth9" in res.json["msg"], res
+    assert_nothing_left(node, ns, "app", data_dir)
+    assert node.cni("DEL", "c-app", ns, pod=(NS, "app"), conf=conf(node, bin_dir)).ok
+
+
 def test_a_delegate_that_hangs_is_killed_and_the_add_rolled_back(node: Node, bin_dir: Path, data_dir: Path) -> None:
     started = time.monotonic()
     res, ns = add(node, bin_dir, "app", {NPWG: "bridge-net, hung"},

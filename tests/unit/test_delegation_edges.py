@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from cni.errors import AnnotationInvalid, CniError, IOFailure
+from cni.errors import AnnotationInvalid, CniError, InterfaceFailure, IOFailure
 from ipamd.drivers.delegate import DelegateDriver
 from ipamd.invoke.chain import Chain, Invocation
 from ipamd.invoke.conflist import PodIdentity, Runtime
@@ -225,6 +225,25 @@ def _answering_node(fake: AnswerAll, npwg: str) -> Any:
         {"type": "ipvlan", "master": "eth2", "ipam": {"type": "host-local", "subnet": "198.18.72.0/24"}},
         {"type": "tuning"}]}, "apps"))
     return node
+
+
+class FailingCheck(AnswerAll):
+    """AnswerAll whose CHECK fails as Debian's macvlan does when its master is gone."""
+
+    def run(self, plugin: str, env: Mapping[str, str], config: Mapping[str, Any], timeout: float) -> PluginRun:
+        if env.get("CNI_COMMAND") == "CHECK":
+            raise CniError("Link not found", "eth9", code=999)
+        return super().run(plugin, env, config, timeout)
+
+
+def test_a_delegates_failed_check_names_the_nad_once_with_the_plugins_details() -> None:
+    """``DelegateDriver.check`` prefixed ``_failed``'s message, already prefixed, with the NAD and interface again,
+    and dropped the plugin's details: ``apps/first (net1): apps/first (net1): Link not found``."""
+    node = _answering_node(FailingCheck(), "first")
+    result = node.call("ADD")
+    with pytest.raises(InterfaceFailure) as err:
+        node.call("CHECK", config={"prevResult": result})
+    assert err.value.details == "apps/first (net1): Link not found: eth9", err.value.to_dict()
 
 
 def test_del_removes_a_pods_delegates_in_reverse_order_as_multus_does() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cni.errors import AddressConflict, InvalidConfig, IOFailure
+from cni.errors import AddressConflict, CniError, InvalidConfig, IOFailure
 from ipamd.invoke.conflist import PodIdentity, Runtime
 from ipamd.invoke.exec import Exec, check_plugin_type
 from tests.fakes.exec import Expected, FakeExec
@@ -44,6 +44,15 @@ def test_a_cni_error_is_raised_with_its_code_and_stderr_is_kept_out_of_it(tmp_pa
     with pytest.raises(AddressConflict) as err:
         ex.run("p", ENV, {}, 10)
     assert err.value.msg == "address in use" and "goroutine" not in str(err.value)
+
+
+def test_a_plugins_own_code_999_keeps_its_msg_and_details(tmp_path: Path) -> None:
+    """As Debian's macvlan answers a ``master`` that does not exist: ``{"code": 999, "msg": "Link not found"}``."""
+    ex = plugin(tmp_path, "p", "print(json.dumps({'code': 999, 'msg': 'Link not found', 'details': 'eth9'})); "
+                              "sys.exit(1)")
+    with pytest.raises(CniError) as err:
+        ex.run("p", ENV, {}, 10)
+    assert (err.value.code, err.value.msg, err.value.details) == (999, "Link not found", "eth9")
 
 
 def test_exit_1_with_no_output(tmp_path: Path) -> None:

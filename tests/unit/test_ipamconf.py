@@ -102,6 +102,8 @@ def test_a_ranges_routes_gateways_inside_it_are_cut_out_as_its_gateway_is() -> N
     ({"range": "198.18.20.0/24", "network_name": "a/b"}, "ipam.network_name"),
     ({"range": "198.18.20.0/24", "leaseTTL": "soon"}, "ipam.leaseTTL"),
     ({"range": "198.18.20.0/24", "ipRanges": [{"range": "198.18.21.0/24"}]}, "ipam.ipRanges"),
+    ({"ipRanges": [{"range": "198.18.21.0/24"}]}, "ipam.ipRanges"),  # named before the missing range
+    ({"subnet": "198.18.21.0/24"}, "ipam.subnet"),
     ({"range": "198.18.20.0/24", "datastore": "etcd"}, "ipam.datastore"),
     ({"range": "198.18.20.0/24", "ipAddressPoolRef": {"name": "p"}}, "ipam.range"),
     ({}, "ipam.range"),
@@ -117,6 +119,16 @@ def test_bad_configuration_names_its_field(ipam: dict[str, Any], field: str) -> 
     with pytest.raises(ConfigInvalid) as exc:
         parse(**ipam)
     assert exc.value.field == field
+
+
+def test_whereabouts_ip_ranges_alone_is_refused_by_name_with_what_to_do() -> None:
+    """Whereabouts's multi-range ``ipRanges`` without a ``range`` was told ``ipam.range is required``: the required
+    key was checked before the unknown ones, and the message never named ``ipRanges`` (found in review)."""
+    with pytest.raises(ConfigInvalid) as exc:
+        parse(ipRanges=[{"range": "198.18.21.0/24"}])
+    assert exc.value.field == "ipam.ipRanges"
+    assert exc.value.problem.startswith("is not a key of plexus-ipam")
+    assert "one range per NAD" in exc.value.problem and "ipAddressPoolRef" in exc.value.problem
 
 
 def test_the_type_must_be_plexus_ipam() -> None:
