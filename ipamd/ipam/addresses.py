@@ -132,7 +132,8 @@ def family_view(rec: IPRecord, pool: AddressPool) -> AddressPool:
     if not view.subnets:
         nets = ", ".join(str(s.network) for s in pool.subnets)
         who, field = asker(rec)
-        raise InvalidConfig(f"{who} asks for an IPv{family} address, and pool {pool.meta.display} has "
+        asked = f" ({rec.static_ip})" if rec.static_ip else ""
+        raise InvalidConfig(f"{who} asks for an IPv{family} address{asked}, and pool {pool.meta.display} has "
                             f"no IPv{family} network ({nets})", field if rec.static_ip else "spec.ipFamily")
     return view
 
@@ -256,8 +257,8 @@ class Ipam:
         refuse_gateway(pool, ip, f"IPAddress {obj.meta.name}", "spec.static.ip")
         lease = self.store.lease_at(pool_key(pool), ip)
         if lease and lease.holder and lease.holder != obj.meta.key:
-            raise AddressConflict(f"IPAddress {obj.meta.name}: {obj.static_ip} is already leased to {lease.holder}",
-                                  "spec.static.ip")
+            raise AddressConflict(f"IPAddress {obj.meta.name}: {obj.static_ip} is already leased to {lease.holder} "
+                                  f"in pool {pool.meta.display}", "spec.static.ip")
 
     # -- leasing -------------------------------------------------------------------------------
     def record_for(self, obj: IPAddressObject, created_by: str = "user") -> IPRecord:
@@ -293,7 +294,8 @@ class Ipam:
             lease = None
         who, field = asker(rec)
         if lease is None and secured.elsewhere:
-            raise AddressConflict(f"{who}: {rec.static_ip} is already leased elsewhere", field)
+            raise AddressConflict(f"{who}: {rec.static_ip} is already leased elsewhere (pool {pool.meta.display})",
+                                  field)
         if lease is None and secured.lease is not None and secured.lease.pool == pkey:
             held = self.store.lease_at(pkey, secured.lease.ip)
             if held is None or (held.holder is None and rec.type == "Static"):  # still free here (or quarantined)
@@ -307,12 +309,13 @@ class Ipam:
                 ip = to_int(rec.static_ip)
                 subnet = subnet_for(pool, ip)
                 if subnet is None:
-                    raise InvalidConfig(f"{who}: {rec.static_ip} is outside pool {pool.meta.name}", field)
+                    nets = ", ".join(str(s.network) for s in pool.subnets)
+                    raise InvalidConfig(f"{who}: {rec.static_ip} is outside pool {pool.meta.display} ({nets})", field)
                 refuse_gateway(pool, ip, who, field)
                 held = self.store.lease_at(pkey, ip)
                 if held is not None and held.holder not in (None, rec.key):
-                    raise AddressConflict(f"{who}: {rec.static_ip} is already leased to {holder_words(held.holder)}",
-                                          field)
+                    raise AddressConflict(f"{who}: {rec.static_ip} is already leased to {holder_words(held.holder)} "
+                                          f"in pool {pool.meta.display}", field)
                 if (pkey, ip) in self._securing:  # another call's pick, its claim out: ours could undo its object
                     raise TryAgainLater(f"{who}: {rec.static_ip} is being claimed on this node for another call right "
                                         "now", field)
@@ -521,6 +524,20 @@ class Ipam:
         with self.store.transaction():
             self.store.put_ip(replace(rec, phase="Pending", conditions=conds))
 
+    def _static_pending(self, rec: IPRecord, pool: AddressPool, exc: CniError) -> None:
+        """A user's Static whose address the pool refuses it (``static_refusal``) is recorded ``Pending`` saying why,
+        as an Auto one on a full pool is, holding no lease: shown, not dropped with a line in the log, and leased by a
+        later round once the address frees up. (A gRPC client's refused request is no object: nothing is recorded.)"""
+        if rec.type != "Static" or not rec.static_ip or rec.created_by != "user" or rec.kind not in IP_ADDRESS_KINDS:
+            return
+        reason = static_refusal(exc, pool, to_int(rec.static_ip))
+        with self.store.transaction():  # read again under the lock: an ADD may have leased it meanwhile
+            if self.store.lease_of(rec.key) is not None:
+                return
+            now = self.store.get_ip(rec.key) or rec
+            conds = set_condition(now.conditions, "Allocated", False, reason, exc.msg, self.clock())
+            self.store.put_ip(replace(now, phase="Pending", address="", network="", routes=(), conditions=conds))
+
     def note_exhausted(self, objs: list[IPAddressObject], exc: CniError) -> None:
         """Record ``Allocated=False/NoFreeIPAddress`` on user IPAddresses that got no address."""
         for obj in objs:
@@ -580,7 +597,11 @@ class Ipam:
                 leased, lease, _ = self.lease_for(now, pool, secured)
             return leased, lease
 
-        return self.resecured(attempt)
+        try:
+            return self.resecured(attempt)
+        except (AddressConflict, InvalidConfig) as exc:
+            self._static_pending(rec, pool, exc)
+            raise
 
     def as_its_network_sees(self, rec: IPRecord, pool: AddressPool) -> AddressPool:
         """``pool`` as the network ``rec`` is for sees it (``AddressPool.for_network``, as ``resolve`` gives a pod's):
@@ -850,6 +871,20 @@ def made_again(rec: IPRecord, obj: IPAddressObject) -> bool:
             (obj.type, obj.static_ip, obj.network_ref.kind, obj.network_ref.name):
         return True
     return rec.type == "Auto" and 0 not in (rec.family, obj.family) and rec.family != obj.family
+
+
+#: The reasons of ``Allocated=False`` on a Static the pool refuses its address (an Auto one: ``NoFreeIPAddress``).
+ALREADY_LEASED = "IPAddressAlreadyLeased"
+OUTSIDE_POOL = "IPAddressOutsidePool"
+IS_GATEWAY = "IPAddressIsGateway"
+
+
+def static_refusal(exc: CniError, pool: AddressPool, ip: int) -> str:
+    """Why the pool refuses a Static ``ip`` (``exc``: ``lease_for``'s refusal), as its condition's reason: another
+    holds it, it is a route's gateway (never leased), or it lies outside every network of the pool's (its family)."""
+    if isinstance(exc, AddressConflict):
+        return ALREADY_LEASED
+    return IS_GATEWAY if never_leased(pool, ip) is not None else OUTSIDE_POOL
 
 
 def _refuse_if_another_pods(rec: IPRecord | None, pod: Pod, field: str) -> None:

@@ -294,6 +294,33 @@ def test_static_outside_the_pool_is_refused_by_lease_for_too(ipam: Ipam, store: 
     assert store.all_leases() == []
 
 
+def test_static_outside_the_pool_leased_alone_is_recorded_pending_holding_nothing(
+        ipam: Ipam, store: Store, source: FakeSource) -> None:
+    """The reconciler's ``lease_alone`` refuses it all the same (the round logs it), and records it Pending saying
+    why, as an Auto IPAddress on a full pool is (``test_reconcile``: every case, from a round)."""
+    user = user_obj(source, "static-elsewhere")
+    with pytest.raises(InvalidConfig) as info:
+        ipam.lease_alone(ipam.record_for(user), pool_obj(source, "pool"))
+    rec = store.get_ip(user.meta.key)
+    assert rec is not None and (rec.phase, rec.address) == ("Pending", "")
+    (cond,) = rec.conditions
+    assert (cond["type"], cond["status"], cond["reason"], cond["message"]) == (
+        "Allocated", "False", "IPAddressOutsidePool", info.value.msg)
+    assert "ns/pool" in cond["message"] and "198.18.10.0/24" in cond["message"]
+    assert store.all_leases() == []
+
+
+def test_an_api_clients_refused_address_leaves_no_record(ipam: Ipam, store: Store, source: FakeSource) -> None:
+    """Recording a refused Static Pending is for a user's IPAddress: a gRPC client's refused request is no object."""
+    for address in ("198.18.11.5", "198.18.10.1"):  # outside the pool; its route's gateway
+        with pytest.raises(InvalidConfig):
+            ipam.allocate_for("client", pool_obj(source, "pool"), address)
+    ipam.allocate_for("holder", pool_obj(source, "pool"), "198.18.10.55")
+    with pytest.raises(AddressConflict):  # refused in ``lease_alone``, as a user's Static is
+        ipam.allocate_for("client", pool_obj(source, "pool"), "198.18.10.55")
+    assert [r.key for r in store.all_ips()] == ["api/holder"]
+
+
 def test_static_on_the_network_or_broadcast_address_is_invalid(ipam: Ipam, source: FakeSource) -> None:
     source.add(static("static-net", "198.18.10.0"))
     source.add(static("static-bcast", "198.18.10.255"))

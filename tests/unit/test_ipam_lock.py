@@ -14,7 +14,7 @@ import pytest
 from cni.errors import AddressConflict, TryAgainLater
 from ipamd.ipam.addresses import SECURE_TRIES, Ipam, Secured
 from ipamd.ipam.registry import NodeLocalRegistry
-from ipamd.model.objects import AddressPool
+from ipamd.model.objects import IP_ADDRESS, IP_ADDRESS_POOL, AddressPool
 from ipamd.store.records import IPRecord, LeaseRecord
 from ipamd.store.sqlite import Store
 from tests.fakes.source import FakeSource
@@ -96,6 +96,27 @@ def test_a_static_address_held_elsewhere_is_refused_after_one_ask(
     with pytest.raises(AddressConflict, match="already leased elsewhere"):
         attach(ipam, pod("a"), names=("static-in-range",))
     assert asked == [3323071031] and store.all_leases() == []
+
+
+def test_a_static_held_elsewhere_leased_alone_is_pending_until_let_go(
+        parts: tuple[Ipam, Registry, Store, FakeSource]) -> None:
+    """Kubernetes mode: every node leases a Static itself (its reconcile round); another holder's lease object was
+    a WARNING in the log alone. It is Pending, ``Allocated=False/IPAddressAlreadyLeased`` naming the pool, holding
+    nothing here (its claim let go), and leased once the address is free there."""
+    ipam, registry, store, source = parts
+    registry.hidden = {3323071031}  # 198.18.10.55
+    user, pool = source.get(IP_ADDRESS, "ns", "static-in-range"), source.get(IP_ADDRESS_POOL, "ns", "pool")
+    assert user is not None and isinstance(pool, AddressPool)
+    with pytest.raises(AddressConflict, match="already leased elsewhere"):
+        ipam.lease_alone(ipam.record_for(user), pool)
+    rec = store.get_ip(user.meta.key)
+    assert rec is not None and (rec.phase, rec.address) == ("Pending", "")
+    (cond,) = rec.conditions
+    assert (cond["status"], cond["reason"]) == ("False", "IPAddressAlreadyLeased") and "ns/pool" in cond["message"]
+    assert store.all_leases() == [] and not ipam._securing
+    registry.hidden = set()
+    leased, lease = ipam.lease_alone(ipam.record_for(user), pool)
+    assert (leased.phase, leased.address, lease.holder) == ("Allocated", "198.18.10.55", user.meta.key)
 
 
 def test_a_failed_claim_leaves_nothing(parts: tuple[Ipam, Registry, Store, FakeSource]) -> None:

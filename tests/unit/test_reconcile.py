@@ -11,11 +11,13 @@ from typing import Any
 
 import pytest
 
+from cni.errors import AddressConflict
+from ipamd.ipam.addresses import Ipam
 from ipamd.ipam.registry import NodeLocalRegistry
 from ipamd.model.objects import API_VERSION, POD_ANNOTATIONS_CAPABILITY, parse_object
 from ipamd.node.reconcile import Reconciler
 from ipamd.store.protocols import LeaseStore
-from ipamd.store.records import LeaseRecord
+from ipamd.store.records import IPRecord, LeaseRecord
 from tests.unit.test_attacher import NS, TWO_NETWORKS, Node, app_pod, obj, undo_could_not_forget
 
 
@@ -332,3 +334,127 @@ def test_an_auto_address_on_a_policy_routes_gateway_stays_flagged_and_is_logged_
             assert (lease.address, lease.outside_ranges) == ("198.18.5.1", True), "kept, flagged outside"
     changed = [r.getMessage() for r in caplog.records if "pool-gw changed" in r.getMessage()]
     assert len(changed) == 1, changed
+
+
+# -- a Static the pool cannot serve: Pending, saying why, holding nothing ---------------------------------------------
+
+def _static(name: str, ip: str, net: str = "net-b") -> Any:
+    return obj("IPAddress", name, {"networkRef": {"kind": "Network", "name": net}, "type": "Static",
+                                   "static": {"ip": ip}})
+
+
+def _allocated(node: Node, name: str) -> tuple[IPRecord, dict[str, str]]:
+    """The store's record of IPAddress ``name`` and its ``Allocated`` condition (failing when there is none: a
+    refused Static was dropped with a line in the log and shown nowhere, not even by ``plexusctl get ipaddresses``)."""
+    rec = node.store.get_ip(f"IPAddress/{NS}/{name}")
+    assert rec is not None, f"IPAddress {name} is not recorded, not even Pending"
+    return rec, next(c for c in rec.conditions if c["type"] == "Allocated")
+
+
+def _two_statics_for_one_address(node: Node, cluster: bool = False) -> Reconciler:
+    rec = reconciler(node, cluster=cluster)
+    node.source.add(_static("first", "198.18.41.7"))
+    rec.run_once()
+    node.source.add(_static("second", "198.18.41.7"))
+    rec.run_once()
+    return rec
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["local", "kube-node"])
+def test_a_static_whose_address_another_holds_is_pending_then_gets_it_once_freed(cluster: bool) -> None:
+    """README: an IPAddress gets its address at once. A Static whose address another IPAddress holds was dropped
+    (``created``, then a WARNING in the log, and nothing in ``plexusctl get ipaddresses``); it is Pending with
+    ``Allocated=False/IPAddressAlreadyLeased`` naming the holder and the pool, holds no lease, and gets the address
+    once its holder is deleted (a Static adopts a quarantined address). A node in a cluster leases Statics itself."""
+    node = Node()
+    rec = _two_statics_for_one_address(node, cluster)
+    second, cond = _allocated(node, "second")
+    assert (second.phase, second.address, second.network) == ("Pending", "", "")
+    assert (cond["status"], cond["reason"]) == ("False", "IPAddressAlreadyLeased")
+    assert all(w in cond["message"] for w in ("198.18.41.7", "IPAddress/apps/first", "apps/pool-b")), cond
+    assert node.store.lease_of(second.key) is None, "a Pending record holds no lease"
+    assert [lease.holder for lease in node.store.all_leases()] == ["IPAddress/apps/first"]
+    rec.run_once()
+    again, _ = _allocated(node, "second")
+    assert again == second, "a round more changes nothing (the condition's time kept)"
+    node.source.remove("IPAddress", NS, "first")
+    rec.run_once()  # (the round leases live IPAddresses before it lets the deleted ones go: the next one adopts it)
+    rec.run_once()
+    got, cond = _allocated(node, "second")
+    assert (got.phase, got.address) == ("Allocated", "198.18.41.7")
+    assert (cond["status"], cond["reason"], cond["message"]) == ("True", "IPAddressAllocated", "")
+    assert [(lease.holder, lease.state) for lease in node.store.all_leases()] == [(got.key, "bound")]
+
+
+@pytest.mark.parametrize(("name", "ip", "net", "reason", "words"), [
+    ("outside", "198.18.99.5", "net-b", "IPAddressOutsidePool", ("198.18.99.5", "apps/pool-b", "198.18.41.0/24")),
+    ("v6", "2001:2::5", "net-b", "IPAddressOutsidePool", ("2001:2::5", "apps/pool-b", "198.18.41.0/24")),
+    ("pool-gw", "198.18.42.1", "net-gw", "IPAddressIsGateway", ("198.18.42.1", "apps/pool-gw", "gateway")),
+    ("policy-gw", "198.18.42.254", "net-gw", "IPAddressIsGateway",
+     ("198.18.42.254", "apps/net-gw", "spec.policyRoutes[0].via")),
+], ids=["outside-network", "other-family", "pool-route-gateway", "policy-route-gateway"])
+@pytest.mark.parametrize("cluster", [False, True], ids=["local", "kube-node"])
+def test_a_static_the_pool_never_leases_is_pending_naming_why(cluster: bool, name: str, ip: str, net: str,
+                                                               reason: str, words: tuple[str, ...]) -> None:
+    node = Node()
+    node.source.add(obj("IPAddressPool", "pool-gw", {"pools": [
+        {"network": "198.18.42.0/24", "routes": [{"destination": "198.18.43.0/24", "via": "198.18.42.1"}]}]}))
+    node.source.add(obj("Network", "net-gw", {"networkClass": "cls", "routingTable": 100,
+                                              "ipam": {"ipAddressPoolRef": {"kind": "IPAddressPool", "name": "pool-gw"}},
+                                              "policyRoutes": [{"destination": "0.0.0.0/0", "via": "198.18.42.254"}]}))
+    node.source.add(_static(name, ip, net))
+    reconciler(node, cluster=cluster).run_once()
+    got, cond = _allocated(node, name)
+    assert (got.phase, got.address, cond["status"], cond["reason"]) == ("Pending", "", "False", reason)
+    assert all(w in cond["message"] for w in words), cond["message"]
+    assert node.store.all_leases() == [], "nothing leased"
+
+
+def test_a_pending_static_deleted_goes_and_leaves_the_holders_lease_alone() -> None:
+    node = Node()
+    node.source.add(_static("outside", "198.18.99.5"))
+    rec = _two_statics_for_one_address(node)
+    assert {r.name: r.phase for r in node.store.all_ips()} == {"first": "Allocated", "second": "Pending",
+                                                               "outside": "Pending"}
+    node.source.remove("IPAddress", NS, "second")
+    node.source.remove("IPAddress", NS, "outside")
+    rec.run_once()
+    assert [r.name for r in node.store.all_ips()] == ["first"]
+    assert [(lease.holder, lease.state) for lease in node.store.all_leases()] == [("IPAddress/apps/first", "bound")]
+
+
+def test_a_pending_static_named_by_a_pod_is_refused_and_stays_pending_without_a_lease() -> None:
+    node = Node()
+    _two_statics_for_one_address(node)
+    node.source.add(obj("Pod", "app", {}, uid="uid-app", annotations={"network.deckhouse.io/networks-spec": json.dumps(
+        [{"type": "Network", "name": "net-b", "ipAddressNames": ["second"]}])}))
+    with pytest.raises(AddressConflict) as refused:
+        node.call("ADD")
+    assert "IPAddress/apps/first" in refused.value.msg and "apps/pool-b" in refused.value.msg
+    second, _ = _allocated(node, "second")
+    assert second.phase == "Pending" and not second.used_by_uids and node.store.lease_of(second.key) is None
+
+
+def test_a_pending_static_survives_a_restart_and_is_published_again() -> None:
+    node = Node()
+    _two_statics_for_one_address(node)
+    before, _ = _allocated(node, "second")
+    ipam = Ipam(node.store, node.source, lambda: 1_700_000_000.0 + 60)  # a new daemon over the same store
+    restarted = Reconciler(node.store, node.source, ipam, node.attacher, node.segments, node.publisher, interval=30)
+    restarted.recover()
+    assert any("IPAddress/apps/second" in keys for keys, _ in node.publisher.republished)
+    restarted.run_once()
+    after, _ = _allocated(node, "second")
+    assert after == before and node.store.lease_of(after.key) is None
+
+
+def test_a_pending_static_edited_to_a_free_address_gets_it() -> None:
+    """The webhook lets a Static that holds no address change its static.ip: the Pending record is of the old ask."""
+    node = Node()
+    rec = _two_statics_for_one_address(node)
+    node.source.add(_static("second", "198.18.41.8"))
+    rec.run_once()
+    got, _ = _allocated(node, "second")
+    assert (got.phase, got.address) == ("Allocated", "198.18.41.8")
+    assert {lease.address: lease.holder for lease in node.store.all_leases()} == {
+        "198.18.41.7": "IPAddress/apps/first", "198.18.41.8": "IPAddress/apps/second"}
