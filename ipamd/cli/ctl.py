@@ -17,24 +17,28 @@ Tables for people, ``-o json`` for scripts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
 import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import yaml
 
 from cni.errors import CniError
 from ipamd.api import ipam_pb2 as pb
 from ipamd.api import ipam_pb2_grpc as pb_grpc
 from ipamd.invoke.conflist import DEFAULT_CNI_PATH, DEFAULT_CONF_DIR, PodIdentity, Runtime, find_conflist, load_conflist
-from ipamd.model.objects import POD, AttachmentDefinition, ManifestInvalid, parse_as
+from ipamd.model.objects import INT64_MAX, POD, AttachmentDefinition, ManifestInvalid, parse_as
 from ipamd.sources import objectdir
-from ipamd.sources.local import load_directory
+from ipamd.sources.local import load_directory, manifest_files
 
 NAD_NAMES = ("nad", "nads", "net-attach-def", "network-attachment-definitions")
 DEFAULT_OBJECTS = os.environ.get("PLEXUS_OBJECTS_DIR", "/etc/plexus/objects")
@@ -102,16 +106,68 @@ def _sync(args: argparse.Namespace, quiet_if_down: bool = True) -> None:
         print(f"warning: not served: {p.message}", file=sys.stderr)
 
 
+def _input_files(path: str) -> list[str]:
+    """The files ``-f path`` names: a directory's manifests, ``-`` (standard input) or the file itself."""
+    return manifest_files(path) if path != "-" and os.path.isdir(path) else [path]
+
+
+def _unreadable(exc: Exception) -> str:
+    """Why a file gives no documents, in one line: where the YAML parser stopped and what it found there."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        context = f" ({exc.context})" if exc.context else ""
+        return f"cannot be read as YAML: line {mark.line + 1}, column {mark.column + 1}: {exc.problem}{context}"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"cannot be read as YAML: not UTF-8 text (byte {exc.start})"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return "cannot be read as YAML: " + " ".join(str(exc).split())
+
+
+NOT_MAPPINGS = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+
+
+def _read_manifests(paths: Sequence[str]) -> tuple[list[tuple[str, Any]], list[str]]:
+    """Every document of ``paths`` (files, directories' manifests, ``-``), and why each one that is no mapping is
+    not a manifest (``path#i`` as the daemon names a document of several). ``CtlError`` naming every file that
+    cannot be read or parsed, before anything is written, or when there is no document at all."""
+    docs: list[tuple[str, Any]] = []
+    not_manifests: list[str] = []
+    unreadable: list[str] = []
+    for f in [f for path in paths for f in _input_files(path)]:
+        name = "<stdin>" if f == "-" else f
+        try:
+            found = objectdir.read_inputs([f])
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            unreadable.append(f"{name}: {_unreadable(exc)}")
+            continue
+        for i, (source, doc) in enumerate(found):
+            if isinstance(doc, dict):
+                docs.append((source, doc))
+            else:
+                what = NOT_MAPPINGS.get(type(doc), f"a {type(doc).__name__}")
+                where = name if len(found) == 1 else f"{name}#{i}"
+                not_manifests.append(f"{where}: not a manifest: {what}, where a mapping (apiVersion, kind, metadata) "
+                                     "belongs")
+    if unreadable:
+        raise CtlError("\nerror: ".join(unreadable))
+    if not docs and not not_manifests:
+        raise CtlError(f"no objects in {', '.join(paths)} (a directory's *.yaml, *.yml and *.json files are read)")
+    return docs, not_manifests
+
+
 def _write_objects(args: argparse.Namespace, change: Callable[..., Any]) -> int:
-    """apply or delete: change the object source, report each object, then have the daemon re-read."""
-    done, bad = change(args.objects_dir, objectdir.read_inputs(args.filename))
+    """apply or delete: change the object source, report each object, then have the daemon re-read. Nothing is
+    written when a file cannot be read; a document that is refused is reported, and the others are written."""
+    docs, not_manifests = _read_manifests(args.filename)
+    done, bad = change(args.objects_dir, docs)
     for d in done:
         print(d)
-    for b in bad:
+    for b in [*not_manifests, *bad]:
         print(f"error: {b}", file=sys.stderr)
     if done:
         _sync(args)
-    return 1 if bad else 0
+    return 1 if bad or not_manifests else 0
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -126,37 +182,75 @@ def _pod_state_path(args: argparse.Namespace, namespace: str, name: str) -> str:
     return os.path.join(args.state_dir, "pods", f"{namespace}.{name}.json")
 
 
+@dataclass(slots=True)
+class _PodManifest:
+    """The Pod manifest ``pod run`` wrote and what its file held before (``None``: no file): put back unless ADD
+    ran, which may have reached the daemon (README: the manifest stays when ADD fails)."""
+
+    path: str
+    before: bytes | None
+    keep: bool = False
+
+    def put_back(self) -> None:
+        if self.keep:
+            return
+        if self.before is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            return
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=".tmp-", suffix=".yaml")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(self.before)
+        os.replace(tmp, self.path)  # whole, as objectdir writes: the daemon never reads half a manifest
+
+
+def _apply_pod(args: argparse.Namespace, pod: tuple[str, Any], ns: str, name: str) -> _PodManifest:
+    path = objectdir.object_file(args.objects_dir, POD.name, ns, name)
+    try:
+        with open(path, "rb") as fh:
+            before: bytes | None = fh.read()
+    except FileNotFoundError:
+        before = None
+    _, bad = objectdir.apply(args.objects_dir, [pod])
+    if bad:
+        raise CtlError(str(bad[0]))
+    return _PodManifest(path, before)
+
+
 def cmd_pod_run(args: argparse.Namespace) -> int:
-    docs = objectdir.read_inputs([args.filename])
-    pods = [(s, d) for s, d in docs if isinstance(d, dict) and d.get("kind") == "Pod"]
+    docs, _ = _read_manifests([args.filename])
+    pods = [(s, d) for s, d in docs if d.get("kind") == "Pod"]
     if len(pods) != 1:
         raise CtlError(f"{args.filename} must hold exactly one Pod")
     conflist_path = args.conflist or find_conflist(args.conf_dir)  # before anything is made: nothing to undo
     conflist = load_conflist(conflist_path)
-    done, bad = objectdir.apply(args.objects_dir, pods)
-    if bad:
-        raise CtlError(str(bad[0]))
-    _sync(args, quiet_if_down=False)
-    ns, name = done[0].namespace, done[0].name
-    obj = parse_as(POD, _read_object(args.objects_dir, POD.name, ns, name))
+    meta = parse_as(POD, pods[0][1], pods[0][0]).meta
+    ns, name = meta.namespace, meta.name
     state_path = _pod_state_path(args, ns, name)
-    if os.path.exists(state_path):
+    if os.path.exists(state_path):  # before its manifest is written: a running pod's stays as it runs
         raise CtlError(f"pod {ns}/{name} is already running (plexusctl pod rm {name} -n {ns} first)")
-    from pyroute2 import netns as pr_netns  # only this command needs it
-
     netns_path = f"/run/netns/{name}"
     if os.path.exists(netns_path):
         raise CtlError(f"network namespace {name} already exists")
-    pod = PodIdentity(ns, name, obj.meta.uid, os.urandom(32).hex(), netns_path, args.ifname, dict(obj.annotations))
-    pr_netns.create(name)
-    try:  # a failed ADD (or anything before it) leaves no netns: the next pod run of the pod would be refused
+    from pyroute2 import netns as pr_netns  # only this command needs it
+
+    # a pod run that fails leaves no netns (the next pod run of the pod would be refused), and, failing before its
+    # ADD, the manifest as it was
+    with contextlib.ExitStack() as undo:
+        manifest = _apply_pod(args, pods[0], ns, name)
+        undo.callback(manifest.put_back)
+        _sync(args, quiet_if_down=False)
+        obj = parse_as(POD, _read_object(args.objects_dir, POD.name, ns, name))
+        pod = PodIdentity(ns, name, obj.meta.uid, os.urandom(32).hex(), netns_path, args.ifname, dict(obj.annotations))
+        pr_netns.create(name)
+        undo.callback(pr_netns.remove, name)
         _loopback_up(netns_path)
-        result = Runtime(args.cni_path, os.path.join(args.state_dir, "results")).add(conflist, pod)
-    except BaseException as exc:
-        pr_netns.remove(name)
-        if isinstance(exc, CniError):
+        manifest.keep = True
+        try:
+            result = Runtime(args.cni_path, os.path.join(args.state_dir, "results")).add(conflist, pod)
+        except CniError as exc:
             raise CtlError(f"ADD failed: {json.dumps(exc.to_dict(conflist.get('cniVersion', '1.0.0')))}") from None
-        raise
+        undo.pop_all()
     os.makedirs(os.path.dirname(state_path), exist_ok=True)
     with open(state_path, "w", encoding="utf-8") as fh:
         json.dump({"namespace": ns, "name": name, "uid": pod.uid, "container_id": pod.container_id,
@@ -172,8 +266,6 @@ def cmd_pod_run(args: argparse.Namespace) -> int:
 
 
 def _read_object(directory: str, kind: str, ns: str, name: str) -> dict[str, Any]:
-    import yaml
-
     with open(objectdir.object_file(directory, kind, ns, name), encoding="utf-8") as fh:
         doc: dict[str, Any] = yaml.safe_load(fh)
     return doc
@@ -191,7 +283,11 @@ def _loopback_up(netns_path: str) -> None:
 def cmd_pod_rm(args: argparse.Namespace) -> int:
     state_path = _pod_state_path(args, args.namespace, args.name)
     if not os.path.exists(state_path):
-        raise CtlError(f"pod {args.namespace}/{args.name} is not running here")
+        pods = os.path.join(args.state_dir, "pods")
+        suffix = f".{args.name}.json"
+        elsewhere = [f.removesuffix(suffix) for f in (os.listdir(pods) if os.path.isdir(pods) else ())
+                     if f.endswith(suffix)]
+        raise CtlError(_not_running(args.namespace, args.name, elsewhere))
     with open(state_path, encoding="utf-8") as fh:
         st = json.load(fh)
     conflist = load_conflist(st["conflist"])
@@ -210,11 +306,22 @@ def cmd_pod_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _not_running(namespace: str, name: str, elsewhere: Sequence[str]) -> str:
+    """``pod rm`` and ``pod status`` of a pod this node does not have: the namespace looked in, and the ones a pod of
+    that name is in (``-n`` defaults to ``default``)."""
+    others = sorted(set(elsewhere) - {namespace})
+    hint = (f" (it is in namespace {others[0]}: add -n {others[0]})" if len(others) == 1 else
+            f" (pods of that name are in namespaces {', '.join(others)}: add -n NAMESPACE)" if others else "")
+    return f"pod {name} is not running here in namespace {namespace}{hint}"
+
+
 def cmd_pod_status(args: argparse.Namespace) -> int:
     """The pod's ``networks-status`` (Deckhouse), or with ``--npwg`` its ``k8s.v1.cni.cncf.io/network-status``."""
-    resp = Client(args.grpc_socket).call("ListPods", pb.ListPodsRequest(namespace=args.namespace, name=args.name))
+    client = Client(args.grpc_socket)
+    resp = client.call("ListPods", pb.ListPodsRequest(namespace=args.namespace, name=args.name))
     if not resp.pods:
-        raise CtlError(f"pod {args.namespace}/{args.name} has no {'network-status' if args.npwg else 'networks-status'}")
+        elsewhere = [p.namespace for p in client.call("ListPods", pb.ListPodsRequest(name=args.name)).pods]
+        raise CtlError(_not_running(args.namespace, args.name, elsewhere))
     text = resp.pods[0].network_status_json if args.npwg else resp.pods[0].networks_status_json
     print(json.dumps(json.loads(text), indent=2))
     return 0
@@ -247,6 +354,12 @@ def cmd_pod_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(n: int) -> str:
+    """An address count as the API gives it: one it clamped to int64 (a /64 or wider pool's size and free) is only
+    known to be at least that."""
+    return ">=9.2e18" if n >= INT64_MAX else str(n)  # INT64_MAX is 9.22e18
+
+
 def cmd_pools(args: argparse.Namespace) -> int:
     resp = Client(args.grpc_socket).call("ListPools", pb.ListPoolsRequest())
     data = [{"pool": p.pool, "networks": list(p.networks), "size": p.size, "used": p.used,
@@ -254,7 +367,7 @@ def cmd_pools(args: argparse.Namespace) -> int:
              **({"implicitFor": p.implicit_for} if p.implicit_for else {})} for p in resp.pools]
     _print(args, data, lambda: table(
         [[f"{d['pool']} ({d['implicitFor']})" if d.get("implicitFor") else d["pool"], ",".join(d["networks"]),
-          d["size"], d["used"], d["quarantined"], d["free"]] for d in data],
+          _count(d["size"]), d["used"], d["quarantined"], _count(d["free"])] for d in data],
         ["POOL", "NETWORKS", "SIZE", "USED", "QUARANTINED", "FREE"]))
     return 0
 
@@ -332,36 +445,52 @@ def _ref_key(ref: pb.PoolRef) -> str:
     return f"{ref.kind}/{ref.namespace}/{ref.name}" if ref.namespace else f"{ref.kind}/{ref.name}"
 
 
-def _existing_pool(client: Client, text: str) -> str:
-    """The key of the pool ``text`` names (``_pool_ref``'s forms, or any key ``ipam pools`` lists, a plexus-ipam
-    range's implicit pool too); ``CtlError`` naming it when the daemon serves no such pool."""
-    known = {p.pool for p in client.call("ListPools", pb.ListPoolsRequest()).pools}
-    if text in known:
-        return text
-    key = _ref_key(_pool_ref(text))
-    if key not in known:
+def _served_pool(client: Client, text: str) -> pb.PoolUsage:
+    """The usage of the pool ``text`` names (``_pool_ref``'s forms, or any key ``ipam pools`` lists, a
+    plexus-ipam range's implicit pool too); ``CtlError`` naming it when the daemon serves no such pool."""
+    pools: dict[str, pb.PoolUsage] = {p.pool: p for p in client.call("ListPools", pb.ListPoolsRequest()).pools}
+    key = text if text in pools else _ref_key(_pool_ref(text))
+    if key not in pools:
         raise CtlError(f"pool {text} does not exist (no {key}; plexusctl ipam pools lists the pools)")
-    return key
+    return pools[key]
 
 
-def _leased(client: Client, pool: str, address: str) -> bool:
-    """Whether ``address`` is leased (held or quarantined) in the pool of key ``pool``."""
+def _existing_pool(client: Client, text: str) -> str:
+    """The key of the pool ``text`` names (``_served_pool``)."""
+    return str(_served_pool(client, text).pool)
+
+
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     try:
-        ip = ipaddress.ip_address(address)
+        return ipaddress.ip_address(address)
     except ValueError:
         raise CtlError(f"{address!r} is not an IP address") from None
+
+
+def _leased(client: Client, pool: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether ``ip`` is leased (held or quarantined) in the pool of key ``pool``."""
     leases = client.call("ListLeases", pb.ListLeasesRequest(pool=pool)).leases
     return any(ipaddress.ip_address(x.address) == ip for x in leases)
 
 
+def _releasable(pool: pb.PoolUsage, address: str) -> None:
+    """``CtlError`` when ``address`` is none ``ipam release`` may free in ``pool``: an implicit pool's (its addresses
+    go with the attachments that hold them), or one outside the pool's networks."""
+    if pool.pool.split("/")[0] not in POOL_KIND_NAMES:
+        raise CtlError(f"pool {pool.pool} is a plexus-ipam range's: its addresses go with their attachments, not "
+                       "ipam release: remove the pod that holds the address (plexusctl pod rm NAME -n NAMESPACE, or "
+                       f"delete the pod) and its DEL frees it; plexusctl ipam leases --pool {pool.pool} shows the pod")
+    ip = _ip(address)
+    if not any(ip in ipaddress.ip_network(n) for n in pool.networks):
+        raise CtlError(f"{address} is not in pool {pool.pool} ({', '.join(pool.networks)})")
+
+
 def cmd_release(args: argparse.Namespace) -> int:
-    ref = _pool_ref(args.pool)
+    client = Client(args.grpc_socket)
+    pool = _served_pool(client, args.pool)
+    _releasable(pool, args.address)
     if not args.yes:  # what would be answered without a release is said before asking
-        client = Client(args.grpc_socket)
-        key = _existing_pool(client, args.pool)
-        if key.split("/")[0] not in POOL_KIND_NAMES:
-            raise CtlError(f"pool {key} is a plexus-ipam range's: its addresses go with their attachments")
-        if not _leased(client, key, args.address):
+        if not _leased(client, pool.pool, _ip(args.address)):
             print(f"{args.address} was not leased")
             return 0
         if not sys.stdin.isatty():
@@ -371,7 +500,7 @@ def cmd_release(args: argparse.Namespace) -> int:
             print("not released")
             return 1
     # confirmed as --yes is: released even while a pod uses it, as the question says (force)
-    resp = Client(args.grpc_socket).call("Release", pb.ReleaseRequest(pool=ref, address=args.address, force=True))
+    resp = client.call("Release", pb.ReleaseRequest(pool=_pool_ref(pool.pool), address=args.address, force=True))
     print(f"{args.address} {'released' if resp.released else 'was not leased'}")
     return 0
 
@@ -429,10 +558,18 @@ def cmd_get(args: argparse.Namespace) -> int:
         resp = client.call("ListNetworks", pb.ListNetworksRequest())
         data = [{"network": n.key, "status": json.loads(n.status_json)} for n in resp.networks]
         _print(args, data, lambda: table(
-            [[d["network"], d["status"].get("bridgeName", "-"), d["status"].get("vlanID", 0),
+            [[d["network"], d["status"].get("bridgeName") or "-", _segment_id(d["status"], "vlanID"),
+              _segment_id(d["status"], "vni"),
               next((c["status"] for c in d["status"].get("conditions", []) if c["type"] == "Ready"), "Unknown")]
-             for d in data], ["NETWORK", "BRIDGE", "VLAN", "READY"]))
+             for d in data], ["NETWORK", "BRIDGE", "VLAN", "VNI", "READY"]))
     return 0
+
+
+def _segment_id(status: dict[str, Any], key: str) -> str:
+    """A network's VLAN ID or VNI as its status shows it; ``-`` for none: an untagged bridge's ``vlanID`` 0, a VXLAN
+    network's (its ID is the ``vni``), or a status that has none yet (an ID not assigned, a parent NIC missing)."""
+    ident = status.get(key)
+    return str(ident) if isinstance(ident, int) and not isinstance(ident, bool) and ident > 0 else "-"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -456,8 +456,8 @@ def pod_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[l
     pod.write_text(json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {
         "name": "ctl-pod-run", "namespace": "default", "uid": "u-1"}, "spec": {}}))
 
-    def run(*argv: str) -> int:
-        return ctl.main(["--grpc-socket", sock, "--objects-dir", str(tmp_path / "objects"), "--state-dir",
+    def run(*argv: str, socket: str = sock) -> int:
+        return ctl.main(["--grpc-socket", socket, "--objects-dir", str(tmp_path / "objects"), "--state-dir",
                          str(tmp_path / "state"), "pod", "run", "-f", str(pod), *argv])
 
     try:
@@ -492,3 +492,56 @@ def test_plexusctl_pod_run_that_fails_before_add_leaves_no_network_namespace(
     assert run("--conflist", str(conflist), "--cni-path", str(tmp_path / "no-plugins")) == 1
     assert "ADD failed" in capsys.readouterr().err
     assert made == [], f"network namespaces left behind by a failed ADD: {made}"
+
+
+POD_BEFORE = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: ctl-pod-run\n  namespace: default\n  uid: u-0\nspec: {}\n"
+
+
+def test_plexusctl_pod_run_whose_add_never_reached_the_daemon_leaves_the_manifest_as_it_was(
+        pod_run: tuple[list[str], Any], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in review: ``pod run`` with the daemon stopped failed ("not reachable") and left the Pod manifest in the
+    objects directory. Failing before ADD, the manifest is as it was (none, or the one there before); a failed ADD
+    keeps it (README: "it stays when ADD fails")."""
+    from ipamd.cli import ctl
+
+    made, run = pod_run
+    conflist = tmp_path / "net.conflist"
+    conflist.write_text(json.dumps({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "nothing-here"}]}))
+    args = ("--conflist", str(conflist), "--cni-path", str(tmp_path / "no-plugins"))
+    manifest = tmp_path / "objects" / "pod.default.ctl-pod-run.yaml"
+    assert run(*args, socket=str(tmp_path / "none.sock")) == 1
+    assert "not reachable" in capsys.readouterr().err
+    assert not manifest.exists(), "the manifest of a pod run whose ADD never reached the daemon"
+    manifest.write_text(POD_BEFORE)
+    assert run(*args, socket=str(tmp_path / "none.sock")) == 1
+    assert manifest.read_text() == POD_BEFORE, "the manifest there before, put back"
+
+    def broken(path: str) -> None:
+        raise OSError(f"cannot enter {path}")
+
+    manifest.unlink()
+    monkeypatch.setattr(ctl, "_loopback_up", broken)  # after the daemon read it, before ADD
+    assert run(*args) == 1
+    assert "cannot enter" in capsys.readouterr().err
+    assert not manifest.exists() and made == []
+    monkeypatch.setattr(ctl, "_loopback_up", lambda path: None)
+    assert run(*args) == 1
+    assert "ADD failed" in capsys.readouterr().err
+    assert manifest.exists() and made == []
+
+
+def test_plexusctl_pod_run_of_a_pod_already_running_leaves_its_manifest(
+        pod_run: tuple[list[str], Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``pod run`` of a running pod is refused before its manifest is written: the running pod's stays."""
+    _, run = pod_run
+    (tmp_path / "objects").mkdir()
+    manifest = tmp_path / "objects" / "pod.default.ctl-pod-run.yaml"
+    manifest.write_text(POD_BEFORE)
+    (tmp_path / "state" / "pods").mkdir(parents=True)
+    (tmp_path / "state" / "pods" / "default.ctl-pod-run.json").write_text("{}")
+    conflist = tmp_path / "net.conflist"
+    conflist.write_text(json.dumps({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "nothing-here"}]}))
+    assert run("--conflist", str(conflist)) == 1
+    assert "already running" in capsys.readouterr().err
+    assert manifest.read_text() == POD_BEFORE
