@@ -33,11 +33,12 @@ from ipamd.model.objects import (
     SERVICE,
     AddressPool,
 )
+from ipamd.model.segments import SEGMENT_KINDS
 from ipamd.model.services import ServiceInvalid, endpoint_slices, local_pod, parse_service
 from ipamd.sources.base import ObjectSource
 from ipamd.sources.lookups import check_service_network
 from ipamd.store.protocols import NodeStore
-from ipamd.store.records import IPRecord, LeaseRecord, PodStatus
+from ipamd.store.records import IPRecord, LeaseRecord, PodStatus, SegmentRecord
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,13 @@ def _usage(leases: Iterable[LeaseRecord], size: int,
     quarantined = sum(1 for lease in leases if lease.state == "orphaned")
     return len(leases) - quarantined, quarantined, max(size - sum(1 for lease in leases if in_ranges(lease.ip)), 0)
 
+
+
+def _recorded_status(seg: SegmentRecord) -> dict[str, Any]:
+    """What a segment record says before any status was written for it (a lone node's network not yet ready, or a
+    node of a cluster): its bridge and the ID it has, not a bare bridge shown as having none."""
+    kind = SEGMENT_KINDS.get(seg.kind)
+    return {"bridgeName": seg.bridge, **(kind.status_ids(seg.id) if kind is not None and seg.id else {})}
 
 class IpamService(pb_grpc.IpamServicer):
     def __init__(self, store: NodeStore, source: ObjectSource, ipam: Ipam, sync: Callable[[], list[Any]],
@@ -252,7 +260,7 @@ class IpamService(pb_grpc.IpamServicer):
     @_mapped
     def ListNetworks(self, request: pb.ListNetworksRequest, context: grpc.ServicerContext) -> pb.ListNetworksResponse:  # noqa: N802
         return pb.ListNetworksResponse(networks=[
-            pb.NetworkStatus(key=s.network, status_json=json.dumps(s.status or {"bridgeName": s.bridge}))
+            pb.NetworkStatus(key=s.network, status_json=json.dumps(s.status or _recorded_status(s)))
             for s in self.store.segments()
         ])
 

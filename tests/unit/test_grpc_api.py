@@ -18,7 +18,7 @@ from ipamd.ipam.addresses import Ipam
 from ipamd.model.objects import API_VERSION, parse_object
 from ipamd.model.services import NETWORK_ANNOTATION, SELECTOR_ANNOTATION, ServiceInvalid, parse_service
 from ipamd.server.grpc_api import CNI_CODE_KEY, IpamService, serve
-from ipamd.store.records import PodStatus
+from ipamd.store.records import PodStatus, SegmentRecord
 from tests.fakes.source import FakeSource
 from tests.fakes.store import MemoryStore
 from tests.unit.test_attacher import Node as AttacherNode
@@ -545,3 +545,25 @@ def test_plexusctl_pod_run_of_a_pod_already_running_leaves_its_manifest(
     assert run("--conflist", str(conflist)) == 1
     assert "already running" in capsys.readouterr().err
     assert manifest.read_text() == POD_BEFORE
+
+
+def test_get_networks_shows_the_id_a_segment_record_has_before_any_status_was_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found walking the README: a network whose record has an ID but no status yet (its parent NIC missing, so never
+    Ready) was listed with a bare bridge name, its VLAN ID or VNI shown as none."""
+    from ipamd.cli.ctl import main
+
+    store = MemoryStore()
+    with store.transaction():
+        store.put_segment(SegmentRecord("ns/vl", "vlan", 750, "plx-br-750"))
+        store.put_segment(SegmentRecord("ns/vx", "vxlan", 5000, "plx-vb-5000"))
+        store.put_segment(SegmentRecord("ns/flat", "none", 0, "plx-n-1234abcd"))
+    server = _serve_statuses(tmp_path, store, FakeSource())
+    try:
+        assert main(["--grpc-socket", str(tmp_path / "grpc.sock"), "get", "networks", "-o", "json"]) == 0
+        shown = {n["network"]: n["status"] for n in json.loads(capsys.readouterr().out)}
+    finally:
+        server.stop(None)
+    assert shown["ns/vl"] == {"bridgeName": "plx-br-750", "vlanID": 750}
+    assert shown["ns/vx"] == {"bridgeName": "plx-vb-5000", "vlanID": 0, "vni": 5000}
+    assert shown["ns/flat"] == {"bridgeName": "plx-n-1234abcd"}
