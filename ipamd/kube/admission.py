@@ -9,13 +9,16 @@ daemon would refuse never gets stored, and the user reads why in the ``kubectl``
 
 It also refuses what only the cluster's state can show: a pool change that would leave a leased address
 outside every network of the pool (its holder would keep an address the pool no longer has) or make it one of
-the pool's routes' gateways (its holder would keep the router's address), the deletion of
+the pool's routes' gateways (its holder would keep the router's address), a network's write making it one of its
+policy routes' gateways (``spec.policyRoutes[i].via``, likewise), the deletion of
 a pool that still has leased addresses, and a Network's move to another pool while its old one has leases of its
 own; the leases come from the controller's informer (``leased``, ``leased_for``).
 
 And it refuses what the daemon would serve but not as written (``refused_when_written``): an Auto IPAddress's
 ``static.ip``, an untagged network's ``vlan.id`` (a Network's class from ``network_class``), a pool entry with no
-address to hand out; on UPDATE only when the edit brings it, so an object stored before is still edited.
+address to hand out; on UPDATE only when the edit brings it, so an object stored before is still edited. An edit
+that leaves a pool entry with no address (a subnet drained) is allowed with a warning (``warned_when_written``;
+the response's ``warnings``, which kubectl prints).
 
 Pure: an AdmissionReview (and the leases of a pool) in, an AdmissionReview out.
 """
@@ -43,8 +46,9 @@ from ipamd.model.objects import (
     ManifestInvalid,
     Network,
     NetworkClass,
+    brought_by_write,
     parse_object,
-    refused_when_written,
+    warned_when_written,
 )
 
 #: The addresses leased from a pool (by its key), held by somebody: what a pool change must keep.
@@ -74,11 +78,14 @@ class ReviewInvalid(ValueError):
     """The request is not an AdmissionReview this webhook can answer (HTTP 400)."""
 
 
-def _response(uid: str, allowed: bool, message: str = "", version: str = REVIEW_VERSION) -> dict[str, Any]:
+def _response(uid: str, allowed: bool, message: str = "", version: str = REVIEW_VERSION,
+              warnings: Iterable[str] = ()) -> dict[str, Any]:
     body: dict[str, Any] = {"uid": uid, "allowed": allowed}
     if not allowed:
         # no "reason": with reason Invalid and no field causes kubectl prints only "The request is invalid"
         body["status"] = {"code": 422, "message": message}
+    if warnings:  # the API server (1.19 on) hands them to the client: kubectl prints each as "Warning: ..."
+        body["warnings"] = list(warnings)
     return {"apiVersion": version, "kind": "AdmissionReview", "response": body}
 
 
@@ -189,6 +196,36 @@ def _family_of(obj: IPAddressObject, held: str) -> int:
         return 0
 
 
+def _routers_of(net: Network | ClusterNetwork) -> set[tuple[str, int]]:
+    """The policy routes' gateways of ``net``, each with the pool it is a router of (none without a pool)."""
+    pool = _pool_key(net)
+    return {(pool, to_int(r.via)) for r in net.pod.routes} if pool else set()
+
+
+def _made_router(net: Network | ClusterNetwork, old: dict[str, Any] | None, leased_for: LeasedFor) -> str:
+    """The policy routes of ``net`` whose gateway (``spec.policyRoutes[i].via``) the write makes of an address leased
+    for it from its pool, in words ("" when none). Its pods are never given one (``AddressPool.for_network``), but an
+    IPAddress that holds it keeps it, and hands the router's address to its next pod. Only what the write brings: one
+    stored so before is still edited (a label, a finalizer let go)."""
+    made, pool = _routers_of(net), _pool_key(net)
+    if not made:
+        return ""
+    try:
+        before = parse_object(old) if isinstance(old, dict) else None
+    except ManifestInvalid:
+        before = None  # stored before this webhook checked it: nothing sure it had
+    if isinstance(before, (Network, ClusterNetwork)):
+        made -= _routers_of(before)
+    leased = {to_int(a) for a in leased_for(pool, net.meta.key)} if made else set()
+    found = [f"spec.policyRoutes[{i}].via: {r.via}" for i, r in enumerate(net.pod.routes)
+             if (pool, to_int(r.via)) in made and to_int(r.via) in leased]
+    if not found:
+        return ""
+    return (f"{net.meta.display}: {'; '.join(found)}: leased from {pool} for this network, whose holder "
+            "would keep the router's address as its own (an IPAddress gives it to its next pod); pick another gateway, "
+            "or release the address first (plexusctl ipam release)")
+
+
 def _address_moved(new: IPAddressObject, old: dict[str, Any] | None) -> str:
     """An edit of an IPAddress that holds its address (``status.address``) that would move it: to another network,
     another type or another Static address. Its lease would stay where it is, on the pod's or VM's interface, while
@@ -214,26 +251,11 @@ def _address_moved(new: IPAddressObject, old: dict[str, Any] | None) -> str:
             "not moved by an edit: delete it and create it again")
 
 
-def _class_for(obj: ApiObject, network_class: ClassOf) -> NetworkClass | None:
-    return network_class(obj.network_class) if isinstance(obj, Network) else None
-
-
 def _written_problem(doc: dict[str, Any], parsed: ApiObject, old: dict[str, Any] | None,
                      network_class: ClassOf) -> str:
-    """What a write is refused for though the daemon would serve it (``refused_when_written``), less what the stored
-    object had already: one stored before these checks may still be edited (a label, a finalizer let go)."""
-    found = refused_when_written(doc, parsed, _class_for(parsed, network_class))
-    if not found:
-        return ""
-    had: set[tuple[str, str]] = set()
-    if old is not None:
-        try:
-            was = parse_object(old)
-        except ManifestInvalid:
-            was = None  # stored before it could be checked: nothing sure it had
-        if was is not None:
-            had = {(p.field, p.problem) for p in refused_when_written(old, was, _class_for(was, network_class))}
-    added = [p for p in found if (p.field, p.problem) not in had]
+    """What a write is refused for though the daemon would serve it, less what the stored object had already
+    (``brought_by_write``), in words ("" when nothing)."""
+    added = brought_by_write(doc, parsed, old, network_class)
     if not added:
         return ""
     return f"{parsed.meta.display}: " + "; ".join(f"{p.field}: {p.problem}" for p in added)
@@ -255,13 +277,24 @@ def problem_of(kind: str, obj: dict[str, Any], namespace: str = "", leased: Leas
     if written:
         return written
     if isinstance(parsed, (Network, ClusterNetwork)):
-        return _pool_moved(parsed, old, leased_for or (lambda pool, network: leased(pool)))
+        held_for = leased_for or (lambda pool, network: leased(pool))
+        return _pool_moved(parsed, old, held_for) or _made_router(parsed, old, held_for)
     if isinstance(parsed, IPAddressObject):
         return _address_moved(parsed, old)
     if kind in POOL_KINDS and isinstance(parsed, AddressPool):
         held = list(leased(parsed.meta.key))
         return _orphaned(parsed, held) or _made_gateway(parsed, held)
     return ""
+
+
+def warnings_of(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
+    """What an allowed write is told (``warned_when_written``), each naming the object and field; ``old``: as
+    stored before an UPDATE."""
+    try:
+        parsed = parse_object(obj)
+    except ManifestInvalid:
+        return []
+    return [w.msg for w in warned_when_written(parsed, old is not None)]
 
 
 def _checked(doc: Any) -> tuple[str, dict[str, Any]]:
@@ -319,6 +352,8 @@ def review(doc: Any, leased: Leased = _nothing_leased, leased_for: LeasedFor | N
             stored.setdefault("kind", served.name)
         problem = problem_of(served.name, doc, leased=leased, old=stored, leased_for=leased_for,
                              network_class=network_class)
+        if not problem:
+            return _response(uid, True, version=version, warnings=warnings_of(doc, stored))
     else:
         return _response(uid, True, version=version)  # not ours: a misrouted rule must not block anything
     return _response(uid, not problem, problem, version)

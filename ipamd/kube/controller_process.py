@@ -25,7 +25,7 @@ from ipamd.kube.resources import DECKHOUSE_KINDS
 from ipamd.kube.services import ServiceEndpoints
 from ipamd.kube.source import KubernetesSource
 from ipamd.kube.webhook import WebhookServer
-from ipamd.model.objects import NETWORK_ATTACHMENT_DEFINITION
+from ipamd.model.objects import NETWORK_ATTACHMENT_DEFINITION, NETWORK_CLASS, NetworkClass
 
 log = logging.getLogger(__name__)
 # Every replica reads the Secret and then publishes the CA of what it read, at this pace: a pair renewed by
@@ -121,6 +121,17 @@ class ControllerProcess:
             except Exception as exc:
                 log.warning("webhook certificate: %s", exc)
 
+    def network_class(self, name: str) -> NetworkClass | None:
+        """A NetworkClass as the informer has it (None when not known): what tells a Network's ``vlan.id`` ignored."""
+        return self.source.get(NETWORK_CLASS, "", name)
+
+    def webhook_server(self, bundle: TlsBundle) -> WebhookServer:
+        """The webhook, bound, answering from the informers' leases and classes."""
+        return WebhookServer((self.webhook_cfg.address, self.webhook_cfg.port), bundle,
+                             lambda pool: held_in(self.source, pool),
+                             lambda pool, network: held_for_network(self.source, pool, network),
+                             network_class=self.network_class)
+
     def start(self) -> None:
         self.source.start()
         self.controller.start()
@@ -131,9 +142,7 @@ class ControllerProcess:
             self._refresh_certificate()
             found = self._publish_ca(found=True)
             assert self._bundle is not None
-            self.webhook = WebhookServer((self.webhook_cfg.address, self.webhook_cfg.port), self._bundle,
-                                         lambda pool: held_in(self.source, pool),
-                                         lambda pool, network: held_for_network(self.source, pool, network))
+            self.webhook = self.webhook_server(self._bundle)
             threading.Thread(target=self.webhook.serve_forever, name="webhook", daemon=True).start()
             threading.Thread(target=self._certificate_loop, args=(found,), name="webhook-certificate",
                              daemon=True).start()

@@ -25,7 +25,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from ipamd.kube.admission import Leased, LeasedFor, ReviewInvalid, review
+from ipamd.kube.admission import ClassOf, Leased, LeasedFor, ReviewInvalid, review
 from ipamd.kube.certs import TlsBundle
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(exc.status, str(exc), close=True)
             return
         try:
-            answer = review(json.loads(body), self.server.leased, self.server.leased_for)
+            answer = review(json.loads(body), self.server.leased, self.server.leased_for, self.server.network_class)
         except RecursionError:  # JSON nested deeper than Python's stack: no review the API server sends
             self._error(400, "the body is nested too deeply to be an AdmissionReview")
             return
@@ -139,6 +139,8 @@ class _Handler(BaseHTTPRequestHandler):
         resp = answer["response"]
         if not resp["allowed"]:
             log.info("webhook refused %s: %s", resp["uid"], resp["status"]["message"])
+        for warning in resp.get("warnings", ()):
+            log.info("webhook allowed %s with a warning: %s", resp["uid"], warning)
         self._send(200, json.dumps(answer).encode())
 
 
@@ -146,10 +148,12 @@ class WebhookServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], bundle: TlsBundle, leased: Leased = lambda pool: (),
-                 leased_for: LeasedFor | None = None, max_connections: int = MAX_CONNECTIONS) -> None:
+                 leased_for: LeasedFor | None = None, max_connections: int = MAX_CONNECTIONS,
+                 network_class: ClassOf = lambda name: None) -> None:
         self.context = server_context(bundle)
         self.leased = leased  # a pool's held addresses (the controller's lease informer)
         self.leased_for = leased_for  # those a network may use
+        self.network_class = network_class  # a NetworkClass by name (the controller's informer): a Network's vlan.id
         self.max_connections = max_connections
         self._slots = threading.BoundedSemaphore(max_connections)
         self._lock = threading.Lock()

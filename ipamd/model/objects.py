@@ -690,19 +690,51 @@ def parse_object(doc: Any, source: str = "") -> ApiObject:
         raise
 
 
-def refused_when_written(doc: Mapping[str, Any], obj: ApiObject,
-                         cls: NetworkClass | None = None) -> tuple[ManifestInvalid, ...]:
+def refused_when_written(doc: Mapping[str, Any], obj: ApiObject, cls: NetworkClass | None = None,
+                         edit: bool = False) -> tuple[ManifestInvalid, ...]:
     """What a write of ``doc`` (parsed: ``obj``; a Network's class: ``cls``, None when not known) is refused for
     though ``parse_object`` serves it: a field the daemon would drop without a word, and a pool entry with no address
-    to hand out (every ADD from it would fail "pool exhausted"). Held where a user writes (the webhook), never where
-    an object is read: one stored before these checks is served as it always was."""
+    to hand out (every ADD from it would fail "pool exhausted"), unless the write is an ``edit`` (then it is
+    ``warned_when_written``). Held where a user writes (the webhook, ``plexusctl apply``), never where an object is
+    read: one stored before these checks is served as it always was."""
     if isinstance(obj, IPAddressObject):
         return _static_ip_of_auto(doc, obj)
     if isinstance(obj, (Network, ClusterNetwork)):
         return _vlan_id_of_untagged(obj, cls)
-    if isinstance(obj, AddressPool):
+    if isinstance(obj, AddressPool) and not edit:
         return _empty_entries(obj)
     return ()
+
+
+def brought_by_write(doc: Mapping[str, Any], obj: ApiObject, old: Mapping[str, Any] | None,
+                     class_of: Callable[[str], NetworkClass | None]) -> tuple[ManifestInvalid, ...]:
+    """``refused_when_written`` of a write of ``doc`` (parsed: ``obj``) over ``old`` (the object as stored; None: a
+    create), less what ``old`` had already: one stored before these checks may still be edited (a label, a finalizer
+    let go). ``class_of``: a NetworkClass by name, None when not known."""
+    def cls(o: ApiObject) -> NetworkClass | None:
+        return class_of(o.network_class) if isinstance(o, Network) else None
+
+    edit = old is not None
+    found = refused_when_written(doc, obj, cls(obj), edit)
+    if not found or old is None:
+        return found
+    try:
+        was = parse_object(old)
+    except ManifestInvalid:
+        return found  # stored before it could be checked: nothing sure it had
+    had = {(p.field, p.problem) for p in refused_when_written(old, was, cls(was), edit)}
+    return tuple(p for p in found if (p.field, p.problem) not in had)
+
+
+def warned_when_written(obj: ApiObject, edit: bool = False) -> tuple[ManifestInvalid, ...]:
+    """What a write is let through for with a word back (the webhook's ``warnings``, which kubectl prints, and
+    ``plexusctl apply``'s): an edit leaving a pool entry with no address to hand out. That is how a subnet is drained:
+    its ranges cut while the addresses leased there stay, flagged outside the ranges, until their holders let go."""
+    if not edit or not isinstance(obj, AddressPool):
+        return ()
+    return tuple(ManifestInvalid(e.obj, e.field, f"{e.problem}; no address is leased from it any more, and those "
+                                 "leased there are kept (outside the ranges) until their pods and IPAddresses let "
+                                 "them go") for e in _empty_entries(obj))
 
 
 def _static_ip_of_auto(doc: Mapping[str, Any], obj: IPAddressObject) -> tuple[ManifestInvalid, ...]:

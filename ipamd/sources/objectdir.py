@@ -3,6 +3,10 @@
 Each applied object gets its own file, ``<kind>.<namespace>.<name>.yaml``, written atomically
 (temporary file + rename) so the daemon never reads half a manifest. A Pod keeps its
 ``metadata.uid`` across re-applies, and gets a new one when it is created without one.
+
+``apply`` refuses what the webhook refuses in a cluster though the daemon would serve it (``brought_by_write``: an
+ignored field, a new pool entry with no address), held against the object's file as an UPDATE is against the stored
+object, and warns of what the webhook warns of (``warned_when_written``: a pool entry drained by an edit).
 """
 
 from __future__ import annotations
@@ -17,7 +21,16 @@ from typing import Any
 
 import yaml
 
-from ipamd.model.objects import KINDS, POD, ApiObject, ManifestInvalid, parse_object
+from ipamd.model.objects import (
+    KINDS,
+    POD,
+    ApiObject,
+    ManifestInvalid,
+    NetworkClass,
+    brought_by_write,
+    parse_object,
+    warned_when_written,
+)
 from ipamd.sources.local import load_directory, manifest_files, read_documents
 
 
@@ -82,13 +95,27 @@ def _own_file(directory: str, existing: dict[tuple[str, str, str], ApiObject], i
     return path
 
 
-def apply(directory: str, docs: list[tuple[str, Any]]) -> tuple[list[Applied], list[ManifestInvalid]]:
-    """Validate every document, then write the valid ones; invalid ones are returned, not written."""
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _refusal(found: tuple[ManifestInvalid, ...], source: str) -> ManifestInvalid:
+    """``brought_by_write``'s findings as one refusal naming the file, the object and each field."""
+    first, *more = found
+    return ManifestInvalid(first.obj, first.field, "; ".join([first.problem, *(f"{p.field}: {p.problem}"
+                                                                               for p in more)]), source)
+
+
+def apply(directory: str, docs: list[tuple[str, Any]],
+          warn: Callable[[str], None] = _warn) -> tuple[list[Applied], list[ManifestInvalid]]:
+    """Validate every document, then write the valid ones; invalid ones are returned, not written. ``warn``: told of
+    each object written with a warning (standard error, as kubectl prints the webhook's)."""
     os.makedirs(directory, exist_ok=True)
     existing, _ = load_directory(directory)
+    classes = {o.meta.name: o for o in existing.values() if isinstance(o, NetworkClass)}  # and those applied here
 
     def write(source: str, doc: dict[str, Any], identity: tuple[str, str, str]) -> Applied:
-        parse_object(doc, source)
+        obj = parse_object(doc, source)
         kind, ns, name = identity
         path = _own_file(directory, existing, identity, source, "edit that file instead")
         md = dict(doc.get("metadata") or {})
@@ -98,12 +125,21 @@ def apply(directory: str, docs: list[tuple[str, Any]]) -> tuple[list[Applied], l
         if kind == POD.name and not md.get("uid"):
             md["uid"] = current.meta.uid if current is not None and current.meta.uid else str(uuid.uuid4())
         doc = {**doc, "metadata": md}
-        action = "created"
+        action, stored = "created", None
         if os.path.exists(path):
             with open(path, encoding="utf-8") as fh:
-                action = "unchanged" if yaml.safe_load(fh) == doc else "configured"
+                stored = yaml.safe_load(fh)
+            action = "unchanged" if stored == doc else "configured"
+        old = stored if isinstance(stored, dict) else None  # the object as stored: what an edit is held against
+        found = brought_by_write(doc, obj, old, classes.get)
+        if found:
+            raise _refusal(found, source)
         if action != "unchanged":
+            for w in warned_when_written(obj, old is not None):
+                warn(f"{source}: {w.msg}")
             _write_atomic(path, doc)
+        if isinstance(obj, NetworkClass):
+            classes[name] = obj
         return Applied(kind, ns, name, action)
 
     return _each(docs, write)

@@ -284,3 +284,38 @@ def test_ignored_fields_and_a_pool_entry_with_no_address_are_refused_by_kubectl_
     finally:
         webhook.kubectl("delete", "ipaddress", "-n", TEST_NS, "auto-ip", "--ignore-not-found")
         webhook.kubectl("delete", "clusternetwork", "kwebhook-access", "--ignore-not-found")
+
+
+@pytest.mark.netns
+def test_a_vlan_id_of_an_untagged_class_is_refused_and_a_drained_pool_entry_warned_of(webhook: Cluster) -> None:
+    """The running webhook looks a Network's class up in the controller's informer (it once passed no lookup: every
+    class "not known", every vlan.id let through). An edit cutting a pool entry's ranges to nothing (a subnet drained
+    while its leases stay) is stored, with a warning kubectl prints."""
+    flat = {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NetworkClass", "metadata": {"name": "kwebhook-flat"},
+            "spec": {}}
+    tagged: dict[str, Any] = {"apiVersion": f"{GROUP}/v1alpha1", "kind": "Network",
+                              "metadata": {"name": "kwebhook-tagged", "namespace": TEST_NS},
+                              "spec": {"networkClass": "kwebhook-flat", "vlan": {"id": 650}}}
+    webhook.apply([flat])
+    try:
+        def refused() -> str:  # once the controller's informer has the class; stored before that: deleted, again
+            code, err = apply(webhook, tagged)
+            if code == 0:
+                webhook.kubectl("delete", "network", "-n", TEST_NS, "kwebhook-tagged")
+            return err if code != 0 else ""
+
+        err = wait_for(refused, timeout=30, step=1)
+        assert "denied the request" in err and "spec.vlan.id" in err and "kwebhook-flat" in err, err
+        del tagged["spec"]["vlan"]
+        assert apply(webhook, tagged)[0] == 0, "untagged, as its class says"
+
+        assert apply(webhook, pool("drained", ["198.18.90.10-198.18.90.20"]))[0] == 0
+        code, err = apply(webhook, pool("drained", ["198.18.90.0"]))
+        assert code == 0 and "Warning:" in err and "spec.pools[0]" in err, err
+        assert webhook.get("ipaddresspool", "-n", TEST_NS, "drained")["spec"]["pools"][0]["ranges"] == ["198.18.90.0"]
+        code, err = apply(webhook, pool("new-empty", ["198.18.90.0"]))
+        assert code != 0 and "spec.pools[0]" in err, "created so: refused"
+    finally:
+        webhook.kubectl("delete", "network", "-n", TEST_NS, "kwebhook-tagged", "--ignore-not-found")
+        webhook.kubectl("delete", "ipaddresspool", "-n", TEST_NS, "drained", "--ignore-not-found")
+        webhook.kubectl("delete", "networkclass", "kwebhook-flat", "--ignore-not-found")

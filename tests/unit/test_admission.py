@@ -27,6 +27,7 @@ from ipamd.kube.webhook import WebhookServer
 from ipamd.model.npwg import NETWORKS_ANNOTATION
 from ipamd.model.objects import AddressPool, ClusterNetwork, Network, NetworkClass, parse_object
 from ipamd.model.segments import segment_kind
+from ipamd.sources import objectdir
 from ipamd.sources.local import LocalSource, read_directory
 from tests.conftest import REPO, wait_for
 from tests.unit.test_networks import wanted
@@ -755,12 +756,57 @@ def test_a_full_pool_is_not_an_empty_one() -> None:
     assert not refusal(update("IPAddressPool", full, full), leased=lambda key: leased)
 
 
-def test_an_edit_that_empties_a_pool_entry_is_refused_but_one_stored_empty_is_kept() -> None:
+def test_an_edit_that_empties_a_pool_entry_is_allowed_with_a_warning_but_a_new_empty_one_is_refused() -> None:
+    """Draining a subnet: its ranges cut while the addresses leased there stay (flagged outside the ranges) until
+    their pods go. The edit was refused, and the operator had to keep a range new pods still got addresses from."""
     empty = pool_of([{"network": "198.18.0.0/24", "ranges": ["198.18.0.0"]}])
     good = pool_of([{"network": "198.18.0.0/24", "ranges": ["198.18.0.10-198.18.0.20"]}])
-    assert "spec.pools[0]" in refusal(update("IPAddressPool", empty, good))
-    assert not refusal(update("IPAddressPool", copy.deepcopy(empty), empty)), "stored before: kept"
-    assert not refusal(update("IPAddressPool", good, empty)), "mended"
+    assert "spec.pools[0]" in refusal(request("IPAddressPool", empty)), "created so: refused"
+    got = review(update("IPAddressPool", empty, good))["response"]
+    assert got["allowed"], got
+    (warning,) = got["warnings"]
+    assert warning.startswith("IPAddressPool ns/p: spec.pools[0]: 198.18.0.0/24 has no address") \
+        and "kept" in warning, warning
+    assert review(update("IPAddressPool", copy.deepcopy(empty), empty))["response"]["allowed"], "stored before: kept"
+    assert "warnings" not in review(update("IPAddressPool", good, empty))["response"], "mended: nothing to warn of"
+    assert "warnings" not in review(request("IPAddressPool", good))["response"]
+    beta = update("IPAddressPool", empty, good)
+    beta["apiVersion"] = "admission.k8s.io/v1beta1"  # the same field in both
+    assert review(beta)["response"]["warnings"] == [warning]
+
+
+def test_the_webhook_server_refuses_a_vlan_id_of_a_network_of_an_untagged_class() -> None:
+    """review() took a NetworkClass lookup, but the WebhookServer called it without one: the running webhook let a
+    Network of an untagged class with a spec.vlan.id through (every class "not known")."""
+    bundle = issue(["127.0.0.1"], dt.datetime.now(dt.UTC))
+    srv = WebhookServer(("127.0.0.1", 0), bundle, network_class=classes)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        status, doc = post(srv, bundle.ca_pem, json.dumps(request("Network", network_on())).encode())
+        assert status == 200 and not doc["response"]["allowed"], doc
+        assert "spec.vlan.id" in doc["response"]["status"]["message"], doc
+        status, doc = post(srv, bundle.ca_pem, json.dumps(request("Network", network_on("vlan-class"))).encode())
+        assert status == 200 and doc["response"]["allowed"], doc
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_the_controller_process_serves_the_webhook_with_its_informers_network_classes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubernetes import client
+
+    from ipamd.kube.controller_process import ControllerProcess, WebhookConfig
+    from tests.fakes.source import FakeSource
+
+    proc = ControllerProcess(client.ApiClient(), "plexus-system", WebhookConfig(address="127.0.0.1", port=0),
+                             health_port=0)
+    monkeypatch.setattr(proc, "source", FakeSource(*CLASSES.values()))
+    srv = proc.webhook_server(issue(["127.0.0.1"], dt.datetime.now(dt.UTC)))
+    try:
+        assert srv.network_class("flat-class") is CLASSES["flat-class"] and srv.network_class("nope") is None
+    finally:
+        srv.server_close()
 
 
 # -- local mode: served as before, reported ---------------------------------------------------------------
@@ -786,3 +832,119 @@ def test_local_mode_serves_these_objects_as_before_and_reports_each_naming_the_f
     with caplog.at_level(logging.WARNING, logger="ipamd.sources.local"):
         assert LocalSource(str(tmp_path)).sync() == []
     assert sum("spec.vlan.id" in r.getMessage() for r in caplog.records) == 2, caplog.text
+
+
+# -- local mode: plexusctl apply refuses what the webhook refuses -------------------------------------------------
+
+def ctl_apply(tmp_path: Path, *files: Path) -> int:
+    from ipamd.cli import ctl
+
+    return ctl.main(["--objects-dir", str(tmp_path / "objects"), "--grpc-socket", str(tmp_path / "none.sock"),
+                     "apply", *(a for f in files for a in ("-f", str(f)))])
+
+
+def manifest(tmp_path: Path, name: str, doc: dict[str, Any]) -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def namespaced(doc: dict[str, Any]) -> dict[str, Any]:
+    return {**doc, "metadata": {**doc["metadata"], "namespace": "ns"}}
+
+
+@pytest.mark.parametrize("doc, field", [
+    (namespaced(auto_address()), "spec.static.ip"),
+    (cluster_network(), "spec.vlan.id"),
+    (namespaced(network_on()), "spec.vlan.id"),  # its class applied just before, in the same call
+    (namespaced(pool_of([{"network": "198.18.0.0/24", "ranges": ["198.18.0.0"]}])), "spec.pools[0]"),
+])
+def test_plexusctl_apply_refuses_what_the_webhook_refuses_naming_the_file_and_field(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], doc: dict[str, Any], field: str) -> None:
+    """The local mode stored them (and served them without the field, or with a pool always "exhausted")."""
+    cls = manifest(tmp_path, "class.yaml", {"apiVersion": API, "kind": "NetworkClass",
+                                            "metadata": {"name": "flat-class"}, "spec": {}})
+    bad = manifest(tmp_path, "bad.yaml", doc)
+    assert ctl_apply(tmp_path, cls, bad) == 1
+    err = capsys.readouterr().err
+    assert f"error: {bad}: " in err and f": {field}: " in err, err
+    assert [p.name for p in (tmp_path / "objects").iterdir()] == ["networkclass._.flat-class.yaml"], "nothing else"
+
+
+def test_plexusctl_apply_keeps_what_a_stored_file_had_and_warns_of_a_pool_entry_drained(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """As the webhook holds an UPDATE against the stored object, apply holds an edit against the object's file."""
+    objects = tmp_path / "objects"
+    objects.mkdir()
+    Path(objectdir.object_file(str(objects), "IPAddress", "ns", "a")).write_text(
+        yaml.safe_dump(namespaced(auto_address())))  # stored before these checks
+    relabelled = manifest(tmp_path, "auto.yaml", namespaced(auto_address(labels={"team": "x"})))
+    assert ctl_apply(tmp_path, relabelled) == 0, capsys.readouterr().err
+    assert "ipaddress/a configured" in capsys.readouterr().out
+    moved = manifest(tmp_path, "auto.yaml", namespaced(auto_address(static_ip="198.18.41.10")))
+    assert ctl_apply(tmp_path, moved) == 1
+    assert "spec.static.ip" in capsys.readouterr().err, "another static.ip: brought by this edit"
+
+    good = namespaced(pool_of([{"network": "198.18.0.0/24", "ranges": ["198.18.0.10-198.18.0.20"]}]))
+    assert ctl_apply(tmp_path, manifest(tmp_path, "pool.yaml", good)) == 0
+    capsys.readouterr()
+    drained = manifest(tmp_path, "pool.yaml", namespaced(pool_of([{"network": "198.18.0.0/24",
+                                                                   "ranges": ["198.18.0.0"]}])))
+    assert ctl_apply(tmp_path, drained) == 0
+    out = capsys.readouterr()
+    assert "ipaddresspool/p configured" in out.out
+    assert f"warning: {drained}: IPAddressPool ns/p: spec.pools[0]: 198.18.0.0/24" in out.err, out.err
+    written = yaml.safe_load(Path(objectdir.object_file(str(objects), "IPAddressPool", "ns", "p")).read_text())
+    assert written["spec"]["pools"][0]["ranges"] == ["198.18.0.0"]
+    assert ctl_apply(tmp_path, drained) == 0
+    out = capsys.readouterr()
+    assert "ipaddresspool/p unchanged" in out.out and "warning: " not in out.err, "nothing written: no word (kubectl's)"
+
+
+# -- a network's policy routes' gateways ----------------------------------------------------------------------
+
+def routed(via: str = "198.18.10.50", kind: str = "Network") -> dict[str, Any]:
+    ref = {"kind": "IPAddressPool" if kind == "Network" else "ClusterIPAddressPool", "name": "pool"}
+    spec: dict[str, Any] = {"ipam": {"ipAddressPoolRef": ref}, "routingTable": 100,
+                            "policyRoutes": [{"destination": "10.9.0.0/16", "via": "198.18.10.1"},
+                                             {"destination": "0.0.0.0/0", "via": via}]}
+    if kind == "Network":
+        spec["networkClass"] = "vlan-class"
+    else:
+        spec.update(type="VLAN", vlan={"id": 700})
+    return {"apiVersion": API, "kind": kind, "metadata": {"name": "net"}, "spec": spec}
+
+
+def test_a_network_written_to_route_via_a_leased_address_is_refused_naming_the_field() -> None:
+    """Found in review: a user's Auto IPAddress holds 198.18.10.50, no pod using it; the Network is edited to add a
+    policy route via 198.18.10.50. The pool never hands a network's pods its policy routes' gateways (AddressPool.
+    for_network), but the IPAddress keeps the address it holds, and the next pod naming it got the router's address.
+    Refused as a pool route's via is (``_made_gateway``)."""
+    held = {("IPAddressPool/ns/pool", "Network/ns/net"): ["198.18.10.50"],
+            ("ClusterIPAddressPool/pool", "ClusterNetwork/net"): ["198.18.10.50"]}
+
+    def leased_for(pool: str, net: str) -> list[str]:
+        return held.get((pool, net), [])
+
+    bare = routed()
+    del bare["spec"]["policyRoutes"], bare["spec"]["routingTable"]
+    msg = refusal(update("Network", routed(), bare), leased_for=leased_for)
+    assert "Network ns/net: spec.policyRoutes[1].via: 198.18.10.50" in msg and "policyRoutes[0]" not in msg, msg
+    assert refusal(request("Network", routed()), leased_for=leased_for), "created so: refused too"
+    msg = refusal(request("ClusterNetwork", routed(kind="ClusterNetwork"), namespace=""), leased_for=leased_for)
+    assert "ClusterNetwork net: spec.policyRoutes[1].via: 198.18.10.50" in msg, msg
+    assert "spec.policyRoutes[1].via" in refusal(request("Network", routed()), leased=lambda pool: ["198.18.10.50"]), \
+        "without leased_for: every lease of the pool"
+    assert not refusal(update("Network", routed("198.18.10.51"), bare), leased_for=leased_for), "a gateway unleased"
+    assert not refusal(update("Network", routed(), bare), leased_for=lambda pool, net: []), \
+        "leased for another network sharing the pool: a router of this one's segment only"
+    relabelled = routed()
+    relabelled["metadata"]["labels"] = {"team": "x"}
+    assert not refusal(update("Network", relabelled, routed()), leased_for=leased_for), \
+        "stored so before: another edit (a label) is not refused for it"
+    elsewhere = routed()
+    elsewhere["spec"]["ipam"]["ipAddressPoolRef"]["name"] = "pool-2"
+    held[("IPAddressPool/ns/pool-2", "Network/ns/net")] = ["198.18.10.50"]
+    assert "spec.policyRoutes[1].via" in refusal(update("Network", elsewhere, routed()), leased_for=lambda pool, net:
+                                                 [] if pool == "IPAddressPool/ns/pool" else held[(pool, net)]), \
+        "the same gateway, of another pool: brought by the edit"

@@ -22,10 +22,12 @@ from ipamd.model.objects import (
     PoolRoute,
     Ref,
     VxlanSpec,
+    brought_by_write,
     parse_duration,
     parse_object,
     refused_when_written,
     usable_bounds,
+    warned_when_written,
 )
 
 
@@ -373,6 +375,43 @@ def test_the_parser_still_serves_an_auto_ip_address_stored_with_a_static_ip() ->
     assert isinstance(obj, IPAddressObject) and obj.type == "Auto" and obj.static_ip == ""
     (why,) = refused_when_written(doc, obj)
     assert why.field == "spec.static.ip" and "198.18.41.9" in why.problem
+
+
+def test_a_pool_entry_with_no_address_is_refused_when_created_and_warned_of_when_edited() -> None:
+    """An edit cutting an entry's ranges to nothing drains the subnet (its leases stay until let go): let through with
+    a warning where a user writes; a pool created so would only ever fail "pool exhausted"."""
+    doc = manifest("IPAddressPool", "p", {"pools": [{"network": "198.18.0.0/24", "ranges": ["198.18.0.0"]},
+                                                    {"network": "198.18.1.0/24"}]}, namespace="ns")
+    obj = parse_object(doc)
+    (why,) = refused_when_written(doc, obj)
+    assert why.field == "spec.pools[0]" and "198.18.0.0/24" in why.problem
+    assert refused_when_written(doc, obj, edit=True) == () and warned_when_written(obj) == ()
+    (warned,) = warned_when_written(obj, edit=True)
+    assert warned.msg.startswith("IPAddressPool ns/p: spec.pools[0]: 198.18.0.0/24 has no address to hand out")
+
+
+def test_a_write_is_refused_only_for_what_the_stored_object_did_not_have() -> None:
+    def auto(ip: str | None, **metadata: Any) -> dict[str, Any]:
+        spec: dict[str, Any] = {"networkRef": {"kind": "Network", "name": "n"}, "type": "Auto"}
+        if ip:
+            spec["static"] = {"ip": ip}
+        return manifest("IPAddress", "a", spec, namespace="ns", **metadata)
+
+    def no_class(name: str) -> NetworkClass | None:
+        return None
+
+    new = auto("198.18.41.9", labels={"team": "x"})
+    obj = parse_object(new)
+    assert [p.field for p in brought_by_write(new, obj, None, no_class)] == ["spec.static.ip"], "a create"
+    assert [p.field for p in brought_by_write(new, obj, auto(None), no_class)] == ["spec.static.ip"]
+    assert brought_by_write(new, obj, auto("198.18.41.9"), no_class) == (), "stored so: kept"
+    assert brought_by_write(new, obj, {"kind": "IPAddress", "spec": "garbage"}, no_class), "nothing sure it had"
+    flat = parse_object(manifest("NetworkClass", "flat", {}))
+    assert isinstance(flat, NetworkClass)
+    classes = {"flat": flat}
+    net = manifest("Network", "n", {"networkClass": "flat", "vlan": {"id": 650}}, namespace="ns")
+    assert brought_by_write(net, parse_object(net), None, classes.get)
+    assert not brought_by_write(net, parse_object(net), None, no_class), "a class not known: nothing sure"
 
 
 # -- Pod ------------------------------------------------------------------------------------------
