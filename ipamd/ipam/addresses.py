@@ -863,14 +863,23 @@ class Ipam:
 
 def made_again(rec: IPRecord, obj: IPAddressObject) -> bool:
     """Whether a user's IPAddress record is of an earlier object of ``obj``'s name that asked for another address
-    (another type, static address, network, or both families known and another): one made again with the same spec
-    (another uid alone) keeps its address, with no needless move."""
+    (another type, static address, network, or ``obj`` names a family and the record's is another): one made again
+    with the same spec (another uid alone, or naming the family it holds) keeps its address, with no needless move."""
     if rec.created_by != "user":
         return False
     if (rec.type, rec.static_ip, rec.network_kind, rec.network_name) != \
             (obj.type, obj.static_ip, obj.network_ref.kind, obj.network_ref.name):
         return True
-    return rec.type == "Auto" and 0 not in (rec.family, obj.family) and rec.family != obj.family
+    return obj.family != 0 and obj.family != held_family(rec)
+
+
+def held_family(rec: IPRecord) -> int:
+    """The family a record asks for, as the webhook resolves it: its ``spec.ipFamily``, else its static address's or
+    the one it holds (0: none known, the pool's first, which ``obj`` naming a family may not be)."""
+    if rec.family:
+        return rec.family
+    held = rec.static_ip or rec.address
+    return ipaddress.ip_address(held).version if held else 0
 
 
 #: The reasons of ``Allocated=False`` on a Static the pool refuses its address (an Auto one: ``NoFreeIPAddress``).

@@ -639,6 +639,53 @@ def test_an_ipaddress_remade_with_the_same_spec_keeps_its_address(ipam: Ipam, so
     assert all(lease.state != "orphaned" for lease in store.all_leases())
 
 
+def _dual_stack(*extra: ApiObject) -> FakeSource:
+    return FakeSource(obj("NetworkClass", "cls", {"vlan": {"idPool": ["600-800"]}}, namespace=None),
+                      obj("IPAddressPool", "dual", {"leaseTTL": "1h", "pools": [
+                          {"network": "198.18.90.0/24", "ranges": ["198.18.90.10-198.18.90.19"]},
+                          {"network": "2001:2:0:90::/64"}]}),
+                      network("net", "dual"), *extra)
+
+
+def test_auto_remade_asking_for_the_other_family_gets_it() -> None:
+    """An Auto IPAddress without ipFamily holds an IPv4 address of a dual-stack pool; the webhook refuses an edit to
+    ipFamily: IPv6 as a move, so the user makes it again so. Its record (family 0) was judged made again as it was,
+    and the next pod got the IPv4 address: the family it holds is its address's, as the webhook resolves it."""
+    source = _dual_stack(obj("IPAddress", "ua", {"networkRef": {"kind": "Network", "name": "net"}}, uid="old-uid"))
+    store = Store(":memory:")
+    ipam = Ipam(store, source, Clock())
+    (c,) = attach(ipam, pod("pod-a"), names=("ua",))
+    assert c.address.startswith("198.18.90.")
+    gone(ipam, pod("pod-a"))
+    source.remove("IPAddress", NS, "ua")
+    source.add(obj("IPAddress", "ua", {"networkRef": {"kind": "Network", "name": "net"}, "ipFamily": "IPv6"},
+                   uid="new-uid"))
+    (c2,) = attach(ipam, pod("pod-b"), names=("ua",))
+    assert ":" in c2.address, f"the remade IPv6-asking IPAddress got {c2.address}"
+    old = [lease for lease in store.all_leases() if lease.address == c.address]
+    assert [lease.state for lease in old] == ["orphaned"], "the old address quarantined, as a deleted one's"
+
+
+@pytest.mark.parametrize(("spec", "family"), [
+    ({}, "IPv4"),
+    ({"type": "Static", "static": {"ip": "198.18.90.15"}}, "IPv4"),
+    ({"type": "Static", "static": {"ip": "2001:2:0:90::15"}}, "IPv6"),
+], ids=["auto", "static-v4", "static-v6"])
+def test_remade_naming_the_family_it_holds_keeps_its_address(spec: dict[str, Any], family: str) -> None:
+    """No ipFamily before, the family of its address named now: no move, nothing quarantined."""
+    ref = {"networkRef": {"kind": "Network", "name": "net"}}
+    source = _dual_stack(obj("IPAddress", "ua", {**ref, **spec}, uid="old-uid"))
+    store = Store(":memory:")
+    ipam = Ipam(store, source, Clock())
+    (c,) = attach(ipam, pod("pod-a"), names=("ua",))
+    gone(ipam, pod("pod-a"))
+    source.remove("IPAddress", NS, "ua")
+    source.add(obj("IPAddress", "ua", {**ref, **spec, "ipFamily": family}, uid="new-uid"))
+    (c2,) = attach(ipam, pod("pod-b"), names=("ua",))
+    assert c2.address == c.address
+    assert all(lease.state != "orphaned" for lease in store.all_leases())
+
+
 def test_set_condition_keeps_the_transition_time_while_the_status_holds() -> None:
     conds = set_condition((), "Attached", True, "AttachedToPod", "", T0)
     later = set_condition(conds, "Attached", True, "AttachedToPod", "again", T0 + 100)
