@@ -3,8 +3,9 @@
 Runs at start (finishing or rolling back every attachment a crash left half done), whenever the
 source changes, and periodically:
 - user IPAddresses get their address at once (phase ``Allocated``, or ``Pending`` with
-  ``Allocated=False/NoFreeIPAddress``); a deleted one lets its lease go to quarantine, unless a pod
-  still uses it, in which case it keeps the address until the pod goes; a deleted IPAMClaim likewise;
+  ``Allocated=False/NoFreeIPAddress``, or a Static's refusal), their status owed when that changes; a deleted one
+  lets its lease go to quarantine first (a Static asking for that address takes it over in the same round), unless
+  a pod still uses it, in which case it keeps the address until the pod goes; a deleted IPAMClaim likewise;
 - a delegate's lease made for a pod that is gone (its DEL never came) goes to quarantine;
 - the attachments of pods that no longer exist are torn down, and their Auto IPAddresses deleted;
   a pod that exists is never touched, whatever its state;
@@ -40,6 +41,7 @@ from ipamd.model.objects import (
     Subnet,
 )
 from ipamd.model.segments import granted_id, segment_kind
+from ipamd.model.used_by import parse_user_text
 from ipamd.node.segments import RETIRED
 from ipamd.publish.base import Publisher
 from ipamd.sources.base import ObjectSource
@@ -66,6 +68,11 @@ def implicit_pool_views(records: Iterable[ImplicitPoolRecord]) -> list[AddressPo
     return [AddressPool(Meta(IMPLICIT_POOL, key.partition("/")[2]), ttls[key],
                         tuple(Subnet(ipaddress.ip_network(net), _merged(ranges)) for net, ranges in nets.items()))
             for key, nets in spaces.items()]
+
+
+def _shown(rec: IPRecord) -> tuple[object, ...]:
+    """What an IPAddress's status shows of its allocation (``usedByPods`` aside: ADD and DEL write that)."""
+    return rec.phase, rec.address, rec.network, rec.routes, rec.conditions
 
 
 def _merged(ranges: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
@@ -96,6 +103,8 @@ class NodeSegments(Protocol):
     def remove(self, rec: SegmentRecord) -> None: ...
 
     def taken_back(self) -> list[str]: ...
+
+    def withdrawn(self, retired: str) -> None: ...
 
 
 class Reconciler:
@@ -223,7 +232,8 @@ class Reconciler:
                     self._reported[key] = ("", str(exc))
         for retired in self.segments.taken_back():  # edited back to the ID it had: its old segment is its own again
             self._reported.pop(retired, None)
-            self.publisher.node_detachment(retired)
+            self.publisher.node_detachment(retired)  # owed first: the store says it is owed until then, across a kill
+            self.segments.withdrawn(retired)
         attached = [i for a in self.store.attachments() for i in a.interfaces]
         in_use, bridges = {i.network_key for i in attached}, {i.bridge for i in attached if i.bridge}
         for rec in self.store.segments():
@@ -319,26 +329,35 @@ class Reconciler:
         if not self.source.ready():
             return  # before the first list everything would look deleted
         live: dict[str, object] = {c.meta.key: c for c in self.source.list(IPAM_CLAIM)}
-        for kind in IP_ADDRESS_KINDS.values():
-            for obj in self.source.list(kind):
-                live[obj.meta.key] = obj
-                pool = pool_of_ip(self.source, obj)
-                if pool is None or (statics_only and obj.type != "Static"):
-                    continue
-                rec = self.ipam.record_for(obj)
-                if made_again(rec, obj):
-                    continue  # an earlier object's, in use still: keeps its address until its pods go (below)
-                if rec.deleted:
-                    rec = replace(rec, deleted=False)
-                try:
-                    self.ipam.lease_alone(rec, pool)
-                except CniError as exc:
-                    if exc.code == 100:
-                        self.ipam.mark_exhausted(rec, exc)
-                    elif exc.code == 11:  # another node's block, or the API away: the next round tries again
-                        log.debug("%s: %s", obj.meta.display, exc)
-                    else:
-                        log.warning("%s: %s", obj.meta.display, exc)
+        objs = [obj for kind in IP_ADDRESS_KINDS.values() for obj in self.source.list(kind)]
+        live.update((obj.meta.key, obj) for obj in objs)
+        # the deleted let go first: a Static asking for an address one of them held takes it over (quarantined) in this
+        # round, not the next one
+        self._let_go_deleted(live)
+        for obj in objs:
+            pool = pool_of_ip(self.source, obj)
+            if pool is None or (statics_only and obj.type != "Static"):
+                continue
+            before = self.store.get_ip(obj.meta.key)
+            rec = self.ipam.record_for(obj)
+            if made_again(rec, obj):
+                continue  # an earlier object's, in use still: keeps its address until its pods go (``_let_go_deleted``)
+            if rec.deleted:
+                rec = replace(rec, deleted=False)
+            try:
+                self.ipam.lease_alone(rec, pool)
+            except CniError as exc:
+                if exc.code == 100:
+                    self.ipam.mark_exhausted(rec, exc)
+                elif exc.code == 11:  # another node's block, or the API away: the next round tries again
+                    log.debug("%s: %s", obj.meta.display, exc)
+                else:
+                    log.warning("%s: %s", obj.meta.display, exc)
+            self._owe_status_if_changed(obj, before)
+
+    def _let_go_deleted(self, live: dict[str, object]) -> None:
+        """The records of user IPAddresses and IPAMClaims gone, or made again asking for another address: let go (their
+        address quarantined) once no pod uses them (``Ipam.record_for``); kept, marked deleted, while one does."""
         for listed in self.store.all_ips():
             with self.store.transaction():
                 now = self.store.get_ip(listed.key)  # as it is now: a CNI call may have changed it since the list
@@ -352,13 +371,36 @@ class Reconciler:
                     continue
                 if rec.created_by not in ("user", "claim"):
                     continue
-                # gone, or made again asking for another address: let go once no pod uses it (``Ipam.record_for``)
                 if rec.used_by_uids:
                     if not rec.deleted:
                         self.store.put_ip(replace(rec, deleted=True))
                         self._keep_lease_of(rec)
                     continue
                 self.ipam.delete_ip(rec)
+
+    def _owe_status_if_changed(self, obj: IPAddressObject, before: IPRecord | None) -> None:
+        """A user's IPAddress whose status this round changed (leased, or Pending saying why): its status owed (in the
+        outbox: no request under the store's lock), read and owed in one transaction so that a CNI call's newer one is
+        never overtaken; once per change, not every round. ADD and DEL owe it for the pods that use it; this is for
+        the rest (without it a Static's Pending, or its address, reached the object only at the daemon's restart)."""
+        if self.publisher is None or not self._speaks_for(obj):
+            return
+        with self.store.transaction():
+            now = self.store.get_ip(obj.meta.key)
+            if now is not None and now.created_by == "user" and _shown(now) != (_shown(before) if before else None):
+                self.publisher.ip_status(now)
+
+    def _speaks_for(self, obj: IPAddressObject) -> bool:
+        """Whether this node writes the status of the user's IPAddress ``obj``: not while a pod of another node is
+        written on it as its user (``used_by``). Every node of a cluster leases a Static, each with its own pods in
+        ``usedByPods``: the node whose pod uses it writes it (ADD and DEL), which another's write would undo. Else
+        every node owes the change its own round makes: each decides the same (the one lease object of the
+        address, the cluster's pools), once per change."""
+        user = parse_user_text(obj.used_by)
+        if user is None:
+            return True
+        rec = self.store.get_ip(obj.meta.key)
+        return rec is not None and user.uid in rec.used_by_uids
 
     def _release_gone_pods(self) -> None:
         if not self.source.ready():

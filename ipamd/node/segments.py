@@ -11,10 +11,9 @@ it survives restarts and two Networks never share an ID. The links themselves ar
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from cni.errors import AddressConflict, CniError, InvalidConfig, PoolExhausted, TryAgainLater
 from ipamd.ipam.addresses import ResolvedNetwork
@@ -120,6 +119,16 @@ def network_of(key: str) -> str:
     return key.split(RETIRED, 1)[0]
 
 
+#: In the status of a network's segment record: the key of the old segment it took back, whose report (under that
+#: key) is still to be withdrawn. Committed with the take-back, cleared once the reconcile round owed the report's
+#: delete: a daemon killed in between (an ADD's take-back waits up to a round) still withdraws it after its restart.
+TAKEN_BACK = "takenBack"
+
+
+def _without_taken_back(status: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in status.items() if k != TAKEN_BACK}
+
+
 class Segments:
     def __init__(self, store: SegmentsStore, links: NodeLinks, clock: Callable[[], float], cluster: bool = False) -> None:
         self.store = store
@@ -137,9 +146,6 @@ class Segments:
         # bridge name -> its MTU (its uplink's), read when it is set up and on each reconcile round: a pod's interface
         # gets it with no netlink call of its own on ADD (~0.8 ms through pyroute2)
         self._mtu: dict[str, int] = {}
-        # the keys of old segments a network edited back to the ID it had took up again (``taken_back``)
-        self._taken_back: set[str] = set()
-        self._taken_back_lock = threading.Lock()
 
     def bridge_index(self, net: ResolvedNetwork, bridge: str) -> int:
         """The index of ``net``'s bridge, planned already by the caller: no second plan on ADD's path
@@ -156,11 +162,19 @@ class Segments:
             return known
 
     def taken_back(self) -> list[str]:
-        """The old segments (their keys) networks took up again since last asked: what the node reported of each
-        under its own key goes (the reconcile round detaches it)."""
-        with self._taken_back_lock:
-            keys, self._taken_back = sorted(self._taken_back), set()
-        return keys
+        """The old segments (their keys) networks took up again whose reports are still to be withdrawn: what the node
+        reported of each under its own key goes (the reconcile round detaches it, then calls ``withdrawn``). Read from
+        the store, so a take-back before a kill is not forgotten."""
+        with self.store.transaction():
+            return sorted(str(rec.status[TAKEN_BACK]) for rec in self.store.segments() if TAKEN_BACK in rec.status)
+
+    def withdrawn(self, retired: str) -> None:
+        """The report of the old segment ``retired`` taken back is owed its delete: its network's record stops saying
+        so (unless it took back another since)."""
+        with self.store.transaction():
+            rec = self.store.get_segment(network_of(retired))
+            if rec is not None and rec.status.get(TAKEN_BACK) == retired:
+                self.store.put_segment(replace(rec, status=_without_taken_back(rec.status)))
 
     def bridge_mtu(self, bridge: str) -> int | None:
         """The bridge's MTU as last read (None: not known; the driver reads it itself)."""
@@ -193,8 +207,9 @@ class Segments:
                 rec = self._no_change_pending(rec)
             if rec is None or rec.kind != kind.name or (wanted is not None and rec.id != wanted):
                 if rec is not None:  # its old segment keeps its ID while pods sit on its bridge (the reconciler
-                    self.store.delete_segment(net.key)  # removes it once none does)
-                    self.store.put_segment(replace(rec, network=retired_key(net.key, rec.bridge)))
+                    self.store.delete_segment(net.key)  # removes it once none does); its report is wanted again
+                    self.store.put_segment(replace(rec, network=retired_key(net.key, rec.bridge),
+                                                   status=_without_taken_back(rec.status)))
                 rec = self._assign(net, kind, wanted)
         parents = _parents(obj, cls)
         if kind.needs_parent and not parents:
@@ -208,13 +223,13 @@ class Segments:
         ident = self._pick(net, kind, None) if kind.tagged and wanted is None else wanted or 0
         bridge = self._free_bridge(kind, ident, net.key)
         back = self.store.get_segment(retired_key(net.key, bridge))
+        status: dict[str, Any] = {}
         if back is not None and back.kind == kind.name:  # edited back to the segment it had: that segment again
             self.store.delete_segment(back.network)
-            with self._taken_back_lock:
-                self._taken_back.add(back.network)
+            status[TAKEN_BACK] = back.network  # its report withdrawn by the round (``taken_back``), even after a kill
         if wanted is not None:  # checked once its old segment, which holds it, is taken back
             ident = self._pick(net, kind, wanted)
-        rec = SegmentRecord(net.key, kind.name, ident, bridge, cls.meta.name if cls else "")
+        rec = SegmentRecord(net.key, kind.name, ident, bridge, cls.meta.name if cls else "", status)
         self.store.put_segment(rec)
         return rec
 
@@ -375,5 +390,9 @@ class Segments:
             "nodeAttachementsCount": 1, "readyNodeAttachementsCount": 1, "conditions": list(conds),
             "observedGeneration": generation or 1, "lastUpdate": rfc3339(now),
         }
-        with self.store.transaction():
-            self.store.put_segment(replace(rec, status=status))
+        with self.store.transaction():  # written on the record as it is now: a take-back's mark (an ADD's plan, since
+            current = self.store.get_segment(rec.network)  # ``rec`` was read) is kept, another segment left alone
+            if current is None or (current.kind, current.id, current.bridge) != (rec.kind, rec.id, rec.bridge):
+                return
+            taken = {TAKEN_BACK: current.status[TAKEN_BACK]} if TAKEN_BACK in current.status else {}
+            self.store.put_segment(replace(current, status={**taken, **status}))

@@ -35,6 +35,7 @@ from ipamd.model.objects import (
 )
 from ipamd.model.segments import SEGMENT_KINDS
 from ipamd.model.services import ServiceInvalid, endpoint_slices, local_pod, parse_service
+from ipamd.node.segments import TAKEN_BACK
 from ipamd.sources.base import ObjectSource
 from ipamd.sources.lookups import check_service_network
 from ipamd.store.protocols import NodeStore
@@ -100,9 +101,13 @@ def _usage(leases: Iterable[LeaseRecord], size: int,
 
 
 
-def _recorded_status(seg: SegmentRecord) -> dict[str, Any]:
-    """What a segment record says before any status was written for it (a lone node's network not yet ready, or a
-    node of a cluster): its bridge and the ID it has, not a bare bridge shown as having none."""
+def _shown_status(seg: SegmentRecord) -> dict[str, Any]:
+    """A segment's status as the node has it, without its own bookkeeping (``TAKEN_BACK``); before any status was
+    written for it (a lone node's network not yet ready, or a node of a cluster), its bridge and the ID it has, not
+    a bare bridge shown as having none."""
+    shown = {k: v for k, v in seg.status.items() if k != TAKEN_BACK}
+    if shown:
+        return shown
     kind = SEGMENT_KINDS.get(seg.kind)
     return {"bridgeName": seg.bridge, **(kind.status_ids(seg.id) if kind is not None and seg.id else {})}
 
@@ -260,7 +265,7 @@ class IpamService(pb_grpc.IpamServicer):
     @_mapped
     def ListNetworks(self, request: pb.ListNetworksRequest, context: grpc.ServicerContext) -> pb.ListNetworksResponse:  # noqa: N802
         return pb.ListNetworksResponse(networks=[
-            pb.NetworkStatus(key=s.network, status_json=json.dumps(s.status or _recorded_status(s)))
+            pb.NetworkStatus(key=s.network, status_json=json.dumps(_shown_status(s)))
             for s in self.store.segments()
         ])
 

@@ -251,7 +251,8 @@ def test_apply_names_the_document_of_several_that_is_not_a_mapping(
 def test_get_networks_shows_a_vxlan_networks_vni_and_no_id_as_dash(
         served: tuple[str, Ipam], capsys: pytest.CaptureFixture[str]) -> None:
     """Found in review: ``get networks`` showed a VXLAN network's ID as 0 (its ``vlanID``; the VNI nowhere), and 0 for a
-    network whose status has no ID yet (its parent NIC missing). A VNI column; ``-`` where there is no ID."""
+    network whose status has no ID yet (its parent NIC missing). A VNI column; ``-`` where there is no ID; a record with
+    an ID but no status yet shows the ID it has."""
     sock, ipam = served
     store = ipam.store
     assert isinstance(store, Store)
@@ -267,7 +268,7 @@ def test_get_networks_shows_a_vxlan_networks_vni_and_no_id_as_dash(
     assert ctl(sock, "get", "networks") == 0
     rows = [r.split() for r in capsys.readouterr().out.splitlines()]
     assert rows == [["NETWORK", "BRIDGE", "VLAN", "VNI", "READY"],
-                    ["ClusterNetwork/nonic", "plx-br-900", "-", "-", "Unknown"],
+                    ["ClusterNetwork/nonic", "plx-br-900", "900", "-", "Unknown"],  # the ID it has, no status yet
                     ["Network/ns/over", "plx-vb-5000", "-", "5000", "True"],
                     ["Network/ns/plain", "plx-n-abc", "-", "-", "True"],
                     ["Network/ns/tagged", "plx-br-650", "650", "-", "True"]], rows

@@ -558,6 +558,8 @@ def test_get_networks_shows_the_id_a_segment_record_has_before_any_status_was_wr
         store.put_segment(SegmentRecord("ns/vl", "vlan", 750, "plx-br-750"))
         store.put_segment(SegmentRecord("ns/vx", "vxlan", 5000, "plx-vb-5000"))
         store.put_segment(SegmentRecord("ns/flat", "none", 0, "plx-n-1234abcd"))
+        store.put_segment(SegmentRecord("ns/back", "vlan", 751, "plx-br-751", status={  # took back ns/back@plx-br-752
+            "bridgeName": "plx-br-751", "vlanID": 751, "takenBack": "ns/back@plx-br-752"}))
     server = _serve_statuses(tmp_path, store, FakeSource())
     try:
         assert main(["--grpc-socket", str(tmp_path / "grpc.sock"), "get", "networks", "-o", "json"]) == 0
@@ -567,3 +569,4 @@ def test_get_networks_shows_the_id_a_segment_record_has_before_any_status_was_wr
     assert shown["ns/vl"] == {"bridgeName": "plx-br-750", "vlanID": 750}
     assert shown["ns/vx"] == {"bridgeName": "plx-vb-5000", "vlanID": 0, "vni": 5000}
     assert shown["ns/flat"] == {"bridgeName": "plx-n-1234abcd"}
+    assert shown["ns/back"] == {"bridgeName": "plx-br-751", "vlanID": 751}, "the node's own bookkeeping is not shown"

@@ -14,7 +14,7 @@ import pytest
 from cni.errors import AddressConflict
 from ipamd.ipam.addresses import Ipam
 from ipamd.ipam.registry import NodeLocalRegistry
-from ipamd.model.objects import API_VERSION, POD_ANNOTATIONS_CAPABILITY, parse_object
+from ipamd.model.objects import API_VERSION, POD_ANNOTATIONS_CAPABILITY, USED_BY_ANNOTATION, parse_object
 from ipamd.node.reconcile import Reconciler
 from ipamd.store.protocols import LeaseStore
 from ipamd.store.records import IPRecord, LeaseRecord
@@ -378,8 +378,7 @@ def test_a_static_whose_address_another_holds_is_pending_then_gets_it_once_freed
     again, _ = _allocated(node, "second")
     assert again == second, "a round more changes nothing (the condition's time kept)"
     node.source.remove("IPAddress", NS, "first")
-    rec.run_once()  # (the round leases live IPAddresses before it lets the deleted ones go: the next one adopts it)
-    rec.run_once()
+    rec.run_once()  # the round lets the deleted ones go before it leases: it adopts the address in this round
     got, cond = _allocated(node, "second")
     assert (got.phase, got.address) == ("Allocated", "198.18.41.7")
     assert (cond["status"], cond["reason"], cond["message"]) == ("True", "IPAddressAllocated", "")
@@ -458,3 +457,42 @@ def test_a_pending_static_edited_to_a_free_address_gets_it() -> None:
     assert (got.phase, got.address) == ("Allocated", "198.18.41.8")
     assert {lease.address: lease.holder for lease in node.store.all_leases()} == {
         "198.18.41.7": "IPAddress/apps/first", "198.18.41.8": "IPAddress/apps/second"}
+
+
+# -- a round's change of a user's IPAddress: its status owed, once ----------------------------------------------------
+
+def _written(node: Node, name: str) -> list[tuple[str, str, str]]:
+    """The statuses of IPAddress ``name`` owed: phase, address and the reason of ``Allocated``."""
+    return [(r.phase, r.address, next(c["reason"] for c in r.conditions if c["type"] == "Allocated"))
+            for r in node.publisher.ip_statuses if r.name == name]
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["local", "kube-node"])
+def test_a_rounds_change_of_a_statics_status_is_owed_once(cluster: bool) -> None:
+    """A Static leased, or Pending, by a round (no pod uses it) had its status written only at a pod's ADD or DEL and
+    at the daemon's restart: plexusctl showed it, the object never did. Owed when the round changes it, not every
+    round."""
+    node = Node()
+    rec = _two_statics_for_one_address(node, cluster)
+    assert _written(node, "first") == [("Allocated", "198.18.41.7", "IPAddressAllocated")]
+    rec.run_once()
+    assert _written(node, "second") == [("Pending", "", "IPAddressAlreadyLeased")], "once, not every round"
+    node.source.remove("IPAddress", NS, "first")
+    rec.run_once()
+    rec.run_once()
+    assert _written(node, "second")[1:] == [("Allocated", "198.18.41.7", "IPAddressAllocated")]
+    assert len(_written(node, "first")) == 1
+
+
+def test_a_kube_node_leaves_the_status_of_a_static_another_nodes_pod_uses_to_that_node() -> None:
+    """Every node leases a Static; the node whose pod uses it writes its status (``usedByPods`` its pods): another
+    node's round, leasing it, owes none, which would write that list empty."""
+    node = Node()
+    rec = reconciler(node, cluster=True)
+    user = json.dumps({"uid": "uid-x", "pod": f"{NS}/x", "node": "other"})
+    node.source.add(obj("IPAddress", "used", {"networkRef": {"kind": "Network", "name": "net-b"}, "type": "Static",
+                                              "static": {"ip": "198.18.41.9"}},
+                        annotations={USED_BY_ANNOTATION: user}))
+    rec.run_once()
+    used, _ = _allocated(node, "used")
+    assert used.phase == "Allocated" and _written(node, "used") == []

@@ -255,6 +255,48 @@ def test_a_pod_on_the_untagged_bridge_across_the_edits_then_gone_and_the_live_br
                                                  "that removed a retired record of the same bridge name"
 
 
+def test_a_retired_segments_report_survives_a_kill_right_after_its_take_back() -> None:
+    """untagged -> VLAN -> untagged with a pod on the untagged bridge: the VLAN edit retires ``N@<bridge>`` and
+    reports it under its own key (a NodeNetworkInterfaceAttachment). The edit back takes that record back in
+    ``Segments._assign`` (deleted from the store in ``plan``'s commit, an ADD's or a round's); its report's delete is
+    owed by the next round. A daemon killed in between still owes it after its restart: the take-back is in the
+    store (the network's record says so until the round owed it), not in memory only."""
+    from ipamd.node.reconcile import Reconciler
+    from ipamd.node.segments import TAKEN_BACK
+    from tests.unit.test_attacher import NS, Node, obj
+    from tests.unit.test_reconcile import reconciler
+
+    node = Node()
+    key = f"Network/{NS}/net-u"
+    node.source.add(obj("NetworkClass", "c", UNTAGGED, namespaced=False))
+    node.source.add(obj("Network", "net-u", {"networkClass": "c"}))
+    rounds = reconciler(node)
+    rounds.run_once()
+    bridge = bridge_of(node.store, key)
+    with node.store.transaction():  # a pod on the untagged bridge
+        node.store.put_attachment(AttachmentRecord("c1", "eth0", "uid-p", NS, "p", "/run/netns/p", "ready", (
+            BuiltInterface("net1", "veth", key, "Network", "net-u", "plxaaaa", bridge),)))
+    node.source.add(obj("NetworkClass", "c", VLAN, namespaced=False))
+    rounds.run_once()
+    retired = f"{key}@{bridge}"
+    assert retired in node.publisher.node_attachments, "the old segment reported under its own key"
+    node.source.add(obj("NetworkClass", "c", UNTAGGED, namespaced=False))
+    node.segments.plan(rounds._live_networks()[key])  # an ADD's plan takes it back (committed) ...
+    assert node.store.get_segment(retired) is None
+    # ... and the daemon is killed before the next round: a new one over the same store and API
+    node.segments = Segments(node.store, node.links, lambda: 1_700_000_000.0)
+    again = Reconciler(node.store, node.source, node.ipam, node.attacher, node.segments, node.publisher, interval=30)
+    again.recover()
+    for _ in range(3):
+        again.run_once()
+    assert retired in node.publisher.node_detachments, \
+        f"{retired}'s NodeNetworkInterfaceAttachment is never deleted: no record, nothing owed"
+    assert node.publisher.node_detachments.count(retired) == 1, "its delete owed once, not every round"
+    live = node.store.get_segment(key)
+    assert live is not None and live.bridge == bridge and TAKEN_BACK not in live.status
+    assert node.links.index(bridge) is not None, "the live segment's bridge stays"
+
+
 def test_a_vlan_class_whose_parent_is_removed_keeps_its_segment_on_the_wire() -> None:
     """A VLAN class edited to name no parent NIC: its networks are to stay on the node's bridges (README), and
     'class edits reach the kernel'. ``plan`` gives uplink "", ``ensure_bridge(name, "")`` leaves the VLAN
