@@ -282,14 +282,15 @@ class Ipam:
         return rec
 
     def lease_for(self, rec: IPRecord, pool: AddressPool, secured: Secured) -> tuple[IPRecord, LeaseRecord, bool]:
-        """Give the IPAddress its address (keeping the one it has); inside a transaction, with what ``securing`` claimed
-        before it. No API request: an address the registry was not asked for outside the lock is ``CacheMoved``."""
+        """Give the IPAddress its address (keeping the one it has, unless that ``starts_over``); inside a transaction,
+        with what ``securing`` claimed before it. No API request: an address the registry was not asked for outside
+        the lock is ``CacheMoved``."""
         now = self.clock()
         pool = family_view(rec, pool)
         pkey = pool_key(pool)
         lease = self.store.lease_of(rec.key)
         created = False
-        if lease is not None and lease.pool != pkey:  # the Network moved to another pool: start over
+        if lease is not None and starts_over(lease, pool):  # another pool's, or now a gateway: start over
             self._orphan(lease, now)
             lease = None
         who, field = asker(rec)
@@ -348,8 +349,8 @@ class Ipam:
         held = self.store.lease_of(rec.key)
         failed = True
         try:  # (a step after a claim won that fails lets it go below: ``_secure`` says it won before those steps)
-            if pool is not None and (held is None or held.pool != pool_key(family_view(rec, pool))):  # none, or the
-                secured.lease = self._secure(rec, family_view(rec, pool), secured)  # Network moved to another pool
+            if pool is not None and (held is None or starts_over(held, family_view(rec, pool))):  # none, or one
+                secured.lease = self._secure(rec, family_view(rec, pool), secured)  # ``lease_for`` lets go
             yield secured
             failed = False
         finally:
@@ -382,6 +383,9 @@ class Ipam:
         # a gRPC client's holder (``api/<owner>``) names a client of this node's socket: another node's client of the
         # same name is another client, whose address is never taken up here
         adopted = self.registry.held_by(rec.key, pkey) if rec.created_by != "api" else None
+        if adopted is not None and never_leased(pool, adopted) is not None:  # a router's address since it was leased
+            self._quarantine_elsewhere(rec, pool, pkey, adopted)
+            adopted = None
         if adopted is not None:  # leased on another node (or by the controller): made this node's first
             subnet = subnet_for(pool, adopted) or pool.subnets[0]
             lease = self._candidate(rec, pool, pkey, adopted, str(subnet.network))
@@ -428,6 +432,36 @@ class Ipam:
                 return candidate
             lost.add(candidate.ip)  # taken by another node since our cache last saw it: try the next one
             cursor = candidate.ip
+
+    def _quarantine_elsewhere(self, rec: IPRecord, pool: AddressPool, pkey: str, ip: int) -> None:
+        """A lease held for ``rec`` beyond this node (another node's, the controller's) on an address that has become
+        a route's gateway since: taken up and quarantined here, as ``lease_for`` does to a lease of this node's, so
+        that neither this pod nor the holder's next pods elsewhere get the router's address, and the address is not
+        lost. Left alone when this node's store has it held (its own lease: ``lease_for`` lets it go)."""
+        held = self.store.lease_at(pkey, ip)
+        if held is not None and held.holder is not None:
+            return
+        subnet = subnet_for(pool, ip) or pool.subnets[0]
+        lease = self._candidate(rec, pool, pkey, ip, str(subnet.network))
+        if not self._reserve(lease):  # another call of this node is taking it up (or letting it go) right now
+            raise TryAgainLater(f"IPAddress {rec.name}: its address {lease.address}, a gateway now, is being taken up "
+                                "on this node for another call right now", "ipAddressNames")
+        took = done = False
+        try:
+            took = self.registry.take_up(lease)
+            if took:  # (else no longer the holder's: nothing of it to let go)
+                with self.store.transaction():
+                    self.registry.recorded(lease)  # taken up for good (its hand-back goes), then quarantined
+                    self._orphan(lease, self.clock())
+                done = True
+        finally:
+            try:
+                if took and done:  # as ``securing`` ends a take-up: kept, or handed back when not recorded
+                    self.registry.keep(lease)
+                elif took:
+                    self.registry.let_go(lease)
+            finally:
+                self._unreserve(lease)
 
     def _secure_in_blocks(self, rec: IPRecord, pool: AddressPool, pkey: str, lost: set[int],
                           secured: Secured) -> LeaseRecord | None:
@@ -532,9 +566,12 @@ class Ipam:
             return
         reason = static_refusal(exc, pool, to_int(rec.static_ip))
         with self.store.transaction():  # read again under the lock: an ADD may have leased it meanwhile
-            if self.store.lease_of(rec.key) is not None:
-                return
+            held = self.store.lease_of(rec.key)
             now = self.store.get_ip(rec.key) or rec
+            if held is not None and (now.used_by_uids or not starts_over(held, pool)):
+                return
+            if held is not None:  # one ``lease_for`` let go before refusing (rolled back with the refusal): let go
+                self._orphan(held, self.clock())
             conds = set_condition(now.conditions, "Allocated", False, reason, exc.msg, self.clock())
             self.store.put_ip(replace(now, phase="Pending", address="", network="", routes=(), conditions=conds))
 
@@ -568,13 +605,13 @@ class Ipam:
         raise AssertionError("unreachable")
 
     def _kept_while_used(self, rec: IPRecord | None, pool: AddressPool) -> tuple[IPRecord, LeaseRecord] | None:
-        """An IPAddress whose Network moved to another pool keeps the address of the old one while a pod uses it: its
-        interface carries it, and the new pool, knowing nothing of it, could hand it to another pod of the segment.
-        Leased anew in the new pool once its pods let it go."""
+        """An IPAddress whose lease ``lease_for`` would let go (``starts_over``: its Network moved to another pool, or
+        its address became a route's gateway) keeps it while a pod uses it: its interface carries it, and the pool,
+        taking it for free, could hand it to another pod of the segment. Leased anew once its pods let it go."""
         if rec is None or not rec.used_by_uids:
             return None
         lease = self.store.lease_of(rec.key)
-        if lease is None or lease.pool == pool_key(family_view(rec, pool)):
+        if lease is None or not starts_over(lease, family_view(rec, pool)):
             return None
         return rec, lease
 
@@ -894,6 +931,13 @@ def static_refusal(exc: CniError, pool: AddressPool, ip: int) -> str:
     if isinstance(exc, AddressConflict):
         return ALREADY_LEASED
     return IS_GATEWAY if never_leased(pool, ip) is not None else OUTSIDE_POOL
+
+
+def starts_over(lease: LeaseRecord, pool: AddressPool) -> bool:
+    """Whether an IPAddress's ``lease`` is no longer its address in ``pool`` (as its network sees it), to be let go
+    once no pod uses it and an address leased anew: it is another pool's (the Network moved), or it has become a
+    route's gateway (the pool, or the network's policy routes, edited to route via it: never leased, README)."""
+    return lease.pool != pool_key(pool) or never_leased(pool, lease.ip) is not None
 
 
 def _refuse_if_another_pods(rec: IPRecord | None, pod: Pod, field: str) -> None:

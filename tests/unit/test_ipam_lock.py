@@ -18,7 +18,7 @@ from ipamd.model.objects import IP_ADDRESS, IP_ADDRESS_POOL, AddressPool
 from ipamd.store.records import IPRecord, LeaseRecord
 from ipamd.store.sqlite import Store
 from tests.fakes.source import FakeSource
-from tests.unit.test_ipam import Clock, attach, network, pod, static, world
+from tests.unit.test_ipam import Clock, attach, network, obj, pod, static, world
 
 
 class Registry(NodeLocalRegistry):
@@ -232,6 +232,26 @@ def test_an_address_whose_network_moved_to_another_pool_is_claimed_in_the_new_on
     assert registry.claimed == ["198.18.10.50", "198.18.20.1"], "claimed outside the lock (Registry.claim checks)"
     assert [(lease.address, lease.holder is None) for lease in store.all_leases()] == [
         ("198.18.10.50", True), ("198.18.20.1", False)], "the old address in quarantine"
+
+
+def test_an_address_that_became_a_gateway_is_claimed_anew_outside_the_lock(
+        parts: tuple[Ipam, Registry, Store, FakeSource]) -> None:
+    """The IPAddress still holds its lease when securing looks, on an address its Network now routes via (a policy
+    route's gateway): a new address is claimed then (outside the lock), as for a Network moved to another pool, and
+    the transaction quarantines the old one. Securing only for records without a lease of the pool claimed nothing,
+    and every try answered 11."""
+    ipam, registry, store, source = parts
+    (first,) = attach(ipam, pod("a"), names=("user-auto",))
+    ipam.release_pod([first.ip_key], "uid-a")
+    source.add(obj("Network", "net", {"networkClass": "cls", "routingTable": 100,
+                                      "ipam": {"ipAddressPoolRef": {"kind": "IPAddressPool", "name": "pool"}},
+                                      "policyRoutes": [{"destination": "0.0.0.0/0", "via": first.address}]}))
+    (again,) = attach(ipam, pod("b"), names=("user-auto",))
+    assert (first.address, again.address) == ("198.18.10.50", "198.18.10.51")
+    assert registry.claimed == ["198.18.10.50", "198.18.10.51"], "claimed outside the lock (Registry.claim checks)"
+    assert [(lease.address, lease.holder) for lease in store.all_leases()] == [
+        ("198.18.10.50", None), ("198.18.10.51", "IPAddress/ns/user-auto")], "the old address in quarantine"
+    assert not ipam._securing
 
 
 def test_an_allocation_asks_again_while_blocks_come_back_but_other_nodes_take_their_addresses(

@@ -13,11 +13,12 @@ from cni.errors import InvalidConfig, PoolExhausted
 from ipamd.api import ipam_pb2 as pb
 from ipamd.ipam.addresses import Ipam
 from ipamd.ipam.allocator import to_int
-from ipamd.model.objects import API_VERSION, AddressPool, parse_object
+from ipamd.model.objects import API_VERSION, IP_ADDRESS, IP_ADDRESS_POOL, AddressPool, parse_object
 from ipamd.server.grpc_api import IpamService
+from ipamd.store.protocols import LeaseStore
 from ipamd.store.sqlite import Store
 from tests.fakes.source import FakeSource
-from tests.unit.test_ipam import Clock, attach, network, obj, pod, pool, static, world
+from tests.unit.test_ipam import NS, Clock, attach, gone, network, obj, pod, pool, static, world
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -225,3 +226,163 @@ def test_the_controllers_pick_for_a_users_auto_ipaddress_skips_a_policy_routes_g
     assert seen is not None and seen.meta.key == "IPAddressPool/ns/pr", "the same pool: the same leases"
     picked = pick_free(seen, set(), None)
     assert picked is not None and picked[0] == to_int("198.18.5.2"), "198.18.5.1 is the network's router"
+
+
+# -- a leased address that became a gateway since (objects stored before the webhook refused the edit, local mode, a
+# write while the webhook's informer lagged): let go like a lease of another pool once no pod uses it ----------------
+
+ROUTED_VIA_50 = {"networkClass": "cls", "routingTable": 100,
+                 "ipam": {"ipAddressPoolRef": {"kind": "IPAddressPool", "name": "pool"}},
+                 "policyRoutes": [{"destination": "0.0.0.0/0", "via": "198.18.10.50"}]}
+USER_AUTO = f"IPAddress/{NS}/user-auto"
+
+
+def _leases(store: LeaseStore) -> list[tuple[str, str | None]]:
+    """Every lease of the store as (address, holder): None is quarantined."""
+    return sorted((lease.address, lease.holder) for lease in store.all_leases())
+
+
+def _route_via_50(src: FakeSource, edited: str) -> None:
+    if edited == "Network":
+        src.add(obj("Network", "net", ROUTED_VIA_50))
+    else:  # the pool's own route
+        src.add(pool("pool", "198.18.10.0/24", ["198.18.10.50-198.18.10.59"],
+                     routes=[{"destination": "198.19.10.0/24", "via": "198.18.10.50"}]))
+
+
+@pytest.mark.parametrize("edited", ["Network", "IPAddressPool"])
+def test_a_network_edited_to_route_via_a_leased_address_gives_a_new_pod_another_address(edited: str) -> None:
+    """A user's Auto IPAddress holds 198.18.10.50, unused. The Network is edited to add a policy route via it (or the
+    pool a route): README says a gateway is never leased to the network's pods, but the next pod naming the
+    IPAddress got 198.18.10.50 all the same (``lease_for`` kept any lease of the pool), the pod and the router on one
+    address. It gets another one, and 198.18.10.50 is quarantined, as a Network moved to another pool has it."""
+    store, source = Store(":memory:"), world()
+    ipam = Ipam(store, source, Clock())
+    (c,) = attach(ipam, pod("pod-a"), names=("user-auto",))
+    assert c.address == "198.18.10.50"
+    gone(ipam, pod("pod-a"))
+    _route_via_50(source, edited)
+    (c2,) = attach(ipam, pod("pod-b"), names=("user-auto",))
+    assert c2.address != "198.18.10.50", "a new pod of the network got its route's gateway"
+    assert _leases(store) == [("198.18.10.50", None), ("198.18.10.51", USER_AUTO)]
+
+
+def test_an_address_that_became_a_gateway_is_kept_while_a_pod_uses_it_and_let_go_after() -> None:
+    """``lease_alone`` (the reconciler's round): pod-a's interface carries 198.18.10.50, so the IPAddress keeps it
+    while pod-a uses it (the pool taking it for free could hand it to another pod); then it is leased anew."""
+    store, source = Store(":memory:"), world()
+    ipam = Ipam(store, source, Clock())
+    attach(ipam, pod("pod-a"), names=("user-auto",))
+    source.add(obj("Network", "net", ROUTED_VIA_50))
+    user, p = source.get(IP_ADDRESS, NS, "user-auto"), source.get(IP_ADDRESS_POOL, NS, "pool")
+    assert user is not None and isinstance(p, AddressPool)
+    rec, lease = ipam.lease_alone(ipam.record_for(user), p)
+    assert (rec.address, lease.address, lease.holder) == ("198.18.10.50", "198.18.10.50", USER_AUTO)
+    gone(ipam, pod("pod-a"))
+    rec, lease = ipam.lease_alone(ipam.record_for(user), p)
+    assert (rec.phase, rec.address, lease.address) == ("Allocated", "198.18.10.51", "198.18.10.51")
+    assert _leases(store) == [("198.18.10.50", None), ("198.18.10.51", USER_AUTO)]
+
+
+def test_a_static_holding_an_address_that_became_a_gateway_is_refused_and_pending_once_unused() -> None:
+    """A Static leased 198.18.10.52 before the Network routed via it: kept while its pod uses it; after, a pod naming
+    it is refused (code 7 naming spec.static.ip) and the round records it Pending (``IPAddressIsGateway``), its
+    lease quarantined: before, the refusal was rolled back with the let-go, and the Static stayed Allocated."""
+    from ipamd.ipam.addresses import IS_GATEWAY
+
+    store, source = Store(":memory:"), world()
+    source.add(static("st", "198.18.10.52"))
+    ipam = Ipam(store, source, Clock())
+    (c,) = attach(ipam, pod("pod-a"), names=("st",))
+    assert c.address == "198.18.10.52"
+    source.add(obj("Network", "net", {**ROUTED_VIA_50, "policyRoutes": [{"destination": "0.0.0.0/0",
+                                                                        "via": "198.18.10.52"}]}))
+    user, p = source.get(IP_ADDRESS, NS, "st"), source.get(IP_ADDRESS_POOL, NS, "pool")
+    assert user is not None and isinstance(p, AddressPool)
+    assert ipam.lease_alone(ipam.record_for(user), p)[1].address == "198.18.10.52", "kept while pod-a uses it"
+    gone(ipam, pod("pod-a"))
+    with pytest.raises(InvalidConfig) as info:
+        attach(ipam, pod("pod-b"), names=("st",))
+    assert (info.value.code, info.value.details) == (7, "spec.static.ip")
+    with pytest.raises(InvalidConfig):
+        ipam.lease_alone(ipam.record_for(user), p)
+    rec = store.get_ip(f"IPAddress/{NS}/st")
+    assert rec is not None and (rec.phase, rec.address) == ("Pending", "")
+    assert [c["reason"] for c in rec.conditions if c["type"] == "Allocated"] == [IS_GATEWAY]
+    assert _leases(store) == [("198.18.10.52", None)]
+
+
+def test_the_round_moves_an_unused_ipaddress_off_a_new_gateway_and_keeps_a_used_one_flagged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Local mode's round leases every user IPAddress (``_sync_ipaddresses``): an unused one on an address that
+    became a policy route's gateway gets another one (the old quarantined); one a pod uses keeps it, flagged outside
+    the ranges, with no log line every round; once the pod lets it go it is leased anew."""
+    from tests.unit.test_attacher import NS as ANS
+    from tests.unit.test_attacher import Node
+    from tests.unit.test_attacher import obj as aobj
+    from tests.unit.test_reconcile import reconciler
+
+    node = Node()
+    pool_ref = {"ipAddressPoolRef": {"kind": "IPAddressPool", "name": "pool-gw"}}
+    node.source.add(aobj("IPAddressPool", "pool-gw", {"pools": [{"network": "198.18.5.0/24"}]}))
+    node.source.add(aobj("Network", "ext", {"networkClass": "cls", "routingTable": 100, "ipam": pool_ref}))
+    for name in ("inuse", "idle"):
+        node.source.add(aobj("IPAddress", name, {"networkRef": {"kind": "Network", "name": "ext"}}))
+    attach(node.ipam, aobj("Pod", "user", {}, uid="uid-user"), net="ext", names=("inuse",))
+    rounds = reconciler(node)
+    rounds.run_once()
+    inuse, idle = f"IPAddress/{ANS}/inuse", f"IPAddress/{ANS}/idle"
+    assert _leases(node.store) == [("198.18.5.1", inuse), ("198.18.5.2", idle)]
+    node.source.add(aobj("Network", "ext", {"networkClass": "cls", "routingTable": 100, "ipam": pool_ref,
+                                            "policyRoutes": [{"destination": "198.19.0.0/16", "via": "198.18.5.1"},
+                                                             {"destination": "0.0.0.0/0", "via": "198.18.5.2"}]}))
+    logged = []
+    with caplog.at_level("WARNING", logger="ipamd.node.reconcile"):
+        for _ in range(3):
+            rounds.run_once()
+            assert _leases(node.store) == [("198.18.5.1", inuse), ("198.18.5.2", None), ("198.18.5.3", idle)]
+            logged.append(sum("pool-gw changed" in r.getMessage() for r in caplog.records))
+    kept = node.store.lease_of(inuse)
+    assert kept is not None and kept.outside_ranges, "kept, flagged outside the ranges"
+    assert logged[-1] == logged[-2], "a round that changes nothing logs nothing"
+    node.ipam.release_pod([inuse], "uid-user")
+    rounds.run_once()
+    assert _leases(node.store) == [("198.18.5.1", None), ("198.18.5.2", None), ("198.18.5.3", idle),
+                                   ("198.18.5.4", inuse)]
+    rec = node.store.get_ip(inuse)
+    assert rec is not None and (rec.phase, rec.address) == ("Allocated", "198.18.5.4")
+
+
+def test_another_nodes_lease_object_on_a_new_gateway_is_quarantined_not_taken_up() -> None:
+    """Kubernetes mode: n1's pod used the user's Auto IPAddress ``sticky`` (198.18.40.1), then went; the Network is
+    edited to route via 198.18.40.1. n2's pod naming ``sticky`` found n1's lease object by holder (``held_by``) and
+    took it up: the router's address. n2 takes it up only to quarantine it, and leases another one."""
+    from ipamd.kube.leases import KIND, lease_name
+    from tests.fakes.cluster import FakeApi
+    from tests.unit.test_attacher import NS as ANS
+    from tests.unit.test_attacher import obj as kobj
+    from tests.unit.test_attacher_kube import KubeNode, a_pod
+    from tests.unit.test_attacher_kube import world as kworld
+
+    api = FakeApi()
+    a, b = KubeNode(api, "n1", source=kworld("1h")), KubeNode(api, "n2", source=kworld("1h"))
+    nets = [{"type": "Network", "name": "net-a", "ifName": "net1", "ipAddressNames": ["sticky"]}]
+    for node in (a, b):
+        node.source.add(kobj("IPAddress", "sticky", {"networkRef": {"kind": "Network", "name": "net-a"}}))
+        node.source.add(a_pod("pa", nets, "uid-pa"))
+        node.source.add(a_pod("pb", nets, "uid-pb"))
+    first = a.call("ADD", "pa", "uid-pa", "ca")["ips"][0]["address"].split("/")[0]
+    a.call("DEL", "pa", "uid-pa", "ca")
+    a.outbox.flush()
+    for node in (a, b):
+        node.source.add(kobj("Network", "net-a", {
+            "networkClass": "cls", "routingTable": 100,
+            "ipam": {"ipAddressPoolRef": {"kind": "IPAddressPool", "name": "small"}},
+            "policyRoutes": [{"destination": "0.0.0.0/0", "via": first}]}))
+    second = b.call("ADD", "pb", "uid-pb", "cb")["ips"][0]["address"].split("/")[0]
+    b.outbox.flush()
+    assert second != first, "n2's pod got the router's address"
+    old = api.get(KIND, lease_name(f"IPAddressPool/{ANS}/small", first))
+    assert (old.get("status") or {}).get("orphaningTimestamp") and not old["spec"].get("holder"), "quarantined"
+    held = [o["spec"]["ip"] for o in api.objs[KIND].values() if o["spec"].get("holder") == f"IPAddress/{ANS}/sticky"]
+    assert held == [second], "one lease object for the holder"
