@@ -76,6 +76,8 @@ class TrackedCache(Protocol):
 
     def cached(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
 
+    def items(self, kind: str) -> list[dict[str, Any]]: ...
+
 
 def _uid_of(body: dict[str, Any]) -> str:
     """The pod UID an owed ``pod_status`` write is for (its patch's precondition)."""
@@ -131,6 +133,9 @@ class KubePublisher:
         # this node's attachments (object names) the informer's cache has shown since their writes were last owed:
         # one it shows no more was deleted by someone else (``lost_attachments``)
         self._shown: set[str] = set()
+        # this node's attachments (object names) whose delete it owed while the cache may still show them: not swept
+        # again (``withdraw_unheld``) until the cache shows them gone, or they are reported again
+        self._withdrawn: set[str] = set()
 
     def pending_writes(self) -> int:
         return self.outbox.depth()
@@ -360,6 +365,7 @@ class KubePublisher:
         status = {"conditions": [condition("Ready", ready, "VLANBridged" if ready else "NotBridged", message, rfc3339())]}
         target = f"{ATTACHMENT}/{obj_name}"
         self._shown.discard(obj_name)
+        self._withdrawn.discard(obj_name)
         with self.outbox.store.transaction():
             self.outbox.drop(target, "delete")
             self.outbox.add(target, "create", {"kind": ATTACHMENT, "object": body}, supersede=True)
@@ -373,9 +379,12 @@ class KubePublisher:
     def node_detachment(self, network_key: str) -> None:
         """This node's side of a Network gone: its object's delete owed, the writes owed before it dropped, in one
         commit (the reconciler owes it before it forgets the segment, so that a kill between the two loses nothing)."""
-        obj_name = self._attachment_name(network_key)
+        self._owe_detachment(self._attachment_name(network_key))
+
+    def _owe_detachment(self, obj_name: str) -> None:
         target = f"{ATTACHMENT}/{obj_name}"
         self._shown.discard(obj_name)
+        self._withdrawn.add(obj_name)
         with self.outbox.store.transaction():
             for op in ("create", "patch", "patch_status"):
                 self.outbox.drop(target, op)
@@ -398,6 +407,36 @@ class KubePublisher:
                 self._shown.discard(name)
                 lost.append(key)
         return lost
+
+    def _is_mine(self, item: dict[str, Any]) -> bool:
+        """An attachment this node made: labelled and named in its spec for this node (as ``node_attachment`` makes
+        every one; the controller goes by ``nodeName``)."""
+        labels = (item.get("metadata") or {}).get("labels") or {}
+        return labels.get(f"{GROUP}/node") == self.node_name == (item.get("spec") or {}).get("nodeName")
+
+    def withdraw_unheld(self, held: Collection[str]) -> list[str] | None:
+        """This node's attachments that no Network key of ``held`` (its segment records', and those it reports now)
+        stands for, withdrawn as ``node_detachment`` does: the report of a Network deleted while the daemon was down,
+        of a segment whose record a kill cut away, or one owed before a kill and made after it. What this node
+        reported is remembered in memory only, so nothing else finds them after a restart, and the controller counts
+        the ID of a reported bridge as held for ever. From the informer's cache (no request), every round; another
+        node's attachments are never touched. Their object names; None before the cache has listed (a seeded one
+        may miss a report made since)."""
+        if self.cache is None or not self.cache.ready((ATTACHMENT,)):
+            return None
+        keep = {self._attachment_name(key) for key in held}
+        shown: set[str] = set()
+        swept = []
+        for item in self.cache.items(ATTACHMENT):
+            name = str((item.get("metadata") or {}).get("name") or "")
+            if not self._is_mine(item):
+                continue
+            shown.add(name)
+            if name not in keep and name not in self._withdrawn:
+                self._owe_detachment(name)
+                swept.append(name)
+        self._withdrawn &= shown  # gone from the cache: a later object of that name is judged again
+        return swept
 
     def failed(self, pod: Pod, message: str) -> None:
         self._event(pod.meta.namespace, pod.meta.name, pod.meta.uid, "AttachFailed", message, warning=True)

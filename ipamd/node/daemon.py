@@ -25,7 +25,7 @@ from ipamd.ipam.registry import LeaseRegistry, NodeLocalRegistry
 from ipamd.netlink.netns import HostNetlink, pod_namespace
 from ipamd.netlink.node import NetlinkNodeLinks
 from ipamd.node.activity import CallActivity
-from ipamd.node.reconcile import Reconciler
+from ipamd.node.reconcile import NodeReports, Reconciler
 from ipamd.node.segments import Segments
 from ipamd.publish.base import LocalPublisher, Publisher
 from ipamd.server.cni_http import CniHttpServer
@@ -80,6 +80,7 @@ class NodeDaemon:
         self.outbox: Any = None  # the cluster's API writes owed (Kubernetes mode)
         registry: LeaseRegistry = NodeLocalRegistry()
         publisher: Publisher = LocalPublisher()
+        reports: NodeReports | None = None  # this node's attachment reports in the API (Kubernetes mode)
         self.source: ObjectSource
         self._watch_blocks: Callable[[Callable[[], None]], None] | None = None
         self.snapshots: Any = None  # the informers' caches on disk (Kubernetes mode: ipamd.kube.snapshot)
@@ -119,7 +120,7 @@ class NodeDaemon:
                 source.subscribe(changed, kinds=(BLOCK_KIND,))
 
             self._watch_blocks = watch_blocks
-            publisher = KubePublisher(api, cfg.node_name, self.outbox, self.source)
+            publisher = reports = KubePublisher(api, cfg.node_name, self.outbox, self.source)
             if cfg.snapshot_interval > 0:
                 from ipamd.kube import snapshot
 
@@ -147,7 +148,7 @@ class NodeDaemon:
         self.ipam_plugin = IpamPlugin(self.delegated, self.source, self._ready.is_set, publisher)
         self.reconciler = Reconciler(self.store, self.source, self.ipam, self.attacher, self.segments, publisher,
                                      cfg.reconcile_interval, cluster=bool(cfg.kubeconfig), settle_s=RECONCILE_SETTLE_S,
-                                     lull=self.calls.wait_for_lull)
+                                     lull=self.calls.wait_for_lull, reports=reports)
         self.cni_server: CniHttpServer | None = None
         self.ipam_server: CniHttpServer | None = None
 

@@ -107,11 +107,20 @@ class NodeSegments(Protocol):
     def withdrawn(self, retired: str) -> None: ...
 
 
+class NodeReports(Protocol):
+    """This node's attachment reports as the API has them (``KubePublisher``; none in local mode, where they live in
+    the store alone)."""
+
+    def withdraw_unheld(self, held: Collection[str]) -> list[str] | None: ...
+
+
 class Reconciler:
     def __init__(self, store: NodeStore, source: ObjectSource, ipam: Ipam, teardowns: Teardowns,
                  segments: NodeSegments, publisher: Publisher, interval: float = 30.0, cluster: bool = False,
-                 settle_s: float = 0.0, lull: Callable[[threading.Event], object] | None = None) -> None:
+                 settle_s: float = 0.0, lull: Callable[[threading.Event], object] | None = None,
+                 reports: NodeReports | None = None) -> None:
         self.store = store
+        self.reports = reports
         # woken by an object's change: wait this long first, so that the CNI call whose writes made the change
         # answers before a round competes with it for the CPU, and the changes that follow share the round; then for
         # a lull in the node's CNI calls (``lull``, bounded)
@@ -264,6 +273,7 @@ class Reconciler:
             except Exception as exc:
                 log.warning("removing the segment of %s: %s", rec.network, exc)
         self._withdraw_unbacked(live)
+        self._sweep_unheld()
         self._report_lost_again()
 
     def _withdraw_unbacked(self, live: Collection[str]) -> None:
@@ -274,6 +284,17 @@ class Reconciler:
         for key in [k for k in self._reported if k not in live and k not in backed]:
             del self._reported[key]
             self.publisher.node_detachment(key)
+
+    def _sweep_unheld(self) -> None:
+        """This node's reports in the API that neither a segment record nor a report of this run stands for: those
+        ``_reported`` no longer knows of after a restart (a Network deleted while the daemon was down, a record a kill
+        cut away, a report owed before a kill and made after it). Left, each stood for ever, and one naming a
+        bridge kept that bridge's ID from every other Network."""
+        if self.reports is None:
+            return
+        held = {rec.network for rec in self.store.segments()} | set(self._reported)
+        for name in self.reports.withdraw_unheld(held) or ():
+            log.info("withdrew this node's attachment %s: no segment or report of this node stands for it", name)
 
     def _report_lost_again(self) -> None:
         """This node's attachments deleted from the API after they were reported (the controller drops those of a node

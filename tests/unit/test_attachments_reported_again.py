@@ -35,16 +35,20 @@ class AttachmentCache:
     def cached(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         return next((o for o in self.cache.items(kind) if o["metadata"]["name"] == name), None)
 
+    def items(self, kind: str) -> list[dict[str, Any]]:
+        return self.cache.items(kind)
+
 
 def _rounds(node: Node, api: FakeApi, cluster: bool = True) -> tuple[Outbox, Reconciler, AttachmentCache]:
     """The node's reconcile rounds in Kubernetes mode, its writes owed in an outbox to ``api``, its source watching
-    the attachments."""
+    the attachments, wired as the daemon wires them. Called again over the same node: the daemon restarted (its
+    store, and the outbox in it, kept)."""
     outbox = Outbox(node.store, api.senders())
     node.ipam.registry = Registry()
     informer = AttachmentCache(api)
     publisher = KubePublisher(client.ApiClient(), "n1", outbox, informer)
     return outbox, Reconciler(node.store, node.source, node.ipam, node.attacher, node.segments, publisher,
-                              cluster=cluster), informer
+                              cluster=cluster, reports=publisher), informer
 
 
 def _owed(outbox: Outbox, target: str) -> list[tuple[int, str]]:
@@ -187,3 +191,134 @@ def test_the_failure_report_of_a_deleted_network_goes_with_it() -> None:
         rounds.run_once()
         outbox.flush()
     assert name not in api.objs["NodeNetworkInterfaceAttachment"], "the report of a deleted Network is written back"
+
+
+# -- this node's reports that nothing of it stands for after a restart (``Reconciler._sweep_unheld``) -----------------
+# What the node reported is remembered in memory only (``Reconciler._reported``): after a restart, a report whose
+# Network was deleted while the daemon was down, whose segment record a kill cut away, or that was owed before a kill
+# and made after it, was compared with nothing and stood for ever; one naming a bridge kept that bridge's VLAN ID from
+# every other Network (the controller counts a reported bridge's ID as held, and drops only a vanished node's).
+
+
+def _settle(outbox: Outbox, rounds: Reconciler, informer: AttachmentCache, times: int = 3) -> None:
+    for _ in range(times):
+        rounds.run_once()
+        outbox.flush()
+        informer.cache.sync()
+
+
+def _mine(api: FakeApi) -> dict[str, dict[str, Any]]:
+    return {n: o for n, o in api.objs[ATTACHMENT].items() if o["spec"]["nodeName"] == "n1"}
+
+
+def _of(api: FakeApi, network: str) -> list[str]:
+    return [n for n, o in _mine(api).items() if o["spec"]["networkRef"]["name"] == network]
+
+
+def _failing_network() -> Node:
+    """A node with a Network whose segment cannot be built (its VLAN ID outside its class's idPool): reported
+    NotBridged, with no segment record."""
+    node = Node()
+    node.source.add(obj("NetworkClass", "narrow", {"vlan": {"idPool": ["600-610"]}}, namespaced=False))
+    node.source.add(obj("Network", "net-u", {"networkClass": "narrow", "vlan": {"id": 900}}))
+    return node
+
+
+def test_a_report_of_a_network_deleted_while_the_daemon_was_down_is_withdrawn_after_the_restart() -> None:
+    api = FakeApi()
+    node = _failing_network()
+    _settle(*_rounds(node, api, cluster=False))
+    (name,) = _of(api, "net-u")
+    node.source.remove("Network", NS, "net-u")  # while the daemon is down
+    outbox, rounds, informer = _rounds(node, api, cluster=False)
+    rounds.run_once()
+    outbox.flush()
+    assert name not in api.objs[ATTACHMENT], "the report of a Network deleted while the daemon was down stays"
+    rounds.run_once()  # the cache shows it still
+    assert not outbox.owes(f"{ATTACHMENT}/{name}"), "its delete owed again while the cache lags"
+    assert set(_of(api, "net-a")) | set(_of(api, "net-b")) == set(_mine(api)), "a live Network's report withdrawn"
+
+
+def test_a_report_owed_before_a_kill_of_a_network_deleted_meanwhile_is_withdrawn_once_made() -> None:
+    """Owed, not made yet, when the daemon was killed: the outbox makes it after the restart, when no record and no
+    report of this run stands for it."""
+    api = FakeApi()
+    node = _failing_network()
+    _, rounds, _ = _rounds(node, api, cluster=False)
+    rounds.run_once()  # owed, never made: killed
+    assert not _of(api, "net-u")
+    node.source.remove("Network", NS, "net-u")
+    outbox, rounds, informer = _rounds(node, api, cluster=False)
+    rounds.run_once()
+    outbox.flush()  # the create owed before the kill, made now
+    assert _of(api, "net-u")
+    _settle(outbox, rounds, informer)
+    assert not _of(api, "net-u"), "a report owed before the kill, of a Network gone, stays once made"
+
+
+def test_a_vlan_report_whose_record_a_kill_cut_away_is_withdrawn_and_its_id_no_more_held() -> None:
+    api = FakeApi()
+    node, _ = granted_node()
+    _settle(*_rounds(node, api))
+    assert any(o["spec"]["bridgeName"] == "plx-br-600" for o in _mine(api).values())
+    node.store.delete_segment(f"Network/{NS}/net-a")  # its record gone, its report not withdrawn: killed between
+    node.source.remove("Network", NS, "net-a")
+    _settle(*_rounds(node, api))
+    assert not [o for o in _mine(api).values() if o["spec"]["bridgeName"] == "plx-br-600"], \
+        "a report of a bridge no record holds stays, its VLAN ID held for ever"
+    assert [o["spec"]["networkRef"]["name"] for o in _mine(api).values()] == ["net-b"], "a live one's withdrawn"
+
+
+def test_only_this_nodes_unheld_reports_go_and_held_ones_stay_with_no_write() -> None:
+    """Another node's report of a Network this node does not have is never touched; this node's held reports (a live
+    Network's, and a deleted one's whose segment still carries a pod) stay, and are written no more."""
+    api = FakeApi()
+    node, _ = granted_node()
+    node.call("ADD")  # pods on net-a and net-b
+    _settle(*_rounds(node, api))
+    other: dict[str, Any] = {"apiVersion": "network.deckhouse.io/v1alpha1", "kind": ATTACHMENT,
+                             "metadata": {"name": "n2-0123456789ab", "labels": {"network.deckhouse.io/node": "n2"}},
+                             "spec": {"networkRef": {"kind": "Network", "name": "net-x", "namespace": NS},
+                                      "nodeName": "n2", "bridgeName": "plx-br-630"}}
+    unlabelled = {**other, "metadata": {"name": "n1-hand-made"}, "spec": {**other["spec"], "nodeName": "n1"}}
+    api.create(ATTACHMENT, other)
+    api.create(ATTACHMENT, unlabelled)
+    node.source.remove("Network", NS, "net-a")  # deleted, a pod still on its bridge: its record (and report) held
+    before = set(_mine(api))
+    outbox, rounds, informer = _rounds(node, api)
+    _settle(outbox, rounds, informer)
+    assert {"n2-0123456789ab", "n1-hand-made"} <= set(api.objs[ATTACHMENT]), "an object not this node's withdrawn"
+    assert set(_mine(api)) == before, "a held report was withdrawn"
+    made = api.requests()
+    _settle(outbox, rounds, informer)
+    assert api.requests() == made, f"{api.requests() - made} writes with nothing to sweep"
+
+
+def test_no_report_is_swept_before_the_cache_has_listed() -> None:
+    api = FakeApi()
+    node = _failing_network()
+    _settle(*_rounds(node, api, cluster=False))
+    (name,) = _of(api, "net-u")
+    node.source.remove("Network", NS, "net-u")
+    outbox, rounds, informer = _rounds(node, api, cluster=False)
+    informer.synced.clear()  # (a cache seeded from the snapshot, not listed)
+    rounds.run_once()
+    assert not outbox.owes(f"{ATTACHMENT}/{name}")
+    informer.synced.set()
+    rounds.run_once()
+    assert outbox.owes(f"{ATTACHMENT}/{name}")
+
+
+def test_a_network_made_again_after_its_report_was_swept_is_reported_again() -> None:
+    api = FakeApi()
+    node = _failing_network()
+    _settle(*_rounds(node, api, cluster=False))
+    (name,) = _of(api, "net-u")
+    node.source.remove("Network", NS, "net-u")
+    outbox, rounds, informer = _rounds(node, api, cluster=False)
+    rounds.run_once()
+    outbox.flush()
+    assert name not in api.objs[ATTACHMENT]
+    node.source.add(obj("Network", "net-u", {"networkClass": "narrow", "vlan": {"id": 900}}))
+    _settle(outbox, rounds, informer)
+    assert _of(api, "net-u") == [name], "a Network made again is never reported again once its report was swept"

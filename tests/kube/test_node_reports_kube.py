@@ -1,0 +1,61 @@
+"""A node's NodeNetworkInterfaceAttachments that nothing of it stands for after a restart (a Network deleted while
+the daemon was down, a segment record a kill cut away): withdrawn by the node's reconcile rounds, another node's
+never touched."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import wait_for
+from tests.harness import Node
+from tests.kube.conftest import Cluster, ControllerProcess
+from tests.kube.test_kube_mode import GROUP, kube_node, objects
+
+NS = "ksweep"
+
+
+def attachment(node: str, network: str, bridge: str) -> dict[str, Any]:
+    """An attachment as ``KubePublisher.node_attachment`` makes it for ``node`` (its name too)."""
+    name = f"{node}-{hashlib.sha1(f'Network/{NS}/{network}'.encode()).hexdigest()[:12]}"
+    return {"apiVersion": GROUP, "kind": "NodeNetworkInterfaceAttachment",
+            "metadata": {"name": name, "labels": {f"{GROUP.split('/')[0]}/node": node}},
+            "spec": {"networkRef": {"kind": "Network", "name": network, "namespace": NS}, "nodeName": node,
+                     "bridgeName": bridge}}
+
+
+@pytest.fixture
+def node(cluster: Cluster, controller: ControllerProcess) -> Iterator[Node]:
+    cluster.apply(objects(NS, "1s", "198.18.76.10-198.18.76.20", cidr="198.18.76.0/24", vlan=760))
+    made = kube_node(cluster, "ksweep-a")
+    try:
+        yield made
+    finally:
+        made.close()
+        cluster.kubectl("delete", "namespace", NS, "--wait=false", check=False)
+        cluster.kubectl("delete", "networkclass", f"{NS}-class", "--ignore-not-found", check=False)
+        cluster.kubectl("delete", "nodenetworkinterfaceattachments", "-l", f"{GROUP.split('/')[0]}/node in "
+                        "(ksweep-a,ksweep-elsewhere)", "--ignore-not-found", check=False)
+
+
+@pytest.mark.netns
+def test_a_nodes_unheld_reports_are_withdrawn_after_a_restart_and_no_other_nodes(cluster: Cluster,
+                                                                                  node: Node) -> None:
+    def names(of: str) -> dict[str, str]:
+        items = cluster.get("nodenetworkinterfaceattachments")["items"]
+        return {x["metadata"]["name"]: x["spec"]["networkRef"]["name"] for x in items if x["spec"]["nodeName"] == of}
+
+    assert wait_for(lambda: "net" in names("ksweep-a").values(), timeout=30), node.log_text()[-3000:]
+    node.kill()
+    stale = attachment("ksweep-a", "gone", "plx-br-769")  # a Network deleted while the daemon was down
+    other = attachment("ksweep-elsewhere", "gone", "plx-br-768")  # another node's: never this node's to remove
+    cluster.apply([stale, other])
+    node.start()
+    assert wait_for(lambda: stale["metadata"]["name"] not in names("ksweep-a"), timeout=30), \
+        ("this node's report of a deleted Network stays after its restart", node.log_text()[-3000:])
+    assert list(names("ksweep-a").values()) == ["net"], "a held report was withdrawn"
+    assert other["metadata"]["name"] in names("ksweep-elsewhere"), "another node's report was withdrawn"
+    assert "Traceback" not in node.log_text()
