@@ -44,6 +44,7 @@ from ipamd.model.objects import (
     POOL_KINDS,
     AddressPool,
     AttachmentDefinition,
+    IPAddr,
     Pod,
     parse_address,
 )
@@ -466,7 +467,7 @@ class DelegatedAddresses:
         if rec is None or self.store.lease_of(rec.key) is None:
             raise UnknownContainer(f"no plexus-ipam lease for container {container_id[:12]} {ifname} on {network}",
                                    "CNI_CONTAINERID")
-        if prev is not None and not any(ip.address.split("/")[0] == rec.address for ip in prev.ips):
+        if prev is not None and not any(_same_address(ip.address, rec.address) for ip in prev.ips):
             raise InvalidConfig(f"prevResult does not carry the leased address {rec.address}", "prevResult.ips")
 
 
@@ -504,6 +505,18 @@ def declared_ranges(nads: Iterable[AttachmentDefinition], name: str) -> set[str]
             if rng is not None:
                 keys.add(range_key(name, rng))
     return keys
+
+
+def _same_address(cidr: str, address: str) -> bool:
+    """Whether a result's ``address`` (CIDR, checked by ``IPConfig.from_dict``) is the leased one however it is
+    spelled: IPv6 exploded or compressed, an IPv4-mapped one as Go prints it (dotted) or as Python does (hex)."""
+    return _unmapped(ipaddress.ip_interface(cidr).ip) == _unmapped(ipaddress.ip_address(address))
+
+
+def _unmapped(ip: IPAddr) -> IPAddr:
+    """An IPv4-mapped IPv6 address as the IPv4 address it maps (Go's net.IPNet prints it so), others as they are."""
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return mapped or ip
 
 
 def _static_field(rec: IPRecord, req: AddressRequest) -> str:

@@ -35,6 +35,7 @@ from ipamd.model.objects import (
     cut,
     parse_address,
     parse_duration,
+    pool_network_problem,
     usable_bounds,
 )
 
@@ -129,8 +130,9 @@ def _dst(text: Any, field: str) -> IPNetwork:
 
 
 def _ip(text: Any, field: str) -> int:
+    """An address's integer (a zone, which Whereabouts's ``net.ParseIP`` refuses, is dropped, as it always was)."""
     try:
-        return int(parse_address(str(text)))
+        return int(parse_address(str(text), zone=True))
     except IPv4CompatibleAddress as exc:
         raise ConfigInvalid(field, str(exc)) from None
     except ValueError:
@@ -154,6 +156,9 @@ def _bounds(ipam: Mapping[str, Any]) -> tuple[IPNetwork, int, int]:
         net = _net(text, "ipam.range")
         start, end = usable_bounds(net)
         start = max(start, _ip(text.split("/")[0], "ipam.range"))  # 198.18.0.100/24: from .100 on
+    problem = pool_network_problem(net)
+    if problem:
+        raise ConfigInvalid("ipam.range", problem)
     start_field = end_field = "ipam.range"  # where each bound came from, for the error
     if "range_start" in ipam:
         start, start_field = _ip(ipam["range_start"], "ipam.range_start"), "ipam.range_start"
@@ -274,6 +279,13 @@ def _unknown_keys(ipam: Mapping[str, Any], allowed: frozenset[str]) -> None:
     raise ConfigInvalid(f"ipam.{unknown[0]}", f"is not a key of plexus-ipam {what}")
 
 
+def _link_local_router(gateway: str, rng: InlineRange) -> bool:
+    """An IPv6 range's router known by its link-local address (as Router Advertisements announce it): on every link,
+    so in no range, and Whereabouts takes any ``gateway``."""
+    ip = ipaddress.ip_address(gateway)
+    return ip.version == rng.network.version == 6 and ip.is_link_local
+
+
 def parse_ipam_config(ipam: Any) -> IpamConfig:
     """The ``ipam`` section of a configuration whose IPAM is ``plexus-ipam``; ``ConfigInvalid`` naming the
     key (``ipam.range``) when it is wrong, or a key Plexus does not know."""
@@ -293,6 +305,6 @@ def parse_ipam_config(ipam: Any) -> IpamConfig:
     if by_pool:
         return IpamConfig(pool=_pool_ref(ipam["ipAddressPoolRef"]), gateway=gateway, routes=routes)
     rng = _inline(ipam, gateway, routes)
-    if gateway and ipaddress.ip_address(gateway) not in rng.network:
+    if gateway and ipaddress.ip_address(gateway) not in rng.network and not _link_local_router(gateway, rng):
         raise ConfigInvalid("ipam.gateway", f"{gateway} is outside the range's network {rng.network}")
     return IpamConfig(range=rng, gateway=gateway, routes=routes)

@@ -67,11 +67,11 @@ def _ips(value: Any, where: str) -> tuple[str, ...]:
         raise AnnotationInvalid(f"{where} must be a list of addresses", where)
     for v in value:
         try:
-            iface = ipaddress.ip_interface(v)
+            ipaddress.ip_interface(v)
         except ValueError:
             raise AnnotationInvalid(f"{where} {v!r} is not an IP address (or one with its prefix)", where) from None
         try:
-            parse_address(str(iface.ip))
+            parse_address(v.partition("/")[0])  # the text itself: an interface's ``ip`` drops a zone (Multus refuses)
         except ValueError as exc:
             raise AnnotationInvalid(f"{where}: {exc}", where) from None
     return tuple(value)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
@@ -143,13 +143,42 @@ class IPv4CompatibleAddress(ValueError):
     """IPv6 text below ``IPV6_FLOOR``: an address, but not one a pool can hold."""
 
 
-def parse_address(text: str) -> IPAddr:
+ZONED = "names an IPv6 zone (%...): give the address without it"
+
+
+class ZonedAddress(ValueError):
+    """IPv6 text with a zone (``fe80::1%eth0``): Go's ``net.ParseIP`` (Multus, Whereabouts) refuses it, netlink
+    takes none (pyroute2 fails with OSError), and an address compared as text with a lease's never matches."""
+
+
+def parse_address(text: str, zone: bool = False) -> IPAddr:
     """An address of either family; IPv6 text below ``IPV6_FLOOR`` (``::a00:5``) is refused, since its integer is an
-    IPv4 address's (``10.0.0.5``): ``IPv4CompatibleAddress``, and ValueError for text that is no address."""
+    IPv4 address's (``10.0.0.5``): ``IPv4CompatibleAddress``; one naming a zone is refused (``ZonedAddress``) unless
+    ``zone``, then read without it (what an object stored before that refusal is served as); ValueError for text
+    that is no address."""
     ip = ipaddress.ip_address(text)
+    if ip.version == 6 and ip.scope_id is not None:
+        if not zone:
+            raise ZonedAddress(f"{text} {ZONED}")
+        ip = ipaddress.IPv6Address(int(ip))
     if ip.version == 6 and int(ip) < IPV6_FLOOR:
         raise IPv4CompatibleAddress(f"{text} {IPV4_COMPATIBLE}")
     return ip
+
+
+#: Networks no pool hands out from: an IPv6 link-local address is the one the kernel gives every link itself (CHECK
+#: cannot tell a pool's from it), a multicast address is no interface's own.
+_NOT_POOL_NETWORKS = ((ipaddress.ip_network("fe80::/10"), "IPv6 link-local"),
+                      (ipaddress.ip_network("ff00::/8"), "multicast"),
+                      (ipaddress.ip_network("224.0.0.0/4"), "multicast"))
+
+
+def pool_network_problem(net: IPNetwork) -> str:
+    """Why ``net`` may not be a pool's (or a plexus-ipam range's) network, "" when it may."""
+    for scope, words in _NOT_POOL_NETWORKS:
+        if scope.version == net.version and scope.overlaps(net):
+            return f"{net} holds {words} addresses ({scope}), which are no pod's to lease: use a unicast network"
+    return ""
 
 #: The largest count a Kubernetes integer or a protobuf int64 holds: a /64 has more addresses, so counts are capped.
 INT64_MAX = (1 << 63) - 1
@@ -341,8 +370,9 @@ def _ipv4(text: Any, meta: str, path: str) -> ipaddress.IPv4Address:
         raise ManifestInvalid(meta, path, f"{text!r} is not an IPv4 address") from None
 
 def _ip(text: Any, meta: str, path: str) -> IPAddr:
+    """An address a manifest gives; a zone is dropped (``refused_when_written`` refuses it, one stored is served)."""
     try:
-        return parse_address(str(text))
+        return parse_address(str(text), zone=True)
     except IPv4CompatibleAddress as exc:
         raise ManifestInvalid(meta, path, str(exc)) from None
     except ValueError:
@@ -582,6 +612,7 @@ def _ipam_claim(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> 
     if interface and not valid_ifname(interface):
         raise ManifestInvalid(m, "spec.interface", f"{interface!r} is not an interface name")
     requests = _get(spec, "ipRequests", list, m, "spec.ipRequests") or []
+    asked = []
     for i, text in enumerate(requests):
         try:
             iface = ipaddress.ip_interface(str(text))
@@ -591,13 +622,20 @@ def _ipam_claim(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> 
             parse_address(str(iface.ip))
         except ValueError as exc:
             raise ManifestInvalid(m, f"spec.ipRequests[{i}]", str(exc)) from None
+        asked.append(_without_zone(str(text), iface))
     if len(requests) > 1:
         raise ManifestInvalid(m, "spec.ipRequests", "asks for more than one address")
     status = doc.get("status") or {}
     ips = status.get("ips") if isinstance(status, dict) else None
     owner = status.get("ownerPod") if isinstance(status, dict) else ""
-    return IpamClaim(meta, network, interface, tuple(str(r) for r in requests),
+    return IpamClaim(meta, network, interface, tuple(asked),
                      tuple(str(i) for i in ips) if isinstance(ips, list) else (), str(owner or ""))
+
+def _without_zone(text: str, iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> str:
+    """An address or CIDR as written, less a zone (``refused_when_written`` refuses it; one stored is served)."""
+    if "%" not in text:
+        return text
+    return f"{iface.ip}/{iface.network.prefixlen}" if "/" in text else str(iface.ip)
 
 def _pod(meta: Meta, spec: Mapping[str, Any], doc: Mapping[str, Any]) -> Pod:
     m = meta.display
@@ -697,13 +735,14 @@ def refused_when_written(doc: Mapping[str, Any], obj: ApiObject, cls: NetworkCla
     to hand out (every ADD from it would fail "pool exhausted"), unless the write is an ``edit`` (then it is
     ``warned_when_written``). Held where a user writes (the webhook, ``plexusctl apply``), never where an object is
     read: one stored before these checks is served as it always was."""
+    zoned = _zoned_addresses(doc, obj)
     if isinstance(obj, IPAddressObject):
-        return _static_ip_of_auto(doc, obj)
+        return _static_ip_of_auto(doc, obj) + zoned
     if isinstance(obj, (Network, ClusterNetwork)):
         return _vlan_id_of_untagged(obj, cls)
-    if isinstance(obj, AddressPool) and not edit:
-        return _empty_entries(obj)
-    return ()
+    if isinstance(obj, AddressPool):
+        return _not_pool_networks(obj) + zoned + (() if edit else _empty_entries(obj))
+    return zoned
 
 
 def brought_by_write(doc: Mapping[str, Any], obj: ApiObject, old: Mapping[str, Any] | None,
@@ -745,6 +784,36 @@ def _static_ip_of_auto(doc: Mapping[str, Any], obj: IPAddressObject) -> tuple[Ma
         return ()
     return (ManifestInvalid(obj.meta.display, "spec.static.ip", f"{ip!r} is for type Static: an Auto IPAddress gets "
                             "whichever address its pool picks; set spec.type: Static, or remove spec.static"),)
+
+
+def _address_fields(doc: Mapping[str, Any], obj: ApiObject) -> Iterator[tuple[str, str]]:
+    """The addresses a manifest (parsed: ``obj``, so its shape is sound) gives, each with its field."""
+    spec = doc.get("spec") or {}
+    if isinstance(obj, IPAddressObject) and obj.type == "Static":
+        yield "spec.static.ip", str(spec["static"].get("ip"))
+    elif isinstance(obj, AddressPool):
+        for i, item in enumerate(spec["pools"]):
+            for j, text in enumerate(item.get("ranges") or []):
+                yield f"spec.pools[{i}].ranges[{j}]", str(text)
+            for j, route in enumerate(item.get("routes") or []):
+                yield f"spec.pools[{i}].routes[{j}].via", str(route.get("via"))
+    elif isinstance(obj, IpamClaim):
+        for i, text in enumerate(spec.get("ipRequests") or []):
+            yield f"spec.ipRequests[{i}]", str(text)
+
+
+def _zoned_addresses(doc: Mapping[str, Any], obj: ApiObject) -> tuple[ManifestInvalid, ...]:
+    """Addresses written with an IPv6 zone (``2001:2::5%eth0``): Go's ``net.ParseIP`` refuses them, and none of these
+    fields is an interface's. Served without the zone (``_ip``), as one stored before this check is."""
+    return tuple(ManifestInvalid(obj.meta.display, path, f"{text!r} {ZONED}")
+                 for path, text in _address_fields(doc, obj) if "%" in text)
+
+
+def _not_pool_networks(pool: AddressPool) -> tuple[ManifestInvalid, ...]:
+    """The entries whose network no pool may hand out from (``pool_network_problem``): an IPv6 link-local one
+    passes ADD but never CHECK (the kernel's own fe80 addresses are left out of what CHECK compares)."""
+    return tuple(ManifestInvalid(pool.meta.display, f"spec.pools[{i}].network", problem)
+                 for i, subnet in enumerate(pool.subnets) if (problem := pool_network_problem(subnet.network)))
 
 
 def _vlan_id_of_untagged(net: Network | ClusterNetwork, cls: NetworkClass | None) -> tuple[ManifestInvalid, ...]:

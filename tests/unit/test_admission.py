@@ -775,6 +775,29 @@ def test_an_edit_that_empties_a_pool_entry_is_allowed_with_a_warning_but_a_new_e
     assert review(beta)["response"]["warnings"] == [warning]
 
 
+# an address with a zone, a link-local or multicast pool network
+
+@pytest.mark.parametrize("kind, new, field", [
+    ("IPAddress", auto_address("2001:2:0:7::98%eth0", "Static"), "spec.static.ip"),
+    ("IPAddressPool", pool_of([{"network": "2001:2:0:7::/64", "routes": [{"destination": "2001:2:0:8::/64",
+                                                                          "via": "2001:2:0:7::1%eth0"}]}]),
+     "spec.pools[0].routes[0].via"),
+    ("IPAddressPool", pool_of([{"network": "fe80::/64"}]), "spec.pools[0].network"),
+    ("ClusterIPAddressPool", pool_of([{"network": "ff05::/64"}], "ClusterIPAddressPool"), "spec.pools[0].network"),
+])
+def test_a_zone_or_a_link_local_pool_is_refused_when_written_but_one_stored_is_kept(kind: str, new: dict[str, Any],
+                                                                                     field: str) -> None:
+    """The daemon serves them (a zone dropped; a link-local pool's pods pass ADD, never CHECK): refused at create,
+    naming the field; an edit of one stored so (a label) is let through."""
+    ns = "" if kind.startswith("Cluster") else "ns"
+    assert f": {field}: " in refusal(request(kind, new, namespace=ns)), kind
+    relabelled = copy.deepcopy(new)
+    relabelled["metadata"]["labels"] = {"team": "x"}
+    doc = request(kind, relabelled, "UPDATE", namespace=ns)
+    doc["request"]["oldObject"] = new
+    assert not refusal(doc), "stored so: kept"
+
+
 def test_the_webhook_server_refuses_a_vlan_id_of_a_network_of_an_untagged_class() -> None:
     """review() took a NetworkClass lookup, but the WebhookServer called it without one: the running webhook let a
     Network of an untagged class with a spec.vlan.id through (every class "not known")."""
@@ -858,6 +881,8 @@ def namespaced(doc: dict[str, Any]) -> dict[str, Any]:
     (cluster_network(), "spec.vlan.id"),
     (namespaced(network_on()), "spec.vlan.id"),  # its class applied just before, in the same call
     (namespaced(pool_of([{"network": "198.18.0.0/24", "ranges": ["198.18.0.0"]}])), "spec.pools[0]"),
+    (namespaced(auto_address("2001:2:0:7::98%eth0", "Static")), "spec.static.ip"),  # a zone
+    (namespaced(pool_of([{"network": "fe80::/64"}])), "spec.pools[0].network"),  # link-local
 ])
 def test_plexusctl_apply_refuses_what_the_webhook_refuses_naming_the_file_and_field(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], doc: dict[str, Any], field: str) -> None:

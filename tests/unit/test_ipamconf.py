@@ -71,6 +71,17 @@ def test_an_ipv6_default_route_in_a_whereabouts_range_is_accepted() -> None:
         (("0.0.0.0/0", "198.18.20.1"),)
 
 
+def test_a_whereabouts_ipv6_range_with_a_link_local_gateway_switches_by_changing_type_alone() -> None:
+    """README: "a Whereabouts NAD switches by changing type and nothing else". Whereabouts takes any ``gateway``, and an
+    IPv6 router is usually known by its link-local address; plexus-ipam refused it as "outside the range's network",
+    failing every ADD with code 7. It is in no range, so nothing is cut out."""
+    cfg = parse_ipam_config({"type": "plexus-ipam", "range": "2001:2:0:71::/64", "gateway": "fe80::1",
+                             "routes": [{"dst": "::/0"}]})
+    assert cfg.gateway == "fe80::1" and cfg.routes == (("::/0", "fe80::1"),)
+    net = ipaddress.IPv6Network("2001:2:0:71::/64")
+    assert cfg.range is not None and cfg.range.ranges == ((int(net[1]), int(net[-1])),)
+
+
 def test_a_ranges_routes_gateways_inside_it_are_cut_out_as_its_gateway_is() -> None:
     conf = parse(range="198.18.20.0/28", routes=[{"dst": "198.18.30.0/24", "gw": "198.18.20.5"},
                                                  {"dst": "198.18.31.0/24", "gw": "198.18.21.1"}])  # outside: no cut
@@ -82,6 +93,12 @@ def test_a_ranges_routes_gateways_inside_it_are_cut_out_as_its_gateway_is() -> N
     ({"range": "not-a-cidr"}, "ipam.range"),
     ({"range": "::c612:0/120"}, "ipam.range"),  # ::/96 would share its integers with IPv4
     ({"range": "2001:2::/64", "gateway": "198.18.0.1"}, "ipam.gateway"),
+    ({"range": "198.18.20.0/24", "gateway": "fe80::1"}, "ipam.gateway"),  # an IPv6 router for an IPv4 range
+    ({"range": "198.18.20.0/24", "gateway": "169.254.0.1"}, "ipam.gateway"),  # only IPv6's link-local is on-link
+    ({"range": "fe80::/64"}, "ipam.range"),  # link-local: CHECK never sees it (the kernel's own fe80 is left out)
+    ({"range": "fe80::10-fe80::20/64"}, "ipam.range"),
+    ({"range": "ff05::/64"}, "ipam.range"),  # multicast: no interface's address
+    ({"range": "224.0.1.0/24"}, "ipam.range"),
     ({"range": "2001:2::/64", "exclude": ["198.18.0.0/30"]}, "ipam.exclude[0]"),
     ({"range": 42}, "ipam.range"),
     ({"range": "198.18.20.50-198.18.20.10/24"}, "ipam.range"),  # both bounds from range itself

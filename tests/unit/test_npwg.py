@@ -71,6 +71,17 @@ def test_bad_annotations_name_the_element_and_key(text: str, field: str) -> None
     assert field in err.value.details or field in err.value.msg, err.value
 
 
+@pytest.mark.parametrize("key, value", [("default-route", "fe80::1%net1"), ("ips", "2001:2:0:7::5%net1/64"),
+                                        ("ips", "2001:2:0:7::5%eth0")])
+def test_a_default_route_gateway_with_a_zone_id_is_refused_when_the_annotation_is_read(key: str, value: str) -> None:
+    """Python's ipaddress takes a zone (``fe80::1%net1``), Multus's ``net.ParseIP`` does not. Accepted, it reached
+    default_route.set_default_route, where pyroute2 raised OSError (no CNI error, the routes already replaced for
+    an earlier gateway not given back); an ``ips`` one reached the daemon's lease as text with its zone."""
+    with pytest.raises(AnnotationInvalid) as err:
+        parse_networks(json.dumps([{"name": "nad", key: [value]}]), "ns")
+    assert err.value.details == f"{ANN}[0].{key}" and "zone" in err.value.msg, err.value
+
+
 def test_a_megabyte_annotation_is_refused() -> None:
     with pytest.raises(AnnotationInvalid) as err:
         parse_networks("a," * 500_000, "apps")

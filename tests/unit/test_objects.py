@@ -15,6 +15,7 @@ from ipamd.model.objects import (
     AddressPool,
     ClusterNetwork,
     IPAddressObject,
+    IpamClaim,
     ManifestInvalid,
     Network,
     NetworkClass,
@@ -388,6 +389,69 @@ def test_a_pool_entry_with_no_address_is_refused_when_created_and_warned_of_when
     assert refused_when_written(doc, obj, edit=True) == () and warned_when_written(obj) == ()
     (warned,) = warned_when_written(obj, edit=True)
     assert warned.msg.startswith("IPAddressPool ns/p: spec.pools[0]: 198.18.0.0/24 has no address to hand out")
+
+
+def test_addresses_with_a_zone_are_refused_when_written_and_served_without_it() -> None:
+    """Python's ipaddress takes ``2001:2:0:7::98%eth0`` (Go's net.ParseIP does not) and kept the zone in the text
+    served (a Static's ``static_ip``, a route's ``via``): compared with a lease's address, never equal; given to
+    netlink, an OSError. Refused where a user writes; one stored before is served without the zone."""
+    static = manifest("IPAddress", "a", {"networkRef": {"kind": "Network", "name": "n"}, "type": "Static",
+                                         "static": {"ip": "2001:2:0:7::98%eth0"}}, namespace="ns")
+    obj = parse_object(static)
+    assert isinstance(obj, IPAddressObject) and obj.static_ip == "2001:2:0:7::98"
+    (why,) = refused_when_written(static, obj)
+    assert why.field == "spec.static.ip" and "%eth0" in why.problem and "zone" in why.problem
+    assert brought_by_write(static, obj, copy.deepcopy(static), lambda name: None) == (), "stored so: kept"
+    pool = pool_doc([{"network": "2001:2:0:7::/64", "ranges": ["2001:2:0:7::10%eth0-2001:2:0:7::20"],
+                      "routes": [{"destination": "2001:2:0:8::/64", "via": "2001:2:0:7::1%eth0"}]}])
+    parsed = parse_object(pool)
+    assert isinstance(parsed, AddressPool) and parsed.subnets[0].routes == (PoolRoute("2001:2:0:8::/64",
+                                                                                      "2001:2:0:7::1"),)
+    assert [w.field for w in refused_when_written(pool, parsed)] == ["spec.pools[0].ranges[0]",
+                                                                      "spec.pools[0].routes[0].via"]
+    claim = {"apiVersion": "k8s.cni.cncf.io/v1alpha1", "kind": "IPAMClaim", "metadata": {"name": "c", "namespace": "ns"},
+             "spec": {"network": "n", "ipRequests": ["2001:2:0:7::5%eth0/64"]}}
+    got = parse_object(claim)
+    assert isinstance(got, IpamClaim) and got.ip_requests == ("2001:2:0:7::5/64",)
+    assert [w.field for w in refused_when_written(claim, got)] == ["spec.ipRequests[0]"]
+
+
+def test_a_static_with_a_zone_id_is_not_flagged_outside_the_ranges_every_round() -> None:
+    """The reconciler compares a Static's ``static_ip`` with its lease's address as text: with the zone kept, a Static
+    outside the ranges (allowed) was flagged 'outside' and logged 'pool changed' every round."""
+    from tests.unit.test_attacher import Node, obj
+    from tests.unit.test_reconcile import reconciler
+
+    node = Node()
+    ref = {"ipAddressPoolRef": {"kind": "IPAddressPool", "name": "p6"}}
+    node.source.add(obj("IPAddressPool", "p6", {"pools": [{"network": "2001:2:0:7::/64",
+                                                           "ranges": ["2001:2:0:7::10-2001:2:0:7::20"]}]}))
+    node.source.add(obj("Network", "n6", {"networkClass": "cls", "ipam": ref}))
+    for name, address in (("plain", "2001:2:0:7::99"), ("zoned", "2001:2:0:7::98%eth0")):
+        node.source.add(obj("IPAddress", name, {"networkRef": {"kind": "Network", "name": "n6"}, "type": "Static",
+                                                "static": {"ip": address}}))
+    rec = reconciler(node)
+    rec.run_once()
+    rec.run_once()
+    flags = {lease.address: lease.outside_ranges for lease in node.store.all_leases()}
+    assert flags == {"2001:2:0:7::99": False, "2001:2:0:7::98": False}, flags
+
+
+@pytest.mark.parametrize("network", ["fe80::/64", "fe80::/10", "fe00::/7", "ff05::/64", "224.0.1.0/24"])
+def test_a_link_local_pool_is_refused_when_written(network: str) -> None:
+    """An IPv6 link-local pool passed ADD but never CHECK (the kernel's own fe80 address on every link is left out of
+    what CHECK compares, and so were the pool's); a multicast address is no interface's. Refused where a user writes,
+    naming the field; one stored before is still served (its pods keep their addresses)."""
+    doc = pool_doc([{"network": "198.18.0.0/24"}, {"network": network}])
+    obj = parse_object(doc)
+    assert isinstance(obj, AddressPool) and str(obj.subnets[1].network) == network, "served"
+    (why,) = refused_when_written(doc, obj)
+    assert why.field == "spec.pools[1].network" and network in why.problem, why
+    assert [p.msg for p in refused_when_written(doc, obj, edit=True)] == [why.msg], "an edit bringing it too"
+    assert brought_by_write(doc, obj, copy.deepcopy(doc), lambda name: None) == (), "stored so: kept"
+    for fine in ("169.254.0.0/16", "2001:2:0:7::/64", "fc00::/64"):
+        ok = pool_doc([{"network": fine}])
+        assert refused_when_written(ok, parse_object(ok)) == (), fine
 
 
 def test_a_write_is_refused_only_for_what_the_stored_object_did_not_have() -> None:

@@ -4,6 +4,7 @@ nothing leased."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
 from typing import Any
@@ -174,6 +175,42 @@ def test_check_knows_its_lease() -> None:
     assert exc.value.code == 3
 
 
+def test_plexus_ipam_check_compares_addresses_not_their_spelling() -> None:
+    """CHECK compared the prevResult's address text with the lease's: the same IPv6 address exploded, or an
+    IPv4-mapped one as Go prints it (dotted: ``::ffff:198.18.54.2``, or plain ``198.18.54.2/24`` as net.IPNet does)
+    where Python prints hex (``::ffff:c612:3602``), failed "prevResult does not carry the leased address"."""
+    node = Node()
+    six = {"range": "2001:2:0:53::/64"}
+    result = node.call("ADD", six)
+    (ip,) = result["ips"]
+    exploded = ipaddress.ip_interface(ip["address"]).exploded
+    assert exploded != ip["address"]
+    assert node.call("CHECK", six, prevResult={**result, "ips": [{**ip, "address": exploded}]}) == {}
+    mapped = {"range": "::ffff:198.18.54.0/120"}
+    result = node.call("ADD", mapped, container="c2")
+    (ip,) = result["ips"]
+    assert ip["address"] == "::ffff:c612:3601/120"
+    for go in ("::ffff:198.18.54.1/120", "198.18.54.1/24"):
+        assert node.call("CHECK", mapped, container="c2", prevResult={**result, "ips": [{"address": go}]}) == {}, go
+    with pytest.raises(CniError) as exc:  # another address is still another
+        node.call("CHECK", mapped, container="c2", prevResult={**result, "ips": [{"address": "198.18.54.9/24"}]})
+    assert exc.value.details == "prevResult.ips"
+
+
+def test_a_link_local_gateway_is_the_results_gateway_and_its_routes_go_via_it() -> None:
+    """An IPv6 router known by its link-local address (Whereabouts takes any ``gateway``): a range's, or a pool
+    configuration's (``_refuse_gateways``: of the pool's family, in none of its ranges); ADD and CHECK pass."""
+    node = Node()
+    node.source.add(obj("IPAddressPool", "six", {"pools": [{"network": "2001:2:0:72::/64"}]}))
+    for ipam in ({"range": "2001:2:0:71::/64"}, {"ipAddressPoolRef": {"name": "six"}}):
+        conf = {**ipam, "gateway": "fe80::1", "routes": [{"dst": "::/0"}, {"dst": "2001:2:0:99::/64", "gw": "fe80::2"}]}
+        result = node.call("ADD", conf)
+        assert result["ips"][0]["gateway"] == "fe80::1", result
+        assert result["routes"] == [{"dst": "::/0", "gw": "fe80::1"}, {"dst": "2001:2:0:99::/64", "gw": "fe80::2"}]
+        assert node.call("CHECK", conf, prevResult=result) == {}
+        node.call("DEL", conf)
+
+
 def test_the_ips_capability_through_the_pool() -> None:
     node = Node()
     got = node.call("ADD", SHARED, runtimeConfig={"ips": ["198.18.52.77/24"]})
@@ -187,6 +224,10 @@ def test_the_ips_capability_through_the_pool() -> None:
     assert err.details == "runtimeConfig.ips"
     err = node.error("ADD", SHARED, container="c5", runtimeConfig={"ips": ["198.18.52.79", "198.18.52.80"]})
     assert err.details == "runtimeConfig.ips"
+    node.source.add(obj("IPAddressPool", "six", {"pools": [{"network": "2001:2:0:72::/64"}]}))
+    err = node.error("ADD", {"ipAddressPoolRef": {"name": "six"}}, container="c6",
+                     runtimeConfig={"ips": ["2001:2:0:72::5%eth0/64"]})  # Multus's net.ParseIP refuses a zone
+    assert (err.code, err.details) == (7, "runtimeConfig.ips") and "zone" in err.msg, err.msg
 
 
 @pytest.mark.parametrize(("ipam", "kw", "code", "field"), [
@@ -196,6 +237,7 @@ def test_the_ips_capability_through_the_pool() -> None:
     ({"ipAddressPoolRef": {"name": "mine"}}, {"pod_name": ""}, 7, "ipam.ipAddressPoolRef.kind"),  # no pod: no ns
     ({"range": "198.18.53.0/24", "exclude": ["198.18.54.0/28"]}, {}, 7, "ipam.exclude[0]"),
     ({"range": "198.18.300.0/24"}, {}, 7, "ipam.range"),
+    ({"range": "fe80::/64"}, {}, 7, "ipam.range"),  # link-local: CHECK would never see its addresses
     ({"range": "198.18.53.0/24", "etcd_host": "x"}, {}, 7, "ipam.etcd_host"),
     ({"range": "198.18.53.0/24", "routes": [{"dst": "2001:db8:99::/64", "gw": "198.18.53.1"}]}, {}, 7,
      "ipam.routes[0].gw"),  # a route via a gateway of the other family
