@@ -13,6 +13,8 @@ import contextlib
 import ipaddress
 import json
 import logging
+import os
+import threading
 from collections.abc import Collection, Iterable
 from dataclasses import replace
 from typing import Any
@@ -58,6 +60,83 @@ def _plugins_key(plugins: list[dict[str, Any]]) -> str:
         return {**plugin, "ipam": {"type": "static"}} if isinstance(ipam, dict) and ipam.get("type") == "static" \
             else plugin
     return json.dumps([plain(p) for p in plugins], sort_keys=True)
+
+
+GcKey = tuple[str, str]  # a configuration as GC tells it: its name, and its plugins (``_plugins_key``)
+
+
+def _gc_key(inv: Invocation) -> GcKey:
+    return str(inv.conflist["name"]), _plugins_key(inv.conflist["plugins"])
+
+
+USED_CONFIGURATIONS_FILE = "delegate-configurations.json"
+
+
+def used_configurations_path(db: str) -> str:
+    """Beside the node's store (a hostPath in the DaemonSet: it outlives the daemon's container, as the records
+    naming the rest do); none for a store in memory."""
+    return "" if db in ("", ":memory:") else os.path.join(os.path.dirname(os.path.abspath(db)), USED_CONFIGURATIONS_FILE)
+
+
+class UsedConfigurations:
+    """The delegate configurations run on this node since a GC telling them that no attachment is left succeeded.
+    GC reaches each one after its last attachment's record went too: what its plugins still hold for attachments
+    gone without a DEL that let go (a failed ADD whose rollback DEL failed as well is forgotten, a plugin may keep
+    something its DEL should have freed) is let go then (CNI 1.1: all that is not listed), and never for a
+    configuration not run here. Kept in ``path`` (JSON, replaced whole) when given, so a daemon restarted before that
+    GC still makes it; else for the daemon's life. Only those that get GC (CNI 1.1.0 on) are kept."""
+
+    def __init__(self, path: str = "") -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._used: dict[GcKey, Invocation] = self._load()
+
+    def note(self, inv: Invocation) -> None:
+        """``inv``'s configuration is run here (kept without what names an attachment: GC is about none)."""
+        key = _gc_key(inv)
+        with self._lock:
+            if key in self._used or inv.version < (1, 1, 0):
+                return
+            self._used[key] = Invocation(inv.conflist, "", "", "", bin_dirs=inv.bin_dirs, timeout_s=inv.timeout_s)
+            self._save()
+
+    def configurations(self) -> dict[GcKey, Invocation]:
+        with self._lock:
+            return dict(self._used)
+
+    def forget(self, keys: Collection[GcKey]) -> None:
+        """Those a GC told that no attachment is left, which succeeded: nothing of theirs is held any more."""
+        with self._lock:
+            gone = [k for k in keys if self._used.pop(k, None) is not None]
+            if gone:
+                self._save()
+
+    def _load(self) -> dict[GcKey, Invocation]:
+        if not self.path or not os.path.exists(self.path):
+            return {}
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                invs = [Invocation.from_dict(d) for d in json.load(f)["configurations"]]
+            return {_gc_key(inv): inv for inv in invs}
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # started afresh: the records name the rest
+            log.warning("the delegate configurations used, in %s, are unreadable (%s): GC reaches only those of "
+                        "the attachments recorded", self.path, exc)
+            return {}
+
+    def _save(self) -> None:
+        """Written whole, then renamed over the old (never half a file). A failure is logged: the ADD or GC that
+        changed the set has done its work, and the set in memory still holds."""
+        if not self.path:
+            return
+        tmp = f"{self.path}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"configurations": [inv.to_dict() for inv in self._used.values()]}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("keeping the delegate configurations used in %s: %s", self.path, exc)
 
 
 def _default_dst(dst: Any) -> str:
@@ -120,8 +199,9 @@ def _default_route_back(ctx: LinksContext, iface: BuiltInterface) -> None:
 class DelegateDriver:
     kind = "delegate"
 
-    def __init__(self, chain: Chain) -> None:
+    def __init__(self, chain: Chain, used: UsedConfigurations | None = None) -> None:
         self.chain = chain
+        self.used = used if used is not None else UsedConfigurations()
 
     def plan(self, key: InterfaceKey, request: InterfaceRequest) -> Plan:
         if request.delegate is None:
@@ -132,6 +212,7 @@ class DelegateDriver:
 
     def build(self, ctx: BuildContext, iface: BuiltInterface, undo: contextlib.ExitStack) -> Built:
         inv = _invocation(iface)
+        self.used.note(inv)  # before its first exec: from then on its plugins may hold something
         answered: list[dict[str, Any]] = []  # each plugin's result, as it answers
         undo.callback(quietly, f"delegate {iface.network_name} ({iface.if_name})", self._undo, ctx, iface, answered)
         try:
@@ -177,7 +258,9 @@ class DelegateDriver:
         return None  # the delegated plugins' result: known once they have run
 
     def teardown(self, ctx: LinksContext, iface: BuiltInterface) -> None:
-        errors = self.chain.delete(_invocation(iface), iface.driver.get("result"), ctx.netns)
+        inv = _invocation(iface)
+        self.used.note(inv)  # an attachment recorded before a restart: GC'd once it is gone, as one ADDed since
+        errors = self.chain.delete(inv, iface.driver.get("result"), ctx.netns)
         if errors:
             raise InterfaceFailure(f"DEL of {iface.network_name} ({iface.if_name}) failed", "; ".join(errors))
         _default_route_back(ctx, iface)
@@ -193,19 +276,29 @@ class DelegateDriver:
         return []
 
     def collect(self, kept: list[BuiltInterface]) -> None:
-        """Forward GC to every configuration delegated to (each distinct list of plugins), with the attachments
-        still valid of its network name: two NADs' configurations may share a name (NPWG gives a configuration
-        without one its NAD's), and the plugins keep their state by that name (host-local's directory), so neither
-        may be told the other's attachments are gone."""
+        """Forward GC to every configuration delegated to (each distinct list of plugins) that is still recorded or
+        was run here since a GC told it nothing is left (``UsedConfigurations``), with the attachments still valid
+        of its network name: two NADs' configurations may share a name (NPWG gives a configuration without one its
+        NAD's), and the plugins keep their state by that name (host-local's directory), so neither may be told the
+        other's attachments are gone. One told that none is left is forgotten once its GC succeeds."""
         by_name: dict[str, list[dict[str, str]]] = {}
-        lists: dict[tuple[str, str], Invocation] = {}
+        lists: dict[GcKey, Invocation] = {}
         for iface in kept:
             inv = _invocation(iface)
-            name = str(inv.conflist["name"])
-            by_name.setdefault(name, []).append({"containerID": inv.container_id, "ifname": inv.ifname})
-            lists.setdefault((name, _plugins_key(inv.conflist["plugins"])), inv)
-        for (name, _), inv in lists.items():
+            self.used.note(inv)
+            by_name.setdefault(str(inv.conflist["name"]), []).append({"containerID": inv.container_id,
+                                                                      "ifname": inv.ifname})
+            lists.setdefault(_gc_key(inv), inv)
+        for key, inv in self.used.configurations().items():
+            lists.setdefault(key, inv)
+        emptied: list[GcKey] = []
+        for (name, plugins), inv in lists.items():
+            valid = by_name.get(name, [])
             try:
-                self.chain.gc(inv, by_name[name])
+                self.chain.gc(inv, valid)
             except CniError as exc:
                 log.warning("GC of %s: %s", name, exc)
+                continue
+            if not valid:
+                emptied.append((name, plugins))
+        self.used.forget(emptied)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ipamd.drivers.base import InterfaceDriver
-from ipamd.drivers.delegate import DelegateDriver
+from ipamd.drivers.delegate import DelegateDriver, UsedConfigurations
 from ipamd.drivers.macvlan import MacvlanDriver
 from ipamd.drivers.tap import TapDriver
 from ipamd.drivers.veth import VethDriver
@@ -19,6 +19,8 @@ def kernel_drivers() -> dict[str, InterfaceDriver]:
     return {d.kind: d for d in (VethDriver(), TapDriver(), MacvlanDriver())}
 
 
-def all_drivers(chain: Chain) -> dict[str, InterfaceDriver]:
-    """Those, and the interfaces other CNI plugins build (through ``chain``)."""
-    return {**kernel_drivers(), DelegateDriver.kind: DelegateDriver(chain)}
+def all_drivers(chain: Chain, used_configurations: str = "") -> dict[str, InterfaceDriver]:
+    """Those, and the interfaces other CNI plugins build (through ``chain``); the delegate configurations run on the
+    node are kept in the file ``used_configurations`` (none: for the daemon's life), so GC reaches them after a
+    restart too."""
+    return {**kernel_drivers(), DelegateDriver.kind: DelegateDriver(chain, UsedConfigurations(used_configurations))}

@@ -16,6 +16,7 @@ from typing import Any
 
 from cni.errors import InternalError
 from ipamd.config import DaemonConfig
+from ipamd.drivers.delegate import used_configurations_path
 from ipamd.drivers.table import all_drivers
 from ipamd.invoke.chain import Chain
 from ipamd.invoke.exec import Exec, reap_orphans
@@ -140,7 +141,8 @@ class NodeDaemon:
         delegation = Chain(Exec(node_netns=cfg.node_netns, owner=os.path.abspath(cfg.db)))
         self.devices = KubeletDevices(cfg.pod_resources_socket, cfg.device_info_dir) if cfg.pod_resources_socket \
             else None
-        self.attacher = Attacher(self.store, self.source, self.ipam, self.segments, all_drivers(delegation), host,
+        self.attacher = Attacher(self.store, self.source, self.ipam, self.segments,
+                                 all_drivers(delegation, used_configurations_path(cfg.db)), host,
                                  pod_namespace, publisher, self._ready.is_set, fault,
                                  networks=Networks(self.source, self.ipam, devices=self.devices), delegation=delegation,
                                  delegated=self.delegated, background_del=cfg.del_mode == "background",

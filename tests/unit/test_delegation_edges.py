@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from cni.errors import AnnotationInvalid, CniError, InterfaceFailure, IOFailure
-from ipamd.drivers.delegate import DelegateDriver
+from ipamd.drivers.delegate import DelegateDriver, UsedConfigurations
 from ipamd.invoke.chain import Chain, Invocation
 from ipamd.invoke.conflist import PodIdentity, Runtime
 from ipamd.invoke.exec import Exec, PluginRun
@@ -699,6 +699,174 @@ def test_gc_of_one_plexus_configuration_leaves_the_delegates_lease_of_anothers_a
     assert held == {"CNI/first/cq/net1": "bound"}, "r's own configuration's GC lets it go"
 
 
+# -- GC of a configuration whose last attachment is gone --------------------------------------------------------------
+
+class _Holding:
+    """``ipvlan`` with a host-local-style IPAM, as a plugin holds state: its ADD takes an address for (configuration
+    name, container, ifname) before it may fail (``fail_add``: killed at its deadline), its DEL lets it go unless it
+    fails (``fail_del``), its GC lets go of every one of its name not listed (CNI 1.1). ``tuning`` holds nothing."""
+
+    def __init__(self) -> None:
+        self.held: set[tuple[str, str, str]] = set()
+        self.fail_add: set[str] = set()
+        self.fail_del: set[str] = set()
+        self.fail_gc = False
+        self.gcs: list[tuple[str, str, list[dict[str, str]]]] = []
+
+    def run(self, plugin: str, env: Mapping[str, str], config: Mapping[str, Any], timeout: float) -> PluginRun:
+        verb, name = env["CNI_COMMAND"], str(config["name"])
+        if verb == "GC":
+            valid = list(config["cni.dev/valid-attachments"])
+            self.gcs.append((plugin, name, valid))
+            if self.fail_gc:
+                raise IOFailure("GC failed", "")
+            if plugin == "ipvlan":
+                listed = {(a["containerID"], a["ifname"]) for a in valid}
+                self.held = {h for h in self.held if h[0] != name or h[1:] in listed}
+            return PluginRun({}, "", 0.0)
+        key = (name, env["CNI_CONTAINERID"], env["CNI_IFNAME"])
+        if plugin == "tuning":
+            return PluginRun(dict(config.get("prevResult") or {}) if verb == "ADD" else {}, "", 0.0)
+        if verb == "ADD":
+            self.held.add(key)
+            if key[1] in self.fail_add:
+                raise IOFailure("ipvlan timed out", "")
+            return PluginRun({"cniVersion": config["cniVersion"], "interfaces": [{"name": key[2], "sandbox": SANDBOX}],
+                              "ips": [{"address": "198.18.72.5/24", "interface": 0}]}, "", 0.0)
+        if verb == "DEL":
+            if key[1] in self.fail_del:
+                raise IOFailure("ipvlan DEL failed", "")
+            self.held.discard(key)
+        return PluginRun({}, "", 0.0)
+
+
+def _holding_node(fake: _Holding, used: UsedConfigurations | None = None) -> Any:
+    """NAD ``second`` (CNI 1.1.0: it gets GC; ipvlan + tuning, host-local-style IPAM) and NAD ``first`` (1.1.0,
+    never used here); pods ``a`` and ``b`` select ``second``."""
+    from tests.unit.delegation_node import attacher_node, npwg_pod
+    from tests.unit.test_networks import nad
+
+    node = attacher_node(fake, {"type": "host-local", "subnet": "198.18.71.0/24"})  # type: ignore[arg-type]
+    if used is not None:
+        node.drivers["delegate"] = DelegateDriver(Chain(fake), used)
+        node.attacher.drivers = node.drivers
+    node.source.add(nad("first", {"cniVersion": "1.1.0", "type": "macvlan", "master": "eth1",
+                                  "ipam": {"type": "host-local", "subnet": "198.18.71.0/24"}}, "apps"))
+    node.source.add(nad("second", {"cniVersion": "1.1.0", "plugins": [
+        {"type": "ipvlan", "master": "eth2", "ipam": {"type": "host-local", "subnet": "198.18.72.0/24"}},
+        {"type": "tuning"}]}, "apps"))
+    for pod in ("a", "b"):
+        node.source.add(npwg_pod(pod, f"uid-{pod}", "second"))
+    return node
+
+
+def _holding_cni(node: Any, verb: str, pod: str, container: str, **extra: Any) -> Any:
+    from tests.unit.delegation_node import call
+
+    if verb != "GC":
+        return call(node, verb, pod, f"uid-{pod}", container)
+    from ipamd.verbs.call import CniCall
+    from tests.unit.test_attacher import NETNS
+
+    conf = {"cniVersion": "1.1.0", "name": "plexus", "type": "plexus", **extra}
+    return node.attacher.handle(CniCall("GC", "", NETNS, "", {}, conf))
+
+
+def _holding_gc(node: Any, *containers: str) -> Any:
+    return _holding_cni(node, "GC", "", "", **_valid(*containers))
+
+
+def _holding_leak(node: Any, fake: _Holding, container: str = "ca") -> None:
+    """Pod a's ADD: ipvlan takes its address, then is killed at its deadline, and its rollback DEL fails too. It
+    never answered, so the attachment is forgotten (``test_a_delegate_whose_add_and_rollback_del_both_failed_holds_up
+    _nothing`` above): what it took stays held, and Plexus has no record of it."""
+    fake.fail_add.add(container)
+    fake.fail_del.add(container)
+    with pytest.raises(CniError):
+        _holding_cni(node, "ADD", "a", container)
+    assert node.store.attachments() == []
+    assert fake.held == {("second", container, "net1")}
+
+
+def test_gc_reaches_a_configuration_whose_last_attachment_is_gone_and_its_ipam_lets_go() -> None:
+    """``DelegateDriver.collect`` GC'd only the configurations of attachments still recorded: once a configuration's
+    last attachment was gone, its plugins never got GC, and what its IPAM held for attachments that vanished without
+    a DEL that succeeded (a failed ADD whose rollback DEL failed too, a plugin whose DEL left something) leaked for
+    good. The NAD deleted meanwhile makes no difference: the configuration is the one run."""
+    fake = _Holding()
+    node = _holding_node(fake)
+    _holding_leak(node, fake)
+    node.source.remove("NetworkAttachmentDefinition", "apps", "second")
+    _holding_gc(node)
+    assert fake.held == set(), "host-local's address of the vanished attachment is let go"
+    assert [(p, n, v) for p, n, v in fake.gcs] == [("ipvlan", "second", []), ("tuning", "second", [])]
+
+
+def test_gc_never_reaches_a_configuration_unused_here_and_forgets_one_told_nothing_is_left() -> None:
+    """NAD ``first`` was never run on this node: it gets no GC. ``second``'s, once a GC told it no attachment is
+    left, is not GC'd again until it is used again."""
+    fake = _Holding()
+    node = _holding_node(fake)
+    _holding_leak(node, fake)
+    _holding_gc(node)
+    _holding_gc(node)
+    assert [p for p, _, _ in fake.gcs] == ["ipvlan", "tuning"], fake.gcs
+    fake.fail_add.clear()
+    fake.fail_del.clear()
+    _holding_cni(node, "ADD", "b", "cb")
+    _holding_cni(node, "DEL", "b", "cb")
+    fake.gcs.clear()
+    _holding_gc(node)
+    assert [(p, v) for p, _, v in fake.gcs] == [("ipvlan", []), ("tuning", [])], "used again: GC'd again"
+
+
+def test_a_configuration_with_attachments_left_is_told_them_and_gcd_again_after_its_last_goes() -> None:
+    """b still attached: GC lists b, a's leaked address goes, b's stays; b DEL'd, the next GC still reaches the
+    configuration (with nothing valid)."""
+    fake = _Holding()
+    node = _holding_node(fake)
+    _holding_leak(node, fake)
+    _holding_cni(node, "ADD", "b", "cb")
+    _holding_gc(node, "cb")
+    assert fake.held == {("second", "cb", "net1")}
+    assert fake.gcs[0][2] == [{"containerID": "cb", "ifname": "net1"}]
+    _holding_cni(node, "DEL", "b", "cb")
+    fake.gcs.clear()
+    _holding_gc(node)
+    assert [(p, v) for p, _, v in fake.gcs] == [("ipvlan", []), ("tuning", [])]
+
+
+def test_a_gc_that_failed_is_tried_again_at_the_next_holding_gc() -> None:
+    fake = _Holding()
+    node = _holding_node(fake)
+    _holding_leak(node, fake)
+    fake.fail_gc = True
+    _holding_gc(node)  # the delegate's failure is logged: the runtime's GC of Plexus's own attachments succeeded
+    assert fake.held == {("second", "ca", "net1")}
+    fake.fail_gc = False
+    _holding_gc(node)
+    assert fake.held == set()
+
+
+def test_the_configurations_used_outlive_a_restart(tmp_path: Path) -> None:
+    """A daemon restarted (a node crash) after the attachment vanished, before any GC: the configurations it ran are
+    kept beside its store, so the first GC after the restart still reaches them."""
+    path = str(tmp_path / "delegates-used.json")
+    fake = _Holding()
+    node = _holding_node(fake, UsedConfigurations(path))
+    _holding_leak(node, fake)
+    restarted = _holding_node(fake, UsedConfigurations(path))
+    _holding_gc(restarted)
+    assert fake.held == set()
+    assert UsedConfigurations(path).configurations() == {}, "dropped once told nothing is left"
+
+
+def test_a_damaged_file_of_configurations_used_is_started_afresh(tmp_path: Path) -> None:
+    path = tmp_path / "delegates-used.json"
+    path.write_text("{not json")
+    assert UsedConfigurations(str(path)).configurations() == {}
+
+
 # -- cniVersions, disableCheck and disableGC as libcni reads them ("true"/"false" strings too) -------------------------
 
 def test_cni_versions_raises_the_version_a_delegate_is_run_at() -> None:
@@ -732,3 +900,16 @@ def test_a_lists_switches_are_read_as_libcni_reads_them() -> None:
     plugins = FakeExec()
     Chain(plugins).check(_inv(conflist), {"cniVersion": "1.1.0"})
     assert plugins.calls == [], "disabled"
+
+
+def test_the_daemons_delegate_driver_keeps_its_used_configurations_beside_the_store(tmp_path: Path) -> None:
+    """The record of configurations used lives beside the node's store (a hostPath that outlives the container), so
+    a configuration whose last attachment went before a restart is still told to GC; a store in memory keeps none."""
+    from ipamd.drivers.delegate import used_configurations_path
+    from ipamd.drivers.table import all_drivers
+
+    db = str(tmp_path / "state" / "plexus.db")
+    assert used_configurations_path(db) == str(tmp_path / "state" / "delegate-configurations.json")
+    assert used_configurations_path(":memory:") == ""
+    driver = all_drivers(Chain(Exec()), used_configurations_path(db))[DelegateDriver.kind]
+    assert isinstance(driver, DelegateDriver) and driver.used.path == used_configurations_path(db)
