@@ -64,7 +64,9 @@ def unconfigure(ctx: LinksContext, iface: BuiltInterface) -> None:
 
 def result(iface: BuiltInterface, mac: str, sandbox: str, host_side: tuple[Interface, ...] = ()) -> Result:
     """This interface's share of the CNI result: ``host_side`` links first, then the pod interface with
-    its addresses and routes (none when the addresses are left to a guest)."""
+    its addresses and routes (none when the addresses are left to a guest). A pool route another interface of the
+    pod carries (two on one pool) is this one's too: a result's routes are the pod's, named by no interface, and the
+    whole result lists each once; what the record alone says, so the statuses can be written ahead of the build."""
     interfaces = host_side + (Interface(iface.if_name, mac, sandbox),)
     if not iface.configure_ips:
         return Result(interfaces)
@@ -101,18 +103,32 @@ def check(host: Any, pod: Any, iface: BuiltInterface) -> list[str]:
             problems.append(f"{iface.if_name} is down")
         if iface.configure_ips:
             have = {_spelled_cidr(c) for c in state["addresses"]}
-            routes = _spelled_routes(state["routes"])
             for a in iface.addresses:
                 cidr = cidr_of(a["address"], a["network"])
                 if _spelled_cidr(cidr) not in have:
                     problems.append(f"{iface.if_name} lacks address {cidr}")
-                for r in () if iface.table else a.get("routes", ()):  # with a table, they are in it
-                    if policy.route_key(r["destination"], r["via"]) not in routes:
-                        problems.append(f"{iface.if_name} lacks route {r['destination']} via {r['via']}")
+            if not iface.table:  # with a table, the pool's routes are in it
+                problems += _pool_route_problems(pod, iface, _spelled_routes(state["routes"]))
     if iface.table and iface.configure_ips and iface.addresses and state is not None:  # as ``configure`` has it
         problems += _policy_problems(pod, iface, _spelled_routes(state["routes"]))
     if iface.host_link:
         problems += _host_link_problems(host, iface)
+    return problems
+
+
+def _pool_route_problems(pod: Any, iface: BuiltInterface, own: set[tuple[str, str]]) -> list[str]:
+    """The pool's routes in the main table: on the interface (``own``, as the kernel spells them), or where ADD
+    accepts them (``links.carried``: through the same gateway on another link of the pod, or the pod's default
+    route). The main table is read only when one is not on the interface."""
+    missing = [(dst, via) for dst, via in _pool_routes(iface) if policy.route_key(dst, via) not in own]
+    main: dict[int, list[tuple[str, str]]] = {}
+    problems = []
+    for dst, via in missing:
+        family = links.family_of(dst)
+        if family not in main:
+            main[family] = [r[:2] for r in links.main_routes(pod, family)]
+        if not links.carried(dst, via, main[family]):
+            problems.append(f"{iface.if_name} lacks route {dst} via {via}")
     return problems
 
 

@@ -108,23 +108,30 @@ def defaults(pod: IPRoute, family: int) -> list[SavedRoute]:
 def set_default_route(pod: IPRoute, if_name: str, gateways: Iterable[str]) -> list[Taken]:
     """Make ``if_name`` carry the pod's default route(s) through ``gateways``: every other default route of the
     same family goes (NPWG ``default-route``: the cluster network's is replaced). A route the kernel refuses (its
-    gateway not on the link) changes nothing, and what was done for another gateway is given back. Returns the
-    routes added, each with those it replaced, for ``give_back``."""
+    gateway not on the link), or one pyroute2 cannot even send (a gateway with a zone id, ``fe80::1%net1``), changes
+    nothing, and what was done for another gateway is given back. Returns the routes added, each with those it
+    replaced, for ``give_back``."""
     idx = index_of(pod, if_name)
     if idx is None:
         raise InterfaceFailure(f"interface {if_name} is not in the pod, so it cannot take the default route", if_name)
-    gateways = list(gateways)
     taken: list[Taken] = []
-    try:
-        for gw in gateways:
-            _take(pod, idx, gw, taken)
-    except NetlinkError as exc:
+    for gw in gateways:
         try:
-            give_back(pod, if_name, taken)
-        except (InterfaceFailure, NetlinkError) as failed:  # logged: the kernel's refusal is the error to report
-            log.warning("giving the pod's default route back after %s refused it: %s", if_name, failed)
-        raise netlink_failure(f"setting the default route via {', '.join(gateways)} on {if_name}", exc) from None
+            _take(pod, idx, gw, taken)
+        except (NetlinkError, OSError, ValueError) as exc:  # OSError, ValueError: pyroute2 cannot encode it (a zone id)
+            try:
+                give_back(pod, if_name, taken)
+            except (InterfaceFailure, NetlinkError) as failed:  # logged: the refusal is the error to report
+                log.warning("giving the pod's default route back after %s refused it: %s", if_name, failed)
+            raise _refused(f"setting the default route via {gw} on {if_name}", exc) from None
     return taken
+
+
+def _refused(what: str, exc: Exception) -> InterfaceFailure:
+    """The kernel's refusal as any netlink failure is told; a gateway pyroute2 could not even send, naming it."""
+    if isinstance(exc, NetlinkError):
+        return netlink_failure(what, exc)
+    return InterfaceFailure(f"{what} failed", f"not a gateway address netlink can carry: {exc}")
 
 
 def _take(pod: IPRoute, idx: int, gw: str, taken: list[Taken]) -> None:

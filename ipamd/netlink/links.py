@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import os
 import socket
 from collections.abc import Iterable
@@ -22,9 +23,10 @@ from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 from pyroute2.netlink.rtnl.ndmsg import flags as ntf_flags
 from pyroute2.netlink.rtnl.ndmsg import states as nud_states
 
-from cni.errors import InterfaceFailure
+from cni.errors import InterfaceFailure, InvalidConfig
 from ipamd.netlink import sysctl
 
+log = logging.getLogger(__name__)
 GONE = (errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL)
 RTN_UNICAST = 1
 MAIN_TABLE = 254
@@ -240,19 +242,110 @@ def address_request(cidr: str) -> dict[str, Any]:
 def configure_addresses(pod: IPRoute, idx: int, if_name: str, addresses: Iterable[str],
                         routes: Iterable[tuple[str, str]]) -> None:
     """Put ``addresses`` (CIDR, either family) on the interface and add ``routes`` (destination, via; the family
-    is the destination's)."""
+    is the destination's: a pool's routes, into the main table)."""
+    for cidr in addresses:
+        add_address(pod, idx, if_name, cidr)
+    for dst, via in routes:
+        add_pool_route(pod, idx, if_name, dst, via)
+
+
+def add_address(pod: IPRoute, idx: int, if_name: str, cidr: str) -> None:
+    """One address on the interface. A link born with IPv6 off (the pod's namespace has ``default.disable_ipv6=1``:
+    a runtime, or a node booted with IPv6 switched off, makes it so) refuses an IPv6 address with EACCES: IPv6 is
+    switched on for it and ``lo`` and the address added again, as the reference plugins' ``ipam.ConfigureIface``
+    does. On that refusal only: the common case costs nothing more."""
+    request = address_request(cidr)
     try:
-        for cidr in addresses:
-            pod.addr("add", index=idx, **address_request(cidr))
+        pod.addr("add", index=idx, **request)
+        return
+    except NetlinkError as exc:
+        if exc.code != errno.EACCES or family_of(cidr) != socket.AF_INET6:
+            raise netlink_failure(f"configuring {if_name}", exc) from None
+    enable_ipv6(pod, if_name)
+    try:
+        pod.addr("add", index=idx, **request)
     except NetlinkError as exc:
         raise netlink_failure(f"configuring {if_name}", exc) from None
-    for dst, via in routes:
+
+
+def enable_ipv6(pod: IPRoute, if_name: str) -> None:
+    """``disable_ipv6=0`` on the interface and on ``lo`` (through which the pod reaches its own addresses), in the
+    namespace of the pod's netlink socket: the one the interface is in."""
+    try:
+        fd = sysctl.netns_of(pod)
         try:
-            pod.route("add", dst=dst, gateway=via, oif=idx)
-        except NetlinkError as exc:
-            # two interfaces on one pool bring the same route: the first one carries it
-            if exc.code != errno.EEXIST:
-                raise netlink_failure(f"adding route {dst} via {via} on {if_name}", exc) from None
+            for name in ("lo", if_name):
+                sysctl.set_conf(fd, socket.AF_INET6, name, "disable_ipv6", "0")
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise InterfaceFailure(f"switching IPv6 on for {if_name} failed", str(exc)) from None
+
+
+def add_pool_route(pod: IPRoute, idx: int, if_name: str, dst: str, via: str) -> None:
+    """A pool's route on the interface, in the main table, which holds one route per destination (and metric). One
+    the pod has already (EEXIST) is fine where ``carried`` says the pod routes ``dst`` as asked: through ``via`` on
+    another of its links (two interfaces on one pool: the first carries it), or, for a default route, the pod's own
+    default route (the cluster network's, which a pool's route does not take over: users' IPv4 ``0.0.0.0/0`` pool
+    routes have always left it; NPWG ``default-route`` or the network's ``routingTable`` is the way). Any other is
+    refused, naming both routes: the pod would route the destination elsewhere than the pool says, and CHECK would
+    fail for ever."""
+    try:
+        pod.route("add", dst=dst, gateway=via, oif=idx)
+        return
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise netlink_failure(f"adding route {dst} via {via} on {if_name}", exc) from None
+    there = main_routes(pod, family_of(dst))
+    if not carried(dst, via, (r[:2] for r in there)):
+        raise InvalidConfig(f"route {dst} via {via} of {if_name}, a route of its pool, cannot be added: the pod routes "
+                            f"{dst} {_described(pod, dst, there)} already (give one of the networks a routingTable "
+                            "to route it in its own table)", "spec.pools[].routes")
+    if not any(route_key(d, v) == route_key(dst, via) for d, v, _ in there):
+        log.warning("route %s via %s of %s (a route of its pool) not added: the pod's default route %s stays",
+                    dst, via, if_name, _described(pod, dst, there))
+
+
+def route_key(dst: str, via: str) -> tuple[str, str]:
+    """A route as the kernel spells it: its destination's network (IPv6 compressed), its gateway ("" for none)."""
+    try:
+        dst = str(ipaddress.ip_network(dst, strict=False))
+    except ValueError:
+        pass
+    return dst, same_ip(via) if via else ""
+
+
+def carried(dst: str, via: str, routes: Iterable[tuple[str, str]]) -> bool:
+    """Whether a pool's route ``dst`` via ``via`` is the pod's as ADD leaves it, given the main table's unicast routes
+    (destination, gateway or ""): a route to ``dst`` through ``via``, on whichever link (the reference plugins'
+    CHECK looks for destination and gateway alike), or, for a default route, any default route of its family."""
+    want = route_key(dst, via)
+    have = {route_key(d, v) for d, v in routes}
+    return want in have or (want[0].endswith("/0") and any(d == want[0] for d, _ in have))
+
+
+def main_routes(ipr: IPRoute, family: int) -> list[tuple[str, str, int]]:
+    """The main table's unicast routes of ``family`` on every link: (destination/len, gateway or "" when it has no
+    single one: a connected or multipath route, a nexthop object's, link index or 0)."""
+    return [(f"{m.get_attr('RTA_DST') or any_address(family)}/{m['dst_len']}", m.get_attr("RTA_GATEWAY") or "",
+             m.get_attr("RTA_OIF") or 0)
+            for m in dump_of(family, ipr.get_routes, table=MAIN_TABLE) if m["type"] == RTN_UNICAST]
+
+
+def _described(ipr: IPRoute, dst: str, routes: Iterable[tuple[str, str, int]]) -> str:
+    """How the pod routes ``dst`` (for a message): "via G dev N", each such route."""
+    key = route_key(dst, "")[0]
+    said = [f"via {via or '-'} dev {_name_of(ipr, oif)}" for d, via, oif in routes if route_key(d, "")[0] == key]
+    return ", ".join(said) or "otherwise"
+
+
+def _name_of(ipr: IPRoute, index: int) -> str:
+    if not index:
+        return "(several)"
+    try:
+        return str(ipr.link("get", index=index)[0].get_attr("IFLA_IFNAME"))
+    except NetlinkError:
+        return f"#{index}"
 
 
 def set_down(ipr: IPRoute, name: str) -> bool:

@@ -7,9 +7,13 @@ which shows the network namespace of the thread that opens it: a write for a pod
 
 from __future__ import annotations
 
+import fcntl
 import socket
+from typing import Any
 
 from ipamd.netlink.netns import in_namespace
+
+SIOCGSKNS = 0x894C  # <linux/sockios.h>: the network namespace of a socket, as a new fd (Linux 4.9)
 
 
 def conf_path(family: int, if_name: str, key: str) -> str:
@@ -35,3 +39,9 @@ def set_conf(netns_fd: int | None, family: int, if_name: str, key: str, value: s
     if netns_fd is None:
         return _write(path, value)
     return in_namespace(netns_fd, lambda: _write(path, value))
+
+
+def netns_of(sock: Any) -> int:
+    """A new fd of the network namespace ``sock`` (a socket, or a pyroute2 ``IPRoute``) lives in: a pod's netlink
+    socket says where its links are, with no path or fd to carry along. The caller closes it."""
+    return int(fcntl.ioctl(sock.fileno(), SIOCGSKNS))

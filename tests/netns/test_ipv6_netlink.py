@@ -3,7 +3,10 @@ veth pair, made for each test and deleted whatever happens. An IPv6 address is u
 duplicate address detection: not tentative, a socket binds to it, a prefsrc route in a policy table takes it),
 CHECK's views (``link_state``, ``policy_state``) list both families and not the kernel's own link-local addresses
 and routes, policy routing writes an AF_INET6 rule per IPv6 address, and the default route moves for IPv6 as for
-IPv4. Only 198.18.0.0/15 and 2001:2::/48 are used; packets travel only between the test's namespaces."""
+IPv4 (a gateway netlink cannot carry gives it back). A pool route the pod routes already (the cluster's default route
+in a dual-stack cluster, two interfaces on one pool) is where ADD and CHECK agree, or refused; an IPv6 address goes
+on a link born with IPv6 off. Only 198.18.0.0/15 and 2001:2::/48 are used; packets travel only between the test's
+namespaces."""
 
 from __future__ import annotations
 
@@ -22,15 +25,17 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD, IFA_F_TENTATIVE
 
+from cni.errors import CniError, InterfaceFailure, InvalidConfig
 from ipamd.drivers import kernel
 from ipamd.netlink import default_route, links, policy, segment_links
-from ipamd.netlink.netns import _setns, netlink_at, open_netns
+from ipamd.netlink.netns import _setns, in_namespace, netlink_at, open_netns
 from ipamd.store.records import BuiltInterface
 from tests.conftest import wait_for
 from tests.harness import NS_PREFIX, netns_add, netns_del
 
 POD4, POD6 = "198.18.40.3/24", "2001:2:0:40::3/64"
 GW4, GW6 = "198.18.40.1", "2001:2:0:40::1"
+GW4_POOL, GW6_POOL = "198.18.140.1", "2001:2:0:140::1"  # of the pools of ``cluster_pod``'s interfaces
 TABLE = 4000000
 
 
@@ -233,6 +238,209 @@ def test_default_route_moves_for_ipv6(pair: Pair) -> None:
     assert [r for r in _main_routes(pair.pod, socket.AF_INET6) if r[0] == "::/0"] == \
         [("::/0", "2001:2:0:43::1", other)], "the cluster network's IPv6 default route is back"
     default_route.give_back(pair.pod, "net1", added)  # gone and back already: nothing to do
+
+
+@dataclass
+class ClusterPod:
+    """A pod's namespace with ``net1``, ``net2`` and the cluster network's ``eth0`` (the pod's default routes of both
+    families), each a veth to a gateway namespace, all up."""
+
+    ipr: IPRoute
+    path: str
+    net1: int
+    eth0: int
+
+
+@pytest.fixture
+def cluster_pod() -> Iterator[ClusterPod]:
+    tag = uuid.uuid4().hex[:6]
+    names = [f"{NS_PREFIX}v6cp-pod-{tag}", f"{NS_PREFIX}v6cp-gw-{tag}"]
+    try:
+        pod_path, gw_path = (netns_add(n) for n in names)
+        with netlink_at(pod_path) as ipr:
+            fd = open_netns(gw_path)
+            try:
+                for name, peer in (("net1", "gw1"), ("net2", "gw2"), ("eth0", "gw0")):
+                    ipr.link("add", ifname=name, kind="veth", peer={"ifname": peer, "net_ns_fd": fd})
+            finally:
+                os.close(fd)
+            idx = {name: _up(ipr, name) for name in ("lo", "net1", "net2", "eth0")}
+            links.configure_addresses(ipr, idx["eth0"], "eth0", ["198.18.143.3/24", "2001:2:0:143::3/64"],
+                                      [("::/0", "2001:2:0:143::1"), ("0.0.0.0/0", "198.18.143.1")])
+            yield ClusterPod(ipr, pod_path, idx["net1"], idx["eth0"])
+    finally:
+        for n in names:
+            netns_del(n)
+
+
+def _pool_iface(name: str, address: str, network: str, routes: list[tuple[str, str]]) -> BuiltInterface:
+    return BuiltInterface(name, "veth", "k", "Network", "n", addresses=(
+        {"address": address, "network": network, "routes": [{"destination": d, "via": v} for d, v in routes]},))
+
+
+def _defaults(ipr: IPRoute, family: int) -> list[tuple[str | None, int | None]]:
+    return [(r.gateway, r.oif) for r in default_route.defaults(ipr, family)]
+
+
+def _disable_ipv6(path: str) -> None:
+    """``all`` and ``default`` ``disable_ipv6=1`` in the namespace: a link made from now on is born with IPv6 off."""
+    def disable() -> None:
+        for key in ("all", "default"):
+            with open(f"/proc/sys/net/ipv6/conf/{key}/disable_ipv6", "w") as f:
+                f.write("1")
+    fd = open_netns(path)
+    try:
+        in_namespace(fd, disable)
+    finally:
+        os.close(fd)
+
+
+def _ipv6_disabled(path: str, if_name: str) -> str:
+    def read() -> str:
+        with open(f"/proc/sys/net/ipv6/conf/{if_name}/disable_ipv6") as f:
+            return f.read().strip()
+    fd = open_netns(path)
+    try:
+        return in_namespace(fd, read)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.netns
+def test_a_pool_route_to_ipv6_default_in_a_dual_stack_cluster_is_on_the_pod_or_refused(cluster_pod: ClusterPod) -> None:
+    """A pool route's destination is any CIDR (``::/0`` too). In a dual-stack cluster the pod's eth0 has the cluster's
+    ``::/0``: the kernel holds one route per destination and metric (EEXIST). ADD succeeds, leaving the pod's default
+    route (a pool's does not take it over; NPWG default-route or a routing table does), and CHECK agrees."""
+    pod = cluster_pod
+    iface = _pool_iface("net1", "2001:2:0:140::3", "2001:2:0:140::/64", [("::/0", GW6_POOL)])
+    with contextlib.ExitStack() as undo:
+        try:
+            kernel.configure(pod.ipr, pod.net1, iface, undo)
+        except CniError:
+            return  # refused at ADD, naming the route: also an honest answer
+    assert [r.dst for r in kernel.result(iface, "", "").routes] == ["::/0"], "the result says the pod routes it so"
+    assert kernel.check(pod.ipr, pod.ipr, iface) == [], "CHECK of what ADD just built (and reported) fails"
+
+
+@pytest.mark.netns
+def test_an_ipv4_pool_default_route_leaves_the_pods_default_route_and_passes_check(cluster_pod: ClusterPod) -> None:
+    """As it always was (users' IPv4 ``0.0.0.0/0`` pool routes): ADD succeeds and eth0's default route stays; CHECK
+    agrees, and tells a pod left with no default route that it lacks the pool's."""
+    pod = cluster_pod
+    iface = _pool_iface("net1", "198.18.140.3", "198.18.140.0/24", [("0.0.0.0/0", GW4_POOL)])
+    with contextlib.ExitStack() as undo:
+        kernel.configure(pod.ipr, pod.net1, iface, undo)
+    assert _defaults(pod.ipr, socket.AF_INET) == [("198.18.143.1", pod.eth0)]
+    assert kernel.check(pod.ipr, pod.ipr, iface) == []
+    pod.ipr.route("del", dst="0.0.0.0/0", gateway="198.18.143.1", oif=pod.eth0)
+    assert kernel.check(pod.ipr, pod.ipr, iface) == [f"net1 lacks route 0.0.0.0/0 via {GW4_POOL}"]
+
+
+@pytest.mark.netns
+def test_a_pool_default_route_where_the_pod_has_none_of_its_family_is_on_the_interface(
+        cluster_pod: ClusterPod) -> None:
+    """An IPv4-only cluster: the pool's ``::/0`` is the pod's IPv6 default route, on the interface."""
+    pod = cluster_pod
+    pod.ipr.route("del", dst="::/0", gateway="2001:2:0:143::1", oif=pod.eth0)
+    iface = _pool_iface("net1", "2001:2:0:140::3", "2001:2:0:140::/64", [("::/0", GW6_POOL)])
+    with contextlib.ExitStack() as undo:
+        kernel.configure(pod.ipr, pod.net1, iface, undo)
+    assert _defaults(pod.ipr, socket.AF_INET6) == [(GW6_POOL, pod.net1)]
+    assert kernel.check(pod.ipr, pod.ipr, iface) == []
+
+
+@pytest.mark.netns
+def test_two_interfaces_on_one_pool_pass_check(cluster_pod: ClusterPod) -> None:
+    """The second interface's route is not added (the first carries it: one route per destination and metric); CHECK
+    finds it there, through the same gateway, until it is gone."""
+    pod = cluster_pod
+    route = [("2001:2:0:141::/64", GW6_POOL)]
+    first = _pool_iface("net1", "2001:2:0:140::3", "2001:2:0:140::/64", route)
+    second = _pool_iface("net2", "2001:2:0:140::4", "2001:2:0:140::/64", route)
+    with contextlib.ExitStack() as undo:
+        kernel.configure(pod.ipr, pod.net1, first, undo)
+        kernel.configure(pod.ipr, links.index_of(pod.ipr, "net2") or 0, second, undo)
+        undo.pop_all()
+    assert kernel.check(pod.ipr, pod.ipr, first) == []
+    assert kernel.check(pod.ipr, pod.ipr, second) == []
+    pod.ipr.route("del", dst="2001:2:0:141::/64", gateway=GW6_POOL, oif=pod.net1)
+    assert kernel.check(pod.ipr, pod.ipr, second) == [f"net2 lacks route 2001:2:0:141::/64 via {GW6_POOL}"]
+
+
+@pytest.mark.netns
+def test_a_pool_route_the_pod_routes_through_another_gateway_is_refused_naming_both(cluster_pod: ClusterPod) -> None:
+    """The cluster network's route to the destination, or another network's through another gateway: ADD fails (code
+    7) naming the pool's route and the pod's, instead of leaving the pod routing it elsewhere and CHECK failing."""
+    pod = cluster_pod
+    first = _pool_iface("net1", "2001:2:0:140::3", "2001:2:0:140::/64", [("2001:2:0:141::/64", GW6_POOL)])
+    second = _pool_iface("net2", "198.18.142.3", "198.18.142.0/24", [("198.19.7.0/24", "198.18.142.1")])
+    pod.ipr.route("add", dst="198.19.7.0/24", gateway="198.18.143.1", oif=pod.eth0)
+    net2 = links.index_of(pod.ipr, "net2") or 0
+    with contextlib.ExitStack() as undo:
+        kernel.configure(pod.ipr, pod.net1, first, undo)
+        with pytest.raises(InvalidConfig) as refused:
+            kernel.configure(pod.ipr, net2, second, undo)
+    assert (refused.value.code, refused.value.details) == (7, "spec.pools[].routes")
+    assert refused.value.msg == ("route 198.19.7.0/24 via 198.18.142.1 of net2, a route of its pool, cannot be added: "
+                                 "the pod routes 198.19.7.0/24 via 198.18.143.1 dev eth0 already")
+    links.configure_addresses(pod.ipr, net2, "net2", ["2001:2:0:140::4/64"], [])
+    with pytest.raises(InvalidConfig, match=f"the pod routes 2001:2:0:141::/64 via {GW6_POOL} dev net1 already"):
+        links.configure_addresses(pod.ipr, net2, "net2", [], [("2001:2:0:141::/64", "2001:2:0:140::9")])
+
+
+@pytest.mark.netns
+def test_add_of_an_ipv6_address_where_the_pods_namespace_disables_ipv6(cluster_pod: ClusterPod) -> None:
+    """A pod namespace whose ``default.disable_ipv6`` is 1 (devconf_inherit_init_net=1 on a node with IPv6 off, a
+    runtime that turns it off): the pod interface is born with IPv6 off, and RTM_NEWADDR answers EACCES. As the
+    reference plugins' ``ipam.ConfigureIface`` (and DANM, danm#68), IPv6 is switched on for it and ``lo``."""
+    pod = cluster_pod
+    _disable_ipv6(pod.path)
+    pod.ipr.link("add", ifname="net9", kind="veth", peer={"ifname": "net9p"})  # made now: born with IPv6 off
+    idx = int(pod.ipr.link("get", ifname="net9")[0]["index"])
+    pod.ipr.link("set", index=idx, state="up")
+    try:
+        links.configure_addresses(pod.ipr, idx, "net9", ["198.18.140.9/24", "2001:2:0:140::9/64"], [])
+    except CniError as exc:
+        pytest.fail(f"ADD of a dual-stack address fails: {exc.code} {exc.msg}: {exc.details}")
+
+
+@pytest.mark.netns
+def test_ipv6_is_switched_on_only_for_an_interface_given_an_ipv6_address(cluster_pod: ClusterPod) -> None:
+    pod = cluster_pod
+    _disable_ipv6(pod.path)
+    for name in ("net8", "net9"):
+        pod.ipr.link("add", ifname=name, kind="veth", peer={"ifname": f"{name}p"})
+    idx = {name: _up(pod.ipr, name) for name in ("net8", "net8p", "net9", "net9p")}
+    links.configure_addresses(pod.ipr, idx["net8"], "net8", ["198.18.140.8/24"], [])
+    links.configure_addresses(pod.ipr, idx["net9"], "net9", ["2001:2:0:140::9/64"], [("2001:2:0:141::/64", GW6_POOL)])
+    assert [_ipv6_disabled(pod.path, n) for n in ("net8", "net9", "lo")] == ["1", "0", "0"]
+    iface = _pool_iface("net9", "2001:2:0:140::9", "2001:2:0:140::/64", [("2001:2:0:141::/64", GW6_POOL)])
+    assert kernel.check(pod.ipr, pod.ipr, iface) == []
+
+
+@pytest.mark.netns
+def test_a_zoned_default_route_gateway_fails_as_a_cni_error_and_gives_the_routes_back(cluster_pod: ClusterPod) -> None:
+    """``fe80::1%net1`` (ipaddress takes a scope id): the first gateway replaced eth0's IPv4 default route, then
+    pyroute2 raises OSError (inet_pton) for the second, not a NetlinkError: a CNI error all the same, naming the
+    gateway, and the routes taken are given back."""
+    pod = cluster_pod
+    links.configure_addresses(pod.ipr, pod.net1, "net1", ["198.18.140.3/24", "2001:2:0:140::3/64"], [])
+    before = _defaults(pod.ipr, socket.AF_INET)
+    assert before == [("198.18.143.1", pod.eth0)]
+    raised: BaseException | None = None
+    try:
+        default_route.set_default_route(pod.ipr, "net1", [GW4_POOL, "fe80::1%net1"])
+    except BaseException as exc:  # noqa: BLE001  # what it raises is the point
+        raised = exc
+    after = _defaults(pod.ipr, socket.AF_INET)
+    assert isinstance(raised, CniError) and after == before, \
+        f"raised {type(raised).__name__}: {raised}; IPv4 default routes now {after}, before {before}"
+
+    both = {f: _defaults(pod.ipr, f) for f in (socket.AF_INET, socket.AF_INET6)}
+    with pytest.raises(InterfaceFailure) as refused:
+        default_route.set_default_route(pod.ipr, "net1", [GW6_POOL, GW4_POOL, "fe80::1%net1"])
+    assert refused.value.msg == "setting the default route via fe80::1%net1 on net1 failed"
+    assert {f: _defaults(pod.ipr, f) for f in (socket.AF_INET, socket.AF_INET6)} == both
 
 
 @pytest.mark.netns

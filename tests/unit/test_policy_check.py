@@ -1,6 +1,7 @@
 """CHECK of policy routing: what ADD put in an interface's table (each address's rule, its subnet's connected route,
 the network's policy routes), each one missing reported naming the interface, the table and what is missing; at
-message level (``PodNetlink``) and as the pure comparison."""
+message level (``PodNetlink``) and as the pure comparison; and, without a table, where a pool route the main table
+has already counts."""
 
 from __future__ import annotations
 
@@ -194,3 +195,16 @@ def test_check_accepts_the_pools_routes_in_the_main_table_as_a_pod_built_before_
     main_table(("198.19.6.0/24", "198.18.5.1"), ("2001:2:0:6::/64", "2001:2::1"), ("::/0", "2001:2::1"))
     assert kernel.check(object(), pod, iface) == [f"table {TABLE} lacks route ::/0 via 2001:2::1 of net1"], \
         "a policy route belongs in the table whatever the version"
+
+
+def test_a_pool_route_the_main_table_has_elsewhere_counts_where_add_leaves_it() -> None:
+    """Without a table (``links.carried``, for ADD's EEXIST and CHECK alike): a route to the destination through the
+    same gateway on another link (two interfaces on one pool), or for a default route the pod's own default route of
+    its family, whatever it goes through; the spellings are the kernel's."""
+    main = [("2001:2:0:41::/64", "2001:2::1"), ("0.0.0.0/0", ""), ("198.18.5.0/24", "")]
+    assert links.carried("2001:2:0:41:0::/64", "2001:2:0:0::1", main), "the same route in another spelling"
+    assert not links.carried("2001:2:0:41::/64", "2001:2::9", main), "through another gateway"
+    assert links.carried("0.0.0.0/0", "198.18.5.1", main), "the pod's default route (a multipath one has no gateway)"
+    assert not links.carried("::/0", "2001:2::1", main), "no default route of that family"
+    assert not links.carried("198.19.0.0/16", "198.18.5.1", main) and not links.carried("198.18.5.0/24", "198.18.5.1",
+                                                                                       main), "not the connected one"
