@@ -382,7 +382,8 @@ def test_a_pool_route_the_pod_routes_through_another_gateway_is_refused_naming_b
             kernel.configure(pod.ipr, net2, second, undo)
     assert (refused.value.code, refused.value.details) == (7, "spec.pools[].routes")
     assert refused.value.msg == ("route 198.19.7.0/24 via 198.18.142.1 of net2, a route of its pool, cannot be added: "
-                                 "the pod routes 198.19.7.0/24 via 198.18.143.1 dev eth0 already")
+                                 "the pod routes 198.19.7.0/24 via 198.18.143.1 dev eth0 already (give one of the networks "
+                                 "a routingTable to route it in its own table)")
     links.configure_addresses(pod.ipr, net2, "net2", ["2001:2:0:140::4/64"], [])
     with pytest.raises(InvalidConfig, match=f"the pod routes 2001:2:0:141::/64 via {GW6_POOL} dev net1 already"):
         links.configure_addresses(pod.ipr, net2, "net2", [], [("2001:2:0:141::/64", "2001:2:0:140::9")])
