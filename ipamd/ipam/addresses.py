@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from cni.errors import AddressConflict, CniError, InvalidConfig, ObjectNotFound, PoolExhausted, TryAgainLater
-from ipamd.ipam.allocator import in_ranges, never_leased, pick_free, subnet_for, to_int, to_text
+from ipamd.ipam.allocator import family_of, in_ranges, never_leased, pick_free, subnet_for, to_int, to_text
 from ipamd.ipam.blocks import pick_in
 from ipamd.ipam.registry import LeaseRegistry, NodeLocalRegistry
 from ipamd.model.annotations import NetworkSelection
@@ -119,15 +119,25 @@ def cursor_key(pool: AddressPool) -> str:
 
 def auto_ip_name(pod: Pod, if_name: str, family: int = 0) -> str:
     """The name of the Auto IPAddress of a pod interface: readable, and unique per pod UID. A dual-stack pool gives
-    an interface one per family: the pool's first family's has the plain name, the second's ends in ``-v6``."""
+    an interface one per family: the pool's first family's has the plain name, the second's ends in ``-v6``; one of
+    a family the pool gained while the plain one holds the other's ends in ``-v4`` (``Ipam._auto_records``)."""
     base = re.sub(r"[^a-z0-9-]", "-", f"{pod.meta.name}-{if_name}".lower()).strip("-")[:200]
     return f"{base}-{hashlib.sha1(pod.meta.uid.encode()).hexdigest()[:5]}{f'-v{family}' if family else ''}"
 
 
+def asked_family(rec: IPRecord, pool: AddressPool) -> int:
+    """The family an IPAddress takes its address in from ``pool`` as it is now: its static address's, else its own
+    ``spec.ipFamily``, else the one it holds while the pool still has it (as the webhook resolves it: a pool gaining
+    a family never flips an address to it), else the pool's first."""
+    if rec.static_ip:
+        return ipaddress.ip_address(rec.static_ip).version
+    held = held_family(rec)
+    return held if rec.family or held in pool.families else pool.families[0]
+
+
 def family_view(rec: IPRecord, pool: AddressPool) -> AddressPool:
-    """The part of ``pool`` an IPAddress takes its address from: its static address's family, else its own
-    ``spec.ipFamily``, else the pool's first family."""
-    family = ipaddress.ip_address(rec.static_ip).version if rec.static_ip else rec.family or pool.families[0]
+    """The part of ``pool`` an IPAddress takes its address from (``asked_family``)."""
+    family = asked_family(rec, pool)
     view = pool.family(family)
     if not view.subnets:
         nets = ", ".join(str(s.network) for s in pool.subnets)
@@ -643,9 +653,12 @@ class Ipam:
     def as_its_network_sees(self, rec: IPRecord, pool: AddressPool) -> AddressPool:
         """``pool`` as the network ``rec`` is for sees it (``AddressPool.for_network``, as ``resolve`` gives a pod's):
         a user's IPAddress leased before any pod uses it never gets that network's policy routes' gateways either."""
-        kind = NETWORK_KINDS.get(rec.network_kind)
-        net = self.source.get(kind, rec.namespace if kind.namespaced else "", rec.network_name) if kind else None
+        net = self._network_of(rec)
         return pool.for_network(net) if net is not None else pool
+
+    def _network_of(self, rec: IPRecord) -> Network | ClusterNetwork | None:
+        kind = NETWORK_KINDS.get(rec.network_kind)
+        return self.source.get(kind, rec.namespace if kind.namespaced else "", rec.network_name) if kind else None
 
     @contextmanager
     def claiming(self, pod: Pod, sel: NetworkSelection, net: ResolvedNetwork, user_objs: list[IPAddressObject],
@@ -660,19 +673,11 @@ class Ipam:
             return
         pod_ref = f"{pod.meta.namespace}/{pod.meta.name}"
         field = f"{where}.ipAddressNames"
-        if user_objs:
-            todo = [self.record_for(o) for o in user_objs]
+        aside: list[str] = []
+        if user_objs:  # IPv4 first (README), in the annotation's order within a family
+            todo = sorted((self.record_for(o) for o in user_objs), key=lambda r: asked_family(r, pool))
         else:
-            todo = []
-            for family in (0, *pool.families[1:]):  # one address of each family the pool has
-                name = auto_ip_name(pod, sel.if_name, family)
-                kind = "IPAddress"
-                key = f"{kind}/{pod.meta.namespace}/{name}"
-                todo.append(self.store.get_ip(key) or IPRecord(
-                    key=key, kind=kind, namespace=pod.meta.namespace, name=name, network_kind=net.type,
-                    network_name=net.name, type="Auto", uid=hashlib.sha1(key.encode()).hexdigest(),
-                    owner_pod_uid=pod.meta.uid, created_by="plexus", created_at=self.clock(), family=family,
-                ))
+            todo, aside = self._auto_records(pod, sel.if_name, net, pool)
         named = bool(user_objs)
         using: list[IPRecord] = []
         try:
@@ -684,17 +689,51 @@ class Ipam:
                     self.registry.use(rec, pod, field)
                     using.append(rec)
             skipped = {r.key for r in todo if pod.meta.uid in r.used_by_uids} if named else set()
-            with self._claims(pod, pod_ref, field, todo, named, pool, skipped) as record:
+            with self._claims(pod, pod_ref, field, todo, named, pool, skipped, aside) as record:
                 yield record
         finally:
             for rec in using:  # not recorded: taken off it again, or another pod would wait on one that never used it
                 self.registry.use_ended(rec, pod.meta.uid)
 
+    def _auto_records(self, pod: Pod, if_name: str, net: ResolvedNetwork,
+                      pool: AddressPool) -> tuple[list[IPRecord], list[str]]:
+        """The Auto IPAddresses of a pod interface, one per family the pool has (IPv4 first), and the keys of its
+        others, which no family takes now (the pool lost the family they hold: let go once no pod uses them). A
+        record keeps the family of the address it holds, so a pool gaining or losing a family moves no address from
+        one record to another (its lease object names its holder): the record of a family the pool gained while the
+        plain-named one holds the other's is named after it (``-v4``). The plain-named one takes the pool's first
+        family anew once it holds no address the pool has, unless a pod still uses it (its other sandbox, whose
+        interface carries that address until its DEL: ``_kept_while_used``, as for a pool move)."""
+        def key_of(family: int) -> str:
+            return f"IPAddress/{pod.meta.namespace}/{auto_ip_name(pod, if_name, family)}"
+
+        def new(family: int) -> IPRecord:
+            key = key_of(family)
+            return IPRecord(key=key, kind="IPAddress", namespace=pod.meta.namespace,
+                            name=auto_ip_name(pod, if_name, family), network_kind=net.type, network_name=net.name,
+                            type="Auto", uid=hashlib.sha1(key.encode()).hexdigest(), owner_pod_uid=pod.meta.uid,
+                            created_by="plexus", created_at=self.clock(), family=family)
+
+        stored = [r for r in (self.store.get_ip(key_of(f)) for f in (0, 4, 6)) if r is not None]
+        plain = next((r for r in stored if r.key == key_of(0)), None)
+        todo: list[IPRecord] = []
+        for family in pool.families:
+            taken = {r.key for r in todo}
+            rec = next((r for r in stored if r.key not in taken and held_family(r) == family), None)
+            if rec is None and family == pool.families[0] and (plain is None or (
+                    held_family(plain) not in pool.families and not (plain.address and plain.used_by_uids))):
+                rec = plain or new(0)
+            todo.append(rec or new(family))
+        taken = {r.key for r in todo}
+        return todo, [r.key for r in stored if r.key not in taken]
+
     @contextmanager
     def _claims(self, pod: Pod, pod_ref: str, field: str, todo: list[IPRecord], named: bool,
-                pool: AddressPool, skipped: Collection[str]) -> Iterator[Callable[[], list[Claim]]]:
+                pool: AddressPool, skipped: Collection[str],
+                aside: Collection[str] = ()) -> Iterator[Callable[[], list[Claim]]]:
         """``claiming``'s addresses secured, and what records them (``named``: the pod named its IPAddresses;
-        ``skipped``: those it was not written on, as it used them here already)."""
+        ``skipped``: those it was not written on, as it used them here already; ``aside``: the interface's Auto
+        IPAddresses no family of the pool takes now, let go with them once no pod uses them)."""
         with ExitStack() as stack:
             secured = [(rec, stack.enter_context(self.securing(rec, pool))) for rec in todo]
 
@@ -723,9 +762,18 @@ class Ipam:
                             self.registry.keep_in_use(lease, (pod_ref, pod.meta.uid))
                     claims.append(Claim(rec.key, rec.name, lease.address, lease.network, rec.routes, created_ip,
                                         created_lease))
+                for key in aside:
+                    self._let_go_unused(key)
                 return claims
 
             yield record
+
+    def _let_go_unused(self, key: str) -> None:
+        """A pod's Auto IPAddress no family of its pool takes now: let go (its address quarantined) unless a pod
+        still uses it (read under the lock), whose DEL then lets it go (``_drop_user``)."""
+        rec = self.store.get_ip(key)
+        if rec is not None and not rec.used_by_uids:
+            self.delete_ip(rec)
 
     def records(self, keys: list[str]) -> list[IPRecord]:
         """The IPAddress records of ``keys`` that exist."""
@@ -778,12 +826,23 @@ class Ipam:
         if not keep:
             rec = replace(rec, conditions=set_condition(rec.conditions, "Attached", False, "NotAttached", "",
                                                         self.clock()))
-        if (rec.deleted or rec.created_by == "cni") and not keep:  # a delegate's lease goes with its attachment
+        # a delegate's lease goes with its attachment, a pod's Auto one of a family its pool lost with its last user
+        if not keep and (rec.deleted or rec.created_by == "cni" or self._family_dropped(rec)):
             self.delete_ip(rec)
         else:
             self.store.put_ip(rec)
         if pod_uid and rec.created_by == "user" and rec.kind in IP_ADDRESS_KINDS:
             self.registry.unused(rec, pod_uid)  # taken off the IPAddress for other nodes' pods (owed)
+
+    def _family_dropped(self, rec: IPRecord) -> bool:
+        """A pod's Auto IPAddress of a family its network's pool no longer has: none of the pod's sandboxes takes it
+        again (``_auto_records``)."""
+        family = held_family(rec)
+        if rec.created_by != "plexus" or not family:
+            return False
+        net = self._network_of(rec)
+        pool = pool_of(self.source, net) if net is not None else None
+        return pool is not None and family not in pool.families
 
     def release_pod(self, ip_keys: list[str], pod_uid: str, attachment: str = "", shared: Collection[str] = ()) -> None:
         """The pod (or, for a delegate's lease, the ``attachment``) no longer uses these IPAddresses; one in
@@ -934,10 +993,12 @@ def static_refusal(exc: CniError, pool: AddressPool, ip: int) -> str:
 
 
 def starts_over(lease: LeaseRecord, pool: AddressPool) -> bool:
-    """Whether an IPAddress's ``lease`` is no longer its address in ``pool`` (as its network sees it), to be let go
-    once no pod uses it and an address leased anew: it is another pool's (the Network moved), or it has become a
-    route's gateway (the pool, or the network's policy routes, edited to route via it: never leased, README)."""
-    return lease.pool != pool_key(pool) or never_leased(pool, lease.ip) is not None
+    """Whether an IPAddress's ``lease`` is no longer its address in ``pool`` (as its network sees it, the family it
+    asks for: ``family_view``), to be let go once no pod uses it and an address leased anew: it is another pool's
+    (the Network moved), of a family the pool no longer has, or it has become a route's gateway (the pool, or the
+    network's policy routes, edited to route via it: never leased, README)."""
+    return lease.pool != pool_key(pool) or family_of(lease.ip) not in pool.families or \
+        never_leased(pool, lease.ip) is not None
 
 
 def _refuse_if_another_pods(rec: IPRecord | None, pod: Pod, field: str) -> None:

@@ -26,7 +26,7 @@ from ipamd.model.objects import (
 )
 from ipamd.store.sqlite import Store
 from tests.fakes.source import FakeSource
-from tests.unit.test_ipam import NS, Clock, attach, gone, network, obj, pod
+from tests.unit.test_ipam import NS, Clock, attach, gone, network, obj, pod, pool_obj, user_obj
 
 V4, V6 = "198.18.90.0/24", "2001:2:0:90::/64"
 
@@ -180,3 +180,143 @@ def test_ip_family_must_be_a_family_and_match_the_static_address() -> None:
     with pytest.raises(ManifestInvalid) as err:
         obj("IPAddress", "b", {"networkRef": ref, "type": "Static", "static": {"ip": "198.18.0.1"}, "ipFamily": "IPv6"})
     assert err.value.field == "spec.ipFamily"
+
+
+# -- named addresses' order, and a pool gaining or losing a family --------------------------------------------------
+
+def test_named_addresses_of_a_dual_stack_interface_list_ipv4_first(ipam: Ipam, source: FakeSource) -> None:
+    """README: IPv4 first in the CNI result and the statuses, whatever the order of ``ipAddressNames``."""
+    source.add(obj("IPAddress", "b-four", {"networkRef": {"kind": "Network", "name": "net"}, "type": "Static",
+                                          "static": {"ip": "198.18.90.15"}}))
+    claims = attach(ipam, pod("app"), names=("v6-static", "b-four"))
+    assert [c.address for c in claims] == ["198.18.90.15", "2001:2:0:90::abcd"]
+
+
+SIX = {"network": "2001:2:0:95::/64", "routes": [{"destination": "2001:2:0:96::/64", "via": "2001:2:0:95::1"}]}
+FOUR = {"network": "198.18.95.0/24"}
+
+
+def _pool(*items: dict[str, Any]) -> Any:
+    return obj("IPAddressPool", "p", {"leaseTTL": "1h", "pools": list(items)})
+
+
+def _edited(*items: dict[str, Any]) -> tuple[FakeSource, Ipam, Store]:
+    """A network on pool ``p`` of ``items``, whose families the test then changes."""
+    source = FakeSource(obj("NetworkClass", "cls", {"vlan": {"idPool": ["600-800"]}}, namespace=None),
+                        _pool(*items), network("net", "p"), obj("IPAddress", "ua", {"networkRef": {"kind": "Network",
+                                                                                                   "name": "net"}}))
+    store = Store(":memory:")
+    return source, Ipam(store, source, Clock()), store
+
+
+def _key(p: Any, family: int = 0) -> str:
+    return f"IPAddress/{NS}/{auto_ip_name(p, 'net1', family)}"
+
+
+def _holders(store: Store) -> dict[str, str | None]:
+    return {lease.address: lease.holder for lease in store.all_leases()}
+
+
+def test_an_ipv6_pool_made_dual_stack_gives_a_pods_next_sandbox_one_address_of_each_family() -> None:
+    """The plain-named Auto IPAddress (no ipFamily) holds the IPv6 address of an IPv6-only pool; IPv4 added to the
+    pool, it keeps it (its family is the one it holds, as the webhook resolves it), with its routes, and the IPv4
+    address goes to a record named after its family: one address of each, no address held twice, none flagged."""
+    source, ipam, store = _edited(SIX)
+    try:
+        p = pod("app")
+        (first,) = attach(ipam, p)
+        source.add(_pool(FOUR, SIX))
+        four, six = attach(ipam, p)  # the pod's next sandbox (or a retried ADD)
+        assert (six.ip_key, six.address, six.routes) == (_key(p), first.address, first.routes)
+        assert four.ip_key == _key(p, 4) and four.address.startswith("198.18.95.")
+        assert store.get_ip(_key(p, 6)) is None, "no second IPv6 record"
+        assert _holders(store) == {first.address: _key(p), four.address: _key(p, 4)}
+        assert not any(lease.outside_ranges for lease in store.all_leases())
+        assert [c.address for c in attach(ipam, p)] == [four.address, six.address], "a retry keeps both"
+        gone(ipam, p)
+        assert all(lease.state == "orphaned" for lease in store.all_leases())
+    finally:
+        store.close()
+
+
+def test_a_dual_stack_pool_made_ipv6_only_keeps_the_pods_ipv6_address_on_its_next_sandbox() -> None:
+    """IPv4 removed from the pool: the next sandbox gets the ``-v6`` record's address, not a new one for the plain
+    record; the plain one (IPv4) is kept while the old sandbox uses it, and let go with that sandbox's DEL."""
+    source, ipam, store = _edited(FOUR, SIX)
+    try:
+        p = pod("app")
+        four, six = attach(ipam, p)
+        source.add(_pool(SIX))
+        (again,) = attach(ipam, p)  # the old sandbox still up
+        assert (again.ip_key, again.address) == (six.ip_key, six.address)
+        assert _holders(store) == {four.address: four.ip_key, six.address: six.ip_key}
+        ipam.release_pod([four.ip_key, six.ip_key], p.meta.uid, shared={six.ip_key})  # the old sandbox's late DEL
+        assert store.get_ip(four.ip_key) is None
+        assert _holders(store) == {four.address: None, six.address: six.ip_key}, "the IPv4 address quarantined"
+        assert [c.address for c in attach(ipam, p)] == [six.address]
+    finally:
+        store.close()
+
+
+def test_a_dual_stack_pool_made_ipv6_only_quarantines_the_unused_ipv4_address_at_the_next_add() -> None:
+    source, ipam, store = _edited(FOUR, SIX)
+    try:
+        p = pod("app")
+        four, six = attach(ipam, p)
+        ipam.release_pod([four.ip_key, six.ip_key], p.meta.uid)  # the sandbox gone, then the pool edited
+        source.add(_pool(SIX))
+        (again,) = attach(ipam, p)
+        assert again.address == six.address and store.get_ip(four.ip_key) is None
+        assert _holders(store) == {four.address: None, six.address: six.ip_key}
+        source.add(_pool(FOUR, SIX))  # IPv4 back: a fresh address of it, under the plain name again
+        back = attach(ipam, p)
+        assert [c.ip_key for c in back] == [_key(p), six.ip_key] and back[1].address == six.address
+        assert back[0].address.startswith("198.18.95.") and back[0].address != four.address
+    finally:
+        store.close()
+
+
+def test_an_ipv4_pool_made_ipv6_only_gives_the_pods_next_sandbox_an_ipv6_address() -> None:
+    source, ipam, store = _edited(FOUR)
+    try:
+        p = pod("app")
+        (four,) = attach(ipam, p)
+        source.add(_pool(SIX))
+        (six,) = attach(ipam, p)  # the old sandbox still up: its IPv4 record kept aside
+        assert six.ip_key == _key(p, 6) and ":" in six.address and six.routes == tuple(SIX["routes"])
+        assert _holders(store) == {four.address: four.ip_key, six.address: six.ip_key}
+        ipam.release_pod([four.ip_key], p.meta.uid, shared={six.ip_key})
+        assert _holders(store) == {four.address: None, six.address: six.ip_key}
+    finally:
+        store.close()
+
+
+def test_a_users_auto_address_keeps_its_family_when_the_pool_gains_the_other() -> None:
+    """A user's Auto IPAddress naming no family holds IPv6 of an IPv6-only pool; the pool made dual-stack, it keeps
+    its address with its routes, not flagged outside the ranges."""
+    source, ipam, store = _edited(SIX)
+    try:
+        (c,) = attach(ipam, pod("a"), names=("ua",))
+        source.add(_pool(FOUR, SIX))
+        rec, lease = ipam.lease_alone(ipam.record_for(user_obj(source, "ua")), pool_obj(source, "p"))
+        assert (rec.address, rec.routes, lease.outside_ranges) == (c.address, c.routes, False)
+        assert [x.address for x in attach(ipam, pod("a"), names=("ua",))] == [c.address]
+    finally:
+        store.close()
+
+
+def test_a_users_auto_address_of_a_dropped_family_is_kept_while_used_then_leased_anew() -> None:
+    source, ipam, store = _edited(FOUR, SIX)
+    try:
+        a = pod("a")
+        (c,) = attach(ipam, a, names=("ua",))
+        assert c.address.startswith("198.18.95.")
+        source.add(_pool(SIX))
+        rec, _ = ipam.lease_alone(ipam.record_for(user_obj(source, "ua")), pool_obj(source, "p"))
+        assert rec.address == c.address, "kept while its pod uses it"
+        gone(ipam, a)
+        rec, lease = ipam.lease_alone(ipam.record_for(user_obj(source, "ua")), pool_obj(source, "p"))
+        assert ":" in rec.address and lease.holder == rec.key
+        assert _holders(store)[c.address] is None, "the IPv4 address quarantined"
+    finally:
+        store.close()
