@@ -473,24 +473,27 @@ def _leased(client: Client, pool: str, ip: ipaddress.IPv4Address | ipaddress.IPv
     return any(ipaddress.ip_address(x.address) == ip for x in leases)
 
 
-def _releasable(pool: pb.PoolUsage, address: str) -> None:
-    """``CtlError`` when ``address`` is none ``ipam release`` may free in ``pool``: an implicit pool's (its addresses
-    go with the attachments that hold them), or one outside the pool's networks."""
+def _releasable(client: Client, pool: pb.PoolUsage, address: str) -> bool:
+    """Whether ``address`` is leased in ``pool``; ``CtlError`` when it is none ``ipam release`` may free there: an
+    implicit pool's (its addresses go with the attachments that hold them), or one neither leased in the pool nor in
+    its networks. A lease an edit of the pool left outside its networks is freed: nothing else frees it."""
     if pool.pool.split("/")[0] not in POOL_KIND_NAMES:
         raise CtlError(f"pool {pool.pool} is a plexus-ipam range's: its addresses go with their attachments, not "
                        "ipam release: remove the pod that holds the address (plexusctl pod rm NAME -n NAMESPACE, or "
                        f"delete the pod) and its DEL frees it; plexusctl ipam leases --pool {pool.pool} shows the pod")
     ip = _ip(address)
-    if not any(ip in ipaddress.ip_network(n) for n in pool.networks):
+    leased = _leased(client, pool.pool, ip)
+    if not leased and not any(ip in ipaddress.ip_network(n) for n in pool.networks):
         raise CtlError(f"{address} is not in pool {pool.pool} ({', '.join(pool.networks)})")
+    return leased
 
 
 def cmd_release(args: argparse.Namespace) -> int:
     client = Client(args.grpc_socket)
     pool = _served_pool(client, args.pool)
-    _releasable(pool, args.address)
+    leased = _releasable(client, pool, args.address)
     if not args.yes:  # what would be answered without a release is said before asking
-        if not _leased(client, pool.pool, _ip(args.address)):
+        if not leased:
             print(f"{args.address} was not leased")
             return 0
         if not sys.stdin.isatty():

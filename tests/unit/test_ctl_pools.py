@@ -308,6 +308,39 @@ def test_ipam_release_of_an_address_outside_the_pool_says_so(
                             "(198.18.13.0/24)\n"), captured.err
 
 
+def test_ipam_release_frees_a_lease_left_outside_the_pools_networks_by_an_edit(tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture[str],
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in review: the outside-the-pool refusal read the pool's networks as served now, before asking whether the
+    address is leased. A lease a pool edit left outside its networks (local mode: ``plexusctl apply`` does not know
+    the leases; ``ipam leases --pool`` lists it) is exactly the stuck address release is for: ``--yes`` frees it."""
+    from ipamd.model.objects import IP_ADDRESS_POOL
+
+    src = FakeSource(obj("IPAddressPool", "p", {"pools": [{"network": "198.18.13.0/24"}]}, namespace="ns"))
+    store = Store(":memory:")
+    ipam = Ipam(store, src, Clock())
+    sock = str(tmp_path / "ipam.sock")
+    server, _ = serve(sock, IpamService(store, src, ipam, list), lambda: True)
+    try:
+        pool = src.get(IP_ADDRESS_POOL, "ns", "p")
+        assert isinstance(pool, AddressPool)
+        ipam.allocate_for("client", pool)  # 198.18.13.1
+        src.add(obj("IPAddressPool", "p", {"pools": [{"network": "198.18.14.0/24"}]}, namespace="ns"))  # edited
+        assert ctl(sock, "ipam", "leases", "--pool", "ns/p", "-o", "json") == 0
+        assert [d["address"] for d in json.loads(capsys.readouterr().out)] == ["198.18.13.1"], "still leased"
+        monkeypatch.setattr(sys.stdin, "isatty", lambda: False)
+        rc = ctl(sock, "ipam", "release", "ns/p", "198.18.13.1", "--yes")
+        out = capsys.readouterr()
+        assert rc == 0 and "released" in out.out, f"rc={rc}: {out.err.strip()}"
+        assert ctl(sock, "ipam", "leases", "--pool", "ns/p", "-o", "json") == 0
+        assert json.loads(capsys.readouterr().out) == [], "freed"
+        assert ctl(sock, "ipam", "release", "ns/p", "198.18.13.1", "--yes") == 1  # neither leased nor in the pool
+        assert capsys.readouterr().err == "error: 198.18.13.1 is not in pool IPAddressPool/ns/p (198.18.14.0/24)\n"
+    finally:
+        server.stop(None)
+        store.close()
+
+
 @pytest.mark.parametrize("yes", [False, True])
 def test_ipam_release_in_an_implicit_pool_says_what_to_do_instead(
         served: tuple[str, Ipam], capsys: pytest.CaptureFixture[str], yes: bool) -> None:
