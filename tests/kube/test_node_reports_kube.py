@@ -45,8 +45,11 @@ def node(cluster: Cluster, controller: ControllerProcess) -> Iterator[Node]:
 def test_a_nodes_unheld_reports_are_withdrawn_after_a_restart_and_no_other_nodes(cluster: Cluster,
                                                                                   node: Node) -> None:
     def names(of: str) -> dict[str, str]:
+        """``of``'s reports of this test's namespace (a node reports every Network it serves: other tests' namespaces,
+        still being deleted, may have a Network of the same name)."""
         items = cluster.get("nodenetworkinterfaceattachments")["items"]
-        return {x["metadata"]["name"]: x["spec"]["networkRef"]["name"] for x in items if x["spec"]["nodeName"] == of}
+        return {x["metadata"]["name"]: x["spec"]["networkRef"]["name"] for x in items
+                if x["spec"]["nodeName"] == of and x["spec"]["networkRef"].get("namespace") == NS}
 
     assert wait_for(lambda: "net" in names("ksweep-a").values(), timeout=30), node.log_text()[-3000:]
     node.kill()
