@@ -89,6 +89,10 @@ class BuildContext:
     not_undone: Callable[[BuiltInterface], None] = lambda iface: None
     # the segment bridge's MTU as the segments service last read it (None: the driver reads it from the bridge)
     bridge_mtu: Callable[[], int | None] = lambda: None
+    # merges keys into this interface's driver state in the stored record at once (a store transaction of its own),
+    # before the commit: what DEL needs that only the build learns (a delegate's result, the default routes it is
+    # about to take), for a daemon killed before the commit; the commit stores ``Built.state`` whole as ever
+    keep_state: Callable[[dict[str, Any]], None] = lambda state: None
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from ipamd.drivers.base import BuildContext, Built, InterfaceKey, InterfaceReque
 from ipamd.invoke.chain import Chain, Invocation
 from ipamd.invoke.exec import PluginFailed
 from ipamd.netlink import default_route
+from ipamd.netlink.links import any_address, family_of
 from ipamd.store.records import BuiltInterface
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,18 @@ def _give_back(ctx: BuildContext, if_name: str, taken: list[default_route.Taken]
         default_route.give_back(ctx.pod.netlink(), if_name, taken)
 
 
+def _to_be_taken(pod: Any, gateways: Iterable[str]) -> list[default_route.Taken]:
+    """The default routes ``set_default_route`` is about to replace, as it will say them (read before it does)."""
+    families = [(gw, family_of(gw)) for gw in gateways]
+    return [default_route.Taken(f"{any_address(family)}/0", gw, tuple(default_route.defaults(pod, family)))
+            for gw, family in families]
+
+
+def _took(taken: list[default_route.Taken]) -> dict[str, Any]:
+    """The driver state that lets DEL give the default routes back (none when none were taken)."""
+    return {"defaultRouteTaken": [t.to_dict() for t in taken]} if taken else {}
+
+
 def _default_route_back(ctx: LinksContext, iface: BuiltInterface) -> None:
     """After the delegate's DEL: the default route its interface took given back (a network unplugged from a
     running pod leaves it the cluster network's route, as before the ADD). Best effort: the DEL has succeeded, and a
@@ -222,35 +235,38 @@ class DelegateDriver:
             raise _failed(iface, "ADD", exc) from None
         result = answered[-1] if answered else {"cniVersion": inv.conflist["cniVersion"]}
         gateways = iface.driver.get("defaultRoute") or []
-        taken: list[default_route.Taken] = []
-        if gateways:
-            taken = default_route.set_default_route(ctx.pod.netlink(), iface.if_name, gateways)
-            undo.callback(quietly, "default route", _give_back, ctx, iface.if_name, taken)
         moved = iface.driver.get("defaultsMoved") or []
         try:
             share = Result.from_dict(_as_the_pod_has_it(result, moved, ()))
         except CniError as exc:
             raise _failed(iface, "ADD", exc) from None
-        if gateways:  # the result says where the pod's default route now is
+        recorded = _as_the_pod_has_it(result, moved, gateways)
+        # stored before the routes are touched: a daemon killed before the commit leaves the DEL that undoes the ADD
+        # the result (``firewall`` removes its rules by it) and the routes to give back
+        ctx.keep_state({"result": recorded, **_took(_to_be_taken(ctx.pod.netlink(), gateways) if gateways else [])})
+        taken: list[default_route.Taken] = []
+        if gateways:
+            taken = default_route.set_default_route(ctx.pod.netlink(), iface.if_name, gateways)
+            undo.callback(quietly, "default route", _give_back, ctx, iface.if_name, taken)
+            # the result says where the pod's default route now is
             share = replace(share, routes=share.routes + tuple(Route("::/0" if ":" in gw else "0.0.0.0/0", gw)
                                                                for gw in gateways))
-        took = {"defaultRouteTaken": [t.to_dict() for t in taken]} if taken else {}  # for DEL to give it back
-        return Built(_pod_mac(result, iface.if_name), share,
-                     {**iface.driver, "result": _as_the_pod_has_it(result, moved, gateways), **took})
+        return Built(_pod_mac(result, iface.if_name), share, {**iface.driver, "result": recorded, **_took(taken)})
 
     def _undo(self, ctx: BuildContext, iface: BuiltInterface, added: list[dict[str, Any]]) -> None:
-        """A DEL of the list, with its result once it was all added (as Multus gives a delegate it rolls back: a
-        plugin such as ``firewall`` removes what ``prevResult`` names). A plugin whose ADD had answered and whose DEL
-        fails leaves the interface to the runtime's DEL (``not_undone``): forgotten, what it holds would leak for
-        good. One whose ADD failed too holds nothing it answered for (a missing binary, a plugin that fails every
-        call): its failed DEL is logged, as Multus does, and never holds the pod's DEL up."""
+        """A DEL of the list, with its result so far (the last answer: each plugin's carries those before it), as
+        Multus gives a delegate it rolls back: a plugin such as ``firewall`` removes what ``prevResult`` names, and
+        one that answered before a later plugin failed holds what it set up all the same. A plugin whose ADD had
+        answered and whose DEL fails leaves the interface to the runtime's DEL (``not_undone``): forgotten, what it
+        holds would leak for good. One whose ADD failed too holds nothing it answered for (a missing binary, a plugin
+        that fails every call): its failed DEL is logged, as Multus does, and never holds the pod's DEL up."""
         inv = _invocation(iface)
-        whole = added[-1] if added and len(added) == len(inv.conflist["plugins"]) else None
-        failed = self.chain.delete_each(inv, whole)
+        so_far = added[-1] if added else None
+        failed = self.chain.delete_each(inv, so_far)
         if not failed:
             return
         if any(i < len(added) for i, _ in failed):
-            ctx.not_undone(replace(iface, driver={**iface.driver, "result": whole}) if whole is not None else iface)
+            ctx.not_undone(replace(iface, driver={**iface.driver, "result": so_far}) if so_far is not None else iface)
         raise InterfaceFailure(f"DEL of {iface.network_name} ({iface.if_name}) failed",
                                "; ".join(f"{inv.conflist['plugins'][i]['type']}: {exc}" for i, exc in failed))
 

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 
-from cni.errors import UnknownContainer
+from cni.errors import TryAgainLater, UnknownContainer
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
@@ -33,7 +33,8 @@ _NSFS_DEV = os.stat("/proc/self/ns/net").st_dev
 
 
 class NetnsGone(UnknownContainer):
-    """The network namespace path does not exist (any more): an error on ADD/CHECK, fine on DEL."""
+    """The network namespace path is no network namespace (any more): missing, or a file an unmounted namespace
+    left. An error on ADD/CHECK, fine on DEL (its links went with it)."""
 
 
 def _setns(fd: int) -> None:
@@ -50,6 +51,18 @@ def open_netns(path: str) -> int:
         raise NetnsGone(f"network namespace {path} does not exist", "CNI_NETNS") from None
     except OSError as exc:
         raise UnknownContainer(f"network namespace {path} cannot be opened", str(exc)) from None
+
+
+def is_netns(path: str) -> bool:
+    """Whether ``path`` is a namespace still: a file on nsfs (the runtime's bind mount). One unmounted may leave its
+    file behind, which a plugin refuses ("unknown FS magic") where it takes a missing one for gone. A path that
+    cannot be looked at is no answer: 11, never taken for gone (a DEL would let go of what the pod may still use)."""
+    try:
+        return os.stat(path).st_dev == _NSFS_DEV
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        raise TryAgainLater(f"network namespace {path} cannot be looked at", str(exc)) from None
 
 
 def in_namespace(fd: int, fn: Callable[[], T]) -> T:
@@ -88,7 +101,7 @@ def _netlink_in(fd: int) -> IPRoute:
         sock = in_namespace(fd, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE).detach())
     except OSError as exc:
         if exc.errno == errno.EINVAL:
-            raise UnknownContainer("CNI_NETNS is not a network namespace", str(exc)) from None
+            raise NetnsGone("CNI_NETNS is not a network namespace", str(exc)) from None
         raise
     # pyroute2 keeps one socket per thread; built from this fd, the caller's thread uses the pod's socket
     return IPRoute(fileno=sock)
@@ -145,7 +158,7 @@ class PodNamespace:
         self._lock = threading.Lock()
         if os.fstat(self.fd).st_dev != _NSFS_DEV:  # every namespace file lives on nsfs
             os.close(self.fd)
-            raise UnknownContainer("CNI_NETNS is not a network namespace", path)
+            raise NetnsGone("CNI_NETNS is not a network namespace", path)
 
     def netlink(self) -> IPRoute:
         ipr: IPRoute | None = getattr(self._local, "ipr", None)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -43,6 +42,7 @@ from ipamd.model.objects import IPAM_CLAIM, POD, Meta, Pod
 from ipamd.model.pluginconf import PluginConfig, parse_plugin_config
 from ipamd.model.segments import SEGMENT_KINDS
 from ipamd.model.timefmt import rfc3339
+from ipamd.netlink.netns import NetnsGone, is_netns
 from ipamd.publish.base import Publisher
 from ipamd.publish.render import network_status, networks_status
 from ipamd.sources.base import ObjectSource, require_listed
@@ -86,16 +86,19 @@ class _PodOnDemand:
         self._gone = not path
 
     def netlink(self) -> Any | None:
+        """None once the namespace is gone (or its path is no namespace any more); one that is there but cannot be
+        opened now (EMFILE, EACCES) is an error, never taken for gone: the DEL fails, and the addresses stay held."""
         if self._pod is None and not self._gone:
             try:
                 self._pod = self._opened.enter_context(self._open(self._path))
-            except UnknownContainer:  # gone, or not a network namespace (any more)
+            except NetnsGone:
                 self._gone = True
         return None if self._pod is None else self._pod.netlink()
 
     def path(self) -> str:
-        """The namespace's path as a plugin is to be told it: "" once it is gone."""
-        return self._path if self._path and os.path.exists(self._path) else ""
+        """The namespace's path as a plugin is to be told it: "" once it is gone, as for ``netlink``: a file an
+        unmounted namespace left is none (the reference plugins' DEL refuses it, and would for ever)."""
+        return self._path if self._path and is_netns(self._path) else ""
 
 
 class _Lanes:
@@ -228,8 +231,8 @@ class Attacher:
                 planned.append((w, iface, None))
             render = _StatusRender(call.network_name, prev, rfc3339())
             sent = self._status_ahead(pod, record, [iface for _, iface, _ in planned], call.netns, render, undo)
-            built = (self._build_at_once(pod_side, planned, undo, left) if at_once else
-                     [(w, iface, self._build(pod_side, w, iface, undo, left)) for w, iface, _ in planned])
+            built = (self._build_at_once(pod_side, planned, undo, left, call.key) if at_once else
+                     [(w, iface, self._build(pod_side, w, iface, undo, left, call.key)) for w, iface, _ in planned])
             taken = _defaults_taken(gw for _, iface, _ in built for gw in iface.driver.get("defaultRoute") or ())
             built = [(w, iface, done if done is None or iface.driver.get("defaultRoute") else
                       replace(done, result=_without_defaults(done.result, taken))) for w, iface, done in built]
@@ -323,12 +326,13 @@ class Attacher:
         )
 
     def _build(self, pod_side: PodSide, w: Wanted, iface: BuiltInterface, undo: contextlib.ExitStack,
-               left: list[BuiltInterface]) -> Built:
+               left: list[BuiltInterface], this: tuple[str, str] = ("", "")) -> Built:
         driver = self.drivers[iface.kind]
         net = w.net
         ctx = BuildContext(self.host_netlink(), pod_side,
                            (lambda: self.segments.bridge_index(net, iface.bridge)) if net is not None else _no_bridge,
-                           left.append, lambda: self.segments.bridge_mtu(iface.bridge) if net is not None else None)
+                           left.append, lambda: self.segments.bridge_mtu(iface.bridge) if net is not None else None,
+                           lambda state: self._keep_state(this, iface.if_name, state))
         try:
             done = driver.build(ctx, iface, undo)
         except InterfaceFailure:
@@ -339,18 +343,30 @@ class Attacher:
         return done
 
     def _build_at_once(self, pod_side: PodSide, planned: list[tuple[Wanted, BuiltInterface, Built | None]],
-                       undo: contextlib.ExitStack,
-                       left: list[BuiltInterface]) -> list[tuple[Wanted, BuiltInterface, Built | None]]:
+                       undo: contextlib.ExitStack, left: list[BuiltInterface],
+                       this: tuple[str, str] = ("", "")) -> list[tuple[Wanted, BuiltInterface, Built | None]]:
         """Build every interface at the same time (a pod's ``parallel`` delegation); each one's undo steps go
         on ``undo`` in order, whatever finished first, so a failure unwinds them all as a serial ADD would, each
         build's in the lane that built it (its steps hold that thread's sockets)."""
         stacks = [contextlib.ExitStack() for _ in planned]
-        started = [self.pool.submit(self._build, pod_side, w, iface, stack, left)
+        started = [self.pool.submit(self._build, pod_side, w, iface, stack, left, this)
                    for (w, iface, _), stack in zip(planned, stacks, strict=True)]
         wait([future for _, future in started])
         for (lane, _), stack in zip(started, stacks, strict=True):
             undo.callback(quietly, "a parallel build", self._unwind_in, lane, stack)
         return [(w, iface, future.result()) for (w, iface, _), (_, future) in zip(planned, started, strict=True)]
+
+    def _keep_state(self, this: tuple[str, str], if_name: str, state: dict[str, Any]) -> None:
+        """``BuildContext.keep_state``: ``state`` merged into the interface's driver state in the stored record, in a
+        transaction of its own, the record read again under the store's lock (interfaces built at once each write
+        their own). Nothing when the record is not there (a build outside an ADD)."""
+        with self.store.transaction():
+            record = self.store.get_attachment(*this)
+            if record is None:
+                return
+            interfaces = tuple(replace(i, driver={**i.driver, **state}) if i.if_name == if_name else i
+                               for i in record.interfaces)
+            self.store.put_attachment(replace(record, interfaces=interfaces))
 
     def _unwind_in(self, lane: int, stack: contextlib.ExitStack) -> None:
         """One parallel build's undo steps, run in its lane and waited for."""

@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from tests.conftest import wait_for
-from tests.harness import CniResult, Node, links_in
+from tests.harness import CniResult, Node, links_in, run
+from tests.netns.test_crash import restart
 from tests.netns.test_delegation import (
     NPWG,
     NS,
@@ -35,6 +36,7 @@ pytestmark = pytest.mark.netns
 
 FAKES = {
     "fail-quiet": "exit 1",
+    "fail-add": '[ "$CNI_COMMAND" = ADD ] && exit 1\nexit 0',  # its DEL succeeds
     "garbage": "echo 'this is not json'",
     "hang": "sleep 60",
     "err-json": "echo 'a secret stack trace' >&2\n"
@@ -220,3 +222,110 @@ def test_a_daemon_killed_while_a_delegate_runs_restarts_to_all_or_nothing(node: 
     assert res.ok, res
     assert links_in(ns)["net1"]["addresses"] == ["198.18.70.2/24"]
     assert [a.state for a in attachments(node)] == ["ready"]
+
+
+# -- killed or failed after a delegate answered, and a namespace unmounted: what the DEL is left ------------------
+def default_routes(ns: str) -> list[str]:
+    out = run("ip", "-n", Path(ns).name, "-4", "route", "show", "default").stdout
+    return [line.split(" proto ")[0].strip() for line in out.splitlines() if line.strip()]
+
+
+def cluster_eth0(ns: str) -> dict[str, Any]:
+    """The cluster network's interface as a plugin before Plexus in the list left it (a veth eth0 with the pod's
+    default route), and its result: Plexus is chained after it."""
+    name = Path(ns).name
+    run("ip", "-n", name, "link", "add", "eth0", "type", "veth", "peer", "name", "cnipeer0")
+    run("ip", "-n", name, "link", "set", "cnipeer0", "up")
+    run("ip", "-n", name, "addr", "add", "198.18.90.2/24", "dev", "eth0")
+    run("ip", "-n", name, "link", "set", "eth0", "up")
+    run("ip", "-n", name, "route", "add", "default", "via", "198.18.90.1", "dev", "eth0")
+    mac = links_in(ns)["eth0"]["mac"]
+    return {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "mac": mac, "sandbox": ns}],
+            "ips": [{"address": "198.18.90.2/24", "gateway": "198.18.90.1", "interface": 0}],
+            "routes": [{"dst": "0.0.0.0/0", "gw": "198.18.90.1"}]}
+
+
+def routed_nad(data: Path) -> dict[str, Any]:
+    return nad("routed", {"cniVersion": "1.0.0", "name": "routed", "plugins": [
+        {"type": "bridge", "bridge": "routedbr0", "isGateway": False,
+         "ipam": {"type": "host-local", "ranges": [[{"subnet": "198.18.82.0/24"}]], "dataDir": str(data)}}]})
+
+
+def fw_nad(data: Path, *more: dict[str, Any]) -> dict[str, Any]:
+    return nad("fw", {"cniVersion": "1.0.0", "name": "fw", "plugins": [
+        {"type": "bridge", "bridge": "fwbr0", "isGateway": False,
+         "ipam": {"type": "host-local", "ranges": [[{"subnet": "198.18.84.0/24"}]], "dataDir": str(data)}},
+        {"type": "firewall", "backend": "iptables"}, *more]})
+
+
+def node_iptables(node: Node) -> str:
+    return run("ip", "netns", "exec", node.name, "iptables-save").stdout
+
+
+def killed_at_built(node: Node, ns: str, conf: dict[str, Any]) -> None:
+    """An ADD whose daemon is killed after its build, before its commit; the daemon started again (it recovers)."""
+    restart(node, env={"PLEXUS_FAULT": "add:built"})
+    res = node.cni("ADD", "c1", ns, pod=(NS, "app"), conf=conf)
+    assert not res.ok, res
+    assert node.wait_exit(15) == -signal.SIGKILL
+    node.proc = None
+
+
+def test_a_default_route_taken_then_a_daemon_killed_before_the_commit_is_given_back(node: Node,
+                                                                                    data_dir: Path) -> None:
+    """ADD takes the pod's default route for net1 (NPWG default-route), and the daemon is killed before its commit.
+    The restarted daemon undoes the half-done ADD, and the runtime DELs: the pod has its cluster network's default
+    route back, as a failed ADD that is not killed gives it (the routes it took were stored before it took them)."""
+    node.apply([routed_nad(data_dir), pod("app", {NPWG: json.dumps([{"name": "routed",
+                                                                      "default-route": ["198.18.82.1"]}])})])
+    ns = node.pod_netns("app")
+    conf = node.conf(binDir=str(REFERENCE), prevResult=cluster_eth0(ns))
+    assert default_routes(ns) == ["default via 198.18.90.1 dev eth0"]
+    killed_at_built(node, ns, conf)
+    assert default_routes(ns) == ["default via 198.18.82.1 dev net1"], "the killed ADD had taken it"
+    restart(node)
+    assert node.cni("DEL", "c1", ns, pod=(NS, "app"), conf=conf).ok
+    assert attachments(node) == [] and leased_files(data_dir) == []
+    assert "net1" not in links_in(ns)
+    assert default_routes(ns) == ["default via 198.18.90.1 dev eth0"], "the pod is left without a default route"
+
+
+def test_an_add_killed_after_a_delegate_answered_leaves_no_firewall_rules(node: Node, data_dir: Path) -> None:
+    """The chain (bridge, firewall) answered, the daemon is killed before the commit: the DEL from the ``adding``
+    record gets the chain's result as ``prevResult``, and firewall removes its rules for the pod's address."""
+    node.apply([fw_nad(data_dir), pod("app", {NPWG: "fw"})])
+    ns = node.pod_netns("app")
+    conf = node.conf(binDir=str(REFERENCE))
+    killed_at_built(node, ns, conf)
+    assert "198.18.84.2" in node_iptables(node), "the chain's ADD had answered"
+    restart(node)
+    assert node.cni("DEL", "c1", ns, pod=(NS, "app"), conf=conf).ok
+    assert attachments(node) == [] and leased_files(data_dir) == [] and set(links_in(ns)) == {"lo"}
+    assert "198.18.84.2" not in node_iptables(node), "the firewall plugin's rules for the pod's address stay"
+
+
+def test_a_chain_failing_after_its_firewall_answered_is_undone_without_its_rules(node: Node, bin_dir: Path,
+                                                                                 data_dir: Path) -> None:
+    """bridge, firewall, then a plugin that fails: the rollback DEL gets the result so far (it got none unless
+    every plugin had answered), and firewall removes its rules."""
+    node.apply([fw_nad(data_dir, {"type": "fail-add"}), pod("app", {NPWG: "fw"})])
+    ns = node.pod_netns("app")
+    res = node.cni("ADD", "c1", ns, pod=(NS, "app"), conf=conf(node, bin_dir))
+    assert not res.ok, res
+    assert attachments(node) == [] and leased_files(data_dir) == [] and set(links_in(ns)) == {"lo"}
+    assert "198.18.84.2" not in node_iptables(node), "the firewall plugin's rules for the pod's address stay"
+
+
+def test_del_with_the_netns_unmounted_but_its_file_left(node: Node, data_dir: Path) -> None:
+    """The runtime unmounted the namespace (it is gone) but its file is still there: a delegate is told the
+    namespace is gone ("" as CNI_NETNS), as the kernel drivers take it, not handed a path its plugins' DEL refuses
+    ("unknown FS magic", code 105 on every retry)."""
+    node.apply([routed_nad(data_dir), pod("app", {NPWG: "routed"})])
+    ns = node.pod_netns("app")
+    conf = node.conf(binDir=str(REFERENCE))
+    assert node.cni("ADD", "c1", ns, pod=(NS, "app"), conf=conf).ok
+    run("umount", ns)
+    assert os.path.exists(ns)
+    dele = node.cni("DEL", "c1", ns, pod=(NS, "app"), conf=conf)
+    assert dele.ok, dele
+    assert attachments(node) == [] and leased_files(data_dir) == []

@@ -344,6 +344,26 @@ def test_del_with_the_netns_gone_succeeds_and_tells_the_drivers() -> None:
     assert node.events[:2] == ["teardown net2 (netns gone)", "teardown net1 (netns gone)"]
 
 
+def test_del_with_a_netns_that_cannot_be_opened_now_fails_and_keeps_the_addresses() -> None:
+    """A namespace that is there but cannot be opened now (EMFILE, EACCES) is not one gone: the DEL fails (the
+    runtime retries) rather than take the pod's links for gone and let their addresses go."""
+    node = Node()
+    node.call("ADD")
+
+    @contextmanager
+    def refused(path: str) -> Iterator[Any]:
+        raise UnknownContainer(f"network namespace {path} cannot be opened", "[Errno 24] Too many open files")
+        yield
+
+    node.attacher.open_pod = refused
+    with pytest.raises(CniError):
+        node.call("DEL")
+    assert [a.state for a in node.store.attachments()] == ["deleting"] and len(node.store.all_leases()) == 2
+    node.attacher.open_pod = node.netns.open
+    node.call("DEL")
+    assert node.store.attachments() == [] and node.live() == set()
+
+
 def undo_could_not_forget(node: Node) -> AttachmentRecord:
     """A failed ADD (net2's build) whose last undo step, forgetting its record, failed once (the store's I/O): the
     record it left."""

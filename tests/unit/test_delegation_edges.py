@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -16,14 +17,17 @@ from typing import Any
 import pytest
 
 from cni.errors import AnnotationInvalid, CniError, InterfaceFailure, IOFailure
+from ipamd.drivers.base import BuildContext
 from ipamd.drivers.delegate import DelegateDriver, UsedConfigurations
 from ipamd.invoke.chain import Chain, Invocation
 from ipamd.invoke.conflist import PodIdentity, Runtime
 from ipamd.invoke.exec import Exec, PluginRun
 from ipamd.model.cniconf import as_conflist
 from ipamd.model.npwg import parse_networks
+from ipamd.netlink.default_route import SavedRoute, Taken
 from ipamd.publish.render import network_status
 from ipamd.store.records import BuiltInterface
+from tests.fakes.drivers import FakePod
 from tests.fakes.exec import Expected, FakeExec
 from tests.unit.test_exec import ENV
 from tests.unit.test_exec import plugin as _plugin
@@ -110,6 +114,17 @@ def _kept(conflist: dict[str, Any], container: str, ifname: str = "net1") -> Bui
                           driver={"invocation": inv.to_dict(), "defaultRoute": []})
 
 
+def _ctx() -> BuildContext:
+    """A build's context over fakes: the pod's socket an ``object()`` (the kernel's parts are patched where used)."""
+    return BuildContext(object(), FakePod(SANDBOX), lambda: 0)
+
+
+def _takes_no_route(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pod without default routes, whose default route is taken without a kernel."""
+    monkeypatch.setattr("ipamd.netlink.default_route.defaults", lambda pod, family: [])
+    monkeypatch.setattr("ipamd.netlink.default_route.set_default_route", lambda pod, ifn, gws: [])
+
+
 def test_the_rollback_del_of_an_added_delegate_gets_its_result_as_prev_result() -> None:
     """A NAD added, then a later step of the ADD fails (the next NAD, a lease...): the undo step registered in
     ``DelegateDriver.build`` was ``chain.delete(inv)`` with no ``prevResult``, though the driver holds the
@@ -122,10 +137,26 @@ def test_the_rollback_del_of_an_added_delegate_gets_its_result_as_prev_result() 
     fake = FakeExec(Expected("bridge", "ADD", res), Expected("firewall", "ADD", res),
                     Expected("firewall", "DEL"), Expected("bridge", "DEL"))
     with contextlib.suppress(RuntimeError), contextlib.ExitStack() as undo:
-        DelegateDriver(Chain(fake)).build(None, _kept(conflist, "c1"), undo)  # type: ignore[arg-type]
+        DelegateDriver(Chain(fake)).build(_ctx(), _kept(conflist, "c1"), undo)
         raise RuntimeError("the next interface failed")
     dels = [c for p, v, _, c in fake.calls if v == "DEL"]
     assert len(dels) == 2 and all(c.get("prevResult") == res for c in dels), "DEL without prevResult"
+
+
+def test_a_chain_failing_after_firewall_answered_is_rolled_back_with_the_result_so_far() -> None:
+    """bridge, firewall, then a plugin that fails: the rollback DEL was given a ``prevResult`` only once every
+    plugin had answered, so firewall's DEL got none and its iptables rules for the pod's address stayed."""
+    res = {"cniVersion": "1.0.0", "interfaces": [{"name": "net1", "sandbox": SANDBOX}],
+           "ips": [{"address": "198.18.71.5/24", "interface": 0}]}
+    conflist = {"cniVersion": "1.0.0", "name": "n",
+                "plugins": [{"type": "bridge"}, {"type": "firewall"}, {"type": "fails"}]}
+    fake = FakeExec(Expected("bridge", "ADD", res), Expected("firewall", "ADD", res),
+                    Expected("fails", "ADD", error=IOFailure("boom", "")),
+                    Expected("fails", "DEL"), Expected("firewall", "DEL"), Expected("bridge", "DEL"))
+    with contextlib.suppress(CniError), contextlib.ExitStack() as undo:
+        DelegateDriver(Chain(fake)).build(_ctx(), _kept(conflist, "c1"), undo)
+    dels = {p: c.get("prevResult") for p, v, _, c in fake.calls if v == "DEL"}
+    assert dels == {"fails": res, "firewall": res, "bridge": res}, dels
 
 
 def _npwg_node(fake: FakeExec, npwg: str) -> Any:
@@ -298,7 +329,7 @@ def test_a_delegates_0_2_0_result_keeps_its_address() -> None:
     driver = DelegateDriver(Chain(FakeExec(Expected("macvlan", "ADD", result_020))))
     iface = _kept(conflist, "c1")
     try:
-        built = driver.build(None, iface, contextlib.ExitStack())  # type: ignore[arg-type]  # ctx: no default route
+        built = driver.build(_ctx(), iface, contextlib.ExitStack())  # no default route asked
     except CniError:
         return  # refused: acceptable
     assert [ip.address for ip in built.result.ips] == ["198.18.0.5/24"], "the delegate's address was dropped"
@@ -364,7 +395,7 @@ def test_default_route_on_a_nad_takes_the_gateway_off_the_cluster_networks_statu
     (``IsFilterGateway`` → ``DeleteDefaultGW``)."""
     from tests.unit.test_networks import nad
 
-    monkeypatch.setattr("ipamd.netlink.default_route.set_default_route", lambda pod, ifn, gws: [])
+    _takes_no_route(monkeypatch)
     eth0 = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "/run/netns/app"}],
             "ips": [{"address": "10.244.0.5/24", "interface": 0, "gateway": "10.244.0.1"}],
             "routes": [{"dst": "0.0.0.0/0", "gw": "10.244.0.1"}]}
@@ -388,7 +419,7 @@ def test_default_route_on_a_nad_takes_the_gateway_off_the_network_plexus_is_chai
     one the pod no longer has, in the answer (and on an ADD retried) and in network-status."""
     from tests.unit.test_networks import nad
 
-    monkeypatch.setattr("ipamd.netlink.default_route.set_default_route", lambda pod, ifn, gws: [])
+    _takes_no_route(monkeypatch)
     eth0 = {"cniVersion": "1.1.0", "interfaces": [{"name": "eth0", "sandbox": "/run/netns/app"}],
             "ips": [{"address": "10.244.0.5/24", "interface": 0, "gateway": "10.244.0.1"}],
             "routes": [{"dst": "0.0.0.0/0", "gw": "10.244.0.1"}, {"dst": "10.96.0.0/12", "gw": "10.244.0.1"}]}
@@ -415,7 +446,7 @@ def test_check_gives_the_cluster_network_a_prev_result_without_the_default_route
     (``DeleteDefaultGWCache`` / ``AddDefaultGWCache``) so that CHECK sees what the pod has."""
     from tests.unit.test_networks import nad
 
-    monkeypatch.setattr("ipamd.netlink.default_route.set_default_route", lambda pod, ifn, gws: [])
+    _takes_no_route(monkeypatch)
     fake = AnswerAll({"bridge": [{"dst": "0.0.0.0/0", "gw": "10.244.0.1"}]})
     node = _answering_node(fake, json.dumps([{"name": "plain", "default-route": ["198.18.97.1"]}]))
     node.source.add(nad("cbr0", {"cniVersion": "1.0.0", "type": "bridge"}, "kube-system"))
@@ -459,7 +490,7 @@ def test_a_delegate_records_its_result_without_the_default_route_another_interfa
     iface = _kept(conflist, "c1", "eth0")
     iface = replace(iface, driver={**iface.driver, "defaultsMoved": ["0.0.0.0/0"]})
     built = DelegateDriver(Chain(FakeExec(Expected("bridge", "ADD", raw)))).build(
-        None, iface, contextlib.ExitStack())  # type: ignore[arg-type]
+        _ctx(), iface, contextlib.ExitStack())
     recorded = built.state["result"] if built.state else {}
     if version == "0.2.0":
         assert recorded == {**raw, "ip4": {**raw["ip4"], "routes": [SERVICES]}}, recorded
@@ -473,15 +504,12 @@ def test_the_delegate_that_took_the_default_route_records_it(version: str, monke
     """The interface that took the pod's default route records it in its result (Multus's ``AddDefaultGWCache``),
     in place of one its own plugin gave (the kernel's went when the route was taken): its CHECK looks for the
     route the pod has."""
-    import types
-
-    monkeypatch.setattr("ipamd.netlink.default_route.set_default_route", lambda pod, ifn, gws: [])
+    _takes_no_route(monkeypatch)
     raw = _cluster_result(version)
     iface = _kept({"cniVersion": version, "name": "plain", "plugins": [{"type": "macvlan"}]}, "c1")
     iface = replace(iface, driver={**iface.driver, "defaultRoute": ["198.18.97.1"], "defaultsMoved": ["0.0.0.0/0"]})
-    ctx = types.SimpleNamespace(pod=types.SimpleNamespace(netlink=lambda: None))
     built = DelegateDriver(Chain(FakeExec(Expected("macvlan", "ADD", raw)))).build(
-        ctx, iface, contextlib.ExitStack())  # type: ignore[arg-type]
+        _ctx(), iface, contextlib.ExitStack())
     recorded = built.state["result"] if built.state else {}
     taken = {"dst": "0.0.0.0/0", "gw": "198.18.97.1"}
     if version == "0.2.0":
@@ -497,7 +525,7 @@ def test_del_and_check_tell_each_delegate_the_default_routes_it_has(monkeypatch:
     route it took is given back (``_default_route_back``) while eth0 is still there to carry it."""
     from tests.unit.test_networks import nad
 
-    monkeypatch.setattr("ipamd.netlink.default_route.set_default_route", lambda pod, ifn, gws: [])
+    _takes_no_route(monkeypatch)
     fake = AnswerAll({"bridge": [{"dst": "0.0.0.0/0", "gw": "10.244.0.1"}, SERVICES]})
     node = _answering_node(fake, json.dumps([{"name": "plain", "default-route": ["198.18.97.1"]}]))
     node.source.add(nad("cbr0", {"cniVersion": "1.0.0", "type": "bridge"}, "kube-system"))
@@ -913,3 +941,83 @@ def test_the_daemons_delegate_driver_keeps_its_used_configurations_beside_the_st
     assert used_configurations_path(":memory:") == ""
     driver = all_drivers(Chain(Exec()), used_configurations_path(db))[DelegateDriver.kind]
     assert isinstance(driver, DelegateDriver) and driver.used.path == used_configurations_path(db)
+
+
+# -- what a daemon killed before the ADD's commit, or a namespace unmounted, leaves for the DEL --------------------
+class Killed(BaseException):
+    """A SIGKILL at a step: what the store has committed is what the next daemon finds."""
+
+
+def test_the_del_of_an_add_killed_after_its_delegate_answered_gets_its_result_and_gives_the_route_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delegate's result and the default route it took were stored only at the commit: a daemon killed between
+    its ADD and the commit left the DEL (the runtime's, or the restarted daemon's recovery) no ``prevResult``
+    (firewall's rules stay) and no route to give back (the pod keeps none). Both are stored as soon as the chain
+    has answered, the routes before they are touched."""
+    from tests.unit.test_attacher import Node, obj
+    from tests.unit.test_networks import nad
+
+    cluster = SavedRoute(socket.AF_INET, "198.18.90.1", 2)
+    given: list[Any] = []
+    stored_when_taken: list[Any] = []
+
+    def take(pod: Any, ifn: str, gws: list[str]) -> list[Taken]:
+        stored_when_taken.extend(i.driver.get("defaultRouteTaken") for a in node.store.attachments()
+                                 for i in a.interfaces)
+        return [Taken("0.0.0.0/0", gws[0], (cluster,))]
+
+    monkeypatch.setattr("ipamd.netlink.default_route.set_default_route", take)
+    monkeypatch.setattr("ipamd.netlink.default_route.defaults",  # the pod's routes, read before one is taken
+                        lambda pod, family: [cluster] if family == socket.AF_INET else [])
+    monkeypatch.setattr("ipamd.netlink.default_route.give_back_after_del",
+                        lambda pod, ifn, taken: given.append(list(taken)))
+    at_kill: list[Any] = []
+
+    def fault(step: str) -> None:
+        if step == "add:built":
+            at_kill.extend(node.store.attachments())
+            raise Killed(step)
+
+    res = {"cniVersion": "1.0.0", "interfaces": [{"name": "net1", "sandbox": SANDBOX}],
+           "ips": [{"address": "198.18.71.5/24", "interface": 0}]}
+    fake = FakeExec(Expected("bridge", "ADD", res), Expected("firewall", "ADD", res),
+                    Expected("firewall", "DEL"), Expected("bridge", "DEL"),  # the in-process undo (no kill really)
+                    Expected("firewall", "DEL"), Expected("bridge", "DEL"))  # the DEL after the restart
+    node = Node(fault)
+    node.ipam._names = collections.defaultdict(str)
+    node.drivers["delegate"] = DelegateDriver(Chain(fake))  # type: ignore[assignment]
+    node.source.add(obj("Pod", "app", {}, uid="uid-app", annotations={
+        "k8s.v1.cni.cncf.io/networks": '[{"name": "routed", "default-route": ["198.18.71.1"]}]'}))
+    node.source.add(nad("routed", {"cniVersion": "1.0.0", "plugins": [{"type": "bridge"}, {"type": "firewall"}]},
+                        "apps"))
+    with pytest.raises(Killed):
+        node.call("ADD")
+    assert [a.state for a in at_kill] == ["adding"]
+    assert [[Taken.from_dict(t) for t in ts or ()] for ts in stored_when_taken] == \
+        [[Taken("0.0.0.0/0", "198.18.71.1", (cluster,))]], \
+        "the routes to give back are stored before they are taken"
+    given.clear()
+    undone = len(fake.calls)
+    node.store.put_attachment(at_kill[0])  # the store as the killed daemon left it
+    node.attacher.fault = lambda step: None
+    node.call("DEL")
+    assert node.store.attachments() == []
+    dels = {p: c.get("prevResult") for p, v, _, c in fake.calls[undone:] if v == "DEL"}
+    assert dels["firewall"] is not None and dels["firewall"]["ips"] == res["ips"], "the DEL gets no prevResult"
+    assert given == [[Taken("0.0.0.0/0", "198.18.71.1", (cluster,))]], "the default route is not given back"
+
+
+def test_a_namespace_path_that_is_no_namespace_is_gone_for_the_delegates_too(tmp_path: Path) -> None:
+    """The runtime unmounted the namespace and left its file: the kernel drivers took it for gone, but a delegate
+    was told the path, and its plugins' DEL refuses a path that is no namespace ("unknown FS magic"), for ever."""
+    from ipamd.netlink.netns import pod_namespace
+    from ipamd.verbs.attacher import _PodOnDemand
+
+    left = tmp_path / "cni-1234"
+    left.write_text("")
+    with contextlib.ExitStack() as opened:
+        pod = _PodOnDemand(pod_namespace, str(left), opened)
+        assert pod.netlink() is None, "the kernel drivers take it for gone"
+        assert pod.path() == "", "a delegate is told the path"
+    with contextlib.ExitStack() as opened:
+        assert _PodOnDemand(pod_namespace, "/proc/self/ns/net", opened).path() == "/proc/self/ns/net"

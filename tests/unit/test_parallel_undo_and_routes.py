@@ -109,6 +109,7 @@ def test_the_route_a_delegate_took_is_in_its_record_and_del_gives_it_back(monkey
     given: list[Any] = []
     monkeypatch.setattr("ipamd.netlink.default_route.set_default_route",
                         lambda pod, ifn, gws: [Taken("0.0.0.0/0", gws[0], (cluster,))])
+    monkeypatch.setattr("ipamd.netlink.default_route.defaults", lambda pod, family: [cluster])  # read before it
     monkeypatch.setattr("ipamd.netlink.default_route.give_back_after_del",
                         lambda pod, ifn, taken: given.append((ifn, taken, taken[0].replaced)))
     driver, iface, calls = _delegated("/x")
