@@ -294,7 +294,7 @@ def warnings_of(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[
         parsed = parse_object(obj)
     except ManifestInvalid:
         return []
-    return [w.msg for w in warned_when_written(parsed, old is not None)]
+    return [w.msg for w in warned_when_written(parsed, old=old)]
 
 
 def _checked(doc: Any) -> tuple[str, dict[str, Any]]:

@@ -729,19 +729,22 @@ def parse_object(doc: Any, source: str = "") -> ApiObject:
 
 
 def refused_when_written(doc: Mapping[str, Any], obj: ApiObject, cls: NetworkClass | None = None,
-                         edit: bool = False) -> tuple[ManifestInvalid, ...]:
+                         stored: ApiObject | None = None) -> tuple[ManifestInvalid, ...]:
     """What a write of ``doc`` (parsed: ``obj``; a Network's class: ``cls``, None when not known) is refused for
     though ``parse_object`` serves it: a field the daemon would drop without a word, and a pool entry with no address
-    to hand out (every ADD from it would fail "pool exhausted"), unless the write is an ``edit`` (then it is
-    ``warned_when_written``). Held where a user writes (the webhook, ``plexusctl apply``), never where an object is
-    read: one stored before these checks is served as it always was."""
+    to hand out (every ADD from it would fail "pool exhausted"), unless the write is an edit of ``stored`` (the
+    object as stored, parsed) that had an entry of that network: then it is a drain, ``warned_when_written``. Held
+    where a user writes (the webhook, ``plexusctl apply``), never where an object is read: one stored before these
+    checks is served as it always was."""
     zoned = _zoned_addresses(doc, obj)
     if isinstance(obj, IPAddressObject):
         return _static_ip_of_auto(doc, obj) + zoned
     if isinstance(obj, (Network, ClusterNetwork)):
-        return _vlan_id_of_untagged(obj, cls)
+        return _vlan_id_of_untagged(obj, cls) + zoned
     if isinstance(obj, AddressPool):
-        return _not_pool_networks(obj) + zoned + (() if edit else _empty_entries(obj))
+        kept = {s.network for s in stored.subnets} if isinstance(stored, AddressPool) else set()
+        return _not_pool_networks(obj) + zoned + tuple(_empty_entry(obj, i) for i, subnet in _empty(obj)
+                                                       if subnet.network not in kept)
     return zoned
 
 
@@ -753,27 +756,40 @@ def brought_by_write(doc: Mapping[str, Any], obj: ApiObject, old: Mapping[str, A
     def cls(o: ApiObject) -> NetworkClass | None:
         return class_of(o.network_class) if isinstance(o, Network) else None
 
-    edit = old is not None
-    found = refused_when_written(doc, obj, cls(obj), edit)
-    if not found or old is None:
-        return found
-    try:
-        was = parse_object(old)
-    except ManifestInvalid:
-        return found  # stored before it could be checked: nothing sure it had
-    had = {(p.field, p.problem) for p in refused_when_written(old, was, cls(was), edit)}
+    was = _stored(old)
+    found = refused_when_written(doc, obj, cls(obj), was)
+    if not found or old is None or was is None:
+        return found  # a create, or stored before it could be checked: nothing sure it had
+    had = {(p.field, p.problem) for p in refused_when_written(old, was, cls(was), was)}
     return tuple(p for p in found if (p.field, p.problem) not in had)
 
 
-def warned_when_written(obj: ApiObject, edit: bool = False) -> tuple[ManifestInvalid, ...]:
+def warned_when_written(obj: ApiObject, edit: bool = False,
+                        old: Mapping[str, Any] | None = None) -> tuple[ManifestInvalid, ...]:
     """What a write is let through for with a word back (the webhook's ``warnings``, which kubectl prints, and
     ``plexusctl apply``'s): an edit leaving a pool entry with no address to hand out. That is how a subnet is drained:
-    its ranges cut while the addresses leased there stay, flagged outside the ranges, until their holders let go."""
-    if not edit or not isinstance(obj, AddressPool):
+    its ranges cut while the addresses leased there stay, flagged outside the ranges, until their holders let go.
+    ``old``: the object as stored, when known; then only the entries this edit empties are told of, not one stored
+    empty already (a label edit of a drained pool), nor a new one (``refused_when_written``)."""
+    if not (edit or old is not None) or not isinstance(obj, AddressPool):
         return ()
-    return tuple(ManifestInvalid(e.obj, e.field, f"{e.problem}; no address is leased from it any more, and those "
-                                 "leased there are kept (outside the ranges) until their pods and IPAddresses let "
-                                 "them go") for e in _empty_entries(obj))
+    was = _stored(old)
+    if isinstance(was, AddressPool):
+        had = {s.network for s in was.subnets if s.size}
+        drained = [i for i, subnet in _empty(obj) if subnet.network in had]
+    else:
+        drained = [i for i, _ in _empty(obj)]
+    return tuple(_drained_entry(obj, i) for i in drained)
+
+
+def _stored(old: Mapping[str, Any] | None) -> ApiObject | None:
+    """The object as stored, parsed; None for a create, or one stored before it could be checked."""
+    if old is None:
+        return None
+    try:
+        return parse_object(old)
+    except ManifestInvalid:
+        return None
 
 
 def _static_ip_of_auto(doc: Mapping[str, Any], obj: IPAddressObject) -> tuple[ManifestInvalid, ...]:
@@ -797,6 +813,9 @@ def _address_fields(doc: Mapping[str, Any], obj: ApiObject) -> Iterator[tuple[st
                 yield f"spec.pools[{i}].ranges[{j}]", str(text)
             for j, route in enumerate(item.get("routes") or []):
                 yield f"spec.pools[{i}].routes[{j}].via", str(route.get("via"))
+    elif isinstance(obj, (Network, ClusterNetwork)):
+        for i, route in enumerate(spec.get("policyRoutes") or []):
+            yield f"spec.policyRoutes[{i}].via", str(route.get("via"))
     elif isinstance(obj, IpamClaim):
         for i, text in enumerate(spec.get("ipRequests") or []):
             yield f"spec.ipRequests[{i}]", str(text)
@@ -832,10 +851,21 @@ def _vlan_id_of_untagged(net: Network | ClusterNetwork, cls: NetworkClass | None
     return (ManifestInvalid(net.meta.display, "spec.vlan.id", f"{net.vlan_id} would be ignored: {why}"),)
 
 
-def _empty_entries(pool: AddressPool) -> tuple[ManifestInvalid, ...]:
-    """The entries (``spec.pools[i]``) whose ranges, less the addresses no host may have and the routes' gateways,
-    leave nothing: ADD from them would always fail "pool exhausted". Leases play no part: a full pool is not empty."""
-    return tuple(ManifestInvalid(pool.meta.display, f"spec.pools[{i}]", f"{subnet.network} has no address to hand "
-                                 "out: its ranges hold only addresses never leased (the subnet's own, an IPv4 "
-                                 "broadcast, a route's gateway)") for i, subnet in enumerate(pool.subnets)
-                 if not subnet.size)
+def _empty(pool: AddressPool) -> list[tuple[int, Subnet]]:
+    """The entries (``spec.pools[i]``: index, subnet) whose ranges, less the addresses no host may have and the
+    routes' gateways, leave nothing: ADD from them would always fail "pool exhausted". Leases play no part: a full
+    pool is not empty."""
+    return [(i, subnet) for i, subnet in enumerate(pool.subnets) if not subnet.size]
+
+
+def _empty_entry(pool: AddressPool, i: int) -> ManifestInvalid:
+    return ManifestInvalid(pool.meta.display, f"spec.pools[{i}]", f"{pool.subnets[i].network} has no address to "
+                           "hand out: its ranges hold only addresses never leased (the subnet's own, an IPv4 "
+                           "broadcast, a route's gateway)")
+
+
+def _drained_entry(pool: AddressPool, i: int) -> ManifestInvalid:
+    empty = _empty_entry(pool, i)
+    return ManifestInvalid(empty.obj, empty.field, f"{empty.problem}; no address is leased from it any more, and "
+                           "those leased there are kept (outside the ranges) until their pods and IPAddresses let "
+                           "them go")

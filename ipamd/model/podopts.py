@@ -95,10 +95,7 @@ def _routes(items: Any) -> tuple[PolicyRoute, ...]:
             dest = ipaddress.ip_network(str(r.get("destination")), strict=True)
         except ValueError:
             raise OptionInvalid(f"{path}.destination", f"{r.get('destination')!r} is not a CIDR") from None
-        try:
-            via = ipaddress.ip_address(str(r.get("via")))
-        except ValueError:
-            raise OptionInvalid(f"{path}.via", f"{r.get('via')!r} is not an IP address") from None
+        via = _via(r.get("via"), f"{path}.via")
         if via.version != dest.version:
             raise OptionInvalid(f"{path}.via", f"{via} is not of {dest}'s family")
         if str(dest) in seen:  # the kernel refuses the second (EEXIST): ADD would fail or CHECK for ever
@@ -107,6 +104,19 @@ def _routes(items: Any) -> tuple[PolicyRoute, ...]:
         seen[str(dest)] = i
         out.append(PolicyRoute(str(dest), str(via)))
     return tuple(out)
+
+
+def _via(text: Any, path: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """A route's gateway; a zone is dropped (``refused_when_written`` refuses it, one stored is served without it:
+    netlink takes none)."""
+    from ipamd.model.objects import IPv4CompatibleAddress, parse_address  # objects imports this module
+
+    try:
+        return parse_address(str(text), zone=True)
+    except IPv4CompatibleAddress as exc:
+        raise OptionInvalid(path, str(exc)) from None
+    except ValueError:
+        raise OptionInvalid(path, f"{text!r} is not an IP address") from None
 
 
 def unreachable_gateway(opts: PodOptions, networks: Sequence[IPNetwork]) -> tuple[str, str] | None:

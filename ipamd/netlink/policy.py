@@ -16,6 +16,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from cni.errors import InterfaceFailure
 from ipamd.model.podopts import POLICY_RULE_PRIORITY
 from ipamd.netlink.links import GONE, any_address, dump_of, netlink_failure, same_ip
 
@@ -39,11 +40,21 @@ def add_policy_routing(pod: IPRoute, idx: int, if_name: str, addresses: Iterable
         for iface in cidrs:
             _add_connected(pod, dst=str(iface.network), oif=idx, table=table, scope=SCOPE_LINK, prefsrc=str(iface.ip))
         for dst, via in routes:  # an EEXIST here would leave a route out of the table: it fails ADD
-            pod.route("add", dst=dst, gateway=via, oif=idx, table=table)
+            _add_routed(pod, if_name, dst=dst, gateway=via, oif=idx, table=table)
         for iface in cidrs:
             pod.rule("add", **rule_request(iface, table))
     except NetlinkError as exc:
         raise netlink_failure(f"policy routing of {if_name} in table {table}", exc) from None
+
+
+def _add_routed(pod: IPRoute, if_name: str, **route: Any) -> None:
+    """A route of the table; one pyroute2 cannot even send (a gateway with a zone id, ``2001:2::1%eth0``: OSError or
+    ValueError before the kernel sees it) is refused naming it, not left to escape as an unexpected error."""
+    try:
+        pod.route("add", **route)
+    except (OSError, ValueError) as exc:
+        raise InterfaceFailure(f"route to {route['dst']} via {route['gateway']} of {if_name} in table "
+                               f"{route['table']} failed", f"not a gateway address netlink can carry: {exc}") from None
 
 
 def _add_connected(pod: IPRoute, **route: Any) -> None:

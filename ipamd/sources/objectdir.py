@@ -135,7 +135,7 @@ def apply(directory: str, docs: list[tuple[str, Any]],
         if found:
             raise _refusal(found, source)
         if action != "unchanged":
-            for w in warned_when_written(obj, old is not None):
+            for w in warned_when_written(obj, old=old):
                 warn(f"{source}: {w.msg}")
             _write_atomic(path, doc)
         if isinstance(obj, NetworkClass):

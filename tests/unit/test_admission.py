@@ -775,6 +775,18 @@ def test_an_edit_that_empties_a_pool_entry_is_allowed_with_a_warning_but_a_new_e
     assert review(beta)["response"]["warnings"] == [warning]
 
 
+
+def test_an_update_adding_a_new_empty_pool_entry_is_refused_as_a_create_of_one_is() -> None:
+    """Only an entry the stored pool had is drained by an edit: one ADDED with no address (a typo'd range) was let
+    through with a warning, and every ADD from it then failed "pool exhausted" -- the case the refusal is for."""
+    good = {"network": "198.18.0.0/24", "ranges": ["198.18.0.10-198.18.0.20"]}
+    new_empty = {"network": "198.18.1.0/24", "ranges": ["198.18.1.255"]}  # the broadcast address only
+    assert "spec.pools[1]" in refusal(request("IPAddressPool", pool_of([good, new_empty]))), "created so: refused"
+    msg = refusal(update("IPAddressPool", pool_of([good, new_empty]), pool_of([good])))
+    assert "IPAddressPool ns/p: spec.pools[1]: 198.18.1.0/24 has no address" in msg, msg
+    assert "spec.pools[0]" not in msg
+
+
 # an address with a zone, a link-local or multicast pool network
 
 @pytest.mark.parametrize("kind, new, field", [
@@ -796,6 +808,28 @@ def test_a_zone_or_a_link_local_pool_is_refused_when_written_but_one_stored_is_k
     doc = request(kind, relabelled, "UPDATE", namespace=ns)
     doc["request"]["oldObject"] = new
     assert not refusal(doc), "stored so: kept"
+
+
+@pytest.mark.parametrize("kind", ["Network", "ClusterNetwork"])
+def test_a_zoned_policy_route_via_is_refused_when_written_or_served_without_the_zone(kind: str) -> None:
+    """README: an address written with an IPv6 zone (a route's ``via`` ...) is refused; one stored so is served
+    without it. A network's ``spec.policyRoutes[i].via`` was neither: let through, and served WITH the zone (which
+    netlink cannot carry: ADD answered 999)."""
+    doc = routed(kind=kind)  # its policy routes' gateways' section
+    doc["spec"]["policyRoutes"] = [{"destination": "2001:2:0:11::/64", "via": "2001:2::1%eth0"}]
+    ns = "ns" if kind == "Network" else ""
+    if ns:
+        doc["metadata"]["namespace"] = ns
+    msg = refusal(request(kind, doc, namespace=ns), network_class=classes)
+    assert ": spec.policyRoutes[0].via: '2001:2::1%eth0' names an IPv6 zone" in msg, msg
+    net = parse_object(doc)
+    assert isinstance(net, (Network, ClusterNetwork))
+    assert net.pod.routes[0].via == "2001:2::1", "served without the zone"
+    relabelled = copy.deepcopy(doc)
+    relabelled["metadata"]["labels"] = {"team": "x"}
+    edit = request(kind, relabelled, "UPDATE", namespace=ns)
+    edit["request"]["oldObject"] = doc
+    assert not refusal(edit, network_class=classes), "stored so: kept"
 
 
 def test_the_webhook_server_refuses_a_vlan_id_of_a_network_of_an_untagged_class() -> None:
@@ -924,6 +958,30 @@ def test_plexusctl_apply_keeps_what_a_stored_file_had_and_warns_of_a_pool_entry_
     assert ctl_apply(tmp_path, drained) == 0
     out = capsys.readouterr()
     assert "ipaddresspool/p unchanged" in out.out and "warning: " not in out.err, "nothing written: no word (kubectl's)"
+    relabelled_pool = namespaced(pool_of([{"network": "198.18.0.0/24", "ranges": ["198.18.0.0"]}]))
+    relabelled_pool["metadata"]["labels"] = {"team": "x"}
+    assert ctl_apply(tmp_path, manifest(tmp_path, "pool.yaml", relabelled_pool)) == 0
+    out = capsys.readouterr()
+    assert "ipaddresspool/p configured" in out.out and "warning: " not in out.err, \
+        "an entry stored drained already is not warned of again by a label edit"
+
+
+
+def test_plexusctl_apply_refuses_an_edit_adding_a_new_empty_pool_entry(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """The same in local mode: the edit was written, with a warning that the new entry's leases "are kept ... until
+    their pods ... let them go" (it has none)."""
+    good = {"network": "198.18.0.0/24", "ranges": ["198.18.0.10-198.18.0.20"]}
+    new_empty = {"network": "198.18.1.0/24", "ranges": ["198.18.1.255"]}
+    assert ctl_apply(tmp_path, manifest(tmp_path, "pool.yaml", namespaced(pool_of([good])))) == 0
+    capsys.readouterr()
+    rc = ctl_apply(tmp_path, manifest(tmp_path, "pool.yaml", namespaced(pool_of([good, new_empty]))))
+    err = capsys.readouterr().err
+    assert rc == 1, f"written (rc 0), only warned: {err.strip()}"
+    assert ": spec.pools[1]: 198.18.1.0/24 has no address" in err and "warning: " not in err, err
+    written = yaml.safe_load(Path(objectdir.object_file(str(tmp_path / "objects"), "IPAddressPool", "ns", "p"))
+                             .read_text())
+    assert written["spec"]["pools"] == [good], "the stored pool as it was"
 
 
 # -- a network's policy routes' gateways ----------------------------------------------------------------------
@@ -973,3 +1031,17 @@ def test_a_network_written_to_route_via_a_leased_address_is_refused_naming_the_f
     assert "spec.policyRoutes[1].via" in refusal(update("Network", elsewhere, routed()), leased_for=lambda pool, net:
                                                  [] if pool == "IPAddressPool/ns/pool" else held[(pool, net)]), \
         "the same gateway, of another pool: brought by the edit"
+
+
+def test_the_webhook_warns_of_a_drain_once_not_on_each_later_edit_of_the_drained_pool() -> None:
+    """The warning comes with the edit that empties an entry; a later label edit of the pool stored drained is not
+    told it again (kubectl printed it on every update)."""
+    from ipamd.kube.admission import warnings_of
+
+    good = namespaced(pool_of([{"network": "198.18.0.0/24", "ranges": ["198.18.0.10-198.18.0.20"]}]))
+    drained = namespaced(pool_of([{"network": "198.18.0.0/24", "ranges": ["198.18.0.0"]}]))
+    (said,) = warnings_of(drained, old=good)
+    assert "spec.pools[0]" in said
+    relabelled = copy.deepcopy(drained)
+    relabelled["metadata"]["labels"] = {"team": "x"}
+    assert warnings_of(relabelled, old=drained) == []

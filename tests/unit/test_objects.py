@@ -386,9 +386,35 @@ def test_a_pool_entry_with_no_address_is_refused_when_created_and_warned_of_when
     obj = parse_object(doc)
     (why,) = refused_when_written(doc, obj)
     assert why.field == "spec.pools[0]" and "198.18.0.0/24" in why.problem
-    assert refused_when_written(doc, obj, edit=True) == () and warned_when_written(obj) == ()
+    before = manifest("IPAddressPool", "p", {"pools": [{"network": "198.18.0.0/24"}, {"network": "198.18.1.0/24"}]},
+                      namespace="ns")
+    assert refused_when_written(doc, obj, stored=parse_object(before)) == () and warned_when_written(obj) == ()
     (warned,) = warned_when_written(obj, edit=True)
     assert warned.msg.startswith("IPAddressPool ns/p: spec.pools[0]: 198.18.0.0/24 has no address to hand out")
+    assert [w.msg for w in warned_when_written(obj, old=before)] == [warned.msg], "the stored pool known"
+
+
+def test_an_edit_is_refused_a_new_empty_pool_entry_and_warned_only_of_the_entries_it_empties() -> None:
+    """Only an entry the stored pool had is drained by cutting its ranges to nothing: a new one with no address
+    (a typo'd range) is refused as on create. And the warning is of what this edit empties: a pool stored with an
+    entry drained already was warned of again at every later edit, even of a label."""
+    good = {"network": "198.18.0.0/24", "ranges": ["198.18.0.10-198.18.0.20"]}
+    drained = {"network": "198.18.0.0/24", "ranges": ["198.18.0.0"]}
+    new_empty = {"network": "198.18.1.0/24", "ranges": ["198.18.1.255"]}
+    stored = pool_doc([good])
+    added = pool_doc([good, new_empty])
+    (why,) = brought_by_write(added, parse_object(added), stored, lambda name: None)
+    assert why.field == "spec.pools[1]" and "198.18.1.0/24 has no address" in why.problem, why
+    emptied = pool_doc([drained])
+    assert brought_by_write(emptied, parse_object(emptied), stored, lambda name: None) == (), "a drain"
+    (warned,) = warned_when_written(parse_object(emptied), old=stored)
+    assert warned.field == "spec.pools[0]" and "kept" in warned.problem, warned
+    relabelled = copy.deepcopy(emptied)
+    relabelled["metadata"]["labels"] = {"team": "x"}
+    assert brought_by_write(relabelled, parse_object(relabelled), emptied, lambda name: None) == (), "stored so"
+    assert warned_when_written(parse_object(relabelled), old=emptied) == (), "emptied before: not told again"
+    assert brought_by_write(added, parse_object(added), {"kind": "IPAddressPool", "spec": "garbage"},
+                            lambda name: None), "nothing sure it had"
 
 
 def test_addresses_with_a_zone_are_refused_when_written_and_served_without_it() -> None:
@@ -447,7 +473,7 @@ def test_a_link_local_pool_is_refused_when_written(network: str) -> None:
     assert isinstance(obj, AddressPool) and str(obj.subnets[1].network) == network, "served"
     (why,) = refused_when_written(doc, obj)
     assert why.field == "spec.pools[1].network" and network in why.problem, why
-    assert [p.msg for p in refused_when_written(doc, obj, edit=True)] == [why.msg], "an edit bringing it too"
+    assert [p.msg for p in refused_when_written(doc, obj, stored=obj)] == [why.msg], "an edit bringing it too"
     assert brought_by_write(doc, obj, copy.deepcopy(doc), lambda name: None) == (), "stored so: kept"
     for fine in ("169.254.0.0/16", "2001:2:0:7::/64", "fc00::/64"):
         ok = pool_doc([{"network": fine}])

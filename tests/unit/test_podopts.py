@@ -171,3 +171,31 @@ def test_only_the_connected_route_may_be_there_already() -> None:
         policy.add_policy_routing(PodNetlink(), 7, "net1", ["198.18.5.10/24"], 100,
                                   [("0.0.0.0/0", "198.18.5.1"), ("0.0.0.0/0", "198.18.5.2")])
     assert err.value.code == 105 and "table 100" in err.value.msg
+
+
+def test_adding_a_zoned_policy_route_is_a_cni_error_not_an_unexpected_oserror() -> None:
+    """pyroute2 cannot encode ``2001:2::1%eth0`` (OSError from inet_pton, before anything reaches the kernel);
+    ``add_policy_routing`` caught NetlinkError only, so it escaped as a plain OSError: the CNI answer was 999
+    "plexus-ipamd failed unexpectedly". A network stored with one is served without the zone; a route that still
+    has one is refused naming it (the interface's undo runs)."""
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+    class Encoding(PodNetlink):
+        def route(self, cmd: str, **kw: Any) -> None:
+            msg = rtmsg()
+            msg["family"] = socket.AF_INET6 if ":" in kw["dst"] else socket.AF_INET
+            msg["attrs"] = [("RTA_GATEWAY", kw["gateway"])] if kw.get("gateway") else []
+            msg.encode()  # what pyroute2 does before sending: the kernel never sees a zone
+            super().route(cmd, **kw)
+
+    net = network({"routingTable": 100, "policyRoutes": [{"destination": "2001:2:0:11::/64",
+                                                          "via": "2001:2::1%eth0"}]})
+    routes = [(r.destination, r.via) for r in net.pod.routes]
+    assert routes == [("2001:2:0:11::/64", "2001:2::1")], "served without the zone"
+    pod = Encoding()
+    policy.add_policy_routing(pod, 7, "net1", ["2001:2::10/64"], 100, routes)
+    assert (100, "2001:2:0:11::/64") in pod.routes
+    with pytest.raises(InterfaceFailure) as err:
+        policy.add_policy_routing(Encoding(), 7, "net1", ["2001:2::10/64"], 100,
+                                  [("2001:2:0:11::/64", "2001:2::1%eth0")])
+    assert "2001:2::1%eth0" in err.value.msg and "net1" in err.value.msg and "table 100" in err.value.msg, err.value
