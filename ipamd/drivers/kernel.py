@@ -118,15 +118,15 @@ def check(host: Any, pod: Any, iface: BuiltInterface) -> list[str]:
 
 def _pool_route_problems(pod: Any, iface: BuiltInterface, own: set[tuple[str, str]]) -> list[str]:
     """The pool's routes in the main table: on the interface (``own``, as the kernel spells them), or where ADD
-    accepts them (``links.carried``: through the same gateway on another link of the pod, or the pod's default
-    route). The main table is read only when one is not on the interface."""
+    accepts them (``links.carried``: through the same gateway on another link of the pod, a connected route to the
+    destination, or the pod's default route). The main table is read only when one is not on the interface."""
     missing = [(dst, via) for dst, via in _pool_routes(iface) if policy.route_key(dst, via) not in own]
-    main: dict[int, list[tuple[str, str]]] = {}
+    main: dict[int, list[tuple[str, str, int]]] = {}
     problems = []
     for dst, via in missing:
         family = links.family_of(dst)
         if family not in main:
-            main[family] = [r[:2] for r in links.main_routes(pod, family)]
+            main[family] = links.main_routes(pod, family)
         if not links.carried(dst, via, main[family]):
             problems.append(f"{iface.if_name} lacks route {dst} via {via}")
     return problems

@@ -285,11 +285,12 @@ def enable_ipv6(pod: IPRoute, if_name: str) -> None:
 def add_pool_route(pod: IPRoute, idx: int, if_name: str, dst: str, via: str) -> None:
     """A pool's route on the interface, in the main table, which holds one route per destination (and metric). One
     the pod has already (EEXIST) is fine where ``carried`` says the pod routes ``dst`` as asked: through ``via`` on
-    another of its links (two interfaces on one pool: the first carries it), or, for a default route, the pod's own
-    default route (the cluster network's, which a pool's route does not take over: users' IPv4 ``0.0.0.0/0`` pool
-    routes have always left it; NPWG ``default-route`` or the network's ``routingTable`` is the way). Any other is
-    refused, naming both routes: the pod would route the destination elsewhere than the pool says, and CHECK would
-    fail for ever."""
+    another of its links (two interfaces on one pool: the first carries it), on a link with no gateway (an IPv4
+    connected route: an interface of the pod is on that subnet, and was there first), or, for a default route, the
+    pod's own default route (the cluster network's, which a pool's route does not take over: users' IPv4
+    ``0.0.0.0/0`` pool routes have always left it; NPWG ``default-route`` or the network's ``routingTable`` is the
+    way). Such a route is left as it is, and said in the log. Any other (another gateway) is refused, naming both
+    routes: the pod would route the destination elsewhere than the pool says, and CHECK would fail for ever."""
     try:
         pod.route("add", dst=dst, gateway=via, oif=idx)
         return
@@ -297,13 +298,13 @@ def add_pool_route(pod: IPRoute, idx: int, if_name: str, dst: str, via: str) -> 
         if exc.code != errno.EEXIST:
             raise netlink_failure(f"adding route {dst} via {via} on {if_name}", exc) from None
     there = main_routes(pod, family_of(dst))
-    if not carried(dst, via, (r[:2] for r in there)):
+    if not carried(dst, via, there):
         raise InvalidConfig(f"route {dst} via {via} of {if_name}, a route of its pool, cannot be added: the pod routes "
                             f"{dst} {_described(pod, dst, there)} already (give one of the networks a routingTable "
                             "to route it in its own table)", "spec.pools[].routes")
     if not any(route_key(d, v) == route_key(dst, via) for d, v, _ in there):
-        log.warning("route %s via %s of %s (a route of its pool) not added: the pod's default route %s stays",
-                    dst, via, if_name, _described(pod, dst, there))
+        log.warning("route %s via %s of %s (a route of its pool) not added: the pod's route %s %s stays",
+                    dst, via, if_name, dst, _described(pod, dst, there))
 
 
 def route_key(dst: str, via: str) -> tuple[str, str]:
@@ -315,13 +316,17 @@ def route_key(dst: str, via: str) -> tuple[str, str]:
     return dst, same_ip(via) if via else ""
 
 
-def carried(dst: str, via: str, routes: Iterable[tuple[str, str]]) -> bool:
+def carried(dst: str, via: str, routes: Iterable[tuple[str, str, int]]) -> bool:
     """Whether a pool's route ``dst`` via ``via`` is the pod's as ADD leaves it, given the main table's unicast routes
-    (destination, gateway or ""): a route to ``dst`` through ``via``, on whichever link (the reference plugins'
-    CHECK looks for destination and gateway alike), or, for a default route, any default route of its family."""
+    (``main_routes``'s: destination, gateway or "", link index or 0): a route to ``dst`` through ``via``, on whichever
+    link (the reference plugins' CHECK looks for destination and gateway alike), one to ``dst`` on a single link with
+    no gateway (a connected route: the pod is on that subnet), or, for a default route, any default route of its
+    family. Not a route through another gateway, nor one with several next hops (multipath: no gateway, no link)."""
     want = route_key(dst, via)
-    have = {route_key(d, v) for d, v in routes}
-    return want in have or (want[0].endswith("/0") and any(d == want[0] for d, _ in have))
+    have = [(route_key(d, v), oif) for d, v, oif in routes]
+    on_a_link = {key[0] for key, oif in have if not key[1] and oif}
+    return (any(key == want for key, _ in have) or want[0] in on_a_link or
+            (want[0].endswith("/0") and any(key[0] == want[0] for key, _ in have)))
 
 
 def main_routes(ipr: IPRoute, family: int) -> list[tuple[str, str, int]]:
@@ -333,9 +338,10 @@ def main_routes(ipr: IPRoute, family: int) -> list[tuple[str, str, int]]:
 
 
 def _described(ipr: IPRoute, dst: str, routes: Iterable[tuple[str, str, int]]) -> str:
-    """How the pod routes ``dst`` (for a message): "via G dev N", each such route."""
+    """How the pod routes ``dst`` (for a message): "via G dev N" ("dev N" with no gateway), each such route."""
     key = route_key(dst, "")[0]
-    said = [f"via {via or '-'} dev {_name_of(ipr, oif)}" for d, via, oif in routes if route_key(d, "")[0] == key]
+    said = [f"via {via} dev {_name_of(ipr, oif)}" if via else f"dev {_name_of(ipr, oif)}"
+            for d, via, oif in routes if route_key(d, "")[0] == key]
     return ", ".join(said) or "otherwise"
 
 

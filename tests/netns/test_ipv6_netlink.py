@@ -4,9 +4,9 @@ duplicate address detection: not tentative, a socket binds to it, a prefsrc rout
 CHECK's views (``link_state``, ``policy_state``) list both families and not the kernel's own link-local addresses
 and routes, policy routing writes an AF_INET6 rule per IPv6 address, and the default route moves for IPv6 as for
 IPv4 (a gateway netlink cannot carry gives it back). A pool route the pod routes already (the cluster's default route
-in a dual-stack cluster, two interfaces on one pool) is where ADD and CHECK agree, or refused; an IPv6 address goes
-on a link born with IPv6 off. Only 198.18.0.0/15 and 2001:2::/48 are used; packets travel only between the test's
-namespaces."""
+in a dual-stack cluster, two interfaces on one pool, the subnet another interface is on, in either order) is where ADD
+and CHECK agree, or refused; an IPv6 address goes on a link born with IPv6 off. Only 198.18.0.0/15 and 2001:2::/48
+are used; packets travel only between the test's namespaces."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -387,6 +387,72 @@ def test_a_pool_route_the_pod_routes_through_another_gateway_is_refused_naming_b
     links.configure_addresses(pod.ipr, net2, "net2", ["2001:2:0:140::4/64"], [])
     with pytest.raises(InvalidConfig, match=f"the pod routes 2001:2:0:141::/64 via {GW6_POOL} dev net1 already"):
         links.configure_addresses(pod.ipr, net2, "net2", [], [("2001:2:0:141::/64", "2001:2:0:140::9")])
+
+
+# network A's pool routes network B's subnet through A's gateway; the pod is on both (net1: A, net2: B): per family,
+# A (address, network, the pool route's destination and via), B (address, network), an address in B's subnet
+ON_BOTH: dict[int, tuple[tuple[str, str, str, str], tuple[str, str], str]] = {
+    socket.AF_INET: (("198.18.140.3", "198.18.140.0/24", "198.18.142.0/24", GW4_POOL),
+                     ("198.18.142.3", "198.18.142.0/24"), "198.18.142.9"),
+    socket.AF_INET6: (("2001:2:0:140::3", "2001:2:0:140::/64", "2001:2:0:142::/64", GW6_POOL),
+                      ("2001:2:0:142::3", "2001:2:0:142::/64"), "2001:2:0:142::9"),
+}
+
+
+def _hop(pod: ClusterPod, dst: str, src: str | None = None) -> tuple[str, int]:
+    """How the pod reaches ``dst`` (from ``src``): (gateway or "", link index)."""
+    msg = pod.ipr.route("get", dst=dst, **({"src": src} if src else {}))[0]
+    return msg.get_attr("RTA_GATEWAY") or "", msg.get_attr("RTA_OIF")
+
+
+def _build_on_both(pod: ClusterPod, a: BuiltInterface, b: BuiltInterface, a_first: bool) -> int:
+    """ADD's ``configure`` of A (on net1) and B (on net2) in that order or the other; net2's index."""
+    net2 = links.index_of(pod.ipr, "net2") or 0
+    with contextlib.ExitStack() as undo:
+        for iface, idx in ((a, pod.net1), (b, net2)) if a_first else ((b, net2), (a, pod.net1)):
+            kernel.configure(pod.ipr, idx, iface, undo)
+        undo.pop_all()
+    return net2
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("a_first", [True, False], ids=["A-then-B", "B-then-A"])
+def test_a_pool_route_to_another_interfaces_subnet_adds_in_either_order(cluster_pod: ClusterPod, family: int,
+                                                                       a_first: bool) -> None:
+    """B's address brings a connected route to the destination of A's pool route. IPv4: one key (destination,
+    metric 0) for both; the kernel appends an address's connected route after A's route (A first: both, A's used),
+    and refuses A's after B's (EEXIST: B first, the connected route carries it, A's is left out; it failed ADD with
+    code 7 after 7e3d27b). IPv6: the connected route's metric is 256, A's 1024: both, the connected one used. ADD
+    and CHECK agree in every order; CHECK still finds A's route lacking once nothing carries it."""
+    pod = cluster_pod
+    (a_addr, a_net, dst, via), (b_addr, b_net), target = ON_BOTH[family]
+    a, b = _pool_iface("net1", a_addr, a_net, [(dst, via)]), _pool_iface("net2", b_addr, b_net, [])
+    net2 = _build_on_both(pod, a, b, a_first)
+    assert kernel.check(pod.ipr, pod.ipr, a) == [] and kernel.check(pod.ipr, pod.ipr, b) == []
+    added = (dst, via, pod.net1) in links.main_routes(pod.ipr, family)
+    assert added == (a_first or family == socket.AF_INET6)
+    assert _hop(pod, target) == ((via, pod.net1) if a_first and family == socket.AF_INET else ("", net2))
+    pod.ipr.addr("del", index=net2, **links.address_request(f"{b_addr}/{b_net.split('/')[1]}"))
+    assert kernel.check(pod.ipr, pod.ipr, a) == ([] if added else [f"net1 lacks route {dst} via {via}"]), \
+        "the connected route gone with B's address: CHECK finds the pool's route lacking where it was left out"
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("a_first", [True, False], ids=["A-then-B", "B-then-A"])
+def test_with_a_routing_table_a_pool_route_to_another_interfaces_subnet_is_in_it_in_either_order(
+        cluster_pod: ClusterPod, family: int, a_first: bool) -> None:
+    """A's pool route goes into A's table, which holds A's connected route only: no EEXIST whatever the order. What
+    leaves from A's address goes through A's gateway; the rest of the pod reaches B's subnet on net2."""
+    pod = cluster_pod
+    (a_addr, a_net, dst, via), (b_addr, b_net), target = ON_BOTH[family]
+    a = replace(_pool_iface("net1", a_addr, a_net, [(dst, via)]), table=TABLE)
+    net2 = _build_on_both(pod, a, _pool_iface("net2", b_addr, b_net, []), a_first)
+    assert kernel.check(pod.ipr, pod.ipr, a) == []
+    assert (dst, via, pod.net1) not in links.main_routes(pod.ipr, family)
+    assert _hop(pod, target, src=a_addr) == (via, pod.net1)
+    assert _hop(pod, target) == ("", net2)
 
 
 @pytest.mark.netns

@@ -6,11 +6,16 @@ has already counts."""
 from __future__ import annotations
 
 import contextlib
+import errno
+import ipaddress
+import socket
 from dataclasses import replace
 from typing import Any
 
 import pytest
+from pyroute2.netlink.exceptions import NetlinkError
 
+from cni.errors import CniError
 from ipamd.drivers import kernel
 from ipamd.netlink import links, policy
 from ipamd.store.records import BuiltInterface
@@ -198,13 +203,73 @@ def test_check_accepts_the_pools_routes_in_the_main_table_as_a_pod_built_before_
 
 
 def test_a_pool_route_the_main_table_has_elsewhere_counts_where_add_leaves_it() -> None:
-    """Without a table (``links.carried``, for ADD's EEXIST and CHECK alike): a route to the destination through the
-    same gateway on another link (two interfaces on one pool), or for a default route the pod's own default route of
-    its family, whatever it goes through; the spellings are the kernel's."""
-    main = [("2001:2:0:41::/64", "2001:2::1"), ("0.0.0.0/0", ""), ("198.18.5.0/24", "")]
+    """Without a table (``links.carried``, for ADD's EEXIST and CHECK alike; ``main_routes``' (destination, gateway,
+    link)): a route to the destination through the same gateway on another link (two interfaces on one pool), a
+    connected one (no gateway, one link: the pod is on that subnet), or for a default route the pod's own default
+    route of its family, whatever it goes through; the spellings are the kernel's."""
+    main = [("2001:2:0:41::/64", "2001:2::1", 2), ("0.0.0.0/0", "", 0), ("198.18.5.0/24", "", 3),
+            ("198.19.7.0/24", "", 0)]
     assert links.carried("2001:2:0:41:0::/64", "2001:2:0:0::1", main), "the same route in another spelling"
     assert not links.carried("2001:2:0:41::/64", "2001:2::9", main), "through another gateway"
     assert links.carried("0.0.0.0/0", "198.18.5.1", main), "the pod's default route (a multipath one has no gateway)"
     assert not links.carried("::/0", "2001:2::1", main), "no default route of that family"
-    assert not links.carried("198.19.0.0/16", "198.18.5.1", main) and not links.carried("198.18.5.0/24", "198.18.5.1",
-                                                                                       main), "not the connected one"
+    assert not links.carried("198.19.0.0/16", "198.18.5.1", main), "a wider route is not the destination's"
+    assert links.carried("198.18.5.0/24", "198.18.5.1", main), "the connected one: the pod is on that subnet"
+    assert not links.carried("198.19.7.0/24", "198.18.5.1", main), "several next hops (no gateway, no link)"
+
+
+class MainTable:
+    """A pod namespace's main table as the kernel keeps it for IPv4: an address's connected route is added with
+    NLM_F_APPEND (never EEXIST; the kernel's ``fib_magic``), a route added by ``ip route add`` (NLM_F_EXCL) fails with
+    EEXIST when one of the same destination and metric is there."""
+
+    def __init__(self) -> None:
+        self.routes: list[dict[str, Any]] = []
+        self.names = {2: "net1", 3: "net2"}
+
+    def addr(self, cmd: str, index: int, **kw: Any) -> None:
+        net = ipaddress.ip_interface(f"{kw['address']}/{kw['prefixlen']}").network
+        self.routes.append({"dst": str(net), "gateway": "", "oif": index})
+
+    def route(self, cmd: str, dst: str, gateway: str, oif: int) -> None:
+        if any(r["dst"] == dst for r in self.routes):
+            raise NetlinkError(errno.EEXIST, "File exists")
+        self.routes.append({"dst": dst, "gateway": gateway, "oif": oif})
+
+    def get_routes(self, family: int, table: int) -> list[Any]:
+        out = []
+        for r in self.routes:
+            net, _, plen = r["dst"].partition("/")
+            out.append(PodNetlink.Msg({"family": socket.AF_INET, "dst_len": int(plen), "type": 1},
+                                      {"RTA_DST": None if plen == "0" else net, "RTA_GATEWAY": r["gateway"] or None,
+                                       "RTA_OIF": r["oif"]}))
+        return [m for m in out if m["family"] == family]
+
+    def link(self, cmd: str, index: int) -> list[Any]:
+        return [PodNetlink.Msg({}, {"IFLA_IFNAME": self.names[index]})]
+
+
+def built(order: list[str], b_routes: list[tuple[str, str]] | None = None) -> str:
+    """A pod on network A (198.18.10.0/24, its pool routing 198.18.20.0/24 via 198.18.10.1) and on network B
+    (198.18.20.0/24; ``b_routes`` its pool's), its interfaces configured in ``order``: "" or the CNI error."""
+    pod = MainTable()
+    ifaces = {"A": (2, "net1", ["198.18.10.5/24"], [("198.18.20.0/24", "198.18.10.1")]),
+              "B": (3, "net2", ["198.18.20.5/24"], b_routes or [])}
+    try:
+        for which in order:
+            idx, name, cidrs, routes = ifaces[which]
+            links.configure_addresses(pod, idx, name, cidrs, routes)
+    except CniError as exc:
+        return f"{exc.code}: {exc.msg}"
+    return ""
+
+
+def test_a_pool_route_to_another_interfaces_subnet_does_not_depend_on_the_order_of_the_interfaces() -> None:
+    """7e3d27b refused (code 7) an EEXIST of a pool route unless ``carried``, and a connected route was not: A then B
+    succeeded (the kernel appends B's connected route next to A's pool route), B then A failed ADD, though README
+    fails ADD only for a destination the pod routes "through another gateway". A connected route has none: the
+    pool's route is left out, and the pod passes whatever the order of its selection (or parallel delegates)."""
+    assert built(["A", "B"]) == "", "A first: both routes, ADD succeeds"
+    assert built(["B", "A"]) == "", "B first: the connected route carries the destination"
+    assert built(["B"], [("198.18.20.0/24", "198.18.20.1")]) == "", \
+        "a pool route to the interface's own subnet: its connected route carries it (as in a routing table)"
