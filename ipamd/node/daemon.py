@@ -36,6 +36,7 @@ from ipamd.sources.devices import KubeletDevices
 from ipamd.sources.local import LocalSource
 from ipamd.store.sqlite import Store
 from ipamd.verbs.attacher import Attacher
+from ipamd.verbs.ipam_hints import HintingExec, PlexusHints
 from ipamd.verbs.ipam_plugin import IpamPlugin
 from ipamd.verbs.networks import Networks
 
@@ -138,7 +139,9 @@ class NodeDaemon:
         fault = _fault_hook(cfg.fault, float(os.environ.get("PLEXUS_FAULT_RATE") or 0),
                             os.environ.get("PLEXUS_FAULT_SEED", "plexus"),
                             float(os.environ.get("PLEXUS_FAULT_DELAY") or 0))
-        delegation = Chain(Exec(node_netns=cfg.node_netns, owner=os.path.abspath(cfg.db)))
+        # what Plexus tells the plexus-ipam its delegates exec (delegateIPAM: exec), vouched for while they run
+        hints = PlexusHints()
+        delegation = Chain(HintingExec(Exec(node_netns=cfg.node_netns, owner=os.path.abspath(cfg.db)), hints))
         self.devices = KubeletDevices(cfg.pod_resources_socket, cfg.device_info_dir) if cfg.pod_resources_socket \
             else None
         self.attacher = Attacher(self.store, self.source, self.ipam, self.segments,
@@ -147,7 +150,7 @@ class NodeDaemon:
                                  networks=Networks(self.source, self.ipam, devices=self.devices), delegation=delegation,
                                  delegated=self.delegated, background_del=cfg.del_mode == "background",
                                  del_delay_s=cfg.del_delay)
-        self.ipam_plugin = IpamPlugin(self.delegated, self.source, self._ready.is_set, publisher)
+        self.ipam_plugin = IpamPlugin(self.delegated, self.source, self._ready.is_set, publisher, hints)
         self.reconciler = Reconciler(self.store, self.source, self.ipam, self.attacher, self.segments, publisher,
                                      cfg.reconcile_interval, cluster=bool(cfg.kubeconfig), settle_s=RECONCILE_SETTLE_S,
                                      lull=self.calls.wait_for_lull, reports=reports)

@@ -6,7 +6,8 @@ come from (``ipamd.model.ipamconf``). ADD answers with addresses and routes only
 attachment's lease (quarantined); GC releases the network's leases that are no longer valid and takes those
 attachments off its IPAMClaims, as DEL does; CHECK refuses what ADD would refuse of the configuration, then says
 whether the lease is still held; STATUS whether the daemon can serve ADD. The pod, when CNI_ARGS names one the
-object source knows, is who uses the address, and only its NPWG selection may name an IPAMClaim.
+object source knows, is who uses the address, and only its NPWG selection may name an IPAMClaim: as the source shows
+it, or as Plexus resolved it when Plexus itself is running the delegate that calls (``ipam_hints``).
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from cni.errors import InvalidConfig, ObjectNotFound, PluginNotAvailable, TryAga
 from cni.types import Result
 from ipamd.ipam.delegated import AddressRequest, DelegatedAddresses, ipam_config_of
 from ipamd.model.npwg import NETWORKS_ANNOTATION, NetworkElement, parse_networks
-from ipamd.model.objects import IPAM_CLAIM, NETWORK_ATTACHMENT_DEFINITION, Pod
+from ipamd.model.objects import IPAM_CLAIM, NETWORK_ATTACHMENT_DEFINITION, POD, Meta, Pod
 from ipamd.publish.base import LocalPublisher, Publisher
-from ipamd.sources.base import ObjectSource, require_listed
+from ipamd.sources.base import ObjectSource, at_uid, require_listed
 from ipamd.store.records import IPRecord
 from ipamd.verbs.call import CniCall, KeyedLocks, dispatch, valid_attachments
+from ipamd.verbs.ipam_hints import PlexusHints, Told
 from ipamd.verbs.networks import PLEXUS_IPAM_ARGS
 from ipamd.verbs.pods import find_pod
 
@@ -113,9 +115,10 @@ def told_by_plexus(told: Any, pod: Pod | None, ifname: str, network: str,
                    network_of: Callable[[NetworkElement], str]) -> tuple[str, str, str]:
     """The NAD, IPAMClaim and claim field that Plexus, delegating with ``delegateIPAM: exec``, tells plexus-ipam in
     ``args`` (it names interfaces its own way, so ``selection_for`` cannot find the element), once the pod's own
-    selection says the same. Under Multus ``args`` is the NAD author's to write: trusted, it would hand any pod
-    selecting the NAD another pod's claim and its sticky address. Only an element of the pod's
-    ``k8s.v1.cni.cncf.io/networks`` names a claim (``ipam-claim-reference``)."""
+    selection says the same: a hint Plexus does not vouch for (``ipam_hints``) is anyone's. Under Multus ``args``
+    is the NAD author's to write: trusted, it would hand any pod selecting the NAD another pod's claim and its
+    sticky address. Only an element of the pod's ``k8s.v1.cni.cncf.io/networks`` names a claim
+    (``ipam-claim-reference``)."""
     if not isinstance(told, dict):
         raise InvalidConfig("must be an object: the NAD, IPAMClaim and selection element Plexus resolved", TOLD_FIELD)
     nad, claim, where = (str(told.get(key) or "") for key in ("nad", "claim", "where"))
@@ -150,11 +153,13 @@ def told_by_plexus(told: Any, pod: Pod | None, ifname: str, network: str,
 
 class IpamPlugin:
     def __init__(self, addresses: DelegatedAddresses, source: ObjectSource, ready: Callable[[], bool],
-                 publisher: Publisher | None = None) -> None:
+                 publisher: Publisher | None = None, hints: PlexusHints | None = None) -> None:
         self.addresses = addresses
         self.source = source
         self.ready = ready
         self.publisher = publisher or LocalPublisher()  # an IPAMClaim's status
+        # what Plexus, running the delegate that calls, told it: the registry Plexus's delegation fills
+        self.hints = hints if hints is not None else PlexusHints()
         self.locks = KeyedLocks()
 
     def handle(self, call: CniCall) -> dict[str, Any]:
@@ -182,6 +187,21 @@ class IpamPlugin:
                                 "longer) the one of that name, whose network selection may name an IPAMClaim", UID_ARG) \
                 from None
 
+    def _vouched(self, call: CniCall) -> Told | None:
+        """The hint in ``args`` when Plexus is running this very delegate with it: Plexus's word, taken as is."""
+        args = call.config.get("args")
+        told = Told.of(args.get(PLEXUS_IPAM_ARGS)) if isinstance(args, dict) else None
+        return told if told is not None and self.hints.vouches(call.container_id, call.ifname, told) else None
+
+    def _pod_of_plexus(self, call: CniCall) -> Pod | None:
+        """The pod of a call Plexus vouches for: the source's at the call's UID, else the one Plexus had from the
+        runtime's annotations (``find_pod``: nothing to wait for), known by its name and UID."""
+        ns, name, uid = (call.args.get(k, "") for k in ("K8S_POD_NAMESPACE", "K8S_POD_NAME", UID_ARG))
+        if not (ns and name):
+            return None
+        pod = self.source.get(POD, ns, name)
+        return pod if pod is not None and at_uid(pod, uid) else Pod(Meta(POD.name, name, ns, uid, "runtime"), {})
+
     def _network_of(self, el: NetworkElement, network: str) -> str:
         """The CNI network name of an element's NAD, from the source's cache: its config's ``name``, which is the
         NAD's name when the config has none or is on the node's disk (Multus finds that file by the NAD's name).
@@ -205,10 +225,13 @@ class IpamPlugin:
         config = ipam_config_of(call.config)
         ips = requested_ips(call.config)
         require_listed(self.source)
-        pod = self._pod(call)
+        vouched = self._vouched(call)
+        pod = self._pod_of_plexus(call) if vouched is not None else self._pod(call)
         claim, claim_field, nad = "", "", ""
         args = call.config.get("args")
-        if isinstance(args, dict) and PLEXUS_IPAM_ARGS in args:  # Plexus delegated this: which NAD and claim, checked
+        if vouched is not None:  # Plexus is running this delegate: the NAD and claim it resolved, as it resolved them
+            nad, claim, claim_field = vouched.nad, vouched.claim, vouched.claim_field
+        elif isinstance(args, dict) and PLEXUS_IPAM_ARGS in args:  # a hint nobody vouches for: checked
             nad, claim, claim_field = told_by_plexus(args[PLEXUS_IPAM_ARGS], pod, call.ifname, call.network_name,
                                                      lambda el: self._network_of(el, call.network_name))
         elif pod is not None:  # another meta-plugin (Multus): the pod's selection, by Multus's interface names

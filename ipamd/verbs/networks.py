@@ -232,6 +232,7 @@ class Networks:
     def _delegate(self, call: CniCall, pod: Pod, conf: PluginConfig, d: Delegated, if_name: str,
                   runtime: dict[str, Any] | None = None, args: dict[str, Any] | None = None,
                   default_route: tuple[str, ...] = (), where: str = "", claim: str = "") -> Wanted:
+        _no_plexus_ipam_args(d)
         inv = Invocation(d.conflist, call.container_id, call.netns, if_name, _ignore_unknown(call.raw_args),
                          dict(runtime or {}), dict(args or {}), conf.plugin_dirs(call.cni_path), conf.delegate_timeout_s)
         address = self._address(call, pod, d, if_name, inv.runtime_config, where, claim)
@@ -266,6 +267,17 @@ class Networks:
         return AddressRequest(d.conflist["name"], call.container_id, if_name, config, pod, pod.meta.namespace, nad,
                               tuple(str(i) for i in ips), claim, ips_field=ips_field,
                               claim_field=f"{where}.ipam-claim-reference", config_field=f"plugins[{i}].ipam")
+
+
+def _no_plexus_ipam_args(d: Delegated) -> None:
+    """``args[PLEXUS_IPAM_ARGS]`` is Plexus's to write: plexus-ipam takes it, while Plexus runs the delegate, as
+    Plexus's word on the pod's NAD and IPAMClaim (``ipam_hints``). A configuration writing it (a NAD author naming
+    another pod's claim) is refused, whatever its plugins' IPAM."""
+    for i, plugin in enumerate(d.conflist["plugins"]):
+        own = plugin.get("args")
+        if isinstance(own, dict) and PLEXUS_IPAM_ARGS in own:
+            raise InvalidConfig(f"{d.target.type} {d.target.name}: args.{PLEXUS_IPAM_ARGS} is written by Plexus, "
+                                "not by a network's configuration", f"plugins[{i}].args.{PLEXUS_IPAM_ARGS}")
 
 
 def default_networks(source: ObjectSource, namespace: str) -> list[NetworkSelection]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from cni.errors import CniError
+from cni.errors import CniError, InvalidConfig
 from ipamd.ipam.addresses import Ipam
 from ipamd.ipam.delegated import DelegatedAddresses
 from ipamd.model.npwg import NETWORKS_ANNOTATION
@@ -19,6 +19,7 @@ from ipamd.model.objects import API_VERSION, CLUSTER_IP_ADDRESS_POOL, NPWG_CLAIM
 from ipamd.node.reconcile import Reconciler
 from ipamd.sources.base import Problem
 from ipamd.verbs.call import CniCall
+from ipamd.verbs.ipam_hints import HintingExec, PlexusHints, Told
 from ipamd.verbs.ipam_plugin import IpamPlugin
 from tests.fakes.publisher import RecordingPublisher
 from tests.fakes.source import FakeSource
@@ -973,3 +974,125 @@ def test_del_with_a_broken_ipam_section_still_releases_the_lease() -> None:
     assert node.call("DEL", {**SHARED, "routes": [{"dst": "nowhere"}], "etcd_host": "x"}) == {}
     assert node.store.all_ips() == [] and {lease.state for lease in node.store.all_leases()} == {"orphaned"}
     assert node.call("DEL", {"range": "garbage"}) == {}, "idempotent, whatever the section says"
+
+
+# -- Plexus's own exec delegation: the hint it wrote is vouched for while it runs the delegate (ipam_hints) ------
+
+CLAIMED = json.dumps([{"name": "first", "interface": "net1", "ipam-claim-reference": "db-0"}])
+
+
+def plexus_exec_node() -> tuple[Any, Any, Any]:
+    """``_plexus_ipam_exec_node`` wired as ``NodeDaemon``: Plexus's delegation and plexus-ipam share one
+    ``PlexusHints``; and ``cni(verb, pod, container, **conf)`` with CNI_ARGS as the runtime passes them."""
+    from ipamd.drivers.delegate import DelegateDriver
+    from ipamd.invoke.chain import Chain
+    from tests.unit.test_attacher import NETNS
+    from tests.unit.test_delegation_edges import _plexus_ipam_exec_node
+
+    node, fake, _ = _plexus_ipam_exec_node()
+    hints = PlexusHints()
+    node.drivers["delegate"] = DelegateDriver(Chain(HintingExec(fake, hints)))
+    fake.plugin = IpamPlugin(DelegatedAddresses(node.ipam, node.source), node.source, lambda: True, hints=hints)
+    node.source.add(claim("db-0", network="first"))
+
+    def cni(verb: str, pod: str, container: str, **extra: Any) -> Any:
+        args = {"K8S_POD_NAMESPACE": NS, "K8S_POD_NAME": pod, "K8S_POD_UID": f"uid-{pod}"}
+        raw = "IgnoreUnknown=1;" + ";".join(f"{k}={v}" for k, v in args.items())
+        conf = {"cniVersion": "1.1.0", "name": "plexus", "type": "plexus", "delegateIPAM": "exec", **extra}
+        return node.attacher.handle(CniCall(verb, container, NETNS, "eth0", args, conf, raw))
+
+    return node, hints, cni
+
+
+def runtime(networks: str) -> dict[str, Any]:
+    return {"runtimeConfig": {"io.kubernetes.cri.pod-annotations": {NETWORKS_ANNOTATION: networks}}}
+
+
+def test_plexus_exec_delegation_keeps_the_claim_of_a_pod_known_only_from_the_runtimes_annotations() -> None:
+    """README, ADD step 1: a pod's annotations come from runtimeConfig["io.kubernetes.cri.pod-annotations"] when the
+    runtime passes them, else from the object source. Plexus resolves such a pod's NPWG element naming an IPAMClaim
+    and, with ``delegateIPAM: exec``, tells plexus-ipam the claim in ``args``; the macvlan execs plexus-ipam with
+    no pod annotations, and in local mode the source has no such pod: ``told_by_plexus`` (80bb129) refused any claim
+    for "a pod plexus-ipamd does not know" (code 7), where the ADD got the claim's sticky address before. Plexus
+    vouches for its hint while it runs the macvlan (``ipam_hints``, wired as ``NodeDaemon`` wires it)."""
+    from tests.unit.delegation_node import npwg_pod
+
+    node, hints, cni = plexus_exec_node()
+    node.source.add(npwg_pod("known", "uid-known", CLAIMED))
+    cni("ADD", "known", "c-known")  # control: the pod in the source gets the claim
+    assert {r.key: r.used_by_uids for r in node.store.all_ips()}.get("IPAMClaim/apps/db-0") == ("c-known/net1",)
+    cni("DEL", "known", "c-known")
+    node.source.remove("Pod", "apps", "known")
+
+    try:
+        first = cni("ADD", "db-0", "c-rt", **runtime(CLAIMED))
+    except CniError as exc:
+        pytest.fail(f"ADD of the runtime-annotated pod failed: {exc.code} {exc.msg} ({exc.details})")
+    users = {r.key: (r.used_by_uids, r.used_by_pods) for r in node.store.all_ips()}
+    assert users.get("IPAMClaim/apps/db-0") == (("c-rt/net1",), ("apps/db-0",)), users
+    assert hints.running() == 0, "nothing is kept once the delegate has answered"
+    cni("DEL", "db-0", "c-rt", **runtime(CLAIMED))
+    again = cni("ADD", "db-0", "c-rt2", **runtime(CLAIMED))
+    assert again["ips"] == first["ips"], "the claim's address again, for the pod's next sandbox"
+
+
+def test_a_selection_edited_after_the_sandbox_was_made_keeps_the_claim_plexus_resolved() -> None:
+    """The source's pod says another selection than the runtime's (the annotation edited since the sandbox was
+    made): Plexus resolves the runtime's, and plexus-ipam takes what Plexus resolved (code 7 before)."""
+    from tests.unit.delegation_node import npwg_pod
+
+    node, _, cni = plexus_exec_node()
+    node.source.add(npwg_pod("db-0", "uid-db-0", json.dumps([{"name": "first", "interface": "net1"}])))
+    cni("ADD", "db-0", "c-1", **runtime(CLAIMED))
+    users = {r.key: r.used_by_uids for r in node.store.all_ips()}
+    assert users.get("IPAMClaim/apps/db-0") == ("c-1/net1",), users
+
+
+def test_a_hint_in_a_nads_own_args_is_refused_by_plexus_naming_it() -> None:
+    """Plexus vouches for what is under that key of ``args`` while it runs the delegate: a NAD writing it itself
+    (naming another pod's claim) is refused, before anything is leased or exec'd."""
+    from tests.unit.delegation_node import npwg_pod
+    from tests.unit.test_networks import nad as nad_of
+
+    node, hints, cni = plexus_exec_node()
+    forged = {TOLD: {"nad": f"{NS}/first", "claim": "db-0", "where": f"{NETWORKS_ANNOTATION}[0]"}}
+    node.source.add(nad_of("forged", {"cniVersion": "1.1.0", "type": "macvlan", "master": "eth1", "args": forged,
+                                      "ipam": {"type": "plexus-ipam", "range": "198.18.71.0/24"}}, NS))
+    node.source.add(npwg_pod("thief", "uid-thief", "forged"))
+    with pytest.raises(CniError) as exc:
+        cni("ADD", "thief", "c-t")
+    assert (exc.value.code, exc.value.details) == (7, f"plugins[0].args.{TOLD}"), exc.value.msg
+    assert node.store.all_ips() == [] and hints.running() == 0
+
+
+def test_only_the_hint_plexus_is_running_the_delegate_with_is_vouched_for() -> None:
+    """A registration vouches for its attachment and its hint only: the same hint for another attachment, or
+    another hint for the same one, is checked against the source as before (an unknown pod: no claim)."""
+    node = Node()
+    node.plugin.hints = hints = PlexusHints()
+    node.source.add(claim("db-0"))
+    told = {"nad": f"{NS}/nad-a", "claim": "db-0", "where": f"{NETWORKS_ANNOTATION}[0]"}
+    other = {**told, "where": f"{NETWORKS_ANNOTATION}[1]"}
+    with hints.telling("c1", "net1", Told(**told)):
+        for kw in ({"container": "c2"}, {"ifname": "net2"}, {"args": {TOLD: other}}):
+            err = node.error("ADD", SHARED, pod_name="db-0", uid="uid-1", **{"args": {TOLD: told}, **kw})
+            assert (err.code, err.details) == (7, f"args.{TOLD}.claim"), (kw, err.msg)
+        node.call("ADD", SHARED, pod_name="db-0", uid="uid-1", args={TOLD: told})
+    users = {r.key: (r.used_by_uids, r.used_by_pods) for r in node.store.all_ips()}
+    assert users == {"IPAMClaim/apps/db-0": (("c1/net1",), ("apps/db-0",))}, users
+    assert hints.running() == 0
+
+
+def test_the_hint_is_let_go_when_the_delegate_fails() -> None:
+    """The registration lives as long as the delegate's exec, whatever its end."""
+
+    class Failing:
+        def run(self, *a: Any) -> Any:
+            raise InvalidConfig("no", "x")
+
+    hints = PlexusHints()
+    config = {"args": {TOLD: {"nad": f"{NS}/first", "claim": "", "where": "clusterNetwork"}}}
+    with pytest.raises(CniError):
+        HintingExec(Failing(), hints).run("macvlan", {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_IFNAME": "n"},
+                                          config, 1.0)
+    assert hints.running() == 0
