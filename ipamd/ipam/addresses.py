@@ -106,6 +106,9 @@ class Secured:
     lease: LeaseRecord | None = None
     used: bool = False
     elsewhere: bool = False  # a Static address another node holds: refused inside the transaction, no second ask
+    # this node's lease of a portable address whose holder another node took over since (``Ipam._taken_over``): the
+    # transaction drops it from the store, and leaves its object to whoever quarantined or holds it now
+    stale: LeaseRecord | None = None
 
 
 def pool_key(pool: AddressPool) -> str:
@@ -303,6 +306,10 @@ class Ipam:
         if lease is not None and starts_over(lease, pool):  # another pool's, or now a gateway: start over
             self._orphan(lease, now)
             lease = None
+        if lease is not None and secured.stale is not None and not rec.used_by_uids and \
+                (lease.pool, lease.ip) == (secured.stale.pool, secured.stale.ip):
+            self.store.delete_lease(lease.pool, lease.ip)  # its object is no longer this node's word: left alone
+            lease = None
         who, field = asker(rec)
         if lease is None and secured.elsewhere:
             raise AddressConflict(f"{who}: {rec.static_ip} is already leased elsewhere (pool {pool.meta.display})",
@@ -359,8 +366,11 @@ class Ipam:
         held = self.store.lease_of(rec.key)
         failed = True
         try:  # (a step after a claim won that fails lets it go below: ``_secure`` says it won before those steps)
-            if pool is not None and (held is None or starts_over(held, family_view(rec, pool))):  # none, or one
-                secured.lease = self._secure(rec, family_view(rec, pool), secured)  # ``lease_for`` lets go
+            view = family_view(rec, pool) if pool is not None else None
+            if view is not None and held is not None and not starts_over(held, view) and self._taken_over(rec, held):
+                secured.stale, held = held, None  # the holder's address elsewhere taken up instead (``_secure``)
+            if view is not None and (held is None or starts_over(held, view)):  # none, or one ``lease_for`` lets go
+                secured.lease = self._secure(rec, view, secured)
             yield secured
             failed = False
         finally:
@@ -374,6 +384,18 @@ class Ipam:
                             self.registry.publish(secured.lease)
                 finally:
                     self._unreserve(secured.lease)
+
+    def _taken_over(self, rec: IPRecord, held: LeaseRecord) -> bool:
+        """Whether this node's lease of a portable Auto address (a user's IPAddress, an IPAMClaim, no pod of this node
+        on it) is one another node took the holder from since: there the address became a route's gateway, and that
+        node quarantined its object and leased the holder another (``_quarantine_elsewhere``), which this node's store
+        was never told. The registry shows the holder's address elsewhere (the informer's cache: no request while it
+        shows this lease's, or none, as an ADD finds it), and this lease's object, read now, is no longer the holder's
+        (the cache lags this node's own writes: it may show an address this node let go of a moment ago)."""
+        if rec.created_by not in PORTABLE or rec.type != "Auto" or rec.used_by_uids:
+            return False
+        elsewhere = self.registry.held_by(rec.key, held.pool)
+        return elsewhere is not None and elsewhere != held.ip and self.registry.taken_over(held)
 
     def _secure(self, rec: IPRecord, pool: AddressPool, secured: Secured) -> LeaseRecord | None:
         pkey = pool_key(pool)
@@ -568,19 +590,28 @@ class Ipam:
         with self.store.transaction():
             self.store.put_ip(replace(rec, phase="Pending", conditions=conds))
 
-    def _static_pending(self, rec: IPRecord, pool: AddressPool, exc: CniError) -> None:
-        """A user's Static whose address the pool refuses it (``static_refusal``) is recorded ``Pending`` saying why,
-        as an Auto one on a full pool is, holding no lease: shown, not dropped with a line in the log, and leased by a
-        later round once the address frees up. (A gRPC client's refused request is no object: nothing is recorded.)"""
-        if rec.type != "Static" or not rec.static_ip or rec.created_by != "user" or rec.kind not in IP_ADDRESS_KINDS:
+    def _refused_pending(self, rec: IPRecord, pool: AddressPool, exc: CniError) -> None:
+        """A user's IPAddress the pool refuses is recorded ``Pending`` saying why, as an Auto one on a full pool is,
+        holding no lease (the one it held let go, unless a pod uses it): shown, not dropped with a line in the log, and
+        leased by a later round once it can be. A Static whose address the pool refuses it (``static_refusal``), or an
+        Auto one naming a family (``spec.ipFamily``) the pool no longer has (``OUTSIDE_POOL``: its address, if it
+        holds one, is of no network of the pool's). (A gRPC client's refused request is no object: nothing is
+        recorded.)"""
+        if rec.created_by != "user" or rec.kind not in IP_ADDRESS_KINDS:
             return
-        reason = static_refusal(exc, pool, to_int(rec.static_ip))
+        if rec.type == "Static" and rec.static_ip:
+            reason = static_refusal(exc, pool, to_int(rec.static_ip))
+        elif rec.type == "Auto" and asked_family(rec, pool) not in pool.families:
+            reason = OUTSIDE_POOL
+        else:
+            return
         with self.store.transaction():  # read again under the lock: an ADD may have leased it meanwhile
             held = self.store.lease_of(rec.key)
             now = self.store.get_ip(rec.key) or rec
             if held is not None and (now.used_by_uids or not starts_over(held, pool)):
                 return
-            if held is not None:  # one ``lease_for`` let go before refusing (rolled back with the refusal): let go
+            if held is not None:  # one ``lease_for`` let go before refusing (rolled back with the refusal), or one
+                # of a family the pool no longer has: let go
                 self._orphan(held, self.clock())
             conds = set_condition(now.conditions, "Allocated", False, reason, exc.msg, self.clock())
             self.store.put_ip(replace(now, phase="Pending", address="", network="", routes=(), conditions=conds))
@@ -621,8 +652,8 @@ class Ipam:
         if rec is None or not rec.used_by_uids:
             return None
         lease = self.store.lease_of(rec.key)
-        if lease is None or not starts_over(lease, family_view(rec, pool)):
-            return None
+        if lease is None or (asked_family(rec, pool) in pool.families and not starts_over(lease, family_view(rec, pool))):
+            return None  # (one naming a family its pool dropped starts over: kept, not refused every round)
         return rec, lease
 
     def lease_alone(self, rec: IPRecord, pool: AddressPool,
@@ -647,7 +678,7 @@ class Ipam:
         try:
             return self.resecured(attempt)
         except (AddressConflict, InvalidConfig) as exc:
-            self._static_pending(rec, pool, exc)
+            self._refused_pending(rec, pool, exc)
             raise
 
     def as_its_network_sees(self, rec: IPRecord, pool: AddressPool) -> AddressPool:
@@ -773,7 +804,15 @@ class Ipam:
         still uses it (read under the lock), whose DEL then lets it go (``_drop_user``)."""
         rec = self.store.get_ip(key)
         if rec is not None and not rec.used_by_uids:
+            self._let_go_auto(rec)
+
+    def _let_go_auto(self, rec: IPRecord) -> None:
+        """A pod's Auto IPAddress no family of its pool takes now, let go while the pod lives: its address
+        quarantined, and its object in the API deleted (owed in this commit: the garbage collector deletes it only
+        with the pod, and it stood ``Allocated`` with the quarantined address till then)."""
+        with self.store.transaction():
             self.delete_ip(rec)
+            self.registry.auto_ip_gone(rec)
 
     def records(self, keys: list[str]) -> list[IPRecord]:
         """The IPAddress records of ``keys`` that exist."""
@@ -827,8 +866,10 @@ class Ipam:
             rec = replace(rec, conditions=set_condition(rec.conditions, "Attached", False, "NotAttached", "",
                                                         self.clock()))
         # a delegate's lease goes with its attachment, a pod's Auto one of a family its pool lost with its last user
-        if not keep and (rec.deleted or rec.created_by == "cni" or self._family_dropped(rec)):
+        if not keep and (rec.deleted or rec.created_by == "cni"):
             self.delete_ip(rec)
+        elif not keep and self._family_dropped(rec):
+            self._let_go_auto(rec)
         else:
             self.store.put_ip(rec)
         if pod_uid and rec.created_by == "user" and rec.kind in IP_ADDRESS_KINDS:

@@ -45,7 +45,15 @@ class LeaseRegistry(Protocol):
 
     def take_up(self, lease: LeaseRecord) -> bool: ...  # a lease made elsewhere (held_by) made this node's, now
 
+    # this node's lease no longer its holder's beyond this node (quarantined, let go or leased again by another
+    # node), read now, while this node owes it no write
+    def taken_over(self, lease: LeaseRecord) -> bool: ...
+
     def recorded(self, lease: LeaseRecord) -> None: ...  # a claim recorded by the store (inside its transaction)
+
+    # a pod's own Auto IPAddress let go while the pod lives (its pool lost the family it holds): what stands for it
+    # beyond this node goes too, owed in the caller's commit (the garbage collector deletes it only with the pod)
+    def auto_ip_gone(self, rec: IPRecord) -> None: ...
 
     def use(self, rec: IPRecord, pod: Pod, field: str) -> None:
         """Make ``pod`` the one pod of the cluster that uses a user's IPAddress (before its address is used, outside
@@ -148,7 +156,13 @@ class NodeLocalRegistry(NoBlocks):
     def take_up(self, lease: LeaseRecord) -> bool:
         return True
 
+    def taken_over(self, lease: LeaseRecord) -> bool:
+        return False
+
     def recorded(self, lease: LeaseRecord) -> None:
+        pass
+
+    def auto_ip_gone(self, rec: IPRecord) -> None:
         pass
 
     def use(self, rec: IPRecord, pod: Pod, field: str) -> None:

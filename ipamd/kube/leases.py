@@ -26,6 +26,7 @@ from ipamd.ipam.allocator import to_int
 from ipamd.ipam.registry import NoBlocks
 from ipamd.kube.errors import api_unavailable_is_11, status_of
 from ipamd.kube.outbox import PARKED, Outbox
+from ipamd.kube.publisher import owe_auto_ip_delete
 from ipamd.kube.resources import RESOURCES
 from ipamd.kube.server_clock import stamped_at
 from ipamd.kube.users import IPAddressUsers, still_running
@@ -589,6 +590,19 @@ class KubeLeaseRegistry(NoBlocks):
                 raise
             return True
 
+    def taken_over(self, lease: LeaseRecord) -> bool:
+        """Whether the object of this node's ``lease``, read now, is no longer its holder's (quarantined, gone, another
+        holder's): another node took the holder over. Not while this node owes it a write of who holds it: its own
+        latest word (a create in its block, a keep, a quarantine), which the object does not show yet (a take-up's
+        parked hand-back, and a pod's name taken off it, say nothing of that)."""
+        name = lease_name(lease.pool, lease.address)
+        if self.outbox.owes(f"{KIND}/{name}", but=("hand_back", "unkeep")):
+            return False
+        with api_unavailable_is_11():
+            current = self._read(name)
+        return current is None or _spec(current).get("holder") != lease.holder or \
+            bool((current.get("status") or {}).get("orphaningTimestamp"))
+
     def use(self, rec: IPRecord, pod: Pod, field: str) -> None:
         self.users.use(rec.kind, rec.namespace, rec.name, rec.key, pod, field)
 
@@ -624,6 +638,10 @@ class KubeLeaseRegistry(NoBlocks):
         user = parse_user_text(written)
         if rec.used_by_uids and (user is None or user.uid not in rec.used_by_uids):
             self.users.repair(rec.key, rec.used_by_pods[0], rec.used_by_uids[0], object_uid)
+
+    def auto_ip_gone(self, rec: IPRecord) -> None:
+        """The object of a pod's Auto IPAddress let go while the pod lives: deleted (owed)."""
+        owe_auto_ip_delete(self.outbox, rec)
 
     def recorded(self, lease: LeaseRecord) -> None:
         """The take-up of ``lease``'s holder is kept: its hand-back goes (only that holder's)."""

@@ -120,6 +120,17 @@ def auto_ip_body(rec: IPRecord, pod: Pod, node: str) -> dict[str, Any]:
     }
 
 
+def owe_auto_ip_delete(outbox: Outbox, rec: IPRecord) -> None:
+    """The delete of the Auto IPAddress object made for a pod's record (``auto_ip_body``) owed in the caller's commit,
+    its owed writes dropped: the record was let go while the pod lives (its pool lost the family it holds), and the
+    object, which the garbage collector deletes only with the pod, stood ``Allocated`` with a quarantined address."""
+    with outbox.store.transaction():
+        for op in ("create", "patch_status"):
+            outbox.drop(rec.key, op)
+        outbox.add(rec.key, "delete", {"kind": IP_ADDRESS.name, "name": rec.name, "namespace": rec.namespace},
+                   supersede=True)
+
+
 class KubePublisher:
     remote = True
 

@@ -75,6 +75,11 @@ def _shown(rec: IPRecord) -> tuple[object, ...]:
     return rec.phase, rec.address, rec.network, rec.routes, rec.conditions
 
 
+def _users(rec: IPRecord) -> bool:
+    """Whether ``rec`` is of a user's IPAddress, whose status the node whose pod uses it writes (``_speaks_for``)."""
+    return rec.kind in IP_ADDRESS_KINDS and rec.created_by == "user"
+
+
 def _merged(ranges: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
     """Inclusive ranges as few disjoint ones, in order (overlapping ranges of one space share addresses)."""
     out: list[tuple[int, int]] = []
@@ -141,6 +146,8 @@ class Reconciler:
         # and why; published again only when that changes (a segment that cannot be built is not written every round)
         self._reported: dict[str, tuple[str, str]] = {}
         self._missing_checked = float("-inf")  # when lease objects missing from the node's blocks were last looked for
+        # user IPAddresses whose status a restart republishes once the source has listed (``_speaks_for`` needs it)
+        self._unrepublished: set[str] = set()
         self._wake = threading.Event()
         self._hurry = threading.Event()  # no lull waited for: another node waits (``wake_now``), or stopping
         self._stop = threading.Event()
@@ -148,7 +155,9 @@ class Reconciler:
 
     def recover(self) -> int:
         """Finish what a crash interrupted: an attachment still ``adding`` or ``deleting`` is torn down, and what
-        the store says is published again."""
+        the store says is published again, but the status of a user's IPAddress this node does not speak for
+        (``_speaks_for``): each node's restart wrote its own ``usedByPods`` (empty) over the status another node's pod
+        uses."""
         n = 0
         for rec in self.store.attachments():
             if rec.state == "ready":
@@ -159,11 +168,25 @@ class Reconciler:
                     log.info("recovered %s attachment %s/%s", rec.state, rec.container_id[:12], rec.ifname)
             except CniError as exc:
                 log.warning("could not recover attachment %s/%s: %s", rec.container_id[:12], rec.ifname, exc)
-        self.publisher.republish(self.store.all_ips(), self.store.pod_statuses())
+        ips = self.store.all_ips()
+        if not self.source.ready():  # who speaks for a user's IPAddress is known once the source has listed
+            self._unrepublished = {rec.key for rec in ips if _users(rec)}
+        self.publisher.republish([rec for rec in ips if not _users(rec) or self._speaks_for_record(rec)],
+                                 self.store.pod_statuses())
         for ip in self.store.all_ips():  # in use (a Static, or deleted meanwhile) since before this version: kept
             if ip.used_by_uids and (ip.deleted or ip.type == "Static" or ip.created_by == "user"):
                 self._keep_lease_of(ip)
         return n
+
+    def _republish_unspoken(self) -> None:
+        """The statuses of user IPAddresses a restart left for the source to list, owed now for those this node speaks
+        for (each read and owed in one transaction: a CNI call's newer one is never overtaken)."""
+        keys, self._unrepublished = self._unrepublished, set()
+        for key in sorted(keys):
+            with self.store.transaction():
+                rec = self.store.get_ip(key)
+                if rec is not None and self._speaks_for_record(rec):
+                    self.publisher.ip_status(rec)
 
     def _keep_lease_of(self, rec: IPRecord) -> None:
         """A pod of this node uses the IPAddress's address (a Static, or one deleted meanwhile): its lease object is
@@ -349,6 +372,7 @@ class Reconciler:
     def _sync_ipaddresses(self, statics_only: bool = False) -> None:
         if not self.source.ready():
             return  # before the first list everything would look deleted
+        self._republish_unspoken()
         live: dict[str, object] = {c.meta.key: c for c in self.source.list(IPAM_CLAIM)}
         objs = [obj for kind in IP_ADDRESS_KINDS.values() for obj in self.source.list(kind)]
         live.update((obj.meta.key, obj) for obj in objs)
@@ -422,6 +446,12 @@ class Reconciler:
             return True
         rec = self.store.get_ip(obj.meta.key)
         return rec is not None and user.uid in rec.used_by_uids
+
+    def _speaks_for_record(self, rec: IPRecord) -> bool:
+        """``_speaks_for`` the object of a user's IPAddress record: False while the source has not listed (not known
+        yet), or once the object is gone (no status to write)."""
+        obj = self.source.get(IP_ADDRESS_KINDS[rec.kind], rec.namespace, rec.name) if self.source.ready() else None
+        return obj is not None and self._speaks_for(obj)
 
     def _release_gone_pods(self) -> None:
         if not self.source.ready():

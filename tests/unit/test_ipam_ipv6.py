@@ -320,3 +320,129 @@ def test_a_users_auto_address_of_a_dropped_family_is_kept_while_used_then_leased
         assert _holders(store)[c.address] is None, "the IPv4 address quarantined"
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("by", ["del", "add"])
+def test_a_pods_auto_ipaddress_let_go_for_a_dropped_family_leaves_no_allocated_object_behind(by: str) -> None:
+    """Kubernetes mode: the node makes an IPAddress object for each Auto record of a pod (``auto_ip_body``, owned by
+    the pod). Pool ``pool-a`` made IPv6-only: the pod's next sandbox takes the ``-v6`` record, and the old sandbox's
+    DEL lets the plain (IPv4) record go while the pod lives (``_family_dropped``: deleted, its address quarantined;
+    or, the old sandbox gone before the pool was edited, the next sandbox's ADD does: ``_let_go_unused``).
+    Nothing told the API: the object stayed, ``Allocated`` with the quarantined address (and later another pod's),
+    its pod written on it, until the pod is deleted. Its delete is owed in the DEL's commit now."""
+    from kubernetes import client
+
+    from ipamd.kube.publisher import KubePublisher
+    from ipamd.verbs.attacher import Attacher
+    from tests.fakes.cluster import FakeApi
+    from tests.fakes.publisher import RecordingPublisher
+    from tests.unit.test_attacher import NS as ANS
+    from tests.unit.test_attacher import obj as aobj
+    from tests.unit.test_attacher import world as aworld
+    from tests.unit.test_attacher_kube import KubeNode
+
+    api = FakeApi()
+    node = KubeNode(api, source=aworld())  # its registry and publisher owe into one outbox, as the daemon wires them
+    node.outbox.senders["event"] = lambda body: None
+    kube = KubePublisher(client.ApiClient(), "n1", node.outbox)
+
+    class Hybrid(RecordingPublisher):  # the pod's own statuses recorded; the IPAddress objects as the node writes them
+        def attached(self, pod: Any, status: Any, created: Any, used: Any) -> None:
+            kube.attached(pod, status, created, used)
+
+        def detached(self, namespace: str, name: str, uid: str, used: Any) -> None:
+            kube.detached(namespace, name, uid, used)
+
+        def ip_status(self, rec: Any) -> None:
+            kube.ip_status(rec)
+
+    node.publisher = Hybrid()
+    node.attacher = Attacher(node.store, node.source, node.ipam, node.attacher.segments, node.drivers,
+                             lambda: object(), node.netns.open, node.publisher, lambda: True)
+    v4, v6 = {"network": "198.18.40.0/24"}, {"network": "2001:2:0:40::/64"}
+    node.source.add(aobj("IPAddressPool", "pool-a", {"pools": [v4, v6], "leaseTTL": "1h"}))
+    node.call("ADD", "app", "uid-app", "c1")
+    plain = [r for r in node.store.all_ips() if r.network_name == "net-a" and r.family == 0]
+    assert len(plain) == 1 and plain[0].address.startswith("198.18.40.")
+    key, address = plain[0].key, plain[0].address
+    node.outbox.flush()
+    name = key.rpartition("/")[2]
+    assert (api.objs["IPAddress"][name].get("status") or {}).get("address") == address, "made, as the ADD owed it"
+    if by == "add":
+        node.call("DEL", "app", "uid-app", "c1")
+    node.source.add(aobj("IPAddressPool", "pool-a", {"pools": [v6], "leaseTTL": "1h"}))
+    node.call("ADD", "app", "uid-app", "c2")  # the pod's next sandbox (c1 still up, unless ``by`` ADD)
+    if by == "del":
+        node.call("DEL", "app", "uid-app", "c1")
+    assert node.store.get_ip(key) is None, "the plain record let go with its last sandbox"
+    assert [lease.holder for lease in node.store.all_leases() if lease.address == address] == [None], "quarantined"
+    node.outbox.flush()
+    left = api.objs["IPAddress"].get(name) or api.objs["IPAddress"].get(f"{ANS}/{name}")
+    assert left is None or (left.get("status") or {}).get("address") != address, \
+        f"the pod's Auto IPAddress {name} stays in the API as {left.get('status') if left else None}, its address " \
+        f"{address} quarantined by the node"
+    six = [r for r in node.store.all_ips() if r.network_name == "net-a"]
+    assert [r.family for r in six] == [6] and six[0].name in api.objs["IPAddress"], "the -v6 one stays"
+
+
+def test_a_users_auto_ipaddress_naming_a_family_its_pool_dropped_does_not_stay_allocated() -> None:
+    """``spec.ipFamily: IPv6`` on a dual-stack pool; the pool's IPv6 entry drained (the webhook allows it, with a
+    warning). No pod uses it. A Static of that family is recorded Pending (``IPAddressOutsidePool``) and its lease
+    quarantined (``_static_pending``); this Auto one: ``family_view`` raises in ``securing`` every round, nothing
+    records it, and the store and its status keep saying Allocated with an address of no network of the pool."""
+    from cni.errors import InvalidConfig
+    from ipamd.ipam.addresses import Ipam
+    from ipamd.model.objects import IP_ADDRESS, IP_ADDRESS_POOL
+    from ipamd.store.sqlite import Store
+    from tests.fakes.source import FakeSource
+    from tests.unit.test_ipam import NS, Clock, network, obj
+
+    four, six = {"network": "198.18.95.0/24"}, {"network": "2001:2:0:95::/64"}
+    ref = {"networkRef": {"kind": "Network", "name": "net"}}
+    source = FakeSource(obj("NetworkClass", "cls", {"vlan": {"idPool": ["600-800"]}}, namespace=None),
+                        obj("IPAddressPool", "p", {"leaseTTL": "1h", "pools": [four, six]}), network("net", "p"),
+                        obj("IPAddress", "u6", {**ref, "ipFamily": "IPv6"}),
+                        obj("IPAddress", "s6", {**ref, "type": "Static", "static": {"ip": "2001:2:0:95::9"}}))
+    store = Store(":memory:")
+    ipam = Ipam(store, source, Clock())
+
+    def lease(name: str) -> None:
+        user, pool = source.get(IP_ADDRESS, NS, name), source.get(IP_ADDRESS_POOL, NS, "p")
+        ipam.lease_alone(ipam.record_for(user), pool)  # type: ignore[arg-type]
+
+    lease("u6")
+    lease("s6")
+    source.add(obj("IPAddressPool", "p", {"leaseTTL": "1h", "pools": [four]}))
+    for name in ("s6", "u6"):
+        with pytest.raises(InvalidConfig):
+            lease(name)
+    s6, u6 = store.get_ip(f"IPAddress/{NS}/s6"), store.get_ip(f"IPAddress/{NS}/u6")
+    assert s6 is not None and (s6.phase, s6.address) == ("Pending", "") and store.lease_of(s6.key) is None
+    assert u6 is not None
+    assert (u6.phase, store.lease_of(u6.key)) == ("Pending", None), \
+        f"u6 stays {u6.phase} with {u6.address}, leased: {store.lease_of(u6.key)}"
+
+
+def test_a_users_auto_ipaddress_naming_a_dropped_family_is_kept_quietly_while_used_then_pending() -> None:
+    """``spec.ipFamily: IPv6`` used by a pod, its pool's IPv6 entry removed: kept while the pod uses it, as an address
+    of a dropped family is (no refusal either, which the round logged as a warning every round); once the pod goes,
+    ``Pending`` saying why, its address quarantined."""
+    source, ipam, store = _edited(FOUR, SIX)
+    try:
+        source.add(obj("IPAddress", "u6", {"networkRef": {"kind": "Network", "name": "net"}, "ipFamily": "IPv6"}))
+        a = pod("a")
+        (c,) = attach(ipam, a, names=("u6",))
+        assert ":" in c.address
+        source.add(_pool(FOUR))
+        rec, lease = ipam.lease_alone(ipam.record_for(user_obj(source, "u6")), pool_obj(source, "p"))
+        assert (rec.phase, rec.address, lease.holder) == ("Allocated", c.address, rec.key), "kept while used"
+        gone(ipam, a)
+        with pytest.raises(InvalidConfig):
+            ipam.lease_alone(ipam.record_for(user_obj(source, "u6")), pool_obj(source, "p"))
+        now = store.get_ip(rec.key)
+        assert now is not None and (now.phase, now.address, store.lease_of(rec.key)) == ("Pending", "", None)
+        cond = next(x for x in now.conditions if x["type"] == "Allocated")
+        assert (cond["status"], cond["reason"]) == ("False", "IPAddressOutsidePool") and "IPv6" in cond["message"]
+        assert _holders(store) == {c.address: None}, "its address quarantined"
+    finally:
+        store.close()

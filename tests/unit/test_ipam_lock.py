@@ -13,6 +13,7 @@ import pytest
 
 from cni.errors import AddressConflict, TryAgainLater
 from ipamd.ipam.addresses import SECURE_TRIES, Ipam, Secured
+from ipamd.ipam.allocator import to_int
 from ipamd.ipam.registry import NodeLocalRegistry
 from ipamd.model.objects import IP_ADDRESS, IP_ADDRESS_POOL, AddressPool
 from ipamd.store.records import IPRecord, LeaseRecord
@@ -251,6 +252,54 @@ def test_an_address_that_became_a_gateway_is_claimed_anew_outside_the_lock(
     assert registry.claimed == ["198.18.10.50", "198.18.10.51"], "claimed outside the lock (Registry.claim checks)"
     assert [(lease.address, lease.holder) for lease in store.all_leases()] == [
         ("198.18.10.50", None), ("198.18.10.51", "IPAddress/ns/user-auto")], "the old address in quarantine"
+    assert not ipam._securing
+
+
+class TakenOver(Registry):
+    """Another node took the holder ``taken`` over at ``at`` (its object of this node's old address quarantined
+    there); each read of an object checks that the store's lock is free while it is made."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.taken, self.at = "", 0
+        self.read: list[str] = []
+        self.taken_up: list[str] = []
+        self.orphaned: list[str] = []
+
+    def held_by(self, holder: str, pool: str) -> int | None:
+        return self.at if holder == self.taken else None
+
+    def taken_over(self, lease: LeaseRecord) -> bool:
+        assert self._lock_is_free(), "a lease object was read under the store's lock"
+        self.read.append(lease.address)
+        return True
+
+    def take_up(self, lease: LeaseRecord) -> bool:
+        assert self._lock_is_free(), "a lease object was taken up under the store's lock"
+        self.taken_up.append(lease.address)
+        return True
+
+    def orphan(self, lease: LeaseRecord, holder: str = "") -> None:
+        self.orphaned.append(lease.address)
+
+
+def test_a_lease_another_node_took_the_holder_from_is_dropped_and_the_holders_taken_up_outside_the_lock() -> None:
+    """A user's Auto IPAddress this node leased, which another node took over since (``Ipam._taken_over``): its
+    object is read, and the holder's address taken up, outside the lock; the transaction drops this node's stale
+    lease from the store and leaves its object alone (neither released nor quarantined: the other node's). Not while
+    a pod of this node uses it (its other sandbox): nothing is read, and it keeps its address."""
+    store, source = Store(":memory:"), world()
+    registry = TakenOver(store)
+    ipam = Ipam(store, source, Clock(), registry)
+    (first,) = attach(ipam, pod("a"), names=("user-auto",))
+    registry.taken, registry.at = first.ip_key, to_int("198.18.10.57")
+    assert [c.address for c in attach(ipam, pod("a"), names=("user-auto",))] == [first.address], "in use here"
+    assert registry.read == [] and registry.taken_up == []
+    ipam.release_pod([first.ip_key], "uid-a")
+    (again,) = attach(ipam, pod("b"), names=("user-auto",))
+    assert again.address == "198.18.10.57" and registry.read == [first.address] and registry.taken_up == [again.address]
+    assert [(lease.address, lease.holder) for lease in store.all_leases()] == [(again.address, first.ip_key)]
+    assert registry.released == [] and registry.orphaned == [], "the stale lease's object left to the other node"
     assert not ipam._securing
 
 

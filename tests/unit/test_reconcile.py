@@ -499,3 +499,85 @@ def test_a_kube_node_leaves_the_status_of_a_static_another_nodes_pod_uses_to_tha
     rec.run_once()
     used, _ = _allocated(node, "used")
     assert used.phase == "Allocated" and _written(node, "used") == []
+
+
+@pytest.mark.parametrize("gateway", [False, True], ids=["allocated-here", "pending-here-as-a-gateway"])
+def test_a_restarted_node_leaves_the_status_of_a_static_another_nodes_pod_uses_alone(gateway: bool) -> None:
+    """Every node leases a Static; ``_speaks_for`` keeps a node's round from writing the status of one a pod of
+    another node is written on (its ``usedByPods`` would be written empty). ``recover`` (every daemon start) owed
+    ``ip_status`` of every record of the store all the same (``KubePublisher.republish``): each node's restart
+    wrote the Static's status with its own (empty) ``usedByPods`` over the using node's. It republishes only what
+    the round speaks for now (``Reconciler._speaks_for_record``)."""
+    from kubernetes import client
+
+    from ipamd.kube.outbox import Outbox
+    from ipamd.kube.publisher import KubePublisher
+    from tests.fakes.cluster import FakeApi
+
+    api = FakeApi()
+    node = Node()
+    user = json.dumps({"uid": "uid-x", "pod": f"{NS}/x", "node": "other"})
+    spec = {"networkRef": {"kind": "Network", "name": "net-b"}, "type": "Static", "static": {"ip": "198.18.41.9"}}
+    node.source.add(obj("IPAddress", "used", spec, annotations={USED_BY_ANNOTATION: user}))
+    if gateway:  # the Network routes via it now: kept on the node whose pod uses it, Pending here (``_refused_pending``)
+        node.source.add(obj("Network", "net-b", {
+            "networkClass": "cls", "routingTable": 100,
+            "ipam": {"ipAddressPoolRef": {"kind": "IPAddressPool", "name": "pool-b"}},
+            "policyRoutes": [{"destination": "0.0.0.0/0", "via": "198.18.41.9"}]}))
+    api.objs["IPAddress"]["used"] = {"apiVersion": "v1alpha1", "kind": "IPAddress",
+                                     "metadata": {"name": "used", "namespace": NS, "resourceVersion": "1"},
+                                     "spec": spec, "status": {"phase": "Allocated", "address": "198.18.41.9",
+                                                              "usedByPods": [f"{NS}/x"]}}
+
+    def daemon() -> tuple[Reconciler, Outbox]:
+        outbox = Outbox(node.store, {**api.senders(), "event": lambda body: None})
+        node.ipam.registry = Registry()
+        return Reconciler(node.store, node.source, node.ipam, node.attacher, node.segments,
+                          KubePublisher(client.ApiClient(), "n1", outbox), cluster=True), outbox
+
+    rounds, outbox = daemon()
+    rounds.run_once()
+    outbox.flush()
+    assert api.objs["IPAddress"]["used"]["status"]["usedByPods"] == [f"{NS}/x"], "the round left it alone"
+    restarted, outbox = daemon()
+    restarted.recover()
+    outbox.flush()
+    assert api.objs["IPAddress"]["used"]["status"]["usedByPods"] == [f"{NS}/x"], \
+        f"n1's restart wrote {api.objs['IPAddress']['used']['status']} over the status node other's pod x has"
+
+
+def test_a_restart_before_the_source_has_listed_republishes_user_ipaddresses_it_speaks_for_at_the_first_round() -> None:
+    """``recover`` runs as the daemon starts, before its informers have listed: which node speaks for a user's
+    IPAddress (``_speaks_for``) is not known yet. Its status waits for the first round that has the source (a DEL's
+    status write a kill cut short is still made), and only if this node speaks for it."""
+    from kubernetes import client
+
+    from ipamd.kube.outbox import Outbox
+    from ipamd.kube.publisher import KubePublisher
+    from tests.fakes.cluster import FakeApi
+
+    api = FakeApi()
+    node = Node()
+    other = json.dumps({"uid": "uid-x", "pod": f"{NS}/x", "node": "other"})
+    for name, address, users in (("used", "198.18.41.9", {USED_BY_ANNOTATION: other}), ("mine", "198.18.41.8", {})):
+        node.source.add(obj("IPAddress", name, {"networkRef": {"kind": "Network", "name": "net-b"}, "type": "Static",
+                                                "static": {"ip": address}}, annotations=users))
+    outbox = Outbox(node.store, {**api.senders(), "event": lambda body: None})
+    rounds = Reconciler(node.store, node.source, node.ipam, node.attacher, node.segments,
+                        KubePublisher(client.ApiClient(), "n1", outbox), cluster=True)
+    node.ipam.registry = Registry()
+    rounds.run_once()
+    for entry in outbox.owed(f"IPAddress/{NS}/mine"):
+        outbox.forget([entry.seq])  # made before the kill
+    assert not outbox.owed(f"IPAddress/{NS}/used"), "the round did not speak for it"
+    node.source.synced = False  # restarted: the informers have not listed yet
+    restarted = Reconciler(node.store, node.source, node.ipam, node.attacher, node.segments,
+                           KubePublisher(client.ApiClient(), "n1", outbox), cluster=True)
+    restarted.recover()
+    assert not outbox.owed(f"IPAddress/{NS}/mine") and not outbox.owed(f"IPAddress/{NS}/used"), "not known yet"
+    node.source.synced = True
+    restarted.run_once()
+    assert [e.op for e in outbox.owed(f"IPAddress/{NS}/mine")] == ["patch_status"], "republished at the first round"
+    assert not outbox.owed(f"IPAddress/{NS}/used"), "another node's pod uses it: its status is that node's"
+    restarted.run_once()
+    assert len(outbox.owed(f"IPAddress/{NS}/mine")) == 1, "once"

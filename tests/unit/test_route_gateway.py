@@ -386,3 +386,144 @@ def test_another_nodes_lease_object_on_a_new_gateway_is_quarantined_not_taken_up
     assert (old.get("status") or {}).get("orphaningTimestamp") and not old["spec"].get("holder"), "quarantined"
     held = [o["spec"]["ip"] for o in api.objs[KIND].values() if o["spec"].get("holder") == f"IPAddress/{ANS}/sticky"]
     assert held == [second], "one lease object for the holder"
+
+
+@pytest.mark.parametrize("dup", [False, True], ids=["two-lease-objects", "adopted-by-another-node"])
+def test_a_lease_another_node_quarantined_as_a_gateway_is_not_used_again_by_the_node_that_held_it(dup: bool) -> None:
+    """n1's pod used the user's Auto IPAddress ``sticky`` (198.18.40.1), then went; the Network was edited to route via
+    198.18.40.1; n2's pod naming ``sticky`` took n1's lease object up, quarantined it (``_quarantine_elsewhere``) and
+    leased ``sticky`` another address. n1's store was never told: it still has ``sticky`` -> 198.18.40.1. The policy
+    route is dropped again, and n1's next pod naming ``sticky`` got 198.18.40.1 from its store (no claim: the lease is
+    held and no longer starts over), while the API had ``sticky`` holding n2's address: one IPAddress with two lease
+    objects (n1's keep took the quarantined one back), or, before that keep was made, a quarantined address another
+    node's Static adopted while n1's pod was on it. n1 sees the holder's address elsewhere now (``held_by``), reads
+    its own lease's object (quarantined), drops that stale lease and takes n2's up (``Ipam._taken_over``)."""
+    from ipamd.kube.leases import KIND, lease_name
+    from tests.fakes.cluster import FakeApi
+    from tests.unit.test_attacher import NS as ANS
+    from tests.unit.test_attacher import obj as kobj
+    from tests.unit.test_attacher_kube import KubeNode, a_pod
+    from tests.unit.test_attacher_kube import world as kworld
+
+    api = FakeApi()
+    a, b = KubeNode(api, "n1", source=kworld("1h")), KubeNode(api, "n2", source=kworld("1h"))
+    nets = [{"type": "Network", "name": "net-a", "ifName": "net1", "ipAddressNames": ["sticky"]}]
+    plain = {"networkClass": "cls", "ipam": {"ipAddressPoolRef": {"kind": "IPAddressPool", "name": "small"}}}
+    for node in (a, b):
+        node.source.add(kobj("IPAddress", "sticky", {"networkRef": {"kind": "Network", "name": "net-a"}}))
+        for name in ("pa", "pb", "pc"):
+            node.source.add(a_pod(name, nets, f"uid-{name}"))
+    first = a.call("ADD", "pa", "uid-pa", "ca")["ips"][0]["address"].split("/")[0]
+    a.call("DEL", "pa", "uid-pa", "ca")
+    a.outbox.flush()
+    for node in (a, b):
+        node.source.add(kobj("Network", "net-a", {**plain, "routingTable": 100,
+                                                  "policyRoutes": [{"destination": "0.0.0.0/0", "via": first}]}))
+    second = b.call("ADD", "pb", "uid-pb", "cb")["ips"][0]["address"].split("/")[0]
+    b.call("DEL", "pb", "uid-pb", "cb")
+    b.outbox.flush()
+    assert second != first
+    for node in (a, b):  # the policy route dropped again
+        node.source.add(kobj("Network", "net-a", plain))
+    third = a.call("ADD", "pc", "uid-pc", "cc")["ips"][0]["address"].split("/")[0]
+    assert third == second, "n1's pod gets the address IPAddress sticky holds in the API, taken up from n2"
+    pool = f"IPAddressPool/{ANS}/small"
+    assert [lease.address for lease in a.store.all_leases()] == [third], "n1's stale lease of the gateway dropped"
+    if dup:  # another node's Static asks for exactly the quarantined address, and adopts it: no pod of n1 is on it
+        c = KubeNode(api, "n3", source=kworld("1h"))
+        c.source.add(kobj("IPAddress", "grab", {"networkRef": {"kind": "Network", "name": "net-a"}, "type": "Static",
+                                                "static": {"ip": first}}))
+        c.source.add(a_pod("pd", [{"type": "Network", "name": "net-a", "ifName": "net1",
+                                   "ipAddressNames": ["grab"]}], "uid-pd"))
+        got = c.call("ADD", "pd", "uid-pd", "cd")["ips"][0]["address"].split("/")[0]
+        assert got == first != third, f"n1's pod pc and n3's pod pd both have {got}"
+    a.outbox.flush()  # n1's keep of its pod's address (``keep_in_use``): on the object it took up, not the quarantined
+    obj = api.get(KIND, lease_name(pool, first))
+    assert obj["spec"].get("holder") == (f"IPAddress/{ANS}/grab" if dup else None), obj
+    held = sorted(o["spec"]["ip"] for o in api.objs[KIND].values() if o["spec"].get("holder") == f"IPAddress/{ANS}/sticky")
+    assert held == [third], f"IPAddress sticky holds {held} in the API"
+
+
+@pytest.mark.parametrize("owed", [False, True], ids=["its-writes-made", "its-writes-owed"])
+def test_a_node_whose_cache_lags_its_own_quarantine_keeps_the_lease_it_made_since(owed: bool) -> None:
+    """The other side of ``_taken_over``: n1 itself quarantined n2's lease object of ``sticky`` on a new gateway and
+    leased it another address; its informer's cache lags its own writes, still showing the old object held for
+    ``sticky`` (and not the new one). n1's next pod naming ``sticky`` keeps the lease n1 made: its object, read, is
+    the holder's. An ADD whose cache shows the lease it holds reads nothing."""
+    from ipamd.kube.leases import KIND, lease_name
+    from tests.fakes.cluster import FakeApi
+    from tests.unit.test_attacher import NS as ANS
+    from tests.unit.test_attacher import obj as kobj
+    from tests.unit.test_attacher_kube import KubeNode, a_pod
+    from tests.unit.test_attacher_kube import world as kworld
+
+    api = FakeApi()
+    a, b = KubeNode(api, "n1", source=kworld("1h"), live=False), KubeNode(api, "n2", source=kworld("1h"))
+    nets = [{"type": "Network", "name": "net-a", "ifName": "net1", "ipAddressNames": ["sticky"]}]
+    plain = {"networkClass": "cls", "ipam": {"ipAddressPoolRef": {"kind": "IPAddressPool", "name": "small"}}}
+    for node in (a, b):
+        node.source.add(kobj("IPAddress", "sticky", {"networkRef": {"kind": "Network", "name": "net-a"}}))
+        for name in ("pa", "pb", "pc", "pd"):
+            node.source.add(a_pod(name, nets, f"uid-{name}"))
+    first = b.call("ADD", "pb", "uid-pb", "cb")["ips"][0]["address"].split("/")[0]
+    b.call("DEL", "pb", "uid-pb", "cb")
+    b.outbox.flush()
+    for node in (a, b):
+        node.source.add(kobj("Network", "net-a", {**plain, "routingTable": 100,
+                                                  "policyRoutes": [{"destination": "0.0.0.0/0", "via": first}]}))
+    a.cache.sync()
+    second = a.call("ADD", "pa", "uid-pa", "ca")["ips"][0]["address"].split("/")[0]
+    a.call("DEL", "pa", "uid-pa", "ca")
+    assert second != first
+    pool = f"IPAddressPool/{ANS}/small"
+    if owed:  # the quarantine made, n1's write taking pod pa off its new lease's object still owed
+        a.outbox.flush_target(f"{KIND}/{lease_name(pool, first)}")
+        assert a.outbox.owes(f"{KIND}/{lease_name(pool, second)}")
+    else:
+        a.outbox.flush()
+    for node in (a, b):  # the policy route dropped again
+        node.source.add(kobj("Network", "net-a", plain))
+    assert a.registry.held_by(f"IPAddress/{ANS}/sticky", pool) == to_int(first), "the cache lags n1's quarantine"
+    reads = api.calls[f"get {KIND}"]
+    third = a.call("ADD", "pc", "uid-pc", "cc")["ips"][0]["address"].split("/")[0]
+    assert third == second, "n1 kept the lease it made"
+    assert api.calls[f"get {KIND}"] - reads == 1, "its object read once (a pod's name taken off it, owed, says nothing)"
+    a.call("DEL", "pc", "uid-pc", "cc")
+    a.outbox.flush()
+    b.outbox.flush()
+    a.cache.sync()
+    reads = api.calls[f"get {KIND}"]
+    assert a.call("ADD", "pd", "uid-pd", "cd")["ips"][0]["address"].split("/")[0] == second
+    assert api.calls[f"get {KIND}"] == reads, "an ADD whose cache shows the lease it holds reads no lease object"
+    old = api.get(KIND, lease_name(pool, first))
+    assert (old.get("status") or {}).get("orphaningTimestamp") and not old["spec"].get("holder"), "still quarantined"
+    held = [o["spec"]["ip"] for o in api.objs[KIND].values() if o["spec"].get("holder") == f"IPAddress/{ANS}/sticky"]
+    assert held == [second]
+    assert [lease.address for lease in a.store.all_leases() if lease.holder] == [second]
+
+
+def test_a_lease_object_is_read_for_being_taken_over_only_while_no_write_of_who_holds_it_is_owed() -> None:
+    """``KubeLeaseRegistry.taken_over``: an address of this node's block whose object's create is still owed is this
+    node's word (not read, never taken for gone); made, it is read: the holder's, or quarantined or gone by another
+    node's doing. A write owed that says nothing of who holds it (a pod's name taken off it) does not stop the read."""
+    from ipamd.kube.leases import KIND, lease_name
+    from ipamd.model.timefmt import rfc3339
+    from tests.fakes.cluster import FakeApi
+    from tests.unit.test_blocks import Node
+
+    api = FakeApi()
+    node = Node(api, "n1")
+    node.add()
+    (lease,) = node.store.all_leases()
+    name = lease_name(lease.pool, lease.address)
+    assert node.outbox.owes(f"{KIND}/{name}") and name not in api.objs[KIND], "its create owed"
+    reads = api.calls[f"get {KIND}"]
+    assert not node.registry.taken_over(lease) and api.calls[f"get {KIND}"] == reads, "owed: not read"
+    node.outbox.flush()
+    assert not node.registry.taken_over(lease) and api.calls[f"get {KIND}"] == reads + 1, "read: the holder's"
+    api.patch_status(KIND, name, {"orphaningTimestamp": rfc3339()})  # another node's quarantine of it
+    api.patch(KIND, name, {"spec": {"holder": None}})
+    node.outbox.add(f"{KIND}/{name}", "unkeep", {"name": name, "uid": "uid-gone"})
+    assert node.registry.taken_over(lease), "quarantined"
+    api.delete(KIND, name)
+    assert node.registry.taken_over(lease), "gone"
