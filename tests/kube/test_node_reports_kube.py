@@ -29,7 +29,7 @@ def attachment(node: str, network: str, bridge: str) -> dict[str, Any]:
 
 @pytest.fixture
 def node(cluster: Cluster, controller: ControllerProcess) -> Iterator[Node]:
-    cluster.apply(objects(NS, "1s", "198.18.76.10-198.18.76.20", cidr="198.18.76.0/24", vlan=760))
+    cluster.apply(objects(NS, "1s", "198.18.76.10-198.18.76.20", cidr="198.18.76.0/24", vlan=960))  # an ID no other test asks for
     made = kube_node(cluster, "ksweep-a")
     try:
         yield made
@@ -51,13 +51,15 @@ def test_a_nodes_unheld_reports_are_withdrawn_after_a_restart_and_no_other_nodes
         return {x["metadata"]["name"]: x["spec"]["networkRef"]["name"] for x in items
                 if x["spec"]["nodeName"] == of and x["spec"]["networkRef"].get("namespace") == NS}
 
-    assert wait_for(lambda: "net" in names("ksweep-a").values(), timeout=30), node.log_text()[-3000:]
+    # the node reports its side once the controller granted the VLAN ID (one another test's Network still held, in a
+    # namespace being deleted, would never be granted)
+    assert wait_for(lambda: "net" in names("ksweep-a").values(), timeout=90), node.log_text()[-3000:]
     node.kill()
-    stale = attachment("ksweep-a", "gone", "plx-br-769")  # a Network deleted while the daemon was down
-    other = attachment("ksweep-elsewhere", "gone", "plx-br-768")  # another node's: never this node's to remove
+    stale = attachment("ksweep-a", "gone", "plx-br-969")  # a Network deleted while the daemon was down
+    other = attachment("ksweep-elsewhere", "gone", "plx-br-968")  # another node's: never this node's to remove
     cluster.apply([stale, other])
     node.start()
-    assert wait_for(lambda: stale["metadata"]["name"] not in names("ksweep-a"), timeout=30), \
+    assert wait_for(lambda: stale["metadata"]["name"] not in names("ksweep-a"), timeout=60), \
         ("this node's report of a deleted Network stays after its restart", node.log_text()[-3000:])
     assert list(names("ksweep-a").values()) == ["net"], "a held report was withdrawn"
     assert other["metadata"]["name"] in names("ksweep-elsewhere"), "another node's report was withdrawn"
