@@ -48,9 +48,9 @@ def _policy_routes(iface: BuiltInterface) -> list[tuple[str, str]]:
 def _table_pool_routes(iface: BuiltInterface, cidrs: Iterable[str]) -> list[tuple[str, str]]:
     """The pool's routes that go into the interface's table: those to destinations its policy routes and its
     connected routes leave out."""
-    taken = {policy.route_key(dst, "")[0] for dst, _ in _policy_routes(iface)}
+    taken = {links.route_key(dst, "")[0] for dst, _ in _policy_routes(iface)}
     taken |= {str(ipaddress.ip_interface(c).network) for c in cidrs}
-    return [(dst, via) for dst, via in _pool_routes(iface) if policy.route_key(dst, "")[0] not in taken]
+    return [(dst, via) for dst, via in _pool_routes(iface) if links.route_key(dst, "")[0] not in taken]
 
 
 def unconfigure(ctx: LinksContext, iface: BuiltInterface) -> None:
@@ -86,7 +86,7 @@ def _spelled_cidr(cidr: str) -> str:
 
 
 def _spelled_routes(routes: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
-    return {policy.route_key(dst, via) for dst, via in routes}
+    return {links.route_key(dst, via) for dst, via in routes}
 
 
 def check(host: Any, pod: Any, iface: BuiltInterface) -> list[str]:
@@ -120,7 +120,7 @@ def _pool_route_problems(pod: Any, iface: BuiltInterface, own: set[tuple[str, st
     """The pool's routes in the main table: on the interface (``own``, as the kernel spells them), or where ADD
     accepts them (``links.carried``: through the same gateway on another link of the pod, a connected route to the
     destination, or the pod's default route). The main table is read only when one is not on the interface."""
-    missing = [(dst, via) for dst, via in _pool_routes(iface) if policy.route_key(dst, via) not in own]
+    missing = [(dst, via) for dst, via in _pool_routes(iface) if links.route_key(dst, via) not in own]
     main: dict[int, list[tuple[str, str, int]]] = {}
     problems = []
     for dst, via in missing:
@@ -147,7 +147,7 @@ def _policy_problems(pod: Any, iface: BuiltInterface, main: set[tuple[str, str]]
     found in the main table through the interface (``main``, as the kernel spells them) counts as present: a pod
     built before the pool's routes went into the table has them there, and was built right."""
     cidrs = [cidr_of(a["address"], a["network"]) for a in iface.addresses]
-    routes = _policy_routes(iface) + [r for r in _table_pool_routes(iface, cidrs) if policy.route_key(*r) not in main]
+    routes = _policy_routes(iface) + [r for r in _table_pool_routes(iface, cidrs) if links.route_key(*r) not in main]
     return policy.policy_problems(iface.if_name, iface.table, cidrs, routes, policy.policy_state(pod, iface.table))
 
 

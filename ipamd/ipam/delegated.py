@@ -179,12 +179,7 @@ class DelegatedAddresses:
         an address another holds, a claim in use elsewhere): a full pool does not make a lease that is fine wrong."""
         pool = self._pool(req)
         first = self._attachment_record(req.network, req.container_id, req.ifname) or self._holder(req, None)[0]
-        if req.config.range is not None:
-            self._refuse_range(req.network, req.config.range, f"{req.config_field}.range")
-        if first.type == "Static":
-            self._refuse_static(first, pool, req)
-        if req.config.pool is not None:
-            self._refuse_gateways(req, family_view(first, pool))
+        self._refuse_request(req, first, pool, self._refuse_static)
 
     def _pool(self, req: AddressRequest) -> AddressPool:
         rng = req.config.range
@@ -336,10 +331,16 @@ class DelegatedAddresses:
         """Refuse what is wrong in the request before anything is claimed beyond this node (checked again in the
         transaction): the claim of an exact address adopts another node's quarantined lease object, and the let-go of
         a claim refused after it would end that quarantine at once."""
+        self._refuse_request(req, first, pool, self._check_static)
+
+    def _refuse_request(self, req: AddressRequest, first: IPRecord, pool: AddressPool,
+                        static: Callable[[IPRecord, AddressPool, AddressRequest], object]) -> None:
+        """ADD's checks of a request, in ADD's order: its range, its exact address (``static``: the configuration's
+        fault alone for CHECK, who holds it too for ADD), the gateways."""
         if req.config.range is not None:
             self._refuse_range(req.network, req.config.range, f"{req.config_field}.range")
         if first.type == "Static":
-            self._check_static(first, pool, req)
+            static(first, pool, req)
         if req.config.pool is not None:
             self._refuse_gateways(req, family_view(first, pool))
 

@@ -308,7 +308,8 @@ def add_pool_route(pod: IPRoute, idx: int, if_name: str, dst: str, via: str) -> 
 
 
 def route_key(dst: str, via: str) -> tuple[str, str]:
-    """A route as the kernel spells it: its destination's network (IPv6 compressed), its gateway ("" for none)."""
+    """A route as the kernel spells it (its destination's network, IPv6 compressed; "" for no gateway), so a record
+    written ``2001:2:0:0::/64`` or with host bits set matches what netlink reports."""
     try:
         dst = str(ipaddress.ip_network(dst, strict=False))
     except ValueError:

@@ -6,7 +6,6 @@ removes them. Both families: an IPv6 address gets an AF_INET6 rule for its /128 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import ipaddress
 import socket
@@ -18,7 +17,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from cni.errors import InterfaceFailure
 from ipamd.model.podopts import POLICY_RULE_PRIORITY
-from ipamd.netlink.links import GONE, any_address, dump_of, netlink_failure, same_ip
+from ipamd.netlink.links import GONE, any_address, dump_of, netlink_failure, route_key
 
 SCOPE_LINK = 253
 FAMILIES = (socket.AF_INET, socket.AF_INET6)
@@ -102,11 +101,3 @@ def policy_problems(if_name: str, table: int, addresses: Iterable[str], routes: 
     problems += [f"table {table} lacks route {dst} via {via} of {if_name}"
                  for dst, via in routes if route_key(dst, via) not in have]
     return problems
-
-
-def route_key(dst: str, via: str) -> tuple[str, str]:
-    """A route as the kernel spells it (its destination's network, IPv6 compressed; "" for no gateway), so a record
-    written ``2001:2:0:0::/64`` or with host bits set matches what netlink reports."""
-    with contextlib.suppress(ValueError):
-        dst = str(ipaddress.ip_network(dst, strict=False))
-    return dst, same_ip(via) if via else ""
