@@ -369,8 +369,9 @@ class KubePublisher:
         namespace, _, name = rest.rpartition("/")
         obj_name = self._attachment_name(network_key)
         labels = {f"{GROUP}/node": self.node_name}
-        spec = {"networkRef": {"kind": kind, "name": name, "namespace": namespace}, "nodeName": self.node_name,
-                "bridgeName": bridge}
+        # a ClusterNetwork's names no namespace: the API server takes an empty string there for null and refuses it
+        ref = {"kind": kind, "name": name, **({"namespace": namespace} if namespace else {})}
+        spec = {"networkRef": ref, "nodeName": self.node_name, "bridgeName": bridge}
         body = {"apiVersion": API_VERSION, "kind": ATTACHMENT, "metadata": {"name": obj_name, "labels": labels},
                 "spec": spec}
         status = {"conditions": [condition("Ready", ready, "VLANBridged" if ready else "NotBridged", message, rfc3339())]}

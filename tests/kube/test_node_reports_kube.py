@@ -64,3 +64,30 @@ def test_a_nodes_unheld_reports_are_withdrawn_after_a_restart_and_no_other_nodes
     assert list(names("ksweep-a").values()) == ["net"], "a held report was withdrawn"
     assert other["metadata"]["name"] in names("ksweep-elsewhere"), "another node's report was withdrawn"
     assert "Traceback" not in node.log_text()
+
+
+@pytest.mark.netns
+def test_a_cluster_networks_node_report_is_made_and_counted(cluster: Cluster, node: Node) -> None:
+    """A ClusterNetwork has no namespace: its report named one as "" and the API server refused every write of it
+    (422, ``spec.networkRef.namespace: Invalid value: "null"``), so its status never counted a node."""
+    cnet = f"{NS}-cnet"
+    cluster.apply([
+        {"apiVersion": GROUP, "kind": "ClusterIPAddressPool", "metadata": {"name": f"{NS}-cpool"},
+         "spec": {"pools": [{"network": "198.18.77.0/28"}]}},
+        {"apiVersion": GROUP, "kind": "ClusterNetwork", "metadata": {"name": cnet},
+         "spec": {"type": "VLAN", "vlan": {"id": 965},
+                  "ipam": {"ipAddressPoolRef": {"kind": "ClusterIPAddressPool", "name": f"{NS}-cpool"}}}},
+    ])
+    try:
+        def report() -> dict[str, Any] | None:
+            items = cluster.get("nodenetworkinterfaceattachments")["items"]
+            return next((x for x in items if x["spec"]["nodeName"] == "ksweep-a"
+                         and x["spec"]["networkRef"] == {"kind": "ClusterNetwork", "name": cnet}), None)
+
+        assert wait_for(lambda: report() is not None, timeout=90), node.log_text()[-3000:]
+        assert wait_for(lambda: (cluster.get("clusternetwork", cnet).get("status") or {})
+                        .get("nodeAttachementsCount") == 1, timeout=30), cluster.get("clusternetwork", cnet)
+        assert "422" not in node.log_text(), node.log_text()[-3000:]
+    finally:
+        cluster.kubectl("delete", "clusternetwork", cnet, "--ignore-not-found", check=False)
+        cluster.kubectl("delete", "clusteripaddresspool", f"{NS}-cpool", "--ignore-not-found", check=False)
