@@ -875,7 +875,7 @@ class BlockRegistry(KubeLeaseRegistry):
         name = obj["metadata"]["name"]
         for _ in range(3):  # an object deleted between our create and our read of it: create again
             try:
-                self._made_at(name, obj["spec"]["holder"], self.objects.create(LEASE_KIND, obj))
+                self._made_at(name, obj["spec"].get("holder", ""), self.objects.create(LEASE_KIND, obj))
                 return
             except Exception as exc:
                 if status_of(exc) != 409:
@@ -891,7 +891,7 @@ class BlockRegistry(KubeLeaseRegistry):
     def _made_ours(self, name: str, obj: dict[str, Any]) -> bool:
         current = self.objects.get(LEASE_KIND, name)
         labels = (current.get("metadata") or {}).get("labels") or {}
-        same_holder = _spec(current).get("holder") == obj["spec"]["holder"]
+        same_holder = (_spec(current).get("holder") or "") == obj["spec"].get("holder", "")
         if same_holder and labels.get(NODE_LABEL) == self.node_name:
             if (current.get("status") or {}).get("orphaningTimestamp"):
                 self.objects.patch_status(LEASE_KIND, name, {"orphaningTimestamp": None})
@@ -900,7 +900,7 @@ class BlockRegistry(KubeLeaseRegistry):
             # another node's object of the same holder (a Static every node leases, leased there per address before
             # this block): left that node's, which lets it go with the Static, or keeps it for its pod (``keep_in_use``,
             # maybe owed yet); made ours, our let-go of the Static (deleted while its pod runs) would delete it
-            log.info("lease object %s of %s is node %s's: left to it", name, obj["spec"]["holder"],
+            log.info("lease object %s of %s is node %s's: left to it", name, obj["spec"].get("holder", ""),
                      labels.get(NODE_LABEL))
             return True
         if not same_holder and labels.get(NODE_LABEL) != self.node_name:
@@ -908,7 +908,7 @@ class BlockRegistry(KubeLeaseRegistry):
                                                   f"{labels.get(NODE_LABEL) or '(none)'}'s, for another holder")
         if not same_holder and self._held_here_by(obj["spec"], _spec(current).get("holder")):
             log.info("not making lease object %s %s's: this node holds the address for %s (a claim that lost, or "
-                     "one owed before a restart)", name, obj["spec"]["holder"], _spec(current).get("holder"))
+                     "one owed before a restart)", name, obj["spec"].get("holder", ""), _spec(current).get("holder"))
             return True
         self.objects.patch(LEASE_KIND, name, {
             "metadata": {"labels": obj["metadata"]["labels"],

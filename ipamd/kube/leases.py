@@ -159,12 +159,14 @@ def lease_name(pool: str, address: str) -> str:
 
 def lease_body(pool: str, address: str, network: str, holder: str, ttl_s: float, node: str = "") -> dict[str, Any]:
     """The IPAddressLease object of ``address`` in ``pool`` held by ``holder`` (labelled with the node
-    that made it, so that node alone cleans up after itself)."""
+    that made it, so that node alone cleans up after itself). No ``holder`` field for none (a quarantine's): the API
+    server takes an empty string for null and refuses it."""
     metadata: dict[str, Any] = {"name": lease_name(pool, address), "labels": {POOL_LABEL: pool_label(pool)}}
     if node:
         metadata["labels"][NODE_LABEL] = node
     return {"apiVersion": RESOURCES[KIND].api_version, "kind": KIND, "metadata": metadata,
-            "spec": {"pool": pool, "ip": address, "network": network, "holder": holder, "ttl": f"{int(ttl_s)}s"}}
+            "spec": {"pool": pool, "ip": address, "network": network, **({"holder": holder} if holder else {}),
+                     "ttl": f"{int(ttl_s)}s"}}
 
 
 def existing_holders(source: Any, kinds: Iterable[str]) -> set[str]:
@@ -449,7 +451,7 @@ class KubeLeaseRegistry(NoBlocks):
 
     def _keep_lease(self, body: dict[str, Any]) -> None:
         wanted = body["object"]
-        name, holder = wanted["metadata"]["name"], wanted["spec"]["holder"]
+        name, holder = wanted["metadata"]["name"], wanted["spec"].get("holder", "")
         user = (wanted["metadata"].get("annotations") or {}).get(USED_BY_ANNOTATION)
         mine = parse_user_text(user)
         if mine is not None and not self.users.uses_here(holder, mine.uid):

@@ -369,9 +369,10 @@ class KubePublisher:
         namespace, _, name = rest.rpartition("/")
         obj_name = self._attachment_name(network_key)
         labels = {f"{GROUP}/node": self.node_name}
-        # a ClusterNetwork's names no namespace: the API server takes an empty string there for null and refuses it
+        # no empty strings: the API server takes one for null and refuses it (a ClusterNetwork has no namespace, a
+        # segment that failed no bridge)
         ref = {"kind": kind, "name": name, **({"namespace": namespace} if namespace else {})}
-        spec = {"networkRef": ref, "nodeName": self.node_name, "bridgeName": bridge}
+        spec = {"networkRef": ref, "nodeName": self.node_name, **({"bridgeName": bridge} if bridge else {})}
         body = {"apiVersion": API_VERSION, "kind": ATTACHMENT, "metadata": {"name": obj_name, "labels": labels},
                 "spec": spec}
         status = {"conditions": [condition("Ready", ready, "VLANBridged" if ready else "NotBridged", message, rfc3339())]}

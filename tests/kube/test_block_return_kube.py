@@ -99,3 +99,21 @@ def test_a_node_gets_another_nodes_block_back_when_the_pool_has_no_other_free_ad
         return len(leases) == 126 and leases[address]["metadata"]["labels"]["network.deckhouse.io/node"] == "return-0"
 
     assert wait_for(one_object_each, timeout=30, step=1), "one lease object per address, the pod's its node's"
+
+
+def test_a_quarantines_lease_object_without_a_holder_is_taken_by_the_api_server(cluster: Cluster) -> None:
+    """The lease object a node makes to keep an in-block address in quarantine (``keep_quarantine``) has no holder: it
+    was written with an empty one, which the API server takes for null and refuses (422), so the quarantine was kept
+    from other nodes by nothing once the block went."""
+    from kubernetes import config
+
+    from ipamd.kube.leases import KIND, lease_body, lease_name
+    from ipamd.kube.resources import CustomObjects
+
+    objs = CustomObjects(config.new_client_from_config(str(cluster.kubeconfig)))
+    pool, address = f"IPAddressPool/{NS}/quarantine", "198.18.84.5"
+    try:
+        made = objs.create(KIND, lease_body(pool, address, "198.18.84.0/24", "", 60, "return-q"))
+        assert "holder" not in made["spec"] and made["spec"]["ip"] == address, made
+    finally:
+        cluster.kubectl("delete", "ipaddresslease", lease_name(pool, address), "--ignore-not-found", check=False)

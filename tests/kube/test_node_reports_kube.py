@@ -91,3 +91,30 @@ def test_a_cluster_networks_node_report_is_made_and_counted(cluster: Cluster, no
     finally:
         cluster.kubectl("delete", "clusternetwork", cnet, "--ignore-not-found", check=False)
         cluster.kubectl("delete", "clusteripaddresspool", f"{NS}-cpool", "--ignore-not-found", check=False)
+
+
+@pytest.mark.netns
+def test_a_segment_the_node_cannot_build_is_reported_not_ready(cluster: Cluster, node: Node) -> None:
+    """A node that cannot build a Network's segment (its parent NIC is missing) reports it not Ready with why, and no
+    bridge: the report named the bridge as "" and the API server refused every write of it (422, "null")."""
+    ns = f"{NS}-noparent"
+    docs = objects(ns, "1s", "198.18.83.10-198.18.83.20", cidr="198.18.83.0/24", vlan=970)
+    docs[1]["spec"]["vlan"]["parentNodeNetworkInterfaces"] = {"names": ["plxmissing0"]}
+    cluster.apply(docs)
+    try:
+        def report() -> dict[str, Any] | None:
+            items = cluster.get("nodenetworkinterfaceattachments")["items"]
+            return next((x for x in items if x["spec"]["nodeName"] == "ksweep-a"
+                         and x["spec"]["networkRef"].get("namespace") == ns), None)
+
+        assert wait_for(lambda: (r := report()) is not None and (r.get("status") or {}).get("conditions"),
+                        timeout=90), node.log_text()[-3000:]
+        made = report()
+        assert made is not None and "bridgeName" not in made["spec"], made
+        ready = made["status"]["conditions"][0]
+        assert (ready["type"], ready["status"]) == ("Ready", "False") and "plxmissing0" in ready["message"], ready
+        assert wait_for(lambda: (cluster.get("network", "-n", ns, "net").get("status") or {})
+                        .get("nodeAttachementsCount") == 1, timeout=30), cluster.get("network", "-n", ns, "net")
+    finally:
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        cluster.kubectl("delete", "networkclass", f"{ns}-class", "--ignore-not-found", check=False)
