@@ -84,8 +84,9 @@ class BuildContext:
     host: Any  # this thread's netlink socket on the node (pyroute2 IPRoute)
     pod: PodSide
     bridge_index: Callable[[], int]  # the index of the interface's segment bridge, made on first ask
-    # told by an undo step that could not undo what it built beyond the pod (a delegate's DEL failed): the
-    # attachment is then kept as ``deleting`` with that interface, for the runtime's DEL (or the reconciler) to finish
+    # told by an undo step that could not undo what it built (a delegate's DEL failed, a kernel driver's link delete
+    # refused: ``undo_in_kernel``): the attachment is then kept as ``deleting`` with that interface, its addresses
+    # held, for the runtime's DEL (or the reconciler) to finish
     not_undone: Callable[[BuiltInterface], None] = lambda iface: None
     # the segment bridge's MTU as the segments service last read it (None: the driver reads it from the bridge)
     bridge_mtu: Callable[[], int | None] = lambda: None
@@ -150,3 +151,20 @@ def quietly(what: str, fn: Callable[..., Any], *args: Any) -> None:
         fn(*args)
     except Exception as exc:  # logged, not raised
         log.warning("undo %s failed: %s", what, exc)
+
+
+def undo_in_kernel(undo: contextlib.ExitStack, not_undone: Callable[[BuiltInterface], None], iface: BuiltInterface,
+                   what: str, fn: Callable[..., Any], *args: Any) -> None:
+    """Register the undo step of a kernel driver's side effect: run ``quietly``, and one that fails (a link delete
+    refused) tells ``not_undone`` (``BuildContext.not_undone``), as a delegate's failed DEL does: the link may still
+    be there with the leased addresses on it, so the record keeps the interface for a DEL to remove, then let them go."""
+    undo.callback(quietly, what, _or_not_undone, not_undone, iface, fn, *args)
+
+
+def _or_not_undone(not_undone: Callable[[BuiltInterface], None], iface: BuiltInterface, fn: Callable[..., Any],
+                   *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception:
+        not_undone(iface)
+        raise

@@ -6,18 +6,20 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from cni.types import Interface, IPConfig, Result, Route, cidr_of
-from ipamd.drivers.base import LinksContext, quietly
+from ipamd.drivers.base import LinksContext, undo_in_kernel
 from ipamd.netlink import links, policy
 from ipamd.store.records import BuiltInterface
 
 
-def configure(pod: Any, index: int, iface: BuiltInterface, undo: contextlib.ExitStack) -> None:
+def configure(pod: Any, index: int, iface: BuiltInterface, undo: contextlib.ExitStack,
+              not_undone: Callable[[BuiltInterface], None] = lambda iface: None) -> None:
     """The interface's leased addresses and their routes (once each), unless it leaves them to a guest; and its
-    network's policy routing (the rules outlive the interface: their undo is registered here). With a table, the
+    network's policy routing (the rules outlive the interface: their undo is registered here, a failed one told to
+    ``not_undone`` as the driver's own undo steps are, for the DEL to remove them). With a table, the
     pool's routes go into it, not into the main table: there two policy-routed networks routing one destination
     would share one route (the second's dropped), and replies would leave by the first one's interface."""
     if not iface.configure_ips or not iface.addresses:
@@ -25,7 +27,8 @@ def configure(pod: Any, index: int, iface: BuiltInterface, undo: contextlib.Exit
     cidrs = [cidr_of(a["address"], a["network"]) for a in iface.addresses]
     links.configure_addresses(pod, index, iface.if_name, cidrs, () if iface.table else _pool_routes(iface))
     if iface.table:
-        undo.callback(quietly, f"policy rules of {iface.if_name}", policy.delete_policy_rules, pod, cidrs, iface.table)
+        undo_in_kernel(undo, not_undone, iface, f"policy rules of {iface.if_name}", policy.delete_policy_rules, pod,
+                       cidrs, iface.table)
         policy.add_policy_routing(pod, index, iface.if_name, cidrs, iface.table, _table_routes(iface, cidrs))
 
 

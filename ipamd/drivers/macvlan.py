@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 
 from ipamd.drivers import kernel
-from ipamd.drivers.base import BuildContext, Built, InterfaceKey, InterfaceRequest, LinksContext, Plan, quietly
+from ipamd.drivers.base import BuildContext, Built, InterfaceKey, InterfaceRequest, LinksContext, Plan, undo_in_kernel
 from ipamd.netlink import links
 from ipamd.store.records import BuiltInterface
 
@@ -27,13 +27,14 @@ class MacvlanDriver:
         bridge = ctx.bridge_index()
         links.add_macvlan(ctx.host, ctx.pod.fd, bridge, iface.if_name, iface.mac)
         # undone before it is up: bringing it up can fail (EADDRINUSE), and a failed ADD must not leave it in the pod
-        undo.callback(quietly, f"macvlan {iface.if_name}", links.delete_link, pod, iface.if_name)
+        undo_in_kernel(undo, ctx.not_undone, iface, f"macvlan {iface.if_name}", links.delete_link, pod, iface.if_name)
         links.ignore_router_advertisements(ctx.pod.fd, iface.if_name)
         index = links.bring_up(pod, iface.if_name)
         # once up: a MAC another macvlan of the bridge has is refused there, before its FDB entry could be taken over
         links.add_local_mac(ctx.host, bridge, iface.mac)
-        undo.callback(quietly, f"FDB entry of {iface.if_name}", links.delete_local_mac, ctx.host, bridge, iface.mac)
-        kernel.configure(pod, index, iface, undo)
+        undo_in_kernel(undo, ctx.not_undone, iface, f"FDB entry of {iface.if_name}", links.delete_local_mac, ctx.host,
+                       bridge, iface.mac)
+        kernel.configure(pod, index, iface, undo, ctx.not_undone)
         return self.foresee(iface, ctx.pod.path)  # the link has the MAC of the plan
 
     def foresee(self, iface: BuiltInterface, sandbox: str) -> Built:

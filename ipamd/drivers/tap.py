@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from ipamd.drivers import kernel
-from ipamd.drivers.base import BuildContext, Built, InterfaceKey, InterfaceRequest, LinksContext, Plan, quietly
+from ipamd.drivers.base import BuildContext, Built, InterfaceKey, InterfaceRequest, LinksContext, Plan, undo_in_kernel
 from ipamd.model.names import TapNames, host_link_name, tap_mac
 from ipamd.netlink import links, tap_links
 from ipamd.store.records import BuiltInterface
@@ -74,12 +74,14 @@ class TapDriver:
         mtu = ctx.bridge_mtu() or links.mtu_of(ctx.host, bridge)
         # joins the node bridge in the request that makes it: a bridge gone leaves nothing for a second build
         tap_links.add_node_veth(ctx.host, ctx.pod.fd, iface.host_link, names.inner_veth, bridge, mtu)
-        undo.callback(quietly, f"veth {iface.host_link}", links.delete_link, ctx.host, iface.host_link)
+        undo_in_kernel(undo, ctx.not_undone, iface, f"veth {iface.host_link}", links.delete_link, ctx.host,
+                       iface.host_link)
         inner = tap_links.add_inner_bridge(pod, names.inner_bridge, mtu)
-        undo.callback(quietly, f"bridge {names.inner_bridge}", links.delete_link, pod, names.inner_bridge)
+        undo_in_kernel(undo, ctx.not_undone, iface, f"bridge {names.inner_bridge}", links.delete_link, pod,
+                       names.inner_bridge)
         tap_links.keep_off_the_pod_stack(ctx.pod.fd, names.inner_bridge, names.inner_veth)
         tap_links.add_tap(ctx.pod.fd, iface.if_name, iface.driver.get("uid"), iface.driver.get("gid"), _multi_queue(iface))
-        undo.callback(quietly, f"tap {iface.if_name}", links.delete_link, pod, iface.if_name)
+        undo_in_kernel(undo, ctx.not_undone, iface, f"tap {iface.if_name}", links.delete_link, pod, iface.if_name)
         tap_links.join_inner_bridge(pod, names.inner_veth, inner)
         tap_links.join_inner_bridge(pod, iface.if_name, inner, _tap_mac(iface), mtu)
         return self.foresee(iface, ctx.pod.path)  # the guest's MAC, the plan's

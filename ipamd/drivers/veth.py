@@ -6,7 +6,7 @@ import contextlib
 
 from cni.types import Interface
 from ipamd.drivers import kernel
-from ipamd.drivers.base import BuildContext, Built, InterfaceKey, InterfaceRequest, LinksContext, Plan, quietly
+from ipamd.drivers.base import BuildContext, Built, InterfaceKey, InterfaceRequest, LinksContext, Plan, undo_in_kernel
 from ipamd.model.names import host_link_name
 from ipamd.netlink import links
 from ipamd.store.records import BuiltInterface
@@ -21,10 +21,11 @@ class VethDriver:
 
     def build(self, ctx: BuildContext, iface: BuiltInterface, undo: contextlib.ExitStack) -> Built:
         bridge = ctx.bridge_index()
-        undo.callback(quietly, f"veth {iface.host_link}", links.delete_link, ctx.host, iface.host_link)
+        undo_in_kernel(undo, ctx.not_undone, iface, f"veth {iface.host_link}", links.delete_link, ctx.host,
+                       iface.host_link)
         link = links.add_veth(ctx.host, ctx.pod.netlink(), ctx.pod.fd, iface.host_link, iface.if_name, iface.mac, bridge,
                               ctx.bridge_mtu())
-        kernel.configure(ctx.pod.netlink(), link.index, iface, undo)
+        kernel.configure(ctx.pod.netlink(), link.index, iface, undo, ctx.not_undone)
         return self.foresee(iface, ctx.pod.path)  # the link has the MAC of the plan
 
     def foresee(self, iface: BuiltInterface, sandbox: str) -> Built:

@@ -44,13 +44,14 @@ def _setns(fd: int) -> None:
 
 
 def open_netns(path: str) -> int:
-    """A read-only fd of the namespace at ``path``; ``NetnsGone`` when it is missing."""
+    """A read-only fd of the namespace at ``path``; ``NetnsGone`` when it is missing. One there that cannot be opened
+    now (EMFILE, EACCES) is 11, as in ``is_netns``: never taken for gone, and worth the runtime's retry."""
     try:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         raise NetnsGone(f"network namespace {path} does not exist", "CNI_NETNS") from None
     except OSError as exc:
-        raise UnknownContainer(f"network namespace {path} cannot be opened", str(exc)) from None
+        raise TryAgainLater(f"network namespace {path} cannot be opened", str(exc)) from None
 
 
 def is_netns(path: str) -> bool:
@@ -96,13 +97,15 @@ def in_namespace(fd: int, fn: Callable[[], T]) -> T:
     return box["value"]  # type: ignore[no-any-return]
 
 
-def _netlink_in(fd: int) -> IPRoute:
+def _netlink_in(fd: int, path: str = "") -> IPRoute:
+    """A netlink socket in the namespace ``fd`` (at ``path``, for the error): one that cannot be made now (EMFILE,
+    ENOBUFS) is 11, as a namespace that cannot be opened now is."""
     try:
         sock = in_namespace(fd, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE).detach())
     except OSError as exc:
         if exc.errno == errno.EINVAL:
             raise NetnsGone("CNI_NETNS is not a network namespace", str(exc)) from None
-        raise
+        raise TryAgainLater(f"network namespace {path or f'fd {fd}'} cannot be entered", str(exc)) from None
     # pyroute2 keeps one socket per thread; built from this fd, the caller's thread uses the pod's socket
     return IPRoute(fileno=sock)
 
@@ -111,7 +114,7 @@ def netlink_in_path(path: str) -> IPRoute:
     """A long-lived ``IPRoute`` in the namespace at ``path`` (the caller closes it)."""
     fd = open_netns(path)
     try:
-        return _netlink_in(fd)
+        return _netlink_in(fd, path)
     finally:
         os.close(fd)
 
@@ -121,7 +124,7 @@ def pod_netlink(path: str) -> Iterator[tuple[IPRoute, int]]:
     """``(IPRoute in the pod netns, fd of the netns)`` for the duration of the block."""
     fd = open_netns(path)
     try:
-        ipr = _netlink_in(fd)
+        ipr = _netlink_in(fd, path)
         try:
             yield ipr, fd
         finally:
@@ -163,7 +166,7 @@ class PodNamespace:
     def netlink(self) -> IPRoute:
         ipr: IPRoute | None = getattr(self._local, "ipr", None)
         if ipr is None:
-            ipr = self._local.ipr = _netlink_in(self.fd)
+            ipr = self._local.ipr = _netlink_in(self.fd, self.path)
             with self._lock:
                 self._opened.append(ipr)
         return ipr

@@ -84,16 +84,24 @@ class _PodOnDemand:
         self._open, self._path, self._opened = open_pod, path, opened
         self._pod: PodSide | None = None
         self._gone = not path
+        self.refused: TryAgainLater | None = None  # the namespace is there but could not be opened now
 
     def netlink(self) -> Any | None:
         """None once the namespace is gone (or its path is no namespace any more); one that is there but cannot be
-        opened now (EMFILE, EACCES) is an error, never taken for gone: the DEL fails, and the addresses stay held."""
-        if self._pod is None and not self._gone:
-            try:
-                self._pod = self._opened.enter_context(self._open(self._path))
-            except NetnsGone:
-                self._gone = True
-        return None if self._pod is None else self._pod.netlink()
+        opened now (EMFILE, EACCES: ``TryAgainLater``) is an error, never taken for gone: the DEL fails with 11 (the
+        teardown reads ``refused``), and the addresses stay held."""
+        if self.refused is not None:
+            raise self.refused
+        try:
+            if self._pod is None and not self._gone:
+                try:
+                    self._pod = self._opened.enter_context(self._open(self._path))
+                except NetnsGone:
+                    self._gone = True
+            return None if self._pod is None else self._pod.netlink()
+        except TryAgainLater as exc:
+            self.refused = exc
+            raise
 
     def path(self) -> str:
         """The namespace's path as a plugin is to be told it: "" once it is gone, as for ``netlink``: a file an
@@ -409,16 +417,17 @@ class Attacher:
 
     def _forget_record(self, key: tuple[str, str], left: list[BuiltInterface] | None = None) -> None:
         """The last undo step of a failed ADD: the record goes, unless an undo step left an interface behind (a
-        delegate whose DEL failed): then it stays ``deleting`` with those alone, their addresses still held
-        (``_undo_leases`` kept them: the interface may carry them yet), and the runtime's DEL (or the reconciler's
-        ``finish_deletions``) removes them, then lets the addresses go (``_release``)."""
+        delegate whose DEL failed, a kernel link whose delete was refused): then it stays ``deleting`` with those alone,
+        their addresses still held (``_undo_leases`` kept them: the interface may carry them yet), and the runtime's
+        DEL (or the reconciler's ``finish_deletions``) removes them, then lets the addresses go (``_release``)."""
         with self.store.transaction():
             record = self.store.get_attachment(*key) if left else None
             if record is None or not left:
                 self.store.delete_attachment(*key)
                 return
             order = [i.if_name for i in record.interfaces]  # ``left`` is in undo order: kept in build order, for DEL
-            kept = sorted(left, key=lambda i: order.index(i.if_name) if i.if_name in order else len(order))
+            once = {i.if_name: i for i in reversed(left)}  # told once per failed step: kept once, as built
+            kept = sorted(once.values(), key=lambda i: order.index(i.if_name) if i.if_name in order else len(order))
             self.store.put_attachment(replace(record, state="deleting", updated_at=time.time(), leasing=(),
                                               interfaces=tuple(kept)))
 
@@ -497,18 +506,21 @@ class Attacher:
             record = replace(record, state="deleting", updated_at=time.time())
             self.store.put_attachment(record)
         self.fault("del:marked")
-        errors = self._remove_interfaces(record)
+        errors, refused = self._remove_interfaces(record)
+        if refused is not None:  # nothing failed but the moment: 11, not a driver's failure (105)
+            raise TryAgainLater(f"DEL could not remove every interface: {refused.msg}; the runtime will retry",
+                                "; ".join(errors))
         if errors:
             raise InterfaceFailure("DEL could not remove every interface; the runtime will retry", "; ".join(errors))
         self.fault("del:unlinked")
         self._release(record)
         self.fault("del:released")
 
-    def _remove_interfaces(self, record: AttachmentRecord) -> list[str]:
+    def _remove_interfaces(self, record: AttachmentRecord) -> tuple[list[str], TryAgainLater | None]:
         """Every interface's driver removes what it made, the last built first (as a failed ADD unwinds, and as
         Multus DELs its delegates): what is stacked on an earlier interface (a bond over net1 and net2, a VLAN on
         net1) goes before it, and a default route taken from the cluster network goes back to it while it is there.
-        Every one is tried; the failures are returned."""
+        Every one is tried; the failures are returned, with why the pod's namespace could not be opened now, if so."""
         errors: list[str] = []
         with contextlib.ExitStack() as opened:
             pod = _PodOnDemand(self.open_pod, record.netns, opened)
@@ -526,7 +538,7 @@ class Attacher:
                 self.doomed.remove(ctx)
             except Exception as exc:
                 errors.append(f"{', '.join(ctx.doomed or ())}: {exc}")
-        return errors
+        return errors, pod.refused
 
     def _mac_held_elsewhere(self, record: AttachmentRecord, bridge: str, mac: str) -> bool:
         """Whether another attachment of this node, not being deleted, has a macvlan with ``mac`` on ``bridge``: a

@@ -5,6 +5,7 @@ took (NPWG ``default-route``), as it was."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from cni.errors import CniError
 from ipamd.drivers.base import BuildContext, InterfaceKey, InterfaceRequest, LinksContext
@@ -281,6 +283,103 @@ def test_del_leaves_a_default_route_someone_else_set_alone(world: World) -> None
     pod.route("add", dst="0.0.0.0/0", gateway="198.18.43.7")
     driver.teardown(LinksContext(world.host, world.pod.netlink, world.paths["pod"]), built)
     assert _defaults(pod) == ["via 198.18.43.7 dev eth0"]
+
+
+# -- a kernel side effect the undo could not undo, and a namespace that cannot be opened now ----------------------------
+
+class _RealBridges:
+    """The segments of ``test_attacher``'s node, each bridge made in the world's node namespace."""
+
+    def __init__(self, planned: Any, host: IPRoute) -> None:
+        self.planned, self.host = planned, host
+
+    def plan(self, net: Any) -> Any:
+        return self.planned.plan(net)
+
+    def bridge_index(self, net: Any, bridge: str) -> int:
+        return segment_links.ensure_bridge(self.host, bridge, "")
+
+    def bridge_mtu(self, bridge: str) -> int | None:
+        return None
+
+    def lost(self, bridge: str) -> bool:
+        return False
+
+
+def _verbs_on_the_kernel(w: World) -> Any:
+    """``test_attacher``'s node (pod ``app``: net1 a veth on net-a, net2 a scripted macvlan on net-b) with the real veth
+    driver over the world's namespaces; its CNI calls run in the test's thread, which owns ``w.host``."""
+    from tests.unit.test_attacher import Node
+
+    node = Node()
+    node.drivers["veth"] = VethDriver()  # type: ignore[assignment]
+    node.attacher.segments = _RealBridges(node.segments, w.host)
+    node.attacher.host_netlink = lambda: w.host
+    node.attacher.open_pod = pod_namespace
+    return node
+
+
+def _net1_holders(node: Any) -> list[tuple[str, tuple[str, ...]]]:
+    """net1's address (pool-a) as the store holds it: each lease's address and the pods using it (none once let go;
+    the pod's Auto IPAddress itself stays while the pod is there)."""
+    users = {rec.address: rec.used_by_uids for rec in node.store.all_ips()}
+    return [(lease.address, users.get(lease.address, ())) for lease in node.store.all_leases()
+            if lease.address.startswith("198.18.40.")]
+
+
+def test_an_undo_that_cannot_remove_the_veth_keeps_it_for_the_runtimes_del(world: World,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """net1's veth made, net2's build fails, and the undo's delete of net1's node end is refused once: the step was
+    logged and the record forgotten, so the veth (its pod end holding net1's address) stayed for good while the address
+    went back to the pool. The record now stays ``deleting`` with net1 alone, its address held, and the runtime's DEL
+    removes the veth from the kernel, then lets the address go."""
+    node = _verbs_on_the_kernel(world)
+    node.drivers["macvlan"].fail_build["net2"] = 1
+    real, refusals = links.delete_link, [NetlinkError(errno.EBUSY, "Device or resource busy")]
+
+    def delete_link(ipr: IPRoute, name: str) -> bool:
+        if refusals:
+            raise refusals.pop()
+        return real(ipr, name)
+
+    monkeypatch.setattr(links, "delete_link", delete_link)
+    with pytest.raises(CniError):
+        node.call("ADD", netns=world.paths["pod"])
+    assert not refusals, "the veth's undo step never ran"
+    (kept,) = node.store.attachments()
+    assert kept.state == "deleting" and [i.if_name for i in kept.interfaces] == ["net1"]
+    host_link = kept.interfaces[0].host_link
+    assert host_link in link_names(world.host), "the refused delete left the veth"
+    assert _net1_holders(node) == [("198.18.40.1", ("uid-app",))], "net1's address let go while its veth is there"
+    assert node.call("DEL", netns=world.paths["pod"]) == {}
+    assert host_link not in link_names(world.host) and "net1" not in link_names(world.pod.netlink())
+    assert node.store.attachments() == [] and _net1_holders(node) == [("198.18.40.1", ())]
+
+
+def test_del_with_a_namespace_that_cannot_be_opened_now_answers_try_again_later(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening the pod's namespace fails with EMFILE (the daemon out of descriptors for a moment): the namespace is
+    there, so the DEL keeps the addresses, and answers 11 (try again later) naming the namespace, not 105 as if a
+    driver had failed. The DEL the runtime retries, which opens it, removes the links and lets the addresses go."""
+    node = _verbs_on_the_kernel(world)
+    path = world.paths["pod"]
+    node.call("ADD", netns=path)
+    real_open = os.open
+
+    def refused(file: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if file == path:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real_open(file, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refused)
+    with pytest.raises(CniError) as err:
+        node.call("DEL", netns=path)
+    monkeypatch.setattr(os, "open", real_open)
+    assert err.value.code == 11 and path in err.value.msg, err.value.to_dict()
+    assert _net1_holders(node) == [("198.18.40.1", ("uid-app",))], "the addresses of a pod still there were let go"
+    assert node.call("DEL", netns=path) == {}
+    assert node.store.attachments() == [] and _net1_holders(node) == [("198.18.40.1", ())]
+    assert "net1" not in link_names(world.pod.netlink())
 
 
 if __name__ == "__main__":  # the parallel ADD, in a process of its own

@@ -22,10 +22,10 @@ import pytest
 from kubernetes import client
 from pyroute2.netlink.exceptions import NetlinkError
 
-from cni.errors import CniError, InterfaceFailure, InternalError, PluginNotAvailable, UnknownContainer
+from cni.errors import CniError, InterfaceFailure, InternalError, PluginNotAvailable, TryAgainLater, UnknownContainer
 from cni.types import Result
 from ipamd.drivers import kernel
-from ipamd.drivers.base import BuildContext, InterfaceKey, InterfaceRequest
+from ipamd.drivers.base import BuildContext, InterfaceKey, InterfaceRequest, undo_in_kernel
 from ipamd.drivers.macvlan import MacvlanDriver
 from ipamd.drivers.tap import TapDriver, _names
 from ipamd.ipam.addresses import Claim, Ipam, ResolvedNetwork
@@ -345,19 +345,21 @@ def test_del_with_the_netns_gone_succeeds_and_tells_the_drivers() -> None:
 
 
 def test_del_with_a_netns_that_cannot_be_opened_now_fails_and_keeps_the_addresses() -> None:
-    """A namespace that is there but cannot be opened now (EMFILE, EACCES) is not one gone: the DEL fails (the
-    runtime retries) rather than take the pod's links for gone and let their addresses go."""
+    """A namespace that is there but cannot be opened now (EMFILE, EACCES) is not one gone: the DEL fails with 11 (try
+    again later, naming the namespace; not 105, a driver's failure) rather than take the pod's links for gone and let
+    their addresses go. ``tests/netns/test_undo_gives_back.py`` has it from the kernel's EMFILE."""
     node = Node()
     node.call("ADD")
 
     @contextmanager
     def refused(path: str) -> Iterator[Any]:
-        raise UnknownContainer(f"network namespace {path} cannot be opened", "[Errno 24] Too many open files")
+        raise TryAgainLater(f"network namespace {path} cannot be opened", "[Errno 24] Too many open files")
         yield
 
     node.attacher.open_pod = refused
-    with pytest.raises(CniError):
+    with pytest.raises(TryAgainLater) as err:
         node.call("DEL")
+    assert err.value.code == 11 and NETNS in err.value.msg and "Too many open files" in err.value.details
     assert [a.state for a in node.store.attachments()] == ["deleting"] and len(node.store.all_leases()) == 2
     node.attacher.open_pod = node.netns.open
     node.call("DEL")
@@ -380,6 +382,34 @@ def undo_could_not_forget(node: Node) -> AttachmentRecord:
         node.call("ADD")
     (stuck,) = node.store.attachments()
     return stuck
+
+
+def test_a_kernel_interface_whose_undo_steps_failed_is_kept_once_for_the_runtimes_del() -> None:
+    """net1's build made two kernel side effects (a link, an FDB entry: a macvlan's), net2's build fails, and both of
+    net1's undo steps fail: each tells ``not_undone``, and the record keeps net1 once (DEL tears it down once), its
+    address held until that DEL; net2's goes back with the undo."""
+    node = Node()
+    node.drivers["macvlan"].fail_build["net2"] = 1
+    building = node.drivers["veth"].build
+
+    def refused(what: str) -> None:
+        raise OSError(errno.EBUSY, f"{what}: device or resource busy")
+
+    def build_with_two_kernel_steps(ctx: BuildContext, iface: BuiltInterface, undo: contextlib.ExitStack) -> Any:
+        done = building(ctx, iface, undo)
+        for what in ("link", "FDB entry"):
+            undo_in_kernel(undo, ctx.not_undone, iface, what, refused, what)
+        return done
+
+    node.drivers["veth"].build = build_with_two_kernel_steps  # type: ignore[method-assign]
+    with pytest.raises(InterfaceFailure):
+        node.call("ADD")
+    (kept,) = node.store.attachments()
+    assert kept.state == "deleting" and [i.if_name for i in kept.interfaces] == ["net1"]
+    assert [lease.address for lease in node.store.all_leases()] == [kept.interfaces[0].addresses[0]["address"]]
+    node.events.clear()
+    assert node.call("DEL") == {}
+    assert node.events == ["teardown net1", "forget record"] and node.store.attachments() == []
 
 
 def test_an_add_whose_undo_could_not_forget_its_record_is_finished_by_the_reconciler() -> None:
