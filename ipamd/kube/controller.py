@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import json
 import logging
 import os
@@ -91,6 +92,7 @@ VANISHED_LOOK_S = 60.0  # a vanished node that keeps leases (held by objects tha
 UNUSED_GONE_S = 120.0  # a user's IPAddress gone this long, its lease taken up by no node, named by no pod: released
 ALLOCATED_S = 60.0  # a user's Auto IPAddress just leased is not leased again this long (the caches catch up)
 ATTACHMENT_KIND = "NodeNetworkInterfaceAttachment"
+OUTSIDE_POOL = "IPAddressOutsidePool"  # a node's reason too (``ipamd.ipam.addresses``): a family its pool lacks
 MOVE_LOOK_S = 30.0  # the pods on a network's segment, while they hold back the ID its spec.vlan.id asks, listed this often
 
 
@@ -208,6 +210,36 @@ def _allocated_status(address: str, subnet: Subnet, now: float) -> dict[str, Any
             "routes": [r.to_dict() for r in subnet.routes], "usedByPods": [], "conditions": list(conds)}
 
 
+def _family(address: str) -> int:
+    try:
+        return ipaddress.ip_address(address).version
+    except ValueError:
+        return 0
+
+
+def asked_family(obj: IPAddressObject, pool: AddressPool, held: str) -> int:
+    """The family a user's Auto IPAddress takes its address in, as a node's ``asked_family`` says: its
+    ``spec.ipFamily``, else that of the address it holds (``held``) while its pool still has it (a pool gaining a
+    family never flips it), else the pool's first."""
+    if obj.family:
+        return obj.family
+    family = _family(held)
+    return family if family in pool.families or not pool.families else pool.families[0]
+
+
+def _refused_status(obj: IPAddressObject, pool: AddressPool, family: int, shown: Mapping[str, Any],
+                    now: float) -> dict[str, Any] | None:
+    """The status of a user's Auto IPAddress naming a family its pool lacks (``spec.ipFamily``, the pool's entry of
+    that family removed since): ``Pending``, in the words a node records (``family_view``, ``_refused_pending``); None
+    when ``shown`` says so already."""
+    nets = ", ".join(str(s.network) for s in pool.subnets)
+    message = (f"IPAddress {obj.meta.name} asks for an IPv{family} address, and pool {pool.meta.display} has no "
+               f"IPv{family} network ({nets})")
+    conds = set_condition(tuple(shown.get("conditions") or ()), "Allocated", False, OUTSIDE_POOL, message, now)
+    status = {"phase": "Pending", "address": "", "network": "", "routes": [], "usedByPods": [], "conditions": list(conds)}
+    return None if all(shown.get(k) == v for k, v in status.items()) else status
+
+
 def _statuses_shown(items: Iterable[Mapping[str, Any]], kind: str) -> dict[str, Mapping[str, Any]]:
     """The status of each object of ``kind`` as the cache shows it, by key (``Kind/namespace/name``)."""
     out: dict[str, Mapping[str, Any]] = {}
@@ -229,6 +261,7 @@ class SegmentStatus:
     nodes: int
     ready_nodes: int
     change: tuple[str, str] | None = None  # (reason, message): the ID its spec.vlan.id asks is not given (yet)
+    bridge: str = ""  # untagged: the bridge its nodes report (``reported_bridge``), shown instead of the computed one
 
     def render(self, net: Network | ClusterNetwork, now: float) -> dict[str, Any]:
         """The Network's status, its conditions keeping their times while their status holds."""
@@ -243,12 +276,34 @@ class SegmentStatus:
         conds = set_condition(conds, ID_CHANGE, True, self.change[0], self.change[1], now) if self.change else \
             drop_condition(conds, ID_CHANGE)  # none asked, or made: it goes
         return {
-            "bridgeName": self.kind.bridge(self.ident, net.meta.key) if ready else "",
+            "bridgeName": (self.bridge or self.kind.bridge(self.ident, net.meta.key)) if ready else "",
             **self.kind.status_ids(self.ident),
             **({"vni": None} if not self.kind.shows_vni and status_segment(net) == "vxlan" else {}),  # a class edit
             "nodeAttachementsCount": self.nodes, "readyNodeAttachementsCount": self.ready_nodes,
             "conditions": list(conds), "observedGeneration": net.meta.generation,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class NodeReports:
+    """A Network's sides as its nodes report them (NodeNetworkInterfaceAttachments): how many, how many are ready,
+    and the bridge each names."""
+
+    total: int = 0
+    ready: int = 0
+    bridges: tuple[str, ...] = ()
+
+
+def reported_bridge(bridges: Iterable[str], shown: str) -> str:
+    """The bridge of an untagged network as most of its nodes report it: one whose hashed name clashed with another
+    network's took the next candidate (``bridge_name``'s ``attempt``), which the computed name would not show. A tie
+    keeps the one the status shows, else the first by name, so the status does not flap; "" when none reports one."""
+    counts = Counter(b for b in bridges if b and segment_of_bridge(b) is None)
+    if not counts:
+        return ""
+    most = max(counts.values())
+    tied = sorted(b for b, n in counts.items() if n == most)
+    return shown if shown in tied else tied[0]
 
 
 def _absent_ok(write: Callable[..., Any], *args: Any) -> None:
@@ -333,7 +388,7 @@ class Controller:
             carried = segment_of_bridge(str(bridge or ""))
             if carried is not None and granted.get(key) != carried:
                 held.setdefault(carried[0], {}).setdefault(carried[1], key)
-        nodes = self._node_counts()
+        nodes = self._node_reports()
         pods: dict[str, list[dict[str, Any]]] = {}  # namespace ("": all) -> its pods, listed at most once a round
         for net in nets:
             kind = kinds[net.meta.key]
@@ -342,8 +397,9 @@ class Controller:
                 ident, problem = self._pick(net, kind, held.setdefault(kind.name, {}))
             elif kind.tagged and net.vlan_id not in (None, net.status_vlan_id):  # never moved under live pods
                 ident, change = self._move(net, kind, held.setdefault(kind.name, {}), pods)
-            total, ready = nodes.get((net.meta.kind, net.meta.namespace, net.meta.name), (0, 0))
-            self._write(net, SegmentStatus(kind, ident, problem, total, ready, change))
+            sides = nodes.get((net.meta.kind, net.meta.namespace, net.meta.name), NodeReports())
+            bridge = "" if kind.tagged else reported_bridge(sides.bridges, net.status_bridge)
+            self._write(net, SegmentStatus(kind, ident, problem, sides.total, sides.ready, change, bridge))
         moving = {net.meta.key for net in nets if net.vlan_id not in (None, net.status_vlan_id)}
         self._users = {key: found for key, found in self._users.items() if key in moving}
 
@@ -404,18 +460,20 @@ class Controller:
         self._users[net.meta.key] = (now, tuple(users))
         return users
 
-    def _node_counts(self) -> dict[tuple[str, str, str], tuple[int, int]]:
-        """Per Network, how many nodes report their side of it (NodeNetworkInterfaceAttachment), and how
-        many of those are ready: the counters and AllNodeAttachementsAreReady (upstream's spelling)."""
-        counts: dict[tuple[str, str, str], tuple[int, int]] = {}
+    def _node_reports(self) -> dict[tuple[str, str, str], NodeReports]:
+        """Per Network, its nodes' sides of it (NodeNetworkInterfaceAttachment): the counters and
+        AllNodeAttachementsAreReady (upstream's spelling), and the bridges they name. A ClusterNetwork's may carry
+        no namespace."""
+        ready: Counter[tuple[str, str, str]] = Counter()
+        bridges: dict[tuple[str, str, str], list[str]] = {}
         for item in self.source.items(ATTACHMENT_KIND):
-            ref = (item.get("spec") or {}).get("networkRef") or {}
+            spec = item.get("spec") or {}
+            ref = spec.get("networkRef") or {}
             conds = (item.get("status") or {}).get("conditions") or []
-            ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
-            key = (ref.get("kind", ""), ref.get("namespace", ""), ref.get("name", ""))
-            total, n_ready = counts.get(key, (0, 0))
-            counts[key] = (total + 1, n_ready + ready)
-        return counts
+            key = (str(ref.get("kind") or ""), str(ref.get("namespace") or ""), str(ref.get("name") or ""))
+            ready[key] += any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+            bridges.setdefault(key, []).append(str(spec.get("bridgeName") or ""))
+        return {key: NodeReports(len(names), ready[key], tuple(names)) for key, names in bridges.items()}
 
     def _write(self, net: Network | ClusterNetwork, status: SegmentStatus) -> None:
         written = (net.meta.uid, net.meta.generation, status)
@@ -485,21 +543,49 @@ class Controller:
                     continue  # Static ones are leased by the nodes; a pod's own Auto ones by its node
                 if obj.meta.key in self._allocated:
                     continue  # leased a moment ago: the caches have not shown its lease or its status yet
-                if obj.meta.key in held:
-                    if obj.meta.key in mine:
-                        self._complete_status(obj, mine[obj.meta.key], shown.get(obj.meta.key) or {})
-                    continue
+                lease = mine.get(obj.meta.key)
+                if obj.meta.key in held and lease is None:
+                    continue  # taken up by a node, for a pod there: that node's to let go, its status the node's
                 pool = pool_of_ip(self.source, obj)
-                if pool is not None:
+                if pool is None:
+                    continue
+                address = str((lease.get("spec") or {}).get("ip") or "") if lease is not None else ""
+                family = asked_family(obj, pool, address)
+                # its lease let go, as a node lets it go, when its family is dropped from the pool (or the IPAddress
+                # was made again naming another)
+                if lease is not None and (_family(address) != family or family not in pool.families):
+                    if not self._let_go(obj, lease):
+                        continue  # a node took it up meanwhile (its pod uses it), or the API away: the next round
+                    lease = None
+                if family not in pool.families:
+                    refused = _refused_status(obj, pool, family, shown.get(obj.meta.key) or {}, self.clock.now())
+                    if refused is not None:
+                        self._ip_status(obj, refused)
+                elif lease is not None:
+                    self._complete_status(obj, lease, shown.get(obj.meta.key) or {})
+                else:
                     taken = {to_int(str(spec.get("ip"))) for spec in leases if spec.get("pool") == pool.meta.key}
                     for block in (parse_block(o) for o in self.source.by_index(BLOCK_KIND, "pool", pool.meta.key)):
                         if block is not None:  # a node's to lease in alone
                             taken.update(range(block.first, block.first + block.size))
-                    self._allocate(obj, pool, taken)
+                    self._allocate(obj, pool.family(family), taken)
+
+    def _let_go(self, obj: IPAddressObject, lease: Mapping[str, Any]) -> bool:
+        """The lease this controller made for a user's Auto IPAddress, not of the family it asks for now: quarantined
+        (``_orphan``), as a node lets go of one no pod uses (``_refused_pending``, ``lease_for``). At the version the
+        cache saw: a node that took it up meanwhile, for its pod, keeps it. False when it is kept."""
+        try:
+            if self._orphan(lease, self.clock.now()):
+                log.info("%s: let go of %s, not of the family it asks for (its pool's or its own)", obj.meta.display,
+                         (lease.get("spec") or {}).get("ip"))
+                return True
+        except Exception as exc:  # the API away: the next round
+            log.warning("letting go of the lease of %s: %s", obj.meta.display, reason_of(exc))
+        return False
 
     def _allocate(self, obj: IPAddressObject, pool: AddressPool, taken: set[int]) -> None:
+        """Lease a user's Auto IPAddress an address of ``pool`` (the family it asks for: ``asked_family``)."""
         now = self.clock.now()
-        pool = pool.family(obj.family or pool.families[0])  # its spec.ipFamily, else the pool's first
         while True:
             picked = pick_free(pool, taken, None)
             if picked is None:

@@ -252,3 +252,172 @@ def test_a_network_moved_from_a_vxlan_class_to_a_vlan_class_gets_a_vlan_id() -> 
     assert "vni" in got and got["vni"] is None, f"the merge patch keeps the old VNI: {got}"
     assert got["bridgeName"] == f"plx-br-{got['vlanID']}"
 
+
+
+def _shown_source(api: FakeApi, pools: list[dict[str, str]]) -> Any:
+    """The controller's view (``ControllerSource``) whose IPAddress items are the API's objects, statuses included, as
+    the informer shows them; over pool ``ds`` (``leaseTTL: 1h``, ``pools``) of network ``ds-net``."""
+    from tests.fakes.cluster import served_by
+    from tests.unit.test_ipam import network
+    from tests.unit.test_ipam import obj as ipam_obj
+    from tests.unit.test_lease_versions import ControllerSource
+
+    class Shown(ControllerSource):
+        def items(self, kind: str) -> list[dict[str, Any]]:
+            if kind != "IPAddress":
+                return super().items(kind)
+            return [{**o, "metadata": {**o["metadata"], "namespace": key.partition("/")[0]}}
+                    for key, o in copy.deepcopy(api.objs["IPAddress"]).items()]
+
+    src = Shown(api)
+    served_by(api, src.src)
+    src.src.add(ipam_obj("IPAddressPool", "ds", {"leaseTTL": "1h", "pools": pools}))
+    src.src.add(network("ds-net", "ds"))
+    return src
+
+
+def _allocated(status: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in status.get("conditions") or () if c["type"] == "Allocated")
+
+
+def _as_the_node_refuses(name: str, family: int, pool: Any) -> str:
+    """The message the node records on a user's Auto IPAddress naming ``family`` that ``pool`` lacks
+    (``_refused_pending``, from ``family_view``'s refusal)."""
+    from cni.errors import InvalidConfig
+    from ipamd.ipam.addresses import family_view
+    from ipamd.store.records import IPRecord
+
+    rec = IPRecord(f"IPAddress/ns/{name}", "IPAddress", "ns", name, "Network", "ds-net", family=family)
+    with pytest.raises(InvalidConfig) as refused:
+        family_view(rec, pool)
+    return refused.value.msg
+
+
+def test_a_users_auto_ipaddress_whose_pool_dropped_its_family_goes_pending_and_lets_its_lease_go(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``spec.ipFamily: IPv6`` on a dual-stack pool, leased by the controller; the pool's IPv6 entry removed. A node
+    records such an IPAddress Pending (``Allocated=False``, ``IPAddressOutsidePool``) and lets its lease go once no
+    pod uses it (``_refused_pending``); the controller, which leases users' Auto IPAddresses in a cluster, kept its
+    status Allocated and its lease (``_complete_status`` found no subnet, and said nothing) until the IPAddress was
+    deleted. One a node took up (a pod there uses it) stays that node's."""
+    from ipamd.ipam.addresses import OUTSIDE_POOL
+    from ipamd.kube.leases import NODE_LABEL
+    from ipamd.model.objects import IP_ADDRESS_POOL
+    from tests.unit.test_ipam import obj as ipam_obj
+
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    api = FakeApi()
+    four, six = {"network": "198.18.96.0/24"}, {"network": "2001:2:0:96::/64"}
+    src = _shown_source(api, [four, six])
+    ref = {"networkRef": {"kind": "Network", "name": "ds-net"}}
+    for name in ("u6", "used6"):
+        src.src.add(ipam_obj("IPAddress", name, {**ref, "ipFamily": "IPv6"}, uid=f"uid-{name}"))
+    ctl = Controller(client.ApiClient(), src, "plexus-system")
+    ctl.allocate_user_ipaddresses()
+    leases = {o["spec"]["holder"]: name for name, o in api.objs[LEASE_KIND].items()}
+    assert set(leases) == {"IPAddress/ns/u6", "IPAddress/ns/used6"}
+    address = api.objs["IPAddress"]["ns/u6"]["status"]["address"]
+    assert ":" in address
+    api.patch(LEASE_KIND, leases["IPAddress/ns/used6"], {"metadata": {"labels": {NODE_LABEL: "n1"}}})  # taken up
+    used_status = copy.deepcopy(api.objs["IPAddress"]["ns/used6"]["status"])
+    src.src.add(ipam_obj("IPAddressPool", "ds", {"leaseTTL": "1h", "pools": [four]}))  # IPv6 drained
+    for _ in range(3):
+        now[0] += 61
+        ctl.allocate_user_ipaddresses()
+    status = api.objs["IPAddress"]["ns/u6"]["status"]
+    cond = _allocated(status)
+    assert (status["phase"], status["address"], cond["status"]) == ("Pending", "", "False"), \
+        f"u6 names IPv6, which its pool no longer has: its status {status}"
+    pool = src.src.get(IP_ADDRESS_POOL, "ns", "ds")
+    assert (cond["reason"], cond["message"]) == (OUTSIDE_POOL, _as_the_node_refuses("u6", 6, pool)), \
+        "as a node says it"
+    lease = api.objs[LEASE_KIND][leases["IPAddress/ns/u6"]]
+    assert lease["spec"].get("holder") is None and lease["status"].get("orphaningTimestamp"), \
+        f"its lease let go (quarantined, as a node lets it go): {lease}"
+    assert [o["spec"].get("holder") for o in api.objs[LEASE_KIND].values()].count("IPAddress/ns/u6") == 0, \
+        "nothing leased anew"
+    writes = api.calls["patch_status IPAddress"]
+    now[0] += 61
+    ctl.allocate_user_ipaddresses()
+    assert api.calls["patch_status IPAddress"] == writes, "shown already: not written again every round"
+    taken = api.objs[LEASE_KIND][leases["IPAddress/ns/used6"]]
+    assert taken["spec"]["holder"] == "IPAddress/ns/used6" and not (taken.get("status") or {}), \
+        "a node's lease is that node's to let go"
+    assert api.objs["IPAddress"]["ns/used6"]["status"] == used_status, "its status is the node's to write"
+
+
+def test_a_users_auto_ipaddress_naming_a_family_its_pool_lacks_is_pending_for_that_reason(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An Auto IPAddress naming IPv6 of a pool with none (the pool drained before it was leased): ``NoFreeIPAddress``
+    ("pool has no free address") said the controller; the node says why (``IPAddressOutsidePool``)."""
+    from ipamd.ipam.addresses import OUTSIDE_POOL
+    from ipamd.model.objects import IP_ADDRESS_POOL
+    from tests.unit.test_ipam import obj as ipam_obj
+
+    monkeypatch.setattr(time, "monotonic", lambda: 1000.0)
+    api = FakeApi()
+    src = _shown_source(api, [{"network": "198.18.97.0/24"}])
+    src.src.add(ipam_obj("IPAddress", "u6", {"networkRef": {"kind": "Network", "name": "ds-net"}, "ipFamily": "IPv6"},
+                         uid="uid-u6"))
+    Controller(client.ApiClient(), src, "plexus-system").allocate_user_ipaddresses()
+    status = api.objs["IPAddress"]["ns/u6"]["status"]
+    cond = _allocated(status)
+    pool = src.src.get(IP_ADDRESS_POOL, "ns", "ds")
+    assert (status["phase"], cond["status"], cond["reason"], cond["message"]) == \
+        ("Pending", "False", OUTSIDE_POOL, _as_the_node_refuses("u6", 6, pool)), status
+    assert not api.objs[LEASE_KIND]
+
+
+def test_a_users_auto_ipaddress_holding_a_family_its_pool_dropped_is_leased_anew_in_the_pools_first(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ``spec.ipFamily``: the family it holds while its pool has it, else the pool's first (``asked_family``). Its
+    pool was IPv6 alone and is IPv4 alone now: a node lets the IPv6 lease go and leases an IPv4 address (``lease_for``:
+    ``starts_over``); the controller kept the IPv6 address Allocated."""
+    from ipamd.ipam.allocator import family_of, to_int
+    from tests.unit.test_ipam import obj as ipam_obj
+
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    api = FakeApi()
+    src = _shown_source(api, [{"network": "2001:2:0:97::/64"}])
+    src.src.add(ipam_obj("IPAddress", "plain", {"networkRef": {"kind": "Network", "name": "ds-net"}}, uid="uid-p"))
+    ctl = Controller(client.ApiClient(), src, "plexus-system")
+    ctl.allocate_user_ipaddresses()
+    (six,) = api.objs[LEASE_KIND]
+    src.src.add(ipam_obj("IPAddressPool", "ds", {"leaseTTL": "1h", "pools": [{"network": "198.18.98.0/24"}]}))
+    for _ in range(2):
+        now[0] += 61
+        ctl.allocate_user_ipaddresses()
+    status = api.objs["IPAddress"]["ns/plain"]["status"]
+    assert status["phase"] == "Allocated" and status["address"].startswith("198.18.98."), status
+    assert api.objs[LEASE_KIND][six]["spec"].get("holder") is None, "the IPv6 lease let go"
+    held = [o for o in api.objs[LEASE_KIND].values() if o["spec"].get("holder") == "IPAddress/ns/plain"]
+    assert [family_of(to_int(o["spec"]["ip"])) for o in held] == [4]
+
+
+def test_a_users_auto_ipaddress_made_again_naming_another_family_is_leased_in_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Made again under its name with ``spec.ipFamily: IPv6`` (it held IPv4 from the dual-stack pool): a node lets the
+    old record's address go and leases one of the family named (``made_again``); the controller, its lease held by
+    the name, wrote the IPv4 address into the new object's status."""
+    from tests.unit.test_ipam import obj as ipam_obj
+
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    api = FakeApi()
+    src = _shown_source(api, [{"network": "198.18.99.0/24"}, {"network": "2001:2:0:99::/64"}])
+    ref = {"networkRef": {"kind": "Network", "name": "ds-net"}}
+    src.src.add(ipam_obj("IPAddress", "m", ref, uid="first"))
+    ctl = Controller(client.ApiClient(), src, "plexus-system")
+    ctl.allocate_user_ipaddresses()
+    assert api.objs["IPAddress"]["ns/m"]["status"]["address"].startswith("198.18.99.")
+    src.src.remove("IPAddress", "ns", "m")
+    src.src.add(ipam_obj("IPAddress", "m", {**ref, "ipFamily": "IPv6"}, uid="second"))
+    for _ in range(2):
+        now[0] += 61
+        ctl.allocate_user_ipaddresses()
+    status = api.objs["IPAddress"]["ns/m"]["status"]
+    assert status["phase"] == "Allocated" and ":" in status["address"], status
+    held = [o["spec"]["ip"] for o in api.objs[LEASE_KIND].values() if o["spec"].get("holder") == "IPAddress/ns/m"]
+    assert held == [status["address"]], "the IPv4 lease let go"

@@ -10,6 +10,7 @@ from typing import Any
 from kubernetes import client
 
 from ipamd.kube.controller import Controller
+from ipamd.model.names import bridge_name
 from ipamd.model.objects import API_VERSION, Network, parse_object
 from ipamd.model.segments import pods_on_segment
 from tests.fakes.source import FakeSource
@@ -250,6 +251,48 @@ def test_a_pod_starting_on_its_namespaces_default_network_holds_the_segment() ->
     assert isinstance(plain, Network)
     assert pods_on_segment([by_default], plain, 600) == [], "not the default: ADD does not give it to that pod"
 
+
+def _report(node: str, ref: dict[str, str], bridge: str) -> dict[str, Any]:
+    return {"metadata": {"name": f"{node}-{ref['name']}"},
+            "spec": {"networkRef": ref, "nodeName": node, "bridgeName": bridge},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def test_an_untagged_networks_status_names_the_bridge_its_nodes_report() -> None:
+    """Two untagged networks' hashed bridge names may clash on a node, which then takes the network's next candidate
+    (``SegmentPlanner._free_bridge``) and reports it in its NodeNetworkInterfaceAttachment. The status named the
+    plain hash all the same: users looked for a bridge no node has. Now the name most nodes report (a tie: the one
+    the status shows, else the first by name: no flapping); the computed one while none reports. A ClusterNetwork's
+    report may carry no namespace at all."""
+    flat = "Network/ns/flat"
+    plain, renamed = bridge_name("none", 0, flat), bridge_name("none", 0, flat, 1)
+    acc_renamed = bridge_name("none", 0, "ClusterNetwork/acc", 2)
+    ctl, src = controller(obj("NetworkClass", "plain", {}), obj("Network", "flat", {"networkClass": "plain"}, uid="uf"),
+                          obj("ClusterNetwork", "acc", {"type": "Access"}, uid="ua"))
+    ctl.assign_segments()
+    assert statuses(src)["flat"]["bridgeName"] == plain, "no node reports: the computed name"
+    ref = {"kind": "Network", "namespace": "ns", "name": "flat"}
+    src.raw["NodeNetworkInterfaceAttachment"] = [
+        _report("n1", ref, renamed), _report("n2", ref, renamed), _report("n3", ref, plain),
+        _report("n1", {"kind": "Network", "namespace": "ns", "name": f"flat@{plain}"}, "plx-n-00000000"),  # old one
+        _report("n1", {"kind": "ClusterNetwork", "name": "acc"}, acc_renamed)]  # no namespace key at all
+    ctl.assign_segments()
+    got = statuses(src)
+    assert got["flat"]["bridgeName"] == renamed, f"2 of 3 nodes have {renamed}, the status says {got['flat']}"
+    assert got["acc"]["bridgeName"] == acc_renamed and got["acc"]["nodeAttachementsCount"] == 1
+    written = len(src.objects.patched)
+    ctl.assign_segments()
+    assert len(src.objects.patched) == written, "nothing changed: nothing written"
+    src.raw["NodeNetworkInterfaceAttachment"].pop(1)  # n2 gone: one node each, a tie; the status shows the renamed
+    src.add(obj("Network", "flat", {"networkClass": "plain"}, {"bridgeName": renamed}, uid="uf"))
+    ctl.assign_segments()
+    assert statuses(src)["flat"]["bridgeName"] == renamed, "a tie keeps what the status shows"
+    src.add(obj("Network", "flat", {"networkClass": "plain"}, {"bridgeName": plain}, uid="uf"))
+    ctl.assign_segments()
+    assert statuses(src)["flat"]["bridgeName"] == plain, "a tie keeps what the status shows"
+    src.add(obj("Network", "flat", {"networkClass": "plain"}, uid="uf"))
+    ctl.assign_segments()
+    assert statuses(src)["flat"]["bridgeName"] == min(plain, renamed), "a tie, nothing shown: the first by name"
 
 # ---------------------------------------------------------------------------------------------------------------------
 # 9. Segments: a ClusterNetwork naming a NetworkClass that does not exist is answered "no free VLAN ID" (100, naming
