@@ -885,6 +885,33 @@ class Ipam:
         pool = pool_of(self.source, net) if net is not None else None
         return pool is not None and family not in pool.families
 
+    def let_go_taken_up(self, key: str, pool: AddressPool) -> bool:
+        """A user's Auto IPAddress whose lease this node took up for a pod, in a cluster (the controller leases those,
+        and never touches a lease a node took up; this node's rounds lease Statics alone): once no pod of this node
+        uses it and its pool no longer has its address's family, let go as a pod's own Auto one of a dropped family is
+        (``_let_go_auto``, its object the user's): its address quarantined for the pool's leaseTTL, its record
+        forgotten. The controller leases it anew, or sets it Pending, once the lease object shows no holder: never
+        while this node's let-go is owed. Read again under the lock (an ADD may make a pod its user meanwhile); most
+        rounds find nothing to let go without taking it. Whether let go."""
+        if self._unused_of_dropped_family(key, pool) is None:
+            return False
+        with self.store.transaction():
+            rec = self._unused_of_dropped_family(key, pool)
+            if rec is None:
+                return False
+            self.delete_ip(rec)
+        return True
+
+    def _unused_of_dropped_family(self, key: str, pool: AddressPool) -> IPRecord | None:
+        """The record of a user's Auto IPAddress that no pod of this node uses, leased here an address of a family
+        ``pool`` no longer has (``let_go_taken_up``)."""
+        rec = self.store.get_ip(key)
+        if rec is None or rec.used_by_uids or (rec.created_by, rec.type) != ("user", "Auto") or \
+                rec.kind not in IP_ADDRESS_KINDS:
+            return None
+        lease = self.store.lease_of(key)
+        return rec if lease is not None and family_of(lease.ip) not in pool.families else None
+
     def release_pod(self, ip_keys: list[str], pod_uid: str, attachment: str = "", shared: Collection[str] = ()) -> None:
         """The pod (or, for a delegate's lease, the ``attachment``) no longer uses these IPAddresses; one in
         ``shared`` (another sandbox of the pod uses it: this is a dead sandbox's late DEL) loses the attachment alone."""

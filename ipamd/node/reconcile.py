@@ -5,7 +5,9 @@ source changes, and periodically:
 - user IPAddresses get their address at once (phase ``Allocated``, or ``Pending`` with
   ``Allocated=False/NoFreeIPAddress``, or a Static's refusal), their status owed when that changes; a deleted one
   lets its lease go to quarantine first (a Static asking for that address takes it over in the same round), unless
-  a pod still uses it, in which case it keeps the address until the pod goes; a deleted IPAMClaim likewise;
+  a pod still uses it, in which case it keeps the address until the pod goes; a deleted IPAMClaim likewise; in a
+  cluster (where the controller leases Auto ones), one whose lease this node took up for a pod lets it go to
+  quarantine once no pod uses it and its pool no longer has its address's family;
 - a delegate's lease made for a pod that is gone (its DEL never came) goes to quarantine;
 - the attachments of pods that no longer exist are torn down, and their Auto IPAddresses deleted;
   a pod that exists is never touched, whatever its state;
@@ -379,9 +381,18 @@ class Reconciler:
         # the deleted let go first: a Static asking for an address one of them held takes it over (quarantined) in this
         # round, not the next one
         self._let_go_deleted(live)
+        # a cluster's user Autos this node took up, unused now (one read a round, of this node's records alone: never
+        # a read per IPAddress of the cluster)
+        idle_taken_up = {r.key for r in self.store.all_ips() if (r.created_by, r.type) == ("user", "Auto")
+                         and not r.used_by_uids} if statics_only else set()
         for obj in objs:
             pool = pool_of_ip(self.source, obj)
-            if pool is None or (statics_only and obj.type != "Static"):
+            if pool is None:
+                continue
+            if statics_only and obj.type != "Static":
+                # the controller's to lease, but a lease this node took up for a pod is this node's to let go
+                if obj.meta.key in idle_taken_up and self.ipam.let_go_taken_up(obj.meta.key, pool):
+                    log.info("%s: let go of its address, of a family its pool no longer has", obj.meta.display)
                 continue
             before = self.store.get_ip(obj.meta.key)
             rec = self.ipam.record_for(obj)

@@ -581,3 +581,131 @@ def test_a_restart_before_the_source_has_listed_republishes_user_ipaddresses_it_
     assert not outbox.owed(f"IPAddress/{NS}/used"), "another node's pod uses it: its status is that node's"
     restarted.run_once()
     assert len(outbox.owed(f"IPAddress/{NS}/mine")) == 1, "once"
+
+
+class TakenUp:
+    """Node n1 and the controller over one fake API server: the user's Auto IPAddress ``u`` (naming ``family``, or
+    none), leased by the controller an IPv6 address of pool ``ds``, taken up by n1 for its pod ``app``; then the pool's
+    IPv6 entry removed (one naming no family holds IPv6 from when the pool had IPv6 alone: a pool gaining a family
+    moves no address)."""
+
+    def __init__(self, family: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        import time
+
+        from kubernetes import client
+
+        from ipamd.kube.controller import Controller
+        from tests.fakes.cluster import FakeApi
+        from tests.unit.test_attacher_kube import KubeNode, a_pod
+        from tests.unit.test_ipaddress_users import rounds_of
+        from tests.unit.test_lease_versions import ControllerSource
+
+        self.now = 1000.0
+        monkeypatch.setattr(time, "monotonic", lambda: self.now)
+        four, six = {"network": "198.18.98.0/24"}, {"network": "2001:2:0:98::/64"}
+        self.api = api = FakeApi()
+        self.node = node = KubeNode(api, "n1")
+        node.source.add(obj("IPAddressPool", "ds", {"leaseTTL": "1h", "pools": [four, six] if family else [six]}))
+        node.source.add(obj("Network", "ds-net", {"networkClass": "cls", "ipam": {
+            "ipAddressPoolRef": {"kind": "IPAddressPool", "name": "ds"}}}))
+        node.source.add(obj("IPAddress", "u", {"networkRef": {"kind": "Network", "name": "ds-net"},
+                                               **({"ipFamily": family} if family else {})}))
+        seen = ControllerSource(api)
+        seen.src = node.source  # the controller's cache shows what the node's does
+        self.ctl = Controller(client.ApiClient(), seen, "plexus-system")  # type: ignore[arg-type]
+        self.controller_round()
+        ((self.address, held),) = self.holders().items()
+        assert ":" in self.address and held == (self.key, None, False), "the controller's lease"
+        self.spec = [{"type": "Network", "name": "ds-net", "ifName": "net1", "ipAddressNames": ["u"]}]
+        node.source.add(a_pod("app", self.spec, "uid-app"))
+        node.call("ADD", "app", "uid-app", "c1")
+        assert self.holders()[self.address] == (self.key, "n1", False), "taken up by n1 for its pod"
+        node.source.add(obj("IPAddressPool", "ds", {"leaseTTL": "1h", "pools": [four]}))  # the IPv6 entry removed
+        self.rounds = rounds_of(node)
+
+    key = f"IPAddress/{NS}/u"
+
+    def holders(self) -> dict[str, tuple[str | None, str | None, bool]]:
+        """Pool ds's lease objects: address -> (holder, node label, quarantined)."""
+        from ipamd.kube.leases import KIND as LEASE_KIND
+        from ipamd.kube.leases import NODE_LABEL
+
+        return {o["spec"]["ip"]: (o["spec"].get("holder"), o["metadata"].get("labels", {}).get(NODE_LABEL),
+                                  bool((o.get("status") or {}).get("orphaningTimestamp")))
+                for o in self.api.objs[LEASE_KIND].values() if o["spec"]["pool"] == f"IPAddressPool/{NS}/ds"}
+
+    def controller_round(self) -> None:
+        self.now += 61  # past ``ALLOCATED_S``
+        self.ctl.allocate_user_ipaddresses()
+
+    def pod_gone(self) -> None:
+        self.node.call("DEL", "app", "uid-app", "c1")
+        self.node.source.remove("Pod", NS, "app")
+
+
+@pytest.mark.parametrize("family", ["", "IPv6"], ids=["leased-anew", "pending"])
+def test_a_kube_node_lets_go_of_a_users_auto_address_it_took_up_once_its_pool_dropped_the_family_and_no_pod_uses_it(
+        family: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user's Auto IPAddress, leased by the controller an IPv6 address of its pool, taken up by a pod of n1; the
+    pool's IPv6 entry removed. A node lets go of its own Auto records of a dropped family once no pod uses them
+    (``_family_dropped``), a lone node of a user's (``_refused_pending``), and the controller of its own lease of one;
+    but a cluster node's rounds lease Statics alone, so n1 held the taken-up lease for ever after its pod went, and
+    the controller, which rightly never touches a lease a node took up, could neither set it Pending nor lease it
+    anew. Kept while the pod uses it; let go (quarantined) after, and only then leased anew."""
+    world = TakenUp(family, monkeypatch)
+    node, address, key = world.node, world.address, world.key
+    world.rounds.run_once()
+    node.outbox.flush()
+    world.controller_round()
+    assert world.holders() == {address: (key, "n1", False)}, "kept while its pod uses it"
+
+    world.pod_gone()
+    world.rounds.run_once()
+    world.controller_round()
+    assert world.holders() == {address: (key, "n1", False)}, \
+        "the let-go not made yet: the controller leases nothing anew meanwhile"
+    node.outbox.flush()
+    assert world.holders()[address] == (None, "n1", True), \
+        f"n1 keeps {address} of the dropped family after its pod went: {world.holders()[address]}"
+    assert [lease.holder for lease in node.store.all_leases() if lease.address == address] == [None], \
+        "quarantined on the node too"
+    assert node.store.get_ip(key) is None
+    world.controller_round()
+    anew = {ip: h for ip, h in world.holders().items() if h[0] == key}
+    status = world.api.objs["IPAddress"][f"{NS}/u"]["status"]
+    if family:
+        assert anew == {} and (status["phase"], status["address"]) == ("Pending", ""), "IPv6 asked, none left"
+    else:
+        ((ip, h),) = anew.items()
+        assert "." in ip and h == (key, None, False) and status["address"] == ip, "leased anew"
+    assert world.holders()[address] == (None, "n1", True), "the old address stays quarantined"
+
+
+def test_a_kube_node_keeps_a_users_auto_address_a_pods_add_took_meanwhile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The round finds the taken-up lease of a dropped family unused, then a pod's ADD names the IPAddress (and leases
+    it an IPv4 address itself, letting the IPv6 one go) before the round's transaction: read again under the lock,
+    the round lets nothing go, and the controller leases nothing while n1 holds the IPAddress's lease."""
+    from tests.unit.test_attacher_kube import a_pod
+
+    world = TakenUp("", monkeypatch)
+    node, key = world.node, world.key
+    world.pod_gone()
+    node.source.add(a_pod("b", world.spec, "uid-b"))
+    read = node.ipam._unused_of_dropped_family
+    added: list[str] = []
+
+    def an_add_after_the_read(key: str, pool: Any) -> Any:
+        found = read(key, pool)
+        if found is not None and not added:
+            added.append(node.call("ADD", "b", "uid-b", "cb")["ips"][0]["address"].split("/")[0])
+        return found
+
+    node.ipam._unused_of_dropped_family = an_add_after_the_read  # type: ignore[method-assign]
+    world.rounds.run_once()
+    node.outbox.flush()
+    world.controller_round()
+    rec = node.store.get_ip(key)
+    assert added and rec is not None and (rec.address, rec.used_by_uids) == (added[0], ("uid-b",))
+    assert {ip: h for ip, h in world.holders().items() if h[0] == key} == {added[0]: (key, "n1", False)}, \
+        "one lease of the IPAddress: pod b's"
+    assert world.holders()[world.address] == (None, "n1", True), "the IPv6 one quarantined by the ADD"
