@@ -60,11 +60,14 @@ class Plan:
 class Built:
     """What a build made: the pod interface's MAC, and this interface's share of the CNI result (its
     interface indexes count from 0; the verbs renumber them into the whole result). ``state`` replaces the
-    driver's state in the record when the build learnt something DEL needs (a delegate's result)."""
+    driver's state in the record when the build learnt something DEL needs (a delegate's result); ``addresses`` the
+    record's addresses when the kernel took less than they say (a pool's default route left to the pod's own), so
+    the statuses and CHECK go by what the pod has."""
 
     mac: str
     result: Result
     state: dict[str, Any] | None = None
+    addresses: tuple[dict[str, Any], ...] | None = None
 
 
 class PodSide(Protocol):

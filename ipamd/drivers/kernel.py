@@ -7,29 +7,56 @@ import contextlib
 import ipaddress
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from cni.types import Interface, IPConfig, Result, Route, cidr_of
-from ipamd.drivers.base import LinksContext, undo_in_kernel
+from ipamd.drivers.base import Built, LinksContext, undo_in_kernel
 from ipamd.netlink import links, policy
 from ipamd.store.records import BuiltInterface
 
 
 def configure(pod: Any, index: int, iface: BuiltInterface, undo: contextlib.ExitStack,
-              not_undone: Callable[[BuiltInterface], None] = lambda iface: None) -> None:
+              not_undone: Callable[[BuiltInterface], None] = lambda iface: None) -> list[tuple[str, str]]:
     """The interface's leased addresses and their routes (once each), unless it leaves them to a guest; and its
     network's policy routing (the rules outlive the interface: their undo is registered here, a failed one told to
     ``not_undone`` as the driver's own undo steps are, for the DEL to remove them). With a table, the
     pool's routes go into it, not into the main table: there two policy-routed networks routing one destination
-    would share one route (the second's dropped), and replies would leave by the first one's interface."""
+    would share one route (the second's dropped), and replies would leave by the first one's interface. Returns the
+    pool's routes left out (a default route where the pod has its own: ``links.add_pool_route``), for ``built``."""
     if not iface.configure_ips or not iface.addresses:
-        return
+        return []
     cidrs = [cidr_of(a["address"], a["network"]) for a in iface.addresses]
-    links.configure_addresses(pod, index, iface.if_name, cidrs, () if iface.table else _pool_routes(iface))
+    left_out = links.configure_addresses(pod, index, iface.if_name, cidrs, () if iface.table else _pool_routes(iface))
     if iface.table:
         undo_in_kernel(undo, not_undone, iface, f"policy rules of {iface.if_name}", policy.delete_policy_rules, pod,
                        cidrs, iface.table)
         policy.add_policy_routing(pod, index, iface.if_name, cidrs, iface.table, _table_routes(iface, cidrs))
+    return left_out
+
+
+def as_built(iface: BuiltInterface, left_out: Iterable[tuple[str, str]]) -> BuiltInterface:
+    """The interface as the kernel has it: its addresses without the pool's routes ``configure`` left out, so that the
+    result, both statuses and CHECK name only routes the pod has (a pool's default route the pod's own default
+    kept out is no route of the pod's, and the interface is no default-route gateway)."""
+    gone = {links.route_key(dst, via) for dst, via in left_out}
+    return replace(iface, addresses=tuple(_without_routes(a, gone) for a in iface.addresses)) if gone else iface
+
+
+def _without_routes(address: dict[str, Any], gone: set[tuple[str, str]]) -> dict[str, Any]:
+    """An address's record (``AddressConfig.to_dict``) without the routes ``gone`` (as ``links.route_key`` spells)."""
+    kept = [r for r in address.get("routes", ()) if links.route_key(r["destination"], r["via"]) not in gone]
+    rest = {k: v for k, v in address.items() if k != "routes"}
+    return {**rest, "routes": kept} if kept else rest
+
+
+def built(foresee: Callable[[BuiltInterface, str], Built], iface: BuiltInterface, sandbox: str,
+          left_out: Iterable[tuple[str, str]]) -> Built:
+    """What a kernel driver built: what it foresaw from the record, less the routes ``configure`` left out (then with
+    the interface's addresses as built, which the record keeps)."""
+    now = as_built(iface, left_out)
+    done = foresee(now, sandbox)
+    return done if now is iface else replace(done, addresses=now.addresses)
 
 
 def _pool_routes(iface: BuiltInterface) -> list[tuple[str, str]]:

@@ -34,8 +34,8 @@ class MacvlanDriver:
         links.add_local_mac(ctx.host, bridge, iface.mac)
         undo_in_kernel(undo, ctx.not_undone, iface, f"FDB entry of {iface.if_name}", links.delete_local_mac, ctx.host,
                        bridge, iface.mac)
-        kernel.configure(pod, index, iface, undo, ctx.not_undone)
-        return self.foresee(iface, ctx.pod.path)  # the link has the MAC of the plan
+        left_out = kernel.configure(pod, index, iface, undo, ctx.not_undone)
+        return kernel.built(self.foresee, iface, ctx.pod.path, left_out)  # the link has the MAC of the plan
 
     def foresee(self, iface: BuiltInterface, sandbox: str) -> Built:
         return Built(iface.mac, kernel.result(iface, iface.mac, sandbox))

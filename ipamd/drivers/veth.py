@@ -25,8 +25,8 @@ class VethDriver:
                        iface.host_link)
         link = links.add_veth(ctx.host, ctx.pod.netlink(), ctx.pod.fd, iface.host_link, iface.if_name, iface.mac, bridge,
                               ctx.bridge_mtu())
-        kernel.configure(ctx.pod.netlink(), link.index, iface, undo, ctx.not_undone)
-        return self.foresee(iface, ctx.pod.path)  # the link has the MAC of the plan
+        left_out = kernel.configure(ctx.pod.netlink(), link.index, iface, undo, ctx.not_undone)
+        return kernel.built(self.foresee, iface, ctx.pod.path, left_out)  # the link has the MAC of the plan
 
     def foresee(self, iface: BuiltInterface, sandbox: str) -> Built:
         return Built(iface.mac, kernel.result(iface, iface.mac, sandbox, (Interface(iface.host_link),)))

@@ -735,7 +735,7 @@ def refused_when_written(doc: Mapping[str, Any], obj: ApiObject, cls: NetworkCla
     to hand out (every ADD from it would fail "pool exhausted"), unless the write is an edit of ``stored`` (the
     object as stored, parsed) that had an entry of that network: then it is a drain, ``warned_when_written``. Held
     where a user writes (the webhook, ``plexusctl apply``), never where an object is read: one stored before these
-    checks is served as it always was."""
+    checks is served as it always was, but for a pool entry no pod could use (``unserved_entries``)."""
     zoned = _zoned_addresses(doc, obj)
     if isinstance(obj, IPAddressObject):
         return _static_ip_of_auto(doc, obj) + zoned
@@ -826,6 +826,16 @@ def _zoned_addresses(doc: Mapping[str, Any], obj: ApiObject) -> tuple[ManifestIn
     fields is an interface's. Served without the zone (``_ip``), as one stored before this check is."""
     return tuple(ManifestInvalid(obj.meta.display, path, f"{text!r} {ZONED}")
                  for path, text in _address_fields(doc, obj) if "%" in text)
+
+
+def unserved_entries(pool: AddressPool) -> tuple[ManifestInvalid, ...]:
+    """The entries of a pool stored before its network was refused (``_not_pool_networks``) that are not served
+    either: unlike a zone (served without it) or an empty entry (nothing leased, a drain), an address from one would
+    never pass CHECK, so ADD of a network of the pool is refused, naming the entry; what was leased there before is
+    still let go when its pod goes (DEL needs its record alone)."""
+    return tuple(ManifestInvalid(p.obj, p.field, f"{p.problem} (stored before such pool networks were refused: no "
+                                 "pod is given an address from this pool until the entry is removed or changed)")
+                 for p in _not_pool_networks(pool))
 
 
 def _not_pool_networks(pool: AddressPool) -> tuple[ManifestInvalid, ...]:

@@ -240,13 +240,13 @@ def address_request(cidr: str) -> dict[str, Any]:
 
 
 def configure_addresses(pod: IPRoute, idx: int, if_name: str, addresses: Iterable[str],
-                        routes: Iterable[tuple[str, str]]) -> None:
+                        routes: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """Put ``addresses`` (CIDR, either family) on the interface and add ``routes`` (destination, via; the family
-    is the destination's: a pool's routes, into the main table)."""
+    is the destination's: a pool's routes, into the main table). Returns the routes left out: a pool's default route
+    where the pod has its own (``add_pool_route``), which the pod then does not have, so nothing may name it."""
     for cidr in addresses:
         add_address(pod, idx, if_name, cidr)
-    for dst, via in routes:
-        add_pool_route(pod, idx, if_name, dst, via)
+    return [(dst, via) for dst, via in routes if not add_pool_route(pod, idx, if_name, dst, via)]
 
 
 def add_address(pod: IPRoute, idx: int, if_name: str, cidr: str) -> None:
@@ -282,7 +282,7 @@ def enable_ipv6(pod: IPRoute, if_name: str) -> None:
         raise InterfaceFailure(f"switching IPv6 on for {if_name} failed", str(exc)) from None
 
 
-def add_pool_route(pod: IPRoute, idx: int, if_name: str, dst: str, via: str) -> None:
+def add_pool_route(pod: IPRoute, idx: int, if_name: str, dst: str, via: str) -> bool:
     """A pool's route on the interface, in the main table, which holds one route per destination (and metric). One
     the pod has already (EEXIST) is fine where ``carried`` says the pod routes ``dst`` as asked: through ``via`` on
     another of its links (two interfaces on one pool: the first carries it), on a link with no gateway (an IPv4
@@ -290,10 +290,11 @@ def add_pool_route(pod: IPRoute, idx: int, if_name: str, dst: str, via: str) -> 
     pod's own default route (the cluster network's, which a pool's route does not take over: users' IPv4
     ``0.0.0.0/0`` pool routes have always left it; NPWG ``default-route`` or the network's ``routingTable`` is the
     way). Such a route is left as it is, and said in the log. Any other (another gateway) is refused, naming both
-    routes: the pod would route the destination elsewhere than the pool says, and CHECK would fail for ever."""
+    routes: the pod would route the destination elsewhere than the pool says, and CHECK would fail for ever. Returns
+    False for a default route left to the pod's own (the pod does not have it: nothing may name it), else True."""
     try:
         pod.route("add", dst=dst, gateway=via, oif=idx)
-        return
+        return True
     except NetlinkError as exc:
         if exc.code != errno.EEXIST:
             raise netlink_failure(f"adding route {dst} via {via} on {if_name}", exc) from None
@@ -302,9 +303,16 @@ def add_pool_route(pod: IPRoute, idx: int, if_name: str, dst: str, via: str) -> 
         raise InvalidConfig(f"route {dst} via {via} of {if_name}, a route of its pool, cannot be added: the pod routes "
                             f"{dst} {_described(pod, dst, there)} already (give one of the networks a routingTable "
                             "to route it in its own table)", "spec.pools[].routes")
-    if not any(route_key(d, v) == route_key(dst, via) for d, v, _ in there):
-        log.warning("route %s via %s of %s (a route of its pool) not added: the pod's route %s %s stays",
-                    dst, via, if_name, dst, _described(pod, dst, there))
+    if any(route_key(d, v) == route_key(dst, via) for d, v, _ in there):
+        return True  # another interface of the pod on the pool carries it
+    log.warning("route %s via %s of %s (a route of its pool) not added: the pod's route %s %s stays",
+                dst, via, if_name, dst, _described(pod, dst, there))
+    return not is_default(dst)  # else a connected route to ``dst``: the pod is on that subnet, and reaches it
+
+
+def is_default(dst: str) -> bool:
+    """Whether a route's destination is a default route's (``0.0.0.0/0``, ``::/0``)."""
+    return route_key(dst, "")[0].endswith("/0")
 
 
 def route_key(dst: str, via: str) -> tuple[str, str]:
@@ -327,7 +335,7 @@ def carried(dst: str, via: str, routes: Iterable[tuple[str, str, int]]) -> bool:
     have = [(route_key(d, v), oif) for d, v, oif in routes]
     on_a_link = {key[0] for key, oif in have if not key[1] and oif}
     return (any(key == want for key, _ in have) or want[0] in on_a_link or
-            (want[0].endswith("/0") and any(key[0] == want[0] for key, _ in have)))
+            (is_default(want[0]) and any(key[0] == want[0] for key, _ in have)))
 
 
 def main_routes(ipr: IPRoute, family: int) -> list[tuple[str, str, int]]:

@@ -2,7 +2,8 @@
 
 Re-read when it changes; an invalid manifest is reported with its file and field while every valid
 one keeps being served. One the webhook would refuse to store (``refused_when_written``: an ignored field, a
-pool entry with no address) is served as a stored one is, and reported too. Implements ``ObjectSource``
+pool entry with no address) is served as a stored one is, and reported too; a pool entry no pod could use
+(``unserved_entries``: an IPv6 link-local network) is reported as served to no pod. Implements ``ObjectSource``
 (``ipamd.sources.base``).
 """
 
@@ -14,12 +15,13 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import yaml
 
 from ipamd.model.objects import (
+    AddressPool,
     ApiObject,
     Kind,
     ManifestInvalid,
@@ -29,6 +31,7 @@ from ipamd.model.objects import (
     Pod,
     parse_object,
     refused_when_written,
+    unserved_entries,
 )
 from ipamd.sources.base import Problem
 
@@ -64,12 +67,14 @@ Objects = dict[tuple[str, str, str], ApiObject]
 
 @dataclass(frozen=True, slots=True)
 class Loaded:
-    """A directory as read: what is served, what is not (``problems``), and what is served though the webhook would
-    refuse to store it (``warnings``)."""
+    """A directory as read: what is served, what is not (``problems``), what is served though the webhook would
+    refuse to store it (``warnings``), and the pool entries of objects served that no pod is given an address from
+    (``unserved``: ADD of their networks is refused)."""
 
     objects: Objects
     problems: list[Problem]
     warnings: list[Problem]
+    unserved: list[Problem] = field(default_factory=list)
 
 
 def load_directory(
@@ -88,7 +93,17 @@ def _warnings(read: list[tuple[str, Any, ApiObject]], objects: Objects) -> list[
         return found if isinstance(found, NetworkClass) else None
 
     return [Problem(where, exc.field, f"{where}: {exc}") for where, doc, obj in read
-            for exc in refused_when_written(doc, obj, class_of(obj))]
+            for exc in refused_when_written(doc, obj, class_of(obj)) if exc.field not in _unserved_fields(obj)]
+
+
+def _unserved_fields(obj: ApiObject) -> set[str]:
+    return {exc.field for exc in unserved_entries(obj)} if isinstance(obj, AddressPool) else set()
+
+
+def _unserved(read: list[tuple[str, Any, ApiObject]]) -> list[Problem]:
+    """The pool entries served to no pod (``unserved_entries``), each naming its file and field."""
+    return [Problem(where, exc.field, f"{where}: {exc}") for where, _, obj in read if isinstance(obj, AddressPool)
+            for exc in unserved_entries(obj)]
 
 
 def read_directory(directory: str, uid_for: Callable[[str, str], str] | None = None) -> Loaded:
@@ -120,7 +135,7 @@ def read_directory(directory: str, uid_for: Callable[[str, str], str] | None = N
                 continue
             objects[key] = obj
             read.append((where, doc, obj))
-    return Loaded(objects, problems, _warnings(read, objects))
+    return Loaded(objects, problems, _warnings(read, objects), _unserved(read))
 
 
 class LocalSource:
@@ -161,6 +176,8 @@ class LocalSource:
             log.warning("manifest not served: %s", p.message)
         for p in loaded.warnings:
             log.warning("manifest served as stored, but a write of it would be refused: %s", p.message)
+        for p in loaded.unserved:
+            log.warning("pool entry served to no pod (ADD of its networks is refused): %s", p.message)
         with self._lock:
             changed = objects != self._objects or not self._synced
             self._objects = objects

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from cni.errors import (
     CniError,
     InterfaceFailure,
+    InvalidConfig,
     PluginNotAvailable,
     PoolExhausted,
     TryAgainLater,
@@ -38,7 +39,7 @@ from ipamd.invoke.chain import Chain, Invocation
 from ipamd.ipam.addresses import Claim, Ipam, ResolvedNetwork
 from ipamd.ipam.delegated import DelegatedAddresses, attachment_id
 from ipamd.model.annotations import AddressConfig
-from ipamd.model.objects import IPAM_CLAIM, POD, Meta, Pod
+from ipamd.model.objects import IPAM_CLAIM, POD, Meta, Pod, unserved_entries
 from ipamd.model.pluginconf import PluginConfig, parse_plugin_config
 from ipamd.model.segments import SEGMENT_KINDS
 from ipamd.model.timefmt import rfc3339
@@ -197,6 +198,7 @@ class Attacher:
             try:
                 self._wait_for_cluster_network(conf)
                 wanted = self.networks.wanted(call, pod, prev, conf)
+                _refuse_unserved(wanted)
                 # the network Plexus is chained after no longer has the pod's default route of a family an
                 # interface asked for (NPWG default-route): neither in the answer nor in network-status (as Multus)
                 taken = _defaults_taken(gw for w in wanted for gw in w.request.default_route)
@@ -679,8 +681,10 @@ class _StatusRender:
 
 
 def _with(iface: BuiltInterface, done: Built) -> BuiltInterface:
-    """The interface's record once built: its MAC, its driver's state and its share of the result."""
-    return replace(iface, mac=done.mac, driver=done.state or iface.driver, result=done.result.to_dict())
+    """The interface's record once built: its MAC, its driver's state, its share of the result, and its addresses
+    as the kernel took them (a pool's default route left to the pod's own is named nowhere)."""
+    return replace(iface, mac=done.mac, driver=done.state or iface.driver, result=done.result.to_dict(),
+                   addresses=iface.addresses if done.addresses is None else done.addresses)
 
 
 def _status_of(uid: str, namespace: str, name: str, records: list[AttachmentRecord]) -> PodStatus | None:
@@ -715,6 +719,17 @@ def prev_result_problems(iface: BuiltInterface, sandbox: str, prev: Result) -> l
         problems += [f"{iface.if_name}: prevResult lacks {a}, which the attachment has"
                      for a in sorted(on_it - given, key=str)]
     return problems
+
+
+def _refuse_unserved(wanted: list[Wanted]) -> None:
+    """Refuse, before anything is leased, an interface on a network whose pool has an entry stored before its network
+    was refused (``unserved_entries``: IPv6 link-local, whose addresses CHECK never finds): code 7 naming the network,
+    the pool and the entry's field, instead of a pod whose CHECK fails for ever."""
+    for w in wanted:
+        if w.net is None or w.net.pool is None:
+            continue
+        for entry in unserved_entries(w.net.pool):
+            raise InvalidConfig(f"{w.net.obj.meta.display} uses {entry.msg}", entry.field)
 
 
 def _defaults_taken(gateways: Iterable[str]) -> set[str]:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+from typing import Any
+
 import pytest
 
-from tests.harness import Node, links_in, pod_manifest
+from tests.harness import Node, links_in, pod_manifest, run
 
 VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 
@@ -122,3 +126,69 @@ def test_tap_and_skip_ip_assignment(node: Node) -> None:
     assert node.cni("DEL", "c1", ns, pod=("my-namespace", "vm")).ok
     assert set(links_in(ns)) == {"lo"}
     assert not node.plx_links()
+
+
+DEFAULT_ROUTE_POOL = """
+apiVersion: network.deckhouse.io/v1alpha1
+kind: IPAddressPool
+metadata: {name: pool-gw, namespace: my-namespace}
+spec:
+  pools:
+    - network: 198.18.12.0/24
+      routes: [{destination: 0.0.0.0/0, via: 198.18.12.1}, {destination: 198.19.12.0/24, via: 198.18.12.1}]
+---
+apiVersion: network.deckhouse.io/v1alpha1
+kind: Network
+metadata: {name: net-gw, namespace: my-namespace}
+spec:
+  networkClass: test-class
+  ipam: {ipAddressPoolRef: {kind: IPAddressPool, name: pool-gw}}
+"""
+
+
+def _cluster_eth0(ns: str) -> dict[str, Any]:
+    """The cluster network's eth0 as the plugin before Plexus left it (the pod's IPv4 default route), and its result."""
+    name = os.path.basename(ns)
+    for cmd in (["link", "add", "eth0", "type", "veth", "peer", "name", "cnipeer0"], ["link", "set", "cnipeer0", "up"],
+                ["addr", "add", "198.18.92.2/24", "dev", "eth0"], ["link", "set", "eth0", "up"],
+                ["route", "add", "default", "via", "198.18.92.1", "dev", "eth0"]):
+        run("ip", "-n", name, *cmd)
+    return {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "mac": links_in(ns)["eth0"]["mac"], "sandbox": ns}],
+            "ips": [{"address": "198.18.92.2/24", "gateway": "198.18.92.1", "interface": 0}],
+            "routes": [{"dst": "0.0.0.0/0", "gw": "198.18.92.1"}]}
+
+
+def _npwg_status(node: Node, namespace: str, name: str) -> list[dict[str, Any]]:
+    from ipamd.api import ipam_pb2 as pb
+
+    pods = node.grpc("ListPods", pb.ListPodsRequest(namespace=namespace, name=name)).pods
+    return json.loads(pods[0].network_status_json) if pods else []
+
+
+@pytest.mark.netns
+def test_a_pool_default_route_left_to_the_pods_own_is_named_nowhere(node: Node) -> None:
+    """The pod has its own IPv4 default route (the cluster network's eth0); its network's pool has ``0.0.0.0/0`` via
+    the pool's gateway, which the kernel side leaves out (the pod's own default stays). The ADD result, both statuses
+    and CHECK say what the pod has: no default route via the pool's gateway, net1 no default-route gateway; the pool's
+    other route is there and named."""
+    node.apply(DEFAULT_ROUTE_POOL, sync=False)
+    node.apply([pod_manifest("app", [{"type": "Network", "name": "net-gw", "ifName": "net1"}])])
+    ns = node.pod_netns("app")
+    prev = _cluster_eth0(ns)
+    add = node.cni("ADD", "c1", ns, pod=("my-namespace", "app"), conf=node.conf(prevResult=prev))
+    assert add.ok, add
+    assert add.json["routes"] == [{"dst": "0.0.0.0/0", "gw": "198.18.92.1"},
+                                  {"dst": "198.19.12.0/24", "gw": "198.18.12.1"}], "the pool's default is named"
+    assert links_in(ns)["net1"]["routes"] == ["198.19.12.0/24 via 198.18.12.1"]
+    assert links_in(ns)["eth0"]["routes"] == ["None/0 via 198.18.92.1"], "the pod's own default route stays"
+    (entry,) = node.pod_status("my-namespace", "app") or []
+    assert entry["ipAddressConfigs"][0]["routes"] == [{"destination": "198.19.12.0/24", "via": "198.18.12.1"}]
+    npwg = {e["interface"]: e for e in _npwg_status(node, "my-namespace", "app")}
+    assert npwg["eth0"].get("gateway") == ["198.18.92.1"] and npwg["eth0"].get("default") is True
+    assert "gateway" not in npwg["net1"] and "default" not in npwg["net1"], "net1 claimed as the default gateway"
+    check = node.cni("CHECK", "c1", ns, pod=("my-namespace", "app"), conf=node.conf(prevResult=add.json))
+    assert check.ok, check
+    again = node.cni("ADD", "c1", ns, pod=("my-namespace", "app"), conf=node.conf(prevResult=prev))
+    assert again.ok and again.json == add.json, again
+    assert node.cni("DEL", "c1", ns, pod=("my-namespace", "app"), conf=node.conf(prevResult=add.json)).ok
+    assert links_in(ns)["eth0"]["routes"] == ["None/0 via 198.18.92.1"]

@@ -226,6 +226,40 @@ def test_second_network_exhausted_rolls_back_the_first(node: Node) -> None:
     assert set(links_in(ns)) == {"lo", "net1", "net2"}
 
 
+# -- a pool stored before its network was refused --------------------------------------------------
+LINK_LOCAL_POOL = f"""
+apiVersion: {API}
+kind: IPAddressPool
+metadata: {{name: pool-ll, namespace: {NS}}}
+spec:
+  pools:
+    - network: 198.18.13.0/24
+    - network: fe80::/64
+---
+apiVersion: {API}
+kind: Network
+metadata: {{name: net-ll, namespace: {NS}}}
+spec:
+  networkClass: test-class
+  ipam: {{ipAddressPoolRef: {{kind: IPAddressPool, name: pool-ll}}}}
+"""
+
+
+@pytest.mark.netns
+def test_a_stored_pool_entry_of_link_local_addresses_is_not_served(node: Node) -> None:
+    """An IPv6 link-local pool network, stored (a file in the objects directory) before writes of one were refused:
+    its pods got an fe80 address, which CHECK never finds (the kernel's own fe80 addresses are left out of what it
+    compares), so CHECK failed for ever. ADD of a network of that pool is refused, naming the pool and the entry's
+    field, leaving nothing, and the pool's other networks' pods are not held back."""
+    (node.objects / "stored-pool-ll.yaml").write_text(LINK_LOCAL_POOL)
+    problems = node.sync()
+    assert not [p for p in problems if "pool-ll" in str(p)], problems
+    res = refused_add(node, "app", [{"type": "Network", "name": "net-b"}, {"type": "Network", "name": "net-ll"}],
+                      7, f"IPAddressPool {NS}/pool-ll", "spec.pools[1].network", "fe80::/64", "link-local")
+    assert res.json["details"] == "spec.pools[1].network", res
+    assert running_pod(node, "other", [{"type": "Network", "name": "net-a"}])
+
+
 # -- the CNI call itself ---------------------------------------------------------------------------
 @pytest.mark.netns
 def test_config_not_json(node: Node) -> None:

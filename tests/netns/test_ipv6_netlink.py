@@ -307,33 +307,43 @@ def _ipv6_disabled(path: str, if_name: str) -> str:
 
 
 @pytest.mark.netns
-def test_a_pool_route_to_ipv6_default_in_a_dual_stack_cluster_is_on_the_pod_or_refused(cluster_pod: ClusterPod) -> None:
+def test_a_pool_route_to_ipv6_default_in_a_dual_stack_cluster_is_left_out_and_named_nowhere(
+        cluster_pod: ClusterPod) -> None:
     """A pool route's destination is any CIDR (``::/0`` too). In a dual-stack cluster the pod's eth0 has the cluster's
     ``::/0``: the kernel holds one route per destination and metric (EEXIST). ADD succeeds, leaving the pod's default
-    route (a pool's does not take it over; NPWG default-route or a routing table does), and CHECK agrees."""
+    route (a pool's does not take it over; NPWG default-route or a routing table does); the interface as built names
+    no ``::/0`` (the result listed it, and network-status made net1 a default-route gateway), and CHECK agrees."""
     pod = cluster_pod
     iface = _pool_iface("net1", "2001:2:0:140::3", "2001:2:0:140::/64", [("::/0", GW6_POOL)])
     with contextlib.ExitStack() as undo:
-        try:
-            kernel.configure(pod.ipr, pod.net1, iface, undo)
-        except CniError:
-            return  # refused at ADD, naming the route: also an honest answer
-    assert [r.dst for r in kernel.result(iface, "", "").routes] == ["::/0"], "the result says the pod routes it so"
-    assert kernel.check(pod.ipr, pod.ipr, iface) == [], "CHECK of what ADD just built (and reported) fails"
+        left_out = kernel.configure(pod.ipr, pod.net1, iface, undo)
+    assert left_out == [("::/0", GW6_POOL)]
+    assert _defaults(pod.ipr, socket.AF_INET6) == [("2001:2:0:143::1", pod.eth0)]
+    built = kernel.as_built(iface, left_out)
+    assert built.addresses == ({"address": "2001:2:0:140::3", "network": "2001:2:0:140::/64"},)
+    assert kernel.result(built, "", "").routes == (), "the result names a default route the pod does not have"
+    assert kernel.check(pod.ipr, pod.ipr, built) == [], "CHECK of what ADD just built (and reported) fails"
 
 
 @pytest.mark.netns
 def test_an_ipv4_pool_default_route_leaves_the_pods_default_route_and_passes_check(cluster_pod: ClusterPod) -> None:
-    """As it always was (users' IPv4 ``0.0.0.0/0`` pool routes): ADD succeeds and eth0's default route stays; CHECK
-    agrees, and tells a pod left with no default route that it lacks the pool's."""
+    """As it always was (users' IPv4 ``0.0.0.0/0`` pool routes): ADD succeeds and eth0's default route stays, the
+    pool's other routes on the interface; the interface as built names those alone, and CHECK holds it to them, also
+    once the pod's own default route is gone (the cluster network's, never this interface's). A record written before
+    left-out routes were dropped from it names the pool's default: its CHECK accepts the pod's own instead."""
     pod = cluster_pod
-    iface = _pool_iface("net1", "198.18.140.3", "198.18.140.0/24", [("0.0.0.0/0", GW4_POOL)])
+    routes = [("0.0.0.0/0", GW4_POOL), ("198.19.140.0/24", GW4_POOL)]
+    iface = _pool_iface("net1", "198.18.140.3", "198.18.140.0/24", routes)
     with contextlib.ExitStack() as undo:
-        kernel.configure(pod.ipr, pod.net1, iface, undo)
+        built = kernel.as_built(iface, kernel.configure(pod.ipr, pod.net1, iface, undo))
     assert _defaults(pod.ipr, socket.AF_INET) == [("198.18.143.1", pod.eth0)]
-    assert kernel.check(pod.ipr, pod.ipr, iface) == []
+    assert [(r.dst, r.gw) for r in kernel.result(built, "", "").routes] == [("198.19.140.0/24", GW4_POOL)]
+    assert kernel.check(pod.ipr, pod.ipr, built) == [] and kernel.check(pod.ipr, pod.ipr, iface) == []
     pod.ipr.route("del", dst="0.0.0.0/0", gateway="198.18.143.1", oif=pod.eth0)
+    assert kernel.check(pod.ipr, pod.ipr, built) == []
     assert kernel.check(pod.ipr, pod.ipr, iface) == [f"net1 lacks route 0.0.0.0/0 via {GW4_POOL}"]
+    pod.ipr.route("del", dst="198.19.140.0/24", gateway=GW4_POOL, oif=pod.net1)
+    assert kernel.check(pod.ipr, pod.ipr, built) == [f"net1 lacks route 198.19.140.0/24 via {GW4_POOL}"]
 
 
 @pytest.mark.netns
@@ -344,9 +354,25 @@ def test_a_pool_default_route_where_the_pod_has_none_of_its_family_is_on_the_int
     pod.ipr.route("del", dst="::/0", gateway="2001:2:0:143::1", oif=pod.eth0)
     iface = _pool_iface("net1", "2001:2:0:140::3", "2001:2:0:140::/64", [("::/0", GW6_POOL)])
     with contextlib.ExitStack() as undo:
-        kernel.configure(pod.ipr, pod.net1, iface, undo)
+        assert kernel.configure(pod.ipr, pod.net1, iface, undo) == [], "nothing left out"
     assert _defaults(pod.ipr, socket.AF_INET6) == [(GW6_POOL, pod.net1)]
     assert kernel.check(pod.ipr, pod.ipr, iface) == []
+
+
+@pytest.mark.netns
+def test_a_pool_default_route_two_interfaces_on_the_pool_share_is_named_by_both(cluster_pod: ClusterPod) -> None:
+    """The pod has no IPv6 default route: the first interface on the pool gets the pool's ``::/0``, the second finds
+    it there (EEXIST, through the same gateway): the pod's default route, which neither leaves out of its record."""
+    pod = cluster_pod
+    pod.ipr.route("del", dst="::/0", gateway="2001:2:0:143::1", oif=pod.eth0)
+    first = _pool_iface("net1", "2001:2:0:140::3", "2001:2:0:140::/64", [("::/0", GW6_POOL)])
+    second = _pool_iface("net2", "2001:2:0:140::4", "2001:2:0:140::/64", [("::/0", GW6_POOL)])
+    with contextlib.ExitStack() as undo:
+        assert kernel.configure(pod.ipr, pod.net1, first, undo) == []
+        assert kernel.configure(pod.ipr, links.index_of(pod.ipr, "net2") or 0, second, undo) == []
+        undo.pop_all()
+    assert _defaults(pod.ipr, socket.AF_INET6) == [(GW6_POOL, pod.net1)]
+    assert kernel.check(pod.ipr, pod.ipr, second) == []
 
 
 @pytest.mark.netns

@@ -31,6 +31,7 @@ from ipamd.ipam.addresses import Ipam
 from ipamd.netlink import links, segment_links
 from ipamd.netlink.netns import HostNetlink, pod_namespace
 from ipamd.store.records import BuiltInterface
+from ipamd.verbs import attacher as attacher_module
 from ipamd.verbs.attacher import Attacher
 from tests.conftest import REPO
 from tests.fakes.publisher import RecordingPublisher
@@ -380,6 +381,35 @@ def test_del_with_a_namespace_that_cannot_be_opened_now_answers_try_again_later(
     assert node.call("DEL", netns=path) == {}
     assert node.store.attachments() == [] and _net1_holders(node) == [("198.18.40.1", ())]
     assert "net1" not in link_names(world.pod.netlink())
+
+
+def test_a_pod_holding_an_address_of_a_pool_entry_no_longer_served_is_deleted(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pool-a is an IPv6 link-local one stored before such pools were refused, and the pod got its address from it
+    then (an ADD before ADD refused such a pool: the refusal left out). A new ADD of the pool's network is refused
+    (code 7, naming the entry) and leaves nothing; the pod's DEL still removes its veth and lets the address go."""
+    from tests.unit.test_attacher import obj
+
+    node = _verbs_on_the_kernel(world)
+    node.source.add(obj("IPAddressPool", "pool-a", {"pools": [{"network": "fe80::/64"}]}))
+    path = world.paths["pod"]
+    with monkeypatch.context() as before:
+        before.setattr(attacher_module, "unserved_entries", lambda pool: ())
+        node.call("ADD", netns=path)
+    pod = world.pod.netlink()
+    net1 = links.index_of(pod, "net1")
+    assert "fe80::1" in [a.get_attr("IFA_ADDRESS") for a in pod.get_addr(index=net1, family=socket.AF_INET6)]
+    (attached,) = node.store.attachments()
+    with pytest.raises(CniError) as refused:
+        node.call("ADD", container="c2", netns=path)
+    assert (refused.value.code, refused.value.details) == (7, "spec.pools[0].network"), refused.value.to_dict()
+    assert "IPAddressPool apps/pool-a" in refused.value.msg and "link-local" in refused.value.msg
+    assert node.store.attachments() == [attached], "the refused ADD left a record"
+    assert node.call("DEL", netns=path) == {}
+    assert "net1" not in link_names(pod) and attached.interfaces[0].host_link not in link_names(world.host)
+    assert node.store.attachments() == []
+    assert [(rec.address, rec.used_by_uids) for rec in node.store.all_ips() if rec.address.startswith("fe80")] == \
+        [("fe80::1", ())], "the address is still used by the deleted pod (its Auto IPAddress stays with the pod)"
 
 
 if __name__ == "__main__":  # the parallel ADD, in a process of its own

@@ -891,6 +891,23 @@ def test_local_mode_serves_these_objects_as_before_and_reports_each_naming_the_f
     assert sum("spec.vlan.id" in r.getMessage() for r in caplog.records) == 2, caplog.text
 
 
+def test_local_mode_reports_a_stored_link_local_pool_entry_as_not_served(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A pool entry whose network is IPv6 link-local, stored before such networks were refused, is served to no pod
+    (ADD of its networks is refused: ``unserved_entries``), unlike the rest that is served as stored: the daemon's log
+    says so, naming the file, the pool and the field, never that it is served."""
+    doc = {**pool_of([{"network": "198.18.0.0/24"}, {"network": "fe80::/64"}]), "metadata": {"name": "p", "namespace": "ns"}}
+    (tmp_path / "pool.yaml").write_text(yaml.safe_dump(doc))
+    loaded = read_directory(str(tmp_path))
+    assert len(loaded.objects) == 1 and loaded.problems == [] and loaded.warnings == [], "served, its leases known"
+    assert [(Path(u.source).name, u.field) for u in loaded.unserved] == [("pool.yaml", "spec.pools[1].network")]
+    with caplog.at_level(logging.WARNING, logger="ipamd.sources.local"):
+        assert LocalSource(str(tmp_path)).sync() == []
+    (said,) = [r.getMessage() for r in caplog.records if "fe80::/64" in r.getMessage()]
+    assert said.startswith("pool entry served to no pod") and "IPAddressPool ns/p" in said, said
+    assert "spec.pools[1].network" in said and "pool.yaml" in said, said
+
+
 # -- local mode: plexusctl apply refuses what the webhook refuses -------------------------------------------------
 
 def ctl_apply(tmp_path: Path, *files: Path) -> int:
