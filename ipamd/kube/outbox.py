@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -142,9 +143,17 @@ class Outbox:
         self._back = False  # the API server answers again: the next pass makes every write now, whatever its backoff
         self._outage = False  # a pass had nothing made, and a write unanswered or several objects' failing (``flush``)
         self.sent = 0  # writes made since start (the bench tells the ADD path's requests from these)
+        # writes the API server refused for good since start, by (op, kind): dropped, so only a log line and this
+        # count (``plexus_outbox_refused_total``) tell of them
+        self.refused: Counter[tuple[str, str]] = Counter()
         self._sent_lock = threading.Lock()
 
     # -- owing ----------------------------------------------------------------------------------
+    def refusals(self) -> dict[tuple[str, str], int]:
+        """The writes refused for good since start, by (op, kind) (a copy: counted from the outbox's threads)."""
+        with self._sent_lock:
+            return dict(self.refused)
+
     def add(self, target: str, op: str, body: dict[str, Any], supersede: bool = False, not_before: float = 0.0) -> int:
         """Owe a write of ``target``; ``supersede``: it replaces the pending writes of the same target and op;
         ``not_before``: a write that undoes something unless dropped first (made by a pass after that time, or at
@@ -280,6 +289,8 @@ class Outbox:
                     return (UNANSWERED if unanswered(exc) else FAILED) if verdict.api_away else FINE
                 if verdict.error:
                     log.warning("outbox: %s %s dropped, %s", entry.op, entry.target, verdict.error)
+                    with self._sent_lock:
+                        self.refused[(entry.op, entry.target.split("/", 1)[0])] += 1
             self.store.outbox_done(entry.seq)
             with self._sent_lock:
                 self.sent += 1

@@ -244,6 +244,15 @@ def test_a_refused_write_is_dropped_with_a_warning(parts: tuple[Outbox, Api, Clo
         assert outbox.flush() == 0
     assert api.sent == [("IPAddress/ns/a", "delete")]
     assert any("refused for good: 422" in r.getMessage() for r in caplog.records)
+    # counted, and scraped as plexus_outbox_refused_total (a log line alone hid a node report refused on every write)
+    assert outbox.refusals() == {("patch_status", "IPAddress"): 1}
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from ipamd.server.metrics import OutboxRefusals
+
+    registry = CollectorRegistry()
+    registry.register(OutboxRefusals(outbox.refusals))
+    assert 'plexus_outbox_refused_total{kind="IPAddress",op="patch_status"} 1.0' in generate_latest(registry).decode()
 
 
 def test_a_newer_status_supersedes_an_owed_one(parts: tuple[Outbox, Api, Clock, MemoryStore]) -> None:
