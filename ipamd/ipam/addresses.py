@@ -41,6 +41,7 @@ from ipamd.model.objects import (
     NetworkClass,
     Pod,
     parse_address,
+    unserved_entries,
 )
 from ipamd.model.podopts import unreachable_gateway
 from ipamd.model.used_by import User, parse_user_text
@@ -960,6 +961,7 @@ class Ipam:
         if not owner:
             raise InvalidConfig("owner is required", "owner")
         _check_address(address)
+        refuse_unserved(pool, f"API client {owner}")
         if address and subnet_for(pool, to_int(address)) is None:  # refused before anything is claimed, naming it
             nets = ", ".join(str(s.network) for s in pool.subnets)
             raise InvalidConfig(f"{address} is outside pool {pool.meta.display} ({nets})", "address")
@@ -1082,6 +1084,15 @@ def refuse_gateway(pool: AddressPool, ip: int, who: str, field: str) -> None:
     why = never_leased(pool, ip)
     if why is not None:
         raise InvalidConfig(f"{who}: {why}, so it is never leased", field)
+
+
+def refuse_unserved(pool: AddressPool, who: str) -> None:
+    """Refuse, before anything is leased, ``who`` (a network, a NAD, an API client) an address of a pool with an
+    entry stored before its network was refused (``unserved_entries``: IPv6 link-local, multicast): code 7 naming
+    ``who``, the pool and the entry's field, in the words of ADD of Plexus's own networks
+    (``attacher._refuse_unserved``). Releases need no pool's word: what was leased there is still let go."""
+    for entry in unserved_entries(pool):
+        raise InvalidConfig(f"{who} uses {entry.msg}", entry.field)
 
 
 def _check_address(address: str) -> None:

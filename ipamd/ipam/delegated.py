@@ -24,7 +24,7 @@ from typing import Any
 
 from cni.errors import AddressConflict, InvalidConfig, ObjectNotFound, PoolExhausted, UnknownContainer
 from cni.types import IPConfig, Result, Route, cidr_of
-from ipamd.ipam.addresses import Claim, Ipam, Secured, family_view, refuse_gateway
+from ipamd.ipam.addresses import Claim, Ipam, Secured, family_view, refuse_gateway, refuse_unserved
 from ipamd.ipam.allocator import in_ranges, subnet_for, to_int
 from ipamd.model.cniconf import ConfigInvalid
 from ipamd.model.ipamconf import (
@@ -137,6 +137,7 @@ class DelegatedAddresses:
     def lease(self, req: AddressRequest) -> Leased:
         """Lease the interface's address (the same one again for the same attachment or claim)."""
         pool = self._pool(req)
+        refuse_unserved(pool, _requester(req))  # as ADD of Plexus's own networks of the pool is
         claim_obj = self._claim_object(req)
         if claim_obj is not None:
             self._check_owner(claim_obj, req)  # may read the API: never under the store's lock
@@ -523,6 +524,11 @@ def _unmapped(ip: IPAddr) -> IPAddr:
 def _static_field(rec: IPRecord, req: AddressRequest) -> str:
     """Where an exact address was asked for: the claim's reference, or the ``ips`` capability."""
     return req.claim_field if rec.kind == CLAIM_HOLDER else req.ips_field
+
+
+def _requester(req: AddressRequest) -> str:
+    """Who asks for a pool's address, in a refusal's words: the NAD, else the CNI network (cnitool, a file on disk)."""
+    return f"{NETWORK_ATTACHMENT_DEFINITION.name} {req.nad}" if req.nad else f"network {req.network}"
 
 
 def _pool_name(pool: AddressPool) -> str:

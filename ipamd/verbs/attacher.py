@@ -25,7 +25,6 @@ from typing import Any, Protocol
 from cni.errors import (
     CniError,
     InterfaceFailure,
-    InvalidConfig,
     PluginNotAvailable,
     PoolExhausted,
     TryAgainLater,
@@ -36,10 +35,10 @@ from ipamd.drivers.base import BuildContext, Built, InterfaceKey, LinksContext, 
 from ipamd.drivers.kernel import DoomedLinks
 from ipamd.drivers.table import DriverTable
 from ipamd.invoke.chain import Chain, Invocation
-from ipamd.ipam.addresses import Claim, Ipam, ResolvedNetwork
+from ipamd.ipam.addresses import Claim, Ipam, ResolvedNetwork, refuse_unserved
 from ipamd.ipam.delegated import DelegatedAddresses, attachment_id
 from ipamd.model.annotations import AddressConfig
-from ipamd.model.objects import IPAM_CLAIM, POD, Meta, Pod, unserved_entries
+from ipamd.model.objects import IPAM_CLAIM, POD, Meta, Pod
 from ipamd.model.pluginconf import PluginConfig, parse_plugin_config
 from ipamd.model.segments import SEGMENT_KINDS
 from ipamd.model.timefmt import rfc3339
@@ -728,8 +727,7 @@ def _refuse_unserved(wanted: list[Wanted]) -> None:
     for w in wanted:
         if w.net is None or w.net.pool is None:
             continue
-        for entry in unserved_entries(w.net.pool):
-            raise InvalidConfig(f"{w.net.obj.meta.display} uses {entry.msg}", entry.field)
+        refuse_unserved(w.net.pool, w.net.obj.meta.display)
 
 
 def _defaults_taken(gateways: Iterable[str]) -> set[str]:

@@ -224,3 +224,47 @@ def test_an_ipv6_range_reaches_the_pod_and_the_npwg_status(node: Node, bindir: P
     assert (entry["name"], entry["interface"], entry["ips"]) == (f"{NS}/six", "net1", ["2001:2:0:76::2"])
     assert node.cni("DEL", "c1", ns, pod=(NS, "app"), conf=conf(node, bindir)).ok
     assert set(links_in(ns)) == {"lo"}
+
+
+STORED_POOL = """
+apiVersion: network.deckhouse.io/v1alpha1
+kind: ClusterIPAddressPool
+metadata: {name: stored}
+spec:
+  leaseTTL: 1h
+  pools:
+    - network: 198.18.77.0/24
+"""
+
+
+@pytest.mark.parametrize("delegate_ipam", ["lease", "exec"])
+def test_a_pool_entry_stored_before_its_network_was_refused_is_not_served_to_a_nad(
+        node: Node, bindir: Path, delegate_ipam: str) -> None:
+    """A pool stored (a file in the objects directory) with an fe80::/64 entry before writes of one were refused: ADD
+    of Plexus's own networks of it is refused (``attacher._refuse_unserved``), but a NAD's plexus-ipam, leased by the
+    daemon or exec'd by the bridge, handed its addresses out. Now refused the same way, code 7 naming the NAD, the pool
+    and ``spec.pools[1].network``, leaving no lease; a pod that got its address before is still deleted."""
+    (node.objects / "stored-pool.yaml").write_text(STORED_POOL)
+    node.apply([bridge_nad(node, "pooled", "pxbr7", ipAddressPoolRef={"kind": "ClusterIPAddressPool",
+                                                                     "name": "stored"}),
+                pod("old", {NPWG: "pooled"}), pod("app", {NPWG: "pooled"})])
+    c = conf(node, bindir, delegateIPAM=delegate_ipam)
+    old = node.pod_netns("old")
+    assert node.cni("ADD", "c-old", old, pod=(NS, "old"), conf=c).ok
+    (node.objects / "stored-pool.yaml").write_text(STORED_POOL + "    - network: fe80::/64\n")
+    assert not [p for p in node.sync() if "stored" in str(p)]
+    held = [(x.address, x.state) for x in node.leases()]
+    assert held == [("198.18.77.1", "bound")], held
+    ns = node.pod_netns("app")
+    res = node.cni("ADD", "c1", ns, pod=(NS, "app"), conf=c)
+    assert not res.ok and (res.code, res.json["details"]) == (7, "spec.pools[1].network"), res
+    for words in (f"NetworkAttachmentDefinition {NS}/pooled uses ClusterIPAddressPool stored",
+                  "spec.pools[1].network", "fe80::/64", "link-local"):
+        assert words in res.json["msg"], res.json
+    assert set(links_in(ns)) == {"lo"}
+    assert [(x.address, x.state) for x in node.leases()] == held and len(attachments(node)) == 1
+    assert node.cni("DEL", "c1", ns, pod=(NS, "app"), conf=c).ok
+    assert node.cni("DEL", "c-old", old, pod=(NS, "old"), conf=c).ok
+    assert set(links_in(old)) == {"lo"} and attachments(node) == []
+    assert [(x.address, x.state) for x in node.leases()] == [("198.18.77.1", "orphaned")]
+    run("ip", "-n", os.path.basename(node.netns), "link", "del", "pxbr7", check=False)

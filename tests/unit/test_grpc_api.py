@@ -15,7 +15,7 @@ import pytest
 from ipamd.api import ipam_pb2 as pb
 from ipamd.api import ipam_pb2_grpc as pb_grpc
 from ipamd.ipam.addresses import Ipam
-from ipamd.model.objects import API_VERSION, parse_object
+from ipamd.model.objects import API_VERSION, parse_object, unserved_entries
 from ipamd.model.services import NETWORK_ANNOTATION, SELECTOR_ANNOTATION, ServiceInvalid, parse_service
 from ipamd.server.grpc_api import CNI_CODE_KEY, IpamService, serve
 from ipamd.store.records import PodStatus, SegmentRecord
@@ -570,3 +570,44 @@ def test_get_networks_shows_the_id_a_segment_record_has_before_any_status_was_wr
     assert shown["ns/vx"] == {"bridgeName": "plx-vb-5000", "vlanID": 0, "vni": 5000}
     assert shown["ns/flat"] == {"bridgeName": "plx-n-1234abcd"}
     assert shown["ns/back"] == {"bridgeName": "plx-br-751", "vlanID": 751}, "the node's own bookkeeping is not shown"
+
+
+def test_grpc_allocate_from_a_pool_with_an_entry_stored_before_its_network_was_refused_is_refused(
+        tmp_path: Path) -> None:
+    """A pool whose ``spec.pools[1].network`` is fe80::/64, stored before such networks were refused, is served to
+    no pod (``attacher._refuse_unserved``), but the API leased from it. Allocate is refused as ADD is, INVALID_ARGUMENT
+    (CNI code 7) naming the API client, the pool and the entry's field, in a Leases stream too, leasing nothing; an
+    address an owner got before is still released."""
+    v4 = {"apiVersion": API_VERSION, "kind": "IPAddressPool", "metadata": {"name": "ll", "namespace": "apps"},
+          "spec": {"leaseTTL": "0s", "pools": [{"network": "198.18.92.0/29"}]}}
+    source, store = FakeSource(parse_object(v4)), MemoryStore()
+    ipam = Ipam(store, source)
+    sock = str(tmp_path / "ipam.sock")
+    server, _ = serve(sock, IpamService(store, source, ipam, list), lambda: True)
+    channel = grpc.insecure_channel(f"unix:{sock}")
+    ref = pb.PoolRef(kind="IPAddressPool", namespace="apps", name="ll")
+    try:
+        stub = pb_grpc.IpamStub(channel)  # type: ignore[no-untyped-call]
+        held = stub.Allocate(pb.AllocateRequest(pool=ref, owner="old")).address  # leased before the entry was read
+        stored = parse_object({**v4, "spec": {"leaseTTL": "0s", "pools": [{"network": "198.18.92.0/29"},
+                                                                          {"network": "fe80::/64"}]}})
+        source.add(stored)
+        (entry,) = unserved_entries(stored)  # type: ignore[arg-type]
+        for ask in (pb.AllocateRequest(pool=ref, owner="vm-1"), pb.AllocateRequest(pool=ref, owner="vm-1",
+                                                                                   address="fe80::5"),
+                    pb.AllocateRequest(pool=ref, owner="old")):
+            with pytest.raises(grpc.RpcError) as exc:
+                stub.Allocate(ask)
+            status, code, details = _refusal(exc)
+            assert (status, code) == (grpc.StatusCode.INVALID_ARGUMENT, "7"), details
+            assert details == f"API client {ask.owner} uses {entry.msg}: spec.pools[1].network", details
+        (result,) = list(stub.Leases(iter([pb.LeaseOps(ops=[pb.LeaseOp(allocate=pb.AllocateRequest(pool=ref,
+                                                                                                 owner="s"))])])))
+        (err,) = [r.error for r in result.results]
+        assert (err.code, err.msg, err.details) == (7, f"API client s uses {entry.msg}", "spec.pools[1].network")
+        assert [(x.address, x.holder) for x in store.all_leases()] == [(held, "api/old")], "nothing leased"
+        assert stub.Release(pb.ReleaseRequest(pool=ref, address=held)).released, "what was held is let go"
+        assert store.all_leases() == [] and store.all_ips() == []
+    finally:
+        channel.close()
+        server.stop(None)

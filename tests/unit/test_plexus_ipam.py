@@ -15,7 +15,14 @@ from cni.errors import CniError, InvalidConfig
 from ipamd.ipam.addresses import Ipam
 from ipamd.ipam.delegated import DelegatedAddresses
 from ipamd.model.npwg import NETWORKS_ANNOTATION
-from ipamd.model.objects import API_VERSION, CLUSTER_IP_ADDRESS_POOL, NPWG_CLAIM_API_VERSION, Pod, parse_object
+from ipamd.model.objects import (
+    API_VERSION,
+    CLUSTER_IP_ADDRESS_POOL,
+    NPWG_CLAIM_API_VERSION,
+    Pod,
+    parse_object,
+    unserved_entries,
+)
 from ipamd.node.reconcile import Reconciler
 from ipamd.sources.base import Problem
 from ipamd.verbs.call import CniCall
@@ -1096,3 +1103,35 @@ def test_the_hint_is_let_go_when_the_delegate_fails() -> None:
         HintingExec(Failing(), hints).run("macvlan", {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_IFNAME": "n"},
                                           config, 1.0)
     assert hints.running() == 0
+
+
+# -- a pool entry stored before its network was refused (``unserved_entries``) --------------------------------------
+
+def _link_local_too(node: Node, name: str = "mine") -> Any:
+    """Pool ``name`` as stored before link-local pool networks were refused: its network and an fe80::/64 entry."""
+    stored = obj("IPAddressPool", name, {"pools": [{"network": "198.18.50.0/29"}, {"network": "fe80::/64"}],
+                                         "leaseTTL": "1h"})
+    node.source.add(stored)
+    return stored
+
+
+def test_a_pool_with_an_entry_stored_before_its_network_was_refused_is_not_served_and_del_still_releases() -> None:
+    """plexus-ipam leased from a pool whose ``spec.pools[1].network`` is fe80::/64 (stored before such networks were
+    refused), where Plexus's own ADD of its networks is refused (``attacher._refuse_unserved``): an fe80 address
+    never passes CHECK. ADD is refused the same way, code 7 naming the NAD, the pool and the entry's field, leaving
+    nothing; the address an attachment got before is still let go by its DEL."""
+    node = Node()
+    held = node.call("ADD", POOL)["ips"][0]["address"]  # leased before the stored entry was read
+    stored = _link_local_too(node)
+    (entry,) = unserved_entries(stored)
+    err = node.error("ADD", POOL, container="c2")
+    assert (err.code, err.details) == (7, "spec.pools[1].network"), err.msg
+    assert err.msg == f"network nad-a uses {entry.msg}", err.msg
+    assert f"IPAddressPool {NS}/mine" in err.msg and "fe80::/64" in err.msg and "link-local" in err.msg
+    node.source.add(pod("sel", "uid-sel", [{"name": "nad-a"}]))
+    named = node.error("ADD", POOL, container="c3", pod_name="sel", uid="uid-sel")  # under Multus: its NAD
+    assert named.msg == f"NetworkAttachmentDefinition {NS}/nad-a uses {entry.msg}", named.msg
+    assert node.error("ADD", POOL).details == "spec.pools[1].network", "nor the attachment that holds one, again"
+    node.call("DEL", POOL)
+    assert [(x.address, x.state) for x in node.store.all_leases()] == [(held.split("/")[0], "orphaned")]
+    assert node.store.all_ips() == []
