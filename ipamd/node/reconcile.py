@@ -260,10 +260,13 @@ class Reconciler:
                     self.publisher.node_attachment(key, rec.bridge, True, "")
                     self._reported[key] = (rec.bridge, "")
             except Exception as exc:  # one segment's trouble (a missing parent NIC) must not stop the others
-                if self._reported.get(key) != ("", str(exc)):
+                # the bridge built before, if any, is still there (its pods on it): named, so that the controller
+                # keeps holding its ID; none when it was never built
+                built = next((s.bridge for s in self.store.segments() if s.network == key), "")
+                if self._reported.get(key) != (built, str(exc)):
                     log.warning("segment of %s: %s", key, exc)
-                    self.publisher.node_attachment(key, "", False, str(exc))
-                    self._reported[key] = ("", str(exc))
+                    self.publisher.node_attachment(key, built, False, str(exc))
+                    self._reported[key] = (built, str(exc))
         for retired in self.segments.taken_back():  # edited back to the ID it had: its old segment is its own again
             self._reported.pop(retired, None)
             self.publisher.node_detachment(retired)  # owed first: the store says it is owed until then, across a kill

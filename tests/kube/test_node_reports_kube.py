@@ -87,7 +87,7 @@ def test_a_cluster_networks_node_report_is_made_and_counted(cluster: Cluster, no
         assert wait_for(lambda: report() is not None, timeout=90), node.log_text()[-3000:]
         assert wait_for(lambda: (cluster.get("clusternetwork", cnet).get("status") or {})
                         .get("nodeAttachementsCount") == 1, timeout=30), cluster.get("clusternetwork", cnet)
-        assert "422" not in node.log_text(), node.log_text()[-3000:]
+        assert "refused for good" not in node.log_text(), node.log_text()[-3000:]
     finally:
         cluster.kubectl("delete", "clusternetwork", cnet, "--ignore-not-found", check=False)
         cluster.kubectl("delete", "clusteripaddresspool", f"{NS}-cpool", "--ignore-not-found", check=False)

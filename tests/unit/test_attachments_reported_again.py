@@ -322,3 +322,34 @@ def test_a_network_made_again_after_its_report_was_swept_is_reported_again() -> 
     node.source.add(obj("Network", "net-u", {"networkClass": "narrow", "vlan": {"id": 900}}))
     _settle(outbox, rounds, informer)
     assert _of(api, "net-u") == [name], "a Network made again is never reported again once its report was swept"
+
+
+def test_a_segment_that_fails_after_it_was_built_is_reported_with_its_bridge() -> None:
+    """A Network whose segment was built, then cannot be made as its class now asks (a parent NIC that is not there):
+    reported NotBridged naming the bridge still there with its pods, so that the controller keeps holding its ID. It
+    was reported with no bridge, and the merge patch of a report leaves out what it does not name: the old name
+    stayed only by chance (and an empty one was refused by the API server)."""
+    api = FakeApi()
+    node = Node()
+    node.source.add(obj("NetworkClass", "plain", {"vlan": {"idPool": ["600-610"]}}, namespaced=False))
+    node.source.add(obj("Network", "net-f", {"networkClass": "plain", "vlan": {"id": 609}}))
+    outbox, rounds, informer = _rounds(node, api, cluster=False)
+    _reported_and_seen(outbox, rounds, informer)
+    (name,) = _of(api, "net-f")
+    bridge = api.objs[ATTACHMENT][name]["spec"]["bridgeName"]
+    assert bridge and api.objs[ATTACHMENT][name]["status"]["conditions"][0]["status"] == "True"
+    node.source.add(obj("NetworkClass", "plain", {"vlan": {"idPool": ["600-610"],
+                                                           "parentNodeNetworkInterfaces": {"names": ["eth9"]}}},
+                        namespaced=False))
+
+    def no_parent(parent: str, vlan_id: int, busy: bool) -> str:
+        raise OSError(f"no parent interface {parent}")
+
+    node.segments.links.ensure_vlan = no_parent  # type: ignore[method-assign]
+    api.objs[ATTACHMENT].pop(name)  # a create of the whole report, as for a first one (no merge with the old object)
+    rounds.run_once()
+    outbox.flush()
+    made = api.objs[ATTACHMENT][name]
+    assert made["status"]["conditions"][0]["status"] == "False" and "eth9" in made["status"]["conditions"][0]["message"], \
+        made
+    assert made["spec"].get("bridgeName") == bridge, "a failed segment's report names no bridge: its ID may be given away"
