@@ -110,7 +110,7 @@ def test_a_quarantines_lease_object_without_a_holder_is_taken_by_the_api_server(
     from ipamd.kube.leases import KIND, lease_body, lease_name
     from ipamd.kube.resources import CustomObjects
 
-    objs = CustomObjects(config.new_client_from_config(str(cluster.kubeconfig)))
+    objs = CustomObjects(config.new_client_from_config(str(cluster.kubeconfig)))  # type: ignore[no-untyped-call]
     pool, address = f"IPAddressPool/{NS}/quarantine", "198.18.84.5"
     try:
         made = objs.create(KIND, lease_body(pool, address, "198.18.84.0/24", "", 60, "return-q"))
