@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from kubernetes import client
 from prometheus_client import Gauge
 
-from ipamd.ipam.allocator import in_ranges, pick_free, subnet_for, to_int, to_text
+from ipamd.ipam.allocator import in_ranges, never_leased, pick_free, subnet_for, to_int, to_text
 from ipamd.ipam.blocks import block_name, window_of
 from ipamd.kube import heartbeat
 from ipamd.kube.blocks import KIND as BLOCK_KIND
@@ -63,6 +63,7 @@ from ipamd.model.objects import (
     NETWORK,
     POOL_KINDS,
     SPEC_ANNOTATION,
+    USED_BY_ANNOTATION,
     AddressPool,
     ClusterNetwork,
     IPAddressObject,
@@ -82,6 +83,7 @@ from ipamd.model.segments import (
     status_segment,
 )
 from ipamd.model.timefmt import rfc3339
+from ipamd.model.used_by import parse_user_text
 from ipamd.sources.base import ObjectSource
 from ipamd.sources.lookups import class_of, pool_of_ip
 
@@ -240,14 +242,67 @@ def _refused_status(obj: IPAddressObject, pool: AddressPool, family: int, shown:
     return None if all(shown.get(k) == v for k, v in status.items()) else status
 
 
-def _statuses_shown(items: Iterable[Mapping[str, Any]], kind: str) -> dict[str, Mapping[str, Any]]:
-    """The status of each object of ``kind`` as the cache shows it, by key (``Kind/namespace/name``)."""
+def _items_shown(items: Iterable[Mapping[str, Any]], kind: str) -> dict[str, Mapping[str, Any]]:
+    """Each object of ``kind`` as the cache shows it (its status, its version, the pod written on it), by key
+    (``Kind/namespace/name``)."""
     out: dict[str, Mapping[str, Any]] = {}
     for item in items:
         md = item.get("metadata") or {}
         ns = md.get("namespace")
-        out[f"{kind}/{ns}/{md.get('name')}" if ns else f"{kind}/{md.get('name')}"] = item.get("status") or {}
+        out[f"{kind}/{ns}/{md.get('name')}" if ns else f"{kind}/{md.get('name')}"] = item
     return out
+
+
+def _lease_ip(item: Mapping[str, Any]) -> str:
+    return str((item.get("spec") or {}).get("ip") or "")
+
+
+def _node_of(item: Mapping[str, Any]) -> str:
+    """The node a lease object is labelled with: the one that made it or took it up ("": the controller's own)."""
+    return str(((item.get("metadata") or {}).get("labels") or {}).get(NODE_LABEL) or "")
+
+
+def _held_for(items: Iterable[Mapping[str, Any]]) -> tuple[dict[str, Mapping[str, Any]], dict[str, list[Mapping[str, Any]]]]:
+    """The lease objects held for someone, by holder: the controller's own (no node label: no node took it up), and
+    those nodes made or took up (a node's store holds them, for its pods). One being quarantined (its holder not yet
+    dropped by the quarantine's second write) is neither: nobody's to use."""
+    mine: dict[str, Mapping[str, Any]] = {}
+    theirs: dict[str, list[Mapping[str, Any]]] = {}
+    for item in items:
+        holder = str((item.get("spec") or {}).get("holder") or "")
+        if not holder or (item.get("status") or {}).get("orphaningTimestamp"):
+            continue
+        if _node_of(item):
+            theirs.setdefault(holder, []).append(item)
+        else:
+            mine[holder] = item
+    return mine, theirs
+
+
+def starts_over(lease: Mapping[str, Any], pool: AddressPool, family: int) -> str:
+    """Why the controller's own lease of a user's Auto IPAddress is no longer its address in ``pool`` (as its network
+    sees it), in words ("": it still is), as a node's ``starts_over`` judges its own: of another pool (the Network
+    moved), not of the family it asks for (``asked_family``: its own, or its pool's), or a route's gateway now (the
+    pool's, or its network's policy route's: never leased). No pod uses it (a node would have taken it up)."""
+    spec = lease.get("spec") or {}
+    address = str(spec.get("ip") or "")
+    if spec.get("pool") != pool.meta.key:
+        return f"it is of pool {spec.get('pool')}, and its network's is {pool.meta.display}"
+    if _family(address) != family or family not in pool.families:
+        return "it is not of the family it asks for (its pool's or its own)"
+    return never_leased(pool, to_int(address)) or ""
+
+
+def _status_held(item: Mapping[str, Any], address: str, network: str, subnet: Subnet | None,
+                 now: float) -> dict[str, Any]:
+    """The status of a user's Auto IPAddress whose address a node holds: that address, and the pod written on it (the
+    one that uses it, cluster-wide); the conditions shown kept (a node's ``Attached``), ``Allocated`` set."""
+    shown = item.get("status") or {}
+    user = parse_user_text(((item.get("metadata") or {}).get("annotations") or {}).get(USED_BY_ANNOTATION))
+    conds = set_condition(tuple(shown.get("conditions") or ()), "Allocated", True, "IPAddressAllocated", "", now)
+    return {"phase": "Allocated", "address": address, "network": str(subnet.network) if subnet else network,
+            "routes": [r.to_dict() for r in subnet.routes] if subnet else [],
+            "usedByPods": [user.pod] if user is not None else [], "conditions": list(conds)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -529,55 +584,93 @@ class Controller:
 
     # -- IPAddresses and leases -----------------------------------------------------------------------
     def allocate_user_ipaddresses(self) -> None:
+        """Lease each user's Auto IPAddress that holds no lease, keep the status of each the controller leased, and let
+        go of the controller's own lease of one that a node holds another lease for, or that ``starts_over``. An
+        IPAddress never holds two leases by this controller's doing: a let-go and a new lease are made in two rounds,
+        the cache asked again right before a lease is made, and a lease of its found beside a node's goes."""
         items = self.source.items(LEASE_KIND)
         leases = [item.get("spec") or {} for item in items]
         held = {spec.get("holder") for spec in leases}
-        mine = {str(spec.get("holder")): item for item, spec in zip(items, leases, strict=True)
-                if NODE_LABEL not in ((item.get("metadata") or {}).get("labels") or {})}  # not taken up by a node
+        mine, theirs = _held_for(items)
         now = time.monotonic()
         self._allocated = {k: at for k, at in self._allocated.items() if now - at < ALLOCATED_S}
         for kind in IP_ADDRESS_KINDS.values():
-            shown = _statuses_shown(self.source.items(kind.name), kind.name)
+            shown = _items_shown(self.source.items(kind.name), kind.name)
             for obj in self.source.list(kind):
                 if obj.type != "Auto" or obj.owner_pod_uid:
                     continue  # Static ones are leased by the nodes; a pod's own Auto ones by its node
                 if obj.meta.key in self._allocated:
                     continue  # leased a moment ago: the caches have not shown its lease or its status yet
-                lease = mine.get(obj.meta.key)
-                if obj.meta.key in held and lease is None:
-                    continue  # taken up by a node, for a pod there: that node's to let go, its status the node's
-                pool = pool_of_ip(self.source, obj)
-                if pool is None:
+                lease, item = mine.get(obj.meta.key), shown.get(obj.meta.key) or {}
+                if obj.meta.key in theirs:  # made or taken up by a node, for a pod there: that node's to let go
+                    self._held_by_a_node(obj, lease, theirs[obj.meta.key], item)
                     continue
-                address = str((lease.get("spec") or {}).get("ip") or "") if lease is not None else ""
-                family = asked_family(obj, pool, address)
-                # its lease let go, as a node lets it go, when its family is dropped from the pool (or the IPAddress
-                # was made again naming another)
-                if lease is not None and (_family(address) != family or family not in pool.families):
-                    if not self._let_go(obj, lease):
-                        continue  # a node took it up meanwhile (its pod uses it), or the API away: the next round
-                    lease = None
-                if family not in pool.families:
-                    refused = _refused_status(obj, pool, family, shown.get(obj.meta.key) or {}, self.clock.now())
-                    if refused is not None:
-                        self._ip_status(obj, refused)
-                elif lease is not None:
-                    self._complete_status(obj, lease, shown.get(obj.meta.key) or {})
-                else:
-                    taken = {to_int(str(spec.get("ip"))) for spec in leases if spec.get("pool") == pool.meta.key}
-                    for block in (parse_block(o) for o in self.source.by_index(BLOCK_KIND, "pool", pool.meta.key)):
-                        if block is not None:  # a node's to lease in alone
-                            taken.update(range(block.first, block.first + block.size))
-                    self._allocate(obj, pool.family(family), taken)
+                if obj.meta.key in held and lease is None:
+                    continue  # its lease being quarantined (the holder left between the two writes): expires
+                pool = pool_of_ip(self.source, obj)
+                if pool is not None:
+                    self._keep_leased(obj, pool, lease, leases, item.get("status") or {})
 
-    def _let_go(self, obj: IPAddressObject, lease: Mapping[str, Any]) -> bool:
-        """The lease this controller made for a user's Auto IPAddress, not of the family it asks for now: quarantined
+    def _keep_leased(self, obj: IPAddressObject, pool: AddressPool, lease: Mapping[str, Any] | None,
+                     leases: list[dict[str, Any]], shown: Mapping[str, Any]) -> None:
+        """A user's Auto IPAddress no node holds a lease for: its own lease let go when it ``starts_over`` (as a node
+        lets go of one no pod uses), its status kept, or leased. A lease let go is leased anew in a later round, once
+        the cache shows the let-go: a node's ADD that read the old lease in its cache and finds it let go at its
+        take-up leases one itself, which the next round's cache shows."""
+        address = _lease_ip(lease) if lease is not None else ""
+        family = asked_family(obj, pool, address)
+        if lease is not None and (why := starts_over(lease, pool, family)):
+            if not self._let_go(obj, lease, why) or family in pool.families:
+                return  # leased anew in a later round; kept when a node took it up meanwhile (or the API away)
+            lease = None
+        if family not in pool.families:
+            refused = _refused_status(obj, pool, family, shown, self.clock.now())
+            if refused is not None:
+                self._ip_status(obj, refused)
+        elif lease is not None:
+            self._complete_status(obj, lease, shown)
+        else:
+            taken = {to_int(str(spec.get("ip"))) for spec in leases if spec.get("pool") == pool.meta.key}
+            for block in (parse_block(o) for o in self.source.by_index(BLOCK_KIND, "pool", pool.meta.key)):
+                if block is not None:  # a node's to lease in alone
+                    taken.update(range(block.first, block.first + block.size))
+            self._allocate(obj, pool.family(family), taken)
+
+    def _held_by_a_node(self, obj: IPAddressObject, lease: Mapping[str, Any] | None,
+                        theirs: list[Mapping[str, Any]], item: Mapping[str, Any]) -> None:
+        """A user's Auto IPAddress a node holds a lease for (made by its ADD, or taken up: its pods use that one, and
+        other nodes take it up from it). The controller's own lease beside it (a node's ADD and a round of this
+        controller leased it at once, neither seeing the other's) is let go, as one that ``starts_over``: at the
+        version the cache saw, so a node that took it up meanwhile keeps it. A status that names an address the
+        IPAddress no longer holds (the controller's, let go) is written from the node's lease, at the version of the
+        IPAddress seen (a node's write since is not written over); any other is the node's to write."""
+        node = theirs[0]
+        user = parse_user_text(((item.get("metadata") or {}).get("annotations") or {}).get(USED_BY_ANNOTATION))
+        node = next((t for t in theirs if user is not None and _node_of(t) == user.node), node)
+        if lease is not None and not self._let_go(obj, lease, f"node {_node_of(node)} holds {_lease_ip(node)} for it"):
+            return  # a node took it up meanwhile, or the API away: the next round
+        shown = str((item.get("status") or {}).get("address") or "")
+        if not shown or shown in {_lease_ip(t) for t in theirs}:
+            return
+        address, spec = _lease_ip(node), node.get("spec") or {}
+        pool = self._pool_named(str(spec.get("pool") or ""))
+        subnet = subnet_for(pool, to_int(address)) if pool is not None else None
+        status = _status_held(item, address, str(spec.get("network") or ""), subnet, self.clock.now())
+        self._ip_status(obj, status, version=str((item.get("metadata") or {}).get("resourceVersion") or ""))
+
+    def _pool_named(self, key: str) -> AddressPool | None:
+        """The pool of ``key`` (``Kind/namespace/name``, ``Kind/name``), None when the cache shows none."""
+        kind, _, rest = key.partition("/")
+        namespace, _, name = rest.rpartition("/")
+        return self.source.get(POOL_KINDS[kind], namespace, name) if kind in POOL_KINDS else None
+
+    def _let_go(self, obj: IPAddressObject, lease: Mapping[str, Any], why: str) -> bool:
+        """The lease this controller made for a user's Auto IPAddress, no longer its address (``why``): quarantined
         (``_orphan``), as a node lets go of one no pod uses (``_refused_pending``, ``lease_for``). At the version the
         cache saw: a node that took it up meanwhile, for its pod, keeps it. False when it is kept."""
         try:
             if self._orphan(lease, self.clock.now()):
-                log.info("%s: let go of %s, not of the family it asks for (its pool's or its own)", obj.meta.display,
-                         (lease.get("spec") or {}).get("ip"))
+                log.info("%s: let go of %s: %s", obj.meta.display, _lease_ip(lease), why)
                 return True
         except Exception as exc:  # the API away: the next round
             log.warning("letting go of the lease of %s: %s", obj.meta.display, reason_of(exc))
@@ -587,6 +680,8 @@ class Controller:
         """Lease a user's Auto IPAddress an address of ``pool`` (the family it asks for: ``asked_family``)."""
         now = self.clock.now()
         while True:
+            if self._held_now(obj, pool):
+                return  # a node's ADD leased it, or took one up, since the round read the lease objects
             picked = pick_free(pool, taken, None)
             if picked is None:
                 conds = set_condition((), "Allocated", False, "NoFreeIPAddress",
@@ -641,6 +736,11 @@ class Controller:
             log.warning("status of %s: %s", obj.meta.display, reason_of(exc))
             return
         self._ip_status(obj, _allocated_status(address, subnet, self.clock.now()))
+
+    def _held_now(self, obj: IPAddressObject, pool: AddressPool) -> bool:
+        """Whether the cache shows a lease of ``pool`` held for ``obj`` now (the holder index), asked right before a
+        lease is made for it: the round's read of the lease objects may be older than a node's ADD that leased it."""
+        return bool(self.source.by_index(LEASE_KIND, "holder", (obj.meta.key, pool.meta.key)))
 
     def _in_a_block(self, pool: str, ip: int) -> bool:
         try:
@@ -903,9 +1003,11 @@ class Controller:
         self._nodes_seen[node] = time.monotonic()
         return True
 
-    def _ip_status(self, obj: IPAddressObject, status: dict[str, Any], objects: ObjectWrites | None = None) -> None:
+    def _ip_status(self, obj: IPAddressObject, status: dict[str, Any], objects: ObjectWrites | None = None,
+                   version: str = "") -> None:
         try:
-            (objects or self.objects).patch_status(obj.meta.kind, obj.meta.name, status, obj.meta.namespace)
+            (objects or self.objects).patch_status(obj.meta.kind, obj.meta.name, status, obj.meta.namespace,
+                                                   resource_version=version)
         except Exception as exc:
             log.warning("status of %s: %s", obj.meta.display, reason_of(exc))
 

@@ -1,6 +1,7 @@
 """The controller, mended after a review (each failing on the code before its fix): a Lease handed back keeps no 1 s
 duration for the next holder; an ID just granted is not granted again; a ClusterNetwork's refused fixed ID is not
-served; users' Auto IPAddresses get their status; a network moved from a VXLAN class to a VLAN class."""
+served; users' Auto IPAddresses get their status; a network moved from a VXLAN class to a VLAN class; a user's Auto
+IPAddress never holds the controller's lease beside a node's, nor one of a pool its network left, or a gateway."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from ipamd.kube.leases import KIND as LEASE_KIND
 from ipamd.model.segments import granted_id
 from ipamd.model.timefmt import rfc3339_micro
 from tests.fakes.cluster import FakeApi
+from tests.unit.test_attacher import NS
+from tests.unit.test_attacher import obj as aobj
 from tests.unit.test_controller_segments import controller as seg_controller
 from tests.unit.test_controller_segments import obj, statuses
 
@@ -421,3 +424,199 @@ def test_a_users_auto_ipaddress_made_again_naming_another_family_is_leased_in_it
     assert status["phase"] == "Allocated" and ":" in status["address"], status
     held = [o["spec"]["ip"] for o in api.objs[LEASE_KIND].values() if o["spec"].get("holder") == "IPAddress/ns/m"]
     assert held == [status["address"]], "the IPv4 lease let go"
+
+
+# -- a user's Auto IPAddress the controller leases while a node's ADD takes it up or leases it ------------------------
+U = f"IPAddress/{NS}/u"
+
+
+class _NodeAndController:
+    """A kube node (``KubeNode``: blocks, its outbox) and the controller over one fake API server, around pool ``ds``
+    (``leaseTTL: 1h``, ``pools``) of network ``ds-net`` and a user's Auto IPAddress ``u`` of it. The controller sees the
+    node's objects, and the IPAddresses as the API server has them (the statuses written, the pod a node wrote on one);
+    its lease cache is live, or as of its last ``sync()``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, pools: list[dict[str, str]], live: bool = True) -> None:
+        from tests.unit.test_attacher_kube import KubeNode
+        from tests.unit.test_lease_versions import ControllerSource
+
+        self.now = 1000.0
+        monkeypatch.setattr(time, "monotonic", lambda: self.now)
+        self.api = api = FakeApi()
+        self.node = KubeNode(api, "n1")
+        self.node.source.add(aobj("IPAddressPool", "ds", {"leaseTTL": "1h", "pools": pools}))
+        self.node.source.add(aobj("Network", "ds-net", {"networkClass": "cls", "ipam": {
+            "ipAddressPoolRef": {"kind": "IPAddressPool", "name": "ds"}}}))
+        self.node.source.add(aobj("IPAddress", "u", {"networkRef": {"kind": "Network", "name": "ds-net"}}))
+
+        class Shown(ControllerSource):
+            def items(self, kind: str) -> list[dict[str, Any]]:
+                if kind != "IPAddress":
+                    return super().items(kind)
+                return [{**o, "metadata": {**o["metadata"], "namespace": key.partition("/")[0]}}
+                        for key, o in copy.deepcopy(api.objs["IPAddress"]).items()]
+
+        self.seen = Shown(api, live=live)
+        self.seen.src = self.node.source
+        self.ctl = Controller(client.ApiClient(), self.seen, "plexus-system")  # type: ignore[arg-type]
+
+    def round(self) -> None:
+        """A controller round past ``ALLOCATED_S``."""
+        self.now += 61
+        self.ctl.allocate_user_ipaddresses()
+
+    def pool(self, pools: list[dict[str, Any]], name: str = "ds") -> None:
+        self.node.source.add(aobj("IPAddressPool", name, {"leaseTTL": "1h", "pools": pools}))
+
+    def add(self) -> str:
+        """A pod naming ``u`` started on the node: the address it got."""
+        from tests.unit.test_attacher_kube import a_pod
+
+        spec = [{"type": "Network", "name": "ds-net", "ifName": "net1", "ipAddressNames": ["u"]}]
+        self.node.source.add(a_pod("app", spec, "uid-app"))
+        out = self.node.call("ADD", "app", "uid-app", "c1")
+        self.node.outbox.flush()
+        return str(out["ips"][0]["address"]).split("/")[0]
+
+    def controller_round_inside(self, monkeypatch: pytest.MonkeyPatch, step: str) -> None:
+        """The controller's round runs inside the node's registry ``step`` (once), before it is made."""
+        real, ran = getattr(self.node.registry, step), list[bool]()
+
+        def controller_first(*a: Any, **k: Any) -> Any:
+            if not ran:
+                ran.append(True)
+                self.round()
+            return real(*a, **k)
+
+        monkeypatch.setattr(self.node.registry, step, controller_first)
+
+    def held(self) -> dict[str, str]:
+        """The addresses ``u``'s lease objects hold, each with the node it is labelled with ("": the controller's)."""
+        from ipamd.kube.leases import NODE_LABEL
+
+        return {o["spec"]["ip"]: o["metadata"].get("labels", {}).get(NODE_LABEL, "")
+                for o in self.api.objs[LEASE_KIND].values() if o["spec"].get("holder") == U}
+
+    def status(self) -> dict[str, Any]:
+        return dict(self.api.objs["IPAddress"][f"{NS}/u"].get("status") or {})
+
+
+def test_the_controller_leases_anew_in_a_later_round_than_its_let_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The controller leased ``u`` an IPv6 address; the pool is IPv4 alone now. Its round lets that lease go and, in
+    the same round, from the same cache, leased ``u`` an IPv4 address; a pod's ADD naming ``u`` between the two, its
+    cache showing the let-go, leased another on its own. ``u`` held two leases for ever (the controller's is released
+    only once ``u`` is deleted), the pod used the node's, and the status said the controller's (``_complete_status``
+    wrote it over the node's every round). The new lease waits for a later round, whose cache shows the node's."""
+    w = _NodeAndController(monkeypatch, [{"network": "2001:2:0:98::/64"}], live=False)
+    w.round()
+    (six,) = w.held()
+    w.seen.cache.sync()
+    w.pool([{"network": "198.18.98.0/24"}])
+    patch, used = w.api.patch, list[str]()
+
+    def node_add_after_the_let_go(kind: str, name: str, body: dict[str, Any], namespace: str = "") -> Any:
+        made = patch(kind, name, body, namespace)
+        if kind == LEASE_KIND and made["spec"]["ip"] == six and "holder" not in made["spec"] and not used:
+            used.append(w.add())
+        return made
+
+    monkeypatch.setattr(w.api, "patch", node_add_after_the_let_go)
+    w.round()
+    assert used and w.held() == {used[0]: "n1"}, f"u holds {w.held()}; the pod uses {used}"
+    w.seen.cache.sync()
+    for _ in range(2):
+        w.round()
+        w.seen.cache.sync()
+    assert w.held() == {used[0]: "n1"}, f"u holds {w.held()}; the pod uses {used}"
+    status = w.status()
+    assert (status.get("phase"), status.get("address")) == ("Allocated", used[0]), status
+
+
+@pytest.mark.parametrize("step", ["claim", "grow"])
+def test_the_controllers_first_lease_racing_a_nodes_add_is_let_go(monkeypatch: pytest.MonkeyPatch, step: str) -> None:
+    """A fresh ``u``: a pod's ADD naming it finds no lease in its cache and leases one (in its block: ``grow``, then
+    ``claim``); the controller's round lands in between and leases ``u`` another, writing its status. Neither sees the
+    other's in time: ``u`` holds two. The controller, finding its own lease beside the one a node holds, lets its own go
+    (quarantined, as it lets one go) and writes the status from the node's, which the pod uses."""
+    w = _NodeAndController(monkeypatch, [{"network": "198.18.98.0/24"}])
+    w.controller_round_inside(monkeypatch, step)
+    used = w.add()
+    mine = [ip for ip, node in w.held().items() if not node]
+    assert len(mine) == 1 and mine != [used], f"the race as found: u holds {w.held()}"
+    for _ in range(2):
+        w.round()
+    assert w.held() == {used: "n1"}, f"u holds {w.held()}; the pod uses {used}"
+    (let_go,) = [o for o in w.api.objs[LEASE_KIND].values() if o["spec"]["ip"] == mine[0]]
+    assert let_go["spec"].get("holder") is None and let_go["status"].get("orphaningTimestamp"), \
+        f"quarantined, not deleted: {let_go}"
+    status = w.status()
+    assert (status.get("phase"), status.get("address"), status.get("usedByPods")) == ("Allocated", used, [f"{NS}/app"]), \
+        status
+
+
+def test_a_lagging_controller_cache_writing_over_a_nodes_status_is_mended(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node leased ``u`` for its pod; the controller's cache, not showing that lease yet, leases ``u`` another
+    address and writes its status over the node's. Once its cache shows both, the controller lets its own go and
+    writes the status from the node's lease (at the version it saw: a node's write since is not written over)."""
+    w = _NodeAndController(monkeypatch, [{"network": "198.18.98.0/24"}], live=False)
+    used = w.add()
+    w.round()  # the cache as before the ADD
+    assert len(w.held()) == 2 and w.status().get("address") != used
+    w.seen.cache.sync()
+    w.round()
+    assert w.held() == {used: "n1"}
+    status = w.status()
+    assert (status.get("phase"), status.get("address"), status.get("usedByPods")) == ("Allocated", used, [f"{NS}/app"]), \
+        status
+    writes = w.api.calls["patch_status IPAddress"]
+    w.round()
+    assert w.api.calls["patch_status IPAddress"] == writes, "written once"
+
+
+def test_the_controller_does_not_lease_an_ipaddress_a_node_leased_during_its_round(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The round read the lease objects once, at its start; a node leased ``u`` for its pod while the round made other
+    writes (another IPAddress's lease): the controller leased ``u`` a second address, its cache showing the node's
+    already. It asks its cache again right before it creates a lease."""
+    w = _NodeAndController(monkeypatch, [{"network": "198.18.98.0/24"}])
+    ref = {"networkRef": {"kind": "Network", "name": "ds-net"}}
+    w.node.source.remove("IPAddress", NS, "u")
+    w.node.source.add(aobj("IPAddress", "a-first", ref))
+    w.node.source.add(aobj("IPAddress", "u", ref))  # looked at after a-first
+    create, used = w.api.create, list[str]()
+
+    def node_add_after(kind: str, body: dict[str, Any], namespace: str = "") -> Any:
+        made = create(kind, body, namespace)
+        if kind == LEASE_KIND and body["spec"].get("holder") == f"IPAddress/{NS}/a-first" and not used:
+            used.append(w.add())
+        return made
+
+    monkeypatch.setattr(w.api, "create", node_add_after)
+    w.round()
+    assert used and w.held() == {used[0]: "n1"}, f"u holds {w.held()}; the pod uses {used}"
+
+
+@pytest.mark.parametrize("moved", ["pool", "gateway"])
+def test_the_controllers_lease_is_let_go_when_its_network_moves_pools_or_it_becomes_a_gateway(
+        monkeypatch: pytest.MonkeyPatch, moved: str) -> None:
+    """A node lets a user's IPAddress's lease go once no pod uses it when it ``starts_over``: its Network moved to
+    another pool, its family dropped, or its address a route's gateway now. The controller let its own go only for the
+    family: ``u`` kept the lease of the old pool (its status naming it) for ever, or a router's address."""
+    w = _NodeAndController(monkeypatch, [{"network": "198.18.98.0/24"}])
+    w.round()
+    (old,) = w.held()
+    if moved == "pool":
+        w.pool([{"network": "198.18.99.0/24"}], "ds2")
+        w.node.source.add(aobj("Network", "ds-net", {"networkClass": "cls", "ipam": {
+            "ipAddressPoolRef": {"kind": "IPAddressPool", "name": "ds2"}}}))
+        prefix = "198.18.99."
+    else:
+        w.pool([{"network": "198.18.98.0/24", "routes": [{"destination": "198.19.98.0/24", "via": old}]}])
+        prefix = "198.18.98."
+    for _ in range(3):
+        w.round()
+    (new,) = w.held()
+    assert new != old and new.startswith(prefix), f"u holds {w.held()}"
+    (let_go,) = [o for o in w.api.objs[LEASE_KIND].values() if o["spec"]["ip"] == old]
+    assert let_go["spec"].get("holder") is None and let_go["status"].get("orphaningTimestamp"), let_go
+    assert w.status().get("address") == new, w.status()
