@@ -315,7 +315,8 @@ class Ipam:
         if lease is None and secured.elsewhere:
             raise AddressConflict(f"{who}: {rec.static_ip} is already leased elsewhere (pool {pool.meta.display})",
                                   field)
-        if lease is None and secured.lease is not None and secured.lease.pool == pkey:
+        if lease is None and secured.lease is not None and secured.lease.pool == pkey and \
+                subnet_for(pool, secured.lease.ip) is not None:  # (of the family asked for, in the pool now)
             held = self.store.lease_at(pkey, secured.lease.ip)
             if held is None or (held.holder is None and rec.type == "Static"):  # still free here (or quarantined)
                 lease = replace(secured.lease, created_at=now)
@@ -416,12 +417,14 @@ class Ipam:
         # a gRPC client's holder (``api/<owner>``) names a client of this node's socket: another node's client of the
         # same name is another client, whose address is never taken up here
         adopted = self.registry.held_by(rec.key, pkey) if rec.created_by != "api" else None
+        if adopted is not None and subnet_for(pool, adopted) is None:  # of a family the pool dropped since
+            self._refuse_outside_elsewhere(rec, pool, adopted)  # (this node's own: ``lease_for`` lets it go)
+            adopted = None
         if adopted is not None and never_leased(pool, adopted) is not None:  # a router's address since it was leased
             self._quarantine_elsewhere(rec, pool, pkey, adopted)
             adopted = None
         if adopted is not None:  # leased on another node (or by the controller): made this node's first
-            subnet = subnet_for(pool, adopted) or pool.subnets[0]
-            lease = self._candidate(rec, pool, pkey, adopted, str(subnet.network))
+            lease = self._candidate(rec, pool, pkey, adopted, network_of(pool, adopted))
             if not self._reserve(lease):  # another call of this node is taking it up right now
                 raise TryAgainLater(f"IPAddress {rec.name}: its address {lease.address} is being taken up on this "
                                     "node for another call right now", "ipAddressNames")
@@ -466,6 +469,22 @@ class Ipam:
             lost.add(candidate.ip)  # taken by another node since our cache last saw it: try the next one
             cursor = candidate.ip
 
+    def _refuse_outside_elsewhere(self, rec: IPRecord, pool: AddressPool, ip: int) -> None:
+        """Refuse (code 11) a lease held for ``rec`` beyond this node on an address outside every network of ``pool``
+        (the part of it ``rec`` asks from: a family the pool dropped since the controller, or another node, leased
+        it): never taken up, as the pod would get an address the pool has no network for (and another network's
+        prefix length), nor leased anew while it is live, as ``rec`` would hold two. Its holder lets it go (the
+        controller's next round; the node that took it up, once no pod there uses it), and a later ADD leases anew
+        or takes up the controller's new lease. This node's own passes (``lease_for`` lets it go, and another address
+        is picked)."""
+        own = self.store.lease_of(rec.key)
+        if own is not None and own.ip == ip:
+            return
+        nets = ", ".join(str(s.network) for s in pool.subnets)
+        raise TryAgainLater(f"{rec.kind} {rec.name}: its address {to_text(ip)}, leased beyond this node, is outside "
+                            f"every network of pool {pool.meta.display} ({nets}); it is leased anew once that lease "
+                            "is let go", "ipAddressNames")
+
     def _quarantine_elsewhere(self, rec: IPRecord, pool: AddressPool, pkey: str, ip: int) -> None:
         """A lease held for ``rec`` beyond this node (another node's, the controller's) on an address that has become
         a route's gateway since: taken up and quarantined here, as ``lease_for`` does to a lease of this node's, so
@@ -474,8 +493,7 @@ class Ipam:
         held = self.store.lease_at(pkey, ip)
         if held is not None and held.holder is not None:
             return
-        subnet = subnet_for(pool, ip) or pool.subnets[0]
-        lease = self._candidate(rec, pool, pkey, ip, str(subnet.network))
+        lease = self._candidate(rec, pool, pkey, ip, network_of(pool, ip))
         if not self._reserve(lease):  # another call of this node is taking it up (or letting it go) right now
             raise TryAgainLater(f"IPAddress {rec.name}: its address {lease.address}, a gateway now, is being taken up "
                                 "on this node for another call right now", "ipAddressNames")
@@ -853,12 +871,22 @@ class Ipam:
         if rec is not None and (others or rec.created_by == "claim"):
             self._drop_user(rec, pod_uid, attachment)
             return
+        self._free(key)
+
+    def _free(self, key: str) -> None:
+        """A record nothing ever used goes, and its lease is freed at once (no quarantine: no pod ran with it)."""
         lease = self.store.lease_of(key)
         if lease is not None:
             self.drop_lease(lease)
         self.store.delete_ip(key)
 
-    def _drop_user(self, rec: IPRecord, pod_uid: str, attachment: str = "") -> None:
+    def _drop_user(self, rec: IPRecord, pod_uid: str, attachment: str = "", unpublished: bool = False) -> None:
+        """``rec`` no longer used by the pod (or the ``attachment``). ``unpublished``: a pod's Auto IPAddress made by an
+        ADD that never was ready (``release_pod``), let go once nothing uses it: freed, as that ADD's undo frees it,
+        unless a ready sandbox of the pod used it since (``Attached`` shown; its object made by that sandbox's ADD):
+        then let go as one of a family its pool dropped is (quarantined, its object deleted)."""
+        unpublished = unpublished and rec.created_by == "plexus"
+        attached_ever = any(c.get("type") == "Attached" for c in rec.conditions)
         gone = {pod_uid, attachment} - {""}
         keep = [(p, u) for p, u in zip(rec.used_by_pods, rec.used_by_uids, strict=False) if u not in gone]
         rec = replace(rec, used_by_pods=tuple(p for p, _ in keep), used_by_uids=tuple(u for _, u in keep),
@@ -869,7 +897,9 @@ class Ipam:
         # a delegate's lease goes with its attachment, a pod's Auto one of a family its pool lost with its last user
         if not keep and (rec.deleted or rec.created_by == "cni"):
             self.delete_ip(rec)
-        elif not keep and self._family_dropped(rec):
+        elif not keep and unpublished and not attached_ever:
+            self._free(rec.key)
+        elif not keep and (unpublished or self._family_dropped(rec)):
             self._let_go_auto(rec)
         else:
             self.store.put_ip(rec)
@@ -913,15 +943,21 @@ class Ipam:
         lease = self.store.lease_of(key)
         return rec if lease is not None and family_of(lease.ip) not in pool.families else None
 
-    def release_pod(self, ip_keys: list[str], pod_uid: str, attachment: str = "", shared: Collection[str] = ()) -> None:
+    def release_pod(self, ip_keys: list[str], pod_uid: str, attachment: str = "", shared: Collection[str] = (),
+                    unpublished: Collection[str] = ()) -> None:
         """The pod (or, for a delegate's lease, the ``attachment``) no longer uses these IPAddresses; one in
-        ``shared`` (another sandbox of the pod uses it: this is a dead sandbox's late DEL) loses the attachment alone."""
+        ``shared`` (another sandbox of the pod uses it: this is a dead sandbox's late DEL) loses the attachment alone.
+        One in ``unpublished`` (a pod's Auto IPAddress made by an ADD that never was ready: kept while an interface
+        its undo left carried it, or by a crash) is let go once nothing uses it, as that ADD's undo would have: no
+        object of it was made (only a ready ADD has it made), and the pod's next ADD, reusing it as made before, would
+        never have it made."""
         with self.store.transaction():
             for key in ip_keys:
                 rec = self.store.get_ip(key)
                 users = {attachment} - {""} if key in shared else {pod_uid, attachment} - {""}
                 if rec is not None and users & set(rec.used_by_uids):
-                    self._drop_user(rec, "" if key in shared else pod_uid, attachment)
+                    self._drop_user(rec, "" if key in shared else pod_uid, attachment,
+                                    key in unpublished and key not in shared)
 
     def delete_ip(self, rec: IPRecord) -> None:
         """The IPAddress is gone: its lease is orphaned and quarantined for the pool's TTL."""
@@ -1069,6 +1105,15 @@ def starts_over(lease: LeaseRecord, pool: AddressPool) -> bool:
     network's policy routes, edited to route via it: never leased, README)."""
     return lease.pool != pool_key(pool) or family_of(lease.ip) not in pool.families or \
         never_leased(pool, lease.ip) is not None
+
+
+def network_of(pool: AddressPool, ip: int) -> str:
+    """The network of ``pool`` that ``ip`` lies in, as its lease names it (the pod's address gets its prefix length).
+    Never guessed: a lease of an address outside every network is not made (``_refuse_outside_elsewhere``)."""
+    subnet = subnet_for(pool, ip)
+    if subnet is None:
+        raise AssertionError(f"{to_text(ip)} is outside every network of pool {pool.meta.display}")
+    return str(subnet.network)
 
 
 def _refuse_if_another_pods(rec: IPRecord | None, pod: Pod, field: str) -> None:

@@ -16,7 +16,7 @@ import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
@@ -297,7 +297,7 @@ class Attacher:
                 claiming = contextlib.nullcontext(list)
             with claiming as recorded, self.store.transaction():
                 claims = recorded()
-                iface = self._planned(key, w, claims)
+                iface = self._planned(key, w, claims, self._unpublished(pod.meta.uid, record))
                 done = replace(record, interfaces=record.interfaces + (iface,), leasing=())
                 self.store.put_attachment(done)
             return done, iface, claims
@@ -319,7 +319,17 @@ class Attacher:
                         w.request.if_name)
             raise
 
-    def _planned(self, key: InterfaceKey, w: Wanted, claims: list[Claim]) -> BuiltInterface:
+    def _unpublished(self, pod_uid: str, this: AttachmentRecord) -> set[str]:
+        """The pod's Auto IPAddresses that another attachment of it created and never was ready with (a failed ADD's
+        record kept for an interface its undo left, or an ADD in flight): only a ready ADD has their objects made, so
+        an ADD that uses one has it made too (made twice, it is made once). Read in the transaction that records the
+        interface: that attachment's DEL lets go of one only while no recorded interface uses it (``_release``)."""
+        return {k for a in self.store.attachments_of_pod(pod_uid) if not a.result and
+                (a.container_id, a.ifname) != (this.container_id, this.ifname) for i in a.interfaces
+                for k in i.created_ip_keys}
+
+    def _planned(self, key: InterfaceKey, w: Wanted, claims: list[Claim],
+                 unpublished: Collection[str] = ()) -> BuiltInterface:
         driver = self.drivers[w.kind]
         plan = driver.plan(key, w.request)
         seg = self.segments.plan(w.net).record if w.net is not None else None
@@ -327,7 +337,8 @@ class Attacher:
             if_name=w.request.if_name, kind=driver.kind, network_key=w.target.key, network_type=w.target.type,
             network_name=w.target.name, host_link=plan.host_link, bridge=seg.bridge if seg else "", mac=plan.mac,
             vlan_id=SEGMENT_KINDS[seg.kind].vlan_id(seg.id) if seg else 0,
-            ip_keys=tuple(c.ip_key for c in claims), created_ip_keys=tuple(c.ip_key for c in claims if c.created_ip),
+            ip_keys=tuple(c.ip_key for c in claims),
+            created_ip_keys=tuple(c.ip_key for c in claims if c.created_ip or c.ip_key in unpublished),
             configure_ips=plan.configure_ips,
             addresses=tuple(AddressConfig(c.ip_name, c.address, c.network, c.routes).to_dict() for c in claims),
             driver=plan.state or {}, default=w.target.default, device_id=w.device_id, device_info=w.device_info,
@@ -577,9 +588,10 @@ class Attacher:
         pod torn down at once cannot each keep the pod for the other."""
         with self.statuses.owing(record.pod_uid), self.store.transaction():
             shared = self._shared(record.pod_uid, (record.container_id, record.ifname))
-            for iface in record.interfaces:
+            for iface in record.interfaces:  # what an ADD that never was ready created has no object: let go
                 self.ipam.release_pod(list(iface.ip_keys), record.pod_uid,
-                                      attachment_id(record.container_id, iface.if_name), shared)
+                                      attachment_id(record.container_id, iface.if_name), shared,
+                                      () if record.result else iface.created_ip_keys)
             for ip_key, if_name in record.leasing:  # a delegate's lease made for an interface never recorded
                 self.ipam.release_pod([ip_key], record.pod_uid, attachment_id(record.container_id, if_name), shared)
             self.store.delete_attachment(record.container_id, record.ifname)

@@ -27,11 +27,11 @@ from ipamd.drivers.macvlan import MacvlanDriver
 from ipamd.drivers.table import kernel_drivers
 from ipamd.drivers.veth import VethDriver
 from ipamd.invoke.chain import Invocation
+from ipamd.ipam import addresses as addresses_module
 from ipamd.ipam.addresses import Ipam
 from ipamd.netlink import links, segment_links
 from ipamd.netlink.netns import HostNetlink, pod_namespace
 from ipamd.store.records import BuiltInterface
-from ipamd.verbs import attacher as attacher_module
 from ipamd.verbs.attacher import Attacher
 from tests.conftest import REPO
 from tests.fakes.publisher import RecordingPublisher
@@ -333,7 +333,8 @@ def test_an_undo_that_cannot_remove_the_veth_keeps_it_for_the_runtimes_del(world
     """net1's veth made, net2's build fails, and the undo's delete of net1's node end is refused once: the step was
     logged and the record forgotten, so the veth (its pod end holding net1's address) stayed for good while the address
     went back to the pool. The record now stays ``deleting`` with net1 alone, its address held, and the runtime's DEL
-    removes the veth from the kernel, then lets the address go."""
+    removes the veth from the kernel, then lets the address go (and the Auto IPAddress the failed ADD made, which no
+    ready ADD ever had made: the pod's next ADD makes it anew)."""
     node = _verbs_on_the_kernel(world)
     node.drivers["macvlan"].fail_build["net2"] = 1
     real, refusals = links.delete_link, [NetlinkError(errno.EBUSY, "Device or resource busy")]
@@ -354,7 +355,8 @@ def test_an_undo_that_cannot_remove_the_veth_keeps_it_for_the_runtimes_del(world
     assert _net1_holders(node) == [("198.18.40.1", ("uid-app",))], "net1's address let go while its veth is there"
     assert node.call("DEL", netns=world.paths["pod"]) == {}
     assert host_link not in link_names(world.host) and "net1" not in link_names(world.pod.netlink())
-    assert node.store.attachments() == [] and _net1_holders(node) == [("198.18.40.1", ())]
+    assert node.store.attachments() == [] and _net1_holders(node) == [], \
+        "let go with the veth: the pod's Auto IPAddress the failed ADD made, as its undo would have"
 
 
 def test_del_with_a_namespace_that_cannot_be_opened_now_answers_try_again_later(
@@ -394,7 +396,7 @@ def test_a_pod_holding_an_address_of_a_pool_entry_no_longer_served_is_deleted(
     node.source.add(obj("IPAddressPool", "pool-a", {"pools": [{"network": "fe80::/64"}]}))
     path = world.paths["pod"]
     with monkeypatch.context() as before:
-        before.setattr(attacher_module, "unserved_entries", lambda pool: ())
+        before.setattr(addresses_module, "unserved_entries", lambda pool: ())  # (``refuse_unserved``'s)
         node.call("ADD", netns=path)
     pod = world.pod.netlink()
     net1 = links.index_of(pod, "net1")

@@ -13,7 +13,7 @@ import errno
 import json
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from ipamd.model.annotations import NetworkSelection
 from ipamd.model.objects import API_VERSION, POD, IPAddressObject, Pod, parse_object
 from ipamd.netlink import links
 from ipamd.node.segments import Segments
-from ipamd.store.records import AttachmentRecord, BuiltInterface, PodStatus
+from ipamd.store.records import AttachmentRecord, BuiltInterface, IPRecord, PodStatus
 from ipamd.verbs.attacher import Attacher
 from ipamd.verbs.call import CniCall
 from ipamd.verbs.pod_statuses import PodStatusWriter
@@ -410,6 +410,91 @@ def test_a_kernel_interface_whose_undo_steps_failed_is_kept_once_for_the_runtime
     node.events.clear()
     assert node.call("DEL") == {}
     assert node.events == ["teardown net1", "forget record"] and node.store.attachments() == []
+
+
+class CreatesTold(RecordingPublisher):
+    """A publisher that remembers the Auto IPAddresses each ready ADD told it to create (their objects)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.created: list[list[str]] = []
+
+    def attached(self, pod: Pod, status: PodStatus, created: Iterable[IPRecord], used: Iterable[IPRecord]) -> None:
+        self.created.append(sorted(r.name for r in created))
+        super().attached(pod, status, created, used)
+
+
+def net1_left_by_a_failed_add(node: Node) -> str:
+    """ADD c1 fails at net2's build, and net1's link delete is refused once: the record is kept ``deleting`` with
+    net1, which holds the Auto IPAddress that ADD made (never published: only a ready ADD tells it). Its name."""
+    node.drivers["macvlan"].fail_build["net2"] = 1
+    building, refusals = node.drivers["veth"].build, [OSError(errno.EBUSY, "link: device or resource busy")]
+
+    def refused(what: str) -> None:
+        if refusals:
+            raise refusals.pop()
+
+    def build(ctx: BuildContext, iface: BuiltInterface, undo: contextlib.ExitStack) -> Any:
+        done = building(ctx, iface, undo)
+        undo_in_kernel(undo, ctx.not_undone, iface, "link", refused, "link")
+        return done
+
+    node.drivers["veth"].build = build  # type: ignore[method-assign]
+    with pytest.raises(InterfaceFailure):
+        node.call("ADD")
+    (kept,) = node.store.attachments()
+    assert kept.state == "deleting" and [i.if_name for i in kept.interfaces] == ["net1"]
+    (name,) = [r.name for r in node.store.all_ips()]
+    return name
+
+
+def test_the_auto_ipaddress_of_an_interface_a_failed_add_left_is_created_by_the_pods_next_add() -> None:
+    """The failed ADD's Auto IPAddress of net1 survived its record's DEL (the pod still exists, and a pod's Auto ones
+    outlive its sandboxes); the pod's next ADD reused it as not created, so it was never told to the publisher: in a
+    cluster its object was missing (a restart makes only those a pod uses). The DEL of a record that never was ready
+    lets go of what its ADD created once nothing uses it, as the ADD's undo would have (freed: no pod ran with it),
+    and the next ADD makes it anew, and has its object made."""
+    node = Node(publisher=(publisher := CreatesTold()))
+    net1 = net1_left_by_a_failed_add(node)
+    assert node.call("DEL") == {}
+    left = (node.store.all_ips(), [(lease.holder, lease.state) for lease in node.store.all_leases()])
+    node.call("ADD", container="c2")
+    assert len(publisher.created) == 1 and net1 in publisher.created[0] and len(publisher.created[0]) == 2, \
+        f"ADD c2 told to create {publisher.created}"
+    assert left == ([], []), "let go with the interface that carried it, as the ADD's undo lets go of it"
+
+
+def test_an_add_beside_a_failed_adds_left_interface_has_the_auto_ipaddress_it_reuses_created() -> None:
+    """As above, but the pod's next sandbox is added before the failed one's DEL (its link still refused): the new
+    ADD reuses the Auto IPAddress the failed one made, whose object was never made, and has it made; the late DEL of
+    the failed one lets go of nothing the new sandbox uses."""
+    node = Node(publisher=(publisher := CreatesTold()))
+    net1 = net1_left_by_a_failed_add(node)
+    out = node.call("ADD", container="c2")
+    assert len(publisher.created) == 1 and net1 in publisher.created[0] and len(publisher.created[0]) == 2, \
+        f"ADD c2 told to create {publisher.created}"
+    assert node.call("DEL") == {}
+    (rec,) = [r for r in node.store.all_ips() if r.name == net1]
+    assert rec.used_by_uids == ("uid-app",) and rec.address in {i["address"].split("/")[0] for i in out["ips"]}
+    assert len(node.store.all_leases()) == 2, "the new sandbox keeps both addresses"
+
+
+def test_a_late_del_of_a_failed_add_quarantines_the_auto_ipaddress_a_ready_sandbox_used_since() -> None:
+    """The pod's next sandbox used (and had made) the Auto IPAddress the failed ADD made, and was deleted before the
+    failed one's record: that record's DEL lets it go as one a ready sandbox used, its address quarantined (it
+    carried the pod's traffic), its object deleted (``auto_ip_gone``), never freed at once."""
+    node = Node()
+    gone: list[str] = []
+    node.ipam.registry.auto_ip_gone = lambda rec: gone.append(rec.name)  # type: ignore[method-assign]
+    net1 = net1_left_by_a_failed_add(node)
+    node.call("ADD", container="c2")
+    node.call("DEL", container="c2")
+    assert net1 in {r.name for r in node.store.all_ips()}, "kept for the pod's next sandbox"
+    assert node.call("DEL") == {}
+    assert net1 not in {r.name for r in node.store.all_ips()} and gone == [net1]
+    assert [lease.state for lease in node.store.all_leases() if not lease.holder] == ["orphaned"], \
+        "quarantined, with the pool's leaseTTL"
+    assert len(node.store.all_leases()) == 2, "net2's kept for the pod"
 
 
 def test_an_add_whose_undo_could_not_forget_its_record_is_finished_by_the_reconciler() -> None:

@@ -585,11 +585,11 @@ def test_a_restart_before_the_source_has_listed_republishes_user_ipaddresses_it_
 
 class TakenUp:
     """Node n1 and the controller over one fake API server: the user's Auto IPAddress ``u`` (naming ``family``, or
-    none), leased by the controller an IPv6 address of pool ``ds``, taken up by n1 for its pod ``app``; then the pool's
-    IPv6 entry removed (one naming no family holds IPv6 from when the pool had IPv6 alone: a pool gaining a family
-    moves no address)."""
+    none), leased by the controller an IPv6 address of pool ``ds``, taken up by n1 for its pod ``app`` (unless not
+    ``taken_up``: the pod made, its ADD not yet called); then the pool's IPv6 entry removed (one naming no family
+    holds IPv6 from when the pool had IPv6 alone: a pool gaining a family moves no address)."""
 
-    def __init__(self, family: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, family: str, monkeypatch: pytest.MonkeyPatch, taken_up: bool = True) -> None:
         import time
 
         from kubernetes import client
@@ -618,8 +618,9 @@ class TakenUp:
         assert ":" in self.address and held == (self.key, None, False), "the controller's lease"
         self.spec = [{"type": "Network", "name": "ds-net", "ifName": "net1", "ipAddressNames": ["u"]}]
         node.source.add(a_pod("app", self.spec, "uid-app"))
-        node.call("ADD", "app", "uid-app", "c1")
-        assert self.holders()[self.address] == (self.key, "n1", False), "taken up by n1 for its pod"
+        if taken_up:
+            node.call("ADD", "app", "uid-app", "c1")
+            assert self.holders()[self.address] == (self.key, "n1", False), "taken up by n1 for its pod"
         node.source.add(obj("IPAddressPool", "ds", {"leaseTTL": "1h", "pools": [four]}))  # the IPv6 entry removed
         self.rounds = rounds_of(node)
 
@@ -709,3 +710,36 @@ def test_a_kube_node_keeps_a_users_auto_address_a_pods_add_took_meanwhile(monkey
     assert {ip: h for ip, h in world.holders().items() if h[0] == key} == {added[0]: (key, "n1", False)}, \
         "one lease of the IPAddress: pod b's"
     assert world.holders()[world.address] == (None, "n1", True), "the IPv6 one quarantined by the ADD"
+
+
+@pytest.mark.parametrize("family", ["", "IPv6"], ids=["leased-anew", "pending"])
+def test_a_pods_add_never_takes_up_the_controllers_lease_of_a_family_its_pool_dropped(
+        family: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The controller leased ``u`` an IPv6 address; the pool's IPv6 entry removed; a pod's ADD naming ``u`` before the
+    controller's next round. The node took that lease up (its pool and holder matched) and gave the pod
+    ``2001:2:0:98::1/24``: an IPv6 address of an IPv4-only pool, with the IPv4 entry's prefix length. Leasing ``u``
+    anew beside it would give it two live leases. One naming no family: code 11 while that lease is live, then, once
+    the controller let it go, an IPv4 address; one naming IPv6: refused as the node refuses a family its pool lacks
+    (code 7, ``spec.ipFamily``). Nothing taken up."""
+    from cni.errors import CniError
+
+    world = TakenUp(family, monkeypatch, taken_up=False)
+    node, address, key = world.node, world.address, world.key
+    with pytest.raises(CniError) as err:
+        node.call("ADD", "app", "uid-app", "c1")
+    assert (err.value.code, err.value.details) == ((7, "spec.ipFamily") if family else (11, "ipAddressNames")), \
+        err.value
+    node.outbox.flush()
+    assert world.holders() == {address: (key, None, False)}, "the controller's lease is left to the controller"
+    assert node.store.lease_of(key) is None
+    world.controller_round()
+    assert world.holders()[address] == (None, None, True), "let go by the controller, quarantined"
+    if family:
+        assert {ip: h for ip, h in world.holders().items() if h[0] == key} == {}
+        return
+    out = node.call("ADD", "app", "uid-app", "c1")  # (the controller's new lease taken up, if made by now)
+    node.outbox.flush()
+    world.controller_round()
+    ((ip, held),) = {ip: h for ip, h in world.holders().items() if h[0] == key}.items()
+    assert [i["address"] for i in out["ips"]] == [f"{ip}/24"] and "." in ip and held == (key, "n1", False), \
+        "one live lease of u, the pod's"
