@@ -43,6 +43,33 @@ def as_built(iface: BuiltInterface, left_out: Iterable[tuple[str, str]]) -> Buil
     return replace(iface, addresses=tuple(_without_routes(a, gone) for a in iface.addresses)) if gone else iface
 
 
+def as_foreseen(ifaces: Iterable[BuiltInterface], prev: Result | None) -> list[BuiltInterface]:
+    """The interfaces as ``as_built`` will have them, foreseen without a netlink dump: a pool's default route is left
+    out where the pod already has a default route of its family through another gateway, as ``links.add_pool_route``
+    does; the pod's defaults are ``prev``'s (the cluster network's), then those the interfaces before add. So the
+    statuses written ahead of the build are those after it; where the namespace says otherwise, the write after the
+    build corrects them."""
+    have = {links.route_key(r.dst, r.gw) for r in prev.routes if links.is_default(r.dst)} if prev is not None else set()
+    return [as_built(iface, _left_to_the_pod(iface, have)) for iface in ifaces]
+
+
+def _left_to_the_pod(iface: BuiltInterface, have: set[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The interface's pool default routes a default of the pod in ``have`` keeps out (``configure``'s main-table
+    routes only); those it adds join ``have``."""
+    if not iface.configure_ips or not iface.addresses or iface.table:
+        return []
+    left_out = []
+    for dst, via in _pool_routes(iface):
+        key = links.route_key(dst, via)
+        if not links.is_default(dst) or key in have:
+            continue
+        if any(d == key[0] for d, _ in have):
+            left_out.append((dst, via))
+        else:
+            have.add(key)
+    return left_out
+
+
 def _without_routes(address: dict[str, Any], gone: set[tuple[str, str]]) -> dict[str, Any]:
     """An address's record (``AddressConfig.to_dict``) without the routes ``gone`` (as ``links.route_key`` spells)."""
     kept = [r for r in address.get("routes", ()) if links.route_key(r["destination"], r["via"]) not in gone]

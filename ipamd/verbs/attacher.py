@@ -32,7 +32,7 @@ from cni.errors import (
 )
 from cni.types import Result
 from ipamd.drivers.base import BuildContext, Built, InterfaceKey, LinksContext, PodSide, quietly
-from ipamd.drivers.kernel import DoomedLinks
+from ipamd.drivers.kernel import DoomedLinks, as_foreseen
 from ipamd.drivers.table import DriverTable
 from ipamd.invoke.chain import Chain, Invocation
 from ipamd.ipam.addresses import Claim, Ipam, ResolvedNetwork, refuse_unserved
@@ -262,7 +262,7 @@ class Attacher:
         if not self.publisher.remote:
             return None
         foreseen: list[BuiltInterface] = []
-        for iface in planned:
+        for iface in as_foreseen(planned, render.prev):  # a pool's default route the pod's own keeps out, left out
             done = self.drivers[iface.kind].foresee(iface, sandbox)
             if done is None:
                 return None

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +256,58 @@ def test_statuses_are_written_once_built_when_a_driver_cannot_tell_before() -> N
     node.drivers["macvlan"].unforeseen = True
     node.call("ADD")
     assert node.publisher.pod_statuses == [("uid-app", node.store.pod_status("uid-app"))]
+
+
+def test_a_pool_default_route_left_to_the_pods_own_is_foreseen_and_the_statuses_written_once() -> None:
+    """The pod has its own IPv4 default route (the cluster network's, in ``prevResult``) and net1's pool routes
+    ``0.0.0.0/0``: the kernel side leaves that route out (``links.add_pool_route``). The statuses written ahead named
+    it (and net1 the default-route gateway), so every such ADD wrote the pod's statuses a second time."""
+    node = Node()
+    node.source.add(obj("IPAddressPool", "pool-a", {"pools": [{"network": "198.18.40.0/24", "routes": [
+        {"destination": "0.0.0.0/0", "via": "198.18.40.1"}, {"destination": "198.19.40.0/24", "via": "198.18.40.1"}]}]}))
+    building = node.drivers["veth"].build
+
+    def build_as_the_kernel(ctx: Any, iface: BuiltInterface, undo: Any) -> Any:  # the pod's own default stays
+        return replace(building(ctx, iface, undo),
+                       addresses=kernel.as_built(iface, [("0.0.0.0/0", "198.18.40.1")]).addresses)
+
+    node.drivers["veth"].build = build_as_the_kernel  # type: ignore[method-assign]
+    prev = {"cniVersion": "1.1.0", "interfaces": [{"name": "eth0", "sandbox": NETNS}],
+            "ips": [{"address": "198.18.92.2/24", "gateway": "198.18.92.1", "interface": 0}],
+            "routes": [{"dst": "0.0.0.0/0", "gw": "198.18.92.1"}]}
+    node.call("ADD", config={"prevResult": prev})
+    stored = node.store.pod_status("uid-app")
+    assert stored is not None and stored.networks_status[0]["ipAddressConfigs"][0]["routes"] == \
+        [{"destination": "198.19.40.0/24", "via": "198.18.40.1"}]
+    assert [(uid, s.networks_status, s.network_status) for uid, s in node.publisher.pod_statuses if s] == \
+        [("uid-app", stored.networks_status, stored.network_status)], "written once, ahead, as built"
+
+
+def _routed(if_name: str, routes: list[tuple[str, str]], **kw: Any) -> BuiltInterface:
+    address = {"name": if_name, "address": "198.18.40.2", "network": "198.18.40.0/24",
+               "routes": [{"destination": d, "via": v} for d, v in routes]}
+    return BuiltInterface(if_name, "veth", "Network/apps/net-a", "Network", "net-a", addresses=(address,), **kw)
+
+
+@pytest.mark.parametrize(("prev_routes", "ifaces", "kept"), [
+    ([("0.0.0.0/0", "198.18.92.1")], [[("0.0.0.0/0", "198.18.40.1"), ("::/0", "2001:2::1")]], [["::/0"]]),
+    ([("0.0.0.0/0", "198.18.40.1")], [[("0.0.0.0/0", "198.18.40.1")]], [["0.0.0.0/0"]]),  # the same route: the pod's
+    ([], [[("0.0.0.0/0", "198.18.40.1")], [("0.0.0.0/0", "198.18.41.1")]], [["0.0.0.0/0"], []]),  # the first's stays
+    (None, [[("0.0.0.0/0", "198.18.40.1")]], [["0.0.0.0/0"]]),
+], ids=["other-family-kept", "same-gateway", "first-interface-wins", "no-prev"])
+def test_foreseen_pool_default_routes_are_those_the_kernel_side_keeps(
+        prev_routes: list[tuple[str, str]] | None, ifaces: list[list[tuple[str, str]]], kept: list[list[str]]) -> None:
+    prev = None if prev_routes is None else Result.from_dict(
+        {"cniVersion": "1.1.0", "routes": [{"dst": d, "gw": g} for d, g in prev_routes]})
+    foreseen = kernel.as_foreseen([_routed(f"net{i}", r) for i, r in enumerate(ifaces)], prev)
+    assert [[r["destination"] for a in i.addresses for r in a.get("routes", ())] for i in foreseen] == kept
+
+
+def test_a_policy_routed_interface_keeps_its_pool_default_route_foreseen() -> None:
+    """With a table the pool's routes go into it, not the main table: nothing is left to the pod's own default."""
+    prev = Result.from_dict({"cniVersion": "1.1.0", "routes": [{"dst": "0.0.0.0/0", "gw": "198.18.92.1"}]})
+    iface = _routed("net1", [("0.0.0.0/0", "198.18.40.1")], table=100)
+    assert kernel.as_foreseen([iface], prev) == [iface]
 
 
 class Killed(BaseException):
