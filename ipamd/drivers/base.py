@@ -39,6 +39,7 @@ class InterfaceRequest:
     tap_uid: int | None = None
     tap_gid: int | None = None
     tap_multi_queue: bool = False  # the TAP takes several queues (IFF_MULTI_QUEUE)
+    guest_dhcp: bool = False  # the guest behind the TAP is answered its DHCP with the interface's IPv4 lease
     delegate: Invocation | None = None  # for a delegated interface: the plugins to exec, exactly
     default_route: tuple[str, ...] = ()  # gateways: this interface gets the pod's default route
     # the pod's default routes (their dst) that an interface of the attachment takes (this one or another, NPWG

@@ -4,7 +4,9 @@ into the segment's node bridge. Its address is reserved for the guest, never con
 The guest keeps the MAC of the plan, which the result reports; the TAP, the host side of the NIC, has one of
 its own (``tap_mac``), as under libvirt. The TAP is made inside the pod's namespace (TUNSETIFF works in the
 caller's). The names of the inner bridge and the inner veth end are kept in the record (``driver``), so DEL
-needs nothing else; so is whether it was asked multi-queue (``multiQueue``), which CHECK holds the TAP to.
+needs nothing else; so is whether it was asked multi-queue (``multiQueue``), which CHECK holds the TAP to, and
+whether the node answers the guest's DHCP on it (``ipAssignmentMode: DHCP``): from the build to the teardown, and
+again from a restarted daemon's start (``GuestDhcp.resume``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import contextlib
 from dataclasses import replace
 from typing import Any
 
+from cni.errors import InterfaceFailure
+from ipamd.dhcp.offers import guest_lease
+from ipamd.dhcp.server import STATE_KEY, GuestDhcp
 from ipamd.drivers import kernel
 from ipamd.drivers.base import BuildContext, Built, InterfaceKey, InterfaceRequest, LinksContext, Plan, undo_in_kernel
 from ipamd.model.names import TapNames, host_link_name, tap_mac
@@ -57,13 +62,16 @@ def _remove_pod_side(pod: Any, iface: BuiltInterface) -> None:
 class TapDriver:
     kind = "tap"
 
+    def __init__(self, guest_dhcp: GuestDhcp | None = None) -> None:
+        self.guest_dhcp = guest_dhcp if guest_dhcp is not None else GuestDhcp()
+
     def plan(self, key: InterfaceKey, request: InterfaceRequest) -> Plan:
         host_link = host_link_name(key.container_id, key.runtime_ifname, request.if_name)
         names = TapNames.of(host_link)
         return Plan(host_link, False, request.mac or links.generate_mac(),
                     {"innerBridge": names.inner_bridge, "innerVeth": names.inner_veth, "temporary": names.temporary,
                      "uid": request.tap_uid, "gid": request.tap_gid,
-                     "multiQueue": request.tap_multi_queue})
+                     "multiQueue": request.tap_multi_queue, **({STATE_KEY: True} if request.guest_dhcp else {})})
 
     def build(self, ctx: BuildContext, iface: BuiltInterface, undo: contextlib.ExitStack) -> Built:
         pod = ctx.pod.netlink()
@@ -84,12 +92,22 @@ class TapDriver:
         undo_in_kernel(undo, ctx.not_undone, iface, f"tap {iface.if_name}", links.delete_link, pod, iface.if_name)
         tap_links.join_inner_bridge(pod, names.inner_veth, inner)
         tap_links.join_inner_bridge(pod, iface.if_name, inner, _tap_mac(iface), mtu)
+        if iface.driver.get(STATE_KEY):
+            self._serve_guest(ctx, iface, undo)
         return self.foresee(iface, ctx.pod.path)  # the guest's MAC, the plan's
+
+    def _serve_guest(self, ctx: BuildContext, iface: BuiltInterface, undo: contextlib.ExitStack) -> None:
+        lease = guest_lease(iface)
+        if lease is None:  # the request was refused before anything was leased (``Ipam.validate``): not from a pod
+            raise InterfaceFailure(f"TAP {iface.if_name} has no IPv4 address to hand its guest over DHCP", iface.if_name)
+        self.guest_dhcp.serve(iface.host_link, ctx.pod.fd, iface.if_name, lease)
+        undo.callback(self.guest_dhcp.stop, iface.host_link)
 
     def foresee(self, iface: BuiltInterface, sandbox: str) -> Built:
         return Built(iface.mac, kernel.result(iface, iface.mac, sandbox))
 
     def teardown(self, ctx: LinksContext, iface: BuiltInterface) -> None:
+        self.guest_dhcp.stop(iface.host_link)
         for name in (iface.host_link, _names(iface).temporary):
             links.delete_link(ctx.host, name)
         pod = ctx.pod_netlink()
@@ -103,6 +121,8 @@ class TapDriver:
         """As any kernel interface's, the TAP with its own MAC (the guest's is the guest's to have), and its queues."""
         pod = ctx.pod_netlink()
         problems = kernel.check(ctx.host, pod, replace(iface, mac=_tap_mac(iface)))
+        if iface.driver.get(STATE_KEY) and self.guest_dhcp.serving(iface.host_link) is None:
+            problems.append(f"no DHCP server answers the guest of TAP {iface.if_name} (ipAssignmentMode: DHCP)")
         return problems + (_queue_problems(pod, iface) if pod is not None else [])
 
     def collect(self, kept: list[BuiltInterface]) -> None:

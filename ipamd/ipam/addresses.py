@@ -256,6 +256,10 @@ class Ipam:
         if sel.ip_address_names and net.pool is None:
             raise InvalidConfig(f"{net.type} {net.name} has no IPAM (spec.ipam), so it takes no ipAddressNames",
                                 f"{where}.ipAddressNames")
+        if sel.guest_dhcp and (net.pool is None or 4 not in net.pool.families):
+            has = "no IPAM (spec.ipam)" if net.pool is None else f"a pool of IPv6 only ({net.pool.meta.display})"
+            raise InvalidConfig(f"{net.type} {net.name} has {has}: ipAssignmentMode DHCP hands the guest an IPv4 "
+                                "address leased from its pool", f"{where}.ipAssignmentMode")
         objs = [self._user_ip(pod, sel, net, n, where) for n in sel.ip_address_names]
         for obj in objs:
             if obj.type == "Static" and net.pool is not None:

@@ -42,6 +42,7 @@ class NetworkSelection:
     tap_uid: int | None = None
     tap_gid: int | None = None
     tap_multi_queue: bool = False  # the TAP takes several queues (IFF_MULTI_QUEUE): a VM with one per vCPU
+    guest_dhcp: bool = False  # ``ipAssignmentMode: DHCP``: the node answers the guest's DHCP on the TAP with its lease
     named: bool = True  # False: ``if_name`` was made up here (``net<N>``), and a network's interfacePrefix may rename it
 
 
@@ -98,6 +99,20 @@ def _multi_queue(item: dict[str, Any], itype: str, where: str) -> bool:
     if multi_queue and itype != "tap":
         raise AnnotationInvalid(f"{where}.multiQueue is for interfaceType tap, not {itype}", f"{where}.multiQueue")
     return multi_queue
+
+
+def _guest_dhcp(item: dict[str, Any], itype: str, where: str) -> bool:
+    """``ipAssignmentMode`` (DVP): ``DHCP`` has the node answer the guest's DHCP on its TAP with the address leased
+    for it; only a TAP has a guest behind it (a pod's own interface is configured by Plexus itself)."""
+    mode = item.get("ipAssignmentMode")
+    if mode is None:
+        return False
+    field = f"{where}.ipAssignmentMode"
+    if mode != "DHCP":
+        raise AnnotationInvalid(f"{field} {mode!r} must be DHCP (or left out: the guest configures its address)", field)
+    if itype != "tap":
+        raise AnnotationInvalid(f"{field} DHCP serves a VM's guest, on interfaceType tap, not {itype}", field)
+    return True
 
 
 def _element(i: int, item: Any) -> tuple[dict[str, Any], str]:
@@ -189,7 +204,8 @@ def parse_networks_spec(text: str | None) -> list[NetworkSelection]:
             interface_type=itype,
             tap_uid=_optional_id(item.get("uid"), f"{where}.uid"),
             tap_gid=_optional_id(item.get("gid"), f"{where}.gid"),
-            tap_multi_queue=_multi_queue(item, itype, where), named="ifName" in item,
+            tap_multi_queue=_multi_queue(item, itype, where), guest_dhcp=_guest_dhcp(item, itype, where),
+            named="ifName" in item,
         ))
     first_use: dict[str, int] = {}
     for i, sel in enumerate(out):

@@ -16,6 +16,7 @@ from typing import Any
 
 from cni.errors import InternalError
 from ipamd.config import DaemonConfig
+from ipamd.dhcp.server import GuestDhcp
 from ipamd.drivers.delegate import used_configurations_path
 from ipamd.drivers.table import all_drivers
 from ipamd.invoke.chain import Chain
@@ -144,8 +145,9 @@ class NodeDaemon:
         delegation = Chain(HintingExec(Exec(node_netns=cfg.node_netns, owner=os.path.abspath(cfg.db)), hints))
         self.devices = KubeletDevices(cfg.pod_resources_socket, cfg.device_info_dir) if cfg.pod_resources_socket \
             else None
+        self.guest_dhcp = GuestDhcp()  # the guests of TAPs with ipAssignmentMode DHCP
         self.attacher = Attacher(self.store, self.source, self.ipam, self.segments,
-                                 all_drivers(delegation, used_configurations_path(cfg.db)), host,
+                                 all_drivers(delegation, used_configurations_path(cfg.db), self.guest_dhcp), host,
                                  pod_namespace, publisher, self._ready.is_set, fault,
                                  networks=Networks(self.source, self.ipam, devices=self.devices), delegation=delegation,
                                  delegated=self.delegated, background_del=cfg.del_mode == "background",
@@ -176,6 +178,7 @@ class NodeDaemon:
             self.services.start()
         reap_orphans(os.path.abspath(self.cfg.db))  # delegates a killed predecessor left running, before undoing them
         recovered = self.reconciler.recover()
+        self.guest_dhcp.resume(self.store.attachments())  # before any DEL can come: a DEL then stops it for good
         self.reconciler.run_once()
         self.source.subscribe(self.reconciler.wake)
         if self._watch_blocks is not None:
@@ -218,6 +221,7 @@ class NodeDaemon:
                 server.server_close()
         if self.attacher.reaper is not None:  # what it has not finished, the next start does
             self.attacher.reaper.stop()
+        self.guest_dhcp.close()
         self.grpc_server.stop(grace=2)
         if self.devices is not None:
             self.devices.close()

@@ -138,7 +138,7 @@ class Networks:
         for i, (sel, net) in enumerate(zip(deckhouse, resolved, strict=True)):
             user_ips = self.ipam.validate(pod, sel, net, f"networks-spec[{i}]")
             request = InterfaceRequest(sel.if_name, sel.mac, sel.skip_ip_assignment, sel.tap_uid, sel.tap_gid,
-                                       tap_multi_queue=sel.tap_multi_queue)
+                                       tap_multi_queue=sel.tap_multi_queue, guest_dhcp=sel.guest_dhcp)
             out.append(Wanted(sel.interface_type, request, Target(net.key, net.type, net.name), sel, net, user_ips,
                               where=f"networks-spec[{i}]"))
         for el in npwg:

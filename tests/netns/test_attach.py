@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.harness import Node, links_in, pod_manifest, run
+from tests.netns.guest import guest
+from tests.netns.test_crash import restart
 
 VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 
@@ -126,6 +129,47 @@ def test_tap_and_skip_ip_assignment(node: Node) -> None:
     assert node.cni("DEL", "c1", ns, pod=("my-namespace", "vm")).ok
     assert set(links_in(ns)) == {"lo"}
     assert not node.plx_links()
+
+
+@pytest.mark.netns
+def test_a_vm_guest_takes_its_address_over_dhcp_and_again_after_a_daemon_kill(node: Node, tmp_path: Path) -> None:
+    """``ipAssignmentMode: DHCP``: the pod's TAP carries no address; the guest behind it (a real client, as qemu's
+    guest would be) is handed the one leased for it, with the pool's routes, by the daemon; a killed daemon's
+    successor answers it too, and DEL leaves nothing."""
+    node.apply([pod_manifest("vm", [{"type": "Network", "name": "net-a", "ifName": "tap0", "interfaceType": "tap",
+                                     "mac": "02:00:00:00:00:07", "ipAssignmentMode": "DHCP"}])])
+    ns = node.pod_netns("vm")
+    add = node.cni("ADD", "c1", ns, pod=("my-namespace", "vm"))
+    assert add.ok, add
+    assert links_in(ns)["tap0"]["addresses"] == [] and add.json.get("ips", []) == []
+    status = node.pod_status("my-namespace", "vm")
+    assert status is not None
+    (config,) = status[0]["ipAddressConfigs"]
+    with guest(ns, "tap0", "02:00:00:00:00:07", tmp_path / "first") as vm:
+        code, lease = vm.dhcp("-O", "staticroutes")
+        assert code == 0, "the guest got no lease"
+        assert f"{lease['ip']}/{lease['mask']}" == f"{config['address']}/{config['network'].split('/')[1]}"
+        assert lease["staticroutes"] == "198.19.10.0/24 198.18.10.1"
+        assert links_in(vm.path)["guest0"]["addresses"] == [f"{config['address']}/24"]
+    node.kill()
+    restart(node)
+    with guest(ns, "tap0", "02:00:00:00:00:07", tmp_path / "again") as vm:
+        code, lease = vm.dhcp()
+        assert code == 0 and lease["ip"] == config["address"], "the restarted daemon does not answer the guest"
+    check = node.cni("CHECK", "c1", ns, pod=("my-namespace", "vm"), conf=node.conf(prevResult=add.json))
+    assert check.ok, check
+    assert node.cni("DEL", "c1", ns, pod=("my-namespace", "vm")).ok
+    assert set(links_in(ns)) == {"lo"} and not node.plx_links()
+
+
+@pytest.mark.netns
+def test_dhcp_for_an_interface_with_no_guest_is_refused_leaving_nothing(node: Node) -> None:
+    node.apply([pod_manifest("app", [{"type": "Network", "name": "net-a", "ipAssignmentMode": "DHCP"}])])
+    ns = node.pod_netns("app")
+    add = node.cni("ADD", "c1", ns, pod=("my-namespace", "app"))
+    assert not add.ok and add.json["code"] == 102, add
+    assert "networks-spec[0].ipAssignmentMode" in add.json["details"]
+    assert set(links_in(ns)) == {"lo"} and not node.plx_links() and node.leases() == []
 
 
 DEFAULT_ROUTE_POOL = """

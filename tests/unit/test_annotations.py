@@ -94,9 +94,27 @@ def test_same_network_twice_on_different_interfaces() -> None:
     assert [(s.name, s.if_name) for s in sels] == [("my-network", "net1"), ("my-network", "net2")]
 
 
-def test_unknown_keys_are_ignored() -> None:
-    (sel,) = parse_networks_spec(spec(net(ipAssignmentMode="whatever", id=3)))
-    assert sel.name == "my-network"
+def test_dvp_keys_plexus_does_not_act_on_are_taken() -> None:
+    (sel,) = parse_networks_spec(spec(net(id=3)))
+    assert sel.name == "my-network" and not sel.guest_dhcp
+
+
+def test_ip_assignment_mode_dhcp_has_the_guest_of_a_tap_served() -> None:
+    (sel,) = parse_networks_spec(spec(net(interfaceType="tap", ipAssignmentMode="DHCP")))
+    assert sel.guest_dhcp
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    ({"interfaceType": "tap", "ipAssignmentMode": "whatever"}, "must be DHCP"),
+    ({"interfaceType": "tap", "ipAssignmentMode": "dhcp"}, "must be DHCP"),
+    ({"interfaceType": "tap", "ipAssignmentMode": ""}, "must be DHCP"),
+    ({"ipAssignmentMode": "DHCP"}, "interfaceType tap, not veth"),
+    ({"interfaceType": "macvlan", "ipAssignmentMode": "DHCP"}, "interfaceType tap, not macvlan"),
+])
+def test_ip_assignment_mode_refused_names_its_field(extra: dict[str, str], words: str) -> None:
+    with pytest.raises(AnnotationInvalid) as err:
+        parse_networks_spec(spec(net(), net(**extra)))
+    assert err.value.details == "networks-spec[1].ipAssignmentMode" and words in err.value.msg
 
 
 # -- invalid specs --------------------------------------------------------------------------------
