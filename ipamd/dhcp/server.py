@@ -17,6 +17,7 @@ import selectors
 import socket
 import struct
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -103,7 +104,7 @@ class GuestDhcp:
         self._selector: selectors.BaseSelector | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
-        self.answered = 0  # replies sent, for tests and the logs
+        self._replies: Counter[str] = Counter()  # sent, by kind (OFFER, ACK, NAK)
 
     def serve(self, key: str, netns_fd: int, if_name: str, lease: GuestLease) -> None:
         """Answer the guest of TAP ``if_name`` in the namespace ``netns_fd`` with ``lease`` (its MTU the TAP's)."""
@@ -130,6 +131,20 @@ class GuestDhcp:
                 self._selector.unregister(served[0])
         if served is not None:
             served[0].close()
+
+    @property
+    def answered(self) -> int:
+        """How many answers were sent."""
+        return sum(self._replies.values())
+
+    def replies(self) -> dict[str, int]:
+        """The answers sent, by kind: ``plexus_guest_dhcp_replies_total``."""
+        return dict(self._replies)
+
+    def taps(self) -> int:
+        """How many TAPs are served: ``plexus_guest_dhcp_taps``."""
+        with self._lock:
+            return len(self._served)
 
     def serving(self, key: str) -> GuestLease | None:
         with self._lock:
@@ -211,7 +226,7 @@ class GuestDhcp:
                 continue
             try:
                 sock.send(frames.with_source(frames.encode(reply), tap.mac))
-                self.answered += 1
+                self._replies[describe(reply)["reply"]] += 1
                 log.debug("DHCP on TAP %s: %s", tap.if_name, describe(reply))
             except OSError as exc:  # no guest on the TAP (no carrier), or the TAP gone: the guest asks again
                 log.debug("DHCP on TAP %s: answer not sent: %s", tap.if_name, exc)

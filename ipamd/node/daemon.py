@@ -196,10 +196,11 @@ class NodeDaemon:
         if self.cfg.metrics_port:
             from prometheus_client import start_http_server
 
-            from ipamd.server.metrics import OUTBOX_DEPTH, OUTBOX_REFUSALS
+            from ipamd.server.metrics import GUEST_DHCP, OUTBOX_DEPTH, OUTBOX_REFUSALS
 
             OUTBOX_DEPTH.set_function(lambda: float(self.outbox.depth() if self.outbox is not None else 0))
             OUTBOX_REFUSALS.counts = lambda: self.outbox.refusals() if self.outbox is not None else {}
+            GUEST_DHCP.replies, GUEST_DHCP.taps = self.guest_dhcp.replies, self.guest_dhcp.taps
             start_http_server(self.cfg.metrics_port, addr=self.cfg.metrics_address)
         log.info("plexus-ipamd ready: cni=%s ipam=%s grpc=%s objects=%s db=%s (recovered %d attachments)",
                  self.cfg.socket, self.cfg.ipam_plugin_socket, self.cfg.grpc_socket, self.cfg.objects_dir, self.cfg.db, recovered)

@@ -3,7 +3,7 @@
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 CNI_REQUESTS = Counter("plexus_cni_requests_total", "CNI calls served, by verb and outcome", ["verb", "outcome"])
 CNI_SECONDS = Histogram(
@@ -30,3 +30,25 @@ class OutboxRefusals:
 
 OUTBOX_REFUSALS = OutboxRefusals(dict)  # its ``counts`` set by the daemon, as OUTBOX_DEPTH's function is
 REGISTRY.register(OUTBOX_REFUSALS)
+
+
+class GuestDhcpMetrics:
+    """``plexus_guest_dhcp_replies_total{reply}`` and ``plexus_guest_dhcp_taps``: what the guests of TAPs with
+    ``ipAssignmentMode: DHCP`` were answered, and how many TAPs are served; read from the server at each scrape."""
+
+    def __init__(self, replies: Callable[[], Mapping[str, int]], taps: Callable[[], int]) -> None:
+        self.replies = replies
+        self.taps = taps
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        family = CounterMetricFamily("plexus_guest_dhcp_replies", "DHCP answers sent to VM guests, by kind",
+                                     labels=["reply"])
+        for reply, n in sorted(self.replies().items()):
+            family.add_metric([reply], float(n))
+        yield family
+        yield GaugeMetricFamily("plexus_guest_dhcp_taps", "TAPs whose guest the node answers over DHCP",
+                                value=float(self.taps()))
+
+
+GUEST_DHCP = GuestDhcpMetrics(dict, int)  # its sources set by the daemon
+REGISTRY.register(GUEST_DHCP)

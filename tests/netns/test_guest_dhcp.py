@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from pyroute2 import IPRoute
 
 from ipamd.dhcp.offers import SERVER_ADDRESS
@@ -21,6 +22,7 @@ from ipamd.drivers.base import BuildContext, InterfaceKey, InterfaceRequest, Lin
 from ipamd.drivers.tap import TapDriver
 from ipamd.netlink import segment_links
 from ipamd.netlink.netns import netlink_at, open_netns, pod_namespace
+from ipamd.server.metrics import GuestDhcpMetrics
 from ipamd.store.records import AttachmentRecord, BuiltInterface
 from tests.netns.guest import GUEST_IF, guest
 from tests.netns.kernel_world import World, in_ns, link_names
@@ -99,6 +101,12 @@ def test_the_guest_gets_its_leased_address_network_routes_and_mtu(world: World, 
         assert lease["router"] == "198.18.70.1"
         assert lease["staticroutes"] == "0.0.0.0/0 198.18.70.1 198.19.70.0/24 198.18.70.2"
         assert lease["lease"] == "4294967295", "held for the pod's life: never renewed"
+        assert dhcp.replies() == {"OFFER": 1, "ACK": 1} and dhcp.taps() == 1
+        registry = CollectorRegistry()
+        registry.register(GuestDhcpMetrics(dhcp.replies, dhcp.taps))
+        scraped = generate_latest(registry).decode()
+        assert 'plexus_guest_dhcp_replies_total{reply="OFFER"} 1.0' in scraped
+        assert "plexus_guest_dhcp_taps 1.0" in scraped
         addrs, routes, mtu = _guest_state(vm.path)
         assert addrs == ["198.18.70.10/24"]
         assert routes == {"0.0.0.0/0 via 198.18.70.1", "198.19.70.0/24 via 198.18.70.2"}
