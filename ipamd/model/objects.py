@@ -390,10 +390,15 @@ def _pool_ref(spec: Mapping[str, Any], meta: str, allowed: tuple[str, ...]) -> R
     return Ref(kind, name)
 
 def _parents(spec: Mapping[str, Any], meta: str, path: str) -> tuple[str, ...]:
-    """Parent NICs: Plexus's local mode names them (``names``); a ``labelSelector`` is for NodeNetworkInterfaces."""
+    """Parent NICs, by name (``names``). The Deckhouse API's ``labelSelector`` selects NodeNetworkInterface objects,
+    which Plexus does not make: refused, naming it, rather than taken for "no parent" (the class's networks would
+    then be bridges of each node alone, with no error anywhere)."""
     parents = _get(spec, "parentNodeNetworkInterfaces", dict, meta, path)
     if not parents:
         return ()
+    if "labelSelector" in parents:
+        raise ManifestInvalid(meta, f"{path}.labelSelector", "selects NodeNetworkInterface objects, which Plexus does "
+                                                             "not make: name the node's NICs instead (names: [eth1])")
     names = _get(parents, "names", list, meta, f"{path}.names") or []
     for i, n in enumerate(names):
         if not valid_ifname(n):

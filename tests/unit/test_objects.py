@@ -110,6 +110,10 @@ def test_network_class_vxlan_defaults_to_port_4789_and_multicast_group() -> None
      "spec.vlan.parentNodeNetworkInterfaces.names[0]"),
     ({"vlan": {"idPool": ["600"], "parentNodeNetworkInterfaces": {"names": ["x" * 16]}}},
      "spec.vlan.parentNodeNetworkInterfaces.names[0]"),
+    ({"vlan": {"idPool": ["600"], "parentNodeNetworkInterfaces": {"labelSelector": {"matchLabels": {"a": "b"}}}}},
+     "spec.vlan.parentNodeNetworkInterfaces.labelSelector"),
+    ({"parentNodeNetworkInterfaces": {"names": ["eth1"], "labelSelector": {}}},
+     "spec.parentNodeNetworkInterfaces.labelSelector"),
     ({"vlan": {"idPool": ["600"]}, "vxlan": {"vniPool": ["1"]}}, "spec.vxlan"),
     ({"vxlan": {"vniPool": ["16777216"]}}, "spec.vxlan.vniPool[0]"),
     ({"vxlan": {"vniPool": ["1"], "port": 70000}}, "spec.vxlan.port"),
@@ -211,6 +215,8 @@ def test_cluster_network_vlan_from_class_needs_no_id() -> None:
      "spec.ipam.ipAddressPoolRef.kind"),
     ({"type": "Access", "parentNodeNetworkInterfaces": {"names": ["eth1", ""]}},
      "spec.parentNodeNetworkInterfaces.names[1]"),
+    ({"type": "VLAN", "vlan": {"id": 900}, "parentNodeNetworkInterfaces": {"labelSelector": {"matchLabels": {}}}},
+     "spec.parentNodeNetworkInterfaces.labelSelector"),  # the Deckhouse API's form: refused, not taken for none
 ])
 def test_cluster_network_invalid(spec: dict[str, Any], field: str) -> None:
     exc = invalid(manifest("ClusterNetwork", "cn", spec))
