@@ -14,8 +14,9 @@ OUTBOX_DEPTH = Gauge("plexus_outbox_depth", "Writes to the cluster's API this no
 
 
 class OutboxRefusals:
-    """``plexus_outbox_refused_total{op,kind}``: the writes the API server refused for good (``outbox.REFUSED_FOR_GOOD``: 400, 403, 405, 413, 415, 422), which
-    the outbox drops so as not to block their object for ever; read from the outbox's own count at each scrape."""
+    """``plexus_outbox_refused_total{op,kind}``: the writes the API server refused for good (``REFUSED_FOR_GOOD``:
+    400, 403, 405, 413, 415, 422), which the outbox drops so as not to block their object for ever; read from the
+    outbox's own count at each scrape."""
 
     def __init__(self, counts: Callable[[], Mapping[tuple[str, str], int]]) -> None:
         self.counts = counts
