@@ -21,27 +21,33 @@ from ipamd.dhcp.offers import (
 )
 
 _BROADCAST_FLAG = 0x8000
+BOOTP_MIN_LEN = 300  # RFC 951, RFC 1542 §2.1: some clients (PXE ROMs) drop a shorter message
+OPT_CLIENT_ID = 61
+#: Where a guest's message to this server goes: everyone, or the server itself (a unicast to another is not ours).
+_OURS = {b"\xff\xff\xff\xff", ipaddress.IPv4Address(SERVER_ADDRESS).packed}
 
 
 def decode(frame: bytes) -> Message | None:
-    """The DHCP message a frame carries to a server (None for any other frame, or a malformed one)."""
+    """The DHCP message a frame carries to this server (None for any other frame, or a malformed one: whatever a
+    guest sends, the parser's failure is never the server's)."""
     try:
         eth = dpkt.ethernet.Ethernet(frame)
         ip = eth.data
-        if not isinstance(ip, dpkt.ip.IP) or not isinstance(ip.data, dpkt.udp.UDP) or ip.data.dport != SERVER_PORT:
+        if not isinstance(ip, dpkt.ip.IP) or not isinstance(ip.data, dpkt.udp.UDP) or ip.data.dport != SERVER_PORT \
+                or bytes(ip.dst) not in _OURS:
             return None
         msg = dpkt.dhcp.DHCP(ip.data.data)
-    except (dpkt.UnpackError, ValueError):
+        opts = dict(msg.opts)
+    except Exception:  # noqa: BLE001 - dpkt raises IndexError, struct.error, ... on a frame cut short inside
         return None
     if msg.op != dpkt.dhcp.DHCP_OP_REQUEST or msg.hln != 6 or msg.magic != dpkt.dhcp.DHCP_MAGIC:
         return None
-    opts = dict(msg.opts)
     kind = opts.get(OPT_MESSAGE_TYPE, b"")
     if len(kind) != 1:
         return None  # BOOTP, not DHCP: no message type
     return Message(kind[0], msg.xid, _mac(msg.chaddr[:6]), _addr(msg.ciaddr), _opt_ip(opts.get(OPT_REQUESTED)),
                    _opt_ip(opts.get(OPT_SERVER_ID)), bool(msg.flags & _BROADCAST_FLAG),
-                   tuple(opts.get(OPT_PARAMETERS, b"")))
+                   tuple(opts.get(OPT_PARAMETERS, b"")), opts.get(OPT_CLIENT_ID))
 
 
 def encode(reply: Reply) -> bytes:
@@ -50,7 +56,8 @@ def encode(reply: Reply) -> bytes:
                          ciaddr=_int(reply.ciaddr), yiaddr=_int(reply.yiaddr), siaddr=0, giaddr=0,
                          chaddr=bytes.fromhex(reply.mac.replace(":", "")) + bytes(10),
                          opts=list(reply.options))
-    udp = dpkt.udp.UDP(sport=SERVER_PORT, dport=CLIENT_PORT, data=bytes(msg))
+    body = bytes(msg)
+    udp = dpkt.udp.UDP(sport=SERVER_PORT, dport=CLIENT_PORT, data=body + bytes(max(0, BOOTP_MIN_LEN - len(body))))
     udp.ulen = len(udp)
     ip = dpkt.ip.IP(src=ipaddress.IPv4Address(SERVER_ADDRESS).packed, dst=ipaddress.IPv4Address(reply.to_ip).packed,
                     p=dpkt.ip.IP_PROTO_UDP, ttl=64, data=udp)

@@ -23,6 +23,7 @@ SERVER_PORT, CLIENT_PORT = 67, 68
 # option codes (RFC 2132, RFC 3442)
 OPT_NETMASK, OPT_ROUTER, OPT_MTU, OPT_BROADCAST = 1, 3, 26, 28
 OPT_REQUESTED, OPT_LEASE_TIME, OPT_MESSAGE_TYPE, OPT_SERVER_ID, OPT_PARAMETERS, OPT_MESSAGE = 50, 51, 53, 54, 55, 56
+OPT_CLIENT_ID = 61
 OPT_CLASSLESS_ROUTES = 121
 MIN_MTU = 68  # RFC 2132 §5.1: the smallest MTU option value
 
@@ -63,6 +64,7 @@ class Message:
     server_id: str = ""  # option 54
     broadcast: bool = False  # the BROADCAST flag
     parameters: tuple[int, ...] = ()  # option 55
+    client_id: bytes | None = None  # option 61, returned as it came (RFC 6842)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +79,7 @@ class Reply:
     options: tuple[tuple[int, bytes], ...]
     to_ip: str
     to_mac: str
-    broadcast: bool
+    broadcast: bool  # the reply's BROADCAST flag (the client's)
 
 
 def guest_lease(iface: BuiltInterface, mtu: int = 0) -> GuestLease | None:
@@ -114,10 +116,12 @@ def answer(msg: Message, lease: GuestLease) -> Reply | None:
 
 def _reply(kind: int, msg: Message, lease: GuestLease, inform: bool = False) -> Reply:
     options: list[tuple[int, bytes]] = [(OPT_MESSAGE_TYPE, bytes([kind])), (OPT_SERVER_ID, _ip(SERVER_ADDRESS))]
-    if kind == NAK:
+    if msg.client_id is not None:
+        options.append((OPT_CLIENT_ID, msg.client_id))
+    if kind == NAK:  # §4.3.2: broadcast, whatever the flag says (the guest's address is in doubt)
         options.append((OPT_MESSAGE, f"the address of this guest is {lease.address}".encode()))
         return Reply(kind, msg.xid, msg.mac, "0.0.0.0", "0.0.0.0", tuple(options), "255.255.255.255",
-                     "ff:ff:ff:ff:ff:ff", broadcast=True)
+                     "ff:ff:ff:ff:ff:ff", msg.broadcast)
     if not inform:
         options.append((OPT_LEASE_TIME, INFINITE.to_bytes(4, "big")))
     options += [(OPT_NETMASK, _ip(lease.netmask)), (OPT_BROADCAST, _ip(lease.broadcast))]
@@ -128,14 +132,15 @@ def _reply(kind: int, msg: Message, lease: GuestLease, inform: bool = False) -> 
         options.append((OPT_CLASSLESS_ROUTES, classless_routes(lease.routes)))
     if lease.mtu >= MIN_MTU:
         options.append((OPT_MTU, lease.mtu.to_bytes(2, "big")))
-    if inform or msg.ciaddr != "0.0.0.0":  # §4.1: to a configured guest, at its address
-        to_ip, to_mac, broadcast = msg.ciaddr, msg.mac, False
-    elif msg.broadcast:
-        to_ip, to_mac, broadcast = "255.255.255.255", "ff:ff:ff:ff:ff:ff", True
+    if msg.ciaddr != "0.0.0.0":  # §4.1: to a configured guest, at its address
+        to_ip, to_mac = msg.ciaddr, msg.mac
+    elif msg.broadcast or inform:  # an INFORM names no address to answer at: everyone on the TAP, the guest alone
+        to_ip, to_mac = "255.255.255.255", "ff:ff:ff:ff:ff:ff"
     else:
-        to_ip, to_mac, broadcast = lease.address, msg.mac, False
-    return Reply(kind, msg.xid, msg.mac, "0.0.0.0" if inform else lease.address, msg.ciaddr, tuple(options), to_ip,
-                 to_mac, broadcast)
+        to_ip, to_mac = lease.address, msg.mac
+    # Table 3: ciaddr is the client's in an ACK, 0 in an OFFER
+    return Reply(kind, msg.xid, msg.mac, "0.0.0.0" if inform else lease.address,
+                 "0.0.0.0" if kind == OFFER else msg.ciaddr, tuple(options), to_ip, to_mac, msg.broadcast)
 
 
 def classless_routes(routes: tuple[tuple[str, str], ...]) -> bytes:

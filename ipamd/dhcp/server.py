@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ipamd.dhcp.offers import SERVER_PORT, GuestLease, answer, describe, guest_lease
+from ipamd.dhcp.offers import DECLINE, SERVER_PORT, GuestLease, answer, describe, guest_lease
 from ipamd.netlink.netns import in_namespace, open_netns
 from ipamd.store.records import AttachmentRecord
 
@@ -139,7 +139,8 @@ class GuestDhcp:
 
     def replies(self) -> dict[str, int]:
         """The answers sent, by kind: ``plexus_guest_dhcp_replies_total``."""
-        return dict(self._replies)
+        with self._lock:
+            return dict(self._replies)
 
     def taps(self) -> int:
         """How many TAPs are served: ``plexus_guest_dhcp_taps``."""
@@ -201,7 +202,10 @@ class GuestDhcp:
                 if self._closed:
                     return
             for sel_key, _ in events:
-                self._handle(sel_key.data)
+                try:
+                    self._handle(sel_key.data)
+                except Exception:  # one guest's frame never ends the answers to every other
+                    log.exception("DHCP on the TAP of %s: a frame not handled", sel_key.data)
 
     def _handle(self, key: str) -> None:
         from ipamd.dhcp import frames  # dpkt: ~50 ms to import, paid by a daemon that serves a guest
@@ -221,12 +225,16 @@ class GuestDhcp:
             if addr[2] == PACKET_OUTGOING:
                 continue
             msg = frames.decode(frame)
+            if msg is not None and msg.kind == DECLINE and msg.mac == tap.lease.mac:
+                log.warning("the guest of TAP %s declined %s: another host on its segment answers for it", tap.if_name,
+                            tap.lease.address)
             reply = answer(msg, tap.lease) if msg is not None else None
             if reply is None:
                 continue
             try:
                 sock.send(frames.with_source(frames.encode(reply), tap.mac))
-                self._replies[describe(reply)["reply"]] += 1
+                with self._lock:
+                    self._replies[describe(reply)["reply"]] += 1
                 log.debug("DHCP on TAP %s: %s", tap.if_name, describe(reply))
             except OSError as exc:  # no guest on the TAP (no carrier), or the TAP gone: the guest asks again
                 log.debug("DHCP on TAP %s: answer not sent: %s", tap.if_name, exc)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dpkt
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from pyroute2 import IPRoute
@@ -132,6 +133,29 @@ def test_a_guest_asking_for_another_address_or_with_another_mac_gets_none(world:
         assert code == 0 and lease["ip"] == "198.18.70.10"
 
 
+def test_a_malformed_frame_or_a_decline_ends_no_answers(world: World, dhcp: GuestDhcp, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A frame dpkt cannot read (a last option with no length byte: IndexError) killed the one reader thread, and
+    with it the answers to every guest of the node; a DECLINE (the address answered for on the segment) was silent."""
+    driver, iface = TapDriver(dhcp), _iface()
+    _build(world, driver, iface)
+    with guest(world.paths["pod"], "net1", GUEST_MAC, tmp_path) as vm:
+        raw = in_ns(vm.path, lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW))
+        try:
+            raw.bind((GUEST_IF, 0))
+            cut = bytes(dpkt.dhcp.DHCP(op=1, xid=7, chaddr=bytes.fromhex(GUEST_MAC.replace(":", "")) + bytes(10),
+                                       opts=[(53, b"\x01")]))[:-1] + bytes([55])
+            raw.send(_udp_frame(67, cut))
+            raw.send(_udp_frame(67, bytes(dpkt.dhcp.DHCP(
+                op=1, xid=8, chaddr=bytes.fromhex(GUEST_MAC.replace(":", "")) + bytes(10),
+                opts=[(53, b"\x04"), (50, bytes([198, 18, 70, 10])), (54, bytes([169, 254, 1, 1]))]))))
+        finally:
+            raw.close()
+        code, lease = vm.dhcp()
+        assert code == 0 and lease["ip"] == "198.18.70.10", "the server stopped answering after a malformed frame"
+    assert any("declined 198.18.70.10" in r.getMessage() for r in caplog.records)
+
+
 def test_no_server_without_the_mode_and_none_after_teardown(world: World, dhcp: GuestDhcp, tmp_path: Path) -> None:
     plain = TapDriver(dhcp)
     iface = _iface(dhcp=False)
@@ -216,8 +240,6 @@ def test_only_frames_to_a_dhcp_server_reach_the_socket(world: World) -> None:
 
 
 def _udp_frame(port: int, payload: bytes) -> bytes:
-    import dpkt
-
     udp = dpkt.udp.UDP(sport=68, dport=port, data=payload)
     udp.ulen = len(udp)
     ip = dpkt.ip.IP(src=bytes(4), dst=b"\xff" * 4, p=17, data=udp)

@@ -38,7 +38,7 @@ from ipamd.model.annotations import NetworkSelection
 from ipamd.store.records import BuiltInterface
 from ipamd.store.sqlite import Store
 from tests.unit.test_admission import SPEC
-from tests.unit.test_ipam import network, pod, pool, world
+from tests.unit.test_ipam import network, obj, pod, pool, world
 from tests.unit.test_networks import wanted
 
 MAC = "02:00:00:00:00:07"
@@ -103,7 +103,9 @@ def test_request_is_acked_for_the_guests_address_and_naked_for_another(extra: di
     reply = answer(msg(REQUEST, **extra), LEASE)
     assert reply is not None and reply.kind == kind
     if kind == NAK:
-        assert (reply.yiaddr, reply.to_ip, reply.broadcast) == ("0.0.0.0", "255.255.255.255", True)
+        # §4.3.2: broadcast whatever the flag, which is the client's
+        assert (reply.yiaddr, reply.to_ip, reply.to_mac, reply.broadcast) == (
+            "0.0.0.0", "255.255.255.255", "ff:ff:ff:ff:ff:ff", False)
         assert dict(reply.options)[56] == b"the address of this guest is 198.18.70.10"
     else:
         assert reply.yiaddr == "198.18.70.10"
@@ -122,6 +124,22 @@ def test_inform_gets_the_configuration_and_no_lease() -> None:
     reply = answer(msg(INFORM, ciaddr="198.18.70.10"), LEASE)
     assert reply is not None and (reply.kind, reply.yiaddr, reply.to_ip) == (ACK, "0.0.0.0", "198.18.70.10")
     assert OPT_LEASE_TIME not in dict(reply.options)
+    nowhere = answer(msg(INFORM), LEASE)  # no ciaddr to answer at (not 0.0.0.0): to everyone on the TAP
+    assert nowhere is not None and (nowhere.to_ip, nowhere.to_mac) == ("255.255.255.255", "ff:ff:ff:ff:ff:ff")
+
+
+def test_an_offer_has_no_ciaddr_and_an_ack_the_clients() -> None:
+    offer = answer(msg(DISCOVER, ciaddr="198.18.70.10"), LEASE)
+    ack = answer(msg(REQUEST, ciaddr="198.18.70.10"), LEASE)
+    assert offer is not None and ack is not None and (offer.ciaddr, ack.ciaddr) == ("0.0.0.0", "198.18.70.10")
+
+
+def test_the_client_identifier_comes_back_as_it_came() -> None:
+    """RFC 6842 §3: a server MUST return option 61 unchanged (a client may drop an answer without it)."""
+    for kind, extra in ((DISCOVER, {}), (REQUEST, {"requested": "198.18.70.10"}), (REQUEST, {"requested": "1.2.3.4"})):
+        reply = answer(msg(kind, client_id=b"\x01\x02\x00\x00\x00\x00\x07", **extra), LEASE)
+        assert reply is not None and dict(reply.options)[61] == b"\x01\x02\x00\x00\x00\x00\x07", kind
+    assert 61 not in options(DISCOVER)
 
 
 @pytest.mark.parametrize("kind", [DECLINE, RELEASE, OFFER, ACK, 99])
@@ -143,12 +161,12 @@ def test_no_router_and_no_mtu_option_when_there_are_none() -> None:
 
 # -- frames ------------------------------------------------------------------------------------------------------------
 
-def client_frame(kind: int, **dhcp: object) -> bytes:
+def client_frame(kind: int, dst: bytes = b"\xff" * 4, body: bytes | None = None, **dhcp: object) -> bytes:
     opts = [(53, bytes([kind])), (55, bytes([1, 3, 121])), (50, bytes([198, 18, 70, 10]))]
     m = dpkt.dhcp.DHCP(op=1, xid=77, chaddr=bytes.fromhex("020000000007") + bytes(10), opts=opts, **dhcp)
-    udp = dpkt.udp.UDP(sport=68, dport=67, data=bytes(m))
+    udp = dpkt.udp.UDP(sport=68, dport=67, data=bytes(m) if body is None else body)
     udp.ulen = len(udp)
-    ip = dpkt.ip.IP(src=bytes(4), dst=b"\xff" * 4, p=17, data=udp)
+    ip = dpkt.ip.IP(src=bytes(4), dst=dst, p=17, data=udp)
     ip.len = len(ip)
     return bytes(dpkt.ethernet.Ethernet(dst=b"\xff" * 6, src=bytes.fromhex("020000000007"), type=0x0800, data=ip))
 
@@ -156,6 +174,19 @@ def client_frame(kind: int, **dhcp: object) -> bytes:
 def test_a_clients_frame_is_read() -> None:
     m = frames.decode(client_frame(REQUEST, flags=0x8000))
     assert m == Message(REQUEST, 77, MAC, "0.0.0.0", "198.18.70.10", "", True, (1, 3, 121))
+
+
+def test_a_unicast_to_another_server_is_not_ours() -> None:
+    to_us = client_frame(REQUEST, dst=bytes([169, 254, 1, 1]))
+    assert frames.decode(to_us) is not None
+    assert frames.decode(client_frame(REQUEST, dst=bytes([198, 18, 70, 254]))) is None
+
+
+def test_an_option_cut_short_is_no_message_not_a_dead_server() -> None:
+    """dpkt raises IndexError for a last option with no length byte: the reader thread of every guest died of it."""
+    m = dpkt.dhcp.DHCP(op=1, xid=7, chaddr=bytes.fromhex("020000000007") + bytes(10), opts=[(53, b"\x01")])
+    body = bytes(m)[:-1] + bytes([55])  # END replaced by option 55, with no length
+    assert frames.decode(client_frame(DISCOVER, body=body)) is None
 
 
 @pytest.mark.parametrize("frame", [
@@ -176,6 +207,7 @@ def test_an_answer_frame_is_what_a_client_reads() -> None:
     ip, udp = eth.data, eth.data.data
     assert (ip.src, ip.dst, udp.sport, udp.dport) == (bytes([169, 254, 1, 1]), bytes([198, 18, 70, 10]), 67, 68)
     assert dpkt.in_cksum(bytes(ip)[:20]) == 0, "a valid IPv4 header checksum"
+    assert len(udp.data) >= 300, "RFC 1542 §2.1: a BOOTP message is at least 300 octets (PXE ROMs drop shorter)"
     m = dpkt.dhcp.DHCP(udp.data)
     assert (m.op, m.xid, m.yiaddr, m.chaddr[:6].hex()) == (2, 0x1234, 0xC612460A, "020000000007")
     assert dict(m.opts)[53] == bytes([OFFER])
@@ -231,5 +263,36 @@ def test_a_network_with_no_ipv4_address_to_hand_out_is_refused_naming_the_field(
         assert err.value.details == "networks-spec[1].ipAssignmentMode" and words in err.value.msg
         served = NetworkSelection(type="Network", name="net", if_name="tap0", interface_type="tap", guest_dhcp=True)
         assert ipam.validate(pod("vm"), served, ipam.resolve(served, "ns", "w"), "w") == []
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(("names", "refused"), [
+    (("vm-v6",), True), (("vm-auto6",), True), (("vm-v4",), False), (("vm-auto",), False),
+])
+def test_named_addresses_with_none_of_ipv4_are_refused_before_anything_is_leased(names: tuple[str, ...],
+                                                                                  refused: bool) -> None:
+    """A dual-stack pool passes the pool's check; the names may still give the TAP no IPv4 address (it failed late,
+    105, after the build)."""
+    source = world()
+    source.add(obj("IPAddressPool", "ds", {"pools": [{"network": "198.18.72.0/24"}, {"network": "2001:2:0:72::/64"}]}))
+    source.add(network("ds-net", "ds"))
+    ref = {"kind": "Network", "name": "ds-net"}
+    source.add(obj("IPAddress", "vm-v6", {"networkRef": ref, "type": "Static", "static": {"ip": "2001:2:0:72::10"}}))
+    source.add(obj("IPAddress", "vm-v4", {"networkRef": ref, "type": "Static", "static": {"ip": "198.18.72.10"}}))
+    source.add(obj("IPAddress", "vm-auto6", {"networkRef": ref, "ipFamily": "IPv6"}))
+    source.add(obj("IPAddress", "vm-auto", {"networkRef": ref}))
+    store = Store(":memory:")
+    try:
+        ipam = Ipam(store, source)
+        sel = NetworkSelection(type="Network", name="ds-net", if_name="tap0", interface_type="tap", guest_dhcp=True,
+                               ip_address_names=names)
+        resolved = ipam.resolve(sel, "ns", "networks-spec[0]")
+        if not refused:
+            assert len(ipam.validate(pod("vm"), sel, resolved, "networks-spec[0]")) == 1
+            return
+        with pytest.raises(InvalidConfig) as err:
+            ipam.validate(pod("vm"), sel, resolved, "networks-spec[0]")
+        assert err.value.details == "networks-spec[0].ipAssignmentMode" and "no IPv4 address" in err.value.msg
     finally:
         store.close()
