@@ -17,6 +17,7 @@ import selectors
 import socket
 import struct
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -36,6 +37,11 @@ PACKET_OUTGOING = 4
 SIOCGIFMTU, SIOCGIFHWADDR = 0x8921, 0x8927
 #: The state key a TAP's record keeps its choice in.
 STATE_KEY = "guestDhcp"
+#: A guest's DHCP messages read in a second before its TAP is left unread for the rest of that second: a client sends
+#: a few; a guest flooding port 67 then costs the kernel (its socket buffer overflows), not the daemon's Python.
+MESSAGES_PER_SECOND = 20
+#: The socket's receive buffer: a few frames (DHCP is a handful of messages); a flood overflows it in the kernel.
+RECEIVE_BUFFER = 16384
 
 # classic BPF, ``ip and udp dst port 67`` on Ethernet (what ``tcpdump -dd`` prints for it)
 _FILTER = (
@@ -79,6 +85,7 @@ def _open(if_name: str) -> tuple[socket.socket, int, bytes]:
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     try:
         _attach_filter(sock)  # before the bind: no frame of the guest's other traffic is ever queued
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         try:
             sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
         except OSError:
@@ -94,13 +101,26 @@ def _open(if_name: str) -> tuple[socket.socket, int, bytes]:
         raise
 
 
+def _drain(sock: socket.socket) -> None:
+    """Drop what is queued on the socket (a small buffer's worth)."""
+    try:
+        while True:
+            sock.recv(65535)
+    except OSError:  # BlockingIOError once empty
+        pass
+
+
 class GuestDhcp:
     """Answers the guests of the TAPs it serves, each keyed by its TAP's node-unique host link name."""
 
-    def __init__(self, in_netns: Callable[[int, Callable[[], Any]], Any] = in_namespace) -> None:
+    def __init__(self, in_netns: Callable[[int, Callable[[], Any]], Any] = in_namespace,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._in_netns = in_netns
+        self._clock = clock
         self._lock = threading.Lock()
         self._served: dict[str, tuple[socket.socket, _Tap]] = {}
+        self._paused: dict[str, float] = {}  # TAPs left unread (over their budget), until when
+        self._window: dict[str, tuple[float, int]] = {}  # the reader's: each TAP's second, and what it read in it
         self._selector: selectors.BaseSelector | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -117,7 +137,8 @@ class GuestDhcp:
             old = self._served.pop(key, None)
             selector = self._started()
             if old is not None:
-                selector.unregister(old[0])
+                if self._paused.pop(key, None) is None:
+                    selector.unregister(old[0])
                 old[0].close()
             self._served[key] = (sock, tap)
             selector.register(sock, selectors.EVENT_READ, key)
@@ -127,7 +148,8 @@ class GuestDhcp:
         """Stop answering on the TAP of ``key`` (nothing if it was not served)."""
         with self._lock:
             served = self._served.pop(key, None)
-            if served is not None and self._selector is not None:
+            paused = self._paused.pop(key, None)
+            if served is not None and self._selector is not None and paused is None:
                 self._selector.unregister(served[0])
         if served is not None:
             served[0].close()
@@ -194,18 +216,52 @@ class GuestDhcp:
 
     def _run(self, selector: selectors.BaseSelector) -> None:
         while True:
+            with self._lock:
+                soonest = min(self._paused.values(), default=None)
+            timeout = 1.0 if soonest is None else min(1.0, max(0.01, soonest - self._clock()))
             try:
-                events = selector.select(timeout=1.0)
+                events = selector.select(timeout=timeout)
             except (OSError, ValueError):  # closed
                 return
             with self._lock:
                 if self._closed:
                     return
+                self._resume_paused(selector)
             for sel_key, _ in events:
                 try:
                     self._handle(sel_key.data)
                 except Exception:  # one guest's frame never ends the answers to every other
                     log.exception("DHCP on the TAP of %s: a frame not handled", sel_key.data)
+
+    def _resume_paused(self, selector: selectors.BaseSelector) -> None:
+        """Read again the TAPs whose second of silence is over (the lock held)."""
+        now = self._clock()
+        for key, until in list(self._paused.items()):
+            if until <= now:
+                del self._paused[key]
+                served = self._served.get(key)
+                if served is not None:
+                    _drain(served[0])  # what the flood queued meanwhile: a real client asks again
+                    selector.register(served[0], selectors.EVENT_READ, key)
+
+    def _over_budget(self, key: str, sock: socket.socket, if_name: str) -> bool:
+        """Count one message of the TAP's; past its budget, leave the TAP unread until its second is over."""
+        now = self._clock()
+        start, n = self._window.get(key, (now, 0))
+        if now - start >= 1.0:
+            start, n = now, 0
+        self._window[key] = (start, n + 1)
+        if n + 1 <= MESSAGES_PER_SECOND:
+            return False
+        with self._lock:
+            served = self._served.get(key)
+            if served is None or served[0] is not sock or key in self._paused or self._selector is None:
+                return True
+            self._selector.unregister(sock)
+            self._paused[key] = start + 1.0
+        log.warning("the guest of TAP %s sent more than %d DHCP messages in a second: not read for the rest of it",
+                    if_name, MESSAGES_PER_SECOND)
+        return True
 
     def _handle(self, key: str) -> None:
         from ipamd.dhcp import frames  # dpkt: ~50 ms to import, paid by a daemon that serves a guest
@@ -213,6 +269,7 @@ class GuestDhcp:
         with self._lock:
             served = self._served.get(key)
         if served is None:
+            self._window.pop(key, None)
             return
         sock, tap = served
         for _ in range(64):  # what is queued, a bounded batch: one guest never starves the others
@@ -224,6 +281,8 @@ class GuestDhcp:
                 return
             if addr[2] == PACKET_OUTGOING:
                 continue
+            if self._over_budget(key, sock, tap.if_name):
+                return
             msg = frames.decode(frame)
             if msg is not None and msg.kind == DECLINE and msg.mac == tap.lease.mac:
                 log.warning("the guest of TAP %s declined %s: another host on its segment answers for it", tap.if_name,

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from pyroute2 import IPRoute
 
 from ipamd.dhcp.offers import SERVER_ADDRESS
-from ipamd.dhcp.server import STATE_KEY, GuestDhcp, _open
+from ipamd.dhcp.server import MESSAGES_PER_SECOND, STATE_KEY, GuestDhcp, _open
 from ipamd.drivers.base import BuildContext, InterfaceKey, InterfaceRequest, LinksContext
 from ipamd.drivers.tap import TapDriver
 from ipamd.netlink import segment_links
@@ -154,6 +154,33 @@ def test_a_malformed_frame_or_a_decline_ends_no_answers(world: World, dhcp: Gues
         code, lease = vm.dhcp()
         assert code == 0 and lease["ip"] == "198.18.70.10", "the server stopped answering after a malformed frame"
     assert any("declined 198.18.70.10" in r.getMessage() for r in caplog.records)
+
+
+def test_a_flooding_guest_is_read_at_its_budget_and_answered_again_after(world: World, dhcp: GuestDhcp,
+                                                                         tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A guest sending port 67 as fast as it can costs the daemon's one reader thread (and the GIL the CNI calls
+    share) at most MESSAGES_PER_SECOND messages a second; the rest overflow the socket in the kernel."""
+    driver, iface = TapDriver(dhcp), _iface()
+    _build(world, driver, iface)
+    discover = bytes(dpkt.dhcp.DHCP(op=1, xid=9, chaddr=bytes.fromhex(GUEST_MAC.replace(":", "")) + bytes(10),
+                                    opts=[(53, b"\x01")]))
+    with guest(world.paths["pod"], "net1", GUEST_MAC, tmp_path) as vm:
+        raw = in_ns(vm.path, lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW))
+        try:
+            raw.bind((GUEST_IF, 0))
+            started = time.monotonic()
+            for _ in range(2000):
+                raw.send(_udp_frame(67, discover))
+            seconds = time.monotonic() - started
+        finally:
+            raw.close()
+        time.sleep(0.3)
+        windows = int(seconds) + 2  # the seconds the flood (and the reader's backlog) may span
+        assert dhcp.replies().get("OFFER", 0) <= MESSAGES_PER_SECOND * windows < 2000
+        assert any("more than 20 DHCP messages in a second" in r.getMessage() for r in caplog.records)
+        code, lease = vm.dhcp()
+        assert code == 0 and lease["ip"] == "198.18.70.10", "the guest is not answered once its second is over"
 
 
 def test_no_server_without_the_mode_and_none_after_teardown(world: World, dhcp: GuestDhcp, tmp_path: Path) -> None:
