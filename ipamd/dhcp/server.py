@@ -101,13 +101,14 @@ def _open(if_name: str) -> tuple[socket.socket, int, bytes]:
         raise
 
 
-def _drain(sock: socket.socket) -> None:
-    """Drop what is queued on the socket (a small buffer's worth)."""
-    try:
-        while True:
+def _drain(sock: socket.socket, most: int = 64) -> None:
+    """Drop what is queued on the socket: a small buffer's worth, and never more than ``most`` frames (a guest still
+    flooding keeps it full; the budget then takes care of it)."""
+    for _ in range(most):
+        try:
             sock.recv(65535)
-    except OSError:  # BlockingIOError once empty
-        pass
+        except OSError:  # BlockingIOError once empty
+            return
 
 
 class GuestDhcp:
@@ -227,6 +228,8 @@ class GuestDhcp:
                 if self._closed:
                     return
                 self._resume_paused(selector)
+                for gone in [k for k in self._window if k not in self._served]:  # the reader's own dict
+                    del self._window[gone]
             for sel_key, _ in events:
                 try:
                     self._handle(sel_key.data)

@@ -261,13 +261,23 @@ class Ipam:
             raise InvalidConfig(f"{net.type} {net.name} has {has}: ipAssignmentMode DHCP hands the guest an IPv4 "
                                 "address leased from its pool", f"{where}.ipAssignmentMode")
         objs = [self._user_ip(pod, sel, net, n, where) for n in sel.ip_address_names]
-        if sel.guest_dhcp and objs and net.pool is not None and 4 not in {_family(o, net.pool) for o in objs}:
+        if sel.guest_dhcp and objs and net.pool is not None and 4 not in {self._family(o, net.pool) for o in objs}:
             raise InvalidConfig("ipAddressNames give the interface no IPv4 address: ipAssignmentMode DHCP hands the "
                                 "guest an IPv4 one", f"{where}.ipAssignmentMode")
         for obj in objs:
             if obj.type == "Static" and net.pool is not None:
                 self._check_static(obj, net.pool)
         return objs
+
+    def _family(self, obj: IPAddressObject, pool: AddressPool) -> int:
+        """The family of the address a user's IPAddress gets: the one its record holds while the pool still has it
+        (a pool gaining a family never moves an address: ``asked_family``), else what the object asks."""
+        rec = self.store.get_ip(obj.meta.key)
+        if rec is not None and not made_again(rec, obj):
+            return asked_family(rec, pool)
+        if obj.static_ip:
+            return ipaddress.ip_address(obj.static_ip).version
+        return obj.family or pool.families[0]
 
     def _check_static(self, obj: IPAddressObject, pool: AddressPool) -> None:
         ip = to_int(obj.static_ip)
@@ -1156,9 +1166,3 @@ def _check_address(address: str) -> None:
     except ValueError as exc:
         raise InvalidConfig(f"{address!r} is not an address of a pool: {exc}", "address") from None
 
-
-def _family(obj: IPAddressObject, pool: AddressPool) -> int:
-    """The family of the address a user's IPAddress gets: its static one's, its ``ipFamily``, or the pool's first."""
-    if obj.static_ip:
-        return ipaddress.ip_address(obj.static_ip).version
-    return obj.family or pool.families[0]

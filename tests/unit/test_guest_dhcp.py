@@ -5,6 +5,8 @@ is leased. The kernel side (a real client behind a real TAP) is ``tests/netns/te
 from __future__ import annotations
 
 import json
+import socket
+import time
 
 import dpkt
 import pytest
@@ -31,6 +33,7 @@ from ipamd.dhcp.offers import (
     classless_routes,
     guest_lease,
 )
+from ipamd.dhcp.server import GuestDhcp, _drain
 from ipamd.drivers.base import InterfaceKey, InterfaceRequest
 from ipamd.drivers.tap import TapDriver
 from ipamd.ipam.addresses import Ipam
@@ -38,7 +41,8 @@ from ipamd.model.annotations import NetworkSelection
 from ipamd.store.records import BuiltInterface
 from ipamd.store.sqlite import Store
 from tests.unit.test_admission import SPEC
-from tests.unit.test_ipam import network, obj, pod, pool, world
+from tests.unit.test_ipam import attach, gone, network, obj, pod, pool, world
+from tests.unit.test_ipam_ipv6 import FOUR, SIX, _edited, _pool
 from tests.unit.test_networks import wanted
 
 MAC = "02:00:00:00:00:07"
@@ -296,3 +300,81 @@ def test_named_addresses_with_none_of_ipv4_are_refused_before_anything_is_leased
         assert err.value.details == "networks-spec[0].ipAssignmentMode" and "no IPv4 address" in err.value.msg
     finally:
         store.close()
+
+
+def test_a_named_auto_address_keeps_the_family_it_holds_when_its_pool_gains_ipv4() -> None:
+    """A plain Auto IPAddress of an IPv6-only pool keeps its IPv6 address when the pool becomes dual-stack
+    (``asked_family``): the check went by the pool's first family, let the TAP through, and ADD failed late (105)."""
+    source, ipam, store = _edited(SIX)
+    try:
+        assert [c.address for c in attach(ipam, pod("a"), names=("ua",))] == ["2001:2:0:95::2"]
+        gone(ipam, pod("a"))
+        source.add(_pool(FOUR, SIX))
+        sel = NetworkSelection(type="Network", name="net", if_name="tap0", interface_type="tap", guest_dhcp=True,
+                               ip_address_names=("ua",))
+        with pytest.raises(InvalidConfig) as err:
+            ipam.validate(pod("vm"), sel, ipam.resolve(sel, "ns", "networks-spec[0]"), "networks-spec[0]")
+        assert err.value.details == "networks-spec[0].ipAssignmentMode"
+    finally:
+        store.close()
+
+
+def test_draining_a_paused_taps_socket_stops_at_a_bound() -> None:
+    """What a flood queued is dropped when the TAP is read again, but never more than a batch: a guest still
+    flooding would keep the socket full, and the drain runs with the server's lock held."""
+    class Flooded:
+        reads = 0
+
+        def recv(self, size: int) -> bytes:
+            self.reads += 1
+            return b"frame"
+
+    sock = Flooded()
+    _drain(sock)  # type: ignore[arg-type]
+    assert sock.reads == 64
+
+
+class FakeTapSocket:
+    """A TAP's packet socket for the reader thread: a real fd for its selector (one end of a socket pair), each
+    datagram written to the other end read as a frame the guest sent."""
+
+    def __init__(self) -> None:
+        self.inner, self.guest = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.inner.setblocking(False)
+        self.sent: list[bytes] = []
+
+    def fileno(self) -> int:
+        return self.inner.fileno()
+
+    def recvfrom(self, size: int) -> tuple[bytes, tuple[str, int, int]]:
+        return self.inner.recv(size), ("net1", 0x0003, 0)
+
+    def recv(self, size: int) -> bytes:
+        return self.inner.recv(size)
+
+    def send(self, frame: bytes) -> int:
+        self.sent.append(frame)
+        return len(frame)
+
+    def close(self) -> None:
+        self.inner.close()
+        self.guest.close()
+
+
+def test_a_stopped_taps_count_is_forgotten() -> None:
+    """The reader's per-TAP count was kept for every TAP ever served, for the daemon's life."""
+    tap = FakeTapSocket()
+    dhcp = GuestDhcp(in_netns=lambda fd, fn: (tap, 1500, bytes(6)))
+    try:
+        dhcp.serve("k", 0, "net1", LEASE)
+        tap.guest.send(client_frame(DISCOVER))
+        deadline = time.monotonic() + 10
+        while not tap.sent and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert tap.sent and "k" in dhcp._window
+        dhcp.stop("k")
+        while "k" in dhcp._window and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "k" not in dhcp._window
+    finally:
+        dhcp.close()
