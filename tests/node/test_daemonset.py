@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from tests.conftest import FROZEN, REPO
+from tests.netns.guest import guest
 from tests.node.test_node_tier import (
     BUSYBOX,
     NODE,
@@ -199,6 +200,30 @@ def test_the_daemonset_installs_plexus_and_serves_pods(cluster: tuple[NodeCluste
     assert f"{address}/24" in out.stdout
     assert BUSYBOX in json.dumps(c.get("pod", "-n", "my-namespace", "app")["spec"])
 
+    # a VM's pod: its TAP's guest takes its address over DHCP from the frozen daemon of the image (dpkt in the bundle)
+    vm_spec = [{"type": "Network", "name": "my-network", "ifName": "tap0", "interfaceType": "tap",
+                "mac": "02:00:00:00:00:0a", "ipAssignmentMode": "DHCP"}]
+    c.apply([{"apiVersion": "v1", "kind": "Pod",
+              "metadata": {"name": "vm", "namespace": "my-namespace", "annotations": spec_annotations(vm_spec)},
+              "spec": {**pod_spec(vm_spec), "nodeName": NODE}}])
+    assert wait_for(lambda: c.get("pod", "-n", "my-namespace", "vm")["status"].get("phase") == "Running"), describe(c)
+    vm_status = json.loads(c.get("pod", "-n", "my-namespace", "vm")["metadata"]["annotations"]
+                           ["network.deckhouse.io/networks-status"])
+    vm_address = vm_status[0]["ipAddressConfigs"][0]["address"]
+    with guest(pod_netns(c, "vm"), "tap0", "02:00:00:00:00:0a", root / "guest") as vm:
+        code, lease = vm.dhcp()
+        assert code == 0 and lease["ip"] == vm_address, (code, lease, describe(c))
+    c.kubectl("delete", "pod", "-n", "my-namespace", "vm", "--wait=true", "--timeout=120s")
+
     c.kubectl("delete", "pod", "-n", "my-namespace", "app", "--wait=true", "--timeout=120s")
     assert wait_for(lambda: not [x for x in c.get("ipaddresslease")["items"] if x["spec"]["ip"] == address],
                     timeout=90), "the address comes back after the pod (and its quarantine) are gone"
+
+
+def pod_netns(c: NodeCluster, name: str) -> str:
+    """The namespace of a running pod's container, as its process sees it (a path ``setns`` opens)."""
+    cid = c.get("pod", "-n", "my-namespace", name)["status"]["containerStatuses"][0]["containerID"].split("://")[-1]
+    tasks = subprocess.run([str(c.data / "bin" / "ctr"), "tasks", "ls"], capture_output=True, text=True,
+                           check=True).stdout
+    (pid,) = [line.split()[1] for line in tasks.splitlines()[1:] if line.split() and line.split()[0] == cid]
+    return f"/proc/{pid}/ns/net"
