@@ -176,6 +176,11 @@ class NodeDaemon:
         if self.controller is not None:
             self.controller.start()
             self.services.start()
+        # served before the recovery: undoing a killed ADD runs its delegates' DEL, whose plexus-ipam calls here
+        # (``IpamPlugin.handle`` serves DEL alone until ready)
+        self.ipam_server = CniHttpServer(self.cfg.ipam_plugin_socket, self.calls.served(self.ipam_plugin.handle),
+                                         self._ready.is_set, endpoint="/v1/ipam")
+        threading.Thread(target=self.ipam_server.serve_forever, name="ipam-server", daemon=True).start()
         reap_orphans(os.path.abspath(self.cfg.db))  # delegates a killed predecessor left running, before undoing them
         recovered = self.reconciler.recover()
         self.guest_dhcp.resume(self.store.attachments())  # before any DEL can come: a DEL then stops it for good
@@ -187,9 +192,6 @@ class NodeDaemon:
         self.cni_server = CniHttpServer(self.cfg.socket, self.calls.served(self.attacher.handle), self._ready.is_set,
                                         workers=self.cfg.cni_workers)
         threading.Thread(target=self.cni_server.serve_forever, name="cni-server", daemon=True).start()
-        self.ipam_server = CniHttpServer(self.cfg.ipam_plugin_socket, self.calls.served(self.ipam_plugin.handle),
-                                         self._ready.is_set, endpoint="/v1/ipam")
-        threading.Thread(target=self.ipam_server.serve_forever, name="ipam-server", daemon=True).start()
         self._ready.set()
         service = IpamService(self.store, self.source, self.ipam, self.sync, self._outbox_made)
         self.grpc_server, self.health = serve(self.cfg.grpc_socket, service, self._ready.is_set)

@@ -164,6 +164,11 @@ class IpamPlugin:
 
     def handle(self, call: CniCall) -> dict[str, Any]:
         handlers = {"ADD": self.add, "DEL": self.delete, "CHECK": self.check, "GC": self.gc, "STATUS": self.status}
+        if not self.ready() and call.verb not in ("DEL", "STATUS"):
+            # served before the daemon is ready for the DELs its recovery makes (a delegate's plexus-ipam, undone),
+            # which need nothing but the store: the rest waits for what the recovery leaves
+            raise TryAgainLater("plexus-ipamd is starting: it is finishing what it was doing when it stopped",
+                                "recovery")
         if call.verb not in ("ADD", "DEL", "CHECK"):
             return dispatch(call, handlers)
         # one call per attachment at a time: a runtime that gave up on a slow ADD sends DEL, which must release

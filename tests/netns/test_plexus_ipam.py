@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import stat
 import sys
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import yaml
 
 from tests.conftest import REPO, shim_command
 from tests.harness import Node, links_in, run
+from tests.netns.test_crash import restart
 from tests.netns.test_delegation import attachments, nad, pod
 from tests.netns.test_plexusctl import ctl
 
@@ -268,3 +270,32 @@ def test_a_pool_entry_stored_before_its_network_was_refused_is_not_served_to_a_n
     assert set(links_in(old)) == {"lo"} and attachments(node) == []
     assert [(x.address, x.state) for x in node.leases()] == [("198.18.77.1", "orphaned")]
     run("ip", "-n", os.path.basename(node.netns), "link", "del", "pxbr7", check=False)
+
+
+def test_an_add_killed_while_its_bridge_held_a_plexus_ipam_lease_is_undone_at_the_restart(
+        node: Node, bindir: Path) -> None:
+    """``delegateIPAM: exec``: the bridge's plexus-ipam leased, the daemon is killed before the commit. The restarted
+    daemon's recovery runs the bridge's DEL, whose plexus-ipam DEL needs the daemon's IPAM socket: served (for DEL
+    alone) before the recovery, so the ADD is undone then, not left ``adding`` for a reconcile round; an ADD of
+    plexus-ipam in that moment is told to try again (11), not served from a store still being recovered."""
+    node.apply([*yaml.safe_load_all(POOL),
+                bridge_nad(node, "pooled", "pxbr8", ipAddressPoolRef={"kind": "ClusterIPAddressPool",
+                                                                     "name": "delegates"}),
+                pod("app", {NPWG: "pooled"})])
+    ns = node.pod_netns("app")
+    c = conf(node, bindir, delegateIPAM="exec")
+    restart(node, env={"PLEXUS_FAULT": "add:built"})
+    res = node.cni("ADD", "c1", ns, pod=(NS, "app"), conf=c)
+    assert not res.ok and node.wait_exit(15) == -signal.SIGKILL, res
+    node.proc = None
+    assert [line.split(" IPAM ")[1].split()[0] for line in ipam_calls(node)] == ["ADD"], "the bridge's lease"
+    node.reconcile_interval = 3600  # nothing but the recovery at start may undo it
+    restart(node)
+    told = [line for line in node.log_text().splitlines() if "pyroute2" not in line]
+    assert any("recovered adding attachment" in line for line in told), "\n".join(line for line in told if "DEBUG" not in line)
+    assert not any("could not recover attachment" in line for line in told), told
+    assert attachments(node) == [] and set(links_in(ns)) == {"lo"}
+    assert [(x.address, x.state) for x in node.leases()] == [("198.18.70.10", "orphaned")]
+    assert [line.split(" IPAM ")[1].split()[0] for line in ipam_calls(node)] == ["ADD", "DEL"]
+    assert node.cni("DEL", "c1", ns, pod=(NS, "app"), conf=c).ok
+    run("ip", "-n", os.path.basename(node.netns), "link", "del", "pxbr8", check=False)

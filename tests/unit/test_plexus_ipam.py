@@ -170,6 +170,19 @@ def test_add_before_the_source_has_read_its_pools_answers_try_again() -> None:
     assert node.call("ADD", SHARED)["ips"]
 
 
+def test_before_the_daemon_is_ready_only_del_is_served_for_its_recovery() -> None:
+    """The IPAM socket is served before the daemon's recovery, whose undoing of a killed ADD runs delegates' DEL
+    (their plexus-ipam calls here); ADD, CHECK and GC wait for what it leaves: 11, nothing leased or let go."""
+    node = Node()
+    node.call("ADD", SHARED)
+    node.plugin.ready = lambda: False
+    for verb in ("ADD", "CHECK", "GC"):
+        err = node.error(verb, SHARED, container="c2")
+        assert (err.code, err.details) == (11, "recovery"), (verb, err)
+    assert node.call("DEL", SHARED) == {}
+    assert list(node.addresses().values()) == [None], "the DEL let go of c1's address"
+
+
 def test_check_knows_its_lease() -> None:
     node = Node()
     result = node.call("ADD", SHARED)
