@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -57,8 +58,17 @@ class Cluster:
                               capture_output=True, text=True, check=check, timeout=120)
 
     def apply(self, docs: list[dict[str, Any]] | str) -> None:
+        """``kubectl apply``; into a namespace of the same name a test before deleted (``--wait=false``) once it is
+        gone: the API server makes nothing in one being terminated."""
         text = docs if isinstance(docs, str) else yaml.safe_dump_all(docs)
-        self.kubectl("apply", "-f", "-", stdin=text)
+        deadline = time.monotonic() + 120
+        while True:
+            done = self.kubectl("apply", "-f", "-", stdin=text, check=False)
+            if done.returncode == 0:
+                return
+            if "because it is being terminated" not in done.stderr or time.monotonic() > deadline:
+                raise subprocess.CalledProcessError(done.returncode, done.args, done.stdout, done.stderr)
+            time.sleep(0.5)
 
     def requests_served(self) -> dict[str, int]:
         """``apiserver_request_total`` by verb and resource, from the API server's own metrics."""
