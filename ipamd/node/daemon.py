@@ -1,7 +1,8 @@
 """The node daemon: wires the object source, store, IPAM, verbs and servers of one node.
 
 Start-up order matters for "nothing lost": open the store, read the object source, finish or roll
-back the attachments a crash left half done, reconcile, and only then accept CNI calls.
+back the attachments a crash left half done, reconcile, and only then accept CNI calls (the plexus-ipam socket is
+served during the roll-back, to the DELs of the attachments' own delegates alone).
 """
 
 from __future__ import annotations
@@ -176,14 +177,16 @@ class NodeDaemon:
         if self.controller is not None:
             self.controller.start()
             self.services.start()
+        reap_orphans(os.path.abspath(self.cfg.db))  # delegates a killed predecessor left running, before undoing them
         # served before the recovery: undoing a killed ADD runs its delegates' DEL, whose plexus-ipam calls here
-        # (``IpamPlugin.handle`` serves DEL alone until ready)
+        # (``IpamPlugin.handle`` serves, until ready, the DELs of the containers being recovered alone)
+        undone = {rec.container_id for rec in self.store.attachments() if rec.state != "ready"}
+        self.ipam_plugin.recovering = undone.__contains__
         self.ipam_server = CniHttpServer(self.cfg.ipam_plugin_socket, self.calls.served(self.ipam_plugin.handle),
                                          self._ready.is_set, endpoint="/v1/ipam")
         threading.Thread(target=self.ipam_server.serve_forever, name="ipam-server", daemon=True).start()
-        reap_orphans(os.path.abspath(self.cfg.db))  # delegates a killed predecessor left running, before undoing them
         recovered = self.reconciler.recover()
-        self.guest_dhcp.resume(self.store.attachments())  # before any DEL can come: a DEL then stops it for good
+        self.guest_dhcp.resume(self.store.attachments())  # before any CNI DEL can come: a DEL then stops it for good
         self.reconciler.run_once()
         self.source.subscribe(self.reconciler.wake)
         if self._watch_blocks is not None:

@@ -153,10 +153,13 @@ def told_by_plexus(told: Any, pod: Pod | None, ifname: str, network: str,
 
 class IpamPlugin:
     def __init__(self, addresses: DelegatedAddresses, source: ObjectSource, ready: Callable[[], bool],
-                 publisher: Publisher | None = None, hints: PlexusHints | None = None) -> None:
+                 publisher: Publisher | None = None, hints: PlexusHints | None = None,
+                 recovering: Callable[[str], bool] = lambda container_id: False) -> None:
         self.addresses = addresses
         self.source = source
         self.ready = ready
+        # before ready: whether the daemon's recovery is undoing this container's attachment (its delegates' DELs)
+        self.recovering = recovering
         self.publisher = publisher or LocalPublisher()  # an IPAMClaim's status
         # what Plexus, running the delegate that calls, told it: the registry Plexus's delegation fills
         self.hints = hints if hints is not None else PlexusHints()
@@ -164,11 +167,11 @@ class IpamPlugin:
 
     def handle(self, call: CniCall) -> dict[str, Any]:
         handlers = {"ADD": self.add, "DEL": self.delete, "CHECK": self.check, "GC": self.gc, "STATUS": self.status}
-        if not self.ready() and call.verb not in ("DEL", "STATUS"):
-            # served before the daemon is ready for the DELs its recovery makes (a delegate's plexus-ipam, undone),
-            # which need nothing but the store: the rest waits for what the recovery leaves
-            raise TryAgainLater("plexus-ipamd is starting: it is finishing what it was doing when it stopped",
-                                "recovery")
+        if not self.ready() and call.verb != "STATUS" and not (call.verb == "DEL" and self.recovering(call.container_id)):
+            # served before the daemon is ready for the DELs its own recovery makes (the delegates of a killed ADD,
+            # undone), which need nothing but the store; any other call waits for what the recovery leaves (another
+            # caller's DEL would race the recovery's republish of the statuses it read before)
+            raise TryAgainLater("plexus-ipamd is not ready (starting, or stopping)", "ready")
         if call.verb not in ("ADD", "DEL", "CHECK"):
             return dispatch(call, handlers)
         # one call per attachment at a time: a runtime that gave up on a slow ADD sends DEL, which must release

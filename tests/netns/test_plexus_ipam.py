@@ -275,9 +275,9 @@ def test_a_pool_entry_stored_before_its_network_was_refused_is_not_served_to_a_n
 def test_an_add_killed_while_its_bridge_held_a_plexus_ipam_lease_is_undone_at_the_restart(
         node: Node, bindir: Path) -> None:
     """``delegateIPAM: exec``: the bridge's plexus-ipam leased, the daemon is killed before the commit. The restarted
-    daemon's recovery runs the bridge's DEL, whose plexus-ipam DEL needs the daemon's IPAM socket: served (for DEL
-    alone) before the recovery, so the ADD is undone then, not left ``adding`` for a reconcile round; an ADD of
-    plexus-ipam in that moment is told to try again (11), not served from a store still being recovered."""
+    daemon's recovery runs the bridge's DEL, whose plexus-ipam DEL needs the daemon's IPAM socket: served (to the
+    recovered containers' DELs alone) before the recovery, so the ADD is undone then, not left ``adding`` for a
+    reconcile round."""
     node.apply([*yaml.safe_load_all(POOL),
                 bridge_nad(node, "pooled", "pxbr8", ipAddressPoolRef={"kind": "ClusterIPAddressPool",
                                                                      "name": "delegates"}),
